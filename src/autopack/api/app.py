@@ -1,0 +1,62 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` builds an app whose database is opened in the lifespan, not at
+import time: ``autopack.main:app`` can be imported by uvicorn without touching anything,
+and a server that finds a partial schema or a database other than the one it was told to
+expect refuses to start (uvicorn then exits with status 3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from autopack import __version__
+from autopack.api.routers import health
+from autopack.config import Settings, load_settings
+from autopack.db import open_database
+from autopack.errors import AutopackError
+from autopack.logs import configure_logging, log_event
+
+logger = logging.getLogger("autopack.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An API server bound to ``settings.database_url`` (resolved from the environment if None)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or load_settings().settings
+        configure_logging(resolved.autopack_log_level, resolved.autopack_log_format)
+        try:
+            database = open_database(
+                resolved.database_url,
+                role="api",
+                expected_instance_id=resolved.autopack_expected_instance_id,
+            )
+        except AutopackError as exc:
+            log_event(logger, "startup_refused", logging.ERROR, reason=exc.message)
+            raise
+        app.state.settings = resolved
+        app.state.database = database
+        try:
+            yield
+        finally:
+            database.close()
+
+    app = FastAPI(title="Autopack", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(AutopackError)
+    async def autopack_error(request: Request, exc: AutopackError) -> JSONResponse:
+        body = exc.to_dict()
+        database = getattr(request.app.state, "database", None)
+        if database is not None:
+            body.setdefault("database_instance_id", database.identity.instance_id)
+        return JSONResponse(body, status_code=exc.http_status)
+
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,1 @@
+"""One router per resource; routers translate HTTP to calls into :mod:`autopack.db`."""

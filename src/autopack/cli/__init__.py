@@ -1,0 +1,77 @@
+"""The ``autopack`` command line (Typer + Rich).
+
+Every command resolves settings through the root flags and :mod:`autopack.config`, and
+every deliberate error leaves with its own exit code: 2 config/identity, 3 schema.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from autopack import __version__
+from autopack.cli import config_cmd, db_cmd
+from autopack.cli._common import FAIL, err, state
+from autopack.cli.doctor import doctor
+from autopack.cli.serve_cmd import serve
+from autopack.errors import AutopackError
+
+app = typer.Typer(
+    name="autopack",
+    help="Run autonomous LLM coding work reliably, on one database every part agrees on.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(db_cmd.app, name="db")
+app.command("serve")(serve)
+app.command("doctor")(doctor)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autopack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="Database to use (beats DATABASE_URL and .env)."
+    ),
+    api_url: str | None = typer.Option(
+        None, "--api-url", help="API server to attach to (beats AUTOPACK_API_URL)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Root flags apply to every command."""
+    cli = state(ctx)
+    cli.database_url = database_url
+    cli.api_url = api_url
+    ctx.call_on_close(cli.close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn Autopack errors into their exit codes."""
+    try:
+        result = app(args=argv, prog_name="autopack", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except AutopackError as exc:
+        err.print(f"{FAIL} [bold]{exc.__class__.__name__}[/bold]: {exc.message}", highlight=False)
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""What every command shares: resolved settings, the database, consoles, JSON output.
+
+Settings are resolved once per invocation from the root flags (``--database-url``,
+``--api-url``) and the environment; commands never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from autopack.config import LoadedSettings, Settings, load_settings
+from autopack.db import Database, open_database
+from autopack.logs import configure_logging
+
+out = Console()
+err = Console(stderr=True)
+
+OK = "[green]✔[/green]"
+FAIL = "[red]✘[/red]"
+
+
+@dataclass
+class CliState:
+    """Root flags, and the settings/database resolved from them on first use."""
+
+    database_url: str | None = None
+    api_url: str | None = None
+    _loaded: LoadedSettings | None = field(default=None, repr=False)
+    _database: Database | None = field(default=None, repr=False)
+
+    def loaded(self) -> LoadedSettings:
+        if self._loaded is None:
+            self._loaded = load_settings(
+                database_url=self.database_url, autopack_api_url=self.api_url
+            )
+            settings = self._loaded.settings
+            configure_logging(settings.autopack_log_level, settings.autopack_log_format)
+        return self._loaded
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded().settings
+
+    def database(self) -> Database:
+        """The database, schema-guarded (fresh: initialised; partial: exit 3) and logged."""
+        if self._database is None:
+            self._database = open_database(self.settings.database_url, role="cli")
+        return self._database
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+            self._database = None
+
+
+def state(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def print_json(data: Any) -> None:
+    """Machine output on stdout: plain JSON, no colour, nothing else on the line."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,250 @@
+"""Settings, resolved once per process, with the source of every value.
+
+This is the ONE module that reads the environment. The precedence is pydantic-settings'
+own: explicit CLI flag (init kwargs) > process environment > ``.env`` in the working
+directory (never overrides the environment) > default. Two rules make database identity
+drift impossible by construction:
+
+* a relative SQLite path is made absolute *at resolution time*, against the directory the
+  user ran the command from, so a child started anywhere else opens the same file;
+* children never re-resolve: :func:`child_env` hands them every resolved value explicitly.
+
+Importing this module reads nothing; :func:`load_settings` does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from autopack.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
+DEFAULT_API_PORT = 8000
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_flag(value: object) -> bool:
+    """The one parser for boolean switches such as ``TELEMETRY_DB_ENABLED``.
+
+    The legacy tool parsed this flag three ways and treated typos as "off", silently
+    losing telemetry. Here an unknown spelling is an error.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not a boolean: use one of 1/true/yes/on or 0/false/no/off")
+
+
+Flag = Annotated[bool, BeforeValidator(parse_flag)]
+
+
+def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
+    """Normalise a database URL so every process that receives it opens the same database.
+
+    Relative SQLite paths become absolute against ``cwd`` (default: the working directory
+    now), and bare ``postgresql://`` URLs get the psycopg 3 driver.
+    """
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL ({exc})") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database).expanduser()
+            if not path.is_absolute():
+                path = (cwd or Path.cwd()) / path
+            url = url.set(database=os.path.normpath(path))
+    elif backend in {"postgresql", "postgres"}:
+        url = url.set(drivername="postgresql+psycopg")
+    else:
+        raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
+    return url.render_as_string(hide_password=False)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden: safe for logs and terminals."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def public_url(url: str) -> str:
+    """The URL with password, user and host hidden: safe for ``/health`` answers."""
+    parsed: URL = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.render_as_string(hide_password=True)
+    return f"{parsed.get_backend_name()}://***@***/{parsed.database or ''}"
+
+
+class Settings(BaseSettings):
+    """Every knob Autopack reads; each field's environment name is its name in capitals."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="Database every part uses.")
+    autopack_api_url: str | None = Field(None, description="API server executors attach to.")
+    autopack_default_api_port: int = Field(
+        DEFAULT_API_PORT, description="Port probed for an already running API server."
+    )
+    autopack_expected_instance_id: str | None = Field(
+        None, description="Set on spawned servers: refuse to serve any other database."
+    )
+    telemetry_db_enabled: Flag = Field(False, description="Record LLM telemetry rows.")
+    autopack_llm_provider: Literal["auto", "anthropic", "openai", "replay"] = Field(
+        "auto", description="Which LLM provider answers Builder and Auditor calls."
+    )
+    autopack_builder_model: str | None = Field(None, description="Model for the Builder role.")
+    autopack_auditor_model: str | None = Field(None, description="Model for the Auditor role.")
+    autopack_replay_cassette: Path | None = Field(
+        None, description="JSONL cassette for the replay provider (default: bundled)."
+    )
+    autopack_replay_speed: float = Field(
+        0.0, ge=0.0, description="Replay latency scale: 1 = as recorded, 0 = instant."
+    )
+    autopack_price_table: Path | None = Field(None, description="Override the model price table.")
+    autopack_estimator_file: Path | None = Field(
+        None, description="Override the token estimator coefficients."
+    )
+    anthropic_api_key: SecretStr | None = Field(None, description="Anthropic credential.")
+    anthropic_base_url: str | None = Field(None, description="Anthropic-compatible endpoint.")
+    openai_api_key: SecretStr | None = Field(None, description="OpenAI credential.")
+    openai_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, LM Studio)."
+    )
+    autopack_otel: Flag = Field(False, description="Export OpenTelemetry GenAI spans/metrics.")
+    autopack_log_level: str = Field("INFO", description="Log level.")
+    autopack_log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _absolute_database_url(cls, value: str) -> str:
+        return resolve_database_url(value)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # child_env writes "" for unset optional values so that no .env can fill them in.
+        field = cls.model_fields[info.field_name or ""]
+        if value == "" and field.default is None:
+            return None
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # flag > environment > .env > default; secrets directories are not a source here.
+        return (init_settings, env_settings, dotenv_settings)
+
+
+class LoadedSettings:
+    """Resolved settings plus where each value came from (for ``config show`` and ``doctor``)."""
+
+    def __init__(self, settings: Settings, sources: dict[str, str]) -> None:
+        self.settings = settings
+        self.sources = sources
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(ENV_NAME, display value with secrets redacted, source) for every setting."""
+        rows = []
+        for name in Settings.model_fields:
+            value = getattr(self.settings, name)
+            if isinstance(value, SecretStr):
+                shown = "****" if value.get_secret_value() else ""
+            elif name == "database_url":
+                shown = redact_url(value)
+            else:
+                shown = "" if value is None else str(value)
+            rows.append((name.upper(), shown, self.sources[name]))
+        return rows
+
+
+def dotenv_path(cwd: Path | None = None) -> Path:
+    """Where the ``.env`` file is looked for: the working directory, nowhere else."""
+    return (cwd or Path.cwd()) / ".env"
+
+
+def source_values(flags: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The raw value each source offers, per source, before precedence is applied.
+
+    Uses pydantic-settings' own source classes so this report can never disagree with
+    the precedence :class:`Settings` applies.
+    """
+    env_file = dotenv_path()
+    return {
+        "flag": {k: v for k, v in (flags or {}).items() if v is not None},
+        "env": dict(EnvSettingsSource(Settings)()),
+        f".env at {env_file}": dict(DotEnvSettingsSource(Settings, env_file=env_file)()),
+    }
+
+
+def load_settings(**flags: Any) -> LoadedSettings:
+    """Resolve the settings once: ``load_settings(database_url=flag_value_or_None)``."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid setting: {problems}") from exc
+    offered = source_values(given)
+    sources = {}
+    for name in Settings.model_fields:
+        sources[name] = next((src for src, values in offered.items() if name in values), "default")
+    return LoadedSettings(settings, sources)
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The complete environment for a child process: every resolved value, explicitly.
+
+    The child inherits the parent's environment, then every Autopack setting is written
+    over it, so neither a ``.env`` in the child's working directory nor a missing variable
+    can make it resolve anything differently from its parent.
+    """
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            value = ""
+        elif isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "1" if value else "0"
+        env[name.upper()] = str(value)
+    env.update(extra)
+    return env

@@ -1,0 +1,85 @@
+"""Database access. Only this package opens SQLAlchemy sessions.
+
+:func:`open_database` is the single way a process gets its database: it connects, makes
+sure the schema is complete (initialising a brand-new database, refusing a partial one),
+reads the identity, checks it against an expected instance_id when one is given, and logs
+the identity once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from autopack.config import redact_url
+from autopack.db.engine import make_engine, session_factory, session_scope
+from autopack.db.identity import DbIdentity, read_identity
+from autopack.db.schema import ensure_schema
+from autopack.errors import ConfigError, IdentityMismatch
+from autopack.logs import log_event
+
+logger = logging.getLogger("autopack.db")
+
+
+@dataclass
+class Database:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    identity: DbIdentity
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction (``BEGIN IMMEDIATE`` on SQLite); commits unless an error escapes."""
+        with session_scope(self.sessions) as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(
+    url: str, *, role: str, expected_instance_id: str | None = None, log: bool = True
+) -> Database:
+    """Connect, guard the schema, verify and log the identity. ``url`` must be resolved."""
+    engine = make_engine(url)
+    try:
+        ensure_schema(engine)
+        identity = read_identity(engine)
+    except (OperationalError, DBAPIError) as exc:
+        engine.dispose()
+        reason = str(exc.orig) if exc.orig is not None else str(exc)
+        raise ConfigError(
+            f"cannot open database {redact_url(url)}: {reason.strip()}", url=redact_url(url)
+        ) from exc
+    except Exception:
+        engine.dispose()
+        raise
+    if expected_instance_id and identity.instance_id != expected_instance_id:
+        engine.dispose()
+        raise IdentityMismatch(
+            f"refusing to serve database {identity.url} (instance_id {identity.instance_id}): "
+            f"the parent process expected instance_id {expected_instance_id}",
+            expected_instance_id=expected_instance_id,
+            actual_instance_id=identity.instance_id,
+        )
+    if log:
+        log_event(
+            logger,
+            "database_identity",
+            role=role,
+            backend=identity.backend,
+            url=identity.url,
+            instance_id=identity.instance_id,
+            fingerprint=identity.fingerprint,
+            schema_revision=identity.schema_revision,
+        )
+    return Database(engine=engine, sessions=session_factory(engine), identity=identity)
+
+
+__all__ = ["Database", "DbIdentity", "open_database"]

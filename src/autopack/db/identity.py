@@ -1,0 +1,107 @@
+"""Which database is this, provably? The answer every process logs and ``/health`` returns.
+
+A database's identity is the random ``instance_id`` born with it (``db_meta``), plus where
+it physically lives: the real path of a SQLite file, or PostgreSQL's
+``current_database()`` and cluster ``system_identifier``. The *fingerprint* hashes both,
+so a copied SQLite file or a restored dump (same instance_id, another place) is a
+different database, while one PostgreSQL reached under two host names is the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from autopack.config import public_url, redact_url
+from autopack.db.models import DbMeta, LlmUsageEvent, Phase, Run, TokenEstimationEvent
+from autopack.db.schema import inspect_schema
+
+COUNTED_TABLES = {
+    "runs": Run,
+    "phases": Phase,
+    "llm_usage_events": LlmUsageEvent,
+    "token_estimation_v2_events": TokenEstimationEvent,
+}
+
+
+@dataclass(frozen=True)
+class DbIdentity:
+    instance_id: str
+    backend: str
+    url: str
+    """Redacted URL (password hidden), for logs and terminals."""
+    public_url: str
+    """URL with user and host hidden too, for ``/health``."""
+    fingerprint: str
+    schema_revision: str | None
+    code_revision: str
+    in_sync: bool
+    database_name: str | None = None
+    system_identifier: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The part safe to serve over HTTP: no password, user or host name."""
+        body = asdict(self)
+        body.pop("url")
+        return body
+
+    def same_database(self, other: DbIdentity | dict[str, Any]) -> bool:
+        theirs = other.fingerprint if isinstance(other, DbIdentity) else other.get("fingerprint")
+        return self.fingerprint == theirs
+
+
+def _location(connection: Connection) -> tuple[str, str | None, str | None]:
+    """(physical location, database name, system identifier) of the connected database."""
+    if connection.dialect.name == "sqlite":
+        path = connection.engine.url.database or ":memory:"
+        return os.path.realpath(path), None, None
+    name = connection.execute(text("SELECT current_database()")).scalar_one()
+    system_id: str | None = None
+    try:
+        with connection.begin_nested():
+            system_id = str(
+                connection.execute(
+                    text("SELECT system_identifier FROM pg_control_system()")
+                ).scalar_one()
+            )
+    except DBAPIError:  # needs superuser or pg_monitor; the database name still counts
+        system_id = None
+    return f"{system_id or 'unknown-cluster'}/{name}", name, system_id
+
+
+def read_identity(engine: Engine) -> DbIdentity:
+    """The identity of the database behind ``engine`` (schema must exist: see ensure_schema)."""
+    with engine.connect() as connection:
+        status = inspect_schema(connection)
+        instance_id = connection.execute(
+            select(DbMeta.instance_id).order_by(DbMeta.id).limit(1)
+        ).scalar_one()
+        location, name, system_id = _location(connection)
+    url = engine.url.render_as_string(hide_password=False)
+    digest = hashlib.sha256(f"{engine.dialect.name}|{instance_id}|{location}".encode())
+    return DbIdentity(
+        instance_id=instance_id,
+        backend=engine.dialect.name,
+        url=redact_url(url),
+        public_url=public_url(url),
+        fingerprint=digest.hexdigest()[:16],
+        schema_revision=status.db_revision,
+        code_revision=status.code_revision,
+        in_sync=status.in_sync,
+        database_name=name,
+        system_identifier=system_id,
+    )
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    """Rows in the tables a user checks first when "nothing happened"."""
+    with engine.connect() as connection:
+        return {
+            table: connection.execute(select(func.count()).select_from(model)).scalar_one()
+            for table, model in COUNTED_TABLES.items()
+        }

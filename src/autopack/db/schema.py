@@ -1,0 +1,177 @@
+"""Schema guard and migrations: the only code that changes the shape of the database.
+
+Every table is created by Alembic migrations; no code path creates a subset of tables.
+:func:`ensure_schema` is what every process runs at start: a brand-new empty database is
+migrated to head, a database at head is accepted, anything else (some tables missing,
+an older or unknown revision) is refused with :class:`SchemaOutOfDate`, naming the
+missing pieces and the command that fixes them. Both run under a lock so that several
+processes starting at once on a fresh database initialise it exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, inspect, text
+
+from autopack.config import redact_url
+from autopack.db.models import Base
+from autopack.errors import SchemaOutOfDate
+
+UPGRADE_COMMAND = "autopack db upgrade"
+# Arbitrary constant: PostgreSQL advisory lock that serialises schema checks and upgrades.
+_PG_SCHEMA_LOCK = 727_011_337
+
+
+def _alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(files("autopack.db") / "migrations"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def code_revision() -> str:
+    """The migration revision this code expects (Alembic's head)."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "the package ships no migrations"
+    return head
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """What the database has compared with what the code needs."""
+
+    url: str
+    db_revision: str | None
+    code_revision: str
+    missing_tables: list[str] = field(default_factory=list)
+    missing_columns: dict[str, list[str]] = field(default_factory=dict)
+    fresh: bool = False
+
+    @property
+    def in_sync(self) -> bool:
+        return (
+            self.db_revision == self.code_revision
+            and not self.missing_tables
+            and not self.missing_columns
+        )
+
+    def problem(self) -> str:
+        """One paragraph a user can act on; empty when in sync."""
+        if self.in_sync:
+            return ""
+        where = f"database {redact_url(self.url)}"
+        fix = f"DATABASE_URL='{redact_url(self.url)}'"
+        if self.fresh:
+            return f"{where} is not initialised yet. fix: {fix} autopack db init"
+        if self.db_revision != self.code_revision:
+            parts = [
+                f"{where} is at schema revision {self.db_revision or 'none'}, "
+                f"this code needs {self.code_revision}"
+            ]
+        else:
+            parts = [f"{where} has an incomplete schema at revision {self.db_revision}"]
+        if self.missing_tables:
+            parts.append("missing tables: " + ", ".join(self.missing_tables))
+        for table, columns in self.missing_columns.items():
+            parts.append(f"table {table} lacks columns: {', '.join(columns)}")
+        fix = f"fix: {fix} {UPGRADE_COMMAND}"
+        if self.missing_columns:
+            fix = (
+                "Autopack cannot add columns to tables it did not create: back the database "
+                "up and initialise a new one"
+            )
+        return "; ".join(parts) + f". {fix}"
+
+
+def inspect_schema(connection: Connection) -> SchemaStatus:
+    """Compare the live schema with the models and the migration head."""
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names())
+    expected = Base.metadata.tables
+    missing_columns = {}
+    for name in sorted(set(expected) & tables):
+        have = {column["name"] for column in inspector.get_columns(name)}
+        lacking = [column.name for column in expected[name].columns if column.name not in have]
+        if lacking:
+            missing_columns[name] = lacking
+    return SchemaStatus(
+        url=connection.engine.url.render_as_string(hide_password=False),
+        db_revision=MigrationContext.configure(connection).get_current_revision(),
+        code_revision=code_revision(),
+        missing_tables=sorted(set(expected) - tables),
+        missing_columns=missing_columns,
+        fresh=not (tables & (set(expected) | {"alembic_version"})),
+    )
+
+
+def _lock(connection: Connection) -> None:
+    # SQLite: the engine's BEGIN IMMEDIATE already holds the write lock.
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+
+
+def ensure_schema(engine: Engine) -> SchemaStatus:
+    """Initialise a fresh database, accept one at head, refuse anything else."""
+    with engine.begin() as connection:
+        _lock(connection)
+        status = inspect_schema(connection)
+        if status.in_sync:
+            return status
+        if status.fresh:
+            command.upgrade(_alembic_config(connection), "head")
+            return inspect_schema(connection)
+    raise SchemaOutOfDate(status.problem(), **_status_details(status))
+
+
+def upgrade(engine: Engine) -> SchemaStatus:
+    """``autopack db upgrade``: migrate to head and re-create tables that went missing.
+
+    Migrations are idempotent (create-if-missing), so a database stamped at some revision
+    but lacking tables is repaired by replaying them from the start; rows are untouched.
+    """
+    with engine.begin() as connection:
+        _lock(connection)
+        before = inspect_schema(connection)
+        if before.missing_columns:
+            raise SchemaOutOfDate(before.problem(), **_status_details(before))
+        config = _alembic_config(connection)
+        if before.missing_tables and before.db_revision is not None:
+            command.stamp(config, "base", purge=True)
+        command.upgrade(config, "head")
+        after = inspect_schema(connection)
+    if not after.in_sync:
+        raise SchemaOutOfDate(after.problem(), **_status_details(after))
+    return after
+
+
+def check(engine: Engine) -> SchemaStatus:
+    """Read-only status (``autopack db check``); never creates a missing SQLite file."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and not Path(database).exists():
+        return SchemaStatus(
+            url=engine.url.render_as_string(hide_password=False),
+            db_revision=None,
+            code_revision=code_revision(),
+            missing_tables=sorted(Base.metadata.tables),
+            fresh=True,
+        )
+    with engine.connect() as connection:
+        return inspect_schema(connection)
+
+
+def _status_details(status: SchemaStatus) -> dict[str, object]:
+    return {
+        "db_revision": status.db_revision,
+        "code_revision": status.code_revision,
+        "missing_tables": status.missing_tables,
+        "missing_columns": status.missing_columns,
+        "fix": UPGRADE_COMMAND,
+    }

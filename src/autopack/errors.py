@@ -1,0 +1,97 @@
+"""Every error Autopack raises on purpose, in one tree.
+
+Each class knows the CLI exit code and the HTTP status it maps to, so the mapping is
+written once (here) instead of at every ``except``. Foreign errors (SQLAlchemy, httpx,
+the LLM SDKs) are translated into these at the boundary that caught them, keeping the
+original as ``__cause__``.
+
+    AutopackError              exit 1, HTTP 500
+    ├── ConfigError            exit 2, HTTP 400  a setting or flag is unusable
+    │   └── IdentityMismatch   exit 2, HTTP 409  two parts use different databases
+    ├── SchemaOutOfDate        exit 3, HTTP 503  the database is not at the code's revision
+    ├── InvalidInput           exit 2, HTTP 422  a run file or request body is wrong
+    ├── NotFound               exit 1, HTTP 404  a run, phase or approval does not exist
+    ├── Conflict               exit 1, HTTP 409  the request contradicts the current state
+    │   ├── IllegalTransition                    a state machine edge that does not exist
+    │   └── LeaseLost                            the caller's lease token is no longer valid
+    ├── ServerUnavailable      exit 2, HTTP 502  an API server did not answer in time
+    └── BuilderOutputInvalid   exit 1            the LLM's answer cannot be applied
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AutopackError(Exception):
+    """Root of every deliberate Autopack error; the docstring is the default message."""
+
+    exit_code: ClassVar[int] = 1
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or self.__class__.__name__).strip()
+        self.details = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body the API answers with and `--json` CLI output prints."""
+        return {"error": self.__class__.__name__, "detail": self.message, **self.details}
+
+
+class ConfigError(AutopackError):
+    """A setting or flag has a value Autopack cannot use."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class IdentityMismatch(ConfigError):
+    """Two parts of Autopack are pointed at different databases."""
+
+    http_status = 409
+
+
+class SchemaOutOfDate(AutopackError):
+    """The database schema is not at the revision this code needs."""
+
+    exit_code = 3
+    http_status = 503
+
+
+class InvalidInput(AutopackError):
+    """A run definition or request body does not validate."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class NotFound(AutopackError):
+    """The requested object does not exist in this database."""
+
+    http_status = 404
+
+
+class Conflict(AutopackError):
+    """The request contradicts the current state of the object."""
+
+    http_status = 409
+
+
+class IllegalTransition(Conflict):
+    """A state change that the state machine does not allow."""
+
+
+class LeaseLost(Conflict):
+    """The lease token is stale: the phase was reclaimed, requeued or cancelled."""
+
+
+class ServerUnavailable(AutopackError):
+    """An Autopack API server did not answer, or did not become healthy in time."""
+
+    exit_code = 2
+    http_status = 502
+
+
+class BuilderOutputInvalid(AutopackError):
+    """The Builder's answer cannot be applied (malformed, empty, unsafe or incomplete)."""

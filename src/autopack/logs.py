@@ -1,0 +1,67 @@
+"""Structured logging on the standard library: an event name plus key=value fields.
+
+``log_event(logger, "database_identity", instance_id=..., url=...)`` renders as
+``... INFO autopack.api database_identity instance_id=... url=...`` in text mode, or as
+one JSON object per line with ``AUTOPACK_LOG_FORMAT=json``. Logs go to stderr so that
+stdout stays clean for ``--json`` output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_FIELDS = "autopack_fields"
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log ``event`` with structured ``fields`` (kept apart from the message for JSON output)."""
+    logger.log(level, event, extra={_FIELDS: fields})
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, _FIELDS, {})
+        stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        parts = [stamp[:-4] + "Z", record.levelname, record.name, record.getMessage()]
+        parts += [f"{key}={_text(value)}" for key, value in fields.items()]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+            **getattr(record, _FIELDS, {}),
+        }
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Install the Autopack handler on the ``autopack`` logger (idempotent)."""
+    logger = logging.getLogger("autopack")
+    logger.setLevel(level.upper())
+    for handler in list(logger.handlers):
+        if getattr(handler, "_autopack", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler._autopack = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False

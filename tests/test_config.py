@@ -1,0 +1,174 @@
+"""Settings precedence, relative SQLite paths, the flag parser: through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autopack.config import child_env, load_settings, parse_flag, resolve_database_url
+from autopack.errors import ConfigError
+from tests.support import clean_env, cli
+
+
+def _shown(result_stdout: str, name: str) -> dict[str, str]:
+    rows = json.loads(result_stdout)
+    return next(row for row in rows if row["name"] == name)
+
+
+def _write_env(directory: Path, text: str) -> Path:
+    path = directory / ".env"
+    path.write_text(text)
+    return path
+
+
+def test_env_beats_dotenv(tmp_path: Path) -> None:
+    _write_env(tmp_path, "DATABASE_URL=sqlite:///from_dotenv.db\n")
+    result = cli(
+        "config",
+        "show",
+        "--json",
+        cwd=tmp_path,
+        env=clean_env(DATABASE_URL="sqlite:///from_env.db"),
+    )
+    assert result.returncode == 0, result.stderr
+    row = _shown(result.stdout, "DATABASE_URL")
+    assert row == {
+        "name": "DATABASE_URL",
+        "value": f"sqlite:///{tmp_path}/from_env.db",
+        "source": "env",
+    }
+
+
+def test_dotenv_beats_default(tmp_path: Path) -> None:
+    env_file = _write_env(tmp_path, "DATABASE_URL=sqlite:///from_dotenv.db\n")
+    result = cli("config", "show", "--json", cwd=tmp_path, env=clean_env())
+    row = _shown(result.stdout, "DATABASE_URL")
+    assert row["value"] == f"sqlite:///{tmp_path}/from_dotenv.db"
+    assert row["source"] == f".env at {env_file}"
+
+
+def test_default_when_nothing_is_set(tmp_path: Path) -> None:
+    result = cli("config", "show", "--json", cwd=tmp_path, env=clean_env())
+    row = _shown(result.stdout, "DATABASE_URL")
+    assert row == {
+        "name": "DATABASE_URL",
+        "value": f"sqlite:///{tmp_path}/autopack.db",
+        "source": "default",
+    }
+
+
+def test_flag_beats_env(tmp_path: Path) -> None:
+    result = cli(
+        "--database-url",
+        "sqlite:///from_flag.db",
+        "config",
+        "show",
+        "--json",
+        cwd=tmp_path,
+        env=clean_env(DATABASE_URL="sqlite:///from_env.db"),
+    )
+    row = _shown(result.stdout, "DATABASE_URL")
+    assert row["value"] == f"sqlite:///{tmp_path}/from_flag.db"
+    assert row["source"] == "flag"
+
+
+def test_dotenv_default_database_does_not_redirect_the_environment(tmp_path: Path) -> None:
+    """The legacy failure: a .env naming autopack.db must not win over the environment."""
+    _write_env(tmp_path, "DATABASE_URL=sqlite:///autopack.db\n")
+    env = clean_env(DATABASE_URL="sqlite:///autopack_telemetry_seed.db")
+    result = cli("db", "identity", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["url"] == f"sqlite:///{tmp_path}/autopack_telemetry_seed.db"
+    assert (tmp_path / "autopack_telemetry_seed.db").exists()
+    assert not (tmp_path / "autopack.db").exists()
+
+
+def test_password_is_redacted_in_config_show(tmp_path: Path) -> None:
+    env = clean_env(
+        DATABASE_URL="postgresql://user:hunter2@db.example:5432/x", OPENAI_API_KEY="sk-secret"
+    )
+    result = cli("config", "show", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout and "sk-secret" not in result.stdout
+    assert _shown(result.stdout, "OPENAI_API_KEY")["value"] == "****"
+    assert "postgresql+psycopg://user:***@db.example:5432/x" in result.stdout
+
+
+def test_relative_sqlite_path_reaches_a_child_in_another_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent_dir, child_dir = tmp_path / "parent", tmp_path / "elsewhere"
+    parent_dir.mkdir()
+    child_dir.mkdir()
+    monkeypatch.chdir(parent_dir)
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///autopack_telemetry_seed.db")
+    settings = load_settings().settings
+    assert settings.database_url == f"sqlite:///{parent_dir}/autopack_telemetry_seed.db"
+
+    first = cli(
+        "db",
+        "identity",
+        "--json",
+        cwd=parent_dir,
+        env=clean_env(DATABASE_URL="sqlite:///autopack_telemetry_seed.db"),
+    )
+    # The child runs elsewhere, next to a .env that names another database.
+    _write_env(child_dir, "DATABASE_URL=sqlite:///autopack.db\n")
+    second = cli("db", "identity", "--json", cwd=child_dir, env=child_env(settings))
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert json.loads(first.stdout)["instance_id"] == json.loads(second.stdout)["instance_id"]
+    assert not (child_dir / "autopack.db").exists()
+
+
+def test_invalid_database_url_is_a_config_error_naming_the_value(tmp_path: Path) -> None:
+    result = cli("db", "identity", cwd=tmp_path, env=clean_env(DATABASE_URL="mysql://x/y"))
+    assert result.returncode == 2
+    assert "DATABASE_URL='mysql://x/y'" in result.stderr
+    assert "not supported" in result.stderr
+
+
+def test_unreachable_database_is_a_config_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/no/such/dir/x.db"
+    result = cli("db", "identity", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    assert result.returncode == 2
+    assert "cannot open database" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+        ("", False),
+    ],
+)
+def test_flag_parser_accepts(raw: str, expected: bool) -> None:
+    assert parse_flag(raw) is expected
+
+
+@pytest.mark.parametrize("raw", ["2", "enabled", "tru", "y e s"])
+def test_flag_parser_refuses_unknown_spellings(raw: str) -> None:
+    with pytest.raises(ValueError, match="is not a boolean"):
+        parse_flag(raw)
+
+
+def test_unknown_telemetry_flag_value_is_an_error_not_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TELEMETRY_DB_ENABLED", "enabled")
+    with pytest.raises(ConfigError, match="TELEMETRY_DB_ENABLED='enabled'"):
+        load_settings()
+
+
+def test_postgres_urls_get_the_psycopg_driver() -> None:
+    assert resolve_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert resolve_database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"

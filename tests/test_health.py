@@ -1,0 +1,89 @@
+"""``uvicorn autopack.main:app`` reports the identity of the database it was given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.support import Server, clean_env, cli
+
+
+def _cli_identity(url: str, cwd: Path) -> dict[str, str]:
+    result = cli("db", "identity", "--json", cwd=cwd, env=clean_env(DATABASE_URL=url))
+    assert result.returncode == 0, result.stderr
+    report: dict[str, str] = json.loads(result.stdout)
+    return report
+
+
+def test_server_reports_the_identity_of_its_database(database_url: str, tmp_path: Path) -> None:
+    expected = _cli_identity(database_url, tmp_path)
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        body = server.wait_healthy()
+    assert body["status"] == "ok"
+    assert body["database"]["instance_id"] == expected["instance_id"]
+    assert body["database"]["fingerprint"] == expected["fingerprint"]
+    assert body["database"]["in_sync"] is True
+
+
+def test_two_servers_on_two_databases_report_different_ids(
+    database_url: str, second_database_url: str, tmp_path: Path
+) -> None:
+    with (
+        Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as one,
+        Server(clean_env(DATABASE_URL=second_database_url), cwd=tmp_path) as two,
+    ):
+        first, second = one.wait_healthy(), two.wait_healthy()
+    assert first["database"]["instance_id"] != second["database"]["instance_id"]
+
+
+@pytest.mark.postgres
+def test_health_reveals_no_password_user_or_host(pg_admin: str, tmp_path: Path) -> None:
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database(pg_admin)
+    secret_url = make_url(url).set(password="hunter2").render_as_string(hide_password=False)
+    try:
+        with Server(clean_env(DATABASE_URL=secret_url), cwd=tmp_path) as server:
+            text = json.dumps(server.wait_healthy())
+        assert "hunter2" not in text
+        assert "127.0.0.1" not in text and "postgres@" not in text
+        assert make_url(url).database in text
+    finally:
+        drop_pg_database(pg_admin, url)
+
+
+def test_server_given_an_expected_instance_id_refuses_another_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    _cli_identity(database_url, tmp_path)
+    env = clean_env(DATABASE_URL=database_url, AUTOPACK_EXPECTED_INSTANCE_ID="not-this-one")
+    server = Server(env, cwd=tmp_path)
+    try:
+        assert server.process.wait(timeout=30) != 0
+        assert "expected instance_id not-this-one" in server.output()
+    finally:
+        server.stop()
+
+
+def test_identity_check_script_matches_and_mismatches(
+    database_url: str, second_database_url: str, tmp_path: Path
+) -> None:
+    from tests.support import script
+
+    env = clean_env(DATABASE_URL=database_url)
+    with (
+        Server(env, cwd=tmp_path) as same,
+        Server(clean_env(DATABASE_URL=second_database_url), cwd=tmp_path) as other,
+    ):
+        match = script("db_identity_check.py", "--api-url", same.url, cwd=tmp_path, env=env)
+        mismatch = script("db_identity_check.py", "--api-url", other.url, cwd=tmp_path, env=env)
+        other_id = other.wait_healthy()["database"]["instance_id"]
+    assert match.returncode == 0, match.stderr
+    assert "uses this database" in match.stdout
+    assert mismatch.returncode == 2
+    mine = _cli_identity(database_url, tmp_path)["instance_id"]
+    combined = mismatch.stdout + mismatch.stderr
+    assert mine in combined and other_id in combined
