@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     autopack_expected_instance_id: str | None = Field(
         None, description="Set on spawned servers: refuse to serve any other database."
     )
+    autopack_parent_pid: int | None = Field(
+        None, description="Set on spawned servers: exit when this process is gone."
+    )
     telemetry_db_enabled: Flag = Field(False, description="Record LLM telemetry rows.")
     autopack_llm_provider: Literal["auto", "anthropic", "openai", "replay"] = Field(
         "auto", description="Which LLM provider answers Builder and Auditor calls."

@@ -8,6 +8,7 @@ expect refuses to start (uvicorn then exits with status 3).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from autopack import __version__
 from autopack.api.routers import health
+from autopack.api.watchdog import exit_when_parent_dies
 from autopack.config import Settings, load_settings
 from autopack.db import open_database
 from autopack.errors import AutopackError
@@ -43,9 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.settings = resolved
         app.state.database = database
+        watchdog = None
+        if resolved.autopack_parent_pid:
+            watchdog = asyncio.create_task(exit_when_parent_dies(resolved.autopack_parent_pid))
         try:
             yield
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             database.close()
 
     app = FastAPI(title="Autopack", version=__version__, lifespan=lifespan)

@@ -1,0 +1,130 @@
+"""Attach-or-spawn: the handshake, the order of candidates, and no orphaned servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import Server, clean_env, free_port
+
+
+def _holder(mode: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.programs.hold_api_server", mode],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": f"{Path(__file__).parents[1]}:{env['PYTHONPATH']}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _first_line(process: subprocess.Popen[str]) -> dict[str, object]:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        _, stderr = process.communicate(timeout=30)
+        raise AssertionError(f"holder exited {process.returncode} before reporting: {stderr}")
+    report: dict[str, object] = json.loads(line)
+    return report
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its new parent) is not a running server
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.split(")")[-1].split()[0] != "Z"
+
+
+def _wait_dead(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _spawn_env(database_url: str) -> dict[str, str]:
+    # A default port nobody listens on: the executor must start its own server.
+    return clean_env(DATABASE_URL=database_url, AUTOPACK_DEFAULT_API_PORT=str(free_port()))
+
+
+def test_spawned_server_uses_our_database_despite_a_dotenv_and_relative_path(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=sqlite:///autopack.db\n")
+    env = _spawn_env("sqlite:///autopack_telemetry_seed.db")
+    holder = _holder("wait", env, tmp_path)
+    try:
+        report = _first_line(holder)
+        assert report["origin"] == "spawned"
+        health = httpx.get(f"{report['url']}/health", timeout=5).json()
+        assert health["database"]["public_url"] == f"sqlite:///{tmp_path}/autopack_telemetry_seed.db"
+        assert not (tmp_path / "autopack.db").exists()
+    finally:
+        holder.terminate()
+        holder.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("mode", ["normal", "exception", "sigint", "sigterm", "sigkill"])
+def test_no_orphaned_server_on_any_exit_path(mode: str, database_url: str, tmp_path: Path) -> None:
+    holder = _holder("wait" if mode.startswith("sig") else mode, _spawn_env(database_url), tmp_path)
+    report = _first_line(holder)
+    child = report["pid"]
+    assert isinstance(child, int) and _alive(child)
+    if mode.startswith("sig"):
+        holder.send_signal(getattr(signal, mode.upper()))
+    _, stderr = holder.communicate(timeout=60)
+    if mode == "exception":
+        assert "boom inside the executor" in stderr
+    assert _wait_dead(child), f"API server {child} outlived its executor ({mode})"
+
+
+def test_explicit_url_with_another_database_is_refused_naming_both(
+    database_url: str, second_database_url: str, tmp_path: Path
+) -> None:
+    with Server(clean_env(DATABASE_URL=second_database_url), cwd=tmp_path) as stale:
+        other_id = stale.wait_healthy()["database"]["instance_id"]
+        env = {**_spawn_env(database_url), "AUTOPACK_API_URL": stale.url}
+        holder = _holder("normal", env, tmp_path)
+        stdout, stderr = holder.communicate(timeout=60)
+    assert holder.returncode != 0 and stdout == ""
+    assert "IdentityMismatch" in stderr
+    assert other_id in stderr and stale.url in stderr
+
+
+def test_matching_server_on_default_port_is_reused(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(DATABASE_URL=database_url, AUTOPACK_DEFAULT_API_PORT=str(port))
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path, port=port) as server:
+        holder = _holder("normal", env, tmp_path)
+        report = _first_line(holder)
+        holder.communicate(timeout=30)
+    assert report == {"url": server.url, "origin": "default_port", "pid": None}
+
+
+def test_mismatching_server_on_default_port_is_ignored_with_a_warning(
+    database_url: str, second_database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = clean_env(DATABASE_URL=database_url, AUTOPACK_DEFAULT_API_PORT=str(port))
+    with Server(clean_env(DATABASE_URL=second_database_url), cwd=tmp_path, port=port) as stale:
+        holder = _holder("normal", env, tmp_path)
+        report = _first_line(holder)
+        _, stderr = holder.communicate(timeout=60)
+    assert report["origin"] == "spawned" and report["url"] != stale.url
+    assert "api_server_ignored" in stderr and stale.url in stderr
