@@ -1,0 +1,1 @@
+"""The Builder role: its prompt, parsing its answer, the deliverables contract, the Auditor."""

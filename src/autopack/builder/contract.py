@@ -1,0 +1,206 @@
+"""The deliverables contract and write safety: may this answer touch the workspace, and how?
+
+:func:`plan_change` turns a parsed answer into the exact final contents of every file it
+writes, or refuses it with a stop reason and feedback for the Builder:
+
+* ``unsafe_path``: absolute, ``..``, backslashes, NUL, or a symlink that leads outside;
+* ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
+  paths are relative to the workspace root and keep the scope's directory prefix);
+* ``file_too_large``; ``edit_not_applicable`` (search text absent or ambiguous);
+* ``missing_deliverable``: every deliverable must appear in the answer.
+
+Deleting a file, or changing an existing file that is not a deliverable, is allowed only
+after a human approves: those are listed in :attr:`Change.needs_approval`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from autopack.builder.output import BuilderOutput, BuilderRejected
+
+DEFAULT_MAX_FILE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Scope:
+    paths: tuple[str, ...]
+    read_only_context: tuple[str, ...] = ()
+    deliverables: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Scope:
+        return cls(
+            paths=tuple(data.get("paths") or ()),
+            read_only_context=tuple(data.get("read_only_context") or ()),
+            deliverables=tuple(data.get("deliverables") or ()),
+        )
+
+    def allows(self, path: str) -> bool:
+        """Is ``path`` (normalised, relative) under one of the scope's paths?"""
+        for allowed in self.paths:
+            prefix = allowed.rstrip("/")
+            if path == prefix or path.startswith(prefix + "/"):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class PlannedWrite:
+    path: str
+    content: str
+    existed: bool
+
+
+@dataclass(frozen=True)
+class Change:
+    """What applying the answer would do, fully computed before anything is written."""
+
+    writes: tuple[PlannedWrite, ...]
+    deletes: tuple[str, ...]
+    needs_approval: tuple[str, ...]
+    summary: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The form stored in an approval request, so an approved change can be applied later."""
+        return {
+            "writes": [
+                {"path": w.path, "content": w.content, "existed": w.existed} for w in self.writes
+            ],
+            "deletes": list(self.deletes),
+            "needs_approval": list(self.needs_approval),
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Change:
+        return cls(
+            writes=tuple(
+                PlannedWrite(w["path"], w["content"], w["existed"]) for w in data["writes"]
+            ),
+            deletes=tuple(data["deletes"]),
+            needs_approval=tuple(data["needs_approval"]),
+            summary=data.get("summary", ""),
+        )
+
+
+def safe_relative(path: str) -> str:
+    """Normalise a proposed path, refusing anything that could leave the workspace."""
+    problem = ""
+    if not path or not path.strip():
+        problem = "is empty"
+    elif "\x00" in path:
+        problem = "contains a NUL byte"
+    elif "\\" in path:
+        problem = "uses backslashes; use forward slashes"
+    elif path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        problem = "is absolute; paths are relative to the workspace root"
+    elif ".." in PurePosixPath(path).parts:
+        problem = "contains '..'"
+    if problem:
+        raise BuilderRejected("unsafe_path", f"The path {path!r} {problem}.")
+    return posixpath.normpath(path)
+
+
+def _inside_workspace(workspace: Path, path: str) -> None:
+    root = workspace.resolve()
+    target = (workspace / path).resolve()
+    if not target.is_relative_to(root):
+        raise BuilderRejected(
+            "unsafe_path", f"The path {path!r} leads outside the workspace through a symlink."
+        )
+
+
+def _outside_scope(path: str, scope: Scope) -> BuilderRejected:
+    hint = ""
+    same_name = [d for d in scope.deliverables if PurePosixPath(d).name == PurePosixPath(path).name]
+    if same_name:
+        hint = f" Did you mean {same_name[0]!r}?"
+    allowed = ", ".join(repr(p) for p in scope.paths) or "(none)"
+    return BuilderRejected(
+        "path_outside_scope",
+        f"The path {path!r} is outside this phase's scope.{hint} Paths are relative to the "
+        f"workspace root and must keep the scope's directory prefix; allowed: {allowed}.",
+    )
+
+
+def _read(workspace: Path, path: str) -> str | None:
+    target = workspace / path
+    return target.read_text() if target.is_file() else None
+
+
+def plan_change(
+    output: BuilderOutput,
+    scope: Scope,
+    workspace: Path,
+    *,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> Change:
+    """Validate the answer against the scope and the workspace; compute final contents."""
+    contents: dict[str, str] = {}
+    existed: dict[str, bool] = {}
+
+    def admit(raw: str) -> str:
+        path = safe_relative(raw)
+        if not scope.allows(path):
+            raise _outside_scope(path, scope)
+        _inside_workspace(workspace, path)
+        return path
+
+    for file in output.files:
+        path = admit(file.path)
+        contents[path] = file.content
+        existed.setdefault(path, (workspace / path).exists())
+    for edit in output.edits:
+        path = admit(edit.path)
+        current = contents.get(path, _read(workspace, path))
+        if current is None:
+            raise BuilderRejected(
+                "edit_not_applicable",
+                f"You sent an edit for {path!r}, which does not exist; send its full content "
+                'in "files" instead.',
+            )
+        count = current.count(edit.search)
+        if count != 1:
+            where = "does not occur" if count == 0 else f"occurs {count} times"
+            raise BuilderRejected(
+                "edit_not_applicable",
+                f"The search text of an edit for {path!r} {where} in the file; it must match "
+                "exactly once (copy it verbatim, or send the full file instead).",
+            )
+        contents[path] = current.replace(edit.search, edit.replace, 1)
+        existed.setdefault(path, True)
+    deletes = tuple(admit(path) for path in output.deletes)
+
+    for path, content in contents.items():
+        size = len(content.encode())
+        if size > max_file_bytes:
+            raise BuilderRejected(
+                "file_too_large",
+                f"{path!r} would be {size} bytes; the limit is {max_file_bytes}. Split it.",
+            )
+    missing = [d for d in scope.deliverables if posixpath.normpath(d) not in contents]
+    if missing:
+        raise BuilderRejected(
+            "missing_deliverable",
+            "Every deliverable must appear in your answer with its full path; missing: "
+            + ", ".join(repr(m) for m in missing)
+            + ".",
+        )
+    deliverables = {posixpath.normpath(d) for d in scope.deliverables}
+    needs_approval = [f"delete {path}" for path in deletes]
+    needs_approval += [
+        f"overwrite existing non-deliverable {path}"
+        for path in contents
+        if existed[path] and path not in deliverables
+    ]
+    return Change(
+        writes=tuple(PlannedWrite(p, c, existed[p]) for p, c in contents.items()),
+        deletes=deletes,
+        needs_approval=tuple(needs_approval),
+        summary=output.summary,
+    )

@@ -1,0 +1,145 @@
+"""Parse the Builder's answer into a typed change, or say precisely what is wrong with it.
+
+The Builder answers one JSON object::
+
+    {"files":  [{"path": "src/x/a.py", "content": "<whole file>"}],
+     "edits":  [{"path": "src/x/b.py", "search": "<exact old text>", "replace": "<new>"}],
+     "delete": ["src/x/old.py"],
+     "summary": "what changed and why"}
+
+Models often wrap JSON in a Markdown fence or add a sentence around it; both are tolerated.
+Anything else (no JSON object, wrong field types, nothing to change) raises
+:class:`BuilderRejected` with a stop reason and feedback written *to the Builder*, so the
+retry prompt can say exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autopack.errors import BuilderOutputInvalid
+
+_FENCE = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.DOTALL)
+
+
+class BuilderRejected(BuilderOutputInvalid):
+    """The Builder's answer cannot be applied; ``feedback`` tells the Builder how to fix it."""
+
+    def __init__(self, stop_reason: str, feedback: str) -> None:
+        super().__init__(f"{stop_reason}: {feedback}", stop_reason=stop_reason)
+        self.stop_reason = stop_reason
+        self.feedback = feedback
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    path: str
+    content: str
+
+
+class _Edit(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    path: str
+    search: str = Field(min_length=1)
+    replace: str
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    files: list[_File] = []
+    edits: list[_Edit] = []
+    delete: list[str] = []
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    path: str
+    content: str
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    path: str
+    search: str
+    replace: str
+
+
+@dataclass(frozen=True)
+class BuilderOutput:
+    files: tuple[FileWrite, ...] = ()
+    edits: tuple[FileEdit, ...] = ()
+    deletes: tuple[str, ...] = ()
+    summary: str = ""
+
+    @property
+    def paths(self) -> list[str]:
+        """Every path the answer writes, edits or deletes, in order, once each."""
+        seen: dict[str, None] = {}
+        for path in (
+            [f.path for f in self.files] + [e.path for e in self.edits] + list(self.deletes)
+        ):
+            seen.setdefault(path, None)
+        return list(seen)
+
+
+def extract_json_object(text: str) -> object:
+    """The first JSON object in ``text`` (inside a fence if there is one)."""
+    fenced = _FENCE.search(text)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates.append(text)
+    last_error: json.JSONDecodeError | None = None
+    decoder = json.JSONDecoder()
+    for candidate in candidates:
+        start = candidate.find("{")
+        while start != -1:
+            try:
+                value, _ = decoder.raw_decode(candidate, start)
+                return value
+            except json.JSONDecodeError as exc:
+                last_error = exc
+                start = candidate.find("{", start + 1)
+    where = ""
+    if last_error is not None:
+        where = f" ({last_error.msg} at line {last_error.lineno} column {last_error.colno})"
+    raise BuilderRejected(
+        "malformed_output",
+        f"Your answer was not a JSON object{where}. Answer with exactly one JSON object: "
+        '{"files": [{"path": ..., "content": ...}], "summary": ...} and nothing else. '
+        "Escape newlines and quotes inside strings.",
+    )
+
+
+def parse_builder_output(text: str) -> BuilderOutput:
+    """Parse and type-check the Builder's answer; raise :class:`BuilderRejected` if unusable."""
+    if not text.strip():
+        raise BuilderRejected(
+            "empty_output", "Your answer was empty. Answer with the JSON object described."
+        )
+    raw = extract_json_object(text)
+    try:
+        answer = _Answer.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise BuilderRejected(
+            "malformed_output", f"Your JSON does not match the required shape: {problems}."
+        ) from exc
+    if not answer.files and not answer.edits and not answer.delete:
+        raise BuilderRejected(
+            "empty_files",
+            'Your "files" array was empty. Return the COMPLETE content of every deliverable '
+            'in "files" (one entry per file, with its full path); an empty array is never a '
+            "valid answer.",
+        )
+    return BuilderOutput(
+        files=tuple(FileWrite(f.path, f.content) for f in answer.files),
+        edits=tuple(FileEdit(e.path, e.search, e.replace) for e in answer.edits),
+        deletes=tuple(answer.delete),
+        summary=answer.summary,
+    )

@@ -1,0 +1,82 @@
+"""Running a phase's checks (e.g. ``python -m pytest -q tests/x``) in its workspace.
+
+Each command runs in a shell with the workspace as working directory, a timeout that kills
+its whole process group, and ``python``/``pytest`` resolving to the executor's own
+interpreter. Credentials are removed from the environment: a check runs code the LLM wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TIMEOUT_SECONDS = 300.0
+TAIL_CHARS = 4000
+_SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    command: str
+    exit_code: int | None
+    passed: bool
+    timed_out: bool
+    duration_s: float
+    output_tail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        shell=True,
+        cwd=workspace,
+        env=_check_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    timed_out = False
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        output += f"\n[autopack] check timed out after {timeout:g}s and was killed"
+    return CheckResult(
+        command=command,
+        exit_code=None if timed_out else process.returncode,
+        passed=not timed_out and process.returncode == 0,
+        timed_out=timed_out,
+        duration_s=round(time.monotonic() - started, 3),
+        output_tail=output[-TAIL_CHARS:],
+    )
+
+
+def run_checks(
+    commands: Sequence[str], workspace: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> list[CheckResult]:
+    """Run every check (all of them, so the Builder gets all the feedback at once)."""
+    return [run_check(command, workspace, timeout) for command in commands]

@@ -1,0 +1,252 @@
+"""Builder output parsing, the deliverables contract, safe writes, checks and the rules Auditor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from autopack.builder.auditor import audit_rules, parse_verdict
+from autopack.builder.contract import Change, Scope, plan_change
+from autopack.builder.output import BuilderRejected, parse_builder_output
+from autopack.builder.prompt import Feedback, PhaseTask, builder_prompt
+from autopack.executor.checks import run_checks
+from autopack.executor.workspace import apply_change, commit_phase
+
+SCOPE = Scope(
+    paths=("examples/utils/",),
+    read_only_context=("examples/utils/base.py",),
+    deliverables=("examples/utils/string_util.py",),
+)
+
+
+def _answer(files: list[dict[str, str]], **extra: object) -> str:
+    return json.dumps({"files": files, "summary": "s", **extra})
+
+
+def _plan(workspace: Path, text: str, scope: Scope = SCOPE, **kwargs: int) -> Change:
+    return plan_change(parse_builder_output(text), scope, workspace, **kwargs)
+
+
+GOOD = [{"path": "examples/utils/string_util.py", "content": "def f():\n    return 1\n"}]
+
+
+def test_parses_plain_fenced_and_prose_wrapped_json() -> None:
+    for text in (
+        _answer(GOOD),
+        "```json\n" + _answer(GOOD) + "\n```",
+        "Here you go:\n" + _answer(GOOD) + "\nHope this helps.",
+    ):
+        output = parse_builder_output(text)
+        assert [f.path for f in output.files] == ["examples/utils/string_util.py"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty_output"),
+        ("I cannot do that.", "malformed_output"),
+        ('{"files": [{"path": "a.py", "content": "x"', "malformed_output"),
+        ('{"files": "a.py"}', "malformed_output"),
+        ('{"files": [], "summary": "nothing"}', "empty_files"),
+    ],
+)
+def test_unusable_answers_are_rejected_with_a_reason(text: str, reason: str) -> None:
+    with pytest.raises(BuilderRejected) as caught:
+        parse_builder_output(text)
+    assert caught.value.stop_reason == reason
+    assert caught.value.feedback
+
+
+def test_empty_files_feedback_tells_the_builder_what_to_do() -> None:
+    with pytest.raises(BuilderRejected, match="COMPLETE content of every deliverable"):
+        parse_builder_output('{"files": []}')
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/etc/passwd", "../outside.py", "examples/utils/../../x.py", "C:/x.py", "a\\b.py", "a\x00.py"],
+)
+def test_unsafe_paths_are_rejected(tmp_path: Path, path: str) -> None:
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer([*GOOD, {"path": path, "content": "x"}]))
+    assert caught.value.stop_reason == "unsafe_path"
+
+
+def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    (workspace / "examples").mkdir(parents=True)
+    outside.mkdir()
+    (workspace / "examples" / "utils").symlink_to(outside)
+    with pytest.raises(BuilderRejected, match="outside the workspace through a symlink"):
+        _plan(workspace, _answer(GOOD))
+
+
+def test_path_outside_scope_gets_the_prefix_hint(tmp_path: Path) -> None:
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer([{"path": "string_util.py", "content": "x"}]))
+    assert caught.value.stop_reason == "path_outside_scope"
+    assert "Did you mean 'examples/utils/string_util.py'" in caught.value.feedback
+
+
+def test_missing_deliverable_is_named(tmp_path: Path) -> None:
+    scope = Scope(paths=SCOPE.paths, deliverables=(*SCOPE.deliverables, "examples/utils/b.py"))
+    with pytest.raises(BuilderRejected, match=r"examples/utils/b\.py") as caught:
+        _plan(tmp_path, _answer(GOOD), scope)
+    assert caught.value.stop_reason == "missing_deliverable"
+
+
+def test_size_limit(tmp_path: Path) -> None:
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer(GOOD), max_file_bytes=5)
+    assert caught.value.stop_reason == "file_too_large"
+
+
+def test_edits_apply_once_and_refuse_ambiguity(tmp_path: Path) -> None:
+    target = tmp_path / "examples/utils/string_util.py"
+    target.parent.mkdir(parents=True)
+    target.write_text("a = 1\nb = 1\n")
+    edit = {"path": "examples/utils/string_util.py", "search": "a = 1", "replace": "a = 2"}
+    change = _plan(tmp_path, json.dumps({"edits": [edit]}))
+    assert change.writes[0].content == "a = 2\nb = 1\n"
+    assert change.needs_approval == ()
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, json.dumps({"edits": [{**edit, "search": "= 1"}]}))
+    assert caught.value.stop_reason == "edit_not_applicable"
+
+
+def test_deleting_or_overwriting_non_deliverables_needs_approval(tmp_path: Path) -> None:
+    other = tmp_path / "examples/utils/other.py"
+    other.parent.mkdir(parents=True)
+    other.write_text("keep\n")
+    change = _plan(
+        tmp_path,
+        _answer(
+            [*GOOD, {"path": "examples/utils/other.py", "content": "new\n"}],
+            delete=["examples/utils/old.py"],
+        ),
+    )
+    assert set(change.needs_approval) == {
+        "delete examples/utils/old.py",
+        "overwrite existing non-deliverable examples/utils/other.py",
+    }
+    assert Change.from_json(change.to_json()) == change
+
+
+def test_apply_is_all_or_nothing_and_revertible(tmp_path: Path) -> None:
+    (tmp_path / "examples/utils").mkdir(parents=True)
+    existing = tmp_path / "examples/utils/string_util.py"
+    existing.write_text("old\n")
+    (tmp_path / "examples/utils/blocker").write_text("a file where a directory is needed")
+    broken = _plan(
+        tmp_path,
+        _answer(
+            [
+                *GOOD,
+                {"path": "examples/utils/blocker/x.py", "content": "x"},
+            ]
+        ),
+    )
+    with pytest.raises(OSError):
+        apply_change(tmp_path, broken)
+    assert existing.read_text() == "old\n"
+
+    applied = apply_change(tmp_path, _plan(tmp_path, _answer(GOOD)))
+    assert existing.read_text() == GOOD[0]["content"]
+    applied.revert()
+    assert existing.read_text() == "old\n"
+    assert not list(tmp_path.rglob("*.autopack"))
+
+
+def test_git_workspace_gets_one_commit_per_phase(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    applied = apply_change(tmp_path, _plan(tmp_path, _answer(GOOD)))
+    sha = commit_phase(tmp_path, applied.paths, "autopack: p1 (run r1, attempt 1)")
+    log = subprocess.run(
+        ["git", "log", "--format=%H %s"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert log[0] == f"{sha} autopack: p1 (run r1, attempt 1)"
+    assert commit_phase(tmp_path, [], "nothing") is None
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_checks_report_pass_fail_and_timeouts(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    results = run_checks(
+        [
+            "python -c 'print(40 + 2)'",
+            "echo nope >&2; exit 3",
+            f"sh -c 'echo $$ > {pid_file}; exec sleep 60' & sleep 60",
+        ],
+        tmp_path,
+        timeout=1.0,
+    )
+    assert [r.passed for r in results] == [True, False, False]
+    assert "42" in results[0].output_tail
+    assert results[1].exit_code == 3 and "nope" in results[1].output_tail
+    assert results[2].timed_out and results[2].exit_code is None
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _running(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(grandchild), "the timed-out check's process group survived"
+
+
+def test_checks_do_not_see_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
+    [result] = run_checks(["env"], tmp_path)
+    assert "sk-ant-secret" not in result.output_tail
+
+
+def _task(category: str = "implementation") -> PhaseTask:
+    return PhaseTask(
+        "p1", "strings", "Write slugify.", category, "low", SCOPE, ("python -m pytest -q",)
+    )
+
+
+def test_rules_auditor_flags_syntax_errors_stubs_and_testless_tests(tmp_path: Path) -> None:
+    bad = _plan(
+        tmp_path,
+        _answer(
+            [
+                {"path": "examples/utils/string_util.py", "content": "def f(:\n"},
+                {"path": "examples/utils/stub.py", "content": "def g():\n    ...\n"},
+                {"path": "examples/utils/test_x.py", "content": "x = 1\n"},
+            ]
+        ),
+    )
+    verdict = audit_rules(_task("tests"), bad)
+    assert not verdict.approved
+    assert len(verdict.issues) == 3
+    assert audit_rules(_task(), _plan(tmp_path, _answer(GOOD))).approved
+
+
+def test_unparseable_llm_verdict_falls_back_to_rules() -> None:
+    fallback = audit_rules(_task(), Change((), (), (), ""))
+    verdict = parse_verdict("looks fine to me!", fallback)
+    assert verdict.approved is True and verdict.error
+    assert parse_verdict('{"approved": false, "issues": ["x"]}', fallback).issues == ("x",)
+
+
+def test_prompt_carries_contract_context_and_feedback(tmp_path: Path) -> None:
+    (tmp_path / "examples/utils").mkdir(parents=True)
+    (tmp_path / "examples/utils/base.py").write_text("BASE = 1\n")
+    prompt = builder_prompt(
+        _task(), tmp_path, [Feedback(1, "empty_files", "Your files array was empty.")]
+    )
+    assert "examples/utils/string_util.py (new file)" in prompt
+    assert "BASE = 1" in prompt
+    assert "attempt 1 (empty_files): Your files array was empty." in prompt
+    assert "- `python -m pytest -q`" in prompt
+    small = builder_prompt(_task(), tmp_path, context_chars=3)
+    assert "truncated: context budget exhausted" in small
