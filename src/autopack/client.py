@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
 from autopack import errors
 from autopack.db.identity import DbIdentity
@@ -114,3 +115,26 @@ class ApiClient:
                 api_url=self.base_url,
             )
         return body
+
+    # -- telemetry ---------------------------------------------------------------------
+    def post_telemetry(self, kind: str, event: BaseModel) -> int:
+        """POST one telemetry event (kind: llm-usage, estimations, escalations); its row id."""
+        response = self.request(
+            "POST",
+            f"/telemetry/{kind}",
+            content=event.model_dump_json(),
+            headers={"content-type": "application/json"},
+        )
+        row_id: int = response.json()["id"]
+        return row_id
+
+    def telemetry_events(
+        self, kind: str = "usage", run_id: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"kind": kind, "limit": limit}
+        if run_id is not None:
+            params["run_id"] = run_id
+        events: list[dict[str, Any]] = self.request(
+            "GET", "/telemetry/events", params=params
+        ).json()
+        return events

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from autopack import __version__
-from autopack.api.routers import health
+from autopack.api.routers import health, telemetry
 from autopack.api.watchdog import exit_when_parent_dies
 from autopack.config import Settings, load_settings
 from autopack.db import open_database
@@ -66,4 +66,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=exc.http_status)
 
     app.include_router(health.router)
+    app.include_router(telemetry.router)
     return app

@@ -1,0 +1,43 @@
+"""Telemetry endpoints: executors post events here; the dashboard and reports read them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, status
+
+from autopack.api.deps import SessionDep
+from autopack.db import telemetry as rows
+from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
+
+router = APIRouter(prefix="/telemetry", tags=["telemetry"])
+
+
+@router.post("/llm-usage", status_code=status.HTTP_201_CREATED)
+def post_llm_usage(event: LlmUsageIn, session: SessionDep) -> dict[str, int]:
+    return {"id": rows.record_llm_usage(session, event)}
+
+
+@router.post("/estimations", status_code=status.HTTP_201_CREATED)
+def post_estimation(event: TokenEstimationIn, session: SessionDep) -> dict[str, int]:
+    return {"id": rows.record_estimation(session, event)}
+
+
+@router.post("/escalations", status_code=status.HTTP_201_CREATED)
+def post_escalation(event: TokenBudgetEscalationIn, session: SessionDep) -> dict[str, int]:
+    return {"id": rows.record_escalation(session, event)}
+
+
+@router.get("/events")
+def get_events(
+    session: SessionDep,
+    run_id: str | None = None,
+    kind: Literal["usage", "estimation", "escalation"] = "usage",
+    limit: int = Query(500, ge=1, le=10_000),
+) -> list[dict[str, Any]]:
+    reader = {
+        "usage": rows.usage_events,
+        "estimation": rows.estimation_events,
+        "escalation": rows.escalation_events,
+    }[kind]
+    return reader(session, run_id=run_id, limit=limit)

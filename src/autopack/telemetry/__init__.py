@@ -1,0 +1,1 @@
+"""Telemetry: event definitions, the executor-side recorder, OpenTelemetry export, reports."""

@@ -1,0 +1,132 @@
+"""Telemetry writers against the real schema, on both backends, through the real API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from autopack.client import ApiClient
+from autopack.db.telemetry import TELEMETRY_TABLES
+from autopack.errors import InvalidInput
+from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
+from autopack.telemetry.recorder import TelemetryRecorder
+from tests.support import Server, clean_env
+
+EVENTS: dict[str, tuple[type[BaseModel], str]] = {
+    "llm_usage_events": (LlmUsageIn, "llm-usage"),
+    "token_estimation_v2_events": (TokenEstimationIn, "estimations"),
+    "token_budget_escalation_events": (TokenBudgetEscalationIn, "escalations"),
+}
+
+USAGE = LlmUsageIn(
+    run_id="r1",
+    phase_id="p1",
+    attempt=1,
+    role="builder",
+    provider="anthropic",
+    model="claude-x",
+    input_tokens=1200,
+    output_tokens=800,
+    cache_read_tokens=200,
+    cache_write_tokens=0,
+    max_tokens=4096,
+    stop_reason="end_turn",
+    latency_ms=1234.5,
+    ttft_ms=None,
+    success=True,
+    request_id="req_1",
+    cost_usd=0.0123,
+    provider_cost_usd=None,
+    price_snapshot={"version": "t", "input": 3.0},
+)
+ESTIMATION = TokenEstimationIn(
+    run_id="r1",
+    phase_id="p1",
+    attempt=1,
+    estimator_version="v1",
+    category="tests",
+    complexity="low",
+    deliverable_count=2,
+    deliverables_json=["a.py", "b.py"],
+    features={"kinds": ["test", "python"]},
+    predicted_output_tokens=900,
+    predicted_p90_tokens=1400,
+    selected_budget=2000,
+    budget_decided_by="estimate",
+    max_tokens_sent=2000,
+    actual_output_tokens=800,
+    truncated=False,
+    stop_reason="end_turn",
+    model="claude-x",
+    parse_success=True,
+    success=True,
+    smape_percent=11.8,
+    waste_ratio=2.5,
+    underestimated=False,
+)
+ESCALATION = TokenBudgetEscalationIn(
+    run_id="r1",
+    phase_id="p1",
+    attempt=2,
+    reason="truncation",
+    factor=1.5,
+    old_budget=2000,
+    new_budget=3000,
+)
+
+
+@pytest.mark.parametrize("table", sorted(EVENTS))
+def test_every_event_field_is_a_column_of_its_table(table: str) -> None:
+    model, _ = EVENTS[table]
+    columns = set(TELEMETRY_TABLES[table].__table__.columns.keys())
+    assert set(model.model_fields) <= columns, set(model.model_fields) - columns
+
+
+def test_events_round_trip_through_the_api(database_url: str, tmp_path: Path) -> None:
+    with (
+        Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server,
+        ApiClient(server.url) as client,
+    ):
+        recorder = TelemetryRecorder(client.post_telemetry, enabled=True)
+        for event in (USAGE, ESTIMATION, ESCALATION):
+            recorder.record(event)
+        assert (recorder.written, recorder.failures) == (3, 0)
+        stored: dict[str, list[dict[str, Any]]] = {
+            kind: client.telemetry_events(kind, run_id="r1")
+            for kind in ("usage", "estimation", "escalation")
+        }
+    for kind, event in (("usage", USAGE), ("estimation", ESTIMATION), ("escalation", ESCALATION)):
+        [row] = stored[kind]
+        expected = event.model_dump(mode="json", exclude={"ts"})
+        assert {k: row[k] for k in expected} == expected
+
+
+def test_a_field_the_table_lacks_is_refused_loudly_and_counted(
+    database_url: str, tmp_path: Path
+) -> None:
+    class Drifted(LlmUsageIn):
+        not_a_column: int = 1
+
+    with (
+        Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server,
+        ApiClient(server.url) as client,
+    ):
+        with pytest.raises(InvalidInput, match="not_a_column"):
+            client.post_telemetry("llm-usage", Drifted(**USAGE.model_dump()))
+        recorder = TelemetryRecorder(
+            lambda kind, event: client.post_telemetry(kind, Drifted(**event.model_dump())),
+            enabled=True,
+        )
+        recorder.record(USAGE)
+        assert (recorder.written, recorder.failures) == (0, 1)
+        assert client.telemetry_events("usage") == []
+
+
+def test_disabled_recorder_writes_nothing() -> None:
+    calls: list[str] = []
+    recorder = TelemetryRecorder(lambda kind, event: calls.append(kind) or 1, enabled=False)
+    recorder.record(USAGE)
+    assert calls == [] and recorder.written == 0
