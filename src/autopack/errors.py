@@ -15,6 +15,8 @@ original as ``__cause__``.
     │   ├── IllegalTransition                    a state machine edge that does not exist
     │   └── LeaseLost                            the caller's lease token is no longer valid
     ├── ServerUnavailable      exit 2, HTTP 502  an API server did not answer in time
+    ├── LLMError               exit 1, HTTP 502  an LLM call failed after the SDK's own retries
+    │   └── CassetteMiss                         the replay cassette has no answer for a request
     └── BuilderOutputInvalid   exit 1            the LLM's answer cannot be applied
 """
 
@@ -91,6 +93,54 @@ class ServerUnavailable(AutopackError):
 
     exit_code = 2
     http_status = 502
+
+
+class LLMError(AutopackError):
+    """A call to an LLM provider failed (after the SDK's own retries, if any).
+
+    Carries everything a usage row for the failed call needs, because the executor records
+    failed calls too: ``provider``, ``model``, ``error_class`` (the SDK exception's class
+    name), ``status_code``, ``request_id``, ``latency_ms`` and ``retryable`` (whether a
+    later attempt may succeed: rate limits, overload, 5xx, connection trouble).
+    """
+
+    http_status = 502
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        provider: str = "unknown",
+        model: str = "unknown",
+        error_class: str = "LLMError",
+        status_code: int | None = None,
+        request_id: str | None = None,
+        latency_ms: float = 0.0,
+        retryable: bool = False,
+        **details: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            model=model,
+            error_class=error_class,
+            status_code=status_code,
+            request_id=request_id,
+            latency_ms=latency_ms,
+            retryable=retryable,
+            **details,
+        )
+        self.provider = provider
+        self.model = model
+        self.error_class = error_class
+        self.status_code = status_code
+        self.request_id = request_id
+        self.latency_ms = latency_ms
+        self.retryable = retryable
+
+
+class CassetteMiss(LLMError):
+    """The replay cassette holds no recorded answer for this request; nothing is invented."""
 
 
 class BuilderOutputInvalid(AutopackError):
