@@ -127,6 +127,7 @@ class Phase(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    lease_seconds: Mapped[int | None]
     last_failure_reason: Mapped[str | None] = mapped_column(Text)
     failure_fingerprint: Mapped[str | None] = mapped_column(String(64))
     tokens_used: Mapped[int] = mapped_column(Integer, default=0)

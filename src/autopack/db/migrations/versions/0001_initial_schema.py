@@ -197,6 +197,7 @@ def upgrade() -> None:
         sa.Column("lease_owner", sa.String(length=200), nullable=True),
         sa.Column("lease_token", sa.String(length=64), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lease_seconds", sa.Integer(), nullable=True),
         sa.Column("last_failure_reason", sa.Text(), nullable=True),
         sa.Column("failure_fingerprint", sa.String(length=64), nullable=True),
         sa.Column("tokens_used", sa.Integer(), nullable=False),
