@@ -1,0 +1,371 @@
+"""The run definition: one pydantic schema for run files (YAML/JSON), the API and JSON Schema.
+
+A run has ordered tiers; a tier has ordered phases. Everything but ``run_id``, ``tiers``,
+``tier_id``, ``phase_id`` and ``name`` has a default. Validation rejects what would only
+fail later, far from its cause: duplicate ids, absolute or ``..`` paths, deliverables
+outside ``scope.paths``, ``depends_on`` naming a phase of another tier, and cycles.
+
+Every error names the field (``tiers[0](T1).phases[2](p3).scope.deliverables[0]``) and the
+offending value, and is raised as :class:`~autopack.errors.InvalidInput` (HTTP 422, CLI
+exit 2). Importing this module reads nothing; :func:`load_run_file` reads the one file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from autopack.errors import InvalidInput
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""Ids appear in URLs and file names: letters, digits, ``.``, ``_`` and ``-`` only."""
+
+TaskCategory = Literal["implementation", "tests", "docs", "refactor", "config", "bugfix"]
+Complexity = Literal["low", "medium", "high"]
+
+DEFAULT_TOKEN_CAP = 1_000_000
+DEFAULT_COST_CAP_USD = 10.0
+DEFAULT_MAX_DURATION_MINUTES = 240
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=200)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+Command = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _relative_path(value: str) -> str:
+    """A workspace-relative POSIX path: no absolute path, no ``..``, no backslash.
+
+    ``./a//b/`` is normalised to ``a/b/``; a trailing ``/`` (a directory) is kept.
+    """
+    if "\\" in value:
+        raise ValueError("use forward slashes in paths")
+    if "\x00" in value:
+        raise ValueError("path contains a NUL character")
+    if value.startswith("/") or _DRIVE.match(value):
+        raise ValueError("path must be relative to the workspace root")
+    parts = [part for part in value.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("path must not contain '..'")
+    if not parts:
+        raise ValueError("path names no file or directory")
+    return "/".join(parts) + ("/" if value.endswith("/") else "")
+
+
+RelPath = Annotated[str, AfterValidator(_relative_path)]
+
+
+def path_inside(path: str, container: str) -> bool:
+    """Is ``path`` the ``container`` path itself or below it (component-wise)?"""
+    prefix = container.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budgets(_Strict):
+    """Caps checked when work is claimed; ``null`` means no cap."""
+
+    token_cap: int | None = Field(DEFAULT_TOKEN_CAP, ge=1, description="Tokens (in+out).")
+    cost_cap_usd: float | None = Field(DEFAULT_COST_CAP_USD, gt=0, description="US dollars.")
+    max_phases: int | None = Field(None, ge=1, description="Phases that may be started.")
+    max_duration_minutes: int | None = Field(
+        DEFAULT_MAX_DURATION_MINUTES, ge=1, description="Minutes since the first claim."
+    )
+
+
+class Policy(_Strict):
+    on_approval_timeout: Literal["fail", "requeue"] = Field(
+        "fail", description="What an unanswered approval does to its phase."
+    )
+    approval_timeout_minutes: float = Field(60.0, gt=0)
+    retry_backoff_seconds: float = Field(
+        2.0, ge=0, le=3600, description="Base of the capped (60 s) exponential retry backoff."
+    )
+
+
+class Scope(_Strict):
+    paths: list[RelPath] = Field(
+        default_factory=list,
+        description="Where the phase may write; default: the deliverables' directories.",
+    )
+    read_only_context: list[RelPath] = Field(default_factory=list)
+    deliverables: list[RelPath] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _deliverables_inside_paths(self) -> Scope:
+        for deliverable in self.deliverables:
+            if deliverable.endswith("/"):
+                raise ValueError(f"deliverable {deliverable!r} must be a file, not a directory")
+        if not self.paths:
+            defaults: list[str] = []
+            for deliverable in self.deliverables:
+                parent = str(PurePosixPath(deliverable).parent)
+                entry = deliverable if parent == "." else parent + "/"
+                if entry not in defaults:
+                    defaults.append(entry)
+            self.paths = defaults
+        for deliverable in self.deliverables:
+            if not any(path_inside(deliverable, path) for path in self.paths):
+                raise ValueError(
+                    f"deliverable {deliverable!r} is not inside scope.paths {self.paths}"
+                )
+        return self
+
+
+class PhaseDefinition(_Strict):
+    phase_id: Id
+    name: Name
+    description: str = ""
+    task_category: TaskCategory = "implementation"
+    complexity: Complexity = "medium"
+    scope: Scope = Field(default_factory=Scope)
+    checks: list[Command] = Field(
+        default_factory=list, description="Shell commands run from the workspace root."
+    )
+    max_attempts: int = Field(3, ge=1, le=50)
+    depends_on: list[Id] = Field(
+        default_factory=list, description="Phases of the same tier that must COMPLETE first."
+    )
+
+
+class TierDefinition(_Strict):
+    tier_id: Id
+    name: Name
+    phases: list[PhaseDefinition] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _dependencies_inside_tier_and_acyclic(self) -> TierDefinition:
+        ids = [phase.phase_id for phase in self.phases]
+        known = set(ids)
+        graph: dict[str, list[str]] = {}
+        for phase in self.phases:
+            for dep in phase.depends_on:
+                if dep == phase.phase_id:
+                    raise ValueError(f"phase {phase.phase_id!r} depends_on itself")
+                if dep not in known:
+                    raise ValueError(
+                        f"phase {phase.phase_id!r} depends_on {dep!r}, which is not a phase of "
+                        f"tier {self.tier_id!r} (phases of earlier tiers are waited for anyway)"
+                    )
+            graph[phase.phase_id] = list(dict.fromkeys(phase.depends_on))
+            phase.depends_on = graph[phase.phase_id]
+        cycle = _find_cycle(graph)
+        if cycle:
+            raise ValueError(f"depends_on has a cycle: {' -> '.join(cycle)}")
+        return self
+
+
+class RunDefinition(_Strict):
+    """What `POST /runs`, `autopack run create FILE` and `GET /schemas/run` share."""
+
+    run_id: Id
+    goal: str = ""
+    budgets: Budgets = Field(default_factory=Budgets)
+    policy: Policy = Field(default_factory=Policy)
+    tiers: list[TierDefinition] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RunDefinition:
+        _no_duplicates("tier_id", [tier.tier_id for tier in self.tiers])
+        _no_duplicates(
+            "phase_id", [phase.phase_id for tier in self.tiers for phase in tier.phases]
+        )
+        return self
+
+    def phase_count(self) -> int:
+        return sum(len(tier.phases) for tier in self.tiers)
+
+
+def _no_duplicates(field: str, values: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {field} {value!r} (ids must be unique in a run)")
+        seen.add(value)
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
+    """One dependency cycle as a path that returns to its start, or [] when acyclic."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                return [*path[path.index(dep) :], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+# -- errors that name the field and the value ----------------------------------------------
+
+
+def _describe_loc(loc: Sequence[int | str], data: Any) -> str:
+    """``("tiers", 0, "phases", 1, "scope")`` -> ``tiers[0](T1).phases[1](p2).scope``."""
+    text = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else None
+            if isinstance(node, dict):
+                label = node.get("phase_id") or node.get("tier_id")
+                if isinstance(label, str) and label:
+                    text += f"({label})"
+        else:
+            text += f".{part}" if text else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return text or "(top level)"
+
+
+_SCALARS = (str, bool, int, float)
+
+
+def _short_value(value: Any) -> Any:
+    """A scalar offending value, JSON-safe and at most 200 characters."""
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "…"
+    return value
+
+
+def describe_errors(
+    errors: Sequence[Any], data: Any = None, *, drop_prefix: int = 0
+) -> list[dict[str, Any]]:
+    """pydantic error dicts -> ``[{field, message, value}]`` with readable field paths."""
+    described = []
+    for error in errors:
+        loc = list(error.get("loc", ()))[drop_prefix:]
+        message = str(error.get("msg", "invalid"))
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if message.startswith(prefix):
+                message = message[len(prefix) :]
+        if error.get("type") == "string_pattern_mismatch" and (
+            (error.get("ctx") or {}).get("pattern") == ID_PATTERN
+        ):
+            message = "ids use only letters, digits, '.', '_' and '-', and start with a letter or digit"
+        item: dict[str, Any] = {"field": _describe_loc(loc, data), "message": message}
+        value = error.get("input")
+        if error.get("type") != "missing" and (value is None or isinstance(value, _SCALARS)):
+            item["value"] = _short_value(value)
+        described.append(item)
+    return described
+
+
+def summarize_errors(described: Sequence[dict[str, Any]], limit: int = 5) -> str:
+    """One line per problem (at most ``limit``): ``field: message (got value)``."""
+    lines = []
+    for item in described[:limit]:
+        line = f"{item['field']}: {item['message']}"
+        if "value" in item:
+            line += f" (got {item['value']!r})"
+        lines.append(line)
+    if len(described) > limit:
+        lines.append(f"... and {len(described) - limit} more")
+    return "; ".join(lines)
+
+
+def parse_run_definition(data: Any, *, source: str | None = None) -> RunDefinition:
+    """Validate already-parsed data; raise :class:`InvalidInput` naming fields and values."""
+    where = f" in {source}" if source else ""
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"invalid run definition{where}: expected one mapping with run_id and tiers, "
+            f"got {type(data).__name__}"
+        )
+    try:
+        return RunDefinition.model_validate(data)
+    except ValidationError as exc:
+        described = describe_errors(exc.errors(), data)
+        raise InvalidInput(
+            f"invalid run definition{where}: {summarize_errors(described)}", errors=described
+        ) from exc
+
+
+def load_run_file(path: str | Path) -> RunDefinition:
+    """Read a ``.yaml``/``.yml``/``.json`` run file (other suffixes: JSON, then YAML)."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read run file {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"run file {file} is not UTF-8 text: {exc}") from exc
+    suffix = file.suffix.lower()
+    data: Any
+    if suffix == ".json":
+        data = _parse_json(text, file)
+    elif suffix in {".yaml", ".yml"}:
+        data = _parse_yaml(text, file)
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = _parse_yaml(text, file)
+    return parse_run_definition(data, source=str(file))
+
+
+def _parse_json(text: str, file: Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"run file {file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+
+
+def _parse_yaml(text: str, file: Path) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InvalidInput(f"run file {file} is not valid YAML{where}: {problem}") from exc
+
+
+def bundled_run_file(name: str) -> Path:
+    """A run definition shipped inside the package (``autopack/data/runs/NAME.yaml``)."""
+    resource = files("autopack").joinpath("data", "runs", f"{name}.yaml")
+    path = Path(str(resource))
+    if not path.is_file():
+        raise InvalidInput(f"no bundled run definition named {name!r} (looked at {path})")
+    return path
+
+
+def run_json_schema() -> dict[str, Any]:
+    """The JSON Schema served at ``GET /schemas/run``."""
+    schema = RunDefinition.model_json_schema()
+    schema["$id"] = "autopack/run-definition"
+    return schema
