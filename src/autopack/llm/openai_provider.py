@@ -1,0 +1,219 @@
+"""OpenAI Chat Completions through the official SDK, for OpenAI and compatible servers.
+
+``OPENAI_BASE_URL`` points it at Ollama, vLLM, llama.cpp server, LM Studio or OpenRouter;
+those often need no key, so a placeholder is sent. Like the Anthropic provider, the live
+call and replay share :func:`openai_response` (the SDK's own lenient ``construct`` of a
+``ChatCompletion``, then one normaliser), so replay cannot drift from reality.
+
+Token accounting: ``prompt_tokens`` already includes cached tokens, so it is the
+normalised input; ``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens`` are the
+cache parts when the server reports them. ``usage.cost`` (OpenRouter) is passed through.
+
+Retries are the SDK's: ``max_retries`` extra attempts on 408/409/429/5xx and connection
+errors, honouring ``retry-after-ms``/``retry-after`` up to 60 s (a longer ask is not
+retried), else 0.5 s doubling up to 8 s with jitter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+
+from autopack.errors import LLMError
+from autopack.llm.anthropic_provider import provider_cost
+from autopack.llm.base import LLMRequest, LLMResponse, Usage, retryable_status
+
+PROVIDER = "openai"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_MAX_RETRIES = 2
+# Local servers need no key, but the SDK refuses to start without one.
+PLACEHOLDER_API_KEY = "not-needed"
+
+TokenParameter = Literal["max_tokens", "max_completion_tokens"]
+
+
+def token_parameter_for(base_url: str | None) -> TokenParameter:
+    """Which request field carries the output budget.
+
+    OpenAI's own API wants ``max_completion_tokens`` (its reasoning models reject
+    ``max_tokens``); compatible servers (Ollama, llama.cpp, LM Studio, older vLLM) all
+    understand ``max_tokens`` and not always the newer name.
+    """
+    host = urlsplit(base_url or DEFAULT_BASE_URL).hostname or ""
+    return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+
+
+def _malformed(reason: str, model: str, request_id: str | None, latency_ms: float) -> LLMError:
+    return LLMError(
+        f"openai-compatible response is malformed: {reason}",
+        provider=PROVIDER,
+        model=model,
+        error_class="MalformedResponse",
+        status_code=200,
+        request_id=request_id,
+        latency_ms=latency_ms,
+        retryable=False,
+    )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def openai_response(
+    data: Mapping[str, Any],
+    *,
+    request_model: str,
+    request_id: str | None,
+    latency_ms: float,
+    retries: int = 0,
+) -> LLMResponse:
+    """Normalise one Chat Completions response body (the live path and replay both call this).
+
+    A response without ``usage`` is refused rather than counted as zero tokens: usage
+    comes from the provider, never from a guess.
+    """
+    if not isinstance(data, Mapping):
+        raise _malformed("body is not a JSON object", request_model, request_id, latency_ms)
+    usage_json = data.get("usage")
+    if not isinstance(usage_json, Mapping) or not all(
+        isinstance(usage_json.get(key), int) for key in ("prompt_tokens", "completion_tokens")
+    ):
+        raise _malformed(
+            "no usage.prompt_tokens/completion_tokens (the server must report usage)",
+            request_model,
+            request_id,
+            latency_ms,
+        )
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise _malformed("no choices", request_model, request_id, latency_ms)
+    completion = ChatCompletion.construct(**dict(data))
+    choice = completion.choices[0]
+    usage = completion.usage
+    assert usage is not None  # checked on the JSON above
+    details = usage.prompt_tokens_details
+    cache_read = _int(details.cached_tokens) if details is not None else 0
+    cache_write = _int(details.cache_write_tokens) if details is not None else 0
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    finish = getattr(choice, "finish_reason", None)
+    stop_reason = str(finish) if finish is not None else "unknown"
+    return LLMResponse(
+        text=content if isinstance(content, str) else "",
+        stop_reason=stop_reason,
+        truncated=stop_reason == "length",
+        usage=Usage(
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        ),
+        provider=PROVIDER,
+        model=str(completion.model or request_model),
+        request_id=request_id,
+        latency_ms=latency_ms,
+        provider_cost_usd=provider_cost(usage),
+        raw=dict(data),
+        retries=retries,
+    )
+
+
+class OpenAIProvider:
+    """``openai.OpenAI`` (Chat Completions) behind the provider seam."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        token_parameter: TokenParameter | None = None,
+    ) -> None:
+        # Explicit key and URL: the SDK must not fall back to the environment on its own.
+        self._client = openai.OpenAI(
+            api_key=api_key or PLACEHOLDER_API_KEY,
+            base_url=base_url or DEFAULT_BASE_URL,
+            max_retries=max_retries,
+            timeout=timeout,
+        )
+        self.token_parameter = token_parameter or token_parameter_for(base_url)
+
+    def close(self) -> None:
+        """Release the SDK client's connection pool."""
+        self._client.close()
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        messages: list[ChatCompletionMessageParam] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        for message in request.messages:
+            if message.role == "user":
+                messages.append({"role": "user", "content": message.content})
+            else:
+                messages.append({"role": "assistant", "content": message.content})
+        new_name = self.token_parameter == "max_completion_tokens"
+        started = time.perf_counter()
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=request.model,
+                messages=messages,
+                temperature=(openai.omit if request.temperature is None else request.temperature),
+                max_tokens=openai.omit if new_name else request.max_tokens,
+                max_completion_tokens=request.max_tokens if new_name else openai.omit,
+            )
+        except openai.APIStatusError as exc:
+            raise LLMError(
+                f"openai {exc.status_code}: {exc.message}",
+                provider=PROVIDER,
+                model=request.model,
+                error_class=type(exc).__name__,
+                status_code=exc.status_code,
+                request_id=exc.request_id,
+                latency_ms=_since(started),
+                retryable=retryable_status(exc.status_code),
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise LLMError(
+                f"openai-compatible server unreachable: {exc.message}",
+                provider=PROVIDER,
+                model=request.model,
+                error_class=type(exc).__name__,
+                latency_ms=_since(started),
+                retryable=True,
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise LLMError(
+                f"openai call failed: {exc}",
+                provider=PROVIDER,
+                model=request.model,
+                error_class=type(exc).__name__,
+                latency_ms=_since(started),
+                retryable=False,
+            ) from exc
+        try:
+            data = raw.http_response.json()
+        except ValueError as exc:
+            raise _malformed(
+                f"body is not JSON ({exc})", request.model, raw.request_id, _since(started)
+            ) from exc
+        return openai_response(
+            data,
+            request_model=request.model,
+            request_id=raw.request_id,
+            latency_ms=_since(started),
+            retries=raw.retries_taken,
+        )
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,207 @@
+"""What a call cost, from a versioned price table shipped as data.
+
+The table is ``autopack/data/prices.json`` (USD per million tokens for input, output,
+cache reads and cache writes, plus each model's maximum output tokens), overridable and
+extendable by ``AUTOPACK_PRICE_TABLE=FILE`` in the same format: the file's entries replace
+or add models; the merged version reads ``<bundled>+<override>``.
+
+A model missing from the table costs ``None`` (stored as NULL) with ONE warning per model
+per process, never $0: a zero would silently understate every total it joins.
+
+Model-name matching, first hit wins:
+
+1. the name exactly (case-insensitive);
+2. without a routing prefix: ``anthropic/claude-sonnet-5-5`` -> ``claude-sonnet-5-5``;
+3. without a release-date suffix: ``-20250929``, ``-2025-04-14`` or ``@20250929``
+   (providers answer with dated snapshot names such as ``claude-sonnet-4-5-20250929``);
+4. a dotted Claude version as OpenRouter spells it: ``claude-sonnet-5.5`` -> ``claude-sonnet-5-5``.
+
+There is deliberately no "longest prefix" rule: ``gpt-6-luna-fast`` must not be priced as
+``gpt-6-luna`` (it costs twice as much). A wrong price is worse than no price.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autopack.errors import ConfigError
+from autopack.llm.base import Usage
+from autopack.logs import log_event
+
+if TYPE_CHECKING:
+    from autopack.config import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_OUTPUT_TOKENS = 8192
+"""Output budget ceiling for a model the table does not know: small enough for any model."""
+
+_DATE_SUFFIX = re.compile(r"(?:-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8})$")
+
+
+class ModelPrice(BaseModel):
+    """One model's prices in USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str | None = None
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(None, ge=0, description="Defaults to the input price.")
+    cache_write: float | None = Field(None, ge=0, description="Defaults to the input price.")
+    max_output_tokens: int | None = Field(None, gt=0)
+
+
+class PriceFile(BaseModel):
+    """The file format of the bundled table and of override files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    unit: str = "USD per million tokens"
+    notes: str | None = None
+    models: dict[str, ModelPrice]
+
+
+def _read(text: str, origin: str) -> PriceFile:
+    try:
+        return PriceFile.model_validate(json.loads(text))
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"price table {origin} is invalid: {exc}") from exc
+
+
+def model_candidates(model: str) -> list[str]:
+    """The names tried, in order, when looking ``model`` up (see the module docstring)."""
+    name = model.strip().lower()
+    candidates = [name]
+    if "/" in name:
+        name = name.rsplit("/", 1)[1]
+        candidates.append(name)
+    undated = _DATE_SUFFIX.sub("", name)
+    if undated != name:
+        name = undated
+        candidates.append(name)
+    if name.startswith("claude-") and "." in name:
+        candidates.append(name.replace(".", "-"))
+    return list(dict.fromkeys(candidates))
+
+
+class PriceTable:
+    """A merged price table; ``cost_of`` and ``max_output_tokens`` are what callers use."""
+
+    def __init__(self, version: str, models: dict[str, ModelPrice], sources: tuple[str, ...]):
+        self.version = version
+        self.models = {name.lower(): price for name, price in models.items()}
+        self.sources = sources
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, override: Path | None = None) -> PriceTable:
+        """The bundled table, with ``override``'s entries replacing or adding models."""
+        bundled_file = resources.files("autopack") / "data" / "prices.json"
+        bundled = _read(bundled_file.read_text(encoding="utf-8"), "autopack/data/prices.json")
+        models = dict(bundled.models)
+        version = bundled.version
+        sources: tuple[str, ...] = ("bundled",)
+        if override is not None:
+            try:
+                text = Path(override).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"AUTOPACK_PRICE_TABLE={override}: cannot read ({exc})") from exc
+            extra = _read(text, str(override))
+            models.update(extra.models)
+            version = f"{bundled.version}+{extra.version}"
+            sources = (*sources, str(override))
+        return cls(version, models, sources)
+
+    def match(self, model: str) -> str | None:
+        """The table key ``model`` is priced as, or ``None``."""
+        return next((name for name in model_candidates(model) if name in self.models), None)
+
+    def cost_of(self, model: str, usage: Usage) -> tuple[float | None, dict[str, Any] | None]:
+        """``(cost in USD, price snapshot)``; ``(None, None)`` for an unknown model.
+
+        ``usage.input_tokens`` includes the cache parts, so they are taken out of it and
+        priced at their own rates. The snapshot (stored with the usage row) records the
+        table version and the rates used, so a later price change never rewrites history.
+        """
+        key = self.match(model)
+        if key is None:
+            self._warn_unknown(model)
+            return None, None
+        price = self.models[key]
+        cache_read = price.input if price.cache_read is None else price.cache_read
+        cache_write = price.input if price.cache_write is None else price.cache_write
+        uncached = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
+        cost = (
+            uncached * price.input
+            + usage.cache_read_tokens * cache_read
+            + usage.cache_write_tokens * cache_write
+            + usage.output_tokens * price.output
+        ) / 1_000_000
+        snapshot = {
+            "table_version": self.version,
+            "model": key,
+            "unit": "USD per million tokens",
+            "input": price.input,
+            "output": price.output,
+            "cache_read": cache_read,
+            "cache_write": cache_write,
+        }
+        return round(cost, 10), snapshot
+
+    def max_output_tokens(self, model: str) -> int:
+        """The model's output ceiling, or the conservative default for unknown models."""
+        key = self.match(model)
+        limit = self.models[key].max_output_tokens if key is not None else None
+        return limit or DEFAULT_MAX_OUTPUT_TOKENS
+
+    def _warn_unknown(self, model: str) -> None:
+        with self._lock:
+            if model in self._warned:
+                return
+            self._warned.add(model)
+        log_event(
+            logger,
+            "llm_price_unknown",
+            logging.WARNING,
+            model=model,
+            table_version=self.version,
+            effect="cost recorded as NULL",
+            fix="add the model to a price file and set AUTOPACK_PRICE_TABLE=FILE",
+        )
+
+
+@lru_cache(maxsize=8)
+def load_price_table(override: Path | None = None) -> PriceTable:
+    """The process-wide table for ``override`` (cached, so each unknown model warns once)."""
+    return PriceTable.load(override)
+
+
+def price_table(settings: Settings) -> PriceTable:
+    """The table ``settings`` ask for (``AUTOPACK_PRICE_TABLE`` or the bundled one)."""
+    return load_price_table(settings.autopack_price_table)
+
+
+def cost_of(
+    model: str, usage: Usage, settings: Settings | None = None
+) -> tuple[float | None, dict[str, Any] | None]:
+    """:meth:`PriceTable.cost_of` on the table ``settings`` select (default: bundled)."""
+    table = price_table(settings) if settings is not None else load_price_table()
+    return table.cost_of(model, usage)
+
+
+def max_output_tokens(model: str, settings: Settings | None = None) -> int:
+    """:meth:`PriceTable.max_output_tokens` on the table ``settings`` select (default: bundled)."""
+    table = price_table(settings) if settings is not None else load_price_table()
+    return table.max_output_tokens(model)

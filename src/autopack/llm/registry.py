@@ -1,0 +1,132 @@
+"""Pick the provider and models from settings: names map to implementations in one table.
+
+``AUTOPACK_LLM_PROVIDER=auto`` (the default) chooses, in order: ``anthropic`` when
+``ANTHROPIC_API_KEY`` is set; ``openai`` when ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is
+set; else ``replay`` with the bundled cassette, announced by one WARNING line, because
+"offline" must never look like "live".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from autopack.config import Settings
+from autopack.errors import ConfigError
+from autopack.llm.anthropic_provider import AnthropicProvider
+from autopack.llm.base import LLMProvider, Role
+from autopack.llm.openai_provider import OpenAIProvider
+from autopack.llm.replay import RecordingProvider, ReplayProvider
+from autopack.logs import log_event
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_CASSETTE = "data/cassettes/telemetry-collection-v4.jsonl"
+"""The offline default, relative to the ``autopack`` package."""
+
+DEFAULT_MODELS: dict[str, str] = {
+    "anthropic": "claude-sonnet-5-5",
+    "openai": "gpt-6-luna",
+    # Replay answers with whatever the cassette recorded; requests name the model the
+    # bundled cassette was recorded with, so estimates and budgets match it.
+    "replay": "claude-sonnet-5-5",
+}
+"""Default model per provider (both roles), overridable by AUTOPACK_BUILDER_MODEL /
+AUTOPACK_AUDITOR_MODEL. Local OpenAI-compatible servers need the model set explicitly."""
+
+
+def bundled_cassette() -> Path:
+    """Where the cassette shipped with the package lives (it may not exist in a dev tree)."""
+    return Path(str(resources.files("autopack").joinpath(BUNDLED_CASSETTE)))
+
+
+def _secret(value: object) -> str | None:
+    getter = getattr(value, "get_secret_value", None)
+    text = getter() if callable(getter) else value
+    return text if isinstance(text, str) and text else None
+
+
+def provider_name(settings: Settings, *, cassette: Path | None = None) -> str:
+    """The concrete provider ``settings`` select (``auto`` resolved); a cassette means replay."""
+    if cassette is not None:
+        return "replay"
+    chosen = settings.autopack_llm_provider
+    if chosen != "auto":
+        return chosen
+    if _secret(settings.anthropic_api_key):
+        return "anthropic"
+    if _secret(settings.openai_api_key) or settings.openai_base_url:
+        return "openai"
+    return "replay"
+
+
+def _anthropic(settings: Settings, cassette: Path | None) -> LLMProvider:
+    key = _secret(settings.anthropic_api_key)
+    if key is None:
+        raise ConfigError("AUTOPACK_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+    return AnthropicProvider(api_key=key, base_url=settings.anthropic_base_url)
+
+
+def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
+    key = _secret(settings.openai_api_key)
+    if key is None and not settings.openai_base_url:
+        raise ConfigError(
+            "AUTOPACK_LLM_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a "
+            "local OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio)"
+        )
+    return OpenAIProvider(api_key=key, base_url=settings.openai_base_url)
+
+
+def _replay(settings: Settings, cassette: Path | None) -> LLMProvider:
+    path = cassette or settings.autopack_replay_cassette or bundled_cassette()
+    return ReplayProvider(path, speed=settings.autopack_replay_speed)
+
+
+PROVIDERS: dict[str, Callable[[Settings, Path | None], LLMProvider]] = {
+    "anthropic": _anthropic,
+    "openai": _openai,
+    "replay": _replay,
+}
+"""Provider name -> factory. Adding a provider is one entry here."""
+
+
+def make_provider(
+    settings: Settings, *, cassette: Path | None = None, record: Path | None = None
+) -> LLMProvider:
+    """The provider ``settings`` ask for.
+
+    ``cassette`` replays that file whatever the provider setting says. ``record`` wraps
+    the (live) provider in a :class:`RecordingProvider` writing that file; recording a
+    replay would only copy a cassette, so it is refused.
+    """
+    name = provider_name(settings, cassette=cassette)
+    provider = PROVIDERS[name](settings, cassette)
+    if name == "replay" and settings.autopack_llm_provider == "auto" and cassette is None:
+        log_event(
+            logger,
+            "llm_offline_replay",
+            logging.WARNING,
+            message=(
+                "NO LLM CREDENTIALS: answering from a recorded cassette, not a live model. "
+                "Set ANTHROPIC_API_KEY, OPENAI_API_KEY or OPENAI_BASE_URL for real work."
+            ),
+            cassette=str(getattr(provider, "path", "")),
+        )
+    if record is not None:
+        if name == "replay":
+            raise ConfigError(
+                "--record needs a live provider (set ANTHROPIC_API_KEY, OPENAI_API_KEY or "
+                "OPENAI_BASE_URL); recording a replay would only copy the cassette"
+            )
+        provider = RecordingProvider(provider, record)
+    return provider
+
+
+def model_for(settings: Settings, role: Role) -> str:
+    """The model a role's requests name: the per-role setting, else the provider default."""
+    chosen = (
+        settings.autopack_builder_model if role == "builder" else settings.autopack_auditor_model
+    )
+    return chosen or DEFAULT_MODELS[provider_name(settings)]

@@ -1,0 +1,315 @@
+"""Replay recorded model answers from a JSONL cassette, and record new cassettes.
+
+One line per call::
+
+    {"match": {"run_id": "R", "phase_id": "P", "attempt": 1, "role": "builder"},
+     "provider": "anthropic", "model": "claude-sonnet-5-5", "latency_ms": 1234.0,
+     "request_id": "req_...", "retries": 0,
+     "response": {<the provider's own response JSON, usage included>}}
+
+``request_id`` and ``retries`` are optional. Instead of ``response`` a line may carry
+``"error": {"status": 429, "error_class": "RateLimitError", "message": "...",
+"request_id": null}`` to replay a failed call (raised as :class:`LLMError`).
+
+Lines are matched by (run_id, phase_id, attempt, role); several lines with the same key
+answer successive calls in file order (a continuation, or a failure then a success). The
+``response`` is parsed by the same function the live provider uses on the SDK's response
+(:func:`~autopack.llm.anthropic_provider.anthropic_response` /
+:func:`~autopack.llm.openai_provider.openai_response`), so replay cannot drift from
+reality; every line is parsed once at load time, so a broken cassette fails at start with
+its line number, not halfway through a run. A request with no line left raises
+:class:`CassetteMiss` naming what was asked and what the cassette has: replay never
+invents output.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autopack.errors import CassetteMiss, ConfigError, LLMError
+from autopack.llm.anthropic_provider import anthropic_response
+from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse, retryable_status
+from autopack.llm.openai_provider import openai_response
+
+Key = tuple[str, str | None, int | None, str]
+Normaliser = Callable[..., LLMResponse]
+
+NORMALISERS: dict[str, Normaliser] = {
+    "anthropic": anthropic_response,
+    "openai": openai_response,
+}
+"""Provider name in a cassette line -> the live provider's own response normaliser."""
+
+
+def request_key(request: LLMRequest) -> Key:
+    return (request.run_id, request.phase_id, request.attempt, request.role)
+
+
+def _describe(key: Key) -> str:
+    run_id, phase_id, attempt, role = key
+    return f"run_id={run_id!r} phase_id={phase_id!r} attempt={attempt!r} role={role!r}"
+
+
+@dataclass(frozen=True)
+class CassetteEntry:
+    """One recorded call: an answer (``response``) or a failure (``error``)."""
+
+    key: Key
+    provider: str
+    model: str
+    latency_ms: float
+    request_id: str | None
+    retries: int
+    response: dict[str, Any] | None
+    error: dict[str, Any] | None
+    line: int
+
+    def answer(self) -> LLMResponse:
+        """The recorded response, parsed exactly as the live provider parses one."""
+        if self.error is not None:
+            status = self.error.get("status")
+            status_code = status if isinstance(status, int) else None
+            retryable = self.error.get("retryable")
+            raise LLMError(
+                str(self.error.get("message") or f"recorded {self.provider} failure"),
+                provider=self.provider,
+                model=self.model,
+                error_class=str(self.error.get("error_class") or "APIStatusError"),
+                status_code=status_code,
+                request_id=self.error.get("request_id") or self.request_id,
+                latency_ms=self.latency_ms,
+                retryable=(
+                    retryable if isinstance(retryable, bool) else retryable_status(status_code)
+                ),
+            )
+        assert self.response is not None
+        return NORMALISERS[self.provider](
+            self.response,
+            request_model=self.model,
+            request_id=self.request_id,
+            latency_ms=self.latency_ms,
+            retries=self.retries,
+        )
+
+
+def _entry(raw: object, where: str, line: int) -> CassetteEntry:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a cassette line must be a JSON object")
+    match = raw.get("match")
+    if not isinstance(match, dict) or not isinstance(match.get("run_id"), str):
+        raise ConfigError(f"{where}: 'match' needs run_id, phase_id, attempt and role")
+    role = match.get("role")
+    if role not in ("builder", "auditor"):
+        raise ConfigError(f"{where}: match.role must be 'builder' or 'auditor', not {role!r}")
+    phase_id, attempt = match.get("phase_id"), match.get("attempt")
+    if not (phase_id is None or isinstance(phase_id, str)) or not (
+        attempt is None or (isinstance(attempt, int) and not isinstance(attempt, bool))
+    ):
+        raise ConfigError(f"{where}: match.phase_id must be text/null, attempt a number/null")
+    provider = raw.get("provider")
+    if provider not in NORMALISERS:
+        raise ConfigError(f"{where}: provider must be one of {sorted(NORMALISERS)}")
+    response, error = raw.get("response"), raw.get("error")
+    if (response is None) == (error is None):
+        raise ConfigError(f"{where}: a line needs exactly one of 'response' or 'error'")
+    if not isinstance(response or error, dict):
+        raise ConfigError(f"{where}: 'response'/'error' must be a JSON object")
+    latency = raw.get("latency_ms", 0.0)
+    if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
+        raise ConfigError(f"{where}: latency_ms must be a non-negative number")
+    request_id = raw.get("request_id")
+    retries = raw.get("retries", 0)
+    entry = CassetteEntry(
+        key=(match["run_id"], phase_id, attempt, role),
+        provider=str(provider),
+        model=str(raw.get("model") or "unknown"),
+        latency_ms=float(latency),
+        request_id=request_id if isinstance(request_id, str) else None,
+        retries=retries if isinstance(retries, int) else 0,
+        response=response,
+        error=error,
+        line=line,
+    )
+    if response is not None:
+        try:
+            entry.answer()  # fail at load time, with the line number, on a broken answer
+        except LLMError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from exc
+    return entry
+
+
+def load_cassette(path: Path) -> list[CassetteEntry]:
+    """Every line of ``path``, validated and parsed (blank lines are skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"replay cassette {path} cannot be read: {exc}") from exc
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"cassette {path}:{number}"
+        try:
+            raw = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: not JSON ({exc})") from exc
+        entries.append(_entry(raw, where, number))
+    return entries
+
+
+class ReplayProvider:
+    """Answers from a cassette, reproducing recorded latency scaled by ``speed``.
+
+    ``speed`` 1 sleeps as long as the original call took, 0 answers at once; the
+    response still reports the *recorded* latency, which is what telemetry should see.
+    Thread-safe: a lock hands out each recorded answer once; sleeping happens outside it.
+    """
+
+    name = "replay"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        speed: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if speed < 0:
+            raise ConfigError(f"replay speed must be >= 0, not {speed}")
+        self.path = Path(path)
+        self.speed = speed
+        self._sleep = sleep
+        self._entries: dict[Key, list[CassetteEntry]] = defaultdict(list)
+        for entry in load_cassette(self.path):
+            self._entries[entry.key].append(entry)
+        self._served: dict[Key, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        key = request_key(request)
+        with self._lock:
+            recorded = self._entries.get(key, [])
+            index = self._served[key]
+            if index < len(recorded):
+                self._served[key] = index + 1
+        if index >= len(recorded):
+            raise self._miss(request, key, index, len(recorded))
+        entry = recorded[index]
+        if self.speed > 0 and entry.latency_ms > 0:
+            self._sleep(entry.latency_ms / 1000.0 * self.speed)
+        return entry.answer()
+
+    def _miss(self, request: LLMRequest, key: Key, index: int, available: int) -> CassetteMiss:
+        run_id, phase_id = key[0], key[1]
+        if available:
+            reason = (
+                f"call #{index + 1} for {_describe(key)}, but the cassette records only "
+                f"{available} answer(s) for it"
+            )
+        else:
+            reason = f"no recorded answer for {_describe(key)}"
+        same_phase = sorted(
+            (
+                (k[2] if k[2] is not None else -1, k[3], len(v))
+                for k, v in self._entries.items()
+                if k[0] == run_id and k[1] == phase_id
+            ),
+        )
+        if same_phase:
+            have = ", ".join(
+                f"attempt={attempt if attempt >= 0 else None} role={role} ({count} answer(s))"
+                for attempt, role, count in same_phase
+            )
+            context = f"For phase {phase_id!r} of run {run_id!r} the cassette has: {have}."
+        else:
+            phases = sorted({str(k[1]) for k in self._entries if k[0] == run_id})
+            context = f"The cassette has nothing for phase {phase_id!r} of run {run_id!r}; " + (
+                f"it has phases: {', '.join(phases[:20])}"
+                + (f" (and {len(phases) - 20} more)" if len(phases) > 20 else "")
+                + "."
+                if phases
+                else f"it has no line for run {run_id!r} at all."
+            )
+        return CassetteMiss(
+            f"replay cassette {self.path}: {reason}. {context} Replay never invents output: "
+            "record the call with --record FILE against a real provider, or point "
+            "AUTOPACK_REPLAY_CASSETTE at a cassette that has it.",
+            provider=self.name,
+            model=request.model,
+            error_class="CassetteMiss",
+            retryable=False,
+        )
+
+
+class RecordingProvider:
+    """Wraps a live provider and appends every call to a cassette in the replay format.
+
+    Failed calls are recorded as ``error`` lines (then re-raised), so a replay of the
+    cassette fails where the original failed. Thread-safe: one lock per recorder
+    serialises the appends, and each line is flushed as it is written.
+    """
+
+    def __init__(self, inner: LLMProvider, path: Path) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        match = {
+            "run_id": request.run_id,
+            "phase_id": request.phase_id,
+            "attempt": request.attempt,
+            "role": request.role,
+        }
+        try:
+            response = self.inner.complete(request)
+        except LLMError as exc:
+            self._append(
+                {
+                    "match": match,
+                    "provider": exc.provider,
+                    "model": exc.model,
+                    "latency_ms": exc.latency_ms,
+                    "request_id": exc.request_id,
+                    "error": {
+                        "status": exc.status_code,
+                        "error_class": exc.error_class,
+                        "message": exc.message,
+                        "request_id": exc.request_id,
+                        "retryable": exc.retryable,
+                    },
+                }
+            )
+            raise
+        if response.raw is None:
+            raise ConfigError(
+                f"provider {self.inner.name!r} returned no raw response JSON; it cannot be recorded"
+            )
+        self._append(
+            {
+                "match": match,
+                "provider": response.provider,
+                "model": response.model,
+                "latency_ms": response.latency_ms,
+                "request_id": response.request_id,
+                "retries": response.retries,
+                "response": response.raw,
+            }
+        )
+        return response
+
+    def _append(self, line: Mapping[str, Any]) -> None:
+        text = json.dumps(line, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
