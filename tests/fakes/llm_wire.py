@@ -1,0 +1,225 @@
+"""A loopback HTTP server speaking the Anthropic and OpenAI wire formats, for the REAL SDKs.
+
+Tests point ``anthropic.Anthropic`` / ``openai.OpenAI`` (through Autopack's providers) at
+it, so the SDK's own request building, retry loop, error classes and response parsing all
+run for real; only the far end is scripted::
+
+    with WireServer() as wire:
+        wire.script(ANTHROPIC_PATH, Reply(429, anthropic_error(...), RETRY_NOW), Reply(200, ...))
+        ...
+        assert len(wire.seen(ANTHROPIC_PATH)) == 2
+
+Each POST takes the next scripted :class:`Reply` for its path. A request with nothing
+scripted gets a 500 marked ``x-should-retry: false``, so a test that asks more than it
+scripted fails loudly instead of hanging in SDK retries.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+ANTHROPIC_PATH = "/v1/messages"
+OPENAI_PATH = "/v1/chat/completions"
+RETRY_NOW = {"retry-after-ms": "1", "retry-after": "0"}
+"""Headers that make the SDKs retry after 1 ms instead of their 0.5 s+ backoff."""
+
+
+@dataclass
+class Reply:
+    """One scripted answer: status, JSON (dict) or raw (str/bytes) body, headers, delay."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclass
+class Seen:
+    """One request the server received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class WireServer:
+    """A threaded stdlib HTTP server on 127.0.0.1 with a free port."""
+
+    def __init__(self) -> None:
+        self._replies: dict[str, deque[Reply]] = defaultdict(deque)
+        self._seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        # A short poll interval keeps shutdown (and so each test's teardown) quick.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def script(self, path: str, *replies: Reply) -> None:
+        with self._lock:
+            self._replies[path].extend(replies)
+
+    def seen(self, path: str | None = None) -> list[Seen]:
+        with self._lock:
+            return [s for s in self._seen if path is None or s.path == path]
+
+    def __enter__(self) -> WireServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+    def _take(self, seen: Seen) -> Reply:
+        with self._lock:
+            self._seen.append(seen)
+            queue = self._replies.get(seen.path)
+            if queue:
+                return queue.popleft()
+        return Reply(
+            500,
+            {"error": {"type": "api_error", "message": f"nothing scripted for {seen.path}"}},
+            {"x-should-retry": "false"},
+        )
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 5  # idle keep-alive connections end instead of pinning a thread
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                data = self.rfile.read(length)
+                try:
+                    body: Any = json.loads(data) if data else None
+                except ValueError:
+                    body = data.decode("utf-8", "replace")
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                path = self.path.split("?", 1)[0]
+                reply = server._take(Seen("POST", path, headers, body))
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if isinstance(reply.body, bytes):
+                    payload = reply.body
+                elif isinstance(reply.body, str):
+                    payload = reply.body.encode()
+                else:
+                    payload = json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def anthropic_message(
+    text: str = "hello",
+    *,
+    model: str = "claude-sonnet-5-5",
+    stop_reason: str = "end_turn",
+    input_tokens: int = 10,
+    output_tokens: int = 20,
+    cache_read: int | None = None,
+    cache_write: int | None = None,
+    usage_extra: dict[str, Any] | None = None,
+    message_id: str = "msg_01",
+) -> dict[str, Any]:
+    """A Messages API response body as the API sends it."""
+    usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+    if cache_read is not None:
+        usage["cache_read_input_tokens"] = cache_read
+    if cache_write is not None:
+        usage["cache_creation_input_tokens"] = cache_write
+    usage.update(usage_extra or {})
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def anthropic_error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def openai_completion(
+    text: str | None = "hello",
+    *,
+    model: str = "gpt-6-luna",
+    finish_reason: str = "stop",
+    prompt_tokens: int = 10,
+    completion_tokens: int = 20,
+    cached_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    cost: float | None = None,
+) -> dict[str, Any]:
+    """A Chat Completions response body as the API (or a compatible server) sends it."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    details: dict[str, Any] = {}
+    if cached_tokens is not None:
+        details["cached_tokens"] = cached_tokens
+    if cache_write_tokens is not None:
+        details["cache_write_tokens"] = cache_write_tokens
+    if details:
+        usage["prompt_tokens_details"] = details
+    if cost is not None:
+        usage["cost"] = cost
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1_780_000_000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def openai_error(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "code": None, "param": None}}
