@@ -1,0 +1,1 @@
+"""Token estimation: features → p50/p90 → ``max_tokens`` (pure library, no HTTP or database)."""

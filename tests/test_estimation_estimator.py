@@ -1,0 +1,206 @@
+"""The estimator's arithmetic on a coefficients file with round numbers, and the packaged priors."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autopack.errors import ConfigError, InvalidInput
+from autopack.estimation.estimator import Estimate, TokenEstimator
+from autopack.estimation.features import KINDS, Deliverable, PhaseFeatures, extract_features
+
+
+def _coefficients(**changes: Any) -> dict[str, Any]:
+    marginal = {kind: {"new": 100, "modify": 50, "per_kb": 10} for kind in KINDS}
+    marginal["python"] = {"new": 1000, "modify": 200, "per_kb": 100}
+    marginal["test"] = {"new": 800, "modify": 150, "per_kb": 80}
+    doc: dict[str, Any] = {
+        "version": "test-1",
+        "margin": 1.5,
+        "buffer": 1.25,
+        "floor": 1000,
+        "p90_ratio": {"default": 2.0, "strata": {"tests/high/2-5": 3.0}},
+        "overhead": {
+            "*": {"low": 10, "medium": 20, "high": 40},
+            "implementation": {"low": 100, "medium": 200, "high": 400},
+            "tests": {"high": 300},
+        },
+        "marginal": marginal,
+    }
+    doc.update(changes)
+    return doc
+
+
+def _write(tmp_path: Path, doc: dict[str, Any]) -> Path:
+    path = tmp_path / "coefficients.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _features(category: str, complexity: str, *items: Deliverable) -> PhaseFeatures:
+    return PhaseFeatures(category, complexity, tuple(items))
+
+
+PY_NEW = Deliverable("src/a.py", "python", True, 0)
+PY_MOD = Deliverable("src/b.py", "python", False, 2048)
+TEST_NEW = Deliverable("tests/test_a.py", "test", True, 0)
+
+
+def test_estimate_by_hand_from_an_override_file(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _coefficients()))
+    assert estimator.version == "test-1"
+    features = _features("implementation", "medium", PY_NEW, PY_MOD, TEST_NEW)
+    # (200 + 1000 + (200 + 100 * 2 KB) + 800) * 1.5 = 3600; p90 = 7200; budget = 9000
+    assert estimator.estimate(features, model_max_output=100_000) == Estimate(
+        p50=3600, p90=7200, budget=9000, decided_by="estimate", version="test-1"
+    )
+
+
+def test_stratum_p90_ratio_and_overhead_fallbacks(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _coefficients()))
+    # tests/high has its own overhead (300) and its own p90 ratio for 2-5 deliverables (3.0).
+    tests_high = _features(
+        "Tests", "HIGH", TEST_NEW, Deliverable("tests/test_b.py", "test", True, 0)
+    )
+    assert estimator.estimate(tests_high, model_max_output=100_000).p50 == (300 + 1600) * 1.5
+    assert estimator.estimate(tests_high, model_max_output=100_000).p90 == 2850 * 3
+    # tests/low is missing: falls back to the '*' row (10).
+    tests_low = _features("tests", "low", TEST_NEW)
+    assert estimator.estimate(tests_low, model_max_output=100_000).p50 == (10 + 800) * 1.5
+    # Unknown category and unknown complexity: '*' row, then its 'medium' (20).
+    odd = _features("research", "extreme", PY_NEW)
+    assert estimator.estimate(odd, model_max_output=100_000).p50 == (20 + 1000) * 1.5
+
+
+def test_budget_clamp_says_which_bound_decided(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _coefficients()))
+    tiny = _features("implementation", "low", Deliverable("x.cfg", "config", True, 0))
+    # (100 + 100) * 1.5 = 300; p90 600; 600 * 1.25 = 750 < floor 1000
+    floor = estimator.estimate(tiny, model_max_output=100_000)
+    assert (floor.p50, floor.p90, floor.budget, floor.decided_by) == (300, 600, 1000, "floor")
+    big = _features("implementation", "high", PY_NEW, PY_NEW, PY_NEW, PY_NEW)
+    # (400 + 4000) * 1.5 = 6600; p90 13200; wanted 16500 > ceiling 8192
+    ceiling = estimator.estimate(big, model_max_output=8192)
+    assert (ceiling.budget, ceiling.decided_by) == (8192, "ceiling")
+    # A floor above the model's maximum loses to the maximum.
+    assert estimator.estimate(tiny, model_max_output=512).budget == 512
+    assert estimator.estimate(tiny, model_max_output=512).decided_by == "ceiling"
+    exact = estimator.estimate(big, model_max_output=16500)
+    assert (exact.budget, exact.decided_by) == (16500, "estimate")
+    with pytest.raises(InvalidInput):
+        estimator.estimate(tiny, model_max_output=0)
+
+
+def test_design_row_matches_the_prediction(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _coefficients()))
+    features = _features("implementation", "medium", PY_NEW, PY_MOD, TEST_NEW)
+    assert estimator.design(features) == {
+        ("overhead", "implementation", "medium"): 1.0,
+        ("marginal", "python", "new"): 1.0,
+        ("marginal", "python", "modify"): 1.0,
+        ("marginal", "python", "per_kb"): 2.0,
+        ("marginal", "test", "new"): 1.0,
+    }
+
+
+def test_packaged_priors_are_realistic() -> None:
+    estimator = TokenEstimator.load()
+    assert estimator.version == "v1"
+    assert estimator.source == "package:coefficients-v1.json"
+    one_module = extract_features("implementation", "medium", ["src/pkg/util.py"], None)
+    estimate = estimator.estimate(one_module, model_max_output=64_000)
+    assert 1_000 <= estimate.p50 <= 5_000
+    assert estimate.p50 < estimate.p90 <= estimate.budget <= 64_000
+    readme = extract_features("docs", "low", ["README.md"], None)
+    assert estimator.estimate(readme, model_max_output=64_000).p50 < estimate.p50
+    module_and_tests = extract_features(
+        "implementation", "high", ["src/a.py", "tests/test_a.py", "docs/a.md"], None
+    )
+    assert estimator.estimate(module_and_tests, model_max_output=64_000).p50 > estimate.p50
+    # The file text is exactly what dumps() writes, so a calibration diff shows only numbers.
+    packaged = Path(__file__).parents[1] / "src/autopack/data/estimator/coefficients-v1.json"
+    assert packaged.read_text() == estimator.dumps()
+
+
+def test_write_then_load_round_trips(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load()
+    changed = estimator.with_changes(
+        {("marginal", "python", "new"): 2222.0, ("overhead", "research", "low"): 99.0},
+        p90_strata={"research/low/1": 1.5},
+        version="v1-custom",
+    )
+    target = tmp_path / "out.json"
+    changed.write(target)
+    loaded = TokenEstimator.load(target)
+    assert loaded.version == "v1-custom"
+    assert loaded.value(("marginal", "python", "new")) == 2222
+    assert loaded.value(("overhead", "research", "low")) == 99
+    # research/medium is still unknown: falls back to the '*' row, not to research/low.
+    assert loaded.value(("overhead", "research", "medium")) == estimator.value(
+        ("overhead", "*", "medium")
+    )
+    assert loaded.p90_ratio("research/low/1") == 1.5
+    assert loaded.to_json() == changed.to_json()
+    assert estimator.value(("marginal", "python", "new")) == 1800  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"version": ""}, "version"),
+        ({"margin": -1}, "margin"),
+        ({"floor": "big"}, "floor"),
+        ({"buffer": 0.5}, "buffer"),
+        ({"p90_ratio": {"default": 0.9, "strata": {}}}, "p90_ratio.default"),
+        ({"p90_ratio": {"default": 2, "strata": {"a/b/1": True}}}, "a/b/1"),
+        ({"overhead": {"implementation": {"low": 1}}}, "'*' row"),
+        ({"overhead": {"*": {"low": 1, "medium": 2}}}, "'high'"),
+        ({"marginal": {"python": {"new": 1, "modify": 1, "per_kb": 1}}}, "kind 'test'"),
+    ],
+)
+def test_bad_coefficient_files_are_refused_with_the_field(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        TokenEstimator.load(_write(tmp_path, _coefficients(**change)))
+    assert str(tmp_path / "coefficients.json") in str(raised.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        TokenEstimator.load(tmp_path / "missing.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TokenEstimator.load(broken)
+    broken.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        TokenEstimator.load(broken)
+
+
+def test_importing_estimation_touches_no_file_and_skips_matplotlib() -> None:
+    code = (
+        "import sys, builtins\n"
+        "opened = []\n"
+        "real = builtins.open\n"
+        "builtins.open = lambda *a, **k: (opened.append(a[0]), real(*a, **k))[1]\n"
+        "import autopack.estimation\n"
+        "print('matplotlib' in sys.modules, opened)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False []"
+
+
+def test_budget_is_never_below_p90(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _coefficients(buffer=1.0, floor=1)))
+    features = _features("implementation", "low", Deliverable("a.sql", "sql", True, 0))
+    estimate = estimator.estimate(features, model_max_output=100_000)
+    assert estimate.budget == estimate.p90 == math.ceil((100 + 100) * 1.5 * 2.0)
