@@ -1,0 +1,258 @@
+"""Replay cassettes: matching, misses that name what was asked, speed, threads, and the
+record -> replay round trip through the real SDK providers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autopack.errors import CassetteMiss, ConfigError, LLMError
+from autopack.llm.anthropic_provider import AnthropicProvider, anthropic_response
+from autopack.llm.base import LLMResponse
+from autopack.llm.openai_provider import OpenAIProvider
+from autopack.llm.replay import RecordingProvider, ReplayProvider
+from tests.fakes.llm_wire import (
+    ANTHROPIC_PATH,
+    OPENAI_PATH,
+    RETRY_NOW,
+    Reply,
+    WireServer,
+    anthropic_error,
+    anthropic_message,
+    openai_completion,
+)
+from tests.llm.support import make_request
+
+
+def line(
+    text: str,
+    *,
+    run_id: str = "run-1",
+    phase_id: str | None = "phase-1",
+    attempt: int | None = 1,
+    role: str = "builder",
+    latency_ms: float = 1234.0,
+    **usage: Any,
+) -> dict[str, Any]:
+    return {
+        "match": {"run_id": run_id, "phase_id": phase_id, "attempt": attempt, "role": role},
+        "provider": "anthropic",
+        "model": "claude-sonnet-5-5",
+        "latency_ms": latency_ms,
+        "response": anthropic_message(text, **usage),
+    }
+
+
+def write(path: Path, *lines: dict[str, Any]) -> Path:
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in lines), encoding="utf-8")
+    return path
+
+
+def test_replay_answers_the_matching_line_through_the_live_parser(tmp_path: Path):
+    body = anthropic_message("builder answer", input_tokens=7, output_tokens=9, cache_read=3)
+    entry = line("x")
+    entry["response"] = body
+    entry["request_id"] = "req_recorded"
+    cassette = write(
+        tmp_path / "c.jsonl",
+        line("auditor answer", role="auditor"),
+        entry,
+        line("attempt 2", attempt=2),
+    )
+
+    response = ReplayProvider(cassette).complete(make_request())
+
+    # Exactly what the live provider makes of the same body.
+    expected = anthropic_response(
+        body, request_model="claude-sonnet-5-5", request_id="req_recorded", latency_ms=1234.0
+    )
+    assert response == expected
+    assert response.text == "builder answer"
+    assert response.usage.input_tokens == 10  # normalised like a live answer
+    assert response.latency_ms == 1234.0  # the recorded latency, whatever the speed
+
+
+def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Path):
+    cassette = write(tmp_path / "c.jsonl", line("first"), line("second"))
+    provider = ReplayProvider(cassette)
+
+    assert provider.complete(make_request()).text == "first"
+    assert provider.complete(make_request()).text == "second"
+    with pytest.raises(CassetteMiss) as caught:
+        provider.complete(make_request())
+    assert "call #3" in caught.value.message
+    assert "only 2 answer(s)" in caught.value.message
+
+
+def test_unmatched_request_names_the_request_the_cassette_and_what_it_has(tmp_path: Path):
+    cassette = write(
+        tmp_path / "c.jsonl",
+        line("a"),
+        line("b", role="auditor"),
+        line("c", phase_id="phase-2"),
+    )
+    provider = ReplayProvider(cassette)
+
+    with pytest.raises(CassetteMiss) as caught:
+        provider.complete(make_request(attempt=3, role="builder"))
+    message = caught.value.message
+    assert str(cassette) in message
+    assert "run_id='run-1' phase_id='phase-1' attempt=3 role='builder'" in message
+    assert "attempt=1 role=auditor (1 answer(s))" in message
+    assert "attempt=1 role=builder (1 answer(s))" in message
+    assert caught.value.retryable is False
+    assert caught.value.provider == "replay"
+    assert isinstance(caught.value, LLMError)  # the executor records it like any failed call
+
+    with pytest.raises(CassetteMiss) as caught:
+        provider.complete(make_request(phase_id="phase-9"))
+    assert "nothing for phase 'phase-9'" in caught.value.message
+    assert "phase-1, phase-2" in caught.value.message
+
+
+def test_speed_scales_the_recorded_latency_and_zero_never_sleeps(tmp_path: Path):
+    cassette = write(tmp_path / "c.jsonl", line("a", latency_ms=1000.0), line("b", attempt=2))
+    slept: list[float] = []
+
+    instant = ReplayProvider(cassette, speed=0.0, sleep=slept.append)
+    instant.complete(make_request())
+    instant.complete(make_request(attempt=2))
+    assert slept == []
+
+    half = ReplayProvider(cassette, speed=0.5, sleep=slept.append)
+    half.complete(make_request())
+    half.complete(make_request(attempt=2))
+    assert slept == [pytest.approx(0.5), pytest.approx(0.617)]
+
+
+def test_replay_is_thread_safe_each_answer_served_exactly_once(tmp_path: Path):
+    phases, per_key, threads = 5, 8, 16
+    lines = [
+        line(f"{phase}:{n}", phase_id=f"p{phase}")
+        for phase in range(phases)
+        for n in range(per_key)
+    ]
+    provider = ReplayProvider(write(tmp_path / "c.jsonl", *lines))
+    served: list[str] = []
+    misses: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def work(worker: int) -> None:
+        start.wait()
+        for call in range(per_key):  # 16 workers x 8 calls = 128 asks for 40 answers
+            phase = (worker + call) % phases
+            try:
+                text = provider.complete(make_request(phase_id=f"p{phase}")).text
+            except CassetteMiss as miss:
+                with lock:
+                    misses.append(miss.message)
+            else:
+                with lock:
+                    served.append(text)
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=60)
+
+    assert Counter(served) == Counter(f"{p}:{n}" for p in range(phases) for n in range(per_key))
+    assert len(misses) == threads * per_key - phases * per_key
+
+
+def test_error_lines_replay_as_llm_errors(tmp_path: Path):
+    entry = line("unused")
+    del entry["response"]
+    entry["error"] = {"status": 429, "error_class": "RateLimitError", "message": "slow down"}
+    cassette = write(tmp_path / "c.jsonl", entry, line("after the error"))
+    provider = ReplayProvider(cassette)
+
+    with pytest.raises(LLMError) as caught:
+        provider.complete(make_request())
+    assert (caught.value.status_code, caught.value.error_class) == (429, "RateLimitError")
+    assert caught.value.retryable is True
+    assert caught.value.latency_ms == 1234.0
+    assert provider.complete(make_request()).text == "after the error"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "complaint"),
+    [
+        (lambda e: e.update(provider="gemini"), "provider must be one of"),
+        (lambda e: e["response"].pop("usage"), "usage"),
+        (lambda e: e["match"].update(role="reviewer"), "match.role"),
+        (lambda e: e.update(error={"status": 500}), "exactly one of"),
+        (lambda e: e.update(latency_ms=-1), "latency_ms"),
+    ],
+)
+def test_a_broken_cassette_fails_at_load_with_its_line_number(tmp_path: Path, mutate, complaint):
+    bad = line("b")
+    mutate(bad)
+    cassette = write(tmp_path / "c.jsonl", line("a"), bad)
+    with pytest.raises(ConfigError) as caught:
+        ReplayProvider(cassette)
+    assert f"{cassette}:2" in caught.value.message
+    assert complaint in caught.value.message
+
+
+def test_missing_or_non_json_cassette_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        ReplayProvider(tmp_path / "absent.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"match": \n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: not JSON"):
+        ReplayProvider(tmp_path / "bad.jsonl")
+
+
+def test_record_then_replay_gives_identical_responses_and_errors(tmp_path: Path):
+    cassette = tmp_path / "recorded" / "run.jsonl"
+    with WireServer() as wire:
+        wire.script(
+            ANTHROPIC_PATH,
+            Reply(429, anthropic_error("rate_limit_error", "slow"), RETRY_NOW),
+            Reply(
+                200,
+                anthropic_message("built", cache_read=4, cache_write=2),
+                {"request-id": "req_1"},
+            ),
+            Reply(400, anthropic_error("invalid_request_error", "no"), {"request-id": "req_2"}),
+        )
+        wire.script(OPENAI_PATH, Reply(200, openai_completion("audited", cost=0.5)))
+        anthropic_live = AnthropicProvider(api_key="k", base_url=wire.url, max_retries=1)
+        openai_live = OpenAIProvider(api_key="k", base_url=wire.url + "/v1", max_retries=0)
+        builder = RecordingProvider(anthropic_live, cassette)
+        auditor = RecordingProvider(openai_live, cassette)
+        try:
+            live: list[LLMResponse | LLMError] = [
+                builder.complete(make_request()),
+                auditor.complete(make_request(role="auditor", model="gpt-6-luna")),
+            ]
+            with pytest.raises(LLMError) as caught:
+                builder.complete(make_request(attempt=2))
+            live.append(caught.value)
+        finally:
+            anthropic_live.close()
+            openai_live.close()
+    assert builder.name == "anthropic"
+    assert len(cassette.read_text().splitlines()) == 3
+
+    replay = ReplayProvider(cassette)
+    replayed: list[LLMResponse | LLMError] = [
+        replay.complete(make_request()),
+        replay.complete(make_request(role="auditor", model="gpt-6-luna")),
+    ]
+    with pytest.raises(LLMError) as caught:
+        replay.complete(make_request(attempt=2))
+    replayed.append(caught.value)
+
+    assert replayed[0] == live[0]
+    assert replayed[1] == live[1]
+    assert isinstance(live[0], LLMResponse) and live[0].retries == 1
+    assert isinstance(live[1], LLMResponse) and live[1].provider_cost_usd == 0.5
+    assert isinstance(live[2], LLMError) and isinstance(replayed[2], LLMError)
+    assert replayed[2].to_dict() == live[2].to_dict()
