@@ -1,0 +1,88 @@
+"""The predicted-vs-actual plot writes a real PNG (no display needed)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from autopack.estimation import plot_predicted_vs_actual
+from autopack.estimation.estimator import TokenEstimator
+from autopack.estimation.features import extract_features
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _events() -> list[dict[str, Any]]:
+    rows = []
+    for i, (category, paths) in enumerate(
+        [
+            ("implementation", ["src/a.py", "tests/test_a.py"]),
+            ("tests", ["tests/test_b.py"]),
+            ("docs", ["README.md"]),
+            ("config", ["pyproject.toml"]),
+        ]
+        * 5
+    ):
+        features = extract_features(category, "medium", paths, None)
+        rows.append(
+            {
+                "category": category,
+                "complexity": "medium",
+                "deliverable_count": features.deliverable_count,
+                "features": features.to_json(),
+                "predicted_output_tokens": 500 + 300 * i,
+                "actual_output_tokens": 400 + 350 * i,
+                "truncated": i % 4 == 0,
+            }
+        )
+    rows.append({"category": "docs", "predicted_output_tokens": 100, "actual_output_tokens": None})
+    rows.append({"category": "docs", "predicted_output_tokens": 0, "actual_output_tokens": 50})
+    return rows
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    target = tmp_path / "pred_vs_actual.png"
+    count = plot_predicted_vs_actual(_events(), target)
+    assert count == 20  # the two rows without a positive actual/prediction are left out
+    assert target.stat().st_size > 10_000
+    width, height = _png_size(target)
+    assert width > 300 and height > 300
+
+
+def test_plot_with_a_calibrated_estimator_recomputes_predictions(tmp_path: Path) -> None:
+    target = tmp_path / "after.png"
+    count = plot_predicted_vs_actual(_events(), target, estimator=TokenEstimator.load())
+    assert count == 20  # rows without stored features cannot be re-predicted
+    assert target.stat().st_size > 10_000
+
+
+def test_plot_with_no_data_still_writes_a_png(tmp_path: Path) -> None:
+    target = tmp_path / "empty.png"
+    assert plot_predicted_vs_actual([], target) == 0
+    _png_size(target)
+
+
+def test_plot_needs_no_display(tmp_path: Path) -> None:
+    """A headless child with a GUI backend requested still writes the file (Agg is explicit)."""
+    target = tmp_path / "headless.png"
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from autopack.estimation import plot_predicted_vs_actual\n"
+        "rows = [{'category': 'x', 'predicted_output_tokens': 10, 'actual_output_tokens': 20}]\n"
+        "plot_predicted_vs_actual(rows, Path(sys.argv[1]))\n"
+    )
+    env = {"MPLBACKEND": "TkAgg", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code, str(target)], env=env, check=True, timeout=120)
+    _png_size(target)
