@@ -185,9 +185,7 @@ class RunDefinition(_Strict):
     @model_validator(mode="after")
     def _unique_ids(self) -> RunDefinition:
         _no_duplicates("tier_id", [tier.tier_id for tier in self.tiers])
-        _no_duplicates(
-            "phase_id", [phase.phase_id for tier in self.tiers for phase in tier.phases]
-        )
+        _no_duplicates("phase_id", [phase.phase_id for tier in self.tiers for phase in tier.phases])
         return self
 
     def phase_count(self) -> int:
@@ -274,7 +272,9 @@ def describe_errors(
         if error.get("type") == "string_pattern_mismatch" and (
             (error.get("ctx") or {}).get("pattern") == ID_PATTERN
         ):
-            message = "ids use only letters, digits, '.', '_' and '-', and start with a letter or digit"
+            message = (
+                "ids use only letters, digits, '.', '_' and '-', and start with a letter or digit"
+            )
         item: dict[str, Any] = {"field": _describe_loc(loc, data), "message": message}
         value = error.get("input")
         if error.get("type") != "missing" and (value is None or isinstance(value, _SCALARS)):

@@ -1,0 +1,1390 @@
+"""Every statement that moves work: claims, heartbeats, reclaims, usage, results, approvals.
+
+One module so the concurrency rules can be read in one place (STYLE.md habits 1-2):
+
+* **Claims** pick the next claimable phase and flip it in one transaction. PostgreSQL:
+  ``SELECT … FOR UPDATE OF phases SKIP LOCKED`` (concurrent claimers never wait on, nor
+  double-take, a row); SQLite: the engine's ``BEGIN IMMEDIATE`` plus a per-process lock
+  make every write transaction exclusive. The flip is also a conditional ``UPDATE … WHERE
+  state = 'QUEUED'`` whose row count is checked.
+* **Leases** are fencing tokens: a heartbeat, usage report, approval request or result is
+  applied only while the phase still carries the caller's ``lease_token``; otherwise
+  :class:`~autopack.errors.LeaseLost` (409) and nothing changes.
+* **Reclaims** of expired leases are conditional ``UPDATE … WHERE lease_token = <old>``, so
+  two recoveries racing (a claim and the maintenance task, or two API replicas) apply once.
+* **Results** are idempotent: the answer is stored with the attempt under its
+  Idempotency-Key; the same key (or the same spent lease token) gets the stored answer.
+* **Lock order** is phases first, the ``runs`` row last, everywhere. A transaction that
+  makes a phase terminal locks the run row before deciding whether the run is finished,
+  so two last phases finishing at once cannot both miss the run's end (write skew).
+  Deadlocks the order cannot exclude (two cascades) are retried by :func:`run_transaction`.
+
+Public functions take a :class:`~autopack.db.Database` and run their own transaction;
+``_``-functions take a :class:`Tx` and compose inside one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+import uuid
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from sqlalchemy import Engine, Table, and_, exists, func, insert, or_, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
+
+from autopack.db import views
+from autopack.db.models import (
+    ApprovalRequest,
+    Phase,
+    PhaseAttempt,
+    PhaseDependency,
+    Run,
+    Tier,
+    utcnow,
+)
+from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
+from autopack.logs import log_event
+from autopack.rundef import Policy
+from autopack.states import (
+    PHASE_ACTIVE,
+    PHASE_TERMINAL,
+    RUN_ACTIVE,
+    ApprovalStatus,
+    AttemptOutcome,
+    PhaseState,
+    RunState,
+    TierState,
+    ensure_transition,
+    run_outcome,
+    tier_state,
+)
+
+if TYPE_CHECKING:
+    from autopack.db import Database
+    from autopack.db.identity import DbIdentity
+
+logger = logging.getLogger("autopack.work")
+
+PHASES = cast(Table, Phase.__table__)
+RUNS = cast(Table, Run.__table__)
+TIERS = cast(Table, Tier.__table__)
+ATTEMPTS = cast(Table, PhaseAttempt.__table__)
+DEPS = cast(Table, PhaseDependency.__table__)
+APPROVALS = cast(Table, ApprovalRequest.__table__)
+
+P = PhaseState
+R = RunState
+T = TypeVar("T")
+Row = Mapping[str, Any]
+"""A result row by column name (what every function here reads)."""
+
+DEFAULT_LEASE_SECONDS = 60
+MIN_LEASE_SECONDS = 5
+MAX_LEASE_SECONDS = 3600
+MAX_BACKOFF_SECONDS = 60.0
+RECLAIM_BATCH = 100
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
+MAX_TRANSACTION_TRIES = 5
+BLOCKED_PREFIX = "blocked by "
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+
+@dataclass
+class Tx:
+    """One transaction: its session, its single ``now``, and the database it is in."""
+
+    session: Session
+    now: datetime
+    identity: DbIdentity
+    pg: bool
+
+    def execute(
+        self, statement: Executable, params: Sequence[Mapping[str, Any]] | None = None
+    ) -> CursorResult[Any]:
+        return cast(CursorResult[Any], self.session.execute(statement, params))
+
+    def rows(self, statement: Executable) -> Sequence[Row]:
+        return cast(Sequence[Row], self.session.execute(statement).mappings().all())
+
+    def row(self, statement: Executable) -> Row | None:
+        return cast(Row | None, self.session.execute(statement).mappings().first())
+
+    def where(self) -> str:
+        """Which database, for messages: a 404 must say where it looked."""
+        return f"database {self.identity.public_url} (instance_id {self.identity.instance_id})"
+
+
+_SQLITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_SQLITE_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> AbstractContextManager[Any]:
+    """SQLite: one writer per process at a time, queued in Python.
+
+    ``BEGIN IMMEDIATE`` already serialises writers, but a blocked connection waits in
+    SQLite's busy handler, which sleeps in growing steps (up to 100 ms) instead of waking
+    when the lock is free; a Python lock hands over at once. Other processes on the same
+    file still meet at SQLite's lock.
+    """
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    with _SQLITE_LOCKS_GUARD:
+        lock = _SQLITE_LOCKS.get(engine)
+        if lock is None:
+            lock = _SQLITE_LOCKS[engine] = threading.Lock()
+    return lock
+
+
+def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
+    """Run ``work`` in one transaction; retry it on a PostgreSQL deadlock or serialization
+    failure (nothing was applied), raise everything else."""
+    pg = database.engine.dialect.name == "postgresql"
+    for attempt in range(1, MAX_TRANSACTION_TRIES + 1):
+        try:
+            with _writer_lock(database.engine), database.session() as session:
+                return work(Tx(session, utcnow(), database.identity, pg))
+        except DBAPIError as exc:
+            code = getattr(exc.orig, "sqlstate", None)
+            if code not in RETRYABLE_SQLSTATES or attempt == MAX_TRANSACTION_TRIES:
+                raise
+            log_event(logger, "transaction_retry", logging.WARNING, sqlstate=code, tries=attempt)
+            time.sleep(random.uniform(0, 0.02 * attempt))
+    raise AssertionError("unreachable")
+
+
+# -- small shared queries -------------------------------------------------------------------
+
+
+def _phase_is(run_id: str, phase_id: str) -> Any:
+    return and_(PHASES.c.run_id == run_id, PHASES.c.phase_id == phase_id)
+
+
+def _attempt_is(run_id: str, phase_id: str, attempt: int) -> Any:
+    return and_(
+        ATTEMPTS.c.run_id == run_id,
+        ATTEMPTS.c.phase_id == phase_id,
+        ATTEMPTS.c.attempt == attempt,
+    )
+
+
+def run_not_found(tx: Tx, run_id: str) -> NotFound:
+    return NotFound(
+        f"run {run_id!r} not found in {tx.where()}",
+        run_id=run_id,
+        database_instance_id=tx.identity.instance_id,
+    )
+
+
+def get_run_row(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
+    statement = select(RUNS).where(RUNS.c.id == run_id)
+    if lock and tx.pg:
+        statement = statement.with_for_update()
+    run = tx.row(statement)
+    if run is None:
+        raise run_not_found(tx, run_id)
+    return run
+
+
+def get_phase_row(tx: Tx, run_id: str, phase_id: str, *, lock: bool = False) -> Row:
+    """The phase row (``lock``: ``FOR UPDATE`` on PostgreSQL); NotFound names run and db."""
+    statement = select(PHASES).where(_phase_is(run_id, phase_id))
+    if lock and tx.pg:
+        statement = statement.with_for_update()
+    phase = tx.row(statement)
+    if phase is None:
+        get_run_row(tx, run_id)  # the run itself missing is the clearer message
+        raise NotFound(
+            f"phase {phase_id!r} not found in run {run_id!r} ({tx.where()})",
+            run_id=run_id,
+            phase_id=phase_id,
+            database_instance_id=tx.identity.instance_id,
+        )
+    return phase
+
+
+def depends_on(tx: Tx, run_id: str, phase_id: str | None = None) -> dict[str, list[str]]:
+    """``{phase_id: [dependency, ...]}`` for one phase or for the whole run."""
+    statement = select(DEPS.c.phase_id, DEPS.c.depends_on).where(DEPS.c.run_id == run_id)
+    if phase_id is not None:
+        statement = statement.where(DEPS.c.phase_id == phase_id)
+    graph: dict[str, list[str]] = defaultdict(list)
+    for row in tx.rows(statement.order_by(DEPS.c.phase_id, DEPS.c.depends_on)):
+        graph[row["phase_id"]].append(row["depends_on"])
+    return graph
+
+
+def _fingerprint(stop_reason: str | None, error: str | None) -> str:
+    """Short hash of stop_reason + first line of error: equal failures group together."""
+    first_line = (error or "").strip().splitlines()[0] if (error or "").strip() else ""
+    return hashlib.sha256(f"{stop_reason or ''}|{first_line}".encode()).hexdigest()[:12]
+
+
+def _backoff_seconds(policy: Policy, attempts_in_window: int) -> float:
+    exponent = max(attempts_in_window - 1, 0)
+    return float(min(policy.retry_backoff_seconds * 2**exponent, MAX_BACKOFF_SECONDS))
+
+
+def _window_open(phase: Mapping[str, Any]) -> bool:
+    attempts: int = phase["attempts"] - phase["retry_window_start"]
+    return bool(attempts < phase["max_attempts"])
+
+
+def _lease_lost(tx: Tx, phase: Mapping[str, Any], lease_token: str) -> LeaseLost:
+    """Explain exactly why the token is stale: which attempt it was and how it ended."""
+    mine = tx.row(
+        select(ATTEMPTS.c.attempt, ATTEMPTS.c.outcome, ATTEMPTS.c.stop_reason).where(
+            ATTEMPTS.c.run_id == phase["run_id"],
+            ATTEMPTS.c.phase_id == phase["phase_id"],
+            ATTEMPTS.c.lease_token == lease_token,
+        )
+    )
+    where = f"phase {phase['run_id']}/{phase['phase_id']}"
+    if mine is None:
+        why = "the token was never issued for this phase"
+    else:
+        why = f"your attempt {mine['attempt']} ended as {mine['outcome']}"
+        if mine["stop_reason"]:
+            why += f" ({mine['stop_reason']})"
+    now_held = (
+        f"; it is now {phase['state']}, held by {phase['lease_owner']} "
+        f"(attempt {phase['attempts']})"
+        if phase["lease_owner"]
+        else f"; it is now {phase['state']}"
+    )
+    return LeaseLost(
+        f"lease on {where} is no longer yours: {why}{now_held}",
+        run_id=phase["run_id"],
+        phase_id=phase["phase_id"],
+        phase_state=phase["state"],
+        attempt=phase["attempts"],
+    )
+
+
+def _held_phase(tx: Tx, run_id: str, phase_id: str, lease_token: str) -> Row:
+    """Lock the phase and check the caller still holds its lease (the fencing check)."""
+    phase = get_phase_row(tx, run_id, phase_id, lock=True)
+    if phase["lease_token"] != lease_token or phase["state"] not in PHASE_ACTIVE:
+        raise _lease_lost(tx, phase, lease_token)
+    return phase
+
+
+# -- budgets --------------------------------------------------------------------------------
+
+
+def budget_problem(tx: Tx, run: Mapping[str, Any], *, starting_new_phase: bool) -> str | None:
+    """Why ``run`` may not hand out more work, or None. Checked at every claim."""
+    if run["token_cap"] is not None and run["tokens_used"] >= run["token_cap"]:
+        return (
+            f"token budget exhausted: {run['tokens_used']} tokens used, "
+            f"token_cap {run['token_cap']}"
+        )
+    if run["cost_cap_usd"] is not None and run["cost_usd"] >= run["cost_cap_usd"]:
+        return (
+            f"cost budget exhausted: ${run['cost_usd']:.4f} spent, "
+            f"cost_cap_usd ${run['cost_cap_usd']:.4f}"
+        )
+    minutes = run["max_duration_minutes"]
+    if minutes is not None and run["started_at"] is not None:
+        elapsed = tx.now - run["started_at"]
+        if elapsed >= timedelta(minutes=minutes):
+            return (
+                f"duration budget exhausted: running {elapsed.total_seconds() / 60:.1f} "
+                f"minutes, max_duration_minutes {minutes}"
+            )
+    if starting_new_phase and run["max_phases"] is not None:
+        started = tx.execute(
+            select(func.count())
+            .select_from(PHASES)
+            .where(PHASES.c.run_id == run["id"], PHASES.c.started_at.is_not(None))
+        ).scalar_one()
+        if started >= run["max_phases"]:
+            return (
+                f"phase budget exhausted: {started} phases started, max_phases {run['max_phases']}"
+            )
+    return None
+
+
+def _budget_answer(run: Mapping[str, Any], problem: str | None) -> dict[str, Any]:
+    return {
+        "state": run["state"],
+        "tokens_used": run["tokens_used"],
+        "cost_usd": run["cost_usd"],
+        "token_cap": run["token_cap"],
+        "cost_cap_usd": run["cost_cap_usd"],
+        "budget_exhausted": problem is not None,
+        "reason": problem,
+    }
+
+
+# -- run settlement: tiers, cascades, finishing -----------------------------------------------
+
+
+def _refresh_tiers(tx: Tx, run_id: str, states_by_tier: Mapping[int, list[str]]) -> None:
+    for tier in tx.rows(
+        select(TIERS.c.id, TIERS.c.tier_index, TIERS.c.state).where(TIERS.c.run_id == run_id)
+    ):
+        derived = tier_state(states_by_tier.get(tier["tier_index"], []))
+        if derived != tier["state"]:
+            tx.execute(update(TIERS).where(TIERS.c.id == tier["id"]).values(state=derived))
+
+
+def _phase_states(tx: Tx, run_id: str) -> dict[int, list[str]]:
+    by_tier: dict[int, list[str]] = defaultdict(list)
+    for row in tx.rows(
+        select(PHASES.c.tier_index, PHASES.c.state, func.count().label("n"))
+        .where(PHASES.c.run_id == run_id)
+        .group_by(PHASES.c.tier_index, PHASES.c.state)
+    ):
+        by_tier[row["tier_index"]].extend([row["state"]] * row["n"])
+    return by_tier
+
+
+def settle_run(tx: Tx, run_id: str) -> str:
+    """Lock the run, re-derive tier states, end the run if no phase is open. Its state."""
+    run = get_run_row(tx, run_id, lock=True)
+    by_tier = _phase_states(tx, run_id)
+    _refresh_tiers(tx, run_id, by_tier)
+    if run["state"] != R.RUNNING:
+        return str(run["state"])
+    outcome = run_outcome(state for states in by_tier.values() for state in states)
+    if outcome is None:
+        return str(run["state"])
+    reason = None
+    if outcome != R.DONE_SUCCESS:
+        failed = tx.rows(
+            select(PHASES.c.phase_id, PHASES.c.state)
+            .where(PHASES.c.run_id == run_id, PHASES.c.state != P.COMPLETE)
+            .order_by(PHASES.c.tier_index, PHASES.c.phase_index)
+        )
+        names = [f"{row['phase_id']} {row['state']}" for row in failed]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        reason = f"{len(names)} phase(s) did not complete: {shown}"
+    set_run_state(tx, run, outcome, reason)
+    return str(outcome)
+
+
+def set_run_state(tx: Tx, run: Mapping[str, Any], target: RunState, reason: str | None) -> None:
+    ensure_transition("run", run["state"], target, subject=f"run {run['id']}")
+    values: dict[str, Any] = {"state": target, "updated_at": tx.now}
+    if target in RUN_ACTIVE:
+        values.update(finished_at=None, failure_reason=None)
+    else:
+        values.update(finished_at=tx.now, failure_reason=reason)
+    tx.execute(update(RUNS).where(RUNS.c.id == run["id"]).values(**values))
+    log_event(
+        logger, "run_state", run_id=run["id"], previous=run["state"], state=target, reason=reason
+    )
+
+
+def _dependents(graph: Mapping[str, list[str]], roots: Iterable[str]) -> set[str]:
+    """Every phase that (transitively) depends on one of ``roots``."""
+    reverse: dict[str, list[str]] = defaultdict(list)
+    for phase_id, deps in graph.items():
+        for dep in deps:
+            reverse[dep].append(phase_id)
+    found: set[str] = set()
+    stack = list(roots)
+    while stack:
+        for child in reverse.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def skip_blocked(tx: Tx, phase: Mapping[str, Any]) -> int:
+    """``phase`` just FAILED: SKIP every QUEUED phase that can now never run.
+
+    That is every phase of a later tier (tiers wait for all earlier phases to COMPLETE) and
+    every transitive ``depends_on`` dependent in its own tier. The reason names the blocker
+    so a requeue of it can reopen exactly these (:func:`reopen_unblocked`).
+    """
+    ensure_transition("phase", P.QUEUED, P.SKIPPED)
+    run_id = phase["run_id"]
+    dependents = _dependents(depends_on(tx, run_id), [phase["phase_id"]])
+    blocked = PHASES.c.tier_index > phase["tier_index"]
+    if dependents:
+        blocked = or_(blocked, PHASES.c.phase_id.in_(sorted(dependents)))
+    result = tx.execute(
+        update(PHASES)
+        .where(PHASES.c.run_id == run_id, PHASES.c.state == P.QUEUED, blocked)
+        .values(
+            state=P.SKIPPED,
+            last_failure_reason=f"{BLOCKED_PREFIX}{phase['phase_id']} (FAILED)",
+            finished_at=tx.now,
+            updated_at=tx.now,
+        )
+    )
+    if result.rowcount:
+        log_event(
+            logger,
+            "phases_skipped",
+            run_id=run_id,
+            blocked_by=phase["phase_id"],
+            count=result.rowcount,
+        )
+    return result.rowcount
+
+
+def reopen_unblocked(tx: Tx, run_id: str) -> list[str]:
+    """Re-QUEUE phases SKIPPED as blocked whose blockers are no longer FAILED."""
+    phases = tx.rows(
+        select(
+            PHASES.c.phase_id, PHASES.c.tier_index, PHASES.c.state, PHASES.c.last_failure_reason
+        ).where(PHASES.c.run_id == run_id)
+    )
+    failed = [p for p in phases if p["state"] == P.FAILED]
+    dependents_of_failed = _dependents(depends_on(tx, run_id), [p["phase_id"] for p in failed])
+    lowest_failed_tier = min((p["tier_index"] for p in failed), default=None)
+    reopen = [
+        p["phase_id"]
+        for p in phases
+        if p["state"] == P.SKIPPED
+        and (p["last_failure_reason"] or "").startswith(BLOCKED_PREFIX)
+        and p["phase_id"] not in dependents_of_failed
+        and (lowest_failed_tier is None or p["tier_index"] <= lowest_failed_tier)
+    ]
+    if reopen:
+        ensure_transition("phase", P.SKIPPED, P.QUEUED)
+        tx.execute(
+            update(PHASES)
+            .where(
+                PHASES.c.run_id == run_id,
+                PHASES.c.state == P.SKIPPED,
+                PHASES.c.phase_id.in_(reopen),
+            )
+            .values(
+                state=P.QUEUED,
+                last_failure_reason=None,
+                available_at=tx.now,
+                finished_at=None,
+                updated_at=tx.now,
+            )
+        )
+        log_event(logger, "phases_reopened", run_id=run_id, phases=",".join(reopen))
+    return reopen
+
+
+def end_run(tx: Tx, run_id: str, target: RunState, reason: str, *, cancel: bool) -> None:
+    """Stop a run: SKIP its waiting phases, cancel its pending approvals, set ``target``.
+
+    ``cancel`` also takes the lease from executing phases, so their next heartbeat or
+    result is a 409, and refuses (409) a run that is already finished. Otherwise (budget
+    exhausted) running attempts may finish and report, and a run another transaction
+    ended meanwhile is left as it is. Phases are updated before the run row is locked
+    (lock order).
+    """
+    run = get_run_row(tx, run_id)
+    if run["state"] not in RUN_ACTIVE and not cancel:
+        return
+    ensure_transition("run", run["state"], target, subject=f"run {run_id}")
+    skip_states = [P.QUEUED, P.AWAITING_APPROVAL]
+    if cancel:
+        skip_states += [P.EXECUTING, P.CI_RUNNING]
+    for state in skip_states:
+        ensure_transition("phase", state, P.SKIPPED)
+    if cancel:
+        tx.execute(
+            update(ATTEMPTS)
+            .where(ATTEMPTS.c.run_id == run_id, ATTEMPTS.c.outcome == AttemptOutcome.EXECUTING)
+            .values(
+                outcome=AttemptOutcome.CANCELLED, stop_reason="run_cancelled", finished_at=tx.now
+            )
+        )
+    tx.execute(
+        update(PHASES)
+        .where(PHASES.c.run_id == run_id, PHASES.c.state.in_(skip_states))
+        .values(
+            state=P.SKIPPED,
+            last_failure_reason=reason,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            finished_at=tx.now,
+            updated_at=tx.now,
+        )
+    )
+    tx.execute(
+        update(APPROVALS)
+        .where(APPROVALS.c.run_id == run_id, APPROVALS.c.status == ApprovalStatus.PENDING)
+        .values(status=ApprovalStatus.CANCELLED, responded_at=tx.now, note=reason)
+    )
+    run = get_run_row(tx, run_id, lock=True)
+    if run["state"] not in RUN_ACTIVE and not cancel:
+        return  # ended meanwhile by another transaction; the budget stop is moot
+    set_run_state(tx, run, target, reason)
+    _refresh_tiers(tx, run_id, _phase_states(tx, run_id))
+
+
+# -- claims -----------------------------------------------------------------------------------
+
+
+def claim(
+    database: Database,
+    *,
+    worker_id: str,
+    lease_seconds: int = DEFAULT_LEASE_SECONDS,
+    run_id: str | None = None,
+    phase_id: str | None = None,
+) -> dict[str, Any] | None:
+    """Lease the next claimable phase to ``worker_id``; None when there is none (HTTP 204).
+
+    Claimable: QUEUED, past its backoff, retry window not exhausted, run QUEUED/RUNNING and
+    within budget, every phase of an earlier tier COMPLETE, every ``depends_on`` COMPLETE.
+    Order: tier_index, phase_index, run created_at. Expired leases are reclaimed first.
+    """
+    if phase_id is not None and run_id is None:
+        raise InvalidInput("claiming a specific phase_id needs its run_id too")
+    if not MIN_LEASE_SECONDS <= lease_seconds <= MAX_LEASE_SECONDS:
+        raise InvalidInput(
+            f"lease_seconds must be between {MIN_LEASE_SECONDS} and {MAX_LEASE_SECONDS} "
+            f"(got {lease_seconds})"
+        )
+    return run_transaction(
+        database, lambda tx: _claim(tx, worker_id, lease_seconds, run_id, phase_id)
+    )
+
+
+def _claim(
+    tx: Tx, worker_id: str, lease_seconds: int, run_id: str | None, phase_id: str | None
+) -> dict[str, Any] | None:
+    if phase_id is not None and run_id is not None:
+        get_phase_row(tx, run_id, phase_id)
+    elif run_id is not None:
+        get_run_row(tx, run_id)
+    reclaim_expired(tx)
+    excluded: set[str] = set()
+    while True:
+        phase = _next_claimable(tx, run_id, phase_id, excluded)
+        if phase is None:
+            return None
+        run = get_run_row(tx, phase["run_id"])
+        problem = budget_problem(tx, run, starting_new_phase=phase["started_at"] is None)
+        if problem is None:
+            started = _start_attempt(tx, phase, run, worker_id, lease_seconds)
+            if started is not None:
+                return started
+        else:
+            end_run(tx, run["id"], R.DONE_FAILED_BUDGET_EXHAUSTED, problem, cancel=False)
+        excluded.add(phase["run_id"])
+
+
+def _next_claimable(
+    tx: Tx, run_id: str | None, phase_id: str | None, excluded_runs: set[str]
+) -> Row | None:
+    earlier = PHASES.alias("earlier")
+    prerequisite = PHASES.alias("prerequisite")
+    statement = (
+        select(PHASES)
+        .join(RUNS, RUNS.c.id == PHASES.c.run_id)
+        .where(
+            PHASES.c.state == P.QUEUED,
+            or_(PHASES.c.available_at.is_(None), PHASES.c.available_at <= tx.now),
+            PHASES.c.attempts - PHASES.c.retry_window_start < PHASES.c.max_attempts,
+            RUNS.c.state.in_([R.QUEUED, R.RUNNING]),
+            ~exists().where(
+                earlier.c.run_id == PHASES.c.run_id,
+                earlier.c.tier_index < PHASES.c.tier_index,
+                earlier.c.state != P.COMPLETE,
+            ),
+            ~exists()
+            .select_from(
+                DEPS.join(
+                    prerequisite,
+                    and_(
+                        prerequisite.c.run_id == DEPS.c.run_id,
+                        prerequisite.c.phase_id == DEPS.c.depends_on,
+                    ),
+                )
+            )
+            .where(
+                DEPS.c.run_id == PHASES.c.run_id,
+                DEPS.c.phase_id == PHASES.c.phase_id,
+                prerequisite.c.state != P.COMPLETE,
+            ),
+        )
+        .order_by(PHASES.c.tier_index, PHASES.c.phase_index, RUNS.c.created_at, PHASES.c.id)
+        .limit(1)
+    )
+    if run_id is not None:
+        statement = statement.where(PHASES.c.run_id == run_id)
+    if phase_id is not None:
+        statement = statement.where(PHASES.c.phase_id == phase_id)
+    if excluded_runs:
+        statement = statement.where(PHASES.c.run_id.not_in(sorted(excluded_runs)))
+    if tx.pg:
+        statement = statement.with_for_update(skip_locked=True, of=PHASES)
+    return tx.row(statement)
+
+
+def _start_attempt(
+    tx: Tx, phase: Row, run: Row, worker_id: str, lease_seconds: int
+) -> dict[str, Any] | None:
+    ensure_transition("phase", phase["state"], P.EXECUTING)
+    number = phase["attempts"] + 1
+    token = uuid.uuid4().hex
+    expires = tx.now + timedelta(seconds=lease_seconds)
+    changes: dict[str, Any] = {
+        "state": P.EXECUTING,
+        "attempts": number,
+        "lease_owner": worker_id,
+        "lease_token": token,
+        "lease_expires_at": expires,
+        "lease_seconds": lease_seconds,
+        "started_at": phase["started_at"] or tx.now,
+        "finished_at": None,
+        "updated_at": tx.now,
+    }
+    flipped = tx.execute(
+        update(PHASES)
+        .where(PHASES.c.id == phase["id"], PHASES.c.state == P.QUEUED)
+        .values(**changes)
+    )
+    if flipped.rowcount != 1:  # taken meanwhile (cannot happen under the row lock; be sure)
+        return None
+    tx.execute(
+        insert(ATTEMPTS).values(
+            run_id=phase["run_id"],
+            phase_id=phase["phase_id"],
+            attempt=number,
+            worker_id=worker_id,
+            lease_token=token,
+            started_at=tx.now,
+            outcome=AttemptOutcome.EXECUTING,
+            files_written=[],
+            check_results=[],
+            details={},
+            tokens_used=0,
+            cost_usd=0.0,
+        )
+    )
+    run_state = run["state"]
+    if run_state == R.QUEUED:
+        ensure_transition("run", run_state, R.RUNNING, subject=f"run {run['id']}")
+        tx.execute(
+            update(RUNS)
+            .where(RUNS.c.id == run["id"], RUNS.c.state == R.QUEUED)
+            .values(state=R.RUNNING, started_at=tx.now, updated_at=tx.now)
+        )
+        run_state = R.RUNNING
+        log_event(logger, "run_state", run_id=run["id"], previous=R.QUEUED, state=R.RUNNING)
+    tx.execute(
+        update(TIERS)
+        .where(
+            TIERS.c.run_id == phase["run_id"],
+            TIERS.c.tier_id == phase["tier_id"],
+            TIERS.c.state == TierState.QUEUED,
+        )
+        .values(state=TierState.RUNNING)
+    )
+    history: list[dict[str, Any]] = []
+    approved: dict[str, Any] | None = None
+    if number > 1:
+        earlier = tx.rows(
+            select(ATTEMPTS)
+            .where(
+                ATTEMPTS.c.run_id == phase["run_id"],
+                ATTEMPTS.c.phase_id == phase["phase_id"],
+                ATTEMPTS.c.attempt < number,
+            )
+            .order_by(ATTEMPTS.c.attempt)
+        )
+        history = [views.attempt_view(row) for row in earlier]
+        approved = _approved_change(tx, phase, number - 1)
+    updated = {**phase, **changes}
+    return {
+        "run_id": phase["run_id"],
+        "phase_id": phase["phase_id"],
+        "attempt": number,
+        "lease_token": token,
+        "lease_expires_at": expires,
+        "lease_seconds": lease_seconds,
+        "phase": views.phase_view(
+            updated, depends_on(tx, phase["run_id"], phase["phase_id"])[phase["phase_id"]]
+        ),
+        "history": history,
+        "run": {**views.run_brief(run), "state": run_state},
+        "approved_change": approved,
+    }
+
+
+def _approved_change(tx: Tx, phase: Mapping[str, Any], previous: int) -> dict[str, Any] | None:
+    """The approval granted to the attempt just before this claim: given to it, once."""
+    approval = tx.row(
+        select(APPROVALS)
+        .where(
+            APPROVALS.c.run_id == phase["run_id"],
+            APPROVALS.c.phase_id == phase["phase_id"],
+            APPROVALS.c.attempt == previous,
+            APPROVALS.c.status == ApprovalStatus.APPROVED,
+        )
+        .order_by(APPROVALS.c.id.desc())
+    )
+    if approval is None:
+        return None
+    return {
+        "approval_id": approval["id"],
+        "reason": approval["reason"],
+        "context": dict(approval["context"] or {}),
+        "responder": approval["responder"],
+        "note": approval["note"],
+    }
+
+
+# -- reclaiming expired leases --------------------------------------------------------------------
+
+
+def reclaim_expired(tx: Tx, limit: int = RECLAIM_BATCH) -> int:
+    """Expired leases: record the attempt LOST (``lease_expired``), re-QUEUE or FAIL the phase.
+
+    Each recovery is a conditional UPDATE on the old lease token, so a recovery that lost a
+    race (another replica, the maintenance task) changes nothing.
+    """
+    statement = (
+        select(PHASES)
+        .where(PHASES.c.state.in_(list(PHASE_ACTIVE)), PHASES.c.lease_expires_at < tx.now)
+        .order_by(PHASES.c.lease_expires_at)
+        .limit(limit)
+    )
+    if tx.pg:
+        statement = statement.with_for_update(skip_locked=True)
+    reclaimed = 0
+    for phase in tx.rows(statement):
+        run = get_run_row(tx, phase["run_id"])
+        retry = _window_open(phase) and run["state"] in RUN_ACTIVE
+        target = P.QUEUED if retry else P.FAILED
+        ensure_transition("phase", phase["state"], target)
+        reason = (
+            f"lease_expired: worker {phase['lease_owner']} stopped heartbeating "
+            f"(attempt {phase['attempts']}, lease expired {phase['lease_expires_at']:%H:%M:%S})"
+        )
+        values: dict[str, Any] = {
+            "state": target,
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "available_at": tx.now,
+            "last_failure_reason": reason,
+            "updated_at": tx.now,
+        }
+        if target == P.FAILED:
+            values.update(finished_at=tx.now, failure_fingerprint=_fingerprint("lease_expired", ""))
+        recovered = tx.execute(
+            update(PHASES)
+            .where(
+                PHASES.c.id == phase["id"],
+                PHASES.c.lease_token == phase["lease_token"],
+                PHASES.c.state.in_(list(PHASE_ACTIVE)),
+            )
+            .values(**values)
+        )
+        if recovered.rowcount != 1:
+            continue
+        tx.execute(
+            update(ATTEMPTS)
+            .where(
+                _attempt_is(phase["run_id"], phase["phase_id"], phase["attempts"]),
+                ATTEMPTS.c.outcome == AttemptOutcome.EXECUTING,
+            )
+            .values(
+                outcome=AttemptOutcome.LOST,
+                stop_reason="lease_expired",
+                finished_at=tx.now,
+                error=reason,
+            )
+        )
+        reclaimed += 1
+        log_event(
+            logger,
+            "lease_reclaimed",
+            logging.WARNING,
+            run_id=phase["run_id"],
+            phase_id=phase["phase_id"],
+            attempt=phase["attempts"],
+            worker_id=phase["lease_owner"],
+            phase_state=target,
+        )
+        if target == P.FAILED:
+            skip_blocked(tx, phase)
+            settle_run(tx, phase["run_id"])
+    return reclaimed
+
+
+# -- heartbeats and usage -------------------------------------------------------------------
+
+
+def heartbeat(
+    database: Database,
+    run_id: str,
+    phase_id: str,
+    *,
+    lease_token: str,
+    lease_seconds: int | None = None,
+    state: str | None = None,
+) -> dict[str, Any]:
+    """Renew the lease (for ``lease_seconds``, default: the length it was claimed with).
+
+    An expired lease nobody reclaimed yet is renewed: nobody else holds the phase.
+    ``state`` moves EXECUTING <-> CI_RUNNING.
+    """
+    return run_transaction(
+        database,
+        lambda tx: _heartbeat(
+            tx, run_id, phase_id, lease_token, lease_seconds=lease_seconds, state=state
+        ),
+    )
+
+
+def _heartbeat(
+    tx: Tx,
+    run_id: str,
+    phase_id: str,
+    lease_token: str,
+    *,
+    lease_seconds: int | None,
+    state: str | None,
+) -> dict[str, Any]:
+    if state is None and lease_seconds is not None:  # the common case: one statement
+        expires = tx.now + timedelta(seconds=lease_seconds)
+        renewed = tx.row(
+            update(PHASES)
+            .where(
+                _phase_is(run_id, phase_id),
+                PHASES.c.lease_token == lease_token,
+                PHASES.c.state.in_(list(PHASE_ACTIVE)),
+            )
+            .values(lease_expires_at=expires, lease_seconds=lease_seconds, updated_at=tx.now)
+            .returning(PHASES.c.state)
+        )
+        if renewed is not None:
+            return {"lease_expires_at": expires, "state": renewed["state"]}
+    phase = _held_phase(tx, run_id, phase_id, lease_token)
+    seconds = lease_seconds or phase["lease_seconds"] or DEFAULT_LEASE_SECONDS
+    target = state or phase["state"]
+    if target != phase["state"]:
+        ensure_transition("phase", phase["state"], target, subject=f"phase {run_id}/{phase_id}")
+    expires = tx.now + timedelta(seconds=seconds)
+    tx.execute(
+        update(PHASES)
+        .where(PHASES.c.id == phase["id"])
+        .values(state=target, lease_expires_at=expires, lease_seconds=seconds, updated_at=tx.now)
+    )
+    return {"lease_expires_at": expires, "state": target}
+
+
+def report_usage(
+    database: Database,
+    run_id: str,
+    phase_id: str,
+    *,
+    lease_token: str,
+    tokens: int,
+    cost_usd: float,
+) -> dict[str, Any]:
+    """Add one LLM call's tokens and cost to the attempt, phase and run; answer the budget."""
+    if tokens < 0 or cost_usd < 0:
+        raise InvalidInput(f"usage must not be negative (tokens {tokens}, cost_usd {cost_usd})")
+
+    def work(tx: Tx) -> dict[str, Any]:
+        phase = _held_phase(tx, run_id, phase_id, lease_token)
+        tx.execute(
+            update(ATTEMPTS)
+            .where(_attempt_is(run_id, phase_id, phase["attempts"]))
+            .values(
+                tokens_used=ATTEMPTS.c.tokens_used + tokens,
+                cost_usd=ATTEMPTS.c.cost_usd + cost_usd,
+            )
+        )
+        phase_totals = tx.row(
+            update(PHASES)
+            .where(PHASES.c.id == phase["id"])
+            .values(
+                tokens_used=PHASES.c.tokens_used + tokens,
+                cost_usd=PHASES.c.cost_usd + cost_usd,
+                updated_at=tx.now,
+            )
+            .returning(PHASES.c.tokens_used, PHASES.c.cost_usd)
+        )
+        run = tx.row(
+            update(RUNS)
+            .where(RUNS.c.id == run_id)
+            .values(
+                tokens_used=RUNS.c.tokens_used + tokens,
+                cost_usd=RUNS.c.cost_usd + cost_usd,
+                updated_at=tx.now,
+            )
+            .returning(*RUNS.c)
+        )
+        assert run is not None and phase_totals is not None
+        problem = budget_problem(tx, run, starting_new_phase=False)
+        return {"run": _budget_answer(run, problem), "phase": dict(phase_totals)}
+
+    return run_transaction(database, work)
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultIn:
+    """A worker's report of how its attempt ended (the result body)."""
+
+    lease_token: str
+    outcome: str
+    stop_reason: str
+    retryable: bool = True
+    feedback: str | None = None
+    error: str | None = None
+    max_tokens: int | None = None
+    files_written: Sequence[str] = ()
+    check_results: Sequence[Mapping[str, Any]] = ()
+    audit_verdict: Mapping[str, Any] | None = None
+    details: Mapping[str, Any] | None = None
+
+
+def post_result(
+    database: Database,
+    run_id: str,
+    phase_id: str,
+    result: ResultIn,
+    *,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Apply an attempt's result once; the same key or spent token gets the stored answer."""
+    if result.outcome not in (P.COMPLETE, P.FAILED):
+        raise InvalidInput(f"outcome must be COMPLETE or FAILED (got {result.outcome!r})")
+    return run_transaction(
+        database, lambda tx: _post_result(tx, run_id, phase_id, result, idempotency_key)
+    )
+
+
+def _stored_answer(tx: Tx, run_id: str, phase_id: str, key: str) -> dict[str, Any] | None:
+    stored = tx.row(
+        select(ATTEMPTS.c.run_id, ATTEMPTS.c.phase_id, ATTEMPTS.c.result_response).where(
+            ATTEMPTS.c.result_key == key
+        )
+    )
+    if stored is None:
+        return None
+    if (stored["run_id"], stored["phase_id"]) != (run_id, phase_id):
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used for phase "
+            f"{stored['run_id']}/{stored['phase_id']}",
+            idempotency_key=key,
+        )
+    answer: dict[str, Any] = stored["result_response"]
+    return answer
+
+
+def _post_result(
+    tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
+) -> dict[str, Any]:
+    if key is not None:
+        stored = _stored_answer(tx, run_id, phase_id, key)
+        if stored is not None:
+            return stored
+    phase = get_phase_row(tx, run_id, phase_id, lock=True)
+    if phase["lease_token"] != result.lease_token or phase["state"] not in PHASE_ACTIVE:
+        spent = tx.row(
+            select(ATTEMPTS.c.result_response).where(
+                ATTEMPTS.c.run_id == run_id,
+                ATTEMPTS.c.phase_id == phase_id,
+                ATTEMPTS.c.lease_token == result.lease_token,
+                ATTEMPTS.c.result_response.is_not(None),
+            )
+        )
+        if spent is not None:  # a retry of a result already applied, without its key
+            answer: dict[str, Any] = spent["result_response"]
+            return answer
+        raise _lease_lost(tx, phase, result.lease_token)
+
+    number = phase["attempts"]
+    run = get_run_row(tx, run_id)
+    policy = Policy.model_validate(run["policy"] or {})
+    retry = (
+        result.outcome == P.FAILED
+        and result.retryable
+        and _window_open(phase)
+        and run["state"] in RUN_ACTIVE
+    )
+    target = P.COMPLETE if result.outcome == P.COMPLETE else (P.QUEUED if retry else P.FAILED)
+    ensure_transition("phase", phase["state"], target, subject=f"phase {run_id}/{phase_id}")
+
+    values: dict[str, Any] = {
+        "state": target,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": tx.now,
+    }
+    available_at = None
+    if target == P.COMPLETE:
+        values.update(finished_at=tx.now)
+    else:
+        first_line = (result.error or result.feedback or "").strip().splitlines()
+        reason = result.stop_reason + (f": {first_line[0][:300]}" if first_line else "")
+        values.update(
+            last_failure_reason=reason,
+            failure_fingerprint=_fingerprint(result.stop_reason, result.error),
+        )
+        if target == P.QUEUED:
+            delay = _backoff_seconds(policy, number - phase["retry_window_start"])
+            available_at = tx.now + timedelta(seconds=delay)
+            values.update(available_at=available_at)
+        else:
+            values.update(finished_at=tx.now)
+    tx.execute(update(PHASES).where(PHASES.c.id == phase["id"]).values(**values))
+
+    run_state = str(run["state"])
+    if target == P.FAILED:
+        skip_blocked(tx, phase)
+    if target in PHASE_TERMINAL:
+        run_state = settle_run(tx, run_id)
+
+    answer = {
+        "run_id": run_id,
+        "phase_id": phase_id,
+        "attempt": number,
+        "phase_state": str(target),
+        "run_state": run_state,
+        "requeued": target == P.QUEUED,
+        "available_at": available_at.isoformat() if available_at else None,
+    }
+    tx.execute(
+        update(ATTEMPTS)
+        .where(_attempt_is(run_id, phase_id, number))
+        .values(
+            outcome=result.outcome,
+            finished_at=tx.now,
+            stop_reason=result.stop_reason,
+            max_tokens=result.max_tokens,
+            files_written=list(result.files_written),
+            check_results=[dict(c) for c in result.check_results],
+            audit_verdict=dict(result.audit_verdict) if result.audit_verdict else None,
+            feedback=result.feedback,
+            error=result.error,
+            details=dict(result.details or {}),
+            result_key=key or f"{run_id}:{phase_id}:{number}",
+            result_response=answer,
+        )
+    )
+    log_event(
+        logger,
+        "result",
+        logging.DEBUG if target == P.COMPLETE else logging.INFO,
+        run_id=run_id,
+        phase_id=phase_id,
+        attempt=number,
+        outcome=result.outcome,
+        stop_reason=result.stop_reason,
+        phase_state=target,
+    )
+    return answer
+
+
+# -- approvals ----------------------------------------------------------------------------------
+
+
+def request_approval(
+    database: Database,
+    run_id: str,
+    phase_id: str,
+    *,
+    lease_token: str,
+    reason: str,
+    context: Mapping[str, Any] | None = None,
+    timeout_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Park the phase in AWAITING_APPROVAL and release the lease: no worker waits for a human."""
+
+    def work(tx: Tx) -> dict[str, Any]:
+        phase = get_phase_row(tx, run_id, phase_id, lock=True)
+        if phase["lease_token"] != lease_token or phase["state"] not in PHASE_ACTIVE:
+            asked = tx.row(  # a retried request: answer with the approval it created
+                select(APPROVALS)
+                .join(
+                    ATTEMPTS,
+                    and_(
+                        ATTEMPTS.c.run_id == APPROVALS.c.run_id,
+                        ATTEMPTS.c.phase_id == APPROVALS.c.phase_id,
+                        ATTEMPTS.c.attempt == APPROVALS.c.attempt,
+                    ),
+                )
+                .where(
+                    APPROVALS.c.run_id == run_id,
+                    APPROVALS.c.phase_id == phase_id,
+                    ATTEMPTS.c.lease_token == lease_token,
+                )
+            )
+            if asked is not None:
+                return _approval_created(asked, phase["state"])
+            raise _lease_lost(tx, phase, lease_token)
+        ensure_transition(
+            "phase", phase["state"], P.AWAITING_APPROVAL, subject=f"phase {run_id}/{phase_id}"
+        )
+        run = get_run_row(tx, run_id)
+        policy = Policy.model_validate(run["policy"] or {})
+        seconds = timeout_seconds or policy.approval_timeout_minutes * 60
+        approval_id = tx.execute(
+            insert(APPROVALS)
+            .values(
+                run_id=run_id,
+                phase_id=phase_id,
+                attempt=phase["attempts"],
+                reason=reason,
+                context=dict(context or {}),
+                status=ApprovalStatus.PENDING,
+                on_timeout=policy.on_approval_timeout,
+                requested_at=tx.now,
+                timeout_at=tx.now + timedelta(seconds=seconds),
+            )
+            .returning(APPROVALS.c.id)
+        ).scalar_one()
+        tx.execute(
+            update(ATTEMPTS)
+            .where(_attempt_is(run_id, phase_id, phase["attempts"]))
+            .values(
+                outcome=AttemptOutcome.AWAITING_APPROVAL,
+                stop_reason="approval_requested",
+                finished_at=tx.now,
+                details={"approval_id": approval_id},
+            )
+        )
+        tx.execute(
+            update(PHASES)
+            .where(PHASES.c.id == phase["id"])
+            .values(
+                state=P.AWAITING_APPROVAL,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=tx.now,
+            )
+        )
+        log_event(
+            logger,
+            "approval_requested",
+            run_id=run_id,
+            phase_id=phase_id,
+            approval_id=approval_id,
+            reason=reason,
+        )
+        created = tx.row(select(APPROVALS).where(APPROVALS.c.id == approval_id))
+        assert created is not None
+        return _approval_created(created, P.AWAITING_APPROVAL)
+
+    return run_transaction(database, work)
+
+
+def _approval_created(approval: Mapping[str, Any], phase_state: str) -> dict[str, Any]:
+    return {
+        "approval_id": approval["id"],
+        "timeout_at": approval["timeout_at"],
+        "phase_state": str(phase_state),
+        "approval": views.approval_view(approval),
+    }
+
+
+def list_approvals(
+    database: Database,
+    *,
+    status: str | None = "pending",
+    run_id: str | None = None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """Approvals, oldest first; ``status=None`` lists every status."""
+
+    def work(tx: Tx) -> list[dict[str, Any]]:
+        statement = select(APPROVALS).order_by(APPROVALS.c.id).limit(limit)
+        if status is not None:
+            statement = statement.where(APPROVALS.c.status == status)
+        if run_id is not None:
+            statement = statement.where(APPROVALS.c.run_id == run_id)
+        return [views.approval_view(row) for row in tx.rows(statement)]
+
+    return run_transaction(database, work)
+
+
+def decide_approval(
+    database: Database,
+    approval_id: int,
+    *,
+    approve: bool,
+    responder: str,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Approve (phase back to QUEUED; its next claim gets ``approved_change``) or reject
+    (phase FAILED, ``approval_rejected``). Deciding a non-pending approval is a 409."""
+    decision = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+
+    def work(tx: Tx) -> dict[str, Any]:
+        statement = select(APPROVALS).where(APPROVALS.c.id == approval_id)
+        if tx.pg:
+            statement = statement.with_for_update()
+        approval = tx.row(statement)
+        if approval is None:
+            raise NotFound(
+                f"approval {approval_id} not found in {tx.where()}",
+                approval_id=approval_id,
+                database_instance_id=tx.identity.instance_id,
+            )
+        ensure_transition(
+            "approval", approval["status"], decision, subject=f"approval {approval_id}"
+        )
+        phase_state = _settle_approval(
+            tx,
+            approval,
+            decision,
+            responder=responder,
+            note=note,
+            stop_reason="approval_approved" if approve else "approval_rejected",
+        )
+        decided = tx.row(select(APPROVALS).where(APPROVALS.c.id == approval_id))
+        assert decided is not None
+        return {**views.approval_view(decided), "phase_state": phase_state}
+
+    return run_transaction(database, work)
+
+
+def _settle_approval(
+    tx: Tx,
+    approval: Mapping[str, Any],
+    decision: ApprovalStatus,
+    *,
+    responder: str | None,
+    note: str | None,
+    stop_reason: str,
+) -> str:
+    """Record the decision and move the waiting phase: QUEUED to go on, FAILED to stop."""
+    run_id, phase_id = approval["run_id"], approval["phase_id"]
+    phase = get_phase_row(tx, run_id, phase_id, lock=True)
+    if phase["state"] != P.AWAITING_APPROVAL or phase["attempts"] != approval["attempt"]:
+        raise IllegalTransition(
+            f"approval {approval['id']} no longer applies: phase {run_id}/{phase_id} is "
+            f"{phase['state']} (attempt {phase['attempts']}), the approval was asked by "
+            f"attempt {approval['attempt']}",
+            phase_state=phase["state"],
+        )
+    go_on = decision == ApprovalStatus.APPROVED or (
+        decision == ApprovalStatus.EXPIRED and approval["on_timeout"] == "requeue"
+    )
+    target = P.QUEUED if go_on else P.FAILED
+    ensure_transition("phase", phase["state"], target, subject=f"phase {run_id}/{phase_id}")
+    tx.execute(
+        update(APPROVALS)
+        .where(APPROVALS.c.id == approval["id"], APPROVALS.c.status == ApprovalStatus.PENDING)
+        .values(status=decision, responded_at=tx.now, responder=responder, note=note)
+    )
+    attempt_values: dict[str, Any] = {"stop_reason": stop_reason}
+    if target == P.FAILED:
+        attempt_values["outcome"] = AttemptOutcome.FAILED
+    tx.execute(
+        update(ATTEMPTS)
+        .where(_attempt_is(run_id, phase_id, approval["attempt"]))
+        .values(**attempt_values)
+    )
+    values: dict[str, Any] = {"state": target, "updated_at": tx.now}
+    if target == P.QUEUED:
+        # The continuation a human allowed must be able to run even if the attempt that
+        # asked was the last one of its retry window.
+        window_start = max(
+            phase["retry_window_start"], phase["attempts"] - phase["max_attempts"] + 1
+        )
+        values.update(available_at=tx.now, retry_window_start=window_start)
+    else:
+        detail = note or approval["reason"]
+        values.update(
+            finished_at=tx.now,
+            last_failure_reason=f"{stop_reason}: {detail}" if detail else stop_reason,
+            failure_fingerprint=_fingerprint(stop_reason, None),
+        )
+    tx.execute(update(PHASES).where(PHASES.c.id == phase["id"]).values(**values))
+    log_event(
+        logger,
+        "approval_settled",
+        run_id=run_id,
+        phase_id=phase_id,
+        approval_id=approval["id"],
+        status=decision,
+        phase_state=target,
+    )
+    if target == P.FAILED:
+        skip_blocked(tx, phase)
+        settle_run(tx, run_id)
+    return str(target)
+
+
+def expire_approvals(tx: Tx, limit: int = RECLAIM_BATCH) -> int:
+    """Pending approvals past ``timeout_at``: expired; the phase FAILS or re-QUEUES per policy."""
+    statement = (
+        select(APPROVALS)
+        .where(APPROVALS.c.status == ApprovalStatus.PENDING, APPROVALS.c.timeout_at <= tx.now)
+        .order_by(APPROVALS.c.timeout_at)
+        .limit(limit)
+    )
+    if tx.pg:
+        statement = statement.with_for_update(skip_locked=True)
+    expired = 0
+    for approval in tx.rows(statement):
+        try:  # _settle_approval checks before it writes anything
+            _settle_approval(
+                tx,
+                approval,
+                ApprovalStatus.EXPIRED,
+                responder=None,
+                note=f"no decision by {approval['timeout_at']:%Y-%m-%d %H:%M:%S} UTC",
+                stop_reason="approval_expired",
+            )
+        except IllegalTransition as exc:  # the phase moved on: the approval just lapses
+            tx.execute(
+                update(APPROVALS)
+                .where(APPROVALS.c.id == approval["id"])
+                .values(status=ApprovalStatus.EXPIRED, responded_at=tx.now, note=exc.message)
+            )
+        expired += 1
+    return expired
+
+
+# -- maintenance -------------------------------------------------------------------------------
+
+
+def end_overdue_runs(tx: Tx) -> int:
+    """RUNNING runs past ``max_duration_minutes``: DONE_FAILED_BUDGET_EXHAUSTED."""
+    candidates = tx.rows(
+        select(RUNS).where(
+            RUNS.c.state == R.RUNNING,
+            RUNS.c.max_duration_minutes.is_not(None),
+            RUNS.c.started_at.is_not(None),
+        )
+    )
+    ended = 0
+    for run in candidates:
+        problem = budget_problem(tx, run, starting_new_phase=False)
+        if problem and problem.startswith("duration"):
+            end_run(tx, run["id"], R.DONE_FAILED_BUDGET_EXHAUSTED, problem, cancel=False)
+            ended += 1
+    return ended
+
+
+def maintain(database: Database) -> dict[str, int]:
+    """One pass of the background task; each duty in its own transaction."""
+    return {
+        "reclaimed": run_transaction(database, reclaim_expired),
+        "approvals_expired": run_transaction(database, expire_approvals),
+        "runs_over_duration": run_transaction(database, end_overdue_runs),
+    }
