@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     autopack_parent_pid: int | None = Field(
         None, description="Set on spawned servers: exit when this process is gone."
     )
+    autopack_maintenance_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the API reclaims expired leases, expires approvals, "
+        "and ends runs over their duration budget.",
+    )
     telemetry_db_enabled: Flag = Field(False, description="Record LLM telemetry rows.")
     autopack_llm_provider: Literal["auto", "anthropic", "openai", "replay"] = Field(
         "auto", description="Which LLM provider answers Builder and Auditor calls."

@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from autopack import __version__
-from autopack.api.routers import health, telemetry
+from autopack.api.maintenance import Maintenance
+from autopack.api.routers import approvals, claims, health, phases, runs, schemas, telemetry
+from autopack.api.schemas import invalid_input
 from autopack.api.watchdog import exit_when_parent_dies
 from autopack.config import Settings, load_settings
 from autopack.db import open_database
@@ -48,9 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watchdog = None
         if resolved.autopack_parent_pid:
             watchdog = asyncio.create_task(exit_when_parent_dies(resolved.autopack_parent_pid))
+        maintenance = Maintenance(database, resolved.autopack_maintenance_interval_seconds)
+        maintenance.start()
+        app.state.maintenance = maintenance
         try:
             yield
         finally:
+            await maintenance.stop()
             if watchdog is not None:
                 watchdog.cancel()
             database.close()
@@ -65,6 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body.setdefault("database_instance_id", database.identity.instance_id)
         return JSONResponse(body, status_code=exc.http_status)
 
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Malformed bodies answer in the one AutopackError shape, naming fields and values.
+        return await autopack_error(request, invalid_input(exc))
+
     app.include_router(health.router)
     app.include_router(telemetry.router)
+    for router in (runs.router, phases.router, claims.router, approvals.router, schemas.router):
+        app.include_router(router)
     return app
