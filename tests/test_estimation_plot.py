@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autopack.estimation import plot_predicted_vs_actual
 from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.features import extract_features
+from autopack.estimation.plot import plot_predicted_vs_actual
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -79,7 +79,7 @@ def test_plot_needs_no_display(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from autopack.estimation import plot_predicted_vs_actual\n"
+        "from autopack.estimation.plot import plot_predicted_vs_actual\n"
         "rows = [{'category': 'x', 'predicted_output_tokens': 10, 'actual_output_tokens': 20}]\n"
         "plot_predicted_vs_actual(rows, Path(sys.argv[1]))\n"
     )
