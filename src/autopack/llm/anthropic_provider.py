@@ -22,7 +22,14 @@ from anthropic.types import AssistantMessageParam, MessageParam, UserMessagePara
 from anthropic.types import Message as SdkMessage
 
 from autopack.errors import LLMError
-from autopack.llm.base import LLMRequest, LLMResponse, Usage, retryable_status
+from autopack.llm.base import (
+    LLMRequest,
+    LLMResponse,
+    Usage,
+    provider_cost,
+    retryable_status,
+    token_count,
+)
 
 PROVIDER = "anthropic"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -41,19 +48,6 @@ def _malformed(reason: str, model: str, request_id: str | None, latency_ms: floa
         latency_ms=latency_ms,
         retryable=False,
     )
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def provider_cost(usage: object) -> float | None:
-    """A cost the server reported itself (OpenRouter-style ``usage.cost``), if any."""
-    extra = getattr(usage, "model_extra", None) or {}
-    cost = extra.get("cost") if isinstance(extra, dict) else None
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        return float(cost)
-    return None
 
 
 def anthropic_response(
@@ -78,8 +72,8 @@ def anthropic_response(
         raise _malformed("content is not a list", request_model, request_id, latency_ms)
     message = SdkMessage.construct(**dict(data))
     usage = message.usage
-    cache_read = _int(usage.cache_read_input_tokens)
-    cache_write = _int(usage.cache_creation_input_tokens)
+    cache_read = token_count(usage.cache_read_input_tokens)
+    cache_write = token_count(usage.cache_creation_input_tokens)
     text = "".join(
         str(getattr(block, "text", ""))
         for block in message.content

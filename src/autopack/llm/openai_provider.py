@@ -25,8 +25,14 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from autopack.errors import LLMError
-from autopack.llm.anthropic_provider import provider_cost
-from autopack.llm.base import LLMRequest, LLMResponse, Usage, retryable_status
+from autopack.llm.base import (
+    LLMRequest,
+    LLMResponse,
+    Usage,
+    provider_cost,
+    retryable_status,
+    token_count,
+)
 
 PROVIDER = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -62,10 +68,6 @@ def _malformed(reason: str, model: str, request_id: str | None, latency_ms: floa
     )
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def openai_response(
     data: Mapping[str, Any],
     *,
@@ -99,8 +101,8 @@ def openai_response(
     usage = completion.usage
     assert usage is not None  # checked on the JSON above
     details = usage.prompt_tokens_details
-    cache_read = _int(details.cached_tokens) if details is not None else 0
-    cache_write = _int(details.cache_write_tokens) if details is not None else 0
+    cache_read = token_count(details.cached_tokens) if details is not None else 0
+    cache_write = token_count(details.cache_write_tokens) if details is not None else 0
     message = getattr(choice, "message", None)
     content = getattr(message, "content", None)
     finish = getattr(choice, "finish_reason", None)

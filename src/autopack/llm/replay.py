@@ -248,11 +248,23 @@ class ReplayProvider:
         )
 
 
+_FILE_LOCKS: dict[Path, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    """One lock per cassette file, shared by every recorder writing it (e.g. one per role),
+    so a long line is never interleaved with another."""
+    key = path.resolve()
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(key, threading.Lock())
+
+
 class RecordingProvider:
     """Wraps a live provider and appends every call to a cassette in the replay format.
 
     Failed calls are recorded as ``error`` lines (then re-raised), so a replay of the
-    cassette fails where the original failed. Thread-safe: one lock per recorder
+    cassette fails where the original failed. Thread-safe: one lock per cassette file
     serialises the appends, and each line is flushed as it is written.
     """
 
@@ -260,7 +272,7 @@ class RecordingProvider:
         self.inner = inner
         self.name = inner.name
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = _file_lock(self.path)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         match = {
