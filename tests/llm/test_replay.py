@@ -256,3 +256,32 @@ def test_record_then_replay_gives_identical_responses_and_errors(tmp_path: Path)
     assert isinstance(live[1], LLMResponse) and live[1].provider_cost_usd == 0.5
     assert isinstance(live[2], LLMError) and isinstance(replayed[2], LLMError)
     assert replayed[2].to_dict() == live[2].to_dict()
+
+
+def test_concurrent_recorders_on_one_file_never_interleave_lines(tmp_path: Path):
+    cassette = tmp_path / "concurrent.jsonl"
+    big = "x" * 20_000  # far beyond one write() buffer: interleaving would corrupt lines
+    threads, calls = 8, 4
+    with WireServer() as wire:
+        wire.script(
+            ANTHROPIC_PATH, *[Reply(200, anthropic_message(big)) for _ in range(threads * calls)]
+        )
+        live = [AnthropicProvider(api_key="k", base_url=wire.url, max_retries=0) for _ in "ab"]
+        recorders = [RecordingProvider(provider, cassette) for provider in live]
+
+        def work(worker: int) -> None:
+            for call in range(calls):
+                recorders[worker % 2].complete(make_request(phase_id=f"w{worker}", attempt=call))
+
+        pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(timeout=60)
+        for provider in live:
+            provider.close()
+
+    replay = ReplayProvider(cassette)  # parses every line: a torn line would fail here
+    for worker in range(threads):
+        for call in range(calls):
+            assert replay.complete(make_request(phase_id=f"w{worker}", attempt=call)).text == big
