@@ -12,7 +12,7 @@ import click
 import typer
 
 from autopack import __version__
-from autopack.cli import config_cmd, db_cmd
+from autopack.cli import approvals_cmd, config_cmd, db_cmd, run_cmd
 from autopack.cli._common import FAIL, err, state
 from autopack.cli.doctor import doctor
 from autopack.cli.serve_cmd import serve
@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(run_cmd.app, name="run")
+app.add_typer(approvals_cmd.app, name="approvals")
 app.command("serve")(serve)
 app.command("doctor")(doctor)
 

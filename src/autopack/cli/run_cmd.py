@@ -1,0 +1,238 @@
+"""``autopack run``: create runs from files, list them, show one as a tree, cancel, requeue."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from autopack.cli._common import OK, out, print_json, state
+from autopack.cli._control import LocalControlPlane, control_plane
+from autopack.errors import Conflict
+from autopack.rundef import bundled_run_file, load_run_file
+
+app = typer.Typer(help="Create, list, show, cancel runs; requeue phases.", no_args_is_help=True)
+
+STATE_STYLE = {
+    "QUEUED": "cyan",
+    "RUNNING": "yellow",
+    "EXECUTING": "yellow",
+    "CI_RUNNING": "yellow",
+    "AWAITING_APPROVAL": "magenta",
+    "COMPLETE": "green",
+    "DONE_SUCCESS": "green",
+    "FAILED": "red",
+    "SKIPPED": "dim",
+    "DONE_CANCELLED": "dim",
+}
+
+
+def styled(state_name: str) -> str:
+    style = STATE_STYLE.get(state_name, "red" if state_name.startswith("DONE_FAILED") else "")
+    return f"[{style}]{state_name}[/{style}]" if style else state_name
+
+
+def operator() -> str:
+    """Who is at the keyboard, for requeue/approval records (no environment read)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):  # Windows, or no passwd entry (containers)
+        return "cli"
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    file: str = typer.Argument(..., help="Run definition (.yaml, .yml or .json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the created run as JSON."),
+) -> None:
+    """Create a run from a definition file (exit 2 naming the field if it is invalid)."""
+    definition = load_run_file(Path(file))
+    plane = control_plane(ctx)
+    run = plane.create_run(definition)
+    if as_json:
+        print_json(run)
+        return
+    phases = sum(len(tier["phases"]) for tier in run["tiers"])
+    out.print(
+        f"{OK} created run [bold]{escape(run['run_id'])}[/bold]: {len(run['tiers'])} tier(s), "
+        f"{phases} phase(s), {styled(run['state'])} in {escape(plane.where)}"
+    )
+
+
+@app.command("seed")
+def seed(
+    ctx: typer.Context,
+    name: str = typer.Argument(
+        "telemetry-collection-v4", help="A run definition bundled with Autopack."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the run as JSON."),
+) -> None:
+    """Create a bundled run in the local database (always the one DATABASE_URL resolves to,
+    fully initialised); if it already exists, say so and exit 0."""
+    database = state(ctx).database()
+    plane = LocalControlPlane(database)
+    definition = load_run_file(bundled_run_file(name))
+    where = f"{database.identity.url} (instance_id {database.identity.instance_id})"
+    try:
+        run = plane.create_run(definition)
+    except Conflict:
+        run = plane.get_run(definition.run_id)
+        if as_json:
+            print_json(run)
+            return
+        out.print(
+            f"{OK} run [bold]{escape(run['run_id'])}[/bold] already exists in {escape(where)} "
+            f"(state {styled(run['state'])}); nothing to do"
+        )
+        return
+    if as_json:
+        print_json(run)
+        return
+    out.print(f"{OK} created run [bold]{escape(run['run_id'])}[/bold] in {escape(where)}")
+    out.print(run_tree(run))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    state_filter: str | None = typer.Option(None, "--state", help="Only runs in this state."),
+    limit: int = typer.Option(50, help="Page size (1..1000)."),
+    offset: int = typer.Option(0, help="Runs to skip."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Runs, newest first, with phase counts per state."""
+    page = control_plane(ctx).list_runs(state_filter, limit, offset)
+    if as_json:
+        print_json(page)
+        return
+    table = Table("run", "state", "phases", "tokens", "cost", "created")
+    for run in page["items"]:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(run["counts"].items()))
+        table.add_row(
+            escape(run["run_id"]),
+            styled(run["state"]),
+            counts or "-",
+            str(run["tokens_used"]),
+            f"${run['cost_usd']:.2f}",
+            str(run["created_at"])[:19],
+        )
+    out.print(table)
+    shown = len(page["items"])
+    out.print(f"{shown} of {page['total']} run(s)", highlight=False)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the RunView as JSON."),
+) -> None:
+    """The run as a tree of tiers and phases with their states."""
+    run = control_plane(ctx).get_run(run_id)
+    if as_json:
+        print_json(run)
+        return
+    out.print(run_tree(run))
+
+
+def run_tree(run: dict[str, Any]) -> Tree:
+    budgets = run["budgets"]
+    cap = budgets.get("token_cap")
+    cost_cap = budgets.get("cost_cap_usd")
+    header = (
+        f"[bold]{escape(run['run_id'])}[/bold] {styled(run['state'])}  "
+        f"tokens {run['tokens_used']}{f'/{cap}' if cap else ''}  "
+        f"cost ${run['cost_usd']:.2f}{f'/${cost_cap:.2f}' if cost_cap else ''}"
+    )
+    if run.get("failure_reason"):
+        header += f"\n[red]{escape(run['failure_reason'])}[/red]"
+    if run.get("goal"):
+        header += f"\n[dim]{escape(run['goal'])}[/dim]"
+    tree = Tree(header)
+    for tier in run["tiers"]:
+        branch = tree.add(
+            f"[bold]{escape(tier['tier_id'])}[/bold] {escape(tier['name'])} {styled(tier['state'])}"
+        )
+        for phase in tier["phases"]:
+            line = (
+                f"{escape(phase['phase_id'])} {styled(phase['state'])} "
+                f"[dim]{phase['task_category']}/{phase['complexity']} "
+                f"attempts {phase['attempts']}/{phase['max_attempts']}[/dim]"
+            )
+            if phase["depends_on"]:
+                line += f" [dim]after {escape(', '.join(phase['depends_on']))}[/dim]"
+            if phase.get("lease_owner"):
+                line += f" [yellow]held by {escape(phase['lease_owner'])}[/yellow]"
+            if phase.get("last_failure_reason") and phase["state"] != "COMPLETE":
+                line += f"\n[red]{escape(phase['last_failure_reason'])}[/red]"
+            branch.add(line)
+    return tree
+
+
+@app.command("phase")
+def phase(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id."),
+    phase_id: str = typer.Argument(..., help="Phase id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """One phase with every attempt (outcome, stop reason, files, error) and its approvals."""
+    detail = control_plane(ctx).get_phase(run_id, phase_id)
+    if as_json:
+        print_json(detail)
+        return
+    out.print(
+        f"[bold]{escape(run_id)}/{escape(phase_id)}[/bold] {styled(detail['state'])} "
+        f"attempts {detail['attempt_count']}/{detail['max_attempts']}"
+    )
+    table = Table("#", "worker", "outcome", "stop reason", "tokens", "files / error")
+    for attempt in detail["attempts"]:
+        info = ", ".join(attempt["files_written"]) or (attempt["error"] or "").split("\n")[0]
+        table.add_row(
+            str(attempt["attempt"]),
+            escape(attempt["worker_id"] or "-"),
+            styled(attempt["outcome"]),
+            escape(attempt["stop_reason"] or "-"),
+            str(attempt["tokens_used"]),
+            escape(info[:80]),
+        )
+    out.print(table)
+    for approval in detail["approvals"]:
+        out.print(
+            f"approval {approval['id']} ({approval['status']}): {escape(approval['reason'])}",
+            highlight=False,
+        )
+
+
+@app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id."),
+    reason: str | None = typer.Option(None, help="Recorded as the run's failure reason."),
+) -> None:
+    """Cancel a run: waiting phases SKIPPED, executing workers lose their leases."""
+    run = control_plane(ctx).cancel_run(run_id, reason)
+    out.print(f"{OK} run {escape(run_id)} is {styled(run['state'])}")
+
+
+@app.command("requeue")
+def requeue(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id."),
+    phase_id: str = typer.Argument(..., help="Phase id."),
+    reason: str | None = typer.Option(None, help="Why (recorded with the attempt)."),
+) -> None:
+    """Requeue a FAILED, SKIPPED or stuck phase with a fresh retry window."""
+    phase_view = control_plane(ctx).requeue_phase(run_id, phase_id, operator(), reason)
+    out.print(
+        f"{OK} {escape(run_id)}/{escape(phase_id)} is {styled(phase_view['state'])} "
+        f"({phase_view['attempts_left']} attempts left)"
+    )
