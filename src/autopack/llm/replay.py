@@ -230,13 +230,9 @@ class ReplayProvider:
             context = f"For phase {phase_id!r} of run {run_id!r} the cassette has: {have}."
         else:
             phases = sorted({str(k[1]) for k in self._entries if k[0] == run_id})
-            context = f"The cassette has nothing for phase {phase_id!r} of run {run_id!r}; " + (
-                f"it has phases: {', '.join(phases[:20])}"
-                + (f" (and {len(phases) - 20} more)" if len(phases) > 20 else "")
-                + "."
-                if phases
-                else f"it has no line for run {run_id!r} at all."
-            )
+            shown = ", ".join(phases[:20]) + (f" (+{len(phases) - 20} more)" * (len(phases) > 20))
+            has = f"it has phases: {shown}." if phases else "it has no line for that run at all."
+            context = f"The cassette has nothing for phase {phase_id!r} of run {run_id!r}; {has}"
         return CassetteMiss(
             f"replay cassette {self.path}: {reason}. {context} Replay never invents output: "
             "record the call with --record FILE against a real provider, or point "
