@@ -233,3 +233,18 @@ def test_llm_error_survives_the_api_json_round_trip():
     rebuilt = LLMError(body.pop("detail"), **body)
     assert (rebuilt.provider, rebuilt.status_code, rebuilt.retryable) == ("openai", 429, True)
     assert rebuilt.to_dict() == error.to_dict()
+
+
+def test_minimal_compatible_server_body_is_accepted(wire: WireServer):
+    # Some local servers omit id/created/object/model; the SDK accepts that, so do we.
+    body = {
+        "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
+    wire.script(OPENAI_PATH, Reply(200, body))
+    provider = OpenAIProvider(api_key=None, base_url=wire.url + "/v1", max_retries=0)
+    try:
+        response = provider.complete(make_request(model="llama3.2:3b"))
+    finally:
+        provider.close()
+    assert (response.text, response.model, response.usage) == ("ok", "llama3.2:3b", Usage(3, 1))

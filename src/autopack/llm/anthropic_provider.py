@@ -91,7 +91,7 @@ def anthropic_response(
             cache_write_tokens=cache_write,
         ),
         provider=PROVIDER,
-        model=str(message.model or request_model),
+        model=str(data.get("model") or request_model),
         request_id=request_id,
         latency_ms=latency_ms,
         provider_cost_usd=provider_cost(usage),

@@ -118,7 +118,7 @@ def openai_response(
             cache_write_tokens=cache_write,
         ),
         provider=PROVIDER,
-        model=str(completion.model or request_model),
+        model=str(data.get("model") or request_model),
         request_id=request_id,
         latency_ms=latency_ms,
         provider_cost_usd=provider_cost(usage),
