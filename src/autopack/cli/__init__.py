@@ -12,8 +12,9 @@ import click
 import typer
 
 from autopack import __version__
-from autopack.cli import approvals_cmd, config_cmd, db_cmd, run_cmd
+from autopack.cli import approvals_cmd, config_cmd, db_cmd, drain_cmd, run_cmd, telemetry_cmd
 from autopack.cli._common import FAIL, err, state
+from autopack.cli.demo import demo
 from autopack.cli.doctor import doctor
 from autopack.cli.serve_cmd import serve
 from autopack.errors import AutopackError
@@ -28,8 +29,11 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(run_cmd.app, name="run")
 app.add_typer(approvals_cmd.app, name="approvals")
+app.add_typer(drain_cmd.app, name="drain")
+app.add_typer(telemetry_cmd.app, name="telemetry")
 app.command("serve")(serve)
 app.command("doctor")(doctor)
+app.command("demo")(demo)
 
 
 def _version(value: bool) -> None:

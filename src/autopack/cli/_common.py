@@ -31,13 +31,23 @@ class CliState:
 
     database_url: str | None = None
     api_url: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
     _loaded: LoadedSettings | None = field(default=None, repr=False)
     _database: Database | None = field(default=None, repr=False)
+
+    def use_flags(self, **flags: Any) -> None:
+        """Command-level flags (e.g. ``--telemetry``) that beat the environment too."""
+        assert self._loaded is None, "flags must be given before settings are resolved"
+        self.flags.update({k: v for k, v in flags.items() if v is not None})
 
     def loaded(self) -> LoadedSettings:
         if self._loaded is None:
             self._loaded = load_settings(
-                database_url=self.database_url, autopack_api_url=self.api_url
+                **{
+                    "database_url": self.database_url,
+                    "autopack_api_url": self.api_url,
+                    **self.flags,
+                }
             )
             settings = self._loaded.settings
             configure_logging(settings.autopack_log_level, settings.autopack_log_format)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -35,21 +36,30 @@ class CheckResult:
         return asdict(self)
 
 
-def _check_env() -> dict[str, str]:
+def _check_env(scratch: Path) -> dict[str, str]:
+    """The executor's environment minus credentials, with caches kept out of the workspace
+    (a git workspace must only ever change by the phase's own files)."""
     env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")
+    env["PYTEST_ADDOPTS"] = f"-p no:cacheprovider {env.get('PYTEST_ADDOPTS', '')}".strip()
     env.pop("PYTHONPATH", None)
     return env
 
 
 def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
+    with tempfile.TemporaryDirectory(prefix="autopack-check-") as scratch:
+        return _run(command, workspace, timeout, _check_env(Path(scratch)))
+
+
+def _run(command: str, workspace: Path, timeout: float, env: dict[str, str]) -> CheckResult:
     started = time.monotonic()
     process = subprocess.Popen(
         command,
         shell=True,
         cwd=workspace,
-        env=_check_env(),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -157,7 +157,7 @@ def _stop(endpoint: ApiEndpoint) -> None:
 
 
 @contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
+def sigterm_unwinds() -> Iterator[None]:
     """Turn SIGTERM into SystemExit so ``finally`` blocks (stopping the child) run."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -208,7 +208,7 @@ def api_server(
     else:
         yield endpoint
         return
-    with _sigterm_unwinds():
+    with sigterm_unwinds():
         endpoint = spawn_server(settings, identity, spawn_timeout)
         try:
             yield endpoint

@@ -26,11 +26,12 @@ class AppliedChange:
 
     workspace: Path
     paths: list[str]
-    _previous: dict[str, bytes | None] = field(default_factory=dict, repr=False)
+    previous: dict[str, bytes | None] = field(default_factory=dict, repr=False)
+    """Content of each touched path before the change (None: it did not exist)."""
 
     def revert(self) -> None:
         """Put every touched file back as it was (deleting files that did not exist)."""
-        for path, previous in self._previous.items():
+        for path, previous in self.previous.items():
             target = self.workspace / path
             if previous is None:
                 target.unlink(missing_ok=True)
@@ -58,12 +59,12 @@ def apply_change(workspace: Path, change: Change) -> AppliedChange:
     try:
         for write in change.writes:
             target = workspace / write.path
-            applied._previous[write.path] = target.read_bytes() if target.is_file() else None
+            applied.previous[write.path] = target.read_bytes() if target.is_file() else None
             _atomic_write(target, write.content.encode())
             applied.paths.append(write.path)
         for path in change.deletes:
             target = workspace / path
-            applied._previous[path] = target.read_bytes() if target.is_file() else None
+            applied.previous[path] = target.read_bytes() if target.is_file() else None
             target.unlink(missing_ok=True)
             applied.paths.append(path)
     except BaseException:

@@ -1,0 +1,97 @@
+"""``autopack demo``: the main job end to end, on the embedded default.
+
+In a directory of its own it initialises a SQLite database, creates the bundled
+``telemetry-collection-v4`` run, drains it (the offline replay model unless an API key is
+set), and prints the outcome of every phase, the files written, and the telemetry report.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import typer
+
+from autopack.cli._common import OK, err, out, state
+from autopack.cli.drain_cmd import DrainFlags, executor_for, report
+from autopack.cli.telemetry_cmd import print_report
+from autopack.db import runs
+from autopack.errors import Conflict
+from autopack.rundef import bundled_run_file, load_run_file
+
+RUN_NAME = "telemetry-collection-v4"
+MARKER = ".autopack-demo"
+
+
+def _fresh(directory: Path) -> None:
+    """Start over in a directory a previous demo made (and only in such a directory)."""
+    if (directory / MARKER).exists():
+        for stale in directory.glob("autopack.db*"):
+            stale.unlink()
+        shutil.rmtree(directory / "workspace", ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("made by `autopack demo`; safe to delete\n")
+
+
+def demo(
+    ctx: typer.Context,
+    directory: Path = typer.Option(
+        Path("demo"),
+        "--dir",
+        help="Where the database and the workspace go (a previous demo there is replaced).",
+    ),
+    concurrency: int = typer.Option(
+        4, "--concurrency", "-k", min=1, max=64, help="Phases in flight at once."
+    ),
+    speed: float = typer.Option(
+        0.15,
+        "--replay-speed",
+        min=0.0,
+        help="Offline replay: fraction of the recorded latencies to wait (0 = instant).",
+    ),
+) -> None:
+    """Drain the bundled run end to end and report its telemetry."""
+    directory = directory.resolve()
+    _fresh(directory)
+    cli = state(ctx)
+    if cli.database_url is None:
+        cli.database_url = f"sqlite:///{directory / 'autopack.db'}"
+    cli.use_flags(telemetry_db_enabled=True, autopack_replay_speed=speed)
+    database = cli.database()
+    try:
+        runs.create_run(database, load_run_file(bundled_run_file(RUN_NAME)))
+        out.print(f"{OK} created run {RUN_NAME} in {database.identity.url}")
+    except Conflict:
+        out.print(f"{OK} run {RUN_NAME} already exists in {database.identity.url}")
+    workspace = directory / "workspace"
+    workspace.mkdir(exist_ok=True)
+    if shutil.which("git"):
+        subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    flags = DrainFlags(
+        workspace=workspace,
+        lease_seconds=60,
+        auditor="llm",
+        escalation_factor=1.5,
+        check_timeout=300.0,
+        approval_timeout=None,
+        phase_token_cap=None,
+        phase_cost_cap=None,
+        cassette=None,
+        record=None,
+        worker_id=None,
+        as_json=False,
+    )
+    with executor_for(cli, RUN_NAME, flags) as (executor, _):
+        summary = executor.drain_run(RUN_NAME, concurrency=concurrency)
+        run = executor.client.get_run(RUN_NAME)
+    code = report(summary, run, as_json=False)
+    print_report(database, RUN_NAME)
+    err.print(
+        f"\nworkspace: {workspace}   database: {database.identity.url}\n"
+        "next: `autopack telemetry calibrate --plot calibration.png` (with "
+        f"--database-url sqlite:///{directory / 'autopack.db'}), or set ANTHROPIC_API_KEY / "
+        "OPENAI_BASE_URL and run the demo again for real.",
+        highlight=False,
+    )
+    raise typer.Exit(code)

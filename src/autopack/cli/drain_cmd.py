@@ -1,0 +1,337 @@
+"""``autopack drain phase|run``: the main job, on a server whose database is proven ours.
+
+Both commands resolve settings (command flags beat the environment), open the database
+(schema guard: exit 3), get an API server through the identity handshake (mismatch:
+exit 2), and drain with a progress display. Exit 0 when everything drained is COMPLETE,
+1 when some phase failed or could not run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from autopack.builder.auditor import AuditMode
+from autopack.cli._common import CliState, err, out, print_json, state
+from autopack.cli.progress import DrainProgress
+from autopack.client import ApiClient
+from autopack.estimation.estimator import TokenEstimator
+from autopack.executor.attempt import ExecutorOptions, Services
+from autopack.executor.executor import TERMINAL_PHASE_STATES, AutonomousExecutor, DrainSummary
+from autopack.executor.server import api_server, sigterm_unwinds
+from autopack.llm.pricing import price_table
+from autopack.llm.registry import make_provider, model_for
+from autopack.telemetry.recorder import TelemetryRecorder
+
+app = typer.Typer(help="Drain queued phases with the LLM Builder.", no_args_is_help=True)
+
+
+@dataclass(frozen=True)
+class DrainFlags:
+    """The executor flags both drain commands share."""
+
+    workspace: Path | None
+    lease_seconds: int
+    auditor: AuditMode
+    escalation_factor: float
+    check_timeout: float
+    approval_timeout: float | None
+    phase_token_cap: int | None
+    phase_cost_cap: float | None
+    cassette: Path | None
+    record: Path | None
+    worker_id: str | None
+    as_json: bool
+
+
+def _flags(
+    ctx: typer.Context,
+    api_url: str | None,
+    telemetry: bool | None,
+    replay_speed: float | None,
+) -> CliState:
+    cli = state(ctx)
+    if api_url:
+        cli.api_url = api_url
+    cli.use_flags(telemetry_db_enabled=telemetry, autopack_replay_speed=replay_speed)
+    return cli
+
+
+def default_workspace(run_id: str) -> Path:
+    """One directory per run under the working directory, made absolute now."""
+    return (Path.cwd() / "autopack-workspaces" / run_id).resolve()
+
+
+@contextmanager
+def executor_for(
+    cli: CliState, run_id: str, flags: DrainFlags, *, total_of: str | None = None
+) -> Iterator[tuple[AutonomousExecutor, DrainProgress]]:
+    """Everything an executor needs, opened in order and closed in reverse.
+
+    ``total_of``: a phase id to show progress for one phase; None for the whole run.
+    """
+    settings = cli.settings
+    database = cli.database()
+    workspace = (flags.workspace or default_workspace(run_id)).resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    options = ExecutorOptions(
+        worker_id=flags.worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        workspace=workspace,
+        builder_model=model_for(settings, "builder"),
+        auditor_model=model_for(settings, "auditor"),
+        lease_seconds=flags.lease_seconds,
+        auditor=flags.auditor,
+        escalation_factor=flags.escalation_factor,
+        check_timeout=flags.check_timeout,
+        approval_timeout_seconds=flags.approval_timeout,
+        phase_token_cap=flags.phase_token_cap,
+        phase_cost_cap_usd=flags.phase_cost_cap,
+    )
+    provider = make_provider(settings, cassette=flags.cassette, record=flags.record)
+    estimator = TokenEstimator.load(settings.autopack_estimator_file)
+    with (
+        sigterm_unwinds(),
+        api_server(settings, database.identity) as endpoint,
+        ApiClient(endpoint.url) as client,
+    ):
+        phases = [p for tier in client.get_run(run_id)["tiers"] for p in tier["phases"]]
+        if total_of is not None:
+            phases = [p for p in phases if p["phase_id"] == total_of]
+        done = sum(p["state"] in TERMINAL_PHASE_STATES for p in phases)
+        if not settings.telemetry_db_enabled:
+            err.print(
+                "[yellow]telemetry is off[/yellow] (TELEMETRY_DB_ENABLED is not set): no "
+                "llm_usage_events or token_estimation_v2_events rows will be written. "
+                "Use --telemetry or TELEMETRY_DB_ENABLED=1 to record them.",
+                highlight=False,
+            )
+        err.print(
+            f"workspace {workspace} · API {endpoint.url} ({endpoint.origin}) · "
+            f"database {database.identity.url} · instance {database.identity.instance_id}",
+            highlight=False,
+        )
+        with DrainProgress(err, total=len(phases) or 1, done=done) as progress:
+            services = Services(
+                client=client,
+                provider=provider,
+                estimator=estimator,
+                prices=price_table(settings),
+                telemetry=TelemetryRecorder(
+                    client.post_telemetry, enabled=settings.telemetry_db_enabled
+                ),
+                options=options,
+                events=progress,
+            )
+            yield AutonomousExecutor(services), progress
+
+
+def report(
+    summary: DrainSummary, run: dict[str, Any], as_json: bool, *, require_complete: bool = True
+) -> int:
+    """Print the outcome and return the exit code: 0 when every drained phase is COMPLETE
+    (for a batch: when no phase failed), 1 otherwise."""
+    done = summary.all_complete if require_complete else not summary.any_failed
+    ok = done and not summary.note
+    if as_json:
+        print_json(
+            {
+                "run_id": summary.run_id,
+                "run_state": summary.run_state,
+                "phase_states": summary.phase_states,
+                "attempts": [a.__dict__ for a in summary.attempts],
+                "telemetry_written": summary.telemetry_written,
+                "telemetry_failures": summary.telemetry_failures,
+                "wall_seconds": summary.wall_seconds,
+                "note": summary.note or None,
+                "ok": ok,
+            }
+        )
+        return 0 if ok else 1
+    table = Table(
+        "phase",
+        "state",
+        "attempts",
+        "last stop reason",
+        "files",
+        title=f"run {summary.run_id}: {summary.run_state}",
+    )
+    written = Tree("files written")
+    for phase_id, phase_state in summary.phase_states.items():
+        mine = [a for a in summary.attempts if a.phase_id == phase_id]
+        files = sorted({f for a in mine for f in a.files_written})
+        table.add_row(
+            phase_id,
+            f"[{'green' if phase_state == 'COMPLETE' else 'red'}]{phase_state}",
+            str(len(mine)),
+            mine[-1].stop_reason if mine else "",
+            str(len(files)),
+        )
+        if files:
+            branch = written.add(phase_id)
+            for path in files:
+                branch.add(path)
+    out.print(table)
+    if written.children:
+        out.print(written)
+    tokens, cost = run.get("tokens_used"), run.get("cost_usd")
+    out.print(
+        f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "
+        f"{tokens} · cost ${cost or 0:.4f} · telemetry rows written "
+        f"{summary.telemetry_written}, failed {summary.telemetry_failures}",
+        highlight=False,
+    )
+    if summary.telemetry_failures:
+        err.print(
+            f"[red]{summary.telemetry_failures} telemetry write(s) failed[/red]: see the "
+            "telemetry_write_failed warnings above"
+        )
+    if summary.note:
+        err.print(f"[red]✘[/red] {summary.note}", highlight=False)
+    return 0 if ok else 1
+
+
+# Options shared by both commands (Typer needs them spelled out per command).
+WORKSPACE = typer.Option(
+    None,
+    "--workspace",
+    help="Where files are written (default: "
+    "./autopack-workspaces/RUN_ID). A git repo gets one commit per phase.",
+)
+API_URL = typer.Option(None, "--api-url", help="Use this API server (after the identity check).")
+FORCE = typer.Option(False, "--force", help="Requeue the phase first if FAILED, SKIPPED or stuck.")
+TELEMETRY = typer.Option(
+    None, "--telemetry/--no-telemetry", help="Record telemetry rows (beats TELEMETRY_DB_ENABLED)."
+)
+LEASE = typer.Option(
+    60, "--lease-seconds", min=5, max=3600, help="Lease length; renewed every third of it."
+)
+AUDITOR = typer.Option("llm", "--auditor", help="Auditor mode: llm, rules or off.")
+ESCALATION = typer.Option(
+    1.5,
+    "--escalation-factor",
+    min=1.0,
+    help="max_tokens multiplier for the retry after a truncated answer.",
+)
+CHECK_TIMEOUT = typer.Option(300.0, "--check-timeout", help="Seconds per check command.")
+APPROVAL_TIMEOUT = typer.Option(
+    None,
+    "--approval-timeout",
+    help="Seconds an approval request waits for a human (default: the run's policy).",
+)
+PHASE_TOKENS = typer.Option(None, "--phase-token-cap", help="Stop a phase past this many tokens.")
+PHASE_COST = typer.Option(None, "--phase-cost-cap", help="Stop a phase past this cost (USD).")
+CASSETTE = typer.Option(None, "--cassette", help="Answer from this replay cassette (JSONL).")
+RECORD = typer.Option(
+    None, "--record", help="Record the live provider's answers to this cassette file."
+)
+SPEED = typer.Option(None, "--replay-speed", min=0.0, help="Replay latency scale (0 = instant).")
+WORKER = typer.Option(None, "--worker-id", help="Lease owner name (default host-pid).")
+JSON = typer.Option(False, "--json", help="Print the summary as JSON.")
+
+
+@app.command("phase")
+def drain_phase(
+    ctx: typer.Context,
+    run_id: str = typer.Option(..., "--run-id", help="Run holding the phase."),
+    phase_id: str = typer.Option(..., "--phase-id", help="Phase to drain."),
+    force: bool = FORCE,
+    api_url: str | None = API_URL,
+    workspace: Path | None = WORKSPACE,
+    telemetry: bool | None = TELEMETRY,
+    lease_seconds: int = LEASE,
+    auditor: str = AUDITOR,
+    escalation_factor: float = ESCALATION,
+    check_timeout: float = CHECK_TIMEOUT,
+    approval_timeout: float | None = APPROVAL_TIMEOUT,
+    phase_token_cap: int | None = PHASE_TOKENS,
+    phase_cost_cap: float | None = PHASE_COST,
+    cassette: Path | None = CASSETTE,
+    record: Path | None = RECORD,
+    replay_speed: float | None = SPEED,
+    worker_id: str | None = WORKER,
+    as_json: bool = JSON,
+) -> None:
+    """Drain one phase until it is COMPLETE or FAILED (retries included)."""
+    cli = _flags(ctx, api_url, telemetry, replay_speed)
+    flags = DrainFlags(
+        workspace,
+        lease_seconds,
+        _audit_mode(auditor),
+        escalation_factor,
+        check_timeout,
+        approval_timeout,
+        phase_token_cap,
+        phase_cost_cap,
+        cassette,
+        record,
+        worker_id,
+        as_json,
+    )
+    with executor_for(cli, run_id, flags, total_of=phase_id) as (executor, _):
+        summary = executor.drain_phase(run_id, phase_id, force=force)
+        summary.phase_states = {phase_id: summary.phase_states.get(phase_id, "MISSING")}
+        run = executor.client.get_run(run_id)
+    raise typer.Exit(report(summary, run, as_json))
+
+
+@app.command("run")
+def drain_run(
+    ctx: typer.Context,
+    run_id: str = typer.Option(..., "--run-id", help="Run to drain."),
+    concurrency: int = typer.Option(
+        1, "--concurrency", "-k", min=1, max=64, help="Phases in flight at once."
+    ),
+    max_claims: int | None = typer.Option(
+        None, "--max-claims", min=1, help="Stop after this many attempts (a batch)."
+    ),
+    api_url: str | None = API_URL,
+    workspace: Path | None = WORKSPACE,
+    telemetry: bool | None = TELEMETRY,
+    lease_seconds: int = LEASE,
+    auditor: str = AUDITOR,
+    escalation_factor: float = ESCALATION,
+    check_timeout: float = CHECK_TIMEOUT,
+    approval_timeout: float | None = APPROVAL_TIMEOUT,
+    phase_token_cap: int | None = PHASE_TOKENS,
+    phase_cost_cap: float | None = PHASE_COST,
+    cassette: Path | None = CASSETTE,
+    record: Path | None = RECORD,
+    replay_speed: float | None = SPEED,
+    worker_id: str | None = WORKER,
+    as_json: bool = JSON,
+) -> None:
+    """Drain every phase of a run, CONCURRENCY at a time."""
+    cli = _flags(ctx, api_url, telemetry, replay_speed)
+    flags = DrainFlags(
+        workspace,
+        lease_seconds,
+        _audit_mode(auditor),
+        escalation_factor,
+        check_timeout,
+        approval_timeout,
+        phase_token_cap,
+        phase_cost_cap,
+        cassette,
+        record,
+        worker_id,
+        as_json,
+    )
+    with executor_for(cli, run_id, flags) as (executor, _):
+        summary = executor.drain_run(run_id, concurrency=concurrency, max_claims=max_claims)
+        run = executor.client.get_run(run_id)
+    raise typer.Exit(report(summary, run, as_json, require_complete=max_claims is None))
+
+
+def _audit_mode(value: str) -> AuditMode:
+    if value not in ("llm", "rules", "off"):
+        raise typer.BadParameter(f"{value!r}: use llm, rules or off", param_hint="--auditor")
+    return value  # type: ignore[return-value]

@@ -1,0 +1,254 @@
+"""AutonomousExecutor: drains phases through the API, one or many at a time.
+
+It never opens a database session: everything goes through :class:`ApiClient`, to a server
+whose identity was checked by :mod:`autopack.executor.server`. ``drain_run`` runs K worker
+threads (LLM calls dominate wall time, so overlap is where time is won); each claims a
+phase, runs one :class:`Attempt`, and claims again until the run is finished. A first stop
+request (Ctrl-C) stops claiming and lets in-flight attempts post their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from autopack.executor.attempt import Attempt, AttemptResult, Services
+from autopack.logs import log_event
+
+logger = logging.getLogger("autopack.executor")
+
+TERMINAL_PHASE_STATES = frozenset({"COMPLETE", "FAILED", "SKIPPED"})
+ACTIVE_PHASE_STATES = frozenset({"EXECUTING", "CI_RUNNING", "AWAITING_APPROVAL"})
+REQUEUEABLE_STATES = frozenset({"FAILED", "SKIPPED", "EXECUTING", "CI_RUNNING"})
+
+
+def run_finished(state: str) -> bool:
+    return state.startswith("DONE_")
+
+
+@dataclass
+class DrainSummary:
+    """What a drain did: every attempt, the final phase states, telemetry counts."""
+
+    run_id: str
+    run_state: str = ""
+    phase_states: dict[str, str] = field(default_factory=dict)
+    attempts: list[AttemptResult] = field(default_factory=list)
+    telemetry_written: int = 0
+    telemetry_failures: int = 0
+    wall_seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def any_failed(self) -> bool:
+        return any(state in ("FAILED", "SKIPPED") for state in self.phase_states.values())
+
+    @property
+    def all_complete(self) -> bool:
+        return bool(self.phase_states) and all(
+            state == "COMPLETE" for state in self.phase_states.values()
+        )
+
+
+def _seconds_until(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    moment = datetime.fromisoformat(timestamp)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def blockers(run: Mapping[str, Any], phase: Mapping[str, Any]) -> list[str]:
+    """Why a QUEUED phase cannot be claimed: unfinished earlier tiers or dependencies."""
+    reasons = []
+    states = {
+        p["phase_id"]: (p["state"], tier["tier_index"])
+        for tier in run.get("tiers", [])
+        for p in tier.get("phases", [])
+    }
+    earlier = sorted(
+        pid
+        for pid, (state, index) in states.items()
+        if index < phase["tier_index"] and state != "COMPLETE"
+    )
+    if earlier:
+        reasons.append("earlier tiers are not complete: " + ", ".join(earlier))
+    waiting = [d for d in phase.get("depends_on") or [] if states.get(d, ("?",))[0] != "COMPLETE"]
+    if waiting:
+        reasons.append("depends on phases not complete: " + ", ".join(waiting))
+    return reasons
+
+
+def _join(workers: list[threading.Thread]) -> None:
+    for worker in workers:
+        while worker.is_alive():
+            worker.join(timeout=0.2)
+
+
+class AutonomousExecutor:
+    """Drains phases of runs held by an API server (see the module docstring)."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.client = services.client
+        self.options = services.options
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._claims_left: int | None = None
+
+    def stop(self) -> None:
+        """Stop claiming new work; attempts in flight still finish and post their results."""
+        self.stopping.set()
+
+    def _summary(self, summary: DrainSummary, started: float) -> DrainSummary:
+        run = self.client.get_run(summary.run_id)
+        summary.run_state = run["state"]
+        summary.phase_states = {
+            p["phase_id"]: p["state"] for tier in run["tiers"] for p in tier["phases"]
+        }
+        summary.telemetry_written = self.s.telemetry.written
+        summary.telemetry_failures = self.s.telemetry.failures
+        summary.wall_seconds = round(time.monotonic() - started, 3)
+        return summary
+
+    def _attempt(self, claim: Mapping[str, Any], summary: DrainSummary) -> None:
+        result = Attempt(self.s, claim).run()
+        with self._lock:
+            summary.attempts.append(result)
+
+    # -- one phase (the legacy drain_one_phase) ---------------------------------------------
+    def drain_phase(self, run_id: str, phase_id: str, *, force: bool = False) -> DrainSummary:
+        """Run one phase until it is COMPLETE, FAILED or SKIPPED (retries included)."""
+        started = time.monotonic()
+        summary = DrainSummary(run_id=run_id)
+        phase = self.client.get_phase(run_id, phase_id)
+        if force and phase["state"] in REQUEUEABLE_STATES:
+            self.client.requeue_phase(
+                run_id, phase_id, requested_by=self.options.worker_id, reason="--force"
+            )
+            log_event(
+                logger,
+                "phase_requeued",
+                run_id=run_id,
+                phase_id=phase_id,
+                previous_state=phase["state"],
+            )
+        while not self.stopping.is_set():
+            claim = self.client.claim(
+                self.options.worker_id, self.options.lease_seconds, run_id=run_id, phase_id=phase_id
+            )
+            if claim is not None:
+                self._attempt(claim, summary)
+                continue
+            phase = self.client.get_phase(run_id, phase_id)
+            state = phase["state"]
+            if state in TERMINAL_PHASE_STATES:
+                break
+            if state == "QUEUED" and _seconds_until(phase.get("available_at")) <= 0:
+                reasons = blockers(self.client.get_run(run_id), phase)
+                if reasons:
+                    summary.note = f"phase {phase_id} cannot run yet: " + "; ".join(reasons)
+                    break
+            self._wait(run_id, phase)
+        return self._summary(summary, started)
+
+    def _wait(self, run_id: str, phase: Mapping[str, Any]) -> None:
+        state = phase["state"]
+        delay = self.options.poll_seconds
+        if state == "QUEUED":
+            delay = min(max(_seconds_until(phase.get("available_at")), 0.05), 60.0)
+        self.s.events(
+            "waiting",
+            run_id=run_id,
+            phase_id=phase["phase_id"],
+            state=state,
+            seconds=delay,
+            holder=phase.get("lease_owner"),
+        )
+        self.stopping.wait(delay)
+
+    # -- a whole run ------------------------------------------------------------------------
+    def drain_run(
+        self, run_id: str, *, concurrency: int = 1, max_claims: int | None = None
+    ) -> DrainSummary:
+        """Drain every phase of ``run_id`` with ``concurrency`` attempts at a time.
+
+        ``max_claims`` stops claiming after that many attempts (a batch). The first
+        Ctrl-C stops claiming and waits for attempts in flight to post their results; a
+        second one aborts (their leases expire and the phases are reclaimed).
+        """
+        started = time.monotonic()
+        summary = DrainSummary(run_id=run_id)
+        self.client.get_run(run_id)  # a clear NotFound (naming the database) before any thread
+        self._claims_left = max_claims
+        errors: list[BaseException] = []
+        workers = [
+            threading.Thread(
+                target=self._worker,
+                args=(run_id, index, summary, errors),
+                name=f"worker-{index}",
+                daemon=True,
+            )
+            for index in range(concurrency)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            _join(workers)
+        except KeyboardInterrupt:
+            self.stop()
+            in_flight = sum(worker.is_alive() for worker in workers)
+            log_event(
+                logger,
+                "stopping",
+                logging.WARNING,
+                in_flight=in_flight,
+                hint="waiting for attempts in flight; Ctrl-C again to abort",
+            )
+            _join(workers)
+            raise
+        if errors:
+            raise errors[0]
+        return self._summary(summary, started)
+
+    def _claim_slot(self, delta: int) -> bool:
+        """Take (-1) or give back (+1) one of a batch's claims; False when none is left."""
+        with self._lock:
+            if self._claims_left is None:
+                return True
+            if delta < 0 and self._claims_left <= 0:
+                return False
+            self._claims_left += delta
+            return True
+
+    def _worker(
+        self, run_id: str, index: int, summary: DrainSummary, errors: list[BaseException]
+    ) -> None:
+        worker_id = f"{self.options.worker_id}/{index}"
+        try:
+            while not self.stopping.is_set():
+                if not self._claim_slot(-1):
+                    return
+                claim = self.client.claim(worker_id, self.options.lease_seconds, run_id=run_id)
+                if claim is not None:
+                    self._attempt(claim, summary)
+                    continue
+                self._claim_slot(+1)
+                run = self.client.get_run(run_id)
+                if run_finished(run["state"]):
+                    return
+                phases = [p for tier in run["tiers"] for p in tier["phases"]]
+                pending = [p for p in phases if p["state"] not in TERMINAL_PHASE_STATES]
+                if not pending:
+                    return
+                soonest = min(pending, key=lambda p: _seconds_until(p.get("available_at")))
+                self._wait(run_id, soonest)
+        except BaseException as exc:  # surface in the main thread, stop the others
+            errors.append(exc)
+            self.stopping.set()
