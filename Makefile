@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)  ## the main job: drain a run end to end on SQLite with the offline replay model
-	cd $(CURDIR) && mkdir -p demo && cd demo && $(CURDIR)/$(BIN)/autopack db init && $(CURDIR)/$(BIN)/autopack db identity
+	$(BIN)/autopack demo
 
 test: $(STAMP)  ## the whole test suite, SQLite and PostgreSQL
 	$(BIN)/python -m pytest -q

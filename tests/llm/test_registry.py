@@ -12,18 +12,17 @@ import pytest
 
 from autopack.config import Settings, load_settings
 from autopack.errors import ConfigError
-from autopack.llm import (
+from autopack.llm.anthropic_provider import AnthropicProvider
+from autopack.llm.openai_provider import OpenAIProvider
+from autopack.llm.registry import (
     DEFAULT_MODELS,
     PROVIDERS,
-    RecordingProvider,
-    ReplayProvider,
     bundled_cassette,
     make_provider,
     model_for,
     provider_name,
 )
-from autopack.llm.anthropic_provider import AnthropicProvider
-from autopack.llm.openai_provider import OpenAIProvider
+from autopack.llm.replay import RecordingProvider, ReplayProvider
 from tests.fakes.llm_wire import anthropic_message
 from tests.support import clean_env
 

@@ -1,5 +1,2 @@
-"""The HTTP control plane: an app factory, typed dependencies and one router per resource."""
-
-from autopack.api.app import create_app
-
-__all__ = ["create_app"]
+"""The HTTP control plane: an app factory (``app.create_app``), typed dependencies and one
+router per resource. Importing the package imports no web framework."""

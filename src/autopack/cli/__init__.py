@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return 130
     except AutopackError as exc:
-        err.print(f"{FAIL} [bold]{exc.__class__.__name__}[/bold]: {exc.message}", highlight=False)
+        err.print(
+            f"{FAIL} [bold]{exc.__class__.__name__}[/bold]: {exc.message}",
+            highlight=False,
+            soft_wrap=True,  # never break a path or URL in the middle
+        )
         return exc.exit_code
     return result if isinstance(result, int) else 0
 

@@ -96,13 +96,13 @@ def executor_for(
         phase_token_cap=flags.phase_token_cap,
         phase_cost_cap_usd=flags.phase_cost_cap,
     )
-    provider = make_provider(settings, cassette=flags.cassette, record=flags.record)
     estimator = TokenEstimator.load(settings.autopack_estimator_file)
     with (
         sigterm_unwinds(),
         api_server(settings, database.identity) as endpoint,
         ApiClient(endpoint.url) as client,
     ):
+        provider = make_provider(settings, cassette=flags.cassette, record=flags.record)
         phases = [p for tier in client.get_run(run_id)["tiers"] for p in tier["phases"]]
         if total_of is not None:
             phases = [p for p in phases if p["phase_id"] == total_of]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import typer
-import uvicorn
 
-from autopack.api import create_app
 from autopack.cli._common import state
 
 
@@ -15,5 +13,9 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default: AUTOPACK_DEFAULT_API_PORT, 8000)."),
 ) -> None:
     """Serve the control plane API (same as `uvicorn autopack.main:app`)."""
+    import uvicorn  # the web stack loads only for the commands that serve
+
+    from autopack.api.app import create_app
+
     settings = state(ctx).settings
     uvicorn.run(create_app(settings), host=host, port=port or settings.autopack_default_api_port)

@@ -15,10 +15,7 @@ from pathlib import Path
 
 from autopack.config import Settings
 from autopack.errors import ConfigError
-from autopack.llm.anthropic_provider import AnthropicProvider
 from autopack.llm.base import LLMProvider, Role
-from autopack.llm.openai_provider import OpenAIProvider
-from autopack.llm.replay import RecordingProvider, ReplayProvider
 from autopack.logs import log_event
 
 logger = logging.getLogger(__name__)
@@ -62,7 +59,10 @@ def provider_name(settings: Settings, *, cassette: Path | None = None) -> str:
     return "replay"
 
 
+# The factories import their SDK when called: anthropic alone costs a second at start-up.
 def _anthropic(settings: Settings, cassette: Path | None) -> LLMProvider:
+    from autopack.llm.anthropic_provider import AnthropicProvider
+
     key = _secret(settings.anthropic_api_key)
     if key is None:
         raise ConfigError("AUTOPACK_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
@@ -70,6 +70,8 @@ def _anthropic(settings: Settings, cassette: Path | None) -> LLMProvider:
 
 
 def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
+    from autopack.llm.openai_provider import OpenAIProvider
+
     key = _secret(settings.openai_api_key)
     if key is None and not settings.openai_base_url:
         raise ConfigError(
@@ -80,6 +82,8 @@ def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
 
 
 def _replay(settings: Settings, cassette: Path | None) -> LLMProvider:
+    from autopack.llm.replay import ReplayProvider
+
     path = cassette or settings.autopack_replay_cassette or bundled_cassette()
     return ReplayProvider(path, speed=settings.autopack_replay_speed)
 
@@ -120,6 +124,8 @@ def make_provider(
                 "--record needs a live provider (set ANTHROPIC_API_KEY, OPENAI_API_KEY or "
                 "OPENAI_BASE_URL); recording a replay would only copy the cassette"
             )
+        from autopack.llm.replay import RecordingProvider
+
         provider = RecordingProvider(provider, record)
     return provider
 

@@ -1,0 +1,170 @@
+"""Helpers for the executor tests: small runs, hand-written cassettes, the real drain CLI.
+
+A cassette line is an Anthropic Messages API response in its wire format, exactly what
+the replay provider parses with the live provider's code; only the model is fake.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from tests.support import clean_env, cli, free_port
+
+RUN_ID = "exec-run"
+
+
+def run_file(
+    directory: Path,
+    phases: Iterable[Mapping[str, Any]],
+    *,
+    run_id: str = RUN_ID,
+    policy: Mapping[str, Any] | None = None,
+) -> Path:
+    """A one-tier run definition (JSON) with ``phases``; backoff 0 so retries are prompt."""
+    body = {
+        "run_id": run_id,
+        "policy": {"retry_backoff_seconds": 0.0, **(policy or {})},
+        "tiers": [{"tier_id": "T1", "name": "tier", "phases": list(phases)}],
+    }
+    path = directory / f"{run_id}.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def phase(
+    phase_id: str,
+    deliverables: list[str],
+    *,
+    checks: list[str] | None = None,
+    max_attempts: int = 3,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "phase_id": phase_id,
+        "name": phase_id,
+        "description": f"Write {', '.join(deliverables)}.",
+        "task_category": "implementation",
+        "complexity": "low",
+        "scope": {"paths": ["pkg/"], "deliverables": deliverables},
+        "checks": checks or [],
+        "max_attempts": max_attempts,
+        **extra,
+    }
+
+
+def files(**contents: str) -> str:
+    """A Builder answer writing ``pkg/<name>`` files: ``files(a_py="x = 1")``."""
+    return json.dumps({
+        "files": [{"path": f"pkg/{name.replace('_py', '.py')}", "content": body}
+                  for name, body in contents.items()],
+        "summary": "wrote files",
+    })
+
+
+def line(
+    phase_id: str,
+    attempt: int,
+    text_answer: str,
+    *,
+    role: str = "builder",
+    stop_reason: str = "end_turn",
+    output_tokens: int | None = None,
+    latency_ms: float = 0.0,
+    run_id: str = RUN_ID,
+) -> dict[str, Any]:
+    return {
+        "match": {"run_id": run_id, "phase_id": phase_id, "attempt": attempt, "role": role},
+        "provider": "anthropic",
+        "model": "claude-sonnet-5-5",
+        "latency_ms": latency_ms,
+        "response": {
+            "id": f"msg_{phase_id}_{attempt}_{role}",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-5-5",
+            "content": [{"type": "text", "text": text_answer}],
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 500,
+                "output_tokens": output_tokens or max(1, len(text_answer) // 4),
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        },
+    }
+
+
+def cassette(directory: Path, lines: Iterable[Mapping[str, Any]]) -> Path:
+    path = directory / "cassette.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in lines))
+    return path
+
+
+def env_for(database_url: str, **extra: str) -> dict[str, str]:
+    """A clean environment on ``database_url``; the default port is one nobody serves."""
+    return clean_env(
+        DATABASE_URL=database_url,
+        AUTOPACK_DEFAULT_API_PORT=str(free_port()),
+        TELEMETRY_DB_ENABLED="1",
+        **extra,
+    )
+
+
+def create_run(path: Path, env: Mapping[str, str], cwd: Path) -> None:
+    result = cli("run", "create", str(path), cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def drain(
+    *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``autopack drain ARGS --json`` (the summary is JSON on stdout)."""
+    return cli("drain", *args, "--json", cwd=cwd, env=env, timeout=timeout)
+
+
+def drain_process(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autopack", "drain", *args],
+        cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def rows(database_url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """Read rows straight from the database (what a user would check with sqlite3/psql)."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+JSON_COLUMNS = ("files_written", "check_results", "audit_verdict", "details")
+
+
+def attempts(database_url: str, phase_id: str, run_id: str = RUN_ID) -> list[dict[str, Any]]:
+    """The phase's attempt history (JSON columns decoded, as SQLite returns them as text)."""
+    found = rows(
+        database_url,
+        "SELECT * FROM phase_attempts WHERE run_id = :r AND phase_id = :p ORDER BY attempt",
+        r=run_id, p=phase_id,
+    )
+    for row in found:
+        for column in JSON_COLUMNS:
+            if isinstance(row[column], str):
+                row[column] = json.loads(row[column])
+    return found
+
+
+def phase_row(database_url: str, phase_id: str, run_id: str = RUN_ID) -> dict[str, Any]:
+    [row] = rows(database_url, "SELECT * FROM phases WHERE run_id = :r AND phase_id = :p",
+                 r=run_id, p=phase_id)
+    return row

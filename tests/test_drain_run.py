@@ -1,0 +1,109 @@
+"""``autopack drain run``: real concurrency, and no orphaned server however it is stopped."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import (
+    cassette,
+    create_run,
+    drain,
+    drain_process,
+    env_for,
+    files,
+    line,
+    phase,
+    phase_row,
+    rows,
+    run_file,
+)
+from tests.test_server_attach import _wait_dead
+
+
+def _phases(count: int) -> list[dict[str, object]]:
+    return [phase(f"p{i}", [f"pkg/m{i}.py"]) for i in range(count)]
+
+
+def _tape(tmp_path: Path, count: int, latency_ms: float) -> Path:
+    return cassette(tmp_path, [
+        line(f"p{i}", 1, files(**{f"m{i}_py": f"VALUE = {i}\n"}), latency_ms=latency_ms)
+        for i in range(count)
+    ])
+
+
+def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_concurrency_really_overlaps_phases_and_never_exceeds_k(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
+    create_run(run_file(tmp_path, _phases(8)), env, tmp_path)
+    result = drain(
+        "run", "--run-id", "exec-run", "--concurrency", "4", "--auditor", "rules",
+        "--cassette", str(_tape(tmp_path, 8, latency_ms=1200)),
+        "--workspace", str(tmp_path / "ws"), env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["run_state"] == "DONE_SUCCESS"
+    spans = [
+        (datetime.fromisoformat(str(r["started_at"])), datetime.fromisoformat(str(r["finished_at"])))
+        for r in rows(url, "SELECT started_at, finished_at FROM phase_attempts")
+    ]
+    assert len(spans) == 8
+    assert 2 <= _max_overlap(spans) <= 4
+
+
+def _spawned_pid(process: subprocess.Popen[str], seen: list[str]) -> int:
+    assert process.stderr is not None
+    for text in process.stderr:
+        seen.append(text)
+        found = re.search(r"api_server_spawned .*pid=(\d+)", text)
+        if found:
+            return int(found.group(1))
+    raise AssertionError("the executor never reported its server: " + "".join(seen))
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint-twice"])
+def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
+    create_run(run_file(tmp_path, _phases(2)), env, tmp_path)
+    process = drain_process(
+        "run", "--run-id", "exec-run", "--auditor", "rules",
+        "--cassette", str(_tape(tmp_path, 2, latency_ms=60_000)),
+        "--workspace", str(tmp_path / "ws"), env=env, cwd=tmp_path,
+    )
+    seen: list[str] = []
+    server = _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while phase_row(url, "p0")["state"] != "EXECUTING":  # mid-attempt, waiting on the "LLM"
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    if how == "sigterm":
+        process.send_signal(signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None
+        for text in process.stderr:  # the first Ctrl-C only stops claiming; say so, then abort
+            seen.append(text)
+            if "stopping" in text:
+                break
+        process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert _wait_dead(server), f"API server {server} outlived the drain ({how})"
