@@ -16,6 +16,7 @@ from autopack.cli import approvals_cmd, config_cmd, db_cmd, drain_cmd, run_cmd, 
 from autopack.cli._common import FAIL, err, state
 from autopack.cli.demo import demo
 from autopack.cli.doctor import doctor
+from autopack.cli.probe_cmd import probe
 from autopack.cli.serve_cmd import serve
 from autopack.errors import AutopackError
 
@@ -34,6 +35,7 @@ app.add_typer(telemetry_cmd.app, name="telemetry")
 app.command("serve")(serve)
 app.command("doctor")(doctor)
 app.command("demo")(demo)
+app.command("probe")(probe)
 
 
 def _version(value: bool) -> None:

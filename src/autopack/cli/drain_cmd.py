@@ -30,6 +30,7 @@ from autopack.executor.executor import TERMINAL_PHASE_STATES, AutonomousExecutor
 from autopack.executor.server import api_server, sigterm_unwinds
 from autopack.llm.pricing import price_table
 from autopack.llm.registry import make_provider, model_for
+from autopack.telemetry.otel import otel_instrumentation
 from autopack.telemetry.recorder import TelemetryRecorder
 
 app = typer.Typer(help="Drain queued phases with the LLM Builder.", no_args_is_help=True)
@@ -101,8 +102,9 @@ def executor_for(
         sigterm_unwinds(),
         api_server(settings, database.identity) as endpoint,
         ApiClient(endpoint.url) as client,
+        otel_instrumentation(settings) as instrument,
     ):
-        provider = make_provider(settings, cassette=flags.cassette, record=flags.record)
+        provider = instrument(make_provider(settings, cassette=flags.cassette, record=flags.record))
         phases = [p for tier in client.get_run(run_id)["tiers"] for p in tier["phases"]]
         if total_of is not None:
             phases = [p for p in phases if p["phase_id"] == total_of]
