@@ -105,6 +105,8 @@ class Phase(Base):
         UniqueConstraint("run_id", "phase_id"),
         Index("ix_phases_claimable", "state", "available_at"),
         Index("ix_phases_run_tier", "run_id", "tier_index"),
+        # A run's queue in claim order: a claim walks it and stops at the first free phase.
+        Index("ix_phases_run_queue", "run_id", "state", "tier_index", "phase_index", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -133,7 +133,10 @@ def create_run(database: Database, definition: RunDefinition) -> dict[str, Any]:
             phases=len(phases),
             database=tx.identity.public_url,
         )
-        return _run_view(tx, definition.run_id)
+        # the edges come from the definition: this transaction may still roll back, so the
+        # dependency cache must not learn them from it
+        graph = {p.phase_id: list(p.depends_on) for t in definition.tiers for p in t.phases}
+        return _run_view(tx, definition.run_id, graph)
 
     try:
         return run_transaction(database, work)
@@ -153,11 +156,15 @@ def _exists(tx: Tx, run_id: str, state: str) -> Conflict:
     )
 
 
-def _run_view(tx: Tx, run_id: str) -> dict[str, Any]:
+def _run_view(
+    tx: Tx, run_id: str, dependencies: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
     run = get_run_row(tx, run_id)
     tiers = tx.rows(select(TIERS).where(TIERS.c.run_id == run_id))
     phases = tx.rows(select(PHASES).where(PHASES.c.run_id == run_id))
-    return views.run_view(run, tiers, phases, depends_on(tx, run_id))
+    if dependencies is None:
+        dependencies = depends_on(tx, run_id)
+    return views.run_view(run, tiers, phases, dependencies)
 
 
 def get_run(database: Database, run_id: str) -> dict[str, Any]:

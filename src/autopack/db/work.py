@@ -19,8 +19,11 @@ One module so the concurrency rules can be read in one place (STYLE.md habits 1-
   so two last phases finishing at once cannot both miss the run's end (write skew).
   Deadlocks the order cannot exclude (two cascades) are retried by :func:`run_transaction`.
 
-Public functions take a :class:`~autopack.db.Database` and run their own transaction;
-``_``-functions take a :class:`Tx` and compose inside one.
+The statements of the hot path (claim, heartbeat, result) are built once, below, with
+bind parameters, and run on the transaction's connection: building a SQLAlchemy
+statement costs more CPU than PostgreSQL spends executing it. Public functions take a
+:class:`~autopack.db.Database` and run their own transaction; functions taking a
+:class:`Tx` compose inside one.
 """
 
 from __future__ import annotations
@@ -32,16 +35,28 @@ import threading
 import time
 import uuid
 import weakref
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Engine, Table, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
@@ -60,7 +75,7 @@ from autopack.logs import log_event
 from autopack.rundef import Policy
 from autopack.states import (
     PHASE_ACTIVE,
-    PHASE_TERMINAL,
+    PHASE_OPEN,
     RUN_ACTIVE,
     ApprovalStatus,
     AttemptOutcome,
@@ -90,6 +105,7 @@ R = RunState
 T = TypeVar("T")
 Row = Mapping[str, Any]
 """A result row by column name (what every function here reads)."""
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 DEFAULT_LEASE_SECONDS = 60
 MIN_LEASE_SECONDS = 5
@@ -99,6 +115,7 @@ RECLAIM_BATCH = 100
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 MAX_TRANSACTION_TRIES = 5
 BLOCKED_PREFIX = "blocked by "
+ACTIVE = sorted(PHASE_ACTIVE)
 
 
 # -- transactions ---------------------------------------------------------------------------
@@ -106,23 +123,25 @@ BLOCKED_PREFIX = "blocked by "
 
 @dataclass
 class Tx:
-    """One transaction: its session, its single ``now``, and the database it is in."""
+    """One transaction: its connection, its single ``now``, and the database it is in."""
 
     session: Session
     now: datetime
     identity: DbIdentity
     pg: bool
+    conn: Connection = field(init=False)
 
-    def execute(
-        self, statement: Executable, params: Sequence[Mapping[str, Any]] | None = None
-    ) -> CursorResult[Any]:
-        return cast(CursorResult[Any], self.session.execute(statement, params))
+    def __post_init__(self) -> None:
+        self.conn = self.session.connection()
 
-    def rows(self, statement: Executable) -> Sequence[Row]:
-        return cast(Sequence[Row], self.session.execute(statement).mappings().all())
+    def execute(self, statement: Executable, params: Params | None = None) -> CursorResult[Any]:
+        return self.conn.execute(statement, params)
 
-    def row(self, statement: Executable) -> Row | None:
-        return cast(Row | None, self.session.execute(statement).mappings().first())
+    def rows(self, statement: Executable, params: Params | None = None) -> Sequence[Row]:
+        return cast(Sequence[Row], self.execute(statement, params).mappings().all())
+
+    def row(self, statement: Executable, params: Params | None = None) -> Row | None:
+        return cast(Row | None, self.execute(statement, params).mappings().first())
 
     def where(self) -> str:
         """Which database, for messages: a 404 must say where it looked."""
@@ -167,19 +186,196 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
     raise AssertionError("unreachable")
 
 
-# -- small shared queries -------------------------------------------------------------------
+# -- named statements of the hot path ----------------------------------------------------------
+# Bind parameters are prefixed ``b_`` (a bare column name is reserved for SET values).
 
+_PHASE_IS = and_(PHASES.c.run_id == bindparam("b_run"), PHASES.c.phase_id == bindparam("b_phase"))
+_ATTEMPT_IS = and_(
+    ATTEMPTS.c.run_id == bindparam("b_run"),
+    ATTEMPTS.c.phase_id == bindparam("b_phase"),
+    ATTEMPTS.c.attempt == bindparam("b_attempt"),
+)
 
-def _phase_is(run_id: str, phase_id: str) -> Any:
-    return and_(PHASES.c.run_id == run_id, PHASES.c.phase_id == phase_id)
-
-
-def _attempt_is(run_id: str, phase_id: str, attempt: int) -> Any:
-    return and_(
-        ATTEMPTS.c.run_id == run_id,
-        ATTEMPTS.c.phase_id == phase_id,
-        ATTEMPTS.c.attempt == attempt,
+PHASE = select(PHASES).where(_PHASE_IS)
+PHASE_FOR_UPDATE = PHASE.with_for_update()
+RUN = select(RUNS).where(RUNS.c.id == bindparam("b_run"))
+RUN_FOR_UPDATE = RUN.with_for_update()
+UPDATE_PHASE = update(PHASES).where(PHASES.c.id == bindparam("b_pk"))
+"""SET columns come from the parameters' other keys."""
+FLIP_PHASE = update(PHASES).where(
+    PHASES.c.id == bindparam("b_pk"), PHASES.c.state == bindparam("b_state")
+)
+RECOVER_PHASE = update(PHASES).where(
+    PHASES.c.id == bindparam("b_pk"),
+    PHASES.c.lease_token == bindparam("b_token"),
+    PHASES.c.state.in_(ACTIVE),
+)
+RENEW_LEASE = (
+    update(PHASES)
+    .where(_PHASE_IS, PHASES.c.lease_token == bindparam("b_token"), PHASES.c.state.in_(ACTIVE))
+    .values(
+        lease_expires_at=bindparam("b_expires"),
+        lease_seconds=bindparam("b_seconds"),
+        updated_at=bindparam("b_now"),
     )
+    .returning(PHASES.c.state)
+)
+EXPIRED_LEASES = (
+    select(PHASES)
+    .where(PHASES.c.state.in_(ACTIVE), PHASES.c.lease_expires_at < bindparam("b_now"))
+    .order_by(PHASES.c.lease_expires_at)
+    .limit(RECLAIM_BATCH)
+)
+EXPIRED_LEASES_SKIP_LOCKED = EXPIRED_LEASES.with_for_update(skip_locked=True)
+INSERT_ATTEMPT = insert(ATTEMPTS)
+UPDATE_ATTEMPT = update(ATTEMPTS).where(_ATTEMPT_IS)
+UPDATE_ATTEMPT_IF = update(ATTEMPTS).where(
+    _ATTEMPT_IS, ATTEMPTS.c.outcome == bindparam("b_outcome")
+)
+HISTORY = (
+    select(ATTEMPTS)
+    .where(
+        ATTEMPTS.c.run_id == bindparam("b_run"),
+        ATTEMPTS.c.phase_id == bindparam("b_phase"),
+        ATTEMPTS.c.attempt < bindparam("b_attempt"),
+    )
+    .order_by(ATTEMPTS.c.attempt)
+)
+ANSWER_BY_KEY = select(ATTEMPTS.c.run_id, ATTEMPTS.c.phase_id, ATTEMPTS.c.result_response).where(
+    ATTEMPTS.c.result_key == bindparam("b_key")
+)
+ATTEMPT_BY_TOKEN = select(
+    ATTEMPTS.c.attempt, ATTEMPTS.c.outcome, ATTEMPTS.c.stop_reason, ATTEMPTS.c.result_response
+).where(
+    ATTEMPTS.c.run_id == bindparam("b_run"),
+    ATTEMPTS.c.phase_id == bindparam("b_phase"),
+    ATTEMPTS.c.lease_token == bindparam("b_token"),
+)
+RUN_DEPENDENCIES = (
+    select(DEPS.c.phase_id, DEPS.c.depends_on)
+    .where(DEPS.c.run_id == bindparam("b_run"))
+    .order_by(DEPS.c.phase_id, DEPS.c.depends_on)
+)
+PHASE_STATES = (
+    select(PHASES.c.tier_index, PHASES.c.state, func.count().label("n"))
+    .where(PHASES.c.run_id == bindparam("b_run"))
+    .group_by(PHASES.c.tier_index, PHASES.c.state)
+)
+OPEN_IN_TIER = (
+    select(func.count())
+    .select_from(PHASES)
+    .where(
+        PHASES.c.run_id == bindparam("b_run"),
+        PHASES.c.state.in_(sorted(PHASE_OPEN)),
+        PHASES.c.tier_index == bindparam("b_tier"),
+    )
+)
+RUN_TIERS = select(TIERS.c.id, TIERS.c.tier_index, TIERS.c.state).where(
+    TIERS.c.run_id == bindparam("b_run")
+)
+UPDATE_TIER = update(TIERS).where(TIERS.c.id == bindparam("b_pk"))
+START_TIER = (
+    update(TIERS)
+    .where(
+        TIERS.c.run_id == bindparam("b_run"),
+        TIERS.c.tier_index == bindparam("b_tier"),
+        TIERS.c.state == TierState.QUEUED,
+    )
+    .values(state=TierState.RUNNING)
+)
+UPDATE_RUN = update(RUNS).where(RUNS.c.id == bindparam("b_run"))
+START_RUN = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("b_run"), RUNS.c.state == R.QUEUED)
+    .values(state=R.RUNNING, started_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+)
+STARTED_PHASES = (
+    select(func.count())
+    .select_from(PHASES)
+    .where(PHASES.c.run_id == bindparam("b_run"), PHASES.c.started_at.is_not(None))
+)
+
+
+def _claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool) -> Any:
+    """The claim query: the next claimable phase with its run's columns (``r__*``) and its
+    tier's state, in claim order.
+
+    The tier gate reads the ``tiers`` rows, whose state is re-derived under the run lock
+    whenever a phase becomes terminal: a tier is COMPLETE exactly when all its phases
+    are, so the gate is one small lookup instead of a scan of every earlier phase.
+    Ordering by ``phases.id`` after tier and phase index is ordering by run creation (ids
+    are handed out in insertion order); with a run_id the ``ix_phases_run_queue`` index
+    yields rows already in that order, so the scan stops at the first free phase.
+    """
+    earlier_tier = TIERS.alias("earlier_tier")
+    own_tier = TIERS.alias("own_tier")
+    prerequisite = PHASES.alias("prerequisite")
+    statement = (
+        select(
+            PHASES,
+            *[column.label(f"r__{column.name}") for column in RUNS.c],
+            select(own_tier.c.state)
+            .where(
+                own_tier.c.run_id == PHASES.c.run_id,
+                own_tier.c.tier_index == PHASES.c.tier_index,
+            )
+            .scalar_subquery()
+            .label("tier_state"),
+        )
+        .join(RUNS, RUNS.c.id == PHASES.c.run_id)
+        .where(
+            PHASES.c.state == P.QUEUED,
+            or_(PHASES.c.available_at.is_(None), PHASES.c.available_at <= bindparam("b_now")),
+            PHASES.c.attempts - PHASES.c.retry_window_start < PHASES.c.max_attempts,
+            RUNS.c.state.in_(sorted(RUN_ACTIVE)),
+            ~exists().where(
+                earlier_tier.c.run_id == PHASES.c.run_id,
+                earlier_tier.c.tier_index < PHASES.c.tier_index,
+                earlier_tier.c.state != TierState.COMPLETE,
+            ),
+            ~exists()
+            .select_from(
+                DEPS.join(
+                    prerequisite,
+                    and_(
+                        prerequisite.c.run_id == DEPS.c.run_id,
+                        prerequisite.c.phase_id == DEPS.c.depends_on,
+                    ),
+                )
+            )
+            .where(
+                DEPS.c.run_id == PHASES.c.run_id,
+                DEPS.c.phase_id == PHASES.c.phase_id,
+                prerequisite.c.state != P.COMPLETE,
+            ),
+        )
+        .order_by(PHASES.c.tier_index, PHASES.c.phase_index, PHASES.c.id)
+        .limit(1)
+    )
+    if by_run:
+        statement = statement.where(PHASES.c.run_id == bindparam("b_run"))
+    if by_phase:
+        statement = statement.where(PHASES.c.phase_id == bindparam("b_phase"))
+    if excluding:
+        statement = statement.where(PHASES.c.run_id.not_in(bindparam("b_excluded", expanding=True)))
+    if pg:
+        statement = statement.with_for_update(skip_locked=True, of=PHASES)
+    return statement
+
+
+CLAIM = {
+    (pg, by_run, by_phase, excluding): _claim_statement(
+        pg=pg, by_run=by_run, by_phase=by_phase, excluding=excluding
+    )
+    for pg in (False, True)
+    for by_run in (False, True)
+    for by_phase in (False, True)
+    for excluding in (False, True)
+}
+"""The claim query in each of its shapes, keyed (pg, by_run, by_phase, excluding)."""
+
+
+# -- small shared queries -------------------------------------------------------------------
 
 
 def run_not_found(tx: Tx, run_id: str) -> NotFound:
@@ -191,10 +387,7 @@ def run_not_found(tx: Tx, run_id: str) -> NotFound:
 
 
 def get_run_row(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
-    statement = select(RUNS).where(RUNS.c.id == run_id)
-    if lock and tx.pg:
-        statement = statement.with_for_update()
-    run = tx.row(statement)
+    run = tx.row(RUN_FOR_UPDATE if lock and tx.pg else RUN, {"b_run": run_id})
     if run is None:
         raise run_not_found(tx, run_id)
     return run
@@ -202,10 +395,8 @@ def get_run_row(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
 
 def get_phase_row(tx: Tx, run_id: str, phase_id: str, *, lock: bool = False) -> Row:
     """The phase row (``lock``: ``FOR UPDATE`` on PostgreSQL); NotFound names run and db."""
-    statement = select(PHASES).where(_phase_is(run_id, phase_id))
-    if lock and tx.pg:
-        statement = statement.with_for_update()
-    phase = tx.row(statement)
+    statement = PHASE_FOR_UPDATE if lock and tx.pg else PHASE
+    phase = tx.row(statement, {"b_run": run_id, "b_phase": phase_id})
     if phase is None:
         get_run_row(tx, run_id)  # the run itself missing is the clearer message
         raise NotFound(
@@ -217,15 +408,34 @@ def get_phase_row(tx: Tx, run_id: str, phase_id: str, *, lock: bool = False) -> 
     return phase
 
 
+_DEPENDENCY_CACHE: OrderedDict[tuple[str, str], dict[str, list[str]]] = OrderedDict()
+_DEPENDENCY_CACHE_GUARD = threading.Lock()
+_DEPENDENCY_CACHE_SIZE = 512
+
+
 def depends_on(tx: Tx, run_id: str, phase_id: str | None = None) -> dict[str, list[str]]:
-    """``{phase_id: [dependency, ...]}`` for one phase or for the whole run."""
-    statement = select(DEPS.c.phase_id, DEPS.c.depends_on).where(DEPS.c.run_id == run_id)
+    """``{phase_id: [dependency, ...]}`` for one phase or for the whole run.
+
+    A run's dependency edges never change after it is created, so they are cached per
+    (database instance, run): the claim path does not pay a query for them.
+    """
+    key = (tx.identity.instance_id, run_id)
+    with _DEPENDENCY_CACHE_GUARD:
+        graph = _DEPENDENCY_CACHE.get(key)
+        if graph is not None:
+            _DEPENDENCY_CACHE.move_to_end(key)
+    if graph is None:
+        graph = {}
+        for row in tx.rows(RUN_DEPENDENCIES, {"b_run": run_id}):
+            graph.setdefault(row["phase_id"], []).append(row["depends_on"])
+        if graph:  # an empty graph may be a run not created yet: do not remember it
+            with _DEPENDENCY_CACHE_GUARD:
+                _DEPENDENCY_CACHE[key] = graph
+                while len(_DEPENDENCY_CACHE) > _DEPENDENCY_CACHE_SIZE:
+                    _DEPENDENCY_CACHE.popitem(last=False)
     if phase_id is not None:
-        statement = statement.where(DEPS.c.phase_id == phase_id)
-    graph: dict[str, list[str]] = defaultdict(list)
-    for row in tx.rows(statement.order_by(DEPS.c.phase_id, DEPS.c.depends_on)):
-        graph[row["phase_id"]].append(row["depends_on"])
-    return graph
+        return {phase_id: list(graph.get(phase_id, []))}
+    return {name: list(deps) for name, deps in graph.items()}
 
 
 def _fingerprint(stop_reason: str | None, error: str | None) -> str:
@@ -247,11 +457,8 @@ def _window_open(phase: Mapping[str, Any]) -> bool:
 def _lease_lost(tx: Tx, phase: Mapping[str, Any], lease_token: str) -> LeaseLost:
     """Explain exactly why the token is stale: which attempt it was and how it ended."""
     mine = tx.row(
-        select(ATTEMPTS.c.attempt, ATTEMPTS.c.outcome, ATTEMPTS.c.stop_reason).where(
-            ATTEMPTS.c.run_id == phase["run_id"],
-            ATTEMPTS.c.phase_id == phase["phase_id"],
-            ATTEMPTS.c.lease_token == lease_token,
-        )
+        ATTEMPT_BY_TOKEN,
+        {"b_run": phase["run_id"], "b_phase": phase["phase_id"], "b_token": lease_token},
     )
     where = f"phase {phase['run_id']}/{phase['phase_id']}"
     if mine is None:
@@ -283,6 +490,16 @@ def _held_phase(tx: Tx, run_id: str, phase_id: str, lease_token: str) -> Row:
     return phase
 
 
+def _update_phase(tx: Tx, pk: int, **values: Any) -> None:
+    tx.execute(UPDATE_PHASE, {"b_pk": pk, **values})
+
+
+def _update_attempt(tx: Tx, run_id: str, phase_id: str, attempt: int, **values: Any) -> None:
+    tx.execute(
+        UPDATE_ATTEMPT, {"b_run": run_id, "b_phase": phase_id, "b_attempt": attempt, **values}
+    )
+
+
 # -- budgets --------------------------------------------------------------------------------
 
 
@@ -307,11 +524,7 @@ def budget_problem(tx: Tx, run: Mapping[str, Any], *, starting_new_phase: bool) 
                 f"minutes, max_duration_minutes {minutes}"
             )
     if starting_new_phase and run["max_phases"] is not None:
-        started = tx.execute(
-            select(func.count())
-            .select_from(PHASES)
-            .where(PHASES.c.run_id == run["id"], PHASES.c.started_at.is_not(None))
-        ).scalar_one()
+        started = tx.execute(STARTED_PHASES, {"b_run": run["id"]}).scalar_one()
         if started >= run["max_phases"]:
             return (
                 f"phase budget exhausted: {started} phases started, max_phases {run['max_phases']}"
@@ -335,28 +548,31 @@ def _budget_answer(run: Mapping[str, Any], problem: str | None) -> dict[str, Any
 
 
 def _refresh_tiers(tx: Tx, run_id: str, states_by_tier: Mapping[int, list[str]]) -> None:
-    for tier in tx.rows(
-        select(TIERS.c.id, TIERS.c.tier_index, TIERS.c.state).where(TIERS.c.run_id == run_id)
-    ):
+    for tier in tx.rows(RUN_TIERS, {"b_run": run_id}):
         derived = tier_state(states_by_tier.get(tier["tier_index"], []))
         if derived != tier["state"]:
-            tx.execute(update(TIERS).where(TIERS.c.id == tier["id"]).values(state=derived))
+            tx.execute(UPDATE_TIER, {"b_pk": tier["id"], "state": derived})
 
 
 def _phase_states(tx: Tx, run_id: str) -> dict[int, list[str]]:
     by_tier: dict[int, list[str]] = defaultdict(list)
-    for row in tx.rows(
-        select(PHASES.c.tier_index, PHASES.c.state, func.count().label("n"))
-        .where(PHASES.c.run_id == run_id)
-        .group_by(PHASES.c.tier_index, PHASES.c.state)
-    ):
+    for row in tx.rows(PHASE_STATES, {"b_run": run_id}):
         by_tier[row["tier_index"]].extend([row["state"]] * row["n"])
     return by_tier
 
 
-def settle_run(tx: Tx, run_id: str) -> str:
-    """Lock the run, re-derive tier states, end the run if no phase is open. Its state."""
+def settle_run(tx: Tx, run_id: str, *, tier_index: int | None = None) -> str:
+    """Lock the run, re-derive tier states, end the run if no phase is open. Its state.
+
+    ``tier_index``: only that tier's phases changed (one result, no cascade). While the
+    tier still has open phases neither it nor the run can change state, which one indexed
+    count proves; the full re-derivation runs only when it might.
+    """
     run = get_run_row(tx, run_id, lock=True)
+    if tier_index is not None and run["state"] == R.RUNNING:
+        still_open = tx.execute(OPEN_IN_TIER, {"b_run": run_id, "b_tier": tier_index}).scalar()
+        if still_open:
+            return str(run["state"])
     by_tier = _phase_states(tx, run_id)
     _refresh_tiers(tx, run_id, by_tier)
     if run["state"] != R.RUNNING:
@@ -385,7 +601,7 @@ def set_run_state(tx: Tx, run: Mapping[str, Any], target: RunState, reason: str 
         values.update(finished_at=None, failure_reason=None)
     else:
         values.update(finished_at=tx.now, failure_reason=reason)
-    tx.execute(update(RUNS).where(RUNS.c.id == run["id"]).values(**values))
+    tx.execute(UPDATE_RUN, {"b_run": run["id"], **values})
     log_event(
         logger, "run_state", run_id=run["id"], previous=run["state"], state=target, reason=reason
     )
@@ -563,20 +779,22 @@ def claim(
 def _claim(
     tx: Tx, worker_id: str, lease_seconds: int, run_id: str | None, phase_id: str | None
 ) -> dict[str, Any] | None:
-    if phase_id is not None and run_id is not None:
-        get_phase_row(tx, run_id, phase_id)
-    elif run_id is not None:
-        get_run_row(tx, run_id)
     reclaim_expired(tx)
     excluded: set[str] = set()
     while True:
-        phase = _next_claimable(tx, run_id, phase_id, excluded)
-        if phase is None:
+        found = _next_claimable(tx, run_id, phase_id, excluded)
+        if found is None:
+            if not excluded and run_id is not None:  # say so when the ids are wrong
+                if phase_id is not None:
+                    get_phase_row(tx, run_id, phase_id)
+                else:
+                    get_run_row(tx, run_id)
             return None
-        run = get_run_row(tx, phase["run_id"])
+        phase = {k: v for k, v in found.items() if not k.startswith("r__") and k != "tier_state"}
+        run = {k[3:]: v for k, v in found.items() if k.startswith("r__")}
         problem = budget_problem(tx, run, starting_new_phase=phase["started_at"] is None)
         if problem is None:
-            started = _start_attempt(tx, phase, run, worker_id, lease_seconds)
+            started = _start_attempt(tx, phase, run, found["tier_state"], worker_id, lease_seconds)
             if started is not None:
                 return started
         else:
@@ -587,53 +805,25 @@ def _claim(
 def _next_claimable(
     tx: Tx, run_id: str | None, phase_id: str | None, excluded_runs: set[str]
 ) -> Row | None:
-    earlier = PHASES.alias("earlier")
-    prerequisite = PHASES.alias("prerequisite")
-    statement = (
-        select(PHASES)
-        .join(RUNS, RUNS.c.id == PHASES.c.run_id)
-        .where(
-            PHASES.c.state == P.QUEUED,
-            or_(PHASES.c.available_at.is_(None), PHASES.c.available_at <= tx.now),
-            PHASES.c.attempts - PHASES.c.retry_window_start < PHASES.c.max_attempts,
-            RUNS.c.state.in_([R.QUEUED, R.RUNNING]),
-            ~exists().where(
-                earlier.c.run_id == PHASES.c.run_id,
-                earlier.c.tier_index < PHASES.c.tier_index,
-                earlier.c.state != P.COMPLETE,
-            ),
-            ~exists()
-            .select_from(
-                DEPS.join(
-                    prerequisite,
-                    and_(
-                        prerequisite.c.run_id == DEPS.c.run_id,
-                        prerequisite.c.phase_id == DEPS.c.depends_on,
-                    ),
-                )
-            )
-            .where(
-                DEPS.c.run_id == PHASES.c.run_id,
-                DEPS.c.phase_id == PHASES.c.phase_id,
-                prerequisite.c.state != P.COMPLETE,
-            ),
-        )
-        .order_by(PHASES.c.tier_index, PHASES.c.phase_index, RUNS.c.created_at, PHASES.c.id)
-        .limit(1)
-    )
+    """Pick (on PostgreSQL: lock, skipping rows other claimers hold) the next phase."""
+    shape = (tx.pg, run_id is not None, phase_id is not None, bool(excluded_runs))
+    params: dict[str, Any] = {"b_now": tx.now}
     if run_id is not None:
-        statement = statement.where(PHASES.c.run_id == run_id)
+        params["b_run"] = run_id
     if phase_id is not None:
-        statement = statement.where(PHASES.c.phase_id == phase_id)
+        params["b_phase"] = phase_id
     if excluded_runs:
-        statement = statement.where(PHASES.c.run_id.not_in(sorted(excluded_runs)))
-    if tx.pg:
-        statement = statement.with_for_update(skip_locked=True, of=PHASES)
-    return tx.row(statement)
+        params["b_excluded"] = sorted(excluded_runs)
+    return tx.row(CLAIM[shape], params)
 
 
 def _start_attempt(
-    tx: Tx, phase: Row, run: Row, worker_id: str, lease_seconds: int
+    tx: Tx,
+    phase: Row,
+    run: Row,
+    current_tier_state: str | None,
+    worker_id: str,
+    lease_seconds: int,
 ) -> dict[str, Any] | None:
     ensure_transition("phase", phase["state"], P.EXECUTING)
     number = phase["attempts"] + 1
@@ -650,59 +840,39 @@ def _start_attempt(
         "finished_at": None,
         "updated_at": tx.now,
     }
-    flipped = tx.execute(
-        update(PHASES)
-        .where(PHASES.c.id == phase["id"], PHASES.c.state == P.QUEUED)
-        .values(**changes)
-    )
+    flipped = tx.execute(FLIP_PHASE, {"b_pk": phase["id"], "b_state": P.QUEUED, **changes})
     if flipped.rowcount != 1:  # taken meanwhile (cannot happen under the row lock; be sure)
         return None
     tx.execute(
-        insert(ATTEMPTS).values(
-            run_id=phase["run_id"],
-            phase_id=phase["phase_id"],
-            attempt=number,
-            worker_id=worker_id,
-            lease_token=token,
-            started_at=tx.now,
-            outcome=AttemptOutcome.EXECUTING,
-            files_written=[],
-            check_results=[],
-            details={},
-            tokens_used=0,
-            cost_usd=0.0,
-        )
+        INSERT_ATTEMPT,
+        {
+            "run_id": phase["run_id"],
+            "phase_id": phase["phase_id"],
+            "attempt": number,
+            "worker_id": worker_id,
+            "lease_token": token,
+            "started_at": tx.now,
+            "outcome": AttemptOutcome.EXECUTING,
+            "files_written": [],
+            "check_results": [],
+            "details": {},
+            "tokens_used": 0,
+            "cost_usd": 0.0,
+        },
     )
     run_state = run["state"]
     if run_state == R.QUEUED:
         ensure_transition("run", run_state, R.RUNNING, subject=f"run {run['id']}")
-        tx.execute(
-            update(RUNS)
-            .where(RUNS.c.id == run["id"], RUNS.c.state == R.QUEUED)
-            .values(state=R.RUNNING, started_at=tx.now, updated_at=tx.now)
-        )
+        tx.execute(START_RUN, {"b_run": run["id"], "b_now": tx.now})
         run_state = R.RUNNING
         log_event(logger, "run_state", run_id=run["id"], previous=R.QUEUED, state=R.RUNNING)
-    tx.execute(
-        update(TIERS)
-        .where(
-            TIERS.c.run_id == phase["run_id"],
-            TIERS.c.tier_id == phase["tier_id"],
-            TIERS.c.state == TierState.QUEUED,
-        )
-        .values(state=TierState.RUNNING)
-    )
+    if current_tier_state == TierState.QUEUED:
+        tx.execute(START_TIER, {"b_run": phase["run_id"], "b_tier": phase["tier_index"]})
     history: list[dict[str, Any]] = []
     approved: dict[str, Any] | None = None
     if number > 1:
         earlier = tx.rows(
-            select(ATTEMPTS)
-            .where(
-                ATTEMPTS.c.run_id == phase["run_id"],
-                ATTEMPTS.c.phase_id == phase["phase_id"],
-                ATTEMPTS.c.attempt < number,
-            )
-            .order_by(ATTEMPTS.c.attempt)
+            HISTORY, {"b_run": phase["run_id"], "b_phase": phase["phase_id"], "b_attempt": number}
         )
         history = [views.attempt_view(row) for row in earlier]
         approved = _approved_change(tx, phase, number - 1)
@@ -749,22 +919,15 @@ def _approved_change(tx: Tx, phase: Mapping[str, Any], previous: int) -> dict[st
 # -- reclaiming expired leases --------------------------------------------------------------------
 
 
-def reclaim_expired(tx: Tx, limit: int = RECLAIM_BATCH) -> int:
+def reclaim_expired(tx: Tx) -> int:
     """Expired leases: record the attempt LOST (``lease_expired``), re-QUEUE or FAIL the phase.
 
     Each recovery is a conditional UPDATE on the old lease token, so a recovery that lost a
     race (another replica, the maintenance task) changes nothing.
     """
-    statement = (
-        select(PHASES)
-        .where(PHASES.c.state.in_(list(PHASE_ACTIVE)), PHASES.c.lease_expires_at < tx.now)
-        .order_by(PHASES.c.lease_expires_at)
-        .limit(limit)
-    )
-    if tx.pg:
-        statement = statement.with_for_update(skip_locked=True)
+    expired = tx.rows(EXPIRED_LEASES_SKIP_LOCKED if tx.pg else EXPIRED_LEASES, {"b_now": tx.now})
     reclaimed = 0
-    for phase in tx.rows(statement):
+    for phase in expired:
         run = get_run_row(tx, phase["run_id"])
         retry = _window_open(phase) and run["state"] in RUN_ACTIVE
         target = P.QUEUED if retry else P.FAILED
@@ -785,28 +948,22 @@ def reclaim_expired(tx: Tx, limit: int = RECLAIM_BATCH) -> int:
         if target == P.FAILED:
             values.update(finished_at=tx.now, failure_fingerprint=_fingerprint("lease_expired", ""))
         recovered = tx.execute(
-            update(PHASES)
-            .where(
-                PHASES.c.id == phase["id"],
-                PHASES.c.lease_token == phase["lease_token"],
-                PHASES.c.state.in_(list(PHASE_ACTIVE)),
-            )
-            .values(**values)
+            RECOVER_PHASE, {"b_pk": phase["id"], "b_token": phase["lease_token"], **values}
         )
         if recovered.rowcount != 1:
             continue
         tx.execute(
-            update(ATTEMPTS)
-            .where(
-                _attempt_is(phase["run_id"], phase["phase_id"], phase["attempts"]),
-                ATTEMPTS.c.outcome == AttemptOutcome.EXECUTING,
-            )
-            .values(
-                outcome=AttemptOutcome.LOST,
-                stop_reason="lease_expired",
-                finished_at=tx.now,
-                error=reason,
-            )
+            UPDATE_ATTEMPT_IF,
+            {
+                "b_run": phase["run_id"],
+                "b_phase": phase["phase_id"],
+                "b_attempt": phase["attempts"],
+                "b_outcome": AttemptOutcome.EXECUTING,
+                "outcome": AttemptOutcome.LOST,
+                "stop_reason": "lease_expired",
+                "finished_at": tx.now,
+                "error": reason,
+            },
         )
         reclaimed += 1
         log_event(
@@ -862,14 +1019,15 @@ def _heartbeat(
     if state is None and lease_seconds is not None:  # the common case: one statement
         expires = tx.now + timedelta(seconds=lease_seconds)
         renewed = tx.row(
-            update(PHASES)
-            .where(
-                _phase_is(run_id, phase_id),
-                PHASES.c.lease_token == lease_token,
-                PHASES.c.state.in_(list(PHASE_ACTIVE)),
-            )
-            .values(lease_expires_at=expires, lease_seconds=lease_seconds, updated_at=tx.now)
-            .returning(PHASES.c.state)
+            RENEW_LEASE,
+            {
+                "b_run": run_id,
+                "b_phase": phase_id,
+                "b_token": lease_token,
+                "b_expires": expires,
+                "b_seconds": lease_seconds,
+                "b_now": tx.now,
+            },
         )
         if renewed is not None:
             return {"lease_expires_at": expires, "state": renewed["state"]}
@@ -879,10 +1037,13 @@ def _heartbeat(
     if target != phase["state"]:
         ensure_transition("phase", phase["state"], target, subject=f"phase {run_id}/{phase_id}")
     expires = tx.now + timedelta(seconds=seconds)
-    tx.execute(
-        update(PHASES)
-        .where(PHASES.c.id == phase["id"])
-        .values(state=target, lease_expires_at=expires, lease_seconds=seconds, updated_at=tx.now)
+    _update_phase(
+        tx,
+        phase["id"],
+        state=target,
+        lease_expires_at=expires,
+        lease_seconds=seconds,
+        updated_at=tx.now,
     )
     return {"lease_expires_at": expires, "state": target}
 
@@ -904,7 +1065,11 @@ def report_usage(
         phase = _held_phase(tx, run_id, phase_id, lease_token)
         tx.execute(
             update(ATTEMPTS)
-            .where(_attempt_is(run_id, phase_id, phase["attempts"]))
+            .where(
+                ATTEMPTS.c.run_id == run_id,
+                ATTEMPTS.c.phase_id == phase_id,
+                ATTEMPTS.c.attempt == phase["attempts"],
+            )
             .values(
                 tokens_used=ATTEMPTS.c.tokens_used + tokens,
                 cost_usd=ATTEMPTS.c.cost_usd + cost_usd,
@@ -968,61 +1133,55 @@ def post_result(
     """Apply an attempt's result once; the same key or spent token gets the stored answer."""
     if result.outcome not in (P.COMPLETE, P.FAILED):
         raise InvalidInput(f"outcome must be COMPLETE or FAILED (got {result.outcome!r})")
-    return run_transaction(
-        database, lambda tx: _post_result(tx, run_id, phase_id, result, idempotency_key)
-    )
-
-
-def _stored_answer(tx: Tx, run_id: str, phase_id: str, key: str) -> dict[str, Any] | None:
-    stored = tx.row(
-        select(ATTEMPTS.c.run_id, ATTEMPTS.c.phase_id, ATTEMPTS.c.result_response).where(
-            ATTEMPTS.c.result_key == key
+    try:
+        return run_transaction(
+            database, lambda tx: _post_result(tx, run_id, phase_id, result, idempotency_key)
         )
-    )
-    if stored is None:
-        return None
-    if (stored["run_id"], stored["phase_id"]) != (run_id, phase_id):
+    except IntegrityError as exc:  # the key is already stored with another attempt
         raise Conflict(
-            f"Idempotency-Key {key!r} was already used for phase "
-            f"{stored['run_id']}/{stored['phase_id']}",
-            idempotency_key=key,
-        )
-    answer: dict[str, Any] = stored["result_response"]
-    return answer
+            f"Idempotency-Key {idempotency_key!r} was already used for another attempt",
+            idempotency_key=idempotency_key,
+        ) from exc
+
+
+def _replay(tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None) -> Row | None:
+    """The stored answer for this key (or, without one, for this spent lease token)."""
+    if key is not None:
+        stored = tx.row(ANSWER_BY_KEY, {"b_key": key})
+        if stored is not None:
+            if (stored["run_id"], stored["phase_id"]) != (run_id, phase_id):
+                raise Conflict(
+                    f"Idempotency-Key {key!r} was already used for phase "
+                    f"{stored['run_id']}/{stored['phase_id']}",
+                    idempotency_key=key,
+                )
+            return cast(Row, stored["result_response"])
+    spent = tx.row(
+        ATTEMPT_BY_TOKEN, {"b_run": run_id, "b_phase": phase_id, "b_token": result.lease_token}
+    )
+    if spent is not None and spent["result_response"] is not None:
+        return cast(Row, spent["result_response"])
+    return None
 
 
 def _post_result(
     tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
 ) -> dict[str, Any]:
-    if key is not None:
-        stored = _stored_answer(tx, run_id, phase_id, key)
-        if stored is not None:
-            return stored
     phase = get_phase_row(tx, run_id, phase_id, lock=True)
     if phase["lease_token"] != result.lease_token or phase["state"] not in PHASE_ACTIVE:
-        spent = tx.row(
-            select(ATTEMPTS.c.result_response).where(
-                ATTEMPTS.c.run_id == run_id,
-                ATTEMPTS.c.phase_id == phase_id,
-                ATTEMPTS.c.lease_token == result.lease_token,
-                ATTEMPTS.c.result_response.is_not(None),
-            )
-        )
-        if spent is not None:  # a retry of a result already applied, without its key
-            answer: dict[str, Any] = spent["result_response"]
-            return answer
+        # Not (or no longer) the holder: a retry of an applied result, or a zombie.
+        stored = _replay(tx, run_id, phase_id, result, key)
+        if stored is not None:
+            return dict(stored)
         raise _lease_lost(tx, phase, result.lease_token)
 
     number = phase["attempts"]
-    run = get_run_row(tx, run_id)
-    policy = Policy.model_validate(run["policy"] or {})
-    retry = (
-        result.outcome == P.FAILED
-        and result.retryable
-        and _window_open(phase)
-        and run["state"] in RUN_ACTIVE
-    )
-    target = P.COMPLETE if result.outcome == P.COMPLETE else (P.QUEUED if retry else P.FAILED)
+    run: Row | None = None
+    target = P.COMPLETE
+    if result.outcome == P.FAILED:
+        run = get_run_row(tx, run_id)
+        retry = result.retryable and _window_open(phase) and run["state"] in RUN_ACTIVE
+        target = P.QUEUED if retry else P.FAILED
     ensure_transition("phase", phase["state"], target, subject=f"phase {run_id}/{phase_id}")
 
     values: dict[str, Any] = {
@@ -1043,18 +1202,23 @@ def _post_result(
             failure_fingerprint=_fingerprint(result.stop_reason, result.error),
         )
         if target == P.QUEUED:
+            assert run is not None
+            policy = Policy.model_validate(run["policy"] or {})
             delay = _backoff_seconds(policy, number - phase["retry_window_start"])
             available_at = tx.now + timedelta(seconds=delay)
             values.update(available_at=available_at)
         else:
             values.update(finished_at=tx.now)
-    tx.execute(update(PHASES).where(PHASES.c.id == phase["id"]).values(**values))
+    _update_phase(tx, phase["id"], **values)
 
-    run_state = str(run["state"])
     if target == P.FAILED:
         skip_blocked(tx, phase)
-    if target in PHASE_TERMINAL:
         run_state = settle_run(tx, run_id)
+    elif target == P.COMPLETE:
+        run_state = settle_run(tx, run_id, tier_index=phase["tier_index"])
+    else:
+        assert run is not None
+        run_state = str(run["state"])
 
     answer = {
         "run_id": run_id,
@@ -1065,23 +1229,23 @@ def _post_result(
         "requeued": target == P.QUEUED,
         "available_at": available_at.isoformat() if available_at else None,
     }
-    tx.execute(
-        update(ATTEMPTS)
-        .where(_attempt_is(run_id, phase_id, number))
-        .values(
-            outcome=result.outcome,
-            finished_at=tx.now,
-            stop_reason=result.stop_reason,
-            max_tokens=result.max_tokens,
-            files_written=list(result.files_written),
-            check_results=[dict(c) for c in result.check_results],
-            audit_verdict=dict(result.audit_verdict) if result.audit_verdict else None,
-            feedback=result.feedback,
-            error=result.error,
-            details=dict(result.details or {}),
-            result_key=key or f"{run_id}:{phase_id}:{number}",
-            result_response=answer,
-        )
+    _update_attempt(
+        tx,
+        run_id,
+        phase_id,
+        number,
+        outcome=result.outcome,
+        finished_at=tx.now,
+        stop_reason=result.stop_reason,
+        max_tokens=result.max_tokens,
+        files_written=list(result.files_written),
+        check_results=[dict(c) for c in result.check_results],
+        audit_verdict=dict(result.audit_verdict) if result.audit_verdict else None,
+        feedback=result.feedback,
+        error=result.error,
+        details=dict(result.details or {}),
+        result_key=key or f"{run_id}:{phase_id}:{number}",
+        result_response=answer,
     )
     log_event(
         logger,
@@ -1157,7 +1321,11 @@ def request_approval(
         ).scalar_one()
         tx.execute(
             update(ATTEMPTS)
-            .where(_attempt_is(run_id, phase_id, phase["attempts"]))
+            .where(
+                ATTEMPTS.c.run_id == run_id,
+                ATTEMPTS.c.phase_id == phase_id,
+                ATTEMPTS.c.attempt == phase["attempts"],
+            )
             .values(
                 outcome=AttemptOutcome.AWAITING_APPROVAL,
                 stop_reason="approval_requested",
@@ -1295,7 +1463,11 @@ def _settle_approval(
         attempt_values["outcome"] = AttemptOutcome.FAILED
     tx.execute(
         update(ATTEMPTS)
-        .where(_attempt_is(run_id, phase_id, approval["attempt"]))
+        .where(
+            ATTEMPTS.c.run_id == run_id,
+            ATTEMPTS.c.phase_id == phase_id,
+            ATTEMPTS.c.attempt == approval["attempt"],
+        )
         .values(**attempt_values)
     )
     values: dict[str, Any] = {"state": target, "updated_at": tx.now}

@@ -224,6 +224,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_phases_run_tier", "phases", ["run_id", "tier_index"], unique=False, if_not_exists=True
     )
+    op.create_index(
+        "ix_phases_run_queue",
+        "phases",
+        ["run_id", "state", "tier_index", "phase_index", "id"],
+        unique=False,
+        if_not_exists=True,
+    )
 
     op.create_table(
         "tiers",
