@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         description="How often the API reclaims expired leases, expires approvals, "
         "and ends runs over their duration budget.",
     )
+    autopack_api_threads: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Threads serving the API's blocking endpoints (more only adds GIL contention).",
+    )
     telemetry_db_enabled: Flag = Field(False, description="Record LLM telemetry rows.")
     autopack_llm_provider: Literal["auto", "anthropic", "openai", "replay"] = Field(
         "auto", description="Which LLM provider answers Builder and Auditor calls."

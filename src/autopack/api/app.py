@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -51,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watchdog = None
         if resolved.autopack_parent_pid:
             watchdog = asyncio.create_task(exit_when_parent_dies(resolved.autopack_parent_pid))
+        # Endpoints are short blocking transactions: a few threads keep the CPU busy, many
+        # threads only queue for the GIL (and hold row locks while they wait for it).
+        to_thread.current_default_thread_limiter().total_tokens = resolved.autopack_api_threads
         maintenance = Maintenance(database, resolved.autopack_maintenance_interval_seconds)
         maintenance.start()
         app.state.maintenance = maintenance

@@ -10,9 +10,8 @@ error shape every endpoint answers with.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from autopack.errors import InvalidInput
@@ -25,6 +24,9 @@ from autopack.rundef import (
     describe_errors,
     summarize_errors,
 )
+
+if TYPE_CHECKING:  # the CLI imports these models; it must not pay for importing FastAPI
+    from fastapi.exceptions import RequestValidationError
 
 __all__ = ["RunDefinition"]
 
