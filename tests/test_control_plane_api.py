@@ -1,0 +1,444 @@
+"""The HTTP contract of the control plane against a real uvicorn server, on both backends.
+
+One server per backend for the whole module (fast maintenance interval so approval
+expiry is observable); every test works in its own run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from autopack.api.maintenance import Maintenance
+from autopack.client import ApiClient
+from autopack.config import resolve_database_url
+from autopack.db import Database, open_database
+from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
+from tests.conftest import BACKENDS, create_pg_database, drop_pg_database
+from tests.cp_support import definition, expire_lease, snapshot
+from tests.support import Server, clean_env
+
+
+@dataclass
+class Plane:
+    server: Server
+    client: ApiClient
+    db: Database
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def run(self, tiers: Any = (("T1", ["a"]),), **kw: Any) -> str:
+        run_id = f"run-{uuid.uuid4().hex[:8]}"
+        self.client.create_run(definition(run_id, tiers, **kw))
+        return run_id
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Plane]:
+    workdir = tmp_path_factory.mktemp("api")
+    if request.param == "sqlite":
+        url, cleanup = f"sqlite:///{workdir / 'autopack.db'}", None
+    else:
+        admin = request.getfixturevalue("pg_admin")
+        url = create_pg_database(admin)
+        cleanup = admin
+    env = clean_env(DATABASE_URL=url, AUTOPACK_MAINTENANCE_INTERVAL_SECONDS="0.2")
+    server = Server(env, cwd=workdir)
+    try:
+        server.wait_healthy()
+        database = open_database(resolve_database_url(url), role="test", log=False)
+        with ApiClient(server.url) as client:
+            yield Plane(server, client, database)
+        database.close()
+        log = server.output()
+    finally:
+        server.stop()
+        if cleanup:
+            drop_pg_database(cleanup, url)
+    assert "Traceback" not in log, log
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def error_body(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code < 500, response.text
+    body: dict[str, Any] = response.json()
+    assert isinstance(body.get("error"), str) and isinstance(body.get("detail"), str), body
+    return body
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+def test_create_read_and_list_runs(plane: Plane) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    response = httpx.post(f"{plane.url}/runs", json=definition(run_id, [("T1", ["a", "b"])]))
+    assert response.status_code == 201
+    created = response.json()
+    assert created["state"] == "QUEUED" and created["counts"] == {"QUEUED": 2}
+    assert created["created_at"].endswith("Z")
+    assert plane.client.get_run(run_id) == created
+    listed = plane.client.list_runs(state="QUEUED", limit=1000)
+    assert run_id in [item["run_id"] for item in listed["items"]]
+    assert listed["limit"] == 1000 and listed["total"] >= 1
+    with pytest.raises(Conflict, match=f"run '{run_id}' already exists"):
+        plane.client.create_run(definition(run_id))
+
+
+def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:
+    instance_id = plane.server.wait_healthy()["database"]["instance_id"]
+    response = httpx.get(f"{plane.url}/runs/telemetry-collection-v4")
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"] == "NotFound"
+    assert body["run_id"] == "telemetry-collection-v4"
+    assert body["database_instance_id"] == instance_id
+    assert "telemetry-collection-v4" in body["detail"] and instance_id in body["detail"]
+
+
+def test_schema_endpoint_serves_the_run_definition_schema(plane: Plane) -> None:
+    schema = httpx.get(f"{plane.url}/schemas/run").json()
+    assert schema["title"] == "RunDefinition"
+    assert {"run_id", "tiers", "budgets", "policy"} <= set(schema["properties"])
+    paths = httpx.get(f"{plane.url}/openapi.json").json()["paths"]
+    assert {"/runs", "/claims", "/approvals", "/runs/{run_id}/phases/{phase_id}/result"} <= set(
+        paths
+    )
+
+
+# -- bad input: 4xx with a useful message, never 500 ------------------------------------------
+
+RUN_OK = definition("bad-input-run", [("T1", ["a"])])
+PHASE = "/runs/bad-input-run/phases/a"
+
+
+def _phase(**fields: Any) -> dict[str, Any]:
+    data = definition("r-bad", [("T1", ["a"])])
+    data["tiers"][0]["phases"][0].update(fields)
+    return data
+
+
+BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
+    ("POST", "/runs", _phase(max_attempts="three"), 422, "max_attempts"),
+    ("POST", "/runs", _phase(complexity=["x"]), 422, "complexity"),
+    (
+        "POST",
+        "/runs",
+        {"run_id": "r-bad", "tiers": [{"name": "t", "phases": [{"phase_id": "a", "name": "a"}]}]},
+        422,
+        "tiers[0].tier_id: Field required",
+    ),
+    (
+        "POST",
+        "/runs",
+        definition("r-bad", [("T1", ["a", "a"])]),
+        422,
+        "duplicate phase_id 'a'",
+    ),
+    ("POST", "/runs", _phase(scope={"deliverables": ["../x.py"]}), 422, "'../x.py'"),
+    ("POST", "/runs", b"{not json", 422, "not valid JSON"),
+    ("POST", "/runs", b"", 422, "body"),
+    ("POST", "/runs", [1, 2], 422, "body"),
+    ("POST", "/runs", {"run_id": "x y", "tiers": []}, 422, "run_id"),
+    ("GET", "/runs/no-such-run", None, 404, "no-such-run"),
+    ("POST", "/runs/no-such-run/cancel", None, 404, "no-such-run"),
+    ("GET", "/runs/bad-input-run/phases/zz", None, 404, "phase 'zz'"),
+    ("GET", "/runs?limit=0", None, 422, "limit"),
+    ("GET", "/runs?limit=many", None, 422, "limit"),
+    ("GET", "/runs?state=NOPE", None, 422, "state must be one of"),
+    ("POST", "/claims", {}, 422, "worker_id: Field required"),
+    ("POST", "/claims", {"worker_id": "w", "lease_seconds": 1}, 422, "lease_seconds"),
+    ("POST", "/claims", {"worker_id": "w", "lease_seconds": "abc"}, 422, "lease_seconds"),
+    ("POST", "/claims", {"worker_id": "w", "phase_id": "a"}, 422, "needs its run_id"),
+    ("POST", "/claims", {"worker_id": "w", "run_id": "no-such-run"}, 404, "no-such-run"),
+    ("POST", f"{PHASE}/heartbeat", {}, 422, "lease_token"),
+    ("POST", f"{PHASE}/heartbeat", {"lease_token": "t", "state": "DONE"}, 422, "state"),
+    ("POST", f"{PHASE}/heartbeat", {"lease_token": "t"}, 409, "never issued"),
+    ("POST", f"{PHASE}/usage", {"lease_token": "t", "tokens": -1}, 422, "tokens"),
+    ("POST", f"{PHASE}/result", {"lease_token": "t", "outcome": "MAYBE"}, 422, "outcome"),
+    (
+        "POST",
+        f"{PHASE}/result",
+        {"lease_token": "t", "outcome": "COMPLETE", "stop_reason": "x" * 81},
+        422,
+        "stop_reason",
+    ),
+    (
+        "POST",
+        f"{PHASE}/result",
+        {"lease_token": "t", "outcome": "COMPLETE", "stop_reason": "d"},
+        409,
+        "LeaseLost",
+    ),
+    ("POST", f"{PHASE}/approvals", {"lease_token": "t"}, 422, "reason"),
+    ("POST", f"{PHASE}/requeue", {"reason": 5}, 422, "reason"),
+    ("POST", "/approvals/abc/approve", {"responder": "x"}, 422, "approval_id"),
+    ("POST", "/approvals/999999/approve", {"responder": "x"}, 404, "approval 999999"),
+    ("POST", "/approvals/1/reject", {}, 422, "responder"),
+    ("GET", "/approvals?status=weird", None, 422, "status"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "words"),
+    BAD_REQUESTS,
+    ids=[f"{m} {p} {s} {w}"[:70] for m, p, _, s, w in BAD_REQUESTS],
+)
+def test_bad_input_gets_4xx_with_a_useful_message(
+    plane: Plane, method: str, path: str, body: Any, status: int, words: str
+) -> None:
+    with contextlib.suppress(Conflict):
+        plane.client.create_run(RUN_OK)
+    kwargs: dict[str, Any] = {}
+    if isinstance(body, bytes):
+        kwargs = {"content": body, "headers": {"content-type": "application/json"}}
+    elif body is not None:
+        kwargs = {"json": body}
+    response = httpx.request(method, f"{plane.url}{path}", **kwargs)
+    assert response.status_code == status, response.text
+    body_json = error_body(response)
+    assert words in body_json["detail"] or words == body_json["error"], body_json
+
+
+# -- the worker's calls ------------------------------------------------------------------------
+
+
+def test_claim_heartbeat_usage_result_round_trip(plane: Plane) -> None:
+    run_id = plane.run([("T1", ["a", {"phase_id": "b", "depends_on": ["a"]}])])
+    client = plane.client
+    claimed = client.claim("w1", 30, run_id=run_id)
+    assert claimed is not None and claimed["phase_id"] == "a"
+    assert claimed["lease_expires_at"].endswith("Z") and claimed["history"] == []
+    assert client.claim("w1", 30, run_id=run_id) is None, "b waits for a: 204"
+    token = claimed["lease_token"]
+    beat = client.heartbeat(run_id, "a", token, lease_seconds=60, state="CI_RUNNING")
+    assert beat["state"] == "CI_RUNNING"
+    usage = client.report_usage(run_id, "a", token, tokens=1234, cost_usd=0.02)
+    assert usage["run"]["tokens_used"] == 1234 and usage["run"]["budget_exhausted"] is False
+    body = {
+        "lease_token": token,
+        "outcome": "COMPLETE",
+        "stop_reason": "done",
+        "files_written": ["x/a.py"],
+        "check_results": [{"command": "true", "exit_code": 0}],
+        "audit_verdict": "approved",
+        "details": {"summary": "wrote a"},
+    }
+    headers = {"Idempotency-Key": f"{run_id}:a:1"}
+    answers = [
+        httpx.post(f"{plane.url}/runs/{run_id}/phases/a/result", json=body, headers=headers)
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert answers[0].json() == answers[1].json() == answers[2].json()
+    assert answers[0].json()["phase_state"] == "COMPLETE"
+    detail = client.get_phase(run_id, "a")
+    assert detail["attempt_count"] == 1 and len(detail["attempts"]) == 1
+    (attempt,) = detail["attempts"]
+    assert attempt["files_written"] == ["x/a.py"]
+    assert attempt["audit_verdict"] == {"verdict": "approved"}
+    assert attempt["tokens_used"] == 1234 and detail["tokens_used"] == 1234
+    assert client.get_run(run_id)["tokens_used"] == 1234
+    with pytest.raises(LeaseLost):
+        client.heartbeat(run_id, "a", token, lease_seconds=30)
+
+
+def test_zombie_result_after_reclaim_is_refused_and_changes_nothing(plane: Plane) -> None:
+    run_id = plane.run()
+    zombie = plane.client.claim("w1", 5, run_id=run_id)
+    assert zombie is not None
+    expire_lease(plane.db, run_id, "a")
+    fresh = wait_for(lambda: plane.client.claim("w2", 30, run_id=run_id))
+    assert fresh["attempt"] == 2
+    before = snapshot(plane.db, run_id)
+    response = httpx.post(
+        f"{plane.url}/runs/{run_id}/phases/a/result",
+        json={"lease_token": zombie["lease_token"], "outcome": "COMPLETE", "stop_reason": "done"},
+        headers={"Idempotency-Key": f"{run_id}:a:1"},
+    )
+    assert response.status_code == 409
+    assert response.json()["error"] == "LeaseLost"
+    assert "ended as LOST (lease_expired)" in response.json()["detail"]
+    assert snapshot(plane.db, run_id) == before
+    outcomes = [a["outcome"] for a in plane.client.get_phase(run_id, "a")["attempts"]]
+    assert outcomes == ["LOST", "EXECUTING"]
+
+
+def test_cancel_revokes_the_lease_of_a_running_phase(plane: Plane) -> None:
+    run_id = plane.run([("T1", ["a", "b"])])
+    claimed = plane.client.claim("w1", 30, run_id=run_id)
+    assert claimed is not None
+    view = plane.client.cancel_run(run_id, "no longer needed")
+    assert view["state"] == "DONE_CANCELLED" and view["counts"] == {"SKIPPED": 2}
+    with pytest.raises(LeaseLost):
+        plane.client.heartbeat(run_id, "a", claimed["lease_token"], lease_seconds=30)
+    with pytest.raises(IllegalTransition):
+        plane.client.cancel_run(run_id)
+    assert plane.client.claim("w1", 30, run_id=run_id) is None
+
+
+def test_requeue_over_http(plane: Plane) -> None:
+    run_id = plane.run([("T1", [{"phase_id": "a", "max_attempts": 1}, "b"])])
+    client = plane.client
+    a = client.claim("w", 30, run_id=run_id)
+    b = client.claim("w", 30, run_id=run_id)
+    assert a is not None and b is not None
+    client.post_result(
+        run_id,
+        "a",
+        lease_token=a["lease_token"],
+        outcome="FAILED",
+        stop_reason="check_failed",
+        error="boom",
+    )
+    client.post_result(
+        run_id, "b", lease_token=b["lease_token"], outcome="COMPLETE", stop_reason="done"
+    )
+    assert client.get_run(run_id)["state"] == "DONE_FAILED_PHASES"
+    with pytest.raises(IllegalTransition, match="COMPLETE to QUEUED"):
+        client.requeue_phase(run_id, "b")
+    view = client.requeue_phase(run_id, "a", requested_by="ops", reason="flaky")
+    assert view["state"] == "QUEUED" and view["attempts_left"] == 1
+    assert client.get_run(run_id)["state"] == "RUNNING"
+    again = client.claim("w", 30, run_id=run_id, phase_id="a")
+    assert again is not None and again["attempt"] == 3
+    assert [h["outcome"] for h in again["history"]] == ["FAILED", "REQUEUED"]
+
+
+def test_budget_exhausted_at_claim_over_http(plane: Plane) -> None:
+    run_id = plane.run([("T1", ["a", "b"])], budgets={"cost_cap_usd": 0.1})
+    a = plane.client.claim("w", 30, run_id=run_id)
+    assert a is not None
+    usage = plane.client.report_usage(run_id, "a", a["lease_token"], tokens=10, cost_usd=0.2)
+    assert usage["run"]["budget_exhausted"] is True
+    assert "cost budget exhausted" in usage["run"]["reason"]
+    assert plane.client.claim("w", 30, run_id=run_id) is None
+    run = plane.client.get_run(run_id)
+    assert run["state"] == "DONE_FAILED_BUDGET_EXHAUSTED"
+    assert run["failure_reason"].startswith("cost budget exhausted")
+
+
+# -- approvals ---------------------------------------------------------------------------------
+
+
+def _waiting(plane: Plane, timeout_seconds: float | None = None, **kw: Any) -> tuple[str, int]:
+    run_id = plane.run(**kw)
+    claimed = plane.client.claim("w", 30, run_id=run_id)
+    assert claimed is not None
+    asked = plane.client.request_approval(
+        run_id,
+        "a",
+        lease_token=claimed["lease_token"],
+        reason="overwrite setup.py",
+        context={"paths": ["setup.py"]},
+        timeout_seconds=timeout_seconds,
+    )
+    assert asked["phase_state"] == "AWAITING_APPROVAL"
+    return run_id, asked["approval_id"]
+
+
+def test_approve_path(plane: Plane) -> None:
+    run_id, approval_id = _waiting(plane)
+    pending = plane.client.list_approvals(run_id=run_id)
+    assert [(a["id"], a["status"], a["context"]) for a in pending] == [
+        (approval_id, "pending", {"paths": ["setup.py"]})
+    ]
+    decided = plane.client.approve(approval_id, "alice", "ok")
+    assert decided["status"] == "approved" and decided["phase_state"] == "QUEUED"
+    claimed = plane.client.claim("w", 30, run_id=run_id)
+    assert claimed is not None
+    assert claimed["approved_change"]["approval_id"] == approval_id
+    assert claimed["approved_change"]["context"] == {"paths": ["setup.py"]}
+    with pytest.raises(Conflict):
+        plane.client.reject(approval_id, "bob")
+
+
+def test_reject_path(plane: Plane) -> None:
+    run_id, approval_id = _waiting(plane)
+    decided = plane.client.reject(approval_id, "bob", "no")
+    assert decided["status"] == "rejected" and decided["phase_state"] == "FAILED"
+    phase = plane.client.get_phase(run_id, "a")
+    assert phase["state"] == "FAILED" and phase["last_failure_reason"] == "approval_rejected: no"
+    assert phase["attempts"][0]["stop_reason"] == "approval_rejected"
+    assert plane.client.get_run(run_id)["state"] == "DONE_FAILED_PHASES"
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("fail", "FAILED"), ("requeue", "QUEUED")])
+def test_expiry_path_by_the_background_task(plane: Plane, policy: str, expected: str) -> None:
+    run_id, approval_id = _waiting(
+        plane, timeout_seconds=0.3, policy={"on_approval_timeout": policy}
+    )
+    expired = wait_for(
+        lambda: [a for a in plane.client.list_approvals("expired", run_id) if a["id"]]
+    )
+    assert expired[0]["id"] == approval_id and expired[0]["on_timeout"] == policy
+    assert plane.client.get_phase(run_id, "a")["state"] == expected
+
+
+# -- the background task survives its own errors ------------------------------------------------
+
+
+def test_maintenance_logs_a_failing_pass_and_keeps_going(database_url: str) -> None:
+    database = open_database(database_url, role="test", log=False)
+    try:
+
+        async def scenario() -> Maintenance:
+            maintenance = Maintenance(database, interval_seconds=0.05)
+            with database.engine.begin() as connection:
+                connection.execute(text("ALTER TABLE approval_requests RENAME TO parked"))
+            maintenance.start()
+            try:
+                while maintenance.failures < 2:
+                    await asyncio.sleep(0.02)
+                with database.engine.begin() as connection:
+                    connection.execute(text("ALTER TABLE parked RENAME TO approval_requests"))
+                while maintenance.passes < 2:
+                    await asyncio.sleep(0.02)
+            finally:
+                await maintenance.stop()
+            return maintenance
+
+        maintenance = asyncio.run(asyncio.wait_for(scenario(), 30))
+        assert maintenance.failures >= 2 and maintenance.passes >= 2
+    finally:
+        database.close()
+
+
+def test_not_found_and_invalid_errors_round_trip_through_the_client(plane: Plane) -> None:
+    with pytest.raises(NotFound) as missing:
+        plane.client.get_phase("no-such-run", "a")
+    assert missing.value.details["run_id"] == "no-such-run"
+    with pytest.raises(InvalidInput) as invalid:
+        plane.client.create_run({"run_id": "r", "tiers": [{"tier_id": "T1"}]})
+    assert {"field": "tiers[0](T1).name", "message": "Field required"} in invalid.value.details[
+        "errors"
+    ]
+
+
+def test_server_log_is_clean(plane: Plane, tmp_path: Path) -> None:
+    # keep last: nothing above made the server log a traceback (a 500 would)
+    assert "Traceback" not in plane.server.output()
+    assert "Exception" not in plane.server.output()
