@@ -1,0 +1,171 @@
+"""The control plane from the command line and the legacy script, as users type them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from autopack.config import resolve_database_url
+from autopack.db import open_database, runs, work
+from tests.cp_support import claim, create, definition
+from tests.support import Server, clean_env, cli, script
+
+TELEMETRY_PHASES = [
+    "telemetry-p1-string-util",
+    "telemetry-p2-number-util",
+    "telemetry-p3-list-util",
+    "telemetry-p4-date-util",
+    "telemetry-p5-dict-util",
+    "telemetry-p6-string-tests",
+    "telemetry-p7-number-tests",
+    "telemetry-p8-list-dict-tests",
+    "telemetry-p9-utils-docs",
+    "telemetry-p10-utils-package",
+]
+
+
+def test_legacy_script_then_a_server_on_the_same_url_shows_ten_queued_phases(
+    tmp_path: Path,
+) -> None:
+    env = clean_env(DATABASE_URL="sqlite:///autopack_telemetry_seed.db")
+    first = script("create_telemetry_collection_run.py", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "created run telemetry-collection-v4" in first.stdout
+    assert (tmp_path / "autopack_telemetry_seed.db").is_file()
+    with Server(env, cwd=tmp_path) as server:
+        response = httpx.get(f"{server.url}/runs/telemetry-collection-v4")
+    assert response.status_code == 200, response.text
+    run = response.json()
+    assert run["state"] == "QUEUED"
+    assert [tier["tier_id"] for tier in run["tiers"]] == ["T1"]
+    phases = run["tiers"][0]["phases"]
+    assert [p["phase_id"] for p in phases] == TELEMETRY_PHASES
+    assert {p["state"] for p in phases} == {"QUEUED"}
+    again = script("create_telemetry_collection_run.py", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "already exists" in again.stdout and "nothing to do" in again.stdout
+
+
+def test_legacy_script_on_either_backend_initialises_and_is_repeatable(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    for _ in range(2):
+        result = script("create_telemetry_collection_run.py", "--json", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        run = json.loads(result.stdout)
+        assert run["run_id"] == "telemetry-collection-v4" and run["counts"] == {"QUEUED": 10}
+    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    try:
+        assert runs.list_runs(database)["total"] == 1
+    finally:
+        database.close()
+
+
+def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(definition("cli-run", [("T1", ["a", "b"])])))
+    created = cli("run", "create", str(run_file), cwd=tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    assert "created run cli-run: 1 tier(s), 2 phase(s), QUEUED" in created.stdout
+    duplicate = cli("run", "create", str(run_file), cwd=tmp_path, env=env)
+    assert duplicate.returncode == 1
+    assert "Conflict" in duplicate.stderr and "already exists" in duplicate.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(definition("bad", [("T1", [{"phase_id": "a", "max_attempts": "x"}])]))
+    )
+    refused = cli("run", "create", str(bad), cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert "tiers[0](T1).phases[0](a).max_attempts" in refused.stderr
+    assert "'x'" in refused.stderr
+
+    local = cli("run", "show", "cli-run", "--json", cwd=tmp_path, env=env)
+    assert local.returncode == 0, local.stderr
+    with Server(env, cwd=tmp_path) as server:
+        remote = cli(
+            "--api-url", server.url, "run", "show", "cli-run", "--json", cwd=tmp_path, env=env
+        )
+        over_http = httpx.get(f"{server.url}/runs/cli-run").json()
+        tree = cli("--api-url", server.url, "run", "show", "cli-run", cwd=tmp_path, env=env)
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(local.stdout) == json.loads(remote.stdout) == over_http
+    assert tree.returncode == 0
+    assert "cli-run" in tree.stdout and "T1" in tree.stdout and "a QUEUED" in tree.stdout
+
+
+def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    try:
+        create(database, tiers=[("T1", ["a", "b"])])
+        ids = []
+        for _ in range(2):
+            claimed = claim(database)
+            asked = work.request_approval(
+                database,
+                "r",
+                claimed["phase_id"],
+                lease_token=claimed["lease_token"],
+                reason=f"delete files of {claimed['phase_id']}",
+            )
+            ids.append(asked["approval_id"])
+        listed = cli("approvals", "list", "--json", cwd=tmp_path, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert [a["id"] for a in json.loads(listed.stdout)] == ids
+        approved = cli(
+            "approvals",
+            "approve",
+            str(ids[0]),
+            "--responder",
+            "alice",
+            "--note",
+            "fine",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert approved.returncode == 0, approved.stderr
+        assert f"approval {ids[0]} approved: phase r/a is QUEUED" in approved.stdout
+        with Server(env, cwd=tmp_path) as server:
+            rejected = cli(
+                "--api-url",
+                server.url,
+                "approvals",
+                "reject",
+                str(ids[1]),
+                "--responder",
+                "bob",
+                "--json",
+                cwd=tmp_path,
+                env=env,
+            )
+            late = cli(
+                "--api-url", server.url, "approvals", "approve", str(ids[1]), cwd=tmp_path, env=env
+            )
+        assert rejected.returncode == 0, rejected.stderr
+        decided = json.loads(rejected.stdout)
+        assert (decided["status"], decided["responder"], decided["phase_state"]) == (
+            "rejected",
+            "bob",
+            "FAILED",
+        )
+        assert late.returncode == 1 and "cannot go from rejected" in late.stderr
+        phases = {p["phase_id"]: p for p in runs.get_run(database, "r")["tiers"][0]["phases"]}
+        assert (phases["a"]["state"], phases["b"]["state"]) == ("QUEUED", "FAILED")
+    finally:
+        database.close()
+
+
+@pytest.mark.parametrize("command", [["run", "show", "ghost"], ["run", "phase", "ghost", "a"]])
+def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL="sqlite:///here.db")
+    result = cli(*command, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "run 'ghost' not found in database" in result.stderr
+    assert str(tmp_path / "here.db") in result.stderr
