@@ -270,6 +270,17 @@ OPEN_IN_TIER = (
         PHASES.c.tier_index == bindparam("b_tier"),
     )
 )
+OPEN_PEER_SHARED = (
+    select(PHASES.c.id)
+    .where(
+        PHASES.c.run_id == bindparam("b_run"),
+        PHASES.c.state.in_(sorted(PHASE_OPEN)),
+        PHASES.c.tier_index == bindparam("b_tier"),
+        PHASES.c.id != bindparam("b_pk"),
+    )
+    .limit(1)
+    .with_for_update(read=True, key_share=True, skip_locked=True)
+)
 RUN_TIERS = select(TIERS.c.id, TIERS.c.tier_index, TIERS.c.state).where(
     TIERS.c.run_id == bindparam("b_run")
 )
@@ -561,16 +572,29 @@ def _phase_states(tx: Tx, run_id: str) -> dict[int, list[str]]:
     return by_tier
 
 
-def settle_run(tx: Tx, run_id: str, *, tier_index: int | None = None) -> str:
+def settle_run(tx: Tx, run_id: str, *, finished: Row | None = None) -> str:
     """Lock the run, re-derive tier states, end the run if no phase is open. Its state.
 
-    ``tier_index``: only that tier's phases changed (one result, no cascade). While the
-    tier still has open phases neither it nor the run can change state, which one indexed
-    count proves; the full re-derivation runs only when it might.
+    ``finished``: the one phase that just became terminal (a result, no cascade). While
+    its tier still has another open phase neither the tier nor the run can change state.
+    On PostgreSQL that other phase is share-locked (``FOR KEY SHARE SKIP LOCKED``), so it
+    cannot finish before this transaction commits, and whoever finishes it will see this
+    one done: the run row need not be locked at all, and results of one run do not queue
+    behind each other. Only when no such phase exists does the full, locked check run.
     """
+    if finished is not None and tx.pg:
+        params = {
+            "b_run": run_id,
+            "b_tier": finished["tier_index"],
+            "b_pk": finished["id"],
+        }
+        if tx.execute(OPEN_PEER_SHARED, params).first() is not None:
+            return str(get_run_row(tx, run_id)["state"])
     run = get_run_row(tx, run_id, lock=True)
-    if tier_index is not None and run["state"] == R.RUNNING:
-        still_open = tx.execute(OPEN_IN_TIER, {"b_run": run_id, "b_tier": tier_index}).scalar()
+    if finished is not None and run["state"] == R.RUNNING:
+        still_open = tx.execute(
+            OPEN_IN_TIER, {"b_run": run_id, "b_tier": finished["tier_index"]}
+        ).scalar()
         if still_open:
             return str(run["state"])
     by_tier = _phase_states(tx, run_id)
@@ -1215,7 +1239,7 @@ def _post_result(
         skip_blocked(tx, phase)
         run_state = settle_run(tx, run_id)
     elif target == P.COMPLETE:
-        run_state = settle_run(tx, run_id, tier_index=phase["tier_index"])
+        run_state = settle_run(tx, run_id, finished=phase)
     else:
         assert run is not None
         run_state = str(run["state"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
 from autopack.api.deps import DatabaseDep
 from autopack.api.schemas import ClaimIn, ClaimOut
@@ -18,10 +19,11 @@ router = APIRouter(tags=["claims"])
     response_model=ClaimOut,
     responses={204: {"description": "Nothing is claimable right now."}},
 )
-def claim(body: ClaimIn, database: DatabaseDep) -> Any:
+async def claim(body: ClaimIn, database: DatabaseDep) -> Any:
     """Claim in tier order, honouring depends_on, backoff and budgets; reclaims expired leases
     first. The answer carries the lease token every later call about this attempt needs."""
-    claimed = work.claim(
+    claimed = await run_in_threadpool(
+        work.claim,
         database,
         worker_id=body.worker_id,
         lease_seconds=body.lease_seconds,
