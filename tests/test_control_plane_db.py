@@ -674,3 +674,36 @@ def test_requeue_of_a_waiting_phase_cancels_its_approval(db: Database) -> None:
     with pytest.raises(IllegalTransition):
         work.decide_approval(db, asked["approval_id"], approve=True, responder="x")
     assert claim(db)["attempt"] == 3
+
+
+def test_last_phases_finishing_at_once_still_end_the_run(db: Database) -> None:
+    """Write skew guard: two results that complete the last two open phases concurrently
+    (each seeing the other still open when it starts) must not both miss the run's end."""
+    for round_ in range(12):
+        run_id = f"race{round_}"
+        create(db, run_id, tiers=[("T1", ["a", "b", "c"])])
+        held = [claim(db, run_id=run_id) for _ in range(3)]
+        finish(db, held[0])
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def post(
+            claimed: dict,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            try:
+                barrier.wait(timeout=10)
+                finish(db, claimed)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post, args=(c,)) for c in held[1:]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors
+        view = runs.get_run(db, run_id)
+        assert view["state"] == "DONE_SUCCESS", (round_, view["counts"])
+        assert [t["state"] for t in view["tiers"]] == ["COMPLETE"]

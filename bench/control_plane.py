@@ -1,0 +1,465 @@
+"""Control plane throughput: claim -> heartbeat -> result round trips per second.
+
+    .venv/bin/python -m bench.control_plane [--backends sqlite,postgresql] [--workers 1,4,16]
+        [--phases-per-worker 150] [--uvicorn-workers 1] [--pg-url URL] [--json FILE]
+
+For each backend a fresh database and a real ``uvicorn autopack.main:app`` server are
+started; for each worker count a run with ``workers * phases-per-worker`` phases (one
+tier, no dependencies) is drained by that many worker *processes* (each one
+``ApiClient``: claim with run_id, one heartbeat, result with an Idempotency-Key). Workers
+start together behind a barrier, so process start-up is not measured. Reported: completed
+phases per second (wall clock, first claim to last result) and p50/p99 latency of the
+claim call as the worker sees it (HTTP round trip included), plus heartbeat and result.
+
+Processes, not threads: on a 2-core machine client CPU competes with the server and the
+database, which is the honest situation for co-located executors; threads would hide
+the clients' cost behind the GIL of one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from sqlalchemy.engine import make_url
+
+from autopack.client import ApiClient
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _worker(
+    url: str, run_id: str, worker_id: str, go: Event, results: Any
+) -> None:  # pragma: no cover - runs in a child process
+    claims: list[float] = []
+    beats: list[float] = []
+    posts: list[float] = []
+    done = 0
+    with ApiClient(url) as client:
+        go.wait()
+        cpu_start = time.process_time()
+        while True:
+            start = time.perf_counter()
+            claim = client.claim(worker_id, 60, run_id=run_id)
+            claims.append(time.perf_counter() - start)
+            if claim is None:
+                break
+            phase_id, token = claim["phase_id"], claim["lease_token"]
+            start = time.perf_counter()
+            client.heartbeat(run_id, phase_id, token, lease_seconds=60)
+            beats.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            client.post_result(
+                run_id,
+                phase_id,
+                lease_token=token,
+                outcome="COMPLETE",
+                stop_reason="done",
+                idempotency_key=f"{run_id}:{phase_id}:{claim['attempt']}",
+            )
+            posts.append(time.perf_counter() - start)
+            done += 1
+        cpu = time.process_time() - cpu_start
+    results.put(
+        {
+            "done": done,
+            "claims": claims,
+            "beats": beats,
+            "posts": posts,
+            "end": time.time(),
+            "cpu": cpu,
+        }
+    )
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def _machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class _Server:
+    def __init__(self, database_url: str, workdir: Path, uvicorn_workers: int) -> None:
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
+        env.update(DATABASE_URL=database_url, PYTHONPATH=str(REPO / "src"))
+        env["AUTOPACK_LOG_LEVEL"] = "WARNING"
+        self.log = (workdir / f"uvicorn-{port}.log").open("w")
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "autopack.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+        if uvicorn_workers > 1:
+            command += ["--workers", str(uvicorn_workers)]
+        self.process = subprocess.Popen(
+            command, env=env, cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start: see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def measure(url: str, workers: int, phases: int, server_pids: list[int]) -> dict[str, Any]:
+    """Drain one fresh run of ``phases`` phases with ``workers`` processes."""
+    run_id = f"bench-{workers}w-{uuid.uuid4().hex[:6]}"
+    definition = {
+        "run_id": run_id,
+        "budgets": {"token_cap": None, "cost_cap_usd": None, "max_duration_minutes": None},
+        "tiers": [
+            {
+                "tier_id": "T1",
+                "name": "bench",
+                "phases": [{"phase_id": f"p{i:05d}", "name": f"p{i}"} for i in range(phases)],
+            }
+        ],
+    }
+    with ApiClient(url) as client:
+        client.create_run(definition)
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    results = context.Queue()
+    processes = [
+        context.Process(target=_worker, args=(url, run_id, f"w{i}", go, results))
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    time.sleep(1.0 + 0.1 * workers)  # let every worker import and connect
+    pg_pids = _postgres_pids()
+    server_cpu, machine_cpu = _process_cpu(server_pids), _machine_cpu()
+    pg_cpu = _process_cpu(pg_pids)
+    started = time.time()
+    go.set()
+    reports = [results.get(timeout=600) for _ in processes]
+    server_cpu = _process_cpu(server_pids) - server_cpu
+    pg_cpu = _process_cpu(pg_pids) - pg_cpu  # backends that exited meanwhile are missed
+    machine_cpu = _machine_cpu() - machine_cpu
+    for process in processes:
+        process.join(timeout=60)
+    wall = max(report["end"] for report in reports) - started
+    done = sum(report["done"] for report in reports)
+    claims = [x for report in reports for x in report["claims"]]
+    beats = [x for report in reports for x in report["beats"]]
+    posts = [x for report in reports for x in report["posts"]]
+    with ApiClient(url) as client:
+        run = client.get_run(run_id)
+    assert done == phases and run["state"] == "DONE_SUCCESS", (done, run["state"])
+    client_cpu = sum(report["cpu"] for report in reports)
+    return {
+        "workers": workers,
+        "phases": done,
+        "seconds": round(wall, 3),
+        "phases_per_second": round(done / wall, 1),
+        "claim_p50_ms": round(_percentile(claims, 0.50) * 1000, 2),
+        "claim_p99_ms": round(_percentile(claims, 0.99) * 1000, 2),
+        "claim_mean_ms": round(statistics.fmean(claims) * 1000, 2),
+        "heartbeat_p50_ms": round(_percentile(beats, 0.50) * 1000, 2),
+        "result_p50_ms": round(_percentile(posts, 0.50) * 1000, 2),
+        "result_p99_ms": round(_percentile(posts, 0.99) * 1000, 2),
+        "cpu_ms_per_phase": {
+            "server": round(server_cpu / done * 1000, 2),
+            "clients": round(client_cpu / done * 1000, 2),
+            "postgres": round(pg_cpu / done * 1000, 2),
+            "rest": round((machine_cpu - server_cpu - client_cpu - pg_cpu) / done * 1000, 2),
+            "machine_busy_pct": round(machine_cpu / wall / (os.cpu_count() or 1) * 100),
+        },
+    }
+
+
+def measure_db_layer(database_url: str, workers: int, phases: int) -> dict[str, Any]:
+    """The same loop without HTTP: threads calling ``autopack.db.work`` in this process.
+
+    Shows what the control plane's transactions cost by themselves (the ceiling an API
+    process could reach with free HTTP), next to the end-to-end numbers above.
+    """
+    import threading
+
+    from autopack.config import resolve_database_url
+    from autopack.db import open_database, runs, work
+    from autopack.rundef import parse_run_definition
+
+    database = open_database(resolve_database_url(database_url), role="bench", log=False)
+    run_id = f"db-{workers}w-{uuid.uuid4().hex[:6]}"
+    runs.create_run(
+        database,
+        parse_run_definition(
+            {
+                "run_id": run_id,
+                "tiers": [
+                    {
+                        "tier_id": "T1",
+                        "name": "bench",
+                        "phases": [{"phase_id": f"p{i:05d}", "name": "p"} for i in range(phases)],
+                    }
+                ],
+            }
+        ),
+    )
+    claims: list[float] = []
+    done = [0]
+    lock = threading.Lock()
+
+    def loop(worker: str) -> None:
+        while True:
+            start = time.perf_counter()
+            claim = work.claim(database, worker_id=worker, lease_seconds=60, run_id=run_id)
+            elapsed = time.perf_counter() - start
+            with lock:
+                claims.append(elapsed)
+            if claim is None:
+                return
+            phase_id, token = claim["phase_id"], claim["lease_token"]
+            work.heartbeat(database, run_id, phase_id, lease_token=token, lease_seconds=60)
+            work.post_result(
+                database,
+                run_id,
+                phase_id,
+                work.ResultIn(lease_token=token, outcome="COMPLETE", stop_reason="done"),
+                idempotency_key=f"{run_id}:{phase_id}:{claim['attempt']}",
+            )
+            with lock:
+                done[0] += 1
+
+    threads = [threading.Thread(target=loop, args=(f"w{i}",)) for i in range(workers)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    database.close()
+    assert done[0] == phases
+    return {
+        "workers": workers,
+        "phases": phases,
+        "phases_per_second": round(phases / wall, 1),
+        "claim_p50_ms": round(_percentile(claims, 0.50) * 1000, 2),
+        "claim_p99_ms": round(_percentile(claims, 0.99) * 1000, 2),
+    }
+
+
+def _pg_database(admin_url: str) -> tuple[str, str]:
+    name = f"autopack_bench_{uuid.uuid4().hex[:8]}"
+    conninfo = make_url(admin_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return make_url(admin_url).set(database=name).render_as_string(False), name
+
+
+def _drop_pg(admin_url: str, name: str) -> None:
+    conninfo = make_url(admin_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_backend(
+    backend: str,
+    workers: list[int],
+    per_worker: int,
+    uvicorn_workers: int,
+    pg_url: str,
+    *,
+    db_layer: bool = False,
+) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="autopack-bench-") as tmp:
+        workdir = Path(tmp)
+        pg_name = None
+        if backend == "sqlite":
+            url = f"sqlite:///{workdir / 'bench.db'}"
+        else:
+            url, pg_name = _pg_database(pg_url)
+        server = _Server(url, workdir, uvicorn_workers)
+        try:
+            if db_layer:
+                for count in workers:
+                    row = measure_db_layer(url, count, count * per_worker)
+                    row.update(backend=backend, layer="db")
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            for count in workers:
+                pids = [server.process.pid, *_children(server.process.pid)]
+                row = measure(server.url, count, count * per_worker, pids)
+                row.update(backend=backend, uvicorn_workers=uvicorn_workers)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            server.stop()
+            if pg_name:
+                _drop_pg(pg_url, pg_name)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| backend | server procs | workers | phases | phases/s | claim p50 ms | "
+        "claim p99 ms | heartbeat p50 ms | result p50 ms | result p99 ms | "
+        "CPU ms/phase: server / clients / postgres / rest | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("layer") == "db":
+            continue
+        cpu = r["cpu_ms_per_phase"]
+        lines.append(
+            f"| {r['backend']} | {r['uvicorn_workers']} | {r['workers']} | {r['phases']} | "
+            f"{r['phases_per_second']} | {r['claim_p50_ms']} | {r['claim_p99_ms']} | "
+            f"{r['heartbeat_p50_ms']} | {r['result_p50_ms']} | {r['result_p99_ms']} | "
+            f"{cpu['server']} / {cpu['clients']} / {cpu['postgres']} / {cpu['rest']} | "
+            f"{cpu['machine_busy_pct']}% |"
+        )
+    db_rows = [r for r in rows if r.get("layer") == "db"]
+    if db_rows:
+        lines += [
+            "",
+            "Database layer alone (threads in one process calling autopack.db.work, no HTTP):",
+            "",
+            "| backend | threads | phases | phases/s | claim p50 ms | claim p99 ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['backend']} | {r['workers']} | {r['phases']} | {r['phases_per_second']} | "
+            f"{r['claim_p50_ms']} | {r['claim_p99_ms']} |"
+            for r in db_rows
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--workers", default="1,4,16")
+    parser.add_argument("--phases-per-worker", type=int, default=150)
+    parser.add_argument("--uvicorn-workers", default="1", help="comma list, e.g. 1,2")
+    parser.add_argument("--pg-url", default=DEFAULT_PG)
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--db-layer", action="store_true", help="also measure the db layer without HTTP"
+    )
+    args = parser.parse_args(argv)
+    workers = [int(x) for x in args.workers.split(",")]
+    print(
+        f"# {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        flush=True,
+    )
+    rows: list[dict[str, Any]] = []
+    for uvicorn_workers in (int(x) for x in args.uvicorn_workers.split(",")):
+        for backend in args.backends.split(","):
+            rows += run_backend(
+                backend,
+                workers,
+                args.phases_per_worker,
+                uvicorn_workers,
+                args.pg_url,
+                db_layer=args.db_layer and uvicorn_workers == 1,
+            )
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
