@@ -169,3 +169,39 @@ def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> N
     assert result.returncode == 1
     assert "run 'ghost' not found in database" in result.stderr
     assert str(tmp_path / "here.db") in result.stderr
+
+
+def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    try:
+        create(database, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}, "b"])])
+        claimed = claim(database)
+        work.post_result(
+            database,
+            "r",
+            "a",
+            work.ResultIn(
+                lease_token=claimed["lease_token"],
+                outcome="FAILED",
+                stop_reason="check_failed",
+                error="AssertionError: boom",
+            ),
+        )
+    finally:
+        database.close()
+    detail = cli("run", "phase", "r", "a", "--json", cwd=tmp_path, env=env)
+    assert detail.returncode == 0, detail.stderr
+    phase = json.loads(detail.stdout)
+    assert (phase["state"], phase["attempt_count"]) == ("FAILED", 1)
+    assert phase["attempts"][0]["error"] == "AssertionError: boom"
+    requeued = cli("run", "requeue", "r", "a", "--reason", "flaky", cwd=tmp_path, env=env)
+    assert requeued.returncode == 0, requeued.stderr
+    assert "r/a is QUEUED (1 attempts left)" in requeued.stdout
+    cancelled = cli("run", "cancel", "r", "--reason", "enough", cwd=tmp_path, env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "run r is DONE_CANCELLED" in cancelled.stdout
+    listed = cli("run", "list", "--state", "DONE_CANCELLED", "--json", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    (item,) = json.loads(listed.stdout)["items"]
+    assert (item["run_id"], item["failure_reason"]) == ("r", "run cancelled: enough")
