@@ -424,11 +424,15 @@ _DEPENDENCY_CACHE_GUARD = threading.Lock()
 _DEPENDENCY_CACHE_SIZE = 512
 
 
-def depends_on(tx: Tx, run_id: str, phase_id: str | None = None) -> dict[str, list[str]]:
+def depends_on(
+    tx: Tx, run_id: str, phase_id: str | None = None, *, committed: bool = False
+) -> dict[str, list[str]]:
     """``{phase_id: [dependency, ...]}`` for one phase or for the whole run.
 
     A run's dependency edges never change after it is created, so they are cached per
-    (database instance, run): the claim path does not pay a query for them.
+    (database instance, run): the claim path does not pay a query for them. An empty
+    answer is remembered only when the caller knows the run is ``committed`` (a claim
+    found its phase); otherwise it may be a run not created yet.
     """
     key = (tx.identity.instance_id, run_id)
     with _DEPENDENCY_CACHE_GUARD:
@@ -439,7 +443,7 @@ def depends_on(tx: Tx, run_id: str, phase_id: str | None = None) -> dict[str, li
         graph = {}
         for row in tx.rows(RUN_DEPENDENCIES, {"b_run": run_id}):
             graph.setdefault(row["phase_id"], []).append(row["depends_on"])
-        if graph:  # an empty graph may be a run not created yet: do not remember it
+        if graph or committed:
             with _DEPENDENCY_CACHE_GUARD:
                 _DEPENDENCY_CACHE[key] = graph
                 while len(_DEPENDENCY_CACHE) > _DEPENDENCY_CACHE_SIZE:
@@ -909,7 +913,8 @@ def _start_attempt(
         "lease_expires_at": expires,
         "lease_seconds": lease_seconds,
         "phase": views.phase_view(
-            updated, depends_on(tx, phase["run_id"], phase["phase_id"])[phase["phase_id"]]
+            updated,
+            depends_on(tx, phase["run_id"], phase["phase_id"], committed=True)[phase["phase_id"]],
         ),
         "history": history,
         "run": {**views.run_brief(run), "state": run_state},
