@@ -21,8 +21,8 @@ test: $(STAMP)  ## the whole test suite, SQLite and PostgreSQL
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts bench
-	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/ruff check src tests scripts bench tools
+	$(BIN)/ruff format --check src tests scripts bench tools
 	$(BIN)/mypy
 
 bench: $(STAMP)

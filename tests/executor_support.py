@@ -61,11 +61,15 @@ def phase(
 
 def files(**contents: str) -> str:
     """A Builder answer writing ``pkg/<name>`` files: ``files(a_py="x = 1")``."""
-    return json.dumps({
-        "files": [{"path": f"pkg/{name.replace('_py', '.py')}", "content": body}
-                  for name, body in contents.items()],
-        "summary": "wrote files",
-    })
+    return json.dumps(
+        {
+            "files": [
+                {"path": f"pkg/{name.replace('_py', '.py')}", "content": body}
+                for name, body in contents.items()
+            ],
+            "summary": "wrote files",
+        }
+    )
 
 
 def line(
@@ -133,7 +137,11 @@ def drain(
 def drain_process(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "autopack", "drain", *args],
-        cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -155,7 +163,8 @@ def attempts(database_url: str, phase_id: str, run_id: str = RUN_ID) -> list[dic
     found = rows(
         database_url,
         "SELECT * FROM phase_attempts WHERE run_id = :r AND phase_id = :p ORDER BY attempt",
-        r=run_id, p=phase_id,
+        r=run_id,
+        p=phase_id,
     )
     for row in found:
         for column in JSON_COLUMNS:
@@ -165,6 +174,10 @@ def attempts(database_url: str, phase_id: str, run_id: str = RUN_ID) -> list[dic
 
 
 def phase_row(database_url: str, phase_id: str, run_id: str = RUN_ID) -> dict[str, Any]:
-    [row] = rows(database_url, "SELECT * FROM phases WHERE run_id = :r AND phase_id = :p",
-                 r=run_id, p=phase_id)
+    [row] = rows(
+        database_url,
+        "SELECT * FROM phases WHERE run_id = :r AND phase_id = :p",
+        r=run_id,
+        p=phase_id,
+    )
     return row

@@ -33,10 +33,13 @@ def _phases(count: int) -> list[dict[str, object]]:
 
 
 def _tape(tmp_path: Path, count: int, latency_ms: float) -> Path:
-    return cassette(tmp_path, [
-        line(f"p{i}", 1, files(**{f"m{i}_py": f"VALUE = {i}\n"}), latency_ms=latency_ms)
-        for i in range(count)
-    ])
+    return cassette(
+        tmp_path,
+        [
+            line(f"p{i}", 1, files(**{f"m{i}_py": f"VALUE = {i}\n"}), latency_ms=latency_ms)
+            for i in range(count)
+        ],
+    )
 
 
 def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
@@ -53,15 +56,28 @@ def test_concurrency_really_overlaps_phases_and_never_exceeds_k(tmp_path: Path) 
     env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
     create_run(run_file(tmp_path, _phases(8)), env, tmp_path)
     result = drain(
-        "run", "--run-id", "exec-run", "--concurrency", "4", "--auditor", "rules",
-        "--cassette", str(_tape(tmp_path, 8, latency_ms=1200)),
-        "--workspace", str(tmp_path / "ws"), env=env, cwd=tmp_path,
+        "run",
+        "--run-id",
+        "exec-run",
+        "--concurrency",
+        "4",
+        "--auditor",
+        "rules",
+        "--cassette",
+        str(_tape(tmp_path, 8, latency_ms=1200)),
+        "--workspace",
+        str(tmp_path / "ws"),
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["run_state"] == "DONE_SUCCESS"
     spans = [
-        (datetime.fromisoformat(str(r["started_at"])), datetime.fromisoformat(str(r["finished_at"])))
+        (
+            datetime.fromisoformat(str(r["started_at"])),
+            datetime.fromisoformat(str(r["finished_at"])),
+        )
         for r in rows(url, "SELECT started_at, finished_at FROM phase_attempts")
     ]
     assert len(spans) == 8
@@ -84,9 +100,17 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
     env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
     create_run(run_file(tmp_path, _phases(2)), env, tmp_path)
     process = drain_process(
-        "run", "--run-id", "exec-run", "--auditor", "rules",
-        "--cassette", str(_tape(tmp_path, 2, latency_ms=60_000)),
-        "--workspace", str(tmp_path / "ws"), env=env, cwd=tmp_path,
+        "run",
+        "--run-id",
+        "exec-run",
+        "--auditor",
+        "rules",
+        "--cassette",
+        str(_tape(tmp_path, 2, latency_ms=60_000)),
+        "--workspace",
+        str(tmp_path / "ws"),
+        env=env,
+        cwd=tmp_path,
     )
     seen: list[str] = []
     server = _spawned_pid(process, seen)

@@ -41,9 +41,20 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def _drain_phase(tmp_path: Path, env: dict[str, str], tape: Path, *extra: str) -> dict[str, object]:
     result = drain(
-        "phase", "--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape),
-        "--auditor", "rules", "--workspace", str(tmp_path / "ws"), *extra,
-        env=env, cwd=tmp_path,
+        "phase",
+        "--run-id",
+        "exec-run",
+        "--phase-id",
+        "p1",
+        "--cassette",
+        str(tape),
+        "--auditor",
+        "rules",
+        "--workspace",
+        str(tmp_path / "ws"),
+        *extra,
+        env=env,
+        cwd=tmp_path,
     )
     summary: dict[str, object] = json.loads(result.stdout) if result.stdout else {}
     summary["exit_code"] = result.returncode
@@ -59,20 +70,25 @@ def _setup(tmp_path: Path, url: str, **phase_kwargs: object) -> dict[str, str]:
 
 def test_empty_files_is_corrected_by_a_retry(tmp_path: Path, sqlite_url: str) -> None:
     env = _setup(tmp_path, sqlite_url, checks=[CHECK])
-    tape = cassette(tmp_path, [line("p1", 1, '{"files": [], "summary": "done"}'),
-                               line("p1", 2, GOOD)])
+    tape = cassette(
+        tmp_path, [line("p1", 1, '{"files": [], "summary": "done"}'), line("p1", 2, GOOD)]
+    )
     summary = _drain_phase(tmp_path, env, tape)
     assert summary["exit_code"] == 0, summary["stderr"]
     history = attempts(sqlite_url, "p1")
     assert [(a["outcome"], a["stop_reason"]) for a in history] == [
-        ("FAILED", "empty_files"), ("COMPLETE", "completed")
+        ("FAILED", "empty_files"),
+        ("COMPLETE", "completed"),
     ]
     assert "empty" in history[0]["feedback"]
     assert (tmp_path / "ws/pkg/mod.py").read_text().endswith("return 42\n")
     usage = rows(sqlite_url, "SELECT attempt, success FROM llm_usage_events ORDER BY id")
     assert usage == [{"attempt": 1, "success": True}, {"attempt": 2, "success": True}]
-    parses = rows(sqlite_url, "SELECT attempt, parse_success, phase_outcome FROM "
-                  "token_estimation_v2_events ORDER BY attempt")
+    parses = rows(
+        sqlite_url,
+        "SELECT attempt, parse_success, phase_outcome FROM "
+        "token_estimation_v2_events ORDER BY attempt",
+    )
     assert [(p["attempt"], bool(p["parse_success"])) for p in parses] == [(1, False), (2, True)]
 
 
@@ -80,10 +96,14 @@ def test_path_traversal_is_rejected_and_nothing_is_written_outside(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     env = _setup(tmp_path, sqlite_url)
-    evil = json.dumps({"files": [
-        {"path": "pkg/mod.py", "content": "x = 1\n"},
-        {"path": "pkg/../../escaped.py", "content": "owned = True\n"},
-    ]})
+    evil = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/mod.py", "content": "x = 1\n"},
+                {"path": "pkg/../../escaped.py", "content": "owned = True\n"},
+            ]
+        }
+    )
     tape = cassette(tmp_path, [line("p1", 1, evil), line("p1", 2, GOOD)])
     summary = _drain_phase(tmp_path, env, tape)
     assert summary["exit_code"] == 0, summary["stderr"]
@@ -95,11 +115,19 @@ def test_path_traversal_is_rejected_and_nothing_is_written_outside(
 
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:
     env = _setup(tmp_path, sqlite_url)
-    tape = cassette(tmp_path, [
-        line("p1", 1, '{"files": [{"path": "pkg/mod.py", "content": "def ans', stop_reason=
-             "max_tokens", output_tokens=4000),
-        line("p1", 2, GOOD),
-    ])
+    tape = cassette(
+        tmp_path,
+        [
+            line(
+                "p1",
+                1,
+                '{"files": [{"path": "pkg/mod.py", "content": "def ans',
+                stop_reason="max_tokens",
+                output_tokens=4000,
+            ),
+            line("p1", 2, GOOD),
+        ],
+    )
     summary = _drain_phase(tmp_path, env, tape, "--escalation-factor", "2")
     assert summary["exit_code"] == 0, summary["stderr"]
     first, second = attempts(sqlite_url, "p1")
@@ -107,7 +135,10 @@ def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_ur
     assert second["max_tokens"] == math.ceil(first["max_tokens"] * 2)
     [escalation] = rows(sqlite_url, "SELECT * FROM token_budget_escalation_events")
     assert (escalation["attempt"], escalation["old_budget"], escalation["new_budget"]) == (
-        2, first["max_tokens"], second["max_tokens"])
+        2,
+        first["max_tokens"],
+        second["max_tokens"],
+    )
     [truncated] = rows(sqlite_url, "SELECT * FROM token_estimation_v2_events WHERE attempt = 1")
     assert truncated["truncated"] and not truncated["success"]
     assert truncated["smape_percent"] is None  # a lower bound is never scored as exact
@@ -130,15 +161,16 @@ def test_exhausted_attempts_fail_the_phase_with_the_last_reason(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     env = _setup(tmp_path, sqlite_url, max_attempts=2)
-    tape = cassette(tmp_path, [line("p1", 1, "not json at all"),
-                               line("p1", 2, '{"files": []}')])
+    tape = cassette(tmp_path, [line("p1", 1, "not json at all"), line("p1", 2, '{"files": []}')])
     summary = _drain_phase(tmp_path, env, tape)
     assert summary["exit_code"] == 1
     assert summary["phase_states"] == {"p1": "FAILED"}
     row = phase_row(sqlite_url, "p1")
     assert row["state"] == "FAILED" and "empty_files" in row["last_failure_reason"]
     assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == [
-        "malformed_output", "empty_files"]
+        "malformed_output",
+        "empty_files",
+    ]
     assert not (tmp_path / "ws/pkg/mod.py").exists()
 
 
@@ -159,9 +191,21 @@ def test_lost_lease_mid_phase_stops_and_writes_nothing(tmp_path: Path, sqlite_ur
     env = _setup(tmp_path, sqlite_url, checks=[slow_check])
     tape = cassette(tmp_path, [line("p1", 1, GOOD)])
     process = drain_process(
-        "phase", "--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape),
-        "--auditor", "rules", "--workspace", str(tmp_path / "ws"), "--lease-seconds", "5",
-        env=env, cwd=tmp_path,
+        "phase",
+        "--run-id",
+        "exec-run",
+        "--phase-id",
+        "p1",
+        "--cassette",
+        str(tape),
+        "--auditor",
+        "rules",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--lease-seconds",
+        "5",
+        env=env,
+        cwd=tmp_path,
     )
     deadline = time.monotonic() + 60
     while phase_row(sqlite_url, "p1")["state"] != "CI_RUNNING":
@@ -183,9 +227,19 @@ def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite
     answer = files(mod_py="x = 1\n", keep_py="KEEP = 2\n")
     tape = cassette(tmp_path, [line("p1", 1, answer)])
     waiting = drain_process(
-        "phase", "--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape),
-        "--auditor", "rules", "--workspace", str(tmp_path / "ws"),
-        env=env, cwd=tmp_path,
+        "phase",
+        "--run-id",
+        "exec-run",
+        "--phase-id",
+        "p1",
+        "--cassette",
+        str(tape),
+        "--auditor",
+        "rules",
+        "--workspace",
+        str(tmp_path / "ws"),
+        env=env,
+        cwd=tmp_path,
     )
     deadline = time.monotonic() + 60
     while phase_row(sqlite_url, "p1")["state"] != "AWAITING_APPROVAL":
@@ -194,8 +248,9 @@ def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite
     assert (tmp_path / "ws/pkg/keep.py").read_text() == "KEEP = 1\n"  # nothing applied yet
     [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)
     assert "overwrite existing non-deliverable pkg/keep.py" in approval["reason"]
-    decided = cli("approvals", "approve", str(approval["id"]), "--responder", "alice",
-                  cwd=tmp_path, env=env)
+    decided = cli(
+        "approvals", "approve", str(approval["id"]), "--responder", "alice", cwd=tmp_path, env=env
+    )
     assert decided.returncode == 0, decided.stderr
     _, stderr = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor_support import phase_row, rows
-from tests.support import Server, cli, clean_env, free_port, script
+from tests.support import Server, clean_env, cli, free_port, script
 
 RUN = "telemetry-collection-v4"
 
@@ -50,8 +50,13 @@ def test_legacy_commands_drain_the_phase_in_the_right_database(
     assert created.returncode == 0, created.stderr
 
     drained = script(
-        "drain_one_phase.py", "--run-id", RUN, "--phase-id", "telemetry-p1-string-util",
-        cwd=cwd, env=env,
+        "drain_one_phase.py",
+        "--run-id",
+        RUN,
+        "--phase-id",
+        "telemetry-p1-string-util",
+        cwd=cwd,
+        env=env,
     )
     assert drained.returncode == 0, drained.stderr
     assert "api_server_ignored" in drained.stderr and stale.url in drained.stderr
@@ -72,14 +77,26 @@ def test_pointing_at_the_stale_server_is_refused_and_nothing_runs(
     env = _legacy_env(stale)
     assert script("create_telemetry_collection_run.py", cwd=cwd, env=env).returncode == 0
     refused = script(
-        "drain_one_phase.py", "--run-id", RUN, "--phase-id", "telemetry-p2-number-util",
-        "--api-url", stale.url, cwd=cwd, env=env,
+        "drain_one_phase.py",
+        "--run-id",
+        RUN,
+        "--phase-id",
+        "telemetry-p2-number-util",
+        "--api-url",
+        stale.url,
+        cwd=cwd,
+        env=env,
     )
     assert refused.returncode == 2
     stale_id = stale.wait_healthy()["database"]["instance_id"]
     ours = json.loads(cli("db", "identity", "--json", cwd=cwd, env=env).stdout)
-    for needle in (stale_id, ours["instance_id"], "autopack_telemetry_seed.db",
-                   f"{cwd}/autopack.db", stale.url):
+    for needle in (
+        stale_id,
+        ours["instance_id"],
+        "autopack_telemetry_seed.db",
+        f"{cwd}/autopack.db",
+        stale.url,
+    ):
         assert needle in refused.stderr, needle
     assert "404" not in refused.stderr
     seed = f"sqlite:///{cwd / 'autopack_telemetry_seed.db'}"

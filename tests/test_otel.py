@@ -22,14 +22,22 @@ from tests.executor_support import cassette, line
 
 
 def _request(phase_id: str) -> LLMRequest:
-    return LLMRequest(role="builder", model="claude-sonnet-5-5", system="s",
-                      messages=(Message("user", "u"),), max_tokens=2048, run_id="exec-run",
-                      phase_id=phase_id, attempt=1)
+    return LLMRequest(
+        role="builder",
+        model="claude-sonnet-5-5",
+        system="s",
+        messages=(Message("user", "u"),),
+        max_tokens=2048,
+        run_id="exec-run",
+        phase_id=phase_id,
+        attempt=1,
+    )
 
 
 @pytest.fixture
-def instrumented(tmp_path: Path) -> tuple[InstrumentedProvider, InMemorySpanExporter,
-                                          InMemoryMetricReader]:
+def instrumented(
+    tmp_path: Path,
+) -> tuple[InstrumentedProvider, InMemorySpanExporter, InMemoryMetricReader]:
     spans = InMemorySpanExporter()
     tracers = TracerProvider()
     tracers.add_span_processor(SimpleSpanProcessor(spans))
@@ -64,8 +72,7 @@ def test_a_call_is_a_span_with_genai_attributes_and_metrics(instrumented: Any) -
     assert attributes["gen_ai.usage.output_tokens"] == 7
     assert attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
     points = _points(reader)
-    tokens = {p.attributes["gen_ai.token.type"]: p.sum
-              for p in points["gen_ai.client.token.usage"]}
+    tokens = {p.attributes["gen_ai.token.type"]: p.sum for p in points["gen_ai.client.token.usage"]}
     assert tokens == {"input": 500, "output": 7}
     assert [p.count for p in points["gen_ai.client.operation.duration"]] == [1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autopack.config import child_env, load_settings
-from tests.support import cli, clean_env, free_port, script
+from tests.support import clean_env, cli, free_port, script
 
 RUN = "telemetry-collection-v4"
 SEED = "sqlite:///autopack_telemetry_seed.db"
@@ -21,14 +21,16 @@ def _env(**extra: str) -> dict[str, str]:
 def _probe(tmp_path: Path, phase: str, env: dict[str, str]) -> tuple[int, str, str]:
     created = script("create_telemetry_collection_run.py", cwd=tmp_path, env=env)
     assert created.returncode == 0, created.stderr
-    result = script("probe_telemetry_phase.py", "--run-id", RUN, "--phase-id", phase,
-                    cwd=tmp_path, env=env)
+    result = script(
+        "probe_telemetry_phase.py", "--run-id", RUN, "--phase-id", phase, cwd=tmp_path, env=env
+    )
     return result.returncode, result.stdout, result.stderr
 
 
 def test_probe_passes_on_the_bundled_offline_run(tmp_path: Path) -> None:
-    code, stdout, stderr = _probe(tmp_path, "telemetry-p1-string-util",
-                                  _env(TELEMETRY_DB_ENABLED="1"))
+    code, stdout, stderr = _probe(
+        tmp_path, "telemetry-p1-string-util", _env(TELEMETRY_DB_ENABLED="1")
+    )
     assert code == 0, stdout + stderr
     assert f"{tmp_path}/autopack_telemetry_seed.db" in stderr  # the database it used, first
     assert "llm_usage_events: 0 → 2 (+2)" in stdout  # builder + auditor
@@ -37,7 +39,7 @@ def test_probe_passes_on_the_bundled_offline_run(tmp_path: Path) -> None:
 
 
 def test_probe_fails_and_says_why_when_telemetry_is_off(tmp_path: Path) -> None:
-    code, stdout, stderr = _probe(tmp_path, "telemetry-p1-string-util", _env())
+    code, _stdout, stderr = _probe(tmp_path, "telemetry-p1-string-util", _env())
     assert code == 1
     assert "llm_usage_events: 0 → 0 (+0)" in stderr
     assert "because TELEMETRY_DB_ENABLED is not set" in stderr

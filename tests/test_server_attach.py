@@ -73,7 +73,9 @@ def test_spawned_server_uses_our_database_despite_a_dotenv_and_relative_path(
         report = _first_line(holder)
         assert report["origin"] == "spawned"
         health = httpx.get(f"{report['url']}/health", timeout=5).json()
-        assert health["database"]["public_url"] == f"sqlite:///{tmp_path}/autopack_telemetry_seed.db"
+        assert (
+            health["database"]["public_url"] == f"sqlite:///{tmp_path}/autopack_telemetry_seed.db"
+        )
         assert not (tmp_path / "autopack.db").exists()
     finally:
         holder.terminate()

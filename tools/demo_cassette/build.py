@@ -35,7 +35,7 @@ from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.features import extract_features
 from autopack.llm.pricing import load_price_table
 from autopack.llm.registry import DEFAULT_MODELS
-from autopack.rundef import load_run_file
+from autopack.rundef import PhaseDefinition, load_run_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -52,8 +52,10 @@ def tokens(text: str) -> int:
 
 
 def answer(paths: list[str], summary: str, contents: dict[str, str] | None = None) -> str:
-    files = [{"path": p, "content": (contents or {}).get(p) or (SOLUTIONS / p).read_text()}
-             for p in paths]
+    files = [
+        {"path": p, "content": (contents or {}).get(p) or (SOLUTIONS / p).read_text()}
+        for p in paths
+    ]
     return json.dumps({"files": files, "summary": summary}, indent=1)
 
 
@@ -66,8 +68,15 @@ class Recorder:
         self.system_tokens = tokens(BUILDER_SYSTEM)
 
     def add(
-        self, phase_id: str, attempt: int, role: str, prompt: str, text: str,
-        *, stop_reason: str = "end_turn", output_tokens: int | None = None,
+        self,
+        phase_id: str,
+        attempt: int,
+        role: str,
+        prompt: str,
+        text: str,
+        *,
+        stop_reason: str = "end_turn",
+        output_tokens: int | None = None,
     ) -> None:
         system = BUILDER_SYSTEM if role == "builder" else AUDITOR_SYSTEM
         total_in = tokens(system) + tokens(prompt)
@@ -82,24 +91,30 @@ class Recorder:
             "cache_read_input_tokens": 0 if first else cached,
         }
         n = len(self.lines) + 1
-        self.lines.append({
-            "match": {"run_id": self.run_id, "phase_id": phase_id, "attempt": attempt,
-                      "role": role},
-            "provider": "anthropic",
-            "model": MODEL,
-            "latency_ms": round(900 + 1000 * out / TOKENS_PER_SECOND + 37 * (n % 7), 1),
-            "request_id": f"req_demo_{n:03d}",
-            "response": {
-                "id": f"msg_demo_{n:03d}",
-                "type": "message",
-                "role": "assistant",
+        self.lines.append(
+            {
+                "match": {
+                    "run_id": self.run_id,
+                    "phase_id": phase_id,
+                    "attempt": attempt,
+                    "role": role,
+                },
+                "provider": "anthropic",
                 "model": MODEL,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": stop_reason,
-                "stop_sequence": None,
-                "usage": usage,
-            },
-        })
+                "latency_ms": round(900 + 1000 * out / TOKENS_PER_SECOND + 37 * (n % 7), 1),
+                "request_id": f"req_demo_{n:03d}",
+                "response": {
+                    "id": f"msg_demo_{n:03d}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": MODEL,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": stop_reason,
+                    "stop_sequence": None,
+                    "usage": usage,
+                },
+            }
+        )
 
 
 def _holidays() -> Iterator[str]:
@@ -112,67 +127,75 @@ def _holidays() -> Iterator[str]:
 
 def build() -> list[dict[str, Any]]:
     run = load_run_file(RUN_FILE)
-    estimator = TokenEstimator.load()
-    model_max = load_price_table().max_output_tokens(MODEL)
     recorder = Recorder(run.run_id)
-    phases = [phase for tier in run.tiers for phase in tier.phases]
     with tempfile.TemporaryDirectory() as scratch:
-        workspace = Path(scratch)
-        for phase in phases:
-            task = PhaseTask.from_json(phase.model_dump(mode="json"))
-            for context in task.scope.read_only_context:  # dependencies are complete by now
-                target = workspace / context
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text((SOLUTIONS / context).read_text())
-            deliverables = list(task.scope.deliverables)
-            final = answer(deliverables, f"Wrote {', '.join(deliverables)}.")
-            feedback: list[Feedback] = []
-            attempt = 1
-
-            def builder(text: str, **kwargs: Any) -> None:
-                prompt = builder_prompt(task, workspace, feedback)
-                recorder.add(phase.phase_id, attempt, "builder", prompt, text, **kwargs)
-
-            if phase.phase_id == "telemetry-p2-number-util":
-                builder(json.dumps({"files": [], "summary": "number_util.py is ready."}))
-                feedback.append(Feedback(1, "empty_files", "Your \"files\" array was empty."))
-                attempt = 2
-            elif phase.phase_id == "telemetry-p4-date-util":
-                budget = estimator.estimate(
-                    extract_features(task.task_category, task.complexity, deliverables, None),
-                    model_max_output=model_max,
-                ).budget
-                table = ",\n    ".join(f'"{d}"' for d in _holidays())
-                ramble = (SOLUTIONS / deliverables[0]).read_text() + (
-                    "\n\n# Public holidays, so add_business_days can skip them later.\n"
-                    f"HOLIDAYS: frozenset[str] = frozenset({{\n    {table}\n}})\n"
-                )
-                text = answer(deliverables, "", {deliverables[0]: ramble})
-                cut = text[: math.ceil(budget * CHARS_PER_TOKEN * 0.9)]
-                builder(cut, stop_reason="max_tokens", output_tokens=budget)
-                feedback.append(Feedback(1, "truncated", f"Cut off at max_tokens={budget}."))
-                attempt = 2
-            elif phase.phase_id == "telemetry-p7-number-tests":
-                path = deliverables[0]
-                wrong = (SOLUTIONS / path).read_text().replace(
-                    "assert percent(1, 3) == 33.3", "assert percent(2, 3) == 66.6"
-                )
-                builder(answer(deliverables, "Tests for number_util.", {path: wrong}))
-                feedback.append(Feedback(1, "checks_failed", "assert 66.7 == 66.6"))
-                attempt = 2
-            builder(final)
-            writes = tuple(
-                PlannedWrite(p, (SOLUTIONS / p).read_text(), existed=False) for p in deliverables
-            )
-            diff = change_diff(Change(writes, (), (), ""), {})
-            verdict = json.dumps({
-                "approved": True,
-                "issues": [],
-                "summary": f"{phase.name}: every deliverable is complete and matches the task.",
-            })
-            recorder.add(phase.phase_id, attempt, "auditor", auditor_prompt(task, diff, []),
-                         verdict)
+        for tier in run.tiers:
+            for phase in tier.phases:
+                _record_phase(recorder, phase, Path(scratch))
     return recorder.lines
+
+
+def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -> None:
+    """The Builder answers (a scripted failure first, where the demo shows a retry) and verdict."""
+    task = PhaseTask.from_json(phase.model_dump(mode="json"))
+    for context in task.scope.read_only_context:  # dependencies are complete by now
+        target = workspace / context
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text((SOLUTIONS / context).read_text())
+    deliverables = list(task.scope.deliverables)
+    feedback: list[Feedback] = []
+    attempt = 1
+
+    def builder(text: str, **kwargs: Any) -> None:
+        prompt = builder_prompt(task, workspace, feedback)
+        recorder.add(phase.phase_id, attempt, "builder", prompt, text, **kwargs)
+
+    if phase.phase_id == "telemetry-p2-number-util":
+        builder(json.dumps({"files": [], "summary": "number_util.py is ready."}))
+        feedback.append(Feedback(1, "empty_files", 'Your "files" array was empty.'))
+        attempt = 2
+    elif phase.phase_id == "telemetry-p4-date-util":
+        budget = (
+            TokenEstimator.load()
+            .estimate(
+                extract_features(task.task_category, task.complexity, deliverables, None),
+                model_max_output=load_price_table().max_output_tokens(MODEL),
+            )
+            .budget
+        )
+        table = ",\n    ".join(f'"{d}"' for d in _holidays())
+        ramble = (SOLUTIONS / deliverables[0]).read_text() + (
+            "\n\n# Public holidays, so add_business_days can skip them later.\n"
+            f"HOLIDAYS: frozenset[str] = frozenset({{\n    {table}\n}})\n"
+        )
+        text = answer(deliverables, "", {deliverables[0]: ramble})
+        cut = text[: math.ceil(budget * CHARS_PER_TOKEN * 0.9)]
+        builder(cut, stop_reason="max_tokens", output_tokens=budget)
+        feedback.append(Feedback(1, "truncated", f"Cut off at max_tokens={budget}."))
+        attempt = 2
+    elif phase.phase_id == "telemetry-p7-number-tests":
+        path = deliverables[0]
+        wrong = (
+            (SOLUTIONS / path)
+            .read_text()
+            .replace("assert percent(1, 3) == 33.3", "assert percent(2, 3) == 66.6")
+        )
+        builder(answer(deliverables, "Tests for number_util.", {path: wrong}))
+        feedback.append(Feedback(1, "checks_failed", "assert 66.7 == 66.6"))
+        attempt = 2
+    builder(answer(deliverables, f"Wrote {', '.join(deliverables)}."))
+    writes = tuple(
+        PlannedWrite(p, (SOLUTIONS / p).read_text(), existed=False) for p in deliverables
+    )
+    diff = change_diff(Change(writes, (), (), ""), {})
+    verdict = json.dumps(
+        {
+            "approved": True,
+            "issues": [],
+            "summary": f"{phase.name}: every deliverable is complete and matches the task.",
+        }
+    )
+    recorder.add(phase.phase_id, attempt, "auditor", auditor_prompt(task, diff, []), verdict)
 
 
 def render(lines: list[dict[str, Any]]) -> str:

@@ -20,7 +20,17 @@ from fastapi.responses import JSONResponse
 
 from autopack import __version__
 from autopack.api.maintenance import Maintenance
-from autopack.api.routers import approvals, claims, health, phases, runs, schemas, telemetry
+from autopack.api.routers import (
+    approvals,
+    claims,
+    dashboard,
+    health,
+    metrics,
+    phases,
+    runs,
+    schemas,
+    telemetry,
+)
 from autopack.api.schemas import invalid_input
 from autopack.api.watchdog import exit_when_parent_dies
 from autopack.config import Settings, load_settings
@@ -81,8 +91,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Malformed bodies answer in the one AutopackError shape, naming fields and values.
         return await autopack_error(request, invalid_input(exc))
 
-    app.include_router(health.router)
-    app.include_router(telemetry.router)
-    for router in (runs.router, phases.router, claims.router, approvals.router, schemas.router):
+    for router in (
+        health.router,
+        telemetry.router,
+        runs.router,
+        phases.router,
+        claims.router,
+        approvals.router,
+        schemas.router,
+        dashboard.router,
+        metrics.router,
+    ):
         app.include_router(router)
     return app

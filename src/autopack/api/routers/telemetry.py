@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from autopack.api.deps import SessionDep
 from autopack.db import telemetry as rows
+from autopack.estimation.report import estimation_report
 from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
 
 router = APIRouter(prefix="/telemetry", tags=["telemetry"])
@@ -41,3 +42,12 @@ def get_events(
         "escalation": rows.escalation_events,
     }[kind]
     return reader(session, run_id=run_id, limit=limit)
+
+
+@router.get("/summary")
+def get_summary(session: SessionDep, run_id: str | None = None) -> dict[str, Any]:
+    """Usage by run/model/role and the estimator's accuracy per stratum."""
+    return {
+        "usage": rows.usage_summary(session, run_id),
+        "estimation": estimation_report(rows.estimation_events(session, run_id)).to_json(),
+    }

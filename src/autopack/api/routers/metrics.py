@@ -1,0 +1,61 @@
+"""``GET /metrics``: Prometheus exposition of runs, phases, approvals and LLM usage.
+
+Values are read from the database at scrape time (no state lives in an API process), so
+every replica behind a load balancer reports the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from autopack.api.deps import DatabaseDep
+from autopack.db import Database, runs, work
+from autopack.db import telemetry as rows
+
+router = APIRouter(tags=["metrics"])
+
+
+class _DatabaseCollector:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[Metric]:
+        listed = runs.list_runs(self.database, limit=1000)["items"]
+        run_states = GaugeMetricFamily("autopack_runs", "Runs by state.", labels=["state"])
+        phases = GaugeMetricFamily(
+            "autopack_phases", "Phases by run and state.", labels=["run_id", "state"]
+        )
+        by_state: dict[str, int] = {}
+        for run in listed:
+            by_state[run["state"]] = by_state.get(run["state"], 0) + 1
+            for state, count in run["counts"].items():
+                phases.add_metric([run["run_id"], state], count)
+        for state, count in by_state.items():
+            run_states.add_metric([state], count)
+        pending = GaugeMetricFamily("autopack_approvals_pending", "Approvals waiting.")
+        pending.add_metric([], len(work.list_approvals(self.database)))
+        with self.database.session() as session:
+            usage = rows.usage_summary(session)
+        labels = ["run_id", "model", "role"]
+        calls = CounterMetricFamily("autopack_llm_calls", "LLM calls.", labels=[*labels, "outcome"])
+        tokens = CounterMetricFamily("autopack_llm_tokens", "LLM tokens.", labels=[*labels, "type"])
+        cost = CounterMetricFamily("autopack_llm_cost_usd", "Priced LLM cost.", labels=labels)
+        for u in usage:
+            key = [u["run_id"], u["model"], u["role"]]
+            calls.add_metric([*key, "success"], u["calls"] - u["failed_calls"])
+            calls.add_metric([*key, "failure"], u["failed_calls"])
+            tokens.add_metric([*key, "input"], u["input_tokens"])
+            tokens.add_metric([*key, "output"], u["output_tokens"])
+            cost.add_metric(key, u["cost_usd"] or 0.0)
+        yield from (run_states, phases, pending, calls, tokens, cost)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(database: DatabaseDep) -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_DatabaseCollector(database))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,65 @@
+"""The operator's views: the HTML dashboard, Prometheus metrics and the telemetry summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from autopack.client import ApiClient
+from tests.support import Server, clean_env
+from tests.test_telemetry_writers import ESTIMATION, USAGE
+
+RUN = {
+    "run_id": "r1",
+    "tiers": [
+        {
+            "tier_id": "T1",
+            "name": "t",
+            "phases": [
+                {"phase_id": "p1", "name": "first", "scope": {"deliverables": ["pkg/a.py"]}},
+                {"phase_id": "p2", "name": "second", "scope": {"deliverables": ["pkg/b.py"]}},
+            ],
+        }
+    ],
+}
+
+
+def test_dashboard_metrics_and_summary_show_the_same_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    with (
+        Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server,
+        ApiClient(server.url) as client,
+    ):
+        instance = server.wait_healthy()["database"]["instance_id"]
+        client.create_run(RUN)
+        claimed = client.claim("worker-a", 60, run_id="r1")
+        assert claimed is not None
+        client.post_telemetry("llm-usage", USAGE)
+        client.post_telemetry("estimations", ESTIMATION)
+
+        page = httpx.get(f"{server.url}/ui", timeout=10)
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        summary = client.request("GET", "/telemetry/summary", params={"run_id": "r1"}).json()
+
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert instance in html and "r1" in html and "worker-a" in html
+    assert 'class="EXECUTING"' in html and 'class="QUEUED"' in html
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+    assert samples["autopack_phases", _labels(run_id="r1", state="EXECUTING")] == 1
+    assert samples["autopack_phases", _labels(run_id="r1", state="QUEUED")] == 1
+    output = _labels(run_id="r1", model="claude-x", role="builder", type="output")
+    assert samples["autopack_llm_tokens_total", output] == 800
+    assert summary["usage"][0]["output_tokens"] == 800
+    assert summary["estimation"]["overall"]["n"] == 1
+
+
+def _labels(**labels: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
