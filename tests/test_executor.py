@@ -90,6 +90,8 @@ def test_empty_files_is_corrected_by_a_retry(tmp_path: Path, sqlite_url: str) ->
         "token_estimation_v2_events ORDER BY attempt",
     )
     assert [(p["attempt"], bool(p["parse_success"])) for p in parses] == [(1, False), (2, True)]
+    # The phase's final outcome is joined onto every estimation event when the phase ends.
+    assert [p["phase_outcome"] for p in parses] == ["COMPLETE", "COMPLETE"]
 
 
 def test_path_traversal_is_rejected_and_nothing_is_written_outside(
@@ -172,6 +174,8 @@ def test_exhausted_attempts_fail_the_phase_with_the_last_reason(
         "empty_files",
     ]
     assert not (tmp_path / "ws/pkg/mod.py").exists()
+    outcomes = rows(sqlite_url, "SELECT phase_outcome FROM token_estimation_v2_events")
+    assert outcomes == [{"phase_outcome": "FAILED"}, {"phase_outcome": "FAILED"}]
 
 
 def test_unmatched_replay_request_is_a_clear_failure(tmp_path: Path, sqlite_url: str) -> None:

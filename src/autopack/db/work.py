@@ -70,6 +70,7 @@ from autopack.db.models import (
     Tier,
     utcnow,
 )
+from autopack.db.telemetry import set_phase_outcome
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
 from autopack.logs import log_event
 from autopack.rundef import Policy
@@ -1006,6 +1007,7 @@ def reclaim_expired(tx: Tx) -> int:
             phase_state=target,
         )
         if target == P.FAILED:
+            set_phase_outcome(tx.session, phase["run_id"], phase["phase_id"], target)
             skip_blocked(tx, phase)
             settle_run(tx, phase["run_id"])
     return reclaimed
@@ -1239,6 +1241,8 @@ def _post_result(
         else:
             values.update(finished_at=tx.now)
     _update_phase(tx, phase["id"], **values)
+    if target != P.QUEUED:
+        set_phase_outcome(tx.session, run_id, phase_id, target)
 
     if target == P.FAILED:
         skip_blocked(tx, phase)
@@ -1525,6 +1529,7 @@ def _settle_approval(
         phase_state=target,
     )
     if target == P.FAILED:
+        set_phase_outcome(tx.session, run_id, phase_id, target)
         skip_blocked(tx, phase)
         settle_run(tx, run_id)
     return str(target)
