@@ -7,6 +7,7 @@ Settings are resolved once per invocation from the root flags (``--database-url`
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,19 @@ from autopack.config import LoadedSettings, Settings, load_settings
 from autopack.db import Database, open_database
 from autopack.logs import configure_logging
 
-out = Console()
-err = Console(stderr=True)
+PIPED_WIDTH = 160
+
+
+def _console(*, stderr: bool) -> Console:
+    """Rich output; piped into a file or CI log it is not wrapped at 80 columns."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH
+    return console
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 OK = "[green]✔[/green]"
 FAIL = "[red]✘[/red]"

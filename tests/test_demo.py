@@ -1,0 +1,77 @@
+"""The README's first command: ``autopack demo`` drains the bundled run end to end offline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tools.demo_cassette.build import CASSETTE, build, render
+
+from tests.executor_support import rows
+from tests.support import clean_env, cli
+
+RUN = "telemetry-collection-v4"
+
+
+def test_bundled_cassette_is_what_the_solutions_and_the_run_file_build() -> None:
+    """The cassette is generated: editing the run file or a solution without rebuilding fails."""
+    assert render(build()) == CASSETTE.read_text(), (
+        "rebuild it: python -m tools.demo_cassette.build"
+    )
+
+
+def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
+    demo_dir = tmp_path / "demo"
+    done = cli("demo", "--dir", str(demo_dir), "--replay-speed", "0", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run {RUN}: DONE_SUCCESS" in done.stdout
+    assert "Token estimator accuracy" in done.stdout and "LLM calls" in done.stdout
+
+    url = f"sqlite:///{demo_dir / 'autopack.db'}"
+    states = rows(url, "SELECT state, COUNT(*) AS n FROM phases GROUP BY state")
+    assert states == [{"state": "COMPLETE", "n": 10}]
+    # The three scripted failures (empty files, truncation, failing check) were retried.
+    retried = rows(url, "SELECT phase_id FROM phases WHERE attempts > 1 ORDER BY phase_id")
+    assert [r["phase_id"] for r in retried] == [
+        "telemetry-p2-number-util",
+        "telemetry-p4-date-util",
+        "telemetry-p7-number-tests",
+    ]
+    calls = rows(url, "SELECT role, COUNT(*) AS n FROM llm_usage_events GROUP BY role")
+    assert {r["role"]: r["n"] for r in calls} == {"builder": 13, "auditor": 10}
+    escalations = rows(url, "SELECT phase_id FROM token_budget_escalation_events")
+    assert escalations == [{"phase_id": "telemetry-p4-date-util"}]
+    outcomes = rows(url, "SELECT DISTINCT phase_outcome FROM token_estimation_v2_events")
+    assert outcomes == [{"phase_outcome": "COMPLETE"}]
+
+    # What the Builder wrote is a working package: its own tests pass in the workspace,
+    # and every completed phase is one commit.
+    workspace = demo_dir / "workspace"
+    phase_ids = rows(url, "SELECT phase_id FROM phases")
+    tests = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "examples/telemetry_utils",
+        ],
+        cwd=workspace,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert tests.returncode == 0, tests.stdout[-2000:]
+    log = subprocess.run(
+        ["git", "log", "--format=%s"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert sorted(line.split()[1] for line in log) == sorted(r["phase_id"] for r in phase_ids)
