@@ -39,19 +39,18 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'autopack.db'}"
 
 
+def _phase_args(tmp_path: Path, tape: Path) -> list[str]:
+    """``drain phase`` of p1 answered by ``tape``, rules auditor, workspace ``tmp_path/ws``."""
+    return [
+        "phase",
+        *("--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+    ]
+
+
 def _drain_phase(tmp_path: Path, env: dict[str, str], tape: Path, *extra: str) -> dict[str, object]:
     result = drain(
-        "phase",
-        "--run-id",
-        "exec-run",
-        "--phase-id",
-        "p1",
-        "--cassette",
-        str(tape),
-        "--auditor",
-        "rules",
-        "--workspace",
-        str(tmp_path / "ws"),
+        *_phase_args(tmp_path, tape),
         *extra,
         env=env,
         cwd=tmp_path,
@@ -195,17 +194,7 @@ def test_lost_lease_mid_phase_stops_and_writes_nothing(tmp_path: Path, sqlite_ur
     env = _setup(tmp_path, sqlite_url, checks=[slow_check])
     tape = cassette(tmp_path, [line("p1", 1, GOOD)])
     process = drain_process(
-        "phase",
-        "--run-id",
-        "exec-run",
-        "--phase-id",
-        "p1",
-        "--cassette",
-        str(tape),
-        "--auditor",
-        "rules",
-        "--workspace",
-        str(tmp_path / "ws"),
+        *_phase_args(tmp_path, tape),
         "--lease-seconds",
         "5",
         env=env,
@@ -231,17 +220,7 @@ def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite
     answer = files(mod_py="x = 1\n", keep_py="KEEP = 2\n")
     tape = cassette(tmp_path, [line("p1", 1, answer)])
     waiting = drain_process(
-        "phase",
-        "--run-id",
-        "exec-run",
-        "--phase-id",
-        "p1",
-        "--cassette",
-        str(tape),
-        "--auditor",
-        "rules",
-        "--workspace",
-        str(tmp_path / "ws"),
+        *_phase_args(tmp_path, tape),
         env=env,
         cwd=tmp_path,
     )

@@ -1,0 +1,73 @@
+"""A drain with the real ``anthropic`` / ``openai`` SDK clients: every call becomes a usage row.
+
+The executor runs as a real subprocess configured only through the environment a user
+would set (``ANTHROPIC_API_KEY`` + ``ANTHROPIC_BASE_URL``, or an OpenAI-compatible
+``OPENAI_BASE_URL``); the far end is the loopback wire-format server. The Builder's first
+call fails (a 500 the SDK does not retry), the second is rate limited once and then
+answers (the SDK's own retry), and the LLM Auditor approves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import create_run, drain, env_for, files, phase, rows, run_file
+from tests.fakes.llm_wire import RETRY_NOW, Reply, WireServer
+from tests.llm.support import FLAVOURS, Flavour
+
+VERDICT = json.dumps({"approved": True, "issues": [], "summary": "mod.py does what p1 asks."})
+
+
+def _provider_env(flavour: Flavour, wire: WireServer) -> dict[str, str]:
+    if flavour.name == "anthropic":
+        return {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
+    return {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": f"{wire.url}/v1"}
+
+
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_failed_retried_and_auditor_calls_are_all_recorded(name: str, tmp_path: Path) -> None:
+    flavour = FLAVOURS[name]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(
+            flavour.path,
+            Reply(500, flavour.error("api_error", "overloaded"), {"x-should-retry": "false"}),
+            Reply(429, flavour.error("rate_limit_error", "slow down"), RETRY_NOW),
+            Reply(200, flavour.body(files(mod_py="VALUE = 42\n"), output_tokens=30)),
+            Reply(200, flavour.body(VERDICT, output_tokens=12)),
+        )
+        result = drain(
+            "phase",
+            *("--run-id", "exec-run", "--phase-id", "p1", "--auditor", "llm"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **_provider_env(flavour, wire)},
+            cwd=tmp_path,
+        )
+        requests = wire.seen(flavour.path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(requests) == 4
+    assert (tmp_path / "ws/pkg/mod.py").read_text() == "VALUE = 42\n"
+
+    usage = rows(
+        sqlite_url,
+        "SELECT attempt, role, provider, success, error_class, output_tokens, cost_usd "
+        "FROM llm_usage_events ORDER BY id",
+    )
+    assert [(u["attempt"], u["role"], u["provider"], bool(u["success"])) for u in usage] == [
+        (1, "builder", name, False),
+        (2, "builder", name, True),
+        (2, "auditor", name, True),
+    ]
+    assert usage[0]["error_class"] == "InternalServerError"
+    assert [u["output_tokens"] for u in usage[1:]] == [30, 12]
+    assert all(u["cost_usd"] is not None and u["cost_usd"] > 0 for u in usage[1:])
+    attempts = rows(sqlite_url, "SELECT attempt, stop_reason FROM phase_attempts ORDER BY attempt")
+    assert [(a["attempt"], a["stop_reason"]) for a in attempts] == [
+        (1, "llm_error"),
+        (2, "completed"),
+    ]
