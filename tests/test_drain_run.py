@@ -84,6 +84,31 @@ def test_concurrency_really_overlaps_phases_and_never_exceeds_k(tmp_path: Path) 
     assert 2 <= _max_overlap(spans) <= 4
 
 
+def test_sixteen_phases_at_once_on_sqlite_lose_nothing(tmp_path: Path) -> None:
+    """16 attempts finishing together: results, usage and telemetry all land at once.
+
+    (A request-scoped transaction once held SQLite's write lock across a thread hop; under
+    this burst the API stopped answering for the busy timeout and attempts crashed.)
+    """
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
+    create_run(run_file(tmp_path, _phases(32)), env, tmp_path)
+    result = drain(
+        "run",
+        *("--run-id", "exec-run", "--concurrency", "16", "--auditor", "rules"),
+        *("--cassette", str(_tape(tmp_path, 32, latency_ms=500))),
+        *("--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["run_state"] == "DONE_SUCCESS"
+    assert len(summary["attempts"]) == 32, "no attempt may crash or be retried"
+    assert (summary["telemetry_written"], summary["telemetry_failures"]) == (64, 0)
+
+
 def _spawned_pid(process: subprocess.Popen[str], seen: list[str]) -> int:
     assert process.stderr is not None
     for text in process.stderr:

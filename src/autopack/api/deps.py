@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
 from autopack.config import Settings
 from autopack.db import Database
@@ -22,12 +20,5 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
-    """One transaction per request; a raised error rolls it back."""
-    with database.session() as session:
-        yield session
-
-
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]

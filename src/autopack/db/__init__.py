@@ -9,9 +9,11 @@ the identity once.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -32,11 +34,22 @@ class Database:
     engine: Engine
     sessions: sessionmaker[Session]
     identity: DbIdentity
+    writer: AbstractContextManager[Any] = field(default_factory=nullcontext)
+    """SQLite: one transaction per process at a time, queued in Python (an ``RLock``).
+
+    ``BEGIN IMMEDIATE`` already serialises writers, but a blocked connection waits in
+    SQLite's busy handler, which sleeps in growing steps (up to 100 ms) instead of waking
+    when the lock is free; a Python lock hands over at once. Other processes on the same
+    file still meet at SQLite's lock. PostgreSQL: no lock (row locks do the work)."""
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction (``BEGIN IMMEDIATE`` on SQLite); commits unless an error escapes."""
-        with session_scope(self.sessions) as session:
+        """One transaction (``BEGIN IMMEDIATE`` on SQLite); commits unless an error escapes.
+
+        Open and close it in one function on one thread: a transaction left open across
+        an ``await`` or a thread hop holds SQLite's write lock for every other request.
+        """
+        with self.writer, session_scope(self.sessions) as session:
             yield session
 
     def close(self) -> None:
@@ -79,7 +92,8 @@ def open_database(
             fingerprint=identity.fingerprint,
             schema_revision=identity.schema_revision,
         )
-    return Database(engine=engine, sessions=session_factory(engine), identity=identity)
+    writer = threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
+    return Database(engine, session_factory(engine), identity, writer)
 
 
 __all__ = ["Database", "DbIdentity", "open_database"]

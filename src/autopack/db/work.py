@@ -34,17 +34,14 @@ import random
 import threading
 import time
 import uuid
-import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
-    Engine,
     Table,
     and_,
     bindparam,
@@ -149,34 +146,13 @@ class Tx:
         return f"database {self.identity.public_url} (instance_id {self.identity.instance_id})"
 
 
-_SQLITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
-_SQLITE_LOCKS_GUARD = threading.Lock()
-
-
-def _writer_lock(engine: Engine) -> AbstractContextManager[Any]:
-    """SQLite: one writer per process at a time, queued in Python.
-
-    ``BEGIN IMMEDIATE`` already serialises writers, but a blocked connection waits in
-    SQLite's busy handler, which sleeps in growing steps (up to 100 ms) instead of waking
-    when the lock is free; a Python lock hands over at once. Other processes on the same
-    file still meet at SQLite's lock.
-    """
-    if engine.dialect.name != "sqlite":
-        return nullcontext()
-    with _SQLITE_LOCKS_GUARD:
-        lock = _SQLITE_LOCKS.get(engine)
-        if lock is None:
-            lock = _SQLITE_LOCKS[engine] = threading.Lock()
-    return lock
-
-
 def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
     """Run ``work`` in one transaction; retry it on a PostgreSQL deadlock or serialization
     failure (nothing was applied), raise everything else."""
     pg = database.engine.dialect.name == "postgresql"
     for attempt in range(1, MAX_TRANSACTION_TRIES + 1):
         try:
-            with _writer_lock(database.engine), database.session() as session:
+            with database.session() as session:
                 return work(Tx(session, utcnow(), database.identity, pg))
         except DBAPIError as exc:
             code = getattr(exc.orig, "sqlstate", None)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, status
 
-from autopack.api.deps import SessionDep
+from autopack.api.deps import DatabaseDep
 from autopack.db import telemetry as rows
 from autopack.estimation.report import estimation_report
 from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
@@ -15,23 +15,26 @@ router = APIRouter(prefix="/telemetry", tags=["telemetry"])
 
 
 @router.post("/llm-usage", status_code=status.HTTP_201_CREATED)
-def post_llm_usage(event: LlmUsageIn, session: SessionDep) -> dict[str, int]:
-    return {"id": rows.record_llm_usage(session, event)}
+def post_llm_usage(event: LlmUsageIn, database: DatabaseDep) -> dict[str, int]:
+    with database.session() as session:
+        return {"id": rows.record_llm_usage(session, event)}
 
 
 @router.post("/estimations", status_code=status.HTTP_201_CREATED)
-def post_estimation(event: TokenEstimationIn, session: SessionDep) -> dict[str, int]:
-    return {"id": rows.record_estimation(session, event)}
+def post_estimation(event: TokenEstimationIn, database: DatabaseDep) -> dict[str, int]:
+    with database.session() as session:
+        return {"id": rows.record_estimation(session, event)}
 
 
 @router.post("/escalations", status_code=status.HTTP_201_CREATED)
-def post_escalation(event: TokenBudgetEscalationIn, session: SessionDep) -> dict[str, int]:
-    return {"id": rows.record_escalation(session, event)}
+def post_escalation(event: TokenBudgetEscalationIn, database: DatabaseDep) -> dict[str, int]:
+    with database.session() as session:
+        return {"id": rows.record_escalation(session, event)}
 
 
 @router.get("/events")
 def get_events(
-    session: SessionDep,
+    database: DatabaseDep,
     run_id: str | None = None,
     kind: Literal["usage", "estimation", "escalation"] = "usage",
     limit: int = Query(500, ge=1, le=10_000),
@@ -41,13 +44,14 @@ def get_events(
         "estimation": rows.estimation_events,
         "escalation": rows.escalation_events,
     }[kind]
-    return reader(session, run_id=run_id, limit=limit)
+    with database.session() as session:
+        return reader(session, run_id=run_id, limit=limit)
 
 
 @router.get("/summary")
-def get_summary(session: SessionDep, run_id: str | None = None) -> dict[str, Any]:
+def get_summary(database: DatabaseDep, run_id: str | None = None) -> dict[str, Any]:
     """Usage by run/model/role and the estimator's accuracy per stratum."""
-    return {
-        "usage": rows.usage_summary(session, run_id),
-        "estimation": estimation_report(rows.estimation_events(session, run_id)).to_json(),
-    }
+    with database.session() as session:
+        usage = rows.usage_summary(session, run_id)
+        events = rows.estimation_events(session, run_id)
+    return {"usage": usage, "estimation": estimation_report(events).to_json()}
