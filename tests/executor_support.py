@@ -26,11 +26,13 @@ def run_file(
     *,
     run_id: str = RUN_ID,
     policy: Mapping[str, Any] | None = None,
+    budgets: Mapping[str, Any] | None = None,
 ) -> Path:
     """A one-tier run definition (JSON) with ``phases``; backoff 0 so retries are prompt."""
     body = {
         "run_id": run_id,
         "policy": {"retry_backoff_seconds": 0.0, **(policy or {})},
+        "budgets": dict(budgets or {}),
         "tiers": [{"tier_id": "T1", "name": "tier", "phases": list(phases)}],
     }
     path = directory / f"{run_id}.json"

@@ -177,6 +177,42 @@ def test_exhausted_attempts_fail_the_phase_with_the_last_reason(
     assert outcomes == [{"phase_outcome": "FAILED"}, {"phase_outcome": "FAILED"}]
 
 
+def test_phase_token_cap_stops_before_the_next_llm_call(tmp_path: Path, sqlite_url: str) -> None:
+    env = _setup(tmp_path, sqlite_url)
+    tape = cassette(tmp_path, [line("p1", 1, '{"files": []}'), line("p1", 2, GOOD)])
+    summary = _drain_phase(tmp_path, env, tape, "--phase-token-cap", "100")
+    assert summary["exit_code"] == 1
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == [
+        "empty_files",
+        "phase_token_cap",
+    ]
+    assert phase_row(sqlite_url, "p1")["state"] == "FAILED"
+    # The cap overshoots by at most the one call that crossed it.
+    assert len(rows(sqlite_url, "SELECT id FROM llm_usage_events")) == 1
+
+
+def test_run_token_budget_ends_the_run_and_skips_the_rest(tmp_path: Path, sqlite_url: str) -> None:
+    env = env_for(sqlite_url)
+    definition = [phase("p1", ["pkg/mod.py"]), phase("p2", ["pkg/other.py"])]
+    path = run_file(tmp_path, definition, budgets={"token_cap": 100})
+    create_run(path, env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, GOOD), line("p2", 1, files(other_py="X = 1\n"))])
+    result = drain(
+        "run",
+        *("--run-id", "exec-run", "--auditor", "rules", "--cassette", str(tape)),
+        *("--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert summary["run_state"] == "DONE_FAILED_BUDGET_EXHAUSTED"
+    assert summary["phase_states"] == {"p1": "COMPLETE", "p2": "SKIPPED"}
+    run = rows(sqlite_url, "SELECT failure_reason FROM runs")[0]
+    assert "token budget exhausted" in run["failure_reason"]
+    assert len(rows(sqlite_url, "SELECT id FROM llm_usage_events")) == 1
+
+
 def test_unmatched_replay_request_is_a_clear_failure(tmp_path: Path, sqlite_url: str) -> None:
     env = _setup(tmp_path, sqlite_url, max_attempts=1)
     tape = cassette(tmp_path, [line("other-phase", 1, GOOD)])
