@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -156,3 +157,41 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
     process.communicate(timeout=60)
     assert process.returncode != 0
     assert _wait_dead(server), f"API server {server} outlived the drain ({how})"
+
+
+def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
+    create_run(run_file(tmp_path, _phases(2)), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [
+            line(f"p{i}", attempt, files(**{f"m{i}_py": f"VALUE = {i}\n"}), latency_ms=latency)
+            for i in range(2)
+            for attempt, latency in ((1, 8000), (2, 0))
+        ],
+    )
+    args = ("run", "--run-id", "exec-run", "-k", "2", "--auditor", "rules", "--cassette", str(tape))
+    where = ("--workspace", str(tmp_path / "ws"), "--lease-seconds", "5")
+    process = drain_process(*args, *where, env=env, cwd=tmp_path)
+    seen: list[str] = []
+    server = _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while {phase_row(url, p)["state"] for p in ("p0", "p1")} != {"EXECUTING"}:
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    os.kill(server, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == 2, stderr[-3000:]
+    assert "nothing is lost" in stderr and "run the same command again" in stderr
+
+    again = drain(*args, *where, env=env, cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["run_state"] == "DONE_SUCCESS"
+    history = rows(url, "SELECT phase_id, outcome, stop_reason FROM phase_attempts ORDER BY id")
+    assert sorted((h["phase_id"], h["outcome"], h["stop_reason"]) for h in history) == [
+        ("p0", "COMPLETE", "completed"),
+        ("p0", "LOST", "lease_expired"),
+        ("p1", "COMPLETE", "completed"),
+        ("p1", "LOST", "lease_expired"),
+    ]

@@ -24,6 +24,7 @@ from autopack.builder.auditor import AuditMode
 from autopack.cli._common import CliState, err, out, print_json, state
 from autopack.cli.progress import DrainProgress
 from autopack.client import ApiClient
+from autopack.errors import ServerUnavailable
 from autopack.estimation.estimator import TokenEstimator
 from autopack.executor.attempt import ExecutorOptions, Services
 from autopack.executor.executor import TERMINAL_PHASE_STATES, AutonomousExecutor, DrainSummary
@@ -133,7 +134,15 @@ def executor_for(
                 options=options,
                 events=progress,
             )
-            yield AutonomousExecutor(services), progress
+            try:
+                yield AutonomousExecutor(services), progress
+            except ServerUnavailable as exc:  # e.g. the API server was killed mid-drain
+                raise ServerUnavailable(
+                    f"{exc.message}. The drain stopped and nothing is lost: the phases it "
+                    f"held are reclaimed when their leases expire (at most "
+                    f"{flags.lease_seconds}s); run the same command again to go on.",
+                    **exc.details,
+                ) from exc
 
 
 def report(

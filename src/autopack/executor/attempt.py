@@ -570,7 +570,8 @@ class Attempt:
             "audit_verdict": self.verdict.to_json() if self.verdict else None,
             "details": {"summary": self.summary, "worker_id": self.o.worker_id},
         }
-        heartbeat.check()
+        if heartbeat.lost.is_set():
+            return self._lease_lost()
         answer: Mapping[str, Any] | None = None
         for attempt in range(RESULT_POST_ATTEMPTS):  # safe to repeat: the key makes it idempotent
             try:
@@ -586,6 +587,9 @@ class Attempt:
                 return self._lease_lost()
             except ServerUnavailable:
                 if attempt == RESULT_POST_ATTEMPTS - 1:
+                    # Unrecorded work is undone: the phase is redone after its lease expires.
+                    if self.applied is not None:
+                        self.applied.revert()
                     raise
                 time.sleep(2**attempt * 0.2)
         assert answer is not None
