@@ -15,39 +15,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import anthropic
 from anthropic.types import AssistantMessageParam, MessageParam, UserMessageParam
 from anthropic.types import Message as SdkMessage
 
-from autopack.errors import LLMError
 from autopack.llm.base import (
     LLMRequest,
     LLMResponse,
     Usage,
+    malformed,
     provider_cost,
-    retryable_status,
+    read_raw,
+    sdk_error,
     token_count,
 )
 
 PROVIDER = "anthropic"
+LABEL = "anthropic"  # how messages name the far end
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
 
 
-def _malformed(reason: str, model: str, request_id: str | None, latency_ms: float) -> LLMError:
-    return LLMError(
-        f"anthropic response is malformed: {reason}",
-        provider=PROVIDER,
-        model=model,
-        error_class="MalformedResponse",
-        status_code=200,
-        request_id=request_id,
-        latency_ms=latency_ms,
-        retryable=False,
-    )
+_malformed = partial(malformed, LABEL, PROVIDER)
 
 
 def anthropic_response(
@@ -146,49 +139,19 @@ class AnthropicProvider:
                 messages=messages,
                 extra_body=extra_body,
             )
-        except anthropic.APIStatusError as exc:
-            raise LLMError(
-                f"anthropic {exc.status_code}: {exc.message}",
-                provider=PROVIDER,
-                model=request.model,
-                error_class=type(exc).__name__,
-                status_code=exc.status_code,
-                request_id=exc.request_id,
-                latency_ms=_since(started),
-                retryable=retryable_status(exc.status_code),
-            ) from exc
-        except anthropic.APIConnectionError as exc:
-            raise LLMError(
-                f"anthropic unreachable: {exc.message}",
-                provider=PROVIDER,
-                model=request.model,
-                error_class=type(exc).__name__,
-                latency_ms=_since(started),
-                retryable=True,
-            ) from exc
         except anthropic.AnthropicError as exc:
-            raise LLMError(
-                f"anthropic call failed: {exc}",
+            raise sdk_error(
+                exc,
+                label=LABEL,
                 provider=PROVIDER,
                 model=request.model,
-                error_class=type(exc).__name__,
-                latency_ms=_since(started),
-                retryable=False,
+                started=started,
+                unreachable=isinstance(exc, anthropic.APIConnectionError),
             ) from exc
-        try:
-            data = raw.http_response.json()
-        except ValueError as exc:
-            raise _malformed(
-                f"body is not JSON ({exc})", request.model, raw.request_id, _since(started)
-            ) from exc
-        return anthropic_response(
-            data,
-            request_model=request.model,
-            request_id=raw.request_id,
-            latency_ms=_since(started),
-            retries=raw.retries_taken,
+        return read_raw(
+            raw,
+            model=request.model,
+            started=started,
+            parse=anthropic_response,
+            malformed=_malformed,
         )
-
-
-def _since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0

@@ -8,8 +8,12 @@ in :mod:`autopack.llm.registry`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from autopack.errors import LLMError
 
 Role = Literal["builder", "auditor"]
 
@@ -115,3 +119,94 @@ def provider_cost(usage: object) -> float | None:
 def token_count(value: object) -> int:
     """An optional token count from a response (absent or null means none were used)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started``, a :func:`time.perf_counter` reading."""
+    return (time.perf_counter() - started) * 1000.0
+
+
+def malformed(
+    label: str, provider: str, reason: str, model: str, request_id: str | None, latency_ms: float
+) -> LLMError:
+    """A 200 answer the provider's format does not allow (never retried: it would repeat)."""
+    return LLMError(
+        f"{label} response is malformed: {reason}",
+        provider=provider,
+        model=model,
+        error_class="MalformedResponse",
+        status_code=200,
+        request_id=request_id,
+        latency_ms=latency_ms,
+        retryable=False,
+    )
+
+
+def sdk_error(
+    exc: Exception, *, label: str, provider: str, model: str, started: float, unreachable: bool
+) -> LLMError:
+    """An official SDK's exception, raised after its own retries, as an :class:`LLMError`.
+
+    Both SDKs raise the same shapes: ``APIStatusError`` (``status_code``, ``message``,
+    ``request_id``), ``APIConnectionError`` (``unreachable``), and their base error.
+    """
+    common: dict[str, Any] = {
+        "provider": provider,
+        "model": model,
+        "error_class": type(exc).__name__,
+        "latency_ms": elapsed_ms(started),
+    }
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", str(exc))
+    if isinstance(status, int):
+        return LLMError(
+            f"{label} {status}: {message}",
+            status_code=status,
+            request_id=getattr(exc, "request_id", None),
+            retryable=retryable_status(status),
+            **common,
+        )
+    if unreachable:
+        return LLMError(f"{label} unreachable: {message}", retryable=True, **common)
+    return LLMError(f"{label} call failed: {exc}", retryable=False, **common)
+
+
+class _JsonBody(Protocol):
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+class RawResponse(Protocol):
+    """What both SDKs' ``with_raw_response`` calls return (the parts read here)."""
+
+    @property
+    def http_response(self) -> _JsonBody: ...
+
+    @property
+    def request_id(self) -> str | None: ...
+
+    @property
+    def retries_taken(self) -> int: ...
+
+
+def read_raw(
+    raw: RawResponse,
+    *,
+    model: str,
+    started: float,
+    parse: Callable[..., LLMResponse],
+    malformed: Callable[[str, str, str | None, float], LLMError],
+) -> LLMResponse:
+    """Decode a raw SDK response with the provider's ``parse`` (shared with replay)."""
+    try:
+        data = raw.http_response.json()
+    except ValueError as exc:
+        raise malformed(
+            f"body is not JSON ({exc})", model, raw.request_id, elapsed_ms(started)
+        ) from exc
+    return parse(
+        data,
+        request_model=model,
+        request_id=raw.request_id,
+        latency_ms=elapsed_ms(started),
+        retries=raw.retries_taken,
+    )

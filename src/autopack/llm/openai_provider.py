@@ -18,23 +18,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
-from autopack.errors import LLMError
 from autopack.llm.base import (
     LLMRequest,
     LLMResponse,
     Usage,
+    malformed,
     provider_cost,
-    retryable_status,
+    read_raw,
+    sdk_error,
     token_count,
 )
 
 PROVIDER = "openai"
+LABEL = "openai-compatible"  # how messages name the far end
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
@@ -55,17 +58,7 @@ def token_parameter_for(base_url: str | None) -> TokenParameter:
     return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
 
 
-def _malformed(reason: str, model: str, request_id: str | None, latency_ms: float) -> LLMError:
-    return LLMError(
-        f"openai-compatible response is malformed: {reason}",
-        provider=PROVIDER,
-        model=model,
-        error_class="MalformedResponse",
-        status_code=200,
-        request_id=request_id,
-        latency_ms=latency_ms,
-        retryable=False,
-    )
+_malformed = partial(malformed, LABEL, PROVIDER)
 
 
 def openai_response(
@@ -173,49 +166,15 @@ class OpenAIProvider:
                 max_tokens=openai.omit if new_name else request.max_tokens,
                 max_completion_tokens=request.max_tokens if new_name else openai.omit,
             )
-        except openai.APIStatusError as exc:
-            raise LLMError(
-                f"openai {exc.status_code}: {exc.message}",
-                provider=PROVIDER,
-                model=request.model,
-                error_class=type(exc).__name__,
-                status_code=exc.status_code,
-                request_id=exc.request_id,
-                latency_ms=_since(started),
-                retryable=retryable_status(exc.status_code),
-            ) from exc
-        except openai.APIConnectionError as exc:
-            raise LLMError(
-                f"openai-compatible server unreachable: {exc.message}",
-                provider=PROVIDER,
-                model=request.model,
-                error_class=type(exc).__name__,
-                latency_ms=_since(started),
-                retryable=True,
-            ) from exc
         except openai.OpenAIError as exc:
-            raise LLMError(
-                f"openai call failed: {exc}",
+            raise sdk_error(
+                exc,
+                label=LABEL,
                 provider=PROVIDER,
                 model=request.model,
-                error_class=type(exc).__name__,
-                latency_ms=_since(started),
-                retryable=False,
+                started=started,
+                unreachable=isinstance(exc, openai.APIConnectionError),
             ) from exc
-        try:
-            data = raw.http_response.json()
-        except ValueError as exc:
-            raise _malformed(
-                f"body is not JSON ({exc})", request.model, raw.request_id, _since(started)
-            ) from exc
-        return openai_response(
-            data,
-            request_model=request.model,
-            request_id=raw.request_id,
-            latency_ms=_since(started),
-            retries=raw.retries_taken,
+        return read_raw(
+            raw, model=request.model, started=started, parse=openai_response, malformed=_malformed
         )
-
-
-def _since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
