@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from autopack import __version__
@@ -65,15 +64,16 @@ def root(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and turn Autopack errors into their exit codes."""
+    """Entry point: run the app and turn Autopack errors into their exit codes.
+
+    Typer itself answers usage errors (exit 2 with the usage line) and Ctrl-C (exit 1)
+    and ends every command with ``SystemExit``; Autopack errors pass through it and are
+    printed here as one line naming the error.
+    """
     try:
-        result = app(args=argv, prog_name="autopack", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        err.print("aborted")
-        return 130
+        app(args=argv, prog_name="autopack")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except AutopackError as exc:
         err.print(
             f"{FAIL} [bold]{exc.__class__.__name__}[/bold]: {exc.message}",
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             soft_wrap=True,  # never break a path or URL in the middle
         )
         return exc.exit_code
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 def run() -> None:

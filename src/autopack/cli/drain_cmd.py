@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,21 @@ class DrainFlags:
     as_json: bool
 
 
-def _flags(
-    ctx: typer.Context,
-    api_url: str | None,
-    telemetry: bool | None,
-    replay_speed: float | None,
-) -> CliState:
+def _setup(ctx: typer.Context, options: Mapping[str, Any]) -> tuple[CliState, DrainFlags]:
+    """Settings and executor flags from a drain command's options (its ``locals()``).
+
+    Both commands take the same options (Typer needs them spelled out per command); this
+    reads them in one place, by the names of :class:`DrainFlags`' fields.
+    """
     cli = state(ctx)
-    if api_url:
-        cli.api_url = api_url
-    cli.use_flags(telemetry_db_enabled=telemetry, autopack_replay_speed=replay_speed)
-    return cli
+    if options["api_url"]:
+        cli.api_url = options["api_url"]
+    cli.use_flags(
+        telemetry_db_enabled=options["telemetry"], autopack_replay_speed=options["replay_speed"]
+    )
+    values = {f.name: options[f.name] for f in fields(DrainFlags)}
+    values["auditor"] = _audit_mode(values["auditor"])
+    return cli, DrainFlags(**values)
 
 
 def default_workspace(run_id: str) -> Path:
@@ -272,21 +276,7 @@ def drain_phase(
     as_json: bool = JSON,
 ) -> None:
     """Drain one phase until it is COMPLETE or FAILED (retries included)."""
-    cli = _flags(ctx, api_url, telemetry, replay_speed)
-    flags = DrainFlags(
-        workspace,
-        lease_seconds,
-        _audit_mode(auditor),
-        escalation_factor,
-        check_timeout,
-        approval_timeout,
-        phase_token_cap,
-        phase_cost_cap,
-        cassette,
-        record,
-        worker_id,
-        as_json,
-    )
+    cli, flags = _setup(ctx, locals())
     with executor_for(cli, run_id, flags, total_of=phase_id) as (executor, _):
         summary = executor.drain_phase(run_id, phase_id, force=force)
         summary.phase_states = {phase_id: summary.phase_states.get(phase_id, "MISSING")}
@@ -321,21 +311,7 @@ def drain_run(
     as_json: bool = JSON,
 ) -> None:
     """Drain every phase of a run, CONCURRENCY at a time."""
-    cli = _flags(ctx, api_url, telemetry, replay_speed)
-    flags = DrainFlags(
-        workspace,
-        lease_seconds,
-        _audit_mode(auditor),
-        escalation_factor,
-        check_timeout,
-        approval_timeout,
-        phase_token_cap,
-        phase_cost_cap,
-        cassette,
-        record,
-        worker_id,
-        as_json,
-    )
+    cli, flags = _setup(ctx, locals())
     with executor_for(cli, run_id, flags) as (executor, _):
         summary = executor.drain_run(run_id, concurrency=concurrency, max_claims=max_claims)
         run = executor.client.get_run(run_id)
