@@ -434,18 +434,22 @@ class Attempt:
             attempt=self.number,
         )
         self.s.events("llm_call", run_id=self.run_id, phase_id=self.phase_id, role=role)
+        # What every usage row of this call says, failed or not.
+        call: dict[str, Any] = {
+            "run_id": self.run_id,
+            "phase_id": self.phase_id,
+            "attempt": self.number,
+            "role": role,
+            "max_tokens": max_tokens,
+        }
         try:
             response = self.s.provider.complete(request)
         except LLMError as exc:
             self.s.telemetry.record(
                 LlmUsageIn(
-                    run_id=self.run_id,
-                    phase_id=self.phase_id,
-                    attempt=self.number,
-                    role=role,
+                    **call,
                     provider=exc.provider,
                     model=exc.model or model,
-                    max_tokens=max_tokens,
                     latency_ms=exc.latency_ms,
                     success=False,
                     error_class=exc.error_class,
@@ -472,17 +476,13 @@ class Attempt:
         )["run"]
         self.s.telemetry.record(
             LlmUsageIn(
-                run_id=self.run_id,
-                phase_id=self.phase_id,
-                attempt=self.number,
-                role=role,
+                **call,
                 provider=response.provider,
                 model=response.model or model,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
-                max_tokens=max_tokens,
                 stop_reason=response.stop_reason,
                 latency_ms=response.latency_ms,
                 ttft_ms=response.ttft_ms,
