@@ -43,6 +43,23 @@ def _tape(tmp_path: Path, count: int, latency_ms: float) -> Path:
     )
 
 
+def _setup(tmp_path: Path, count: int) -> tuple[str, dict[str, str]]:
+    """A SQLite run of ``count`` phases; replayed latencies are waited for (speed 1)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
+    create_run(run_file(tmp_path, _phases(count)), env, tmp_path)
+    return url, env
+
+
+def _run_args(tmp_path: Path, tape: Path, *extra: str) -> list[str]:
+    """``drain run`` of the test run answered by ``tape``, rules auditor, workspace ``ws``."""
+    return [
+        "run",
+        *("--run-id", "exec-run", "--auditor", "rules", "--cassette", str(tape)),
+        *("--workspace", str(tmp_path / "ws"), *extra),
+    ]
+
+
 def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
     running = peak = 0
@@ -53,24 +70,9 @@ def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
 
 
 def test_concurrency_really_overlaps_phases_and_never_exceeds_k(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
-    create_run(run_file(tmp_path, _phases(8)), env, tmp_path)
-    result = drain(
-        "run",
-        "--run-id",
-        "exec-run",
-        "--concurrency",
-        "4",
-        "--auditor",
-        "rules",
-        "--cassette",
-        str(_tape(tmp_path, 8, latency_ms=1200)),
-        "--workspace",
-        str(tmp_path / "ws"),
-        env=env,
-        cwd=tmp_path,
-    )
+    url, env = _setup(tmp_path, 8)
+    tape = _tape(tmp_path, 8, latency_ms=1200)
+    result = drain(*_run_args(tmp_path, tape, "-k", "4"), env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["run_state"] == "DONE_SUCCESS"
@@ -91,23 +93,15 @@ def test_sixteen_phases_at_once_on_sqlite_lose_nothing(tmp_path: Path) -> None:
     (A request-scoped transaction once held SQLite's write lock across a thread hop; under
     this burst the API stopped answering for the busy timeout and attempts crashed.)
     """
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
-    create_run(run_file(tmp_path, _phases(32)), env, tmp_path)
-    result = drain(
-        "run",
-        *("--run-id", "exec-run", "--concurrency", "16", "--auditor", "rules"),
-        *("--cassette", str(_tape(tmp_path, 32, latency_ms=500))),
-        *("--workspace", str(tmp_path / "ws")),
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    url, env = _setup(tmp_path, 32)
+    tape = _tape(tmp_path, 32, latency_ms=500)
+    result = drain(*_run_args(tmp_path, tape, "-k", "16"), env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["run_state"] == "DONE_SUCCESS"
     assert len(summary["attempts"]) == 32, "no attempt may crash or be retried"
     assert (summary["telemetry_written"], summary["telemetry_failures"]) == (64, 0)
+    assert rows(url, "SELECT COUNT(*) AS n FROM llm_usage_events") == [{"n": 32}]
 
 
 def _spawned_pid(process: subprocess.Popen[str], seen: list[str]) -> int:
@@ -122,22 +116,9 @@ def _spawned_pid(process: subprocess.Popen[str], seen: list[str]) -> int:
 
 @pytest.mark.parametrize("how", ["sigterm", "sigint-twice"])
 def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
-    create_run(run_file(tmp_path, _phases(2)), env, tmp_path)
-    process = drain_process(
-        "run",
-        "--run-id",
-        "exec-run",
-        "--auditor",
-        "rules",
-        "--cassette",
-        str(_tape(tmp_path, 2, latency_ms=60_000)),
-        "--workspace",
-        str(tmp_path / "ws"),
-        env=env,
-        cwd=tmp_path,
-    )
+    url, env = _setup(tmp_path, 2)
+    tape = _tape(tmp_path, 2, latency_ms=60_000)
+    process = drain_process(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
     seen: list[str] = []
     server = _spawned_pid(process, seen)
     deadline = time.monotonic() + 60
@@ -160,9 +141,7 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
 
 
 def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
-    create_run(run_file(tmp_path, _phases(2)), env, tmp_path)
+    url, env = _setup(tmp_path, 2)
     tape = cassette(
         tmp_path,
         [
@@ -171,9 +150,8 @@ def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: P
             for attempt, latency in ((1, 8000), (2, 0))
         ],
     )
-    args = ("run", "--run-id", "exec-run", "-k", "2", "--auditor", "rules", "--cassette", str(tape))
-    where = ("--workspace", str(tmp_path / "ws"), "--lease-seconds", "5")
-    process = drain_process(*args, *where, env=env, cwd=tmp_path)
+    args = _run_args(tmp_path, tape, "-k", "2", "--lease-seconds", "5")
+    process = drain_process(*args, env=env, cwd=tmp_path)
     seen: list[str] = []
     server = _spawned_pid(process, seen)
     deadline = time.monotonic() + 60
@@ -185,7 +163,7 @@ def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: P
     assert process.returncode == 2, stderr[-3000:]
     assert "nothing is lost" in stderr and "run the same command again" in stderr
 
-    again = drain(*args, *where, env=env, cwd=tmp_path, timeout=120)
+    again = drain(*args, env=env, cwd=tmp_path, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["run_state"] == "DONE_SUCCESS"
     history = rows(url, "SELECT phase_id, outcome, stop_reason FROM phase_attempts ORDER BY id")
