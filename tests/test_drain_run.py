@@ -140,6 +140,27 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
     assert _wait_dead(server), f"API server {server} outlived the drain ({how})"
 
 
+def test_one_ctrl_c_finishes_the_attempt_in_flight_and_reports(tmp_path: Path) -> None:
+    url, env = _setup(tmp_path, 2)
+    process = drain_process(
+        *_run_args(tmp_path, _tape(tmp_path, 2, latency_ms=3000)), env=env, cwd=tmp_path
+    )
+    seen: list[str] = []
+    _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while phase_row(url, "p0")["state"] != "EXECUTING":
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr[-3000:]
+    assert "stopped by Ctrl-C" in stderr and "Traceback" not in stderr
+    assert "p0" in stdout and "COMPLETE" in stdout  # the summary table is printed
+    assert phase_row(url, "p0")["state"] == "COMPLETE"
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+    assert (tmp_path / "ws/pkg/m0.py").exists() and not (tmp_path / "ws/pkg/m1.py").exists()
+
+
 def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: Path) -> None:
     url, env = _setup(tmp_path, 2)
     tape = cassette(

@@ -85,10 +85,15 @@ def blockers(run: Mapping[str, Any], phase: Mapping[str, Any]) -> list[str]:
     return reasons
 
 
-def _join(workers: list[threading.Thread]) -> None:
-    for worker in workers:
-        while worker.is_alive():
-            worker.join(timeout=0.2)
+def _wait_all(finished: list[threading.Event]) -> None:
+    """Wait until every worker has finished, interruptibly by Ctrl-C.
+
+    Events, not ``Thread.join``: on Python 3.11 a KeyboardInterrupt landing inside
+    ``join`` can leave a live thread reporting ``is_alive() == False``.
+    """
+    for event in finished:
+        while not event.wait(0.2):
+            pass
 
 
 class AutonomousExecutor:
@@ -180,30 +185,28 @@ class AutonomousExecutor:
         """Drain every phase of ``run_id`` with ``concurrency`` attempts at a time.
 
         ``max_claims`` stops claiming after that many attempts (a batch). The first
-        Ctrl-C stops claiming and waits for attempts in flight to post their results; a
-        second one aborts (their leases expire and the phases are reclaimed).
+        Ctrl-C stops claiming, waits for attempts in flight to post their results and
+        returns the summary (with a note saying so); a second one aborts (their leases
+        expire and the phases are reclaimed).
         """
         started = time.monotonic()
         summary = DrainSummary(run_id=run_id)
         self.client.get_run(run_id)  # a clear NotFound (naming the database) before any thread
         self._claims_left = max_claims
         errors: list[BaseException] = []
-        workers = [
+        finished = [threading.Event() for _ in range(concurrency)]
+        for index, done in enumerate(finished):
             threading.Thread(
                 target=self._worker,
-                args=(run_id, index, summary, errors),
+                args=(run_id, index, summary, errors, done),
                 name=f"worker-{index}",
                 daemon=True,
-            )
-            for index in range(concurrency)
-        ]
-        for worker in workers:
-            worker.start()
+            ).start()
         try:
-            _join(workers)
+            _wait_all(finished)
         except KeyboardInterrupt:
             self.stop()
-            in_flight = sum(worker.is_alive() for worker in workers)
+            in_flight = sum(not done.is_set() for done in finished)
             log_event(
                 logger,
                 "stopping",
@@ -211,8 +214,11 @@ class AutonomousExecutor:
                 in_flight=in_flight,
                 hint="waiting for attempts in flight; Ctrl-C again to abort",
             )
-            _join(workers)
-            raise
+            _wait_all(finished)
+            summary.note = (
+                "stopped by Ctrl-C: the attempts in flight finished and were recorded; "
+                "the rest of the run stays queued for the next drain"
+            )
         if errors:
             raise errors[0]
         return self._summary(summary, started)
@@ -228,7 +234,12 @@ class AutonomousExecutor:
             return True
 
     def _worker(
-        self, run_id: str, index: int, summary: DrainSummary, errors: list[BaseException]
+        self,
+        run_id: str,
+        index: int,
+        summary: DrainSummary,
+        errors: list[BaseException],
+        finished: threading.Event,
     ) -> None:
         worker_id = f"{self.options.worker_id}/{index}"
         try:
@@ -252,3 +263,5 @@ class AutonomousExecutor:
         except BaseException as exc:  # surface in the main thread, stop the others
             errors.append(exc)
             self.stopping.set()
+        finally:
+            finished.set()
