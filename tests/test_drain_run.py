@@ -161,6 +161,27 @@ def test_one_ctrl_c_finishes_the_attempt_in_flight_and_reports(tmp_path: Path) -
     assert (tmp_path / "ws/pkg/m0.py").exists() and not (tmp_path / "ws/pkg/m1.py").exists()
 
 
+def test_interrupted_drain_phase_hands_the_phase_back_at_once(tmp_path: Path) -> None:
+    url, env = _setup(tmp_path, 1)
+    tape = _tape(tmp_path, 1, latency_ms=60_000)
+    args = _run_args(tmp_path, tape)
+    process = drain_process("phase", "--phase-id", "p0", *args[1:], env=env, cwd=tmp_path)
+    seen: list[str] = []
+    server = _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while phase_row(url, "p0")["state"] != "EXECUTING":
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert _wait_dead(server)
+    # Not EXECUTING until the lease expires: QUEUED now, the attempt says why.
+    assert phase_row(url, "p0")["state"] == "QUEUED"
+    [attempt] = rows(url, "SELECT outcome, stop_reason FROM phase_attempts")
+    assert attempt == {"outcome": "FAILED", "stop_reason": "interrupted"}
+
+
 def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: Path) -> None:
     url, env = _setup(tmp_path, 2)
     tape = cassette(

@@ -237,6 +237,7 @@ class Attempt:
             except BaseException:  # Ctrl-C or SystemExit mid-attempt: leave nothing half-done
                 if self.applied is not None:
                     self.applied.revert()
+                self._hand_back()
                 raise
             if finish.outcome != "COMPLETE" and self.applied is not None:
                 self.applied.revert()
@@ -536,6 +537,26 @@ class Attempt:
         )
 
     # -- ending ----------------------------------------------------------------------------
+    def _hand_back(self) -> None:
+        """Interrupted (Ctrl-C, SIGTERM): re-queue the phase now rather than at lease expiry.
+
+        Best effort: if the API does not answer, the lease still expires and the phase is
+        reclaimed then.
+        """
+        try:
+            self.s.client.post_result(
+                self.run_id,
+                self.phase_id,
+                lease_token=self.claim["lease_token"],
+                idempotency_key=f"{self.run_id}:{self.phase_id}:{self.number}",
+                outcome="FAILED",
+                stop_reason="interrupted",
+                retryable=True,
+                error="the executor was interrupted (Ctrl-C or SIGTERM) mid-attempt",
+            )
+        except AutopackError as exc:
+            log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+
     def _lease_lost(self) -> AttemptResult:
         if self.applied is not None:
             self.applied.revert()
