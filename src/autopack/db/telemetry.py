@@ -7,9 +7,9 @@ set is checked by a test, so a field without a column cannot be silently dropped
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from autopack.db.models import LlmUsageEvent, TokenBudgetEscalationEvent, TokenEstimationEvent
@@ -43,13 +43,24 @@ def record_escalation(session: Session, event: TokenBudgetEscalationIn) -> int:
     return row.id
 
 
-def set_phase_outcome(session: Session, run_id: str, phase_id: str, outcome: str) -> None:
-    """Join the phase's final state onto its estimation events when the phase ends."""
-    session.execute(
-        update(TokenEstimationEvent)
-        .where(TokenEstimationEvent.run_id == run_id, TokenEstimationEvent.phase_id == phase_id)
-        .values(phase_outcome=outcome)
+_ESTIMATIONS = cast(Table, TokenEstimationEvent.__table__)
+_SET_OUTCOME = (
+    update(_ESTIMATIONS)
+    .where(
+        _ESTIMATIONS.c.run_id == bindparam("b_run"),
+        _ESTIMATIONS.c.phase_id == bindparam("b_phase"),
     )
+    .values(phase_outcome=bindparam("b_outcome"))
+)
+
+
+def set_phase_outcome(connection: Connection, run_id: str, phase_id: str, outcome: str) -> None:
+    """Join the phase's final state onto its estimation events when the phase ends.
+
+    Runs inside the transaction that ends the phase (on every result, so it is a statement
+    built once: an ORM bulk update cost ten times its CPU).
+    """
+    connection.execute(_SET_OUTCOME, {"b_run": run_id, "b_phase": phase_id, "b_outcome": outcome})
 
 
 def phase_row_counts(session: Session, run_id: str, phase_id: str) -> dict[str, int]:

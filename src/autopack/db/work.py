@@ -983,7 +983,7 @@ def reclaim_expired(tx: Tx) -> int:
             phase_state=target,
         )
         if target == P.FAILED:
-            set_phase_outcome(tx.session, phase["run_id"], phase["phase_id"], target)
+            set_phase_outcome(tx.conn, phase["run_id"], phase["phase_id"], target)
             skip_blocked(tx, phase)
             settle_run(tx, phase["run_id"])
     return reclaimed
@@ -1218,7 +1218,7 @@ def _post_result(
             values.update(finished_at=tx.now)
     _update_phase(tx, phase["id"], **values)
     if target != P.QUEUED:
-        set_phase_outcome(tx.session, run_id, phase_id, target)
+        set_phase_outcome(tx.conn, run_id, phase_id, target)
 
     if target == P.FAILED:
         skip_blocked(tx, phase)
@@ -1505,7 +1505,7 @@ def _settle_approval(
         phase_state=target,
     )
     if target == P.FAILED:
-        set_phase_outcome(tx.session, run_id, phase_id, target)
+        set_phase_outcome(tx.conn, run_id, phase_id, target)
         skip_blocked(tx, phase)
         settle_run(tx, run_id)
     return str(target)
