@@ -168,10 +168,12 @@ def test_interrupted_drain_phase_hands_the_phase_back_at_once(tmp_path: Path) ->
     process = drain_process("phase", "--phase-id", "p0", *args[1:], env=env, cwd=tmp_path)
     seen: list[str] = []
     server = _spawned_pid(process, seen)
-    deadline = time.monotonic() + 60
-    while phase_row(url, "p0")["state"] != "EXECUTING":
-        assert time.monotonic() < deadline, "".join(seen)
-        time.sleep(0.05)
+    assert process.stderr is not None
+    for text in process.stderr:  # the attempt has begun (it is waiting on the "LLM")
+        seen.append(text)
+        if "p0 attempt 1 started" in text:
+            break
+    assert phase_row(url, "p0")["state"] == "EXECUTING", "".join(seen)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
     assert process.returncode != 0

@@ -203,6 +203,15 @@ class Attempt:
 
     # -- the attempt, step by step ----------------------------------------------------------
     def run(self) -> AttemptResult:
+        try:
+            return self._run()
+        except BaseException:  # Ctrl-C or SystemExit mid-attempt: leave nothing half-done
+            if self.applied is not None:
+                self.applied.revert()
+            self._hand_back()
+            raise
+
+    def _run(self) -> AttemptResult:
         self.s.events(
             "attempt_started", run_id=self.run_id, phase_id=self.phase_id, attempt=self.number
         )
@@ -234,11 +243,6 @@ class Attempt:
                 finish = _Finish(
                     "FAILED", "executor_error", error=f"{type(exc).__name__}: {exc}", feedback=None
                 )
-            except BaseException:  # Ctrl-C or SystemExit mid-attempt: leave nothing half-done
-                if self.applied is not None:
-                    self.applied.revert()
-                self._hand_back()
-                raise
             if finish.outcome != "COMPLETE" and self.applied is not None:
                 self.applied.revert()
             return self._post(finish, heartbeat)
