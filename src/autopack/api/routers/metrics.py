@@ -50,7 +50,8 @@ class _DatabaseCollector:
             calls.add_metric([*key, "failure"], u["failed_calls"])
             tokens.add_metric([*key, "input"], u["input_tokens"])
             tokens.add_metric([*key, "output"], u["output_tokens"])
-            cost.add_metric(key, u["cost_usd"] or 0.0)
+            if u["cost_usd"] is not None:  # an unpriced model has no cost, not $0
+                cost.add_metric(key, u["cost_usd"])
         yield from (run_states, phases, pending, calls, tokens, cost)
 
 
