@@ -36,11 +36,12 @@ import time
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Table,
     and_,
@@ -48,13 +49,13 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
 )
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from autopack.db import views
@@ -113,7 +114,20 @@ RECLAIM_BATCH = 100
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 MAX_TRANSACTION_TRIES = 5
 BLOCKED_PREFIX = "blocked by "
-ACTIVE = sorted(PHASE_ACTIVE)
+
+
+def _one_of(column: ColumnElement[str], values: Iterable[str]) -> ColumnElement[bool]:
+    """``column IN (...)`` over a constant set, as ordinary bound parameters.
+
+    ``in_()`` with plain values makes an "expanding" parameter that SQLAlchemy splices
+    into the SQL text again on every execution (measured: ~0.1 ms of CPU per statement
+    on the claim path); a fixed set of states never needs that.
+    """
+    return column.in_([literal(value) for value in sorted(values)])
+
+
+ACTIVE = _one_of(PHASES.c.state, PHASE_ACTIVE)
+"""The phase holds a live lease (EXECUTING or CI_RUNNING)."""
 
 
 # -- transactions ---------------------------------------------------------------------------
@@ -123,14 +137,10 @@ ACTIVE = sorted(PHASE_ACTIVE)
 class Tx:
     """One transaction: its connection, its single ``now``, and the database it is in."""
 
-    session: Session
+    conn: Connection
     now: datetime
     identity: DbIdentity
     pg: bool
-    conn: Connection = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.conn = self.session.connection()
 
     def execute(self, statement: Executable, params: Params | None = None) -> CursorResult[Any]:
         return self.conn.execute(statement, params)
@@ -152,8 +162,8 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
     pg = database.engine.dialect.name == "postgresql"
     for attempt in range(1, MAX_TRANSACTION_TRIES + 1):
         try:
-            with database.session() as session:
-                return work(Tx(session, utcnow(), database.identity, pg))
+            with database.transaction() as connection:
+                return work(Tx(connection, utcnow(), database.identity, pg))
         except DBAPIError as exc:
             code = getattr(exc.orig, "sqlstate", None)
             if code not in RETRYABLE_SQLSTATES or attempt == MAX_TRANSACTION_TRIES:
@@ -185,11 +195,11 @@ FLIP_PHASE = update(PHASES).where(
 RECOVER_PHASE = update(PHASES).where(
     PHASES.c.id == bindparam("b_pk"),
     PHASES.c.lease_token == bindparam("b_token"),
-    PHASES.c.state.in_(ACTIVE),
+    ACTIVE,
 )
 RENEW_LEASE = (
     update(PHASES)
-    .where(_PHASE_IS, PHASES.c.lease_token == bindparam("b_token"), PHASES.c.state.in_(ACTIVE))
+    .where(_PHASE_IS, PHASES.c.lease_token == bindparam("b_token"), ACTIVE)
     .values(
         lease_expires_at=bindparam("b_expires"),
         lease_seconds=bindparam("b_seconds"),
@@ -198,12 +208,18 @@ RENEW_LEASE = (
     .returning(PHASES.c.state)
 )
 EXPIRED_LEASES = (
-    select(PHASES)
-    .where(PHASES.c.state.in_(ACTIVE), PHASES.c.lease_expires_at < bindparam("b_now"))
+    select(PHASES.c.id)
+    .where(ACTIVE, PHASES.c.lease_expires_at < bindparam("b_now"))
     .order_by(PHASES.c.lease_expires_at)
     .limit(RECLAIM_BATCH)
 )
+"""Ids only: every claim asks, and the answer is nearly always none."""
 EXPIRED_LEASES_SKIP_LOCKED = EXPIRED_LEASES.with_for_update(skip_locked=True)
+PHASES_BY_ID = (
+    select(PHASES)
+    .where(PHASES.c.id.in_(bindparam("b_pks", expanding=True)))
+    .order_by(PHASES.c.lease_expires_at)
+)
 INSERT_ATTEMPT = insert(ATTEMPTS)
 UPDATE_ATTEMPT = update(ATTEMPTS).where(_ATTEMPT_IS)
 UPDATE_ATTEMPT_IF = update(ATTEMPTS).where(
@@ -243,7 +259,7 @@ OPEN_IN_TIER = (
     .select_from(PHASES)
     .where(
         PHASES.c.run_id == bindparam("b_run"),
-        PHASES.c.state.in_(sorted(PHASE_OPEN)),
+        _one_of(PHASES.c.state, PHASE_OPEN),
         PHASES.c.tier_index == bindparam("b_tier"),
     )
 )
@@ -251,7 +267,7 @@ OPEN_PEER_SHARED = (
     select(PHASES.c.id)
     .where(
         PHASES.c.run_id == bindparam("b_run"),
-        PHASES.c.state.in_(sorted(PHASE_OPEN)),
+        _one_of(PHASES.c.state, PHASE_OPEN),
         PHASES.c.tier_index == bindparam("b_tier"),
         PHASES.c.id != bindparam("b_pk"),
     )
@@ -315,7 +331,7 @@ def _claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool)
             PHASES.c.state == P.QUEUED,
             or_(PHASES.c.available_at.is_(None), PHASES.c.available_at <= bindparam("b_now")),
             PHASES.c.attempts - PHASES.c.retry_window_start < PHASES.c.max_attempts,
-            RUNS.c.state.in_(sorted(RUN_ACTIVE)),
+            _one_of(RUNS.c.state, RUN_ACTIVE),
             ~exists().where(
                 earlier_tier.c.run_id == PHASES.c.run_id,
                 earlier_tier.c.tier_index < PHASES.c.tier_index,
@@ -931,7 +947,9 @@ def reclaim_expired(tx: Tx) -> int:
     Each recovery is a conditional UPDATE on the old lease token, so a recovery that lost a
     race (another replica, the maintenance task) changes nothing.
     """
-    expired = tx.rows(EXPIRED_LEASES_SKIP_LOCKED if tx.pg else EXPIRED_LEASES, {"b_now": tx.now})
+    statement = EXPIRED_LEASES_SKIP_LOCKED if tx.pg else EXPIRED_LEASES
+    pks = list(tx.execute(statement, {"b_now": tx.now}).scalars())
+    expired = tx.rows(PHASES_BY_ID, {"b_pks": pks}) if pks else []
     reclaimed = 0
     for phase in expired:
         run = get_run_row(tx, phase["run_id"])
