@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from multiprocessing.synchronize import Event
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,15 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _worker(
-    url: str, run_id: str, worker_id: str, go: Event, results: Any
+    url: str, run_id: str, worker_id: str, ready: Barrier, go: Barrier, results: Any
 ) -> None:  # pragma: no cover - runs in a child process
     claims: list[float] = []
     beats: list[float] = []
     posts: list[float] = []
     done = 0
     with ApiClient(url) as client:
+        client.health()  # connected and warm before the clock starts
+        ready.wait()
         go.wait()
         cpu_start = time.process_time()
         while True:
@@ -90,16 +92,20 @@ def _worker(
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _process_cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by these processes (Linux /proc)."""
-    total = 0.0
+def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each of these processes (Linux /proc)."""
+    used = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
+        used[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return used
+
+
+def _process_cpu(pids: list[int]) -> float:
+    return sum(_cpu_by_pid(pids).values())
 
 
 def _machine_cpu() -> float:
@@ -218,23 +224,26 @@ def measure(url: str, workers: int, phases: int, server_pids: list[int]) -> dict
     with ApiClient(url) as client:
         client.create_run(definition)
     context = multiprocessing.get_context("spawn")
-    go = context.Event()
+    ready = context.Barrier(workers + 1)
+    go = context.Barrier(workers + 1)
     results = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(url, run_id, f"w{i}", go, results))
+        context.Process(target=_worker, args=(url, run_id, f"w{i}", ready, go, results))
         for i in range(workers)
     ]
     for process in processes:
         process.start()
-    time.sleep(1.0 + 0.1 * workers)  # let every worker import and connect
-    pg_pids = _postgres_pids()
+    ready.wait(timeout=300)  # every worker imported, connected and asked /health once
+    pg_before = _cpu_by_pid(_postgres_pids())
     server_cpu, machine_cpu = _process_cpu(server_pids), _machine_cpu()
-    pg_cpu = _process_cpu(pg_pids)
     started = time.time()
-    go.set()
+    go.wait()
     reports = [results.get(timeout=600) for _ in processes]
     server_cpu = _process_cpu(server_pids) - server_cpu
-    pg_cpu = _process_cpu(pg_pids) - pg_cpu  # backends that exited meanwhile are missed
+    # Backends the server's pool opened during the run count in full; ones that exited
+    # meanwhile are missed.
+    pg_after = _cpu_by_pid(_postgres_pids())
+    pg_cpu = sum(used - pg_before.get(pid, 0.0) for pid, used in pg_after.items())
     machine_cpu = _machine_cpu() - machine_cpu
     for process in processes:
         process.join(timeout=60)
