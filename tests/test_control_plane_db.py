@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -707,3 +708,35 @@ def test_last_phases_finishing_at_once_still_end_the_run(db: Database) -> None:
         view = runs.get_run(db, run_id)
         assert view["state"] == "DONE_SUCCESS", (round_, view["counts"])
         assert [t["state"] for t in view["tiers"]] == ["COMPLETE"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_large_new_run_is_planned_with_fresh_statistics(db: Database) -> None:
+    """Heartbeats and results find their phase by (run_id, phase_id), not by scanning the
+    run: with the statistics from before the insert, PostgreSQL picked an index on run_id
+    alone and filtered every phase of the run on each call."""
+    create(db, tiers=[("T1", [f"p{i:04d}" for i in range(600)])])
+    claimed = claim(db)
+    compiled = work.RENEW_LEASE.compile(dialect=db.engine.dialect)
+    now = datetime.now(UTC)
+    params = {
+        **compiled.params,
+        "b_run": "r",
+        "b_phase": claimed["phase_id"],
+        "b_token": claimed["lease_token"],
+        "b_expires": now,
+        "b_seconds": 60,
+        "b_now": now,
+    }
+    with db.engine.connect() as connection:
+        explained = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", params)
+        (plan,) = explained.scalar_one()
+
+    def scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if node.get("Relation Name") == "phases" and node["Node Type"].endswith("Scan"):
+            yield node
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    (scan,) = scans(plan["Plan"])
+    assert "phase_id" in scan.get("Index Cond", ""), scan
