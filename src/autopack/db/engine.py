@@ -62,6 +62,8 @@ def _discard_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: An
     query on every transaction (measured 15-20 % of the control plane's throughput).
     Raising ``DisconnectionError`` makes the pool discard it and connect afresh.
     """
+    if dbapi_connection.closed:
+        raise DisconnectionError("this pooled PostgreSQL connection is closed")
     poller = select.poll()
     poller.register(dbapi_connection.fileno(), select.POLLIN)
     if poller.poll(0):
