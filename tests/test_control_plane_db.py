@@ -8,16 +8,19 @@ in test_claims_concurrency.py.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from autopack.db import Database, open_database, runs, work
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
 from autopack.rundef import parse_run_definition
+from tests.conftest import _pg_conninfo
 from tests.cp_support import (
     age_run,
     attempt_rows,
@@ -740,3 +743,20 @@ def test_a_large_new_run_is_planned_with_fresh_statistics(db: Database) -> None:
 
     (scan,) = scans(plan["Plan"])
     assert "phase_id" in scan.get("Index Cond", ""), scan
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_table_held_by_vacuum_does_not_stall_or_fail_run_creation(
+    db: Database, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The statistics refresh after a create gives up after its lock timeout; the run,
+    already committed, is answered as created and is claimable."""
+    with psycopg.connect(_pg_conninfo(database_url)) as holder:
+        holder.execute("LOCK TABLE phases IN SHARE UPDATE EXCLUSIVE MODE")  # as VACUUM does
+        with caplog.at_level(logging.WARNING, logger="autopack.runs"):
+            view = create(db, tiers=[("T1", ["a", "b"])])
+    assert view["state"] == "QUEUED"
+    assert [record.levelno for record in caplog.records if record.msg == "analyze_skipped"] == [
+        logging.WARNING
+    ]
+    assert claim(db)["phase_id"] == "a"

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from autopack.db import views
 from autopack.db.work import (
@@ -57,6 +57,7 @@ P = PhaseState
 R = RunState
 REL_TUPLES = text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:b_table)")
 """PostgreSQL's row estimate for a table (-1 before its first ANALYZE)."""
+ANALYZE_LOCK_TIMEOUT = "2s"
 
 
 def create_run(database: Database, definition: RunDefinition) -> dict[str, Any]:
@@ -163,10 +164,16 @@ def _refresh_planner_statistics(database: Database, new_phases: int) -> None:
     """
     if database.engine.dialect.name != "postgresql":
         return
-    with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        known = conn.execute(REL_TUPLES, {"b_table": "phases"}).scalar_one()
-        if new_phases >= 0.1 * max(known, 0):
-            conn.exec_driver_sql("ANALYZE phases, tiers, phase_dependencies")
+    try:
+        with database.engine.begin() as conn:
+            known = conn.execute(REL_TUPLES, {"b_table": "phases"}).scalar_one()
+            if new_phases >= 0.1 * max(known, 0):
+                # A VACUUM or another ANALYZE holding the table must not stall run creation.
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{ANALYZE_LOCK_TIMEOUT}'")
+                conn.exec_driver_sql("ANALYZE phases, tiers, phase_dependencies")
+    except DBAPIError as exc:  # the run is committed; autovacuum will analyze later
+        reason = str(exc.orig or exc).strip()
+        log_event(logger, "analyze_skipped", logging.WARNING, reason=reason)
 
 
 def _exists(tx: Tx, run_id: str, state: str) -> Conflict:
