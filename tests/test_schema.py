@@ -99,6 +99,24 @@ def test_api_server_refuses_a_partial_schema(database_url: str, tmp_path: Path) 
         server.stop()
 
 
+def test_a_dropped_column_is_named_and_upgrade_is_not_offered(
+    database_url: str, tmp_path: Path
+) -> None:
+    _identity(database_url, tmp_path)
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE phase_attempts DROP COLUMN feedback"))
+    engine.dispose()
+    env = clean_env(DATABASE_URL=database_url)
+    check = cli("db", "check", "--json", cwd=tmp_path, env=env)
+    assert check.returncode == 3
+    assert json.loads(check.stdout)["missing_columns"] == {"phase_attempts": ["feedback"]}
+    refused = cli("db", "identity", cwd=tmp_path, env=env)
+    assert refused.returncode == 3
+    assert "table phase_attempts lacks columns: feedback" in refused.stderr
+    assert "initialise a new one" in refused.stderr
+
+
 def test_old_revision_is_refused(database_url: str, tmp_path: Path) -> None:
     _identity(database_url, tmp_path)
     engine = make_engine(database_url)
