@@ -375,6 +375,19 @@ def test_expired_lease_nobody_took_can_still_be_renewed(db: Database) -> None:
     assert finish(db, claimed)["phase_state"] == "COMPLETE"
 
 
+def test_a_claim_reclaims_an_expired_lease_when_nothing_else_is_queued(db: Database) -> None:
+    create(db)
+    claim(db, worker="w1")
+    expire_lease(db, "r", "a")
+    fresh = claim(db, worker="w2")
+    assert fresh is not None, "an expired lease is claimable work, not a 204"
+    assert (fresh["phase_id"], fresh["attempt"], fresh["history"][0]["outcome"]) == (
+        "a",
+        2,
+        "LOST",
+    )
+
+
 def test_zombie_after_reclaim_gets_lease_lost_and_changes_nothing(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b"])])
     zombie = claim(db, worker="w1")

@@ -185,6 +185,13 @@ _ATTEMPT_IS = and_(
 
 PHASE = select(PHASES).where(_PHASE_IS)
 PHASE_FOR_UPDATE = PHASE.with_for_update()
+PHASE_AND_RUN_STATE = (
+    select(PHASES, RUNS.c.state.label("run_state"))
+    .join(RUNS, RUNS.c.id == PHASES.c.run_id)
+    .where(_PHASE_IS)
+)
+"""What a result needs in one statement: the phase, and its run's state for the answer."""
+PHASE_AND_RUN_STATE_FOR_UPDATE = PHASE_AND_RUN_STATE.with_for_update(of=PHASES)
 RUN = select(RUNS).where(RUNS.c.id == bindparam("b_run"))
 RUN_FOR_UPDATE = RUN.with_for_update()
 UPDATE_PHASE = update(PHASES).where(PHASES.c.id == bindparam("b_pk"))
@@ -302,7 +309,8 @@ STARTED_PHASES = (
 
 def _claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool) -> Any:
     """The claim query: the next claimable phase with its run's columns (``r__*``) and its
-    tier's state, in claim order.
+    tier's state, in claim order; and ``leases_expired``: whether any lease anywhere has
+    expired, so that the common claim (none has) costs no statement of its own for it.
 
     The tier gate reads the ``tiers`` rows, whose state is re-derived under the run lock
     whenever a phase becomes terminal: a tier is COMPLETE exactly when all its phases
@@ -314,6 +322,7 @@ def _claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool)
     earlier_tier = TIERS.alias("earlier_tier")
     own_tier = TIERS.alias("own_tier")
     prerequisite = PHASES.alias("prerequisite")
+    held = PHASES.alias("held")
     statement = (
         select(
             PHASES,
@@ -325,6 +334,12 @@ def _claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool)
             )
             .scalar_subquery()
             .label("tier_state"),
+            exists()
+            .where(
+                _one_of(held.c.state, PHASE_ACTIVE),
+                held.c.lease_expires_at < bindparam("b_now"),
+            )
+            .label("leases_expired"),
         )
         .join(RUNS, RUNS.c.id == PHASES.c.run_id)
         .where(
@@ -572,8 +587,9 @@ def _phase_states(tx: Tx, run_id: str) -> dict[int, list[str]]:
 def settle_run(tx: Tx, run_id: str, *, finished: Row | None = None) -> str:
     """Lock the run, re-derive tier states, end the run if no phase is open. Its state.
 
-    ``finished``: the one phase that just became terminal (a result, no cascade). While
-    its tier still has another open phase neither the tier nor the run can change state.
+    ``finished``: the one phase that just became terminal (a result, no cascade), read
+    with its run's state as ``run_state``. While its tier still has another open phase
+    neither the tier nor the run can change state.
     On PostgreSQL that other phase is share-locked (``FOR KEY SHARE SKIP LOCKED``), so it
     cannot finish before this transaction commits, and whoever finishes it will see this
     one done: the run row need not be locked at all, and results of one run do not queue
@@ -586,7 +602,7 @@ def settle_run(tx: Tx, run_id: str, *, finished: Row | None = None) -> str:
             "b_pk": finished["id"],
         }
         if tx.execute(OPEN_PEER_SHARED, params).first() is not None:
-            return str(get_run_row(tx, run_id)["state"])
+            return str(finished["run_state"])
     run = get_run_row(tx, run_id, lock=True)
     if finished is not None and run["state"] == R.RUNNING:
         still_open = tx.execute(
@@ -783,7 +799,8 @@ def claim(
 
     Claimable: QUEUED, past its backoff, retry window not exhausted, run QUEUED/RUNNING and
     within budget, every phase of an earlier tier COMPLETE, every ``depends_on`` COMPLETE.
-    Order: tier_index, phase_index, run created_at. Expired leases are reclaimed first.
+    Order: tier_index, phase_index, run created_at. Expired leases are reclaimed first
+    (the claim query says whether there are any).
     """
     if phase_id is not None and run_id is None:
         raise InvalidInput("claiming a specific phase_id needs its run_id too")
@@ -800,10 +817,16 @@ def claim(
 def _claim(
     tx: Tx, worker_id: str, lease_seconds: int, run_id: str | None, phase_id: str | None
 ) -> dict[str, Any] | None:
-    reclaim_expired(tx)
     excluded: set[str] = set()
+    reclaim_checked = False
     while True:
         found = _next_claimable(tx, run_id, phase_id, excluded)
+        if not reclaim_checked and (found is None or found["leases_expired"]):
+            # Expired leases go back into the queue first and the pick is made again, so
+            # a reclaimed phase is claimed in its order (and never missed by a 204).
+            reclaim_checked = True
+            if reclaim_expired(tx):
+                continue
         if found is None:
             if not excluded and run_id is not None:  # say so when the ids are wrong
                 if phase_id is not None:
@@ -811,7 +834,11 @@ def _claim(
                 else:
                     get_run_row(tx, run_id)
             return None
-        phase = {k: v for k, v in found.items() if not k.startswith("r__") and k != "tier_state"}
+        phase = {
+            k: v
+            for k, v in found.items()
+            if not k.startswith("r__") and k not in ("tier_state", "leases_expired")
+        }
         run = {k[3:]: v for k, v in found.items() if k.startswith("r__")}
         problem = budget_problem(tx, run, starting_new_phase=phase["started_at"] is None)
         if problem is None:
@@ -1023,7 +1050,28 @@ def heartbeat(
 
     An expired lease nobody reclaimed yet is renewed: nobody else holds the phase.
     ``state`` moves EXECUTING <-> CI_RUNNING.
+
+    The common case (same state, explicit length) is one conditional UPDATE, run as its
+    own transaction; anything else, or a renewal that matched no row (to say why), runs
+    the full locked check.
     """
+    if state is None and lease_seconds is not None:
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_seconds)
+        with database.single_statement() as connection:
+            renewed = connection.execute(
+                RENEW_LEASE,
+                {
+                    "b_run": run_id,
+                    "b_phase": phase_id,
+                    "b_token": lease_token,
+                    "b_expires": expires,
+                    "b_seconds": lease_seconds,
+                    "b_now": now,
+                },
+            ).first()
+        if renewed is not None:
+            return {"lease_expires_at": expires, "state": renewed.state}
     return run_transaction(
         database,
         lambda tx: _heartbeat(
@@ -1041,21 +1089,6 @@ def _heartbeat(
     lease_seconds: int | None,
     state: str | None,
 ) -> dict[str, Any]:
-    if state is None and lease_seconds is not None:  # the common case: one statement
-        expires = tx.now + timedelta(seconds=lease_seconds)
-        renewed = tx.row(
-            RENEW_LEASE,
-            {
-                "b_run": run_id,
-                "b_phase": phase_id,
-                "b_token": lease_token,
-                "b_expires": expires,
-                "b_seconds": lease_seconds,
-                "b_now": tx.now,
-            },
-        )
-        if renewed is not None:
-            return {"lease_expires_at": expires, "state": renewed["state"]}
     phase = _held_phase(tx, run_id, phase_id, lease_token)
     seconds = lease_seconds or phase["lease_seconds"] or DEFAULT_LEASE_SECONDS
     target = state or phase["state"]
@@ -1192,7 +1225,12 @@ def _replay(tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | Non
 def _post_result(
     tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
 ) -> dict[str, Any]:
-    phase = get_phase_row(tx, run_id, phase_id, lock=True)
+    phase = tx.row(
+        PHASE_AND_RUN_STATE_FOR_UPDATE if tx.pg else PHASE_AND_RUN_STATE,
+        {"b_run": run_id, "b_phase": phase_id},
+    )
+    if phase is None:
+        phase = get_phase_row(tx, run_id, phase_id)  # raises NotFound naming run and db
     if phase["lease_token"] != result.lease_token or phase["state"] not in PHASE_ACTIVE:
         # Not (or no longer) the holder: a retry of an applied result, or a zombie.
         stored = _replay(tx, run_id, phase_id, result, key)
