@@ -149,18 +149,25 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Server:
-    def __init__(self, database_url: str, workdir: Path, uvicorn_workers: int) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        uvicorn_workers: int,
+        app: str = "autopack.main:app",
+        **extra_env: str,
+    ) -> None:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
-        env.update(DATABASE_URL=database_url, PYTHONPATH=str(REPO / "src"))
+        env.update(DATABASE_URL=database_url, PYTHONPATH=f"{REPO / 'src'}:{REPO}", **extra_env)
         env["AUTOPACK_LOG_LEVEL"] = "WARNING"
         self.log = (workdir / f"uvicorn-{port}.log").open("w")
         command = [
             sys.executable,
             "-m",
             "uvicorn",
-            "autopack.main:app",
+            app,
             "--host",
             "127.0.0.1",
             "--port",
@@ -401,6 +408,30 @@ def run_backend(
     return rows
 
 
+def run_floor(workers: list[int], per_worker: int) -> list[dict[str, Any]]:
+    """The same drain against :mod:`bench.floor_app` (no database): the stack's ceiling,
+    answering on the event loop and hopping to the thread pool like the real endpoints."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="autopack-floor-") as tmp:
+        for mode, threadpool in (("floor", "0"), ("floor+threads", "1")):
+            server = _Server(
+                "none",
+                Path(tmp),
+                1,
+                app="bench.floor_app:app",
+                AUTOPACK_FLOOR_THREADPOOL=threadpool,
+            )
+            try:
+                for count in workers:
+                    row = measure(server.url, count, count * per_worker, [server.process.pid])
+                    row.update(backend=mode, uvicorn_workers=1)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            finally:
+                server.stop()
+    return rows
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| backend | server procs | workers | phases | phases/s | claim p50 ms | "
@@ -447,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--db-layer", action="store_true", help="also measure the db layer without HTTP"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also drain bench.floor_app (the API's wire shape, no database): the ceiling",
+    )
     args = parser.parse_args(argv)
     workers = [int(x) for x in args.workers.split(",")]
     print(
@@ -464,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.pg_url,
                 db_layer=args.db_layer and uvicorn_workers == 1,
             )
+    if args.floor:
+        rows += run_floor(workers, args.phases_per_worker)
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
