@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +65,24 @@ def script(
 
 
 class Server:
-    """``uvicorn autopack.main:app`` in a child process on a free loopback port."""
+    """``uvicorn autopack.main:app`` in a child process on a free loopback port; with
+    ``autopack_args``, ``python -m autopack ARGS --port PORT`` instead."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        cwd: Path,
+        port: int | None = None,
+        autopack_args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"uvicorn-{self.port}.log"
         self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [
+        if autopack_args:
+            command = [sys.executable, "-m", "autopack", *autopack_args, "--port", str(self.port)]
+        else:
+            command = [
                 sys.executable,
                 "-m",
                 "uvicorn",
@@ -84,7 +93,9 @@ class Server:
                 str(self.port),
                 "--log-level",
                 "warning",
-            ],
+            ]
+        self.process = subprocess.Popen(
+            command,
             cwd=cwd,
             env=dict(env),
             stdout=self._log_file,

@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+from sqlalchemy.engine import make_url
 
 from autopack.cli._common import state
+from autopack.config import child_env, redact_url
+from autopack.errors import ConfigError
 
 
 def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int | None = typer.Option(None, help="Port (default: AUTOPACK_DEFAULT_API_PORT, 8000)."),
+    workers: int = typer.Option(
+        1, min=1, help="API processes (more than one needs PostgreSQL); one per core is plenty."
+    ),
 ) -> None:
-    """Serve the control plane API (same as `uvicorn autopack.main:app`)."""
+    """Serve the control plane API (same as `uvicorn autopack.main:app`).
+
+    With ``--workers N`` uvicorn starts N processes that resolve nothing themselves: each
+    gets every setting this command resolved, and the database's instance_id, explicitly
+    (as a spawned server does), so all N serve this database or refuse to start.
+    """
     import uvicorn  # the web stack loads only for the commands that serve
 
-    from autopack.api.app import create_app
-
     settings = state(ctx).settings
-    uvicorn.run(create_app(settings), host=host, port=port or settings.autopack_default_api_port)
+    port = port or settings.autopack_default_api_port
+    if workers == 1:
+        from autopack.api.app import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port)
+        return
+    backend = make_url(settings.database_url).get_backend_name()
+    if backend != "postgresql":
+        url = redact_url(settings.database_url)
+        raise ConfigError(
+            f"--workers {workers} needs PostgreSQL; {url} is {backend}, which takes one "
+            "writer at a time, so more API processes only queue at its file lock. Serve it "
+            "with one process, or move to DATABASE_URL=postgresql://...",
+            workers=workers,
+            url=url,
+        )
+    identity = state(ctx).database().identity  # schema-guarded and logged once, here
+    state(ctx).close()
+    os.environ.update(child_env(settings, AUTOPACK_EXPECTED_INSTANCE_ID=identity.instance_id))
+    uvicorn.run("autopack.main:app", host=host, port=port, workers=workers)

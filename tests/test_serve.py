@@ -1,0 +1,114 @@
+"""``autopack serve``: one process on either backend, several on PostgreSQL, and every
+process on the database the command resolved (never one its children resolve again)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from autopack.client import ApiClient
+from tests.support import Server, clean_env, cli
+
+
+def _instance_id(url: str, cwd: Path) -> str:
+    result = cli("db", "identity", "--json", cwd=cwd, env=clean_env(DATABASE_URL=url))
+    assert result.returncode == 0, result.stderr
+    instance_id: str = json.loads(result.stdout)["instance_id"]
+    return instance_id
+
+
+def _stop_gracefully(server: Server) -> None:
+    """SIGTERM, as a service manager stops it: every process shuts its app down.
+
+    (One uvicorn process re-raises the signal once it has shut down, so its status is
+    -SIGTERM; the multi-process supervisor exits 0.)
+    """
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(timeout=30)
+    output = server.output()
+    server.stop()
+    assert code in (0, -signal.SIGTERM), output
+    started = output.count("Application startup complete.")
+    assert started >= 1
+    assert output.count("Application shutdown complete.") == started, output
+
+
+def test_serve_answers_for_its_database_and_stops_cleanly(
+    database_url: str, tmp_path: Path
+) -> None:
+    expected = _instance_id(database_url, tmp_path)
+    server = Server(clean_env(DATABASE_URL=database_url), tmp_path, autopack_args=["serve"])
+    try:
+        assert server.wait_healthy()["database"]["instance_id"] == expected
+    finally:
+        _stop_gracefully(server)
+
+
+@pytest.mark.postgres
+def test_two_api_processes_serve_the_database_the_command_resolved(
+    pg_admin: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    chosen, decoy = create_pg_database(pg_admin), create_pg_database(pg_admin)
+    request.addfinalizer(lambda: drop_pg_database(pg_admin, chosen))
+    request.addfinalizer(lambda: drop_pg_database(pg_admin, decoy))
+    expected = _instance_id(chosen, tmp_path)
+    _instance_id(decoy, tmp_path)
+    # The children inherit DATABASE_URL (and a .env) naming the decoy: the flag must win
+    # in every one of them, as it did in the command.
+    (tmp_path / ".env").write_text(f"DATABASE_URL={decoy}\n")
+    server = Server(
+        clean_env(DATABASE_URL=decoy),
+        tmp_path,
+        autopack_args=["--database-url", chosen, "serve", "--workers", "2"],
+    )
+    try:
+        assert server.wait_healthy()["database"]["instance_id"] == expected
+        with ApiClient(server.url) as client:
+            client.create_run(
+                {
+                    "run_id": "r",
+                    "tiers": [
+                        {
+                            "tier_id": "T1",
+                            "name": "t",
+                            "phases": [{"phase_id": f"p{i}", "name": "p"} for i in range(6)],
+                        }
+                    ],
+                }
+            )
+            done = []
+            while (claim := client.claim("w", 60, run_id="r")) is not None:
+                client.heartbeat("r", claim["phase_id"], claim["lease_token"], lease_seconds=60)
+                client.post_result(
+                    "r",
+                    claim["phase_id"],
+                    lease_token=claim["lease_token"],
+                    outcome="COMPLETE",
+                    stop_reason="done",
+                )
+                done.append(claim["phase_id"])
+            assert sorted(done) == [f"p{i}" for i in range(6)]
+            assert client.get_run("r")["state"] == "DONE_SUCCESS"
+        api_identities = re.findall(
+            r"database_identity role=api .* instance_id=(\S+)", server.output()
+        )
+        assert api_identities == [expected, expected], server.output()
+    finally:
+        _stop_gracefully(server)
+
+
+def test_several_api_processes_on_sqlite_are_refused_before_touching_it(tmp_path: Path) -> None:
+    database = tmp_path / "autopack.db"
+    result = cli(
+        "serve", "--workers", "2", cwd=tmp_path, env=clean_env(DATABASE_URL=f"sqlite:///{database}")
+    )
+    assert result.returncode == 2
+    assert "--workers 2 needs PostgreSQL" in result.stderr
+    assert str(database) in result.stderr
+    assert not database.exists()
