@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.control_plane [--backends sqlite,postgresql] [--workers 1,4,16]
         [--phases-per-worker 150] [--uvicorn-workers 1] [--pg-url URL] [--json FILE]
+        [--db-layer] [--floor] [--api-url URL]
 
 For each backend a fresh database and a real ``uvicorn autopack.main:app`` server are
 started; for each worker count a run with ``workers * phases-per-worker`` phases (one
@@ -14,6 +15,12 @@ claim call as the worker sees it (HTTP round trip included), plus heartbeat and 
 Processes, not threads: on a 2-core machine client CPU competes with the server and the
 database, which is the honest situation for co-located executors; threads would hide
 the clients' cost behind the GIL of one process.
+
+``--api-url URL`` drives a server that is already running, typically on another machine
+(``autopack serve --host 0.0.0.0 --workers N`` next to PostgreSQL), with the workers
+here: the scale-out the design intends, where the executors' CPU is not the server's.
+``--floor`` drains :mod:`bench.floor_app`, the API's wire shape with no database: the
+ceiling of the HTTP stack itself on this machine.
 """
 
 from __future__ import annotations
@@ -214,8 +221,13 @@ def _free_port() -> int:
         return port
 
 
-def measure(url: str, workers: int, phases: int, server_pids: list[int]) -> dict[str, Any]:
-    """Drain one fresh run of ``phases`` phases with ``workers`` processes."""
+def measure(url: str, workers: int, phases: int, server_pids: list[int] | None) -> dict[str, Any]:
+    """Drain one fresh run of ``phases`` phases with ``workers`` processes.
+
+    ``server_pids`` None: the server (and its database) run on another machine, so only
+    this machine's CPU is measured; the server and postgres columns are None.
+    """
+    local = server_pids is not None
     run_id = f"bench-{workers}w-{uuid.uuid4().hex[:6]}"
     definition = {
         "run_id": run_id,
@@ -241,15 +253,15 @@ def measure(url: str, workers: int, phases: int, server_pids: list[int]) -> dict
     for process in processes:
         process.start()
     ready.wait(timeout=300)  # every worker imported, connected and asked /health once
-    pg_before = _cpu_by_pid(_postgres_pids())
-    server_cpu, machine_cpu = _process_cpu(server_pids), _machine_cpu()
+    pg_before = _cpu_by_pid(_postgres_pids()) if local else {}
+    server_cpu, machine_cpu = _process_cpu(server_pids or []), _machine_cpu()
     started = time.time()
     go.wait()
     reports = [results.get(timeout=600) for _ in processes]
-    server_cpu = _process_cpu(server_pids) - server_cpu
+    server_cpu = _process_cpu(server_pids or []) - server_cpu
     # Backends the server's pool opened during the run count in full; ones that exited
     # meanwhile are missed.
-    pg_after = _cpu_by_pid(_postgres_pids())
+    pg_after = _cpu_by_pid(_postgres_pids()) if local else {}
     pg_cpu = sum(used - pg_before.get(pid, 0.0) for pid, used in pg_after.items())
     machine_cpu = _machine_cpu() - machine_cpu
     for process in processes:
@@ -275,9 +287,9 @@ def measure(url: str, workers: int, phases: int, server_pids: list[int]) -> dict
         "result_p50_ms": round(_percentile(posts, 0.50) * 1000, 2),
         "result_p99_ms": round(_percentile(posts, 0.99) * 1000, 2),
         "cpu_ms_per_phase": {
-            "server": round(server_cpu / done * 1000, 2),
+            "server": round(server_cpu / done * 1000, 2) if local else None,
             "clients": round(client_cpu / done * 1000, 2),
-            "postgres": round(pg_cpu / done * 1000, 2),
+            "postgres": round(pg_cpu / done * 1000, 2) if local else None,
             "rest": round((machine_cpu - server_cpu - client_cpu - pg_cpu) / done * 1000, 2),
             "machine_busy_pct": round(machine_cpu / wall / (os.cpu_count() or 1) * 100),
         },
@@ -432,6 +444,24 @@ def run_floor(workers: list[int], per_worker: int) -> list[dict[str, Any]]:
     return rows
 
 
+def run_remote(api_url: str, workers: list[int], per_worker: int) -> list[dict[str, Any]]:
+    """The same drain against a server that runs elsewhere (executors on this machine,
+    API and database on others: the design's scale-out). Its runs stay in its database."""
+    with ApiClient(api_url) as client:
+        database = client.health()["database"]
+    rows = []
+    for count in workers:
+        row = measure(api_url, count, count * per_worker, None)
+        row.update(backend=f"{database['backend']} at {api_url}", uvicorn_workers="?")
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else str(value)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| backend | server procs | workers | phases | phases/s | claim p50 ms | "
@@ -447,7 +477,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['backend']} | {r['uvicorn_workers']} | {r['workers']} | {r['phases']} | "
             f"{r['phases_per_second']} | {r['claim_p50_ms']} | {r['claim_p99_ms']} | "
             f"{r['heartbeat_p50_ms']} | {r['result_p50_ms']} | {r['result_p99_ms']} | "
-            f"{cpu['server']} / {cpu['clients']} / {cpu['postgres']} / {cpu['rest']} | "
+            f"{_ms(cpu['server'])} / {cpu['clients']} / {_ms(cpu['postgres'])} / {cpu['rest']} | "
             f"{cpu['machine_busy_pct']}% |"
         )
     db_rows = [r for r in rows if r.get("layer") == "db"]
@@ -469,7 +499,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument(
+        "--backends", default="sqlite,postgresql", help="local servers to start ('' for none)"
+    )
+    parser.add_argument(
+        "--api-url",
+        help="also drive this running server (e.g. on another machine) from here",
+    )
     parser.add_argument("--workers", default="1,4,16")
     parser.add_argument("--phases-per-worker", type=int, default=150)
     parser.add_argument("--uvicorn-workers", default="1", help="comma list, e.g. 1,2")
@@ -491,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[dict[str, Any]] = []
     for uvicorn_workers in (int(x) for x in args.uvicorn_workers.split(",")):
-        for backend in args.backends.split(","):
+        for backend in filter(None, args.backends.split(",")):
             rows += run_backend(
                 backend,
                 workers,
@@ -500,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.pg_url,
                 db_layer=args.db_layer and uvicorn_workers == 1,
             )
+    if args.api_url:
+        rows += run_remote(args.api_url, workers, args.phases_per_worker)
     if args.floor:
         rows += run_floor(workers, args.phases_per_worker)
     print(markdown(rows))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import Server, clean_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,3 +60,44 @@ def test_control_plane_benchmark_drains_every_phase_on_both_backends_and_the_flo
     ]
     assert all(row["phases"] == 6 and row["phases_per_second"] > 0 for row in rows)
     assert "| floor+threads | 1 | 2 | 6 |" in finished.stdout
+
+
+def test_control_plane_benchmark_drives_a_server_running_elsewhere(
+    backend: str, database_url: str, tmp_path: Path
+) -> None:
+    server = Server(clean_env(DATABASE_URL=database_url), tmp_path, autopack_args=["serve"])
+    try:
+        server.wait_healthy()
+        rows_file = tmp_path / "rows.json"
+        finished = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.control_plane",
+                "--backends",
+                "",
+                "--api-url",
+                server.url,
+                "--workers",
+                "1,2",
+                "--phases-per-worker",
+                "3",
+                "--json",
+                str(rows_file),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        rows = json.loads(rows_file.read_text())
+        assert [(row["backend"], row["phases"]) for row in rows] == [
+            (f"{backend} at {server.url}", 3),
+            (f"{backend} at {server.url}", 6),
+        ]
+        assert all(row["cpu_ms_per_phase"]["server"] is None for row in rows)
+        assert all(row["cpu_ms_per_phase"]["clients"] > 0 for row in rows)
+    finally:
+        server.stop()
