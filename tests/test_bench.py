@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,28 +19,19 @@ from tests.support import Server, clean_env
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.postgres
-def test_control_plane_benchmark_drains_every_phase_on_both_backends_and_the_floor(
-    pg_admin: str, tmp_path: Path
-) -> None:
+def _bench(tmp_path: Path, *args: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run ``python -m bench.control_plane ARGS`` with 3 phases per worker: (stdout, rows)."""
     rows_file = tmp_path / "rows.json"
     finished = subprocess.run(
         [
             sys.executable,
             "-m",
             "bench.control_plane",
-            "--backends",
-            "sqlite,postgresql",
-            "--workers",
-            "2",
             "--phases-per-worker",
             "3",
-            "--floor",
-            "--db-layer",
-            "--pg-url",
-            pg_admin,
             "--json",
             str(rows_file),
+            *args,
         ],
         cwd=REPO,
         capture_output=True,
@@ -48,7 +40,25 @@ def test_control_plane_benchmark_drains_every_phase_on_both_backends_and_the_flo
         check=False,
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
-    rows = json.loads(rows_file.read_text())
+    rows: list[dict[str, Any]] = json.loads(rows_file.read_text())
+    return finished.stdout, rows
+
+
+@pytest.mark.postgres
+def test_control_plane_benchmark_drains_every_phase_on_both_backends_and_the_floor(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    stdout, rows = _bench(
+        tmp_path,
+        "--backends",
+        "sqlite,postgresql",
+        "--workers",
+        "2",
+        "--floor",
+        "--db-layer",
+        "--pg-url",
+        pg_admin,
+    )
     shapes = sorted((row["backend"], row.get("layer", "http")) for row in rows)
     assert shapes == [
         ("floor", "http"),
@@ -59,7 +69,7 @@ def test_control_plane_benchmark_drains_every_phase_on_both_backends_and_the_flo
         ("sqlite", "http"),
     ]
     assert all(row["phases"] == 6 and row["phases_per_second"] > 0 for row in rows)
-    assert "| floor+threads | 1 | 2 | 6 |" in finished.stdout
+    assert "| floor+threads | 1 | 2 | 6 |" in stdout
 
 
 def test_control_plane_benchmark_drives_a_server_running_elsewhere(
@@ -68,36 +78,12 @@ def test_control_plane_benchmark_drives_a_server_running_elsewhere(
     server = Server(clean_env(DATABASE_URL=database_url), tmp_path, autopack_args=["serve"])
     try:
         server.wait_healthy()
-        rows_file = tmp_path / "rows.json"
-        finished = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.control_plane",
-                "--backends",
-                "",
-                "--api-url",
-                server.url,
-                "--workers",
-                "1,2",
-                "--phases-per-worker",
-                "3",
-                "--json",
-                str(rows_file),
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert finished.returncode == 0, finished.stderr[-3000:]
-        rows = json.loads(rows_file.read_text())
-        assert [(row["backend"], row["phases"]) for row in rows] == [
-            (f"{backend} at {server.url}", 3),
-            (f"{backend} at {server.url}", 6),
-        ]
-        assert all(row["cpu_ms_per_phase"]["server"] is None for row in rows)
-        assert all(row["cpu_ms_per_phase"]["clients"] > 0 for row in rows)
+        _, rows = _bench(tmp_path, "--backends", "", "--api-url", server.url, "--workers", "1,2")
     finally:
         server.stop()
+    assert [(row["backend"], row["phases"]) for row in rows] == [
+        (f"{backend} at {server.url}", 3),
+        (f"{backend} at {server.url}", 6),
+    ]
+    assert all(row["cpu_ms_per_phase"]["server"] is None for row in rows)
+    assert all(row["cpu_ms_per_phase"]["clients"] > 0 for row in rows)
