@@ -42,6 +42,11 @@ class Database:
     when the lock is free; a Python lock hands over at once. Other processes on the same
     file still meet at SQLite's lock. PostgreSQL: no lock (row locks do the work)."""
 
+    @property
+    def postgresql(self) -> bool:
+        """PostgreSQL (row locks, round trips worth saving) rather than SQLite."""
+        return self.engine.dialect.name == "postgresql"
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction (``BEGIN IMMEDIATE`` on SQLite); commits unless an error escapes.
@@ -68,7 +73,7 @@ class Database:
         (two of the three a lease renewal cost). SQLite has no round trips to save and
         keeps its one-writer-at-a-time transaction.
         """
-        if self.engine.dialect.name != "postgresql":
+        if not self.postgresql:
             with self.transaction() as connection:
                 yield connection
             return

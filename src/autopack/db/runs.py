@@ -162,7 +162,7 @@ def _refresh_planner_statistics(database: Database, new_phases: int) -> None:
     the run on each heartbeat and result (measured: 599 rows filtered per heartbeat in a
     600-phase run). Same rule as autoanalyze (10 % new rows), applied at once.
     """
-    if database.engine.dialect.name != "postgresql":
+    if not database.postgresql:
         return
     try:
         with database.engine.begin() as conn:

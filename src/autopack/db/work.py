@@ -159,11 +159,10 @@ class Tx:
 def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
     """Run ``work`` in one transaction; retry it on a PostgreSQL deadlock or serialization
     failure (nothing was applied), raise everything else."""
-    pg = database.engine.dialect.name == "postgresql"
     for attempt in range(1, MAX_TRANSACTION_TRIES + 1):
         try:
             with database.transaction() as connection:
-                return work(Tx(connection, utcnow(), database.identity, pg))
+                return work(Tx(connection, utcnow(), database.identity, database.postgresql))
         except DBAPIError as exc:
             code = getattr(exc.orig, "sqlstate", None)
             if code not in RETRYABLE_SQLSTATES or attempt == MAX_TRANSACTION_TRIES:
