@@ -45,6 +45,9 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from autopack.client import ApiClient
+from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
+from autopack.rundef import parse_run_definition
+from autopack.states import PhaseState
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -62,24 +65,23 @@ def _worker(
         ready.wait()
         go.wait()
         cpu_start = time.process_time()
+        request = ClaimIn(worker_id=worker_id, lease_seconds=60, run_id=run_id)
         while True:
             start = time.perf_counter()
-            claim = client.claim(worker_id, 60, run_id=run_id)
+            claim = client.claim(request)
             claims.append(time.perf_counter() - start)
             if claim is None:
                 break
-            phase_id, token = claim["phase_id"], claim["lease_token"]
+            phase_id, token = claim.phase_id, claim.lease_token
             start = time.perf_counter()
-            client.heartbeat(run_id, phase_id, token, lease_seconds=60)
+            client.heartbeat(run_id, phase_id, HeartbeatIn(lease_token=token, lease_seconds=60))
             beats.append(time.perf_counter() - start)
             start = time.perf_counter()
             client.post_result(
                 run_id,
                 phase_id,
-                lease_token=token,
-                outcome="COMPLETE",
-                stop_reason="done",
-                idempotency_key=f"{run_id}:{phase_id}:{claim['attempt']}",
+                ResultIn(lease_token=token, outcome=PhaseState.COMPLETE, stop_reason="done"),
+                idempotency_key=claim.idempotency_key,
             )
             posts.append(time.perf_counter() - start)
             done += 1
@@ -241,7 +243,7 @@ def measure(url: str, workers: int, phases: int, server_pids: list[int] | None) 
         ],
     }
     with ApiClient(url) as client:
-        client.create_run(definition)
+        client.create_run(parse_run_definition(definition))
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(workers + 1)
     go = context.Barrier(workers + 1)
@@ -273,7 +275,7 @@ def measure(url: str, workers: int, phases: int, server_pids: list[int] | None) 
     posts = [x for report in reports for x in report["posts"]]
     with ApiClient(url) as client:
         run = client.get_run(run_id)
-    assert done == phases and run["state"] == "DONE_SUCCESS", (done, run["state"])
+    assert done == phases and run.state == "DONE_SUCCESS", (done, run.state)
     client_cpu = sum(report["cpu"] for report in reports)
     return {
         "workers": workers,
@@ -297,7 +299,7 @@ def measure(url: str, workers: int, phases: int, server_pids: list[int] | None) 
 
 
 def measure_db_layer(database_url: str, workers: int, phases: int) -> dict[str, Any]:
-    """The same loop without HTTP: threads calling ``autopack.db.work`` in this process.
+    """The same loop without HTTP: threads calling :mod:`autopack.control` in this process.
 
     Shows what the control plane's transactions cost by themselves (the ceiling an API
     process could reach with free HTTP), next to the end-to-end numbers above.
@@ -305,8 +307,9 @@ def measure_db_layer(database_url: str, workers: int, phases: int) -> dict[str, 
     import threading
 
     from autopack.config import resolve_database_url
-    from autopack.db import open_database, runs, work
-    from autopack.rundef import parse_run_definition
+    from autopack.control import claims as claiming
+    from autopack.control import leases, results, runs
+    from autopack.db import open_database
 
     database = open_database(resolve_database_url(database_url), role="bench", log=False)
     run_id = f"db-{workers}w-{uuid.uuid4().hex[:6]}"
@@ -330,22 +333,24 @@ def measure_db_layer(database_url: str, workers: int, phases: int) -> dict[str, 
     lock = threading.Lock()
 
     def loop(worker: str) -> None:
+        request = ClaimIn(worker_id=worker, lease_seconds=60, run_id=run_id)
         while True:
             start = time.perf_counter()
-            claim = work.claim(database, worker_id=worker, lease_seconds=60, run_id=run_id)
+            claim = claiming.claim(database, request)
             elapsed = time.perf_counter() - start
             with lock:
                 claims.append(elapsed)
             if claim is None:
                 return
-            phase_id, token = claim["phase_id"], claim["lease_token"]
-            work.heartbeat(database, run_id, phase_id, lease_token=token, lease_seconds=60)
-            work.post_result(
+            phase_id, token = claim.phase_id, claim.lease_token
+            beat = HeartbeatIn(lease_token=token, lease_seconds=60)
+            leases.heartbeat(database, run_id, phase_id, beat)
+            results.post_result(
                 database,
                 run_id,
                 phase_id,
-                work.ResultIn(lease_token=token, outcome="COMPLETE", stop_reason="done"),
-                idempotency_key=f"{run_id}:{phase_id}:{claim['attempt']}",
+                ResultIn(lease_token=token, outcome=PhaseState.COMPLETE, stop_reason="done"),
+                idempotency_key=claim.idempotency_key,
             )
             with lock:
                 done[0] += 1
@@ -448,11 +453,11 @@ def run_remote(api_url: str, workers: list[int], per_worker: int) -> list[dict[s
     """The same drain against a server that runs elsewhere (executors on this machine,
     API and database on others: the design's scale-out). Its runs stay in its database."""
     with ApiClient(api_url) as client:
-        database = client.health()["database"]
+        database = client.health().database
     rows = []
     for count in workers:
         row = measure(api_url, count, count * per_worker, None)
-        row.update(backend=f"{database['backend']} at {api_url}", uvicorn_workers="?")
+        row.update(backend=f"{database.backend} at {api_url}", uvicorn_workers="?")
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

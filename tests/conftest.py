@@ -54,6 +54,7 @@ def create_pg_database(admin_url: str) -> str:
 
 def drop_pg_database(admin_url: str, url: str) -> None:
     name = make_url(url).database
+    assert name, f"{url} names no database"
     with psycopg.connect(_pg_conninfo(admin_url), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))

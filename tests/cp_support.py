@@ -12,9 +12,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from autopack.db import Database, runs, work
-from autopack.db.models import ApprovalRequest, Phase, PhaseAttempt, Run, utcnow
+from autopack.clock import utcnow
+from autopack.contract import Claim, ClaimIn, ResultAnswer, ResultIn, RunView
+from autopack.control import claims, results, runs
+from autopack.db import Database
+from autopack.db.models import ApprovalRequest, Phase, PhaseAttempt, Run
 from autopack.rundef import parse_run_definition
+from autopack.states import PhaseState
 
 PhaseSpec = str | Mapping[str, Any]
 
@@ -43,21 +47,34 @@ def definition(
     }
 
 
-def create(db: Database, run_id: str = "r", tiers: Any = (("T1", ["a"]),), **kw: Any) -> Any:
+def create(db: Database, run_id: str = "r", tiers: Any = (("T1", ["a"]),), **kw: Any) -> RunView:
     return runs.create_run(db, parse_run_definition(definition(run_id, tiers, **kw)))
 
 
-def claim(db: Database, worker: str = "w", run_id: str | None = "r", **kw: Any) -> Any:
-    return work.claim(db, worker_id=worker, run_id=run_id, **kw)
+def claim(
+    db: Database,
+    worker: str = "w",
+    run_id: str | None = "r",
+    *,
+    phase_id: str | None = None,
+    lease_seconds: int = 60,
+) -> Claim | None:
+    request = ClaimIn(
+        worker_id=worker, run_id=run_id, phase_id=phase_id, lease_seconds=lease_seconds
+    )
+    return claims.claim(db, request)
 
 
-def key(claimed: Mapping[str, Any]) -> str:
-    return f"{claimed['run_id']}:{claimed['phase_id']}:{claimed['attempt']}"
+def claimed(db: Database, worker: str = "w", run_id: str | None = "r", **kw: Any) -> Claim:
+    """:func:`claim` that must find something."""
+    found = claim(db, worker, run_id, **kw)
+    assert found is not None, "nothing was claimable"
+    return found
 
 
 def finish(
     db: Database,
-    claimed: Mapping[str, Any],
+    leased: Claim,
     outcome: str = "COMPLETE",
     *,
     stop_reason: str | None = None,
@@ -65,101 +82,97 @@ def finish(
     error: str | None = None,
     feedback: str | None = None,
     idempotency_key: str | None = "auto",
-) -> dict[str, Any]:
-    result = work.ResultIn(
-        lease_token=claimed["lease_token"],
-        outcome=outcome,
+) -> ResultAnswer:
+    result = ResultIn(
+        lease_token=leased.lease_token,
+        outcome=PhaseState(outcome),
         stop_reason=stop_reason or ("done" if outcome == "COMPLETE" else "check_failed"),
         retryable=retryable,
         error=error,
         feedback=feedback,
     )
-    return work.post_result(
+    return results.post_result(
         db,
-        claimed["run_id"],
-        claimed["phase_id"],
+        leased.run_id,
+        leased.phase_id,
         result,
-        idempotency_key=key(claimed) if idempotency_key == "auto" else idempotency_key,
+        idempotency_key=leased.idempotency_key if idempotency_key == "auto" else idempotency_key,
     )
 
 
 def states(db: Database, run_id: str = "r") -> dict[str, str]:
-    view = runs.get_run(db, run_id)
-    return {p["phase_id"]: p["state"] for tier in view["tiers"] for p in tier["phases"]}
+    return {p.phase_id: p.state for p in runs.get_run(db, run_id).phases()}
+
+
+def _rows(db: Database, statement: Any) -> list[dict[str, Any]]:
+    with db.transaction() as connection:
+        return [dict(row) for row in connection.execute(statement).mappings()]
+
+
+def _change(db: Database, statement: Any) -> None:
+    with db.transaction() as connection:
+        connection.execute(statement)
 
 
 def phase_row(db: Database, run_id: str, phase_id: str) -> dict[str, Any]:
-    with db.session() as session:
-        row = (
-            session.execute(
-                select(Phase.__table__).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
-            )
-            .mappings()
-            .one()
-        )
-        return dict(row)
+    [row] = _rows(
+        db, select(Phase.__table__).where(Phase.run_id == run_id, Phase.phase_id == phase_id)
+    )
+    return row
 
 
 def attempt_rows(db: Database, run_id: str, phase_id: str | None = None) -> list[dict[str, Any]]:
     statement = select(PhaseAttempt.__table__).where(PhaseAttempt.run_id == run_id)
     if phase_id is not None:
         statement = statement.where(PhaseAttempt.phase_id == phase_id)
-    with db.session() as session:
-        rows = session.execute(
-            statement.order_by(PhaseAttempt.phase_id, PhaseAttempt.attempt)
-        ).mappings()
-        return [dict(row) for row in rows]
+    return _rows(db, statement.order_by(PhaseAttempt.phase_id, PhaseAttempt.attempt))
 
 
 def run_row(db: Database, run_id: str = "r") -> dict[str, Any]:
-    with db.session() as session:
-        return dict(session.execute(select(Run.__table__).where(Run.id == run_id)).mappings().one())
+    [row] = _rows(db, select(Run.__table__).where(Run.id == run_id))
+    return row
 
 
 def snapshot(db: Database, run_id: str = "r") -> tuple[Any, ...]:
     """Everything a stale request must not change."""
-    with db.session() as session:
-        approvals = session.execute(
-            select(ApprovalRequest.__table__).where(ApprovalRequest.run_id == run_id)
-        ).mappings()
-        approval_rows = [dict(row) for row in approvals]
+    approvals = _rows(db, select(ApprovalRequest.__table__).where(ApprovalRequest.run_id == run_id))
     phases = [phase_row(db, run_id, p) for p in states(db, run_id)]
-    return (run_row(db, run_id), phases, attempt_rows(db, run_id), approval_rows)
+    return (run_row(db, run_id), phases, attempt_rows(db, run_id), approvals)
 
 
 def expire_lease(db: Database, run_id: str, phase_id: str, seconds_ago: float = 1.0) -> None:
-    with db.session() as session:
-        session.execute(
-            update(Phase)
-            .where(Phase.run_id == run_id, Phase.phase_id == phase_id)
-            .values(lease_expires_at=utcnow() - timedelta(seconds=seconds_ago))
-        )
+    _change(
+        db,
+        update(Phase)
+        .where(Phase.run_id == run_id, Phase.phase_id == phase_id)
+        .values(lease_expires_at=utcnow() - timedelta(seconds=seconds_ago)),
+    )
 
 
 def make_available(db: Database, run_id: str, phase_id: str) -> None:
     """Skip a retry backoff."""
-    with db.session() as session:
-        session.execute(
-            update(Phase)
-            .where(Phase.run_id == run_id, Phase.phase_id == phase_id)
-            .values(available_at=utcnow() - timedelta(seconds=1))
-        )
+    _change(
+        db,
+        update(Phase)
+        .where(Phase.run_id == run_id, Phase.phase_id == phase_id)
+        .values(available_at=utcnow() - timedelta(seconds=1)),
+    )
 
 
 def age_run(db: Database, run_id: str, minutes: float) -> None:
     """Pretend the run started ``minutes`` ago."""
-    with db.session() as session:
-        session.execute(
-            update(Run)
-            .where(Run.id == run_id)
-            .values(started_at=utcnow() - timedelta(minutes=minutes))
-        )
+    _change(
+        db,
+        update(Run)
+        .where(Run.id == run_id)
+        .values(started_at=utcnow() - timedelta(minutes=minutes)),
+    )
 
 
 def expire_approval(db: Database, approval_id: int) -> None:
-    with db.session() as session:
-        session.execute(
-            update(ApprovalRequest)
-            .where(ApprovalRequest.id == approval_id)
-            .values(timeout_at=utcnow() - timedelta(seconds=1))
-        )
+    _change(
+        db,
+        update(ApprovalRequest)
+        .where(ApprovalRequest.id == approval_id)
+        .values(timeout_at=utcnow() - timedelta(seconds=1)),
+    )

@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 
 from autopack.builder.auditor import audit_rules, parse_verdict
-from autopack.builder.contract import Change, Scope, plan_change
+from autopack.builder.change import Change, plan_change
 from autopack.builder.output import BuilderRejected, parse_builder_output
-from autopack.builder.prompt import Feedback, PhaseTask, builder_prompt
+from autopack.builder.prompt import Feedback, builder_prompt
 from autopack.executor.checks import run_checks
 from autopack.executor.workspace import apply_change, commit_phase
+from autopack.rundef import PhaseDefinition, Scope, TaskCategory
 
 SCOPE = Scope(
-    paths=("examples/utils/",),
-    read_only_context=("examples/utils/base.py",),
-    deliverables=("examples/utils/string_util.py",),
+    paths=["examples/utils/"],
+    read_only_context=["examples/utils/base.py"],
+    deliverables=["examples/utils/string_util.py"],
 )
 
 
@@ -81,7 +82,7 @@ def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
     (workspace / "examples").mkdir(parents=True)
     outside.mkdir()
     (workspace / "examples" / "utils").symlink_to(outside)
-    with pytest.raises(BuilderRejected, match="outside the workspace through a symlink"):
+    with pytest.raises(BuilderRejected, match="leads through a symlink"):
         _plan(workspace, _answer(GOOD))
 
 
@@ -93,7 +94,7 @@ def test_path_outside_scope_gets_the_prefix_hint(tmp_path: Path) -> None:
 
 
 def test_missing_deliverable_is_named(tmp_path: Path) -> None:
-    scope = Scope(paths=SCOPE.paths, deliverables=(*SCOPE.deliverables, "examples/utils/b.py"))
+    scope = Scope(paths=SCOPE.paths, deliverables=[*SCOPE.deliverables, "examples/utils/b.py"])
     with pytest.raises(BuilderRejected, match=r"examples/utils/b\.py") as caught:
         _plan(tmp_path, _answer(GOOD), scope)
     assert caught.value.stop_reason == "missing_deliverable"
@@ -208,9 +209,15 @@ def test_checks_do_not_see_credentials(tmp_path: Path, monkeypatch: pytest.Monke
     assert "sk-ant-secret" not in result.output_tail
 
 
-def _task(category: str = "implementation") -> PhaseTask:
-    return PhaseTask(
-        "p1", "strings", "Write slugify.", category, "low", SCOPE, ("python -m pytest -q",)
+def _task(category: TaskCategory = "implementation") -> PhaseDefinition:
+    return PhaseDefinition(
+        phase_id="p1",
+        name="strings",
+        description="Write slugify.",
+        task_category=category,
+        complexity="low",
+        scope=SCOPE,
+        checks=["python -m pytest -q"],
     )
 
 
@@ -235,7 +242,7 @@ def test_unparseable_llm_verdict_falls_back_to_rules() -> None:
     fallback = audit_rules(_task(), Change((), (), (), ""))
     verdict = parse_verdict("looks fine to me!", fallback)
     assert verdict.approved is True and verdict.error
-    assert parse_verdict('{"approved": false, "issues": ["x"]}', fallback).issues == ("x",)
+    assert parse_verdict('{"approved": false, "issues": ["x"]}', fallback).issues == ["x"]
 
 
 def test_prompt_carries_contract_context_and_feedback(tmp_path: Path) -> None:

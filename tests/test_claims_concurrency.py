@@ -19,7 +19,10 @@ from typing import Any
 
 from autopack.client import ApiClient
 from autopack.config import resolve_database_url
+from autopack.contract import Claim, ClaimIn, HeartbeatIn, ResultIn
 from autopack.db import open_database
+from autopack.rundef import parse_run_definition
+from autopack.states import PhaseState
 from tests.cp_support import attempt_rows, definition, states
 from tests.support import REPO, Server, clean_env
 
@@ -66,7 +69,7 @@ def test_eight_workers_complete_every_phase_exactly_once(database_url: str, tmp_
         Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server,
         ApiClient(server.url) as client,
     ):
-        client.create_run(definition(run_id, [("T1", phases)]))
+        client.create_run(parse_run_definition(definition(run_id, [("T1", phases)])))
         go = tmp_path / "go"
         logs = [tmp_path / f"worker-{i}.jsonl" for i in range(WORKERS)]
         workers = [
@@ -87,7 +90,7 @@ def test_eight_workers_complete_every_phase_exactly_once(database_url: str, tmp_
     assert {entry["attempt"] for entry in done} == {1}
     assert {entry["phase_state"] for entry in done} == {"COMPLETE"}
     assert len({entry["worker"] for entry in done}) >= 2, "the work was shared"
-    assert run["state"] == "DONE_SUCCESS" and run["counts"] == {"COMPLETE": PHASES}
+    assert run.state == "DONE_SUCCESS" and run.counts == {"COMPLETE": PHASES}
 
     database = open_database(resolve_database_url(database_url), role="test", log=False)
     try:
@@ -115,7 +118,7 @@ def test_a_killed_worker_loses_its_phase_to_another_after_the_lease(
     run_id = "crash"
     env = clean_env(DATABASE_URL=database_url, AUTOPACK_MAINTENANCE_INTERVAL_SECONDS="0.5")
     with Server(env, cwd=tmp_path) as server, ApiClient(server.url) as client:
-        client.create_run(definition(run_id, [("T1", ["a", "b", "c"])]))
+        client.create_run(parse_run_definition(definition(run_id, [("T1", ["a", "b", "c"])])))
         log = tmp_path / "victim.jsonl"
         victim = start_worker(server.url, run_id, "victim", log, "crash")
         deadline = time.monotonic() + 60
@@ -125,45 +128,52 @@ def test_a_killed_worker_loses_its_phase_to_another_after_the_lease(
             time.sleep(0.05)
         (held,) = read_log(log)
         assert (held["phase_id"], held["attempt"]) == ("a", 1)
-        bystander = client.claim("bystander", 120, run_id=run_id, phase_id="b")
+        bystander = client.claim(
+            ClaimIn(worker_id="bystander", lease_seconds=120, run_id=run_id, phase_id="b")
+        )
         assert bystander is not None
 
         os.kill(victim.pid, signal.SIGKILL)
         victim.communicate(timeout=30)
         assert victim.returncode == -signal.SIGKILL
 
-        rescued = None
+        rescued: Claim | None = None
         deadline = time.monotonic() + 60
         while rescued is None:
             assert time.monotonic() < deadline, "the killed worker's phase was never reclaimed"
-            rescued = client.claim("rescuer", 30, run_id=run_id, phase_id="a")
+            rescued = client.claim(
+                ClaimIn(worker_id="rescuer", lease_seconds=30, run_id=run_id, phase_id="a")
+            )
             if rescued is None:
                 time.sleep(0.2)
-        assert rescued["attempt"] == 2
-        assert [
-            (h["attempt"], h["outcome"], h["stop_reason"], h["worker_id"])
-            for h in rescued["history"]
-        ] == [(1, "LOST", "lease_expired", "victim")]
+        assert rescued.attempt == 2
+        assert [(h.attempt, h.outcome, h.stop_reason, h.worker_id) for h in rescued.history] == [
+            (1, "LOST", "lease_expired", "victim")
+        ]
 
         # nothing else was affected: the bystander still holds b, c was never touched
-        client.heartbeat(run_id, "b", bystander["lease_token"], lease_seconds=60)
+        client.heartbeat(
+            run_id, "b", HeartbeatIn(lease_token=bystander.lease_token, lease_seconds=60)
+        )
         c = client.get_phase(run_id, "c")
-        assert (c["state"], c["attempt_count"]) == ("QUEUED", 0)
+        assert (c.state, c.attempts) == ("QUEUED", 0)
         b = client.get_phase(run_id, "b")
-        assert [a["outcome"] for a in b["attempts"]] == ["EXECUTING"]
+        assert [a.outcome for a in b.history] == ["EXECUTING"]
 
-        for claimed in (rescued, bystander):
+        for leased in (rescued, bystander):
             client.post_result(
                 run_id,
-                claimed["phase_id"],
-                lease_token=claimed["lease_token"],
-                outcome="COMPLETE",
-                stop_reason="done",
+                leased.phase_id,
+                ResultIn(
+                    lease_token=leased.lease_token, outcome=PhaseState.COMPLETE, stop_reason="done"
+                ),
             )
-        last = client.claim("rescuer", 30, run_id=run_id)
-        assert last is not None and last["phase_id"] == "c"
+        last = client.claim(ClaimIn(worker_id="rescuer", lease_seconds=30, run_id=run_id))
+        assert last is not None and last.phase_id == "c"
         client.post_result(
-            run_id, "c", lease_token=last["lease_token"], outcome="COMPLETE", stop_reason="done"
+            run_id,
+            "c",
+            ResultIn(lease_token=last.lease_token, outcome=PhaseState.COMPLETE, stop_reason="done"),
         )
-        assert client.get_run(run_id)["state"] == "DONE_SUCCESS"
+        assert client.get_run(run_id).state == "DONE_SUCCESS"
         assert "lease_reclaimed" in server.output()

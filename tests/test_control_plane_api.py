@@ -12,8 +12,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -22,11 +23,28 @@ from sqlalchemy import text
 from autopack.api.maintenance import Maintenance
 from autopack.client import ApiClient
 from autopack.config import resolve_database_url
+from autopack.contract import (
+    ApprovalIn,
+    AuditVerdict,
+    CancelIn,
+    CheckResult,
+    Claim,
+    ClaimIn,
+    DecisionIn,
+    HeartbeatIn,
+    RequeueIn,
+    ResultIn,
+    UsageIn,
+)
 from autopack.db import Database, open_database
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
+from autopack.rundef import parse_run_definition
+from autopack.states import ApprovalStatus, PhaseState, RunState
 from tests.conftest import BACKENDS, create_pg_database, drop_pg_database
 from tests.cp_support import definition, expire_lease, snapshot
 from tests.support import Server, clean_env
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,8 +59,16 @@ class Plane:
 
     def run(self, tiers: Any = (("T1", ["a"]),), **kw: Any) -> str:
         run_id = f"run-{uuid.uuid4().hex[:8]}"
-        self.client.create_run(definition(run_id, tiers, **kw))
+        self.client.create_run(parse_run_definition(definition(run_id, tiers, **kw)))
         return run_id
+
+    def claim(
+        self, worker: str, lease_seconds: int, run_id: str, phase_id: str | None = None
+    ) -> Claim | None:
+        request = ClaimIn(
+            worker_id=worker, lease_seconds=lease_seconds, run_id=run_id, phase_id=phase_id
+        )
+        return self.client.claim(request)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -72,7 +98,7 @@ def plane(
     assert "Traceback" not in log, log
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+def wait_for(check: Callable[[], T | None], timeout: float = 15.0) -> T:
     """Poll ``check`` until it returns something truthy, or fail at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,12 +126,12 @@ def test_create_read_and_list_runs(plane: Plane) -> None:
     created = response.json()
     assert created["state"] == "QUEUED" and created["counts"] == {"QUEUED": 2}
     assert created["created_at"].endswith("Z")
-    assert plane.client.get_run(run_id) == created
-    listed = plane.client.list_runs(state="QUEUED", limit=1000)
-    assert run_id in [item["run_id"] for item in listed["items"]]
-    assert listed["limit"] == 1000 and listed["total"] >= 1
+    assert plane.client.get_run(run_id).model_dump(mode="json") == created
+    listed = plane.client.list_runs(state=RunState.QUEUED, limit=1000)
+    assert run_id in [item.run_id for item in listed.items]
+    assert listed.limit == 1000 and listed.total >= 1
     with pytest.raises(Conflict, match=f"run '{run_id}' already exists"):
-        plane.client.create_run(definition(run_id))
+        plane.client.create_run(parse_run_definition(definition(run_id)))
 
 
 def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:
@@ -131,7 +157,7 @@ def test_schema_endpoint_serves_the_run_definition_schema(plane: Plane) -> None:
 
 # -- bad input: 4xx with a useful message, never 500 ------------------------------------------
 
-RUN_OK = definition("bad-input-run", [("T1", ["a"])])
+RUN_OK = parse_run_definition(definition("bad-input-run", [("T1", ["a"])]))
 PHASE = "/runs/bad-input-run/phases/a"
 
 
@@ -168,7 +194,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("GET", "/runs/bad-input-run/phases/zz", None, 404, "phase 'zz'"),
     ("GET", "/runs?limit=0", None, 422, "limit"),
     ("GET", "/runs?limit=many", None, 422, "limit"),
-    ("GET", "/runs?state=NOPE", None, 422, "state must be one of"),
+    ("GET", "/runs?state=NOPE", None, 422, "state: Input should be 'QUEUED', 'RUNNING'"),
     ("POST", "/claims", {}, 422, "worker_id: Field required"),
     ("POST", "/claims", {"worker_id": "w", "lease_seconds": 1}, 422, "lease_seconds"),
     ("POST", "/claims", {"worker_id": "w", "lease_seconds": "abc"}, 422, "lease_seconds"),
@@ -229,22 +255,29 @@ def test_bad_input_gets_4xx_with_a_useful_message(
 def test_claim_heartbeat_usage_result_round_trip(plane: Plane) -> None:
     run_id = plane.run([("T1", ["a", {"phase_id": "b", "depends_on": ["a"]}])])
     client = plane.client
-    claimed = client.claim("w1", 30, run_id=run_id)
-    assert claimed is not None and claimed["phase_id"] == "a"
-    assert claimed["lease_expires_at"].endswith("Z") and claimed["history"] == []
-    assert client.claim("w1", 30, run_id=run_id) is None, "b waits for a: 204"
-    token = claimed["lease_token"]
-    beat = client.heartbeat(run_id, "a", token, lease_seconds=60, state="CI_RUNNING")
-    assert beat["state"] == "CI_RUNNING"
-    usage = client.report_usage(run_id, "a", token, tokens=1234, cost_usd=0.02)
-    assert usage["run"]["tokens_used"] == 1234 and usage["run"]["budget_exhausted"] is False
+    claimed = plane.claim("w1", 30, run_id)
+    assert claimed is not None and claimed.phase_id == "a"
+    assert claimed.lease_expires_at.utcoffset() == timedelta(0) and claimed.history == []
+    on_the_wire = httpx.get(f"{plane.url}/runs/{run_id}/phases/a").json()["lease_expires_at"]
+    assert on_the_wire.endswith("Z")
+    assert datetime.fromisoformat(on_the_wire) == claimed.lease_expires_at
+    assert plane.claim("w1", 30, run_id) is None, "b waits for a: 204"
+    token = claimed.lease_token
+    beat = client.heartbeat(
+        run_id,
+        "a",
+        HeartbeatIn(lease_token=token, lease_seconds=60, state=PhaseState.CI_RUNNING),
+    )
+    assert beat.state == "CI_RUNNING"
+    usage = client.report_usage(run_id, "a", UsageIn(lease_token=token, tokens=1234, cost_usd=0.02))
+    assert usage.run.tokens_used == 1234 and usage.run.budget_exhausted is False
     body = {
         "lease_token": token,
         "outcome": "COMPLETE",
         "stop_reason": "done",
         "files_written": ["x/a.py"],
-        "check_results": [{"command": "true", "exit_code": 0}],
-        "audit_verdict": "approved",
+        "check_results": [{"command": "true", "exit_code": 0, "passed": True}],
+        "audit_verdict": {"mode": "rules", "approved": True},
         "details": {"summary": "wrote a"},
     }
     headers = {"Idempotency-Key": f"{run_id}:a:1"}
@@ -256,89 +289,99 @@ def test_claim_heartbeat_usage_result_round_trip(plane: Plane) -> None:
     assert answers[0].json() == answers[1].json() == answers[2].json()
     assert answers[0].json()["phase_state"] == "COMPLETE"
     detail = client.get_phase(run_id, "a")
-    assert detail["attempt_count"] == 1 and len(detail["attempts"]) == 1
-    (attempt,) = detail["attempts"]
-    assert attempt["files_written"] == ["x/a.py"]
-    assert attempt["audit_verdict"] == {"verdict": "approved"}
-    assert attempt["tokens_used"] == 1234 and detail["tokens_used"] == 1234
-    assert client.get_run(run_id)["tokens_used"] == 1234
+    assert detail.attempts == 1 and len(detail.history) == 1
+    (attempt,) = detail.history
+    assert attempt.files_written == ["x/a.py"]
+    assert attempt.check_results == [CheckResult(command="true", exit_code=0, passed=True)]
+    assert attempt.audit_verdict == AuditVerdict(mode="rules", approved=True)
+    assert attempt.tokens_used == 1234 and detail.tokens_used == 1234
+    assert client.get_run(run_id).tokens_used == 1234
     with pytest.raises(LeaseLost):
-        client.heartbeat(run_id, "a", token, lease_seconds=30)
+        client.heartbeat(run_id, "a", HeartbeatIn(lease_token=token, lease_seconds=30))
 
 
 def test_zombie_result_after_reclaim_is_refused_and_changes_nothing(plane: Plane) -> None:
     run_id = plane.run()
-    zombie = plane.client.claim("w1", 5, run_id=run_id)
+    zombie = plane.claim("w1", 5, run_id)
     assert zombie is not None
     expire_lease(plane.db, run_id, "a")
-    fresh = wait_for(lambda: plane.client.claim("w2", 30, run_id=run_id))
-    assert fresh["attempt"] == 2
+    fresh = wait_for(lambda: plane.claim("w2", 30, run_id))
+    assert fresh.attempt == 2
     before = snapshot(plane.db, run_id)
     response = httpx.post(
         f"{plane.url}/runs/{run_id}/phases/a/result",
-        json={"lease_token": zombie["lease_token"], "outcome": "COMPLETE", "stop_reason": "done"},
+        json={"lease_token": zombie.lease_token, "outcome": "COMPLETE", "stop_reason": "done"},
         headers={"Idempotency-Key": f"{run_id}:a:1"},
     )
     assert response.status_code == 409
     assert response.json()["error"] == "LeaseLost"
     assert "ended as LOST (lease_expired)" in response.json()["detail"]
     assert snapshot(plane.db, run_id) == before
-    outcomes = [a["outcome"] for a in plane.client.get_phase(run_id, "a")["attempts"]]
+    outcomes = [a.outcome for a in plane.client.get_phase(run_id, "a").history]
     assert outcomes == ["LOST", "EXECUTING"]
 
 
 def test_cancel_revokes_the_lease_of_a_running_phase(plane: Plane) -> None:
     run_id = plane.run([("T1", ["a", "b"])])
-    claimed = plane.client.claim("w1", 30, run_id=run_id)
+    claimed = plane.claim("w1", 30, run_id)
     assert claimed is not None
-    view = plane.client.cancel_run(run_id, "no longer needed")
-    assert view["state"] == "DONE_CANCELLED" and view["counts"] == {"SKIPPED": 2}
+    view = plane.client.cancel_run(run_id, CancelIn(reason="no longer needed"))
+    assert view.state == "DONE_CANCELLED" and view.counts == {"SKIPPED": 2}
     with pytest.raises(LeaseLost):
-        plane.client.heartbeat(run_id, "a", claimed["lease_token"], lease_seconds=30)
+        plane.client.heartbeat(
+            run_id, "a", HeartbeatIn(lease_token=claimed.lease_token, lease_seconds=30)
+        )
     with pytest.raises(IllegalTransition):
-        plane.client.cancel_run(run_id)
-    assert plane.client.claim("w1", 30, run_id=run_id) is None
+        plane.client.cancel_run(run_id, CancelIn())
+    assert plane.claim("w1", 30, run_id) is None
 
 
 def test_requeue_over_http(plane: Plane) -> None:
     run_id = plane.run([("T1", [{"phase_id": "a", "max_attempts": 1}, "b"])])
     client = plane.client
-    a = client.claim("w", 30, run_id=run_id)
-    b = client.claim("w", 30, run_id=run_id)
+    a = plane.claim("w", 30, run_id)
+    b = plane.claim("w", 30, run_id)
     assert a is not None and b is not None
     client.post_result(
         run_id,
         "a",
-        lease_token=a["lease_token"],
-        outcome="FAILED",
-        stop_reason="check_failed",
-        error="boom",
+        ResultIn(
+            lease_token=a.lease_token,
+            outcome=PhaseState.FAILED,
+            stop_reason="check_failed",
+            error="boom",
+        ),
     )
     client.post_result(
-        run_id, "b", lease_token=b["lease_token"], outcome="COMPLETE", stop_reason="done"
+        run_id,
+        "b",
+        ResultIn(lease_token=b.lease_token, outcome=PhaseState.COMPLETE, stop_reason="done"),
     )
-    assert client.get_run(run_id)["state"] == "DONE_FAILED_PHASES"
+    assert client.get_run(run_id).state == "DONE_FAILED_PHASES"
     with pytest.raises(IllegalTransition, match="COMPLETE to QUEUED"):
-        client.requeue_phase(run_id, "b")
-    view = client.requeue_phase(run_id, "a", requested_by="ops", reason="flaky")
-    assert view["state"] == "QUEUED" and view["attempts_left"] == 1
-    assert client.get_run(run_id)["state"] == "RUNNING"
-    again = client.claim("w", 30, run_id=run_id, phase_id="a")
-    assert again is not None and again["attempt"] == 3
-    assert [h["outcome"] for h in again["history"]] == ["FAILED", "REQUEUED"]
+        client.requeue_phase(run_id, "b", RequeueIn())
+    view = client.requeue_phase(run_id, "a", RequeueIn(requested_by="ops", reason="flaky"))
+    assert view.state == "QUEUED" and view.attempts_left == 1
+    assert client.get_run(run_id).state == "RUNNING"
+    again = plane.claim("w", 30, run_id, phase_id="a")
+    assert again is not None and again.attempt == 3
+    assert [h.outcome for h in again.history] == ["FAILED", "REQUEUED"]
 
 
 def test_budget_exhausted_at_claim_over_http(plane: Plane) -> None:
     run_id = plane.run([("T1", ["a", "b"])], budgets={"cost_cap_usd": 0.1})
-    a = plane.client.claim("w", 30, run_id=run_id)
+    a = plane.claim("w", 30, run_id)
     assert a is not None
-    usage = plane.client.report_usage(run_id, "a", a["lease_token"], tokens=10, cost_usd=0.2)
-    assert usage["run"]["budget_exhausted"] is True
-    assert "cost budget exhausted" in usage["run"]["reason"]
-    assert plane.client.claim("w", 30, run_id=run_id) is None
+    usage = plane.client.report_usage(
+        run_id, "a", UsageIn(lease_token=a.lease_token, tokens=10, cost_usd=0.2)
+    )
+    assert usage.run.budget_exhausted is True
+    assert usage.run.reason is not None and "cost budget exhausted" in usage.run.reason
+    assert plane.claim("w", 30, run_id) is None
     run = plane.client.get_run(run_id)
-    assert run["state"] == "DONE_FAILED_BUDGET_EXHAUSTED"
-    assert run["failure_reason"].startswith("cost budget exhausted")
+    assert run.state == "DONE_FAILED_BUDGET_EXHAUSTED"
+    assert run.failure_reason is not None
+    assert run.failure_reason.startswith("cost budget exhausted")
 
 
 # -- approvals ---------------------------------------------------------------------------------
@@ -346,44 +389,50 @@ def test_budget_exhausted_at_claim_over_http(plane: Plane) -> None:
 
 def _waiting(plane: Plane, timeout_seconds: float | None = None, **kw: Any) -> tuple[str, int]:
     run_id = plane.run(**kw)
-    claimed = plane.client.claim("w", 30, run_id=run_id)
+    claimed = plane.claim("w", 30, run_id)
     assert claimed is not None
     asked = plane.client.request_approval(
         run_id,
         "a",
-        lease_token=claimed["lease_token"],
-        reason="overwrite setup.py",
-        context={"paths": ["setup.py"]},
-        timeout_seconds=timeout_seconds,
+        ApprovalIn(
+            lease_token=claimed.lease_token,
+            reason="overwrite setup.py",
+            context={"paths": ["setup.py"]},
+            timeout_seconds=timeout_seconds,
+        ),
     )
-    assert asked["phase_state"] == "AWAITING_APPROVAL"
-    return run_id, asked["approval_id"]
+    assert asked.phase_state == "AWAITING_APPROVAL"
+    return run_id, asked.approval_id
 
 
 def test_approve_path(plane: Plane) -> None:
     run_id, approval_id = _waiting(plane)
     pending = plane.client.list_approvals(run_id=run_id)
-    assert [(a["id"], a["status"], a["context"]) for a in pending] == [
+    assert [(a.id, a.status, a.context) for a in pending] == [
         (approval_id, "pending", {"paths": ["setup.py"]})
     ]
-    decided = plane.client.approve(approval_id, "alice", "ok")
-    assert decided["status"] == "approved" and decided["phase_state"] == "QUEUED"
-    claimed = plane.client.claim("w", 30, run_id=run_id)
-    assert claimed is not None
-    assert claimed["approved_change"]["approval_id"] == approval_id
-    assert claimed["approved_change"]["context"] == {"paths": ["setup.py"]}
+    decided = plane.client.decide(
+        approval_id, approve=True, decision=DecisionIn(responder="alice", note="ok")
+    )
+    assert decided.status == "approved" and decided.phase_state == "QUEUED"
+    claimed = plane.claim("w", 30, run_id)
+    assert claimed is not None and claimed.approved_change is not None
+    assert claimed.approved_change.approval_id == approval_id
+    assert claimed.approved_change.context == {"paths": ["setup.py"]}
     with pytest.raises(Conflict):
-        plane.client.reject(approval_id, "bob")
+        plane.client.decide(approval_id, approve=False, decision=DecisionIn(responder="bob"))
 
 
 def test_reject_path(plane: Plane) -> None:
     run_id, approval_id = _waiting(plane)
-    decided = plane.client.reject(approval_id, "bob", "no")
-    assert decided["status"] == "rejected" and decided["phase_state"] == "FAILED"
+    decided = plane.client.decide(
+        approval_id, approve=False, decision=DecisionIn(responder="bob", note="no")
+    )
+    assert decided.status == "rejected" and decided.phase_state == "FAILED"
     phase = plane.client.get_phase(run_id, "a")
-    assert phase["state"] == "FAILED" and phase["last_failure_reason"] == "approval_rejected: no"
-    assert phase["attempts"][0]["stop_reason"] == "approval_rejected"
-    assert plane.client.get_run(run_id)["state"] == "DONE_FAILED_PHASES"
+    assert phase.state == "FAILED" and phase.last_failure_reason == "approval_rejected: no"
+    assert phase.history[0].stop_reason == "approval_rejected"
+    assert plane.client.get_run(run_id).state == "DONE_FAILED_PHASES"
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("fail", "FAILED"), ("requeue", "QUEUED")])
@@ -392,10 +441,10 @@ def test_expiry_path_by_the_background_task(plane: Plane, policy: str, expected:
         plane, timeout_seconds=0.3, policy={"on_approval_timeout": policy}
     )
     expired = wait_for(
-        lambda: [a for a in plane.client.list_approvals("expired", run_id) if a["id"]]
+        lambda: [a for a in plane.client.list_approvals(ApprovalStatus.EXPIRED, run_id) if a.id]
     )
-    assert expired[0]["id"] == approval_id and expired[0]["on_timeout"] == policy
-    assert plane.client.get_phase(run_id, "a")["state"] == expected
+    assert expired[0].id == approval_id and expired[0].on_timeout == policy
+    assert plane.client.get_phase(run_id, "a").state == expected
 
 
 # -- the background task survives its own errors ------------------------------------------------
@@ -432,7 +481,7 @@ def test_not_found_and_invalid_errors_round_trip_through_the_client(plane: Plane
         plane.client.get_phase("no-such-run", "a")
     assert missing.value.details["run_id"] == "no-such-run"
     with pytest.raises(InvalidInput) as invalid:
-        plane.client.create_run({"run_id": "r", "tiers": [{"tier_id": "T1"}]})
+        plane.client.request("POST", "/runs", json={"run_id": "r", "tiers": [{"tier_id": "T1"}]})
     assert {"field": "tiers[0](T1).name", "message": "Field required"} in invalid.value.details[
         "errors"
     ]

@@ -10,8 +10,11 @@ import pytest
 import yaml
 
 from autopack.config import resolve_database_url
-from autopack.db import open_database, runs, work
-from tests.cp_support import claim, create, definition
+from autopack.contract import ApprovalIn, ResultIn
+from autopack.control import approvals, results, runs
+from autopack.db import open_database
+from autopack.states import PhaseState
+from tests.cp_support import claimed, create, definition
 from tests.support import Server, clean_env, cli, script
 
 TELEMETRY_PHASES = [
@@ -61,7 +64,7 @@ def test_legacy_script_on_either_backend_initialises_and_is_repeatable(
         assert run["run_id"] == "telemetry-collection-v4" and run["counts"] == {"QUEUED": 10}
     database = open_database(resolve_database_url(database_url), role="test", log=False)
     try:
-        assert runs.list_runs(database)["total"] == 1
+        assert runs.list_runs(database).total == 1
     finally:
         database.close()
 
@@ -107,15 +110,16 @@ def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path:
         create(database, tiers=[("T1", ["a", "b"])])
         ids = []
         for _ in range(2):
-            claimed = claim(database)
-            asked = work.request_approval(
+            leased = claimed(database)
+            asked = approvals.request_approval(
                 database,
                 "r",
-                claimed["phase_id"],
-                lease_token=claimed["lease_token"],
-                reason=f"delete files of {claimed['phase_id']}",
+                leased.phase_id,
+                ApprovalIn(
+                    lease_token=leased.lease_token, reason=f"delete files of {leased.phase_id}"
+                ),
             )
-            ids.append(asked["approval_id"])
+            ids.append(asked.approval_id)
         listed = cli("approvals", "list", "--json", cwd=tmp_path, env=env)
         assert listed.returncode == 0, listed.stderr
         assert [a["id"] for a in json.loads(listed.stdout)] == ids
@@ -156,8 +160,8 @@ def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path:
             "FAILED",
         )
         assert late.returncode == 1 and "cannot go from rejected" in late.stderr
-        phases = {p["phase_id"]: p for p in runs.get_run(database, "r")["tiers"][0]["phases"]}
-        assert (phases["a"]["state"], phases["b"]["state"]) == ("QUEUED", "FAILED")
+        phases = {p.phase_id: p for p in runs.get_run(database, "r").tiers[0].phases}
+        assert (phases["a"].state, phases["b"].state) == ("QUEUED", "FAILED")
     finally:
         database.close()
 
@@ -176,14 +180,14 @@ def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Pat
     database = open_database(resolve_database_url(database_url), role="test", log=False)
     try:
         create(database, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}, "b"])])
-        claimed = claim(database)
-        work.post_result(
+        leased = claimed(database)
+        results.post_result(
             database,
             "r",
             "a",
-            work.ResultIn(
-                lease_token=claimed["lease_token"],
-                outcome="FAILED",
+            ResultIn(
+                lease_token=leased.lease_token,
+                outcome=PhaseState.FAILED,
                 stop_reason="check_failed",
                 error="AssertionError: boom",
             ),
@@ -193,8 +197,8 @@ def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Pat
     detail = cli("run", "phase", "r", "a", "--json", cwd=tmp_path, env=env)
     assert detail.returncode == 0, detail.stderr
     phase = json.loads(detail.stdout)
-    assert (phase["state"], phase["attempt_count"]) == ("FAILED", 1)
-    assert phase["attempts"][0]["error"] == "AssertionError: boom"
+    assert (phase["state"], phase["attempts"]) == ("FAILED", 1)
+    assert phase["history"][0]["error"] == "AssertionError: boom"
     requeued = cli("run", "requeue", "r", "a", "--reason", "flaky", cwd=tmp_path, env=env)
     assert requeued.returncode == 0, requeued.stderr
     assert "r/a is QUEUED (1 attempts left)" in requeued.stdout

@@ -16,15 +16,30 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import ValidationError
 
-from autopack.db import Database, open_database, runs, work
+from autopack.contract import (
+    ApprovalCreated,
+    ApprovalIn,
+    ApprovedChange,
+    CancelIn,
+    Claim,
+    DecisionIn,
+    HeartbeatIn,
+    RequeueIn,
+    UsageIn,
+)
+from autopack.control import approvals, leases, lifecycle, maintenance, runs
+from autopack.db import Database, open_database, statements
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
 from autopack.rundef import parse_run_definition
+from autopack.states import PhaseState, RunState
 from tests.conftest import _pg_conninfo
 from tests.cp_support import (
     age_run,
     attempt_rows,
     claim,
+    claimed,
     create,
     definition,
     expire_approval,
@@ -56,26 +71,26 @@ def test_created_run_is_queued_with_everything_in_order(db: Database) -> None:
         tiers=[("T1", ["a", {"phase_id": "b", "depends_on": ["a"]}]), ("T2", ["c"])],
         budgets={"token_cap": 500, "max_phases": 9},
     )
-    assert view["run_id"] == "r" and view["state"] == "QUEUED"
-    assert view["budgets"] == {
+    assert view.run_id == "r" and view.state == "QUEUED"
+    assert view.budgets.model_dump() == {
         "token_cap": 500,
         "cost_cap_usd": 10.0,
         "max_phases": 9,
         "max_duration_minutes": 240,
     }
-    assert view["counts"] == {"QUEUED": 3}
-    assert [(t["tier_id"], t["tier_index"], t["state"]) for t in view["tiers"]] == [
+    assert view.counts == {"QUEUED": 3}
+    assert [(t.tier_id, t.tier_index, t.state) for t in view.tiers] == [
         ("T1", 0, "QUEUED"),
         ("T2", 1, "QUEUED"),
     ]
-    b = view["tiers"][0]["phases"][1]
-    assert (b["phase_id"], b["phase_index"], b["depends_on"], b["attempts_left"]) == (
+    b = view.tiers[0].phases[1]
+    assert (b.phase_id, b.phase_index, b.depends_on, b.attempts_left) == (
         "b",
         1,
         ["a"],
         3,
     )
-    assert b["created_at"].tzinfo is not None
+    assert b.created_at.tzinfo is not None
 
 
 def test_duplicate_run_is_a_conflict_and_unknown_ids_name_the_database(db: Database) -> None:
@@ -96,16 +111,17 @@ def test_duplicate_run_is_a_conflict_and_unknown_ids_name_the_database(db: Datab
 def test_list_runs_filters_and_pages(db: Database) -> None:
     for run_id in ("r1", "r2", "r3"):
         create(db, run_id, tiers=[("T1", ["a", "b"])])
-    finish(db, claim(db, run_id="r2"))
+    finish(db, claimed(db, run_id="r2"))
     page = runs.list_runs(db, limit=2)
-    assert page["total"] == 3 and len(page["items"]) == 2
-    assert [item["run_id"] for item in page["items"]] == ["r3", "r2"]
-    assert page["items"][1]["counts"] == {"COMPLETE": 1, "QUEUED": 1}
-    assert runs.list_runs(db, limit=2, offset=2)["items"][0]["run_id"] == "r1"
-    running = runs.list_runs(db, state="RUNNING")
-    assert [item["run_id"] for item in running["items"]] == ["r2"]
-    with pytest.raises(InvalidInput, match="state must be one of"):
-        runs.list_runs(db, state="BOGUS")
+    assert page.total == 3 and len(page.items) == 2
+    assert [item.run_id for item in page.items] == ["r3", "r2"]
+    assert page.items[1].counts == {"COMPLETE": 1, "QUEUED": 1}
+    assert runs.list_runs(db, limit=2, offset=2).items[0].run_id == "r1"
+    running = runs.list_runs(db, state=RunState.RUNNING)
+    assert [item.run_id for item in running.items] == ["r2"]
+    # an unknown state is refused by the state type itself, before any query
+    with pytest.raises(ValueError, match="'BOGUS' is not a valid RunState"):
+        runs.list_runs(db, state=RunState("BOGUS"))
 
 
 # -- claiming order -------------------------------------------------------------------------
@@ -119,23 +135,23 @@ def test_claims_follow_tier_order_and_dependencies(db: Database) -> None:
             ("T2", ["d"]),
         ],
     )
-    first = claim(db)
-    assert first["phase_id"] == "a" and first["attempt"] == 1
+    first = claimed(db)
+    assert first.phase_id == "a" and first.attempt == 1
     assert run_row(db)["state"] == "RUNNING" and run_row(db)["started_at"] is not None
-    second = claim(db)
-    assert second["phase_id"] == "c", "b waits for a, so c comes next"
+    second = claimed(db)
+    assert second.phase_id == "c", "b waits for a, so c comes next"
     assert claim(db) is None, "b waits for a; T2 waits for all of T1"
     finish(db, first)
-    third = claim(db)
-    assert third["phase_id"] == "b"
+    third = claimed(db)
+    assert third.phase_id == "b"
     finish(db, third)
     assert claim(db) is None, "c is still running, so T2 must wait"
     answer = finish(db, second)
-    assert answer["run_state"] == "RUNNING"
-    fourth = claim(db)
-    assert fourth["phase_id"] == "d"
+    assert answer.run_state == "RUNNING"
+    fourth = claimed(db)
+    assert fourth.phase_id == "d"
     answer = finish(db, fourth)
-    assert answer == {
+    assert answer.model_dump() == {
         "run_id": "r",
         "phase_id": "d",
         "attempt": 1,
@@ -145,40 +161,45 @@ def test_claims_follow_tier_order_and_dependencies(db: Database) -> None:
         "available_at": None,
     }
     view = runs.get_run(db, "r")
-    assert view["state"] == "DONE_SUCCESS" and view["finished_at"] is not None
-    assert [t["state"] for t in view["tiers"]] == ["COMPLETE", "COMPLETE"]
+    assert view.state == "DONE_SUCCESS" and view.finished_at is not None
+    assert [t.state for t in view.tiers] == ["COMPLETE", "COMPLETE"]
 
 
 def test_claim_carries_phase_run_and_lease(db: Database) -> None:
     create(db, tiers=[("T1", [{"phase_id": "a", "scope": {"deliverables": ["x/a.py"]}}])])
-    claimed = claim(db, lease_seconds=30)
-    assert claimed["lease_seconds"] == 30
-    assert len(claimed["lease_token"]) == 32
-    delta = claimed["lease_expires_at"] - phase_row(db, "r", "a")["started_at"]
+    leased = claimed(db, lease_seconds=30)
+    assert leased.lease_seconds == 30
+    assert len(leased.lease_token) == 32
+    delta = leased.lease_expires_at - phase_row(db, "r", "a")["started_at"]
     assert timedelta(seconds=29) < delta <= timedelta(seconds=30)
-    phase = claimed["phase"]
-    assert phase["state"] == "EXECUTING" and phase["lease_owner"] == "w"
-    assert phase["scope"] == {"paths": ["x/"], "read_only_context": [], "deliverables": ["x/a.py"]}
-    assert claimed["run"]["state"] == "RUNNING"
-    assert claimed["run"]["budgets"]["token_cap"] == 1_000_000
-    assert claimed["history"] == [] and claimed["approved_change"] is None
+    phase = leased.phase
+    assert phase.state == "EXECUTING" and phase.lease_owner == "w"
+    assert phase.scope.model_dump() == {
+        "paths": ["x/"],
+        "read_only_context": [],
+        "deliverables": ["x/a.py"],
+    }
+    assert leased.run.state == "RUNNING"
+    assert leased.run.budgets.token_cap == 1_000_000
+    assert leased.history == [] and leased.approved_change is None
 
 
 def test_claim_of_one_phase_and_bad_arguments(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b"])])
-    assert claim(db, phase_id="b")["phase_id"] == "b"
+    assert claimed(db, phase_id="b").phase_id == "b"
     assert claim(db, phase_id="b") is None
     with pytest.raises(InvalidInput, match="needs its run_id"):
         claim(db, run_id=None, phase_id="a")
-    with pytest.raises(InvalidInput, match="lease_seconds"):
+    # the lease length is checked by the request model (ClaimIn) now
+    with pytest.raises(ValidationError, match="lease_seconds"):
         claim(db, lease_seconds=1)
 
 
 def test_claims_across_runs_follow_creation_order(db: Database) -> None:
     create(db, "older")
     create(db, "newer")
-    assert claim(db, run_id=None)["run_id"] == "older"
-    assert claim(db, run_id=None)["run_id"] == "newer"
+    assert claimed(db, run_id=None).run_id == "older"
+    assert claimed(db, run_id=None).run_id == "newer"
     assert claim(db, run_id=None) is None
 
 
@@ -191,23 +212,21 @@ def test_retryable_failure_backs_off_then_the_window_runs_out(db: Database) -> N
         tiers=[("T1", [{"phase_id": "a", "max_attempts": 2}])],
         policy={"retry_backoff_seconds": 2.0},
     )
-    first = claim(db)
+    first = claimed(db)
     answer = finish(db, first, "FAILED", error="AssertionError: 1 != 2\nmore", feedback="fix")
-    assert answer["phase_state"] == "QUEUED" and answer["requeued"] is True
+    assert answer.phase_state == "QUEUED" and answer.requeued is True
     row = phase_row(db, "r", "a")
     backoff = row["available_at"] - row["updated_at"]
     assert timedelta(seconds=1.9) < backoff <= timedelta(seconds=2)
     assert row["last_failure_reason"] == "check_failed: AssertionError: 1 != 2"
     assert claim(db) is None, "backing off"
     make_available(db, "r", "a")
-    second = claim(db)
-    assert second["attempt"] == 2
-    assert [(h["attempt"], h["outcome"], h["feedback"]) for h in second["history"]] == [
-        (1, "FAILED", "fix")
-    ]
+    second = claimed(db)
+    assert second.attempt == 2
+    assert [(h.attempt, h.outcome, h.feedback) for h in second.history] == [(1, "FAILED", "fix")]
     answer = finish(db, second, "FAILED", error="AssertionError: 1 != 2")
-    assert answer["phase_state"] == "FAILED" and answer["requeued"] is False
-    assert answer["run_state"] == "DONE_FAILED_PHASES"
+    assert answer.phase_state == "FAILED" and answer.requeued is False
+    assert answer.run_state == "DONE_FAILED_PHASES"
     row = phase_row(db, "r", "a")
     assert row["failure_fingerprint"] and len(row["failure_fingerprint"]) == 12
     assert claim(db) is None
@@ -215,7 +234,7 @@ def test_retryable_failure_backs_off_then_the_window_runs_out(db: Database) -> N
 
 def test_backoff_doubles_and_is_capped() -> None:
     policy = parse_run_definition(definition(policy={"retry_backoff_seconds": 2.0})).policy
-    assert [work._backoff_seconds(policy, n) for n in (1, 2, 3, 4, 5, 6, 7)] == [
+    assert [lifecycle.backoff_seconds(policy, n) for n in (1, 2, 3, 4, 5, 6, 7)] == [
         2.0,
         4.0,
         8.0,
@@ -229,7 +248,7 @@ def test_backoff_doubles_and_is_capped() -> None:
 def test_same_failure_same_fingerprint(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b", "c"])])
     for phase_id, error in (("a", "E: x\n1"), ("b", "E: x\n2"), ("c", "E: y")):
-        finish(db, claim(db, phase_id=phase_id), "FAILED", retryable=False, error=error)
+        finish(db, claimed(db, phase_id=phase_id), "FAILED", retryable=False, error=error)
     prints = {p: phase_row(db, "r", p)["failure_fingerprint"] for p in "abc"}
     assert prints["a"] == prints["b"] != prints["c"]
 
@@ -250,9 +269,9 @@ def test_failure_skips_dependents_and_later_tiers_then_the_run_ends(db: Database
             ("T2", ["d"]),
         ],
     )
-    a = claim(db)
-    c = claim(db)
-    assert c["phase_id"] == "c"
+    a = claimed(db)
+    c = claimed(db)
+    assert c.phase_id == "c"
     finish(db, a, "FAILED", retryable=False, error="broken")
     assert states(db) == {
         "a": "FAILED",
@@ -264,13 +283,14 @@ def test_failure_skips_dependents_and_later_tiers_then_the_run_ends(db: Database
     assert phase_row(db, "r", "e")["last_failure_reason"] == "blocked by a (FAILED)"
     assert run_row(db)["state"] == "RUNNING", "c is still executing"
     answer = finish(db, c)
-    assert answer["run_state"] == "DONE_FAILED_PHASES"
+    assert answer.run_state == "DONE_FAILED_PHASES"
     view = runs.get_run(db, "r")
+    assert view.failure_reason is not None
     assert (
         "4 phase(s) did not complete: a FAILED, b SKIPPED, e SKIPPED, d SKIPPED"
-        in (view["failure_reason"])
+        in view.failure_reason
     )
-    assert [t["state"] for t in view["tiers"]] == ["FAILED", "SKIPPED"]
+    assert [t.state for t in view.tiers] == ["FAILED", "SKIPPED"]
 
 
 # -- usage and budgets ----------------------------------------------------------------------
@@ -278,18 +298,20 @@ def test_failure_skips_dependents_and_later_tiers_then_the_run_ends(db: Database
 
 def test_usage_adds_up_on_attempt_phase_and_run(db: Database) -> None:
     create(db, tiers=[("T1", ["a"])], budgets={"token_cap": 1000, "cost_cap_usd": 1.0})
-    claimed = claim(db)
-    token = claimed["lease_token"]
-    work.report_usage(db, "r", "a", lease_token=token, tokens=300, cost_usd=0.25)
-    answer = work.report_usage(db, "r", "a", lease_token=token, tokens=200, cost_usd=0.25)
-    assert answer["phase"] == {"tokens_used": 500, "cost_usd": 0.5}
-    assert answer["run"]["tokens_used"] == 500 and answer["run"]["budget_exhausted"] is False
-    answer = work.report_usage(db, "r", "a", lease_token=token, tokens=600, cost_usd=0)
-    assert answer["run"]["budget_exhausted"] is True
-    assert answer["run"]["reason"] == "token budget exhausted: 1100 tokens used, token_cap 1000"
+    token = claimed(db).lease_token
+    leases.report_usage(db, "r", "a", UsageIn(lease_token=token, tokens=300, cost_usd=0.25))
+    answer = leases.report_usage(
+        db, "r", "a", UsageIn(lease_token=token, tokens=200, cost_usd=0.25)
+    )
+    assert answer.phase.model_dump() == {"tokens_used": 500, "cost_usd": 0.5}
+    assert answer.run.tokens_used == 500 and answer.run.budget_exhausted is False
+    answer = leases.report_usage(db, "r", "a", UsageIn(lease_token=token, tokens=600, cost_usd=0))
+    assert answer.run.budget_exhausted is True
+    assert answer.run.reason == "token budget exhausted: 1100 tokens used, token_cap 1000"
     assert attempt_rows(db, "r", "a")[0]["tokens_used"] == 1100
-    with pytest.raises(InvalidInput):
-        work.report_usage(db, "r", "a", lease_token=token, tokens=-1, cost_usd=0)
+    # negative usage is refused by the request model (UsageIn) now
+    with pytest.raises(ValidationError, match="tokens"):
+        leases.report_usage(db, "r", "a", UsageIn(lease_token=token, tokens=-1, cost_usd=0))
 
 
 @pytest.mark.parametrize(
@@ -303,10 +325,10 @@ def test_spent_budget_stops_claims_and_ends_the_run(
     db: Database, budgets: dict[str, float], usage: tuple[int, float], words: str
 ) -> None:
     create(db, tiers=[("T1", ["a", "b", "c"])], budgets=budgets)
-    a = claim(db)
-    b = claim(db)
-    work.report_usage(
-        db, "r", "a", lease_token=a["lease_token"], tokens=usage[0], cost_usd=usage[1]
+    a = claimed(db)
+    b = claimed(db)
+    leases.report_usage(
+        db, "r", "a", UsageIn(lease_token=a.lease_token, tokens=usage[0], cost_usd=usage[1])
     )
     assert claim(db) is None
     run = run_row(db)
@@ -314,17 +336,17 @@ def test_spent_budget_stops_claims_and_ends_the_run(
     assert run["failure_reason"].startswith(words)
     assert states(db) == {"a": "EXECUTING", "b": "EXECUTING", "c": "SKIPPED"}
     # running attempts may still report; the run keeps its verdict
-    assert finish(db, b)["run_state"] == "DONE_FAILED_BUDGET_EXHAUSTED"
-    assert finish(db, a, "FAILED")["phase_state"] == "FAILED", "no retry in a finished run"
+    assert finish(db, b).run_state == "DONE_FAILED_BUDGET_EXHAUSTED"
+    assert finish(db, a, "FAILED").phase_state == "FAILED", "no retry in a finished run"
 
 
 def test_max_phases_counts_started_phases_not_retries(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b", "c"])], budgets={"max_phases": 2})
-    finish(db, claim(db), "FAILED")
-    again = claim(db)
-    assert (again["phase_id"], again["attempt"]) == ("a", 2), "a retry is not a new phase"
-    b = claim(db)
-    assert b["phase_id"] == "b"
+    finish(db, claimed(db), "FAILED")
+    again = claimed(db)
+    assert (again.phase_id, again.attempt) == ("a", 2), "a retry is not a new phase"
+    b = claimed(db)
+    assert b.phase_id == "b"
     assert claim(db) is None
     assert run_row(db)["failure_reason"] == "phase budget exhausted: 2 phases started, max_phases 2"
 
@@ -332,13 +354,13 @@ def test_max_phases_counts_started_phases_not_retries(db: Database) -> None:
 def test_duration_budget_at_claim_and_in_maintenance(db: Database) -> None:
     create(db, "r1", tiers=[("T1", ["a", "b"])], budgets={"max_duration_minutes": 10})
     create(db, "r2", tiers=[("T1", ["a", "b"])], budgets={"max_duration_minutes": 10})
-    claim(db, run_id="r1")
-    claim(db, run_id="r2")
+    claimed(db, run_id="r1")
+    claimed(db, run_id="r2")
     age_run(db, "r1", 11)
     age_run(db, "r2", 11)
     assert claim(db, run_id="r1") is None
     assert run_row(db, "r1")["failure_reason"].startswith("duration budget exhausted: running 11")
-    assert work.maintain(db)["runs_over_duration"] == 1
+    assert maintenance.maintain(db).runs_over_duration == 1
     assert run_row(db, "r2")["state"] == "DONE_FAILED_BUDGET_EXHAUSTED"
     assert states(db, "r2")["b"] == "SKIPPED"
 
@@ -348,40 +370,41 @@ def test_duration_budget_at_claim_and_in_maintenance(db: Database) -> None:
 
 def test_heartbeat_renews_and_switches_between_executing_and_ci(db: Database) -> None:
     create(db)
-    claimed = claim(db, lease_seconds=10)
-    token = claimed["lease_token"]
-    beat = work.heartbeat(db, "r", "a", lease_token=token, lease_seconds=600)
-    assert beat["state"] == "EXECUTING"
-    assert beat["lease_expires_at"] - claimed["lease_expires_at"] > timedelta(seconds=500)
-    assert work.heartbeat(db, "r", "a", lease_token=token, state="CI_RUNNING")["state"] == (
-        "CI_RUNNING"
-    )
+    leased = claimed(db, lease_seconds=10)
+    token = leased.lease_token
+    beat = leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=token, lease_seconds=600))
+    assert beat.state == "EXECUTING"
+    assert beat.lease_expires_at - leased.lease_expires_at > timedelta(seconds=500)
+    ci = leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=token, state=PhaseState.CI_RUNNING))
+    assert ci.state == "CI_RUNNING"
     # without lease_seconds the lease is renewed for the length it had (600 s)
-    renewed = work.heartbeat(db, "r", "a", lease_token=token, state="EXECUTING")
-    assert renewed["state"] == "EXECUTING"
+    renewed = leases.heartbeat(
+        db, "r", "a", HeartbeatIn(lease_token=token, state=PhaseState.EXECUTING)
+    )
+    assert renewed.state == "EXECUTING"
     row = phase_row(db, "r", "a")
     assert row["lease_seconds"] == 600
     assert timedelta(seconds=599) < row["lease_expires_at"] - row["updated_at"]
     with pytest.raises(LeaseLost, match="the token was never issued"):
-        work.heartbeat(db, "r", "a", lease_token="f" * 32, lease_seconds=10)
+        leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token="f" * 32, lease_seconds=10))
 
 
 def test_expired_lease_nobody_took_can_still_be_renewed(db: Database) -> None:
     create(db)
-    claimed = claim(db)
+    leased = claimed(db)
     expire_lease(db, "r", "a")
-    work.heartbeat(db, "r", "a", lease_token=claimed["lease_token"], lease_seconds=60)
+    leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=leased.lease_token, lease_seconds=60))
     assert claim(db, worker="other") is None
-    assert finish(db, claimed)["phase_state"] == "COMPLETE"
+    assert finish(db, leased).phase_state == "COMPLETE"
 
 
 def test_a_claim_reclaims_an_expired_lease_when_nothing_else_is_queued(db: Database) -> None:
     create(db)
-    claim(db, worker="w1")
+    claimed(db, worker="w1")
     expire_lease(db, "r", "a")
     fresh = claim(db, worker="w2")
     assert fresh is not None, "an expired lease is claimable work, not a 204"
-    assert (fresh["phase_id"], fresh["attempt"], fresh["history"][0]["outcome"]) == (
+    assert (fresh.phase_id, fresh.attempt, fresh.history[0].outcome) == (
         "a",
         2,
         "LOST",
@@ -390,19 +413,19 @@ def test_a_claim_reclaims_an_expired_lease_when_nothing_else_is_queued(db: Datab
 
 def test_zombie_after_reclaim_gets_lease_lost_and_changes_nothing(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b"])])
-    zombie = claim(db, worker="w1")
+    zombie = claimed(db, worker="w1")
     expire_lease(db, "r", "a")
-    fresh = claim(db, worker="w2")
-    assert (fresh["phase_id"], fresh["attempt"]) == ("a", 2), "reclaimed before anything else"
+    fresh = claimed(db, worker="w2")
+    assert (fresh.phase_id, fresh.attempt) == ("a", 2), "reclaimed before anything else"
     lost = attempt_rows(db, "r", "a")[0]
     assert (lost["outcome"], lost["stop_reason"], lost["worker_id"]) == (
         "LOST",
         "lease_expired",
         "w1",
     )
-    assert [(h["attempt"], h["outcome"]) for h in fresh["history"]] == [(1, "LOST")]
+    assert [(h.attempt, h.outcome) for h in fresh.history] == [(1, "LOST")]
     before = snapshot(db)
-    token = zombie["lease_token"]
+    token = zombie.lease_token
     with pytest.raises(LeaseLost) as caught:
         finish(db, zombie)
     assert "your attempt 1 ended as LOST (lease_expired)" in caught.value.message
@@ -410,20 +433,20 @@ def test_zombie_after_reclaim_gets_lease_lost_and_changes_nothing(db: Database) 
     with pytest.raises(LeaseLost):
         finish(db, zombie, idempotency_key=None)
     with pytest.raises(LeaseLost):
-        work.heartbeat(db, "r", "a", lease_token=token, lease_seconds=60)
+        leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=token, lease_seconds=60))
     with pytest.raises(LeaseLost):
-        work.report_usage(db, "r", "a", lease_token=token, tokens=5, cost_usd=0.1)
+        leases.report_usage(db, "r", "a", UsageIn(lease_token=token, tokens=5, cost_usd=0.1))
     with pytest.raises(LeaseLost):
-        work.request_approval(db, "r", "a", lease_token=token, reason="x")
+        approvals.request_approval(db, "r", "a", ApprovalIn(lease_token=token, reason="x"))
     assert snapshot(db) == before
-    assert finish(db, fresh)["phase_state"] == "COMPLETE"
+    assert finish(db, fresh).phase_state == "COMPLETE"
 
 
 def test_lost_last_attempt_fails_the_phase(db: Database) -> None:
     create(db, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}]), ("T2", ["b"])])
-    claim(db, worker="w1")
+    claimed(db, worker="w1")
     expire_lease(db, "r", "a")
-    assert work.maintain(db)["reclaimed"] == 1
+    assert maintenance.maintain(db).reclaimed == 1
     row = phase_row(db, "r", "a")
     assert row["state"] == "FAILED"
     assert row["last_failure_reason"].startswith("lease_expired: worker w1 stopped heartbeating")
@@ -434,7 +457,7 @@ def test_lost_last_attempt_fails_the_phase(db: Database) -> None:
 def test_a_repeated_or_concurrent_reclaim_applies_once(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b", "c"])])
     for _ in range(3):
-        claim(db)
+        claimed(db)
     for phase_id in "abc":
         expire_lease(db, "r", phase_id)
     barrier = threading.Barrier(4)
@@ -444,7 +467,7 @@ def test_a_repeated_or_concurrent_reclaim_applies_once(db: Database) -> None:
     def recover() -> None:
         try:
             barrier.wait(timeout=10)
-            counts.append(work.maintain(db)["reclaimed"])
+            counts.append(maintenance.maintain(db).reclaimed)
         except BaseException as exc:
             errors.append(exc)
 
@@ -455,7 +478,7 @@ def test_a_repeated_or_concurrent_reclaim_applies_once(db: Database) -> None:
         thread.join(timeout=60)
     assert not errors
     assert sum(counts) == 3
-    assert work.maintain(db)["reclaimed"] == 0
+    assert maintenance.maintain(db).reclaimed == 0
     outcomes = [(a["phase_id"], a["attempt"], a["outcome"]) for a in attempt_rows(db, "r")]
     assert outcomes == [("a", 1, "LOST"), ("b", 1, "LOST"), ("c", 1, "LOST")]
     assert set(states(db).values()) == {"QUEUED"}
@@ -466,21 +489,23 @@ def test_a_repeated_or_concurrent_reclaim_applies_once(db: Database) -> None:
 
 def test_the_same_result_three_times_is_applied_once(db: Database) -> None:
     create(db, tiers=[("T1", ["a"])])
-    claimed = claim(db)
-    work.report_usage(db, "r", "a", lease_token=claimed["lease_token"], tokens=10, cost_usd=0.1)
-    answers = [finish(db, claimed, "FAILED", error="e") for _ in range(3)]
+    leased = claimed(db)
+    leases.report_usage(
+        db, "r", "a", UsageIn(lease_token=leased.lease_token, tokens=10, cost_usd=0.1)
+    )
+    answers = [finish(db, leased, "FAILED", error="e") for _ in range(3)]
     assert answers[0] == answers[1] == answers[2]
-    assert answers[0]["phase_state"] == "QUEUED" and answers[0]["requeued"] is True
+    assert answers[0].phase_state == "QUEUED" and answers[0].requeued is True
     rows = attempt_rows(db, "r", "a")
     assert len(rows) == 1 and rows[0]["outcome"] == "FAILED"
     assert rows[0]["result_key"] == "r:a:1"
     assert phase_row(db, "r", "a")["attempts"] == 1
     assert run_row(db)["tokens_used"] == 10
     # without the header, the spent lease token identifies the same attempt
-    assert finish(db, claimed, "FAILED", error="e", idempotency_key=None) == answers[0]
+    assert finish(db, leased, "FAILED", error="e", idempotency_key=None) == answers[0]
     # a key belongs to one phase
     create(db, "other")
-    other = claim(db, run_id="other")
+    other = claimed(db, run_id="other")
     with pytest.raises(Conflict, match="Idempotency-Key 'r:a:1' was already used"):
         finish(db, other, idempotency_key="r:a:1")
     assert states(db, "other") == {"a": "EXECUTING"}
@@ -488,9 +513,10 @@ def test_the_same_result_three_times_is_applied_once(db: Database) -> None:
 
 def test_result_outcome_must_be_complete_or_failed(db: Database) -> None:
     create(db)
-    claimed = claim(db)
-    with pytest.raises(InvalidInput, match="COMPLETE or FAILED"):
-        finish(db, claimed, "SKIPPED")
+    leased = claimed(db)
+    # the outcome is checked by the request model (ResultIn) now
+    with pytest.raises(ValidationError, match=r"outcome\n.*'COMPLETE'.*'FAILED'"):
+        finish(db, leased, "SKIPPED")
 
 
 # -- cancel ----------------------------------------------------------------------------------
@@ -498,25 +524,27 @@ def test_result_outcome_must_be_complete_or_failed(db: Database) -> None:
 
 def test_cancel_revokes_leases_skips_waiting_phases_and_approvals(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b", "c"])])
-    a = claim(db)
-    b = claim(db)
-    asked = work.request_approval(db, "r", "b", lease_token=b["lease_token"], reason="delete x")
-    view = runs.cancel_run(db, "r", "operator said so")
-    assert view["state"] == "DONE_CANCELLED"
-    assert view["failure_reason"] == "run cancelled: operator said so"
-    assert view["counts"] == {"SKIPPED": 3}
-    assert [t["state"] for t in view["tiers"]] == ["SKIPPED"]
+    a = claimed(db)
+    b = claimed(db)
+    asked = approvals.request_approval(
+        db, "r", "b", ApprovalIn(lease_token=b.lease_token, reason="delete x")
+    )
+    view = runs.cancel_run(db, "r", CancelIn(reason="operator said so"))
+    assert view.state == "DONE_CANCELLED"
+    assert view.failure_reason == "run cancelled: operator said so"
+    assert view.counts == {"SKIPPED": 3}
+    assert [t.state for t in view.tiers] == ["SKIPPED"]
     with pytest.raises(LeaseLost):
-        work.heartbeat(db, "r", "a", lease_token=a["lease_token"], lease_seconds=60)
+        leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=a.lease_token, lease_seconds=60))
     with pytest.raises(LeaseLost):
         finish(db, a)
     attempts = {(x["phase_id"], x["attempt"]): x for x in attempt_rows(db, "r")}
     assert attempts[("a", 1)]["outcome"] == "CANCELLED"
-    approvals = work.list_approvals(db, status=None, run_id="r")
-    assert [(x["id"], x["status"]) for x in approvals] == [(asked["approval_id"], "cancelled")]
+    listed = approvals.list_approvals(db, status=None, run_id="r")
+    assert [(x.id, x.status) for x in listed] == [(asked.approval_id, "cancelled")]
     assert claim(db) is None
     with pytest.raises(IllegalTransition, match="run r cannot go from DONE_CANCELLED"):
-        runs.cancel_run(db, "r")
+        runs.cancel_run(db, "r", CancelIn())
 
 
 # -- requeue ---------------------------------------------------------------------------------
@@ -533,11 +561,11 @@ def test_requeue_of_a_failed_phase_reopens_the_run_and_what_it_blocked(db: Datab
             ("T2", ["d"]),
         ],
     )
-    finish(db, claim(db), "FAILED", retryable=False)
-    finish(db, claim(db))  # c
+    finish(db, claimed(db), "FAILED", retryable=False)
+    finish(db, claimed(db))  # c
     assert run_row(db)["state"] == "DONE_FAILED_PHASES"
-    view = runs.requeue_phase(db, "r", "a", requested_by="alice", reason="fixed the env")
-    assert view["state"] == "QUEUED" and view["attempts"] == 2 and view["attempts_left"] == 1
+    view = runs.requeue_phase(db, "r", "a", RequeueIn(requested_by="alice", reason="fixed the env"))
+    assert view.state == "QUEUED" and view.attempts == 2 and view.attempts_left == 1
     assert states(db) == {"a": "QUEUED", "b": "QUEUED", "c": "COMPLETE", "d": "QUEUED"}
     run = run_row(db)
     assert run["state"] == "RUNNING" and run["finished_at"] is None
@@ -548,111 +576,126 @@ def test_requeue_of_a_failed_phase_reopens_the_run_and_what_it_blocked(db: Datab
         "alice",
     )
     assert requeued["details"]["reason"] == "fixed the env"
-    again = claim(db)
-    assert (again["phase_id"], again["attempt"]) == ("a", 3)
+    again = claimed(db)
+    assert (again.phase_id, again.attempt) == ("a", 3)
     finish(db, again)
-    finish(db, claim(db))  # b
-    assert finish(db, claim(db))["run_state"] == "DONE_SUCCESS"  # d
+    finish(db, claimed(db))  # b
+    assert finish(db, claimed(db)).run_state == "DONE_SUCCESS"  # d
 
 
 def test_requeue_of_a_stuck_phase_revokes_its_lease(db: Database) -> None:
     create(db)
-    stuck = claim(db, worker="w1")
-    runs.requeue_phase(db, "r", "a", requested_by="bob")
+    stuck = claimed(db, worker="w1")
+    runs.requeue_phase(db, "r", "a", RequeueIn(requested_by="bob"))
     with pytest.raises(LeaseLost):
-        work.heartbeat(db, "r", "a", lease_token=stuck["lease_token"], lease_seconds=60)
+        leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=stuck.lease_token, lease_seconds=60))
     outcomes = [(x["attempt"], x["outcome"], x["stop_reason"]) for x in attempt_rows(db, "r")]
     assert outcomes == [(1, "CANCELLED", "requeued"), (2, "REQUEUED", "requeued")]
-    assert claim(db, worker="w2")["attempt"] == 3
+    assert claimed(db, worker="w2").attempt == 3
 
 
 def test_requeue_refuses_complete_queued_and_cancelled(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b"])])
-    finish(db, claim(db))
+    finish(db, claimed(db))
     before = snapshot(db)
     with pytest.raises(IllegalTransition, match="phase r/a cannot go from COMPLETE to QUEUED"):
-        runs.requeue_phase(db, "r", "a")
+        runs.requeue_phase(db, "r", "a", RequeueIn())
     with pytest.raises(IllegalTransition, match="from QUEUED to QUEUED"):
-        runs.requeue_phase(db, "r", "b")
+        runs.requeue_phase(db, "r", "b", RequeueIn())
     assert snapshot(db) == before
-    runs.cancel_run(db, "r")
+    runs.cancel_run(db, "r", CancelIn())
     with pytest.raises(IllegalTransition, match="run r cannot go from DONE_CANCELLED"):
-        runs.requeue_phase(db, "r", "b")
+        runs.requeue_phase(db, "r", "b", RequeueIn())
 
 
 def test_requeue_in_a_run_still_over_budget_is_refused(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b"])], budgets={"token_cap": 10})
-    a = claim(db)
-    work.report_usage(db, "r", "a", lease_token=a["lease_token"], tokens=50, cost_usd=0)
+    a = claimed(db)
+    leases.report_usage(db, "r", "a", UsageIn(lease_token=a.lease_token, tokens=50, cost_usd=0))
     assert claim(db) is None
     with pytest.raises(Conflict, match="still over budget"):
-        runs.requeue_phase(db, "r", "b")
+        runs.requeue_phase(db, "r", "b", RequeueIn())
 
 
 # -- approvals -------------------------------------------------------------------------------
 
 
-def ask(db: Database, claimed: dict, **kw: object) -> dict:
-    return work.request_approval(
+def ask(
+    db: Database,
+    leased: Claim,
+    *,
+    reason: str = "delete legacy.py",
+    timeout_seconds: float | None = None,
+) -> ApprovalCreated:
+    return approvals.request_approval(
         db,
-        claimed["run_id"],
-        claimed["phase_id"],
-        lease_token=claimed["lease_token"],
-        reason=str(kw.pop("reason", "delete legacy.py")),
-        context={"change": {"delete": ["legacy.py"]}},
-        **kw,  # type: ignore[arg-type]
+        leased.run_id,
+        leased.phase_id,
+        ApprovalIn(
+            lease_token=leased.lease_token,
+            reason=reason,
+            context={"change": {"delete": ["legacy.py"]}},
+            timeout_seconds=timeout_seconds,
+        ),
     )
 
 
 def test_approval_request_parks_the_phase_and_releases_the_lease(db: Database) -> None:
     create(db, policy={"approval_timeout_minutes": 30})
-    claimed = claim(db)
-    asked = ask(db, claimed)
-    assert asked["phase_state"] == "AWAITING_APPROVAL"
-    approval = asked["approval"]
-    assert approval["status"] == "pending" and approval["on_timeout"] == "fail"
-    assert approval["timeout_at"] - approval["requested_at"] == timedelta(minutes=30)
+    leased = claimed(db)
+    asked = ask(db, leased)
+    assert asked.phase_state == "AWAITING_APPROVAL"
+    approval = asked.approval
+    assert approval.status == "pending" and approval.on_timeout == "fail"
+    assert approval.timeout_at - approval.requested_at == timedelta(minutes=30)
     row = phase_row(db, "r", "a")
     assert row["state"] == "AWAITING_APPROVAL" and row["lease_token"] is None
     assert attempt_rows(db, "r", "a")[0]["outcome"] == "AWAITING_APPROVAL"
-    assert ask(db, claimed) == asked, "a retried request answers with the same approval"
+    assert ask(db, leased) == asked, "a retried request answers with the same approval"
     with pytest.raises(LeaseLost):
-        work.heartbeat(db, "r", "a", lease_token=claimed["lease_token"], lease_seconds=60)
+        leases.heartbeat(
+            db, "r", "a", HeartbeatIn(lease_token=leased.lease_token, lease_seconds=60)
+        )
     assert claim(db) is None
-    assert work.list_approvals(db) == [approval]
+    assert approvals.list_approvals(db) == [approval]
 
 
 def test_approve_requeues_and_the_next_claim_gets_the_change_once(db: Database) -> None:
     create(db, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}])])
-    asked = ask(db, claim(db))
-    decided = work.decide_approval(
-        db, asked["approval_id"], approve=True, responder="carol", note="fine"
+    asked = ask(db, claimed(db))
+    decided = approvals.decide_approval(
+        db, asked.approval_id, approve=True, decision=DecisionIn(responder="carol", note="fine")
     )
-    assert decided["status"] == "approved" and decided["phase_state"] == "QUEUED"
-    assert decided["responder"] == "carol" and decided["responded_at"] is not None
+    assert decided.status == "approved" and decided.phase_state == "QUEUED"
+    assert decided.responder == "carol" and decided.responded_at is not None
     again = claim(db)
     assert again is not None, "the approved continuation runs even on the last attempt"
-    assert again["approved_change"] == {
-        "approval_id": asked["approval_id"],
-        "reason": "delete legacy.py",
-        "context": {"change": {"delete": ["legacy.py"]}},
-        "responder": "carol",
-        "note": "fine",
-    }
+    assert again.approved_change == ApprovedChange(
+        approval_id=asked.approval_id,
+        reason="delete legacy.py",
+        context={"change": {"delete": ["legacy.py"]}},
+        responder="carol",
+        note="fine",
+    )
     finish(db, again, "FAILED", retryable=True)
-    runs.requeue_phase(db, "r", "a")
-    assert claim(db)["approved_change"] is None, "given once"
+    runs.requeue_phase(db, "r", "a", RequeueIn())
+    assert claimed(db).approved_change is None, "given once"
     with pytest.raises(IllegalTransition, match="approval 1 cannot go from approved"):
-        work.decide_approval(db, asked["approval_id"], approve=False, responder="dave")
+        approvals.decide_approval(
+            db, asked.approval_id, approve=False, decision=DecisionIn(responder="dave")
+        )
 
 
 def test_reject_fails_the_phase_and_blocks_its_dependents(db: Database) -> None:
     create(db, tiers=[("T1", ["a", {"phase_id": "b", "depends_on": ["a"]}])])
-    asked = ask(db, claim(db))
-    decided = work.decide_approval(
-        db, asked["approval_id"], approve=False, responder="erin", note="too risky"
+    asked = ask(db, claimed(db))
+    decided = approvals.decide_approval(
+        db,
+        asked.approval_id,
+        approve=False,
+        decision=DecisionIn(responder="erin", note="too risky"),
     )
-    assert decided["phase_state"] == "FAILED"
+    assert decided.phase_state == "FAILED"
     row = phase_row(db, "r", "a")
     assert row["last_failure_reason"] == "approval_rejected: too risky"
     first = attempt_rows(db, "r", "a")[0]
@@ -660,37 +703,41 @@ def test_reject_fails_the_phase_and_blocks_its_dependents(db: Database) -> None:
     assert states(db) == {"a": "FAILED", "b": "SKIPPED"}
     assert run_row(db)["state"] == "DONE_FAILED_PHASES"
     with pytest.raises(NotFound, match="approval 999 not found"):
-        work.decide_approval(db, 999, approve=True, responder="x")
+        approvals.decide_approval(db, 999, approve=True, decision=DecisionIn(responder="x"))
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("fail", "FAILED"), ("requeue", "QUEUED")])
 def test_expired_approval_follows_the_run_policy(db: Database, policy: str, expected: str) -> None:
     create(db, policy={"on_approval_timeout": policy})
-    asked = ask(db, claim(db), timeout_seconds=3600)
-    assert work.maintain(db)["approvals_expired"] == 0
-    expire_approval(db, asked["approval_id"])
-    assert work.maintain(db)["approvals_expired"] == 1
-    assert work.maintain(db)["approvals_expired"] == 0
-    (approval,) = work.list_approvals(db, status=None)
-    assert approval["status"] == "expired" and approval["note"].startswith("no decision by")
+    asked = ask(db, claimed(db), timeout_seconds=3600)
+    assert maintenance.maintain(db).approvals_expired == 0
+    expire_approval(db, asked.approval_id)
+    assert maintenance.maintain(db).approvals_expired == 1
+    assert maintenance.maintain(db).approvals_expired == 0
+    (approval,) = approvals.list_approvals(db, status=None)
+    assert approval.status == "expired" and (approval.note or "").startswith("no decision by")
     assert phase_row(db, "r", "a")["state"] == expected
     if expected == "QUEUED":
-        assert claim(db)["approved_change"] is None
+        assert claimed(db).approved_change is None
     else:
         assert phase_row(db, "r", "a")["last_failure_reason"].startswith("approval_expired")
         with pytest.raises(IllegalTransition):
-            work.decide_approval(db, asked["approval_id"], approve=True, responder="late")
+            approvals.decide_approval(
+                db, asked.approval_id, approve=True, decision=DecisionIn(responder="late")
+            )
 
 
 def test_requeue_of_a_waiting_phase_cancels_its_approval(db: Database) -> None:
     create(db)
-    asked = ask(db, claim(db))
-    runs.requeue_phase(db, "r", "a", requested_by="frank")
-    (approval,) = work.list_approvals(db, status=None)
-    assert (approval["id"], approval["status"]) == (asked["approval_id"], "cancelled")
+    asked = ask(db, claimed(db))
+    runs.requeue_phase(db, "r", "a", RequeueIn(requested_by="frank"))
+    (approval,) = approvals.list_approvals(db, status=None)
+    assert (approval.id, approval.status) == (asked.approval_id, "cancelled")
     with pytest.raises(IllegalTransition):
-        work.decide_approval(db, asked["approval_id"], approve=True, responder="x")
-    assert claim(db)["attempt"] == 3
+        approvals.decide_approval(
+            db, asked.approval_id, approve=True, decision=DecisionIn(responder="x")
+        )
+    assert claimed(db).attempt == 3
 
 
 def test_last_phases_finishing_at_once_still_end_the_run(db: Database) -> None:
@@ -699,19 +746,19 @@ def test_last_phases_finishing_at_once_still_end_the_run(db: Database) -> None:
     for round_ in range(12):
         run_id = f"race{round_}"
         create(db, run_id, tiers=[("T1", ["a", "b", "c"])])
-        held = [claim(db, run_id=run_id) for _ in range(3)]
+        held = [claimed(db, run_id=run_id) for _ in range(3)]
         finish(db, held[0])
         barrier = threading.Barrier(2)
         errors: list[BaseException] = []
 
         def post(
-            claimed: dict,
+            leased: Claim,
             barrier: threading.Barrier = barrier,
             errors: list[BaseException] = errors,
         ) -> None:
             try:
                 barrier.wait(timeout=10)
-                finish(db, claimed)
+                finish(db, leased)
             except BaseException as exc:
                 errors.append(exc)
 
@@ -722,8 +769,8 @@ def test_last_phases_finishing_at_once_still_end_the_run(db: Database) -> None:
             thread.join(timeout=60)
         assert not errors
         view = runs.get_run(db, run_id)
-        assert view["state"] == "DONE_SUCCESS", (round_, view["counts"])
-        assert [t["state"] for t in view["tiers"]] == ["COMPLETE"]
+        assert view.state == "DONE_SUCCESS", (round_, view.counts)
+        assert [t.state for t in view.tiers] == ["COMPLETE"]
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -732,14 +779,14 @@ def test_a_large_new_run_is_planned_with_fresh_statistics(db: Database) -> None:
     run: with the statistics from before the insert, PostgreSQL picked an index on run_id
     alone and filtered every phase of the run on each call."""
     create(db, tiers=[("T1", [f"p{i:04d}" for i in range(600)])])
-    claimed = claim(db)
-    compiled = work.RENEW_LEASE.compile(dialect=db.engine.dialect)
+    leased = claimed(db)
+    compiled = statements.RENEW_LEASE.compile(dialect=db.engine.dialect)
     now = datetime.now(UTC)
     params = {
         **compiled.params,
         "b_run": "r",
-        "b_phase": claimed["phase_id"],
-        "b_token": claimed["lease_token"],
+        "b_phase": leased.phase_id,
+        "b_token": leased.lease_token,
         "b_expires": now,
         "b_seconds": 60,
         "b_now": now,
@@ -766,10 +813,10 @@ def test_a_table_held_by_vacuum_does_not_stall_or_fail_run_creation(
     already committed, is answered as created and is claimable."""
     with psycopg.connect(_pg_conninfo(database_url)) as holder:
         holder.execute("LOCK TABLE phases IN SHARE UPDATE EXCLUSIVE MODE")  # as VACUUM does
-        with caplog.at_level(logging.WARNING, logger="autopack.runs"):
+        with caplog.at_level(logging.WARNING, logger=runs.logger.name):
             view = create(db, tiers=[("T1", ["a", "b"])])
-    assert view["state"] == "QUEUED"
+    assert view.state == "QUEUED"
     assert [record.levelno for record in caplog.records if record.msg == "analyze_skipped"] == [
         logging.WARNING
     ]
-    assert claim(db)["phase_id"] == "a"
+    assert claimed(db).phase_id == "a"

@@ -8,6 +8,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from autopack.client import ApiClient
+from autopack.contract import ClaimIn
+from autopack.rundef import parse_run_definition
 from tests.support import Server, clean_env
 from tests.test_telemetry_writers import ESTIMATION, USAGE
 
@@ -34,11 +36,11 @@ def test_dashboard_metrics_and_summary_show_the_same_database(
         ApiClient(server.url) as client,
     ):
         instance = server.wait_healthy()["database"]["instance_id"]
-        client.create_run(RUN)
-        claimed = client.claim("worker-a", 60, run_id="r1")
+        client.create_run(parse_run_definition(RUN))
+        claimed = client.claim(ClaimIn(worker_id="worker-a", lease_seconds=60, run_id="r1"))
         assert claimed is not None
-        client.post_telemetry("llm-usage", USAGE)
-        client.post_telemetry("estimations", ESTIMATION)
+        client.post_telemetry(USAGE)
+        client.post_telemetry(ESTIMATION)
 
         page = httpx.get(f"{server.url}/ui", timeout=10)
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text

@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from autopack.client import ApiClient
+from autopack.contract import ClaimIn
+from autopack.rundef import parse_run_definition
 from tests.conftest import _pg_conninfo, create_pg_database, drop_pg_database
 from tests.support import Server, clean_env
 
@@ -50,15 +52,15 @@ def test_api_server_survives_postgres_closing_its_connections(
             ApiClient(server.url) as client,
         ):
             server.wait_healthy()
-            client.create_run(RUN)
-            first = client.claim("worker-a", 60, run_id="r1")
-            assert first is not None and first["phase_id"] == "p1"
+            client.create_run(parse_run_definition(RUN))
+            first = client.claim(ClaimIn(worker_id="worker-a", lease_seconds=60, run_id="r1"))
+            assert first is not None and first.phase_id == "p1"
 
             assert _terminate_connections(pg_admin, str(make_url(url).database)) >= 1
 
-            assert client.get_run("r1")["run_id"] == "r1"
-            second = client.claim("worker-b", 60, run_id="r1")
-            assert second is not None and second["phase_id"] == "p2"
+            assert client.get_run("r1").run_id == "r1"
+            second = client.claim(ClaimIn(worker_id="worker-b", lease_seconds=60, run_id="r1"))
+            assert second is not None and second.phase_id == "p2"
             assert server.process.poll() is None
     finally:
         drop_pg_database(pg_admin, url)

@@ -11,6 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def _drain_phase(tmp_path: Path, env: dict[str, str], tape: Path, *extra: str) -
     return summary
 
 
-def _setup(tmp_path: Path, url: str, **phase_kwargs: object) -> dict[str, str]:
+def _setup(tmp_path: Path, url: str, **phase_kwargs: Any) -> dict[str, str]:
     env = env_for(url)
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], **phase_kwargs)]), env, tmp_path)
     return env

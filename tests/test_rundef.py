@@ -184,7 +184,7 @@ def test_deliverables_must_be_inside_scope_paths() -> None:
 
 
 def test_depends_on_must_stay_in_the_tier_and_be_acyclic() -> None:
-    data = {
+    data: dict[str, Any] = {
         "run_id": "r",
         "tiers": [
             {"tier_id": "T1", "name": "a", "phases": [{"phase_id": "p1", "name": "1"}]},

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from autopack.client import ApiClient
+from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
+from autopack.rundef import parse_run_definition
+from autopack.states import PhaseState
 from tests.support import Server, clean_env, cli
 
 
@@ -71,30 +74,39 @@ def test_two_api_processes_serve_the_database_the_command_resolved(
         assert server.wait_healthy()["database"]["instance_id"] == expected
         with ApiClient(server.url) as client:
             client.create_run(
-                {
-                    "run_id": "r",
-                    "tiers": [
-                        {
-                            "tier_id": "T1",
-                            "name": "t",
-                            "phases": [{"phase_id": f"p{i}", "name": "p"} for i in range(6)],
-                        }
-                    ],
-                }
+                parse_run_definition(
+                    {
+                        "run_id": "r",
+                        "tiers": [
+                            {
+                                "tier_id": "T1",
+                                "name": "t",
+                                "phases": [{"phase_id": f"p{i}", "name": "p"} for i in range(6)],
+                            }
+                        ],
+                    }
+                )
             )
-            done = []
-            while (claim := client.claim("w", 60, run_id="r")) is not None:
-                client.heartbeat("r", claim["phase_id"], claim["lease_token"], lease_seconds=60)
+            done: list[str] = []
+            claim_in = ClaimIn(worker_id="w", lease_seconds=60, run_id="r")
+            while (claim := client.claim(claim_in)) is not None:
+                client.heartbeat(
+                    "r",
+                    claim.phase_id,
+                    HeartbeatIn(lease_token=claim.lease_token, lease_seconds=60),
+                )
                 client.post_result(
                     "r",
-                    claim["phase_id"],
-                    lease_token=claim["lease_token"],
-                    outcome="COMPLETE",
-                    stop_reason="done",
+                    claim.phase_id,
+                    ResultIn(
+                        lease_token=claim.lease_token,
+                        outcome=PhaseState.COMPLETE,
+                        stop_reason="done",
+                    ),
                 )
-                done.append(claim["phase_id"])
+                done.append(claim.phase_id)
             assert sorted(done) == [f"p{i}" for i in range(6)]
-            assert client.get_run("r")["state"] == "DONE_SUCCESS"
+            assert client.get_run("r").state == "DONE_SUCCESS"
         api_identities = re.findall(
             r"database_identity role=api .* instance_id=(\S+)", server.output()
         )

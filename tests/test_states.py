@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from enum import StrEnum
 
 import pytest
 
@@ -28,7 +30,9 @@ MACHINES = [
 
 
 @pytest.mark.parametrize(("kind", "states", "table"), MACHINES, ids=[m[0] for m in MACHINES])
-def test_every_pair_outside_the_table_is_refused(kind: str, states: type, table: dict) -> None:
+def test_every_pair_outside_the_table_is_refused(
+    kind: str, states: type[StrEnum], table: Mapping[str, frozenset[str]]
+) -> None:
     for current, target in itertools.product(list(states), repeat=2):
         if target in table[current]:
             ensure_transition(kind, current, target)

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from autopack.client import ApiClient
-from autopack.db.telemetry import TELEMETRY_TABLES
+from autopack.db.telemetry import TABLES
 from autopack.errors import InvalidInput
-from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
+from autopack.telemetry.events import (
+    EventKind,
+    LlmUsageIn,
+    TelemetryEvent,
+    TokenBudgetEscalationIn,
+    TokenEstimationIn,
+)
 from autopack.telemetry.recorder import TelemetryRecorder
 from tests.support import Server, clean_env
 
-EVENTS: dict[str, tuple[type[BaseModel], str]] = {
-    "llm_usage_events": (LlmUsageIn, "llm-usage"),
-    "token_estimation_v2_events": (TokenEstimationIn, "estimations"),
-    "token_budget_escalation_events": (TokenBudgetEscalationIn, "escalations"),
+EVENTS: dict[str, tuple[type[BaseModel], EventKind]] = {
+    "llm_usage_events": (LlmUsageIn, "usage"),
+    "token_estimation_v2_events": (TokenEstimationIn, "estimation"),
+    "token_budget_escalation_events": (TokenBudgetEscalationIn, "escalation"),
 }
 
 USAGE = LlmUsageIn(
@@ -80,8 +86,9 @@ ESCALATION = TokenBudgetEscalationIn(
 
 @pytest.mark.parametrize("table", sorted(EVENTS))
 def test_every_event_field_is_a_column_of_its_table(table: str) -> None:
-    model, _ = EVENTS[table]
-    columns = set(TELEMETRY_TABLES[table].__table__.columns.keys())
+    model, kind = EVENTS[table]
+    assert TABLES[kind].name == table
+    columns = set(TABLES[kind].columns.keys())
     assert set(model.model_fields) <= columns, set(model.model_fields) - columns
 
 
@@ -94,12 +101,14 @@ def test_events_round_trip_through_the_api(database_url: str, tmp_path: Path) ->
         for event in (USAGE, ESTIMATION, ESCALATION):
             recorder.record(event)
         assert (recorder.written, recorder.failures) == (3, 0)
-        stored: dict[str, list[dict[str, Any]]] = {
-            kind: client.telemetry_events(kind, run_id="r1")
-            for kind in ("usage", "estimation", "escalation")
+        stored: dict[str, Sequence[BaseModel]] = {
+            "usage": client.usage_events(run_id="r1"),
+            "estimation": client.estimation_events(run_id="r1"),
+            "escalation": client.escalation_events(run_id="r1"),
         }
     for kind, event in (("usage", USAGE), ("estimation", ESTIMATION), ("escalation", ESCALATION)):
-        [row] = stored[kind]
+        [stored_row] = stored[kind]
+        row = stored_row.model_dump(mode="json")
         expected = event.model_dump(mode="json", exclude={"ts"})
         assert {k: row[k] for k in expected} == expected
 
@@ -115,18 +124,23 @@ def test_a_field_the_table_lacks_is_refused_loudly_and_counted(
         ApiClient(server.url) as client,
     ):
         with pytest.raises(InvalidInput, match="not_a_column"):
-            client.post_telemetry("llm-usage", Drifted(**USAGE.model_dump()))
+            client.post_telemetry(Drifted(**USAGE.model_dump()))
         recorder = TelemetryRecorder(
-            lambda kind, event: client.post_telemetry(kind, Drifted(**event.model_dump())),
+            lambda event: client.post_telemetry(Drifted(**event.model_dump())),
             enabled=True,
         )
         recorder.record(USAGE)
         assert (recorder.written, recorder.failures) == (0, 1)
-        assert client.telemetry_events("usage") == []
+        assert client.usage_events() == []
 
 
 def test_disabled_recorder_writes_nothing() -> None:
-    calls: list[str] = []
-    recorder = TelemetryRecorder(lambda kind, event: calls.append(kind) or 1, enabled=False)
+    calls: list[TelemetryEvent] = []
+
+    def post(event: TelemetryEvent) -> int:
+        calls.append(event)
+        return 1
+
+    recorder = TelemetryRecorder(post, enabled=False)
     recorder.record(USAGE)
     assert calls == [] and recorder.written == 0

@@ -13,7 +13,6 @@ exit 2). Importing this module reads nothing; :func:`load_run_file` reads the on
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
@@ -30,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from autopack import paths
 from autopack.errors import InvalidInput
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -45,35 +45,17 @@ DEFAULT_MAX_DURATION_MINUTES = 240
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=200)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 Command = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def _relative_path(value: str) -> str:
-    """A workspace-relative POSIX path: no absolute path, no ``..``, no backslash.
-
-    ``./a//b/`` is normalised to ``a/b/``; a trailing ``/`` (a directory) is kept.
-    """
-    if "\\" in value:
-        raise ValueError("use forward slashes in paths")
-    if "\x00" in value:
-        raise ValueError("path contains a NUL character")
-    if value.startswith("/") or _DRIVE.match(value):
-        raise ValueError("path must be relative to the workspace root")
-    parts = [part for part in value.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise ValueError("path must not contain '..'")
-    if not parts:
-        raise ValueError("path names no file or directory")
-    return "/".join(parts) + ("/" if value.endswith("/") else "")
+    """A workspace-relative path by :func:`autopack.paths.normalize` (directories allowed)."""
+    try:
+        return paths.normalize(value, directory_ok=True)
+    except paths.UnsafePath as exc:
+        raise ValueError(f"path {exc}") from exc
 
 
 RelPath = Annotated[str, AfterValidator(_relative_path)]
-
-
-def path_inside(path: str, container: str) -> bool:
-    """Is ``path`` the ``container`` path itself or below it (component-wise)?"""
-    prefix = container.rstrip("/")
-    return path == prefix or path.startswith(prefix + "/")
 
 
 class _Strict(BaseModel):
@@ -123,11 +105,15 @@ class Scope(_Strict):
                     defaults.append(entry)
             self.paths = defaults
         for deliverable in self.deliverables:
-            if not any(path_inside(deliverable, path) for path in self.paths):
+            if not paths.inside_any(deliverable, self.paths):
                 raise ValueError(
                     f"deliverable {deliverable!r} is not inside scope.paths {self.paths}"
                 )
         return self
+
+    def allows(self, path: str) -> bool:
+        """May a phase with this scope write the normalized ``path`` (by its spelling)?"""
+        return paths.inside_any(path, self.paths)
 
 
 class PhaseDefinition(_Strict):

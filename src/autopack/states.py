@@ -136,6 +136,8 @@ PHASE_ACTIVE = frozenset({P.EXECUTING, P.CI_RUNNING})
 PHASE_TERMINAL = frozenset({P.COMPLETE, P.FAILED, P.SKIPPED})
 PHASE_OPEN = frozenset(PhaseState) - PHASE_TERMINAL
 """States that keep a run from finishing."""
+PHASE_REQUEUEABLE = frozenset(s for s, targets in PHASE_TRANSITIONS.items() if P.QUEUED in targets)
+"""States a requeue (``autopack run requeue``, ``drain phase --force``) can move to QUEUED."""
 RUN_ACTIVE = frozenset({R.QUEUED, R.RUNNING})
 """Runs whose phases may still be claimed."""
 RUN_FINISHED = frozenset(RunState) - RUN_ACTIVE

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from autopack.llm.anthropic_provider import AnthropicProvider
 from autopack.llm.openai_provider import OpenAIProvider
 from tests.fakes.llm_wire import WireServer
-from tests.llm.support import FLAVOURS, Flavour, Records
+from tests.llm.support import FLAVOURS, Flavour, Live, Records
 
 
 @pytest.fixture
@@ -25,9 +25,7 @@ def flavour(request: pytest.FixtureRequest) -> Flavour:
 
 
 @pytest.fixture
-def live(
-    wire: WireServer, flavour: Flavour
-) -> Iterator[Callable[[int], AnthropicProvider | OpenAIProvider]]:
+def live(wire: WireServer, flavour: Flavour) -> Iterator[Live]:
     """``live(max_retries)``: the flavour's real-SDK provider pointed at the wire server."""
     made: list[AnthropicProvider | OpenAIProvider] = []
 

@@ -19,6 +19,9 @@ from tests.fakes.llm_wire import (
     openai_error,
 )
 
+Live = Callable[[int], AnthropicProvider | OpenAIProvider]
+"""The ``live`` fixture: ``live(max_retries)`` is the flavour's real-SDK provider."""
+
 
 def make_request(
     *,
@@ -113,3 +116,9 @@ class Records(logging.Handler):
 
     def events(self, name: str) -> list[logging.LogRecord]:
         return [r for r in self.records if r.getMessage() == name]
+
+    @staticmethod
+    def fields(record: logging.LogRecord) -> dict[str, Any]:
+        """The structured fields :func:`autopack.logs.log_event` attached to ``record``."""
+        found: dict[str, Any] = record.__dict__["autopack_fields"]
+        return found

@@ -18,9 +18,10 @@ from autopack.llm.pricing import (
     max_output_tokens,
 )
 from autopack.llm.registry import DEFAULT_MODELS
+from tests.llm.support import Records
 
 
-def test_cost_prices_each_kind_of_token_at_its_own_rate():
+def test_cost_prices_each_kind_of_token_at_its_own_rate() -> None:
     table = PriceTable.load()
     # claude-sonnet-5-5: $2 in, $10 out, $0.20 cache read, $2.50 cache write per MTok.
     usage = Usage(
@@ -42,7 +43,7 @@ def test_cost_prices_each_kind_of_token_at_its_own_rate():
     }
 
 
-def test_the_bundled_table_is_versioned_and_prices_the_default_models():
+def test_the_bundled_table_is_versioned_and_prices_the_default_models() -> None:
     table = PriceTable.load()
     assert (
         table.version
@@ -71,11 +72,11 @@ def test_the_bundled_table_is_versioned_and_prices_the_default_models():
         ("llama3.2:3b", None),
     ],
 )
-def test_model_name_matching(reported: str, priced_as: str | None):
+def test_model_name_matching(reported: str, priced_as: str | None) -> None:
     assert PriceTable.load().match(reported) == priced_as
 
 
-def test_unknown_model_costs_none_with_one_warning_per_model(log_records):
+def test_unknown_model_costs_none_with_one_warning_per_model(log_records: Records) -> None:
     table = PriceTable.load()
 
     first = table.cost_of("llama3.2:3b", Usage(10, 10))
@@ -85,17 +86,17 @@ def test_unknown_model_costs_none_with_one_warning_per_model(log_records):
     assert first == (None, None)
     assert second == (None, None)
     warnings = log_records.events("llm_price_unknown")
-    assert [r.autopack_fields["model"] for r in warnings] == ["llama3.2:3b", "qwen3-coder"]
+    assert [Records.fields(r)["model"] for r in warnings] == ["llama3.2:3b", "qwen3-coder"]
     assert all(r.levelname == "WARNING" for r in warnings)
 
 
-def test_max_output_tokens_known_and_unknown():
+def test_max_output_tokens_known_and_unknown() -> None:
     assert max_output_tokens("claude-haiku-4-5-20251001") == 64000
     assert max_output_tokens("gpt-4o-mini") == 16384
     assert max_output_tokens("some-local-model") == DEFAULT_MAX_OUTPUT_TOKENS == 8192
 
 
-def test_override_file_replaces_and_extends_entries(tmp_path: Path):
+def test_override_file_replaces_and_extends_entries(tmp_path: Path) -> None:
     override = tmp_path / "prices.json"
     override.write_text(
         json.dumps(
@@ -136,7 +137,9 @@ def test_override_file_replaces_and_extends_entries(tmp_path: Path):
         ('{"version": "x", "models": {"m": {"input": 1, "output": 1, "typo": 2}}}', "typo"),
     ],
 )
-def test_invalid_override_is_a_config_error_naming_the_file(tmp_path: Path, content, complaint):
+def test_invalid_override_is_a_config_error_naming_the_file(
+    tmp_path: Path, content: str, complaint: str
+) -> None:
     override = tmp_path / "bad-prices.json"
     override.write_text(content, encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
@@ -145,10 +148,10 @@ def test_invalid_override_is_a_config_error_naming_the_file(tmp_path: Path, cont
     assert complaint in caught.value.message
 
 
-def test_missing_override_is_a_config_error(tmp_path: Path):
+def test_missing_override_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="AUTOPACK_PRICE_TABLE"):
         PriceTable.load(tmp_path / "absent.json")
 
 
-def test_process_table_is_cached_so_warnings_stay_single():
+def test_process_table_is_cached_so_warnings_stay_single() -> None:
     assert load_price_table() is load_price_table()

@@ -24,6 +24,7 @@ from autopack.llm.registry import (
 )
 from autopack.llm.replay import RecordingProvider, ReplayProvider
 from tests.fakes.llm_wire import anthropic_message
+from tests.llm.support import Records
 from tests.support import clean_env
 
 
@@ -60,16 +61,16 @@ def settings(**values: Any) -> Settings:
         ({"autopack_llm_provider": "replay", "anthropic_api_key": "sk-ant"}, "replay"),
     ],
 )
-def test_auto_selection_table(values: dict[str, str], expected: str):
+def test_auto_selection_table(values: dict[str, str], expected: str) -> None:
     assert provider_name(settings(**values)) == expected
 
 
-def test_auto_reads_the_environment_through_settings(monkeypatch: pytest.MonkeyPatch):
+def test_auto_reads_the_environment_through_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1234/v1")
     assert provider_name(settings()) == "openai"
 
 
-def test_names_map_to_implementations_in_one_table(cassette: Path):
+def test_names_map_to_implementations_in_one_table(cassette: Path) -> None:
     assert sorted(PROVIDERS) == ["anthropic", "openai", "replay"]
     made = {
         "anthropic": make_provider(
@@ -84,34 +85,36 @@ def test_names_map_to_implementations_in_one_table(cassette: Path):
     assert isinstance(made["openai"], OpenAIProvider)
     assert isinstance(made["replay"], ReplayProvider)
     assert {name: p.name for name, p in made.items()} == {n: n for n in made}
-    made["anthropic"].close()  # type: ignore[attr-defined]
-    made["openai"].close()  # type: ignore[attr-defined]
+    made["anthropic"].close()
+    made["openai"].close()
 
 
-def test_local_openai_server_needs_no_key():
+def test_local_openai_server_needs_no_key() -> None:
     provider = make_provider(settings(openai_base_url="http://127.0.0.1:11434/v1"))
     assert isinstance(provider, OpenAIProvider)
     assert provider.token_parameter == "max_tokens"
     provider.close()
 
 
-def test_offline_default_is_replay_with_one_loud_warning(cassette: Path, log_records):
+def test_offline_default_is_replay_with_one_loud_warning(
+    cassette: Path, log_records: Records
+) -> None:
     provider = make_provider(settings(autopack_replay_cassette=str(cassette)))
 
     assert isinstance(provider, ReplayProvider)
     assert provider.path == cassette
     [warning] = log_records.events("llm_offline_replay")
     assert warning.levelname == "WARNING"
-    assert "NO LLM CREDENTIALS" in warning.autopack_fields["message"]
+    assert "NO LLM CREDENTIALS" in Records.fields(warning)["message"]
 
 
-def test_explicit_replay_does_not_warn(cassette: Path, log_records):
+def test_explicit_replay_does_not_warn(cassette: Path, log_records: Records) -> None:
     make_provider(settings(autopack_llm_provider="replay", autopack_replay_cassette=str(cassette)))
     make_provider(settings(anthropic_api_key="k"), cassette=cassette)
     assert log_records.events("llm_offline_replay") == []
 
 
-def test_bundled_cassette_is_the_offline_default():
+def test_bundled_cassette_is_the_offline_default() -> None:
     path = bundled_cassette()
     assert path.parts[-3:] == ("data", "cassettes", "telemetry-collection-v4.jsonl")
     if path.exists():
@@ -122,7 +125,7 @@ def test_bundled_cassette_is_the_offline_default():
             make_provider(settings())
 
 
-def test_a_cassette_argument_means_replay(cassette: Path):
+def test_a_cassette_argument_means_replay(cassette: Path) -> None:
     provider = make_provider(settings(anthropic_api_key="k"), cassette=cassette)
     assert isinstance(provider, ReplayProvider)
     assert provider.path == cassette
@@ -135,12 +138,14 @@ def test_a_cassette_argument_means_replay(cassette: Path):
         ({"autopack_llm_provider": "openai"}, "OPENAI_BASE_URL"),
     ],
 )
-def test_explicit_provider_without_credentials_is_a_config_error(values, needs):
+def test_explicit_provider_without_credentials_is_a_config_error(
+    values: dict[str, str], needs: str
+) -> None:
     with pytest.raises(ConfigError, match=needs):
         make_provider(settings(**values))
 
 
-def test_record_wraps_a_live_provider_and_refuses_replay(tmp_path: Path, cassette: Path):
+def test_record_wraps_a_live_provider_and_refuses_replay(tmp_path: Path, cassette: Path) -> None:
     recorder = make_provider(settings(anthropic_api_key="k"), record=tmp_path / "out.jsonl")
     assert isinstance(recorder, RecordingProvider)
     assert isinstance(recorder.inner, AnthropicProvider)
@@ -150,7 +155,7 @@ def test_record_wraps_a_live_provider_and_refuses_replay(tmp_path: Path, cassett
         make_provider(settings(autopack_replay_cassette=str(cassette)), record=tmp_path / "x")
 
 
-def test_models_default_per_provider_and_override_per_role():
+def test_models_default_per_provider_and_override_per_role() -> None:
     anthropic_settings = settings(anthropic_api_key="k")
     assert model_for(anthropic_settings, "builder") == DEFAULT_MODELS["anthropic"]
     assert model_for(anthropic_settings, "auditor") == DEFAULT_MODELS["anthropic"]
@@ -164,7 +169,7 @@ def test_models_default_per_provider_and_override_per_role():
     assert model_for(custom, "auditor") == "llama3.2:3b"
 
 
-def test_importing_the_package_reads_no_file_and_builds_no_client(tmp_path: Path):
+def test_importing_the_package_reads_no_file_and_builds_no_client(tmp_path: Path) -> None:
     probe = (
         "import builtins, io, sys\n"
         "opened = []\n"

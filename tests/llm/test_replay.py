@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def write(path: Path, *lines: dict[str, Any]) -> Path:
     return path
 
 
-def test_replay_answers_the_matching_line_through_the_live_parser(tmp_path: Path):
+def test_replay_answers_the_matching_line_through_the_live_parser(tmp_path: Path) -> None:
     body = anthropic_message("builder answer", input_tokens=7, output_tokens=9, cache_read=3)
     entry = line("x")
     entry["response"] = body
@@ -77,7 +78,7 @@ def test_replay_answers_the_matching_line_through_the_live_parser(tmp_path: Path
     assert response.latency_ms == 1234.0  # the recorded latency, whatever the speed
 
 
-def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Path):
+def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Path) -> None:
     cassette = write(tmp_path / "c.jsonl", line("first"), line("second"))
     provider = ReplayProvider(cassette)
 
@@ -89,7 +90,7 @@ def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Pat
     assert "only 2 answer(s)" in caught.value.message
 
 
-def test_unmatched_request_names_the_request_the_cassette_and_what_it_has(tmp_path: Path):
+def test_unmatched_request_names_the_request_the_cassette_and_what_it_has(tmp_path: Path) -> None:
     cassette = write(
         tmp_path / "c.jsonl",
         line("a"),
@@ -115,7 +116,7 @@ def test_unmatched_request_names_the_request_the_cassette_and_what_it_has(tmp_pa
     assert "phase-1, phase-2" in caught.value.message
 
 
-def test_speed_scales_the_recorded_latency_and_zero_never_sleeps(tmp_path: Path):
+def test_speed_scales_the_recorded_latency_and_zero_never_sleeps(tmp_path: Path) -> None:
     cassette = write(tmp_path / "c.jsonl", line("a", latency_ms=1000.0), line("b", attempt=2))
     slept: list[float] = []
 
@@ -130,7 +131,7 @@ def test_speed_scales_the_recorded_latency_and_zero_never_sleeps(tmp_path: Path)
     assert slept == [pytest.approx(0.5), pytest.approx(0.617)]
 
 
-def test_replay_is_thread_safe_each_answer_served_exactly_once(tmp_path: Path):
+def test_replay_is_thread_safe_each_answer_served_exactly_once(tmp_path: Path) -> None:
     phases, per_key, threads = 5, 8, 16
     lines = [
         line(f"{phase}:{n}", phase_id=f"p{phase}")
@@ -166,7 +167,7 @@ def test_replay_is_thread_safe_each_answer_served_exactly_once(tmp_path: Path):
     assert len(misses) == threads * per_key - phases * per_key
 
 
-def test_error_lines_replay_as_llm_errors(tmp_path: Path):
+def test_error_lines_replay_as_llm_errors(tmp_path: Path) -> None:
     entry = line("unused")
     del entry["response"]
     entry["error"] = {"status": 429, "error_class": "RateLimitError", "message": "slow down"}
@@ -191,7 +192,9 @@ def test_error_lines_replay_as_llm_errors(tmp_path: Path):
         (lambda e: e.update(latency_ms=-1), "latency_ms"),
     ],
 )
-def test_a_broken_cassette_fails_at_load_with_its_line_number(tmp_path: Path, mutate, complaint):
+def test_a_broken_cassette_fails_at_load_with_its_line_number(
+    tmp_path: Path, mutate: Callable[[dict[str, Any]], object], complaint: str
+) -> None:
     bad = line("b")
     mutate(bad)
     cassette = write(tmp_path / "c.jsonl", line("a"), bad)
@@ -201,7 +204,7 @@ def test_a_broken_cassette_fails_at_load_with_its_line_number(tmp_path: Path, mu
     assert complaint in caught.value.message
 
 
-def test_missing_or_non_json_cassette_is_a_config_error(tmp_path: Path):
+def test_missing_or_non_json_cassette_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         ReplayProvider(tmp_path / "absent.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"match": \n', encoding="utf-8")
@@ -209,7 +212,7 @@ def test_missing_or_non_json_cassette_is_a_config_error(tmp_path: Path):
         ReplayProvider(tmp_path / "bad.jsonl")
 
 
-def test_record_then_replay_gives_identical_responses_and_errors(tmp_path: Path):
+def test_record_then_replay_gives_identical_responses_and_errors(tmp_path: Path) -> None:
     cassette = tmp_path / "recorded" / "run.jsonl"
     with WireServer() as wire:
         wire.script(
@@ -258,7 +261,7 @@ def test_record_then_replay_gives_identical_responses_and_errors(tmp_path: Path)
     assert replayed[2].to_dict() == live[2].to_dict()
 
 
-def test_concurrent_recorders_on_one_file_never_interleave_lines(tmp_path: Path):
+def test_concurrent_recorders_on_one_file_never_interleave_lines(tmp_path: Path) -> None:
     cassette = tmp_path / "concurrent.jsonl"
     big = "x" * 20_000  # far beyond one write() buffer: interleaving would corrupt lines
     threads, calls = 8, 4

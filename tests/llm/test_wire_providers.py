@@ -11,10 +11,12 @@ from autopack.errors import LLMError
 from autopack.llm.base import Usage
 from autopack.llm.openai_provider import OpenAIProvider, token_parameter_for
 from tests.fakes.llm_wire import OPENAI_PATH, RETRY_NOW, Reply, WireServer, openai_completion
-from tests.llm.support import Flavour, make_request
+from tests.llm.support import Flavour, Live, make_request
 
 
-def test_success_normalises_usage_and_keeps_the_raw_response(live, wire, flavour: Flavour):
+def test_success_normalises_usage_and_keeps_the_raw_response(
+    live: Live, wire: WireServer, flavour: Flavour
+) -> None:
     body = flavour.body("print('hi')", input_tokens=100, output_tokens=40, cache_read=30)
     if flavour.name == "anthropic":
         body["usage"]["cache_creation_input_tokens"] = 20
@@ -54,13 +56,17 @@ def test_success_normalises_usage_and_keeps_the_raw_response(live, wire, flavour
         ]
 
 
-def test_temperature_is_sent_when_the_request_sets_it(live, wire, flavour: Flavour):
+def test_temperature_is_sent_when_the_request_sets_it(
+    live: Live, wire: WireServer, flavour: Flavour
+) -> None:
     wire.script(flavour.path, Reply(200, flavour.body()))
     live(0).complete(make_request(model=flavour.model, temperature=0.25))
     assert wire.seen(flavour.path)[0].body["temperature"] == 0.25
 
 
-def test_429_is_retried_by_the_sdk_then_succeeds(live, wire, flavour: Flavour):
+def test_429_is_retried_by_the_sdk_then_succeeds(
+    live: Live, wire: WireServer, flavour: Flavour
+) -> None:
     wire.script(
         flavour.path,
         Reply(429, flavour.error("rate_limit_error", "slow down"), RETRY_NOW),
@@ -74,7 +80,9 @@ def test_429_is_retried_by_the_sdk_then_succeeds(live, wire, flavour: Flavour):
     assert len(wire.seen(flavour.path)) == 2
 
 
-def test_500_is_retried_then_surfaces_as_a_retryable_llm_error(live, wire, flavour: Flavour):
+def test_500_is_retried_then_surfaces_as_a_retryable_llm_error(
+    live: Live, wire: WireServer, flavour: Flavour
+) -> None:
     failure = Reply(
         500,
         flavour.error("api_error", "upstream broke"),
@@ -98,7 +106,9 @@ def test_500_is_retried_then_surfaces_as_a_retryable_llm_error(live, wire, flavo
     assert isinstance(error.__cause__, Exception)  # the SDK's exception is kept
 
 
-def test_400_is_not_retried_and_not_retryable(live, wire, flavour: Flavour):
+def test_400_is_not_retried_and_not_retryable(
+    live: Live, wire: WireServer, flavour: Flavour
+) -> None:
     wire.script(flavour.path, Reply(400, flavour.error("invalid_request_error", "bad model")))
 
     with pytest.raises(LLMError) as caught:
@@ -110,7 +120,7 @@ def test_400_is_not_retried_and_not_retryable(live, wire, flavour: Flavour):
     assert caught.value.error_class == "BadRequestError"
 
 
-def test_truncated_answer_is_flagged(live, wire, flavour: Flavour):
+def test_truncated_answer_is_flagged(live: Live, wire: WireServer, flavour: Flavour) -> None:
     wire.script(flavour.path, Reply(200, flavour.body('{"files": [{"pa', truncated=True)))
 
     response = live(0).complete(make_request(model=flavour.model))
@@ -120,7 +130,9 @@ def test_truncated_answer_is_flagged(live, wire, flavour: Flavour):
     assert response.text == '{"files": [{"pa'
 
 
-def test_malformed_json_content_is_returned_as_is(live, wire, flavour: Flavour):
+def test_malformed_json_content_is_returned_as_is(
+    live: Live, wire: WireServer, flavour: Flavour
+) -> None:
     # Judging the Builder's JSON is the Builder parser's job; the provider must not choke.
     text = '{"files": [ {"path": "a.py", "content": "x" ,, ] } trailing'
     wire.script(flavour.path, Reply(200, flavour.body(text)))
@@ -131,13 +143,15 @@ def test_malformed_json_content_is_returned_as_is(live, wire, flavour: Flavour):
     assert response.truncated is False
 
 
-def test_latency_covers_the_server_time(live, wire, flavour: Flavour):
+def test_latency_covers_the_server_time(live: Live, wire: WireServer, flavour: Flavour) -> None:
     wire.script(flavour.path, Reply(200, flavour.body(), delay_s=0.05))
     response = live(0).complete(make_request(model=flavour.model))
     assert response.latency_ms >= 50  # a lower bound the call cannot beat
 
 
-def test_response_without_usage_is_an_error_not_zero_tokens(live, wire, flavour: Flavour):
+def test_response_without_usage_is_an_error_not_zero_tokens(
+    live: Live, wire: WireServer, flavour: Flavour
+) -> None:
     body = flavour.body()
     del body["usage"]
     wire.script(flavour.path, Reply(200, body, {flavour.request_id_header: "req_nousage"}))
@@ -150,14 +164,14 @@ def test_response_without_usage_is_an_error_not_zero_tokens(live, wire, flavour:
     assert "usage" in caught.value.message
 
 
-def test_non_json_body_is_an_llm_error(live, wire, flavour: Flavour):
+def test_non_json_body_is_an_llm_error(live: Live, wire: WireServer, flavour: Flavour) -> None:
     wire.script(flavour.path, Reply(200, "<html>proxy says hi</html>"))
     with pytest.raises(LLMError) as caught:
         live(0).complete(make_request(model=flavour.model))
     assert caught.value.error_class == "MalformedResponse"
 
 
-def test_unreachable_server_is_a_retryable_connection_error(flavour: Flavour):
+def test_unreachable_server_is_a_retryable_connection_error(flavour: Flavour) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -172,7 +186,7 @@ def test_unreachable_server_is_a_retryable_connection_error(flavour: Flavour):
     assert caught.value.error_class == "APIConnectionError"
 
 
-def test_provider_reported_cost_is_passed_through(wire: WireServer):
+def test_provider_reported_cost_is_passed_through(wire: WireServer) -> None:
     wire.script(OPENAI_PATH, Reply(200, openai_completion(cost=0.00123)))
     provider = OpenAIProvider(api_key=None, base_url=wire.url + "/v1", max_retries=0)
     try:
@@ -184,7 +198,7 @@ def test_provider_reported_cost_is_passed_through(wire: WireServer):
     assert wire.seen(OPENAI_PATH)[0].headers["authorization"] == "Bearer not-needed"
 
 
-def test_openai_cache_write_tokens_and_missing_content(wire: WireServer):
+def test_openai_cache_write_tokens_and_missing_content(wire: WireServer) -> None:
     body = openai_completion(None, prompt_tokens=500, cached_tokens=100, cache_write_tokens=50)
     wire.script(OPENAI_PATH, Reply(200, body))
     provider = OpenAIProvider(api_key="k", base_url=wire.url + "/v1", max_retries=0)
@@ -196,7 +210,7 @@ def test_openai_cache_write_tokens_and_missing_content(wire: WireServer):
     assert response.usage == Usage(500, 20, cache_read_tokens=100, cache_write_tokens=50)
 
 
-def test_openai_official_endpoint_gets_max_completion_tokens(wire: WireServer):
+def test_openai_official_endpoint_gets_max_completion_tokens(wire: WireServer) -> None:
     assert token_parameter_for(None) == "max_completion_tokens"
     assert token_parameter_for("https://api.openai.com/v1") == "max_completion_tokens"
     assert token_parameter_for("http://localhost:11434/v1") == "max_tokens"
@@ -216,7 +230,7 @@ def test_openai_official_endpoint_gets_max_completion_tokens(wire: WireServer):
     assert "max_tokens" not in sent
 
 
-def test_llm_error_survives_the_api_json_round_trip():
+def test_llm_error_survives_the_api_json_round_trip() -> None:
     # client.py rebuilds errors as cls(detail, **rest): the executor may see one that way.
     error = LLMError(
         "boom",
@@ -235,7 +249,7 @@ def test_llm_error_survives_the_api_json_round_trip():
     assert rebuilt.to_dict() == error.to_dict()
 
 
-def test_minimal_compatible_server_body_is_accepted(wire: WireServer):
+def test_minimal_compatible_server_body_is_accepted(wire: WireServer) -> None:
     # Some local servers omit id/created/object/model; the SDK accepts that, so do we.
     body = {
         "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 from autopack.client import ApiClient
+from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
+from autopack.states import PhaseState
 
 
 def main(argv: list[str]) -> int:
@@ -28,15 +30,20 @@ def main(argv: list[str]) -> int:
     lines: list[str] = []
     with ApiClient(url) as client:
         while True:
-            claim = client.claim(worker_id, 60 if mode == "drain" else 5, run_id=run_id)
+            request = ClaimIn(
+                worker_id=worker_id, lease_seconds=60 if mode == "drain" else 5, run_id=run_id
+            )
+            claim = client.claim(request)
             if claim is None:
                 break
             claimed_at = time.time()
-            phase_id, token = claim["phase_id"], claim["lease_token"]
-            client.heartbeat(run_id, phase_id, token, lease_seconds=claim["lease_seconds"])
-            record = {
+            phase_id, token = claim.phase_id, claim.lease_token
+            client.heartbeat(
+                run_id, phase_id, HeartbeatIn(lease_token=token, lease_seconds=claim.lease_seconds)
+            )
+            record: dict[str, object] = {
                 "phase_id": phase_id,
-                "attempt": claim["attempt"],
+                "attempt": claim.attempt,
                 "lease_token": token,
                 "worker": worker_id,
                 "claimed_at": claimed_at,
@@ -47,12 +54,10 @@ def main(argv: list[str]) -> int:
             answer = client.post_result(
                 run_id,
                 phase_id,
-                lease_token=token,
-                outcome="COMPLETE",
-                stop_reason="done",
-                idempotency_key=f"{run_id}:{phase_id}:{claim['attempt']}",
+                ResultIn(lease_token=token, outcome=PhaseState.COMPLETE, stop_reason="done"),
+                idempotency_key=claim.idempotency_key,
             )
-            record.update(completed_at=time.time(), phase_state=answer["phase_state"])
+            record.update(completed_at=time.time(), phase_state=str(answer.phase_state))
             lines.append(json.dumps(record))
     Path(log_path).write_text("".join(line + "\n" for line in lines))
     return 0

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from autopack.builder.auditor import AUDITOR_SYSTEM, auditor_prompt, change_diff
-from autopack.builder.contract import Change, PlannedWrite
-from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, PhaseTask, builder_prompt
+from autopack.builder.change import Change, PlannedWrite
+from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt
 from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.features import extract_features
 from autopack.llm.pricing import load_price_table
@@ -137,17 +137,16 @@ def build() -> list[dict[str, Any]]:
 
 def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -> None:
     """The Builder answers (a scripted failure first, where the demo shows a retry) and verdict."""
-    task = PhaseTask.from_json(phase.model_dump(mode="json"))
-    for context in task.scope.read_only_context:  # dependencies are complete by now
+    for context in phase.scope.read_only_context:  # dependencies are complete by now
         target = workspace / context
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text((SOLUTIONS / context).read_text())
-    deliverables = list(task.scope.deliverables)
+    deliverables = list(phase.scope.deliverables)
     feedback: list[Feedback] = []
     attempt = 1
 
     def builder(text: str, **kwargs: Any) -> None:
-        prompt = builder_prompt(task, workspace, feedback)
+        prompt = builder_prompt(phase, workspace, feedback)
         recorder.add(phase.phase_id, attempt, "builder", prompt, text, **kwargs)
 
     if phase.phase_id == "telemetry-p2-number-util":
@@ -158,7 +157,7 @@ def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -
         budget = (
             TokenEstimator.load()
             .estimate(
-                extract_features(task.task_category, task.complexity, deliverables, None),
+                extract_features(phase.task_category, phase.complexity, deliverables, None),
                 model_max_output=load_price_table().max_output_tokens(MODEL),
             )
             .budget
@@ -195,7 +194,7 @@ def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -
             "summary": f"{phase.name}: every deliverable is complete and matches the task.",
         }
     )
-    recorder.add(phase.phase_id, attempt, "auditor", auditor_prompt(task, diff, []), verdict)
+    recorder.add(phase.phase_id, attempt, "auditor", auditor_prompt(phase, diff, []), verdict)
 
 
 def render(lines: list[dict[str, Any]]) -> str:

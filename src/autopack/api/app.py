@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from autopack import __version__
+from autopack.api.errors import install_error_handlers
 from autopack.api.maintenance import Maintenance
 from autopack.api.routers import (
     approvals,
@@ -31,7 +30,6 @@ from autopack.api.routers import (
     schemas,
     telemetry,
 )
-from autopack.api.schemas import invalid_input
 from autopack.api.watchdog import exit_when_parent_dies
 from autopack.config import Settings, load_settings
 from autopack.db import open_database
@@ -78,18 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Autopack", version=__version__, lifespan=lifespan)
 
-    @app.exception_handler(AutopackError)
-    async def autopack_error(request: Request, exc: AutopackError) -> JSONResponse:
-        body = exc.to_dict()
-        database = getattr(request.app.state, "database", None)
-        if database is not None:
-            body.setdefault("database_instance_id", database.identity.instance_id)
-        return JSONResponse(body, status_code=exc.http_status)
-
-    @app.exception_handler(RequestValidationError)
-    async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Malformed bodies answer in the one AutopackError shape, naming fields and values.
-        return await autopack_error(request, invalid_input(exc))
+    install_error_handlers(app)
 
     # Routes are matched in order: the workers' hot calls first.
     for router in (

@@ -1,6 +1,7 @@
 """The API's background duties: reclaim expired leases, expire approvals, end overdue runs.
 
-Every ``AUTOPACK_MAINTENANCE_INTERVAL_SECONDS`` one pass of :func:`autopack.db.work.maintain`
+Every ``AUTOPACK_MAINTENANCE_INTERVAL_SECONDS`` one pass of
+:func:`autopack.control.maintenance.maintain`
 runs in a worker thread. A failing pass is logged and the next one runs anyway: the task
 never takes the server down. Several API replicas may run it at once; every recovery is a
 conditional update, so duplicates are no-ops.
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import asdict
 
+from autopack.control.maintenance import maintain
 from autopack.db import Database
-from autopack.db.work import maintain
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.api.maintenance")
@@ -68,5 +70,5 @@ class Maintenance:
             )
             return
         self.passes += 1
-        if any(done.values()):
-            log_event(logger, "maintenance", **done)
+        if done:
+            log_event(logger, "maintenance", **asdict(done))

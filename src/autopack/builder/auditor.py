@@ -11,14 +11,13 @@ from __future__ import annotations
 import ast
 import difflib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
-from autopack.builder.contract import Change
+from autopack.builder.change import Change
 from autopack.builder.output import BuilderRejected, extract_json_object
 from autopack.builder.prompt import PhaseTask
-from autopack.executor.checks import CheckResult
+from autopack.contract import AuditVerdict, CheckResult
 
 AuditMode = Literal["llm", "rules", "off"]
 
@@ -31,21 +30,6 @@ Answer with exactly one JSON object and nothing else:
  "issues": ["<specific defect and how to fix it>", ...],
  "summary": "<one sentence>"}
 """
-
-
-@dataclass(frozen=True)
-class Verdict:
-    mode: str
-    approved: bool
-    issues: tuple[str, ...] = ()
-    summary: str = ""
-    error: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        body = asdict(self)
-        body["issues"] = list(self.issues)
-        return body
 
 
 def _placeholder_functions(tree: ast.AST) -> list[str]:
@@ -74,7 +58,7 @@ def _placeholder_functions(tree: ast.AST) -> list[str]:
     return names
 
 
-def audit_rules(task: PhaseTask, change: Change) -> Verdict:
+def audit_rules(task: PhaseTask, change: Change) -> AuditVerdict:
     """Static checks that need no model."""
     issues: list[str] = []
     for write in change.writes:
@@ -101,10 +85,10 @@ def audit_rules(task: PhaseTask, change: Change) -> Verdict:
             )
         ):
             issues.append(f"{write.path} contains no test functions")
-    return Verdict(
+    return AuditVerdict(
         mode="rules",
         approved=not issues,
-        issues=tuple(issues),
+        issues=issues,
         summary="static checks passed" if not issues else f"{len(issues)} issue(s)",
     )
 
@@ -140,26 +124,26 @@ def auditor_prompt(task: PhaseTask, diff: str, checks: Sequence[CheckResult]) ->
     return "\n".join(lines)
 
 
-def parse_verdict(text: str, fallback: Verdict) -> Verdict:
+def parse_verdict(text: str, fallback: AuditVerdict) -> AuditVerdict:
     """The LLM's verdict, or ``fallback`` (the rules verdict) carrying the parse error."""
     try:
         raw = extract_json_object(text)
         if not isinstance(raw, dict) or not isinstance(raw.get("approved"), bool):
             raise ValueError('no boolean "approved" field')
         issues = raw.get("issues") or []
-        return Verdict(
+        return AuditVerdict(
             mode="llm",
             approved=raw["approved"],
-            issues=tuple(str(i) for i in issues) if isinstance(issues, list) else (str(issues),),
+            issues=[str(i) for i in issues] if isinstance(issues, list) else [str(issues)],
             summary=str(raw.get("summary", "")),
         )
     except (BuilderRejected, ValueError) as exc:
         error = exc.feedback if isinstance(exc, BuilderRejected) else str(exc)
-        return Verdict(
+        return AuditVerdict(
             mode="llm",
             approved=fallback.approved,
             issues=fallback.issues,
             summary="auditor answer unusable; rules verdict applied",
             error=error,
-            details={"raw": text[:2000], "fallback": fallback.to_json()},
+            details={"raw": text[:2000], "fallback": fallback.model_dump(mode="json")},
         )

@@ -10,13 +10,14 @@ what went wrong.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from autopack.builder.contract import Scope, safe_relative
+from autopack.builder.change import safe_relative
 from autopack.builder.output import BuilderRejected
+from autopack.rundef import Scope
 
 DEFAULT_CONTEXT_CHARS = 120_000
 """About 30k tokens of context at ~4 characters per token; enough for a phase's files."""
@@ -43,29 +44,24 @@ Rules (answers that break them are rejected and retried):
 """
 
 
-@dataclass(frozen=True)
-class PhaseTask:
-    """What the prompt needs to know about the phase (taken from the claim)."""
+class PhaseTask(Protocol):
+    """What the prompt needs to know about a phase: a claimed phase
+    (:class:`~autopack.contract.PhaseView`) or its definition in a run file."""
 
-    phase_id: str
-    name: str
-    description: str
-    task_category: str
-    complexity: str
-    scope: Scope
-    checks: tuple[str, ...]
-
-    @classmethod
-    def from_json(cls, phase: Mapping[str, Any]) -> PhaseTask:
-        return cls(
-            phase_id=phase["phase_id"],
-            name=phase["name"],
-            description=phase.get("description") or "",
-            task_category=phase.get("task_category") or "implementation",
-            complexity=phase.get("complexity") or "medium",
-            scope=Scope.from_json(phase.get("scope") or {}),
-            checks=tuple(phase.get("checks") or ()),
-        )
+    @property
+    def phase_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def task_category(self) -> str: ...
+    @property
+    def complexity(self) -> str: ...
+    @property
+    def scope(self) -> Scope: ...
+    @property
+    def checks(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,27 @@
-"""What every command shares: resolved settings, the database, consoles, JSON output.
+"""What every command shares: resolved settings, the database, the API client, consoles.
 
 Settings are resolved once per invocation from the root flags (``--database-url``,
 ``--api-url``) and the environment; commands never read the environment themselves.
+Every command that reads or changes runs, approvals or telemetry does so through
+:meth:`CliState.client`: an API client whose server proved it uses this database
+(:func:`autopack.connect.connect`), so no command can act on another database.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import typer
+from pydantic_core import to_json
 from rich.console import Console
 
+from autopack.client import ApiClient
 from autopack.config import LoadedSettings, Settings, load_settings
+from autopack.connect import Connection, connect
 from autopack.db import Database, open_database
 from autopack.logs import configure_logging
 
@@ -46,6 +52,8 @@ class CliState:
     flags: dict[str, Any] = field(default_factory=dict)
     _loaded: LoadedSettings | None = field(default=None, repr=False)
     _database: Database | None = field(default=None, repr=False)
+    _connection: Connection | None = field(default=None, repr=False)
+    _closing: ExitStack = field(default_factory=ExitStack, repr=False)
 
     def use_flags(self, **flags: Any) -> None:
         """Command-level flags (e.g. ``--telemetry``) that beat the environment too."""
@@ -75,7 +83,22 @@ class CliState:
             self._database = open_database(self.settings.database_url, role="cli")
         return self._database
 
+    def connection(self) -> Connection:
+        """The control plane: a client on a server proven to use :meth:`database` (the
+        ``--api-url`` one, one on the default port, or one in this process)."""
+        if self._connection is None:
+            identity = self.database().identity
+            self._connection = self._closing.enter_context(
+                connect(self.settings, identity, own="thread")
+            )
+        return self._connection
+
+    def client(self) -> ApiClient:
+        return self.connection().client
+
     def close(self) -> None:
+        self._closing.close()
+        self._connection = None
         if self._database is not None:
             self._database.close()
             self._database = None
@@ -89,5 +112,5 @@ def state(ctx: typer.Context) -> CliState:
 
 
 def print_json(data: Any) -> None:
-    """Machine output on stdout: plain JSON, no colour, nothing else on the line."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Machine output on stdout: plain JSON (models as the API answers them), no colour."""
+    sys.stdout.write(to_json(data, indent=2, fallback=str).decode() + "\n")

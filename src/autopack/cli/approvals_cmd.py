@@ -6,9 +6,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from autopack.cli._common import OK, out, print_json
-from autopack.cli._control import control_plane
+from autopack.cli._common import OK, out, print_json, state
 from autopack.cli.run_cmd import operator, styled
+from autopack.contract import DecisionIn
+from autopack.states import ApprovalStatus
 
 app = typer.Typer(help="Decide on phases waiting for a human.", no_args_is_help=True)
 
@@ -25,19 +26,20 @@ def list_(
     """Approvals, oldest first (default: pending)."""
     if status not in STATUSES:
         raise typer.BadParameter(f"use one of {', '.join(STATUSES)}", param_hint="--status")
-    approvals = control_plane(ctx).list_approvals(None if status == "all" else status, run_id)
+    wanted = None if status == "all" else ApprovalStatus(status)
+    approvals = state(ctx).client().list_approvals(wanted, run_id)
     if as_json:
         print_json(approvals)
         return
     table = Table("id", "phase", "attempt", "status", "reason", "times out")
     for approval in approvals:
         table.add_row(
-            str(approval["id"]),
-            escape(f"{approval['run_id']}/{approval['phase_id']}"),
-            str(approval["attempt"]),
-            approval["status"],
-            escape(approval["reason"][:80]),
-            str(approval["timeout_at"])[:19],
+            str(approval.id),
+            escape(f"{approval.run_id}/{approval.phase_id}"),
+            str(approval.attempt),
+            approval.status,
+            escape(approval.reason[:80]),
+            f"{approval.timeout_at:%Y-%m-%d %H:%M:%S}",
         )
     out.print(table)
 
@@ -51,14 +53,15 @@ def _decide(
     note: str | None,
     as_json: bool,
 ) -> None:
-    decided = control_plane(ctx).decide(approval_id, approve, responder or operator(), note)
+    decision = DecisionIn(responder=responder or operator(), note=note)
+    decided = state(ctx).client().decide(approval_id, approve=approve, decision=decision)
     if as_json:
         print_json(decided)
         return
     out.print(
-        f"{OK} approval {approval_id} {decided['status']}: phase "
-        f"{escape(decided['run_id'])}/{escape(decided['phase_id'])} is "
-        f"{styled(decided['phase_state'])}"
+        f"{OK} approval {approval_id} {decided.status}: phase "
+        f"{escape(decided.run_id)}/{escape(decided.phase_id)} is "
+        f"{styled(decided.phase_state)}"
     )
 
 

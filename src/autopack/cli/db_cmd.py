@@ -11,7 +11,7 @@ from autopack.cli._common import FAIL, OK, err, out, print_json, state
 from autopack.client import ApiClient
 from autopack.db import schema
 from autopack.db.engine import make_engine
-from autopack.db.identity import DbIdentity, row_counts
+from autopack.db.identity import row_counts
 from autopack.errors import AutopackError, SchemaOutOfDate
 
 app = typer.Typer(
@@ -94,14 +94,15 @@ def identity(
 def show_identity(ctx: typer.Context, *, as_json: bool, api_url: str | None) -> int:
     """Print the identity report (shared with ``scripts/db_identity_check.py``)."""
     database = state(ctx).database()
-    report: dict[str, Any] = {**_identity_dict(database.identity)}
+    report: dict[str, Any] = database.identity.model_dump(exclude={"public_url"})
     report["row_counts"] = row_counts(database.engine)
     exit_code = 0
     if api_url:
         server: dict[str, Any] = {"api_url": api_url}
         try:
             with ApiClient(api_url) as client:
-                server["database"] = client.verify_identity(database.identity)["database"]
+                health = client.verify_identity(database.identity)
+                server["database"] = health.database.model_dump()
             server["same_database"] = True
         except AutopackError as exc:
             server.update(same_database=False, error=exc.message, **exc.details)
@@ -126,17 +127,3 @@ def show_identity(ctx: typer.Context, *, as_json: bool, api_url: str | None) -> 
         else:
             err.print(f"{FAIL} {server['error']}")
     return exit_code
-
-
-def _identity_dict(identity: DbIdentity) -> dict[str, Any]:
-    return {
-        "backend": identity.backend,
-        "url": identity.url,
-        "instance_id": identity.instance_id,
-        "fingerprint": identity.fingerprint,
-        "schema_revision": identity.schema_revision,
-        "code_revision": identity.code_revision,
-        "in_sync": identity.in_sync,
-        "database_name": identity.database_name,
-        "system_identifier": identity.system_identifier,
-    }

@@ -16,7 +16,6 @@ import typer
 from autopack.cli._common import OK, err, out, state
 from autopack.cli.drain_cmd import DrainFlags, executor_for, report
 from autopack.cli.telemetry_cmd import print_report
-from autopack.db import runs
 from autopack.errors import Conflict
 from autopack.rundef import bundled_run_file, load_run_file
 
@@ -59,8 +58,9 @@ def demo(
         cli.database_url = f"sqlite:///{directory / 'autopack.db'}"
     cli.use_flags(telemetry_db_enabled=True, autopack_replay_speed=speed)
     database = cli.database()
+    client = cli.client()
     try:
-        runs.create_run(database, load_run_file(bundled_run_file(RUN_NAME)))
+        client.create_run(load_run_file(bundled_run_file(RUN_NAME)))
         out.print(f"{OK} created run {RUN_NAME} in {database.identity.url}")
     except Conflict:
         out.print(f"{OK} run {RUN_NAME} already exists in {database.identity.url}")
@@ -86,7 +86,7 @@ def demo(
         summary = executor.drain_run(RUN_NAME, concurrency=concurrency)
         run = executor.client.get_run(RUN_NAME)
     code = report(summary, run, as_json=False)
-    print_report(database, RUN_NAME)
+    print_report(client, RUN_NAME)
     err.print(
         f"\nworkspace: {workspace}   database: {database.identity.url}\n"
         "next: `autopack telemetry calibrate --plot calibration.png` (with "

@@ -23,14 +23,15 @@ from rich.tree import Tree
 from autopack.builder.auditor import AuditMode
 from autopack.cli._common import CliState, err, out, print_json, state
 from autopack.cli.progress import DrainProgress
-from autopack.client import ApiClient
+from autopack.connect import connect, sigterm_unwinds
+from autopack.contract import RunView
 from autopack.errors import ServerUnavailable
 from autopack.estimation.estimator import TokenEstimator
-from autopack.executor.attempt import ExecutorOptions, Services
-from autopack.executor.executor import TERMINAL_PHASE_STATES, AutonomousExecutor, DrainSummary
-from autopack.executor.server import api_server, sigterm_unwinds
+from autopack.executor.executor import AutonomousExecutor, DrainSummary
+from autopack.executor.options import ExecutorOptions, Services
 from autopack.llm.pricing import price_table
 from autopack.llm.registry import make_provider, model_for
+from autopack.states import PHASE_TERMINAL
 from autopack.telemetry.otel import otel_instrumentation
 from autopack.telemetry.recorder import TelemetryRecorder
 
@@ -105,15 +106,15 @@ def executor_for(
     estimator = TokenEstimator.load(settings.autopack_estimator_file)
     with (
         sigterm_unwinds(),
-        api_server(settings, database.identity) as endpoint,
-        ApiClient(endpoint.url) as client,
+        connect(settings, database.identity, own="process") as connection,
         otel_instrumentation(settings) as instrument,
     ):
+        client = connection.client
         provider = instrument(make_provider(settings, cassette=flags.cassette, record=flags.record))
-        phases = [p for tier in client.get_run(run_id)["tiers"] for p in tier["phases"]]
+        phases = client.get_run(run_id).phases()
         if total_of is not None:
-            phases = [p for p in phases if p["phase_id"] == total_of]
-        done = sum(p["state"] in TERMINAL_PHASE_STATES for p in phases)
+            phases = [p for p in phases if p.phase_id == total_of]
+        done = sum(p.state in PHASE_TERMINAL for p in phases)
         if not settings.telemetry_db_enabled:
             err.print(
                 "[yellow]telemetry is off[/yellow] (TELEMETRY_DB_ENABLED is not set): no "
@@ -122,7 +123,7 @@ def executor_for(
                 highlight=False,
             )
         err.print(
-            f"workspace {workspace} · API {endpoint.url} ({endpoint.origin}) · "
+            f"workspace {workspace} · {connection.where} ({connection.origin}) · "
             f"database {database.identity.url} · instance {database.identity.instance_id}",
             highlight=False,
         )
@@ -150,7 +151,7 @@ def executor_for(
 
 
 def report(
-    summary: DrainSummary, run: dict[str, Any], as_json: bool, *, require_complete: bool = True
+    summary: DrainSummary, run: RunView, as_json: bool, *, require_complete: bool = True
 ) -> int:
     """Print the outcome and return the exit code: 0 when every drained phase is COMPLETE
     (for a batch: when no phase failed), 1 otherwise."""
@@ -197,10 +198,9 @@ def report(
     out.print(table)
     if written.children:
         out.print(written)
-    tokens, cost = run.get("tokens_used"), run.get("cost_usd")
     out.print(
         f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "
-        f"{tokens} · cost ${cost or 0:.4f} · telemetry rows written "
+        f"{run.tokens_used} · cost ${run.cost_usd:.4f} · telemetry rows written "
         f"{summary.telemetry_written}, failed {summary.telemetry_failures}",
         highlight=False,
     )
@@ -279,7 +279,7 @@ def drain_phase(
     cli, flags = _setup(ctx, locals())
     with executor_for(cli, run_id, flags, total_of=phase_id) as (executor, _):
         summary = executor.drain_phase(run_id, phase_id, force=force)
-        summary.phase_states = {phase_id: summary.phase_states.get(phase_id, "MISSING")}
+        summary.phase_states = {phase_id: summary.phase_states[phase_id]}
         run = executor.client.get_run(run_id)
     raise typer.Exit(report(summary, run, as_json))
 

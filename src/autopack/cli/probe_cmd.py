@@ -18,10 +18,10 @@ from typing import Any
 import typer
 
 from autopack.cli._common import FAIL, OK, err, out, print_json, state
+from autopack.client import ApiClient
 from autopack.config import child_env
-from autopack.db import Database, runs
-from autopack.db import telemetry as rows
 from autopack.errors import NotFound
+from autopack.identity import DbIdentity
 
 REQUIRED_TABLES = ("token_estimation_v2_events", "llm_usage_events")
 
@@ -33,25 +33,21 @@ class Verdict:
     report: dict[str, Any]
 
 
-def _counts(database: Database, run_id: str, phase_id: str) -> dict[str, int]:
-    with database.session() as session:
-        return rows.phase_row_counts(session, run_id, phase_id)
+def _counts(client: ApiClient, run_id: str, phase_id: str) -> dict[str, int]:
+    return client.telemetry_counts(run_id, phase_id).model_dump()
 
 
-def _output_tokens(database: Database, run_id: str, phase_id: str, after_id: int) -> int:
-    with database.session() as session:
-        events = rows.usage_events(session, run_id)
-    return sum(
-        e["output_tokens"] or 0
-        for e in events
-        if e["phase_id"] == phase_id and e["role"] == "builder" and e["id"] > after_id
-    )
-
-
-def _last_usage_id(database: Database, run_id: str) -> int:
-    with database.session() as session:
-        events = rows.usage_events(session, run_id)
-    return max((e["id"] for e in events), default=0)
+def _usage(client: ApiClient, run_id: str, phase_id: str, after_id: int) -> tuple[int, int]:
+    """(builder output tokens of this phase's calls after ``after_id``, the last usage id)."""
+    tokens, last = 0, after_id
+    while True:
+        page = client.usage_events(run_id, limit=1000, after_id=last)
+        for event in page:
+            if event.phase_id == phase_id and event.role == "builder":
+                tokens += event.output_tokens or 0
+        if not page:
+            return tokens, last
+        last = page[-1].id
 
 
 def probe(
@@ -67,8 +63,7 @@ def probe(
     if api_url:
         cli.api_url = api_url
     settings = cli.settings
-    database = cli.database()
-    identity = database.identity
+    identity = cli.database().identity
     err.print(
         f"[bold]probe[/bold] database {identity.url} (instance_id {identity.instance_id}, "
         f"schema {identity.schema_revision}); TELEMETRY_DB_ENABLED="
@@ -76,7 +71,13 @@ def probe(
         highlight=False,
     )
     verdict = _probe(
-        cli.settings.telemetry_db_enabled, database, run_id, phase_id, force, child_env(settings)
+        settings.telemetry_db_enabled,
+        cli.client(),
+        identity,
+        run_id,
+        phase_id,
+        force,
+        child_env(settings),
     )
     if as_json:
         print_json(verdict.report)
@@ -88,7 +89,8 @@ def probe(
 
 def _probe(
     telemetry_on: bool,
-    database: Database,
+    client: ApiClient,
+    identity: DbIdentity,
     run_id: str,
     phase_id: str,
     force: bool,
@@ -97,21 +99,19 @@ def _probe(
     report: dict[str, Any] = {
         "run_id": run_id,
         "phase_id": phase_id,
-        "database": database.identity.url,
-        "instance_id": database.identity.instance_id,
+        "database": identity.url,
+        "instance_id": identity.instance_id,
         "telemetry_enabled": telemetry_on,
     }
     lines: list[tuple[bool, str]] = []
     try:
-        before_phase = runs.get_phase(database, run_id, phase_id)
+        before_phase = client.get_phase(run_id, phase_id)
     except NotFound as exc:
         lines.append((False, f"phase not found: {exc.message}"))
         return Verdict(False, lines, {**report, "phase_found": False})
-    lines.append(
-        (True, f"phase found: {phase_id} ({before_phase['state']}) in {database.identity.url}")
-    )
-    before = _counts(database, run_id, phase_id)
-    last_usage = _last_usage_id(database, run_id)
+    lines.append((True, f"phase found: {phase_id} ({before_phase.state}) in {identity.url}"))
+    before = _counts(client, run_id, phase_id)
+    _, last_usage = _usage(client, run_id, phase_id, 0)
     command = [
         sys.executable,
         "-m",
@@ -126,13 +126,13 @@ def _probe(
     ] + (["--force"] if force else [])
     drained = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
     summary: dict[str, Any] = json.loads(drained.stdout) if drained.stdout.strip() else {}
-    after = _counts(database, run_id, phase_id)
-    state_after = runs.get_phase(database, run_id, phase_id)["state"]
+    after = _counts(client, run_id, phase_id)
+    state_after = client.get_phase(run_id, phase_id).state
     deltas = {table: after[table] - before[table] for table in after}
     attempts = summary.get("attempts", [])
     empty = [a for a in attempts if a["stop_reason"] == "empty_files"]
     failures = int(summary.get("telemetry_failures") or 0)
-    tokens = _output_tokens(database, run_id, phase_id, last_usage)
+    tokens, _ = _usage(client, run_id, phase_id, last_usage)
     complete = state_after == "COMPLETE" and drained.returncode == 0
     lines.append(
         (
@@ -164,7 +164,7 @@ def _probe(
                 "run again with TELEMETRY_DB_ENABLED=1",
             )
         )
-    elif before_phase["state"] == "COMPLETE" and not attempts:
+    elif before_phase.state == "COMPLETE" and not attempts:
         lines.append((False, "nothing ran: the phase was already COMPLETE before the probe"))
     ok = complete and grew and failures == 0
     report.update(

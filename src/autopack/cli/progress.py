@@ -21,8 +21,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from autopack.executor.attempt import AttemptResult
-from autopack.executor.executor import TERMINAL_PHASE_STATES
+from autopack.executor.outcome import AttemptResult
+from autopack.states import PHASE_TERMINAL
 
 _STYLE = {
     "COMPLETE": "green",
@@ -126,5 +126,5 @@ class DrainProgress:
         elif result.detail and result.outcome != "COMPLETE":
             line += f" — {result.detail.splitlines()[0][:160]}"
         self._say(line)
-        if result.phase_state in TERMINAL_PHASE_STATES:
+        if result.phase_state in PHASE_TERMINAL:
             self._progress.advance(self._task)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.markup import escape
@@ -12,9 +11,10 @@ from rich.table import Table
 from rich.tree import Tree
 
 from autopack.cli._common import OK, out, print_json, state
-from autopack.cli._control import LocalControlPlane, control_plane
+from autopack.contract import CancelIn, RequeueIn, RunView
 from autopack.errors import Conflict
 from autopack.rundef import bundled_run_file, load_run_file
+from autopack.states import RunState
 
 app = typer.Typer(help="Create, list, show, cancel runs; requeue phases.", no_args_is_help=True)
 
@@ -55,15 +55,14 @@ def create(
 ) -> None:
     """Create a run from a definition file (exit 2 naming the field if it is invalid)."""
     definition = load_run_file(Path(file))
-    plane = control_plane(ctx)
-    run = plane.create_run(definition)
+    client = state(ctx).client()
+    run = client.create_run(definition)
     if as_json:
         print_json(run)
         return
-    phases = sum(len(tier["phases"]) for tier in run["tiers"])
     out.print(
-        f"{OK} created run [bold]{escape(run['run_id'])}[/bold]: {len(run['tiers'])} tier(s), "
-        f"{phases} phase(s), {styled(run['state'])} in {escape(plane.where)}"
+        f"{OK} created run [bold]{escape(run.run_id)}[/bold]: {len(run.tiers)} tier(s), "
+        f"{run.phase_count} phase(s), {styled(run.state)} in {escape(client.where)}"
     )
 
 
@@ -75,58 +74,57 @@ def seed(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run as JSON."),
 ) -> None:
-    """Create a bundled run in the local database (always the one DATABASE_URL resolves to,
-    fully initialised); if it already exists, say so and exit 0."""
-    database = state(ctx).database()
-    plane = LocalControlPlane(database)
+    """Create a bundled run in the database DATABASE_URL resolves to (fully initialised);
+    if it already exists, say so and exit 0."""
+    cli = state(ctx)
+    client = cli.client()
     definition = load_run_file(bundled_run_file(name))
-    where = f"{database.identity.url} (instance_id {database.identity.instance_id})"
+    where = cli.database().identity.describe()
     try:
-        run = plane.create_run(definition)
+        run = client.create_run(definition)
     except Conflict:
-        run = plane.get_run(definition.run_id)
+        run = client.get_run(definition.run_id)
         if as_json:
             print_json(run)
             return
         out.print(
-            f"{OK} run [bold]{escape(run['run_id'])}[/bold] already exists in {escape(where)} "
-            f"(state {styled(run['state'])}); nothing to do"
+            f"{OK} run [bold]{escape(run.run_id)}[/bold] already exists in {escape(where)} "
+            f"(state {styled(run.state)}); nothing to do"
         )
         return
     if as_json:
         print_json(run)
         return
-    out.print(f"{OK} created run [bold]{escape(run['run_id'])}[/bold] in {escape(where)}")
+    out.print(f"{OK} created run [bold]{escape(run.run_id)}[/bold] in {escape(where)}")
     out.print(run_tree(run))
 
 
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    state_filter: str | None = typer.Option(None, "--state", help="Only runs in this state."),
+    state_filter: RunState | None = typer.Option(None, "--state", help="Only runs in this state."),
     limit: int = typer.Option(50, help="Page size (1..1000)."),
     offset: int = typer.Option(0, help="Runs to skip."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Runs, newest first, with phase counts per state."""
-    page = control_plane(ctx).list_runs(state_filter, limit, offset)
+    page = state(ctx).client().list_runs(state_filter, limit, offset)
     if as_json:
         print_json(page)
         return
     table = Table("run", "state", "phases", "tokens", "cost", "created")
-    for run in page["items"]:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(run["counts"].items()))
+    for run in page.items:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(run.counts.items()))
         table.add_row(
-            escape(run["run_id"]),
-            styled(run["state"]),
+            escape(run.run_id),
+            styled(run.state),
             counts or "-",
-            str(run["tokens_used"]),
-            f"${run['cost_usd']:.2f}",
-            str(run["created_at"])[:19],
+            str(run.tokens_used),
+            f"${run.cost_usd:.2f}",
+            f"{run.created_at:%Y-%m-%d %H:%M:%S}",
         )
     out.print(table)
-    shown = len(page["items"])
-    out.print(f"{shown} of {page['total']} run(s)", highlight=False)
+    out.print(f"{len(page.items)} of {page.total} run(s)", highlight=False)
 
 
 @app.command("show")
@@ -136,43 +134,41 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the RunView as JSON."),
 ) -> None:
     """The run as a tree of tiers and phases with their states."""
-    run = control_plane(ctx).get_run(run_id)
+    run = state(ctx).client().get_run(run_id)
     if as_json:
         print_json(run)
         return
     out.print(run_tree(run))
 
 
-def run_tree(run: dict[str, Any]) -> Tree:
-    budgets = run["budgets"]
-    cap = budgets.get("token_cap")
-    cost_cap = budgets.get("cost_cap_usd")
+def run_tree(run: RunView) -> Tree:
+    cap, cost_cap = run.budgets.token_cap, run.budgets.cost_cap_usd
     header = (
-        f"[bold]{escape(run['run_id'])}[/bold] {styled(run['state'])}  "
-        f"tokens {run['tokens_used']}{f'/{cap}' if cap else ''}  "
-        f"cost ${run['cost_usd']:.2f}{f'/${cost_cap:.2f}' if cost_cap else ''}"
+        f"[bold]{escape(run.run_id)}[/bold] {styled(run.state)}  "
+        f"tokens {run.tokens_used}{f'/{cap}' if cap else ''}  "
+        f"cost ${run.cost_usd:.2f}{f'/${cost_cap:.2f}' if cost_cap else ''}"
     )
-    if run.get("failure_reason"):
-        header += f"\n[red]{escape(run['failure_reason'])}[/red]"
-    if run.get("goal"):
-        header += f"\n[dim]{escape(run['goal'])}[/dim]"
+    if run.failure_reason:
+        header += f"\n[red]{escape(run.failure_reason)}[/red]"
+    if run.goal:
+        header += f"\n[dim]{escape(run.goal)}[/dim]"
     tree = Tree(header)
-    for tier in run["tiers"]:
+    for tier in run.tiers:
         branch = tree.add(
-            f"[bold]{escape(tier['tier_id'])}[/bold] {escape(tier['name'])} {styled(tier['state'])}"
+            f"[bold]{escape(tier.tier_id)}[/bold] {escape(tier.name)} {styled(tier.state)}"
         )
-        for phase in tier["phases"]:
+        for phase in tier.phases:
             line = (
-                f"{escape(phase['phase_id'])} {styled(phase['state'])} "
-                f"[dim]{phase['task_category']}/{phase['complexity']} "
-                f"attempts {phase['attempts']}/{phase['max_attempts']}[/dim]"
+                f"{escape(phase.phase_id)} {styled(phase.state)} "
+                f"[dim]{phase.task_category}/{phase.complexity} "
+                f"attempts {phase.attempts}/{phase.max_attempts}[/dim]"
             )
-            if phase["depends_on"]:
-                line += f" [dim]after {escape(', '.join(phase['depends_on']))}[/dim]"
-            if phase.get("lease_owner"):
-                line += f" [yellow]held by {escape(phase['lease_owner'])}[/yellow]"
-            if phase.get("last_failure_reason") and phase["state"] != "COMPLETE":
-                line += f"\n[red]{escape(phase['last_failure_reason'])}[/red]"
+            if phase.depends_on:
+                line += f" [dim]after {escape(', '.join(phase.depends_on))}[/dim]"
+            if phase.lease_owner:
+                line += f" [yellow]held by {escape(phase.lease_owner)}[/yellow]"
+            if phase.last_failure_reason and phase.state != "COMPLETE":
+                line += f"\n[red]{escape(phase.last_failure_reason)}[/red]"
             branch.add(line)
     return tree
 
@@ -185,29 +181,29 @@ def phase(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """One phase with every attempt (outcome, stop reason, files, error) and its approvals."""
-    detail = control_plane(ctx).get_phase(run_id, phase_id)
+    detail = state(ctx).client().get_phase(run_id, phase_id)
     if as_json:
         print_json(detail)
         return
     out.print(
-        f"[bold]{escape(run_id)}/{escape(phase_id)}[/bold] {styled(detail['state'])} "
-        f"attempts {detail['attempt_count']}/{detail['max_attempts']}"
+        f"[bold]{escape(run_id)}/{escape(phase_id)}[/bold] {styled(detail.state)} "
+        f"attempts {detail.attempts}/{detail.max_attempts}"
     )
     table = Table("#", "worker", "outcome", "stop reason", "tokens", "files / error")
-    for attempt in detail["attempts"]:
-        info = ", ".join(attempt["files_written"]) or (attempt["error"] or "").split("\n")[0]
+    for attempt in detail.history:
+        info = ", ".join(attempt.files_written) or (attempt.error or "").split("\n")[0]
         table.add_row(
-            str(attempt["attempt"]),
-            escape(attempt["worker_id"] or "-"),
-            styled(attempt["outcome"]),
-            escape(attempt["stop_reason"] or "-"),
-            str(attempt["tokens_used"]),
+            str(attempt.attempt),
+            escape(attempt.worker_id or "-"),
+            styled(attempt.outcome),
+            escape(attempt.stop_reason or "-"),
+            str(attempt.tokens_used),
             escape(info[:80]),
         )
     out.print(table)
-    for approval in detail["approvals"]:
+    for approval in detail.approvals:
         out.print(
-            f"approval {approval['id']} ({approval['status']}): {escape(approval['reason'])}",
+            f"approval {approval.id} ({approval.status}): {escape(approval.reason)}",
             highlight=False,
         )
 
@@ -219,8 +215,8 @@ def cancel(
     reason: str | None = typer.Option(None, help="Recorded as the run's failure reason."),
 ) -> None:
     """Cancel a run: waiting phases SKIPPED, executing workers lose their leases."""
-    run = control_plane(ctx).cancel_run(run_id, reason)
-    out.print(f"{OK} run {escape(run_id)} is {styled(run['state'])}")
+    run = state(ctx).client().cancel_run(run_id, CancelIn(reason=reason))
+    out.print(f"{OK} run {escape(run_id)} is {styled(run.state)}")
 
 
 @app.command("requeue")
@@ -231,8 +227,9 @@ def requeue(
     reason: str | None = typer.Option(None, help="Why (recorded with the attempt)."),
 ) -> None:
     """Requeue a FAILED, SKIPPED or stuck phase with a fresh retry window."""
-    phase_view = control_plane(ctx).requeue_phase(run_id, phase_id, operator(), reason)
+    request = RequeueIn(requested_by=operator(), reason=reason)
+    phase_view = state(ctx).client().requeue_phase(run_id, phase_id, request)
     out.print(
-        f"{OK} {escape(run_id)}/{escape(phase_id)} is {styled(phase_view['state'])} "
-        f"({phase_view['attempts_left']} attempts left)"
+        f"{OK} {escape(run_id)}/{escape(phase_id)} is {styled(phase_view.state)} "
+        f"({phase_view.attempts_left} attempts left)"
     )

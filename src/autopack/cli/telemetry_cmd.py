@@ -1,6 +1,6 @@
 """``autopack telemetry report|calibrate``: what the LLM calls cost, and how good the budgets are.
 
-Both read the resolved database directly (reports need no server). ``calibrate`` only
+Both read through the control plane's client, like every other command. ``calibrate`` only
 *proposes* new estimator coefficients: it prints held-out before/after numbers and a diff,
 and writes the file only with ``--write``.
 """
@@ -8,18 +8,17 @@ and writes the file only with ``--write``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from autopack.cli._common import OK, out, print_json, state
-from autopack.db import Database
-from autopack.db import telemetry as rows
+from autopack.client import ApiClient
 from autopack.estimation.calibrate import calibrate, render_calibration
 from autopack.estimation.estimator import TokenEstimator
-from autopack.estimation.report import estimation_report, render
+from autopack.estimation.report import render
 from autopack.llm.pricing import price_table
+from autopack.telemetry.events import UsageSummaryRow
 
 app = typer.Typer(help="Report and calibrate from recorded telemetry.", no_args_is_help=True)
 
@@ -27,7 +26,7 @@ RUN = typer.Option(None, "--run", help="Only this run's events.")
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
-def usage_table(usage: list[dict[str, Any]]) -> Table:
+def usage_table(usage: list[UsageSummaryRow]) -> Table:
     table = Table(
         "run",
         "provider",
@@ -41,48 +40,46 @@ def usage_table(usage: list[dict[str, Any]]) -> Table:
         title="LLM calls",
     )
     for row in usage:
-        unpriced = row["calls"] - row["priced_calls"]
-        cost = "" if row["cost_usd"] is None else f"{row['cost_usd']:.4f}"
+        unpriced = row.calls - row.priced_calls
+        cost = "" if row.cost_usd is None else f"{row.cost_usd:.4f}"
         if unpriced:
             cost += f" ({unpriced} unpriced)"
         table.add_row(
-            row["run_id"],
-            row["provider"],
-            row["model"],
-            row["role"],
-            str(row["calls"]),
-            str(row["failed_calls"]),
-            str(row["input_tokens"]),
-            str(row["output_tokens"]),
+            row.run_id,
+            row.provider,
+            row.model,
+            row.role,
+            str(row.calls),
+            str(row.failed_calls),
+            str(row.input_tokens),
+            str(row.output_tokens),
             cost,
         )
     return table
 
 
-def print_report(database: Database, run_id: str | None, *, as_json: bool = False) -> None:
+def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False) -> None:
     """Usage by run/model/role and the estimator's accuracy per stratum."""
-    with database.session() as session:
-        usage = rows.usage_summary(session, run_id)
-        events = rows.estimation_events(session, run_id)
-    report = estimation_report(events)
+    summary = client.telemetry_summary(run_id)
     if as_json:
-        print_json({"usage": usage, "estimation": report.to_json()})
+        print_json(summary)
         return
-    if not usage and not events:
+    report = summary.estimation
+    if not summary.usage and not report.overall.n:
         where = f"run {run_id}" if run_id else "this database"
         out.print(
-            f"no telemetry recorded for {where} ({database.identity.url}); drain with "
+            f"no telemetry recorded for {where} ({client.where}); drain with "
             "--telemetry or TELEMETRY_DB_ENABLED=1"
         )
         return
-    out.print(usage_table(usage))
+    out.print(usage_table(summary.usage))
     out.print(render(report))
 
 
 @app.command("report")
 def report_cmd(ctx: typer.Context, run_id: str | None = RUN, as_json: bool = JSON) -> None:
     """Calls, tokens and cost by model/role/run; estimator accuracy per stratum."""
-    print_report(state(ctx).database(), run_id, as_json=as_json)
+    print_report(state(ctx).client(), run_id, as_json=as_json)
 
 
 @app.command("calibrate")
@@ -104,8 +101,7 @@ def calibrate_cmd(
     """Refit the estimator from successful events (truncated ones as lower bounds)."""
     cli = state(ctx)
     settings = cli.settings
-    with cli.database().session() as session:
-        events = rows.estimation_events(session, run_id)
+    events = [event.model_dump() for event in cli.client().all_estimation_events(run_id)]
     prior = TokenEstimator.load(settings.autopack_estimator_file)
     models = {event["model"] for event in events}
     ceiling = max((price_table(settings).max_output_tokens(m) for m in models), default=128_000)

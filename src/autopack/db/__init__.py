@@ -1,4 +1,6 @@
-"""Database access. Only this package opens SQLAlchemy sessions.
+"""Database access: connections, transactions, statements, records. Only this package
+(and :mod:`autopack.control`, through :func:`~autopack.db.transaction.run_transaction`)
+touches the database.
 
 :func:`open_database` is the single way a process gets its database: it connects, makes
 sure the schema is complete (initialising a brand-new database, refusing a partial one),
@@ -17,13 +19,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from autopack.config import redact_url
-from autopack.db.engine import make_engine, session_factory, session_scope
-from autopack.db.identity import DbIdentity, read_identity
+from autopack.db.engine import make_engine
+from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
 from autopack.errors import ConfigError, IdentityMismatch
+from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.db")
@@ -32,7 +34,6 @@ logger = logging.getLogger("autopack.db")
 @dataclass
 class Database:
     engine: Engine
-    sessions: sessionmaker[Session]
     identity: DbIdentity
     writer: AbstractContextManager[Any] = field(default_factory=nullcontext)
     """SQLite: one transaction per process at a time, queued in Python (an ``RLock``).
@@ -48,20 +49,15 @@ class Database:
         return self.engine.dialect.name == "postgresql"
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def transaction(self) -> Iterator[Connection]:
         """One transaction (``BEGIN IMMEDIATE`` on SQLite); commits unless an error escapes.
 
-        Open and close it in one function on one thread: a transaction left open across
-        an ``await`` or a thread hop holds SQLite's write lock for every other request.
+        A Core connection, not an ORM ``Session``: the control plane runs named statements
+        and never loads objects, and a ``Session`` costs its state machine on every begin
+        and commit. Open and close it in one function on one thread: a transaction left
+        open across an ``await`` or a thread hop holds SQLite's write lock for every other
+        request.
         """
-        with self.writer, session_scope(self.sessions) as session:
-            yield session
-
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """:meth:`session` without the ORM, for the hot path of Core statements: a
-        ``Session`` costs its state machine on every begin and commit and adds nothing to
-        statements that never load objects."""
         with self.writer, self.engine.begin() as connection:
             yield connection
 
@@ -121,7 +117,7 @@ def open_database(
             schema_revision=identity.schema_revision,
         )
     writer = threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
-    return Database(engine, session_factory(engine), identity, writer)
+    return Database(engine, identity, writer)
 
 
 __all__ = ["Database", "DbIdentity", "open_database"]

@@ -1,22 +1,19 @@
-"""Engines and sessions: the only place that knows how each backend must be connected.
+"""Engines: the only place that knows how each backend must be connected.
 
 SQLite gets WAL (readers never block the writer), foreign keys on, a busy timeout, and
 ``BEGIN IMMEDIATE`` for every transaction so that a claim takes the write lock *before*
 it reads the row it is about to flip: two claimers can never both see the phase as free.
-PostgreSQL relies on row locks (``FOR UPDATE SKIP LOCKED``) in :mod:`autopack.db.work`.
+PostgreSQL relies on row locks (``FOR UPDATE SKIP LOCKED``, :mod:`autopack.db.statements`).
 """
 
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -68,15 +65,3 @@ def _discard_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: An
     poller.register(dbapi_connection.fileno(), select.POLLIN)
     if poller.poll(0):
         raise DisconnectionError("PostgreSQL closed this pooled connection")
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions that keep loaded objects usable after commit (they are returned as JSON)."""
-    return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on any exception."""
-    with factory() as session, session.begin():
-        yield session

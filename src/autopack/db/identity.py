@@ -1,18 +1,10 @@
-"""Which database is this, provably? The answer every process logs and ``/health`` returns.
-
-A database's identity is the random ``instance_id`` born with it (``db_meta``), plus where
-it physically lives: the real path of a SQLite file, or PostgreSQL's
-``current_database()`` and cluster ``system_identifier``. The *fingerprint* hashes both,
-so a copied SQLite file or a restored dump (same instance_id, another place) is a
-different database, while one PostgreSQL reached under two host names is the same one.
-"""
+"""Reading a live database's identity (:class:`autopack.identity.DbIdentity`) and the row
+counts a user checks first when "nothing happened"."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
@@ -20,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from autopack.config import public_url, redact_url
 from autopack.db.models import DbMeta, LlmUsageEvent, Phase, Run, TokenEstimationEvent
 from autopack.db.schema import inspect_schema
+from autopack.identity import DbIdentity
 
 COUNTED_TABLES = {
     "runs": Run,
@@ -27,32 +20,6 @@ COUNTED_TABLES = {
     "llm_usage_events": LlmUsageEvent,
     "token_estimation_v2_events": TokenEstimationEvent,
 }
-
-
-@dataclass(frozen=True)
-class DbIdentity:
-    instance_id: str
-    backend: str
-    url: str
-    """Redacted URL (password hidden), for logs and terminals."""
-    public_url: str
-    """URL with user and host hidden too, for ``/health``."""
-    fingerprint: str
-    schema_revision: str | None
-    code_revision: str
-    in_sync: bool
-    database_name: str | None = None
-    system_identifier: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        """The part safe to serve over HTTP: no password, user or host name."""
-        body = asdict(self)
-        body.pop("url")
-        return body
-
-    def same_database(self, other: DbIdentity | dict[str, Any]) -> bool:
-        theirs = other.fingerprint if isinstance(other, DbIdentity) else other.get("fingerprint")
-        return self.fingerprint == theirs
 
 
 def _location(connection: Connection) -> tuple[str, str | None, str | None]:

@@ -27,11 +27,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
-def utcnow() -> datetime:
-    """The one clock of the control plane (API replicas are expected to run NTP)."""
-    return datetime.now(UTC)
-
-
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend."""
 

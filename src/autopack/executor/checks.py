@@ -14,26 +14,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from autopack.contract import CheckResult
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
 TAIL_CHARS = 4000
 _SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    command: str
-    exit_code: int | None
-    passed: bool
-    timed_out: bool
-    duration_s: float
-    output_tail: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _check_env(scratch: Path) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """AutonomousExecutor: drains phases through the API, one or many at a time.
 
-It never opens a database session: everything goes through :class:`ApiClient`, to a server
-whose identity was checked by :mod:`autopack.executor.server`. ``drain_run`` runs K worker
+It never opens a database: everything goes through :class:`~autopack.client.ApiClient`, to
+a server whose identity was checked by :func:`autopack.connect.connect`. ``drain_run`` runs K worker
 threads (LLM calls dominate wall time, so overlap is where time is won); each claims a
 phase, runs one :class:`Attempt`, and claims again until the run is finished. A first stop
 request (Ctrl-C) stops claiming and lets in-flight attempts post their results.
@@ -12,23 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from autopack.executor.attempt import Attempt, AttemptResult, Services
+from autopack.clock import utcnow
+from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, RunView
+from autopack.executor.attempt import Attempt
+from autopack.executor.options import Services
+from autopack.executor.outcome import AttemptResult
 from autopack.logs import log_event
+from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL, RUN_FINISHED, PhaseState
 
 logger = logging.getLogger("autopack.executor")
-
-TERMINAL_PHASE_STATES = frozenset({"COMPLETE", "FAILED", "SKIPPED"})
-ACTIVE_PHASE_STATES = frozenset({"EXECUTING", "CI_RUNNING", "AWAITING_APPROVAL"})
-REQUEUEABLE_STATES = frozenset({"FAILED", "SKIPPED", "EXECUTING", "CI_RUNNING"})
-
-
-def run_finished(state: str) -> bool:
-    return state.startswith("DONE_")
 
 
 @dataclass
@@ -37,7 +32,7 @@ class DrainSummary:
 
     run_id: str
     run_state: str = ""
-    phase_states: dict[str, str] = field(default_factory=dict)
+    phase_states: dict[str, PhaseState] = field(default_factory=dict)
     attempts: list[AttemptResult] = field(default_factory=list)
     telemetry_written: int = 0
     telemetry_failures: int = 0
@@ -46,40 +41,38 @@ class DrainSummary:
 
     @property
     def any_failed(self) -> bool:
-        return any(state in ("FAILED", "SKIPPED") for state in self.phase_states.values())
+        failed = (PhaseState.FAILED, PhaseState.SKIPPED)
+        return any(state in failed for state in self.phase_states.values())
 
     @property
     def all_complete(self) -> bool:
         return bool(self.phase_states) and all(
-            state == "COMPLETE" for state in self.phase_states.values()
+            state == PhaseState.COMPLETE for state in self.phase_states.values()
         )
 
 
-def _seconds_until(timestamp: str | None) -> float:
-    if not timestamp:
+def _seconds_until(moment: datetime | None) -> float:
+    if moment is None:
         return 0.0
-    moment = datetime.fromisoformat(timestamp)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+    return max((moment - utcnow()).total_seconds(), 0.0)
 
 
-def blockers(run: Mapping[str, Any], phase: Mapping[str, Any]) -> list[str]:
+def blockers(run: RunView, phase: PhaseView) -> list[str]:
     """Why a QUEUED phase cannot be claimed: unfinished earlier tiers or dependencies."""
     reasons = []
-    states = {
-        p["phase_id"]: (p["state"], tier["tier_index"])
-        for tier in run.get("tiers", [])
-        for p in tier.get("phases", [])
-    }
+    states = {p.phase_id: (p.state, p.tier_index) for p in run.phases()}
     earlier = sorted(
         pid
         for pid, (state, index) in states.items()
-        if index < phase["tier_index"] and state != "COMPLETE"
+        if index < phase.tier_index and state != PhaseState.COMPLETE
     )
     if earlier:
         reasons.append("earlier tiers are not complete: " + ", ".join(earlier))
-    waiting = [d for d in phase.get("depends_on") or [] if states.get(d, ("?",))[0] != "COMPLETE"]
+    waiting = [
+        d for d in phase.depends_on if d not in states or states[d][0] != PhaseState.COMPLETE
+    ]
     if waiting:
         reasons.append("depends on phases not complete: " + ", ".join(waiting))
     return reasons
@@ -113,16 +106,14 @@ class AutonomousExecutor:
 
     def _summary(self, summary: DrainSummary, started: float) -> DrainSummary:
         run = self.client.get_run(summary.run_id)
-        summary.run_state = run["state"]
-        summary.phase_states = {
-            p["phase_id"]: p["state"] for tier in run["tiers"] for p in tier["phases"]
-        }
+        summary.run_state = run.state
+        summary.phase_states = {p.phase_id: p.state for p in run.phases()}
         summary.telemetry_written = self.s.telemetry.written
         summary.telemetry_failures = self.s.telemetry.failures
         summary.wall_seconds = round(time.monotonic() - started, 3)
         return summary
 
-    def _attempt(self, claim: Mapping[str, Any], summary: DrainSummary) -> None:
+    def _attempt(self, claim: Claim, summary: DrainSummary) -> None:
         result = Attempt(self.s, claim).run()
         with self._lock:
             summary.attempts.append(result)
@@ -132,30 +123,32 @@ class AutonomousExecutor:
         """Run one phase until it is COMPLETE, FAILED or SKIPPED (retries included)."""
         started = time.monotonic()
         summary = DrainSummary(run_id=run_id)
-        phase = self.client.get_phase(run_id, phase_id)
-        if force and phase["state"] in REQUEUEABLE_STATES:
-            self.client.requeue_phase(
-                run_id, phase_id, requested_by=self.options.worker_id, reason="--force"
-            )
+        phase: PhaseView = self.client.get_phase(run_id, phase_id)
+        if force and phase.state in PHASE_REQUEUEABLE:
+            request = RequeueIn(requested_by=self.options.worker_id, reason="--force")
+            self.client.requeue_phase(run_id, phase_id, request)
             log_event(
                 logger,
                 "phase_requeued",
                 run_id=run_id,
                 phase_id=phase_id,
-                previous_state=phase["state"],
+                previous_state=phase.state,
             )
+        claim_in = ClaimIn(
+            worker_id=self.options.worker_id,
+            lease_seconds=self.options.lease_seconds,
+            run_id=run_id,
+            phase_id=phase_id,
+        )
         while not self.stopping.is_set():
-            claim = self.client.claim(
-                self.options.worker_id, self.options.lease_seconds, run_id=run_id, phase_id=phase_id
-            )
+            claim = self.client.claim(claim_in)
             if claim is not None:
                 self._attempt(claim, summary)
                 continue
             phase = self.client.get_phase(run_id, phase_id)
-            state = phase["state"]
-            if state in TERMINAL_PHASE_STATES:
+            if phase.state in PHASE_TERMINAL:
                 break
-            if state == "QUEUED" and _seconds_until(phase.get("available_at")) <= 0:
+            if phase.state == PhaseState.QUEUED and _seconds_until(phase.available_at) <= 0:
                 reasons = blockers(self.client.get_run(run_id), phase)
                 if reasons:
                     summary.note = f"phase {phase_id} cannot run yet: " + "; ".join(reasons)
@@ -163,18 +156,17 @@ class AutonomousExecutor:
             self._wait(run_id, phase)
         return self._summary(summary, started)
 
-    def _wait(self, run_id: str, phase: Mapping[str, Any]) -> None:
-        state = phase["state"]
+    def _wait(self, run_id: str, phase: PhaseView) -> None:
         delay = self.options.poll_seconds
-        if state == "QUEUED":
-            delay = min(max(_seconds_until(phase.get("available_at")), 0.05), 60.0)
+        if phase.state == PhaseState.QUEUED:
+            delay = min(max(_seconds_until(phase.available_at), 0.05), 60.0)
         self.s.events(
             "waiting",
             run_id=run_id,
-            phase_id=phase["phase_id"],
-            state=state,
+            phase_id=phase.phase_id,
+            state=phase.state,
             seconds=delay,
-            holder=phase.get("lease_owner"),
+            holder=phase.lease_owner,
         )
         self.stopping.wait(delay)
 
@@ -241,24 +233,27 @@ class AutonomousExecutor:
         errors: list[BaseException],
         finished: threading.Event,
     ) -> None:
-        worker_id = f"{self.options.worker_id}/{index}"
+        claim_in = ClaimIn(
+            worker_id=f"{self.options.worker_id}/{index}",
+            lease_seconds=self.options.lease_seconds,
+            run_id=run_id,
+        )
         try:
             while not self.stopping.is_set():
                 if not self._claim_slot(-1):
                     return
-                claim = self.client.claim(worker_id, self.options.lease_seconds, run_id=run_id)
+                claim = self.client.claim(claim_in)
                 if claim is not None:
                     self._attempt(claim, summary)
                     continue
                 self._claim_slot(+1)
                 run = self.client.get_run(run_id)
-                if run_finished(run["state"]):
+                if run.state in RUN_FINISHED:
                     return
-                phases = [p for tier in run["tiers"] for p in tier["phases"]]
-                pending = [p for p in phases if p["state"] not in TERMINAL_PHASE_STATES]
+                pending = [p for p in run.phases() if p.state not in PHASE_TERMINAL]
                 if not pending:
                     return
-                soonest = min(pending, key=lambda p: _seconds_until(p.get("available_at")))
+                soonest = min(pending, key=lambda p: _seconds_until(p.available_at))
                 self._wait(run_id, soonest)
         except BaseException as exc:  # surface in the main thread, stop the others
             errors.append(exc)

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autopack.builder.contract import Change
+from autopack.builder.change import Change
 
 _GIT_LOCK = threading.Lock()
 

@@ -1,5 +1,5 @@
 """The telemetry events, defined once: the executor builds them, the API validates them,
-``db/telemetry.py`` writes them.
+:mod:`autopack.control.telemetry` writes them, and reports read them back as ``*Row``.
 
 ``extra="forbid"`` makes a writer that passes a field the table lacks fail loudly (422),
 which is how the legacy tool lost rows for months: a writer passed a column that did not
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autopack.db.models import utcnow
+from autopack.clock import utcnow
 
 
 class _Event(BaseModel):
@@ -87,3 +87,61 @@ class TokenBudgetEscalationIn(_Event):
     factor: float
     old_budget: int
     new_budget: int
+
+
+# -- rows as they are read back (the event plus its id) -----------------------------------------
+
+
+class LlmUsageRow(LlmUsageIn):
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+
+
+class TokenEstimationRow(TokenEstimationIn):
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+
+
+class TokenBudgetEscalationRow(TokenBudgetEscalationIn):
+    model_config = ConfigDict(extra="ignore")
+
+    id: int
+
+
+TelemetryEvent = LlmUsageIn | TokenEstimationIn | TokenBudgetEscalationIn
+EventKind = Literal["usage", "estimation", "escalation"]
+
+
+def kind_of(event: TelemetryEvent) -> EventKind:
+    """Which table an event goes to."""
+    if isinstance(event, LlmUsageIn):
+        return "usage"
+    if isinstance(event, TokenEstimationIn):
+        return "estimation"
+    return "escalation"
+
+
+class UsageSummaryRow(BaseModel):
+    """Calls, tokens and cost of one (run, provider, model, role)."""
+
+    run_id: str
+    provider: str
+    model: str
+    role: str
+    calls: int
+    failed_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    """Sum over priced calls; None when no call of the group had a price."""
+    priced_calls: int
+
+
+class TelemetryCounts(BaseModel):
+    """Rows per telemetry table for one phase (the probe's before and after)."""
+
+    llm_usage_events: int
+    token_estimation_v2_events: int
+    token_budget_escalation_events: int

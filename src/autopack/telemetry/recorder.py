@@ -11,20 +11,13 @@ import logging
 import threading
 from collections.abc import Callable
 
-from pydantic import BaseModel
-
 from autopack.errors import AutopackError
 from autopack.logs import log_event
-from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
+from autopack.telemetry.events import TelemetryEvent, kind_of
 
 logger = logging.getLogger("autopack.telemetry")
 
-Poster = Callable[[str, BaseModel], int]
-_KIND = {
-    LlmUsageIn: "llm-usage",
-    TokenEstimationIn: "estimations",
-    TokenBudgetEscalationIn: "escalations",
-}
+Poster = Callable[[TelemetryEvent], int]
 
 
 class TelemetryRecorder:
@@ -37,12 +30,12 @@ class TelemetryRecorder:
         self.written = 0
         self.failures = 0
 
-    def record(self, event: LlmUsageIn | TokenEstimationIn | TokenBudgetEscalationIn) -> None:
+    def record(self, event: TelemetryEvent) -> None:
         if not self.enabled:
             return
-        kind = _KIND[type(event)]
+        kind = kind_of(event)
         try:
-            self._post(kind, event)
+            self._post(event)
         except AutopackError as exc:
             with self._lock:
                 self.failures += 1

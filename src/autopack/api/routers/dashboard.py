@@ -18,10 +18,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from autopack import __version__
 from autopack.api.deps import DatabaseDep
-from autopack.db import runs, work
-from autopack.db import telemetry as rows
-from autopack.db.models import utcnow
+from autopack.clock import utcnow
+from autopack.contract import ApprovalView, PhaseView, RunSummary, RunView
+from autopack.control import approvals, runs, telemetry
 from autopack.estimation.report import estimation_report
+from autopack.states import RUN_ACTIVE, PhaseState
+from autopack.telemetry.events import UsageSummaryRow
 
 router = APIRouter(tags=["dashboard"])
 REFRESH_SECONDS = 5
@@ -59,15 +61,15 @@ def _table(headers: Sequence[str], body: Iterable[str], empty: str) -> str:
     return f"<table><tr>{head}</tr>{''.join(lines)}</table>"
 
 
-def _runs(items: list[dict[str, Any]]) -> str:
+def _runs(items: list[RunSummary]) -> str:
     body = []
     for run in items:
-        done = run["counts"].get("COMPLETE", 0)
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(run["counts"].items()))
+        done = run.counts.get(PhaseState.COMPLETE, 0)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items()))
         body.append(
-            f'<tr><td><a href="?run={escape(run["run_id"])}">{escape(run["run_id"])}</a></td>'
-            f"{_state(run['state'])}<td>{done}/{run['phase_count']}</td>{_cell(counts)}"
-            f"{_cell(run['tokens_used'])}{_cell(run['cost_usd'])}{_cell(run['created_at'])}</tr>"
+            f'<tr><td><a href="?run={escape(run.run_id)}">{escape(run.run_id)}</a></td>'
+            f"{_state(run.state)}<td>{done}/{run.phase_count}</td>{_cell(counts)}"
+            f"{_cell(run.tokens_used)}{_cell(run.cost_usd)}{_cell(run.created_at)}</tr>"
         )
     return _table(
         ["run", "state", "complete", "phases by state", "tokens", "cost USD", "created"],
@@ -76,23 +78,23 @@ def _runs(items: list[dict[str, Any]]) -> str:
     )
 
 
-def _lease(phase: dict[str, Any]) -> str:
-    expires = phase.get("lease_expires_at")
-    if not phase.get("lease_owner") or expires is None:
+def _lease(phase: PhaseView) -> str:
+    expires = phase.lease_expires_at
+    if not phase.lease_owner or expires is None:
         return _cell(None)
-    left = (datetime.fromisoformat(str(expires)) - utcnow()).total_seconds()
-    return _cell(f"{phase['lease_owner']} ({left:+.0f}s)")
+    left = (expires - utcnow()).total_seconds()
+    return _cell(f"{phase.lease_owner} ({left:+.0f}s)")
 
 
-def _phases(run: dict[str, Any]) -> str:
+def _phases(run: RunView) -> str:
     body = []
-    for tier in run["tiers"]:
-        for phase in tier["phases"]:
+    for tier in run.tiers:
+        for phase in tier.phases:
             body.append(
-                f"<tr>{_cell(tier['tier_id'])}{_cell(phase['phase_id'])}{_state(phase['state'])}"
-                f"<td>{phase['attempts']}/{phase['max_attempts']}</td>{_lease(phase)}"
-                f"{_cell(phase['tokens_used'])}{_cell(phase['cost_usd'])}"
-                f"{_cell(phase.get('last_failure_reason'))}</tr>"
+                f"<tr>{_cell(tier.tier_id)}{_cell(phase.phase_id)}{_state(phase.state)}"
+                f"<td>{phase.attempts}/{phase.max_attempts}</td>{_lease(phase)}"
+                f"{_cell(phase.tokens_used)}{_cell(phase.cost_usd)}"
+                f"{_cell(phase.last_failure_reason)}</tr>"
             )
     return _table(
         [
@@ -110,11 +112,11 @@ def _phases(run: dict[str, Any]) -> str:
     )
 
 
-def _approvals(pending: list[dict[str, Any]]) -> str:
+def _approvals(pending: list[ApprovalView]) -> str:
     body = [
-        f"<tr>{_cell(a['id'])}{_cell(a['run_id'])}{_cell(a['phase_id'])}{_cell(a['reason'])}"
-        f"{_cell(a['timeout_at'])}<td><code>autopack approvals approve {a['id']}</code> / "
-        f"<code>reject {a['id']}</code></td></tr>"
+        f"<tr>{_cell(a.id)}{_cell(a.run_id)}{_cell(a.phase_id)}{_cell(a.reason)}"
+        f"{_cell(a.timeout_at)}<td><code>autopack approvals approve {a.id}</code> / "
+        f"<code>reject {a.id}</code></td></tr>"
         for a in pending
     ]
     return _table(
@@ -122,10 +124,10 @@ def _approvals(pending: list[dict[str, Any]]) -> str:
     )
 
 
-def _telemetry(usage: list[dict[str, Any]], events: list[dict[str, Any]]) -> str:
+def _telemetry(usage: list[UsageSummaryRow], events: list[dict[str, Any]]) -> str:
     body = [
-        f"<tr>{_cell(u['model'])}{_cell(u['role'])}{_cell(u['calls'])}{_cell(u['failed_calls'])}"
-        f"{_cell(u['input_tokens'])}{_cell(u['output_tokens'])}{_cell(u['cost_usd'])}</tr>"
+        f"<tr>{_cell(u.model)}{_cell(u.role)}{_cell(u.calls)}{_cell(u.failed_calls)}"
+        f"{_cell(u.input_tokens)}{_cell(u.output_tokens)}{_cell(u.cost_usd)}</tr>"
         for u in usage
     ]
     table = _table(
@@ -156,17 +158,16 @@ def root() -> RedirectResponse:
 def dashboard(database: DatabaseDep, run: str | None = None) -> HTMLResponse:
     """Runs, phases and leases, approvals and LLM cost, refreshed every few seconds."""
     identity = database.identity
-    listed = runs.list_runs(database, limit=50)["items"]
+    listed = runs.list_runs(database, limit=50).items
     chosen = run or next(
-        (r["run_id"] for r in listed if not r["state"].startswith("DONE_")),
-        listed[0]["run_id"] if listed else None,
+        (r.run_id for r in listed if r.state in RUN_ACTIVE),
+        listed[0].run_id if listed else None,
     )
     detail = ""
     if chosen is not None:
         detail = f"<h2>Run {escape(chosen)}</h2>{_phases(runs.get_run(database, chosen))}"
-    with database.session() as session:
-        usage = rows.usage_summary(session, chosen)
-        events = rows.estimation_events(session, chosen)
+    usage = telemetry.usage_summary(database, chosen)
+    events = telemetry.as_mappings(telemetry.all_estimation_events(database, chosen))
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Autopack</title>"
         f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'><style>{_STYLE}</style>"
@@ -174,7 +175,7 @@ def dashboard(database: DatabaseDep, run: str | None = None) -> HTMLResponse:
         f"<p class='muted'>database {escape(identity.public_url)} · instance "
         f"{escape(identity.instance_id)} · schema {escape(str(identity.schema_revision))}</p>"
         f"<h2>Runs</h2>{_runs(listed)}{detail}"
-        f"<h2>Approvals waiting</h2>{_approvals(work.list_approvals(database))}"
+        f"<h2>Approvals waiting</h2>{_approvals(approvals.list_approvals(database))}"
         f"<h2>LLM calls{' of ' + escape(chosen) if chosen else ''}</h2>"
         f"{_telemetry(usage, events)}</body></html>"
     )

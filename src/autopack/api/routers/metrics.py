@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from autopack.api.deps import DatabaseDep
-from autopack.db import Database, runs, work
-from autopack.db import telemetry as rows
+from autopack.control import approvals, runs, telemetry
+from autopack.db import Database
 
 router = APIRouter(tags=["metrics"])
 
@@ -24,34 +24,33 @@ class _DatabaseCollector:
         self.database = database
 
     def collect(self) -> Iterator[Metric]:
-        listed = runs.list_runs(self.database, limit=1000)["items"]
+        listed = runs.list_runs(self.database, limit=runs.MAX_PAGE).items
         run_states = GaugeMetricFamily("autopack_runs", "Runs by state.", labels=["state"])
         phases = GaugeMetricFamily(
             "autopack_phases", "Phases by run and state.", labels=["run_id", "state"]
         )
         by_state: dict[str, int] = {}
         for run in listed:
-            by_state[run["state"]] = by_state.get(run["state"], 0) + 1
-            for state, count in run["counts"].items():
-                phases.add_metric([run["run_id"], state], count)
-        for state, count in by_state.items():
-            run_states.add_metric([state], count)
+            by_state[run.state] = by_state.get(run.state, 0) + 1
+            for phase_state, count in run.counts.items():
+                phases.add_metric([run.run_id, phase_state], count)
+        for run_state, count in by_state.items():
+            run_states.add_metric([run_state], count)
         pending = GaugeMetricFamily("autopack_approvals_pending", "Approvals waiting.")
-        pending.add_metric([], len(work.list_approvals(self.database)))
-        with self.database.session() as session:
-            usage = rows.usage_summary(session)
+        pending.add_metric([], len(approvals.list_approvals(self.database)))
+        usage = telemetry.usage_summary(self.database)
         labels = ["run_id", "model", "role"]
         calls = CounterMetricFamily("autopack_llm_calls", "LLM calls.", labels=[*labels, "outcome"])
         tokens = CounterMetricFamily("autopack_llm_tokens", "LLM tokens.", labels=[*labels, "type"])
         cost = CounterMetricFamily("autopack_llm_cost_usd", "Priced LLM cost.", labels=labels)
         for u in usage:
-            key = [u["run_id"], u["model"], u["role"]]
-            calls.add_metric([*key, "success"], u["calls"] - u["failed_calls"])
-            calls.add_metric([*key, "failure"], u["failed_calls"])
-            tokens.add_metric([*key, "input"], u["input_tokens"])
-            tokens.add_metric([*key, "output"], u["output_tokens"])
-            if u["cost_usd"] is not None:  # an unpriced model has no cost, not $0
-                cost.add_metric(key, u["cost_usd"])
+            key = [u.run_id, u.model, u.role]
+            calls.add_metric([*key, "success"], u.calls - u.failed_calls)
+            calls.add_metric([*key, "failure"], u.failed_calls)
+            tokens.add_metric([*key, "input"], u.input_tokens)
+            tokens.add_metric([*key, "output"], u.output_tokens)
+            if u.cost_usd is not None:  # an unpriced model has no cost, not $0
+                cost.add_metric(key, u.cost_usd)
         yield from (run_states, phases, pending, calls, tokens, cost)
 
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
 from autopack.api.deps import DatabaseDep
-from autopack.api.schemas import CancelIn, RunDefinition, RunList, RunView
-from autopack.db import runs
+from autopack.contract import CancelIn, RunList, RunView
+from autopack.control import runs
+from autopack.rundef import RunDefinition
+from autopack.states import RunState
 
 router = APIRouter(tags=["runs"])
 
 
 @router.post("/runs", status_code=201, response_model=RunView)
-def create_run(definition: RunDefinition, database: DatabaseDep) -> dict[str, Any]:
+def create_run(definition: RunDefinition, database: DatabaseDep) -> RunView:
     """Create a run (all phases QUEUED); 409 if the run_id exists, 422 naming field and value."""
     return runs.create_run(database, definition)
 
@@ -22,16 +24,16 @@ def create_run(definition: RunDefinition, database: DatabaseDep) -> dict[str, An
 @router.get("/runs", response_model=RunList)
 def list_runs(
     database: DatabaseDep,
-    state: Annotated[str | None, Query(description="Only runs in this state.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    state: Annotated[RunState | None, Query(description="Only runs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=runs.MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict[str, Any]:
+) -> RunList:
     """Run summaries, newest first, with per-state phase counts."""
     return runs.list_runs(database, state=state, limit=limit, offset=offset)
 
 
 @router.get("/runs/{run_id}", response_model=RunView)
-def get_run(run_id: str, database: DatabaseDep) -> dict[str, Any]:
+def get_run(run_id: str, database: DatabaseDep) -> RunView:
     """The run with its tiers and phases; a 404 names the run and the database it looked in."""
     return runs.get_run(database, run_id)
 
@@ -39,6 +41,6 @@ def get_run(run_id: str, database: DatabaseDep) -> dict[str, Any]:
 @router.post("/runs/{run_id}/cancel", response_model=RunView)
 def cancel_run(
     run_id: str, database: DatabaseDep, body: Annotated[CancelIn | None, Body()] = None
-) -> dict[str, Any]:
+) -> RunView:
     """DONE_CANCELLED: waiting phases SKIPPED, executing leases revoked (their next call 409s)."""
-    return runs.cancel_run(database, run_id, body.reason if body else None)
+    return runs.cancel_run(database, run_id, body or CancelIn())

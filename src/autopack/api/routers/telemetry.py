@@ -2,56 +2,67 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
 from autopack.api.deps import DatabaseDep
-from autopack.db import telemetry as rows
-from autopack.estimation.report import estimation_report
-from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
+from autopack.control import telemetry
+from autopack.telemetry.events import (
+    EventKind,
+    LlmUsageIn,
+    LlmUsageRow,
+    TelemetryCounts,
+    TokenBudgetEscalationIn,
+    TokenBudgetEscalationRow,
+    TokenEstimationIn,
+    TokenEstimationRow,
+)
+from autopack.telemetry.summary import TelemetrySummary
 
 router = APIRouter(prefix="/telemetry", tags=["telemetry"])
+
+EventRows = list[LlmUsageRow] | list[TokenEstimationRow] | list[TokenBudgetEscalationRow]
 
 
 @router.post("/llm-usage", status_code=status.HTTP_201_CREATED)
 def post_llm_usage(event: LlmUsageIn, database: DatabaseDep) -> dict[str, int]:
-    with database.session() as session:
-        return {"id": rows.record_llm_usage(session, event)}
+    return {"id": telemetry.record(database, event)}
 
 
 @router.post("/estimations", status_code=status.HTTP_201_CREATED)
 def post_estimation(event: TokenEstimationIn, database: DatabaseDep) -> dict[str, int]:
-    with database.session() as session:
-        return {"id": rows.record_estimation(session, event)}
+    return {"id": telemetry.record(database, event)}
 
 
 @router.post("/escalations", status_code=status.HTTP_201_CREATED)
 def post_escalation(event: TokenBudgetEscalationIn, database: DatabaseDep) -> dict[str, int]:
-    with database.session() as session:
-        return {"id": rows.record_escalation(session, event)}
+    return {"id": telemetry.record(database, event)}
 
 
 @router.get("/events")
 def get_events(
     database: DatabaseDep,
     run_id: str | None = None,
-    kind: Literal["usage", "estimation", "escalation"] = "usage",
-    limit: int = Query(500, ge=1, le=10_000),
-) -> list[dict[str, Any]]:
-    reader = {
-        "usage": rows.usage_events,
-        "estimation": rows.estimation_events,
-        "escalation": rows.escalation_events,
-    }[kind]
-    with database.session() as session:
-        return reader(session, run_id=run_id, limit=limit)
+    kind: EventKind = "usage",
+    limit: Annotated[int, Query(ge=1, le=telemetry.MAX_PAGE)] = 500,
+    after_id: Annotated[int, Query(ge=0, description="Page: events with a larger id.")] = 0,
+) -> EventRows:
+    """Events of one kind, oldest first."""
+    if kind == "usage":
+        return telemetry.usage_events(database, run_id, limit, after_id)
+    if kind == "estimation":
+        return telemetry.estimation_events(database, run_id, limit, after_id)
+    return telemetry.escalation_events(database, run_id, limit, after_id)
 
 
 @router.get("/summary")
-def get_summary(database: DatabaseDep, run_id: str | None = None) -> dict[str, Any]:
+def get_summary(database: DatabaseDep, run_id: str | None = None) -> TelemetrySummary:
     """Usage by run/model/role and the estimator's accuracy per stratum."""
-    with database.session() as session:
-        usage = rows.usage_summary(session, run_id)
-        events = rows.estimation_events(session, run_id)
-    return {"usage": usage, "estimation": estimation_report(events).to_json()}
+    return telemetry.summary(database, run_id)
+
+
+@router.get("/counts")
+def get_counts(database: DatabaseDep, run_id: str, phase_id: str) -> TelemetryCounts:
+    """Rows per telemetry table for one phase (what the probe compares before and after)."""
+    return telemetry.phase_counts(database, run_id, phase_id)

@@ -3,7 +3,8 @@
 :func:`plan_change` turns a parsed answer into the exact final contents of every file it
 writes, or refuses it with a stop reason and feedback for the Builder:
 
-* ``unsafe_path``: absolute, ``..``, backslashes, NUL, or a symlink that leads outside;
+* ``unsafe_path``: absolute, ``..``, backslashes, NUL (:mod:`autopack.paths`), or a
+  symlink through which the resolved path leaves the scope or the workspace;
 * ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
   paths are relative to the workspace root and keep the scope's directory prefix);
 * ``file_too_large``; ``edit_not_applicable`` (search text absent or ambiguous);
@@ -21,32 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from autopack import paths
 from autopack.builder.output import BuilderOutput, BuilderRejected
+from autopack.rundef import Scope
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Scope:
-    paths: tuple[str, ...]
-    read_only_context: tuple[str, ...] = ()
-    deliverables: tuple[str, ...] = ()
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Scope:
-        return cls(
-            paths=tuple(data.get("paths") or ()),
-            read_only_context=tuple(data.get("read_only_context") or ()),
-            deliverables=tuple(data.get("deliverables") or ()),
-        )
-
-    def allows(self, path: str) -> bool:
-        """Is ``path`` (normalised, relative) under one of the scope's paths?"""
-        for allowed in self.paths:
-            prefix = allowed.rstrip("/")
-            if path == prefix or path.startswith(prefix + "/"):
-                return True
-        return False
 
 
 @dataclass(frozen=True)
@@ -89,30 +69,11 @@ class Change:
 
 
 def safe_relative(path: str) -> str:
-    """Normalise a proposed path, refusing anything that could leave the workspace."""
-    problem = ""
-    if not path or not path.strip():
-        problem = "is empty"
-    elif "\x00" in path:
-        problem = "contains a NUL byte"
-    elif "\\" in path:
-        problem = "uses backslashes; use forward slashes"
-    elif path.startswith("/") or (len(path) > 1 and path[1] == ":"):
-        problem = "is absolute; paths are relative to the workspace root"
-    elif ".." in PurePosixPath(path).parts:
-        problem = "contains '..'"
-    if problem:
-        raise BuilderRejected("unsafe_path", f"The path {path!r} {problem}.")
-    return posixpath.normpath(path)
-
-
-def _inside_workspace(workspace: Path, path: str) -> None:
-    root = workspace.resolve()
-    target = (workspace / path).resolve()
-    if not target.is_relative_to(root):
-        raise BuilderRejected(
-            "unsafe_path", f"The path {path!r} leads outside the workspace through a symlink."
-        )
+    """A proposed path by :func:`autopack.paths.normalize`, or ``unsafe_path`` feedback."""
+    try:
+        return paths.normalize(path)
+    except paths.UnsafePath as exc:
+        raise BuilderRejected("unsafe_path", f"The path {path!r} {exc}.") from exc
 
 
 def _outside_scope(path: str, scope: Scope) -> BuilderRejected:
@@ -148,7 +109,12 @@ def plan_change(
         path = safe_relative(raw)
         if not scope.allows(path):
             raise _outside_scope(path, scope)
-        _inside_workspace(workspace, path)
+        if not paths.resolved_inside(workspace, path, scope.paths):
+            raise BuilderRejected(
+                "unsafe_path",
+                f"The path {path!r} leads through a symlink to a place outside this phase's "
+                "scope (or outside the workspace); write the file at its real location.",
+            )
         return path
 
     for file in output.files:

@@ -1,0 +1,293 @@
+"""The one way to an API server: proven to use our database before it is used.
+
+The legacy executor spawned a server that silently read another database, so every lookup
+was a 404. Every part of Autopack that talks to the control plane (each CLI command, each
+executor, each script) gets its :class:`~autopack.client.ApiClient` from :func:`connect`,
+which tries, in a fixed order, servers that must pass the identity handshake (same
+database fingerprint) before they are used:
+
+1. ``--api-url`` / ``AUTOPACK_API_URL``: used only if the handshake passes; otherwise the
+   mismatch is an error naming both databases (exit 2). Never a fallback.
+2. A server already on the default port whose identity matches. One that does not match
+   is ignored, with a warning naming it.
+3. Our own, on this process's resolved settings and the expected instance_id, which it
+   verifies before serving:
+
+   * ``"thread"`` (CLI commands): uvicorn in a thread of this process, on a Unix socket
+     in a private directory. Starts in milliseconds; reachable by nobody else.
+   * ``"process"`` (drains): ``uvicorn autopack.main:app`` in a child process on a free
+     loopback port, with an explicit environment (every resolved setting, our pid). Its
+     own interpreter serves the executor's many threads without sharing our GIL; it
+     exits if we die, and we stop it on every exit path (normal, exception, Ctrl-C,
+     SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+import httpx
+
+from autopack.client import ApiClient
+from autopack.config import Settings, child_env
+from autopack.errors import IdentityMismatch, ServerUnavailable
+from autopack.identity import DbIdentity
+from autopack.logs import log_event
+
+logger = logging.getLogger("autopack.connect")
+
+Origin = Literal["explicit", "default_port", "spawned", "in_process"]
+Own = Literal["thread", "process"]
+SPAWN_ATTEMPTS = 3
+STOP_GRACE_SECONDS = 10.0
+START_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class Connection:
+    """A client on a server proven to use our database, and where that server came from."""
+
+    client: ApiClient
+    origin: Origin
+
+    @property
+    def where(self) -> str:
+        return self.client.where
+
+
+@contextmanager
+def connect(
+    settings: Settings,
+    identity: DbIdentity,
+    *,
+    own: Own,
+    start_timeout: float = START_TIMEOUT_SECONDS,
+) -> Iterator[Connection]:
+    """The API server to use for as long as the block runs (see the module docstring)."""
+    if settings.autopack_api_url:
+        with _attach(settings.autopack_api_url, identity, "explicit") as client:
+            yield Connection(client, "explicit")
+        return
+    default_url = f"http://127.0.0.1:{settings.autopack_default_api_port}"
+    try:
+        attached = _attach(default_url, identity, "default_port")
+    except IdentityMismatch as exc:
+        log_event(
+            logger,
+            "api_server_ignored",
+            logging.WARNING,
+            url=default_url,
+            reason="it uses another database",
+            server_instance_id=exc.details.get("server_instance_id"),
+            server_database=exc.details.get("server_url"),
+        )
+    except ServerUnavailable:
+        pass
+    else:
+        with attached as client:
+            yield Connection(client, "default_port")
+        return
+    start = _thread_server if own == "thread" else _process_server
+    with start(settings, identity, start_timeout) as client:
+        yield Connection(client, "in_process" if own == "thread" else "spawned")
+
+
+def _attach(url: str, identity: DbIdentity, origin: Origin) -> ApiClient:
+    """A client on ``url``, once the server there proved it uses ``identity``'s database."""
+    client = ApiClient(url)
+    try:
+        client.verify_identity(identity)
+    except BaseException:
+        client.close()
+        raise
+    log_event(
+        logger, "api_server_attached", url=url, origin=origin, instance_id=identity.instance_id
+    )
+    return client
+
+
+# -- our own server, in a thread -----------------------------------------------------------
+
+
+@contextmanager
+def _thread_server(settings: Settings, identity: DbIdentity, timeout: float) -> Iterator[ApiClient]:
+    """uvicorn in a daemon thread on a Unix socket in a private (0700) directory."""
+    import uvicorn  # the web stack loads only when a server is started
+
+    from autopack.api.app import create_app
+
+    directory = Path(tempfile.mkdtemp(prefix="autopack-api-"))
+    path = directory / "api.sock"
+    app = create_app(
+        settings.model_copy(update={"autopack_expected_instance_id": identity.instance_id})
+    )
+    config = uvicorn.Config(
+        app, uds=str(path), log_config=None, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="autopack-api", daemon=True)
+    client = ApiClient(
+        "http://autopack",
+        transport=httpx.HTTPTransport(uds=str(path)),
+        where=f"API (in-process, {identity.url})",
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServerUnavailable(
+                    f"the API server Autopack started in this process for {identity.url} did "
+                    "not start (see the log lines above)"
+                )
+            time.sleep(0.005)
+        client.verify_identity(identity)
+        yield client
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(STOP_GRACE_SECONDS)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- our own server, in a child process ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class _Child:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        log_event(logger, "api_server_stopped", url=self.url, pid=self.process.pid)
+
+
+def _spawn_once(
+    settings: Settings, identity: DbIdentity, deadline: float
+) -> tuple[_Child | None, str]:
+    """Start one child; (child, "") when healthy, (None, reason) when it died early."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = Path(tempfile.gettempdir()) / f"autopack-api-{os.getpid()}-{port}.log"
+    env = child_env(
+        settings,
+        AUTOPACK_EXPECTED_INSTANCE_ID=identity.instance_id,
+        AUTOPACK_PARENT_PID=str(os.getpid()),
+        AUTOPACK_API_URL="",
+    )
+    command = [sys.executable, "-m", "uvicorn", "autopack.main:app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "warning"]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # Own session: a Ctrl-C in the terminal reaches us, and we stop the child after
+            # posting whatever results are in flight.
+            start_new_session=True,
+        )
+    child = _Child(url, process, log_path)
+    with ApiClient(url) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return None, f"exited with status {process.returncode}:\n{_tail(log_path)}"
+            try:
+                client.verify_identity(identity)
+                return child, ""
+            except ServerUnavailable:
+                time.sleep(0.05)
+            except IdentityMismatch:
+                child.stop()
+                raise
+    child.stop()
+    return None, f"not healthy within the deadline:\n{_tail(log_path)}"
+
+
+def _spawn(settings: Settings, identity: DbIdentity, timeout: float) -> _Child:
+    deadline = time.monotonic() + timeout
+    reason = ""
+    for _ in range(SPAWN_ATTEMPTS):  # a free port can be taken between probe and bind
+        child, reason = _spawn_once(settings, identity, deadline)
+        if child is not None:
+            log_event(
+                logger,
+                "api_server_spawned",
+                url=child.url,
+                pid=child.process.pid,
+                instance_id=identity.instance_id,
+                log=child.log_path,
+            )
+            return child
+        if "address already in use" not in reason.lower() or time.monotonic() >= deadline:
+            break
+    raise ServerUnavailable(f"the API server Autopack started for {identity.url} {reason}")
+
+
+@contextmanager
+def _process_server(
+    settings: Settings, identity: DbIdentity, timeout: float
+) -> Iterator[ApiClient]:
+    with sigterm_unwinds():
+        child = _spawn(settings, identity, timeout)
+        try:
+            with ApiClient(child.url) as client:
+                yield client
+        finally:
+            child.stop()
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so ``finally`` blocks (stopping the child) run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

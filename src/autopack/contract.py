@@ -1,0 +1,336 @@
+"""The control plane's contract: every request and answer, typed, defined once.
+
+The API routes declare these models, the control-plane services return them, the HTTP
+client parses answers into them, and the executor reads them: a claim is a
+:class:`Claim` from the database row to the worker thread, never a dict. States are the
+enums of :mod:`autopack.states` (the only place states exist).
+
+Requests ignore unknown fields, so the contract can grow without breaking older
+executors; answers allow them, so an older client reads a newer server. The run
+definition (:class:`~autopack.rundef.RunDefinition`) is the one request that forbids
+unknown fields: a typo in a run file is an error.
+
+Importing this module loads pydantic and nothing of the server: the client and the
+executor import it on machines that never open a database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autopack.identity import PublicIdentity
+from autopack.rundef import Budgets, Complexity, Policy, Scope, TaskCategory
+from autopack.states import (
+    ApprovalStatus,
+    AttemptOutcome,
+    PhaseState,
+    RunState,
+    TierState,
+)
+
+LEASE_SECONDS_MIN = 5
+LEASE_SECONDS_MAX = 3600
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- what an attempt produces ------------------------------------------------------------------
+
+
+class CheckResult(_Answer):
+    """One check command's run in the workspace: exit code and the tail of its output."""
+
+    command: str
+    exit_code: int | None
+    passed: bool
+    timed_out: bool = False
+    duration_s: float = 0.0
+    output_tail: str = ""
+
+
+class AuditVerdict(_Answer):
+    """The Auditor's (or the static rules') verdict on a change."""
+
+    mode: str
+    approved: bool
+    issues: list[str] = Field(default_factory=list)
+    summary: str = ""
+    error: str | None = None
+    """Set when an LLM verdict could not be parsed and the rules decided instead."""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class CancelIn(_Request):
+    reason: str | None = Field(None, max_length=2000)
+
+
+class RequeueIn(_Request):
+    requested_by: str | None = Field(None, max_length=200)
+    reason: str | None = Field(None, max_length=2000)
+
+
+class ClaimIn(_Request):
+    worker_id: str = Field(min_length=1, max_length=200)
+    lease_seconds: int = Field(60, ge=LEASE_SECONDS_MIN, le=LEASE_SECONDS_MAX)
+    run_id: str | None = Field(None, min_length=1, max_length=200)
+    phase_id: str | None = Field(None, min_length=1, max_length=200)
+
+
+class HeartbeatIn(_Request):
+    lease_token: str = Field(min_length=1, max_length=64)
+    lease_seconds: int | None = Field(None, ge=LEASE_SECONDS_MIN, le=LEASE_SECONDS_MAX)
+    state: Literal[PhaseState.EXECUTING, PhaseState.CI_RUNNING] | None = None
+
+
+class UsageIn(_Request):
+    lease_token: str = Field(min_length=1, max_length=64)
+    tokens: int = Field(ge=0)
+    cost_usd: float = Field(0.0, ge=0)
+
+
+class ResultIn(_Request):
+    """How an attempt ended, posted once with the lease token as fencing token."""
+
+    lease_token: str = Field(min_length=1, max_length=64)
+    outcome: Literal[PhaseState.COMPLETE, PhaseState.FAILED]
+    stop_reason: str = Field(min_length=1, max_length=80)
+    retryable: bool = True
+    feedback: str | None = None
+    error: str | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    files_written: list[str] = Field(default_factory=list)
+    check_results: list[CheckResult] = Field(default_factory=list)
+    audit_verdict: AuditVerdict | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApprovalIn(_Request):
+    lease_token: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=10_000)
+    context: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: float | None = Field(None, gt=0, le=30 * 24 * 3600)
+
+
+class DecisionIn(_Request):
+    responder: str = Field(min_length=1, max_length=200)
+    note: str | None = Field(None, max_length=10_000)
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+class PhaseView(_Answer):
+    run_id: str
+    phase_id: str
+    tier_id: str
+    tier_index: int
+    phase_index: int
+    name: str
+    description: str
+    task_category: TaskCategory
+    complexity: Complexity
+    scope: Scope
+    checks: list[str]
+    depends_on: list[str]
+    state: PhaseState
+    attempts: int
+    """Attempts made (requeues included); the history is :attr:`PhaseDetail.history`."""
+    max_attempts: int
+    attempts_left: int
+    last_failure_reason: str | None
+    failure_fingerprint: str | None
+    tokens_used: int
+    cost_usd: float
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    available_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class AttemptView(_Answer):
+    attempt: int
+    worker_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: AttemptOutcome
+    stop_reason: str | None
+    max_tokens: int | None
+    files_written: list[str]
+    check_results: list[CheckResult]
+    audit_verdict: AuditVerdict | None
+    feedback: str | None
+    error: str | None
+    details: dict[str, Any]
+    tokens_used: int
+    cost_usd: float
+
+
+class ApprovalView(_Answer):
+    id: int
+    run_id: str
+    phase_id: str
+    attempt: int
+    reason: str
+    context: dict[str, Any]
+    status: ApprovalStatus
+    on_timeout: Literal["fail", "requeue"]
+    requested_at: datetime
+    timeout_at: datetime
+    responded_at: datetime | None
+    responder: str | None
+    note: str | None
+
+
+class DecidedApproval(ApprovalView):
+    phase_state: PhaseState
+
+
+class PhaseDetail(PhaseView):
+    """A phase with every attempt (oldest first) and its approvals."""
+
+    history: list[AttemptView]
+    approvals: list[ApprovalView]
+
+
+class TierView(_Answer):
+    tier_id: str
+    tier_index: int
+    name: str
+    state: TierState
+    phases: list[PhaseView]
+
+
+class RunSummary(_Answer):
+    run_id: str
+    state: RunState
+    goal: str
+    tokens_used: int
+    cost_usd: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    failure_reason: str | None
+    phase_count: int
+    counts: dict[PhaseState, int]
+
+
+class RunView(RunSummary):
+    budgets: Budgets
+    policy: Policy
+    tiers: list[TierView]
+
+    def phases(self) -> list[PhaseView]:
+        """Every phase, in tier then phase order."""
+        return [phase for tier in self.tiers for phase in tier.phases]
+
+
+class RunList(_Answer):
+    items: list[RunSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class RunBrief(_Answer):
+    """What a claim carries about its run: enough to check budgets before an LLM call."""
+
+    state: RunState
+    goal: str
+    budgets: Budgets
+    policy: Policy
+    tokens_used: int
+    cost_usd: float
+
+
+class ApprovedChange(_Answer):
+    approval_id: int
+    reason: str
+    context: dict[str, Any]
+    responder: str | None
+    note: str | None
+
+
+class Claim(_Answer):
+    """A leased attempt: the token every later call about it must carry."""
+
+    run_id: str
+    phase_id: str
+    attempt: int
+    lease_token: str
+    lease_expires_at: datetime
+    lease_seconds: int
+    phase: PhaseView
+    history: list[AttemptView]
+    run: RunBrief
+    approved_change: ApprovedChange | None
+
+    @property
+    def idempotency_key(self) -> str:
+        """The key a result for this attempt is posted under (applied once, however often)."""
+        return f"{self.run_id}:{self.phase_id}:{self.attempt}"
+
+
+class LeaseRenewed(_Answer):
+    lease_expires_at: datetime
+    state: PhaseState
+
+
+class RunBudget(_Answer):
+    state: RunState
+    tokens_used: int
+    cost_usd: float
+    token_cap: int | None
+    cost_cap_usd: float | None
+    budget_exhausted: bool
+    reason: str | None
+
+
+class PhaseUsage(_Answer):
+    tokens_used: int
+    cost_usd: float
+
+
+class UsageAnswer(_Answer):
+    run: RunBudget
+    phase: PhaseUsage
+
+
+class ResultAnswer(_Answer):
+    run_id: str
+    phase_id: str
+    attempt: int
+    phase_state: PhaseState
+    run_state: RunState
+    requeued: bool
+    available_at: datetime | None
+
+
+class ApprovalCreated(_Answer):
+    approval_id: int
+    timeout_at: datetime
+    phase_state: PhaseState
+    approval: ApprovalView
+
+
+class Health(_Answer):
+    """``GET /health``: liveness and which database the server uses (the handshake)."""
+
+    status: Literal["ok", "schema_out_of_date", "unavailable"]
+    version: str
+    database: PublicIdentity
+    error: str | None = None

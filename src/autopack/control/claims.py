@@ -1,0 +1,160 @@
+"""Claims: lease the next claimable phase to a worker, in one transaction.
+
+PostgreSQL: the claim query locks the row it returns with ``FOR UPDATE OF phases SKIP
+LOCKED``, so concurrent claimers never wait on, nor double-take, a phase. SQLite: the
+engine's ``BEGIN IMMEDIATE`` plus the process's writer lock make every write transaction
+exclusive. Either way the flip to EXECUTING is also a conditional ``UPDATE … WHERE
+state = 'QUEUED'`` whose row count is checked.
+
+Expired leases are reclaimed before a claim is made: the claim query itself says whether
+any lease has expired; if one has, or nothing was found, the reclaim runs and the pick is
+made again, so a reclaimed phase is claimed in its order and never missed by a 204.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import RowMapping
+
+from autopack.contract import ApprovedChange, Claim, ClaimIn
+from autopack.control import lifecycle, views
+from autopack.control.leases import reclaim_expired
+from autopack.db import Database
+from autopack.db import statements as sql
+from autopack.db.claim import CLAIM
+from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord
+from autopack.db.transaction import Tx, run_transaction
+from autopack.errors import InvalidInput
+from autopack.logs import log_event
+from autopack.states import AttemptOutcome, PhaseState, RunState, TierState, ensure_transition
+
+P = PhaseState
+R = RunState
+
+
+def claim(database: Database, request: ClaimIn) -> Claim | None:
+    """Lease the next claimable phase to ``request.worker_id``; None when there is none.
+
+    Order: tier_index, phase_index, run creation; honours ``depends_on``, backoff and
+    budgets (a run found over budget ends DONE_FAILED_BUDGET_EXHAUSTED here, and the
+    claim looks in the other runs).
+    """
+    if request.phase_id is not None and request.run_id is None:
+        raise InvalidInput("claiming a specific phase_id needs its run_id too")
+    return run_transaction(database, lambda tx: _claim(tx, request))
+
+
+def _claim(tx: Tx, request: ClaimIn) -> Claim | None:
+    excluded: set[str] = set()
+    reclaim_checked = False
+    while True:
+        found = _next_claimable(tx, request, excluded)
+        if not reclaim_checked and (found is None or found["leases_expired"]):
+            reclaim_checked = True
+            if reclaim_expired(tx):
+                continue
+        if found is None:
+            if not excluded and request.run_id is not None:  # say so when the ids are wrong
+                if request.phase_id is not None:
+                    lifecycle.load_phase(tx, request.run_id, request.phase_id)
+                else:
+                    lifecycle.load_run(tx, request.run_id)
+            return None
+        phase = PhaseRecord.from_row(found)
+        run = RunRecord.from_row(found, prefix="r__")
+        problem = lifecycle.budget_problem(tx, run, starting_new_phase=phase.started_at is None)
+        if problem is None:
+            started = _start_attempt(tx, phase, run, found["tier_state"], request)
+            if started is not None:
+                return started
+        else:
+            lifecycle.end_run(tx, run.id, R.DONE_FAILED_BUDGET_EXHAUSTED, problem, cancel=False)
+        excluded.add(phase.run_id)
+
+
+def _next_claimable(tx: Tx, request: ClaimIn, excluded_runs: set[str]) -> RowMapping | None:
+    """Pick (on PostgreSQL: lock, skipping rows other claimers hold) the next phase."""
+    shape = (tx.pg, request.run_id is not None, request.phase_id is not None, bool(excluded_runs))
+    params: dict[str, Any] = {"b_now": tx.now}
+    if request.run_id is not None:
+        params["b_run"] = request.run_id
+    if request.phase_id is not None:
+        params["b_phase"] = request.phase_id
+    if excluded_runs:
+        params["b_excluded"] = sorted(excluded_runs)
+    return tx.row(CLAIM[shape], params)
+
+
+def _start_attempt(
+    tx: Tx, phase: PhaseRecord, run: RunRecord, tier_state: str | None, request: ClaimIn
+) -> Claim | None:
+    ensure_transition("phase", phase.state, P.EXECUTING)
+    number = phase.attempts + 1
+    token = uuid.uuid4().hex
+    expires = tx.now + timedelta(seconds=request.lease_seconds)
+    changes: dict[str, Any] = {
+        "state": P.EXECUTING,
+        "attempts": number,
+        "lease_owner": request.worker_id,
+        "lease_token": token,
+        "lease_expires_at": expires,
+        "lease_seconds": request.lease_seconds,
+        "started_at": phase.started_at or tx.now,
+        "finished_at": None,
+        "updated_at": tx.now,
+    }
+    flipped = tx.execute(sql.FLIP_PHASE, {"b_pk": phase.id, "b_state": P.QUEUED, **changes})
+    if flipped.rowcount != 1:  # taken meanwhile (cannot happen under the row lock; be sure)
+        return None
+    tx.execute(
+        sql.INSERT_ATTEMPT,
+        {
+            "run_id": phase.run_id,
+            "phase_id": phase.phase_id,
+            "attempt": number,
+            "worker_id": request.worker_id,
+            "lease_token": token,
+            "started_at": tx.now,
+            "outcome": AttemptOutcome.EXECUTING,
+            "files_written": [],
+            "check_results": [],
+            "details": {},
+            "tokens_used": 0,
+            "cost_usd": 0.0,
+        },
+    )
+    run_state = run.state
+    if run_state == R.QUEUED:
+        ensure_transition("run", run_state, R.RUNNING, subject=f"run {run.id}")
+        tx.execute(sql.START_RUN, {"b_run": run.id, "b_now": tx.now})
+        run_state = R.RUNNING
+        log_event(lifecycle.logger, "run_state", run_id=run.id, previous=R.QUEUED, state=R.RUNNING)
+    if tier_state == TierState.QUEUED:
+        tx.execute(sql.START_TIER, {"b_run": phase.run_id, "b_tier": phase.tier_index})
+    history: list[AttemptRecord] = []
+    approved: ApprovedChange | None = None
+    if number > 1:
+        params = {"b_run": phase.run_id, "b_phase": phase.phase_id, "b_attempt": number}
+        history = tx.all(AttemptRecord, sql.HISTORY, params)
+        granted = tx.one(
+            ApprovalRecord, sql.APPROVED_FOR_ATTEMPT, {**params, "b_attempt": number - 1}
+        )
+        approved = views.approved_change(granted) if granted is not None else None
+    claimed_phase = replace(phase, **changes)
+    dependencies = lifecycle.depends_on(tx, phase.run_id, phase.phase_id, committed=True)
+    return Claim(
+        run_id=phase.run_id,
+        phase_id=phase.phase_id,
+        attempt=number,
+        lease_token=token,
+        lease_expires_at=expires,
+        lease_seconds=request.lease_seconds,
+        phase=views.phase_view(claimed_phase, dependencies[phase.phase_id]),
+        history=[views.attempt_view(attempt) for attempt in history],
+        run=views.run_brief(run, state=run_state),
+        approved_change=approved,
+    )

@@ -1,0 +1,178 @@
+"""Results: how an attempt ended, applied once under its lease.
+
+* **Fenced**: a result counts only while the phase carries the poster's lease token.
+* **Idempotent**: the answer is stored with the attempt under its Idempotency-Key; the
+  same key (or, without one, the same spent lease token) gets the stored answer, so an
+  executor that lost the answer to a timeout can post again safely.
+* FAILED + retryable + window left -> QUEUED after ``retry_backoff_seconds * 2**(n-1)``
+  (max 60 s); otherwise FAILED with ``last_failure_reason`` and a 12-hex
+  ``failure_fingerprint``, and every phase that can never run becomes SKIPPED. When no
+  phase is open the run ends DONE_SUCCESS or DONE_FAILED_PHASES.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from autopack.contract import ResultAnswer, ResultIn
+from autopack.control import lifecycle
+from autopack.control.leases import holds_lease, lease_lost
+from autopack.control.telemetry import set_phase_outcome
+from autopack.db import Database
+from autopack.db import statements as sql
+from autopack.db.records import AttemptRecord, PhaseRecord
+from autopack.db.transaction import Tx, run_transaction
+from autopack.errors import Conflict
+from autopack.logs import log_event
+from autopack.states import RUN_ACTIVE, PhaseState, ensure_transition
+
+P = PhaseState
+
+
+def post_result(
+    database: Database,
+    run_id: str,
+    phase_id: str,
+    result: ResultIn,
+    *,
+    idempotency_key: str | None = None,
+) -> ResultAnswer:
+    """Apply an attempt's result once; the same key or spent token gets the stored answer."""
+    try:
+        return run_transaction(
+            database, lambda tx: _post_result(tx, run_id, phase_id, result, idempotency_key)
+        )
+    except IntegrityError as exc:  # the key is already stored with another attempt
+        raise Conflict(
+            f"Idempotency-Key {idempotency_key!r} was already used for another attempt",
+            idempotency_key=idempotency_key,
+        ) from exc
+
+
+def _stored_answer(
+    tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
+) -> ResultAnswer | None:
+    """The stored answer for this key (or, without one, for this spent lease token)."""
+    if key is not None:
+        stored = tx.row(sql.ANSWER_BY_KEY, {"b_key": key})
+        if stored is not None:
+            if (stored["run_id"], stored["phase_id"]) != (run_id, phase_id):
+                raise Conflict(
+                    f"Idempotency-Key {key!r} was already used for phase "
+                    f"{stored['run_id']}/{stored['phase_id']}",
+                    idempotency_key=key,
+                )
+            return ResultAnswer.model_validate(stored["result_response"])
+    spent = tx.one(
+        AttemptRecord,
+        sql.ATTEMPT_BY_TOKEN,
+        {"b_run": run_id, "b_phase": phase_id, "b_token": result.lease_token},
+    )
+    return spent.result_response if spent is not None else None
+
+
+def _post_result(
+    tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
+) -> ResultAnswer:
+    params = {"b_run": run_id, "b_phase": phase_id}
+    found = tx.row(sql.PHASE_AND_RUN_STATE_FOR_UPDATE if tx.pg else sql.PHASE_AND_RUN_STATE, params)
+    if found is None:
+        lifecycle.load_phase(tx, run_id, phase_id)  # raises NotFound naming run and db
+        raise AssertionError("unreachable")
+    phase, run_state = PhaseRecord.from_row(found), str(found["run_state"])
+    if not holds_lease(phase, result.lease_token):
+        # Not (or no longer) the holder: a retry of an applied result, or a zombie.
+        stored = _stored_answer(tx, run_id, phase_id, result, key)
+        if stored is not None:
+            return stored
+        raise lease_lost(tx, phase, result.lease_token)
+
+    number = phase.attempts
+    target = P.COMPLETE
+    policy = None
+    if result.outcome == P.FAILED:
+        run = lifecycle.load_run(tx, run_id)
+        policy = run.policy
+        retry = result.retryable and phase.window_open and run.state in RUN_ACTIVE
+        target = P.QUEUED if retry else P.FAILED
+    ensure_transition("phase", phase.state, target, subject=f"phase {run_id}/{phase_id}")
+
+    values: dict[str, Any] = {
+        "state": target,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": tx.now,
+    }
+    available_at = None
+    if target == P.COMPLETE:
+        values.update(finished_at=tx.now)
+    else:
+        first_line = (result.error or result.feedback or "").strip().splitlines()
+        reason = result.stop_reason + (f": {first_line[0][:300]}" if first_line else "")
+        values.update(
+            last_failure_reason=reason,
+            failure_fingerprint=lifecycle.fingerprint(result.stop_reason, result.error),
+        )
+        if target == P.QUEUED:
+            assert policy is not None
+            delay = lifecycle.backoff_seconds(policy, number - phase.retry_window_start)
+            available_at = tx.now + timedelta(seconds=delay)
+            values.update(available_at=available_at)
+        else:
+            values.update(finished_at=tx.now)
+    lifecycle.update_phase(tx, phase, **values)
+    if target != P.QUEUED:
+        set_phase_outcome(tx, run_id, phase_id, target)
+
+    if target == P.FAILED:
+        lifecycle.skip_blocked(tx, phase)
+        run_state = lifecycle.settle_run(tx, run_id)
+    elif target == P.COMPLETE:
+        run_state = lifecycle.settle_run(tx, run_id, finished=phase, run_state=run_state)
+
+    answer = ResultAnswer(
+        run_id=run_id,
+        phase_id=phase_id,
+        attempt=number,
+        phase_state=target,
+        run_state=run_state,
+        requeued=target == P.QUEUED,
+        available_at=available_at,
+    )
+    lifecycle.update_attempt(
+        tx,
+        run_id,
+        phase_id,
+        number,
+        outcome=result.outcome,
+        finished_at=tx.now,
+        stop_reason=result.stop_reason,
+        max_tokens=result.max_tokens,
+        files_written=result.files_written,
+        check_results=[check.model_dump(mode="json") for check in result.check_results],
+        audit_verdict=result.audit_verdict.model_dump(mode="json")
+        if result.audit_verdict
+        else None,
+        feedback=result.feedback,
+        error=result.error,
+        details=result.details,
+        result_key=key or f"{run_id}:{phase_id}:{number}",
+        result_response=answer.model_dump(mode="json"),
+    )
+    log_event(
+        lifecycle.logger,
+        "result",
+        logging.DEBUG if target == P.COMPLETE else logging.INFO,
+        run_id=run_id,
+        phase_id=phase_id,
+        attempt=number,
+        outcome=result.outcome,
+        stop_reason=result.stop_reason,
+        phase_state=target,
+    )
+    return answer

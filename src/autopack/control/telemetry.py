@@ -1,0 +1,132 @@
+"""Telemetry: the one writer of LLM usage, estimation and escalation rows, and their readers.
+
+The API's telemetry routes, the dashboard, ``/metrics``, ``telemetry report`` and the
+probe all read through these functions (the CLI over HTTP), so there is one answer to
+"what did the LLM calls cost" wherever it is asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from autopack.db import Database
+from autopack.db import telemetry as telemetry_sql
+from autopack.db.transaction import Tx, run_transaction
+from autopack.estimation.report import estimation_report
+from autopack.telemetry.events import (
+    EventKind,
+    LlmUsageRow,
+    TelemetryCounts,
+    TelemetryEvent,
+    TokenBudgetEscalationRow,
+    TokenEstimationRow,
+    UsageSummaryRow,
+    kind_of,
+)
+from autopack.telemetry.summary import TelemetrySummary
+
+E = TypeVar("E", bound=BaseModel)
+MAX_PAGE = 10_000
+
+
+def record(database: Database, event: TelemetryEvent) -> int:
+    """Insert one event; its row id."""
+    statement = telemetry_sql.INSERT[kind_of(event)]
+    return run_transaction(
+        database, lambda tx: int(tx.execute(statement, event.model_dump()).scalar_one())
+    )
+
+
+def set_phase_outcome(tx: Tx, run_id: str, phase_id: str, outcome: str) -> None:
+    """Runs inside the transaction that ends the phase (result, lease expiry, approval)."""
+    tx.execute(
+        telemetry_sql.SET_PHASE_OUTCOME,
+        {"b_run": run_id, "b_phase": phase_id, "b_outcome": outcome},
+    )
+
+
+def _events(
+    database: Database,
+    kind: EventKind,
+    row_type: type[E],
+    run_id: str | None,
+    limit: int,
+    after_id: int,
+) -> list[E]:
+    params: dict[str, Any] = {"b_after": after_id, "b_limit": limit}
+    if run_id is not None:
+        params["b_run"] = run_id
+    statement = telemetry_sql.EVENTS[(kind, run_id is not None)]
+    found = run_transaction(database, lambda tx: tx.rows(statement, params))
+    return [row_type.model_validate(dict(row)) for row in found]
+
+
+def usage_events(
+    database: Database, run_id: str | None = None, limit: int = MAX_PAGE, after_id: int = 0
+) -> list[LlmUsageRow]:
+    return _events(database, "usage", LlmUsageRow, run_id, limit, after_id)
+
+
+def estimation_events(
+    database: Database, run_id: str | None = None, limit: int = MAX_PAGE, after_id: int = 0
+) -> list[TokenEstimationRow]:
+    return _events(database, "estimation", TokenEstimationRow, run_id, limit, after_id)
+
+
+def escalation_events(
+    database: Database, run_id: str | None = None, limit: int = MAX_PAGE, after_id: int = 0
+) -> list[TokenBudgetEscalationRow]:
+    return _events(database, "escalation", TokenBudgetEscalationRow, run_id, limit, after_id)
+
+
+def all_estimation_events(
+    database: Database, run_id: str | None = None
+) -> list[TokenEstimationRow]:
+    """Every estimation event (paged through, so no single answer is unbounded)."""
+    found: list[TokenEstimationRow] = []
+    while True:
+        page = estimation_events(database, run_id, MAX_PAGE, found[-1].id if found else 0)
+        found += page
+        if len(page) < MAX_PAGE:
+            return found
+
+
+def usage_summary(database: Database, run_id: str | None = None) -> list[UsageSummaryRow]:
+    """Calls, tokens and cost grouped by run, provider, model and role."""
+    params = {"b_run": run_id} if run_id is not None else {}
+    statement = telemetry_sql.USAGE_SUMMARY[run_id is not None]
+    found = run_transaction(database, lambda tx: tx.rows(statement, params))
+    return [UsageSummaryRow.model_validate(dict(row)) for row in found]
+
+
+def summary(database: Database, run_id: str | None = None) -> TelemetrySummary:
+    """Usage by run/model/role and the estimator's accuracy per stratum."""
+    events = all_estimation_events(database, run_id)
+    report = estimation_report(as_mappings(events))
+    return TelemetrySummary(usage=usage_summary(database, run_id), estimation=report)
+
+
+def phase_counts(database: Database, run_id: str, phase_id: str) -> TelemetryCounts:
+    """Rows per telemetry table for one phase."""
+    params = {"b_run": run_id, "b_phase": phase_id}
+
+    def work(tx: Tx) -> TelemetryCounts:
+        counts = {
+            kind: tx.count(telemetry_sql.COUNT_FOR_PHASE[kind], params)
+            for kind in telemetry_sql.TABLES
+        }
+        return TelemetryCounts(
+            llm_usage_events=counts["usage"],
+            token_estimation_v2_events=counts["estimation"],
+            token_budget_escalation_events=counts["escalation"],
+        )
+
+    return run_transaction(database, work)
+
+
+def as_mappings(events: Sequence[BaseModel]) -> list[dict[str, Any]]:
+    """Events as the estimation library reads them (by column name)."""
+    return [event.model_dump() for event in events]

@@ -1,0 +1,217 @@
+"""Every LLM call of an attempt, metered: budgets before, usage and telemetry after.
+
+:meth:`Meter.call` checks the run's and the phase's budgets before each call, makes it,
+reports its tokens and cost to the control plane under the lease (whose answer carries
+the run's budget for the next check), and records a usage row, failed calls included.
+The Builder's token budget comes from :meth:`Meter.budget` (the estimator's, raised after
+a truncated attempt, with an escalation row), and :meth:`Meter.record_estimation` joins
+the estimate to what the model really wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from autopack.contract import Claim, UsageIn
+from autopack.errors import LLMError
+from autopack.estimation.estimator import Estimate
+from autopack.estimation.features import PhaseFeatures
+from autopack.estimation.metrics import event_metrics
+from autopack.executor.lease import Lease
+from autopack.executor.options import Services
+from autopack.executor.outcome import failed
+from autopack.llm.base import LLMRequest, LLMResponse, Message, Role
+from autopack.logs import log_event
+from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
+
+logger = logging.getLogger("autopack.executor")
+
+
+class Meter:
+    """The LLM calls of one attempt and what they cost."""
+
+    def __init__(self, services: Services, claim: Claim, lease: Lease) -> None:
+        self.s = services
+        self.o = services.options
+        self.claim = claim
+        self.lease = lease
+        self.budget_exhausted: str | None = None
+        """Why the run may not spend more (the last usage report's answer), if it may not."""
+        self.tokens = 0
+        self.cost = 0.0
+        self.output_tokens = 0
+        self.max_tokens: int | None = None
+        """The Builder's ``max_tokens`` for this attempt, once decided."""
+
+    def _check_budget(self) -> None:
+        if self.budget_exhausted is not None:
+            raise failed("budget_exhausted", error=self.budget_exhausted, retryable=False)
+        phase_tokens = self.claim.phase.tokens_used + self.tokens
+        phase_cost = self.claim.phase.cost_usd + self.cost
+        if self.o.phase_token_cap is not None and phase_tokens >= self.o.phase_token_cap:
+            raise failed(
+                "phase_token_cap",
+                retryable=False,
+                error=f"phase used {phase_tokens} tokens, cap {self.o.phase_token_cap}",
+            )
+        if self.o.phase_cost_cap_usd is not None and phase_cost >= self.o.phase_cost_cap_usd:
+            raise failed(
+                "phase_cost_cap",
+                retryable=False,
+                error=f"phase cost ${phase_cost:.4f}, cap ${self.o.phase_cost_cap_usd}",
+            )
+
+    def call(
+        self, role: Role, model: str, system: str, prompt: str, max_tokens: int
+    ) -> LLMResponse:
+        """One LLM call: budget check before, usage accounting and telemetry after."""
+        self._check_budget()
+        claim = self.claim
+        request = LLMRequest(
+            role=role,
+            model=model,
+            system=system,
+            messages=(Message("user", prompt),),
+            max_tokens=max_tokens,
+            run_id=claim.run_id,
+            phase_id=claim.phase_id,
+            attempt=claim.attempt,
+        )
+        self.s.events("llm_call", run_id=claim.run_id, phase_id=claim.phase_id, role=role)
+        # What every usage row of this call says, failed or not.
+        call: dict[str, Any] = {
+            "run_id": claim.run_id,
+            "phase_id": claim.phase_id,
+            "attempt": claim.attempt,
+            "role": role,
+            "max_tokens": max_tokens,
+        }
+        try:
+            response = self.s.provider.complete(request)
+        except LLMError as exc:
+            self.s.telemetry.record(
+                LlmUsageIn(
+                    **call,
+                    provider=exc.provider,
+                    model=exc.model or model,
+                    latency_ms=exc.latency_ms,
+                    success=False,
+                    error_class=exc.error_class,
+                    error_message=exc.message[:2000],
+                    request_id=exc.request_id,
+                )
+            )
+            raise failed("llm_error", error=exc.message, retryable=exc.retryable) from exc
+        usage = response.usage
+        cost, snapshot = self.s.prices.cost_of(response.model or model, usage)
+        tokens = usage.input_tokens + usage.output_tokens
+        self.tokens += tokens
+        self.cost += cost or 0.0
+        if role == "builder":
+            self.output_tokens += usage.output_tokens
+        answer = self.s.client.report_usage(
+            claim.run_id,
+            claim.phase_id,
+            UsageIn(lease_token=self.lease.token, tokens=tokens, cost_usd=cost or 0.0),
+        )
+        self.budget_exhausted = answer.run.reason if answer.run.budget_exhausted else None
+        self.s.telemetry.record(
+            LlmUsageIn(
+                **call,
+                provider=response.provider,
+                model=response.model or model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                stop_reason=response.stop_reason,
+                latency_ms=response.latency_ms,
+                ttft_ms=response.ttft_ms,
+                success=True,
+                request_id=response.request_id,
+                cost_usd=cost,
+                provider_cost_usd=response.provider_cost_usd,
+                price_snapshot=snapshot,
+            )
+        )
+        return response
+
+    def budget(self, estimate: Estimate, model_max: int) -> int:
+        """The Builder's ``max_tokens``: the estimate's budget, raised when the previous
+        attempt was cut off (recorded as an escalation event)."""
+        self.max_tokens = self._escalated(estimate, model_max)
+        return self.max_tokens
+
+    def _escalated(self, estimate: Estimate, model_max: int) -> int:
+        claim = self.claim
+        previous = claim.history[-1] if claim.history else None
+        if previous is None or previous.stop_reason != "truncated":
+            return estimate.budget
+        old = previous.max_tokens or estimate.budget
+        new = min(math.ceil(old * self.o.escalation_factor), model_max)
+        if new <= estimate.budget:
+            return estimate.budget
+        self.s.telemetry.record(
+            TokenBudgetEscalationIn(
+                run_id=claim.run_id,
+                phase_id=claim.phase_id,
+                attempt=claim.attempt,
+                reason="truncation",
+                factor=self.o.escalation_factor,
+                old_budget=old,
+                new_budget=new,
+            )
+        )
+        log_event(
+            logger,
+            "budget_escalated",
+            run_id=claim.run_id,
+            phase_id=claim.phase_id,
+            attempt=claim.attempt,
+            old_budget=old,
+            new_budget=new,
+        )
+        return new
+
+    def record_estimation(
+        self,
+        features: PhaseFeatures,
+        estimate: Estimate,
+        response: LLMResponse,
+        parse_success: bool,
+    ) -> None:
+        """Join the Builder call's estimate to what the model really wrote."""
+        sent = self.max_tokens or estimate.budget
+        actual = response.usage.output_tokens
+        measures = event_metrics(
+            predicted=estimate.p50, max_tokens=sent, actual=actual, truncated=response.truncated
+        )
+        self.s.telemetry.record(
+            TokenEstimationIn(
+                run_id=self.claim.run_id,
+                phase_id=self.claim.phase_id,
+                attempt=self.claim.attempt,
+                estimator_version=estimate.version,
+                category=features.category,
+                complexity=features.complexity,
+                deliverable_count=features.deliverable_count,
+                deliverables_json=[d.path for d in features.deliverables],
+                features=features.to_json(),
+                predicted_output_tokens=estimate.p50,
+                predicted_p90_tokens=estimate.p90,
+                selected_budget=estimate.budget,
+                budget_decided_by=estimate.decided_by,
+                max_tokens_sent=sent,
+                actual_output_tokens=actual,
+                truncated=response.truncated,
+                stop_reason=response.stop_reason,
+                model=response.model,
+                parse_success=parse_success,
+                success=parse_success and not response.truncated,
+                smape_percent=measures.smape_percent,
+                waste_ratio=measures.waste_ratio,
+                underestimated=measures.underestimated,
+            )
+        )

@@ -1,0 +1,50 @@
+"""How an executor works (its flags) and what its attempts talk to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autopack.builder.auditor import AuditMode
+from autopack.client import ApiClient
+from autopack.estimation.estimator import TokenEstimator
+from autopack.llm.base import LLMProvider
+from autopack.llm.pricing import PriceTable
+from autopack.telemetry.recorder import TelemetryRecorder
+
+EventSink = Callable[..., None]
+"""Progress events (``attempt_started``, ``llm_call``, ``attempt_finished``, …) for display."""
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How an executor works; every field is a CLI flag of the drain commands."""
+
+    worker_id: str
+    workspace: Path
+    builder_model: str
+    auditor_model: str
+    lease_seconds: int = 60
+    auditor: AuditMode = "llm"
+    escalation_factor: float = 1.5
+    check_timeout: float = 300.0
+    max_file_bytes: int = 256 * 1024
+    context_chars: int = 120_000
+    approval_timeout_seconds: float | None = None
+    phase_token_cap: int | None = None
+    phase_cost_cap_usd: float | None = None
+    poll_seconds: float = 1.0
+
+
+@dataclass
+class Services:
+    """What an attempt talks to; shared by every attempt of one executor."""
+
+    client: ApiClient
+    provider: LLMProvider
+    estimator: TokenEstimator
+    prices: PriceTable
+    telemetry: TelemetryRecorder
+    options: ExecutorOptions
+    events: EventSink = field(default=lambda *args, **kwargs: None)

@@ -1,0 +1,78 @@
+"""Path rules, written once: what a workspace-relative path may be and where it may lead.
+
+Run files (scope paths, deliverables, context) and the Builder's answers (files it writes
+or deletes) obey the same rules, so a path a run file may name is exactly a path an
+answer may write:
+
+* :func:`normalize` refuses anything that could leave the workspace by its spelling:
+  absolute paths, drive letters, ``..``, backslashes, NUL bytes, empty names;
+* :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
+* :func:`resolved_inside` checks the path *as the file system resolves it*: a symlink
+  inside the workspace (``src/link -> ../secret``) cannot carry a write out of the scope
+  it was checked against, because the scope is checked on the resolved path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class UnsafePath(ValueError):
+    """A path that may not be used; the message says why (``"contains '..'"``)."""
+
+
+def normalize(path: str, *, directory_ok: bool = False) -> str:
+    """``./a//b`` -> ``a/b``: a workspace-relative POSIX path, or :class:`UnsafePath`.
+
+    ``directory_ok``: a trailing ``/`` (naming a directory) is kept; otherwise refused.
+    """
+    problem = ""
+    if not path or not path.strip():
+        problem = "is empty"
+    elif "\x00" in path:
+        problem = "contains a NUL byte"
+    elif "\\" in path:
+        problem = "uses backslashes; use forward slashes"
+    elif path.startswith("/") or _DRIVE.match(path):
+        problem = "is absolute; paths are relative to the workspace root"
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if not problem and ".." in parts:
+        problem = "contains '..'"
+    elif not problem and not parts:
+        problem = "names no file or directory"
+    elif not problem and path.endswith("/") and not directory_ok:
+        problem = "names a directory; a file is needed"
+    if problem:
+        raise UnsafePath(problem)
+    return "/".join(parts) + ("/" if path.endswith("/") else "")
+
+
+def inside(path: str, container: str) -> bool:
+    """Is ``path`` the ``container`` path itself or below it (component-wise)?"""
+    prefix = container.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def inside_any(path: str, containers: Iterable[str]) -> bool:
+    return any(inside(path, container) for container in containers)
+
+
+def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
+    """Does the normalized ``path``, resolved under ``root`` (following every symlink that
+    exists), still lie inside ``root`` and inside one of ``containers``?
+
+    Symlinks are followed as the kernel would when the file is opened for writing; a path
+    whose resolution leaves ``root`` or lands outside every container is refused, even when
+    its spelling is inside one.
+    """
+    real_root = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(real_root / path))
+    if not target.is_relative_to(real_root):
+        return False
+    relative = target.relative_to(real_root).as_posix()
+    return inside_any(relative, containers)
