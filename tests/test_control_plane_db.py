@@ -27,11 +27,20 @@ from autopack.contract import (
     DecisionIn,
     HeartbeatIn,
     RequeueIn,
+    ResultAnswer,
+    ResultIn,
     UsageIn,
 )
-from autopack.control import approvals, leases, lifecycle, maintenance, runs
+from autopack.control import approvals, leases, lifecycle, maintenance, results, runs
 from autopack.db import Database, open_database, statements
-from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
+from autopack.errors import (
+    BranchMoved,
+    Conflict,
+    IllegalTransition,
+    InvalidInput,
+    LeaseLost,
+    NotFound,
+)
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState, RunState
 from tests.conftest import _pg_conninfo
@@ -159,6 +168,7 @@ def test_claims_follow_tier_order_and_dependencies(db: Database) -> None:
         "run_state": "DONE_SUCCESS",
         "requeued": False,
         "available_at": None,
+        "branch_head": None,
     }
     view = runs.get_run(db, "r")
     assert view.state == "DONE_SUCCESS" and view.finished_at is not None
@@ -820,3 +830,66 @@ def test_a_table_held_by_vacuum_does_not_stall_or_fail_run_creation(
         logging.WARNING
     ]
     assert claimed(db).phase_id == "a"
+
+
+# -- the run's branch: results carry commits, accepted by compare-and-swap ----------------------
+
+C1, C2, C3 = "1" * 40, "2" * 40, "3" * 40
+
+
+def _complete(db: Database, leased: Claim, commit: str, base: str | None) -> ResultAnswer:
+    result = ResultIn(
+        lease_token=leased.lease_token,
+        outcome=PhaseState.COMPLETE,
+        stop_reason="completed",
+        commit=commit,
+        base=base,
+    )
+    return results.post_result(
+        db, leased.run_id, leased.phase_id, result, idempotency_key=leased.idempotency_key
+    )
+
+
+def test_completed_commits_are_accepted_in_a_chain_and_a_stale_base_is_refused(
+    db: Database,
+) -> None:
+    create(db, tiers=[("T1", ["a", "b"])])
+    a, b = claimed(db), claimed(db)
+    assert a.run.branch_head is None and a.run.branch == "autopack/r"
+    answer = _complete(db, a, C1, base=C3)  # the first commit: any base the executor had
+    assert answer.branch_head == C1
+    assert run_row(db)["branch_head"] == C1
+    assert phase_row(db, "r", "a")["commit_sha"] == C1
+    before = snapshot(db)
+    with pytest.raises(BranchMoved) as moved:
+        _complete(db, b, C2, base=C3)  # made on the old head: rebase and post again
+    assert moved.value.details["branch_head"] == C1
+    assert snapshot(db) == before, "nothing applied, the lease is still b's"
+    answer = _complete(db, b, C2, base=C1)
+    assert (answer.branch_head, answer.run_state) == (C2, RunState.DONE_SUCCESS)
+    history = runs.get_phase(db, "r", "b").history
+    assert [(h.commit_sha, h.base_sha) for h in history] == [(C2, C1)]
+    assert runs.get_run(db, "r").branch_head == C2
+
+
+def test_a_stale_executors_commit_never_becomes_the_head(db: Database) -> None:
+    create(db)
+    zombie = claimed(db, lease_seconds=5)
+    expire_lease(db, "r", "a")
+    fresh = claimed(db, "w2")
+    assert _complete(db, fresh, C1, base=None).branch_head == C1
+    with pytest.raises(LeaseLost):
+        _complete(db, zombie, C2, base=C1)
+    assert run_row(db)["branch_head"] == C1
+
+
+def test_a_failed_result_never_moves_the_branch(db: Database) -> None:
+    create(db)
+    leased = claimed(db)
+    finish(db, leased, "FAILED")
+    assert run_row(db)["branch_head"] is None
+
+
+def test_a_result_commit_must_be_a_full_object_name() -> None:
+    with pytest.raises(ValidationError, match="commit"):
+        ResultIn(lease_token="t", outcome=PhaseState.COMPLETE, stop_reason="x", commit="HEAD")

@@ -147,3 +147,35 @@ def test_concurrent_first_starts_initialise_the_database_once(
     assert [p.returncode for p in processes] == [0, 0, 0, 0], [e for _, e in outputs]
     ids = {json.loads(stdout)["instance_id"] for stdout, _ in outputs}
     assert len(ids) == 1
+
+
+def test_a_database_of_the_previous_revision_is_upgraded_keeping_its_rows(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A 0001 database (before runs had branches) is refused until `db upgrade` adds the
+    new columns; its rows and identity stay."""
+    from alembic import command
+
+    from autopack.db.schema import _alembic_config
+
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "0001")
+        connection.execute(
+            text(
+                "INSERT INTO runs (id, state, goal, policy, tokens_used, cost_usd, created_at, "
+                "updated_at) VALUES ('old', 'QUEUED', '', '{}', 0, 0, :now, :now)"
+            ),
+            {"now": "2026-01-01 00:00:00"},
+        )
+    engine.dispose()
+    env = clean_env(DATABASE_URL=database_url)
+    refused = cli("db", "identity", cwd=tmp_path, env=env)
+    assert refused.returncode == 3
+    assert "revision 0001" in refused.stderr and "autopack db upgrade" in refused.stderr
+    assert "initialise a new one" not in refused.stderr, "a pending migration adds them"
+    fixed = cli("db", "upgrade", cwd=tmp_path, env=env)
+    assert fixed.returncode == 0, fixed.stderr
+    after = _identity(database_url, tmp_path)
+    assert after["schema_revision"] == "0002"
+    assert after["row_counts"]["runs"] == 1  # type: ignore[index]

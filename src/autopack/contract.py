@@ -17,9 +17,9 @@ executor import it on machines that never open a database.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from autopack.identity import PublicIdentity
 from autopack.rundef import Budgets, Complexity, Policy, Scope, TaskCategory
@@ -33,6 +33,8 @@ from autopack.states import (
 
 LEASE_SECONDS_MIN = 5
 LEASE_SECONDS_MAX = 3600
+CommitSha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
+"""A full git object name (SHA-1, or SHA-256)."""
 
 
 class _Request(BaseModel):
@@ -114,6 +116,10 @@ class ResultIn(_Request):
     check_results: list[CheckResult] = Field(default_factory=list)
     audit_verdict: AuditVerdict | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+    commit: CommitSha | None = None
+    """COMPLETE: the attempt's commit, published under its attempt ref before posting."""
+    base: CommitSha | None = None
+    """The branch head ``commit`` was made on; accepted only while the branch is there."""
 
 
 class ApprovalIn(_Request):
@@ -160,6 +166,8 @@ class PhaseView(_Answer):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    commit_sha: str | None = None
+    """COMPLETE: the phase's commit on the run's branch."""
 
 
 class AttemptView(_Answer):
@@ -178,6 +186,8 @@ class AttemptView(_Answer):
     details: dict[str, Any]
     tokens_used: int
     cost_usd: float
+    commit_sha: str | None = None
+    base_sha: str | None = None
 
 
 class ApprovalView(_Answer):
@@ -227,6 +237,10 @@ class RunSummary(_Answer):
     failure_reason: str | None
     phase_count: int
     counts: dict[PhaseState, int]
+    repository: str | None = None
+    branch: str | None = None
+    branch_head: str | None = None
+    """The last commit accepted onto the run's branch (None before the first)."""
 
 
 class RunView(RunSummary):
@@ -255,6 +269,9 @@ class RunBrief(_Answer):
     policy: Policy
     tokens_used: int
     cost_usd: float
+    repository: str | None = None
+    branch: str | None = None
+    branch_head: str | None = None
 
 
 class ApprovedChange(_Answer):
@@ -318,6 +335,8 @@ class ResultAnswer(_Answer):
     run_state: RunState
     requeued: bool
     available_at: datetime | None
+    branch_head: str | None = None
+    """The run's branch head after this result (the attempt's commit when it was accepted)."""
 
 
 class ApprovalCreated(_Answer):

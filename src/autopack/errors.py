@@ -13,7 +13,8 @@ original as ``__cause__``.
     ├── NotFound               exit 1, HTTP 404  a run, phase or approval does not exist
     ├── Conflict               exit 1, HTTP 409  the request contradicts the current state
     │   ├── IllegalTransition                    a state machine edge that does not exist
-    │   └── LeaseLost                            the caller's lease token is no longer valid
+    │   ├── LeaseLost                            the caller's lease token is no longer valid
+    │   └── BranchMoved                          a result's commit is not on the branch head
     ├── ServerUnavailable      exit 2, HTTP 502  an API server did not answer in time
     ├── LLMError               exit 1, HTTP 502  an LLM call failed after the SDK's own retries
     │   └── CassetteMiss                         the replay cassette has no answer for a request
@@ -86,6 +87,11 @@ class IllegalTransition(Conflict):
 
 class LeaseLost(Conflict):
     """The lease token is stale: the phase was reclaimed, requeued or cancelled."""
+
+
+class BranchMoved(Conflict):
+    """The run's branch moved since the attempt's commit was made: rebase it on the new head
+    (``branch_head`` in the details) and post again. Nothing was applied."""
 
 
 class ServerUnavailable(AutopackError):

@@ -13,6 +13,7 @@ exit 2). Importing this module reads nothing; :func:`load_run_file` reads the on
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
@@ -45,6 +46,20 @@ DEFAULT_MAX_DURATION_MINUTES = 240
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=200)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 Command = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]+(?<!\.lock)(?<![/.])$")
+
+
+def _branch_name(value: str) -> str:
+    """A git branch name by ``git check-ref-format --branch``'s rules (ASCII only)."""
+    if not _BRANCH.match(value) or any(part.startswith(".") for part in value.split("/")):
+        raise ValueError(
+            "not a git branch name: letters, digits, '.', '_', '-' and '/' separated parts, "
+            "no '..', no part starting with '.', not ending in '/', '.' or '.lock'"
+        )
+    return value
+
+
+BranchName = Annotated[str, StringConstraints(max_length=300), AfterValidator(_branch_name)]
 
 
 def _relative_path(value: str) -> str:
@@ -80,6 +95,12 @@ class Policy(_Strict):
     approval_timeout_minutes: float = Field(60.0, gt=0)
     retry_backoff_seconds: float = Field(
         2.0, ge=0, le=3600, description="Base of the capped (60 s) exponential retry backoff."
+    )
+    recheck_after_rebase: Literal["overlap", "always", "never"] = Field(
+        "overlap",
+        description="When a completed attempt's commit is rebased onto a branch that moved, "
+        "run its checks again: when the branch changed files it changed too ('overlap'), "
+        "always, or never.",
     )
 
 
@@ -164,6 +185,17 @@ class RunDefinition(_Strict):
 
     run_id: Id
     goal: str = ""
+    repository: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="Git repository holding the run's code (a URL every executor can reach, "
+        "or an absolute path); executors clone it into a local cache. Default: each "
+        "executor's --workspace (or --repo).",
+    )
+    branch: BranchName | None = Field(
+        None, description="The run's branch (default: autopack/RUN_ID)."
+    )
     budgets: Budgets = Field(default_factory=Budgets)
     policy: Policy = Field(default_factory=Policy)
     tiers: list[TierDefinition] = Field(min_length=1)

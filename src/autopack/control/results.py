@@ -26,7 +26,7 @@ from autopack.db import Database
 from autopack.db import statements as sql
 from autopack.db.records import AttemptRecord, PhaseRecord
 from autopack.db.transaction import Tx, run_transaction
-from autopack.errors import Conflict
+from autopack.errors import BranchMoved, Conflict
 from autopack.logs import log_event
 from autopack.states import RUN_ACTIVE, PhaseState, ensure_transition
 
@@ -75,6 +75,30 @@ def _stored_answer(
     return spent.result_response if spent is not None else None
 
 
+def _advance_branch(tx: Tx, run_id: str, commit: str, base: str | None) -> str:
+    """Accept ``commit`` as the run's branch head if it was made on the current head.
+
+    The compare-and-swap that orders integration: results of one run are accepted one at
+    a time onto a linear chain, each commit's parent the head before it, so every
+    completed phase's commit reaches the branch exactly once. A commit made on an older
+    head is refused with :class:`BranchMoved` naming the new one (nothing applied: the
+    transaction rolls back): the executor rebases and posts again. The run row is locked
+    here, after the phase (lock order).
+    """
+    params = {"b_run": run_id, "b_commit": commit, "b_base": base}
+    if tx.execute(sql.ADVANCE_BRANCH, params).rowcount == 1:
+        return commit
+    if tx.execute(sql.START_BRANCH, params).rowcount == 1:
+        return commit
+    head = lifecycle.load_run(tx, run_id).branch_head
+    raise BranchMoved(
+        f"run {run_id}'s branch is at {(head or '?')[:12]}, not at {(base or 'none')[:12]} "
+        "where this commit was made: rebase it on the new head and post again",
+        run_id=run_id,
+        branch_head=head,
+    )
+
+
 def _post_result(
     tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
 ) -> ResultAnswer:
@@ -92,6 +116,9 @@ def _post_result(
         raise lease_lost(tx, phase, result.lease_token)
 
     number = phase.attempts
+    branch_head = None
+    if result.outcome == P.COMPLETE and result.commit is not None:
+        branch_head = _advance_branch(tx, run_id, result.commit, result.base)
     target = P.COMPLETE
     policy = None
     if result.outcome == P.FAILED:
@@ -110,7 +137,7 @@ def _post_result(
     }
     available_at = None
     if target == P.COMPLETE:
-        values.update(finished_at=tx.now)
+        values.update(finished_at=tx.now, commit_sha=result.commit)
     else:
         first_line = (result.error or result.feedback or "").strip().splitlines()
         reason = result.stop_reason + (f": {first_line[0][:300]}" if first_line else "")
@@ -143,6 +170,7 @@ def _post_result(
         run_state=run_state,
         requeued=target == P.QUEUED,
         available_at=available_at,
+        branch_head=branch_head,
     )
     lifecycle.update_attempt(
         tx,
@@ -163,6 +191,8 @@ def _post_result(
         details=result.details,
         result_key=key or f"{run_id}:{phase_id}:{number}",
         result_response=answer.model_dump(mode="json"),
+        commit_sha=result.commit,
+        base_sha=result.base,
     )
     log_event(
         lifecycle.logger,

@@ -65,6 +65,8 @@ def create_run(database: Database, definition: RunDefinition) -> RunView:
                 "max_phases": budgets.max_phases,
                 "max_duration_minutes": budgets.max_duration_minutes,
                 "policy": definition.policy.model_dump(),
+                "repository": definition.repository,
+                "branch": definition.branch or f"autopack/{definition.run_id}",
                 "tokens_used": 0,
                 "cost_usd": 0.0,
                 "created_at": tx.now,

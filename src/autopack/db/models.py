@@ -80,6 +80,11 @@ class Run(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    repository: Mapped[str | None] = mapped_column(Text)
+    """The run file's repository (a git URL or path), when it names one."""
+    branch: Mapped[str | None] = mapped_column(String(300))
+    branch_head: Mapped[str | None] = mapped_column(String(64))
+    """The last commit the control plane accepted onto the run's branch."""
 
 
 class Tier(Base):
@@ -133,6 +138,8 @@ class Phase(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    """The commit that completed the phase, on the run's branch."""
 
 
 class PhaseDependency(Base):
@@ -182,6 +189,9 @@ class PhaseAttempt(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     result_key: Mapped[str | None] = mapped_column(String(300), unique=True)
     result_response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    base_sha: Mapped[str | None] = mapped_column(String(64))
+    """The branch head the attempt's commit was made (or rebased) on."""
 
 
 class ApprovalRequest(Base):

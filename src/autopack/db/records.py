@@ -40,6 +40,9 @@ class RunRecord:
     finished_at: datetime | None
     updated_at: datetime
     failure_reason: str | None
+    repository: str | None
+    branch: str | None
+    branch_head: str | None
 
     @classmethod
     def from_row(cls, row: RowMapping, prefix: str = "") -> RunRecord:
@@ -93,6 +96,7 @@ class PhaseRecord:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    commit_sha: str | None
 
     @classmethod
     def from_row(cls, row: RowMapping, prefix: str = "") -> PhaseRecord:
@@ -134,6 +138,8 @@ class AttemptRecord:
     cost_usd: float
     result_key: str | None
     result_response: ResultAnswer | None
+    commit_sha: str | None
+    base_sha: str | None
 
     @classmethod
     def from_row(cls, row: RowMapping, prefix: str = "") -> AttemptRecord:

@@ -62,6 +62,11 @@ class SchemaStatus:
     fresh: bool = False
 
     @property
+    def damaged(self) -> bool:
+        """Columns are missing that no pending migration adds (the revision is the code's)."""
+        return bool(self.missing_columns) and self.db_revision == self.code_revision
+
+    @property
     def in_sync(self) -> bool:
         return (
             self.db_revision == self.code_revision
@@ -89,7 +94,7 @@ class SchemaStatus:
         for table, columns in self.missing_columns.items():
             parts.append(f"table {table} lacks columns: {', '.join(columns)}")
         fix = f"fix: {fix} {UPGRADE_COMMAND}"
-        if self.missing_columns:
+        if self.damaged:
             fix = (
                 "Autopack cannot add columns to tables it did not create: back the database "
                 "up and initialise a new one"
@@ -148,7 +153,7 @@ def upgrade(engine: Engine) -> SchemaStatus:
     with engine.begin() as connection:
         _lock(connection)
         before = inspect_schema(connection)
-        if before.missing_columns:
+        if before.damaged:
             raise SchemaOutOfDate(before.problem(), **_status_details(before))
         config = _alembic_config(connection)
         if before.missing_tables and before.db_revision is not None:

@@ -96,6 +96,18 @@ ADD_RUN_USAGE = (
     )
     .returning(*RUNS.c)
 )
+ADVANCE_BRANCH = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("b_run"), RUNS.c.branch_head == bindparam("b_base"))
+    .values(branch_head=bindparam("b_commit"))
+)
+"""The branch's compare-and-swap: move the accepted head from ``b_base`` to ``b_commit``."""
+START_BRANCH = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("b_run"), RUNS.c.branch_head.is_(None))
+    .values(branch_head=bindparam("b_commit"))
+)
+"""The first accepted commit of a run (its branch had no accepted head yet)."""
 OVERDUE_CANDIDATES = select(RUNS).where(
     RUNS.c.state == RunState.RUNNING,
     RUNS.c.max_duration_minutes.is_not(None),
