@@ -63,9 +63,11 @@ def drop_pg_database(admin_url: str, url: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's Autopack settings or their .env file."""
+    """No test sees the developer's Autopack settings, their .env file or their cache (the
+    test's subprocesses inherit its own cache directory through XDG_CACHE_HOME)."""
     for name in SETTING_NAMES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.chdir(tmp_path)
 
 

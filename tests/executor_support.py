@@ -147,6 +147,51 @@ def drain_process(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.P
     )
 
 
+def git(*args: str, cwd: Path) -> str:
+    """``git ARGS`` in ``cwd``; its output."""
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def repository(path: Path, files: Mapping[str, str] | None = None) -> Path:
+    """A git repository at ``path`` whose first commit holds ``files``."""
+    path.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", "-b", "main", cwd=path)
+    for name, content in (files or {}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(content)
+    git("add", "-A", cwd=path)
+    git("commit", "-q", "--allow-empty", "-m", "start", cwd=path)
+    return path
+
+
+def on_branch(repo: Path, path: str, run_id: str = RUN_ID) -> str | None:
+    """A file's content on the run's branch, or None when the branch does not have it."""
+    found = subprocess.run(
+        ["git", "show", f"autopack/{run_id}:{path}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout if found.returncode == 0 else None
+
+
+def branch_files(repo: Path, run_id: str = RUN_ID) -> list[str]:
+    """Every file on the run's branch."""
+    return git("ls-tree", "-r", "--name-only", f"autopack/{run_id}", cwd=repo).splitlines()
+
+
+def branch_log(repo: Path, run_id: str = RUN_ID) -> list[str]:
+    """The run branch's commit subjects, newest first."""
+    return git("log", "--format=%s", f"autopack/{run_id}", cwd=repo).splitlines()
+
+
 def rows(database_url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
     """Read rows straight from the database (what a user would check with sqlite3/psql)."""
     engine = create_engine(database_url)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from autopack.builder.change import Change, plan_change
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import Feedback, builder_prompt
 from autopack.executor.checks import run_checks
-from autopack.executor.workspace import apply_change, commit_phase
+from autopack.executor.workspace import apply_change
 from autopack.rundef import PhaseDefinition, Scope, TaskCategory
 
 SCOPE = Scope(
@@ -137,40 +138,51 @@ def test_deleting_or_overwriting_non_deliverables_needs_approval(tmp_path: Path)
     assert Change.from_json(change.to_json()) == change
 
 
-def test_apply_is_all_or_nothing_and_revertible(tmp_path: Path) -> None:
+def test_apply_keeps_an_overwritten_files_mode_and_gives_new_files_the_umask_mode(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "examples/utils").mkdir(parents=True)
-    existing = tmp_path / "examples/utils/string_util.py"
-    existing.write_text("old\n")
-    (tmp_path / "examples/utils/blocker").write_text("a file where a directory is needed")
-    broken = _plan(
-        tmp_path,
-        _answer(
-            [
-                *GOOD,
-                {"path": "examples/utils/blocker/x.py", "content": "x"},
-            ]
-        ),
-    )
-    with pytest.raises(OSError):
-        apply_change(tmp_path, broken)
-    assert existing.read_text() == "old\n"
-
-    applied = apply_change(tmp_path, _plan(tmp_path, _answer(GOOD)))
-    assert existing.read_text() == GOOD[0]["content"]
-    applied.revert()
-    assert existing.read_text() == "old\n"
-    assert not list(tmp_path.rglob("*.autopack"))
+    script = tmp_path / "examples/utils/string_util.py"
+    script.write_text("#!/bin/sh\nold\n")
+    script.chmod(0o755)
+    new = {"path": "examples/utils/new.txt", "content": "n\n"}
+    applied = apply_change(tmp_path, _plan(tmp_path, _answer([*GOOD, new])))
+    assert applied.paths == ["examples/utils/string_util.py", "examples/utils/new.txt"]
+    assert applied.previous == {
+        "examples/utils/string_util.py": b"#!/bin/sh\nold\n",
+        "examples/utils/new.txt": None,
+    }
+    assert script.read_text() == GOOD[0]["content"]
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755, "an executable stays executable"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "examples/utils/new.txt").stat().st_mode) == 0o666 & ~umask
+    assert not list(tmp_path.rglob("*.autopack")), "no temporary file is left behind"
 
 
-def test_git_workspace_gets_one_commit_per_phase(tmp_path: Path) -> None:
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    applied = apply_change(tmp_path, _plan(tmp_path, _answer(GOOD)))
-    sha = commit_phase(tmp_path, applied.paths, "autopack: p1 (run r1, attempt 1)")
-    log = subprocess.run(
-        ["git", "log", "--format=%H %s"], cwd=tmp_path, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    assert log[0] == f"{sha} autopack: p1 (run r1, attempt 1)"
-    assert commit_phase(tmp_path, [], "nothing") is None
+def test_an_answer_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
+    big = [{"path": "examples/utils/string_util.py", "content": "x" * 600}]
+    more = [*big, {"path": "examples/utils/other.py", "content": "y" * 600}]
+    assert _plan(tmp_path, _answer(big), max_answer_bytes=1000)
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer(more), max_answer_bytes=1000)
+    assert caught.value.stop_reason == "answer_too_large"
+    assert "1200 bytes" in caught.value.feedback
+
+
+def test_a_symlink_inside_the_workspace_cannot_carry_a_write_out_of_scope(
+    tmp_path: Path,
+) -> None:
+    """Both ends are inside the workspace; only the resolved path shows it leaves the scope."""
+    (tmp_path / "examples/utils").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "examples/utils/link_in").symlink_to("../../secret")
+    pwn = [*GOOD, {"path": "examples/utils/link_in/pwn.txt", "content": "x"}]
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer(pwn))
+    assert caught.value.stop_reason == "unsafe_path"
+    assert "symlink" in caught.value.feedback
+    assert not (tmp_path / "secret/pwn.txt").exists()
 
 
 def _running(pid: int) -> bool:

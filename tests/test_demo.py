@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tools.demo_cassette.build import CASSETTE, build, render
 
-from tests.executor_support import rows
-from tests.support import clean_env, cli
+from tests.executor_support import branch_log, rows
+from tests.support import clean_env, cli, free_port
 
 RUN = "telemetry-collection-v4"
 
@@ -27,6 +27,7 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"run {RUN}: DONE_SUCCESS" in done.stdout
     assert "Token estimator accuracy" in done.stdout and "LLM calls" in done.stdout
+    assert f"--workspace {demo_dir / 'workspace'}" in done.stderr, "it says how to get the code"
 
     url = f"sqlite:///{demo_dir / 'autopack.db'}"
     states = rows(url, "SELECT state, COUNT(*) AS n FROM phases GROUP BY state")
@@ -45,10 +46,14 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     outcomes = rows(url, "SELECT DISTINCT phase_outcome FROM token_estimation_v2_events")
     assert outcomes == [{"phase_outcome": "COMPLETE"}]
 
-    # What the Builder wrote is a working package: its own tests pass in the workspace,
-    # and every completed phase is one commit.
+    # What the Builder wrote is a working package: exported from the run's branch, its own
+    # tests pass, and every completed phase is one commit on that branch.
     workspace = demo_dir / "workspace"
     phase_ids = rows(url, "SELECT phase_id FROM phases")
+    export = ["run", "export", RUN, str(tmp_path / "code"), "--workspace", str(workspace)]
+    env = clean_env(DATABASE_URL=url, AUTOPACK_DEFAULT_API_PORT=str(free_port()))
+    exported = cli(*export, cwd=demo_dir, env=env, timeout=120)
+    assert exported.returncode == 0, exported.stderr
     tests = subprocess.run(
         [
             sys.executable,
@@ -59,7 +64,7 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
             "no:cacheprovider",
             "examples/telemetry_utils",
         ],
-        cwd=workspace,
+        cwd=tmp_path / "code",
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -67,11 +72,5 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
         check=False,
     )
     assert tests.returncode == 0, tests.stdout[-2000:]
-    log = subprocess.run(
-        ["git", "log", "--format=%s"],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert sorted(line.split()[1] for line in log) == sorted(r["phase_id"] for r in phase_ids)
+    subjects = [line for line in branch_log(workspace, RUN) if line.startswith("autopack: ")]
+    assert sorted(line.split()[1] for line in subjects) == sorted(r["phase_id"] for r in phase_ids)

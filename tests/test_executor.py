@@ -2,7 +2,7 @@
 
 Each test writes a tiny run and a cassette of Builder answers, drains with
 ``autopack drain``, and checks what the user would check: exit code, phase state, the
-attempt history, the workspace, and the telemetry rows.
+attempt history, the run's branch in the workspace repository, and the telemetry rows.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 
 from tests.executor_support import (
     attempts,
+    branch_files,
     cassette,
     create_run,
     drain,
@@ -24,8 +25,10 @@ from tests.executor_support import (
     env_for,
     files,
     line,
+    on_branch,
     phase,
     phase_row,
+    repository,
     rows,
     run_file,
 )
@@ -81,7 +84,7 @@ def test_empty_files_is_corrected_by_a_retry(tmp_path: Path, sqlite_url: str) ->
         ("COMPLETE", "completed"),
     ]
     assert "empty" in history[0]["feedback"]
-    assert (tmp_path / "ws/pkg/mod.py").read_text().endswith("return 42\n")
+    assert (on_branch(tmp_path / "ws", "pkg/mod.py") or "").endswith("return 42\n")
     usage = rows(sqlite_url, "SELECT attempt, success FROM llm_usage_events ORDER BY id")
     assert usage == [{"attempt": 1, "success": True}, {"attempt": 2, "success": True}]
     parses = rows(
@@ -112,7 +115,7 @@ def test_path_traversal_is_rejected_and_nothing_is_written_outside(
     first = attempts(sqlite_url, "p1")[0]
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "unsafe_path")
     assert not (tmp_path / "escaped.py").exists() and not (tmp_path.parent / "escaped.py").exists()
-    assert sorted(p.name for p in (tmp_path / "ws").rglob("*.py")) == ["mod.py"]
+    assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
 
 
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:
@@ -173,7 +176,7 @@ def test_exhausted_attempts_fail_the_phase_with_the_last_reason(
         "malformed_output",
         "empty_files",
     ]
-    assert not (tmp_path / "ws/pkg/mod.py").exists()
+    assert on_branch(tmp_path / "ws", "pkg/mod.py") is None
     outcomes = rows(sqlite_url, "SELECT phase_outcome FROM token_estimation_v2_events")
     assert outcomes == [{"phase_outcome": "FAILED"}, {"phase_outcome": "FAILED"}]
 
@@ -245,15 +248,14 @@ def test_lost_lease_mid_phase_stops_and_writes_nothing(tmp_path: Path, sqlite_ur
     assert cancelled.returncode == 0, cancelled.stderr
     _, stderr = process.communicate(timeout=60)
     assert "lease_lost" in stderr
-    assert not (tmp_path / "ws/pkg/mod.py").exists()
+    assert on_branch(tmp_path / "ws", "pkg/mod.py") is None
     assert phase_row(sqlite_url, "p1")["state"] == "SKIPPED"
     assert [a["outcome"] for a in attempts(sqlite_url, "p1")] != ["COMPLETE"]
 
 
 def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite_url: str) -> None:
     env = _setup(tmp_path, sqlite_url)
-    (tmp_path / "ws/pkg").mkdir(parents=True)
-    (tmp_path / "ws/pkg/keep.py").write_text("KEEP = 1\n")
+    repository(tmp_path / "ws", {"pkg/keep.py": "KEEP = 1\n"})
     answer = files(mod_py="x = 1\n", keep_py="KEEP = 2\n")
     tape = cassette(tmp_path, [line("p1", 1, answer)])
     waiting = drain_process(
@@ -265,7 +267,7 @@ def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite
     while phase_row(sqlite_url, "p1")["state"] != "AWAITING_APPROVAL":
         assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
         time.sleep(0.05)
-    assert (tmp_path / "ws/pkg/keep.py").read_text() == "KEEP = 1\n"  # nothing applied yet
+    assert on_branch(tmp_path / "ws", "pkg/keep.py") == "KEEP = 1\n"  # nothing applied yet
     [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)
     assert "overwrite existing non-deliverable pkg/keep.py" in approval["reason"]
     decided = cli(
@@ -274,5 +276,5 @@ def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite
     assert decided.returncode == 0, decided.stderr
     _, stderr = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, stderr
-    assert (tmp_path / "ws/pkg/keep.py").read_text() == "KEEP = 2\n"
+    assert on_branch(tmp_path / "ws", "pkg/keep.py") == "KEEP = 2\n"
     assert [a["outcome"] for a in attempts(sqlite_url, "p1")] == ["AWAITING_APPROVAL", "COMPLETE"]

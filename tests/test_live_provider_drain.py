@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor_support import create_run, drain, env_for, files, phase, rows, run_file
+from tests.executor_support import (
+    create_run,
+    drain,
+    env_for,
+    files,
+    on_branch,
+    phase,
+    rows,
+    run_file,
+)
 from tests.fakes.llm_wire import RETRY_NOW, Reply, WireServer
 from tests.llm.support import FLAVOURS, Flavour
 
@@ -51,7 +60,7 @@ def test_failed_retried_and_auditor_calls_are_all_recorded(name: str, tmp_path: 
         requests = wire.seen(flavour.path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(requests) == 4
-    assert (tmp_path / "ws/pkg/mod.py").read_text() == "VALUE = 42\n"
+    assert on_branch(tmp_path / "ws", "pkg/mod.py") == "VALUE = 42\n"
 
     usage = rows(
         sqlite_url,

@@ -102,6 +102,12 @@ def public_url(url: str) -> str:
     return f"{parsed.get_backend_name()}://***@***/{parsed.database or ''}"
 
 
+def _cache_home() -> Path:
+    """``$XDG_CACHE_HOME``, else ``~/.cache`` (read when settings are resolved, not on import)."""
+    configured = os.environ.get("XDG_CACHE_HOME")
+    return Path(configured) if configured else Path.home() / ".cache"
+
+
 class Settings(BaseSettings):
     """Every knob Autopack reads; each field's environment name is its name in capitals."""
 
@@ -153,6 +159,13 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(None, description="OpenAI credential.")
     openai_base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp, LM Studio)."
+    )
+    autopack_cache_dir: Path = Field(
+        default_factory=lambda: _cache_home() / "autopack",
+        description="This machine's clones of run repositories and the attempts' worktrees.",
+    )
+    autopack_keep_failed_worktrees_minutes: float = Field(
+        60.0, ge=0, description="How long a failed attempt's worktree is kept for inspection."
     )
     autopack_otel: Flag = Field(False, description="Export OpenTelemetry GenAI spans/metrics.")
     autopack_log_level: str = Field("INFO", description="Log level.")

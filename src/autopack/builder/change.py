@@ -7,7 +7,8 @@ writes, or refuses it with a stop reason and feedback for the Builder:
   symlink through which the resolved path leaves the scope or the workspace;
 * ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
   paths are relative to the workspace root and keep the scope's directory prefix);
-* ``file_too_large``; ``edit_not_applicable`` (search text absent or ambiguous);
+* ``file_too_large``, ``answer_too_large`` (all files together);
+  ``edit_not_applicable`` (search text absent or ambiguous);
 * ``missing_deliverable``: every deliverable must appear in the answer.
 
 Deleting a file, or changing an existing file that is not a deliverable, is allowed only
@@ -27,6 +28,7 @@ from autopack.builder.output import BuilderOutput, BuilderRejected
 from autopack.rundef import Scope
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
+DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def plan_change(
     workspace: Path,
     *,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
 ) -> Change:
     """Validate the answer against the scope and the workspace; compute final contents."""
     contents: dict[str, str] = {}
@@ -142,13 +145,21 @@ def plan_change(
         existed.setdefault(path, True)
     deletes = tuple(admit(path) for path in output.deletes)
 
+    total = 0
     for path, content in contents.items():
         size = len(content.encode())
+        total += size
         if size > max_file_bytes:
             raise BuilderRejected(
                 "file_too_large",
                 f"{path!r} would be {size} bytes; the limit is {max_file_bytes}. Split it.",
             )
+    if total > max_answer_bytes:
+        raise BuilderRejected(
+            "answer_too_large",
+            f"Your files add up to {total} bytes; one answer may write at most "
+            f"{max_answer_bytes}. Write fewer or smaller files.",
+        )
     missing = [d for d in scope.deliverables if posixpath.normpath(d) not in contents]
     if missing:
         raise BuilderRejected(

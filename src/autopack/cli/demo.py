@@ -8,7 +8,6 @@ set), and prints the outcome of every phase, the files written, and the telemetr
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import typer
@@ -65,11 +64,9 @@ def demo(
     except Conflict:
         out.print(f"{OK} run {RUN_NAME} already exists in {database.identity.url}")
     workspace = directory / "workspace"
-    workspace.mkdir(exist_ok=True)
-    if shutil.which("git"):
-        subprocess.run(["git", "init", "-q", str(workspace)], check=True)
     flags = DrainFlags(
         workspace=workspace,
+        repo=None,
         lease_seconds=60,
         auditor="llm",
         escalation_factor=1.5,
@@ -88,10 +85,12 @@ def demo(
     code = report(summary, run, as_json=False)
     print_report(client, RUN_NAME)
     err.print(
-        f"\nworkspace: {workspace}   database: {database.identity.url}\n"
-        "next: `autopack telemetry calibrate --plot calibration.png` (with "
-        f"--database-url sqlite:///{directory / 'autopack.db'}), or set ANTHROPIC_API_KEY / "
-        "OPENAI_BASE_URL and run the demo again for real.",
+        f"\nrepository: {workspace} (branch {summary.branch})   database: "
+        f"{database.identity.url}\n"
+        f"next (with --database-url sqlite:///{directory / 'autopack.db'}): `autopack run "
+        f"export {RUN_NAME} DIR --workspace {workspace}` for the code, `autopack telemetry "
+        "calibrate --plot calibration.png`; or set ANTHROPIC_API_KEY / OPENAI_BASE_URL and "
+        "run the demo again for real.",
         highlight=False,
     )
     raise typer.Exit(code)

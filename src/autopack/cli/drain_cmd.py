@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from autopack.errors import ServerUnavailable
 from autopack.estimation.estimator import TokenEstimator
 from autopack.executor.executor import AutonomousExecutor, DrainSummary
 from autopack.executor.options import ExecutorOptions, Services
+from autopack.executor.repository import RepoSource, RunRepository, run_branch
+from autopack.executor.worktrees import Worktrees
 from autopack.llm.pricing import price_table
 from autopack.llm.registry import make_provider, model_for
 from autopack.states import PHASE_TERMINAL
@@ -43,6 +45,7 @@ class DrainFlags:
     """The executor flags both drain commands share."""
 
     workspace: Path | None
+    repo: str | None
     lease_seconds: int
     auditor: AuditMode
     escalation_factor: float
@@ -73,11 +76,6 @@ def _setup(ctx: typer.Context, options: Mapping[str, Any]) -> tuple[CliState, Dr
     return cli, DrainFlags(**values)
 
 
-def default_workspace(run_id: str) -> Path:
-    """One directory per run under the working directory, made absolute now."""
-    return (Path.cwd() / "autopack-workspaces" / run_id).resolve()
-
-
 @contextmanager
 def executor_for(
     cli: CliState, run_id: str, flags: DrainFlags, *, total_of: str | None = None
@@ -88,11 +86,8 @@ def executor_for(
     """
     settings = cli.settings
     database = cli.database()
-    workspace = (flags.workspace or default_workspace(run_id)).resolve()
-    workspace.mkdir(parents=True, exist_ok=True)
     options = ExecutorOptions(
         worker_id=flags.worker_id or f"{socket.gethostname()}-{os.getpid()}",
-        workspace=workspace,
         builder_model=model_for(settings, "builder"),
         auditor_model=model_for(settings, "auditor"),
         lease_seconds=flags.lease_seconds,
@@ -108,10 +103,24 @@ def executor_for(
         sigterm_unwinds(),
         connect(settings, database.identity, own="process") as connection,
         otel_instrumentation(settings) as instrument,
+        ExitStack() as stack,
     ):
         client = connection.client
         provider = instrument(make_provider(settings, cassette=flags.cassette, record=flags.record))
-        phases = client.get_run(run_id).phases()
+        run = client.get_run(run_id)
+        source = RepoSource.choose(
+            run_id, repo=flags.repo, workspace=flags.workspace, run_repository=run.repository
+        )
+        repository = RunRepository.open(
+            source, branch=run.branch or run_branch(run_id), cache_dir=settings.autopack_cache_dir
+        )
+        worktrees = Worktrees(
+            repository,
+            settings.autopack_cache_dir / "worktrees",
+            keep_failed_minutes=settings.autopack_keep_failed_worktrees_minutes,
+        )
+        stack.callback(worktrees.close)
+        phases = run.phases()
         if total_of is not None:
             phases = [p for p in phases if p.phase_id == total_of]
         done = sum(p.state in PHASE_TERMINAL for p in phases)
@@ -123,13 +132,16 @@ def executor_for(
                 highlight=False,
             )
         err.print(
-            f"workspace {workspace} · {connection.where} ({connection.origin}) · "
-            f"database {database.identity.url} · instance {database.identity.instance_id}",
+            f"code: branch {repository.branch} in {repository.where} · {connection.where} "
+            f"({connection.origin}) · database {database.identity.url} · instance "
+            f"{database.identity.instance_id}",
             highlight=False,
         )
         with DrainProgress(err, total=len(phases) or 1, done=done) as progress:
             services = Services(
                 client=client,
+                repository=repository,
+                worktrees=worktrees,
                 provider=provider,
                 estimator=estimator,
                 prices=price_table(settings),
@@ -168,6 +180,9 @@ def report(
                 "telemetry_failures": summary.telemetry_failures,
                 "wall_seconds": summary.wall_seconds,
                 "note": summary.note or None,
+                "branch": summary.branch,
+                "branch_head": summary.branch_head,
+                "repository": summary.repository,
                 "ok": ok,
             }
         )
@@ -204,6 +219,14 @@ def report(
         f"{summary.telemetry_written}, failed {summary.telemetry_failures}",
         highlight=False,
     )
+    if summary.branch_head:
+        out.print(
+            f"the run's code: branch {summary.branch} at {summary.branch_head[:12]} in "
+            f"{summary.repository} (`autopack run export {summary.run_id} DIR "
+            f"{summary.repository_flag}` writes it out)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if summary.telemetry_failures:
         err.print(
             f"[red]{summary.telemetry_failures} telemetry write(s) failed[/red]: see the "
@@ -218,8 +241,14 @@ def report(
 WORKSPACE = typer.Option(
     None,
     "--workspace",
-    help="Where files are written (default: "
-    "./autopack-workspaces/RUN_ID). A git repo gets one commit per phase.",
+    help="The local git repository holding the run's branch (created when missing; default "
+    "./autopack-workspaces/RUN_ID, or the run file's repository).",
+)
+REPO = typer.Option(
+    None,
+    "--repo",
+    help="A git remote (URL or path) holding the run's branch; cloned into a local cache, "
+    "so executors on many machines share one branch.",
 )
 API_URL = typer.Option(None, "--api-url", help="Use this API server (after the identity check).")
 FORCE = typer.Option(False, "--force", help="Requeue the phase first if FAILED, SKIPPED or stuck.")
@@ -261,6 +290,7 @@ def drain_phase(
     force: bool = FORCE,
     api_url: str | None = API_URL,
     workspace: Path | None = WORKSPACE,
+    repo: str | None = REPO,
     telemetry: bool | None = TELEMETRY,
     lease_seconds: int = LEASE,
     auditor: str = AUDITOR,
@@ -296,6 +326,7 @@ def drain_run(
     ),
     api_url: str | None = API_URL,
     workspace: Path | None = WORKSPACE,
+    repo: str | None = REPO,
     telemetry: bool | None = TELEMETRY,
     lease_seconds: int = LEASE,
     auditor: str = AUDITOR,

@@ -12,7 +12,8 @@ from rich.tree import Tree
 
 from autopack.cli._common import OK, out, print_json, state
 from autopack.contract import CancelIn, RequeueIn, RunView
-from autopack.errors import Conflict
+from autopack.errors import ConfigError, Conflict
+from autopack.executor.repository import RepoSource, RunRepository, run_branch
 from autopack.rundef import bundled_run_file, load_run_file
 from autopack.states import RunState
 
@@ -206,6 +207,37 @@ def phase(
             f"approval {approval.id} ({approval.status}): {escape(approval.reason)}",
             highlight=False,
         )
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id."),
+    directory: Path = typer.Argument(..., help="Where to write the files (new or empty)."),
+    workspace: Path | None = typer.Option(
+        None, "--workspace", help="The run's local repository (as given to drain)."
+    ),
+    repo: str | None = typer.Option(None, "--repo", help="The run's remote repository URL."),
+) -> None:
+    """Write the run's code (the head of its branch) into DIRECTORY."""
+    cli = state(ctx)
+    run = cli.client().get_run(run_id)
+    if run.branch_head is None:
+        raise ConfigError(f"run {run_id} has no completed phase yet: its branch holds no work")
+    branch = run.branch or run_branch(run_id)
+    source = RepoSource.choose(
+        run_id, repo=repo, workspace=workspace, run_repository=run.repository
+    )
+    repository = RunRepository.open(
+        source, branch=branch, cache_dir=cli.settings.autopack_cache_dir, create=False
+    )
+    repository.advance(run.branch_head)  # accepted commits a killed executor left behind
+    count = repository.export(run.branch_head, directory.resolve())
+    out.print(
+        f"{OK} wrote {count} file(s) of run {escape(run_id)} to {escape(str(directory))} "
+        f"(branch {escape(branch)} at {run.branch_head[:12]} in {escape(repository.where)})",
+        highlight=False,
+    )
 
 
 @app.command("cancel")

@@ -1,21 +1,25 @@
 """One attempt at one claimed phase, top to bottom as DESIGN.md §6 lists the steps.
 
-claim → context → estimate → Builder call → parse → validate → (approval) → write → checks
-→ Auditor → result. Every way an attempt can end is a :class:`~autopack.executor.outcome.Finish`
-with a stop reason, posted (with the lease token as a fencing token and an idempotency
-key) in exactly one place, :meth:`Attempt._post`. A lost lease, however it shows, is a
-:class:`~autopack.errors.LeaseLost` caught in one place (:meth:`Attempt.run`). Written
-files are undone in one place (:meth:`Attempt._undo`), before anything is reported, while
-the lease is still ours.
+claim → worktree at the branch head → context → estimate → Builder call → parse → validate
+→ (approval) → write → checks → Auditor → commit → result. Every way an attempt can end is
+a :class:`~autopack.executor.outcome.Finish` with a stop reason, posted (with the lease
+token as a fencing token and an idempotency key) in one place, :meth:`Attempt._post`; a
+completed attempt's commit travels with its result and is accepted onto the run's branch
+by the control plane (:mod:`autopack.executor.integration`). A lost lease, however it
+shows, is a :class:`~autopack.errors.LeaseLost` caught in one place (:meth:`Attempt.run`).
 
-The LLM calls and what they cost are :mod:`autopack.executor.metering`'s; the lease is
-:mod:`autopack.executor.lease`'s.
+The attempt works in a worktree of its own (:mod:`autopack.executor.worktrees`): nothing
+it writes is seen by another attempt or reaches the branch unless its result is accepted,
+and nothing is ever undone in a tree someone else uses; a failed attempt's worktree is
+set aside for inspection. The LLM calls and what they cost are
+:mod:`autopack.executor.metering`'s; the lease is :mod:`autopack.executor.lease`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from autopack.builder.auditor import (
     AUDITOR_SYSTEM,
@@ -36,14 +40,17 @@ from autopack.contract import (
     ResultAnswer,
     ResultIn,
 )
-from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
+from autopack.errors import AutopackError, BranchMoved, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.checks import run_checks
+from autopack.executor.git import GitError
+from autopack.executor.integration import Delivery, base_for
 from autopack.executor.lease import Lease
 from autopack.executor.metering import Meter
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult, Finish, Outcome, failed
-from autopack.executor.workspace import AppliedChange, apply_change, commit_phase
+from autopack.executor.workspace import AppliedChange, apply_change
+from autopack.executor.worktrees import Worktree
 from autopack.logs import log_event
 from autopack.states import PhaseState
 
@@ -70,6 +77,7 @@ class Attempt:
         self.checks: list[CheckResult] = []
         self.verdict: AuditVerdict | None = None
         self.summary = ""
+        self.commit: str | None = None
 
     def _report(
         self,
@@ -108,41 +116,22 @@ class Attempt:
                 except LeaseLost:
                     return self._lease_lost(meter)
         except BaseException:  # Ctrl-C, SystemExit or an API gone mid-attempt
-            self._undo()
             self._hand_back()
             raise
 
     def _run(self, lease: Lease, meter: Meter) -> AttemptResult:
+        claim = self.claim
+        name = f"{claim.run_id}-{claim.phase_id}-{claim.attempt}"
         try:
-            change = self._approved_change() or self._build(lease, meter)
-            if change.needs_approval and not self.claim.approved_change:
-                return self._request_approval(lease, meter, change)
-            lease.check()
-            self.applied = apply_change(self.o.workspace, change)
-            self._check(lease)
-            self._audit(meter, change)
-            lease.check()
-            finish = Finish(PhaseState.COMPLETE, "completed")
-        except Finish as exc:
-            finish = exc
-        except (LeaseLost, ServerUnavailable):
-            raise
-        except Exception as exc:  # a bug or an environment failure: record it, don't die
-            log_event(
-                logger,
-                "attempt_crashed",
-                logging.ERROR,
-                run_id=self.claim.run_id,
-                phase_id=self.claim.phase_id,
-                attempt=self.claim.attempt,
-                error=repr(exc),
-            )
-            finish = failed("executor_error", error=f"{type(exc).__name__}: {exc}")
-        if finish.outcome != PhaseState.COMPLETE:
-            self._undo()
-        answer = self._post(lease, meter, finish)
-        if finish.outcome == PhaseState.COMPLETE and self.applied is not None:
-            self._commit()
+            with self.s.worktrees.checkout(base_for(self.s.repository, claim), name) as tree:
+                ended = self._steps(lease, meter, tree)
+                if isinstance(ended, AttemptResult):  # parked for a human's approval
+                    return ended
+                answer, finish = self._deliver(lease, meter, tree, ended)
+                tree.keep = finish.outcome != PhaseState.COMPLETE
+        except GitError as exc:  # no worktree to work in: record why, never die
+            finish = failed("git_error", error=exc.message)
+            answer = self._post(lease, meter, finish)
         result = self._report(
             finish.outcome,
             finish.stop_reason,
@@ -153,6 +142,68 @@ class Attempt:
         )
         self.s.events("attempt_finished", result=result)
         return result
+
+    def _steps(self, lease: Lease, meter: Meter, tree: Worktree) -> Finish | AttemptResult:
+        """Build, write, check, audit and commit in the worktree; how the attempt ends."""
+        try:
+            change = self._approved_change() or self._build(lease, meter, tree.path)
+            if change.needs_approval and not self.claim.approved_change:
+                return self._request_approval(lease, meter, change)
+            lease.check()
+            self.applied = apply_change(tree.path, change)
+            self._check(lease, tree.path)
+            self._audit(meter, change)
+            lease.check()
+            self.commit = tree.commit(self.applied.paths, self._message())
+            return Finish(PhaseState.COMPLETE, "completed")
+        except Finish as exc:
+            return exc
+        except (LeaseLost, ServerUnavailable):
+            raise
+        except GitError as exc:
+            return failed("git_error", error=exc.message)
+        except Exception as exc:  # a bug or an environment failure: record it, don't die
+            log_event(
+                logger,
+                "attempt_crashed",
+                logging.ERROR,
+                run_id=self.claim.run_id,
+                phase_id=self.claim.phase_id,
+                attempt=self.claim.attempt,
+                error=repr(exc),
+            )
+            return failed("executor_error", error=f"{type(exc).__name__}: {exc}")
+
+    def _deliver(
+        self, lease: Lease, meter: Meter, tree: Worktree, finish: Finish
+    ) -> tuple[ResultAnswer, Finish]:
+        """Post the result; a completed attempt's with its commit, rebased and posted again
+        while the branch moves under it (:mod:`autopack.executor.integration`)."""
+        if self.commit is None or finish.outcome != PhaseState.COMPLETE:
+            return self._post(lease, meter, finish), finish
+        delivery = Delivery(self.s.repository, self.claim, tree)
+        while True:
+            delivery.publish(self.commit)
+            try:
+                answer = self._post(lease, meter, finish, base=tree.base)
+            except BranchMoved as moved:
+                try:
+                    self.commit, upstream = delivery.rebase(moved)
+                    if self._recheck(upstream):
+                        self._check(lease, tree.path)
+                except Finish as failure:
+                    self.commit = None
+                    return self._post(lease, meter, failure), failure
+                continue
+            delivery.integrated(answer)
+            return answer, finish
+
+    def _recheck(self, upstream: list[str]) -> bool:
+        """Run the checks again after a rebase? Per the run's policy."""
+        rule = self.claim.run.policy.recheck_after_rebase
+        if rule == "overlap":
+            return bool(set(upstream) & set(self.applied.paths if self.applied else []))
+        return rule == "always"
 
     def _approved_change(self) -> Change | None:
         approved = self.claim.approved_change
@@ -167,20 +218,16 @@ class Attempt:
         )
         return Change.from_json(approved.context["change"])
 
-    def _build(self, lease: Lease, meter: Meter) -> Change:
+    def _build(self, lease: Lease, meter: Meter, workspace: Path) -> Change:
+        """The Builder's answer, as the change it would make to the attempt's worktree."""
         task = self.task
         deliverables = list(task.scope.deliverables)
-        features = extract_features(
-            task.task_category, task.complexity, deliverables, self.o.workspace
-        )
+        features = extract_features(task.task_category, task.complexity, deliverables, workspace)
         model_max = self.s.prices.max_output_tokens(self.o.builder_model)
         estimate = self.s.estimator.estimate(features, model_max_output=model_max)
         max_tokens = meter.budget(estimate, model_max)
         prompt = builder_prompt(
-            task,
-            self.o.workspace,
-            _feedback(self.claim.history),
-            context_chars=self.o.context_chars,
+            task, workspace, _feedback(self.claim.history), context_chars=self.o.context_chars
         )
         response = meter.call("builder", self.o.builder_model, BUILDER_SYSTEM, prompt, max_tokens)
         lease.check()
@@ -195,7 +242,11 @@ class Attempt:
                 )
             output = parse_builder_output(response.text)
             change = plan_change(
-                output, task.scope, self.o.workspace, max_file_bytes=self.o.max_file_bytes
+                output,
+                task.scope,
+                workspace,
+                max_file_bytes=self.o.max_file_bytes,
+                max_answer_bytes=self.o.max_answer_bytes,
             )
             parse_success = True
             self.summary = output.summary
@@ -232,12 +283,12 @@ class Attempt:
             detail=f"approval {answer.approval_id}: " + "; ".join(change.needs_approval),
         )
 
-    def _check(self, lease: Lease) -> None:
+    def _check(self, lease: Lease, workspace: Path) -> None:
         if not self.task.checks:
             return
         lease.renew(state=PhaseState.CI_RUNNING)
         self.s.events("checks_started", run_id=self.claim.run_id, phase_id=self.claim.phase_id)
-        self.checks = run_checks(self.task.checks, self.o.workspace, self.o.check_timeout)
+        self.checks = run_checks(self.task.checks, workspace, self.o.check_timeout)
         failures = [c for c in self.checks if not c.passed]
         if failures:
             raise failed(
@@ -277,15 +328,12 @@ class Attempt:
             return []
         return list(self.applied.paths)
 
-    def _undo(self) -> None:
-        """Put back every file this attempt wrote (the one place that does)."""
-        if self.applied is not None:
-            self.applied.revert()
-            self.applied = None
-
-    def _post(self, lease: Lease, meter: Meter, finish: Finish) -> ResultAnswer:
-        """Post the result under the lease; retried while the API is unreachable (the
-        idempotency key makes a repeat harmless). A refusal raises :class:`LeaseLost`."""
+    def _post(
+        self, lease: Lease, meter: Meter, finish: Finish, *, base: str | None = None
+    ) -> ResultAnswer:
+        """Post the result under the lease (a completed one with its commit and the head it
+        was made on); retried while the API is unreachable (the idempotency key makes a
+        repeat harmless). A refusal raises :class:`LeaseLost` or :class:`BranchMoved`."""
         lease.check()
         result = ResultIn(
             lease_token=lease.token,
@@ -299,6 +347,8 @@ class Attempt:
             check_results=self.checks,
             audit_verdict=self.verdict,
             details={"summary": self.summary, "worker_id": self.o.worker_id},
+            commit=self.commit if finish.outcome == PhaseState.COMPLETE else None,
+            base=base if finish.outcome == PhaseState.COMPLETE else None,
         )
         claim = self.claim
         for attempt in range(RESULT_POST_ATTEMPTS):
@@ -308,7 +358,7 @@ class Attempt:
                 )
             except ServerUnavailable:
                 if attempt == RESULT_POST_ATTEMPTS - 1:
-                    raise  # unrecorded: undone by run(), redone after the lease expires
+                    raise  # unrecorded: redone after the lease expires
                 time.sleep(2**attempt * 0.2)
         raise AssertionError("unreachable")
 
@@ -335,7 +385,7 @@ class Attempt:
             log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
 
     def _lease_lost(self, meter: Meter) -> AttemptResult:
-        self._undo()
+        """Stop: another attempt owns the phase now. Our worktree is set aside, untouched."""
         log_event(
             logger,
             "lease_lost",
@@ -346,19 +396,12 @@ class Attempt:
         )
         return self._report("LEASE_LOST", "lease_lost", output_tokens=meter.output_tokens)
 
-    def _commit(self) -> None:
-        assert self.applied is not None
+    def _message(self) -> str:
         claim = self.claim
         message = f"autopack: {claim.phase_id} ({claim.run_id}, attempt {claim.attempt})"
         if self.summary:
             message += f"\n\n{self.summary}"
-        try:
-            commit_phase(self.o.workspace, self.applied.paths, message)
-        except (OSError, RuntimeError, AutopackError) as exc:
-            log_event(
-                logger,
-                "git_commit_failed",
-                logging.WARNING,
-                phase_id=claim.phase_id,
-                reason=str(exc),
-            )
+        return (
+            f"{message}\n\nAutopack-Run: {claim.run_id}\nAutopack-Phase: {claim.phase_id}\n"
+            f"Autopack-Attempt: {claim.attempt}\nAutopack-Worker: {self.o.worker_id}\n"
+        )

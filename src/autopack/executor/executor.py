@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from autopack.clock import utcnow
 from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, RunView
 from autopack.executor.attempt import Attempt
+from autopack.executor.git import GitError
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult
 from autopack.logs import log_event
@@ -38,6 +39,12 @@ class DrainSummary:
     telemetry_failures: int = 0
     wall_seconds: float = 0.0
     note: str = ""
+    branch: str = ""
+    branch_head: str | None = None
+    """Where the run's code is: its branch (at this accepted head) in ``repository``."""
+    repository: str = ""
+    repository_flag: str = ""
+    """How to name that repository on the command line (``--workspace DIR``, ``--repo URL``)."""
 
     @property
     def any_failed(self) -> bool:
@@ -104,10 +111,25 @@ class AutonomousExecutor:
         """Stop claiming new work; attempts in flight still finish and post their results."""
         self.stopping.set()
 
+    def _sync_branch(self, run: RunView) -> None:
+        """Bring the git branch up to the run's accepted head: an executor killed after its
+        result was accepted may have left it behind (idempotent; see integration.py)."""
+        if run.branch_head is None:
+            return
+        try:
+            self.s.repository.advance(run.branch_head)
+        except GitError as exc:
+            log_event(logger, "branch_sync_failed", logging.WARNING, reason=exc.message)
+
     def _summary(self, summary: DrainSummary, started: float) -> DrainSummary:
         run = self.client.get_run(summary.run_id)
+        self._sync_branch(run)
         summary.run_state = run.state
         summary.phase_states = {p.phase_id: p.state for p in run.phases()}
+        summary.branch = self.s.repository.branch
+        summary.branch_head = run.branch_head
+        summary.repository = self.s.repository.where
+        summary.repository_flag = self.s.repository.flag
         summary.telemetry_written = self.s.telemetry.written
         summary.telemetry_failures = self.s.telemetry.failures
         summary.wall_seconds = round(time.monotonic() - started, 3)
@@ -123,6 +145,7 @@ class AutonomousExecutor:
         """Run one phase until it is COMPLETE, FAILED or SKIPPED (retries included)."""
         started = time.monotonic()
         summary = DrainSummary(run_id=run_id)
+        self._sync_branch(self.client.get_run(run_id))
         phase: PhaseView = self.client.get_phase(run_id, phase_id)
         if force and phase.state in PHASE_REQUEUEABLE:
             request = RequeueIn(requested_by=self.options.worker_id, reason="--force")
@@ -183,7 +206,7 @@ class AutonomousExecutor:
         """
         started = time.monotonic()
         summary = DrainSummary(run_id=run_id)
-        self.client.get_run(run_id)  # a clear NotFound (naming the database) before any thread
+        self._sync_branch(self.client.get_run(run_id))  # NotFound (naming the db) first
         self._claims_left = max_claims
         errors: list[BaseException] = []
         finished = [threading.Event() for _ in range(concurrency)]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from autopack.builder.auditor import AuditMode
 from autopack.client import ApiClient
 from autopack.estimation.estimator import TokenEstimator
+from autopack.executor.repository import RunRepository
+from autopack.executor.worktrees import Worktrees
 from autopack.llm.base import LLMProvider
 from autopack.llm.pricing import PriceTable
 from autopack.telemetry.recorder import TelemetryRecorder
@@ -22,7 +23,6 @@ class ExecutorOptions:
     """How an executor works; every field is a CLI flag of the drain commands."""
 
     worker_id: str
-    workspace: Path
     builder_model: str
     auditor_model: str
     lease_seconds: int = 60
@@ -30,6 +30,7 @@ class ExecutorOptions:
     escalation_factor: float = 1.5
     check_timeout: float = 300.0
     max_file_bytes: int = 256 * 1024
+    max_answer_bytes: int = 4 * 1024 * 1024
     context_chars: int = 120_000
     approval_timeout_seconds: float | None = None
     phase_token_cap: int | None = None
@@ -42,6 +43,10 @@ class Services:
     """What an attempt talks to; shared by every attempt of one executor."""
 
     client: ApiClient
+    repository: RunRepository
+    """The run's code: its branch, where attempts' commits are integrated."""
+    worktrees: Worktrees
+    """Where each attempt gets a checkout of its own."""
     provider: LLMProvider
     estimator: TokenEstimator
     prices: PriceTable

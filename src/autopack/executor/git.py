@@ -1,0 +1,69 @@
+"""Running git: one function, one error that names the command and git's own message.
+
+Every git command Autopack runs goes through :func:`git`, with prompts disabled (a
+missing credential is an error, never a hang), hooks and signing off (Autopack's commits
+are machine-made), and an identity of its own when the repository has none. A failure is
+a :class:`GitError` whose message names the command and what git said, which the
+attempt records as its stop reason: it never deletes work and never leaves a run stuck.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from autopack.errors import AutopackError
+
+IDENTITY = ("-c", "user.name=Autopack", "-c", "user.email=autopack@localhost")
+_QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
+TIMEOUT_SECONDS = 300.0
+
+
+class GitError(AutopackError):
+    """A git command failed; the message names the command and git's answer."""
+
+    def __init__(self, command: Sequence[str], message: str) -> None:
+        shown = " ".join(command)
+        super().__init__(f"git {shown}: {message.strip() or 'failed'}", command=shown)
+        self.command = shown
+
+
+def git(
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``git ARGS`` in ``cwd``; raise :class:`GitError` on a non-zero exit if ``check``."""
+    environment = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "true",
+        "LC_ALL": "C",
+        **(env or {}),
+    }
+    try:
+        result = subprocess.run(
+            ["git", *IDENTITY, *_QUIET, *args],
+            cwd=cwd,
+            env=environment,
+            input=input,
+            capture_output=True,
+            timeout=TIMEOUT_SECONDS,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise GitError(args, "git is not installed (no `git` on PATH)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(args, f"no answer within {TIMEOUT_SECONDS:g} s") from exc
+    if check and result.returncode != 0:
+        raise GitError(args, result.stderr.decode(errors="replace") or result.stdout.decode())
+    return result
+
+
+def out(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> str:
+    """``git ARGS``'s standard output, stripped."""
+    return git(*args, cwd=cwd, env=env).stdout.decode().strip()

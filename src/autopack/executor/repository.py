@@ -1,0 +1,369 @@
+"""A run's code is a git branch; each attempt works in a worktree of its own.
+
+The run's repository is either a local repository used in place (``--workspace DIR``,
+created and initialised when missing) or a remote (``--repo URL``, or the run file's
+``repository``), which every executor clones into a local cache, so executors on many
+machines share one branch instead of scattering files over their disks.
+
+* **Worktrees** (:class:`Worktrees`): an attempt gets a checkout of the branch head as it
+  was when the attempt was claimed, reads its context there, writes there and runs its
+  checks there. Nothing it does touches the branch or another attempt's checkout. A
+  checkout that served a completed attempt is cleaned and reused (switching a checkout
+  between nearby commits rewrites only the files that differ); one of a failed attempt is
+  set aside for inspection and removed after a while.
+* **Commits**: a completed attempt is one commit on the head it started from; it is
+  published under ``refs/autopack/attempts/RUN/PHASE/ATTEMPT`` before its result is
+  posted, so a COMPLETE phase's commit is always reachable from a ref, whatever dies when.
+* **The branch** only moves forward, to the head the control plane accepted
+  (:meth:`RunRepository.advance`), by compare-and-swap: ``git update-ref NEW OLD`` on a
+  local repository, a push with ``--force-with-lease=BRANCH:OLD`` to a remote.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from autopack.errors import ConfigError
+from autopack.executor.git import GitError, git, out
+from autopack.logs import log_event
+
+logger = logging.getLogger("autopack.executor.repository")
+
+BRANCH_PREFIX = "autopack/"
+ATTEMPT_REFS = "refs/autopack/attempts"
+REMOTE = "origin"
+ADVANCE_TRIES = 20
+
+
+def run_branch(run_id: str) -> str:
+    return f"{BRANCH_PREFIX}{run_id}"
+
+
+def attempt_ref(run_id: str, phase_id: str, attempt: int) -> str:
+    return f"{ATTEMPT_REFS}/{run_id}/{phase_id}/{attempt}"
+
+
+def _is_repository(path: Path) -> bool:
+    return git("rev-parse", "--git-dir", cwd=path, check=False).returncode == 0
+
+
+class IntegrationConflict(GitError):
+    """The attempt's change does not apply on the branch's new head."""
+
+
+@dataclass(frozen=True)
+class RepoSource:
+    """Where a run's code lives: a local repository used in place, or a remote URL."""
+
+    workspace: Path | None = None
+    remote: str | None = None
+
+    def describe(self) -> str:
+        return self.remote or str(self.workspace)
+
+    @classmethod
+    def choose(
+        cls, run_id: str, *, repo: str | None, workspace: Path | None, run_repository: str | None
+    ) -> RepoSource:
+        """``--repo``, else ``--workspace``, else the run file's ``repository``, else
+        ``./autopack-workspaces/RUN_ID`` (made absolute now, so it cannot drift)."""
+        if repo:
+            return cls(remote=repo)
+        if workspace is not None:
+            return cls(workspace=workspace.resolve())
+        if run_repository:
+            return cls(remote=run_repository)
+        return cls(workspace=(Path.cwd() / "autopack-workspaces" / run_id).resolve())
+
+
+class RunRepository:
+    """The repository holding one run's branch, as this executor reaches it."""
+
+    def __init__(self, path: Path, *, branch: str, remote: str | None) -> None:
+        self.path = path
+        self.branch = branch
+        self.remote = remote
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._lock_file: int | None = None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository while changing it: its refs, its worktrees, its cache.
+
+        Git takes a lock per ref and fails (it does not wait) when another process holds
+        it, and a fetch checks every worktree's HEAD while another thread moves one. The
+        attempts of one executor (threads) and the executors sharing one machine's cache
+        (processes) therefore take turns, on a lock file in the repository: each git step
+        takes milliseconds, the attempts' long parts (LLM calls, checks) hold nothing.
+        """
+        with self._lock:
+            held = self._lock_fd()
+            if self._depth == 0:
+                fcntl.flock(held, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(held, fcntl.LOCK_UN)
+
+    def _lock_fd(self) -> int:
+        if self._lock_file is None:
+            common = out("rev-parse", "--git-common-dir", cwd=self.path)
+            lock_path = (self.path / common).resolve() / "autopack.lock"
+            self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._lock_file
+
+    @property
+    def where(self) -> str:
+        """How messages name the repository (the remote URL, or the local path)."""
+        return self.remote_url or str(self.path)
+
+    @property
+    def flag(self) -> str:
+        """The command-line option that names this repository (for the hints we print)."""
+        return f"--repo {self.remote_url}" if self.remote_url else f"--workspace {self.path}"
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, source: RepoSource, *, branch: str, cache_dir: Path, create: bool = True
+    ) -> RunRepository:
+        """The run's repository, with its branch existing (created from the repository's
+        current HEAD, or as an empty first commit in a new repository). ``create=False``:
+        a missing local repository or branch is an error instead (reading commands)."""
+        if source.remote:
+            repository = cls(_cache_clone(source.remote, cache_dir), branch=branch, remote=REMOTE)
+            repository.remote_url = source.remote
+        else:
+            assert source.workspace is not None
+            if not create and not (source.workspace.is_dir() and _is_repository(source.workspace)):
+                raise ConfigError(
+                    f"no repository at {source.workspace}: give the run's --workspace or --repo"
+                )
+            repository = cls(_local(source.workspace), branch=branch, remote=None)
+        if create:
+            repository._ensure_branch()
+        return repository
+
+    remote_url: str | None = None
+
+    def _ensure_branch(self) -> None:
+        with self.locked():
+            if self._branch_head(fetch=True) is not None:
+                return
+            start = self._start_commit()
+            if self.remote:
+                self._push(start, self.branch, expected=None)
+            else:
+                git(
+                    "update-ref", f"refs/heads/{self.branch}", start, "", cwd=self.path, check=False
+                )
+        log_event(
+            logger, "run_branch_created", branch=self.branch, repository=self.where, head=start
+        )
+
+    def _start_commit(self) -> str:
+        """Where a new run branch starts: the repository's HEAD, or an empty first commit."""
+        head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=self.path, check=False)
+        if head.returncode == 0:
+            return head.stdout.decode().strip()
+        empty_tree = out("mktree", cwd=self.path)  # reads nothing: the empty tree
+        return out("commit-tree", empty_tree, "-m", f"start {self.branch}", cwd=self.path)
+
+    # -- the branch -----------------------------------------------------------------------
+
+    def _tracking(self) -> str:
+        return (
+            f"refs/remotes/{REMOTE}/{self.branch}" if self.remote else f"refs/heads/{self.branch}"
+        )
+
+    def fetch(self, *, attempts: bool = False) -> None:
+        """Bring the remote's branch (and, with ``attempts``, every attempt ref) into the
+        cache; a no-op for a local repository."""
+        if not self.remote:
+            return
+        refspecs = [f"+refs/heads/{self.branch}:{self._tracking()}"]
+        if attempts:
+            refspecs.append(f"+{ATTEMPT_REFS}/*:{ATTEMPT_REFS}/*")
+        with self.locked():
+            git("fetch", "--quiet", REMOTE, *refspecs, cwd=self.path)
+
+    def _branch_head(self, *, fetch: bool) -> str | None:
+        if fetch and self.remote:
+            listed = out("ls-remote", REMOTE, f"refs/heads/{self.branch}", cwd=self.path)
+            if not listed:
+                return None
+            self.fetch()
+        found = git(
+            "rev-parse", "--verify", "--quiet", self._tracking(), cwd=self.path, check=False
+        )
+        return found.stdout.decode().strip() if found.returncode == 0 else None
+
+    def head(self) -> str:
+        """The branch's head as the repository has it now (fetched first from a remote)."""
+        head = self._branch_head(fetch=True)
+        if head is None:
+            raise GitError(("rev-parse", self.branch), f"no branch {self.branch} in {self.where}")
+        return head
+
+    def has(self, commit: str) -> bool:
+        return (
+            git("cat-file", "-e", f"{commit}^{{commit}}", cwd=self.path, check=False).returncode
+            == 0
+        )
+
+    def require(self, commit: str) -> None:
+        """Make sure ``commit`` is here (fetching from a remote), or say where it is missing.
+
+        An accepted commit is on the branch, or (if its executor died before moving the
+        branch) under its attempt ref, which is fetched only then."""
+        if not self.has(commit):
+            self.fetch()
+        if not self.has(commit):
+            self.fetch(attempts=True)
+        if not self.has(commit):
+            raise GitError(
+                ("cat-file", commit),
+                f"commit {commit[:12]} of branch {self.branch} is not in {self.where}. "
+                "Executors on several machines must share one repository: give every "
+                "executor the same --repo URL (or the run file's `repository`).",
+            )
+
+    def advance(self, to: str) -> None:
+        """Move the branch forward to ``to`` (a descendant of its head), by compare-and-swap.
+
+        Idempotent: a branch already at ``to``, or past it, is left alone. Whoever syncs
+        first does the work; the others find it done.
+        """
+        self.require(to)
+        with self.locked():
+            self._advance(to)
+
+    def _advance(self, to: str) -> None:
+        for _ in range(ADVANCE_TRIES):
+            old = self._branch_head(fetch=True)
+            if old == to or (old is not None and self._is_ancestor(to, old)):
+                return
+            if old is not None and not self._is_ancestor(old, to):
+                raise GitError(
+                    ("merge-base", "--is-ancestor", old, to),
+                    f"branch {self.branch} in {self.where} is at {old[:12]}, which the "
+                    f"accepted head {to[:12]} does not contain: the branch was changed "
+                    "outside Autopack. Reset it to the accepted head, or start a new run.",
+                )
+            if self._swap(old, to):
+                log_event(logger, "branch_advanced", branch=self.branch, old=old, new=to)
+                return
+        raise GitError(("update-ref", self.branch), "the branch kept moving; try again")
+
+    def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        result = git(
+            "merge-base", "--is-ancestor", ancestor, descendant, cwd=self.path, check=False
+        )
+        return result.returncode == 0
+
+    def _swap(self, old: str | None, new: str) -> bool:
+        if self.remote:
+            return self._push(new, self.branch, expected=old)
+        result = git(
+            "update-ref", f"refs/heads/{self.branch}", new, old or "", cwd=self.path, check=False
+        )
+        return result.returncode == 0
+
+    def _push(self, commit: str, branch: str, *, expected: str | None) -> bool:
+        lease = f"--force-with-lease=refs/heads/{branch}:{expected or ''}"
+        pushed = git(
+            "push",
+            "--quiet",
+            lease,
+            REMOTE,
+            f"{commit}:refs/heads/{branch}",
+            cwd=self.path,
+            check=False,
+        )
+        if pushed.returncode == 0:
+            git("update-ref", f"refs/remotes/{REMOTE}/{branch}", commit, cwd=self.path)
+            return True
+        message = pushed.stderr.decode(errors="replace")
+        if "stale info" in message or "rejected" in message or "fetch first" in message:
+            return False  # the remote moved: read it again and retry
+        raise GitError(("push", REMOTE, f"{commit}:refs/heads/{branch}"), message)
+
+    def publish(self, commit: str, ref: str) -> None:
+        """Make ``commit`` durable under ``ref`` (pushed to the remote) before it is reported."""
+        with self.locked():
+            if self.remote:
+                git("push", "--quiet", "--force", REMOTE, f"{commit}:{ref}", cwd=self.path)
+            git("update-ref", ref, commit, cwd=self.path)
+
+    # -- reading the branch -----------------------------------------------------------------
+
+    def export(self, commit: str, target: Path) -> int:
+        """Write the files of ``commit`` into ``target`` (new or empty); how many."""
+        self.require(commit)
+        if target.exists() and any(target.iterdir()):
+            raise ConfigError(f"{target} is not empty: export the run's code into a new directory")
+        target.mkdir(parents=True, exist_ok=True)
+        index = target / ".autopack-export-index"
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            git("read-tree", commit, cwd=self.path, env=env)
+            git("checkout-index", "--all", f"--prefix={target}{os.sep}", cwd=self.path, env=env)
+        finally:
+            index.unlink(missing_ok=True)
+        return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())
+
+
+def _local(workspace: Path) -> Path:
+    """A local repository used in place: created when missing, refused when it is a
+    directory with files that is not a repository (Autopack never guesses what to commit)."""
+    workspace = workspace.resolve()
+    if workspace.exists() and not workspace.is_dir():
+        raise ConfigError(f"--workspace {workspace} is a file, not a directory")
+    if workspace.is_dir() and _is_repository(workspace):
+        return Path(out("rev-parse", "--show-toplevel", cwd=workspace) or workspace)
+    if workspace.is_dir() and any(workspace.iterdir()):
+        raise ConfigError(
+            f"--workspace {workspace} holds files but is not a git repository. Autopack keeps "
+            "a run's code on a git branch: make it one (`git init && git add -A && git commit "
+            "-m start` there), or give a new or empty directory."
+        )
+    workspace.mkdir(parents=True, exist_ok=True)
+    git("init", "--quiet", cwd=workspace)
+    log_event(logger, "repository_created", path=workspace)
+    return workspace
+
+
+def cache_path(remote: str, cache_dir: Path) -> Path:
+    digest = hashlib.sha256(remote.encode()).hexdigest()[:16]
+    return cache_dir / "repos" / f"{digest}.git"
+
+
+def _cache_clone(remote: str, cache_dir: Path) -> Path:
+    """This machine's bare clone of ``remote`` (made on first use, shared by executors)."""
+    path = cache_path(remote, cache_dir)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    git("clone", "--bare", "--quiet", remote, str(partial), cwd=path.parent)
+    try:
+        partial.rename(path)
+    except OSError:  # another executor on this machine cloned it first
+        shutil.rmtree(partial, ignore_errors=True)
+    log_event(logger, "repository_cached", remote=remote, path=path)
+    return path

@@ -1,0 +1,190 @@
+"""Worktrees: every attempt a checkout of its own, none of them shared.
+
+A slot is a ``git worktree`` of the run's repository owned by one executor process
+(named after its pid). :meth:`Worktrees.checkout` hands an attempt a free slot switched to
+the attempt's base commit and cleaned of anything untracked or ignored, so it holds
+exactly that commit's files; switching a checkout between nearby commits rewrites only
+the files that differ, which is what keeps an attempt's overhead small on a large
+repository. After a completed attempt the slot goes back to the pool; after a failed one
+it is moved aside for inspection and removed once it is older than the configured time.
+Slots of executor processes that no longer exist are removed when a pool starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from autopack.executor.git import git, out
+from autopack.executor.repository import IntegrationConflict, RunRepository
+from autopack.logs import log_event
+
+logger = logging.getLogger("autopack.executor.worktrees")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Worktree:
+    """One attempt's checkout: ``path`` holds the files of ``base`` (plus its own change)."""
+
+    path: Path
+    base: str
+    repository: RunRepository
+    keep: bool = False
+    """Set aside for inspection instead of going back to the pool (a failed attempt)."""
+
+    def commit(self, paths: list[str], message: str) -> str:
+        """The attempt's change as one commit on ``base``; its sha.
+
+        ``git add --force``: a deliverable the repository's ``.gitignore`` matches is
+        committed anyway (the run file asked for it); modes are taken from the files.
+        """
+        present = [p for p in paths if (self.path / p).exists() or self._tracked(p)]
+        with self.repository.locked():
+            if present:
+                git("add", "--force", "--all", "--", *present, cwd=self.path)
+            git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", message, cwd=self.path)
+            return self.head()
+
+    def _tracked(self, path: str) -> bool:
+        return bool(out("ls-files", "--", path, cwd=self.path))
+
+    def head(self) -> str:
+        return out("rev-parse", "HEAD", cwd=self.path)
+
+    def _abort(self) -> str:
+        conflicted = out("diff", "--name-only", "--diff-filter=U", cwd=self.path)
+        git("rebase", "--abort", cwd=self.path, check=False)
+        return conflicted
+
+    def rebase(self, onto: str) -> list[str]:
+        """Replay the attempt's commit on ``onto``; the files the branch changed meanwhile.
+
+        A conflict leaves the worktree as it was and raises :class:`IntegrationConflict`
+        naming the files.
+        """
+        upstream = out("diff", "--name-only", self.base, onto, cwd=self.path).splitlines()
+        with self.repository.locked():
+            result = git("rebase", "--quiet", "--onto", onto, self.base, cwd=self.path, check=False)
+            conflicted = "" if result.returncode == 0 else self._abort()
+        if result.returncode != 0:
+            files = ", ".join(conflicted.splitlines()) or "unknown files"
+            raise IntegrationConflict(
+                ("rebase", "--onto", onto[:12], self.base[:12]),
+                f"the change conflicts with what the branch got meanwhile in {files}",
+            )
+        self.base = onto
+        return upstream
+
+
+class Worktrees:
+    """The pool of checkouts of one repository for one executor process."""
+
+    def __init__(
+        self, repository: RunRepository, root: Path, *, keep_failed_minutes: float
+    ) -> None:
+        self.repository = repository
+        digest = hashlib.sha256(str(repository.path).encode()).hexdigest()[:8]
+        self.root = root / f"{repository.path.name.removesuffix('.git')}-{digest}"
+        self.kept = self.root / "kept"
+        self.keep_failed_seconds = keep_failed_minutes * 60
+        self._free: list[Path] = []
+        self._made = 0
+        self._lock = threading.Lock()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove slots of dead executor processes and kept checkouts past their time."""
+        with self.repository.locked():
+            self._sweep_locked()
+
+    def _sweep_locked(self) -> None:
+        now = time.time()
+        for slot in self.root.glob("slot-*"):
+            pid = int(slot.name.split("-")[1]) if slot.name.split("-")[1].isdigit() else 0
+            if not _alive(pid):
+                self._remove(slot)
+        for kept in self.kept.glob("*") if self.kept.exists() else []:
+            if now - kept.stat().st_mtime > self.keep_failed_seconds:
+                self._remove(kept)
+        git("worktree", "prune", cwd=self.repository.path, check=False)
+
+    def _remove(self, path: Path) -> None:
+        with self.repository.locked():
+            git("worktree", "remove", "--force", str(path), cwd=self.repository.path, check=False)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _slot(self, base: str) -> Path:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+            path = self.root / f"slot-{os.getpid()}-{self._made}"
+        self._remove(path)
+        add = ("add", "--quiet", "--detach", "--no-checkout", str(path), base)
+        with self.repository.locked():
+            git("worktree", *add, cwd=self.repository.path)
+        return path
+
+    @contextmanager
+    def checkout(self, base: str, name: str) -> Iterator[Worktree]:
+        """A checkout of exactly ``base``; ``name`` names it if it is kept for inspection."""
+        self.repository.require(base)
+        path = self._slot(base)
+        try:
+            with self.repository.locked():
+                git("checkout", "--quiet", "--force", "--detach", base, cwd=path)
+                git("clean", "-ffdxq", cwd=path)
+        except BaseException:
+            self._remove(path)
+            raise
+        worktree = Worktree(path, base, self.repository)
+        try:
+            yield worktree
+        except BaseException:
+            worktree.keep = True
+            raise
+        finally:
+            self._release(worktree, name)
+
+    def _release(self, worktree: Worktree, name: str) -> None:
+        if not worktree.keep:
+            with self._lock:
+                self._free.append(worktree.path)
+            return
+        self.kept.mkdir(parents=True, exist_ok=True)
+        target = self.kept / name
+        self._remove(target)
+        with self.repository.locked():
+            move = ("move", str(worktree.path), str(target))
+            moved = git("worktree", *move, cwd=self.repository.path, check=False)
+        if moved.returncode != 0:
+            self._remove(worktree.path)
+            return
+        os.utime(target)
+        log_event(logger, "worktree_kept", path=target, minutes=self.keep_failed_seconds / 60)
+
+    def close(self) -> None:
+        """Remove this process's free slots (kept ones stay for inspection)."""
+        with self._lock:
+            free, self._free = self._free, []
+        for path in free:
+            self._remove(path)

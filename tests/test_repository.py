@@ -1,0 +1,203 @@
+"""The run's repository and worktrees with real git: branches, compare-and-swap, caches.
+
+Everything the executor relies on for "the run's code is a git branch": a repository is
+created or refused clearly, the branch only moves forward by compare-and-swap (locally
+and through a remote), commits survive in attempt refs, worktrees hold exactly their base,
+and a conflict is named.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from autopack.errors import ConfigError
+from autopack.executor.git import GitError
+from autopack.executor.repository import (
+    IntegrationConflict,
+    RepoSource,
+    RunRepository,
+    attempt_ref,
+    run_branch,
+)
+from autopack.executor.worktrees import Worktrees
+
+BRANCH = run_branch("r1")
+
+
+def sh(*args: str, cwd: Path) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def project(path: Path, files: dict[str, str]) -> Path:
+    """A git repository with one commit holding ``files``."""
+    path.mkdir(parents=True)
+    sh("init", "-q", "-b", "main", cwd=path)
+    for name, content in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(content)
+    sh("add", "-A", cwd=path)
+    sh("commit", "-q", "-m", "start", cwd=path)
+    return path
+
+
+def local(path: Path, cache: Path) -> RunRepository:
+    return RunRepository.open(RepoSource(workspace=path), branch=BRANCH, cache_dir=cache)
+
+
+def test_a_missing_workspace_becomes_a_repository_with_the_run_branch(tmp_path: Path) -> None:
+    repository = local(tmp_path / "ws", tmp_path / "cache")
+    head = repository.head()
+    assert sh("rev-parse", f"refs/heads/{BRANCH}", cwd=tmp_path / "ws") == head
+    assert sh("ls-tree", head, cwd=tmp_path / "ws") == "", "it starts empty"
+
+
+def test_the_branch_starts_at_the_projects_head(tmp_path: Path) -> None:
+    repo = project(tmp_path / "proj", {"README.md": "hello\n"})
+    repository = local(repo, tmp_path / "cache")
+    assert repository.head() == sh("rev-parse", "main", cwd=repo)
+    assert sh("rev-parse", "--abbrev-ref", "HEAD", cwd=repo) == "main", "checkout untouched"
+
+
+def test_a_directory_with_files_that_is_no_repository_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws/notes.txt").write_text("mine\n")
+    with pytest.raises(ConfigError, match="not a git repository"):
+        local(tmp_path / "ws", tmp_path / "cache")
+    assert (tmp_path / "ws/notes.txt").read_text() == "mine\n"
+    assert not (tmp_path / "ws/.git").exists()
+
+
+def test_advance_moves_forward_by_compare_and_swap_and_refuses_divergence(
+    tmp_path: Path,
+) -> None:
+    repo = project(tmp_path / "proj", {"a.txt": "a\n"})
+    repository = local(repo, tmp_path / "cache")
+    start = repository.head()
+    sh("checkout", "-q", "-b", "work", cwd=repo)
+    (repo / "b.txt").write_text("b\n")
+    sh("add", "b.txt", cwd=repo)
+    sh("commit", "-q", "-m", "b", cwd=repo)
+    ahead = sh("rev-parse", "HEAD", cwd=repo)
+    repository.advance(ahead)
+    assert repository.head() == ahead
+    repository.advance(ahead)  # idempotent
+    repository.advance(start)  # already past it: left alone
+    assert repository.head() == ahead
+    sh("checkout", "-q", "--detach", start, cwd=repo)
+    (repo / "c.txt").write_text("c\n")
+    sh("add", "c.txt", cwd=repo)
+    sh("commit", "-q", "-m", "c", cwd=repo)
+    elsewhere = sh("rev-parse", "HEAD", cwd=repo)
+    with pytest.raises(GitError, match="changed outside Autopack"):
+        repository.advance(elsewhere)
+    assert repository.head() == ahead
+
+
+def test_worktrees_hold_exactly_their_base_and_failed_ones_are_kept_then_removed(
+    tmp_path: Path,
+) -> None:
+    repo = project(tmp_path / "proj", {"a.txt": "a\n", ".gitignore": "*.log\n"})
+    repository = local(repo, tmp_path / "cache")
+    base = repository.head()
+    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    with pool.checkout(base, "r1-p1-1") as tree:
+        assert (tree.path / "a.txt").read_text() == "a\n"
+        (tree.path / "junk.log").write_text("ignored junk")
+        (tree.path / "untracked.txt").write_text("left over")
+        first = tree.path
+    with pool.checkout(base, "r1-p2-1") as tree:
+        assert tree.path == first, "a clean slot is reused"
+        assert sorted(p.name for p in tree.path.iterdir() if p.name != ".git") == [
+            ".gitignore",
+            "a.txt",
+        ], "nothing of the previous attempt is left"
+    with pytest.raises(RuntimeError), pool.checkout(base, "r1-p3-1") as tree:
+        (tree.path / "a.txt").write_text("half-done\n")
+        raise RuntimeError("the attempt failed")
+    kept = pool.kept / "r1-p3-1"
+    assert (kept / "a.txt").read_text() == "half-done\n", "kept for inspection"
+    assert (repo / "a.txt").read_text() == "a\n", "the project's checkout is untouched"
+    old = time.time() - 2 * 3600
+    os.utime(kept, (old, old))
+    Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    assert not kept.exists(), "removed once older than the configured time"
+
+
+def test_a_commit_keeps_ignored_deliverables_and_modes(tmp_path: Path) -> None:
+    repo = project(tmp_path / "proj", {".gitignore": "*.log\n", "run.sh": "#!/bin/sh\n"})
+    (repo / "run.sh").chmod(0o755)
+    sh("add", "run.sh", cwd=repo)
+    sh("commit", "-q", "-m", "exec", cwd=repo)
+    repository = local(repo, tmp_path / "cache")
+    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    with pool.checkout(repository.head(), "r1-p1-1") as tree:
+        (tree.path / "logs").mkdir()
+        (tree.path / "logs/app.log").write_text("delivered\n")
+        (tree.path / "run.sh").write_text("#!/bin/sh\necho new\n")
+        commit = tree.commit(["logs/app.log", "run.sh"], "autopack: p1")
+    assert sh("show", f"{commit}:logs/app.log", cwd=repo) == "delivered"
+    modes = sh("ls-tree", commit, "run.sh", cwd=repo)
+    assert modes.startswith("100755"), modes
+    assert stat.S_IMODE((repo / "run.sh").stat().st_mode) == 0o755
+
+
+def test_rebase_replays_a_commit_or_names_the_conflict(tmp_path: Path) -> None:
+    repo = project(tmp_path / "proj", {"a.txt": "one\n", "b.txt": "two\n"})
+    repository = local(repo, tmp_path / "cache")
+    base = repository.head()
+    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    with pool.checkout(base, "first") as tree:
+        (tree.path / "a.txt").write_text("one, first\n")
+        moved = tree.commit(["a.txt"], "first")
+    repository.advance(moved)
+    with pool.checkout(base, "second") as tree:
+        (tree.path / "b.txt").write_text("two, second\n")
+        tree.commit(["b.txt"], "second")
+        assert tree.rebase(moved) == ["a.txt"]
+        rebased = tree.head()
+        assert tree.base == moved
+    assert sh("show", f"{rebased}:a.txt", cwd=repo) == "one, first"
+    assert sh("show", f"{rebased}:b.txt", cwd=repo) == "two, second"
+    with pool.checkout(base, "third") as tree:
+        (tree.path / "a.txt").write_text("one, third\n")
+        mine = tree.commit(["a.txt"], "third")
+        with pytest.raises(IntegrationConflict, match=r"a\.txt"):
+            tree.rebase(moved)
+        assert tree.head() == mine and tree.base == base, "left as it was"
+
+
+def test_executors_with_their_own_caches_share_one_remote_branch(tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    one = RunRepository.open(
+        RepoSource(remote=str(remote)), branch=BRANCH, cache_dir=tmp_path / "c1"
+    )
+    two = RunRepository.open(
+        RepoSource(remote=str(remote)), branch=BRANCH, cache_dir=tmp_path / "c2"
+    )
+    assert one.path != two.path
+    start = one.head()
+    assert two.head() == start, "both see the branch the first created"
+    pool = Worktrees(one, tmp_path / "c1/worktrees", keep_failed_minutes=60)
+    with pool.checkout(start, "p1") as tree:
+        (tree.path / "x.txt").write_text("x\n")
+        commit = tree.commit(["x.txt"], "p1")
+    ref = attempt_ref("r1", "p1", 1)
+    one.publish(commit, ref)
+    assert sh("rev-parse", ref, cwd=remote) == commit, "durable on the remote before it is used"
+    two.advance(commit)  # the other executor integrates it: fetched from the attempt ref
+    assert sh("rev-parse", f"refs/heads/{BRANCH}", cwd=remote) == commit
+    assert one.head() == commit
+    two.advance(commit)  # idempotent

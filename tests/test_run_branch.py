@@ -1,0 +1,307 @@
+"""The run's code is a git branch: real drains, real git, real processes.
+
+Each test reproduces one way the shared-workspace design lost work or let it leak, and
+checks what a user would check on the branch: the completed phase's files are there, a
+stale executor's are not, a failed attempt never touched anyone else's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import (
+    attempts,
+    branch_files,
+    branch_log,
+    cassette,
+    create_run,
+    drain,
+    drain_process,
+    env_for,
+    files,
+    git,
+    line,
+    on_branch,
+    phase,
+    phase_row,
+    repository,
+    rows,
+    run_file,
+)
+from tests.support import cli
+
+RUN = "exec-run"
+
+
+def _args(ws: Path, tape: Path, *extra: str, phase_id: str | None = None) -> list[str]:
+    which = ["phase", "--phase-id", phase_id] if phase_id else ["run"]
+    return [
+        *which,
+        *("--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)),
+        *("--workspace", str(ws), *extra),
+    ]
+
+
+def _wait_for(check: object, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _answer(**contents: str) -> str:
+    """A Builder answer writing ``pkg/NAME`` files: ``_answer(out_txt="x")`` -> pkg/out.txt."""
+    written = [
+        {"path": "pkg/" + name.replace("_", ".", 1), "content": body}
+        for name, body in contents.items()
+    ]
+    return json.dumps({"files": written, "summary": "wrote files"})
+
+
+def _sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'autopack.db'}"
+
+
+def test_a_gitignored_deliverable_is_committed_and_the_phase_completes(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {".gitignore": "*.log\n"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/app.log"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(app_log="delivered\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert on_branch(ws, "pkg/app.log") == "delivered\n"
+    assert json.loads(done.stdout)["run_state"] == "DONE_SUCCESS"
+    [attempt] = attempts(url, "p1")
+    assert attempt["files_written"] == ["pkg/app.log"]
+    assert attempt["commit_sha"] == git("rev-parse", f"autopack/{RUN}", cwd=ws)
+
+
+def test_a_stale_executor_never_deletes_or_replaces_completed_work(tmp_path: Path) -> None:
+    """A is stopped past its lease mid-check; B redoes and completes the phase; A resumes."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    slow = 'python -c "import time; time.sleep(3)"'
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/out.txt"], checks=[slow])]), env, tmp_path)
+    answers = [
+        line("p1", 1, _answer(out_txt="from A\n")),
+        line("p1", 2, _answer(out_txt="from B\n")),
+    ]
+    tape = cassette(tmp_path, answers)
+    a = drain_process(
+        *_args(ws, tape, "--lease-seconds", "5", phase_id="p1"), env=env, cwd=tmp_path
+    )
+    _wait_for(lambda: phase_row(url, "p1")["state"] == "CI_RUNNING", "A's checks")
+    a.send_signal(signal.SIGSTOP)
+    try:
+        b = drain(*_args(ws, tape, "--lease-seconds", "5", phase_id="p1"), env=env, cwd=tmp_path)
+        assert b.returncode == 0, b.stderr[-3000:]
+        assert on_branch(ws, "pkg/out.txt") == "from B\n"
+    finally:
+        a.send_signal(signal.SIGCONT)
+    _, a_err = a.communicate(timeout=120)
+    assert "lease_lost" in a_err
+    assert on_branch(ws, "pkg/out.txt") == "from B\n", "the stale executor changed nothing"
+    history = attempts(url, "p1")
+    assert [h["outcome"] for h in history] == ["LOST", "COMPLETE"]
+    head = git("rev-parse", f"autopack/{RUN}", cwd=ws)
+    assert history[1]["commit_sha"] == head
+    first = git("log", "--format=%H", f"autopack/{RUN}", cwd=ws).splitlines()
+    stale = git(
+        "for-each-ref", "--format=%(objectname)", f"refs/autopack/attempts/{RUN}/p1/1", cwd=ws
+    )
+    assert not stale or stale not in first, "A's commit never reaches the branch"
+
+
+def test_a_symlink_inside_the_workspace_cannot_carry_a_write_out_of_scope(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"secret/keep.txt": "k\n"})
+    (ws / "pkg").mkdir()
+    (ws / "pkg/link_in").symlink_to("../secret")
+    git("add", "-A", cwd=ws)
+    git("commit", "-q", "-m", "a link inside the workspace", cwd=ws)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    evil = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/mod.py", "content": "x = 1\n"},
+                {"path": "pkg/link_in/pwn.txt", "content": "owned\n"},
+            ]
+        }
+    )
+    tape = cassette(tmp_path, [line("p1", 1, evil), line("p1", 2, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = attempts(url, "p1")[0]
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "unsafe_path")
+    assert "secret/pwn.txt" not in branch_files(ws)
+    assert not (ws / "secret/pwn.txt").exists()
+
+
+def test_an_overwritten_executable_keeps_its_mode_and_its_check_passes(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/run.sh": "#!/bin/sh\nexit 1\n"})
+    (ws / "pkg/run.sh").chmod(0o755)
+    git("add", "pkg/run.sh", cwd=ws)
+    git("commit", "-q", "-m", "executable", cwd=ws)
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/run.sh"], checks=["./pkg/run.sh"])]), env, tmp_path
+    )
+    answer = json.dumps({"files": [{"path": "pkg/run.sh", "content": "#!/bin/sh\nexit 0\n"}]})
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert attempt["check_results"][0]["passed"] is True
+    assert git("ls-tree", f"autopack/{RUN}", "pkg/run.sh", cwd=ws).startswith("100755")
+
+
+def test_concurrent_phases_never_see_each_others_work(tmp_path: Path) -> None:
+    """A writes its file, then its check fails (slowly); B's check looks for A's file."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    fails = 'python -c "import time; time.sleep(2); raise SystemExit(1)"'
+    blind = (
+        'python -c "import os, time; time.sleep(1); '
+        "assert not os.path.exists('pkg/a.py'), 'saw A'\""
+    )
+    phases = [
+        phase("a", ["pkg/a.py"], checks=[fails], max_attempts=1),
+        phase("b", ["pkg/b.py"], checks=[blind]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    done = drain(*_args(ws, tape, "--concurrency", "2"), env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert phase_row(url, "a")["state"] == "FAILED"
+    assert phase_row(url, "b")["state"] == "COMPLETE"
+    assert branch_files(ws) == ["pkg/b.py"]
+    [b_attempt] = attempts(url, "b")
+    assert b_attempt["check_results"][0]["passed"] is True
+
+
+def test_two_phases_editing_one_file_conflict_and_the_loser_retries_on_the_new_head(
+    tmp_path: Path,
+) -> None:
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/common.py": "VALUE = 0\n"})
+    slow = 'python -c "import time; time.sleep(2)"'
+    phases = [phase("a", ["pkg/common.py"]), phase("b", ["pkg/common.py"], checks=[slow])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [
+            line("a", 1, files(common_py="VALUE = 1\n")),
+            line("b", 1, files(common_py="VALUE = 2\n")),
+            line("b", 2, files(common_py="VALUE = 1\nOTHER = 2\n")),
+        ],
+    )
+    done = drain(*_args(ws, tape, "--concurrency", "2"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = attempts(url, "b")
+    assert [(h["outcome"], h["stop_reason"]) for h in history] == [
+        ("FAILED", "integration_conflict"),
+        ("COMPLETE", "completed"),
+    ]
+    assert "pkg/common.py" in history[0]["error"]
+    assert on_branch(ws, "pkg/common.py") == "VALUE = 1\nOTHER = 2\n"
+    a_commit = attempts(url, "a")[0]["commit_sha"]
+    branch = git("log", "--format=%H", f"autopack/{RUN}", cwd=ws).splitlines()
+    assert branch[0] == history[1]["commit_sha"] and a_commit in branch
+
+
+def test_a_commit_accepted_just_before_a_kill_still_reaches_the_branch(tmp_path: Path) -> None:
+    """kill -9 right after the result is accepted, while the branch ref cannot move (a
+    lock file holds it): the next command to come along integrates the commit."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="KEPT = 1\n"))])
+    branch_ref = ws / ".git/refs/heads/autopack" / RUN
+    git("branch", f"autopack/{RUN}", cwd=ws)  # the run branch, as a drain creates it
+    lock = branch_ref.with_name(f"{RUN}.lock")
+    lock.write_text("held\n")
+    process = drain_process(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    _wait_for(lambda: phase_row(url, "p1")["state"] == "COMPLETE", "the accepted result")
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    accepted = rows(url, "SELECT branch_head FROM runs")[0]["branch_head"]
+    assert accepted and on_branch(ws, "pkg/mod.py") is None, "the branch is behind"
+    lock.unlink()
+    exported = cli(
+        "run", "export", RUN, str(tmp_path / "code"), "--workspace", str(ws), cwd=tmp_path, env=env
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert git("rev-parse", f"autopack/{RUN}", cwd=ws) == accepted
+    assert on_branch(ws, "pkg/mod.py") == "KEPT = 1\n"
+    assert (tmp_path / "code/pkg/mod.py").read_text() == "KEPT = 1\n"
+
+
+@pytest.mark.postgres
+def test_three_executors_with_their_own_caches_drain_one_remote_branch(
+    tmp_path: Path, pg_admin: str
+) -> None:
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database(pg_admin)
+    try:
+        remote = tmp_path / "remote.git"
+        subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+        env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
+        count = 30
+        body = json.loads(
+            run_file(tmp_path, [phase(f"p{i}", [f"pkg/m{i}.py"]) for i in range(count)]).read_text()
+        )
+        body["repository"] = str(remote)
+        (tmp_path / "remote-run.json").write_text(json.dumps(body))
+        create_run(tmp_path / "remote-run.json", env, tmp_path)
+        tape = cassette(
+            tmp_path,
+            [
+                line(f"p{i}", 1, files(**{f"m{i}_py": f"VALUE = {i}\n"}), latency_ms=37 * (i % 9))
+                for i in range(count)
+            ],
+        )
+        executors = []
+        for n in range(3):
+            own = {**env, "AUTOPACK_CACHE_DIR": str(tmp_path / f"cache-{n}")}
+            args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+            executors.append(
+                drain_process(
+                    *args, "--concurrency", "2", "--worker-id", f"e{n}", env=own, cwd=tmp_path
+                )
+            )
+        outputs = [process.communicate(timeout=600)[1] for process in executors]
+        for process, stderr in zip(executors, outputs, strict=True):
+            assert process.returncode == 0, stderr[-3000:]
+        states = rows(url, "SELECT state, commit_sha FROM phases")
+        assert {s["state"] for s in states} == {"COMPLETE"}
+        subjects = branch_log(remote, RUN)
+        phase_commits = [s for s in subjects if s.startswith("autopack: ")]
+        assert sorted(s.split()[1] for s in phase_commits) == sorted(f"p{i}" for i in range(count))
+        assert len(subjects) == count + 1, "30 phase commits on the branch's first commit"
+        branch = set(git("log", "--format=%H", f"autopack/{RUN}", cwd=remote).splitlines())
+        assert {s["commit_sha"] for s in states} <= branch
+        assert sorted(branch_files(remote, RUN)) == sorted(f"pkg/m{i}.py" for i in range(count))
+        workers = {
+            r["worker_id"].split("/")[0] for r in rows(url, "SELECT worker_id FROM phase_attempts")
+        }
+        assert len(workers) >= 2, f"the work was shared: {workers}"
+    finally:
+        drop_pg_database(pg_admin, url)
