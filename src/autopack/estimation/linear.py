@@ -1,8 +1,8 @@
-"""The token estimator: chooses each Builder call's ``max_tokens`` from a coefficients file.
+"""The v1 estimator (file schema 1): p50 linear in the coefficients, budget = p90 x buffer.
 
-The coefficients are data (``autopack/data/estimator/coefficients-v1.json``, overridable with
-``AUTOPACK_ESTIMATOR_FILE``), never code, so calibration can rewrite them as a reviewable
-patch. The model is deliberately linear in the coefficients::
+Kept because the packaged default (``coefficients-v1.json``) and any file calibrated by
+earlier versions use it, and because it is the "old estimator" every new calibration is
+compared against. The model::
 
     p50    = (overhead[category][complexity]
               + sum over deliverables of marginal[kind][new]
@@ -11,9 +11,9 @@ patch. The model is deliberately linear in the coefficients::
     p90    = p50 * p90_ratio[category/complexity/bucket]   (or p90_ratio.default)
     budget = clamp(p90 * buffer, floor, model_max_output)
 
-Being linear, every estimate is a dot product of a *design row* (what the phase contains) and
-the coefficient values; :meth:`TokenEstimator.design` exposes that row so calibration fits
-exactly the function that predicts.
+Its weakness, and why schema 2 exists: complexity is an additive overhead (it cannot scale
+each file), and the budget is a fixed multiple of p90, which truncates 5-7 % of calls even
+when p90 is exact at the spreads LLM output shows.
 """
 
 from __future__ import annotations
@@ -22,32 +22,19 @@ import copy
 import json
 import math
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from autopack.errors import ConfigError, InvalidInput
+from autopack.errors import ConfigError
 from autopack.estimation.features import KINDS, PhaseFeatures, bucket_of, normalize_label
 
-DecidedBy = Literal["estimate", "floor", "ceiling"]
 ParamKey = tuple[str, str, str]
 """("overhead", category, complexity) or ("marginal", kind, "new" | "modify" | "per_kb")."""
+Z90 = 1.2815515655446004
 
-PACKAGED_FILE = "coefficients-v1.json"
+SCHEMA = 1
 COMPLEXITIES = ("low", "medium", "high")
 MARGINAL_FIELDS = ("new", "modify", "per_kb")
 WILDCARD = "*"
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """One prediction. ``decided_by`` says which bound chose the budget."""
-
-    p50: int
-    p90: int
-    budget: int
-    decided_by: DecidedBy
-    version: str
 
 
 def stratum_key(category: str, complexity: str, deliverable_count: int) -> str:
@@ -57,8 +44,17 @@ def stratum_key(category: str, complexity: str, deliverable_count: int) -> str:
     )
 
 
-class TokenEstimator:
-    """A validated coefficients document plus the arithmetic that turns features into budgets."""
+@dataclass(frozen=True)
+class LinearBudget:
+    """The v1 arithmetic's numbers before the model's ceiling is applied."""
+
+    p50: int
+    p90: int
+    wanted: int
+
+
+class LinearModel:
+    """A validated schema-1 coefficients document plus the arithmetic on it."""
 
     def __init__(self, document: dict[str, Any], *, source: str = "<memory>") -> None:
         self._doc = copy.deepcopy(document)
@@ -66,30 +62,12 @@ class TokenEstimator:
         _validate(self._doc, source)
         self.version: str = self._doc["version"]
 
-    # -- loading and saving -------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> TokenEstimator:
-        """Read a coefficients file; ``None`` means the one shipped in the package."""
-        if path is None:
-            packaged = resources.files("autopack") / "data" / "estimator" / PACKAGED_FILE
-            text = packaged.read_text(encoding="utf-8")
-            return cls(_parse(text, PACKAGED_FILE), source=f"package:{PACKAGED_FILE}")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read estimator coefficients {path}: {exc}") from exc
-        return cls(_parse(text, str(path)), source=str(path))
-
     def to_json(self) -> dict[str, Any]:
         return copy.deepcopy(self._doc)
 
     def dumps(self) -> str:
         """The file text: stable layout so a calibration diff shows only changed numbers."""
         return json.dumps(self._doc, indent=2) + "\n"
-
-    def write(self, path: Path) -> None:
-        Path(path).write_text(self.dumps(), encoding="utf-8")
 
     # -- coefficients --------------------------------------------------------------------
 
@@ -159,26 +137,19 @@ class TokenEstimator:
         total = sum(count * self.value(key) for key, count in self.design(features).items())
         return total * self.margin
 
-    # -- the estimate --------------------------------------------------------------------
+    # -- the budget ---------------------------------------------------------------------
 
-    def estimate(self, features: PhaseFeatures, *, model_max_output: int) -> Estimate:
-        """p50, p90 and the clamped budget for one Builder call."""
-        if model_max_output < 1:
-            raise InvalidInput(f"model_max_output must be positive, got {model_max_output}")
+    def sigma(self, key: str) -> float:
+        """The lognormal spread the p90 ratio implies: ln(ratio) / z(0.9)."""
+        return math.log(max(self.p90_ratio(key), 1.0 + 1e-9)) / Z90
+
+    def budget(self, features: PhaseFeatures) -> LinearBudget:
+        """p50, p90 and the wanted budget p90 x buffer (the v1 rule; no quantile)."""
         raw = self.p50_exact(features)
         key = stratum_key(features.category, features.complexity, features.deliverable_count)
         p50 = max(1, round(raw))
         p90 = max(p50, round(raw * self.p90_ratio(key)))
-        wanted = math.ceil(p90 * self.buffer)
-        decided_by: DecidedBy = "estimate"
-        budget = wanted
-        if wanted < self.floor:
-            budget, decided_by = self.floor, "floor"
-        if budget > model_max_output:
-            budget, decided_by = model_max_output, "ceiling"
-        return Estimate(
-            p50=p50, p90=p90, budget=budget, decided_by=decided_by, version=self.version
-        )
+        return LinearBudget(p50, p90, math.ceil(p90 * self.buffer))
 
     # -- deriving new coefficients (calibration) -----------------------------------------
 
@@ -189,7 +160,7 @@ class TokenEstimator:
         p90_default: float | None = None,
         p90_strata: dict[str, float] | None = None,
         version: str | None = None,
-    ) -> TokenEstimator:
+    ) -> LinearModel:
         """A copy with some coefficients replaced; everything else is kept byte for byte."""
         doc = copy.deepcopy(self._doc)
         for (group, first, second), number in values.items():
@@ -200,21 +171,11 @@ class TokenEstimator:
             doc["p90_ratio"]["strata"] = dict(sorted({**self.p90_strata, **p90_strata}.items()))
         if version is not None:
             doc["version"] = version
-        return TokenEstimator(doc, source="<calibrated>")
+        return LinearModel(doc, source="<calibrated>")
 
 
 def _add(row: dict[ParamKey, float], key: ParamKey, amount: float) -> None:
     row[key] = row.get(key, 0.0) + amount
-
-
-def _parse(text: str, source: str) -> dict[str, Any]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"estimator coefficients {source} are not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ConfigError(f"estimator coefficients {source} must be a JSON object")
-    return document
 
 
 def _validate(doc: dict[str, Any], source: str) -> None:
