@@ -58,7 +58,7 @@ def test_estimate_by_hand_from_an_override_file(tmp_path: Path) -> None:
     features = _features("implementation", "medium", PY_NEW, PY_MOD, TEST_NEW)
     # (200 + 1000 + (200 + 100 * 2 KB) + 800) * 1.5 = 3600; p90 = 7200; budget = 9000
     assert estimator.estimate(features, model_max_output=100_000) == Estimate(
-        p50=3600, p90=7200, budget=9000, decided_by="estimate", version="test-1"
+        p50=3600, p90=7200, budget=9000, decided_by="estimate", version="test-1", wanted=9000
     )
 
 
@@ -100,7 +100,8 @@ def test_budget_clamp_says_which_bound_decided(tmp_path: Path) -> None:
 def test_design_row_matches_the_prediction(tmp_path: Path) -> None:
     estimator = TokenEstimator.load(_write(tmp_path, _coefficients()))
     features = _features("implementation", "medium", PY_NEW, PY_MOD, TEST_NEW)
-    assert estimator.design(features) == {
+    assert estimator.linear is not None
+    assert estimator.linear.design(features) == {
         ("overhead", "implementation", "medium"): 1.0,
         ("marginal", "python", "new"): 1.0,
         ("marginal", "python", "modify"): 1.0,
@@ -130,24 +131,26 @@ def test_packaged_priors_are_realistic() -> None:
 
 def test_write_then_load_round_trips(tmp_path: Path) -> None:
     estimator = TokenEstimator.load()
-    changed = estimator.with_changes(
+    assert estimator.linear is not None
+    changed = estimator.linear.with_changes(
         {("marginal", "python", "new"): 2222.0, ("overhead", "research", "low"): 99.0},
         p90_strata={"research/low/1": 1.5},
         version="v1-custom",
     )
     target = tmp_path / "out.json"
-    changed.write(target)
-    loaded = TokenEstimator.load(target)
+    target.write_text(changed.dumps())
+    loaded = TokenEstimator.load(target).linear
+    assert loaded is not None
     assert loaded.version == "v1-custom"
     assert loaded.value(("marginal", "python", "new")) == 2222
     assert loaded.value(("overhead", "research", "low")) == 99
     # research/medium is still unknown: falls back to the '*' row, not to research/low.
-    assert loaded.value(("overhead", "research", "medium")) == estimator.value(
+    assert loaded.value(("overhead", "research", "medium")) == estimator.linear.value(
         ("overhead", "*", "medium")
     )
     assert loaded.p90_ratio("research/low/1") == 1.5
     assert loaded.to_json() == changed.to_json()
-    assert estimator.value(("marginal", "python", "new")) == 1800  # the original is untouched
+    assert estimator.linear.value(("marginal", "python", "new")) == 1800  # untouched
 
 
 @pytest.mark.parametrize(
@@ -191,6 +194,7 @@ def test_importing_estimation_touches_no_file_and_skips_matplotlib() -> None:
         "real = builtins.open\n"
         "builtins.open = lambda *a, **k: (opened.append(a[0]), real(*a, **k))[1]\n"
         "import autopack.estimation.calibrate, autopack.estimation.report\n"
+        "import autopack.estimation.render, autopack.estimation.plot\n"
         "print('matplotlib' in sys.modules, opened)\n"
     )
     result = subprocess.run(
@@ -204,3 +208,177 @@ def test_budget_is_never_below_p90(tmp_path: Path) -> None:
     features = _features("implementation", "low", Deliverable("a.sql", "sql", True, 0))
     estimate = estimator.estimate(features, model_max_output=100_000)
     assert estimate.budget == estimate.p90 == math.ceil((100 + 100) * 1.5 * 2.0)
+
+
+# -- schema 2: the predictive estimator -----------------------------------------------------
+
+Z90, Z98 = 1.2815515655446004, 2.0537489106318225
+
+
+def _cell(intercept: float, sigma: float, slope: float = 0.5, phases: int = 50) -> dict[str, Any]:
+    return {
+        "intercept": intercept,
+        "slope": slope,
+        "sigma": sigma,
+        "log_sigma_var": 0.0,
+        "cov": [0.0] * 10,
+        "phases": phases,
+    }
+
+
+def _predictive(**changes: Any) -> dict[str, Any]:
+    """A schema-2 file with round numbers and no estimation uncertainty (cov 0)."""
+    pooled = {
+        "phases": 60,
+        "censored": 0,
+        "global": {**_cell(math.log(1000), 0.5), "slope_var": 0.0},
+        "size": {"modified_share": 0.0, "existing_kb": 0.0},
+        "categories": {"implementation": {"slope": 0.5, "slope_var": 0.0}},
+        "cells": {"implementation/high": _cell(math.log(2000), 0.6)},
+        "strata": {
+            "implementation/high/1": {"shift": 0.1, "cov": [0.0] * 10, "phases": 20, "censored": 0}
+        },
+        "model_offsets": {
+            "model-a": {"offset": 0.0, "var": 0.0, "cov": [0.0] * 4, "phases": 50},
+            "model-b": {"offset": math.log(2), "var": 0.0, "cov": [0.0] * 4, "phases": 10},
+        },
+    }
+    doc: dict[str, Any] = {
+        "schema": 2,
+        "version": "test-2",
+        "target_truncation": 0.02,
+        "margin_sd": 0.0,
+        "floor": 100,
+        "log_n_centre": 0.0,
+        "fallback_sd": {
+            "cell": 0.5,
+            "shift": 0.2,
+            "category_slope": 0.25,
+            "cell_slope": 0.1,
+            "model": 0.35,
+            "cell_sigma": 0.2,
+        },
+        "pooled": pooled,
+        "models": {},
+    }
+    doc.update(changes)
+    return doc
+
+
+def test_predictive_budget_is_the_target_quantile_by_hand(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _predictive()))
+    assert (estimator.schema, estimator.version, estimator.target_truncation) == (2, "test-2", 0.02)
+    one = _features("implementation", "high", PY_NEW)
+    mu = math.log(2000) + 0.1  # cell intercept + stratum shift; log n = 0 at one file
+    estimate = estimator.estimate(one, model_max_output=100_000, model="model-a")
+    assert estimate.p50 == round(math.exp(mu))
+    assert estimate.p90 == round(math.exp(mu + Z90 * 0.6))
+    assert estimate.budget == math.ceil(math.exp(mu + Z98 * 0.6))
+    assert (estimate.quantile, estimate.fit, estimate.decided_by) == (
+        0.98,
+        "pooled:model-a",
+        "estimate",
+    )
+    assert not estimate.exceeds_model_max
+    # Three files, no stratum fitted for 2-5: cell level, slope 0.5, the shift's prior spread.
+    three = _features("implementation", "high", PY_NEW, PY_MOD, TEST_NEW)
+    dist = estimator.distribution(three, "model-a")
+    assert dist.level == "cell"
+    assert dist.mu == pytest.approx(math.log(2000) + 0.5 * math.log(3))
+    assert dist.sd == pytest.approx(math.sqrt(0.6**2 + 0.2**2))
+    # A category it never saw: global level and slope, spread widened by every fallback.
+    odd = estimator.distribution(_features("research", "low", PY_NEW, PY_NEW), "model-a")
+    assert odd.level == "global"
+    assert odd.mu == pytest.approx(math.log(1000) + 0.5 * math.log(2))
+    spread = 0.5**2 + 0.2**2 + (0.1**2 + 0.25**2) * math.log(2) ** 2
+    assert odd.sd == pytest.approx(math.sqrt(0.5**2 + spread))
+
+
+def test_model_families_offsets_and_unseen_models(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _predictive()))
+    one = _features("implementation", "high", PY_NEW)
+    a = estimator.estimate(one, model_max_output=100_000, model="model-a-20260101")
+    b = estimator.estimate(one, model_max_output=100_000, model="Model-B")
+    assert (a.fit, b.fit) == ("pooled:model-a", "pooled:model-b")  # dated id, case: same family
+    assert b.p50 == pytest.approx(2 * a.p50, abs=1)
+    unseen = estimator.distribution(one, "model-z")
+    known = estimator.distribution(one, "model-a")
+    assert unseen.fit == "pooled:unseen-model"
+    assert unseen.mu == known.mu and unseen.sd == pytest.approx(math.sqrt(0.6**2 + 0.35**2))
+    assert estimator.estimate(one, model_max_output=100_000).fit == "pooled"
+    # A family with its own fit uses it, not the pooled parameters.
+    own = _predictive()
+    own["models"] = {
+        "model-a": {**own["pooled"], "cells": {"implementation/high": _cell(9.0, 0.4)}}
+    }
+    mine = TokenEstimator(own).distribution(one, "model-a-20260101")
+    assert (mine.fit, mine.sigma) == ("model:model-a", 0.4)
+
+
+def test_budget_above_the_model_maximum_says_split(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _predictive()))
+    one = _features("implementation", "high", PY_NEW)
+    free = estimator.estimate(one, model_max_output=100_000)
+    capped = estimator.estimate(one, model_max_output=free.budget - 1)
+    assert (capped.budget, capped.decided_by, capped.wanted) == (
+        free.budget - 1,
+        "ceiling",
+        free.budget,
+    )
+    assert capped.exceeds_model_max and not free.exceeds_model_max
+    assert capped.p50 == free.p50 and capped.p90 == free.p90  # p50/p90 stay what they say
+    floor = TokenEstimator(_predictive(floor=50_000)).estimate(one, model_max_output=100_000)
+    assert (floor.budget, floor.decided_by, floor.exceeds_model_max) == (50_000, "floor", False)
+
+
+def test_target_and_margin_move_the_budget(tmp_path: Path) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _predictive()))
+    one = _features("implementation", "high", PY_NEW)
+    loose = estimator.estimate(one, model_max_output=100_000, target_truncation=0.1)
+    assert loose.budget == loose.p90 and loose.quantile == 0.9
+    with pytest.raises(InvalidInput):
+        estimator.estimate(one, model_max_output=100_000, target_truncation=0.7)
+    # margin_sd adds that many standard errors of the quantile (here: of mu, 0.2).
+    uncertain = _predictive(margin_sd=1.0)
+    uncertain["pooled"]["strata"]["implementation/high/1"]["cov"] = [0.04] + [0.0] * 9
+    est = TokenEstimator(uncertain).estimate(one, model_max_output=100_000)
+    mu, sd = math.log(2000) + 0.1, math.sqrt(0.6**2 + 0.04)
+    assert est.budget == math.ceil(math.exp(mu + Z98 * sd + 0.2))
+    # A schema-1 file with an explicit target uses the lognormal its p90 ratio implies.
+    v1 = TokenEstimator.load(_write(tmp_path, _coefficients()))
+    by_target = v1.estimate(one, model_max_output=100_000, target_truncation=0.1)
+    assert by_target.budget == pytest.approx(by_target.p90, abs=1)  # the 0.9 quantile is p90
+
+
+def test_predictive_file_round_trips_one_line_per_stratum(tmp_path: Path) -> None:
+    estimator = TokenEstimator(_predictive())
+    target = tmp_path / "estimator.json"
+    estimator.write(target)
+    text = target.read_text()
+    assert '"implementation/high/1": {"shift": 0.1' in text  # one line: diffs show what moved
+    loaded = TokenEstimator.load(target)
+    assert loaded.to_json() == estimator.to_json() and loaded.version == "test-2"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("version",), "", "version"),
+        (("target_truncation",), 0.9, "target_truncation"),
+        (("fallback_sd", "model"), -1, "fallback_sd.model"),
+        (("pooled", "cells", "implementation/high", "sigma"), 0, "cells.implementation/high.sigma"),
+        (("pooled", "strata", "implementation/high/1", "cov"), [0.0] * 9, "cov must be a list"),
+        (("pooled", "model_offsets", "model-a", "cov"), [], "model-a.cov"),
+        (("schema",), 3, "unknown schema"),
+    ],
+)
+def test_bad_predictive_files_are_refused_with_the_field(
+    tmp_path: Path, path: tuple[str, ...], value: Any, message: str
+) -> None:
+    doc = _predictive()
+    where = doc
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        TokenEstimator.load(_write(tmp_path, doc))

@@ -16,6 +16,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _events() -> list[dict[str, Any]]:
+    """20 phases; every fourth was cut off once and finished on its retry (two rows)."""
     rows = []
     for i, (category, paths) in enumerate(
         [
@@ -27,19 +28,41 @@ def _events() -> list[dict[str, Any]]:
         * 5
     ):
         features = extract_features(category, "medium", paths, None)
-        rows.append(
-            {
-                "category": category,
-                "complexity": "medium",
-                "deliverable_count": features.deliverable_count,
-                "features": features.to_json(),
-                "predicted_output_tokens": 500 + 300 * i,
-                "actual_output_tokens": 400 + 350 * i,
-                "truncated": i % 4 == 0,
-            }
-        )
-    rows.append({"category": "docs", "predicted_output_tokens": 100, "actual_output_tokens": None})
-    rows.append({"category": "docs", "predicted_output_tokens": 0, "actual_output_tokens": 50})
+        base = {
+            "run_id": "r",
+            "phase_id": f"p{i}",
+            "model": "m",
+            "category": category,
+            "complexity": "medium",
+            "deliverable_count": features.deliverable_count,
+            "features": features.to_json(),
+            "predicted_output_tokens": 500 + 300 * i,
+            "predicted_p90_tokens": 900 + 540 * i,
+            "max_tokens_sent": 1100 + 650 * i,
+            "success": True,
+        }
+        if i % 4 == 0:
+            rows.append(
+                {
+                    **base,
+                    "attempt": 1,
+                    "truncated": True,
+                    "success": False,
+                    "actual_output_tokens": 1100 + 650 * i,
+                }
+            )
+            rows.append({**base, "attempt": 2, "actual_output_tokens": 1500 + 700 * i})
+        else:
+            rows.append({**base, "attempt": 1, "actual_output_tokens": 400 + 350 * i})
+    rows.append(
+        {
+            "run_id": "r",
+            "phase_id": "failed",
+            "category": "docs",
+            "predicted_output_tokens": 100,
+            "actual_output_tokens": None,
+        }
+    )
     return rows
 
 
@@ -51,20 +74,23 @@ def _png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def test_plot_writes_a_png(tmp_path: Path) -> None:
+def test_plot_writes_one_point_per_phase(tmp_path: Path) -> None:
     target = tmp_path / "pred_vs_actual.png"
     count = plot_predicted_vs_actual(_events(), target)
-    assert count == 20  # the two rows without a positive actual/prediction are left out
+    assert count == 20  # 25 rows with tokens, 20 phases; the failed call has none
     assert target.stat().st_size > 10_000
     width, height = _png_size(target)
     assert width > 300 and height > 300
 
 
-def test_plot_with_a_calibrated_estimator_recomputes_predictions(tmp_path: Path) -> None:
-    target = tmp_path / "after.png"
-    count = plot_predicted_vs_actual(_events(), target, estimator=TokenEstimator.load())
-    assert count == 20  # rows without stored features cannot be re-predicted
-    assert target.stat().st_size > 10_000
+def test_plot_old_and_new_side_by_side(tmp_path: Path) -> None:
+    single, both = tmp_path / "one.png", tmp_path / "two.png"
+    plot_predicted_vs_actual(_events(), single, new=TokenEstimator.load())
+    count = plot_predicted_vs_actual(
+        _events(), both, old=TokenEstimator.load(), new=TokenEstimator.load(), title="v1 vs v1"
+    )
+    assert count == 20
+    assert _png_size(both)[0] > 1.8 * _png_size(single)[0]  # two panels
 
 
 def test_plot_with_no_data_still_writes_a_png(tmp_path: Path) -> None:

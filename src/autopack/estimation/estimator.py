@@ -1,24 +1,20 @@
-"""The token estimator: chooses each Builder call's ``max_tokens`` from a coefficients file.
+"""The token estimator the executor calls: features (and model) → p50, p90 and ``max_tokens``.
 
-The coefficients are data (``autopack/data/estimator/coefficients-v1.json``, overridable with
-``AUTOPACK_ESTIMATOR_FILE``), never code, so calibration can rewrite them as a reviewable
-patch. The model is deliberately linear in the coefficients::
+An estimator is a data file (``autopack/data/estimator/``, or ``AUTOPACK_ESTIMATOR_FILE``),
+never code, so calibration can propose a new one as a reviewable file. Two schemas load:
 
-    p50    = (overhead[category][complexity]
-              + sum over deliverables of marginal[kind][new]
-                                      or marginal[kind][modify] + marginal[kind][per_kb] * KB)
-             * margin
-    p90    = p50 * p90_ratio[category/complexity/bucket]   (or p90_ratio.default)
-    budget = clamp(p90 * buffer, floor, model_max_output)
+* schema 1 (:mod:`~autopack.estimation.linear`): the packaged default
+  ``coefficients-v1.json``; budget = p90 x buffer;
+* schema 2 (:mod:`~autopack.estimation.predictive`): what ``autopack telemetry calibrate
+  --write`` produces; a predictive distribution per call, per model family, and the budget
+  at a quantile: ``target_truncation`` 0.02 means "truncate one call in fifty".
 
-Being linear, every estimate is a dot product of a *design row* (what the phase contains) and
-the coefficient values; :meth:`TokenEstimator.design` exposes that row so calibration fits
-exactly the function that predicts.
+``p50``/``p90`` are always what they say (the median and the 90th percentile of the
+predicted output), so the telemetry they are recorded in can score them as such.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass
@@ -27,50 +23,62 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autopack.errors import ConfigError, InvalidInput
-from autopack.estimation.features import KINDS, PhaseFeatures, bucket_of, normalize_label
+from autopack.estimation.features import PhaseFeatures
+from autopack.estimation.linear import LinearModel, stratum_key
+from autopack.estimation.predictive import Distribution, PredictiveModel
 
 DecidedBy = Literal["estimate", "floor", "ceiling"]
-ParamKey = tuple[str, str, str]
-"""("overhead", category, complexity) or ("marginal", kind, "new" | "modify" | "per_kb")."""
 
 PACKAGED_FILE = "coefficients-v1.json"
-COMPLEXITIES = ("low", "medium", "high")
-MARGINAL_FIELDS = ("new", "modify", "per_kb")
-WILDCARD = "*"
+DEFAULT_TARGET = 0.02
+__all__ = ["PACKAGED_FILE", "DecidedBy", "Estimate", "TokenEstimator", "stratum_key"]
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """One prediction. ``decided_by`` says which bound chose the budget."""
+    """One prediction. ``decided_by`` says which bound chose the budget.
+
+    ``exceeds_model_max``: the budget the target asks for is above the model's maximum
+    output, so even the largest allowed ``max_tokens`` truncates more often than the
+    target: split this phase (fewer deliverables per phase) rather than retry it.
+    ``wanted`` is that uncapped budget; ``quantile`` the predictive quantile it sits at
+    (``None`` for the schema-1 rule p90 x buffer); ``fit`` which parameter set answered.
+    """
 
     p50: int
     p90: int
     budget: int
     decided_by: DecidedBy
     version: str
-
-
-def stratum_key(category: str, complexity: str, deliverable_count: int) -> str:
-    """The key of a report/p90 stratum: ``category/complexity/bucket`` (normalized)."""
-    return (
-        f"{normalize_label(category)}/{normalize_label(complexity)}/{bucket_of(deliverable_count)}"
-    )
+    exceeds_model_max: bool = False
+    wanted: int = 0
+    quantile: float | None = None
+    fit: str = "v1"
 
 
 class TokenEstimator:
-    """A validated coefficients document plus the arithmetic that turns features into budgets."""
+    """A validated estimator file of either schema; the executor's single entry point."""
 
     def __init__(self, document: dict[str, Any], *, source: str = "<memory>") -> None:
-        self._doc = copy.deepcopy(document)
+        schema = document.get("schema", 1)
         self.source = source
-        _validate(self._doc, source)
-        self.version: str = self._doc["version"]
+        self.linear: LinearModel | None = None
+        self.predictive: PredictiveModel | None = None
+        if schema == 1:
+            self.linear = LinearModel(document, source=source)
+        elif schema == 2:
+            self.predictive = PredictiveModel(document, source)
+        else:
+            raise ConfigError(f"estimator file {source}: unknown schema {schema!r} (1 or 2)")
+        self.schema: int = int(schema)
+        self._doc = json.loads(json.dumps(document))
+        self.version: str = str(document["version"])
 
     # -- loading and saving -------------------------------------------------------------
 
     @classmethod
     def load(cls, path: Path | None = None) -> TokenEstimator:
-        """Read a coefficients file; ``None`` means the one shipped in the package."""
+        """Read an estimator file; ``None`` means the one shipped in the package."""
         if path is None:
             packaged = resources.files("autopack") / "data" / "estimator" / PACKAGED_FILE
             text = packaged.read_text(encoding="utf-8")
@@ -78,185 +86,122 @@ class TokenEstimator:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read estimator coefficients {path}: {exc}") from exc
+            raise ConfigError(f"cannot read estimator file {path}: {exc}") from exc
         return cls(_parse(text, str(path)), source=str(path))
 
     def to_json(self) -> dict[str, Any]:
-        return copy.deepcopy(self._doc)
+        result: dict[str, Any] = json.loads(json.dumps(self._doc))
+        return result
 
     def dumps(self) -> str:
-        """The file text: stable layout so a calibration diff shows only changed numbers."""
-        return json.dumps(self._doc, indent=2) + "\n"
+        """The file text: one line per stratum/cell, so a diff shows what moved."""
+        if self.linear is not None:
+            return self.linear.dumps()
+        return _compact(self._doc) + "\n"
 
     def write(self, path: Path) -> None:
         Path(path).write_text(self.dumps(), encoding="utf-8")
 
-    # -- coefficients --------------------------------------------------------------------
-
-    @property
-    def margin(self) -> float:
-        return float(self._doc["margin"])
-
-    @property
-    def buffer(self) -> float:
-        return float(self._doc["buffer"])
-
-    @property
-    def floor(self) -> int:
-        return int(self._doc["floor"])
-
-    @property
-    def p90_default(self) -> float:
-        return float(self._doc["p90_ratio"]["default"])
-
-    @property
-    def p90_strata(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self._doc["p90_ratio"]["strata"].items()}
-
-    def p90_ratio(self, key: str) -> float:
-        """The p90/p50 ratio for a stratum key, falling back to the default."""
-        return float(self._doc["p90_ratio"]["strata"].get(key, self.p90_default))
-
-    def value(self, key: ParamKey) -> float:
-        """The coefficient behind a design column, with the documented fallbacks.
-
-        Overhead: ``[category][complexity]`` → ``["*"][complexity]`` → ``[category]["medium"]``
-        → ``["*"]["medium"]``, so unknown categories and complexities still get a number.
-        """
-        group, first, second = key
-        if group == "overhead":
-            table: dict[str, dict[str, float]] = self._doc["overhead"]
-            row = table.get(first, {})
-            star = table[WILDCARD]
-            for candidate in (row.get(second), star.get(second), row.get("medium")):
-                if candidate is not None:
-                    return float(candidate)
-            return float(star["medium"])
-        if group == "marginal":
-            return float(self._doc["marginal"][first][second])
-        raise KeyError(key)
-
-    def design(self, features: PhaseFeatures) -> dict[ParamKey, float]:
-        """How many of each coefficient this phase contains (existing sizes in KB)."""
-        row: dict[ParamKey, float] = {
-            (
-                "overhead",
-                normalize_label(features.category),
-                normalize_label(features.complexity),
-            ): 1.0
-        }
-        for item in features.deliverables:
-            if item.is_new:
-                _add(row, ("marginal", item.kind, "new"), 1.0)
-            else:
-                _add(row, ("marginal", item.kind, "modify"), 1.0)
-                if item.existing_bytes > 0:
-                    _add(row, ("marginal", item.kind, "per_kb"), item.existing_bytes / 1024)
-        return row
-
-    def p50_exact(self, features: PhaseFeatures) -> float:
-        """The unrounded p50 (calibration compares against this)."""
-        total = sum(count * self.value(key) for key, count in self.design(features).items())
-        return total * self.margin
-
     # -- the estimate --------------------------------------------------------------------
 
-    def estimate(self, features: PhaseFeatures, *, model_max_output: int) -> Estimate:
-        """p50, p90 and the clamped budget for one Builder call."""
+    @property
+    def target_truncation(self) -> float | None:
+        """The file's target truncation rate (schema 2), ``None`` for the p90 x buffer rule."""
+        return None if self.predictive is None else self.predictive.target_truncation
+
+    def distribution(self, features: PhaseFeatures, model: str | None = None) -> Distribution:
+        """The predictive lognormal of this call's output (schema 1: implied by p90 ratio)."""
+        if self.predictive is not None:
+            return self.predictive.distribution(features, model)
+        assert self.linear is not None
+        key = stratum_key(features.category, features.complexity, features.deliverable_count)
+        sigma = self.linear.sigma(key)
+        mu = math.log(max(self.linear.p50_exact(features), 1.0))
+        return Distribution(mu, sigma, sigma, 0.0, "v1", "v1")
+
+    def estimate(
+        self,
+        features: PhaseFeatures,
+        *,
+        model_max_output: int,
+        model: str | None = None,
+        target_truncation: float | None = None,
+    ) -> Estimate:
+        """p50, p90 and the budget for one Builder call, capped at ``model_max_output``.
+
+        ``model``: the Builder model (a dated id or an alias; both find the same family).
+        ``target_truncation`` overrides the file's target; on a schema-1 file it switches
+        from p90 x buffer to the same quantile rule on the lognormal the p90 ratio implies.
+        """
         if model_max_output < 1:
             raise InvalidInput(f"model_max_output must be positive, got {model_max_output}")
-        raw = self.p50_exact(features)
-        key = stratum_key(features.category, features.complexity, features.deliverable_count)
-        p50 = max(1, round(raw))
-        p90 = max(p50, round(raw * self.p90_ratio(key)))
-        wanted = math.ceil(p90 * self.buffer)
+        if target_truncation is not None and not 0.0 < target_truncation < 0.5:
+            raise InvalidInput(f"target_truncation must be in (0, 0.5), got {target_truncation}")
+        quantile: float | None = None
+        if self.linear is not None and target_truncation is None:
+            numbers = self.linear.budget(features)
+            p50, p90, wanted, fit = numbers.p50, numbers.p90, numbers.wanted, "v1"
+            floor = self.linear.floor
+        else:
+            dist = self.distribution(features, model)
+            target = target_truncation or self.target_truncation or DEFAULT_TARGET
+            quantile = 1.0 - target
+            margin, floor = 0.0, self.linear.floor if self.linear is not None else 1
+            if self.predictive is not None:
+                margin, floor = self.predictive.margin_sd, self.predictive.floor
+            p50 = max(1, round(dist.median))
+            p90 = max(p50, round(dist.quantile(0.9)))
+            wanted = max(p90, math.ceil(dist.quantile(quantile, margin)))
+            fit = dist.fit
         decided_by: DecidedBy = "estimate"
         budget = wanted
-        if wanted < self.floor:
-            budget, decided_by = self.floor, "floor"
+        if wanted < floor:
+            budget, decided_by = floor, "floor"
         if budget > model_max_output:
             budget, decided_by = model_max_output, "ceiling"
         return Estimate(
-            p50=p50, p90=p90, budget=budget, decided_by=decided_by, version=self.version
+            p50=p50,
+            p90=p90,
+            budget=budget,
+            decided_by=decided_by,
+            version=self.version,
+            exceeds_model_max=wanted > model_max_output,
+            wanted=wanted,
+            quantile=quantile,
+            fit=fit,
         )
-
-    # -- deriving new coefficients (calibration) -----------------------------------------
-
-    def with_changes(
-        self,
-        values: dict[ParamKey, float],
-        *,
-        p90_default: float | None = None,
-        p90_strata: dict[str, float] | None = None,
-        version: str | None = None,
-    ) -> TokenEstimator:
-        """A copy with some coefficients replaced; everything else is kept byte for byte."""
-        doc = copy.deepcopy(self._doc)
-        for (group, first, second), number in values.items():
-            doc[group].setdefault(first, {})[second] = number
-        if p90_default is not None:
-            doc["p90_ratio"]["default"] = p90_default
-        if p90_strata:
-            doc["p90_ratio"]["strata"] = dict(sorted({**self.p90_strata, **p90_strata}.items()))
-        if version is not None:
-            doc["version"] = version
-        return TokenEstimator(doc, source="<calibrated>")
-
-
-def _add(row: dict[ParamKey, float], key: ParamKey, amount: float) -> None:
-    row[key] = row.get(key, 0.0) + amount
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"estimator coefficients {source} are not valid JSON: {exc}") from exc
+        raise ConfigError(f"estimator file {source} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise ConfigError(f"estimator coefficients {source} must be a JSON object")
+        raise ConfigError(f"estimator file {source} must be a JSON object")
     return document
 
 
-def _validate(doc: dict[str, Any], source: str) -> None:
-    """Refuse a coefficients file that would give nonsense budgets, naming the bad field."""
+def _compact(value: Any, indent: int = 0) -> str:
+    """JSON with every object whose values are all scalars or flat lists on one line
+    (one line per cell, stratum or model offset), and long lists of text one per line."""
+    pad = "  " * (indent + 1)
+    if isinstance(value, list) and len(json.dumps(value)) > 100:
+        items = [f"{pad}{_compact(v, indent + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
+    if isinstance(value, dict) and value and not _is_leaf(value):
+        items = [f"{pad}{json.dumps(k)}: {_compact(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+    if isinstance(value, list) and value and any(isinstance(x, dict | list) for x in value):
+        items = [f"{pad}{_compact(v, indent + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
+    return json.dumps(value, ensure_ascii=False)
 
-    def fail(message: str) -> ConfigError:
-        return ConfigError(f"estimator coefficients {source}: {message}")
 
-    def number(value: Any, where: str, minimum: float) -> None:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value < minimum:
-            raise fail(f"{where} must be a number >= {minimum}, got {value!r}")
+def _is_leaf(value: dict[str, Any]) -> bool:
+    def flat(x: Any) -> bool:
+        return not isinstance(x, dict | list) or (
+            isinstance(x, list) and not any(isinstance(y, dict | list) for y in x)
+        )
 
-    version = doc.get("version")
-    if not isinstance(version, str) or not version or len(version) > 40:
-        raise fail("version must be a non-empty string of at most 40 characters")
-    number(doc.get("margin"), "margin", 0.01)
-    number(doc.get("buffer"), "buffer", 1.0)
-    number(doc.get("floor"), "floor", 1)
-    ratio = doc.get("p90_ratio")
-    if not isinstance(ratio, dict) or not isinstance(ratio.get("strata"), dict):
-        raise fail("p90_ratio must be an object with 'default' and 'strata'")
-    number(ratio.get("default"), "p90_ratio.default", 1.0)
-    for key, value in ratio["strata"].items():
-        number(value, f"p90_ratio.strata[{key!r}]", 1.0)
-    overhead = doc.get("overhead")
-    if not isinstance(overhead, dict) or not isinstance(overhead.get(WILDCARD), dict):
-        raise fail("overhead must be an object with a '*' row")
-    for complexity in COMPLEXITIES:
-        if complexity not in overhead[WILDCARD]:
-            raise fail(f"overhead['*'] needs '{complexity}'")
-    for category, row in overhead.items():
-        if not isinstance(row, dict):
-            raise fail(f"overhead[{category!r}] must be an object")
-        for complexity, value in row.items():
-            number(value, f"overhead[{category!r}][{complexity!r}]", 0)
-    marginal = doc.get("marginal")
-    if not isinstance(marginal, dict):
-        raise fail("marginal must be an object")
-    for kind in KINDS:
-        row = marginal.get(kind)
-        if not isinstance(row, dict):
-            raise fail(f"marginal needs a row for kind {kind!r}")
-        for field in MARGINAL_FIELDS:
-            number(row.get(field), f"marginal[{kind!r}][{field!r}]", 0)
+    return all(flat(x) for x in value.values())

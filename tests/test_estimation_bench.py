@@ -1,0 +1,96 @@
+"""The estimator benchmark runs from a clean checkout (tiny sizes) and takes any truth file.
+
+Its numbers are measurements recorded in docs/ESTIMATOR_BENCHMARK.md, never asserted here:
+only the shape of the output, the trip through the real telemetry writer, and (one
+sanity line) that the oracle, which knows the truth, sits near the target.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.estimator import Truth, run, simulate, write_and_read
+
+from autopack.estimation.estimator import TokenEstimator
+from tests.support import clean_env
+
+REPO = Path(__file__).resolve().parents[1]
+MEASURES = {"truncation", "over_p90", "reserved_per_needed", "waste_off", "waste_on", "smape"}
+
+
+def test_the_command_writes_scores_for_default_calibrated_and_oracle(tmp_path: Path) -> None:
+    out = tmp_path / "scores.json"
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.estimator",
+            "--truth",
+            "bench/estimator_truth.json",
+            "--phases",
+            "30",
+            "--seed",
+            "1",
+            "--score-phases",
+            "400",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "calibrate: " in finished.stdout and "oracle" in finished.stdout
+    scores: dict[str, Any] = json.loads(out.read_text())
+    for name in ("default", "calibrated", "oracle"):
+        assert set(scores[name]["overall"]) >= MEASURES
+        assert scores[name]["overall"]["n"] == 400
+        assert sum(s["n"] for s in scores[name]["strata"].values()) == 400
+        for stratum in scores[name]["strata"].values():
+            assert set(stratum) >= MEASURES
+    assert scores["meta"]["phases"] == 30 and scores["meta"]["verdict"]
+
+
+def test_rows_go_through_the_projects_telemetry_writer(tmp_path: Path) -> None:
+    truth = Truth(json.loads((REPO / "bench/estimator_truth.json").read_text()))
+    events = simulate(truth, TokenEstimator.load(), 20, seed=3)
+    rows = write_and_read(events, tmp_path)
+    assert (tmp_path / "estimator-bench.db").exists()
+    assert len(rows) == len(events) > 20  # some phases were retried
+    assert all(isinstance(r["id"], int) and r["features"]["deliverables"] for r in rows)
+    assert {r["phase_outcome"] for r in rows} <= {"COMPLETE", "FAILED"}
+
+
+def test_any_truth_file_of_the_same_shape(tmp_path: Path) -> None:
+    """One cell, two models, a consecutive schedule and a scoring mix: all optional keys."""
+    truth = {
+        "name": "tiny",
+        "strata": {
+            "docs/low": {"median": 800, "sigma": 0.5, "deliverable_exponent": 0.9},
+        },
+        "categories": {"docs": {"kinds": {"doc": 1.0}, "new_share": 0.7}},
+        "models": {
+            "m1": {"verbosity": 1.0, "max_output_tokens": 128_000},
+            "m2": {"verbosity": 3.0, "max_output_tokens": 128_000},
+        },
+        "train": [{"model": "m1", "phases": 40}, {"model": "m2", "phases": 20}],
+        "score": {"m2": 1.0},
+    }
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(truth))
+    scores = run(path, 60, 2, score_phases=2000, workdir=tmp_path)
+    assert set(scores["calibrated"]["models"]) == {"m2"}
+    assert set(scores["oracle"]["strata"]) <= {"docs/low/1", "docs/low/2-5", "docs/low/6+"}
+    assert abs(scores["oracle"]["overall"]["truncation"] - 0.02) < 0.015
+    assert scores["meta"]["models"] == {
+        "m1": "pooled + model offset",
+        "m2": "pooled + model offset",
+    }
