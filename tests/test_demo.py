@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from tools.demo_cassette.build import CASSETTE, build, render
 
+from autopack.estimation.estimator import TokenEstimator
 from tests.executor_support import branch_log, rows
 from tests.support import clean_env, cli, free_port
 
@@ -74,3 +76,35 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     assert tests.returncode == 0, tests.stdout[-2000:]
     subjects = [line for line in branch_log(workspace, RUN) if line.startswith("autopack: ")]
     assert sorted(line.split()[1] for line in subjects) == sorted(r["phase_id"] for r in phase_ids)
+
+
+def test_calibrate_after_the_demo_gives_a_verdict_and_writes_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    demo_dir = tmp_path / "demo"
+    done = cli("demo", "--dir", str(demo_dir), "--replay-speed", "0", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    env = clean_env(
+        DATABASE_URL=f"sqlite:///{demo_dir / 'autopack.db'}",
+        AUTOPACK_DEFAULT_API_PORT=str(free_port()),
+    )
+    judged = cli("telemetry", "calibrate", "--json", cwd=tmp_path, env=env)
+    assert judged.returncode == 0, judged.stderr
+    verdict = json.loads(judged.stdout)["verdict"]
+    assert verdict["action"] == "wait", "ten phases are too few to judge"
+    assert not list(tmp_path.glob("*.json")), "nothing written without --write"
+    written = cli(
+        "telemetry",
+        "calibrate",
+        "--write",
+        str(tmp_path / "estimator.json"),
+        "--plot",
+        str(tmp_path / "fit.png"),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert written.returncode == 0, written.stderr
+    assert verdict["line"].startswith("wait: truncation")
+    assert "wait: truncation" in written.stdout, "the verdict is the last word"
+    assert TokenEstimator.load(tmp_path / "estimator.json").version != TokenEstimator.load().version
+    assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,12 @@ from autopack.estimation.calibrate import (
     CalibrationResult,
     Holdout,
     calibrate,
-    render_calibration,
     verdict,
 )
 from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.evaluate import Scores
 from autopack.estimation.features import Deliverable, PhaseFeatures
-from autopack.estimation.render import render_diff
+from autopack.estimation.render import render_calibration, render_diff
 
 PRIOR = TokenEstimator.load()
 TRUTH = {  # (category, complexity): (median of one file, sigma, exponent)
@@ -335,16 +333,14 @@ def test_write_load_and_version(
     assert again.prior.version == loaded.version and again.fitted.schema == 2
 
 
-def test_the_old_cli_call_still_runs(rows: list[dict[str, Any]]) -> None:
-    old_call = calibrate(rows, PRIOR, min_samples=5, folds=5, model_max_output=128_000)
-    assert old_call.n_phases == 600
+def test_a_target_truncation_that_is_no_probability_is_refused(
+    rows: list[dict[str, Any]],
+) -> None:
     with pytest.raises(ValueError, match="probability"):
         calibrate(rows, PRIOR, target_truncation=0.7)
 
 
-def test_calibrating_five_thousand_phases_is_fast() -> None:
-    many = telemetry(5000, seed=11)
-    started = time.perf_counter()
-    found = calibrate(many, PRIOR, model_max_output=64_000)
-    assert time.perf_counter() - started < 5.0
+def test_five_thousand_phases_calibrate() -> None:
+    """How fast is bench/estimator's business; here: a large history fits at all."""
+    found = calibrate(telemetry(5000, seed=11), PRIOR, model_max_output=64_000)
     assert found.n_phases == 5000

@@ -8,7 +8,6 @@ fit as :class:`PhaseObservation` (exact, or censored at a bound when the need ex
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -40,7 +39,7 @@ def features(category: str, complexity: str, n: int, tag: str = "") -> PhaseFeat
 
 def median(f: PhaseFeatures) -> float:
     base, _, exponent = TRUTH[(f.category, f.complexity)]
-    return base * f.deliverable_count**exponent
+    return float(base * f.deliverable_count**exponent)
 
 
 def observe(
@@ -194,8 +193,8 @@ def test_the_scale_of_stratum_shifts_is_learned_from_the_data() -> None:
     assert outcome.estimator.distribution(f, "m").median / median(f) == pytest.approx(1.5, rel=0.1)
 
 
-def test_fitting_five_thousand_phases_is_fast() -> None:
-    data = world(5000, seed=7, bound=stingy)
-    started = time.perf_counter()
-    fit_estimator(data, PRIOR)
-    assert time.perf_counter() - started < 3.0
+def test_five_thousand_phases_fit() -> None:
+    """How fast is bench/estimator's business; here: a large, censored history converges."""
+    outcome = fit_estimator(world(5000, seed=7, bound=stingy), PRIOR)
+    f = features("tests", "medium", 3)
+    assert outcome.estimator.distribution(f, "m").median / median(f) == pytest.approx(1, rel=0.2)

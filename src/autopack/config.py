@@ -154,6 +154,13 @@ class Settings(BaseSettings):
     autopack_estimator_file: Path | None = Field(
         None, description="Override the token estimator coefficients."
     )
+    autopack_target_truncation: float = Field(
+        0.02,
+        gt=0.0,
+        lt=0.5,
+        description="The share of Builder calls allowed to run out of max_tokens: the "
+        "budget is that upper quantile of the estimator's predictive distribution.",
+    )
     anthropic_api_key: SecretStr | None = Field(None, description="Anthropic credential.")
     anthropic_base_url: str | None = Field(None, description="Anthropic-compatible endpoint.")
     openai_api_key: SecretStr | None = Field(None, description="OpenAI credential.")

@@ -93,6 +93,7 @@ def executor_for(
         lease_seconds=flags.lease_seconds,
         auditor=flags.auditor,
         escalation_factor=flags.escalation_factor,
+        target_truncation=settings.autopack_target_truncation,
         check_timeout=flags.check_timeout,
         approval_timeout_seconds=flags.approval_timeout,
         phase_token_cap=flags.phase_token_cap,

@@ -83,6 +83,11 @@ class DrainProgress:
                     self._say(f"→ {phase} attempt {data['attempt']} started")
             elif event == "llm_call":
                 self._active[phase] = f"{data['role']} call"
+            elif event == "phase_too_large":
+                self._say(
+                    f"[yellow]⚠ {phase}[/yellow] needs about {data['wanted']} output tokens, "
+                    "more than the model's largest answer: split this phase"
+                )
             elif event == "checks_started":
                 self._active[phase] = "checks"
             elif event == "approval_requested":

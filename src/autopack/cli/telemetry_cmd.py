@@ -14,8 +14,9 @@ from rich.table import Table
 
 from autopack.cli._common import OK, out, print_json, state
 from autopack.client import ApiClient
-from autopack.estimation.calibrate import calibrate, render_calibration
+from autopack.estimation.calibrate import DEFAULT_MODEL_MAX_OUTPUT, calibrate
 from autopack.estimation.estimator import TokenEstimator
+from autopack.estimation.render import render_calibration, render_diff
 from autopack.estimation.report import render
 from autopack.llm.pricing import price_table
 from autopack.telemetry.events import UsageSummaryRow
@@ -86,38 +87,78 @@ def report_cmd(ctx: typer.Context, run_id: str | None = RUN, as_json: bool = JSO
 def calibrate_cmd(
     ctx: typer.Context,
     run_id: str | None = RUN,
-    min_samples: int = typer.Option(
-        5, "--min-samples", min=1, help="Events a coefficient needs before it moves."
+    holdout: float = typer.Option(
+        0.2, "--holdout", min=0.05, max=0.5, help="Share of the latest phases judged, not fitted."
     ),
-    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds."),
+    target_truncation: float | None = typer.Option(
+        None,
+        "--target-truncation",
+        min=0.001,
+        max=0.2,
+        help="Truncation rate the budgets aim at (default: the estimator's, else 0.02).",
+    ),
+    margin_sd: float = typer.Option(
+        0.5, "--margin-sd", min=0.0, help="Standard errors added to the budget quantile."
+    ),
+    min_phases: int = typer.Option(
+        10, "--min-phases", min=1, help="Phases a stratum needs before it is fitted on its own."
+    ),
+    min_model_phases: int = typer.Option(
+        50, "--min-model-phases", min=1, help="Phases a model needs for a fit of its own."
+    ),
+    min_holdout_phases: int = typer.Option(
+        20, "--min-holdout-phases", min=1, help="Held-out phases needed for a verdict."
+    ),
+    flag_sd: float = typer.Option(
+        3.0, "--flag-sd", min=0.0, help="Report moves beyond this many prior standard deviations."
+    ),
     write: Path | None = typer.Option(
         None,
         "--write",
-        help="Write the refitted coefficients here (without it nothing is written).",
+        help="Write the new estimator file here (without it nothing is written).",
     ),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a predicted-vs-actual PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the fit as a PNG."),
     as_json: bool = JSON,
 ) -> None:
-    """Refit the estimator from successful events (truncated ones as lower bounds)."""
+    """Refit the estimator on the recorded phases (truncated ones as lower bounds), judge it
+    on the latest ones against the current estimator, and say whether to write it.
+
+    Exit 0 whatever the verdict; nothing is written without --write.
+    """
     cli = state(ctx)
     settings = cli.settings
     events = [event.model_dump() for event in cli.client().all_estimation_events(run_id)]
     prior = TokenEstimator.load(settings.autopack_estimator_file)
-    models = {event["model"] for event in events}
-    ceiling = max((price_table(settings).max_output_tokens(m) for m in models), default=128_000)
+    prices = price_table(settings)
+    limits = {event["model"]: prices.max_output_tokens(event["model"]) for event in events}
     result = calibrate(
-        events, prior, min_samples=min_samples, folds=folds, model_max_output=ceiling
+        events,
+        prior,
+        holdout=holdout,
+        target_truncation=target_truncation,
+        margin_sd=margin_sd,
+        min_phases=min_phases,
+        min_model_phases=min_model_phases,
+        min_holdout_phases=min_holdout_phases,
+        flag_sd=flag_sd,
+        model_max_output=limits or DEFAULT_MODEL_MAX_OUTPUT,
     )
     if as_json:
         print_json(result.to_json())
     else:
         out.print(render_calibration(result))
-        out.print(result.diff() or "(no change to the coefficients)", highlight=False)
+        out.print(render_diff(result))
     if write is not None:
         result.write(write)
         out.print(f"{OK} wrote {write} (use it with AUTOPACK_ESTIMATOR_FILE={write})")
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here
 
-        points = plot_predicted_vs_actual(events, plot)
+        points = plot_predicted_vs_actual(
+            events,
+            plot,
+            old=prior,
+            new=result.fitted,
+            model_max_output=limits or DEFAULT_MODEL_MAX_OUTPUT,
+        )
         out.print(f"{OK} wrote {plot} ({points} points)")

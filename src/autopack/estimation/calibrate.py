@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rich.console import RenderableType
-
 from autopack.estimation.build import (
     DEFAULT_MARGIN_SD,
     DEFAULT_TARGET,
@@ -298,8 +296,6 @@ def calibrate(
     model_max_output: ModelLimits = DEFAULT_MODEL_MAX_OUTPUT,
     escalation_factor: float = 1.5,
     max_attempts: int = 3,
-    min_samples: int | None = None,
-    folds: int | None = None,
 ) -> CalibrationResult:
     """Fit a schema-2 estimator on every phase and judge it on the latest ones.
 
@@ -311,12 +307,8 @@ def calibrate(
     phases give "wait". ``flag_sd``: report parameters that moved more prior standard
     deviations than this. ``model_max_output``: the ceiling per model name (or one for
     all). ``escalation_factor``/``max_attempts``: the executor's retry policy, for the
-    waste measure. ``min_samples`` is the old name of ``min_phases``; ``folds`` is accepted
-    and ignored (the holdout is time-ordered now), so the old CLI call still runs.
+    waste measure.
     """
-    del folds
-    if min_samples is not None:
-        min_phases = min_samples
     target = target_truncation or prior.target_truncation or DEFAULT_TARGET
     if not 0.0 < target < 0.5:
         raise ValueError(f"target_truncation must be a probability below 0.5, got {target}")
@@ -418,10 +410,3 @@ def _moves(outcome: FitOutcome | None, flag_sd: float) -> tuple[Move, ...]:
         if abs(m.z) > flag_sd
     ]
     return tuple(sorted(moves, key=lambda m: -abs(m.z)))
-
-
-def render_calibration(result: CalibrationResult) -> RenderableType:
-    """Kept at its old import path; the renderables live in :mod:`.render`."""
-    from autopack.estimation.render import render_calibration as render
-
-    return render(result)

@@ -224,7 +224,24 @@ class Attempt:
         deliverables = list(task.scope.deliverables)
         features = extract_features(task.task_category, task.complexity, deliverables, workspace)
         model_max = self.s.prices.max_output_tokens(self.o.builder_model)
-        estimate = self.s.estimator.estimate(features, model_max_output=model_max)
+        estimate = self.s.estimator.estimate(
+            features,
+            model_max_output=model_max,
+            model=self.o.builder_model,
+            target_truncation=self.o.target_truncation,
+        )
+        if estimate.exceeds_model_max:
+            log_event(
+                logger,
+                "phase_too_large",
+                logging.WARNING,
+                run_id=self.claim.run_id,
+                phase_id=self.claim.phase_id,
+                wanted=estimate.wanted,
+                model_max=model_max,
+                hint="split this phase: even the model's largest answer is likely cut off",
+            )
+            self.s.events("phase_too_large", phase_id=self.claim.phase_id, wanted=estimate.wanted)
         max_tokens = meter.budget(estimate, model_max)
         prompt = builder_prompt(
             task, workspace, _feedback(self.claim.history), context_chars=self.o.context_chars

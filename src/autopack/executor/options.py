@@ -28,6 +28,7 @@ class ExecutorOptions:
     lease_seconds: int = 60
     auditor: AuditMode = "llm"
     escalation_factor: float = 1.5
+    target_truncation: float = 0.02
     check_timeout: float = 300.0
     max_file_bytes: int = 256 * 1024
     max_answer_bytes: int = 4 * 1024 * 1024
