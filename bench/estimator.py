@@ -250,18 +250,17 @@ def simulate(truth: Truth, estimator: TokenEstimator, n: int, seed: int) -> list
 def write_and_read(events: Sequence[TokenEstimationIn], directory: Path) -> list[dict[str, Any]]:
     """Write the events with the project's telemetry writer to SQLite and read them back.
 
-    The one place this benchmark touches the database API (it is about to change on main).
+    The one place this benchmark touches the database: the control plane's one telemetry
+    writer and reader (:mod:`autopack.control.telemetry`).
     """
+    from autopack.control import telemetry
     from autopack.db import open_database
-    from autopack.db import telemetry as rows
 
     database = open_database(f"sqlite:///{directory / 'estimator-bench.db'}", role="bench")
     try:
-        with database.session() as session:
-            for event in events:
-                rows.record_estimation(session, event)
-        with database.session() as session:
-            return rows.estimation_events(session)
+        for event in events:
+            telemetry.record(database, event)
+        return telemetry.as_mappings(telemetry.all_estimation_events(database))
     finally:
         database.close()
 

@@ -4,16 +4,17 @@
         [--remote] [--json FILE]
 
 A repository of ``--files`` files (100 per directory) is made once. Each simulated phase
-does exactly the git work of a completed attempt (:mod:`autopack.executor.integration`):
-a checkout of the accepted head from the pool, one new file written, the commit,
-publishing it under its attempt ref, and acceptance by compare-and-swap on the accepted
-head — here an in-process stand-in for the control plane's (a lock and a variable), so
-that the numbers are git's alone. A commit made on an old head is rebased and offered
-again, as the executor does after ``BranchMoved``. ``--remote`` puts the branch in a bare
+does exactly the git work of a completed attempt, through the executor's own code: a
+checkout of the accepted head from the pool (:class:`Worktrees`), one new file written,
+the commit, and :meth:`Integrator.deliver` (publish under the attempt ref, post, rebase
+and post again while the head moves, advance the branch). The post is an in-process
+stand-in for the control plane's compare-and-swap of the accepted head (a lock and a
+variable), so that the numbers are git's alone. ``--remote`` puts the branch in a bare
 repository reached through a local cache clone, as executors on several machines do.
 
 Reported per concurrency: wall time per phase (wall / phases: at concurrency 1 this is the
-overhead one phase adds), p50/p95 of one phase's git time, and rebases per phase.
+overhead one phase adds), p50/p95 of one phase's git time, and posts refused because the
+head had moved (the executor's attempts take turns, so this stays near 0 in one process).
 """
 
 from __future__ import annotations
@@ -26,11 +27,23 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autopack.executor.repository import RepoSource, RunRepository, attempt_ref, run_branch
+from autopack.contract import ResultAnswer
+from autopack.errors import BranchMoved
+from autopack.executor.integration import Integrator
+from autopack.executor.repository import RepoSource, RunRepository, run_branch
 from autopack.executor.worktrees import Worktrees
+from autopack.states import PhaseState, RunState
+
+
+@dataclass(frozen=True)
+class Attempt:
+    run_id: str
+    phase_id: str
+    attempt: int
 
 
 def make_repository(path: Path, files: int) -> None:
@@ -53,38 +66,39 @@ class Acceptor:
 
     def __init__(self, head: str) -> None:
         self.head = head
+        self.refusals = 0
         self._lock = threading.Lock()
 
-    def offer(self, commit: str, base: str) -> str | None:
-        """None when accepted, else the head the commit must be rebased on."""
+    def post(self, commit: str, base: str) -> ResultAnswer:
         with self._lock:
             if base != self.head:
-                return self.head
+                self.refusals += 1
+                raise BranchMoved("moved", branch_head=self.head)
             self.head = commit
-            return None
+        return ResultAnswer(
+            run_id="bench",
+            phase_id="p",
+            attempt=1,
+            phase_state=PhaseState.COMPLETE,
+            run_state=RunState.RUNNING,
+            requeued=False,
+            available_at=None,
+            branch_head=commit,
+        )
 
 
-def phase(
-    repository: RunRepository, pool: Worktrees, acceptor: Acceptor, index: int
-) -> tuple[float, int]:
-    """One completed phase's git work: (seconds, rebases)."""
+def phase(pool: Worktrees, integrator: Integrator, acceptor: Acceptor, index: int) -> float:
+    """One completed phase's git work, in seconds."""
     started = time.perf_counter()
-    rebases = 0
+    attempt = Attempt("bench", f"p{index}", 1)
     with pool.checkout(acceptor.head, f"bench-{index}") as tree:
         (tree.path / "out").mkdir(exist_ok=True)
         (tree.path / f"out/p{index}.txt").write_text(f"phase {index}\n")
-        commit = tree.commit([f"out/p{index}.txt"], f"autopack: p{index}")
-        while True:
-            repository.publish(commit, attempt_ref("bench", f"p{index}", 1))
-            head = acceptor.offer(commit, tree.base)
-            if head is None:
-                break
-            rebases += 1
-            repository.require(head)
-            tree.rebase(head)
-            commit = tree.head()
-        repository.advance(commit)
-    return time.perf_counter() - started, rebases
+        tree.make_commit([f"out/p{index}.txt"], f"autopack: p{index}")
+        integrator.deliver(
+            attempt, tree, post=acceptor.post, needs_recheck=lambda _: False, recheck=lambda: None
+        )
+    return time.perf_counter() - started
 
 
 def measure(source: RepoSource, cache: Path, phases: int, concurrency: int) -> dict[str, Any]:
@@ -92,6 +106,7 @@ def measure(source: RepoSource, cache: Path, phases: int, concurrency: int) -> d
         source, branch=run_branch(f"bench-{concurrency}"), cache_dir=cache
     )
     pool = Worktrees(repository, cache / "worktrees", keep_failed_minutes=0)
+    integrator = Integrator(repository)
     acceptor = Acceptor(repository.head())
     # Warm: one slot per thread exists before the clock starts (as in a running executor).
     warm = [pool.checkout(acceptor.head, f"warm-{n}") for n in range(concurrency)]
@@ -100,7 +115,6 @@ def measure(source: RepoSource, cache: Path, phases: int, concurrency: int) -> d
     for context in reversed(warm):
         context.__exit__(None, None, None)
     times: list[float] = []
-    rebases: list[int] = []
     lock = threading.Lock()
     indexes = iter(range(phases))
 
@@ -110,10 +124,9 @@ def measure(source: RepoSource, cache: Path, phases: int, concurrency: int) -> d
                 index = next(indexes, None)
             if index is None:
                 return
-            seconds, rebased = phase(repository, pool, acceptor, index)
+            seconds = phase(pool, integrator, acceptor, index)
             with lock:
                 times.append(seconds)
-                rebases.append(rebased)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -130,7 +143,7 @@ def measure(source: RepoSource, cache: Path, phases: int, concurrency: int) -> d
         "wall_ms_per_phase": round(1000 * wall / phases, 1),
         "phase_p50_ms": round(1000 * statistics.median(ordered), 1),
         "phase_p95_ms": round(1000 * ordered[int(0.95 * (len(ordered) - 1))], 1),
-        "rebases_per_phase": round(sum(rebases) / phases, 2),
+        "refused_posts_per_phase": round(acceptor.refusals / phases, 2),
     }
 
 

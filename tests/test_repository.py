@@ -146,7 +146,7 @@ def test_a_commit_keeps_ignored_deliverables_and_modes(tmp_path: Path) -> None:
         (tree.path / "logs").mkdir()
         (tree.path / "logs/app.log").write_text("delivered\n")
         (tree.path / "run.sh").write_text("#!/bin/sh\necho new\n")
-        commit = tree.commit(["logs/app.log", "run.sh"], "autopack: p1")
+        commit = tree.make_commit(["logs/app.log", "run.sh"], "autopack: p1")
     assert sh("show", f"{commit}:logs/app.log", cwd=repo) == "delivered"
     modes = sh("ls-tree", commit, "run.sh", cwd=repo)
     assert modes.startswith("100755"), modes
@@ -160,22 +160,25 @@ def test_rebase_replays_a_commit_or_names_the_conflict(tmp_path: Path) -> None:
     pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
     with pool.checkout(base, "first") as tree:
         (tree.path / "a.txt").write_text("one, first\n")
-        moved = tree.commit(["a.txt"], "first")
+        moved = tree.make_commit(["a.txt"], "first")
     repository.advance(moved)
     with pool.checkout(base, "second") as tree:
         (tree.path / "b.txt").write_text("two, second\n")
-        tree.commit(["b.txt"], "second")
+        tree.make_commit(["b.txt"], "second")
         assert tree.rebase(moved) == ["a.txt"]
-        rebased = tree.head()
-        assert tree.base == moved
+        rebased = tree.commit
+        assert rebased is not None and tree.base == moved
+        assert (tree.path / "a.txt").read_text() == "one\n", "rebased on trees, not here"
+        tree.sync()
+        assert (tree.path / "a.txt").read_text() == "one, first\n"
     assert sh("show", f"{rebased}:a.txt", cwd=repo) == "one, first"
     assert sh("show", f"{rebased}:b.txt", cwd=repo) == "two, second"
     with pool.checkout(base, "third") as tree:
         (tree.path / "a.txt").write_text("one, third\n")
-        mine = tree.commit(["a.txt"], "third")
+        mine = tree.make_commit(["a.txt"], "third")
         with pytest.raises(IntegrationConflict, match=r"a\.txt"):
             tree.rebase(moved)
-        assert tree.head() == mine and tree.base == base, "left as it was"
+        assert tree.commit == mine and tree.base == base, "left as it was"
 
 
 def test_executors_with_their_own_caches_share_one_remote_branch(tmp_path: Path) -> None:
@@ -193,7 +196,7 @@ def test_executors_with_their_own_caches_share_one_remote_branch(tmp_path: Path)
     pool = Worktrees(one, tmp_path / "c1/worktrees", keep_failed_minutes=60)
     with pool.checkout(start, "p1") as tree:
         (tree.path / "x.txt").write_text("x\n")
-        commit = tree.commit(["x.txt"], "p1")
+        commit = tree.make_commit(["x.txt"], "p1")
     ref = attempt_ref("r1", "p1", 1)
     one.publish(commit, ref)
     assert sh("rev-parse", ref, cwd=remote) == commit, "durable on the remote before it is used"

@@ -92,5 +92,6 @@ def demo(
         "calibrate --plot calibration.png`; or set ANTHROPIC_API_KEY / OPENAI_BASE_URL and "
         "run the demo again for real.",
         highlight=False,
+        soft_wrap=True,  # a path or a command is never broken across lines
     )
     raise typer.Exit(code)

@@ -28,6 +28,7 @@ from autopack.contract import RunView
 from autopack.errors import ServerUnavailable
 from autopack.estimation.estimator import TokenEstimator
 from autopack.executor.executor import AutonomousExecutor, DrainSummary
+from autopack.executor.integration import Integrator
 from autopack.executor.options import ExecutorOptions, Services
 from autopack.executor.repository import RepoSource, RunRepository, run_branch
 from autopack.executor.worktrees import Worktrees
@@ -143,6 +144,7 @@ def executor_for(
                 client=client,
                 repository=repository,
                 worktrees=worktrees,
+                integrator=Integrator(repository),
                 provider=provider,
                 estimator=estimator,
                 prices=price_table(settings),

@@ -40,11 +40,11 @@ from autopack.contract import (
     ResultAnswer,
     ResultIn,
 )
-from autopack.errors import AutopackError, BranchMoved, LeaseLost, ServerUnavailable
+from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.checks import run_checks
 from autopack.executor.git import GitError
-from autopack.executor.integration import Delivery, base_for
+from autopack.executor.integration import base_for
 from autopack.executor.lease import Lease
 from autopack.executor.metering import Meter
 from autopack.executor.options import Services
@@ -77,7 +77,6 @@ class Attempt:
         self.checks: list[CheckResult] = []
         self.verdict: AuditVerdict | None = None
         self.summary = ""
-        self.commit: str | None = None
 
     def _report(
         self,
@@ -154,7 +153,7 @@ class Attempt:
             self._check(lease, tree.path)
             self._audit(meter, change)
             lease.check()
-            self.commit = tree.commit(self.applied.paths, self._message())
+            tree.make_commit(self.applied.paths, self._message())
             return Finish(PhaseState.COMPLETE, "completed")
         except Finish as exc:
             return exc
@@ -179,26 +178,23 @@ class Attempt:
     ) -> tuple[ResultAnswer, Finish]:
         """Post the result; a completed attempt's with its commit, rebased and posted again
         while the branch moves under it (:mod:`autopack.executor.integration`)."""
-        if self.commit is None or finish.outcome != PhaseState.COMPLETE:
+        if tree.commit is None or finish.outcome != PhaseState.COMPLETE:
             return self._post(lease, meter, finish), finish
-        delivery = Delivery(self.s.repository, self.claim, tree)
-        while True:
-            delivery.publish(self.commit)
-            try:
-                answer = self._post(lease, meter, finish, base=tree.base)
-            except BranchMoved as moved:
-                try:
-                    self.commit, upstream = delivery.rebase(moved)
-                    if self._recheck(upstream):
-                        self._check(lease, tree.path)
-                except Finish as failure:
-                    self.commit = None
-                    return self._post(lease, meter, failure), failure
-                continue
-            delivery.integrated(answer)
-            return answer, finish
+        try:
+            answer = self.s.integrator.deliver(
+                self.claim,
+                tree,
+                post=lambda commit, base: self._post(
+                    lease, meter, finish, commit=commit, base=base
+                ),
+                needs_recheck=self._needs_recheck,
+                recheck=lambda: self._check(lease, tree.path),
+            )
+        except Finish as failure:
+            return self._post(lease, meter, failure), failure
+        return answer, finish
 
-    def _recheck(self, upstream: list[str]) -> bool:
+    def _needs_recheck(self, upstream: list[str]) -> bool:
         """Run the checks again after a rebase? Per the run's policy."""
         rule = self.claim.run.policy.recheck_after_rebase
         if rule == "overlap":
@@ -346,7 +342,13 @@ class Attempt:
         return list(self.applied.paths)
 
     def _post(
-        self, lease: Lease, meter: Meter, finish: Finish, *, base: str | None = None
+        self,
+        lease: Lease,
+        meter: Meter,
+        finish: Finish,
+        *,
+        commit: str | None = None,
+        base: str | None = None,
     ) -> ResultAnswer:
         """Post the result under the lease (a completed one with its commit and the head it
         was made on); retried while the API is unreachable (the idempotency key makes a
@@ -364,8 +366,8 @@ class Attempt:
             check_results=self.checks,
             audit_verdict=self.verdict,
             details={"summary": self.summary, "worker_id": self.o.worker_id},
-            commit=self.commit if finish.outcome == PhaseState.COMPLETE else None,
-            base=base if finish.outcome == PhaseState.COMPLETE else None,
+            commit=commit,
+            base=base,
         )
         claim = self.claim
         for attempt in range(RESULT_POST_ATTEMPTS):

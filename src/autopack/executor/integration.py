@@ -15,6 +15,11 @@ same transaction, :func:`autopack.control.results.post_result`). So:
   policy says) and posts again; a real conflict fails the attempt with
   ``integration_conflict`` and the phase is retried from the new head.
 
+The attempts of one executor take turns (:class:`Integrator`): each rebases onto the head
+the executor last saw accepted *before* it posts, so they do not race each other and
+lose, only executors on other machines can still move the branch under them. Rebasing is
+done on trees (``git merge-tree``), in milliseconds on any repository.
+
 The commit is published under ``refs/autopack/attempts/RUN/PHASE/ATTEMPT`` before every
 post, so whatever dies when, an accepted commit is reachable. The git branch then follows
 the accepted head by compare-and-swap (:meth:`RunRepository.advance`); if the executor is
@@ -25,6 +30,10 @@ killed before that, whoever comes next (the next attempt's :func:`base_for`, or
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
 
 from autopack.contract import Claim, ResultAnswer
 from autopack.errors import BranchMoved
@@ -35,10 +44,27 @@ from autopack.executor.worktrees import Worktree
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.executor.integration")
-MAX_REBASES = 100
-"""Rounds an attempt follows a moving branch before giving up. Each round is cheap when
-files do not overlap (a rebase, a push, a post), and attempts that finish at the same
-moment take turns: one wins each round, so a bound in the tens would fail busy runs."""
+MAX_ROUNDS = 100
+"""Times an attempt follows a branch that other executors keep moving before giving up."""
+
+
+class AttemptKey(Protocol):
+    """Which attempt (a :class:`~autopack.contract.Claim` is one)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def phase_id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+Post = Callable[[str, str], ResultAnswer]
+"""Post the completed result with (commit, base); raises BranchMoved or LeaseLost."""
+NeedsRecheck = Callable[[list[str]], bool]
+"""Whether the files the branch changed meanwhile call for running the checks again."""
+Recheck = Callable[[], None]
+"""Run the checks again on the rebased commit (raises Finish when they fail)."""
 
 
 def base_for(repository: RunRepository, claim: Claim) -> str:
@@ -52,35 +78,66 @@ def base_for(repository: RunRepository, claim: Claim) -> str:
     return head
 
 
-class Delivery:
-    """One completed attempt's commit on its way to the branch."""
+class Integrator:
+    """One executor's attempts at integrating, one at a time, and the head they last saw."""
 
-    def __init__(self, repository: RunRepository, claim: Claim, tree: Worktree) -> None:
+    def __init__(self, repository: RunRepository) -> None:
         self.repository = repository
-        self.claim = claim
-        self.tree = tree
-        self.rebases = 0
+        self.head: str | None = None
+        """The last head the control plane named to this executor (accepted or moved to)."""
+        self._turn = threading.Lock()
 
-    def publish(self, commit: str) -> None:
-        """Make the commit durable under the attempt's ref before its result is posted."""
-        claim = self.claim
-        self.repository.publish(commit, attempt_ref(claim.run_id, claim.phase_id, claim.attempt))
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._turn:
+            yield
 
-    def rebase(self, moved: BranchMoved) -> tuple[str, list[str]]:
-        """Replay the commit on the head named by ``moved``: (new commit, files the branch
-        changed meanwhile). Raises :class:`Finish` (``integration_conflict``) when it does
-        not apply, or when the branch keeps moving faster than this attempt can follow."""
-        self.rebases += 1
-        head = str(moved.details.get("branch_head") or "")
-        if not head or self.rebases > MAX_REBASES:
-            raise failed(
-                "integration_conflict",
-                error=f"the run's branch moved {self.rebases} times while this attempt was "
-                "being integrated",
-            )
+    def deliver(
+        self,
+        attempt: AttemptKey,
+        tree: Worktree,
+        post: Post,
+        needs_recheck: NeedsRecheck,
+        recheck: Recheck,
+    ) -> ResultAnswer:
+        """Publish, post and, while the branch has moved, rebase and post again.
+
+        Raises :class:`~autopack.executor.outcome.Finish` (``integration_conflict``) when
+        the commit does not apply on the new head, or when the branch keeps moving faster
+        than this attempt can follow; ``LeaseLost`` when the lease is gone.
+        """
+        ref = attempt_ref(attempt.run_id, attempt.phase_id, attempt.attempt)
+        for _ in range(MAX_ROUNDS):
+            with self.turn():
+                upstream = self._rebase(attempt, tree, self.head)
+                if upstream is None or not needs_recheck(upstream):
+                    assert tree.commit is not None
+                    self.repository.publish(tree.commit, ref)
+                    try:
+                        answer = post(tree.commit, tree.base)
+                    except BranchMoved as moved:
+                        self.head = str(moved.details.get("branch_head") or "") or None
+                        continue
+                    self.head = answer.branch_head
+                    self._advance(attempt, answer)
+                    return answer
+            # The branch changed files this attempt changed too: check again outside our
+            # turn (checks take long, the others need not wait), then offer it again.
+            tree.sync()
+            recheck()
+        raise failed(
+            "integration_conflict",
+            error=f"the run's branch kept moving: not integrated after {MAX_ROUNDS} rounds",
+        )
+
+    def _rebase(self, attempt: AttemptKey, tree: Worktree, head: str | None) -> list[str] | None:
+        """Rebase onto ``head`` if the commit is not on it: the files the branch changed
+        meanwhile, or None when there was nothing to do."""
+        if head is None or head == tree.base:
+            return None
         self.repository.require(head)
         try:
-            upstream = self.tree.rebase(head)
+            upstream = tree.rebase(head)
         except IntegrationConflict as exc:
             raise failed(
                 "integration_conflict",
@@ -91,14 +148,14 @@ class Delivery:
         log_event(
             logger,
             "attempt_rebased",
-            run_id=self.claim.run_id,
-            phase_id=self.claim.phase_id,
-            attempt=self.claim.attempt,
+            run_id=attempt.run_id,
+            phase_id=attempt.phase_id,
+            attempt=attempt.attempt,
             onto=head,
         )
-        return self.tree.head(), upstream
+        return upstream
 
-    def integrated(self, answer: ResultAnswer) -> None:
+    def _advance(self, attempt: AttemptKey, answer: ResultAnswer) -> None:
         """Bring the git branch up to the accepted head; if git fails now, the commit is
         safe under its attempt ref and the next one to come integrates it."""
         if answer.branch_head is None:
@@ -110,7 +167,7 @@ class Delivery:
                 logger,
                 "branch_sync_deferred",
                 logging.WARNING,
-                run_id=self.claim.run_id,
+                run_id=attempt.run_id,
                 head=answer.branch_head,
                 reason=exc.message,
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from autopack.builder.auditor import AuditMode
 from autopack.client import ApiClient
 from autopack.estimation.estimator import TokenEstimator
+from autopack.executor.integration import Integrator
 from autopack.executor.repository import RunRepository
 from autopack.executor.worktrees import Worktrees
 from autopack.llm.base import LLMProvider
@@ -48,6 +49,8 @@ class Services:
     """The run's code: its branch, where attempts' commits are integrated."""
     worktrees: Worktrees
     """Where each attempt gets a checkout of its own."""
+    integrator: Integrator
+    """How completed attempts' commits reach the branch, one at a time."""
     provider: LLMProvider
     estimator: TokenEstimator
     prices: PriceTable

@@ -50,7 +50,10 @@ class Worktree:
     keep: bool = False
     """Set aside for inspection instead of going back to the pool (a failed attempt)."""
 
-    def commit(self, paths: list[str], message: str) -> str:
+    commit: str | None = None
+    """The attempt's commit once made (on ``base``; replaced when rebased)."""
+
+    def make_commit(self, paths: list[str], message: str) -> str:
         """The attempt's change as one commit on ``base``; its sha.
 
         ``git add --force``: a deliverable the repository's ``.gitignore`` matches is
@@ -61,37 +64,48 @@ class Worktree:
             if present:
                 git("add", "--force", "--all", "--", *present, cwd=self.path)
             git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", message, cwd=self.path)
-            return self.head()
+            self.commit = out("rev-parse", "HEAD", cwd=self.path)
+        return self.commit
 
     def _tracked(self, path: str) -> bool:
         return bool(out("ls-files", "--", path, cwd=self.path))
 
-    def head(self) -> str:
-        return out("rev-parse", "HEAD", cwd=self.path)
-
-    def _abort(self) -> str:
-        conflicted = out("diff", "--name-only", "--diff-filter=U", cwd=self.path)
-        git("rebase", "--abort", cwd=self.path, check=False)
-        return conflicted
-
     def rebase(self, onto: str) -> list[str]:
         """Replay the attempt's commit on ``onto``; the files the branch changed meanwhile.
 
-        A conflict leaves the worktree as it was and raises :class:`IntegrationConflict`
-        naming the files.
+        Done on trees, not in the checkout (``git merge-tree --write-tree`` + ``commit-tree``:
+        milliseconds however large the repository), so the checkout is left as it was; call
+        :meth:`sync` before running anything in it. A conflict changes nothing and raises
+        :class:`IntegrationConflict` naming the files.
         """
+        assert self.commit is not None, "rebase needs the attempt's commit"
         upstream = out("diff", "--name-only", self.base, onto, cwd=self.path).splitlines()
-        with self.repository.locked():
-            result = git("rebase", "--quiet", "--onto", onto, self.base, cwd=self.path, check=False)
-            conflicted = "" if result.returncode == 0 else self._abort()
-        if result.returncode != 0:
-            files = ", ".join(conflicted.splitlines()) or "unknown files"
+        merged = git(
+            "merge-tree",
+            "--write-tree",
+            "--name-only",
+            onto,
+            self.commit,
+            cwd=self.path,
+            check=False,
+        )
+        lines = merged.stdout.decode().splitlines()
+        if merged.returncode != 0:
+            files = ", ".join(line for line in lines[1:] if line) or "unknown files"
             raise IntegrationConflict(
-                ("rebase", "--onto", onto[:12], self.base[:12]),
+                ("merge-tree", onto[:12], self.commit[:12]),
                 f"the change conflicts with what the branch got meanwhile in {files}",
             )
+        message = out("log", "-1", "--format=%B", self.commit, cwd=self.path)
+        self.commit = out("commit-tree", lines[0], "-p", onto, "-m", message, cwd=self.path)
         self.base = onto
         return upstream
+
+    def sync(self) -> None:
+        """Make the checkout hold the attempt's (rebased) commit, to run checks on it."""
+        assert self.commit is not None
+        with self.repository.locked():
+            git("checkout", "--quiet", "--force", "--detach", self.commit, cwd=self.path)
 
 
 class Worktrees:
