@@ -190,7 +190,7 @@ def phase(
         f"[bold]{escape(run_id)}/{escape(phase_id)}[/bold] {styled(detail.state)} "
         f"attempts {detail.attempts}/{detail.max_attempts}"
     )
-    table = Table("#", "worker", "outcome", "stop reason", "tokens", "files / error")
+    table = Table("#", "worker", "outcome", "stop reason", "tokens", "commit", "files / error")
     for attempt in detail.history:
         info = ", ".join(attempt.files_written) or (attempt.error or "").split("\n")[0]
         table.add_row(
@@ -199,6 +199,7 @@ def phase(
             styled(attempt.outcome),
             escape(attempt.stop_reason or "-"),
             str(attempt.tokens_used),
+            (attempt.commit_sha or "-")[:12],
             escape(info[:80]),
         )
     out.print(table)

@@ -130,15 +130,19 @@ class Worktrees:
         with self.repository.locked():
             self._sweep_locked()
 
-    def _sweep_locked(self) -> None:
+    def _expire_kept(self) -> None:
+        """Remove kept checkouts older than the configured time (a long drain keeps many)."""
         now = time.time()
+        for kept in self.kept.glob("*") if self.kept.exists() else []:
+            if now - kept.stat().st_mtime > self.keep_failed_seconds:
+                self._remove(kept)
+
+    def _sweep_locked(self) -> None:
         for slot in self.root.glob("slot-*"):
             pid = int(slot.name.split("-")[1]) if slot.name.split("-")[1].isdigit() else 0
             if not _alive(pid):
                 self._remove(slot)
-        for kept in self.kept.glob("*") if self.kept.exists() else []:
-            if now - kept.stat().st_mtime > self.keep_failed_seconds:
-                self._remove(kept)
+        self._expire_kept()
         git("worktree", "prune", cwd=self.repository.path, check=False)
 
     def _remove(self, path: Path) -> None:
@@ -195,6 +199,7 @@ class Worktrees:
             return
         os.utime(target)
         log_event(logger, "worktree_kept", path=target, minutes=self.keep_failed_seconds / 60)
+        self._expire_kept()
 
     def close(self) -> None:
         """Remove this process's free slots (kept ones stay for inspection)."""
