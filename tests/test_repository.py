@@ -204,3 +204,22 @@ def test_executors_with_their_own_caches_share_one_remote_branch(tmp_path: Path)
     assert sh("rev-parse", f"refs/heads/{BRANCH}", cwd=remote) == commit
     assert one.head() == commit
     two.advance(commit)  # idempotent
+
+
+def test_a_commit_holds_the_attempts_files_and_nothing_its_checks_did(tmp_path: Path) -> None:
+    """A check may create, stage or even commit things in the checkout: the attempt's
+    commit is its base plus exactly its own paths (deleted ones included)."""
+    repo = project(tmp_path / "proj", {"a.txt": "a\n", "gone.txt": "bye\n"})
+    repository = local(repo, tmp_path / "cache")
+    base = repository.head()
+    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    with pool.checkout(base, "p1") as tree:
+        (tree.path / "a.txt").write_text("changed\n")
+        (tree.path / "gone.txt").unlink()
+        (tree.path / "stray.txt").write_text("a check's leftover\n")
+        sh("add", "stray.txt", cwd=tree.path)
+        sh("commit", "-q", "-m", "a check that commits", cwd=tree.path)
+        commit = tree.make_commit(["a.txt", "gone.txt", "never-there.txt"], "autopack: p1")
+    assert sh("rev-parse", f"{commit}^", cwd=repo) == base
+    assert sh("ls-tree", "-r", "--name-only", commit, cwd=repo).splitlines() == ["a.txt"]
+    assert sh("show", f"{commit}:a.txt", cwd=repo) == "changed"

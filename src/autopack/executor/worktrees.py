@@ -56,19 +56,29 @@ class Worktree:
     def make_commit(self, paths: list[str], message: str) -> str:
         """The attempt's change as one commit on ``base``; its sha.
 
+        Built in an index of its own, from ``base`` plus exactly ``paths`` as they are on
+        disk: nothing else the attempt's checks did in the checkout (files they created,
+        things they staged or committed, a HEAD they moved) reaches the commit.
         ``git add --force``: a deliverable the repository's ``.gitignore`` matches is
         committed anyway (the run file asked for it); modes are taken from the files.
         """
-        present = [p for p in paths if (self.path / p).exists() or self._tracked(p)]
-        with self.repository.locked():
+        present = [p for p in paths if (self.path / p).exists() or self._in_base(p)]
+        index = self.path.parent / f".{self.path.name}.autopack-index"
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            git("read-tree", self.base, cwd=self.path, env=env)
             if present:
-                git("add", "--force", "--all", "--", *present, cwd=self.path)
-            git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", message, cwd=self.path)
-            self.commit = out("rev-parse", "HEAD", cwd=self.path)
+                git("add", "--force", "--all", "--", *present, cwd=self.path, env=env)
+            tree = out("write-tree", cwd=self.path, env=env)
+        finally:
+            index.unlink(missing_ok=True)
+        self.commit = out("commit-tree", tree, "-p", self.base, "-m", message, cwd=self.path)
         return self.commit
 
-    def _tracked(self, path: str) -> bool:
-        return bool(out("ls-files", "--", path, cwd=self.path))
+    def _in_base(self, path: str) -> bool:
+        """Is ``path`` a file of ``base`` (a deletion to record, not a path to skip)?"""
+        found = git("cat-file", "-e", f"{self.base}:{path}", cwd=self.path, check=False)
+        return found.returncode == 0
 
     def rebase(self, onto: str) -> list[str]:
         """Replay the attempt's commit on ``onto``; the files the branch changed meanwhile.
