@@ -1,0 +1,107 @@
+"""Bounds of everything that enters: the types request models, run files and telemetry
+events are built from, each within what the column it ends up in can hold.
+
+Without them plain bad input reached the database and came back as a 500: a NUL byte
+(PostgreSQL text cannot hold one), an integer over 32 bits (PostgreSQL ``INTEGER``) or
+64 bits (SQLite), a string longer than its ``VARCHAR``, ``Infinity`` in a JSON column, a
+timeout of ``1e300`` minutes that overflows every later date computation. Here each such
+value is refused when the request is validated, as a 422 naming the field (a run file: exit 2).
+
+* :data:`Str`: text without NUL; give it ``Field(max_length=N)`` with the column's length
+  (``TEXT`` columns: at most :data:`TEXT_MAX`).
+* :data:`Int32` / :data:`Count`: integers a PostgreSQL ``INTEGER`` holds.
+* :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too).
+* :data:`JsonObject`: a JSON column's dict, checked all the way down (non-finite numbers,
+  nesting deeper than :data:`JSON_DEPTH_MAX`), iteratively; :class:`Storable`, the base
+  of request models, checks a whole request: no NUL in a text field, JSON fields as
+  :func:`json_safe`.
+
+Importing this module loads pydantic only: the client and the executor use it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+INT32_MAX = 2**31 - 1
+"""PostgreSQL ``INTEGER``; every integer column is one."""
+TEXT_MAX = 200_000
+"""Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
+JSON_DEPTH_MAX = 32
+JSON_ITEMS_MAX = 100_000
+"""Strings, numbers and containers in one JSON value."""
+
+
+def no_nul(value: str) -> str:
+    """Refuse a NUL byte: no PostgreSQL text column can store one."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte (\\x00), which cannot be stored")
+    return value
+
+
+def json_safe(value: Any) -> Any:
+    """Refuse what a JSON column cannot store or a reader cannot load back: an infinite or
+    NaN number, nesting deeper than JSON_DEPTH_MAX, more than JSON_ITEMS_MAX values.
+    Walks dicts, lists and pydantic models (extra fields included) without recursion; the
+    error names the path (``details.log[3]``). Returns ``value``.
+
+    NUL is allowed inside JSON (PostgreSQL's ``json`` stores ``\\u0000``): a file the
+    Builder wrote, held in an approval's context, must come back byte for byte.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    seen = 0
+    while stack:
+        item, where, depth = stack.pop()
+        seen += 1
+        if seen > JSON_ITEMS_MAX:
+            raise ValueError(f"has more than {JSON_ITEMS_MAX} values")
+        if depth > JSON_DEPTH_MAX:
+            raise ValueError(f"{where or 'value'} is nested deeper than {JSON_DEPTH_MAX} levels")
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where or 'value'} is not a finite number ({item})")
+        elif isinstance(item, BaseModel):
+            fields = {**item.__dict__, **(item.__pydantic_extra__ or {})}
+            prefix = f"{where}." if where else ""
+            stack.extend((child, prefix + name, depth + 1) for name, child in fields.items())
+        elif isinstance(item, dict):
+            prefix = f"{where}." if where else ""
+            stack.extend((child, prefix + str(key), depth + 1) for key, child in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
+    return value
+
+
+def storable(model: BaseModel) -> BaseModel:
+    """A request model as the database will hold it: its text fields (TEXT and VARCHAR
+    columns) without NUL, its JSON fields :func:`json_safe`. Returns ``model``."""
+    for name, value in {**model.__dict__, **(model.__pydantic_extra__ or {})}.items():
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError(f"{name} contains a NUL byte (\\x00), which cannot be stored")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} is not a finite number ({value})")
+        elif isinstance(value, dict | list | tuple | BaseModel):
+            json_safe(value)
+    return model
+
+
+class Storable(BaseModel):
+    """Base of the models requests are validated with: the whole value is :func:`storable`
+    (checked after the fields, so a field's own bound speaks first)."""
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        storable(self)
+        return self
+
+
+Str = Annotated[str, AfterValidator(no_nul)]
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(json_safe)]
