@@ -22,9 +22,12 @@ Importing this module loads pydantic only: the client and the executor use it.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Self
+from datetime import datetime
+from functools import cache
+from types import UnionType
+from typing import Annotated, Any, Self, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 INT32_MAX = 2**31 - 1
 """PostgreSQL ``INTEGER``; every integer column is one."""
@@ -90,9 +93,71 @@ def storable(model: BaseModel) -> BaseModel:
     return model
 
 
-class Storable(BaseModel):
+_NUL_FREE = "^[^\\u0000]*$"
+"""What the JSON Schema says of a text field (no NUL); the validator says it in words."""
+
+
+@cache
+def _json_kinds(model: type[BaseModel]) -> dict[str, str]:
+    """Field name (as sent) -> the JSON type its raw value must have, for the fields whose
+    pydantic type would otherwise coerce (``"5"`` to 5, ``true`` to 1, ``1`` to True)."""
+    kinds = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (Union, UnionType) and len(members) == 1:
+            annotation = members[0]
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        kind = {bool: "boolean", int: "number", float: "number", datetime: "date-time"}.get(
+            annotation  # type: ignore[call-overload]
+        )
+        if kind is not None:
+            kinds[field.alias or name] = kind
+    return kinds
+
+
+def _json_type_problem(kind: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "a boolean (true or false)"
+    if kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "a number"
+    return None if isinstance(value, str | datetime) else "an ISO 8601 date-time string"
+
+
+class JsonTyped(BaseModel):
+    """A model whose numbers, booleans and times must arrive as what the JSON Schema says:
+    pydantic's lax mode would take ``"5"`` or ``true`` for a number and ``1`` for a
+    boolean, so the document would not be the contract (a schema-violating request
+    accepted). Each model checks its own fields, nested models theirs."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_types(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, kind in _json_kinds(cls).items():
+                if key in data and (want := _json_type_problem(kind, data[key])) is not None:
+                    raise ValueError(f"{key} must be {want}, not {data[key]!r}")
+        return data
+
+
+def _text_fields_nul_free(schema: dict[str, Any]) -> None:
+    """JSON Schema of a :class:`Storable`: its text fields say they hold no NUL."""
+    for prop in schema.get("properties", {}).values():
+        for choice in prop.get("anyOf", [prop]):
+            if choice.get("type") == "string" and "pattern" not in choice:
+                choice["pattern"] = _NUL_FREE
+
+
+class Storable(JsonTyped):
     """Base of the models requests are validated with: the whole value is :func:`storable`
-    (checked after the fields, so a field's own bound speaks first)."""
+    (checked after the fields, so a field's own bound speaks first), raw types as the
+    JSON Schema says (:class:`JsonTyped`), and the schema says text holds no NUL."""
+
+    model_config = ConfigDict(json_schema_extra=_text_fields_nul_free)
 
     @model_validator(mode="after")
     def _storable(self) -> Self:
@@ -100,7 +165,7 @@ class Storable(BaseModel):
         return self
 
 
-Str = Annotated[str, AfterValidator(no_nul)]
+Str = Annotated[str, AfterValidator(no_nul), Field(json_schema_extra={"pattern": _NUL_FREE})]
 Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autopack.bounds import Count, Finite, Storable
+from autopack.bounds import Count, Finite, JsonTyped, Storable
 from autopack.identity import PublicIdentity
 from autopack.rundef import Budgets, Complexity, Policy, Scope, TaskCategory
 from autopack.states import (
@@ -54,7 +54,7 @@ class _Answer(BaseModel):
 # -- what an attempt produces ------------------------------------------------------------------
 
 
-class CheckResult(_Answer):
+class CheckResult(JsonTyped, _Answer):
     """One check command's run in the workspace: exit code and the tail of its output."""
 
     command: str
@@ -65,7 +65,7 @@ class CheckResult(_Answer):
     output_tail: str = ""
 
 
-class AuditVerdict(_Answer):
+class AuditVerdict(JsonTyped, _Answer):
     """The Auditor's (or the static rules') verdict on a change."""
 
     mode: str

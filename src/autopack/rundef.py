@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
@@ -30,7 +29,7 @@ from pydantic import (
 )
 
 from autopack import paths
-from autopack.bounds import TEXT_MAX, Count, Finite, Str
+from autopack.bounds import TEXT_MAX, Count, Finite, JsonTyped, Str
 from autopack.errors import InvalidInput
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -68,7 +67,7 @@ def _relative_path(value: str) -> str:
 RelPath = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_relative_path)]
 
 
-class _Strict(BaseModel):
+class _Strict(JsonTyped):
     model_config = ConfigDict(extra="forbid")
 
 

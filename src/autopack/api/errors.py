@@ -57,8 +57,12 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = str(exc.detail)
         if exc.status_code == 404:
             detail = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not just one route's
+            headers["Allow"] = ", ".join(allowed_methods(request))
+            detail = f"{request.method} is not allowed on {request.url.path}"
         body = {"error": name, "detail": detail}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -74,6 +78,17 @@ def install_error_handlers(app: FastAPI) -> None:
             f"internal error ({type(exc).__name__}); the server's log has the details"
         )
         return answer(request, failure)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of every route matching the request's path (FastAPI declares one route
+    per method, and Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
 
 
 def invalid_input(exc: RequestValidationError) -> InvalidInput:

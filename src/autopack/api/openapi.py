@@ -128,3 +128,47 @@ def install_docs(app: FastAPI) -> None:
         )
 
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
+
+
+# -- links: how one answer feeds the next request (stateful testing follows them) -----------
+
+_RUN = {"run_id": "$response.body#/run_id"}
+_PHASE = {"run_id": "$response.body#/run_id", "phase_id": "$response.body#/phase_id"}
+_LEASE = "$response.body#/lease_token"
+
+
+def _link(operation: str, parameters: dict[str, str], body: Any = None) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": operation, "parameters": parameters}
+    if body is not None:
+        link["requestBody"] = body
+    return link
+
+
+def links(*named: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"links": dict(named)}
+
+
+RUN_LINKS = links(
+    ("GetRun", _link("get_run", _RUN)),
+    ("CancelRun", _link("cancel_run", _RUN)),
+    ("ClaimFromRun", _link("claim", {}, {"worker_id": "linked", "run_id": _RUN["run_id"]})),
+)
+CLAIM_LINKS = links(
+    ("GetPhase", _link("get_phase", _PHASE)),
+    ("Heartbeat", _link("heartbeat", _PHASE, {"lease_token": _LEASE, "lease_seconds": 60})),
+    ("Usage", _link("report_usage", _PHASE, {"lease_token": _LEASE, "tokens": 10})),
+    (
+        "Result",
+        _link(
+            "post_result",
+            _PHASE,
+            {"lease_token": _LEASE, "outcome": "COMPLETE", "stop_reason": "completed"},
+        ),
+    ),
+    ("AskApproval", _link("request_approval", _PHASE, {"lease_token": _LEASE, "reason": "x"})),
+    ("Requeue", _link("requeue_phase", _PHASE)),
+)
+APPROVAL_LINKS = links(
+    ("Approve", _link("approve", {"approval_id": "$response.body#/approval_id"})),
+    ("Reject", _link("reject", {"approval_id": "$response.body#/approval_id"})),
+)

@@ -33,13 +33,23 @@ def list_approvals(
     return approvals.list_approvals(database, status=wanted, run_id=run_id)
 
 
-@router.post("/{approval_id}/approve", response_model=DecidedApproval, responses=DECIDING)
+@router.post(
+    "/{approval_id}/approve",
+    response_model=DecidedApproval,
+    responses=DECIDING,
+    operation_id="approve",
+)
 def approve(approval_id: ApprovalId, body: DecisionIn, database: DatabaseDep) -> DecidedApproval:
     """The phase goes back to QUEUED; its next claim carries the approved change."""
     return approvals.decide_approval(database, approval_id, approve=True, decision=body)
 
 
-@router.post("/{approval_id}/reject", response_model=DecidedApproval, responses=DECIDING)
+@router.post(
+    "/{approval_id}/reject",
+    response_model=DecidedApproval,
+    responses=DECIDING,
+    operation_id="reject",
+)
 def reject(approval_id: ApprovalId, body: DecisionIn, database: DatabaseDep) -> DecidedApproval:
     """The phase FAILS with stop_reason approval_rejected."""
     return approvals.decide_approval(database, approval_id, approve=False, decision=body)

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from autopack.api.auth import WORKER
 from autopack.api.deps import DatabaseDep
-from autopack.api.openapi import SECURED, WRITE, errors
+from autopack.api.openapi import CLAIM_LINKS, SECURED, WRITE, errors
 from autopack.contract import Claim, ClaimIn
 from autopack.control import claims
 
@@ -17,7 +17,12 @@ router = APIRouter(tags=["claims"], dependencies=[WORKER], responses={**SECURED,
 @router.post(
     "/claims",
     response_model=Claim,
-    responses={204: {"description": "Nothing is claimable right now."}, **errors(404)},
+    responses={
+        200: CLAIM_LINKS,
+        204: {"description": "Nothing is claimable right now."},
+        **errors(404),
+    },
+    operation_id="claim",
 )
 async def claim(body: ClaimIn, database: DatabaseDep) -> Claim | Response:
     """Claim in tier order, honouring depends_on, backoff and budgets; reclaims expired leases

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from autopack.api.auth import OPERATOR, WORKER
 from autopack.api.deps import DatabaseDep, PhaseId, RunId
-from autopack.api.openapi import READ, SECURED, WRITE, errors
+from autopack.api.openapi import APPROVAL_LINKS, READ, SECURED, WRITE, errors
 from autopack.contract import (
     ApprovalCreated,
     ApprovalIn,
@@ -41,7 +41,7 @@ LEASE_ERRORS = {**WRITE, **errors(409)}
 """The worker's calls under a lease: 409 LeaseLost once the lease is gone."""
 
 
-@router.get("", response_model=PhaseDetail, dependencies=[WORKER])
+@router.get("", response_model=PhaseDetail, dependencies=[WORKER], operation_id="get_phase")
 def get_phase(run_id: RunId, phase_id: PhaseId, database: DatabaseDep) -> PhaseDetail:
     """The phase with every attempt (oldest first) and its approvals."""
     return runs.get_phase(database, run_id, phase_id)
@@ -52,6 +52,7 @@ def get_phase(run_id: RunId, phase_id: PhaseId, database: DatabaseDep) -> PhaseD
     response_model=PhaseView,
     dependencies=[OPERATOR],
     responses={**WRITE, **errors(409)},
+    operation_id="requeue_phase",
 )
 def requeue_phase(
     run_id: RunId,
@@ -63,7 +64,13 @@ def requeue_phase(
     return runs.requeue_phase(database, run_id, phase_id, body or RequeueIn())
 
 
-@router.post("/heartbeat", response_model=LeaseRenewed, dependencies=LEASED, responses=LEASE_ERRORS)
+@router.post(
+    "/heartbeat",
+    response_model=LeaseRenewed,
+    dependencies=LEASED,
+    responses=LEASE_ERRORS,
+    operation_id="heartbeat",
+)
 async def heartbeat(
     run_id: RunId, phase_id: PhaseId, body: HeartbeatIn, database: DatabaseDep
 ) -> LeaseRenewed:
@@ -71,7 +78,13 @@ async def heartbeat(
     return await run_in_threadpool(leases.heartbeat, database, run_id, phase_id, body)
 
 
-@router.post("/usage", response_model=UsageAnswer, dependencies=LEASED, responses=LEASE_ERRORS)
+@router.post(
+    "/usage",
+    response_model=UsageAnswer,
+    dependencies=LEASED,
+    responses=LEASE_ERRORS,
+    operation_id="report_usage",
+)
 async def report_usage(
     run_id: RunId, phase_id: PhaseId, body: UsageIn, database: DatabaseDep
 ) -> UsageAnswer:
@@ -79,7 +92,13 @@ async def report_usage(
     return await run_in_threadpool(leases.report_usage, database, run_id, phase_id, body)
 
 
-@router.post("/result", response_model=ResultAnswer, dependencies=LEASED, responses=LEASE_ERRORS)
+@router.post(
+    "/result",
+    response_model=ResultAnswer,
+    dependencies=LEASED,
+    responses=LEASE_ERRORS,
+    operation_id="post_result",
+)
 async def post_result(
     run_id: RunId,
     phase_id: PhaseId,
@@ -102,7 +121,8 @@ async def post_result(
     status_code=201,
     response_model=ApprovalCreated,
     dependencies=LEASED,
-    responses=LEASE_ERRORS,
+    responses={201: APPROVAL_LINKS, **LEASE_ERRORS},
+    operation_id="request_approval",
 )
 def request_approval(
     run_id: RunId, phase_id: PhaseId, body: ApprovalIn, database: DatabaseDep

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Query
 
 from autopack.api.auth import OPERATOR, WORKER
 from autopack.api.deps import DatabaseDep, RunId
-from autopack.api.openapi import READ, SECURED, WRITE, errors
+from autopack.api.openapi import READ, RUN_LINKS, SECURED, WRITE, errors
 from autopack.bounds import INT32_MAX
 from autopack.contract import CancelIn, RunList, RunView
 from autopack.control import runs
@@ -20,6 +20,29 @@ from autopack.rundef import RunDefinition
 from autopack.states import RunState
 
 router = APIRouter(tags=["runs"], responses={**SECURED, **READ})
+RUN_EXAMPLES = {
+    "two phases": {
+        "summary": "A tier of two phases, the second waiting for the first",
+        "value": {
+            "run_id": "example",
+            "tiers": [
+                {
+                    "tier_id": "T1",
+                    "name": "first tier",
+                    "phases": [
+                        {
+                            "phase_id": "p1",
+                            "name": "write the module",
+                            "scope": {"deliverables": ["pkg/mod.py"]},
+                            "checks": ["python -m pytest -q"],
+                        },
+                        {"phase_id": "p2", "name": "document it", "depends_on": ["p1"]},
+                    ],
+                }
+            ],
+        },
+    }
+}
 
 
 @router.post(
@@ -27,14 +50,18 @@ router = APIRouter(tags=["runs"], responses={**SECURED, **READ})
     status_code=201,
     response_model=RunView,
     dependencies=[OPERATOR],
-    responses={**WRITE, **errors(409)},
+    responses={201: RUN_LINKS, **WRITE, **errors(409)},
+    operation_id="create_run",
 )
-def create_run(definition: RunDefinition, database: DatabaseDep) -> RunView:
+def create_run(
+    definition: Annotated[RunDefinition, Body(openapi_examples=RUN_EXAMPLES)],
+    database: DatabaseDep,
+) -> RunView:
     """Create a run (all phases QUEUED); 409 if the run_id exists, 422 naming field and value."""
     return runs.create_run(database, definition)
 
 
-@router.get("/runs", response_model=RunList, dependencies=[WORKER])
+@router.get("/runs", response_model=RunList, dependencies=[WORKER], operation_id="list_runs")
 def list_runs(
     database: DatabaseDep,
     state: Annotated[RunState | None, Query(description="Only runs in this state.")] = None,
@@ -45,7 +72,13 @@ def list_runs(
     return runs.list_runs(database, state=state, limit=limit, offset=offset)
 
 
-@router.get("/runs/{run_id}", response_model=RunView, dependencies=[WORKER], responses=errors(404))
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunView,
+    dependencies=[WORKER],
+    responses=errors(404),
+    operation_id="get_run",
+)
 def get_run(run_id: RunId, database: DatabaseDep) -> RunView:
     """The run with its tiers and phases; a 404 names the run and the database it looked in."""
     return runs.get_run(database, run_id)
@@ -56,6 +89,7 @@ def get_run(run_id: RunId, database: DatabaseDep) -> RunView:
     response_model=RunView,
     dependencies=[OPERATOR],
     responses={**WRITE, **errors(404, 409)},
+    operation_id="cancel_run",
 )
 def cancel_run(
     run_id: RunId, database: DatabaseDep, body: Annotated[CancelIn | None, Body()] = None
