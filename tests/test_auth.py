@@ -67,7 +67,7 @@ def _url(path: str) -> str:
 def _call(server: Server, method: str, path: str, token: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     params = {"run_id": "r1", "phase_id": "p1"} if path == "/telemetry/counts" else None
-    body = {} if method == "post" else None
+    body: dict[str, Any] | None = {} if method == "post" else None
     return httpx.request(
         method, server.url + _url(path), json=body, headers=headers, params=params, timeout=10
     )

@@ -28,7 +28,7 @@ RUN = {
 
 
 def _run(**changes: Any) -> dict[str, Any]:
-    body = json.loads(json.dumps(RUN))
+    body: dict[str, Any] = json.loads(json.dumps(RUN))
     body.update(changes)
     return body
 

@@ -97,21 +97,22 @@ _NUL_FREE = "^[^\\u0000]*$"
 """What the JSON Schema says of a text field (no NUL); the validator says it in words."""
 
 
+_KINDS: dict[Any, str] = {bool: "boolean", int: "number", float: "number", datetime: "date-time"}
+
+
 @cache
 def _json_kinds(model: type[BaseModel]) -> dict[str, str]:
     """Field name (as sent) -> the JSON type its raw value must have, for the fields whose
     pydantic type would otherwise coerce (``"5"`` to 5, ``true`` to 1, ``1`` to True)."""
     kinds = {}
     for name, field in model.model_fields.items():
-        annotation = field.annotation
+        annotation: Any = field.annotation
         members = [a for a in get_args(annotation) if a is not type(None)]
         if get_origin(annotation) in (Union, UnionType) and len(members) == 1:
             annotation = members[0]
         if get_origin(annotation) is Annotated:
             annotation = get_args(annotation)[0]
-        kind = {bool: "boolean", int: "number", float: "number", datetime: "date-time"}.get(
-            annotation  # type: ignore[call-overload]
-        )
+        kind = _KINDS.get(annotation)
         if kind is not None:
             kinds[field.alias or name] = kind
     return kinds

@@ -58,6 +58,9 @@ class TelemetryRecorder:
         if not self.enabled:
             return
         self.flush()
+        if self.queued:  # the server is still away: wait behind the others, in order
+            self._keep(event, "events before it are still waiting")
+            return
         self._send(event, queue_on_failure=True)
 
     def flush(self) -> None:
