@@ -33,6 +33,7 @@ from autopack.rundef import RunDefinition, Scope, load_run_file
 
 PROPERTY = settings(
     derandomize=True,
+    database=None,
     max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
