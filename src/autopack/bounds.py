@@ -27,7 +27,15 @@ from functools import cache
 from types import UnionType
 from typing import Annotated, Any, Self, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 INT32_MAX = 2**31 - 1
 """PostgreSQL ``INTEGER``; every integer column is one."""
@@ -102,7 +110,7 @@ _KINDS: dict[Any, str] = {bool: "boolean", int: "number", float: "number", datet
 
 @cache
 def _json_kinds(model: type[BaseModel]) -> dict[str, str]:
-    """Field name (as sent) -> the JSON type its raw value must have, for the fields whose
+    """Field name -> the JSON type its raw value must have, for the fields whose
     pydantic type would otherwise coerce (``"5"`` to 5, ``true`` to 1, ``1`` to True)."""
     kinds = {}
     for name, field in model.model_fields.items():
@@ -114,7 +122,7 @@ def _json_kinds(model: type[BaseModel]) -> dict[str, str]:
             annotation = get_args(annotation)[0]
         kind = _KINDS.get(annotation)
         if kind is not None:
-            kinds[field.alias or name] = kind
+            kinds[name] = kind
     return kinds
 
 
@@ -133,16 +141,15 @@ class JsonTyped(BaseModel):
     """A model whose numbers, booleans and times must arrive as what the JSON Schema says:
     pydantic's lax mode would take ``"5"`` or ``true`` for a number and ``1`` for a
     boolean, so the document would not be the contract (a schema-violating request
-    accepted). Each model checks its own fields, nested models theirs."""
+    accepted). Each field is checked before it is validated, so the error names it."""
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _json_types(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, kind in _json_kinds(cls).items():
-                if key in data and (want := _json_type_problem(kind, data[key])) is not None:
-                    raise ValueError(f"{key} must be {want}, not {data[key]!r}")
-        return data
+    def _json_type(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = _json_kinds(cls).get(info.field_name or "")
+        if kind is not None and (want := _json_type_problem(kind, value)) is not None:
+            raise ValueError(f"must be {want}")
+        return value
 
 
 def _text_fields_nul_free(schema: dict[str, Any]) -> None:

@@ -68,11 +68,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("autopack.client")
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-RETRY_SECONDS = 30.0
+RETRY_SECONDS = 10.0
 """How long a worker's call is retried on a 5xx or a dropped connection before it fails."""
 HEARTBEAT_RETRY_SECONDS = 5.0
 """A heartbeat is retried briefly: the lease's own loop tries again a third of a lease later."""
-TELEMETRY_RETRY_SECONDS = 10.0
+TELEMETRY_RETRY_SECONDS = 5.0
 """Telemetry still unwritten after this is queued by the recorder and retried later."""
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 4.0
