@@ -230,7 +230,9 @@ def test_unmatched_replay_request_is_a_clear_failure(tmp_path: Path, sqlite_url:
 
 
 def test_lost_lease_mid_phase_stops_and_writes_nothing(tmp_path: Path, sqlite_url: str) -> None:
-    slow_check = 'python -c "import time; time.sleep(4)"'
+    # long enough for `run cancel` (a CLI start: up to ~4 s on a loaded 2-core machine) to
+    # land while the check still runs
+    slow_check = 'python -c "import time; time.sleep(10)"'
     env = _setup(tmp_path, sqlite_url, checks=[slow_check])
     tape = cassette(tmp_path, [line("p1", 1, GOOD)])
     process = drain_process(

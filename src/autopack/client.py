@@ -13,13 +13,18 @@ never SQLAlchemy: it runs on machines that only talk to an API.
 
 from __future__ import annotations
 
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from autopack import errors
+from autopack import errors, redact
 from autopack.contract import (
     ApprovalCreated,
     ApprovalIn,
@@ -42,8 +47,9 @@ from autopack.contract import (
     UsageAnswer,
     UsageIn,
 )
-from autopack.errors import AutopackError, IdentityMismatch, ServerUnavailable
+from autopack.errors import AutopackError, IdentityMismatch, SchemaOutOfDate, ServerUnavailable
 from autopack.identity import DbIdentity
+from autopack.logs import log_event
 from autopack.rundef import RunDefinition
 from autopack.states import ApprovalStatus, RunState
 from autopack.telemetry.events import (
@@ -59,10 +65,25 @@ from autopack.telemetry.events import (
 if TYPE_CHECKING:
     from autopack.telemetry.summary import TelemetrySummary
 
+logger = logging.getLogger("autopack.client")
+
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+RETRY_SECONDS = 10.0
+"""How long a worker's call is retried on a 5xx or a dropped connection before it fails."""
+HEARTBEAT_RETRY_SECONDS = 5.0
+"""A heartbeat is retried briefly: the lease's own loop tries again a third of a lease later."""
+TELEMETRY_RETRY_SECONDS = 5.0
+"""Telemetry still unwritten after this is queued by the recorder and retried later."""
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 4.0
+RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 M = TypeVar("M", bound=BaseModel)
+ClaimFilter = Callable[[Claim], ResultIn | None]
+"""For a claim this process will not work on, the result that finishes it at once."""
 _TELEMETRY_PATH = {"usage": "llm-usage", "estimation": "estimations", "escalation": "escalations"}
 _ERROR_BY_STATUS: dict[int, type[AutopackError]] = {
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
     404: errors.NotFound,
     409: errors.Conflict,
     422: errors.InvalidInput,
@@ -99,7 +120,20 @@ class ApiClient:
     """A connection to one API server. Use as a context manager or call :meth:`close`.
 
     ``transport``: how to reach it when not over TCP (the CLI's in-process server listens
-    on a Unix socket); ``where`` names the server in messages.
+    on a Unix socket); ``where`` names the server in messages; ``token`` is sent as
+    ``Authorization: Bearer`` on every request (never logged, never in a message);
+    ``retry_seconds`` bounds how long the worker's calls are retried; ``claim_filter``
+    finishes at once a claim this process will not work on (an executor's check
+    allow-list: :mod:`autopack.executor.check_policy`).
+
+    **Retries.** The executor's calls (claim, heartbeat, usage, result, approval request,
+    telemetry) and every read are retried on a 5xx (but not a schema error) and on a
+    dropped connection, with exponential backoff and full jitter, for a bounded time; then
+    they fail as :class:`ServerUnavailable`. Repeating them is safe: a result carries its
+    Idempotency-Key, usage reports and telemetry events their own keys, a heartbeat or an
+    approval request under the same lease token is applied once, and a claim whose answer
+    was lost only leaves a lease that expires. An operator's writes (create, cancel,
+    requeue, decide) are not repeated: a 5xx there is reported as it came.
     """
 
     def __init__(
@@ -109,13 +143,19 @@ class ApiClient:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         where: str | None = None,
+        token: str | None = None,
+        retry_seconds: float = RETRY_SECONDS,
+        claim_filter: ClaimFilter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.where = where or f"API {self.base_url}"
+        self.retry_seconds = retry_seconds
+        self.claim_filter = claim_filter
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
             transport=transport or httpx.HTTPTransport(retries=2),
+            headers={"Authorization": f"Bearer {token}"} if token else None,
         )
 
     def __enter__(self) -> ApiClient:
@@ -127,27 +167,83 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request; any non-2xx answer is raised as the matching Autopack error."""
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+    def request(
+        self, method: str, path: str, *, retry_for: float = 0.0, **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request; any non-2xx answer is raised as the matching Autopack error.
+
+        ``retry_for``: seconds during which a 5xx or a dropped connection is retried.
+        """
+        started = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+                if self._again(started, retry_for, tries, method, path, problem):
+                    continue
+                raise ServerUnavailable(
+                    f"no answer from Autopack {self.where} ({problem})"
+                    + (f" after {tries} tries" if tries > 1 else ""),
+                    api_url=self.base_url,
+                ) from exc
+            if not response.is_error:
+                return response
+            error = _error_from(response)
+            if response.status_code not in RETRYABLE_STATUSES or isinstance(error, SchemaOutOfDate):
+                raise error
+            problem = f"HTTP {response.status_code}: {error.message}"
+            if self._again(started, retry_for, tries, method, path, problem):
+                continue
+            if tries == 1:
+                raise error
             raise ServerUnavailable(
-                f"no answer from Autopack {self.where} ({exc.__class__.__name__}: {exc})",
+                f"Autopack {self.where} still failing after {tries} tries "
+                f"({time.monotonic() - started:.0f}s): {problem}",
                 api_url=self.base_url,
-            ) from exc
-        if response.is_error:
-            raise _error_from(response)
-        return response
+                status=response.status_code,
+            ) from error
 
-    def _call(self, answer: type[M], method: str, path: str, **kwargs: Any) -> M:
-        return answer.model_validate_json(self.request(method, path, **kwargs).content)
+    def _again(
+        self, started: float, budget: float, tries: int, method: str, path: str, problem: str
+    ) -> bool:
+        """Sleep before the next try (full jitter) and say True, or False when the time
+        ``budget`` would be spent."""
+        pause = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**tries))
+        if time.monotonic() + pause - started > budget:
+            return False
+        log_event(
+            logger,
+            "api_retry",
+            logging.WARNING,
+            call=f"{method} {path}",
+            tries=tries,
+            reason=problem,
+            next_in_s=round(pause, 3),
+        )
+        time.sleep(pause)
+        return True
 
-    def _body(self, request: BaseModel) -> dict[str, Any]:
-        return {
-            "content": request.model_dump_json(),
-            "headers": {"content-type": "application/json"},
-        }
+    def _call(
+        self, answer: type[M], method: str, path: str, *, retry_for: float = 0.0, **kwargs: Any
+    ) -> M:
+        response = self.request(method, path, retry_for=retry_for, **kwargs)
+        return answer.model_validate_json(response.content)
+
+    def _get(self, answer: type[M], path: str, **kwargs: Any) -> M:
+        """A read: safe to repeat, so retried like the worker's calls."""
+        return self._call(answer, "GET", path, retry_for=self.retry_seconds, **kwargs)
+
+    def _body(self, request: BaseModel, *, redacted: bool = False) -> dict[str, Any]:
+        """The JSON body; ``redacted``: with every secret :mod:`autopack.redact` knows
+        replaced (bodies carrying errors, output and telemetry, before they leave)."""
+        if redacted:
+            content = json.dumps(redact.data(request.model_dump(mode="json")))
+        else:
+            content = request.model_dump_json()
+        return {"content": content, "headers": {"content-type": "application/json"}}
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -195,20 +291,20 @@ class ApiClient:
         return self._call(RunView, "POST", "/runs", **self._body(definition))
 
     def get_run(self, run_id: str) -> RunView:
-        return self._call(RunView, "GET", f"/runs/{_seg(run_id)}")
+        return self._get(RunView, f"/runs/{_seg(run_id)}")
 
     def list_runs(self, state: RunState | None = None, limit: int = 50, offset: int = 0) -> RunList:
         """Run summaries, newest first."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if state is not None:
             params["state"] = state.value
-        return self._call(RunList, "GET", "/runs", params=params)
+        return self._get(RunList, "/runs", params=params)
 
     def cancel_run(self, run_id: str, request: CancelIn) -> RunView:
         return self._call(RunView, "POST", f"/runs/{_seg(run_id)}/cancel", **self._body(request))
 
     def get_phase(self, run_id: str, phase_id: str) -> PhaseDetail:
-        return self._call(PhaseDetail, "GET", _phase_path(run_id, phase_id))
+        return self._get(PhaseDetail, _phase_path(run_id, phase_id))
 
     def requeue_phase(self, run_id: str, phase_id: str, request: RequeueIn) -> PhaseView:
         path = f"{_phase_path(run_id, phase_id)}/requeue"
@@ -218,34 +314,59 @@ class ApiClient:
 
     def claim(self, request: ClaimIn) -> Claim | None:
         """``POST /claims``: a leased attempt, or None when nothing is claimable (HTTP 204)."""
-        response = self.request("POST", "/claims", **self._body(request))
+        body = self._body(request)
+        response = self.request("POST", "/claims", retry_for=self.retry_seconds, **body)
         if response.status_code == 204:
             return None
-        return Claim.model_validate_json(response.content)
+        claim = Claim.model_validate_json(response.content)
+        refused = self.claim_filter(claim) if self.claim_filter is not None else None
+        if refused is None:
+            return claim
+        log_event(
+            logger,
+            "claim_refused",
+            logging.WARNING,
+            run_id=claim.run_id,
+            phase_id=claim.phase_id,
+            attempt=claim.attempt,
+            reason=refused.error,
+        )
+        self.post_result(
+            claim.run_id, claim.phase_id, refused, idempotency_key=claim.idempotency_key
+        )
+        return None
 
     def heartbeat(self, run_id: str, phase_id: str, beat: HeartbeatIn) -> LeaseRenewed:
         """Renew the lease; LeaseLost when it is gone."""
         path = f"{_phase_path(run_id, phase_id)}/heartbeat"
-        return self._call(LeaseRenewed, "POST", path, **self._body(beat))
+        retry_for = min(self.retry_seconds, HEARTBEAT_RETRY_SECONDS)
+        return self._call(LeaseRenewed, "POST", path, retry_for=retry_for, **self._body(beat))
 
     def report_usage(self, run_id: str, phase_id: str, usage: UsageIn) -> UsageAnswer:
-        """Add one LLM call's tokens and cost; the answer says whether the run's budget is spent."""
+        """Add one LLM call's tokens and cost; the answer says whether the run's budget is
+        spent. Retried under the report's idempotency key: counted once."""
         path = f"{_phase_path(run_id, phase_id)}/usage"
-        return self._call(UsageAnswer, "POST", path, **self._body(usage))
+        body = self._body(usage)
+        return self._call(UsageAnswer, "POST", path, retry_for=self.retry_seconds, **body)
 
     def post_result(
         self, run_id: str, phase_id: str, result: ResultIn, *, idempotency_key: str | None = None
     ) -> ResultAnswer:
-        """Finish the attempt. Safe to repeat with the same ``idempotency_key``: applied once."""
-        body = self._body(result)
+        """Finish the attempt. Safe to repeat with the same ``idempotency_key``: applied once
+        (and retried here on a 5xx or a dropped connection). Secrets in its errors and
+        output are redacted before it is sent."""
+        body = self._body(result, redacted=True)
         if idempotency_key:
             body["headers"]["Idempotency-Key"] = idempotency_key
-        return self._call(ResultAnswer, "POST", f"{_phase_path(run_id, phase_id)}/result", **body)
+        path = f"{_phase_path(run_id, phase_id)}/result"
+        retry_for = self.retry_seconds if idempotency_key else 0.0
+        return self._call(ResultAnswer, "POST", path, retry_for=retry_for, **body)
 
     def request_approval(self, run_id: str, phase_id: str, request: ApprovalIn) -> ApprovalCreated:
         """Park the phase for a human; the lease is released (stop heartbeating)."""
         path = f"{_phase_path(run_id, phase_id)}/approvals"
-        return self._call(ApprovalCreated, "POST", path, **self._body(request))
+        body = self._body(request, redacted=True)
+        return self._call(ApprovalCreated, "POST", path, retry_for=self.retry_seconds, **body)
 
     # -- approvals ----------------------------------------------------------------------------
 
@@ -256,7 +377,7 @@ class ApiClient:
         params: dict[str, Any] = {"status": status.value if status else "all"}
         if run_id is not None:
             params["run_id"] = run_id
-        response = self.request("GET", "/approvals", params=params)
+        response = self.request("GET", "/approvals", retry_for=self.retry_seconds, params=params)
         return _APPROVALS.validate_json(response.content)
 
     def decide(self, approval_id: int, *, approve: bool, decision: DecisionIn) -> DecidedApproval:
@@ -267,9 +388,12 @@ class ApiClient:
     # -- telemetry ----------------------------------------------------------------------------
 
     def post_telemetry(self, event: TelemetryEvent) -> int:
-        """Store one telemetry event; its row id."""
+        """Store one telemetry event (redacted; stored once under its idempotency key, so
+        retrying it is safe); its row id."""
         path = f"/telemetry/{_TELEMETRY_PATH[kind_of(event)]}"
-        response = self.request("POST", path, **self._body(event))
+        retry_for = min(self.retry_seconds, TELEMETRY_RETRY_SECONDS)
+        body = self._body(event, redacted=True)
+        response = self.request("POST", path, retry_for=retry_for, **body)
         row_id: int = response.json()["id"]
         return row_id
 
@@ -277,7 +401,8 @@ class ApiClient:
         params: dict[str, Any] = {"kind": kind, "limit": limit, "after_id": after_id}
         if run_id is not None:
             params["run_id"] = run_id
-        return self.request("GET", "/telemetry/events", params=params).content
+        retry_for = self.retry_seconds
+        return self.request("GET", "/telemetry/events", retry_for=retry_for, params=params).content
 
     def usage_events(
         self, run_id: str | None = None, limit: int = 500, after_id: int = 0
@@ -307,11 +432,11 @@ class ApiClient:
         from autopack.telemetry.summary import TelemetrySummary  # numpy: only when asked
 
         params = {"run_id": run_id} if run_id is not None else {}
-        return self._call(TelemetrySummary, "GET", "/telemetry/summary", params=params)
+        return self._get(TelemetrySummary, "/telemetry/summary", params=params)
 
     def telemetry_counts(self, run_id: str, phase_id: str) -> TelemetryCounts:
         params = {"run_id": run_id, "phase_id": phase_id}
-        return self._call(TelemetryCounts, "GET", "/telemetry/counts", params=params)
+        return self._get(TelemetryCounts, "/telemetry/counts", params=params)
 
 
 MAX_PAGE = 10_000

@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -36,9 +37,12 @@ from pydantic_settings import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from autopack import redact
 from autopack.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
+MIN_TOKEN_LENGTH = 16
+MAKE_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 DEFAULT_API_PORT = 8000
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -174,6 +178,21 @@ class Settings(BaseSettings):
     autopack_keep_failed_worktrees_minutes: float = Field(
         60.0, ge=0, description="How long a failed attempt's worktree is kept for inspection."
     )
+    autopack_api_token: SecretStr | None = Field(
+        None,
+        description="Operator token: create, change and cancel runs, requeue, decide "
+        "approvals, read everything. Servers check it, clients send it (SECURITY.md).",
+    )
+    autopack_worker_token: SecretStr | None = Field(
+        None,
+        description="Worker token: claims, heartbeats, usage, results, approval requests, "
+        "telemetry writes, reading runs. What executor machines get.",
+    )
+    autopack_allow_check_prefix: str | None = Field(
+        None,
+        description="Executors run only checks starting with one of these prefixes "
+        "(separated by ';'); checks with shell operators are refused. Unset: any check.",
+    )
     autopack_otel: Flag = Field(False, description="Export OpenTelemetry GenAI spans/metrics.")
     autopack_log_level: str = Field("INFO", description="Log level.")
     autopack_log_format: Literal["text", "json"] = Field("text", description="Log line format.")
@@ -182,6 +201,33 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_database_url(cls, value: str) -> str:
         return resolve_database_url(value)
+
+    @field_validator("autopack_api_token", "autopack_worker_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if (
+            len(token) < MIN_TOKEN_LENGTH
+            or not all(c.isprintable() for c in token)
+            or any(c.isspace() for c in token)
+        ):
+            raise ValueError(
+                f"a token needs at least {MIN_TOKEN_LENGTH} printable characters and no "
+                f"spaces; make one with: {MAKE_TOKEN}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> Settings:
+        api, worker = self.autopack_api_token, self.autopack_worker_token
+        if api is not None and worker is not None and api == worker:
+            raise ValueError(
+                "AUTOPACK_API_TOKEN and AUTOPACK_WORKER_TOKEN must differ (a worker token "
+                "must not be able to create runs)"
+            )
+        return self
 
     @field_validator("*", mode="before")
     @classmethod
@@ -252,16 +298,27 @@ def load_settings(**flags: Any) -> LoadedSettings:
     try:
         settings = Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper()}={err.get('input')!r}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid setting: {problems}") from exc
+        problems = "; ".join(_problem(err) for err in exc.errors())
+        # a database URL with a password, a key in a typo'd variable: never in a message
+        raise ConfigError(redact.text(f"invalid setting: {problems}")) from None
+    redact.remember(settings)
     offered = source_values(given)
     sources = {}
     for name in Settings.model_fields:
         sources[name] = next((src for src, values in offered.items() if name in values), "default")
     return LoadedSettings(settings, sources)
+
+
+def _problem(error: Any) -> str:
+    """``NAME='value': message``; a secret's value (or the whole input) is never shown."""
+    name = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    field = Settings.model_fields.get(name)
+    if not name:
+        return message
+    if field is not None and "SecretStr" in str(field.annotation):
+        return f"{name.upper()}: {message}"
+    return f"{name.upper()}={error.get('input')!r}: {message}"
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

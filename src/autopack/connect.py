@@ -14,18 +14,25 @@ database fingerprint) before they are used:
    verifies before serving:
 
    * ``"thread"`` (CLI commands): uvicorn in a thread of this process, on a Unix socket
-     in a private directory. Starts in milliseconds; reachable by nobody else.
+     in a private directory. Starts in milliseconds; reachable by nobody else, so it runs
+     without tokens.
    * ``"process"`` (drains): ``uvicorn autopack.main:app`` in a child process on a free
      loopback port, with an explicit environment (every resolved setting, our pid). Its
      own interpreter serves the executor's many threads without sharing our GIL; it
      exits if we die, and we stop it on every exit path (normal, exception, Ctrl-C,
-     SIGTERM).
+     SIGTERM). Its port is reachable by every local process, so it always has tokens: the
+     configured ones, or random ones only we know.
+
+Every client is given this process's token (:func:`client_token`): the operator's if
+configured, else the worker's; and its check allow-list (``--allow-check-prefix``), so a
+claim whose checks this executor will not run is refused before any work on it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -42,10 +49,13 @@ from types import FrameType
 from typing import Literal
 
 import httpx
+from pydantic import SecretStr
 
+from autopack import redact
 from autopack.client import ApiClient
 from autopack.config import Settings, child_env
 from autopack.errors import IdentityMismatch, ServerUnavailable
+from autopack.executor.check_policy import claim_filter as _claim_filter
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
@@ -80,12 +90,12 @@ def connect(
 ) -> Iterator[Connection]:
     """The API server to use for as long as the block runs (see the module docstring)."""
     if settings.autopack_api_url:
-        with _attach(settings.autopack_api_url, identity, "explicit") as client:
+        with _attach(settings.autopack_api_url, identity, "explicit", settings) as client:
             yield Connection(client, "explicit")
         return
     default_url = f"http://127.0.0.1:{settings.autopack_default_api_port}"
     try:
-        attached = _attach(default_url, identity, "default_port")
+        attached = _attach(default_url, identity, "default_port", settings)
     except IdentityMismatch as exc:
         log_event(
             logger,
@@ -107,9 +117,21 @@ def connect(
         yield Connection(client, "in_process" if own == "thread" else "spawned")
 
 
-def _attach(url: str, identity: DbIdentity, origin: Origin) -> ApiClient:
+def client_token(settings: Settings) -> str | None:
+    """The token this process sends: the operator's when it has it (an operator may do
+    everything a worker may), else the worker's, else none."""
+    for secret in (settings.autopack_api_token, settings.autopack_worker_token):
+        if secret is not None:
+            return secret.get_secret_value()
+    return None
+
+
+def _attach(url: str, identity: DbIdentity, origin: Origin, settings: Settings) -> ApiClient:
     """A client on ``url``, once the server there proved it uses ``identity``'s database."""
-    client = ApiClient(url)
+    token = client_token(settings)
+    client = ApiClient(
+        url, token=token, claim_filter=_claim_filter(settings.autopack_allow_check_prefix)
+    )
     try:
         client.verify_identity(identity)
     except BaseException:
@@ -133,8 +155,11 @@ def _thread_server(settings: Settings, identity: DbIdentity, timeout: float) -> 
 
     directory = Path(tempfile.mkdtemp(prefix="autopack-api-"))
     path = directory / "api.sock"
+    # private: no tokens. The socket is in a 0700 directory of this process, which holds
+    # the database's credentials anyway; a token would protect nothing here.
     app = create_app(
-        settings.model_copy(update={"autopack_expected_instance_id": identity.instance_id})
+        settings.model_copy(update={"autopack_expected_instance_id": identity.instance_id}),
+        private=True,
     )
     config = uvicorn.Config(
         app, uds=str(path), log_config=None, log_level="warning", access_log=False
@@ -145,6 +170,7 @@ def _thread_server(settings: Settings, identity: DbIdentity, timeout: float) -> 
         "http://autopack",
         transport=httpx.HTTPTransport(uds=str(path)),
         where=f"API (in-process, {identity.url})",
+        claim_filter=_claim_filter(settings.autopack_allow_check_prefix),
     )
     thread.start()
     try:
@@ -267,13 +293,35 @@ def _spawn(settings: Settings, identity: DbIdentity, timeout: float) -> _Child:
 def _process_server(
     settings: Settings, identity: DbIdentity, timeout: float
 ) -> Iterator[ApiClient]:
+    settings = _private_tokens(settings)
     with sigterm_unwinds():
         child = _spawn(settings, identity, timeout)
         try:
-            with ApiClient(child.url) as client:
+            token = client_token(settings)
+            with ApiClient(
+                child.url,
+                token=token,
+                claim_filter=_claim_filter(settings.autopack_allow_check_prefix),
+            ) as client:
                 yield client
         finally:
             child.stop()
+
+
+def _private_tokens(settings: Settings) -> Settings:
+    """Tokens for a child server on a loopback port, which every local process can reach:
+    the configured ones, or (none configured) fresh random ones only this process and its
+    child know, so another local user cannot create runs whose checks we would execute."""
+    if settings.autopack_api_token is not None:
+        return settings
+    operator, worker = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    redact.add_secrets([operator, worker])
+    return settings.model_copy(
+        update={
+            "autopack_api_token": SecretStr(operator),
+            "autopack_worker_token": SecretStr(worker),
+        }
+    )
 
 
 @contextmanager

@@ -16,11 +16,13 @@ executor import it on machines that never open a database.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from autopack.bounds import Count, Finite, JsonTyped, Storable
 from autopack.identity import PublicIdentity
 from autopack.rundef import Budgets, Complexity, Policy, Scope, TaskCategory
 from autopack.states import (
@@ -35,9 +37,15 @@ LEASE_SECONDS_MIN = 5
 LEASE_SECONDS_MAX = 3600
 CommitSha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
 """A full git object name (SHA-1, or SHA-256)."""
+USAGE_TOKENS_MAX = 100_000_000
+"""One LLM call's tokens: far above any context window, far below INTEGER's range."""
+USAGE_COST_MAX_USD = 100_000.0
 
 
-class _Request(BaseModel):
+class _Request(Storable):
+    """Checked whole before it reaches a service (:class:`~autopack.bounds.Storable`: no
+    NUL in a text field, no Infinity or NaN anywhere); VARCHARs are bounded field by field."""
+
     model_config = ConfigDict(extra="ignore")
 
 
@@ -48,7 +56,7 @@ class _Answer(BaseModel):
 # -- what an attempt produces ------------------------------------------------------------------
 
 
-class CheckResult(_Answer):
+class CheckResult(JsonTyped, _Answer):
     """One check command's run in the workspace: exit code and the tail of its output."""
 
     command: str
@@ -59,7 +67,7 @@ class CheckResult(_Answer):
     output_tail: str = ""
 
 
-class AuditVerdict(_Answer):
+class AuditVerdict(JsonTyped, _Answer):
     """The Auditor's (or the static rules') verdict on a change."""
 
     mode: str
@@ -98,8 +106,14 @@ class HeartbeatIn(_Request):
 
 class UsageIn(_Request):
     lease_token: str = Field(min_length=1, max_length=64)
-    tokens: int = Field(ge=0)
-    cost_usd: float = Field(0.0, ge=0)
+    tokens: Count = Field(le=USAGE_TOKENS_MAX)
+    cost_usd: Finite = Field(0.0, ge=0, le=USAGE_COST_MAX_USD)
+    idempotency_key: str | None = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        min_length=1,
+        max_length=64,
+        description="A retried report with the same key is counted once.",
+    )
 
 
 class ResultIn(_Request):
@@ -111,7 +125,7 @@ class ResultIn(_Request):
     retryable: bool = True
     feedback: str | None = None
     error: str | None = None
-    max_tokens: int | None = Field(None, ge=0)
+    max_tokens: Count | None = None
     files_written: list[str] = Field(default_factory=list)
     check_results: list[CheckResult] = Field(default_factory=list)
     audit_verdict: AuditVerdict | None = None

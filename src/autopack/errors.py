@@ -7,9 +7,14 @@ original as ``__cause__``.
 
     AutopackError              exit 1, HTTP 500
     ├── ConfigError            exit 2, HTTP 400  a setting or flag is unusable
-    │   └── IdentityMismatch   exit 2, HTTP 409  two parts use different databases
+    │   ├── IdentityMismatch   exit 2, HTTP 409  two parts use different databases
+    │   ├── Unauthorized       exit 2, HTTP 401  no token, or not one this server knows
+    │   └── Forbidden          exit 2, HTTP 403  a valid token whose role may not do this
     ├── SchemaOutOfDate        exit 3, HTTP 503  the database is not at the code's revision
+    ├── DatabaseUnavailable    exit 2, HTTP 503  the server cannot reach its database now
     ├── InvalidInput           exit 2, HTTP 422  a run file or request body is wrong
+    │   ├── BadRequest         exit 2, HTTP 400  the request is not even readable (body)
+    │   └── RequestTooLarge    exit 2, HTTP 413  the body is larger than the server takes
     ├── NotFound               exit 1, HTTP 404  a run, phase or approval does not exist
     ├── Conflict               exit 1, HTTP 409  the request contradicts the current state
     │   ├── IllegalTransition                    a state machine edge that does not exist
@@ -55,10 +60,29 @@ class IdentityMismatch(ConfigError):
     http_status = 409
 
 
+class Unauthorized(ConfigError):
+    """The request carries no token, or one this server does not know."""
+
+    http_status = 401
+
+
+class Forbidden(ConfigError):
+    """The token is valid, but its role may not do this (e.g. a worker creating a run)."""
+
+    http_status = 403
+
+
 class SchemaOutOfDate(AutopackError):
     """The database schema is not at the revision this code needs."""
 
     exit_code = 3
+    http_status = 503
+
+
+class DatabaseUnavailable(AutopackError):
+    """The API server cannot reach its database right now (retried first; try again later)."""
+
+    exit_code = 2
     http_status = 503
 
 
@@ -67,6 +91,18 @@ class InvalidInput(AutopackError):
 
     exit_code = 2
     http_status = 422
+
+
+class BadRequest(InvalidInput):
+    """The request cannot be read at all (e.g. a body that is not what it claims to be)."""
+
+    http_status = 400
+
+
+class RequestTooLarge(InvalidInput):
+    """The request body is larger than the server accepts."""
+
+    http_status = 413
 
 
 class NotFound(AutopackError):

@@ -3,7 +3,8 @@
 ``log_event(logger, "database_identity", instance_id=..., url=...)`` renders as
 ``... INFO autopack.api database_identity instance_id=... url=...`` in text mode, or as
 one JSON object per line with ``AUTOPACK_LOG_FORMAT=json``. Logs go to stderr so that
-stdout stays clean for ``--json`` output.
+stdout stays clean for ``--json`` output. Every line passes :mod:`autopack.redact` on its
+way out: a field holding an echoed ``x-api-key`` header is logged as ``[REDACTED]``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from autopack import redact
 
 _FIELDS = "autopack_fields"
 
@@ -31,7 +34,7 @@ class _TextFormatter(logging.Formatter):
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact.text(line)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -45,7 +48,7 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             body["exception"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
+        return json.dumps(redact.data(json.loads(json.dumps(body, default=str))))
 
 
 def _text(value: Any) -> str:

@@ -5,7 +5,8 @@ or deletes) obey the same rules, so a path a run file may name is exactly a path
 answer may write:
 
 * :func:`normalize` refuses anything that could leave the workspace by its spelling:
-  absolute paths, drive letters, ``..``, backslashes, NUL bytes, empty names;
+  absolute paths, drive letters, ``..``, backslashes, NUL bytes, empty names (and names
+  longer than the file system takes);
 * :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
 * :func:`resolved_inside` checks the path *as the file system resolves it*: a symlink
   inside the workspace (``src/link -> ../secret``) cannot carry a write out of the scope
@@ -20,6 +21,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+"""What Linux file systems take (NAME_MAX, PATH_MAX): longer is refused by its spelling,
+not by an OSError halfway through writing an answer."""
 
 
 class UnsafePath(ValueError):
@@ -41,7 +46,13 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
     elif path.startswith("/") or _DRIVE.match(path):
         problem = "is absolute; paths are relative to the workspace root"
     parts = [part for part in path.split("/") if part not in ("", ".")]
-    if not problem and ".." in parts:
+    if not problem and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        problem = f"is longer than {MAX_PATH_BYTES} bytes"
+    elif not problem and any(
+        len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in parts
+    ):
+        problem = f"has a name longer than {MAX_NAME_BYTES} bytes"
+    elif not problem and ".." in parts:
         problem = "contains '..'"
     elif not problem and not parts:
         problem = "names no file or directory"

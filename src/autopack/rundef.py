@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -22,7 +22,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
@@ -31,6 +30,7 @@ from pydantic import (
 )
 
 from autopack import paths
+from autopack.bounds import TEXT_MAX, Count, Finite, JsonTyped, Str
 from autopack.errors import InvalidInput
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -43,9 +43,18 @@ DEFAULT_TOKEN_CAP = 1_000_000
 DEFAULT_COST_CAP_USD = 10.0
 DEFAULT_MAX_DURATION_MINUTES = 240
 
+MAX_TIERS = 1000
+MAX_PHASES = 10_000
+"""Phases in one run (a run is created in one transaction and drained as one unit)."""
+MAX_LIST = 1000
+"""Entries of one list in a phase (paths, checks, depends_on)."""
+MAX_COST_CAP_USD = 1_000_000.0
+MAX_DURATION_MINUTES = 366 * 24 * 60
+MAX_APPROVAL_TIMEOUT_MINUTES = 30 * 24 * 60
+
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=200)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-Command = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Name = Annotated[Str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+Command = Annotated[Str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]+(?<!\.lock)(?<![/.])$")
 
 
@@ -70,21 +79,26 @@ def _relative_path(value: str) -> str:
         raise ValueError(f"path {exc}") from exc
 
 
-RelPath = Annotated[str, AfterValidator(_relative_path)]
+RelPath = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_relative_path)]
 
 
-class _Strict(BaseModel):
+class _Strict(JsonTyped):
     model_config = ConfigDict(extra="forbid")
 
 
 class Budgets(_Strict):
     """Caps checked when work is claimed; ``null`` means no cap."""
 
-    token_cap: int | None = Field(DEFAULT_TOKEN_CAP, ge=1, description="Tokens (in+out).")
-    cost_cap_usd: float | None = Field(DEFAULT_COST_CAP_USD, gt=0, description="US dollars.")
-    max_phases: int | None = Field(None, ge=1, description="Phases that may be started.")
+    token_cap: Count | None = Field(DEFAULT_TOKEN_CAP, ge=1, description="Tokens (in+out).")
+    cost_cap_usd: Finite | None = Field(
+        DEFAULT_COST_CAP_USD, gt=0, le=MAX_COST_CAP_USD, description="US dollars."
+    )
+    max_phases: Count | None = Field(None, ge=1, description="Phases that may be started.")
     max_duration_minutes: int | None = Field(
-        DEFAULT_MAX_DURATION_MINUTES, ge=1, description="Minutes since the first claim."
+        DEFAULT_MAX_DURATION_MINUTES,
+        ge=1,
+        le=MAX_DURATION_MINUTES,
+        description="Minutes since the first claim.",
     )
 
 
@@ -92,8 +106,8 @@ class Policy(_Strict):
     on_approval_timeout: Literal["fail", "requeue"] = Field(
         "fail", description="What an unanswered approval does to its phase."
     )
-    approval_timeout_minutes: float = Field(60.0, gt=0)
-    retry_backoff_seconds: float = Field(
+    approval_timeout_minutes: Finite = Field(60.0, gt=0, le=MAX_APPROVAL_TIMEOUT_MINUTES)
+    retry_backoff_seconds: Finite = Field(
         2.0, ge=0, le=3600, description="Base of the capped (60 s) exponential retry backoff."
     )
     recheck_after_rebase: Literal["overlap", "always", "never"] = Field(
@@ -107,10 +121,11 @@ class Policy(_Strict):
 class Scope(_Strict):
     paths: list[RelPath] = Field(
         default_factory=list,
+        max_length=MAX_LIST,
         description="Where the phase may write; default: the deliverables' directories.",
     )
-    read_only_context: list[RelPath] = Field(default_factory=list)
-    deliverables: list[RelPath] = Field(default_factory=list)
+    read_only_context: list[RelPath] = Field(default_factory=list, max_length=MAX_LIST)
+    deliverables: list[RelPath] = Field(default_factory=list, max_length=MAX_LIST)
 
     @model_validator(mode="after")
     def _deliverables_inside_paths(self) -> Scope:
@@ -140,23 +155,28 @@ class Scope(_Strict):
 class PhaseDefinition(_Strict):
     phase_id: Id
     name: Name
-    description: str = ""
+    description: Str = Field("", max_length=TEXT_MAX)
     task_category: TaskCategory = "implementation"
     complexity: Complexity = "medium"
     scope: Scope = Field(default_factory=Scope)
     checks: list[Command] = Field(
-        default_factory=list, description="Shell commands run from the workspace root."
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Shell commands run from the workspace root, on the executor: a run "
+        "file is code.",
     )
     max_attempts: int = Field(3, ge=1, le=50)
     depends_on: list[Id] = Field(
-        default_factory=list, description="Phases of the same tier that must COMPLETE first."
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Phases of the same tier that must COMPLETE first.",
     )
 
 
 class TierDefinition(_Strict):
     tier_id: Id
     name: Name
-    phases: list[PhaseDefinition] = Field(min_length=1)
+    phases: list[PhaseDefinition] = Field(min_length=1, max_length=MAX_PHASES)
 
     @model_validator(mode="after")
     def _dependencies_inside_tier_and_acyclic(self) -> TierDefinition:
@@ -184,8 +204,8 @@ class RunDefinition(_Strict):
     """What `POST /runs`, `autopack run create FILE` and `GET /schemas/run` share."""
 
     run_id: Id
-    goal: str = ""
-    repository: str | None = Field(
+    goal: Str = Field("", max_length=TEXT_MAX)
+    repository: Str | None = Field(
         None,
         min_length=1,
         max_length=2000,
@@ -198,10 +218,14 @@ class RunDefinition(_Strict):
     )
     budgets: Budgets = Field(default_factory=Budgets)
     policy: Policy = Field(default_factory=Policy)
-    tiers: list[TierDefinition] = Field(min_length=1)
+    tiers: list[TierDefinition] = Field(min_length=1, max_length=MAX_TIERS)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RunDefinition:
+        if self.phase_count() > MAX_PHASES:
+            raise ValueError(
+                f"a run has at most {MAX_PHASES} phases, this one has {self.phase_count()}"
+            )
         _no_duplicates("tier_id", [tier.tier_id for tier in self.tiers])
         _no_duplicates("phase_id", [phase.phase_id for tier in self.tiers for phase in tier.phases])
         return self
@@ -219,29 +243,33 @@ def _no_duplicates(field: str, values: Sequence[str]) -> None:
 
 
 def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
-    """One dependency cycle as a path that returns to its start, or [] when acyclic."""
+    """One dependency cycle as a path that returns to its start, or [] when acyclic.
+
+    Depth-first with an explicit stack: a chain of thousands of phases declared in reverse
+    order is as deep as it is long, which recursion (Python's limit: 1000) cannot walk.
+    """
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str]:
-        state[node] = 1
-        path.append(node)
-        for dep in graph.get(node, []):
-            if state.get(dep) == 1:
-                return [*path[path.index(dep) :], dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return []
-
-    for node in graph:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
+    for start in graph:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        position: dict[str, int] = {start: 0}
+        pending: list[Iterator[str]] = [iter(graph.get(start, []))]
+        state[start] = 1
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                done = path.pop()
+                del position[done]
+                state[done] = 2
+                pending.pop()
+            elif state.get(dep) == 1:
+                return [*path[position[dep] :], dep]
+            elif dep not in state:
+                state[dep] = 1
+                position[dep] = len(path)
+                path.append(dep)
+                pending.append(iter(graph.get(dep, [])))
     return []
 
 
@@ -349,28 +377,97 @@ def load_run_file(path: str | Path) -> RunDefinition:
     else:
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = _parse_yaml(text, file)
+        else:
+            data = _parse_json(text, file)  # again: duplicate keys, size
     return parse_run_definition(data, source=str(file))
+
+
+MAX_FILE_NODES = 2_000_000
+"""Values in a parsed run file, aliases counted each time they are used (YAML anchors can
+otherwise expand a small file into billions of values for the validator to walk)."""
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` refusing a key given twice (JSON would keep the last one)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(f"key {key!r} appears twice in one object")
+        found[key] = value
+    return found
 
 
 def _parse_json(text: str, file: Path) -> Any:
     try:
-        return json.loads(text)
+        return _sized(json.loads(text, object_pairs_hook=_unique_pairs), file)
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"run file {file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except _DuplicateKey as exc:
+        raise InvalidInput(f"run file {file} is ambiguous: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping key given twice is an error (PyYAML
+    keeps the last value silently, so a typo'd duplicate would override the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: construct_mapping below says so with its mark
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _parse_yaml(text: str, file: Path) -> Any:
     try:
-        return yaml.safe_load(text)
+        return _sized(yaml.load(text, Loader=_UniqueKeyLoader), file)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise InvalidInput(f"run file {file} is not valid YAML{where}: {problem}") from exc
+    except RecursionError as exc:
+        raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
+
+
+def _sized(data: Any, file: Path) -> Any:
+    """Refuse a parsed file with more than MAX_FILE_NODES values (counted iteratively)."""
+    stack = [data]
+    count = 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_FILE_NODES:
+            raise InvalidInput(
+                f"run file {file} expands to more than {MAX_FILE_NODES} values "
+                "(YAML anchors and aliases count each time they are used)"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
 
 
 def bundled_run_file(name: str) -> Path:

@@ -39,6 +39,8 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    echo_headers: bool = False
+    """Answer with an error body quoting the request's headers (a careless proxy does)."""
 
 
 @dataclass
@@ -123,7 +125,18 @@ class WireServer:
                 reply = server._take(Seen("POST", path, headers, body))
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                if isinstance(reply.body, bytes):
+                if reply.echo_headers:
+                    quoted = json.dumps(headers)
+                    payload = json.dumps(
+                        {
+                            "type": "error",
+                            "error": {
+                                "type": "invalid_request_error",
+                                "message": f"bad request, headers were: {quoted}",
+                            },
+                        }
+                    ).encode()
+                elif isinstance(reply.body, bytes):
                     payload = reply.body
                 elif isinstance(reply.body, str):
                     payload = reply.body.encode()

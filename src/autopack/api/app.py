@@ -3,7 +3,9 @@
 ``create_app(settings)`` builds an app whose database is opened in the lifespan, not at
 import time: ``autopack.main:app`` can be imported by uvicorn without touching anything,
 and a server that finds a partial schema or a database other than the one it was told to
-expect refuses to start (uvicorn then exits with status 3).
+expect refuses to start (uvicorn then exits with status 3). Its tokens are read there too
+(:mod:`autopack.api.auth`); every route declares the role it needs and the errors it can
+answer (:mod:`autopack.api.openapi`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
-from autopack import __version__
-from autopack.api.errors import install_error_handlers
+from autopack import __version__, redact
+from autopack.api.auth import Authenticator
+from autopack.api.errors import BodyLimit, install_error_handlers
 from autopack.api.maintenance import Maintenance
+from autopack.api.openapi import install_docs
 from autopack.api.routers import (
     approvals,
     claims,
@@ -29,6 +33,7 @@ from autopack.api.routers import (
     runs,
     schemas,
     telemetry,
+    ui_session,
 )
 from autopack.api.watchdog import exit_when_parent_dies
 from autopack.config import Settings, load_settings
@@ -39,14 +44,18 @@ from autopack.logs import configure_logging, log_event
 logger = logging.getLogger("autopack.api")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """An API server bound to ``settings.database_url`` (resolved from the environment if None)."""
+def create_app(settings: Settings | None = None, *, private: bool = False) -> FastAPI:
+    """An API server bound to ``settings.database_url`` (resolved from the environment if None).
+
+    ``private``: reachable by this process only (the CLI's Unix socket): no tokens."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or load_settings().settings
         configure_logging(resolved.autopack_log_level, resolved.autopack_log_format)
+        redact.remember(resolved)
         try:
+            app.state.auth = Authenticator.from_settings(resolved, private=private)
             database = open_database(
                 resolved.database_url,
                 role="api",
@@ -74,9 +83,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 watchdog.cancel()
             database.close()
 
-    app = FastAPI(title="Autopack", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="Autopack",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="The control plane of Autopack. Every endpoint but /health and the "
+        "documentation needs a bearer token (the Authorization header) when the server has tokens: "
+        "the operator's (AUTOPACK_API_TOKEN) or, for an executor's calls, the worker's "
+        "(AUTOPACK_WORKER_TOKEN). Every error answers `{error, detail, ...}`.",
+    )
 
     install_error_handlers(app)
+    install_docs(app)
+    app.add_middleware(BodyLimit)
 
     # Routes are matched in order: the workers' hot calls first.
     for router in (
@@ -88,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         approvals.router,
         schemas.router,
         dashboard.router,
+        ui_session.router,
         metrics.router,
     ):
         app.include_router(router)

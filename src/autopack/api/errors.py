@@ -2,31 +2,93 @@
 
 Every :class:`~autopack.errors.AutopackError` answers with its class name, message and
 details (plus which database answered); FastAPI's request validation errors are turned
-into :class:`~autopack.errors.InvalidInput` naming each field, message and offending value.
+into :class:`~autopack.errors.InvalidInput` naming each field, message and offending value;
+Starlette's own answers (an unreadable body, an unknown path, a wrong method) get the same
+shape; anything unexpected is a 500 in that shape too, with its traceback in the server's
+log and not in the answer. Every answer passes :mod:`autopack.redact` on its way out, and
+a body larger than :data:`MAX_BODY_BYTES` is refused before it is read.
 """
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic_core import to_jsonable_python
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autopack.errors import AutopackError, InvalidInput
+from autopack import redact
+from autopack.errors import AutopackError, BadRequest, InvalidInput, RequestTooLarge, Unauthorized
+from autopack.logs import log_event
 from autopack.rundef import describe_errors, summarize_errors
+
+logger = logging.getLogger("autopack.api")
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+_STARLETTE_NAMES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed"}
+
+
+def answer(request: Request, exc: AutopackError) -> JSONResponse:
+    """The one error answer: redacted, JSON-safe (a NaN the client sent is a string)."""
+    body = exc.to_dict()
+    database = getattr(request.app.state, "database", None)
+    if database is not None:
+        body.setdefault("database_instance_id", database.identity.instance_id)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    safe = redact.data(to_jsonable_python(body, inf_nan_mode="strings", fallback=str))
+    return JSONResponse(safe, status_code=exc.http_status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AutopackError)
     async def autopack_error(request: Request, exc: AutopackError) -> JSONResponse:
-        body = exc.to_dict()
-        database = getattr(request.app.state, "database", None)
-        if database is not None:
-            body.setdefault("database_instance_id", database.identity.instance_id)
-        return JSONResponse(body, status_code=exc.http_status)
+        return answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return await autopack_error(request, invalid_input(exc))
+        return answer(request, invalid_input(exc))
+
+    @app.exception_handler(HTTPException)
+    async def starlette_error(request: Request, exc: HTTPException) -> JSONResponse:
+        name = _STARLETTE_NAMES.get(exc.status_code, "HTTPError")
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not just one route's
+            headers["Allow"] = ", ".join(allowed_methods(request))
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        body = {"error": name, "detail": detail}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_event(
+            logger,
+            "request_failed",
+            logging.ERROR,
+            method=request.method,
+            path=request.url.path,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        failure = AutopackError(
+            f"internal error ({type(exc).__name__}); the server's log has the details"
+        )
+        return answer(request, failure)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of every route matching the request's path (FastAPI declares one route
+    per method, and Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
 
 
 def invalid_input(exc: RequestValidationError) -> InvalidInput:
@@ -52,3 +114,38 @@ def invalid_input(exc: RequestValidationError) -> InvalidInput:
             item["field"] = "body"
         described.append(item)
     return InvalidInput(f"invalid request: {summarize_errors(described)}", errors=described)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse a body over ``limit`` bytes with a 413 (declared) or
+    stop reading it (chunked) before it fills the server's memory."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = RequestTooLarge(
+            f"the request body is larger than this server accepts ({self.limit} bytes)",
+            limit=self.limit,
+        )
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            error = too_large if declared.isdigit() else BadRequest("bad Content-Length header")
+            response = JSONResponse(error.to_dict(), status_code=error.http_status)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise too_large
+            return message
+
+        await self.app(scope, counted, send)

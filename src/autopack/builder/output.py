@@ -30,6 +30,7 @@ class BuilderRejected(BuilderOutputInvalid):
     """The Builder's answer cannot be applied; ``feedback`` tells the Builder how to fix it."""
 
     def __init__(self, stop_reason: str, feedback: str) -> None:
+        feedback = feedback.replace("\x00", "\\x00")  # it may quote the answer; stored as TEXT
         super().__init__(f"{stop_reason}: {feedback}", stop_reason=stop_reason)
         self.stop_reason = stop_reason
         self.feedback = feedback
@@ -103,6 +104,12 @@ def extract_json_object(text: str) -> object:
             except json.JSONDecodeError as exc:
                 last_error = exc
                 start = candidate.find("{", start + 1)
+            except RecursionError as exc:  # thousands of nested brackets: not an answer
+                raise BuilderRejected(
+                    "malformed_output",
+                    "Your JSON is nested too deeply. Answer with exactly one flat JSON object: "
+                    '{"files": [{"path": ..., "content": ...}], "summary": ...}.',
+                ) from exc
     where = ""
     if last_error is not None:
         where = f" ({last_error.msg} at line {last_error.lineno} column {last_error.colno})"

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from autopack import __version__
+from autopack import __version__, redact
 from autopack.cli import approvals_cmd, config_cmd, db_cmd, drain_cmd, run_cmd, telemetry_cmd
 from autopack.cli._common import FAIL, err, state
 from autopack.cli.demo import demo
@@ -55,11 +55,19 @@ def root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version."
     ),
+    allow_check_prefix: list[str] | None = typer.Option(
+        None,
+        "--allow-check-prefix",
+        help="Executors run only checks starting with one of these (repeatable; beats "
+        "AUTOPACK_ALLOW_CHECK_PREFIX); a run file's checks are code.",
+    ),
 ) -> None:
     """Root flags apply to every command."""
     cli = state(ctx)
     cli.database_url = database_url
     cli.api_url = api_url
+    if allow_check_prefix:
+        cli.use_flags(autopack_allow_check_prefix=";".join(allow_check_prefix))
     ctx.call_on_close(cli.close)
 
 
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except AutopackError as exc:
         err.print(
-            f"{FAIL} [bold]{exc.__class__.__name__}[/bold]: {exc.message}",
+            f"{FAIL} [bold]{exc.__class__.__name__}[/bold]: {redact.text(exc.message)}",
             highlight=False,
             soft_wrap=True,  # never break a path or URL in the middle
         )

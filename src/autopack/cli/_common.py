@@ -9,6 +9,7 @@ Every command that reads or changes runs, approvals or telemetry does so through
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from contextlib import ExitStack
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import typer
-from pydantic_core import to_json
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 
+from autopack import redact
 from autopack.client import ApiClient
 from autopack.config import LoadedSettings, Settings, load_settings
 from autopack.connect import Connection, connect
@@ -112,5 +114,7 @@ def state(ctx: typer.Context) -> CliState:
 
 
 def print_json(data: Any) -> None:
-    """Machine output on stdout: plain JSON (models as the API answers them), no colour."""
-    sys.stdout.write(to_json(data, indent=2, fallback=str).decode() + "\n")
+    """Machine output on stdout: plain JSON (models as the API answers them), no colour,
+    no secret (:mod:`autopack.redact`: an attempt's error may quote an echoed header)."""
+    plain = redact.data(to_jsonable_python(data, fallback=str))
+    sys.stdout.write(json.dumps(plain, indent=2, ensure_ascii=False) + "\n")

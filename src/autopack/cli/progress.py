@@ -21,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from autopack import redact
 from autopack.executor.outcome import AttemptResult
 from autopack.states import PHASE_TERMINAL
 
@@ -64,6 +65,7 @@ class DrainProgress:
         self._progress.stop()
 
     def _say(self, text: str) -> None:
+        text = redact.text(text)  # a failure's detail may quote an echoed header
         if self.live:
             self._progress.console.print(text, highlight=False)
         else:

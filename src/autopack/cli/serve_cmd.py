@@ -14,7 +14,9 @@ from autopack.errors import ConfigError
 
 def serve(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind (anything but loopback needs AUTOPACK_API_TOKEN)."
+    ),
     port: int | None = typer.Option(None, help="Port (default: AUTOPACK_DEFAULT_API_PORT, 8000)."),
     workers: int = typer.Option(
         1, min=1, help="API processes (more than one needs PostgreSQL); one per core is plenty."
@@ -28,7 +30,10 @@ def serve(
     """
     import uvicorn  # the web stack loads only for the commands that serve
 
+    from autopack.api.auth import check_bind
+
     settings = state(ctx).settings
+    check_bind(host, settings)  # anything but loopback needs tokens (exit 2 otherwise)
     port = port or settings.autopack_default_api_port
     if workers == 1:
         from autopack.api.app import create_app

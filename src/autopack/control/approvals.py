@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from autopack import redact
 from autopack.contract import ApprovalCreated, ApprovalIn, ApprovalView, DecidedApproval, DecisionIn
 from autopack.control import lifecycle, views
 from autopack.control.leases import holds_lease, lease_lost
@@ -61,8 +62,8 @@ def request_approval(
                 "run_id": run_id,
                 "phase_id": phase_id,
                 "attempt": phase.attempts,
-                "reason": request.reason,
-                "context": request.context,
+                "reason": redact.text(request.reason),
+                "context": request.context,  # the change to apply, as the Builder wrote it
                 "status": ApprovalStatus.PENDING,
                 "on_timeout": policy.on_approval_timeout,
                 "requested_at": tx.now,

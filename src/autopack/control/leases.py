@@ -5,6 +5,9 @@
   lease: EXECUTING or CI_RUNNING); otherwise :class:`~autopack.errors.LeaseLost` (409)
   and nothing changes. An expired lease nobody reclaimed yet may still be renewed:
   nobody else holds the phase.
+* **Usage reports** are idempotent: each carries a key, and the attempt remembers the key
+  of the report it counted last, so a report retried after its answer was lost (a 5xx, a
+  dropped connection) is answered again but counted once.
 * **Reclaims** of expired leases are conditional ``UPDATE … WHERE lease_token = <old>``, so
   two recoveries racing (a claim and the maintenance task, or two API replicas) apply
   once. The lost attempt is recorded ``LOST``/``lease_expired``; the phase is re-QUEUED at
@@ -14,8 +17,11 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from autopack.clock import utcnow
 from autopack.contract import HeartbeatIn, LeaseRenewed, PhaseUsage, UsageAnswer, UsageIn
@@ -25,7 +31,7 @@ from autopack.control.views import run_budget
 from autopack.db import Database
 from autopack.db import statements as sql
 from autopack.db.records import AttemptRecord, PhaseRecord, RunRecord
-from autopack.db.transaction import Tx, run_transaction
+from autopack.db.transaction import Tx, connection_lost, run_transaction
 from autopack.errors import LeaseLost
 from autopack.logs import log_event
 from autopack.states import PHASE_ACTIVE, RUN_ACTIVE, AttemptOutcome, PhaseState, ensure_transition
@@ -86,18 +92,23 @@ def heartbeat(database: Database, run_id: str, phase_id: str, beat: HeartbeatIn)
     if beat.state is None and beat.lease_seconds is not None:
         now = utcnow()
         expires = now + timedelta(seconds=beat.lease_seconds)
-        with database.single_statement() as connection:
-            renewed = connection.execute(
-                sql.RENEW_LEASE,
-                {
-                    "b_run": run_id,
-                    "b_phase": phase_id,
-                    "b_token": beat.lease_token,
-                    "b_expires": expires,
-                    "b_seconds": beat.lease_seconds,
-                    "b_now": now,
-                },
-            ).first()
+        try:
+            with database.single_statement() as connection:
+                renewed = connection.execute(
+                    sql.RENEW_LEASE,
+                    {
+                        "b_run": run_id,
+                        "b_phase": phase_id,
+                        "b_token": beat.lease_token,
+                        "b_expires": expires,
+                        "b_seconds": beat.lease_seconds,
+                        "b_now": now,
+                    },
+                ).first()
+        except DBAPIError as exc:
+            if not connection_lost(exc):
+                raise
+            renewed = None  # the full path below runs it again, on a new connection
         if renewed is not None:
             return LeaseRenewed(lease_expires_at=expires, state=renewed.state)
     return run_transaction(database, lambda tx: _renew(tx, run_id, phase_id, beat))
@@ -122,21 +133,33 @@ def _renew(tx: Tx, run_id: str, phase_id: str, beat: HeartbeatIn) -> LeaseRenewe
 def report_usage(database: Database, run_id: str, phase_id: str, usage: UsageIn) -> UsageAnswer:
     """Add one LLM call's tokens and cost to the attempt, phase and run; answer the budget."""
 
+    key = usage.idempotency_key or uuid.uuid4().hex  # no key (an old client): never a retry
+
     def work(tx: Tx) -> UsageAnswer:
         phase = held_phase(tx, run_id, phase_id, usage.lease_token)
         amounts = {"b_tokens": usage.tokens, "b_cost": usage.cost_usd}
-        tx.execute(
+        counted = tx.execute(
             sql.ADD_ATTEMPT_USAGE,
-            {"b_run": run_id, "b_phase": phase_id, "b_attempt": phase.attempts, **amounts},
-        )
-        totals = tx.row(sql.ADD_PHASE_USAGE, {"b_pk": phase.id, "b_now": tx.now, **amounts})
-        run = tx.one(RunRecord, sql.ADD_RUN_USAGE, {"b_run": run_id, "b_now": tx.now, **amounts})
-        assert run is not None and totals is not None
+            {
+                "b_run": run_id,
+                "b_phase": phase_id,
+                "b_attempt": phase.attempts,
+                "b_key": key,
+                **amounts,
+            },
+        ).rowcount
+        if counted:
+            totals = tx.row(sql.ADD_PHASE_USAGE, {"b_pk": phase.id, "b_now": tx.now, **amounts})
+            run = tx.one(
+                RunRecord, sql.ADD_RUN_USAGE, {"b_run": run_id, "b_now": tx.now, **amounts}
+            )
+            assert run is not None and totals is not None
+            used = PhaseUsage(tokens_used=totals["tokens_used"], cost_usd=totals["cost_usd"])
+        else:  # the same report again (its answer was lost): counted once, answered again
+            run = lifecycle.load_run(tx, run_id)
+            used = PhaseUsage(tokens_used=phase.tokens_used, cost_usd=phase.cost_usd)
         problem = lifecycle.budget_problem(tx, run, starting_new_phase=False)
-        return UsageAnswer(
-            run=run_budget(run, problem),
-            phase=PhaseUsage(tokens_used=totals["tokens_used"], cost_usd=totals["cost_usd"]),
-        )
+        return UsageAnswer(run=run_budget(run, problem), phase=used)
 
     return run_transaction(database, work)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from autopack.contract import ResultAnswer, ResultIn
+from autopack import redact
+from autopack.contract import AuditVerdict, ResultAnswer, ResultIn
 from autopack.control import lifecycle
 from autopack.control.leases import holds_lease, lease_lost
 from autopack.control.telemetry import set_phase_outcome
@@ -42,6 +43,7 @@ def post_result(
     idempotency_key: str | None = None,
 ) -> ResultAnswer:
     """Apply an attempt's result once; the same key or spent token gets the stored answer."""
+    result = redacted(result)
     try:
         return run_transaction(
             database, lambda tx: _post_result(tx, run_id, phase_id, result, idempotency_key)
@@ -206,3 +208,28 @@ def _post_result(
         phase_state=target,
     )
     return answer
+
+
+def redacted(result: ResultIn) -> ResultIn:
+    """The result as it may be stored: errors, feedback, check output and details with
+    secrets replaced (:mod:`autopack.redact`), whatever the executor sent."""
+    verdict = result.audit_verdict
+    return result.model_copy(
+        update={
+            "error": redact.text(result.error) if result.error else result.error,
+            "feedback": redact.text(result.feedback) if result.feedback else result.feedback,
+            "details": redact.data(result.details),
+            "check_results": [
+                check.model_copy(
+                    update={
+                        "command": redact.text(check.command),
+                        "output_tail": redact.text(check.output_tail),
+                    }
+                )
+                for check in result.check_results
+            ],
+            "audit_verdict": None
+            if verdict is None
+            else AuditVerdict.model_validate(redact.data(verdict.model_dump())),
+        }
+    )

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from autopack import redact
 from autopack.db import Database
 from autopack.db import telemetry as telemetry_sql
 from autopack.db.transaction import Tx, run_transaction
@@ -33,11 +34,19 @@ MAX_PAGE = 10_000
 
 
 def record(database: Database, event: TelemetryEvent) -> int:
-    """Insert one event; its row id."""
-    statement = telemetry_sql.INSERT[kind_of(event)]
-    return run_transaction(
-        database, lambda tx: int(tx.execute(statement, event.model_dump()).scalar_one())
-    )
+    """Insert one event (its text redacted); its row id. An event whose idempotency key is
+    already stored (a post retried after its answer was lost) is not stored again: the
+    answer is the stored row's id."""
+    kind = kind_of(event)
+    row = redact.data(event.model_dump())
+
+    def insert(tx: Tx) -> int:
+        inserted = tx.scalar(telemetry_sql.INSERT_ONCE[(kind, tx.pg)], row)
+        if inserted is None:  # ON CONFLICT DO NOTHING: this key is stored already
+            inserted = tx.scalar(telemetry_sql.ID_BY_KEY[kind], {"b_key": event.idempotency_key})
+        return int(inserted)
+
+    return run_transaction(database, insert)
 
 
 def set_phase_outcome(tx: Tx, run_id: str, phase_id: str, outcome: str) -> None:

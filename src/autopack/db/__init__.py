@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -24,11 +25,13 @@ from autopack.config import redact_url
 from autopack.db.engine import make_engine
 from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
+from autopack.db.transaction import connection_lost
 from autopack.errors import ConfigError, IdentityMismatch
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.db")
+OPEN_TRIES = 5
 
 
 @dataclass
@@ -86,8 +89,7 @@ def open_database(
     """Connect, guard the schema, verify and log the identity. ``url`` must be resolved."""
     engine = make_engine(url)
     try:
-        ensure_schema(engine)
-        identity = read_identity(engine)
+        identity = _guarded_identity(engine)
     except (OperationalError, DBAPIError) as exc:
         engine.dispose()
         reason = str(exc.orig) if exc.orig is not None else str(exc)
@@ -118,6 +120,21 @@ def open_database(
         )
     writer = threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
     return Database(engine, identity, writer)
+
+
+def _guarded_identity(engine: Engine) -> DbIdentity:
+    """Guard the schema and read the identity; again on a new connection when the server
+    ended ours mid-statement (a restart, ``pg_terminate_backend``). A database that cannot
+    be reached at all fails at once: that is a setting to fix, not a blip to wait out."""
+    for attempt in range(1, OPEN_TRIES + 1):
+        try:
+            ensure_schema(engine)
+            return read_identity(engine)
+        except DBAPIError as exc:
+            if exc.statement is None or not connection_lost(exc) or attempt == OPEN_TRIES:
+                raise
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 __all__ = ["Database", "DbIdentity", "open_database"]

@@ -11,7 +11,8 @@ from sqlalchemy.exc import DBAPIError
 
 from autopack.config import public_url, redact_url
 from autopack.db.models import DbMeta, LlmUsageEvent, Phase, Run, TokenEstimationEvent
-from autopack.db.schema import inspect_schema
+from autopack.db.schema import UPGRADE_COMMAND, inspect_schema
+from autopack.errors import SchemaOutOfDate
 from autopack.identity import DbIdentity
 
 COUNTED_TABLES = {
@@ -47,7 +48,16 @@ def read_identity(engine: Engine) -> DbIdentity:
         status = inspect_schema(connection)
         instance_id = connection.execute(
             select(DbMeta.instance_id).order_by(DbMeta.id).limit(1)
-        ).scalar_one()
+        ).scalar_one_or_none()
+        if instance_id is None:
+            shown = redact_url(engine.url.render_as_string(hide_password=False))
+            raise SchemaOutOfDate(
+                f"database {shown} has no identity: its db_meta table is empty (emptied by "
+                f"hand?). fix: DATABASE_URL='{shown}' {UPGRADE_COMMAND} gives it a new "
+                "instance_id (servers and executors that knew the old one will refuse it)",
+                missing_rows=["db_meta"],
+                fix=UPGRADE_COMMAND,
+            )
         location, name, system_id = _location(connection)
     url = engine.url.render_as_string(hide_password=False)
     digest = hashlib.sha256(f"{engine.dialect.name}|{instance_id}|{location}".encode())

@@ -184,6 +184,8 @@ class PhaseAttempt(Base):
     audit_verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     feedback: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    usage_key: Mapped[str | None] = mapped_column(String(64))
+    """Idempotency key of the last usage report counted for this attempt (0003)."""
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     tokens_used: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
@@ -217,7 +219,10 @@ class LlmUsageEvent(Base):
     """Every LLM call, failed ones included. ``input_tokens`` includes cache reads/writes."""
 
     __tablename__ = "llm_usage_events"
-    __table_args__ = (Index("ix_usage_run_phase", "run_id", "phase_id"),)
+    __table_args__ = (
+        Index("ix_usage_run_phase", "run_id", "phase_id"),
+        Index("ux_llm_usage_events_idempotency_key", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(200))
@@ -242,13 +247,17 @@ class LlmUsageEvent(Base):
     provider_cost_usd: Mapped[float | None] = mapped_column(Float)
     price_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     ts: Mapped[datetime]
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class TokenEstimationEvent(Base):
     """One per Builder call: what the estimator predicted and what the model really used."""
 
     __tablename__ = "token_estimation_v2_events"
-    __table_args__ = (Index("ix_estimation_run_phase", "run_id", "phase_id"),)
+    __table_args__ = (
+        Index("ix_estimation_run_phase", "run_id", "phase_id"),
+        Index("ux_token_estimation_v2_events_idempotency_key", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(200))
@@ -276,10 +285,14 @@ class TokenEstimationEvent(Base):
     waste_ratio: Mapped[float | None] = mapped_column(Float)
     underestimated: Mapped[bool | None] = mapped_column(Boolean)
     ts: Mapped[datetime]
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class TokenBudgetEscalationEvent(Base):
     __tablename__ = "token_budget_escalation_events"
+    __table_args__ = (
+        Index("ux_token_budget_escalation_events_idempotency_key", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(200))
@@ -290,3 +303,4 @@ class TokenBudgetEscalationEvent(Base):
     old_budget: Mapped[int]
     new_budget: Mapped[int]
     ts: Mapped[datetime]
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))

@@ -133,6 +133,7 @@ class AttemptRecord:
     audit_verdict: AuditVerdict | None
     feedback: str | None
     error: str | None
+    usage_key: str | None
     details: dict[str, Any]
     tokens_used: int
     cost_usd: float

@@ -156,7 +156,11 @@ def upgrade(engine: Engine) -> SchemaStatus:
         if before.damaged:
             raise SchemaOutOfDate(before.problem(), **_status_details(before))
         config = _alembic_config(connection)
-        if before.missing_tables and before.db_revision is not None:
+        lost_identity = "db_meta" in inspect(connection).get_table_names() and not (
+            connection.execute(text("SELECT COUNT(*) FROM db_meta")).scalar()
+        )
+        if (before.missing_tables or lost_identity) and before.db_revision is not None:
+            # migrations are create-if-missing: replaying them repairs, keeping every row
             command.stamp(config, "base", purge=True)
         command.upgrade(config, "head")
         after = inspect_schema(connection)

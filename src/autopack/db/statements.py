@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
     insert,
     literal,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 
+from autopack.bounds import INT32_MAX
 from autopack.db.models import ApprovalRequest, Phase, PhaseAttempt, PhaseDependency, Run, Tier
 from autopack.states import (
     PHASE_ACTIVE,
@@ -66,6 +68,13 @@ def one_of(column: ColumnElement[str], values: Iterable[str]) -> ColumnElement[b
     return column.in_([literal(value) for value in sorted(values)])
 
 
+def capped_sum(column: ColumnElement[int]) -> ColumnElement[int]:
+    """``column + b_tokens``, stopping at INTEGER's maximum instead of failing on overflow
+    (``column + b_tokens`` is only evaluated when it fits)."""
+    room = literal(INT32_MAX) - bindparam("b_tokens")
+    return case((column > room, literal(INT32_MAX)), else_=column + bindparam("b_tokens"))
+
+
 ACTIVE = one_of(PHASES.c.state, PHASE_ACTIVE)
 """The phase holds a live lease (EXECUTING or CI_RUNNING)."""
 _PHASE_IS = and_(PHASES.c.run_id == bindparam("b_run"), PHASES.c.phase_id == bindparam("b_phase"))
@@ -90,7 +99,7 @@ ADD_RUN_USAGE = (
     update(RUNS)
     .where(RUNS.c.id == bindparam("b_run"))
     .values(
-        tokens_used=RUNS.c.tokens_used + bindparam("b_tokens"),
+        tokens_used=capped_sum(RUNS.c.tokens_used),
         cost_usd=RUNS.c.cost_usd + bindparam("b_cost"),
         updated_at=bindparam("b_now"),
     )
@@ -268,7 +277,7 @@ ADD_PHASE_USAGE = (
     update(PHASES)
     .where(PHASES.c.id == bindparam("b_pk"))
     .values(
-        tokens_used=PHASES.c.tokens_used + bindparam("b_tokens"),
+        tokens_used=capped_sum(PHASES.c.tokens_used),
         cost_usd=PHASES.c.cost_usd + bindparam("b_cost"),
         updated_at=bindparam("b_now"),
     )
@@ -339,12 +348,18 @@ CANCEL_RUNNING_ATTEMPTS = (
 )
 ADD_ATTEMPT_USAGE = (
     update(ATTEMPTS)
-    .where(_ATTEMPT_IS)
+    .where(
+        _ATTEMPT_IS,
+        or_(ATTEMPTS.c.usage_key.is_(None), ATTEMPTS.c.usage_key != bindparam("b_key")),
+    )
     .values(
-        tokens_used=ATTEMPTS.c.tokens_used + bindparam("b_tokens"),
+        tokens_used=capped_sum(ATTEMPTS.c.tokens_used),
         cost_usd=ATTEMPTS.c.cost_usd + bindparam("b_cost"),
+        usage_key=bindparam("b_key"),
     )
 )
+"""Count a usage report on its attempt unless it is the report applied last (``b_key``):
+no row means a retry of a report already counted (an attempt reports one call at a time)."""
 HISTORY = (
     select(ATTEMPTS)
     .where(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from sqlalchemy import Insert, Select, Table, bindparam, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from autopack.db.models import LlmUsageEvent, TokenBudgetEscalationEvent, TokenEstimationEvent
 from autopack.telemetry.events import EventKind
@@ -24,9 +25,20 @@ TABLES: dict[EventKind, Table] = {
 }
 """Each kind of telemetry event and its table."""
 
-INSERT: dict[EventKind, Insert] = {
-    kind: table.insert().returning(table.c.id) for kind, table in TABLES.items()
+INSERT_ONCE: dict[tuple[EventKind, bool], Insert] = {
+    (kind, pg): (postgresql.insert if pg else sqlite.insert)(table)
+    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    .returning(table.c.id)
+    for kind, table in TABLES.items()
+    for pg in (False, True)
 }
+"""Insert unless the idempotency key is stored (no row then), by (kind, PostgreSQL?)."""
+
+ID_BY_KEY: dict[EventKind, Select[Any]] = {
+    kind: select(table.c.id).where(table.c.idempotency_key == bindparam("b_key"))
+    for kind, table in TABLES.items()
+}
+"""The row an idempotency key was stored with (a retried post answers with it)."""
 
 SET_PHASE_OUTCOME = (
     update(ESTIMATIONS)

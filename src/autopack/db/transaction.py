@@ -4,7 +4,7 @@ Every rule of :mod:`autopack.control` runs inside :func:`run_transaction`, which
 Core connection (:meth:`Database.transaction`), hands it over as a :class:`Tx` and
 commits when the work returns. The work is retried, on a fresh connection, when
 PostgreSQL resolved a deadlock or a serialization conflict by aborting it (nothing was
-applied, so running it again is the whole recovery).
+applied, so running it again is the whole recovery), and when its connection died.
 
 Rows leave this layer as typed records (:mod:`autopack.db.records`): ``tx.one(PhaseRecord,
 statement, params)`` rather than a mapping indexed by column names.
@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, RowMapping
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql import Executable
 
 from autopack.clock import utcnow
+from autopack.errors import DatabaseUnavailable
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
@@ -39,6 +40,9 @@ R = TypeVar("R", bound="FromRow")
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
+CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+"""Admin shutdown (``pg_terminate_backend``), crash shutdown, cannot connect now; class 08
+(connection exception) too."""
 MAX_TRANSACTION_TRIES = 5
 
 
@@ -86,17 +90,58 @@ class Tx:
         return f"database {self.identity.public_url} (instance_id {self.identity.instance_id})"
 
 
+def connection_lost(exc: DBAPIError) -> bool:
+    """Did this fail because the connection died (server restart, failover,
+    ``pg_terminate_backend``, a network cut) rather than because of what it ran?"""
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError) and exc.statement is None:
+        return True  # no statement ran: the connection could not be opened
+    code = getattr(exc.orig, "sqlstate", None) or ""
+    return code.startswith("08") or code in CONNECTION_SQLSTATES
+
+
 def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
-    """Run ``work`` in one transaction; retry it on a PostgreSQL deadlock or serialization
-    failure (nothing was applied), raise everything else."""
+    """Run ``work`` in one transaction; retry it when PostgreSQL aborted it (deadlock,
+    serialization failure: nothing was applied) or its connection died (on a new
+    connection); raise everything else. A database still unreachable after
+    MAX_TRANSACTION_TRIES is :class:`DatabaseUnavailable` (503), never a bare 500.
+
+    Retrying after a lost connection is safe for every operation because each one is
+    safe to repeat: results carry idempotency keys (or a spent lease token), usage
+    reports and telemetry rows idempotency keys, heartbeats and claims are fenced by the
+    lease (a claim whose COMMIT reached the server but whose answer did not leaves a lease
+    that expires and is reclaimed).
+    """
     for attempt in range(1, MAX_TRANSACTION_TRIES + 1):
         try:
             with database.transaction() as connection:
                 return work(Tx(connection, utcnow(), database.identity, database.postgresql))
         except DBAPIError as exc:
+            lost = connection_lost(exc)
             code = getattr(exc.orig, "sqlstate", None)
-            if code not in RETRYABLE_SQLSTATES or attempt == MAX_TRANSACTION_TRIES:
+            if not lost and code not in RETRYABLE_SQLSTATES:
                 raise
-            log_event(logger, "transaction_retry", logging.WARNING, sqlstate=code, tries=attempt)
-            time.sleep(random.uniform(0, 0.02 * attempt))
+            if attempt == MAX_TRANSACTION_TRIES:
+                if lost:
+                    raise unavailable(exc, attempt) from exc
+                raise
+            log_event(
+                logger,
+                "transaction_retry",
+                logging.WARNING,
+                sqlstate=code,
+                connection_lost=lost,
+                tries=attempt,
+            )
+            # a dead connection usually means a restarting server: wait a little longer
+            time.sleep(random.uniform(0, (0.2 if lost else 0.02) * attempt))
     raise AssertionError("unreachable")
+
+
+def unavailable(exc: DBAPIError, tries: int) -> DatabaseUnavailable:
+    reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else ""
+    return DatabaseUnavailable(
+        f"the database connection failed {tries} times in a row ({type(exc.orig).__name__}: "
+        f"{reason}); try again shortly"
+    )

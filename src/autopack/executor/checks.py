@@ -3,6 +3,8 @@
 Each command runs in a shell with the workspace as working directory, a timeout that kills
 its whole process group, and ``python``/``pytest`` resolving to the executor's own
 interpreter. Credentials are removed from the environment: a check runs code the LLM wrote.
+An executor can refuse checks outside an allow-list
+(:class:`~autopack.executor.check_policy.CheckPolicy`) before any work starts on the phase.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ _SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
 def _check_env(scratch: Path) -> dict[str, str]:
     """The executor's environment minus credentials, with caches kept out of the workspace
     (a git workspace must only ever change by the phase's own files)."""
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _SECRET_VARIABLES and k not in ("AUTOPACK_API_TOKEN", "AUTOPACK_WORKER_TOKEN")
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")
@@ -68,7 +74,7 @@ def _run(command: str, workspace: Path, timeout: float, env: dict[str, str]) -> 
         passed=not timed_out and process.returncode == 0,
         timed_out=timed_out,
         duration_s=round(time.monotonic() - started, 3),
-        output_tail=output[-TAIL_CHARS:],
+        output_tail=output[-TAIL_CHARS:].replace("\x00", "\\x00"),  # text columns hold no NUL
     )
 
 

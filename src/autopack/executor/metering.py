@@ -91,19 +91,20 @@ class Meter:
         try:
             response = self.s.provider.complete(request)
         except LLMError as exc:
+            message = exc.message.replace("\x00", "\\x00")  # a provider's text, stored as TEXT
             self.s.telemetry.record(
                 LlmUsageIn(
                     **call,
-                    provider=exc.provider,
-                    model=exc.model or model,
+                    provider=exc.provider[:40],
+                    model=(exc.model or model)[:200],
                     latency_ms=exc.latency_ms,
                     success=False,
-                    error_class=exc.error_class,
-                    error_message=exc.message[:2000],
-                    request_id=exc.request_id,
+                    error_class=exc.error_class[:200],
+                    error_message=message[:2000],
+                    request_id=exc.request_id[:200] if exc.request_id else None,
                 )
             )
-            raise failed("llm_error", error=exc.message, retryable=exc.retryable) from exc
+            raise failed("llm_error", error=message, retryable=exc.retryable) from exc
         usage = response.usage
         cost, snapshot = self.s.prices.cost_of(response.model or model, usage)
         tokens = usage.input_tokens + usage.output_tokens

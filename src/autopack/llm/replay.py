@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autopack import redact
 from autopack.errors import CassetteMiss, ConfigError, LLMError
 from autopack.llm.anthropic_provider import anthropic_response
 from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse, retryable_status
@@ -260,8 +261,9 @@ class RecordingProvider:
     """Wraps a live provider and appends every call to a cassette in the replay format.
 
     Failed calls are recorded as ``error`` lines (then re-raised), so a replay of the
-    cassette fails where the original failed. Thread-safe: one lock per cassette file
-    serialises the appends, and each line is flushed as it is written.
+    cassette fails where the original failed. Every line is redacted before it is
+    written (:mod:`autopack.redact`): a cassette never holds a key. Thread-safe: one lock
+    per cassette file serialises the appends, and each line is flushed as it is written.
     """
 
     def __init__(self, inner: LLMProvider, path: Path) -> None:
@@ -315,7 +317,8 @@ class RecordingProvider:
         return response
 
     def _append(self, line: Mapping[str, Any]) -> None:
-        text = json.dumps(line, ensure_ascii=False) + "\n"
+        # A provider's error may echo the request headers: no key is ever written to disk.
+        text = json.dumps(redact.data(dict(line)), ensure_ascii=False) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as handle:

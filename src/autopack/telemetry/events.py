@@ -3,90 +3,101 @@
 
 ``extra="forbid"`` makes a writer that passes a field the table lacks fail loudly (422),
 which is how the legacy tool lost rows for months: a writer passed a column that did not
-exist and the error was swallowed. A test proves every field here is a real column.
+exist and the error was swallowed. A test proves every field here is a real column, and
+that every field fits its column (:mod:`autopack.bounds`: lengths, INTEGER, finite).
+Each event carries an idempotency key made with it, so a post retried after a lost answer
+is stored once.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autopack.bounds import TEXT_MAX, Count, Finite, JsonObject, Storable
 from autopack.clock import utcnow
 
 
-class _Event(BaseModel):
+class _Event(Storable):
     model_config = ConfigDict(extra="forbid")
 
     ts: datetime = Field(default_factory=utcnow)
+    idempotency_key: str | None = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        min_length=1,
+        max_length=64,
+        description="Made when the event is; a retried post with the same key is stored once.",
+    )
 
 
 class LlmUsageIn(_Event):
     """One LLM call, successful or not (``llm_usage_events``)."""
 
-    run_id: str
-    phase_id: str | None = None
-    attempt: int | None = None
+    run_id: str = Field(max_length=200)
+    phase_id: str | None = Field(None, max_length=200)
+    attempt: Count | None = None
     role: Literal["builder", "auditor"]
-    provider: str
-    model: str
-    input_tokens: int | None = Field(None, description="Including cache reads and writes.")
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    max_tokens: int | None = None
-    stop_reason: str | None = None
-    latency_ms: float | None = None
-    ttft_ms: float | None = None
+    provider: str = Field(max_length=40)
+    model: str = Field(max_length=200)
+    input_tokens: Count | None = Field(None, description="Including cache reads and writes.")
+    output_tokens: Count | None = None
+    cache_read_tokens: Count | None = None
+    cache_write_tokens: Count | None = None
+    max_tokens: Count | None = None
+    stop_reason: str | None = Field(None, max_length=40)
+    latency_ms: Finite | None = Field(None, ge=0)
+    ttft_ms: Finite | None = Field(None, ge=0)
     success: bool
-    error_class: str | None = None
-    error_message: str | None = None
-    request_id: str | None = None
-    cost_usd: float | None = Field(None, description="From the price table; None if unpriced.")
-    provider_cost_usd: float | None = None
-    price_snapshot: dict[str, Any] | None = None
+    error_class: str | None = Field(None, max_length=200)
+    error_message: str | None = Field(None, max_length=TEXT_MAX)
+    request_id: str | None = Field(None, max_length=200)
+    cost_usd: Finite | None = Field(None, description="From the price table; None if unpriced.")
+    provider_cost_usd: Finite | None = None
+    price_snapshot: JsonObject | None = None
 
 
 class TokenEstimationIn(_Event):
     """One Builder call's prediction against reality (``token_estimation_v2_events``)."""
 
-    run_id: str
-    phase_id: str
-    attempt: int
-    estimator_version: str
-    category: str
-    complexity: str
-    deliverable_count: int
-    deliverables_json: list[str] = []
-    features: dict[str, Any] = {}
-    predicted_output_tokens: int
-    predicted_p90_tokens: int
-    selected_budget: int
-    budget_decided_by: str
-    max_tokens_sent: int
-    actual_output_tokens: int | None = None
+    run_id: str = Field(max_length=200)
+    phase_id: str = Field(max_length=200)
+    attempt: Count
+    estimator_version: str = Field(max_length=40)
+    category: str = Field(max_length=40)
+    complexity: str = Field(max_length=20)
+    deliverable_count: Count
+    deliverables_json: list[str] = Field(default_factory=list)
+    features: JsonObject = Field(default_factory=dict)
+    predicted_output_tokens: Count
+    predicted_p90_tokens: Count
+    selected_budget: Count
+    budget_decided_by: str = Field(max_length=20)
+    max_tokens_sent: Count
+    actual_output_tokens: Count | None = None
     truncated: bool = False
-    stop_reason: str | None = None
-    model: str
+    stop_reason: str | None = Field(None, max_length=40)
+    model: str = Field(max_length=200)
     parse_success: bool | None = None
     success: bool | None = None
-    phase_outcome: str | None = None
-    smape_percent: float | None = None
-    waste_ratio: float | None = None
+    phase_outcome: str | None = Field(None, max_length=40)
+    smape_percent: Finite | None = None
+    waste_ratio: Finite | None = None
     underestimated: bool | None = None
 
 
 class TokenBudgetEscalationIn(_Event):
     """A retry's ``max_tokens`` raised after truncation (``token_budget_escalation_events``)."""
 
-    run_id: str
-    phase_id: str
-    attempt: int
+    run_id: str = Field(max_length=200)
+    phase_id: str = Field(max_length=200)
+    attempt: Count
     reason: Literal["truncation", "utilization"]
-    factor: float
-    old_budget: int
-    new_budget: int
+    factor: Finite = Field(gt=0, le=1000)
+    old_budget: Count
+    new_budget: Count
 
 
 # -- rows as they are read back (the event plus its id) -----------------------------------------

@@ -1,4 +1,4 @@
-"""Approvals: list, approve, reject (expiry is the maintenance task's job)."""
+"""Approvals: list, approve, reject (expiry is the maintenance task's job). The operator's."""
 
 from __future__ import annotations
 
@@ -6,32 +6,50 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from autopack.api.deps import DatabaseDep
+from autopack.api.auth import OPERATOR
+from autopack.api.deps import ApprovalId, DatabaseDep, RunFilter
+from autopack.api.openapi import READ, SECURED, WRITE, errors
 from autopack.contract import ApprovalView, DecidedApproval, DecisionIn
 from autopack.control import approvals
 from autopack.states import ApprovalStatus
 
-router = APIRouter(prefix="/approvals", tags=["approvals"])
+router = APIRouter(
+    prefix="/approvals",
+    tags=["approvals"],
+    dependencies=[OPERATOR],
+    responses={**SECURED, **READ},
+)
+DECIDING = {**WRITE, **errors(404, 409)}
 
 
 @router.get("", response_model=list[ApprovalView])
 def list_approvals(
     database: DatabaseDep,
     status: Annotated[ApprovalStatus | Literal["all"], Query()] = ApprovalStatus.PENDING,
-    run_id: Annotated[str | None, Query()] = None,
+    run_id: RunFilter = None,
 ) -> list[ApprovalView]:
     """Approvals, oldest first (``status=all`` for every status)."""
     wanted = None if status == "all" else ApprovalStatus(status)
     return approvals.list_approvals(database, status=wanted, run_id=run_id)
 
 
-@router.post("/{approval_id}/approve", response_model=DecidedApproval)
-def approve(approval_id: int, body: DecisionIn, database: DatabaseDep) -> DecidedApproval:
+@router.post(
+    "/{approval_id}/approve",
+    response_model=DecidedApproval,
+    responses=DECIDING,
+    operation_id="approve",
+)
+def approve(approval_id: ApprovalId, body: DecisionIn, database: DatabaseDep) -> DecidedApproval:
     """The phase goes back to QUEUED; its next claim carries the approved change."""
     return approvals.decide_approval(database, approval_id, approve=True, decision=body)
 
 
-@router.post("/{approval_id}/reject", response_model=DecidedApproval)
-def reject(approval_id: int, body: DecisionIn, database: DatabaseDep) -> DecidedApproval:
+@router.post(
+    "/{approval_id}/reject",
+    response_model=DecidedApproval,
+    responses=DECIDING,
+    operation_id="reject",
+)
+def reject(approval_id: ApprovalId, body: DecisionIn, database: DatabaseDep) -> DecidedApproval:
     """The phase FAILS with stop_reason approval_rejected."""
     return approvals.decide_approval(database, approval_id, approve=False, decision=body)

@@ -2,8 +2,9 @@
 
 It shows which database this server uses, every run with its progress, the phases of one
 run with who holds each lease and until when, pending approvals with the command that
-decides them, and what the LLM calls cost. Plain HTML refreshed every few seconds: no
-JavaScript, no template engine, nothing to build.
+decides them (buttons, or the command), and what the LLM calls cost. Plain HTML refreshed
+every few seconds: no JavaScript, no template engine, nothing to build. With tokens it
+asks for the operator token once (:mod:`autopack.api.routers.ui_session`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from autopack import __version__
+from autopack.api.auth import SESSION_COOKIE
 from autopack.api.deps import DatabaseDep
+from autopack.api.routers.ui_session import ui_access
 from autopack.clock import utcnow
 from autopack.contract import ApprovalView, PhaseView, RunSummary, RunView
 from autopack.control import approvals, runs, telemetry
 from autopack.estimation.report import estimation_report
+from autopack.rundef import ID_PATTERN
 from autopack.states import RUN_ACTIVE, PhaseState
 from autopack.telemetry.events import UsageSummaryRow
 
@@ -112,11 +116,23 @@ def _phases(run: RunView) -> str:
     )
 
 
-def _approvals(pending: list[ApprovalView]) -> str:
+def _decide_forms(approval_id: int, csrf: str) -> str:
+    """Approve / reject buttons: POST forms carrying the session's CSRF token."""
+    forms = []
+    for verb in ("approve", "reject"):
+        forms.append(
+            f"<form method='post' action='/ui/approvals/{approval_id}/{verb}' "
+            f"style='display:inline'><input type='hidden' name='csrf' value='{escape(csrf)}'>"
+            f"<button>{verb}</button></form>"
+        )
+    return " ".join(forms)
+
+
+def _approvals(pending: list[ApprovalView], csrf: str) -> str:
     body = [
         f"<tr>{_cell(a.id)}{_cell(a.run_id)}{_cell(a.phase_id)}{_cell(a.reason)}"
-        f"{_cell(a.timeout_at)}<td><code>autopack approvals approve {a.id}</code> / "
-        f"<code>reject {a.id}</code></td></tr>"
+        f"{_cell(a.timeout_at)}<td>{_decide_forms(a.id, csrf)} or "
+        f"<code>autopack approvals approve {a.id}</code></td></tr>"
         for a in pending
     ]
     return _table(
@@ -154,9 +170,17 @@ def root() -> RedirectResponse:
     return RedirectResponse("/ui")
 
 
-@router.get("/ui", response_class=HTMLResponse)
-def dashboard(database: DatabaseDep, run: str | None = None) -> HTMLResponse:
-    """Runs, phases and leases, approvals and LLM cost, refreshed every few seconds."""
+@router.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+def dashboard(
+    request: Request,
+    database: DatabaseDep,
+    run: Annotated[str | None, Query(max_length=200, pattern=ID_PATTERN)] = None,
+) -> Response:
+    """Runs, phases and leases, approvals and LLM cost, refreshed every few seconds (after
+    logging in with the operator token, when the server has tokens)."""
+    access = ui_access(request)
+    if access is None:
+        return RedirectResponse("/ui/login", status_code=303)
     identity = database.identity
     listed = runs.list_runs(database, limit=50).items
     chosen = run or next(
@@ -175,8 +199,18 @@ def dashboard(database: DatabaseDep, run: str | None = None) -> HTMLResponse:
         f"<p class='muted'>database {escape(identity.public_url)} · instance "
         f"{escape(identity.instance_id)} · schema {escape(str(identity.schema_revision))}</p>"
         f"<h2>Runs</h2>{_runs(listed)}{detail}"
-        f"<h2>Approvals waiting</h2>{_approvals(approvals.list_approvals(database))}"
+        f"<h2>Approvals waiting</h2>"
+        f"{_approvals(approvals.list_approvals(database), access.csrf)}"
         f"<h2>LLM calls{' of ' + escape(chosen) if chosen else ''}</h2>"
-        f"{_telemetry(usage, events)}</body></html>"
+        f"{_telemetry(usage, events)}{_logout(request, access.csrf)}</body></html>"
     )
-    return HTMLResponse(page)
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+
+def _logout(request: Request, csrf: str) -> str:
+    if not request.cookies.get(SESSION_COOKIE):
+        return ""
+    return (
+        "<form method='post' action='/ui/logout'><input type='hidden' name='csrf' "
+        f"value='{escape(csrf)}'><button>log out</button></form>"
+    )

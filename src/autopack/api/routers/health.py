@@ -1,7 +1,8 @@
 """``GET /health``: liveness plus the identity of the database this server uses.
 
 Executors and the CLI compare the fingerprint with their own database's before trusting
-the server (the handshake); the body carries no password, user or host name.
+the server (the handshake); the body carries no password, user or host name. It is the
+one endpoint open without a token, so it answers with nothing but that identity.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def health(database: DatabaseDep) -> JSONResponse:
         answer = Health(
             status="unavailable",
             version=__version__,
-            error=f"{exc.__class__.__name__}: {exc}",
+            # the class only: a driver's message names hosts, users, paths
+            error=f"the database is unavailable ({exc.__class__.__name__})",
             database=database.identity.public(),
         )
         return JSONResponse(answer.model_dump(mode="json"), status_code=503)

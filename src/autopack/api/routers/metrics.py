@@ -1,7 +1,8 @@
 """``GET /metrics``: Prometheus exposition of runs, phases, approvals and LLM usage.
 
 Values are read from the database at scrape time (no state lives in an API process), so
-every replica behind a load balancer reports the same numbers.
+every replica behind a load balancer reports the same numbers. A scraper sends either
+token (the worker token is enough).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from autopack.api.auth import WORKER
 from autopack.api.deps import DatabaseDep
 from autopack.control import approvals, runs, telemetry
 from autopack.db import Database
@@ -54,7 +56,7 @@ class _DatabaseCollector:
         yield from (run_states, phases, pending, calls, tokens, cost)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[WORKER])
 def metrics(database: DatabaseDep) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_DatabaseCollector(database))

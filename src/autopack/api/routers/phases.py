@@ -13,7 +13,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header
 from starlette.concurrency import run_in_threadpool
 
-from autopack.api.deps import DatabaseDep
+from autopack.api.auth import OPERATOR, WORKER
+from autopack.api.deps import DatabaseDep, PhaseId, RunId
+from autopack.api.openapi import APPROVAL_LINKS, READ, SECURED, WRITE, errors
 from autopack.contract import (
     ApprovalCreated,
     ApprovalIn,
@@ -29,19 +31,32 @@ from autopack.contract import (
 )
 from autopack.control import approvals, leases, results, runs
 
-router = APIRouter(prefix="/runs/{run_id}/phases/{phase_id}", tags=["phases"])
+router = APIRouter(
+    prefix="/runs/{run_id}/phases/{phase_id}",
+    tags=["phases"],
+    responses={**SECURED, **READ, **errors(404)},
+)
+LEASED = [WORKER]
+LEASE_ERRORS = {**WRITE, **errors(409)}
+"""The worker's calls under a lease: 409 LeaseLost once the lease is gone."""
 
 
-@router.get("", response_model=PhaseDetail)
-def get_phase(run_id: str, phase_id: str, database: DatabaseDep) -> PhaseDetail:
+@router.get("", response_model=PhaseDetail, dependencies=[WORKER], operation_id="get_phase")
+def get_phase(run_id: RunId, phase_id: PhaseId, database: DatabaseDep) -> PhaseDetail:
     """The phase with every attempt (oldest first) and its approvals."""
     return runs.get_phase(database, run_id, phase_id)
 
 
-@router.post("/requeue", response_model=PhaseView)
+@router.post(
+    "/requeue",
+    response_model=PhaseView,
+    dependencies=[OPERATOR],
+    responses={**WRITE, **errors(409)},
+    operation_id="requeue_phase",
+)
 def requeue_phase(
-    run_id: str,
-    phase_id: str,
+    run_id: RunId,
+    phase_id: PhaseId,
     database: DatabaseDep,
     body: Annotated[RequeueIn | None, Body()] = None,
 ) -> PhaseView:
@@ -49,29 +64,49 @@ def requeue_phase(
     return runs.requeue_phase(database, run_id, phase_id, body or RequeueIn())
 
 
-@router.post("/heartbeat", response_model=LeaseRenewed)
+@router.post(
+    "/heartbeat",
+    response_model=LeaseRenewed,
+    dependencies=LEASED,
+    responses=LEASE_ERRORS,
+    operation_id="heartbeat",
+)
 async def heartbeat(
-    run_id: str, phase_id: str, body: HeartbeatIn, database: DatabaseDep
+    run_id: RunId, phase_id: PhaseId, body: HeartbeatIn, database: DatabaseDep
 ) -> LeaseRenewed:
     """Renew the lease; 409 LeaseLost when the token is stale."""
     return await run_in_threadpool(leases.heartbeat, database, run_id, phase_id, body)
 
 
-@router.post("/usage", response_model=UsageAnswer)
+@router.post(
+    "/usage",
+    response_model=UsageAnswer,
+    dependencies=LEASED,
+    responses=LEASE_ERRORS,
+    operation_id="report_usage",
+)
 async def report_usage(
-    run_id: str, phase_id: str, body: UsageIn, database: DatabaseDep
+    run_id: RunId, phase_id: PhaseId, body: UsageIn, database: DatabaseDep
 ) -> UsageAnswer:
     """Add an LLM call's tokens and cost; the answer says whether the run's budget is spent."""
     return await run_in_threadpool(leases.report_usage, database, run_id, phase_id, body)
 
 
-@router.post("/result", response_model=ResultAnswer)
+@router.post(
+    "/result",
+    response_model=ResultAnswer,
+    dependencies=LEASED,
+    responses=LEASE_ERRORS,
+    operation_id="post_result",
+)
 async def post_result(
-    run_id: str,
-    phase_id: str,
+    run_id: RunId,
+    phase_id: PhaseId,
     body: ResultIn,
     database: DatabaseDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=300)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=300)
+    ] = None,
 ) -> ResultAnswer:
     """Finish the attempt. Same Idempotency-Key again: the stored answer, applied once."""
     return await run_in_threadpool(
@@ -81,9 +116,16 @@ async def post_result(
     )
 
 
-@router.post("/approvals", status_code=201, response_model=ApprovalCreated)
+@router.post(
+    "/approvals",
+    status_code=201,
+    response_model=ApprovalCreated,
+    dependencies=LEASED,
+    responses={201: APPROVAL_LINKS, **LEASE_ERRORS},
+    operation_id="request_approval",
+)
 def request_approval(
-    run_id: str, phase_id: str, body: ApprovalIn, database: DatabaseDep
+    run_id: RunId, phase_id: PhaseId, body: ApprovalIn, database: DatabaseDep
 ) -> ApprovalCreated:
     """Park the phase in AWAITING_APPROVAL and release the lease until a human decides."""
     return approvals.request_approval(database, run_id, phase_id, body)

@@ -1,0 +1,229 @@
+"""Who may call what: bearer tokens with two roles, and the dashboard's login session.
+
+* **Operator** (``AUTOPACK_API_TOKEN``): create, change and cancel runs, requeue phases,
+  decide approvals, read everything, and everything a worker may do. A run's ``checks``
+  are shell commands every executor that drains it runs: creating a run is running code.
+* **Worker** (``AUTOPACK_WORKER_TOKEN``): what an executor does: claim, heartbeat, report
+  usage, post results, ask for approvals, write telemetry, read runs and phases (and
+  ``/metrics``, for a scraper that should not hold the operator token).
+
+A server with tokens checks them on every endpoint but ``/health`` and the
+documentation; it compares SHA-256 digests of the presented token with
+:func:`hmac.compare_digest` (constant time, whatever the length) and never logs a
+token. A server without tokens serves loopback clients (and its Unix socket) only: any
+other client gets a 403 saying how to set them, and ``autopack serve`` refuses to bind
+anything but loopback without them.
+
+The dashboard logs in once: the operator token in a form becomes an ``HttpOnly``,
+``SameSite=Strict`` cookie holding an expiring HMAC session (the token itself is never
+stored in the browser), and every dashboard action carries a CSRF token derived from
+the session, with the ``Origin`` checked when the browser sends one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from autopack.config import MAKE_TOKEN, Settings
+from autopack.errors import ConfigError, Forbidden, Unauthorized
+from autopack.logs import log_event
+
+logger = logging.getLogger("autopack.api")
+
+SESSION_COOKIE = "autopack_session"
+SESSION_SECONDS = 12 * 3600
+HOW_TO_SET = (
+    "set AUTOPACK_API_TOKEN (operator) and AUTOPACK_WORKER_TOKEN (executors) on the "
+    f"server and the same values on its clients; make each with: {MAKE_TOKEN}"
+)
+
+
+class Role(IntEnum):
+    """What a token may do; an operator may do everything a worker may."""
+
+    WORKER = 1
+    OPERATOR = 2
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (an address or ``localhost``) a loopback address?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Authenticator:
+    """The server's tokens (as digests) and the key of its dashboard sessions."""
+
+    operator: bytes | None
+    worker: bytes | None
+    ui_key: bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, private: bool = False) -> Authenticator:
+        """Refuses a worker token without an operator token: nobody could create a run.
+
+        ``private``: the server is reachable by its own process only (the CLI's Unix
+        socket in a 0700 directory): no tokens, and nothing to say about it."""
+        api, worker = settings.autopack_api_token, settings.autopack_worker_token
+        if private:
+            api = worker = None
+        if worker is not None and api is None:
+            raise ConfigError(
+                "AUTOPACK_WORKER_TOKEN is set but AUTOPACK_API_TOKEN is not: nobody could "
+                f"create a run or decide an approval on this server; {HOW_TO_SET}"
+            )
+        operator = api.get_secret_value() if api is not None else None
+        if operator is None and not private:
+            log_event(
+                logger,
+                "auth_disabled",
+                logging.WARNING,
+                reason="no AUTOPACK_API_TOKEN: serving loopback clients only, with no token",
+            )
+        # Sessions are keyed by the operator token: replicas agree, rotating it logs out.
+        ui_key = (
+            hmac.new(_digest(operator), b"autopack-ui-session", hashlib.sha256).digest()
+            if operator is not None
+            else secrets.token_bytes(32)
+        )
+        return cls(
+            operator=_digest(operator) if operator is not None else None,
+            worker=_digest(worker.get_secret_value()) if worker is not None else None,
+            ui_key=ui_key,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.operator is not None
+
+    def role_of(self, token: str) -> Role | None:
+        """The role ``token`` grants, or None; both digests are always compared."""
+        presented = _digest(token)
+        is_operator = self.operator is not None and hmac.compare_digest(presented, self.operator)
+        is_worker = self.worker is not None and hmac.compare_digest(presented, self.worker)
+        if is_operator:
+            return Role.OPERATOR
+        return Role.WORKER if is_worker else None
+
+    def admit_unauthenticated(self, request: Request) -> None:
+        """No tokens: serve loopback (and Unix socket) clients, refuse everyone else."""
+        client = request.client
+        if client is not None and not is_loopback(client.host):
+            raise Forbidden(
+                "this Autopack server has no tokens, so it serves loopback clients only: "
+                + HOW_TO_SET
+            )
+
+    # -- the dashboard's session -------------------------------------------------------------
+
+    def _mac(self, purpose: str, value: str) -> str:
+        message = f"{purpose}|{value}".encode()
+        return hmac.new(self.ui_key, message, hashlib.sha256).hexdigest()
+
+    def new_session(self) -> str:
+        issued = str(int(time.time()))
+        return f"{issued}.{self._mac('session', issued)}"
+
+    def session_valid(self, cookie: str | None) -> bool:
+        if not cookie or "." not in cookie:
+            return False
+        issued, mac = cookie.split(".", 1)
+        if not issued.isdigit() or not hmac.compare_digest(mac, self._mac("session", issued)):
+            return False
+        age = time.time() - int(issued)
+        return -60 <= age <= SESSION_SECONDS
+
+    def csrf_token(self, cookie: str | None) -> str:
+        """The token every dashboard form carries: bound to this session (or, without
+        tokens, to this server process)."""
+        return self._mac("csrf", cookie or "anonymous")
+
+    def csrf_valid(self, cookie: str | None, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.csrf_token(cookie).encode())
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="AUTOPACK_API_TOKEN (operator) or AUTOPACK_WORKER_TOKEN (worker).",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def authenticator(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.auth
+    return auth
+
+
+def authorize(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Role
+) -> Role:
+    """The caller's role if it may do what needs ``needed``; else 401 (no or unknown
+    token) or 403 (a worker token where the operator's is needed)."""
+    auth = authenticator(request)
+    if not auth.enabled:
+        auth.admit_unauthenticated(request)
+        return Role.OPERATOR
+    if credentials is None:
+        raise Unauthorized(
+            "this Autopack server needs a token: send it as a bearer token in the Authorization "
+            "header "
+            "(Autopack's clients send AUTOPACK_API_TOKEN, else AUTOPACK_WORKER_TOKEN)"
+        )
+    role = auth.role_of(credentials.credentials)
+    if role is None:
+        raise Unauthorized(
+            "the token is not one this server knows: compare AUTOPACK_API_TOKEN / "
+            "AUTOPACK_WORKER_TOKEN here with the server's"
+        )
+    if role < needed:
+        raise Forbidden(
+            f"{request.method} {request.url.path} needs the operator token "
+            "(AUTOPACK_API_TOKEN); the worker token may claim, report and read runs only"
+        )
+    return role
+
+
+async def _worker(request: Request, credentials: Credentials) -> Role:
+    return authorize(request, credentials, Role.WORKER)
+
+
+async def _operator(request: Request, credentials: Credentials) -> Role:
+    return authorize(request, credentials, Role.OPERATOR)
+
+
+WORKER = Depends(_worker)
+"""Router dependency: a worker's (or the operator's) token."""
+OPERATOR = Depends(_operator)
+"""Router dependency: the operator's token."""
+
+
+def check_bind(host: str, settings: Settings) -> None:
+    """``autopack serve``: refuse to bind anything but loopback without tokens."""
+    if settings.autopack_api_token is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host} without tokens: anyone who can reach it could "
+            "create runs, and a run's checks are commands every executor runs. "
+            + HOW_TO_SET
+            + " (or bind 127.0.0.1 for local use)",
+            host=host,
+        )

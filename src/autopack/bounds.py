@@ -1,0 +1,180 @@
+"""Bounds of everything that enters: the types request models, run files and telemetry
+events are built from, each within what the column it ends up in can hold.
+
+Without them plain bad input reached the database and came back as a 500: a NUL byte
+(PostgreSQL text cannot hold one), an integer over 32 bits (PostgreSQL ``INTEGER``) or
+64 bits (SQLite), a string longer than its ``VARCHAR``, ``Infinity`` in a JSON column, a
+timeout of ``1e300`` minutes that overflows every later date computation. Here each such
+value is refused when the request is validated, as a 422 naming the field (a run file: exit 2).
+
+* :data:`Str`: text without NUL; give it ``Field(max_length=N)`` with the column's length
+  (``TEXT`` columns: at most :data:`TEXT_MAX`).
+* :data:`Int32` / :data:`Count`: integers a PostgreSQL ``INTEGER`` holds.
+* :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too).
+* :data:`JsonObject`: a JSON column's dict, checked all the way down (non-finite numbers,
+  nesting deeper than :data:`JSON_DEPTH_MAX`), iteratively; :class:`Storable`, the base
+  of request models, checks a whole request: no NUL in a text field, JSON fields as
+  :func:`json_safe`.
+
+Importing this module loads pydantic only: the client and the executor use it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from functools import cache
+from types import UnionType
+from typing import Annotated, Any, Self, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+INT32_MAX = 2**31 - 1
+"""PostgreSQL ``INTEGER``; every integer column is one."""
+TEXT_MAX = 200_000
+"""Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
+JSON_DEPTH_MAX = 32
+JSON_ITEMS_MAX = 100_000
+"""Strings, numbers and containers in one JSON value."""
+
+
+def no_nul(value: str) -> str:
+    """Refuse a NUL byte: no PostgreSQL text column can store one."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte (\\x00), which cannot be stored")
+    return value
+
+
+def json_safe(value: Any) -> Any:
+    """Refuse what a JSON column cannot store or a reader cannot load back: an infinite or
+    NaN number, nesting deeper than JSON_DEPTH_MAX, more than JSON_ITEMS_MAX values.
+    Walks dicts, lists and pydantic models (extra fields included) without recursion; the
+    error names the path (``details.log[3]``). Returns ``value``.
+
+    NUL is allowed inside JSON (PostgreSQL's ``json`` stores ``\\u0000``): a file the
+    Builder wrote, held in an approval's context, must come back byte for byte.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    seen = 0
+    while stack:
+        item, where, depth = stack.pop()
+        seen += 1
+        if seen > JSON_ITEMS_MAX:
+            raise ValueError(f"has more than {JSON_ITEMS_MAX} values")
+        if depth > JSON_DEPTH_MAX:
+            raise ValueError(f"{where or 'value'} is nested deeper than {JSON_DEPTH_MAX} levels")
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where or 'value'} is not a finite number ({item})")
+        elif isinstance(item, BaseModel):
+            fields = {**item.__dict__, **(item.__pydantic_extra__ or {})}
+            prefix = f"{where}." if where else ""
+            stack.extend((child, prefix + name, depth + 1) for name, child in fields.items())
+        elif isinstance(item, dict):
+            prefix = f"{where}." if where else ""
+            stack.extend((child, prefix + str(key), depth + 1) for key, child in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
+    return value
+
+
+def storable(model: BaseModel) -> BaseModel:
+    """A request model as the database will hold it: its text fields (TEXT and VARCHAR
+    columns) without NUL, its JSON fields :func:`json_safe`. Returns ``model``."""
+    for name, value in {**model.__dict__, **(model.__pydantic_extra__ or {})}.items():
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError(f"{name} contains a NUL byte (\\x00), which cannot be stored")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} is not a finite number ({value})")
+        elif isinstance(value, dict | list | tuple | BaseModel):
+            json_safe(value)
+    return model
+
+
+_NUL_FREE = "^[^\\u0000]*$"
+"""What the JSON Schema says of a text field (no NUL); the validator says it in words."""
+
+
+_KINDS: dict[Any, str] = {bool: "boolean", int: "number", float: "number", datetime: "date-time"}
+
+
+@cache
+def _json_kinds(model: type[BaseModel]) -> dict[str, str]:
+    """Field name -> the JSON type its raw value must have, for the fields whose
+    pydantic type would otherwise coerce (``"5"`` to 5, ``true`` to 1, ``1`` to True)."""
+    kinds = {}
+    for name, field in model.model_fields.items():
+        annotation: Any = field.annotation
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (Union, UnionType) and len(members) == 1:
+            annotation = members[0]
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        kind = _KINDS.get(annotation)
+        if kind is not None:
+            kinds[name] = kind
+    return kinds
+
+
+def _json_type_problem(kind: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "a boolean (true or false)"
+    if kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "a number"
+    return None if isinstance(value, str | datetime) else "an ISO 8601 date-time string"
+
+
+class JsonTyped(BaseModel):
+    """A model whose numbers, booleans and times must arrive as what the JSON Schema says:
+    pydantic's lax mode would take ``"5"`` or ``true`` for a number and ``1`` for a
+    boolean, so the document would not be the contract (a schema-violating request
+    accepted). Each field is checked before it is validated, so the error names it."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_type(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = _json_kinds(cls).get(info.field_name or "")
+        if kind is not None and (want := _json_type_problem(kind, value)) is not None:
+            raise ValueError(f"must be {want}")
+        return value
+
+
+def _text_fields_nul_free(schema: dict[str, Any]) -> None:
+    """JSON Schema of a :class:`Storable`: its text fields say they hold no NUL."""
+    for prop in schema.get("properties", {}).values():
+        for choice in prop.get("anyOf", [prop]):
+            if choice.get("type") == "string" and "pattern" not in choice:
+                choice["pattern"] = _NUL_FREE
+
+
+class Storable(JsonTyped):
+    """Base of the models requests are validated with: the whole value is :func:`storable`
+    (checked after the fields, so a field's own bound speaks first), raw types as the
+    JSON Schema says (:class:`JsonTyped`), and the schema says text holds no NUL."""
+
+    model_config = ConfigDict(json_schema_extra=_text_fields_nul_free)
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        storable(self)
+        return self
+
+
+Str = Annotated[str, AfterValidator(no_nul), Field(json_schema_extra={"pattern": _NUL_FREE})]
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(json_safe)]

@@ -1,0 +1,215 @@
+"""Nobody gets in who shouldn't: tokens with roles on every endpoint, on a real server.
+
+Every operation of the OpenAPI document is classified here (operator, worker, public) and
+the classification must cover the document, so a new endpoint cannot be added without
+saying who may call it. Each secured one is called with no token, a wrong token and (for
+the operator's) the worker token; the dashboard logs in over HTTP with its cookie and its
+forms are refused without their CSRF token or from another origin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+from autopack.api.auth import Authenticator
+from autopack.config import Settings
+from autopack.errors import ConfigError, Forbidden
+from tests.support import Server, clean_env, cli
+
+OPERATOR_TOKEN = "operator-token-0123456789abcdef"
+WORKER_TOKEN = "worker-token-0123456789abcdef"
+TOKENS = {"AUTOPACK_API_TOKEN": OPERATOR_TOKEN, "AUTOPACK_WORKER_TOKEN": WORKER_TOKEN}
+
+OPERATOR_ONLY = {
+    ("post", "/runs"),
+    ("post", "/runs/{run_id}/cancel"),
+    ("post", "/runs/{run_id}/phases/{phase_id}/requeue"),
+    ("get", "/approvals"),
+    ("post", "/approvals/{approval_id}/approve"),
+    ("post", "/approvals/{approval_id}/reject"),
+    ("get", "/telemetry/events"),
+    ("get", "/telemetry/summary"),
+    ("get", "/telemetry/counts"),
+}
+WORKER = {
+    ("post", "/claims"),
+    ("get", "/runs"),
+    ("get", "/runs/{run_id}"),
+    ("get", "/runs/{run_id}/phases/{phase_id}"),
+    ("post", "/runs/{run_id}/phases/{phase_id}/heartbeat"),
+    ("post", "/runs/{run_id}/phases/{phase_id}/usage"),
+    ("post", "/runs/{run_id}/phases/{phase_id}/result"),
+    ("post", "/runs/{run_id}/phases/{phase_id}/approvals"),
+    ("post", "/telemetry/llm-usage"),
+    ("post", "/telemetry/estimations"),
+    ("post", "/telemetry/escalations"),
+    ("get", "/metrics"),
+}
+PUBLIC = {("get", "/health"), ("get", "/schemas/run")}
+EXAMPLE_PARAMS = {"run_id": "r1", "phase_id": "p1", "approval_id": "1"}
+RUN = {
+    "run_id": "r1",
+    "tiers": [{"tier_id": "T1", "name": "t", "phases": [{"phase_id": "p1", "name": "p"}]}],
+}
+
+
+def _url(path: str) -> str:
+    return re.sub(r"{(\w+)}", lambda m: EXAMPLE_PARAMS[m.group(1)], path)
+
+
+def _call(server: Server, method: str, path: str, token: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    params = {"run_id": "r1", "phase_id": "p1"} if path == "/telemetry/counts" else None
+    body: dict[str, Any] | None = {} if method == "post" else None
+    return httpx.request(
+        method, server.url + _url(path), json=body, headers=headers, params=params, timeout=10
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    with Server(clean_env(DATABASE_URL=url, **TOKENS), cwd=tmp_path) as running:
+        yield running
+
+
+def test_every_endpoint_refuses_a_missing_wrong_or_weaker_token(server: Server) -> None:
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    documented = {(m, p) for p, item in document["paths"].items() for m in item}
+    assert documented | {("get", "/metrics")} == OPERATOR_ONLY | WORKER | PUBLIC
+    for method, path in sorted(OPERATOR_ONLY | WORKER):
+        for token in (None, "not-a-token-of-this-server"):
+            answer = _call(server, method, path, token)
+            assert answer.status_code == 401, (method, path, token, answer.text)
+            assert answer.json()["error"] == "Unauthorized"
+            assert answer.headers["www-authenticate"] == "Bearer"
+        as_worker = _call(server, method, path, WORKER_TOKEN)
+        if (method, path) in OPERATOR_ONLY:
+            assert as_worker.status_code == 403, (method, path, as_worker.text)
+            assert "operator token" in as_worker.json()["detail"]
+        else:
+            assert as_worker.status_code not in (401, 403), (method, path, as_worker.text)
+        as_operator = _call(server, method, path, OPERATOR_TOKEN)
+        assert as_operator.status_code not in (401, 403), (method, path, as_operator.text)
+    for method, path in sorted(PUBLIC):
+        assert _call(server, method, path, None).status_code == 200, path
+    assert OPERATOR_TOKEN not in server.output() and WORKER_TOKEN not in server.output()
+
+
+def test_health_is_open_and_shows_only_identity(server: Server) -> None:
+    body = httpx.get(f"{server.url}/health").json()
+    assert set(body) == {"status", "version", "database", "error"}
+    assert set(body["database"]) <= {
+        "instance_id",
+        "backend",
+        "public_url",
+        "fingerprint",
+        "schema_revision",
+        "code_revision",
+        "in_sync",
+        "database_name",
+        "system_identifier",
+    }
+
+
+def test_the_worker_token_cannot_create_a_run_from_the_cli(server: Server, tmp_path: Path) -> None:
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps(RUN))
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    as_worker = clean_env(DATABASE_URL=url, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    refused = cli(
+        "--api-url", server.url, "run", "create", str(run_file), cwd=tmp_path, env=as_worker
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "Forbidden" in refused.stderr and "operator token" in refused.stderr
+    anonymous = clean_env(DATABASE_URL=url)
+    refused = cli("--api-url", server.url, "run", "show", "r1", cwd=tmp_path, env=anonymous)
+    assert refused.returncode == 2 and "Unauthorized" in refused.stderr
+    as_operator = clean_env(DATABASE_URL=url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN)
+    created = cli(
+        "--api-url", server.url, "run", "create", str(run_file), cwd=tmp_path, env=as_operator
+    )
+    assert created.returncode == 0, created.stderr
+    shown = cli("--api-url", server.url, "run", "show", "r1", cwd=tmp_path, env=as_worker)
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_serve_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}")
+    refused = cli("serve", "--host", "0.0.0.0", cwd=tmp_path, env=env, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert "AUTOPACK_API_TOKEN" in refused.stderr and "AUTOPACK_WORKER_TOKEN" in refused.stderr
+    assert "secrets.token_urlsafe" in refused.stderr
+
+
+def test_a_server_without_tokens_serves_loopback_clients_only() -> None:
+    auth = Authenticator.from_settings(Settings())
+    assert not auth.enabled
+    for host, allowed in [("127.0.0.1", True), ("::1", True), ("10.1.2.3", False)]:
+        request = Request({"type": "http", "client": (host, 5000), "headers": []})
+        if allowed:
+            auth.admit_unauthenticated(request)
+        else:
+            with pytest.raises(Forbidden, match="loopback clients only"):
+                auth.admit_unauthenticated(request)
+    with pytest.raises(ConfigError, match="AUTOPACK_API_TOKEN is not"):
+        Authenticator.from_settings(Settings(autopack_worker_token=WORKER_TOKEN))
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r"name='csrf' value='([0-9a-f]+)'", page)
+    assert found, page
+    return found.group(1)
+
+
+def test_dashboard_logs_in_once_and_its_actions_are_csrf_safe(server: Server) -> None:
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    worker = {"Authorization": f"Bearer {WORKER_TOKEN}"}
+    assert httpx.post(f"{server.url}/runs", json=RUN, headers=operator).status_code == 201
+    claim = httpx.post(
+        f"{server.url}/claims", json={"worker_id": "w", "run_id": "r1"}, headers=worker
+    ).json()
+    asked = httpx.post(
+        f"{server.url}/runs/r1/phases/p1/approvals",
+        json={"lease_token": claim["lease_token"], "reason": "delete a file"},
+        headers=worker,
+    ).json()
+    approval = asked["approval_id"]
+
+    with httpx.Client(base_url=server.url) as browser:
+        first = browser.get("/ui")
+        assert first.status_code == 303 and first.headers["location"] == "/ui/login"
+        wrong = browser.post("/ui/login", data={"token": WORKER_TOKEN})
+        assert wrong.status_code == 401 and "autopack_session" not in browser.cookies
+        logged = browser.post("/ui/login", data={"token": OPERATOR_TOKEN})
+        assert logged.status_code == 303
+        cookie = logged.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+        assert OPERATOR_TOKEN not in logged.headers["set-cookie"]
+        page = browser.get("/ui")
+        assert page.status_code == 200 and f"/ui/approvals/{approval}/approve" in page.text
+        csrf = _csrf(page.text)
+
+        action = f"/ui/approvals/{approval}/approve"
+        assert browser.post(action, data={}).status_code == 403
+        assert browser.post(action, data={"csrf": "0" * 64}).status_code == 403
+        evil = browser.post(action, data={"csrf": csrf}, headers={"Origin": "https://evil.example"})
+        assert evil.status_code == 403
+        done = browser.post(action, data={"csrf": csrf}, headers={"Origin": server.url})
+        assert done.status_code == 303, done.text
+        out = browser.post("/ui/logout", data={"csrf": csrf})
+        assert out.status_code == 303
+        assert browser.get("/ui").status_code == 303  # logged out
+    with httpx.Client(base_url=server.url) as stranger:  # no cookie: no action
+        assert stranger.post(action, data={"csrf": csrf}).status_code == 403
+    decided = httpx.get(f"{server.url}/approvals?status=all", headers=operator).json()
+    assert [(a["id"], a["status"], a["responder"]) for a in decided] == [
+        (approval, "approved", "dashboard")
+    ]

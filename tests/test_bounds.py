@@ -1,0 +1,191 @@
+"""Plain bad input is a 4xx naming the field, never a 5xx (the findings, one by one).
+
+Each case once made the server answer 500 on PostgreSQL or SQLite (a NUL byte, an integer
+past INTEGER or INT64, a string longer than its VARCHAR, ``.inf`` minutes, a dependency
+chain deeper than Python's recursion limit) or made a run file mean something other than
+what it says (a duplicate YAML key). They run against a real server on both backends, or
+through the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from autopack.rundef import MAX_PHASES, parse_run_definition
+from tests.support import Server, clean_env, cli
+
+RUN = {
+    "run_id": "r1",
+    "tiers": [{"tier_id": "T1", "name": "t", "phases": [{"phase_id": "p1", "name": "p"}]}],
+}
+
+
+def _run(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(json.dumps(RUN))
+    body.update(changes)
+    return body
+
+
+def _usage_event(**changes: Any) -> dict[str, Any]:
+    event = {"run_id": "r1", "role": "builder", "provider": "anthropic", "model": "m"}
+    return {**event, "success": True, **changes}
+
+
+BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
+    # method, path, query, body, the field the refusal must name
+    ("GET", "/telemetry/summary", {"run_id": "a\x00b"}, None, "run_id"),
+    ("POST", "/runs/r1/phases/p1/heartbeat", {}, {"lease_token": "a\x00b"}, "lease_token"),
+    ("POST", "/runs", {}, _run(goal="a\x00b"), "goal"),
+    ("POST", "/approvals/1099511627776/approve", {}, {"responder": "me"}, "approval_id"),
+    ("POST", "/telemetry/llm-usage", {}, _usage_event(attempt=2147483648), "attempt"),
+    ("POST", "/runs", {}, _run(budgets={"token_cap": 3_000_000_000}), "token_cap"),
+    ("POST", "/telemetry/llm-usage", {}, _usage_event(stop_reason="x" * 60), "stop_reason"),
+    ("POST", "/runs", {}, _run(policy={"approval_timeout_minutes": 1e300}), "approval_timeout"),
+    ("GET", "/runs", {"offset": str(2**63)}, None, "offset"),
+    ("GET", "/runs", {"state": ""}, None, "state"),
+    ("POST", "/claims", {}, {"worker_id": "w", "lease_seconds": "60"}, "lease_seconds"),
+    (
+        "POST",
+        "/runs/r1/phases/p1/result",
+        {},
+        {"lease_token": "t", "outcome": "FAILED", "stop_reason": "x", "retryable": 1},
+        "retryable",
+    ),
+]
+
+
+def test_bad_input_is_refused_naming_the_field(database_url: str, tmp_path: Path) -> None:
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        assert httpx.post(f"{server.url}/runs", json=RUN).status_code == 201
+        for method, path, query, body, field in BAD:
+            answer = httpx.request(method, server.url + path, params=query, json=body)
+            assert answer.status_code == 422, (path, field, answer.status_code, answer.text)
+            assert answer.json()["error"] == "InvalidInput"
+            assert field in answer.text, (path, field, answer.text)
+        # a body that is not JSON, or not what it claims to be: the project's shape too
+        for content, kind in [(b"not json", "application/json"), (b"{}", "text/plain")]:
+            answer = httpx.post(
+                f"{server.url}/runs", content=content, headers={"content-type": kind}
+            )
+            assert answer.status_code in (400, 422) and set(answer.json()) >= {"error", "detail"}
+        unknown = httpx.get(f"{server.url}/no/such/thing")
+        assert unknown.status_code == 404 and unknown.json()["error"] == "NotFound"
+        assert httpx.get(f"{server.url}/health").status_code == 200  # still serving
+        assert "Traceback" not in server.output()
+
+
+def test_inf_minutes_in_a_run_file_is_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "run_id: r\npolicy:\n  approval_timeout_minutes: .inf\n"
+        "tiers:\n- tier_id: T\n  name: t\n  phases:\n  - phase_id: p\n    name: p\n"
+    )
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}")
+    result = cli("run", "create", str(path), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "approval_timeout_minutes" in result.stderr and "finite" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "run_id: r\ntiers:\n- tier_id: T\n  name: t\n  phases:\n"
+        "  - phase_id: p\n    name: p\n    checks: [pytest]\n    checks: ['touch pwned']\n"
+    )
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}")
+    result = cli("run", "create", str(path), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "duplicate key 'checks'" in result.stderr
+    path.with_suffix(".json").write_text('{"run_id": "r", "run_id": "s", "tiers": []}')
+    result = cli("run", "create", str(path.with_suffix(".json")), cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "appears twice" in result.stderr
+
+
+def _reverse_chain(length: int) -> dict[str, Any]:
+    """p0 depends on p1, which depends on p2, …: declared in reverse order, as deep as long."""
+    phases = [
+        {
+            "phase_id": f"p{i}",
+            "name": f"p{i}",
+            "depends_on": [f"p{i + 1}"] if i + 1 < length else [],
+        }
+        for i in range(length)
+    ]
+    return {"run_id": "chain", "tiers": [{"tier_id": "T", "name": "t", "phases": phases}]}
+
+
+def test_a_reverse_chain_of_3000_phases_is_accepted_without_recursion(
+    database_url: str, tmp_path: Path
+) -> None:
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(400)  # far below the chain's depth: recursion would fail here
+    try:
+        definition = parse_run_definition(_reverse_chain(3000))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert definition.phase_count() == 3000
+    cyclic = _reverse_chain(3000)
+    cyclic["tiers"][0]["phases"][-1]["depends_on"] = ["p0"]
+    with pytest.raises(Exception, match="depends_on has a cycle"):
+        parse_run_definition(cyclic)
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        created = httpx.post(f"{server.url}/runs", json=_reverse_chain(3000), timeout=120)
+        assert created.status_code == 201, created.text[:500]
+        claim = httpx.post(f"{server.url}/claims", json={"worker_id": "w", "run_id": "chain"})
+        assert claim.status_code == 200 and claim.json()["phase_id"] == "p2999"
+        too_many = _reverse_chain(MAX_PHASES + 1)
+        refused = httpx.post(f"{server.url}/runs", json=too_many, timeout=120)
+        assert refused.status_code == 422 and "phases" in refused.text
+
+
+def test_an_empty_db_meta_is_a_schema_error_that_upgrade_repairs(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM db_meta"))
+    engine.dispose()
+    refused = cli("db", "identity", cwd=tmp_path, env=env)
+    assert refused.returncode == 3, refused.stderr
+    assert "db_meta" in refused.stderr and "autopack db upgrade" in refused.stderr
+    assert "Traceback" not in refused.stderr and "NoResultFound" not in refused.stderr
+    assert cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    assert cli("db", "identity", cwd=tmp_path, env=env).returncode == 0
+
+
+def test_the_openapi_document_declares_the_errors_it_answers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+        document = httpx.get(f"{server.url}/openapi.json").json()
+        docs = httpx.get(f"{server.url}/docs").text
+        redoc = httpx.get(f"{server.url}/redoc").text
+        assets = [
+            httpx.get(f"{server.url}/docs/assets/{name}")
+            for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
+        ]
+    assert "HTTPValidationError" not in json.dumps(document)
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            if operation.get("parameters") or operation.get("requestBody"):
+                assert "422" in responses, (method, path)
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    schema = response["content"]["application/json"]["schema"]
+                    shape = "Health" if path == "/health" else "ErrorAnswer"  # 503: still Health
+                    assert schema == {"$ref": f"#/components/schemas/{shape}"}, (path, status)
+    state = next(p for p in document["paths"]["/runs"]["get"]["parameters"] if p["name"] == "state")
+    assert "anyOf" not in state["schema"]  # ?state= (empty) is not documented as valid
+    assert "http" not in docs.replace(server.url, "") and "/docs/assets/" in docs
+    assert "cdn" not in redoc and "fonts.googleapis" not in redoc
+    assert all(asset.status_code == 200 and len(asset.content) > 10_000 for asset in assets)

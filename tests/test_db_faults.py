@@ -1,0 +1,177 @@
+"""A dropped database connection loses nothing (and a retried post is applied once).
+
+The end-to-end case is the finding itself: PostgreSQL terminates the API server's
+connections again and again while a drain runs (``pg_terminate_backend``, what a restart
+or a failover does). The server retries each transaction that lost its connection on a new
+one, the executor retries its posts on a 5xx or a dropped connection, telemetry that could
+not be written waits in a queue; the drain ends with exit 0 and every row is there once.
+Below it, the pieces: idempotent usage reports and telemetry rows, the recorder's queue.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from autopack.contract import UsageIn
+from autopack.control import leases, telemetry
+from autopack.db import Database, open_database
+from autopack.errors import LeaseLost, ServerUnavailable
+from autopack.telemetry.events import LlmUsageIn, TelemetryEvent
+from autopack.telemetry.recorder import TelemetryRecorder
+from tests.conftest import _pg_conninfo, create_pg_database, drop_pg_database
+from tests.cp_support import claimed, create, phase_row, run_row
+from tests.executor_support import cassette, drain, env_for, files, line, phase, rows, run_file
+from tests.support import Server
+
+PHASES = 12
+
+
+class Terminator:
+    """Terminates every connection to ``database`` every ``interval`` seconds, in a thread."""
+
+    def __init__(self, admin_url: str, database: str, interval: float = 0.1) -> None:
+        self.admin_url, self.database, self.interval = admin_url, database, interval
+        self.killed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        with psycopg.connect(_pg_conninfo(self.admin_url), autocommit=True) as conn:
+            while not self._stop.wait(self.interval):
+                found = conn.execute(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
+                    "pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()) AS t",
+                    (self.database,),
+                ).fetchone()
+                self.killed += int(found[0]) if found else 0
+
+    def __enter__(self) -> Terminator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+@pytest.mark.postgres
+def test_a_drain_survives_postgres_dropping_the_api_connections(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    url = create_pg_database(pg_admin)
+    try:
+        env = env_for(
+            url,
+            AUTOPACK_API_TOKEN="operator-token-0123456789",
+            AUTOPACK_WORKER_TOKEN="worker-token-0123456789",
+        )
+        ids = [f"p{i}" for i in range(PHASES)]
+        check = 'python -c "import time; time.sleep(0.3)"'
+        spec = [phase(p, [f"pkg/{p}.py"], checks=[check]) for p in ids]
+        tape = cassette(
+            tmp_path,
+            [
+                line(p, 1, files(**{f"{p}_py": f"V = {i}\n"}), latency_ms=400)
+                for i, p in enumerate(ids)
+            ],
+        )
+        with Server(env, tmp_path, autopack_args=["serve"]) as server:
+            from tests.executor_support import create_run
+
+            create_run(run_file(tmp_path, spec), {**env, "AUTOPACK_API_URL": server.url}, tmp_path)
+            with Terminator(pg_admin, str(make_url(url).database)) as terminator:
+                result = drain(
+                    "run",
+                    *("--run-id", "exec-run", "-k", "4", "--auditor", "rules"),
+                    *("--cassette", str(tape), "--replay-speed", "1"),
+                    *("--workspace", str(tmp_path / "ws"), "--api-url", server.url),
+                    env=env,
+                    cwd=tmp_path,
+                    timeout=300,
+                )
+            server_log = server.output()
+            assert server.process.poll() is None, server_log[-3000:]
+        assert terminator.killed > 0
+        assert result.returncode == 0, result.stderr[-5000:]
+        summary = json.loads(result.stdout)
+        assert set(summary["phase_states"].values()) == {"COMPLETE"}
+        assert summary["telemetry_failures"] == 0, result.stderr[-5000:]
+        usage = rows(url, "SELECT phase_id, input_tokens, output_tokens FROM llm_usage_events")
+        assert sorted(u["phase_id"] for u in usage) == sorted(ids)  # each once, none lost
+        estimations = rows(url, "SELECT phase_id FROM token_estimation_v2_events")
+        assert sorted(e["phase_id"] for e in estimations) == sorted(ids)
+        [run] = rows(url, "SELECT tokens_used FROM runs")
+        assert run["tokens_used"] == sum(u["input_tokens"] + u["output_tokens"] for u in usage)
+        assert "Traceback" not in server_log, server_log[-5000:]
+    finally:
+        drop_pg_database(pg_admin, url)
+
+
+# -- the pieces ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = open_database(database_url, role="test", log=False)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+def test_a_usage_report_sent_twice_is_counted_once(db: Database) -> None:
+    create(db)
+    leased = claimed(db)
+    report = UsageIn(lease_token=leased.lease_token, tokens=100, cost_usd=0.5)
+    first = leases.report_usage(db, "r", "a", report)
+    again = leases.report_usage(db, "r", "a", report)  # its answer was lost: sent again
+    assert first.phase.tokens_used == again.phase.tokens_used == 100
+    assert again.run.tokens_used == 100
+    other = UsageIn(lease_token=leased.lease_token, tokens=7, cost_usd=0.0)
+    assert leases.report_usage(db, "r", "a", other).phase.tokens_used == 107
+    assert phase_row(db, "r", "a")["tokens_used"] == run_row(db)["tokens_used"] == 107
+    with pytest.raises(LeaseLost):  # still fenced: a stranger's token is refused
+        leases.report_usage(db, "r", "a", UsageIn(lease_token="nope", tokens=1))
+
+
+def test_a_telemetry_event_sent_twice_is_stored_once(db: Database) -> None:
+    event = LlmUsageIn(run_id="r", role="builder", provider="p", model="m", success=True)
+    first = telemetry.record(db, event)
+    assert telemetry.record(db, event) == first
+    assert len(telemetry.usage_events(db)) == 1
+    telemetry.record(db, event.model_copy(update={"idempotency_key": None}))
+    assert len(telemetry.usage_events(db)) == 2  # no key (an old executor): stored as sent
+
+
+def test_telemetry_waits_in_a_queue_and_is_lost_only_at_the_end() -> None:
+    outage = {"left": 2}
+    stored: list[TelemetryEvent] = []
+
+    def post(event: TelemetryEvent) -> int:
+        if outage["left"] > 0:
+            outage["left"] -= 1
+            raise ServerUnavailable("the API is restarting")
+        stored.append(event)
+        return len(stored)
+
+    recorder = TelemetryRecorder(post, enabled=True)
+    first = LlmUsageIn(run_id="r", role="builder", provider="p", model="m", success=True)
+    second = first.model_copy(update={"idempotency_key": "second"})
+    recorder.record(first)  # the API is away: queued, not lost
+    assert (recorder.written, recorder.queued, recorder.lost) == (0, 1, 0)
+    recorder.record(second)  # the queue is tried first, still away: both wait, in order
+    assert recorder.queued == 2 and not stored
+    assert recorder.failures == 0  # the end: the queue gets its last try, and gets through
+    assert [e.idempotency_key for e in stored] == [first.idempotency_key, "second"]
+    assert recorder.written == 2
+
+    outage["left"] = 10**6
+    recorder.record(first)
+    assert recorder.failures == 1  # still unwritten at the end: counted, once
