@@ -311,7 +311,9 @@ def measure_db_layer(database_url: str, workers: int, phases: int) -> dict[str, 
     from autopack.control import leases, results, runs
     from autopack.db import open_database
 
-    database = open_database(resolve_database_url(database_url), role="bench", log=False)
+    database = open_database(
+        resolve_database_url(database_url), role="bench", log=False, create=True
+    )
     run_id = f"db-{workers}w-{uuid.uuid4().hex[:6]}"
     runs.create_run(
         database,
@@ -401,6 +403,7 @@ def run_backend(
         workdir = Path(tmp)
         pg_name = None
         if backend == "sqlite":
+            (workdir / "bench.db").touch()  # empty: the server initialises, never creates
             url = f"sqlite:///{workdir / 'bench.db'}"
         else:
             url, pg_name = _pg_database(pg_url)

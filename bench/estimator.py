@@ -256,7 +256,9 @@ def write_and_read(events: Sequence[TokenEstimationIn], directory: Path) -> list
     from autopack.control import telemetry
     from autopack.db import open_database
 
-    database = open_database(f"sqlite:///{directory / 'estimator-bench.db'}", role="bench")
+    database = open_database(
+        f"sqlite:///{directory / 'estimator-bench.db'}", role="bench", create=True
+    )
     try:
         for event in events:
             telemetry.record(database, event)

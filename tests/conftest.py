@@ -77,11 +77,21 @@ def backend(request: pytest.FixtureRequest) -> str:
     return backend_name
 
 
+def empty_sqlite(path: Path) -> str:
+    """An empty SQLite database file (zero bytes is a valid, empty database), as a URL.
+
+    Like a freshly created PostgreSQL database it exists and holds nothing, so commands
+    that never create a database (only initialise an empty one) can use it.
+    """
+    path.touch()
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
 def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A brand-new, empty database on ``backend`` (absolute URL)."""
     if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'autopack.db'}"
+        yield empty_sqlite(tmp_path / "autopack.db")
         return
     admin = request.getfixturevalue("pg_admin")
     url = create_pg_database(admin)
@@ -99,7 +109,7 @@ def second_database_url(
     if backend == "sqlite":
         other = tmp_path / "other"
         other.mkdir()
-        yield f"sqlite:///{other / 'autopack.db'}"
+        yield empty_sqlite(other / "autopack.db")
         return
     admin = request.getfixturevalue("pg_admin")
     url = create_pg_database(admin)

@@ -136,6 +136,13 @@ def drain(
     return cli("drain", *args, "--json", cwd=cwd, env=env, timeout=timeout)
 
 
+def cli_drain(
+    *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``autopack drain ARGS`` as a person runs it (the summary as tables)."""
+    return cli("drain", *args, cwd=cwd, env=env, timeout=timeout)
+
+
 def drain_process(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "autopack", "drain", *args],

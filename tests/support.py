@@ -19,9 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 SETTING_NAMES = [name.upper() for name in Settings.model_fields]
 
 
+TERMINAL_SIZE = ("COLUMNS", "LINES")
+"""Set by pytest-xdist's workers (80 columns); a piped command must not inherit them."""
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
-    """The test process's environment without any Autopack setting, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    """The test process's environment without any Autopack setting (nor a terminal size:
+    the commands' output is piped, as in CI), plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES and k not in TERMINAL_SIZE}
     env["PYTHONPATH"] = str(REPO / "src")
     env.update(overrides)
     return env
@@ -133,7 +138,11 @@ class Server:
         self._log_file.close()
 
     def __enter__(self) -> Server:
-        self.wait_healthy()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:

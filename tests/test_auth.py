@@ -21,6 +21,7 @@ from starlette.requests import Request
 from autopack.api.auth import Authenticator
 from autopack.config import Settings
 from autopack.errors import ConfigError, Forbidden
+from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
 
 OPERATOR_TOKEN = "operator-token-0123456789abcdef"
@@ -32,6 +33,7 @@ OPERATOR_ONLY = {
     ("post", "/runs/{run_id}/cancel"),
     ("post", "/runs/{run_id}/phases/{phase_id}/requeue"),
     ("get", "/approvals"),
+    ("get", "/approvals/{approval_id}"),
     ("post", "/approvals/{approval_id}/approve"),
     ("post", "/approvals/{approval_id}/reject"),
     ("get", "/telemetry/events"),
@@ -75,7 +77,7 @@ def _call(server: Server, method: str, path: str, token: str | None) -> httpx.Re
 
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    url = empty_sqlite(tmp_path / "autopack.db")
     with Server(clean_env(DATABASE_URL=url, **TOKENS), cwd=tmp_path) as running:
         yield running
 

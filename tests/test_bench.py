@@ -87,3 +87,29 @@ def test_control_plane_benchmark_drives_a_server_running_elsewhere(
     ]
     assert all(row["cpu_ms_per_phase"]["server"] is None for row in rows)
     assert all(row["cpu_ms_per_phase"]["clients"] > 0 for row in rows)
+
+
+def test_cli_startup_benchmark_times_every_command(tmp_path: Path) -> None:
+    rows_file = tmp_path / "rows.json"
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.cli_startup", "--runs", "1", "--json", str(rows_file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**clean_env(), "TMPDIR": str(tmp_path)},
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows: list[dict[str, Any]] = json.loads(rows_file.read_text())
+    assert [row["command"] for row in rows] == [
+        "python -c pass",
+        "import typer",
+        "--version",
+        "--help",
+        "drain run --help",
+        "run list --help",
+        "db --help",
+    ]
+    assert all(row["min_s"] > 0 for row in rows)
+    assert list(tmp_path.iterdir()) == [rows_file], "help and version touch no database"

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from autopack.rundef import MAX_PHASES, parse_run_definition
+from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
 
 RUN = {
@@ -164,7 +165,7 @@ def test_an_empty_db_meta_is_a_schema_error_that_upgrade_repairs(
 
 
 def test_the_openapi_document_declares_the_errors_it_answers(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'a.db'}"
+    url = empty_sqlite(tmp_path / "a.db")
     with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
         document = httpx.get(f"{server.url}/openapi.json").json()
         docs = httpx.get(f"{server.url}/docs").text

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from autopack.executor.check_policy import CheckPolicy
+from tests.conftest import empty_sqlite
 from tests.executor_support import (
     attempts,
     cassette,
@@ -27,7 +28,7 @@ from tests.support import cli
 
 
 def test_a_check_outside_the_allow_list_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    url = empty_sqlite(tmp_path / "autopack.db")
     env = env_for(url)
     allowed = 'python -c "print(42)"'
     spec = [
@@ -40,7 +41,7 @@ def test_a_check_outside_the_allow_list_is_refused_before_anything_runs(tmp_path
         [line("good", 1, files(good_py="G = 1\n")), line("evil", 1, files(evil_py="E = 1\n"))],
     )
     result = cli(
-        *("--allow-check-prefix", "python -c", "drain", "run", "--run-id", "exec-run"),
+        *("drain", "run", "--run-id", "exec-run", "--allow-check-prefix", "python -c"),
         *("--auditor", "rules", "--cassette", str(tape), "--json"),
         *("--workspace", str(tmp_path / "ws")),
         cwd=tmp_path,
@@ -55,6 +56,28 @@ def test_a_check_outside_the_allow_list_is_refused_before_anything_runs(tmp_path
     assert "touch pwned" in refused["error"] and "--allow-check-prefix" in refused["error"]
     calls = rows(url, "SELECT phase_id FROM llm_usage_events")
     assert [c["phase_id"] for c in calls] == ["good"]  # no LLM call for the refused phase
+
+
+def test_drain_phase_refuses_by_the_environment_setting_and_says_why(tmp_path: Path) -> None:
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url, AUTOPACK_ALLOW_CHECK_PREFIX="python -m pytest;ruff")
+    create_run(
+        run_file(tmp_path, [phase("evil", ["pkg/evil.py"], checks=["touch pwned"])]), env, tmp_path
+    )
+    tape = cassette(tmp_path, [line("evil", 1, files(evil_py="E = 1\n"))])
+    result = cli(
+        *("drain", "phase", "--run-id", "exec-run", "--phase-id", "evil", "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "check_not_allowed" in result.stdout  # the summary names the reason
+    assert not (tmp_path / "ws" / "pwned").exists()
+    [refused] = attempts(url, "evil")
+    assert (refused["stop_reason"], refused["outcome"]) == ("check_not_allowed", "FAILED")
+    assert "'python -m pytest', 'ruff'" in refused["error"]
+    assert rows(url, "SELECT phase_id FROM llm_usage_events") == []
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,9 @@ def test_eight_workers_complete_every_phase_exactly_once(database_url: str, tmp_
     assert len({entry["worker"] for entry in done}) >= 2, "the work was shared"
     assert run.state == "DONE_SUCCESS" and run.counts == {"COMPLETE": PHASES}
 
-    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    database = open_database(
+        resolve_database_url(database_url), role="test", log=False, create=True
+    )
     try:
         rows = attempt_rows(database, run_id)
         assert set(states(database, run_id).values()) == {"COMPLETE"}

@@ -38,6 +38,7 @@ def test_env_beats_dotenv(tmp_path: Path) -> None:
         "name": "DATABASE_URL",
         "value": f"sqlite:///{tmp_path}/from_env.db",
         "source": "env",
+        "resolved_against": str(tmp_path),
     }
 
 
@@ -56,6 +57,7 @@ def test_default_when_nothing_is_set(tmp_path: Path) -> None:
         "name": "DATABASE_URL",
         "value": f"sqlite:///{tmp_path}/autopack.db",
         "source": "default",
+        "resolved_against": str(tmp_path),
     }
 
 
@@ -78,6 +80,7 @@ def test_dotenv_default_database_does_not_redirect_the_environment(tmp_path: Pat
     """The legacy failure: a .env naming autopack.db must not win over the environment."""
     _write_env(tmp_path, "DATABASE_URL=sqlite:///autopack.db\n")
     env = clean_env(DATABASE_URL="sqlite:///autopack_telemetry_seed.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
     result = cli("db", "identity", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["url"] == f"sqlite:///{tmp_path}/autopack_telemetry_seed.db"
@@ -107,13 +110,9 @@ def test_relative_sqlite_path_reaches_a_child_in_another_directory(
     settings = load_settings().settings
     assert settings.database_url == f"sqlite:///{parent_dir}/autopack_telemetry_seed.db"
 
-    first = cli(
-        "db",
-        "identity",
-        "--json",
-        cwd=parent_dir,
-        env=clean_env(DATABASE_URL="sqlite:///autopack_telemetry_seed.db"),
-    )
+    parent_env = clean_env(DATABASE_URL="sqlite:///autopack_telemetry_seed.db")
+    assert cli("db", "init", cwd=parent_dir, env=parent_env).returncode == 0
+    first = cli("db", "identity", "--json", cwd=parent_dir, env=parent_env)
     # The child runs elsewhere, next to a .env that names another database.
     _write_env(child_dir, "DATABASE_URL=sqlite:///autopack.db\n")
     second = cli("db", "identity", "--json", cwd=child_dir, env=child_env(settings))
@@ -131,9 +130,12 @@ def test_invalid_database_url_is_a_config_error_naming_the_value(tmp_path: Path)
 
 def test_unreachable_database_is_a_config_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/no/such/dir/x.db"
-    result = cli("db", "identity", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    result = cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
     assert result.returncode == 2
     assert "cannot open database" in result.stderr
+    result = cli("db", "identity", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    assert result.returncode == 2
+    assert f"no database at {tmp_path}/no/such/dir/x.db" in result.stderr
 
 
 @pytest.mark.parametrize(

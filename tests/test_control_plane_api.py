@@ -40,7 +40,7 @@ from autopack.db import Database, open_database
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
 from autopack.rundef import parse_run_definition
 from autopack.states import ApprovalStatus, PhaseState, RunState
-from tests.conftest import BACKENDS, create_pg_database, drop_pg_database
+from tests.conftest import BACKENDS, create_pg_database, drop_pg_database, empty_sqlite
 from tests.cp_support import definition, expire_lease, snapshot
 from tests.support import Server, clean_env
 
@@ -77,7 +77,7 @@ def plane(
 ) -> Iterator[Plane]:
     workdir = tmp_path_factory.mktemp("api")
     if request.param == "sqlite":
-        url, cleanup = f"sqlite:///{workdir / 'autopack.db'}", None
+        url, cleanup = empty_sqlite(workdir / "autopack.db"), None
     else:
         admin = request.getfixturevalue("pg_admin")
         url = create_pg_database(admin)
@@ -86,7 +86,7 @@ def plane(
     server = Server(env, cwd=workdir)
     try:
         server.wait_healthy()
-        database = open_database(resolve_database_url(url), role="test", log=False)
+        database = open_database(resolve_database_url(url), role="test", log=False, create=True)
         with ApiClient(server.url) as client:
             yield Plane(server, client, database)
         database.close()
@@ -358,7 +358,7 @@ def test_requeue_over_http(plane: Plane) -> None:
         ResultIn(lease_token=b.lease_token, outcome=PhaseState.COMPLETE, stop_reason="done"),
     )
     assert client.get_run(run_id).state == "DONE_FAILED_PHASES"
-    with pytest.raises(IllegalTransition, match="COMPLETE to QUEUED"):
+    with pytest.raises(IllegalTransition, match="is COMPLETE: requeueing it runs it again"):
         client.requeue_phase(run_id, "b", RequeueIn())
     view = client.requeue_phase(run_id, "a", RequeueIn(requested_by="ops", reason="flaky"))
     assert view.state == "QUEUED" and view.attempts_left == 1
@@ -451,7 +451,7 @@ def test_expiry_path_by_the_background_task(plane: Plane, policy: str, expected:
 
 
 def test_maintenance_logs_a_failing_pass_and_keeps_going(database_url: str) -> None:
-    database = open_database(database_url, role="test", log=False)
+    database = open_database(database_url, role="test", log=False, create=True)
     try:
 
         async def scenario() -> Maintenance:

@@ -62,7 +62,9 @@ def test_legacy_script_on_either_backend_initialises_and_is_repeatable(
         assert result.returncode == 0, result.stderr
         run = json.loads(result.stdout)
         assert run["run_id"] == "telemetry-collection-v4" and run["counts"] == {"QUEUED": 10}
-    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    database = open_database(
+        resolve_database_url(database_url), role="test", log=False, create=True
+    )
     try:
         assert runs.list_runs(database).total == 1
     finally:
@@ -77,8 +79,10 @@ def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path
     assert created.returncode == 0, created.stderr
     assert "created run cli-run: 1 tier(s), 2 phase(s), QUEUED" in created.stdout
     duplicate = cli("run", "create", str(run_file), cwd=tmp_path, env=env)
-    assert duplicate.returncode == 1
-    assert "Conflict" in duplicate.stderr and "already exists" in duplicate.stderr
+    assert duplicate.returncode == 2  # bad input, not a failed phase; and how to go on
+    assert "run 'cli-run' already exists" in duplicate.stderr
+    assert f"change run_id in {run_file}" in duplicate.stderr
+    assert "autopack run requeue cli-run PHASE" in duplicate.stderr
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -105,7 +109,9 @@ def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path
 
 def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL=database_url)
-    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    database = open_database(
+        resolve_database_url(database_url), role="test", log=False, create=True
+    )
     try:
         create(database, tiers=[("T1", ["a", "b"])])
         ids = []
@@ -169,6 +175,7 @@ def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path:
 @pytest.mark.parametrize("command", [["run", "show", "ghost"], ["run", "phase", "ghost", "a"]])
 def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL="sqlite:///here.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
     result = cli(*command, cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "run 'ghost' not found in database" in result.stderr
@@ -177,7 +184,9 @@ def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> N
 
 def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL=database_url)
-    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    database = open_database(
+        resolve_database_url(database_url), role="test", log=False, create=True
+    )
     try:
         create(database, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}, "b"])])
         leased = claimed(database)

@@ -64,7 +64,7 @@ from tests.cp_support import (
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url, role="test", log=False)
+    database = open_database(database_url, role="test", log=False, create=True)
     try:
         yield database
     finally:
@@ -608,7 +608,7 @@ def test_requeue_refuses_complete_queued_and_cancelled(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b"])])
     finish(db, claimed(db))
     before = snapshot(db)
-    with pytest.raises(IllegalTransition, match="phase r/a cannot go from COMPLETE to QUEUED"):
+    with pytest.raises(IllegalTransition, match="phase r/a is COMPLETE: requeueing it runs it"):
         runs.requeue_phase(db, "r", "a", RequeueIn())
     with pytest.raises(IllegalTransition, match="from QUEUED to QUEUED"):
         runs.requeue_phase(db, "r", "b", RequeueIn())

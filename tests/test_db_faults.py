@@ -17,9 +17,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from autopack.contract import UsageIn
+from autopack.contract import HeartbeatIn, UsageIn
 from autopack.control import leases, telemetry
 from autopack.db import Database, open_database
 from autopack.errors import LeaseLost, ServerUnavailable
@@ -175,3 +176,37 @@ def test_telemetry_waits_in_a_queue_and_is_lost_only_at_the_end() -> None:
     outage["left"] = 10**6
     recorder.record(first)
     assert recorder.failures == 1  # still unwritten at the end: counted, once
+
+
+class ClosesNewConnections:
+    """Closes each of the next ``count`` connections the engine opens as soon as it is open:
+    what a server terminating every backend at once looks like to the pool, which then
+    gives up a checkout (``This connection is closed``) after reconnecting once."""
+
+    def __init__(self, database: Database) -> None:
+        self.database, self.left = database, 0
+        event.listen(database.engine, "connect", self._connect)
+
+    def arm(self, count: int) -> None:
+        self.left = count
+        self.database.engine.dispose()  # the next checkout opens a new connection
+
+    def _connect(self, dbapi_connection: psycopg.Connection[object], _record: object) -> None:
+        if self.left > 0:
+            self.left -= 1
+            dbapi_connection.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_checkout_the_pool_gives_up_on_is_retried_like_a_lost_connection(db: Database) -> None:
+    create(db)
+    leased = claimed(db)
+    closer = ClosesNewConnections(db)
+    closer.arm(4)  # two whole checkouts fail
+    renewed = leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=leased.lease_token))
+    assert renewed.lease_expires_at > leased.lease_expires_at
+    assert closer.left == 0
+    closer.arm(4)
+    report = UsageIn(lease_token=leased.lease_token, tokens=5, cost_usd=0.0)
+    assert leases.report_usage(db, "r", "a", report).phase.tokens_used == 5
+    assert closer.left == 0

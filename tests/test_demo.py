@@ -43,6 +43,35 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     ]
     calls = rows(url, "SELECT role, COUNT(*) AS n FROM llm_usage_events GROUP BY role")
     assert {r["role"]: r["n"] for r in calls} == {"builder": 13, "auditor": 10}
+    # Replayed, not spent: provider replay with the recorded model, the cost it would have
+    # had kept on the row and shown as replayed, the run billed nothing.
+    assert rows(url, "SELECT DISTINCT provider, model FROM llm_usage_events") == [
+        {"provider": "replay", "model": "claude-sonnet-5-5"}
+    ]
+    assert rows(url, "SELECT cost_usd FROM runs") == [{"cost_usd": 0.0}]
+    [would] = rows(url, "SELECT SUM(cost_usd) AS usd FROM llm_usage_events")
+    assert would["usd"] > 0.1
+    assert f"cost $0.0000 (replayed calls, not billed: ${would['usd']:.4f})" in done.stdout
+    assert "0.1654 replayed" in done.stdout and "billed cost $0.0000" in done.stdout
+    calibrated = cli("telemetry", "calibrate", "--json", "--database-url", url, cwd=tmp_path)
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert "left out 13 replayed estimation event(s)" in calibrated.stderr
+    assert json.loads(calibrated.stdout)["n_phases"] == 0
+    included = cli(
+        "telemetry",
+        "calibrate",
+        "--include-replayed",
+        "--json",
+        "--database-url",
+        url,
+        cwd=tmp_path,
+    )
+    assert included.returncode == 0, included.stderr
+    assert "left out" not in included.stderr and json.loads(included.stdout)["n_phases"] > 0
+    verdict = json.loads(included.stdout)["verdict"]
+    assert verdict["action"] == "wait" and verdict["line"].startswith("wait: truncation")
+    assert not list(tmp_path.glob("*.json")), "nothing written without --write"
+    calibration_writes_when_asked(tmp_path, url)
     escalations = rows(url, "SELECT phase_id FROM token_budget_escalation_events")
     assert escalations == [{"phase_id": "telemetry-p4-date-util"}]
     outcomes = rows(url, "SELECT DISTINCT phase_outcome FROM token_estimation_v2_events")
@@ -78,33 +107,16 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     assert sorted(line.split()[1] for line in subjects) == sorted(r["phase_id"] for r in phase_ids)
 
 
-def test_calibrate_after_the_demo_gives_a_verdict_and_writes_only_when_asked(
-    tmp_path: Path,
-) -> None:
-    demo_dir = tmp_path / "demo"
-    done = cli("demo", "--dir", str(demo_dir), "--replay-speed", "0", cwd=tmp_path, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    env = clean_env(
-        DATABASE_URL=f"sqlite:///{demo_dir / 'autopack.db'}",
-        AUTOPACK_DEFAULT_API_PORT=str(free_port()),
-    )
-    judged = cli("telemetry", "calibrate", "--json", cwd=tmp_path, env=env)
-    assert judged.returncode == 0, judged.stderr
-    verdict = json.loads(judged.stdout)["verdict"]
-    assert verdict["action"] == "wait", "ten phases are too few to judge"
-    assert not list(tmp_path.glob("*.json")), "nothing written without --write"
+def calibration_writes_when_asked(tmp_path: Path, url: str) -> None:
+    """``--write`` stores a new estimator version, ``--plot`` a PNG; the verdict is last."""
+    env = clean_env(DATABASE_URL=url, AUTOPACK_DEFAULT_API_PORT=str(free_port()))
     written = cli(
-        "telemetry",
-        "calibrate",
-        "--write",
-        str(tmp_path / "estimator.json"),
-        "--plot",
-        str(tmp_path / "fit.png"),
+        *("telemetry", "calibrate", "--include-replayed"),
+        *("--write", str(tmp_path / "estimator.json"), "--plot", str(tmp_path / "fit.png")),
         cwd=tmp_path,
         env=env,
     )
     assert written.returncode == 0, written.stderr
-    assert verdict["line"].startswith("wait: truncation")
-    assert "wait: truncation" in written.stdout, "the verdict is the last word"
+    assert "wait: truncation" in written.stdout
     assert TokenEstimator.load(tmp_path / "estimator.json").version != TokenEstimator.load().version
     assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,6 +16,7 @@ import pytest
 from tests.executor_support import (
     branch_files,
     cassette,
+    cli_drain,
     create_run,
     drain,
     drain_process,
@@ -137,8 +138,11 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
                 break
         process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
-    assert process.returncode != 0
+    assert process.returncode == (143 if how == "sigterm" else 130)
     assert _wait_dead(server), f"API server {server} outlived the drain ({how})"
+    for phase_id in ("p0", "p1"):
+        row = phase_row(url, phase_id)
+        assert (row["state"], row["lease_owner"]) == ("QUEUED", None), row
 
 
 def test_one_ctrl_c_finishes_the_attempt_in_flight_and_reports(tmp_path: Path) -> None:
@@ -154,7 +158,7 @@ def test_one_ctrl_c_finishes_the_attempt_in_flight_and_reports(tmp_path: Path) -
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1, stderr[-3000:]
+    assert process.returncode == 130, stderr[-3000:]  # 128 + SIGINT, after the summary
     assert "stopped by Ctrl-C" in stderr and "Traceback" not in stderr
     assert "p0" in stdout and "COMPLETE" in stdout  # the summary table is printed
     assert phase_row(url, "p0")["state"] == "COMPLETE"
@@ -208,7 +212,7 @@ def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: P
     assert process.returncode == 2, stderr[-3000:]
     assert "nothing is lost" in stderr and "run the same command again" in stderr
 
-    again = drain(*args, env=env, cwd=tmp_path, timeout=120)
+    again = drain(*args, "--replay-speed", "0", env=env, cwd=tmp_path, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["run_state"] == "DONE_SUCCESS"
     history = rows(url, "SELECT phase_id, outcome, stop_reason FROM phase_attempts ORDER BY id")
@@ -218,3 +222,55 @@ def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: P
         ("p1", "COMPLETE", "completed"),
         ("p1", "LOST", "lease_expired"),
     ]
+
+
+def test_sigterm_mid_attempt_hands_every_lease_back_without_spending_a_retry(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Issue 13 §4: SIGTERM leaves no lease held by a dead worker, prints the summary and
+    exits 143; the next drain finds the phases QUEUED and their one attempt unspent."""
+    env = env_for(database_url, AUTOPACK_REPLAY_SPEED="1")
+    phases = [phase(f"p{i}", [f"pkg/m{i}.py"], max_attempts=1) for i in range(2)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = _tape(tmp_path, 2, latency_ms=60_000)
+    process = drain_process(*_run_args(tmp_path, tape, "-k", "2"), env=env, cwd=tmp_path)
+    seen: list[str] = []
+    server = _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while {phase_row(database_url, p)["state"] for p in ("p0", "p1")} != {"EXECUTING"}:
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and "leases_handed_back" in stderr
+    assert "run exec-run" in stdout and "interrupted" in stdout  # the summary, printed
+    assert "stopped by SIGTERM" in stderr
+    assert _wait_dead(server)
+    for phase_id in ("p0", "p1"):
+        row = phase_row(database_url, phase_id)
+        assert (row["state"], row["lease_owner"], row["lease_token"]) == ("QUEUED", None, None)
+    history = rows(database_url, "SELECT outcome, stop_reason FROM phase_attempts")
+    assert history == [{"outcome": "FAILED", "stop_reason": "interrupted"}] * 2
+
+    again = drain(
+        *_run_args(tmp_path, tape, "-k", "2", "--replay-speed", "0"), env=env, cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    outcomes = rows(database_url, "SELECT outcome FROM phase_attempts ORDER BY id")
+    assert [o["outcome"] for o in outcomes][2:] == ["COMPLETE", "COMPLETE"]  # no LOST
+
+
+def test_a_second_drain_says_done_before_and_leaves_no_server_log(tmp_path: Path) -> None:
+    _, env = _setup(tmp_path, 2)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
+    tape = _tape(tmp_path, 2, latency_ms=0)
+    first = drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = cli_drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("done before this drain") == 2, second.stdout
+    assert "COMPLETE │ 0" not in second.stdout
+    assert list(scratch.glob("autopack-api-*.log")) == [], "a healthy server's log is deleted"

@@ -88,7 +88,7 @@ def two_databases(
         urls = [create_pg_database(admin) for _ in range(2)]
     try:
         for url in urls:
-            open_database(resolve_database_url(url), role="test", log=False).close()
+            open_database(resolve_database_url(url), role="test", log=False, create=True).close()
         (workdir / "r1.yaml").write_text(RUN_FILE)
         with Server(clean_env(DATABASE_URL=urls[1]), cwd=workdir) as server:
             yield TwoDatabases(

@@ -92,18 +92,19 @@ def test_a_stale_executor_never_deletes_or_replaces_completed_work(tmp_path: Pat
     ws = repository(tmp_path / "ws")
     slow = 'python -c "import time; time.sleep(3)"'
     create_run(run_file(tmp_path, [phase("p1", ["pkg/out.txt"], checks=[slow])]), env, tmp_path)
-    answers = [
-        line("p1", 1, _answer(out_txt="from A\n")),
-        line("p1", 2, _answer(out_txt="from B\n")),
-    ]
-    tape = cassette(tmp_path, answers)
+    tapes = {}
+    for name in ("A", "B"):  # each process answers its first call from its own cassette
+        (tmp_path / name).mkdir()
+        tapes[name] = cassette(tmp_path / name, [line("p1", 1, _answer(out_txt=f"from {name}\n"))])
     a = drain_process(
-        *_args(ws, tape, "--lease-seconds", "5", phase_id="p1"), env=env, cwd=tmp_path
+        *_args(ws, tapes["A"], "--lease-seconds", "5", phase_id="p1"), env=env, cwd=tmp_path
     )
     _wait_for(lambda: phase_row(url, "p1")["state"] == "CI_RUNNING", "A's checks")
     a.send_signal(signal.SIGSTOP)
     try:
-        b = drain(*_args(ws, tape, "--lease-seconds", "5", phase_id="p1"), env=env, cwd=tmp_path)
+        b = drain(
+            *_args(ws, tapes["B"], "--lease-seconds", "5", phase_id="p1"), env=env, cwd=tmp_path
+        )
         assert b.returncode == 0, b.stderr[-3000:]
         assert on_branch(ws, "pkg/out.txt") == "from B\n"
     finally:

@@ -40,7 +40,7 @@ def test_fresh_database_is_initialised_once_and_keeps_its_identity(
 
 
 def test_migrations_create_exactly_the_models(database_url: str) -> None:
-    database = open_database(database_url, role="test", log=False)
+    database = open_database(database_url, role="test", log=False, create=True)
     try:
         with database.engine.connect() as connection:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
@@ -50,7 +50,7 @@ def test_migrations_create_exactly_the_models(database_url: str) -> None:
 
 
 def _drop_approvals_keeping_a_run(url: str) -> None:
-    database = open_database(url, role="test", log=False)
+    database = open_database(url, role="test", log=False, create=True)
     with database.engine.begin() as connection:
         connection.execute(
             text(

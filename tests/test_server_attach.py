@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, free_port
 
 
@@ -130,3 +131,30 @@ def test_mismatching_server_on_default_port_is_ignored_with_a_warning(
         _, stderr = holder.communicate(timeout=60)
     assert report["origin"] == "spawned" and report["url"] != stale.url
     assert "api_server_ignored" in stderr and stale.url in stderr
+
+
+def test_a_port_taken_between_probe_and_bind_is_retried_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many executors on one machine each spawn a server on a probed free port; when another
+    server takes it first, ours fails to bind while that one answers the handshake (with
+    another database): that is a taken port, retried, not an identity mismatch."""
+    from autopack import connect
+    from autopack.client import ApiClient
+    from autopack.config import Settings
+    from autopack.db import open_database
+
+    theirs = empty_sqlite(tmp_path / "theirs.db")
+    ours = open_database(empty_sqlite(tmp_path / "ours.db"), role="test", log=False)
+    with Server(clean_env(DATABASE_URL=theirs), tmp_path) as foreign:
+        ports = iter([foreign.port])
+        monkeypatch.setattr(connect, "free_port", lambda: next(ports, None) or free_port())
+        settings = Settings(database_url=ours.identity.url)
+        child = connect._spawn(settings, ours.identity, timeout=60)
+        try:
+            assert child.url != foreign.url
+            with ApiClient(child.url, token=connect.client_token(settings)) as client:
+                assert client.health().database.instance_id == ours.identity.instance_id
+        finally:
+            child.stop()
+            ours.close()

@@ -11,6 +11,7 @@ import pytest
 from autopack.errors import IllegalTransition
 from autopack.states import (
     APPROVAL_TRANSITIONS,
+    PHASE_REQUEUEABLE,
     PHASE_TRANSITIONS,
     RUN_TRANSITIONS,
     ApprovalStatus,
@@ -44,9 +45,11 @@ def test_every_pair_outside_the_table_is_refused(
 
 
 def test_terminal_states_have_no_way_out_except_requeue() -> None:
-    assert PHASE_TRANSITIONS[PhaseState.COMPLETE] == frozenset()
+    # COMPLETE and DONE_SUCCESS reopen only for a requeue that names COMPLETE (the probe).
+    assert PHASE_TRANSITIONS[PhaseState.COMPLETE] == {PhaseState.QUEUED}
+    assert PhaseState.COMPLETE not in PHASE_REQUEUEABLE
     assert PHASE_TRANSITIONS[PhaseState.FAILED] == {PhaseState.QUEUED}
-    assert RUN_TRANSITIONS[RunState.DONE_SUCCESS] == frozenset()
+    assert RUN_TRANSITIONS[RunState.DONE_SUCCESS] == {RunState.RUNNING}
     assert RUN_TRANSITIONS[RunState.DONE_CANCELLED] == frozenset()
     assert RUN_TRANSITIONS[RunState.DONE_FAILED_PHASES] == {RunState.RUNNING}
 

@@ -17,7 +17,6 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -78,7 +77,6 @@ BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 4.0
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 M = TypeVar("M", bound=BaseModel)
-ClaimFilter = Callable[[Claim], ResultIn | None]
 """For a claim this process will not work on, the result that finishes it at once."""
 _TELEMETRY_PATH = {"usage": "llm-usage", "estimation": "estimations", "escalation": "escalations"}
 _ERROR_BY_STATUS: dict[int, type[AutopackError]] = {
@@ -122,9 +120,7 @@ class ApiClient:
     ``transport``: how to reach it when not over TCP (the CLI's in-process server listens
     on a Unix socket); ``where`` names the server in messages; ``token`` is sent as
     ``Authorization: Bearer`` on every request (never logged, never in a message);
-    ``retry_seconds`` bounds how long the worker's calls are retried; ``claim_filter``
-    finishes at once a claim this process will not work on (an executor's check
-    allow-list: :mod:`autopack.executor.check_policy`).
+    ``retry_seconds`` bounds how long the worker's calls are retried.
 
     **Retries.** The executor's calls (claim, heartbeat, usage, result, approval request,
     telemetry) and every read are retried on a 5xx (but not a schema error) and on a
@@ -145,12 +141,10 @@ class ApiClient:
         where: str | None = None,
         token: str | None = None,
         retry_seconds: float = RETRY_SECONDS,
-        claim_filter: ClaimFilter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.where = where or f"API {self.base_url}"
         self.retry_seconds = retry_seconds
-        self.claim_filter = claim_filter
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -318,23 +312,7 @@ class ApiClient:
         response = self.request("POST", "/claims", retry_for=self.retry_seconds, **body)
         if response.status_code == 204:
             return None
-        claim = Claim.model_validate_json(response.content)
-        refused = self.claim_filter(claim) if self.claim_filter is not None else None
-        if refused is None:
-            return claim
-        log_event(
-            logger,
-            "claim_refused",
-            logging.WARNING,
-            run_id=claim.run_id,
-            phase_id=claim.phase_id,
-            attempt=claim.attempt,
-            reason=refused.error,
-        )
-        self.post_result(
-            claim.run_id, claim.phase_id, refused, idempotency_key=claim.idempotency_key
-        )
-        return None
+        return Claim.model_validate_json(response.content)
 
     def heartbeat(self, run_id: str, phase_id: str, beat: HeartbeatIn) -> LeaseRenewed:
         """Renew the lease; LeaseLost when it is gone."""
@@ -379,6 +357,10 @@ class ApiClient:
             params["run_id"] = run_id
         response = self.request("GET", "/approvals", retry_for=self.retry_seconds, params=params)
         return _APPROVALS.validate_json(response.content)
+
+    def get_approval(self, approval_id: int) -> ApprovalView:
+        """One approval, whatever its status."""
+        return self._call(ApprovalView, "GET", f"/approvals/{int(approval_id)}")
 
     def decide(self, approval_id: int, *, approve: bool, decision: DecisionIn) -> DecidedApproval:
         verb = "approve" if approve else "reject"

@@ -1,12 +1,16 @@
 """Settings, resolved once per process, with the source of every value.
 
 This is the ONE module that reads the environment. The precedence is pydantic-settings'
-own: explicit CLI flag (init kwargs) > process environment > ``.env`` in the working
-directory (never overrides the environment) > default. Two rules make database identity
-drift impossible by construction:
+own: explicit CLI flag (init kwargs) > process environment > ``.env`` (never overrides the
+environment) > default. Three rules make database identity drift impossible by
+construction:
 
-* a relative SQLite path is made absolute *at resolution time*, against the directory the
-  user ran the command from, so a child started anywhere else opens the same file;
+* the ``.env`` is the nearest one from the working directory up to the root of the
+  enclosing git repository (only the working directory outside a repository), so
+  ``cd scripts && autopack run list`` reads the project's ``.env``, not nothing;
+* a relative SQLite path is made absolute *at resolution time*: a path written in a
+  ``.env`` against that file's directory (the file says where the database is, wherever
+  you run from), a path from the flag or the environment against the working directory;
 * children never re-resolve: :func:`child_env` hands them every resolved value explicitly.
 
 Importing this module reads nothing; :func:`load_settings` does.
@@ -15,6 +19,7 @@ Importing this module reads nothing; :func:`load_settings` does.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -251,12 +256,42 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, dotenv_settings)
 
 
+@dataclass(frozen=True)
+class DatabaseOrigin:
+    """Where ``DATABASE_URL`` came from and, for a relative SQLite path, what it was
+    resolved against: what a user needs to find (or fix) the database a command opened."""
+
+    source: str
+    """``flag``, ``env``, ``.env at PATH`` or ``default``."""
+    raw: str
+    """The value as written there (password hidden)."""
+    base: Path | None
+    """The directory a relative SQLite path was resolved against; None when absolute."""
+
+    def describe(self) -> str:
+        """``'sqlite:///autopack.db' from .env at /r/.env, resolved against /r (…)'``."""
+        text = f"{self.raw!r} from {self.source}"
+        if self.base is None:
+            return text
+        why = (
+            "the .env file's directory"
+            if self.source.startswith(".env")
+            else "the working directory"
+        )
+        return f"{text}, a relative path resolved against {self.base} ({why})"
+
+
 class LoadedSettings:
     """Resolved settings plus where each value came from (for ``config show`` and ``doctor``)."""
 
-    def __init__(self, settings: Settings, sources: dict[str, str]) -> None:
+    def __init__(
+        self, settings: Settings, sources: dict[str, str], database: DatabaseOrigin | None = None
+    ) -> None:
         self.settings = settings
         self.sources = sources
+        self.database = database or DatabaseOrigin(
+            sources.get("database_url", "default"), redact_url(settings.database_url), None
+        )
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(ENV_NAME, display value with secrets redacted, source) for every setting."""
@@ -273,40 +308,93 @@ class LoadedSettings:
         return rows
 
 
+def search_directories(cwd: Path | None = None) -> list[Path]:
+    """Where a ``.env`` may be: the working directory, then each parent up to the root of
+    the enclosing git repository (a directory holding ``.git``); outside a repository only
+    the working directory, so a stray ``.env`` in a home directory never applies."""
+    start = cwd or Path.cwd()
+    chain = [start, *start.parents]
+    for index, directory in enumerate(chain):
+        if (directory / ".git").exists():
+            return chain[: index + 1]
+    return [start]
+
+
 def dotenv_path(cwd: Path | None = None) -> Path:
-    """Where the ``.env`` file is looked for: the working directory, nowhere else."""
-    return (cwd or Path.cwd()) / ".env"
+    """The ``.env`` that applies (the nearest, see :func:`search_directories`); when there
+    is none, where it would be looked for first (the working directory)."""
+    directories = search_directories(cwd)
+    return next(
+        (d / ".env" for d in directories if (d / ".env").is_file()), directories[0] / ".env"
+    )
 
 
-def source_values(flags: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def dotenv_values(path: Path) -> dict[str, Any]:
+    """The settings a ``.env`` file offers, read by pydantic-settings' own parser."""
+    return dict(DotEnvSettingsSource(Settings, env_file=path)())
+
+
+def source_values(
+    flags: dict[str, Any] | None = None, env_file: Path | None = None
+) -> dict[str, dict[str, Any]]:
     """The raw value each source offers, per source, before precedence is applied.
 
     Uses pydantic-settings' own source classes so this report can never disagree with
     the precedence :class:`Settings` applies.
     """
-    env_file = dotenv_path()
+    env_file = env_file or dotenv_path()
     return {
         "flag": {k: v for k, v in (flags or {}).items() if v is not None},
         "env": dict(EnvSettingsSource(Settings)()),
-        f".env at {env_file}": dict(DotEnvSettingsSource(Settings, env_file=env_file)()),
+        f".env at {env_file}": dotenv_values(env_file),
     }
+
+
+def _database_origin(offered: dict[str, dict[str, Any]], env_file: Path) -> DatabaseOrigin:
+    """Which source gives ``DATABASE_URL`` and what a relative SQLite path is resolved against."""
+    source = next((s for s, values in offered.items() if "database_url" in values), "default")
+    raw = str(offered.get(source, {}).get("database_url", DEFAULT_DATABASE_URL))
+    try:
+        parsed = make_url(raw.strip())
+    except ArgumentError:
+        return DatabaseOrigin(source, raw, None)
+    database = parsed.database or ""
+    relative = (
+        parsed.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+        and not Path(database).expanduser().is_absolute()
+    )
+    base = (env_file.parent if source.startswith(".env") else Path.cwd()) if relative else None
+    return DatabaseOrigin(source, redact_url(raw), base)
 
 
 def load_settings(**flags: Any) -> LoadedSettings:
     """Resolve the settings once: ``load_settings(database_url=flag_value_or_None)``."""
     given = {k: v for k, v in flags.items() if v is not None}
+    env_file = dotenv_path()
+    offered = source_values(given, env_file)
+    origin = _database_origin(offered, env_file)
+    if origin.base is not None and origin.source.startswith(".env"):
+        # The .env says where the database is: relative to itself, not to where we run.
+        try:
+            given["database_url"] = resolve_database_url(
+                str(offered[origin.source]["database_url"]), cwd=origin.base
+            )
+        except ValueError as exc:
+            problem = f"invalid setting: DATABASE_URL={origin.raw!r}: {exc}"
+            raise ConfigError(redact.text(problem)) from None
     try:
-        settings = Settings(**given)
+        settings = Settings(_env_file=env_file, **given)
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
         # a database URL with a password, a key in a typo'd variable: never in a message
         raise ConfigError(redact.text(f"invalid setting: {problems}")) from None
     redact.remember(settings)
-    offered = source_values(given)
     sources = {}
     for name in Settings.model_fields:
         sources[name] = next((src for src, values in offered.items() if name in values), "default")
-    return LoadedSettings(settings, sources)
+    return LoadedSettings(settings, sources, origin)
 
 
 def _problem(error: Any) -> str:

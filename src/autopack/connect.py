@@ -24,8 +24,7 @@ database fingerprint) before they are used:
      configured ones, or random ones only we know.
 
 Every client is given this process's token (:func:`client_token`): the operator's if
-configured, else the worker's; and its check allow-list (``--allow-check-prefix``), so a
-claim whose checks this executor will not run is refused before any work on it.
+configured, else the worker's.
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ from autopack import redact
 from autopack.client import ApiClient
 from autopack.config import Settings, child_env
 from autopack.errors import IdentityMismatch, ServerUnavailable
-from autopack.executor.check_policy import claim_filter as _claim_filter
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
@@ -129,9 +127,7 @@ def client_token(settings: Settings) -> str | None:
 def _attach(url: str, identity: DbIdentity, origin: Origin, settings: Settings) -> ApiClient:
     """A client on ``url``, once the server there proved it uses ``identity``'s database."""
     token = client_token(settings)
-    client = ApiClient(
-        url, token=token, claim_filter=_claim_filter(settings.autopack_allow_check_prefix)
-    )
+    client = ApiClient(url, token=token)
     try:
         client.verify_identity(identity)
     except BaseException:
@@ -170,7 +166,6 @@ def _thread_server(settings: Settings, identity: DbIdentity, timeout: float) -> 
         "http://autopack",
         transport=httpx.HTTPTransport(uds=str(path)),
         where=f"API (in-process, {identity.url})",
-        claim_filter=_claim_filter(settings.autopack_allow_check_prefix),
     )
     thread.start()
     try:
@@ -214,8 +209,11 @@ class _Child:
     process: subprocess.Popen[bytes]
     log_path: Path
 
-    def stop(self) -> None:
+    def stop(self, *, keep_log: bool = False) -> None:
+        """Stop the server; its log is deleted unless something went wrong (it died on
+        its own, or ``keep_log``), so temp directories do not fill with healthy logs."""
         if self.process.poll() is not None:
+            self._keep_log("it exited with status " + str(self.process.returncode))
             return
         self.process.terminate()
         try:
@@ -224,12 +222,26 @@ class _Child:
             self.process.kill()
             self.process.wait()
         log_event(logger, "api_server_stopped", url=self.url, pid=self.process.pid)
+        if keep_log:
+            self._keep_log("it did not become healthy")
+        else:
+            self.log_path.unlink(missing_ok=True)
+
+    def _keep_log(self, why: str) -> None:
+        log_event(logger, "api_server_log_kept", logging.WARNING, log=self.log_path, reason=why)
 
 
-def _spawn_once(
-    settings: Settings, identity: DbIdentity, deadline: float
-) -> tuple[_Child | None, str]:
-    """Start one child; (child, "") when healthy, (None, reason) when it died early."""
+class _PortTaken(Exception):
+    """Another process took the probed port before our child bound it (retry elsewhere)."""
+
+
+def _spawn_once(settings: Settings, identity: DbIdentity, deadline: float) -> _Child:
+    """Start one child and wait until it is healthy.
+
+    Raises :class:`_PortTaken` when the port was taken between probe and bind: the child
+    says so, or another server answers there (ours never answers for another database:
+    it refuses to start on one). Raises ServerUnavailable when it died or stayed unhealthy.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = Path(tempfile.gettempdir()) / f"autopack-api-{os.getpid()}-{port}.log"
@@ -253,40 +265,51 @@ def _spawn_once(
             start_new_session=True,
         )
     child = _Child(url, process, log_path)
+    failed = f"the API server Autopack started for {identity.url}"
     with ApiClient(url) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                return None, f"exited with status {process.returncode}:\n{_tail(log_path)}"
+                tail = _tail(log_path)
+                if "address already in use" in tail.lower():
+                    raise _PortTaken(url)
+                raise ServerUnavailable(
+                    f"{failed} exited with status {process.returncode} (log {log_path}):\n{tail}"
+                )
             try:
                 client.verify_identity(identity)
-                return child, ""
+                return child
             except ServerUnavailable:
                 time.sleep(0.05)
-            except IdentityMismatch:
+            except IdentityMismatch as exc:
                 child.stop()
-                raise
-    child.stop()
-    return None, f"not healthy within the deadline:\n{_tail(log_path)}"
+                raise _PortTaken(url) from exc
+    child.stop(keep_log=True)
+    raise ServerUnavailable(
+        f"{failed} was not healthy within the deadline (log {log_path}):\n{_tail(log_path)}"
+    )
 
 
 def _spawn(settings: Settings, identity: DbIdentity, timeout: float) -> _Child:
     deadline = time.monotonic() + timeout
-    reason = ""
-    for _ in range(SPAWN_ATTEMPTS):  # a free port can be taken between probe and bind
-        child, reason = _spawn_once(settings, identity, deadline)
-        if child is not None:
-            log_event(
-                logger,
-                "api_server_spawned",
-                url=child.url,
-                pid=child.process.pid,
-                instance_id=identity.instance_id,
-                log=child.log_path,
-            )
-            return child
-        if "address already in use" not in reason.lower() or time.monotonic() >= deadline:
-            break
-    raise ServerUnavailable(f"the API server Autopack started for {identity.url} {reason}")
+    for attempt in range(1, SPAWN_ATTEMPTS + 1):
+        try:
+            child = _spawn_once(settings, identity, deadline)
+        except _PortTaken as taken:
+            log_event(logger, "api_port_taken", logging.WARNING, url=str(taken), tries=attempt)
+            continue
+        log_event(
+            logger,
+            "api_server_spawned",
+            url=child.url,
+            pid=child.process.pid,
+            instance_id=identity.instance_id,
+            log=child.log_path,
+        )
+        return child
+    raise ServerUnavailable(
+        f"the API server Autopack started for {identity.url} found its port taken by another "
+        f"process {SPAWN_ATTEMPTS} times in a row"
+    )
 
 
 @contextmanager
@@ -298,11 +321,7 @@ def _process_server(
         child = _spawn(settings, identity, timeout)
         try:
             token = client_token(settings)
-            with ApiClient(
-                child.url,
-                token=token,
-                claim_filter=_claim_filter(settings.autopack_allow_check_prefix),
-            ) as client:
+            with ApiClient(child.url, token=token) as client:
                 yield client
         finally:
             child.stop()

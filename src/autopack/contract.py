@@ -89,6 +89,8 @@ class CancelIn(_Request):
 class RequeueIn(_Request):
     requested_by: str | None = Field(None, max_length=200)
     reason: str | None = Field(None, max_length=2000)
+    complete: bool = False
+    """Also requeue a COMPLETE phase (run it again; its run reopens): only on purpose."""
 
 
 class ClaimIn(_Request):

@@ -9,7 +9,8 @@ original as ``__cause__``.
     ├── ConfigError            exit 2, HTTP 400  a setting or flag is unusable
     │   ├── IdentityMismatch   exit 2, HTTP 409  two parts use different databases
     │   ├── Unauthorized       exit 2, HTTP 401  no token, or not one this server knows
-    │   └── Forbidden          exit 2, HTTP 403  a valid token whose role may not do this
+    │   ├── Forbidden          exit 2, HTTP 403  a valid token whose role may not do this
+    │   └── DatabaseMissing    exit 2            no database file where a reader looked
     ├── SchemaOutOfDate        exit 3, HTTP 503  the database is not at the code's revision
     ├── DatabaseUnavailable    exit 2, HTTP 503  the server cannot reach its database now
     ├── InvalidInput           exit 2, HTTP 422  a run file or request body is wrong
@@ -70,6 +71,19 @@ class Forbidden(ConfigError):
     """The token is valid, but its role may not do this (e.g. a worker creating a run)."""
 
     http_status = 403
+
+
+class DatabaseMissing(ConfigError):
+    """There is no SQLite database file at the resolved path, and this command only reads.
+
+    Raised instead of letting SQLite create an empty file: an empty database answers every
+    question with "nothing here", which is how the legacy probe found nothing.
+    ``path`` is the file that was looked for.
+    """
+
+    def __init__(self, message: str | None = None, *, path: str, **details: Any) -> None:
+        super().__init__(message or f"no database file at {path}", path=path, **details)
+        self.path = path
 
 
 class SchemaOutOfDate(AutopackError):

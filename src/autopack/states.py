@@ -15,11 +15,13 @@ Phase::
       │  └─retry/lost/requeue─┤
       │                  └─▶ FAILED ─requeue─▶ QUEUED
       └──requeue / reopen── SKIPPED ◀─ blocked, cancelled, budget exhausted
+    COMPLETE ─requeue asked for a COMPLETE phase (``probe --force``)─▶ QUEUED
 
 Run::
 
     QUEUED ─first claim─▶ RUNNING ─▶ DONE_SUCCESS | DONE_FAILED_* | DONE_CANCELLED
-    DONE_FAILED_* ─requeue of a phase─▶ RUNNING    (DONE_SUCCESS and DONE_CANCELLED are final)
+    DONE_FAILED_* ─requeue of a phase─▶ RUNNING    (DONE_CANCELLED is final)
+    DONE_SUCCESS ─requeue of a COMPLETE phase, asked for by name─▶ RUNNING
 
 Tier states are *derived* from their phases (:func:`tier_state`), never set by hand.
 """
@@ -93,7 +95,7 @@ PHASE_TRANSITIONS: Mapping[PhaseState, frozenset[PhaseState]] = {
         {P.EXECUTING, P.AWAITING_APPROVAL, P.COMPLETE, P.FAILED, P.QUEUED, P.SKIPPED}
     ),
     P.AWAITING_APPROVAL: frozenset({P.QUEUED, P.FAILED, P.SKIPPED}),
-    P.COMPLETE: frozenset(),
+    P.COMPLETE: frozenset({P.QUEUED}),  # only a requeue that names COMPLETE (see below)
     P.FAILED: frozenset({P.QUEUED}),
     P.SKIPPED: frozenset({P.QUEUED}),
 }
@@ -111,7 +113,7 @@ _DONE_FAILED = frozenset(
 RUN_TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     R.QUEUED: frozenset({R.RUNNING, R.DONE_CANCELLED, R.DONE_FAILED_BUDGET_EXHAUSTED}),
     R.RUNNING: frozenset({R.DONE_SUCCESS, R.DONE_CANCELLED, *_DONE_FAILED}),
-    R.DONE_SUCCESS: frozenset(),
+    R.DONE_SUCCESS: frozenset({R.RUNNING}),  # a COMPLETE phase requeued on purpose
     R.DONE_CANCELLED: frozenset(),
     **{state: frozenset({R.RUNNING}) for state in _DONE_FAILED},
 }
@@ -136,8 +138,11 @@ PHASE_ACTIVE = frozenset({P.EXECUTING, P.CI_RUNNING})
 PHASE_TERMINAL = frozenset({P.COMPLETE, P.FAILED, P.SKIPPED})
 PHASE_OPEN = frozenset(PhaseState) - PHASE_TERMINAL
 """States that keep a run from finishing."""
-PHASE_REQUEUEABLE = frozenset(s for s, targets in PHASE_TRANSITIONS.items() if P.QUEUED in targets)
-"""States a requeue (``autopack run requeue``, ``drain phase --force``) can move to QUEUED."""
+PHASE_REQUEUEABLE = frozenset(
+    s for s, targets in PHASE_TRANSITIONS.items() if P.QUEUED in targets and s != P.COMPLETE
+)
+"""States a requeue (``autopack run requeue``, ``drain phase --force``) can move to QUEUED;
+COMPLETE only when the request says so (``RequeueIn.complete``: ``probe --force``)."""
 RUN_ACTIVE = frozenset({R.QUEUED, R.RUNNING})
 """Runs whose phases may still be claimed."""
 RUN_FINISHED = frozenset(RunState) - RUN_ACTIVE

@@ -3,6 +3,7 @@ record -> replay round trip through the real SDK providers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections import Counter
@@ -68,11 +69,12 @@ def test_replay_answers_the_matching_line_through_the_live_parser(tmp_path: Path
 
     response = ReplayProvider(cassette).complete(make_request())
 
-    # Exactly what the live provider makes of the same body.
+    # Exactly what the live provider makes of the same body, reported as a replay.
     expected = anthropic_response(
         body, request_model="claude-sonnet-5-5", request_id="req_recorded", latency_ms=1234.0
     )
-    assert response == expected
+    assert response == dataclasses.replace(expected, provider="replay")
+    assert response.model == "claude-sonnet-5-5"  # the recorded model is kept
     assert response.text == "builder answer"
     assert response.usage.input_tokens == 10  # normalised like a live answer
     assert response.latency_ms == 1234.0  # the recorded latency, whatever the speed
@@ -86,8 +88,35 @@ def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Pat
     assert provider.complete(make_request()).text == "second"
     with pytest.raises(CassetteMiss) as caught:
         provider.complete(make_request())
-    assert "call #3" in caught.value.message
-    assert "only 2 answer(s)" in caught.value.message
+    assert "call #3 of role builder for phase 'phase-1' of run 'run-1'" in caught.value.message
+    assert "builder: 2 answer(s) (recorded at attempt 1, 1)" in caught.value.message
+    assert "does not repeat answers" in caught.value.message
+
+
+def test_calls_match_by_order_not_attempt_number(tmp_path: Path) -> None:
+    """A phase resumed after a lost lease (attempt 2 in a new process) or retried once more
+    than recorded gets the next recorded answer, not "no answer for attempt=2"."""
+    cassette = write(tmp_path / "c.jsonl", line("first", attempt=1), line("second", attempt=2))
+    resumed = ReplayProvider(cassette)
+    assert resumed.complete(make_request(attempt=2)).text == "first"
+    assert resumed.complete(make_request(attempt=3)).text == "second"
+
+    repeating = write(
+        tmp_path / "r.jsonl", {"cassette": {"repeat_last": True}}, line("only", attempt=1)
+    )
+    provider = ReplayProvider(repeating)
+    assert [provider.complete(make_request(attempt=n)).text for n in (1, 2, 3)] == ["only"] * 3
+    with pytest.raises(CassetteMiss):  # repeating never crosses to another phase or role
+        provider.complete(make_request(role="auditor"))
+
+
+def test_a_cassette_header_is_the_first_line_only(tmp_path: Path) -> None:
+    late = write(tmp_path / "c.jsonl", line("a"), {"cassette": {"repeat_last": True}})
+    with pytest.raises(ConfigError, match=r"c\.jsonl:2: the cassette header must be the first"):
+        ReplayProvider(late)
+    odd = write(tmp_path / "d.jsonl", {"cassette": {"repeat": "yes"}})
+    with pytest.raises(ConfigError, match=r"d\.jsonl:1: a header line is"):
+        ReplayProvider(odd)
 
 
 def test_unmatched_request_names_the_request_the_cassette_and_what_it_has(tmp_path: Path) -> None:
@@ -99,20 +128,21 @@ def test_unmatched_request_names_the_request_the_cassette_and_what_it_has(tmp_pa
     )
     provider = ReplayProvider(cassette)
 
+    assert provider.complete(make_request(attempt=3, role="builder")).text == "a"
     with pytest.raises(CassetteMiss) as caught:
-        provider.complete(make_request(attempt=3, role="builder"))
+        provider.complete(make_request(attempt=4, role="builder"))
     message = caught.value.message
     assert str(cassette) in message
-    assert "run_id='run-1' phase_id='phase-1' attempt=3 role='builder'" in message
-    assert "attempt=1 role=auditor (1 answer(s))" in message
-    assert "attempt=1 role=builder (1 answer(s))" in message
+    assert "call #2 of role builder for phase 'phase-1' of run 'run-1' (attempt 4)" in message
+    assert "auditor: 1 answer(s) (recorded at attempt 1)" in message
+    assert "builder: 1 answer(s) (recorded at attempt 1)" in message
     assert caught.value.retryable is False
     assert caught.value.provider == "replay"
     assert isinstance(caught.value, LLMError)  # the executor records it like any failed call
 
     with pytest.raises(CassetteMiss) as caught:
         provider.complete(make_request(phase_id="phase-9"))
-    assert "nothing for phase 'phase-9'" in caught.value.message
+    assert "nothing for that phase" in caught.value.message
     assert "phase-1, phase-2" in caught.value.message
 
 
@@ -253,12 +283,13 @@ def test_record_then_replay_gives_identical_responses_and_errors(tmp_path: Path)
         replay.complete(make_request(attempt=2))
     replayed.append(caught.value)
 
-    assert replayed[0] == live[0]
-    assert replayed[1] == live[1]
     assert isinstance(live[0], LLMResponse) and live[0].retries == 1
     assert isinstance(live[1], LLMResponse) and live[1].provider_cost_usd == 0.5
+    # The same answers, reported as replayed (never as spending with a live provider).
+    assert replayed[0] == dataclasses.replace(live[0], provider="replay")
+    assert replayed[1] == dataclasses.replace(live[1], provider="replay")
     assert isinstance(live[2], LLMError) and isinstance(replayed[2], LLMError)
-    assert replayed[2].to_dict() == live[2].to_dict()
+    assert replayed[2].to_dict() == {**live[2].to_dict(), "provider": "replay"}
 
 
 def test_concurrent_recorders_on_one_file_never_interleave_lines(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def spawned_server_pid(url: str) -> int:
 def main(mode: str) -> None:
     settings = load_settings().settings
     configure_logging()
-    database = open_database(settings.database_url, role="executor")
+    database = open_database(settings.database_url, role="executor", create=True)
     with connect(settings, database.identity, own="process") as connection:
         url = connection.client.base_url
         pid = spawned_server_pid(url) if connection.origin == "spawned" else None

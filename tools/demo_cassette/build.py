@@ -15,6 +15,11 @@ the phase's read-only context) at ~3.5 characters per token, and latencies from 
   estimator chose → retried with an escalated ``max_tokens``;
 * p7: the first tests assert a wrong rounding → the check fails → retried with its output.
 
+The first line says answers may repeat (``repeat_last``): a phase retried more often than
+here (an environment failure, a resumed lease) gets its last, good answer again instead of
+failing on a missing line. The tests are ``unittest`` modules and the checks run
+``python -m unittest``, so the demo works from a plain ``pip install`` without pytest.
+
 A test rebuilds the cassette and compares it with the bundled file, so the two can't drift.
 """
 
@@ -177,10 +182,13 @@ def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -
         wrong = (
             (SOLUTIONS / path)
             .read_text()
-            .replace("assert percent(1, 3) == 33.3", "assert percent(2, 3) == 66.6")
+            .replace(
+                "self.assertEqual(percent(1, 3), 33.3)", "self.assertEqual(percent(2, 3), 66.6)"
+            )
         )
         builder(answer(deliverables, "Tests for number_util.", {path: wrong}))
-        feedback.append(Feedback(1, "checks_failed", "assert 66.7 == 66.6"))
+        assert "66.6" in wrong, "the scripted failure no longer applies to the solution"
+        feedback.append(Feedback(1, "checks_failed", "AssertionError: 66.7 != 66.6"))
         attempt = 2
     builder(answer(deliverables, f"Wrote {', '.join(deliverables)}."))
     writes = tuple(
@@ -197,8 +205,11 @@ def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -
     recorder.add(phase.phase_id, attempt, "auditor", auditor_prompt(phase, diff, []), verdict)
 
 
+HEADER = {"cassette": {"repeat_last": True}}
+
+
 def render(lines: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+    return "".join(json.dumps(line, sort_keys=True) + "\n" for line in [HEADER, *lines])
 
 
 if __name__ == "__main__":

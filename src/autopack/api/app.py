@@ -2,10 +2,11 @@
 
 ``create_app(settings)`` builds an app whose database is opened in the lifespan, not at
 import time: ``autopack.main:app`` can be imported by uvicorn without touching anything,
-and a server that finds a partial schema or a database other than the one it was told to
-expect refuses to start (uvicorn then exits with status 3). Its tokens are read there too
-(:mod:`autopack.api.auth`); every route declares the role it needs and the errors it can
-answer (:mod:`autopack.api.openapi`).
+and a server that finds a partial schema, no database file, or a database other than the
+one it was told to expect refuses to start (uvicorn then exits with status 3). The refusal
+is one ``startup_refused`` log line naming the problem and its fix, not a traceback. Its
+tokens are read there too (:mod:`autopack.api.auth`); every route declares the role it
+needs and the errors it can answer (:mod:`autopack.api.openapi`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from autopack import __version__, redact
 from autopack.api.auth import Authenticator
@@ -44,6 +46,24 @@ from autopack.logs import configure_logging, log_event
 logger = logging.getLogger("autopack.api")
 
 
+class AutopackApp(FastAPI):
+    """FastAPI whose refused startup is reported to the server without the traceback
+    Starlette attaches to it (the ``startup_refused`` line already said everything)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+
+        async def quiet(message: Message) -> None:
+            refused = getattr(self.state, "startup_refused", False)
+            if message["type"] == "lifespan.startup.failed" and refused:
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        await super().__call__(scope, receive, quiet)
+
+
 def create_app(settings: Settings | None = None, *, private: bool = False) -> FastAPI:
     """An API server bound to ``settings.database_url`` (resolved from the environment if None).
 
@@ -63,6 +83,7 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
             )
         except AutopackError as exc:
             log_event(logger, "startup_refused", logging.ERROR, reason=exc.message)
+            app.state.startup_refused = True
             raise
         app.state.settings = resolved
         app.state.database = database
@@ -83,7 +104,7 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
                 watchdog.cancel()
             database.close()
 
-    app = FastAPI(
+    app = AutopackApp(
         title="Autopack",
         version=__version__,
         lifespan=lifespan,

@@ -5,6 +5,11 @@ Settings are resolved once per invocation from the root flags (``--database-url`
 Every command that reads or changes runs, approvals or telemetry does so through
 :meth:`CliState.client`: an API client whose server proved it uses this database
 (:func:`autopack.connect.connect`), so no command can act on another database.
+:meth:`CliState.database` never creates a SQLite file unless the command asks to
+(``db init``, ``run create``, ``demo``, ``serve``), and then it says so.
+
+The settings, database and client stacks are imported when first used, not with this
+module: a command's ``--help`` needs none of them.
 """
 
 from __future__ import annotations
@@ -14,24 +19,26 @@ import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic_core import to_jsonable_python
 from rich.console import Console
 
-from autopack import redact
-from autopack.client import ApiClient
-from autopack.config import LoadedSettings, Settings, load_settings
-from autopack.connect import Connection, connect
-from autopack.db import Database, open_database
-from autopack.logs import configure_logging
+from autopack.errors import DatabaseMissing
 
-PIPED_WIDTH = 160
+if TYPE_CHECKING:
+    from autopack.client import ApiClient
+    from autopack.config import LoadedSettings, Settings
+    from autopack.connect import Connection
+    from autopack.db import Database
+
+PIPED_WIDTH = 100_000
+"""Piped into a file or a CI log, a line is never wrapped or cut: messages carry paths and
+errors a person must read (or grep) whole. Tables still only take the width they need."""
 
 
 def _console(*, stderr: bool) -> Console:
-    """Rich output; piped into a file or CI log it is not wrapped at 80 columns."""
+    """Rich output; on a terminal, wrapped at its width; piped, never wrapped."""
     console = Console(stderr=stderr)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = PIPED_WIDTH
@@ -64,6 +71,9 @@ class CliState:
 
     def loaded(self) -> LoadedSettings:
         if self._loaded is None:
+            from autopack.config import load_settings
+            from autopack.logs import configure_logging
+
             self._loaded = load_settings(
                 **{
                     "database_url": self.database_url,
@@ -79,16 +89,37 @@ class CliState:
     def settings(self) -> Settings:
         return self.loaded().settings
 
-    def database(self) -> Database:
-        """The database, schema-guarded (fresh: initialised; partial: exit 3) and logged."""
+    def database(self, *, create: bool = False) -> Database:
+        """The database, schema-guarded (fresh: initialised; partial: exit 3) and logged.
+
+        A missing SQLite file is :class:`DatabaseMissing` (exit 2, saying where it looked
+        and which databases are nearby) unless ``create``; a created one is announced.
+        """
         if self._database is None:
-            self._database = open_database(self.settings.database_url, role="cli")
+            from autopack.db import open_database
+
+            try:
+                self._database = open_database(
+                    self.settings.database_url, role="cli", create=create
+                )
+            except DatabaseMissing as exc:
+                raise self.missing(exc) from exc
+            if self._database.created:
+                err.print(f"created new database {self._database.identity.url}", highlight=False)
         return self._database
+
+    def missing(self, exc: DatabaseMissing) -> DatabaseMissing:
+        """``exc`` with where the path came from and the databases nearby."""
+        from autopack.cli.whereis import missing_database
+
+        return missing_database(self.loaded(), exc)
 
     def connection(self) -> Connection:
         """The control plane: a client on a server proven to use :meth:`database` (the
         ``--api-url`` one, one on the default port, or one in this process)."""
         if self._connection is None:
+            from autopack.connect import connect
+
             identity = self.database().identity
             self._connection = self._closing.enter_context(
                 connect(self.settings, identity, own="thread")
@@ -97,6 +128,12 @@ class CliState:
 
     def client(self) -> ApiClient:
         return self.connection().client
+
+    def release_connection(self) -> None:
+        """Stop using the connection (and the in-process server, if it was ours); the
+        database stays open. A drain checks its run in-process, then starts its own."""
+        self._closing.close()
+        self._connection = None
 
     def close(self) -> None:
         self._closing.close()
@@ -107,14 +144,22 @@ class CliState:
 
 
 def state(ctx: typer.Context) -> CliState:
+    """The invocation's state, made on first use from the root flags (closed with the
+    root context)."""
     root = ctx.find_root()
     if not isinstance(root.obj, CliState):
-        root.obj = CliState()
+        flags = root.meta.get("autopack.root", {})
+        root.obj = CliState(database_url=flags.get("database_url"), api_url=flags.get("api_url"))
+        root.call_on_close(root.obj.close)
     return root.obj
 
 
 def print_json(data: Any) -> None:
     """Machine output on stdout: plain JSON (models as the API answers them), no colour,
     no secret (:mod:`autopack.redact`: an attempt's error may quote an echoed header)."""
+    from pydantic_core import to_jsonable_python
+
+    from autopack import redact
+
     plain = redact.data(to_jsonable_python(data, fallback=str))
     sys.stdout.write(json.dumps(plain, indent=2, ensure_ascii=False) + "\n")

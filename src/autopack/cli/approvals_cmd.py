@@ -1,6 +1,11 @@
-"""``autopack approvals``: list pending approvals, approve or reject one."""
+"""``autopack approvals``: list pending approvals, show one in full, approve or reject one.
+
+Reasons are what a person must read to decide, so they are wrapped, never cut.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -8,8 +13,10 @@ from rich.table import Table
 
 from autopack.cli._common import OK, out, print_json, state
 from autopack.cli.run_cmd import operator, styled
-from autopack.contract import DecisionIn
 from autopack.states import ApprovalStatus
+
+if TYPE_CHECKING:  # the contract models load when a command runs
+    from autopack.contract import ApprovalView
 
 app = typer.Typer(help="Decide on phases waiting for a human.", no_args_is_help=True)
 
@@ -31,17 +38,61 @@ def list_(
     if as_json:
         print_json(approvals)
         return
-    table = Table("id", "phase", "attempt", "status", "reason", "times out")
+    table = Table("id", "phase", "attempt", "status", "times out")
+    table.add_column("reason", overflow="fold")
     for approval in approvals:
         table.add_row(
             str(approval.id),
             escape(f"{approval.run_id}/{approval.phase_id}"),
             str(approval.attempt),
             approval.status,
-            escape(approval.reason[:80]),
             f"{approval.timeout_at:%Y-%m-%d %H:%M:%S}",
+            escape(approval.reason),
         )
     out.print(table)
+    if approvals:
+        out.print("[dim]`autopack approvals show ID` shows one with the change it asks for[/dim]")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    approval_id: int = typer.Argument(..., help="Approval id (see `approvals list`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """One approval in full: the reason, the files the change writes and deletes, the decision."""
+    approval = state(ctx).client().get_approval(approval_id)
+    if as_json:
+        print_json(approval)
+        return
+    out.print(_detail(approval), soft_wrap=True)
+
+
+def _detail(approval: ApprovalView) -> str:
+    """The approval as lines to read (markup escaped)."""
+    lines = [
+        f"[bold]approval {approval.id}[/bold] {approval.status} · phase "
+        f"{escape(approval.run_id)}/{escape(approval.phase_id)} attempt {approval.attempt}",
+        f"requested {approval.requested_at:%Y-%m-%d %H:%M:%S} · times out "
+        f"{approval.timeout_at:%Y-%m-%d %H:%M:%S} (then: {approval.on_timeout})",
+        f"reason: {escape(approval.reason)}",
+    ]
+    change = approval.context.get("change")
+    if isinstance(change, dict):
+        for write in change.get("writes", []):
+            verb = "overwrites" if write.get("existed") else "writes"
+            lines.append(f"  {verb} {escape(str(write.get('path')))}")
+        lines += [f"  deletes {escape(str(path))}" for path in change.get("deletes", [])]
+        if change.get("summary"):
+            lines.append(f"  summary: {escape(str(change['summary']))}")
+    if approval.responder:
+        lines.append(f"decided by {escape(approval.responder)}: {escape(approval.note or '')}")
+    elif approval.status == "pending":
+        lines.append(
+            f"decide: `autopack approvals approve {approval.id}` or "
+            f"`autopack approvals reject {approval.id}`"
+        )
+    return "\n".join(lines)
 
 
 def _decide(
@@ -53,6 +104,8 @@ def _decide(
     note: str | None,
     as_json: bool,
 ) -> None:
+    from autopack.contract import DecisionIn
+
     decision = DecisionIn(responder=responder or operator(), note=note)
     decided = state(ctx).client().decide(approval_id, approve=approve, decision=decision)
     if as_json:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from autopack.cli._common import FAIL, OK, err, out, print_json, state
-from autopack.client import ApiClient
-from autopack.db import schema
-from autopack.db.engine import make_engine
-from autopack.db.identity import row_counts
-from autopack.errors import AutopackError, SchemaOutOfDate
+from autopack.cli._common import FAIL, OK, CliState, err, out, print_json, state
+from autopack.errors import AutopackError, DatabaseMissing, SchemaOutOfDate
+
+if TYPE_CHECKING:  # the database stack loads when a command runs, not for --help
+    from sqlalchemy import Engine
 
 app = typer.Typer(
     help="Initialise, upgrade, check and identify the database.", no_args_is_help=True
@@ -21,24 +20,47 @@ app = typer.Typer(
 
 @app.command("init")
 def init(ctx: typer.Context) -> None:
-    """Create every table (migrate to head) and the database's identity; safe to repeat."""
-    _upgrade(ctx, verb="initialised")
+    """Create the database (a SQLite file if none exists), every table and its identity;
+    safe to repeat."""
+    _upgrade(ctx, verb="initialised", create=True)
 
 
 @app.command("upgrade")
 def upgrade(ctx: typer.Context) -> None:
     """Migrate to the code's revision and re-create missing tables, keeping every row."""
-    _upgrade(ctx, verb="upgraded")
+    _upgrade(ctx, verb="upgraded", create=False)
 
 
-def _upgrade(ctx: typer.Context, verb: str) -> None:
-    settings = state(ctx).settings
-    engine = make_engine(settings.database_url)
+def _engine(cli: CliState, *, create: bool = False) -> Engine:
+    """A bare engine (schema commands work on partial schemas, which ``database()`` refuses);
+    a missing SQLite file is the same exit 2 as everywhere else unless ``create``."""
+    from autopack.db.engine import make_engine
+
+    try:
+        return make_engine(cli.settings.database_url, create=create)
+    except DatabaseMissing as exc:
+        raise cli.missing(exc) from exc
+
+
+def _upgrade(ctx: typer.Context, verb: str, *, create: bool) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from autopack.db import cannot_open, schema
+    from autopack.db.engine import sqlite_file
+
+    cli = state(ctx)
+    path = sqlite_file(cli.settings.database_url)
+    new = path is not None and not path.exists()
+    engine = _engine(cli, create=create)
     try:
         status = schema.upgrade(engine)
+    except DBAPIError as exc:
+        raise cannot_open(cli.settings.database_url, exc) from exc
     finally:
         engine.dispose()
-    identity = state(ctx).database().identity
+    if new:
+        err.print(f"created new database {path}", highlight=False)
+    identity = cli.database().identity
     out.print(
         f"{OK} {verb} {identity.url}: revision {status.db_revision}, "
         f"instance_id {identity.instance_id}"
@@ -51,10 +73,16 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Compare the schema with the code (read-only). Exit 0 in sync, 3 otherwise."""
-    settings = state(ctx).settings
-    engine = make_engine(settings.database_url)
+    from sqlalchemy.exc import DBAPIError
+
+    from autopack.db import cannot_open, schema
+
+    cli = state(ctx)
+    engine = _engine(cli)
     try:
         status = schema.check(engine)
+    except DBAPIError as exc:
+        raise cannot_open(cli.settings.database_url, exc) from exc
     finally:
         engine.dispose()
     if as_json:
@@ -93,6 +121,9 @@ def identity(
 
 def show_identity(ctx: typer.Context, *, as_json: bool, api_url: str | None) -> int:
     """Print the identity report (shared with ``scripts/db_identity_check.py``)."""
+    from autopack.client import ApiClient
+    from autopack.db.identity import row_counts
+
     database = state(ctx).database()
     report: dict[str, Any] = database.identity.model_dump(exclude={"public_url"})
     report["row_counts"] = row_counts(database.engine)

@@ -1,8 +1,10 @@
 """``autopack demo``: the main job end to end, on the embedded default.
 
-In a directory of its own it initialises a SQLite database, creates the bundled
+In a directory of its own it creates a SQLite database, creates the bundled
 ``telemetry-collection-v4`` run, drains it (the offline replay model unless an API key is
 set), and prints the outcome of every phase, the files written, and the telemetry report.
+It needs nothing beyond a plain ``pip install``: the run's checks use ``python -m
+unittest``, and replayed calls are shown as replayed, never as money spent.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from autopack.cli._common import OK, err, out, state
 from autopack.cli.drain_cmd import DrainFlags, executor_for, report
 from autopack.cli.telemetry_cmd import print_report
 from autopack.errors import Conflict
-from autopack.rundef import bundled_run_file, load_run_file
 
 RUN_NAME = "telemetry-collection-v4"
 MARKER = ".autopack-demo"
@@ -50,13 +51,15 @@ def demo(
     ),
 ) -> None:
     """Drain the bundled run end to end and report its telemetry."""
+    from autopack.rundef import bundled_run_file, load_run_file
+
     directory = directory.resolve()
     _fresh(directory)
     cli = state(ctx)
     if cli.database_url is None:
         cli.database_url = f"sqlite:///{directory / 'autopack.db'}"
     cli.use_flags(telemetry_db_enabled=True, autopack_replay_speed=speed)
-    database = cli.database()
+    database = cli.database(create=True)
     client = cli.client()
     try:
         client.create_run(load_run_file(bundled_run_file(RUN_NAME)))
@@ -79,18 +82,20 @@ def demo(
         worker_id=None,
         as_json=False,
     )
-    with executor_for(cli, RUN_NAME, flags) as (executor, _):
+    with executor_for(cli, RUN_NAME, flags) as (executor, progress):
         summary = executor.drain_run(RUN_NAME, concurrency=concurrency)
         run = executor.client.get_run(RUN_NAME)
-    code = report(summary, run, as_json=False)
-    print_report(client, RUN_NAME)
+    code = report(summary, run, as_json=False, spend=progress.spend)
+    print_report(cli.client(), RUN_NAME)  # the drain released the first connection
+    url = f"sqlite:///{directory / 'autopack.db'}"
     err.print(
         f"\nrepository: {workspace} (branch {summary.branch})   database: "
         f"{database.identity.url}\n"
-        f"next (with --database-url sqlite:///{directory / 'autopack.db'}): `autopack run "
-        f"export {RUN_NAME} DIR --workspace {workspace}` for the code, `autopack telemetry "
-        "calibrate --plot calibration.png`; or set ANTHROPIC_API_KEY / OPENAI_BASE_URL and "
-        "run the demo again for real.",
+        f"next: `autopack run export {RUN_NAME} DIR --workspace {workspace} --database-url "
+        f"{url}` for the code; `autopack telemetry calibrate --include-replayed --plot "
+        f"calibration.png --database-url {url}` (replayed calls are left out of calibration "
+        "unless asked); or set ANTHROPIC_API_KEY / OPENAI_BASE_URL and run the demo again "
+        "for real.",
         highlight=False,
         soft_wrap=True,  # a path or a command is never broken across lines
     )

@@ -1,20 +1,24 @@
 """``autopack doctor``: the legacy failure report's manual verification commands, as one.
 
-One line per check, ✔ or ✘ with the fix; exit 0 only when every check passes.
+One line per check, ✔ or ✘ with the fix; exit 0 only when every check passes, else the
+exit code every other command gives for the first problem's kind (2 settings or a missing
+database, 3 schema, 1 anything else). Doctor never creates a database: a missing SQLite
+file is named with where its path came from and the Autopack databases nearby, and
+``db init`` is suggested only when there is no other database to point at.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import typer
 
 from autopack.cli._common import FAIL, OK, err, out, print_json, state
-from autopack.client import ApiClient
-from autopack.config import DEFAULT_DATABASE_URL, Settings, redact_url, source_values
-from autopack.db import open_database, schema
-from autopack.db.engine import make_engine
-from autopack.errors import AutopackError, ServerUnavailable
+from autopack.errors import AutopackError, DatabaseMissing, SchemaOutOfDate, ServerUnavailable
+
+if TYPE_CHECKING:  # the settings and database stacks load when doctor runs
+    from autopack.config import LoadedSettings, Settings
 
 
 @dataclass
@@ -23,6 +27,8 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    exit_code: int = 1
+    """What a failing check makes doctor exit with: the code other commands give for it."""
 
 
 def doctor(
@@ -35,10 +41,12 @@ def doctor(
     try:
         settings = cli.settings
     except AutopackError as exc:
-        checks.append(Check("settings", False, exc.message, "fix the value named above"))
+        checks.append(
+            Check("settings", False, exc.message, "fix the value named above", exc.exit_code)
+        )
         _report(checks, as_json)
         return
-    checks.append(_schema(settings))
+    checks.append(_schema(cli.loaded()))
     if checks[-1].ok:
         checks.append(_server(settings))
     checks.append(
@@ -55,7 +63,9 @@ def doctor(
 
 
 def _database_url_sources(flag: str | None) -> list[Check]:
-    offered = source_values({"database_url": flag} if flag else {})
+    from autopack.config import DEFAULT_DATABASE_URL, dotenv_path, redact_url, source_values
+
+    offered = source_values({"database_url": flag} if flag else {}, dotenv_path())
     winner = next((src for src, vals in offered.items() if "database_url" in vals), "default")
     checks = []
     for source, values in [*offered.items(), ("default", {"database_url": DEFAULT_DATABASE_URL})]:
@@ -68,20 +78,44 @@ def _database_url_sources(flag: str | None) -> list[Check]:
     return checks
 
 
-def _schema(settings: Settings) -> Check:
-    engine = make_engine(settings.database_url)
+def _schema(loaded: LoadedSettings) -> Check:
+    from autopack.config import redact_url
+    from autopack.db import schema
+    from autopack.db.engine import make_engine
+
+    url = loaded.settings.database_url
+    try:
+        engine = make_engine(url)
+    except DatabaseMissing as exc:
+        from autopack.cli.whereis import missing_database
+
+        missing = missing_database(loaded, exc)
+        nearby: list[str] = missing.details["nearby"]
+        fix = (
+            f"use the database you mean: --database-url {nearby[0]} (or DATABASE_URL)"
+            if nearby
+            else "point DATABASE_URL at your database, or create one: autopack db init"
+        )
+        return Check("database", False, missing.message, fix, missing.exit_code)
     try:
         status = schema.check(engine)
     except Exception as exc:
-        return Check("database", False, f"{redact_url(settings.database_url)}: {exc}")
+        return Check("database", False, f"{redact_url(url)}: {exc}", exit_code=2)
     finally:
         engine.dispose()
+    where = loaded.database.describe()
     if status.in_sync:
-        return Check("schema", True, f"at revision {status.db_revision}")
-    return Check("schema", False, status.problem(), "run the command named above")
+        return Check(
+            "schema", True, f"{redact_url(url)} at revision {status.db_revision} ({where})"
+        )
+    fix = "run the command named above"
+    return Check("schema", False, status.problem(), fix, SchemaOutOfDate.exit_code)
 
 
 def _server(settings: Settings) -> Check:
+    from autopack.client import ApiClient
+    from autopack.db import open_database
+
     configured = settings.autopack_api_url
     url = configured or f"http://127.0.0.1:{settings.autopack_default_api_port}"
     database = open_database(settings.database_url, role="doctor", log=False)
@@ -94,7 +128,8 @@ def _server(settings: Settings) -> Check:
             return Check("api server", False, exc.message, "start it, or unset AUTOPACK_API_URL")
         return Check("api server", True, f"none on {url}; executors will start their own")
     except AutopackError as exc:
-        return Check("api server", False, exc.message, "point both at the same DATABASE_URL")
+        fix = "point both at the same DATABASE_URL"
+        return Check("api server", False, exc.message, fix, exc.exit_code)
     finally:
         database.close()
 
@@ -127,4 +162,4 @@ def _report(checks: list[Check], as_json: bool) -> None:
             if check.fix:
                 line += f"  [dim]→ {check.fix}[/dim]"
             (out if check.ok else err).print(line, highlight=False)
-    raise typer.Exit(0 if passed else 1)
+    raise typer.Exit(next((check.exit_code for check in checks if not check.ok), 0))

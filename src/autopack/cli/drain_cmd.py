@@ -1,9 +1,12 @@
 """``autopack drain phase|run``: the main job, on a server whose database is proven ours.
 
 Both commands resolve settings (command flags beat the environment), open the database
-(schema guard: exit 3), get an API server through the identity handshake (mismatch:
-exit 2), and drain with a progress display. Exit 0 when everything drained is COMPLETE,
-1 when some phase failed or could not run.
+(schema guard: exit 3), refuse what cannot work before any server starts or any phase is
+claimed (an unknown run or phase; no credentials and a cassette with nothing for the
+run: exit 2), get an API server through the identity handshake (mismatch: exit 2), and
+drain with a progress display. Exit 0 when everything drained is COMPLETE, 1 when some
+phase failed or could not run, 128 + the signal when stopped (130 for Ctrl-C, 143 for
+SIGTERM), after handing back every lease it held and printing the summary.
 """
 
 from __future__ import annotations
@@ -14,29 +17,23 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from autopack.builder.auditor import AuditMode
 from autopack.cli._common import CliState, err, out, print_json, state
-from autopack.cli.progress import DrainProgress
-from autopack.connect import connect, sigterm_unwinds
-from autopack.contract import RunView
-from autopack.errors import ServerUnavailable
-from autopack.estimation.estimator import TokenEstimator
-from autopack.executor.executor import AutonomousExecutor, DrainSummary
-from autopack.executor.integration import Integrator
-from autopack.executor.options import ExecutorOptions, Services
-from autopack.executor.repository import RepoSource, RunRepository, run_branch
-from autopack.executor.worktrees import Worktrees
-from autopack.llm.pricing import price_table
-from autopack.llm.registry import make_provider, model_for
+from autopack.cli.progress import DrainProgress, Spend
+from autopack.errors import ConfigError, InvalidInput, NotFound, ServerUnavailable
 from autopack.states import PHASE_TERMINAL
-from autopack.telemetry.otel import otel_instrumentation
-from autopack.telemetry.recorder import TelemetryRecorder
+
+if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
+    from autopack.builder.auditor import AuditMode
+    from autopack.contract import RunView
+    from autopack.executor.executor import AutonomousExecutor, DrainSummary
+    from autopack.llm.base import LLMProvider
 
 app = typer.Typer(help="Drain queued phases with the LLM Builder.", no_args_is_help=True)
 
@@ -69,12 +66,69 @@ def _setup(ctx: typer.Context, options: Mapping[str, Any]) -> tuple[CliState, Dr
     cli = state(ctx)
     if options["api_url"]:
         cli.api_url = options["api_url"]
+    allowed = options["allow_check_prefix"]
     cli.use_flags(
-        telemetry_db_enabled=options["telemetry"], autopack_replay_speed=options["replay_speed"]
+        telemetry_db_enabled=options["telemetry"],
+        autopack_replay_speed=options["replay_speed"],
+        autopack_allow_check_prefix=";".join(allowed) if allowed else None,
     )
     values = {f.name: options[f.name] for f in fields(DrainFlags)}
     values["auditor"] = _audit_mode(values["auditor"])
     return cli, DrainFlags(**values)
+
+
+def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> None:
+    """Exit 2 for a run (or phase) this database does not hold, asked of the in-process
+    server: before a server is spawned or anything is claimed."""
+    client = cli.client()
+    where = cli.database().identity.url
+    try:
+        if phase_id is None:
+            client.get_run(run_id)
+        else:
+            client.get_phase(run_id, phase_id)
+    except NotFound as exc:
+        raise InvalidInput(
+            f"nothing to drain: {exc.message}. `autopack run list` shows the runs in "
+            f"{where}; `autopack run create FILE` creates one.",
+            run_id=run_id,
+            phase_id=phase_id,
+        ) from exc
+    finally:
+        cli.release_connection()
+
+
+def answering_provider(cli: CliState, run_id: str, flags: DrainFlags) -> LLMProvider:
+    """The provider for the drain; exit 2 when it is a replay with nothing for this run
+    (no credentials: every call would miss, fail the phase and waste its retries)."""
+    from autopack.llm.registry import make_provider, provider_name
+
+    settings = cli.settings
+    provider = make_provider(settings, cassette=flags.cassette, record=flags.record)
+    if provider_name(settings, cassette=flags.cassette) != "replay":
+        return provider
+    from autopack.llm.replay import ReplayProvider  # loaded by make_provider already
+
+    assert isinstance(provider, ReplayProvider)
+    answers = provider.runs()
+    if run_id in answers:
+        return provider
+    path = provider.path
+    chosen = flags.cassette or settings.autopack_replay_cassette
+    why = (
+        f"the replay cassette {path}"
+        if chosen or settings.autopack_llm_provider == "replay"
+        else f"no LLM credentials are set, so answers would come from the bundled replay "
+        f"cassette ({path}), which"
+    )
+    has = ", ".join(answers) or "no run at all"
+    raise ConfigError(
+        f"run {run_id!r} cannot be drained: {why} has nothing for this run (it answers "
+        f"{has}). Set ANTHROPIC_API_KEY, or OPENAI_API_KEY / OPENAI_BASE_URL (choose with "
+        "AUTOPACK_LLM_PROVIDER), or pass --cassette FILE recorded for this run "
+        "(--record FILE records one against a live provider).",
+        run_id=run_id,
+    )
 
 
 @contextmanager
@@ -87,6 +141,22 @@ def executor_for(
     """
     settings = cli.settings
     database = cli.database()
+    refuse_unknown(cli, run_id, total_of)  # before the executor stack even loads
+
+    from autopack.connect import connect, sigterm_unwinds
+    from autopack.estimation.estimator import TokenEstimator
+    from autopack.executor.check_policy import CheckPolicy
+    from autopack.executor.executor import AutonomousExecutor
+    from autopack.executor.integration import Integrator
+    from autopack.executor.options import ExecutorOptions, Services
+    from autopack.executor.repository import RepoSource, RunRepository, run_branch
+    from autopack.executor.worktrees import Worktrees
+    from autopack.llm.pricing import price_table
+    from autopack.llm.registry import model_for
+    from autopack.telemetry.otel import otel_instrumentation
+    from autopack.telemetry.recorder import TelemetryRecorder
+
+    answering = answering_provider(cli, run_id, flags)
     options = ExecutorOptions(
         worker_id=flags.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         builder_model=model_for(settings, "builder"),
@@ -99,6 +169,7 @@ def executor_for(
         approval_timeout_seconds=flags.approval_timeout,
         phase_token_cap=flags.phase_token_cap,
         phase_cost_cap_usd=flags.phase_cost_cap,
+        check_policy=CheckPolicy.parse(settings.autopack_allow_check_prefix),
     )
     estimator = TokenEstimator.load(settings.autopack_estimator_file)
     with (
@@ -108,7 +179,7 @@ def executor_for(
         ExitStack() as stack,
     ):
         client = connection.client
-        provider = instrument(make_provider(settings, cassette=flags.cassette, record=flags.record))
+        provider = instrument(answering)
         run = client.get_run(run_id)
         source = RepoSource.choose(
             run_id, repo=flags.repo, workspace=flags.workspace, run_repository=run.repository
@@ -166,22 +237,32 @@ def executor_for(
 
 
 def report(
-    summary: DrainSummary, run: RunView, as_json: bool, *, require_complete: bool = True
+    summary: DrainSummary,
+    run: RunView,
+    as_json: bool,
+    *,
+    require_complete: bool = True,
+    spend: Spend | None = None,
 ) -> int:
     """Print the outcome and return the exit code: 0 when every drained phase is COMPLETE
-    (for a batch: when no phase failed), 1 otherwise."""
+    (for a batch: when no phase failed), 1 otherwise, 128 + the signal when stopped."""
     done = summary.all_complete if require_complete else not summary.any_failed
     ok = done and not summary.note
+    code = 128 + summary.stopped_by if summary.stopped_by else 0 if ok else 1
+    spend = spend or Spend()
     if as_json:
         print_json(
             {
                 "run_id": summary.run_id,
                 "run_state": summary.run_state,
                 "phase_states": summary.phase_states,
+                "done_before": sorted(summary.done_before),
                 "attempts": [a.__dict__ for a in summary.attempts],
                 "telemetry_written": summary.telemetry_written,
                 "telemetry_failures": summary.telemetry_failures,
                 "wall_seconds": summary.wall_seconds,
+                "replayed_cost_usd": round(spend.replayed_usd, 6),
+                "stopped_by": summary.stopped_by,
                 "note": summary.note or None,
                 "branch": summary.branch,
                 "branch_head": summary.branch_head,
@@ -189,36 +270,43 @@ def report(
                 "ok": ok,
             }
         )
-        return 0 if ok else 1
-    table = Table(
-        "phase",
-        "state",
-        "attempts",
-        "last stop reason",
-        "files",
-        title=f"run {summary.run_id}: {summary.run_state}",
-    )
+        return code
+    table = Table("phase", "state", "attempts", title=f"run {summary.run_id}: {summary.run_state}")
+    table.add_column("last stop reason", overflow="fold")
+    table.add_column("files")
     written = Tree("files written")
     for phase_id, phase_state in summary.phase_states.items():
         mine = [a for a in summary.attempts if a.phase_id == phase_id]
         files = sorted({f for a in mine for f in a.files_written})
+        style = "green" if phase_state == "COMPLETE" else "red"
+        if not mine and phase_id in summary.done_before:
+            table.add_row(phase_id, f"[{style}]{phase_state}", "-", "done before this drain", "-")
+            continue
+        last = ""
+        if mine:
+            last = mine[-1].stop_reason
+            if mine[-1].outcome != "COMPLETE" and mine[-1].detail:
+                last += f": {mine[-1].detail.strip().splitlines()[0]}"
         table.add_row(
-            phase_id,
-            f"[{'green' if phase_state == 'COMPLETE' else 'red'}]{phase_state}",
+            escape(phase_id),
+            f"[{style}]{phase_state}",
             str(len(mine)),
-            mine[-1].stop_reason if mine else "",
+            escape(last),
             str(len(files)),
         )
         if files:
-            branch = written.add(phase_id)
+            branch = written.add(escape(phase_id))
             for path in files:
-                branch.add(path)
+                branch.add(escape(path))
     out.print(table)
     if written.children:
         out.print(written)
+    cost = f"cost ${run.cost_usd:.4f}"
+    if spend.replayed_calls:
+        cost += f" (replayed calls, not billed: ${spend.replayed_usd:.4f})"
     out.print(
         f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "
-        f"{run.tokens_used} · cost ${run.cost_usd:.4f} · telemetry rows written "
+        f"{run.tokens_used} · {cost} · telemetry rows written "
         f"{summary.telemetry_written}, failed {summary.telemetry_failures}",
         highlight=False,
     )
@@ -236,8 +324,8 @@ def report(
             "telemetry_write_failed warnings above"
         )
     if summary.note:
-        err.print(f"[red]✘[/red] {summary.note}", highlight=False)
-    return 0 if ok else 1
+        err.print(f"[red]✘[/red] {escape(summary.note)}", highlight=False)
+    return code
 
 
 # Options shared by both commands (Typer needs them spelled out per command).
@@ -282,6 +370,13 @@ RECORD = typer.Option(
 )
 SPEED = typer.Option(None, "--replay-speed", min=0.0, help="Replay latency scale (0 = instant).")
 WORKER = typer.Option(None, "--worker-id", help="Lease owner name (default host-pid).")
+ALLOW_CHECKS = typer.Option(
+    None,
+    "--allow-check-prefix",
+    help="Run only checks starting with this command (repeatable; shell operators are "
+    "refused); a phase with any other check fails check_not_allowed before any work. "
+    "Beats AUTOPACK_ALLOW_CHECK_PREFIX (';'-separated). Default: any check.",
+)
 JSON = typer.Option(False, "--json", help="Print the summary as JSON.")
 
 
@@ -306,15 +401,16 @@ def drain_phase(
     record: Path | None = RECORD,
     replay_speed: float | None = SPEED,
     worker_id: str | None = WORKER,
+    allow_check_prefix: list[str] | None = ALLOW_CHECKS,
     as_json: bool = JSON,
 ) -> None:
     """Drain one phase until it is COMPLETE or FAILED (retries included)."""
     cli, flags = _setup(ctx, locals())
-    with executor_for(cli, run_id, flags, total_of=phase_id) as (executor, _):
+    with executor_for(cli, run_id, flags, total_of=phase_id) as (executor, progress):
         summary = executor.drain_phase(run_id, phase_id, force=force)
         summary.phase_states = {phase_id: summary.phase_states[phase_id]}
         run = executor.client.get_run(run_id)
-    raise typer.Exit(report(summary, run, as_json))
+    raise typer.Exit(report(summary, run, as_json, spend=progress.spend))
 
 
 @app.command("run")
@@ -342,14 +438,16 @@ def drain_run(
     record: Path | None = RECORD,
     replay_speed: float | None = SPEED,
     worker_id: str | None = WORKER,
+    allow_check_prefix: list[str] | None = ALLOW_CHECKS,
     as_json: bool = JSON,
 ) -> None:
     """Drain every phase of a run, CONCURRENCY at a time."""
     cli, flags = _setup(ctx, locals())
-    with executor_for(cli, run_id, flags) as (executor, _):
+    with executor_for(cli, run_id, flags) as (executor, progress):
         summary = executor.drain_run(run_id, concurrency=concurrency, max_claims=max_claims)
         run = executor.client.get_run(run_id)
-    raise typer.Exit(report(summary, run, as_json, require_complete=max_claims is None))
+    code = report(summary, run, as_json, require_complete=max_claims is None, spend=progress.spend)
+    raise typer.Exit(code)
 
 
 def _audit_mode(value: str) -> AuditMode:

@@ -1,17 +1,21 @@
 """Showing a drain as it happens: a Rich progress bar on a terminal, plain lines otherwise.
 
-The executor reports events (``attempt_started``, ``llm_call``, ``checks_started``,
-``approval_requested``, ``attempt_finished``, ``waiting``) from its worker threads; this
-sink turns them into one line per finished attempt plus a live bar of finished phases.
+The executor reports events (``attempt_started``, ``llm_call``, ``llm_usage``,
+``checks_started``, ``approval_requested``, ``attempt_finished``, ``waiting``) from its
+worker threads; this sink turns them into one line per finished attempt plus a live bar of
+finished phases with the tokens and cost spent so far (replayed calls apart: they cost
+nothing). Text a person must read (stop reasons, errors) is never cut.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,6 +37,23 @@ _STYLE = {
 }
 
 
+@dataclass
+class Spend:
+    """What this drain's LLM calls used: tokens, billed cost, and what replayed calls
+    would have cost (never billed)."""
+
+    tokens: int = 0
+    billed_usd: float = 0.0
+    replayed_usd: float = 0.0
+    replayed_calls: int = 0
+
+    def text(self) -> str:
+        shown = f"{self.tokens:,} tokens · ${self.billed_usd:.4f}"
+        if self.replayed_calls:
+            shown += f" (+${self.replayed_usd:.4f} replayed)"
+        return shown
+
+
 class DrainProgress:
     """Event sink for :class:`AutonomousExecutor`; use as a context manager."""
 
@@ -42,18 +63,22 @@ class DrainProgress:
         self._lock = threading.Lock()
         self._active: dict[str, str] = {}
         self._told: dict[str, str] = {}
+        self.spend = Spend()
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.fields[label]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[spend]}"),
             TextColumn("{task.description}"),
             console=console,
             transient=False,
             disable=not self.live,
         )
-        self._task = self._progress.add_task("", total=total, completed=done, label=label)
+        self._task = self._progress.add_task(
+            "", total=total, completed=done, label=label, spend=self.spend.text()
+        )
 
     def __enter__(self) -> DrainProgress:
         self._progress.start()
@@ -90,13 +115,15 @@ class DrainProgress:
                     f"[yellow]⚠ {phase}[/yellow] needs about {data['wanted']} output tokens, "
                     "more than the model's largest answer: split this phase"
                 )
+            elif event == "llm_usage":
+                self._spent(data)
             elif event == "checks_started":
                 self._active[phase] = "checks"
             elif event == "approval_requested":
                 self._active.pop(phase, None)
                 self._say(
                     f"[yellow]⏸ {phase}[/yellow] waits for approval "
-                    f"{data['approval_id']}: {'; '.join(data['reason'])} — "
+                    f"{data['approval_id']}: {escape('; '.join(data['reason']))} — "
                     f"`autopack approvals approve {data['approval_id']}`"
                 )
             elif event == "attempt_finished":
@@ -104,6 +131,16 @@ class DrainProgress:
             elif event == "waiting":
                 self._waiting(phase, data)
             self._status()
+
+    def _spent(self, data: dict[str, Any]) -> None:
+        self.spend.tokens += int(data.get("tokens") or 0)
+        cost = float(data.get("cost_usd") or 0.0)
+        if data.get("replayed"):
+            self.spend.replayed_usd += cost
+            self.spend.replayed_calls += 1
+        else:
+            self.spend.billed_usd += cost
+        self._progress.update(self._task, spend=self.spend.text())
 
     def _waiting(self, phase: str, data: dict[str, Any]) -> None:
         """Say once per (phase, state) why nothing is claimable; stay quiet for our own work."""
@@ -131,7 +168,7 @@ class DrainProgress:
         if result.outcome == "FAILED" and result.phase_state == "QUEUED":
             line += " (will retry)"
         elif result.detail and result.outcome != "COMPLETE":
-            line += f" — {result.detail.splitlines()[0][:160]}"
+            line += f" — {escape(result.detail.splitlines()[0])}"
         self._say(line)
         if result.phase_state in PHASE_TERMINAL:
             self._progress.advance(self._task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -11,11 +12,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from autopack.cli._common import OK, out, print_json, state
-from autopack.contract import CancelIn, RequeueIn, RunView
-from autopack.errors import ConfigError, Conflict
-from autopack.executor.repository import RepoSource, RunRepository, run_branch
-from autopack.rundef import bundled_run_file, load_run_file
+from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
+
+if TYPE_CHECKING:  # the contract and run-file models load when a command runs
+    from autopack.contract import RunView
 
 app = typer.Typer(help="Create, list, show, cancel runs; requeue phases.", no_args_is_help=True)
 
@@ -31,6 +32,9 @@ STATE_STYLE = {
     "SKIPPED": "dim",
     "DONE_CANCELLED": "dim",
 }
+
+
+STATE_HELP = "Only runs in this state: " + ", ".join(RunState) + "."
 
 
 def styled(state_name: str) -> str:
@@ -54,10 +58,24 @@ def create(
     file: str = typer.Argument(..., help="Run definition (.yaml, .yml or .json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the created run as JSON."),
 ) -> None:
-    """Create a run from a definition file (exit 2 naming the field if it is invalid)."""
+    """Create a run from a definition file (exit 2 naming the field if it is invalid, or if
+    the run already exists). Creates the database if there is none yet, and says so."""
+    from autopack.rundef import load_run_file
+
     definition = load_run_file(Path(file))
-    client = state(ctx).client()
-    run = client.create_run(definition)
+    cli = state(ctx)
+    cli.database(create=True)
+    client = cli.client()
+    try:
+        run = client.create_run(definition)
+    except Conflict as exc:
+        run_id = definition.run_id
+        raise InvalidInput(
+            f"{exc.message}: a run id names one run. To run this definition as a new run, "
+            f"change run_id in {file}; to run phases of the existing one again, "
+            f"`autopack run requeue {run_id} PHASE`; to see it, `autopack run show {run_id}`.",
+            run_id=run_id,
+        ) from exc
     if as_json:
         print_json(run)
         return
@@ -77,7 +95,10 @@ def seed(
 ) -> None:
     """Create a bundled run in the database DATABASE_URL resolves to (fully initialised);
     if it already exists, say so and exit 0."""
+    from autopack.rundef import bundled_run_file, load_run_file
+
     cli = state(ctx)
+    cli.database(create=True)
     client = cli.client()
     definition = load_run_file(bundled_run_file(name))
     where = cli.database().identity.describe()
@@ -103,7 +124,12 @@ def seed(
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    state_filter: RunState | None = typer.Option(None, "--state", help="Only runs in this state."),
+    state_filter: RunState | None = typer.Option(
+        None,
+        "--state",
+        metavar="STATE",
+        help=STATE_HELP,
+    ),
     limit: int = typer.Option(50, help="Page size (1..1000)."),
     offset: int = typer.Option(0, help="Runs to skip."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
@@ -190,7 +216,11 @@ def phase(
         f"[bold]{escape(run_id)}/{escape(phase_id)}[/bold] {styled(detail.state)} "
         f"attempts {detail.attempts}/{detail.max_attempts}"
     )
-    table = Table("#", "worker", "outcome", "stop reason", "tokens", "commit", "files / error")
+    table = Table("#", "worker", "outcome")
+    table.add_column("stop reason", overflow="fold")
+    table.add_column("tokens")
+    table.add_column("commit")
+    table.add_column("files / error", overflow="fold")  # wrapped, never cut
     for attempt in detail.history:
         info = ", ".join(attempt.files_written) or (attempt.error or "").split("\n")[0]
         table.add_row(
@@ -200,7 +230,7 @@ def phase(
             escape(attempt.stop_reason or "-"),
             str(attempt.tokens_used),
             (attempt.commit_sha or "-")[:12],
-            escape(info[:80]),
+            escape(info),
         )
     out.print(table)
     for approval in detail.approvals:
@@ -221,6 +251,8 @@ def export(
     repo: str | None = typer.Option(None, "--repo", help="The run's remote repository URL."),
 ) -> None:
     """Write the run's code (the head of its branch) into DIRECTORY."""
+    from autopack.executor.repository import RepoSource, RunRepository, run_branch
+
     cli = state(ctx)
     run = cli.client().get_run(run_id)
     if run.branch_head is None:
@@ -248,6 +280,8 @@ def cancel(
     reason: str | None = typer.Option(None, help="Recorded as the run's failure reason."),
 ) -> None:
     """Cancel a run: waiting phases SKIPPED, executing workers lose their leases."""
+    from autopack.contract import CancelIn
+
     run = state(ctx).client().cancel_run(run_id, CancelIn(reason=reason))
     out.print(f"{OK} run {escape(run_id)} is {styled(run.state)}")
 
@@ -260,6 +294,8 @@ def requeue(
     reason: str | None = typer.Option(None, help="Why (recorded with the attempt)."),
 ) -> None:
     """Requeue a FAILED, SKIPPED or stuck phase with a fresh retry window."""
+    from autopack.contract import RequeueIn
+
     request = RequeueIn(requested_by=operator(), reason=reason)
     phase_view = state(ctx).client().requeue_phase(run_id, phase_id, request)
     out.print(

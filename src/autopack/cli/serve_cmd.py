@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 
 import typer
-from sqlalchemy.engine import make_url
 
 from autopack.cli._common import state
-from autopack.config import child_env, redact_url
 from autopack.errors import ConfigError
 
 
@@ -24,24 +22,22 @@ def serve(
 ) -> None:
     """Serve the control plane API (same as `uvicorn autopack.main:app`).
 
-    With ``--workers N`` uvicorn starts N processes that resolve nothing themselves: each
-    gets every setting this command resolved, and the database's instance_id, explicitly
-    (as a spawned server does), so all N serve this database or refuse to start.
+    Creates the database if there is none yet (and says so). With --workers N, uvicorn
+    starts N processes that resolve nothing themselves: each gets every setting this
+    command resolved and the database's instance_id, so all N serve this database or
+    refuse to start.
     """
-    import uvicorn  # the web stack loads only for the commands that serve
+    from sqlalchemy.engine import make_url
 
     from autopack.api.auth import check_bind
+    from autopack.config import child_env, redact_url
 
-    settings = state(ctx).settings
+    cli = state(ctx)
+    settings = cli.settings
     check_bind(host, settings)  # anything but loopback needs tokens (exit 2 otherwise)
     port = port or settings.autopack_default_api_port
-    if workers == 1:
-        from autopack.api.app import create_app
-
-        uvicorn.run(create_app(settings), host=host, port=port)
-        return
     backend = make_url(settings.database_url).get_backend_name()
-    if backend != "postgresql":
+    if workers > 1 and backend != "postgresql":
         url = redact_url(settings.database_url)
         raise ConfigError(
             f"--workers {workers} needs PostgreSQL; {url} is {backend}, which takes one "
@@ -50,7 +46,17 @@ def serve(
             workers=workers,
             url=url,
         )
-    identity = state(ctx).database().identity  # schema-guarded and logged once, here
-    state(ctx).close()
+    # Open it here first: a missing file is created (and announced), a partial schema is
+    # one line and exit 3, before any server starts.
+    identity = cli.database(create=True).identity
+    import uvicorn  # the web stack loads only for the commands that serve
+
+    if workers == 1:
+        from autopack.api.app import create_app
+
+        cli.close()
+        uvicorn.run(create_app(settings), host=host, port=port)
+        return
+    cli.close()
     os.environ.update(child_env(settings, AUTOPACK_EXPECTED_INSTANCE_ID=identity.instance_id))
     uvicorn.run("autopack.main:app", host=host, port=port, workers=workers)

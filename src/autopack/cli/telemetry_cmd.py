@@ -2,24 +2,25 @@
 
 Both read through the control plane's client, like every other command. ``calibrate`` only
 *proposes* new estimator coefficients: it prints held-out before/after numbers and a diff,
-and writes the file only with ``--write``.
+and writes the file only with ``--write``. Replayed calls (provider ``replay``) show the
+cost they would have had as "replayed", never as spending, and ``calibrate`` leaves their
+estimation events out unless ``--include-replayed``: a cassette's token counts say what a
+model once wrote, not what this estimator should learn from now.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from autopack.cli._common import OK, out, print_json, state
-from autopack.client import ApiClient
-from autopack.estimation.calibrate import DEFAULT_MODEL_MAX_OUTPUT, calibrate
-from autopack.estimation.estimator import TokenEstimator
-from autopack.estimation.render import render_calibration, render_diff
-from autopack.estimation.report import render
-from autopack.llm.pricing import price_table
-from autopack.telemetry.events import UsageSummaryRow
+from autopack.cli._common import OK, err, out, print_json, state
+
+if TYPE_CHECKING:  # the client and estimation stacks load when a command runs
+    from autopack.client import ApiClient
+    from autopack.telemetry.events import TokenEstimationRow, UsageSummaryRow
 
 app = typer.Typer(help="Report and calibrate from recorded telemetry.", no_args_is_help=True)
 
@@ -43,6 +44,8 @@ def usage_table(usage: list[UsageSummaryRow]) -> Table:
     for row in usage:
         unpriced = row.calls - row.priced_calls
         cost = "" if row.cost_usd is None else f"{row.cost_usd:.4f}"
+        if row.replayed and cost:
+            cost += " replayed"
         if unpriced:
             cost += f" ({unpriced} unpriced)"
         table.add_row(
@@ -61,6 +64,8 @@ def usage_table(usage: list[UsageSummaryRow]) -> Table:
 
 def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False) -> None:
     """Usage by run/model/role and the estimator's accuracy per stratum."""
+    from autopack.estimation.report import render
+
     summary = client.telemetry_summary(run_id)
     if as_json:
         print_json(summary)
@@ -74,7 +79,39 @@ def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False
         )
         return
     out.print(usage_table(summary.usage))
+    billed = sum(row.cost_usd or 0.0 for row in summary.usage if not row.replayed)
+    replayed = sum(row.cost_usd or 0.0 for row in summary.usage if row.replayed)
+    line = f"billed cost ${billed:.4f}"
+    if any(row.replayed for row in summary.usage):
+        line += f"; replayed calls (not billed) would have cost ${replayed:.4f}"
+    out.print(line, highlight=False)
     out.print(render(report))
+
+
+def replayed_attempts(client: ApiClient, run_id: str | None) -> set[tuple[str, str, int]]:
+    """(run, phase, attempt) of every Builder call answered from a cassette."""
+    from autopack.telemetry.events import REPLAY_PROVIDER
+
+    found: set[tuple[str, str, int]] = set()
+    last = 0
+    while page := client.usage_events(run_id, limit=1000, after_id=last):
+        for event in page:
+            if event.provider == REPLAY_PROVIDER and event.role == "builder" and event.phase_id:
+                found.add((event.run_id, event.phase_id, event.attempt or 0))
+        last = page[-1].id
+    return found
+
+
+def live_events(
+    client: ApiClient, run_id: str | None, *, include_replayed: bool
+) -> tuple[list[TokenEstimationRow], int]:
+    """Estimation events to calibrate on, and how many replayed ones were left out."""
+    events = client.all_estimation_events(run_id)
+    if include_replayed:
+        return events, 0
+    replayed = replayed_attempts(client, run_id)
+    kept = [e for e in events if (e.run_id, e.phase_id, e.attempt) not in replayed]
+    return kept, len(events) - len(kept)
 
 
 @app.command("report")
@@ -118,16 +155,32 @@ def calibrate_cmd(
         help="Write the new estimator file here (without it nothing is written).",
     ),
     plot: Path | None = typer.Option(None, "--plot", help="Write the fit as a PNG."),
+    include_replayed: bool = typer.Option(
+        False, "--include-replayed", help="Also learn from calls answered by a replay cassette."
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Refit the estimator on the recorded phases (truncated ones as lower bounds), judge it
     on the latest ones against the current estimator, and say whether to write it.
 
-    Exit 0 whatever the verdict; nothing is written without --write.
+    Replayed calls are left out unless --include-replayed. Exit 0 whatever the verdict;
+    nothing is written without --write.
     """
+    from autopack.estimation.calibrate import DEFAULT_MODEL_MAX_OUTPUT, calibrate
+    from autopack.estimation.estimator import TokenEstimator
+    from autopack.estimation.render import render_calibration, render_diff
+    from autopack.llm.pricing import price_table
+
     cli = state(ctx)
     settings = cli.settings
-    events = [event.model_dump() for event in cli.client().all_estimation_events(run_id)]
+    kept, left_out = live_events(cli.client(), run_id, include_replayed=include_replayed)
+    events = [event.model_dump() for event in kept]
+    if left_out:
+        err.print(
+            f"left out {left_out} replayed estimation event(s) (answered from a cassette; "
+            "--include-replayed uses them)",
+            highlight=False,
+        )
     prior = TokenEstimator.load(settings.autopack_estimator_file)
     prices = price_table(settings)
     limits = {event["model"]: prices.max_output_tokens(event["model"]) for event in events}

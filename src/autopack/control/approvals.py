@@ -123,6 +123,12 @@ def _load(tx: Tx, approval_id: int, *, lock: bool = False) -> ApprovalRecord:
     return approval
 
 
+def get_approval(database: Database, approval_id: int) -> ApprovalView:
+    """One approval, whatever its status (404 naming the database if there is none)."""
+    found = run_transaction(database, lambda tx: _load(tx, approval_id))
+    return views.approval_view(found)
+
+
 def list_approvals(
     database: Database,
     *,

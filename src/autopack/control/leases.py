@@ -21,7 +21,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 
 from autopack.clock import utcnow
 from autopack.contract import HeartbeatIn, LeaseRenewed, PhaseUsage, UsageAnswer, UsageIn
@@ -105,7 +105,7 @@ def heartbeat(database: Database, run_id: str, phase_id: str, beat: HeartbeatIn)
                         "b_now": now,
                     },
                 ).first()
-        except DBAPIError as exc:
+        except (DBAPIError, InvalidRequestError) as exc:
             if not connection_lost(exc):
                 raise
             renewed = None  # the full path below runs it again, on a new connection

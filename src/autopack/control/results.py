@@ -8,12 +8,16 @@
   (max 60 s); otherwise FAILED with ``last_failure_reason`` and a 12-hex
   ``failure_fingerprint``, and every phase that can never run becomes SKIPPED. When no
   phase is open the run ends DONE_SUCCESS or DONE_FAILED_PHASES.
+* FAILED with stop reason ``interrupted`` (the executor was stopped: SIGTERM, Ctrl-C, and
+  it handed the lease back) is not the phase's failure: it goes back to QUEUED at once,
+  and its retry window moves on by one, so the attempt is recorded but does not count
+  against the phase's retries (while its run may still run).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -29,9 +33,12 @@ from autopack.db.records import AttemptRecord, PhaseRecord
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import BranchMoved, Conflict
 from autopack.logs import log_event
+from autopack.rundef import Policy
 from autopack.states import RUN_ACTIVE, PhaseState, ensure_transition
 
 P = PhaseState
+INTERRUPTED = "interrupted"
+"""The stop reason of an attempt its executor handed back because it was stopped."""
 
 
 def post_result(
@@ -123,37 +130,17 @@ def _post_result(
         branch_head = _advance_branch(tx, run_id, result.commit, result.base)
     target = P.COMPLETE
     policy = None
+    interrupted = result.outcome == P.FAILED and result.stop_reason == INTERRUPTED
     if result.outcome == P.FAILED:
         run = lifecycle.load_run(tx, run_id)
         policy = run.policy
-        retry = result.retryable and phase.window_open and run.state in RUN_ACTIVE
+        retry = (interrupted or (result.retryable and phase.window_open)) and (
+            run.state in RUN_ACTIVE
+        )
         target = P.QUEUED if retry else P.FAILED
     ensure_transition("phase", phase.state, target, subject=f"phase {run_id}/{phase_id}")
 
-    values: dict[str, Any] = {
-        "state": target,
-        "lease_owner": None,
-        "lease_token": None,
-        "lease_expires_at": None,
-        "updated_at": tx.now,
-    }
-    available_at = None
-    if target == P.COMPLETE:
-        values.update(finished_at=tx.now, commit_sha=result.commit)
-    else:
-        first_line = (result.error or result.feedback or "").strip().splitlines()
-        reason = result.stop_reason + (f": {first_line[0][:300]}" if first_line else "")
-        values.update(
-            last_failure_reason=reason,
-            failure_fingerprint=lifecycle.fingerprint(result.stop_reason, result.error),
-        )
-        if target == P.QUEUED:
-            assert policy is not None
-            delay = lifecycle.backoff_seconds(policy, number - phase.retry_window_start)
-            available_at = tx.now + timedelta(seconds=delay)
-            values.update(available_at=available_at)
-        else:
-            values.update(finished_at=tx.now)
+    values, available_at = _phase_values(tx, phase, result, target, policy)
     lifecycle.update_phase(tx, phase, **values)
     if target != P.QUEUED:
         set_phase_outcome(tx, run_id, phase_id, target)
@@ -208,6 +195,42 @@ def _post_result(
         phase_state=target,
     )
     return answer
+
+
+def _phase_values(
+    tx: Tx, phase: PhaseRecord, result: ResultIn, target: PhaseState, policy: Policy | None
+) -> tuple[dict[str, Any], datetime | None]:
+    """The phase row's new values for ``result`` moving it to ``target``, and when it is
+    available again (re-queued)."""
+    values: dict[str, Any] = {
+        "state": target,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": tx.now,
+    }
+    available_at = None
+    if target == P.COMPLETE:
+        values.update(finished_at=tx.now, commit_sha=result.commit)
+        return values, None
+    first_line = (result.error or result.feedback or "").strip().splitlines()
+    reason = result.stop_reason + (f": {first_line[0][:300]}" if first_line else "")
+    values.update(
+        last_failure_reason=reason,
+        failure_fingerprint=lifecycle.fingerprint(result.stop_reason, result.error),
+    )
+    if target == P.QUEUED and result.stop_reason == INTERRUPTED:
+        # not a failure: no backoff, no retry spent
+        available_at = tx.now
+        values.update(available_at=available_at, retry_window_start=phase.retry_window_start + 1)
+    elif target == P.QUEUED:
+        assert policy is not None
+        delay = lifecycle.backoff_seconds(policy, phase.attempts - phase.retry_window_start)
+        available_at = tx.now + timedelta(seconds=delay)
+        values.update(available_at=available_at)
+    else:
+        values.update(finished_at=tx.now)
+    return values, available_at
 
 
 def redacted(result: ResultIn) -> ResultIn:

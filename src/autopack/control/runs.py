@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidRequestError
 
 from autopack.contract import (
     CancelIn,
@@ -26,7 +26,7 @@ from autopack.db import Database
 from autopack.db import statements as sql
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord, TierRecord
 from autopack.db.transaction import Tx, run_transaction
-from autopack.errors import Conflict, InvalidInput
+from autopack.errors import Conflict, IllegalTransition, InvalidInput
 from autopack.logs import log_event
 from autopack.rundef import RunDefinition
 from autopack.states import (
@@ -160,8 +160,8 @@ def _refresh_planner_statistics(database: Database, new_phases: int) -> None:
                 # A VACUUM or another ANALYZE holding the table must not stall run creation.
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{ANALYZE_LOCK_TIMEOUT}'")
                 conn.execute(sql.ANALYZE_WORK_TABLES)
-    except DBAPIError as exc:  # the run is committed; autovacuum will analyze later
-        reason = str(exc.orig or exc).strip()
+    except (DBAPIError, InvalidRequestError) as exc:  # the run is committed; autovacuum will
+        reason = str(getattr(exc, "orig", None) or exc).strip()  # analyze later
         log_event(logger, "analyze_skipped", logging.WARNING, reason=reason)
 
 
@@ -244,13 +244,22 @@ def requeue_phase(database: Database, run_id: str, phase_id: str, request: Reque
     in the queue with a fresh retry window; recorded as a REQUEUED attempt.
 
     A stuck phase's lease is revoked (its worker's next call is a 409). Phases SKIPPED only
-    because this one failed are re-queued with it, and a finished-failed run reopens.
+    because this one failed are re-queued with it, and a finished-failed run reopens. A
+    COMPLETE phase is requeued only when the request says so (``complete``: the probe
+    re-running a phase to measure it again); its finished run reopens too.
     """
 
     def work(tx: Tx) -> PhaseView:
         phase = lifecycle.load_phase(tx, run_id, phase_id, lock=True)
         run = lifecycle.load_run(tx, run_id)
         subject = f"phase {run_id}/{phase_id}"
+        if phase.state == P.COMPLETE and not request.complete:
+            raise IllegalTransition(
+                f"{subject} is COMPLETE: requeueing it runs it again, which must be asked "
+                "for (complete=true; `autopack probe --force` does)",
+                current_state=phase.state,
+                requested_state=P.QUEUED,
+            )
         if run.state not in RUN_ACTIVE:
             ensure_transition("run", run.state, R.RUNNING, subject=f"run {run_id}")
             problem = lifecycle.budget_problem(tx, run, starting_new_phase=False)

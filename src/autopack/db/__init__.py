@@ -5,7 +5,8 @@ touches the database.
 :func:`open_database` is the single way a process gets its database: it connects, makes
 sure the schema is complete (initialising a brand-new database, refusing a partial one),
 reads the identity, checks it against an expected instance_id when one is given, and logs
-the identity once.
+the identity once. It never creates a SQLite file unless asked to (``create=True``): a
+command that only reads must not answer "nothing here" from an empty file it just made.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from autopack.config import redact_url
-from autopack.db.engine import make_engine
+from autopack.db.engine import make_engine, sqlite_file
 from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
 from autopack.db.transaction import connection_lost
@@ -45,6 +46,8 @@ class Database:
     SQLite's busy handler, which sleeps in growing steps (up to 100 ms) instead of waking
     when the lock is free; a Python lock hands over at once. Other processes on the same
     file still meet at SQLite's lock. PostgreSQL: no lock (row locks do the work)."""
+    created: bool = False
+    """This call created the SQLite file (the commands that may create one say so)."""
 
     @property
     def postgresql(self) -> bool:
@@ -83,19 +86,35 @@ class Database:
         self.engine.dispose()
 
 
+def cannot_open(url: str, exc: DBAPIError) -> ConfigError:
+    """A driver's connection failure as the one-line error every command shows (exit 2)."""
+    reason = str(exc.orig) if exc.orig is not None else str(exc)
+    return ConfigError(
+        f"cannot open database {redact_url(url)}: {reason.strip()}", url=redact_url(url)
+    )
+
+
 def open_database(
-    url: str, *, role: str, expected_instance_id: str | None = None, log: bool = True
+    url: str,
+    *,
+    role: str,
+    expected_instance_id: str | None = None,
+    log: bool = True,
+    create: bool = False,
 ) -> Database:
-    """Connect, guard the schema, verify and log the identity. ``url`` must be resolved."""
-    engine = make_engine(url)
+    """Connect, guard the schema, verify and log the identity. ``url`` must be resolved.
+
+    A SQLite file that does not exist is :class:`~autopack.errors.DatabaseMissing` unless
+    ``create`` is true.
+    """
+    path = sqlite_file(url)
+    created = path is not None and not path.exists()
+    engine = make_engine(url, create=create)
     try:
         identity = _guarded_identity(engine)
     except (OperationalError, DBAPIError) as exc:
         engine.dispose()
-        reason = str(exc.orig) if exc.orig is not None else str(exc)
-        raise ConfigError(
-            f"cannot open database {redact_url(url)}: {reason.strip()}", url=redact_url(url)
-        ) from exc
+        raise cannot_open(url, exc) from exc
     except Exception:
         engine.dispose()
         raise
@@ -119,7 +138,7 @@ def open_database(
             schema_revision=identity.schema_revision,
         )
     writer = threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
-    return Database(engine, identity, writer)
+    return Database(engine, identity, writer, created=created)
 
 
 def _guarded_identity(engine: Engine) -> DbIdentity:
@@ -137,4 +156,4 @@ def _guarded_identity(engine: Engine) -> DbIdentity:
     raise AssertionError("unreachable")
 
 
-__all__ = ["Database", "DbIdentity", "open_database"]
+__all__ = ["Database", "DbIdentity", "cannot_open", "open_database"]

@@ -4,16 +4,23 @@ SQLite gets WAL (readers never block the writer), foreign keys on, a busy timeou
 ``BEGIN IMMEDIATE`` for every transaction so that a claim takes the write lock *before*
 it reads the row it is about to flip: two claimers can never both see the phase as free.
 PostgreSQL relies on row locks (``FOR UPDATE SKIP LOCKED``, :mod:`autopack.db.statements`).
+
+SQLite creates a missing file on connect, so an engine for a file that does not exist is
+refused unless the caller asks to create it: only the commands that make databases
+(``db init``, ``run create``, ``demo``, ``serve``) do.
 """
 
 from __future__ import annotations
 
 import select
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
+
+from autopack.errors import DatabaseMissing
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -34,8 +41,26 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for an already resolved (absolute) database URL."""
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for other backends and in-memory databases."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None  # a URI filename: SQLite's own open flags decide
+    return Path(database)
+
+
+def make_engine(url: str, *, create: bool = False) -> Engine:
+    """An engine for an already resolved (absolute) database URL.
+
+    ``create=False``: a SQLite file that does not exist raises :class:`DatabaseMissing`
+    instead of being created empty on the first connection.
+    """
+    path = sqlite_file(url)
+    if path is not None and not create and not path.exists():
+        raise DatabaseMissing(path=str(path))
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(
             url,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, RowMapping
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 from sqlalchemy.sql import Executable
 
 from autopack.clock import utcnow
@@ -90,9 +90,16 @@ class Tx:
         return f"database {self.identity.public_url} (instance_id {self.identity.instance_id})"
 
 
-def connection_lost(exc: DBAPIError) -> bool:
+CHECKOUT_EXHAUSTED = "This connection is closed"
+"""What SQLAlchemy's pool raises (an ``InvalidRequestError``) when every connection it
+opened for a checkout was closed by the server before it could be handed out."""
+
+
+def connection_lost(exc: DBAPIError | InvalidRequestError) -> bool:
     """Did this fail because the connection died (server restart, failover,
     ``pg_terminate_backend``, a network cut) rather than because of what it ran?"""
+    if isinstance(exc, InvalidRequestError):
+        return str(exc) == CHECKOUT_EXHAUSTED
     if exc.connection_invalidated:
         return True
     if isinstance(exc, OperationalError) and exc.statement is None:
@@ -117,9 +124,9 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
         try:
             with database.transaction() as connection:
                 return work(Tx(connection, utcnow(), database.identity, database.postgresql))
-        except DBAPIError as exc:
+        except (DBAPIError, InvalidRequestError) as exc:
             lost = connection_lost(exc)
-            code = getattr(exc.orig, "sqlstate", None)
+            code = getattr(getattr(exc, "orig", None), "sqlstate", None)
             if not lost and code not in RETRYABLE_SQLSTATES:
                 raise
             if attempt == MAX_TRANSACTION_TRIES:
@@ -139,9 +146,10 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def unavailable(exc: DBAPIError, tries: int) -> DatabaseUnavailable:
-    reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else ""
+def unavailable(exc: DBAPIError | InvalidRequestError, tries: int) -> DatabaseUnavailable:
+    cause = getattr(exc, "orig", None) or exc
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     return DatabaseUnavailable(
-        f"the database connection failed {tries} times in a row ({type(exc.orig).__name__}: "
+        f"the database connection failed {tries} times in a row ({type(cause).__name__}: "
         f"{reason}); try again shortly"
     )

@@ -42,7 +42,8 @@ from autopack.contract import (
 )
 from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
-from autopack.executor.checks import run_checks
+from autopack.executor.check_policy import CHECK_REFUSED
+from autopack.executor.checks import CheckUnavailable, run_checks
 from autopack.executor.git import GitError
 from autopack.executor.integration import base_for
 from autopack.executor.lease import Lease
@@ -119,18 +120,14 @@ class Attempt:
             raise
 
     def _run(self, lease: Lease, meter: Meter) -> AttemptResult:
-        claim = self.claim
-        name = f"{claim.run_id}-{claim.phase_id}-{claim.attempt}"
-        try:
-            with self.s.worktrees.checkout(base_for(self.s.repository, claim), name) as tree:
-                ended = self._steps(lease, meter, tree)
-                if isinstance(ended, AttemptResult):  # parked for a human's approval
-                    return ended
-                answer, finish = self._deliver(lease, meter, tree, ended)
-                tree.keep = finish.outcome != PhaseState.COMPLETE
-        except GitError as exc:  # no worktree to work in: record why, never die
-            finish = failed("git_error", error=exc.message)
-            answer = self._post(lease, meter, finish)
+        refused = self._refused_checks()
+        if refused is not None:  # before any LLM call, file or command
+            finish, answer = refused, self._post(lease, meter, refused)
+        else:
+            ended = self._in_worktree(lease, meter)
+            if isinstance(ended, AttemptResult):  # parked for a human's approval
+                return ended
+            answer, finish = ended
         result = self._report(
             finish.outcome,
             finish.stop_reason,
@@ -141,6 +138,34 @@ class Attempt:
         )
         self.s.events("attempt_finished", result=result)
         return result
+
+    def _refused_checks(self) -> Finish | None:
+        """The phase has a check this executor does not run (``--allow-check-prefix``)."""
+        policy = self.o.check_policy
+        refusal = policy.refusal(self.task.checks) if policy is not None else None
+        return None if refusal is None else failed(CHECK_REFUSED, error=refusal, retryable=False)
+
+    def _in_worktree(
+        self, lease: Lease, meter: Meter
+    ) -> tuple[ResultAnswer, Finish] | AttemptResult:
+        """The attempt's work in a worktree of its own, and its posted result."""
+        claim = self.claim
+        name = f"{claim.run_id}-{claim.phase_id}-{claim.attempt}"
+        try:
+            with self.s.worktrees.checkout(base_for(self.s.repository, claim), name) as tree:
+                ended = self._steps(lease, meter, tree)
+                if isinstance(ended, AttemptResult):
+                    return ended
+                answer, finish = self._deliver(lease, meter, tree, ended)
+                if finish.outcome == PhaseState.COMPLETE and answer.phase_state != finish.outcome:
+                    # The executor handed the lease back (SIGTERM) before this result got
+                    # through: the repeat of that post got its answer; nothing joined.
+                    finish = failed("interrupted", error="handed back before it was recorded")
+                tree.keep = finish.outcome != PhaseState.COMPLETE
+                return answer, finish
+        except GitError as exc:  # no worktree to work in: record why, never die
+            finish = failed("git_error", error=exc.message)
+            return self._post(lease, meter, finish), finish
 
     def _steps(self, lease: Lease, meter: Meter, tree: Worktree) -> Finish | AttemptResult:
         """Build, write, check, audit and commit in the worktree; how the attempt ends."""
@@ -301,7 +326,11 @@ class Attempt:
             return
         lease.renew(state=PhaseState.CI_RUNNING)
         self.s.events("checks_started", run_id=self.claim.run_id, phase_id=self.claim.phase_id)
-        self.checks = run_checks(self.task.checks, workspace, self.o.check_timeout)
+        try:
+            self.checks = run_checks(self.task.checks, workspace, self.o.check_timeout)
+        except CheckUnavailable as exc:
+            self.checks = exc.results  # recorded with the attempt: they show what is missing
+            raise
         failures = [c for c in self.checks if not c.passed]
         if failures:
             raise failed(

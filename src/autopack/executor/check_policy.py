@@ -2,16 +2,14 @@
 
 A run file is code: its checks are shell commands that every executor draining it runs.
 An operator who shares a fleet can restrict their executors to known programs; a phase
-with a check outside the list is refused when it is claimed, before any LLM call or any
-command, and fails with stop reason ``check_not_allowed`` naming the check.
+with a check outside the list is refused as soon as its attempt starts, before any LLM
+call or any command (:class:`~autopack.executor.attempt.Attempt`), and fails with stop
+reason ``check_not_allowed`` naming the check, not retryable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-from autopack.contract import Claim, ResultIn
-from autopack.states import PhaseState
+from collections.abc import Sequence
 
 _SHELL_OPERATORS = (";", "&", "|", "`", "$(", "${", ">", "<", "\n", "\r")
 CHECK_REFUSED = "check_not_allowed"
@@ -59,24 +57,3 @@ class CheckPolicy:
             f"--allow-check-prefix {list(self.prefixes)} (shell operators are never "
             "allowed); drain this phase with an executor that allows them"
         )
-
-    def finish(self, claim: Claim) -> ResultIn | None:
-        """For a claimed phase whose checks are not allowed here: the result that ends the
-        attempt at once (FAILED, not retryable: another executor of this fleet would refuse
-        it too; a requeue after changing the run, or an executor that allows it, goes on)."""
-        reason = self.refusal(claim.phase.checks)
-        if reason is None:
-            return None
-        return ResultIn(
-            lease_token=claim.lease_token,
-            outcome=PhaseState.FAILED,
-            stop_reason=CHECK_REFUSED,
-            retryable=False,
-            error=reason,
-        )
-
-
-def claim_filter(setting: str | None) -> Callable[[Claim], ResultIn | None] | None:
-    """The client's claim filter for ``AUTOPACK_ALLOW_CHECK_PREFIX`` (None: run any check)."""
-    policy = CheckPolicy.parse(setting)
-    return policy.finish if policy is not None else None

@@ -5,24 +5,105 @@ its whole process group, and ``python``/``pytest`` resolving to the executor's o
 interpreter. Credentials are removed from the environment: a check runs code the LLM wrote.
 An executor can refuse checks outside an allow-list
 (:class:`~autopack.executor.check_policy.CheckPolicy`) before any work starts on the phase.
+
+A check whose program is not there (the shell's exit 127 "not found", or ``python -m X``
+with no module X) is not the Builder's failure and no retry can fix it: :func:`run_checks`
+raises :class:`CheckUnavailable`, a ``Finish`` with stop reason ``check_unavailable``,
+not retryable, naming the program. Running checks are tracked so that a stopping
+executor can kill them (:func:`terminate_running_checks`): each runs in its own session,
+which a signal to the executor does not reach.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from autopack.contract import CheckResult
+from autopack.executor.outcome import Finish
+from autopack.states import PhaseState
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
 TAIL_CHARS = 4000
 _SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
+COMMAND_NOT_FOUND = 127
+"""POSIX shells' exit status for a command that does not exist."""
+
+_RUNNING: set[subprocess.Popen[str]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+class CheckUnavailable(Finish):
+    """A check's program is missing: the attempt fails once, ``check_unavailable``, with no
+    retry (no answer from the Builder can install a program). ``results`` are every check's
+    results, for the attempt's record."""
+
+    def __init__(self, missing: list[tuple[CheckResult, str]], results: list[CheckResult]) -> None:
+        named = "; ".join(f"`{check.command}`: {program}" for check, program in missing)
+        tails = "\n".join(f"$ {check.command}\n{check.output_tail[-500:]}" for check, _ in missing)
+        super().__init__(
+            PhaseState.FAILED,
+            "check_unavailable",
+            error=f"a check's program is not available ({named}); install it where the "
+            f"executor runs (checks run with {sys.executable}) or change the run's checks\n"
+            + tails,
+            retryable=False,
+        )
+        self.missing = [program for _, program in missing]
+        self.results = results
+
+
+def missing_program(check: CheckResult, workspace: Path) -> str | None:
+    """What is missing when ``check`` could not run its program, else None.
+
+    The shell's "not found" (exit 127) names the command; ``python -m X`` that Python
+    answers with "No module named X" (exit 1) names the module, unless X would live in the
+    workspace (then writing it is the Builder's job, and a retry can fix it).
+    """
+    lines = check.output_tail.strip().splitlines()
+    if check.exit_code == COMMAND_NOT_FOUND:
+        for line in reversed(lines):
+            if line.rstrip().endswith("not found"):
+                parts = line.split(": ")
+                if len(parts) >= 3:
+                    return f"{parts[-2].strip()} (command not found)"
+        return f"{check.command.split()[0]} (command not found)"
+    if check.exit_code != 1:
+        return None
+    try:
+        words = shlex.split(check.command)
+    except ValueError:
+        return None
+    if "-m" not in words[:-1] or not words or not Path(words[0]).name.startswith("python"):
+        return None
+    module = words[words.index("-m") + 1]
+    top = module.split(".")[0]
+    if (workspace / top).exists() or (workspace / f"{top}.py").exists():
+        return None
+    for line in lines:
+        if line.endswith(f": No module named {top}") or line.endswith(
+            f": No module named {module}"
+        ):
+            return f"Python module {top} (`python -m {module}`: No module named {top})"
+    return None
+
+
+def terminate_running_checks() -> None:
+    """Kill every running check's process group (the executor is being stopped)."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for process in running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _check_env(scratch: Path) -> dict[str, str]:
@@ -60,6 +141,8 @@ def _run(command: str, workspace: Path, timeout: float, env: dict[str, str]) -> 
         errors="replace",
         start_new_session=True,
     )
+    with _RUNNING_LOCK:
+        _RUNNING.add(process)
     timed_out = False
     try:
         output, _ = process.communicate(timeout=timeout)
@@ -68,6 +151,9 @@ def _run(command: str, workspace: Path, timeout: float, env: dict[str, str]) -> 
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         output += f"\n[autopack] check timed out after {timeout:g}s and was killed"
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(process)
     return CheckResult(
         command=command,
         exit_code=None if timed_out else process.returncode,
@@ -81,5 +167,16 @@ def _run(command: str, workspace: Path, timeout: float, env: dict[str, str]) -> 
 def run_checks(
     commands: Sequence[str], workspace: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS
 ) -> list[CheckResult]:
-    """Run every check (all of them, so the Builder gets all the feedback at once)."""
-    return [run_check(command, workspace, timeout) for command in commands]
+    """Run every check (all of them, so the Builder gets all the feedback at once).
+
+    Raises :class:`CheckUnavailable` when a check's program is missing.
+    """
+    results = [run_check(command, workspace, timeout) for command in commands]
+    missing = [
+        (check, program)
+        for check in results
+        if not check.passed and (program := missing_program(check, workspace)) is not None
+    ]
+    if missing:
+        raise CheckUnavailable(missing, results)
+    return results

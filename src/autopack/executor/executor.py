@@ -4,20 +4,26 @@ It never opens a database: everything goes through :class:`~autopack.client.ApiC
 a server whose identity was checked by :func:`autopack.connect.connect`. ``drain_run`` runs K worker
 threads (LLM calls dominate wall time, so overlap is where time is won); each claims a
 phase, runs one :class:`Attempt`, and claims again until the run is finished. A first stop
-request (Ctrl-C) stops claiming and lets in-flight attempts post their results.
+request (Ctrl-C) stops claiming and lets in-flight attempts post their results; SIGTERM or
+a second Ctrl-C hands every lease the executor holds back at once (:meth:`abort`), so the
+next drain finds the phases QUEUED instead of held by a dead worker until their leases
+expire, and the control plane does not count those attempts against the phases' retries.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from autopack.clock import utcnow
-from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, RunView
+from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, ResultIn, RunView
+from autopack.errors import AutopackError
 from autopack.executor.attempt import Attempt
+from autopack.executor.checks import terminate_running_checks
 from autopack.executor.git import GitError
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult
@@ -45,6 +51,10 @@ class DrainSummary:
     repository: str = ""
     repository_flag: str = ""
     """How to name that repository on the command line (``--workspace DIR``, ``--repo URL``)."""
+    done_before: set[str] = field(default_factory=set)
+    """Phases already COMPLETE when this drain started (it did nothing for them)."""
+    stopped_by: int | None = None
+    """The signal that stopped the drain (SIGINT, SIGTERM); the CLI exits 128 + it."""
 
     @property
     def any_failed(self) -> bool:
@@ -85,15 +95,33 @@ def blockers(run: RunView, phase: PhaseView) -> list[str]:
     return reasons
 
 
-def _wait_all(finished: list[threading.Event]) -> None:
-    """Wait until every worker has finished, interruptibly by Ctrl-C.
+def _wait_all(finished: list[threading.Event], timeout: float | None = None) -> None:
+    """Wait until every worker has finished (or ``timeout`` passed), interruptibly by
+    Ctrl-C and SIGTERM.
 
     Events, not ``Thread.join``: on Python 3.11 a KeyboardInterrupt landing inside
     ``join`` can leave a live thread reporting ``is_alive() == False``.
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
     for event in finished:
         while not event.wait(0.2):
-            pass
+            if deadline is not None and time.monotonic() > deadline:
+                return
+
+
+def stop_signal(exc: BaseException) -> int | None:
+    """The signal behind an interruption: SIGINT for Ctrl-C, SIGTERM (or another) for the
+    ``SystemExit(128 + signum)`` that :func:`autopack.connect.sigterm_unwinds` raises."""
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        return exc.code - 128
+    return None
+
+
+ABORT_GRACE_SECONDS = 2.0
+"""After an abort, how long workers get to notice their lease is gone and undo their files
+(one waiting on an LLM answer does not return in time; its process exits without it)."""
 
 
 class AutonomousExecutor:
@@ -106,6 +134,9 @@ class AutonomousExecutor:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._claims_left: int | None = None
+        self._held: dict[str, Claim] = {}
+        """Claims whose attempts are running, by idempotency key (what :meth:`abort` hands
+        back)."""
 
     def stop(self) -> None:
         """Stop claiming new work; attempts in flight still finish and post their results."""
@@ -136,9 +167,51 @@ class AutonomousExecutor:
         return summary
 
     def _attempt(self, claim: Claim, summary: DrainSummary) -> None:
+        with self._lock:
+            self._held[claim.idempotency_key] = claim
+        # An interruption leaves the claim held, wherever it landed (even before the
+        # attempt's own hand-back could run): :meth:`abort` hands it back, and a second
+        # hand-back under the same idempotency key changes nothing.
         result = Attempt(self.s, claim).run()
         with self._lock:
+            self._held.pop(claim.idempotency_key, None)
             summary.attempts.append(result)
+
+    def abort(self, summary: DrainSummary, signum: int) -> None:
+        """Stop now: no new claims, running checks killed, and every held lease handed
+        back at once as an ``interrupted`` result (which the control plane re-queues
+        without spending a retry). Each posts under its attempt's idempotency key, so an
+        attempt that reports after this gets the same answer and changes nothing."""
+        self.stop()
+        summary.stopped_by = signum
+        terminate_running_checks()
+        with self._lock:
+            held = list(self._held.values())
+        for claim in held:
+            interrupted = ResultIn(
+                lease_token=claim.lease_token,
+                outcome=PhaseState.FAILED,
+                stop_reason="interrupted",
+                error=f"the executor was stopped by {signal.Signals(signum).name} mid-attempt",
+            )
+            try:
+                answer = self.client.post_result(
+                    claim.run_id, claim.phase_id, interrupted, idempotency_key=claim.idempotency_key
+                )
+            except AutopackError as exc:  # the lease still expires; the phase is reclaimed then
+                log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+                continue
+            result = AttemptResult(
+                claim.run_id,
+                claim.phase_id,
+                claim.attempt,
+                PhaseState.FAILED,
+                "interrupted",
+                phase_state=answer.phase_state,
+            )
+            with self._lock:
+                summary.attempts.append(result)
+        log_event(logger, "leases_handed_back", logging.WARNING, count=len(held), signal=signum)
 
     # -- one phase (the legacy drain_one_phase) ---------------------------------------------
     def drain_phase(self, run_id: str, phase_id: str, *, force: bool = False) -> DrainSummary:
@@ -147,6 +220,8 @@ class AutonomousExecutor:
         summary = DrainSummary(run_id=run_id)
         self._sync_branch(self.client.get_run(run_id))
         phase: PhaseView = self.client.get_phase(run_id, phase_id)
+        if phase.state == PhaseState.COMPLETE:
+            summary.done_before.add(phase_id)
         if force and phase.state in PHASE_REQUEUEABLE:
             request = RequeueIn(requested_by=self.options.worker_id, reason="--force")
             self.client.requeue_phase(run_id, phase_id, request)
@@ -163,20 +238,29 @@ class AutonomousExecutor:
             run_id=run_id,
             phase_id=phase_id,
         )
-        while not self.stopping.is_set():
-            claim = self.client.claim(claim_in)
-            if claim is not None:
-                self._attempt(claim, summary)
-                continue
-            phase = self.client.get_phase(run_id, phase_id)
-            if phase.state in PHASE_TERMINAL:
-                break
-            if phase.state == PhaseState.QUEUED and _seconds_until(phase.available_at) <= 0:
-                reasons = blockers(self.client.get_run(run_id), phase)
-                if reasons:
-                    summary.note = f"phase {phase_id} cannot run yet: " + "; ".join(reasons)
+        try:
+            while not self.stopping.is_set():
+                claim = self.client.claim(claim_in)
+                if claim is not None:
+                    self._attempt(claim, summary)
+                    continue
+                phase = self.client.get_phase(run_id, phase_id)
+                if phase.state in PHASE_TERMINAL:
                     break
-            self._wait(run_id, phase)
+                if phase.state == PhaseState.QUEUED and _seconds_until(phase.available_at) <= 0:
+                    reasons = blockers(self.client.get_run(run_id), phase)
+                    if reasons:
+                        summary.note = f"phase {phase_id} cannot run yet: " + "; ".join(reasons)
+                        break
+                self._wait(run_id, phase)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            signum = stop_signal(exc)
+            if signum is None:
+                raise
+            # The attempt (run in this thread) handed its lease back as it unwound; this
+            # catches a claim the interruption landed between.
+            self.abort(summary, signum)
+            summary.note = f"stopped by {signal.Signals(signum).name}: the phase was handed back"
         return self._summary(summary, started)
 
     def _wait(self, run_id: str, phase: PhaseView) -> None:
@@ -206,7 +290,9 @@ class AutonomousExecutor:
         """
         started = time.monotonic()
         summary = DrainSummary(run_id=run_id)
-        self._sync_branch(self.client.get_run(run_id))  # NotFound (naming the db) first
+        run = self.client.get_run(run_id)  # a clear NotFound (naming the database) first
+        summary.done_before = {p.phase_id for p in run.phases() if p.state == PhaseState.COMPLETE}
+        self._sync_branch(run)
         self._claims_left = max_claims
         errors: list[BaseException] = []
         finished = [threading.Event() for _ in range(concurrency)]
@@ -218,22 +304,35 @@ class AutonomousExecutor:
                 daemon=True,
             ).start()
         try:
-            _wait_all(finished)
-        except KeyboardInterrupt:
-            self.stop()
-            in_flight = sum(not done.is_set() for done in finished)
-            log_event(
-                logger,
-                "stopping",
-                logging.WARNING,
-                in_flight=in_flight,
-                hint="waiting for attempts in flight; Ctrl-C again to abort",
-            )
-            _wait_all(finished)
+            try:
+                _wait_all(finished)
+            except KeyboardInterrupt:
+                self.stop()
+                summary.stopped_by = int(signal.SIGINT)
+                in_flight = sum(not done.is_set() for done in finished)
+                log_event(
+                    logger,
+                    "stopping",
+                    logging.WARNING,
+                    in_flight=in_flight,
+                    hint="waiting for attempts in flight; Ctrl-C again to hand them back now",
+                )
+                _wait_all(finished)
+                summary.note = (
+                    "stopped by Ctrl-C: the attempts in flight finished and were recorded; "
+                    "the rest of the run stays queued for the next drain"
+                )
+        except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM, or a second Ctrl-C
+            signum = stop_signal(exc)
+            if signum is None:
+                raise
+            self.abort(summary, signum)
+            _wait_all(finished, timeout=ABORT_GRACE_SECONDS)
             summary.note = (
-                "stopped by Ctrl-C: the attempts in flight finished and were recorded; "
-                "the rest of the run stays queued for the next drain"
+                f"stopped by {signal.Signals(signum).name}: the attempts in flight were "
+                "handed back (QUEUED, no retry spent); run the same command again to go on"
             )
+            return self._summary(summary, started)
         if errors:
             raise errors[0]
         return self._summary(summary, started)

@@ -5,7 +5,9 @@ reports its tokens and cost to the control plane under the lease (whose answer c
 the run's budget for the next check), and records a usage row, failed calls included.
 The Builder's token budget comes from :meth:`Meter.budget` (the estimator's, raised after
 a truncated attempt, with an escalation row), and :meth:`Meter.record_estimation` joins
-the estimate to what the model really wrote.
+the estimate to what the model really wrote. A replayed answer costs nothing: its usage
+row keeps what the recorded call would have cost (provider ``replay``), but the run is
+billed $0 for it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from autopack.executor.options import Services
 from autopack.executor.outcome import failed
 from autopack.llm.base import LLMRequest, LLMResponse, Message, Role
 from autopack.logs import log_event
-from autopack.telemetry.events import LlmUsageIn, TokenBudgetEscalationIn, TokenEstimationIn
+from autopack.telemetry.events import (
+    REPLAY_PROVIDER,
+    LlmUsageIn,
+    TokenBudgetEscalationIn,
+    TokenEstimationIn,
+)
 
 logger = logging.getLogger("autopack.executor")
 
@@ -107,17 +114,28 @@ class Meter:
             raise failed("llm_error", error=message, retryable=exc.retryable) from exc
         usage = response.usage
         cost, snapshot = self.s.prices.cost_of(response.model or model, usage)
+        replayed = response.provider == REPLAY_PROVIDER
+        billed = 0.0 if replayed else cost or 0.0
         tokens = usage.input_tokens + usage.output_tokens
         self.tokens += tokens
-        self.cost += cost or 0.0
+        self.cost += billed
         if role == "builder":
             self.output_tokens += usage.output_tokens
         answer = self.s.client.report_usage(
             claim.run_id,
             claim.phase_id,
-            UsageIn(lease_token=self.lease.token, tokens=tokens, cost_usd=cost or 0.0),
+            UsageIn(lease_token=self.lease.token, tokens=tokens, cost_usd=billed),
         )
         self.budget_exhausted = answer.run.reason if answer.run.budget_exhausted else None
+        self.s.events(
+            "llm_usage",
+            run_id=claim.run_id,
+            phase_id=claim.phase_id,
+            role=role,
+            tokens=tokens,
+            cost_usd=cost or 0.0,
+            replayed=replayed,
+        )
         self.s.telemetry.record(
             LlmUsageIn(
                 **call,

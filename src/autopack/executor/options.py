@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from autopack.builder.auditor import AuditMode
 from autopack.client import ApiClient
 from autopack.estimation.estimator import TokenEstimator
+from autopack.executor.check_policy import CheckPolicy
 from autopack.executor.integration import Integrator
 from autopack.executor.repository import RunRepository
 from autopack.executor.worktrees import Worktrees
@@ -38,6 +39,8 @@ class ExecutorOptions:
     phase_token_cap: int | None = None
     phase_cost_cap_usd: float | None = None
     poll_seconds: float = 1.0
+    check_policy: CheckPolicy | None = None
+    """Checks this executor agrees to run (``--allow-check-prefix``); None: any."""
 
 
 @dataclass

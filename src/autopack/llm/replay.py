@@ -9,21 +9,28 @@ One line per call::
 
 ``request_id`` and ``retries`` are optional. Instead of ``response`` a line may carry
 ``"error": {"status": 429, "error_class": "RateLimitError", "message": "...",
-"request_id": null}`` to replay a failed call (raised as :class:`LLMError`).
+"request_id": null}`` to replay a failed call (raised as :class:`LLMError`). An optional
+first line ``{"cassette": {"repeat_last": true}}`` says the last answer of a phase and
+role may be given again once the recorded ones run out.
 
-Lines are matched by (run_id, phase_id, attempt, role); several lines with the same key
-answer successive calls in file order (a continuation, or a failure then a success). The
-``response`` is parsed by the same function the live provider uses on the SDK's response
+A call is matched by run, phase, role and its order among that phase's calls of that role
+(the first builder call of phase P gets P's first builder line, and so on, in file
+order). ``attempt`` is what the recording saw and is only reported: a phase resumed after
+a lost lease, or retried once more than when it was recorded, gets the next recorded
+answer instead of failing on an attempt number. The ``response`` is parsed by the same
+function the live provider uses on the SDK's response
 (:func:`~autopack.llm.anthropic_provider.anthropic_response` /
 :func:`~autopack.llm.openai_provider.openai_response`), so replay cannot drift from
 reality; every line is parsed once at load time, so a broken cassette fails at start with
-its line number, not halfway through a run. A request with no line left raises
-:class:`CassetteMiss` naming what was asked and what the cassette has: replay never
-invents output.
+its line number, not halfway through a run. Answers come back as provider ``replay``
+with the recorded model, so nobody mistakes them for spending. A request with no line
+left raises :class:`CassetteMiss` naming the call and what the cassette has for that
+phase: replay never invents output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -39,7 +46,8 @@ from autopack.llm.anthropic_provider import anthropic_response
 from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse, retryable_status
 from autopack.llm.openai_provider import openai_response
 
-Key = tuple[str, str | None, int | None, str]
+Key = tuple[str, str | None, str]
+"""(run_id, phase_id, role): the calls answered in file order."""
 Normaliser = Callable[..., LLMResponse]
 
 NORMALISERS: dict[str, Normaliser] = {
@@ -47,15 +55,12 @@ NORMALISERS: dict[str, Normaliser] = {
     "openai": openai_response,
 }
 """Provider name in a cassette line -> the live provider's own response normaliser."""
+REPLAY = "replay"
+"""The provider every replayed answer (and failure) reports."""
 
 
 def request_key(request: LLMRequest) -> Key:
-    return (request.run_id, request.phase_id, request.attempt, request.role)
-
-
-def _describe(key: Key) -> str:
-    run_id, phase_id, attempt, role = key
-    return f"run_id={run_id!r} phase_id={phase_id!r} attempt={attempt!r} role={role!r}"
+    return (request.run_id, request.phase_id, request.role)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,10 @@ class CassetteEntry:
     """One recorded call: an answer (``response``) or a failure (``error``)."""
 
     key: Key
+    attempt: int | None
+    """The attempt the recording saw (reported, not matched)."""
     provider: str
+    """The wire format of ``response`` (whose parser reads it)."""
     model: str
     latency_ms: float
     request_id: str | None
@@ -80,7 +88,7 @@ class CassetteEntry:
             retryable = self.error.get("retryable")
             raise LLMError(
                 str(self.error.get("message") or f"recorded {self.provider} failure"),
-                provider=self.provider,
+                provider=REPLAY,
                 model=self.model,
                 error_class=str(self.error.get("error_class") or "APIStatusError"),
                 status_code=status_code,
@@ -91,13 +99,14 @@ class CassetteEntry:
                 ),
             )
         assert self.response is not None
-        return NORMALISERS[self.provider](
+        parsed = NORMALISERS[self.provider](
             self.response,
             request_model=self.model,
             request_id=self.request_id,
             latency_ms=self.latency_ms,
             retries=self.retries,
         )
+        return dataclasses.replace(parsed, provider=REPLAY)
 
 
 def _entry(raw: object, where: str, line: int) -> CassetteEntry:
@@ -128,7 +137,8 @@ def _entry(raw: object, where: str, line: int) -> CassetteEntry:
     request_id = raw.get("request_id")
     retries = raw.get("retries", 0)
     entry = CassetteEntry(
-        key=(match["run_id"], phase_id, attempt, role),
+        key=(match["run_id"], phase_id, role),
+        attempt=attempt,
         provider=str(provider),
         model=str(raw.get("model") or "unknown"),
         latency_ms=float(latency),
@@ -146,13 +156,38 @@ def _entry(raw: object, where: str, line: int) -> CassetteEntry:
     return entry
 
 
-def load_cassette(path: Path) -> list[CassetteEntry]:
+@dataclass(frozen=True)
+class Cassette:
+    """A loaded cassette: its lines and whether answers may repeat once they run out."""
+
+    path: Path
+    entries: list[CassetteEntry]
+    repeat_last: bool = False
+
+    def runs(self) -> list[str]:
+        """The runs the cassette has answers for, in first-seen order."""
+        return list(dict.fromkeys(entry.key[0] for entry in self.entries))
+
+
+def _options(raw: object, where: str) -> bool:
+    """``repeat_last`` from a header line ``{"cassette": {"repeat_last": true}}``."""
+    options = raw.get("cassette") if isinstance(raw, dict) else None
+    if not isinstance(options, dict) or set(options) - {"repeat_last"}:
+        raise ConfigError(f'{where}: a header line is {{"cassette": {{"repeat_last": true}}}}')
+    repeat = options.get("repeat_last", False)
+    if not isinstance(repeat, bool):
+        raise ConfigError(f"{where}: cassette.repeat_last must be true or false")
+    return repeat
+
+
+def read_cassette(path: Path) -> Cassette:
     """Every line of ``path``, validated and parsed (blank lines are skipped)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"replay cassette {path} cannot be read: {exc}") from exc
-    entries = []
+    entries: list[CassetteEntry] = []
+    repeat_last = False
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -161,8 +196,18 @@ def load_cassette(path: Path) -> list[CassetteEntry]:
             raw = json.loads(line)
         except ValueError as exc:
             raise ConfigError(f"{where}: not JSON ({exc})") from exc
+        if isinstance(raw, dict) and "cassette" in raw:
+            if entries:
+                raise ConfigError(f"{where}: the cassette header must be the first line")
+            repeat_last = _options(raw, where)
+            continue
         entries.append(_entry(raw, where, number))
-    return entries
+    return Cassette(Path(path), entries, repeat_last)
+
+
+def load_cassette(path: Path) -> list[CassetteEntry]:
+    """Every answer line of ``path`` (see :func:`read_cassette`)."""
+    return read_cassette(path).entries
 
 
 class ReplayProvider:
@@ -187,57 +232,64 @@ class ReplayProvider:
         self.path = Path(path)
         self.speed = speed
         self._sleep = sleep
+        self.cassette = read_cassette(self.path)
         self._entries: dict[Key, list[CassetteEntry]] = defaultdict(list)
-        for entry in load_cassette(self.path):
+        for entry in self.cassette.entries:
             self._entries[entry.key].append(entry)
         self._served: dict[Key, int] = defaultdict(int)
         self._lock = threading.Lock()
+
+    def runs(self) -> list[str]:
+        """The runs this cassette can answer for."""
+        return self.cassette.runs()
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         key = request_key(request)
         with self._lock:
             recorded = self._entries.get(key, [])
             index = self._served[key]
-            if index < len(recorded):
-                self._served[key] = index + 1
-        if index >= len(recorded):
-            raise self._miss(request, key, index, len(recorded))
-        entry = recorded[index]
+            self._served[key] = index + 1
+        if index < len(recorded):
+            entry = recorded[index]
+        elif recorded and self.cassette.repeat_last:
+            entry = recorded[-1]
+        else:
+            raise self._miss(request, index)
         if self.speed > 0 and entry.latency_ms > 0:
             self._sleep(entry.latency_ms / 1000.0 * self.speed)
         return entry.answer()
 
-    def _miss(self, request: LLMRequest, key: Key, index: int, available: int) -> CassetteMiss:
-        run_id, phase_id = key[0], key[1]
-        if available:
-            reason = (
-                f"call #{index + 1} for {_describe(key)}, but the cassette records only "
-                f"{available} answer(s) for it"
-            )
-        else:
-            reason = f"no recorded answer for {_describe(key)}"
-        same_phase = sorted(
-            (
-                (k[2] if k[2] is not None else -1, k[3], len(v))
-                for k, v in self._entries.items()
-                if k[0] == run_id and k[1] == phase_id
-            ),
+    def _miss(self, request: LLMRequest, index: int) -> CassetteMiss:
+        run_id, phase_id, role = request_key(request)
+        call = (
+            f"call #{index + 1} of role {role} for phase {phase_id!r} of run {run_id!r} "
+            f"(attempt {request.attempt})"
         )
+        same_phase = {
+            k[2]: v for k, v in self._entries.items() if k[0] == run_id and k[1] == phase_id
+        }
         if same_phase:
             have = ", ".join(
-                f"attempt={attempt if attempt >= 0 else None} role={role} ({count} answer(s))"
-                for attempt, role, count in same_phase
+                f"{kind}: {len(lines)} answer(s) (recorded at attempt "
+                f"{', '.join(str(e.attempt) for e in lines)})"
+                for kind, lines in sorted(same_phase.items())
             )
-            context = f"For phase {phase_id!r} of run {run_id!r} the cassette has: {have}."
+            repeat = (
+                ""
+                if self.cassette.repeat_last
+                else ' It does not repeat answers (a first line {"cassette": {"repeat_last": '
+                "true}} lets it give the last one again)."
+            )
+            context = f"For that phase the cassette has {have}.{repeat}"
         else:
             phases = sorted({str(k[1]) for k in self._entries if k[0] == run_id})
             shown = ", ".join(phases[:20]) + (f" (+{len(phases) - 20} more)" * (len(phases) > 20))
             has = f"it has phases: {shown}." if phases else "it has no line for that run at all."
-            context = f"The cassette has nothing for phase {phase_id!r} of run {run_id!r}; {has}"
+            context = f"The cassette has nothing for that phase; {has}"
         return CassetteMiss(
-            f"replay cassette {self.path}: {reason}. {context} Replay never invents output: "
-            "record the call with --record FILE against a real provider, or point "
-            "AUTOPACK_REPLAY_CASSETTE at a cassette that has it.",
+            f"replay cassette {self.path}: no recorded answer for {call}. {context} Replay "
+            "never invents output: record the call with --record FILE against a real "
+            "provider, or point AUTOPACK_REPLAY_CASSETTE at a cassette that has it.",
             provider=self.name,
             model=request.model,
             error_class="CassetteMiss",

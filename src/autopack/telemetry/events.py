@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from autopack.bounds import TEXT_MAX, Count, Finite, JsonObject, Storable
 from autopack.clock import utcnow
 
+REPLAY_PROVIDER = "replay"
+"""The ``provider`` of calls answered from a replay cassette. Their ``cost_usd`` is what
+the recorded call would have cost: reports show it as "replayed", and it is never added
+to what a run was billed (its budget, ``runs.cost_usd``, the cost metric)."""
+
 
 class _Event(Storable):
     model_config = ConfigDict(extra="forbid")
@@ -148,6 +153,11 @@ class UsageSummaryRow(BaseModel):
     cost_usd: float | None
     """Sum over priced calls; None when no call of the group had a price."""
     priced_calls: int
+
+    @property
+    def replayed(self) -> bool:
+        """Answered from a cassette: ``cost_usd`` was never spent."""
+        return self.provider == REPLAY_PROVIDER
 
 
 class TelemetryCounts(BaseModel):

@@ -1,4 +1,5 @@
-"""Approvals: list, approve, reject (expiry is the maintenance task's job). The operator's."""
+"""Approvals: list, read one, approve, reject (expiry is the maintenance task's job). The
+operator's."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def list_approvals(
     """Approvals, oldest first (``status=all`` for every status)."""
     wanted = None if status == "all" else ApprovalStatus(status)
     return approvals.list_approvals(database, status=wanted, run_id=run_id)
+
+
+@router.get(
+    "/{approval_id}",
+    response_model=ApprovalView,
+    responses=errors(404),
+    operation_id="get_approval",
+)
+def get_approval(approval_id: ApprovalId, database: DatabaseDep) -> ApprovalView:
+    """One approval with its full reason and context, whatever its status."""
+    return approvals.get_approval(database, approval_id)
 
 
 @router.post(

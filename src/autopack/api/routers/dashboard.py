@@ -140,10 +140,17 @@ def _approvals(pending: list[ApprovalView], csrf: str) -> str:
     )
 
 
+def _cost(usage: UsageSummaryRow) -> str:
+    """A replayed call's cost is what it would have cost: shown, never as spending."""
+    if usage.replayed and usage.cost_usd is not None:
+        return _cell(f"{usage.cost_usd:.4f} replayed (not billed)")
+    return _cell(usage.cost_usd)
+
+
 def _telemetry(usage: list[UsageSummaryRow], events: list[dict[str, Any]]) -> str:
     body = [
         f"<tr>{_cell(u.model)}{_cell(u.role)}{_cell(u.calls)}{_cell(u.failed_calls)}"
-        f"{_cell(u.input_tokens)}{_cell(u.output_tokens)}{_cell(u.cost_usd)}</tr>"
+        f"{_cell(u.input_tokens)}{_cell(u.output_tokens)}{_cost(u)}</tr>"
         for u in usage
     ]
     table = _table(

@@ -44,14 +44,17 @@ class _DatabaseCollector:
         labels = ["run_id", "model", "role"]
         calls = CounterMetricFamily("autopack_llm_calls", "LLM calls.", labels=[*labels, "outcome"])
         tokens = CounterMetricFamily("autopack_llm_tokens", "LLM tokens.", labels=[*labels, "type"])
-        cost = CounterMetricFamily("autopack_llm_cost_usd", "Priced LLM cost.", labels=labels)
+        cost = CounterMetricFamily(
+            "autopack_llm_cost_usd", "Priced LLM cost (replayed calls excluded).", labels=labels
+        )
         for u in usage:
             key = [u.run_id, u.model, u.role]
             calls.add_metric([*key, "success"], u.calls - u.failed_calls)
             calls.add_metric([*key, "failure"], u.failed_calls)
             tokens.add_metric([*key, "input"], u.input_tokens)
             tokens.add_metric([*key, "output"], u.output_tokens)
-            if u.cost_usd is not None:  # an unpriced model has no cost, not $0
+            # An unpriced model has no cost, not $0; a replayed call cost nothing.
+            if u.cost_usd is not None and not u.replayed:
                 cost.add_metric(key, u.cost_usd)
         yield from (run_states, phases, pending, calls, tokens, cost)
 

@@ -1,4 +1,4 @@
-import pytest
+import unittest
 
 from examples.telemetry_utils.string_util import (
     camel_to_snake,
@@ -11,36 +11,38 @@ from examples.telemetry_utils.string_util import (
 )
 
 
-@pytest.mark.parametrize(
-    ("text", "slug"),
-    [("Hello World", "hello-world"), ("Héllo, Wörld!", "hello-world"), ("  --a  b--  ", "a-b"),
-     ("", "")],
-)
-def test_slugify(text: str, slug: str) -> None:
-    assert slugify(text) == slug
+class SlugifyTest(unittest.TestCase):
+    def test_slugify(self) -> None:
+        cases = [("Hello World", "hello-world"), ("Héllo, Wörld!", "hello-world"),
+                 ("  --a  b--  ", "a-b"), ("", "")]
+        for text, slug in cases:
+            with self.subTest(text=text):
+                self.assertEqual(slugify(text), slug)
+
+    def test_slugify_separator(self) -> None:
+        self.assertEqual(slugify("Hello World", separator="_"), "hello_world")
 
 
-def test_slugify_separator() -> None:
-    assert slugify("Hello World", separator="_") == "hello_world"
+class TextTest(unittest.TestCase):
+    def test_truncate(self) -> None:
+        self.assertEqual(truncate("hello world", 20), "hello world")
+        self.assertEqual(truncate("hello world", 8), "hello...")
+        self.assertEqual(truncate("hello world", 2), "..")
+        with self.assertRaises(ValueError):
+            truncate("x", -1)
+
+    def test_case_conversion_round_trip(self) -> None:
+        self.assertEqual(camel_to_snake("parseHTTPResponse"), "parse_http_response")
+        self.assertEqual(snake_to_camel("parse_http_response"), "parseHttpResponse")
+        self.assertEqual(snake_to_camel("parse_http_response", upper_first=True), "ParseHttpResponse")
+        self.assertEqual(snake_to_camel(""), "")
+
+    def test_whitespace_words_and_palindromes(self) -> None:
+        self.assertEqual(normalize_whitespace("  a \n\t b  "), "a b")
+        self.assertEqual(word_count("It's a test, isn't it?"), 5)
+        self.assertTrue(is_palindrome("A man, a plan, a canal: Panama"))
+        self.assertFalse(is_palindrome("autopack"))
 
 
-def test_truncate() -> None:
-    assert truncate("hello world", 20) == "hello world"
-    assert truncate("hello world", 8) == "hello..."
-    assert truncate("hello world", 2) == ".."
-    with pytest.raises(ValueError):
-        truncate("x", -1)
-
-
-def test_case_conversion_round_trip() -> None:
-    assert camel_to_snake("parseHTTPResponse") == "parse_http_response"
-    assert snake_to_camel("parse_http_response") == "parseHttpResponse"
-    assert snake_to_camel("parse_http_response", upper_first=True) == "ParseHttpResponse"
-    assert snake_to_camel("") == ""
-
-
-def test_whitespace_words_and_palindromes() -> None:
-    assert normalize_whitespace("  a \n\t b  ") == "a b"
-    assert word_count("It's a test, isn't it?") == 5
-    assert is_palindrome("A man, a plan, a canal: Panama")
-    assert not is_palindrome("autopack")
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,120 @@
+"""Where the database is, and which other Autopack databases are nearby.
+
+The legacy probe found nothing because it ran from another directory: a relative
+``sqlite:///autopack.db`` became a new, empty file there, and every lookup answered "not
+found". Commands that only read never create a file (:func:`autopack.db.open_database`);
+when the file is missing they leave with :func:`missing_database`'s message, which says
+the path looked for, where that path came from and what it was resolved against, and
+every Autopack database in sight: ``.env`` files naming one, from the working directory up
+to the repository root, and ``autopack.db`` files there and one directory down (where
+``autopack demo`` puts its own).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from autopack.config import (
+    LoadedSettings,
+    dotenv_values,
+    redact_url,
+    resolve_database_url,
+    search_directories,
+)
+from autopack.db.engine import sqlite_file
+from autopack.errors import DatabaseMissing
+
+DEFAULT_FILE = "autopack.db"
+
+
+@dataclass(frozen=True)
+class Nearby:
+    """Another database this directory could have meant."""
+
+    url: str
+    """Resolved, password hidden."""
+    how: str
+    """``named by .env at PATH`` or ``file``."""
+
+
+def is_autopack_database(path: Path) -> bool:
+    """Whether ``path`` is a SQLite file with Autopack's identity table (opened read-only,
+    so looking never changes or creates anything)."""
+    if not path.is_file():
+        return False
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        found = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'db_meta'"
+        ).fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        connection.close()
+    return found is not None
+
+
+def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
+    """Autopack databases other than ``looked_for`` (a resolved URL) that the user may mean."""
+    start = cwd or Path.cwd()
+    found: list[Nearby] = []
+    seen = {looked_for}
+
+    def add(url: str, how: str) -> None:
+        if url not in seen:
+            seen.add(url)
+            found.append(Nearby(redact_url(url), how))
+
+    directories = search_directories(start)
+    for directory in directories:
+        env_file = directory / ".env"
+        raw = dotenv_values(env_file).get("database_url") if env_file.is_file() else None
+        if raw:
+            try:
+                url = resolve_database_url(str(raw), cwd=directory)
+            except ValueError:
+                url = ""
+            path = sqlite_file(url) if url else None
+            if url and (path is None or is_autopack_database(path)):
+                add(url, f"named by .env at {env_file}")
+    children = sorted(p for p in start.iterdir() if p.is_dir()) if start.is_dir() else []
+    for directory in [*directories, *children]:
+        candidate = directory / DEFAULT_FILE
+        if is_autopack_database(candidate):
+            add(resolve_database_url(f"sqlite:///{candidate}"), "file")
+    return found
+
+
+def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMissing:
+    """The full story of a missing SQLite file (see the module docstring)."""
+    origin = loaded.database
+    nearby = nearby_databases(loaded.settings.database_url)
+    lines = [
+        f"no database at {exc.path}: this command only reads, so it does not create one.",
+        f"DATABASE_URL is {origin.describe()}.",
+    ]
+    if nearby:
+        lines.append("Autopack databases nearby:")
+        lines += [f"  {n.url}  ({n.how})" for n in nearby]
+        lines.append(
+            f"fix: use one of them, e.g. `autopack --database-url {nearby[0].url} …` (or set "
+            "DATABASE_URL, or run from the directory whose .env names it)."
+        )
+    else:
+        lines.append(
+            "No other Autopack database is in sight. fix: point DATABASE_URL or "
+            "--database-url at your database, or create one here with `autopack db init` "
+            "(`autopack demo` makes a demo database of its own)."
+        )
+    return DatabaseMissing(
+        "\n".join(lines),
+        path=exc.path,
+        source=origin.source,
+        resolved_against=str(origin.base) if origin.base else None,
+        nearby=[n.url for n in nearby],
+    )

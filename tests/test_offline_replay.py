@@ -1,0 +1,171 @@
+"""Issue 13 §3: offline replay survives retries and never looks like spending.
+
+Through the real CLI and a spawned API server, on SQLite and PostgreSQL: a cassette
+answers a call by its order among the phase's calls (a resumed or extra attempt gets the
+next or, when the cassette allows, the last answer); a miss names the call and what the
+cassette has; replayed calls are provider ``replay`` and bill nothing; a check whose
+program is missing fails once (``check_unavailable``); a drain with nothing to answer its
+run refuses before it claims anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.executor_support import (
+    attempts,
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    files,
+    line,
+    phase,
+    phase_row,
+    rows,
+    run_file,
+)
+from tests.support import cli
+
+GOOD = files(mod_py="VALUE = 42\n")
+
+
+def flaky_once(tmp_path: Path) -> str:
+    """A check that fails the first time and passes after: a retry the recording never saw.
+    (Its mark lives outside the workspace: each attempt gets a clean worktree.)"""
+    mark = tmp_path / "checked-once"
+    return f"test -f {mark} || {{ touch {mark}; exit 1; }}"
+
+
+def _drain_p1(tmp_path: Path, env: dict[str, str], tape: Path) -> dict[str, Any]:
+    result = drain(
+        "phase",
+        *("--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    summary: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    return {**summary, "exit_code": result.returncode, "stderr": result.stderr}
+
+
+def test_an_extra_attempt_gets_the_repeated_answer_and_bills_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = env_for(database_url)
+    spec = [phase("p1", ["pkg/mod.py"], checks=[flaky_once(tmp_path)])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    header: dict[str, Any] = {"cassette": {"repeat_last": True}}
+    tape = cassette(tmp_path, [header, line("p1", 1, GOOD)])
+
+    summary = _drain_p1(tmp_path, env, tape)
+    assert summary["exit_code"] == 0, summary["stderr"][-3000:]
+    history = attempts(database_url, "p1")
+    assert [(a["outcome"], a["stop_reason"]) for a in history] == [
+        ("FAILED", "checks_failed"),
+        ("COMPLETE", "completed"),
+    ]
+    usage = rows(database_url, "SELECT provider, model, cost_usd FROM llm_usage_events")
+    assert [(u["provider"], u["model"]) for u in usage] == [("replay", "claude-sonnet-5-5")] * 2
+    assert all(u["cost_usd"] > 0 for u in usage)  # what the recorded call would have cost...
+    assert rows(database_url, "SELECT cost_usd FROM runs") == [{"cost_usd": 0.0}]  # ...unbilled
+
+
+def test_a_miss_names_the_call_and_what_the_cassette_has(database_url: str, tmp_path: Path) -> None:
+    env = env_for(database_url)
+    spec = [phase("p1", ["pkg/mod.py"], checks=[flaky_once(tmp_path)])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, GOOD)])  # no header: answers do not repeat
+
+    summary = _drain_p1(tmp_path, env, tape)
+    assert summary["exit_code"] == 1
+    second = attempts(database_url, "p1")[1]
+    assert second["stop_reason"] == "llm_error"
+    error = second["error"]
+    assert (
+        "no recorded answer for call #2 of role builder for phase 'p1' of run 'exec-run'" in error
+    )
+    assert "builder: 1 answer(s) (recorded at attempt 1)" in error
+    assert "does not repeat answers" in error
+
+
+def test_a_requeued_phase_gets_the_recorded_answer_whatever_its_attempt_number(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Attempt 3, first call of this process: the first recorded answer (attempt=1)."""
+    env = env_for(database_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    empty = cassette(tmp_path, [line("p1", 1, '{"files": [], "summary": "done"}')])
+    assert _drain_p1(tmp_path, env, empty)["exit_code"] == 1
+    assert cli("run", "requeue", "exec-run", "p1", cwd=tmp_path, env=env).returncode == 0
+
+    good = tmp_path / "good"
+    good.mkdir()
+    summary = _drain_p1(tmp_path, env, cassette(good, [line("p1", 1, GOOD)]))
+    assert summary["exit_code"] == 0, summary["stderr"][-3000:]
+    history = [(a["attempt"], a["outcome"]) for a in attempts(database_url, "p1")]
+    assert history == [(1, "FAILED"), (2, "REQUEUED"), (3, "COMPLETE")]
+
+
+def test_no_credentials_and_nothing_recorded_for_the_run_refuses_before_claiming(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = env_for(database_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    refused = cli("drain", "run", "--run-id", "exec-run", cwd=tmp_path, env=env)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    message = refused.stderr
+    assert "run 'exec-run' cannot be drained" in message
+    assert "no LLM credentials are set" in message and "bundled replay cassette" in message
+    assert "has nothing for this run (it answers telemetry-collection-v4)" in message
+    assert "ANTHROPIC_API_KEY" in message and "OPENAI_BASE_URL" in message
+    assert "api_server_spawned" not in message  # refused before any server started
+    assert phase_row(database_url, "p1")["attempts"] == 0
+
+    other = cassette(tmp_path, [line("p1", 1, GOOD, run_id="another-run")])
+    refused = cli(
+        "drain", "run", "--run-id", "exec-run", "--cassette", str(other), cwd=tmp_path, env=env
+    )
+    assert refused.returncode == 2
+    assert f"the replay cassette {other} has nothing for this run (it answers another-run)" in (
+        refused.stderr
+    )
+    assert rows(database_url, "SELECT COUNT(*) AS n FROM phase_attempts") == [{"n": 0}]
+
+
+def test_an_unknown_run_is_refused_at_once(database_url: str, tmp_path: Path) -> None:
+    env = env_for(database_url)
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    for args in (["run", "--run-id", "nope"], ["phase", "--run-id", "nope", "--phase-id", "p"]):
+        refused = cli("drain", *args, cwd=tmp_path, env=env)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "nothing to drain: run 'nope' not found in database" in refused.stderr
+        assert "autopack run list" in refused.stderr
+        assert "api_server_spawned" not in refused.stderr
+
+
+def test_a_missing_check_program_fails_once_with_check_unavailable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    phases = [
+        phase("p1", ["pkg/mod.py"], checks=["no-such-tool --version"]),
+        phase("p2", ["pkg/two.py"], checks=["python -m no_such_module_xyz -q"]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, GOOD), line("p2", 1, files(two_py="TWO = 2\n"))])
+    result = drain(
+        "run",
+        *("--run-id", "exec-run", "--cassette", str(tape), "--auditor", "rules"),
+        *("--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    for phase_id, program in (("p1", "no-such-tool"), ("p2", "no_such_module_xyz")):
+        [only] = attempts(url, phase_id)  # max_attempts 3, yet no retry
+        assert (only["outcome"], only["stop_reason"]) == ("FAILED", "check_unavailable")
+        assert program in only["error"]
+        assert phase_row(url, phase_id)["state"] == "FAILED"
+    assert not (tmp_path / "ws/pkg/mod.py").exists()  # undone like any failed attempt

@@ -1,0 +1,169 @@
+"""Issue 13 §1: no command conjures an empty database, from whatever directory it runs.
+
+The legacy probe ran in another directory, got a brand-new empty ``autopack.db`` there and
+answered "not found". Here: commands that only read or drain never create a database
+file (exit 2 saying where they looked, where the path came from and which databases are
+nearby); a ``.env`` is found from the working directory up to the repository root and its
+relative SQLite path means "next to this file"; doctor names the case.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import phase, run_file
+from tests.support import clean_env, cli
+
+RUN = "exec-run"
+
+
+def _repo(tmp_path: Path) -> tuple[Path, Path]:
+    """A git repository with a ``scripts/`` directory: (root, scripts)."""
+    root = tmp_path / "project"
+    scripts = root / "scripts"
+    scripts.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return root, scripts
+
+
+def _seed(root: Path, env: dict[str, str]) -> None:
+    """Initialise the database the root resolves to and create a run in it."""
+    created = cli(
+        "run", "create", str(run_file(root, [phase("p1", ["pkg/a.py"])])), cwd=root, env=env
+    )
+    assert created.returncode == 0, created.stderr
+
+
+def test_a_subdirectory_uses_the_repository_dotenv(
+    backend: str, database_url: str, tmp_path: Path
+) -> None:
+    """`cd scripts && autopack run list` finds the run the project's .env points at."""
+    root, scripts = _repo(tmp_path)
+    url = "sqlite:///autopack.db" if backend == "sqlite" else database_url
+    (root / ".env").write_text(f"DATABASE_URL={url}\n")
+    _seed(root, clean_env())
+
+    listed = cli("run", "list", "--json", cwd=scripts, env=clean_env())
+    assert listed.returncode == 0, listed.stderr
+    assert [run["run_id"] for run in json.loads(listed.stdout)["items"]] == [RUN]
+    assert not (scripts / "autopack.db").exists()
+
+    shown = cli("config", "show", cwd=scripts, env=clean_env())
+    assert f".env at {root / '.env'}" in shown.stdout
+    if backend == "sqlite":  # relative to the .env's directory, not to scripts/
+        assert f"resolved against {root} (the .env file's directory)" in shown.stdout
+
+
+READERS = [
+    ["run", "list"],
+    ["run", "show", RUN],
+    ["run", "phase", RUN, "p1"],
+    ["approvals", "list"],
+    ["approvals", "show", "1"],
+    ["telemetry", "report"],
+    ["telemetry", "calibrate"],
+    ["probe", "--run-id", RUN, "--phase-id", "p1"],
+    ["drain", "run", "--run-id", RUN],
+    ["drain", "phase", "--run-id", RUN, "--phase-id", "p1"],
+    ["db", "identity"],
+    ["db", "check"],
+    ["db", "upgrade"],
+]
+
+
+@pytest.mark.parametrize("args", READERS, ids=lambda a: " ".join(a[:2]))
+def test_readers_never_create_a_database_and_say_where_they_looked(
+    args: list[str], tmp_path: Path
+) -> None:
+    result = cli(*args, cwd=tmp_path, env=clean_env(TELEMETRY_DB_ENABLED="1"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"no database at {tmp_path / 'autopack.db'}" in result.stderr
+    assert (
+        f"'sqlite:///./autopack.db' from default, a relative path resolved against {tmp_path}"
+        in result.stderr
+    )
+    assert "autopack db init" in result.stderr  # nothing else in sight: how to start one
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def test_a_missing_database_lists_the_databases_nearby(tmp_path: Path) -> None:
+    """The environment names a file that is not here; the project's own is listed."""
+    root, scripts = _repo(tmp_path)
+    (root / ".env").write_text("DATABASE_URL=sqlite:///data/project.db\n")
+    (root / "data").mkdir()
+    _seed(root, clean_env())
+    demo = scripts / "demo"
+    demo.mkdir()
+    assert (
+        cli("db", "init", cwd=demo, env=clean_env(DATABASE_URL="sqlite:///autopack.db")).returncode
+        == 0
+    )
+
+    env = clean_env(DATABASE_URL="sqlite:///telemetry_seed.db")
+    result = cli("run", "list", cwd=scripts, env=env)
+    assert result.returncode == 2
+    message = result.stderr
+    assert f"no database at {scripts / 'telemetry_seed.db'}" in message
+    assert (
+        f"from env, a relative path resolved against {scripts} (the working directory)" in message
+    )
+    assert (
+        f"sqlite:///{root / 'data/project.db'}" in message and f".env at {root / '.env'}" in message
+    )
+    assert f"sqlite:///{demo / 'autopack.db'}" in message
+    assert "db init" not in message, "never suggest creating another database"
+    assert not (scripts / "telemetry_seed.db").exists()
+
+
+def test_a_dotenv_outside_a_repository_applies_only_in_its_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=sqlite:///parent.db\n")
+    child = tmp_path / "child"
+    child.mkdir()
+    shown = cli("config", "show", "--json", cwd=child, env=clean_env())
+    row = next(r for r in json.loads(shown.stdout) if r["name"] == "DATABASE_URL")
+    assert (row["value"], row["source"]) == (f"sqlite:///{child}/autopack.db", "default")
+
+
+def test_creating_commands_say_they_created_a_database(tmp_path: Path) -> None:
+    init = cli("db", "init", cwd=tmp_path, env=clean_env())
+    assert init.returncode == 0, init.stderr
+    assert f"created new database {tmp_path / 'autopack.db'}" in init.stderr
+    again = cli("db", "init", cwd=tmp_path, env=clean_env())
+    assert again.returncode == 0 and "created new database" not in again.stderr
+
+    other = clean_env(DATABASE_URL="sqlite:///second.db")
+    created = cli(
+        "run",
+        "create",
+        str(run_file(tmp_path, [phase("p1", ["pkg/a.py"])])),
+        cwd=tmp_path,
+        env=other,
+    )
+    assert created.returncode == 0, created.stderr
+    assert f"created new database sqlite:///{tmp_path / 'second.db'}" in created.stderr
+
+
+def test_doctor_names_a_missing_database_and_the_one_nearby(tmp_path: Path) -> None:
+    root, scripts = _repo(tmp_path)
+    (root / ".env").write_text("DATABASE_URL=sqlite:///autopack.db\n")
+    _seed(root, clean_env())
+    env = clean_env(DATABASE_URL="sqlite:///elsewhere.db")
+    result = cli("doctor", cwd=scripts, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert f"no database at {scripts / 'elsewhere.db'}" in output
+    assert f"--database-url sqlite:///{root / 'autopack.db'}" in output
+    assert "db init" not in output
+    assert not (scripts / "elsewhere.db").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    alone = cli("doctor", cwd=empty, env=clean_env())
+    assert alone.returncode == 2
+    assert "autopack db init" in alone.stdout + alone.stderr
+    assert list(empty.iterdir()) == []
