@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from autopack.errors import ConfigError
 from autopack.executor.git import GitError
+from autopack.executor.integration import Integrator
 from autopack.executor.repository import (
     IntegrationConflict,
     RepoSource,
@@ -223,3 +225,38 @@ def test_a_commit_holds_the_attempts_files_and_nothing_its_checks_did(tmp_path: 
     assert sh("rev-parse", f"{commit}^", cwd=repo) == base
     assert sh("ls-tree", "-r", "--name-only", commit, cwd=repo).splitlines() == ["a.txt"]
     assert sh("show", f"{commit}:a.txt", cwd=repo) == "changed"
+
+
+def test_attempts_integrating_at_once_leave_the_branch_at_the_last_accepted_head(
+    tmp_path: Path,
+) -> None:
+    """The branch follows the accepted head without a final sync: the attempts that find
+    another one moving the branch leave their head to it, and none is left behind."""
+    from bench.worktrees import Acceptor, phase
+
+    repo = project(tmp_path / "proj", {"README.md": "hello\n"})
+    repository = local(repo, tmp_path / "cache")
+    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=0)
+    integrator = Integrator(repository)
+    acceptor = Acceptor(repository.head())
+    indexes = iter(range(24))
+    taking = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with taking:
+                index = next(indexes, None)
+            if index is None:
+                return
+            phase(pool, integrator, acceptor, index)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pool.close()
+    assert sh("rev-parse", f"refs/heads/{BRANCH}", cwd=repo) == acceptor.head
+    files = sh("ls-tree", "-r", "--name-only", BRANCH, "out", cwd=repo).splitlines()
+    assert sorted(files) == sorted(f"out/p{i}.txt" for i in range(24))
+    assert sh("rev-list", "--count", f"main..{BRANCH}", cwd=repo) == "24", "one commit each"

@@ -86,6 +86,7 @@ class Integrator:
         self.head: str | None = None
         """The last head the control plane named to this executor (accepted or moved to)."""
         self._turn = threading.Lock()
+        self._advancing = threading.Lock()
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -119,16 +120,18 @@ class Integrator:
                         self.head = str(moved.details.get("branch_head") or "") or None
                         continue
                     self.head = answer.branch_head
-                    self._advance(attempt, answer)
-                    return answer
+                    break
             # The branch changed files this attempt changed too: check again outside our
             # turn (checks take long, the others need not wait), then offer it again.
             tree.sync()
             recheck()
-        raise failed(
-            "integration_conflict",
-            error=f"the run's branch kept moving: not integrated after {MAX_ROUNDS} rounds",
-        )
+        else:
+            raise failed(
+                "integration_conflict",
+                error=f"the run's branch kept moving: not integrated after {MAX_ROUNDS} rounds",
+            )
+        self._advance(attempt)
+        return answer
 
     def _rebase(self, attempt: AttemptKey, tree: Worktree, head: str | None) -> list[str] | None:
         """Rebase onto ``head`` if the commit is not on it: the files the branch changed
@@ -155,19 +158,31 @@ class Integrator:
         )
         return upstream
 
-    def _advance(self, attempt: AttemptKey, answer: ResultAnswer) -> None:
-        """Bring the git branch up to the accepted head; if git fails now, the commit is
-        safe under its attempt ref and the next one to come integrates it."""
-        if answer.branch_head is None:
-            return
-        try:
-            self.repository.advance(answer.branch_head)
-        except GitError as exc:
-            log_event(
-                logger,
-                "branch_sync_deferred",
-                logging.WARNING,
-                run_id=attempt.run_id,
-                head=answer.branch_head,
-                reason=exc.message,
-            )
+    def _advance(self, attempt: AttemptKey) -> None:
+        """Bring the git branch up to the newest accepted head, outside the turn.
+
+        One thread at a time does it, for everyone: a thread that finds another at it
+        leaves it its head (the branch only moves forward, so the newest head covers the
+        older ones), and the one at it looks again after letting go, so no head is left
+        behind. If git fails now, the commit is safe under its attempt ref and the next
+        one to come integrates it.
+        """
+        while (head := self.head) is not None:
+            if not self._advancing.acquire(blocking=False):
+                return  # the thread advancing looks at self.head again when it is done
+            try:
+                self.repository.advance(head)
+            except GitError as exc:
+                log_event(
+                    logger,
+                    "branch_sync_deferred",
+                    logging.WARNING,
+                    run_id=attempt.run_id,
+                    head=head,
+                    reason=exc.message,
+                )
+                return
+            finally:
+                self._advancing.release()
+            if self.head == head:
+                return

@@ -96,6 +96,13 @@ class RunRepository:
         self._lock = threading.RLock()
         self._depth = 0
         self._lock_file: int | None = None
+        # Facts about commits never change (objects are never deleted here, ancestry is
+        # fixed), so each is asked of git once: at K attempts at a time every git process
+        # spared is a fork on the executor's few cores.
+        self._present: set[str] = set()
+        self._ancestry: dict[tuple[str, str], bool] = {}
+        self._reached: str | None = None
+        """The newest head this process moved the branch to (or found it past)."""
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -221,10 +228,12 @@ class RunRepository:
         return head
 
     def has(self, commit: str) -> bool:
-        return (
-            git("cat-file", "-e", f"{commit}^{{commit}}", cwd=self.path, check=False).returncode
-            == 0
-        )
+        if commit not in self._present:
+            found = git("cat-file", "-e", f"{commit}^{{commit}}", cwd=self.path, check=False)
+            if found.returncode != 0:
+                return False
+            self._present.add(commit)
+        return True
 
     def require(self, commit: str) -> None:
         """Make sure ``commit`` is here (fetching from a remote), or say where it is missing.
@@ -249,15 +258,18 @@ class RunRepository:
         Idempotent: a branch already at ``to``, or past it, is left alone. Whoever syncs
         first does the work; the others find it done.
         """
+        if to == self._reached:  # the branch only moves forward: it holds ``to`` already
+            return
         self.require(to)
         with self.locked():
-            self._advance(to)
+            self._reached = self._advance(to)
 
-    def _advance(self, to: str) -> None:
+    def _advance(self, to: str) -> str:
+        """Advance to ``to``; the branch's head afterwards (``to``, or a head past it)."""
         for _ in range(ADVANCE_TRIES):
             old = self._branch_head(fetch=True)
             if old == to or (old is not None and self._is_ancestor(to, old)):
-                return
+                return old
             if old is not None and not self._is_ancestor(old, to):
                 raise GitError(
                     ("merge-base", "--is-ancestor", old, to),
@@ -267,14 +279,19 @@ class RunRepository:
                 )
             if self._swap(old, to):
                 log_event(logger, "branch_advanced", branch=self.branch, old=old, new=to)
-                return
+                return to
         raise GitError(("update-ref", self.branch), "the branch kept moving; try again")
 
     def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        result = git(
-            "merge-base", "--is-ancestor", ancestor, descendant, cwd=self.path, check=False
-        )
-        return result.returncode == 0
+        key = (ancestor, descendant)
+        if key not in self._ancestry:
+            result = git(
+                "merge-base", "--is-ancestor", ancestor, descendant, cwd=self.path, check=False
+            )
+            if result.returncode not in (0, 1):  # 1: not an ancestor; else git failed
+                return False
+            self._ancestry[key] = result.returncode == 0
+        return self._ancestry[key]
 
     def _swap(self, old: str | None, new: str) -> bool:
         if self.remote:

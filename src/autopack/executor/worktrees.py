@@ -52,6 +52,8 @@ class Worktree:
 
     commit: str | None = None
     """The attempt's commit once made (on ``base``; replaced when rebased)."""
+    message: str = ""
+    """The commit's message (kept for the rebased commit)."""
 
     def make_commit(self, paths: list[str], message: str) -> str:
         """The attempt's change as one commit on ``base``; its sha.
@@ -72,6 +74,7 @@ class Worktree:
             tree = out("write-tree", cwd=self.path, env=env)
         finally:
             index.unlink(missing_ok=True)
+        self.message = message
         self.commit = out("commit-tree", tree, "-p", self.base, "-m", message, cwd=self.path)
         return self.commit
 
@@ -106,8 +109,7 @@ class Worktree:
                 ("merge-tree", onto[:12], self.commit[:12]),
                 f"the change conflicts with what the branch got meanwhile in {files}",
             )
-        message = out("log", "-1", "--format=%B", self.commit, cwd=self.path)
-        self.commit = out("commit-tree", lines[0], "-p", onto, "-m", message, cwd=self.path)
+        self.commit = out("commit-tree", lines[0], "-p", onto, "-m", self.message, cwd=self.path)
         self.base = onto
         return upstream
 
@@ -166,7 +168,8 @@ class Worktrees:
                 return self._free.pop()
             self._made += 1
             path = self.root / f"slot-{os.getpid()}-{self._made}"
-        self._remove(path)
+        if path.exists():  # left by an earlier process with this pid
+            self._remove(path)
         add = ("add", "--quiet", "--detach", "--no-checkout", str(path), base)
         with self.repository.locked():
             git("worktree", *add, cwd=self.repository.path)
