@@ -2,7 +2,7 @@
 ``autopack demo`` works; a run whose check needs pytest fails once, ``check_unavailable``.
 
 Slow (a real virtualenv and a real ``pip install``, about a minute: see
-docs/ISSUE13_BENCHMARKS.md), but part of ``make test`` and so of ``.ci/run``. pip installs
+BENCHMARKS.md), but part of ``make test`` and so of ``.ci/run``. pip installs
 the pinned dependencies (``constraints.txt``) from the package index, as ``make install``
 does; the wheel cache makes a second run faster.
 """
