@@ -7,7 +7,8 @@ One line per call::
      "request_id": "req_...", "retries": 0,
      "response": {<the provider's own response JSON, usage included>}}
 
-``request_id`` and ``retries`` are optional. Instead of ``response`` a line may carry
+``request_id``, ``retries`` and ``ttft_ms`` (time to the first streamed text) are
+optional. Instead of ``response`` a line may carry
 ``"error": {"status": 429, "error_class": "RateLimitError", "message": "...",
 "request_id": null}`` to replay a failed call (raised as :class:`LLMError`). An optional
 first line ``{"cassette": {"repeat_last": true}}`` says the last answer of a phase and
@@ -76,6 +77,7 @@ class CassetteEntry:
     latency_ms: float
     request_id: str | None
     retries: int
+    ttft_ms: float | None
     response: dict[str, Any] | None
     error: dict[str, Any] | None
     line: int
@@ -106,7 +108,7 @@ class CassetteEntry:
             latency_ms=self.latency_ms,
             retries=self.retries,
         )
-        return dataclasses.replace(parsed, provider=REPLAY)
+        return dataclasses.replace(parsed, provider=REPLAY, ttft_ms=self.ttft_ms)
 
 
 def _entry(raw: object, where: str, line: int) -> CassetteEntry:
@@ -136,6 +138,11 @@ def _entry(raw: object, where: str, line: int) -> CassetteEntry:
         raise ConfigError(f"{where}: latency_ms must be a non-negative number")
     request_id = raw.get("request_id")
     retries = raw.get("retries", 0)
+    ttft = raw.get("ttft_ms")
+    if ttft is not None and (
+        not isinstance(ttft, int | float) or isinstance(ttft, bool) or ttft < 0
+    ):
+        raise ConfigError(f"{where}: ttft_ms must be a non-negative number or absent")
     entry = CassetteEntry(
         key=(match["run_id"], phase_id, role),
         attempt=attempt,
@@ -144,6 +151,7 @@ def _entry(raw: object, where: str, line: int) -> CassetteEntry:
         latency_ms=float(latency),
         request_id=request_id if isinstance(request_id, str) else None,
         retries=retries if isinstance(retries, int) else 0,
+        ttft_ms=None if ttft is None else float(ttft),
         response=response,
         error=error,
         line=line,
@@ -363,6 +371,7 @@ class RecordingProvider:
                 "latency_ms": response.latency_ms,
                 "request_id": response.request_id,
                 "retries": response.retries,
+                **({} if response.ttft_ms is None else {"ttft_ms": response.ttft_ms}),
                 "response": response.raw,
             }
         )
