@@ -286,7 +286,11 @@ def openai_error(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, "code": None, "param": None}}
 
 
-def _pieces(text: str, size: int = 7) -> list[str]:
+PIECE = 7
+"""Characters of text per streamed delta."""
+
+
+def _pieces(text: str, size: int = PIECE) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
