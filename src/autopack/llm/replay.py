@@ -10,7 +10,9 @@ One line per call::
 ``request_id``, ``retries`` and ``ttft_ms`` (time to the first streamed text) are
 optional. Instead of ``response`` a line may carry
 ``"error": {"status": 429, "error_class": "RateLimitError", "message": "...",
-"request_id": null}`` to replay a failed call (raised as :class:`LLMError`). An optional
+"request_id": null}`` to replay a failed call (raised as :class:`LLMError`; with
+``"partial"`` text and ``"usage"``, a stream broken off mid-answer, raised as
+:class:`~autopack.llm.base.StreamInterrupted` so it is continued as it was live). An optional
 first line ``{"cassette": {"repeat_last": true}}`` says the last answer of a phase and
 role may be given again once the recorded ones run out.
 
@@ -44,7 +46,15 @@ from typing import Any
 from autopack import redact
 from autopack.errors import CassetteMiss, ConfigError, LLMError
 from autopack.llm.anthropic_provider import anthropic_response
-from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse, retryable_status
+from autopack.llm.base import (
+    LLMProvider,
+    LLMRequest,
+    LLMResponse,
+    StreamInterrupted,
+    Usage,
+    retryable_status,
+    token_count,
+)
 from autopack.llm.openai_provider import openai_response
 
 Key = tuple[str, str | None, str]
@@ -88,6 +98,17 @@ class CassetteEntry:
             status = self.error.get("status")
             status_code = status if isinstance(status, int) else None
             retryable = self.error.get("retryable")
+            partial = self.error.get("partial")
+            if isinstance(partial, str):  # a stream broken off mid-answer, with its text
+                raise StreamInterrupted(
+                    str(self.error.get("message") or "stream interrupted"),
+                    partial=partial,
+                    usage=_usage(self.error.get("usage")),
+                    provider=REPLAY,
+                    model=self.model,
+                    request_id=self.error.get("request_id") or self.request_id,
+                    latency_ms=self.latency_ms,
+                )
             raise LLMError(
                 str(self.error.get("message") or f"recorded {self.provider} failure"),
                 provider=REPLAY,
@@ -109,6 +130,17 @@ class CassetteEntry:
             retries=self.retries,
         )
         return dataclasses.replace(parsed, provider=REPLAY, ttft_ms=self.ttft_ms)
+
+
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def _usage(recorded: object) -> Usage | None:
+    """The usage an interrupted stream's line recorded (what was known when it broke)."""
+    if not isinstance(recorded, dict):
+        return None
+    counts = {key: token_count(recorded.get(key)) for key in USAGE_KEYS}
+    return Usage(**counts)
 
 
 def _entry(raw: object, where: str, line: int) -> CassetteEntry:
@@ -305,6 +337,15 @@ class ReplayProvider:
         )
 
 
+def _interrupted(exc: LLMError) -> dict[str, Any]:
+    """What an error line adds for a stream broken off mid-answer: its text and usage, so
+    a replay continues it as the live run did."""
+    if not isinstance(exc, StreamInterrupted):
+        return {}
+    usage = None if exc.usage is None else dataclasses.asdict(exc.usage)
+    return {"partial": exc.partial, "usage": usage}
+
+
 _FILE_LOCKS: dict[Path, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
 
@@ -355,6 +396,7 @@ class RecordingProvider:
                         "message": exc.message,
                         "request_id": exc.request_id,
                         "retryable": exc.retryable,
+                        **_interrupted(exc),
                     },
                 }
             )
