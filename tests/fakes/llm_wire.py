@@ -23,6 +23,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -66,6 +67,9 @@ class WireServer:
 
     def __init__(self) -> None:
         self._replies: dict[str, deque[Reply]] = defaultdict(deque)
+        self.respond: Callable[[Seen], Reply] | None = None
+        """Answers what nothing was scripted for, computed from the request (a benchmark
+        replaying a whole run); called from the server's threads."""
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -108,6 +112,8 @@ class WireServer:
             queue = self._replies.get(seen.path)
             if queue:
                 return queue.popleft()
+        if self.respond is not None:
+            return self.respond(seen)
         return Reply(
             500,
             {"error": {"type": "api_error", "message": f"nothing scripted for {seen.path}"}},
