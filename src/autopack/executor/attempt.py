@@ -278,11 +278,12 @@ class Attempt:
         parse_success = False
         try:
             if response.truncated:
+                continued = ", even after continuing it" if self.o.max_continuations else ""
                 raise failed(
                     "truncated",
                     feedback=f"Your answer was cut off at max_tokens={max_tokens} before it "
-                    "was complete, even after continuing it. The next attempt gets a larger "
-                    "budget; write the files without commentary.",
+                    f"was complete{continued}. The next attempt gets a larger budget; write "
+                    "the files without commentary.",
                 )
             output = parse_builder_output(response.text)
             change = plan_change(

@@ -36,6 +36,15 @@ from autopack.telemetry.events import (
 logger = logging.getLogger("autopack.executor")
 
 
+def _token_columns(usage: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+
+
 class Meter:
     """The LLM calls of one attempt and what they cost."""
 
@@ -126,7 +135,7 @@ class Meter:
                 request_id=exc.request_id,
                 latency_ms=exc.latency_ms,
             )
-            return self._account(call, model, partial, error=exc)
+            return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
         except LLMError as exc:
             raise self._failed(call, model, exc) from exc
 
@@ -156,13 +165,17 @@ class Meter:
         response: LLMResponse,
         *,
         error: LLMError | None = None,
+        usage_known: bool = True,
     ) -> LLMResponse:
         """Report a call's tokens under the lease and record its usage row (an interrupted
-        stream's row says so, with the tokens the provider had reported)."""
+        stream's row says so, with the tokens the provider had reported; none reported
+        are NULL on the row, never a guessed zero)."""
         claim = self.claim
         role = call["role"]
         usage = response.usage
-        cost, snapshot = self.s.prices.cost_of(response.model or model, usage)
+        cost, snapshot = (
+            self.s.prices.cost_of(response.model or model, usage) if usage_known else (None, None)
+        )
         replayed = response.provider == REPLAY_PROVIDER
         billed = 0.0 if replayed else cost or 0.0
         tokens = usage.input_tokens + usage.output_tokens
@@ -195,10 +208,7 @@ class Meter:
                     "request_id": response.request_id,
                     "latency_ms": response.latency_ms,
                 },
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
+                **(_token_columns(usage) if usage_known else {}),
                 stop_reason=response.stop_reason,
                 ttft_ms=response.ttft_ms,
                 cost_usd=cost,
