@@ -45,7 +45,9 @@ def _provider_env(flavour: Flavour, wire: WireServer) -> dict[str, str]:
     return {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": f"{wire.url}/v1"}
 
 
-def _drain_live(tmp_path: Path, flavour: Flavour, first: Reply, rest: str) -> tuple[str, Any]:
+def _drain_live(
+    tmp_path: Path, flavour: Flavour, first: Reply, rest: str, *extra: str
+) -> tuple[str, Any]:
     """Drain p1 against the wire fake: ``first`` Builder reply, then ``rest`` as the
     continuation, then the Auditor's verdict. Returns the database URL and the requests."""
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
@@ -62,6 +64,7 @@ def _drain_live(tmp_path: Path, flavour: Flavour, first: Reply, rest: str) -> tu
             "phase",
             *("--run-id", "exec-run", "--phase-id", "p1", "--auditor", "llm"),
             *("--workspace", str(tmp_path / "ws")),
+            *extra,
             env={**env, **_provider_env(flavour, wire)},
             cwd=tmp_path,
         )
@@ -156,6 +159,40 @@ def test_a_stream_broken_off_mid_answer_is_continued(name: str, tmp_path: Path) 
     )
     assert not estimation["truncated"]
     assert estimation["actual_output_tokens"] == (known[1] or 0) + 11
+
+
+def test_a_live_run_recorded_with_a_continuation_replays_the_same_way(tmp_path: Path) -> None:
+    """``--record`` writes the cut-off answer and its continuation as two lines of the
+    phase; a drain of a fresh database replaying that cassette continues the same way."""
+    flavour = FLAVOURS["anthropic"]
+    tape = tmp_path / "recorded.jsonl"
+    first = Reply(200, flavour.body(ANSWER[:CUT], truncated=True, output_tokens=20))
+    live_dir, replay_dir = tmp_path / "live", tmp_path / "replay"
+    live_dir.mkdir()
+    replay_dir.mkdir()
+    _drain_live(live_dir, flavour, first, ANSWER[CUT:], "--record", str(tape))
+    recorded = [json.loads(line) for line in tape.read_text().splitlines()]
+    assert [(r["match"]["role"], r["response"]["stop_reason"]) for r in recorded] == [
+        ("builder", "max_tokens"),
+        ("builder", "end_turn"),
+        ("auditor", "end_turn"),
+    ]
+
+    url = f"sqlite:///{replay_dir / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(replay_dir, [phase("p1", ["pkg/mod.py"])]), env, replay_dir)
+    result = drain(
+        "phase",
+        *("--run-id", "exec-run", "--phase-id", "p1", "--auditor", "llm"),
+        *("--cassette", str(tape), "--workspace", str(replay_dir / "ws")),
+        env=env,
+        cwd=replay_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(a["attempt"], a["outcome"]) for a in attempts(url, "p1")] == [(1, "COMPLETE")]
+    assert on_branch(replay_dir / "ws", "pkg/mod.py") == "def answer() -> int:\n    return 42\n"
+    [escalation] = rows(url, "SELECT reason FROM token_budget_escalation_events")
+    assert escalation["reason"] == "continuation"
 
 
 def test_a_recorded_continuation_replays_and_a_failed_one_escalates(tmp_path: Path) -> None:

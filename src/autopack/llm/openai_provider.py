@@ -201,6 +201,14 @@ class OpenAIProvider:
                 reason="the stream ended without a finish reason",
                 usage=None,
             )
+        if body.usage is None:
+            raise _malformed(
+                "the stream carried no usage chunk (the server ignored "
+                "stream_options.include_usage); usage comes from the server, never a guess",
+                request.model,
+                raw.request_id,
+                elapsed_ms(text.started),
+            )
         response = openai_response(
             body.completion(text.text),
             request_model=request.model,
