@@ -264,3 +264,42 @@ def test_join_puts_back_the_whitespace_the_prefill_left_off(
 ) -> None:
     assert not prefill(partial)[-1:].isspace()
     assert join(partial, more) == joined
+
+
+def test_the_continuation_token_cap_bounds_what_continuations_may_write(tmp_path: Path) -> None:
+    """With a 30-token cap, the first continuation may write 30 tokens, the second only
+    what is left (5), then none: the attempt fails ``truncated`` and is retried."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = {**env_for(url), "AUTOPACK_CONTINUATION_TOKEN_CAP": "30"}
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    cut = {"stop_reason": "max_tokens"}
+    tape = cassette(
+        tmp_path,
+        [
+            line("p1", 1, ANSWER[:20], output_tokens=20, **cut),
+            line("p1", 1, ANSWER[20:30], output_tokens=25, **cut),
+            line("p1", 1, ANSWER[30:35], output_tokens=5, **cut),
+            line("p1", 2, ANSWER),
+        ],
+    )
+    result = drain(
+        "phase",
+        *("--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [a["stop_reason"] for a in attempts(url, "p1")] == ["truncated", "completed"]
+    sent = rows(url, "SELECT attempt, max_tokens FROM llm_usage_events ORDER BY id")
+    budget = sent[0]["max_tokens"]
+    assert [(s["attempt"], s["max_tokens"]) for s in sent[:3]] == [(1, budget), (1, 30), (1, 5)]
+    escalations = rows(
+        url,
+        "SELECT attempt, reason, old_budget, new_budget FROM token_budget_escalation_events "
+        "ORDER BY id",
+    )
+    assert [(e["attempt"], e["reason"], e["old_budget"], e["new_budget"]) for e in escalations][
+        :2
+    ] == [(1, "continuation", budget, budget + 30), (1, "continuation", budget + 30, budget + 35)]
+    assert escalations[2]["reason"] == "truncation" and escalations[2]["attempt"] == 2
