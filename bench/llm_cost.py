@@ -2,20 +2,21 @@
 
     .venv/bin/python -m bench.llm_cost [--json OUT]
 
-``autopack demo`` runs twice for real through the Anthropic provider (the official SDK,
-streaming), once with ``AUTOPACK_PROMPT_CACHE=1`` and once with ``0``, against the
-loopback wire fake (``tests/fakes/llm_wire.py``). The fake answers each call with the bundled
-cassette's answer for that phase and role (so the run takes the same course: the empty
-answer and the failing test are retried, the truncated answer is continued) and reports
-the usage Anthropic's prompt cache would: :class:`AnthropicCache` applies the documented
-rules to the exact request bodies Autopack sent. What is measured is therefore Autopack's
-requests (what it marks, what stays stable across retries and continuations); the token
-counts are an estimate (3.5 characters per token, as the cassette builder uses) and the
-cache is a model of Anthropic's, not the service itself.
+``autopack demo`` runs for real through the providers (official SDKs, streaming) against
+the loopback wire fake (``tests/fakes/llm_wire.py``): Anthropic with
+``AUTOPACK_PROMPT_CACHE=1`` and ``0``, OpenAI once (its caching is automatic; "off" is the
+same run priced without a cache). The fake answers each call with the bundled cassette's
+answer for that phase and role (so the run takes the same course: the empty answer and
+the failing test are retried, the truncated answer is continued) and reports the usage
+the provider's prompt cache would: :class:`AnthropicCache` and :class:`OpenAIPrefixCache`
+apply the documented rules to the exact request bodies Autopack sent. What is measured is
+therefore Autopack's requests (what it marks, what stays stable across retries and
+continuations); the token counts are an estimate (3.5 characters per token, as the
+cassette builder uses) and the caches are models, not the services.
 
 Input cost per phase is priced from the usage rows the runs recorded, with the bundled
-price table (cache writes 1.25x input, reads 0.1x). Output is the same in both runs and
-left out.
+price table. Output is the same in every run and left out. Results:
+``docs/LLM_COST_BENCHMARK.md``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.llm_wire import Reply, Seen, WireServer
+from tests.fakes.llm_wire import OPENAI_PATH, Reply, Seen, WireServer, openai_completion
 from tests.support import clean_env
 from tools.demo_cassette.build import CASSETTE, CHARS_PER_TOKEN, MODEL
 
@@ -46,7 +47,8 @@ from autopack.llm.pricing import load_price_table
 from autopack.llm.replay import read_cassette
 
 MIN_CACHEABLE_TOKENS = 1024
-"""Anthropic does not cache a prefix shorter than this (Sonnet-class models)."""
+"""Neither provider caches a prefix shorter than this (Anthropic's Sonnet-class models)."""
+OPENAI_MODEL = "gpt-6-luna"
 PHASE = re.compile(r"# Phase (\S+):")
 
 
@@ -96,8 +98,50 @@ class AnthropicCache:
         }
 
 
+class OpenAIPrefixCache:
+    """OpenAI's automatic prompt caching, as documented: a prompt of 1,024 tokens or more
+    reuses the longest prefix an earlier prompt shared with it, in steps of 128 tokens
+    from 1,024; no request marks anything and writing costs nothing extra."""
+
+    def __init__(self) -> None:
+        self._seen: list[str] = []
+        self._lock = threading.Lock()
+
+    def usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
+        prompt = "".join(f"<{m['role']}>{m['content']}" for m in body["messages"])
+        with self._lock:
+            shared = max((_common(prompt, earlier) for earlier in self._seen), default=0)
+            self._seen.append(prompt)
+        total = tokens(prompt)
+        shared_tokens = math.floor(shared / CHARS_PER_TOKEN)
+        cached = 0
+        if total >= MIN_CACHEABLE_TOKENS and shared_tokens >= MIN_CACHEABLE_TOKENS:
+            cached = MIN_CACHEABLE_TOKENS + (shared_tokens - MIN_CACHEABLE_TOKENS) // 128 * 128
+        return {
+            "prompt_tokens": total,
+            "completion_tokens": output_tokens,
+            "total_tokens": total + output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+
+
+def _common(a: str, b: str) -> int:
+    """Length of the common prefix of ``a`` and ``b``."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _text(content: str | list[dict[str, Any]]) -> str:
+    return content if isinstance(content, str) else content[0]["text"]
+
+
 class DemoAnswers:
-    """The bundled cassette's answers, served per phase and role in recorded order."""
+    """The bundled cassette's answers, served per phase and role in recorded order, in the
+    wire format asked (Anthropic or OpenAI) with the usage the provider's cache gives."""
 
     def __init__(self) -> None:
         self._answers: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -106,15 +150,16 @@ class DemoAnswers:
             self._answers[(entry.key[1], entry.key[2])].append(entry.response)
         self._served: dict[tuple[str, str], int] = defaultdict(int)
         self._lock = threading.Lock()
-        self.cache = AnthropicCache()
+        self.anthropic = AnthropicCache()
+        self.openai = OpenAIPrefixCache()
 
     def __call__(self, seen: Seen) -> Reply:
         body = seen.body
-        system = body.get("system") or ""
-        system_text = system if isinstance(system, str) else system[0]["text"]
-        role = "builder" if system_text == BUILDER_SYSTEM else "auditor"
-        first = body["messages"][0]["content"]
-        match = PHASE.search(first if isinstance(first, str) else first[0]["text"])
+        openai = seen.path == OPENAI_PATH
+        turns = body["messages"][1:] if openai else body["messages"]
+        system = body["messages"][0]["content"] if openai else body.get("system") or ""
+        role = "builder" if _text(system) == BUILDER_SYSTEM else "auditor"
+        match = PHASE.search(_text(turns[0]["content"]))
         assert match is not None, "every Autopack prompt names its phase"
         key = (match.group(1), role)
         with self._lock:
@@ -122,19 +167,31 @@ class DemoAnswers:
             index = min(self._served[key], len(answers) - 1)
             self._served[key] += 1
         answer = answers[index]
-        usage = self.cache.usage(body, answer["usage"]["output_tokens"])
-        return Reply(200, {**answer, "usage": usage})
+        output = answer["usage"]["output_tokens"]
+        if not openai:
+            return Reply(200, {**answer, "usage": self.anthropic.usage(body, output)})
+        completion = openai_completion(
+            answer["content"][0]["text"],
+            model=OPENAI_MODEL,
+            finish_reason="length" if answer["stop_reason"] == "max_tokens" else "stop",
+        )
+        return Reply(200, {**completion, "usage": self.openai.usage(body, output)})
 
 
-def run_demo(cache: bool, directory: Path) -> list[dict[str, Any]]:
-    """``autopack demo`` against the fake; the usage rows it recorded."""
+def run_demo(provider: str, cache: bool, directory: Path) -> list[dict[str, Any]]:
+    """``autopack demo`` through ``provider`` against the fake; its usage rows."""
     with WireServer() as wire:
         wire.respond = DemoAnswers()
+        if provider == "anthropic":
+            where = {"ANTHROPIC_API_KEY": "bench-not-a-key", "ANTHROPIC_BASE_URL": wire.url}
+            model = MODEL
+        else:
+            where = {"OPENAI_API_KEY": "bench-not-a-key", "OPENAI_BASE_URL": wire.url + "/v1"}
+            model = OPENAI_MODEL
         env = clean_env(
-            ANTHROPIC_API_KEY="bench-not-a-key",
-            ANTHROPIC_BASE_URL=wire.url,
-            AUTOPACK_BUILDER_MODEL=MODEL,
-            AUTOPACK_AUDITOR_MODEL=MODEL,
+            **where,
+            AUTOPACK_BUILDER_MODEL=model,
+            AUTOPACK_AUDITOR_MODEL=model,
             AUTOPACK_PROMPT_CACHE="1" if cache else "0",
         )
         done = subprocess.run(
@@ -156,6 +213,11 @@ def run_demo(cache: bool, directory: Path) -> list[dict[str, Any]]:
                 "cache_write_tokens FROM llm_usage_events ORDER BY id"
             )
         ]
+
+
+def uncached(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same calls as if the server had no cache: every input token at the input rate."""
+    return [{**row, "cache_read_tokens": 0, "cache_write_tokens": 0} for row in rows]
 
 
 def per_phase(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -193,7 +255,7 @@ def table(off: dict[str, dict[str, float]], on: dict[str, dict[str, float]]) -> 
         change = (b["usd"] - a["usd"]) / a["usd"] * 100 if a["usd"] else 0.0
         lines.append(
             f"| {phase} | {a['calls']:.0f} | {a['input']:,.0f} | {b['read']:,.0f} "
-            f"| {b['write']:,.0f} | {a['usd']:.4f} | {b['usd']:.4f} | {change:+.0f} % |"
+            f"| {b['write']:,.0f} | {a['usd']:.5f} | {b['usd']:.5f} | {change:+.0f} % |"
         )
     return "\n".join(lines)
 
@@ -203,13 +265,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write the per-phase figures here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        off = per_phase(run_demo(False, Path(scratch) / "off"))
-        on = per_phase(run_demo(True, Path(scratch) / "on"))
+        off = per_phase(run_demo("anthropic", False, Path(scratch) / "off"))
+        on = per_phase(run_demo("anthropic", True, Path(scratch) / "on"))
+        openai_rows = run_demo("openai", True, Path(scratch) / "openai")
+    openai_off, openai_on = per_phase(uncached(openai_rows)), per_phase(openai_rows)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{stamp} · {platform.node()} · {platform.python_version()} · model {MODEL}")
+    print(f"{stamp} · {platform.node()} · Python {platform.python_version()}")
+    print(f"\nAnthropic ({MODEL}), AUTOPACK_PROMPT_CACHE off vs on:\n")
     print(table(off, on))
+    print(f"\nOpenAI ({OPENAI_MODEL}), no server cache vs automatic prefix caching:\n")
+    print(table(openai_off, openai_on))
     if args.json:
-        args.json.write_text(json.dumps({"off": off, "on": on, "at": stamp}, indent=1) + "\n")
+        figures = {
+            "at": stamp,
+            "anthropic": {"off": off, "on": on},
+            "openai": {"off": openai_off, "on": openai_on},
+        }
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

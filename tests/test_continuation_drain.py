@@ -272,13 +272,13 @@ def test_the_continuation_token_cap_bounds_what_continuations_may_write(tmp_path
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = {**env_for(url), "AUTOPACK_CONTINUATION_TOKEN_CAP": "30"}
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
-    cut = {"stop_reason": "max_tokens"}
+    cut = "max_tokens"
     tape = cassette(
         tmp_path,
         [
-            line("p1", 1, ANSWER[:20], output_tokens=20, **cut),
-            line("p1", 1, ANSWER[20:30], output_tokens=25, **cut),
-            line("p1", 1, ANSWER[30:35], output_tokens=5, **cut),
+            line("p1", 1, ANSWER[:20], output_tokens=20, stop_reason=cut),
+            line("p1", 1, ANSWER[20:30], output_tokens=25, stop_reason=cut),
+            line("p1", 1, ANSWER[30:35], output_tokens=5, stop_reason=cut),
             line("p1", 2, ANSWER),
         ],
     )

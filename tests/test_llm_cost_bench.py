@@ -3,7 +3,7 @@ mean what docs/LLM_COST_BENCHMARK.md says they mean."""
 
 from __future__ import annotations
 
-from bench.llm_cost import AnthropicCache
+from bench.llm_cost import AnthropicCache, OpenAIPrefixCache
 
 LONG = "x" * 3_600  # 1,029 tokens at 3.5 characters per token
 
@@ -31,3 +31,23 @@ def test_unmarked_or_short_prefixes_are_not_cached() -> None:
         for _ in range(2):
             usage = cache.usage(body, 5)
             assert usage["cache_creation_input_tokens"] == usage["cache_read_input_tokens"] == 0
+
+
+def test_openai_reads_the_shared_prefix_in_128_token_steps() -> None:
+    cache = OpenAIPrefixCache()
+
+    def body(tail: str) -> dict[str, object]:
+        return {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": LONG * 2 + tail},
+            ]
+        }
+
+    assert cache.usage(body("first"), 1)["prompt_tokens_details"]["cached_tokens"] == 0
+    again = cache.usage(body("second"), 1)
+    # 7,215 shared characters = 2,061 tokens -> 1,024 + 8 x 128 = 2,048 cached.
+    assert again["prompt_tokens_details"]["cached_tokens"] == 2048
+    short = {"messages": [{"role": "user", "content": "short"}]}
+    for _ in range(2):
+        assert cache.usage(short, 1)["prompt_tokens_details"]["cached_tokens"] == 0
