@@ -303,3 +303,52 @@ def test_the_continuation_token_cap_bounds_what_continuations_may_write(tmp_path
         :2
     ] == [(1, "continuation", budget, budget + 30), (1, "continuation", budget + 30, budget + 35)]
     assert escalations[2]["reason"] == "truncation" and escalations[2]["attempt"] == 2
+
+
+def test_a_refused_continuation_leaves_the_answer_truncated_and_the_retry_escalates(
+    tmp_path: Path,
+) -> None:
+    """A model that refuses the continuation (some reject an assistant prefill with a 400)
+    does not fail the attempt as an LLM error: the answer stays cut off, the attempt ends
+    ``truncated`` and the retry gets the escalated budget."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    refused = {
+        "match": {"run_id": "exec-run", "phase_id": "p1", "attempt": 1, "role": "builder"},
+        "provider": "anthropic",
+        "model": "claude-sonnet-5-5",
+        "error": {
+            "status": 400,
+            "error_class": "BadRequestError",
+            "message": "assistant message prefill is not supported",
+        },
+    }
+    tape = cassette(
+        tmp_path,
+        [
+            line("p1", 1, ANSWER[:CUT], stop_reason="max_tokens", output_tokens=20),
+            refused,
+            line("p1", 2, ANSWER),
+        ],
+    )
+    result = drain(
+        "phase",
+        *("--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [a["stop_reason"] for a in attempts(url, "p1")] == ["truncated", "completed"]
+    usage = rows(url, "SELECT attempt, success, error_class FROM llm_usage_events ORDER BY id")
+    assert [(u["attempt"], bool(u["success"]), u["error_class"]) for u in usage] == [
+        (1, True, None),
+        (1, False, "BadRequestError"),
+        (2, True, None),
+    ]
+    reasons = rows(url, "SELECT attempt, reason FROM token_budget_escalation_events ORDER BY id")
+    assert [(r["attempt"], r["reason"]) for r in reasons] == [
+        (1, "continuation"),
+        (2, "truncation"),
+    ]

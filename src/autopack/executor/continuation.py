@@ -11,8 +11,9 @@ row) and a ``token_budget_escalation_events`` row with reason ``continuation``; 
 ``max_continuations`` of them, within ``continuation_token_cap`` output tokens in all. The
 prompt is the same every time, so with prompt caching a continuation pays for it once.
 
-Only when the joined answer is still cut off does the attempt end ``truncated``, and only
-then is the next attempt's budget raised (:meth:`Meter.budget`).
+Only when the joined answer is still cut off (continuations used up, or a continuation
+call failed) does the attempt end ``truncated``, and only then is the next attempt's
+budget raised (:meth:`Meter.budget`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dataclasses
 import logging
 
 from autopack.executor.metering import Meter
+from autopack.executor.outcome import Finish
 from autopack.llm.base import LLMResponse, Message, Usage
 from autopack.logs import log_event
 from autopack.telemetry.events import TokenBudgetEscalationIn
@@ -79,14 +81,31 @@ def builder_answer(
             break
         _record(meter, number, allowed, budget, answer.stop_reason)
         allowed += budget
-        more = meter.call(
-            "builder",
-            model,
-            system,
-            (*messages, Message("assistant", prefill(answer.text))),
-            budget,
-            continuable=True,
-        )
+        try:
+            more = meter.call(
+                "builder",
+                model,
+                system,
+                (*messages, Message("assistant", prefill(answer.text))),
+                budget,
+                continuable=True,
+            )
+        except Finish as failure:
+            if failure.stop_reason != "llm_error":
+                raise  # a budget or cap: the attempt ends here
+            # A model that refuses to continue (some reject an assistant prefill) or a
+            # failed call: the answer stays cut off, so the attempt ends ``truncated``
+            # and the next one gets a larger budget instead.
+            log_event(
+                logger,
+                "continuation_failed",
+                logging.WARNING,
+                run_id=meter.claim.run_id,
+                phase_id=meter.claim.phase_id,
+                attempt=meter.claim.attempt,
+                error=failure.error,
+            )
+            break
         spent += more.usage.output_tokens
         answer = dataclasses.replace(
             more, text=join(answer.text, more.text), usage=_summed(answer.usage, more.usage)
