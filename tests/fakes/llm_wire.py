@@ -20,6 +20,7 @@ asks more than it scripted fails loudly instead of hanging in SDK retries.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -62,6 +63,15 @@ class Seen:
     body: Any
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (an SDK closing a finished stream, an idle keep-alive
+        # connection) is not an error of the fake; anything else is still printed.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
 class WireServer:
     """A threaded stdlib HTTP server on 127.0.0.1 with a free port."""
 
@@ -72,7 +82,7 @@ class WireServer:
         replaying a whole run); called from the server's threads."""
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         # A short poll interval keeps shutdown (and so each test's teardown) quick.
         self._thread = threading.Thread(
