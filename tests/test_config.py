@@ -174,3 +174,20 @@ def test_unknown_telemetry_flag_value_is_an_error_not_off(
 def test_postgres_urls_get_the_psycopg_driver() -> None:
     assert resolve_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert resolve_database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+def test_continuation_and_prompt_cache_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On by default (3 continuations, no cap of their own, caching on); 0 and off parse;
+    a negative count is refused naming the setting."""
+    defaults = load_settings().settings
+    assert (defaults.autopack_max_continuations, defaults.autopack_prompt_cache) == (3, True)
+    assert defaults.autopack_continuation_token_cap is None
+    monkeypatch.setenv("AUTOPACK_MAX_CONTINUATIONS", "0")
+    monkeypatch.setenv("AUTOPACK_CONTINUATION_TOKEN_CAP", "5000")
+    monkeypatch.setenv("AUTOPACK_PROMPT_CACHE", "off")
+    chosen = load_settings().settings
+    assert (chosen.autopack_max_continuations, chosen.autopack_prompt_cache) == (0, False)
+    assert chosen.autopack_continuation_token_cap == 5000
+    monkeypatch.setenv("AUTOPACK_MAX_CONTINUATIONS", "-1")
+    with pytest.raises(ConfigError, match="AUTOPACK_MAX_CONTINUATIONS"):
+        load_settings()

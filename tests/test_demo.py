@@ -34,13 +34,14 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     url = f"sqlite:///{demo_dir / 'autopack.db'}"
     states = rows(url, "SELECT state, COUNT(*) AS n FROM phases GROUP BY state")
     assert states == [{"state": "COMPLETE", "n": 10}]
-    # The three scripted failures (empty files, truncation, failing check) were retried.
+    # Two scripted failures (empty files, failing check) were retried; the truncated answer
+    # was continued where it stopped instead, completing in its first attempt.
     retried = rows(url, "SELECT phase_id FROM phases WHERE attempts > 1 ORDER BY phase_id")
     assert [r["phase_id"] for r in retried] == [
         "telemetry-p2-number-util",
-        "telemetry-p4-date-util",
         "telemetry-p7-number-tests",
     ]
+    truncation_was_continued(url)
     calls = rows(url, "SELECT role, COUNT(*) AS n FROM llm_usage_events GROUP BY role")
     assert {r["role"]: r["n"] for r in calls} == {"builder": 13, "auditor": 10}
     # Replayed, not spent: provider replay with the recorded model, the cost it would have
@@ -52,10 +53,10 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     [would] = rows(url, "SELECT SUM(cost_usd) AS usd FROM llm_usage_events")
     assert would["usd"] > 0.1
     assert f"cost $0.0000 (replayed calls, not billed: ${would['usd']:.4f})" in done.stdout
-    assert "0.1654 replayed" in done.stdout and "billed cost $0.0000" in done.stdout
+    assert "0.1732 replayed" in done.stdout and "billed cost $0.0000" in done.stdout
     calibrated = cli("telemetry", "calibrate", "--json", "--database-url", url, cwd=tmp_path)
     assert calibrated.returncode == 0, calibrated.stderr
-    assert "left out 13 replayed estimation event(s)" in calibrated.stderr
+    assert "left out 12 replayed estimation event(s)" in calibrated.stderr
     assert json.loads(calibrated.stdout)["n_phases"] == 0
     included = cli(
         "telemetry",
@@ -72,8 +73,8 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     assert verdict["action"] == "wait" and verdict["line"].startswith("wait: truncation")
     assert not list(tmp_path.glob("*.json")), "nothing written without --write"
     calibration_writes_when_asked(tmp_path, url)
-    escalations = rows(url, "SELECT phase_id FROM token_budget_escalation_events")
-    assert escalations == [{"phase_id": "telemetry-p4-date-util"}]
+    escalations = rows(url, "SELECT phase_id, reason FROM token_budget_escalation_events")
+    assert escalations == [{"phase_id": "telemetry-p4-date-util", "reason": "continuation"}]
     outcomes = rows(url, "SELECT DISTINCT phase_outcome FROM token_estimation_v2_events")
     assert outcomes == [{"phase_outcome": "COMPLETE"}]
 
@@ -120,3 +121,23 @@ def calibration_writes_when_asked(tmp_path: Path, url: str) -> None:
     assert "wait: truncation" in written.stdout
     assert TokenEstimator.load(tmp_path / "estimator.json").version != TokenEstimator.load().version
     assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def truncation_was_continued(url: str) -> None:
+    """p4's cut-off answer and its continuation are two Builder calls of attempt 1, and the
+    estimation event reports the joined answer's output, not truncated."""
+    p4 = "telemetry-p4-date-util"
+    parts = rows(
+        url,
+        "SELECT attempt, stop_reason, output_tokens FROM llm_usage_events "
+        f"WHERE phase_id = '{p4}' AND role = 'builder' ORDER BY id",
+    )
+    assert [(r["attempt"], r["stop_reason"]) for r in parts] == [(1, "max_tokens"), (1, "end_turn")]
+    [estimation] = rows(
+        url,
+        "SELECT attempt, truncated, actual_output_tokens "
+        f"FROM token_estimation_v2_events WHERE phase_id = '{p4}'",
+    )
+    assert estimation["attempt"] == 1 and not estimation["truncated"]
+    assert estimation["actual_output_tokens"] == sum(r["output_tokens"] for r in parts)
+    assert estimation["actual_output_tokens"] > parts[0]["output_tokens"]

@@ -119,7 +119,9 @@ def test_path_traversal_is_rejected_and_nothing_is_written_outside(
 
 
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:
-    env = _setup(tmp_path, sqlite_url)
+    # Continuation off: a truncated answer fails its attempt (tests/test_continuation_drain.py
+    # covers continuing it instead).
+    env = {**_setup(tmp_path, sqlite_url), "AUTOPACK_MAX_CONTINUATIONS": "0"}
     tape = cassette(
         tmp_path,
         [

@@ -170,6 +170,25 @@ class Settings(BaseSettings):
         description="The share of Builder calls allowed to run out of max_tokens: the "
         "budget is that upper quantile of the estimator's predictive distribution.",
     )
+    autopack_max_continuations: int = Field(
+        3,
+        ge=0,
+        le=50,
+        description="How often a Builder answer cut off at max_tokens (or by a dropped "
+        "stream) is continued where it stopped before the attempt counts as truncated; "
+        "0 disables continuation.",
+    )
+    autopack_continuation_token_cap: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many output tokens across one answer's continuations "
+        "(default: no cap beyond the phase's own caps).",
+    )
+    autopack_prompt_cache: Flag = Field(
+        True,
+        description="Mark the system prompt and the phase's stable context for the "
+        "provider's prompt cache (Anthropic cache_control; OpenAI caches prefixes itself).",
+    )
     anthropic_api_key: SecretStr | None = Field(None, description="Anthropic credential.")
     anthropic_base_url: str | None = Field(None, description="Anthropic-compatible endpoint.")
     openai_api_key: SecretStr | None = Field(None, description="OpenAI credential.")

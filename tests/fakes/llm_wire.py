@@ -9,17 +9,22 @@ run for real; only the far end is scripted::
         ...
         assert len(wire.seen(ANTHROPIC_PATH)) == 2
 
-Each POST takes the next scripted :class:`Reply` for its path. A request with nothing
-scripted gets a 500 marked ``x-should-retry: false``, so a test that asks more than it
-scripted fails loudly instead of hanging in SDK retries.
+A request asking for a stream (``"stream": true``) gets a 200 body as the API streams it:
+Server-Sent Events built from the same response body (:func:`anthropic_events`,
+:func:`openai_chunks`), sent with chunked encoding, optionally cut off mid-answer
+(``Reply.cut_after``). Each POST takes the next scripted :class:`Reply` for its path. A
+request with nothing scripted gets a 500 marked ``x-should-retry: false``, so a test that
+asks more than it scripted fails loudly instead of hanging in SDK retries.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -41,6 +46,11 @@ class Reply:
     delay_s: float = 0.0
     echo_headers: bool = False
     """Answer with an error body quoting the request's headers (a careless proxy does)."""
+    cut_after: int | None = None
+    """For a streamed answer: drop the connection once this many characters of its text
+    were sent (mid chunked body, so the client sees a broken stream, not an end)."""
+    end_early: bool = False
+    """For a streamed answer: end the stream cleanly but before its stop event."""
 
 
 @dataclass
@@ -53,14 +63,26 @@ class Seen:
     body: Any
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (an SDK closing a finished stream, an idle keep-alive
+        # connection) is not an error of the fake; anything else is still printed.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
 class WireServer:
     """A threaded stdlib HTTP server on 127.0.0.1 with a free port."""
 
     def __init__(self) -> None:
         self._replies: dict[str, deque[Reply]] = defaultdict(deque)
+        self.respond: Callable[[Seen], Reply] | None = None
+        """Answers what nothing was scripted for, computed from the request (a benchmark
+        replaying a whole run); called from the server's threads."""
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         # A short poll interval keeps shutdown (and so each test's teardown) quick.
         self._thread = threading.Thread(
@@ -100,6 +122,8 @@ class WireServer:
             queue = self._replies.get(seen.path)
             if queue:
                 return queue.popleft()
+        if self.respond is not None:
+            return self.respond(seen)
         return Reply(
             500,
             {"error": {"type": "api_error", "message": f"nothing scripted for {seen.path}"}},
@@ -125,6 +149,14 @@ class WireServer:
                 reply = server._take(Seen("POST", path, headers, body))
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if (
+                    isinstance(body, dict)
+                    and body.get("stream")
+                    and reply.status == 200
+                    and isinstance(reply.body, dict)
+                ):
+                    self._stream(reply)
+                    return
                 if reply.echo_headers:
                     quoted = json.dumps(headers)
                     payload = json.dumps(
@@ -149,6 +181,38 @@ class WireServer:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _stream(self, reply: Reply) -> None:
+                assert isinstance(reply.body, dict)
+                events = (
+                    anthropic_events(reply.body)
+                    if "content" in reply.body
+                    else openai_chunks(reply.body)
+                )
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                sent = 0
+                for text, event in events:
+                    stops = (
+                        event.startswith("event: message_delta") or '"finish_reason": "' in event
+                    )
+                    if reply.end_early and stops:
+                        break
+                    self._chunk(event.encode())
+                    sent += len(text)
+                    if reply.cut_after is not None and sent >= reply.cut_after:
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return  # no terminating chunk: the body is broken off
+                self._chunk(b"")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -236,3 +300,86 @@ def openai_completion(
 
 def openai_error(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, "code": None, "param": None}}
+
+
+PIECE = 7
+"""Characters of text per streamed delta."""
+
+
+def _pieces(text: str, size: int = PIECE) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n"
+
+
+def anthropic_events(message: dict[str, Any]) -> list[tuple[str, str]]:
+    """The Messages API event stream of ``message``: (text it carries, SSE event) pairs.
+
+    message_start carries the input usage (and one output token, as the API reports),
+    text arrives in small deltas, message_delta carries the stop reason and final output
+    usage.
+    """
+    usage = message.get("usage")
+    start_usage = None if usage is None else {**usage, "output_tokens": 1}
+    text = "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")
+    start = {**message, "content": [], "stop_reason": None, "usage": start_usage}
+    events = [("", _sse({"type": "message_start", "message": start}, "message_start"))]
+    events.append(
+        (
+            "",
+            _sse(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+                "content_block_start",
+            ),
+        )
+    )
+    for piece in _pieces(text):
+        delta = {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": piece},
+        }
+        events.append((piece, _sse(delta, "content_block_delta")))
+    events.append(("", _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")))
+    final = {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]} if usage else None,
+    }
+    events.append(("", _sse(final, "message_delta")))
+    events.append(("", _sse({"type": "message_stop"}, "message_stop")))
+    return events
+
+
+def openai_chunks(completion: dict[str, Any]) -> list[tuple[str, str]]:
+    """The Chat Completions chunk stream of ``completion`` with ``include_usage``: a role
+    chunk, text chunks, a finish chunk, a usage chunk with no choices, then ``[DONE]``."""
+    head: dict[str, Any] = {k: completion[k] for k in ("id", "created", "model") if k in completion}
+    head["object"] = "chat.completion.chunk"
+    choice = completion["choices"][0]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return _sse(
+            {
+                **head,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
+            }
+        )
+
+    text = choice["message"]["content"] or ""
+    events = [("", chunk({"role": "assistant", "content": ""}))]
+    events += [(piece, chunk({"content": piece})) for piece in _pieces(text)]
+    events.append(("", chunk({}, choice["finish_reason"])))
+    if "usage" in completion:  # a server that ignores include_usage sends none
+        events.append(("", _sse({**head, "choices": [], "usage": completion["usage"]})))
+    events.append(("", "data: [DONE]\n\n"))
+    return events

@@ -15,7 +15,7 @@ import pytest
 
 from autopack.errors import CassetteMiss, ConfigError, LLMError
 from autopack.llm.anthropic_provider import AnthropicProvider, anthropic_response
-from autopack.llm.base import LLMResponse
+from autopack.llm.base import LLMResponse, StreamInterrupted, Usage
 from autopack.llm.openai_provider import OpenAIProvider
 from autopack.llm.replay import RecordingProvider, ReplayProvider
 from tests.fakes.llm_wire import (
@@ -319,3 +319,22 @@ def test_concurrent_recorders_on_one_file_never_interleave_lines(tmp_path: Path)
     for worker in range(threads):
         for call in range(calls):
             assert replay.complete(make_request(phase_id=f"w{worker}", attempt=call)).text == big
+
+
+def test_a_recorded_broken_stream_replays_as_stream_interrupted(tmp_path: Path) -> None:
+    """A live stream cut mid-answer is recorded with its partial text and usage; replay
+    raises the same StreamInterrupted, so the executor continues it as it did live."""
+    cassette = tmp_path / "broken.jsonl"
+    with WireServer() as wire:
+        wire.script(ANTHROPIC_PATH, Reply(200, anthropic_message("abcdefghijklmnop"), cut_after=8))
+        live = AnthropicProvider(api_key="k", base_url=wire.url, max_retries=0)
+        try:
+            with pytest.raises(StreamInterrupted) as recorded:
+                RecordingProvider(live, cassette).complete(make_request())
+        finally:
+            live.close()
+    with pytest.raises(StreamInterrupted) as replayed:
+        ReplayProvider(cassette).complete(make_request())
+    assert replayed.value.partial == recorded.value.partial == "abcdefghijklmn"
+    assert replayed.value.usage == recorded.value.usage == Usage(10, 1)
+    assert replayed.value.provider == "replay"

@@ -12,7 +12,7 @@ the phase's read-only context) at ~3.5 characters per token, and latencies from 
 
 * p2: the first answer has an empty ``files`` array (the legacy "T2" failure) → retried;
 * p4: the first answer rambles (a 110-year holiday table) and is cut off at the budget the
-  estimator chose → retried with an escalated ``max_tokens``;
+  estimator chose → continued where it stopped (one more call), completing in one attempt;
 * p7: the first tests assert a wrong rounding → the check fails → retried with its output.
 
 The first line says answers may repeat (``repeat_last``): a phase retried more often than
@@ -38,6 +38,7 @@ from autopack.builder.change import Change, PlannedWrite
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt
 from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.features import extract_features
+from autopack.executor.continuation import join, prefill
 from autopack.llm.pricing import load_price_table
 from autopack.llm.registry import DEFAULT_MODELS
 from autopack.rundef import PhaseDefinition, load_run_file
@@ -175,8 +176,12 @@ def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -
         text = answer(deliverables, "", {deliverables[0]: ramble})
         cut = text[: math.ceil(budget * CHARS_PER_TOKEN * 0.9)]
         builder(cut, stop_reason="max_tokens", output_tokens=budget)
-        feedback.append(Feedback(1, "truncated", f"Cut off at max_tokens={budget}."))
-        attempt = 2
+        # Continued where it stopped (the prefill leaves trailing whitespace off): the
+        # rest of the same answer, asked with the cut part as the model's own turn.
+        rest = text[len(prefill(cut)) :]
+        assert join(cut, rest) == text
+        prompt = builder_prompt(phase, workspace, feedback)
+        recorder.add(phase.phase_id, attempt, "builder", prompt + prefill(cut), rest)
     elif phase.phase_id == "telemetry-p7-number-tests":
         path = deliverables[0]
         wrong = (
@@ -190,7 +195,8 @@ def _record_phase(recorder: Recorder, phase: PhaseDefinition, workspace: Path) -
         assert "66.6" in wrong, "the scripted failure no longer applies to the solution"
         feedback.append(Feedback(1, "checks_failed", "AssertionError: 66.7 != 66.6"))
         attempt = 2
-    builder(answer(deliverables, f"Wrote {', '.join(deliverables)}."))
+    if phase.phase_id != "telemetry-p4-date-util":  # its continued answer is complete
+        builder(answer(deliverables, f"Wrote {', '.join(deliverables)}."))
     writes = tuple(
         PlannedWrite(p, (SOLUTIONS / p).read_text(), existed=False) for p in deliverables
     )

@@ -102,14 +102,32 @@ def _file_block(path: str, text: str, budget: list[int]) -> str:
     return f"### {path}\n```\n{text}\n```\n"
 
 
-def builder_prompt(
+@dataclass(frozen=True)
+class BuilderPrompt:
+    """The Builder's user message in two parts.
+
+    ``stable`` (the task, its deliverables, checks and the files it reads) is the same on
+    every attempt and continuation of the phase while the branch does not move, so it is
+    sent first and marked for the provider's prompt cache; ``variable`` (the earlier
+    attempts' feedback and the closing instruction) follows it. ``text`` is the message.
+    """
+
+    stable: str
+    variable: str
+
+    @property
+    def text(self) -> str:
+        return self.stable + self.variable
+
+
+def builder_prompt_parts(
     task: PhaseTask,
     workspace: Path,
     feedback: Sequence[Feedback] = (),
     *,
     context_chars: int = DEFAULT_CONTEXT_CHARS,
-) -> str:
-    """The user message for one Builder call."""
+) -> BuilderPrompt:
+    """The user message for one Builder call, split where it starts to vary."""
     scope = task.scope
     budget = [context_chars]
     lines = [
@@ -140,8 +158,21 @@ def builder_prompt(
     blocks = [_file_block(p, (workspace / p).read_text(errors="replace"), budget) for p in context]
     if blocks:
         lines += ["", "## Read-only context (do not rewrite these)", *blocks]
+    tail = [""]
     if feedback:
-        lines += ["", "## Earlier attempts failed: fix exactly these problems"]
-        lines += [f"- attempt {f.attempt} ({f.stop_reason}): {f.text}" for f in feedback]
-    lines += ["", "Answer with the JSON object only."]
-    return "\n".join(lines)
+        tail += ["## Earlier attempts failed: fix exactly these problems"]
+        tail += [f"- attempt {f.attempt} ({f.stop_reason}): {f.text}" for f in feedback]
+        tail += [""]
+    tail += ["Answer with the JSON object only."]
+    return BuilderPrompt("\n".join(lines) + "\n", "\n".join(tail))
+
+
+def builder_prompt(
+    task: PhaseTask,
+    workspace: Path,
+    feedback: Sequence[Feedback] = (),
+    *,
+    context_chars: int = DEFAULT_CONTEXT_CHARS,
+) -> str:
+    """The user message for one Builder call, as one text."""
+    return builder_prompt_parts(task, workspace, feedback, context_chars=context_chars).text

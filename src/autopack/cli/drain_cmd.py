@@ -170,6 +170,9 @@ def executor_for(
         phase_token_cap=flags.phase_token_cap,
         phase_cost_cap_usd=flags.phase_cost_cap,
         check_policy=CheckPolicy.parse(settings.autopack_allow_check_prefix),
+        max_continuations=settings.autopack_max_continuations,
+        continuation_token_cap=settings.autopack_continuation_token_cap,
+        prompt_cache=settings.autopack_prompt_cache,
     )
     estimator = TokenEstimator.load(settings.autopack_estimator_file)
     with (

@@ -1,6 +1,7 @@
 """Showing a drain as it happens: a Rich progress bar on a terminal, plain lines otherwise.
 
-The executor reports events (``attempt_started``, ``llm_call``, ``llm_usage``,
+The executor reports events (``attempt_started``, ``llm_call``, ``llm_text`` as an answer
+streams in, ``llm_continue``, ``llm_usage``,
 ``checks_started``, ``approval_requested``, ``attempt_finished``, ``waiting``) from its
 worker threads; this sink turns them into one line per finished attempt plus a live bar of
 finished phases with the tokens and cost spent so far (replayed calls apart: they cost
@@ -110,6 +111,12 @@ class DrainProgress:
                     self._say(f"→ {phase} attempt {data['attempt']} started")
             elif event == "llm_call":
                 self._active[phase] = f"{data['role']} call"
+            elif event == "llm_text":
+                self._active[phase] = f"{data['role']} streaming {data['chars']:,} chars"
+            elif event == "llm_continue":
+                self._say(
+                    f"↻ {phase}: answer cut off ({data['why']}), continuing #{data['number']}"
+                )
             elif event == "phase_too_large":
                 self._say(
                     f"[yellow]⚠ {phase}[/yellow] needs about {data['wanted']} output tokens, "

@@ -12,7 +12,8 @@ The attempt works in a worktree of its own (:mod:`autopack.executor.worktrees`):
 it writes is seen by another attempt or reaches the branch unless its result is accepted,
 and nothing is ever undone in a tree someone else uses; a failed attempt's worktree is
 set aside for inspection. The LLM calls and what they cost are
-:mod:`autopack.executor.metering`'s; the lease is :mod:`autopack.executor.lease`'s.
+:mod:`autopack.executor.metering`'s, a cut-off answer's continuation
+:mod:`autopack.executor.continuation`'s; the lease is :mod:`autopack.executor.lease`'s.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from autopack.builder.auditor import (
 )
 from autopack.builder.change import Change, plan_change
 from autopack.builder.output import BuilderRejected, parse_builder_output
-from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt
+from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
 from autopack.contract import (
     ApprovalIn,
     AttemptView,
@@ -44,6 +45,7 @@ from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
 from autopack.executor.checks import CheckUnavailable, run_checks
+from autopack.executor.continuation import builder_answer
 from autopack.executor.git import GitError
 from autopack.executor.integration import base_for
 from autopack.executor.lease import Lease
@@ -52,6 +54,7 @@ from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult, Finish, Outcome, failed
 from autopack.executor.workspace import AppliedChange, apply_change
 from autopack.executor.worktrees import Worktree
+from autopack.llm.base import Message
 from autopack.logs import log_event
 from autopack.states import PhaseState
 
@@ -264,19 +267,23 @@ class Attempt:
             )
             self.s.events("phase_too_large", phase_id=self.claim.phase_id, wanted=estimate.wanted)
         max_tokens = meter.budget(estimate, model_max)
-        prompt = builder_prompt(
+        prompt = builder_prompt_parts(
             task, workspace, _feedback(self.claim.history), context_chars=self.o.context_chars
         )
-        response = meter.call("builder", self.o.builder_model, BUILDER_SYSTEM, prompt, max_tokens)
+        message = Message("user", prompt.variable, stable_prefix=prompt.stable)
+        response = builder_answer(
+            meter, self.o.builder_model, BUILDER_SYSTEM, (message,), max_tokens
+        )
         lease.check()
         parse_success = False
         try:
             if response.truncated:
+                continued = ", even after continuing it" if self.o.max_continuations else ""
                 raise failed(
                     "truncated",
                     feedback=f"Your answer was cut off at max_tokens={max_tokens} before it "
-                    "was complete. The next attempt gets a larger budget; write the files "
-                    "without commentary.",
+                    f"was complete{continued}. The next attempt gets a larger budget; write "
+                    "the files without commentary.",
                 )
             output = parse_builder_output(response.text)
             change = plan_change(
@@ -356,7 +363,9 @@ class Attempt:
                 if previous is not None
             }
             prompt = auditor_prompt(self.task, change_diff(change, before), self.checks)
-            response = meter.call("auditor", self.o.auditor_model, AUDITOR_SYSTEM, prompt, 1024)
+            response = meter.call(
+                "auditor", self.o.auditor_model, AUDITOR_SYSTEM, (Message("user", prompt),), 1024
+            )
             self.verdict = parse_verdict(response.text, rules)
         if not self.verdict.approved:
             raise failed(

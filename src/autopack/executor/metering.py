@@ -23,8 +23,8 @@ from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.metrics import event_metrics
 from autopack.executor.lease import Lease
 from autopack.executor.options import Services
-from autopack.executor.outcome import failed
-from autopack.llm.base import LLMRequest, LLMResponse, Message, Role
+from autopack.executor.outcome import Finish, failed
+from autopack.llm.base import LLMRequest, LLMResponse, Message, Role, StreamInterrupted, Usage
 from autopack.logs import log_event
 from autopack.telemetry.events import (
     REPLAY_PROVIDER,
@@ -34,6 +34,15 @@ from autopack.telemetry.events import (
 )
 
 logger = logging.getLogger("autopack.executor")
+
+
+def _token_columns(usage: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
 
 
 class Meter:
@@ -71,20 +80,36 @@ class Meter:
             )
 
     def call(
-        self, role: Role, model: str, system: str, prompt: str, max_tokens: int
+        self,
+        role: Role,
+        model: str,
+        system: str,
+        messages: tuple[Message, ...],
+        max_tokens: int,
+        *,
+        continuable: bool = False,
     ) -> LLMResponse:
-        """One LLM call: budget check before, usage accounting and telemetry after."""
+        """One LLM call: budget check before, usage accounting and telemetry after.
+
+        ``continuable``: a stream broken off mid-answer comes back as a truncated answer
+        holding its partial text (stop reason ``interrupted``, what usage is known), for
+        the caller to continue; otherwise it fails the attempt like any LLM error.
+        """
         self._check_budget()
         claim = self.claim
         request = LLMRequest(
             role=role,
             model=model,
             system=system,
-            messages=(Message("user", prompt),),
+            messages=messages,
             max_tokens=max_tokens,
             run_id=claim.run_id,
             phase_id=claim.phase_id,
             attempt=claim.attempt,
+            prompt_cache=self.o.prompt_cache,
+            on_text=lambda chars: self.s.events(
+                "llm_text", run_id=claim.run_id, phase_id=claim.phase_id, role=role, chars=chars
+            ),
         )
         self.s.events("llm_call", run_id=claim.run_id, phase_id=claim.phase_id, role=role)
         # What every usage row of this call says, failed or not.
@@ -96,24 +121,61 @@ class Meter:
             "max_tokens": max_tokens,
         }
         try:
-            response = self.s.provider.complete(request)
-        except LLMError as exc:
-            message = exc.message.replace("\x00", "\\x00")  # a provider's text, stored as TEXT
-            self.s.telemetry.record(
-                LlmUsageIn(
-                    **call,
-                    provider=exc.provider[:40],
-                    model=(exc.model or model)[:200],
-                    latency_ms=exc.latency_ms,
-                    success=False,
-                    error_class=exc.error_class[:200],
-                    error_message=message[:2000],
-                    request_id=exc.request_id[:200] if exc.request_id else None,
-                )
+            return self._account(call, model, self.s.provider.complete(request))
+        except StreamInterrupted as exc:
+            if not continuable:
+                raise self._failed(call, model, exc) from exc
+            partial = LLMResponse(
+                text=exc.partial,
+                stop_reason="interrupted",
+                truncated=True,
+                usage=exc.usage or Usage(0, 0),
+                provider=exc.provider,
+                model=exc.model or model,
+                request_id=exc.request_id,
+                latency_ms=exc.latency_ms,
             )
-            raise failed("llm_error", error=message, retryable=exc.retryable) from exc
+            return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
+        except LLMError as exc:
+            raise self._failed(call, model, exc) from exc
+
+    def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:
+        message = exc.message.replace("\x00", "\\x00")  # a provider's text, stored as TEXT
+        return {
+            **call,
+            "provider": exc.provider[:40],
+            "model": (exc.model or model)[:200],
+            "latency_ms": exc.latency_ms,
+            "success": False,
+            "error_class": exc.error_class[:200],
+            "error_message": message[:2000],
+            "request_id": exc.request_id[:200] if exc.request_id else None,
+        }
+
+    def _failed(self, call: dict[str, Any], model: str, exc: LLMError) -> Finish:
+        """A failed call: its usage row, and how the attempt ends."""
+        row = self._error_row(call, model, exc)
+        self.s.telemetry.record(LlmUsageIn(**row))
+        return failed("llm_error", error=row["error_message"], retryable=exc.retryable)
+
+    def _account(
+        self,
+        call: dict[str, Any],
+        model: str,
+        response: LLMResponse,
+        *,
+        error: LLMError | None = None,
+        usage_known: bool = True,
+    ) -> LLMResponse:
+        """Report a call's tokens under the lease and record its usage row (an interrupted
+        stream's row says so, with the tokens the provider had reported; none reported
+        are NULL on the row, never a guessed zero)."""
+        claim = self.claim
+        role = call["role"]
         usage = response.usage
-        cost, snapshot = self.s.prices.cost_of(response.model or model, usage)
+        cost, snapshot = (
+            self.s.prices.cost_of(response.model or model, usage) if usage_known else (None, None)
+        )
         replayed = response.provider == REPLAY_PROVIDER
         billed = 0.0 if replayed else cost or 0.0
         tokens = usage.input_tokens + usage.output_tokens
@@ -136,20 +198,19 @@ class Meter:
             cost_usd=cost or 0.0,
             replayed=replayed,
         )
+        row = {**call, "success": True} if error is None else self._error_row(call, model, error)
         self.s.telemetry.record(
             LlmUsageIn(
-                **call,
-                provider=response.provider,
-                model=response.model or model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
+                **{
+                    **row,
+                    "provider": response.provider,
+                    "model": response.model or model,
+                    "request_id": response.request_id,
+                    "latency_ms": response.latency_ms,
+                },
+                **(_token_columns(usage) if usage_known else {}),
                 stop_reason=response.stop_reason,
-                latency_ms=response.latency_ms,
                 ttft_ms=response.ttft_ms,
-                success=True,
-                request_id=response.request_id,
                 cost_usd=cost,
                 provider_cost_usd=response.provider_cost_usd,
                 price_snapshot=snapshot,

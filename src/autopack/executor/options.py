@@ -22,7 +22,9 @@ EventSink = Callable[..., None]
 
 @dataclass(frozen=True)
 class ExecutorOptions:
-    """How an executor works; every field is a CLI flag of the drain commands."""
+    """How an executor works: the drain commands' flags and the settings that shape LLM
+    calls (``AUTOPACK_MAX_CONTINUATIONS``, ``AUTOPACK_CONTINUATION_TOKEN_CAP``,
+    ``AUTOPACK_PROMPT_CACHE``, ``AUTOPACK_TARGET_TRUNCATION``)."""
 
     worker_id: str
     builder_model: str
@@ -41,6 +43,12 @@ class ExecutorOptions:
     poll_seconds: float = 1.0
     check_policy: CheckPolicy | None = None
     """Checks this executor agrees to run (``--allow-check-prefix``); None: any."""
+    max_continuations: int = 3
+    """Continue a cut-off Builder answer this often before it counts as truncated."""
+    continuation_token_cap: int | None = None
+    """Output tokens one answer's continuations may use in all; None: no cap of its own."""
+    prompt_cache: bool = True
+    """Mark the system prompt and the stable prompt prefix for the provider's cache."""
 
 
 @dataclass

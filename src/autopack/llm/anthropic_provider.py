@@ -4,7 +4,11 @@ The live call and replay share :func:`anthropic_response`: it turns the response
 the SDK's own ``Message`` object exactly the way the SDK does for a live answer (its
 lenient ``construct``, not a stricter validation that would refuse answers the SDK
 accepts) and then normalises that object. A cassette line therefore goes through the very
-code a live response goes through.
+code a live response goes through. Calls stream (``messages.stream``): answers longer than
+the non-streaming limits finish, ``on_text`` shows them arriving, ``ttft_ms`` is measured,
+and the SDK's final message is dumped back into the body the API would have sent without
+streaming, so ``raw`` and cassettes keep one format. A stream broken off after some text
+raises :class:`~autopack.llm.base.StreamInterrupted` with that text.
 
 Retries are the SDK's: ``max_retries`` extra attempts on 408/409/429/5xx (529 overload
 included) and connection errors, waiting what ``retry-after-ms``/``retry-after`` asks, else
@@ -13,22 +17,34 @@ included) and connection errors, waiting what ``retry-after-ms``/``retry-after``
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import anthropic
-from anthropic.types import AssistantMessageParam, MessageParam, UserMessageParam
+from anthropic.types import (
+    AssistantMessageParam,
+    CacheControlEphemeralParam,
+    MessageParam,
+    TextBlockParam,
+    UserMessageParam,
+)
 from anthropic.types import Message as SdkMessage
+from anthropic.types import Usage as SdkUsage
 
 from autopack.llm.base import (
+    STREAM_BROKEN,
     LLMRequest,
     LLMResponse,
+    Message,
+    StreamInterrupted,
+    StreamText,
     Usage,
+    elapsed_ms,
     malformed,
     provider_cost,
-    read_raw,
+    retries_taken,
     sdk_error,
     token_count,
 )
@@ -64,9 +80,6 @@ def anthropic_response(
     if not isinstance(data.get("content"), list):
         raise _malformed("content is not a list", request_model, request_id, latency_ms)
     message = SdkMessage.construct(**dict(data))
-    usage = message.usage
-    cache_read = token_count(usage.cache_read_input_tokens)
-    cache_write = token_count(usage.cache_creation_input_tokens)
     text = "".join(
         str(getattr(block, "text", ""))
         for block in message.content
@@ -77,17 +90,12 @@ def anthropic_response(
         text=text,
         stop_reason=stop_reason,
         truncated=stop_reason == "max_tokens",
-        usage=Usage(
-            input_tokens=usage.input_tokens + cache_read + cache_write,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=cache_read,
-            cache_write_tokens=cache_write,
-        ),
+        usage=_usage(message.usage),
         provider=PROVIDER,
         model=str(data.get("model") or request_model),
         request_id=request_id,
         latency_ms=latency_ms,
-        provider_cost_usd=provider_cost(usage),
+        provider_cost_usd=provider_cost(message.usage),
         raw=dict(data),
         retries=retries,
     )
@@ -121,37 +129,122 @@ class AnthropicProvider:
         self._client.close()
 
     def complete(self, request: LLMRequest) -> LLMResponse:
-        messages: list[MessageParam] = [
-            UserMessageParam(role="user", content=message.content)
-            if message.role == "user"
-            else AssistantMessageParam(role="assistant", content=message.content)
-            for message in request.messages
-        ]
+        """Stream the answer (long answers finish, the display sees it arrive) and rebuild
+        the response body the non-streaming API would have sent, for ``raw`` and replay."""
         # This SDK no longer has a temperature argument (current models reject sampling
         # parameters); a caller that sets one still gets it sent, for models that take it.
         extra_body = None if request.temperature is None else {"temperature": request.temperature}
-        started = time.perf_counter()
+        text = StreamText(request.on_text)
+        snapshot: SdkMessage | None = None
+        fail = partial(
+            sdk_error, label=LABEL, provider=PROVIDER, model=request.model, started=text.started
+        )
         try:
-            raw = self._client.messages.with_raw_response.create(
+            with self._client.messages.stream(
                 model=request.model,
                 max_tokens=request.max_tokens,
-                system=request.system or anthropic.omit,
-                messages=messages,
+                system=_system(request),
+                messages=[_message(m, request.prompt_cache) for m in request.messages],
                 extra_body=extra_body,
-            )
+            ) as stream:
+                request_id, retries = stream.request_id, retries_taken(stream.response)
+                try:
+                    for event in stream:
+                        if event.type == "message_start":
+                            snapshot = stream.current_message_snapshot
+                            if getattr(snapshot, "usage", None) is None:
+                                raise _malformed(
+                                    "no usage in message_start",
+                                    request.model,
+                                    request_id,
+                                    elapsed_ms(text.started),
+                                )
+                        elif event.type == "text":
+                            text.add(event.text)
+                    if snapshot is not None:
+                        snapshot = stream.current_message_snapshot
+                except (anthropic.AnthropicError, STREAM_BROKEN) as exc:
+                    if not text.chars:
+                        raise
+                    usage = None if snapshot is None else _usage(snapshot.usage)
+                    raise text.interrupted(
+                        label=LABEL,
+                        provider=PROVIDER,
+                        model=request.model,
+                        reason=str(exc) or type(exc).__name__,
+                        usage=usage,
+                    ) from exc
+        except StreamInterrupted:
+            raise
         except anthropic.AnthropicError as exc:
-            raise sdk_error(
-                exc,
+            raise fail(exc, unreachable=isinstance(exc, anthropic.APIConnectionError)) from exc
+        except STREAM_BROKEN as exc:
+            raise fail(exc, unreachable=True) from exc
+        if snapshot is None:
+            raise _malformed(
+                "no message_start event (not a Messages API stream)",
+                request.model,
+                request_id,
+                elapsed_ms(text.started),
+            )
+        message = snapshot
+        if message.stop_reason is None and text.chars:
+            raise text.interrupted(
                 label=LABEL,
                 provider=PROVIDER,
                 model=request.model,
-                started=started,
-                unreachable=isinstance(exc, anthropic.APIConnectionError),
-            ) from exc
-        return read_raw(
-            raw,
-            model=request.model,
-            started=started,
-            parse=anthropic_response,
-            malformed=_malformed,
+                reason="the stream ended without a stop reason",
+                usage=_usage(message.usage),
+            )
+        response = anthropic_response(
+            message.model_dump(mode="json", exclude_unset=True),
+            request_model=request.model,
+            request_id=request_id,
+            latency_ms=elapsed_ms(text.started),
+            retries=retries,
         )
+        return dataclasses.replace(response, ttft_ms=text.ttft_ms)
+
+
+CACHE_CONTROL: CacheControlEphemeralParam = {"type": "ephemeral"}
+
+
+def _system(request: LLMRequest) -> str | list[TextBlockParam] | anthropic.Omit:
+    """The system prompt; a cacheable block when the request asks for prompt caching."""
+    if not request.system:
+        return anthropic.omit
+    if not request.prompt_cache:
+        return request.system
+    return [{"type": "text", "text": request.system, "cache_control": CACHE_CONTROL}]
+
+
+def _message(message: Message, cache: bool) -> MessageParam:
+    """One turn; a stable prefix goes first as a block of its own, cacheable when asked.
+
+    A final assistant turn is a prefill the model continues (the executor strips its
+    trailing whitespace: the API refuses a prefill ending in whitespace).
+    """
+    if not message.stable_prefix:
+        content: str | list[TextBlockParam] = message.content
+    else:
+        prefix: TextBlockParam = {"type": "text", "text": message.stable_prefix}
+        if cache:
+            prefix["cache_control"] = CACHE_CONTROL
+        content = [prefix]
+        if message.content:
+            content.append({"type": "text", "text": message.content})
+    if message.role == "user":
+        return UserMessageParam(role="user", content=content)
+    return AssistantMessageParam(role="assistant", content=content)
+
+
+def _usage(usage: SdkUsage) -> Usage:
+    """Normalised token counts: Anthropic's ``input_tokens`` excludes the cache parts."""
+    cache_read = token_count(usage.cache_read_input_tokens)
+    cache_write = token_count(usage.cache_creation_input_tokens)
+    return Usage(
+        input_tokens=token_count(usage.input_tokens) + cache_read + cache_write,
+        output_tokens=token_count(usage.output_tokens),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )

@@ -13,17 +13,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import httpx2
+
 from autopack.errors import LLMError
 
 Role = Literal["builder", "auditor"]
 
 
+CONTINUE_PROMPT = "Continue exactly where you stopped; do not repeat anything."
+"""What a provider without assistant prefill asks after a partial answer (see
+:attr:`LLMRequest.continues`)."""
+
+TextProgress = Callable[[int], None]
+"""Called with the characters received so far while an answer streams in."""
+
+
 @dataclass(frozen=True)
 class Message:
-    """One turn of the conversation (the system prompt travels separately)."""
+    """One turn of the conversation (the system prompt travels separately).
+
+    ``stable_prefix`` is text that leads this turn and stays the same across a phase's
+    attempts and continuations (the task and its read-only context). It is sent first, as
+    a block of its own, so a provider's prompt cache can reuse it: Anthropic gets it as a
+    content block marked ``cache_control`` (when the request asks for caching), OpenAI as
+    the start of the turn, where its automatic prefix caching finds it.
+    """
 
     role: Literal["user", "assistant"]
     content: str
+    stable_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,17 @@ class LLMRequest:
     phase_id: str | None
     attempt: int | None
     temperature: float | None = None
+    prompt_cache: bool = False
+    """Mark the system prompt and stable prefixes for the provider's prompt cache."""
+    on_text: TextProgress | None = field(default=None, compare=False, repr=False)
+    """Streaming progress for a live display; never affects the answer."""
+
+    @property
+    def continues(self) -> bool:
+        """A request ending with the assistant's own partial answer asks the model to go on
+        from there: Anthropic as an assistant prefill, OpenAI with :data:`CONTINUE_PROMPT`
+        as one more user turn (it has no prefill)."""
+        return bool(self.messages) and self.messages[-1].role == "assistant"
 
 
 @dataclass(frozen=True)
@@ -171,42 +200,67 @@ def sdk_error(
     return LLMError(f"{label} call failed: {exc}", retryable=False, **common)
 
 
-class _JsonBody(Protocol):
-    def json(self, **kwargs: Any) -> Any: ...
+class StreamInterrupted(LLMError):
+    """The answer stopped mid-stream (the connection dropped, or the stream ended without
+    a stop reason) after some text had arrived.
+
+    ``partial`` is the text received and ``usage`` what the provider had reported by then
+    (Anthropic reports the input at the start of a stream; OpenAI only at its end, so
+    None). The executor continues it like an answer cut off at ``max_tokens`` instead of
+    throwing the text away.
+    """
+
+    def __init__(self, message: str, *, partial: str, usage: Usage | None, **kwargs: Any) -> None:
+        super().__init__(message, error_class="StreamInterrupted", retryable=True, **kwargs)
+        self.partial = partial
+        self.usage = usage
 
 
-class RawResponse(Protocol):
-    """What both SDKs' ``with_raw_response`` calls return (the parts read here)."""
+STREAM_BROKEN = httpx2.TransportError
+"""What both SDKs let through when the connection fails while a stream is being read
+(their own errors cover only the request and ``error`` events)."""
+
+
+class StreamText:
+    """The text of one streamed answer as it arrives: time to first text, progress."""
+
+    def __init__(self, on_text: TextProgress | None) -> None:
+        self.started = time.perf_counter()
+        self.ttft_ms: float | None = None
+        self.parts: list[str] = []
+        self.chars = 0
+        self._on_text = on_text
+
+    def add(self, piece: str | None) -> None:
+        if not piece:
+            return
+        if self.ttft_ms is None:
+            self.ttft_ms = elapsed_ms(self.started)
+        self.parts.append(piece)
+        self.chars += len(piece)
+        if self._on_text is not None:
+            self._on_text(self.chars)
 
     @property
-    def http_response(self) -> _JsonBody: ...
+    def text(self) -> str:
+        return "".join(self.parts)
 
-    @property
-    def request_id(self) -> str | None: ...
+    def interrupted(
+        self, *, label: str, provider: str, model: str, reason: str, usage: Usage | None
+    ) -> StreamInterrupted:
+        """The answer so far, as the error a caller can continue from."""
+        return StreamInterrupted(
+            f"{label} stream interrupted after {self.chars} characters: {reason}",
+            partial=self.text,
+            usage=usage,
+            provider=provider,
+            model=model,
+            latency_ms=elapsed_ms(self.started),
+        )
 
-    @property
-    def retries_taken(self) -> int: ...
 
-
-def read_raw(
-    raw: RawResponse,
-    *,
-    model: str,
-    started: float,
-    parse: Callable[..., LLMResponse],
-    malformed: Callable[[str, str, str | None, float], LLMError],
-) -> LLMResponse:
-    """Decode a raw SDK response with the provider's ``parse`` (shared with replay)."""
-    try:
-        data = raw.http_response.json()
-    except ValueError as exc:
-        raise malformed(
-            f"body is not JSON ({exc})", model, raw.request_id, elapsed_ms(started)
-        ) from exc
-    return parse(
-        data,
-        request_model=model,
-        request_id=raw.request_id,
-        latency_ms=elapsed_ms(started),
-        retries=raw.retries_taken,
-    )
+def retries_taken(http_response: httpx2.Response) -> int:
+    """How many times the SDK retried before this response: both SDKs number each try in
+    the ``x-stainless-retry-count`` request header (a stream has no other record of it)."""
+    value = http_response.request.headers.get("x-stainless-retry-count", "0")
+    return int(value) if value.isdigit() else 0

@@ -3,7 +3,10 @@
 ``OPENAI_BASE_URL`` points it at Ollama, vLLM, llama.cpp server, LM Studio or OpenRouter;
 those often need no key, so a placeholder is sent. Like the Anthropic provider, the live
 call and replay share :func:`openai_response` (the SDK's own lenient ``construct`` of a
-``ChatCompletion``, then one normaliser), so replay cannot drift from reality.
+``ChatCompletion``, then one normaliser), so replay cannot drift from reality. Calls
+stream with ``include_usage``; the chunks are accumulated back into the ``ChatCompletion``
+body a non-streaming call returns (``raw``), and a stream broken off after some text
+raises :class:`~autopack.llm.base.StreamInterrupted` with that text.
 
 Token accounting: ``prompt_tokens`` already includes cached tokens, so it is the
 normalised input; ``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens`` are the
@@ -16,22 +19,26 @@ retried), else 0.5 s doubling up to 8 s with jitter.
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from autopack.llm.base import (
+    CONTINUE_PROMPT,
+    STREAM_BROKEN,
     LLMRequest,
     LLMResponse,
+    StreamInterrupted,
+    StreamText,
     Usage,
+    elapsed_ms,
     malformed,
     provider_cost,
-    read_raw,
     sdk_error,
     token_count,
 )
@@ -148,33 +155,129 @@ class OpenAIProvider:
         self._client.close()
 
     def complete(self, request: LLMRequest) -> LLMResponse:
-        messages: list[ChatCompletionMessageParam] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        for message in request.messages:
-            if message.role == "user":
-                messages.append({"role": "user", "content": message.content})
-            else:
-                messages.append({"role": "assistant", "content": message.content})
+        """Stream the answer (with a final usage chunk) and rebuild the ``ChatCompletion``
+        body the non-streaming API would have sent, for ``raw`` and replay."""
         new_name = self.token_parameter == "max_completion_tokens"
-        started = time.perf_counter()
+        text = StreamText(request.on_text)
+        fail = partial(
+            sdk_error, label=LABEL, provider=PROVIDER, model=request.model, started=text.started
+        )
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 model=request.model,
-                messages=messages,
+                messages=_messages(request),
                 temperature=(openai.omit if request.temperature is None else request.temperature),
                 max_tokens=openai.omit if new_name else request.max_tokens,
                 max_completion_tokens=request.max_tokens if new_name else openai.omit,
+                stream=True,
+                stream_options={"include_usage": True},
             )
+            body = _Accumulated()
+            with raw.parse() as stream:
+                try:
+                    for chunk in stream:
+                        text.add(body.add(chunk))
+                except (openai.OpenAIError, STREAM_BROKEN) as exc:
+                    if not text.chars:
+                        raise
+                    raise text.interrupted(
+                        label=LABEL,
+                        provider=PROVIDER,
+                        model=request.model,
+                        reason=str(exc) or type(exc).__name__,
+                        usage=None,
+                    ) from exc
+        except StreamInterrupted:
+            raise
         except openai.OpenAIError as exc:
-            raise sdk_error(
-                exc,
+            raise fail(exc, unreachable=isinstance(exc, openai.APIConnectionError)) from exc
+        except STREAM_BROKEN as exc:
+            raise fail(exc, unreachable=True) from exc
+        if body.finish_reason is None and text.chars:
+            raise text.interrupted(
                 label=LABEL,
                 provider=PROVIDER,
                 model=request.model,
-                started=started,
-                unreachable=isinstance(exc, openai.APIConnectionError),
-            ) from exc
-        return read_raw(
-            raw, model=request.model, started=started, parse=openai_response, malformed=_malformed
+                reason="the stream ended without a finish reason",
+                usage=None,
+            )
+        if body.usage is None:
+            raise _malformed(
+                "the stream carried no usage chunk (the server ignored "
+                "stream_options.include_usage; Ollama sends it from 0.5.2, vLLM and llama.cpp "
+                "do too: upgrade the server); usage comes from the server, never a guess",
+                request.model,
+                raw.request_id,
+                elapsed_ms(text.started),
+            )
+        response = openai_response(
+            body.completion(text.text),
+            request_model=request.model,
+            request_id=raw.request_id,
+            latency_ms=elapsed_ms(text.started),
+            retries=raw.retries_taken,
         )
+        return dataclasses.replace(response, ttft_ms=text.ttft_ms)
+
+
+def _messages(request: LLMRequest) -> list[ChatCompletionMessageParam]:
+    """System first, then each turn with its stable prefix leading, so the prefix the
+    server's automatic prompt caching matches is the same on every call of a phase; a
+    final partial answer is followed by :data:`CONTINUE_PROMPT` (no prefill here)."""
+    messages: list[ChatCompletionMessageParam] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    for message in request.messages:
+        content = message.stable_prefix + message.content
+        if message.role == "user":
+            messages.append({"role": "user", "content": content})
+        else:
+            messages.append({"role": "assistant", "content": content})
+    if request.continues:
+        messages.append({"role": "user", "content": CONTINUE_PROMPT})
+    return messages
+
+
+class _Accumulated:
+    """The parts of a ``ChatCompletion`` body that a chunk stream carries."""
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, chunk: ChatCompletionChunk) -> str | None:
+        """Take one chunk in; its new text, if any. Local servers may leave out ``id``,
+        ``created`` or ``model`` (the SDK's lenient parse allows it); so does the body."""
+        for key in ("id", "created", "model"):
+            value = getattr(chunk, key, None)
+            if value is not None:
+                self.head[key] = value
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage.model_dump(mode="json", exclude_unset=True)
+        choices = getattr(chunk, "choices", None)
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.finish_reason is not None:
+            self.finish_reason = choice.finish_reason
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        return content if isinstance(content, str) else None
+
+    def completion(self, text: str) -> dict[str, Any]:
+        """The body as ``chat.completions.create`` without streaming returns it."""
+        return {
+            **self.head,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": self.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            **({} if self.usage is None else {"usage": self.usage}),
+        }

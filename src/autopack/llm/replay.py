@@ -7,9 +7,12 @@ One line per call::
      "request_id": "req_...", "retries": 0,
      "response": {<the provider's own response JSON, usage included>}}
 
-``request_id`` and ``retries`` are optional. Instead of ``response`` a line may carry
+``request_id``, ``retries`` and ``ttft_ms`` (time to the first streamed text) are
+optional. Instead of ``response`` a line may carry
 ``"error": {"status": 429, "error_class": "RateLimitError", "message": "...",
-"request_id": null}`` to replay a failed call (raised as :class:`LLMError`). An optional
+"request_id": null}`` to replay a failed call (raised as :class:`LLMError`; with
+``"partial"`` text and ``"usage"``, a stream broken off mid-answer, raised as
+:class:`~autopack.llm.base.StreamInterrupted` so it is continued as it was live). An optional
 first line ``{"cassette": {"repeat_last": true}}`` says the last answer of a phase and
 role may be given again once the recorded ones run out.
 
@@ -43,7 +46,15 @@ from typing import Any
 from autopack import redact
 from autopack.errors import CassetteMiss, ConfigError, LLMError
 from autopack.llm.anthropic_provider import anthropic_response
-from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse, retryable_status
+from autopack.llm.base import (
+    LLMProvider,
+    LLMRequest,
+    LLMResponse,
+    StreamInterrupted,
+    Usage,
+    retryable_status,
+    token_count,
+)
 from autopack.llm.openai_provider import openai_response
 
 Key = tuple[str, str | None, str]
@@ -76,6 +87,7 @@ class CassetteEntry:
     latency_ms: float
     request_id: str | None
     retries: int
+    ttft_ms: float | None
     response: dict[str, Any] | None
     error: dict[str, Any] | None
     line: int
@@ -86,6 +98,17 @@ class CassetteEntry:
             status = self.error.get("status")
             status_code = status if isinstance(status, int) else None
             retryable = self.error.get("retryable")
+            partial = self.error.get("partial")
+            if isinstance(partial, str):  # a stream broken off mid-answer, with its text
+                raise StreamInterrupted(
+                    str(self.error.get("message") or "stream interrupted"),
+                    partial=partial,
+                    usage=_usage(self.error.get("usage")),
+                    provider=REPLAY,
+                    model=self.model,
+                    request_id=self.error.get("request_id") or self.request_id,
+                    latency_ms=self.latency_ms,
+                )
             raise LLMError(
                 str(self.error.get("message") or f"recorded {self.provider} failure"),
                 provider=REPLAY,
@@ -106,7 +129,18 @@ class CassetteEntry:
             latency_ms=self.latency_ms,
             retries=self.retries,
         )
-        return dataclasses.replace(parsed, provider=REPLAY)
+        return dataclasses.replace(parsed, provider=REPLAY, ttft_ms=self.ttft_ms)
+
+
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def _usage(recorded: object) -> Usage | None:
+    """The usage an interrupted stream's line recorded (what was known when it broke)."""
+    if not isinstance(recorded, dict):
+        return None
+    counts = {key: token_count(recorded.get(key)) for key in USAGE_KEYS}
+    return Usage(**counts)
 
 
 def _entry(raw: object, where: str, line: int) -> CassetteEntry:
@@ -136,6 +170,11 @@ def _entry(raw: object, where: str, line: int) -> CassetteEntry:
         raise ConfigError(f"{where}: latency_ms must be a non-negative number")
     request_id = raw.get("request_id")
     retries = raw.get("retries", 0)
+    ttft = raw.get("ttft_ms")
+    if ttft is not None and (
+        not isinstance(ttft, int | float) or isinstance(ttft, bool) or ttft < 0
+    ):
+        raise ConfigError(f"{where}: ttft_ms must be a non-negative number or absent")
     entry = CassetteEntry(
         key=(match["run_id"], phase_id, role),
         attempt=attempt,
@@ -144,6 +183,7 @@ def _entry(raw: object, where: str, line: int) -> CassetteEntry:
         latency_ms=float(latency),
         request_id=request_id if isinstance(request_id, str) else None,
         retries=retries if isinstance(retries, int) else 0,
+        ttft_ms=None if ttft is None else float(ttft),
         response=response,
         error=error,
         line=line,
@@ -297,6 +337,15 @@ class ReplayProvider:
         )
 
 
+def _interrupted(exc: LLMError) -> dict[str, Any]:
+    """What an error line adds for a stream broken off mid-answer: its text and usage, so
+    a replay continues it as the live run did."""
+    if not isinstance(exc, StreamInterrupted):
+        return {}
+    usage = None if exc.usage is None else dataclasses.asdict(exc.usage)
+    return {"partial": exc.partial, "usage": usage}
+
+
 _FILE_LOCKS: dict[Path, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
 
@@ -347,6 +396,7 @@ class RecordingProvider:
                         "message": exc.message,
                         "request_id": exc.request_id,
                         "retryable": exc.retryable,
+                        **_interrupted(exc),
                     },
                 }
             )
@@ -363,6 +413,7 @@ class RecordingProvider:
                 "latency_ms": response.latency_ms,
                 "request_id": response.request_id,
                 "retries": response.retries,
+                **({} if response.ttft_ms is None else {"ttft_ms": response.ttft_ms}),
                 "response": response.raw,
             }
         )

@@ -94,12 +94,13 @@ class TokenEstimationIn(_Event):
 
 
 class TokenBudgetEscalationIn(_Event):
-    """A retry's ``max_tokens`` raised after truncation (``token_budget_escalation_events``)."""
+    """An answer's output allowance raised (``token_budget_escalation_events``): a retry's
+    ``max_tokens`` after truncation, or a cut-off answer given a continuation."""
 
     run_id: str = Field(max_length=200)
     phase_id: str = Field(max_length=200)
     attempt: Count
-    reason: Literal["truncation", "utilization"]
+    reason: Literal["truncation", "utilization", "continuation"]
     factor: Finite = Field(gt=0, le=1000)
     old_budget: Count
     new_budget: Count
