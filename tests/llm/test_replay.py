@@ -305,7 +305,9 @@ def test_concurrent_recorders_on_one_file_never_interleave_lines(tmp_path: Path)
 
         def work(worker: int) -> None:
             for call in range(calls):
-                recorders[worker % 2].complete(make_request(phase_id=f"w{worker}", attempt=call))
+                recorders[worker % 2].complete(
+                    make_request(phase_id=f"w{worker}", attempt=call, max_tokens=4096)
+                )
 
         pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
         for thread in pool:
@@ -318,7 +320,12 @@ def test_concurrent_recorders_on_one_file_never_interleave_lines(tmp_path: Path)
     replay = ReplayProvider(cassette)  # parses every line: a torn line would fail here
     for worker in range(threads):
         for call in range(calls):
-            assert replay.complete(make_request(phase_id=f"w{worker}", attempt=call)).text == big
+            assert (
+                replay.complete(
+                    make_request(phase_id=f"w{worker}", attempt=call, max_tokens=4096)
+                ).text
+                == big
+            )
 
 
 def test_a_recorded_broken_stream_replays_as_stream_interrupted(tmp_path: Path) -> None:

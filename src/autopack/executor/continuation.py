@@ -106,7 +106,9 @@ def builder_answer(
                 error=failure.error,
             )
             break
-        spent += more.usage.output_tokens
+        # Output the provider never reported (a stream cut before its usage) counts as
+        # the continuation's whole allowance: the cap must hold either way.
+        spent += more.usage.output_tokens or budget
         answer = dataclasses.replace(
             more, text=join(answer.text, more.text), usage=_summed(answer.usage, more.usage)
         )

@@ -179,6 +179,11 @@ class Meter:
         replayed = response.provider == REPLAY_PROVIDER
         billed = 0.0 if replayed else cost or 0.0
         tokens = usage.input_tokens + usage.output_tokens
+        if not usage_known:
+            # The provider never said (OpenAI reports usage at a stream's end): the budgets
+            # count the whole allowance, an upper bound, never a guessed zero; the usage
+            # row keeps the counts NULL.
+            tokens = max(tokens, call["max_tokens"])
         self.tokens += tokens
         self.cost += billed
         if role == "builder":

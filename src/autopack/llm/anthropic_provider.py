@@ -35,10 +35,12 @@ from anthropic.types import Usage as SdkUsage
 
 from autopack.llm.base import (
     STREAM_BROKEN,
+    STREAM_MALFORMED,
     LLMRequest,
     LLMResponse,
     Message,
     StreamInterrupted,
+    StreamStalled,
     StreamText,
     Usage,
     elapsed_ms,
@@ -47,6 +49,7 @@ from autopack.llm.base import (
     retries_taken,
     sdk_error,
     token_count,
+    usage_problem,
 )
 
 PROVIDER = "anthropic"
@@ -86,11 +89,14 @@ def anthropic_response(
         if getattr(block, "type", None) == "text"
     )
     stop_reason = str(message.stop_reason) if message.stop_reason is not None else "unknown"
+    usage = _usage(message.usage)
+    if (problem := usage_problem(usage)) is not None:
+        raise _malformed(problem, request_model, request_id, latency_ms)
     return LLMResponse(
         text=text,
         stop_reason=stop_reason,
         truncated=stop_reason == "max_tokens",
-        usage=_usage(message.usage),
+        usage=usage,
         provider=PROVIDER,
         model=str(data.get("model") or request_model),
         request_id=request_id,
@@ -123,6 +129,7 @@ class AnthropicProvider:
             max_retries=max_retries,
             timeout=timeout,
         )
+        self._timeout = timeout
 
     def close(self) -> None:
         """Release the SDK client's connection pool."""
@@ -134,7 +141,9 @@ class AnthropicProvider:
         # This SDK no longer has a temperature argument (current models reject sampling
         # parameters); a caller that sets one still gets it sent, for models that take it.
         extra_body = None if request.temperature is None else {"temperature": request.temperature}
-        text = StreamText(request.on_text)
+        text = StreamText(
+            request.on_text, max_tokens=request.max_tokens, stall_seconds=self._timeout
+        )
         snapshot: SdkMessage | None = None
         fail = partial(
             sdk_error, label=LABEL, provider=PROVIDER, model=request.model, started=text.started
@@ -161,9 +170,11 @@ class AnthropicProvider:
                                 )
                         elif event.type == "text":
                             text.add(event.text)
+                        else:
+                            text.add(None)
                     if snapshot is not None:
                         snapshot = stream.current_message_snapshot
-                except (anthropic.AnthropicError, STREAM_BROKEN) as exc:
+                except (anthropic.AnthropicError, STREAM_BROKEN, StreamStalled) as exc:
                     if not text.chars:
                         raise
                     usage = None if snapshot is None else _usage(snapshot.usage)
@@ -178,8 +189,15 @@ class AnthropicProvider:
             raise
         except anthropic.AnthropicError as exc:
             raise fail(exc, unreachable=isinstance(exc, anthropic.APIConnectionError)) from exc
-        except STREAM_BROKEN as exc:
+        except (STREAM_BROKEN, StreamStalled) as exc:
             raise fail(exc, unreachable=True) from exc
+        except STREAM_MALFORMED as exc:
+            raise _malformed(
+                f"the stream could not be read ({type(exc).__name__}: {exc})",
+                request.model,
+                request_id,
+                elapsed_ms(text.started),
+            ) from exc
         if snapshot is None:
             raise _malformed(
                 "no message_start event (not a Messages API stream)",

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 import httpx2
 
+from autopack.contract import USAGE_TOKENS_MAX
 from autopack.errors import LLMError
 
 Role = Literal["builder", "auditor"]
@@ -150,6 +151,27 @@ def token_count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def usage_problem(usage: Usage) -> str | None:
+    """Why a reported usage cannot be true, if it cannot: counts are stored and billed, so
+    a negative one, one beyond what the control plane accepts, or more cached tokens than
+    input tokens is refused as a malformed answer instead of crashing the accounting."""
+    counts = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    for name, value in counts.items():
+        if not 0 <= value <= USAGE_TOKENS_MAX:
+            return f"usage {name}={value} is outside 0..{USAGE_TOKENS_MAX}"
+    if usage.cache_read_tokens + usage.cache_write_tokens > usage.input_tokens:
+        return (
+            f"usage reports {usage.cache_read_tokens + usage.cache_write_tokens} cached tokens "
+            f"of {usage.input_tokens} input tokens"
+        )
+    return None
+
+
 def elapsed_ms(started: float) -> float:
     """Milliseconds since ``started``, a :func:`time.perf_counter` reading."""
     return (time.perf_counter() - started) * 1000.0
@@ -187,6 +209,12 @@ def sdk_error(
     }
     status = getattr(exc, "status_code", None)
     message = getattr(exc, "message", str(exc))
+    in_stream = _error_event_status(getattr(exc, "body", None))
+    if in_stream is not None and status in (None, 200):
+        # An error event inside a 200 stream (an overload mid-answer): as retryable as
+        # the same error sent as an HTTP status would be.
+        status, kind = in_stream
+        message = f"{kind} in the stream: {message}"
     if isinstance(status, int):
         return LLMError(
             f"{label} {status}: {message}",
@@ -198,6 +226,34 @@ def sdk_error(
     if unreachable:
         return LLMError(f"{label} unreachable: {message}", retryable=True, **common)
     return LLMError(f"{label} call failed: {exc}", retryable=False, **common)
+
+
+STREAM_ERROR_STATUS = {
+    "overloaded_error": 529,
+    "api_error": 500,
+    "rate_limit_error": 429,
+    "timeout_error": 504,
+    "server_error": 500,
+    "rate_limit_exceeded": 429,
+}
+"""HTTP statuses of the error types a provider can send as an event inside a stream
+(Anthropic's ``event: error``, an OpenAI-compatible ``{"error": ...}`` chunk)."""
+
+
+def _error_event_status(body: object) -> tuple[int, str] | None:
+    """The status an in-stream error event stands for, and its type, if it names one
+    (Anthropic's SDK keeps the whole event as the body, OpenAI's only its ``error``)."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error", body)
+    if not isinstance(error, dict):
+        return None
+    code, kind = error.get("code"), error.get("type")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code, str(kind or code)
+    if isinstance(kind, str) and kind in STREAM_ERROR_STATUS:
+        return STREAM_ERROR_STATUS[kind], kind
+    return None
 
 
 class StreamInterrupted(LLMError):
@@ -220,24 +276,60 @@ STREAM_BROKEN = httpx2.TransportError
 """What both SDKs let through when the connection fails while a stream is being read
 (their own errors cover only the request and ``error`` events)."""
 
+STREAM_MALFORMED = (ValueError, TypeError, LookupError, AttributeError)
+"""What the SDKs' stream parsers raise on a stream the wire format does not allow (bad
+JSON or UTF-8, an event of the wrong shape): a malformed answer, not a crash."""
+
+CHARS_PER_TOKEN_MAX = 64
+"""More characters than this per token of ``max_tokens`` is a server ignoring the limit:
+the stream is refused instead of growing without bound."""
+
+
+class StreamTooLong(ValueError):
+    """A stream sent far more text than its ``max_tokens`` allows."""
+
+
+class StreamStalled(ValueError):
+    """A stream kept sending events (pings, empty chunks) but no text for too long."""
+
 
 class StreamText:
     """The text of one streamed answer as it arrives: time to first text, progress."""
 
-    def __init__(self, on_text: TextProgress | None) -> None:
+    def __init__(
+        self, on_text: TextProgress | None, *, max_tokens: int, stall_seconds: float
+    ) -> None:
         self.started = time.perf_counter()
         self.ttft_ms: float | None = None
         self.parts: list[str] = []
         self.chars = 0
         self._on_text = on_text
+        self._max_chars = max_tokens * CHARS_PER_TOKEN_MAX
+        self._stall_seconds = stall_seconds
+        self._last_text = self.started
 
     def add(self, piece: str | None) -> None:
+        """Take the text of one event (None or "" for an event without text).
+
+        Raises :class:`StreamTooLong` past the size ``max_tokens`` allows, and
+        :class:`StreamStalled` when events keep coming without text for longer than the
+        call's timeout (the SDK's timeout is per read, so pings would hold it forever).
+        """
+        now = time.perf_counter()
         if not piece:
+            if now - self._last_text > self._stall_seconds:
+                raise StreamStalled(f"no text for {self._stall_seconds:g} s")
             return
+        self._last_text = now
         if self.ttft_ms is None:
             self.ttft_ms = elapsed_ms(self.started)
         self.parts.append(piece)
         self.chars += len(piece)
+        if self.chars > self._max_chars:
+            raise StreamTooLong(
+                f"more than {self._max_chars} characters for max_tokens "
+                f"{self._max_chars // CHARS_PER_TOKEN_MAX}"
+            )
         if self._on_text is not None:
             self._on_text(self.chars)
 

@@ -31,9 +31,11 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from autopack.llm.base import (
     CONTINUE_PROMPT,
     STREAM_BROKEN,
+    STREAM_MALFORMED,
     LLMRequest,
     LLMResponse,
     StreamInterrupted,
+    StreamStalled,
     StreamText,
     Usage,
     elapsed_ms,
@@ -41,6 +43,7 @@ from autopack.llm.base import (
     provider_cost,
     sdk_error,
     token_count,
+    usage_problem,
 )
 
 PROVIDER = "openai"
@@ -107,16 +110,19 @@ def openai_response(
     content = getattr(message, "content", None)
     finish = getattr(choice, "finish_reason", None)
     stop_reason = str(finish) if finish is not None else "unknown"
+    counts = Usage(
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+    if (problem := usage_problem(counts)) is not None:
+        raise _malformed(problem, request_model, request_id, latency_ms)
     return LLMResponse(
         text=content if isinstance(content, str) else "",
         stop_reason=stop_reason,
         truncated=stop_reason == "length",
-        usage=Usage(
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
-            cache_read_tokens=cache_read,
-            cache_write_tokens=cache_write,
-        ),
+        usage=counts,
         provider=PROVIDER,
         model=str(data.get("model") or request_model),
         request_id=request_id,
@@ -148,6 +154,7 @@ class OpenAIProvider:
             max_retries=max_retries,
             timeout=timeout,
         )
+        self._timeout = timeout
         self.token_parameter = token_parameter or token_parameter_for(base_url)
 
     def close(self) -> None:
@@ -158,7 +165,9 @@ class OpenAIProvider:
         """Stream the answer (with a final usage chunk) and rebuild the ``ChatCompletion``
         body the non-streaming API would have sent, for ``raw`` and replay."""
         new_name = self.token_parameter == "max_completion_tokens"
-        text = StreamText(request.on_text)
+        text = StreamText(
+            request.on_text, max_tokens=request.max_tokens, stall_seconds=self._timeout
+        )
         fail = partial(
             sdk_error, label=LABEL, provider=PROVIDER, model=request.model, started=text.started
         )
@@ -177,7 +186,7 @@ class OpenAIProvider:
                 try:
                     for chunk in stream:
                         text.add(body.add(chunk))
-                except (openai.OpenAIError, STREAM_BROKEN) as exc:
+                except (openai.OpenAIError, STREAM_BROKEN, StreamStalled) as exc:
                     if not text.chars:
                         raise
                     raise text.interrupted(
@@ -191,8 +200,15 @@ class OpenAIProvider:
             raise
         except openai.OpenAIError as exc:
             raise fail(exc, unreachable=isinstance(exc, openai.APIConnectionError)) from exc
-        except STREAM_BROKEN as exc:
+        except (STREAM_BROKEN, StreamStalled) as exc:
             raise fail(exc, unreachable=True) from exc
+        except STREAM_MALFORMED as exc:
+            raise _malformed(
+                f"the stream could not be read ({type(exc).__name__}: {exc})",
+                request.model,
+                None,
+                elapsed_ms(text.started),
+            ) from exc
         if body.finish_reason is None and text.chars:
             raise text.interrupted(
                 label=LABEL,

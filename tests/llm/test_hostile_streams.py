@@ -1,0 +1,288 @@
+"""Hostile and broken streams through the real SDKs: each ends as a clear LLMError.
+
+Found by attacking the streaming code as a broken or hostile server would: an error event
+inside a 200 stream must be as retryable as the same HTTP status; a stream the wire
+format does not allow (bad JSON or UTF-8, events of the wrong shape), impossible usage
+counts, or far more text than ``max_tokens`` allows is a ``MalformedResponse`` with a usage
+row, never a raw exception that ends the attempt ``executor_error`` with no record; a
+stream that keeps sending events without text is stopped after the call's timeout; a
+continuation whose usage never arrived counts its whole allowance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from autopack.errors import LLMError
+from autopack.llm.anthropic_provider import AnthropicProvider
+from autopack.llm.base import LLMResponse, StreamInterrupted
+from autopack.llm.openai_provider import OpenAIProvider
+from tests.executor_support import (
+    attempts,
+    create_run,
+    drain,
+    env_for,
+    files,
+    phase,
+    rows,
+    run_file,
+)
+from tests.fakes.raw_sse import (
+    HEAD,
+    Raw,
+    RawServer,
+    a_block_start,
+    a_delta,
+    a_end,
+    a_start,
+    a_stream,
+    o_chunk,
+    o_stream,
+    sse,
+)
+from tests.llm.support import make_request
+
+ANSWER = files(mod_py="def answer() -> int:\n    return 42\n")
+VERDICT = json.dumps({"approved": True, "issues": [], "summary": "ok"})
+OVERLOADED = sse(
+    {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"
+)
+BAD_JSON_DELTA = "event: content_block_delta\ndata: {not json\n\n"
+
+
+def complete(provider: str, raw: Raw, timeout: float = 10.0) -> LLMResponse:
+    """One call (max_tokens 256, no SDK retries) against a server sending ``raw``."""
+    with RawServer() as server:
+        server.replies.append(raw)
+        if provider == "anthropic":
+            anthropic = AnthropicProvider(
+                api_key="k", base_url=server.url, max_retries=0, timeout=timeout
+            )
+            return anthropic.complete(make_request())
+        openai = OpenAIProvider(
+            api_key="k", base_url=server.url + "/v1", max_retries=0, timeout=timeout
+        )
+        return openai.complete(make_request(model="gpt-6-luna"))
+
+
+def drain_against(
+    tmp_path: Path,
+    provider: str,
+    *replies: Raw,
+    env: dict[str, str] | None = None,
+    max_attempts: int = 1,
+) -> tuple[str, list[tuple[dict[str, str], object]]]:
+    """``drain phase`` of a one-phase run (LLM auditor) against scripted replies; the
+    database URL and the request bodies the server saw."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    settings = env_for(url, **(env or {}))
+    definition = [phase("p1", ["pkg/mod.py"], max_attempts=max_attempts)]
+    create_run(run_file(tmp_path, definition), settings, tmp_path)
+    with RawServer() as server:
+        server.replies.extend(replies)
+        keys = (
+            {"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": server.url}
+            if provider == "anthropic"
+            else {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.url + "/v1"}
+        )
+        drain(
+            "phase",
+            "--run-id",
+            "exec-run",
+            "--phase-id",
+            "p1",
+            "--auditor",
+            "llm",
+            "--workspace",
+            str(tmp_path / "ws"),
+            env={**settings, **keys},
+            cwd=tmp_path,
+            timeout=120,
+        )
+        return url, list(server.seen)
+
+
+def test_an_overload_event_inside_a_200_stream_is_retryable() -> None:
+    with pytest.raises(LLMError) as caught:
+        complete("anthropic", Raw([a_start(), OVERLOADED]))
+    assert caught.value.retryable is True
+    assert caught.value.status_code == 529
+    assert "overloaded_error in the stream" in caught.value.message
+
+
+def test_an_openai_compatible_error_chunk_is_as_retryable_as_its_code() -> None:
+    error = {"message": "upstream overloaded", "type": "server_error", "code": 503}
+    with pytest.raises(LLMError) as caught:
+        complete("openai", Raw([sse({"error": error})]))
+    assert caught.value.retryable is True
+    assert caught.value.status_code == 503
+
+
+def test_a_drain_retries_a_phase_whose_stream_reported_an_overload(tmp_path: Path) -> None:
+    url, _ = drain_against(
+        tmp_path,
+        "anthropic",
+        Raw([a_start(), OVERLOADED]),
+        Raw(a_stream(ANSWER)),
+        Raw(a_stream(VERDICT)),
+        max_attempts=2,
+    )
+    assert [a["outcome"] for a in attempts(url, "p1")] == ["FAILED", "COMPLETE"]
+
+
+MALFORMED_STREAMS: dict[str, tuple[str, Sequence[str | bytes]]] = {
+    "anthropic bad json": ("anthropic", [a_start(), a_block_start(), BAD_JSON_DELTA]),
+    "anthropic delta without a block": ("anthropic", [a_start(), a_delta("x"), *a_end()]),
+    "anthropic data null": (
+        "anthropic",
+        [a_start(), a_block_start(), "event: content_block_delta\ndata: null\n\n"],
+    ),
+    "anthropic usage not an object": (
+        "anthropic",
+        [a_start(), a_block_start(), a_delta("x"), *a_end(usage="x")],
+    ),
+    "anthropic invalid utf-8": (
+        "anthropic",
+        [
+            a_start(),
+            a_block_start(),
+            b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0,'
+            b' "delta": {"type": "text_delta", "text": "\xff"}}\n\n',
+        ],
+    ),
+    "openai bad json": ("openai", [o_chunk({"content": "x"}), "data: {not json\n\n"]),
+    "openai choices not a list": ("openai", [sse({**HEAD, "choices": 5})]),
+    "openai usage not an object": ("openai", o_stream(usage="x")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_STREAMS))
+def test_a_malformed_stream_is_a_malformed_response(name: str) -> None:
+    provider, chunks = MALFORMED_STREAMS[name]
+    with pytest.raises(LLMError) as caught:
+        complete(provider, Raw(chunks))
+    assert caught.value.error_class in ("MalformedResponse", "StreamInterrupted")
+    assert not caught.value.retryable or isinstance(caught.value, StreamInterrupted)
+
+
+IMPOSSIBLE_USAGE: dict[str, tuple[str, Sequence[str | bytes]]] = {
+    "anthropic negative": (
+        "anthropic",
+        a_stream(
+            start_usage={"input_tokens": -5000, "output_tokens": 1},
+            end_usage={"output_tokens": -7},
+        ),
+    ),
+    "anthropic 2**70": (
+        "anthropic",
+        a_stream(
+            start_usage={"input_tokens": 2**70, "output_tokens": 1},
+            end_usage={"output_tokens": 2**70},
+        ),
+    ),
+    "anthropic negative cache": (
+        "anthropic",
+        a_stream(
+            start_usage={
+                "input_tokens": 10,
+                "output_tokens": 1,
+                "cache_read_input_tokens": -(10**6),
+            }
+        ),
+    ),
+    "openai negative": ("openai", o_stream(usage={"prompt_tokens": -10, "completion_tokens": -20})),
+    "openai 2**70": (
+        "openai",
+        o_stream(usage={"prompt_tokens": 2**70, "completion_tokens": 2**70}),
+    ),
+    "openai more cached than input": (
+        "openai",
+        o_stream(
+            usage={
+                "prompt_tokens": 10,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 10**6},
+            }
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMPOSSIBLE_USAGE))
+def test_impossible_usage_is_refused_as_malformed(name: str) -> None:
+    provider, chunks = IMPOSSIBLE_USAGE[name]
+    with pytest.raises(LLMError) as caught:
+        complete(provider, Raw(chunks))
+    assert caught.value.error_class == "MalformedResponse"
+    assert "usage" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        Raw([a_start(), a_block_start(), BAD_JSON_DELTA]),
+        Raw(a_stream(ANSWER, start_usage={"input_tokens": -5000, "output_tokens": 1})),
+    ],
+    ids=["malformed stream", "negative usage"],
+)
+def test_a_drain_records_a_bad_stream_as_an_llm_error_with_its_row(
+    tmp_path: Path, raw: Raw
+) -> None:
+    url, _ = drain_against(tmp_path, "anthropic", raw)
+    assert [a["stop_reason"] for a in attempts(url, "p1")] == ["llm_error"]
+    (row,) = rows(url, "SELECT error_class, success FROM llm_usage_events")
+    assert (row["error_class"], row["success"]) == ("MalformedResponse", False)
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_an_answer_far_beyond_max_tokens_is_refused(provider: str) -> None:
+    huge = "x" * (8 * 1024 * 1024)  # make_request asks for 256 tokens
+    chunks = a_stream(huge) if provider == "anthropic" else o_stream(huge)
+    with pytest.raises(LLMError) as caught:
+        complete(provider, Raw(chunks))
+    assert caught.value.error_class == "MalformedResponse"
+    assert "max_tokens 256" in caught.value.message
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_sending_events_without_text_is_stopped_after_the_timeout(
+    provider: str,
+) -> None:
+    """The SDK's timeout bounds each read, so events without text would hold the call
+    (and with it the phase's lease) as long as the server likes."""
+
+    def empty_events() -> list[str]:
+        if provider == "anthropic":
+            return [a_start(), a_block_start(), a_delta("x"), *[a_delta("")] * 40, *a_end()]
+        return [o_chunk({"content": "x"}), *[o_chunk({})] * 40, *o_stream()[2:]]
+
+    with pytest.raises(StreamInterrupted) as caught:
+        complete(provider, Raw(empty_events, gap=0.1), timeout=1.0)
+    assert caught.value.partial == "x"
+    assert "no text for 1 s" in caught.value.message
+
+
+def test_continuations_whose_usage_never_arrived_count_their_whole_allowance(
+    tmp_path: Path,
+) -> None:
+    """OpenAI reports usage at the end of a stream: a continuation cut before it would
+    count 0 tokens, and AUTOPACK_CONTINUATION_TOKEN_CAP would never stop them."""
+    first = Raw(
+        o_stream(ANSWER[:40], "length", usage={"prompt_tokens": 10, "completion_tokens": 50})
+    )
+    cut = Raw([o_chunk({"role": "assistant", "content": ""}), o_chunk({"content": ANSWER[40:60]})])
+    _, seen = drain_against(
+        tmp_path,
+        "openai",
+        first,
+        cut,
+        cut,
+        cut,
+        env={"AUTOPACK_CONTINUATION_TOKEN_CAP": "50"},
+    )
+    budgets = [body["max_tokens"] for _, body in seen if isinstance(body, dict)]
+    assert budgets[1:] == [50], budgets
