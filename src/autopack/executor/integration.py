@@ -87,6 +87,8 @@ class Integrator:
         """The last head the control plane named to this executor (accepted or moved to)."""
         self._turn = threading.Lock()
         self._advancing = threading.Lock()
+        self._bases: dict[str, str] = {}
+        """Each commit this executor got accepted, and the head it was made on."""
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -120,6 +122,8 @@ class Integrator:
                         self.head = str(moved.details.get("branch_head") or "") or None
                         continue
                     self.head = answer.branch_head
+                    if answer.branch_head is not None:
+                        self._bases[answer.branch_head] = tree.base
                     break
             # The branch changed files this attempt changed too: check again outside our
             # turn (checks take long, the others need not wait), then offer it again.
@@ -171,7 +175,7 @@ class Integrator:
             if not self._advancing.acquire(blocking=False):
                 return  # the thread advancing looks at self.head again when it is done
             try:
-                self.repository.advance(head)
+                self.repository.advance(head, on=self._bases.pop(head, None))
             except GitError as exc:
                 log_event(
                     logger,

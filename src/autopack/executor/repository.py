@@ -227,6 +227,10 @@ class RunRepository:
             raise GitError(("rev-parse", self.branch), f"no branch {self.branch} in {self.where}")
         return head
 
+    def made(self, commit: str) -> None:
+        """``commit`` was just written into this repository (no need to ask git)."""
+        self._present.add(commit)
+
     def has(self, commit: str) -> bool:
         if commit not in self._present:
             found = git("cat-file", "-e", f"{commit}^{{commit}}", cwd=self.path, check=False)
@@ -252,14 +256,24 @@ class RunRepository:
                 "executor the same --repo URL (or the run file's `repository`).",
             )
 
-    def advance(self, to: str) -> None:
+    def advance(self, to: str, *, on: str | None = None) -> None:
         """Move the branch forward to ``to`` (a descendant of its head), by compare-and-swap.
 
         Idempotent: a branch already at ``to``, or past it, is left alone. Whoever syncs
-        first does the work; the others find it done.
+        first does the work; the others find it done. ``on`` is a commit ``to`` is known
+        to be made on (the base of the attempt that made it): when this process last left
+        the branch there, one compare-and-swap from it is the whole work (one git process
+        instead of five); if the branch moved meanwhile, the swap fails and the full
+        check follows.
         """
         if to == self._reached:  # the branch only moves forward: it holds ``to`` already
             return
+        if on is not None and on == self._reached:
+            with self.locked():
+                if self._swap(on, to):
+                    log_event(logger, "branch_advanced", branch=self.branch, old=on, new=to)
+                    self._reached = to
+                    return
         self.require(to)
         with self.locked():
             self._reached = self._advance(to)

@@ -76,6 +76,7 @@ class Worktree:
             index.unlink(missing_ok=True)
         self.message = message
         self.commit = out("commit-tree", tree, "-p", self.base, "-m", message, cwd=self.path)
+        self.repository.made(self.commit)
         return self.commit
 
     def _in_base(self, path: str) -> bool:
@@ -110,6 +111,7 @@ class Worktree:
                 f"the change conflicts with what the branch got meanwhile in {files}",
             )
         self.commit = out("commit-tree", lines[0], "-p", onto, "-m", self.message, cwd=self.path)
+        self.repository.made(self.commit)
         self.base = onto
         return upstream
 
