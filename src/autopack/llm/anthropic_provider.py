@@ -35,7 +35,7 @@ from anthropic.types import Usage as SdkUsage
 
 from autopack.llm.base import (
     STREAM_BROKEN,
-    STREAM_MALFORMED,
+    STREAM_FAILED,
     LLMRequest,
     LLMResponse,
     Message,
@@ -48,6 +48,7 @@ from autopack.llm.base import (
     provider_cost,
     retries_taken,
     sdk_error,
+    stream_failure,
     token_count,
     usage_problem,
 )
@@ -189,14 +190,9 @@ class AnthropicProvider:
             raise
         except anthropic.AnthropicError as exc:
             raise fail(exc, unreachable=isinstance(exc, anthropic.APIConnectionError)) from exc
-        except (STREAM_BROKEN, StreamStalled) as exc:
-            raise fail(exc, unreachable=True) from exc
-        except STREAM_MALFORMED as exc:
-            raise _malformed(
-                f"the stream could not be read ({type(exc).__name__}: {exc})",
-                request.model,
-                request_id,
-                elapsed_ms(text.started),
+        except STREAM_FAILED as exc:
+            raise stream_failure(
+                exc, label=LABEL, provider=PROVIDER, model=request.model, started=text.started
             ) from exc
         if snapshot is None:
             raise _malformed(

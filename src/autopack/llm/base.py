@@ -289,8 +289,26 @@ class StreamTooLong(ValueError):
     """A stream sent far more text than its ``max_tokens`` allows."""
 
 
-class StreamStalled(ValueError):
+class StreamStalled(Exception):
     """A stream kept sending events (pings, empty chunks) but no text for too long."""
+
+
+STREAM_FAILED = (STREAM_BROKEN, StreamStalled, *STREAM_MALFORMED)
+"""Everything reading a stream can raise besides the SDK's own errors."""
+
+
+def stream_failure(
+    exc: BaseException, *, label: str, provider: str, model: str, started: float
+) -> LLMError:
+    """A stream that failed before any text arrived: broken or stalled (retryable, like a
+    lost connection), or unreadable (malformed: asking again would repeat it)."""
+    if isinstance(exc, STREAM_MALFORMED):
+        reason = f"the stream could not be read ({type(exc).__name__}: {exc})"
+        return malformed(label, provider, reason, model, None, elapsed_ms(started))
+    assert isinstance(exc, Exception)
+    return sdk_error(
+        exc, label=label, provider=provider, model=model, started=started, unreachable=True
+    )
 
 
 class StreamText:

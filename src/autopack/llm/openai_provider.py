@@ -31,7 +31,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from autopack.llm.base import (
     CONTINUE_PROMPT,
     STREAM_BROKEN,
-    STREAM_MALFORMED,
+    STREAM_FAILED,
     LLMRequest,
     LLMResponse,
     StreamInterrupted,
@@ -42,6 +42,7 @@ from autopack.llm.base import (
     malformed,
     provider_cost,
     sdk_error,
+    stream_failure,
     token_count,
     usage_problem,
 )
@@ -200,14 +201,9 @@ class OpenAIProvider:
             raise
         except openai.OpenAIError as exc:
             raise fail(exc, unreachable=isinstance(exc, openai.APIConnectionError)) from exc
-        except (STREAM_BROKEN, StreamStalled) as exc:
-            raise fail(exc, unreachable=True) from exc
-        except STREAM_MALFORMED as exc:
-            raise _malformed(
-                f"the stream could not be read ({type(exc).__name__}: {exc})",
-                request.model,
-                None,
-                elapsed_ms(text.started),
+        except STREAM_FAILED as exc:
+            raise stream_failure(
+                exc, label=LABEL, provider=PROVIDER, model=request.model, started=text.started
             ) from exc
         if body.finish_reason is None and text.chars:
             raise text.interrupted(
