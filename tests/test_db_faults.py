@@ -63,6 +63,24 @@ class Terminator:
 
 
 @pytest.mark.postgres
+def test_opening_a_database_whose_connections_are_being_terminated_succeeds(
+    pg_admin: str,
+) -> None:
+    """A backend terminated while its connection is still being set up (no statement yet,
+    SQLSTATE 57P01) is a server that answered: the open is retried, not refused as
+    "cannot open database" (a drain started during the fault-injection test died so)."""
+    url = create_pg_database(pg_admin)
+    try:
+        open_database(url, role="test").close()
+        with Terminator(pg_admin, str(make_url(url).database)) as terminator:
+            for _ in range(300):
+                open_database(url, role="test", log=False).close()
+        assert terminator.killed > 0
+    finally:
+        drop_pg_database(pg_admin, url)
+
+
+@pytest.mark.postgres
 def test_a_drain_survives_postgres_dropping_the_api_connections(
     pg_admin: str, tmp_path: Path
 ) -> None:

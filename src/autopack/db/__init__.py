@@ -143,14 +143,16 @@ def open_database(
 
 def _guarded_identity(engine: Engine) -> DbIdentity:
     """Guard the schema and read the identity; again on a new connection when the server
-    ended ours mid-statement (a restart, ``pg_terminate_backend``). A database that cannot
-    be reached at all fails at once: that is a setting to fix, not a blip to wait out."""
+    ended ours (a restart, ``pg_terminate_backend``), mid-statement or while it was still
+    being set up (then psycopg has no SQLSTATE to tell it from a refused connection, so a
+    database that cannot be reached at all is also asked again: about a second more
+    before saying so)."""
     for attempt in range(1, OPEN_TRIES + 1):
         try:
             ensure_schema(engine)
             return read_identity(engine)
         except DBAPIError as exc:
-            if exc.statement is None or not connection_lost(exc) or attempt == OPEN_TRIES:
+            if not connection_lost(exc) or attempt == OPEN_TRIES:
                 raise
             time.sleep(0.1 * attempt)
     raise AssertionError("unreachable")
