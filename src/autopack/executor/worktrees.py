@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from autopack.executor.git import git, out
+from autopack.executor.git import GitError, git, out
 from autopack.executor.repository import IntegrationConflict, RunRepository
 from autopack.logs import log_event
 
@@ -40,6 +40,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _snapshot_index(checkout: Path) -> Path:
+    """A copy of ``checkout``'s index (which matches the commit it holds), beside it."""
+    try:
+        gitdir = Path((checkout / ".git").read_text().removeprefix("gitdir:").strip())
+        snapshot = checkout.parent / f".{checkout.name}.autopack-index"
+        shutil.copyfile(checkout / gitdir / "index", snapshot)
+    except OSError as exc:
+        raise GitError(("worktree", "index", str(checkout)), str(exc)) from exc
+    return snapshot
+
+
 @dataclass
 class Worktree:
     """One attempt's checkout: ``path`` holds the files of ``base`` (plus its own change)."""
@@ -47,6 +58,8 @@ class Worktree:
     path: Path
     base: str
     repository: RunRepository
+    index: Path
+    """The attempt's own index: a copy of the checkout's, taken when it held ``base``."""
     keep: bool = False
     """Set aside for inspection instead of going back to the pool (a failed attempt)."""
 
@@ -60,20 +73,20 @@ class Worktree:
 
         Built in an index of its own, from ``base`` plus exactly ``paths`` as they are on
         disk: nothing else the attempt's checks did in the checkout (files they created,
-        things they staged or committed, a HEAD they moved) reaches the commit.
+        things they staged or committed, a HEAD they moved) reaches the commit. That
+        index is the checkout's own, copied when it was switched to ``base`` (before the
+        attempt ran anything), so it holds ``base`` without a ``git read-tree``.
         ``git add --force``: a deliverable the repository's ``.gitignore`` matches is
         committed anyway (the run file asked for it); modes are taken from the files.
         """
         present = [p for p in paths if (self.path / p).exists() or self._in_base(p)]
-        index = self.path.parent / f".{self.path.name}.autopack-index"
-        env = {"GIT_INDEX_FILE": str(index)}
+        env = {"GIT_INDEX_FILE": str(self.index)}
         try:
-            git("read-tree", self.base, cwd=self.path, env=env)
             if present:
                 git("add", "--force", "--all", "--", *present, cwd=self.path, env=env)
             tree = out("write-tree", cwd=self.path, env=env)
         finally:
-            index.unlink(missing_ok=True)
+            self.index.unlink(missing_ok=True)
         self.message = message
         self.commit = out("commit-tree", tree, "-p", self.base, "-m", message, cwd=self.path)
         self.repository.made(self.commit)
@@ -164,32 +177,39 @@ class Worktrees:
             git("worktree", "remove", "--force", str(path), cwd=self.repository.path, check=False)
             shutil.rmtree(path, ignore_errors=True)
 
-    def _slot(self, base: str) -> Path:
+    def _slot(self, base: str) -> tuple[Path, bool]:
+        """A free slot switched to ``base``: (its path, whether it was used before).
+
+        A new slot is made by ``git worktree add`` already holding ``base``'s files (one
+        git process: at the start of a drain K slots are made at once, in turn, under the
+        repository lock, and every process there delays the wave's first LLM calls).
+        """
         with self._lock:
             if self._free:
-                return self._free.pop()
+                return self._free.pop(), True
             self._made += 1
             path = self.root / f"slot-{os.getpid()}-{self._made}"
         if path.exists():  # left by an earlier process with this pid
             self._remove(path)
-        add = ("add", "--quiet", "--detach", "--no-checkout", str(path), base)
         with self.repository.locked():
-            git("worktree", *add, cwd=self.repository.path)
-        return path
+            git("worktree", "add", "--quiet", "--detach", str(path), base, cwd=self.repository.path)
+        return path, False
 
     @contextmanager
     def checkout(self, base: str, name: str) -> Iterator[Worktree]:
         """A checkout of exactly ``base``; ``name`` names it if it is kept for inspection."""
         self.repository.require(base)
-        path = self._slot(base)
+        path, used = self._slot(base)
         try:
-            with self.repository.locked():
-                git("checkout", "--quiet", "--force", "--detach", base, cwd=path)
-                git("clean", "-ffdxq", cwd=path)
+            if used:  # a reused slot: switch it to ``base`` and drop what the last left
+                with self.repository.locked():
+                    git("checkout", "--quiet", "--force", "--detach", base, cwd=path)
+                    git("clean", "-ffdxq", cwd=path)
+            index = _snapshot_index(path)
         except BaseException:
             self._remove(path)
             raise
-        worktree = Worktree(path, base, self.repository)
+        worktree = Worktree(path, base, self.repository, index)
         try:
             yield worktree
         except BaseException:
@@ -199,6 +219,7 @@ class Worktrees:
             self._release(worktree, name)
 
     def _release(self, worktree: Worktree, name: str) -> None:
+        worktree.index.unlink(missing_ok=True)  # the attempt's: never the next one's
         if not worktree.keep:
             with self._lock:
                 self._free.append(worktree.path)
