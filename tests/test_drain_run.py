@@ -274,3 +274,54 @@ def test_a_second_drain_says_done_before_and_leaves_no_server_log(tmp_path: Path
     assert second.stdout.count("done before this drain") == 2, second.stdout
     assert "COMPLETE │ 0" not in second.stdout
     assert list(scratch.glob("autopack-api-*.log")) == [], "a healthy server's log is deleted"
+
+
+def test_idle_workers_wake_for_a_new_tier_and_the_drain_ends_with_its_last_result(
+    tmp_path: Path,
+) -> None:
+    """A worker with nothing to claim while its siblings hold the rest is woken by them.
+
+    Tier 1 is a fast phase and a slow one, tier 2 two phases. The worker done first has
+    nothing to claim (the slow phase is held, tier 2 waits for it) and sleeps for the poll,
+    set to 60 s here: the sibling that finishes tier 1 wakes it to take half of tier 2,
+    and the last one done wakes it to end the drain. (Before, it slept the whole poll —
+    every drain's tail and every tier change cost up to a poll, 1 s by default — or asked
+    the server every 50 ms while a tier was blocked.)
+    """
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_REPLAY_SPEED="1", AUTOPACK_POLL_SECONDS="60")
+    body = json.loads(run_file(tmp_path, []).read_text())
+    body["tiers"] = [
+        {
+            "tier_id": "T1",
+            "name": "first",
+            "phases": [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"])],
+        },
+        {
+            "tier_id": "T2",
+            "name": "second",
+            "phases": [phase("c", ["pkg/c.py"]), phase("d", ["pkg/d.py"])],
+        },
+    ]
+    (tmp_path / "two-tiers.json").write_text(json.dumps(body))
+    create_run(tmp_path / "two-tiers.json", env, tmp_path)
+    latency = {"a": 0, "b": 1000, "c": 1000, "d": 1000}
+    tape = cassette(
+        tmp_path,
+        [line(p, 1, files(**{f"{p}_py": "X = 1\n"}), latency_ms=ms) for p, ms in latency.items()],
+    )
+    result = drain(*_run_args(tmp_path, tape, "-k", "2"), env=env, cwd=tmp_path, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["run_state"] == "DONE_SUCCESS"
+    assert summary["wall_seconds"] < 30, "an idle worker slept through the poll"
+    second_tier = [
+        (
+            datetime.fromisoformat(str(r["started_at"])),
+            datetime.fromisoformat(str(r["finished_at"])),
+        )
+        for r in rows(
+            url, "SELECT started_at, finished_at FROM phase_attempts WHERE phase_id IN ('c', 'd')"
+        )
+    ]
+    assert _max_overlap(second_tier) == 2, "tier 2 ran on one worker: the other slept"

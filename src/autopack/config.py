@@ -184,6 +184,13 @@ class Settings(BaseSettings):
         description="At most this many output tokens across one answer's continuations "
         "(default: no cap beyond the phase's own caps).",
     )
+    autopack_poll_seconds: float = Field(
+        1.0,
+        gt=0.0,
+        le=3600.0,
+        description="How often a drain with nothing to claim looks again while the phases "
+        "left are held by other executors (its own attempts' results wake it at once).",
+    )
     autopack_prompt_cache: Flag = Field(
         True,
         description="Mark the system prompt and the phase's stable context for the "

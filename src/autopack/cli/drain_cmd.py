@@ -173,6 +173,7 @@ def executor_for(
         max_continuations=settings.autopack_max_continuations,
         continuation_token_cap=settings.autopack_continuation_token_cap,
         prompt_cache=settings.autopack_prompt_cache,
+        poll_seconds=settings.autopack_poll_seconds,
     )
     estimator = TokenEstimator.load(settings.autopack_estimator_file)
     with (

@@ -137,10 +137,30 @@ class AutonomousExecutor:
         self._held: dict[str, Claim] = {}
         """Claims whose attempts are running, by idempotency key (what :meth:`abort` hands
         back)."""
+        self._news = threading.Condition(self._lock)
+        self._wakes = 0
+        """How many times idle workers were told the run may have changed (see _wake)."""
 
     def stop(self) -> None:
         """Stop claiming new work; attempts in flight still finish and post their results."""
         self.stopping.set()
+        self._wake(everyone=True)
+
+    def _wake(self, *, everyone: bool) -> None:
+        """Tell idle workers (waiting in :meth:`_wait`) to look again now.
+
+        A worker whose claim found work wakes one more (a finished tier may have freed
+        many phases: they fan out one claim at a time instead of after a poll), one that
+        found the run finished wakes them all (so the drain ends with its last result, not
+        a poll later). Waking one at a time keeps K idle workers from answering each
+        sibling's result with K claims.
+        """
+        with self._news:
+            self._wakes += 1
+            if everyone:
+                self._news.notify_all()
+            else:
+                self._news.notify()
 
     def _sync_branch(self, run: RunView) -> None:
         """Bring the git branch up to the run's accepted head: an executor killed after its
@@ -252,7 +272,7 @@ class AutonomousExecutor:
                     if reasons:
                         summary.note = f"phase {phase_id} cannot run yet: " + "; ".join(reasons)
                         break
-                self._wait(run_id, phase)
+                self._wait(run_id, phase, self._delay(phase))
         except (KeyboardInterrupt, SystemExit) as exc:
             signum = stop_signal(exc)
             if signum is None:
@@ -263,10 +283,30 @@ class AutonomousExecutor:
             summary.note = f"stopped by {signal.Signals(signum).name}: the phase was handed back"
         return self._summary(summary, started)
 
-    def _wait(self, run_id: str, phase: PhaseView) -> None:
-        delay = self.options.poll_seconds
-        if phase.state == PhaseState.QUEUED:
-            delay = min(max(_seconds_until(phase.available_at), 0.05), 60.0)
+    def _delay(self, phase: PhaseView, *, ready: bool = True) -> float:
+        """How long until ``phase`` may be claimable: a QUEUED phase nothing blocks (``ready``)
+        at its retry time; any other (held by someone, or behind an earlier tier or a
+        dependency) at the next poll."""
+        if phase.state == PhaseState.QUEUED and ready:
+            return min(max(_seconds_until(phase.available_at), 0.05), 60.0)
+        return self.options.poll_seconds
+
+    def _soonest(self, run: RunView, pending: list[PhaseView]) -> tuple[PhaseView, float]:
+        """The pending phase of ``run`` that may become claimable first, and when."""
+        complete = {p.phase_id for p in run.phases() if p.state == PhaseState.COMPLETE}
+        open_tier = min(p.tier_index for p in pending)  # every earlier tier is complete
+
+        def delay(phase: PhaseView) -> float:
+            ready = phase.tier_index == open_tier and complete.issuperset(phase.depends_on)
+            return self._delay(phase, ready=ready)
+
+        return min(((p, delay(p)) for p in pending), key=lambda found: found[1])
+
+    def _wait(
+        self, run_id: str, phase: PhaseView, delay: float, *, wakes: int | None = None
+    ) -> None:
+        """Sleep ``delay`` seconds (until ``phase`` may be claimable), or, with ``wakes`` (the
+        count seen before the claim that found nothing), until a sibling has news."""
         self.s.events(
             "waiting",
             run_id=run_id,
@@ -275,7 +315,13 @@ class AutonomousExecutor:
             seconds=delay,
             holder=phase.lease_owner,
         )
-        self.stopping.wait(delay)
+        if wakes is None:
+            self.stopping.wait(delay)
+            return
+        with self._news:
+            self._news.wait_for(
+                lambda: self._wakes != wakes or self.stopping.is_set(), timeout=delay
+            )
 
     # -- a whole run ------------------------------------------------------------------------
     def drain_run(
@@ -364,21 +410,21 @@ class AutonomousExecutor:
             while not self.stopping.is_set():
                 if not self._claim_slot(-1):
                     return
+                wakes = self._wakes
                 claim = self.client.claim(claim_in)
                 if claim is not None:
+                    self._wake(everyone=False)
                     self._attempt(claim, summary)
                     continue
                 self._claim_slot(+1)
                 run = self.client.get_run(run_id)
-                if run.state in RUN_FINISHED:
-                    return
                 pending = [p for p in run.phases() if p.state not in PHASE_TERMINAL]
-                if not pending:
+                if run.state in RUN_FINISHED or not pending:
+                    self._wake(everyone=True)
                     return
-                soonest = min(pending, key=lambda p: _seconds_until(p.available_at))
-                self._wait(run_id, soonest)
+                self._wait(run_id, *self._soonest(run, pending), wakes=wakes)
         except BaseException as exc:  # surface in the main thread, stop the others
             errors.append(exc)
-            self.stopping.set()
+            self.stop()
         finally:
             finished.set()
