@@ -183,6 +183,38 @@ def test_rebase_replays_a_commit_or_names_the_conflict(tmp_path: Path) -> None:
         assert tree.commit == mine and tree.base == base, "left as it was"
 
 
+def test_the_paths_a_branch_changed_are_gits_whoever_made_the_commits(tmp_path: Path) -> None:
+    """What a rebase reports the branch changed meanwhile (the recheck decision) is told
+    from the commits this process made without git, and must be what ``git diff`` says:
+    edits, new files and deletions, along a chain of commits, one of them rebased."""
+    repo = project(tmp_path / "proj", {"a.txt": "a\n", "gone.txt": "x\n", "keep.txt": "k\n"})
+    repository = local(repo, tmp_path / "cache")
+    base = repository.head()
+    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    with pool.checkout(base, "one") as tree:
+        (tree.path / "a.txt").write_text("a, one\n")
+        (tree.path / "gone.txt").unlink()
+        first = tree.make_commit(["a.txt", "gone.txt"], "one")
+    with pool.checkout(base, "two") as tree:
+        (tree.path / "sub").mkdir()
+        (tree.path / "sub/new.txt").write_text("new\n")
+        tree.make_commit(["sub/new.txt"], "two")
+        tree.rebase(first)
+        second = tree.commit
+    assert second is not None
+    told = repository.changed(base, second)
+    assert told == sh("diff", "--name-only", base, second, cwd=repo).splitlines()
+    assert told == ["a.txt", "gone.txt", "sub/new.txt"]
+    fresh = local(repo, tmp_path / "cache")  # knows none of them: asks git
+    assert fresh.changed(base, second) == told
+    sh("checkout", "-q", "--detach", second, cwd=repo)  # a commit made elsewhere
+    (repo / "keep.txt").write_text("k, elsewhere\n")
+    sh("commit", "-q", "-am", "elsewhere", cwd=repo)
+    elsewhere = sh("rev-parse", "HEAD", cwd=repo)
+    assert repository.changed(base, elsewhere) == sorted([*told, "keep.txt"])
+    assert repository.changed(first, second) == ["sub/new.txt"]
+
+
 def test_executors_with_their_own_caches_share_one_remote_branch(tmp_path: Path) -> None:
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)

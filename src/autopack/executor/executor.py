@@ -140,6 +140,8 @@ class AutonomousExecutor:
         self._news = threading.Condition(self._lock)
         self._wakes = 0
         """How many times idle workers were told the run may have changed (see _wake)."""
+        self._run_over = threading.Event()
+        """A worker found every phase finished: the others stop without asking again."""
 
     def stop(self) -> None:
         """Stop claiming new work; attempts in flight still finish and post their results."""
@@ -319,9 +321,7 @@ class AutonomousExecutor:
             self.stopping.wait(delay)
             return
         with self._news:
-            self._news.wait_for(
-                lambda: self._wakes != wakes or self.stopping.is_set(), timeout=delay
-            )
+            self._news.wait_for(lambda: self._wakes != wakes, timeout=delay)  # stop() wakes too
 
     # -- a whole run ------------------------------------------------------------------------
     def drain_run(
@@ -407,7 +407,7 @@ class AutonomousExecutor:
             run_id=run_id,
         )
         try:
-            while not self.stopping.is_set():
+            while not (self.stopping.is_set() or self._run_over.is_set()):
                 if not self._claim_slot(-1):
                     return
                 wakes = self._wakes
@@ -420,6 +420,7 @@ class AutonomousExecutor:
                 run = self.client.get_run(run_id)
                 pending = [p for p in run.phases() if p.state not in PHASE_TERMINAL]
                 if run.state in RUN_FINISHED or not pending:
+                    self._run_over.set()
                     self._wake(everyone=True)
                     return
                 self._wait(run_id, *self._soonest(run, pending), wakes=wakes)

@@ -103,6 +103,8 @@ class RunRepository:
         self._ancestry: dict[tuple[str, str], bool] = {}
         self._reached: str | None = None
         """The newest head this process moved the branch to (or found it past)."""
+        self._changes: dict[str, tuple[str, frozenset[str]]] = {}
+        """Commits this process made: their parent and the paths they change."""
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -227,9 +229,27 @@ class RunRepository:
             raise GitError(("rev-parse", self.branch), f"no branch {self.branch} in {self.where}")
         return head
 
-    def made(self, commit: str) -> None:
-        """``commit`` was just written into this repository (no need to ask git)."""
+    def made(self, commit: str, *, parent: str, paths: list[str]) -> None:
+        """``commit`` (on ``parent``, changing at most ``paths``) was just written here."""
         self._present.add(commit)
+        self._changes[commit] = (parent, frozenset(paths))
+
+    def changed(self, old: str, new: str) -> list[str]:
+        """The paths that differ between ``old`` and its descendant ``new``.
+
+        Told without git when every commit from ``new`` back to ``old`` was made here
+        (an executor integrating its own attempts, the common case, one git process less
+        per rebase); a path rewritten with the same content may be named (a check run
+        again for nothing, never one skipped). Otherwise ``git diff``.
+        """
+        paths: set[str] = set()
+        commit = new
+        while commit != old and commit in self._changes:
+            commit, changed = self._changes[commit]
+            paths |= changed
+        if commit == old:
+            return sorted(paths)
+        return out("diff", "--name-only", old, new, cwd=self.path).splitlines()
 
     def has(self, commit: str) -> bool:
         if commit not in self._present:

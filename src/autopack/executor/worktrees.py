@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopack.executor.git import GitError, git, out
@@ -67,6 +67,8 @@ class Worktree:
     """The attempt's commit once made (on ``base``; replaced when rebased)."""
     message: str = ""
     """The commit's message (kept for the rebased commit)."""
+    paths: list[str] = field(default_factory=list)
+    """The paths the commit changes (at most)."""
 
     def make_commit(self, paths: list[str], message: str) -> str:
         """The attempt's change as one commit on ``base``; its sha.
@@ -89,7 +91,8 @@ class Worktree:
             self.index.unlink(missing_ok=True)
         self.message = message
         self.commit = out("commit-tree", tree, "-p", self.base, "-m", message, cwd=self.path)
-        self.repository.made(self.commit)
+        self.paths = present
+        self.repository.made(self.commit, parent=self.base, paths=present)
         return self.commit
 
     def _in_base(self, path: str) -> bool:
@@ -106,7 +109,7 @@ class Worktree:
         :class:`IntegrationConflict` naming the files.
         """
         assert self.commit is not None, "rebase needs the attempt's commit"
-        upstream = out("diff", "--name-only", self.base, onto, cwd=self.path).splitlines()
+        upstream = self.repository.changed(self.base, onto)
         merged = git(
             "merge-tree",
             "--write-tree",
@@ -124,7 +127,7 @@ class Worktree:
                 f"the change conflicts with what the branch got meanwhile in {files}",
             )
         self.commit = out("commit-tree", lines[0], "-p", onto, "-m", self.message, cwd=self.path)
-        self.repository.made(self.commit)
+        self.repository.made(self.commit, parent=onto, paths=self.paths)
         self.base = onto
         return upstream
 
