@@ -5,8 +5,8 @@ inside a 200 stream must be as retryable as the same HTTP status; a stream the w
 format does not allow (bad JSON or UTF-8, events of the wrong shape), impossible usage
 counts, or far more text than ``max_tokens`` allows is a ``MalformedResponse`` with a usage
 row, never a raw exception that ends the attempt ``executor_error`` with no record; a
-stream that keeps sending events without text is stopped after the call's timeout; a
-continuation whose usage never arrived counts its whole allowance.
+stream that keeps sending events without text, or only SSE comments, is stopped after
+the call's timeout; a continuation whose usage never arrived counts its whole allowance.
 """
 
 from __future__ import annotations
@@ -263,6 +263,34 @@ def test_a_stream_sending_events_without_text_is_stopped_after_the_timeout(
     with pytest.raises(StreamInterrupted) as caught:
         complete(provider, Raw(empty_events, gap=0.1), timeout=1.0)
     assert caught.value.partial == "x"
+    assert "no text for 1 s" in caught.value.message
+
+
+KEEP_ALIVE = ": keep-alive\n\n"
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_kept_alive_by_sse_comments_is_stopped_after_the_timeout(provider: str) -> None:
+    """SSE comments never reach the code reading events (the SDKs' parsers drop them) and
+    each one is a read within the timeout: a watchdog has to close such a stream."""
+
+    def kept_alive() -> list[str]:
+        if provider == "anthropic":
+            return [a_start(), a_block_start(), a_delta("x"), *[KEEP_ALIVE] * 60, *a_end()]
+        return [o_chunk({"content": "x"}), *[KEEP_ALIVE] * 60, *o_stream()[2:]]
+
+    with pytest.raises(StreamInterrupted) as caught:
+        complete(provider, Raw(kept_alive, gap=0.1), timeout=1.0)
+    assert caught.value.partial == "x"
+    assert "no text for 1 s" in caught.value.message
+    assert caught.value.latency_ms < 4000, "stopped at the timeout, not when the server chose"
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_of_nothing_but_comments_is_a_retryable_error(provider: str) -> None:
+    with pytest.raises(LLMError) as caught:
+        complete(provider, Raw([KEEP_ALIVE] * 60, gap=0.1), timeout=1.0)
+    assert caught.value.retryable, caught.value.message
     assert "no text for 1 s" in caught.value.message
 
 

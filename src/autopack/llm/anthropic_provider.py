@@ -159,20 +159,21 @@ class AnthropicProvider:
             ) as stream:
                 request_id, retries = stream.request_id, retries_taken(stream.response)
                 try:
-                    for event in stream:
-                        if event.type == "message_start":
-                            snapshot = stream.current_message_snapshot
-                            if getattr(snapshot, "usage", None) is None:
-                                raise _malformed(
-                                    "no usage in message_start",
-                                    request.model,
-                                    request_id,
-                                    elapsed_ms(text.started),
-                                )
-                        elif event.type == "text":
-                            text.add(event.text)
-                        else:
-                            text.add(None)
+                    with text.watchdog(stream.close):
+                        for event in stream:
+                            if event.type == "message_start":
+                                snapshot = stream.current_message_snapshot
+                                if getattr(snapshot, "usage", None) is None:
+                                    raise _malformed(
+                                        "no usage in message_start",
+                                        request.model,
+                                        request_id,
+                                        elapsed_ms(text.started),
+                                    )
+                            elif event.type == "text":
+                                text.add(event.text)
+                            else:
+                                text.add(None)
                     if snapshot is not None:
                         snapshot = stream.current_message_snapshot
                 except (anthropic.AnthropicError, STREAM_BROKEN, StreamStalled) as exc:

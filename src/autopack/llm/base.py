@@ -8,8 +8,10 @@ in :mod:`autopack.llm.registry`.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -350,6 +352,37 @@ class StreamText:
             )
         if self._on_text is not None:
             self._on_text(self.chars)
+
+    @contextmanager
+    def watchdog(self, close: Callable[[], None]) -> Iterator[None]:
+        """Close the stream (``close``) once no text came for the call's timeout, and
+        raise :class:`StreamStalled` in place of whatever reading it then raised.
+
+        :meth:`add` only sees the events the SDK yields; SSE comments (``: keep-alive``)
+        are swallowed by its parser, so a server sending nothing else would hold the
+        call, and the phase's lease, forever: each comment is a read within the timeout.
+        """
+        done = threading.Event()
+        fired = threading.Event()
+        period = min(self._stall_seconds / 4, 1.0)
+
+        def watch() -> None:
+            while not done.wait(period):
+                if time.perf_counter() - self._last_text > self._stall_seconds:
+                    fired.set()
+                    close()
+                    return
+
+        threading.Thread(target=watch, name="stream-watchdog", daemon=True).start()
+        try:
+            yield
+        except Exception:
+            if not fired.is_set():
+                raise
+        finally:
+            done.set()
+        if fired.is_set():
+            raise StreamStalled(f"no text for {self._stall_seconds:g} s")
 
     @property
     def text(self) -> str:

@@ -185,8 +185,9 @@ class OpenAIProvider:
             body = _Accumulated()
             with raw.parse() as stream:
                 try:
-                    for chunk in stream:
-                        text.add(body.add(chunk))
+                    with text.watchdog(stream.close):
+                        for chunk in stream:
+                            text.add(body.add(chunk))
                 except (openai.OpenAIError, STREAM_BROKEN, StreamStalled) as exc:
                     if not text.chars:
                         raise
