@@ -266,6 +266,31 @@ def test_join_puts_back_the_whitespace_the_prefill_left_off(
     assert join(partial, more) == joined
 
 
+@pytest.mark.parametrize(
+    ("partial", "more", "joined"),
+    [
+        (ANSWER[:CUT], ANSWER[CUT - 30 :], ANSWER),  # restarted the line it was on
+        (ANSWER[:CUT], ANSWER[: CUT + 5], ANSWER[: CUT + 5]),  # repeated it all, then on
+        ('{"a": "xyxyxyxy', 'xyxy"}', '{"a": "xyxyxyxyxyxy"}'),  # short: the answer's own
+    ],
+)
+def test_join_writes_a_repeated_end_of_the_partial_answer_once(
+    partial: str, more: str, joined: str
+) -> None:
+    assert join(partial, more) == joined
+
+
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_a_continuation_repeating_the_end_of_the_partial_answer_is_joined_once(
+    name: str, tmp_path: Path
+) -> None:
+    """Asked to continue, a model often starts again at the line it was on: the file on
+    the run's branch must hold that line once (``_drain_live`` checks the file)."""
+    flavour = FLAVOURS[name]
+    first = Reply(200, flavour.body(ANSWER[:CUT], truncated=True, output_tokens=20))
+    _drain_live(tmp_path, flavour, first, ANSWER[CUT - 30 :])
+
+
 def test_the_continuation_token_cap_bounds_what_continuations_may_write(tmp_path: Path) -> None:
     """With a 30-token cap, the first continuation may write 30 tokens, the second only
     what is left (5), then none: the attempt fails ``truncated`` and is retried."""

@@ -37,14 +37,35 @@ def prefill(partial: str) -> str:
     return partial.rstrip()
 
 
+REPEAT_MIN = 24
+"""A continuation that begins with at least this many characters the partial answer ended
+with wrote them again (models asked to "continue" often restart the line they were on);
+a shorter match is as likely to be the answer's own next text."""
+REPEAT_MAX = 4096
+
+
+def repeated(cut: str, more: str) -> int:
+    """How many characters ``more`` begins with that ``cut`` already ends with (0 when
+    fewer than :data:`REPEAT_MIN`): the longest such overlap."""
+    for size in range(min(len(cut), len(more), REPEAT_MAX), REPEAT_MIN - 1, -1):
+        if cut.endswith(more[:size]):
+            return size
+    return 0
+
+
 def join(partial: str, more: str) -> str:
     """``partial`` continued by ``more``, which the model wrote after :func:`prefill`.
 
-    If ``more`` starts with whitespace the model wrote the cut whitespace itself; if not,
-    the whitespace left off the prefill is put back (inside a JSON string, indentation
-    before the cut is part of a file).
+    A continuation that starts by repeating the end of the partial answer is joined
+    after the repeat, so a file does not get its last line twice. If ``more`` starts
+    with whitespace the model wrote the cut whitespace itself; if not, the whitespace
+    left off the prefill is put back (inside a JSON string, indentation before the cut
+    is part of a file).
     """
     cut = prefill(partial)
+    again = repeated(cut, more)
+    if again:
+        return cut + more[again:]
     if more[:1].isspace():
         return cut + more
     return partial + more
