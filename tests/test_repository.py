@@ -58,6 +58,17 @@ def local(path: Path, cache: Path) -> RunRepository:
     return RunRepository.open(RepoSource(workspace=path), branch=BRANCH, cache_dir=cache)
 
 
+def checkouts(tmp_path: Path, files: dict[str, str]) -> tuple[Path, RunRepository, Worktrees]:
+    """A project holding ``files``, its run repository and a pool of checkouts of it."""
+    repo = project(tmp_path / "proj", files)
+    repository = local(repo, tmp_path / "cache")
+    return (
+        repo,
+        repository,
+        Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60),
+    )
+
+
 def test_a_missing_workspace_becomes_a_repository_with_the_run_branch(tmp_path: Path) -> None:
     repository = local(tmp_path / "ws", tmp_path / "cache")
     head = repository.head()
@@ -187,10 +198,10 @@ def test_the_paths_a_branch_changed_are_gits_whoever_made_the_commits(tmp_path: 
     """What a rebase reports the branch changed meanwhile (the recheck decision) is told
     from the commits this process made without git, and must be what ``git diff`` says:
     edits, new files and deletions, along a chain of commits, one of them rebased."""
-    repo = project(tmp_path / "proj", {"a.txt": "a\n", "gone.txt": "x\n", "keep.txt": "k\n"})
-    repository = local(repo, tmp_path / "cache")
+    repo, repository, pool = checkouts(
+        tmp_path, {"a.txt": "a\n", "gone.txt": "x\n", "keep.txt": "k\n"}
+    )
     base = repository.head()
-    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
     with pool.checkout(base, "one") as tree:
         (tree.path / "a.txt").write_text("a, one\n")
         (tree.path / "gone.txt").unlink()
@@ -243,10 +254,8 @@ def test_executors_with_their_own_caches_share_one_remote_branch(tmp_path: Path)
 def test_a_commit_holds_the_attempts_files_and_nothing_its_checks_did(tmp_path: Path) -> None:
     """A check may create, stage or even commit things in the checkout: the attempt's
     commit is its base plus exactly its own paths (deleted ones included)."""
-    repo = project(tmp_path / "proj", {"a.txt": "a\n", "gone.txt": "bye\n"})
-    repository = local(repo, tmp_path / "cache")
+    repo, repository, pool = checkouts(tmp_path, {"a.txt": "a\n", "gone.txt": "bye\n"})
     base = repository.head()
-    pool = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
     with pool.checkout(base, "p1") as tree:
         (tree.path / "a.txt").write_text("changed\n")
         (tree.path / "gone.txt").unlink()
