@@ -301,3 +301,27 @@ def test_attempts_integrating_at_once_leave_the_branch_at_the_last_accepted_head
     files = sh("ls-tree", "-r", "--name-only", BRANCH, "out", cwd=repo).splitlines()
     assert sorted(files) == sorted(f"out/p{i}.txt" for i in range(24))
     assert sh("rev-list", "--count", f"main..{BRANCH}", cwd=repo) == "24", "one commit each"
+
+
+def test_a_change_merged_through_a_rename_is_told_under_the_new_name(tmp_path: Path) -> None:
+    """A rebase merges an attempt's edit of a file the branch renamed meanwhile into the
+    new name (merge-tree follows renames): the rebased commit changes that name, so a
+    later rebase over it must report it (else an attempt touching it skips its recheck)."""
+    body = "".join(f"line {n}\n" for n in range(40))
+    repo, repository, pool = checkouts(tmp_path, {"old.py": body})
+    base = repository.head()
+    with pool.checkout(base, "rename") as tree:
+        (tree.path / "old.py").rename(tree.path / "new.py")
+        renamed = tree.make_commit(["old.py", "new.py"], "rename")
+    with pool.checkout(base, "edit") as tree:
+        (tree.path / "old.py").write_text(body.replace("line 3\n", "line three\n"))
+        tree.make_commit(["old.py"], "edit")
+        tree.rebase(renamed)
+        edited = tree.commit
+    assert edited is not None
+    assert "line three" in sh("show", f"{edited}:new.py", cwd=repo), "merged into new.py"
+    assert repository.changed(renamed, edited) == ["new.py"]
+    fresh = local(repo, tmp_path / "cache")  # knows none of them: asks git
+    assert fresh.changed(renamed, edited) == ["new.py"]
+    assert fresh.changed(base, renamed) == ["new.py", "old.py"], "both names of a rename"
+    assert repository.changed(base, renamed) == ["new.py", "old.py"]

@@ -249,7 +249,9 @@ class RunRepository:
             paths |= changed
         if commit == old:
             return sorted(paths)
-        return out("diff", "--name-only", old, new, cwd=self.path).splitlines()
+        # --no-renames: a rename is its old path and its new one (diff.renames names only
+        # the new), both paths a change made on the old commit may meet.
+        return out("diff", "--no-renames", "--name-only", old, new, cwd=self.path).splitlines()
 
     def has(self, commit: str) -> bool:
         if commit not in self._present:

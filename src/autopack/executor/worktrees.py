@@ -127,6 +127,12 @@ class Worktree:
                 f"the change conflicts with what the branch got meanwhile in {files}",
             )
         self.commit = out("commit-tree", lines[0], "-p", onto, "-m", self.message, cwd=self.path)
+        if not set(self.paths).isdisjoint(upstream):
+            # merge-tree follows renames: an edit of a file the branch renamed meanwhile
+            # lands on the new name, which the attempt never named; ask git what it changed.
+            self.paths = out(
+                "diff", "--no-renames", "--name-only", onto, self.commit, cwd=self.path
+            ).splitlines()
         self.repository.made(self.commit, parent=onto, paths=self.paths)
         self.base = onto
         return upstream
