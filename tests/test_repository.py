@@ -325,3 +325,26 @@ def test_a_change_merged_through_a_rename_is_told_under_the_new_name(tmp_path: P
     assert fresh.changed(renamed, edited) == ["new.py"]
     assert fresh.changed(base, renamed) == ["new.py", "old.py"], "both names of a rename"
     assert repository.changed(base, renamed) == ["new.py", "old.py"]
+
+
+@pytest.mark.parametrize("mark", ["--assume-unchanged", "--skip-worktree"])
+def test_a_commit_holds_edits_the_checkouts_index_flags_would_hide(
+    tmp_path: Path, mark: str
+) -> None:
+    """The attempt's index is a copy of the checkout's: flags in it that make ``git add``
+    pass a file by (assume-unchanged, which core.ignoreStat sets on every file a
+    checkout writes; skip-worktree) must not keep an attempt's edit out of its commit,
+    in a new slot or in one a check of the previous attempt flagged files in."""
+    repo, repository, pool = checkouts(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
+    base = repository.head()
+    sh("config", "core.ignoreStat", "true", cwd=repository.path)
+    with pool.checkout(base, "p1") as tree:
+        (tree.path / "a.txt").write_text("a, p1\n")
+        first = tree.make_commit(["a.txt"], "p1")
+        sh("update-index", mark, "b.txt", cwd=tree.path)  # a check's doing
+    assert sh("show", f"{first}:a.txt", cwd=repo) == "a, p1"
+    sh("config", "--unset", "core.ignoreStat", cwd=repository.path)
+    with pool.checkout(base, "p2") as tree:  # the slot p1 left
+        (tree.path / "b.txt").write_text("b, p2\n")
+        second = tree.make_commit(["b.txt"], "p2")
+    assert sh("show", f"{second}:b.txt", cwd=repo) == "b, p2"

@@ -85,6 +85,7 @@ class Worktree:
         env = {"GIT_INDEX_FILE": str(self.index)}
         try:
             if present:
+                self._unflag(present, env)
                 git("add", "--force", "--all", "--", *present, cwd=self.path, env=env)
             tree = out("write-tree", cwd=self.path, env=env)
         finally:
@@ -94,6 +95,20 @@ class Worktree:
         self.paths = present
         self.repository.made(self.commit, parent=self.base, paths=present)
         return self.commit
+
+    def _unflag(self, paths: list[str], env: dict[str, str]) -> None:
+        """Clear the assume-unchanged and skip-worktree flags of ``paths`` in the index
+        ``env`` names: the checkout's index (core.ignoreStat sets the first on every file a
+        checkout writes, a check may set either) is copied, and ``git add`` passes a file
+        so flagged by, leaving the attempt's edit out of its commit."""
+        listed = out("ls-files", "-v", "-z", "--", *paths, cwd=self.path, env=env)
+        entries = [(entry[:1], entry[2:]) for entry in listed.split("\0") if entry]
+        assumed = [path for tag, path in entries if tag.islower()]
+        skipped = [path for tag, path in entries if tag.upper() == "S"]
+        # One flag a process: update-index applies only the first of two to a path.
+        for flag, flagged in (("--no-assume-unchanged", assumed), ("--no-skip-worktree", skipped)):
+            if flagged:
+                git("update-index", flag, "--", *flagged, cwd=self.path, env=env)
 
     def _in_base(self, path: str) -> bool:
         """Is ``path`` a file of ``base`` (a deletion to record, not a path to skip)?"""
