@@ -280,6 +280,27 @@ def test_join_writes_a_repeated_end_of_the_partial_answer_once(
     assert join(partial, more) == joined
 
 
+ROW = "\n    [0, 0, 0, 0, 0, 0, 0, 0],"
+RULE = "=" * 40
+PERIODIC = files(mod_py=f"GRID = [{ROW * 6}\n]\n# {RULE * 2}\n")
+ROWS = json.dumps(ROW * 3)[1:-1]  # as the answer's JSON has them
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        PERIODIC.index(ROWS) + len(ROWS),  # after 3 of 6 equal rows
+        PERIODIC.index(RULE) + len(RULE),  # in the middle of a rule of 80 '='
+    ],
+)
+def test_join_keeps_an_answer_whose_own_next_text_equals_the_end_before_the_cut(
+    cut: int,
+) -> None:
+    """Text that repeats itself (equal rows, a long rule) goes on with what the partial
+    answer ended with: a continuation that starts that way is no repeat to drop."""
+    assert join(PERIODIC[:cut], PERIODIC[cut:]) == PERIODIC
+
+
 @pytest.mark.parametrize("name", sorted(FLAVOURS))
 def test_a_continuation_repeating_the_end_of_the_partial_answer_is_joined_once(
     name: str, tmp_path: Path

@@ -19,6 +19,7 @@ budget raised (:meth:`Meter.budget`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 
 from autopack.executor.metering import Meter
@@ -46,11 +47,15 @@ REPEAT_MAX = 4096
 
 def repeated(cut: str, more: str) -> int:
     """How many characters ``more`` begins with that ``cut`` already ends with (0 when
-    fewer than :data:`REPEAT_MIN`): the longest such overlap."""
-    for size in range(min(len(cut), len(more), REPEAT_MAX), REPEAT_MIN - 1, -1):
-        if cut.endswith(more[:size]):
-            return size
-    return 0
+    fewer than :data:`REPEAT_MIN`): the longest such overlap.
+
+    Also 0 when a shorter overlap of :data:`REPEAT_MIN` or more matches too: the text
+    repeats itself there (equal rows, a rule of ``=``), and an answer going on with its
+    own next row is as likely as a repeat; dropping it would lose rows of the file.
+    """
+    sizes = range(min(len(cut), len(more), REPEAT_MAX), REPEAT_MIN - 1, -1)
+    found = list(itertools.islice((size for size in sizes if cut.endswith(more[:size])), 2))
+    return found[0] if len(found) == 1 else 0
 
 
 def join(partial: str, more: str) -> str:
