@@ -331,10 +331,11 @@ def test_a_change_merged_through_a_rename_is_told_under_the_new_name(tmp_path: P
 def test_a_commit_holds_edits_the_checkouts_index_flags_would_hide(
     tmp_path: Path, mark: str
 ) -> None:
-    """The attempt's index is a copy of the checkout's: flags in it that make ``git add``
-    pass a file by (assume-unchanged, which core.ignoreStat sets on every file a
-    checkout writes; skip-worktree) must not keep an attempt's edit out of its commit,
-    in a new slot or in one a check of the previous attempt flagged files in."""
+    """Flags in the checkout's index that make ``git add`` pass a file by (assume-unchanged,
+    which core.ignoreStat sets on every file a checkout writes; skip-worktree) must not
+    keep an attempt's edit out of its commit, in a new slot or in one a check of the
+    previous attempt flagged files in. (A commit index copied from the checkout's lost
+    the edit; it is made fresh from the base.)"""
     repo, repository, pool = checkouts(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
     base = repository.head()
     sh("config", "core.ignoreStat", "true", cwd=repository.path)

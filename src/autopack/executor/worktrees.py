@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autopack.executor.git import GitError, git, out
+from autopack.executor.git import git, out
 from autopack.executor.repository import IntegrationConflict, RunRepository
 from autopack.logs import log_event
 
@@ -40,17 +40,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _snapshot_index(checkout: Path) -> Path:
-    """A copy of ``checkout``'s index (which matches the commit it holds), beside it."""
-    try:
-        gitdir = Path((checkout / ".git").read_text().removeprefix("gitdir:").strip())
-        snapshot = checkout.parent / f".{checkout.name}.autopack-index"
-        shutil.copyfile(checkout / gitdir / "index", snapshot)
-    except OSError as exc:
-        raise GitError(("worktree", "index", str(checkout)), str(exc)) from exc
-    return snapshot
-
-
 @dataclass
 class Worktree:
     """One attempt's checkout: ``path`` holds the files of ``base`` (plus its own change)."""
@@ -58,8 +47,6 @@ class Worktree:
     path: Path
     base: str
     repository: RunRepository
-    index: Path
-    """The attempt's own index: a copy of the checkout's, taken when it held ``base``."""
     keep: bool = False
     """Set aside for inspection instead of going back to the pool (a failed attempt)."""
 
@@ -75,40 +62,28 @@ class Worktree:
 
         Built in an index of its own, from ``base`` plus exactly ``paths`` as they are on
         disk: nothing else the attempt's checks did in the checkout (files they created,
-        things they staged or committed, a HEAD they moved) reaches the commit. That
-        index is the checkout's own, copied when it was switched to ``base`` (before the
-        attempt ran anything), so it holds ``base`` without a ``git read-tree``.
+        things they staged or committed, a HEAD they moved) reaches the commit. The index
+        is made fresh from ``base`` (``read-tree``), not copied from the checkout: flags in
+        the checkout's (assume-unchanged, which ``core.ignoreStat`` sets on every file a
+        checkout writes; skip-worktree a check may set) make ``git add`` pass a file by.
         ``git add --force``: a deliverable the repository's ``.gitignore`` matches is
         committed anyway (the run file asked for it); modes are taken from the files.
         """
         present = [p for p in paths if (self.path / p).exists() or self._in_base(p)]
-        env = {"GIT_INDEX_FILE": str(self.index)}
+        index = self.path.parent / f".{self.path.name}.autopack-index"
+        env = {"GIT_INDEX_FILE": str(index)}
         try:
+            git("read-tree", self.base, cwd=self.path, env=env)
             if present:
-                self._unflag(present, env)
                 git("add", "--force", "--all", "--", *present, cwd=self.path, env=env)
             tree = out("write-tree", cwd=self.path, env=env)
         finally:
-            self.index.unlink(missing_ok=True)
+            index.unlink(missing_ok=True)
         self.message = message
         self.commit = out("commit-tree", tree, "-p", self.base, "-m", message, cwd=self.path)
         self.paths = present
         self.repository.made(self.commit, parent=self.base, paths=present)
         return self.commit
-
-    def _unflag(self, paths: list[str], env: dict[str, str]) -> None:
-        """Clear the assume-unchanged and skip-worktree flags of ``paths`` in the index
-        ``env`` names: the checkout's index (core.ignoreStat sets the first on every file a
-        checkout writes, a check may set either) is copied, and ``git add`` passes a file
-        so flagged by, leaving the attempt's edit out of its commit."""
-        listed = out("ls-files", "-v", "-z", "--", *paths, cwd=self.path, env=env)
-        entries = [(entry[:1], entry[2:]) for entry in listed.split("\0") if entry]
-        assumed = [path for tag, path in entries if tag.islower()]
-        skipped = [path for tag, path in entries if tag.upper() == "S"]
-        # One flag a process: update-index applies only the first of two to a path.
-        for flag, flagged in (("--no-assume-unchanged", assumed), ("--no-skip-worktree", skipped)):
-            if flagged:
-                git("update-index", flag, "--", *flagged, cwd=self.path, env=env)
 
     def _in_base(self, path: str) -> bool:
         """Is ``path`` a file of ``base`` (a deletion to record, not a path to skip)?"""
@@ -229,11 +204,10 @@ class Worktrees:
                 with self.repository.locked():
                     git("checkout", "--quiet", "--force", "--detach", base, cwd=path)
                     git("clean", "-ffdxq", cwd=path)
-            index = _snapshot_index(path)
         except BaseException:
             self._remove(path)
             raise
-        worktree = Worktree(path, base, self.repository, index)
+        worktree = Worktree(path, base, self.repository)
         try:
             yield worktree
         except BaseException:
@@ -243,7 +217,6 @@ class Worktrees:
             self._release(worktree, name)
 
     def _release(self, worktree: Worktree, name: str) -> None:
-        worktree.index.unlink(missing_ok=True)  # the attempt's: never the next one's
         if not worktree.keep:
             with self._lock:
                 self._free.append(worktree.path)
