@@ -340,6 +340,7 @@ class AutonomousExecutor:
         summary.done_before = {p.phase_id for p in run.phases() if p.state == PhaseState.COMPLETE}
         self._sync_branch(run)
         self._claims_left = max_claims
+        self._run_over.clear()
         errors: list[BaseException] = []
         finished = [threading.Event() for _ in range(concurrency)]
         for index, done in enumerate(finished):
