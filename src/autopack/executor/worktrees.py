@@ -120,9 +120,7 @@ class Worktree:
         if not set(self.paths).isdisjoint(upstream):
             # merge-tree follows renames: an edit of a file the branch renamed meanwhile
             # lands on the new name, which the attempt never named; ask git what it changed.
-            self.paths = out(
-                "diff", "--no-renames", "--name-only", onto, self.commit, cwd=self.path
-            ).splitlines()
+            self.paths = self.repository.changed(onto, self.commit)
         self.repository.made(self.commit, parent=onto, paths=self.paths)
         self.base = onto
         return upstream
