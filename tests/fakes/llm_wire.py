@@ -20,15 +20,15 @@ asks more than it scripted fails loudly instead of hanging in SDK retries.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 ANTHROPIC_PATH = "/v1/messages"
 OPENAI_PATH = "/v1/chat/completions"
@@ -63,17 +63,8 @@ class Seen:
     body: Any
 
 
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up (an SDK closing a finished stream, an idle keep-alive
-        # connection) is not an error of the fake; anything else is still printed.
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            return
-        super().handle_error(request, client_address)
-
-
-class WireServer:
-    """A threaded stdlib HTTP server on 127.0.0.1 with a free port."""
+class WireServer(LoopbackServer):
+    """Both wire formats on a loopback port (:class:`LoopbackServer`)."""
 
     def __init__(self) -> None:
         self._replies: dict[str, deque[Reply]] = defaultdict(deque)
@@ -82,17 +73,7 @@ class WireServer:
         replaying a whole run); called from the server's threads."""
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        # A short poll interval keeps shutdown (and so each test's teardown) quick.
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        super().__init__(self._handler_class())
 
     def script(self, path: str, *replies: Reply) -> None:
         with self._lock:
@@ -101,20 +82,6 @@ class WireServer:
     def seen(self, path: str | None = None) -> list[Seen]:
         with self._lock:
             return [s for s in self._seen if path is None or s.path == path]
-
-    def __enter__(self) -> WireServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
 
     def _take(self, seen: Seen) -> Reply:
         with self._lock:
