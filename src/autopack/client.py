@@ -120,7 +120,9 @@ class ApiClient:
     ``transport``: how to reach it when not over TCP (the CLI's in-process server listens
     on a Unix socket); ``where`` names the server in messages; ``token`` is sent as
     ``Authorization: Bearer`` on every request (never logged, never in a message);
-    ``retry_seconds`` bounds how long the worker's calls are retried.
+    ``retry_seconds`` bounds how long the worker's calls are retried; ``connect_retries``
+    is how often a refused connection is tried again at once (httpcore waits 0.5 s before
+    the second), 0 for a probe where nobody listening is the expected answer.
 
     **Retries.** The executor's calls (claim, heartbeat, usage, result, approval request,
     telemetry) and every read are retried on a 5xx (but not a schema error) and on a
@@ -141,6 +143,7 @@ class ApiClient:
         where: str | None = None,
         token: str | None = None,
         retry_seconds: float = RETRY_SECONDS,
+        connect_retries: int = 2,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.where = where or f"API {self.base_url}"
@@ -148,7 +151,7 @@ class ApiClient:
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
-            transport=transport or httpx.HTTPTransport(retries=2),
+            transport=transport or httpx.HTTPTransport(retries=connect_retries),
             headers={"Authorization": f"Bearer {token}"} if token else None,
         )
 
