@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -14,10 +16,11 @@ from typing import Any
 import pytest
 
 from autopack.errors import CassetteMiss, ConfigError, LLMError
-from autopack.llm.anthropic_provider import AnthropicProvider, anthropic_response
+from autopack.llm.anthropic_provider import AnthropicProvider
 from autopack.llm.base import LLMResponse, StreamInterrupted, Usage
 from autopack.llm.openai_provider import OpenAIProvider
 from autopack.llm.replay import RecordingProvider, ReplayProvider
+from autopack.llm.responses import anthropic_response
 from tests.fakes.llm_wire import (
     ANTHROPIC_PATH,
     OPENAI_PATH,
@@ -78,6 +81,32 @@ def test_replay_answers_the_matching_line_through_the_live_parser(tmp_path: Path
     assert response.text == "builder answer"
     assert response.usage.input_tokens == 10  # normalised like a live answer
     assert response.latency_ms == 1234.0  # the recorded latency, whatever the speed
+
+
+def test_replay_never_imports_a_provider_sdk(tmp_path: Path) -> None:
+    """Importing ``anthropic`` alone took 2.3 s and ``openai`` 1.3 s on the CI machine:
+    every offline drain (the demo, the tests) paid both, for answers it already had."""
+    openai_line = {**line("from openai", phase_id="phase-2"), "provider": "openai"}
+    openai_line["response"] = openai_completion("from openai", cost=0.25)
+    cassette = write(tmp_path / "c.jsonl", line("from anthropic"), openai_line)
+    script = (
+        "import sys\n"
+        "from autopack.llm.base import LLMRequest, Message\n"
+        "from autopack.llm.replay import ReplayProvider\n"
+        "def ask(phase):\n"
+        "    return LLMRequest(role='builder', model='m', system='s', max_tokens=9,\n"
+        "        messages=(Message('user', 'u'),), run_id='run-1', phase_id=phase, attempt=1)\n"
+        f"provider = ReplayProvider({str(cassette)!r})\n"
+        "first = provider.complete(ask('phase-1'))\n"
+        "second = provider.complete(ask('phase-2'))\n"
+        "print(first.text, '|', second.text, second.provider_cost_usd)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'anthropic', 'openai'}))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["from anthropic | from openai 0.25", "[]"]
 
 
 def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Path) -> None:

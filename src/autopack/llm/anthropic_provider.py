@@ -1,10 +1,8 @@
 """Anthropic Messages API through the official SDK.
 
-The live call and replay share :func:`anthropic_response`: it turns the response JSON into
-the SDK's own ``Message`` object exactly the way the SDK does for a live answer (its
-lenient ``construct``, not a stricter validation that would refuse answers the SDK
-accepts) and then normalises that object. A cassette line therefore goes through the very
-code a live response goes through. Calls stream (``messages.stream``): answers longer than
+The live call and replay share one normaliser of the response body
+(:func:`~autopack.llm.responses.anthropic_response`), so a cassette line goes through the
+very code a live response goes through. Calls stream (``messages.stream``): answers longer than
 the non-streaming limits finish, ``on_text`` shows them arriving, ``ttft_ms`` is measured,
 and the SDK's final message is dumped back into the body the API would have sent without
 streaming, so ``raw`` and cassettes keep one format. A stream broken off after some text
@@ -18,9 +16,7 @@ included) and connection errors, waiting what ``retry-after-ms``/``retry-after``
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from functools import partial
-from typing import Any
 
 import anthropic
 from anthropic.types import (
@@ -31,7 +27,6 @@ from anthropic.types import (
     UserMessageParam,
 )
 from anthropic.types import Message as SdkMessage
-from anthropic.types import Usage as SdkUsage
 
 from autopack.llm.base import (
     STREAM_BROKEN,
@@ -42,70 +37,20 @@ from autopack.llm.base import (
     StreamInterrupted,
     StreamStalled,
     StreamText,
-    Usage,
     elapsed_ms,
     malformed,
-    provider_cost,
     retries_taken,
     sdk_error,
     stream_failure,
-    token_count,
-    usage_problem,
 )
+from autopack.llm.responses import ANTHROPIC, ANTHROPIC_LABEL, anthropic_response, anthropic_usage
 
-PROVIDER = "anthropic"
-LABEL = "anthropic"  # how messages name the far end
+PROVIDER, LABEL = ANTHROPIC, ANTHROPIC_LABEL
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
 
-
 _malformed = partial(malformed, LABEL, PROVIDER)
-
-
-def anthropic_response(
-    data: Mapping[str, Any],
-    *,
-    request_model: str,
-    request_id: str | None,
-    latency_ms: float,
-    retries: int = 0,
-) -> LLMResponse:
-    """Normalise one Messages API response body (the live path and replay both call this)."""
-    if not isinstance(data, Mapping):
-        raise _malformed("body is not a JSON object", request_model, request_id, latency_ms)
-    usage_json = data.get("usage")
-    if not isinstance(usage_json, Mapping) or not all(
-        isinstance(usage_json.get(key), int) for key in ("input_tokens", "output_tokens")
-    ):
-        raise _malformed(
-            "no usage.input_tokens/output_tokens", request_model, request_id, latency_ms
-        )
-    if not isinstance(data.get("content"), list):
-        raise _malformed("content is not a list", request_model, request_id, latency_ms)
-    message = SdkMessage.construct(**dict(data))
-    text = "".join(
-        str(getattr(block, "text", ""))
-        for block in message.content
-        if getattr(block, "type", None) == "text"
-    )
-    stop_reason = str(message.stop_reason) if message.stop_reason is not None else "unknown"
-    usage = _usage(message.usage)
-    if (problem := usage_problem(usage)) is not None:
-        raise _malformed(problem, request_model, request_id, latency_ms)
-    return LLMResponse(
-        text=text,
-        stop_reason=stop_reason,
-        truncated=stop_reason == "max_tokens",
-        usage=usage,
-        provider=PROVIDER,
-        model=str(data.get("model") or request_model),
-        request_id=request_id,
-        latency_ms=latency_ms,
-        provider_cost_usd=provider_cost(message.usage),
-        raw=dict(data),
-        retries=retries,
-    )
 
 
 class AnthropicProvider:
@@ -179,7 +124,9 @@ class AnthropicProvider:
                 except (anthropic.AnthropicError, STREAM_BROKEN, StreamStalled) as exc:
                     if not text.chars:
                         raise
-                    usage = None if snapshot is None else _usage(snapshot.usage)
+                    usage = (
+                        None if snapshot is None else anthropic_usage(snapshot.usage.model_dump())
+                    )
                     raise text.interrupted(
                         label=LABEL,
                         provider=PROVIDER,
@@ -209,7 +156,7 @@ class AnthropicProvider:
                 provider=PROVIDER,
                 model=request.model,
                 reason="the stream ended without a stop reason",
-                usage=_usage(message.usage),
+                usage=anthropic_usage(message.usage.model_dump()),
             )
         response = anthropic_response(
             message.model_dump(mode="json", exclude_unset=True),
@@ -251,15 +198,3 @@ def _message(message: Message, cache: bool) -> MessageParam:
     if message.role == "user":
         return UserMessageParam(role="user", content=content)
     return AssistantMessageParam(role="assistant", content=content)
-
-
-def _usage(usage: SdkUsage) -> Usage:
-    """Normalised token counts: Anthropic's ``input_tokens`` excludes the cache parts."""
-    cache_read = token_count(usage.cache_read_input_tokens)
-    cache_write = token_count(usage.cache_creation_input_tokens)
-    return Usage(
-        input_tokens=token_count(usage.input_tokens) + cache_read + cache_write,
-        output_tokens=token_count(usage.output_tokens),
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-    )

@@ -139,15 +139,6 @@ def retryable_status(status_code: int | None) -> bool:
     return status_code in (408, 409, 429) or status_code >= 500
 
 
-def provider_cost(usage: object) -> float | None:
-    """A cost the server reported itself (OpenRouter-style ``usage.cost``), if any."""
-    extra = getattr(usage, "model_extra", None) or {}
-    cost = extra.get("cost") if isinstance(extra, dict) else None
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        return float(cost)
-    return None
-
-
 def token_count(value: object) -> int:
     """An optional token count from a response (absent or null means none were used)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

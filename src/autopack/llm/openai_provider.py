@@ -2,8 +2,8 @@
 
 ``OPENAI_BASE_URL`` points it at Ollama, vLLM, llama.cpp server, LM Studio or OpenRouter;
 those often need no key, so a placeholder is sent. Like the Anthropic provider, the live
-call and replay share :func:`openai_response` (the SDK's own lenient ``construct`` of a
-``ChatCompletion``, then one normaliser), so replay cannot drift from reality. Calls
+call and replay share one normaliser of the response body
+(:func:`~autopack.llm.responses.openai_response`), so replay cannot drift from reality. Calls
 stream with ``include_usage``; the chunks are accumulated back into the ``ChatCompletion``
 body a non-streaming call returns (``raw``), and a stream broken off after some text
 raises :class:`~autopack.llm.base.StreamInterrupted` with that text.
@@ -20,13 +20,12 @@ retried), else 0.5 s doubling up to 8 s with jitter.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from autopack.llm.base import (
     CONTINUE_PROMPT,
@@ -37,18 +36,14 @@ from autopack.llm.base import (
     StreamInterrupted,
     StreamStalled,
     StreamText,
-    Usage,
     elapsed_ms,
     malformed,
-    provider_cost,
     sdk_error,
     stream_failure,
-    token_count,
-    usage_problem,
 )
+from autopack.llm.responses import OPENAI, OPENAI_LABEL, openai_response
 
-PROVIDER = "openai"
-LABEL = "openai-compatible"  # how messages name the far end
+PROVIDER, LABEL = OPENAI, OPENAI_LABEL
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
@@ -70,68 +65,6 @@ def token_parameter_for(base_url: str | None) -> TokenParameter:
 
 
 _malformed = partial(malformed, LABEL, PROVIDER)
-
-
-def openai_response(
-    data: Mapping[str, Any],
-    *,
-    request_model: str,
-    request_id: str | None,
-    latency_ms: float,
-    retries: int = 0,
-) -> LLMResponse:
-    """Normalise one Chat Completions response body (the live path and replay both call this).
-
-    A response without ``usage`` is refused rather than counted as zero tokens: usage
-    comes from the provider, never from a guess.
-    """
-    if not isinstance(data, Mapping):
-        raise _malformed("body is not a JSON object", request_model, request_id, latency_ms)
-    usage_json = data.get("usage")
-    if not isinstance(usage_json, Mapping) or not all(
-        isinstance(usage_json.get(key), int) for key in ("prompt_tokens", "completion_tokens")
-    ):
-        raise _malformed(
-            "no usage.prompt_tokens/completion_tokens (the server must report usage)",
-            request_model,
-            request_id,
-            latency_ms,
-        )
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-        raise _malformed("no choices", request_model, request_id, latency_ms)
-    completion = ChatCompletion.construct(**dict(data))
-    choice = completion.choices[0]
-    usage = completion.usage
-    assert usage is not None  # checked on the JSON above
-    details = usage.prompt_tokens_details
-    cache_read = token_count(details.cached_tokens) if details is not None else 0
-    cache_write = token_count(details.cache_write_tokens) if details is not None else 0
-    message = getattr(choice, "message", None)
-    content = getattr(message, "content", None)
-    finish = getattr(choice, "finish_reason", None)
-    stop_reason = str(finish) if finish is not None else "unknown"
-    counts = Usage(
-        input_tokens=usage.prompt_tokens,
-        output_tokens=usage.completion_tokens,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-    )
-    if (problem := usage_problem(counts)) is not None:
-        raise _malformed(problem, request_model, request_id, latency_ms)
-    return LLMResponse(
-        text=content if isinstance(content, str) else "",
-        stop_reason=stop_reason,
-        truncated=stop_reason == "length",
-        usage=counts,
-        provider=PROVIDER,
-        model=str(data.get("model") or request_model),
-        request_id=request_id,
-        latency_ms=latency_ms,
-        provider_cost_usd=provider_cost(usage),
-        raw=dict(data),
-        retries=retries,
-    )
 
 
 class OpenAIProvider:

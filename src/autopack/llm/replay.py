@@ -21,12 +21,11 @@ A call is matched by run, phase, role and its order among that phase's calls of 
 order). ``attempt`` is what the recording saw and is only reported: a phase resumed after
 a lost lease, or retried once more than when it was recorded, gets the next recorded
 answer instead of failing on an attempt number. The ``response`` is parsed by the same
-function the live provider uses on the SDK's response
-(:func:`~autopack.llm.anthropic_provider.anthropic_response` /
-:func:`~autopack.llm.openai_provider.openai_response`), so replay cannot drift from
-reality; every line is parsed once at load time, so a broken cassette fails at start with
-its line number, not halfway through a run. Answers come back as provider ``replay``
-with the recorded model, so nobody mistakes them for spending. A request with no line
+function the live provider uses on its response body (:mod:`autopack.llm.responses`), so
+replay cannot drift from reality, and never imports a provider's SDK; every line is
+parsed once at load time, so a broken cassette fails at start with its line number, not
+halfway through a run. Answers come back as provider ``replay`` with the recorded model,
+so nobody mistakes them for spending. A request with no line
 left raises :class:`CassetteMiss` naming the call and what the cassette has for that
 phase: replay never invents output.
 """
@@ -45,7 +44,6 @@ from typing import Any
 
 from autopack import redact
 from autopack.errors import CassetteMiss, ConfigError, LLMError
-from autopack.llm.anthropic_provider import anthropic_response
 from autopack.llm.base import (
     LLMProvider,
     LLMRequest,
@@ -55,15 +53,15 @@ from autopack.llm.base import (
     retryable_status,
     token_count,
 )
-from autopack.llm.openai_provider import openai_response
+from autopack.llm.responses import ANTHROPIC, OPENAI, anthropic_response, openai_response
 
 Key = tuple[str, str | None, str]
 """(run_id, phase_id, role): the calls answered in file order."""
 Normaliser = Callable[..., LLMResponse]
 
 NORMALISERS: dict[str, Normaliser] = {
-    "anthropic": anthropic_response,
-    "openai": openai_response,
+    ANTHROPIC: anthropic_response,
+    OPENAI: openai_response,
 }
 """Provider name in a cassette line -> the live provider's own response normaliser."""
 REPLAY = "replay"

@@ -1,0 +1,154 @@
+"""Provider response bodies to :class:`~autopack.llm.base.LLMResponse`: one normaliser per
+wire format, shared by the live providers and replay.
+
+A live call rebuilds, from its stream, the JSON body the API returns without streaming; a
+cassette line holds that same body. Both go through the functions here, so replay cannot
+drift from a live answer. They read the JSON itself rather than the SDKs' models: replay
+(the demo, every offline drain, every test) then never imports the SDKs, whose import
+alone takes 2.3 s (``anthropic``) and 1.3 s (``openai``) on the 2 vCPU CI machine, more
+than the rest of a drain's start. A body the format does not allow is a malformed answer
+(never retried: it would repeat), and usage always comes from the body, never a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from autopack.llm.base import LLMResponse, Usage, malformed, token_count, usage_problem
+
+ANTHROPIC = "anthropic"
+ANTHROPIC_LABEL = "anthropic"  # how messages name the far end
+OPENAI = "openai"
+OPENAI_LABEL = "openai-compatible"
+
+_anthropic_malformed = partial(malformed, ANTHROPIC_LABEL, ANTHROPIC)
+_openai_malformed = partial(malformed, OPENAI_LABEL, OPENAI)
+
+
+def anthropic_response(
+    data: Mapping[str, Any],
+    *,
+    request_model: str,
+    request_id: str | None,
+    latency_ms: float,
+    retries: int = 0,
+) -> LLMResponse:
+    """Normalise one Messages API response body."""
+    bad = partial(
+        _anthropic_malformed, model=request_model, request_id=request_id, latency_ms=latency_ms
+    )
+    if not isinstance(data, Mapping):
+        raise bad("body is not a JSON object")
+    usage_json = data.get("usage")
+    if not isinstance(usage_json, Mapping) or not all(
+        isinstance(usage_json.get(key), int) for key in ("input_tokens", "output_tokens")
+    ):
+        raise bad("no usage.input_tokens/output_tokens")
+    content = data.get("content")
+    if not isinstance(content, list):
+        raise bad("content is not a list")
+    text = "".join(
+        block["text"]
+        for block in content
+        if isinstance(block, Mapping)
+        and block.get("type") == "text"
+        and isinstance(block.get("text"), str)
+    )
+    stop = data.get("stop_reason")
+    stop_reason = str(stop) if stop is not None else "unknown"
+    usage = anthropic_usage(usage_json)
+    if (problem := usage_problem(usage)) is not None:
+        raise bad(problem)
+    return LLMResponse(
+        text=text,
+        stop_reason=stop_reason,
+        truncated=stop_reason == "max_tokens",
+        usage=usage,
+        provider=ANTHROPIC,
+        model=str(data.get("model") or request_model),
+        request_id=request_id,
+        latency_ms=latency_ms,
+        provider_cost_usd=_reported_cost(usage_json),
+        raw=dict(data),
+        retries=retries,
+    )
+
+
+def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
+    """Normalised token counts: Anthropic's ``input_tokens`` excludes the cache parts."""
+    cache_read = token_count(usage.get("cache_read_input_tokens"))
+    cache_write = token_count(usage.get("cache_creation_input_tokens"))
+    return Usage(
+        input_tokens=token_count(usage.get("input_tokens")) + cache_read + cache_write,
+        output_tokens=token_count(usage.get("output_tokens")),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+
+
+def openai_response(
+    data: Mapping[str, Any],
+    *,
+    request_model: str,
+    request_id: str | None,
+    latency_ms: float,
+    retries: int = 0,
+) -> LLMResponse:
+    """Normalise one Chat Completions response body.
+
+    ``prompt_tokens`` already includes cached tokens, so it is the normalised input;
+    ``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens`` are the cache parts
+    when the server reports them. A body without ``usage`` is refused rather than counted
+    as zero tokens.
+    """
+    bad = partial(
+        _openai_malformed, model=request_model, request_id=request_id, latency_ms=latency_ms
+    )
+    if not isinstance(data, Mapping):
+        raise bad("body is not a JSON object")
+    usage_json = data.get("usage")
+    if not isinstance(usage_json, Mapping) or not all(
+        isinstance(usage_json.get(key), int) for key in ("prompt_tokens", "completion_tokens")
+    ):
+        raise bad("no usage.prompt_tokens/completion_tokens (the server must report usage)")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise bad("no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, Mapping) else None
+    finish = choice.get("finish_reason")
+    stop_reason = str(finish) if finish is not None else "unknown"
+    details = usage_json.get("prompt_tokens_details")
+    details = details if isinstance(details, Mapping) else {}
+    usage = Usage(
+        input_tokens=usage_json["prompt_tokens"],
+        output_tokens=usage_json["completion_tokens"],
+        cache_read_tokens=token_count(details.get("cached_tokens")),
+        cache_write_tokens=token_count(details.get("cache_write_tokens")),
+    )
+    if (problem := usage_problem(usage)) is not None:
+        raise bad(problem)
+    return LLMResponse(
+        text=content if isinstance(content, str) else "",
+        stop_reason=stop_reason,
+        truncated=stop_reason == "length",
+        usage=usage,
+        provider=OPENAI,
+        model=str(data.get("model") or request_model),
+        request_id=request_id,
+        latency_ms=latency_ms,
+        provider_cost_usd=_reported_cost(usage_json),
+        raw=dict(data),
+        retries=retries,
+    )
+
+
+def _reported_cost(usage: Mapping[str, Any]) -> float | None:
+    """A cost the server reported itself (OpenRouter-style ``usage.cost``), if any."""
+    cost = usage.get("cost")
+    if isinstance(cost, int | float) and not isinstance(cost, bool):
+        return float(cost)
+    return None
