@@ -156,7 +156,7 @@ def test_a_database_of_the_previous_revision_is_upgraded_keeping_its_rows(
     new columns; its rows and identity stay."""
     from alembic import command
 
-    from autopack.db.schema import _alembic_config, code_revision
+    from autopack.db.schema import CODE_REVISION, _alembic_config
 
     engine = make_engine(database_url)
     with engine.begin() as connection:
@@ -177,5 +177,15 @@ def test_a_database_of_the_previous_revision_is_upgraded_keeping_its_rows(
     fixed = cli("db", "upgrade", cwd=tmp_path, env=env)
     assert fixed.returncode == 0, fixed.stderr
     after = _identity(database_url, tmp_path)
-    assert after["schema_revision"] == code_revision() != "0001"
+    assert after["schema_revision"] == CODE_REVISION != "0001"
     assert after["row_counts"]["runs"] == 1  # type: ignore[index]
+
+
+def test_the_code_revision_is_the_head_of_the_shipped_migrations() -> None:
+    """The schema check compares with a constant (it no longer imports Alembic to read the
+    migrations on every start): a new migration without the constant fails here."""
+    from alembic.script import ScriptDirectory
+
+    from autopack.db.schema import CODE_REVISION, _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_heads() == [CODE_REVISION]
