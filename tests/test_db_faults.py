@@ -73,9 +73,13 @@ def test_opening_a_database_whose_connections_are_being_terminated_succeeds(
     try:
         open_database(url, role="test").close()
         with Terminator(pg_admin, str(make_url(url).database)) as terminator:
+            # Until 40 connections were terminated mid-open (about 4 s; each open is one
+            # connection), not a fixed 300 opens (41 s): enough to land in the setup phase.
             for _ in range(300):
                 open_database(url, role="test", log=False).close()
-        assert terminator.killed > 0
+                if terminator.killed >= 40:
+                    break
+        assert terminator.killed >= 40
     finally:
         drop_pg_database(pg_admin, url)
 
