@@ -15,6 +15,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from autopack.config import resolve_database_url
+from autopack.control import runs
+from autopack.db import open_database
+from autopack.rundef import load_run_file
 from tests.support import clean_env, cli, free_port
 
 RUN_ID = "exec-run"
@@ -125,8 +129,23 @@ def env_for(database_url: str, **extra: str) -> dict[str, str]:
 
 
 def create_run(path: Path, env: Mapping[str, str], cwd: Path) -> None:
-    result = cli("run", "create", str(path), cwd=cwd, env=env)
-    assert result.returncode == 0, result.stderr
+    """Create the run defined in ``path`` in the database ``env`` names.
+
+    Setup, not the subject: the control plane's own create runs in this process (a CLI
+    process cost 2.4 s of CPU per test on the CI machine); ``autopack run create`` itself is
+    tested through the real CLI (test_control_plane_cli, test_one_path). With
+    ``AUTOPACK_API_URL`` set, the test means that server: the CLI creates it there.
+    """
+    if env.get("AUTOPACK_API_URL"):
+        result = cli("run", "create", str(path), cwd=cwd, env=env)
+        assert result.returncode == 0, result.stderr
+        return
+    url = resolve_database_url(env["DATABASE_URL"], cwd)
+    database = open_database(url, role="test", log=False, create=True)
+    try:
+        runs.create_run(database, load_run_file(path))
+    finally:
+        database.close()
 
 
 def drain(
