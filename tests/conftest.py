@@ -26,6 +26,12 @@ PG_ADMIN_URL = os.environ.get(
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first: started last, a minute-long test would leave the other
+    pytest worker idle at the end of ``make test``."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def _pg_conninfo(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
