@@ -12,10 +12,11 @@ than the rest of a drain's start. A body the format does not allow is a malforme
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from autopack.errors import LLMError
 from autopack.llm.base import LLMResponse, Usage, malformed, token_count, usage_problem
 
 ANTHROPIC = "anthropic"
@@ -39,13 +40,7 @@ def anthropic_response(
     bad = partial(
         _anthropic_malformed, model=request_model, request_id=request_id, latency_ms=latency_ms
     )
-    if not isinstance(data, Mapping):
-        raise bad("body is not a JSON object")
-    usage_json = data.get("usage")
-    if not isinstance(usage_json, Mapping) or not all(
-        isinstance(usage_json.get(key), int) for key in ("input_tokens", "output_tokens")
-    ):
-        raise bad("no usage.input_tokens/output_tokens")
+    usage_json = _usage_of(data, ("input_tokens", "output_tokens"), bad)
     content = data.get("content")
     if not isinstance(content, list):
         raise bad("content is not a list")
@@ -57,21 +52,17 @@ def anthropic_response(
         and isinstance(block.get("text"), str)
     )
     stop = data.get("stop_reason")
-    stop_reason = str(stop) if stop is not None else "unknown"
-    usage = anthropic_usage(usage_json)
-    if (problem := usage_problem(usage)) is not None:
-        raise bad(problem)
-    return LLMResponse(
-        text=text,
-        stop_reason=stop_reason,
-        truncated=stop_reason == "max_tokens",
-        usage=usage,
-        provider=ANTHROPIC,
-        model=str(data.get("model") or request_model),
+    return _response(
+        ANTHROPIC,
+        data,
+        text,
+        "unknown" if stop is None else str(stop),
+        "max_tokens",
+        anthropic_usage(usage_json),
+        bad,
+        request_model=request_model,
         request_id=request_id,
         latency_ms=latency_ms,
-        provider_cost_usd=_reported_cost(usage_json),
-        raw=dict(data),
         retries=retries,
     )
 
@@ -100,19 +91,12 @@ def openai_response(
 
     ``prompt_tokens`` already includes cached tokens, so it is the normalised input;
     ``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens`` are the cache parts
-    when the server reports them. A body without ``usage`` is refused rather than counted
-    as zero tokens.
+    when the server reports them.
     """
     bad = partial(
         _openai_malformed, model=request_model, request_id=request_id, latency_ms=latency_ms
     )
-    if not isinstance(data, Mapping):
-        raise bad("body is not a JSON object")
-    usage_json = data.get("usage")
-    if not isinstance(usage_json, Mapping) or not all(
-        isinstance(usage_json.get(key), int) for key in ("prompt_tokens", "completion_tokens")
-    ):
-        raise bad("no usage.prompt_tokens/completion_tokens (the server must report usage)")
+    usage_json = _usage_of(data, ("prompt_tokens", "completion_tokens"), bad)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         raise bad("no choices")
@@ -120,7 +104,6 @@ def openai_response(
     message = choice.get("message")
     content = message.get("content") if isinstance(message, Mapping) else None
     finish = choice.get("finish_reason")
-    stop_reason = str(finish) if finish is not None else "unknown"
     details = usage_json.get("prompt_tokens_details")
     details = details if isinstance(details, Mapping) else {}
     usage = Usage(
@@ -129,18 +112,61 @@ def openai_response(
         cache_read_tokens=token_count(details.get("cached_tokens")),
         cache_write_tokens=token_count(details.get("cache_write_tokens")),
     )
+    return _response(
+        OPENAI,
+        data,
+        content if isinstance(content, str) else "",
+        "unknown" if finish is None else str(finish),
+        "length",
+        usage,
+        bad,
+        request_model=request_model,
+        request_id=request_id,
+        latency_ms=latency_ms,
+        retries=retries,
+    )
+
+
+def _usage_of(
+    data: Mapping[str, Any], counts: tuple[str, str], bad: Callable[[str], LLMError]
+) -> Mapping[str, Any]:
+    """The body's ``usage``, once the body is a JSON object whose usage reports ``counts``
+    as integers (the server must report usage: never counted as zero)."""
+    if not isinstance(data, Mapping):
+        raise bad("body is not a JSON object")
+    usage = data.get("usage")
+    if not isinstance(usage, Mapping) or not all(isinstance(usage.get(k), int) for k in counts):
+        raise bad(f"no usage.{'/'.join(counts)} (the server must report usage)")
+    return usage
+
+
+def _response(
+    provider: str,
+    data: Mapping[str, Any],
+    text: str,
+    stop_reason: str,
+    truncated_by: str,
+    usage: Usage,
+    bad: Callable[[str], LLMError],
+    *,
+    request_model: str,
+    request_id: str | None,
+    latency_ms: float,
+    retries: int,
+) -> LLMResponse:
+    """The normalised answer; ``truncated_by``: the stop reason that means "cut off"."""
     if (problem := usage_problem(usage)) is not None:
         raise bad(problem)
     return LLMResponse(
-        text=content if isinstance(content, str) else "",
+        text=text,
         stop_reason=stop_reason,
-        truncated=stop_reason == "length",
+        truncated=stop_reason == truncated_by,
         usage=usage,
-        provider=OPENAI,
+        provider=provider,
         model=str(data.get("model") or request_model),
         request_id=request_id,
         latency_ms=latency_ms,
-        provider_cost_usd=_reported_cost(usage_json),
+        provider_cost_usd=_reported_cost(data["usage"]),
         raw=dict(data),
         retries=retries,
     )
