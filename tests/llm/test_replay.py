@@ -109,6 +109,20 @@ def test_replay_never_imports_a_provider_sdk(tmp_path: Path) -> None:
     assert ran.stdout.splitlines() == ["from anthropic | from openai 0.25", "[]"]
 
 
+@pytest.mark.parametrize("cost", [float("inf"), float("nan"), -1.0, True, "0.5"])
+def test_a_reported_cost_that_cannot_be_true_is_dropped(tmp_path: Path, cost: object) -> None:
+    """Python's JSON reads ``Infinity`` and ``NaN``: a cassette (or a server) saying so
+    must not reach the telemetry row, which refuses them (the attempt would crash)."""
+    entry = line("answer")
+    entry["response"]["usage"]["cost"] = cost
+    response = ReplayProvider(write(tmp_path / "c.jsonl", entry)).complete(make_request())
+    assert response.text == "answer" and response.provider_cost_usd is None
+    reported = line("answer")
+    reported["response"]["usage"]["cost"] = 0.5
+    kept = ReplayProvider(write(tmp_path / "k.jsonl", reported)).complete(make_request())
+    assert kept.provider_cost_usd == 0.5
+
+
 def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Path) -> None:
     cassette = write(tmp_path / "c.jsonl", line("first"), line("second"))
     provider = ReplayProvider(cassette)

@@ -12,6 +12,7 @@ than the rest of a drain's start. A body the format does not allow is a malforme
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -173,8 +174,10 @@ def _response(
 
 
 def _reported_cost(usage: Mapping[str, Any]) -> float | None:
-    """A cost the server reported itself (OpenRouter-style ``usage.cost``), if any."""
+    """A cost the server reported itself (OpenRouter-style ``usage.cost``), if any: only a
+    finite, non-negative number (Python's JSON reads ``Infinity`` and ``NaN``, and the
+    telemetry row refuses them)."""
     cost = usage.get("cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < math.inf:
         return float(cost)
     return None
