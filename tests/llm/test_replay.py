@@ -20,7 +20,7 @@ from autopack.llm.anthropic_provider import AnthropicProvider
 from autopack.llm.base import LLMResponse, StreamInterrupted, Usage
 from autopack.llm.openai_provider import OpenAIProvider
 from autopack.llm.replay import RecordingProvider, ReplayProvider
-from autopack.llm.responses import anthropic_response
+from autopack.llm.responses import ANTHROPIC, normalise
 from tests.fakes.llm_wire import (
     ANTHROPIC_PATH,
     OPENAI_PATH,
@@ -73,8 +73,12 @@ def test_replay_answers_the_matching_line_through_the_live_parser(tmp_path: Path
     response = ReplayProvider(cassette).complete(make_request())
 
     # Exactly what the live provider makes of the same body, reported as a replay.
-    expected = anthropic_response(
-        body, request_model="claude-sonnet-5-5", request_id="req_recorded", latency_ms=1234.0
+    expected = normalise(
+        ANTHROPIC,
+        body,
+        request_model="claude-sonnet-5-5",
+        request_id="req_recorded",
+        latency_ms=1234.0,
     )
     assert response == dataclasses.replace(expected, provider="replay")
     assert response.model == "claude-sonnet-5-5"  # the recorded model is kept

@@ -1,7 +1,7 @@
 """Anthropic Messages API through the official SDK.
 
 The live call and replay share one normaliser of the response body
-(:func:`~autopack.llm.responses.anthropic_response`), so a cassette line goes through the
+(:func:`~autopack.llm.responses.normalise`), so a cassette line goes through the
 very code a live response goes through. Calls stream (``messages.stream``): answers longer than
 the non-streaming limits finish, ``on_text`` shows them arriving, ``ttft_ms`` is measured,
 and the SDK's final message is dumped back into the body the API would have sent without
@@ -43,9 +43,9 @@ from autopack.llm.base import (
     sdk_error,
     stream_failure,
 )
-from autopack.llm.responses import ANTHROPIC, ANTHROPIC_LABEL, anthropic_response, anthropic_usage
+from autopack.llm.responses import ANTHROPIC, LABELS, anthropic_usage, normalise
 
-PROVIDER, LABEL = ANTHROPIC, ANTHROPIC_LABEL
+PROVIDER, LABEL = ANTHROPIC, LABELS[ANTHROPIC]
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
@@ -158,7 +158,8 @@ class AnthropicProvider:
                 reason="the stream ended without a stop reason",
                 usage=anthropic_usage(message.usage.model_dump()),
             )
-        response = anthropic_response(
+        response = normalise(
+            PROVIDER,
             message.model_dump(mode="json", exclude_unset=True),
             request_model=request.model,
             request_id=request_id,

@@ -3,7 +3,7 @@
 ``OPENAI_BASE_URL`` points it at Ollama, vLLM, llama.cpp server, LM Studio or OpenRouter;
 those often need no key, so a placeholder is sent. Like the Anthropic provider, the live
 call and replay share one normaliser of the response body
-(:func:`~autopack.llm.responses.openai_response`), so replay cannot drift from reality. Calls
+(:func:`~autopack.llm.responses.normalise`), so replay cannot drift from reality. Calls
 stream with ``include_usage``; the chunks are accumulated back into the ``ChatCompletion``
 body a non-streaming call returns (``raw``), and a stream broken off after some text
 raises :class:`~autopack.llm.base.StreamInterrupted` with that text.
@@ -41,9 +41,9 @@ from autopack.llm.base import (
     sdk_error,
     stream_failure,
 )
-from autopack.llm.responses import OPENAI, OPENAI_LABEL, openai_response
+from autopack.llm.responses import LABELS, OPENAI, normalise
 
-PROVIDER, LABEL = OPENAI, OPENAI_LABEL
+PROVIDER, LABEL = OPENAI, LABELS[OPENAI]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
@@ -156,7 +156,8 @@ class OpenAIProvider:
                 raw.request_id,
                 elapsed_ms(text.started),
             )
-        response = openai_response(
+        response = normalise(
+            PROVIDER,
             body.completion(text.text),
             request_model=request.model,
             request_id=raw.request_id,

@@ -53,17 +53,10 @@ from autopack.llm.base import (
     retryable_status,
     token_count,
 )
-from autopack.llm.responses import ANTHROPIC, OPENAI, anthropic_response, openai_response
+from autopack.llm.responses import WIRE_FORMATS, normalise
 
 Key = tuple[str, str | None, str]
 """(run_id, phase_id, role): the calls answered in file order."""
-Normaliser = Callable[..., LLMResponse]
-
-NORMALISERS: dict[str, Normaliser] = {
-    ANTHROPIC: anthropic_response,
-    OPENAI: openai_response,
-}
-"""Provider name in a cassette line -> the live provider's own response normaliser."""
 REPLAY = "replay"
 """The provider every replayed answer (and failure) reports."""
 
@@ -120,7 +113,8 @@ class CassetteEntry:
                 ),
             )
         assert self.response is not None
-        parsed = NORMALISERS[self.provider](
+        parsed = normalise(
+            self.provider,
             self.response,
             request_model=self.model,
             request_id=self.request_id,
@@ -156,8 +150,8 @@ def _entry(raw: object, where: str, line: int) -> CassetteEntry:
     ):
         raise ConfigError(f"{where}: match.phase_id must be text/null, attempt a number/null")
     provider = raw.get("provider")
-    if provider not in NORMALISERS:
-        raise ConfigError(f"{where}: provider must be one of {sorted(NORMALISERS)}")
+    if provider not in WIRE_FORMATS:
+        raise ConfigError(f"{where}: provider must be one of {sorted(WIRE_FORMATS)}")
     response, error = raw.get("response"), raw.get("error")
     if (response is None) == (error is None):
         raise ConfigError(f"{where}: a line needs exactly one of 'response' or 'error'")

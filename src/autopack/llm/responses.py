@@ -1,9 +1,9 @@
-"""Provider response bodies to :class:`~autopack.llm.base.LLMResponse`: one normaliser per
-wire format, shared by the live providers and replay.
+"""Provider response bodies to :class:`~autopack.llm.base.LLMResponse`: one normaliser,
+shared by the live providers and replay, with one reader per wire format.
 
 A live call rebuilds, from its stream, the JSON body the API returns without streaming; a
-cassette line holds that same body. Both go through the functions here, so replay cannot
-drift from a live answer. They read the JSON itself rather than the SDKs' models: replay
+cassette line holds that same body. Both go through :func:`normalise`, so replay cannot
+drift from a live answer. It reads the JSON itself rather than the SDKs' models: replay
 (the demo, every offline drain, every test) then never imports the SDKs, whose import
 alone takes 2.3 s (``anthropic``) and 1.3 s (``openai``) on the 2 vCPU CI machine, more
 than the rest of a drain's start. A body the format does not allow is a malformed answer
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -21,15 +22,25 @@ from autopack.errors import LLMError
 from autopack.llm.base import LLMResponse, Usage, malformed, token_count, usage_problem
 
 ANTHROPIC = "anthropic"
-ANTHROPIC_LABEL = "anthropic"  # how messages name the far end
 OPENAI = "openai"
-OPENAI_LABEL = "openai-compatible"
+LABELS = {ANTHROPIC: "anthropic", OPENAI: "openai-compatible"}
+"""Wire format -> how messages name the far end."""
 
-_anthropic_malformed = partial(malformed, ANTHROPIC_LABEL, ANTHROPIC)
-_openai_malformed = partial(malformed, OPENAI_LABEL, OPENAI)
+Malformed = Callable[[str], LLMError]
 
 
-def anthropic_response(
+@dataclass(frozen=True)
+class _Read:
+    """What a wire format's reader finds in a body."""
+
+    text: str
+    stop_reason: str
+    truncated: bool
+    usage: Usage
+
+
+def normalise(
+    provider: str,
     data: Mapping[str, Any],
     *,
     request_model: str,
@@ -37,33 +48,31 @@ def anthropic_response(
     latency_ms: float,
     retries: int = 0,
 ) -> LLMResponse:
-    """Normalise one Messages API response body."""
-    bad = partial(
-        _anthropic_malformed, model=request_model, request_id=request_id, latency_ms=latency_ms
-    )
-    usage_json = _usage_of(data, ("input_tokens", "output_tokens"), bad)
-    content = data.get("content")
-    if not isinstance(content, list):
-        raise bad("content is not a list")
-    text = "".join(
-        block["text"]
-        for block in content
-        if isinstance(block, Mapping)
-        and block.get("type") == "text"
-        and isinstance(block.get("text"), str)
-    )
-    stop = data.get("stop_reason")
-    return _response(
-        ANTHROPIC,
-        data,
-        text,
-        "unknown" if stop is None else str(stop),
-        "max_tokens",
-        anthropic_usage(usage_json),
-        bad,
-        request_model=request_model,
+    """Normalise one response body of ``provider``'s wire format (:data:`WIRE_FORMATS`)."""
+    bad: Malformed = partial(
+        malformed,
+        LABELS[provider],
+        provider,
+        model=request_model,
         request_id=request_id,
         latency_ms=latency_ms,
+    )
+    if not isinstance(data, Mapping):
+        raise bad("body is not a JSON object")
+    read = _READERS[provider](data, bad)
+    if (problem := usage_problem(read.usage)) is not None:
+        raise bad(problem)
+    return LLMResponse(
+        text=read.text,
+        stop_reason=read.stop_reason,
+        truncated=read.truncated,
+        usage=read.usage,
+        provider=provider,
+        model=str(data.get("model") or request_model),
+        request_id=request_id,
+        latency_ms=latency_ms,
+        provider_cost_usd=_reported_cost(data["usage"]),
+        raw=dict(data),
         retries=retries,
     )
 
@@ -80,97 +89,68 @@ def anthropic_usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
-def openai_response(
-    data: Mapping[str, Any],
-    *,
-    request_model: str,
-    request_id: str | None,
-    latency_ms: float,
-    retries: int = 0,
-) -> LLMResponse:
-    """Normalise one Chat Completions response body.
+def _anthropic(data: Mapping[str, Any], bad: Malformed) -> _Read:
+    """A Messages API body: text blocks joined, ``max_tokens`` means cut off."""
+    usage = _usage_of(data, ("input_tokens", "output_tokens"), bad)
+    content = data.get("content")
+    if not isinstance(content, list):
+        raise bad("content is not a list")
+    text = "".join(
+        block["text"]
+        for block in content
+        if isinstance(block, Mapping)
+        and block.get("type") == "text"
+        and isinstance(block.get("text"), str)
+    )
+    stop = data.get("stop_reason")
+    stop_reason = "unknown" if stop is None else str(stop)
+    return _Read(text, stop_reason, stop_reason == "max_tokens", anthropic_usage(usage))
+
+
+def _openai(data: Mapping[str, Any], bad: Malformed) -> _Read:
+    """A Chat Completions body: the first choice, ``length`` means cut off.
 
     ``prompt_tokens`` already includes cached tokens, so it is the normalised input;
     ``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens`` are the cache parts
     when the server reports them.
     """
-    bad = partial(
-        _openai_malformed, model=request_model, request_id=request_id, latency_ms=latency_ms
-    )
-    usage_json = _usage_of(data, ("prompt_tokens", "completion_tokens"), bad)
+    usage = _usage_of(data, ("prompt_tokens", "completion_tokens"), bad)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         raise bad("no choices")
-    choice = choices[0]
-    message = choice.get("message")
+    message = choices[0].get("message")
     content = message.get("content") if isinstance(message, Mapping) else None
-    finish = choice.get("finish_reason")
-    details = usage_json.get("prompt_tokens_details")
+    finish = choices[0].get("finish_reason")
+    stop_reason = "unknown" if finish is None else str(finish)
+    details = usage.get("prompt_tokens_details")
     details = details if isinstance(details, Mapping) else {}
-    usage = Usage(
-        input_tokens=usage_json["prompt_tokens"],
-        output_tokens=usage_json["completion_tokens"],
+    counts = Usage(
+        input_tokens=usage["prompt_tokens"],
+        output_tokens=usage["completion_tokens"],
         cache_read_tokens=token_count(details.get("cached_tokens")),
         cache_write_tokens=token_count(details.get("cache_write_tokens")),
     )
-    return _response(
-        OPENAI,
-        data,
-        content if isinstance(content, str) else "",
-        "unknown" if finish is None else str(finish),
-        "length",
-        usage,
-        bad,
-        request_model=request_model,
-        request_id=request_id,
-        latency_ms=latency_ms,
-        retries=retries,
-    )
+    text = content if isinstance(content, str) else ""
+    return _Read(text, stop_reason, stop_reason == "length", counts)
+
+
+_READERS: dict[str, Callable[[Mapping[str, Any], Malformed], _Read]] = {
+    ANTHROPIC: _anthropic,
+    OPENAI: _openai,
+}
+WIRE_FORMATS = tuple(_READERS)
+"""The provider names a cassette line may carry."""
 
 
 def _usage_of(
-    data: Mapping[str, Any], counts: tuple[str, str], bad: Callable[[str], LLMError]
+    data: Mapping[str, Any], counts: tuple[str, str], bad: Malformed
 ) -> Mapping[str, Any]:
-    """The body's ``usage``, once the body is a JSON object whose usage reports ``counts``
-    as integers (the server must report usage: never counted as zero)."""
-    if not isinstance(data, Mapping):
-        raise bad("body is not a JSON object")
+    """The body's ``usage``, once it reports ``counts`` as integers (the server must report
+    usage: it is never counted as zero)."""
     usage = data.get("usage")
     if not isinstance(usage, Mapping) or not all(isinstance(usage.get(k), int) for k in counts):
         raise bad(f"no usage.{'/'.join(counts)} (the server must report usage)")
     return usage
-
-
-def _response(
-    provider: str,
-    data: Mapping[str, Any],
-    text: str,
-    stop_reason: str,
-    truncated_by: str,
-    usage: Usage,
-    bad: Callable[[str], LLMError],
-    *,
-    request_model: str,
-    request_id: str | None,
-    latency_ms: float,
-    retries: int,
-) -> LLMResponse:
-    """The normalised answer; ``truncated_by``: the stop reason that means "cut off"."""
-    if (problem := usage_problem(usage)) is not None:
-        raise bad(problem)
-    return LLMResponse(
-        text=text,
-        stop_reason=stop_reason,
-        truncated=stop_reason == truncated_by,
-        usage=usage,
-        provider=provider,
-        model=str(data.get("model") or request_model),
-        request_id=request_id,
-        latency_ms=latency_ms,
-        provider_cost_usd=_reported_cost(data["usage"]),
-        raw=dict(data),
-        retries=retries,
-    )
 
 
 def _reported_cost(usage: Mapping[str, Any]) -> float | None:
