@@ -121,8 +121,8 @@ class ApiClient:
     on a Unix socket); ``where`` names the server in messages; ``token`` is sent as
     ``Authorization: Bearer`` on every request (never logged, never in a message);
     ``retry_seconds`` bounds how long the worker's calls are retried; ``connect_retries``
-    is how often a refused connection is tried again at once (httpcore waits 0.5 s before
-    the second), 0 for a probe where nobody listening is the expected answer.
+    is how often a refused connection is tried again (httpcore: at once, then after 0.5 s),
+    0 for a probe where nobody listening is the expected answer.
 
     **Retries.** The executor's calls (claim, heartbeat, usage, result, approval request,
     telemetry) and every read are retried on a 5xx (but not a schema error) and on a
@@ -148,6 +148,7 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.where = where or f"API {self.base_url}"
         self.retry_seconds = retry_seconds
+        self.connect_retries = connect_retries
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -155,7 +156,7 @@ class ApiClient:
             or httpx.HTTPTransport(
                 retries=connect_retries,
                 # Plain http needs no certificates: loading them cost 43 ms a client.
-                verify=self.base_url.startswith("https://"),
+                verify=httpx.URL(self.base_url).scheme != "http",
             ),
             headers={"Authorization": f"Bearer {token}"} if token else None,
         )

@@ -127,14 +127,13 @@ def client_token(settings: Settings) -> str | None:
 def _attach(url: str, identity: DbIdentity, origin: Origin, settings: Settings) -> ApiClient:
     """A client on ``url``, once the server there proved it uses ``identity``'s database."""
     token = client_token(settings)
-    # Probing the default port, nobody listening is the common answer: no connect retry
-    # (its 0.5 s backoff was paid by every command that went on to start its own server).
-    client = ApiClient(url, token=token, connect_retries=0 if origin == "default_port" else 2)
-    try:
-        client.verify_identity(identity)
-    except BaseException:
-        client.close()
-        raise
+    # Probing the default port, nobody listening is the common answer: the handshake makes
+    # no connect retry (its 0.5 s backoff was paid by every command that went on to start
+    # its own server). The client kept for the work retries as every client does.
+    retries = 0 if origin == "default_port" else 2
+    with ApiClient(url, token=token, connect_retries=retries) as probe:
+        probe.verify_identity(identity)
+    client = ApiClient(url, token=token)
     log_event(
         logger, "api_server_attached", url=url, origin=origin, instance_id=identity.instance_id
     )

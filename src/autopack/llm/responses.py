@@ -68,7 +68,7 @@ def normalise(
         truncated=read.truncated,
         usage=read.usage,
         provider=provider,
-        model=str(data.get("model") or request_model),
+        model=_text(data.get("model"), "model", 200, bad) or request_model,
         request_id=request_id,
         latency_ms=latency_ms,
         provider_cost_usd=_reported_cost(data["usage"]),
@@ -102,8 +102,7 @@ def _anthropic(data: Mapping[str, Any], bad: Malformed) -> _Read:
         and block.get("type") == "text"
         and isinstance(block.get("text"), str)
     )
-    stop = data.get("stop_reason")
-    stop_reason = "unknown" if stop is None else str(stop)
+    stop_reason = _text(data.get("stop_reason"), "stop_reason", 40, bad) or "unknown"
     return _Read(text, stop_reason, stop_reason == "max_tokens", anthropic_usage(usage))
 
 
@@ -120,8 +119,7 @@ def _openai(data: Mapping[str, Any], bad: Malformed) -> _Read:
         raise bad("no choices")
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, Mapping) else None
-    finish = choices[0].get("finish_reason")
-    stop_reason = "unknown" if finish is None else str(finish)
+    stop_reason = _text(choices[0].get("finish_reason"), "finish_reason", 40, bad) or "unknown"
     details = usage.get("prompt_tokens_details")
     details = details if isinstance(details, Mapping) else {}
     counts = Usage(
@@ -148,16 +146,31 @@ def _usage_of(
     """The body's ``usage``, once it reports ``counts`` as integers (the server must report
     usage: it is never counted as zero)."""
     usage = data.get("usage")
-    if not isinstance(usage, Mapping) or not all(isinstance(usage.get(k), int) for k in counts):
+    if not isinstance(usage, Mapping) or not all(
+        isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool) for k in counts
+    ):
         raise bad(f"no usage.{'/'.join(counts)} (the server must report usage)")
     return usage
 
 
+def _text(value: object, name: str, limit: int, bad: Malformed) -> str | None:
+    """An optional short text field of the body, as the telemetry row can store it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise bad(f"{name} is not text of at most {limit} characters")
+    return value
+
+
 def _reported_cost(usage: Mapping[str, Any]) -> float | None:
     """A cost the server reported itself (OpenRouter-style ``usage.cost``), if any: only a
-    finite, non-negative number (Python's JSON reads ``Infinity`` and ``NaN``, and the
-    telemetry row refuses them)."""
+    finite, non-negative number (Python's JSON reads ``Infinity``, ``NaN`` and integers too
+    large for a float, and the telemetry row refuses them)."""
     cost = usage.get("cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < math.inf:
-        return float(cost)
-    return None
+    if not isinstance(cost, int | float) or isinstance(cost, bool):
+        return None
+    try:
+        value = float(cost)
+    except OverflowError:  # an integer of hundreds of digits: JSON allows it
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

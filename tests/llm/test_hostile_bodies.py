@@ -1,0 +1,144 @@
+"""Response bodies a server (or a cassette) should never send, through the one normaliser.
+
+The contract: a MalformedResponse :class:`LLMError`, or an answer whose telemetry row the
+control plane takes. Anything else (an OverflowError, a row pydantic refuses) ends the
+attempt as an executor error after the call was paid for, with no telemetry row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autopack.errors import LLMError
+from autopack.llm.base import LLMResponse
+from autopack.llm.openai_provider import OpenAIProvider
+from autopack.llm.replay import ReplayProvider
+from autopack.llm.responses import ANTHROPIC, OPENAI, normalise
+from autopack.telemetry.events import LlmUsageIn
+from tests.fakes.llm_wire import OPENAI_PATH, Reply, WireServer, openai_completion
+from tests.llm.support import make_request
+
+HUGE = json.loads("1" + "0" * 400)
+"""An integer JSON allows and no float holds."""
+
+
+def body(kind: str, **changes: Any) -> dict[str, Any]:
+    if kind == ANTHROPIC:
+        made: dict[str, Any] = {
+            "model": "claude-x",
+            "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        }
+    else:
+        made = {
+            "model": "gpt-x",
+            "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+        }
+    return {**made, **changes}
+
+
+def parse(kind: str, data: dict[str, Any]) -> LLMResponse:
+    return normalise(kind, data, request_model="m", request_id="r", latency_ms=1.0)
+
+
+def usage_row(response: LLMResponse) -> LlmUsageIn:
+    """The row the executor's meter builds from a successful answer."""
+    usage = response.usage
+    return LlmUsageIn(
+        run_id="run",
+        phase_id="phase",
+        role="builder",
+        provider=response.provider,
+        model=response.model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        stop_reason=response.stop_reason,
+        latency_ms=response.latency_ms,
+        success=True,
+        provider_cost_usd=response.provider_cost_usd,
+    )
+
+
+@pytest.mark.parametrize("kind", [ANTHROPIC, OPENAI])
+def test_a_reported_cost_too_large_for_a_float_is_dropped(kind: str) -> None:
+    data = body(kind)
+    data["usage"] = {**data["usage"], "cost": HUGE}
+    response = parse(kind, data)
+    assert response.provider_cost_usd is None
+    assert usage_row(response).provider_cost_usd is None
+
+
+def test_a_cassette_reporting_such_a_cost_replays(tmp_path: Path) -> None:
+    data = body(ANTHROPIC)
+    data["usage"] = {**data["usage"], "cost": HUGE}
+    line = {
+        "match": {"run_id": "run-1", "phase_id": "phase-1", "attempt": 1, "role": "builder"},
+        "provider": ANTHROPIC,
+        "model": "m",
+        "response": data,
+    }
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    answer = ReplayProvider(path).complete(make_request())
+    assert answer.text == "hi" and answer.provider_cost_usd is None
+
+
+def test_a_live_server_reporting_such_a_cost_still_answers() -> None:
+    with WireServer() as wire:
+        wire.script(OPENAI_PATH, Reply(200, openai_completion("x", cost=HUGE)))
+        provider = OpenAIProvider(api_key="k", base_url=wire.url + "/v1", max_retries=0)
+        try:
+            answer = provider.complete(make_request(model="gpt-6-luna"))
+        finally:
+            provider.close()
+    assert answer.text == "x" and answer.provider_cost_usd is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "usage"),
+    [
+        (ANTHROPIC, {"input_tokens": True, "output_tokens": True}),
+        (OPENAI, {"prompt_tokens": True, "completion_tokens": 5}),
+    ],
+)
+def test_boolean_token_counts_are_malformed_not_counted(kind: str, usage: dict[str, Any]) -> None:
+    with pytest.raises(LLMError) as caught:
+        parse(kind, body(kind, usage=usage))
+    assert caught.value.error_class == "MalformedResponse"
+    assert "usage" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "named"),
+    [
+        (ANTHROPIC, {"stop_reason": "x" * 41}, "stop_reason"),
+        (ANTHROPIC, {"stop_reason": "end\x00"}, "stop_reason"),
+        (ANTHROPIC, {"stop_reason": {"a": 1}}, "stop_reason"),
+        (ANTHROPIC, {"model": "m" * 201}, "model"),
+        (ANTHROPIC, {"model": "m\x00"}, "model"),
+        (OPENAI, {"choices": [{"message": {"content": "x"}, "finish_reason": "y" * 41}]}, "finish"),
+        (OPENAI, {"model": 7}, "model"),
+    ],
+)
+def test_text_fields_the_usage_row_cannot_hold_are_malformed(
+    kind: str, changes: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(LLMError) as caught:
+        parse(kind, body(kind, **changes))
+    assert caught.value.error_class == "MalformedResponse"
+    assert named in caught.value.message
+
+
+@pytest.mark.parametrize("kind", [ANTHROPIC, OPENAI])
+def test_a_well_formed_body_makes_a_row_the_control_plane_takes(kind: str) -> None:
+    response = parse(kind, body(kind, model=None))
+    assert response.model == "m" and response.text == "hi"  # the requested model, unnamed
+    assert usage_row(response).stop_reason in ("end_turn", "stop")

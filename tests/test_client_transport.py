@@ -1,0 +1,92 @@
+"""The API client's transport: certificates are checked for every https URL, and the
+client kept after probing the default port retries a refused connection like any other.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from autopack.client import ApiClient
+from autopack.config import Settings
+from autopack.connect import connect
+from autopack.db import open_database
+from autopack.errors import ServerUnavailable
+from tests.support import Server, clean_env, free_port
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        _Recorder.seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def untrusted_tls_port(tmp_path: Path) -> Iterator[int]:
+    """A TLS server whose certificate nobody trusts (self-signed, made here)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    made = ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *made],
+        check=True,
+        capture_output=True,
+    )
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    try:
+        yield int(httpd.server_address[1])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("scheme", ["https", "HTTPS", "Https"])
+def test_an_untrusted_certificate_is_refused_and_the_token_never_sent(
+    untrusted_tls_port: int, scheme: str
+) -> None:
+    """Plain http skips loading certificates; any spelling of https must still check them
+    (httpx reads the scheme case-insensitively)."""
+    _Recorder.seen.clear()
+    url = f"{scheme}://127.0.0.1:{untrusted_tls_port}"
+    with ApiClient(url, token="s3cret") as client, pytest.raises(ServerUnavailable):
+        client.request("GET", "/runs")
+    assert _Recorder.seen == []
+
+
+def test_the_client_kept_after_probing_the_default_port_retries_connections(
+    tmp_path: Path,
+) -> None:
+    """The probe of the default port makes no connect retry (nobody listening is the usual
+    answer); the client then used for the work does, as every client does: an operator's
+    write (never repeated) still survives a server that is a moment from listening."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    database = open_database(url, role="test", log=False, create=True)
+    port = free_port()
+    try:
+        with Server(clean_env(DATABASE_URL=url), cwd=tmp_path, port=port):
+            settings = Settings(database_url=url, autopack_default_api_port=port)
+            with connect(settings, database.identity, own="thread") as connection:
+                assert connection.origin == "default_port"
+                assert connection.client.connect_retries == ApiClient(url).connect_retries > 0
+    finally:
+        database.close()
