@@ -7,6 +7,7 @@ attempt as an executor error after the call was paid for, with no telemetry row.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -49,22 +50,10 @@ def parse(kind: str, data: dict[str, Any]) -> LLMResponse:
 
 def usage_row(response: LLMResponse) -> LlmUsageIn:
     """The row the executor's meter builds from a successful answer."""
-    usage = response.usage
-    return LlmUsageIn(
-        run_id="run",
-        phase_id="phase",
-        role="builder",
-        provider=response.provider,
-        model=response.model,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        stop_reason=response.stop_reason,
-        latency_ms=response.latency_ms,
-        success=True,
-        provider_cost_usd=response.provider_cost_usd,
-    )
+    answer = dataclasses.asdict(response)
+    kept = ("provider", "model", "stop_reason", "latency_ms", "provider_cost_usd")
+    row = {"run_id": "run", "phase_id": "phase", "role": "builder", "success": True}
+    return LlmUsageIn(**row, **{key: answer[key] for key in kept}, **answer["usage"])
 
 
 @pytest.mark.parametrize("kind", [ANTHROPIC, OPENAI])
