@@ -14,15 +14,19 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from autopack.contract import HeartbeatIn, UsageIn
 from autopack.control import leases, telemetry
 from autopack.db import Database, open_database
+from autopack.db.identity import read_identity
+from autopack.db.transaction import connection_lost
 from autopack.errors import LeaseLost, ServerUnavailable
 from autopack.telemetry.events import LlmUsageIn, TelemetryEvent
 from autopack.telemetry.recorder import TelemetryRecorder
@@ -81,6 +85,36 @@ def test_opening_a_database_whose_connections_are_being_terminated_succeeds(
                     break
         assert terminator.killed >= 40
     finally:
+        drop_pg_database(pg_admin, url)
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_while_reading_the_cluster_is_not_another_database(
+    pg_admin: str,
+) -> None:
+    """Killed at the query for the cluster's system_identifier, the identity was read as
+    an "unknown cluster": /health served another fingerprint and a drain under this
+    fault stopped on a false IdentityMismatch naming one instance_id twice."""
+    url = create_pg_database(pg_admin)
+    database = open_database(url, role="test", log=False)
+    try:
+        killed: list[int] = []
+
+        def kill_at_the_cluster_query(
+            conn: object, cursor: Any, statement: str, *_: object
+        ) -> None:
+            if "pg_control_system" in statement and not killed:
+                killed.append(cursor.connection.info.backend_pid)
+                with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (killed[0],))
+
+        event.listen(database.engine, "before_cursor_execute", kill_at_the_cluster_query)
+        with pytest.raises(DBAPIError) as caught:
+            read_identity(database.engine)
+        assert killed and connection_lost(caught.value)
+        assert read_identity(database.engine).fingerprint == database.identity.fingerprint
+    finally:
+        database.close()
         drop_pg_database(pg_admin, url)
 
 

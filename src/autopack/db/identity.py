@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from autopack.config import public_url, redact_url
 from autopack.db.models import DbMeta, LlmUsageEvent, Phase, Run, TokenEstimationEvent
 from autopack.db.schema import UPGRADE_COMMAND, inspect_schema
+from autopack.db.transaction import connection_lost
 from autopack.errors import SchemaOutOfDate
 from autopack.identity import DbIdentity
 
@@ -37,7 +38,11 @@ def _location(connection: Connection) -> tuple[str, str | None, str | None]:
                     text("SELECT system_identifier FROM pg_control_system()")
                 ).scalar_one()
             )
-    except DBAPIError:  # needs superuser or pg_monitor; the database name still counts
+    except DBAPIError as exc:  # needs superuser or pg_monitor; the database name still counts
+        if connection_lost(exc):
+            # Not a refusal: read as "unknown cluster", a lost connection here gave /health
+            # another fingerprint, and a client a false identity mismatch.
+            raise
         system_id = None
     return f"{system_id or 'unknown-cluster'}/{name}", name, system_id
 
