@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -179,6 +180,28 @@ def test_a_database_of_the_previous_revision_is_upgraded_keeping_its_rows(
     after = _identity(database_url, tmp_path)
     assert after["schema_revision"] == CODE_REVISION != "0001"
     assert after["row_counts"]["runs"] == 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize("versions", [["9999"], ["0002", "0003"]], ids=["newer", "two rows"])
+def test_a_revision_no_migration_leads_from_is_named_not_a_traceback(
+    database_url: str, tmp_path: Path, versions: list[str]
+) -> None:
+    """A database a newer Autopack wrote (or one with two version rows): the check names
+    it, and `db upgrade`, which it advises, says why it cannot rather than crashing."""
+    open_database(database_url, role="test", log=False).close()
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM alembic_version"))
+        for version in versions:
+            connection.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": version})
+    engine.dispose()
+    env = clean_env(DATABASE_URL=database_url)
+    checked = cli("db", "check", cwd=tmp_path, env=env)
+    assert checked.returncode == 3 and ",".join(versions) in checked.stderr
+    upgraded = cli("db", "upgrade", cwd=tmp_path, env=env)
+    assert upgraded.returncode == 3, upgraded.stderr
+    assert "Traceback" not in upgraded.stderr
+    assert "cannot migrate from" in upgraded.stderr and "back the database up" in upgraded.stderr
 
 
 def test_the_code_revision_is_the_head_of_the_shipped_migrations() -> None:

@@ -159,6 +159,7 @@ def upgrade(engine: Engine) -> SchemaStatus:
     but lacking tables is repaired by replaying them from the start; rows are untouched.
     """
     from alembic import command
+    from alembic.util import CommandError
 
     with engine.begin() as connection:
         _lock(connection)
@@ -169,10 +170,19 @@ def upgrade(engine: Engine) -> SchemaStatus:
         lost_identity = "db_meta" in inspect(connection).get_table_names() and not (
             connection.execute(text("SELECT COUNT(*) FROM db_meta")).scalar()
         )
-        if (before.missing_tables or lost_identity) and before.db_revision is not None:
-            # migrations are create-if-missing: replaying them repairs, keeping every row
-            command.stamp(config, "base", purge=True)
-        command.upgrade(config, "head")
+        try:
+            if (before.missing_tables or lost_identity) and before.db_revision is not None:
+                # migrations are create-if-missing: replaying them repairs, keeping every row
+                command.stamp(config, "base", purge=True)
+            command.upgrade(config, "head")
+        except CommandError as exc:  # a revision this code has no migration for
+            raise SchemaOutOfDate(
+                f"database {redact_url(before.url)} is at schema revision "
+                f"{before.db_revision}, which this Autopack (up to {CODE_REVISION}) cannot "
+                f"migrate from ({exc}): use the Autopack version that wrote it, or back the "
+                "database up and initialise a new one",
+                **_status_details(before),
+            ) from exc
         after = inspect_schema(connection)
     if not after.in_sync:
         raise SchemaOutOfDate(after.problem(), **_status_details(after))
