@@ -4,6 +4,7 @@ client kept after probing the default port retries a refused connection like any
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import threading
@@ -89,4 +90,24 @@ def test_the_client_kept_after_probing_the_default_port_retries_connections(
                 assert connection.origin == "default_port"
                 assert connection.client.connect_retries == ApiClient(url).connect_retries > 0
     finally:
+        database.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_silent_process_on_the_default_port_does_not_hold_the_command(tmp_path: Path) -> None:
+    """A stopped server (SIGSTOP) or anything that accepts and never answers held every
+    command for the 30 s read timeout before it started its own server."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    database = open_database(url, role="test", log=False, create=True)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never reads or answers
+    try:
+        port = int(silent.getsockname()[1])
+        settings = Settings(database_url=url, autopack_default_api_port=port)
+        with connect(settings, database.identity, own="thread") as connection:
+            assert connection.origin == "in_process"
+            assert connection.client.list_runs().total == 0  # ours, on this database
+    finally:
+        silent.close()
         database.close()

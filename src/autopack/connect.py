@@ -51,7 +51,7 @@ import httpx
 from pydantic import SecretStr
 
 from autopack import redact
-from autopack.client import ApiClient
+from autopack.client import DEFAULT_TIMEOUT, ApiClient
 from autopack.config import Settings, child_env
 from autopack.errors import IdentityMismatch, ServerUnavailable
 from autopack.identity import DbIdentity
@@ -64,6 +64,8 @@ Own = Literal["thread", "process"]
 SPAWN_ATTEMPTS = 3
 STOP_GRACE_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 30.0
+PROBE_TIMEOUT = httpx.Timeout(3.0)
+"""How long the default port's server may take to answer /health before we start our own."""
 
 
 @dataclass
@@ -130,8 +132,15 @@ def _attach(url: str, identity: DbIdentity, origin: Origin, settings: Settings) 
     # Probing the default port, nobody listening is the common answer: the handshake makes
     # no connect retry (its 0.5 s backoff was paid by every command that went on to start
     # its own server). The client kept for the work retries as every client does.
-    retries = 0 if origin == "default_port" else 2
-    with ApiClient(url, token=token, connect_retries=retries) as probe:
+    # Whatever holds the port but does not answer (a stopped server) must not hold every
+    # command for the 30 s read timeout either: a live server answers /health at once.
+    probing = origin == "default_port"
+    with ApiClient(
+        url,
+        token=token,
+        connect_retries=0 if probing else 2,
+        timeout=PROBE_TIMEOUT if probing else DEFAULT_TIMEOUT,
+    ) as probe:
         probe.verify_identity(identity)
     client = ApiClient(url, token=token)
     log_event(
