@@ -349,3 +349,34 @@ def test_a_commit_holds_edits_the_checkouts_index_flags_would_hide(
         (tree.path / "b.txt").write_text("b, p2\n")
         second = tree.make_commit(["b.txt"], "p2")
     assert sh("show", f"{second}:b.txt", cwd=repo) == "b, p2"
+
+
+@pytest.mark.parametrize("setting", ["true", "conflict", None])
+def test_a_file_added_in_a_directory_the_branch_renamed_stays_where_the_attempt_wrote_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None
+) -> None:
+    """The deliverables contract names the path; a user's ``merge.directoryRenames`` must
+    not move an added file into the directory's new name (the rebased commit would hold a
+    path the attempt never named, and its recheck would miss it) nor turn it into a
+    conflict that a retry under the same contract would meet again."""
+    config = tmp_path / "gitconfig"
+    config.write_text(f"[merge]\n\tdirectoryRenames = {setting}\n" if setting else "")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    repo, repository, pool = checkouts(tmp_path, {"a/x.py": "x = 1\n", "a/y.py": "y = 1\n"})
+    base = repository.head()
+    with pool.checkout(base, "rename") as tree:
+        (tree.path / "a").rename(tree.path / "b")
+        renamed = tree.make_commit(["a/x.py", "a/y.py", "b/x.py", "b/y.py"], "rename")
+    with pool.checkout(base, "add") as tree:
+        (tree.path / "a/new.py").write_text("new = 1\n")
+        tree.make_commit(["a/new.py"], "add")
+        tree.rebase(renamed)
+        added = tree.commit
+        assert tree.paths == ["a/new.py"]
+    assert added is not None
+    assert sh("ls-tree", "-r", "--name-only", added, cwd=repo).splitlines() == [
+        "a/new.py",
+        "b/x.py",
+        "b/y.py",
+    ]
+    assert local(repo, tmp_path / "cache2").changed(renamed, added) == ["a/new.py"]

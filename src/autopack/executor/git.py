@@ -2,7 +2,8 @@
 
 Every git command Autopack runs goes through :func:`git`, with prompts disabled (a
 missing credential is an error, never a hang), hooks and signing off (Autopack's commits
-are machine-made), and an identity of its own when the repository has none. A failure is
+are machine-made), merges that keep files at the paths attempts wrote, and an identity
+of its own when the repository has none. A failure is
 a :class:`GitError` whose message names the command and what git said, which the
 attempt records as its stop reason: it never deletes work and never leaves a run stuck.
 """
@@ -18,6 +19,10 @@ from autopack.errors import AutopackError
 
 IDENTITY = ("-c", "user.name=Autopack", "-c", "user.email=autopack@localhost")
 _QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
+# A file an attempt adds stays at the path its deliverables contract names, whatever the
+# user's git config says: directory-rename detection would move it into the directory's
+# new name ("true") or report a conflict a retry under the same contract meets again.
+_MERGES = ("-c", "merge.directoryRenames=false")
 TIMEOUT_SECONDS = 300.0
 
 
@@ -47,7 +52,7 @@ def git(
     }
     try:
         result = subprocess.run(
-            ["git", *IDENTITY, *_QUIET, *args],
+            ["git", *IDENTITY, *_QUIET, *_MERGES, *args],
             cwd=cwd,
             env=environment,
             input=input,
