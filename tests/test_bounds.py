@@ -190,3 +190,31 @@ def test_the_openapi_document_declares_the_errors_it_answers(tmp_path: Path) -> 
     assert "http" not in docs.replace(server.url, "") and "/docs/assets/" in docs
     assert "cdn" not in redoc and "fonts.googleapis" not in redoc
     assert all(asset.status_code == 200 and len(asset.content) > 10_000 for asset in assets)
+
+
+UNSPELLABLE = [
+    # a body whose offending value JSON or UTF-8 cannot carry back as it came
+    ("/claims", b'{"worker_id": "w", "lease_seconds": NaN}', "lease_seconds", "nan"),
+    ("/claims", b'{"worker_id": "w", "lease_seconds": Infinity}', "lease_seconds", "inf"),
+    ("/claims", b'{"worker_id": "w", "lease_seconds": 1e400}', "lease_seconds", "inf"),
+    ("/runs/r1/cancel", b'{"reason": -Infinity}', "reason", "-inf"),
+    ("/claims", b'{"worker_id": "\\ud800"}', "worker_id", "\\ud800"),
+    ("/runs", b'{"run_id": "r2", "goal": "\\udfff", "tiers": []}', "goal", "\\udfff"),
+]
+
+
+def test_an_offending_value_json_cannot_spell_is_echoed_as_text(
+    database_url: str, tmp_path: Path
+) -> None:
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        assert httpx.post(f"{server.url}/runs", json=RUN).status_code == 201
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for path, content, field, shown in UNSPELLABLE:
+                headers = {"content-type": "application/json"}
+                answer = client.post(path, content=content, headers=headers)
+                assert answer.status_code == 422, (content, answer.status_code, answer.text)
+                body = answer.json()
+                assert body["error"] == "InvalidInput" and field in body["detail"], body
+                assert {"field": field, "value": shown}.items() <= body["errors"][0].items()
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        assert "Traceback" not in server.output()

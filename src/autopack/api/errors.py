@@ -12,6 +12,8 @@ a body larger than :data:`MAX_BODY_BYTES` is refused before it is read.
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,8 +40,23 @@ def answer(request: Request, exc: AutopackError) -> JSONResponse:
     if database is not None:
         body.setdefault("database_instance_id", database.identity.instance_id)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    safe = redact.data(to_jsonable_python(body, inf_nan_mode="strings", fallback=str))
+    safe = _wire_safe(redact.data(to_jsonable_python(body, fallback=str)))
     return JSONResponse(safe, status_code=exc.http_status, headers=headers)
+
+
+def _wire_safe(value: Any) -> Any:
+    """What JSON in UTF-8 can carry: an offending value echoed back may be a number JSON
+    has no spelling for (``NaN``, ``1e400``: given as its name) or a string with a lone
+    surrogate (``"\\ud800"`` in the body: given escaped)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_wire_safe(key): _wire_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wire_safe(item) for item in value]
+    return value
 
 
 def install_error_handlers(app: FastAPI) -> None:
