@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from autopack.api.errors import MAX_BODY_BYTES
 from autopack.rundef import MAX_PHASES, parse_run_definition
 from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
@@ -217,4 +219,28 @@ def test_an_offending_value_json_cannot_spell_is_echoed_as_text(
                 assert body["error"] == "InvalidInput" and field in body["detail"], body
                 assert {"field": field, "value": shown}.items() <= body["errors"][0].items()
         assert httpx.get(f"{server.url}/health").status_code == 200
+        assert "Traceback" not in server.output()
+
+
+def test_an_unreadable_body_says_why_and_a_chunked_one_over_the_limit_is_413(
+    tmp_path: Path,
+) -> None:
+    def chunked(size: int) -> Iterator[bytes]:  # no Content-Length: sent chunked
+        for _ in range(size // 1_000_000):
+            yield b" " * 1_000_000
+        yield b"{}"
+
+    json_type = {"content-type": "application/json"}
+    latin1 = {"content-type": "application/json; charset=latin-1"}
+    with Server(clean_env(DATABASE_URL=empty_sqlite(tmp_path / "a.db")), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for path in ("/claims", "/runs"):
+                big = client.post(path, content=chunked(MAX_BODY_BYTES + 10**6), headers=json_type)
+                assert big.status_code == 413, big.text
+                assert big.json()["error"] == "RequestTooLarge"
+            deep = client.post("/claims", content=b"[" * 5000 + b"]" * 5000, headers=json_type)
+            assert deep.status_code == 400 and "nested too deeply" in deep.json()["detail"]
+            body = '{"worker_id": "wé"}'.encode("latin-1")
+            encoded = client.post("/claims", content=body, headers=latin1)
+            assert encoded.status_code == 400 and "not UTF-8" in encoded.json()["detail"]
         assert "Traceback" not in server.output()

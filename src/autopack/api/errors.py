@@ -70,6 +70,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def starlette_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            return answer(request, unreadable_body(exc.__cause__))
         name = _STARLETTE_NAMES.get(exc.status_code, "HTTPError")
         detail = str(exc.detail)
         if exc.status_code == 404:
@@ -95,6 +97,21 @@ def install_error_handlers(app: FastAPI) -> None:
             f"internal error ({type(exc).__name__}); the server's log has the details"
         )
         return answer(request, failure)
+
+
+def unreadable_body(cause: BaseException) -> AutopackError:
+    """Why FastAPI could not read a body (its own answer says only "There was an error
+    parsing the body"): the error :class:`BodyLimit` raised while it read (a chunked body
+    over the limit is the same 413 as a declared one), or what was wrong with the bytes."""
+    if isinstance(cause, AutopackError):
+        return cause
+    if isinstance(cause, UnicodeDecodeError):
+        reason = f"it is not UTF-8 (byte {cause.start}), which JSON bodies must be"
+    elif isinstance(cause, RecursionError):
+        reason = "it is nested too deeply"
+    else:
+        reason = type(cause).__name__
+    return BadRequest(f"the request body cannot be read: {reason}")
 
 
 def allowed_methods(request: Request) -> list[str]:
