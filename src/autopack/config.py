@@ -239,14 +239,16 @@ class Settings(BaseSettings):
         if value is None:
             return None
         token = value.get_secret_value()
+        # ASCII: an HTTP header carries Latin-1 at most, and httpx sends ASCII only
         if (
             len(token) < MIN_TOKEN_LENGTH
-            or not all(c.isprintable() for c in token)
+            or not token.isascii()
+            or not token.isprintable()
             or any(c.isspace() for c in token)
         ):
             raise ValueError(
-                f"a token needs at least {MIN_TOKEN_LENGTH} printable characters and no "
-                f"spaces; make one with: {MAKE_TOKEN}"
+                f"a token needs at least {MIN_TOKEN_LENGTH} printable ASCII characters and "
+                f"no spaces; make one with: {MAKE_TOKEN}"
             )
         return value
 
