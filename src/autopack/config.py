@@ -127,7 +127,10 @@ class Settings(BaseSettings):
     database_url: str = Field(DEFAULT_DATABASE_URL, description="Database every part uses.")
     autopack_api_url: str | None = Field(None, description="API server executors attach to.")
     autopack_default_api_port: int = Field(
-        DEFAULT_API_PORT, description="Port probed for an already running API server."
+        DEFAULT_API_PORT,
+        ge=1,
+        le=65535,
+        description="Port probed for an already running API server.",
     )
     autopack_expected_instance_id: str | None = Field(
         None, description="Set on spawned servers: refuse to serve any other database."
