@@ -14,7 +14,7 @@ from autopack.client import ApiClient
 from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState
-from tests.support import Server, clean_env, cli
+from tests.support import Server, clean_env, cli, free_port
 
 
 def _instance_id(url: str, cwd: Path) -> str:
@@ -141,3 +141,14 @@ def test_a_port_outside_1_to_65535_is_refused_not_bound_modulo_65536(tmp_path: P
         assert refused.returncode == 2, (command, refused.stderr)
         assert "AUTOPACK_DEFAULT_API_PORT" in refused.stderr and "65535" in refused.stderr
     assert not (tmp_path / "a.db").exists()
+
+
+def test_a_maintenance_interval_that_never_runs_or_spins_is_refused(tmp_path: Path) -> None:
+    # inf: no lease reclaimed, no approval expired, no run ended over its duration budget,
+    # with nothing said; 1e-300: a pass after pass on the database, as fast as it answers
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    for interval in ("inf", "1e400", "1e-300", "86400"):
+        env = clean_env(DATABASE_URL=url, AUTOPACK_MAINTENANCE_INTERVAL_SECONDS=interval)
+        refused = cli("serve", "--port", str(free_port()), cwd=tmp_path, env=env, timeout=30)
+        assert refused.returncode == 2, (interval, refused.stderr)
+        assert "AUTOPACK_MAINTENANCE_INTERVAL_SECONDS" in refused.stderr

@@ -140,9 +140,10 @@ class Settings(BaseSettings):
     )
     autopack_maintenance_interval_seconds: float = Field(
         5.0,
-        gt=0,
+        ge=0.05,
+        le=3600,
         description="How often the API reclaims expired leases, expires approvals, "
-        "and ends runs over their duration budget.",
+        "and ends runs over their duration budget (inf would never; 1e-300 spins).",
     )
     autopack_api_threads: int = Field(
         8,
