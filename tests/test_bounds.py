@@ -41,6 +41,7 @@ def _usage_event(**changes: Any) -> dict[str, Any]:
     return {**event, "success": True, **changes}
 
 
+LOCK_TIERS = [{"tier_id": "T", "name": "t", "phases": [{"phase_id": "p.lock", "name": "p"}]}]
 BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     # method, path, query, body, the field the refusal must name
     ("GET", "/telemetry/summary", {"run_id": "a\x00b"}, None, "run_id"),
@@ -51,6 +52,11 @@ BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     ("POST", "/runs", {}, _run(budgets={"token_cap": 3_000_000_000}), "token_cap"),
     ("POST", "/telemetry/llm-usage", {}, _usage_event(stop_reason="x" * 60), "stop_reason"),
     ("POST", "/runs", {}, _run(policy={"approval_timeout_minutes": 1e300}), "approval_timeout"),
+    # ids git refuses in the refs they name (autopack/a..b, refs/autopack/attempts/r/p.lock/1)
+    ("POST", "/runs", {}, _run(run_id="a..b"), "run_id: run and phase ids name git refs"),
+    ("POST", "/runs", {}, _run(run_id="x.lock"), "run_id: run and phase ids name git refs"),
+    ("POST", "/runs", {}, _run(run_id="a."), "run_id: run and phase ids name git refs"),
+    ("POST", "/runs", {}, _run(tiers=LOCK_TIERS), "(p.lock).phase_id: run and phase ids"),
     ("GET", "/runs", {"offset": str(2**63)}, None, "offset"),
     ("GET", "/runs", {"state": ""}, None, "state"),
     ("POST", "/claims", {}, {"worker_id": "w", "lease_seconds": "60"}, "lease_seconds"),
