@@ -292,3 +292,28 @@ def test_a_sqlite_file_replaced_or_removed_under_the_server_is_refused_not_split
             assert httpx.get(f"{server.url}/health").status_code == 503
         assert not live.exists()  # no empty database made where it was
         assert "Traceback" not in server.output()
+
+
+def test_a_postgres_database_dropped_and_made_again_under_the_server_is_not_served(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    # the server reconnected to the new database of the same name and served it (/health
+    # "ok" with the new instance_id, runs created there) as if it were the one it opened
+    url = create_pg_database(pg_admin)
+    run = {"tiers": [{"tier_id": "T", "name": "t", "phases": [{"phase_id": "a", "name": "a"}]}]}
+    try:
+        assert cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url)).returncode == 0
+        with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+            opened = server.wait_healthy()["database"]["instance_id"]
+            assert httpx.post(f"{server.url}/runs", json={"run_id": "r1", **run}).status_code == 201
+            drop_pg_database(pg_admin, url)
+            with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{make_url(url).database}"')
+            assert cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url)).returncode == 0
+            refused = httpx.post(f"{server.url}/runs", json={"run_id": "r2", **run})
+            assert refused.status_code == 503, refused.text
+            assert opened in refused.json()["detail"] and "no longer" in refused.json()["detail"]
+            assert httpx.get(f"{server.url}/health").status_code == 503
+            assert "Traceback" not in server.output()
+    finally:
+        drop_pg_database(pg_admin, url)
