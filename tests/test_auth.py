@@ -215,3 +215,31 @@ def test_dashboard_logs_in_once_and_its_actions_are_csrf_safe(server: Server) ->
     assert [(a["id"], a["status"], a["responder"]) for a in decided] == [
         (approval, "approved", "dashboard")
     ]
+
+
+def test_a_forged_session_cookie_is_a_login_page_not_a_500(server: Server) -> None:
+    # a cookie is Latin-1 on the wire: any byte may arrive, and ASCII digits are not all
+    # that str.isdigit() takes
+    forged = [b"1.\xe9\xe9", b"\xb2.00", b"\xd9\xa1.00", b"1.", b".", b"x" * 5000]
+    for value in forged:
+        cookie = {b"Cookie": b"autopack_session=" + value}
+        page = httpx.get(f"{server.url}/ui", headers=cookie)
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login", value
+        action = httpx.post(f"{server.url}/ui/logout", headers=cookie, data={"csrf": "0"})
+        assert action.status_code == 403, (value, action.text)
+    assert "Traceback" not in server.output()
+
+
+def test_a_token_no_header_can_carry_is_refused_where_it_is_set(
+    server: Server, tmp_path: Path
+) -> None:
+    # a header carries ASCII (Latin-1 at most): a server with this token could never be
+    # called, and a client with it could not send a single request
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    for name in ("AUTOPACK_API_TOKEN", "AUTOPACK_WORKER_TOKEN"):
+        env = clean_env(DATABASE_URL=url, **{**TOKENS, name: "tökén-0123456789abcdef"})
+        for command in (("--api-url", server.url, "run", "list"), ("serve", "--port", "1")):
+            refused = cli(*command, cwd=tmp_path, env=env, timeout=60)
+            assert refused.returncode == 2, (command, refused.stderr)
+            assert name in refused.stderr and "ASCII" in refused.stderr
+            assert "Traceback" not in refused.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from autopack.api.errors import MAX_BODY_BYTES
 from autopack.rundef import MAX_PHASES, parse_run_definition
 from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
@@ -39,6 +41,7 @@ def _usage_event(**changes: Any) -> dict[str, Any]:
     return {**event, "success": True, **changes}
 
 
+LOCK_TIERS = [{"tier_id": "T", "name": "t", "phases": [{"phase_id": "p.lock", "name": "p"}]}]
 BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     # method, path, query, body, the field the refusal must name
     ("GET", "/telemetry/summary", {"run_id": "a\x00b"}, None, "run_id"),
@@ -49,9 +52,17 @@ BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     ("POST", "/runs", {}, _run(budgets={"token_cap": 3_000_000_000}), "token_cap"),
     ("POST", "/telemetry/llm-usage", {}, _usage_event(stop_reason="x" * 60), "stop_reason"),
     ("POST", "/runs", {}, _run(policy={"approval_timeout_minutes": 1e300}), "approval_timeout"),
+    # ids git refuses in the refs they name (autopack/a..b, refs/autopack/attempts/r/p.lock/1)
+    ("POST", "/runs", {}, _run(run_id="a..b"), "run_id: run and phase ids name git refs"),
+    ("POST", "/runs", {}, _run(run_id="x.lock"), "run_id: run and phase ids name git refs"),
+    ("POST", "/runs", {}, _run(run_id="a."), "run_id: run and phase ids name git refs"),
+    ("POST", "/runs", {}, _run(tiers=LOCK_TIERS), "(p.lock).phase_id: run and phase ids"),
     ("GET", "/runs", {"offset": str(2**63)}, None, "offset"),
     ("GET", "/runs", {"state": ""}, None, "state"),
     ("POST", "/claims", {}, {"worker_id": "w", "lease_seconds": "60"}, "lease_seconds"),
+    # a time without its zone, or one that is no date in UTC, reached the UTC column: 500
+    ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="2026-01-01T00:00:00"), "ts"),
+    ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="0001-01-01T00:00:00+14:00"), "ts"),
     (
         "POST",
         "/runs/r1/phases/p1/result",
@@ -190,3 +201,55 @@ def test_the_openapi_document_declares_the_errors_it_answers(tmp_path: Path) -> 
     assert "http" not in docs.replace(server.url, "") and "/docs/assets/" in docs
     assert "cdn" not in redoc and "fonts.googleapis" not in redoc
     assert all(asset.status_code == 200 and len(asset.content) > 10_000 for asset in assets)
+
+
+UNSPELLABLE = [
+    # a body whose offending value JSON or UTF-8 cannot carry back as it came
+    ("/claims", b'{"worker_id": "w", "lease_seconds": NaN}', "lease_seconds", "nan"),
+    ("/claims", b'{"worker_id": "w", "lease_seconds": Infinity}', "lease_seconds", "inf"),
+    ("/claims", b'{"worker_id": "w", "lease_seconds": 1e400}', "lease_seconds", "inf"),
+    ("/runs/r1/cancel", b'{"reason": -Infinity}', "reason", "-inf"),
+    ("/claims", b'{"worker_id": "\\ud800"}', "worker_id", "\\ud800"),
+    ("/runs", b'{"run_id": "r2", "goal": "\\udfff", "tiers": []}', "goal", "\\udfff"),
+]
+
+
+def test_an_offending_value_json_cannot_spell_is_echoed_as_text(
+    database_url: str, tmp_path: Path
+) -> None:
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        assert httpx.post(f"{server.url}/runs", json=RUN).status_code == 201
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for path, content, field, shown in UNSPELLABLE:
+                headers = {"content-type": "application/json"}
+                answer = client.post(path, content=content, headers=headers)
+                assert answer.status_code == 422, (content, answer.status_code, answer.text)
+                body = answer.json()
+                assert body["error"] == "InvalidInput" and field in body["detail"], body
+                assert {"field": field, "value": shown}.items() <= body["errors"][0].items()
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        assert "Traceback" not in server.output()
+
+
+def test_an_unreadable_body_says_why_and_a_chunked_one_over_the_limit_is_413(
+    tmp_path: Path,
+) -> None:
+    def chunked(size: int) -> Iterator[bytes]:  # no Content-Length: sent chunked
+        for _ in range(size // 1_000_000):
+            yield b" " * 1_000_000
+        yield b"{}"
+
+    json_type = {"content-type": "application/json"}
+    latin1 = {"content-type": "application/json; charset=latin-1"}
+    with Server(clean_env(DATABASE_URL=empty_sqlite(tmp_path / "a.db")), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for path in ("/claims", "/runs"):
+                big = client.post(path, content=chunked(MAX_BODY_BYTES + 10**6), headers=json_type)
+                assert big.status_code == 413, big.text
+                assert big.json()["error"] == "RequestTooLarge"
+            deep = client.post("/claims", content=b"[" * 5000 + b"]" * 5000, headers=json_type)
+            assert deep.status_code == 400 and "nested too deeply" in deep.json()["detail"]
+            body = '{"worker_id": "wé"}'.encode("latin-1")
+            encoded = client.post("/claims", content=body, headers=latin1)
+            assert encoded.status_code == 400 and "not UTF-8" in encoded.json()["detail"]
+        assert "Traceback" not in server.output()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy import event
@@ -30,10 +31,10 @@ from autopack.db.transaction import connection_lost
 from autopack.errors import LeaseLost, ServerUnavailable
 from autopack.telemetry.events import LlmUsageIn, TelemetryEvent
 from autopack.telemetry.recorder import TelemetryRecorder
-from tests.conftest import _pg_conninfo, create_pg_database, drop_pg_database
+from tests.conftest import _pg_conninfo, create_pg_database, drop_pg_database, empty_sqlite
 from tests.cp_support import claimed, create, phase_row, run_row
 from tests.executor_support import cassette, drain, env_for, files, line, phase, rows, run_file
-from tests.support import Server
+from tests.support import Server, clean_env, cli
 
 PHASES = 12
 
@@ -266,3 +267,53 @@ def test_a_checkout_the_pool_gives_up_on_is_retried_like_a_lost_connection(db: D
     report = UsageIn(lease_token=leased.lease_token, tokens=5, cost_usd=0.0)
     assert leases.report_usage(db, "r", "a", report).phase.tokens_used == 5
     assert closer.left == 0
+
+
+def test_a_sqlite_file_replaced_or_removed_under_the_server_is_refused_not_split(
+    tmp_path: Path,
+) -> None:
+    # SQLite went on: the pooled connections wrote to the unlinked file (lost at exit), new
+    # ones read the new file through the old -wal, and /health gave two instance_ids
+    live, other = tmp_path / "autopack.db", tmp_path / "other.db"
+    run = {"tiers": [{"tier_id": "T", "name": "t", "phases": [{"phase_id": "a", "name": "a"}]}]}
+    made = cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=f"sqlite:///{other}"))
+    assert made.returncode == 0, made.stderr
+    with Server(clean_env(DATABASE_URL=empty_sqlite(live)), cwd=tmp_path) as server:
+        assert httpx.post(f"{server.url}/runs", json={"run_id": "r1", **run}).status_code == 201
+        for word in ("replaced", "removed"):
+            if word == "replaced":
+                other.rename(live)
+            else:
+                live.unlink()
+            for _ in range(3):  # every pooled connection, not just the next one
+                refused = httpx.post(f"{server.url}/runs", json={"run_id": "r2", **run})
+                assert refused.status_code == 503, refused.text
+                assert word in refused.json()["detail"] and str(live) in refused.json()["detail"]
+            assert httpx.get(f"{server.url}/health").status_code == 503
+        assert not live.exists()  # no empty database made where it was
+        assert "Traceback" not in server.output()
+
+
+def test_a_postgres_database_dropped_and_made_again_under_the_server_is_not_served(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    # the server reconnected to the new database of the same name and served it (/health
+    # "ok" with the new instance_id, runs created there) as if it were the one it opened
+    url = create_pg_database(pg_admin)
+    run = {"tiers": [{"tier_id": "T", "name": "t", "phases": [{"phase_id": "a", "name": "a"}]}]}
+    try:
+        assert cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url)).returncode == 0
+        with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+            opened = server.wait_healthy()["database"]["instance_id"]
+            assert httpx.post(f"{server.url}/runs", json={"run_id": "r1", **run}).status_code == 201
+            drop_pg_database(pg_admin, url)
+            with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{make_url(url).database}"')
+            assert cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url)).returncode == 0
+            refused = httpx.post(f"{server.url}/runs", json={"run_id": "r2", **run})
+            assert refused.status_code == 503, refused.text
+            assert opened in refused.json()["detail"] and "no longer" in refused.json()["detail"]
+            assert httpx.get(f"{server.url}/health").status_code == 503
+            assert "Traceback" not in server.output()
+    finally:
+        drop_pg_database(pg_admin, url)

@@ -14,7 +14,7 @@ from autopack.client import ApiClient
 from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState
-from tests.support import Server, clean_env, cli
+from tests.support import Server, clean_env, cli, free_port
 
 
 def _instance_id(url: str, cwd: Path) -> str:
@@ -124,3 +124,31 @@ def test_several_api_processes_on_sqlite_are_refused_before_touching_it(tmp_path
     assert "--workers 2 needs PostgreSQL" in result.stderr
     assert str(database) in result.stderr
     assert not database.exists()
+
+
+def test_a_port_outside_1_to_65535_is_refused_not_bound_modulo_65536(tmp_path: Path) -> None:
+    # uvicorn took --port 70000, said "running on :70000" and listened on 4464; -1 and 2**64
+    # were an exit 3 (a schema error's code) from getaddrinfo, after the database opened
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    for port in ("70000", "-1", "0", str(2**64)):
+        env = clean_env(DATABASE_URL=url)
+        refused = cli("serve", "--port", port, cwd=tmp_path, env=env, timeout=30)
+        assert refused.returncode == 2, (port, refused.stdout, refused.stderr)
+        assert "--port" in refused.stderr and "Traceback" not in refused.stderr
+    env = clean_env(DATABASE_URL=url, AUTOPACK_DEFAULT_API_PORT="70000")
+    for command in (("serve",), ("run", "list")):
+        refused = cli(*command, cwd=tmp_path, env=env, timeout=30)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert "AUTOPACK_DEFAULT_API_PORT" in refused.stderr and "65535" in refused.stderr
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_a_maintenance_interval_that_never_runs_or_spins_is_refused(tmp_path: Path) -> None:
+    # inf: no lease reclaimed, no approval expired, no run ended over its duration budget,
+    # with nothing said; 1e-300: a pass after pass on the database, as fast as it answers
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    for interval in ("inf", "1e400", "1e-300", "86400"):
+        env = clean_env(DATABASE_URL=url, AUTOPACK_MAINTENANCE_INTERVAL_SECONDS=interval)
+        refused = cli("serve", "--port", str(free_port()), cwd=tmp_path, env=env, timeout=30)
+        assert refused.returncode == 2, (interval, refused.stderr)
+        assert "AUTOPACK_MAINTENANCE_INTERVAL_SECONDS" in refused.stderr

@@ -11,6 +11,8 @@ value is refused when the request is validated, as a 422 naming the field (a run
   (``TEXT`` columns: at most :data:`TEXT_MAX`).
 * :data:`Int32` / :data:`Count`: integers a PostgreSQL ``INTEGER`` holds.
 * :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too).
+* :data:`UtcTime`: a date-time with its time zone that is still a date in UTC (a UTC
+  column holds it; ``0001-01-01T00:00:00+14:00`` is not).
 * :data:`JsonObject`: a JSON column's dict, checked all the way down (non-finite numbers,
   nesting deeper than :data:`JSON_DEPTH_MAX`), iteratively; :class:`Storable`, the base
   of request models, checks a whole request: no NUL in a text field, JSON fields as
@@ -22,7 +24,7 @@ Importing this module loads pydantic only: the client and the executor use it.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from types import UnionType
 from typing import Annotated, Any, Self, Union, get_args, get_origin
@@ -51,6 +53,17 @@ def no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("contains a NUL byte (\\x00), which cannot be stored")
     return value
+
+
+def utc_time(value: datetime) -> datetime:
+    """``value`` in UTC; refused without a time zone (which one was meant?) or when it is
+    out of range once converted (year 0 or 10000)."""
+    if value.utcoffset() is None:
+        raise ValueError("has no time zone: end it with Z (UTC) or an offset such as +02:00")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 def json_safe(value: Any) -> Any:
@@ -177,4 +190,5 @@ Str = Annotated[str, AfterValidator(no_nul), Field(json_schema_extra={"pattern":
 Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+UtcTime = Annotated[datetime, AfterValidator(utc_time)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(json_safe)]

@@ -127,7 +127,10 @@ class Settings(BaseSettings):
     database_url: str = Field(DEFAULT_DATABASE_URL, description="Database every part uses.")
     autopack_api_url: str | None = Field(None, description="API server executors attach to.")
     autopack_default_api_port: int = Field(
-        DEFAULT_API_PORT, description="Port probed for an already running API server."
+        DEFAULT_API_PORT,
+        ge=1,
+        le=65535,
+        description="Port probed for an already running API server.",
     )
     autopack_expected_instance_id: str | None = Field(
         None, description="Set on spawned servers: refuse to serve any other database."
@@ -137,9 +140,10 @@ class Settings(BaseSettings):
     )
     autopack_maintenance_interval_seconds: float = Field(
         5.0,
-        gt=0,
+        ge=0.05,
+        le=3600,
         description="How often the API reclaims expired leases, expires approvals, "
-        "and ends runs over their duration budget.",
+        "and ends runs over their duration budget (inf would never; 1e-300 spins).",
     )
     autopack_api_threads: int = Field(
         8,
@@ -239,14 +243,16 @@ class Settings(BaseSettings):
         if value is None:
             return None
         token = value.get_secret_value()
+        # ASCII: an HTTP header carries Latin-1 at most, and httpx sends ASCII only
         if (
             len(token) < MIN_TOKEN_LENGTH
-            or not all(c.isprintable() for c in token)
+            or not token.isascii()
+            or not token.isprintable()
             or any(c.isspace() for c in token)
         ):
             raise ValueError(
-                f"a token needs at least {MIN_TOKEN_LENGTH} printable characters and no "
-                f"spaces; make one with: {MAKE_TOKEN}"
+                f"a token needs at least {MIN_TOKEN_LENGTH} printable ASCII characters and "
+                f"no spaces; make one with: {MAKE_TOKEN}"
             )
         return value
 

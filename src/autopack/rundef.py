@@ -53,6 +53,20 @@ MAX_DURATION_MINUTES = 366 * 24 * 60
 MAX_APPROVAL_TIMEOUT_MINUTES = 30 * 24 * 60
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=200)]
+
+
+def _ref_part(value: str) -> str:
+    """A run or phase id names git refs: the run's branch ``autopack/RUN_ID`` and its
+    attempts' ``refs/autopack/attempts/RUN_ID/PHASE_ID/N``, which git refuses with these."""
+    if ".." in value or value.endswith((".", ".lock")):
+        raise ValueError(
+            "run and phase ids name git refs (autopack/RUN_ID, "
+            "refs/autopack/attempts/RUN_ID/PHASE_ID/N): no '..', not ending in '.' or '.lock'"
+        )
+    return value
+
+
+RefId = Annotated[Id, AfterValidator(_ref_part)]
 Name = Annotated[Str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 Command = Annotated[Str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]+(?<!\.lock)(?<![/.])$")
@@ -153,7 +167,7 @@ class Scope(_Strict):
 
 
 class PhaseDefinition(_Strict):
-    phase_id: Id
+    phase_id: RefId
     name: Name
     description: Str = Field("", max_length=TEXT_MAX)
     task_category: TaskCategory = "implementation"
@@ -203,7 +217,7 @@ class TierDefinition(_Strict):
 class RunDefinition(_Strict):
     """What `POST /runs`, `autopack run create FILE` and `GET /schemas/run` share."""
 
-    run_id: Id
+    run_id: RefId
     goal: Str = Field("", max_length=TEXT_MAX)
     repository: Str | None = Field(
         None,
@@ -232,6 +246,11 @@ class RunDefinition(_Strict):
 
     def phase_count(self) -> int:
         return sum(len(tier.phases) for tier in self.tiers)
+
+
+def default_branch(run_id: str) -> str:
+    """The branch of a run whose definition names none."""
+    return f"autopack/{run_id}"
 
 
 def _no_duplicates(field: str, values: Sequence[str]) -> None:

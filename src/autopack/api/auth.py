@@ -148,7 +148,12 @@ class Authenticator:
         if not cookie or "." not in cookie:
             return False
         issued, mac = cookie.split(".", 1)
-        if not issued.isdigit() or not hmac.compare_digest(mac, self._mac("session", issued)):
+        # compare_digest refuses non-ASCII text, and isdigit() takes "²": a forged cookie
+        # (any Latin-1 byte may arrive) is just not a session
+        if not (issued.isascii() and issued.isdigit()):
+            return False
+        expected = self._mac("session", issued).encode()
+        if not hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), expected):
             return False
         age = time.time() - int(issued)
         return -60 <= age <= SESSION_SECONDS

@@ -12,6 +12,8 @@ a body larger than :data:`MAX_BODY_BYTES` is refused before it is read.
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,8 +40,23 @@ def answer(request: Request, exc: AutopackError) -> JSONResponse:
     if database is not None:
         body.setdefault("database_instance_id", database.identity.instance_id)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    safe = redact.data(to_jsonable_python(body, inf_nan_mode="strings", fallback=str))
+    safe = _wire_safe(redact.data(to_jsonable_python(body, fallback=str)))
     return JSONResponse(safe, status_code=exc.http_status, headers=headers)
+
+
+def _wire_safe(value: Any) -> Any:
+    """What JSON in UTF-8 can carry: an offending value echoed back may be a number JSON
+    has no spelling for (``NaN``, ``1e400``: given as its name) or a string with a lone
+    surrogate (``"\\ud800"`` in the body: given escaped)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_wire_safe(key): _wire_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wire_safe(item) for item in value]
+    return value
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -53,6 +70,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def starlette_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            return answer(request, unreadable_body(exc.__cause__))
         name = _STARLETTE_NAMES.get(exc.status_code, "HTTPError")
         detail = str(exc.detail)
         if exc.status_code == 404:
@@ -78,6 +97,21 @@ def install_error_handlers(app: FastAPI) -> None:
             f"internal error ({type(exc).__name__}); the server's log has the details"
         )
         return answer(request, failure)
+
+
+def unreadable_body(cause: BaseException) -> AutopackError:
+    """Why FastAPI could not read a body (its own answer says only "There was an error
+    parsing the body"): the error :class:`BodyLimit` raised while it read (a chunked body
+    over the limit is the same 413 as a declared one), or what was wrong with the bytes."""
+    if isinstance(cause, AutopackError):
+        return cause
+    if isinstance(cause, UnicodeDecodeError):
+        reason = f"it is not UTF-8 (byte {cause.start}), which JSON bodies must be"
+    elif isinstance(cause, RecursionError):
+        reason = "it is nested too deeply"
+    else:
+        reason = type(cause).__name__
+    return BadRequest(f"the request body cannot be read: {reason}")
 
 
 def allowed_methods(request: Request) -> list[str]:

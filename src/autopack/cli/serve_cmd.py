@@ -15,7 +15,9 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1", help="Interface to bind (anything but loopback needs AUTOPACK_API_TOKEN)."
     ),
-    port: int | None = typer.Option(None, help="Port (default: AUTOPACK_DEFAULT_API_PORT, 8000)."),
+    port: int | None = typer.Option(
+        None, min=1, max=65535, help="Port (default: AUTOPACK_DEFAULT_API_PORT, 8000)."
+    ),
     workers: int = typer.Option(
         1, min=1, help="API processes (more than one needs PostgreSQL); one per core is plenty."
     ),

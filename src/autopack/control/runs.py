@@ -28,7 +28,7 @@ from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunR
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, IllegalTransition, InvalidInput
 from autopack.logs import log_event
-from autopack.rundef import RunDefinition
+from autopack.rundef import RunDefinition, default_branch
 from autopack.states import (
     PHASE_ACTIVE,
     RUN_ACTIVE,
@@ -66,7 +66,7 @@ def create_run(database: Database, definition: RunDefinition) -> RunView:
                 "max_duration_minutes": budgets.max_duration_minutes,
                 "policy": definition.policy.model_dump(),
                 "repository": definition.repository,
-                "branch": definition.branch or f"autopack/{definition.run_id}",
+                "branch": definition.branch or default_branch(definition.run_id),
                 "tokens_used": 0,
                 "cost_usd": 0.0,
                 "created_at": tx.now,

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from autopack.config import redact_url
@@ -27,7 +27,7 @@ from autopack.db.engine import make_engine, sqlite_file
 from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
 from autopack.db.transaction import connection_lost
-from autopack.errors import ConfigError, IdentityMismatch
+from autopack.errors import ConfigError, DatabaseUnavailable, IdentityMismatch
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
@@ -137,8 +137,39 @@ def open_database(
             fingerprint=identity.fingerprint,
             schema_revision=identity.schema_revision,
         )
+    event.listen(engine, "connect", _same_database(identity))
     writer = threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
     return Database(engine, identity, writer, created=created)
+
+
+def _same_database(identity: DbIdentity) -> Any:
+    """A check of every new connection: it reaches the database this process opened, not
+    one that took its name since (dropped and made again, a failover to another cluster,
+    a SQLite file replaced), which a process would otherwise go on serving as if nothing
+    happened. One query per new connection; pooled ones are reused."""
+
+    def check(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT instance_id FROM db_meta ORDER BY id LIMIT 1")
+            row = cursor.fetchone()
+            found = row[0] if row else None
+        except Exception as exc:  # no db_meta there: not an Autopack database (yet)
+            found = f"none ({type(exc).__name__})"
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+        if found != identity.instance_id:
+            dbapi_connection.close()
+            raise DatabaseUnavailable(
+                f"{identity.url} is no longer the database this process opened (instance_id "
+                f"{identity.instance_id}); it now holds instance_id {found}. Restart this "
+                "server (and its executors) on the database you mean.",
+                expected_instance_id=identity.instance_id,
+                actual_instance_id=found,
+            )
+
+    return check
 
 
 def _guarded_identity(engine: Engine) -> DbIdentity:

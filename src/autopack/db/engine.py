@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
-from autopack.errors import DatabaseMissing
+from autopack.errors import DatabaseMissing, DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -68,10 +68,43 @@ def make_engine(url: str, *, create: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
+        if path is not None:
+            _refuse_a_replaced_file(engine, path)
         return engine
     engine = create_engine(url, pool_size=10, max_overflow=20)
     event.listen(engine, "checkout", _discard_if_closed_by_server)
     return engine
+
+
+def _refuse_a_replaced_file(engine: Engine, path: Path) -> None:
+    """Refuse every transaction once the SQLite file this engine opened is gone from its
+    path or another file is there (``mv other.db autopack.db``, a restored copy).
+
+    SQLite would go on: pooled connections write to the unlinked file (lost when the
+    process ends) while new ones read the new file through the old ``-wal`` (two
+    databases mixed, two instance_ids from one server). One ``stat`` per checkout."""
+    opened: list[tuple[int, int]] = []
+
+    def check(*_args: Any) -> None:
+        try:
+            found = path.stat()
+            now: tuple[int, int] | None = (found.st_dev, found.st_ino)
+        except FileNotFoundError:
+            now = None
+        if not opened:  # the first connection (which may create the file)
+            if now is not None:
+                opened.append(now)
+            return
+        if now != opened[0]:
+            raise DatabaseUnavailable(
+                f"the database file {path} was {'removed' if now is None else 'replaced'} "
+                "while this process was using it: nothing more is written to either. "
+                "Restart this server (and its executors) on the file you mean.",
+                path=str(path),
+            )
+
+    event.listen(engine, "do_connect", check)  # before SQLite makes an empty file there
+    event.listen(engine, "checkout", check)
 
 
 def _discard_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

@@ -36,17 +36,17 @@ from pathlib import Path
 from autopack.errors import ConfigError
 from autopack.executor.git import GitError, git, out
 from autopack.logs import log_event
+from autopack.rundef import default_branch
 
 logger = logging.getLogger("autopack.executor.repository")
 
-BRANCH_PREFIX = "autopack/"
 ATTEMPT_REFS = "refs/autopack/attempts"
 REMOTE = "origin"
 ADVANCE_TRIES = 20
 
 
 def run_branch(run_id: str) -> str:
-    return f"{BRANCH_PREFIX}{run_id}"
+    return default_branch(run_id)
 
 
 def attempt_ref(run_id: str, phase_id: str, attempt: int) -> str:
