@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -27,7 +27,7 @@ from autopack.contract import HeartbeatIn, UsageIn
 from autopack.control import leases, telemetry
 from autopack.db import Database, open_database
 from autopack.db.identity import read_identity
-from autopack.db.transaction import connection_lost
+from autopack.db.transaction import connection_lost, run_transaction
 from autopack.errors import LeaseLost, ServerUnavailable
 from autopack.telemetry.events import LlmUsageIn, TelemetryEvent
 from autopack.telemetry.recorder import TelemetryRecorder
@@ -316,4 +316,31 @@ def test_a_postgres_database_dropped_and_made_again_under_the_server_is_not_serv
             assert httpx.get(f"{server.url}/health").status_code == 503
             assert "Traceback" not in server.output()
     finally:
+        drop_pg_database(pg_admin, url)
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_while_checking_its_database_is_retried_not_refused(
+    pg_admin: str,
+) -> None:
+    """Each new connection checks it reaches the database this process opened; a backend
+    terminated during that check (what the terminator above does at any moment) was
+    read as "no db_meta there" and refused as another database, 503 instead of a retry."""
+    url = create_pg_database(pg_admin)
+    database = open_database(url, role="test", log=False)
+    try:
+        killed: list[int] = []
+
+        def kill_once_connected(dbapi_connection: Any, _record: object) -> None:
+            if not killed:
+                killed.append(dbapi_connection.info.backend_pid)
+                with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (killed[0],))
+
+        event.listen(database.engine, "connect", kill_once_connected, insert=True)
+        database.engine.dispose()  # every connection from here on is new
+        found = run_transaction(database, lambda tx: tx.conn.execute(text("SELECT 1")).scalar())
+        assert killed and found == 1
+    finally:
+        database.close()
         drop_pg_database(pg_admin, url)

@@ -154,8 +154,10 @@ def _same_database(identity: DbIdentity) -> Any:
             cursor.execute("SELECT instance_id FROM db_meta ORDER BY id LIMIT 1")
             row = cursor.fetchone()
             found = row[0] if row else None
-        except Exception as exc:  # no db_meta there: not an Autopack database (yet)
-            found = f"none ({type(exc).__name__})"
+        except Exception as exc:
+            if getattr(dbapi_connection, "broken", False):
+                raise  # the connection died (pg_terminate_backend): retried as lost, not refused
+            found = f"none ({type(exc).__name__})"  # no db_meta there: not an Autopack database
         finally:
             cursor.close()
         dbapi_connection.rollback()
