@@ -118,6 +118,39 @@ def test_path_traversal_is_rejected_and_nothing_is_written_outside(
     assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
 
 
+def test_a_lone_surrogate_in_an_answer_is_refused_and_the_phase_stays_readable(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """JSON's ``\\udc80`` escape spells a lone surrogate: as a path it became a file name of
+    invalid UTF-8 on the branch and an attempt row no read could serialize (``run phase``
+    answered 500 for good); in content it crashed the attempt as an executor_error."""
+    env = _setup(tmp_path, sqlite_url)
+    bad_path = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/mod.py", "content": "x = 1\n"},
+                {"path": "pkg/\udc80.py", "content": ""},
+            ]
+        }
+    )
+    bad_content = json.dumps({"files": [{"path": "pkg/mod.py", "content": "x = '\ud800'\n"}]})
+    tape = cassette(
+        tmp_path, [line("p1", 1, bad_path), line("p1", 2, bad_content), line("p1", 3, GOOD)]
+    )
+    summary = _drain_phase(tmp_path, env, tape)
+    assert summary["exit_code"] == 0, summary["stderr"]
+    history = attempts(sqlite_url, "p1")
+    assert [(a["outcome"], a["stop_reason"]) for a in history] == [
+        ("FAILED", "unsafe_path"),
+        ("FAILED", "malformed_output"),
+        ("COMPLETE", "completed"),
+    ]
+    assert "lone surrogate" in history[0]["feedback"] and "lone surrogate" in history[1]["feedback"]
+    assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
+    shown = cli("run", "phase", "exec-run", "p1", cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+
+
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:
     # Continuation off: a truncated answer fails its attempt (tests/test_continuation_drain.py
     # covers continuing it instead).

@@ -5,8 +5,9 @@ or deletes) obey the same rules, so a path a run file may name is exactly a path
 answer may write:
 
 * :func:`normalize` refuses anything that could leave the workspace by its spelling:
-  absolute paths, drive letters, ``..``, backslashes, NUL bytes, empty names (and names
-  longer than the file system takes);
+  absolute paths, drive letters, ``..``, backslashes, NUL bytes, lone surrogates (not
+  Unicode: no file name, row or answer can hold one), empty names (and names longer than
+  the file system takes);
 * :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
 * :func:`resolved_inside` checks the path *as the file system resolves it*: a symlink
   inside the workspace (``src/link -> ../secret``) cannot carry a write out of the scope
@@ -19,6 +20,8 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+
+from autopack.bounds import lone_surrogate
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_NAME_BYTES = 255
@@ -41,16 +44,16 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
         problem = "is empty"
     elif "\x00" in path:
         problem = "contains a NUL byte"
+    elif lone_surrogate(path):
+        problem = "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode"
     elif "\\" in path:
         problem = "uses backslashes; use forward slashes"
     elif path.startswith("/") or _DRIVE.match(path):
         problem = "is absolute; paths are relative to the workspace root"
     parts = [part for part in path.split("/") if part not in ("", ".")]
-    if not problem and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    if not problem and len(path.encode()) > MAX_PATH_BYTES:
         problem = f"is longer than {MAX_PATH_BYTES} bytes"
-    elif not problem and any(
-        len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in parts
-    ):
+    elif not problem and any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
         problem = f"has a name longer than {MAX_NAME_BYTES} bytes"
     elif not problem and ".." in parts:
         problem = "contains '..'"
