@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -213,6 +214,30 @@ def test_checks_report_pass_fail_and_timeouts(tmp_path: Path) -> None:
     while _running(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(grandchild), "the timed-out check's process group survived"
+
+
+def test_a_check_whose_daemon_keeps_its_output_open_still_ends_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """A process the check started in a session of its own (a test's server started with
+    ``start_new_session=True``) escapes the killed process group and keeps the output pipe
+    open: reading that pipe to its end waited for the daemon, past the check's timeout
+    (forever, for a server), with the lease renewed all along."""
+    pid_file = tmp_path / "daemon.pid"
+    daemon = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+        f"start_new_session=True); open({str(pid_file)!r}, 'w').write(str(p.pid))"
+    )
+    started = time.monotonic()
+    checks = [f'python -c "{daemon}"; echo started; sleep 30', "echo second"]
+    try:
+        timed_out, second = run_checks(checks, tmp_path, timeout=1.0)
+        assert time.monotonic() - started < 15, "the check waited for its daemon"
+        assert timed_out.timed_out and "started" in timed_out.output_tail
+        assert second.passed and second.output_tail == "second\n"
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_checks_do_not_see_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
