@@ -88,6 +88,41 @@ def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
         _plan(workspace, _answer(GOOD))
 
 
+@pytest.mark.parametrize(
+    ("extra", "delete", "named"),
+    [
+        ({"examples/utils/pkg": "x"}, [], "is a directory"),  # a file replacing a directory
+        ({"examples/utils/base.py/x.py": "x"}, [], "which is a file"),
+        ({"examples/utils/string_util.py/x.py": "x"}, [], "also writes"),  # its own file
+        ({}, ["examples/utils/pkg"], "is a directory"),  # deleting a directory
+    ],
+)
+def test_a_path_the_file_system_cannot_hold_is_refused_with_feedback(
+    tmp_path: Path, extra: dict[str, str], delete: list[str], named: str
+) -> None:
+    """A file over a directory, below a file, or a directory deleted: each once passed the
+    plan and failed halfway through writing (IsADirectoryError, FileExistsError) as an
+    executor_error that told the Builder nothing, so every retry made the same answer."""
+    (tmp_path / "examples/utils/pkg").mkdir(parents=True)
+    (tmp_path / "examples/utils/pkg/m.py").write_text("M = 1\n")
+    (tmp_path / "examples/utils/base.py").write_text("B = 1\n")
+    files = GOOD + [{"path": path, "content": content} for path, content in extra.items()]
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer(files, delete=delete))
+    assert caught.value.stop_reason == "path_conflict"
+    assert named in caught.value.feedback
+
+
+def test_an_edit_of_a_file_that_is_not_utf8_is_refused_with_feedback(tmp_path: Path) -> None:
+    """It raised UnicodeDecodeError: an executor_error that told the Builder nothing."""
+    (tmp_path / "examples/utils").mkdir(parents=True)
+    (tmp_path / "examples/utils/base.py").write_bytes(b"X = '\xff'\n")
+    edit = {"path": "examples/utils/base.py", "search": "X", "replace": "Y"}
+    with pytest.raises(BuilderRejected, match="not UTF-8") as caught:
+        _plan(tmp_path, _answer(GOOD, edits=[edit]))
+    assert caught.value.stop_reason == "edit_not_applicable"
+
+
 def test_path_outside_scope_gets_the_prefix_hint(tmp_path: Path) -> None:
     with pytest.raises(BuilderRejected) as caught:
         _plan(tmp_path, _answer([{"path": "string_util.py", "content": "x"}]))

@@ -151,6 +151,19 @@ def test_a_lone_surrogate_in_an_answer_is_refused_and_the_phase_stays_readable(
     assert shown.returncode == 0, shown.stderr[-2000:]
 
 
+def test_a_nul_byte_in_the_summary_does_not_fail_the_commit(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The summary goes into the commit message, an argument of ``git commit-tree``: a NUL
+    in it failed a correct answer as ``executor_error: ValueError: embedded null byte``."""
+    env = _setup(tmp_path, sqlite_url)
+    answer = json.dumps({"files": json.loads(GOOD)["files"], "summary": "adds\x00answer"})
+    summary = _drain_phase(tmp_path, env, cassette(tmp_path, [line("p1", 1, answer)]))
+    assert summary["exit_code"] == 0, summary["stderr"]
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["completed"]
+    assert (on_branch(tmp_path / "ws", "pkg/mod.py") or "").endswith("return 42\n")
+
+
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:
     # Continuation off: a truncated answer fails its attempt (tests/test_continuation_drain.py
     # covers continuing it instead).

@@ -7,6 +7,7 @@ writes, or refuses it with a stop reason and feedback for the Builder:
   symlink through which the resolved path leaves the scope or the workspace;
 * ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
   paths are relative to the workspace root and keep the scope's directory prefix);
+* ``path_conflict``: a file over a directory, below a file, or a directory deleted;
 * ``file_too_large``, ``answer_too_large`` (all files together);
   ``edit_not_applicable`` (search text absent or ambiguous);
 * ``missing_deliverable``: every deliverable must appear in the answer.
@@ -93,7 +94,34 @@ def _outside_scope(path: str, scope: Scope) -> BuilderRejected:
 
 def _read(workspace: Path, path: str) -> str | None:
     target = workspace / path
-    return target.read_text() if target.is_file() else None
+    if not target.is_file():
+        return None
+    try:
+        return target.read_bytes().decode()
+    except UnicodeDecodeError as exc:
+        raise BuilderRejected(
+            "edit_not_applicable",
+            f"{path!r} is not UTF-8 text, so an edit cannot be applied to it; send its full "
+            'content in "files" instead.',
+        ) from exc
+
+
+def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderRejected | None:
+    """A path the file system cannot hold as the answer asks: a directory of the workspace
+    written over or deleted, or a path below a file (of the workspace, or of the answer).
+    Found here, it is feedback; found while writing, it was an error halfway through."""
+    problem = ""
+    if (workspace / path).is_dir():
+        verb = "written as a file" if path in writes else "deleted as a file"
+        problem = f"is a directory in the workspace; it cannot be {verb} (name its files)"
+    for parent in (p.as_posix() for p in PurePosixPath(path).parents[:-1]):
+        if parent in writes:
+            problem = f"is below {parent!r}, which your answer also writes as a file"
+        elif (workspace / parent).exists() and not (workspace / parent).is_dir():
+            problem = f"is below {parent!r}, which is a file in the workspace"
+    if not problem:
+        return None
+    return BuilderRejected("path_conflict", f"The path {path!r} {problem}.")
 
 
 def plan_change(
@@ -144,6 +172,9 @@ def plan_change(
         contents[path] = current.replace(edit.search, edit.replace, 1)
         existed.setdefault(path, True)
     deletes = tuple(admit(path) for path in output.deletes)
+    for path in [*contents, *deletes]:
+        if (conflict := _conflict(workspace, path, contents)) is not None:
+            raise conflict
 
     total = 0
     for path, content in contents.items():

@@ -456,8 +456,8 @@ class Attempt:
     def _message(self) -> str:
         claim = self.claim
         message = f"autopack: {claim.phase_id} ({claim.run_id}, attempt {claim.attempt})"
-        if self.summary:
-            message += f"\n\n{self.summary}"
+        if self.summary:  # an argument of git commit-tree, which cannot hold a NUL byte
+            message += "\n\n" + self.summary.replace("\x00", "")
         return (
             f"{message}\n\nAutopack-Run: {claim.run_id}\nAutopack-Phase: {claim.phase_id}\n"
             f"Autopack-Attempt: {claim.attempt}\nAutopack-Worker: {self.o.worker_id}\n"
