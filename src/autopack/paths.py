@@ -11,7 +11,8 @@ answer may write:
 * :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
 * :func:`resolved_inside` checks the path *as the file system resolves it*: a symlink
   inside the workspace (``src/link -> ../secret``) cannot carry a write out of the scope
-  it was checked against, because the scope is checked on the resolved path.
+  it was checked against, because the scope is checked on the resolved path; and
+  :func:`resolved` keeps reads (the Builder's context) inside the workspace the same way.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def inside_any(path: str, containers: Iterable[str]) -> bool:
     return any(inside(path, container) for container in containers)
 
 
+def resolved(root: Path, path: str) -> str | None:
+    """The normalized ``path`` under ``root`` as the file system resolves it (following
+    every symlink that exists), relative to ``root``; None when that leaves ``root``."""
+    real_root = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(real_root / path))
+    if not target.is_relative_to(real_root):
+        return None
+    return target.relative_to(real_root).as_posix()
+
+
 def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
     """Does the normalized ``path``, resolved under ``root`` (following every symlink that
     exists), still lie inside ``root`` and inside one of ``containers``?
@@ -84,9 +95,5 @@ def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
     whose resolution leaves ``root`` or lands outside every container is refused, even when
     its spelling is inside one.
     """
-    real_root = Path(os.path.realpath(root))
-    target = Path(os.path.realpath(real_root / path))
-    if not target.is_relative_to(real_root):
-        return False
-    relative = target.relative_to(real_root).as_posix()
-    return inside_any(relative, containers)
+    relative = resolved(root, path)
+    return relative is not None and inside_any(relative, containers)
