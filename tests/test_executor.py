@@ -164,6 +164,20 @@ def test_a_nul_byte_in_the_summary_does_not_fail_the_commit(
     assert (on_branch(tmp_path / "ws", "pkg/mod.py") or "").endswith("return 42\n")
 
 
+def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url: str) -> None:
+    """Every path was an argument of one ``git add``: past the kernel's ARG_MAX (about
+    2 MB of paths, well inside the answer size limit) the commit failed E2BIG as an
+    executor_error on every attempt."""
+    env = _setup(tmp_path, sqlite_url)
+    deep = "pkg/" + "d" * 250 + "/" + "e" * 250
+    many = [{"path": f"{deep}/{i}.txt", "content": ""} for i in range(5000)]
+    answer = json.dumps({"files": [*json.loads(GOOD)["files"], *many], "summary": "many"})
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    assert len(branch_files(tmp_path / "ws")) == 5001
+
+
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:
     # Continuation off: a truncated answer fails its attempt (tests/test_continuation_drain.py
     # covers continuing it instead).
