@@ -317,6 +317,17 @@ def test_unparseable_llm_verdict_falls_back_to_rules() -> None:
     assert parse_verdict('{"approved": false, "issues": ["x"]}', fallback).issues == ["x"]
 
 
+def test_a_context_directory_spelled_with_a_slash_is_read(tmp_path: Path) -> None:
+    """Run files may name a directory ``docs/`` (and the schema accepts it); the prompt
+    read entries by the Builder's file-path rule, which refuses the slash, so that context
+    was silently left out."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/guide.md").write_text("THE-GUIDE\n")
+    scope = Scope(paths=["pkg/"], read_only_context=["docs/"], deliverables=["pkg/a.py"])
+    task = PhaseDefinition(phase_id="p1", name="p", scope=scope)
+    assert "THE-GUIDE" in builder_prompt(task, tmp_path)
+
+
 def test_prompt_carries_contract_context_and_feedback(tmp_path: Path) -> None:
     (tmp_path / "examples/utils").mkdir(parents=True)
     (tmp_path / "examples/utils/base.py").write_text("BASE = 1\n")

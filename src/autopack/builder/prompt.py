@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Protocol
 
 from autopack import paths
-from autopack.builder.change import safe_relative
-from autopack.builder.output import BuilderRejected
 from autopack.rundef import Scope
 
 DEFAULT_CONTEXT_CHARS = 120_000
@@ -75,12 +73,13 @@ class Feedback:
 
 
 def _context_files(workspace: Path, entries: Sequence[str]) -> list[str]:
-    """Files named by ``read_only_context`` (a directory means the files inside it)."""
+    """Files named by ``read_only_context`` (a directory, ``docs`` or ``docs/`` as run
+    files may spell it, means the files inside it)."""
     found: list[str] = []
     for entry in entries:
         try:
-            relative = safe_relative(entry)
-        except BuilderRejected:
+            relative = paths.normalize(entry, directory_ok=True).rstrip("/")
+        except paths.UnsafePath:
             continue
         target = workspace / relative
         if target.is_dir():
