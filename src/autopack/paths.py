@@ -5,7 +5,7 @@ or deletes) obey the same rules, so a path a run file may name is exactly a path
 answer may write:
 
 * :func:`normalize` refuses anything that could leave the workspace by its spelling:
-  absolute paths, drive letters, ``..``, backslashes, NUL bytes, lone surrogates (not
+  absolute paths, drive letters, ``..``, ``.git``, backslashes, NUL bytes, lone surrogates (not
   Unicode: no file name, row or answer can hold one), empty names (and names longer than
   the file system takes);
 * :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
@@ -58,6 +58,8 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
         problem = f"has a name longer than {MAX_NAME_BYTES} bytes"
     elif not problem and ".." in parts:
         problem = "contains '..'"
+    elif not problem and any(part.lower() == ".git" for part in parts):
+        problem = "names .git, which git keeps for itself (it would never be committed)"
     elif not problem and not parts:
         problem = "names no file or directory"
     elif not problem and path.endswith("/") and not directory_ok:
