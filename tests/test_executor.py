@@ -24,6 +24,7 @@ from tests.executor_support import (
     drain_process,
     env_for,
     files,
+    git,
     line,
     on_branch,
     phase,
@@ -176,6 +177,46 @@ def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url
     summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
     assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
     assert len(branch_files(tmp_path / "ws")) == 5001
+
+
+def test_an_approved_change_is_checked_again_where_it_is_applied(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """An approved change is applied on the branch as it is after the approval, which may
+    hold a symlink its plan never saw: applied unchecked, the write went through it, out
+    of the workspace."""
+    env = _setup(tmp_path, sqlite_url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "KEEP = 1\n"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    answer = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/mod.py", "content": "x = 1\n"},
+                {"path": "pkg/keep.py", "content": "KEEP = 2\n"},  # needs the approval
+                {"path": "pkg/gen/out.py", "content": "owned = True\n"},
+            ]
+        }
+    )
+    waiting = drain_process(
+        *_phase_args(tmp_path, cassette(tmp_path, [line("p1", 1, answer)])), env=env, cwd=tmp_path
+    )
+    deadline = time.monotonic() + 60
+    while phase_row(sqlite_url, "p1")["state"] != "AWAITING_APPROVAL":
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    # meanwhile the run's branch gets pkg/gen as a symlink leading out of the workspace
+    git("checkout", "-q", "autopack/exec-run", cwd=ws)
+    (ws / "pkg/gen").symlink_to(outside)
+    git("add", "pkg/gen", cwd=ws)
+    git("commit", "-qm", "a symlink", cwd=ws)
+    git("checkout", "-q", "main", cwd=ws)
+    [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)
+    decided = cli("approvals", "approve", str(approval["id"]), cwd=tmp_path, env=env)
+    assert decided.returncode == 0, decided.stderr
+    waiting.communicate(timeout=120)
+    assert not (outside / "out.py").exists()
+    assert attempts(sqlite_url, "p1")[1]["stop_reason"] == "unsafe_path"
 
 
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:

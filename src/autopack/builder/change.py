@@ -106,6 +106,31 @@ def _read(workspace: Path, path: str) -> str | None:
         ) from exc
 
 
+def _admit(raw: str, scope: Scope, workspace: Path) -> str:
+    """``raw`` normalized, if it is safe, inside the scope and stays there when resolved."""
+    path = safe_relative(raw)
+    if not scope.allows(path):
+        raise _outside_scope(path, scope)
+    if not paths.resolved_inside(workspace, path, scope.paths):
+        raise BuilderRejected(
+            "unsafe_path",
+            f"The path {path!r} leads through a symlink to a place outside this phase's "
+            "scope (or outside the workspace); write the file at its real location.",
+        )
+    return path
+
+
+def recheck(change: Change, scope: Scope, workspace: Path) -> Change:
+    """An approved change, planned on the branch as it was when approval was asked, checked
+    again on the checkout it is applied to (which may hold symlinks the plan never saw)."""
+    writes = {write.path: write.content for write in change.writes}
+    for path in [*writes, *change.deletes]:
+        _admit(path, scope, workspace)
+        if (conflict := _conflict(workspace, path, writes)) is not None:
+            raise conflict
+    return change
+
+
 def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderRejected | None:
     """A path the file system cannot hold as the answer asks: a directory of the workspace
     written over or deleted, or a path below a file (of the workspace, or of the answer).
@@ -137,16 +162,7 @@ def plan_change(
     existed: dict[str, bool] = {}
 
     def admit(raw: str) -> str:
-        path = safe_relative(raw)
-        if not scope.allows(path):
-            raise _outside_scope(path, scope)
-        if not paths.resolved_inside(workspace, path, scope.paths):
-            raise BuilderRejected(
-                "unsafe_path",
-                f"The path {path!r} leads through a symlink to a place outside this phase's "
-                "scope (or outside the workspace); write the file at its real location.",
-            )
-        return path
+        return _admit(raw, scope, workspace)
 
     for file in output.files:
         path = admit(file.path)
