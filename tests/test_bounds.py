@@ -93,6 +93,30 @@ def test_bad_input_is_refused_naming_the_field(database_url: str, tmp_path: Path
         assert "Traceback" not in server.output()
 
 
+def test_a_lone_surrogate_is_refused_naming_the_field(database_url: str, tmp_path: Path) -> None:
+    """``"\\udc80"`` is valid JSON but not Unicode: the 422 quoting it could not be encoded
+    (a 500), and a JSON field stored it so that every later read of its row was a 500."""
+    phase = {"phase_id": "p1", "name": "p", "scope": {"deliverables": ["a/\udc80.py"]}}
+    result = {"lease_token": "t", "outcome": "FAILED", "stop_reason": "x"}
+    bodies = [
+        ("/runs", _run(goal="a\udc80b"), "goal"),
+        ("/runs", _run(tiers=[{"tier_id": "T1", "name": "t", "phases": [phase]}]), "deliverables"),
+        ("/telemetry/llm-usage", _usage_event(model="m\ud800"), "model"),
+        ("/runs/r1/phases/p1/result", {**result, "files_written": ["a\udc80"]}, "files_written"),
+        ("/runs/r1/phases/p1/result", {**result, "details": {"summary": "\udc80"}}, "summary"),
+    ]
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        for path, body, field in bodies:
+            answer = httpx.post(
+                server.url + path,
+                content=json.dumps(body).encode(),  # ASCII: \\udc80 travels as an escape
+                headers={"content-type": "application/json"},
+            )
+            assert answer.status_code == 422, (field, answer.status_code, answer.text)
+            assert field in answer.text, answer.text
+        assert httpx.get(f"{server.url}/runs").json()["items"] == []
+
+
 def test_inf_minutes_in_a_run_file_is_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -70,7 +71,12 @@ def test_empty_files_feedback_tells_the_builder_what_to_do() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/etc/passwd", "../outside.py", "examples/utils/../../x.py", "C:/x.py", "a\\b.py", "a\x00.py"],
+    [
+        *("/etc/passwd", "../outside.py", "examples/utils/../../x.py", "C:/x.py", "a\\b.py"),
+        "a\x00.py",
+        # git never tracks a .git path: the file was reported written but not committed
+        *("examples/utils/.git", "examples/utils/.GIT/hooks/post-checkout"),
+    ],
 )
 def test_unsafe_paths_are_rejected(tmp_path: Path, path: str) -> None:
     with pytest.raises(BuilderRejected) as caught:
@@ -85,6 +91,41 @@ def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
     (workspace / "examples" / "utils").symlink_to(outside)
     with pytest.raises(BuilderRejected, match="leads through a symlink"):
         _plan(workspace, _answer(GOOD))
+
+
+@pytest.mark.parametrize(
+    ("extra", "delete", "named"),
+    [
+        ({"examples/utils/pkg": "x"}, [], "is a directory"),  # a file replacing a directory
+        ({"examples/utils/base.py/x.py": "x"}, [], "which is a file"),
+        ({"examples/utils/string_util.py/x.py": "x"}, [], "also writes"),  # its own file
+        ({}, ["examples/utils/pkg"], "is a directory"),  # deleting a directory
+    ],
+)
+def test_a_path_the_file_system_cannot_hold_is_refused_with_feedback(
+    tmp_path: Path, extra: dict[str, str], delete: list[str], named: str
+) -> None:
+    """A file over a directory, below a file, or a directory deleted: each once passed the
+    plan and failed halfway through writing (IsADirectoryError, FileExistsError) as an
+    executor_error that told the Builder nothing, so every retry made the same answer."""
+    (tmp_path / "examples/utils/pkg").mkdir(parents=True)
+    (tmp_path / "examples/utils/pkg/m.py").write_text("M = 1\n")
+    (tmp_path / "examples/utils/base.py").write_text("B = 1\n")
+    files = GOOD + [{"path": path, "content": content} for path, content in extra.items()]
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer(files, delete=delete))
+    assert caught.value.stop_reason == "path_conflict"
+    assert named in caught.value.feedback
+
+
+def test_an_edit_of_a_file_that_is_not_utf8_is_refused_with_feedback(tmp_path: Path) -> None:
+    """It raised UnicodeDecodeError: an executor_error that told the Builder nothing."""
+    (tmp_path / "examples/utils").mkdir(parents=True)
+    (tmp_path / "examples/utils/base.py").write_bytes(b"X = '\xff'\n")
+    edit = {"path": "examples/utils/base.py", "search": "X", "replace": "Y"}
+    with pytest.raises(BuilderRejected, match="not UTF-8") as caught:
+        _plan(tmp_path, _answer(GOOD, edits=[edit]))
+    assert caught.value.stop_reason == "edit_not_applicable"
 
 
 def test_path_outside_scope_gets_the_prefix_hint(tmp_path: Path) -> None:
@@ -215,6 +256,30 @@ def test_checks_report_pass_fail_and_timeouts(tmp_path: Path) -> None:
     assert not _running(grandchild), "the timed-out check's process group survived"
 
 
+def test_a_check_whose_daemon_keeps_its_output_open_still_ends_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """A process the check started in a session of its own (a test's server started with
+    ``start_new_session=True``) escapes the killed process group and keeps the output pipe
+    open: reading that pipe to its end waited for the daemon, past the check's timeout
+    (forever, for a server), with the lease renewed all along."""
+    pid_file = tmp_path / "daemon.pid"
+    daemon = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+        f"start_new_session=True); open({str(pid_file)!r}, 'w').write(str(p.pid))"
+    )
+    started = time.monotonic()
+    checks = [f'python -c "{daemon}"; echo started; sleep 30', "echo second"]
+    try:
+        timed_out, second = run_checks(checks, tmp_path, timeout=1.0)
+        assert time.monotonic() - started < 15, "the check waited for its daemon"
+        assert timed_out.timed_out and "started" in timed_out.output_tail
+        assert second.passed and second.output_tail == "second\n"
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def test_checks_do_not_see_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
     [result] = run_checks(["env"], tmp_path)
@@ -255,6 +320,17 @@ def test_unparseable_llm_verdict_falls_back_to_rules() -> None:
     verdict = parse_verdict("looks fine to me!", fallback)
     assert verdict.approved is True and verdict.error
     assert parse_verdict('{"approved": false, "issues": ["x"]}', fallback).issues == ["x"]
+
+
+def test_a_context_directory_spelled_with_a_slash_is_read(tmp_path: Path) -> None:
+    """Run files may name a directory ``docs/`` (and the schema accepts it); the prompt
+    read entries by the Builder's file-path rule, which refuses the slash, so that context
+    was silently left out."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/guide.md").write_text("THE-GUIDE\n")
+    scope = Scope(paths=["pkg/"], read_only_context=["docs/"], deliverables=["pkg/a.py"])
+    task = PhaseDefinition(phase_id="p1", name="p", scope=scope)
+    assert "THE-GUIDE" in builder_prompt(task, tmp_path)
 
 
 def test_prompt_carries_contract_context_and_feedback(tmp_path: Path) -> None:

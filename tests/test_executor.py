@@ -24,6 +24,7 @@ from tests.executor_support import (
     drain_process,
     env_for,
     files,
+    git,
     line,
     on_branch,
     phase,
@@ -116,6 +117,106 @@ def test_path_traversal_is_rejected_and_nothing_is_written_outside(
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "unsafe_path")
     assert not (tmp_path / "escaped.py").exists() and not (tmp_path.parent / "escaped.py").exists()
     assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
+
+
+def test_a_lone_surrogate_in_an_answer_is_refused_and_the_phase_stays_readable(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """JSON's ``\\udc80`` escape spells a lone surrogate: as a path it became a file name of
+    invalid UTF-8 on the branch and an attempt row no read could serialize (``run phase``
+    answered 500 for good); in content it crashed the attempt as an executor_error."""
+    env = _setup(tmp_path, sqlite_url)
+    bad_path = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/mod.py", "content": "x = 1\n"},
+                {"path": "pkg/\udc80.py", "content": ""},
+            ]
+        }
+    )
+    bad_content = json.dumps({"files": [{"path": "pkg/mod.py", "content": "x = '\ud800'\n"}]})
+    tape = cassette(
+        tmp_path, [line("p1", 1, bad_path), line("p1", 2, bad_content), line("p1", 3, GOOD)]
+    )
+    summary = _drain_phase(tmp_path, env, tape)
+    assert summary["exit_code"] == 0, summary["stderr"]
+    history = attempts(sqlite_url, "p1")
+    assert [(a["outcome"], a["stop_reason"]) for a in history] == [
+        ("FAILED", "unsafe_path"),
+        ("FAILED", "malformed_output"),
+        ("COMPLETE", "completed"),
+    ]
+    assert "lone surrogate" in history[0]["feedback"] and "lone surrogate" in history[1]["feedback"]
+    assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
+    shown = cli("run", "phase", "exec-run", "p1", cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+
+
+def test_a_nul_byte_in_the_summary_does_not_fail_the_commit(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The summary goes into the commit message, an argument of ``git commit-tree``: a NUL
+    in it failed a correct answer as ``executor_error: ValueError: embedded null byte``."""
+    env = _setup(tmp_path, sqlite_url)
+    answer = json.dumps({"files": json.loads(GOOD)["files"], "summary": "adds\x00answer"})
+    summary = _drain_phase(tmp_path, env, cassette(tmp_path, [line("p1", 1, answer)]))
+    assert summary["exit_code"] == 0, summary["stderr"]
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["completed"]
+    assert (on_branch(tmp_path / "ws", "pkg/mod.py") or "").endswith("return 42\n")
+
+
+def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url: str) -> None:
+    """Every path was an argument of one ``git add``: past the kernel's ARG_MAX (about
+    2 MB of paths, well inside the answer size limit) the commit failed E2BIG as an
+    executor_error on every attempt."""
+    env = _setup(tmp_path, sqlite_url)
+    deep = "pkg/" + "d" * 250 + "/" + "e" * 250
+    many = [{"path": f"{deep}/{i}.txt", "content": ""} for i in range(5000)]
+    answer = json.dumps({"files": [*json.loads(GOOD)["files"], *many], "summary": "many"})
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    assert len(branch_files(tmp_path / "ws")) == 5001
+
+
+def test_an_approved_change_is_checked_again_where_it_is_applied(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """An approved change is applied on the branch as it is after the approval, which may
+    hold a symlink its plan never saw: applied unchecked, the write went through it, out
+    of the workspace."""
+    env = _setup(tmp_path, sqlite_url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "KEEP = 1\n"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    answer = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/mod.py", "content": "x = 1\n"},
+                {"path": "pkg/keep.py", "content": "KEEP = 2\n"},  # needs the approval
+                {"path": "pkg/gen/out.py", "content": "owned = True\n"},
+            ]
+        }
+    )
+    waiting = drain_process(
+        *_phase_args(tmp_path, cassette(tmp_path, [line("p1", 1, answer)])), env=env, cwd=tmp_path
+    )
+    deadline = time.monotonic() + 60
+    while phase_row(sqlite_url, "p1")["state"] != "AWAITING_APPROVAL":
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    # meanwhile the run's branch gets pkg/gen as a symlink leading out of the workspace
+    git("checkout", "-q", "autopack/exec-run", cwd=ws)
+    (ws / "pkg/gen").symlink_to(outside)
+    git("add", "pkg/gen", cwd=ws)
+    git("commit", "-qm", "a symlink", cwd=ws)
+    git("checkout", "-q", "main", cwd=ws)
+    [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)
+    decided = cli("approvals", "approve", str(approval["id"]), cwd=tmp_path, env=env)
+    assert decided.returncode == 0, decided.stderr
+    waiting.communicate(timeout=120)
+    assert not (outside / "out.py").exists()
+    assert attempts(sqlite_url, "p1")[1]["stop_reason"] == "unsafe_path"
 
 
 def test_truncation_escalates_the_budget_for_the_retry(tmp_path: Path, sqlite_url: str) -> None:

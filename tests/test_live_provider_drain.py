@@ -19,8 +19,10 @@ from tests.executor_support import (
     drain,
     env_for,
     files,
+    git,
     on_branch,
     phase,
+    repository,
     rows,
     run_file,
 )
@@ -80,3 +82,43 @@ def test_failed_retried_and_auditor_calls_are_all_recorded(name: str, tmp_path: 
         (1, "llm_error"),
         (2, "completed"),
     ]
+
+
+def test_context_read_through_a_symlink_leaving_the_workspace_is_not_sent(tmp_path: Path) -> None:
+    """A repository may hold symlinks (``pkg/ctx/env -> /proc/self/environ``, ``-> ~``): the
+    Builder's prompt read what they point at, so the executor's environment, or any file
+    it can read, went to the LLM provider as read-only context or an existing deliverable."""
+    flavour = FLAVOURS["anthropic"]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-VALUE\n")
+    ws = repository(tmp_path / "ws", {"pkg/ctx/ok.txt": "VISIBLE-CONTEXT\n"})
+    (ws / "pkg/ctx/env").symlink_to("/proc/self/environ")
+    (ws / "pkg/ctx/secret").symlink_to(secret)
+    (ws / "pkg/ctx/home").symlink_to(tmp_path)  # a directory outside
+    (ws / "pkg/mod.py").symlink_to(secret)  # an "existing deliverable"
+    git("add", "-A", cwd=ws)
+    git("commit", "-qm", "links", cwd=ws)
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, EXECUTOR_ONLY_SECRET="ENVIRONMENT-SECRET-VALUE")
+    spec = phase(
+        "p1",
+        ["pkg/mod.py"],
+        scope={
+            "paths": ["pkg/"],
+            "deliverables": ["pkg/mod.py"],
+            "read_only_context": ["pkg/ctx"],
+        },
+    )
+    create_run(run_file(tmp_path, [spec]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(flavour.path, Reply(200, flavour.body(files(mod_py="V = 1\n"))))
+        result = drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(ws)),
+            env={**env, **_provider_env(flavour, wire)},
+            cwd=tmp_path,
+        )
+        sent = json.dumps([request.body for request in wire.seen(flavour.path)])
+    assert "VISIBLE-CONTEXT" in sent
+    assert "ENVIRONMENT-SECRET-VALUE" not in sent and "TOP-SECRET-VALUE" not in sent
+    assert result.returncode in (0, 1), result.stderr[-3000:]

@@ -24,6 +24,7 @@ Importing this module loads pydantic only: the client and the executor use it.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from functools import cache
 from types import UnionType
@@ -46,12 +47,39 @@ TEXT_MAX = 200_000
 JSON_DEPTH_MAX = 32
 JSON_ITEMS_MAX = 100_000
 """Strings, numbers and containers in one JSON value."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: str) -> bool:
+    """Does ``value`` hold a lone surrogate (``"\\udc80"``)? Not Unicode: it cannot be
+    encoded as UTF-8, so no file name, database row or JSON answer can hold it."""
+    return _SURROGATE.search(value) is not None
+
+
+def printable(value: str) -> str:
+    """``value`` as text any output can encode: a lone surrogate shown as ``\\udc80``."""
+    return value.encode("utf-8", "backslashreplace").decode() if lone_surrogate(value) else value
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored and served back as text, or None.
+
+    A NUL byte: no PostgreSQL text column can store one. A lone surrogate (``"\\udc80"``, which
+    JSON's ``\\u`` escapes can spell): it is not Unicode, so no answer holding it can be
+    encoded; stored, it made every later read of its row a 500.
+    """
+    if "\x00" in value:
+        return "contains a NUL byte (\\x00), which cannot be stored"
+    if lone_surrogate(value):
+        return "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode text"
+    return None
 
 
 def no_nul(value: str) -> str:
-    """Refuse a NUL byte: no PostgreSQL text column can store one."""
-    if "\x00" in value:
-        raise ValueError("contains a NUL byte (\\x00), which cannot be stored")
+    """Refuse text that cannot be stored and served back (:func:`text_problem`)."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -66,16 +94,17 @@ def utc_time(value: datetime) -> datetime:
         raise ValueError("is out of range once converted to UTC") from None
 
 
-def json_safe(value: Any) -> Any:
+def json_safe(value: Any, name: str = "") -> Any:
     """Refuse what a JSON column cannot store or a reader cannot load back: an infinite or
-    NaN number, nesting deeper than JSON_DEPTH_MAX, more than JSON_ITEMS_MAX values.
+    NaN number, a lone surrogate in a string or key, nesting deeper than JSON_DEPTH_MAX,
+    more than JSON_ITEMS_MAX values.
     Walks dicts, lists and pydantic models (extra fields included) without recursion; the
-    error names the path (``details.log[3]``). Returns ``value``.
+    error names the path (``details.log[3]``; ``name`` is the field's). Returns ``value``.
 
     NUL is allowed inside JSON (PostgreSQL's ``json`` stores ``\\u0000``): a file the
     Builder wrote, held in an approval's context, must come back byte for byte.
     """
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    stack: list[tuple[Any, str, int]] = [(value, name, 0)]
     seen = 0
     while stack:
         item, where, depth = stack.pop()
@@ -87,12 +116,17 @@ def json_safe(value: Any) -> Any:
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise ValueError(f"{where or 'value'} is not a finite number ({item})")
+        elif isinstance(item, str):
+            if lone_surrogate(item):
+                raise ValueError(f"{where or 'value'} contains a lone surrogate (not Unicode)")
         elif isinstance(item, BaseModel):
             fields = {**item.__dict__, **(item.__pydantic_extra__ or {})}
             prefix = f"{where}." if where else ""
             stack.extend((child, prefix + name, depth + 1) for name, child in fields.items())
         elif isinstance(item, dict):
             prefix = f"{where}." if where else ""
+            if any(isinstance(key, str) and lone_surrogate(key) for key in item):
+                raise ValueError(f"{where or 'value'} has a key with a lone surrogate")
             stack.extend((child, prefix + str(key), depth + 1) for key, child in item.items())
         elif isinstance(item, list | tuple):
             stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
@@ -104,13 +138,13 @@ def storable(model: BaseModel) -> BaseModel:
     columns) without NUL, its JSON fields :func:`json_safe`. Returns ``model``."""
     for name, value in {**model.__dict__, **(model.__pydantic_extra__ or {})}.items():
         if isinstance(value, str):
-            if "\x00" in value:
-                raise ValueError(f"{name} contains a NUL byte (\\x00), which cannot be stored")
+            if (problem := text_problem(value)) is not None:
+                raise ValueError(f"{name} {problem}")
         elif isinstance(value, float):
             if not math.isfinite(value):
                 raise ValueError(f"{name} is not a finite number ({value})")
         elif isinstance(value, dict | list | tuple | BaseModel):
-            json_safe(value)
+            json_safe(value, name)
     return model
 
 

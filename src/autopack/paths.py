@@ -5,12 +5,14 @@ or deletes) obey the same rules, so a path a run file may name is exactly a path
 answer may write:
 
 * :func:`normalize` refuses anything that could leave the workspace by its spelling:
-  absolute paths, drive letters, ``..``, backslashes, NUL bytes, empty names (and names
-  longer than the file system takes);
+  absolute paths, drive letters, ``..``, ``.git``, backslashes, NUL bytes, lone surrogates (not
+  Unicode: no file name, row or answer can hold one), empty names (and names longer than
+  the file system takes);
 * :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
 * :func:`resolved_inside` checks the path *as the file system resolves it*: a symlink
   inside the workspace (``src/link -> ../secret``) cannot carry a write out of the scope
-  it was checked against, because the scope is checked on the resolved path.
+  it was checked against, because the scope is checked on the resolved path; and
+  :func:`resolved` keeps reads (the Builder's context) inside the workspace the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+
+from autopack.bounds import lone_surrogate
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_NAME_BYTES = 255
@@ -41,19 +45,21 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
         problem = "is empty"
     elif "\x00" in path:
         problem = "contains a NUL byte"
+    elif lone_surrogate(path):
+        problem = "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode"
     elif "\\" in path:
         problem = "uses backslashes; use forward slashes"
     elif path.startswith("/") or _DRIVE.match(path):
         problem = "is absolute; paths are relative to the workspace root"
     parts = [part for part in path.split("/") if part not in ("", ".")]
-    if not problem and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    if not problem and len(path.encode()) > MAX_PATH_BYTES:
         problem = f"is longer than {MAX_PATH_BYTES} bytes"
-    elif not problem and any(
-        len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in parts
-    ):
+    elif not problem and any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
         problem = f"has a name longer than {MAX_NAME_BYTES} bytes"
     elif not problem and ".." in parts:
         problem = "contains '..'"
+    elif not problem and any(part.lower() == ".git" for part in parts):
+        problem = "names .git, which git keeps for itself (it would never be committed)"
     elif not problem and not parts:
         problem = "names no file or directory"
     elif not problem and path.endswith("/") and not directory_ok:
@@ -73,6 +79,16 @@ def inside_any(path: str, containers: Iterable[str]) -> bool:
     return any(inside(path, container) for container in containers)
 
 
+def resolved(root: Path, path: str) -> str | None:
+    """The normalized ``path`` under ``root`` as the file system resolves it (following
+    every symlink that exists), relative to ``root``; None when that leaves ``root``."""
+    real_root = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(real_root / path))
+    if not target.is_relative_to(real_root):
+        return None
+    return target.relative_to(real_root).as_posix()
+
+
 def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
     """Does the normalized ``path``, resolved under ``root`` (following every symlink that
     exists), still lie inside ``root`` and inside one of ``containers``?
@@ -81,9 +97,5 @@ def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
     whose resolution leaves ``root`` or lands outside every container is refused, even when
     its spelling is inside one.
     """
-    real_root = Path(os.path.realpath(root))
-    target = Path(os.path.realpath(real_root / path))
-    if not target.is_relative_to(real_root):
-        return False
-    relative = target.relative_to(real_root).as_posix()
-    return inside_any(relative, containers)
+    relative = resolved(root, path)
+    return relative is not None and inside_any(relative, containers)

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from autopack import paths
-from autopack.bounds import TEXT_MAX, Count, Finite, JsonTyped, Str
+from autopack.bounds import TEXT_MAX, Count, Finite, JsonTyped, Str, printable
 from autopack.errors import InvalidInput
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -319,8 +319,8 @@ _SCALARS = (str, bool, int, float)
 def _short_value(value: Any) -> Any:
     """A scalar offending value, JSON-safe and at most 200 characters."""
     if isinstance(value, str) and len(value) > 200:
-        return value[:200] + "…"
-    return value
+        return printable(value[:200]) + "…"
+    return printable(value) if isinstance(value, str) else value
 
 
 def describe_errors(
@@ -340,7 +340,8 @@ def describe_errors(
             message = (
                 "ids use only letters, digits, '.', '_' and '-', and start with a letter or digit"
             )
-        item: dict[str, Any] = {"field": _describe_loc(loc, data), "message": message}
+        field = printable(_describe_loc(loc, data))
+        item: dict[str, Any] = {"field": field, "message": message}
         value = error.get("input")
         if error.get("type") != "missing" and (value is None or isinstance(value, _SCALARS)):
             item["value"] = _short_value(value)

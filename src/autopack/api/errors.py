@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import redact
+from autopack.bounds import printable
 from autopack.errors import AutopackError, BadRequest, InvalidInput, RequestTooLarge, Unauthorized
 from autopack.logs import log_event
 from autopack.rundef import describe_errors, summarize_errors
@@ -51,7 +52,7 @@ def _wire_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return printable(value)
     if isinstance(value, dict):
         return {_wire_safe(key): _wire_safe(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -7,6 +7,7 @@ writes, or refuses it with a stop reason and feedback for the Builder:
   symlink through which the resolved path leaves the scope or the workspace;
 * ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
   paths are relative to the workspace root and keep the scope's directory prefix);
+* ``path_conflict``: a file over a directory, below a file, or a directory deleted;
 * ``file_too_large``, ``answer_too_large`` (all files together);
   ``edit_not_applicable`` (search text absent or ambiguous);
 * ``missing_deliverable``: every deliverable must appear in the answer.
@@ -93,7 +94,59 @@ def _outside_scope(path: str, scope: Scope) -> BuilderRejected:
 
 def _read(workspace: Path, path: str) -> str | None:
     target = workspace / path
-    return target.read_text() if target.is_file() else None
+    if not target.is_file():
+        return None
+    try:
+        return target.read_bytes().decode()
+    except UnicodeDecodeError as exc:
+        raise BuilderRejected(
+            "edit_not_applicable",
+            f"{path!r} is not UTF-8 text, so an edit cannot be applied to it; send its full "
+            'content in "files" instead.',
+        ) from exc
+
+
+def _admit(raw: str, scope: Scope, workspace: Path) -> str:
+    """``raw`` normalized, if it is safe, inside the scope and stays there when resolved."""
+    path = safe_relative(raw)
+    if not scope.allows(path):
+        raise _outside_scope(path, scope)
+    if not paths.resolved_inside(workspace, path, scope.paths):
+        raise BuilderRejected(
+            "unsafe_path",
+            f"The path {path!r} leads through a symlink to a place outside this phase's "
+            "scope (or outside the workspace); write the file at its real location.",
+        )
+    return path
+
+
+def recheck(change: Change, scope: Scope, workspace: Path) -> Change:
+    """An approved change, planned on the branch as it was when approval was asked, checked
+    again on the checkout it is applied to (which may hold symlinks the plan never saw)."""
+    writes = {write.path: write.content for write in change.writes}
+    for path in [*writes, *change.deletes]:
+        _admit(path, scope, workspace)
+        if (conflict := _conflict(workspace, path, writes)) is not None:
+            raise conflict
+    return change
+
+
+def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderRejected | None:
+    """A path the file system cannot hold as the answer asks: a directory of the workspace
+    written over or deleted, or a path below a file (of the workspace, or of the answer).
+    Found here, it is feedback; found while writing, it was an error halfway through."""
+    problem = ""
+    if (workspace / path).is_dir():
+        verb = "written as a file" if path in writes else "deleted as a file"
+        problem = f"is a directory in the workspace; it cannot be {verb} (name its files)"
+    for parent in (p.as_posix() for p in PurePosixPath(path).parents[:-1]):
+        if parent in writes:
+            problem = f"is below {parent!r}, which your answer also writes as a file"
+        elif (workspace / parent).exists() and not (workspace / parent).is_dir():
+            problem = f"is below {parent!r}, which is a file in the workspace"
+    if not problem:
+        return None
+    return BuilderRejected("path_conflict", f"The path {path!r} {problem}.")
 
 
 def plan_change(
@@ -109,16 +162,7 @@ def plan_change(
     existed: dict[str, bool] = {}
 
     def admit(raw: str) -> str:
-        path = safe_relative(raw)
-        if not scope.allows(path):
-            raise _outside_scope(path, scope)
-        if not paths.resolved_inside(workspace, path, scope.paths):
-            raise BuilderRejected(
-                "unsafe_path",
-                f"The path {path!r} leads through a symlink to a place outside this phase's "
-                "scope (or outside the workspace); write the file at its real location.",
-            )
-        return path
+        return _admit(raw, scope, workspace)
 
     for file in output.files:
         path = admit(file.path)
@@ -144,6 +188,9 @@ def plan_change(
         contents[path] = current.replace(edit.search, edit.replace, 1)
         existed.setdefault(path, True)
     deletes = tuple(admit(path) for path in output.deletes)
+    for path in [*contents, *deletes]:
+        if (conflict := _conflict(workspace, path, contents)) is not None:
+            raise conflict
 
     total = 0
     for path, content in contents.items():

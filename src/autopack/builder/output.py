@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from autopack.bounds import lone_surrogate
 from autopack.errors import BuilderOutputInvalid
 
 _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.DOTALL)
@@ -144,6 +145,17 @@ def parse_builder_output(text: str) -> BuilderOutput:
             'in "files" (one entry per file, with its full path); an empty array is never a '
             "valid answer.",
         )
+    texts = [("the summary", answer.summary)]
+    texts += [(f"the content of {f.path!r}", f.content) for f in answer.files]
+    texts += [(f"an edit of {e.path!r}", e.search + e.replace) for e in answer.edits]
+    for where, value in texts:
+        if lone_surrogate(value):
+            raise BuilderRejected(
+                "malformed_output",
+                f"{where} contains a lone surrogate (a \\ud800-\\udfff escape that is not "
+                "part of a pair), which is not Unicode text and cannot be written to a file. "
+                "Write the characters themselves.",
+            )
     return BuilderOutput(
         files=tuple(FileWrite(f.path, f.content) for f in answer.files),
         edits=tuple(FileEdit(e.path, e.search, e.replace) for e in answer.edits),

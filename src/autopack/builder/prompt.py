@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from autopack.builder.change import safe_relative
-from autopack.builder.output import BuilderRejected
+from autopack import paths
 from autopack.rundef import Scope
 
 DEFAULT_CONTEXT_CHARS = 120_000
@@ -74,12 +73,13 @@ class Feedback:
 
 
 def _context_files(workspace: Path, entries: Sequence[str]) -> list[str]:
-    """Files named by ``read_only_context`` (a directory means the files inside it)."""
+    """Files named by ``read_only_context`` (a directory, ``docs`` or ``docs/`` as run
+    files may spell it, means the files inside it)."""
     found: list[str] = []
     for entry in entries:
         try:
-            relative = safe_relative(entry)
-        except BuilderRejected:
+            relative = paths.normalize(entry, directory_ok=True).rstrip("/")
+        except paths.UnsafePath:
             continue
         target = workspace / relative
         if target.is_dir():
@@ -90,7 +90,14 @@ def _context_files(workspace: Path, entries: Sequence[str]) -> list[str]:
             )
         elif target.is_file():
             found.append(relative)
-    return found
+    return [path for path in found if _readable(workspace, path)]
+
+
+def _readable(workspace: Path, path: str) -> bool:
+    """Is ``path`` a file that stays inside the workspace when resolved? A symlink in the
+    repository (``ctx -> /proc/self/environ``, ``-> ~/.aws/credentials``) would otherwise
+    send what it points at to the LLM provider."""
+    return (workspace / path).is_file() and paths.resolved(workspace, path) is not None
 
 
 def _file_block(path: str, text: str, budget: list[int]) -> str:
@@ -142,9 +149,11 @@ def builder_prompt_parts(
     existing: list[str] = []
     for deliverable in scope.deliverables:
         target = workspace / deliverable
-        if target.is_file():
+        if _readable(workspace, deliverable):
             existing.append(deliverable)
             lines.append(f"- {deliverable} (exists, {target.stat().st_size} bytes, shown below)")
+        elif target.is_symlink():
+            lines.append(f"- {deliverable} (a symlink out of the workspace or to nothing)")
         else:
             lines.append(f"- {deliverable} (new file)")
     lines += ["", "## Allowed paths", *[f"- {p}" for p in scope.paths]]

@@ -29,7 +29,7 @@ from autopack.builder.auditor import (
     change_diff,
     parse_verdict,
 )
-from autopack.builder.change import Change, plan_change
+from autopack.builder.change import Change, plan_change, recheck
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
 from autopack.contract import (
@@ -173,7 +173,7 @@ class Attempt:
     def _steps(self, lease: Lease, meter: Meter, tree: Worktree) -> Finish | AttemptResult:
         """Build, write, check, audit and commit in the worktree; how the attempt ends."""
         try:
-            change = self._approved_change() or self._build(lease, meter, tree.path)
+            change = self._approved_change(tree.path) or self._build(lease, meter, tree.path)
             if change.needs_approval and not self.claim.approved_change:
                 return self._request_approval(lease, meter, change)
             lease.check()
@@ -229,7 +229,8 @@ class Attempt:
             return bool(set(upstream) & set(self.applied.paths if self.applied else []))
         return rule == "always"
 
-    def _approved_change(self) -> Change | None:
+    def _approved_change(self, workspace: Path) -> Change | None:
+        """The change a human approved, checked again on this attempt's checkout."""
         approved = self.claim.approved_change
         if approved is None:
             return None
@@ -240,7 +241,10 @@ class Attempt:
             phase_id=self.claim.phase_id,
             approval_id=approved.approval_id,
         )
-        return Change.from_json(approved.context["change"])
+        try:
+            return recheck(Change.from_json(approved.context["change"]), self.task.scope, workspace)
+        except BuilderRejected as exc:
+            raise failed(exc.stop_reason, feedback=exc.feedback) from exc
 
     def _build(self, lease: Lease, meter: Meter, workspace: Path) -> Change:
         """The Builder's answer, as the change it would make to the attempt's worktree."""
@@ -456,8 +460,8 @@ class Attempt:
     def _message(self) -> str:
         claim = self.claim
         message = f"autopack: {claim.phase_id} ({claim.run_id}, attempt {claim.attempt})"
-        if self.summary:
-            message += f"\n\n{self.summary}"
+        if self.summary:  # an argument of git commit-tree, which cannot hold a NUL byte
+            message += "\n\n" + self.summary.replace("\x00", "")
         return (
             f"{message}\n\nAutopack-Run: {claim.run_id}\nAutopack-Phase: {claim.phase_id}\n"
             f"Autopack-Attempt: {claim.attempt}\nAutopack-Worker: {self.o.worker_id}\n"

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from autopack.contract import CheckResult
 from autopack.executor.outcome import Finish
@@ -38,7 +39,7 @@ _SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
 COMMAND_NOT_FOUND = 127
 """POSIX shells' exit status for a command that does not exist."""
 
-_RUNNING: set[subprocess.Popen[str]] = set()
+_RUNNING: set[subprocess.Popen[bytes]] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -124,36 +125,48 @@ def _check_env(scratch: Path) -> dict[str, str]:
 
 def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
     with tempfile.TemporaryDirectory(prefix="autopack-check-") as scratch:
-        return _run(command, workspace, timeout, _check_env(Path(scratch)))
+        return _run(command, workspace, timeout, _check_env(Path(scratch)), Path(scratch))
 
 
-def _run(command: str, workspace: Path, timeout: float, env: dict[str, str]) -> CheckResult:
+def _run(
+    command: str, workspace: Path, timeout: float, env: dict[str, str], scratch: Path
+) -> CheckResult:
+    """Run ``command``; its result once its shell has ended (or been killed at ``timeout``).
+
+    The output goes to a file, not a pipe: a pipe is read until every process holding it
+    has closed it, and a process the check started in a session of its own (a test's
+    server, a daemon) escapes the process group that is killed, so reading it waited for
+    that process, past the timeout, forever for a server. Whatever the check left running
+    in its process group is killed when its shell ends.
+    """
     started = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        shell=True,
-        cwd=workspace,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    with _RUNNING_LOCK:
-        _RUNNING.add(process)
-    timed_out = False
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        output += f"\n[autopack] check timed out after {timeout:g}s and was killed"
-    finally:
+    with (scratch / "output").open("w+b") as log:
+        process = subprocess.Popen(
+            command,
+            shell=True,
+            cwd=workspace,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         with _RUNNING_LOCK:
-            _RUNNING.discard(process)
+            _RUNNING.add(process)
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
+        output = _tail(log)
+    if timed_out:
+        output += f"\n[autopack] check timed out after {timeout:g}s and was killed"
     return CheckResult(
         command=command,
         exit_code=None if timed_out else process.returncode,
@@ -162,6 +175,14 @@ def _run(command: str, workspace: Path, timeout: float, env: dict[str, str]) -> 
         duration_s=round(time.monotonic() - started, 3),
         output_tail=output[-TAIL_CHARS:].replace("\x00", "\\x00"),  # text columns hold no NUL
     )
+
+
+def _tail(log: BinaryIO) -> str:
+    """The last :data:`TAIL_CHARS` characters of the output file (UTF-8 at most 4 bytes
+    each; anything undecodable replaced)."""
+    size = log.seek(0, os.SEEK_END)
+    log.seek(max(0, size - 4 * TAIL_CHARS))
+    return log.read().decode(errors="replace")[-TAIL_CHARS:]
 
 
 def run_checks(

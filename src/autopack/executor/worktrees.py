@@ -67,15 +67,18 @@ class Worktree:
         the checkout's (assume-unchanged, which ``core.ignoreStat`` sets on every file a
         checkout writes; skip-worktree a check may set) make ``git add`` pass a file by.
         ``git add --force``: a deliverable the repository's ``.gitignore`` matches is
-        committed anyway (the run file asked for it); modes are taken from the files.
+        committed anyway (the run file asked for it); modes are taken from the files. The
+        paths go on stdin, as literal paths (``*`` in a name is no glob).
         """
         present = [p for p in paths if (self.path / p).exists() or self._in_base(p)]
         index = self.path.parent / f".{self.path.name}.autopack-index"
         env = {"GIT_INDEX_FILE": str(index)}
         try:
             git("read-tree", self.base, cwd=self.path, env=env)
-            if present:
-                git("add", "--force", "--all", "--", *present, cwd=self.path, env=env)
+            if present:  # on stdin: thousands of paths are more than one command line holds
+                listed = "\0".join(present).encode()
+                add = ("add", "--force", "--all", "--pathspec-from-file=-", "--pathspec-file-nul")
+                git(*add, cwd=self.path, env={**env, "GIT_LITERAL_PATHSPECS": "1"}, input=listed)
             tree = out("write-tree", cwd=self.path, env=env)
         finally:
             index.unlink(missing_ok=True)
