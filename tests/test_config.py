@@ -191,3 +191,22 @@ def test_continuation_and_prompt_cache_settings(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AUTOPACK_MAX_CONTINUATIONS", "-1")
     with pytest.raises(ConfigError, match="AUTOPACK_MAX_CONTINUATIONS"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        # inf failed every attempt of a drained phase (OverflowError: timestamp out of range)
+        ("AUTOPACK_REPLAY_SPEED", "inf"),
+        ("AUTOPACK_MAINTENANCE_INTERVAL_SECONDS", "inf"),
+        ("AUTOPACK_KEEP_FAILED_WORKTREES_MINUTES", "Infinity"),
+        ("AUTOPACK_DEFAULT_API_PORT", "99999999"),
+        ("AUTOPACK_DEFAULT_API_PORT", "0"),
+    ],
+)
+def test_infinite_or_impossible_numbers_are_refused_naming_the_setting(
+    name: str, raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ConfigError, match=f"{name}='{raw}'"):
+        load_settings()

@@ -121,13 +121,20 @@ class Settings(BaseSettings):
     """Every knob Autopack reads; each field's environment name is its name in capitals."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,  # an infinite timeout or scale fails later, in every attempt
     )
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="Database every part uses.")
     autopack_api_url: str | None = Field(None, description="API server executors attach to.")
     autopack_default_api_port: int = Field(
-        DEFAULT_API_PORT, description="Port probed for an already running API server."
+        DEFAULT_API_PORT,
+        ge=1,
+        le=65535,
+        description="Port probed for an already running API server.",
     )
     autopack_expected_instance_id: str | None = Field(
         None, description="Set on spawned servers: refuse to serve any other database."
