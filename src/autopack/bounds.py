@@ -41,6 +41,8 @@ INT32_MAX = 2**31 - 1
 """PostgreSQL ``INTEGER``; every integer column is one."""
 TEXT_MAX = 200_000
 """Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""A request body the API reads (larger: 413 unread), and a run file the CLI reads."""
 JSON_DEPTH_MAX = 32
 JSON_ITEMS_MAX = 100_000
 """Strings, numbers and containers in one JSON value."""
