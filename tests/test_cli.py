@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import cli
+from tests.support import clean_env, cli
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,21 @@ def test_usage_errors_name_the_problem_without_a_traceback(
     assert complaint in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "autopack.db").exists(), "a usage error must not touch a database"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:8000\x01"])
+def test_an_api_url_that_is_not_a_url_is_an_error_naming_it(url: str, tmp_path: Path) -> None:
+    """httpx.InvalidURL left every command that attaches to a server with a traceback."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    for args, env_url in [
+        (["run", "list", "--api-url", url], None),
+        (["db", "identity", "--api-url", url], None),
+        (["approvals", "list"], url),
+        (["doctor"], url),
+    ]:
+        extra = {"AUTOPACK_API_URL": env_url} if env_url else {}
+        result = cli(*args, cwd=tmp_path, env={**env, **extra})
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert f"API URL {url!r} is not a URL" in result.stderr, (args, result.stderr)

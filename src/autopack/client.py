@@ -46,7 +46,13 @@ from autopack.contract import (
     UsageAnswer,
     UsageIn,
 )
-from autopack.errors import AutopackError, IdentityMismatch, SchemaOutOfDate, ServerUnavailable
+from autopack.errors import (
+    AutopackError,
+    ConfigError,
+    IdentityMismatch,
+    SchemaOutOfDate,
+    ServerUnavailable,
+)
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 from autopack.rundef import RunDefinition
@@ -146,17 +152,23 @@ class ApiClient:
         connect_retries: int = 2,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        try:
+            url = httpx.URL(self.base_url)
+        except httpx.InvalidURL as exc:  # --api-url / AUTOPACK_API_URL as typed
+            raise ConfigError(
+                f"API URL {base_url!r} is not a URL: {exc}", api_url=base_url
+            ) from None
         self.where = where or f"API {self.base_url}"
         self.retry_seconds = retry_seconds
         self.connect_retries = connect_retries
         self._http = httpx.Client(
-            base_url=self.base_url,
+            base_url=url,
             timeout=timeout,
             transport=transport
             or httpx.HTTPTransport(
                 retries=connect_retries,
                 # Plain http needs no certificates: loading them cost 43 ms a client.
-                verify=httpx.URL(self.base_url).scheme != "http",
+                verify=url.scheme != "http",
             ),
             headers={"Authorization": f"Bearer {token}"} if token else None,
         )
