@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("autopack.client")
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+MAX_HEALTH_BYTES = 64 * 1024
+"""A ``/health`` answer is a few hundred bytes; a longer one is not from Autopack."""
 RETRY_SECONDS = 10.0
 """How long a worker's call is retried on a 5xx or a dropped connection before it fails."""
 HEARTBEAT_RETRY_SECONDS = 5.0
@@ -264,15 +266,22 @@ class ApiClient:
 
     def health(self) -> Health:
         """``GET /health``; a 503 (schema out of date, database gone) still returns its body."""
+        body = b""
         try:
-            response = self._http.get("/health")
+            # Whatever holds the port answers: read no more than an Autopack answer needs.
+            with self._http.stream("GET", "/health") as response:
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_HEALTH_BYTES:
+                        body = b""
+                        break
         except httpx.TransportError as exc:
             raise ServerUnavailable(
                 f"no Autopack API answers at {self.base_url} ({exc.__class__.__name__})",
                 api_url=self.base_url,
             ) from exc
         try:
-            return Health.model_validate_json(response.content)
+            return Health.model_validate_json(body)
         except ValidationError as exc:
             raise ServerUnavailable(
                 f"{self.base_url}/health did not answer like an Autopack API "
