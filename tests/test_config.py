@@ -210,3 +210,27 @@ def test_infinite_or_impossible_numbers_are_refused_naming_the_setting(
     monkeypatch.setenv(name, raw)
     with pytest.raises(ConfigError, match=f"{name}='{raw}'"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        # python-dotenv skipped the line with a warning: the database became ./autopack.db
+        (b'DATABASE_URL="sqlite:///mine.db\n', "line 1 cannot be parsed"),
+        (b"OTHER=1\nDATABASE_URL\n", "line 2: DATABASE_URL has no value"),
+        # tracebacks: UnicodeDecodeError, ValueError: embedded null byte
+        (b"DATABASE_URL=sqlite:///\xff.db\n", "is not UTF-8 text"),
+        (b"DATABASE_URL=sqlite:///a\x00b.db\n", "NUL"),
+    ],
+)
+def test_a_dotenv_that_cannot_be_read_as_written_is_refused_naming_it(
+    text: bytes, complaint: str, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(text)
+    for args in (["config", "show"], ["db", "init"]):
+        result = cli(*args, cwd=tmp_path, env=clean_env())
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert str(env_file) in result.stderr and complaint in result.stderr, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [".env"], "no database made elsewhere"
