@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,3 +236,19 @@ def test_a_dotenv_that_cannot_be_read_as_written_is_refused_naming_it(
         assert "Traceback" not in result.stderr
         assert str(env_file) in result.stderr and complaint in result.stderr, result.stderr
     assert [p.name for p in tmp_path.iterdir()] == [".env"], "no database made elsewhere"
+
+
+def test_a_deleted_working_directory_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """`rm -rf` of the directory a shell is in: os.getcwd() raised FileNotFoundError."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    shell = f'cd "{gone}" && rmdir "{gone}" && exec "$0" -m autopack "$@"'
+    process = subprocess.Popen(
+        ["sh", "-c", shell, sys.executable, "run", "list"],
+        env=clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr and "working directory no longer exists" in stderr

@@ -438,6 +438,13 @@ def _database_origin(offered: dict[str, dict[str, Any]], env_file: Path) -> Data
 
 def load_settings(**flags: Any) -> LoadedSettings:
     """Resolve the settings once: ``load_settings(database_url=flag_value_or_None)``."""
+    try:
+        Path.cwd()  # what the .env search and every relative path start from
+    except FileNotFoundError:
+        raise ConfigError(
+            "the working directory no longer exists (deleted or moved since this shell "
+            "entered it): cd to a directory that exists"
+        ) from None
     given = {k: v for k, v in flags.items() if v is not None}
     env_file = dotenv_path()
     offered = source_values(given, env_file)
