@@ -368,9 +368,14 @@ class RunRepository:
     def export(self, commit: str, target: Path) -> int:
         """Write the files of ``commit`` into ``target`` (new or empty); how many."""
         self.require(commit)
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"{target} is not a directory: export the run's code into a new one")
         if target.exists() and any(target.iterdir()):
             raise ConfigError(f"{target} is not empty: export the run's code into a new directory")
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way (file/sub), no permission
+            raise ConfigError(f"cannot create {target}: {exc.strerror or exc}") from None
         index = target / ".autopack-export-index"
         env = {"GIT_INDEX_FILE": str(index)}
         try:
