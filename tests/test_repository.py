@@ -349,3 +349,15 @@ def test_a_commit_holds_edits_the_checkouts_index_flags_would_hide(
         (tree.path / "b.txt").write_text("b, p2\n")
         second = tree.make_commit(["b.txt"], "p2")
     assert sh("show", f"{second}:b.txt", cwd=repo) == "b, p2"
+
+
+@pytest.mark.parametrize("remote", ["--upload-pack=touch pwned", "--help", "-c"])
+def test_a_remote_that_looks_like_an_option_is_a_repository_name_to_git(
+    remote: str, tmp_path: Path
+) -> None:
+    """--repo / the run file's repository went to `git clone` before `--`: git read
+    '--upload-pack=…' as an option (and printed its usage for '--help')."""
+    with pytest.raises(GitError) as caught:
+        RunRepository.open(RepoSource(remote=remote), branch=BRANCH, cache_dir=tmp_path / "c")
+    assert f"repository '{remote}' does not exist" in str(caught.value)
+    assert "usage:" not in str(caught.value)

@@ -418,7 +418,7 @@ def _cache_clone(remote: str, cache_dir: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    git("clone", "--bare", "--quiet", remote, str(partial), cwd=path.parent)
+    git("clone", "--bare", "--quiet", "--", remote, str(partial), cwd=path.parent)
     try:
         partial.rename(path)
     except OSError:  # another executor on this machine cloned it first
