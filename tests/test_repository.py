@@ -92,6 +92,14 @@ def test_a_directory_with_files_that_is_no_repository_is_refused(tmp_path: Path)
     assert not (tmp_path / "ws/.git").exists()
 
 
+def test_a_workspace_that_cannot_be_made_is_refused_naming_it(tmp_path: Path) -> None:
+    """--workspace FILE/ws ended in a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("mine\n")
+    with pytest.raises(ConfigError, match=r"--workspace .*afile/ws cannot be created"):
+        local(tmp_path / "afile" / "ws", tmp_path / "cache")
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
 def test_advance_moves_forward_by_compare_and_swap_and_refuses_divergence(
     tmp_path: Path,
 ) -> None:

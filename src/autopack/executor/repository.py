@@ -400,7 +400,12 @@ def _local(workspace: Path) -> Path:
             "a run's code on a git branch: make it one (`git init && git add -A && git commit "
             "-m start` there), or give a new or empty directory."
         )
-    workspace.mkdir(parents=True, exist_ok=True)
+    try:
+        workspace.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way (FILE/ws), no permission
+        raise ConfigError(
+            f"--workspace {workspace} cannot be created: {exc.strerror or exc}"
+        ) from None
     git("init", "--quiet", cwd=workspace)
     log_event(logger, "repository_created", path=workspace)
     return workspace
