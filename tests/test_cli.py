@@ -66,3 +66,14 @@ def test_an_api_url_that_is_not_a_url_is_an_error_naming_it(url: str, tmp_path: 
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert f"API URL {url!r} is not a URL" in result.stderr, (args, result.stderr)
+
+
+def test_an_id_too_long_for_a_url_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """httpx.InvalidURL (URL too long) escaped every command that puts an id in a URL."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    long_id = "x" * 100_000
+    for args in (["run", "show", long_id], ["telemetry", "report", "--run", long_id]):
+        result = cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args[:2], result.stderr[-500:])
+        assert "Traceback" not in result.stderr and "too long" in result.stderr

@@ -197,6 +197,9 @@ class ApiClient:
             tries += 1
             try:
                 response = self._http.request(method, path, **kwargs)
+            except httpx.InvalidURL as exc:  # an id or filter no URL can carry (too long)
+                shown = path if len(path) <= 200 else path[:200] + "…"
+                raise errors.InvalidInput(f"cannot ask {method} {shown}: {exc}") from None
             except httpx.TransportError as exc:
                 problem = f"{exc.__class__.__name__}: {exc}"
                 if self._again(started, retry_for, tries, method, path, problem):
