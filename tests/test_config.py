@@ -252,3 +252,17 @@ def test_a_deleted_working_directory_is_an_error_not_a_traceback(tmp_path: Path)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2, stderr
     assert "Traceback" not in stderr and "working directory no longer exists" in stderr
+
+
+def test_setting_files_that_are_not_utf8_are_config_errors_naming_them(tmp_path: Path) -> None:
+    """AUTOPACK_PRICE_TABLE, AUTOPACK_ESTIMATOR_FILE and a cassette holding a byte that is
+    not UTF-8 ended every drain (and calibrate) in a UnicodeDecodeError traceback."""
+    from autopack.estimation.estimator import TokenEstimator
+    from autopack.llm.pricing import PriceTable
+    from autopack.llm.replay import read_cassette
+
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    for load in (PriceTable.load, TokenEstimator.load, read_cassette):
+        with pytest.raises(ConfigError, match=r"binary\.json"):
+            load(binary)

@@ -85,7 +85,7 @@ class TokenEstimator:
             return cls(_parse(text, PACKAGED_FILE), source=f"package:{PACKAGED_FILE}")
         try:
             text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read estimator file {path}: {exc}") from exc
         return cls(_parse(text, str(path)), source=str(path))
 
