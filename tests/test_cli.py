@@ -77,3 +77,24 @@ def test_an_id_too_long_for_a_url_is_an_error_not_a_traceback(tmp_path: Path) ->
         result = cli(*args, cwd=tmp_path, env=env)
         assert result.returncode == 2, (args[:2], result.stderr[-500:])
         assert "Traceback" not in result.stderr and "too long" in result.stderr
+
+
+def test_calibrate_outputs_that_cannot_be_written_are_errors_naming_them(tmp_path: Path) -> None:
+    """--write and --plot into a directory, under a file or onto a device ended in an
+    OSError traceback; --write now replaces the file at once or not at all."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("mine\n")
+    for flag, target in [
+        ("--write", "adir"),
+        ("--write", "afile/x.json"),
+        ("--write", "/dev/full"),
+        ("--plot", "adir"),
+        ("--plot", "afile/x.png"),
+    ]:
+        result = cli("telemetry", "calibrate", flag, target, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (flag, target, result.stderr[-800:])
+        assert "Traceback" not in result.stderr and target in result.stderr
+    assert (tmp_path / "afile").read_text() == "mine\n"
+    assert Path("/dev/full").is_char_device() or not Path("/dev/full").exists()
