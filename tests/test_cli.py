@@ -98,3 +98,13 @@ def test_calibrate_outputs_that_cannot_be_written_are_errors_naming_them(tmp_pat
         assert "Traceback" not in result.stderr and target in result.stderr
     assert (tmp_path / "afile").read_text() == "mine\n"
     assert Path("/dev/full").is_char_device() or not Path("/dev/full").exists()
+
+
+def test_demo_refuses_a_dir_it_cannot_use_before_making_anything(tmp_path: Path) -> None:
+    """--dir FILE or FILE/sub ended in FileExistsError/NotADirectoryError tracebacks."""
+    (tmp_path / "afile").write_text("mine\n")
+    for args in (["--dir", "afile"], ["--dir", "afile/sub"], ["--replay-speed", "inf"]):
+        result = cli("demo", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr[-800:])
+        assert "Traceback" not in result.stderr and args[0] in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
