@@ -108,3 +108,16 @@ def test_demo_refuses_a_dir_it_cannot_use_before_making_anything(tmp_path: Path)
         assert result.returncode == 2, (args, result.stderr[-800:])
         assert "Traceback" not in result.stderr and args[0] in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_argument_the_request_refuses_names_the_field(tmp_path: Path) -> None:
+    """--reason longer than the API takes left pydantic's ValidationError traceback."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    for args in (
+        ["run", "requeue", "r", "p", "--reason", "x" * 3000],
+        ["run", "cancel", "r", "--reason", "x" * 3000],
+    ):
+        result = cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args[:2], result.stderr[-800:])
+        assert "Traceback" not in result.stderr and "reason" in result.stderr
