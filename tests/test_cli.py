@@ -121,3 +121,20 @@ def test_an_argument_the_request_refuses_names_the_field(tmp_path: Path) -> None
         result = cli(*args, cwd=tmp_path, env=env)
         assert result.returncode == 2, (args[:2], result.stderr[-800:])
         assert "Traceback" not in result.stderr and "reason" in result.stderr
+
+
+def test_bytes_that_are_not_utf8_are_refused_naming_where(tmp_path: Path) -> None:
+    """An argument or DATABASE_URL holding a byte the locale cannot decode (kept by Python
+    as a lone surrogate) ended in a UnicodeEncodeError traceback."""
+    bad = b"\xff".decode("utf-8", "surrogateescape")
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    result = cli("run", "show", f"r{bad}", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr[-800:]
+    assert "Traceback" not in result.stderr and "is not UTF-8 text" in result.stderr
+    bad_env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/{bad}.db")
+    for args in (["run", "list"], ["db", "init"]):
+        result = cli(*args, cwd=tmp_path, env=bad_env)
+        assert result.returncode == 2, result.stderr[-800:]
+        assert "Traceback" not in result.stderr and "DATABASE_URL" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["autopack.db"]

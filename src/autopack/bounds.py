@@ -48,6 +48,16 @@ JSON_ITEMS_MAX = 100_000
 """Strings, numbers and containers in one JSON value."""
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` came from valid UTF-8 (Python keeps undecodable bytes of argv and
+    the environment as lone surrogates, which no file, URL or database can hold)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def no_nul(value: str) -> str:
     """Refuse a NUL byte: no PostgreSQL text column can store one."""
     if "\x00" in value:

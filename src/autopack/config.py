@@ -43,6 +43,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from autopack import redact
+from autopack.bounds import is_utf8
 from autopack.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
@@ -448,6 +449,13 @@ def load_settings(**flags: Any) -> LoadedSettings:
     given = {k: v for k, v in flags.items() if v is not None}
     env_file = dotenv_path()
     offered = source_values(given, env_file)
+    for source, values in offered.items():
+        for name, value in values.items():
+            if isinstance(value, str) and not is_utf8(value):  # argv/environment bytes
+                raise ConfigError(
+                    f"invalid setting: {name.upper()} from {source} is not UTF-8 text (it "
+                    "holds bytes the locale could not decode)"
+                )
     origin = _database_origin(offered, env_file)
     if origin.base is not None and origin.source.startswith(".env"):
         # The .env says where the database is: relative to itself, not to where we run.

@@ -34,11 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from pydantic import ValidationError
 
+    from autopack.bounds import is_utf8
     from autopack.cli.app import hoist_root_options, make_app
-    from autopack.errors import AutopackError
+    from autopack.errors import AutopackError, InvalidInput
 
     try:
         try:
+            for arg in args:  # undecodable bytes (lone surrogates): no id, URL or row holds them
+                if not is_utf8(arg):
+                    raise InvalidInput(f"argument {arg!r} is not UTF-8 text")
             make_app()(args=hoist_root_options(args), prog_name="autopack")
         except ValidationError as exc:  # a request built from this command's arguments
             raise _invalid(exc) from exc
