@@ -266,3 +266,13 @@ def test_setting_files_that_are_not_utf8_are_config_errors_naming_them(tmp_path:
     for load in (PriceTable.load, TokenEstimator.load, read_cassette):
         with pytest.raises(ConfigError, match=r"binary\.json"):
             load(binary)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused_naming_it(url: str, tmp_path: Path) -> None:
+    """Each process got a database of its own: db init 'initialised' one that vanished,
+    doctor said to run db init, every other command said its server 'did not start'."""
+    for args in (["db", "init"], ["run", "list"], ["doctor"]):
+        result = cli(*args, cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+        assert result.returncode == 2, (args, result.stderr[-800:])
+        assert "in-memory SQLite database" in result.stderr and url in result.stderr

@@ -87,7 +87,13 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
     backend = url.get_backend_name()
     if backend == "sqlite":
         database = url.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
+        if database in ("", ":memory:"):
+            raise ValueError(
+                "an in-memory SQLite database lives in one process only, and Autopack's "
+                "parts (this command, its API server, executors) must share one: name a "
+                "file, e.g. sqlite:///autopack.db"
+            )
+        if not database.startswith("file:"):
             path = Path(database).expanduser()
             if not path.is_absolute():
                 path = (cwd or Path.cwd()) / path
