@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from autopack.api.errors import MAX_BODY_BYTES
+from autopack.bounds import MAX_BODY_BYTES
 from autopack.rundef import MAX_PHASES, parse_run_definition
 from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli

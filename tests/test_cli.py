@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import cli
+from tests.support import clean_env, cli
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,28 @@ from tests.support import cli
         (["drain", "run", "--run-id", "r", "--auditor", "maybe"], "use llm, rules or off"),
         (["run", "show"], "Missing argument"),
         (["db", "nonsense"], "No such command"),
+        *[
+            (["drain", command, *ids, flag, value], flag)
+            for command, ids in [
+                ("phase", ["--run-id", "r", "--phase-id", "p"]),
+                ("run", ["--run-id", "r"]),
+            ]
+            for flag, value in [
+                # each of these failed every attempt of the phase (executor_error, a
+                # check that times out at once, a cap already passed) instead of exit 2
+                ("--check-timeout", "nan"),
+                ("--check-timeout", "inf"),
+                ("--check-timeout", "0"),
+                ("--check-timeout", "-1"),
+                ("--replay-speed", "inf"),
+                ("--approval-timeout", "nan"),
+                ("--approval-timeout", "-5"),
+                ("--phase-token-cap", "-1"),
+                ("--phase-cost-cap", "nan"),
+                ("--phase-cost-cap", "-1"),
+                ("--escalation-factor", "inf"),
+            ]
+        ],
     ],
 )
 def test_usage_errors_name_the_problem_without_a_traceback(
@@ -26,3 +48,93 @@ def test_usage_errors_name_the_problem_without_a_traceback(
     assert complaint in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "autopack.db").exists(), "a usage error must not touch a database"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:8000\x01"])
+def test_an_api_url_that_is_not_a_url_is_an_error_naming_it(url: str, tmp_path: Path) -> None:
+    """httpx.InvalidURL left every command that attaches to a server with a traceback."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    for args, env_url in [
+        (["run", "list", "--api-url", url], None),
+        (["db", "identity", "--api-url", url], None),
+        (["approvals", "list"], url),
+        (["doctor"], url),
+    ]:
+        extra = {"AUTOPACK_API_URL": env_url} if env_url else {}
+        result = cli(*args, cwd=tmp_path, env={**env, **extra})
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert f"API URL {url!r} is not a URL" in result.stderr, (args, result.stderr)
+
+
+def test_an_id_too_long_for_a_url_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """httpx.InvalidURL (URL too long) escaped every command that puts an id in a URL."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    long_id = "x" * 100_000
+    for args in (["run", "show", long_id], ["telemetry", "report", "--run", long_id]):
+        result = cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args[:2], result.stderr[-500:])
+        assert "Traceback" not in result.stderr and "too long" in result.stderr
+
+
+def test_calibrate_outputs_that_cannot_be_written_are_errors_naming_them(tmp_path: Path) -> None:
+    """--write and --plot into a directory, under a file or onto a device ended in an
+    OSError traceback; --write now replaces the file at once or not at all."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("mine\n")
+    for flag, target in [
+        ("--write", "adir"),
+        ("--write", "afile/x.json"),
+        ("--write", "/dev/full"),
+        ("--plot", "adir"),
+        ("--plot", "afile/x.png"),
+    ]:
+        result = cli("telemetry", "calibrate", flag, target, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (flag, target, result.stderr[-800:])
+        assert "Traceback" not in result.stderr and target in result.stderr
+    assert (tmp_path / "afile").read_text() == "mine\n"
+    assert Path("/dev/full").is_char_device() or not Path("/dev/full").exists()
+
+
+def test_demo_refuses_a_dir_it_cannot_use_before_making_anything(tmp_path: Path) -> None:
+    """--dir FILE or FILE/sub ended in FileExistsError/NotADirectoryError tracebacks."""
+    (tmp_path / "afile").write_text("mine\n")
+    for args in (["--dir", "afile"], ["--dir", "afile/sub"], ["--replay-speed", "inf"]):
+        result = cli("demo", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr[-800:])
+        assert "Traceback" not in result.stderr and args[0] in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_argument_the_request_refuses_names_the_field(tmp_path: Path) -> None:
+    """--reason longer than the API takes left pydantic's ValidationError traceback."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    for args in (
+        ["run", "requeue", "r", "p", "--reason", "x" * 3000],
+        ["run", "cancel", "r", "--reason", "x" * 3000],
+    ):
+        result = cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args[:2], result.stderr[-800:])
+        assert "Traceback" not in result.stderr and "reason" in result.stderr
+
+
+def test_bytes_that_are_not_utf8_are_refused_naming_where(tmp_path: Path) -> None:
+    """An argument or DATABASE_URL holding a byte the locale cannot decode (kept by Python
+    as a lone surrogate) ended in a UnicodeEncodeError traceback."""
+    bad = b"\xff".decode("utf-8", "surrogateescape")
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    result = cli("run", "show", f"r{bad}", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr[-800:]
+    assert "Traceback" not in result.stderr and "is not UTF-8 text" in result.stderr
+    bad_env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/{bad}.db")
+    for args in (["run", "list"], ["db", "init"]):
+        result = cli(*args, cwd=tmp_path, env=bad_env)
+        assert result.returncode == 2, result.stderr[-800:]
+        assert "Traceback" not in result.stderr and "DATABASE_URL" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["autopack.db"]

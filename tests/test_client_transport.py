@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +21,7 @@ from autopack.config import Settings
 from autopack.connect import connect
 from autopack.db import open_database
 from autopack.errors import ServerUnavailable
+from tests.fakes.loopback import LoopbackServer
 from tests.support import Server, clean_env, free_port
 
 
@@ -111,3 +113,36 @@ def test_a_silent_process_on_the_default_port_does_not_hold_the_command(tmp_path
     finally:
         silent.close()
         database.close()
+
+
+class _EndlessHealth(BaseHTTPRequestHandler):
+    """Whatever else holds the port: a /health answer that never ends (until 64 MiB)."""
+
+    sent: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()  # no length: the body runs until the connection closes
+        sent = 0
+        try:
+            while sent < 64 * 1024 * 1024:
+                self.wfile.write(b"a" * 65536)
+                sent += 65536
+        except OSError:  # the client hung up
+            pass
+        _EndlessHealth.sent.append(sent)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_health_answer_larger_than_any_autopack_one_is_not_read_to_its_end() -> None:
+    """The handshake read the whole /health body: a program on the default port answering
+    without end held every command and its memory (1 GB resident for a 200 MB answer)."""
+    with LoopbackServer(_EndlessHealth) as server, ApiClient(server.url) as client:
+        with pytest.raises(ServerUnavailable, match="did not answer like an Autopack API"):
+            client.health()
+        deadline = time.monotonic() + 10
+        while not _EndlessHealth.sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert _EndlessHealth.sent and _EndlessHealth.sent[0] < 8 * 1024 * 1024

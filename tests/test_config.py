@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,86 @@ def test_continuation_and_prompt_cache_settings(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AUTOPACK_MAX_CONTINUATIONS", "-1")
     with pytest.raises(ConfigError, match="AUTOPACK_MAX_CONTINUATIONS"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        # inf failed every attempt of a drained phase (OverflowError: timestamp out of range)
+        ("AUTOPACK_REPLAY_SPEED", "inf"),
+        ("AUTOPACK_MAINTENANCE_INTERVAL_SECONDS", "inf"),
+        ("AUTOPACK_KEEP_FAILED_WORKTREES_MINUTES", "Infinity"),
+        ("AUTOPACK_DEFAULT_API_PORT", "99999999"),
+        ("AUTOPACK_DEFAULT_API_PORT", "0"),
+    ],
+)
+def test_infinite_or_impossible_numbers_are_refused_naming_the_setting(
+    name: str, raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ConfigError, match=f"{name}='{raw}'"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        # python-dotenv skipped the line with a warning: the database became ./autopack.db
+        (b'DATABASE_URL="sqlite:///mine.db\n', "line 1 cannot be parsed"),
+        (b"OTHER=1\nDATABASE_URL\n", "line 2: DATABASE_URL has no value"),
+        # tracebacks: UnicodeDecodeError, ValueError: embedded null byte
+        (b"DATABASE_URL=sqlite:///\xff.db\n", "is not UTF-8 text"),
+        (b"DATABASE_URL=sqlite:///a\x00b.db\n", "NUL"),
+    ],
+)
+def test_a_dotenv_that_cannot_be_read_as_written_is_refused_naming_it(
+    text: bytes, complaint: str, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(text)
+    for args in (["config", "show"], ["db", "init"]):
+        result = cli(*args, cwd=tmp_path, env=clean_env())
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert str(env_file) in result.stderr and complaint in result.stderr, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [".env"], "no database made elsewhere"
+
+
+def test_a_deleted_working_directory_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """`rm -rf` of the directory a shell is in: os.getcwd() raised FileNotFoundError."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    shell = f'cd "{gone}" && rmdir "{gone}" && exec "$0" -m autopack "$@"'
+    process = subprocess.Popen(
+        ["sh", "-c", shell, sys.executable, "run", "list"],
+        env=clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr and "working directory no longer exists" in stderr
+
+
+def test_setting_files_that_are_not_utf8_are_config_errors_naming_them(tmp_path: Path) -> None:
+    """AUTOPACK_PRICE_TABLE, AUTOPACK_ESTIMATOR_FILE and a cassette holding a byte that is
+    not UTF-8 ended every drain (and calibrate) in a UnicodeDecodeError traceback."""
+    from autopack.estimation.estimator import TokenEstimator
+    from autopack.llm.pricing import PriceTable
+    from autopack.llm.replay import read_cassette
+
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    for load in (PriceTable.load, TokenEstimator.load, read_cassette):
+        with pytest.raises(ConfigError, match=r"binary\.json"):
+            load(binary)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused_naming_it(url: str, tmp_path: Path) -> None:
+    """Each process got a database of its own: db init 'initialised' one that vanished,
+    doctor said to run db init, every other command said its server 'did not start'."""
+    for args in (["db", "init"], ["run", "list"], ["doctor"]):
+        result = cli(*args, cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+        assert result.returncode == 2, (args, result.stderr[-800:])
+        assert "in-memory SQLite database" in result.stderr and url in result.stderr

@@ -92,6 +92,14 @@ def test_a_directory_with_files_that_is_no_repository_is_refused(tmp_path: Path)
     assert not (tmp_path / "ws/.git").exists()
 
 
+def test_a_workspace_that_cannot_be_made_is_refused_naming_it(tmp_path: Path) -> None:
+    """--workspace FILE/ws ended in a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("mine\n")
+    with pytest.raises(ConfigError, match=r"--workspace .*afile/ws cannot be created"):
+        local(tmp_path / "afile" / "ws", tmp_path / "cache")
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
 def test_advance_moves_forward_by_compare_and_swap_and_refuses_divergence(
     tmp_path: Path,
 ) -> None:
@@ -380,3 +388,15 @@ def test_a_file_added_in_a_directory_the_branch_renamed_stays_where_the_attempt_
         "b/y.py",
     ]
     assert local(repo, tmp_path / "cache2").changed(renamed, added) == ["a/new.py"]
+
+
+@pytest.mark.parametrize("remote", ["--upload-pack=touch pwned", "--help", "-c"])
+def test_a_remote_that_looks_like_an_option_is_a_repository_name_to_git(
+    remote: str, tmp_path: Path
+) -> None:
+    """--repo / the run file's repository went to `git clone` before `--`: git read
+    '--upload-pack=…' as an option (and printed its usage for '--help')."""
+    with pytest.raises(GitError) as caught:
+        RunRepository.open(RepoSource(remote=remote), branch=BRANCH, cache_dir=tmp_path / "c")
+    assert f"repository '{remote}' does not exist" in str(caught.value)
+    assert "usage:" not in str(caught.value)

@@ -254,6 +254,24 @@ def test_a_commit_accepted_just_before_a_kill_still_reaches_the_branch(tmp_path:
     assert (tmp_path / "code/pkg/mod.py").read_text() == "KEPT = 1\n"
 
 
+def test_export_into_a_file_is_refused_naming_it(tmp_path: Path) -> None:
+    """`run export RUN FILE` (or FILE/sub) ended in a NotADirectoryError traceback."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="KEPT = 1\n"))])
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    (tmp_path / "afile").write_text("mine\n")
+    for target in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        exported = cli(
+            "run", "export", RUN, str(target), "--workspace", str(ws), cwd=tmp_path, env=env
+        )
+        assert exported.returncode == 2, exported.stderr
+        assert "Traceback" not in exported.stderr and str(target) in exported.stderr
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
 @pytest.mark.postgres
 def test_three_executors_with_their_own_caches_drain_one_remote_branch(
     tmp_path: Path, pg_admin: str

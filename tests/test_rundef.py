@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from autopack.bounds import MAX_BODY_BYTES
 from autopack.errors import InvalidInput
 from autopack.rundef import (
     RunDefinition,
@@ -231,6 +232,20 @@ def test_broken_files_say_where(tmp_path: Path) -> None:
     (tmp_path / "invalid.yaml").write_text(yaml.safe_dump(with_phase(complexity="epic")))
     with pytest.raises(InvalidInput, match=r"invalid\.yaml: tiers\[0\]\(T1\)\.phases\[0\]"):
         load_run_file(tmp_path / "invalid.yaml")
+
+
+def test_a_file_larger_than_the_api_accepts_is_refused_unread(tmp_path: Path) -> None:
+    """`run create /dev/zero` read until memory ran out (MemoryError traceback), and a
+    300 MB file took minutes to parse before the API refused its 16 MiB body anyway."""
+    big = tmp_path / "big.yaml"
+    with big.open("w") as stream:
+        stream.write("run_id: r1\n#")
+        stream.truncate(MAX_BODY_BYTES + 10)
+    with pytest.raises(InvalidInput, match=f"big.yaml is larger than {MAX_BODY_BYTES} bytes"):
+        load_run_file(big)
+    if Path("/dev/zero").exists():
+        with pytest.raises(InvalidInput, match="larger than"):
+            load_run_file("/dev/zero")
 
 
 def test_json_schema_describes_the_definition() -> None:

@@ -152,3 +152,22 @@ def test_a_maintenance_interval_that_never_runs_or_spins_is_refused(tmp_path: Pa
         refused = cli("serve", "--port", str(free_port()), cwd=tmp_path, env=env, timeout=30)
         assert refused.returncode == 2, (interval, refused.stderr)
         assert "AUTOPACK_MAINTENANCE_INTERVAL_SECONDS" in refused.stderr
+
+
+def test_a_port_nothing_can_listen_on_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A taken port left uvicorn's exit 3 (which means an out-of-date schema), port 99999
+    hung, and neither should create the database first."""
+    import socket
+
+    database = tmp_path / "autopack.db"
+    env = clean_env(DATABASE_URL=f"sqlite:///{database}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", "--port", str(port), cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
+    result = cli("serve", "--port", "99999", cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 2 and "--port" in result.stderr, result.stderr
+    assert not database.exists()

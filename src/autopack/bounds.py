@@ -44,6 +44,8 @@ INT32_MAX = 2**31 - 1
 """PostgreSQL ``INTEGER``; every integer column is one."""
 TEXT_MAX = 200_000
 """Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""A request body the API reads (larger: 413 unread), and a run file the CLI reads."""
 JSON_DEPTH_MAX = 32
 JSON_ITEMS_MAX = 100_000
 """Strings, numbers and containers in one JSON value."""
@@ -73,6 +75,16 @@ def text_problem(value: str) -> str | None:
     if lone_surrogate(value):
         return "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode text"
     return None
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` came from valid UTF-8 (Python keeps undecodable bytes of argv and
+    the environment as lone surrogates, which no file, URL or database can hold)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def no_nul(value: str) -> str:

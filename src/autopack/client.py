@@ -46,7 +46,13 @@ from autopack.contract import (
     UsageAnswer,
     UsageIn,
 )
-from autopack.errors import AutopackError, IdentityMismatch, SchemaOutOfDate, ServerUnavailable
+from autopack.errors import (
+    AutopackError,
+    ConfigError,
+    IdentityMismatch,
+    SchemaOutOfDate,
+    ServerUnavailable,
+)
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 from autopack.rundef import RunDefinition
@@ -67,6 +73,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("autopack.client")
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+MAX_HEALTH_BYTES = 64 * 1024
+"""A ``/health`` answer is a few hundred bytes; a longer one is not from Autopack."""
 RETRY_SECONDS = 10.0
 """How long a worker's call is retried on a 5xx or a dropped connection before it fails."""
 HEARTBEAT_RETRY_SECONDS = 5.0
@@ -146,17 +154,23 @@ class ApiClient:
         connect_retries: int = 2,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        try:
+            url = httpx.URL(self.base_url)
+        except httpx.InvalidURL as exc:  # --api-url / AUTOPACK_API_URL as typed
+            raise ConfigError(
+                f"API URL {base_url!r} is not a URL: {exc}", api_url=base_url
+            ) from None
         self.where = where or f"API {self.base_url}"
         self.retry_seconds = retry_seconds
         self.connect_retries = connect_retries
         self._http = httpx.Client(
-            base_url=self.base_url,
+            base_url=url,
             timeout=timeout,
             transport=transport
             or httpx.HTTPTransport(
                 retries=connect_retries,
                 # Plain http needs no certificates: loading them cost 43 ms a client.
-                verify=httpx.URL(self.base_url).scheme != "http",
+                verify=url.scheme != "http",
             ),
             headers={"Authorization": f"Bearer {token}"} if token else None,
         )
@@ -183,6 +197,9 @@ class ApiClient:
             tries += 1
             try:
                 response = self._http.request(method, path, **kwargs)
+            except httpx.InvalidURL as exc:  # an id or filter no URL can carry (too long)
+                shown = path if len(path) <= 200 else path[:200] + "…"
+                raise errors.InvalidInput(f"cannot ask {method} {shown}: {exc}") from None
             except httpx.TransportError as exc:
                 problem = f"{exc.__class__.__name__}: {exc}"
                 if self._again(started, retry_for, tries, method, path, problem):
@@ -252,15 +269,22 @@ class ApiClient:
 
     def health(self) -> Health:
         """``GET /health``; a 503 (schema out of date, database gone) still returns its body."""
+        body = b""
         try:
-            response = self._http.get("/health")
+            # Whatever holds the port answers: read no more than an Autopack answer needs.
+            with self._http.stream("GET", "/health") as response:
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_HEALTH_BYTES:
+                        body = b""
+                        break
         except httpx.TransportError as exc:
             raise ServerUnavailable(
                 f"no Autopack API answers at {self.base_url} ({exc.__class__.__name__})",
                 api_url=self.base_url,
             ) from exc
         try:
-            return Health.model_validate_json(response.content)
+            return Health.model_validate_json(body)
         except ValidationError as exc:
             raise ServerUnavailable(
                 f"{self.base_url}/health did not answer like an Autopack API "

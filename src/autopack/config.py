@@ -43,6 +43,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from autopack import redact
+from autopack.bounds import is_utf8
 from autopack.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
@@ -86,7 +87,13 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
     backend = url.get_backend_name()
     if backend == "sqlite":
         database = url.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
+        if database in ("", ":memory:"):
+            raise ValueError(
+                "an in-memory SQLite database lives in one process only, and Autopack's "
+                "parts (this command, its API server, executors) must share one: name a "
+                "file, e.g. sqlite:///autopack.db"
+            )
+        if not database.startswith("file:"):
             path = Path(database).expanduser()
             if not path.is_absolute():
                 path = (cwd or Path.cwd()) / path
@@ -121,7 +128,11 @@ class Settings(BaseSettings):
     """Every knob Autopack reads; each field's environment name is its name in capitals."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,  # an infinite timeout or scale fails later, in every attempt
     )
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="Database every part uses.")
@@ -362,8 +373,42 @@ def dotenv_path(cwd: Path | None = None) -> Path:
 
 
 def dotenv_values(path: Path) -> dict[str, Any]:
-    """The settings a ``.env`` file offers, read by pydantic-settings' own parser."""
+    """The settings a ``.env`` file offers, read by pydantic-settings' own parser, once
+    :func:`check_dotenv` found every line readable."""
+    if path.is_file():
+        check_dotenv(path)
     return dict(DotEnvSettingsSource(Settings, env_file=path)())
+
+
+def check_dotenv(path: Path) -> None:
+    """Refuse a ``.env`` that would not be read as written (ConfigError naming the file
+    and line): python-dotenv skips a line it cannot parse and a setting written without
+    ``=``, with a warning at most, so a ``DATABASE_URL`` line with a stray quote silently
+    meant the default database; a file that is not UTF-8, or holds a NUL, failed later with
+    a traceback. A line's text is never shown: it may hold a secret."""
+    from io import StringIO
+
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for binding in parse_stream(StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            problem = f"line {line} cannot be parsed (write NAME=value)"
+        elif binding.key and binding.key.lower() in Settings.model_fields and binding.value is None:
+            problem = f"line {line}: {binding.key} has no value (write {binding.key}=value)"
+        elif "\x00" in (binding.value or ""):
+            problem = f"line {line}: the value of {binding.key} contains a NUL byte"
+        else:
+            continue
+        raise ConfigError(
+            f"{path}, {problem}; fix it or move it out of the way", env_file=str(path)
+        )
 
 
 def source_values(
@@ -403,9 +448,23 @@ def _database_origin(offered: dict[str, dict[str, Any]], env_file: Path) -> Data
 
 def load_settings(**flags: Any) -> LoadedSettings:
     """Resolve the settings once: ``load_settings(database_url=flag_value_or_None)``."""
+    try:
+        Path.cwd()  # what the .env search and every relative path start from
+    except FileNotFoundError:
+        raise ConfigError(
+            "the working directory no longer exists (deleted or moved since this shell "
+            "entered it): cd to a directory that exists"
+        ) from None
     given = {k: v for k, v in flags.items() if v is not None}
     env_file = dotenv_path()
     offered = source_values(given, env_file)
+    for source, values in offered.items():
+        for name, value in values.items():
+            if isinstance(value, str) and not is_utf8(value):  # argv/environment bytes
+                raise ConfigError(
+                    f"invalid setting: {name.upper()} from {source} is not UTF-8 text (it "
+                    "holds bytes the locale could not decode)"
+                )
     origin = _database_origin(offered, env_file)
     if origin.base is not None and origin.source.startswith(".env"):
         # The .env says where the database is: relative to itself, not to where we run.

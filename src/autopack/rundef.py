@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from autopack import paths
-from autopack.bounds import TEXT_MAX, Count, Finite, JsonTyped, Str, printable
+from autopack.bounds import MAX_BODY_BYTES, TEXT_MAX, Count, Finite, JsonTyped, Str, printable
 from autopack.errors import InvalidInput
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -383,9 +383,17 @@ def load_run_file(path: str | Path) -> RunDefinition:
     """Read a ``.yaml``/``.yml``/``.json`` run file (other suffixes: JSON, then YAML)."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as stream:  # a pipe (`<(…)`) too, but never more than the API takes
+            raw = stream.read(MAX_BODY_BYTES + 1)
     except OSError as exc:
         raise InvalidInput(f"cannot read run file {file}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidInput(
+            f"run file {file} is larger than {MAX_BODY_BYTES} bytes, more than the API "
+            "accepts in one request"
+        )
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"run file {file} is not UTF-8 text: {exc}") from exc
     suffix = file.suffix.lower()

@@ -23,14 +23,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import redact
-from autopack.bounds import printable
+from autopack.bounds import MAX_BODY_BYTES, printable
 from autopack.errors import AutopackError, BadRequest, InvalidInput, RequestTooLarge, Unauthorized
 from autopack.logs import log_event
 from autopack.rundef import describe_errors, summarize_errors
 
 logger = logging.getLogger("autopack.api")
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 _STARLETTE_NAMES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed"}
 
 

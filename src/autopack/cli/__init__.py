@@ -12,6 +12,7 @@ module is imported when that command runs or shows its help.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 def _print_version() -> None:
@@ -31,11 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--version"]:  # nothing else to load
         _print_version()
         return 0
+    from pydantic import ValidationError
+
+    from autopack.bounds import is_utf8
     from autopack.cli.app import hoist_root_options, make_app
-    from autopack.errors import AutopackError
+    from autopack.errors import AutopackError, InvalidInput
 
     try:
-        make_app()(args=hoist_root_options(args), prog_name="autopack")
+        try:
+            for arg in args:  # undecodable bytes (lone surrogates): no id, URL or row holds them
+                if not is_utf8(arg):
+                    raise InvalidInput(f"argument {arg!r} is not UTF-8 text")
+            make_app()(args=hoist_root_options(args), prog_name="autopack")
+        except ValidationError as exc:  # a request built from this command's arguments
+            raise _invalid(exc) from exc
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except AutopackError as exc:
@@ -51,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return exc.exit_code
     return 0
+
+
+def _invalid(exc: Any) -> Exception:
+    """An argument the request model refuses (``--reason`` longer than the API takes, text
+    that is not UTF-8): InvalidInput naming the field and the value, exit 2."""
+    from autopack.errors import InvalidInput
+    from autopack.rundef import describe_errors, summarize_errors
+
+    described = describe_errors(exc.errors())
+    return InvalidInput(f"invalid input: {summarize_errors(described)}", errors=described)
 
 
 def run() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import typer
 
 from autopack.cli._common import OK, err, out, state
-from autopack.cli.drain_cmd import DrainFlags, executor_for, report
+from autopack.cli.drain_cmd import DrainFlags, executor_for, finite, report
 from autopack.cli.telemetry_cmd import print_report
-from autopack.errors import Conflict
+from autopack.errors import ConfigError, Conflict
 
 RUN_NAME = "telemetry-collection-v4"
 MARKER = ".autopack-demo"
@@ -29,8 +29,13 @@ def _fresh(directory: Path) -> None:
         for stale in directory.glob("autopack.db*"):
             stale.unlink()
         shutil.rmtree(directory / "workspace", ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MARKER).write_text("made by `autopack demo`; safe to delete\n")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MARKER).write_text("made by `autopack demo`; safe to delete\n")
+    except OSError as exc:  # a file there or on the way, no permission
+        raise ConfigError(
+            f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
+        ) from None
 
 
 def demo(
@@ -47,6 +52,7 @@ def demo(
         0.15,
         "--replay-speed",
         min=0.0,
+        callback=finite,
         help="Offline replay: fraction of the recorded latencies to wait (0 = instant).",
     ),
 ) -> None:

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 import typer
 
 from autopack.cli._common import FAIL, OK, err, out, print_json, state
-from autopack.errors import AutopackError, DatabaseMissing, SchemaOutOfDate, ServerUnavailable
+from autopack.errors import (
+    AutopackError,
+    ConfigError,
+    DatabaseMissing,
+    SchemaOutOfDate,
+    ServerUnavailable,
+)
 
 if TYPE_CHECKING:  # the settings and database stacks load when doctor runs
     from autopack.config import LoadedSettings, Settings
@@ -127,6 +133,8 @@ def _server(settings: Settings) -> Check:
         if configured:
             return Check("api server", False, exc.message, "start it, or unset AUTOPACK_API_URL")
         return Check("api server", True, f"none on {url}; executors will start their own")
+    except ConfigError as exc:
+        return Check("api server", False, exc.message, "fix AUTOPACK_API_URL", exc.exit_code)
     except AutopackError as exc:
         fix = "point both at the same DATABASE_URL"
         return Check("api server", False, exc.message, fix, exc.exit_code)

@@ -351,6 +351,14 @@ def report(
     return code
 
 
+def finite(value: float | None) -> float | None:
+    """Refuse ``inf`` (``min=`` already refuses ``nan``): an infinite timeout, cap or
+    scale fails every attempt of the phase instead of the command."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value}: give a finite number")
+    return value
+
+
 # Options shared by both commands (Typer needs them spelled out per command).
 WORKSPACE = typer.Option(
     None,
@@ -377,21 +385,32 @@ ESCALATION = typer.Option(
     1.5,
     "--escalation-factor",
     min=1.0,
+    callback=finite,
     help="max_tokens multiplier for the retry after a truncated answer.",
 )
-CHECK_TIMEOUT = typer.Option(300.0, "--check-timeout", help="Seconds per check command.")
+CHECK_TIMEOUT = typer.Option(
+    300.0, "--check-timeout", min=1.0, callback=finite, help="Seconds per check command."
+)
 APPROVAL_TIMEOUT = typer.Option(
     None,
     "--approval-timeout",
+    min=1.0,
+    callback=finite,
     help="Seconds an approval request waits for a human (default: the run's policy).",
 )
-PHASE_TOKENS = typer.Option(None, "--phase-token-cap", help="Stop a phase past this many tokens.")
-PHASE_COST = typer.Option(None, "--phase-cost-cap", help="Stop a phase past this cost (USD).")
+PHASE_TOKENS = typer.Option(
+    None, "--phase-token-cap", min=1, help="Stop a phase past this many tokens."
+)
+PHASE_COST = typer.Option(
+    None, "--phase-cost-cap", min=0.0, callback=finite, help="Stop a phase past this cost (USD)."
+)
 CASSETTE = typer.Option(None, "--cassette", help="Answer from this replay cassette (JSONL).")
 RECORD = typer.Option(
     None, "--record", help="Record the live provider's answers to this cassette file."
 )
-SPEED = typer.Option(None, "--replay-speed", min=0.0, help="Replay latency scale (0 = instant).")
+SPEED = typer.Option(
+    None, "--replay-speed", min=0.0, callback=finite, help="Replay latency scale (0 = instant)."
+)
 WORKER = typer.Option(None, "--worker-id", help="Lease owner name (default host-pid).")
 ALLOW_CHECKS = typer.Option(
     None,

@@ -48,6 +48,7 @@ def serve(
             workers=workers,
             url=url,
         )
+    check_listen(host, port)
     # Open it here first: a missing file is created (and announced), a partial schema is
     # one line and exit 3, before any server starts.
     identity = cli.database(create=True).identity
@@ -62,3 +63,21 @@ def serve(
     cli.close()
     os.environ.update(child_env(settings, AUTOPACK_EXPECTED_INSTANCE_ID=identity.instance_id))
     uvicorn.run("autopack.main:app", host=host, port=port, workers=workers)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Exit 2 naming ``host:port`` when nothing can listen there (taken, not an address
+    of this machine): uvicorn said so with exit 3, which means an out-of-date schema."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}", host=host, port=port
+        ) from None

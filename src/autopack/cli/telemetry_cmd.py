@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from autopack.cli._common import OK, err, out, print_json, state
+from autopack.errors import ConfigError
 
 if TYPE_CHECKING:  # the client and estimation stacks load when a command runs
     from autopack.client import ApiClient
@@ -207,11 +208,14 @@ def calibrate_cmd(
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here
 
-        points = plot_predicted_vs_actual(
-            events,
-            plot,
-            old=prior,
-            new=result.fitted,
-            model_max_output=limits or DEFAULT_MODEL_MAX_OUTPUT,
-        )
+        try:
+            points = plot_predicted_vs_actual(
+                events,
+                plot,
+                old=prior,
+                new=result.fitted,
+                model_max_output=limits or DEFAULT_MODEL_MAX_OUTPUT,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot write --plot {plot}: {exc.strerror or exc}") from None
         out.print(f"{OK} wrote {plot} ({points} points)")

@@ -24,7 +24,7 @@ from autopack.config import (
     search_directories,
 )
 from autopack.db.engine import sqlite_file
-from autopack.errors import DatabaseMissing
+from autopack.errors import ConfigError, DatabaseMissing
 
 DEFAULT_FILE = "autopack.db"
 
@@ -73,7 +73,10 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
     directories = search_directories(start)
     for directory in directories:
         env_file = directory / ".env"
-        raw = dotenv_values(env_file).get("database_url") if env_file.is_file() else None
+        try:
+            raw = dotenv_values(env_file).get("database_url") if env_file.is_file() else None
+        except ConfigError:  # unreadable: load_settings names it when it is the one used
+            continue
         if raw:
             try:
                 url = resolve_database_url(str(raw), cwd=directory)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,7 +87,7 @@ class TokenEstimator:
             return cls(_parse(text, PACKAGED_FILE), source=f"package:{PACKAGED_FILE}")
         try:
             text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read estimator file {path}: {exc}") from exc
         return cls(_parse(text, str(path)), source=str(path))
 
@@ -100,7 +102,21 @@ class TokenEstimator:
         return _compact(self._doc) + "\n"
 
     def write(self, path: Path) -> None:
-        Path(path).write_text(self.dumps(), encoding="utf-8")
+        """Replace ``path`` at once: a failed write (a full disk) leaves the file there as
+        it was, however it fails, as a ConfigError naming it."""
+        target = Path(path)
+        if target.exists() and not target.is_file():
+            raise ConfigError(f"cannot write estimator file {target}: not a regular file")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            partial.write_text(self.dumps(), encoding="utf-8")
+            os.replace(partial, target)
+        except OSError as exc:
+            with suppress(OSError):
+                partial.unlink()
+            raise ConfigError(
+                f"cannot write estimator file {target}: {exc.strerror or exc}"
+            ) from None
 
     # -- the estimate --------------------------------------------------------------------
 

@@ -368,9 +368,14 @@ class RunRepository:
     def export(self, commit: str, target: Path) -> int:
         """Write the files of ``commit`` into ``target`` (new or empty); how many."""
         self.require(commit)
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"{target} is not a directory: export the run's code into a new one")
         if target.exists() and any(target.iterdir()):
             raise ConfigError(f"{target} is not empty: export the run's code into a new directory")
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way (file/sub), no permission
+            raise ConfigError(f"cannot create {target}: {exc.strerror or exc}") from None
         index = target / ".autopack-export-index"
         env = {"GIT_INDEX_FILE": str(index)}
         try:
@@ -395,7 +400,12 @@ def _local(workspace: Path) -> Path:
             "a run's code on a git branch: make it one (`git init && git add -A && git commit "
             "-m start` there), or give a new or empty directory."
         )
-    workspace.mkdir(parents=True, exist_ok=True)
+    try:
+        workspace.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way (FILE/ws), no permission
+        raise ConfigError(
+            f"--workspace {workspace} cannot be created: {exc.strerror or exc}"
+        ) from None
     git("init", "--quiet", cwd=workspace)
     log_event(logger, "repository_created", path=workspace)
     return workspace
@@ -413,7 +423,7 @@ def _cache_clone(remote: str, cache_dir: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    git("clone", "--bare", "--quiet", remote, str(partial), cwd=path.parent)
+    git("clone", "--bare", "--quiet", "--", remote, str(partial), cwd=path.parent)
     try:
         partial.rename(path)
     except OSError:  # another executor on this machine cloned it first

@@ -116,7 +116,7 @@ class PriceTable:
         if override is not None:
             try:
                 text = Path(override).read_text(encoding="utf-8")
-            except OSError as exc:
+            except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"AUTOPACK_PRICE_TABLE={override}: cannot read ({exc})") from exc
             extra = _read(text, str(override))
             models.update(extra.models)

@@ -216,7 +216,7 @@ def read_cassette(path: Path) -> Cassette:
     """Every line of ``path``, validated and parsed (blank lines are skipped)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"replay cassette {path} cannot be read: {exc}") from exc
     entries: list[CassetteEntry] = []
     repeat_last = False
