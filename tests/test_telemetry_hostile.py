@@ -1,0 +1,89 @@
+"""Hostile telemetry through the real server's routes, then the real reports.
+
+A worker token may post any row the request models accept; nothing it posts may make a
+route answer 5xx, a report or ``telemetry calibrate`` crash, or the totals lie.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import empty_sqlite
+from tests.support import Server, clean_env, cli
+
+FEATURES = {
+    "category": "impl",
+    "complexity": "low",
+    "deliverables": [{"path": "a.py", "kind": "python", "is_new": True, "existing_bytes": 0}],
+}
+
+
+def estimation(phase_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "run_id": "r1",
+        "phase_id": phase_id,
+        "attempt": 1,
+        "estimator_version": "v1",
+        "category": "impl",
+        "complexity": "low",
+        "deliverable_count": 1,
+        "deliverables_json": ["a.py"],
+        "features": FEATURES,
+        "predicted_output_tokens": 100,
+        "predicted_p90_tokens": 200,
+        "selected_budget": 300,
+        "budget_decided_by": "estimate",
+        "max_tokens_sent": 300,
+        "actual_output_tokens": 150,
+        "model": "m",
+        "success": True,
+        **fields,
+    }
+
+
+def post(server: Server, route: str, body: dict[str, Any]) -> httpx.Response:
+    """The body as Python's json writes it by default (NaN and Infinity included)."""
+    return httpx.post(
+        f"{server.url}/telemetry/{route}",
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    url = empty_sqlite(tmp_path / "autopack.db")
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as running:
+        running.database_url = url  # type: ignore[attr-defined]
+        yield running
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        {"deliverables": [1]},
+        {"deliverables": [{"kind": "python"}]},
+        {"deliverables": "a.py"},
+        {"deliverables": [{"path": "a.py", "is_new": False, "existing_bytes": "12"}]},
+        {"deliverables": [{"path": "a.py", "is_new": False, "existing_bytes": [1]}]},
+        {"deliverables": [{"path": "a.py", "is_new": False, "existing_bytes": 1e300}]},
+    ],
+)
+def test_calibrate_skips_a_features_column_it_did_not_write(
+    server: Server, tmp_path: Path, features: dict[str, Any]
+) -> None:
+    assert post(server, "estimations", estimation("good")).status_code == 201
+    assert post(server, "estimations", estimation("bad", features=features)).status_code == 201
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    url = server.database_url  # type: ignore[attr-defined]
+    done = cli("telemetry", "calibrate", "--json", "--database-url", url, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    result = json.loads(done.stdout)
+    assert (result["n_phases"], result["skipped"]) == (1, {"no_features": 1})
