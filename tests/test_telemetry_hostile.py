@@ -87,3 +87,45 @@ def test_calibrate_skips_a_features_column_it_did_not_write(
     assert "Traceback" not in done.stderr
     result = json.loads(done.stdout)
     assert (result["n_phases"], result["skipped"]) == (1, {"no_features": 1})
+
+
+USAGE = {
+    "run_id": "r1",
+    "phase_id": "p1",
+    "attempt": 1,
+    "role": "builder",
+    "provider": "anthropic",
+    "model": "m",
+    "input_tokens": 10,
+    "output_tokens": 10,
+    "success": True,
+    "cost_usd": 0.5,
+}
+ESCALATION = {
+    "run_id": "r1",
+    "phase_id": "p1",
+    "attempt": 2,
+    "reason": "truncation",
+    "factor": 1.5,
+    "old_budget": 100,
+    "new_budget": 150,
+}
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("llm-usage", USAGE, "cost_usd"),
+        ("llm-usage", USAGE, "latency_ms"),
+        ("estimations", estimation("p1"), "smape_percent"),
+        ("escalations", ESCALATION, "factor"),
+    ],
+)
+def test_a_non_finite_number_is_refused_naming_the_field(
+    server: Server, route: str, body: dict[str, Any], field: str, number: float
+) -> None:
+    answer = post(server, route, {**body, field: number})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+    assert post(server, route, body).status_code == 201  # the server still answers

@@ -11,12 +11,13 @@ a body larger than :data:`MAX_BODY_BYTES` is refused before it is read.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,7 +39,9 @@ def answer(request: Request, exc: AutopackError) -> JSONResponse:
     if database is not None:
         body.setdefault("database_instance_id", database.identity.instance_id)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    safe = redact.data(to_jsonable_python(body, inf_nan_mode="strings", fallback=str))
+    # to_jsonable_python keeps a float NaN a float whatever inf_nan_mode says; JSON mode does not
+    plain = json.loads(to_json(body, inf_nan_mode="strings", fallback=str))
+    safe = redact.data(plain)
     return JSONResponse(safe, status_code=exc.http_status, headers=headers)
 
 
