@@ -129,3 +129,20 @@ def test_a_non_finite_number_is_refused_naming_the_field(
     assert answer.status_code == 422, answer.text
     assert answer.json()["errors"][0]["field"] == field
     assert post(server, route, body).status_code == 201  # the server still answers
+
+
+@pytest.mark.parametrize(
+    "ts", ["2026-01-01T00:00:00", "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"]
+)
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [("llm-usage", USAGE), ("estimations", estimation("p1")), ("escalations", ESCALATION)],
+)
+def test_a_timestamp_without_offset_or_outside_utc_is_refused_naming_it(
+    server: Server, route: str, body: dict[str, Any], ts: str
+) -> None:
+    answer = post(server, route, {**body, "ts": ts})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == "ts"
+    kept = post(server, route, {**body, "ts": "2026-01-01T00:00:00+05:00"})
+    assert kept.status_code == 201, kept.text

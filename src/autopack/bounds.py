@@ -11,6 +11,8 @@ value is refused when the request is validated, as a 422 naming the field (a run
   (``TEXT`` columns: at most :data:`TEXT_MAX`).
 * :data:`Int32` / :data:`Count`: integers a PostgreSQL ``INTEGER`` holds.
 * :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too).
+* :data:`UtcTime`: a date-time with its offset, that exists in UTC (a naive one is
+  ambiguous, ``9999-12-31T23:59-05:00`` is after year 9999 there).
 * :data:`JsonObject`: a JSON column's dict, checked all the way down (non-finite numbers,
   nesting deeper than :data:`JSON_DEPTH_MAX`), iteratively; :class:`Storable`, the base
   of request models, checks a whole request: no NUL in a text field, JSON fields as
@@ -22,13 +24,14 @@ Importing this module loads pydantic only: the client and the executor use it.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from types import UnionType
 from typing import Annotated, Any, Self, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -178,3 +181,14 @@ Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(json_safe)]
+
+
+def in_utc(value: datetime) -> datetime:
+    """The same instant in UTC; a value past either end of the calendar there is refused."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the years 1-9999 in UTC") from None
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(in_utc)]

@@ -12,12 +12,11 @@ is stored once.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autopack.bounds import TEXT_MAX, Count, Finite, JsonObject, Storable
+from autopack.bounds import TEXT_MAX, Count, Finite, JsonObject, Storable, UtcTime
 from autopack.clock import utcnow
 
 REPLAY_PROVIDER = "replay"
@@ -29,7 +28,7 @@ to what a run was billed (its budget, ``runs.cost_usd``, the cost metric)."""
 class _Event(Storable):
     model_config = ConfigDict(extra="forbid")
 
-    ts: datetime = Field(default_factory=utcnow)
+    ts: UtcTime = Field(default_factory=utcnow)
     idempotency_key: str | None = Field(
         default_factory=lambda: uuid.uuid4().hex,
         min_length=1,
