@@ -146,3 +146,19 @@ def test_a_timestamp_without_offset_or_outside_utc_is_refused_naming_it(
     assert answer.json()["errors"][0]["field"] == "ts"
     kept = post(server, route, {**body, "ts": "2026-01-01T00:00:00+05:00"})
     assert kept.status_code == 201, kept.text
+
+
+@pytest.mark.parametrize("field", ["cost_usd", "provider_cost_usd"])
+@pytest.mark.parametrize("cost", [-5.0, 1e308])
+def test_a_cost_the_usage_route_refuses_is_refused_on_the_telemetry_route_too(
+    server: Server, tmp_path: Path, field: str, cost: float
+) -> None:
+    """Two calls at 1e308 summed to inf: the report showed the group's cost blank
+    (not "unpriced") and /metrics a counter of +Inf; a negative one made it decrease."""
+    for _ in range(2):
+        answer = post(server, "llm-usage", {**USAGE, field: cost})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == field
+    assert post(server, "llm-usage", USAGE).status_code == 201
+    [row] = httpx.get(f"{server.url}/telemetry/summary", timeout=30).json()["usage"]
+    assert (row["calls"], row["cost_usd"]) == (1, 0.5)

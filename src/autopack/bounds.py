@@ -10,7 +10,8 @@ value is refused when the request is validated, as a 422 naming the field (a run
 * :data:`Str`: text without NUL; give it ``Field(max_length=N)`` with the column's length
   (``TEXT`` columns: at most :data:`TEXT_MAX`).
 * :data:`Int32` / :data:`Count`: integers a PostgreSQL ``INTEGER`` holds.
-* :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too).
+* :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too);
+  :data:`CostUsd` one call's cost, the same bound on every route that takes one.
 * :data:`UtcTime`: a date-time with its offset, that exists in UTC (a naive one is
   ambiguous, ``9999-12-31T23:59-05:00`` is after year 9999 there).
 * :data:`JsonObject`: a JSON column's dict, checked all the way down (non-finite numbers,
@@ -44,6 +45,8 @@ INT32_MAX = 2**31 - 1
 """PostgreSQL ``INTEGER``; every integer column is one."""
 TEXT_MAX = 200_000
 """Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
+COST_MAX_USD = 100_000.0
+"""One LLM call's cost: refused above this (a sum of a few 1e308 is infinite)."""
 JSON_DEPTH_MAX = 32
 JSON_ITEMS_MAX = 100_000
 """Strings, numbers and containers in one JSON value."""
@@ -180,6 +183,7 @@ Str = Annotated[str, AfterValidator(no_nul), Field(json_schema_extra={"pattern":
 Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+CostUsd = Annotated[float, Field(ge=0, le=COST_MAX_USD, allow_inf_nan=False)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(json_safe)]
 
 

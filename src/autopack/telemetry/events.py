@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autopack.bounds import TEXT_MAX, Count, Finite, JsonObject, Storable, UtcTime
+from autopack.bounds import TEXT_MAX, CostUsd, Count, Finite, JsonObject, Storable, UtcTime
 from autopack.clock import utcnow
 
 REPLAY_PROVIDER = "replay"
@@ -58,8 +58,8 @@ class LlmUsageIn(_Event):
     error_class: str | None = Field(None, max_length=200)
     error_message: str | None = Field(None, max_length=TEXT_MAX)
     request_id: str | None = Field(None, max_length=200)
-    cost_usd: Finite | None = Field(None, description="From the price table; None if unpriced.")
-    provider_cost_usd: Finite | None = None
+    cost_usd: CostUsd | None = Field(None, description="From the price table; None if unpriced.")
+    provider_cost_usd: CostUsd | None = None
     price_snapshot: JsonObject | None = None
 
 
