@@ -76,6 +76,9 @@ def classify(path: str) -> Kind:
     return "other"
 
 
+TOKENS_MAX = 2**31 - 1
+"""The largest token count an estimate states: what the telemetry columns hold (INTEGER).
+An estimator file or a phase far out of range predicts this, not an overflow."""
 MAX_FILE_BYTES = 2**40
 """The largest existing size a stored deliverable may claim (a terabyte)."""
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autopack.errors import ConfigError
-from autopack.estimation.features import PhaseFeatures, bucket_of
+from autopack.estimation.features import TOKENS_MAX, PhaseFeatures, bucket_of
 from autopack.estimation.rows import cell_key, model_family, norm_label
 from autopack.estimation.stats import normal_quantile
 
@@ -41,6 +41,7 @@ SCHEMA = 2
 COV_TERMS = 4
 """Covariance blocks are over (1, log n - centre, s1, s2): 10 numbers, upper triangle."""
 KB_SCALE = 4.0
+_LOG_TOKENS_MAX = math.log(TOKENS_MAX)
 
 
 def covariates(features: PhaseFeatures) -> tuple[float, float, float]:
@@ -59,6 +60,11 @@ def quad(cov: tuple[float, ...], v: tuple[float, ...]) -> float:
             total += cov[index] * v[i] * v[j] * (1.0 if i == j else 2.0)
             index += 1
     return max(total, 0.0)
+
+
+def _tokens(log_value: float) -> float:
+    """exp(log_value), at most TOKENS_MAX (exp overflows past ~709)."""
+    return min(math.exp(min(log_value, _LOG_TOKENS_MAX)), float(TOKENS_MAX))
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,11 @@ class Distribution:
         z = normal_quantile(q)
         z_star = z + 0.5 * self.log_sigma_var * z * (z * z - 1.0)
         error = math.sqrt(self.mu_var + z * z * self.sigma**2 * self.log_sigma_var)
-        return math.exp(self.mu + z_star * self.sd + margin * error)
+        return _tokens(self.mu + z_star * self.sd + margin * error)
 
     @property
     def median(self) -> float:
-        return math.exp(self.mu)
+        return _tokens(self.mu)
 
 
 @dataclass(frozen=True)
