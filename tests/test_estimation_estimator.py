@@ -399,3 +399,13 @@ def test_absurd_coefficients_give_counts_a_row_holds_not_an_overflow(
         estimate = estimator.estimate(features, model_max_output=8192, target_truncation=target)
         assert 1 <= estimate.p50 <= estimate.p90 <= estimate.wanted <= 2**31 - 1
         assert 1 <= estimate.budget <= 8192
+
+
+def test_unreadable_encodings_and_nesting_are_config_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b'{"version": "\xff"}')
+    with pytest.raises(ConfigError, match="cannot read estimator file"):
+        TokenEstimator.load(broken)
+    broken.write_text("[" * 100_000)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TokenEstimator.load(broken)

@@ -108,3 +108,14 @@ def test_a_file_predicting_absurd_sizes_still_gives_a_bounded_budget(
     assert 1 <= row["max_tokens_sent"] == row["selected_budget"] < 2**31 - 1
     assert row["budget_decided_by"] == "ceiling"
     assert row["estimator_version"] == doc["version"]
+
+
+@pytest.mark.parametrize("version", ["v\x00x", "v1\n", "v\x1b[2J"])
+def test_a_version_no_row_can_store_is_refused_before_anything_is_claimed(
+    tmp_path: Path, version: str
+) -> None:
+    done, url = _drain_with(tmp_path, _packaged(version=version))
+    assert done.returncode == 2, done.stderr
+    assert "estimator.json" in done.stderr and "version" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert attempts(url, "p1") == []

@@ -61,6 +61,10 @@ class TokenEstimator:
 
     def __init__(self, document: dict[str, Any], *, source: str = "<memory>") -> None:
         schema = document.get("schema", 1)
+        version = document.get("version")
+        if isinstance(version, str) and not version.isprintable():
+            # it is recorded with every estimation event: a NUL cannot be stored
+            raise ConfigError(f"estimator file {source}: version {version!r} must be printable")
         self.source = source
         self.linear: LinearModel | None = None
         self.predictive: PredictiveModel | None = None
@@ -85,7 +89,7 @@ class TokenEstimator:
             return cls(_parse(text, PACKAGED_FILE), source=f"package:{PACKAGED_FILE}")
         try:
             text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read estimator file {path}: {exc}") from exc
         return cls(_parse(text, str(path)), source=str(path))
 
@@ -175,7 +179,7 @@ class TokenEstimator:
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"estimator file {source} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise ConfigError(f"estimator file {source} must be a JSON object")
