@@ -203,7 +203,8 @@ def calibrate_cmd(
         out.print(render_diff(result))
     if write is not None:
         result.write(write)
-        out.print(f"{OK} wrote {write} (use it with AUTOPACK_ESTIMATOR_FILE={write})")
+        where = write.resolve()  # the hint must name this file from any directory
+        out.print(f"{OK} wrote {write} (use it with AUTOPACK_ESTIMATOR_FILE={where})")
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here
 
