@@ -162,3 +162,37 @@ def test_a_cost_the_usage_route_refuses_is_refused_on_the_telemetry_route_too(
     assert post(server, "llm-usage", USAGE).status_code == 201
     [row] = httpx.get(f"{server.url}/telemetry/summary", timeout=30).json()["usage"]
     assert (row["calls"], row["cost_usd"]) == (1, 0.5)
+
+
+def _calibrate(server: Server, tmp_path: Path, *args: str) -> Any:
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    return cli("telemetry", "calibrate", *args, "--database-url", url, cwd=tmp_path, env=env)
+
+
+@pytest.mark.parametrize("option", ["--write", "--plot"])
+@pytest.mark.parametrize("where", ["missing/estimator.json", "a-directory"])
+def test_an_output_path_that_cannot_be_written_is_exit_2_naming_it(
+    server: Server, tmp_path: Path, option: str, where: str
+) -> None:
+    assert post(server, "estimations", estimation("p1")).status_code == 201
+    (tmp_path / "a-directory").mkdir()
+    done = _calibrate(server, tmp_path, option, where)
+    assert done.returncode == 2, done.stderr
+    assert where in done.stderr and "Traceback" not in done.stderr
+
+
+def test_write_through_a_symlink_replaces_its_target_whole(server: Server, tmp_path: Path) -> None:
+    from autopack.estimation.estimator import TokenEstimator
+
+    assert post(server, "estimations", estimation("p1")).status_code == 201
+    target = tmp_path / "estimators" / "current.json"
+    target.parent.mkdir()
+    target.write_text("stale")
+    (tmp_path / "estimator.json").symlink_to(target)
+    done = _calibrate(server, tmp_path, "--write", "estimator.json")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "estimator.json").is_symlink()
+    assert TokenEstimator.load(target).version
+    assert f"AUTOPACK_ESTIMATOR_FILE={tmp_path / 'estimator.json'}" in done.stdout.replace("\n", "")
+    assert [p.name for p in target.parent.iterdir()] == ["current.json"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,3 +89,26 @@ def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
         return False
     relative = target.relative_to(real_root).as_posix()
     return inside_any(relative, containers)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``target`` whole or not at all: a temporary sibling moved over it with
+    ``os.replace`` (atomic on POSIX), so no reader ever sees half a file. An overwritten
+    file keeps its mode, a new one gets the umask's. ``OSError`` when it cannot."""
+    existing = target.stat() if target.is_file() else None
+    mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~_umask()
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".autopack", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            os.fchmod(handle.fileno(), mode)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -203,7 +203,7 @@ def calibrate_cmd(
         out.print(render_diff(result))
     if write is not None:
         result.write(write)
-        where = write.resolve()  # the hint must name this file from any directory
+        where = write.absolute()  # the hint must name this file from any directory
         out.print(f"{OK} wrote {write} (use it with AUTOPACK_ESTIMATOR_FILE={where})")
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here

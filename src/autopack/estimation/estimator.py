@@ -26,6 +26,7 @@ from autopack.errors import ConfigError, InvalidInput
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.linear import LinearModel, stratum_key
 from autopack.estimation.predictive import Distribution, PredictiveModel
+from autopack.paths import write_atomic
 
 DecidedBy = Literal["estimate", "floor", "ceiling"]
 
@@ -104,7 +105,15 @@ class TokenEstimator:
         return _compact(self._doc) + "\n"
 
     def write(self, path: Path) -> None:
-        Path(path).write_text(self.dumps(), encoding="utf-8")
+        """Write the file whole or not at all (through a symlink: its target), so a drain
+        never loads half an estimator; a path that cannot be written is a ConfigError."""
+        target = Path(path).resolve()
+        if target.exists() and not target.is_file():
+            raise ConfigError(f"cannot write estimator file {path}: not a regular file")
+        try:
+            write_atomic(target, self.dumps().encode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot write estimator file {path}: {exc.strerror or exc}") from exc
 
     # -- the estimate --------------------------------------------------------------------
 
