@@ -196,3 +196,13 @@ def test_write_through_a_symlink_replaces_its_target_whole(server: Server, tmp_p
     assert TokenEstimator.load(target).version
     assert f"AUTOPACK_ESTIMATOR_FILE={tmp_path / 'estimator.json'}" in done.stdout.replace("\n", "")
     assert [p.name for p in target.parent.iterdir()] == ["current.json"]
+
+
+@pytest.mark.parametrize("value", ["6", "inf", "1e308"])
+def test_a_margin_no_estimator_file_may_hold_is_refused_as_the_option(
+    server: Server, tmp_path: Path, value: str
+) -> None:
+    """It was accepted, the whole fit run, then refused as 'estimator file <calibrated>'."""
+    done = _calibrate(server, tmp_path, "--margin-sd", value)
+    assert done.returncode == 2, done.stderr
+    assert "--margin-sd" in done.stderr and "<calibrated>" not in done.stderr

@@ -135,7 +135,11 @@ def calibrate_cmd(
         help="Truncation rate the budgets aim at (default: the estimator's, else 0.02).",
     ),
     margin_sd: float = typer.Option(
-        0.5, "--margin-sd", min=0.0, help="Standard errors added to the budget quantile."
+        0.5,
+        "--margin-sd",
+        min=0.0,
+        max=5.0,  # what an estimator file may hold (predictive.MARGIN_SD_MAX)
+        help="Standard errors added to the budget quantile.",
     ),
     min_phases: int = typer.Option(
         10, "--min-phases", min=1, help="Phases a stratum needs before it is fitted on its own."

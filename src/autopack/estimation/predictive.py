@@ -41,6 +41,8 @@ SCHEMA = 2
 COV_TERMS = 4
 """Covariance blocks are over (1, log n - centre, s1, s2): 10 numbers, upper triangle."""
 KB_SCALE = 4.0
+MARGIN_SD_MAX = 5.0
+"""The most standard errors a file may add to the budget quantile (``--margin-sd``)."""
 _LOG_TOKENS_MAX = math.log(TOKENS_MAX)
 
 
@@ -207,7 +209,7 @@ class PredictiveModel:
         self.version = check.text(doc, "version")
         self.target_truncation = check.number(doc, "target_truncation", 1e-6, 0.5)
         self.floor = int(check.number(doc, "floor", 1, 1e9))
-        self.margin_sd = check.number(doc, "margin_sd", 0, 5)
+        self.margin_sd = check.number(doc, "margin_sd", 0, MARGIN_SD_MAX)
         self.log_n_centre = check.number(doc, "log_n_centre", 0, 10)
         fb = check.obj(doc, "fallback_sd")
         self.fallback = Fallback(
