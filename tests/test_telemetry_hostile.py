@@ -206,3 +206,22 @@ def test_a_margin_no_estimator_file_may_hold_is_refused_as_the_option(
     done = _calibrate(server, tmp_path, "--margin-sd", value)
     assert done.returncode == 2, done.stderr
     assert "--margin-sd" in done.stderr and "<calibrated>" not in done.stderr
+
+
+def test_a_cost_an_older_server_stored_is_still_read_back(server: Server) -> None:
+    """Bounding the route must not make rows already stored unreadable (a 500 on
+    /telemetry/events, and every calibrate, which pages through them)."""
+    from autopack.control.telemetry import record
+    from autopack.db import open_database
+    from autopack.telemetry.events import LlmUsageIn
+
+    url = server.database_url  # type: ignore[attr-defined]
+    database = open_database(url, role="test", log=False)
+    try:
+        stored = LlmUsageIn.model_validate(USAGE).model_copy(update={"cost_usd": -5.0})
+        record(database, stored)
+    finally:
+        database.close()
+    answer = httpx.get(f"{server.url}/telemetry/events", params={"kind": "usage"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert [row["cost_usd"] for row in answer.json()] == [-5.0]

@@ -112,6 +112,9 @@ class LlmUsageRow(LlmUsageIn):
     model_config = ConfigDict(extra="ignore")
 
     id: int
+    # what older servers stored before costs were bounded: read back as it is, never a 500
+    cost_usd: Finite | None = None
+    provider_cost_usd: Finite | None = None
 
 
 class TokenEstimationRow(TokenEstimationIn):
