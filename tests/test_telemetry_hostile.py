@@ -225,3 +225,40 @@ def test_a_cost_an_older_server_stored_is_still_read_back(server: Server) -> Non
     answer = httpx.get(f"{server.url}/telemetry/events", params={"kind": "usage"}, timeout=30)
     assert answer.status_code == 200, answer.text
     assert [row["cost_usd"] for row in answer.json()] == [-5.0]
+
+
+def _wide(n: int) -> dict[str, Any]:
+    """An estimation event of a phase with ``n`` new Python files."""
+    paths = [f"f{i}.py" for i in range(n)]
+    items = [{"path": p, "kind": "python", "is_new": True, "existing_bytes": 0} for p in paths]
+    features = {"category": "impl", "complexity": "low", "deliverables": items}
+    return {"deliverable_count": n, "deliverables_json": paths, "features": features}
+
+
+@pytest.mark.parametrize("data", ["no-spread", "extreme-spread", "steep-slope"])
+def test_calibrate_on_implausible_data_writes_a_file_that_loads(
+    server: Server, tmp_path: Path, data: str
+) -> None:
+    """Sixty phases that all needed 1000 tokens (one replayed answer, drained again and
+    again) fitted sigma ~1e-9; 1 and 2**31-1 tokens alternating sigma 10.2; one file -> 1
+    token, forty -> 2**31-1 a slope of 5.5: each outside what the loader accepts, so
+    calibrate ended with exit 2 blaming an 'estimator file <calibrated>'."""
+    from autopack.estimation.estimator import TokenEstimator
+    from autopack.estimation.features import extract_features
+
+    for i in range(60):
+        fields: dict[str, Any] = {"actual_output_tokens": 1000}
+        if data == "extreme-spread":
+            fields["actual_output_tokens"] = 1 if i % 2 else 2**31 - 1
+        if data == "steep-slope":
+            tokens = 1 if i % 2 else 2**31 - 1
+            fields = {**_wide(1 if i % 2 else 40), "actual_output_tokens": tokens}
+        event = estimation(f"p{i}", **fields, ts=f"2026-02-01T00:{i:02d}:00Z")
+        assert post(server, "estimations", event).status_code == 201
+    done = _calibrate(server, tmp_path, "--write", "estimator.json")
+    assert done.returncode == 0, done.stderr
+    estimator = TokenEstimator.load(tmp_path / "estimator.json")
+    for n in (1, 40):
+        features = extract_features("impl", "low", [f"f{i}.py" for i in range(n)], None)
+        estimate = estimator.estimate(features, model_max_output=8192, model="m")
+        assert 1 <= estimate.budget <= 8192

@@ -60,7 +60,11 @@ class Estimate:
 class TokenEstimator:
     """A validated estimator file of either schema; the executor's single entry point."""
 
-    def __init__(self, document: dict[str, Any], *, source: str = "<memory>") -> None:
+    def __init__(
+        self, document: dict[str, Any], *, source: str = "<memory>", clamp: bool = False
+    ) -> None:
+        """``clamp``: a fitted schema-2 document, its out-of-range numbers set to their
+        bounds in ``document`` (a file on disk is refused instead)."""
         schema = document.get("schema", 1)
         version = document.get("version")
         if isinstance(version, str) and not version.isprintable():
@@ -72,7 +76,7 @@ class TokenEstimator:
         if schema == 1:
             self.linear = LinearModel(document, source=source)
         elif schema == 2:
-            self.predictive = PredictiveModel(document, source)
+            self.predictive = PredictiveModel(document, source, clamp=clamp)
         else:
             raise ConfigError(f"estimator file {source}: unknown schema {schema!r} (1 or 2)")
         self.schema: int = int(schema)
