@@ -262,3 +262,30 @@ def test_calibrate_on_implausible_data_writes_a_file_that_loads(
         features = extract_features("impl", "low", [f"f{i}.py" for i in range(n)], None)
         estimate = estimator.estimate(features, model_max_output=8192, model="m")
         assert 1 <= estimate.budget <= 8192
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+00:00", "9999-12-31T23:00:00+00:00"])
+def test_an_instant_at_the_calendar_edge_is_refused_so_every_row_stays_readable(
+    database_url: str, tmp_path: Path, ts: str, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL returns timestamptz in the session's zone: with TimeZone Asia/Tokyo or
+    America/New_York a stored 9999-12-31T23:00Z or 0001-01-01Z is year 10000 or 0 for
+    psycopg, and every GET /telemetry/events (and report, calibrate) answered 500."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    if database_url.startswith("postgresql"):
+        name = make_url(database_url).database
+        zone = "Asia/Tokyo" if ts.startswith("9") else "America/New_York"
+        admin = request.getfixturevalue("pg_admin")
+        conninfo = make_url(admin).set(drivername="postgresql").render_as_string(False)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} SET timezone = '{zone}'")
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        answer = post(server, "llm-usage", {**USAGE, "ts": ts})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == "ts"
+        assert post(server, "llm-usage", USAGE).status_code == 201
+        events = httpx.get(f"{server.url}/telemetry/events", timeout=30)
+        assert events.status_code == 200, events.text
+        assert len(events.json()) == 1

@@ -12,8 +12,8 @@ value is refused when the request is validated, as a 422 naming the field (a run
 * :data:`Int32` / :data:`Count`: integers a PostgreSQL ``INTEGER`` holds.
 * :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too);
   :data:`CostUsd` one call's cost, the same bound on every route that takes one.
-* :data:`UtcTime`: a date-time with its offset, that exists in UTC (a naive one is
-  ambiguous, ``9999-12-31T23:59-05:00`` is after year 9999 there).
+* :data:`UtcTime`: a date-time with its offset, from 2000 to 9998 in UTC (a naive one is
+  ambiguous; see :data:`TIME_MAX` for the edges of the calendar).
 * :data:`JsonObject`: a JSON column's dict, checked all the way down (non-finite numbers,
   nesting deeper than :data:`JSON_DEPTH_MAX`), iteratively; :class:`Storable`, the base
   of request models, checks a whole request: no NUL in a text field, JSON fields as
@@ -187,12 +187,23 @@ CostUsd = Annotated[float, Field(ge=0, le=COST_MAX_USD, allow_inf_nan=False)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(json_safe)]
 
 
+TIME_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(9999, 1, 1, tzinfo=UTC)
+"""A stored instant stays a day away from either end of the calendar: PostgreSQL hands a
+``timestamptz`` back in the session's time zone, and year 1 or 9999 UTC is year 0 or
+10000 there for psycopg, which then cannot read any row of that table."""
+
+
 def in_utc(value: datetime) -> datetime:
-    """The same instant in UTC; a value past either end of the calendar there is refused."""
+    """The same instant in UTC, within TIME_MIN..TIME_MAX."""
+    problem = f"must be from {TIME_MIN:%Y-%m-%d} to before {TIME_MAX:%Y-%m-%d} UTC"
     try:
-        return value.astimezone(UTC)
+        instant = value.astimezone(UTC)
     except OverflowError:
-        raise ValueError("is outside the years 1-9999 in UTC") from None
+        raise ValueError(problem) from None
+    if not TIME_MIN <= instant < TIME_MAX:
+        raise ValueError(problem)
+    return instant
 
 
 UtcTime = Annotated[AwareDatetime, AfterValidator(in_utc)]
