@@ -7,6 +7,7 @@ route answer 5xx, a report or ``telemetry calibrate`` crash, or the totals lie.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,23 +209,28 @@ def test_a_margin_no_estimator_file_may_hold_is_refused_as_the_option(
     assert "--margin-sd" in done.stderr and "<calibrated>" not in done.stderr
 
 
-def test_a_cost_an_older_server_stored_is_still_read_back(server: Server) -> None:
+@pytest.mark.parametrize(
+    "update", [{"cost_usd": -5.0}, {"ts": datetime(1999, 12, 31, tzinfo=UTC)}], ids=str
+)
+def test_a_value_an_older_server_stored_is_still_read_back(
+    server: Server, update: dict[str, Any]
+) -> None:
     """Bounding the route must not make rows already stored unreadable (a 500 on
     /telemetry/events, and every calibrate, which pages through them)."""
     from autopack.control.telemetry import record
     from autopack.db import open_database
-    from autopack.telemetry.events import LlmUsageIn
+    from autopack.telemetry.events import LlmUsageIn, LlmUsageRow
 
     url = server.database_url  # type: ignore[attr-defined]
     database = open_database(url, role="test", log=False)
     try:
-        stored = LlmUsageIn.model_validate(USAGE).model_copy(update={"cost_usd": -5.0})
-        record(database, stored)
+        record(database, LlmUsageIn.model_validate(USAGE).model_copy(update=update))
     finally:
         database.close()
     answer = httpx.get(f"{server.url}/telemetry/events", params={"kind": "usage"}, timeout=30)
     assert answer.status_code == 200, answer.text
-    assert [row["cost_usd"] for row in answer.json()] == [-5.0]
+    [row] = answer.json()
+    assert LlmUsageRow.model_validate(row).model_dump(include=set(update)) == update
 
 
 def _wide(n: int) -> dict[str, Any]:

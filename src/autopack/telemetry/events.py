@@ -12,6 +12,7 @@ is stored once.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -108,11 +109,15 @@ class TokenBudgetEscalationIn(_Event):
 # -- rows as they are read back (the event plus its id) -----------------------------------------
 
 
+# A row is read back as it was stored: bounds added to the request models later (costs,
+# ts) must not make what an older server accepted unreadable (a 500 on every read).
+
+
 class LlmUsageRow(LlmUsageIn):
     model_config = ConfigDict(extra="ignore")
 
     id: int
-    # what older servers stored before costs were bounded: read back as it is, never a 500
+    ts: datetime
     cost_usd: Finite | None = None
     provider_cost_usd: Finite | None = None
 
@@ -121,12 +126,14 @@ class TokenEstimationRow(TokenEstimationIn):
     model_config = ConfigDict(extra="ignore")
 
     id: int
+    ts: datetime
 
 
 class TokenBudgetEscalationRow(TokenBudgetEscalationIn):
     model_config = ConfigDict(extra="ignore")
 
     id: int
+    ts: datetime
 
 
 TelemetryEvent = LlmUsageIn | TokenEstimationIn | TokenBudgetEscalationIn
