@@ -9,6 +9,7 @@ the model answered (that failed every phase, spending its tokens).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,4 +119,28 @@ def test_a_version_no_row_can_store_is_refused_before_anything_is_claimed(
     assert done.returncode == 2, done.stderr
     assert "estimator.json" in done.stderr and "version" in done.stderr
     assert "Traceback" not in done.stderr
+    assert attempts(url, "p1") == []
+
+
+@pytest.mark.parametrize("setting", ["AUTOPACK_ESTIMATOR_FILE", "AUTOPACK_PRICE_TABLE"])
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_a_setting_naming_a_fifo_or_device_is_exit_2_not_a_hang(
+    tmp_path: Path, setting: str, special: str
+) -> None:
+    """Opening a FIFO blocked the drain forever; /dev/zero read until memory ran out."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, **{setting: str(path) if special == "fifo" else special})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, GOOD)])
+    done = drain(
+        *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "not a regular file" in done.stderr and "Traceback" not in done.stderr
     assert attempts(url, "p1") == []

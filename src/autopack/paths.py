@@ -15,6 +15,7 @@ answer may write:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -112,3 +113,12 @@ def write_atomic(target: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of the regular file at ``path`` (symlinks followed). A FIFO, device or
+    directory is an ``OSError`` before it is opened: opening a FIFO blocks until a writer
+    comes, and reading ``/dev/zero`` never ends. ``UnicodeDecodeError`` for non-UTF-8."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return path.read_text(encoding="utf-8")

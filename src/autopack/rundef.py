@@ -363,7 +363,7 @@ def load_run_file(path: str | Path) -> RunDefinition:
     """Read a ``.yaml``/``.yml``/``.json`` run file (other suffixes: JSON, then YAML)."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = paths.read_text_file(file)
     except OSError as exc:
         raise InvalidInput(f"cannot read run file {file}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:

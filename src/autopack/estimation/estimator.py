@@ -26,7 +26,7 @@ from autopack.errors import ConfigError, InvalidInput
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.linear import LinearModel, stratum_key
 from autopack.estimation.predictive import Distribution, PredictiveModel
-from autopack.paths import write_atomic
+from autopack.paths import read_text_file, write_atomic
 
 DecidedBy = Literal["estimate", "floor", "ceiling"]
 
@@ -93,7 +93,7 @@ class TokenEstimator:
             text = packaged.read_text(encoding="utf-8")
             return cls(_parse(text, PACKAGED_FILE), source=f"package:{PACKAGED_FILE}")
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_text_file(Path(path))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read estimator file {path}: {exc}") from exc
         return cls(_parse(text, str(path)), source=str(path))
