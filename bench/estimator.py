@@ -40,7 +40,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +54,7 @@ from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.evaluate import continuation_waste, retry_waste
 from autopack.estimation.features import BUCKETS, Deliverable, Kind, PhaseFeatures, bucket_of
 from autopack.estimation.metrics import smape
+from autopack.estimation.predictive import MARGIN_SD_MAX
 from autopack.estimation.stats import binomial_upper, normal_quantile
 from autopack.telemetry.events import TokenEstimationIn
 
@@ -364,6 +365,13 @@ def score(
     return result
 
 
+def load_truth(path: Path) -> Truth:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise TypeError("a truth file is a JSON object")
+    return Truth(doc)
+
+
 def run(
     truth_path: Path,
     phases: int,
@@ -374,7 +382,7 @@ def run(
     margin_sd: float = DEFAULT_MARGIN_SD,
     workdir: Path | None = None,
 ) -> dict[str, Any]:
-    truth = Truth(json.loads(truth_path.read_text(encoding="utf-8")))
+    truth = load_truth(truth_path)
     default = TokenEstimator.load()
     events = simulate(truth, default, phases, seed)
     with tempfile.TemporaryDirectory(prefix="estimator-bench-") as scratch:
@@ -418,26 +426,50 @@ def run(
     return scores
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _margin(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= MARGIN_SD_MAX:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, {MARGIN_SD_MAX}], got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 2 naming the argument or file for anything it cannot use, never a traceback."""
     parser = argparse.ArgumentParser(prog="python -m bench.estimator", description=__doc__)
     parser.add_argument("--truth", type=Path, required=True)
-    parser.add_argument("--phases", type=int, required=True, help="Training phases.")
+    parser.add_argument("--phases", type=_at_least(1), required=True, help="Training phases.")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--score-phases", type=int, default=20_000)
+    parser.add_argument("--score-phases", type=_at_least(1), default=20_000)
     parser.add_argument(
         "--continuation-overlap",
-        type=int,
+        type=_at_least(0),
         default=128,
         help="Tokens each continuation call re-emits (the only waste with continuation on).",
     )
     parser.add_argument(
         "--margin-sd",
-        type=float,
+        type=_margin,
         default=DEFAULT_MARGIN_SD,
         help="Passed to calibrate: standard errors added to the budget quantile.",
     )
     parser.add_argument("--json", type=Path, help="Write the scores here.")
     args = parser.parse_args(argv)
+    try:
+        load_truth(args.truth)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parser.error(f"cannot read the truth file {args.truth}: {exc}")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        parser.error(f"the truth file {args.truth} is not of the expected shape: {exc!r}")
     scores = run(
         args.truth,
         args.phases,
@@ -447,7 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         margin_sd=args.margin_sd,
     )
     if args.json:
-        args.json.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+        try:
+            args.json.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            parser.error(f"cannot write --json {args.json}: {exc}")
     print(f"{scores['meta']['truth']}: {args.phases} phases, seed {args.seed}")
     print(f"calibrate: {scores['meta']['verdict']} ({scores['meta']['calibrate_seconds']} s)")
     header = "estimator    trunc  >p90  reserved  waste-off  waste-on  SMAPE  strata<=2%  worst"

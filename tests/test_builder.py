@@ -201,6 +201,23 @@ def test_apply_keeps_an_overwritten_files_mode_and_gives_new_files_the_umask_mod
     assert not list(tmp_path.rglob("*.autopack")), "no temporary file is left behind"
 
 
+def test_writing_a_file_never_changes_the_process_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the umask means setting it: between the two calls another attempt's thread,
+    or a check forked then, would create its files world-writable. The kernel applies it."""
+    umask = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda _mask: pytest.fail("os.umask was called"))
+        (tmp_path / "examples/utils").mkdir(parents=True)
+        apply_change(tmp_path, _plan(tmp_path, _answer(GOOD)))
+    finally:
+        monkeypatch.undo()
+        os.umask(umask)
+    made = tmp_path / "examples/utils/string_util.py"
+    assert stat.S_IMODE(made.stat().st_mode) == 0o640
+
+
 def test_an_answer_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
     big = [{"path": "examples/utils/string_util.py", "content": "x" * 600}]
     more = [*big, {"path": "examples/utils/other.py", "content": "y" * 600}]

@@ -94,3 +94,31 @@ def test_any_truth_file_of_the_same_shape(tmp_path: Path) -> None:
         "m1": "pooled + model offset",
         "m2": "pooled + model offset",
     }
+
+
+def test_bad_arguments_and_truth_files_are_exit_2_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "\xff"}')
+    (tmp_path / "shape.json").write_text('{"strata": {"a/b": {"median": "x", "sigma": 1}}}')
+    (tmp_path / "list.json").write_text("[]")
+    truth = ("--truth", "bench/estimator_truth.json")
+    cases = [
+        (("--truth", str(tmp_path / "missing.json"), "--phases", "5"), "missing.json"),
+        (("--truth", str(tmp_path / "latin1.json"), "--phases", "5"), "latin1.json"),
+        (("--truth", str(tmp_path / "shape.json"), "--phases", "5"), "shape.json"),
+        (("--truth", str(tmp_path / "list.json"), "--phases", "5"), "list.json"),
+        ((*truth, "--phases", "-5"), "--phases"),
+        ((*truth, "--phases", "5", "--score-phases", "0"), "--score-phases"),
+        ((*truth, "--phases", "5", "--margin-sd", "nan"), "--margin-sd"),
+    ]
+    for args, named in cases:
+        finished = subprocess.run(
+            [sys.executable, "-m", "bench.estimator", *args],
+            cwd=REPO,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert finished.returncode == 2, (args, finished.stderr[-2000:])
+        assert named in finished.stderr and "Traceback" not in finished.stderr, args

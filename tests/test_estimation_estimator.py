@@ -382,3 +382,30 @@ def test_bad_predictive_files_are_refused_with_the_field(
     where[path[-1]] = value
     with pytest.raises(ConfigError, match=message):
         TokenEstimator.load(_write(tmp_path, doc))
+
+
+HUGE_OVERHEAD = {"*": dict.fromkeys(("low", "medium", "high"), 1e300)}
+
+
+@pytest.mark.parametrize(
+    "changes", [{"margin": 1e308}, {"buffer": 1e308}, {"overhead": HUGE_OVERHEAD}]
+)
+def test_absurd_coefficients_give_counts_a_row_holds_not_an_overflow(
+    tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    estimator = TokenEstimator.load(_write(tmp_path, _coefficients(**changes)))
+    features = _features("docs", "low", PY_NEW, PY_MOD)
+    for target in (None, 0.02):
+        estimate = estimator.estimate(features, model_max_output=8192, target_truncation=target)
+        assert 1 <= estimate.p50 <= estimate.p90 <= estimate.wanted <= 2**31 - 1
+        assert 1 <= estimate.budget <= 8192
+
+
+def test_unreadable_encodings_and_nesting_are_config_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b'{"version": "\xff"}')
+    with pytest.raises(ConfigError, match="cannot read estimator file"):
+        TokenEstimator.load(broken)
+    broken.write_text("[" * 100_000)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TokenEstimator.load(broken)

@@ -167,3 +167,27 @@ def test_doctor_names_a_missing_database_and_the_one_nearby(tmp_path: Path) -> N
     assert alone.returncode == 2
     assert "autopack db init" in alone.stdout + alone.stderr
     assert list(empty.iterdir()) == []
+
+
+def test_a_dotenv_file_setting_means_the_file_next_to_it_from_every_subdirectory(
+    tmp_path: Path,
+) -> None:
+    """The estimator a drain in scripts/ uses is the one the project's .env names (its
+    relative path read like DATABASE_URL's), not a scripts/estimator.json nor a missing one."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    root, scripts = _repo(tmp_path)
+    (root / ".env").write_text(
+        "DATABASE_URL=sqlite:///autopack.db\nAUTOPACK_ESTIMATOR_FILE=estimator.json\n"
+    )
+    _seed(root, clean_env())
+    for directory, version in ((root, "ours"), (scripts, "decoy")):
+        doc = {**TokenEstimator.load().to_json(), "version": version}
+        (directory / "estimator.json").write_text(json.dumps(doc))
+
+    shown = cli("config", "show", "--json", cwd=scripts, env=clean_env())
+    assert shown.returncode == 0, shown.stderr
+    assert str(root / "estimator.json") in shown.stdout
+    calibrated = cli("telemetry", "calibrate", "--json", cwd=scripts, env=clean_env())
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert json.loads(calibrated.stdout)["prior_version"] == "ours"

@@ -10,9 +10,10 @@ value is refused when the request is validated, as a 422 naming the field (a run
 * :data:`Str`: text without NUL; give it ``Field(max_length=N)`` with the column's length
   (``TEXT`` columns: at most :data:`TEXT_MAX`).
 * :data:`Int32` / :data:`Count`: integers a PostgreSQL ``INTEGER`` holds.
-* :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too).
-* :data:`UtcTime`: a date-time with its time zone that is still a date in UTC (a UTC
-  column holds it; ``0001-01-01T00:00:00+14:00`` is not).
+* :data:`Finite`: floats that are neither infinite nor NaN (give each a sane maximum too);
+  :data:`CostUsd` one call's cost, the same bound on every route that takes one.
+* :data:`UtcTime`: a date-time with its offset, from 2000 to 9998 in UTC (a naive one is
+  ambiguous; see :data:`TIME_MAX` for the edges of the calendar).
 * :data:`JsonObject`: a JSON column's dict, checked all the way down (non-finite numbers,
   nesting deeper than :data:`JSON_DEPTH_MAX`), iteratively; :class:`Storable`, the base
   of request models, checks a whole request: no NUL in a text field, JSON fields as
@@ -32,6 +33,7 @@ from typing import Annotated, Any, Self, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -46,6 +48,8 @@ TEXT_MAX = 200_000
 """Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """A request body the API reads (larger: 413 unread), and a run file the CLI reads."""
+COST_MAX_USD = 100_000.0
+"""One LLM call's cost: refused above this (a sum of a few 1e308 is infinite)."""
 JSON_DEPTH_MAX = 32
 JSON_ITEMS_MAX = 100_000
 """Strings, numbers and containers in one JSON value."""
@@ -93,17 +97,6 @@ def no_nul(value: str) -> str:
     if problem is not None:
         raise ValueError(problem)
     return value
-
-
-def utc_time(value: datetime) -> datetime:
-    """``value`` in UTC; refused without a time zone (which one was meant?) or when it is
-    out of range once converted (year 0 or 10000)."""
-    if value.utcoffset() is None:
-        raise ValueError("has no time zone: end it with Z (UTC) or an offset such as +02:00")
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
 
 
 def json_safe(value: Any, name: str = "") -> Any:
@@ -236,5 +229,27 @@ Str = Annotated[str, AfterValidator(no_nul), Field(json_schema_extra={"pattern":
 Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
 Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-UtcTime = Annotated[datetime, AfterValidator(utc_time)]
+CostUsd = Annotated[float, Field(ge=0, le=COST_MAX_USD, allow_inf_nan=False)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(json_safe)]
+
+
+TIME_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(9999, 1, 1, tzinfo=UTC)
+"""A stored instant stays a day away from either end of the calendar: PostgreSQL hands a
+``timestamptz`` back in the session's time zone, and year 1 or 9999 UTC is year 0 or
+10000 there for psycopg, which then cannot read any row of that table."""
+
+
+def in_utc(value: datetime) -> datetime:
+    """The same instant in UTC, within TIME_MIN..TIME_MAX."""
+    problem = f"must be from {TIME_MIN:%Y-%m-%d} to before {TIME_MAX:%Y-%m-%d} UTC"
+    try:
+        instant = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(problem) from None
+    if not TIME_MIN <= instant < TIME_MAX:
+        raise ValueError(problem)
+    return instant
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(in_utc)]

@@ -11,6 +11,7 @@ construction:
 * a relative SQLite path is made absolute *at resolution time*: a path written in a
   ``.env`` against that file's directory (the file says where the database is, wherever
   you run from), a path from the flag or the environment against the working directory;
+  the file settings a ``.env`` gives (estimator, price table, cassette, cache) likewise;
 * children never re-resolve: :func:`child_env` hands them every resolved value explicitly.
 
 Importing this module reads nothing; :func:`load_settings` does.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BeforeValidator,
@@ -475,6 +476,7 @@ def load_settings(**flags: Any) -> LoadedSettings:
         except ValueError as exc:
             problem = f"invalid setting: DATABASE_URL={origin.raw!r}: {exc}"
             raise ConfigError(redact.text(problem)) from None
+    given.update(_dotenv_paths(offered, env_file, given))
     try:
         settings = Settings(_env_file=env_file, **given)
     except ValidationError as exc:
@@ -486,6 +488,26 @@ def load_settings(**flags: Any) -> LoadedSettings:
     for name in Settings.model_fields:
         sources[name] = next((src for src, values in offered.items() if name in values), "default")
     return LoadedSettings(settings, sources, origin)
+
+
+def _dotenv_paths(
+    offered: dict[str, dict[str, Any]], env_file: Path, given: dict[str, Any]
+) -> dict[str, str]:
+    """The file settings a ``.env`` gives with a relative path, made absolute against that
+    file's directory (like its SQLite path): ``AUTOPACK_ESTIMATOR_FILE=estimator.json``
+    next to the ``.env`` means that file from every subdirectory, not a missing one or
+    another ``estimator.json`` where the command happens to run."""
+    dotenv = offered.get(f".env at {env_file}", {})
+    resolved = {}
+    for name, value in dotenv.items():
+        field = Settings.model_fields.get(name)
+        if field is None or name in given or name in offered["env"] or not value:
+            continue
+        if field.annotation is Path or Path in get_args(field.annotation):
+            path = Path(str(value)).expanduser()
+            if not path.is_absolute():
+                resolved[name] = str(env_file.parent / path)
+    return resolved
 
 
 def _problem(error: Any) -> str:

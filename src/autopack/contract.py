@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from autopack.bounds import Count, Finite, JsonTyped, Storable
+from autopack.bounds import CostUsd, Count, JsonTyped, Storable
 from autopack.identity import PublicIdentity
 from autopack.rundef import Budgets, Complexity, Policy, Scope, TaskCategory
 from autopack.states import (
@@ -39,7 +39,6 @@ CommitSha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24
 """A full git object name (SHA-1, or SHA-256)."""
 USAGE_TOKENS_MAX = 100_000_000
 """One LLM call's tokens: far above any context window, far below INTEGER's range."""
-USAGE_COST_MAX_USD = 100_000.0
 
 
 class _Request(Storable):
@@ -109,7 +108,7 @@ class HeartbeatIn(_Request):
 class UsageIn(_Request):
     lease_token: str = Field(min_length=1, max_length=64)
     tokens: Count = Field(le=USAGE_TOKENS_MAX)
-    cost_usd: Finite = Field(0.0, ge=0, le=USAGE_COST_MAX_USD)
+    cost_usd: CostUsd = 0.0
     idempotency_key: str | None = Field(
         default_factory=lambda: uuid.uuid4().hex,
         min_length=1,

@@ -17,8 +17,11 @@ answer may write:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,3 +102,32 @@ def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
     """
     relative = resolved(root, path)
     return relative is not None and inside_any(relative, containers)
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``target`` whole or not at all: a temporary sibling moved over it with
+    ``os.replace`` (atomic on POSIX), so no reader ever sees half a file. An overwritten
+    file keeps its mode; a new one gets the umask's (applied by the kernel at creation:
+    reading the umask means setting it, which would race other threads creating files).
+    ``OSError`` when it cannot."""
+    existing = target.stat() if target.is_file() else None
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.autopack")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if existing is not None:
+                os.fchmod(handle.fileno(), stat.S_IMODE(existing.st_mode))
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of the regular file at ``path`` (symlinks followed). A FIFO, device or
+    directory is an ``OSError`` before it is opened: opening a FIFO blocks until a writer
+    comes, and reading ``/dev/zero`` never ends. ``UnicodeDecodeError`` for non-UTF-8."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return path.read_text(encoding="utf-8")

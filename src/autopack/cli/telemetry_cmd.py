@@ -136,7 +136,11 @@ def calibrate_cmd(
         help="Truncation rate the budgets aim at (default: the estimator's, else 0.02).",
     ),
     margin_sd: float = typer.Option(
-        0.5, "--margin-sd", min=0.0, help="Standard errors added to the budget quantile."
+        0.5,
+        "--margin-sd",
+        min=0.0,
+        max=5.0,  # what an estimator file may hold (predictive.MARGIN_SD_MAX)
+        help="Standard errors added to the budget quantile.",
     ),
     min_phases: int = typer.Option(
         10, "--min-phases", min=1, help="Phases a stratum needs before it is fitted on its own."
@@ -204,7 +208,8 @@ def calibrate_cmd(
         out.print(render_diff(result))
     if write is not None:
         result.write(write)
-        out.print(f"{OK} wrote {write} (use it with AUTOPACK_ESTIMATOR_FILE={write})")
+        where = write.absolute()  # the hint must name this file from any directory
+        out.print(f"{OK} wrote {write} (use it with AUTOPACK_ESTIMATOR_FILE={where})")
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here
 

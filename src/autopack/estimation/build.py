@@ -195,6 +195,6 @@ def fit_estimator(
         "pooled": pooled.params().to_json(),
         "models": {f: m.params().to_json() for f, m in per_model.items()},
     }
-    content = TokenEstimator(doc, source="<calibrated>").dumps()
+    content = TokenEstimator(doc, source="<calibrated>", clamp=True).dumps()
     doc["version"] = "v2-cal-" + hashlib.sha256(content.encode()).hexdigest()[:8]
     return FitOutcome(TokenEstimator(doc, source="<calibrated>"), pooled, per_model, hyper)

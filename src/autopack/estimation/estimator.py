@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,6 +26,7 @@ from autopack.errors import ConfigError, InvalidInput
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.linear import LinearModel, stratum_key
 from autopack.estimation.predictive import Distribution, PredictiveModel
+from autopack.paths import read_text_file, write_atomic
 
 DecidedBy = Literal["estimate", "floor", "ceiling"]
 
@@ -61,15 +60,23 @@ class Estimate:
 class TokenEstimator:
     """A validated estimator file of either schema; the executor's single entry point."""
 
-    def __init__(self, document: dict[str, Any], *, source: str = "<memory>") -> None:
+    def __init__(
+        self, document: dict[str, Any], *, source: str = "<memory>", clamp: bool = False
+    ) -> None:
+        """``clamp``: a fitted schema-2 document, its out-of-range numbers set to their
+        bounds in ``document`` (a file on disk is refused instead)."""
         schema = document.get("schema", 1)
+        version = document.get("version")
+        if isinstance(version, str) and not version.isprintable():
+            # it is recorded with every estimation event: a NUL cannot be stored
+            raise ConfigError(f"estimator file {source}: version {version!r} must be printable")
         self.source = source
         self.linear: LinearModel | None = None
         self.predictive: PredictiveModel | None = None
         if schema == 1:
             self.linear = LinearModel(document, source=source)
         elif schema == 2:
-            self.predictive = PredictiveModel(document, source)
+            self.predictive = PredictiveModel(document, source, clamp=clamp)
         else:
             raise ConfigError(f"estimator file {source}: unknown schema {schema!r} (1 or 2)")
         self.schema: int = int(schema)
@@ -86,7 +93,7 @@ class TokenEstimator:
             text = packaged.read_text(encoding="utf-8")
             return cls(_parse(text, PACKAGED_FILE), source=f"package:{PACKAGED_FILE}")
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_text_file(Path(path))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read estimator file {path}: {exc}") from exc
         return cls(_parse(text, str(path)), source=str(path))
@@ -102,21 +109,15 @@ class TokenEstimator:
         return _compact(self._doc) + "\n"
 
     def write(self, path: Path) -> None:
-        """Replace ``path`` at once: a failed write (a full disk) leaves the file there as
-        it was, however it fails, as a ConfigError naming it."""
-        target = Path(path)
+        """Write the file whole or not at all (through a symlink: its target), so a drain
+        never loads half an estimator; a path that cannot be written is a ConfigError."""
+        target = Path(path).resolve()
         if target.exists() and not target.is_file():
-            raise ConfigError(f"cannot write estimator file {target}: not a regular file")
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            raise ConfigError(f"cannot write estimator file {path}: not a regular file")
         try:
-            partial.write_text(self.dumps(), encoding="utf-8")
-            os.replace(partial, target)
+            write_atomic(target, self.dumps().encode("utf-8"))
         except OSError as exc:
-            with suppress(OSError):
-                partial.unlink()
-            raise ConfigError(
-                f"cannot write estimator file {target}: {exc.strerror or exc}"
-            ) from None
+            raise ConfigError(f"cannot write estimator file {path}: {exc.strerror or exc}") from exc
 
     # -- the estimate --------------------------------------------------------------------
 
@@ -191,7 +192,7 @@ class TokenEstimator:
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"estimator file {source} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise ConfigError(f"estimator file {source} must be a JSON object")

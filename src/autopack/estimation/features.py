@@ -76,6 +76,13 @@ def classify(path: str) -> Kind:
     return "other"
 
 
+TOKENS_MAX = 2**31 - 1
+"""The largest token count an estimate states: what the telemetry columns hold (INTEGER).
+An estimator file or a phase far out of range predicts this, not an overflow."""
+MAX_FILE_BYTES = 2**40
+"""The largest existing size a stored deliverable may claim (a terabyte)."""
+
+
 def bucket_of(deliverable_count: int) -> Bucket:
     """The deliverable-count bucket used to stratify reports and p90 ratios (1 / 2-5 / 6+)."""
     if deliverable_count <= 1:
@@ -109,15 +116,24 @@ class Deliverable:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Deliverable:
-        path = str(data["path"])
+    def from_json(cls, data: Any) -> Deliverable:
+        """Raises ``ValueError`` for anything :meth:`to_json` cannot have written (the
+        column is whatever a worker posted: a wrong type must not crash a report)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("path"), str):
+            raise ValueError(f"a deliverable must be an object with a text 'path': {data!r:.80}")
+        path: str = data["path"]
         kind = data.get("kind")
-        is_new = bool(data.get("is_new", True))
+        is_new = data.get("is_new", True)
+        size = data.get("existing_bytes") or 0
+        if not isinstance(is_new, bool):
+            raise ValueError(f"deliverable {path!r}: is_new must be true or false")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_BYTES:
+            raise ValueError(f"deliverable {path!r}: existing_bytes must be a byte count")
         return cls(
             path=path,
             kind=kind if kind in KINDS else classify(path),
             is_new=is_new,
-            existing_bytes=0 if is_new else max(0, int(data.get("existing_bytes") or 0)),
+            existing_bytes=0 if is_new else size,
         )
 
 
@@ -155,11 +171,15 @@ class PhaseFeatures:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PhaseFeatures:
-        """Inverse of :meth:`to_json` (summaries are recomputed, never trusted)."""
+        """Inverse of :meth:`to_json` (summaries are recomputed, never trusted);
+        ``ValueError`` when ``data`` is not what it writes."""
+        deliverables = data.get("deliverables") or []
+        if not isinstance(deliverables, list):
+            raise ValueError("deliverables must be a list")
         return cls(
             category=str(data.get("category") or ""),
             complexity=str(data.get("complexity") or ""),
-            deliverables=tuple(Deliverable.from_json(d) for d in data.get("deliverables") or []),
+            deliverables=tuple(Deliverable.from_json(d) for d in deliverables),
         )
 
 
@@ -221,7 +241,10 @@ def features_from_event(event: Mapping[str, Any]) -> PhaseFeatures | None:
     data = dict(raw)
     data.setdefault("category", event.get("category"))
     data.setdefault("complexity", event.get("complexity"))
-    features = PhaseFeatures.from_json(data)
+    try:
+        features = PhaseFeatures.from_json(data)
+    except ValueError:  # posted by something other than this writer: unusable, not fatal
+        return None
     if features.deliverable_count == 0 and int(event.get("deliverable_count") or 0) > 0:
         return None
     return features

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from autopack.errors import ConfigError
-from autopack.estimation.features import KINDS, PhaseFeatures, bucket_of, normalize_label
+from autopack.estimation.features import (
+    KINDS,
+    TOKENS_MAX,
+    PhaseFeatures,
+    bucket_of,
+    normalize_label,
+)
 
 ParamKey = tuple[str, str, str]
 """("overhead", category, complexity) or ("marginal", kind, "new" | "modify" | "per_kb")."""
@@ -145,11 +151,11 @@ class LinearModel:
 
     def budget(self, features: PhaseFeatures) -> LinearBudget:
         """p50, p90 and the wanted budget p90 x buffer (the v1 rule; no quantile)."""
-        raw = self.p50_exact(features)
+        raw = min(self.p50_exact(features), TOKENS_MAX)
         key = stratum_key(features.category, features.complexity, features.deliverable_count)
         p50 = max(1, round(raw))
-        p90 = max(p50, round(raw * self.p90_ratio(key)))
-        return LinearBudget(p50, p90, math.ceil(p90 * self.buffer))
+        p90 = max(p50, round(min(raw * self.p90_ratio(key), TOKENS_MAX)))
+        return LinearBudget(p50, p90, math.ceil(min(p90 * self.buffer, TOKENS_MAX)))
 
     # -- deriving new coefficients (calibration) -----------------------------------------
 

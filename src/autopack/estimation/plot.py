@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autopack.errors import ConfigError
 from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.rows import EstimationRow, PhaseObservation, phase_observations
 
@@ -97,7 +98,10 @@ def plot_predicted_vs_actual(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(Path(path), format="png")
+    try:
+        figure.savefig(Path(path), format="png")
+    except OSError as exc:
+        raise ConfigError(f"cannot write plot {path}: {exc}") from exc
     return plotted
 
 

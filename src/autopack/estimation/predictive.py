@@ -28,12 +28,12 @@ probability at the target when the spread is only estimated.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from autopack.errors import ConfigError
-from autopack.estimation.features import PhaseFeatures, bucket_of
+from autopack.estimation.features import TOKENS_MAX, PhaseFeatures, bucket_of
 from autopack.estimation.rows import cell_key, model_family, norm_label
 from autopack.estimation.stats import normal_quantile
 
@@ -41,6 +41,12 @@ SCHEMA = 2
 COV_TERMS = 4
 """Covariance blocks are over (1, log n - centre, s1, s2): 10 numbers, upper triangle."""
 KB_SCALE = 4.0
+SIGMA_MIN, SIGMA_MAX = 1e-4, 10.0
+"""The spread (log units) a file may hold; a fit clamps to it (every phase needing the same
+count gives ~1e-9: one identical replayed answer is no reason to refuse the file)."""
+MARGIN_SD_MAX = 5.0
+"""The most standard errors a file may add to the budget quantile (``--margin-sd``)."""
+_LOG_TOKENS_MAX = math.log(TOKENS_MAX)
 
 
 def covariates(features: PhaseFeatures) -> tuple[float, float, float]:
@@ -59,6 +65,11 @@ def quad(cov: tuple[float, ...], v: tuple[float, ...]) -> float:
             total += cov[index] * v[i] * v[j] * (1.0 if i == j else 2.0)
             index += 1
     return max(total, 0.0)
+
+
+def _tokens(log_value: float) -> float:
+    """exp(log_value), at most TOKENS_MAX (exp overflows past ~709)."""
+    return min(math.exp(min(log_value, _LOG_TOKENS_MAX)), float(TOKENS_MAX))
 
 
 @dataclass(frozen=True)
@@ -83,11 +94,11 @@ class Distribution:
         z = normal_quantile(q)
         z_star = z + 0.5 * self.log_sigma_var * z * (z * z - 1.0)
         error = math.sqrt(self.mu_var + z * z * self.sigma**2 * self.log_sigma_var)
-        return math.exp(self.mu + z_star * self.sd + margin * error)
+        return _tokens(self.mu + z_star * self.sd + margin * error)
 
     @property
     def median(self) -> float:
-        return math.exp(self.mu)
+        return _tokens(self.mu)
 
 
 @dataclass(frozen=True)
@@ -196,12 +207,12 @@ class Fallback:
 class PredictiveModel:
     """A validated schema-2 document and the arithmetic from features to a distribution."""
 
-    def __init__(self, doc: Mapping[str, Any], source: str) -> None:
-        check = _Checker(source)
+    def __init__(self, doc: Mapping[str, Any], source: str, *, clamp: bool = False) -> None:
+        check = _Checker(source, clamp=clamp)
         self.version = check.text(doc, "version")
         self.target_truncation = check.number(doc, "target_truncation", 1e-6, 0.5)
         self.floor = int(check.number(doc, "floor", 1, 1e9))
-        self.margin_sd = check.number(doc, "margin_sd", 0, 5)
+        self.margin_sd = check.number(doc, "margin_sd", 0, MARGIN_SD_MAX)
         self.log_n_centre = check.number(doc, "log_n_centre", 0, 10)
         fb = check.obj(doc, "fallback_sd")
         self.fallback = Fallback(
@@ -325,7 +336,7 @@ def _parse_cell(check: _Checker, raw: Mapping[str, Any], where: str) -> Cell:
     return Cell(
         intercept=check.number(raw, "intercept", -50, 50, f"{where}.intercept"),
         slope=check.number(raw, "slope", -5, 5, f"{where}.slope"),
-        sigma=check.number(raw, "sigma", 1e-4, 10, f"{where}.sigma"),
+        sigma=check.number(raw, "sigma", SIGMA_MIN, SIGMA_MAX, f"{where}.sigma"),
         log_sigma_var=check.number(raw, "log_sigma_var", 0, 100, f"{where}.log_sigma_var"),
         cov=check.cov(raw, where),
         phases=int(check.number(raw, "phases", 0, 1e12, f"{where}.phases")),
@@ -333,10 +344,15 @@ def _parse_cell(check: _Checker, raw: Mapping[str, Any], where: str) -> Cell:
 
 
 class _Checker:
-    """Refuses a document that would give nonsense budgets, naming the bad field."""
+    """Refuses a document that would give nonsense budgets, naming the bad field.
 
-    def __init__(self, source: str) -> None:
+    ``clamp`` (a fit, not a file): a finite number outside its range is set to the nearest
+    bound in the document instead, so implausible data (outputs growing as n**6, or none
+    varying at all) still give a file every later load accepts."""
+
+    def __init__(self, source: str, *, clamp: bool = False) -> None:
         self.source = source
+        self.clamp = clamp
 
     def fail(self, message: str) -> ConfigError:
         return ConfigError(f"estimator file {self.source}: {message}")
@@ -357,12 +373,11 @@ class _Checker:
         self, raw: Mapping[str, Any], key: str, low: float, high: float, where: str | None = None
     ) -> float:
         value = raw.get(key)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not low <= value <= high
-        ):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(f"{where or key} must be a number in [{low}, {high}], got {value!r}")
+        if self.clamp and math.isfinite(value) and isinstance(raw, MutableMapping):
+            value = raw[key] = min(max(value, low), high)
+        if not math.isfinite(value) or not low <= value <= high:
             raise self.fail(f"{where or key} must be a number in [{low}, {high}], got {value!r}")
         return float(value)
 
@@ -370,19 +385,28 @@ class _Checker:
         value = raw.get("cov")
         if not isinstance(value, list) or len(value) != COV_TERMS:
             raise self.fail(f"{where}.cov must be a list of {COV_TERMS} numbers")
-        return tuple(
-            self.number({"v": x}, "v", -1e6, 1e6, f"{where}.cov[{i}]") for i, x in enumerate(value)
-        )
+        return self._numbers(value, where)
 
     def cov(self, raw: Mapping[str, Any], where: str) -> tuple[float, ...]:
         value = raw.get("cov")
         size = COV_TERMS * (COV_TERMS + 1) // 2
         if not isinstance(value, list) or len(value) != size:
             raise self.fail(f"{where}.cov must be a list of {size} numbers")
-        numbers = tuple(
-            self.number({"v": x}, "v", -1e6, 1e6, f"{where}.cov[{i}]") for i, x in enumerate(value)
-        )
+        numbers = self._numbers(value, where)
         diagonal = [0, 4, 7, 9]
+        if self.clamp:
+            value[:] = numbers = tuple(
+                max(x, 0.0) if i in diagonal else x for i, x in enumerate(numbers)
+            )
         if any(numbers[i] < 0 for i in diagonal):
             raise self.fail(f"{where}.cov has a negative variance")
+        return numbers
+
+    def _numbers(self, value: list[Any], where: str) -> tuple[float, ...]:
+        cells = [{"v": x} for x in value]
+        numbers = tuple(
+            self.number(cell, "v", -1e6, 1e6, f"{where}.cov[{i}]") for i, cell in enumerate(cells)
+        )
+        if self.clamp:
+            value[:] = [cell["v"] for cell in cells]
         return numbers

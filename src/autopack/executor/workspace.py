@@ -10,19 +10,11 @@ belongs to this attempt alone, and a failed attempt's worktree is set aside whol
 
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopack.builder.change import Change
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from autopack.paths import write_atomic
 
 
 @dataclass
@@ -36,18 +28,8 @@ class AppliedChange:
 
 
 def _write(target: Path, data: bytes) -> None:
-    existing = target.stat() if target.is_file() else None
-    mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~_umask()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".autopack", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            os.fchmod(handle.fileno(), mode)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, data)
 
 
 def apply_change(worktree: Path, change: Change) -> AppliedChange:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from autopack.errors import ConfigError
 from autopack.llm.base import Usage
 from autopack.logs import log_event
+from autopack.paths import read_text_file
 
 if TYPE_CHECKING:
     from autopack.config import Settings
@@ -115,7 +116,7 @@ class PriceTable:
         sources: tuple[str, ...] = ("bundled",)
         if override is not None:
             try:
-                text = Path(override).read_text(encoding="utf-8")
+                text = read_text_file(Path(override))
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"AUTOPACK_PRICE_TABLE={override}: cannot read ({exc})") from exc
             extra = _read(text, str(override))

@@ -54,6 +54,7 @@ from autopack.llm.base import (
     token_count,
 )
 from autopack.llm.responses import WIRE_FORMATS, normalise
+from autopack.paths import read_text_file
 
 Key = tuple[str, str | None, str]
 """(run_id, phase_id, role): the calls answered in file order."""
@@ -215,7 +216,7 @@ def _options(raw: object, where: str) -> bool:
 def read_cassette(path: Path) -> Cassette:
     """Every line of ``path``, validated and parsed (blank lines are skipped)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text_file(Path(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"replay cassette {path} cannot be read: {exc}") from exc
     entries: list[CassetteEntry] = []

@@ -12,11 +12,12 @@ is stored once.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autopack.bounds import TEXT_MAX, Count, Finite, JsonObject, Storable, UtcTime
+from autopack.bounds import TEXT_MAX, CostUsd, Count, Finite, JsonObject, Storable, UtcTime
 from autopack.clock import utcnow
 
 REPLAY_PROVIDER = "replay"
@@ -58,8 +59,8 @@ class LlmUsageIn(_Event):
     error_class: str | None = Field(None, max_length=200)
     error_message: str | None = Field(None, max_length=TEXT_MAX)
     request_id: str | None = Field(None, max_length=200)
-    cost_usd: Finite | None = Field(None, description="From the price table; None if unpriced.")
-    provider_cost_usd: Finite | None = None
+    cost_usd: CostUsd | None = Field(None, description="From the price table; None if unpriced.")
+    provider_cost_usd: CostUsd | None = None
     price_snapshot: JsonObject | None = None
 
 
@@ -108,22 +109,31 @@ class TokenBudgetEscalationIn(_Event):
 # -- rows as they are read back (the event plus its id) -----------------------------------------
 
 
+# A row is read back as it was stored: bounds added to the request models later (costs,
+# ts) must not make what an older server accepted unreadable (a 500 on every read).
+
+
 class LlmUsageRow(LlmUsageIn):
     model_config = ConfigDict(extra="ignore")
 
     id: int
+    ts: datetime
+    cost_usd: Finite | None = None
+    provider_cost_usd: Finite | None = None
 
 
 class TokenEstimationRow(TokenEstimationIn):
     model_config = ConfigDict(extra="ignore")
 
     id: int
+    ts: datetime
 
 
 class TokenBudgetEscalationRow(TokenBudgetEscalationIn):
     model_config = ConfigDict(extra="ignore")
 
     id: int
+    ts: datetime
 
 
 TelemetryEvent = LlmUsageIn | TokenEstimationIn | TokenBudgetEscalationIn

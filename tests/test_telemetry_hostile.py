@@ -1,0 +1,297 @@
+"""Hostile telemetry through the real server's routes, then the real reports.
+
+A worker token may post any row the request models accept; nothing it posts may make a
+route answer 5xx, a report or ``telemetry calibrate`` crash, or the totals lie.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import empty_sqlite
+from tests.support import Server, clean_env, cli
+
+FEATURES = {
+    "category": "impl",
+    "complexity": "low",
+    "deliverables": [{"path": "a.py", "kind": "python", "is_new": True, "existing_bytes": 0}],
+}
+
+
+def estimation(phase_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "run_id": "r1",
+        "phase_id": phase_id,
+        "attempt": 1,
+        "estimator_version": "v1",
+        "category": "impl",
+        "complexity": "low",
+        "deliverable_count": 1,
+        "deliverables_json": ["a.py"],
+        "features": FEATURES,
+        "predicted_output_tokens": 100,
+        "predicted_p90_tokens": 200,
+        "selected_budget": 300,
+        "budget_decided_by": "estimate",
+        "max_tokens_sent": 300,
+        "actual_output_tokens": 150,
+        "model": "m",
+        "success": True,
+        **fields,
+    }
+
+
+def post(server: Server, route: str, body: dict[str, Any]) -> httpx.Response:
+    """The body as Python's json writes it by default (NaN and Infinity included)."""
+    return httpx.post(
+        f"{server.url}/telemetry/{route}",
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    url = empty_sqlite(tmp_path / "autopack.db")
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as running:
+        running.database_url = url  # type: ignore[attr-defined]
+        yield running
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        {"deliverables": [1]},
+        {"deliverables": [{"kind": "python"}]},
+        {"deliverables": "a.py"},
+        {"deliverables": [{"path": "a.py", "is_new": False, "existing_bytes": "12"}]},
+        {"deliverables": [{"path": "a.py", "is_new": False, "existing_bytes": [1]}]},
+        {"deliverables": [{"path": "a.py", "is_new": False, "existing_bytes": 1e300}]},
+    ],
+)
+def test_calibrate_skips_a_features_column_it_did_not_write(
+    server: Server, tmp_path: Path, features: dict[str, Any]
+) -> None:
+    assert post(server, "estimations", estimation("good")).status_code == 201
+    assert post(server, "estimations", estimation("bad", features=features)).status_code == 201
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    url = server.database_url  # type: ignore[attr-defined]
+    done = cli("telemetry", "calibrate", "--json", "--database-url", url, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    result = json.loads(done.stdout)
+    assert (result["n_phases"], result["skipped"]) == (1, {"no_features": 1})
+
+
+USAGE = {
+    "run_id": "r1",
+    "phase_id": "p1",
+    "attempt": 1,
+    "role": "builder",
+    "provider": "anthropic",
+    "model": "m",
+    "input_tokens": 10,
+    "output_tokens": 10,
+    "success": True,
+    "cost_usd": 0.5,
+}
+ESCALATION = {
+    "run_id": "r1",
+    "phase_id": "p1",
+    "attempt": 2,
+    "reason": "truncation",
+    "factor": 1.5,
+    "old_budget": 100,
+    "new_budget": 150,
+}
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("llm-usage", USAGE, "cost_usd"),
+        ("llm-usage", USAGE, "latency_ms"),
+        ("estimations", estimation("p1"), "smape_percent"),
+        ("escalations", ESCALATION, "factor"),
+    ],
+)
+def test_a_non_finite_number_is_refused_naming_the_field(
+    server: Server, route: str, body: dict[str, Any], field: str, number: float
+) -> None:
+    answer = post(server, route, {**body, field: number})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
+    assert post(server, route, body).status_code == 201  # the server still answers
+
+
+@pytest.mark.parametrize(
+    "ts", ["2026-01-01T00:00:00", "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"]
+)
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [("llm-usage", USAGE), ("estimations", estimation("p1")), ("escalations", ESCALATION)],
+)
+def test_a_timestamp_without_offset_or_outside_utc_is_refused_naming_it(
+    server: Server, route: str, body: dict[str, Any], ts: str
+) -> None:
+    answer = post(server, route, {**body, "ts": ts})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == "ts"
+    kept = post(server, route, {**body, "ts": "2026-01-01T00:00:00+05:00"})
+    assert kept.status_code == 201, kept.text
+
+
+@pytest.mark.parametrize("field", ["cost_usd", "provider_cost_usd"])
+@pytest.mark.parametrize("cost", [-5.0, 1e308])
+def test_a_cost_the_usage_route_refuses_is_refused_on_the_telemetry_route_too(
+    server: Server, tmp_path: Path, field: str, cost: float
+) -> None:
+    """Two calls at 1e308 summed to inf: the report showed the group's cost blank
+    (not "unpriced") and /metrics a counter of +Inf; a negative one made it decrease."""
+    for _ in range(2):
+        answer = post(server, "llm-usage", {**USAGE, field: cost})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == field
+    assert post(server, "llm-usage", USAGE).status_code == 201
+    [row] = httpx.get(f"{server.url}/telemetry/summary", timeout=30).json()["usage"]
+    assert (row["calls"], row["cost_usd"]) == (1, 0.5)
+
+
+def _calibrate(server: Server, tmp_path: Path, *args: str) -> Any:
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    return cli("telemetry", "calibrate", *args, "--database-url", url, cwd=tmp_path, env=env)
+
+
+@pytest.mark.parametrize("option", ["--write", "--plot"])
+@pytest.mark.parametrize("where", ["missing/estimator.json", "a-directory"])
+def test_an_output_path_that_cannot_be_written_is_exit_2_naming_it(
+    server: Server, tmp_path: Path, option: str, where: str
+) -> None:
+    assert post(server, "estimations", estimation("p1")).status_code == 201
+    (tmp_path / "a-directory").mkdir()
+    done = _calibrate(server, tmp_path, option, where)
+    assert done.returncode == 2, done.stderr
+    assert where in done.stderr and "Traceback" not in done.stderr
+
+
+def test_write_through_a_symlink_replaces_its_target_whole(server: Server, tmp_path: Path) -> None:
+    from autopack.estimation.estimator import TokenEstimator
+
+    assert post(server, "estimations", estimation("p1")).status_code == 201
+    target = tmp_path / "estimators" / "current.json"
+    target.parent.mkdir()
+    target.write_text("stale")
+    (tmp_path / "estimator.json").symlink_to(target)
+    done = _calibrate(server, tmp_path, "--write", "estimator.json")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "estimator.json").is_symlink()
+    assert TokenEstimator.load(target).version
+    assert f"AUTOPACK_ESTIMATOR_FILE={tmp_path / 'estimator.json'}" in done.stdout.replace("\n", "")
+    assert [p.name for p in target.parent.iterdir()] == ["current.json"]
+
+
+@pytest.mark.parametrize("value", ["6", "inf", "1e308"])
+def test_a_margin_no_estimator_file_may_hold_is_refused_as_the_option(
+    server: Server, tmp_path: Path, value: str
+) -> None:
+    """It was accepted, the whole fit run, then refused as 'estimator file <calibrated>'."""
+    done = _calibrate(server, tmp_path, "--margin-sd", value)
+    assert done.returncode == 2, done.stderr
+    assert "--margin-sd" in done.stderr and "<calibrated>" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "update", [{"cost_usd": -5.0}, {"ts": datetime(1999, 12, 31, tzinfo=UTC)}], ids=str
+)
+def test_a_value_an_older_server_stored_is_still_read_back(
+    server: Server, update: dict[str, Any]
+) -> None:
+    """Bounding the route must not make rows already stored unreadable (a 500 on
+    /telemetry/events, and every calibrate, which pages through them)."""
+    from autopack.control.telemetry import record
+    from autopack.db import open_database
+    from autopack.telemetry.events import LlmUsageIn, LlmUsageRow
+
+    url = server.database_url  # type: ignore[attr-defined]
+    database = open_database(url, role="test", log=False)
+    try:
+        record(database, LlmUsageIn.model_validate(USAGE).model_copy(update=update))
+    finally:
+        database.close()
+    answer = httpx.get(f"{server.url}/telemetry/events", params={"kind": "usage"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    [row] = answer.json()
+    assert LlmUsageRow.model_validate(row).model_dump(include=set(update)) == update
+
+
+def _wide(n: int) -> dict[str, Any]:
+    """An estimation event of a phase with ``n`` new Python files."""
+    paths = [f"f{i}.py" for i in range(n)]
+    items = [{"path": p, "kind": "python", "is_new": True, "existing_bytes": 0} for p in paths]
+    features = {"category": "impl", "complexity": "low", "deliverables": items}
+    return {"deliverable_count": n, "deliverables_json": paths, "features": features}
+
+
+@pytest.mark.parametrize("data", ["no-spread", "extreme-spread", "steep-slope"])
+def test_calibrate_on_implausible_data_writes_a_file_that_loads(
+    server: Server, tmp_path: Path, data: str
+) -> None:
+    """Sixty phases that all needed 1000 tokens (one replayed answer, drained again and
+    again) fitted sigma ~1e-9; 1 and 2**31-1 tokens alternating sigma 10.2; one file -> 1
+    token, forty -> 2**31-1 a slope of 5.5: each outside what the loader accepts, so
+    calibrate ended with exit 2 blaming an 'estimator file <calibrated>'."""
+    from autopack.estimation.estimator import TokenEstimator
+    from autopack.estimation.features import extract_features
+
+    for i in range(60):
+        fields: dict[str, Any] = {"actual_output_tokens": 1000}
+        if data == "extreme-spread":
+            fields["actual_output_tokens"] = 1 if i % 2 else 2**31 - 1
+        if data == "steep-slope":
+            tokens = 1 if i % 2 else 2**31 - 1
+            fields = {**_wide(1 if i % 2 else 40), "actual_output_tokens": tokens}
+        event = estimation(f"p{i}", **fields, ts=f"2026-02-01T00:{i:02d}:00Z")
+        assert post(server, "estimations", event).status_code == 201
+    done = _calibrate(server, tmp_path, "--write", "estimator.json")
+    assert done.returncode == 0, done.stderr
+    estimator = TokenEstimator.load(tmp_path / "estimator.json")
+    for n in (1, 40):
+        features = extract_features("impl", "low", [f"f{i}.py" for i in range(n)], None)
+        estimate = estimator.estimate(features, model_max_output=8192, model="m")
+        assert 1 <= estimate.budget <= 8192
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+00:00", "9999-12-31T23:00:00+00:00"])
+def test_an_instant_at_the_calendar_edge_is_refused_so_every_row_stays_readable(
+    database_url: str, tmp_path: Path, ts: str, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL returns timestamptz in the session's zone: with TimeZone Asia/Tokyo or
+    America/New_York a stored 9999-12-31T23:00Z or 0001-01-01Z is year 10000 or 0 for
+    psycopg, and every GET /telemetry/events (and report, calibrate) answered 500."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    if database_url.startswith("postgresql"):
+        name = make_url(database_url).database
+        zone = "Asia/Tokyo" if ts.startswith("9") else "America/New_York"
+        admin = request.getfixturevalue("pg_admin")
+        conninfo = make_url(admin).set(drivername="postgresql").render_as_string(False)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} SET timezone = '{zone}'")
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        answer = post(server, "llm-usage", {**USAGE, "ts": ts})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == "ts"
+        assert post(server, "llm-usage", USAGE).status_code == 201
+        events = httpx.get(f"{server.url}/telemetry/events", timeout=30)
+        assert events.status_code == 200, events.text
+        assert len(events.json()) == 1
