@@ -276,3 +276,16 @@ def test_an_in_memory_database_is_refused_naming_it(url: str, tmp_path: Path) ->
         result = cli(*args, cwd=tmp_path, env=clean_env(DATABASE_URL=url))
         assert result.returncode == 2, (args, result.stderr[-800:])
         assert "in-memory SQLite database" in result.stderr and url in result.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://127.0.0.1:5432/", "postgresql://127.0.0.1:5432"])
+def test_a_postgres_url_without_a_database_is_refused_naming_it(url: str, tmp_path: Path) -> None:
+    """libpq connected to the database named after the user (``root`` here), and even a
+    read-only command such as ``db identity`` installed Autopack's tables there."""
+    for args in (["db", "init"], ["db", "identity"], ["run", "list"]):
+        # PGDATABASE names none that exists: a regression fails here without filling one
+        env = clean_env(DATABASE_URL=url, PGDATABASE="autopack_test_no_such_database")
+        result = cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args, result.stderr[-800:])
+        assert "names no database" in result.stderr and "DATABASE_URL" in result.stderr
+        assert "Traceback" not in result.stderr

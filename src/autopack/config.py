@@ -100,6 +100,12 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
                 path = (cwd or Path.cwd()) / path
             url = url.set(database=os.path.normpath(path))
     elif backend in {"postgresql", "postgres"}:
+        if not (url.database or url.query.get("dbname")):
+            raise ValueError(
+                "names no database, so PostgreSQL would pick one by the user's name (or "
+                "PGDATABASE), which another machine or shell resolves differently: name it, "
+                "e.g. postgresql://user@host:5432/autopack"
+            )
         url = url.set(drivername="postgresql+psycopg")
     else:
         raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
