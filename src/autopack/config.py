@@ -45,6 +45,7 @@ from sqlalchemy.exc import ArgumentError
 
 from autopack import redact
 from autopack.bounds import is_utf8
+from autopack.envfile import check_dotenv, dotenv_path
 from autopack.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
@@ -358,64 +359,12 @@ class LoadedSettings:
         return rows
 
 
-def search_directories(cwd: Path | None = None) -> list[Path]:
-    """Where a ``.env`` may be: the working directory, then each parent up to the root of
-    the enclosing git repository (a directory holding ``.git``); outside a repository only
-    the working directory, so a stray ``.env`` in a home directory never applies."""
-    start = cwd or Path.cwd()
-    chain = [start, *start.parents]
-    for index, directory in enumerate(chain):
-        if (directory / ".git").exists():
-            return chain[: index + 1]
-    return [start]
-
-
-def dotenv_path(cwd: Path | None = None) -> Path:
-    """The ``.env`` that applies (the nearest, see :func:`search_directories`); when there
-    is none, where it would be looked for first (the working directory)."""
-    directories = search_directories(cwd)
-    return next(
-        (d / ".env" for d in directories if (d / ".env").is_file()), directories[0] / ".env"
-    )
-
-
 def dotenv_values(path: Path) -> dict[str, Any]:
     """The settings a ``.env`` file offers, read by pydantic-settings' own parser, once
     :func:`check_dotenv` found every line readable."""
     if path.is_file():
-        check_dotenv(path)
+        check_dotenv(path, known=Settings.model_fields)
     return dict(DotEnvSettingsSource(Settings, env_file=path)())
-
-
-def check_dotenv(path: Path) -> None:
-    """Refuse a ``.env`` that would not be read as written (ConfigError naming the file
-    and line): python-dotenv skips a line it cannot parse and a setting written without
-    ``=``, with a warning at most, so a ``DATABASE_URL`` line with a stray quote silently
-    meant the default database; a file that is not UTF-8, or holds a NUL, failed later with
-    a traceback. A line's text is never shown: it may hold a secret."""
-    from io import StringIO
-
-    from dotenv.parser import parse_stream
-
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    for binding in parse_stream(StringIO(text)):
-        line = binding.original.line
-        if binding.error:
-            problem = f"line {line} cannot be parsed (write NAME=value)"
-        elif binding.key and binding.key.lower() in Settings.model_fields and binding.value is None:
-            problem = f"line {line}: {binding.key} has no value (write {binding.key}=value)"
-        elif "\x00" in (binding.value or ""):
-            problem = f"line {line}: the value of {binding.key} contains a NUL byte"
-        else:
-            continue
-        raise ConfigError(
-            f"{path}, {problem}; fix it or move it out of the way", env_file=str(path)
-        )
 
 
 def source_values(

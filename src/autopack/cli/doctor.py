@@ -69,7 +69,8 @@ def doctor(
 
 
 def _database_url_sources(flag: str | None) -> list[Check]:
-    from autopack.config import DEFAULT_DATABASE_URL, dotenv_path, redact_url, source_values
+    from autopack.config import DEFAULT_DATABASE_URL, redact_url, source_values
+    from autopack.envfile import dotenv_path
 
     offered = source_values({"database_url": flag} if flag else {}, dotenv_path())
     winner = next((src for src, vals in offered.items() if "database_url" in vals), "default")

@@ -21,9 +21,9 @@ from autopack.config import (
     dotenv_values,
     redact_url,
     resolve_database_url,
-    search_directories,
 )
 from autopack.db.engine import sqlite_file
+from autopack.envfile import search_directories
 from autopack.errors import ConfigError, DatabaseMissing
 
 DEFAULT_FILE = "autopack.db"

@@ -1,0 +1,67 @@
+"""Which ``.env`` file applies, and whether it says what it seems to say.
+
+The nearest ``.env`` from the working directory up to the root of the enclosing git
+repository applies (only the working directory outside a repository), so ``cd scripts &&
+autopack run list`` reads the project's ``.env`` and a stray one in a home directory never
+does. :mod:`autopack.config` reads its values with pydantic-settings' own parser, after
+:func:`check_dotenv` made sure no line is silently skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from io import StringIO
+from pathlib import Path
+
+from autopack.errors import ConfigError
+
+
+def search_directories(cwd: Path | None = None) -> list[Path]:
+    """Where a ``.env`` may be: the working directory, then each parent up to the root of
+    the enclosing git repository (a directory holding ``.git``); outside a repository only
+    the working directory, so a stray ``.env`` in a home directory never applies."""
+    start = cwd or Path.cwd()
+    chain = [start, *start.parents]
+    for index, directory in enumerate(chain):
+        if (directory / ".git").exists():
+            return chain[: index + 1]
+    return [start]
+
+
+def dotenv_path(cwd: Path | None = None) -> Path:
+    """The ``.env`` that applies (the nearest, see :func:`search_directories`); when there
+    is none, where it would be looked for first (the working directory)."""
+    directories = search_directories(cwd)
+    return next(
+        (d / ".env" for d in directories if (d / ".env").is_file()), directories[0] / ".env"
+    )
+
+
+def check_dotenv(path: Path, *, known: Collection[str]) -> None:
+    """Refuse a ``.env`` that would not be read as written (ConfigError naming the file
+    and line): python-dotenv skips a line it cannot parse and a setting written without
+    ``=``, with a warning at most, so a ``DATABASE_URL`` line with a stray quote silently
+    meant the default database; a file that is not UTF-8, or holds a NUL, failed later with
+    a traceback. ``known``: the settings' names (lower case). A line's text is never
+    shown: it may hold a secret."""
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for binding in parse_stream(StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            problem = f"line {line} cannot be parsed (write NAME=value)"
+        elif binding.key and binding.key.lower() in known and binding.value is None:
+            problem = f"line {line}: {binding.key} has no value (write {binding.key}=value)"
+        elif "\x00" in (binding.value or ""):
+            problem = f"line {line}: the value of {binding.key} contains a NUL byte"
+        else:
+            continue
+        raise ConfigError(
+            f"{path}, {problem}; fix it or move it out of the way", env_file=str(path)
+        )
