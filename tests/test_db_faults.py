@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from autopack.contract import HeartbeatIn, UsageIn
+from autopack.contract import HeartbeatIn, UsageIn, ordered_usage_key
 from autopack.control import leases, telemetry
 from autopack.db import Database, open_database
 from autopack.db.identity import read_identity
@@ -197,6 +198,30 @@ def test_a_usage_report_sent_twice_is_counted_once(db: Database) -> None:
     assert phase_row(db, "r", "a")["tokens_used"] == run_row(db)["tokens_used"] == 107
     with pytest.raises(LeaseLost):  # still fenced: a stranger's token is refused
         leases.report_usage(db, "r", "a", UsageIn(lease_token="nope", tokens=1))
+
+
+def test_a_late_copy_of_an_earlier_usage_report_is_not_counted_again(db: Database) -> None:
+    """Reports A, B, then A's first try arriving late (answered by its retry meanwhile):
+    only the last key was remembered, so the late A counted a third time and spent the
+    budget faster. An attempt's keys are ordered; one older than the last is old."""
+    create(db)
+    leased = claimed(db)
+    nonce = uuid.uuid4().hex
+
+    def report(sequence: int, tokens: int) -> int:
+        usage = UsageIn(
+            lease_token=leased.lease_token,
+            tokens=tokens,
+            idempotency_key=ordered_usage_key(nonce, sequence),
+        )
+        return leases.report_usage(db, "r", "a", usage).phase.tokens_used
+
+    assert report(0, 100) == 100
+    assert report(1, 7) == 107
+    assert report(0, 100) == 107, "the late copy of report 0"
+    assert report(1, 7) == 107, "a retry of the last one"
+    assert report(2, 1) == 108
+    assert phase_row(db, "r", "a")["tokens_used"] == run_row(db)["tokens_used"] == 108
 
 
 def test_a_telemetry_event_sent_twice_is_stored_once(db: Database) -> None:

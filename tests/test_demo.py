@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tools.demo_cassette.build import CASSETTE, build, render
 
+from autopack.contract import ORDERED_USAGE_KEY
 from autopack.estimation.estimator import TokenEstimator
 from tests.executor_support import branch_log, rows
 from tests.support import clean_env, cli, free_port
@@ -44,6 +45,10 @@ def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     truncation_was_continued(url)
     calls = rows(url, "SELECT role, COUNT(*) AS n FROM llm_usage_events GROUP BY role")
     assert {r["role"]: r["n"] for r in calls} == {"builder": 13, "auditor": 10}
+    # each attempt's usage reports carry keys in call order, the last one kept
+    keys = [r["usage_key"] for r in rows(url, "SELECT usage_key FROM phase_attempts")]
+    assert all(ORDERED_USAGE_KEY.fullmatch(key) for key in keys), keys
+    assert sum(int(key.split(":")[1]) for key in keys) == 13 + 10, "numbered from 1"
     # Replayed, not spent: provider replay with the recorded model, the cost it would have
     # had kept on the row and shown as replayed, the run billed nothing.
     assert rows(url, "SELECT DISTINCT provider, model FROM llm_usage_events") == [

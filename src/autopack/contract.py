@@ -16,6 +16,7 @@ executor import it on machines that never open a database.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -105,6 +106,17 @@ class HeartbeatIn(_Request):
     state: Literal[PhaseState.EXECUTING, PhaseState.CI_RUNNING] | None = None
 
 
+ORDERED_USAGE_KEY = re.compile(r"[0-9a-f]{32}:[0-9]{8}")
+"""``ATTEMPT-NONCE:SEQUENCE``: the keys an attempt gives its usage reports, in the order it
+makes its calls, so a late copy of an earlier report (its first try answered after a
+retry, arriving after a newer report) is known as old and not counted again."""
+
+
+def ordered_usage_key(nonce: str, sequence: int) -> str:
+    """The key of an attempt's ``sequence``-th usage report (see :data:`ORDERED_USAGE_KEY`)."""
+    return f"{nonce}:{sequence:08d}"
+
+
 class UsageIn(_Request):
     lease_token: str = Field(min_length=1, max_length=64)
     tokens: Count = Field(le=USAGE_TOKENS_MAX)
@@ -113,7 +125,9 @@ class UsageIn(_Request):
         default_factory=lambda: uuid.uuid4().hex,
         min_length=1,
         max_length=64,
-        description="A retried report with the same key is counted once.",
+        description="A retried report with the same key is counted once; keys of the form "
+        "NONCE:SEQUENCE (32 hex digits, 8 digits) are an attempt's reports in order, and one "
+        "older than the last counted is not counted either.",
     )
 
 

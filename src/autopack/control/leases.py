@@ -24,7 +24,14 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 
 from autopack.clock import utcnow
-from autopack.contract import HeartbeatIn, LeaseRenewed, PhaseUsage, UsageAnswer, UsageIn
+from autopack.contract import (
+    ORDERED_USAGE_KEY,
+    HeartbeatIn,
+    LeaseRenewed,
+    PhaseUsage,
+    UsageAnswer,
+    UsageIn,
+)
 from autopack.control import lifecycle
 from autopack.control.telemetry import set_phase_outcome
 from autopack.control.views import run_budget
@@ -145,6 +152,7 @@ def report_usage(database: Database, run_id: str, phase_id: str, usage: UsageIn)
                 "b_phase": phase_id,
                 "b_attempt": phase.attempts,
                 "b_key": key,
+                "b_ordered": ORDERED_USAGE_KEY.fullmatch(key) is not None,
                 **amounts,
             },
         ).rowcount

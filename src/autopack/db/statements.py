@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Select,
     Table,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    not_,
     or_,
     select,
     text,
@@ -346,11 +348,16 @@ CANCEL_RUNNING_ATTEMPTS = (
         finished_at=bindparam("b_now"),
     )
 )
+_ORDERED = bindparam("b_ordered", type_=Boolean)
 ADD_ATTEMPT_USAGE = (
     update(ATTEMPTS)
     .where(
         _ATTEMPT_IS,
-        or_(ATTEMPTS.c.usage_key.is_(None), ATTEMPTS.c.usage_key != bindparam("b_key")),
+        or_(
+            ATTEMPTS.c.usage_key.is_(None),
+            and_(_ORDERED, ATTEMPTS.c.usage_key < bindparam("b_key")),
+            and_(not_(_ORDERED), ATTEMPTS.c.usage_key != bindparam("b_key")),
+        ),
     )
     .values(
         tokens_used=capped_sum(ATTEMPTS.c.tokens_used),
@@ -358,8 +365,10 @@ ADD_ATTEMPT_USAGE = (
         usage_key=bindparam("b_key"),
     )
 )
-"""Count a usage report on its attempt unless it is the report applied last (``b_key``):
-no row means a retry of a report already counted (an attempt reports one call at a time)."""
+"""Count a usage report on its attempt unless it was counted already: with an ordered key
+(``b_ordered``, :data:`~autopack.contract.ORDERED_USAGE_KEY`) unless it is not newer than
+the last one counted, else unless it is that one. No row means a retry of a report
+already counted (an attempt reports one call at a time)."""
 HISTORY = (
     select(ATTEMPTS)
     .where(

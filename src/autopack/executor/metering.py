@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from typing import Any
 
-from autopack.contract import Claim, UsageIn
+from autopack.contract import Claim, UsageIn, ordered_usage_key
 from autopack.errors import LLMError
 from autopack.estimation.estimator import Estimate
 from autopack.estimation.features import PhaseFeatures
@@ -60,6 +61,8 @@ class Meter:
         self.output_tokens = 0
         self.max_tokens: int | None = None
         """The Builder's ``max_tokens`` for this attempt, once decided."""
+        self._usage_nonce = uuid.uuid4().hex
+        self._usage_reports = 0
 
     def _check_budget(self) -> None:
         if self.budget_exhausted is not None:
@@ -188,10 +191,16 @@ class Meter:
         self.cost += billed
         if role == "builder":
             self.output_tokens += usage.output_tokens
+        self._usage_reports += 1
         answer = self.s.client.report_usage(
             claim.run_id,
             claim.phase_id,
-            UsageIn(lease_token=self.lease.token, tokens=tokens, cost_usd=billed),
+            UsageIn(
+                lease_token=self.lease.token,
+                tokens=tokens,
+                cost_usd=billed,
+                idempotency_key=ordered_usage_key(self._usage_nonce, self._usage_reports),
+            ),
         )
         self.budget_exhausted = answer.run.reason if answer.run.budget_exhausted else None
         self.s.events(
