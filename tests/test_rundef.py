@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from autopack.bounds import MAX_BODY_BYTES
 from autopack.errors import InvalidInput
 from autopack.rundef import (
     RunDefinition,
     bundled_run_file,
+    describe_errors,
     load_run_file,
     parse_run_definition,
     run_json_schema,
@@ -296,3 +298,14 @@ def test_definition_round_trips_through_json() -> None:
     run = load_run_file(bundled_run_file("telemetry-collection-v4"))
     again = RunDefinition.model_validate(json.loads(run.model_dump_json()))
     assert again == run
+
+
+def test_an_enum_member_expected_is_named_by_its_value() -> None:
+    """A 422 said "Input should be <PhaseState.EXECUTING: 'EXECUTING'> or …": Python's
+    text for a member, where the caller can only send its value."""
+    from autopack.contract import HeartbeatIn
+
+    with pytest.raises(ValidationError) as caught:
+        HeartbeatIn(lease_token="t", state="QUEUED")
+    [problem] = describe_errors(caught.value.errors())
+    assert problem["message"] == "Input should be 'EXECUTING' or 'CI_RUNNING'"

@@ -323,6 +323,10 @@ def _short_value(value: Any) -> Any:
     return printable(value) if isinstance(value, str) else value
 
 
+_ENUM_REPR = re.compile(r"<\w+\.\w+: '([^']*)'>")
+"""How pydantic names an enum member it expected (``<PhaseState.EXECUTING: 'EXECUTING'>``)."""
+
+
 def describe_errors(
     errors: Sequence[Any], data: Any = None, *, drop_prefix: int = 0
 ) -> list[dict[str, Any]]:
@@ -334,6 +338,7 @@ def describe_errors(
         for prefix in ("Value error, ", "Assertion failed, "):
             if message.startswith(prefix):
                 message = message[len(prefix) :]
+        message = _ENUM_REPR.sub(r"'\1'", message)  # a Literal of enum members
         if error.get("type") == "string_pattern_mismatch" and (
             (error.get("ctx") or {}).get("pattern") == ID_PATTERN
         ):
