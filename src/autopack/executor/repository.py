@@ -36,6 +36,7 @@ from pathlib import Path
 from autopack.errors import ConfigError
 from autopack.executor.git import GitError, git, out
 from autopack.logs import log_event
+from autopack.paths import absolute
 from autopack.rundef import default_branch
 
 logger = logging.getLogger("autopack.executor.repository")
@@ -80,7 +81,7 @@ class RepoSource:
         if repo:
             return cls(remote=repo)
         if workspace is not None:
-            return cls(workspace=workspace.resolve())
+            return cls(workspace=absolute(workspace, "--workspace"))
         if run_repository:
             return cls(remote=run_repository)
         return cls(workspace=(Path.cwd() / "autopack-workspaces" / run_id).resolve())
@@ -389,7 +390,7 @@ class RunRepository:
 def _local(workspace: Path) -> Path:
     """A local repository used in place: created when missing, refused when it is a
     directory with files that is not a repository (Autopack never guesses what to commit)."""
-    workspace = workspace.resolve()
+    workspace = absolute(workspace, "--workspace")
     if workspace.exists() and not workspace.is_dir():
         raise ConfigError(f"--workspace {workspace} is a file, not a directory")
     if workspace.is_dir() and _is_repository(workspace):
