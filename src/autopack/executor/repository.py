@@ -378,7 +378,8 @@ class RunRepository:
         except OSError as exc:  # a file on the way (file/sub), no permission
             raise ConfigError(f"cannot create {target}: {exc.strerror or exc}") from None
         index = target / ".autopack-export-index"
-        env = {"GIT_INDEX_FILE": str(index)}
+        # a remote's cache clone is bare: checkout-index needs a work tree, and this is it
+        env = {"GIT_INDEX_FILE": str(index), "GIT_WORK_TREE": str(target)}
         try:
             git("read-tree", commit, cwd=self.path, env=env)
             git("checkout-index", "--all", f"--prefix={target}{os.sep}", cwd=self.path, env=env)
