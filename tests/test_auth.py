@@ -165,6 +165,33 @@ def test_a_server_without_tokens_serves_loopback_clients_only() -> None:
         Authenticator.from_settings(Settings(autopack_worker_token=WORKER_TOKEN))
 
 
+def test_a_server_without_tokens_refuses_requests_addressed_to_another_name(
+    tmp_path: Path,
+) -> None:
+    """DNS rebinding: a web page whose name resolves to 127.0.0.1 reached a tokenless
+    loopback server as a loopback client, same-origin for the browser, so it could read
+    the dashboard and create runs (whose checks every executor runs)."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    with Server(env, cwd=tmp_path) as running:
+        port = running.port
+        for host in (
+            f"evil.example:{port}",
+            "evil.example",
+            f"[::1:{port}",
+            "127.0.0.1.evil.example",
+        ):
+            for method, path in (("GET", "/ui"), ("GET", "/runs"), ("POST", "/runs")):
+                answer = httpx.request(
+                    method, running.url + path, headers={"Host": host}, json={}, timeout=10
+                )
+                assert answer.status_code == 403, (host, path, answer.text)
+                assert "loopback name only" in answer.json()["detail"]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost."):
+            answer = httpx.get(running.url + "/runs", headers={"Host": host}, timeout=10)
+            assert answer.status_code == 200, (host, answer.text)
+
+
 def _csrf(page: str) -> str:
     found = re.search(r"name='csrf' value='([0-9a-f]+)'", page)
     assert found, page

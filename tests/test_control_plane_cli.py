@@ -182,6 +182,30 @@ def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> N
     assert str(tmp_path / "here.db") in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [
+        (["run", "show", ""], "run id ''"),
+        (["run", "show", "."], "run id '.'"),
+        (["run", "cancel", ".."], "run id '..'"),
+        (["run", "export", "..", "out"], "run id '..'"),
+        (["run", "phase", "r", ""], "phase id ''"),
+        (["run", "requeue", "r", ".."], "phase id '..'"),
+        (["drain", "run", "--run-id", ""], "run id ''"),
+    ],
+)
+def test_an_id_that_cannot_exist_is_exit_2_naming_it(
+    command: list[str], named: str, tmp_path: Path
+) -> None:
+    """As URL path segments, '' and '..' reached another route or none: `run show ''` said
+    "Invalid JSON: EOF", `run cancel ..` "no such endpoint: POST /cancel" (exit 1)."""
+    env = clean_env(DATABASE_URL="sqlite:///here.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    result = cli(*command, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"{named} is not an id" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL=database_url)
     database = open_database(

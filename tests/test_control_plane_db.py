@@ -593,6 +593,27 @@ def test_requeue_of_a_failed_phase_reopens_the_run_and_what_it_blocked(db: Datab
     assert finish(db, claimed(db)).run_state == "DONE_SUCCESS"  # d
 
 
+def test_requeue_of_a_phase_its_failed_blocker_still_holds_is_refused(db: Database) -> None:
+    """Requeueing a phase that waits for a FAILED one reopened the finished run around a
+    phase nobody could ever claim: the run stayed RUNNING and `drain run` waited forever."""
+    create(
+        db,
+        tiers=[
+            ("T1", [{"phase_id": "a", "max_attempts": 1}, {"phase_id": "b", "depends_on": ["a"]}]),
+            ("T2", ["d"]),
+        ],
+    )
+    finish(db, claimed(db), "FAILED", retryable=False)
+    assert run_row(db)["state"] == "DONE_FAILED_PHASES"
+    before = snapshot(db)
+    for blocked in ("b", "d"):
+        with pytest.raises(Conflict, match=r"it waits for a \(FAILED\).*; requeue a instead"):
+            runs.requeue_phase(db, "r", blocked, RequeueIn())
+    assert snapshot(db) == before
+    runs.requeue_phase(db, "r", "a", RequeueIn())  # the blocker: it reopens them
+    assert states(db) == {"a": "QUEUED", "b": "QUEUED", "d": "QUEUED"}
+
+
 def test_requeue_of_a_stuck_phase_revokes_its_lease(db: Database) -> None:
     create(db)
     stuck = claimed(db, worker="w1")

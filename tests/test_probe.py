@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from autopack.config import child_env, load_settings
-from tests.executor_support import rows
+from autopack.db import open_database
+from tests.conftest import empty_sqlite
+from tests.cp_support import claimed, finish
+from tests.executor_support import create_run, env_for, phase, rows, run_file
 from tests.support import clean_env, cli, free_port, script
 
 RUN = "telemetry-collection-v4"
@@ -102,3 +105,25 @@ def test_children_keep_the_telemetry_flag_wherever_they_run(
     shown = {row["name"]: row for row in json.loads(result.stdout)}
     assert shown["TELEMETRY_DB_ENABLED"]["value"] == "True"
     assert shown["TELEMETRY_DB_ENABLED"]["source"] == "env"
+
+
+def test_force_on_a_run_no_answer_covers_is_refused_before_the_requeue(tmp_path: Path) -> None:
+    """Without credentials the drain refuses a run the bundled cassette does not know, but
+    `probe --force` requeued the phase first: the finished run reopened, a retry window
+    was reset, and then nothing ran."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    database = open_database(url, role="test", log=False)
+    try:
+        finish(database, claimed(database, run_id="exec-run"), "FAILED", retryable=False)
+    finally:
+        database.close()
+    before = rows(url, "SELECT state, attempts FROM phases") + rows(url, "SELECT state FROM runs")
+    result = cli(
+        "probe", "--run-id", "exec-run", "--phase-id", "p1", "--force", cwd=tmp_path, env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert "cannot be drained" in result.stderr and "requeued" not in result.stderr
+    after = rows(url, "SELECT state, attempts FROM phases") + rows(url, "SELECT state FROM runs")
+    assert after == before == [{"state": "FAILED", "attempts": 1}, {"state": "DONE_FAILED_PHASES"}]

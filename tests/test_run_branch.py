@@ -272,6 +272,53 @@ def test_export_into_a_file_is_refused_naming_it(tmp_path: Path) -> None:
     assert (tmp_path / "afile").read_text() == "mine\n"
 
 
+def test_export_of_a_run_kept_in_a_remote_repository_writes_its_files(tmp_path: Path) -> None:
+    """A run whose code lives in a remote (``--repo``, the run file's ``repository``) is
+    read through a bare cache clone, where `git checkout-index` refused to work ("must be
+    run in a work tree"): `run export` of such a run always failed, leaving DIR behind."""
+    url = _sqlite(tmp_path)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    body = json.loads(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]).read_text())
+    body["repository"] = str(remote)
+    (tmp_path / "remote-run.json").write_text(json.dumps(body))
+    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="KEPT = 1\n"))])
+    args = ["phase", "--phase-id", "p1", "--run-id", RUN, "--auditor", "rules"]
+    assert drain(*args, "--cassette", str(tape), env=env, cwd=tmp_path).returncode == 0
+    for flags in ([], ["--repo", str(remote)]):
+        target = tmp_path / f"code{len(flags)}"
+        exported = cli("run", "export", RUN, str(target), *flags, cwd=tmp_path, env=env)
+        assert exported.returncode == 0, exported.stderr[-2000:]
+        assert (target / "pkg/mod.py").read_text() == "KEPT = 1\n"
+        assert sorted(p.name for p in target.iterdir()) == ["pkg"]
+
+
+def test_a_symlink_loop_given_as_a_path_is_refused_naming_it(tmp_path: Path) -> None:
+    """A directory or file argument that is a symlink loop ended in a RuntimeError
+    traceback (``Path.resolve``) in `run export`, `--workspace` and `calibrate --write`."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="KEPT = 1\n"))])
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    commands = [
+        ("run", "export", RUN, str(loop), "--workspace", str(ws)),
+        ("run", "export", RUN, str(tmp_path / "code"), "--workspace", str(loop)),
+        ("drain", *_args(loop, tape, phase_id="p1")),
+        ("telemetry", "calibrate", "--write", str(loop)),
+    ]
+    for command in commands:
+        result = cli(*command, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and f"{loop} cannot be resolved" in result.stderr
+    assert not (tmp_path / "code").exists()
+
+
 @pytest.mark.postgres
 def test_three_executors_with_their_own_caches_drain_one_remote_branch(
     tmp_path: Path, pg_admin: str

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -50,12 +51,13 @@ from autopack.errors import (
     AutopackError,
     ConfigError,
     IdentityMismatch,
+    InvalidInput,
     SchemaOutOfDate,
     ServerUnavailable,
 )
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
-from autopack.rundef import RunDefinition
+from autopack.rundef import ID_PATTERN, RunDefinition
 from autopack.states import ApprovalStatus, RunState
 from autopack.telemetry.events import (
     EventKind,
@@ -113,13 +115,20 @@ def _error_from(response: httpx.Response) -> AutopackError:
     return cls(f"{message} [{response.request.method} {response.request.url}]", **body)
 
 
-def _seg(value: str) -> str:
-    """One URL path segment (ids are URL-safe by validation; quote anyway)."""
+def _seg(value: str, name: str = "run id") -> str:
+    """One URL path segment. An id that cannot exist is refused here, naming it: as a path
+    segment, '' or '..' reached another route (or none) and came back as a puzzle."""
+    if len(value) > 200 or not re.fullmatch(ID_PATTERN, value):
+        raise InvalidInput(
+            f"{name} {value!r} is not an id: ids use only letters, digits, '.', '_' and '-', "
+            "and start with a letter or digit",
+            field=name,
+        )
     return quote(value, safe="")
 
 
 def _phase_path(run_id: str, phase_id: str) -> str:
-    return f"/runs/{_seg(run_id)}/phases/{_seg(phase_id)}"
+    return f"/runs/{_seg(run_id)}/phases/{_seg(phase_id, 'phase id')}"
 
 
 class ApiClient:

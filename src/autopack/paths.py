@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from autopack.bounds import lone_surrogate
+from autopack.errors import ConfigError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_NAME_BYTES = 255
@@ -80,6 +81,16 @@ def inside(path: str, container: str) -> bool:
 
 def inside_any(path: str, containers: Iterable[str]) -> bool:
     return any(inside(path, container) for container in containers)
+
+
+def absolute(path: Path, what: str) -> Path:
+    """``path`` made absolute with its symlinks resolved, for a path a person gave; one that
+    cannot be resolved (a symlink loop) is a ConfigError naming ``what`` and the path,
+    never a traceback."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # a loop: RuntimeError before Python 3.13
+        raise ConfigError(f"{what} {path} cannot be resolved: {exc}") from None
 
 
 def resolved(root: Path, path: str) -> str | None:

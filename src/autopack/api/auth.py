@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -133,6 +134,20 @@ class Authenticator:
                 "this Autopack server has no tokens, so it serves loopback clients only: "
                 + HOW_TO_SET
             )
+        # A web page whose name is made to resolve to 127.0.0.1 (DNS rebinding) reaches us
+        # from a loopback client too, as its own origin: its requests still name its host.
+        host = request.headers.get("host")
+        if client is not None and host is not None:
+            try:
+                name = urlsplit(f"//{host}").hostname or ""
+            except ValueError:  # "[::1" and the like: no name at all
+                name = ""
+            if not is_loopback(name.rstrip(".")):
+                raise Forbidden(
+                    f"this Autopack server has no tokens, so it answers requests addressed "
+                    f"to a loopback name only (localhost, 127.0.0.1, [::1]), not {host!r}: "
+                    + HOW_TO_SET
+                )
 
     # -- the dashboard's session -------------------------------------------------------------
 

@@ -57,9 +57,10 @@ def demo(
     ),
 ) -> None:
     """Drain the bundled run end to end and report its telemetry."""
+    from autopack.paths import absolute
     from autopack.rundef import bundled_run_file, load_run_file
 
-    directory = directory.resolve()
+    directory = absolute(directory, "--dir")
     _fresh(directory)
     cli = state(ctx)
     if cli.database_url is None:

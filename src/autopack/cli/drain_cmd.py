@@ -99,14 +99,16 @@ def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> N
         cli.release_connection()
 
 
-def answering_provider(cli: CliState, run_id: str, flags: DrainFlags) -> LLMProvider:
+def answering_provider(
+    cli: CliState, run_id: str, *, cassette: Path | None = None, record: Path | None = None
+) -> LLMProvider:
     """The provider for the drain; exit 2 when it is a replay with nothing for this run
     (no credentials: every call would miss, fail the phase and waste its retries)."""
     from autopack.llm.registry import make_provider, provider_name
 
     settings = cli.settings
-    provider = make_provider(settings, cassette=flags.cassette, record=flags.record)
-    if provider_name(settings, cassette=flags.cassette) != "replay":
+    provider = make_provider(settings, cassette=cassette, record=record)
+    if provider_name(settings, cassette=cassette) != "replay":
         return provider
     from autopack.llm.replay import ReplayProvider  # loaded by make_provider already
 
@@ -115,7 +117,7 @@ def answering_provider(cli: CliState, run_id: str, flags: DrainFlags) -> LLMProv
     if run_id in answers:
         return provider
     path = provider.path
-    chosen = flags.cassette or settings.autopack_replay_cassette
+    chosen = cassette or settings.autopack_replay_cassette
     why = (
         f"the replay cassette {path}"
         if chosen or settings.autopack_llm_provider == "replay"
@@ -157,7 +159,7 @@ def executor_for(
     from autopack.telemetry.otel import otel_instrumentation
     from autopack.telemetry.recorder import TelemetryRecorder
 
-    answering = answering_provider(cli, run_id, flags)
+    answering = answering_provider(cli, run_id, cassette=flags.cassette, record=flags.record)
     options = ExecutorOptions(
         worker_id=flags.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         builder_model=model_for(settings, "builder"),

@@ -125,7 +125,10 @@ def _preflight(cli: CliState, run_id: str, phase_id: str, force: bool) -> PhaseD
             phase_id=phase_id,
         )
     if force and (phase.state in PHASE_REQUEUEABLE or phase.state == PhaseState.COMPLETE):
+        from autopack.cli.drain_cmd import answering_provider
         from autopack.cli.run_cmd import operator
+
+        answering_provider(cli, run_id)  # the drain would refuse: before the phase is touched
 
         request = RequeueIn(requested_by=operator(), reason="probe --force", complete=True)
         client.requeue_phase(run_id, phase_id, request)

@@ -252,6 +252,7 @@ def export(
 ) -> None:
     """Write the run's code (the head of its branch) into DIRECTORY."""
     from autopack.executor.repository import RepoSource, RunRepository, run_branch
+    from autopack.paths import absolute
 
     cli = state(ctx)
     run = cli.client().get_run(run_id)
@@ -265,7 +266,7 @@ def export(
         source, branch=branch, cache_dir=cli.settings.autopack_cache_dir, create=False
     )
     repository.advance(run.branch_head)  # accepted commits a killed executor left behind
-    count = repository.export(run.branch_head, directory.resolve())
+    count = repository.export(run.branch_head, absolute(directory, "export directory"))
     out.print(
         f"{OK} wrote {count} file(s) of run {escape(run_id)} to {escape(str(directory))} "
         f"(branch {escape(branch)} at {run.branch_head[:12]} in {escape(repository.where)})",

@@ -304,6 +304,26 @@ def reopen_unblocked(tx: Tx, run_id: str) -> list[str]:
     return reopen
 
 
+def unmet_blockers(tx: Tx, phase: PhaseRecord) -> list[tuple[str, str]]:
+    """``(phase_id, state)`` of the FAILED or SKIPPED phases ``phase`` waits for (every phase
+    of an earlier tier, its transitive ``depends_on``): while one stays so, ``phase`` can
+    never be claimed."""
+    graph = depends_on(tx, phase.run_id)
+    needed: set[str] = set()
+    stack = [phase.phase_id]
+    while stack:
+        for dependency in graph.get(stack.pop(), []):
+            if dependency not in needed:
+                needed.add(dependency)
+                stack.append(dependency)
+    return sorted(
+        (p["phase_id"], p["state"])
+        for p in tx.rows(sql.PHASE_OUTLINE, {"b_run": phase.run_id})
+        if p["state"] in (P.FAILED, P.SKIPPED)
+        and (p["tier_index"] < phase.tier_index or p["phase_id"] in needed)
+    )
+
+
 def end_run(tx: Tx, run_id: str, target: RunState, reason: str, *, cancel: bool) -> None:
     """Stop a run: SKIP its waiting phases, cancel its pending approvals, set ``target``.
 

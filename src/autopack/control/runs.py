@@ -246,7 +246,9 @@ def requeue_phase(database: Database, run_id: str, phase_id: str, request: Reque
     A stuck phase's lease is revoked (its worker's next call is a 409). Phases SKIPPED only
     because this one failed are re-queued with it, and a finished-failed run reopens. A
     COMPLETE phase is requeued only when the request says so (``complete``: the probe
-    re-running a phase to measure it again); its finished run reopens too.
+    re-running a phase to measure it again); its finished run reopens too. A phase that
+    waits for one still FAILED (an earlier tier's, a dependency) is refused (409): queued,
+    it could never be claimed; requeueing the failed one reopens it.
     """
 
     def work(tx: Tx) -> PhaseView:
@@ -329,6 +331,17 @@ def requeue_phase(database: Database, run_id: str, phase_id: str, request: Reque
             updated_at=tx.now,
         )
         reopened = lifecycle.reopen_unblocked(tx, run_id)
+        blockers = lifecycle.unmet_blockers(tx, phase)
+        if blockers:  # queued, it could never be claimed and its run would never end
+            failed = [name for name, state in blockers if state == P.FAILED]
+            raise Conflict(
+                f"cannot requeue {subject}: it waits for "
+                + ", ".join(f"{name} ({state})" for name, state in blockers)
+                + f"; requeue {' and '.join(failed or [blockers[0][0]])} instead "
+                f"(that reopens {phase_id})",
+                run_id=run_id,
+                phase_id=phase_id,
+            )
         if run.state not in RUN_ACTIVE:
             locked = lifecycle.load_run(tx, run_id, lock=True)
             if locked.state not in RUN_ACTIVE:  # another requeue may have reopened it

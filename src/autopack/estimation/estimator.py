@@ -26,7 +26,7 @@ from autopack.errors import ConfigError, InvalidInput
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.linear import LinearModel, stratum_key
 from autopack.estimation.predictive import Distribution, PredictiveModel
-from autopack.paths import read_text_file, write_atomic
+from autopack.paths import absolute, read_text_file, write_atomic
 
 DecidedBy = Literal["estimate", "floor", "ceiling"]
 
@@ -111,7 +111,7 @@ class TokenEstimator:
     def write(self, path: Path) -> None:
         """Write the file whole or not at all (through a symlink: its target), so a drain
         never loads half an estimator; a path that cannot be written is a ConfigError."""
-        target = Path(path).resolve()
+        target = absolute(Path(path), "estimator file")
         if target.exists() and not target.is_file():
             raise ConfigError(f"cannot write estimator file {path}: not a regular file")
         try:

@@ -36,6 +36,7 @@ from pathlib import Path
 from autopack.errors import ConfigError
 from autopack.executor.git import GitError, git, out
 from autopack.logs import log_event
+from autopack.paths import absolute
 from autopack.rundef import default_branch
 
 logger = logging.getLogger("autopack.executor.repository")
@@ -80,7 +81,7 @@ class RepoSource:
         if repo:
             return cls(remote=repo)
         if workspace is not None:
-            return cls(workspace=workspace.resolve())
+            return cls(workspace=absolute(workspace, "--workspace"))
         if run_repository:
             return cls(remote=run_repository)
         return cls(workspace=(Path.cwd() / "autopack-workspaces" / run_id).resolve())
@@ -377,7 +378,8 @@ class RunRepository:
         except OSError as exc:  # a file on the way (file/sub), no permission
             raise ConfigError(f"cannot create {target}: {exc.strerror or exc}") from None
         index = target / ".autopack-export-index"
-        env = {"GIT_INDEX_FILE": str(index)}
+        # a remote's cache clone is bare: checkout-index needs a work tree, and this is it
+        env = {"GIT_INDEX_FILE": str(index), "GIT_WORK_TREE": str(target)}
         try:
             git("read-tree", commit, cwd=self.path, env=env)
             git("checkout-index", "--all", f"--prefix={target}{os.sep}", cwd=self.path, env=env)
@@ -389,7 +391,7 @@ class RunRepository:
 def _local(workspace: Path) -> Path:
     """A local repository used in place: created when missing, refused when it is a
     directory with files that is not a repository (Autopack never guesses what to commit)."""
-    workspace = workspace.resolve()
+    workspace = absolute(workspace, "--workspace")
     if workspace.exists() and not workspace.is_dir():
         raise ConfigError(f"--workspace {workspace} is a file, not a directory")
     if workspace.is_dir() and _is_repository(workspace):
