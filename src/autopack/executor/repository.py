@@ -377,10 +377,11 @@ class RunRepository:
         except OSError as exc:  # a file on the way (file/sub), no permission
             raise ConfigError(f"cannot create {target}: {exc.strerror or exc}") from None
         index = target / ".autopack-export-index"
-        env = {"GIT_INDEX_FILE": str(index)}
+        # the target is the work tree: a remote's cache clone is bare and has none of its own
+        env = {"GIT_INDEX_FILE": str(index), "GIT_WORK_TREE": str(target)}
         try:
             git("read-tree", commit, cwd=self.path, env=env)
-            git("checkout-index", "--all", f"--prefix={target}{os.sep}", cwd=self.path, env=env)
+            git("checkout-index", "--all", cwd=self.path, env=env)
         finally:
             index.unlink(missing_ok=True)
         return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())
