@@ -349,3 +349,11 @@ def test_run_export_from_a_remote_writes_the_branch_head(tmp_path: Path) -> None
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (out / "pkg/mod.py").read_text() == "X = 1\n"
     assert sorted(p.name for p in out.iterdir()) == ["pkg"]
+
+
+def test_a_relative_repo_path_means_the_directory_the_command_ran_in(tmp_path: Path) -> None:
+    """``--repo remote.git`` was cloned with the cache directory as git's working
+    directory: 'repository remote.git does not exist', for the drain and the export."""
+    exported, out = _drain_and_export(tmp_path, "remote.git")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (out / "pkg/mod.py").read_text() == "X = 1\n"

@@ -76,9 +76,10 @@ class RepoSource:
         cls, run_id: str, *, repo: str | None, workspace: Path | None, run_repository: str | None
     ) -> RepoSource:
         """``--repo``, else ``--workspace``, else the run file's ``repository``, else
-        ``./autopack-workspaces/RUN_ID`` (made absolute now, so it cannot drift)."""
+        ``./autopack-workspaces/RUN_ID`` (made absolute now, so it cannot drift). A ``--repo``
+        naming a directory here is made absolute too: git clones in the cache directory."""
         if repo:
-            return cls(remote=repo)
+            return cls(remote=str(Path(repo).resolve()) if Path(repo).exists() else repo)
         if workspace is not None:
             return cls(workspace=workspace.resolve())
         if run_repository:
