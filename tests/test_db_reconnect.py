@@ -6,8 +6,12 @@ connection is checked as it leaves the pool and replaced when the database close
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -62,5 +66,46 @@ def test_api_server_survives_postgres_closing_its_connections(
             second = client.claim(ClaimIn(worker_id="worker-b", lease_seconds=60, run_id="r1"))
             assert second is not None and second.phase_id == "p2"
             assert server.process.poll() is None
+    finally:
+        drop_pg_database(pg_admin, url)
+
+
+@pytest.mark.postgres
+def test_health_read_on_a_connection_postgres_ends_is_retried_not_a_503(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    """/health read the identity once: a backend terminated mid-read (what a restart,
+    a failover or ``pg_terminate_backend`` does) answered 503 "the database is
+    unavailable" while the database was up (seen in a chaos drain under the executors'
+    identity handshakes). It is read again on a new connection, as every transaction is."""
+    url = create_pg_database(pg_admin)
+    name = str(make_url(url).database)
+    try:
+        with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+            server.wait_healthy()
+            answers: list[httpx.Response] = []
+            with psycopg.connect(_pg_conninfo(url)) as holder:
+                holder.execute("LOCK TABLE db_meta IN ACCESS EXCLUSIVE MODE")
+                asking = threading.Thread(
+                    target=lambda: answers.append(httpx.get(f"{server.url}/health", timeout=30))
+                )
+                asking.start()
+                with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as admin:
+                    deadline = time.monotonic() + 20
+                    waiting: list[Any] = []
+                    while not waiting and time.monotonic() < deadline:
+                        waiting = admin.execute(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                            "AND wait_event_type = 'Lock'",
+                            (name,),
+                        ).fetchall()
+                        time.sleep(0.05)
+                    assert waiting, "/health never waited for the lock on db_meta"
+                    admin.execute("SELECT pg_terminate_backend(%s)", (waiting[0][0],))
+                holder.rollback()  # the lock goes: the read on a new connection succeeds
+            asking.join(timeout=30)
+            assert [a.status_code for a in answers] == [200], answers[0].text
+            assert answers[0].json()["status"] == "ok"
+            assert "Traceback" not in server.output()
     finally:
         drop_pg_database(pg_admin, url)

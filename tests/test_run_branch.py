@@ -371,3 +371,26 @@ def test_three_executors_with_their_own_caches_drain_one_remote_branch(
         assert len(workers) >= 2, f"the work was shared: {workers}"
     finally:
         drop_pg_database(pg_admin, url)
+
+
+def _drain_and_export(tmp_path: Path, repo: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Drain one phase with ``--repo REPO``, then ``run export RUN out --repo REPO``."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="X = 1\n"))])
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    done = drain(*args, "--repo", repo, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(tmp_path / "remote.git", "pkg/mod.py") == "X = 1\n"
+    out = tmp_path / "out"
+    return cli("run", "export", RUN, str(out), "--repo", repo, cwd=tmp_path, env=env), out
+
+
+def test_a_relative_repo_path_means_the_directory_the_command_ran_in(tmp_path: Path) -> None:
+    """``--repo remote.git`` was cloned with the cache directory as git's working
+    directory: 'repository remote.git does not exist', for the drain and the export."""
+    exported, out = _drain_and_export(tmp_path, "remote.git")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (out / "pkg/mod.py").read_text() == "X = 1\n"

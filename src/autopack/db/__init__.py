@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from autopack.config import redact_url
 from autopack.db.engine import make_engine, sqlite_file
 from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
-from autopack.db.transaction import connection_lost
+from autopack.db.transaction import again_on_lost_connection
 from autopack.errors import ConfigError, DatabaseUnavailable, IdentityMismatch
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
@@ -176,19 +175,13 @@ def _same_database(identity: DbIdentity) -> Any:
 
 def _guarded_identity(engine: Engine) -> DbIdentity:
     """Guard the schema and read the identity; again on a new connection when the server
-    ended ours (a restart, ``pg_terminate_backend``), mid-statement or while it was still
-    being set up (then psycopg has no SQLSTATE to tell it from a refused connection, so a
-    database that cannot be reached at all is also asked again: about a second more
-    before saying so)."""
-    for attempt in range(1, OPEN_TRIES + 1):
-        try:
-            ensure_schema(engine)
-            return read_identity(engine)
-        except DBAPIError as exc:
-            if not connection_lost(exc) or attempt == OPEN_TRIES:
-                raise
-            time.sleep(0.1 * attempt)
-    raise AssertionError("unreachable")
+    ended ours (:func:`again_on_lost_connection`)."""
+
+    def read() -> DbIdentity:
+        ensure_schema(engine)
+        return read_identity(engine)
+
+    return again_on_lost_connection(read, OPEN_TRIES)
 
 
 __all__ = ["Database", "DbIdentity", "cannot_open", "open_database"]

@@ -108,6 +108,22 @@ def connection_lost(exc: DBAPIError | InvalidRequestError) -> bool:
     return code.startswith("08") or code in CONNECTION_SQLSTATES
 
 
+def again_on_lost_connection(read: Callable[[], T], tries: int = 5) -> T:
+    """``read()``, again on a new connection when the server ended ours (a restart, a
+    failover, ``pg_terminate_backend``) mid-read or while it was being set up (then
+    psycopg has no SQLSTATE to tell it from a refused connection, so a database that
+    cannot be reached at all is asked again too: about a second more before saying so).
+    For reads outside :func:`run_transaction`: opening a database, ``/health``."""
+    for attempt in range(1, tries + 1):
+        try:
+            return read()
+        except DBAPIError as exc:
+            if not connection_lost(exc) or attempt == tries:
+                raise
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
+
+
 def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
     """Run ``work`` in one transaction; retry it when PostgreSQL aborted it (deadlock,
     serialization failure: nothing was applied) or its connection died (on a new

@@ -77,9 +77,10 @@ class RepoSource:
         cls, run_id: str, *, repo: str | None, workspace: Path | None, run_repository: str | None
     ) -> RepoSource:
         """``--repo``, else ``--workspace``, else the run file's ``repository``, else
-        ``./autopack-workspaces/RUN_ID`` (made absolute now, so it cannot drift)."""
+        ``./autopack-workspaces/RUN_ID`` (made absolute now, so it cannot drift). A ``--repo``
+        naming a directory here is made absolute too: git clones in the cache directory."""
         if repo:
-            return cls(remote=repo)
+            return cls(remote=str(absolute(Path(repo), "--repo")) if Path(repo).exists() else repo)
         if workspace is not None:
             return cls(workspace=absolute(workspace, "--workspace"))
         if run_repository:
@@ -382,7 +383,7 @@ class RunRepository:
         env = {"GIT_INDEX_FILE": str(index), "GIT_WORK_TREE": str(target)}
         try:
             git("read-tree", commit, cwd=self.path, env=env)
-            git("checkout-index", "--all", f"--prefix={target}{os.sep}", cwd=self.path, env=env)
+            git("checkout-index", "--all", cwd=self.path, env=env)
         finally:
             index.unlink(missing_ok=True)
         return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())

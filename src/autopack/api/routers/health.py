@@ -14,15 +14,17 @@ from autopack import __version__
 from autopack.api.deps import DatabaseDep
 from autopack.contract import Health
 from autopack.db.identity import read_identity
+from autopack.db.transaction import again_on_lost_connection
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(database: DatabaseDep) -> JSONResponse:
-    """Re-reads the identity on every call, so the answer proves the database is reachable."""
+    """Re-reads the identity on every call, so the answer proves the database is reachable
+    (on a new connection if the server ended the pooled one: that is no outage)."""
     try:
-        identity = read_identity(database.engine)
+        identity = again_on_lost_connection(lambda: read_identity(database.engine))
     except Exception as exc:  # the database went away: say so instead of a bare 500
         answer = Health(
             status="unavailable",
