@@ -108,6 +108,12 @@ def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMi
             f"fix: use one of them, e.g. `autopack --database-url {nearby[0].url} …` (or set "
             "DATABASE_URL, or run from the directory whose .env names it)."
         )
+    elif loaded.settings.autopack_api_url:
+        lines.append(
+            f"AUTOPACK_API_URL is {loaded.settings.autopack_api_url}: fix: set DATABASE_URL to "
+            "the database that server serves (the URL its `autopack serve` was given): every "
+            "client proves the server serves the database it names."
+        )
     else:
         lines.append(
             "No other Autopack database is in sight. fix: point DATABASE_URL or "
