@@ -108,6 +108,12 @@ class CliState:
                 err.print(f"created new database {self._database.identity.url}", highlight=False)
         return self._database
 
+    def may_create_for_server(self) -> bool:
+        """May a command that adds runs through the API create the database? Not when
+        ``AUTOPACK_API_URL`` is set and no database is named: that server's database is
+        meant, and a new one here could only fail the identity check (and stay behind)."""
+        return not (self.settings.autopack_api_url and self.loaded().database.source == "default")
+
     def missing(self, exc: DatabaseMissing) -> DatabaseMissing:
         """``exc`` with where the path came from and the databases nearby."""
         from autopack.cli.whereis import missing_database
