@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from autopack.bounds import MAX_BODY_BYTES
 from autopack.errors import InvalidInput
+from autopack.field_errors import describe_errors
 from autopack.rundef import (
     RunDefinition,
     bundled_run_file,
-    describe_errors,
     load_run_file,
     parse_run_definition,
     run_json_schema,

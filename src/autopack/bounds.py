@@ -44,6 +44,8 @@ from pydantic import (
 
 INT32_MAX = 2**31 - 1
 """PostgreSQL ``INTEGER``; every integer column is one."""
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""Ids appear in URLs and file names: letters, digits, ``.``, ``_`` and ``-`` only."""
 TEXT_MAX = 200_000
 """Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
 MAX_BODY_BYTES = 16 * 1024 * 1024

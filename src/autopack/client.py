@@ -25,6 +25,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from autopack import errors, redact
+from autopack.bounds import ID_PATTERN
 from autopack.contract import (
     ApprovalCreated,
     ApprovalIn,
@@ -57,7 +58,7 @@ from autopack.errors import (
 )
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
-from autopack.rundef import ID_PATTERN, RunDefinition
+from autopack.rundef import RunDefinition
 from autopack.states import ApprovalStatus, RunState
 from autopack.telemetry.events import (
     EventKind,

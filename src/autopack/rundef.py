@@ -30,11 +30,17 @@ from pydantic import (
 )
 
 from autopack import paths
-from autopack.bounds import MAX_BODY_BYTES, TEXT_MAX, Count, Finite, JsonTyped, Str, printable
+from autopack.bounds import (
+    ID_PATTERN,
+    MAX_BODY_BYTES,
+    TEXT_MAX,
+    Count,
+    Finite,
+    JsonTyped,
+    Str,
+)
 from autopack.errors import InvalidInput
-
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-"""Ids appear in URLs and file names: letters, digits, ``.``, ``_`` and ``-`` only."""
+from autopack.field_errors import describe_errors, summarize_errors
 
 TaskCategory = Literal["implementation", "tests", "docs", "refactor", "config", "bugfix"]
 Complexity = Literal["low", "medium", "high"]
@@ -293,78 +299,6 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
 
 
 # -- errors that name the field and the value ----------------------------------------------
-
-
-def _describe_loc(loc: Sequence[int | str], data: Any) -> str:
-    """``("tiers", 0, "phases", 1, "scope")`` -> ``tiers[0](T1).phases[1](p2).scope``."""
-    text = ""
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else None
-            if isinstance(node, dict):
-                label = node.get("phase_id") or node.get("tier_id")
-                if isinstance(label, str) and label:
-                    text += f"({label})"
-        else:
-            text += f".{part}" if text else str(part)
-            node = node.get(part) if isinstance(node, dict) else None
-    return text or "(top level)"
-
-
-_SCALARS = (str, bool, int, float)
-
-
-def _short_value(value: Any) -> Any:
-    """A scalar offending value, JSON-safe and at most 200 characters."""
-    if isinstance(value, str) and len(value) > 200:
-        return printable(value[:200]) + "…"
-    return printable(value) if isinstance(value, str) else value
-
-
-_ENUM_REPR = re.compile(r"<\w+\.\w+: '([^']*)'>")
-"""How pydantic names an enum member it expected (``<PhaseState.EXECUTING: 'EXECUTING'>``)."""
-
-
-def describe_errors(
-    errors: Sequence[Any], data: Any = None, *, drop_prefix: int = 0
-) -> list[dict[str, Any]]:
-    """pydantic error dicts -> ``[{field, message, value}]`` with readable field paths."""
-    described = []
-    for error in errors:
-        loc = list(error.get("loc", ()))[drop_prefix:]
-        message = str(error.get("msg", "invalid"))
-        for prefix in ("Value error, ", "Assertion failed, "):
-            if message.startswith(prefix):
-                message = message[len(prefix) :]
-        message = _ENUM_REPR.sub(r"'\1'", message)  # a Literal of enum members
-        if error.get("type") == "string_pattern_mismatch" and (
-            (error.get("ctx") or {}).get("pattern") == ID_PATTERN
-        ):
-            message = (
-                "ids use only letters, digits, '.', '_' and '-', and start with a letter or digit"
-            )
-        field = printable(_describe_loc(loc, data))
-        item: dict[str, Any] = {"field": field, "message": message}
-        value = error.get("input")
-        if error.get("type") != "missing" and (value is None or isinstance(value, _SCALARS)):
-            item["value"] = _short_value(value)
-        described.append(item)
-    return described
-
-
-def summarize_errors(described: Sequence[dict[str, Any]], limit: int = 5) -> str:
-    """One line per problem (at most ``limit``): ``field: message (got value)``."""
-    lines = []
-    for item in described[:limit]:
-        line = f"{item['field']}: {item['message']}"
-        if "value" in item:
-            line += f" (got {item['value']!r})"
-        lines.append(line)
-    if len(described) > limit:
-        lines.append(f"... and {len(described) - limit} more")
-    return "; ".join(lines)
 
 
 def parse_run_definition(data: Any, *, source: str | None = None) -> RunDefinition:

@@ -14,10 +14,9 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
-from autopack.bounds import INT32_MAX
+from autopack.bounds import ID_PATTERN, INT32_MAX
 from autopack.config import Settings
 from autopack.db import Database
-from autopack.rundef import ID_PATTERN
 
 
 async def get_database(request: Request) -> Database:

@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from autopack import redact
 from autopack.bounds import MAX_BODY_BYTES, printable
 from autopack.errors import AutopackError, BadRequest, InvalidInput, RequestTooLarge, Unauthorized
+from autopack.field_errors import describe_errors, summarize_errors
 from autopack.logs import log_event
-from autopack.rundef import describe_errors, summarize_errors
 
 logger = logging.getLogger("autopack.api")
 

@@ -67,7 +67,7 @@ def _invalid(exc: Any) -> Exception:
     """An argument the request model refuses (``--reason`` longer than the API takes, text
     that is not UTF-8): InvalidInput naming the field and the value, exit 2."""
     from autopack.errors import InvalidInput
-    from autopack.rundef import describe_errors, summarize_errors
+    from autopack.field_errors import describe_errors, summarize_errors
 
     described = describe_errors(exc.errors())
     return InvalidInput(f"invalid input: {summarize_errors(described)}", errors=described)

@@ -21,11 +21,11 @@ from autopack import __version__
 from autopack.api.auth import SESSION_COOKIE
 from autopack.api.deps import DatabaseDep
 from autopack.api.routers.ui_session import ui_access
+from autopack.bounds import ID_PATTERN
 from autopack.clock import utcnow
 from autopack.contract import ApprovalView, PhaseView, RunSummary, RunView
 from autopack.control import approvals, runs, telemetry
 from autopack.estimation.report import estimation_report
-from autopack.rundef import ID_PATTERN
 from autopack.states import RUN_ACTIVE, PhaseState
 from autopack.telemetry.events import UsageSummaryRow
 

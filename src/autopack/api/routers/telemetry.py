@@ -10,9 +10,8 @@ from fastapi import APIRouter, Query, status
 from autopack.api.auth import OPERATOR, WORKER
 from autopack.api.deps import DatabaseDep, RunFilter
 from autopack.api.openapi import READ, SECURED, WRITE
-from autopack.bounds import INT32_MAX
+from autopack.bounds import ID_PATTERN, INT32_MAX
 from autopack.control import telemetry
-from autopack.rundef import ID_PATTERN
 from autopack.telemetry.events import (
     EventKind,
     LlmUsageIn,
