@@ -758,6 +758,27 @@ def test_expired_approval_follows_the_run_policy(db: Database, policy: str, expe
             )
 
 
+@pytest.mark.parametrize(("policy", "expected"), [("fail", "FAILED"), ("requeue", "QUEUED")])
+def test_a_decision_after_the_timeout_is_refused_and_the_approval_expires(
+    db: Database, policy: str, expected: str
+) -> None:
+    """Past timeout_at, an approval could still be approved (its change applied) until the
+    next maintenance pass expired it, up to AUTOPACK_MAINTENANCE_INTERVAL_SECONDS later."""
+    create(db, policy={"on_approval_timeout": policy})
+    asked = ask(db, claimed(db), timeout_seconds=3600)
+    expire_approval(db, asked.approval_id)  # its time is up; no maintenance pass yet
+    with pytest.raises(IllegalTransition, match="expired at"):
+        approvals.decide_approval(
+            db, asked.approval_id, approve=True, decision=DecisionIn(responder="late")
+        )
+    (approval,) = approvals.list_approvals(db, status=None)
+    assert approval.status == "expired" and approval.responder is None
+    assert phase_row(db, "r", "a")["state"] == expected
+    assert maintenance.maintain(db).approvals_expired == 0, "expired once"
+    if expected == "QUEUED":
+        assert claimed(db).approved_change is None, "the late approval gave nothing"
+
+
 def test_requeue_of_a_waiting_phase_cancels_its_approval(db: Database) -> None:
     create(db)
     asked = ask(db, claimed(db))

@@ -10,7 +10,7 @@ decision (cancel, requeue, budget end) become ``cancelled``.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from autopack import redact
@@ -154,8 +154,11 @@ def decide_approval(
     (phase FAILED, ``approval_rejected``). Deciding a non-pending approval is a 409."""
     status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
 
-    def work(tx: Tx) -> DecidedApproval:
+    def work(tx: Tx) -> DecidedApproval | datetime:
         approval = _load(tx, approval_id, lock=True)
+        if approval.status == ApprovalStatus.PENDING and approval.timeout_at <= tx.now:
+            _expire(tx, approval)  # its time is up, whether or not maintenance ran since
+            return approval.timeout_at
         ensure_transition("approval", approval.status, status, subject=f"approval {approval_id}")
         phase_state = _settle(
             tx,
@@ -168,7 +171,14 @@ def decide_approval(
         decided = views.approval_view(_load(tx, approval_id))
         return DecidedApproval(**decided.model_dump(), phase_state=phase_state)
 
-    return run_transaction(database, work)
+    answer = run_transaction(database, work)
+    if isinstance(answer, datetime):  # expired, and that is committed: now refuse
+        raise IllegalTransition(
+            f"approval {approval_id} expired at {answer:%Y-%m-%d %H:%M:%S} UTC, before this "
+            "decision; the phase followed the run's on_approval_timeout policy",
+            approval_id=approval_id,
+        )
+    return answer
 
 
 def _settle(
@@ -244,24 +254,29 @@ def expire_approvals(tx: Tx) -> int:
     statement = sql.EXPIRED_APPROVALS_SKIP_LOCKED if tx.pg else sql.EXPIRED_APPROVALS
     expired = 0
     for approval in tx.all(ApprovalRecord, statement, {"b_now": tx.now}):
-        try:  # _settle checks before it writes anything
-            _settle(
-                tx,
-                approval,
-                ApprovalStatus.EXPIRED,
-                responder=None,
-                note=f"no decision by {approval.timeout_at:%Y-%m-%d %H:%M:%S} UTC",
-                stop_reason="approval_expired",
-            )
-        except IllegalTransition as exc:  # the phase moved on: the approval just lapses
-            tx.execute(
-                sql.UPDATE_APPROVAL,
-                {
-                    "b_id": approval.id,
-                    "status": ApprovalStatus.EXPIRED,
-                    "responded_at": tx.now,
-                    "note": exc.message,
-                },
-            )
+        _expire(tx, approval)
         expired += 1
     return expired
+
+
+def _expire(tx: Tx, approval: ApprovalRecord) -> None:
+    """Record ``approval`` expired and move its phase as the run's policy says."""
+    try:  # _settle checks before it writes anything
+        _settle(
+            tx,
+            approval,
+            ApprovalStatus.EXPIRED,
+            responder=None,
+            note=f"no decision by {approval.timeout_at:%Y-%m-%d %H:%M:%S} UTC",
+            stop_reason="approval_expired",
+        )
+    except IllegalTransition as exc:  # the phase moved on: the approval just lapses
+        tx.execute(
+            sql.UPDATE_APPROVAL,
+            {
+                "b_id": approval.id,
+                "status": ApprovalStatus.EXPIRED,
+                "responded_at": tx.now,
+                "note": exc.message,
+            },
+        )
