@@ -497,6 +497,18 @@ def test_a_repeated_or_concurrent_reclaim_applies_once(db: Database) -> None:
 # -- idempotent results ---------------------------------------------------------------------
 
 
+def test_another_phases_key_cannot_take_this_phases_result(db: Database) -> None:
+    """Keys were one namespace for every phase: a worker holding phase a posted under
+    b's future key (``r:b:1``), and b's real result was then refused (409)."""
+    create(db, tiers=[("T1", ["a", "b"])])
+    first, second = claimed(db), claimed(db)
+    assert (first.phase_id, second.phase_id) == ("a", "b")
+    finish(db, first, "FAILED", error="e", idempotency_key="r:b:1")
+    answer = finish(db, second, "COMPLETE", idempotency_key="r:b:1")
+    assert answer.phase_state == "COMPLETE"
+    assert [row["outcome"] for row in attempt_rows(db, "r", "b")] == ["COMPLETE"]
+
+
 def test_the_same_result_three_times_is_applied_once(db: Database) -> None:
     create(db, tiers=[("T1", ["a"])])
     leased = claimed(db)
@@ -508,17 +520,16 @@ def test_the_same_result_three_times_is_applied_once(db: Database) -> None:
     assert answers[0].phase_state == "QUEUED" and answers[0].requeued is True
     rows = attempt_rows(db, "r", "a")
     assert len(rows) == 1 and rows[0]["outcome"] == "FAILED"
-    assert rows[0]["result_key"] == "r:a:1"
+    assert rows[0]["result_key"] == results.stored_key("r", "a", "r:a:1")
     assert phase_row(db, "r", "a")["attempts"] == 1
     assert run_row(db)["tokens_used"] == 10
     # without the header, the spent lease token identifies the same attempt
     assert finish(db, leased, "FAILED", error="e", idempotency_key=None) == answers[0]
-    # a key belongs to one phase
+    # a key is one phase's: the same key on another phase is that phase's own
     create(db, "other")
     other = claimed(db, run_id="other")
-    with pytest.raises(Conflict, match="Idempotency-Key 'r:a:1' was already used"):
-        finish(db, other, idempotency_key="r:a:1")
-    assert states(db, "other") == {"a": "EXECUTING"}
+    assert finish(db, other, idempotency_key="r:a:1").phase_state == "COMPLETE"
+    assert finish(db, leased, "FAILED", error="e") == answers[0], "r/a's answer is kept"
 
 
 def test_result_outcome_must_be_complete_or_failed(db: Database) -> None:

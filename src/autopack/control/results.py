@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,19 +63,20 @@ def post_result(
         ) from exc
 
 
+def stored_key(run_id: str, phase_id: str, key: str) -> str:
+    """An Idempotency-Key as stored: within its phase. Keys were one namespace for every
+    phase, so a worker could post under another phase's future key (``RUN:PHASE:N``) and
+    that attempt's real result was refused as a reused key."""
+    return hashlib.sha256(f"{run_id}\0{phase_id}\0{key}".encode()).hexdigest()
+
+
 def _stored_answer(
     tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
 ) -> ResultAnswer | None:
     """The stored answer for this key (or, without one, for this spent lease token)."""
     if key is not None:
-        stored = tx.row(sql.ANSWER_BY_KEY, {"b_key": key})
+        stored = tx.row(sql.ANSWER_BY_KEY, {"b_key": stored_key(run_id, phase_id, key)})
         if stored is not None:
-            if (stored["run_id"], stored["phase_id"]) != (run_id, phase_id):
-                raise Conflict(
-                    f"Idempotency-Key {key!r} was already used for phase "
-                    f"{stored['run_id']}/{stored['phase_id']}",
-                    idempotency_key=key,
-                )
             return ResultAnswer.model_validate(stored["result_response"])
     spent = tx.one(
         AttemptRecord,
@@ -178,7 +180,7 @@ def _post_result(
         feedback=result.feedback,
         error=result.error,
         details=result.details,
-        result_key=key or f"{run_id}:{phase_id}:{number}",
+        result_key=stored_key(run_id, phase_id, key) if key else f"{run_id}:{phase_id}:{number}",
         result_response=answer.model_dump(mode="json"),
         commit_sha=result.commit,
         base_sha=result.base,
