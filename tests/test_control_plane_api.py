@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -42,9 +41,7 @@ from autopack.rundef import parse_run_definition
 from autopack.states import ApprovalStatus, PhaseState, RunState
 from tests.conftest import BACKENDS, create_pg_database, drop_pg_database, empty_sqlite
 from tests.cp_support import definition, expire_lease, snapshot
-from tests.support import Server, clean_env
-
-T = TypeVar("T")
+from tests.support import Server, clean_env, wait_for
 
 
 @dataclass
@@ -96,17 +93,6 @@ def plane(
         if cleanup:
             drop_pg_database(cleanup, url)
     assert "Traceback" not in log, log
-
-
-def wait_for(check: Callable[[], T | None], timeout: float = 15.0) -> T:
-    """Poll ``check`` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def error_body(response: httpx.Response) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from autopack.client import ApiClient
 from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState
-from tests.support import Server, clean_env, cli, free_port
+from tests.support import Server, clean_env, cli, free_port, wait_for
 
 
 def _instance_id(url: str, cwd: Path) -> str:
@@ -107,9 +107,12 @@ def test_two_api_processes_serve_the_database_the_command_resolved(
                 done.append(claim.phase_id)
             assert sorted(done) == [f"p{i}" for i in range(6)]
             assert client.get_run("r").state == "DONE_SUCCESS"
-        api_identities = re.findall(
-            r"database_identity role=api .* instance_id=(\S+)", server.output()
-        )
+
+        def both_started() -> list[str] | None:  # the second may still be starting
+            found = re.findall(r"database_identity role=api .* instance_id=(\S+)", server.output())
+            return found if len(found) == 2 else None
+
+        api_identities = wait_for(both_started, timeout=30)
         assert api_identities == [expected, expected], server.output()
     finally:
         _stop_gracefully(server)

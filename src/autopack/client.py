@@ -119,7 +119,12 @@ def _error_from(response: httpx.Response) -> AutopackError:
 def _seg(value: str, name: str = "run id") -> str:
     """One URL path segment. An id that cannot exist is refused here, naming it: as a path
     segment, '' or '..' reached another route (or none) and came back as a puzzle."""
-    if len(value) > 200 or not re.fullmatch(ID_PATTERN, value):
+    if len(value) > 200:
+        raise InvalidInput(
+            f"{name} {value[:40]!r}… is too long for an id ({len(value)} characters; at most 200)",
+            field=name,
+        )
+    if not re.fullmatch(ID_PATTERN, value):
         raise InvalidInput(
             f"{name} {value!r} is not an id: ids use only letters, digits, '.', '_' and '-', "
             "and start with a letter or digit",
