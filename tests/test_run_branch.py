@@ -254,14 +254,20 @@ def test_a_commit_accepted_just_before_a_kill_still_reaches_the_branch(tmp_path:
     assert (tmp_path / "code/pkg/mod.py").read_text() == "KEPT = 1\n"
 
 
-def test_export_into_a_file_is_refused_naming_it(tmp_path: Path) -> None:
-    """`run export RUN FILE` (or FILE/sub) ended in a NotADirectoryError traceback."""
-    url = _sqlite(tmp_path)
-    env = env_for(url)
+def _one_phase_drained(tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
+    """A run on a local workspace whose one phase completed (``pkg/mod.py`` = KEPT = 1):
+    the environment, the workspace and the cassette that answered."""
+    env = env_for(_sqlite(tmp_path))
     ws = repository(tmp_path / "ws")
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
     tape = cassette(tmp_path, [line("p1", 1, files(mod_py="KEPT = 1\n"))])
     assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    return env, ws, tape
+
+
+def test_export_into_a_file_is_refused_naming_it(tmp_path: Path) -> None:
+    """`run export RUN FILE` (or FILE/sub) ended in a NotADirectoryError traceback."""
+    env, ws, _ = _one_phase_drained(tmp_path)
     (tmp_path / "afile").write_text("mine\n")
     for target in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         exported = cli(
@@ -298,12 +304,7 @@ def test_export_of_a_run_kept_in_a_remote_repository_writes_its_files(tmp_path: 
 def test_a_symlink_loop_given_as_a_path_is_refused_naming_it(tmp_path: Path) -> None:
     """A directory or file argument that is a symlink loop ended in a RuntimeError
     traceback (``Path.resolve``) in `run export`, `--workspace` and `calibrate --write`."""
-    url = _sqlite(tmp_path)
-    env = env_for(url)
-    ws = repository(tmp_path / "ws")
-    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
-    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="KEPT = 1\n"))])
-    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    env, ws, tape = _one_phase_drained(tmp_path)
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
     commands = [
