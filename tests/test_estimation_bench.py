@@ -22,30 +22,24 @@ REPO = Path(__file__).resolve().parents[1]
 MEASURES = {"truncation", "over_p90", "reserved_per_needed", "waste_off", "waste_on", "smape"}
 
 
-def test_the_command_writes_scores_for_default_calibrated_and_oracle(tmp_path: Path) -> None:
-    out = tmp_path / "scores.json"
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.estimator",
-            "--truth",
-            "bench/estimator_truth.json",
-            "--phases",
-            "30",
-            "--seed",
-            "1",
-            "--score-phases",
-            "400",
-            "--json",
-            str(out),
-        ],
+def bench_estimator(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.estimator ARGS`` from the repository, as its docs say to run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench.estimator", *args],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_the_command_writes_scores_for_default_calibrated_and_oracle(tmp_path: Path) -> None:
+    out = tmp_path / "scores.json"
+    finished = bench_estimator(
+        *("--truth", "bench/estimator_truth.json", "--phases", "30", "--seed", "1"),
+        *("--score-phases", "400", "--json", str(out)),
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "calibrate: " in finished.stdout and "oracle" in finished.stdout
@@ -111,14 +105,6 @@ def test_bad_arguments_and_truth_files_are_exit_2_naming_them(tmp_path: Path) ->
         ((*truth, "--phases", "5", "--margin-sd", "nan"), "--margin-sd"),
     ]
     for args, named in cases:
-        finished = subprocess.run(
-            [sys.executable, "-m", "bench.estimator", *args],
-            cwd=REPO,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        finished = bench_estimator(*args)
         assert finished.returncode == 2, (args, finished.stderr[-2000:])
         assert named in finished.stderr and "Traceback" not in finished.stderr, args

@@ -12,7 +12,10 @@ module is imported when that command runs or shows its help.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def _print_version() -> None:
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _invalid(exc: Any) -> Exception:
+def _invalid(exc: ValidationError) -> Exception:
     """An argument the request model refuses (``--reason`` longer than the API takes, text
     that is not UTF-8): InvalidInput naming the field and the value, exit 2."""
     from autopack.errors import InvalidInput
