@@ -18,8 +18,9 @@ once, one commit per phase on the branch, every file at the head, no attempt twi
 duplicated telemetry, nothing completed after the cancel, no 5xx, no traceback) and
 prints the measurements as JSON; exit 1 if anything is wrong.
 
-The clients (executors, operator) get DATABASE_URL too: every process proves the server
-serves its database, so a machine without it stops with exit 2 (no database).
+The clients (executors, operator) hold tokens, not the database's credentials: each is
+told only ``AUTOPACK_API_URL`` and the database's ``AUTOPACK_EXPECTED_INSTANCE_ID``, which
+the server must prove it serves.
 
     .venv/bin/python scripts/chaos_drain.py [--phases 30] [--executors 8] [--seed 1]
 
@@ -136,6 +137,7 @@ class Chaos:
         self.worker_token = secrets.token_urlsafe(32)
         self.remote = self.dir / "remote.git"
         self.server: subprocess.Popen[bytes] | None = None
+        self.instance = ""  # the database's instance_id, once the server made it
         self.executors: dict[str, subprocess.Popen[bytes]] = {}
         self.exits: list[tuple[str, int]] = []
         self.events: Counter[str] = Counter()
@@ -176,7 +178,7 @@ class Chaos:
 
     def start_executor(self, name: str, run_id: str) -> None:
         env = base_env(
-            DATABASE_URL=self.url,
+            AUTOPACK_EXPECTED_INSTANCE_ID=self.instance,
             AUTOPACK_API_URL=self.api,
             AUTOPACK_WORKER_TOKEN=self.worker_token,
             AUTOPACK_CACHE_DIR=str(self.dir / f"cache-{name}"),
@@ -199,7 +201,9 @@ class Chaos:
 
     def operator(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = base_env(
-            DATABASE_URL=self.url, AUTOPACK_API_URL=self.api, AUTOPACK_API_TOKEN=self.op_token
+            AUTOPACK_EXPECTED_INSTANCE_ID=self.instance,
+            AUTOPACK_API_URL=self.api,
+            AUTOPACK_API_TOKEN=self.op_token,
         )
         done = subprocess.run(
             [sys.executable, "-m", "autopack", *args],
@@ -253,6 +257,7 @@ class Chaos:
                 lines.append(json.dumps(answer(run_id, f"p{i:02d}", f"VALUE = {i}\n", latency)))
         (self.dir / "cassette.jsonl").write_text("\n".join(lines) + "\n")
         self.start_server()
+        self.instance = str(self.rows("SELECT instance_id FROM db_meta")[0]["instance_id"])
         for run_id in (RUN, SMALL):
             created = self.operator("run", "create", str(self.dir / f"{run_id}.json"))
             assert created.returncode == 0, created.stderr

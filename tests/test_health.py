@@ -64,7 +64,7 @@ def test_server_given_an_expected_instance_id_refuses_another_database(
     server = Server(env, cwd=tmp_path)
     try:
         assert server.process.wait(timeout=30) != 0
-        assert "expected instance_id not-this-one" in server.output()
+        assert "AUTOPACK_EXPECTED_INSTANCE_ID expects instance_id not-this-one" in server.output()
     finally:
         server.stop()
 

@@ -91,21 +91,6 @@ def test_readers_never_create_a_database_and_say_where_they_looked(
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
-def test_a_client_given_only_an_api_url_is_told_to_name_the_servers_database(
-    tmp_path: Path,
-) -> None:
-    """An executor machine with a token and AUTOPACK_API_URL but no DATABASE_URL was told to
-    `autopack db init` a database here, which could only end in an identity mismatch."""
-    env = clean_env(AUTOPACK_API_URL="http://api-host.invalid:8000")
-    made = run_file(tmp_path, [phase("p1", ["pkg/mod.py"])])
-    for args in (["drain", "run", "--run-id", "r"], ["run", "create", str(made)]):
-        result = cli(*args, cwd=tmp_path, env=env)
-        assert result.returncode == 2, (args, result.stdout + result.stderr)
-        assert "set DATABASE_URL to the database that server serves" in result.stderr
-        assert "db init" not in result.stderr
-        assert [p.name for p in tmp_path.iterdir()] == [made.name], "nothing may be created"
-
-
 def test_a_missing_database_lists_the_databases_nearby(tmp_path: Path) -> None:
     """The environment names a file that is not here; the project's own is listed."""
     root, scripts = _repo(tmp_path)

@@ -56,7 +56,7 @@ from autopack.errors import (
     SchemaOutOfDate,
     ServerUnavailable,
 )
-from autopack.identity import DbIdentity
+from autopack.identity import DbIdentity, PublicIdentity
 from autopack.logs import log_event
 from autopack.rundef import RunDefinition
 from autopack.states import ApprovalStatus, RunState
@@ -307,24 +307,47 @@ class ApiClient:
                 api_url=self.base_url,
             ) from exc
 
-    def verify_identity(self, local: DbIdentity) -> Health:
-        """The handshake: raise unless the server's database is ``local``'s database."""
+    def verify_identity(
+        self, local: DbIdentity | None, *, instance_id: str | None = None
+    ) -> Health:
+        """The handshake: raise unless the server's database is ``local``'s (the same
+        fingerprint) and, when ``instance_id`` is pinned (``AUTOPACK_EXPECTED_INSTANCE_ID``),
+        that one. ``local`` None is a client that names no database of its own: the one
+        this server serves is its database."""
         health = self.health()
         remote = health.database
-        if not local.same_database(remote):
-            raise IdentityMismatch(
-                "the API server and this process use different databases:\n"
-                f"  this process: {local.url} (instance_id {local.instance_id})\n"
-                f"  {self.where}: {remote.public_url} (instance_id {remote.instance_id})\n"
-                "Point both at the same DATABASE_URL, or drop --api-url/AUTOPACK_API_URL to "
-                "let Autopack start a server on the right database.",
+        if local is not None and not local.same_database(remote):
+            raise self._mismatch(
+                remote,
+                expected=local.describe(),
+                fix="Point both at the same DATABASE_URL, or drop --api-url/AUTOPACK_API_URL "
+                "to let Autopack start a server on the right database.",
                 local_instance_id=local.instance_id,
                 local_url=local.url,
-                server_instance_id=remote.instance_id,
-                server_url=remote.public_url,
-                api_url=self.base_url,
+            )
+        if instance_id is not None and remote.instance_id != instance_id:
+            raise self._mismatch(
+                remote,
+                expected=f"instance_id {instance_id} (AUTOPACK_EXPECTED_INSTANCE_ID)",
+                fix="Point AUTOPACK_API_URL at the server of that database, or set "
+                "AUTOPACK_EXPECTED_INSTANCE_ID to the instance_id `autopack db identity` "
+                "prints where the database is.",
+                local_instance_id=instance_id,
             )
         return health
+
+    def _mismatch(
+        self, remote: PublicIdentity, *, expected: str, fix: str, **details: str
+    ) -> IdentityMismatch:
+        return IdentityMismatch(
+            "the API server and this process use different databases:\n"
+            f"  this process: {expected}\n"
+            f"  {self.where}: {remote.describe()}\n{fix}",
+            server_instance_id=remote.instance_id,
+            server_url=remote.public_url,
+            api_url=self.base_url,
+            **details,
+        )
 
     # -- runs and phases ----------------------------------------------------------------------
 

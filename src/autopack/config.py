@@ -152,7 +152,9 @@ class Settings(BaseSettings):
         description="Port probed for an already running API server.",
     )
     autopack_expected_instance_id: str | None = Field(
-        None, description="Set on spawned servers: refuse to serve any other database."
+        None,
+        description="The database's instance_id (`autopack db identity` prints it): a "
+        "server refuses to serve, a client to use, any other. Set on spawned servers.",
     )
     autopack_parent_pid: int | None = Field(
         None, description="Set on spawned servers: exit when this process is gone."

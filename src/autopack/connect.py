@@ -7,7 +7,11 @@ which tries, in a fixed order, servers that must pass the identity handshake (sa
 database fingerprint) before they are used:
 
 1. ``--api-url`` / ``AUTOPACK_API_URL``: used only if the handshake passes; otherwise the
-   mismatch is an error naming both databases (exit 2). Never a fallback.
+   mismatch is an error naming both databases (exit 2). Never a fallback. A client that
+   names no database of its own (a worker machine holding only a token, see
+   :meth:`autopack.cli._common.CliState.names_no_database`) takes the database this
+   server serves: there is no second one it could drift to, and nothing else is tried.
+   ``AUTOPACK_EXPECTED_INSTANCE_ID`` pins which one that must be.
 2. A server already on the default port whose identity matches. One that does not match
    is ignored, with a warning naming it.
 3. Our own, on this process's resolved settings and the expected instance_id, which it
@@ -54,7 +58,7 @@ from autopack import redact
 from autopack.client import DEFAULT_TIMEOUT, ApiClient
 from autopack.config import Settings, child_env
 from autopack.errors import IdentityMismatch, ServerUnavailable
-from autopack.identity import DbIdentity
+from autopack.identity import DbIdentity, PublicIdentity
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.connect")
@@ -74,6 +78,9 @@ class Connection:
 
     client: ApiClient
     origin: Origin
+    database: PublicIdentity
+    """The database behind the server: ours, proven the same; or, for a client that names
+    no database, the one the server serves."""
 
     @property
     def where(self) -> str:
@@ -83,19 +90,25 @@ class Connection:
 @contextmanager
 def connect(
     settings: Settings,
-    identity: DbIdentity,
+    identity: DbIdentity | None,
     *,
     own: Own,
     start_timeout: float = START_TIMEOUT_SECONDS,
 ) -> Iterator[Connection]:
-    """The API server to use for as long as the block runs (see the module docstring)."""
+    """The API server to use for as long as the block runs (see the module docstring).
+
+    ``identity`` None: this client names no database, and ``AUTOPACK_API_URL`` is its one
+    server.
+    """
     if settings.autopack_api_url:
-        with _attach(settings.autopack_api_url, identity, "explicit", settings) as client:
-            yield Connection(client, "explicit")
+        client, database = _attach(settings.autopack_api_url, identity, "explicit", settings)
+        with client:
+            yield Connection(client, "explicit", database)
         return
+    assert identity is not None, "a client naming no database has AUTOPACK_API_URL"
     default_url = f"http://127.0.0.1:{settings.autopack_default_api_port}"
     try:
-        attached = _attach(default_url, identity, "default_port", settings)
+        client, database = _attach(default_url, identity, "default_port", settings)
     except IdentityMismatch as exc:
         log_event(
             logger,
@@ -109,12 +122,12 @@ def connect(
     except ServerUnavailable:
         pass
     else:
-        with attached as client:
-            yield Connection(client, "default_port")
+        with client:
+            yield Connection(client, "default_port", database)
         return
     start = _thread_server if own == "thread" else _process_server
     with start(settings, identity, start_timeout) as client:
-        yield Connection(client, "in_process" if own == "thread" else "spawned")
+        yield Connection(client, "in_process" if own == "thread" else "spawned", identity)
 
 
 def client_token(settings: Settings) -> str | None:
@@ -126,8 +139,11 @@ def client_token(settings: Settings) -> str | None:
     return None
 
 
-def _attach(url: str, identity: DbIdentity, origin: Origin, settings: Settings) -> ApiClient:
-    """A client on ``url``, once the server there proved it uses ``identity``'s database."""
+def _attach(
+    url: str, identity: DbIdentity | None, origin: Origin, settings: Settings
+) -> tuple[ApiClient, PublicIdentity]:
+    """A client on ``url`` once the server there proved it uses ``identity``'s database
+    (any, for ``None``; the pinned instance_id, if one is), and that database."""
     token = client_token(settings)
     # Probing the default port, nobody listening is the common answer: the handshake makes
     # no connect retry (its 0.5 s backoff was paid by every command that went on to start
@@ -141,12 +157,18 @@ def _attach(url: str, identity: DbIdentity, origin: Origin, settings: Settings) 
         connect_retries=0 if probing else 2,
         timeout=PROBE_TIMEOUT if probing else DEFAULT_TIMEOUT,
     ) as probe:
-        probe.verify_identity(identity)
+        health = probe.verify_identity(identity, instance_id=settings.autopack_expected_instance_id)
+    database = identity or health.database
     client = ApiClient(url, token=token)
     log_event(
-        logger, "api_server_attached", url=url, origin=origin, instance_id=identity.instance_id
+        logger,
+        "api_server_attached",
+        url=url,
+        origin=origin,
+        instance_id=database.instance_id,
+        database=database.location,
     )
-    return client
+    return client, database
 
 
 # -- our own server, in a thread -----------------------------------------------------------

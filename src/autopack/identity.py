@@ -31,6 +31,16 @@ class PublicIdentity(BaseModel):
     database_name: str | None = None
     system_identifier: str | None = None
 
+    @property
+    def location(self) -> str:
+        """Where the database is, as messages name it: all a client that only reached the
+        server may know (see :class:`DbIdentity`)."""
+        return self.public_url
+
+    def describe(self) -> str:
+        """``URL (instance_id …)``: how messages name this database."""
+        return f"{self.location} (instance_id {self.instance_id})"
+
 
 class DbIdentity(PublicIdentity):
     """The full identity, as the process that opened the database knows it."""
@@ -41,9 +51,9 @@ class DbIdentity(PublicIdentity):
     def public(self) -> PublicIdentity:
         return PublicIdentity.model_validate(self.model_dump(exclude={"url"}))
 
+    @property
+    def location(self) -> str:
+        return self.url
+
     def same_database(self, other: PublicIdentity) -> bool:
         return self.fingerprint == other.fingerprint
-
-    def describe(self) -> str:
-        """``URL (instance_id …)``: how messages name this database."""
-        return f"{self.url} (instance_id {self.instance_id})"

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from autopack.config import LoadedSettings, Settings
     from autopack.connect import Connection
     from autopack.db import Database
+    from autopack.identity import DbIdentity
 
 PIPED_WIDTH = 100_000
 """Piped into a file or a CI log, a line is never wrapped or cut: messages carry paths and
@@ -100,7 +101,10 @@ class CliState:
 
             try:
                 self._database = open_database(
-                    self.settings.database_url, role="cli", create=create
+                    self.settings.database_url,
+                    role="cli",
+                    create=create,
+                    expected_instance_id=self.settings.autopack_expected_instance_id,
                 )
             except DatabaseMissing as exc:
                 raise self.missing(exc) from exc
@@ -108,11 +112,27 @@ class CliState:
                 err.print(f"created new database {self._database.identity.url}", highlight=False)
         return self._database
 
-    def may_create_for_server(self) -> bool:
-        """May a command that adds runs through the API create the database? Not when
-        ``AUTOPACK_API_URL`` is set and no database is named: that server's database is
-        meant, and a new one here could only fail the identity check (and stay behind)."""
-        return not (self.settings.autopack_api_url and self.loaded().database.source == "default")
+    def names_no_database(self) -> bool:
+        """Is this a client told only a server? ``AUTOPACK_API_URL`` is set, ``DATABASE_URL``
+        nowhere, and there is no default database file here: a worker or operator machine
+        holding a token, not the database's credentials. Its database is the one that server
+        serves (the one ``AUTOPACK_EXPECTED_INSTANCE_ID`` pins, if set). With a default file
+        here, that file is the database it names, and the handshake compares the two."""
+        loaded = self.loaded()
+        if not loaded.settings.autopack_api_url or loaded.database.source != "default":
+            return False
+        from autopack.db.engine import sqlite_file
+
+        path = sqlite_file(loaded.settings.database_url)
+        return path is not None and not path.exists()
+
+    def expected(self, *, create: bool = False) -> DbIdentity | None:
+        """The database the API server must prove it serves: ours, opened (created if
+        ``create`` and no server is named: a new database is never the one a named server
+        serves, and would stay behind); None when this client names none."""
+        if self.names_no_database():
+            return None
+        return self.database(create=create and not self.settings.autopack_api_url).identity
 
     def missing(self, exc: DatabaseMissing) -> DatabaseMissing:
         """``exc`` with where the path came from and the databases nearby."""
@@ -121,14 +141,13 @@ class CliState:
         return missing_database(self.loaded(), exc)
 
     def connection(self) -> Connection:
-        """The control plane: a client on a server proven to use :meth:`database` (the
+        """The control plane: a client on a server proven to use :meth:`expected` (the
         ``--api-url`` one, one on the default port, or one in this process)."""
         if self._connection is None:
             from autopack.connect import connect
 
-            identity = self.database().identity
             self._connection = self._closing.enter_context(
-                connect(self.settings, identity, own="thread")
+                connect(self.settings, self.expected(), own="thread")
             )
         return self._connection
 

@@ -52,9 +52,11 @@ def doctor(
         )
         _report(checks, as_json)
         return
-    checks.append(_schema(cli.loaded()))
+    names_database = not cli.names_no_database()
+    if names_database:
+        checks.append(_schema(cli.loaded()))
     if checks[-1].ok:
-        checks.append(_server(settings))
+        checks.append(_server(settings, names_database=names_database))
     checks.append(
         Check(
             "telemetry",
@@ -119,17 +121,35 @@ def _schema(loaded: LoadedSettings) -> Check:
     return Check("schema", False, status.problem(), fix, SchemaOutOfDate.exit_code)
 
 
-def _server(settings: Settings) -> Check:
+def _server(settings: Settings, *, names_database: bool) -> Check:
+    """Does the API server use this client's database? For a client that names none
+    (a machine holding only a token), is the server's database ready to use?"""
     from autopack.client import ApiClient
     from autopack.db import open_database
 
     configured = settings.autopack_api_url
     url = configured or f"http://127.0.0.1:{settings.autopack_default_api_port}"
-    database = open_database(settings.database_url, role="doctor", log=False)
+    database = (
+        open_database(settings.database_url, role="doctor", log=False) if names_database else None
+    )
     try:
         with ApiClient(url) as client:
-            client.verify_identity(database.identity)
-        return Check("api server", True, f"{url} uses this database ({database.identity.url})")
+            health = client.verify_identity(
+                database.identity if database else None,
+                instance_id=settings.autopack_expected_instance_id,
+            )
+        if database is not None:
+            return Check("api server", True, f"{url} uses this database ({database.identity.url})")
+        served = health.database.describe()
+        if health.status != "ok":
+            problem = health.error or health.status.replace("_", " ")
+            return Check("api server", False, f"{url} serves {served}: {problem}", exit_code=2)
+        return Check(
+            "api server",
+            True,
+            f"{url} serves {served}; this client names no database (no DATABASE_URL, no "
+            "./autopack.db) and uses that one",
+        )
     except ServerUnavailable as exc:
         if configured:
             return Check("api server", False, exc.message, "start it, or unset AUTOPACK_API_URL")
@@ -140,7 +160,8 @@ def _server(settings: Settings) -> Check:
         fix = "point both at the same DATABASE_URL"
         return Check("api server", False, exc.message, fix, exc.exit_code)
     finally:
-        database.close()
+        if database is not None:
+            database.close()
 
 
 def _credentials(settings: Settings) -> Check:

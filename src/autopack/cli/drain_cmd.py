@@ -81,8 +81,8 @@ def _setup(ctx: typer.Context, options: Mapping[str, Any]) -> tuple[CliState, Dr
 def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> None:
     """Exit 2 for a run (or phase) this database does not hold, asked of the in-process
     server: before a server is spawned or anything is claimed."""
-    client = cli.client()
-    where = cli.database().identity.url
+    connection = cli.connection()
+    client, where = connection.client, connection.database.location
     try:
         if phase_id is None:
             client.get_run(run_id)
@@ -143,7 +143,7 @@ def executor_for(
     ``total_of``: a phase id to show progress for one phase; None for the whole run.
     """
     settings = cli.settings
-    database = cli.database()
+    expected = cli.expected()
     refuse_unknown(cli, run_id, total_of)  # before the executor stack even loads
 
     from autopack.connect import connect, sigterm_unwinds
@@ -181,7 +181,7 @@ def executor_for(
     estimator = TokenEstimator.load(settings.autopack_estimator_file)
     with (
         sigterm_unwinds(),
-        connect(settings, database.identity, own="process") as connection,
+        connect(settings, expected, own="process") as connection,
         otel_instrumentation(settings) as instrument,
         ExitStack() as stack,
     ):
@@ -213,8 +213,8 @@ def executor_for(
             )
         err.print(
             f"code: branch {repository.branch} in {repository.where} · {connection.where} "
-            f"({connection.origin}) · database {database.identity.url} · instance "
-            f"{database.identity.instance_id}",
+            f"({connection.origin}) · database {connection.database.location} · instance "
+            f"{connection.database.instance_id}",
             highlight=False,
         )
         with DrainProgress(err, total=len(phases) or 1, done=done) as progress:

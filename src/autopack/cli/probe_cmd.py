@@ -75,9 +75,9 @@ def probe(
     if api_url:
         cli.api_url = api_url
     settings = cli.settings
-    identity = cli.database().identity
+    identity = cli.connection().database
     err.print(
-        f"[bold]probe[/bold] database {identity.url} (instance_id {identity.instance_id}, "
+        f"[bold]probe[/bold] database {identity.location} (instance_id {identity.instance_id}, "
         f"schema {identity.schema_revision}); TELEMETRY_DB_ENABLED="
         f"{int(settings.telemetry_db_enabled)}",
         highlight=False,
@@ -141,18 +141,18 @@ def _probe(cli: CliState, before_phase: PhaseDetail, run_id: str, phase_id: str)
     from autopack.config import child_env
 
     client = cli.client()
-    identity = cli.database().identity
+    identity = cli.connection().database
     report: dict[str, Any] = {
         "run_id": run_id,
         "phase_id": phase_id,
-        "database": identity.url,
+        "database": identity.location,
         "instance_id": identity.instance_id,
         "telemetry_enabled": True,
         "phase_found": True,
     }
     verdict = Verdict(False, report=report)
     lines = verdict.lines
-    lines.append(("ok", f"phase found: {phase_id} ({before_phase.state}) in {identity.url}"))
+    lines.append(("ok", f"phase found: {phase_id} ({before_phase.state}) in {identity.location}"))
     before = _counts(client, run_id, phase_id)
     _, last_usage = _usage(client, run_id, phase_id, 0)
     command = [sys.executable, "-m", "autopack", "drain", "phase"]

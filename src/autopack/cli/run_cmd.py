@@ -64,7 +64,7 @@ def create(
 
     definition = load_run_file(Path(file))
     cli = state(ctx)
-    cli.database(create=cli.may_create_for_server())
+    cli.expected(create=True)
     client = cli.client()
     try:
         run = client.create_run(definition)
@@ -98,10 +98,11 @@ def seed(
     from autopack.rundef import bundled_run_file, load_run_file
 
     cli = state(ctx)
-    cli.database(create=cli.may_create_for_server())
-    client = cli.client()
+    cli.expected(create=True)
+    connection = cli.connection()
+    client = connection.client
     definition = load_run_file(bundled_run_file(name))
-    where = cli.database().identity.describe()
+    where = connection.database.describe()
     try:
         run = client.create_run(definition)
     except Conflict:

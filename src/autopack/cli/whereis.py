@@ -110,9 +110,9 @@ def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMi
         )
     elif loaded.settings.autopack_api_url:
         lines.append(
-            f"AUTOPACK_API_URL is {loaded.settings.autopack_api_url}: fix: set DATABASE_URL to "
-            "the database that server serves (the URL its `autopack serve` was given): every "
-            "client proves the server serves the database it names."
+            f"AUTOPACK_API_URL is {loaded.settings.autopack_api_url}, but this command works "
+            "on the database itself: fix: set DATABASE_URL to the database that server "
+            "serves (the URL its `autopack serve` was given)."
         )
     else:
         lines.append(

@@ -120,8 +120,8 @@ def open_database(
     if expected_instance_id and identity.instance_id != expected_instance_id:
         engine.dispose()
         raise IdentityMismatch(
-            f"refusing to serve database {identity.url} (instance_id {identity.instance_id}): "
-            f"the parent process expected instance_id {expected_instance_id}",
+            f"refusing database {identity.url} (instance_id {identity.instance_id}): "
+            f"AUTOPACK_EXPECTED_INSTANCE_ID expects instance_id {expected_instance_id}",
             expected_instance_id=expected_instance_id,
             actual_instance_id=identity.instance_id,
         )

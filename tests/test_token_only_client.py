@@ -1,0 +1,162 @@
+"""A machine that holds a token and the server's URL, not the database's credentials.
+
+An executor or operator machine told only ``AUTOPACK_API_URL`` (no ``DATABASE_URL``
+anywhere, no ``./autopack.db`` where it runs) uses the database that server serves: it has
+no second database to drift to, creates nothing where it runs, and says which database it
+used. ``AUTOPACK_EXPECTED_INSTANCE_ID`` pins which database that must be, on every
+command: a server on another one is refused naming both, before anything is written.
+A default ``./autopack.db`` where the client runs is still the database it names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import cassette, files, line, phase, rows, run_file
+from tests.support import Server, clean_env, cli, free_port
+from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN
+from tests.test_one_path import COMMANDS, TwoDatabases, two_databases  # noqa: F401 (fixture)
+
+
+def _only_a_server(api_url: str, **extra: str) -> dict[str, str]:
+    """A client environment naming a server and no database (nor a default port's server)."""
+    return clean_env(AUTOPACK_API_URL=api_url, AUTOPACK_DEFAULT_API_PORT=str(free_port()), **extra)
+
+
+def _empty(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_operator_and_worker_holding_only_tokens_create_and_drain_on_the_servers_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    served = tmp_path / "server"
+    served.mkdir()
+    with Server(clean_env(DATABASE_URL=database_url, **TOKENS), cwd=served) as server:
+        [instance] = rows(database_url, "SELECT instance_id FROM db_meta")
+        operator_machine = tmp_path / "operator"
+        operator_machine.mkdir()
+        definition = run_file(operator_machine, [phase("p1", ["pkg/m.py"])])
+        operator = _only_a_server(server.url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN)
+        created = cli("run", "create", str(definition), cwd=operator_machine, env=operator)
+        assert created.returncode == 0, created.stderr
+        assert f"API {server.url}" in created.stdout
+        assert _empty(operator_machine) == [definition.name], "the client created nothing"
+
+        worker_machine = tmp_path / "worker"
+        worker_machine.mkdir()
+        tape = cassette(tmp_path, [line("p1", 1, files(m_py="VALUE = 1\n"))])
+        worker = _only_a_server(
+            server.url, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN, TELEMETRY_DB_ENABLED="1"
+        )
+        drained = cli(
+            *("drain", "run", "--run-id", "exec-run", "--auditor", "rules"),
+            *("--cassette", str(tape), "--workspace", str(worker_machine / "ws"), "--json"),
+            cwd=worker_machine,
+            env=worker,
+        )
+        assert drained.returncode == 0, drained.stderr
+        assert json.loads(drained.stdout)["run_state"] == "DONE_SUCCESS"
+        assert f"instance {instance['instance_id']}" in drained.stderr, "it says which database"
+        assert _empty(worker_machine) == ["ws"], "no database, no server log left behind"
+
+        report = cli("telemetry", "report", "--json", cwd=operator_machine, env=operator)
+        assert report.returncode == 0, report.stderr
+    [done] = rows(database_url, "SELECT state FROM phases WHERE phase_id = 'p1'")
+    assert done["state"] == "COMPLETE"
+    assert rows(database_url, "SELECT count(*) AS n FROM llm_usage_events")[0]["n"] >= 1
+
+
+def test_doctor_on_a_machine_holding_only_a_token_names_the_servers_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    with Server(clean_env(DATABASE_URL=database_url, **TOKENS), cwd=tmp_path) as server:
+        [instance] = rows(database_url, "SELECT instance_id FROM db_meta")
+        machine = tmp_path / "worker"
+        machine.mkdir()
+        env = _only_a_server(server.url, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+        result = cli("doctor", cwd=machine, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"serves {server.url}" not in result.stdout  # the database, not the URL, is named
+        assert f"(instance_id {instance['instance_id']})" in result.stdout
+        assert "this client names no database" in result.stdout
+        pinned = cli(
+            "doctor", cwd=machine, env={**env, "AUTOPACK_EXPECTED_INSTANCE_ID": "another-one"}
+        )
+        assert pinned.returncode == 2, pinned.stdout
+        assert "another-one" in pinned.stderr and instance["instance_id"] in pinned.stderr
+        assert _empty(machine) == []
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_pinned_instance_id_refuses_a_server_on_another_database_on_every_command(
+    two_databases: TwoDatabases,  # noqa: F811 (the fixture imported above)
+    command: str,
+    tmp_path: Path,
+) -> None:
+    """The client names no database, only the instance_id it must reach: every command
+    refuses the server on another one, naming both, and writes nothing anywhere."""
+    planes = two_databases
+    before = planes.counts()
+    args = [str(planes.workdir / "r1.yaml") if a == "RUN_FILE" else a for a in COMMANDS[command]]
+    env = _only_a_server(planes.api_url, AUTOPACK_EXPECTED_INSTANCE_ID=planes.local_instance)
+    result = cli(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 2, (command, result.stdout, result.stderr)
+    assert "IdentityMismatch" in result.stderr
+    assert planes.local_instance in result.stderr and planes.server_instance in result.stderr
+    assert "AUTOPACK_EXPECTED_INSTANCE_ID" in result.stderr
+    assert planes.counts() == before, f"{command} wrote to a database"
+    assert _empty(tmp_path) == []
+
+
+def test_a_pinned_instance_id_of_the_servers_database_is_accepted(
+    two_databases: TwoDatabases,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    planes = two_databases
+    env = _only_a_server(planes.api_url, AUTOPACK_EXPECTED_INSTANCE_ID=planes.server_instance)
+    listed = cli("run", "list", "--json", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert _empty(tmp_path) == []
+
+
+def test_a_default_database_file_where_the_client_runs_is_still_the_one_it_names(
+    two_databases: TwoDatabases,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Without DATABASE_URL the client's database is ./autopack.db when there is one: a
+    server on another database is refused as ever, not silently preferred."""
+    planes = two_databases
+    assert cli("db", "init", cwd=tmp_path, env=clean_env()).returncode == 0
+    [here] = rows(f"sqlite:///{tmp_path / 'autopack.db'}", "SELECT instance_id FROM db_meta")
+    result = cli("run", "list", cwd=tmp_path, env=_only_a_server(planes.api_url))
+    assert result.returncode == 2, result.stdout
+    assert "IdentityMismatch" in result.stderr
+    assert here["instance_id"] in result.stderr and planes.server_instance in result.stderr
+
+
+def test_no_server_at_the_url_is_exit_2_naming_it_and_creates_nothing(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    made = run_file(tmp_path, [phase("p1", ["pkg/m.py"])])
+    for args in (["run", "create", str(made)], ["drain", "run", "--run-id", "exec-run"]):
+        result = cli(*args, cwd=tmp_path, env=_only_a_server(url))
+        assert result.returncode == 2, (args, result.stdout + result.stderr)
+        assert f"no Autopack API answers at {url}" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert _empty(tmp_path) == [made.name], "nothing may be created"
+
+
+def test_a_pinned_instance_id_refuses_the_database_a_client_names_too(tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL="sqlite:///here.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    [here] = rows(f"sqlite:///{tmp_path / 'here.db'}", "SELECT instance_id FROM db_meta")
+    result = cli(
+        "run", "list", cwd=tmp_path, env={**env, "AUTOPACK_EXPECTED_INSTANCE_ID": "another-one"}
+    )
+    assert result.returncode == 2, result.stdout
+    assert f"refusing database sqlite:///{tmp_path / 'here.db'}" in result.stderr
+    assert here["instance_id"] in result.stderr
+    assert "AUTOPACK_EXPECTED_INSTANCE_ID expects instance_id another-one" in result.stderr
