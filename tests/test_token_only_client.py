@@ -1,11 +1,11 @@
 """A machine that holds a token and the server's URL, not the database's credentials.
 
 An executor or operator machine told only ``AUTOPACK_API_URL`` (no ``DATABASE_URL``
-anywhere, no ``./autopack.db`` where it runs) uses the database that server serves: it has
+anywhere, no default ``autopack.db``) uses the database that server serves: it has
 no second database to drift to, creates nothing where it runs, and says which database it
 used. ``AUTOPACK_EXPECTED_INSTANCE_ID`` pins which database that must be, on every
 command: a server on another one is refused naming both, before anything is written.
-A default ``./autopack.db`` where the client runs is still the database it names.
+A default ``autopack.db`` that exists is still the database it names.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor_support import phase, run_file
-from tests.support import clean_env, cli
+from tests.executor_support import cassette, files, line, on_branch, phase, run_file
+from tests.support import clean_env, cli, free_port
 
 RUN = "exec-run"
 
@@ -56,6 +56,35 @@ def test_a_subdirectory_uses_the_repository_dotenv(
     assert f".env at {root / '.env'}" in shown.stdout
     if backend == "sqlite":  # relative to the .env's directory, not to scripts/
         assert f"resolved against {root} (the .env file's directory)" in shown.stdout
+
+
+def test_without_database_url_every_subdirectory_of_a_repository_means_its_root_database(
+    tmp_path: Path,
+) -> None:
+    """Like git finds .git: `run create` in one subdirectory and `drain` in another use the
+    one autopack.db at the repository's root, and the run's code lands in its one default
+    workspace there, never in a new, empty database or workspace where the command ran."""
+    root, scripts = _repo(tmp_path)
+    deeper = root / "src" / "pkg"
+    deeper.mkdir(parents=True)
+    definition = run_file(tmp_path, [phase("p1", ["pkg/a.py"])])
+    env = clean_env(AUTOPACK_DEFAULT_API_PORT=str(free_port()))
+    created = cli("run", "create", str(definition), cwd=deeper, env=env)
+    assert created.returncode == 0, created.stderr
+    assert f"created new database sqlite:///{root / 'autopack.db'}" in created.stderr
+
+    shown = cli("config", "show", cwd=scripts, env=env)
+    assert f"resolved against {root} (the root of the git repository you are in)" in shown.stdout
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    drained = cli(
+        *("drain", "run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)),
+        cwd=scripts,
+        env=env,
+    )
+    assert drained.returncode == 0, drained.stderr
+    assert on_branch(root / "autopack-workspaces" / RUN, "pkg/a.py") == "A = 1\n"
+    assert sorted(p.name for p in scripts.iterdir()) == []
+    assert sorted(p.name for p in deeper.iterdir()) == []
 
 
 READERS = [

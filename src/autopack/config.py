@@ -45,7 +45,7 @@ from sqlalchemy.exc import ArgumentError
 
 from autopack import redact
 from autopack.bounds import is_utf8
-from autopack.envfile import check_dotenv, dotenv_path
+from autopack.envfile import check_dotenv, dotenv_path, project_root
 from autopack.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
@@ -326,11 +326,12 @@ class DatabaseOrigin:
         text = f"{self.raw!r} from {self.source}"
         if self.base is None:
             return text
-        why = (
-            "the .env file's directory"
-            if self.source.startswith(".env")
-            else "the working directory"
-        )
+        if self.source.startswith(".env"):
+            why = "the .env file's directory"
+        elif self.source == "default" and (self.base / ".git").exists():
+            why = "the root of the git repository you are in"
+        else:
+            why = "the working directory"
         return f"{text}, a relative path resolved against {self.base} ({why})"
 
 
@@ -400,7 +401,12 @@ def _database_origin(offered: dict[str, dict[str, Any]], env_file: Path) -> Data
         and not database.startswith("file:")
         and not Path(database).expanduser().is_absolute()
     )
-    base = (env_file.parent if source.startswith(".env") else Path.cwd()) if relative else None
+    if not relative:
+        return DatabaseOrigin(source, redact_url(raw), None)
+    if source.startswith(".env"):
+        base = env_file.parent
+    else:
+        base = project_root() if source == "default" else Path.cwd()
     return DatabaseOrigin(source, redact_url(raw), base)
 
 
@@ -424,11 +430,13 @@ def load_settings(**flags: Any) -> LoadedSettings:
                     "holds bytes the locale could not decode)"
                 )
     origin = _database_origin(offered, env_file)
-    if origin.base is not None and origin.source.startswith(".env"):
-        # The .env says where the database is: relative to itself, not to where we run.
+    if origin.base is not None and origin.source not in ("flag", "env"):
+        # A .env says where the database is relative to itself, not to where we run; the
+        # default is the project's, at its root (envfile.project_root).
         try:
             given["database_url"] = resolve_database_url(
-                str(offered[origin.source]["database_url"]), cwd=origin.base
+                str(offered.get(origin.source, {}).get("database_url", DEFAULT_DATABASE_URL)),
+                cwd=origin.base,
             )
         except ValueError as exc:
             problem = f"invalid setting: DATABASE_URL={origin.raw!r}: {exc}"

@@ -1,4 +1,5 @@
-"""Which ``.env`` file applies, and whether it says what it seems to say.
+"""Which ``.env`` file applies, whether it says what it seems to say, and where a project's
+defaults live.
 
 The nearest ``.env`` from the working directory up to the root of the enclosing git
 repository applies (only the working directory outside a repository), so ``cd scripts &&
@@ -26,6 +27,14 @@ def search_directories(cwd: Path | None = None) -> list[Path]:
         if (directory / ".git").exists():
             return chain[: index + 1]
     return [start]
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The directory the defaults live in (``autopack.db``, ``autopack-workspaces/``): the
+    root of the enclosing git repository, like ``.git`` for git, so every subdirectory of
+    a project means the same database and workspaces; outside a repository, the working
+    directory."""
+    return search_directories(cwd)[-1]
 
 
 def dotenv_path(cwd: Path | None = None) -> Path:

@@ -114,10 +114,10 @@ class CliState:
 
     def names_no_database(self) -> bool:
         """Is this a client told only a server? ``AUTOPACK_API_URL`` is set, ``DATABASE_URL``
-        nowhere, and there is no default database file here: a worker or operator machine
+        nowhere, and there is no default database file: a worker or operator machine
         holding a token, not the database's credentials. Its database is the one that server
-        serves (the one ``AUTOPACK_EXPECTED_INSTANCE_ID`` pins, if set). With a default file
-        here, that file is the database it names, and the handshake compares the two."""
+        serves (the one ``AUTOPACK_EXPECTED_INSTANCE_ID`` pins, if set). With a default file,
+        that file is the database it names, and the handshake compares the two."""
         loaded = self.loaded()
         if not loaded.settings.autopack_api_url or loaded.database.source != "default":
             return False

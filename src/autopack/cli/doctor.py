@@ -148,7 +148,7 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
             "api server",
             True,
             f"{url} serves {served}; this client names no database (no DATABASE_URL, no "
-            "./autopack.db) and uses that one",
+            "default autopack.db) and uses that one",
         )
     except ServerUnavailable as exc:
         if configured:

@@ -348,7 +348,8 @@ WORKSPACE = typer.Option(
     None,
     "--workspace",
     help="The local git repository holding the run's branch (created when missing; default "
-    "./autopack-workspaces/RUN_ID, or the run file's repository).",
+    "autopack-workspaces/RUN_ID at the root of the git repository you are in, else here; "
+    "or the run file's repository).",
 )
 REPO = typer.Option(
     None,

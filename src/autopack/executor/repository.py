@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from autopack.envfile import project_root
 from autopack.errors import ConfigError
 from autopack.executor.git import GitError, git, out
 from autopack.logs import log_event
@@ -77,15 +78,17 @@ class RepoSource:
         cls, run_id: str, *, repo: str | None, workspace: Path | None, run_repository: str | None
     ) -> RepoSource:
         """``--repo``, else ``--workspace``, else the run file's ``repository``, else
-        ``./autopack-workspaces/RUN_ID`` (made absolute now, so it cannot drift). A ``--repo``
-        naming a directory here is made absolute too: git clones in the cache directory."""
+        ``autopack-workspaces/RUN_ID`` at the project's root, next to its default database
+        (:func:`~autopack.envfile.project_root`: a drain from any subdirectory finds the
+        run's code). A ``--repo`` naming a directory here is made absolute: git clones in
+        the cache directory."""
         if repo:
             return cls(remote=str(absolute(Path(repo), "--repo")) if Path(repo).exists() else repo)
         if workspace is not None:
             return cls(workspace=absolute(workspace, "--workspace"))
         if run_repository:
             return cls(remote=run_repository)
-        return cls(workspace=(Path.cwd() / "autopack-workspaces" / run_id).resolve())
+        return cls(workspace=(project_root() / "autopack-workspaces" / run_id).resolve())
 
 
 class RunRepository:
