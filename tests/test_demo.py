@@ -26,7 +26,17 @@ def test_bundled_cassette_is_what_the_solutions_and_the_run_file_build() -> None
 
 def test_demo_drains_every_phase_and_reports_telemetry(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
-    done = cli("demo", "--dir", str(demo_dir), "--replay-speed", "0", cwd=tmp_path, timeout=300)
+    # A worker machine's settings for real work do not reach the demo's own database.
+    elsewhere = clean_env(
+        AUTOPACK_API_URL=f"http://127.0.0.1:{free_port()}",
+        AUTOPACK_EXPECTED_INSTANCE_ID="another-database",
+    )
+    done = cli(
+        *("demo", "--dir", str(demo_dir), "--replay-speed", "0"),
+        cwd=tmp_path,
+        env=elsewhere,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"run {RUN}: DONE_SUCCESS" in done.stdout
     assert "Token estimator accuracy" in done.stdout and "LLM calls" in done.stdout

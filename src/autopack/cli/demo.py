@@ -65,6 +65,10 @@ def demo(
     cli = state(ctx)
     if cli.database_url is None:
         cli.database_url = f"sqlite:///{directory / 'autopack.db'}"
+        if cli.api_url is None:
+            # A database of its own, so its own server: a server (or pinned database) the
+            # environment names for a machine's real work can only serve another one.
+            cli.use_flags(autopack_api_url="", autopack_expected_instance_id="")
     cli.use_flags(telemetry_db_enabled=True, autopack_replay_speed=speed)
     database = cli.database(create=True)
     client = cli.client()
