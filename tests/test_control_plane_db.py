@@ -169,6 +169,7 @@ def test_claims_follow_tier_order_and_dependencies(db: Database) -> None:
         "requeued": False,
         "available_at": None,
         "branch_head": None,
+        "stop_reason": "done",
     }
     view = runs.get_run(db, "r")
     assert view.state == "DONE_SUCCESS" and view.finished_at is not None

@@ -325,3 +325,34 @@ def test_idle_workers_wake_for_a_new_tier_and_the_drain_ends_with_its_last_resul
         )
     ]
     assert _max_overlap(second_tier) == 2, "tier 2 ran on one worker: the other slept"
+
+
+def test_sigterm_during_checks_says_interrupted_as_the_database_records_it(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM kills the running check, so the attempt saw its check fail; but the lease
+    was handed back first and the database records ``interrupted``. The progress line and
+    the summary must say what was recorded, not ``checks_failed`` (they used to)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    started = tmp_path / "check-started"
+    code = f"import pathlib, time; pathlib.Path(r'{started}').touch(); time.sleep(600)"
+    check = f'python -c "{code}"'
+    create_run(run_file(tmp_path, [phase("p0", ["pkg/m0.py"], checks=[check])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p0", 1, files(m0_py="VALUE = 0\n"))])
+    process = drain_process(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    seen: list[str] = []
+    _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while not started.exists():  # the check is running: the attempt waits on it
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-3000:]
+    [attempt] = rows(url, "SELECT outcome, stop_reason FROM phase_attempts")
+    assert attempt == {"outcome": "FAILED", "stop_reason": "interrupted"}
+    told = "".join(seen) + stderr + stdout
+    assert "checks_failed" not in told, told[-3000:]
+    assert "✘ p0 attempt 1: interrupted" in told, told[-3000:]
+    assert re.search(r"│ p0 +│ QUEUED +│ 1 +│ interrupted", stdout), stdout

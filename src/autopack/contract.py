@@ -366,6 +366,10 @@ class ResultAnswer(_Answer):
     available_at: datetime | None
     branch_head: str | None = None
     """The run's branch head after this result (the attempt's commit when it was accepted)."""
+    stop_reason: str | None = None
+    """The stop reason recorded for the attempt: a repeat of a post gets the first one's
+    (an executor's ``interrupted`` hand-back may have been recorded before the attempt's
+    own result). None in answers stored before it was added."""
 
 
 class ApprovalCreated(_Answer):

@@ -162,6 +162,7 @@ def _post_result(
         requeued=target == P.QUEUED,
         available_at=available_at,
         branch_head=branch_head,
+        stop_reason=result.stop_reason,
     )
     lifecycle.update_attempt(
         tx,

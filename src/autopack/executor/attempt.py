@@ -69,6 +69,20 @@ def _feedback(history: list[AttemptView]) -> list[Feedback]:
     return [Feedback(h.attempt, h.stop_reason or "failed", h.feedback or "") for h in earlier]
 
 
+def as_recorded(finish: Finish, answer: ResultAnswer) -> Finish:
+    """How the attempt ended as the database recorded it.
+
+    SIGTERM hands the lease back as ``interrupted`` and kills the running checks, so the
+    attempt goes on to post a ``checks_failed`` (or even a COMPLETE) result under the same
+    idempotency key and gets the hand-back's stored answer: nothing of its own was recorded,
+    and the progress line and the summary must not say it was.
+    """
+    recorded = answer.stop_reason
+    if recorded is None or recorded == finish.stop_reason:
+        return finish
+    return failed(recorded, error="recorded before this attempt's own result could be")
+
+
 class Attempt:
     """One claimed phase attempt; :meth:`run` returns how it ended."""
 
@@ -131,6 +145,7 @@ class Attempt:
             if isinstance(ended, AttemptResult):  # parked for a human's approval
                 return ended
             answer, finish = ended
+        finish = as_recorded(finish, answer)
         result = self._report(
             finish.outcome,
             finish.stop_reason,
@@ -160,11 +175,7 @@ class Attempt:
                 if isinstance(ended, AttemptResult):
                     return ended
                 answer, finish = self._deliver(lease, meter, tree, ended)
-                if finish.outcome == PhaseState.COMPLETE and answer.phase_state != finish.outcome:
-                    # The executor handed the lease back (SIGTERM) before this result got
-                    # through: the repeat of that post got its answer; nothing joined.
-                    finish = failed("interrupted", error="handed back before it was recorded")
-                tree.keep = finish.outcome != PhaseState.COMPLETE
+                tree.keep = answer.phase_state != PhaseState.COMPLETE
                 return answer, finish
         except GitError as exc:  # no worktree to work in: record why, never die
             finish = failed("git_error", error=exc.message)

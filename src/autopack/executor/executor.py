@@ -56,6 +56,16 @@ class DrainSummary:
     stopped_by: int | None = None
     """The signal that stopped the drain (SIGINT, SIGTERM); the CLI exits 128 + it."""
 
+    def record(self, result: AttemptResult) -> None:
+        """Add how an attempt ended; an attempt :meth:`AutonomousExecutor.abort` handed back
+        that then ended on its own is one attempt, reported as it ended last."""
+        self.attempts = [
+            a
+            for a in self.attempts
+            if (a.run_id, a.phase_id, a.attempt) != (result.run_id, result.phase_id, result.attempt)
+        ]
+        self.attempts.append(result)
+
     @property
     def any_failed(self) -> bool:
         failed = (PhaseState.FAILED, PhaseState.SKIPPED)
@@ -197,7 +207,7 @@ class AutonomousExecutor:
         result = Attempt(self.s, claim).run()
         with self._lock:
             self._held.pop(claim.idempotency_key, None)
-            summary.attempts.append(result)
+            summary.record(result)
 
     def abort(self, summary: DrainSummary, signum: int) -> None:
         """Stop now: no new claims, running checks killed, and every held lease handed
@@ -232,7 +242,7 @@ class AutonomousExecutor:
                 phase_state=answer.phase_state,
             )
             with self._lock:
-                summary.attempts.append(result)
+                summary.record(result)
         log_event(logger, "leases_handed_back", logging.WARNING, count=len(held), signal=signum)
 
     # -- one phase (the legacy drain_one_phase) ---------------------------------------------
