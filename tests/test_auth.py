@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from starlette.requests import Request
 
 from autopack.api.auth import Authenticator
+from autopack.api.routers.ui_session import MAX_FORM_BYTES
 from autopack.config import Settings
 from autopack.errors import ConfigError, Forbidden
 from tests.conftest import empty_sqlite
@@ -270,3 +272,44 @@ def test_a_token_no_header_can_carry_is_refused_where_it_is_set(
             assert refused.returncode == 2, (command, refused.stderr)
             assert name in refused.stderr and "ASCII" in refused.stderr
             assert "Traceback" not in refused.stderr
+
+
+def _answer_while_sending(server: Server, head: str, body: bytes) -> tuple[str, dict[str, Any]]:
+    """POST /ui/login with ``head``'s framing headers and only ``body``, which is never
+    finished: a server that reads the whole form before refusing it never answers (the
+    socket times out), one that stops at the limit does."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+        conn.sendall(
+            f"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n{head}\r\n".encode()
+            + body
+        )
+        received = b""
+        while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            assert chunk, received
+            received += chunk
+    status_line, _, rest = received.decode().partition("\r\n")
+    return status_line, json.loads(rest.partition("\r\n\r\n")[2])
+
+
+def test_a_dashboard_form_over_its_limit_is_413_naming_it_and_read_no_further(
+    server: Server,
+) -> None:
+    limit = f"({MAX_FORM_BYTES} bytes)"
+    over = MAX_FORM_BYTES + 1
+    declared = _answer_while_sending(server, f"Content-Length: {over}\r\n", b"token=")
+    piece = b"t" * over  # one chunk past the limit, and no closing chunk ever sent
+    chunked = _answer_while_sending(
+        server, "Transfer-Encoding: chunked\r\n", f"{over:x}\r\n".encode() + piece + b"\r\n"
+    )
+    for status_line, body in (declared, chunked):
+        assert status_line.startswith("HTTP/1.1 413 "), (status_line, body)
+        assert body["error"] == "RequestTooLarge" and limit in body["detail"], body
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    sent = httpx.post(f"{server.url}/ui/login", content=b"token=" + b"x" * over, headers=form)
+    assert sent.status_code == 413 and limit in sent.json()["detail"], sent.text
+    at_limit = b"token=" + b"x" * (MAX_FORM_BYTES - 6)
+    judged = httpx.post(f"{server.url}/ui/login", content=at_limit, headers=form)
+    assert judged.status_code == 401, judged.text  # read and judged: a wrong token
+    assert "Traceback" not in server.output()

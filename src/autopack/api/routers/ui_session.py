@@ -24,7 +24,7 @@ from autopack.api.deps import DatabaseDep
 from autopack.bounds import INT32_MAX
 from autopack.contract import DecisionIn
 from autopack.control import approvals
-from autopack.errors import Forbidden
+from autopack.errors import Forbidden, RequestTooLarge
 
 router = APIRouter(prefix="/ui", tags=["dashboard"], include_in_schema=False)
 MAX_FORM_BYTES = 64 * 1024
@@ -65,9 +65,21 @@ def _same_origin(request: Request) -> None:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise Forbidden("form too large")
+    """The form's fields. A body over :data:`MAX_FORM_BYTES` is a 413 naming the limit,
+    refused by its Content-Length unread, or (chunked) as soon as the bytes read pass it:
+    the API's own body limit is far larger, so this reader must stop by itself."""
+    too_large = RequestTooLarge(
+        f"the form is larger than the dashboard accepts ({MAX_FORM_BYTES} bytes)",
+        limit=MAX_FORM_BYTES,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise too_large
     fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {name: values[0] for name, values in fields.items() if "\x00" not in values[0]}
 
