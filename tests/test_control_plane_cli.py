@@ -242,3 +242,38 @@ def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Pat
     assert listed.returncode == 0, listed.stderr
     (item,) = json.loads(listed.stdout)["items"]
     assert (item["run_id"], item["failure_reason"]) == ("r", "run cancelled: enough")
+
+
+def test_a_run_files_relative_repository_is_next_to_the_file_urls_as_given(
+    tmp_path: Path,
+) -> None:
+    """`repository: ../code` was stored as given, so each executor cloned whatever
+    ../code meant from its own working directory. Created from elsewhere, it is stored
+    absolute, next to the run file; URLs (scheme://, scp-like) are left alone."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'autopack.db'}")
+    files = tmp_path / "project" / "runs"
+    files.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    given = {
+        "rel": ("../code", str(tmp_path / "project" / "code")),
+        "dot": ("./repo.git", str(files / "repo.git")),
+        "url": ("https://git.example/org/code.git", "https://git.example/org/code.git"),
+        "scp": ("git@git.example:org/code.git", "git@git.example:org/code.git"),
+        "abs": (str(tmp_path / "abs"), str(tmp_path / "abs")),
+    }
+    said: dict[str, str] = {}
+    for run_id, (repository, _) in given.items():
+        body = {**definition(run_id, [("T1", ["a"])]), "repository": repository}
+        (files / f"{run_id}.yaml").write_text(yaml.safe_dump(body))
+        created = cli("run", "create", f"../project/runs/{run_id}.yaml", cwd=elsewhere, env=env)
+        assert created.returncode == 0, created.stderr
+        said[run_id] = created.stdout
+    shown = cli("run", "show", "rel", "--json", cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["repository"] == given["rel"][1]
+    with Server(env, cwd=tmp_path) as server:
+        for run_id, (_, stored) in given.items():
+            assert httpx.get(f"{server.url}/runs/{run_id}").json()["repository"] == stored
+    for run_id, (_, stored) in given.items():  # and `run create` says where it is
+        assert f"repository {stored}" in said[run_id], said[run_id]

@@ -13,6 +13,7 @@ exit 2). Importing this module reads nothing; :func:`load_run_file` reads the on
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from importlib.resources import files
@@ -230,8 +231,9 @@ class RunDefinition(_Strict):
         min_length=1,
         max_length=2000,
         description="Git repository holding the run's code (a URL every executor can reach, "
-        "or an absolute path); executors clone it into a local cache. Default: each "
-        "executor's --workspace (or --repo).",
+        "or a path; in a run file a relative path is relative to the file's directory, made "
+        "absolute when the CLI reads it); executors clone it into a local cache. Default: "
+        "each executor's --workspace (or --repo).",
     )
     branch: BranchName | None = Field(
         None, description="The run's branch (default: autopack/RUN_ID)."
@@ -348,7 +350,26 @@ def load_run_file(path: str | Path) -> RunDefinition:
             data = _parse_yaml(text, file)
         else:
             data = _parse_json(text, file)  # again: duplicate keys, size
-    return parse_run_definition(data, source=str(file))
+    definition = parse_run_definition(data, source=str(file))
+    if definition.repository is not None:
+        definition.repository = repository_from(file, definition.repository)
+    return definition
+
+
+def repository_from(file: Path, repository: str) -> str:
+    """A run file's ``repository`` as every executor must read it.
+
+    A relative local path means the directory next to the run file (the rule a ``.env``'s
+    relative SQLite path follows: relative to the file that says it), so it is made
+    absolute now; stored as given, each executor resolved it against its own working
+    directory. URLs stay as given: ``scheme://…`` and, by git's rule, scp-like
+    ``[user@]host:path`` (a colon before any slash).
+    """
+    colon = repository.find(":")
+    if "://" in repository or (colon > 0 and "/" not in repository[:colon]):
+        return repository
+    path = Path(repository).expanduser()
+    return str(path) if path.is_absolute() else os.path.normpath(file.absolute().parent / path)
 
 
 MAX_FILE_NODES = 2_000_000

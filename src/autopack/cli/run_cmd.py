@@ -83,6 +83,8 @@ def create(
         f"{OK} created run [bold]{escape(run.run_id)}[/bold]: {len(run.tiers)} tier(s), "
         f"{run.phase_count} phase(s), {styled(run.state)} in {escape(client.where)}"
     )
+    if run.repository is not None:  # a relative path in the file: next to the file
+        out.print(f"  repository {escape(run.repository)}", highlight=False, soft_wrap=True)
 
 
 @app.command("seed")
