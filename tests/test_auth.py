@@ -240,7 +240,7 @@ def test_dashboard_logs_in_once_and_its_actions_are_csrf_safe(server: Server) ->
         assert browser.get("/ui").status_code == 303  # logged out
     with httpx.Client(base_url=server.url) as stranger:  # no cookie: no action
         assert stranger.post(action, data={"csrf": csrf}).status_code == 403
-    decided = httpx.get(f"{server.url}/approvals?status=all", headers=operator).json()
+    decided = httpx.get(f"{server.url}/approvals?status=all", headers=operator).json()["items"]
     assert [(a["id"], a["status"], a["responder"]) for a in decided] == [
         (approval, "approved", "dashboard")
     ]

@@ -393,7 +393,7 @@ def _waiting(plane: Plane, timeout_seconds: float | None = None, **kw: Any) -> t
 
 def test_approve_path(plane: Plane) -> None:
     run_id, approval_id = _waiting(plane)
-    pending = plane.client.list_approvals(run_id=run_id)
+    pending = plane.client.list_approvals(run_id=run_id).items
     assert [(a.id, a.status, a.context) for a in pending] == [
         (approval_id, "pending", {"paths": ["setup.py"]})
     ]
@@ -427,7 +427,9 @@ def test_expiry_path_by_the_background_task(plane: Plane, policy: str, expected:
         plane, timeout_seconds=0.3, policy={"on_approval_timeout": policy}
     )
     expired = wait_for(
-        lambda: [a for a in plane.client.list_approvals(ApprovalStatus.EXPIRED, run_id) if a.id]
+        lambda: [
+            a for a in plane.client.list_approvals(ApprovalStatus.EXPIRED, run_id).items if a.id
+        ]
     )
     assert expired[0].id == approval_id and expired[0].on_timeout == policy
     assert plane.client.get_phase(run_id, "a").state == expected

@@ -128,7 +128,7 @@ def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path:
             ids.append(asked.approval_id)
         listed = cli("approvals", "list", "--json", cwd=tmp_path, env=env)
         assert listed.returncode == 0, listed.stderr
-        assert [a["id"] for a in json.loads(listed.stdout)] == ids
+        assert [a["id"] for a in json.loads(listed.stdout)["items"]] == ids
         approved = cli(
             "approvals",
             "approve",
@@ -277,3 +277,55 @@ def test_a_run_files_relative_repository_is_next_to_the_file_urls_as_given(
             assert httpx.get(f"{server.url}/runs/{run_id}").json()["repository"] == stored
     for run_id, (_, stored) in given.items():  # and `run create` says where it is
         assert f"repository {stored}" in said[run_id], said[run_id]
+
+
+def test_approvals_page_past_500_and_the_cli_says_how_to_see_the_rest(tmp_path: Path) -> None:
+    """The list stopped at 500 with no sign of the rest: 501 pending approvals are one
+    page of 500 plus a hint, every one reachable by offset, counted in full by /metrics,
+    and bounds outside a page are 422s naming the parameter."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = clean_env(DATABASE_URL=url)
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:
+        phases = [f"p{i}" for i in range(501)]
+        create(database, tiers=[("T1", phases)], budgets={"token_cap": None})
+        for _ in phases:
+            leased = claimed(database)
+            request = ApprovalIn(lease_token=leased.lease_token, reason="delete a file")
+            approvals.request_approval(database, "r", leased.phase_id, request)
+    finally:
+        database.close()
+    with Server(env, cwd=tmp_path) as server:
+        api = f"{server.url}/approvals"
+        first = httpx.get(api).json()
+        assert (len(first["items"]), first["total"], first["limit"]) == (500, 501, 500)
+        rest = httpx.get(api, params={"offset": 500}).json()
+        assert [a["phase_id"] for a in rest["items"]] == ["p500"] and rest["total"] == 501
+        ids = [a["id"] for a in first["items"] + rest["items"]]
+        assert ids == sorted(ids) and len(set(ids)) == 501  # oldest first, none twice
+        pages = [httpx.get(api, params={"limit": 200, "offset": o}).json() for o in (0, 200, 400)]
+        assert [a["id"] for p in pages for a in p["items"]] == ids
+        for name, value in (("limit", 0), ("limit", 1001), ("offset", -1), ("offset", 2**63)):
+            refused = httpx.get(api, params={name: value})
+            assert refused.status_code == 422 and name in refused.json()["detail"], refused.text
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert "autopack_approvals_pending 501.0" in metrics, metrics
+        listed = cli("--api-url", server.url, "approvals", "list", cwd=tmp_path, env=env)
+        later = cli(
+            "--api-url", server.url, "approvals", "list", "--offset", "500", cwd=tmp_path, env=env
+        )
+        huge = cli(
+            "--api-url",
+            server.url,
+            "approvals",
+            "list",
+            "--offset",
+            str(2**63),
+            cwd=tmp_path,
+            env=env,
+        )
+    assert listed.returncode == 0, listed.stderr
+    assert "showing 500 of 501; --offset 500 for more" in listed.stdout
+    assert later.returncode == 0 and "r/p500" in later.stdout and "showing" not in later.stdout
+    assert huge.returncode == 2 and "offset" in huge.stderr, huge.stderr
+    assert "Traceback" not in huge.stderr

@@ -562,7 +562,7 @@ def test_cancel_revokes_leases_skips_waiting_phases_and_approvals(db: Database) 
         finish(db, a)
     attempts = {(x["phase_id"], x["attempt"]): x for x in attempt_rows(db, "r")}
     assert attempts[("a", 1)]["outcome"] == "CANCELLED"
-    listed = approvals.list_approvals(db, status=None, run_id="r")
+    listed = approvals.list_approvals(db, status=None, run_id="r").items
     assert [(x.id, x.status) for x in listed] == [(asked.approval_id, "cancelled")]
     assert claim(db) is None
     with pytest.raises(IllegalTransition, match="run r cannot go from DONE_CANCELLED"):
@@ -700,7 +700,7 @@ def test_approval_request_parks_the_phase_and_releases_the_lease(db: Database) -
             db, "r", "a", HeartbeatIn(lease_token=leased.lease_token, lease_seconds=60)
         )
     assert claim(db) is None
-    assert approvals.list_approvals(db) == [approval]
+    assert approvals.list_approvals(db).items == [approval]
 
 
 def test_approve_requeues_and_the_next_claim_gets_the_change_once(db: Database) -> None:
@@ -757,7 +757,7 @@ def test_expired_approval_follows_the_run_policy(db: Database, policy: str, expe
     expire_approval(db, asked.approval_id)
     assert maintenance.maintain(db).approvals_expired == 1
     assert maintenance.maintain(db).approvals_expired == 0
-    (approval,) = approvals.list_approvals(db, status=None)
+    (approval,) = approvals.list_approvals(db, status=None).items
     assert approval.status == "expired" and (approval.note or "").startswith("no decision by")
     assert phase_row(db, "r", "a")["state"] == expected
     if expected == "QUEUED":
@@ -783,7 +783,7 @@ def test_a_decision_after_the_timeout_is_refused_and_the_approval_expires(
         approvals.decide_approval(
             db, asked.approval_id, approve=True, decision=DecisionIn(responder="late")
         )
-    (approval,) = approvals.list_approvals(db, status=None)
+    (approval,) = approvals.list_approvals(db, status=None).items
     assert approval.status == "expired" and approval.responder is None
     assert phase_row(db, "r", "a")["state"] == expected
     assert maintenance.maintain(db).approvals_expired == 0, "expired once"
@@ -795,7 +795,7 @@ def test_requeue_of_a_waiting_phase_cancels_its_approval(db: Database) -> None:
     create(db)
     asked = ask(db, claimed(db))
     runs.requeue_phase(db, "r", "a", RequeueIn(requested_by="frank"))
-    (approval,) = approvals.list_approvals(db, status=None)
+    (approval,) = approvals.list_approvals(db, status=None).items
     assert (approval.id, approval.status) == (asked.approval_id, "cancelled")
     with pytest.raises(IllegalTransition):
         approvals.decide_approval(

@@ -48,6 +48,8 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 """Ids appear in URLs and file names: letters, digits, ``.``, ``_`` and ``-`` only."""
 TEXT_MAX = 200_000
 """Characters of a ``TEXT`` column's value (an error, a feedback, a description)."""
+MAX_PAGE = 1000
+"""Items in one page of a list (runs, approvals): more is asked for by ``offset``."""
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """A request body the API reads (larger: 413 unread), and a run file the CLI reads."""
 COST_MAX_USD = 100_000.0

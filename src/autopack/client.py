@@ -29,6 +29,7 @@ from autopack.bounds import ID_PATTERN
 from autopack.contract import (
     ApprovalCreated,
     ApprovalIn,
+    ApprovalList,
     ApprovalView,
     CancelIn,
     Claim,
@@ -420,14 +421,21 @@ class ApiClient:
     # -- approvals ----------------------------------------------------------------------------
 
     def list_approvals(
-        self, status: ApprovalStatus | None = ApprovalStatus.PENDING, run_id: str | None = None
-    ) -> list[ApprovalView]:
-        """Approvals, oldest first; ``status=None`` for every status."""
-        params: dict[str, Any] = {"status": status.value if status else "all"}
+        self,
+        status: ApprovalStatus | None = ApprovalStatus.PENDING,
+        run_id: str | None = None,
+        limit: int = 500,
+        offset: int = 0,
+    ) -> ApprovalList:
+        """One page of approvals, oldest first; ``status=None`` for every status."""
+        params: dict[str, Any] = {
+            "status": status.value if status else "all",
+            "limit": limit,
+            "offset": offset,
+        }
         if run_id is not None:
             params["run_id"] = run_id
-        response = self.request("GET", "/approvals", retry_for=self.retry_seconds, params=params)
-        return _APPROVALS.validate_json(response.content)
+        return self._get(ApprovalList, "/approvals", params=params)
 
     def get_approval(self, approval_id: int) -> ApprovalView:
         """One approval, whatever its status."""
@@ -493,7 +501,6 @@ class ApiClient:
 
 
 MAX_PAGE = 10_000
-_APPROVALS = TypeAdapter(list[ApprovalView])
 _USAGE_ROWS = TypeAdapter(list[LlmUsageRow])
 _ESTIMATION_ROWS = TypeAdapter(list[TokenEstimationRow])
 _ESCALATION_ROWS = TypeAdapter(list[TokenBudgetEscalationRow])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -282,11 +282,21 @@ class RunView(RunSummary):
         return [phase for tier in self.tiers for phase in tier.phases]
 
 
-class RunList(_Answer):
-    items: list[RunSummary]
+Item = TypeVar("Item", bound=BaseModel)
+
+
+class Page(_Answer, Generic[Item]):
+    """One page of a list: its items, how many the list holds in all, and the page asked
+    for (the next one starts at ``offset + limit`` while that is below ``total``)."""
+
+    items: list[Item]
     total: int
     limit: int
     offset: int
+
+
+class RunList(Page[RunSummary]):
+    """Run summaries, newest first."""
 
 
 class RunBrief(_Answer):
@@ -370,6 +380,10 @@ class ResultAnswer(_Answer):
     """The stop reason recorded for the attempt: a repeat of a post gets the first one's
     (an executor's ``interrupted`` hand-back may have been recorded before the attempt's
     own result). None in answers stored before it was added."""
+
+
+class ApprovalList(Page[ApprovalView]):
+    """Approvals, oldest first."""
 
 
 class ApprovalCreated(_Answer):

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
-from autopack.bounds import ID_PATTERN, INT32_MAX
+from autopack.bounds import ID_PATTERN, INT32_MAX, MAX_PAGE
 from autopack.config import Settings
 from autopack.db import Database
 
@@ -38,3 +38,6 @@ ApprovalId = Annotated[int, Path(ge=1, le=INT32_MAX, description="An approval's 
 RunFilter = Annotated[
     str | None, Query(pattern=ID_PATTERN, max_length=200, description="Only this run.")
 ]
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items in this page.")]
+PageOffset = Annotated[int, Query(ge=0, le=INT32_MAX, description="Items to skip.")]
+"""A page of a list (:class:`~autopack.contract.Page`): the next starts at offset + limit."""

@@ -28,16 +28,19 @@ def list_(
     ctx: typer.Context,
     status: str = typer.Option("pending", help=f"One of {', '.join(STATUSES)}."),
     run_id: str | None = typer.Option(None, "--run-id", help="Only this run's approvals."),
+    limit: int = typer.Option(500, help="Page size (1..1000)."),
+    offset: int = typer.Option(0, help="Approvals to skip."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Approvals, oldest first (default: pending)."""
+    """Approvals, oldest first (default: pending), a page at a time; says when more exist."""
     if status not in STATUSES:
         raise typer.BadParameter(f"use one of {', '.join(STATUSES)}", param_hint="--status")
     wanted = None if status == "all" else ApprovalStatus(status)
-    approvals = state(ctx).client().list_approvals(wanted, run_id)
+    page = state(ctx).client().list_approvals(wanted, run_id, limit, offset)
     if as_json:
-        print_json(approvals)
+        print_json(page)
         return
+    approvals = page.items
     table = Table("id", "phase", "attempt", "status", "times out")
     table.add_column("reason", overflow="fold")
     for approval in approvals:
@@ -50,6 +53,14 @@ def list_(
             escape(approval.reason),
         )
     out.print(table)
+    after = page.offset + len(approvals)
+    if after < page.total:  # never a silent cut: say how to see the rest
+        out.print(
+            f"showing {len(approvals)} of {page.total}"
+            + (f" after the first {page.offset}" if page.offset else "")
+            + f"; --offset {after} for more",
+            highlight=False,
+        )
     if approvals:
         out.print("[dim]`autopack approvals show ID` shows one with the change it asks for[/dim]")
 

@@ -14,7 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from autopack import redact
-from autopack.contract import ApprovalCreated, ApprovalIn, ApprovalView, DecidedApproval, DecisionIn
+from autopack.contract import (
+    ApprovalCreated,
+    ApprovalIn,
+    ApprovalList,
+    ApprovalView,
+    DecidedApproval,
+    DecisionIn,
+)
 from autopack.control import lifecycle, views
 from autopack.control.leases import holds_lease, lease_lost
 from autopack.control.telemetry import set_phase_outcome
@@ -135,16 +142,24 @@ def list_approvals(
     status: ApprovalStatus | None = ApprovalStatus.PENDING,
     run_id: str | None = None,
     limit: int = 500,
-) -> list[ApprovalView]:
-    """Approvals, oldest first; ``status=None`` lists every status."""
-    params: dict[str, Any] = {"b_limit": limit}
+    offset: int = 0,
+) -> ApprovalList:
+    """One page of approvals, oldest first, and how many there are; ``status=None`` lists
+    every status."""
+    params = views.page_params(limit, offset)
     if status is not None:
         params["b_status"] = status
     if run_id is not None:
         params["b_run"] = run_id
-    statement = sql.APPROVALS_LIST[(status is not None, run_id is not None)]
-    found = run_transaction(database, lambda tx: tx.all(ApprovalRecord, statement, params))
-    return [views.approval_view(approval) for approval in found]
+    which = (status is not None, run_id is not None)
+
+    def work(tx: Tx) -> ApprovalList:
+        total = tx.count(sql.APPROVALS_TOTAL[which], params)
+        page = tx.all(ApprovalRecord, sql.APPROVALS_PAGE[which], params)
+        items = [views.approval_view(approval) for approval in page]
+        return ApprovalList(items=items, total=total, limit=limit, offset=offset)
+
+    return run_transaction(database, work)
 
 
 def decide_approval(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, InvalidRequestError
 
@@ -26,7 +25,7 @@ from autopack.db import Database
 from autopack.db import statements as sql
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord, TierRecord
 from autopack.db.transaction import Tx, run_transaction
-from autopack.errors import Conflict, IllegalTransition, InvalidInput
+from autopack.errors import Conflict, IllegalTransition
 from autopack.logs import log_event
 from autopack.rundef import RunDefinition, default_branch
 from autopack.states import (
@@ -43,7 +42,6 @@ logger = lifecycle.logger
 P = PhaseState
 R = RunState
 ANALYZE_LOCK_TIMEOUT = "2s"
-MAX_PAGE = 1000
 
 
 def create_run(database: Database, definition: RunDefinition) -> RunView:
@@ -191,9 +189,7 @@ def list_runs(
     database: Database, *, state: RunState | None = None, limit: int = 50, offset: int = 0
 ) -> RunList:
     """Run summaries, newest first, with phase counts per state."""
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise InvalidInput(f"limit must be 1..{MAX_PAGE} and offset >= 0 (got {limit}, {offset})")
-    params: dict[str, Any] = {"b_limit": limit, "b_offset": offset}
+    params = views.page_params(limit, offset)
     if state is not None:
         params["b_state"] = state
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from autopack.bounds import INT32_MAX, MAX_PAGE
 from autopack.contract import (
     ApprovalView,
     ApprovedChange,
@@ -25,6 +26,7 @@ from autopack.contract import (
     TierView,
 )
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord, TierRecord
+from autopack.errors import InvalidInput
 from autopack.rundef import Budgets
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,6 +40,16 @@ def _pick(model: type[M], record: object, **extra: Any) -> M:
         if name not in extra and hasattr(record, name)
     }
     return model(**shared, **extra)
+
+
+def page_params(limit: int, offset: int) -> dict[str, Any]:
+    """The bind parameters of one page of a list (:class:`~autopack.contract.Page`); the
+    API's query parameters have these bounds, this refuses them to in-process callers."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be 1..{MAX_PAGE} (got {limit})", field="limit")
+    if not 0 <= offset <= INT32_MAX:
+        raise InvalidInput(f"offset must be 0..{INT32_MAX} (got {offset})", field="offset")
+    return {"b_limit": limit, "b_offset": offset}
 
 
 def budgets(run: RunRecord) -> Budgets:

@@ -468,9 +468,8 @@ EXPIRED_APPROVALS = (
 EXPIRED_APPROVALS_SKIP_LOCKED = EXPIRED_APPROVALS.with_for_update(skip_locked=True)
 
 
-def approvals_list(*, by_status: bool, by_run: bool) -> Select[Any]:
-    """Approvals oldest first (``b_limit``), optionally of one status and one run."""
-    statement = select(APPROVALS).order_by(APPROVALS.c.id).limit(bindparam("b_limit"))
+def approvals_of(statement: Select[Any], *, by_status: bool, by_run: bool) -> Select[Any]:
+    """``statement`` over approvals, optionally of one status and one run."""
     if by_status:
         statement = statement.where(APPROVALS.c.status == bindparam("b_status"))
     if by_run:
@@ -478,8 +477,23 @@ def approvals_list(*, by_status: bool, by_run: bool) -> Select[Any]:
     return statement
 
 
-APPROVALS_LIST = {
-    (by_status, by_run): approvals_list(by_status=by_status, by_run=by_run)
+APPROVALS_PAGE = {
+    (by_status, by_run): approvals_of(
+        select(APPROVALS)
+        .order_by(APPROVALS.c.id)
+        .limit(bindparam("b_limit"))
+        .offset(bindparam("b_offset")),
+        by_status=by_status,
+        by_run=by_run,
+    )
+    for by_status in (False, True)
+    for by_run in (False, True)
+}
+"""Approvals oldest first, one page (``b_limit``, ``b_offset``)."""
+APPROVALS_TOTAL = {
+    (by_status, by_run): approvals_of(
+        select(func.count()).select_from(APPROVALS), by_status=by_status, by_run=by_run
+    )
     for by_status in (False, True)
     for by_run in (False, True)
 }

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from autopack.api.auth import OPERATOR
-from autopack.api.deps import ApprovalId, DatabaseDep, RunFilter
+from autopack.api.deps import ApprovalId, DatabaseDep, PageLimit, PageOffset, RunFilter
 from autopack.api.openapi import READ, SECURED, WRITE, errors
-from autopack.contract import ApprovalView, DecidedApproval, DecisionIn
+from autopack.contract import ApprovalList, ApprovalView, DecidedApproval, DecisionIn
 from autopack.control import approvals
 from autopack.states import ApprovalStatus
 
@@ -23,15 +23,20 @@ router = APIRouter(
 DECIDING = {**WRITE, **errors(404, 409)}
 
 
-@router.get("", response_model=list[ApprovalView])
+@router.get("", response_model=ApprovalList)
 def list_approvals(
     database: DatabaseDep,
     status: Annotated[ApprovalStatus | Literal["all"], Query()] = ApprovalStatus.PENDING,
     run_id: RunFilter = None,
-) -> list[ApprovalView]:
-    """Approvals, oldest first (``status=all`` for every status)."""
+    limit: PageLimit = 500,
+    offset: PageOffset = 0,
+) -> ApprovalList:
+    """One page of approvals, oldest first (``status=all`` for every status), with how
+    many there are in all."""
     wanted = None if status == "all" else ApprovalStatus(status)
-    return approvals.list_approvals(database, status=wanted, run_id=run_id)
+    return approvals.list_approvals(
+        database, status=wanted, run_id=run_id, limit=limit, offset=offset
+    )
 
 
 @router.get(

@@ -23,7 +23,7 @@ from autopack.api.deps import DatabaseDep
 from autopack.api.routers.ui_session import ui_access
 from autopack.bounds import ID_PATTERN
 from autopack.clock import utcnow
-from autopack.contract import ApprovalView, PhaseView, RunSummary, RunView
+from autopack.contract import ApprovalList, PhaseView, RunSummary, RunView
 from autopack.control import approvals, runs, telemetry
 from autopack.estimation.report import estimation_report
 from autopack.states import RUN_ACTIVE, PhaseState
@@ -128,16 +128,23 @@ def _decide_forms(approval_id: int, csrf: str) -> str:
     return " ".join(forms)
 
 
-def _approvals(pending: list[ApprovalView], csrf: str) -> str:
+def _approvals(pending: ApprovalList, csrf: str) -> str:
     body = [
         f"<tr>{_cell(a.id)}{_cell(a.run_id)}{_cell(a.phase_id)}{_cell(a.reason)}"
         f"{_cell(a.timeout_at)}<td>{_decide_forms(a.id, csrf)} or "
         f"<code>autopack approvals approve {a.id}</code></td></tr>"
-        for a in pending
+        for a in pending.items
     ]
-    return _table(
+    table = _table(
         ["id", "run", "phase", "reason", "times out", "decide with"], body, "no approval is waiting"
     )
+    shown = len(pending.items)
+    if shown < pending.total:  # the oldest first; the rest are a page away
+        table += (
+            f'<p class="muted">the oldest {shown} of {pending.total} waiting; '
+            f"<code>autopack approvals list --offset {shown}</code> lists the rest</p>"
+        )
+    return table
 
 
 def _cost(usage: UsageSummaryRow) -> str:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from autopack.api.auth import WORKER
 from autopack.api.deps import DatabaseDep
+from autopack.bounds import MAX_PAGE
 from autopack.control import approvals, runs, telemetry
 from autopack.db import Database
 
@@ -26,7 +27,7 @@ class _DatabaseCollector:
         self.database = database
 
     def collect(self) -> Iterator[Metric]:
-        listed = runs.list_runs(self.database, limit=runs.MAX_PAGE).items
+        listed = runs.list_runs(self.database, limit=MAX_PAGE).items
         run_states = GaugeMetricFamily("autopack_runs", "Runs by state.", labels=["state"])
         phases = GaugeMetricFamily(
             "autopack_phases", "Phases by run and state.", labels=["run_id", "state"]
@@ -39,7 +40,7 @@ class _DatabaseCollector:
         for run_state, count in by_state.items():
             run_states.add_metric([run_state], count)
         pending = GaugeMetricFamily("autopack_approvals_pending", "Approvals waiting.")
-        pending.add_metric([], len(approvals.list_approvals(self.database)))
+        pending.add_metric([], approvals.list_approvals(self.database, limit=1).total)
         usage = telemetry.usage_summary(self.database)
         labels = ["run_id", "model", "role"]
         calls = CounterMetricFamily("autopack_llm_calls", "LLM calls.", labels=[*labels, "outcome"])

@@ -11,9 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from autopack.api.auth import OPERATOR, WORKER
-from autopack.api.deps import DatabaseDep, RunId
+from autopack.api.deps import DatabaseDep, PageLimit, PageOffset, RunId
 from autopack.api.openapi import READ, RUN_LINKS, SECURED, WRITE, errors
-from autopack.bounds import INT32_MAX
 from autopack.contract import CancelIn, RunList, RunView
 from autopack.control import runs
 from autopack.rundef import RunDefinition
@@ -65,8 +64,8 @@ def create_run(
 def list_runs(
     database: DatabaseDep,
     state: Annotated[RunState | None, Query(description="Only runs in this state.")] = None,
-    limit: Annotated[int, Query(ge=1, le=runs.MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> RunList:
     """Run summaries, newest first, with per-state phase counts."""
     return runs.list_runs(database, state=state, limit=limit, offset=offset)
