@@ -275,6 +275,11 @@ def test_a_run_files_relative_repository_is_next_to_the_file_urls_as_given(
     with Server(env, cwd=tmp_path) as server:
         for run_id, (_, stored) in given.items():
             assert httpx.get(f"{server.url}/runs/{run_id}").json()["repository"] == stored
+        for relative in ("../code", "code", "~/code"):  # over HTTP, relative to nothing
+            body = {**definition("over-http", [("T1", ["a"])]), "repository": relative}
+            refused = httpx.post(f"{server.url}/runs", json=body)
+            assert refused.status_code == 422, refused.text
+            assert "repository" in refused.text and "relative path" in refused.text
     for run_id, (_, stored) in given.items():  # and `run create` says where it is
         assert f"repository {stored}" in said[run_id], said[run_id]
 

@@ -27,6 +27,8 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -231,9 +233,9 @@ class RunDefinition(_Strict):
         min_length=1,
         max_length=2000,
         description="Git repository holding the run's code (a URL every executor can reach, "
-        "or a path; in a run file a relative path is relative to the file's directory, made "
-        "absolute when the CLI reads it); executors clone it into a local cache. Default: "
-        "each executor's --workspace (or --repo).",
+        "or an absolute path; in a run file a relative path is relative to the file's "
+        "directory, made absolute when the CLI reads it); executors clone it into a local "
+        "cache. Default: each executor's --workspace (or --repo).",
     )
     branch: BranchName | None = Field(
         None, description="The run's branch (default: autopack/RUN_ID)."
@@ -241,6 +243,14 @@ class RunDefinition(_Strict):
     budgets: Budgets = Field(default_factory=Budgets)
     policy: Policy = Field(default_factory=Policy)
     tiers: list[TierDefinition] = Field(min_length=1, max_length=MAX_TIERS)
+
+    @field_validator("repository")
+    @classmethod
+    def _one_repository_for_every_executor(
+        cls, value: str | None, info: ValidationInfo
+    ) -> str | None:
+        base = (info.context or {}).get(RUN_FILE_DIRECTORY)
+        return value if value is None else repository_from(base, value)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RunDefinition:
@@ -303,8 +313,11 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
 # -- errors that name the field and the value ----------------------------------------------
 
 
-def parse_run_definition(data: Any, *, source: str | None = None) -> RunDefinition:
-    """Validate already-parsed data; raise :class:`InvalidInput` naming fields and values."""
+def parse_run_definition(
+    data: Any, *, source: str | None = None, directory: Path | None = None
+) -> RunDefinition:
+    """Validate already-parsed data; raise :class:`InvalidInput` naming fields and values.
+    ``directory``: the run file's, which a relative ``repository`` is relative to."""
     where = f" in {source}" if source else ""
     if not isinstance(data, dict):
         raise InvalidInput(
@@ -312,7 +325,7 @@ def parse_run_definition(data: Any, *, source: str | None = None) -> RunDefiniti
             f"got {type(data).__name__}"
         )
     try:
-        return RunDefinition.model_validate(data)
+        return RunDefinition.model_validate(data, context={RUN_FILE_DIRECTORY: directory})
     except ValidationError as exc:
         described = describe_errors(exc.errors(), data)
         raise InvalidInput(
@@ -350,26 +363,37 @@ def load_run_file(path: str | Path) -> RunDefinition:
             data = _parse_yaml(text, file)
         else:
             data = _parse_json(text, file)  # again: duplicate keys, size
-    definition = parse_run_definition(data, source=str(file))
-    if definition.repository is not None:
-        definition.repository = repository_from(file, definition.repository)
-    return definition
+    return parse_run_definition(data, source=str(file), directory=file.absolute().parent)
 
 
-def repository_from(file: Path, repository: str) -> str:
-    """A run file's ``repository`` as every executor must read it.
+RUN_FILE_DIRECTORY = "run_file_directory"
+"""Validation context: the directory of the run file being read (none over HTTP)."""
+
+
+def repository_from(directory: Path | None, repository: str) -> str:
+    """A ``repository`` as every executor must read it.
 
     A relative local path means the directory next to the run file (the rule a ``.env``'s
     relative SQLite path follows: relative to the file that says it), so it is made
-    absolute now; stored as given, each executor resolved it against its own working
-    directory. URLs stay as given: ``scheme://…`` and, by git's rule, scp-like
+    absolute when the file is read; stored as given, each executor resolved it against
+    its own working directory. Sent over HTTP, with no file to be relative to, it is
+    refused (``~`` too: it would be the server's home). URLs stay as given: ``scheme://…`` and, by git's rule, scp-like
     ``[user@]host:path`` (a colon before any slash).
     """
     colon = repository.find(":")
     if "://" in repository or (colon > 0 and "/" not in repository[:colon]):
         return repository
-    path = Path(repository).expanduser()
-    return str(path) if path.is_absolute() else os.path.normpath(file.absolute().parent / path)
+    path = Path(repository) if directory is None else Path(repository).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if directory is None:
+        raise ValueError(
+            f"{repository!r} is a relative path, which each executor would resolve against "
+            "its own working directory: give a URL or an absolute path (`autopack run "
+            "create FILE` makes a run file's relative path absolute against the file's "
+            "directory)"
+        )
+    return os.path.normpath(directory / path)
 
 
 MAX_FILE_NODES = 2_000_000
