@@ -377,8 +377,9 @@ def repository_from(directory: Path | None, repository: str) -> str:
     relative SQLite path follows: relative to the file that says it), so it is made
     absolute when the file is read; stored as given, each executor resolved it against
     its own working directory. Sent over HTTP, with no file to be relative to, it is
-    refused (``~`` too: it would be the server's home). URLs stay as given: ``scheme://…`` and, by git's rule, scp-like
-    ``[user@]host:path`` (a colon before any slash).
+    refused (``~`` too: it would be the server's home). URLs stay as given:
+    ``scheme://…`` and, by git's rule, scp-like ``[user@]host:path`` (a colon before any
+    slash).
     """
     colon = repository.find(":")
     if "://" in repository or (colon > 0 and "/" not in repository[:colon]):
