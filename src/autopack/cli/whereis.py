@@ -6,8 +6,8 @@ found". Commands that only read never create a file (:func:`autopack.db.open_dat
 when the file is missing they leave with :func:`missing_database`'s message, which says
 the path looked for, where that path came from and what it was resolved against, and
 every Autopack database in sight: ``.env`` files naming one, from the working directory up
-to the repository root, and ``autopack.db`` files there and one directory down (where
-``autopack demo`` puts its own).
+to the repository root, and ``autopack.db`` files in every directory above and one
+directory down (where ``autopack demo`` puts its own).
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
             if url and (path is None or is_autopack_database(path)):
                 add(url, f"named by .env at {env_file}")
     children = sorted(p for p in start.iterdir() if p.is_dir()) if start.is_dir() else []
-    for directory in [*directories, *children]:
+    # Every ancestor, past the repository's root too: from inside a run's default
+    # workspace (a repository of its own) the project's database is two levels up.
+    for directory in [start, *start.parents, *children]:
         candidate = directory / DEFAULT_FILE
         if is_autopack_database(candidate):
             add(resolve_database_url(f"sqlite:///{candidate}"), "file")
