@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from autopack.contract import CheckResult
+from autopack.executor.git import local_environment
 from autopack.executor.outcome import Finish
 from autopack.states import PhaseState
 
@@ -112,7 +113,7 @@ def _check_env(scratch: Path) -> dict[str, str]:
     (a git workspace must only ever change by the phase's own files)."""
     env = {
         k: v
-        for k, v in os.environ.items()
+        for k, v in local_environment(os.environ).items()
         if k not in _SECRET_VARIABLES and k not in ("AUTOPACK_API_TOKEN", "AUTOPACK_WORKER_TOKEN")
     }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

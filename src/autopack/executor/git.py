@@ -24,6 +24,29 @@ _QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", 
 # new name ("true") or report a conflict a retry under the same contract meets again.
 _MERGES = ("-c", "merge.directoryRenames=false")
 TIMEOUT_SECONDS = 300.0
+# Variables that name a repository other than the directory git runs in (git's own list,
+# `git rev-parse --local-env-vars`, less the user's -c settings). Inherited from a git
+# hook or an `export GIT_DIR=...`, they made every command of a drain act on that
+# repository instead: its HEAD detached, its index and work tree rewritten to the run's
+# files.
+_REPOSITORY_VARIABLES = frozenset(
+    {
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_CONFIG",
+        "GIT_DIR",
+        "GIT_GRAFT_FILE",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_INTERNAL_SUPER_PREFIX",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_PREFIX",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_SHALLOW_FILE",
+        "GIT_WORK_TREE",
+    }
+)
 
 
 class GitError(AutopackError):
@@ -35,6 +58,12 @@ class GitError(AutopackError):
         self.command = shown
 
 
+def local_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables that point git at another repository, so git run
+    in a directory (by Autopack, or by a phase's check) means that directory's repository."""
+    return {k: v for k, v in environ.items() if k not in _REPOSITORY_VARIABLES}
+
+
 def git(
     *args: str,
     cwd: Path,
@@ -44,7 +73,7 @@ def git(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``git ARGS`` in ``cwd``; raise :class:`GitError` on a non-zero exit if ``check``."""
     environment = {
-        **os.environ,
+        **local_environment(os.environ),
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "true",
         "LC_ALL": "C",

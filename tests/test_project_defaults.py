@@ -1,0 +1,60 @@
+"""The project's defaults met by a real shell: a drain started from a git hook, a workspace
+left where an older default put it. Real drains, real git, real processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.executor_support import (
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    files,
+    git,
+    line,
+    on_branch,
+    phase,
+    repository,
+    run_file,
+)
+
+RUN = "exec-run"
+
+
+def _drain_args(tape: Path, *extra: str) -> list[str]:
+    return ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape), *extra]
+
+
+def test_git_dir_inherited_from_a_hook_leaves_the_users_repository_alone(
+    tmp_path: Path,
+) -> None:
+    """A drain run from a git hook (or a shell with GIT_DIR exported) inherits GIT_DIR:
+    every git command of the drain acted on that repository, detaching its HEAD and
+    rewriting its work tree to the run's files."""
+    project = repository(tmp_path / "project", {"README": "mine\n"})
+    ws = repository(tmp_path / "ws")
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    create_run(
+        run_file(
+            tmp_path,
+            [phase("p1", ["pkg/a.py"], checks=['test -z "$GIT_DIR$GIT_WORK_TREE$GIT_INDEX_FILE"'])],
+        ),
+        env_for(url),
+        tmp_path,
+    )
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    env = env_for(
+        url,
+        GIT_DIR=str(project / ".git"),
+        GIT_WORK_TREE=str(project),
+        GIT_INDEX_FILE=str(project / ".git" / "index"),
+    )
+    done = drain(*_drain_args(tape, "--workspace", str(ws)), env=env, cwd=project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["run_state"] == "DONE_SUCCESS"
+    assert on_branch(ws, "pkg/a.py") == "A = 1\n"
+    assert git("symbolic-ref", "HEAD", cwd=project) == "refs/heads/main"
+    assert git("status", "--porcelain", cwd=project) == ""
+    assert git("branch", "--list", cwd=project) == "* main"
