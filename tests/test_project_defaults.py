@@ -19,6 +19,7 @@ from tests.executor_support import (
     repository,
     run_file,
 )
+from tests.support import cli
 
 RUN = "exec-run"
 
@@ -58,3 +59,44 @@ def test_git_dir_inherited_from_a_hook_leaves_the_users_repository_alone(
     assert git("symbolic-ref", "HEAD", cwd=project) == "refs/heads/main"
     assert git("status", "--porcelain", cwd=project) == ""
     assert git("branch", "--list", cwd=project) == "* main"
+
+
+def test_a_workspace_the_old_default_made_is_named_not_abandoned(tmp_path: Path) -> None:
+    """The default workspace moved from ``./autopack-workspaces/RUN`` to the project's root.
+    A run drained from a subdirectory before had its code in ``sub/autopack-workspaces``;
+    the next drain made an empty repository at the root, started the branch there without
+    the completed phase and reported the run's code in it."""
+    project = repository(tmp_path / "project")
+    sub = project / "sub"
+    sub.mkdir()
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
+    )
+    tape = cassette(
+        tmp_path,
+        [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 2\n"))],
+    )
+    old = sub / "autopack-workspaces" / RUN
+    first = drain(
+        "phase",
+        "--phase-id",
+        "p1",
+        *_drain_args(tape, "--workspace", f"autopack-workspaces/{RUN}")[1:],
+        env=env,
+        cwd=sub,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert on_branch(old, "pkg/a.py") == "A = 1\n"
+
+    new = project / "autopack-workspaces" / RUN
+    for args in (["drain", *_drain_args(tape)], ["run", "export", RUN, str(tmp_path / "out")]):
+        refused = cli(*args, cwd=sub, env=env)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "Traceback" not in refused.stderr
+        message = " ".join(refused.stderr.split())
+        assert f"is not in {new}" in message
+        assert f"--workspace {old}" in message
+        assert not new.exists()
+    assert on_branch(old, "pkg/b.py") is None

@@ -192,7 +192,10 @@ def executor_for(
             run_id, repo=flags.repo, workspace=flags.workspace, run_repository=run.repository
         )
         repository = RunRepository.open(
-            source, branch=run.branch or run_branch(run_id), cache_dir=settings.autopack_cache_dir
+            source,
+            branch=run.branch or run_branch(run_id),
+            cache_dir=settings.autopack_cache_dir,
+            head=run.branch_head,
         )
         worktrees = Worktrees(
             repository,

@@ -266,7 +266,11 @@ def export(
         run_id, repo=repo, workspace=workspace, run_repository=run.repository
     )
     repository = RunRepository.open(
-        source, branch=branch, cache_dir=cli.settings.autopack_cache_dir, create=False
+        source,
+        branch=branch,
+        cache_dir=cli.settings.autopack_cache_dir,
+        create=False,
+        head=run.branch_head,
     )
     repository.advance(run.branch_head)  # accepted commits a killed executor left behind
     count = repository.export(run.branch_head, absolute(directory, "export directory"))

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from autopack.envfile import project_root
+from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
 from autopack.executor.git import GitError, git, out
 from autopack.logs import log_event
@@ -154,16 +154,25 @@ class RunRepository:
 
     @classmethod
     def open(
-        cls, source: RepoSource, *, branch: str, cache_dir: Path, create: bool = True
+        cls,
+        source: RepoSource,
+        *,
+        branch: str,
+        cache_dir: Path,
+        create: bool = True,
+        head: str | None = None,
     ) -> RunRepository:
         """The run's repository, with its branch existing (created from the repository's
         current HEAD, or as an empty first commit in a new repository). ``create=False``:
-        a missing local repository or branch is an error instead (reading commands)."""
+        a missing local repository or branch is an error instead (reading commands).
+        ``head``: the run's accepted head, which a local repository must already hold."""
         if source.remote:
             repository = cls(_cache_clone(source.remote, cache_dir), branch=branch, remote=REMOTE)
             repository.remote_url = source.remote
         else:
             assert source.workspace is not None
+            if head is not None:
+                _require_local(source.workspace, head, branch)
             if not create and not (source.workspace.is_dir() and _is_repository(source.workspace)):
                 raise ConfigError(
                     f"no repository at {source.workspace}: give the run's --workspace or --repo"
@@ -390,6 +399,35 @@ class RunRepository:
         finally:
             index.unlink(missing_ok=True)
         return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())
+
+
+def _holds(workspace: Path, commit: str) -> bool:
+    if not workspace.is_dir():
+        return False
+    found = git("cat-file", "-e", f"{commit}^{{commit}}", cwd=workspace, check=False)
+    return found.returncode == 0
+
+
+def _require_local(workspace: Path, commit: str, branch: str) -> None:
+    """Refuse a local workspace without the run's accepted head, before anything is made
+    there. The default workspace moved (from ``autopack-workspaces/RUN_ID`` in the working
+    directory to the project's root): a drain found the new one missing, started the
+    branch anew without the run's completed work and reported the run's code there. Names
+    a workspace of the old default (from here up to the project's root) that holds it."""
+    if _holds(workspace, commit):
+        return
+    candidates = [d / "autopack-workspaces" / workspace.name for d in search_directories()]
+    found = next((c for c in candidates if c != workspace and _holds(c, commit)), None)
+    hint = (
+        f"it is in {found}: add --workspace {found}"
+        if found is not None
+        else "give the repository that holds it with --workspace DIR (or --repo URL)"
+    )
+    raise ConfigError(
+        f"the run's accepted head {commit[:12]} (branch {branch}) is not in {workspace}"
+        f"{'' if workspace.exists() else ' (no such directory)'}: its completed work is "
+        f"elsewhere; {hint}"
+    )
 
 
 def _local(workspace: Path) -> Path:
