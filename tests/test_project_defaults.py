@@ -19,7 +19,7 @@ from tests.executor_support import (
     repository,
     run_file,
 )
-from tests.support import cli
+from tests.support import clean_env, cli, free_port
 
 RUN = "exec-run"
 
@@ -100,3 +100,40 @@ def test_a_workspace_the_old_default_made_is_named_not_abandoned(tmp_path: Path)
         assert f"--workspace {old}" in message
         assert not new.exists()
     assert on_branch(old, "pkg/b.py") is None
+
+
+def test_autopack_inside_a_runs_workspace_means_the_projects_database(tmp_path: Path) -> None:
+    """``autopack-workspaces/RUN`` is a repository of its own inside the project: a command
+    run there (by hand, or by a phase's check) resolved the default database against it
+    and created or looked for ``autopack.db`` inside the run's code."""
+    env = clean_env(AUTOPACK_DEFAULT_API_PORT=str(free_port()))
+    for project in (repository(tmp_path / "project"), tmp_path / "plain"):
+        project.mkdir(exist_ok=True)
+        assert cli("db", "init", cwd=project, env=env).returncode == 0
+        workspace = repository(project / "autopack-workspaces" / RUN)
+        (workspace / "pkg").mkdir()
+        shown = cli("config", "show", cwd=workspace / "pkg", env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert f"sqlite:///{project / 'autopack.db'} " in shown.stdout
+        listed = cli("run", "list", cwd=workspace, env=env)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        assert not (workspace / "autopack.db").exists()
+
+
+def test_autopack_in_an_attempts_worktree_opens_no_default_database(tmp_path: Path) -> None:
+    """A check runs in a git worktree under the cache directory, without DATABASE_URL:
+    ``autopack db init`` or ``run create`` there made an ``autopack.db`` of its own."""
+    cache = tmp_path / "cache"
+    repo = repository(cache / "repos" / "r")
+    worktree = cache / "worktrees" / "run-1" / "slot"
+    git("worktree", "add", "--detach", str(worktree), cwd=repo)
+    env = clean_env(AUTOPACK_DEFAULT_API_PORT=str(free_port()), AUTOPACK_CACHE_DIR=str(cache))
+    made = cli("db", "init", cwd=worktree, env=env)
+    assert made.returncode == 2, made.stderr[-2000:]
+    assert "Traceback" not in made.stderr
+    assert "DATABASE_URL" in made.stderr and str(cache) in made.stderr
+    assert not (worktree / "autopack.db").exists()
+    named = cli(
+        "db", "init", cwd=worktree, env={**env, "DATABASE_URL": f"sqlite:///{tmp_path}/a.db"}
+    )
+    assert named.returncode == 0, named.stderr[-2000:]

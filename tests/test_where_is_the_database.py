@@ -120,20 +120,6 @@ def test_readers_never_create_a_database_and_say_where_they_looked(
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
-def test_inside_a_runs_workspace_the_projects_database_is_listed(tmp_path: Path) -> None:
-    """A run's default workspace is a repository of its own, so from inside it the
-    project's autopack.db (two levels up, past that repository's root) is named."""
-    root, _ = _repo(tmp_path)
-    _seed(root, clean_env())
-    workspace = root / "autopack-workspaces" / RUN
-    workspace.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
-    result = cli("run", "list", cwd=workspace, env=clean_env())
-    assert result.returncode == 2, result.stdout
-    assert f"sqlite:///{root / 'autopack.db'}  (file)" in result.stderr
-    assert list(workspace.iterdir()) == [workspace / ".git"], "nothing may be created"
-
-
 def test_a_missing_database_lists_the_databases_nearby(tmp_path: Path) -> None:
     """The environment names a file that is not here; the project's own is listed."""
     root, scripts = _repo(tmp_path)

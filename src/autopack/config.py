@@ -45,7 +45,7 @@ from sqlalchemy.exc import ArgumentError
 
 from autopack import redact
 from autopack.bounds import is_utf8
-from autopack.envfile import check_dotenv, dotenv_path, project_root
+from autopack.envfile import check_dotenv, dotenv_path, outside_cache, project_root
 from autopack.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
@@ -449,6 +449,8 @@ def load_settings(**flags: Any) -> LoadedSettings:
         # a database URL with a password, a key in a typo'd variable: never in a message
         raise ConfigError(redact.text(f"invalid setting: {problems}")) from None
     redact.remember(settings)
+    if origin.source == "default" and origin.base is not None:
+        outside_cache(origin.base, settings.autopack_cache_dir)
     sources = {}
     for name in Settings.model_fields:
         sources[name] = next((src for src, values in offered.items() if name in values), "default")

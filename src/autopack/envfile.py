@@ -19,14 +19,27 @@ from autopack.errors import ConfigError
 
 def search_directories(cwd: Path | None = None) -> list[Path]:
     """Where a ``.env`` may be: the working directory, then each parent up to the root of
-    the enclosing git repository (a directory holding ``.git``); outside a repository only
-    the working directory, so a stray ``.env`` in a home directory never applies."""
+    the enclosing git repository (a directory holding ``.git``, a run's workspace aside);
+    outside a repository only the working directory, so a stray ``.env`` in a home
+    directory never applies."""
     start = cwd or Path.cwd()
     chain = [start, *start.parents]
+    outside = [start]
     for index, directory in enumerate(chain):
-        if (directory / ".git").exists():
+        if _run_workspace(directory):
+            outside = chain[: index + 3]  # up to the directory holding autopack-workspaces/
+        elif (directory / ".git").exists():
             return chain[: index + 1]
-    return [start]
+    return outside
+
+
+def _run_workspace(directory: Path) -> bool:
+    """Is ``directory`` a run's default workspace, ``autopack-workspaces/RUN_ID`` (a git
+    repository of its own inside the project)? It belongs to the project around it (the
+    directory holding ``autopack-workspaces/``, outside a repository): ``autopack`` run
+    there, by hand or by a check, means the project's database and ``.env``, not a new
+    ``autopack.db`` inside the run's code."""
+    return directory.parent.name == "autopack-workspaces" and (directory / ".git").exists()
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -35,6 +48,20 @@ def project_root(cwd: Path | None = None) -> Path:
     a project means the same database and workspaces; outside a repository, the working
     directory."""
     return search_directories(cwd)[-1]
+
+
+def outside_cache(base: Path, cache_dir: Path) -> None:
+    """Refuse a project root (the default database's directory) inside the cache
+    directory: there it is an attempt's worktree (a git worktree, so a root of its own),
+    where a check that runs ``autopack`` created or opened an ``autopack.db`` of its own
+    instead of the run's."""
+    cache = cache_dir.expanduser().resolve()
+    if base.resolve().is_relative_to(cache):
+        raise ConfigError(
+            f"no default database inside Autopack's cache directory {cache} ({base} is an "
+            "attempt's worktree or a cached repository): name the database with "
+            "DATABASE_URL or --database-url"
+        )
 
 
 def dotenv_path(cwd: Path | None = None) -> Path:

@@ -86,8 +86,8 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
             if url and (path is None or is_autopack_database(path)):
                 add(url, f"named by .env at {env_file}")
     children = sorted(p for p in start.iterdir() if p.is_dir()) if start.is_dir() else []
-    # Every ancestor, past the repository's root too: from inside a run's default
-    # workspace (a repository of its own) the project's database is two levels up.
+    # Every ancestor, past the repository's root too: from inside a nested repository (a
+    # submodule, a clone inside a project) the project's database is further up.
     for directory in [start, *start.parents, *children]:
         candidate = directory / DEFAULT_FILE
         if is_autopack_database(candidate):
