@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -282,6 +285,45 @@ def test_a_run_files_relative_repository_is_next_to_the_file_urls_as_given(
             assert "repository" in refused.text and "relative path" in refused.text
     for run_id, (_, stored) in given.items():  # and `run create` says where it is
         assert f"repository {stored}" in said[run_id], said[run_id]
+
+
+def test_a_relative_repository_is_next_to_the_real_file_and_a_pipe_has_none(
+    tmp_path: Path,
+) -> None:
+    """`run create <(cat run.yaml)` stored `./code` as /dev/fd/code, `run create
+    /dev/stdin < run.yaml` as /dev/code; a symlinked run file's `./code` was next to the
+    link, not the file it was written in; `~nobody-here/code` ended in a traceback."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'autopack.db'}")
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    links.mkdir()
+
+    def create(run_id: str, repository: str, how: str) -> subprocess.CompletedProcess[str]:
+        body = {**definition(run_id, [("T1", ["a"])]), "repository": repository}
+        (real / "run.yaml").write_text(yaml.safe_dump(body))
+        command = f"{shlex.quote(sys.executable)} -m autopack run create {how}"
+        return subprocess.run(
+            ["bash", "-c", command],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    (links / "run.yaml").symlink_to(real / "run.yaml")
+    for run_id, how in (("linked", "links/run.yaml"), ("stdin", "/dev/stdin < real/run.yaml")):
+        created = create(run_id, "./code", how)
+        assert created.returncode == 0, created.stderr[-2000:]
+        assert f"repository {real / 'code'}" in created.stdout
+    for repository, how, why in (
+        ("./code", "<(cat real/run.yaml)", "relative path"),
+        ("~nobody-here/code", "real/run.yaml", "no such user"),
+    ):
+        refused = create("refused", repository, how)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+        assert f"repository: {repository!r}" in refused.stderr and why in refused.stderr
 
 
 def test_approvals_page_past_500_and_the_cli_says_how_to_see_the_rest(tmp_path: Path) -> None:

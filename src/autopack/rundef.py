@@ -363,7 +363,11 @@ def load_run_file(path: str | Path) -> RunDefinition:
             data = _parse_yaml(text, file)
         else:
             data = _parse_json(text, file)  # again: duplicate keys, size
-    return parse_run_definition(data, source=str(file), directory=file.absolute().parent)
+    # Relative to where the file really is: a symlink's target (its text was written
+    # there), /dev/stdin's file; a pipe (/dev/fd/63) is nowhere, so nothing is relative.
+    real = file.resolve()
+    directory = real.parent if real.is_file() else None
+    return parse_run_definition(data, source=str(file), directory=directory)
 
 
 RUN_FILE_DIRECTORY = "run_file_directory"
@@ -384,7 +388,10 @@ def repository_from(directory: Path | None, repository: str) -> str:
     colon = repository.find(":")
     if "://" in repository or (colon > 0 and "/" not in repository[:colon]):
         return repository
-    path = Path(repository) if directory is None else Path(repository).expanduser()
+    try:
+        path = Path(repository) if directory is None else Path(repository).expanduser()
+    except RuntimeError:  # ~name, and no user of that name here: a traceback, before
+        raise ValueError(f"{repository!r}: no such user's home on this machine") from None
     if path.is_absolute():
         return str(path)
     if directory is None:
@@ -392,7 +399,7 @@ def repository_from(directory: Path | None, repository: str) -> str:
             f"{repository!r} is a relative path, which each executor would resolve against "
             "its own working directory: give a URL or an absolute path (`autopack run "
             "create FILE` makes a run file's relative path absolute against the file's "
-            "directory)"
+            "directory; one read from a pipe has none)"
         )
     return os.path.normpath(directory / path)
 
