@@ -115,6 +115,8 @@ def test_autopack_inside_a_runs_workspace_means_the_projects_database(tmp_path: 
         shown = cli("config", "show", cwd=workspace / "pkg", env=env)
         assert shown.returncode == 0, shown.stderr
         assert f"sqlite:///{project / 'autopack.db'} " in shown.stdout
+        where = "git repository you are in" if project.name == "project" else "run workspace"
+        assert where in " ".join(shown.stdout.split())
         listed = cli("run", "list", cwd=workspace, env=env)
         assert listed.returncode == 0, listed.stderr[-2000:]
         assert not (workspace / "autopack.db").exists()

@@ -330,6 +330,8 @@ class DatabaseOrigin:
             why = "the .env file's directory"
         elif self.source == "default" and (self.base / ".git").exists():
             why = "the root of the git repository you are in"
+        elif self.base != Path.cwd():  # envfile.search_directories: a run's workspace
+            why = "the directory holding the run workspace you are in"
         else:
             why = "the working directory"
         return f"{text}, a relative path resolved against {self.base} ({why})"
