@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor_support import cassette, files, line, phase, rows, run_file
-from tests.support import Server, clean_env, cli, free_port
+from tests.support import Server, clean_env, cli, free_port, script
 from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN
 from tests.test_one_path import COMMANDS, TwoDatabases, two_databases  # noqa: F401 (fixture)
 
@@ -160,3 +160,30 @@ def test_a_pinned_instance_id_refuses_the_database_a_client_names_too(tmp_path: 
     assert f"refusing database sqlite:///{tmp_path / 'here.db'}" in result.stderr
     assert here["instance_id"] in result.stderr
     assert "AUTOPACK_EXPECTED_INSTANCE_ID expects instance_id another-one" in result.stderr
+
+
+def test_the_probe_of_a_machine_holding_only_a_token_drains_on_the_servers_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The probe's drain is a child process: it must name no database either (it was
+    handed DATABASE_URL=./autopack.db, which it refused as missing), and is pinned to the
+    database the probe's server serves."""
+    with Server(clean_env(DATABASE_URL=database_url, **TOKENS), cwd=tmp_path) as server:
+        machine = tmp_path / "operator"
+        machine.mkdir()
+        env = _only_a_server(
+            server.url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN, TELEMETRY_DB_ENABLED="1"
+        )
+        created = script("create_telemetry_collection_run.py", cwd=machine, env=env)
+        assert created.returncode == 0, created.stderr
+        probed = script(
+            "probe_telemetry_phase.py",
+            *("--run-id", "telemetry-collection-v4", "--phase-id", "telemetry-p1-string-util"),
+            cwd=machine,
+            env=env,
+        )
+        assert probed.returncode == 0, probed.stdout + probed.stderr
+        assert "✔ llm_usage_events: 0 → 2 (+2)" in probed.stdout
+        assert "DatabaseMissing" not in probed.stderr
+        assert "autopack.db" not in _empty(machine)
+    assert rows(database_url, "SELECT count(*) AS n FROM llm_usage_events")[0]["n"] == 2
