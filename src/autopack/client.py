@@ -285,14 +285,24 @@ class ApiClient:
     def health(self) -> Health:
         """``GET /health``; a 503 (schema out of date, database gone) still returns its body."""
         body = b""
+        # Whatever holds the port answers: read no more than an Autopack answer needs, and
+        # for no longer than one read may take (a server dripping a byte a second never
+        # tripped the per-read timeout, and held the command for ever).
+        limit = self._http.timeout.read or DEFAULT_TIMEOUT.read or 30.0
+        deadline = time.monotonic() + limit
         try:
-            # Whatever holds the port answers: read no more than an Autopack answer needs.
             with self._http.stream("GET", "/health") as response:
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > MAX_HEALTH_BYTES:
                         body = b""
                         break
+                    if time.monotonic() > deadline:
+                        raise ServerUnavailable(
+                            f"{self.base_url}/health did not finish answering within "
+                            f"{limit:g} s: not an Autopack API",
+                            api_url=self.base_url,
+                        )
         except httpx.TransportError as exc:
             raise ServerUnavailable(
                 f"no Autopack API answers at {self.base_url} ({exc.__class__.__name__})",
