@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from autopack.config import Settings
+from autopack.connect import connect
+from autopack.errors import IdentityMismatch
+from autopack.rundef import load_run_file
+
 from tests.executor_support import cassette, files, line, phase, rows, run_file
 from tests.support import Server, clean_env, cli, free_port, script
 from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN
-from tests.test_one_path import COMMANDS, TwoDatabases, two_databases  # noqa: F401 (fixture)
+from tests.test_one_path import COMMANDS, RUN_FILE, TwoDatabases, two_databases  # noqa: F401 (fixture)
 
 
 def _only_a_server(api_url: str, **extra: str) -> dict[str, str]:
@@ -187,3 +192,34 @@ def test_the_probe_of_a_machine_holding_only_a_token_drains_on_the_servers_datab
         assert "DatabaseMissing" not in probed.stderr
         assert "autopack.db" not in _empty(machine)
     assert rows(database_url, "SELECT count(*) AS n FROM llm_usage_events")[0]["n"] == 2
+
+
+def test_a_server_restarted_on_another_database_is_refused_on_the_clients_next_call(
+    tmp_path: Path,
+) -> None:
+    """The handshake proved database A; the server behind the same URL then came back on
+    database B. A client holding only the URL took B's answers (and wrote to B) without a
+    word: now every call carries the instance_id it proved, and B's server refuses it."""
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")}
+    for url in urls.values():
+        assert cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url)).returncode == 0
+    (tmp_path / "r1.yaml").write_text(RUN_FILE)
+    definition = load_run_file(tmp_path / "r1.yaml")
+    [a] = rows(urls["a"], "SELECT instance_id FROM db_meta")
+    [b] = rows(urls["b"], "SELECT instance_id FROM db_meta")
+    with Server(clean_env(DATABASE_URL=urls["a"]), cwd=tmp_path) as first:
+        settings = Settings(autopack_api_url=first.url)
+        with connect(settings, None, own="thread") as connection:
+            assert connection.database.instance_id == a["instance_id"]
+            assert connection.client.list_runs().total == 0
+            first.stop()
+            with Server(clean_env(DATABASE_URL=urls["b"]), cwd=tmp_path, port=first.port):
+                for call in (
+                    connection.client.list_runs,
+                    lambda: connection.client.create_run(definition),
+                ):
+                    with pytest.raises(IdentityMismatch) as refused:
+                        call()
+                    assert a["instance_id"] in refused.value.message
+                    assert b["instance_id"] in refused.value.message
+    assert rows(urls["b"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0

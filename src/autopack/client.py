@@ -27,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from autopack import errors, redact
 from autopack.bounds import ID_PATTERN
 from autopack.contract import (
+    INSTANCE_HEADER,
     ApprovalCreated,
     ApprovalIn,
     ApprovalView,
@@ -155,6 +156,9 @@ class ApiClient:
     approval request under the same lease token is applied once, and a claim whose answer
     was lost only leaves a lease that expires. An operator's writes (create, cancel,
     requeue, decide) are not repeated: a 5xx there is reported as it came.
+
+    ``instance_id``: the database the handshake proved, sent on every request as
+    ``X-Autopack-Instance-Id``; a server on another one refuses (:data:`INSTANCE_HEADER`).
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class ApiClient:
         token: str | None = None,
         retry_seconds: float = RETRY_SECONDS,
         connect_retries: int = 2,
+        instance_id: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         try:
@@ -187,7 +192,10 @@ class ApiClient:
                 # Plain http needs no certificates: loading them cost 43 ms a client.
                 verify=url.scheme != "http",
             ),
-            headers={"Authorization": f"Bearer {token}"} if token else None,
+            headers={
+                **({"Authorization": f"Bearer {token}"} if token else {}),
+                **({INSTANCE_HEADER: instance_id} if instance_id else {}),
+            },
         )
 
     def __enter__(self) -> ApiClient:

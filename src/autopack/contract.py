@@ -375,6 +375,12 @@ class ApprovalCreated(_Answer):
     approval: ApprovalView
 
 
+INSTANCE_HEADER = "X-Autopack-Instance-Id"
+"""The instance_id a client proved at its handshake, on every later request: a server
+restarted on another database behind the same URL refuses it (409 IdentityMismatch)
+instead of answering from, and writing to, a database the client never checked."""
+
+
 class Health(_Answer):
     """``GET /health``: liveness and which database the server uses (the handshake)."""
 
