@@ -11,6 +11,7 @@ A default ``./autopack.db`` where the client runs is still the database it names
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from autopack.config import Settings
 from autopack.connect import connect
 from autopack.errors import IdentityMismatch
 from autopack.rundef import load_run_file
-
 from tests.executor_support import cassette, files, line, phase, rows, run_file
 from tests.support import Server, clean_env, cli, free_port, script
 from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN
@@ -199,27 +199,31 @@ def test_a_server_restarted_on_another_database_is_refused_on_the_clients_next_c
 ) -> None:
     """The handshake proved database A; the server behind the same URL then came back on
     database B. A client holding only the URL took B's answers (and wrote to B) without a
-    word: now every call carries the instance_id it proved, and B's server refuses it."""
-    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")}
-    for url in urls.values():
-        assert cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url)).returncode == 0
+    word: now every call names the database it proved, and B's server refuses it (a
+    restored copy of A too: it keeps A's instance_id, not its fingerprint)."""
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b", "copy")}
+    for name in ("a", "b"):
+        init = cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=urls[name]))
+        assert init.returncode == 0, init.stderr
+    shutil.copyfile(tmp_path / "a.db", tmp_path / "copy.db")  # a restored backup: same id
     (tmp_path / "r1.yaml").write_text(RUN_FILE)
     definition = load_run_file(tmp_path / "r1.yaml")
     [a] = rows(urls["a"], "SELECT instance_id FROM db_meta")
-    [b] = rows(urls["b"], "SELECT instance_id FROM db_meta")
     with Server(clean_env(DATABASE_URL=urls["a"]), cwd=tmp_path) as first:
         settings = Settings(autopack_api_url=first.url)
         with connect(settings, None, own="thread") as connection:
             assert connection.database.instance_id == a["instance_id"]
             assert connection.client.list_runs().total == 0
             first.stop()
-            with Server(clean_env(DATABASE_URL=urls["b"]), cwd=tmp_path, port=first.port):
-                for call in (
-                    connection.client.list_runs,
-                    lambda: connection.client.create_run(definition),
-                ):
-                    with pytest.raises(IdentityMismatch) as refused:
-                        call()
-                    assert a["instance_id"] in refused.value.message
-                    assert b["instance_id"] in refused.value.message
+            for other in ("b", "copy"):
+                with Server(clean_env(DATABASE_URL=urls[other]), cwd=tmp_path, port=first.port):
+                    for call in (
+                        connection.client.list_runs,
+                        lambda: connection.client.create_run(definition),
+                    ):
+                        with pytest.raises(IdentityMismatch) as refused:
+                            call()
+                        assert a["instance_id"] in refused.value.message
+                        assert f"{tmp_path / other}.db" in refused.value.message
     assert rows(urls["b"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0
+    assert rows(urls["copy"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0

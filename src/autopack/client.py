@@ -27,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from autopack import errors, redact
 from autopack.bounds import ID_PATTERN
 from autopack.contract import (
+    FINGERPRINT_HEADER,
     INSTANCE_HEADER,
     ApprovalCreated,
     ApprovalIn,
@@ -157,8 +158,8 @@ class ApiClient:
     was lost only leaves a lease that expires. An operator's writes (create, cancel,
     requeue, decide) are not repeated: a 5xx there is reported as it came.
 
-    ``instance_id``: the database the handshake proved, sent on every request as
-    ``X-Autopack-Instance-Id``; a server on another one refuses (:data:`INSTANCE_HEADER`).
+    ``proved``: the database the handshake proved, named on every request
+    (:data:`~autopack.contract.FINGERPRINT_HEADER`): a server on another one refuses.
     """
 
     def __init__(
@@ -171,7 +172,7 @@ class ApiClient:
         token: str | None = None,
         retry_seconds: float = RETRY_SECONDS,
         connect_retries: int = 2,
-        instance_id: str | None = None,
+        proved: PublicIdentity | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         try:
@@ -194,7 +195,11 @@ class ApiClient:
             ),
             headers={
                 **({"Authorization": f"Bearer {token}"} if token else {}),
-                **({INSTANCE_HEADER: instance_id} if instance_id else {}),
+                **(
+                    {INSTANCE_HEADER: proved.instance_id, FINGERPRINT_HEADER: proved.fingerprint}
+                    if proved
+                    else {}
+                ),
             },
         )
 

@@ -376,7 +376,9 @@ class ApprovalCreated(_Answer):
 
 
 INSTANCE_HEADER = "X-Autopack-Instance-Id"
-"""The instance_id a client proved at its handshake, on every later request: a server
+FINGERPRINT_HEADER = "X-Autopack-Fingerprint"
+"""The database a client proved at its handshake (instance_id and fingerprint: a copied
+file or a restored dump keeps the instance_id), sent on every later request: a server
 restarted on another database behind the same URL refuses it (409 IdentityMismatch)
 instead of answering from, and writing to, a database the client never checked."""
 

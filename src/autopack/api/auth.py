@@ -37,7 +37,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from autopack.config import MAKE_TOKEN, Settings
-from autopack.contract import INSTANCE_HEADER
+from autopack.contract import FINGERPRINT_HEADER, INSTANCE_HEADER
 from autopack.errors import ConfigError, Forbidden, IdentityMismatch, Unauthorized
 from autopack.logs import log_event
 
@@ -228,20 +228,25 @@ def authorize(
 
 def same_database(request: Request) -> None:
     """Refuse a client whose handshake proved another database than this server's (it
-    sends that instance_id on every request): this server was started on another database
-    behind the URL the client checked. The client's next call is refused, naming both,
-    before anything is read or written; the handshake alone could not know."""
-    proved = request.headers.get(INSTANCE_HEADER)
+    names that one on every request, :data:`~autopack.contract.FINGERPRINT_HEADER`): this
+    server was started on another database behind the URL the client checked. The
+    client's next call is refused, naming both, before anything is read or written; the
+    handshake alone could not know."""
+    instance = request.headers.get(INSTANCE_HEADER)
+    fingerprint = request.headers.get(FINGERPRINT_HEADER)
     identity = request.app.state.database.identity
-    if proved is not None and proved != identity.instance_id:
+    if (instance is not None and instance != identity.instance_id) or (
+        fingerprint is not None and fingerprint != identity.fingerprint
+    ):
+        proved = f"instance_id {str(instance)[:100]}, fingerprint {str(fingerprint)[:100]}"
         raise IdentityMismatch(
             f"this API server now serves {identity.public_url} (instance_id "
-            f"{identity.instance_id}), not the database this client proved at its handshake "
-            f"(instance_id {proved[:200]}): was it restarted on another database? Nothing was "
-            "read or written; start the server on that database again, or start this client "
-            "again to use this one.",
+            f"{identity.instance_id}, fingerprint {identity.fingerprint}), not the database "
+            f"this client proved at its handshake ({proved}): was it restarted on another "
+            "database? Nothing was read or written; start the server on that database "
+            "again, or start this client again to use this one.",
             server_instance_id=identity.instance_id,
-            local_instance_id=proved[:200],
+            server_url=identity.public_url,
         )
 
 
