@@ -18,7 +18,9 @@ import pytest
 
 from autopack.config import Settings
 from autopack.connect import connect
-from autopack.errors import IdentityMismatch
+from autopack.contract import ClaimIn
+from autopack.errors import IdentityMismatch, LeaseLost
+from autopack.executor.lease import Lease
 from autopack.rundef import load_run_file
 from tests.executor_support import cassette, files, line, phase, rows, run_file
 from tests.support import Server, clean_env, cli, free_port, script
@@ -213,7 +215,10 @@ def test_a_server_restarted_on_another_database_is_refused_on_the_clients_next_c
         settings = Settings(autopack_api_url=first.url)
         with connect(settings, None, own="thread") as connection:
             assert connection.database.instance_id == a["instance_id"]
-            assert connection.client.list_runs().total == 0
+            connection.client.create_run(definition)
+            claim = connection.client.claim(ClaimIn(worker_id="w", run_id="r1"))
+            assert claim is not None
+            lease = Lease(connection.client, claim, lease_seconds=60)
             first.stop()
             for other in ("b", "copy"):
                 with Server(clean_env(DATABASE_URL=urls[other]), cwd=tmp_path, port=first.port):
@@ -225,5 +230,11 @@ def test_a_server_restarted_on_another_database_is_refused_on_the_clients_next_c
                             call()
                         assert a["instance_id"] in refused.value.message
                         assert f"{tmp_path / other}.db" in refused.value.message
+                    # the heartbeat thread died of it (a traceback); the attempt carried on
+                    with pytest.raises(LeaseLost, match="another database") as lost:
+                        lease.renew()
+                    assert a["instance_id"] in lost.value.message
+                    with pytest.raises(LeaseLost):
+                        lease.check()
     assert rows(urls["b"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0
     assert rows(urls["copy"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0
