@@ -238,3 +238,31 @@ def test_a_server_restarted_on_another_database_is_refused_on_the_clients_next_c
                         lease.check()
     assert rows(urls["b"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0
     assert rows(urls["copy"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0
+
+
+def test_a_pin_never_creates_nor_initialises_a_database_it_would_then_refuse(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A new database gets a new instance_id, never the pinned one: ``run create`` made
+    ./autopack.db and ``serve`` initialised the empty database it was given, then refused
+    them, leaving them behind."""
+    machine = tmp_path / "machine"
+    machine.mkdir()
+    made = run_file(machine, [phase("p1", ["pkg/m.py"])])
+    pin = "0a6a56af-1d6a-4d06-b64d-a0db705b3580"
+    attempts = {
+        "run create": (["run", "create", str(made)], clean_env()),
+        "serve": (["serve", "--port", str(free_port())], clean_env(DATABASE_URL=database_url)),
+    }
+    for name, (args, env) in attempts.items():
+        result = cli(*args, cwd=machine, env={**env, "AUTOPACK_EXPECTED_INSTANCE_ID": pin})
+        assert result.returncode == 2, (name, result.stdout + result.stderr)
+        assert "refusing to create database" in result.stderr, name
+        assert f"expects instance_id {pin}" in result.stderr, name
+    assert _empty(machine) == [made.name]
+    tables = (
+        "SELECT count(*) AS n FROM sqlite_master"
+        if database_url.startswith("sqlite")
+        else "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'"
+    )
+    assert rows(database_url, tables) == [{"n": 0}], "the empty database stays empty"
