@@ -15,8 +15,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
-from autopack.config import Settings
+from autopack.config import Settings, resolve_database_url
 from autopack.connect import connect
 from autopack.contract import ClaimIn
 from autopack.errors import IdentityMismatch, LeaseLost
@@ -266,3 +267,26 @@ def test_a_pin_never_creates_nor_initialises_a_database_it_would_then_refuse(
         else "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'"
     )
     assert rows(database_url, tables) == [{"n": 0}], "the empty database stays empty"
+
+
+def test_a_server_whose_schema_fell_out_of_date_is_exit_3_for_a_client_naming_no_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A client naming its database guards its schema itself (exit 3); one naming none took
+    the server's 503 /health as good, and listed, created and drained on a schema missing
+    tables."""
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        engine = create_engine(resolve_database_url(database_url))
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE approval_requests"))
+        engine.dispose()
+        machine = tmp_path / "machine"
+        machine.mkdir()
+        made = run_file(machine, [phase("p1", ["pkg/m.py"])])
+        for args in (["run", "list"], ["run", "create", str(made)], ["doctor"]):
+            result = cli(*args, cwd=machine, env=_only_a_server(server.url))
+            assert result.returncode == 3, (args, result.stdout + result.stderr)
+            assert "schema out of date" in result.stdout + result.stderr, args
+            assert "autopack db upgrade" in result.stdout + result.stderr, args
+        assert _empty(machine) == [made.name]
+    assert rows(database_url, "SELECT count(*) AS n FROM runs") == [{"n": 0}]

@@ -53,6 +53,7 @@ from autopack.contract import (
 from autopack.errors import (
     AutopackError,
     ConfigError,
+    DatabaseUnavailable,
     IdentityMismatch,
     InvalidInput,
     SchemaOutOfDate,
@@ -336,9 +337,19 @@ class ApiClient:
         """The handshake: raise unless the server's database is ``local``'s (the same
         fingerprint) and, when ``instance_id`` is pinned (``AUTOPACK_EXPECTED_INSTANCE_ID``),
         that one. ``local`` None is a client that names no database of its own: the one
-        this server serves is its database."""
+        this server serves is its database, and must be ready (no schema guard of its own
+        ran: an out-of-date schema is exit 3 here, as it is for a client naming it)."""
         health = self.health()
         remote = health.database
+        if local is None and health.status != "ok":
+            problem = health.error or health.status.replace("_", " ")
+            stale = health.status == "schema_out_of_date"
+            raise (SchemaOutOfDate if stale else DatabaseUnavailable)(
+                f"{self.where} serves {remote.describe()}: {problem}"
+                + ("; fix: `autopack db upgrade` where that database is" if stale else ""),
+                api_url=self.base_url,
+                server_instance_id=remote.instance_id,
+            )
         if local is not None and not local.same_database(remote):
             raise self._mismatch(
                 remote,
