@@ -182,6 +182,13 @@ class ApiClient:
             raise ConfigError(
                 f"API URL {base_url!r} is not a URL: {exc}", api_url=base_url
             ) from None
+        if url.scheme not in ("http", "https") or not url.host:
+            # 'localhost:8000' or ' http://…' was "no Autopack API answers (UnsupportedProtocol)"
+            raise ConfigError(
+                f"API URL {base_url!r} is not a URL of a server: it must be "
+                "http://HOST:PORT or https://HOST[:PORT]",
+                api_url=base_url,
+            )
         self.where = where or f"API {self.base_url}"
         self.retry_seconds = retry_seconds
         self.connect_retries = connect_retries
