@@ -171,9 +171,11 @@ class _DrippingHealth(BaseHTTPRequestHandler):
 def test_a_health_answer_that_drips_is_given_up_after_the_read_timeout() -> None:
     """The per-read timeout never tripped on a byte every 0.2 s: the handshake (so every
     command told AUTOPACK_API_URL) waited for ever."""
-    with LoopbackServer(_DrippingHealth) as server:
-        with ApiClient(server.url, timeout=httpx.Timeout(1.0)) as client:
-            started = time.monotonic()
-            with pytest.raises(ServerUnavailable, match="did not finish answering within 1 s"):
-                client.health()
+    with (
+        LoopbackServer(_DrippingHealth) as server,
+        ApiClient(server.url, timeout=httpx.Timeout(1.0)) as client,
+    ):
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable, match="did not finish answering within 1 s"):
+            client.health()
     assert time.monotonic() - started < 10
