@@ -50,9 +50,20 @@ def test_usage_errors_name_the_problem_without_a_traceback(
     assert not (tmp_path / "autopack.db").exists(), "a usage error must not touch a database"
 
 
-@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:8000\x01"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1",
+        "http://127.0.0.1:8000\x01",
+        "localhost:8000",
+        " http://127.0.0.1:8000",
+        "ftp://127.0.0.1:8000",
+        "http://",
+    ],
+)
 def test_an_api_url_that_is_not_a_url_is_an_error_naming_it(url: str, tmp_path: Path) -> None:
-    """httpx.InvalidURL left every command that attaches to a server with a traceback."""
+    """httpx.InvalidURL left every command that attaches to a server with a traceback; a
+    URL without http(s):// or a host was "no Autopack API answers (UnsupportedProtocol)"."""
     env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
     assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
     for args, env_url in [

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 
 from autopack.client import ApiClient
@@ -146,3 +147,35 @@ def test_a_health_answer_larger_than_any_autopack_one_is_not_read_to_its_end() -
         while not _EndlessHealth.sent and time.monotonic() < deadline:
             time.sleep(0.01)
     assert _EndlessHealth.sent and _EndlessHealth.sent[0] < 8 * 1024 * 1024
+
+
+class _DrippingHealth(BaseHTTPRequestHandler):
+    """Whatever else holds the port: a /health answer of one byte every 0.2 s, each well
+    within the read timeout."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(600):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client hung up
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_health_answer_that_drips_is_given_up_after_the_read_timeout() -> None:
+    """The per-read timeout never tripped on a byte every 0.2 s: the handshake (so every
+    command told AUTOPACK_API_URL) waited for ever."""
+    with (
+        LoopbackServer(_DrippingHealth) as server,
+        ApiClient(server.url, timeout=httpx.Timeout(1.0)) as client,
+    ):
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable, match="did not finish answering within 1 s"):
+            client.health()
+    assert time.monotonic() - started < 10

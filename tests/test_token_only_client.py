@@ -11,14 +11,22 @@ A default ``autopack.db`` that exists is still the database it names.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from autopack.config import Settings, resolve_database_url
+from autopack.connect import connect
+from autopack.contract import ClaimIn
+from autopack.errors import IdentityMismatch, LeaseLost
+from autopack.executor.lease import Lease
+from autopack.rundef import load_run_file
 from tests.executor_support import cassette, files, line, phase, rows, run_file
-from tests.support import Server, clean_env, cli, free_port
+from tests.support import Server, clean_env, cli, free_port, script
 from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN
-from tests.test_one_path import COMMANDS, TwoDatabases, two_databases  # noqa: F401 (fixture)
+from tests.test_one_path import COMMANDS, RUN_FILE, TwoDatabases, two_databases  # noqa: F401 (fixture)
 
 
 def _only_a_server(api_url: str, **extra: str) -> dict[str, str]:
@@ -160,3 +168,125 @@ def test_a_pinned_instance_id_refuses_the_database_a_client_names_too(tmp_path: 
     assert f"refusing database sqlite:///{tmp_path / 'here.db'}" in result.stderr
     assert here["instance_id"] in result.stderr
     assert "AUTOPACK_EXPECTED_INSTANCE_ID expects instance_id another-one" in result.stderr
+
+
+def test_the_probe_of_a_machine_holding_only_a_token_drains_on_the_servers_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The probe's drain is a child process: it must name no database either (it was
+    handed DATABASE_URL=./autopack.db, which it refused as missing), and is pinned to the
+    database the probe's server serves."""
+    with Server(clean_env(DATABASE_URL=database_url, **TOKENS), cwd=tmp_path) as server:
+        machine = tmp_path / "operator"
+        machine.mkdir()
+        env = _only_a_server(
+            server.url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN, TELEMETRY_DB_ENABLED="1"
+        )
+        created = script("create_telemetry_collection_run.py", cwd=machine, env=env)
+        assert created.returncode == 0, created.stderr
+        probed = script(
+            "probe_telemetry_phase.py",
+            *("--run-id", "telemetry-collection-v4", "--phase-id", "telemetry-p1-string-util"),
+            cwd=machine,
+            env=env,
+        )
+        assert probed.returncode == 0, probed.stdout + probed.stderr
+        assert "✔ llm_usage_events: 0 → 2 (+2)" in probed.stdout
+        assert "DatabaseMissing" not in probed.stderr
+        assert "autopack.db" not in _empty(machine)
+    assert rows(database_url, "SELECT count(*) AS n FROM llm_usage_events")[0]["n"] == 2
+
+
+def test_a_server_restarted_on_another_database_is_refused_on_the_clients_next_call(
+    tmp_path: Path,
+) -> None:
+    """The handshake proved database A; the server behind the same URL then came back on
+    database B. A client holding only the URL took B's answers (and wrote to B) without a
+    word: now every call names the database it proved, and B's server refuses it (a
+    restored copy of A too: it keeps A's instance_id, not its fingerprint)."""
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b", "copy")}
+    for name in ("a", "b"):
+        init = cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=urls[name]))
+        assert init.returncode == 0, init.stderr
+    shutil.copyfile(tmp_path / "a.db", tmp_path / "copy.db")  # a restored backup: same id
+    (tmp_path / "r1.yaml").write_text(RUN_FILE)
+    definition = load_run_file(tmp_path / "r1.yaml")
+    [a] = rows(urls["a"], "SELECT instance_id FROM db_meta")
+    with Server(clean_env(DATABASE_URL=urls["a"]), cwd=tmp_path) as first:
+        settings = Settings(autopack_api_url=first.url)
+        with connect(settings, None, own="thread") as connection:
+            assert connection.database.instance_id == a["instance_id"]
+            connection.client.create_run(definition)
+            claim = connection.client.claim(ClaimIn(worker_id="w", run_id="r1"))
+            assert claim is not None
+            lease = Lease(connection.client, claim, lease_seconds=60)
+            first.stop()
+            for other in ("b", "copy"):
+                with Server(clean_env(DATABASE_URL=urls[other]), cwd=tmp_path, port=first.port):
+                    for call in (
+                        connection.client.list_runs,
+                        lambda: connection.client.create_run(definition),
+                    ):
+                        with pytest.raises(IdentityMismatch) as refused:
+                            call()
+                        assert a["instance_id"] in refused.value.message
+                        assert f"{tmp_path / other}.db" in refused.value.message
+                    # the heartbeat thread died of it (a traceback); the attempt carried on
+                    with pytest.raises(LeaseLost, match="another database") as lost:
+                        lease.renew()
+                    assert a["instance_id"] in lost.value.message
+                    with pytest.raises(LeaseLost):
+                        lease.check()
+    assert rows(urls["b"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0
+    assert rows(urls["copy"], "SELECT count(*) AS n FROM runs")[0]["n"] == 0
+
+
+def test_a_pin_never_creates_nor_initialises_a_database_it_would_then_refuse(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A new database gets a new instance_id, never the pinned one: ``run create`` made
+    ./autopack.db and ``serve`` initialised the empty database it was given, then refused
+    them, leaving them behind."""
+    machine = tmp_path / "machine"
+    machine.mkdir()
+    made = run_file(machine, [phase("p1", ["pkg/m.py"])])
+    pin = "0a6a56af-1d6a-4d06-b64d-a0db705b3580"
+    attempts = {
+        "run create": (["run", "create", str(made)], clean_env()),
+        "serve": (["serve", "--port", str(free_port())], clean_env(DATABASE_URL=database_url)),
+    }
+    for name, (args, env) in attempts.items():
+        result = cli(*args, cwd=machine, env={**env, "AUTOPACK_EXPECTED_INSTANCE_ID": pin})
+        assert result.returncode == 2, (name, result.stdout + result.stderr)
+        assert "refusing to create database" in result.stderr, name
+        assert f"expects instance_id {pin}" in result.stderr, name
+    assert _empty(machine) == [made.name]
+    tables = (
+        "SELECT count(*) AS n FROM sqlite_master"
+        if database_url.startswith("sqlite")
+        else "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'"
+    )
+    assert rows(database_url, tables) == [{"n": 0}], "the empty database stays empty"
+
+
+def test_a_server_whose_schema_fell_out_of_date_is_exit_3_for_a_client_naming_no_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A client naming its database guards its schema itself (exit 3); one naming none took
+    the server's 503 /health as good, and listed, created and drained on a schema missing
+    tables."""
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        engine = create_engine(resolve_database_url(database_url))
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE approval_requests"))
+        engine.dispose()
+        machine = tmp_path / "machine"
+        machine.mkdir()
+        made = run_file(machine, [phase("p1", ["pkg/m.py"])])
+        for args in (["run", "list"], ["run", "create", str(made)], ["doctor"]):
+            result = cli(*args, cwd=machine, env=_only_a_server(server.url))
+            assert result.returncode == 3, (args, result.stdout + result.stderr)
+            assert "schema out of date" in result.stdout + result.stderr, args
+            assert "autopack db upgrade" in result.stdout + result.stderr, args
+        assert _empty(machine) == [made.name]
+    assert rows(database_url, "SELECT count(*) AS n FROM runs") == [{"n": 0}]

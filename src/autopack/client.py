@@ -27,6 +27,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from autopack import errors, redact
 from autopack.bounds import ID_PATTERN
 from autopack.contract import (
+    FINGERPRINT_HEADER,
+    INSTANCE_HEADER,
     ApprovalCreated,
     ApprovalIn,
     ApprovalList,
@@ -52,6 +54,7 @@ from autopack.contract import (
 from autopack.errors import (
     AutopackError,
     ConfigError,
+    DatabaseUnavailable,
     IdentityMismatch,
     InvalidInput,
     SchemaOutOfDate,
@@ -156,6 +159,9 @@ class ApiClient:
     approval request under the same lease token is applied once, and a claim whose answer
     was lost only leaves a lease that expires. An operator's writes (create, cancel,
     requeue, decide) are not repeated: a 5xx there is reported as it came.
+
+    ``proved``: the database the handshake proved, named on every request
+    (:data:`~autopack.contract.FINGERPRINT_HEADER`): a server on another one refuses.
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class ApiClient:
         token: str | None = None,
         retry_seconds: float = RETRY_SECONDS,
         connect_retries: int = 2,
+        proved: PublicIdentity | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         try:
@@ -176,6 +183,13 @@ class ApiClient:
             raise ConfigError(
                 f"API URL {base_url!r} is not a URL: {exc}", api_url=base_url
             ) from None
+        if url.scheme not in ("http", "https") or not url.host:
+            # 'localhost:8000' or ' http://…' was "no Autopack API answers (UnsupportedProtocol)"
+            raise ConfigError(
+                f"API URL {base_url!r} is not a URL of a server: it must be "
+                "http://HOST:PORT or https://HOST[:PORT]",
+                api_url=base_url,
+            )
         self.where = where or f"API {self.base_url}"
         self.retry_seconds = retry_seconds
         self.connect_retries = connect_retries
@@ -188,7 +202,14 @@ class ApiClient:
                 # Plain http needs no certificates: loading them cost 43 ms a client.
                 verify=url.scheme != "http",
             ),
-            headers={"Authorization": f"Bearer {token}"} if token else None,
+            headers={
+                **({"Authorization": f"Bearer {token}"} if token else {}),
+                **(
+                    {INSTANCE_HEADER: proved.instance_id, FINGERPRINT_HEADER: proved.fingerprint}
+                    if proved
+                    else {}
+                ),
+            },
         )
 
     def __enter__(self) -> ApiClient:
@@ -286,14 +307,24 @@ class ApiClient:
     def health(self) -> Health:
         """``GET /health``; a 503 (schema out of date, database gone) still returns its body."""
         body = b""
+        # Whatever holds the port answers: read no more than an Autopack answer needs, and
+        # for no longer than one read may take (a server dripping a byte a second never
+        # tripped the per-read timeout, and held the command for ever).
+        limit = self._http.timeout.read or DEFAULT_TIMEOUT.read or 30.0
+        deadline = time.monotonic() + limit
         try:
-            # Whatever holds the port answers: read no more than an Autopack answer needs.
             with self._http.stream("GET", "/health") as response:
                 for chunk in response.iter_bytes():
                     body += chunk
                     if len(body) > MAX_HEALTH_BYTES:
                         body = b""
                         break
+                    if time.monotonic() > deadline:
+                        raise ServerUnavailable(
+                            f"{self.base_url}/health did not finish answering within "
+                            f"{limit:g} s: not an Autopack API",
+                            api_url=self.base_url,
+                        )
         except httpx.TransportError as exc:
             raise ServerUnavailable(
                 f"no Autopack API answers at {self.base_url} ({exc.__class__.__name__})",
@@ -314,9 +345,19 @@ class ApiClient:
         """The handshake: raise unless the server's database is ``local``'s (the same
         fingerprint) and, when ``instance_id`` is pinned (``AUTOPACK_EXPECTED_INSTANCE_ID``),
         that one. ``local`` None is a client that names no database of its own: the one
-        this server serves is its database."""
+        this server serves is its database, and must be ready (no schema guard of its own
+        ran: an out-of-date schema is exit 3 here, as it is for a client naming it)."""
         health = self.health()
         remote = health.database
+        if local is None and health.status != "ok":
+            problem = health.error or health.status.replace("_", " ")
+            stale = health.status == "schema_out_of_date"
+            raise (SchemaOutOfDate if stale else DatabaseUnavailable)(
+                f"{self.where} serves {remote.describe()}: {problem}"
+                + ("; fix: `autopack db upgrade` where that database is" if stale else ""),
+                api_url=self.base_url,
+                server_instance_id=remote.instance_id,
+            )
         if local is not None and not local.same_database(remote):
             raise self._mismatch(
                 remote,

@@ -159,7 +159,7 @@ def _attach(
     ) as probe:
         health = probe.verify_identity(identity, instance_id=settings.autopack_expected_instance_id)
     database = identity or health.database
-    client = ApiClient(url, token=token)
+    client = ApiClient(url, token=token, proved=database)
     log_event(
         logger,
         "api_server_attached",

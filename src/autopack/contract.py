@@ -393,6 +393,14 @@ class ApprovalCreated(_Answer):
     approval: ApprovalView
 
 
+INSTANCE_HEADER = "X-Autopack-Instance-Id"
+FINGERPRINT_HEADER = "X-Autopack-Fingerprint"
+"""The database a client proved at its handshake (instance_id and fingerprint: a copied
+file or a restored dump keeps the instance_id), sent on every later request: a server
+restarted on another database behind the same URL refuses it (409 IdentityMismatch)
+instead of answering from, and writing to, a database the client never checked."""
+
+
 class Health(_Answer):
     """``GET /health``: liveness and which database the server uses (the handshake)."""
 

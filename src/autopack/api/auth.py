@@ -37,7 +37,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from autopack.config import MAKE_TOKEN, Settings
-from autopack.errors import ConfigError, Forbidden, Unauthorized
+from autopack.contract import FINGERPRINT_HEADER, INSTANCE_HEADER
+from autopack.errors import ConfigError, Forbidden, IdentityMismatch, Unauthorized
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.api")
@@ -198,7 +199,9 @@ def authorize(
     request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Role
 ) -> Role:
     """The caller's role if it may do what needs ``needed``; else 401 (no or unknown
-    token) or 403 (a worker token where the operator's is needed)."""
+    token) or 403 (a worker token where the operator's is needed). First, a 409 for a
+    client that proved another database at its handshake (:func:`same_database`)."""
+    same_database(request)
     auth = authenticator(request)
     if not auth.enabled:
         auth.admit_unauthenticated(request)
@@ -221,6 +224,30 @@ def authorize(
             "(AUTOPACK_API_TOKEN); the worker token may claim, report and read runs only"
         )
     return role
+
+
+def same_database(request: Request) -> None:
+    """Refuse a client whose handshake proved another database than this server's (it
+    names that one on every request, :data:`~autopack.contract.FINGERPRINT_HEADER`): this
+    server was started on another database behind the URL the client checked. The
+    client's next call is refused, naming both, before anything is read or written; the
+    handshake alone could not know."""
+    instance = request.headers.get(INSTANCE_HEADER)
+    fingerprint = request.headers.get(FINGERPRINT_HEADER)
+    identity = request.app.state.database.identity
+    if (instance is not None and instance != identity.instance_id) or (
+        fingerprint is not None and fingerprint != identity.fingerprint
+    ):
+        proved = f"instance_id {str(instance)[:100]}, fingerprint {str(fingerprint)[:100]}"
+        raise IdentityMismatch(
+            f"this API server now serves {identity.public_url} (instance_id "
+            f"{identity.instance_id}, fingerprint {identity.fingerprint}), not the database "
+            f"this client proved at its handshake ({proved}): was it restarted on another "
+            "database? Nothing was read or written; start the server on that database "
+            "again, or start this client again to use this one.",
+            server_instance_id=identity.instance_id,
+            server_url=identity.public_url,
+        )
 
 
 async def _worker(request: Request, credentials: Credentials) -> Role:

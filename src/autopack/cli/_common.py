@@ -134,6 +134,21 @@ class CliState:
             return None
         return self.database(create=create and not self.settings.autopack_api_url).identity
 
+    def child_env(self) -> dict[str, str]:
+        """The environment of a child ``autopack`` command (:func:`autopack.config.child_env`).
+
+        A client that names no database hands its child none either: the resolved default
+        (``./autopack.db``, which does not exist) would come from the environment there, name
+        a database, and be refused as missing. The child is pinned instead to the database
+        this client's server proved to serve: it reaches that one or refuses, naming both."""
+        from autopack.config import child_env
+
+        env = child_env(self.settings)
+        if self.names_no_database():
+            del env["DATABASE_URL"]
+            env["AUTOPACK_EXPECTED_INSTANCE_ID"] = self.connection().database.instance_id
+        return env
+
     def missing(self, exc: DatabaseMissing) -> DatabaseMissing:
         """``exc`` with where the path came from and the databases nearby."""
         from autopack.cli.whereis import missing_database

@@ -19,6 +19,7 @@ from autopack.errors import (
     AutopackError,
     ConfigError,
     DatabaseMissing,
+    DatabaseUnavailable,
     SchemaOutOfDate,
     ServerUnavailable,
 )
@@ -140,15 +141,11 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
             )
         if database is not None:
             return Check("api server", True, f"{url} uses this database ({database.identity.url})")
-        served = health.database.describe()
-        if health.status != "ok":
-            problem = health.error or health.status.replace("_", " ")
-            return Check("api server", False, f"{url} serves {served}: {problem}", exit_code=2)
         return Check(
             "api server",
             True,
-            f"{url} serves {served}; this client names no database (no DATABASE_URL, no "
-            "default autopack.db) and uses that one",
+            f"{url} serves {health.database.describe()}; this client names no database (no "
+            "DATABASE_URL, no default autopack.db) and uses that one",
         )
     except ServerUnavailable as exc:
         if configured:
@@ -156,6 +153,8 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
         return Check("api server", True, f"none on {url}; executors will start their own")
     except ConfigError as exc:
         return Check("api server", False, exc.message, "fix AUTOPACK_API_URL", exc.exit_code)
+    except (SchemaOutOfDate, DatabaseUnavailable) as exc:  # the database it serves
+        return Check("api server", False, exc.message, exit_code=exc.exit_code)
     except AutopackError as exc:
         fix = "point both at the same DATABASE_URL"
         return Check("api server", False, exc.message, fix, exc.exit_code)

@@ -138,8 +138,6 @@ def _preflight(cli: CliState, run_id: str, phase_id: str, force: bool) -> PhaseD
 
 
 def _probe(cli: CliState, before_phase: PhaseDetail, run_id: str, phase_id: str) -> Verdict:
-    from autopack.config import child_env
-
     client = cli.client()
     identity = cli.connection().database
     report: dict[str, Any] = {
@@ -158,7 +156,7 @@ def _probe(cli: CliState, before_phase: PhaseDetail, run_id: str, phase_id: str)
     command = [sys.executable, "-m", "autopack", "drain", "phase"]
     command += ["--run-id", run_id, "--phase-id", phase_id, "--json"]
     drained = subprocess.run(
-        command, env=child_env(cli.settings), stdout=subprocess.PIPE, text=True, check=False
+        command, env=cli.child_env(), stdout=subprocess.PIPE, text=True, check=False
     )
     summary: dict[str, Any] = json.loads(drained.stdout) if drained.stdout.strip() else {}
     after = _counts(client, run_id, phase_id)

@@ -108,15 +108,20 @@ def open_database(
     """
     path = sqlite_file(url)
     created = path is not None and not path.exists()
+    if created and create and expected_instance_id:
+        raise _never_pinned(url, expected_instance_id)  # before the file is made
     engine = make_engine(url, create=create)
     try:
-        identity = _guarded_identity(engine)
+        identity = _guarded_identity(engine, initialise=not expected_instance_id)
     except (OperationalError, DBAPIError) as exc:
         engine.dispose()
         raise cannot_open(url, exc) from exc
     except Exception:
         engine.dispose()
         raise
+    if identity is None:
+        engine.dispose()
+        raise _never_pinned(url, str(expected_instance_id))
     if expected_instance_id and identity.instance_id != expected_instance_id:
         engine.dispose()
         raise IdentityMismatch(
@@ -173,15 +178,30 @@ def _same_database(identity: DbIdentity) -> Any:
     return check
 
 
-def _guarded_identity(engine: Engine) -> DbIdentity:
-    """Guard the schema and read the identity; again on a new connection when the server
-    ended ours (:func:`again_on_lost_connection`)."""
+def _guarded_identity(engine: Engine, *, initialise: bool) -> DbIdentity | None:
+    """Guard the schema and read the identity (None: an empty database left empty, as
+    ``initialise`` false asks); again on a new connection when the server ended ours
+    (:func:`again_on_lost_connection`)."""
 
-    def read() -> DbIdentity:
-        ensure_schema(engine)
+    def read() -> DbIdentity | None:
+        if ensure_schema(engine, initialise=initialise).fresh:
+            return None
         return read_identity(engine)
 
     return again_on_lost_connection(read, OPEN_TRIES)
+
+
+def _never_pinned(url: str, expected_instance_id: str) -> IdentityMismatch:
+    """A database to be created or initialised under a pin: it would get a new instance_id,
+    never the pinned one, and stay behind after the refusal. Refused before it is made."""
+    return IdentityMismatch(
+        f"refusing to create database {redact_url(url)}: AUTOPACK_EXPECTED_INSTANCE_ID "
+        f"expects instance_id {expected_instance_id}, and a new database never has it. "
+        "Point DATABASE_URL at that database, or unset AUTOPACK_EXPECTED_INSTANCE_ID to "
+        "create a new one.",
+        expected_instance_id=expected_instance_id,
+        url=redact_url(url),
+    )
 
 
 __all__ = ["Database", "DbIdentity", "cannot_open", "open_database"]

@@ -137,12 +137,13 @@ def _lock(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
 
 
-def ensure_schema(engine: Engine) -> SchemaStatus:
-    """Initialise a fresh database, accept one at head, refuse anything else."""
+def ensure_schema(engine: Engine, *, initialise: bool = True) -> SchemaStatus:
+    """Initialise a fresh database (unless not ``initialise``: then its status is
+    returned, untouched), accept one at head, refuse anything else."""
     with engine.begin() as connection:
         _lock(connection)
         status = inspect_schema(connection)
-        if status.in_sync:
+        if status.in_sync or (status.fresh and not initialise):
             return status
         if status.fresh:
             from alembic import command

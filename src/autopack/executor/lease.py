@@ -16,7 +16,7 @@ import time
 
 from autopack.client import ApiClient
 from autopack.contract import Claim, HeartbeatIn
-from autopack.errors import LeaseLost, ServerUnavailable
+from autopack.errors import IdentityMismatch, LeaseLost, ServerUnavailable
 from autopack.logs import log_event
 from autopack.states import PhaseState
 
@@ -63,6 +63,12 @@ class Lease:
         except LeaseLost as exc:
             self._lost = exc
             raise
+        except IdentityMismatch as exc:  # the server came back on another database
+            self._lost = LeaseLost(
+                f"lease on phase {self._claim.run_id}/{self._claim.phase_id} is on a database "
+                f"the API server no longer serves: {exc.message}"
+            )
+            raise self._lost from exc
         except ServerUnavailable as exc:  # keep trying until the lease would have expired
             log_event(logger, "heartbeat_failed", logging.WARNING, reason=exc.message)
             if time.monotonic() > self._expires:
