@@ -179,3 +179,13 @@ def test_a_health_answer_that_drips_is_given_up_after_the_read_timeout() -> None
         with pytest.raises(ServerUnavailable, match="did not finish answering within 1 s"):
             client.health()
     assert time.monotonic() - started < 10
+
+
+def test_an_answer_that_is_not_autopacks_is_server_unavailable_not_bad_input() -> None:
+    """Another program behind AUTOPACK_API_URL (one answering `{}` to everything) gave
+    pydantic's error, which the CLI reports as the command's bad input ("items: Field
+    required"); it is the server's answer that is wrong, and the message says so."""
+    with LoopbackServer(_Recorder) as server, ApiClient(server.url) as client:
+        for call in (client.list_runs, lambda: client.get_run("r1"), client.usage_events):
+            with pytest.raises(ServerUnavailable, match="with a body that is not an Autopack"):
+                call()

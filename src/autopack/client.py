@@ -18,13 +18,14 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from autopack import errors, redact
+from autopack import __version__, errors, redact
 from autopack.bounds import ID_PATTERN
 from autopack.contract import (
     FINGERPRINT_HEADER,
@@ -92,6 +93,8 @@ BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 4.0
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 """For a claim this process will not work on, the result that finishes it at once."""
 _TELEMETRY_PATH = {"usage": "llm-usage", "estimation": "estimations", "escalation": "escalations"}
 _ERROR_BY_STATUS: dict[int, type[AutopackError]] = {
@@ -287,7 +290,24 @@ class ApiClient:
         self, answer: type[M], method: str, path: str, *, retry_for: float = 0.0, **kwargs: Any
     ) -> M:
         response = self.request(method, path, retry_for=retry_for, **kwargs)
-        return answer.model_validate_json(response.content)
+        return self._parsed(answer.model_validate_json, response)
+
+    def _parsed(self, parse: Callable[[bytes], T], response: httpx.Response) -> T:
+        """The answer as the contract says, else ServerUnavailable: a body that does not
+        fit is another program's (or another version's) answer, not bad input of the
+        command (which is how a pydantic error reads everywhere else)."""
+        try:
+            return parse(response.content)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the body"
+            raise ServerUnavailable(
+                f"{self.where} answered {response.request.method} {response.request.url.path} "
+                f"with a body that is not an Autopack answer ({where}: {first['msg']}; "
+                f"{exc.error_count()} problem(s)): is it an Autopack API server of this "
+                f"version ({__version__})?",
+                api_url=self.base_url,
+            ) from exc
 
     def _get(self, answer: type[M], path: str, **kwargs: Any) -> M:
         """A read: safe to repeat, so retried like the worker's calls."""
@@ -425,7 +445,7 @@ class ApiClient:
         response = self.request("POST", "/claims", retry_for=self.retry_seconds, **body)
         if response.status_code == 204:
             return None
-        return Claim.model_validate_json(response.content)
+        return self._parsed(Claim.model_validate_json, response)
 
     def heartbeat(self, run_id: str, phase_id: str, beat: HeartbeatIn) -> LeaseRenewed:
         """Renew the lease; LeaseLost when it is gone."""
@@ -499,27 +519,35 @@ class ApiClient:
         row_id: int = response.json()["id"]
         return row_id
 
-    def _events(self, kind: EventKind, run_id: str | None, limit: int, after_id: int) -> bytes:
+    def _events(
+        self,
+        rows: TypeAdapter[list[R]],
+        kind: EventKind,
+        run_id: str | None,
+        limit: int,
+        after_id: int,
+    ) -> list[R]:
         params: dict[str, Any] = {"kind": kind, "limit": limit, "after_id": after_id}
         if run_id is not None:
             params["run_id"] = run_id
         retry_for = self.retry_seconds
-        return self.request("GET", "/telemetry/events", retry_for=retry_for, params=params).content
+        response = self.request("GET", "/telemetry/events", retry_for=retry_for, params=params)
+        return self._parsed(rows.validate_json, response)
 
     def usage_events(
         self, run_id: str | None = None, limit: int = 500, after_id: int = 0
     ) -> list[LlmUsageRow]:
-        return _USAGE_ROWS.validate_json(self._events("usage", run_id, limit, after_id))
+        return self._events(_USAGE_ROWS, "usage", run_id, limit, after_id)
 
     def estimation_events(
         self, run_id: str | None = None, limit: int = 500, after_id: int = 0
     ) -> list[TokenEstimationRow]:
-        return _ESTIMATION_ROWS.validate_json(self._events("estimation", run_id, limit, after_id))
+        return self._events(_ESTIMATION_ROWS, "estimation", run_id, limit, after_id)
 
     def escalation_events(
         self, run_id: str | None = None, limit: int = 500, after_id: int = 0
     ) -> list[TokenBudgetEscalationRow]:
-        return _ESCALATION_ROWS.validate_json(self._events("escalation", run_id, limit, after_id))
+        return self._events(_ESCALATION_ROWS, "escalation", run_id, limit, after_id)
 
     def all_estimation_events(self, run_id: str | None = None) -> list[TokenEstimationRow]:
         """Every estimation event, page by page."""
