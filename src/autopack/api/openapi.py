@@ -55,7 +55,9 @@ _WHY = {
     "a server without tokens refuses a client that is not on loopback.",
     404: "The run, phase or approval does not exist in this server's database.",
     409: "The request contradicts the current state (a stale lease, an existing run, a "
-    "decided approval, an illegal transition).",
+    "decided approval, an illegal transition), or this server serves another database than "
+    "the one the client proved at its handshake (X-Autopack-Instance-Id, "
+    "X-Autopack-Fingerprint).",
     413: "The body is larger than the server accepts.",
     422: "A field is invalid; ``errors`` names each field, why, and the value.",
     503: "The database is unreachable or not at this code's schema revision.",
@@ -71,7 +73,8 @@ READ = errors(422, 503)
 """A read: invalid parameters, the database unavailable."""
 WRITE = errors(400, 413, 422, 503)
 """A request with a JSON body."""
-SECURED = errors(401, 403)
+SECURED = errors(401, 403, 409)
+"""Behind a token: the token refused, or the client's proved database not this server's."""
 
 
 def contract_openapi(app: FastAPI) -> dict[str, Any]:
