@@ -214,6 +214,17 @@ def test_infinite_or_impossible_numbers_are_refused_naming_the_setting(
         load_settings()
 
 
+@pytest.mark.parametrize("raw", [" padded", "two words", "x" * 10_000])
+def test_a_pin_that_is_no_instance_id_is_refused_naming_it_and_not_echoed_whole(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 10 KB pin came back whole in an IdentityMismatch on every command."""
+    monkeypatch.setenv("AUTOPACK_EXPECTED_INSTANCE_ID", raw)
+    with pytest.raises(ConfigError, match="AUTOPACK_EXPECTED_INSTANCE_ID=") as refused:
+        load_settings()
+    assert len(refused.value.message) < 500
+
+
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [

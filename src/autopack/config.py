@@ -47,6 +47,7 @@ from autopack import redact
 from autopack.bounds import is_utf8
 from autopack.envfile import check_dotenv, dotenv_path, outside_cache, project_root
 from autopack.errors import ConfigError
+from autopack.field_errors import short_value
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
 MIN_TOKEN_LENGTH = 16
@@ -153,6 +154,7 @@ class Settings(BaseSettings):
     )
     autopack_expected_instance_id: str | None = Field(
         None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",  # a UUID as db_meta makes them; never echo 10 KB
         description="The database's instance_id (`autopack db identity` prints it): a "
         "server refuses to serve, a client to use, any other. Set on spawned servers.",
     )
@@ -488,7 +490,7 @@ def _problem(error: Any) -> str:
         return message
     if field is not None and "SecretStr" in str(field.annotation):
         return f"{name.upper()}: {message}"
-    return f"{name.upper()}={error.get('input')!r}: {message}"
+    return f"{name.upper()}={short_value(error.get('input'))!r}: {message}"
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

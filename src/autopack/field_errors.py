@@ -35,7 +35,7 @@ def _describe_loc(loc: Sequence[int | str], data: Any) -> str:
 _SCALARS = (str, bool, int, float)
 
 
-def _short_value(value: Any) -> Any:
+def short_value(value: Any) -> Any:
     """A scalar offending value, JSON-safe and at most 200 characters."""
     if isinstance(value, str) and len(value) > 200:
         return printable(value[:200]) + "…"
@@ -68,7 +68,7 @@ def describe_errors(
         item: dict[str, Any] = {"field": field, "message": message}
         value = error.get("input")
         if error.get("type") != "missing" and (value is None or isinstance(value, _SCALARS)):
-            item["value"] = _short_value(value)
+            item["value"] = short_value(value)
         described.append(item)
     return described
 
