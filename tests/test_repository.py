@@ -92,6 +92,22 @@ def test_a_directory_with_files_that_is_no_repository_is_refused(tmp_path: Path)
     assert not (tmp_path / "ws/.git").exists()
 
 
+def test_a_directory_inside_a_repository_never_makes_it_the_runs_repository(
+    tmp_path: Path,
+) -> None:
+    """An empty autopack-workspaces/RUN inside a project (left by an earlier try) made the
+    project's own repository the run's: its branch and commits went there. An empty one
+    becomes a repository of the run's own; one holding files is refused, naming the root."""
+    repo = project(tmp_path / "proj", {"README.md": "hello\n", "src/a.py": "A = 1\n"})
+    empty = repo / "autopack-workspaces" / "r1"
+    empty.mkdir(parents=True)
+    repository = local(empty, tmp_path / "cache")
+    assert repository.path == empty and (empty / ".git").exists()
+    assert sh("branch", "--list", BRANCH, cwd=repo) == "", "the project got no run branch"
+    with pytest.raises(ConfigError, match=f"inside the git repository {repo}, not its root"):
+        local(repo / "src", tmp_path / "cache")
+
+
 def test_a_workspace_that_cannot_be_made_is_refused_naming_it(tmp_path: Path) -> None:
     """--workspace FILE/ws ended in a NotADirectoryError traceback."""
     (tmp_path / "afile").write_text("mine\n")

@@ -431,14 +431,24 @@ def _require_local(workspace: Path, commit: str, branch: str) -> None:
 
 
 def _local(workspace: Path) -> Path:
-    """A local repository used in place: created when missing, refused when it is a
-    directory with files that is not a repository (Autopack never guesses what to commit)."""
+    """A local repository used in place: created when missing or empty, refused when it is
+    a directory with files that is not a repository's root (Autopack never guesses what to
+    commit, nor adopts the repository around a directory: an empty
+    ``autopack-workspaces/RUN`` inside a project became the project's own repository)."""
     workspace = absolute(workspace, "--workspace")
     if workspace.exists() and not workspace.is_dir():
         raise ConfigError(f"--workspace {workspace} is a file, not a directory")
     if workspace.is_dir() and _is_repository(workspace):
-        return Path(out("rev-parse", "--show-toplevel", cwd=workspace) or workspace)
-    if workspace.is_dir() and any(workspace.iterdir()):
+        top = Path(out("rev-parse", "--show-toplevel", cwd=workspace) or workspace)
+        if top.resolve() == workspace.resolve():
+            return top
+        if any(workspace.iterdir()):
+            raise ConfigError(
+                f"--workspace {workspace} is a directory inside the git repository {top}, not "
+                f"its root: give --workspace {top} to keep the run's branch there, or a new "
+                "or empty directory for a repository of the run's own."
+            )
+    elif workspace.is_dir() and any(workspace.iterdir()):
         raise ConfigError(
             f"--workspace {workspace} holds files but is not a git repository. Autopack keeps "
             "a run's code on a git branch: make it one (`git init && git add -A && git commit "
