@@ -372,7 +372,7 @@ def test_approvals_page_past_500_and_the_cli_says_how_to_see_the_rest(tmp_path: 
             env=env,
         )
     assert listed.returncode == 0, listed.stderr
-    assert "showing 500 of 501; --offset 500 for more" in listed.stdout
+    assert "showing 500 of 501; --offset 500 for more; those you decide leave" in listed.stdout
     assert later.returncode == 0 and "r/p500" in later.stdout and "showing" not in later.stdout
     assert huge.returncode == 2 and "offset" in huge.stderr, huge.stderr
     assert "Traceback" not in huge.stderr

@@ -58,7 +58,13 @@ def list_(
         out.print(
             f"showing {len(approvals)} of {page.total}"
             + (f" after the first {page.offset}" if page.offset else "")
-            + f"; --offset {after} for more",
+            + f"; --offset {after} for more"
+            # deciding a pending one takes it off this list: the same offset then skips some
+            + (
+                "; those you decide leave this list, so list again for the rest"
+                if status == "pending"
+                else ""
+            ),
             highlight=False,
         )
     if approvals:
