@@ -65,3 +65,27 @@ def test_dashboard_metrics_and_summary_show_the_same_database(
 
 def _labels(**labels: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
+
+
+def test_metrics_count_every_run_past_the_page_of_newest_ones(tmp_path: Path) -> None:
+    """autopack_runs was counted over the newest 1000 runs only: 1001 queued runs were 1000."""
+    from autopack.bounds import MAX_PAGE
+    from autopack.config import resolve_database_url
+    from autopack.control import runs
+    from autopack.db import open_database
+
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:
+        for n in range(MAX_PAGE + 1):
+            runs.create_run(database, parse_run_definition({**RUN, "run_id": f"r{n}"}))
+    finally:
+        database.close()
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+    assert samples["autopack_runs", _labels(state="QUEUED")] == MAX_PAGE + 1

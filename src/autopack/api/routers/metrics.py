@@ -18,6 +18,7 @@ from autopack.api.deps import DatabaseDep
 from autopack.bounds import MAX_PAGE
 from autopack.control import approvals, runs, telemetry
 from autopack.db import Database
+from autopack.states import RunState
 
 router = APIRouter(tags=["metrics"])
 
@@ -32,13 +33,13 @@ class _DatabaseCollector:
         phases = GaugeMetricFamily(
             "autopack_phases", "Phases by run and state.", labels=["run_id", "state"]
         )
-        by_state: dict[str, int] = {}
-        for run in listed:
-            by_state[run.state] = by_state.get(run.state, 0) + 1
+        for run in listed:  # one label per run: the newest MAX_PAGE (older ones are done)
             for phase_state, count in run.counts.items():
                 phases.add_metric([run.run_id, phase_state], count)
-        for run_state, count in by_state.items():
-            run_states.add_metric([run_state], count)
+        for run_state in RunState:  # every run counted, however many
+            counted = runs.list_runs(self.database, state=run_state, limit=1).total
+            if counted:
+                run_states.add_metric([run_state], counted)
         pending = GaugeMetricFamily("autopack_approvals_pending", "Approvals waiting.")
         pending.add_metric([], approvals.list_approvals(self.database, limit=1).total)
         usage = telemetry.usage_summary(self.database)
