@@ -211,7 +211,9 @@ def test_an_approved_change_is_checked_again_where_it_is_applied(
     git("add", "pkg/gen", cwd=ws)
     git("commit", "-qm", "a symlink", cwd=ws)
     git("checkout", "-q", "main", cwd=ws)
-    [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)
+    [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)[
+        "items"
+    ]
     decided = cli("approvals", "approve", str(approval["id"]), cwd=tmp_path, env=env)
     assert decided.returncode == 0, decided.stderr
     waiting.communicate(timeout=120)
@@ -373,7 +375,9 @@ def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite
         assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
         time.sleep(0.05)
     assert on_branch(tmp_path / "ws", "pkg/keep.py") == "KEEP = 1\n"  # nothing applied yet
-    [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)
+    [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)[
+        "items"
+    ]
     assert "overwrite existing non-deliverable pkg/keep.py" in approval["reason"]
     decided = cli(
         "approvals", "approve", str(approval["id"]), "--responder", "alice", cwd=tmp_path, env=env
