@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from tests.executor_support import stop_drains
 from tests.support import SETTING_NAMES
 
 PG_ADMIN_URL = os.environ.get(
@@ -68,13 +69,16 @@ def drop_pg_database(admin_url: str, url: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test sees the developer's Autopack settings, their .env file or their cache (the
-    test's subprocesses inherit its own cache directory through XDG_CACHE_HOME)."""
+    test's subprocesses inherit its own cache directory through XDG_CACHE_HOME); no drain a
+    test started outlives it."""
     for name in SETTING_NAMES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.chdir(tmp_path)
+    yield
+    stop_drains()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -162,8 +162,12 @@ def cli_drain(
     return cli("drain", *args, cwd=cwd, env=env, timeout=timeout)
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
 def drain_process(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """``autopack drain ARGS`` in the background; killed after the test if still running."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "autopack", "drain", *args],
         cwd=cwd,
         env=dict(env),
@@ -171,6 +175,21 @@ def drain_process(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.P
         stderr=subprocess.PIPE,
         text=True,
     )
+    _STARTED.append(process)
+    return process
+
+
+def stop_drains() -> None:
+    """Kill the drains a test left running (an assertion failed before it waited): each
+    kept its lease and, collected in a later test, failed that one with a ResourceWarning."""
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def git(*args: str, cwd: Path) -> str:
