@@ -29,11 +29,17 @@ COMMANDS = {
     "run cancel": ["run", "cancel", "r1"],
     "run phase": ["run", "phase", "r1", "a"],
     "run requeue": ["run", "requeue", "r1", "a"],
+    "run seed": ["run", "seed"],
+    "run export": ["run", "export", "r1", "exported"],
     "approvals list": ["approvals", "list"],
     "approvals approve": ["approvals", "approve", "1"],
     "approvals reject": ["approvals", "reject", "1"],
+    "approvals show": ["approvals", "show", "1"],
     "telemetry report": ["telemetry", "report"],
+    "telemetry calibrate": ["telemetry", "calibrate"],
     "probe": ["probe", "--run-id", "r1", "--phase-id", "a"],
+    "drain run": ["drain", "run", "--run-id", "r1"],
+    "drain phase": ["drain", "phase", "--run-id", "r1", "--phase-id", "a"],
 }
 RUN_FILE = """
 run_id: r1
