@@ -95,7 +95,6 @@ RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
-"""For a claim this process will not work on, the result that finishes it at once."""
 _TELEMETRY_PATH = {"usage": "llm-usage", "estimation": "estimations", "escalation": "escalations"}
 _ERROR_BY_STATUS: dict[int, type[AutopackError]] = {
     401: errors.Unauthorized,
