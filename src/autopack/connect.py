@@ -55,11 +55,12 @@ import httpx
 from pydantic import SecretStr
 
 from autopack import redact
-from autopack.client import DEFAULT_TIMEOUT, ApiClient
+from autopack.client import ApiClient
 from autopack.config import Settings, child_env
 from autopack.errors import IdentityMismatch, ServerUnavailable
 from autopack.identity import DbIdentity, PublicIdentity
 from autopack.logs import log_event
+from autopack.transport import DEFAULT_TIMEOUT
 
 logger = logging.getLogger("autopack.connect")
 
