@@ -24,9 +24,10 @@ from autopack.errors import IdentityMismatch, LeaseLost
 from autopack.executor.lease import Lease
 from autopack.rundef import load_run_file
 from tests.executor_support import cassette, files, line, phase, rows, run_file
-from tests.support import Server, clean_env, cli, free_port, script
+from tests.support import Server, clean_env, cli, free_port
 from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN
 from tests.test_one_path import COMMANDS, RUN_FILE, TwoDatabases, two_databases  # noqa: F401 (fixture)
+from tests.test_probe import _probe
 
 
 def _only_a_server(api_url: str, **extra: str) -> dict[str, str]:
@@ -182,17 +183,10 @@ def test_the_probe_of_a_machine_holding_only_a_token_drains_on_the_servers_datab
         env = _only_a_server(
             server.url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN, TELEMETRY_DB_ENABLED="1"
         )
-        created = script("create_telemetry_collection_run.py", cwd=machine, env=env)
-        assert created.returncode == 0, created.stderr
-        probed = script(
-            "probe_telemetry_phase.py",
-            *("--run-id", "telemetry-collection-v4", "--phase-id", "telemetry-p1-string-util"),
-            cwd=machine,
-            env=env,
-        )
-        assert probed.returncode == 0, probed.stdout + probed.stderr
-        assert "✔ llm_usage_events: 0 → 2 (+2)" in probed.stdout
-        assert "DatabaseMissing" not in probed.stderr
+        code, stdout, stderr = _probe(machine, "telemetry-p1-string-util", env)
+        assert code == 0, stdout + stderr
+        assert "✔ llm_usage_events: 0 → 2 (+2)" in stdout
+        assert "DatabaseMissing" not in stderr
         assert "autopack.db" not in _empty(machine)
     assert rows(database_url, "SELECT count(*) AS n FROM llm_usage_events")[0]["n"] == 2
 
