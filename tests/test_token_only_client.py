@@ -312,3 +312,16 @@ def test_config_show_and_doctor_on_a_token_only_machine_say_the_servers_database
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert "no such file: the API server's database is used" in doctor.stdout
         assert _empty(machine) == []
+
+
+def test_db_identity_on_a_token_only_machine_points_at_doctor_not_at_database_credentials(
+    tmp_path: Path,
+) -> None:
+    """The recipe keeps DATABASE_URL off executor machines: the refusal must not tell
+    them to set it, but where they can see the server's instance_id."""
+    env = _only_a_server(f"http://127.0.0.1:{free_port()}", AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    result = cli("db", "identity", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout
+    assert "`autopack doctor` names the database and instance_id" in result.stderr
+    assert "set DATABASE_URL" not in result.stderr
+    assert _empty(tmp_path) == []
