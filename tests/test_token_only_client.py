@@ -284,3 +284,38 @@ def test_a_server_whose_schema_fell_out_of_date_is_exit_3_for_a_client_naming_no
             assert "autopack db upgrade" in result.stdout + result.stderr, args
         assert _empty(machine) == [made.name]
     assert rows(database_url, "SELECT count(*) AS n FROM runs") == [{"n": 0}]
+
+
+def test_config_show_and_doctor_on_a_token_only_machine_say_the_servers_database_is_used(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Its default ``./autopack.db`` does not exist and is used by no command: ``config
+    show`` and ``doctor`` must not present it as the database that applies."""
+    with Server(clean_env(DATABASE_URL=database_url, **TOKENS), cwd=tmp_path) as server:
+        machine = tmp_path / "operator"
+        machine.mkdir()
+        env = _only_a_server(server.url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN)
+        shown = cli("config", "show", cwd=machine, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "DATABASE_URL names no database here" in shown.stdout
+        assert f"commands use the one {server.url} serves" in shown.stdout
+        as_json = cli("config", "show", "--json", cwd=machine, env=env)
+        [row] = [r for r in json.loads(as_json.stdout) if r["name"] == "DATABASE_URL"]
+        assert server.url in row["used_instead"]
+        doctor = cli("doctor", cwd=machine, env=env)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert "no such file: the API server's database is used" in doctor.stdout
+        assert _empty(machine) == []
+
+
+def test_db_identity_on_a_token_only_machine_points_at_doctor_not_at_database_credentials(
+    tmp_path: Path,
+) -> None:
+    """The recipe keeps DATABASE_URL off executor machines: the refusal must not tell
+    them to set it, but where they can see the server's instance_id."""
+    env = _only_a_server(f"http://127.0.0.1:{free_port()}", AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    result = cli("db", "identity", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout
+    assert "`autopack doctor` names the database and instance_id" in result.stderr
+    assert "set DATABASE_URL" not in result.stderr
+    assert _empty(tmp_path) == []

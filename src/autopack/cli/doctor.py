@@ -54,6 +54,8 @@ def doctor(
         _report(checks, as_json)
         return
     names_database = not cli.names_no_database()
+    if not names_database:  # the default "wins" but names no file: say what is used instead
+        checks[-1].detail += ", no such file: the API server's database is used"
     if names_database:
         checks.append(_schema(cli.loaded()))
     if checks[-1].ok:

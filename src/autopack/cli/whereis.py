@@ -113,8 +113,9 @@ def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMi
     elif loaded.settings.autopack_api_url:
         lines.append(
             f"AUTOPACK_API_URL is {loaded.settings.autopack_api_url}, but this command works "
-            "on the database itself: fix: set DATABASE_URL to the database that server "
-            "serves (the URL its `autopack serve` was given)."
+            "on the database itself: run it where that server runs, with its DATABASE_URL; "
+            "here, `autopack doctor` names the database and instance_id the server serves "
+            "(a machine holding only a token never needs the database's credentials)."
         )
     else:
         lines.append(
