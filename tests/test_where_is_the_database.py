@@ -72,6 +72,7 @@ def test_without_database_url_every_subdirectory_of_a_repository_means_its_root_
     created = cli("run", "create", str(definition), cwd=deeper, env=env)
     assert created.returncode == 0, created.stderr
     assert f"created new database sqlite:///{root / 'autopack.db'}" in created.stderr
+    assert "git status lists it: add autopack.db* and autopack-workspaces/" in created.stderr
 
     shown = cli("config", "show", cwd=scripts, env=env)
     assert f"resolved against {root} (the root of the git repository you are in)" in shown.stdout
@@ -85,6 +86,19 @@ def test_without_database_url_every_subdirectory_of_a_repository_means_its_root_
     assert on_branch(root / "autopack-workspaces" / RUN, "pkg/a.py") == "A = 1\n"
     assert sorted(p.name for p in scripts.iterdir()) == []
     assert sorted(p.name for p in deeper.iterdir()) == []
+
+
+def test_the_gitignore_hint_only_where_git_would_list_the_new_database(tmp_path: Path) -> None:
+    root, _ = _repo(tmp_path)
+    (root / ".gitignore").write_text("autopack.db*\nautopack-workspaces/\n")
+    ignored = cli("db", "init", cwd=root, env=clean_env())
+    assert ignored.returncode == 0 and "created new database" in ignored.stderr
+    assert ".gitignore" not in ignored.stderr
+    outside = tmp_path / "no-repo"
+    outside.mkdir()
+    plain = cli("db", "init", cwd=outside, env=clean_env())
+    assert plain.returncode == 0 and "created new database" in plain.stderr
+    assert ".gitignore" not in plain.stderr
 
 
 READERS = [

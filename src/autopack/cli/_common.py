@@ -109,8 +109,32 @@ class CliState:
             except DatabaseMissing as exc:
                 raise self.missing(exc) from exc
             if self._database.created:
-                err.print(f"created new database {self._database.identity.url}", highlight=False)
+                err.print(
+                    f"created new database {self._database.identity.url}{self._untracked()}",
+                    highlight=False,
+                )
         return self._database
+
+    def _untracked(self) -> str:
+        """A hint when the default database was just made at a repository's root, where
+        ``git status`` lists it (and the default workspaces) unless they are ignored."""
+        origin = self.loaded().database
+        if origin.source != "default" or origin.base is None or not (origin.base / ".git").exists():
+            return ""
+        import subprocess
+
+        try:
+            ignored = subprocess.run(
+                ["git", "check-ignore", "-q", "autopack.db"], cwd=origin.base, check=False
+            )
+        except OSError:  # no git here: nothing lists it
+            return ""
+        if ignored.returncode == 0:
+            return ""
+        return (
+            " (git status lists it: add autopack.db* and autopack-workspaces/ to .gitignore "
+            "or .git/info/exclude)"
+        )
 
     def names_no_database(self) -> bool:
         """Is this a client told only a server? ``AUTOPACK_API_URL`` is set, ``DATABASE_URL``
