@@ -274,14 +274,20 @@ def test_a_token_no_header_can_carry_is_refused_where_it_is_set(
             assert "Traceback" not in refused.stderr
 
 
-def _answer_while_sending(server: Server, head: str, body: bytes) -> tuple[str, dict[str, Any]]:
-    """POST /ui/login with ``head``'s framing headers and only ``body``, which is never
-    finished: a server that reads the whole form before refusing it never answers (the
-    socket times out), one that stops at the limit does."""
+def _answer_while_sending(
+    server: Server,
+    head: str,
+    body: bytes,
+    path: str = "/ui/login",
+    content_type: str = "application/x-www-form-urlencoded",
+) -> tuple[str, dict[str, Any]]:
+    """POST ``path`` with ``head``'s framing headers and only ``body``, which is never
+    finished: a server that reads the whole body before refusing it never answers (the
+    socket times out), one that refuses it first does."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
         conn.sendall(
-            f"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/x-www-form-urlencoded\r\n{head}\r\n".encode()
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: {content_type}\r\n{head}\r\n".encode()
             + body
         )
         received = b""
@@ -313,3 +319,27 @@ def test_a_dashboard_form_over_its_limit_is_413_naming_it_and_read_no_further(
     judged = httpx.post(f"{server.url}/ui/login", content=at_limit, headers=form)
     assert judged.status_code == 401, judged.text  # read and judged: a wrong token
     assert "Traceback" not in server.output()
+
+
+def test_a_body_without_a_token_is_refused_before_it_is_read(server: Server) -> None:
+    """FastAPI reads and parses a JSON body before any dependency runs: a client with no
+    token could make the server take 16 MiB and parse it before its 401. The answer
+    must come while the body is still unsent."""
+    declared = "Content-Length: 16000000\r\n"
+    chunked = "Transfer-Encoding: chunked\r\n"
+    cases = [
+        ("/runs", declared, "", 401),
+        ("/claims", chunked, "", 401),
+        ("/runs/r1/phases/p1/result", declared, "Bearer not-a-token-of-this-server", 401),
+        ("/runs", declared, f"Bearer {WORKER_TOKEN}", 403),
+        ("/approvals/1/approve", chunked, f"Bearer {WORKER_TOKEN}", 403),
+    ]
+    for path, framing, token, status in cases:
+        head = framing + (f"Authorization: {token}\r\n" if token else "")
+        status_line, answer = _answer_while_sending(
+            server, head, b"4000\r\n[" if framing == chunked else b"[", path, "application/json"
+        )
+        assert status_line.startswith(f"HTTP/1.1 {status} "), (path, token, status_line, answer)
+        assert answer["error"] == ("Unauthorized" if status == 401 else "Forbidden"), answer
+    allowed = _call(server, "post", "/claims", WORKER_TOKEN)
+    assert allowed.status_code == 422, allowed.text  # a known token's body is read and judged
