@@ -24,7 +24,7 @@ from autopack.api.routers.ui_session import MAX_FORM_BYTES
 from autopack.config import Settings
 from autopack.errors import ConfigError, Forbidden
 from tests.conftest import empty_sqlite
-from tests.support import Server, clean_env, cli
+from tests.support import Server, clean_env, cli, wait_for
 
 OPERATOR_TOKEN = "operator-token-0123456789abcdef"
 WORKER_TOKEN = "worker-token-0123456789abcdef"
@@ -343,3 +343,15 @@ def test_a_body_without_a_token_is_refused_before_it_is_read(server: Server) -> 
         assert answer["error"] == ("Unauthorized" if status == 401 else "Forbidden"), answer
     allowed = _call(server, "post", "/claims", WORKER_TOKEN)
     assert allowed.status_code == 422, allowed.text  # a known token's body is read and judged
+
+
+def test_a_client_hanging_up_mid_form_is_one_log_line_not_a_traceback(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+        conn.sendall(
+            f"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+            "token=".encode()
+        )
+    wait_for(lambda: "request_abandoned" in server.output())
+    assert "path=/ui/login" in server.output()
+    assert "Traceback" not in server.output() and "request_failed" not in server.output()

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,6 +69,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return answer(request, invalid_input(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # A client that hangs up mid-body (a dashboard form) is no server failure: one
+        # line, not a traceback; the answer reaches nobody.
+        log_event(logger, "request_abandoned", method=request.method, path=request.url.path)
+        return answer(request, BadRequest("the client closed the connection mid-body"))
 
     @app.exception_handler(HTTPException)
     async def starlette_error(request: Request, exc: HTTPException) -> JSONResponse:
