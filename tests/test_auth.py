@@ -355,3 +355,12 @@ def test_a_client_hanging_up_mid_form_is_one_log_line_not_a_traceback(server: Se
     wait_for(lambda: "request_abandoned" in server.output())
     assert "path=/ui/login" in server.output()
     assert "Traceback" not in server.output() and "request_failed" not in server.output()
+
+
+def test_an_origin_that_is_no_url_is_a_403_not_a_500(server: Server) -> None:
+    for path, form in (("/ui/login", {"token": OPERATOR_TOKEN}), ("/ui/logout", {"csrf": "x"})):
+        for origin in ("http://[::1", "http://[x]"):
+            refused = httpx.post(f"{server.url}{path}", data=form, headers={"Origin": origin})
+            assert refused.status_code == 403, (path, origin, refused.text)
+            assert "cross-site form refused" in refused.json()["detail"]
+    assert "request_failed" not in server.output()

@@ -60,7 +60,11 @@ def _same_origin(request: Request) -> None:
     if origin is None:  # not a browser, or one that does not say: SameSite=Strict guards
         return
     host = request.headers.get("host", "")
-    if urlsplit(origin).netloc != host:
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[::1" and the like: no origin at all, so not this one
+        netloc = None
+    if netloc != host:
         raise Forbidden(f"cross-site form refused (Origin {origin!r} is not {host!r})")
 
 
