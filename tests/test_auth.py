@@ -364,3 +364,14 @@ def test_an_origin_that_is_no_url_is_a_403_not_a_500(server: Server) -> None:
             assert refused.status_code == 403, (path, origin, refused.text)
             assert "cross-site form refused" in refused.json()["detail"]
     assert "request_failed" not in server.output()
+
+
+def test_a_body_without_a_token_is_refused_first_behind_a_root_path(tmp_path: Path) -> None:
+    """Behind ``--root-path`` the request's path carries the prefix, which the router
+    strips: the early token check must match routes the same way."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = clean_env(DATABASE_URL=url, **TOKENS)
+    with Server(env, cwd=tmp_path, uvicorn_args=["--root-path", "/api"]) as server:
+        head = "Content-Length: 16000000\r\n"
+        status_line, answer = _answer_while_sending(server, head, b"[", "/runs", "application/json")
+    assert status_line.startswith("HTTP/1.1 401 "), (status_line, answer)

@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from autopack.api.errors import answer
@@ -268,19 +268,19 @@ WORKER = Depends(_worker)
 OPERATOR = Depends(_operator)
 """Router dependency: the operator's token."""
 _ROLES = {_worker: Role.WORKER, _operator: Role.OPERATOR}
-SecuredRoutes = list[tuple[re.Pattern[str], set[str], Role]]
+SecuredRoutes = list[tuple[APIRoute, Role]]
 
 
 def secured_routes(routers: Iterable[APIRouter]) -> SecuredRoutes:
-    """(path pattern, methods, role) of every route behind a token, read from the
-    dependencies each route declares (its router's included)."""
+    """Every route behind a token with the role it needs, read from the dependencies
+    each route declares (its router's included)."""
     table: SecuredRoutes = []
     for router in routers:
         for route in router.routes:
             if isinstance(route, APIRoute):
                 roles = [_ROLES[d.dependency] for d in route.dependencies if d.dependency in _ROLES]
                 if roles:
-                    table.append((route.path_regex, set(route.methods or ()), max(roles)))
+                    table.append((route, max(roles)))
     return table
 
 
@@ -313,8 +313,8 @@ class TokenBeforeBody:
         headers = dict(scope.get("headers") or [])
         if headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers:
             return None
-        for pattern, methods, role in self.secured:
-            if scope["method"] in methods and pattern.match(scope["path"]):
+        for route, role in self.secured:
+            if route.matches(scope)[0] == Match.FULL:  # as the router matches (root_path too)
                 return role
         return None
 
