@@ -309,9 +309,11 @@ class TokenBeforeBody:
         await self.app(scope, receive, send)
 
     def _needed(self, scope: Scope) -> Role | None:
-        """The role a request with a body needs, or None (no body, or no secured route)."""
-        headers = dict(scope.get("headers") or [])
-        if headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers:
+        """The role a request that may carry a body needs, or None (a GET, an empty body,
+        no secured route). Framing headers are not required: HTTP/2 may send neither."""
+        if scope["method"] in ("GET", "HEAD"):
+            return None
+        if dict(scope.get("headers") or []).get(b"content-length") == b"0":
             return None
         for route, role in self.secured:
             if route.matches(scope)[0] == Match.FULL:  # as the router matches (root_path too)
