@@ -70,8 +70,8 @@ def script(
 
 
 class Server:
-    """``uvicorn autopack.main:app`` in a child process on a free loopback port; with
-    ``autopack_args``, ``python -m autopack ARGS --port PORT`` instead."""
+    """``uvicorn autopack.main:app [UVICORN_ARGS]`` in a child process on a free loopback
+    port; with ``autopack_args``, ``python -m autopack ARGS --port PORT`` instead."""
 
     def __init__(
         self,
@@ -79,6 +79,7 @@ class Server:
         cwd: Path,
         port: int | None = None,
         autopack_args: Sequence[str] = (),
+        uvicorn_args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -98,6 +99,7 @@ class Server:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *uvicorn_args,
             ]
         self.process = subprocess.Popen(
             command,

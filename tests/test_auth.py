@@ -24,7 +24,7 @@ from autopack.api.routers.ui_session import MAX_FORM_BYTES
 from autopack.config import Settings
 from autopack.errors import ConfigError, Forbidden
 from tests.conftest import empty_sqlite
-from tests.support import Server, clean_env, cli
+from tests.support import Server, clean_env, cli, wait_for
 
 OPERATOR_TOKEN = "operator-token-0123456789abcdef"
 WORKER_TOKEN = "worker-token-0123456789abcdef"
@@ -274,14 +274,20 @@ def test_a_token_no_header_can_carry_is_refused_where_it_is_set(
             assert "Traceback" not in refused.stderr
 
 
-def _answer_while_sending(server: Server, head: str, body: bytes) -> tuple[str, dict[str, Any]]:
-    """POST /ui/login with ``head``'s framing headers and only ``body``, which is never
-    finished: a server that reads the whole form before refusing it never answers (the
-    socket times out), one that stops at the limit does."""
+def _answer_while_sending(
+    server: Server,
+    head: str,
+    body: bytes,
+    path: str = "/ui/login",
+    content_type: str = "application/x-www-form-urlencoded",
+) -> tuple[str, dict[str, Any]]:
+    """POST ``path`` with ``head``'s framing headers and only ``body``, which is never
+    finished: a server that reads the whole body before refusing it never answers (the
+    socket times out), one that refuses it first does."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
         conn.sendall(
-            f"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/x-www-form-urlencoded\r\n{head}\r\n".encode()
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: {content_type}\r\n{head}\r\n".encode()
             + body
         )
         received = b""
@@ -313,3 +319,59 @@ def test_a_dashboard_form_over_its_limit_is_413_naming_it_and_read_no_further(
     judged = httpx.post(f"{server.url}/ui/login", content=at_limit, headers=form)
     assert judged.status_code == 401, judged.text  # read and judged: a wrong token
     assert "Traceback" not in server.output()
+
+
+def test_a_body_without_a_token_is_refused_before_it_is_read(server: Server) -> None:
+    """FastAPI reads and parses a JSON body before any dependency runs: a client with no
+    token could make the server take 16 MiB and parse it before its 401. The answer
+    must come while the body is still unsent."""
+    declared = "Content-Length: 16000000\r\n"
+    chunked = "Transfer-Encoding: chunked\r\n"
+    cases = [
+        ("/runs", declared, "", 401),
+        ("/claims", chunked, "", 401),
+        ("/runs/r1/phases/p1/result", declared, "Bearer not-a-token-of-this-server", 401),
+        ("/runs", declared, f"Bearer {WORKER_TOKEN}", 403),
+        ("/approvals/1/approve", chunked, f"Bearer {WORKER_TOKEN}", 403),
+    ]
+    for path, framing, token, status in cases:
+        head = framing + (f"Authorization: {token}\r\n" if token else "")
+        status_line, answer = _answer_while_sending(
+            server, head, b"4000\r\n[" if framing == chunked else b"[", path, "application/json"
+        )
+        assert status_line.startswith(f"HTTP/1.1 {status} "), (path, token, status_line, answer)
+        assert answer["error"] == ("Unauthorized" if status == 401 else "Forbidden"), answer
+    allowed = _call(server, "post", "/claims", WORKER_TOKEN)
+    assert allowed.status_code == 422, allowed.text  # a known token's body is read and judged
+
+
+def test_a_client_hanging_up_mid_form_is_one_log_line_not_a_traceback(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+        conn.sendall(
+            f"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+            "token=".encode()
+        )
+    wait_for(lambda: "request_abandoned" in server.output())
+    assert "path=/ui/login" in server.output()
+    assert "Traceback" not in server.output() and "request_failed" not in server.output()
+
+
+def test_an_origin_that_is_no_url_is_a_403_not_a_500(server: Server) -> None:
+    for path, form in (("/ui/login", {"token": OPERATOR_TOKEN}), ("/ui/logout", {"csrf": "x"})):
+        for origin in ("http://[::1", "http://[x]"):
+            refused = httpx.post(f"{server.url}{path}", data=form, headers={"Origin": origin})
+            assert refused.status_code == 403, (path, origin, refused.text)
+            assert "cross-site form refused" in refused.json()["detail"]
+    assert "request_failed" not in server.output()
+
+
+def test_a_body_without_a_token_is_refused_first_behind_a_root_path(tmp_path: Path) -> None:
+    """Behind ``--root-path`` the request's path carries the prefix, which the router
+    strips: the early token check must match routes the same way."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = clean_env(DATABASE_URL=url, **TOKENS)
+    with Server(env, cwd=tmp_path, uvicorn_args=["--root-path", "/api"]) as server:
+        head = "Content-Length: 16000000\r\n"
+        status_line, answer = _answer_while_sending(server, head, b"[", "/runs", "application/json")
+    assert status_line.startswith("HTTP/1.1 401 "), (status_line, answer)

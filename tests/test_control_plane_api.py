@@ -286,6 +286,29 @@ def test_claim_heartbeat_usage_result_round_trip(plane: Plane) -> None:
         client.heartbeat(run_id, "a", HeartbeatIn(lease_token=token, lease_seconds=30))
 
 
+def test_a_workers_text_cannot_forge_a_server_log_line(plane: Plane) -> None:
+    """A stop_reason with a line break (and tabs for spaces, an escape sequence) was
+    logged raw: one result wrote a second, made-up line into the server's log."""
+    run_id = plane.run()
+    claimed = plane.claim("w1", 30, run_id)
+    assert claimed is not None
+    forged = "2026-01-01T00:00:00.000Z\tERROR\tautopack.api\tforged_line"
+    body = {
+        "lease_token": claimed.lease_token,
+        "outcome": "FAILED",
+        "stop_reason": f"x\n{forged}\x1b[2J",
+        "retryable": False,
+    }
+    answer = httpx.post(f"{plane.url}/runs/{run_id}/phases/a/result", json=body)
+    assert answer.status_code == 200, answer.text
+    logged = f" result run_id={run_id} "
+    line = wait_for(
+        lambda: next((row for row in plane.server.output().splitlines() if logged in row), None)
+    )
+    assert "forged_line" in line and "\\n" in line and "\\u001b" in line, line
+    assert not any(row.startswith(forged) for row in plane.server.output().splitlines())
+
+
 def test_zombie_result_after_reclaim_is_refused_and_changes_nothing(plane: Plane) -> None:
     run_id = plane.run()
     zombie = plane.claim("w1", 5, run_id)
@@ -462,6 +485,22 @@ def test_maintenance_logs_a_failing_pass_and_keeps_going(database_url: str) -> N
         assert maintenance.failures >= 2 and maintenance.passes >= 2
     finally:
         database.close()
+
+
+def test_a_wrong_method_is_405_naming_the_methods_the_path_has(plane: Plane) -> None:
+    """RFC 9110: a 405 lists the allowed methods in Allow (it was empty once FastAPI
+    nested included routers)."""
+    for method, path, allowed in (
+        ("PUT", "/runs", "GET, POST"),
+        ("DELETE", "/runs/r1", "GET"),
+        ("GET", "/claims", "POST"),
+        ("PATCH", "/approvals/1/approve", "POST"),
+        ("PUT", "/ui/login", "GET, POST"),
+    ):
+        answer = httpx.request(method, f"{plane.url}{path}")
+        assert answer.status_code == 405, (method, path, answer.text)
+        assert answer.headers["allow"] == allowed, (method, path, answer.headers)
+        assert error_body(answer)["error"] == "MethodNotAllowed"
 
 
 def test_not_found_and_invalid_errors_round_trip_through_the_client(plane: Plane) -> None:

@@ -47,6 +47,11 @@ def test_dashboard_metrics_and_summary_show_the_same_database(
         summary = client.request("GET", "/telemetry/summary", params={"run_id": "r1"}).json()
 
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    # A server without tokens needs no login: framed by another site, its approve button
+    # could be clicked through an overlay (clickjacking); and no script may run.
+    assert page.headers["x-frame-options"] == "DENY"
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
     html = page.text
     assert instance in html and "r1" in html and "worker-a" in html
     assert 'class="EXECUTING"' in html and 'class="QUEUED"' in html

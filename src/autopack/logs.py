@@ -52,8 +52,11 @@ class _JsonFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
+    """A field's value as one token of one line: quoted when it has a space, or a line
+    break, tab or escape sequence (a worker's stop_reason must not forge log lines or
+    drive the terminal that reads them)."""
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    return json.dumps(text) if (" " in text or not text or not text.isprintable()) else text
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from autopack import __version__, redact
-from autopack.api.auth import Authenticator
+from autopack.api.auth import Authenticator, TokenBeforeBody, secured_routes
 from autopack.api.errors import BodyLimit, install_error_handlers
 from autopack.api.maintenance import Maintenance
 from autopack.api.openapi import install_docs
@@ -118,10 +118,8 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
 
     install_error_handlers(app)
     install_docs(app)
-    app.add_middleware(BodyLimit)
-
     # Routes are matched in order: the workers' hot calls first.
-    for router in (
+    routers = (
         claims.router,
         phases.router,
         health.router,
@@ -132,6 +130,9 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
         dashboard.router,
         ui_session.router,
         metrics.router,
-    ):
+    )
+    for router in routers:
         app.include_router(router)
+    app.add_middleware(TokenBeforeBody, secured=secured_routes(routers))
+    app.add_middleware(BodyLimit)  # outermost: a declared 413 before anything else
     return app

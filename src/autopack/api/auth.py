@@ -28,17 +28,22 @@ import ipaddress
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from autopack.api.errors import answer
 from autopack.config import MAKE_TOKEN, Settings
 from autopack.contract import FINGERPRINT_HEADER, INSTANCE_HEADER
-from autopack.errors import ConfigError, Forbidden, IdentityMismatch, Unauthorized
+from autopack.errors import AutopackError, ConfigError, Forbidden, IdentityMismatch, Unauthorized
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.api")
@@ -262,6 +267,58 @@ WORKER = Depends(_worker)
 """Router dependency: a worker's (or the operator's) token."""
 OPERATOR = Depends(_operator)
 """Router dependency: the operator's token."""
+_ROLES = {_worker: Role.WORKER, _operator: Role.OPERATOR}
+SecuredRoutes = list[tuple[APIRoute, Role]]
+
+
+def secured_routes(routers: Iterable[APIRouter]) -> SecuredRoutes:
+    """Every route behind a token with the role it needs, read from the dependencies
+    each route declares (its router's included)."""
+    table: SecuredRoutes = []
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                roles = [_ROLES[d.dependency] for d in route.dependencies if d.dependency in _ROLES]
+                if roles:
+                    table.append((route, max(roles)))
+    return table
+
+
+class TokenBeforeBody:
+    """Pure ASGI middleware: a request with a body to a route behind a token is
+    authorized by its headers before a byte of its body is read.
+
+    FastAPI reads and parses a JSON body before it runs any dependency, so the route's
+    own check came too late: a client with no token made the server receive up to
+    16 MiB and parse it on the event loop (stalling every other request) before its
+    401. The route's dependency still checks; this only answers first."""
+
+    def __init__(self, app: ASGIApp, secured: SecuredRoutes) -> None:
+        self.app = app
+        self.secured = secured
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        needed = self._needed(scope) if scope["type"] == "http" else None
+        if needed is not None:
+            request = Request(scope)
+            try:
+                authorize(request, await _bearer(request), needed)
+            except AutopackError as exc:
+                await answer(request, exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _needed(self, scope: Scope) -> Role | None:
+        """The role a request that may carry a body needs, or None (a GET, an empty body,
+        no secured route). Framing headers are not required: HTTP/2 may send neither."""
+        if scope["method"] in ("GET", "HEAD"):
+            return None
+        if dict(scope.get("headers") or []).get(b"content-length") == b"0":
+            return None
+        for route, role in self.secured:
+            if route.matches(scope)[0] == Match.FULL:  # as the router matches (root_path too)
+                return role
+        return None
 
 
 def check_bind(host: str, settings: Settings) -> None:

@@ -20,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import redact
@@ -68,6 +70,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return answer(request, invalid_input(exc))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # A client that hangs up mid-body (a dashboard form) is no server failure: one
+        # line, not a traceback; the answer reaches nobody.
+        log_event(logger, "request_abandoned", method=request.method, path=request.url.path)
+        return answer(request, BadRequest("the client closed the connection mid-body"))
+
     @app.exception_handler(HTTPException)
     async def starlette_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.__cause__ is not None:
@@ -114,15 +123,23 @@ def unreadable_body(cause: BaseException) -> AutopackError:
     return BadRequest(f"the request body cannot be read: {reason}")
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """The methods of every route matching the request's path (FastAPI declares one route
-    per method, and Starlette's 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(request.url.path):
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods - {"HEAD"})
+    """The methods some route serves at the request's path (FastAPI declares one route
+    per method, and Starlette's 405 names only the first route's). Each method is tried
+    the way the router matches, not read from route attributes: FastAPI nests included
+    routers, whose routes the app's own list does not hold (the header was empty)."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+            if not isinstance(route, Mount)  # a mount matches every method
+        )
+    ]
 
 
 def invalid_input(exc: RequestValidationError) -> InvalidInput:

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from autopack import __version__
 from autopack.api.auth import SESSION_COOKIE
 from autopack.api.deps import DatabaseDep
-from autopack.api.routers.ui_session import ui_access
+from autopack.api.routers.ui_session import PAGE_HEADERS, ui_access
 from autopack.bounds import ID_PATTERN
 from autopack.clock import utcnow
 from autopack.contract import ApprovalList, PhaseView, RunSummary, RunView
@@ -218,7 +218,7 @@ def dashboard(
         f"<h2>LLM calls{' of ' + escape(chosen) if chosen else ''}</h2>"
         f"{_telemetry(usage, events)}{_logout(request, access.csrf)}</body></html>"
     )
-    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
 def _logout(request: Request, csrf: str) -> str:

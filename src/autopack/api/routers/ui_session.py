@@ -28,6 +28,16 @@ from autopack.errors import Forbidden, RequestTooLarge
 
 router = APIRouter(prefix="/ui", tags=["dashboard"], include_in_schema=False)
 MAX_FORM_BYTES = 64 * 1024
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # Never inside another site's frame: a server without tokens needs no login, so a page
+    # framing /ui could overlay its approve button and have the operator click it.
+    "X-Frame-Options": "DENY",
+    # No script, no foreign forms: escaping is the first guard, this the second.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
+"""Headers of every dashboard page."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,11 @@ def _same_origin(request: Request) -> None:
     if origin is None:  # not a browser, or one that does not say: SameSite=Strict guards
         return
     host = request.headers.get("host", "")
-    if urlsplit(origin).netloc != host:
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[::1" and the like: no origin at all, so not this one
+        netloc = None
+    if netloc != host:
         raise Forbidden(f"cross-site form refused (Origin {origin!r} is not {host!r})")
 
 
@@ -108,7 +122,7 @@ def _login_page(message: str = "", status_code: int = 200) -> HTMLResponse:
         "autocomplete='current-password' autofocus></label> <button>Log in</button></form>"
         "</body></html>"
     )
-    return HTMLResponse(page, status_code=status_code, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(page, status_code=status_code, headers=PAGE_HEADERS)
 
 
 @router.get("/login")
