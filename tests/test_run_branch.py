@@ -395,3 +395,45 @@ def test_a_relative_repo_path_means_the_directory_the_command_ran_in(tmp_path: P
     exported, out = _drain_and_export(tmp_path, "remote.git")
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (out / "pkg/mod.py").read_text() == "X = 1\n"
+
+
+def test_a_checkout_of_the_run_branch_follows_it_and_never_shows_the_work_undone(
+    tmp_path: Path,
+) -> None:
+    """``git worktree add DIR autopack/RUN`` (how the README says to read the code) or a
+    ``git checkout`` of it: ``update-ref`` moved the branch under that work tree, whose
+    ``git status`` then showed the new phase's files as staged deletions, ready for the
+    next ``git commit -a`` to put on the branch. It follows the branch now, keeping the
+    person's own changes; when it cannot, the branch waits for it instead."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"notes.txt": "mine\n"})
+    phases = [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2", "p3")]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    answers = {"p1": _answer(p1_txt="one\n"), "p2": _answer(p2_txt="two\n")}
+    answers["p3"] = _answer(p3_txt="three\n")
+    tape = cassette(tmp_path, [line(p, 1, text) for p, text in answers.items()])
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    code = tmp_path / "code"
+    git("worktree", "add", "-q", str(code), f"autopack/{RUN}", cwd=ws)
+    (code / "notes.txt").write_text("my uncommitted edit\n")
+
+    done = drain(*_args(ws, tape, phase_id="p2"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(ws, "pkg/p2.txt") == "two\n"
+    assert git("status", "--porcelain", cwd=code) == "M notes.txt"
+    assert (code / "pkg/p2.txt").read_text() == "two\n"
+
+    (code / "pkg/p3.txt").write_text("an untracked file of mine\n")
+    done = drain(*_args(ws, tape, phase_id="p3"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "branch_waits" in done.stderr and str(code) in done.stderr
+    assert on_branch(ws, "pkg/p3.txt") is None, "the branch waits for the checkout"
+    assert (code / "pkg/p3.txt").read_text() == "an untracked file of mine\n"
+    (code / "pkg/p3.txt").unlink()
+    exported = cli(
+        "run", "export", RUN, str(tmp_path / "out"), "--workspace", str(ws), env=env, cwd=tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert on_branch(ws, "pkg/p3.txt") == "three\n"
+    assert git("status", "--porcelain", cwd=code) == "M notes.txt"

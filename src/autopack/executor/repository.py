@@ -35,6 +35,7 @@ from pathlib import Path
 
 from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
+from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
 from autopack.logs import log_event
 from autopack.paths import absolute
@@ -101,6 +102,7 @@ class RunRepository:
         self._lock = threading.RLock()
         self._depth = 0
         self._lock_file: int | None = None
+        self._common_dir: Path | None = None
         # Facts about commits never change (objects are never deleted here, ancestry is
         # fixed), so each is asked of git once: at K attempts at a time every git process
         # spared is a fork on the executor's few cores.
@@ -135,10 +137,16 @@ class RunRepository:
 
     def _lock_fd(self) -> int:
         if self._lock_file is None:
-            common = out("rev-parse", "--git-common-dir", cwd=self.path)
-            lock_path = (self.path / common).resolve() / "autopack.lock"
+            lock_path = self._common() / "autopack.lock"
             self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         return self._lock_file
+
+    def _common(self) -> Path:
+        """The repository's git common directory (``.git``, or the bare repository)."""
+        if self._common_dir is None:
+            common = out("rev-parse", "--git-common-dir", cwd=self.path)
+            self._common_dir = (self.path / common).resolve()
+        return self._common_dir
 
     @property
     def where(self) -> str:
@@ -304,15 +312,18 @@ class RunRepository:
         """
         if to == self._reached:  # the branch only moves forward: it holds ``to`` already
             return
-        if on is not None and on == self._reached:
+        try:
+            if on is not None and on == self._reached:
+                with self.locked():
+                    if self._swap(on, to):
+                        log_event(logger, "branch_advanced", branch=self.branch, old=on, new=to)
+                        self._reached = to
+                        return
+            self.require(to)
             with self.locked():
-                if self._swap(on, to):
-                    log_event(logger, "branch_advanced", branch=self.branch, old=on, new=to)
-                    self._reached = to
-                    return
-        self.require(to)
-        with self.locked():
-            self._reached = self._advance(to)
+                self._reached = self._advance(to)
+        except BranchCheckedOut as exc:  # the branch waits; the work is safe (checkouts.py)
+            log_event(logger, "branch_waits", logging.WARNING, reason=exc.message)
 
     def _advance(self, to: str) -> str:
         """Advance to ``to``; the branch's head afterwards (``to``, or a head past it)."""
@@ -346,6 +357,8 @@ class RunRepository:
     def _swap(self, old: str | None, new: str) -> bool:
         if self.remote:
             return self._push(new, self.branch, expected=old)
+        if old is not None:  # a person's checkout of the branch moves with it, or nothing does
+            carry(self._common(), self.path, self.branch, old, new)
         result = git(
             "update-ref", f"refs/heads/{self.branch}", new, old or "", cwd=self.path, check=False
         )
