@@ -437,3 +437,27 @@ def test_a_checkout_of_the_run_branch_follows_it_and_never_shows_the_work_undone
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert on_branch(ws, "pkg/p3.txt") == "three\n"
     assert git("status", "--porcelain", cwd=code) == "M notes.txt"
+
+
+def test_a_remote_with_the_run_branch_checked_out_is_named_not_retried_as_moving(
+    tmp_path: Path,
+) -> None:
+    """A non-bare ``--repo`` refuses a push to its checked-out branch; that refusal was
+    read as "the branch moved", pushed twenty times over and reported as "the branch kept
+    moving; try again", which no retry fixes."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    ws = repository(tmp_path / "ws")
+    create_run(
+        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2")]), env, tmp_path
+    )
+    tape = cassette(tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2")])
+    remote = ["phase", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    remote += ["--repo", str(ws), "--phase-id"]
+    assert drain(*remote, "p1", env=env, cwd=tmp_path).returncode == 0
+    git("checkout", "-q", f"autopack/{RUN}", cwd=ws)
+    done = drain(*remote, "p2", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kept moving" not in done.stderr
+    assert "branch_waits" in done.stderr and "is checked out in the repository" in done.stderr
+    assert git("status", "--porcelain", cwd=ws) == "", "the person's checkout is untouched"

@@ -379,6 +379,13 @@ class RunRepository:
             git("update-ref", f"refs/remotes/{REMOTE}/{branch}", commit, cwd=self.path)
             return True
         message = pushed.stderr.decode(errors="replace")
+        if "checked out" in message:  # a non-bare remote refuses (receive.denyCurrentBranch)
+            raise BranchCheckedOut(
+                ("push", REMOTE, f"{commit[:12]}:refs/heads/{branch}"),
+                f"branch {branch} is checked out in the repository {self.where}, which "
+                "refuses to move it under that checkout: check out another branch there "
+                "(or set receive.denyCurrentBranch=updateInstead); the branch follows then",
+            )
         if "stale info" in message or "rejected" in message or "fetch first" in message:
             return False  # the remote moved: read it again and retry
         raise GitError(("push", REMOTE, f"{commit}:refs/heads/{branch}"), message)
