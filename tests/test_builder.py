@@ -77,6 +77,9 @@ def test_empty_files_feedback_tells_the_builder_what_to_do() -> None:
         "a\x00.py",
         # git never tracks a .git path: the file was reported written but not committed
         *("examples/utils/.git", "examples/utils/.GIT/hooks/post-checkout"),
+        # nor one of the spellings git refuses to add (core.protectNTFS/HFS): a git_error
+        *("examples/utils/.git./x", "examples/utils/GIT~1/x", "examples/utils/.git /x"),
+        *("examples/utils/.git::$INDEX_ALLOCATION/x", "examples/utils/.g\u200cit/x"),
     ],
 )
 def test_unsafe_paths_are_rejected(tmp_path: Path, path: str) -> None:

@@ -29,6 +29,19 @@ from autopack.bounds import lone_surrogate
 from autopack.errors import ConfigError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_HFS_IGNORABLE = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
+"""Code points HFS+ ignores in names, which git therefore ignores in ``.git`` too."""
+
+
+def _names_git(part: str) -> bool:
+    """Is ``part`` a spelling of ``.git`` that git refuses to track (``core.protectNTFS`` and
+    ``core.protectHFS``: any case, trailing dots or spaces, an NTFS stream or short name,
+    ignorable code points)? Written, such a file made ``git add`` fail, and the attempt
+    ended as a ``git_error`` instead of feedback the Builder could act on."""
+    name = _HFS_IGNORABLE.sub("", part).lower().split(":")[0].rstrip(". ")
+    return name in (".git", "git~1")
+
+
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 """What Linux file systems take (NAME_MAX, PATH_MAX): longer is refused by its spelling,
@@ -62,7 +75,7 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
         problem = f"has a name longer than {MAX_NAME_BYTES} bytes"
     elif not problem and ".." in parts:
         problem = "contains '..'"
-    elif not problem and any(part.lower() == ".git" for part in parts):
+    elif not problem and any(_names_git(part) for part in parts):
         problem = "names .git, which git keeps for itself (it would never be committed)"
     elif not problem and not parts:
         problem = "names no file or directory"
