@@ -415,3 +415,29 @@ def test_an_approved_change_does_not_undo_what_another_phase_completed_meanwhile
     assert waiting.returncode == 0, stderr
     assert on_branch(ws, "pkg/keep.py") == "a = 10\nb = 2\nc = 3\nd = 4\n"
     assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+
+
+def test_an_answer_overwriting_hundreds_of_files_waits_for_approval(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The approval's reason lists every path; past the request's 10 000 characters it was
+    refused before it was sent and the attempt ended as an ``executor_error``."""
+    env = _setup(tmp_path, sqlite_url, max_attempts=1)
+    existing = {f"pkg/existing_module_{i:04d}.py": "old = 1\n" for i in range(300)}
+    repository(tmp_path / "ws", existing)
+    written = [{"path": "pkg/mod.py", "content": "x = 1\n"}]
+    written += [{"path": path, "content": "new = 1\n"} for path in existing]
+    tape = cassette(tmp_path, [line("p1", 1, json.dumps({"files": written, "summary": "all"}))])
+    waiting = drain_process(*_phase_args(tmp_path, tape), env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while phase_row(sqlite_url, "p1")["state"] not in ("AWAITING_APPROVAL", "FAILED"):
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    waiting.kill()
+    waiting.communicate()
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["approval_requested"]
+    [approval] = rows(sqlite_url, "SELECT reason, context FROM approval_requests")
+    assert len(approval["reason"]) <= 10_000 and approval["reason"].endswith(
+        "listed in the change)"
+    )
+    assert len(json.loads(approval["context"])["change"]["needs_approval"]) == 300

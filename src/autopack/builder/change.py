@@ -59,6 +59,21 @@ class Change:
             "summary": self.summary,
         }
 
+    def approval_reason(self, limit: int) -> str:
+        """:attr:`needs_approval` as one line of at most ``limit`` characters (the request's
+        column): an answer overwriting hundreds of files made a longer one, refused by the
+        request's model, and the attempt ended as an ``executor_error``. Those left off are
+        counted; the change itself lists them all."""
+        shown: list[str] = []
+        length = 0
+        for item in self.needs_approval:
+            length += len(item) + 2
+            if length > limit - 40:  # room for the count of the rest
+                rest = len(self.needs_approval) - len(shown)
+                return "; ".join([*shown, f"and {rest} more (listed in the change)"])
+            shown.append(item)
+        return "; ".join(shown)
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Change:
         return cls(

@@ -33,6 +33,7 @@ from autopack.builder.change import Change, plan_change, recheck
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
 from autopack.contract import (
+    MAX_APPROVAL_REASON,
     ApprovalIn,
     AttemptView,
     AuditVerdict,
@@ -339,7 +340,7 @@ class Attempt:
             claim.phase_id,
             ApprovalIn(
                 lease_token=lease.token,
-                reason="; ".join(change.needs_approval),
+                reason=change.approval_reason(MAX_APPROVAL_REASON),
                 context={"change": change.to_json(), "attempt": claim.attempt, "base": base},
                 timeout_seconds=self.o.approval_timeout_seconds,
             ),
@@ -356,7 +357,7 @@ class Attempt:
             "approval_requested",
             phase_state=PhaseState.AWAITING_APPROVAL,
             output_tokens=meter.output_tokens,
-            detail=f"approval {answer.approval_id}: " + "; ".join(change.needs_approval),
+            detail=f"approval {answer.approval_id}: {change.approval_reason(MAX_APPROVAL_REASON)}",
         )
 
     def _check(self, lease: Lease, workspace: Path) -> None:
