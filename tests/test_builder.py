@@ -355,6 +355,22 @@ def test_a_context_directory_spelled_with_a_slash_is_read(tmp_path: Path) -> Non
     assert "THE-GUIDE" in builder_prompt(task, tmp_path)
 
 
+def test_a_context_directory_leading_out_of_the_workspace_is_not_walked(tmp_path: Path) -> None:
+    """``docs -> /`` in the repository: the prompt walked the whole file system below it
+    (and crashed the attempt on the first ``/proc/PID/cwd`` it could not stat); only its
+    files' own resolved paths were checked, so one linking back in was read as context."""
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    workspace.mkdir()
+    outside.mkdir()
+    (workspace / "real.md").write_text("READ-THROUGH-OUTSIDE\n")
+    (outside / "back.md").symlink_to(workspace / "real.md")
+    (workspace / "docs").symlink_to(outside)
+    scope = Scope(paths=["pkg/"], read_only_context=["docs"], deliverables=["pkg/a.py"])
+    task = PhaseDefinition(phase_id="p1", name="p", scope=scope)
+    prompt = builder_prompt(task, workspace)
+    assert "READ-THROUGH-OUTSIDE" not in prompt and "docs/back.md" not in prompt
+
+
 def test_prompt_carries_contract_context_and_feedback(tmp_path: Path) -> None:
     (tmp_path / "examples/utils").mkdir(parents=True)
     (tmp_path / "examples/utils/base.py").write_text("BASE = 1\n")
