@@ -461,3 +461,33 @@ def test_a_remote_with_the_run_branch_checked_out_is_named_not_retried_as_moving
     assert "kept moving" not in done.stderr
     assert "branch_waits" in done.stderr and "is checked out in the repository" in done.stderr
     assert git("status", "--porcelain", cwd=ws) == "", "the person's checkout is untouched"
+
+
+def test_a_ref_lock_a_killed_git_left_delays_the_branch_but_fails_no_phase(
+    tmp_path: Path,
+) -> None:
+    """``refs/heads/autopack/RUN.lock`` left by a git killed mid-update: every later
+    attempt failed ``git_error`` ("the branch kept moving; try again", after twenty
+    tries) at its start, until the phases ran out of attempts. Attempts start from the
+    accepted head; the branch catches up once the lock is gone."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    create_run(
+        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2", "p3")]), env, tmp_path
+    )
+    tape = cassette(
+        tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2", "p3")]
+    )
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    lock = ws / f".git/refs/heads/autopack/{RUN}.lock"
+    lock.touch()
+    for p in ("p2", "p3"):
+        done = drain(*_args(ws, tape, phase_id=p), env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "kept moving" not in done.stderr and f"{RUN}.lock" in done.stderr
+    assert [a["stop_reason"] for p in ("p2", "p3") for a in attempts(url, p)] == ["completed"] * 2
+    assert on_branch(ws, "pkg/p3.txt") is None
+    lock.unlink()
+    assert drain(*_args(ws, tape), env=env, cwd=tmp_path).returncode == 0
+    assert on_branch(ws, "pkg/p2.txt") == "p2\n" and on_branch(ws, "pkg/p3.txt") == "p3\n"

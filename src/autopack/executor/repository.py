@@ -362,6 +362,9 @@ class RunRepository:
         result = git(
             "update-ref", f"refs/heads/{self.branch}", new, old or "", cwd=self.path, check=False
         )
+        said = result.stderr.decode(errors="replace")
+        if result.returncode != 0 and "File exists" in said:  # a lock a killed git left
+            raise GitError(("update-ref", f"refs/heads/{self.branch}"), said)
         return result.returncode == 0
 
     def _push(self, commit: str, branch: str, *, expected: str | None) -> bool:
