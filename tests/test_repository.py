@@ -9,6 +9,7 @@ and a conflict is named.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -416,3 +417,26 @@ def test_a_remote_that_looks_like_an_option_is_a_repository_name_to_git(
         RunRepository.open(RepoSource(remote=remote), branch=BRANCH, cache_dir=tmp_path / "c")
     assert f"repository '{remote}' does not exist" in str(caught.value)
     assert "usage:" not in str(caught.value)
+
+
+def test_a_pool_forgets_its_own_vanished_checkouts_and_never_a_persons(tmp_path: Path) -> None:
+    """``git worktree prune`` at every pool's start also forgot a person's worktree whose
+    directory was away for now (an unmounted drive): its index (staged work) and HEAD were
+    deleted, and the directory was no repository when it came back."""
+    repo, repository, pool = checkouts(tmp_path, {"a.txt": "a\n"})
+    with pool.checkout(repository.head(), "r1-p1-1") as tree:
+        slot = tree.path
+    pool.close()
+    sh("worktree", "add", "-q", "-b", "feature", str(tmp_path / "usb/feature"), cwd=repo)
+    (tmp_path / "usb/feature/wip.txt").write_text("staged work\n")
+    sh("add", "wip.txt", cwd=tmp_path / "usb/feature")
+    (tmp_path / "usb").rename(tmp_path / "unmounted")
+    left = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    with left.checkout(repository.head(), "r1-p2-1") as tree:  # a slot of ours vanishes
+        vanished = tree.path
+    shutil.rmtree(vanished)
+    Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    (tmp_path / "unmounted").rename(tmp_path / "usb")
+    assert sh("status", "--porcelain", cwd=tmp_path / "usb/feature") == "A  wip.txt"
+    listed = sh("worktree", "list", "--porcelain", cwd=repo)
+    assert str(vanished) not in listed and str(slot) not in listed

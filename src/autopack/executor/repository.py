@@ -137,11 +137,11 @@ class RunRepository:
 
     def _lock_fd(self) -> int:
         if self._lock_file is None:
-            lock_path = self._common() / "autopack.lock"
+            lock_path = self.common_dir() / "autopack.lock"
             self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         return self._lock_file
 
-    def _common(self) -> Path:
+    def common_dir(self) -> Path:
         """The repository's git common directory (``.git``, or the bare repository)."""
         if self._common_dir is None:
             common = out("rev-parse", "--git-common-dir", cwd=self.path)
@@ -358,7 +358,7 @@ class RunRepository:
         if self.remote:
             return self._push(new, self.branch, expected=old)
         if old is not None:  # a person's checkout of the branch moves with it, or nothing does
-            carry(self._common(), self.path, self.branch, old, new)
+            carry(self.common_dir(), self.path, self.branch, old, new)
         result = git(
             "update-ref", f"refs/heads/{self.branch}", new, old or "", cwd=self.path, check=False
         )

@@ -170,7 +170,24 @@ class Worktrees:
             if not _alive(pid):
                 self._remove(slot)
         self._expire_kept()
-        git("worktree", "prune", cwd=self.repository.path, check=False)
+        self._prune_own()
+
+    def _prune_own(self) -> None:
+        """Forget git's records of this pool's checkouts whose directories are gone.
+
+        Not ``git worktree prune``: that also forgets a person's own worktrees whose
+        directory is away for now (an unmounted drive, a directory moved for ``git
+        worktree repair``), and their index and HEAD with them: staged work lost, the
+        worktree no longer a repository when it comes back.
+        """
+        root = Path(os.path.realpath(self.root))  # git records real paths
+        for entry in (self.repository.common_dir() / "worktrees").glob("*"):
+            try:
+                checkout = Path((entry / "gitdir").read_text().strip()).parent
+            except OSError:
+                continue
+            if Path(os.path.realpath(checkout)).is_relative_to(root) and not checkout.exists():
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _remove(self, path: Path) -> None:
         with self.repository.locked():
