@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,3 +71,26 @@ def test_a_check_printing_without_end_is_stopped_before_its_timeout(
     assert time.monotonic() - started < 15, "the check ran until its timeout"
     assert not result.passed and not result.timed_out and result.exit_code is None
     assert "printed more than 4 MiB" in result.output_tail
+
+
+def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the check, in a session of its own, ran on (a hung one
+    forever) in a worktree the next executor removes."""
+    pid_file = tmp_path / "check.pid"
+    runner = (
+        "import sys; from pathlib import Path; from autopack.executor.checks import run_checks; "
+        f"run_checks(['echo $$ > {pid_file}; exec sleep 60'], Path(sys.argv[1]), timeout=120)"
+    )
+    executor = subprocess.Popen([sys.executable, "-c", runner, str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline and executor.poll() is None, "the check never started"
+        time.sleep(0.05)
+    check = int(pid_file.read_text())
+    executor.kill()
+    executor.wait()
+    try:
+        assert _gone(check), "the check outlived its executor"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(check, signal.SIGKILL)

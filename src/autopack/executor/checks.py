@@ -14,17 +14,17 @@ executor can kill them (:func:`terminate_running_checks`): each runs in its own 
 which a signal to the executor does not reach.
 
 Nothing a check starts outlives it: its process group is killed when its shell ends, and so
-is every process still carrying its environment's :data:`CHECK_MARKER` (a daemon that left
-the group with ``setsid`` kept running, in the attempt's worktree, after the phase and the
-drain had ended). Its output may fill at most :data:`MAX_OUTPUT_BYTES` of disk: one that
-prints without end (``yes``) is killed there, not left to fill the disk before its timeout.
+is every process still carrying its marker (a daemon that left the group with ``setsid``
+kept running, in the attempt's worktree, after the phase and the drain had ended), and
+all of them if the executor is killed (:mod:`autopack.executor.check_reaper`). Its
+output may fill at most :data:`MAX_OUTPUT_BYTES` of disk: one that prints without end
+(``yes``) is killed there, not left to fill the disk before its timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shlex
 import signal
 import subprocess
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from autopack.contract import CheckResult
+from autopack.executor.check_reaper import CHECK_MARKER, ensure_reaper, kill_marked, new_marker
 from autopack.executor.git import local_environment
 from autopack.executor.outcome import Finish
 from autopack.states import PhaseState
@@ -46,9 +47,6 @@ TAIL_CHARS = 4000
 _SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
 COMMAND_NOT_FOUND = 127
 """POSIX shells' exit status for a command that does not exist."""
-CHECK_MARKER = "AUTOPACK_CHECK_ID"
-"""Set to a fresh random value in each check's environment; every process inheriting it is
-the check's, wherever it moved (another session, another process group)."""
 MAX_OUTPUT_BYTES = 128 * 1024 * 1024
 """A check that prints more is killed: its output is a file on the executor's disk."""
 _POLL_SECONDS = 0.2
@@ -120,33 +118,11 @@ def terminate_running_checks() -> None:
         _kill(process, marker)
 
 
-def _marked(marker: str) -> list[int]:
-    """The processes of this user whose environment carries the check's ``marker``."""
-    needle = f"{CHECK_MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone meanwhile, or another user's
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
 def _kill(process: subprocess.Popen[bytes], marker: str) -> None:
-    """Kill the check's process group, then whatever of the check escaped it (a daemon
-    started with ``setsid`` or a double fork), until none is left (one may fork while we
-    look). Without ``/proc`` only the group is killed."""
+    """Kill the check's process group, then whatever of the check escaped it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    for _ in range(100):
-        escaped = [pid for pid in _marked(marker) if pid != os.getpid()]
-        if not escaped:
-            return
-        for pid in escaped:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+    kill_marked(marker)
 
 
 def _check_env(scratch: Path) -> dict[str, str]:
@@ -168,7 +144,8 @@ def _check_env(scratch: Path) -> dict[str, str]:
 def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
     with tempfile.TemporaryDirectory(prefix="autopack-check-") as scratch:
         env = _check_env(Path(scratch))
-        env[CHECK_MARKER] = secrets.token_hex(16)
+        env[CHECK_MARKER] = new_marker()
+        ensure_reaper()
         return _run(command, workspace, timeout, env, Path(scratch))
 
 
