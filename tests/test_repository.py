@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from autopack.errors import ConfigError
+from autopack.executor import repolock
 from autopack.executor.git import GitError
 from autopack.executor.integration import Integrator
 from autopack.executor.repository import (
@@ -440,3 +443,35 @@ def test_a_pool_forgets_its_own_vanished_checkouts_and_never_a_persons(tmp_path:
     assert sh("status", "--porcelain", cwd=tmp_path / "usb/feature") == "A  wip.txt"
     listed = sh("worktree", "list", "--porcelain", cwd=repo)
     assert str(vanished) not in listed and str(slot) not in listed
+
+
+def test_a_stopped_lock_holder_is_waited_for_a_while_not_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An executor stopped (SIGSTOP, Ctrl-Z) during a git step kept the repository lock:
+    every other executor on the machine waited for it, leases renewed, until it resumed."""
+    monkeypatch.setattr(repolock, "PATIENCE_SECONDS", 0.5)
+    _, repository, _ = checkouts(tmp_path, {"a.txt": "a\n"})
+    lock = repository.common_dir() / "autopack.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        holder.send_signal(signal.SIGSTOP)
+        moved = threading.Thread(target=lambda: repository.advance(repository.head()))
+        moved.start()
+        moved.join(timeout=20)
+        assert not moved.is_alive(), "waited for the stopped holder"
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]

@@ -21,12 +21,10 @@ machines share one branch instead of scattering files over their disks.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +35,7 @@ from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
 from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
+from autopack.executor.repolock import RepositoryLock
 from autopack.logs import log_event
 from autopack.paths import absolute
 from autopack.rundef import default_branch
@@ -99,10 +98,8 @@ class RunRepository:
         self.path = path
         self.branch = branch
         self.remote = remote
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._lock_file: int | None = None
         self._common_dir: Path | None = None
+        self._repository_lock = RepositoryLock(self.common_dir)
         # Facts about commits never change (objects are never deleted here, ancestry is
         # fixed), so each is asked of git once: at K attempts at a time every git process
         # spared is a fork on the executor's few cores.
@@ -115,31 +112,10 @@ class RunRepository:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the repository while changing it: its refs, its worktrees, its cache.
-
-        Git takes a lock per ref and fails (it does not wait) when another process holds
-        it, and a fetch checks every worktree's HEAD while another thread moves one. The
-        attempts of one executor (threads) and the executors sharing one machine's cache
-        (processes) therefore take turns, on a lock file in the repository: each git step
-        takes milliseconds, the attempts' long parts (LLM calls, checks) hold nothing.
-        """
-        with self._lock:
-            held = self._lock_fd()
-            if self._depth == 0:
-                fcntl.flock(held, fcntl.LOCK_EX)
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    fcntl.flock(held, fcntl.LOCK_UN)
-
-    def _lock_fd(self) -> int:
-        if self._lock_file is None:
-            lock_path = self.common_dir() / "autopack.lock"
-            self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        return self._lock_file
+        """Hold the repository while changing it: its refs, its worktrees, its cache
+        (:mod:`autopack.executor.repolock` says why and what a stopped holder costs)."""
+        with self._repository_lock.held():
+            yield
 
     def common_dir(self) -> Path:
         """The repository's git common directory (``.git``, or the bare repository)."""
