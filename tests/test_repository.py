@@ -475,3 +475,19 @@ def test_a_stopped_lock_holder_is_waited_for_a_while_not_forever(
         holder.kill()
         holder.wait()
         holder.stdout.close()  # type: ignore[union-attr]
+
+
+def test_the_paths_a_branch_changed_are_named_as_written_not_as_git_quotes_them(
+    tmp_path: Path,
+) -> None:
+    """``git diff --name-only`` quotes a name outside ASCII (``"\\303\\274.py"``): the
+    branch's changes then matched no path an attempt wrote, so a rebase onto another
+    phase's change of the same file skipped the checks ``overlap`` asked for."""
+    repo, repository, pool = checkouts(tmp_path, {"ü.py": "u = 1\n", "tab\tname.py": "t\n"})
+    base = repository.head()
+    with pool.checkout(base, "one") as tree:
+        (tree.path / "ü.py").write_text("u = 2\n")
+        (tree.path / "tab\tname.py").write_text("t = 2\n")
+        changed = tree.make_commit(["ü.py", "tab\tname.py"], "one")
+    fresh = local(repo, tmp_path / "cache")  # made none of the commits: asks git
+    assert fresh.changed(base, changed) == ["tab\tname.py", "ü.py"]

@@ -248,8 +248,11 @@ class RunRepository:
         if commit == old:
             return sorted(paths)
         # --no-renames: a rename is its old path and its new one (diff.renames names only
-        # the new), both paths a change made on the old commit may meet.
-        return out("diff", "--no-renames", "--name-only", old, new, cwd=self.path).splitlines()
+        # the new), both paths a change made on the old commit may meet. -z: names as they
+        # are; git quotes others ("\303\274.py" for ü.py), which matched no path an attempt
+        # wrote, and the checks a rebase onto such a change needed were skipped.
+        listed = git("diff", "--no-renames", "--name-only", "-z", old, new, cwd=self.path)
+        return [name for name in listed.stdout.decode().split("\0") if name]
 
     def has(self, commit: str) -> bool:
         if commit not in self._present:
