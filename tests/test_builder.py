@@ -202,7 +202,17 @@ def test_apply_keeps_an_overwritten_files_mode_and_gives_new_files_the_umask_mod
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "examples/utils/new.txt").stat().st_mode) == 0o666 & ~umask
-    assert not list(tmp_path.rglob("*.autopack")), "no temporary file is left behind"
+    assert not list(tmp_path.rglob(".autopack-*")), "no temporary file is left behind"
+
+
+def test_a_file_name_as_long_as_the_file_system_takes_is_written(tmp_path: Path) -> None:
+    """The temporary file was named after its target plus 21 characters: a name the path
+    rules admit (255 bytes) made it too long, and the attempt crashed as executor_error."""
+    name = "examples/utils/" + "n" * 252 + ".py"
+    applied = apply_change(
+        tmp_path, _plan(tmp_path, _answer([*GOOD, {"path": name, "content": "x"}]))
+    )
+    assert applied.paths[-1] == name and (tmp_path / name).read_text() == "x"
 
 
 def test_writing_a_file_never_changes_the_process_umask(

@@ -135,7 +135,8 @@ def write_atomic(target: Path, data: bytes) -> None:
     reading the umask means setting it, which would race other threads creating files).
     ``OSError`` when it cannot."""
     existing = target.stat() if target.is_file() else None
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.autopack")
+    # Not named after the target: a name of MAX_NAME_BYTES leaves no room for more.
+    temp = target.with_name(f".autopack-{secrets.token_hex(6)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
