@@ -88,6 +88,16 @@ def test_unsafe_paths_are_rejected(tmp_path: Path, path: str) -> None:
     assert caught.value.stop_reason == "unsafe_path"
 
 
+def test_a_path_too_long_with_the_workspaces_own_location_is_feedback(tmp_path: Path) -> None:
+    """4 000 bytes pass the path rules, but not with the worktree's path in front: the plan
+    crashed on ENAMETOOLONG and the attempt ended as executor_error."""
+    deep = "examples/utils/" + ("d" * 200 + "/") * 19
+    deep += "x" * (4089 - len(deep) - 3) + ".py"  # 4 089 bytes: admitted by the path rules
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer([*GOOD, {"path": deep, "content": "x"}]))
+    assert caught.value.stop_reason == "unsafe_path" and "shorter path" in caught.value.feedback
+
+
 def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
     workspace, outside = tmp_path / "ws", tmp_path / "outside"
     (workspace / "examples").mkdir(parents=True)

@@ -18,6 +18,7 @@ after a human approves: those are listed in :attr:`Change.needs_approval`.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,6 +127,13 @@ def _admit(raw: str, scope: Scope, workspace: Path) -> str:
     path = safe_relative(raw)
     if not scope.allows(path):
         raise _outside_scope(path, scope)
+    if len(os.fsencode(workspace / path)) >= paths.MAX_PATH_BYTES:  # with the worktree's own
+        raise BuilderRejected(  # path it is longer than the kernel takes (ENAMETOOLONG)
+            "unsafe_path",
+            f"The path {path[:80]!r}… is {len(path.encode())} bytes long; with the workspace's "
+            f"own location that is more than the file system takes ({paths.MAX_PATH_BYTES}). "
+            "Use a shorter path.",
+        )
     if not paths.resolved_inside(workspace, path, scope.paths):
         raise BuilderRejected(
             "unsafe_path",
