@@ -127,8 +127,10 @@ def _admit(raw: str, scope: Scope, workspace: Path) -> str:
     path = safe_relative(raw)
     if not scope.allows(path):
         raise _outside_scope(path, scope)
-    if len(os.fsencode(workspace / path)) >= paths.MAX_PATH_BYTES:  # with the worktree's own
-        raise BuilderRejected(  # path it is longer than the kernel takes (ENAMETOOLONG)
+    # With the worktree's own path (and room for the temporary name it is written under),
+    # longer than the kernel takes: ENAMETOOLONG halfway through planning or writing.
+    if len(os.fsencode(workspace / path)) >= paths.MAX_PATH_BYTES - 32:
+        raise BuilderRejected(
             "unsafe_path",
             f"The path {path[:80]!r}… is {len(path.encode())} bytes long; with the workspace's "
             f"own location that is more than the file system takes ({paths.MAX_PATH_BYTES}). "
