@@ -15,6 +15,7 @@ executor's token, then exits. Without ``/proc`` (not Linux) neither can find any
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -77,6 +78,15 @@ def ensure_reaper() -> None:
                 start_new_session=True,  # a Ctrl-C to the executor's group is not its end
             )
         ]
+        atexit.register(_stop_reaper, _reaper[0])
+
+
+def _stop_reaper(reaper: subprocess.Popen[bytes]) -> None:
+    """At a normal exit: close the pipe (the reaper's cue) and wait for it to finish."""
+    if reaper.stdin is not None:
+        reaper.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        reaper.wait(timeout=10)
 
 
 def main() -> None:
