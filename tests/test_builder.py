@@ -80,6 +80,8 @@ def test_empty_files_feedback_tells_the_builder_what_to_do() -> None:
         # nor one of the spellings git refuses to add (core.protectNTFS/HFS): a git_error
         *("examples/utils/.git./x", "examples/utils/GIT~1/x", "examples/utils/.git /x"),
         *("examples/utils/.git::$INDEX_ALLOCATION/x", "examples/utils/.g\u200cit/x"),
+        # nor a name that drives the operator's terminal when `run phase` shows it
+        *("examples/utils/x\x1b]0;PWNED\x07.py", "examples/utils/a\rb.py", "examples/utils/\x9b2K"),
     ],
 )
 def test_unsafe_paths_are_rejected(tmp_path: Path, path: str) -> None:

@@ -5,9 +5,9 @@ or deletes) obey the same rules, so a path a run file may name is exactly a path
 answer may write:
 
 * :func:`normalize` refuses anything that could leave the workspace by its spelling:
-  absolute paths, drive letters, ``..``, ``.git``, backslashes, NUL bytes, lone surrogates (not
-  Unicode: no file name, row or answer can hold one), empty names (and names longer than
-  the file system takes);
+  absolute paths, drive letters, ``..``, ``.git``, backslashes, NUL bytes and other control
+  characters, lone surrogates (not Unicode: no file name, row or answer can hold one),
+  empty names (and names longer than the file system takes);
 * :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
 * :func:`resolved_inside` checks the path *as the file system resolves it*: a symlink
   inside the workspace (``src/link -> ../secret``) cannot carry a write out of the scope
@@ -29,6 +29,9 @@ from autopack.bounds import lone_surrogate
 from autopack.errors import ConfigError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile("[\x01-\x1f\x7f-\x9f]")
+"""A file name holding one (``ESC]0;…``, ``ESC[2K``) reached the operator's terminal
+through ``run phase`` and the progress lines, retitling it or erasing what it showed."""
 _HFS_IGNORABLE = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 """Code points HFS+ ignores in names, which git therefore ignores in ``.git`` too."""
 
@@ -62,6 +65,8 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
         problem = "is empty"
     elif "\x00" in path:
         problem = "contains a NUL byte"
+    elif control := _CONTROL.search(path):  # shown raw, ESC sequences drive the terminal
+        problem = f"contains a control character (U+{ord(control.group()):04X})"
     elif lone_surrogate(path):
         problem = "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode"
     elif "\\" in path:
