@@ -73,6 +73,10 @@ class Worktree:
         present = [p for p in paths if (self.path / p).exists() or self._in_base(p)]
         index = self.path.parent / f".{self.path.name}.autopack-index"
         env = {"GIT_INDEX_FILE": str(index)}
+        # The slot is this process's: a lock on its index was left by a git killed with an
+        # earlier process of the same pid (a container's executor is pid 1 every time), and
+        # failed every commit made in the slot.
+        index.with_name(f"{index.name}.lock").unlink(missing_ok=True)
         try:
             git("read-tree", self.base, cwd=self.path, env=env)
             if present:  # on stdin: thousands of paths are more than one command line holds
