@@ -505,3 +505,21 @@ def test_a_commit_is_made_past_an_index_lock_a_killed_git_left_in_the_slot(
         (tree.path / "a.txt").write_text("b\n")
         commit = tree.make_commit(["a.txt"], "one")
     assert sh("show", f"{commit}:a.txt", cwd=repository.path) == "b"
+
+
+def test_pools_of_processes_with_one_pid_never_take_each_others_slots(tmp_path: Path) -> None:
+    """Executors in containers sharing a cache volume are all pid 1: a slot named by the
+    pid was each one's "leftover of an earlier process with this pid", removed under the
+    other's running attempt. Slots of a pool whose process ended are still removed."""
+    _, repository, first = checkouts(tmp_path, {"a.txt": "a\n"})
+    base = repository.head()
+    with first.checkout(base, "r1-p1-1") as mine:
+        (mine.path / "a.txt").write_text("half-written by the first executor\n")
+        second = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+        with second.checkout(base, "r1-p2-1") as theirs:
+            assert theirs.path != mine.path
+        assert (mine.path / "a.txt").read_text() == "half-written by the first executor\n"
+        slot = mine.path
+    os.close(first._alive)  # the first executor's process ends
+    Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    assert not slot.exists(), "a dead pool's slot is removed"

@@ -12,9 +12,11 @@ Slots of executor processes that no longer exist are removed when a pool starts.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -154,7 +156,30 @@ class Worktrees:
         self._made = 0
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        """Names this pool's slots. Not the pid alone: executors in containers sharing a
+        cache volume are all pid 1, and each took the other's live slot for a leftover of
+        its own and removed it mid-attempt."""
+        self._alive = os.open(self.root / f"alive-{self._owner}", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._alive, fcntl.LOCK_SH)  # held while this process lives
         self._sweep()
+
+    def _owner_alive(self, owner: str) -> bool:
+        """Is the pool named ``owner`` still open? Its process holds a lock on its file as
+        long as it lives, in whatever pid namespace; the file of a dead one is removed."""
+        marker = self.root / f"alive-{owner}"
+        try:
+            probe = os.open(marker, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(probe)
+        marker.unlink(missing_ok=True)
+        return False
 
     def _sweep(self) -> None:
         """Remove slots of dead executor processes and kept checkouts past their time."""
@@ -170,9 +195,15 @@ class Worktrees:
 
     def _sweep_locked(self) -> None:
         for slot in self.root.glob("slot-*"):
-            pid = int(slot.name.split("-")[1]) if slot.name.split("-")[1].isdigit() else 0
-            if not _alive(pid):
+            parts = slot.name.split("-")  # slot-PID-TOKEN-N (slot-PID-N: an older executor)
+            if len(parts) == 4:
+                alive = self._owner_alive(f"{parts[1]}-{parts[2]}")
+            else:
+                alive = parts[1].isdigit() and _alive(int(parts[1]))
+            if not alive:
                 self._remove(slot)
+        for marker in self.root.glob("alive-*"):  # owners whose slots are all gone
+            self._owner_alive(marker.name.removeprefix("alive-"))
         self._expire_kept()
         self._prune_own()
 
@@ -209,9 +240,7 @@ class Worktrees:
             if self._free:
                 return self._free.pop(), True
             self._made += 1
-            path = self.root / f"slot-{os.getpid()}-{self._made}"
-        if path.exists():  # left by an earlier process with this pid
-            self._remove(path)
+            path = self.root / f"slot-{self._owner}-{self._made}"
         with self.repository.locked():
             git("worktree", "add", "--quiet", "--detach", str(path), base, cwd=self.repository.path)
         return path, False
