@@ -496,9 +496,8 @@ def test_the_paths_a_branch_changed_are_named_as_written_not_as_git_quotes_them(
 def test_a_commit_is_made_past_an_index_lock_a_killed_git_left_in_the_slot(
     tmp_path: Path,
 ) -> None:
-    """A git killed mid-commit (the executor SIGKILLed) leaves the slot's private index
-    locked; the next process of the same pid (pid 1 in a container, restarted) reuses the
-    slot's name, and every commit made there failed ``git_error``."""
+    """A git step of a commit killed at its timeout leaves the slot's private index
+    locked, and every later commit made in the slot failed ``git_error``."""
     _, repository, pool = checkouts(tmp_path, {"a.txt": "a\n"})
     with pool.checkout(repository.head(), "r1-p1-1") as tree:
         (tree.path.parent / f".{tree.path.name}.autopack-index.lock").touch()

@@ -75,9 +75,8 @@ class Worktree:
         present = [p for p in paths if (self.path / p).exists() or self._in_base(p)]
         index = self.path.parent / f".{self.path.name}.autopack-index"
         env = {"GIT_INDEX_FILE": str(index)}
-        # The slot is this process's: a lock on its index was left by a git killed with an
-        # earlier process of the same pid (a container's executor is pid 1 every time), and
-        # failed every commit made in the slot.
+        # The slot is this pool's alone: a lock on its index can only be a git step of an
+        # earlier commit here killed at its timeout, and it failed every later commit.
         index.with_name(f"{index.name}.lock").unlink(missing_ok=True)
         try:
             git("read-tree", self.base, cwd=self.path, env=env)
