@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,12 +77,27 @@ def test_empty_files_feedback_tells_the_builder_what_to_do() -> None:
         "a\x00.py",
         # git never tracks a .git path: the file was reported written but not committed
         *("examples/utils/.git", "examples/utils/.GIT/hooks/post-checkout"),
+        # nor one of the spellings git refuses to add (core.protectNTFS/HFS): a git_error
+        *("examples/utils/.git./x", "examples/utils/GIT~1/x", "examples/utils/.git /x"),
+        *("examples/utils/.git::$INDEX_ALLOCATION/x", "examples/utils/.g\u200cit/x"),
+        # nor a name that drives the operator's terminal when `run phase` shows it
+        *("examples/utils/x\x1b]0;PWNED\x07.py", "examples/utils/a\rb.py", "examples/utils/\x9b2K"),
     ],
 )
 def test_unsafe_paths_are_rejected(tmp_path: Path, path: str) -> None:
     with pytest.raises(BuilderRejected) as caught:
         _plan(tmp_path, _answer([*GOOD, {"path": path, "content": "x"}]))
     assert caught.value.stop_reason == "unsafe_path"
+
+
+def test_a_path_too_long_with_the_workspaces_own_location_is_feedback(tmp_path: Path) -> None:
+    """4 000 bytes pass the path rules, but not with the worktree's path in front: the plan
+    crashed on ENAMETOOLONG and the attempt ended as executor_error."""
+    deep = "examples/utils/" + ("d" * 200 + "/") * 19
+    deep += "x" * (4089 - len(deep) - 3) + ".py"  # 4 089 bytes: admitted by the path rules
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer([*GOOD, {"path": deep, "content": "x"}]))
+    assert caught.value.stop_reason == "unsafe_path" and "shorter path" in caught.value.feedback
 
 
 def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
@@ -198,7 +214,17 @@ def test_apply_keeps_an_overwritten_files_mode_and_gives_new_files_the_umask_mod
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "examples/utils/new.txt").stat().st_mode) == 0o666 & ~umask
-    assert not list(tmp_path.rglob("*.autopack")), "no temporary file is left behind"
+    assert not list(tmp_path.rglob(".autopack-*")), "no temporary file is left behind"
+
+
+def test_a_file_name_as_long_as_the_file_system_takes_is_written(tmp_path: Path) -> None:
+    """The temporary file was named after its target plus 21 characters: a name the path
+    rules admit (255 bytes) made it too long, and the attempt crashed as executor_error."""
+    name = "examples/utils/" + "n" * 252 + ".py"
+    applied = apply_change(
+        tmp_path, _plan(tmp_path, _answer([*GOOD, {"path": name, "content": "x"}]))
+    )
+    assert applied.paths[-1] == name and (tmp_path / name).read_text() == "x"
 
 
 def test_writing_a_file_never_changes_the_process_umask(
@@ -293,8 +319,9 @@ def test_a_check_whose_daemon_keeps_its_output_open_still_ends_at_its_timeout(
         assert time.monotonic() - started < 15, "the check waited for its daemon"
         assert timed_out.timed_out and "started" in timed_out.output_tail
         assert second.passed and second.output_tail == "second\n"
-    finally:
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    finally:  # killed with the check now; this is for a run where it was not
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_checks_do_not_see_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,6 +375,22 @@ def test_a_context_directory_spelled_with_a_slash_is_read(tmp_path: Path) -> Non
     scope = Scope(paths=["pkg/"], read_only_context=["docs/"], deliverables=["pkg/a.py"])
     task = PhaseDefinition(phase_id="p1", name="p", scope=scope)
     assert "THE-GUIDE" in builder_prompt(task, tmp_path)
+
+
+def test_a_context_directory_leading_out_of_the_workspace_is_not_walked(tmp_path: Path) -> None:
+    """``docs -> /`` in the repository: the prompt walked the whole file system below it
+    (and crashed the attempt on the first ``/proc/PID/cwd`` it could not stat); only its
+    files' own resolved paths were checked, so one linking back in was read as context."""
+    workspace, outside = tmp_path / "ws", tmp_path / "outside"
+    workspace.mkdir()
+    outside.mkdir()
+    (workspace / "real.md").write_text("READ-THROUGH-OUTSIDE\n")
+    (outside / "back.md").symlink_to(workspace / "real.md")
+    (workspace / "docs").symlink_to(outside)
+    scope = Scope(paths=["pkg/"], read_only_context=["docs"], deliverables=["pkg/a.py"])
+    task = PhaseDefinition(phase_id="p1", name="p", scope=scope)
+    prompt = builder_prompt(task, workspace)
+    assert "READ-THROUGH-OUTSIDE" not in prompt and "docs/back.md" not in prompt
 
 
 def test_prompt_carries_contract_context_and_feedback(tmp_path: Path) -> None:

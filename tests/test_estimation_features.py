@@ -107,6 +107,15 @@ def test_extract_features_reads_existing_sizes_from_the_workspace(tmp_path: Path
     assert features.bucket() == "6+"
 
 
+def test_a_deliverable_in_a_symlink_loop_counts_as_new(tmp_path: Path) -> None:
+    """``a.py -> b.py -> a.py`` in the repository: ``Path.resolve`` raised RuntimeError and
+    every attempt at the phase crashed before its Builder call."""
+    (tmp_path / "a.py").symlink_to("b.py")
+    (tmp_path / "b.py").symlink_to("a.py")
+    [item] = extract_features("implementation", "low", ["a.py"], tmp_path).deliverables
+    assert item.is_new and item.existing_bytes == 0
+
+
 def test_without_a_workspace_everything_is_new() -> None:
     features = extract_features("docs", "low", ["README.md"], None)
     assert features.deliverables == (Deliverable("README.md", "doc", True, 0),)

@@ -387,3 +387,57 @@ def test_overwriting_a_non_deliverable_waits_for_approval(tmp_path: Path, sqlite
     assert waiting.returncode == 0, stderr
     assert on_branch(tmp_path / "ws", "pkg/keep.py") == "KEEP = 2\n"
     assert [a["outcome"] for a in attempts(sqlite_url, "p1")] == ["AWAITING_APPROVAL", "COMPLETE"]
+
+
+def test_an_approved_change_does_not_undo_what_another_phase_completed_meanwhile(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """An approved change holds whole files planned on the head of its time. Written over
+    the head after the approval, where p2 had completed an edit of the same file, it
+    deleted p2's line; applied where it was planned and rebased, both changes stay."""
+    env = env_for(sqlite_url)
+    phases = [phase("p1", ["pkg/mod.py"]), phase("p2", ["pkg/keep.py"])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "a = 1\nb = 2\nc = 3\n"})
+    p1 = files(mod_py="x = 1\n", keep_py="a = 10\nb = 2\nc = 3\n")  # keep.py: approval
+    p2 = files(keep_py="a = 1\nb = 2\nc = 3\nd = 4\n")
+    tape = cassette(tmp_path, [line("p1", 1, p1), line("p2", 1, p2)])
+    waiting = drain_process(*_phase_args(tmp_path, tape), env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while phase_row(sqlite_url, "p1")["state"] != "AWAITING_APPROVAL":
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    p2_args = [a if a != "p1" else "p2" for a in _phase_args(tmp_path, tape)]
+    assert drain(*p2_args, env=env, cwd=tmp_path).returncode == 0
+    assert on_branch(ws, "pkg/keep.py") == "a = 1\nb = 2\nc = 3\nd = 4\n"
+    assert cli("approvals", "approve", "1", cwd=tmp_path, env=env).returncode == 0
+    _, stderr = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, stderr
+    assert on_branch(ws, "pkg/keep.py") == "a = 10\nb = 2\nc = 3\nd = 4\n"
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+
+
+def test_an_answer_overwriting_hundreds_of_files_waits_for_approval(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The approval's reason lists every path; past the request's 10 000 characters it was
+    refused before it was sent and the attempt ended as an ``executor_error``."""
+    env = _setup(tmp_path, sqlite_url, max_attempts=1)
+    existing = {f"pkg/existing_module_{i:04d}.py": "old = 1\n" for i in range(300)}
+    repository(tmp_path / "ws", existing)
+    written = [{"path": "pkg/mod.py", "content": "x = 1\n"}]
+    written += [{"path": path, "content": "new = 1\n"} for path in existing]
+    tape = cassette(tmp_path, [line("p1", 1, json.dumps({"files": written, "summary": "all"}))])
+    waiting = drain_process(*_phase_args(tmp_path, tape), env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while phase_row(sqlite_url, "p1")["state"] not in ("AWAITING_APPROVAL", "FAILED"):
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    waiting.kill()
+    waiting.communicate()
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["approval_requested"]
+    [approval] = rows(sqlite_url, "SELECT reason, context FROM approval_requests")
+    assert len(approval["reason"]) <= 10_000 and approval["reason"].endswith(
+        "listed in the change)"
+    )
+    assert len(json.loads(approval["context"])["change"]["needs_approval"]) == 300

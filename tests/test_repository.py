@@ -9,8 +9,11 @@ and a conflict is named.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from autopack.errors import ConfigError
+from autopack.executor import repolock
 from autopack.executor.git import GitError
 from autopack.executor.integration import Integrator
 from autopack.executor.repository import (
@@ -416,3 +420,105 @@ def test_a_remote_that_looks_like_an_option_is_a_repository_name_to_git(
         RunRepository.open(RepoSource(remote=remote), branch=BRANCH, cache_dir=tmp_path / "c")
     assert f"repository '{remote}' does not exist" in str(caught.value)
     assert "usage:" not in str(caught.value)
+
+
+def test_a_pool_forgets_its_own_vanished_checkouts_and_never_a_persons(tmp_path: Path) -> None:
+    """``git worktree prune`` at every pool's start also forgot a person's worktree whose
+    directory was away for now (an unmounted drive): its index (staged work) and HEAD were
+    deleted, and the directory was no repository when it came back."""
+    repo, repository, pool = checkouts(tmp_path, {"a.txt": "a\n"})
+    with pool.checkout(repository.head(), "r1-p1-1") as tree:
+        slot = tree.path
+    pool.close()
+    sh("worktree", "add", "-q", "-b", "feature", str(tmp_path / "usb/feature"), cwd=repo)
+    (tmp_path / "usb/feature/wip.txt").write_text("staged work\n")
+    sh("add", "wip.txt", cwd=tmp_path / "usb/feature")
+    (tmp_path / "usb").rename(tmp_path / "unmounted")
+    left = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    with left.checkout(repository.head(), "r1-p2-1") as tree:  # a slot of ours vanishes
+        vanished = tree.path
+    shutil.rmtree(vanished)
+    Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    (tmp_path / "unmounted").rename(tmp_path / "usb")
+    assert sh("status", "--porcelain", cwd=tmp_path / "usb/feature") == "A  wip.txt"
+    listed = sh("worktree", "list", "--porcelain", cwd=repo)
+    assert str(vanished) not in listed and str(slot) not in listed
+
+
+def test_a_stopped_lock_holder_is_waited_for_a_while_not_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An executor stopped (SIGSTOP, Ctrl-Z) during a git step kept the repository lock:
+    every other executor on the machine waited for it, leases renewed, until it resumed."""
+    monkeypatch.setattr(repolock, "PATIENCE_SECONDS", 0.5)
+    _, repository, _ = checkouts(tmp_path, {"a.txt": "a\n"})
+    lock = repository.common_dir() / "autopack.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        holder.send_signal(signal.SIGSTOP)
+        moved = threading.Thread(target=lambda: repository.advance(repository.head()))
+        moved.start()
+        moved.join(timeout=20)
+        assert not moved.is_alive(), "waited for the stopped holder"
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+
+
+def test_the_paths_a_branch_changed_are_named_as_written_not_as_git_quotes_them(
+    tmp_path: Path,
+) -> None:
+    """``git diff --name-only`` quotes a name outside ASCII (``"\\303\\274.py"``): the
+    branch's changes then matched no path an attempt wrote, so a rebase onto another
+    phase's change of the same file skipped the checks ``overlap`` asked for."""
+    repo, repository, pool = checkouts(tmp_path, {"ü.py": "u = 1\n", "tab\tname.py": "t\n"})
+    base = repository.head()
+    with pool.checkout(base, "one") as tree:
+        (tree.path / "ü.py").write_text("u = 2\n")
+        (tree.path / "tab\tname.py").write_text("t = 2\n")
+        changed = tree.make_commit(["ü.py", "tab\tname.py"], "one")
+    fresh = local(repo, tmp_path / "cache")  # made none of the commits: asks git
+    assert fresh.changed(base, changed) == ["tab\tname.py", "ü.py"]
+
+
+def test_a_commit_is_made_past_an_index_lock_a_killed_git_left_in_the_slot(
+    tmp_path: Path,
+) -> None:
+    """A git step of a commit killed at its timeout leaves the slot's private index
+    locked, and every later commit made in the slot failed ``git_error``."""
+    _, repository, pool = checkouts(tmp_path, {"a.txt": "a\n"})
+    with pool.checkout(repository.head(), "r1-p1-1") as tree:
+        (tree.path.parent / f".{tree.path.name}.autopack-index.lock").touch()
+        (tree.path / "a.txt").write_text("b\n")
+        commit = tree.make_commit(["a.txt"], "one")
+    assert sh("show", f"{commit}:a.txt", cwd=repository.path) == "b"
+
+
+def test_pools_of_processes_with_one_pid_never_take_each_others_slots(tmp_path: Path) -> None:
+    """Executors in containers sharing a cache volume are all pid 1: a slot named by the
+    pid was each one's "leftover of an earlier process with this pid", removed under the
+    other's running attempt. Slots of a pool whose process ended are still removed."""
+    _, repository, first = checkouts(tmp_path, {"a.txt": "a\n"})
+    base = repository.head()
+    with first.checkout(base, "r1-p1-1") as mine:
+        (mine.path / "a.txt").write_text("half-written by the first executor\n")
+        second = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+        with second.checkout(base, "r1-p2-1") as theirs:
+            assert theirs.path != mine.path
+        assert (mine.path / "a.txt").read_text() == "half-written by the first executor\n"
+        slot = mine.path
+    os.close(first._alive)  # the first executor's process ends
+    Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    assert not slot.exists(), "a dead pool's slot is removed"

@@ -395,3 +395,99 @@ def test_a_relative_repo_path_means_the_directory_the_command_ran_in(tmp_path: P
     exported, out = _drain_and_export(tmp_path, "remote.git")
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (out / "pkg/mod.py").read_text() == "X = 1\n"
+
+
+def test_a_checkout_of_the_run_branch_follows_it_and_never_shows_the_work_undone(
+    tmp_path: Path,
+) -> None:
+    """``git worktree add DIR autopack/RUN`` (how the README says to read the code) or a
+    ``git checkout`` of it: ``update-ref`` moved the branch under that work tree, whose
+    ``git status`` then showed the new phase's files as staged deletions, ready for the
+    next ``git commit -a`` to put on the branch. It follows the branch now, keeping the
+    person's own changes; when it cannot, the branch waits for it instead."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"notes.txt": "mine\n"})
+    phases = [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2", "p3")]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    answers = {"p1": _answer(p1_txt="one\n"), "p2": _answer(p2_txt="two\n")}
+    answers["p3"] = _answer(p3_txt="three\n")
+    tape = cassette(tmp_path, [line(p, 1, text) for p, text in answers.items()])
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    code = tmp_path / "code"
+    git("worktree", "add", "-q", str(code), f"autopack/{RUN}", cwd=ws)
+    (code / "notes.txt").write_text("my uncommitted edit\n")
+
+    done = drain(*_args(ws, tape, phase_id="p2"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(ws, "pkg/p2.txt") == "two\n"
+    assert git("status", "--porcelain", cwd=code) == "M notes.txt"
+    assert (code / "pkg/p2.txt").read_text() == "two\n"
+
+    (code / "pkg/p3.txt").write_text("an untracked file of mine\n")
+    done = drain(*_args(ws, tape, phase_id="p3"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "branch_waits" in done.stderr and str(code) in done.stderr
+    assert on_branch(ws, "pkg/p3.txt") is None, "the branch waits for the checkout"
+    assert (code / "pkg/p3.txt").read_text() == "an untracked file of mine\n"
+    (code / "pkg/p3.txt").unlink()
+    exported = cli(
+        "run", "export", RUN, str(tmp_path / "out"), "--workspace", str(ws), env=env, cwd=tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert on_branch(ws, "pkg/p3.txt") == "three\n"
+    assert git("status", "--porcelain", cwd=code) == "M notes.txt"
+
+
+def test_a_remote_with_the_run_branch_checked_out_is_named_not_retried_as_moving(
+    tmp_path: Path,
+) -> None:
+    """A non-bare ``--repo`` refuses a push to its checked-out branch; that refusal was
+    read as "the branch moved", pushed twenty times over and reported as "the branch kept
+    moving; try again", which no retry fixes."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    ws = repository(tmp_path / "ws")
+    create_run(
+        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2")]), env, tmp_path
+    )
+    tape = cassette(tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2")])
+    remote = ["phase", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    remote += ["--repo", str(ws), "--phase-id"]
+    assert drain(*remote, "p1", env=env, cwd=tmp_path).returncode == 0
+    git("checkout", "-q", f"autopack/{RUN}", cwd=ws)
+    done = drain(*remote, "p2", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kept moving" not in done.stderr
+    assert "branch_waits" in done.stderr and "is checked out in the repository" in done.stderr
+    assert git("status", "--porcelain", cwd=ws) == "", "the person's checkout is untouched"
+
+
+def test_a_ref_lock_a_killed_git_left_delays_the_branch_but_fails_no_phase(
+    tmp_path: Path,
+) -> None:
+    """``refs/heads/autopack/RUN.lock`` left by a git killed mid-update: every later
+    attempt failed ``git_error`` ("the branch kept moving; try again", after twenty
+    tries) at its start, until the phases ran out of attempts. Attempts start from the
+    accepted head; the branch catches up once the lock is gone."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    create_run(
+        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2", "p3")]), env, tmp_path
+    )
+    tape = cassette(
+        tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2", "p3")]
+    )
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    lock = ws / f".git/refs/heads/autopack/{RUN}.lock"
+    lock.touch()
+    for p in ("p2", "p3"):
+        done = drain(*_args(ws, tape, phase_id=p), env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "kept moving" not in done.stderr and f"{RUN}.lock" in done.stderr
+    assert [a["stop_reason"] for p in ("p2", "p3") for a in attempts(url, p)] == ["completed"] * 2
+    assert on_branch(ws, "pkg/p3.txt") is None
+    lock.unlink()
+    assert drain(*_args(ws, tape), env=env, cwd=tmp_path).returncode == 0
+    assert on_branch(ws, "pkg/p2.txt") == "p2\n" and on_branch(ws, "pkg/p3.txt") == "p3\n"

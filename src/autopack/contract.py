@@ -151,9 +151,12 @@ class ResultIn(_Request):
     """The branch head ``commit`` was made on; accepted only while the branch is there."""
 
 
+MAX_APPROVAL_REASON = 10_000
+
+
 class ApprovalIn(_Request):
     lease_token: str = Field(min_length=1, max_length=64)
-    reason: str = Field(min_length=1, max_length=10_000)
+    reason: str = Field(min_length=1, max_length=MAX_APPROVAL_REASON)
     context: dict[str, Any] = Field(default_factory=dict)
     timeout_seconds: float | None = Field(None, gt=0, le=30 * 24 * 3600)
 

@@ -5,9 +5,9 @@ or deletes) obey the same rules, so a path a run file may name is exactly a path
 answer may write:
 
 * :func:`normalize` refuses anything that could leave the workspace by its spelling:
-  absolute paths, drive letters, ``..``, ``.git``, backslashes, NUL bytes, lone surrogates (not
-  Unicode: no file name, row or answer can hold one), empty names (and names longer than
-  the file system takes);
+  absolute paths, drive letters, ``..``, ``.git``, backslashes, NUL bytes and other control
+  characters, lone surrogates (not Unicode: no file name, row or answer can hold one),
+  empty names (and names longer than the file system takes);
 * :func:`inside` compares component-wise (``src/a`` is not inside ``src/ab``);
 * :func:`resolved_inside` checks the path *as the file system resolves it*: a symlink
   inside the workspace (``src/link -> ../secret``) cannot carry a write out of the scope
@@ -29,6 +29,22 @@ from autopack.bounds import lone_surrogate
 from autopack.errors import ConfigError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile("[\x01-\x1f\x7f-\x9f]")
+"""A file name holding one (``ESC]0;…``, ``ESC[2K``) reached the operator's terminal
+through ``run phase`` and the progress lines, retitling it or erasing what it showed."""
+_HFS_IGNORABLE = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
+"""Code points HFS+ ignores in names, which git therefore ignores in ``.git`` too."""
+
+
+def _names_git(part: str) -> bool:
+    """Is ``part`` a spelling of ``.git`` that git refuses to track (``core.protectNTFS`` and
+    ``core.protectHFS``: any case, trailing dots or spaces, an NTFS stream or short name,
+    ignorable code points)? Written, such a file made ``git add`` fail, and the attempt
+    ended as a ``git_error`` instead of feedback the Builder could act on."""
+    name = _HFS_IGNORABLE.sub("", part).lower().split(":")[0].rstrip(". ")
+    return name in (".git", "git~1")
+
+
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 """What Linux file systems take (NAME_MAX, PATH_MAX): longer is refused by its spelling,
@@ -49,6 +65,8 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
         problem = "is empty"
     elif "\x00" in path:
         problem = "contains a NUL byte"
+    elif control := _CONTROL.search(path):  # shown raw, ESC sequences drive the terminal
+        problem = f"contains a control character (U+{ord(control.group()):04X})"
     elif lone_surrogate(path):
         problem = "contains a lone surrogate (\\ud800-\\udfff), which is not Unicode"
     elif "\\" in path:
@@ -62,7 +80,7 @@ def normalize(path: str, *, directory_ok: bool = False) -> str:
         problem = f"has a name longer than {MAX_NAME_BYTES} bytes"
     elif not problem and ".." in parts:
         problem = "contains '..'"
-    elif not problem and any(part.lower() == ".git" for part in parts):
+    elif not problem and any(_names_git(part) for part in parts):
         problem = "names .git, which git keeps for itself (it would never be committed)"
     elif not problem and not parts:
         problem = "names no file or directory"
@@ -122,7 +140,8 @@ def write_atomic(target: Path, data: bytes) -> None:
     reading the umask means setting it, which would race other threads creating files).
     ``OSError`` when it cannot."""
     existing = target.stat() if target.is_file() else None
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.autopack")
+    # Not named after the target: a name of MAX_NAME_BYTES leaves no room for more.
+    temp = target.with_name(f".autopack-{secrets.token_hex(6)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:

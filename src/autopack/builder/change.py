@@ -18,6 +18,7 @@ after a human approves: those are listed in :attr:`Change.needs_approval`.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,21 @@ class Change:
             "needs_approval": list(self.needs_approval),
             "summary": self.summary,
         }
+
+    def approval_reason(self, limit: int) -> str:
+        """:attr:`needs_approval` as one line of at most ``limit`` characters (the request's
+        column): an answer overwriting hundreds of files made a longer one, refused by the
+        request's model, and the attempt ended as an ``executor_error``. Those left off are
+        counted; the change itself lists them all."""
+        shown: list[str] = []
+        length = 0
+        for item in self.needs_approval:
+            length += len(item) + 2
+            if length > limit - 40:  # room for the count of the rest
+                rest = len(self.needs_approval) - len(shown)
+                return "; ".join([*shown, f"and {rest} more (listed in the change)"])
+            shown.append(item)
+        return "; ".join(shown)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Change:
@@ -111,6 +127,15 @@ def _admit(raw: str, scope: Scope, workspace: Path) -> str:
     path = safe_relative(raw)
     if not scope.allows(path):
         raise _outside_scope(path, scope)
+    # With the worktree's own path (and room for the temporary name it is written under),
+    # longer than the kernel takes: ENAMETOOLONG halfway through planning or writing.
+    if len(os.fsencode(workspace / path)) >= paths.MAX_PATH_BYTES - 32:
+        raise BuilderRejected(
+            "unsafe_path",
+            f"The path {path[:80]!r}… is {len(path.encode())} bytes long; with the workspace's "
+            f"own location that is more than the file system takes ({paths.MAX_PATH_BYTES}). "
+            "Use a shorter path.",
+        )
     if not paths.resolved_inside(workspace, path, scope.paths):
         raise BuilderRejected(
             "unsafe_path",

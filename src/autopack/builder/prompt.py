@@ -81,23 +81,34 @@ def _context_files(workspace: Path, entries: Sequence[str]) -> list[str]:
             relative = paths.normalize(entry, directory_ok=True).rstrip("/")
         except paths.UnsafePath:
             continue
+        if paths.resolved(workspace, relative) is None:
+            continue  # a symlink out of the workspace (``docs -> /``): the whole disk walked
         target = workspace / relative
         if target.is_dir():
             found += sorted(
                 str(p.relative_to(workspace))
                 for p in target.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.parts)
+                if _is_file(p) and not any(part.startswith(".") for part in p.parts)
             )
         elif target.is_file():
             found.append(relative)
     return [path for path in found if _readable(workspace, path)]
 
 
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that says no where it may not look (a symlink into another user's
+    ``/proc/PID/cwd`` raised ``PermissionError`` and ended the attempt as a crash)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _readable(workspace: Path, path: str) -> bool:
     """Is ``path`` a file that stays inside the workspace when resolved? A symlink in the
     repository (``ctx -> /proc/self/environ``, ``-> ~/.aws/credentials``) would otherwise
     send what it points at to the LLM provider."""
-    return (workspace / path).is_file() and paths.resolved(workspace, path) is not None
+    return _is_file(workspace / path) and paths.resolved(workspace, path) is not None
 
 
 def _file_block(path: str, text: str, budget: list[int]) -> str:

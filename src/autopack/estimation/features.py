@@ -10,10 +10,13 @@ calibration can later refit the coefficients from exactly what the estimator saw
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
+
+from autopack import paths
 
 Kind = Literal["test", "doc", "config", "frontend", "python", "sql", "other"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
@@ -216,12 +219,17 @@ def extract_features(
 
 
 def _existing_size(root: Path | None, path: str) -> int | None:
-    if root is None:
+    """The size of the regular file at ``path`` inside ``root`` (symlinks followed while
+    they stay inside), else None. A symlink loop in the repository is no file, not a
+    ``RuntimeError`` that crashed every attempt at the phase before its Builder call."""
+    relative = paths.resolved(root, path) if root is not None else None
+    if root is None or relative is None:
         return None
-    candidate = (root / path).resolve()
-    if not candidate.is_relative_to(root) or not candidate.is_file():
+    try:
+        info = (root / relative).stat()
+    except OSError:  # a loop, a dangling link, no permission
         return None
-    return candidate.stat().st_size
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def features_from_event(event: Mapping[str, Any]) -> PhaseFeatures | None:

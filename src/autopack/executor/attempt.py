@@ -33,6 +33,7 @@ from autopack.builder.change import Change, plan_change, recheck
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
 from autopack.contract import (
+    MAX_APPROVAL_REASON,
     ApprovalIn,
     AttemptView,
     AuditVerdict,
@@ -170,7 +171,7 @@ class Attempt:
         claim = self.claim
         name = f"{claim.run_id}-{claim.phase_id}-{claim.attempt}"
         try:
-            with self.s.worktrees.checkout(base_for(self.s.repository, claim), name) as tree:
+            with self.s.worktrees.checkout(self._base(), name) as tree:
                 ended = self._steps(lease, meter, tree)
                 if isinstance(ended, AttemptResult):
                     return ended
@@ -181,12 +182,26 @@ class Attempt:
             finish = failed("git_error", error=exc.message)
             return self._post(lease, meter, finish), finish
 
+    def _base(self) -> str:
+        """The commit the attempt starts from: the accepted head, except for an approved
+        change, which is applied where it was planned and rebased onto the head like any
+        commit. Its files are whole contents planned on that commit: written over a head
+        where another phase changed the same file meanwhile, they silently undid that
+        phase's completed work; rebased, a real conflict is ``integration_conflict``.
+        Before the run's first accepted commit there is no completed work to undo, and the
+        control plane would accept a commit on any base: the change goes on the head."""
+        approved = self.claim.approved_change
+        planned = approved.context.get("base") if approved is not None else None
+        if isinstance(planned, str) and planned and self.claim.run.branch_head is not None:
+            return planned
+        return base_for(self.s.repository, self.claim)
+
     def _steps(self, lease: Lease, meter: Meter, tree: Worktree) -> Finish | AttemptResult:
         """Build, write, check, audit and commit in the worktree; how the attempt ends."""
         try:
             change = self._approved_change(tree.path) or self._build(lease, meter, tree.path)
             if change.needs_approval and not self.claim.approved_change:
-                return self._request_approval(lease, meter, change)
+                return self._request_approval(lease, meter, change, tree.base)
             lease.check()
             self.applied = apply_change(tree.path, change)
             self._check(lease, tree.path)
@@ -316,15 +331,17 @@ class Attempt:
         finally:
             meter.record_estimation(features, estimate, response, parse_success)
 
-    def _request_approval(self, lease: Lease, meter: Meter, change: Change) -> AttemptResult:
+    def _request_approval(
+        self, lease: Lease, meter: Meter, change: Change, base: str
+    ) -> AttemptResult:
         claim = self.claim
         answer = self.s.client.request_approval(
             claim.run_id,
             claim.phase_id,
             ApprovalIn(
                 lease_token=lease.token,
-                reason="; ".join(change.needs_approval),
-                context={"change": change.to_json(), "attempt": claim.attempt},
+                reason=change.approval_reason(MAX_APPROVAL_REASON),
+                context={"change": change.to_json(), "attempt": claim.attempt, "base": base},
                 timeout_seconds=self.o.approval_timeout_seconds,
             ),
         )
@@ -340,7 +357,7 @@ class Attempt:
             "approval_requested",
             phase_state=PhaseState.AWAITING_APPROVAL,
             output_tokens=meter.output_tokens,
-            detail=f"approval {answer.approval_id}: " + "; ".join(change.needs_approval),
+            detail=f"approval {answer.approval_id}: {change.approval_reason(MAX_APPROVAL_REASON)}",
         )
 
     def _check(self, lease: Lease, workspace: Path) -> None:

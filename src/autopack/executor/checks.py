@@ -12,6 +12,13 @@ raises :class:`CheckUnavailable`, a ``Finish`` with stop reason ``check_unavaila
 not retryable, naming the program. Running checks are tracked so that a stopping
 executor can kill them (:func:`terminate_running_checks`): each runs in its own session,
 which a signal to the executor does not reach.
+
+Nothing a check starts outlives it: its process group is killed when its shell ends, and so
+is every process still carrying its marker (a daemon that left the group with ``setsid``
+kept running, in the attempt's worktree, after the phase and the drain had ended), and
+all of them if the executor is killed (:mod:`autopack.executor.check_reaper`). Its
+output may fill at most :data:`MAX_OUTPUT_BYTES` of disk: one that prints without end
+(``yes``) is killed there, not left to fill the disk before its timeout.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from autopack.contract import CheckResult
+from autopack.executor.check_reaper import CHECK_MARKER, ensure_reaper, kill_marked, new_marker
 from autopack.executor.git import local_environment
 from autopack.executor.outcome import Finish
 from autopack.states import PhaseState
@@ -39,8 +47,11 @@ TAIL_CHARS = 4000
 _SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
 COMMAND_NOT_FOUND = 127
 """POSIX shells' exit status for a command that does not exist."""
+MAX_OUTPUT_BYTES = 128 * 1024 * 1024
+"""A check that prints more is killed: its output is a file on the executor's disk."""
+_POLL_SECONDS = 0.2
 
-_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING: dict[subprocess.Popen[bytes], str] = {}
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -102,10 +113,16 @@ def missing_program(check: CheckResult, workspace: Path) -> str | None:
 def terminate_running_checks() -> None:
     """Kill every running check's process group (the executor is being stopped)."""
     with _RUNNING_LOCK:
-        running = list(_RUNNING)
-    for process in running:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        running = list(_RUNNING.items())
+    for process, marker in running:
+        _kill(process, marker)
+
+
+def _kill(process: subprocess.Popen[bytes], marker: str) -> None:
+    """Kill the check's process group, then whatever of the check escaped it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    kill_marked(marker)
 
 
 def _check_env(scratch: Path) -> dict[str, str]:
@@ -126,7 +143,25 @@ def _check_env(scratch: Path) -> dict[str, str]:
 
 def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
     with tempfile.TemporaryDirectory(prefix="autopack-check-") as scratch:
-        return _run(command, workspace, timeout, _check_env(Path(scratch)), Path(scratch))
+        env = _check_env(Path(scratch))
+        env[CHECK_MARKER] = new_marker()
+        ensure_reaper()
+        return _run(command, workspace, timeout, env, Path(scratch))
+
+
+def _wait(process: subprocess.Popen[bytes], log: BinaryIO, timeout: float) -> str | None:
+    """Wait for the check's shell: None when it ended by itself, "timeout" at ``timeout``,
+    "output" once it printed more than :data:`MAX_OUTPUT_BYTES`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            process.wait(timeout=max(0.0, min(_POLL_SECONDS, deadline - time.monotonic())))
+            return None
+        except subprocess.TimeoutExpired:
+            if os.fstat(log.fileno()).st_size > MAX_OUTPUT_BYTES:
+                return "output"
+            if time.monotonic() >= deadline:
+                return "timeout"
 
 
 def _run(
@@ -138,7 +173,7 @@ def _run(
     has closed it, and a process the check started in a session of its own (a test's
     server, a daemon) escapes the process group that is killed, so reading it waited for
     that process, past the timeout, forever for a server. Whatever the check left running
-    in its process group is killed when its shell ends.
+    is killed when its shell ends (:func:`_kill`).
     """
     started = time.monotonic()
     with (scratch / "output").open("w+b") as log:
@@ -152,26 +187,26 @@ def _run(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        marker = env[CHECK_MARKER]
         with _RUNNING_LOCK:
-            _RUNNING.add(process)
-        timed_out = False
+            _RUNNING[process] = marker
         try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            cut_short = _wait(process, log, timeout)
         finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+            _kill(process, marker)
             process.wait()
             with _RUNNING_LOCK:
-                _RUNNING.discard(process)
+                _RUNNING.pop(process, None)
         output = _tail(log)
+    timed_out = cut_short == "timeout"
     if timed_out:
         output += f"\n[autopack] check timed out after {timeout:g}s and was killed"
+    elif cut_short == "output":
+        output += f"\n[autopack] check printed more than {MAX_OUTPUT_BYTES >> 20} MiB; killed"
     return CheckResult(
         command=command,
-        exit_code=None if timed_out else process.returncode,
-        passed=not timed_out and process.returncode == 0,
+        exit_code=None if cut_short else process.returncode,
+        passed=cut_short is None and process.returncode == 0,
         timed_out=timed_out,
         duration_s=round(time.monotonic() - started, 3),
         output_tail=output[-TAIL_CHARS:].replace("\x00", "\\x00"),  # text columns hold no NUL

@@ -70,11 +70,19 @@ Recheck = Callable[[], None]
 def base_for(repository: RunRepository, claim: Claim) -> str:
     """The commit an attempt starts from: the head the control plane accepted last (first
     bringing the git branch up to it, if a killed executor left it behind), or, before
-    the run's first accepted commit, the branch's own head."""
+    the run's first accepted commit, the branch's own head.
+
+    The attempt needs the accepted head, not the git branch: when the branch cannot move
+    (a ref lock a killed git left behind), that is a warning, and the attempt goes on.
+    Failing it failed every later attempt of the run the same way."""
     head = claim.run.branch_head
     if head is None:
         return repository.head()
-    repository.advance(head)
+    try:
+        repository.advance(head)
+    except GitError as exc:
+        repository.require(head)
+        log_event(logger, "branch_sync_deferred", logging.WARNING, head=head, reason=exc.message)
     return head
 
 

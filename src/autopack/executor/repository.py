@@ -21,12 +21,10 @@ machines share one branch instead of scattering files over their disks.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +33,9 @@ from pathlib import Path
 
 from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
+from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
+from autopack.executor.repolock import RepositoryLock
 from autopack.logs import log_event
 from autopack.paths import absolute
 from autopack.rundef import default_branch
@@ -98,9 +98,8 @@ class RunRepository:
         self.path = path
         self.branch = branch
         self.remote = remote
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._lock_file: int | None = None
+        self._common_dir: Path | None = None
+        self._repository_lock = RepositoryLock(self.common_dir)
         # Facts about commits never change (objects are never deleted here, ancestry is
         # fixed), so each is asked of git once: at K attempts at a time every git process
         # spared is a fork on the executor's few cores.
@@ -113,32 +112,17 @@ class RunRepository:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the repository while changing it: its refs, its worktrees, its cache.
+        """Hold the repository while changing it: its refs, its worktrees, its cache
+        (:mod:`autopack.executor.repolock` says why and what a stopped holder costs)."""
+        with self._repository_lock.held():
+            yield
 
-        Git takes a lock per ref and fails (it does not wait) when another process holds
-        it, and a fetch checks every worktree's HEAD while another thread moves one. The
-        attempts of one executor (threads) and the executors sharing one machine's cache
-        (processes) therefore take turns, on a lock file in the repository: each git step
-        takes milliseconds, the attempts' long parts (LLM calls, checks) hold nothing.
-        """
-        with self._lock:
-            held = self._lock_fd()
-            if self._depth == 0:
-                fcntl.flock(held, fcntl.LOCK_EX)
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    fcntl.flock(held, fcntl.LOCK_UN)
-
-    def _lock_fd(self) -> int:
-        if self._lock_file is None:
+    def common_dir(self) -> Path:
+        """The repository's git common directory (``.git``, or the bare repository)."""
+        if self._common_dir is None:
             common = out("rev-parse", "--git-common-dir", cwd=self.path)
-            lock_path = (self.path / common).resolve() / "autopack.lock"
-            self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        return self._lock_file
+            self._common_dir = (self.path / common).resolve()
+        return self._common_dir
 
     @property
     def where(self) -> str:
@@ -264,8 +248,11 @@ class RunRepository:
         if commit == old:
             return sorted(paths)
         # --no-renames: a rename is its old path and its new one (diff.renames names only
-        # the new), both paths a change made on the old commit may meet.
-        return out("diff", "--no-renames", "--name-only", old, new, cwd=self.path).splitlines()
+        # the new), both paths a change made on the old commit may meet. -z: names as they
+        # are; git quotes others ("\303\274.py" for ü.py), which matched no path an attempt
+        # wrote, and the checks a rebase onto such a change needed were skipped.
+        listed = git("diff", "--no-renames", "--name-only", "-z", old, new, cwd=self.path)
+        return [name for name in listed.stdout.decode().split("\0") if name]
 
     def has(self, commit: str) -> bool:
         if commit not in self._present:
@@ -304,15 +291,18 @@ class RunRepository:
         """
         if to == self._reached:  # the branch only moves forward: it holds ``to`` already
             return
-        if on is not None and on == self._reached:
+        try:
+            if on is not None and on == self._reached:
+                with self.locked():
+                    if self._swap(on, to):
+                        log_event(logger, "branch_advanced", branch=self.branch, old=on, new=to)
+                        self._reached = to
+                        return
+            self.require(to)
             with self.locked():
-                if self._swap(on, to):
-                    log_event(logger, "branch_advanced", branch=self.branch, old=on, new=to)
-                    self._reached = to
-                    return
-        self.require(to)
-        with self.locked():
-            self._reached = self._advance(to)
+                self._reached = self._advance(to)
+        except BranchCheckedOut as exc:  # the branch waits; the work is safe (checkouts.py)
+            log_event(logger, "branch_waits", logging.WARNING, reason=exc.message)
 
     def _advance(self, to: str) -> str:
         """Advance to ``to``; the branch's head afterwards (``to``, or a head past it)."""
@@ -346,9 +336,14 @@ class RunRepository:
     def _swap(self, old: str | None, new: str) -> bool:
         if self.remote:
             return self._push(new, self.branch, expected=old)
+        if old is not None:  # a person's checkout of the branch moves with it, or nothing does
+            carry(self.common_dir(), self.path, self.branch, old, new)
         result = git(
             "update-ref", f"refs/heads/{self.branch}", new, old or "", cwd=self.path, check=False
         )
+        said = result.stderr.decode(errors="replace")
+        if result.returncode != 0 and "File exists" in said:  # a lock a killed git left
+            raise GitError(("update-ref", f"refs/heads/{self.branch}"), said)
         return result.returncode == 0
 
     def _push(self, commit: str, branch: str, *, expected: str | None) -> bool:
@@ -366,6 +361,13 @@ class RunRepository:
             git("update-ref", f"refs/remotes/{REMOTE}/{branch}", commit, cwd=self.path)
             return True
         message = pushed.stderr.decode(errors="replace")
+        if "checked out" in message:  # a non-bare remote refuses (receive.denyCurrentBranch)
+            raise BranchCheckedOut(
+                ("push", REMOTE, f"{commit[:12]}:refs/heads/{branch}"),
+                f"branch {branch} is checked out in the repository {self.where}, which "
+                "refuses to move it under that checkout: check out another branch there "
+                "(or set receive.denyCurrentBranch=updateInstead); the branch follows then",
+            )
         if "stale info" in message or "rejected" in message or "fetch first" in message:
             return False  # the remote moved: read it again and retry
         raise GitError(("push", REMOTE, f"{commit}:refs/heads/{branch}"), message)

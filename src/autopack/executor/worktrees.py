@@ -12,9 +12,11 @@ Slots of executor processes that no longer exist are removed when a pool starts.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -73,6 +75,9 @@ class Worktree:
         present = [p for p in paths if (self.path / p).exists() or self._in_base(p)]
         index = self.path.parent / f".{self.path.name}.autopack-index"
         env = {"GIT_INDEX_FILE": str(index)}
+        # The slot is this pool's alone: a lock on its index can only be a git step of an
+        # earlier commit here killed at its timeout, and it failed every later commit.
+        index.with_name(f"{index.name}.lock").unlink(missing_ok=True)
         try:
             git("read-tree", self.base, cwd=self.path, env=env)
             if present:  # on stdin: thousands of paths are more than one command line holds
@@ -150,7 +155,30 @@ class Worktrees:
         self._made = 0
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        """Names this pool's slots. Not the pid alone: executors in containers sharing a
+        cache volume are all pid 1, and each took the other's live slot for a leftover of
+        its own and removed it mid-attempt."""
+        self._alive = os.open(self.root / f"alive-{self._owner}", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._alive, fcntl.LOCK_SH)  # held while this process lives
         self._sweep()
+
+    def _owner_alive(self, owner: str) -> bool:
+        """Is the pool named ``owner`` still open? Its process holds a lock on its file as
+        long as it lives, in whatever pid namespace; the file of a dead one is removed."""
+        marker = self.root / f"alive-{owner}"
+        try:
+            probe = os.open(marker, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(probe)
+        marker.unlink(missing_ok=True)
+        return False
 
     def _sweep(self) -> None:
         """Remove slots of dead executor processes and kept checkouts past their time."""
@@ -166,11 +194,34 @@ class Worktrees:
 
     def _sweep_locked(self) -> None:
         for slot in self.root.glob("slot-*"):
-            pid = int(slot.name.split("-")[1]) if slot.name.split("-")[1].isdigit() else 0
-            if not _alive(pid):
+            parts = slot.name.split("-")  # slot-PID-TOKEN-N (slot-PID-N: an older executor)
+            if len(parts) == 4:
+                alive = self._owner_alive(f"{parts[1]}-{parts[2]}")
+            else:
+                alive = parts[1].isdigit() and _alive(int(parts[1]))
+            if not alive:
                 self._remove(slot)
+        for marker in self.root.glob("alive-*"):  # owners whose slots are all gone
+            self._owner_alive(marker.name.removeprefix("alive-"))
         self._expire_kept()
-        git("worktree", "prune", cwd=self.repository.path, check=False)
+        self._prune_own()
+
+    def _prune_own(self) -> None:
+        """Forget git's records of this pool's checkouts whose directories are gone.
+
+        Not ``git worktree prune``: that also forgets a person's own worktrees whose
+        directory is away for now (an unmounted drive, a directory moved for ``git
+        worktree repair``), and their index and HEAD with them: staged work lost, the
+        worktree no longer a repository when it comes back.
+        """
+        root = Path(os.path.realpath(self.root))  # git records real paths
+        for entry in (self.repository.common_dir() / "worktrees").glob("*"):
+            try:
+                checkout = Path((entry / "gitdir").read_text().strip()).parent
+            except OSError:
+                continue
+            if Path(os.path.realpath(checkout)).is_relative_to(root) and not checkout.exists():
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _remove(self, path: Path) -> None:
         with self.repository.locked():
@@ -188,9 +239,7 @@ class Worktrees:
             if self._free:
                 return self._free.pop(), True
             self._made += 1
-            path = self.root / f"slot-{os.getpid()}-{self._made}"
-        if path.exists():  # left by an earlier process with this pid
-            self._remove(path)
+            path = self.root / f"slot-{self._owner}-{self._made}"
         with self.repository.locked():
             git("worktree", "add", "--quiet", "--detach", str(path), base, cwd=self.repository.path)
         return path, False

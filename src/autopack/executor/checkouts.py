@@ -1,0 +1,62 @@
+"""The run's branch checked out in a person's work tree: moved with its files, or not yet.
+
+``git update-ref`` moves a branch without looking at the work trees that have it checked
+out (``git checkout autopack/RUN`` in the workspace, or ``git worktree add DIR
+autopack/RUN`` to read the code, as the README suggests). Their files and index stayed at
+the old head, so ``git status`` there showed every newly accepted phase's files as staged
+deletions, and the next ``git commit -a`` there put that reversal on the run's branch.
+Git refuses the same for a push (``receive.denyCurrentBranch``); its ``updateInstead`` is
+what :func:`carry` does: each such work tree is brought to the new head first with ``git
+read-tree -m -u OLD NEW``, a two-tree merge that keeps the person's uncommitted changes to
+other files. When one cannot be (a change to a file the new commits change too, an
+untracked file in the way), the branch stays where it is and the executor says so: the
+accepted commits are safe under their attempt refs, attempts start from the accepted head
+whatever the branch says, and the branch catches up at the next sync that can move it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autopack.executor.git import GitError, git
+
+
+class BranchCheckedOut(GitError):
+    """The branch is checked out in a work tree that cannot follow it yet."""
+
+
+def checkouts(common: Path, workspace: Path, branch: str) -> list[Path]:
+    """The work trees of the repository (git common directory ``common``, main work tree
+    ``workspace``) that have ``branch`` checked out. Read from their ``HEAD`` files: one
+    open per work tree instead of a git process per branch move."""
+    wanted = f"ref: refs/heads/{branch}"
+    heads = [(common / "HEAD", workspace)]
+    for entry in sorted((common / "worktrees").glob("*")):
+        try:
+            heads.append((entry / "HEAD", Path((entry / "gitdir").read_text().strip()).parent))
+        except OSError:  # removed meanwhile, or not a work tree's entry
+            continue
+    found = []
+    for head, tree in heads:
+        try:
+            if head.read_text().strip() == wanted and tree.is_dir():
+                found.append(tree)
+        except OSError:
+            continue
+    return found
+
+
+def carry(common: Path, workspace: Path, branch: str, old: str, new: str) -> None:
+    """Bring every work tree that has ``branch`` checked out from ``old`` to ``new``, before
+    the branch itself moves; :class:`BranchCheckedOut` naming the first that cannot (git
+    changed nothing in it)."""
+    for tree in checkouts(common, workspace, branch):
+        moved = git("read-tree", "-m", "-u", old, new, cwd=tree, check=False)
+        if moved.returncode != 0:
+            said = moved.stderr.decode(errors="replace").strip()
+            raise BranchCheckedOut(
+                ("read-tree", "-m", "-u", old[:12], new[:12]),
+                f"branch {branch} is checked out in {tree}, whose files cannot follow it to "
+                f"the accepted head {new[:12]} ({said}): commit or stash your changes "
+                "there, or check out another branch; the branch follows then",
+            )

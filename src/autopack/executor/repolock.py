@@ -1,0 +1,87 @@
+"""The lock executors sharing a repository take turns on, and what a stopped holder costs.
+
+Git takes a lock per ref and fails (it does not wait) when another process holds it, and
+a fetch checks every worktree's HEAD while another thread moves one. The attempts of one
+executor (threads) and the executors sharing one machine's cache (processes) therefore
+take turns, on ``autopack.lock`` in the repository's git directory: each git step takes
+milliseconds, the attempts' long parts (LLM calls, checks) hold nothing.
+
+The lock only spares git steps failures git would report (its own locks keep refs and
+worktrees whole). So a holder that keeps it far longer than any git step (an executor
+stopped by SIGSTOP or Ctrl-Z mid-step) is waited for :data:`PATIENCE_SECONDS`, then gone
+on without, with a warning naming its pid: waiting for it stopped every executor on the
+machine, their leases renewed all along, until it was resumed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from autopack.logs import log_event
+
+logger = logging.getLogger("autopack.executor.repository")
+PATIENCE_SECONDS = 60.0
+
+
+class RepositoryLock:
+    """Re-entrant within a process (threads take turns), a file lock between processes."""
+
+    def __init__(self, directory: Callable[[], Path]) -> None:
+        self._directory = directory
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._acquire()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._file(), fcntl.LOCK_UN)
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self._directory() / "autopack.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fd
+
+    def _acquire(self) -> None:
+        """Take the file lock (and write our pid in it), or go on without it once its holder
+        has kept it :data:`PATIENCE_SECONDS`."""
+        fd = self._file()
+        deadline = time.monotonic() + PATIENCE_SECONDS
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    log_event(
+                        logger,
+                        "repository_lock_skipped",
+                        logging.WARNING,
+                        path=self._directory() / "autopack.lock",
+                        holder_pid=holder,
+                        waited_seconds=PATIENCE_SECONDS,
+                        hint="is that process stopped (SIGSTOP, Ctrl-Z)? going on without it",
+                    )
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return
