@@ -445,6 +445,33 @@ def test_a_pool_forgets_its_own_vanished_checkouts_and_never_a_persons(tmp_path:
     assert str(vanished) not in listed and str(slot) not in listed
 
 
+def _lock_holder(lock: Path) -> subprocess.Popen[str]:
+    """Another executor's process holding the repository lock, as the lock says it."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from autopack.executor.repolock import RepositoryLock; "
+            "lock = RepositoryLock(lambda: Path(sys.argv[1])); held = lock.held(); "
+            "held.__enter__(); print('held', flush=True); sys.stdin.readline()",
+            str(lock.parent),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def _end(holder: subprocess.Popen[str]) -> None:
+    holder.kill()
+    holder.wait()
+    holder.stdin.close()  # type: ignore[union-attr]
+    holder.stdout.close()  # type: ignore[union-attr]
+
+
 def test_a_stopped_lock_holder_is_waited_for_a_while_not_forever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -452,29 +479,37 @@ def test_a_stopped_lock_holder_is_waited_for_a_while_not_forever(
     every other executor on the machine waited for it, leases renewed, until it resumed."""
     monkeypatch.setattr(repolock, "PATIENCE_SECONDS", 0.5)
     _, repository, _ = checkouts(tmp_path, {"a.txt": "a\n"})
-    lock = repository.common_dir() / "autopack.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
-            str(lock),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _lock_holder(repository.common_dir() / "autopack.lock")
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         holder.send_signal(signal.SIGSTOP)
         moved = threading.Thread(target=lambda: repository.advance(repository.head()))
         moved.start()
         moved.join(timeout=20)
         assert not moved.is_alive(), "waited for the stopped holder"
     finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()  # type: ignore[union-attr]
+        _end(holder)
+
+
+def test_a_running_lock_holder_is_waited_for_past_the_patience(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder that runs (a long fetch) keeps the lock: going on beside it after the
+    patience ran out would turn its slow git step into another's git_error."""
+    monkeypatch.setattr(repolock, "PATIENCE_SECONDS", 0.2)
+    _, repository, _ = checkouts(tmp_path, {"a.txt": "a\n"})
+    holder = _lock_holder(repository.common_dir() / "autopack.lock")
+    try:
+        moved = threading.Thread(target=lambda: repository.advance(repository.head()))
+        moved.start()
+        moved.join(timeout=2)  # ten patiences
+        assert moved.is_alive(), "went on beside a running holder"
+        holder.stdin.write("\n")  # type: ignore[union-attr]
+        holder.stdin.flush()  # type: ignore[union-attr]
+        assert holder.wait(timeout=20) == 0
+        moved.join(timeout=20)
+        assert not moved.is_alive(), "the lock was freed, yet still waited"
+    finally:
+        _end(holder)
 
 
 def test_the_paths_a_branch_changed_are_named_as_written_not_as_git_quotes_them(

@@ -10,7 +10,9 @@ The lock only spares git steps failures git would report (its own locks keep ref
 worktrees whole). So a holder that keeps it far longer than any git step (an executor
 stopped by SIGSTOP or Ctrl-Z mid-step) is waited for :data:`PATIENCE_SECONDS`, then gone
 on without, with a warning naming its pid: waiting for it stopped every executor on the
-machine, their leases renewed all along, until it was resumed.
+machine, their leases renewed all along, until it was resumed. A holder this machine sees
+running (a long fetch) is waited for as long as it runs: going on beside it would turn its
+slow step into another's ``git_error``.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class RepositoryLock:
         return self._fd
 
     def _acquire(self) -> None:
-        """Take the file lock (and write our pid in it), or go on without it once its holder
+        """Take the file lock (and write who holds it in it), or go on without it once its holder
         has kept it :data:`PATIENCE_SECONDS`."""
         fd = self._file()
         deadline = time.monotonic() + PATIENCE_SECONDS
@@ -69,12 +71,15 @@ class RepositoryLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    if _running(holder):
+                        deadline = time.monotonic() + PATIENCE_SECONDS
+                        continue
                     log_event(
                         logger,
                         "repository_lock_skipped",
                         logging.WARNING,
                         path=self._directory() / "autopack.lock",
-                        holder_pid=holder,
+                        holder=holder,
                         waited_seconds=PATIENCE_SECONDS,
                         hint="is that process stopped (SIGSTOP, Ctrl-Z)? going on without it",
                     )
@@ -83,5 +88,29 @@ class RepositoryLock:
                 pause = min(pause * 2, 0.05)
                 continue
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{_holder()}\n".encode(), 0)
             return
+
+
+def _stat(pid: int | str) -> list[str]:
+    """``/proc/PID/stat`` from the state on (the name before it may hold spaces), or []."""
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rpartition(")")[2].split()
+    except (ValueError, OSError):
+        return []
+
+
+def _holder() -> str:
+    """What the lock file says of its holder: pid and start time, so that another
+    container's pid 1 is not taken for this one's."""
+    started = _stat(os.getpid())[19:20]
+    return " ".join([str(os.getpid()), *started])
+
+
+def _running(holder: str) -> bool:
+    """Whether the lock file's ``holder`` is a process here that is not stopped (state
+    ``T``/``t``). One this machine cannot see (another container's), with another start
+    time, or dead, is not running."""
+    pid, _, started = holder.partition(" ")
+    stat = _stat(pid)
+    return len(stat) > 19 and stat[19] == started and stat[0] not in ("T", "t", "Z", "X")
