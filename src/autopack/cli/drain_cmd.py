@@ -28,7 +28,7 @@ from rich.tree import Tree
 from autopack.cli._common import CliState, err, out, print_json, state
 from autopack.cli.progress import DrainProgress, Spend
 from autopack.errors import ConfigError, InvalidInput, NotFound, ServerUnavailable
-from autopack.states import PHASE_TERMINAL
+from autopack.states import PHASE_GAVE_UP, PHASE_TERMINAL
 
 if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
     from autopack.builder.auditor import AuditMode
@@ -267,6 +267,7 @@ def report(
                 "run_state": summary.run_state,
                 "phase_states": summary.phase_states,
                 "done_before": sorted(summary.done_before),
+                "failed_before": sorted(summary.failed_before),
                 "attempts": [a.__dict__ for a in summary.attempts],
                 "telemetry_written": summary.telemetry_written,
                 "telemetry_failures": summary.telemetry_failures,
@@ -289,8 +290,10 @@ def report(
         mine = [a for a in summary.attempts if a.phase_id == phase_id]
         files = sorted({f for a in mine for f in a.files_written})
         style = "green" if phase_state == "COMPLETE" else "red"
-        if not mine and phase_id in summary.done_before:
-            table.add_row(phase_id, f"[{style}]{phase_state}", "-", "done before this drain", "-")
+        before = "done" if phase_id in summary.done_before else "failed"
+        if not mine and phase_id in summary.done_before | summary.failed_before:
+            row = [f"[{style}]{phase_state}", "-", f"{before} before this drain", "-"]
+            table.add_row(escape(phase_id), *row)
             continue
         last = ""
         if mine:
@@ -325,6 +328,19 @@ def report(
             f"the run's code: branch {summary.branch} at {summary.branch_head[:12]} in "
             f"{summary.repository} (`autopack run export {summary.run_id} DIR "
             f"{summary.repository_flag}` writes it out)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    tried = {a.phase_id for a in summary.attempts}
+    left = sorted(
+        p for p in summary.failed_before - tried if summary.phase_states.get(p) in PHASE_GAVE_UP
+    )
+    if left:
+        err.print(
+            f"{len(left)} phase(s) had failed before this drain, which does not retry them: "
+            f"`autopack run requeue {summary.run_id} {left[0]}` queues one again (or `autopack "
+            f"drain phase --run-id {summary.run_id} --phase-id {left[0]} --force`); "
+            f"`autopack run phase {summary.run_id} {left[0]}` shows why it failed",
             highlight=False,
             soft_wrap=True,
         )
