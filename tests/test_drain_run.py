@@ -28,7 +28,7 @@ from tests.executor_support import (
     rows,
     run_file,
 )
-from tests.support import cli
+from tests.support import cli, wait_for
 from tests.test_server_attach import _wait_dead
 
 
@@ -314,6 +314,34 @@ def test_a_drain_of_a_failed_phase_says_it_failed_before_and_how_to_retry_it(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "failed before" not in done.stdout + done.stderr
     assert phase_row(url, "p1")["state"] == "COMPLETE"
+
+
+def test_a_phase_another_drain_completed_meanwhile_is_named_so(tmp_path: Path) -> None:
+    """Two drains of one run from two terminals: each one's table showed the phases the
+    other completed as ``COMPLETE │ 0`` with an empty reason, as if nothing had run them."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    marker = tmp_path / "go"
+    hold = (
+        'python -c "import os, time; [time.sleep(0.05) for _ in '
+        f"iter(lambda: not os.path.exists('{marker}'), False)]\""
+    )
+    phases = [phase("p1", ["pkg/a.py"], checks=[hold]), phase("p2", ["pkg/b.py"])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 2\n"))]
+    )
+    first = drain_process(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    wait_for(lambda: phase_row(url, "p1")["state"] == "CI_RUNNING", timeout=60)
+    other = drain(
+        "phase", *_run_args(tmp_path, tape, "--phase-id", "p2")[1:], env=env, cwd=tmp_path
+    )
+    assert other.returncode == 0, other.stderr[-3000:]
+    marker.write_text("")
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-3000:]
+    assert "done by another drain meanwhile" in " ".join(stdout.split()), stdout
+    assert "COMPLETE │ 0" not in stdout
 
 
 def test_idle_workers_wake_for_a_new_tier_and_the_drain_ends_with_its_last_result(

@@ -290,10 +290,11 @@ def report(
         mine = [a for a in summary.attempts if a.phase_id == phase_id]
         files = sorted({f for a in mine for f in a.files_written})
         style = "green" if phase_state == "COMPLETE" else "red"
-        before = "done" if phase_id in summary.done_before else "failed"
-        if not mine and phase_id in summary.done_before | summary.failed_before:
-            row = [f"[{style}]{phase_state}", "-", f"{before} before this drain", "-"]
-            table.add_row(escape(phase_id), *row)
+        if not mine and phase_state in PHASE_TERMINAL:  # nothing this drain did
+            ended = "done" if phase_state == "COMPLETE" else phase_state.lower()
+            before = phase_id in summary.done_before | summary.failed_before
+            when = "before this drain" if before else "by another drain meanwhile"
+            table.add_row(escape(phase_id), f"[{style}]{phase_state}", "-", f"{ended} {when}", "-")
             continue
         last = ""
         if mine:
