@@ -273,6 +273,7 @@ def report(
                 "telemetry_failures": summary.telemetry_failures,
                 "wall_seconds": summary.wall_seconds,
                 "replayed_cost_usd": round(spend.replayed_usd, 6),
+                "unpriced_calls": spend.unpriced_calls,
                 "stopped_by": summary.stopped_by,
                 "note": summary.note or None,
                 "branch": summary.branch,
@@ -318,6 +319,11 @@ def report(
     cost = f"cost ${run.cost_usd:.4f}"
     if spend.replayed_calls:
         cost += f" (replayed calls, not billed: ${spend.replayed_usd:.4f})"
+    if spend.unpriced_calls:
+        cost += (
+            f" + {spend.unpriced_calls} call(s) of models without a price: cost unknown, "
+            "not counted (add them to a price file, AUTOPACK_PRICE_TABLE)"
+        )
     out.print(
         f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "
         f"{run.tokens_used} · {cost} · telemetry rows written "
