@@ -175,7 +175,16 @@ def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path:
         database.close()
 
 
-@pytest.mark.parametrize("command", [["run", "show", "ghost"], ["run", "phase", "ghost", "a"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "show", "ghost"],
+        ["run", "phase", "ghost", "a"],
+        # said "no telemetry recorded for run ghost; drain with --telemetry", exit 0
+        ["telemetry", "report", "--run", "ghost"],
+        ["telemetry", "report", "--run", "ghost", "--json"],
+    ],
+)
 def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL="sqlite:///here.db")
     assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
