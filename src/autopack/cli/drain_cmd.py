@@ -104,7 +104,7 @@ def answering_provider(
 ) -> LLMProvider:
     """The provider for the drain; exit 2 when it is a replay with nothing for this run
     (no credentials: every call would miss, fail the phase and waste its retries)."""
-    from autopack.llm.registry import make_provider, provider_name
+    from autopack.llm.registry import ignored_base_url, make_provider, provider_name
 
     settings = cli.settings
     provider = make_provider(settings, cassette=cassette, record=record)
@@ -129,7 +129,7 @@ def answering_provider(
         f"run {run_id!r} cannot be drained: {why} has nothing for this run (it answers "
         f"{has}). Set ANTHROPIC_API_KEY, or OPENAI_API_KEY / OPENAI_BASE_URL (choose with "
         "AUTOPACK_LLM_PROVIDER), or pass --cassette FILE recorded for this run "
-        "(--record FILE records one against a live provider).",
+        f"(--record FILE records one against a live provider).{ignored_base_url(settings)}",
         run_id=run_id,
     )
 
