@@ -181,6 +181,13 @@ def test_in_a_linked_worktree_the_main_working_trees_database_is_named(tmp_path:
     )
     assert "db init" not in result.stderr
     assert not (feature / "autopack.db").exists()
+    # `run create` there makes the worktree a database of its own, and names the project's
+    run = run_file(feature, [phase("p1", ["pkg/a.py"])])
+    created = cli("run", "create", str(run), cwd=feature, env=clean_env())
+    assert created.returncode == 0, created.stderr[-2000:]
+    said = " ".join(created.stderr.split())
+    assert f"created new database sqlite:///{feature / 'autopack.db'}" in said
+    assert f"if you meant one, use `--database-url sqlite:///{root / 'autopack.db'}`" in said
 
 
 def test_a_dotenv_outside_a_repository_applies_only_in_its_directory(tmp_path: Path) -> None:
