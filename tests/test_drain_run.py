@@ -316,6 +316,20 @@ def test_a_drain_of_a_failed_phase_says_it_failed_before_and_how_to_retry_it(
     assert phase_row(url, "p1")["state"] == "COMPLETE"
 
 
+def test_force_on_a_complete_phase_says_it_did_nothing(tmp_path: Path) -> None:
+    """The README said "--force requeues"; on a COMPLETE phase it did nothing and said
+    only "done before this drain", so the user believed the phase had run again."""
+    _, env = _setup(tmp_path, 1)
+    tape = _tape(tmp_path, 1, latency_ms=0)
+    assert drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path).returncode == 0
+    args = ("phase", *_run_args(tmp_path, tape, "--phase-id", "p0", "--force")[1:])
+    forced = cli_drain(*args, env=env, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    said = " ".join(forced.stderr.split())
+    assert "--force did not requeue p0: it is COMPLETE" in said, said
+    assert "0 attempt(s)" in forced.stdout
+
+
 def test_a_phase_another_drain_completed_meanwhile_is_named_so(tmp_path: Path) -> None:
     """Two drains of one run from two terminals: each one's table showed the phases the
     other completed as ``COMPLETE │ 0`` with an empty reason, as if nothing had run them."""

@@ -15,7 +15,8 @@ from pathlib import Path
 import typer
 
 from autopack.cli._common import OK, err, out, state
-from autopack.cli.drain_cmd import DrainFlags, executor_for, finite, report
+from autopack.cli.drain_cmd import DrainFlags, executor_for, finite
+from autopack.cli.drain_report import report
 from autopack.cli.telemetry_cmd import print_report
 from autopack.errors import ConfigError, Conflict
 
