@@ -175,7 +175,27 @@ def test_approval_commands_locally_and_over_the_api(database_url: str, tmp_path:
         database.close()
 
 
-@pytest.mark.parametrize("command", [["run", "show", "ghost"], ["run", "phase", "ghost", "a"]])
+def test_no_approvals_is_said_not_shown_as_an_empty_table(tmp_path: Path) -> None:
+    """`autopack approvals list` with nothing waiting printed an empty table and no word."""
+    env = clean_env(DATABASE_URL="sqlite:///here.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    listed = cli("approvals", "list", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == "no pending approvals (`--status all` lists every one)"
+    every = cli("approvals", "list", "--status", "all", "--run-id", "r", cwd=tmp_path, env=env)
+    assert every.stdout.strip() == "no approvals for run r"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "show", "ghost"],
+        ["run", "phase", "ghost", "a"],
+        # said "no telemetry recorded for run ghost; drain with --telemetry", exit 0
+        ["telemetry", "report", "--run", "ghost"],
+        ["telemetry", "report", "--run", "ghost", "--json"],
+    ],
+)
 def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL="sqlite:///here.db")
     assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0

@@ -156,3 +156,32 @@ def truncation_was_continued(url: str) -> None:
     assert estimation["attempt"] == 1 and not estimation["truncated"]
     assert estimation["actual_output_tokens"] == sum(r["output_tokens"] for r in parts)
     assert estimation["actual_output_tokens"] > parts[0]["output_tokens"]
+
+
+def test_a_second_demo_keeps_the_first_in_previous(tmp_path: Path) -> None:
+    """The demo's last line says "run the demo again for real"; the next `make demo` then
+    deleted that real run, paid for, with its database and its repository."""
+    demo_dir = tmp_path / "demo"
+    args = ("demo", "--dir", str(demo_dir), "--replay-speed", "0")
+    first = cli(*args, cwd=tmp_path, env=clean_env(), timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    head = rows(f"sqlite:///{demo_dir / 'autopack.db'}", "SELECT branch_head FROM runs")
+    second = cli(*args, cwd=tmp_path, env=clean_env(), timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    previous = demo_dir / "previous"
+    assert f"the previous demo is kept in {previous}" in " ".join(second.stdout.split())
+    kept = f"sqlite:///{previous / 'autopack.db'}"
+    assert rows(kept, "SELECT state, branch_head FROM runs") == [
+        {"state": "DONE_SUCCESS", "branch_head": head[0]["branch_head"]}
+    ]
+    branch = subprocess.run(
+        ["git", "rev-parse", f"autopack/{RUN}"],
+        cwd=previous / "workspace",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert branch.stdout.strip() == head[0]["branch_head"]
+    assert rows(f"sqlite:///{demo_dir / 'autopack.db'}", "SELECT state FROM runs") == [
+        {"state": "DONE_SUCCESS"}
+    ]

@@ -28,6 +28,7 @@ from tests.executor_support import (
     rows,
     run_file,
 )
+from tests.support import cli, wait_for
 from tests.test_server_attach import _wait_dead
 
 
@@ -274,6 +275,87 @@ def test_a_second_drain_says_done_before_and_leaves_no_server_log(tmp_path: Path
     assert second.stdout.count("done before this drain") == 2, second.stdout
     assert "COMPLETE │ 0" not in second.stdout
     assert list(scratch.glob("autopack-api-*.log")) == [], "a healthy server's log is deleted"
+
+
+def test_a_drain_of_a_failed_phase_says_it_failed_before_and_how_to_retry_it(
+    tmp_path: Path,
+) -> None:
+    """A phase FAILED (a bad API key, say); the user fixes the cause and drains again. The
+    drain did nothing and its table said ``FAILED │ 0`` with no reason and no way on: a
+    drain never retries a FAILED phase, only a requeue does, and nothing said so."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    check = "test -f pkg/ok.py"
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"], checks=[check], max_attempts=1)]),
+        env,
+        tmp_path,
+    )
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    first = drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    assert first.returncode == 1 and phase_row(url, "p1")["state"] == "FAILED"
+    again = cli_drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "Traceback" not in again.stderr
+    assert "failed before this drain" in again.stdout, again.stdout
+    assert "FAILED │ 0" not in again.stdout
+    hint = " ".join(again.stderr.split())
+    assert "`autopack run requeue exec-run p1`" in hint, hint
+    assert json.loads(drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path).stdout)[
+        "failed_before"
+    ] == ["p1"]
+
+    requeued = cli("run", "requeue", "exec-run", "p1", cwd=tmp_path, env=env)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    tape = cassette(fixed, [line("p1", 2, files(a_py="A = 1\n", ok_py="OK = 1\n"))])
+    done = cli_drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "failed before" not in done.stdout + done.stderr
+    assert phase_row(url, "p1")["state"] == "COMPLETE"
+
+
+def test_force_on_a_complete_phase_says_it_did_nothing(tmp_path: Path) -> None:
+    """The README said "--force requeues"; on a COMPLETE phase it did nothing and said
+    only "done before this drain", so the user believed the phase had run again."""
+    _, env = _setup(tmp_path, 1)
+    tape = _tape(tmp_path, 1, latency_ms=0)
+    assert drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path).returncode == 0
+    args = ("phase", *_run_args(tmp_path, tape, "--phase-id", "p0", "--force")[1:])
+    forced = cli_drain(*args, env=env, cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    said = " ".join(forced.stderr.split())
+    assert "--force did not requeue p0: it is COMPLETE" in said, said
+    assert "0 attempt(s)" in forced.stdout
+
+
+def test_a_phase_another_drain_completed_meanwhile_is_named_so(tmp_path: Path) -> None:
+    """Two drains of one run from two terminals: each one's table showed the phases the
+    other completed as ``COMPLETE │ 0`` with an empty reason, as if nothing had run them."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    marker = tmp_path / "go"
+    hold = (
+        'python -c "import os, time; [time.sleep(0.05) for _ in '
+        f"iter(lambda: not os.path.exists('{marker}'), False)]\""
+    )
+    phases = [phase("p1", ["pkg/a.py"], checks=[hold]), phase("p2", ["pkg/b.py"])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 2\n"))]
+    )
+    first = drain_process(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    wait_for(lambda: phase_row(url, "p1")["state"] == "CI_RUNNING", timeout=60)
+    other = drain(
+        "phase", *_run_args(tmp_path, tape, "--phase-id", "p2")[1:], env=env, cwd=tmp_path
+    )
+    assert other.returncode == 0, other.stderr[-3000:]
+    marker.write_text("")
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-3000:]
+    assert "done by another drain meanwhile" in " ".join(stdout.split()), stdout
+    assert "COMPLETE │ 0" not in stdout
 
 
 def test_idle_workers_wake_for_a_new_tier_and_the_drain_ends_with_its_last_result(

@@ -26,8 +26,9 @@ from tests.executor_support import (
     rows,
     run_file,
 )
-from tests.fakes.llm_wire import RETRY_NOW, Reply, WireServer
+from tests.fakes.llm_wire import OPENAI_PATH, RETRY_NOW, Reply, WireServer, openai_completion
 from tests.llm.support import FLAVOURS, Flavour
+from tests.support import cli, free_port
 
 VERDICT = json.dumps({"approved": True, "issues": [], "summary": "mod.py does what p1 asks."})
 
@@ -122,3 +123,51 @@ def test_context_read_through_a_symlink_leaving_the_workspace_is_not_sent(tmp_pa
     assert "VISIBLE-CONTEXT" in sent
     assert "ENVIRONMENT-SECRET-VALUE" not in sent and "TOP-SECRET-VALUE" not in sent
     assert result.returncode in (0, 1), result.stderr[-3000:]
+
+
+def test_calls_of_a_model_without_a_price_are_not_summed_as_zero_dollars(tmp_path: Path) -> None:
+    """A local model (``qwen2.5-coder:32b`` on Ollama) has no price: its calls are recorded
+    with cost NULL, but the drain's summary said ``cost $0.0000``, as if they were free."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:32b")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        model = "qwen2.5-coder:32b"
+        answer = openai_completion(files(mod_py="V = 1\n"), model=model)
+        wire.script(OPENAI_PATH, Reply(200, answer))
+        args = ("--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off")
+        result = cli(
+            *("drain", "phase", *args, "--workspace", str(tmp_path / "ws")),
+            env={**env, **_provider_env(FLAVOURS["openai"], wire)},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert rows(sqlite_url, "SELECT model, cost_usd FROM llm_usage_events") == [
+        {"model": model, "cost_usd": None}
+    ]
+    summary = " ".join(result.stdout.split())
+    assert "1 call(s) of models without a price: cost unknown" in summary, summary
+
+
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_an_unreachable_provider_is_named_by_its_address(name: str, tmp_path: Path) -> None:
+    """A mistyped ``ANTHROPIC_BASE_URL`` / ``OPENAI_BASE_URL`` (a wrong port): every
+    attempt failed with "anthropic unreachable: Connection error.", naming no address."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    port = free_port()  # nothing listens there
+    provider = {
+        "anthropic": {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}"},
+        "openai": {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1"},
+    }[name]
+    result = cli(
+        *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+        *("--workspace", str(tmp_path / "ws")),
+        env={**env, **provider},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = rows(sqlite_url, "SELECT error FROM phase_attempts")[0]["error"]
+    assert f"unreachable at http://127.0.0.1:{port}/v1/" in error, error
+    assert f"unreachable at http://127.0.0.1:{port}/v1/" in " ".join(result.stderr.split())

@@ -135,6 +135,24 @@ def test_no_credentials_and_nothing_recorded_for_the_run_refuses_before_claiming
     assert rows(database_url, "SELECT COUNT(*) AS n FROM phase_attempts") == [{"n": 0}]
 
 
+def test_anthropic_base_url_without_a_key_is_named_not_called_no_credentials(
+    tmp_path: Path,
+) -> None:
+    """A local Anthropic-compatible server needs no key, so its user set only
+    ``ANTHROPIC_BASE_URL``: told "no LLM credentials are set", they saw the URL ignored."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, ANTHROPIC_BASE_URL="http://127.0.0.1:9/proxy")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    refused = cli("drain", "run", "--run-id", "exec-run", cwd=tmp_path, env=env)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    said = " ".join(refused.stderr.split())
+    assert (
+        "ANTHROPIC_BASE_URL is set (http://127.0.0.1:9/proxy) but anthropic needs "
+        "ANTHROPIC_API_KEY too" in said
+    ), said
+    assert phase_row(url, "p1")["attempts"] == 0
+
+
 def test_an_unknown_run_is_refused_at_once(database_url: str, tmp_path: Path) -> None:
     env = env_for(database_url)
     assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0

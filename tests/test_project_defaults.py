@@ -84,7 +84,7 @@ def test_a_workspace_the_old_default_made_is_named_not_abandoned(tmp_path: Path)
         "--phase-id",
         "p1",
         *_drain_args(tape, "--workspace", f"autopack-workspaces/{RUN}")[1:],
-        env=env,
+        env={**env, "AUTOPACK_CACHE_DIR": str(tmp_path / "older")},  # it remembered nothing
         cwd=sub,
     )
     assert first.returncode == 0, first.stderr[-3000:]
@@ -139,3 +139,46 @@ def test_autopack_in_an_attempts_worktree_opens_no_default_database(tmp_path: Pa
         "db", "init", cwd=worktree, env={**env, "DATABASE_URL": f"sqlite:///{tmp_path}/a.db"}
     )
     assert named.returncode == 0, named.stderr[-2000:]
+
+
+def test_the_workspace_a_drain_was_given_is_found_again_without_the_flag(
+    tmp_path: Path,
+) -> None:
+    """``drain --workspace DIR`` kept the run's branch in DIR, but nothing remembered it:
+    ``autopack run export RUN OUT`` (as the README and the demo say it) and the next drain,
+    from the project or anywhere else, looked only in the default workspace and refused,
+    asking for the same ``--workspace`` again."""
+    project = repository(tmp_path / "project")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ws = tmp_path / "ws"
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
+    )
+    tape = cassette(
+        tmp_path,
+        [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 2\n"))],
+    )
+    first = drain(
+        "phase",
+        "--phase-id",
+        "p1",
+        *_drain_args(tape, "--workspace", str(ws))[1:],
+        env=env,
+        cwd=project,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    exported = cli("run", "export", RUN, str(tmp_path / "out"), cwd=project, env=env)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "out/pkg/a.py").read_text() == "A = 1\n"
+    assert str(ws) in exported.stdout
+
+    rest = drain(*_drain_args(tape), env=env, cwd=elsewhere)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert json.loads(rest.stdout)["repository"] == str(ws)
+    assert on_branch(ws, "pkg/a.py") == "A = 1\n" and on_branch(ws, "pkg/b.py") == "B = 2\n"
+    assert not (project / "autopack-workspaces").exists()
+    assert not (elsewhere / "autopack-workspaces").exists()

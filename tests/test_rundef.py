@@ -21,7 +21,7 @@ from autopack.rundef import (
     parse_run_definition,
     run_json_schema,
 )
-from tests.support import REPO
+from tests.support import REPO, clean_env, cli
 
 MINIMAL: dict[str, Any] = {
     "run_id": "r1",
@@ -234,6 +234,18 @@ def test_broken_files_say_where(tmp_path: Path) -> None:
     (tmp_path / "invalid.yaml").write_text(yaml.safe_dump(with_phase(complexity="epic")))
     with pytest.raises(InvalidInput, match=r"invalid\.yaml: tiers\[0\]\(T1\)\.phases\[0\]"):
         load_run_file(tmp_path / "invalid.yaml")
+
+
+def test_an_empty_run_file_is_called_empty(tmp_path: Path) -> None:
+    """`autopack run create` of a new, still empty file (or one of comments only) said
+    "expected one mapping with run_id and tiers, got NoneType": Python's name for nothing."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'autopack.db'}")
+    for text in ("", "\n  \n", "# my run, to do\n"):
+        (tmp_path / "my-run.yaml").write_text(text)
+        made = cli("run", "create", "my-run.yaml", cwd=tmp_path, env=env)
+        assert made.returncode == 2, made.stderr
+        assert "run file my-run.yaml is empty: it needs run_id and tiers" in made.stderr
+        assert "NoneType" not in made.stderr and "Traceback" not in made.stderr
 
 
 def test_a_file_larger_than_the_api_accepts_is_refused_unread(tmp_path: Path) -> None:

@@ -163,6 +163,33 @@ def test_a_missing_database_lists_the_databases_nearby(tmp_path: Path) -> None:
     assert not (scripts / "telemetry_seed.db").exists()
 
 
+def test_in_a_linked_worktree_the_main_working_trees_database_is_named(tmp_path: Path) -> None:
+    """``git worktree add ../feature``: its root holds a ``.git`` *file* and lies beside the
+    project, not below it, so the project's ``autopack.db`` was out of sight: "No other
+    Autopack database is in sight", and the hint to create a new, empty one."""
+    root, _ = _repo(tmp_path)
+    _seed(root, clean_env())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=root, check=True)
+    feature = tmp_path / "feature"
+    subprocess.run([*git, "worktree", "add", "-q", str(feature)], cwd=root, check=True)
+    assert (feature / ".git").is_file()
+    result = cli("run", "list", cwd=feature, env=clean_env())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"sqlite:///{root / 'autopack.db'}  (this repository's main working tree)" in (
+        result.stderr
+    )
+    assert "db init" not in result.stderr
+    assert not (feature / "autopack.db").exists()
+    # `run create` there makes the worktree a database of its own, and names the project's
+    run = run_file(feature, [phase("p1", ["pkg/a.py"])])
+    created = cli("run", "create", str(run), cwd=feature, env=clean_env())
+    assert created.returncode == 0, created.stderr[-2000:]
+    said = " ".join(created.stderr.split())
+    assert f"created new database sqlite:///{feature / 'autopack.db'}" in said
+    assert f"if you meant one, use `--database-url sqlite:///{root / 'autopack.db'}`" in said
+
+
 def test_a_dotenv_outside_a_repository_applies_only_in_its_directory(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("DATABASE_URL=sqlite:///parent.db\n")
     child = tmp_path / "child"

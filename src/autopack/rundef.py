@@ -363,6 +363,8 @@ def load_run_file(path: str | Path) -> RunDefinition:
             data = _parse_yaml(text, file)
         else:
             data = _parse_json(text, file)  # again: duplicate keys, size
+    if data is None:  # YAML's reading of an empty file (or one of comments only)
+        raise InvalidInput(f"run file {file} is empty: it needs run_id and tiers")
     # Relative to where the file really is: a symlink's target (its text was written
     # there), /dev/stdin's file; a pipe (/dev/fd/63) is nowhere, so nothing is relative.
     real = file.resolve()

@@ -138,6 +138,9 @@ PHASE_ACTIVE = frozenset({P.EXECUTING, P.CI_RUNNING})
 PHASE_TERMINAL = frozenset({P.COMPLETE, P.FAILED, P.SKIPPED})
 PHASE_OPEN = frozenset(PhaseState) - PHASE_TERMINAL
 """States that keep a run from finishing."""
+PHASE_GAVE_UP = frozenset({P.FAILED, P.SKIPPED})
+"""Finished without success: a drain leaves them alone, only a requeue (or ``--force``)
+queues them again."""
 PHASE_REQUEUEABLE = frozenset(
     s for s, targets in PHASE_TRANSITIONS.items() if P.QUEUED in targets and s != P.COMPLETE
 )

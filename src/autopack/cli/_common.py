@@ -110,10 +110,28 @@ class CliState:
                 raise self.missing(exc) from exc
             if self._database.created:
                 err.print(
-                    f"created new database {self._database.identity.url}{self._untracked()}",
+                    f"created new database {self._database.identity.url}{self._untracked()}"
+                    f"{self._others()}",
                     highlight=False,
+                    soft_wrap=True,
                 )
         return self._database
+
+    def _others(self) -> str:
+        """The Autopack databases in sight, when the default just made a new one: from a
+        linked worktree or a submodule, `run create` made a second, empty database beside
+        the project's instead of using it, and said nothing of the one it did not use."""
+        if self.loaded().database.source != "default":
+            return ""
+        from autopack.cli.whereis import nearby_databases
+
+        nearby = nearby_databases(self.settings.database_url)
+        if not nearby:
+            return ""
+        return (
+            f"; other Autopack databases are nearby ({', '.join(n.url for n in nearby)}): "
+            f"if you meant one, use `--database-url {nearby[0].url}`"
+        )
 
     def _untracked(self) -> str:
         """A hint when the default database was just made at a repository's root, where

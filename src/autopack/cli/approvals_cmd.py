@@ -41,6 +41,12 @@ def list_(
         print_json(page)
         return
     approvals = page.items
+    if not page.total:  # an empty table said nothing: nothing waits, or the wrong filter?
+        what = "approvals" if status == "all" else f"{status} approvals"
+        where = f" for run {escape(run_id)}" if run_id else ""
+        other = "" if status == "all" else " (`--status all` lists every one)"
+        out.print(f"no {what}{where}{other}", highlight=False)
+        return
     table = Table("id", "phase", "attempt", "status", "times out")
     table.add_column("reason", overflow="fold")
     for approval in approvals:

@@ -15,21 +15,30 @@ from pathlib import Path
 import typer
 
 from autopack.cli._common import OK, err, out, state
-from autopack.cli.drain_cmd import DrainFlags, executor_for, finite, report
+from autopack.cli.drain_cmd import DrainFlags, executor_for, finite
+from autopack.cli.drain_report import report
 from autopack.cli.telemetry_cmd import print_report
 from autopack.errors import ConfigError, Conflict
 
 RUN_NAME = "telemetry-collection-v4"
 MARKER = ".autopack-demo"
+PREVIOUS = "previous"
 
 
 def _fresh(directory: Path) -> None:
-    """Start over in a directory a previous demo made (and only in such a directory)."""
-    if (directory / MARKER).exists():
-        for stale in directory.glob("autopack.db*"):
-            stale.unlink()
-        shutil.rmtree(directory / "workspace", ignore_errors=True)
+    """Start over in a directory a previous demo made (and only in such a directory). The
+    previous demo's database and repository move to ``previous/`` (the one before that is
+    deleted): the demo's last line invites running it again for real, and a run a live
+    model was paid for was deleted by the next ``make demo``."""
     try:
+        if (directory / MARKER).exists():
+            previous = directory / PREVIOUS
+            shutil.rmtree(previous, ignore_errors=True)
+            previous.mkdir()
+            for stale in [*directory.glob("autopack.db*"), directory / "workspace"]:
+                if stale.exists():
+                    stale.rename(previous / stale.name)
+            out.print(f"the previous demo is kept in {previous}", highlight=False)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / MARKER).write_text("made by `autopack demo`; safe to delete\n")
     except OSError as exc:  # a file there or on the way, no permission
@@ -43,7 +52,8 @@ def demo(
     directory: Path = typer.Option(
         Path("demo"),
         "--dir",
-        help="Where the database and the workspace go (a previous demo there is replaced).",
+        help="Where the database and the workspace go (a previous demo there moves to "
+        "DIR/previous).",
     ),
     concurrency: int = typer.Option(
         4, "--concurrency", "-k", min=1, max=64, help="Phases in flight at once."

@@ -21,19 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
-from rich.tree import Tree
 
-from autopack.cli._common import CliState, err, out, print_json, state
-from autopack.cli.progress import DrainProgress, Spend
+from autopack.cli._common import CliState, err, state
+from autopack.cli.drain_report import report
+from autopack.cli.progress import DrainProgress
 from autopack.errors import ConfigError, InvalidInput, NotFound, ServerUnavailable
 from autopack.states import PHASE_TERMINAL
 
 if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
     from autopack.builder.auditor import AuditMode
-    from autopack.contract import RunView
-    from autopack.executor.executor import AutonomousExecutor, DrainSummary
+    from autopack.executor.executor import AutonomousExecutor
     from autopack.llm.base import LLMProvider
 
 app = typer.Typer(help="Drain queued phases with the LLM Builder.", no_args_is_help=True)
@@ -104,7 +101,7 @@ def answering_provider(
 ) -> LLMProvider:
     """The provider for the drain; exit 2 when it is a replay with nothing for this run
     (no credentials: every call would miss, fail the phase and waste its retries)."""
-    from autopack.llm.registry import make_provider, provider_name
+    from autopack.llm.registry import ignored_base_url, make_provider, provider_name
 
     settings = cli.settings
     provider = make_provider(settings, cassette=cassette, record=record)
@@ -129,7 +126,7 @@ def answering_provider(
         f"run {run_id!r} cannot be drained: {why} has nothing for this run (it answers "
         f"{has}). Set ANTHROPIC_API_KEY, or OPENAI_API_KEY / OPENAI_BASE_URL (choose with "
         "AUTOPACK_LLM_PROVIDER), or pass --cassette FILE recorded for this run "
-        "(--record FILE records one against a live provider).",
+        f"(--record FILE records one against a live provider).{ignored_base_url(settings)}",
         run_id=run_id,
     )
 
@@ -246,98 +243,6 @@ def executor_for(
                 ) from exc
 
 
-def report(
-    summary: DrainSummary,
-    run: RunView,
-    as_json: bool,
-    *,
-    require_complete: bool = True,
-    spend: Spend | None = None,
-) -> int:
-    """Print the outcome and return the exit code: 0 when every drained phase is COMPLETE
-    (for a batch: when no phase failed), 1 otherwise, 128 + the signal when stopped."""
-    done = summary.all_complete if require_complete else not summary.any_failed
-    ok = done and not summary.note
-    code = 128 + summary.stopped_by if summary.stopped_by else 0 if ok else 1
-    spend = spend or Spend()
-    if as_json:
-        print_json(
-            {
-                "run_id": summary.run_id,
-                "run_state": summary.run_state,
-                "phase_states": summary.phase_states,
-                "done_before": sorted(summary.done_before),
-                "attempts": [a.__dict__ for a in summary.attempts],
-                "telemetry_written": summary.telemetry_written,
-                "telemetry_failures": summary.telemetry_failures,
-                "wall_seconds": summary.wall_seconds,
-                "replayed_cost_usd": round(spend.replayed_usd, 6),
-                "stopped_by": summary.stopped_by,
-                "note": summary.note or None,
-                "branch": summary.branch,
-                "branch_head": summary.branch_head,
-                "repository": summary.repository,
-                "ok": ok,
-            }
-        )
-        return code
-    table = Table("phase", "state", "attempts", title=f"run {summary.run_id}: {summary.run_state}")
-    table.add_column("last stop reason", overflow="fold")
-    table.add_column("files")
-    written = Tree("files written")
-    for phase_id, phase_state in summary.phase_states.items():
-        mine = [a for a in summary.attempts if a.phase_id == phase_id]
-        files = sorted({f for a in mine for f in a.files_written})
-        style = "green" if phase_state == "COMPLETE" else "red"
-        if not mine and phase_id in summary.done_before:
-            table.add_row(phase_id, f"[{style}]{phase_state}", "-", "done before this drain", "-")
-            continue
-        last = ""
-        if mine:
-            last = mine[-1].stop_reason
-            if mine[-1].outcome != "COMPLETE" and mine[-1].detail:
-                last += f": {mine[-1].detail.strip().splitlines()[0]}"
-        table.add_row(
-            escape(phase_id),
-            f"[{style}]{phase_state}",
-            str(len(mine)),
-            escape(last),
-            str(len(files)),
-        )
-        if files:
-            branch = written.add(escape(phase_id))
-            for path in files:
-                branch.add(escape(path))
-    out.print(table)
-    if written.children:
-        out.print(written)
-    cost = f"cost ${run.cost_usd:.4f}"
-    if spend.replayed_calls:
-        cost += f" (replayed calls, not billed: ${spend.replayed_usd:.4f})"
-    out.print(
-        f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "
-        f"{run.tokens_used} · {cost} · telemetry rows written "
-        f"{summary.telemetry_written}, failed {summary.telemetry_failures}",
-        highlight=False,
-    )
-    if summary.branch_head:
-        out.print(
-            f"the run's code: branch {summary.branch} at {summary.branch_head[:12]} in "
-            f"{summary.repository} (`autopack run export {summary.run_id} DIR "
-            f"{summary.repository_flag}` writes it out)",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if summary.telemetry_failures:
-        err.print(
-            f"[red]{summary.telemetry_failures} telemetry write(s) failed[/red]: see the "
-            "telemetry_write_failed warnings above"
-        )
-    if summary.note:
-        err.print(f"[red]✘[/red] {escape(summary.note)}", highlight=False)
-    return code
-
-
 def finite(value: float | None) -> float | None:
     """Refuse ``inf`` (``min=`` already refuses ``nan``): an infinite timeout, cap or
     scale fails every attempt of the phase instead of the command."""
@@ -440,6 +345,12 @@ def drain_phase(
         summary = executor.drain_phase(run_id, phase_id, force=force)
         summary.phase_states = {phase_id: summary.phase_states[phase_id]}
         run = executor.client.get_run(run_id)
+    if force and phase_id in summary.done_before:  # a --force that did nothing, said once
+        err.print(
+            f"--force did not requeue {phase_id}: it is COMPLETE, and --force requeues only "
+            "a FAILED, SKIPPED or stuck phase (nothing was run)",
+            highlight=False,
+        )
     raise typer.Exit(report(summary, run, as_json, spend=progress.spend))
 
 

@@ -47,11 +47,16 @@ class Spend:
     billed_usd: float = 0.0
     replayed_usd: float = 0.0
     replayed_calls: int = 0
+    unpriced_calls: int = 0
+    """Calls of a model the price table does not know: their cost is unknown (NULL), so
+    the dollars shown leave them out and must say so, never pass for $0."""
 
     def text(self) -> str:
         shown = f"{self.tokens:,} tokens · ${self.billed_usd:.4f}"
         if self.replayed_calls:
             shown += f" (+${self.replayed_usd:.4f} replayed)"
+        if self.unpriced_calls:
+            shown += f" (+{self.unpriced_calls} unpriced)"
         return shown
 
 
@@ -142,6 +147,7 @@ class DrainProgress:
     def _spent(self, data: dict[str, Any]) -> None:
         self.spend.tokens += int(data.get("tokens") or 0)
         cost = float(data.get("cost_usd") or 0.0)
+        self.spend.unpriced_calls += bool(data.get("unpriced"))
         if data.get("replayed"):
             self.spend.replayed_usd += cost
             self.spend.replayed_calls += 1

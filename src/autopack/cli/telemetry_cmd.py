@@ -67,6 +67,8 @@ def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False
     """Usage by run/model/role and the estimator's accuracy per stratum."""
     from autopack.estimation.report import render
 
+    if run_id is not None:  # a mistyped id: "not found in database …", not "no telemetry"
+        client.get_run(run_id)
     summary = client.telemetry_summary(run_id)
     if as_json:
         print_json(summary)

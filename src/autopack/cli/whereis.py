@@ -6,8 +6,9 @@ found". Commands that only read never create a file (:func:`autopack.db.open_dat
 when the file is missing they leave with :func:`missing_database`'s message, which says
 the path looked for, where that path came from and what it was resolved against, and
 every Autopack database in sight: ``.env`` files naming one, from the working directory up
-to the repository root, and ``autopack.db`` files in every directory above and one
-directory down (where ``autopack demo`` puts its own).
+to the repository root, ``autopack.db`` files in every directory above and one
+directory down (where ``autopack demo`` puts its own), and, in a linked worktree, the
+one in the repository's main working tree.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from autopack.config import (
 from autopack.db.engine import sqlite_file
 from autopack.envfile import search_directories
 from autopack.errors import ConfigError, DatabaseMissing
+from autopack.executor.git import GitError, git
 
 DEFAULT_FILE = "autopack.db"
 
@@ -36,7 +38,7 @@ class Nearby:
     url: str
     """Resolved, password hidden."""
     how: str
-    """``named by .env at PATH`` or ``file``."""
+    """``named by .env at PATH``, ``file`` or ``this repository's main working tree``."""
 
 
 def is_autopack_database(path: Path) -> bool:
@@ -92,7 +94,30 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
         candidate = directory / DEFAULT_FILE
         if is_autopack_database(candidate):
             add(resolve_database_url(f"sqlite:///{candidate}"), "file")
+    main = _main_working_tree(directories[-1])
+    if main is not None and is_autopack_database(main / DEFAULT_FILE):
+        add(
+            resolve_database_url(f"sqlite:///{main / DEFAULT_FILE}"),
+            "this repository's main working tree",
+        )
     return found
+
+
+def _main_working_tree(root: Path) -> Path | None:
+    """For the root of a linked worktree (``git worktree add``: a ``.git`` *file* there),
+    the repository's main working tree, where the project's ``autopack.db`` usually is: a
+    worktree beside the project is not below it, so the search upwards never met it."""
+    if not (root / ".git").is_file():
+        return None
+    try:
+        found = git(
+            "rev-parse", "--path-format=absolute", "--git-common-dir", cwd=root, check=False
+        )
+    except GitError:  # no git: no worktrees either
+        return None
+    common = Path(found.stdout.decode().strip())
+    # A submodule's common directory is .git/modules/NAME of its superproject: no working tree.
+    return common.parent if found.returncode == 0 and common.name == ".git" else None
 
 
 def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMissing:

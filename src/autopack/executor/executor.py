@@ -28,7 +28,13 @@ from autopack.executor.git import GitError
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult
 from autopack.logs import log_event
-from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL, RUN_FINISHED, PhaseState
+from autopack.states import (
+    PHASE_GAVE_UP,
+    PHASE_REQUEUEABLE,
+    PHASE_TERMINAL,
+    RUN_FINISHED,
+    PhaseState,
+)
 
 logger = logging.getLogger("autopack.executor")
 
@@ -53,6 +59,9 @@ class DrainSummary:
     """How to name that repository on the command line (``--workspace DIR``, ``--repo URL``)."""
     done_before: set[str] = field(default_factory=set)
     """Phases already COMPLETE when this drain started (it did nothing for them)."""
+    failed_before: set[str] = field(default_factory=set)
+    """Phases already FAILED or SKIPPED when this drain started: a drain never retries
+    them (``autopack run requeue``, or ``drain phase --force``, queues one again)."""
     stopped_by: int | None = None
     """The signal that stopped the drain (SIGINT, SIGTERM); the CLI exits 128 + it."""
 
@@ -68,8 +77,7 @@ class DrainSummary:
 
     @property
     def any_failed(self) -> bool:
-        failed = (PhaseState.FAILED, PhaseState.SKIPPED)
-        return any(state in failed for state in self.phase_states.values())
+        return any(state in PHASE_GAVE_UP for state in self.phase_states.values())
 
     @property
     def all_complete(self) -> bool:
@@ -254,6 +262,8 @@ class AutonomousExecutor:
         phase: PhaseView = self.client.get_phase(run_id, phase_id)
         if phase.state == PhaseState.COMPLETE:
             summary.done_before.add(phase_id)
+        elif phase.state in PHASE_GAVE_UP and not force:
+            summary.failed_before.add(phase_id)
         if force and phase.state in PHASE_REQUEUEABLE:
             request = RequeueIn(requested_by=self.options.worker_id, reason="--force")
             self.client.requeue_phase(run_id, phase_id, request)
@@ -348,6 +358,7 @@ class AutonomousExecutor:
         summary = DrainSummary(run_id=run_id)
         run = self.client.get_run(run_id)  # a clear NotFound (naming the database) first
         summary.done_before = {p.phase_id for p in run.phases() if p.state == PhaseState.COMPLETE}
+        summary.failed_before = {p.phase_id for p in run.phases() if p.state in PHASE_GAVE_UP}
         self._sync_branch(run)
         self._claims_left = max_claims
         self._run_over.clear()

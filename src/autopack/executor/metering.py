@@ -211,6 +211,7 @@ class Meter:
             tokens=tokens,
             cost_usd=cost or 0.0,
             replayed=replayed,
+            unpriced=cost is None,
         )
         row = {**call, "success": True} if error is None else self._error_row(call, model, error)
         self.s.telemetry.record(

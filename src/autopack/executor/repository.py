@@ -35,6 +35,7 @@ from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
 from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
+from autopack.executor.recall import holds, recall, remember
 from autopack.executor.repolock import RepositoryLock
 from autopack.logs import log_event
 from autopack.paths import absolute
@@ -69,6 +70,12 @@ class RepoSource:
 
     workspace: Path | None = None
     remote: str | None = None
+    run_id: str | None = None
+    """The run whose local repository this machine remembers once opened
+    (:mod:`autopack.executor.recall`)."""
+    default: bool = False
+    """``workspace`` is only the default (nothing named a repository): a remembered
+    repository holding the run's accepted head stands in for it."""
 
     def describe(self) -> str:
         return self.remote or str(self.workspace)
@@ -85,10 +92,11 @@ class RepoSource:
         if repo:
             return cls(remote=str(absolute(Path(repo), "--repo")) if Path(repo).exists() else repo)
         if workspace is not None:
-            return cls(workspace=absolute(workspace, "--workspace"))
+            return cls(workspace=absolute(workspace, "--workspace"), run_id=run_id)
         if run_repository:
             return cls(remote=run_repository)
-        return cls(workspace=(project_root() / "autopack-workspaces" / run_id).resolve())
+        default = (project_root() / "autopack-workspaces" / run_id).resolve()
+        return cls(workspace=default, run_id=run_id, default=True)
 
 
 class RunRepository:
@@ -154,14 +162,19 @@ class RunRepository:
             repository = cls(_cache_clone(source.remote, cache_dir), branch=branch, remote=REMOTE)
             repository.remote_url = source.remote
         else:
-            assert source.workspace is not None
+            workspace = source.workspace
+            assert workspace is not None
             if head is not None:
-                _require_local(source.workspace, head, branch)
-            if not create and not (source.workspace.is_dir() and _is_repository(source.workspace)):
+                if source.default and source.run_id is not None:
+                    workspace = recall(workspace, source.run_id, head, cache_dir)
+                _require_local(workspace, head, branch)
+            if not create and not (workspace.is_dir() and _is_repository(workspace)):
                 raise ConfigError(
-                    f"no repository at {source.workspace}: give the run's --workspace or --repo"
+                    f"no repository at {workspace}: give the run's --workspace or --repo"
                 )
-            repository = cls(_local(source.workspace), branch=branch, remote=None)
+            repository = cls(_local(workspace), branch=branch, remote=None)
+            if source.run_id is not None:
+                remember(cache_dir, source.run_id, repository.path)
         if create:
             repository._ensure_branch()
         return repository
@@ -403,23 +416,16 @@ class RunRepository:
         return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())
 
 
-def _holds(workspace: Path, commit: str) -> bool:
-    if not workspace.is_dir():
-        return False
-    found = git("cat-file", "-e", f"{commit}^{{commit}}", cwd=workspace, check=False)
-    return found.returncode == 0
-
-
 def _require_local(workspace: Path, commit: str, branch: str) -> None:
     """Refuse a local workspace without the run's accepted head, before anything is made
     there. The default workspace moved (from ``autopack-workspaces/RUN_ID`` in the working
     directory to the project's root): a drain found the new one missing, started the
     branch anew without the run's completed work and reported the run's code there. Names
     a workspace of the old default (from here up to the project's root) that holds it."""
-    if _holds(workspace, commit):
+    if holds(workspace, commit):
         return
     candidates = [d / "autopack-workspaces" / workspace.name for d in search_directories()]
-    found = next((c for c in candidates if c != workspace and _holds(c, commit)), None)
+    found = next((c for c in candidates if c != workspace and holds(c, commit)), None)
     hint = (
         f"it is in {found}: add --workspace {found}"
         if found is not None

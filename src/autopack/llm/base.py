@@ -217,7 +217,10 @@ def sdk_error(
             **common,
         )
     if unreachable:
-        return LLMError(f"{label} unreachable: {message}", retryable=True, **common)
+        # The SDK says only "Connection error.": the address shows a mistyped *_BASE_URL.
+        url = getattr(getattr(exc, "request", None), "url", None)
+        at = f" at {url}" if url else ""
+        return LLMError(f"{label} unreachable{at}: {message}", retryable=True, **common)
     return LLMError(f"{label} call failed: {exc}", retryable=False, **common)
 
 

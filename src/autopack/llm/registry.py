@@ -59,6 +59,17 @@ def provider_name(settings: Settings, *, cassette: Path | None = None) -> str:
     return "replay"
 
 
+def ignored_base_url(settings: Settings) -> str:
+    """Why ``ANTHROPIC_BASE_URL`` alone does not choose anthropic ("" when it does not
+    apply): told only "no LLM credentials are set", its user saw the setting ignored."""
+    if settings.anthropic_base_url and not _secret(settings.anthropic_api_key):
+        return (
+            f" ANTHROPIC_BASE_URL is set ({settings.anthropic_base_url}) but anthropic needs "
+            "ANTHROPIC_API_KEY too (any value, for a server that checks none)."
+        )
+    return ""
+
+
 # The factories import their SDK when called: anthropic alone costs a second at start-up.
 def _anthropic(settings: Settings, cassette: Path | None) -> LLMProvider:
     from autopack.llm.anthropic_provider import AnthropicProvider
@@ -115,6 +126,7 @@ def make_provider(
             message=(
                 "NO LLM CREDENTIALS: answering from a recorded cassette, not a live model. "
                 "Set ANTHROPIC_API_KEY, OPENAI_API_KEY or OPENAI_BASE_URL for real work."
+                + ignored_base_url(settings)
             ),
             cassette=str(getattr(provider, "path", "")),
         )

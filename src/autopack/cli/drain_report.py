@@ -1,0 +1,134 @@
+"""A drain's summary as a person reads it (tables) or a script does (``--json``), and its
+exit code: what each phase ended as, what this drain did for it, what was spent, where
+the run's code is."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from autopack.cli._common import err, out, print_json
+from autopack.cli.progress import Spend
+from autopack.states import PHASE_GAVE_UP, PHASE_TERMINAL
+
+if TYPE_CHECKING:
+    from autopack.contract import RunView
+    from autopack.executor.executor import DrainSummary
+
+
+def report(
+    summary: DrainSummary,
+    run: RunView,
+    as_json: bool,
+    *,
+    require_complete: bool = True,
+    spend: Spend | None = None,
+) -> int:
+    """Print the outcome and return the exit code: 0 when every drained phase is COMPLETE
+    (for a batch: when no phase failed), 1 otherwise, 128 + the signal when stopped."""
+    done = summary.all_complete if require_complete else not summary.any_failed
+    ok = done and not summary.note
+    code = 128 + summary.stopped_by if summary.stopped_by else 0 if ok else 1
+    spend = spend or Spend()
+    if as_json:
+        print_json(
+            {
+                "run_id": summary.run_id,
+                "run_state": summary.run_state,
+                "phase_states": summary.phase_states,
+                "done_before": sorted(summary.done_before),
+                "failed_before": sorted(summary.failed_before),
+                "attempts": [a.__dict__ for a in summary.attempts],
+                "telemetry_written": summary.telemetry_written,
+                "telemetry_failures": summary.telemetry_failures,
+                "wall_seconds": summary.wall_seconds,
+                "replayed_cost_usd": round(spend.replayed_usd, 6),
+                "unpriced_calls": spend.unpriced_calls,
+                "stopped_by": summary.stopped_by,
+                "note": summary.note or None,
+                "branch": summary.branch,
+                "branch_head": summary.branch_head,
+                "repository": summary.repository,
+                "ok": ok,
+            }
+        )
+        return code
+    table = Table("phase", "state", "attempts", title=f"run {summary.run_id}: {summary.run_state}")
+    table.add_column("last stop reason", overflow="fold")
+    table.add_column("files")
+    written = Tree("files written")
+    for phase_id, phase_state in summary.phase_states.items():
+        mine = [a for a in summary.attempts if a.phase_id == phase_id]
+        files = sorted({f for a in mine for f in a.files_written})
+        style = "green" if phase_state == "COMPLETE" else "red"
+        if not mine and phase_state in PHASE_TERMINAL:  # nothing this drain did
+            ended = "done" if phase_state == "COMPLETE" else phase_state.lower()
+            before = phase_id in summary.done_before | summary.failed_before
+            when = "before this drain" if before else "by another drain meanwhile"
+            table.add_row(escape(phase_id), f"[{style}]{phase_state}", "-", f"{ended} {when}", "-")
+            continue
+        last = ""
+        if mine:
+            last = mine[-1].stop_reason
+            if mine[-1].outcome != "COMPLETE" and mine[-1].detail:
+                last += f": {mine[-1].detail.strip().splitlines()[0]}"
+        table.add_row(
+            escape(phase_id),
+            f"[{style}]{phase_state}",
+            str(len(mine)),
+            escape(last),
+            str(len(files)),
+        )
+        if files:
+            branch = written.add(escape(phase_id))
+            for path in files:
+                branch.add(escape(path))
+    out.print(table)
+    if written.children:
+        out.print(written)
+    cost = f"cost ${run.cost_usd:.4f}"
+    if spend.replayed_calls:
+        cost += f" (replayed calls, not billed: ${spend.replayed_usd:.4f})"
+    if spend.unpriced_calls:
+        cost += (
+            f" + {spend.unpriced_calls} call(s) of models without a price: cost unknown, "
+            "not counted (add them to a price file, AUTOPACK_PRICE_TABLE)"
+        )
+    out.print(
+        f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "
+        f"{run.tokens_used} · {cost} · telemetry rows written "
+        f"{summary.telemetry_written}, failed {summary.telemetry_failures}",
+        highlight=False,
+    )
+    if summary.branch_head:
+        out.print(
+            f"the run's code: branch {summary.branch} at {summary.branch_head[:12]} in "
+            f"{summary.repository} (`autopack run export {summary.run_id} DIR "
+            f"{summary.repository_flag}` writes it out)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    tried = {a.phase_id for a in summary.attempts}
+    left = sorted(
+        p for p in summary.failed_before - tried if summary.phase_states.get(p) in PHASE_GAVE_UP
+    )
+    if left:
+        err.print(
+            f"{len(left)} phase(s) had failed before this drain, which does not retry them: "
+            f"`autopack run requeue {summary.run_id} {left[0]}` queues one again (or `autopack "
+            f"drain phase --run-id {summary.run_id} --phase-id {left[0]} --force`); "
+            f"`autopack run phase {summary.run_id} {left[0]}` shows why it failed",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if summary.telemetry_failures:
+        err.print(
+            f"[red]{summary.telemetry_failures} telemetry write(s) failed[/red]: see the "
+            "telemetry_write_failed warnings above"
+        )
+    if summary.note:
+        err.print(f"[red]✘[/red] {escape(summary.note)}", highlight=False)
+    return code
