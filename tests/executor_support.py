@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from autopack.config import resolve_database_url
 from autopack.control import runs
 from autopack.db import open_database
-from autopack.rundef import load_run_file
+from autopack.runfile import load_run_file
 from tests.support import clean_env, cli, free_port
 
 RUN_ID = "exec-run"

@@ -29,7 +29,8 @@ from autopack.builder.output import (
     parse_builder_output,
 )
 from autopack.errors import InvalidInput
-from autopack.rundef import RunDefinition, Scope, load_run_file
+from autopack.rundef import RunDefinition, Scope
+from autopack.runfile import load_run_file
 
 PROPERTY = settings(
     derandomize=True,

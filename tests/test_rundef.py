@@ -14,13 +14,8 @@ from pydantic import ValidationError
 from autopack.bounds import MAX_BODY_BYTES
 from autopack.errors import InvalidInput
 from autopack.field_errors import describe_errors
-from autopack.rundef import (
-    RunDefinition,
-    bundled_run_file,
-    load_run_file,
-    parse_run_definition,
-    run_json_schema,
-)
+from autopack.rundef import RunDefinition, parse_run_definition, run_json_schema
+from autopack.runfile import bundled_run_file, load_run_file
 from tests.support import REPO, clean_env, cli
 
 MINIMAL: dict[str, Any] = {

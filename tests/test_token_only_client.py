@@ -22,7 +22,7 @@ from autopack.connect import connect
 from autopack.contract import ClaimIn
 from autopack.errors import IdentityMismatch, LeaseLost
 from autopack.executor.lease import Lease
-from autopack.rundef import load_run_file
+from autopack.runfile import load_run_file
 from tests.executor_support import cassette, files, line, phase, rows, run_file
 from tests.support import Server, clean_env, cli, free_port
 from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN

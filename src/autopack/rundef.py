@@ -12,15 +12,12 @@ exit 2). Importing this module reads nothing; :func:`load_run_file` reads the on
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     ConfigDict,
@@ -35,7 +32,6 @@ from pydantic import (
 from autopack import paths
 from autopack.bounds import (
     ID_PATTERN,
-    MAX_BODY_BYTES,
     TEXT_MAX,
     Count,
     Finite,
@@ -333,45 +329,6 @@ def parse_run_definition(
         ) from exc
 
 
-def load_run_file(path: str | Path) -> RunDefinition:
-    """Read a ``.yaml``/``.yml``/``.json`` run file (other suffixes: JSON, then YAML)."""
-    file = Path(path)
-    try:
-        with file.open("rb") as stream:  # a pipe (`<(…)`) too, but never more than the API takes
-            raw = stream.read(MAX_BODY_BYTES + 1)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read run file {file}: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidInput(
-            f"run file {file} is larger than {MAX_BODY_BYTES} bytes, more than the API "
-            "accepts in one request"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"run file {file} is not UTF-8 text: {exc}") from exc
-    suffix = file.suffix.lower()
-    data: Any
-    if suffix == ".json":
-        data = _parse_json(text, file)
-    elif suffix in {".yaml", ".yml"}:
-        data = _parse_yaml(text, file)
-    else:
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):
-            data = _parse_yaml(text, file)
-        else:
-            data = _parse_json(text, file)  # again: duplicate keys, size
-    if data is None:  # YAML's reading of an empty file (or one of comments only)
-        raise InvalidInput(f"run file {file} is empty: it needs run_id and tiers")
-    # Relative to where the file really is: a symlink's target (its text was written
-    # there), /dev/stdin's file; a pipe (/dev/fd/63) is nowhere, so nothing is relative.
-    real = file.resolve()
-    directory = real.parent if real.is_file() else None
-    return parse_run_definition(data, source=str(file), directory=directory)
-
-
 RUN_FILE_DIRECTORY = "run_file_directory"
 """Validation context: the directory of the run file being read (none over HTTP)."""
 
@@ -404,101 +361,6 @@ def repository_from(directory: Path | None, repository: str) -> str:
             "directory; one read from a pipe has none)"
         )
     return os.path.normpath(directory / path)
-
-
-MAX_FILE_NODES = 2_000_000
-"""Values in a parsed run file, aliases counted each time they are used (YAML anchors can
-otherwise expand a small file into billions of values for the validator to walk)."""
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` refusing a key given twice (JSON would keep the last one)."""
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise _DuplicateKey(f"key {key!r} appears twice in one object")
-        found[key] = value
-    return found
-
-
-def _parse_json(text: str, file: Path) -> Any:
-    try:
-        return _sized(json.loads(text, object_pairs_hook=_unique_pairs), file)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"run file {file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    except _DuplicateKey as exc:
-        raise InvalidInput(f"run file {file} is ambiguous: {exc}") from exc
-    except RecursionError as exc:
-        raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a mapping key given twice is an error (PyYAML
-    keeps the last value silently, so a typo'd duplicate would override the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable: construct_mapping below says so with its mark
-                break
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _parse_yaml(text: str, file: Path) -> Any:
-    try:
-        return _sized(yaml.load(text, Loader=_UniqueKeyLoader), file)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidInput(f"run file {file} is not valid YAML{where}: {problem}") from exc
-    except RecursionError as exc:
-        raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
-
-
-def _sized(data: Any, file: Path) -> Any:
-    """Refuse a parsed file with more than MAX_FILE_NODES values (counted iteratively)."""
-    stack = [data]
-    count = 0
-    while stack:
-        item = stack.pop()
-        count += 1
-        if count > MAX_FILE_NODES:
-            raise InvalidInput(
-                f"run file {file} expands to more than {MAX_FILE_NODES} values "
-                "(YAML anchors and aliases count each time they are used)"
-            )
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return data
-
-
-def bundled_run_file(name: str) -> Path:
-    """A run definition shipped inside the package (``autopack/data/runs/NAME.yaml``)."""
-    resource = files("autopack").joinpath("data", "runs", f"{name}.yaml")
-    path = Path(str(resource))
-    if not path.is_file():
-        raise InvalidInput(f"no bundled run definition named {name!r} (looked at {path})")
-    return path
 
 
 def run_json_schema() -> dict[str, Any]:

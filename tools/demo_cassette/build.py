@@ -41,7 +41,8 @@ from autopack.estimation.features import extract_features
 from autopack.executor.continuation import join, prefill
 from autopack.llm.pricing import load_price_table
 from autopack.llm.registry import DEFAULT_MODELS
-from autopack.rundef import PhaseDefinition, load_run_file
+from autopack.rundef import PhaseDefinition
+from autopack.runfile import load_run_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

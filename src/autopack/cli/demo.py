@@ -68,7 +68,7 @@ def demo(
 ) -> None:
     """Drain the bundled run end to end and report its telemetry."""
     from autopack.paths import absolute
-    from autopack.rundef import bundled_run_file, load_run_file
+    from autopack.runfile import bundled_run_file, load_run_file
 
     directory = absolute(directory, "--dir")
     _fresh(directory)

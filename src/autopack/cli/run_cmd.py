@@ -60,7 +60,7 @@ def create(
 ) -> None:
     """Create a run from a definition file (exit 2 naming the field if it is invalid, or if
     the run already exists). Creates the database if there is none yet, and says so."""
-    from autopack.rundef import load_run_file
+    from autopack.runfile import load_run_file
 
     definition = load_run_file(Path(file))
     cli = state(ctx)
@@ -97,7 +97,7 @@ def seed(
 ) -> None:
     """Create a bundled run in the database DATABASE_URL resolves to (fully initialised);
     if it already exists, say so and exit 0."""
-    from autopack.rundef import bundled_run_file, load_run_file
+    from autopack.runfile import bundled_run_file, load_run_file
 
     cli = state(ctx)
     cli.expected(create=True)
