@@ -26,7 +26,7 @@ from autopack.control import lifecycle, views
 from autopack.control.leases import holds_lease, lease_lost
 from autopack.control.telemetry import set_phase_outcome
 from autopack.db import Database
-from autopack.db import statements as sql
+from autopack.db import approvals as sql
 from autopack.db.records import ApprovalRecord
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import IllegalTransition, NotFound

@@ -24,6 +24,7 @@ from autopack.contract import ApprovedChange, Claim, ClaimIn
 from autopack.control import lifecycle, views
 from autopack.control.leases import reclaim_expired
 from autopack.db import Database
+from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
 from autopack.db.claim import CLAIM
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord
@@ -141,7 +142,7 @@ def _start_attempt(
         params = {"b_run": phase.run_id, "b_phase": phase.phase_id, "b_attempt": number}
         history = tx.all(AttemptRecord, sql.HISTORY, params)
         granted = tx.one(
-            ApprovalRecord, sql.APPROVED_FOR_ATTEMPT, {**params, "b_attempt": number - 1}
+            ApprovalRecord, approval_sql.APPROVED_FOR_ATTEMPT, {**params, "b_attempt": number - 1}
         )
         approved = views.approved_change(granted) if granted is not None else None
     claimed_phase = replace(phase, **changes)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
 from autopack.db.records import PhaseRecord, RunRecord, TierRecord
 from autopack.db.transaction import Tx
@@ -353,7 +354,7 @@ def end_run(tx: Tx, run_id: str, target: RunState, reason: str, *, cancel: bool)
         },
     )
     tx.execute(
-        sql.CANCEL_PENDING_APPROVALS_OF_RUN,
+        approval_sql.CANCEL_PENDING_APPROVALS_OF_RUN,
         {"b_run": run_id, "b_now": tx.now, "b_responder": None, "b_note": reason},
     )
     run = load_run(tx, run_id, lock=True)

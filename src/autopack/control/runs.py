@@ -22,6 +22,7 @@ from autopack.contract import (
 )
 from autopack.control import lifecycle, views
 from autopack.db import Database
+from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord, TierRecord
 from autopack.db.transaction import Tx, run_transaction
@@ -213,7 +214,7 @@ def get_phase(database: Database, run_id: str, phase_id: str) -> PhaseDetail:
         phase = lifecycle.load_phase(tx, run_id, phase_id)
         params = {"b_run": run_id, "b_phase": phase_id}
         history = tx.all(AttemptRecord, sql.ATTEMPTS_OF_PHASE, params)
-        approvals = tx.all(ApprovalRecord, sql.APPROVALS_OF_PHASE, params)
+        approvals = tx.all(ApprovalRecord, approval_sql.APPROVALS_OF_PHASE, params)
         view = views.phase_view(phase, lifecycle.depends_on(tx, run_id, phase_id)[phase_id])
         return PhaseDetail(
             **view.model_dump(),
@@ -281,7 +282,7 @@ def requeue_phase(database: Database, run_id: str, phase_id: str, request: Reque
                 },
             )
         tx.execute(
-            sql.CANCEL_PENDING_APPROVALS_OF_PHASE,
+            approval_sql.CANCEL_PENDING_APPROVALS_OF_PHASE,
             {
                 "b_run": run_id,
                 "b_phase": phase_id,

@@ -10,7 +10,8 @@ to set).
 Statement shapes that differ by backend (``FOR UPDATE … SKIP LOCKED`` only on
 PostgreSQL) come in pairs or in a small dict keyed by the shape. The claim query, which
 carries every gate of claimability, has its own module (:mod:`autopack.db.claim`);
-telemetry's statements are in :mod:`autopack.db.telemetry`.
+telemetry's statements are in :mod:`autopack.db.telemetry`, approvals' in
+:mod:`autopack.db.approvals`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from autopack.db.models import ApprovalRequest, Phase, PhaseAttempt, PhaseDepend
 from autopack.states import (
     PHASE_ACTIVE,
     PHASE_OPEN,
-    ApprovalStatus,
     AttemptOutcome,
     PhaseState,
     RunState,
@@ -392,111 +392,6 @@ ATTEMPT_BY_TOKEN = select(ATTEMPTS).where(
     ATTEMPTS.c.phase_id == bindparam("b_phase"),
     ATTEMPTS.c.lease_token == bindparam("b_token"),
 )
-
-# -- approvals ----------------------------------------------------------------------------------
-
-INSERT_APPROVAL = insert(APPROVALS).returning(APPROVALS.c.id)
-APPROVAL = select(APPROVALS).where(APPROVALS.c.id == bindparam("b_id"))
-APPROVAL_FOR_UPDATE = APPROVAL.with_for_update()
-APPROVALS_OF_PHASE = (
-    select(APPROVALS)
-    .where(APPROVALS.c.run_id == bindparam("b_run"), APPROVALS.c.phase_id == bindparam("b_phase"))
-    .order_by(APPROVALS.c.id)
-)
-APPROVAL_ASKED_WITH_TOKEN = (
-    select(APPROVALS)
-    .join(
-        ATTEMPTS,
-        and_(
-            ATTEMPTS.c.run_id == APPROVALS.c.run_id,
-            ATTEMPTS.c.phase_id == APPROVALS.c.phase_id,
-            ATTEMPTS.c.attempt == APPROVALS.c.attempt,
-        ),
-    )
-    .where(
-        APPROVALS.c.run_id == bindparam("b_run"),
-        APPROVALS.c.phase_id == bindparam("b_phase"),
-        ATTEMPTS.c.lease_token == bindparam("b_token"),
-    )
-)
-"""The approval an attempt asked for, found by its lease token (a retried request)."""
-APPROVED_FOR_ATTEMPT = (
-    select(APPROVALS)
-    .where(
-        APPROVALS.c.run_id == bindparam("b_run"),
-        APPROVALS.c.phase_id == bindparam("b_phase"),
-        APPROVALS.c.attempt == bindparam("b_attempt"),
-        APPROVALS.c.status == ApprovalStatus.APPROVED,
-    )
-    .order_by(APPROVALS.c.id.desc())
-)
-DECIDE_APPROVAL = update(APPROVALS).where(
-    APPROVALS.c.id == bindparam("b_id"), APPROVALS.c.status == ApprovalStatus.PENDING
-)
-"""Record a decision, only while the approval is still pending."""
-UPDATE_APPROVAL = update(APPROVALS).where(APPROVALS.c.id == bindparam("b_id"))
-_PENDING_DECIDED_BY_NOBODY = {
-    "status": ApprovalStatus.CANCELLED,
-    "responded_at": bindparam("b_now"),
-    "responder": bindparam("b_responder"),
-    "note": bindparam("b_note"),
-}
-CANCEL_PENDING_APPROVALS_OF_RUN = (
-    update(APPROVALS)
-    .where(APPROVALS.c.run_id == bindparam("b_run"), APPROVALS.c.status == ApprovalStatus.PENDING)
-    .values(_PENDING_DECIDED_BY_NOBODY)
-)
-"""The run ended: its pending approvals will never be decided."""
-CANCEL_PENDING_APPROVALS_OF_PHASE = (
-    update(APPROVALS)
-    .where(
-        APPROVALS.c.run_id == bindparam("b_run"),
-        APPROVALS.c.phase_id == bindparam("b_phase"),
-        APPROVALS.c.status == ApprovalStatus.PENDING,
-    )
-    .values(_PENDING_DECIDED_BY_NOBODY)
-)
-"""The phase moved on (requeued) without a decision."""
-EXPIRED_APPROVALS = (
-    select(APPROVALS)
-    .where(
-        APPROVALS.c.status == ApprovalStatus.PENDING, APPROVALS.c.timeout_at <= bindparam("b_now")
-    )
-    .order_by(APPROVALS.c.timeout_at)
-    .limit(RECLAIM_BATCH)
-)
-EXPIRED_APPROVALS_SKIP_LOCKED = EXPIRED_APPROVALS.with_for_update(skip_locked=True)
-
-
-def approvals_of(statement: Select[Any], *, by_status: bool, by_run: bool) -> Select[Any]:
-    """``statement`` over approvals, optionally of one status and one run."""
-    if by_status:
-        statement = statement.where(APPROVALS.c.status == bindparam("b_status"))
-    if by_run:
-        statement = statement.where(APPROVALS.c.run_id == bindparam("b_run"))
-    return statement
-
-
-APPROVALS_PAGE = {
-    (by_status, by_run): approvals_of(
-        select(APPROVALS)
-        .order_by(APPROVALS.c.id)
-        .limit(bindparam("b_limit"))
-        .offset(bindparam("b_offset")),
-        by_status=by_status,
-        by_run=by_run,
-    )
-    for by_status in (False, True)
-    for by_run in (False, True)
-}
-"""Approvals oldest first, one page (``b_limit``, ``b_offset``)."""
-APPROVALS_TOTAL = {
-    (by_status, by_run): approvals_of(
-        select(func.count()).select_from(APPROVALS), by_status=by_status, by_run=by_run
-    )
-    for by_status in (False, True)
-    for by_run in (False, True)
-}
 
 # -- PostgreSQL planner statistics ------------------------------------------------------------
 
