@@ -111,6 +111,22 @@ def test_calibrate_outputs_that_cannot_be_written_are_errors_naming_them(tmp_pat
     assert Path("/dev/full").is_char_device() or not Path("/dev/full").exists()
 
 
+def test_calibrate_write_says_what_it_wrote_against_the_verdict(tmp_path: Path) -> None:
+    """With nothing to learn from (verdict "wait") --write printed "(no change to the
+    estimator file)" and then a bare "wrote FILE", as if a new estimator had been written
+    on the tool's recommendation."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    result = cli("telemetry", "calibrate", "--write", "est.json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-800:]
+    lines = result.stdout.splitlines()
+    assert lines[-2] == "(no change to the estimator file)", lines
+    assert lines[-1].startswith("✔ wrote est.json: the current estimator unchanged"), lines
+    assert "verdict wait" in lines[-1], lines
+    assert f"AUTOPACK_ESTIMATOR_FILE={tmp_path / 'est.json'}" in lines[-1]
+    assert (tmp_path / "est.json").is_file()
+
+
 def test_demo_refuses_a_dir_it_cannot_use_before_making_anything(tmp_path: Path) -> None:
     """--dir FILE or FILE/sub ended in FileExistsError/NotADirectoryError tracebacks."""
     (tmp_path / "afile").write_text("mine\n")
