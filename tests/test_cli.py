@@ -127,6 +127,21 @@ def test_calibrate_write_says_what_it_wrote_against_the_verdict(tmp_path: Path) 
     assert (tmp_path / "est.json").is_file()
 
 
+def test_doctor_says_there_is_no_dotenv_rather_than_that_it_does_not_set_the_url(
+    tmp_path: Path,
+) -> None:
+    """Without any .env doctor printed "DATABASE_URL from .env at PATH: not set", as if
+    that file existed and only lacked the line."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    dotenv = tmp_path / ".env"
+    missing = cli("doctor", cwd=tmp_path, env=env)
+    assert f"DATABASE_URL from .env at {dotenv}: no such file" in missing.stdout, missing.stdout
+    dotenv.write_text("TELEMETRY_DB_ENABLED=1\n")
+    present = cli("doctor", cwd=tmp_path, env=env)
+    assert f"DATABASE_URL from .env at {dotenv}: not set" in present.stdout, present.stdout
+
+
 def test_demo_refuses_a_dir_it_cannot_use_before_making_anything(tmp_path: Path) -> None:
     """--dir FILE or FILE/sub ended in FileExistsError/NotADirectoryError tracebacks."""
     (tmp_path / "afile").write_text("mine\n")
