@@ -142,6 +142,21 @@ def test_doctor_says_there_is_no_dotenv_rather_than_that_it_does_not_set_the_url
     assert f"DATABASE_URL from .env at {dotenv}: not set" in present.stdout, present.stdout
 
 
+@pytest.mark.parametrize("raw", ["0", "-5", "0.5", "inf", "nan", "1e9", "soon"])
+def test_an_llm_timeout_no_call_could_use_is_exit_2_naming_the_setting(
+    raw: str, tmp_path: Path
+) -> None:
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    result = cli(
+        *("drain", "run", "--run-id", "r1"),
+        cwd=tmp_path,
+        env={**env, "AUTOPACK_LLM_TIMEOUT_SECONDS": raw},
+    )
+    assert result.returncode == 2, result.stderr[-800:]
+    assert f"AUTOPACK_LLM_TIMEOUT_SECONDS={raw!r}" in result.stderr, result.stderr[-800:]
+    assert "Traceback" not in result.stderr
+
+
 def test_demo_refuses_a_dir_it_cannot_use_before_making_anything(tmp_path: Path) -> None:
     """--dir FILE or FILE/sub ended in FileExistsError/NotADirectoryError tracebacks."""
     (tmp_path / "afile").write_text("mine\n")
