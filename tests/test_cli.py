@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,9 @@ def test_calibrate_write_says_what_it_wrote_against_the_verdict(tmp_path: Path) 
     assert "verdict wait" in lines[-1], lines
     assert f"AUTOPACK_ESTIMATOR_FILE={tmp_path / 'est.json'}" in lines[-1]
     assert (tmp_path / "est.json").is_file()
+    as_json = cli("telemetry", "calibrate", "--json", "--write", "b.json", cwd=tmp_path, env=env)
+    assert json.loads(as_json.stdout)["verdict"]["action"] == "wait", as_json.stdout[-800:]
+    assert "wrote b.json: the current estimator unchanged" in as_json.stderr
 
 
 def test_doctor_says_there_is_no_dotenv_rather_than_that_it_does_not_set_the_url(

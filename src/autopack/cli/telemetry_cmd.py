@@ -230,9 +230,10 @@ def calibrate_cmd(
     else:
         out.print(render_calibration(result))
         out.print(render_diff(result))
+    said = err if as_json else out  # --json: stdout holds the JSON document alone
     if write is not None:
         result.write(write)
-        out.print(f"{OK} {wrote_line(result, write)}", highlight=False)
+        said.print(f"{OK} {wrote_line(result, write)}", highlight=False)
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here
 
@@ -246,4 +247,4 @@ def calibrate_cmd(
             )
         except OSError as exc:
             raise ConfigError(f"cannot write --plot {plot}: {exc.strerror or exc}") from None
-        out.print(f"{OK} wrote {plot} ({points} points)")
+        said.print(f"{OK} wrote {plot} ({points} points)")
