@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,55 @@ def test_calibrate_outputs_that_cannot_be_written_are_errors_naming_them(tmp_pat
         assert "Traceback" not in result.stderr and target in result.stderr
     assert (tmp_path / "afile").read_text() == "mine\n"
     assert Path("/dev/full").is_char_device() or not Path("/dev/full").exists()
+
+
+def test_calibrate_write_says_what_it_wrote_against_the_verdict(tmp_path: Path) -> None:
+    """With nothing to learn from (verdict "wait") --write printed "(no change to the
+    estimator file)" and then a bare "wrote FILE", as if a new estimator had been written
+    on the tool's recommendation."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    result = cli("telemetry", "calibrate", "--write", "est.json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-800:]
+    lines = result.stdout.splitlines()
+    assert lines[-2] == "(no change to the estimator file)", lines
+    assert lines[-1].startswith("✔ wrote est.json: the current estimator unchanged"), lines
+    assert "verdict wait" in lines[-1], lines
+    assert f"AUTOPACK_ESTIMATOR_FILE={tmp_path / 'est.json'}" in lines[-1]
+    assert (tmp_path / "est.json").is_file()
+    as_json = cli("telemetry", "calibrate", "--json", "--write", "b.json", cwd=tmp_path, env=env)
+    assert json.loads(as_json.stdout)["verdict"]["action"] == "wait", as_json.stdout[-800:]
+    assert "wrote b.json: the current estimator unchanged" in as_json.stderr
+
+
+def test_doctor_says_there_is_no_dotenv_rather_than_that_it_does_not_set_the_url(
+    tmp_path: Path,
+) -> None:
+    """Without any .env doctor printed "DATABASE_URL from .env at PATH: not set", as if
+    that file existed and only lacked the line."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    dotenv = tmp_path / ".env"
+    missing = cli("doctor", cwd=tmp_path, env=env)
+    assert f"DATABASE_URL from .env at {dotenv}: no such file" in missing.stdout, missing.stdout
+    dotenv.write_text("TELEMETRY_DB_ENABLED=1\n")
+    present = cli("doctor", cwd=tmp_path, env=env)
+    assert f"DATABASE_URL from .env at {dotenv}: not set" in present.stdout, present.stdout
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "0.5", "inf", "nan", "1e9", "soon"])
+def test_an_llm_timeout_no_call_could_use_is_exit_2_naming_the_setting(
+    raw: str, tmp_path: Path
+) -> None:
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    result = cli(
+        *("drain", "run", "--run-id", "r1"),
+        cwd=tmp_path,
+        env={**env, "AUTOPACK_LLM_TIMEOUT_SECONDS": raw},
+    )
+    assert result.returncode == 2, result.stderr[-800:]
+    assert f"AUTOPACK_LLM_TIMEOUT_SECONDS={raw!r}" in result.stderr, result.stderr[-800:]
+    assert "Traceback" not in result.stderr
 
 
 def test_demo_refuses_a_dir_it_cannot_use_before_making_anything(tmp_path: Path) -> None:

@@ -134,6 +134,8 @@ def calibration_writes_when_asked(tmp_path: Path, url: str) -> None:
     )
     assert written.returncode == 0, written.stderr
     assert "wait: truncation" in written.stdout
+    # a new estimator, written against the verdict: the output says so, not a bare "wrote"
+    assert "because --write was given, although the verdict is wait" in written.stdout
     assert TokenEstimator.load(tmp_path / "estimator.json").version != TokenEstimator.load().version
     assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

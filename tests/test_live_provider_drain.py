@@ -171,3 +171,52 @@ def test_an_unreachable_provider_is_named_by_its_address(name: str, tmp_path: Pa
     error = rows(sqlite_url, "SELECT error FROM phase_attempts")[0]["error"]
     assert f"unreachable at http://127.0.0.1:{port}/v1/" in error, error
     assert f"unreachable at http://127.0.0.1:{port}/v1/" in " ".join(result.stderr.split())
+
+
+LOCAL_MODEL = "qwen2.5-coder:32b"
+PRICE_FILE = {"version": "local", "models": {LOCAL_MODEL: {"input": 0, "output": 0}}}
+
+
+@pytest.mark.parametrize("case", ["capped", "phase-capped", "uncapped", "priced"])
+def test_a_cost_cap_over_a_model_without_a_price_is_warned_about_once(
+    case: str, tmp_path: Path
+) -> None:
+    """A local model's calls cost NULL, which no cost cap counts: the run's cap (and
+    --phase-cost-cap) silently could not stop its spending. The drain now says so once,
+    naming the model, the cap and how to price it, and still drains (free local models
+    are fine); with no cost cap, or once priced, it says nothing."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    extra = {"AUTOPACK_BUILDER_MODEL": LOCAL_MODEL}
+    if case == "priced":
+        (tmp_path / "prices.json").write_text(json.dumps(PRICE_FILE))
+        extra["AUTOPACK_PRICE_TABLE"] = str(tmp_path / "prices.json")
+    env = env_for(sqlite_url, **extra)
+    budgets = (
+        {"cost_cap_usd": None} if case in ("uncapped", "phase-capped") else {"cost_cap_usd": 7.5}
+    )
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])], budgets=budgets), env, tmp_path)
+    args = ["--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"]
+    if case == "phase-capped":
+        args += ["--phase-cost-cap", "0.25"]
+    with WireServer() as wire:
+        answer = openai_completion(files(mod_py="V = 1\n"), model=LOCAL_MODEL)
+        wire.script(OPENAI_PATH, Reply(200, answer))
+        result = cli(
+            *("drain", "phase", *args, "--workspace", str(tmp_path / "ws")),
+            env={**env, **_provider_env(FLAVOURS["openai"], wire)},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "has no price" in line]
+    if case in ("uncapped", "priced"):
+        assert warnings == [], warnings
+        cost = 0.0 if case == "priced" else None
+        assert rows(sqlite_url, "SELECT cost_usd FROM llm_usage_events") == [{"cost_usd": cost}]
+        return
+    [warning] = warnings
+    cap = "the run's cost_cap_usd $7.5" if case == "capped" else "--phase-cost-cap $0.25"
+    assert f"model {LOCAL_MODEL} has no price" in warning and cap in warning, warning
+    assert "token caps still apply" in warning and "AUTOPACK_PRICE_TABLE=FILE" in warning
+    # the advice works: the example price file it shows is one the table accepts
+    example = json.loads(warning.split("e.g. ", 1)[1].rsplit(", and set", 1)[0])
+    assert example["models"] == {LOCAL_MODEL: {"input": 0, "output": 0}}

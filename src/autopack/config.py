@@ -218,6 +218,13 @@ class Settings(BaseSettings):
         description="How often a drain with nothing to claim looks again while the phases "
         "left are held by other executors (its own attempts' results wake it at once).",
     )
+    autopack_llm_timeout_seconds: float = Field(
+        600.0,
+        ge=1.0,
+        le=86_400.0,
+        description="How long an LLM call may wait for the server: per read, and for "
+        "text on a stream (one stalled this long is given up on, continued or retried).",
+    )
     autopack_prompt_cache: Flag = Field(
         True,
         description="Mark the system prompt and the phase's stable context for the "

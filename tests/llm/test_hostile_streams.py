@@ -12,7 +12,8 @@ the call's timeout; a continuation whose usage never arrived counts its whole al
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,8 @@ OVERLOADED = sse(
     {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"
 )
 BAD_JSON_DELTA = "event: content_block_delta\ndata: {not json\n\n"
+STALL_HOLD_S = 30.0
+"""How long a silent fake holds a stream (far past the 1 s a test configures)."""
 
 
 def complete(provider: str, raw: Raw, timeout: float = 10.0) -> LLMResponse:
@@ -314,3 +317,48 @@ def test_continuations_whose_usage_never_arrived_count_their_whole_allowance(
     )
     budgets = [body["max_tokens"] for _, body in seen if isinstance(body, dict)]
     assert budgets[1:] == [50], budgets
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_that_stops_mid_answer_is_given_up_on_after_the_configured_timeout(
+    provider: str, tmp_path: Path
+) -> None:
+    """The timeout was a fixed 600 s no setting changed: a local server that stopped
+    sending mid-answer held the phase ten minutes before it was continued.
+    AUTOPACK_LLM_TIMEOUT_SECONDS reaches the provider the CLI drain builds."""
+    release = threading.Event()  # the silent server's hold ends with the test
+    cut = ANSWER.index("return") + 3
+    rest = ANSWER[cut:]
+
+    def silent_after_some_text() -> Iterator[str]:
+        if provider == "anthropic":
+            yield from [a_start(), a_block_start(), a_delta(ANSWER[:cut])]
+        else:
+            yield from [
+                o_chunk({"role": "assistant", "content": ""}),
+                o_chunk({"content": ANSWER[:cut]}),
+            ]
+        release.wait(STALL_HOLD_S)  # sends nothing more (not even a keep-alive)
+
+    if provider == "anthropic":
+        continued, verdict = Raw(a_stream(rest)), Raw(a_stream(VERDICT))
+    else:
+        continued, verdict = Raw(o_stream(rest)), Raw(o_stream(VERDICT))
+    try:
+        url, _ = drain_against(
+            tmp_path,
+            provider,
+            Raw(silent_after_some_text),
+            continued,
+            verdict,
+            env={"AUTOPACK_LLM_TIMEOUT_SECONDS": "1"},
+        )
+    finally:
+        release.set()
+    builder = rows(
+        url,
+        "SELECT error_class, latency_ms FROM llm_usage_events WHERE role = 'builder' ORDER BY id",
+    )
+    assert [b["error_class"] for b in builder] == ["StreamInterrupted", None], builder
+    assert builder[0]["latency_ms"] < 10_000, "given up on at the setting, not the 600 s default"
+    assert [a["outcome"] for a in attempts(url, "p1")] == ["COMPLETE"]

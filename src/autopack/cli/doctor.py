@@ -77,17 +77,30 @@ def _database_url_sources(flag: str | None) -> list[Check]:
     from autopack.config import DEFAULT_DATABASE_URL, redact_url, source_values
     from autopack.envfile import dotenv_path
 
-    offered = source_values({"database_url": flag} if flag else {}, dotenv_path())
+    env_file = dotenv_path()
+    offered = source_values({"database_url": flag} if flag else {}, env_file)
     winner = next((src for src, vals in offered.items() if "database_url" in vals), "default")
     checks = []
     for source, values in [*offered.items(), ("default", {"database_url": DEFAULT_DATABASE_URL})]:
         value = values.get("database_url")
-        if value is None:
+        if value is None and source.startswith(".env") and not env_file.is_file():
+            detail = _no_dotenv()
+        elif value is None:
             detail = "not set"
         else:
             detail = redact_url(str(value)) + ("  ← wins" if source == winner else "  (ignored)")
         checks.append(Check(f"DATABASE_URL from {source}", True, detail))
     return checks
+
+
+def _no_dotenv() -> str:
+    """Where no ``.env`` was found: "not set" read as if the file existed without the line."""
+    from autopack.envfile import search_directories
+
+    directories = search_directories()
+    if len(directories) == 1:
+        return "no such file (no .env in the working directory)"
+    return f"no such file (no .env from the working directory up to {directories[-1]})"
 
 
 def _schema(loaded: LoadedSettings) -> Check:

@@ -31,7 +31,9 @@ from autopack.states import PHASE_TERMINAL
 if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
     from autopack.builder.auditor import AuditMode
     from autopack.executor.executor import AutonomousExecutor
+    from autopack.executor.options import ExecutorOptions
     from autopack.llm.base import LLMProvider
+    from autopack.llm.pricing import PriceTable
 
 app = typer.Typer(help="Drain queued phases with the LLM Builder.", no_args_is_help=True)
 
@@ -204,6 +206,7 @@ def executor_for(
         if total_of is not None:
             phases = [p for p in phases if p.phase_id == total_of]
         done = sum(p.state in PHASE_TERMINAL for p in phases)
+        _warn_unpriced(options, run.budgets.cost_cap_usd, price_table(settings))
         if not settings.telemetry_db_enabled:
             err.print(
                 "[yellow]telemetry is off[/yellow] (TELEMETRY_DB_ENABLED is not set): no "
@@ -241,6 +244,23 @@ def executor_for(
                     f"{flags.lease_seconds}s); run the same command again to go on.",
                     **exc.details,
                 ) from exc
+
+
+def _warn_unpriced(options: ExecutorOptions, run_cap: float | None, table: PriceTable) -> None:
+    """One warning when a cost cap is set but a model this drain calls has no price."""
+    from autopack.llm.pricing import unpriced_cap_warning
+
+    models = [options.builder_model]
+    if options.auditor == "llm":
+        models.append(options.auditor_model)
+    caps = [] if run_cap is None else [f"the run's cost_cap_usd ${run_cap:g}"]
+    if options.phase_cost_cap_usd is not None:
+        caps.append(f"--phase-cost-cap ${options.phase_cost_cap_usd:g}")
+    warning = unpriced_cap_warning(table, models, caps)
+    if warning is not None:
+        from rich.markup import escape  # a model name may hold "[...]"
+
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 def finite(value: float | None) -> float | None:

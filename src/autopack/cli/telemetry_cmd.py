@@ -21,6 +21,7 @@ from autopack.errors import ConfigError
 
 if TYPE_CHECKING:  # the client and estimation stacks load when a command runs
     from autopack.client import ApiClient
+    from autopack.estimation.calibrate import CalibrationResult
     from autopack.telemetry.events import TokenEstimationRow, UsageSummaryRow
 
 app = typer.Typer(help="Report and calibrate from recorded telemetry.", no_args_is_help=True)
@@ -117,6 +118,27 @@ def live_events(
     return kept, len(events) - len(kept)
 
 
+def wrote_line(result: CalibrationResult, path: Path) -> str:
+    """What ``--write`` did, in words that agree with the verdict and the diff above it:
+    ``--write`` writes whatever the verdict (the user decides), but "(no change)" followed
+    by a bare "wrote FILE" read as if a new estimator had been written, and a ``wait`` or
+    ``keep`` verdict followed by it as if the recommendation had been followed."""
+    where = path.absolute()  # the hint must name this file from any directory
+    use = f"use it with AUTOPACK_ESTIMATOR_FILE={where}"
+    action = result.verdict.action
+    if not result.changed:
+        return (
+            f"wrote {path}: the current estimator unchanged (the fit changed nothing; "
+            f"verdict {action}); {use}"
+        )
+    if action != "write":
+        return (
+            f"wrote {path} because --write was given, although the verdict is {action} "
+            f"(the new estimator is not recommended); {use} only if you want it anyway"
+        )
+    return f"wrote {path} (verdict write: recommended); {use}"
+
+
 @app.command("report")
 def report_cmd(ctx: typer.Context, run_id: str | None = RUN, as_json: bool = JSON) -> None:
     """Calls, tokens and cost by model/role/run; estimator accuracy per stratum."""
@@ -208,10 +230,10 @@ def calibrate_cmd(
     else:
         out.print(render_calibration(result))
         out.print(render_diff(result))
+    said = err if as_json else out  # --json: stdout holds the JSON document alone
     if write is not None:
         result.write(write)
-        where = write.absolute()  # the hint must name this file from any directory
-        out.print(f"{OK} wrote {write} (use it with AUTOPACK_ESTIMATOR_FILE={where})")
+        said.print(f"{OK} {wrote_line(result, write)}", highlight=False)
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here
 
@@ -225,4 +247,4 @@ def calibrate_cmd(
             )
         except OSError as exc:
             raise ConfigError(f"cannot write --plot {plot}: {exc.strerror or exc}") from None
-        out.print(f"{OK} wrote {plot} ({points} points)")
+        said.print(f"{OK} wrote {plot} ({points} points)")

@@ -48,6 +48,7 @@ from autopack.llm.responses import ANTHROPIC, LABELS, anthropic_usage, normalise
 PROVIDER, LABEL = ANTHROPIC, LABELS[ANTHROPIC]
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_TIMEOUT_S = 600.0
+"""For a provider built directly; the registry passes AUTOPACK_LLM_TIMEOUT_SECONDS."""
 DEFAULT_MAX_RETRIES = 2
 
 _malformed = partial(malformed, LABEL, PROVIDER)

@@ -46,6 +46,7 @@ from autopack.llm.responses import LABELS, OPENAI, normalise
 PROVIDER, LABEL = OPENAI, LABELS[OPENAI]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S = 600.0
+"""For a provider built directly; the registry passes AUTOPACK_LLM_TIMEOUT_SECONDS."""
 DEFAULT_MAX_RETRIES = 2
 # Local servers need no key, but the SDK refuses to start without one.
 PLACEHOLDER_API_KEY = "not-needed"

@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -206,3 +207,24 @@ def max_output_tokens(model: str, settings: Settings | None = None) -> int:
     """:meth:`PriceTable.max_output_tokens` on the table ``settings`` select (default: bundled)."""
     table = price_table(settings) if settings is not None else load_price_table()
     return table.max_output_tokens(model)
+
+
+def unpriced_cap_warning(
+    table: PriceTable, models: Iterable[str], caps: Sequence[str]
+) -> str | None:
+    """The one warning a drain prints when a cost cap cannot stop spending: the calls of a
+    model without a price cost NULL, which no cost cap counts, so a run capped at $10 on a
+    local Ollama model (or a paid model the table does not know) could spend without end.
+    Such models are not refused (a free local model is a good use); token caps still bound
+    them. None when every model has a price or no cost cap is set."""
+    unpriced = sorted({model for model in models if table.match(model) is None})
+    if not unpriced or not caps:
+        return None
+    names = ", ".join(unpriced)
+    example = json.dumps({"version": "local", "models": {unpriced[0]: {"input": 0, "output": 0}}})
+    return (
+        f"model {names} has no price (table {table.version}): its calls count as nothing "
+        f"toward {' and '.join(caps)}, so that cap cannot stop its spending; token caps "
+        "still apply. To give it a price, write a price file in USD per million tokens, "
+        f"e.g. {example}, and set AUTOPACK_PRICE_TABLE=FILE."
+    )

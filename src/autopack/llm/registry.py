@@ -77,7 +77,11 @@ def _anthropic(settings: Settings, cassette: Path | None) -> LLMProvider:
     key = _secret(settings.anthropic_api_key)
     if key is None:
         raise ConfigError("AUTOPACK_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
-    return AnthropicProvider(api_key=key, base_url=settings.anthropic_base_url)
+    return AnthropicProvider(
+        api_key=key,
+        base_url=settings.anthropic_base_url,
+        timeout=settings.autopack_llm_timeout_seconds,
+    )
 
 
 def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
@@ -89,7 +93,11 @@ def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
             "AUTOPACK_LLM_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a "
             "local OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio)"
         )
-    return OpenAIProvider(api_key=key, base_url=settings.openai_base_url)
+    return OpenAIProvider(
+        api_key=key,
+        base_url=settings.openai_base_url,
+        timeout=settings.autopack_llm_timeout_seconds,
+    )
 
 
 def _replay(settings: Settings, cassette: Path | None) -> LLMProvider:
