@@ -306,10 +306,10 @@ def measure_db_layer(database_url: str, workers: int, phases: int) -> dict[str, 
     """
     import threading
 
-    from autopack.config import resolve_database_url
     from autopack.control import claims as claiming
     from autopack.control import leases, results, runs
     from autopack.db import open_database
+    from autopack.dburl import resolve_database_url
 
     database = open_database(
         resolve_database_url(database_url), role="bench", log=False, create=True

@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from autopack.config import resolve_database_url
 from autopack.control import runs
 from autopack.db import open_database
+from autopack.dburl import resolve_database_url
 from autopack.runfile import load_run_file
 from tests.support import clean_env, cli, free_port
 

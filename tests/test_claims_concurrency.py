@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from autopack.client import ApiClient
-from autopack.config import resolve_database_url
 from autopack.contract import Claim, ClaimIn, HeartbeatIn, ResultIn
 from autopack.db import open_database
+from autopack.dburl import resolve_database_url
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState
 from tests.cp_support import attempt_rows, definition, states

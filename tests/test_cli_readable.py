@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from autopack.cli.app import COMMANDS, load_command
-from autopack.config import resolve_database_url
 from autopack.contract import ApprovalIn, ResultIn
 from autopack.control import approvals, results
 from autopack.db import open_database
+from autopack.dburl import resolve_database_url
 from autopack.states import PhaseState
 from tests.cp_support import claimed, create
 from tests.executor_support import cassette, env_for, files, line, phase, run_file

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autopack.config import child_env, load_settings, parse_flag, resolve_database_url
+from autopack.config import child_env, load_settings, parse_flag
+from autopack.dburl import resolve_database_url
 from autopack.errors import ConfigError
 from tests.support import clean_env, cli
 

@@ -21,7 +21,6 @@ from sqlalchemy import text
 
 from autopack.api.maintenance import Maintenance
 from autopack.client import ApiClient
-from autopack.config import resolve_database_url
 from autopack.contract import (
     ApprovalIn,
     AuditVerdict,
@@ -36,6 +35,7 @@ from autopack.contract import (
     UsageIn,
 )
 from autopack.db import Database, open_database
+from autopack.dburl import resolve_database_url
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
 from autopack.rundef import parse_run_definition
 from autopack.states import ApprovalStatus, PhaseState, RunState

@@ -12,10 +12,10 @@ import httpx
 import pytest
 import yaml
 
-from autopack.config import resolve_database_url
 from autopack.contract import ApprovalIn, ResultIn
 from autopack.control import approvals, results, runs
 from autopack.db import open_database
+from autopack.dburl import resolve_database_url
 from autopack.states import PhaseState
 from tests.cp_support import claimed, create, definition
 from tests.support import Server, clean_env, cli, script

@@ -75,9 +75,9 @@ def _labels(**labels: str) -> tuple[tuple[str, str], ...]:
 def test_metrics_count_every_run_past_the_page_of_newest_ones(tmp_path: Path) -> None:
     """autopack_runs was counted over the newest 1000 runs only: 1001 queued runs were 1000."""
     from autopack.bounds import MAX_PAGE
-    from autopack.config import resolve_database_url
     from autopack.control import runs
     from autopack.db import open_database
+    from autopack.dburl import resolve_database_url
 
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     database = open_database(resolve_database_url(url), role="test", log=False, create=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from autopack.config import resolve_database_url
 from autopack.db import open_database
+from autopack.dburl import resolve_database_url
 from tests.conftest import BACKENDS, create_pg_database, drop_pg_database
 from tests.executor_support import rows
 from tests.support import Server, clean_env, cli

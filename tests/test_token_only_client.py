@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from autopack.config import Settings, resolve_database_url
+from autopack.config import Settings
 from autopack.connect import connect
 from autopack.contract import ClaimIn
+from autopack.dburl import resolve_database_url
 from autopack.errors import IdentityMismatch, LeaseLost
 from autopack.executor.lease import Lease
 from autopack.runfile import load_run_file

@@ -74,7 +74,8 @@ def doctor(
 
 
 def _database_url_sources(flag: str | None) -> list[Check]:
-    from autopack.config import DEFAULT_DATABASE_URL, redact_url, source_values
+    from autopack.config import DEFAULT_DATABASE_URL, source_values
+    from autopack.dburl import redact_url
     from autopack.envfile import dotenv_path
 
     env_file = dotenv_path()
@@ -104,9 +105,9 @@ def _no_dotenv() -> str:
 
 
 def _schema(loaded: LoadedSettings) -> Check:
-    from autopack.config import redact_url
     from autopack.db import schema
     from autopack.db.engine import make_engine
+    from autopack.dburl import redact_url
 
     url = loaded.settings.database_url
     try:

@@ -32,7 +32,8 @@ def serve(
     from sqlalchemy.engine import make_url
 
     from autopack.api.auth import check_bind
-    from autopack.config import child_env, redact_url
+    from autopack.config import child_env
+    from autopack.dburl import redact_url
 
     cli = state(ctx)
     settings = cli.settings

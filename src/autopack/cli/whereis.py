@@ -17,13 +17,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from autopack.config import (
-    LoadedSettings,
-    dotenv_values,
-    redact_url,
-    resolve_database_url,
-)
+from autopack.config import LoadedSettings, dotenv_values
 from autopack.db.engine import sqlite_file
+from autopack.dburl import redact_url, resolve_database_url
 from autopack.envfile import search_directories
 from autopack.errors import ConfigError, DatabaseMissing
 from autopack.executor.git import GitError, git

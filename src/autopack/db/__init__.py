@@ -21,11 +21,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from autopack.config import redact_url
 from autopack.db.engine import make_engine, sqlite_file
 from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
 from autopack.db.transaction import again_on_lost_connection
+from autopack.dburl import redact_url
 from autopack.errors import ConfigError, DatabaseUnavailable, IdentityMismatch
 from autopack.identity import DbIdentity
 from autopack.logs import log_event

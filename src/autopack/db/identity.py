@@ -9,10 +9,10 @@ import os
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from autopack.config import public_url, redact_url
 from autopack.db.models import DbMeta, LlmUsageEvent, Phase, Run, TokenEstimationEvent
 from autopack.db.schema import UPGRADE_COMMAND, inspect_schema
 from autopack.db.transaction import connection_lost
+from autopack.dburl import public_url, redact_url
 from autopack.errors import SchemaOutOfDate
 from autopack.identity import DbIdentity
 

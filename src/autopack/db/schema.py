@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-from autopack.config import redact_url
 from autopack.db.models import Base
+from autopack.dburl import redact_url
 from autopack.errors import SchemaOutOfDate
 
 if TYPE_CHECKING:

@@ -1,0 +1,65 @@
+"""Database URLs: the one form every process opens, and the forms safe to show.
+
+:func:`resolve_database_url` is why two processes given the same setting open the same
+database: a relative SQLite path is made absolute when the setting is resolved (never
+again by a child in another directory), and a PostgreSQL URL must name its database.
+:func:`redact_url` is for logs and terminals, :func:`public_url` for ``/health``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+
+def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
+    """Normalise a database URL so every process that receives it opens the same database.
+
+    Relative SQLite paths become absolute against ``cwd`` (default: the working directory
+    now), and bare ``postgresql://`` URLs get the psycopg 3 driver.
+    """
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL ({exc})") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:"):
+            raise ValueError(
+                "an in-memory SQLite database lives in one process only, and Autopack's "
+                "parts (this command, its API server, executors) must share one: name a "
+                "file, e.g. sqlite:///autopack.db"
+            )
+        if not database.startswith("file:"):
+            path = Path(database).expanduser()
+            if not path.is_absolute():
+                path = (cwd or Path.cwd()) / path
+            url = url.set(database=os.path.normpath(path))
+    elif backend in {"postgresql", "postgres"}:
+        if not (url.database or url.query.get("dbname")):
+            raise ValueError(
+                "names no database, so PostgreSQL would pick one by the user's name (or "
+                "PGDATABASE), which another machine or shell resolves differently: name it, "
+                "e.g. postgresql://user@host:5432/autopack"
+            )
+        url = url.set(drivername="postgresql+psycopg")
+    else:
+        raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
+    return url.render_as_string(hide_password=False)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden: safe for logs and terminals."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def public_url(url: str) -> str:
+    """The URL with password, user and host hidden: safe for ``/health`` answers."""
+    parsed: URL = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.render_as_string(hide_password=True)
+    return f"{parsed.get_backend_name()}://***@***/{parsed.database or ''}"
