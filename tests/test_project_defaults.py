@@ -28,6 +28,20 @@ def _drain_args(tape: Path, *extra: str) -> list[str]:
     return ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape), *extra]
 
 
+def _two_phase_run(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A run of two phases in a database under ``tmp_path``, and the cassette that
+    completes both: the environment to drain it with and the cassette."""
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}")
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
+    )
+    tape = cassette(
+        tmp_path,
+        [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 2\n"))],
+    )
+    return env, tape
+
+
 def test_git_dir_inherited_from_a_hook_leaves_the_users_repository_alone(
     tmp_path: Path,
 ) -> None:
@@ -69,15 +83,7 @@ def test_a_workspace_the_old_default_made_is_named_not_abandoned(tmp_path: Path)
     project = repository(tmp_path / "project")
     sub = project / "sub"
     sub.mkdir()
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url)
-    create_run(
-        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
-    )
-    tape = cassette(
-        tmp_path,
-        [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 2\n"))],
-    )
+    env, tape = _two_phase_run(tmp_path)
     old = sub / "autopack-workspaces" / RUN
     first = drain(
         "phase",
@@ -152,15 +158,7 @@ def test_the_workspace_a_drain_was_given_is_found_again_without_the_flag(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     ws = tmp_path / "ws"
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url)
-    create_run(
-        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
-    )
-    tape = cassette(
-        tmp_path,
-        [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 2\n"))],
-    )
+    env, tape = _two_phase_run(tmp_path)
     first = drain(
         "phase",
         "--phase-id",
