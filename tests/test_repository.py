@@ -557,3 +557,14 @@ def test_pools_of_processes_with_one_pid_never_take_each_others_slots(tmp_path: 
     os.close(first._alive)  # the first executor's process ends
     Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
     assert not slot.exists(), "a dead pool's slot is removed"
+
+
+def test_a_closed_pool_lets_go_of_its_descriptor(tmp_path: Path) -> None:
+    """Each pool holds a lock on a file while it is open (other executors sharing the cache
+    tell it alive by that): a closed one kept the descriptor until the process ended."""
+    _, repository, pool = checkouts(tmp_path, {"a.txt": "a\n"})
+    pool.close()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60).close()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -285,8 +285,13 @@ class Worktrees:
         self._expire_kept()
 
     def close(self) -> None:
-        """Remove this process's free slots (kept ones stay for inspection)."""
+        """Remove this process's free slots (kept ones stay for inspection), and let go of
+        the pool's lock: a process opening many pools (a test run, a long-lived host) held
+        one descriptor per pool until it ended."""
         with self._lock:
             free, self._free = self._free, []
+            alive, self._alive = self._alive, -1
         for path in free:
             self._remove(path)
+        if alive >= 0:
+            os.close(alive)
