@@ -21,6 +21,7 @@ from tests.executor_support import (
     branch_files,
     branch_log,
     cassette,
+    cli_drain,
     create_run,
     drain,
     drain_process,
@@ -421,6 +422,7 @@ def test_a_checkout_of_the_run_branch_follows_it_and_never_shows_the_work_undone
     done = drain(*_args(ws, tape, phase_id="p2"), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert on_branch(ws, "pkg/p2.txt") == "two\n"
+    assert json.loads(done.stdout)["branch_waits"] is None
     assert git("status", "--porcelain", cwd=code) == "M notes.txt"
     assert (code / "pkg/p2.txt").read_text() == "two\n"
 
@@ -429,6 +431,12 @@ def test_a_checkout_of_the_run_branch_follows_it_and_never_shows_the_work_undone
     assert done.returncode == 0, done.stderr[-3000:]
     assert "branch_waits" in done.stderr and str(code) in done.stderr
     assert on_branch(ws, "pkg/p3.txt") is None, "the branch waits for the checkout"
+    waits = json.loads(done.stdout)["branch_waits"]
+    assert waits is not None and str(code) in waits, "the summary put the branch ahead"
+    again = cli_drain(*_args(ws, tape, phase_id="p3"), env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the run's code: branch" not in again.stdout, "a person is told the branch is ahead"
+    assert f"the branch autopack/{RUN} waits behind the run's accepted head" in again.stderr
     assert (code / "pkg/p3.txt").read_text() == "an untracked file of mine\n"
     (code / "pkg/p3.txt").unlink()
     exported = cli(

@@ -51,6 +51,7 @@ def report(
                 "note": summary.note or None,
                 "branch": summary.branch,
                 "branch_head": summary.branch_head,
+                "branch_waits": summary.branch_waits,
                 "repository": summary.repository,
                 "ok": ok,
             }
@@ -103,7 +104,15 @@ def report(
         f"{summary.telemetry_written}, failed {summary.telemetry_failures}",
         highlight=False,
     )
-    if summary.branch_head:
+    if summary.branch_head and summary.branch_waits:
+        err.print(
+            f"[yellow]the branch {escape(summary.branch)} waits[/yellow] behind the run's "
+            f"accepted head {summary.branch_head[:12]}: {escape(summary.branch_waits)} (the "
+            "accepted commits are kept)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif summary.branch_head:
         out.print(
             f"the run's code: branch {summary.branch} at {summary.branch_head[:12]} in "
             f"{summary.repository} (`autopack run export {summary.run_id} DIR "

@@ -54,6 +54,8 @@ class DrainSummary:
     branch: str = ""
     branch_head: str | None = None
     """Where the run's code is: its branch (at this accepted head) in ``repository``."""
+    branch_waits: str | None = None
+    """Why the git branch is still behind ``branch_head`` (a checkout in the way), if it is."""
     repository: str = ""
     repository_flag: str = ""
     """How to name that repository on the command line (``--workspace DIR``, ``--repo URL``)."""
@@ -199,6 +201,7 @@ class AutonomousExecutor:
         summary.phase_states = {p.phase_id: p.state for p in run.phases()}
         summary.branch = self.s.repository.branch
         summary.branch_head = run.branch_head
+        summary.branch_waits = self.s.repository.waiting
         summary.repository = self.s.repository.where
         summary.repository_flag = self.s.repository.flag
         summary.telemetry_written = self.s.telemetry.written

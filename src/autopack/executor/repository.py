@@ -115,6 +115,9 @@ class RunRepository:
         self._ancestry: dict[tuple[str, str], bool] = {}
         self._reached: str | None = None
         """The newest head this process moved the branch to (or found it past)."""
+        self.waiting: str | None = None
+        """Why the branch stays behind the head it was last asked to reach (a checkout in
+        the way), or None: what a drain's summary says instead of "the branch is at"."""
         self._changes: dict[str, tuple[str, frozenset[str]]] = {}
         """Commits this process made: their parent and the paths they change."""
 
@@ -303,18 +306,20 @@ class RunRepository:
         check follows.
         """
         if to == self._reached:  # the branch only moves forward: it holds ``to`` already
+            self.waiting = None
             return
         try:
             if on is not None and on == self._reached:
                 with self.locked():
                     if self._swap(on, to):
                         log_event(logger, "branch_advanced", branch=self.branch, old=on, new=to)
-                        self._reached = to
+                        self._reached, self.waiting = to, None
                         return
             self.require(to)
             with self.locked():
-                self._reached = self._advance(to)
+                self._reached, self.waiting = self._advance(to), None
         except BranchCheckedOut as exc:  # the branch waits; the work is safe (checkouts.py)
+            self.waiting = exc.message
             log_event(logger, "branch_waits", logging.WARNING, reason=exc.message)
 
     def _advance(self, to: str) -> str:
