@@ -246,6 +246,32 @@ def test_dashboard_logs_in_once_and_its_actions_are_csrf_safe(server: Server) ->
     ]
 
 
+def test_log_out_ends_the_session_for_every_copy_of_its_cookie(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The cookie's copy (another browser, a proxy's log) opens nothing after log out; a
+    session that did not log out stays open. On both backends (the insert is dialect's)."""
+    with Server(clean_env(DATABASE_URL=database_url, **TOKENS), cwd=tmp_path) as server:
+        browsers = [httpx.Client(base_url=server.url) for _ in range(3)]
+        leaving, copy, other = browsers
+        for browser in (leaving, other):
+            assert browser.post("/ui/login", data={"token": OPERATOR_TOKEN}).status_code == 303
+        copy.cookies.set("autopack_session", leaving.cookies["autopack_session"], path="/ui")
+        csrf = _csrf(copy.get("/ui").text)  # the copy works, until...
+        assert leaving.post("/ui/logout", data={"csrf": csrf}).status_code == 303
+
+        page = copy.get("/ui")
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+        refused = copy.post("/ui/logout", data={"csrf": csrf})
+        assert refused.status_code == 403 and "log in" in refused.json()["detail"]
+        assert other.get("/ui").status_code == 200  # another session is not ended
+        again = copy.post("/ui/login", data={"token": OPERATOR_TOKEN})  # a new session opens
+        assert again.status_code == 303 and copy.get("/ui").status_code == 200
+        for browser in browsers:
+            browser.close()
+        assert "Traceback" not in server.output()
+
+
 def test_a_forged_session_cookie_is_a_login_page_not_a_500(server: Server) -> None:
     # a cookie is Latin-1 on the wire: any byte may arrive, and ASCII digits are not all
     # that str.isdigit() takes

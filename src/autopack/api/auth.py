@@ -30,6 +30,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -162,30 +163,33 @@ class Authenticator:
         return hmac.new(self.ui_key, message, hashlib.sha256).hexdigest()
 
     def new_session(self) -> str:
-        issued = str(int(time.time()))
+        """A session: its issue time, a nonce (two logins in one second are two sessions,
+        each logged out alone), and their MAC."""
+        issued = f"{int(time.time())}.{secrets.token_hex(8)}"
         return f"{issued}.{self._mac('session', issued)}"
 
-    def session_valid(self, cookie: str | None) -> bool:
-        if not cookie or "." not in cookie:
-            return False
-        issued, mac = cookie.split(".", 1)
+    def session_expires(self, cookie: str | None) -> datetime | None:
+        """When the session ``cookie`` expires, if it is one of ours and not expired (it
+        may still have been logged out: :mod:`autopack.db.sessions` knows)."""
+        if not cookie or cookie.count(".") != 2:
+            return None
+        issued, nonce, mac = cookie.split(".")
         # compare_digest refuses non-ASCII text, and isdigit() takes "²": a forged cookie
         # (any Latin-1 byte may arrive) is just not a session
         if not (issued.isascii() and issued.isdigit()):
-            return False
-        expected = self._mac("session", issued).encode()
+            return None
+        expected = self._mac("session", f"{issued}.{nonce}").encode()
         if not hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), expected):
-            return False
+            return None
         age = time.time() - int(issued)
-        return -60 <= age <= SESSION_SECONDS
+        if not -60 <= age <= SESSION_SECONDS:
+            return None
+        return datetime.fromtimestamp(int(issued) + SESSION_SECONDS, UTC)
 
     def csrf_token(self, cookie: str | None) -> str:
         """The token every dashboard form carries: bound to this session (or, without
         tokens, to this server process)."""
         return self._mac("csrf", cookie or "anonymous")
-
-    def csrf_valid(self, cookie: str | None, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.csrf_token(cookie).encode())
 
 
 _bearer = HTTPBearer(

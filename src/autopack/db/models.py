@@ -304,3 +304,16 @@ class TokenBudgetEscalationEvent(Base):
     new_budget: Mapped[int]
     ts: Mapped[datetime]
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
+
+
+class EndedSession(Base):
+    """A dashboard session logged out before it expired: its cookie opens nothing any more.
+
+    Sessions are stateless HMACs (:mod:`autopack.api.auth`), so without this list a copied
+    cookie stayed valid after its browser logged out. A row is kept until the session
+    would have expired anyway."""
+
+    __tablename__ = "ended_sessions"
+
+    session_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

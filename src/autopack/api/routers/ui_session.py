@@ -4,12 +4,15 @@ A browser cannot send a bearer token by itself, so the dashboard logs in once: t
 operator token goes into a form, and the answer sets an ``HttpOnly``, ``SameSite=Strict``
 session cookie (an expiring HMAC, never the token). Every state-changing form carries
 the session's CSRF token and is refused when the browser's ``Origin`` names another site.
-Without tokens (a loopback-only server) there is no login, and forms still carry a
-per-process CSRF token. Forms are parsed here (no multipart dependency).
+Log out ends the session on the server too (:mod:`autopack.db.sessions`): a copy of the
+cookie opens nothing afterwards. Without tokens (a loopback-only server) there is no
+login, and forms still carry a per-process CSRF token. Forms are parsed here (no
+multipart dependency).
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from html import escape
 from typing import Annotated, Literal
@@ -24,6 +27,8 @@ from autopack.api.deps import DatabaseDep
 from autopack.bounds import INT32_MAX
 from autopack.contract import DecisionIn
 from autopack.control import approvals
+from autopack.db import Database
+from autopack.db.sessions import end_session, session_ended
 from autopack.errors import Forbidden, RequestTooLarge
 
 router = APIRouter(prefix="/ui", tags=["dashboard"], include_in_schema=False)
@@ -47,15 +52,24 @@ class UiAccess:
     csrf: str
 
 
+def live_session(request: Request) -> str | None:
+    """The request's session cookie, if it is a session that has neither expired nor been
+    logged out (a database read: call it off the event loop)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is None or authenticator(request).session_expires(cookie) is None:
+        return None
+    database: Database = request.app.state.database
+    return None if session_ended(database, cookie) else cookie
+
+
 def ui_access(request: Request) -> UiAccess | None:
     """The dashboard's caller, or None when it must log in first (403 for a client a
-    loopback-only server does not serve)."""
+    loopback-only server does not serve). Reads the database (:func:`live_session`)."""
     auth = authenticator(request)
     if not auth.enabled:
         auth.admit_unauthenticated(request)
         return UiAccess(auth.csrf_token(None))
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if auth.session_valid(cookie):
+    if (cookie := live_session(request)) is not None:
         return UiAccess(auth.csrf_token(cookie))
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -101,13 +115,11 @@ async def _form(request: Request) -> dict[str, str]:
 async def checked_form(request: Request) -> dict[str, str]:
     """The form of a dashboard action, once its caller, origin and CSRF token are checked."""
     _same_origin(request)
-    access = ui_access(request)
+    access = await run_in_threadpool(ui_access, request)
     if access is None:
         raise Forbidden("log in to the dashboard first (/ui/login)")
     form = await _form(request)
-    auth = authenticator(request)
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if not auth.csrf_valid(cookie if auth.session_valid(cookie) else None, form.get("csrf", "")):
+    if not hmac.compare_digest(form.get("csrf", "").encode(), access.csrf.encode()):
         raise Forbidden("the form's CSRF token is missing or stale: reload the dashboard")
     return form
 
@@ -156,8 +168,13 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
+async def logout(request: Request, database: DatabaseDep) -> Response:
+    """The session ends here and on the server: a copy of its cookie opens nothing."""
     await checked_form(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    expires = authenticator(request).session_expires(cookie)
+    if cookie is not None and expires is not None:
+        await run_in_threadpool(end_session, database, cookie, expires)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/ui")
     return response
