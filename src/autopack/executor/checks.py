@@ -26,7 +26,9 @@ may fill at most :data:`MAX_OUTPUT_BYTES` of disk: one that prints without end
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -154,15 +156,29 @@ def _wait(process: subprocess.Popen[bytes], log: BinaryIO, timeout: float) -> st
     """Wait for the check's shell: None when it ended by itself, "timeout" at ``timeout``,
     "output" once it printed more than :data:`MAX_OUTPUT_BYTES`."""
     deadline = time.monotonic() + timeout
-    while True:
+    while not _ended(process, max(0.0, min(_POLL_SECONDS, deadline - time.monotonic()))):
+        if os.fstat(log.fileno()).st_size > MAX_OUTPUT_BYTES:
+            return "output"
+        if time.monotonic() >= deadline:
+            return "timeout"
+    return None
+
+
+def _ended(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Whether ``process`` ended within ``seconds``. Linux says so the moment it does (a
+    pidfd); ``Popen.wait`` polls, up to 50 ms apart (a 22 ms check took 64)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or reaped already
+        pidfd = os.pidfd_open(process.pid)
         try:
-            process.wait(timeout=max(0.0, min(_POLL_SECONDS, deadline - time.monotonic())))
-            return None
-        except subprocess.TimeoutExpired:
-            if os.fstat(log.fileno()).st_size > MAX_OUTPUT_BYTES:
-                return "output"
-            if time.monotonic() >= deadline:
-                return "timeout"
+            select.select([pidfd], [], [], seconds)
+        finally:
+            os.close(pidfd)
+        seconds = 0.0
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Path) -> CheckResult:
