@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +104,29 @@ def test_a_daemon_with_a_cleared_environment_does_not_outlive_its_check(
     }[how]
     [result] = run_checks([command], tmp_path, timeout=30)
     assert result.passed, result.output_tail
+    _assert_gone(pid_file)
+
+
+def test_a_check_stopped_by_its_executor_takes_its_cleared_environment_daemon(
+    tmp_path: Path,
+) -> None:
+    """A stopping executor (SIGTERM, a second Ctrl-C) kills its running checks: that reached
+    the check's process group and its marked processes, not such a daemon."""
+    pid_file = tmp_path / "daemon.pid"
+
+    def stop_once_started() -> None:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        checks.terminate_running_checks()
+
+    stopper = threading.Thread(target=stop_once_started)
+    stopper.start()
+    [result] = run_checks([f"{_cleared(pid_file)}; exec sleep 60"], tmp_path, timeout=60)
+    stopper.join()
+    assert not result.passed and not result.timed_out, result
     _assert_gone(pid_file)
 
 
