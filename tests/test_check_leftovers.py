@@ -1,17 +1,20 @@
 """What a phase's check leaves behind: no process and no disk full of output.
 
 A check runs code the Builder wrote; whatever it starts must end with it, wherever it
-moved (a daemon in a session of its own), and what it prints must not fill the disk
+moved (a daemon in a session of its own) and whatever its environment (a test's server
+started with ``env={...}`` carries no marker), and what it prints must not fill the disk
 before its timeout comes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,18 @@ import pytest
 
 from autopack.executor import checks
 from autopack.executor.checks import run_checks
+from tests.conftest import empty_sqlite
+from tests.executor_support import (
+    RUN_ID,
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    files,
+    line,
+    phase,
+    run_file,
+)
 
 
 def _alive(pid: int) -> bool:
@@ -37,6 +52,101 @@ def _gone(pid: int) -> bool:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not _alive(pid)
+
+
+def _daemon(pid_file: Path) -> str:
+    """Shell: a daemon with an empty environment (so no marker) in a session of its own,
+    which writes its pid to ``pid_file`` (its environment is cleared by then)."""
+    return f"env -i setsid sh -c 'echo $$ > {pid_file}; exec sleep 300' >/dev/null 2>&1 </dev/null"
+
+
+def _waits_for(pid_file: Path) -> str:
+    return f"while [ ! -s {pid_file} ]; do sleep 0.05; done"
+
+
+def _cleared(pid_file: Path) -> str:
+    """Shell: start :func:`_daemon` in the background and wait for its pid."""
+    return f"{_daemon(pid_file)} & {_waits_for(pid_file)}"
+
+
+_POPEN_ENV = """
+import subprocess, sys
+server = subprocess.Popen(
+    ["sleep", "300"], env={}, start_new_session=True,
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+open(sys.argv[1], "w").write(str(server.pid))
+"""
+
+
+def _assert_gone(pid_file: Path) -> None:
+    pid = int(pid_file.read_text())
+    try:
+        assert _gone(pid), "a check's daemon with a cleared environment outlived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["env -i setsid", "python Popen env={}", "double fork env -i"])
+def test_a_daemon_with_a_cleared_environment_does_not_outlive_its_check(
+    tmp_path: Path, how: str
+) -> None:
+    """A process started with a cleared or replaced environment carries no marker: one that
+    also left the check's process group ran on after the phase, in a worktree the next
+    attempt reuses or removes. Tests commonly pass ``env=`` when they start a server."""
+    pid_file = tmp_path / "daemon.pid"
+    (tmp_path / "server.py").write_text(_POPEN_ENV)
+    command = {
+        "env -i setsid": _cleared(pid_file),
+        "python Popen env={}": f"python server.py {pid_file}",
+        "double fork env -i": f"({_daemon(pid_file)} &); {_waits_for(pid_file)}",
+    }[how]
+    [result] = run_checks([command], tmp_path, timeout=30)
+    assert result.passed, result.output_tail
+    _assert_gone(pid_file)
+
+
+def test_a_check_stopped_by_its_executor_takes_its_cleared_environment_daemon(
+    tmp_path: Path,
+) -> None:
+    """A stopping executor (SIGTERM, a second Ctrl-C) kills its running checks: that reached
+    the check's process group and its marked processes, not such a daemon."""
+    pid_file = tmp_path / "daemon.pid"
+
+    def stop_once_started() -> None:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        checks.terminate_running_checks()
+
+    stopper = threading.Thread(target=stop_once_started)
+    stopper.start()
+    [result] = run_checks([f"{_cleared(pid_file)}; exec sleep 60"], tmp_path, timeout=60)
+    stopper.join()
+    assert not result.passed and not result.timed_out, result
+    _assert_gone(pid_file)
+
+
+def test_a_drained_phase_leaves_no_daemon_with_a_cleared_environment(tmp_path: Path) -> None:
+    """The same through the real drain: the phase completes, and its check's daemon is gone."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url)
+    pid_file = tmp_path / "daemon.pid"
+    spec = [phase("serve", ["pkg/serve.py"], checks=[_cleared(pid_file)])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    tape = cassette(tmp_path, [line("serve", 1, files(serve_py="S = 1\n"))])
+    result = drain(
+        *("run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)),
+        *("--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["phase_states"] == {"serve": "COMPLETE"}
+    _assert_gone(pid_file)
 
 
 def test_daemons_a_check_started_do_not_outlive_it(tmp_path: Path) -> None:
@@ -73,13 +183,18 @@ def test_a_check_printing_without_end_is_stopped_before_its_timeout(
     assert "printed more than 4 MiB" in result.output_tail
 
 
-def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("daemon", [False, True], ids=["shell", "cleared-env daemon"])
+def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path, daemon: bool) -> None:
     """SIGKILL runs no cleanup: the check, in a session of its own, ran on (a hung one
-    forever) in a worktree the next executor removes."""
+    forever) in a worktree the next executor removes; so did a daemon it started without
+    the marker in its environment."""
     pid_file = tmp_path / "check.pid"
+    command = (
+        f"{_cleared(pid_file)}; exec sleep 60" if daemon else f"echo $$ > {pid_file}; exec sleep 60"
+    )
     runner = (
         "import sys; from pathlib import Path; from autopack.executor.checks import run_checks; "
-        f"run_checks(['echo $$ > {pid_file}; exec sleep 60'], Path(sys.argv[1]), timeout=120)"
+        f"run_checks([{command!r}], Path(sys.argv[1]), timeout=120)"
     )
     executor = subprocess.Popen([sys.executable, "-c", runner, str(tmp_path)])
     deadline = time.monotonic() + 30

@@ -1,9 +1,12 @@
-"""Nothing a check starts outlives it, nor the executor that ran it.
+"""Nothing a check starts outlives it, nor the executor that ran it: the marker, a fallback.
 
-Every check's environment carries :data:`CHECK_MARKER` = ``EXECUTOR.CHECK`` (two random
-tokens): every process inheriting it is that check's, wherever it moved (a daemon that
-left the check's process group with ``setsid`` or a double fork). :func:`kill_marked`
-kills them when the check's shell ends.
+What a check starts is killed by the process its shell runs under
+(:mod:`autopack.executor.check_shell`). In case that cannot (it was killed itself), every
+check's shell has :data:`CHECK_MARKER` = ``EXECUTOR.CHECK`` (two random tokens) in its
+environment: every process inheriting it is that check's, wherever it moved (a daemon
+that left the check's process group with ``setsid`` or a double fork), unless it was
+started with an environment of its own (``env -i``, ``Popen(env={...})``).
+:func:`kill_marked` kills them when the check's shell ends.
 
 An executor killed with SIGKILL runs no cleanup: its checks (in sessions of their own,
 which its signals never reached) ran on, a hung one forever, in a worktree the next

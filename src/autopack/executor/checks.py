@@ -13,11 +13,14 @@ not retryable, naming the program. Running checks are tracked so that a stopping
 executor can kill them (:func:`terminate_running_checks`): each runs in its own session,
 which a signal to the executor does not reach.
 
-Nothing a check starts outlives it: its process group is killed when its shell ends, and so
-is every process still carrying its marker (a daemon that left the group with ``setsid``
-kept running, in the attempt's worktree, after the phase and the drain had ended), and
-all of them if the executor is killed (:mod:`autopack.executor.check_reaper`). Its
-output may fill at most :data:`MAX_OUTPUT_BYTES` of disk: one that prints without end
+Nothing a check starts outlives it: its shell runs under
+:mod:`autopack.executor.check_shell`, which kills everything the check started when the
+shell ends, wherever it moved and whatever its environment (a daemon that left the group
+with ``setsid``, or a test's server started with ``env={...}``, kept running in the
+attempt's worktree after the phase and the drain had ended), and when the executor is
+killed. Every process still carrying the check's marker is killed too
+(:mod:`autopack.executor.check_reaper`, the fallback where that cannot work). Its output
+may fill at most :data:`MAX_OUTPUT_BYTES` of disk: one that prints without end
 (``yes``) is killed there, not left to fill the disk before its timeout.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from autopack.contract import CheckResult
+from autopack.executor import check_shell
 from autopack.executor.check_reaper import CHECK_MARKER, ensure_reaper, kill_marked, new_marker
 from autopack.executor.git import local_environment
 from autopack.executor.outcome import Finish
@@ -119,9 +124,9 @@ def terminate_running_checks() -> None:
 
 
 def _kill(process: subprocess.Popen[bytes], marker: str) -> None:
-    """Kill the check's process group, then whatever of the check escaped it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+    """Stop the check: its :mod:`~autopack.executor.check_shell` kills everything the check
+    started, then exits; whatever still carries the check's marker is killed here."""
+    process.send_signal(signal.SIGTERM)
     kill_marked(marker)
 
 
@@ -143,51 +148,61 @@ def _check_env(scratch: Path) -> dict[str, str]:
 
 def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
     with tempfile.TemporaryDirectory(prefix="autopack-check-") as scratch:
-        env = _check_env(Path(scratch))
-        env[CHECK_MARKER] = new_marker()
         ensure_reaper()
-        return _run(command, workspace, timeout, env, Path(scratch))
+        return _run(command, workspace, timeout, new_marker(), Path(scratch))
 
 
 def _wait(process: subprocess.Popen[bytes], log: BinaryIO, timeout: float) -> str | None:
     """Wait for the check's shell: None when it ended by itself, "timeout" at ``timeout``,
     "output" once it printed more than :data:`MAX_OUTPUT_BYTES`."""
     deadline = time.monotonic() + timeout
-    while True:
+    while not _ended(process, max(0.0, min(_POLL_SECONDS, deadline - time.monotonic()))):
+        if os.fstat(log.fileno()).st_size > MAX_OUTPUT_BYTES:
+            return "output"
+        if time.monotonic() >= deadline:
+            return "timeout"
+    return None
+
+
+def _ended(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Whether ``process`` ended within ``seconds``. Linux says so the moment it does (a
+    pidfd); ``Popen.wait`` polls, up to 50 ms apart (a 22 ms check took 64)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or reaped already
+        pidfd = os.pidfd_open(process.pid)
         try:
-            process.wait(timeout=max(0.0, min(_POLL_SECONDS, deadline - time.monotonic())))
-            return None
-        except subprocess.TimeoutExpired:
-            if os.fstat(log.fileno()).st_size > MAX_OUTPUT_BYTES:
-                return "output"
-            if time.monotonic() >= deadline:
-                return "timeout"
+            select.select([pidfd], [], [], seconds)
+        finally:
+            os.close(pidfd)
+        seconds = 0.0
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
-def _run(
-    command: str, workspace: Path, timeout: float, env: dict[str, str], scratch: Path
-) -> CheckResult:
+def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Path) -> CheckResult:
     """Run ``command``; its result once its shell has ended (or been killed at ``timeout``).
 
     The output goes to a file, not a pipe: a pipe is read until every process holding it
     has closed it, and a process the check started in a session of its own (a test's
     server, a daemon) escapes the process group that is killed, so reading it waited for
     that process, past the timeout, forever for a server. Whatever the check left running
-    is killed when its shell ends (:func:`_kill`).
+    is killed when its shell ends (:mod:`~autopack.executor.check_shell`, which alone carries
+    no marker: see there), or when :func:`_kill` stops it.
     """
     started = time.monotonic()
+    marked = f"{CHECK_MARKER}={marker}"
     with (scratch / "output").open("w+b") as log:
         process = subprocess.Popen(
-            command,
-            shell=True,
+            [sys.executable, "-I", "-S", check_shell.__file__, str(os.getpid()), marked, command],
             cwd=workspace,
-            env=env,
+            env=_check_env(scratch),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        marker = env[CHECK_MARKER]
         with _RUNNING_LOCK:
             _RUNNING[process] = marker
         try:
