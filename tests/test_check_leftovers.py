@@ -209,3 +209,16 @@ def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path, daemon: 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(check, signal.SIGKILL)
+
+
+def test_a_check_runs_while_the_executor_holds_more_than_fd_setsize_files(
+    tmp_path: Path,
+) -> None:
+    """A long-lived executor may hold fds numbered past select()'s 1024 (connections,
+    worktree locks): waiting for a check must not depend on the fd's number."""
+    held: list[int] = []
+    with contextlib.ExitStack() as stack:
+        while not held or held[-1] < 1100:
+            held.append(stack.enter_context(open(os.devnull, "rb")).fileno())
+        (result,) = run_checks(["echo ran"], tmp_path)
+    assert result.passed and "ran" in result.output_tail, result

@@ -170,7 +170,9 @@ def _ended(process: subprocess.Popen[bytes], seconds: float) -> bool:
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or reaped already
         pidfd = os.pidfd_open(process.pid)
         try:
-            select.select([pidfd], [], [], seconds)
+            ended = select.poll()  # not select(): an executor may hold fds past FD_SETSIZE
+            ended.register(pidfd, select.POLLIN)
+            ended.poll(seconds * 1000)
         finally:
             os.close(pidfd)
         seconds = 0.0
