@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
 
 
@@ -26,6 +28,17 @@ def test_server_reports_the_identity_of_its_database(database_url: str, tmp_path
     assert body["database"]["instance_id"] == expected["instance_id"]
     assert body["database"]["fingerprint"] == expected["fingerprint"]
     assert body["database"]["in_sync"] is True
+
+
+def test_head_health_answers_like_get_without_a_body(tmp_path: Path) -> None:
+    """Load balancers and ``curl -I`` probe with HEAD (it answered 405)."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+        got = httpx.get(f"{server.url}/health", timeout=10)
+        head = httpx.head(f"{server.url}/health", timeout=10)
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
 
 
 def test_two_servers_on_two_databases_report_different_ids(
