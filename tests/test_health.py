@@ -82,6 +82,19 @@ def test_server_given_an_expected_instance_id_refuses_another_database(
         server.stop()
 
 
+def test_uvicorn_given_an_invalid_setting_says_which_without_a_traceback(tmp_path: Path) -> None:
+    url = empty_sqlite(tmp_path / "autopack.db")
+    for name, value in (("AUTOPACK_API_THREADS", "0"), ("AUTOPACK_LOG_FORMAT", "xml")):
+        server = Server(clean_env(DATABASE_URL=url, **{name: value}), cwd=tmp_path)
+        try:
+            assert server.process.wait(timeout=60) == 3
+            output = server.output()
+        finally:
+            server.stop()
+        assert "startup_refused" in output and f"{name}={value!r}" in output, output
+        assert "Traceback" not in output, output
+
+
 def test_identity_check_script_matches_and_mismatches(
     database_url: str, second_database_url: str, tmp_path: Path
 ) -> None:
