@@ -56,7 +56,7 @@ WORKER = {
     ("post", "/telemetry/escalations"),
     ("get", "/metrics"),
 }
-PUBLIC = {("get", "/health"), ("get", "/schemas/run")}
+PUBLIC = {("get", "/health"), ("head", "/health"), ("get", "/schemas/run")}
 EXAMPLE_PARAMS = {"run_id": "r1", "phase_id": "p1", "approval_id": "1"}
 RUN = {
     "run_id": "r1",

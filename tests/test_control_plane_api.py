@@ -171,6 +171,8 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
         "duplicate phase_id 'a'",
     ),
     ("POST", "/runs", _phase(scope={"deliverables": ["../x.py"]}), 422, "'../x.py'"),
+    ("POST", "/runs", _phase(name="  "), 422, "phases[0](a).name"),
+    ("POST", "/runs", _phase(checks=["pytest", " \t "]), 422, "phases[0](a).checks[1]"),
     ("POST", "/runs", b"{not json", 422, "not valid JSON"),
     ("POST", "/runs", b"", 422, "body"),
     ("POST", "/runs", [1, 2], 422, "body"),

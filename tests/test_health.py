@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
 
 
@@ -26,6 +28,17 @@ def test_server_reports_the_identity_of_its_database(database_url: str, tmp_path
     assert body["database"]["instance_id"] == expected["instance_id"]
     assert body["database"]["fingerprint"] == expected["fingerprint"]
     assert body["database"]["in_sync"] is True
+
+
+def test_head_health_answers_like_get_without_a_body(tmp_path: Path) -> None:
+    """Load balancers and ``curl -I`` probe with HEAD (it answered 405)."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+        got = httpx.get(f"{server.url}/health", timeout=10)
+        head = httpx.head(f"{server.url}/health", timeout=10)
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
 
 
 def test_two_servers_on_two_databases_report_different_ids(
@@ -67,6 +80,19 @@ def test_server_given_an_expected_instance_id_refuses_another_database(
         assert "AUTOPACK_EXPECTED_INSTANCE_ID expects instance_id not-this-one" in server.output()
     finally:
         server.stop()
+
+
+def test_uvicorn_given_an_invalid_setting_says_which_without_a_traceback(tmp_path: Path) -> None:
+    url = empty_sqlite(tmp_path / "autopack.db")
+    for name, value in (("AUTOPACK_API_THREADS", "0"), ("AUTOPACK_LOG_FORMAT", "xml")):
+        server = Server(clean_env(DATABASE_URL=url, **{name: value}), cwd=tmp_path)
+        try:
+            assert server.process.wait(timeout=60) == 3
+            output = server.output()
+        finally:
+            server.stop()
+        assert "startup_refused" in output and f"{name}={value!r}" in output, output
+        assert "Traceback" not in output, output
 
 
 def test_identity_check_script_matches_and_mismatches(

@@ -72,8 +72,13 @@ def _ref_part(value: str) -> str:
 
 
 RefId = Annotated[Id, AfterValidator(_ref_part)]
-Name = Annotated[Str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-Command = Annotated[Str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
+# Stripped by a validator before the lengths are checked: pydantic applies the constraints
+# that follow Str's own validator to the text as given, so `strip_whitespace=True` there let
+# "  " pass min_length=1 and be stored as "" (a blank check: a command that always passes).
+Name = Annotated[Str, AfterValidator(str.strip), StringConstraints(min_length=1, max_length=500)]
+Command = Annotated[
+    Str, AfterValidator(str.strip), StringConstraints(min_length=1, max_length=10_000)
+]
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]+(?<!\.lock)(?<![/.])$")
 
 

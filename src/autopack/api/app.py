@@ -2,11 +2,11 @@
 
 ``create_app(settings)`` builds an app whose database is opened in the lifespan, not at
 import time: ``autopack.main:app`` can be imported by uvicorn without touching anything,
-and a server that finds a partial schema, no database file, or a database other than the
-one it was told to expect refuses to start (uvicorn then exits with status 3). The refusal
-is one ``startup_refused`` log line naming the problem and its fix, not a traceback. Its
-tokens are read there too (:mod:`autopack.api.auth`); every route declares the role it
-needs and the errors it can answer (:mod:`autopack.api.openapi`).
+and a server that finds an invalid setting, a partial schema, no database file, or a
+database other than the one it was told to expect refuses to start (uvicorn then exits with
+status 3). The refusal is one ``startup_refused`` log line naming the problem and its fix,
+not a traceback. Its tokens are read there too (:mod:`autopack.api.auth`); every route
+declares the role it needs and the errors it can answer (:mod:`autopack.api.openapi`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -64,6 +65,12 @@ class AutopackApp(FastAPI):
         await super().__call__(scope, receive, quiet)
 
 
+def _refuse(app: FastAPI, exc: AutopackError) -> NoReturn:
+    log_event(logger, "startup_refused", logging.ERROR, reason=exc.message)
+    app.state.startup_refused = True
+    raise exc
+
+
 def create_app(settings: Settings | None = None, *, private: bool = False) -> FastAPI:
     """An API server bound to ``settings.database_url`` (resolved from the environment if None).
 
@@ -71,7 +78,11 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resolved = settings or load_settings().settings
+        try:
+            resolved = settings or load_settings().settings
+        except AutopackError as exc:  # an invalid setting (under `uvicorn autopack.main:app`)
+            configure_logging()  # the log's own settings may be the invalid ones
+            _refuse(app, exc)
         configure_logging(resolved.autopack_log_level, resolved.autopack_log_format)
         redact.remember(resolved)
         try:
@@ -82,9 +93,7 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
                 expected_instance_id=resolved.autopack_expected_instance_id,
             )
         except AutopackError as exc:
-            log_event(logger, "startup_refused", logging.ERROR, reason=exc.message)
-            app.state.startup_refused = True
-            raise
+            _refuse(app, exc)
         app.state.settings = resolved
         app.state.database = database
         watchdog = None

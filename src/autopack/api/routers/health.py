@@ -1,5 +1,8 @@
 """``GET /health``: liveness plus the identity of the database this server uses.
 
+``HEAD /health`` answers the same status without the body: load balancers and ``curl -I``
+probe with it.
+
 Executors and the CLI compare the fingerprint with their own database's before trusting
 the server (the handshake); the body carries no password, user or host name. It is the
 one endpoint open without a token, so it answers with nothing but that identity.
@@ -20,6 +23,12 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
+@router.head(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health}},
+    operation_id="health_head",
+)
 def health(database: DatabaseDep) -> JSONResponse:
     """Re-reads the identity on every call, so the answer proves the database is reachable
     (on a new connection if the server ended the pooled one: that is no outage)."""
