@@ -220,3 +220,31 @@ def test_a_cost_cap_over_a_model_without_a_price_is_warned_about_once(
     # the advice works: the example price file it shows is one the table accepts
     example = json.loads(warning.split("e.g. ", 1)[1].rsplit(", and set", 1)[0])
     assert example["models"] == {LOCAL_MODEL: {"input": 0, "output": 0}}
+
+
+def test_a_local_server_with_one_model_named_answers_the_auditor_too(tmp_path: Path) -> None:
+    """The README's Ollama recipe sets AUTOPACK_BUILDER_MODEL only: the LLM Auditor then
+    asked the local server for the provider's default model (gpt-6-luna), which it does
+    not serve, and every phase failed with "model not found". The named model now serves
+    both roles there, and `doctor` names the model of each role."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(
+            OPENAI_PATH,
+            Reply(200, openai_completion(files(mod_py="V = 1\n"), model=LOCAL_MODEL)),
+            Reply(200, openai_completion(VERDICT, model=LOCAL_MODEL)),
+        )
+        local = {"OPENAI_BASE_URL": f"{wire.url}/v1"}
+        result = drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "llm"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **local},
+            cwd=tmp_path,
+        )
+        asked = [request.body["model"] for request in wire.seen(OPENAI_PATH)]
+        doctor = cli("doctor", env={**env, **local}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert asked == [LOCAL_MODEL, LOCAL_MODEL]
+    assert f"builder {LOCAL_MODEL}, auditor {LOCAL_MODEL}" in doctor.stdout, doctor.stdout
