@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from autopack.llm.pricing import PriceFile
 from tests.executor_support import (
     create_run,
     drain,
@@ -177,19 +178,28 @@ LOCAL_MODEL = "qwen2.5-coder:32b"
 PRICE_FILE = {"version": "local", "models": {LOCAL_MODEL: {"input": 0, "output": 0}}}
 
 
-@pytest.mark.parametrize("case", ["capped", "phase-capped", "uncapped", "priced"])
+@pytest.mark.parametrize(
+    "case", ["capped", "phase-capped", "uncapped", "priced", "free", "answered-as"]
+)
 def test_a_cost_cap_over_a_model_without_a_price_is_warned_about_once(
     case: str, tmp_path: Path
 ) -> None:
     """A local model's calls cost NULL, which no cost cap counts: the run's cap (and
     --phase-cost-cap) silently could not stop its spending. The drain now says so once,
-    naming the model, the cap and how to price it, and still drains (free local models
-    are fine); with no cost cap, or once priced, it says nothing."""
+    naming the model, the cap and the two ways out, and still drains (free local models
+    are fine); with no cost cap, once priced or once declared free (AUTOPACK_FREE_MODELS,
+    recorded at $0), it says nothing. Only the configured names were checked: an answer
+    under another name (the one priced) went unmentioned, so it is warned about when it
+    first comes back."""
     sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
     extra = {"AUTOPACK_BUILDER_MODEL": LOCAL_MODEL}
     if case == "priced":
         (tmp_path / "prices.json").write_text(json.dumps(PRICE_FILE))
         extra["AUTOPACK_PRICE_TABLE"] = str(tmp_path / "prices.json")
+    if case == "free":
+        extra["AUTOPACK_FREE_MODELS"] = f"llama3.2:3b, {LOCAL_MODEL}"
+    if case == "answered-as":
+        extra["AUTOPACK_BUILDER_MODEL"] = "gpt-6-luna"  # priced, but answered as LOCAL_MODEL
     env = env_for(sqlite_url, **extra)
     budgets = (
         {"cost_cap_usd": None} if case in ("uncapped", "phase-capped") else {"cost_cap_usd": 7.5}
@@ -208,18 +218,41 @@ def test_a_cost_cap_over_a_model_without_a_price_is_warned_about_once(
         )
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "has no price" in line]
-    if case in ("uncapped", "priced"):
+    if case in ("uncapped", "priced", "free"):
         assert warnings == [], warnings
-        cost = 0.0 if case == "priced" else None
+        cost = None if case == "uncapped" else 0.0
         assert rows(sqlite_url, "SELECT cost_usd FROM llm_usage_events") == [{"cost_usd": cost}]
+        if case != "uncapped":
+            assert "without a price" not in result.stdout, result.stdout
         return
     [warning] = warnings
-    cap = "the run's cost_cap_usd $7.5" if case == "capped" else "--phase-cost-cap $0.25"
+    cap = "--phase-cost-cap $0.25" if case == "phase-capped" else "the run's cost_cap_usd $7.5"
     assert f"model {LOCAL_MODEL} has no price" in warning and cap in warning, warning
     assert "token caps still apply" in warning and "AUTOPACK_PRICE_TABLE=FILE" in warning
-    # the advice works: the example price file it shows is one the table accepts
+    # the advice works: the example price file it shows is one the table accepts, and
+    # the free declaration it names is the one the "free" case drains with
     example = json.loads(warning.split("e.g. ", 1)[1].rsplit(", and set", 1)[0])
-    assert example["models"] == {LOCAL_MODEL: {"input": 0, "output": 0}}
+    PriceFile.model_validate(example)
+    assert f"AUTOPACK_FREE_MODELS={LOCAL_MODEL}." in warning, warning
+
+
+def test_a_priced_model_is_never_declared_free(tmp_path: Path) -> None:
+    """AUTOPACK_FREE_MODELS naming a model the table prices (a typo of intent) would make
+    its real spending $0 under every cap: refused, exit 2, naming the setting and model."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_FREE_MODELS="openai/gpt-6-luna")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    result = cli(
+        *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+        *("--workspace", str(tmp_path / "ws")),
+        env={**env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert "AUTOPACK_FREE_MODELS names openai/gpt-6-luna" in said, said
+    assert "Traceback" not in result.stderr
+    assert rows(sqlite_url, "SELECT count(*) AS n FROM phase_attempts") == [{"n": 0}]
 
 
 def test_a_local_server_with_one_model_named_answers_the_auditor_too(tmp_path: Path) -> None:

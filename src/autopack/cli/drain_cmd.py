@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --hel
     from autopack.executor.executor import AutonomousExecutor
     from autopack.executor.options import ExecutorOptions
     from autopack.llm.base import LLMProvider
-    from autopack.llm.pricing import PriceTable
+    from autopack.llm.pricing import CapWarnings, PriceTable
 
 app = typer.Typer(help="Drain queued phases with the LLM Builder.", no_args_is_help=True)
 
@@ -206,7 +206,8 @@ def executor_for(
         if total_of is not None:
             phases = [p for p in phases if p.phase_id == total_of]
         done = sum(p.state in PHASE_TERMINAL for p in phases)
-        _warn_unpriced(options, run.budgets.cost_cap_usd, price_table(settings))
+        warnings = _cap_warnings(options, run.budgets.cost_cap_usd, price_table(settings))
+        _warn(warnings.about(_called_models(options)))
         if not settings.telemetry_db_enabled:
             err.print(
                 "[yellow]telemetry is off[/yellow] (TELEMETRY_DB_ENABLED is not set): no "
@@ -220,7 +221,9 @@ def executor_for(
             f"{connection.database.instance_id}",
             highlight=False,
         )
-        with DrainProgress(err, total=len(phases) or 1, done=done) as progress:
+        with DrainProgress(
+            err, total=len(phases) or 1, done=done, unpriced=warnings.about
+        ) as progress:
             services = Services(
                 client=client,
                 repository=repository,
@@ -246,17 +249,24 @@ def executor_for(
                 ) from exc
 
 
-def _warn_unpriced(options: ExecutorOptions, run_cap: float | None, table: PriceTable) -> None:
-    """One warning when a cost cap is set but a model this drain calls has no price."""
-    from autopack.llm.pricing import unpriced_cap_warning
+def _cap_warnings(
+    options: ExecutorOptions, run_cap: float | None, table: PriceTable
+) -> CapWarnings:
+    """The drain's warnings about models without a price under its cost caps."""
+    from autopack.llm.pricing import CapWarnings
 
-    models = [options.builder_model]
-    if options.auditor == "llm":
-        models.append(options.auditor_model)
     caps = [] if run_cap is None else [f"the run's cost_cap_usd ${run_cap:g}"]
     if options.phase_cost_cap_usd is not None:
         caps.append(f"--phase-cost-cap ${options.phase_cost_cap_usd:g}")
-    warning = unpriced_cap_warning(table, models, caps)
+    return CapWarnings(table, caps)
+
+
+def _called_models(options: ExecutorOptions) -> list[str]:
+    """The models this drain's requests name."""
+    return [options.builder_model] + ([options.auditor_model] if options.auditor == "llm" else [])
+
+
+def _warn(warning: str | None) -> None:
     if warning is not None:
         from rich.markup import escape  # a model name may hold "[...]"
 

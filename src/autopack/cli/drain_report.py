@@ -96,7 +96,8 @@ def report(
     if spend.unpriced_calls:
         cost += (
             f" + {spend.unpriced_calls} call(s) of models without a price: cost unknown, "
-            "not counted (add them to a price file, AUTOPACK_PRICE_TABLE)"
+            "not counted (AUTOPACK_FREE_MODELS says a model is free, a price file in "
+            "AUTOPACK_PRICE_TABLE prices it)"
         )
     out.print(
         f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "

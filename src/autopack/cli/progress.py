@@ -11,6 +11,7 @@ nothing). Text a person must read (stop reasons, errors) is never cut.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -63,8 +64,18 @@ class Spend:
 class DrainProgress:
     """Event sink for :class:`AutonomousExecutor`; use as a context manager."""
 
-    def __init__(self, console: Console, total: int, done: int = 0, label: str = "phases") -> None:
+    def __init__(
+        self,
+        console: Console,
+        total: int,
+        done: int = 0,
+        label: str = "phases",
+        unpriced: Callable[[list[str]], str | None] | None = None,
+    ) -> None:
+        """``unpriced``: the warning (or None) for a model an answer came back under that
+        has no price (:meth:`autopack.llm.pricing.CapWarnings.about`)."""
         self.console = console
+        self._unpriced = unpriced
         self.live = console.is_terminal
         self._lock = threading.Lock()
         self._active: dict[str, str] = {}
@@ -148,6 +159,11 @@ class DrainProgress:
         self.spend.tokens += int(data.get("tokens") or 0)
         cost = float(data.get("cost_usd") or 0.0)
         self.spend.unpriced_calls += bool(data.get("unpriced"))
+        warning = (
+            self._unpriced([data["model"]]) if self._unpriced and data.get("unpriced") else None
+        )
+        if warning is not None:
+            self._say(f"[yellow]warning:[/yellow] {escape(warning)}")
         if data.get("replayed"):
             self.spend.replayed_usd += cost
             self.spend.replayed_calls += 1
