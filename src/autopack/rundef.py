@@ -365,6 +365,18 @@ def repository_from(directory: Path | None, repository: str) -> str:
     return os.path.normpath(directory / path)
 
 
+def repository_option(value: str) -> str:
+    """``--repo`` read as a run file's ``repository`` is, against the working directory
+    (git clones in the cache directory, so a relative path must not reach it): a path
+    made absolute (an existing one with its symlinks resolved), a URL checked; exit 2
+    naming ``--repo``."""
+    try:
+        remote = repository_from(Path.cwd(), value)
+    except ValueError as exc:
+        raise InvalidInput(f"--repo {exc}") from None
+    return str(paths.absolute(Path(remote), "--repo")) if Path(remote).exists() else remote
+
+
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>[^/]*)(?P<path>.*)", re.S)
 
 

@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autopack.envfile import project_root, search_directories
-from autopack.errors import ConfigError, InvalidInput
+from autopack.errors import ConfigError
 from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
 from autopack.executor.recall import holds, recall, remember
 from autopack.executor.repolock import RepositoryLock
 from autopack.logs import log_event
 from autopack.paths import absolute
-from autopack.rundef import default_branch, repository_from
+from autopack.rundef import default_branch, repository_option
 
 logger = logging.getLogger("autopack.executor.repository")
 
@@ -87,17 +87,9 @@ class RepoSource:
         """``--repo``, else ``--workspace``, else the run file's ``repository``, else
         ``autopack-workspaces/RUN_ID`` at the project's root, next to its default database
         (:func:`~autopack.envfile.project_root`: a drain from any subdirectory finds the
-        run's code). ``--repo`` is read as a run file's ``repository`` is, relative to the
-        working directory (git clones in the cache directory): a path made absolute, a URL
-        checked (exit 2 naming ``--repo``)."""
+        run's code). ``--repo``: :func:`~autopack.rundef.repository_option`."""
         if repo:
-            try:
-                remote = repository_from(Path.cwd(), repo)
-            except ValueError as exc:
-                raise InvalidInput(f"--repo {exc}") from None
-            if Path(remote).exists():
-                remote = str(absolute(Path(remote), "--repo"))
-            return cls(remote=remote)
+            return cls(remote=repository_option(repo))
         if workspace is not None:
             return cls(workspace=absolute(workspace, "--workspace"), run_id=run_id)
         if run_repository:
