@@ -281,3 +281,36 @@ def test_a_local_server_with_one_model_named_answers_the_auditor_too(tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
     assert asked == [LOCAL_MODEL, LOCAL_MODEL]
     assert f"builder {LOCAL_MODEL}, auditor {LOCAL_MODEL}" in doctor.stdout, doctor.stdout
+
+
+def test_the_telemetry_report_counts_unknown_costs_and_only_those(tmp_path: Path) -> None:
+    """`telemetry report` said "(1 unpriced)" of a priced model's refused call (a 404
+    reports no tokens: it cost nothing), and its total "billed cost $0.0000" under the
+    table left out the calls whose cost is unknown without a word."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(
+        sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL, AUTOPACK_AUDITOR_MODEL="gpt-6-luna"
+    )
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(
+            OPENAI_PATH,
+            Reply(200, openai_completion(files(mod_py="V = 1\n"), model=LOCAL_MODEL)),
+            Reply(404, FLAVOURS["openai"].error("not_found_error", "model not found")),
+        )
+        drained = drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "llm"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert drained.returncode == 1, drained.stderr[-3000:]
+    report = cli("telemetry", "report", "--json", env=env, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    usage = {row["model"]: row for row in json.loads(report.stdout)["usage"]}
+    assert usage[LOCAL_MODEL]["unpriced_calls"] == 1
+    assert (usage["gpt-6-luna"]["calls"], usage["gpt-6-luna"]["unpriced_calls"]) == (1, 0)
+    shown = cli("telemetry", "report", env=env, cwd=tmp_path)
+    said = " ".join(shown.stdout.split())
+    assert said.count("unpriced") == 1, said
+    assert "billed cost $0.0000 + 1 call(s) of models without a price: cost unknown" in said
