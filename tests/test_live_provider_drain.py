@@ -314,3 +314,40 @@ def test_the_telemetry_report_counts_unknown_costs_and_only_those(tmp_path: Path
     said = " ".join(shown.stdout.split())
     assert said.count("unpriced") == 1, said
     assert "billed cost $0.0000 + 1 call(s) of models without a price: cost unknown" in said
+
+
+@pytest.mark.parametrize("sized", [False, True])
+def test_a_phase_over_an_assumed_output_ceiling_is_not_called_too_large(
+    sized: bool, tmp_path: Path
+) -> None:
+    """A two-file phase on a local model printed "p1 needs about 10863 output tokens, more
+    than the model's largest answer: split this phase": the number is the budget for 2 %
+    truncation, not a need, and 8192 was only the default for a model the price table
+    does not size. It is now said as both; a price file's max_output_tokens ends it."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    extra = {"AUTOPACK_BUILDER_MODEL": LOCAL_MODEL}
+    if sized:
+        sized_as = {"input": 0, "output": 0, "max_output_tokens": 32768}
+        sizes = {"version": "local", "models": {LOCAL_MODEL: sized_as}}
+        (tmp_path / "prices.json").write_text(json.dumps(sizes))
+        extra["AUTOPACK_PRICE_TABLE"] = str(tmp_path / "prices.json")
+    env = env_for(sqlite_url, **extra)
+    two_files = phase("p1", ["pkg/a.py", "pkg/b.py"])
+    create_run(run_file(tmp_path, [two_files]), env, tmp_path)
+    with WireServer() as wire:
+        answer = files(a_py="A = 1\n", b_py="B = 2\n")
+        wire.script(OPENAI_PATH, Reply(200, openai_completion(answer, model=LOCAL_MODEL)))
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert "needs about" not in said and "the model's largest answer" not in said, said
+    if sized:
+        assert "phase_too_large" not in said and "may need up to" not in said, said
+        return
+    assert "p1 may need up to" in said, said
+    assert f"than the 8192 assumed for {LOCAL_MODEL} (a price file's max_output_tokens" in said

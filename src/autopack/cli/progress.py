@@ -134,10 +134,7 @@ class DrainProgress:
                     f"↻ {phase}: answer cut off ({data['why']}), continuing #{data['number']}"
                 )
             elif event == "phase_too_large":
-                self._say(
-                    f"[yellow]⚠ {phase}[/yellow] needs about {data['wanted']} output tokens, "
-                    "more than the model's largest answer: split this phase"
-                )
+                self._too_large(phase, data)
             elif event == "llm_usage":
                 self._spent(data)
             elif event == "checks_started":
@@ -154,6 +151,22 @@ class DrainProgress:
             elif event == "waiting":
                 self._waiting(phase, data)
             self._status()
+
+    def _too_large(self, phase: str, data: dict[str, Any]) -> None:
+        """The budget the truncation target asks for is above the model's ceiling: said as
+        the upper bound it is, and, when that ceiling is only the default for a model the
+        price table does not size, as an assumption with its fix, not as the model's."""
+        model = escape(str(data["model"]))
+        ceiling = (
+            f"the {data['model_max']} assumed for {model} (a price file's max_output_tokens "
+            "says its real limit)"
+            if data["assumed"]
+            else f"{model}'s largest answer ({data['model_max']})"
+        )
+        self._say(
+            f"[yellow]⚠ {phase}[/yellow] may need up to {data['wanted']} output tokens, more "
+            f"than {ceiling}: answers cut off are continued; if they keep being, split this phase"
+        )
 
     def _spent(self, data: dict[str, Any]) -> None:
         self.spend.tokens += int(data.get("tokens") or 0)

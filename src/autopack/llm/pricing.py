@@ -182,9 +182,12 @@ class PriceTable:
 
     def max_output_tokens(self, model: str) -> int:
         """The model's output ceiling, or the conservative default for unknown models."""
+        return self.declared_max_output_tokens(model) or DEFAULT_MAX_OUTPUT_TOKENS
+
+    def declared_max_output_tokens(self, model: str) -> int | None:
+        """The model's output ceiling as the table says it, or None (the default applies)."""
         key = self.match(model)
-        limit = self.models[key].max_output_tokens if key is not None else None
-        return limit or DEFAULT_MAX_OUTPUT_TOKENS
+        return self.models[key].max_output_tokens if key is not None else None
 
     def _warn_unknown(self, model: str) -> None:
         with self._lock:
