@@ -351,3 +351,23 @@ def test_a_phase_over_an_assumed_output_ceiling_is_not_called_too_large(
         return
     assert "p1 may need up to" in said, said
     assert f"than the 8192 assumed for {LOCAL_MODEL} (a price file's max_output_tokens" in said
+
+
+def test_a_drain_with_nothing_left_to_do_warns_about_nothing_it_would_call(
+    tmp_path: Path,
+) -> None:
+    """Draining a finished run again repeated the cost-cap warning and "telemetry is off"
+    though it made no call."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = {**env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL), "TELEMETRY_DB_ENABLED": "0"}
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    args = ("--run-id", "exec-run", "--auditor", "off", "--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        answer = openai_completion(files(mod_py="V = 1\n"), model=LOCAL_MODEL)
+        wire.script(OPENAI_PATH, Reply(200, answer))
+        local = {**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}
+        drains = [cli("drain", "run", *args, env=local, cwd=tmp_path) for _ in range(2)]
+    assert [d.returncode for d in drains] == [0, 0], drains[-1].stderr[-3000:]
+    assert "done before this drain" in drains[1].stdout
+    warned = [("has no price" in d.stderr, "telemetry is off" in d.stderr) for d in drains]
+    assert warned == [(True, True), (False, False)], warned

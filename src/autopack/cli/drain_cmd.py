@@ -135,11 +135,18 @@ def answering_provider(
 
 @contextmanager
 def executor_for(
-    cli: CliState, run_id: str, flags: DrainFlags, *, total_of: str | None = None
+    cli: CliState,
+    run_id: str,
+    flags: DrainFlags,
+    *,
+    total_of: str | None = None,
+    force: bool = False,
 ) -> Iterator[tuple[AutonomousExecutor, DrainProgress]]:
     """Everything an executor needs, opened in order and closed in reverse.
 
     ``total_of``: a phase id to show progress for one phase; None for the whole run.
+    ``force``: that phase is requeued, so it is work even when it is FAILED or SKIPPED
+    (what this drain will call is warned about only when it has work).
     """
     settings = cli.settings
     expected = cli.expected()
@@ -207,8 +214,9 @@ def executor_for(
             phases = [p for p in phases if p.phase_id == total_of]
         done = sum(p.state in PHASE_TERMINAL for p in phases)
         warnings = _cap_warnings(options, run.budgets.cost_cap_usd, price_table(settings))
-        _warn(warnings.about(_called_models(options)))
-        if not settings.telemetry_db_enabled:
+        idle = done == len(phases) and not force  # a drain of a finished run calls nothing
+        _warn(None if idle else warnings.about(_called_models(options)))
+        if not settings.telemetry_db_enabled and not idle:
             err.print(
                 "[yellow]telemetry is off[/yellow] (TELEMETRY_DB_ENABLED is not set): no "
                 "llm_usage_events or token_estimation_v2_events rows will be written. "
@@ -371,7 +379,8 @@ def drain_phase(
 ) -> None:
     """Drain one phase until it is COMPLETE or FAILED (retries included)."""
     cli, flags = _setup(ctx, locals())
-    with executor_for(cli, run_id, flags, total_of=phase_id) as (executor, progress):
+    drainer = executor_for(cli, run_id, flags, total_of=phase_id, force=force)
+    with drainer as (executor, progress):
         summary = executor.drain_phase(run_id, phase_id, force=force)
         summary.phase_states = {phase_id: summary.phase_states[phase_id]}
         run = executor.client.get_run(run_id)
