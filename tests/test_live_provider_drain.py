@@ -371,3 +371,22 @@ def test_a_drain_with_nothing_left_to_do_warns_about_nothing_it_would_call(
     assert "done before this drain" in drains[1].stdout
     warned = [("has no price" in d.stderr, "telemetry is off" in d.stderr) for d in drains]
     assert warned == [(True, True), (False, False)], warned
+
+
+def test_a_base_url_missing_its_path_is_named_in_the_404(tmp_path: Path) -> None:
+    """OPENAI_BASE_URL=http://127.0.0.1:11434 (Ollama's OpenAI API is under /v1) failed
+    every attempt with "openai-compatible 404: 404 page not found", naming no address."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script("/chat/completions", Reply(404, "404 page not found"))
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": wire.url},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert f"openai-compatible 404 at {wire.url}/chat/completions: " in said, said
