@@ -283,6 +283,7 @@ def test_a_run_files_relative_repository_is_next_to_the_file_urls_as_given(
         "dot": ("./repo.git", str(files / "repo.git")),
         "url": ("https://git.example/org/code.git", "https://git.example/org/code.git"),
         "scp": ("git@git.example:org/code.git", "git@git.example:org/code.git"),
+        "file": ("file:///srv/code.git", "file:///srv/code.git"),
         "abs": (str(tmp_path / "abs"), str(tmp_path / "abs")),
     }
     said: dict[str, str] = {}
@@ -344,6 +345,53 @@ def test_a_relative_repository_is_next_to_the_real_file_and_a_pipe_has_none(
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert "Traceback" not in refused.stderr
         assert f"repository: {repository!r}" in refused.stderr and why in refused.stderr
+
+
+NOT_A_REPOSITORY = {
+    "C:\\work\\code": "Windows path",
+    "D:/code": "Windows path",
+    "file://code": "a file URL holds an absolute path",
+    "file://code/repo": "a file URL holds an absolute path",
+    "file:code": "is not a file URL",
+    "https://": "names no host",
+    "ssh:///org/code.git": "names no host",
+    "git-host:": "names no path on host",
+    "://code": "neither a URL",
+}
+
+
+def test_a_repository_git_would_misread_is_refused_naming_the_field(tmp_path: Path) -> None:
+    """`repository: C:\\work\\code` was stored as an ssh host ``C``, `file://code` as a
+    file URL with no path (git ignores its host): the run was created, and every drain
+    failed in `git clone` with "no path specified" or an ssh error. Refused at the run
+    file (exit 2), over HTTP (422) and as a drain's `--repo` (exit 2), each naming the
+    field, the value and what to write instead."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'autopack.db'}")
+    for number, (repository, why) in enumerate(NOT_A_REPOSITORY.items()):
+        body = {**definition(f"r{number}", [("T1", ["a"])]), "repository": repository}
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(body))
+        refused = cli("run", "create", "run.yaml", cwd=tmp_path, env=env)
+        assert refused.returncode == 2, (repository, refused.stderr[-2000:])
+        said = " ".join(refused.stderr.split())
+        assert f"repository: {repository!r}" in said and why in said, said
+    assert not (tmp_path / "autopack.db").exists()  # refused before anything was created
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    with Server(env, cwd=tmp_path) as server:
+        for repository, why in NOT_A_REPOSITORY.items():
+            body = {**definition("over-http", [("T1", ["a"])]), "repository": repository}
+            answer = httpx.post(f"{server.url}/runs", json=body)
+            assert answer.status_code == 422 and why in answer.text, answer.text
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(definition("r", [("T1", ["a"])])))
+    assert cli("run", "create", "run.yaml", cwd=tmp_path, env=env).returncode == 0
+    drained = cli(
+        *("drain", "run", "--run-id", "r", "--repo", "file://code"),
+        cwd=tmp_path,
+        env={**env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+    )
+    assert drained.returncode == 2, drained.stderr[-2000:]
+    said = " ".join(drained.stderr.split())
+    assert "--repo 'file://code': a file URL holds an absolute path" in said, said
+    assert "Traceback" not in drained.stderr
 
 
 def test_approvals_page_past_500_and_the_cli_says_how_to_see_the_rest(tmp_path: Path) -> None:

@@ -438,3 +438,21 @@ def test_sigterm_during_checks_says_interrupted_as_the_database_records_it(
     assert "checks_failed" not in told, told[-3000:]
     assert "✘ p0 attempt 1: interrupted" in told, told[-3000:]
     assert re.search(r"│ p0 +│ QUEUED +│ 1 +│ interrupted", stdout), stdout
+
+
+def test_a_phase_skipped_because_this_drains_phase_failed_says_why(tmp_path: Path) -> None:
+    """p2 depends on p1; p1 failed in this drain, so p2 was SKIPPED as blocked. The
+    summary said "skipped by another drain meanwhile" when there was no other drain."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    phases = [
+        phase("p1", ["pkg/a.py"], checks=["python -c 'raise SystemExit(1)'"], max_attempts=1),
+        phase("p2", ["pkg/b.py"], depends_on=["p1"]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    result = cli_drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    said = " ".join(result.stdout.split())
+    assert "another drain" not in said, said
+    assert "skipped meanwhile: blocked by p1 (FAILED)" in said, said

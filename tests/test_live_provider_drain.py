@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from autopack.llm.pricing import PriceFile
 from tests.executor_support import (
     create_run,
     drain,
@@ -177,19 +178,28 @@ LOCAL_MODEL = "qwen2.5-coder:32b"
 PRICE_FILE = {"version": "local", "models": {LOCAL_MODEL: {"input": 0, "output": 0}}}
 
 
-@pytest.mark.parametrize("case", ["capped", "phase-capped", "uncapped", "priced"])
+@pytest.mark.parametrize(
+    "case", ["capped", "phase-capped", "uncapped", "priced", "free", "answered-as"]
+)
 def test_a_cost_cap_over_a_model_without_a_price_is_warned_about_once(
     case: str, tmp_path: Path
 ) -> None:
     """A local model's calls cost NULL, which no cost cap counts: the run's cap (and
     --phase-cost-cap) silently could not stop its spending. The drain now says so once,
-    naming the model, the cap and how to price it, and still drains (free local models
-    are fine); with no cost cap, or once priced, it says nothing."""
+    naming the model, the cap and the two ways out, and still drains (free local models
+    are fine); with no cost cap, once priced or once declared free (AUTOPACK_FREE_MODELS,
+    recorded at $0), it says nothing. Only the configured names were checked: an answer
+    under another name (the one priced) went unmentioned, so it is warned about when it
+    first comes back."""
     sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
     extra = {"AUTOPACK_BUILDER_MODEL": LOCAL_MODEL}
     if case == "priced":
         (tmp_path / "prices.json").write_text(json.dumps(PRICE_FILE))
         extra["AUTOPACK_PRICE_TABLE"] = str(tmp_path / "prices.json")
+    if case == "free":
+        extra["AUTOPACK_FREE_MODELS"] = f"llama3.2:3b, {LOCAL_MODEL}"
+    if case == "answered-as":
+        extra["AUTOPACK_BUILDER_MODEL"] = "gpt-6-luna"  # priced, but answered as LOCAL_MODEL
     env = env_for(sqlite_url, **extra)
     budgets = (
         {"cost_cap_usd": None} if case in ("uncapped", "phase-capped") else {"cost_cap_usd": 7.5}
@@ -208,15 +218,175 @@ def test_a_cost_cap_over_a_model_without_a_price_is_warned_about_once(
         )
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "has no price" in line]
-    if case in ("uncapped", "priced"):
+    if case in ("uncapped", "priced", "free"):
         assert warnings == [], warnings
-        cost = 0.0 if case == "priced" else None
+        cost = None if case == "uncapped" else 0.0
         assert rows(sqlite_url, "SELECT cost_usd FROM llm_usage_events") == [{"cost_usd": cost}]
+        if case != "uncapped":
+            assert "without a price" not in result.stdout, result.stdout
         return
     [warning] = warnings
-    cap = "the run's cost_cap_usd $7.5" if case == "capped" else "--phase-cost-cap $0.25"
+    cap = "--phase-cost-cap $0.25" if case == "phase-capped" else "the run's cost_cap_usd $7.5"
     assert f"model {LOCAL_MODEL} has no price" in warning and cap in warning, warning
     assert "token caps still apply" in warning and "AUTOPACK_PRICE_TABLE=FILE" in warning
-    # the advice works: the example price file it shows is one the table accepts
+    # the advice works: the example price file it shows is one the table accepts, and
+    # the free declaration it names is the one the "free" case drains with
     example = json.loads(warning.split("e.g. ", 1)[1].rsplit(", and set", 1)[0])
-    assert example["models"] == {LOCAL_MODEL: {"input": 0, "output": 0}}
+    PriceFile.model_validate(example)
+    assert f"AUTOPACK_FREE_MODELS={LOCAL_MODEL}." in warning, warning
+
+
+def test_a_priced_model_is_never_declared_free(tmp_path: Path) -> None:
+    """AUTOPACK_FREE_MODELS naming a model the table prices (a typo of intent) would make
+    its real spending $0 under every cap: refused, exit 2, naming the setting and model."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_FREE_MODELS="openai/gpt-6-luna")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    result = cli(
+        *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+        *("--workspace", str(tmp_path / "ws")),
+        env={**env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert "AUTOPACK_FREE_MODELS names openai/gpt-6-luna" in said, said
+    assert "Traceback" not in result.stderr
+    assert rows(sqlite_url, "SELECT count(*) AS n FROM phase_attempts") == [{"n": 0}]
+
+
+def test_a_local_server_with_one_model_named_answers_the_auditor_too(tmp_path: Path) -> None:
+    """The README's Ollama recipe sets AUTOPACK_BUILDER_MODEL only: the LLM Auditor then
+    asked the local server for the provider's default model (gpt-6-luna), which it does
+    not serve, and every phase failed with "model not found". The named model now serves
+    both roles there, and `doctor` names the model of each role."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(
+            OPENAI_PATH,
+            Reply(200, openai_completion(files(mod_py="V = 1\n"), model=LOCAL_MODEL)),
+            Reply(200, openai_completion(VERDICT, model=LOCAL_MODEL)),
+        )
+        local = {"OPENAI_BASE_URL": f"{wire.url}/v1"}
+        result = drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "llm"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **local},
+            cwd=tmp_path,
+        )
+        asked = [request.body["model"] for request in wire.seen(OPENAI_PATH)]
+        doctor = cli("doctor", env={**env, **local}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert asked == [LOCAL_MODEL, LOCAL_MODEL]
+    assert f"builder {LOCAL_MODEL}, auditor {LOCAL_MODEL}" in doctor.stdout, doctor.stdout
+
+
+def test_the_telemetry_report_counts_unknown_costs_and_only_those(tmp_path: Path) -> None:
+    """`telemetry report` said "(1 unpriced)" of a priced model's refused call (a 404
+    reports no tokens: it cost nothing), and its total "billed cost $0.0000" under the
+    table left out the calls whose cost is unknown without a word."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(
+        sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL, AUTOPACK_AUDITOR_MODEL="gpt-6-luna"
+    )
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(
+            OPENAI_PATH,
+            Reply(200, openai_completion(files(mod_py="V = 1\n"), model=LOCAL_MODEL)),
+            Reply(404, FLAVOURS["openai"].error("not_found_error", "model not found")),
+        )
+        drained = drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "llm"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert drained.returncode == 1, drained.stderr[-3000:]
+    report = cli("telemetry", "report", "--json", env=env, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    usage = {row["model"]: row for row in json.loads(report.stdout)["usage"]}
+    assert usage[LOCAL_MODEL]["unpriced_calls"] == 1
+    assert (usage["gpt-6-luna"]["calls"], usage["gpt-6-luna"]["unpriced_calls"]) == (1, 0)
+    shown = cli("telemetry", "report", env=env, cwd=tmp_path)
+    said = " ".join(shown.stdout.split())
+    assert said.count("unpriced") == 1, said
+    assert "billed cost $0.0000 + 1 call(s) of models without a price: cost unknown" in said
+
+
+@pytest.mark.parametrize("sized", [False, True])
+def test_a_phase_over_an_assumed_output_ceiling_is_not_called_too_large(
+    sized: bool, tmp_path: Path
+) -> None:
+    """A two-file phase on a local model printed "p1 needs about 10863 output tokens, more
+    than the model's largest answer: split this phase": the number is the budget for 2 %
+    truncation, not a need, and 8192 was only the default for a model the price table
+    does not size. It is now said as both; a price file's max_output_tokens ends it."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    extra = {"AUTOPACK_BUILDER_MODEL": LOCAL_MODEL}
+    if sized:
+        sized_as = {"input": 0, "output": 0, "max_output_tokens": 32768}
+        sizes = {"version": "local", "models": {LOCAL_MODEL: sized_as}}
+        (tmp_path / "prices.json").write_text(json.dumps(sizes))
+        extra["AUTOPACK_PRICE_TABLE"] = str(tmp_path / "prices.json")
+    env = env_for(sqlite_url, **extra)
+    two_files = phase("p1", ["pkg/a.py", "pkg/b.py"])
+    create_run(run_file(tmp_path, [two_files]), env, tmp_path)
+    with WireServer() as wire:
+        answer = files(a_py="A = 1\n", b_py="B = 2\n")
+        wire.script(OPENAI_PATH, Reply(200, openai_completion(answer, model=LOCAL_MODEL)))
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert "needs about" not in said and "the model's largest answer" not in said, said
+    if sized:
+        assert "phase_too_large" not in said and "may need up to" not in said, said
+        return
+    assert "p1 may need up to" in said, said
+    assert f"than the 8192 assumed for {LOCAL_MODEL} (a price file's max_output_tokens" in said
+
+
+def test_a_drain_with_nothing_left_to_do_warns_about_nothing_it_would_call(
+    tmp_path: Path,
+) -> None:
+    """Draining a finished run again repeated the cost-cap warning and "telemetry is off"
+    though it made no call."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = {**env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL), "TELEMETRY_DB_ENABLED": "0"}
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    args = ("--run-id", "exec-run", "--auditor", "off", "--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        answer = openai_completion(files(mod_py="V = 1\n"), model=LOCAL_MODEL)
+        wire.script(OPENAI_PATH, Reply(200, answer))
+        local = {**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}
+        drains = [cli("drain", "run", *args, env=local, cwd=tmp_path) for _ in range(2)]
+    assert [d.returncode for d in drains] == [0, 0], drains[-1].stderr[-3000:]
+    assert "done before this drain" in drains[1].stdout
+    warned = [("has no price" in d.stderr, "telemetry is off" in d.stderr) for d in drains]
+    assert warned == [(True, True), (False, False)], warned
+
+
+def test_a_base_url_missing_its_path_is_named_in_the_404(tmp_path: Path) -> None:
+    """OPENAI_BASE_URL=http://127.0.0.1:11434 (Ollama's OpenAI API is under /v1) failed
+    every attempt with "openai-compatible 404: 404 page not found", naming no address."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script("/chat/completions", Reply(404, "404 page not found"))
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": wire.url},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert f"openai-compatible 404 at {wire.url}/chat/completions: " in said, said

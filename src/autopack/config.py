@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="Replay latency scale: 1 = as recorded, 0 = instant."
     )
     autopack_price_table: Path | None = Field(None, description="Override the model price table.")
+    autopack_free_models: str | None = Field(
+        None,
+        description="Models that cost nothing per token (your own hardware: Ollama, vLLM), "
+        "separated by ',': their calls cost $0 instead of an unknown price.",
+    )
     autopack_estimator_file: Path | None = Field(
         None, description="Override the token estimator coefficients."
     )

@@ -349,9 +349,11 @@ def repository_from(directory: Path | None, repository: str) -> str:
     ``scheme://…`` and, by git's rule, scp-like ``[user@]host:path`` (a colon before any
     slash).
     """
+    if _URL.match(repository) or "://" in repository:
+        return _url(repository)
     colon = repository.find(":")
-    if "://" in repository or (colon > 0 and "/" not in repository[:colon]):
-        return repository
+    if colon > 0 and "/" not in repository[:colon]:
+        return _scp_like(repository, repository[:colon], repository[colon + 1 :])
     try:
         path = Path(repository) if directory is None else Path(repository).expanduser()
     except RuntimeError:  # ~name, and no user of that name here: a traceback, before
@@ -366,6 +368,56 @@ def repository_from(directory: Path | None, repository: str) -> str:
             "directory; one read from a pipe has none)"
         )
     return os.path.normpath(directory / path)
+
+
+def repository_option(value: str) -> str:
+    """``--repo`` read as a run file's ``repository`` is, against the working directory
+    (git clones in the cache directory, so a relative path must not reach it): a path
+    made absolute (an existing one with its symlinks resolved), a URL checked; exit 2
+    naming ``--repo``."""
+    try:
+        remote = repository_from(Path.cwd(), value)
+    except ValueError as exc:
+        raise InvalidInput(f"--repo {exc}") from None
+    return str(paths.absolute(Path(remote), "--repo")) if Path(remote).exists() else remote
+
+
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>[^/]*)(?P<path>.*)", re.S)
+
+
+def _url(repository: str) -> str:
+    """A ``scheme://host/path`` as given, once it names what git needs: a host (``https://``
+    alone cloned as "Could not resolve host"), and for ``file://`` an absolute path (git
+    ignores a file URL's host: ``file://code`` failed with "no path specified" and
+    ``file://code/repo`` would be ``/repo``)."""
+    url = _URL.fullmatch(repository)
+    if url is None:
+        raise ValueError(f"{repository!r} is neither a URL (scheme://host/path) nor a path")
+    if url["scheme"].lower() != "file":
+        if not url["host"]:
+            raise ValueError(f"{repository!r} names no host")
+        return repository
+    if url["host"] not in ("", "localhost") or not url["path"].strip("/"):
+        raise ValueError(
+            f"{repository!r}: a file URL holds an absolute path, file:///path/to/repo (a "
+            "relative path needs no URL: write the path itself)"
+        )
+    return repository
+
+
+def _scp_like(repository: str, host: str, path: str) -> str:
+    """``[user@]host:path`` as given, unless it is not one: a Windows drive path (``C:\\x``:
+    git here reads a host ``C``), ``file:path`` (a host named ``file``), or no path."""
+    if len(host) == 1 and host.isalpha():
+        raise ValueError(
+            f"{repository!r} is a Windows path, which git here reads as host {host!r}: give "
+            "this machine's path (/…) or a URL"
+        )
+    if host.lower() == "file":
+        raise ValueError(f"{repository!r} is not a file URL: write file:///path/to/repo")
+    if not path:
+        raise ValueError(f"{repository!r} names no path on host {host!r}")
+    return repository
 
 
 def run_json_schema() -> dict[str, Any]:

@@ -167,6 +167,18 @@ def test_models_default_per_provider_and_override_per_role() -> None:
     )
     assert model_for(custom, "builder") == "qwen3-coder:30b"
     assert model_for(custom, "auditor") == "llama3.2:3b"
+    # one model named: on the official API the other role keeps the provider's default
+    # there; on a compatible server (which serves none of those names) it uses the named one
+    builder_only = {"autopack_builder_model": "qwen3-coder:30b"}
+    assert model_for(settings(openai_api_key="k", **builder_only), "auditor") == "gpt-6-luna"
+    local = settings(openai_base_url="http://127.0.0.1:11434/v1", **builder_only)
+    assert model_for(local, "auditor") == "qwen3-coder:30b"
+    auditor_only = settings(
+        anthropic_api_key="k",
+        anthropic_base_url="http://127.0.0.1:1",
+        autopack_auditor_model="local-judge",
+    )
+    assert model_for(auditor_only, "builder") == "local-judge"
 
 
 def test_importing_the_package_reads_no_file_and_builds_no_client(tmp_path: Path) -> None:

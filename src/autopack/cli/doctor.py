@@ -180,6 +180,8 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
 
 
 def _credentials(settings: Settings) -> Check:
+    from autopack.llm.registry import model_for, provider_name
+
     present = [
         name
         for name, value in (
@@ -194,7 +196,12 @@ def _credentials(settings: Settings) -> Check:
     if needs and needs not in present and not (provider == "openai" and present):
         return Check("llm", False, f"provider {provider} but {needs} is not set", f"set {needs}")
     shown = ", ".join(present) or "none (offline replay provider)"
-    return Check("llm", True, f"provider {provider}; credentials present: {shown}")
+    models = f"builder {model_for(settings, 'builder')}, auditor {model_for(settings, 'auditor')}"
+    return Check(
+        "llm",
+        True,
+        f"provider {provider} ({provider_name(settings)}: {models}); credentials present: {shown}",
+    )
 
 
 def _report(checks: list[Check], as_json: bool) -> None:

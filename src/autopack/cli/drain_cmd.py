@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --hel
     from autopack.executor.executor import AutonomousExecutor
     from autopack.executor.options import ExecutorOptions
     from autopack.llm.base import LLMProvider
-    from autopack.llm.pricing import PriceTable
+    from autopack.llm.pricing import CapWarnings, PriceTable
 
 app = typer.Typer(help="Drain queued phases with the LLM Builder.", no_args_is_help=True)
 
@@ -135,11 +135,18 @@ def answering_provider(
 
 @contextmanager
 def executor_for(
-    cli: CliState, run_id: str, flags: DrainFlags, *, total_of: str | None = None
+    cli: CliState,
+    run_id: str,
+    flags: DrainFlags,
+    *,
+    total_of: str | None = None,
+    force: bool = False,
 ) -> Iterator[tuple[AutonomousExecutor, DrainProgress]]:
     """Everything an executor needs, opened in order and closed in reverse.
 
     ``total_of``: a phase id to show progress for one phase; None for the whole run.
+    ``force``: that phase is requeued, so it is work even when it is FAILED or SKIPPED
+    (what this drain will call is warned about only when it has work).
     """
     settings = cli.settings
     expected = cli.expected()
@@ -206,8 +213,10 @@ def executor_for(
         if total_of is not None:
             phases = [p for p in phases if p.phase_id == total_of]
         done = sum(p.state in PHASE_TERMINAL for p in phases)
-        _warn_unpriced(options, run.budgets.cost_cap_usd, price_table(settings))
-        if not settings.telemetry_db_enabled:
+        warnings = _cap_warnings(options, run.budgets.cost_cap_usd, price_table(settings))
+        idle = done == len(phases) and not force  # a drain of a finished run calls nothing
+        _warn(None if idle else warnings.about(_called_models(options)))
+        if not settings.telemetry_db_enabled and not idle:
             err.print(
                 "[yellow]telemetry is off[/yellow] (TELEMETRY_DB_ENABLED is not set): no "
                 "llm_usage_events or token_estimation_v2_events rows will be written. "
@@ -220,7 +229,9 @@ def executor_for(
             f"{connection.database.instance_id}",
             highlight=False,
         )
-        with DrainProgress(err, total=len(phases) or 1, done=done) as progress:
+        with DrainProgress(
+            err, total=len(phases) or 1, done=done, unpriced=warnings.about
+        ) as progress:
             services = Services(
                 client=client,
                 repository=repository,
@@ -246,17 +257,24 @@ def executor_for(
                 ) from exc
 
 
-def _warn_unpriced(options: ExecutorOptions, run_cap: float | None, table: PriceTable) -> None:
-    """One warning when a cost cap is set but a model this drain calls has no price."""
-    from autopack.llm.pricing import unpriced_cap_warning
+def _cap_warnings(
+    options: ExecutorOptions, run_cap: float | None, table: PriceTable
+) -> CapWarnings:
+    """The drain's warnings about models without a price under its cost caps."""
+    from autopack.llm.pricing import CapWarnings
 
-    models = [options.builder_model]
-    if options.auditor == "llm":
-        models.append(options.auditor_model)
     caps = [] if run_cap is None else [f"the run's cost_cap_usd ${run_cap:g}"]
     if options.phase_cost_cap_usd is not None:
         caps.append(f"--phase-cost-cap ${options.phase_cost_cap_usd:g}")
-    warning = unpriced_cap_warning(table, models, caps)
+    return CapWarnings(table, caps)
+
+
+def _called_models(options: ExecutorOptions) -> list[str]:
+    """The models this drain's requests name."""
+    return [options.builder_model] + ([options.auditor_model] if options.auditor == "llm" else [])
+
+
+def _warn(warning: str | None) -> None:
     if warning is not None:
         from rich.markup import escape  # a model name may hold "[...]"
 
@@ -361,7 +379,8 @@ def drain_phase(
 ) -> None:
     """Drain one phase until it is COMPLETE or FAILED (retries included)."""
     cli, flags = _setup(ctx, locals())
-    with executor_for(cli, run_id, flags, total_of=phase_id) as (executor, progress):
+    drainer = executor_for(cli, run_id, flags, total_of=phase_id, force=force)
+    with drainer as (executor, progress):
         summary = executor.drain_phase(run_id, phase_id, force=force)
         summary.phase_states = {phase_id: summary.phase_states[phase_id]}
         run = executor.client.get_run(run_id)

@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from autopack.executor.executor import DrainSummary
 
 
+def _untouched(phase_id: str, phase_state: str, summary: DrainSummary, reason: str | None) -> str:
+    """How a phase this drain made no attempt of came to be ``phase_state``: before it,
+    by another drain, or SKIPPED meanwhile for ``reason`` (a blocker this drain failed, a
+    cancel, a budget): "by another drain" there named a drain that never existed."""
+    ended = "done" if phase_state == "COMPLETE" else phase_state.lower()
+    if phase_id in summary.done_before | summary.failed_before:
+        return f"{ended} before this drain"
+    if phase_state == "SKIPPED" and reason:
+        return f"{ended} meanwhile: {reason}"
+    return f"{ended} by another drain meanwhile"
+
+
 def report(
     summary: DrainSummary,
     run: RunView,
@@ -57,6 +69,7 @@ def report(
             }
         )
         return code
+    reasons = {p.phase_id: p.last_failure_reason for p in run.phases()}
     table = Table("phase", "state", "attempts", title=f"run {summary.run_id}: {summary.run_state}")
     table.add_column("last stop reason", overflow="fold")
     table.add_column("files")
@@ -66,10 +79,8 @@ def report(
         files = sorted({f for a in mine for f in a.files_written})
         style = "green" if phase_state == "COMPLETE" else "red"
         if not mine and phase_state in PHASE_TERMINAL:  # nothing this drain did
-            ended = "done" if phase_state == "COMPLETE" else phase_state.lower()
-            before = phase_id in summary.done_before | summary.failed_before
-            when = "before this drain" if before else "by another drain meanwhile"
-            table.add_row(escape(phase_id), f"[{style}]{phase_state}", "-", f"{ended} {when}", "-")
+            why = _untouched(phase_id, phase_state, summary, reasons.get(phase_id))
+            table.add_row(escape(phase_id), f"[{style}]{phase_state}", "-", escape(why), "-")
             continue
         last = ""
         if mine:
@@ -96,7 +107,8 @@ def report(
     if spend.unpriced_calls:
         cost += (
             f" + {spend.unpriced_calls} call(s) of models without a price: cost unknown, "
-            "not counted (add them to a price file, AUTOPACK_PRICE_TABLE)"
+            "not counted (AUTOPACK_FREE_MODELS says a model is free, a price file in "
+            "AUTOPACK_PRICE_TABLE prices it)"
         )
     out.print(
         f"{len(summary.attempts)} attempt(s) in {summary.wall_seconds:.1f}s · run tokens "

@@ -11,6 +11,7 @@ nothing). Text a person must read (stop reasons, errors) is never cut.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -63,8 +64,18 @@ class Spend:
 class DrainProgress:
     """Event sink for :class:`AutonomousExecutor`; use as a context manager."""
 
-    def __init__(self, console: Console, total: int, done: int = 0, label: str = "phases") -> None:
+    def __init__(
+        self,
+        console: Console,
+        total: int,
+        done: int = 0,
+        label: str = "phases",
+        unpriced: Callable[[list[str]], str | None] | None = None,
+    ) -> None:
+        """``unpriced``: the warning (or None) for a model an answer came back under that
+        has no price (:meth:`autopack.llm.pricing.CapWarnings.about`)."""
         self.console = console
+        self._unpriced = unpriced
         self.live = console.is_terminal
         self._lock = threading.Lock()
         self._active: dict[str, str] = {}
@@ -123,10 +134,7 @@ class DrainProgress:
                     f"↻ {phase}: answer cut off ({data['why']}), continuing #{data['number']}"
                 )
             elif event == "phase_too_large":
-                self._say(
-                    f"[yellow]⚠ {phase}[/yellow] needs about {data['wanted']} output tokens, "
-                    "more than the model's largest answer: split this phase"
-                )
+                self._too_large(phase, data)
             elif event == "llm_usage":
                 self._spent(data)
             elif event == "checks_started":
@@ -144,10 +152,31 @@ class DrainProgress:
                 self._waiting(phase, data)
             self._status()
 
+    def _too_large(self, phase: str, data: dict[str, Any]) -> None:
+        """The budget the truncation target asks for is above the model's ceiling: said as
+        the upper bound it is, and, when that ceiling is only the default for a model the
+        price table does not size, as an assumption with its fix, not as the model's."""
+        model = escape(str(data["model"]))
+        ceiling = (
+            f"the {data['model_max']} assumed for {model} (a price file's max_output_tokens "
+            "says its real limit)"
+            if data["assumed"]
+            else f"{model}'s largest answer ({data['model_max']})"
+        )
+        self._say(
+            f"[yellow]⚠ {phase}[/yellow] may need up to {data['wanted']} output tokens, more "
+            f"than {ceiling}: answers cut off are continued; if they keep being, split this phase"
+        )
+
     def _spent(self, data: dict[str, Any]) -> None:
         self.spend.tokens += int(data.get("tokens") or 0)
         cost = float(data.get("cost_usd") or 0.0)
         self.spend.unpriced_calls += bool(data.get("unpriced"))
+        warning = (
+            self._unpriced([data["model"]]) if self._unpriced and data.get("unpriced") else None
+        )
+        if warning is not None:
+            self._say(f"[yellow]warning:[/yellow] {escape(warning)}")
         if data.get("replayed"):
             self.spend.replayed_usd += cost
             self.spend.replayed_calls += 1

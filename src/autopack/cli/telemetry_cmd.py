@@ -44,7 +44,7 @@ def usage_table(usage: list[UsageSummaryRow]) -> Table:
         title="LLM calls",
     )
     for row in usage:
-        unpriced = row.calls - row.priced_calls
+        unpriced = row.unpriced_calls
         cost = "" if row.cost_usd is None else f"{row.cost_usd:.4f}"
         if row.replayed and cost:
             cost += " replayed"
@@ -85,7 +85,10 @@ def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False
     out.print(usage_table(summary.usage))
     billed = sum(row.cost_usd or 0.0 for row in summary.usage if not row.replayed)
     replayed = sum(row.cost_usd or 0.0 for row in summary.usage if row.replayed)
+    unpriced = sum(row.unpriced_calls for row in summary.usage if not row.replayed)
     line = f"billed cost ${billed:.4f}"
+    if unpriced:
+        line += f" + {unpriced} call(s) of models without a price: cost unknown, not counted"
     if any(row.replayed for row in summary.usage):
         line += f"; replayed calls (not billed) would have cost ${replayed:.4f}"
     out.print(line, highlight=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import Insert, Select, Table, bindparam, case, func, select, update
+from sqlalchemy import Insert, Select, Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from autopack.db.models import LlmUsageEvent, TokenBudgetEscalationEvent, TokenEstimationEvent
@@ -75,6 +75,14 @@ EVENTS: dict[tuple[EventKind, bool], Select[Any]] = {
 """Events oldest first after id ``b_after`` (paging), at most ``b_limit``, of all runs or one."""
 
 
+_cost_unknown = and_(
+    USAGE.c.cost_usd.is_(None),
+    or_(USAGE.c.input_tokens.is_not(None), USAGE.c.output_tokens.is_not(None)),
+)
+"""A call that used tokens but has no cost: its model has no price. A refused request
+(a 404, a 429) reported no tokens, so it cost nothing whatever its model's price."""
+
+
 def _usage_summary(*, by_run: bool) -> Select[Any]:
     statement = (
         select(
@@ -87,7 +95,7 @@ def _usage_summary(*, by_run: bool) -> Select[Any]:
             func.coalesce(func.sum(USAGE.c.input_tokens), 0).label("input_tokens"),
             func.coalesce(func.sum(USAGE.c.output_tokens), 0).label("output_tokens"),
             func.sum(USAGE.c.cost_usd).label("cost_usd"),
-            func.count(USAGE.c.cost_usd).label("priced_calls"),
+            func.sum(case((_cost_unknown, 1), else_=0)).label("unpriced_calls"),
         )
         .group_by(USAGE.c.run_id, USAGE.c.provider, USAGE.c.model, USAGE.c.role)
         .order_by(USAGE.c.run_id, USAGE.c.model)

@@ -284,18 +284,15 @@ class Attempt:
             model=self.o.builder_model,
             target_truncation=self.o.target_truncation,
         )
-        if estimate.exceeds_model_max:
+        if estimate.exceeds_model_max:  # the truncation target's budget is above the ceiling
+            model, claim = self.o.builder_model, self.claim
+            sizes = {"phase_id": claim.phase_id, "wanted": estimate.wanted, "model_max": model_max}
+            hint = "answers cut off are continued; if they keep being, split this phase"
             log_event(
-                logger,
-                "phase_too_large",
-                logging.WARNING,
-                run_id=self.claim.run_id,
-                phase_id=self.claim.phase_id,
-                wanted=estimate.wanted,
-                model_max=model_max,
-                hint="split this phase: even the model's largest answer is likely cut off",
+                logger, "phase_too_large", logging.WARNING, run_id=claim.run_id, **sizes, hint=hint
             )
-            self.s.events("phase_too_large", phase_id=self.claim.phase_id, wanted=estimate.wanted)
+            assumed = self.s.prices.declared_max_output_tokens(model) is None
+            self.s.events("phase_too_large", **sizes, model=model, assumed=assumed)
         max_tokens = meter.budget(estimate, model_max)
         prompt = builder_prompt_parts(
             task, workspace, _feedback(self.claim.history), context_chars=self.o.context_chars

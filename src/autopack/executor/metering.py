@@ -208,6 +208,7 @@ class Meter:
             run_id=claim.run_id,
             phase_id=claim.phase_id,
             role=role,
+            model=response.model or model,
             tokens=tokens,
             cost_usd=cost or 0.0,
             replayed=replayed,

@@ -39,7 +39,7 @@ from autopack.executor.recall import holds, recall, remember
 from autopack.executor.repolock import RepositoryLock
 from autopack.logs import log_event
 from autopack.paths import absolute
-from autopack.rundef import default_branch
+from autopack.rundef import default_branch, repository_option
 
 logger = logging.getLogger("autopack.executor.repository")
 
@@ -87,10 +87,9 @@ class RepoSource:
         """``--repo``, else ``--workspace``, else the run file's ``repository``, else
         ``autopack-workspaces/RUN_ID`` at the project's root, next to its default database
         (:func:`~autopack.envfile.project_root`: a drain from any subdirectory finds the
-        run's code). A ``--repo`` naming a directory here is made absolute: git clones in
-        the cache directory."""
+        run's code). ``--repo``: :func:`~autopack.rundef.repository_option`."""
         if repo:
-            return cls(remote=str(absolute(Path(repo), "--repo")) if Path(repo).exists() else repo)
+            return cls(remote=repository_option(repo))
         if workspace is not None:
             return cls(workspace=absolute(workspace, "--workspace"), run_id=run_id)
         if run_repository:

@@ -208,9 +208,13 @@ def sdk_error(
         # the same error sent as an HTTP status would be.
         status, kind = in_stream
         message = f"{kind} in the stream: {message}"
+    url = getattr(getattr(exc, "request", None), "url", None)
+    at = f" at {url}" if url else ""
     if isinstance(status, int):
+        # A 404 is often the address itself (OPENAI_BASE_URL without Ollama's /v1 answers
+        # "404 page not found"): the URL shows it, as for an unreachable server.
         return LLMError(
-            f"{label} {status}: {message}",
+            f"{label} {status}{at if status == 404 else ''}: {message}",
             status_code=status,
             request_id=getattr(exc, "request_id", None),
             retryable=retryable_status(status),
@@ -218,8 +222,6 @@ def sdk_error(
         )
     if unreachable:
         # The SDK says only "Connection error.": the address shows a mistyped *_BASE_URL.
-        url = getattr(getattr(exc, "request", None), "url", None)
-        at = f" at {url}" if url else ""
         return LLMError(f"{label} unreachable{at}: {message}", retryable=True, **common)
     return LLMError(f"{label} call failed: {exc}", retryable=False, **common)
 

@@ -6,7 +6,10 @@ extendable by ``AUTOPACK_PRICE_TABLE=FILE`` in the same format: the file's entri
 or add models; the merged version reads ``<bundled>+<override>``.
 
 A model missing from the table costs ``None`` (stored as NULL) with ONE warning per model
-per process, never $0: a zero would silently understate every total it joins.
+per process, never $0: a zero would silently understate every total it joins. A model that
+really costs nothing per token (Ollama, vLLM, llama.cpp on your own hardware) is said to be
+so, in one line: ``AUTOPACK_FREE_MODELS=qwen2.5-coder:32b,llama3.2:3b`` adds each at $0
+(a model the table prices at more than that is refused, never silently made free).
 
 Model-name matching, first hit wins:
 
@@ -108,8 +111,9 @@ class PriceTable:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, override: Path | None = None) -> PriceTable:
-        """The bundled table, with ``override``'s entries replacing or adding models."""
+    def load(cls, override: Path | None = None, free: tuple[str, ...] = ()) -> PriceTable:
+        """The bundled table, with ``override``'s entries replacing or adding models, and
+        the ``free`` models (``AUTOPACK_FREE_MODELS``) at $0."""
         bundled_file = resources.files("autopack") / "data" / "prices.json"
         bundled = _read(bundled_file.read_text(encoding="utf-8"), "autopack/data/prices.json")
         models = dict(bundled.models)
@@ -124,7 +128,21 @@ class PriceTable:
             models.update(extra.models)
             version = f"{bundled.version}+{extra.version}"
             sources = (*sources, str(override))
-        return cls(version, models, sources)
+        if not free:
+            return cls(version, models, sources)
+        table = cls(version, models, sources)
+        for name in free:
+            key = table.match(name)
+            price = table.models[key] if key is not None else None
+            if price is not None and (price.input or price.output):
+                raise ConfigError(
+                    f"AUTOPACK_FREE_MODELS names {name}, which the price table "
+                    f"{version} prices at ${price.input:g} input / ${price.output:g} output "
+                    "per million tokens: a priced model is never made free; remove it "
+                    "(a price file in AUTOPACK_PRICE_TABLE can set its price to 0)"
+                )
+            models.setdefault(key or name, ModelPrice(input=0, output=0))
+        return cls(f"{version}+free", models, (*sources, "AUTOPACK_FREE_MODELS"))
 
     def match(self, model: str) -> str | None:
         """The table key ``model`` is priced as, or ``None``."""
@@ -164,9 +182,12 @@ class PriceTable:
 
     def max_output_tokens(self, model: str) -> int:
         """The model's output ceiling, or the conservative default for unknown models."""
+        return self.declared_max_output_tokens(model) or DEFAULT_MAX_OUTPUT_TOKENS
+
+    def declared_max_output_tokens(self, model: str) -> int | None:
+        """The model's output ceiling as the table says it, or None (the default applies)."""
         key = self.match(model)
-        limit = self.models[key].max_output_tokens if key is not None else None
-        return limit or DEFAULT_MAX_OUTPUT_TOKENS
+        return self.models[key].max_output_tokens if key is not None else None
 
     def _warn_unknown(self, model: str) -> None:
         with self._lock:
@@ -180,19 +201,29 @@ class PriceTable:
             model=model,
             table_version=self.version,
             effect="cost recorded as NULL",
-            fix="add the model to a price file and set AUTOPACK_PRICE_TABLE=FILE",
+            fix="AUTOPACK_FREE_MODELS=MODEL if it runs on your own hardware, else a price "
+            "file in AUTOPACK_PRICE_TABLE=FILE",
         )
 
 
 @lru_cache(maxsize=8)
-def load_price_table(override: Path | None = None) -> PriceTable:
-    """The process-wide table for ``override`` (cached, so each unknown model warns once)."""
-    return PriceTable.load(override)
+def load_price_table(override: Path | None = None, free: tuple[str, ...] = ()) -> PriceTable:
+    """The process-wide table for ``override`` and ``free`` (cached, so each unknown model
+    warns once)."""
+    return PriceTable.load(override, free)
+
+
+def free_models(value: str | None) -> tuple[str, ...]:
+    """``AUTOPACK_FREE_MODELS`` as names: comma-separated (no model name holds a comma)."""
+    return tuple(dict.fromkeys(n.strip() for n in (value or "").split(",") if n.strip()))
 
 
 def price_table(settings: Settings) -> PriceTable:
-    """The table ``settings`` ask for (``AUTOPACK_PRICE_TABLE`` or the bundled one)."""
-    return load_price_table(settings.autopack_price_table)
+    """The table ``settings`` ask for (``AUTOPACK_PRICE_TABLE`` or the bundled one, plus
+    ``AUTOPACK_FREE_MODELS``)."""
+    return load_price_table(
+        settings.autopack_price_table, free_models(settings.autopack_free_models)
+    )
 
 
 def cost_of(
@@ -221,10 +252,32 @@ def unpriced_cap_warning(
     if not unpriced or not caps:
         return None
     names = ", ".join(unpriced)
-    example = json.dumps({"version": "local", "models": {unpriced[0]: {"input": 0, "output": 0}}})
+    example = json.dumps({"version": "mine", "models": {unpriced[0]: {"input": 3, "output": 15}}})
     return (
         f"model {names} has no price (table {table.version}): its calls count as nothing "
         f"toward {' and '.join(caps)}, so that cap cannot stop its spending; token caps "
-        "still apply. To give it a price, write a price file in USD per million tokens, "
-        f"e.g. {example}, and set AUTOPACK_PRICE_TABLE=FILE."
+        "still apply. If it runs on your own hardware, say it is free (in the environment "
+        f"or .env): AUTOPACK_FREE_MODELS={','.join(unpriced)}. Otherwise give it a price: "
+        f"write a price file in USD per million tokens, e.g. {example}, and set "
+        "AUTOPACK_PRICE_TABLE=FILE."
     )
+
+
+class CapWarnings:
+    """What a drain says about models without a price under a cost cap: each model once,
+    those it will call before it starts, and any other name an answer comes back under
+    (a server may answer ``qwen2.5-coder:latest`` when asked for ``qwen2.5-coder``; the
+    answered name is the one priced), when it first does."""
+
+    def __init__(self, table: PriceTable, caps: Sequence[str]) -> None:
+        self.table = table
+        self.caps = tuple(caps)
+        self._told: set[str] = set()
+        self._lock = threading.Lock()
+
+    def about(self, models: Iterable[str]) -> str | None:
+        """The warning for those of ``models`` not warned about yet, or None."""
+        with self._lock:
+            new = [model for model in models if model not in self._told]
+            self._told.update(new)
+        return unpriced_cap_warning(self.table, new, self.caps)

@@ -151,8 +151,15 @@ def make_provider(
 
 
 def model_for(settings: Settings, role: Role) -> str:
-    """The model a role's requests name: the per-role setting, else the provider default."""
-    chosen = (
-        settings.autopack_builder_model if role == "builder" else settings.autopack_auditor_model
-    )
-    return chosen or DEFAULT_MODELS[provider_name(settings)]
+    """The model a role's requests name: the per-role setting, else the provider default.
+
+    On a compatible server (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``: Ollama, vLLM, a
+    proxy) a role without a setting of its own uses the other role's model: the provider's
+    default name means nothing there, so ``AUTOPACK_BUILDER_MODEL=qwen2.5-coder:32b`` alone
+    had every LLM Auditor call answered "model gpt-6-luna not found" and the phase failed.
+    """
+    builder, auditor = settings.autopack_builder_model, settings.autopack_auditor_model
+    own, other = (builder, auditor) if role == "builder" else (auditor, builder)
+    provider = provider_name(settings)
+    base_url = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
+    return own or (base_url.get(provider) and other) or DEFAULT_MODELS[provider]

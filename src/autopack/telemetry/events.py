@@ -162,7 +162,9 @@ class UsageSummaryRow(BaseModel):
     output_tokens: int
     cost_usd: float | None
     """Sum over priced calls; None when no call of the group had a price."""
-    priced_calls: int
+    unpriced_calls: int
+    """Calls that used tokens but have no cost (a model without a price): their cost is
+    unknown, so ``cost_usd`` leaves them out."""
 
     @property
     def replayed(self) -> bool:
