@@ -356,8 +356,8 @@ def test_a_phase_over_an_assumed_output_ceiling_is_not_called_too_large(
 def test_a_drain_with_nothing_left_to_do_warns_about_nothing_it_would_call(
     tmp_path: Path,
 ) -> None:
-    """Draining a finished run again repeated the cost-cap warning and "telemetry is off"
-    though it made no call."""
+    """Draining a finished run again (or its COMPLETE phase with --force) repeated the
+    cost-cap warning and "telemetry is off" though it made no call."""
     sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = {**env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=LOCAL_MODEL), "TELEMETRY_DB_ENABLED": "0"}
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
@@ -367,10 +367,13 @@ def test_a_drain_with_nothing_left_to_do_warns_about_nothing_it_would_call(
         wire.script(OPENAI_PATH, Reply(200, answer))
         local = {**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}
         drains = [cli("drain", "run", *args, env=local, cwd=tmp_path) for _ in range(2)]
-    assert [d.returncode for d in drains] == [0, 0], drains[-1].stderr[-3000:]
+        # --force requeues a phase that gave up, never a COMPLETE one: still nothing to call
+        forced = ("drain", "phase", *args, "--phase-id", "p1", "--force")
+        drains.append(cli(*forced, env=local, cwd=tmp_path))
+    assert [d.returncode for d in drains] == [0, 0, 0], drains[-1].stderr[-3000:]
     assert "done before this drain" in drains[1].stdout
     warned = [("has no price" in d.stderr, "telemetry is off" in d.stderr) for d in drains]
-    assert warned == [(True, True), (False, False)], warned
+    assert warned == [(True, True), (False, False), (False, False)], warned
 
 
 def test_a_base_url_missing_its_path_is_named_in_the_404(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from autopack.cli._common import CliState, err, state
 from autopack.cli.drain_report import report
 from autopack.cli.progress import DrainProgress
 from autopack.errors import ConfigError, InvalidInput, NotFound, ServerUnavailable
-from autopack.states import PHASE_TERMINAL
+from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL
 
 if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
     from autopack.builder.auditor import AuditMode
@@ -146,7 +146,7 @@ def executor_for(
 
     ``total_of``: a phase id to show progress for one phase; None for the whole run.
     ``force``: that phase is requeued, so it is work even when it is FAILED or SKIPPED
-    (what this drain will call is warned about only when it has work).
+    (not when COMPLETE: what this drain will call is warned about only when it has work).
     """
     settings = cli.settings
     expected = cli.expected()
@@ -214,7 +214,10 @@ def executor_for(
             phases = [p for p in phases if p.phase_id == total_of]
         done = sum(p.state in PHASE_TERMINAL for p in phases)
         warnings = _cap_warnings(options, run.budgets.cost_cap_usd, price_table(settings))
-        idle = done == len(phases) and not force  # a drain of a finished run calls nothing
+        # A drain of a finished run calls nothing; --force requeues a phase that gave up,
+        # never a COMPLETE one.
+        requeued = force and any(p.state in PHASE_REQUEUEABLE for p in phases)
+        idle = done == len(phases) and not requeued
         _warn(None if idle else warnings.about(_called_models(options)))
         if not settings.telemetry_db_enabled and not idle:
             err.print(
