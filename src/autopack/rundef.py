@@ -349,7 +349,7 @@ def repository_from(directory: Path | None, repository: str) -> str:
     ``scheme://…`` and, by git's rule, scp-like ``[user@]host:path`` (a colon before any
     slash).
     """
-    if _URL.match(repository) or "://" in repository:
+    if "://" in repository:
         return _url(repository)
     colon = repository.find(":")
     if colon > 0 and "/" not in repository[:colon]:
