@@ -222,3 +222,33 @@ def test_a_check_runs_while_the_executor_holds_more_than_fd_setsize_files(
             held.append(stack.enter_context(open(os.devnull, "rb")).fileno())
         (result,) = run_checks(["echo ran"], tmp_path)
     assert result.passed and "ran" in result.output_tail, result
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["stopped once", "stopped again and again"])
+def test_a_check_that_stops_its_wrapper_still_ends_at_its_timeout(
+    tmp_path: Path, again: bool
+) -> None:
+    """``kill -STOP $PPID`` stopped the process the check runs under: it kept the
+    executor's SIGTERM pending and the executor waited for it forever, past the timeout.
+    Run in a process of its own, so that a hang fails the test instead of the suite."""
+    wrapper = tmp_path / "wrapper.pid"
+    stopper = f"echo $PPID > {wrapper}; kill -STOP $PPID"
+    if again:  # in the check's group: stops the wrapper until the wrapper kills it
+        stopper = f"echo $PPID > {wrapper}; (while :; do kill -STOP $PPID; done) & sleep 60"
+    program = (
+        "import sys; from pathlib import Path; from autopack.executor.checks import run_checks; "
+        "(r,) = run_checks([sys.argv[1]], Path(sys.argv[2]), timeout=2); print(r.timed_out)"
+    )
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-c", program, stopper, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:  # the stopped wrapper of a hung run: gone with the test either way
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(wrapper.read_text()), signal.SIGKILL)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip() == "True", ran.stdout

@@ -55,6 +55,8 @@ COMMAND_NOT_FOUND = 127
 MAX_OUTPUT_BYTES = 128 * 1024 * 1024
 """A check that prints more is killed: its output is a file on the executor's disk."""
 _POLL_SECONDS = 0.2
+_WRAPPER_GRACE_SECONDS = 5.0
+"""How long a stopped check's wrapper may take to kill what the check started."""
 
 _RUNNING: dict[subprocess.Popen[bytes], str] = {}
 _RUNNING_LOCK = threading.Lock()
@@ -125,8 +127,19 @@ def terminate_running_checks() -> None:
 
 def _kill(process: subprocess.Popen[bytes], marker: str) -> None:
     """Stop the check: its :mod:`~autopack.executor.check_shell` kills everything the check
-    started, then exits; whatever still carries the check's marker is killed here."""
-    process.send_signal(signal.SIGTERM)
+    started, then exits; whatever still carries the check's marker is killed here.
+
+    The check may have stopped its wrapper (``kill -STOP $PPID``): a stopped process keeps
+    SIGTERM pending, and waiting for it hung the executor past every timeout. So it is
+    continued too, and killed outright when it has not exited within
+    :data:`_WRAPPER_GRACE_SECONDS` (stopped again, or stuck reaping)."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+    try:
+        process.wait(timeout=_WRAPPER_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
     kill_marked(marker)
 
 
