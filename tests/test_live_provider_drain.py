@@ -218,6 +218,10 @@ def test_a_cost_cap_over_a_model_without_a_price_is_warned_about_once(
         )
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "has no price" in line]
+    # said once: the log line about the missing price only where no warning said it
+    # first (an answer's own model name is priced, and logged, before its warning)
+    logged = case in ("uncapped", "answered-as")
+    assert ("llm_price_unknown" in result.stderr) == logged, result.stderr
     if case in ("uncapped", "priced", "free"):
         assert warnings == [], warnings
         cost = None if case == "uncapped" else 0.0

@@ -189,6 +189,12 @@ class PriceTable:
         key = self.match(model)
         return self.models[key].max_output_tokens if key is not None else None
 
+    def told(self, models: Iterable[str]) -> None:
+        """A person was already told ``models`` have no price (the drain's cost-cap
+        warning): the log's ``llm_price_unknown`` line would say it a second time."""
+        with self._lock:
+            self._warned.update(models)
+
     def _warn_unknown(self, model: str) -> None:
         with self._lock:
             if model in self._warned:
@@ -280,4 +286,7 @@ class CapWarnings:
         with self._lock:
             new = [model for model in models if model not in self._told]
             self._told.update(new)
-        return unpriced_cap_warning(self.table, new, self.caps)
+        warning = unpriced_cap_warning(self.table, new, self.caps)
+        if warning is not None:
+            self.table.told(new)
+        return warning
