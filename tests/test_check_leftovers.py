@@ -111,8 +111,13 @@ def test_a_check_stopped_by_its_executor_takes_its_cleared_environment_daemon(
     tmp_path: Path,
 ) -> None:
     """A stopping executor (SIGTERM, a second Ctrl-C) kills its running checks: that reached
-    the check's process group and its marked processes, not such a daemon."""
+    the check's process group and its marked processes, not such a daemon.
+
+    The killed check did not fail: the attempt is ``interrupted`` (it ended
+    ``checks_failed``, and that could be recorded before the executor's hand-back), and the
+    checks after it do not start."""
     pid_file = tmp_path / "daemon.pid"
+    after = tmp_path / "second-check-ran"
 
     def stop_once_started() -> None:
         deadline = time.monotonic() + 30
@@ -124,9 +129,15 @@ def test_a_check_stopped_by_its_executor_takes_its_cleared_environment_daemon(
 
     stopper = threading.Thread(target=stop_once_started)
     stopper.start()
-    [result] = run_checks([f"{_cleared(pid_file)}; exec sleep 60"], tmp_path, timeout=60)
+    commands = ["true", f"{_cleared(pid_file)}; exec sleep 60", f"touch {after}"]
+    with pytest.raises(checks.ChecksInterrupted) as stopped:
+        run_checks(commands, tmp_path, timeout=60)
     stopper.join()
-    assert not result.passed and not result.timed_out, result
+    assert stopped.value.stop_reason == "interrupted"
+    assert [c.command for c in stopped.value.results] == commands[:2]
+    first, killed = stopped.value.results
+    assert first.passed and not killed.passed and not killed.timed_out, killed
+    assert not after.exists()
     _assert_gone(pid_file)
 
 

@@ -45,7 +45,7 @@ from autopack.contract import (
 from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
-from autopack.executor.checks import CheckUnavailable, run_checks
+from autopack.executor.checks import ChecksInterrupted, CheckUnavailable, run_checks
 from autopack.executor.continuation import builder_answer
 from autopack.executor.git import GitError
 from autopack.executor.integration import base_for
@@ -73,10 +73,11 @@ def _feedback(history: list[AttemptView]) -> list[Feedback]:
 def as_recorded(finish: Finish, answer: ResultAnswer) -> Finish:
     """How the attempt ended as the database recorded it.
 
-    SIGTERM hands the lease back as ``interrupted`` and kills the running checks, so the
-    attempt goes on to post a ``checks_failed`` (or even a COMPLETE) result under the same
-    idempotency key and gets the hand-back's stored answer: nothing of its own was recorded,
-    and the progress line and the summary must not say it was.
+    SIGTERM hands the lease back as ``interrupted`` while the attempt may go on to post a
+    result of its own (a COMPLETE, an audit's rejection) under the same idempotency key;
+    it gets the hand-back's stored answer: nothing of its own was recorded, and the
+    progress line and the summary must not say it was. (A check the stop killed ends the
+    attempt ``interrupted`` too, whichever result is posted first.)
     """
     recorded = answer.stop_reason
     if recorded is None or recorded == finish.stop_reason:
@@ -364,8 +365,8 @@ class Attempt:
         self.s.events("checks_started", run_id=self.claim.run_id, phase_id=self.claim.phase_id)
         try:
             self.checks = run_checks(self.task.checks, workspace, self.o.check_timeout)
-        except CheckUnavailable as exc:
-            self.checks = exc.results  # recorded with the attempt: they show what is missing
+        except (CheckUnavailable, ChecksInterrupted) as exc:
+            self.checks = exc.results  # recorded with the attempt: what is missing, or ran
             raise
         failures = [c for c in self.checks if not c.passed]
         if failures:

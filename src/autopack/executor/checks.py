@@ -59,6 +59,8 @@ _WRAPPER_GRACE_SECONDS = 5.0
 """How long a stopped check's wrapper may take to kill what the check started."""
 
 _RUNNING: dict[subprocess.Popen[bytes], str] = {}
+_STOPPED: set[subprocess.Popen[bytes]] = set()
+"""Running checks :func:`terminate_running_checks` killed (not failed: interrupted)."""
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -79,6 +81,21 @@ class CheckUnavailable(Finish):
             retryable=False,
         )
         self.missing = [program for _, program in missing]
+        self.results = results
+
+
+class ChecksInterrupted(Finish):
+    """The executor was stopped (SIGTERM, a second Ctrl-C) and killed a running check: the
+    attempt ends ``interrupted``, as the executor's hand-back of its lease says, not
+    ``checks_failed`` (the Builder's code did not fail; it was not let finish). The checks
+    after it are not run. ``results`` are the checks that ran, for the attempt's record."""
+
+    def __init__(self, results: list[CheckResult]) -> None:
+        super().__init__(
+            PhaseState.FAILED,
+            "interrupted",
+            error=f"the executor was stopped while `{results[-1].command}` ran",
+        )
         self.results = results
 
 
@@ -118,9 +135,11 @@ def missing_program(check: CheckResult, workspace: Path) -> str | None:
 
 
 def terminate_running_checks() -> None:
-    """Kill every running check's process group (the executor is being stopped)."""
+    """Kill every running check (the executor is being stopped): each one's
+    :func:`run_check` raises :class:`ChecksInterrupted`."""
     with _RUNNING_LOCK:
         running = list(_RUNNING.items())
+        _STOPPED.update(process for process, _ in running)
     for process, marker in running:
         _kill(process, marker)
 
@@ -160,6 +179,7 @@ def _check_env(scratch: Path) -> dict[str, str]:
 
 
 def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
+    """Run one check; raises :class:`ChecksInterrupted` when the executor killed it."""
     with tempfile.TemporaryDirectory(prefix="autopack-check-") as scratch:
         ensure_reaper()
         return _run(command, workspace, timeout, new_marker(), Path(scratch))
@@ -227,13 +247,15 @@ def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Pa
             process.wait()
             with _RUNNING_LOCK:
                 _RUNNING.pop(process, None)
+                stopped = process in _STOPPED
+                _STOPPED.discard(process)
         output = _tail(log)
     timed_out = cut_short == "timeout"
     if timed_out:
         output += f"\n[autopack] check timed out after {timeout:g}s and was killed"
     elif cut_short == "output":
         output += f"\n[autopack] check printed more than {MAX_OUTPUT_BYTES >> 20} MiB; killed"
-    return CheckResult(
+    result = CheckResult(
         command=command,
         exit_code=None if cut_short else process.returncode,
         passed=cut_short is None and process.returncode == 0,
@@ -241,6 +263,9 @@ def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Pa
         duration_s=round(time.monotonic() - started, 3),
         output_tail=output[-TAIL_CHARS:].replace("\x00", "\\x00"),  # text columns hold no NUL
     )
+    if stopped:
+        raise ChecksInterrupted([result])
+    return result
 
 
 def _tail(log: BinaryIO) -> str:
@@ -256,9 +281,15 @@ def run_checks(
 ) -> list[CheckResult]:
     """Run every check (all of them, so the Builder gets all the feedback at once).
 
-    Raises :class:`CheckUnavailable` when a check's program is missing.
+    Raises :class:`CheckUnavailable` when a check's program is missing, and
+    :class:`ChecksInterrupted` (the checks that ran) when the executor stopped one.
     """
-    results = [run_check(command, workspace, timeout) for command in commands]
+    results: list[CheckResult] = []
+    for command in commands:
+        try:
+            results.append(run_check(command, workspace, timeout))
+        except ChecksInterrupted as exc:
+            raise ChecksInterrupted(results + exc.results) from None
     missing = [
         (check, program)
         for check in results
