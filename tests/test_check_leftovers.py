@@ -222,6 +222,37 @@ def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path, daemon: 
             os.kill(check, signal.SIGKILL)
 
 
+def test_a_check_that_stopped_its_wrapper_ends_with_the_executor_killed_under_it(
+    tmp_path: Path,
+) -> None:
+    """``kill -STOP $PPID``, then the executor is SIGKILLed: the wrapper kept the SIGTERM
+    its parent's death sends pending and stayed stopped forever, and with it the daemon
+    the check had started without the marker (only the wrapper can find that one)."""
+    daemon, wrapper = tmp_path / "daemon.pid", tmp_path / "wrapper.pid"
+    command = f"{_cleared(daemon)}; echo $PPID > {wrapper}; kill -STOP $PPID; exec sleep 60"
+    runner = (
+        "import sys; from pathlib import Path; from autopack.executor.checks import run_checks; "
+        f"run_checks([{command!r}], Path(sys.argv[1]), timeout=120)"
+    )
+    executor = subprocess.Popen([sys.executable, "-c", runner, str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while not wrapper.exists() or not wrapper.read_text().strip():
+        assert time.monotonic() < deadline and executor.poll() is None, "the check never started"
+        time.sleep(0.05)
+    stopped = int(wrapper.read_text())
+    while Path(f"/proc/{stopped}/stat").read_text().split(")")[-1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the check never stopped its wrapper"
+        time.sleep(0.05)
+    executor.kill()
+    executor.wait()
+    try:
+        assert _gone(stopped), "the stopped wrapper outlived its executor"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGKILL)
+        _assert_gone(daemon)
+
+
 def test_a_check_runs_while_the_executor_holds_more_than_fd_setsize_files(
     tmp_path: Path,
 ) -> None:

@@ -13,7 +13,8 @@ which its signals never reached) ran on, a hung one forever, in a worktree the n
 executor removes. So each executor process starts one reaper (:func:`ensure_reaper`, this
 module run as a program) whose standard input is a pipe only the executor holds: when the
 executor dies, however, the pipe closes and the reaper kills every process carrying the
-executor's token, then exits. Without ``/proc`` (not Linux) neither can find anything.
+executor's token, continues every check's wrapper a check may have stopped, then exits.
+Without ``/proc`` (not Linux) neither can find anything.
 """
 
 from __future__ import annotations
@@ -41,16 +42,17 @@ def new_marker() -> str:
     return f"{EXECUTOR_TOKEN}.{secrets.token_hex(8)}"
 
 
-def _marked(prefix: str) -> list[int]:
-    """The processes of this user whose marker starts with ``prefix``."""
+def _carrying(prefix: str, where: str) -> list[int]:
+    """The processes of this user whose ``/proc/PID/<where>`` (``environ``: the marker in
+    their environment; ``cmdline``: as an argument) holds a marker starting with ``prefix``."""
     needle = f"{CHECK_MARKER}={prefix}".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            environ = (entry / "environ").read_bytes()
+            items = (entry / where).read_bytes()
         except OSError:  # gone meanwhile, or another user's
             continue
-        if any(item.startswith(needle) for item in environ.split(b"\0")):
+        if any(item.startswith(needle) for item in items.split(b"\0")):
             found.append(int(entry.name))
     return found
 
@@ -59,12 +61,24 @@ def kill_marked(prefix: str) -> None:
     """Kill every process whose marker starts with ``prefix``, until none is left (one may
     fork while we look)."""
     for _ in range(100):
-        found = [pid for pid in _marked(prefix) if pid != os.getpid()]
+        found = [pid for pid in _carrying(prefix, "environ") if pid != os.getpid()]
         if not found:
             return
         for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def continue_wrappers(prefix: str) -> None:
+    """Continue every check's :mod:`~autopack.executor.check_shell` (its marker is an
+    argument, not in its environment) whose marker starts with ``prefix``.
+
+    A check can stop its wrapper (``kill -STOP $PPID``); the SIGTERM the executor's death
+    sends it then stays pending, and the wrapper, with what the check started without the
+    marker, stayed stopped forever. Continued, it kills and reaps them, then exits."""
+    for pid in _carrying(prefix, "cmdline"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def ensure_reaper() -> None:
@@ -98,7 +112,8 @@ def main() -> None:
     with contextlib.suppress(OSError):
         while sys.stdin.buffer.read(4096):
             pass
-    kill_marked(f"{token}.")
+    kill_marked(f"{token}.")  # first: a marked process may be what stops a wrapper
+    continue_wrappers(f"{token}.")
 
 
 if __name__ == "__main__":
