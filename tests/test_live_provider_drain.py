@@ -132,22 +132,29 @@ def test_calls_of_a_model_without_a_price_are_not_summed_as_zero_dollars(tmp_pat
     sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:32b")
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    drain = ("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off")
     with WireServer() as wire:
         model = "qwen2.5-coder:32b"
         answer = openai_completion(files(mod_py="V = 1\n"), model=model)
         wire.script(OPENAI_PATH, Reply(200, answer))
-        args = ("--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off")
-        result = cli(
-            *("drain", "phase", *args, "--workspace", str(tmp_path / "ws")),
-            env={**env, **_provider_env(FLAVOURS["openai"], wire)},
-            cwd=tmp_path,
-        )
+        local = {**env, **_provider_env(FLAVOURS["openai"], wire)}
+        result = cli(*drain, "--workspace", str(tmp_path / "ws"), env=local, cwd=tmp_path)
+        # A later drain, with nothing left to do, said the run's cost as $0.0000 alone.
+        again = cli(*drain, "--workspace", str(tmp_path / "ws"), env=local, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert rows(sqlite_url, "SELECT model, cost_usd FROM llm_usage_events") == [
         {"model": model, "cost_usd": None}
     ]
     summary = " ".join(result.stdout.split())
     assert "1 call(s) of models without a price: cost unknown" in summary, summary
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = " ".join(again.stdout.split())
+    assert "cost $0.0000 + 1 call(s) of models without a price" in summary, summary
+    listed = cli("run", "list", "--json", env=env, cwd=tmp_path)
+    assert [r["unpriced_calls"] for r in json.loads(listed.stdout)["items"]] == [1]
+    for view in (("run", "list"), ("run", "show", "exec-run")):  # $0.00 alone there too
+        shown = " ".join(cli(*view, env=env, cwd=tmp_path).stdout.split())
+        assert "$0.00 + 1 unpriced call(s)" in shown, shown
 
 
 @pytest.mark.parametrize("name", sorted(FLAVOURS))

@@ -263,6 +263,8 @@ class RunSummary(_Answer):
     goal: str
     tokens_used: int
     cost_usd: float
+    unpriced_calls: int = 0
+    """LLM calls of models without a price: their cost is unknown, not in ``cost_usd``."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -273,6 +275,14 @@ class RunSummary(_Answer):
     branch: str | None = None
     branch_head: str | None = None
     """The last commit accepted onto the run's branch (None before the first)."""
+
+    def cost(self, places: int = 2) -> str:
+        """What the run cost as a reader should see it: ``$0.00`` alone hid the calls of
+        models without a price, whose cost is unknown."""
+        said = f"${self.cost_usd:.{places}f}"
+        if self.unpriced_calls:
+            said += f" + {self.unpriced_calls} unpriced call(s)"
+        return said
 
 
 class RunView(RunSummary):

@@ -104,9 +104,9 @@ def report(
     cost = f"cost ${run.cost_usd:.4f}"
     if spend.replayed_calls:
         cost += f" (replayed calls, not billed: ${spend.replayed_usd:.4f})"
-    if spend.unpriced_calls:
+    if run.unpriced_calls:  # the run's, as its cost is: this drain's alone hid earlier ones
         cost += (
-            f" + {spend.unpriced_calls} call(s) of models without a price: cost unknown, "
+            f" + {run.unpriced_calls} call(s) of models without a price: cost unknown, "
             "not counted (AUTOPACK_FREE_MODELS says a model is free, a price file in "
             "AUTOPACK_PRICE_TABLE prices it)"
         )

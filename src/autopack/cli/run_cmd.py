@@ -150,7 +150,7 @@ def list_(
             styled(run.state),
             counts or "-",
             str(run.tokens_used),
-            f"${run.cost_usd:.2f}",
+            run.cost(),
             f"{run.created_at:%Y-%m-%d %H:%M:%S}",
         )
     out.print(table)
@@ -176,7 +176,7 @@ def run_tree(run: RunView) -> Tree:
     header = (
         f"[bold]{escape(run.run_id)}[/bold] {styled(run.state)}  "
         f"tokens {run.tokens_used}{f'/{cap}' if cap else ''}  "
-        f"cost ${run.cost_usd:.2f}{f'/${cost_cap:.2f}' if cost_cap else ''}"
+        f"cost {run.cost()}{f' of ${cost_cap:.2f}' if cost_cap else ''}"
     )
     if run.failure_reason:
         header += f"\n[red]{escape(run.failure_reason)}[/red]"

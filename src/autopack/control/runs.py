@@ -24,6 +24,7 @@ from autopack.control import lifecycle, views
 from autopack.db import Database
 from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
+from autopack.db import telemetry as telemetry_sql
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord, TierRecord
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, IllegalTransition
@@ -178,7 +179,14 @@ def _run_view(tx: Tx, run_id: str, dependencies: dict[str, list[str]] | None = N
     phases = tx.all(PhaseRecord, sql.PHASES_OF_RUN, {"b_run": run_id})
     if dependencies is None:
         dependencies = lifecycle.depends_on(tx, run_id)
-    return views.run_view(run, tiers, phases, dependencies)
+    return views.run_view(run, tiers, phases, dependencies, _unpriced_calls(tx, [run_id])[run_id])
+
+
+def _unpriced_calls(tx: Tx, run_ids: list[str]) -> Counter[str]:
+    """Each run's LLM calls whose cost is unknown (its ``cost_usd`` leaves them out: a
+    cost of $0.00 said nothing of them)."""
+    rows = tx.rows(telemetry_sql.UNPRICED_CALLS_OF_RUNS, {"b_runs": run_ids})
+    return Counter({row["run_id"]: row["n"] for row in rows})
 
 
 def get_run(database: Database, run_id: str) -> RunView:
@@ -201,7 +209,8 @@ def list_runs(
         if page:
             for row in tx.rows(sql.PHASE_COUNTS_OF_RUNS, {"b_runs": list(counts)}):
                 counts[row["run_id"]][row["state"]] = row["n"]
-        items = [views.run_summary(run, counts[run.id]) for run in page]
+        unpriced = _unpriced_calls(tx, list(counts)) if page else Counter[str]()
+        items = [views.run_summary(run, counts[run.id], unpriced[run.id]) for run in page]
         return RunList(items=items, total=total, limit=limit, offset=offset)
 
     return run_transaction(database, work)

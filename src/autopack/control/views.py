@@ -80,9 +80,14 @@ def run_budget(run: RunRecord, problem: str | None) -> RunBudget:
     return _pick(RunBudget, run, budget_exhausted=problem is not None, reason=problem)
 
 
-def run_summary(run: RunRecord, counts: Mapping[str, int]) -> RunSummary:
+def run_summary(run: RunRecord, counts: Mapping[str, int], unpriced_calls: int) -> RunSummary:
     return _pick(
-        RunSummary, run, run_id=run.id, counts=dict(counts), phase_count=sum(counts.values())
+        RunSummary,
+        run,
+        run_id=run.id,
+        counts=dict(counts),
+        phase_count=sum(counts.values()),
+        unpriced_calls=unpriced_calls,
     )
 
 
@@ -91,6 +96,7 @@ def run_view(
     tiers: Iterable[TierRecord],
     phases: Iterable[PhaseRecord],
     dependencies: Mapping[str, list[str]],
+    unpriced_calls: int,
 ) -> RunView:
     by_tier: dict[int, list[PhaseView]] = {}
     counts: Counter[str] = Counter()
@@ -105,6 +111,7 @@ def run_view(
         budgets=budgets(run),
         counts=dict(counts),
         phase_count=sum(counts.values()),
+        unpriced_calls=unpriced_calls,
         tiers=[
             _pick(TierView, tier, phases=by_tier.get(tier.tier_index, []))
             for tier in sorted(tiers, key=lambda t: t.tier_index)

@@ -12,7 +12,7 @@ from sqlalchemy import Insert, Select, Table, and_, bindparam, case, func, or_, 
 from sqlalchemy.dialects import postgresql, sqlite
 
 from autopack.db.models import LlmUsageEvent, TokenBudgetEscalationEvent, TokenEstimationEvent
-from autopack.telemetry.events import EventKind
+from autopack.telemetry.events import REPLAY_PROVIDER, EventKind
 
 USAGE = cast(Table, LlmUsageEvent.__table__)
 ESTIMATIONS = cast(Table, TokenEstimationEvent.__table__)
@@ -81,6 +81,18 @@ _cost_unknown = and_(
 )
 """A call that used tokens but has no cost: its model has no price. A refused request
 (a 404, a 429) reported no tokens, so it cost nothing whatever its model's price."""
+
+
+UNPRICED_CALLS_OF_RUNS = (
+    select(USAGE.c.run_id, func.count().label("n"))
+    .where(
+        USAGE.c.run_id.in_(bindparam("b_runs", expanding=True)),
+        USAGE.c.provider != REPLAY_PROVIDER,
+        _cost_unknown,
+    )
+    .group_by(USAGE.c.run_id)
+)
+"""Per run, its calls whose cost is unknown (a replayed call was never billed)."""
 
 
 def _usage_summary(*, by_run: bool) -> Select[Any]:

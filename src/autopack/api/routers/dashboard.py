@@ -73,10 +73,10 @@ def _runs(items: list[RunSummary]) -> str:
         body.append(
             f'<tr><td><a href="?run={escape(run.run_id)}">{escape(run.run_id)}</a></td>'
             f"{_state(run.state)}<td>{done}/{run.phase_count}</td>{_cell(counts)}"
-            f"{_cell(run.tokens_used)}{_cell(run.cost_usd)}{_cell(run.created_at)}</tr>"
+            f"{_cell(run.tokens_used)}{_cell(run.cost(4))}{_cell(run.created_at)}</tr>"
         )
     return _table(
-        ["run", "state", "complete", "phases by state", "tokens", "cost USD", "created"],
+        ["run", "state", "complete", "phases by state", "tokens", "cost", "created"],
         body,
         "no runs yet: autopack run create FILE",
     )
