@@ -263,6 +263,8 @@ def test_sigterm_mid_attempt_hands_every_lease_back_without_spending_a_retry(
 
 
 def test_a_second_drain_says_done_before_and_leaves_no_server_log(tmp_path: Path) -> None:
+    """A drain of a finished run calls no LLM, so it needs no credentials: without any (and
+    no cassette) it was refused with "no LLM credentials are set", exit 2."""
     _, env = _setup(tmp_path, 2)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -270,7 +272,8 @@ def test_a_second_drain_says_done_before_and_leaves_no_server_log(tmp_path: Path
     tape = _tape(tmp_path, 2, latency_ms=0)
     first = drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = cli_drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    uncredentialed = ["run", "--run-id", "exec-run", "--workspace", str(tmp_path / "ws")]
+    second = cli_drain(*uncredentialed, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("done before this drain") == 2, second.stdout
     assert "COMPLETE │ 0" not in second.stdout

@@ -30,6 +30,7 @@ from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL
 
 if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
     from autopack.builder.auditor import AuditMode
+    from autopack.contract import PhaseView
     from autopack.executor.executor import AutonomousExecutor
     from autopack.executor.options import ExecutorOptions
     from autopack.llm.base import LLMProvider
@@ -77,16 +78,16 @@ def _setup(ctx: typer.Context, options: Mapping[str, Any]) -> tuple[CliState, Dr
     return cli, DrainFlags(**values)
 
 
-def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> None:
+def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> list[PhaseView]:
     """Exit 2 for a run (or phase) this database does not hold, asked of the in-process
-    server: before a server is spawned or anything is claimed."""
+    server: before a server is spawned or anything is claimed. The phases to drain, as
+    they are now."""
     connection = cli.connection()
     client, where = connection.client, connection.database.location
     try:
         if phase_id is None:
-            client.get_run(run_id)
-        else:
-            client.get_phase(run_id, phase_id)
+            return client.get_run(run_id).phases()
+        return [client.get_phase(run_id, phase_id)]
     except NotFound as exc:
         raise InvalidInput(
             f"nothing to drain: {exc.message}. `autopack run list` shows the runs in "
@@ -99,15 +100,21 @@ def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> N
 
 
 def answering_provider(
-    cli: CliState, run_id: str, *, cassette: Path | None = None, record: Path | None = None
+    cli: CliState,
+    run_id: str,
+    *,
+    cassette: Path | None = None,
+    record: Path | None = None,
+    idle: bool = False,
 ) -> LLMProvider:
     """The provider for the drain; exit 2 when it is a replay with nothing for this run
-    (no credentials: every call would miss, fail the phase and waste its retries)."""
+    (no credentials: every call would miss, fail the phase and waste its retries), unless
+    the drain is ``idle`` (the run has no work left: a finished run's summary needs no LLM)."""
     from autopack.llm.registry import ignored_base_url, make_provider, provider_name
 
     settings = cli.settings
     provider = make_provider(settings, cassette=cassette, record=record)
-    if provider_name(settings, cassette=cassette) != "replay":
+    if idle or provider_name(settings, cassette=cassette) != "replay":
         return provider
     from autopack.llm.replay import ReplayProvider  # loaded by make_provider already
 
@@ -133,6 +140,13 @@ def answering_provider(
     )
 
 
+def _idle(phases: list[PhaseView], force: bool) -> bool:
+    """Whether a drain of ``phases`` has nothing to do, so calls no LLM: every phase has
+    ended, and ``force`` requeues none (it requeues one that gave up, never a COMPLETE one)."""
+    requeued = force and any(p.state in PHASE_REQUEUEABLE for p in phases)
+    return all(p.state in PHASE_TERMINAL for p in phases) and not requeued
+
+
 @contextmanager
 def executor_for(
     cli: CliState,
@@ -150,7 +164,7 @@ def executor_for(
     """
     settings = cli.settings
     expected = cli.expected()
-    refuse_unknown(cli, run_id, total_of)  # before the executor stack even loads
+    phases = refuse_unknown(cli, run_id, total_of)  # before the executor stack even loads
 
     from autopack.connect import connect, sigterm_unwinds
     from autopack.estimation.estimator import TokenEstimator
@@ -165,7 +179,6 @@ def executor_for(
     from autopack.telemetry.otel import otel_instrumentation
     from autopack.telemetry.recorder import TelemetryRecorder
 
-    answering = answering_provider(cli, run_id, cassette=flags.cassette, record=flags.record)
     options = ExecutorOptions(
         worker_id=flags.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         builder_model=model_for(settings, "builder"),
@@ -184,6 +197,9 @@ def executor_for(
         prompt_cache=settings.autopack_prompt_cache,
         poll_seconds=settings.autopack_poll_seconds,
     )
+    answering = answering_provider(
+        cli, run_id, cassette=flags.cassette, record=flags.record, idle=_idle(phases, force)
+    )
     estimator = TokenEstimator.load(settings.autopack_estimator_file)
     with (
         sigterm_unwinds(),
@@ -194,6 +210,11 @@ def executor_for(
         client = connection.client
         provider = instrument(answering)
         run = client.get_run(run_id)
+        phases = run.phases()
+        if total_of is not None:
+            phases = [p for p in phases if p.phase_id == total_of]
+        done = sum(p.state in PHASE_TERMINAL for p in phases)
+        idle = _idle(phases, force)
         source = RepoSource.choose(
             run_id, repo=flags.repo, workspace=flags.workspace, run_repository=run.repository
         )
@@ -209,15 +230,7 @@ def executor_for(
             keep_failed_minutes=settings.autopack_keep_failed_worktrees_minutes,
         )
         stack.callback(worktrees.close)
-        phases = run.phases()
-        if total_of is not None:
-            phases = [p for p in phases if p.phase_id == total_of]
-        done = sum(p.state in PHASE_TERMINAL for p in phases)
         warnings = _cap_warnings(options, run.budgets.cost_cap_usd, price_table(settings))
-        # A drain of a finished run calls nothing; --force requeues a phase that gave up,
-        # never a COMPLETE one.
-        requeued = force and any(p.state in PHASE_REQUEUEABLE for p in phases)
-        idle = done == len(phases) and not requeued
         _warn(None if idle else warnings.about(_called_models(options)))
         if not settings.telemetry_db_enabled and not idle:
             err.print(
