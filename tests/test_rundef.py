@@ -296,9 +296,12 @@ def test_telemetry_run_is_bundled_and_the_example_is_the_same_file() -> None:
     assert by_id["telemetry-p10-utils-package"].depends_on == ["telemetry-p1-string-util"]
 
 
-def test_unknown_bundled_run_is_invalid_input() -> None:
-    with pytest.raises(InvalidInput, match="no bundled run definition named 'nope'"):
-        bundled_run_file("nope")
+@pytest.mark.parametrize("name", ["nope", "../runs/telemetry-collection-v4", "/etc/hostname"])
+def test_unknown_bundled_run_is_invalid_input(name: str) -> None:
+    """A bundled run is named, not a path: ``../x`` read a YAML file outside them."""
+    with pytest.raises(InvalidInput, match=f"no bundled run definition named {name!r}") as err:
+        bundled_run_file(name)
+    assert "there are: telemetry-collection-v4" in err.value.message
 
 
 def test_definition_round_trips_through_json() -> None:

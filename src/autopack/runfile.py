@@ -147,9 +147,14 @@ def _sized(data: Any, file: Path) -> Any:
 
 
 def bundled_run_file(name: str) -> Path:
-    """A run definition shipped inside the package (``autopack/data/runs/NAME.yaml``)."""
-    resource = files("autopack").joinpath("data", "runs", f"{name}.yaml")
-    path = Path(str(resource))
-    if not path.is_file():
-        raise InvalidInput(f"no bundled run definition named {name!r} (looked at {path})")
-    return path
+    """A run definition shipped inside the package (``autopack/data/runs/NAME.yaml``): by
+    name only (``../x`` read a file outside them)."""
+    folder = Path(str(files("autopack").joinpath("data", "runs")))
+    bundled = {path.stem: path for path in folder.glob("*.yaml")}
+    if name not in bundled:
+        raise InvalidInput(
+            f"no bundled run definition named {name!r}; there are: {', '.join(sorted(bundled))} "
+            "(`autopack run create FILE` creates a run from a file of your own)",
+            field="name",
+        )
+    return bundled[name]
