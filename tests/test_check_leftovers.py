@@ -194,6 +194,21 @@ def test_a_check_printing_without_end_is_stopped_before_its_timeout(
     assert "printed more than 4 MiB" in result.output_tail
 
 
+def _executor_running(command: str, tmp_path: Path, started: Path) -> subprocess.Popen[bytes]:
+    """An executor process running the check ``command``, once the check has written
+    ``started`` (a pid)."""
+    runner = (
+        "import sys; from pathlib import Path; from autopack.executor.checks import run_checks; "
+        f"run_checks([{command!r}], Path(sys.argv[1]), timeout=120)"
+    )
+    executor = subprocess.Popen([sys.executable, "-c", runner, str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while not started.exists() or not started.read_text().strip():
+        assert time.monotonic() < deadline and executor.poll() is None, "the check never started"
+        time.sleep(0.05)
+    return executor
+
+
 @pytest.mark.parametrize("daemon", [False, True], ids=["shell", "cleared-env daemon"])
 def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path, daemon: bool) -> None:
     """SIGKILL runs no cleanup: the check, in a session of its own, ran on (a hung one
@@ -203,15 +218,7 @@ def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path, daemon: 
     command = (
         f"{_cleared(pid_file)}; exec sleep 60" if daemon else f"echo $$ > {pid_file}; exec sleep 60"
     )
-    runner = (
-        "import sys; from pathlib import Path; from autopack.executor.checks import run_checks; "
-        f"run_checks([{command!r}], Path(sys.argv[1]), timeout=120)"
-    )
-    executor = subprocess.Popen([sys.executable, "-c", runner, str(tmp_path)])
-    deadline = time.monotonic() + 30
-    while not pid_file.exists() or not pid_file.read_text().strip():
-        assert time.monotonic() < deadline and executor.poll() is None, "the check never started"
-        time.sleep(0.05)
+    executor = _executor_running(command, tmp_path, pid_file)
     check = int(pid_file.read_text())
     executor.kill()
     executor.wait()
@@ -230,16 +237,8 @@ def test_a_check_that_stopped_its_wrapper_ends_with_the_executor_killed_under_it
     the check had started without the marker (only the wrapper can find that one)."""
     daemon, wrapper = tmp_path / "daemon.pid", tmp_path / "wrapper.pid"
     command = f"{_cleared(daemon)}; echo $PPID > {wrapper}; kill -STOP $PPID; exec sleep 60"
-    runner = (
-        "import sys; from pathlib import Path; from autopack.executor.checks import run_checks; "
-        f"run_checks([{command!r}], Path(sys.argv[1]), timeout=120)"
-    )
-    executor = subprocess.Popen([sys.executable, "-c", runner, str(tmp_path)])
-    deadline = time.monotonic() + 30
-    while not wrapper.exists() or not wrapper.read_text().strip():
-        assert time.monotonic() < deadline and executor.poll() is None, "the check never started"
-        time.sleep(0.05)
-    stopped = int(wrapper.read_text())
+    executor = _executor_running(command, tmp_path, wrapper)
+    stopped, deadline = int(wrapper.read_text()), time.monotonic() + 30
     while Path(f"/proc/{stopped}/stat").read_text().split(")")[-1].split()[0] != "T":
         assert time.monotonic() < deadline, "the check never stopped its wrapper"
         time.sleep(0.05)
