@@ -79,10 +79,11 @@ open(sys.argv[1], "w").write(str(server.pid))
 """
 
 
-def _assert_gone(pid_file: Path) -> None:
+def _assert_gone(pid_file: Path, outlived: str = "a check's cleared-environment daemon") -> None:
+    """The process whose pid ``pid_file`` holds is gone (killed here either way)."""
     pid = int(pid_file.read_text())
     try:
-        assert _gone(pid), "a check's daemon with a cleared environment outlived it"
+        assert _gone(pid), f"{outlived} outlived it"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -219,14 +220,9 @@ def test_a_check_dies_with_the_executor_killed_under_it(tmp_path: Path, daemon: 
         f"{_cleared(pid_file)}; exec sleep 60" if daemon else f"echo $$ > {pid_file}; exec sleep 60"
     )
     executor = _executor_running(command, tmp_path, pid_file)
-    check = int(pid_file.read_text())
     executor.kill()
     executor.wait()
-    try:
-        assert _gone(check), "the check outlived its executor"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(check, signal.SIGKILL)
+    _assert_gone(pid_file, "the check, its executor killed,")
 
 
 def test_a_check_that_stopped_its_wrapper_ends_with_the_executor_killed_under_it(
@@ -245,10 +241,8 @@ def test_a_check_that_stopped_its_wrapper_ends_with_the_executor_killed_under_it
     executor.kill()
     executor.wait()
     try:
-        assert _gone(stopped), "the stopped wrapper outlived its executor"
+        _assert_gone(wrapper, "the stopped wrapper, its executor killed,")
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(stopped, signal.SIGKILL)
         _assert_gone(daemon)
 
 
