@@ -129,7 +129,7 @@ class Chaos:
         self.args = args
         self.rng = random.Random(args.seed)
         self.dir = Path(tempfile.mkdtemp(prefix="autopack-chaos-"))
-        self.db = f"autopack_chaos_{uuid.uuid4().hex[:10]}"
+        self.db = f"{args.db_prefix}{uuid.uuid4().hex[:10]}"
         self.url = make_url(ADMIN).set(database=self.db).render_as_string(hide_password=False)
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}"
@@ -176,14 +176,25 @@ class Chaos:
         os.killpg(self.server.pid, signal.SIGKILL)
         self.server.wait()
 
+    def machine(self, name: str) -> Path:
+        """The home directory of the machine an executor runs on: with ``--machines M``,
+        executors share a machine's HOME (so its default cache, clone and worktrees),
+        as several drains started on one host do; without, each has a cache of its own."""
+        number = int(name[1:]) % self.args.machines if self.args.machines else name
+        home = self.dir / f"machine-{number}"
+        (home / "work").mkdir(parents=True, exist_ok=True)
+        return home
+
     def start_executor(self, name: str, run_id: str) -> None:
+        home = self.machine(name)
         env = base_env(
             AUTOPACK_EXPECTED_INSTANCE_ID=self.instance,
             AUTOPACK_API_URL=self.api,
             AUTOPACK_WORKER_TOKEN=self.worker_token,
-            AUTOPACK_CACHE_DIR=str(self.dir / f"cache-{name}"),
+            HOME=str(home),
             TELEMETRY_DB_ENABLED="1",
         )
+        env.pop("XDG_CACHE_HOME", None)
         path = self.dir / f"executor-{name}.log"
         self.log_start[name] = path.stat().st_size if path.exists() else 0
         log = path.open("ab")
@@ -192,7 +203,7 @@ class Chaos:
         args += ["--lease-seconds", str(LEASE), "--worker-id", name, "--json"]
         self.executors[name] = subprocess.Popen(
             [sys.executable, "-m", "autopack", *args],
-            cwd=self.dir / "work",
+            cwd=home / "work",
             env=env,
             stdout=log,
             stderr=log,
@@ -507,6 +518,10 @@ def main() -> int:
     parser.add_argument("--phases", type=int, default=30)
     parser.add_argument("--executors", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--machines", type=int, default=3, help="machines (HOMEs) the executors share; 0: one each"
+    )
+    parser.add_argument("--db-prefix", default="autopack_chaos_", help="the scratch database's")
     parser.add_argument("--speed", default="3", help="--replay-speed of the executors")
     parser.add_argument("--keep", action="store_true", help="keep the database and directory")
     args = parser.parse_args()
