@@ -20,7 +20,11 @@ prints the measurements as JSON; exit 1 if anything is wrong.
 
 The clients (executors, operator) hold tokens, not the database's credentials: each is
 told only ``AUTOPACK_API_URL`` and the database's ``AUTOPACK_EXPECTED_INSTANCE_ID``, which
-the server must prove it serves.
+the server must prove it serves. Executors run on ``--machines`` machines (3: a HOME, cache
+and clone each, shared by that machine's executors). Before the drain, two misdirected
+executors: one with a wrong token, one given the URL and worker token of a second server
+over another database holding the same run; each must exit 2 naming the problem (both
+databases) and write nothing there.
 
     .venv/bin/python scripts/chaos_drain.py [--phases 30] [--executors 8] [--seed 1]
 
@@ -129,7 +133,7 @@ class Chaos:
         self.args = args
         self.rng = random.Random(args.seed)
         self.dir = Path(tempfile.mkdtemp(prefix="autopack-chaos-"))
-        self.db = f"autopack_chaos_{uuid.uuid4().hex[:10]}"
+        self.db = f"{args.db_prefix}{uuid.uuid4().hex[:10]}"
         self.url = make_url(ADMIN).set(database=self.db).render_as_string(hide_password=False)
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}"
@@ -148,14 +152,16 @@ class Chaos:
 
     # -- processes -------------------------------------------------------------------------
     def start_server(self) -> None:
-        env = base_env(
-            DATABASE_URL=self.url,
-            AUTOPACK_API_TOKEN=self.op_token,
-            AUTOPACK_WORKER_TOKEN=self.worker_token,
-        )
-        log = (self.dir / "server.log").open("ab")
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "autopack", "serve", "--port", str(self.port), "--workers", "2"],
+        self.server = self.serve(self.url, self.port, self.op_token, self.worker_token, "server")
+
+    def serve(
+        self, url: str, port: int, op: str, worker: str, name: str
+    ) -> subprocess.Popen[bytes]:
+        """``autopack serve`` of ``url`` behind both tokens, once it accepts connections."""
+        env = base_env(DATABASE_URL=url, AUTOPACK_API_TOKEN=op, AUTOPACK_WORKER_TOKEN=worker)
+        log = (self.dir / f"{name}.log").open("ab")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "autopack", "serve", "--port", str(port), "--workers", "2"],
             cwd=self.dir,
             env=env,
             stdout=log,
@@ -165,25 +171,43 @@ class Chaos:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return server
             except OSError:
                 time.sleep(0.2)
-        raise SystemExit("the API server did not start; see server.log")
+        raise SystemExit(f"the API server did not start; see {name}.log")
 
     def kill_server(self) -> None:
         assert self.server is not None
         os.killpg(self.server.pid, signal.SIGKILL)
         self.server.wait()
 
-    def start_executor(self, name: str, run_id: str) -> None:
-        env = base_env(
-            AUTOPACK_EXPECTED_INSTANCE_ID=self.instance,
-            AUTOPACK_API_URL=self.api,
-            AUTOPACK_WORKER_TOKEN=self.worker_token,
-            AUTOPACK_CACHE_DIR=str(self.dir / f"cache-{name}"),
-            TELEMETRY_DB_ENABLED="1",
-        )
+    def machine(self, name: str) -> Path:
+        """The home directory of the machine an executor runs on: with ``--machines M``,
+        executors share a machine's HOME (so its default cache, clone and worktrees),
+        as several drains started on one host do; without, each has a cache of its own."""
+        digits = name[1:]
+        if not self.args.machines:
+            number = name
+        else:  # the misdirected executors (xtoken, xserver) run on the first machine
+            number = str(int(digits) % self.args.machines if digits.isdigit() else 0)
+        home = self.dir / f"machine-{number}"
+        (home / "work").mkdir(parents=True, exist_ok=True)
+        return home
+
+    def start_executor(self, name: str, run_id: str, **wrong: str) -> None:
+        """An executor of ``run_id`` on its machine; ``wrong`` overrides its settings (a
+        misdirected one: another token, another server's URL)."""
+        home = self.machine(name)
+        settings = {
+            "AUTOPACK_EXPECTED_INSTANCE_ID": self.instance,
+            "AUTOPACK_API_URL": self.api,
+            "AUTOPACK_WORKER_TOKEN": self.worker_token,
+            "HOME": str(home),
+            "TELEMETRY_DB_ENABLED": "1",
+        }
+        env = base_env(**{**settings, **wrong})
+        env.pop("XDG_CACHE_HOME", None)
         path = self.dir / f"executor-{name}.log"
         self.log_start[name] = path.stat().st_size if path.exists() else 0
         log = path.open("ab")
@@ -192,7 +216,7 @@ class Chaos:
         args += ["--lease-seconds", str(LEASE), "--worker-id", name, "--json"]
         self.executors[name] = subprocess.Popen(
             [sys.executable, "-m", "autopack", *args],
-            cwd=self.dir / "work",
+            cwd=home / "work",
             env=env,
             stdout=log,
             stderr=log,
@@ -339,7 +363,66 @@ class Chaos:
             done = self.operator("run", "requeue", RUN, "no-such-phase")
             self.events[f"requeue of an unknown phase rc={done.returncode}"] += 1
 
+    def misdirect(self) -> list[str]:
+        """Executors given a wrong token, or the URL (and valid token) of another server
+        over another database holding the same run: each must exit 2 naming the problem
+        (both databases for the server), and write nothing anywhere."""
+        problems: list[str] = []
+        decoy_db = f"{self.db}_decoy"
+        decoy_url = make_url(self.url).set(database=decoy_db).render_as_string(hide_password=False)
+        with psycopg.connect(conninfo(ADMIN), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{decoy_db}"')
+        op, worker, port = secrets.token_urlsafe(32), secrets.token_urlsafe(32), free_port()
+        decoy = self.serve(decoy_url, port, op, worker, "decoy-server")
+        try:
+            env = base_env(AUTOPACK_API_URL=f"http://127.0.0.1:{port}", AUTOPACK_API_TOKEN=op)
+            created = subprocess.run(
+                [sys.executable, "-m", "autopack", "run", "create", str(self.dir / f"{RUN}.json")],
+                check=False,
+                cwd=self.dir / "work",
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if created.returncode != 0:
+                problems.append(f"decoy run not created: {created.stderr[-300:]}")
+            wrong = {
+                "xtoken": ({"AUTOPACK_WORKER_TOKEN": secrets.token_urlsafe(32)}, "Unauthorized"),
+                "xserver": (
+                    {
+                        "AUTOPACK_API_URL": f"http://127.0.0.1:{port}",
+                        "AUTOPACK_WORKER_TOKEN": worker,
+                    },
+                    "IdentityMismatch",
+                ),
+            }
+            for name, (settings, expected) in wrong.items():
+                self.start_executor(name, RUN, **settings)
+                code = self.executors.pop(name).wait(timeout=120)
+                said = (self.dir / f"executor-{name}.log").read_text(errors="replace")
+                self.events[f"misdirected executor {name} rc={code}"] += 1
+                if code != 2 or expected not in said:
+                    problems.append(f"misdirected {name}: rc={code}, said {said[-300:]!r}")
+                if name == "xserver" and (decoy_db not in said or self.instance not in said):
+                    problems.append(f"misdirected {name} did not name both databases: {said!r}")
+            decoy_engine = create_engine(
+                decoy_url.replace("postgresql://", "postgresql+psycopg://")
+            )
+            with decoy_engine.connect() as connection:
+                written = connection.execute(text("SELECT count(*) FROM phase_attempts")).scalar()
+            decoy_engine.dispose()
+            if written:
+                problems.append(f"a misdirected executor drained the decoy: {written} attempts")
+        finally:
+            os.killpg(decoy.pid, signal.SIGKILL)
+            decoy.wait()
+            with psycopg.connect(conninfo(ADMIN), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{decoy_db}" WITH (FORCE)')
+        return problems
+
     def drain(self) -> None:
+        self.misdirected = self.misdirect()
         for n in range(self.args.executors):
             self.start_executor(f"e{n}", RUN)
         for n in range(2):
@@ -429,7 +512,7 @@ class Chaos:
         )
         problems += [f"token_estimation_v2_events duplicated: {e}" for e in estimates]
         small, small_log = self.verify_cancelled(problems)
-        problems += self.verify_logs()
+        problems += self.verify_logs() + getattr(self, "misdirected", [])
         outcomes = Counter(a["outcome"] + "/" + str(a["stop_reason"]) for a in attempts)
         return {
             "phases": len(phases),
@@ -507,6 +590,10 @@ def main() -> int:
     parser.add_argument("--phases", type=int, default=30)
     parser.add_argument("--executors", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--machines", type=int, default=3, help="machines (HOMEs) the executors share; 0: one each"
+    )
+    parser.add_argument("--db-prefix", default="autopack_chaos_", help="the scratch database's")
     parser.add_argument("--speed", default="3", help="--replay-speed of the executors")
     parser.add_argument("--keep", action="store_true", help="keep the database and directory")
     args = parser.parse_args()

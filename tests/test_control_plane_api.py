@@ -120,6 +120,30 @@ def test_create_read_and_list_runs(plane: Plane) -> None:
         plane.client.create_run(parse_run_definition(definition(run_id)))
 
 
+def test_a_second_active_run_on_one_repository_branch_is_refused_naming_the_first(
+    plane: Plane,
+) -> None:
+    """Two runs on one repository's branch lost one run's work: each run's compare-and-swap
+    knows only its own accepted head, so whichever advanced the git branch first won and
+    the other's phases were COMPLETE with their commits on no branch."""
+    remote = f"/srv/git/{uuid.uuid4().hex[:8]}.git"
+
+    def body(run_id: str, branch: str) -> dict[str, Any]:
+        return {**definition(run_id), "repository": remote, "branch": branch}
+
+    first, second = (f"run-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    assert httpx.post(f"{plane.url}/runs", json=body(first, "shared")).status_code == 201
+    refused = httpx.post(f"{plane.url}/runs", json=body(second, "shared"))
+    assert refused.status_code == 409, refused.text
+    detail = error_body(refused)["detail"]
+    assert detail.startswith("branch:") and first in detail and remote in detail, detail
+    assert httpx.get(f"{plane.url}/runs/{second}").status_code == 404
+    assert httpx.post(f"{plane.url}/runs", json=body(second, "other")).status_code == 201
+    plane.client.cancel_run(first, CancelIn(reason="done with it"))
+    third = f"run-{uuid.uuid4().hex[:8]}"
+    assert httpx.post(f"{plane.url}/runs", json=body(third, "shared")).status_code == 201
+
+
 def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:
     instance_id = plane.server.wait_healthy()["database"]["instance_id"]
     response = httpx.get(f"{plane.url}/runs/telemetry-collection-v4")

@@ -74,6 +74,23 @@ def test_legacy_script_on_either_backend_initialises_and_is_repeatable(
         database.close()
 
 
+def test_a_run_on_the_branch_of_an_active_run_is_refused_naming_the_branch(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The refusal of a second run on an active run's branch got the hint for a run id
+    that exists ("change run_id", "run requeue"), which changes nothing about the branch."""
+    env = clean_env(DATABASE_URL=database_url)
+    for run_id in ("first-run", "second-run"):
+        body = {**definition(run_id), "repository": "/srv/git/shared.git", "branch": "shared"}
+        (tmp_path / f"{run_id}.yaml").write_text(yaml.safe_dump(body))
+    first = cli("run", "create", str(tmp_path / "first-run.yaml"), cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    second = cli("run", "create", str(tmp_path / "second-run.yaml"), cwd=tmp_path, env=env)
+    assert second.returncode == 2, second.stderr
+    assert "branch: run 'first-run' (QUEUED)" in second.stderr
+    assert "change `branch` in" in second.stderr and "change run_id" not in second.stderr
+
+
 def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL=database_url)
     run_file = tmp_path / "run.yaml"

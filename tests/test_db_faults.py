@@ -28,7 +28,7 @@ from autopack.contract import HeartbeatIn, UsageIn, ordered_usage_key
 from autopack.control import leases, telemetry
 from autopack.db import Database, open_database
 from autopack.db.identity import read_identity
-from autopack.db.transaction import connection_lost, run_transaction
+from autopack.db.transaction import again_on_lost_connection, connection_lost, run_transaction
 from autopack.errors import LeaseLost, ServerUnavailable
 from autopack.telemetry.events import LlmUsageIn, TelemetryEvent
 from autopack.telemetry.recorder import TelemetryRecorder
@@ -277,6 +277,18 @@ class ClosesNewConnections:
         if self.left > 0:
             self.left -= 1
             dbapi_connection.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_health_read_whose_checkout_the_pool_gives_up_on_is_read_again(db: Database) -> None:
+    """/health's read (outside a transaction) let the pool's ``This connection is closed``
+    through: executors joining a drain under ``pg_terminate_backend`` got a 503 "the
+    database is unavailable" and exited 2 while the database was up."""
+    closer = ClosesNewConnections(db)
+    closer.arm(4)  # two whole checkouts fail
+    identity = again_on_lost_connection(lambda: read_identity(db.engine))
+    assert identity.instance_id == db.identity.instance_id and identity.in_sync
+    assert closer.left == 0
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

@@ -22,7 +22,7 @@ import pytest
 
 from autopack.errors import ConfigError
 from autopack.executor import repolock
-from autopack.executor.git import GitError
+from autopack.executor.git import GitError, git
 from autopack.executor.integration import Integrator
 from autopack.executor.repository import (
     IntegrationConflict,
@@ -568,3 +568,13 @@ def test_a_closed_pool_lets_go_of_its_descriptor(tmp_path: Path) -> None:
     for _ in range(5):
         Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60).close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_git_in_a_removed_directory_names_it_not_a_missing_git(tmp_path: Path) -> None:
+    """An executor's cache removed under a drain (a tmp cleaner, ``rm -rf ~/.cache``) failed
+    every attempt saying "git is not installed (no `git` on PATH)": subprocess raises the
+    same FileNotFoundError for a missing working directory as for a missing program."""
+    gone = tmp_path / "cache" / "repos" / "clone.git"
+    with pytest.raises(GitError) as failed:
+        git("rev-parse", "--git-dir", cwd=gone)
+    assert str(gone) in failed.value.message and "not installed" not in failed.value.message

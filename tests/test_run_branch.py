@@ -499,3 +499,40 @@ def test_a_ref_lock_a_killed_git_left_delays_the_branch_but_fails_no_phase(
     lock.unlink()
     assert drain(*_args(ws, tape), env=env, cwd=tmp_path).returncode == 0
     assert on_branch(ws, "pkg/p2.txt") == "p2\n" and on_branch(ws, "pkg/p3.txt") == "p3\n"
+
+
+def test_a_ref_lock_a_killed_push_left_in_the_remote_is_named_and_fails_no_phase(
+    tmp_path: Path,
+) -> None:
+    """An executor killed mid-push leaves ``refs/heads/autopack/RUN.lock`` in the shared
+    remote. Git's "failed to lock" was read as "the remote moved": twenty pushes, then
+    "the branch kept moving" instead of git's message naming the lock. The phases still
+    complete on the accepted head, and the branch catches up once the lock is gone."""
+    url = _sqlite(tmp_path)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    body = json.loads(
+        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2")]).read_text()
+    )
+    body["repository"] = str(remote)
+    (tmp_path / "remote-run.json").write_text(json.dumps(body))
+    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    tape = cassette(tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2")])
+
+    def drain_phase(phase_id: str | None) -> subprocess.CompletedProcess[str]:
+        which = ["phase", "--phase-id", phase_id] if phase_id else ["run"]
+        args = [*which, "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+        return drain(*args, env=env, cwd=tmp_path)
+
+    assert drain_phase("p1").returncode == 0
+    lock = remote / f"refs/heads/autopack/{RUN}.lock"
+    lock.touch()
+    done = drain_phase("p2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kept moving" not in done.stderr and f"{RUN}.lock" in done.stderr, done.stderr
+    assert [a["stop_reason"] for a in attempts(url, "p2")] == ["completed"]
+    assert on_branch(remote, "pkg/p2.txt") is None and on_branch(remote, "pkg/p1.txt") == "p1\n"
+    lock.unlink()
+    assert drain_phase(None).returncode == 0  # nothing left to run: the branch catches up
+    assert on_branch(remote, "pkg/p2.txt") == "p2\n"

@@ -70,6 +70,8 @@ def create(
         run = client.create_run(definition)
     except Conflict as exc:
         run_id = definition.run_id
+        if "branch" in exc.details:  # another active run's branch, not this run's id
+            raise InvalidInput(f"{exc.message}: change `branch` in {file}", **exc.details) from exc
         raise InvalidInput(
             f"{exc.message}: a run id names one run. To run this definition as a new run, "
             f"change run_id in {file}; to run phases of the existing one again, "

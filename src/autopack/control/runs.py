@@ -53,6 +53,8 @@ def create_run(database: Database, definition: RunDefinition) -> RunView:
         existing = tx.one(RunRecord, sql.RUN, {"b_run": definition.run_id})
         if existing is not None:
             raise _exists(tx, definition.run_id, existing.state)
+        branch = definition.branch or default_branch(definition.run_id)
+        _ensure_branch_free(tx, definition.repository, branch)
         budgets = definition.budgets
         tx.execute(
             sql.INSERT_RUN,
@@ -66,7 +68,7 @@ def create_run(database: Database, definition: RunDefinition) -> RunView:
                 "max_duration_minutes": budgets.max_duration_minutes,
                 "policy": definition.policy.model_dump(),
                 "repository": definition.repository,
-                "branch": definition.branch or default_branch(definition.run_id),
+                "branch": branch,
                 "tokens_used": 0,
                 "cost_usd": 0.0,
                 "created_at": tx.now,
@@ -163,6 +165,31 @@ def _refresh_planner_statistics(database: Database, new_phases: int) -> None:
     except (DBAPIError, InvalidRequestError) as exc:  # the run is committed; autovacuum will
         reason = str(getattr(exc, "orig", None) or exc).strip()  # analyze later
         log_event(logger, "analyze_skipped", logging.WARNING, reason=reason)
+
+
+def _ensure_branch_free(tx: Tx, repository: str | None, branch: str) -> None:
+    """Refuse a run on the repository's branch another active run is still draining onto.
+
+    Each run's branch moves by a compare-and-swap against *its own* accepted head: with
+    two runs on one branch, whichever advanced the git branch first won and every commit
+    of the other stayed off it (its phases COMPLETE, its code on no branch). A run whose
+    repository is not stored (given per drain, ``--workspace``/``--repo``) cannot be
+    checked here. A finished run's branch may be continued by a new run.
+    """
+    if repository is None:
+        return
+    if tx.pg:
+        tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{repository}\n{branch}"})
+    found = tx.row(sql.ACTIVE_RUN_ON_BRANCH, {"b_repository": repository, "b_branch": branch})
+    if found is not None:
+        raise Conflict(
+            f"branch: run {found['id']!r} ({found['state']}) in {tx.where()} is still "
+            f"working on branch {branch!r} of repository {repository}: give this run "
+            "another `branch` (or wait until that run is finished or cancelled)",
+            branch=branch,
+            repository=repository,
+            run_id=found["id"],
+        )
 
 
 def _exists(tx: Tx, run_id: str, state: str) -> Conflict:

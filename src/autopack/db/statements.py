@@ -42,6 +42,7 @@ from autopack.db.models import ApprovalRequest, Phase, PhaseAttempt, PhaseDepend
 from autopack.states import (
     PHASE_ACTIVE,
     PHASE_OPEN,
+    RUN_ACTIVE,
     AttemptOutcome,
     PhaseState,
     RunState,
@@ -90,6 +91,21 @@ _ATTEMPT_IS = and_(
 
 RUN = select(RUNS).where(RUNS.c.id == bindparam("b_run"))
 RUN_FOR_UPDATE = RUN.with_for_update()
+ACTIVE_RUN_ON_BRANCH = (
+    select(RUNS.c.id, RUNS.c.state)
+    .where(
+        RUNS.c.repository == bindparam("b_repository"),
+        RUNS.c.branch == bindparam("b_branch"),
+        one_of(RUNS.c.state, RUN_ACTIVE),
+    )
+    .order_by(RUNS.c.id)
+    .limit(1)
+)
+"""A run still draining onto this repository's branch (each run's compare-and-swap of its
+branch knows only its own accepted head: two on one branch lose one's commits)."""
+LOCK_BRANCH = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("b_branch_key"))))
+"""PostgreSQL: serialise run creators naming one repository and branch (SQLite's
+``BEGIN IMMEDIATE`` already does), so two cannot both pass the check above."""
 INSERT_RUN = insert(RUNS)
 UPDATE_RUN = update(RUNS).where(RUNS.c.id == bindparam("b_run"))
 START_RUN = (

@@ -113,11 +113,13 @@ def again_on_lost_connection(read: Callable[[], T], tries: int = 5) -> T:
     failover, ``pg_terminate_backend``) mid-read or while it was being set up (then
     psycopg has no SQLSTATE to tell it from a refused connection, so a database that
     cannot be reached at all is asked again too: about a second more before saying so).
-    For reads outside :func:`run_transaction`: opening a database, ``/health``."""
+    For reads outside :func:`run_transaction`: opening a database, ``/health``. A checkout
+    the pool gave up on (:data:`CHECKOUT_EXHAUSTED`, every backend terminated at once) is
+    one too: it answered /health 503 to executors joining a drain while the database was up."""
     for attempt in range(1, tries + 1):
         try:
             return read()
-        except DBAPIError as exc:
+        except (DBAPIError, InvalidRequestError) as exc:
             if not connection_lost(exc) or attempt == tries:
                 raise
             time.sleep(0.1 * attempt)

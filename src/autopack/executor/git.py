@@ -90,6 +90,12 @@ def git(
             check=False,
         )
     except FileNotFoundError as exc:
+        if not cwd.is_dir():  # subprocess says the same for a missing cwd as for no git
+            raise GitError(
+                args,
+                f"the directory {cwd} does not exist (removed while this executor used it? "
+                "an executor's cache must outlive its drains)",
+            ) from exc
         raise GitError(args, "git is not installed (no `git` on PATH)") from exc
     except subprocess.TimeoutExpired as exc:
         raise GitError(args, f"no answer within {TIMEOUT_SECONDS:g} s") from exc

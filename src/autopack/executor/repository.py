@@ -189,7 +189,8 @@ class RunRepository:
                 return
             start = self._start_commit()
             if self.remote:
-                self._push(start, self.branch, expected=None)
+                if not self._push(start, self.branch, expected=None):
+                    return  # another executor created it meanwhile
             else:
                 git(
                     "update-ref", f"refs/heads/{self.branch}", start, "", cwd=self.path, check=False
@@ -385,6 +386,8 @@ class RunRepository:
                 "refuses to move it under that checkout: check out another branch there "
                 "(or set receive.denyCurrentBranch=updateInstead); the branch follows then",
             )
+        if "File exists" in message:  # a lock a killed git left in the remote: not a move
+            raise GitError(("push", REMOTE, f"{commit[:12]}:refs/heads/{branch}"), message)
         if "stale info" in message or "rejected" in message or "fetch first" in message:
             return False  # the remote moved: read it again and retry
         raise GitError(("push", REMOTE, f"{commit}:refs/heads/{branch}"), message)
