@@ -536,3 +536,42 @@ def test_a_ref_lock_a_killed_push_left_in_the_remote_is_named_and_fails_no_phase
     lock.unlink()
     assert drain_phase(None).returncode == 0  # nothing left to run: the branch catches up
     assert on_branch(remote, "pkg/p2.txt") == "p2\n"
+
+
+def test_a_cache_wiped_mid_drain_hands_the_phase_back_and_the_next_drain_clones_again(
+    tmp_path: Path,
+) -> None:
+    """``rm -rf`` of the executor's cache (its clone of the run's remote and its worktrees)
+    mid-drain: every later attempt failed ``git_error`` until the phase had used its tries
+    and the rest of the run was SKIPPED. The drain now stops saying so, the phase is handed
+    back (no try spent) and the next drain clones again and completes the run."""
+    url = _sqlite(tmp_path)
+    remote, cache = tmp_path / "remote.git", tmp_path / "cache"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    wiped = tmp_path / "wiped-once"
+    wipe = f"[ -e {wiped} ] || {{ touch {wiped}; rm -rf {cache}; }}"
+    spec = [phase("p1", ["pkg/p1.txt"], checks=[wipe]), phase("p2", ["pkg/p2.txt"])]
+    body = json.loads(run_file(tmp_path, spec).read_text())
+    body["repository"] = str(remote)
+    (tmp_path / "remote-run.json").write_text(json.dumps(body))
+    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    answers = [line(p, n, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2") for n in (1, 2)]
+    tape = cassette(tmp_path, answers)
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    stopped = drain(*args, env=env, cwd=tmp_path)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    said = " ".join(stopped.stderr.split())
+    assert f"the repository {cache}" in said and "run the drain again" in said, said
+    assert [(a["outcome"], a["stop_reason"]) for a in attempts(url, "p1")] == [
+        ("FAILED", "interrupted")
+    ]
+    assert [
+        (r["phase_id"], r["state"]) for r in rows(url, "SELECT phase_id, state FROM phases")
+    ] == [
+        ("p1", "QUEUED"),
+        ("p2", "QUEUED"),
+    ]
+    done = drain(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"

@@ -64,6 +64,13 @@ class IntegrationConflict(GitError):
     """The attempt's change does not apply on the branch's new head."""
 
 
+class RepositoryGone(GitError):
+    """The repository this executor works in was removed under it (a wiped cache): not the
+    phase's failure. Every attempt after it failed ``git_error`` until the phase had used
+    its tries and the rest of the run was SKIPPED; the drain stops instead, handing its
+    phases back, and the next drain clones again (or names the missing workspace)."""
+
+
 @dataclass(frozen=True)
 class RepoSource:
     """Where a run's code lives: a local repository used in place, or a remote URL."""
@@ -133,6 +140,19 @@ class RunRepository:
             common = out("rev-parse", "--git-common-dir", cwd=self.path)
             self._common_dir = (self.path / common).resolve()
         return self._common_dir
+
+    def check_present(self) -> None:
+        """Raise :class:`RepositoryGone` when the repository's directory is no longer there
+        (asked after a git command failed: it names the directory, not the cause)."""
+        if self.path.is_dir():
+            return
+        again = f"it clones {self.remote_url} again" if self.remote_url else "or give --workspace"
+        raise RepositoryGone(
+            ("-C", str(self.path)),
+            f"the repository {self.path} this executor worked in is gone (removed while the "
+            f"drain ran: a wiped cache?); its phases were handed back: run the drain again "
+            f"({again})",
+        )
 
     @property
     def where(self) -> str:
