@@ -210,7 +210,10 @@ def phase(
     phase_id: str = typer.Argument(..., help="Phase id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """One phase with every attempt (outcome, stop reason, files, error) and its approvals."""
+    """One phase with every attempt (outcome, stop reason, checks, audit, files, error) and
+    its approvals."""
+    from autopack.cli.attempts_view import attempt_lines
+
     detail = state(ctx).client().get_phase(run_id, phase_id)
     if as_json:
         print_json(detail)
@@ -236,6 +239,9 @@ def phase(
             escape(info),
         )
     out.print(table)
+    for attempt in detail.history:
+        for line in attempt_lines(attempt):
+            out.print(line, highlight=False)
     for approval in detail.approvals:
         out.print(
             f"approval {approval.id} ({approval.status}): {escape(approval.reason)}",
