@@ -19,6 +19,7 @@ from tests.executor_support import (
     attempts,
     branch_files,
     cassette,
+    cli_drain,
     create_run,
     drain,
     drain_process,
@@ -441,3 +442,21 @@ def test_an_answer_overwriting_hundreds_of_files_waits_for_approval(
         "listed in the change)"
     )
     assert len(json.loads(approval["context"])["change"]["needs_approval"]) == 300
+
+
+def test_a_drain_whose_approval_expired_says_so_not_that_it_asked(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The summary's last stop reason was the attempt's own (``approval_requested``) while
+    the phase had FAILED ``approval_expired``: the drain ended on a reason that said it was
+    still waiting for a decision nobody could give any more."""
+    env = {**_setup(tmp_path, sqlite_url), "AUTOPACK_MAINTENANCE_INTERVAL_SECONDS": "0.2"}
+    repository(tmp_path / "ws", {"pkg/keep.py": "KEEP = 1\n"})
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n", keep_py="KEEP = 2\n"))])
+    result = cli_drain(
+        *_phase_args(tmp_path, tape), "--approval-timeout", "1", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert phase_row(sqlite_url, "p1")["state"] == "FAILED"
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("│ p1 ")]
+    assert "approval_expired" in row and "approval_requested" not in row, result.stdout
