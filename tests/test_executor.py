@@ -460,3 +460,17 @@ def test_a_drain_whose_approval_expired_says_so_not_that_it_asked(
     assert phase_row(sqlite_url, "p1")["state"] == "FAILED"
     [row] = [line for line in result.stdout.splitlines() if line.startswith("│ p1 ")]
     assert "approval_expired" in row and "approval_requested" not in row, result.stdout
+
+
+def test_run_show_names_the_check_that_failed_the_phase(tmp_path: Path, sqlite_url: str) -> None:
+    """A phase FAILED by its checks read "checks_failed: These checks failed after your
+    files were written; fix the code or tests so they pass:" in ``run show``: the first
+    line of the Builder's feedback, written for the LLM, naming no check."""
+    env = _setup(tmp_path, sqlite_url, checks=[CHECK], max_attempts=1)
+    wrong = files(mod_py="def answer() -> int:\n    return 41\n")
+    tape = cassette(tmp_path, [line("p1", 1, wrong)])
+    assert _drain_phase(tmp_path, env, tape)["exit_code"] == 1
+    reason = f"checks_failed: check failed (exit 1): {CHECK}"
+    assert phase_row(sqlite_url, "p1")["last_failure_reason"] == reason
+    shown = cli("run", "show", "exec-run", cwd=tmp_path, env={**env, "COLUMNS": "200"})
+    assert reason in shown.stdout, shown.stdout

@@ -200,6 +200,19 @@ def _post_result(
     return answer
 
 
+def _failure_line(result: ResultIn) -> str:
+    """What ``run show`` and the dashboard say failed: the error's first line; for failed
+    checks the first failing command (the Builder's feedback starts with a sentence for
+    the LLM, "These checks failed ...; fix the code or tests so they pass:", which named
+    no check); else the feedback's first line."""
+    failed = next((check for check in result.check_results if not check.passed), None)
+    if not result.error and failed is not None:
+        how = "timed out" if failed.timed_out else f"exit {failed.exit_code}"
+        return f"check failed ({how}): {failed.command}"
+    lines = (result.error or result.feedback or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _phase_values(
     tx: Tx, phase: PhaseRecord, result: ResultIn, target: PhaseState, policy: Policy | None
 ) -> tuple[dict[str, Any], datetime | None]:
@@ -216,8 +229,8 @@ def _phase_values(
     if target == P.COMPLETE:
         values.update(finished_at=tx.now, commit_sha=result.commit)
         return values, None
-    first_line = (result.error or result.feedback or "").strip().splitlines()
-    reason = result.stop_reason + (f": {first_line[0][:300]}" if first_line else "")
+    line = _failure_line(result)
+    reason = result.stop_reason + (f": {line[:300]}" if line else "")
     values.update(
         last_failure_reason=reason,
         failure_fingerprint=lifecycle.fingerprint(result.stop_reason, result.error),
