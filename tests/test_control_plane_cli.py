@@ -267,6 +267,32 @@ def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Pat
     assert (item["run_id"], item["failure_reason"]) == ("r", "run cancelled: enough")
 
 
+def test_a_complete_phase_is_requeued_with_the_flag_its_refusal_names(tmp_path: Path) -> None:
+    """Requeueing a COMPLETE phase was refused with "complete=true; `autopack probe
+    --force` does": an API field the CLI had no flag for, and a probe that refuses to
+    run without telemetry. `run requeue --complete` asks for it, and the refusal says so."""
+    database_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = clean_env(DATABASE_URL=database_url)
+    database = open_database(database_url, role="test", log=False, create=True)
+    try:
+        create(database, tiers=[("T1", ["a"])])
+        leased = claimed(database)
+        done = ResultIn(
+            lease_token=leased.lease_token, outcome=PhaseState.COMPLETE, stop_reason="completed"
+        )
+        results.post_result(database, "r", "a", done)
+    finally:
+        database.close()
+    refused = cli("run", "requeue", "r", "a", cwd=tmp_path, env=env)
+    assert refused.returncode == 1  # a conflict with the phase's state (409)
+    assert "`autopack run requeue r a --complete`" in " ".join(refused.stderr.split())
+    requeued = cli("run", "requeue", "r", "a", "--complete", cwd=tmp_path, env=env)
+    assert requeued.returncode == 0, requeued.stderr
+    assert "r/a is QUEUED" in requeued.stdout
+    shown = json.loads(cli("run", "show", "r", "--json", cwd=tmp_path, env=env).stdout)
+    assert shown["state"] == "RUNNING"
+
+
 def test_a_run_files_relative_repository_is_next_to_the_file_urls_as_given(
     tmp_path: Path,
 ) -> None:

@@ -306,11 +306,15 @@ def requeue(
     run_id: str = typer.Argument(..., help="Run id."),
     phase_id: str = typer.Argument(..., help="Phase id."),
     reason: str | None = typer.Option(None, help="Why (recorded with the attempt)."),
+    complete: bool = typer.Option(
+        False, "--complete", help="Also a COMPLETE phase: it runs again, its run reopens."
+    ),
 ) -> None:
-    """Requeue a FAILED, SKIPPED or stuck phase with a fresh retry window."""
+    """Requeue a FAILED, SKIPPED or stuck phase with a fresh retry window (with --complete,
+    a COMPLETE one too)."""
     from autopack.contract import RequeueIn
 
-    request = RequeueIn(requested_by=operator(), reason=reason)
+    request = RequeueIn(requested_by=operator(), reason=reason, complete=complete)
     phase_view = state(ctx).client().requeue_phase(run_id, phase_id, request)
     out.print(
         f"{OK} {escape(run_id)}/{escape(phase_id)} is {styled(phase_view.state)} "
