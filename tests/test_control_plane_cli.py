@@ -267,6 +267,24 @@ def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Pat
     assert (item["run_id"], item["failure_reason"]) == ("r", "run cancelled: enough")
 
 
+def test_an_unknown_phase_lists_the_runs_phases(tmp_path: Path) -> None:
+    """ "phase 'p-3' not found in run 'r'" alone sent the user to `run show` to find the
+    id they mistyped; the run's phase ids (in claim order) are in the message."""
+    database_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    database = open_database(database_url, role="test", log=False, create=True)
+    try:
+        create(database, tiers=[("T1", ["p1", "p2"]), ("T2", ["p3"])])
+    finally:
+        database.close()
+    env = clean_env(DATABASE_URL=database_url)
+    for command in (["run", "phase", "r", "p-3"], ["run", "requeue", "r", "p-3"]):
+        result = cli(*command, cwd=tmp_path, env=env)
+        assert result.returncode == 1
+        message = " ".join(result.stderr.split())
+        assert "phase 'p-3' not found in run 'r'" in message
+        assert "its phases: p1, p2, p3" in message, message
+
+
 def test_a_complete_phase_is_requeued_with_the_flag_its_refusal_names(tmp_path: Path) -> None:
     """Requeueing a COMPLETE phase was refused with "complete=true; `autopack probe
     --force` does": an API field the CLI had no flag for, and a probe that refuses to
