@@ -277,12 +277,17 @@ def test_an_unknown_phase_lists_the_runs_phases(tmp_path: Path) -> None:
     finally:
         database.close()
     env = clean_env(DATABASE_URL=database_url)
-    for command in (["run", "phase", "r", "p-3"], ["run", "requeue", "r", "p-3"]):
+    for command, code in (
+        (["run", "phase", "r", "p-3"], 1),
+        (["run", "requeue", "r", "p-3"], 1),
+        (["drain", "phase", "--run-id", "r", "--phase-id", "p-3"], 2),
+    ):
         result = cli(*command, cwd=tmp_path, env=env)
-        assert result.returncode == 1
+        assert result.returncode == code, result.stderr
         message = " ".join(result.stderr.split())
         assert "phase 'p-3' not found in run 'r'" in message
         assert "its phases: p1, p2, p3" in message, message
+        assert "run create FILE" not in message  # the run exists: creating one is no fix
 
 
 def test_a_complete_phase_is_requeued_with_the_flag_its_refusal_names(tmp_path: Path) -> None:
