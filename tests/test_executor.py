@@ -462,15 +462,23 @@ def test_a_drain_whose_approval_expired_says_so_not_that_it_asked(
     assert "approval_expired" in row and "approval_requested" not in row, result.stdout
 
 
-def test_run_show_names_the_check_that_failed_the_phase(tmp_path: Path, sqlite_url: str) -> None:
+def test_run_show_and_the_drain_name_the_check_that_failed_the_phase(
+    tmp_path: Path, sqlite_url: str
+) -> None:
     """A phase FAILED by its checks read "checks_failed: These checks failed after your
-    files were written; fix the code or tests so they pass:" in ``run show``: the first
-    line of the Builder's feedback, written for the LLM, naming no check."""
+    files were written; fix the code or tests so they pass:" in ``run show``, the drain's
+    progress line and its summary: the first line of the Builder's feedback, written for
+    the LLM, naming no check."""
     env = _setup(tmp_path, sqlite_url, checks=[CHECK], max_attempts=1)
     wrong = files(mod_py="def answer() -> int:\n    return 41\n")
     tape = cassette(tmp_path, [line("p1", 1, wrong)])
-    assert _drain_phase(tmp_path, env, tape)["exit_code"] == 1
+    wide = {**env, "COLUMNS": "300"}
+    drained = cli_drain(*_phase_args(tmp_path, tape), env=wide, cwd=tmp_path)
+    assert drained.returncode == 1, drained.stderr[-2000:]
     reason = f"checks_failed: check failed (exit 1): {CHECK}"
+    assert f"p1 attempt 1: checks_failed — check failed (exit 1): {CHECK}" in drained.stderr
+    [row] = [line for line in drained.stdout.splitlines() if line.startswith("│ p1 ")]
+    assert reason in row, drained.stdout
     assert phase_row(sqlite_url, "p1")["last_failure_reason"] == reason
-    shown = cli("run", "show", "exec-run", cwd=tmp_path, env={**env, "COLUMNS": "200"})
+    shown = cli("run", "show", "exec-run", cwd=tmp_path, env=wide)
     assert reason in shown.stdout, shown.stdout

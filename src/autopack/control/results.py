@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from autopack import redact
-from autopack.contract import AuditVerdict, ResultAnswer, ResultIn
+from autopack.contract import AuditVerdict, ResultAnswer, ResultIn, failed_checks_line
 from autopack.control import lifecycle
 from autopack.control.leases import holds_lease, lease_lost
 from autopack.control.telemetry import set_phase_outcome
@@ -201,15 +201,10 @@ def _post_result(
 
 
 def _failure_line(result: ResultIn) -> str:
-    """What ``run show`` and the dashboard say failed: the error's first line; for failed
-    checks the first failing command (the Builder's feedback starts with a sentence for
-    the LLM, "These checks failed ...; fix the code or tests so they pass:", which named
-    no check); else the feedback's first line."""
-    failed = next((check for check in result.check_results if not check.passed), None)
-    if not result.error and failed is not None:
-        how = "timed out" if failed.timed_out else f"exit {failed.exit_code}"
-        return f"check failed ({how}): {failed.command}"
-    lines = (result.error or result.feedback or "").strip().splitlines()
+    """What ``run show`` and the dashboard say failed: the error's first line, the first
+    failing check of an attempt its checks failed, else the feedback's first line."""
+    line = result.error or failed_checks_line(result.stop_reason, result.check_results)
+    lines = (line or result.feedback or "").strip().splitlines()
     return lines[0] if lines else ""
 
 
