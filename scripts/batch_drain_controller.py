@@ -15,9 +15,16 @@ import sys
 from autopack.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-id", required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
+    # --help must name the options it passes on, or a user never learns --api-url works.
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every other `autopack drain run` option is passed on: --api-url URL, "
+        "--concurrency K, --workspace DIR, --telemetry, ... (`autopack drain run --help` "
+        "lists them). Exit 0 when no phase failed, 1 otherwise, 2/3 on "
+        "config/identity/schema errors.",
+    )
+    parser.add_argument("--run-id", required=True, help="Run whose queued phases to drain.")
+    parser.add_argument("--batch-size", type=int, required=True, help="At most this many attempts.")
     args, rest = parser.parse_known_args()
     sys.exit(
         main(["drain", "run", "--run-id", args.run_id, "--max-claims", str(args.batch_size), *rest])

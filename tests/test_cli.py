@@ -146,6 +146,25 @@ def test_doctor_says_there_is_no_dotenv_rather_than_that_it_does_not_set_the_url
     assert f"DATABASE_URL from .env at {dotenv}: not set" in present.stdout, present.stdout
 
 
+def test_doctor_asks_for_a_model_name_when_a_base_url_names_a_server_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """OPENAI_BASE_URL at Ollama and no AUTOPACK_BUILDER_MODEL: doctor said all was well
+    with "builder gpt-6-luna", a name such a server does not have, so the first drain's
+    every call failed with "model not found"."""
+    env = clean_env(
+        DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db", OPENAI_BASE_URL="http://127.0.0.1:9/v1"
+    )
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    bare = cli("doctor", cwd=tmp_path, env=env)
+    llm = " ".join(line for line in bare.stdout.splitlines() if "llm:" in line)
+    assert "builder gpt-6-luna" in llm, bare.stdout
+    assert "set AUTOPACK_BUILDER_MODEL to a model it has" in " ".join(bare.stdout.split())
+    named = cli("doctor", cwd=tmp_path, env={**env, "AUTOPACK_BUILDER_MODEL": "qwen2.5-coder:32b"})
+    assert "builder qwen2.5-coder:32b" in named.stdout, named.stdout
+    assert "AUTOPACK_BUILDER_MODEL to" not in named.stdout
+
+
 @pytest.mark.parametrize("raw", ["0", "-5", "0.5", "inf", "nan", "1e9", "soon"])
 def test_an_llm_timeout_no_call_could_use_is_exit_2_naming_the_setting(
     raw: str, tmp_path: Path

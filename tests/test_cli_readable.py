@@ -15,12 +15,13 @@ import select
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from autopack.cli.app import COMMANDS, load_command
-from autopack.contract import ApprovalIn, ResultIn
+from autopack.contract import ApprovalIn, AuditVerdict, CheckResult, ResultIn
 from autopack.control import approvals, results
 from autopack.db import open_database
 from autopack.dburl import resolve_database_url
@@ -222,3 +223,58 @@ def test_the_live_display_shows_tokens_and_cost_next_to_the_bar(tmp_path: Path) 
     assert spend, drawn[-3000:]
     tokens = [int(t.replace(",", "")) for t, _ in spend]
     assert tokens[-1] > 0 and tokens == sorted(tokens)  # it grows as calls come back
+
+
+def test_run_phase_says_which_check_failed_and_what_the_audit_objected_to(
+    database_url: str, tmp_path: Path
+) -> None:
+    """An attempt that failed its checks or its audit has no files and no error: the table's
+    last cell was empty and the why was in ``--json`` only, though the README promises
+    ``run phase`` shows every attempt's checks and audit."""
+    failed_check = CheckResult(
+        command="python -m unittest -q tests/test_mod.py",
+        exit_code=1,
+        passed=False,
+        output_tail="Traceback (most recent call last):\nAssertionError: 66.7 != 66.6\n",
+    )
+    passed_check = CheckResult(command="python -m py_compile mod.py", exit_code=0, passed=True)
+    rejected = AuditVerdict(
+        mode="llm", approved=False, issues=["percent() rounds down"], summary="wrong maths"
+    )
+    endings: dict[str, dict[str, Any]] = {
+        "a": {"stop_reason": "checks_failed", "check_results": [passed_check, failed_check]},
+        "b": {"stop_reason": "audit_rejected", "audit_verdict": rejected},
+        "c": {"stop_reason": "empty_files", "feedback": 'Your "files" array was empty.\nMore.'},
+    }
+    database = open_database(resolve_database_url(database_url), role="test", log=False)
+    try:
+        create(database, tiers=[("T1", list(endings))])
+        for _ in endings:
+            leased = claimed(database)
+            ending = ResultIn(
+                lease_token=leased.lease_token,
+                outcome=PhaseState.FAILED,
+                retryable=False,
+                **endings[leased.phase_id],
+            )
+            results.post_result(database, "r", leased.phase_id, ending)
+    finally:
+        database.close()
+    env = clean_env(DATABASE_URL=database_url, COLUMNS="80")
+
+    def shown(phase_id: str) -> str:
+        result = cli("run", "phase", "r", phase_id, cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
+    checks = shown("a")
+    assert "attempt 1: checks 1/2 passed" in checks
+    assert "failed (exit 1): python -m unittest -q tests/test_mod.py" in checks
+    assert "AssertionError: 66.7 != 66.6" in checks
+    assert "py_compile" not in checks  # a check that passed needs no more than its count
+    audit = shown("b")
+    assert "attempt 1: audit (llm) rejected: wrong maths" in audit
+    assert "- percent() rounds down" in audit
+    empty = shown("c")
+    assert 'attempt 1: Your "files" array was empty.' in empty
+    assert "More." not in empty

@@ -284,6 +284,55 @@ def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Pat
     assert (item["run_id"], item["failure_reason"]) == ("r", "run cancelled: enough")
 
 
+def test_an_unknown_phase_lists_the_runs_phases(tmp_path: Path) -> None:
+    """ "phase 'p-3' not found in run 'r'" alone sent the user to `run show` to find the
+    id they mistyped; the run's phase ids (in claim order) are in the message."""
+    database_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    database = open_database(database_url, role="test", log=False, create=True)
+    try:
+        create(database, tiers=[("T1", ["p1", "p2"]), ("T2", ["p3"])])
+    finally:
+        database.close()
+    env = clean_env(DATABASE_URL=database_url)
+    for command, code in (
+        (["run", "phase", "r", "p-3"], 1),
+        (["run", "requeue", "r", "p-3"], 1),
+        (["drain", "phase", "--run-id", "r", "--phase-id", "p-3"], 2),
+    ):
+        result = cli(*command, cwd=tmp_path, env=env)
+        assert result.returncode == code, result.stderr
+        message = " ".join(result.stderr.split())
+        assert "phase 'p-3' not found in run 'r'" in message
+        assert "its phases: p1, p2, p3" in message, message
+        assert "run create FILE" not in message  # the run exists: creating one is no fix
+
+
+def test_a_complete_phase_is_requeued_with_the_flag_its_refusal_names(tmp_path: Path) -> None:
+    """Requeueing a COMPLETE phase was refused with "complete=true; `autopack probe
+    --force` does": an API field the CLI had no flag for, and a probe that refuses to
+    run without telemetry. `run requeue --complete` asks for it, and the refusal says so."""
+    database_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = clean_env(DATABASE_URL=database_url)
+    database = open_database(database_url, role="test", log=False, create=True)
+    try:
+        create(database, tiers=[("T1", ["a"])])
+        leased = claimed(database)
+        done = ResultIn(
+            lease_token=leased.lease_token, outcome=PhaseState.COMPLETE, stop_reason="completed"
+        )
+        results.post_result(database, "r", "a", done)
+    finally:
+        database.close()
+    refused = cli("run", "requeue", "r", "a", cwd=tmp_path, env=env)
+    assert refused.returncode == 1  # a conflict with the phase's state (409)
+    assert "`autopack run requeue r a --complete`" in " ".join(refused.stderr.split())
+    requeued = cli("run", "requeue", "r", "a", "--complete", cwd=tmp_path, env=env)
+    assert requeued.returncode == 0, requeued.stderr
+    assert "r/a is QUEUED" in requeued.stdout
+    shown = json.loads(cli("run", "show", "r", "--json", cwd=tmp_path, env=env).stdout)
+    assert shown["state"] == "RUNNING"
+
+
 def test_a_run_files_relative_repository_is_next_to_the_file_urls_as_given(
     tmp_path: Path,
 ) -> None:

@@ -19,6 +19,7 @@ from tests.executor_support import (
     attempts,
     branch_files,
     cassette,
+    cli_drain,
     create_run,
     drain,
     drain_process,
@@ -441,3 +442,43 @@ def test_an_answer_overwriting_hundreds_of_files_waits_for_approval(
         "listed in the change)"
     )
     assert len(json.loads(approval["context"])["change"]["needs_approval"]) == 300
+
+
+def test_a_drain_whose_approval_expired_says_so_not_that_it_asked(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The summary's last stop reason was the attempt's own (``approval_requested``) while
+    the phase had FAILED ``approval_expired``: the drain ended on a reason that said it was
+    still waiting for a decision nobody could give any more."""
+    env = {**_setup(tmp_path, sqlite_url), "AUTOPACK_MAINTENANCE_INTERVAL_SECONDS": "0.2"}
+    repository(tmp_path / "ws", {"pkg/keep.py": "KEEP = 1\n"})
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n", keep_py="KEEP = 2\n"))])
+    result = cli_drain(
+        *_phase_args(tmp_path, tape), "--approval-timeout", "1", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert phase_row(sqlite_url, "p1")["state"] == "FAILED"
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("│ p1 ")]
+    assert "approval_expired" in row and "approval_requested" not in row, result.stdout
+
+
+def test_run_show_and_the_drain_name_the_check_that_failed_the_phase(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A phase FAILED by its checks read "checks_failed: These checks failed after your
+    files were written; fix the code or tests so they pass:" in ``run show``, the drain's
+    progress line and its summary: the first line of the Builder's feedback, written for
+    the LLM, naming no check."""
+    env = _setup(tmp_path, sqlite_url, checks=[CHECK], max_attempts=1)
+    wrong = files(mod_py="def answer() -> int:\n    return 41\n")
+    tape = cassette(tmp_path, [line("p1", 1, wrong)])
+    wide = {**env, "COLUMNS": "300"}
+    drained = cli_drain(*_phase_args(tmp_path, tape), env=wide, cwd=tmp_path)
+    assert drained.returncode == 1, drained.stderr[-2000:]
+    reason = f"checks_failed: check failed (exit 1): {CHECK}"
+    assert f"p1 attempt 1: checks_failed — check failed (exit 1): {CHECK}" in drained.stderr
+    [row] = [line for line in drained.stdout.splitlines() if line.startswith("│ p1 ")]
+    assert reason in row, drained.stdout
+    assert phase_row(sqlite_url, "p1")["last_failure_reason"] == reason
+    shown = cli("run", "show", "exec-run", cwd=tmp_path, env=wide)
+    assert reason in shown.stdout, shown.stdout

@@ -103,3 +103,14 @@ def test_pointing_at_the_stale_server_is_refused_and_nothing_runs(
     assert "NotFound" not in refused.stderr and "HTTP 404" not in refused.stderr
     seed = f"sqlite:///{cwd / 'autopack_telemetry_seed.db'}"
     assert phase_row(seed, "telemetry-p2-number-util", RUN)["state"] == "QUEUED"
+
+
+def test_batch_drain_controller_help_names_the_options_it_passes_on(tmp_path: Path) -> None:
+    """The README runs it with ``--api-url URL``; its ``--help`` listed only --run-id and
+    --batch-size, so a user reading it could not know that --api-url (or any other
+    ``autopack drain run`` option) is accepted."""
+    shown = script("batch_drain_controller.py", "--help", cwd=tmp_path, env=clean_env())
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "--api-url URL" in text and "--concurrency K" in text
+    assert "autopack drain run --help" in text

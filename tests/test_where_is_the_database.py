@@ -163,6 +163,28 @@ def test_a_missing_database_lists_the_databases_nearby(tmp_path: Path) -> None:
     assert not (scripts / "telemetry_seed.db").exists()
 
 
+def test_from_deep_in_a_repository_the_demo_database_at_its_root_is_named(
+    tmp_path: Path,
+) -> None:
+    """`make demo` leaves demo/autopack.db at the project's root. The default database
+    means the root from every subdirectory, so the root's demo database is as near from
+    src/pkg as from the root; it used to be named from the root only ("no other Autopack
+    database is in sight")."""
+    root, _ = _repo(tmp_path)
+    (root / "demo").mkdir()
+    init = cli("db", "init", cwd=root / "demo", env=clean_env(DATABASE_URL="sqlite:///autopack.db"))
+    assert init.returncode == 0, init.stderr
+    deep = root / "src" / "pkg"
+    deep.mkdir(parents=True)
+
+    result = cli("run", "list", cwd=deep, env=clean_env())
+    assert result.returncode == 2
+    assert f"no database at {root / 'autopack.db'}" in result.stderr
+    assert f"sqlite:///{root / 'demo' / 'autopack.db'}  (file)" in result.stderr, result.stderr
+    assert "No other Autopack database is in sight" not in result.stderr
+    assert not (root / "autopack.db").exists()
+
+
 def test_in_a_linked_worktree_the_main_working_trees_database_is_named(tmp_path: Path) -> None:
     """``git worktree add ../feature``: its root holds a ``.git`` *file* and lies beside the
     project, not below it, so the project's ``autopack.db`` was out of sight: "No other

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -65,6 +66,18 @@ class CheckResult(JsonTyped, _Answer):
     timed_out: bool = False
     duration_s: float = 0.0
     output_tail: str = ""
+
+
+def failed_checks_line(stop_reason: str, checks: Sequence[CheckResult]) -> str:
+    """For an attempt its checks failed, its first failing check in one line (``run show``,
+    the drain's progress and summary); else "". The Builder's feedback for it starts with
+    a sentence for the LLM ("These checks failed ...; fix the code or tests so they pass:")
+    that named no check where people read it."""
+    failed = next((check for check in checks if not check.passed), None)
+    if stop_reason != "checks_failed" or failed is None:
+        return ""
+    how = "timed out" if failed.timed_out else f"exit {failed.exit_code}"
+    return f"check failed ({how}): {failed.command}"
 
 
 class AuditVerdict(JsonTyped, _Answer):

@@ -85,16 +85,23 @@ def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> l
     connection = cli.connection()
     client, where = connection.client, connection.database.location
     try:
+        try:
+            run = client.get_run(run_id)
+        except NotFound as exc:
+            raise InvalidInput(
+                f"nothing to drain: {exc.message}. `autopack run list` shows the runs in "
+                f"{where}; `autopack run create FILE` creates one.",
+                run_id=run_id,
+                phase_id=phase_id,
+            ) from exc
         if phase_id is None:
-            return client.get_run(run_id).phases()
-        return [client.get_phase(run_id, phase_id)]
-    except NotFound as exc:
-        raise InvalidInput(
-            f"nothing to drain: {exc.message}. `autopack run list` shows the runs in "
-            f"{where}; `autopack run create FILE` creates one.",
-            run_id=run_id,
-            phase_id=phase_id,
-        ) from exc
+            return run.phases()
+        try:
+            return [client.get_phase(run_id, phase_id)]
+        except NotFound as exc:  # the run exists: its message lists the run's phases
+            raise InvalidInput(
+                f"nothing to drain: {exc.message}", run_id=run_id, phase_id=phase_id
+            ) from exc
     finally:
         cli.release_connection()
 

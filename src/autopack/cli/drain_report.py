@@ -17,6 +17,22 @@ from autopack.states import PHASE_GAVE_UP, PHASE_TERMINAL
 if TYPE_CHECKING:
     from autopack.contract import RunView
     from autopack.executor.executor import DrainSummary
+    from autopack.executor.outcome import AttemptResult
+
+DECIDED_LATER = frozenset({"AWAITING_APPROVAL", "LEASE_LOST"})
+"""Attempt outcomes after which the control plane, not the attempt, ends the phase."""
+
+
+def _last_reason(attempt: AttemptResult, phase_state: str, reason: str | None) -> str:
+    """The last stop reason of a phase this drain attempted: its last attempt's, unless
+    that attempt only asked for approval (or lost its lease) and what failed the phase
+    came after it (the approval expired or was rejected): then the phase's own reason."""
+    if attempt.outcome in DECIDED_LATER and phase_state == "FAILED" and reason:
+        return reason
+    last = attempt.stop_reason
+    if attempt.outcome != "COMPLETE" and attempt.detail:
+        last += f": {attempt.detail.strip().splitlines()[0]}"
+    return last
 
 
 def _untouched(phase_id: str, phase_state: str, summary: DrainSummary, reason: str | None) -> str:
@@ -82,11 +98,7 @@ def report(
             why = _untouched(phase_id, phase_state, summary, reasons.get(phase_id))
             table.add_row(escape(phase_id), f"[{style}]{phase_state}", "-", escape(why), "-")
             continue
-        last = ""
-        if mine:
-            last = mine[-1].stop_reason
-            if mine[-1].outcome != "COMPLETE" and mine[-1].detail:
-                last += f": {mine[-1].detail.strip().splitlines()[0]}"
+        last = _last_reason(mine[-1], phase_state, reasons.get(phase_id)) if mine else ""
         table.add_row(
             escape(phase_id),
             f"[{style}]{phase_state}",

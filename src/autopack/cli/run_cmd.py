@@ -212,7 +212,10 @@ def phase(
     phase_id: str = typer.Argument(..., help="Phase id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """One phase with every attempt (outcome, stop reason, files, error) and its approvals."""
+    """One phase with every attempt (outcome, stop reason, checks, audit, files, error) and
+    its approvals."""
+    from autopack.cli.attempts_view import attempt_lines
+
     detail = state(ctx).client().get_phase(run_id, phase_id)
     if as_json:
         print_json(detail)
@@ -238,6 +241,9 @@ def phase(
             escape(info),
         )
     out.print(table)
+    for attempt in detail.history:
+        for line in attempt_lines(attempt):
+            out.print(line, highlight=False)
     for approval in detail.approvals:
         out.print(
             f"approval {approval.id} ({approval.status}): {escape(approval.reason)}",
@@ -302,11 +308,15 @@ def requeue(
     run_id: str = typer.Argument(..., help="Run id."),
     phase_id: str = typer.Argument(..., help="Phase id."),
     reason: str | None = typer.Option(None, help="Why (recorded with the attempt)."),
+    complete: bool = typer.Option(
+        False, "--complete", help="Also a COMPLETE phase: it runs again, its run reopens."
+    ),
 ) -> None:
-    """Requeue a FAILED, SKIPPED or stuck phase with a fresh retry window."""
+    """Requeue a FAILED, SKIPPED or stuck phase with a fresh retry window (with --complete,
+    a COMPLETE one too)."""
     from autopack.contract import RequeueIn
 
-    request = RequeueIn(requested_by=operator(), reason=reason)
+    request = RequeueIn(requested_by=operator(), reason=reason, complete=complete)
     phase_view = state(ctx).client().requeue_phase(run_id, phase_id, request)
     out.print(
         f"{OK} {escape(run_id)}/{escape(phase_id)} is {styled(phase_view.state)} "

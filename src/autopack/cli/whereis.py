@@ -7,8 +7,9 @@ when the file is missing they leave with :func:`missing_database`'s message, whi
 the path looked for, where that path came from and what it was resolved against, and
 every Autopack database in sight: ``.env`` files naming one, from the working directory up
 to the repository root, ``autopack.db`` files in every directory above and one
-directory down (where ``autopack demo`` puts its own), and, in a linked worktree, the
-one in the repository's main working tree.
+directory down from the working directory and from the repository's root (where
+``autopack demo`` puts its own), and, in a linked worktree, the one in the repository's
+main working tree.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
             path = sqlite_file(url) if url else None
             if url and (path is None or is_autopack_database(path)):
                 add(url, f"named by .env at {env_file}")
-    children = sorted(p for p in start.iterdir() if p.is_dir()) if start.is_dir() else []
+    # One directory down from here and from the project's root: from any subdirectory of
+    # a project, `make demo`'s demo/autopack.db at its root is as near as from the root.
+    children = [p for base in dict.fromkeys([start, directories[-1]]) for p in _children(base)]
     # Every ancestor, past the repository's root too: from inside a nested repository (a
     # submodule, a clone inside a project) the project's database is further up.
     for directory in [start, *start.parents, *children]:
@@ -97,6 +100,14 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
             "this repository's main working tree",
         )
     return found
+
+
+def _children(directory: Path) -> list[Path]:
+    """The directories in ``directory``, sorted (none when it cannot be listed)."""
+    try:
+        return sorted(p for p in directory.iterdir() if p.is_dir())
+    except OSError:
+        return []
 
 
 def _main_working_tree(root: Path) -> Path | None:

@@ -75,12 +75,24 @@ def load_phase(tx: Tx, run_id: str, phase_id: str, *, lock: bool = False) -> Pha
     if phase is None:
         load_run(tx, run_id)  # the run itself missing is the clearer message
         raise NotFound(
-            f"phase {phase_id!r} not found in run {run_id!r} ({tx.where()})",
+            f"phase {phase_id!r} not found in run {run_id!r} ({tx.where()}); "
+            f"its phases: {_phase_ids(tx, run_id)}",
             run_id=run_id,
             phase_id=phase_id,
             database_instance_id=tx.identity.instance_id,
         )
     return phase
+
+
+def _phase_ids(tx: Tx, run_id: str, shown: int = 20) -> str:
+    """The run's phase ids in claim order (the first ``shown``): a mistyped id is seen at a
+    glance, where "not found" alone sent the user to look them up."""
+    outline = sorted(
+        tx.rows(sql.PHASE_OUTLINE, {"b_run": run_id}),
+        key=lambda p: (p["tier_index"], p["phase_index"]),
+    )
+    ids = ", ".join(p["phase_id"] for p in outline[:shown])
+    return ids + (f" and {len(outline) - shown} more" if len(outline) > shown else "")
 
 
 def update_phase(tx: Tx, phase: PhaseRecord, **values: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from autopack import redact
-from autopack.contract import AuditVerdict, ResultAnswer, ResultIn
+from autopack.contract import AuditVerdict, ResultAnswer, ResultIn, failed_checks_line
 from autopack.control import lifecycle
 from autopack.control.leases import holds_lease, lease_lost
 from autopack.control.telemetry import set_phase_outcome
@@ -200,6 +200,14 @@ def _post_result(
     return answer
 
 
+def _failure_line(result: ResultIn) -> str:
+    """What ``run show`` and the dashboard say failed: the error's first line, the first
+    failing check of an attempt its checks failed, else the feedback's first line."""
+    line = result.error or failed_checks_line(result.stop_reason, result.check_results)
+    lines = (line or result.feedback or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _phase_values(
     tx: Tx, phase: PhaseRecord, result: ResultIn, target: PhaseState, policy: Policy | None
 ) -> tuple[dict[str, Any], datetime | None]:
@@ -216,8 +224,8 @@ def _phase_values(
     if target == P.COMPLETE:
         values.update(finished_at=tx.now, commit_sha=result.commit)
         return values, None
-    first_line = (result.error or result.feedback or "").strip().splitlines()
-    reason = result.stop_reason + (f": {first_line[0][:300]}" if first_line else "")
+    line = _failure_line(result)
+    reason = result.stop_reason + (f": {line[:300]}" if line else "")
     values.update(
         last_failure_reason=reason,
         failure_fingerprint=lifecycle.fingerprint(result.stop_reason, result.error),

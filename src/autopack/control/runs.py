@@ -291,7 +291,8 @@ def requeue_phase(database: Database, run_id: str, phase_id: str, request: Reque
         if phase.state == P.COMPLETE and not request.complete:
             raise IllegalTransition(
                 f"{subject} is COMPLETE: requeueing it runs it again, which must be asked "
-                "for (complete=true; `autopack probe --force` does)",
+                f"for: `autopack run requeue {run_id} {phase_id} --complete` (the API's "
+                "complete=true)",
                 current_state=phase.state,
                 requested_state=P.QUEUED,
             )

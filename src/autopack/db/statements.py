@@ -207,7 +207,11 @@ PHASE_STATES = (
     .group_by(PHASES.c.tier_index, PHASES.c.state)
 )
 PHASE_OUTLINE = select(
-    PHASES.c.phase_id, PHASES.c.tier_index, PHASES.c.state, PHASES.c.last_failure_reason
+    PHASES.c.phase_id,
+    PHASES.c.tier_index,
+    PHASES.c.phase_index,
+    PHASES.c.state,
+    PHASES.c.last_failure_reason,
 ).where(PHASES.c.run_id == bindparam("b_run"))
 """Every phase of a run, just enough to decide what a requeue reopens."""
 NOT_COMPLETE = (

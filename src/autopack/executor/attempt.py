@@ -41,6 +41,7 @@ from autopack.contract import (
     Claim,
     ResultAnswer,
     ResultIn,
+    failed_checks_line,
 )
 from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
@@ -154,7 +155,10 @@ class Attempt:
             phase_state=answer.phase_state,
             files_written=tuple(self._files(finish)),
             output_tokens=meter.output_tokens,
-            detail=finish.error or finish.feedback or "",
+            detail=finish.error
+            or failed_checks_line(finish.stop_reason, self.checks)
+            or finish.feedback
+            or "",
         )
         self.s.events("attempt_finished", result=result)
         return result
