@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -147,6 +148,25 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
     for phase_id in ("p0", "p1"):
         row = phase_row(url, phase_id)
         assert (row["state"], row["lease_owner"]) == ("QUEUED", None), row
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_drain_stopped_while_its_server_starts_stops_it_and_leaves_no_log(
+    how: signal.Signals, tmp_path: Path
+) -> None:
+    """Stopped in its first seconds, while the API server it spawned was not yet healthy,
+    the drain left that server to notice its parent was gone on its own, and its log in
+    the temp directory for good (one more per interrupted drain)."""
+    _, env = _setup(tmp_path, 1)
+    logs = Path(tempfile.gettempdir())
+    process = drain_process(*_run_args(tmp_path, _tape(tmp_path, 1, 0)), env=env, cwd=tmp_path)
+    pattern = f"autopack-api-{process.pid}-*.log"
+    wait_for(lambda: list(logs.glob(pattern)), timeout=60)  # the child is starting
+    process.send_signal(how)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + how, stderr[-3000:]
+    assert "api_server_spawned" not in stderr, "not stopped while the server started"
+    assert list(logs.glob(pattern)) == [], stderr[-3000:]
 
 
 def test_one_ctrl_c_finishes_the_attempt_in_flight_and_reports(tmp_path: Path) -> None:
