@@ -171,6 +171,31 @@ def stop_signals_noted() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def stop_note(signum: int, recorded_as: list[str | None]) -> str:
+    """What a stop did with the leases the executor held, as the database answered each
+    hand-back: its stop reason (``interrupted``, or the attempt's own result, posted
+    first), or None when the lease was no longer this executor's. The note said "handed
+    back (QUEUED, no retry spent)" for an attempt the database had recorded COMPLETE
+    and for a lease another executor held by then."""
+    said: list[str] = []
+    handed = recorded_as.count("interrupted")
+    if handed:
+        said.append(f"{handed} attempt(s) in flight handed back (QUEUED, no retry spent)")
+    ended = [r for r in recorded_as if r not in (None, "interrupted")]
+    if ended:
+        reasons = ", ".join(sorted(set(ended)))
+        said.append(f"{len(ended)} recorded as they ended ({reasons}) before the hand-back")
+    if None in recorded_as:
+        said.append(
+            f"{recorded_as.count(None)} lease(s) no longer held or not answered (expired, "
+            "or the API is gone: reclaimed when the lease expires)"
+        )
+    if not recorded_as:
+        said.append("no attempt was in flight")
+    name = signal.Signals(signum).name
+    return f"stopped by {name}: " + "; ".join(said) + "; run the same command again to go on"
+
+
 ABORT_GRACE_SECONDS = 2.0
 """After an abort, how long workers get to notice their lease is gone and undo their files
 (one waiting on an LLM answer does not return in time; its process exits without it)."""
@@ -260,16 +285,19 @@ class AutonomousExecutor:
             if recorded is None or recorded.stop_reason == result.stop_reason:
                 summary.record(result)
 
-    def abort(self, summary: DrainSummary, signum: int) -> None:
+    def abort(self, summary: DrainSummary, signum: int) -> str:
         """Stop now: no new claims, running checks killed, and every held lease handed
         back at once as an ``interrupted`` result (which the control plane re-queues
         without spending a retry). Each posts under its attempt's idempotency key, so an
-        attempt that reports after this gets the same answer and changes nothing."""
+        attempt that reports after this gets the same answer and changes nothing.
+
+        Returns what became of the leases, as the database answered (:func:`stop_note`)."""
         self.stop()
         summary.stopped_by = signum
         terminate_running_checks()
         with self._lock:
             held = list(self._held.values())
+        recorded_as: list[str | None] = []
         for claim in held:
             interrupted = ResultIn(
                 lease_token=claim.lease_token,
@@ -283,8 +311,10 @@ class AutonomousExecutor:
                 )
             except AutopackError as exc:  # the lease still expires; the phase is reclaimed then
                 log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+                recorded_as.append(None)
                 continue
             recorded = answer.stop_reason or "interrupted"  # the attempt's own, if it came first
+            recorded_as.append(recorded)
             result = AttemptResult(
                 claim.run_id,
                 claim.phase_id,
@@ -296,7 +326,9 @@ class AutonomousExecutor:
             with self._lock:
                 self._handed_back[claim.idempotency_key] = result
                 summary.record(result)
-        log_event(logger, "leases_handed_back", logging.WARNING, count=len(held), signal=signum)
+        handed = recorded_as.count("interrupted")
+        log_event(logger, "leases_handed_back", logging.WARNING, count=handed, signal=signum)
+        return stop_note(signum, recorded_as)
 
     # -- one phase (the legacy drain_one_phase) ---------------------------------------------
     def drain_phase(self, run_id: str, phase_id: str, *, force: bool = False) -> DrainSummary:
@@ -347,10 +379,7 @@ class AutonomousExecutor:
             # The attempt (run in this thread) handed its lease back as it unwound; this
             # catches a claim the interruption landed between.
             with stop_signals_noted():
-                self.abort(summary, signum)
-                summary.note = (
-                    f"stopped by {signal.Signals(signum).name}: the phase was handed back"
-                )
+                summary.note = self.abort(summary, signum)
                 return self._summary(summary, started)
         return self._summary(summary, started)
 
@@ -444,12 +473,8 @@ class AutonomousExecutor:
             if signum is None:
                 raise
             with stop_signals_noted():
-                self.abort(summary, signum)
+                summary.note = self.abort(summary, signum)
                 _wait_all(finished, timeout=ABORT_GRACE_SECONDS)
-                summary.note = (
-                    f"stopped by {signal.Signals(signum).name}: the attempts in flight were "
-                    "handed back (QUEUED, no retry spent); run the same command again to go on"
-                )
                 return self._summary(summary, started)
         if errors:
             raise errors[0]
