@@ -7,6 +7,8 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +25,14 @@ from tests.executor_support import (
     env_for,
     files,
     line,
+    on_branch,
     phase,
     phase_row,
     rows,
     run_file,
 )
+from tests.fakes.llm_wire import Reply, WireServer
+from tests.llm.support import FLAVOURS
 from tests.support import cli, wait_for
 from tests.test_server_attach import _wait_dead
 
@@ -146,6 +151,25 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
         assert (row["state"], row["lease_owner"]) == ("QUEUED", None), row
 
 
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_drain_stopped_while_its_server_starts_stops_it_and_leaves_no_log(
+    how: signal.Signals, tmp_path: Path
+) -> None:
+    """Stopped in its first seconds, while the API server it spawned was not yet healthy,
+    the drain left that server to notice its parent was gone on its own, and its log in
+    the temp directory for good (one more per interrupted drain)."""
+    _, env = _setup(tmp_path, 1)
+    logs = Path(tempfile.gettempdir())
+    process = drain_process(*_run_args(tmp_path, _tape(tmp_path, 1, 0)), env=env, cwd=tmp_path)
+    pattern = f"autopack-api-{process.pid}-*.log"
+    wait_for(lambda: list(logs.glob(pattern)), timeout=60)  # the child is starting
+    process.send_signal(how)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + how, stderr[-3000:]
+    assert "api_server_spawned" not in stderr, "not stopped while the server started"
+    assert list(logs.glob(pattern)) == [], stderr[-3000:]
+
+
 def test_one_ctrl_c_finishes_the_attempt_in_flight_and_reports(tmp_path: Path) -> None:
     url, env = _setup(tmp_path, 2)
     process = drain_process(
@@ -260,6 +284,139 @@ def test_sigterm_mid_attempt_hands_every_lease_back_without_spending_a_retry(
     assert again.returncode == 0, again.stderr[-3000:]
     outcomes = rows(database_url, "SELECT outcome FROM phase_attempts ORDER BY id")
     assert [o["outcome"] for o in outcomes][2:] == ["COMPLETE", "COMPLETE"]  # no LOST
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint-twice"])
+def test_signals_repeated_while_leases_are_handed_back_leave_none_held(
+    how: str, database_url: str, tmp_path: Path
+) -> None:
+    """A user pressing Ctrl-C a third time, or a supervisor repeating its SIGTERM, while the
+    executor hands its leases back: the signal cut the hand-back short, the other phases
+    stayed EXECUTING under a dead worker until their leases expired and no summary was
+    printed. The API server is stopped (SIGSTOP) so that the hand-back is provably in
+    progress when the signals repeat; it is continued once one was noted."""
+    env = env_for(database_url, AUTOPACK_REPLAY_SPEED="1")
+    phases = [phase(f"p{i}", [f"pkg/m{i}.py"]) for i in range(3)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = _tape(tmp_path, 3, latency_ms=60_000)
+    process = drain_process(*_run_args(tmp_path, tape, "-k", "3"), env=env, cwd=tmp_path)
+    seen: list[str] = []
+    server = _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while {phase_row(database_url, f"p{i}")["state"] for i in range(3)} != {"EXECUTING"}:
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    again = signal.SIGTERM if how == "sigterm" else signal.SIGINT
+    assert process.stderr is not None
+    os.kill(server, signal.SIGSTOP)
+    try:
+        if how == "sigint-twice":
+            process.send_signal(signal.SIGINT)
+            for text in process.stderr:  # the first Ctrl-C only stops claiming
+                seen.append(text)
+                if "stopping" in text:
+                    break
+        reader = threading.Thread(target=lambda: seen.extend(process.stderr or ()), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 20  # well within the hand-back's 30 s read timeout
+        while not any("already_stopping" in text for text in seen):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(seen)
+            process.send_signal(again)  # the hand-back begins, waits on the server; again
+            time.sleep(0.1)
+    finally:
+        os.kill(server, signal.SIGCONT)
+    process.wait(timeout=60)  # the summary fits in the pipe; stderr is the reader's
+    reader.join(timeout=10)
+    assert process.stdout is not None
+    stdout, told = process.stdout.read(), "".join(seen)
+    assert process.returncode == (143 if how == "sigterm" else 130), told[-3000:]
+    assert "Traceback" not in told and "leases_handed_back count=3" in told, told[-3000:]
+    assert "run exec-run" in stdout and "interrupted" in stdout  # the summary, printed
+    for i in range(3):
+        row = phase_row(database_url, f"p{i}")
+        assert (row["state"], row["lease_owner"]) == ("QUEUED", None), told[-3000:]
+
+
+def test_an_attempt_ending_its_own_way_after_sigterm_is_reported_as_recorded(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM during the Auditor's call: the lease is handed back (``interrupted``), and
+    the answer then arrives within the grace the workers get; the attempt, its lease
+    refused, ended ``lease_lost``, and the summary said so although the database says
+    ``interrupted``. The summary says what the database recorded."""
+    flavour = FLAVOURS["anthropic"]
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p0", ["pkg/m0.py"])]), env, tmp_path)
+    verdict = json.dumps({"approved": True, "issues": [], "summary": "fine"})
+    audited = threading.Event()
+    with WireServer() as wire:
+        wire.script(
+            flavour.path,
+            Reply(200, flavour.body(files(m0_py="VALUE = 0\n"))),
+            Reply(200, flavour.body(verdict), gate=audited),
+        )
+        provider = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
+        process = drain_process(
+            *("run", "--run-id", "exec-run", "--auditor", "llm", "--json"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **provider},
+            cwd=tmp_path,
+        )
+        seen: list[str] = []
+        wait_for(lambda: len(wire.seen(flavour.path)) == 2, timeout=60)  # the Auditor is asked
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        for text in process.stderr:  # handed back; now the Auditor answers
+            seen.append(text)
+            if "leases_handed_back" in text:
+                break
+        audited.set()
+        stdout, stderr = process.communicate(timeout=60)
+    told = "".join(seen) + stderr
+    assert process.returncode == 143, told[-3000:]
+    assert "lease_lost" in told, "the attempt did not end within the grace: " + told[-3000:]
+    [attempt] = rows(url, "SELECT outcome, stop_reason FROM phase_attempts")
+    assert attempt == {"outcome": "FAILED", "stop_reason": "interrupted"}
+    [reported] = json.loads(stdout)["attempts"]
+    assert (reported["outcome"], reported["stop_reason"]) == ("FAILED", "interrupted"), reported
+    assert branch_files(tmp_path / "ws") == []
+
+
+def test_a_stale_executor_stopped_says_its_lease_was_no_longer_held(tmp_path: Path) -> None:
+    """An executor SIGSTOPped past its lease (another drain completed the phase), then
+    continued and stopped with SIGTERM: its hand-back was refused, yet it said the
+    attempts in flight were "handed back (QUEUED, no retry spent)"."""
+    flavour = FLAVOURS["anthropic"]
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p0", ["pkg/m0.py"])]), env, tmp_path)
+    never = threading.Event()
+    with WireServer() as wire:
+        wire.script(
+            flavour.path,
+            Reply(200, flavour.body(files(m0_py="VALUE = 1\n")), gate=never),  # the stale one
+            Reply(200, flavour.body(files(m0_py="VALUE = 2\n"))),
+        )
+        provider = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
+        args = [*("run", "--run-id", "exec-run", "--auditor", "rules", "--lease-seconds", "5")]
+        args += ["--workspace", str(tmp_path / "ws")]
+        stale = drain_process(*args, env={**env, **provider}, cwd=tmp_path)
+        try:
+            wait_for(lambda: wire.seen(flavour.path), timeout=60)  # waits on the LLM, no lock
+            stale.send_signal(signal.SIGSTOP)
+            other = drain(*args, env={**env, **provider}, cwd=tmp_path, timeout=120)
+            assert other.returncode == 0, other.stderr[-3000:]
+        finally:
+            stale.send_signal(signal.SIGCONT)
+        stale.send_signal(signal.SIGTERM)
+        _, stderr = stale.communicate(timeout=60)
+        never.set()
+    assert stale.returncode == 143, stderr[-3000:]
+    assert phase_row(url, "p0")["state"] == "COMPLETE"
+    assert "handed back" not in stderr, stderr[-3000:]
+    assert "stopped by SIGTERM: 1 lease(s) no longer held" in stderr, stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/m0.py") == "VALUE = 2\n"
 
 
 def test_a_second_drain_says_done_before_and_leaves_no_server_log(tmp_path: Path) -> None:

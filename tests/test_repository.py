@@ -8,6 +8,7 @@ and a conflict is named.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -486,6 +487,27 @@ def test_a_stopped_lock_holder_is_waited_for_a_while_not_forever(
         moved.start()
         moved.join(timeout=20)
         assert not moved.is_alive(), "waited for the stopped holder"
+    finally:
+        _end(holder)
+
+
+def test_a_stopped_lock_holder_is_waited_for_once_not_at_every_git_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gone on without after the patience, a holder still stopped was waited for again at
+    the next git step, and the next: a minute per step (a drain's attempt takes several)
+    for every executor on the machine, for as long as it stayed stopped."""
+    monkeypatch.setattr(repolock, "PATIENCE_SECONDS", 0.5)
+    _, repository, _ = checkouts(tmp_path, {"a.txt": "a\n"})
+    holder = _lock_holder(repository.common_dir() / "autopack.lock")
+    try:
+        holder.send_signal(signal.SIGSTOP)
+        with caplog.at_level(logging.WARNING, logger="autopack.executor.repository"):
+            for _ in range(3):  # three git steps
+                with repository.locked():
+                    repository.head()
+        waits = [r for r in caplog.records if "repository_lock_skipped" in r.getMessage()]
+        assert len(waits) == 1, [r.getMessage() for r in waits]
     finally:
         _end(holder)
 

@@ -286,18 +286,33 @@ def _spawn_once(settings: Settings, identity: DbIdentity, deadline: float) -> _C
     )
     command = [sys.executable, "-m", "uvicorn", "autopack.main:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "warning"]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            # Own session: a Ctrl-C in the terminal reaches us, and we stop the child after
-            # posting whatever results are in flight.
-            start_new_session=True,
-        )
-    child = _Child(url, process, log_path)
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # Own session: a Ctrl-C in the terminal reaches us, and we stop the child
+                # after posting whatever results are in flight.
+                start_new_session=True,
+            )
+        return _healthy(_Child(url, process, log_path), identity, deadline)
+    except (KeyboardInterrupt, SystemExit):
+        # Stopped (Ctrl-C, SIGTERM) while the child starts: nobody else would stop it (the
+        # caller never got it), and its log stayed in the temp directory for good.
+        if process is None:
+            log_path.unlink(missing_ok=True)
+        else:
+            _Child(url, process, log_path).stop()
+        raise
+
+
+def _healthy(child: _Child, identity: DbIdentity, deadline: float) -> _Child:
+    """Wait until ``child`` answers for ``identity`` (see :func:`_spawn_once`)."""
+    url, process, log_path = child.url, child.process, child.log_path
     failed = f"the API server Autopack started for {identity.url}"
     # No connect retry: the loop below is the retry, at 50 ms instead of httpcore's 0.5 s.
     with ApiClient(url, connect_retries=0) as client:

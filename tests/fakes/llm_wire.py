@@ -51,6 +51,9 @@ class Reply:
     were sent (mid chunked body, so the client sees a broken stream, not an end)."""
     end_early: bool = False
     """For a streamed answer: end the stream cleanly but before its stop event."""
+    gate: threading.Event | None = None
+    """Answer only once this is set (at most 60 s): the test decides when the call ends,
+    e.g. after it stopped the executor mid-call."""
 
 
 @dataclass
@@ -116,6 +119,8 @@ class WireServer(LoopbackServer):
                 reply = server._take(Seen("POST", path, headers, body))
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if reply.gate is not None:
+                    reply.gate.wait(60)
                 if (
                     isinstance(body, dict)
                     and body.get("stream")

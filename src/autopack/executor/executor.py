@@ -16,8 +16,11 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import FrameType
 
 from autopack.clock import utcnow
 from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, ResultIn, RunView
@@ -139,6 +142,60 @@ def stop_signal(exc: BaseException) -> int | None:
     return None
 
 
+@contextmanager
+def stop_signals_noted() -> Iterator[None]:
+    """While the executor hands its leases back and reports, a further Ctrl-C or SIGTERM
+    (a user pressing Ctrl-C again, a supervisor repeating its SIGTERM) is logged, not
+    raised: raised, it cut :meth:`AutonomousExecutor.abort` short between two hand-backs
+    and left the other leases held by a process gone, their phases EXECUTING until the
+    leases expired, and no summary printed. SIGKILL still stops the process at once.
+    (Signal handlers can only be set from the main thread; elsewhere nothing changes.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        log_event(
+            logger,
+            "already_stopping",
+            logging.WARNING,
+            signal=signal.Signals(signum).name,
+            hint="handing the leases back; SIGKILL stops at once",
+        )
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_note(signum: int, recorded_as: list[str | None]) -> str:
+    """What a stop did with the leases the executor held, as the database answered each
+    hand-back: its stop reason (``interrupted``, or the attempt's own result, posted
+    first), or None when the lease was no longer this executor's. The note said "handed
+    back (QUEUED, no retry spent)" for an attempt the database had recorded COMPLETE
+    and for a lease another executor held by then."""
+    said: list[str] = []
+    handed = recorded_as.count("interrupted")
+    if handed:
+        said.append(f"{handed} attempt(s) in flight handed back (QUEUED, no retry spent)")
+    ended = [r for r in recorded_as if r not in (None, "interrupted")]
+    if ended:
+        reasons = ", ".join(sorted(set(ended)))
+        said.append(f"{len(ended)} recorded as they ended ({reasons}) before the hand-back")
+    if None in recorded_as:
+        said.append(
+            f"{recorded_as.count(None)} lease(s) no longer held or not answered (expired, "
+            "or the API is gone: reclaimed when the lease expires)"
+        )
+    if not recorded_as:
+        said.append("no attempt was in flight")
+    name = signal.Signals(signum).name
+    return f"stopped by {name}: " + "; ".join(said) + "; run the same command again to go on"
+
+
 ABORT_GRACE_SECONDS = 2.0
 """After an abort, how long workers get to notice their lease is gone and undo their files
 (one waiting on an LLM answer does not return in time; its process exits without it)."""
@@ -157,6 +214,9 @@ class AutonomousExecutor:
         self._held: dict[str, Claim] = {}
         """Claims whose attempts are running, by idempotency key (what :meth:`abort` hands
         back)."""
+        self._handed_back: dict[str, AttemptResult] = {}
+        """How the database recorded each attempt :meth:`abort` handed back, by idempotency
+        key (what the summary says of it, unless the attempt itself ends the same way)."""
         self._news = threading.Condition(self._lock)
         self._wakes = 0
         """How many times idle workers were told the run may have changed (see _wake)."""
@@ -218,18 +278,26 @@ class AutonomousExecutor:
         result = Attempt(self.s, claim).run()
         with self._lock:
             self._held.pop(claim.idempotency_key, None)
-            summary.record(result)
+            recorded = self._handed_back.get(claim.idempotency_key)
+            # Handed back, the attempt may still end its own way in the grace it gets: its
+            # lease refused (``lease_lost``) when the database says ``interrupted``. What
+            # the database recorded is what the summary says.
+            if recorded is None or recorded.stop_reason == result.stop_reason:
+                summary.record(result)
 
-    def abort(self, summary: DrainSummary, signum: int) -> None:
+    def abort(self, summary: DrainSummary, signum: int) -> str:
         """Stop now: no new claims, running checks killed, and every held lease handed
         back at once as an ``interrupted`` result (which the control plane re-queues
         without spending a retry). Each posts under its attempt's idempotency key, so an
-        attempt that reports after this gets the same answer and changes nothing."""
+        attempt that reports after this gets the same answer and changes nothing.
+
+        Returns what became of the leases, as the database answered (:func:`stop_note`)."""
         self.stop()
         summary.stopped_by = signum
         terminate_running_checks()
         with self._lock:
             held = list(self._held.values())
+        recorded_as: list[str | None] = []
         for claim in held:
             interrupted = ResultIn(
                 lease_token=claim.lease_token,
@@ -243,18 +311,24 @@ class AutonomousExecutor:
                 )
             except AutopackError as exc:  # the lease still expires; the phase is reclaimed then
                 log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+                recorded_as.append(None)
                 continue
+            recorded = answer.stop_reason or "interrupted"  # the attempt's own, if it came first
+            recorded_as.append(recorded)
             result = AttemptResult(
                 claim.run_id,
                 claim.phase_id,
                 claim.attempt,
-                PhaseState.FAILED,
-                "interrupted",
+                PhaseState.COMPLETE if recorded == "completed" else PhaseState.FAILED,
+                recorded,
                 phase_state=answer.phase_state,
             )
             with self._lock:
+                self._handed_back[claim.idempotency_key] = result
                 summary.record(result)
-        log_event(logger, "leases_handed_back", logging.WARNING, count=len(held), signal=signum)
+        handed = recorded_as.count("interrupted")
+        log_event(logger, "leases_handed_back", logging.WARNING, count=handed, signal=signum)
+        return stop_note(signum, recorded_as)
 
     # -- one phase (the legacy drain_one_phase) ---------------------------------------------
     def drain_phase(self, run_id: str, phase_id: str, *, force: bool = False) -> DrainSummary:
@@ -304,8 +378,9 @@ class AutonomousExecutor:
                 raise
             # The attempt (run in this thread) handed its lease back as it unwound; this
             # catches a claim the interruption landed between.
-            self.abort(summary, signum)
-            summary.note = f"stopped by {signal.Signals(signum).name}: the phase was handed back"
+            with stop_signals_noted():
+                summary.note = self.abort(summary, signum)
+                return self._summary(summary, started)
         return self._summary(summary, started)
 
     def _delay(self, phase: PhaseView, *, ready: bool = True) -> float:
@@ -397,13 +472,10 @@ class AutonomousExecutor:
             signum = stop_signal(exc)
             if signum is None:
                 raise
-            self.abort(summary, signum)
-            _wait_all(finished, timeout=ABORT_GRACE_SECONDS)
-            summary.note = (
-                f"stopped by {signal.Signals(signum).name}: the attempts in flight were "
-                "handed back (QUEUED, no retry spent); run the same command again to go on"
-            )
-            return self._summary(summary, started)
+            with stop_signals_noted():
+                summary.note = self.abort(summary, signum)
+                _wait_all(finished, timeout=ABORT_GRACE_SECONDS)
+                return self._summary(summary, started)
         if errors:
             raise errors[0]
         return self._summary(summary, started)

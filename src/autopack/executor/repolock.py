@@ -8,9 +8,10 @@ milliseconds, the attempts' long parts (LLM calls, checks) hold nothing.
 
 The lock only spares git steps failures git would report (its own locks keep refs and
 worktrees whole). So a holder that keeps it far longer than any git step (an executor
-stopped by SIGSTOP or Ctrl-Z mid-step) is waited for :data:`PATIENCE_SECONDS`, then gone
-on without, with a warning naming its pid: waiting for it stopped every executor on the
-machine, their leases renewed all along, until it was resumed. A holder this machine sees
+stopped by SIGSTOP or Ctrl-Z mid-step) is waited for :data:`PATIENCE_SECONDS` once, then
+gone on without while it stays stopped, with a warning naming its pid: waiting for it
+stopped every executor on the machine, their leases renewed all along, until it was
+resumed. A holder this machine sees
 running (a long fetch) is waited for as long as it runs: going on beside it would turn its
 slow step into another's ``git_error``.
 """
@@ -40,6 +41,11 @@ class RepositoryLock:
         self._lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
+        self._gone: str | None = None
+        """The stopped holder this process already went on without: it is not waited for
+        again (waited for at every git step, one stopped executor cost every other on
+        the machine a minute per step, minutes per attempt, for as long as it stayed
+        stopped)."""
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -69,8 +75,11 @@ class RepositoryLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                gone = self._gone
+                if gone is not None and gone == _holder_of(fd) and not _running(gone):
+                    return
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    holder = _holder_of(fd)
                     if _running(holder):
                         deadline = time.monotonic() + PATIENCE_SECONDS
                         continue
@@ -83,6 +92,7 @@ class RepositoryLock:
                         waited_seconds=PATIENCE_SECONDS,
                         hint="is that process stopped (SIGSTOP, Ctrl-Z)? going on without it",
                     )
+                    self._gone = holder
                     return
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
@@ -90,6 +100,11 @@ class RepositoryLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{_holder()}\n".encode(), 0)
             return
+
+
+def _holder_of(fd: int) -> str:
+    """Who holds the lock, as the lock file says (see :func:`_holder`)."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
 
 
 def _stat(pid: int | str) -> list[str]:
