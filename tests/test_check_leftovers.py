@@ -126,13 +126,14 @@ def test_a_check_stopped_by_its_executor_takes_its_cleared_environment_daemon(
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        checks.terminate_running_checks()
+        checks.terminate_running_checks(stop)
 
+    stop = threading.Event()
     stopper = threading.Thread(target=stop_once_started)
     stopper.start()
     commands = ["true", f"{_cleared(pid_file)}; exec sleep 60", f"touch {after}"]
     with pytest.raises(checks.ChecksInterrupted) as stopped:
-        run_checks(commands, tmp_path, timeout=60)
+        run_checks(commands, tmp_path, timeout=60, stopped=stop)
     stopper.join()
     assert stopped.value.stop_reason == "interrupted"
     assert [c.command for c in stopped.value.results] == commands[:2]
@@ -140,6 +141,17 @@ def test_a_check_stopped_by_its_executor_takes_its_cleared_environment_daemon(
     assert first.passed and not killed.passed and not killed.timed_out, killed
     assert not after.exists()
     _assert_gone(pid_file)
+
+
+def test_no_check_starts_after_its_executor_was_stopped(tmp_path: Path) -> None:
+    """A stop kills the checks running at that moment; a check starting just after it (the
+    next of a phase's checks, another worker's first) ran until the process exited."""
+    stop = threading.Event()
+    checks.terminate_running_checks(stop)  # nothing is running yet
+    with pytest.raises(checks.ChecksInterrupted) as stopped:
+        run_checks([f"touch {tmp_path / 'ran'}"], tmp_path, stopped=stop)
+    assert stopped.value.results == [] and stopped.value.stop_reason == "interrupted"
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_drained_phase_leaves_no_daemon_with_a_cleared_environment(tmp_path: Path) -> None:

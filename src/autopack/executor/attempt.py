@@ -370,7 +370,9 @@ class Attempt:
         lease.renew(state=PhaseState.CI_RUNNING)
         self.s.events("checks_started", run_id=self.claim.run_id, phase_id=self.claim.phase_id)
         try:
-            self.checks = run_checks(self.task.checks, workspace, self.o.check_timeout)
+            self.checks = run_checks(
+                self.task.checks, workspace, self.o.check_timeout, stopped=self.s.stopped
+            )
         except (CheckUnavailable, ChecksInterrupted) as exc:
             self.checks = exc.results  # recorded with the attempt: what is missing, or ran
             raise

@@ -90,13 +90,12 @@ class ChecksInterrupted(Finish):
     ``checks_failed`` (the Builder's code did not fail; it was not let finish). The checks
     after it are not run. ``results`` are the checks that ran, for the attempt's record."""
 
-    def __init__(self, results: list[CheckResult]) -> None:
+    def __init__(self, results: list[CheckResult], command: str) -> None:
         super().__init__(
-            PhaseState.FAILED,
-            "interrupted",
-            error=f"the executor was stopped while `{results[-1].command}` ran",
+            PhaseState.FAILED, "interrupted", error=f"the executor was stopped at `{command}`"
         )
         self.results = results
+        self.command = command
 
 
 def missing_program(check: CheckResult, workspace: Path) -> str | None:
@@ -134,10 +133,13 @@ def missing_program(check: CheckResult, workspace: Path) -> str | None:
     return None
 
 
-def terminate_running_checks() -> None:
-    """Kill every running check (the executor is being stopped): each one's
-    :func:`run_check` raises :class:`ChecksInterrupted`."""
+def terminate_running_checks(stopped: threading.Event) -> None:
+    """Kill every running check (the executor is being stopped), and set ``stopped``: each
+    killed one's :func:`run_check` raises :class:`ChecksInterrupted`, as does every later
+    one given ``stopped`` (a check starting just after the stop ran on until the process
+    exited)."""
     with _RUNNING_LOCK:
+        stopped.set()
         running = list(_RUNNING.items())
         _STOPPED.update(process for process, _ in running)
     for process, marker in running:
@@ -178,11 +180,14 @@ def _check_env(scratch: Path) -> dict[str, str]:
     return env
 
 
-def run_check(command: str, workspace: Path, timeout: float) -> CheckResult:
-    """Run one check; raises :class:`ChecksInterrupted` when the executor killed it."""
+def run_check(
+    command: str, workspace: Path, timeout: float, stopped: threading.Event | None = None
+) -> CheckResult:
+    """Run one check; raises :class:`ChecksInterrupted` when the executor killed it, or
+    had been ``stopped`` before it could start."""
     with tempfile.TemporaryDirectory(prefix="autopack-check-") as scratch:
         ensure_reaper()
-        return _run(command, workspace, timeout, new_marker(), Path(scratch))
+        return _run(command, workspace, timeout, new_marker(), Path(scratch), stopped)
 
 
 def _wait(process: subprocess.Popen[bytes], log: BinaryIO, timeout: float) -> str | None:
@@ -216,7 +221,14 @@ def _ended(process: subprocess.Popen[bytes], seconds: float) -> bool:
     return True
 
 
-def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Path) -> CheckResult:
+def _run(
+    command: str,
+    workspace: Path,
+    timeout: float,
+    marker: str,
+    scratch: Path,
+    stopped: threading.Event | None,
+) -> CheckResult:
     """Run ``command``; its result once its shell has ended (or been killed at ``timeout``).
 
     The output goes to a file, not a pipe: a pipe is read until every process holding it
@@ -227,18 +239,21 @@ def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Pa
     no marker: see there), or when :func:`_kill` stops it.
     """
     started = time.monotonic()
-    marked = f"{CHECK_MARKER}={marker}"
+    shell = [sys.executable, "-I", "-S", check_shell.__file__, str(os.getpid())]
+    shell += [f"{CHECK_MARKER}={marker}", command]
     with (scratch / "output").open("w+b") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-S", check_shell.__file__, str(os.getpid()), marked, command],
-            cwd=workspace,
-            env=_check_env(scratch),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        with _RUNNING_LOCK:
+        with _RUNNING_LOCK:  # started and killable, or refused: a stop comes before or after
+            if stopped is not None and stopped.is_set():
+                raise ChecksInterrupted([], command)
+            process = subprocess.Popen(
+                shell,
+                cwd=workspace,
+                env=_check_env(scratch),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             _RUNNING[process] = marker
         try:
             cut_short = _wait(process, log, timeout)
@@ -247,7 +262,7 @@ def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Pa
             process.wait()
             with _RUNNING_LOCK:
                 _RUNNING.pop(process, None)
-                stopped = process in _STOPPED
+                killed = process in _STOPPED
                 _STOPPED.discard(process)
         output = _tail(log)
     timed_out = cut_short == "timeout"
@@ -263,8 +278,8 @@ def _run(command: str, workspace: Path, timeout: float, marker: str, scratch: Pa
         duration_s=round(time.monotonic() - started, 3),
         output_tail=output[-TAIL_CHARS:].replace("\x00", "\\x00"),  # text columns hold no NUL
     )
-    if stopped:
-        raise ChecksInterrupted([result])
+    if killed:
+        raise ChecksInterrupted([result], command)
     return result
 
 
@@ -277,7 +292,11 @@ def _tail(log: BinaryIO) -> str:
 
 
 def run_checks(
-    commands: Sequence[str], workspace: Path, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    commands: Sequence[str],
+    workspace: Path,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    *,
+    stopped: threading.Event | None = None,
 ) -> list[CheckResult]:
     """Run every check (all of them, so the Builder gets all the feedback at once).
 
@@ -287,9 +306,9 @@ def run_checks(
     results: list[CheckResult] = []
     for command in commands:
         try:
-            results.append(run_check(command, workspace, timeout))
+            results.append(run_check(command, workspace, timeout, stopped))
         except ChecksInterrupted as exc:
-            raise ChecksInterrupted(results + exc.results) from None
+            raise ChecksInterrupted(results + exc.results, command) from None
     missing = [
         (check, program)
         for check in results

@@ -294,7 +294,7 @@ class AutonomousExecutor:
         Returns what became of the leases, as the database answered (:func:`stop_note`)."""
         self.stop()
         summary.stopped_by = signum
-        terminate_running_checks()
+        terminate_running_checks(self.s.stopped)
         with self._lock:
             held = list(self._held.values())
         recorded_as: list[str | None] = []

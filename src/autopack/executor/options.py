@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,3 +69,6 @@ class Services:
     telemetry: TelemetryRecorder
     options: ExecutorOptions
     events: EventSink = field(default=lambda *args, **kwargs: None)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    """Set when the executor is stopped (SIGTERM, a second Ctrl-C): no check starts after
+    it (:func:`~autopack.executor.checks.terminate_running_checks`)."""
