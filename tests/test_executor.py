@@ -336,10 +336,12 @@ def test_unmatched_replay_request_is_a_clear_failure(tmp_path: Path, sqlite_url:
 
 
 def test_lost_lease_mid_phase_stops_and_writes_nothing(tmp_path: Path, sqlite_url: str) -> None:
-    # Long enough for `run cancel` (a CLI start-up, ~2-5 s on a loaded 2-core machine) to land
-    # while the check still runs; 4 s raced it there.
-    slow_check = 'python -c "import time; time.sleep(10)"'
-    env = _setup(tmp_path, sqlite_url, checks=[slow_check])
+    # The check runs until the cancel has landed: a fixed sleep (4 s, then 10 s) raced
+    # `run cancel`'s CLI start-up on a loaded 2-core machine.
+    released = tmp_path / "cancelled"
+    waits = f"import pathlib, time; p = pathlib.Path(r'{released}'); "
+    waits += "[time.sleep(0.05) for _ in iter(lambda: p.exists(), True)]"
+    env = _setup(tmp_path, sqlite_url, checks=[f'python -c "{waits}"'])
     tape = cassette(tmp_path, [line("p1", 1, GOOD)])
     process = drain_process(
         *_phase_args(tmp_path, tape),
@@ -353,6 +355,7 @@ def test_lost_lease_mid_phase_stops_and_writes_nothing(tmp_path: Path, sqlite_ur
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.05)
     cancelled = cli("run", "cancel", "exec-run", cwd=tmp_path, env=env)
+    released.touch()
     assert cancelled.returncode == 0, cancelled.stderr
     _, stderr = process.communicate(timeout=60)
     assert "lease_lost" in stderr
