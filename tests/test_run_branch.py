@@ -91,7 +91,10 @@ def test_a_stale_executor_never_deletes_or_replaces_completed_work(tmp_path: Pat
     url = _sqlite(tmp_path)
     env = env_for(url)
     ws = repository(tmp_path / "ws")
-    slow = 'python -c "import time; time.sleep(3)"'
+    # A's check ends once B has completed the phase (a fixed sleep could end before A was
+    # stopped, on a loaded machine); B's own check passes at once.
+    released = tmp_path / "B-done"
+    slow = f"grep -q B pkg/out.txt || while [ ! -e {released} ]; do sleep 0.05; done"
     create_run(run_file(tmp_path, [phase("p1", ["pkg/out.txt"], checks=[slow])]), env, tmp_path)
     tapes = {}
     for name in ("A", "B"):  # each process answers its first call from its own cassette
@@ -109,6 +112,7 @@ def test_a_stale_executor_never_deletes_or_replaces_completed_work(tmp_path: Pat
         assert b.returncode == 0, b.stderr[-3000:]
         assert on_branch(ws, "pkg/out.txt") == "from B\n"
     finally:
+        released.touch()
         a.send_signal(signal.SIGCONT)
     _, a_err = a.communicate(timeout=120)
     assert "lease_lost" in a_err
@@ -202,8 +206,17 @@ def test_two_phases_editing_one_file_conflict_and_the_loser_retries_on_the_new_h
     url = _sqlite(tmp_path)
     env = env_for(url)
     ws = repository(tmp_path / "ws", {"pkg/common.py": "VALUE = 0\n"})
-    slow = 'python -c "import time; time.sleep(2)"'
-    phases = [phase("a", ["pkg/common.py"]), phase("b", ["pkg/common.py"], checks=[slow])]
+    # b's check ends once a is COMPLETE (a fixed sleep let b finish first on a loaded machine)
+    waits = tmp_path / "wait_for_a.py"
+    waits.write_text(
+        f"import sqlite3, time\ndb = sqlite3.connect({str(tmp_path / 'autopack.db')!r})\n"
+        "while not db.execute(\"SELECT 1 FROM phases WHERE phase_id = 'a' AND state = "
+        "'COMPLETE'\").fetchone():\n    time.sleep(0.05)\n"
+    )
+    phases = [
+        phase("a", ["pkg/common.py"]),
+        phase("b", ["pkg/common.py"], checks=[f"python {waits}"]),
+    ]
     create_run(run_file(tmp_path, phases), env, tmp_path)
     tape = cassette(
         tmp_path,
