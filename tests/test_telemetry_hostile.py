@@ -295,3 +295,60 @@ def test_an_instant_at_the_calendar_edge_is_refused_so_every_row_stays_readable(
         events = httpx.get(f"{server.url}/telemetry/events", timeout=30)
         assert events.status_code == 200, events.text
         assert len(events.json()) == 1
+
+
+def _phases(server: Server, n: int, run_id: str = "r1") -> None:
+    """``n`` phases of one exact call each, a minute apart (oldest first)."""
+    for i in range(n):
+        tokens = 1000 + 37 * i
+        at = f"2026-02-01T00:{i:02d}:00Z"
+        event = estimation(f"p{i}", run_id=run_id, actual_output_tokens=tokens, ts=at)
+        assert post(server, "estimations", event).status_code == 201
+
+
+def test_calibrate_from_an_estimator_predicting_infinite_sizes_writes_a_file_that_loads(
+    server: Server, tmp_path: Path
+) -> None:
+    """A schema-1 file with margin 1e308 loads (a drain caps its budgets), but calibrate
+    centred its priors on log(inf): slope inf - inf = nan, and it ended with exit 2
+    blaming an 'estimator file <calibrated>'."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    prior = TokenEstimator.load().to_json() | {"margin": 1e308}
+    (tmp_path / "prior.json").write_text(json.dumps(prior))
+    _phases(server, 12)
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="prior.json")
+    done = cli(
+        *("telemetry", "calibrate", "--write", "new.json", "--database-url", url),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert TokenEstimator.load(tmp_path / "new.json").schema == 2
+
+
+def test_a_holdout_share_that_rounds_to_no_phase_still_holds_one_out(
+    server: Server, tmp_path: Path
+) -> None:
+    """Ten phases at --holdout 0.05 held out round(0.5) = 0 of them, and the verdict said
+    'wait: 10 usable phases; a held-out judgement needs 10'."""
+    _phases(server, 10)
+    done = _calibrate(server, tmp_path, "--holdout", "0.05", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["holdout"]["n_holdout"] == 1
+    assert result["verdict"]["action"] == "wait"
+    assert "only 1 held-out" in result["verdict"]["line"]
+
+
+def test_calibrate_of_a_mistyped_run_says_it_is_not_found(server: Server, tmp_path: Path) -> None:
+    """It answered '0 phases … wait' as if the run existed and had no telemetry."""
+    _phases(server, 1)
+    done = _calibrate(server, tmp_path, "--run", "no-such-run")
+    assert done.returncode != 0
+    assert "no-such-run" in done.stderr and "not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    kept = _calibrate(server, tmp_path, "--run", "r1", "--json")  # telemetry without a run row
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["n_phases"] == 1

@@ -205,7 +205,10 @@ def calibrate_cmd(
 
     cli = state(ctx)
     settings = cli.settings
-    kept, left_out = live_events(cli.client(), run_id, include_replayed=include_replayed)
+    client = cli.client()
+    kept, left_out = live_events(client, run_id, include_replayed=include_replayed)
+    if run_id is not None and not kept and not left_out:
+        client.get_run(run_id)  # a mistyped id: "not found in database …", not "0 phases"
     events = [event.model_dump() for event in kept]
     if left_out:
         err.print(

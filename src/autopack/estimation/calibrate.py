@@ -326,7 +326,9 @@ def calibrate(
         )
 
     outcome = refit(data) if len(data) >= MIN_FIT_PHASES else None
-    held_n = round(holdout * len(data)) if len(data) >= MIN_JUDGED_PHASES else 0
+    # at least one phase once there are enough to judge: round(0.05 x 10) is 0, and the
+    # verdict then said "10 usable phases; a held-out judgement needs 10"
+    held_n = max(1, round(holdout * len(data))) if len(data) >= MIN_JUDGED_PHASES else 0
     judged: Holdout | None = None
     if held_n and len(data) - held_n >= MIN_FIT_PHASES:
         train, held = data[:-held_n], data[-held_n:]
