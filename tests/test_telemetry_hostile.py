@@ -352,3 +352,31 @@ def test_calibrate_of_a_mistyped_run_says_it_is_not_found(server: Server, tmp_pa
     kept = _calibrate(server, tmp_path, "--run", "r1", "--json")  # telemetry without a run row
     assert kept.returncode == 0, kept.stderr
     assert json.loads(kept.stdout)["n_phases"] == 1
+
+
+@pytest.mark.parametrize("estimator", ["AUTOPACK_ESTIMATOR_FILE", "--write"])
+def test_a_plot_naming_the_estimator_file_is_refused_and_the_file_kept(
+    server: Server, tmp_path: Path, estimator: str
+) -> None:
+    """``--plot`` onto the estimator in use (or onto --write's file) replaced it with a
+    PNG, and the next drain refused to start on it."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    current = tmp_path / "estimators" / "current.json"
+    current.parent.mkdir()
+    TokenEstimator.load().write(current)
+    (tmp_path / "link.json").symlink_to(current)  # the same file by another name
+    before = current.read_bytes()
+    _phases(server, 12)
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    args = ["telemetry", "calibrate", "--plot", "link.json", "--database-url", url]
+    if estimator == "--write":
+        args += ["--write", str(current)]
+    else:
+        env["AUTOPACK_ESTIMATOR_FILE"] = str(current)
+    done = cli(*args, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--plot link.json" in done.stderr and estimator in done.stderr
+    assert "Traceback" not in done.stderr
+    assert current.read_bytes() == before

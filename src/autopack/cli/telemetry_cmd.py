@@ -142,6 +142,21 @@ def wrote_line(result: CalibrationResult, path: Path) -> str:
     return f"wrote {path} (verdict write: recommended); {use}"
 
 
+def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | None) -> None:
+    """``--plot`` naming the estimator file in use or ``--write``'s path replaced that
+    estimator with a PNG (the next drain then refused to start): refused before anything
+    is fitted or written."""
+    from autopack.paths import absolute
+
+    target = absolute(plot, "--plot")
+    for name, other in (("--write", write), ("AUTOPACK_ESTIMATOR_FILE", current)):
+        if other is not None and absolute(Path(other), name) == target:
+            raise ConfigError(
+                f"--plot {plot} is the same file as {name} ({other}): the PNG would "
+                "replace that estimator file; give the plot another name"
+            )
+
+
 @app.command("report")
 def report_cmd(ctx: typer.Context, run_id: str | None = RUN, as_json: bool = JSON) -> None:
     """Calls, tokens and cost by model/role/run; estimator accuracy per stratum."""
@@ -205,6 +220,8 @@ def calibrate_cmd(
 
     cli = state(ctx)
     settings = cli.settings
+    if plot is not None:
+        refuse_plot_over_estimator(plot, write, settings.autopack_estimator_file)
     client = cli.client()
     kept, left_out = live_events(client, run_id, include_replayed=include_replayed)
     if run_id is not None and not kept and not left_out:
