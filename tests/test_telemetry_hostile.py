@@ -380,3 +380,25 @@ def test_a_plot_naming_the_estimator_file_is_refused_and_the_file_kept(
     assert "--plot link.json" in done.stderr and estimator in done.stderr
     assert "Traceback" not in done.stderr
     assert current.read_bytes() == before
+
+
+def test_calibrate_from_an_estimator_aiming_at_its_largest_target_works(
+    server: Server, tmp_path: Path
+) -> None:
+    """The loader takes target_truncation up to 0.5; calibrate, starting from such a
+    file, refused 0.5 with a traceback (ValueError: ... below 0.5)."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    _phases(server, 12)
+    assert _calibrate(server, tmp_path, "--write", "first.json").returncode == 0
+    prior = json.loads((tmp_path / "first.json").read_text()) | {"target_truncation": 0.5}
+    (tmp_path / "prior.json").write_text(json.dumps(prior))
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="prior.json")
+    done = cli(
+        *("telemetry", "calibrate", "--write", "new.json", "--database-url", url),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert TokenEstimator.load(tmp_path / "new.json").target_truncation == 0.5

@@ -310,8 +310,8 @@ def calibrate(
     waste measure.
     """
     target = target_truncation or prior.target_truncation or DEFAULT_TARGET
-    if not 0.0 < target < 0.5:
-        raise ValueError(f"target_truncation must be a probability below 0.5, got {target}")
+    if not 0.0 < target <= 0.5:  # what an estimator file may hold (a prior's 0.5 was refused)
+        raise ValueError(f"target_truncation must be a probability in (0, 0.5], got {target}")
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout}")
     data, skipped = phase_observations(events)
