@@ -402,3 +402,27 @@ def test_calibrate_from_an_estimator_aiming_at_its_largest_target_works(
     )
     assert done.returncode == 0, done.stderr
     assert TokenEstimator.load(tmp_path / "new.json").target_truncation == 0.5
+
+
+def test_write_with_nothing_fitted_keeps_a_file_holding_another_estimator(
+    server: Server, tmp_path: Path
+) -> None:
+    """Three phases fit nothing, so --write wrote the packaged default over an earlier
+    calibration at that path, saying 'the current estimator unchanged'."""
+    _phases(server, 12, run_id="earlier")
+    assert _calibrate(server, tmp_path, "--run", "earlier", "--write", "est.json").returncode == 0
+    before = (tmp_path / "est.json").read_bytes()
+    _phases(server, 3, run_id="r1")
+    done = _calibrate(server, tmp_path, "--run", "r1", "--write", "est.json")
+    assert done.returncode == 2, done.stderr
+    assert "--write est.json" in done.stderr and "nothing written" in done.stderr
+    assert (tmp_path / "est.json").read_bytes() == before
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="est.json")
+    same = cli(
+        *("telemetry", "calibrate", "--run", "r1", "--write", "est.json", "--database-url", url),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert same.returncode == 0, same.stderr  # the current estimator written back: allowed
+    assert (tmp_path / "est.json").read_bytes() == before

@@ -157,6 +157,27 @@ def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | N
             )
 
 
+def refuse_replacing_with_nothing_new(result: CalibrationResult, path: Path) -> None:
+    """With nothing fitted (too few phases) ``--write`` writes the current estimator back:
+    over a file holding *another* estimator (an earlier calibration, while
+    AUTOPACK_ESTIMATOR_FILE still named the packaged default) that replaced it with the
+    default, and the line said "the current estimator unchanged". Refused, nothing written."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    if result.changed or not path.is_file():
+        return
+    try:
+        there = TokenEstimator.load(path)
+    except ConfigError:  # not an estimator file: --write replaces it as asked
+        return
+    if there.to_json() != result.prior.to_json():
+        raise ConfigError(
+            f"--write {path} holds estimator {there.version}, not the current one "
+            f"({result.prior.version}), and the fit changed nothing ({result.n_phases} usable "
+            f"phases): writing would replace it with {result.prior.version}; nothing written"
+        )
+
+
 @app.command("report")
 def report_cmd(ctx: typer.Context, run_id: str | None = RUN, as_json: bool = JSON) -> None:
     """Calls, tokens and cost by model/role/run; estimator accuracy per stratum."""
@@ -255,6 +276,7 @@ def calibrate_cmd(
         out.print(render_diff(result))
     said = err if as_json else out  # --json: stdout holds the JSON document alone
     if write is not None:
+        refuse_replacing_with_nothing_new(result, write)
         result.write(write)
         said.print(f"{OK} {wrote_line(result, write)}", highlight=False)
     if plot is not None:
