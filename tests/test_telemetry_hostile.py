@@ -426,3 +426,24 @@ def test_write_with_nothing_fitted_keeps_a_file_holding_another_estimator(
     )
     assert same.returncode == 0, same.stderr  # the current estimator written back: allowed
     assert (tmp_path / "est.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("llm-usage", {**USAGE, "model": "m\x00"}, "model"),
+        ("llm-usage", {**USAGE, "error_message": "cut\x00off"}, "error_message"),
+        ("estimations", estimation("p\x00"), "phase_id"),
+        ("escalations", {**ESCALATION, "run_id": "r\x00"}, "run_id"),
+        ("llm-usage", {**USAGE, "price_snapshot": {"m": ["\udc80"]}}, "price_snapshot"),
+    ],
+)
+def test_text_a_column_cannot_hold_is_refused_at_its_field_not_the_body(
+    server: Server, route: str, body: dict[str, Any], field: str
+) -> None:
+    """The 422's errors named the field "body" (the words named it), so a client reading
+    ``errors[].field`` could not tell which value to fix."""
+    answer = post(server, route, body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error["field"] == field, error
