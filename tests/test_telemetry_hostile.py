@@ -447,3 +447,19 @@ def test_text_a_column_cannot_hold_is_refused_at_its_field_not_the_body(
     assert answer.status_code == 422, answer.text
     [error] = answer.json()["errors"]
     assert error["field"] == field, error
+
+
+def test_an_infinite_flag_sd_is_refused_as_the_option(server: Server, tmp_path: Path) -> None:
+    """--flag-sd inf was taken, and --json printed "flag_sd": Infinity, which no strict
+    JSON parser reads."""
+    _phases(server, 12)
+    done = _calibrate(server, tmp_path, "--flag-sd", "inf", "--json")
+    assert done.returncode == 2, done.stdout
+    assert "--flag-sd" in done.stderr and "Traceback" not in done.stderr
+    largest = _calibrate(server, tmp_path, "--flag-sd", "1000", "--json")
+    assert largest.returncode == 0, largest.stderr
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    assert json.loads(largest.stdout, parse_constant=refuse)["flag_sd"] == 1000

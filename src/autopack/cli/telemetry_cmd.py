@@ -215,7 +215,11 @@ def calibrate_cmd(
         20, "--min-holdout-phases", min=1, help="Held-out phases needed for a verdict."
     ),
     flag_sd: float = typer.Option(
-        3.0, "--flag-sd", min=0.0, help="Report moves beyond this many prior standard deviations."
+        3.0,
+        "--flag-sd",
+        min=0.0,
+        max=1000.0,  # inf was taken, and --json then printed "flag_sd": Infinity (not JSON)
+        help="Report moves beyond this many prior standard deviations.",
     ),
     write: Path | None = typer.Option(
         None,
