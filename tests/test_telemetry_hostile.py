@@ -210,7 +210,13 @@ def test_a_margin_no_estimator_file_may_hold_is_refused_as_the_option(
 
 
 @pytest.mark.parametrize(
-    "update", [{"cost_usd": -5.0}, {"ts": datetime(1999, 12, 31, tzinfo=UTC)}], ids=str
+    "update",
+    [
+        {"cost_usd": -5.0},
+        {"ts": datetime(1999, 12, 31, tzinfo=UTC)},
+        {"run_id": "a run\n", "phase_id": 'p"1'},
+    ],
+    ids=str,
 )
 def test_a_value_an_older_server_stored_is_still_read_back(
     server: Server, update: dict[str, Any]
@@ -463,3 +469,23 @@ def test_an_infinite_flag_sd_is_refused_as_the_option(server: Server, tmp_path: 
         raise ValueError(constant)
 
     assert json.loads(largest.stdout, parse_constant=refuse)["flag_sd"] == 1000
+
+
+@pytest.mark.parametrize("bad", ["new\nline", 'we"ird', "a b", ""])
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("llm-usage", USAGE, "run_id"),
+        ("llm-usage", USAGE, "phase_id"),
+        ("estimations", estimation("p1"), "phase_id"),
+        ("escalations", ESCALATION, "run_id"),
+    ],
+)
+def test_an_id_no_run_could_have_is_refused_naming_it(
+    server: Server, route: str, body: dict[str, Any], field: str, bad: str
+) -> None:
+    """It was stored, and then no --run or GET /telemetry/*?run_id= could name its run
+    (they take ids only): a row only the unfiltered totals counted."""
+    answer = post(server, route, {**body, field: bad})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field
