@@ -57,6 +57,7 @@ from autopack.estimation.metrics import smape
 from autopack.estimation.predictive import MARGIN_SD_MAX
 from autopack.estimation.stats import binomial_upper, normal_quantile
 from autopack.telemetry.events import TokenEstimationIn
+from bench.truth_checks import TruthError, check_truth
 
 _PATHS: dict[str, str] = {
     "python": "src/pkg/mod{}.py",
@@ -366,9 +367,9 @@ def score(
 
 
 def load_truth(path: Path) -> Truth:
+    """Read and check a truth file (:class:`TruthError` names a field it cannot use)."""
     doc = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(doc, dict):
-        raise TypeError("a truth file is a JSON object")
+    check_truth(doc)
     return Truth(doc)
 
 
@@ -468,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_truth(args.truth)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         parser.error(f"cannot read the truth file {args.truth}: {exc}")
+    except TruthError as exc:
+        parser.error(f"the truth file {args.truth}: {exc}")
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         parser.error(f"the truth file {args.truth} is not of the expected shape: {exc!r}")
     scores = run(

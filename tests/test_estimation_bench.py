@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bench.estimator import Truth, run, simulate, write_and_read
 
 from autopack.estimation.estimator import TokenEstimator
@@ -108,3 +109,48 @@ def test_bad_arguments_and_truth_files_are_exit_2_naming_them(tmp_path: Path) ->
         finished = bench_estimator(*args)
         assert finished.returncode == 2, (args, finished.stderr[-2000:])
         assert named in finished.stderr and "Traceback" not in finished.stderr, args
+
+
+def _truth(**changes: Any) -> dict[str, Any]:
+    """The shipped truth file with top-level keys replaced; ``cell`` changes its first cell."""
+    doc: dict[str, Any] = json.loads((REPO / "bench/estimator_truth.json").read_text())
+    cell = changes.pop("cell", {})
+    first = next(iter(doc["strata"]))
+    doc["strata"][first] = {k: v for k, v in (doc["strata"][first] | cell).items() if v != "-"}
+    return doc | changes
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        (_truth(cell={"sigma": 0}), "strata.implementation/low.sigma"),
+        (_truth(cell={"sigma": -0.5}), "strata.implementation/low.sigma"),
+        (_truth(cell={"sigma": float("nan")}), "strata.implementation/low.sigma"),
+        (_truth(cell={"sigma": 1e6}), "strata.implementation/low.sigma"),
+        (_truth(cell={"median": 1e300}), "strata.implementation/low.median"),
+        (_truth(cell={"median": float("inf")}), "strata.implementation/low.median"),
+        (_truth(cell={"median": "-"}), "strata.implementation/low.median"),
+        (_truth(cell={"weight": -1}), "strata.implementation/low.weight"),
+        (_truth(strata={}), "strata"),
+        (_truth(max_attempts=0), "max_attempts"),
+        (_truth(escalation_factor=float("nan")), "escalation_factor"),
+        (_truth(existing_kb={"low": 0, "high": 1}), "existing_kb.low"),
+        (_truth(deliverables={"1": 0, "2-5": 0, "6+": 0}), "deliverables"),
+        (_truth(models={"model-a": {"max_output_tokens": 0}}), "models.model-a"),
+        (_truth(train=[{"model": "model-a", "share": 0}]), "train"),
+        (_truth(train=[{"model": "typo", "share": 1}]), "train[0].model"),
+        (_truth(categories={"tests": {"kinds": {"klingon": 1}}}), "categories.tests.kinds"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_truth_file_value_it_cannot_draw_from_is_exit_2_naming_the_field(
+    tmp_path: Path, doc: dict[str, Any], field: str
+) -> None:
+    """Each ended in a traceback inside the run (Probabilities contain NaN, math range
+    error, IndexError, cannot convert float NaN to integer) or ran on a zero spread."""
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(doc))  # Python's json writes NaN and Infinity literally
+    finished = bench_estimator("--truth", str(path), "--phases", "5", "--score-phases", "10")
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert "Traceback" not in finished.stderr
+    assert f"{path}: {field}" in finished.stderr

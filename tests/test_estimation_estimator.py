@@ -370,6 +370,8 @@ def test_predictive_file_round_trips_one_line_per_stratum(tmp_path: Path) -> Non
         (("pooled", "strata", "implementation/high/1", "cov"), [0.0] * 9, "cov must be a list"),
         (("pooled", "model_offsets", "model-a", "cov"), [], "model-a.cov"),
         (("schema",), 3, "unknown schema"),
+        (("schema",), True, "unknown schema true"),  # true == 1: loaded as schema 1
+        (("schema",), 2.0, "unknown schema 2.0"),
     ],
 )
 def test_bad_predictive_files_are_refused_with_the_field(

@@ -210,7 +210,13 @@ def test_a_margin_no_estimator_file_may_hold_is_refused_as_the_option(
 
 
 @pytest.mark.parametrize(
-    "update", [{"cost_usd": -5.0}, {"ts": datetime(1999, 12, 31, tzinfo=UTC)}], ids=str
+    "update",
+    [
+        {"cost_usd": -5.0},
+        {"ts": datetime(1999, 12, 31, tzinfo=UTC)},
+        {"run_id": "a run\n", "phase_id": 'p"1'},
+    ],
+    ids=str,
 )
 def test_a_value_an_older_server_stored_is_still_read_back(
     server: Server, update: dict[str, Any]
@@ -295,3 +301,191 @@ def test_an_instant_at_the_calendar_edge_is_refused_so_every_row_stays_readable(
         events = httpx.get(f"{server.url}/telemetry/events", timeout=30)
         assert events.status_code == 200, events.text
         assert len(events.json()) == 1
+
+
+def _phases(server: Server, n: int, run_id: str = "r1") -> None:
+    """``n`` phases of one exact call each, a minute apart (oldest first)."""
+    for i in range(n):
+        tokens = 1000 + 37 * i
+        at = f"2026-02-01T00:{i:02d}:00Z"
+        event = estimation(f"p{i}", run_id=run_id, actual_output_tokens=tokens, ts=at)
+        assert post(server, "estimations", event).status_code == 201
+
+
+def test_calibrate_from_an_estimator_predicting_infinite_sizes_writes_a_file_that_loads(
+    server: Server, tmp_path: Path
+) -> None:
+    """A schema-1 file with margin 1e308 loads (a drain caps its budgets), but calibrate
+    centred its priors on log(inf): slope inf - inf = nan, and it ended with exit 2
+    blaming an 'estimator file <calibrated>'."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    prior = TokenEstimator.load().to_json() | {"margin": 1e308}
+    (tmp_path / "prior.json").write_text(json.dumps(prior))
+    _phases(server, 12)
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="prior.json")
+    done = cli(
+        *("telemetry", "calibrate", "--write", "new.json", "--database-url", url),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert TokenEstimator.load(tmp_path / "new.json").schema == 2
+
+
+def test_a_holdout_share_that_rounds_to_no_phase_still_holds_one_out(
+    server: Server, tmp_path: Path
+) -> None:
+    """Ten phases at --holdout 0.05 held out round(0.5) = 0 of them, and the verdict said
+    'wait: 10 usable phases; a held-out judgement needs 10'."""
+    _phases(server, 10)
+    done = _calibrate(server, tmp_path, "--holdout", "0.05", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["holdout"]["n_holdout"] == 1
+    assert result["verdict"]["action"] == "wait"
+    assert "only 1 held-out" in result["verdict"]["line"]
+
+
+def test_calibrate_of_a_mistyped_run_says_it_is_not_found(server: Server, tmp_path: Path) -> None:
+    """It answered '0 phases … wait' as if the run existed and had no telemetry."""
+    _phases(server, 1)
+    done = _calibrate(server, tmp_path, "--run", "no-such-run")
+    assert done.returncode != 0
+    assert "no-such-run" in done.stderr and "not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    kept = _calibrate(server, tmp_path, "--run", "r1", "--json")  # telemetry without a run row
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["n_phases"] == 1
+
+
+@pytest.mark.parametrize("estimator", ["AUTOPACK_ESTIMATOR_FILE", "--write"])
+def test_a_plot_naming_the_estimator_file_is_refused_and_the_file_kept(
+    server: Server, tmp_path: Path, estimator: str
+) -> None:
+    """``--plot`` onto the estimator in use (or onto --write's file) replaced it with a
+    PNG, and the next drain refused to start on it."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    current = tmp_path / "estimators" / "current.json"
+    current.parent.mkdir()
+    TokenEstimator.load().write(current)
+    (tmp_path / "link.json").symlink_to(current)  # the same file by another name
+    before = current.read_bytes()
+    _phases(server, 12)
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    args = ["telemetry", "calibrate", "--plot", "link.json", "--database-url", url]
+    if estimator == "--write":
+        args += ["--write", str(current)]
+    else:
+        env["AUTOPACK_ESTIMATOR_FILE"] = str(current)
+    done = cli(*args, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--plot link.json" in done.stderr and estimator in done.stderr
+    assert "Traceback" not in done.stderr
+    assert current.read_bytes() == before
+
+
+def test_calibrate_from_an_estimator_aiming_at_its_largest_target_works(
+    server: Server, tmp_path: Path
+) -> None:
+    """The loader takes target_truncation up to 0.5; calibrate, starting from such a
+    file, refused 0.5 with a traceback (ValueError: ... below 0.5)."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    _phases(server, 12)
+    assert _calibrate(server, tmp_path, "--write", "first.json").returncode == 0
+    prior = json.loads((tmp_path / "first.json").read_text()) | {"target_truncation": 0.5}
+    (tmp_path / "prior.json").write_text(json.dumps(prior))
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="prior.json")
+    done = cli(
+        *("telemetry", "calibrate", "--write", "new.json", "--database-url", url),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert TokenEstimator.load(tmp_path / "new.json").target_truncation == 0.5
+
+
+def test_write_with_nothing_fitted_keeps_a_file_holding_another_estimator(
+    server: Server, tmp_path: Path
+) -> None:
+    """Three phases fit nothing, so --write wrote the packaged default over an earlier
+    calibration at that path, saying 'the current estimator unchanged'."""
+    _phases(server, 12, run_id="earlier")
+    assert _calibrate(server, tmp_path, "--run", "earlier", "--write", "est.json").returncode == 0
+    before = (tmp_path / "est.json").read_bytes()
+    _phases(server, 3, run_id="r1")
+    done = _calibrate(server, tmp_path, "--run", "r1", "--write", "est.json")
+    assert done.returncode == 2, done.stderr
+    assert "--write est.json" in done.stderr and "nothing written" in done.stderr
+    assert (tmp_path / "est.json").read_bytes() == before
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="est.json")
+    same = cli(
+        *("telemetry", "calibrate", "--run", "r1", "--write", "est.json", "--database-url", url),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert same.returncode == 0, same.stderr  # the current estimator written back: allowed
+    assert (tmp_path / "est.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("llm-usage", {**USAGE, "model": "m\x00"}, "model"),
+        ("llm-usage", {**USAGE, "error_message": "cut\x00off"}, "error_message"),
+        ("estimations", estimation("p\x00"), "phase_id"),
+        ("escalations", {**ESCALATION, "run_id": "r\x00"}, "run_id"),
+        ("llm-usage", {**USAGE, "price_snapshot": {"m": ["\udc80"]}}, "price_snapshot"),
+    ],
+)
+def test_text_a_column_cannot_hold_is_refused_at_its_field_not_the_body(
+    server: Server, route: str, body: dict[str, Any], field: str
+) -> None:
+    """The 422's errors named the field "body" (the words named it), so a client reading
+    ``errors[].field`` could not tell which value to fix."""
+    answer = post(server, route, body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["errors"]
+    assert error["field"] == field, error
+
+
+def test_an_infinite_flag_sd_is_refused_as_the_option(server: Server, tmp_path: Path) -> None:
+    """--flag-sd inf was taken, and --json printed "flag_sd": Infinity, which no strict
+    JSON parser reads."""
+    _phases(server, 12)
+    done = _calibrate(server, tmp_path, "--flag-sd", "inf", "--json")
+    assert done.returncode == 2, done.stdout
+    assert "--flag-sd" in done.stderr and "Traceback" not in done.stderr
+    largest = _calibrate(server, tmp_path, "--flag-sd", "1000", "--json")
+    assert largest.returncode == 0, largest.stderr
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    assert json.loads(largest.stdout, parse_constant=refuse)["flag_sd"] == 1000
+
+
+@pytest.mark.parametrize("bad", ["new\nline", 'we"ird', "a b", ""])
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("llm-usage", USAGE, "run_id"),
+        ("llm-usage", USAGE, "phase_id"),
+        ("estimations", estimation("p1"), "phase_id"),
+        ("escalations", ESCALATION, "run_id"),
+    ],
+)
+def test_an_id_no_run_could_have_is_refused_naming_it(
+    server: Server, route: str, body: dict[str, Any], field: str, bad: str
+) -> None:
+    """It was stored, and then no --run or GET /telemetry/*?run_id= could name its run
+    (they take ids only): a row only the unfiltered totals counted."""
+    answer = post(server, route, {**body, field: bad})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"] == field

@@ -37,10 +37,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 INT32_MAX = 2**31 - 1
 """PostgreSQL ``INTEGER``; every integer column is one."""
@@ -142,18 +144,30 @@ def json_safe(value: Any, name: str = "") -> Any:
     return value
 
 
+class FieldProblem(ValueError):
+    """A value :func:`storable` refuses, with the field it is in: :class:`Storable` makes
+    it an error *at* that field (it was at the whole body: ``"field": "body"`` in a 422)."""
+
+    def __init__(self, field: str, problem: str, value: Any) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem, self.value = field, problem, value
+
+
 def storable(model: BaseModel) -> BaseModel:
     """A request model as the database will hold it: its text fields (TEXT and VARCHAR
     columns) without NUL, its JSON fields :func:`json_safe`. Returns ``model``."""
     for name, value in {**model.__dict__, **(model.__pydantic_extra__ or {})}.items():
         if isinstance(value, str):
             if (problem := text_problem(value)) is not None:
-                raise ValueError(f"{name} {problem}")
+                raise FieldProblem(name, problem, value)
         elif isinstance(value, float):
             if not math.isfinite(value):
-                raise ValueError(f"{name} is not a finite number ({value})")
+                raise FieldProblem(name, f"is not a finite number ({value})", value)
         elif isinstance(value, dict | list | tuple | BaseModel):
-            json_safe(value, name)
+            try:
+                json_safe(value, name)
+            except ValueError as exc:
+                raise FieldProblem(name, str(exc), value) from None
     return model
 
 
@@ -225,7 +239,12 @@ class Storable(JsonTyped):
 
     @model_validator(mode="after")
     def _storable(self) -> Self:
-        storable(self)
+        try:
+            storable(self)
+        except FieldProblem as exc:
+            kind = PydanticCustomError("storable", "{problem}", {"problem": exc.problem})
+            detail = InitErrorDetails(type=kind, loc=(exc.field,), input=exc.value)
+            raise ValidationError.from_exception_data(type(self).__name__, [detail]) from None
         return self
 
 

@@ -142,6 +142,42 @@ def wrote_line(result: CalibrationResult, path: Path) -> str:
     return f"wrote {path} (verdict write: recommended); {use}"
 
 
+def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | None) -> None:
+    """``--plot`` naming the estimator file in use or ``--write``'s path replaced that
+    estimator with a PNG (the next drain then refused to start): refused before anything
+    is fitted or written."""
+    from autopack.paths import absolute
+
+    target = absolute(plot, "--plot")
+    for name, other in (("--write", write), ("AUTOPACK_ESTIMATOR_FILE", current)):
+        if other is not None and absolute(Path(other), name) == target:
+            raise ConfigError(
+                f"--plot {plot} is the same file as {name} ({other}): the PNG would "
+                "replace that estimator file; give the plot another name"
+            )
+
+
+def refuse_replacing_with_nothing_new(result: CalibrationResult, path: Path) -> None:
+    """With nothing fitted (too few phases) ``--write`` writes the current estimator back:
+    over a file holding *another* estimator (an earlier calibration, while
+    AUTOPACK_ESTIMATOR_FILE still named the packaged default) that replaced it with the
+    default, and the line said "the current estimator unchanged". Refused, nothing written."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    if result.changed or not path.is_file():
+        return
+    try:
+        there = TokenEstimator.load(path)
+    except ConfigError:  # not an estimator file: --write replaces it as asked
+        return
+    if there.to_json() != result.prior.to_json():
+        raise ConfigError(
+            f"--write {path} holds estimator {there.version}, not the current one "
+            f"({result.prior.version}), and the fit changed nothing ({result.n_phases} usable "
+            f"phases): writing would replace it with {result.prior.version}; nothing written"
+        )
+
+
 @app.command("report")
 def report_cmd(ctx: typer.Context, run_id: str | None = RUN, as_json: bool = JSON) -> None:
     """Calls, tokens and cost by model/role/run; estimator accuracy per stratum."""
@@ -179,7 +215,11 @@ def calibrate_cmd(
         20, "--min-holdout-phases", min=1, help="Held-out phases needed for a verdict."
     ),
     flag_sd: float = typer.Option(
-        3.0, "--flag-sd", min=0.0, help="Report moves beyond this many prior standard deviations."
+        3.0,
+        "--flag-sd",
+        min=0.0,
+        max=1000.0,  # inf was taken, and --json then printed "flag_sd": Infinity (not JSON)
+        help="Report moves beyond this many prior standard deviations.",
     ),
     write: Path | None = typer.Option(
         None,
@@ -205,7 +245,12 @@ def calibrate_cmd(
 
     cli = state(ctx)
     settings = cli.settings
-    kept, left_out = live_events(cli.client(), run_id, include_replayed=include_replayed)
+    if plot is not None:
+        refuse_plot_over_estimator(plot, write, settings.autopack_estimator_file)
+    client = cli.client()
+    kept, left_out = live_events(client, run_id, include_replayed=include_replayed)
+    if run_id is not None and not kept and not left_out:
+        client.get_run(run_id)  # a mistyped id: "not found in database …", not "0 phases"
     events = [event.model_dump() for event in kept]
     if left_out:
         err.print(
@@ -235,6 +280,7 @@ def calibrate_cmd(
         out.print(render_diff(result))
     said = err if as_json else out  # --json: stdout holds the JSON document alone
     if write is not None:
+        refuse_replacing_with_nothing_new(result, write)
         result.write(write)
         said.print(f"{OK} {wrote_line(result, write)}", highlight=False)
     if plot is not None:

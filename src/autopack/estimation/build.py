@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from autopack.estimation.estimator import TokenEstimator
-from autopack.estimation.features import Deliverable, Kind, PhaseFeatures
+from autopack.estimation.features import TOKENS_MAX, Deliverable, Kind, PhaseFeatures
 from autopack.estimation.fit import PER_MODEL, POOLED, Centre, Fitted, Hyper, empirical_scale, fit
 from autopack.estimation.rows import PhaseObservation
 
@@ -65,7 +65,10 @@ def prior_centre(prior: TokenEstimator) -> Centre:
     def log_p50(category: str, complexity: str, count: int) -> float:
         kind = _TYPICAL_KIND.get(category, "python")
         items = tuple(Deliverable(f"f{i}", kind, True, 0) for i in range(count))
-        return math.log(max(linear.p50_exact(PhaseFeatures(category, complexity, items)), 1.0))
+        p50 = linear.p50_exact(PhaseFeatures(category, complexity, items))
+        # a file the loader accepts may predict more than any row can record (margin 1e308:
+        # inf, and slope inf - inf = nan): the centre is what its budgets are capped to
+        return math.log(min(max(p50, 1.0), TOKENS_MAX))
 
     table: dict[str, dict[str, float]] = linear.to_json()["overhead"]
     cells = {

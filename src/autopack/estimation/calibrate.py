@@ -310,8 +310,8 @@ def calibrate(
     waste measure.
     """
     target = target_truncation or prior.target_truncation or DEFAULT_TARGET
-    if not 0.0 < target < 0.5:
-        raise ValueError(f"target_truncation must be a probability below 0.5, got {target}")
+    if not 0.0 < target <= 0.5:  # what an estimator file may hold (a prior's 0.5 was refused)
+        raise ValueError(f"target_truncation must be a probability in (0, 0.5], got {target}")
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout}")
     data, skipped = phase_observations(events)
@@ -326,7 +326,9 @@ def calibrate(
         )
 
     outcome = refit(data) if len(data) >= MIN_FIT_PHASES else None
-    held_n = round(holdout * len(data)) if len(data) >= MIN_JUDGED_PHASES else 0
+    # at least one phase once there are enough to judge: round(0.05 x 10) is 0, and the
+    # verdict then said "10 usable phases; a held-out judgement needs 10"
+    held_n = max(1, round(holdout * len(data))) if len(data) >= MIN_JUDGED_PHASES else 0
     judged: Holdout | None = None
     if held_n and len(data) - held_n >= MIN_FIT_PHASES:
         train, held = data[:-held_n], data[-held_n:]

@@ -73,6 +73,11 @@ class TokenEstimator:
         self.source = source
         self.linear: LinearModel | None = None
         self.predictive: PredictiveModel | None = None
+        if isinstance(schema, bool) or not isinstance(schema, int):
+            # true == 1 in Python: "schema": true loaded as schema 1 and was refused for
+            # a missing margin; 2.0 == 2 loaded a file its own writer never writes
+            shown = json.dumps(schema)
+            raise ConfigError(f"estimator file {source}: unknown schema {shown} (1 or 2)")
         if schema == 1:
             self.linear = LinearModel(document, source=source)
         elif schema == 2:

@@ -13,12 +13,25 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autopack.bounds import TEXT_MAX, CostUsd, Count, Finite, JsonObject, Storable, UtcTime
+from autopack.bounds import (
+    ID_PATTERN,
+    TEXT_MAX,
+    CostUsd,
+    Count,
+    Finite,
+    JsonObject,
+    Storable,
+    UtcTime,
+)
 from autopack.clock import utcnow
+
+Id = Annotated[str, Field(max_length=200, pattern=ID_PATTERN)]
+"""A run or phase id as runs have them: a row posted under any other text (a newline, a
+quote) was stored, but no ``--run`` or ``GET /telemetry/*?run_id=`` could name it."""
 
 REPLAY_PROVIDER = "replay"
 """The ``provider`` of calls answered from a replay cassette. Their ``cost_usd`` is what
@@ -41,8 +54,8 @@ class _Event(Storable):
 class LlmUsageIn(_Event):
     """One LLM call, successful or not (``llm_usage_events``)."""
 
-    run_id: str = Field(max_length=200)
-    phase_id: str | None = Field(None, max_length=200)
+    run_id: Id
+    phase_id: Id | None = None
     attempt: Count | None = None
     role: Literal["builder", "auditor"]
     provider: str = Field(max_length=40)
@@ -67,8 +80,8 @@ class LlmUsageIn(_Event):
 class TokenEstimationIn(_Event):
     """One Builder call's prediction against reality (``token_estimation_v2_events``)."""
 
-    run_id: str = Field(max_length=200)
-    phase_id: str = Field(max_length=200)
+    run_id: Id
+    phase_id: Id
     attempt: Count
     estimator_version: str = Field(max_length=40)
     category: str = Field(max_length=40)
@@ -97,8 +110,8 @@ class TokenBudgetEscalationIn(_Event):
     """An answer's output allowance raised (``token_budget_escalation_events``): a retry's
     ``max_tokens`` after truncation, or a cut-off answer given a continuation."""
 
-    run_id: str = Field(max_length=200)
-    phase_id: str = Field(max_length=200)
+    run_id: Id
+    phase_id: Id
     attempt: Count
     reason: Literal["truncation", "utilization", "continuation"]
     factor: Finite = Field(gt=0, le=1000)
@@ -118,6 +131,8 @@ class LlmUsageRow(LlmUsageIn):
 
     id: int
     ts: datetime
+    run_id: str
+    phase_id: str | None = None
     cost_usd: Finite | None = None
     provider_cost_usd: Finite | None = None
 
@@ -127,6 +142,8 @@ class TokenEstimationRow(TokenEstimationIn):
 
     id: int
     ts: datetime
+    run_id: str
+    phase_id: str
 
 
 class TokenBudgetEscalationRow(TokenBudgetEscalationIn):
@@ -134,6 +151,8 @@ class TokenBudgetEscalationRow(TokenBudgetEscalationIn):
 
     id: int
     ts: datetime
+    run_id: str
+    phase_id: str
 
 
 TelemetryEvent = LlmUsageIn | TokenEstimationIn | TokenBudgetEscalationIn
