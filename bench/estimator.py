@@ -427,7 +427,7 @@ def run(
     return scores
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
+def at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
@@ -437,42 +437,48 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _margin(text: str) -> float:
+def margin_sd(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= MARGIN_SD_MAX:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be in [0, {MARGIN_SD_MAX}], got {text}")
     return value
 
 
+def check_truth_file(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Exit 2 (``parser.error``) naming ``path`` and what in it cannot be used, before a
+    run draws from it (a traceback deep inside the run, otherwise)."""
+    try:
+        load_truth(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parser.error(f"cannot read the truth file {path}: {exc}")
+    except TruthError as exc:
+        parser.error(f"the truth file {path}: {exc}")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        parser.error(f"the truth file {path} is not of the expected shape: {exc!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 2 naming the argument or file for anything it cannot use, never a traceback."""
     parser = argparse.ArgumentParser(prog="python -m bench.estimator", description=__doc__)
     parser.add_argument("--truth", type=Path, required=True)
-    parser.add_argument("--phases", type=_at_least(1), required=True, help="Training phases.")
+    parser.add_argument("--phases", type=at_least(1), required=True, help="Training phases.")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--score-phases", type=_at_least(1), default=20_000)
+    parser.add_argument("--score-phases", type=at_least(1), default=20_000)
     parser.add_argument(
         "--continuation-overlap",
-        type=_at_least(0),
+        type=at_least(0),
         default=128,
         help="Tokens each continuation call re-emits (the only waste with continuation on).",
     )
     parser.add_argument(
         "--margin-sd",
-        type=_margin,
+        type=margin_sd,
         default=DEFAULT_MARGIN_SD,
         help="Passed to calibrate: standard errors added to the budget quantile.",
     )
     parser.add_argument("--json", type=Path, help="Write the scores here.")
     args = parser.parse_args(argv)
-    try:
-        load_truth(args.truth)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        parser.error(f"cannot read the truth file {args.truth}: {exc}")
-    except TruthError as exc:
-        parser.error(f"the truth file {args.truth}: {exc}")
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        parser.error(f"the truth file {args.truth} is not of the expected shape: {exc!r}")
+    check_truth_file(parser, args.truth)
     scores = run(
         args.truth,
         args.phases,

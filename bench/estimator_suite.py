@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autopack.estimation.build import DEFAULT_MARGIN_SD
-from bench.estimator import run
+from bench.estimator import at_least, check_truth_file, margin_sd, run
 
 HERE = Path(__file__).resolve().parent
 MEASURES = (
@@ -61,13 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.estimator_suite")
     parser.add_argument("--truth", type=Path, default=HERE / "estimator_truth.json")
     parser.add_argument("--shift-truth", type=Path, default=HERE / "estimator_truth_shift.json")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[30, 100, 500])
+    parser.add_argument("--sizes", type=at_least(1), nargs="+", default=[30, 100, 500])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--score-phases", type=int, default=20_000)
-    parser.add_argument("--margin-sd", type=float, default=DEFAULT_MARGIN_SD)
+    parser.add_argument("--score-phases", type=at_least(1), default=20_000)
+    parser.add_argument("--margin-sd", type=margin_sd, default=DEFAULT_MARGIN_SD)
     parser.add_argument("--no-shift", action="store_true", help="Skip the verbosity shift.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    check_truth_file(parser, args.truth)  # both before the first run: it takes minutes
+    if args.shift_truth.exists() and not args.no_shift:
+        check_truth_file(parser, args.shift_truth)
     everything: dict[str, Any] = {}
     lines: list[str] = []
     for size in args.sizes:

@@ -154,3 +154,25 @@ def test_a_truth_file_value_it_cannot_draw_from_is_exit_2_naming_the_field(
     assert finished.returncode == 2, finished.stderr[-2000:]
     assert "Traceback" not in finished.stderr
     assert f"{path}: {field}" in finished.stderr
+
+
+@pytest.mark.parametrize("which", ["--truth", "--shift-truth"])
+def test_the_suite_refuses_a_truth_file_naming_the_field_before_its_first_run(
+    tmp_path: Path, which: str
+) -> None:
+    """``bench.estimator_suite`` (what BENCHMARKS.md's table comes from) ran its truth files
+    unchecked: a bad value ended in a traceback, for the shift file after minutes of runs."""
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(_truth(cell={"sigma": 0})))
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.estimator_suite", which, str(path), "--sizes", "5"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert "Traceback" not in finished.stderr
+    assert f"{path}: strata.implementation/low.sigma" in finished.stderr
