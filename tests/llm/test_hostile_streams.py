@@ -362,3 +362,68 @@ def test_a_stream_that_stops_mid_answer_is_given_up_on_after_the_configured_time
     assert [b["error_class"] for b in builder] == ["StreamInterrupted", None], builder
     assert builder[0]["latency_ms"] < 10_000, "given up on at the setting, not the 600 s default"
     assert [a["outcome"] for a in attempts(url, "p1")] == ["COMPLETE"]
+
+
+CUT_AFTER_IMPOSSIBLE_START = {
+    "2**63 input": {"input_tokens": 2**63, "output_tokens": 1},
+    "negative input": {"input_tokens": -7, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUT_AFTER_IMPOSSIBLE_START))
+def test_a_broken_stream_whose_start_usage_cannot_be_true_is_a_malformed_answer(
+    tmp_path: Path, name: str
+) -> None:
+    """Anthropic reports the input in ``message_start``; a stream broken off after that
+    went to the accounting unchecked, the control plane refused its token count, and the
+    attempt ended ``executor_error`` with no usage row."""
+    start = CUT_AFTER_IMPOSSIBLE_START[name]
+    url, _ = drain_against(
+        tmp_path, "anthropic", Raw([a_start(start), a_block_start(), a_delta("{")])
+    )
+    ((stop, error),) = [(a["stop_reason"], a["error"]) for a in attempts(url, "p1")]
+    assert stop == "llm_error"
+    assert "usage it reported cannot be true" in error
+    (row,) = rows(url, "SELECT error_class, success, input_tokens, cost_usd FROM llm_usage_events")
+    assert row == {
+        "error_class": "MalformedResponse",
+        "success": 0,
+        "input_tokens": None,
+        "cost_usd": None,
+    }
+
+
+def test_a_cassette_line_recording_impossible_usage_for_a_broken_stream_is_malformed(
+    tmp_path: Path,
+) -> None:
+    """A replayed broken stream carries the usage its line recorded, unchecked the same
+    way (a hand-edited or corrupted cassette)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    settings = env_for(url)
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), settings, tmp_path
+    )
+    broken = {
+        "match": {"run_id": "exec-run", "phase_id": "p1", "attempt": 1, "role": "builder"},
+        "provider": "anthropic",
+        "model": "claude-sonnet-5-5",
+        "latency_ms": 1.0,
+        "error": {
+            "message": "stream interrupted",
+            "partial": '{"files": [',
+            "usage": {"input_tokens": 2**63, "output_tokens": 3},
+        },
+    }
+    tape = tmp_path / "cassette.jsonl"
+    tape.write_text(json.dumps(broken) + "\n")
+    result = drain(
+        *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        env=settings,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert "Traceback" not in result.stderr
+    assert [a["stop_reason"] for a in attempts(url, "p1")] == ["llm_error"]
+    (row,) = rows(url, "SELECT error_class, success FROM llm_usage_events")
+    assert (row["error_class"], row["success"]) == ("MalformedResponse", 0)
