@@ -57,19 +57,19 @@ STALL_HOLD_S = 30.0
 """How long a silent fake holds a stream (far past the 1 s a test configures)."""
 
 
-def complete(provider: str, raw: Raw, timeout: float = 10.0) -> LLMResponse:
-    """One call (max_tokens 256, no SDK retries) against a server sending ``raw``."""
+def complete(provider: str, raw: Raw, timeout: float = 10.0, max_tokens: int = 256) -> LLMResponse:
+    """One call (no SDK retries) against a server sending ``raw``."""
     with RawServer() as server:
         server.replies.append(raw)
         if provider == "anthropic":
             anthropic = AnthropicProvider(
                 api_key="k", base_url=server.url, max_retries=0, timeout=timeout
             )
-            return anthropic.complete(make_request())
+            return anthropic.complete(make_request(max_tokens=max_tokens))
         openai = OpenAIProvider(
             api_key="k", base_url=server.url + "/v1", max_retries=0, timeout=timeout
         )
-        return openai.complete(make_request(model="gpt-6-luna"))
+        return openai.complete(make_request(model="gpt-6-luna", max_tokens=max_tokens))
 
 
 def drain_against(
@@ -295,6 +295,25 @@ def test_a_stream_of_nothing_but_comments_is_a_retryable_error(provider: str) ->
         complete(provider, Raw([KEEP_ALIVE] * 60, gap=0.1), timeout=1.0)
     assert caught.value.retryable, caught.value.message
     assert "no text for 1 s" in caught.value.message
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_dripping_text_is_stopped_at_the_calls_deadline(provider: str) -> None:
+    """A character every half second is a read within any timeout and text within the
+    stall limit: the call ran for as long as the server dripped (max_tokens 4 allows 256
+    characters, two minutes of this). It ends at the timeout plus a second per token."""
+
+    def dripping() -> Iterator[str]:
+        if provider == "anthropic":
+            yield from [a_start(), a_block_start()]
+        for _ in range(240):
+            yield a_delta("x") if provider == "anthropic" else o_chunk({"content": "x"})
+
+    with pytest.raises(StreamInterrupted) as caught:
+        complete(provider, Raw(dripping, gap=0.5), timeout=2.0, max_tokens=4)
+    assert "the answer took over 6 s" in caught.value.message
+    assert caught.value.partial.startswith("x")
+    assert caught.value.latency_ms < 30_000, "stopped at the deadline, not when the server chose"
 
 
 def test_continuations_whose_usage_never_arrived_count_their_whole_allowance(
