@@ -19,6 +19,7 @@ import httpx2
 
 from autopack.contract import USAGE_TOKENS_MAX
 from autopack.errors import LLMError
+from autopack.llm.retry_after import refused_wait
 
 Role = Literal["builder", "auditor"]
 
@@ -214,7 +215,7 @@ def sdk_error(
         # A 404 is often the address itself (OPENAI_BASE_URL without Ollama's /v1 answers
         # "404 page not found"): the URL shows it, as for an unreachable server.
         return LLMError(
-            f"{label} {status}{at if status == 404 else ''}: {message}",
+            f"{label} {status}{at if status == 404 else ''}: {message}{refused_wait(exc)}",
             status_code=status,
             request_id=getattr(exc, "request_id", None),
             retryable=retryable_status(status),
