@@ -446,3 +446,35 @@ def test_a_cassette_line_recording_impossible_usage_for_a_broken_stream_is_malfo
     assert [a["stop_reason"] for a in attempts(url, "p1")] == ["llm_error"]
     (row,) = rows(url, "SELECT error_class, success FROM llm_usage_events")
     assert (row["error_class"], row["success"]) == ("MalformedResponse", 0)
+
+
+@pytest.mark.parametrize("price", ["Infinity", "NaN", "1e300"])
+def test_a_price_file_pricing_a_model_beyond_reason_is_refused_naming_it(
+    tmp_path: Path, price: str
+) -> None:
+    """A price of ``Infinity`` (JSON as Python reads it) made the call's cost NaN, one of
+    1e300 a cost beyond any report: the usage report refused it and the attempt ended
+    ``executor_error``, the call unrecorded. (NaN was refused already; kept as a guard.)"""
+    prices = tmp_path / "prices.json"
+    prices.write_text(
+        json.dumps(
+            {"version": "mine", "models": {"claude-sonnet-5-5": {"input": 0, "output": 1}}}
+        ).replace('"input": 0', f'"input": {price}')
+    )
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    settings = env_for(url, AUTOPACK_PRICE_TABLE=str(prices))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), settings, tmp_path)
+    with RawServer() as server:
+        server.replies.append(Raw(a_stream(ANSWER)))
+        keys = {"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": server.url}
+        result = drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**settings, **keys},
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 2, (result.stdout, result.stderr[-600:])
+    assert "Traceback" not in result.stderr
+    assert "prices.json is invalid" in result.stderr and "input" in result.stderr
+    assert attempts(url, "p1") == []
