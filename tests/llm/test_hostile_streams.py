@@ -58,18 +58,25 @@ STALL_HOLD_S = 30.0
 
 
 def complete(provider: str, raw: Raw, timeout: float = 10.0, max_tokens: int = 256) -> LLMResponse:
-    """One call (no SDK retries) against a server sending ``raw``."""
+    """One call (no SDK retries) against a server sending ``raw``; the provider is
+    closed after it, so no socket is left for the garbage collector."""
     with RawServer() as server:
         server.replies.append(raw)
+        live: AnthropicProvider | OpenAIProvider
         if provider == "anthropic":
-            anthropic = AnthropicProvider(
+            live = AnthropicProvider(
                 api_key="k", base_url=server.url, max_retries=0, timeout=timeout
             )
-            return anthropic.complete(make_request(max_tokens=max_tokens))
-        openai = OpenAIProvider(
-            api_key="k", base_url=server.url + "/v1", max_retries=0, timeout=timeout
-        )
-        return openai.complete(make_request(model="gpt-6-luna", max_tokens=max_tokens))
+            request = make_request(max_tokens=max_tokens)
+        else:
+            live = OpenAIProvider(
+                api_key="k", base_url=server.url + "/v1", max_retries=0, timeout=timeout
+            )
+            request = make_request(model="gpt-6-luna", max_tokens=max_tokens)
+        try:
+            return live.complete(request)
+        finally:
+            live.close()
 
 
 def drain_against(

@@ -12,9 +12,10 @@ backoff, bounded by ``max_attempts``) decides what happens next.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import time
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import httpx2
 
@@ -50,11 +51,30 @@ def _refuse_long_waits(response: httpx2.Response) -> None:
         response.headers["x-should-retry"] = "false"
 
 
+def _close_quietly(client: httpx2.Client) -> None:
+    if not client.is_closed:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+_CLOSING: dict[type[httpx2.Client], type[httpx2.Client]] = {}
+
+
+def _closing(factory: type[ClientT]) -> type[ClientT]:
+    """``factory`` closing its connections when collected, as the client the SDK makes
+    for itself does (a provider dropped without ``close()`` left its sockets open)."""
+    made = _CLOSING.get(factory)
+    if made is None:
+        made = type(f"Closing{factory.__name__}", (factory,), {"__del__": _close_quietly})
+        _CLOSING[factory] = made
+    return cast("type[ClientT]", made)
+
+
 def http_client(factory: type[ClientT]) -> ClientT:
     """The SDK's own default HTTP client (``anthropic.DefaultHttpxClient`` /
     ``openai.DefaultHttpxClient``: its timeouts, limits, keep-alive) with the hook that
     stops the SDK from waiting longer than :data:`RETRY_AFTER_MAX_S`."""
-    return factory(event_hooks={"response": [_refuse_long_waits]})
+    return _closing(factory)(event_hooks={"response": [_refuse_long_waits]})
 
 
 def refused_wait(exc: Exception) -> str:
