@@ -179,7 +179,8 @@ class Settings(BaseSettings):
         ge=1.0,
         le=86_400.0,
         description="How long an LLM call may wait for the server: per read, and for "
-        "text on a stream (one stalled this long is given up on, continued or retried).",
+        "text on a stream (one stalled this long is given up on, continued or retried); "
+        "a whole call may last this plus a second per token of its max_tokens.",
     )
     autopack_prompt_cache: Flag = Field(
         True,

@@ -57,19 +57,26 @@ STALL_HOLD_S = 30.0
 """How long a silent fake holds a stream (far past the 1 s a test configures)."""
 
 
-def complete(provider: str, raw: Raw, timeout: float = 10.0) -> LLMResponse:
-    """One call (max_tokens 256, no SDK retries) against a server sending ``raw``."""
+def complete(provider: str, raw: Raw, timeout: float = 10.0, max_tokens: int = 256) -> LLMResponse:
+    """One call (no SDK retries) against a server sending ``raw``; the provider is
+    closed after it, so no socket is left for the garbage collector."""
     with RawServer() as server:
         server.replies.append(raw)
+        live: AnthropicProvider | OpenAIProvider
         if provider == "anthropic":
-            anthropic = AnthropicProvider(
+            live = AnthropicProvider(
                 api_key="k", base_url=server.url, max_retries=0, timeout=timeout
             )
-            return anthropic.complete(make_request())
-        openai = OpenAIProvider(
-            api_key="k", base_url=server.url + "/v1", max_retries=0, timeout=timeout
-        )
-        return openai.complete(make_request(model="gpt-6-luna"))
+            request = make_request(max_tokens=max_tokens)
+        else:
+            live = OpenAIProvider(
+                api_key="k", base_url=server.url + "/v1", max_retries=0, timeout=timeout
+            )
+            request = make_request(model="gpt-6-luna", max_tokens=max_tokens)
+        try:
+            return live.complete(request)
+        finally:
+            live.close()
 
 
 def drain_against(
@@ -297,6 +304,25 @@ def test_a_stream_of_nothing_but_comments_is_a_retryable_error(provider: str) ->
     assert "no text for 1 s" in caught.value.message
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_dripping_text_is_stopped_at_the_calls_deadline(provider: str) -> None:
+    """A character every half second is a read within any timeout and text within the
+    stall limit: the call ran for as long as the server dripped (max_tokens 4 allows 256
+    characters, two minutes of this). It ends at the timeout plus a second per token."""
+
+    def dripping() -> Iterator[str]:
+        if provider == "anthropic":
+            yield from [a_start(), a_block_start()]
+        for _ in range(240):
+            yield a_delta("x") if provider == "anthropic" else o_chunk({"content": "x"})
+
+    with pytest.raises(StreamInterrupted) as caught:
+        complete(provider, Raw(dripping, gap=0.5), timeout=2.0, max_tokens=4)
+    assert "the answer took over 6 s" in caught.value.message
+    assert caught.value.partial.startswith("x")
+    assert caught.value.latency_ms < 30_000, "stopped at the deadline, not when the server chose"
+
+
 def test_continuations_whose_usage_never_arrived_count_their_whole_allowance(
     tmp_path: Path,
 ) -> None:
@@ -362,3 +388,100 @@ def test_a_stream_that_stops_mid_answer_is_given_up_on_after_the_configured_time
     assert [b["error_class"] for b in builder] == ["StreamInterrupted", None], builder
     assert builder[0]["latency_ms"] < 10_000, "given up on at the setting, not the 600 s default"
     assert [a["outcome"] for a in attempts(url, "p1")] == ["COMPLETE"]
+
+
+CUT_AFTER_IMPOSSIBLE_START = {
+    "2**63 input": {"input_tokens": 2**63, "output_tokens": 1},
+    "negative input": {"input_tokens": -7, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUT_AFTER_IMPOSSIBLE_START))
+def test_a_broken_stream_whose_start_usage_cannot_be_true_is_a_malformed_answer(
+    tmp_path: Path, name: str
+) -> None:
+    """Anthropic reports the input in ``message_start``; a stream broken off after that
+    went to the accounting unchecked, the control plane refused its token count, and the
+    attempt ended ``executor_error`` with no usage row."""
+    start = CUT_AFTER_IMPOSSIBLE_START[name]
+    url, _ = drain_against(
+        tmp_path, "anthropic", Raw([a_start(start), a_block_start(), a_delta("{")])
+    )
+    ((stop, error),) = [(a["stop_reason"], a["error"]) for a in attempts(url, "p1")]
+    assert stop == "llm_error"
+    assert "usage it reported cannot be true" in error
+    (row,) = rows(url, "SELECT error_class, success, input_tokens, cost_usd FROM llm_usage_events")
+    assert row == {
+        "error_class": "MalformedResponse",
+        "success": 0,
+        "input_tokens": None,
+        "cost_usd": None,
+    }
+
+
+def test_a_cassette_line_recording_impossible_usage_for_a_broken_stream_is_malformed(
+    tmp_path: Path,
+) -> None:
+    """A replayed broken stream carries the usage its line recorded, unchecked the same
+    way (a hand-edited or corrupted cassette)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    settings = env_for(url)
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), settings, tmp_path
+    )
+    broken = {
+        "match": {"run_id": "exec-run", "phase_id": "p1", "attempt": 1, "role": "builder"},
+        "provider": "anthropic",
+        "model": "claude-sonnet-5-5",
+        "latency_ms": 1.0,
+        "error": {
+            "message": "stream interrupted",
+            "partial": '{"files": [',
+            "usage": {"input_tokens": 2**63, "output_tokens": 3},
+        },
+    }
+    tape = tmp_path / "cassette.jsonl"
+    tape.write_text(json.dumps(broken) + "\n")
+    result = drain(
+        *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        env=settings,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert "Traceback" not in result.stderr
+    assert [a["stop_reason"] for a in attempts(url, "p1")] == ["llm_error"]
+    (row,) = rows(url, "SELECT error_class, success FROM llm_usage_events")
+    assert (row["error_class"], row["success"]) == ("MalformedResponse", 0)
+
+
+@pytest.mark.parametrize("price", ["Infinity", "NaN", "1e300"])
+def test_a_price_file_pricing_a_model_beyond_reason_is_refused_naming_it(
+    tmp_path: Path, price: str
+) -> None:
+    """A price of ``Infinity`` (JSON as Python reads it) made the call's cost NaN, one of
+    1e300 a cost beyond any report: the usage report refused it and the attempt ended
+    ``executor_error``, the call unrecorded. (NaN was refused already; kept as a guard.)"""
+    prices = tmp_path / "prices.json"
+    prices.write_text(
+        json.dumps(
+            {"version": "mine", "models": {"claude-sonnet-5-5": {"input": 0, "output": 1}}}
+        ).replace('"input": 0', f'"input": {price}')
+    )
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    settings = env_for(url, AUTOPACK_PRICE_TABLE=str(prices))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), settings, tmp_path)
+    with RawServer() as server:
+        server.replies.append(Raw(a_stream(ANSWER)))
+        keys = {"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": server.url}
+        result = drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**settings, **keys},
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert result.returncode == 2, (result.stdout, result.stderr[-600:])
+    assert "Traceback" not in result.stderr
+    assert "prices.json is invalid" in result.stderr and "input" in result.stderr
+    assert attempts(url, "p1") == []

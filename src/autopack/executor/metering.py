@@ -25,7 +25,15 @@ from autopack.estimation.metrics import event_metrics
 from autopack.executor.lease import Lease
 from autopack.executor.options import Services
 from autopack.executor.outcome import Finish, failed
-from autopack.llm.base import LLMRequest, LLMResponse, Message, Role, StreamInterrupted, Usage
+from autopack.llm.base import (
+    LLMRequest,
+    LLMResponse,
+    Message,
+    Role,
+    StreamInterrupted,
+    Usage,
+    usage_problem,
+)
 from autopack.logs import log_event
 from autopack.telemetry.events import (
     REPLAY_PROVIDER,
@@ -44,6 +52,27 @@ def _token_columns(usage: Usage) -> dict[str, int]:
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     }
+
+
+def _impossible_usage(exc: StreamInterrupted) -> LLMError | None:
+    """A malformed answer in place of a broken stream whose usage so far cannot be true
+    (Anthropic reports the input in ``message_start``, a cassette line records it): its
+    counts would be billed and stored, and the control plane refuses them, so the attempt
+    ended ``executor_error`` with no usage row. A complete answer is checked the same way
+    (:func:`autopack.llm.base.usage_problem`)."""
+    problem = None if exc.usage is None else usage_problem(exc.usage)
+    if problem is None:
+        return None
+    return LLMError(
+        f"{exc.message}; the usage it reported cannot be true: {problem}",
+        provider=exc.provider,
+        model=exc.model,
+        error_class="MalformedResponse",
+        status_code=200,
+        request_id=exc.request_id,
+        latency_ms=exc.latency_ms,
+        retryable=False,
+    )
 
 
 class Meter:
@@ -126,6 +155,8 @@ class Meter:
         try:
             return self._account(call, model, self.s.provider.complete(request))
         except StreamInterrupted as exc:
+            if (impossible := _impossible_usage(exc)) is not None:
+                raise self._failed(call, model, impossible) from exc
             if not continuable:
                 raise self._failed(call, model, exc) from exc
             partial = LLMResponse(

@@ -9,8 +9,9 @@ streaming, so ``raw`` and cassettes keep one format. A stream broken off after s
 raises :class:`~autopack.llm.base.StreamInterrupted` with that text.
 
 Retries are the SDK's: ``max_retries`` extra attempts on 408/409/429/5xx (529 overload
-included) and connection errors, waiting what ``retry-after-ms``/``retry-after`` asks, else
-0.5 s doubling up to 8 s with jitter. Only then does an :class:`LLMError` surface.
+included) and connection errors, waiting what ``retry-after-ms``/``retry-after`` asks (up
+to a minute: :mod:`autopack.llm.retry_after`), else 0.5 s doubling up to 8 s with
+jitter. Only then does an :class:`LLMError` surface.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from autopack.llm.base import (
     stream_failure,
 )
 from autopack.llm.responses import ANTHROPIC, LABELS, anthropic_usage, normalise
+from autopack.llm.retry_after import http_client
 
 PROVIDER, LABEL = ANTHROPIC, LABELS[ANTHROPIC]
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -75,6 +77,7 @@ class AnthropicProvider:
             base_url=base_url or DEFAULT_BASE_URL,
             max_retries=max_retries,
             timeout=timeout,
+            http_client=http_client(anthropic.DefaultHttpxClient),
         )
         self._timeout = timeout
 

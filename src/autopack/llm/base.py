@@ -19,6 +19,7 @@ import httpx2
 
 from autopack.contract import USAGE_TOKENS_MAX
 from autopack.errors import LLMError
+from autopack.llm.retry_after import refused_wait
 
 Role = Literal["builder", "auditor"]
 
@@ -214,7 +215,7 @@ def sdk_error(
         # A 404 is often the address itself (OPENAI_BASE_URL without Ollama's /v1 answers
         # "404 page not found"): the URL shows it, as for an unreachable server.
         return LLMError(
-            f"{label} {status}{at if status == 404 else ''}: {message}",
+            f"{label} {status}{at if status == 404 else ''}: {message}{refused_wait(exc)}",
             status_code=status,
             request_id=getattr(exc, "request_id", None),
             retryable=retryable_status(status),
@@ -288,7 +289,15 @@ class StreamTooLong(ValueError):
 
 
 class StreamStalled(Exception):
-    """A stream kept sending events (pings, empty chunks) but no text for too long."""
+    """A stream kept sending events (pings, empty chunks) but no text for too long, or
+    ran past its whole-call deadline (:data:`SECONDS_PER_TOKEN_MAX`)."""
+
+
+SECONDS_PER_TOKEN_MAX = 1.0
+"""A call may last its timeout plus this many seconds per token of ``max_tokens`` (the
+slowest useful model, a large one on a CPU, writes about a token a second). The timeout
+bounds each read and each wait for text, so a server dripping a character just inside it
+would otherwise hold the call, and the phase's lease, for days."""
 
 
 STREAM_FAILED = (STREAM_BROKEN, StreamStalled, *STREAM_MALFORMED)
@@ -323,18 +332,20 @@ class StreamText:
         self._max_chars = max_tokens * CHARS_PER_TOKEN_MAX
         self._stall_seconds = stall_seconds
         self._last_text = self.started
+        self._allowed_s = stall_seconds + max_tokens * SECONDS_PER_TOKEN_MAX
 
     def add(self, piece: str | None) -> None:
         """Take the text of one event (None or "" for an event without text).
 
         Raises :class:`StreamTooLong` past the size ``max_tokens`` allows, and
         :class:`StreamStalled` when events keep coming without text for longer than the
-        call's timeout (the SDK's timeout is per read, so pings would hold it forever).
+        call's timeout (the SDK's timeout is per read, so pings would hold it forever) or
+        the call outlasts its deadline.
         """
         now = time.perf_counter()
+        if (late := self._late(now)) is not None:
+            raise StreamStalled(late)
         if not piece:
-            if now - self._last_text > self._stall_seconds:
-                raise StreamStalled(f"no text for {self._stall_seconds:g} s")
             return
         self._last_text = now
         if self.ttft_ms is None:
@@ -349,23 +360,36 @@ class StreamText:
         if self._on_text is not None:
             self._on_text(self.chars)
 
+    def _late(self, now: float) -> str | None:
+        """Why the stream has gone on too long, if it has: no text for the timeout, or
+        past the whole call's deadline."""
+        if now - self._last_text > self._stall_seconds:
+            return f"no text for {self._stall_seconds:g} s"
+        if now - self.started > self._allowed_s:
+            return (
+                f"the answer took over {self._allowed_s:g} s (the timeout and "
+                f"{SECONDS_PER_TOKEN_MAX:g} s per token of max_tokens)"
+            )
+        return None
+
     @contextmanager
     def watchdog(self, close: Callable[[], None]) -> Iterator[None]:
-        """Close the stream (``close``) once no text came for the call's timeout, and
-        raise :class:`StreamStalled` in place of whatever reading it then raised.
+        """Close the stream (``close``) once no text came for the call's timeout or the
+        call outlasted its deadline, and raise :class:`StreamStalled` in place of
+        whatever reading it then raised.
 
         :meth:`add` only sees the events the SDK yields; SSE comments (``: keep-alive``)
         are swallowed by its parser, so a server sending nothing else would hold the
         call, and the phase's lease, forever: each comment is a read within the timeout.
         """
         done = threading.Event()
-        fired = threading.Event()
+        fired: list[str] = []
         period = min(self._stall_seconds / 4, 1.0)
 
         def watch() -> None:
             while not done.wait(period):
-                if time.perf_counter() - self._last_text > self._stall_seconds:
-                    fired.set()
+                if (late := self._late(time.perf_counter())) is not None:
+                    fired.append(late)
                     close()
                     return
 
@@ -373,12 +397,12 @@ class StreamText:
         try:
             yield
         except Exception:
-            if not fired.is_set():
+            if not fired:
                 raise
         finally:
             done.set()
-        if fired.is_set():
-            raise StreamStalled(f"no text for {self._stall_seconds:g} s")
+        if fired:
+            raise StreamStalled(fired[0])
 
     @property
     def text(self) -> str:

@@ -13,8 +13,8 @@ normalised input; ``prompt_tokens_details.cached_tokens`` / ``cache_write_tokens
 cache parts when the server reports them. ``usage.cost`` (OpenRouter) is passed through.
 
 Retries are the SDK's: ``max_retries`` extra attempts on 408/409/429/5xx and connection
-errors, honouring ``retry-after-ms``/``retry-after`` up to 60 s (a longer ask is not
-retried), else 0.5 s doubling up to 8 s with jitter.
+errors, honouring ``retry-after-ms``/``retry-after`` up to a minute (a longer ask fails the call
+at once: :mod:`autopack.llm.retry_after`), else 0.5 s doubling up to 8 s with jitter.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from autopack.llm.base import (
     stream_failure,
 )
 from autopack.llm.responses import LABELS, OPENAI, normalise
+from autopack.llm.retry_after import http_client
 
 PROVIDER, LABEL = OPENAI, LABELS[OPENAI]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -88,6 +89,7 @@ class OpenAIProvider:
             base_url=base_url or DEFAULT_BASE_URL,
             max_retries=max_retries,
             timeout=timeout,
+            http_client=http_client(openai.DefaultHttpxClient),
         )
         self._timeout = timeout
         self.token_parameter = token_parameter or token_parameter_for(base_url)

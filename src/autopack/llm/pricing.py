@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -53,16 +53,25 @@ DEFAULT_MAX_OUTPUT_TOKENS = 8192
 _DATE_SUFFIX = re.compile(r"(?:-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8})$")
 
 
+PRICE_MAX = 10_000.0
+"""USD per million tokens no model comes near (the dearest are in the hundreds): a price
+file saying more, or ``Infinity`` (which JSON as Python reads it allows), is a typo,
+refused when the file is read; it made every call's cost beyond what a usage report takes
+(NaN for ``Infinity``), ending each attempt ``executor_error`` with the call unrecorded."""
+
+Price = Annotated[float, Field(ge=0, le=PRICE_MAX, allow_inf_nan=False)]
+
+
 class ModelPrice(BaseModel):
     """One model's prices in USD per million tokens."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     provider: str | None = None
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cache_read: float | None = Field(None, ge=0, description="Defaults to the input price.")
-    cache_write: float | None = Field(None, ge=0, description="Defaults to the input price.")
+    input: Price
+    output: Price
+    cache_read: Price | None = Field(None, description="Defaults to the input price.")
+    cache_write: Price | None = Field(None, description="Defaults to the input price.")
     max_output_tokens: int | None = Field(None, gt=0)
 
 

@@ -1,0 +1,92 @@
+"""How long a provider may make a call wait between the SDK's own retries.
+
+Both SDKs retry 408/409/429/5xx themselves, waiting what ``retry-after-ms`` /
+``retry-after`` asks. OpenAI's caps that at two minutes; Anthropic's honours up to
+4,294,967 s (49 days): a 429 saying ``retry-after: 86400`` (or a far-future date) put the
+drain to sleep for a day inside one call, holding the phase. A response asking for more
+than :data:`RETRY_AFTER_MAX_S` is therefore marked ``x-should-retry: false`` (which both
+SDKs obey) before the SDK sees it: the call fails at once as the retryable status it is,
+its message says how long the server asked for, and the phase-level retry (the run's
+backoff, bounded by ``max_attempts``) decides what happens next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from typing import TypeVar, cast
+
+import httpx2
+
+RETRY_AFTER_MAX_S = 60.0
+"""The longest wait a server may ask for within one call."""
+
+ClientT = TypeVar("ClientT", bound=httpx2.Client)
+
+
+def requested_wait(headers: httpx2.Headers) -> float | None:
+    """Seconds the response asks the client to wait, read as the SDKs read it
+    (``retry-after-ms``, then ``retry-after`` as seconds or an HTTP date), or None."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return float(value) / scale
+        except ValueError:
+            pass
+    date = email.utils.parsedate_tz(headers.get("retry-after") or "")
+    return None if date is None else float(email.utils.mktime_tz(date) - time.time())
+
+
+def too_long(wait: float | None) -> bool:
+    """Whether a requested wait is beyond what a call waits (NaN is no request at all:
+    the SDKs fall back to their own short backoff)."""
+    return wait is not None and wait > RETRY_AFTER_MAX_S
+
+
+def _refuse_long_waits(response: httpx2.Response) -> None:
+    if too_long(requested_wait(response.headers)):
+        response.headers["x-should-retry"] = "false"
+
+
+def _close_quietly(client: httpx2.Client) -> None:
+    if not client.is_closed:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+_CLOSING: dict[type[httpx2.Client], type[httpx2.Client]] = {}
+
+
+def _closing(factory: type[ClientT]) -> type[ClientT]:
+    """``factory`` closing its connections when collected, as the client the SDK makes
+    for itself does (a provider dropped without ``close()`` left its sockets open)."""
+    made = _CLOSING.get(factory)
+    if made is None:
+        made = type(f"Closing{factory.__name__}", (factory,), {"__del__": _close_quietly})
+        _CLOSING[factory] = made
+    return cast("type[ClientT]", made)
+
+
+def http_client(factory: type[ClientT]) -> ClientT:
+    """The SDK's own default HTTP client (``anthropic.DefaultHttpxClient`` /
+    ``openai.DefaultHttpxClient``: its timeouts, limits, keep-alive) with the hook that
+    stops the SDK from waiting longer than :data:`RETRY_AFTER_MAX_S`."""
+    return _closing(factory)(event_hooks={"response": [_refuse_long_waits]})
+
+
+def refused_wait(exc: Exception) -> str:
+    """What an SDK error's message adds when its response asked for a wait the call did
+    not make ("" otherwise)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, httpx2.Response):
+        return ""
+    wait = requested_wait(response.headers)
+    if wait is None or not too_long(wait):
+        return ""
+    return (
+        f" (the server asked to wait {wait:.0f} s, longer than the {RETRY_AFTER_MAX_S:.0f} s "
+        "a call waits: left to the phase's retry)"
+    )

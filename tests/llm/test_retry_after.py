@@ -1,0 +1,65 @@
+"""A server asking to be retried after a day (or never) cannot hold a call that long.
+
+Anthropic's SDK honours ``retry-after`` up to 49 days: a 429 saying ``retry-after: 86400``
+put the drain to sleep for a day inside one call. Each test drains through the real CLI
+against a server sending such answers; before the fix the Anthropic case slept until the
+test's subprocess timeout.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from autopack.llm.retry_after import RETRY_AFTER_MAX_S, requested_wait, too_long
+from tests.executor_support import attempts, rows
+from tests.fakes.raw_sse import Raw
+from tests.llm.test_hostile_streams import drain_against
+
+RATE_LIMITED = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
+
+LONG_WAITS = {
+    "a day in seconds": ({"retry-after": "86400"}, "86400 s"),
+    "infinite milliseconds": ({"retry-after-ms": "1e400"}, "inf s"),
+    "a far-future date": ({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}, "the server asked"),
+}
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+@pytest.mark.parametrize("name", sorted(LONG_WAITS))
+def test_a_long_retry_after_fails_the_call_at_once_as_retryable(
+    tmp_path: Path, provider: str, name: str
+) -> None:
+    headers, said = LONG_WAITS[name]
+    limited = Raw([RATE_LIMITED], 429, "application/json", headers=headers)
+    url, seen = drain_against(tmp_path, provider, limited, limited, limited)
+    assert len(seen) == 1, "the SDK did not retry within the call"
+    ((stop, error),) = [(a["stop_reason"], a["error"]) for a in attempts(url, "p1")]
+    assert stop == "llm_error"
+    assert "429" in error and said in error, error
+    (row,) = rows(url, "SELECT success, error_class FROM llm_usage_events")
+    assert row == {"success": 0, "error_class": "RateLimitError"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait", "long"),
+    [
+        ({"retry-after": "2"}, 2.0, False),
+        ({"retry-after-ms": "1500", "retry-after": "999"}, 1.5, False),
+        ({"retry-after-ms": "soon", "retry-after": "61"}, 61.0, True),
+        ({"retry-after": "nan"}, "nan", False),
+        ({"retry-after": "whenever"}, None, False),
+        ({}, None, False),
+    ],
+)
+def test_the_wait_is_read_as_the_sdks_read_it(
+    headers: dict[str, str], wait: float | str | None, long: bool
+) -> None:
+    """NaN is what the SDKs read too: no wait, their own short backoff."""
+    found = requested_wait(httpx2.Headers(headers))
+    assert ("nan" if found is not None and math.isnan(found) else found) == wait
+    assert too_long(found) is long
+    assert RETRY_AFTER_MAX_S == 60.0
