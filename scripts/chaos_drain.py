@@ -49,6 +49,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,21 @@ def run_definition(run_id: str, count: int, remote: Path) -> dict[str, Any]:
             {"tier_id": "T2", "name": "two", "phases": phases[half:]},
         ],
     }
+
+
+def autopack(
+    args: Sequence[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """One ``autopack`` CLI command, its output captured (an operator's, a decoy's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "autopack", *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class Chaos:
@@ -229,15 +245,7 @@ class Chaos:
             AUTOPACK_API_URL=self.api,
             AUTOPACK_API_TOKEN=self.op_token,
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "autopack", *args],
-            check=False,
-            cwd=self.dir / "work",
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = autopack(args, env, self.dir / "work")
         self.cli_results.append(
             {"args": list(args), "rc": done.returncode, "stderr": done.stderr.strip()[-300:]}
         )
@@ -376,14 +384,8 @@ class Chaos:
         decoy = self.serve(decoy_url, port, op, worker, "decoy-server")
         try:
             env = base_env(AUTOPACK_API_URL=f"http://127.0.0.1:{port}", AUTOPACK_API_TOKEN=op)
-            created = subprocess.run(
-                [sys.executable, "-m", "autopack", "run", "create", str(self.dir / f"{RUN}.json")],
-                check=False,
-                cwd=self.dir / "work",
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
+            created = autopack(
+                ("run", "create", str(self.dir / f"{RUN}.json")), env, self.dir / "work"
             )
             if created.returncode != 0:
                 problems.append(f"decoy run not created: {created.stderr[-300:]}")

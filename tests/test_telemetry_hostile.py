@@ -165,9 +165,9 @@ def test_a_cost_the_usage_route_refuses_is_refused_on_the_telemetry_route_too(
     assert (row["calls"], row["cost_usd"]) == (1, 0.5)
 
 
-def _calibrate(server: Server, tmp_path: Path, *args: str) -> Any:
+def _calibrate(server: Server, tmp_path: Path, *args: str, **settings: str) -> Any:
     url = server.database_url  # type: ignore[attr-defined]
-    env = clean_env(AUTOPACK_API_URL=server.url)
+    env = clean_env(AUTOPACK_API_URL=server.url, **settings)
     return cli("telemetry", "calibrate", *args, "--database-url", url, cwd=tmp_path, env=env)
 
 
@@ -323,13 +323,7 @@ def test_calibrate_from_an_estimator_predicting_infinite_sizes_writes_a_file_tha
     prior = TokenEstimator.load().to_json() | {"margin": 1e308}
     (tmp_path / "prior.json").write_text(json.dumps(prior))
     _phases(server, 12)
-    url = server.database_url  # type: ignore[attr-defined]
-    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="prior.json")
-    done = cli(
-        *("telemetry", "calibrate", "--write", "new.json", "--database-url", url),
-        cwd=tmp_path,
-        env=env,
-    )
+    done = _calibrate(server, tmp_path, "--write", "new.json", AUTOPACK_ESTIMATOR_FILE="prior.json")
     assert done.returncode == 0, done.stderr
     assert TokenEstimator.load(tmp_path / "new.json").schema == 2
 
@@ -399,13 +393,7 @@ def test_calibrate_from_an_estimator_aiming_at_its_largest_target_works(
     assert _calibrate(server, tmp_path, "--write", "first.json").returncode == 0
     prior = json.loads((tmp_path / "first.json").read_text()) | {"target_truncation": 0.5}
     (tmp_path / "prior.json").write_text(json.dumps(prior))
-    url = server.database_url  # type: ignore[attr-defined]
-    env = clean_env(AUTOPACK_API_URL=server.url, AUTOPACK_ESTIMATOR_FILE="prior.json")
-    done = cli(
-        *("telemetry", "calibrate", "--write", "new.json", "--database-url", url),
-        cwd=tmp_path,
-        env=env,
-    )
+    done = _calibrate(server, tmp_path, "--write", "new.json", AUTOPACK_ESTIMATOR_FILE="prior.json")
     assert done.returncode == 0, done.stderr
     assert TokenEstimator.load(tmp_path / "new.json").target_truncation == 0.5
 
