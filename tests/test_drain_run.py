@@ -249,22 +249,32 @@ def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: P
     ]
 
 
+def _all_executing(
+    database_url: str, tmp_path: Path, count: int, max_attempts: int = 3
+) -> tuple[dict[str, str], Path, subprocess.Popen[str], list[str], int]:
+    """A ``drain run -k COUNT`` of COUNT phases, once all of them are EXECUTING (their
+    answers take a minute): its env, tape, process, the stderr seen so far and its
+    spawned server's pid."""
+    env = env_for(database_url, AUTOPACK_REPLAY_SPEED="1")
+    phases = [phase(f"p{i}", [f"pkg/m{i}.py"], max_attempts=max_attempts) for i in range(count)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = _tape(tmp_path, count, latency_ms=60_000)
+    process = drain_process(*_run_args(tmp_path, tape, "-k", str(count)), env=env, cwd=tmp_path)
+    seen: list[str] = []
+    server = _spawned_pid(process, seen)
+    deadline = time.monotonic() + 60
+    while {phase_row(database_url, f"p{i}")["state"] for i in range(count)} != {"EXECUTING"}:
+        assert time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.05)
+    return env, tape, process, seen, server
+
+
 def test_sigterm_mid_attempt_hands_every_lease_back_without_spending_a_retry(
     database_url: str, tmp_path: Path
 ) -> None:
     """Issue 13 §4: SIGTERM leaves no lease held by a dead worker, prints the summary and
     exits 143; the next drain finds the phases QUEUED and their one attempt unspent."""
-    env = env_for(database_url, AUTOPACK_REPLAY_SPEED="1")
-    phases = [phase(f"p{i}", [f"pkg/m{i}.py"], max_attempts=1) for i in range(2)]
-    create_run(run_file(tmp_path, phases), env, tmp_path)
-    tape = _tape(tmp_path, 2, latency_ms=60_000)
-    process = drain_process(*_run_args(tmp_path, tape, "-k", "2"), env=env, cwd=tmp_path)
-    seen: list[str] = []
-    server = _spawned_pid(process, seen)
-    deadline = time.monotonic() + 60
-    while {phase_row(database_url, p)["state"] for p in ("p0", "p1")} != {"EXECUTING"}:
-        assert time.monotonic() < deadline, "".join(seen)
-        time.sleep(0.05)
+    env, tape, process, _, server = _all_executing(database_url, tmp_path, 2, max_attempts=1)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr[-3000:]
@@ -295,17 +305,7 @@ def test_signals_repeated_while_leases_are_handed_back_leave_none_held(
     stayed EXECUTING under a dead worker until their leases expired and no summary was
     printed. The API server is stopped (SIGSTOP) so that the hand-back is provably in
     progress when the signals repeat; it is continued once one was noted."""
-    env = env_for(database_url, AUTOPACK_REPLAY_SPEED="1")
-    phases = [phase(f"p{i}", [f"pkg/m{i}.py"]) for i in range(3)]
-    create_run(run_file(tmp_path, phases), env, tmp_path)
-    tape = _tape(tmp_path, 3, latency_ms=60_000)
-    process = drain_process(*_run_args(tmp_path, tape, "-k", "3"), env=env, cwd=tmp_path)
-    seen: list[str] = []
-    server = _spawned_pid(process, seen)
-    deadline = time.monotonic() + 60
-    while {phase_row(database_url, f"p{i}")["state"] for i in range(3)} != {"EXECUTING"}:
-        assert time.monotonic() < deadline, "".join(seen)
-        time.sleep(0.05)
+    _, _, process, seen, server = _all_executing(database_url, tmp_path, 3)
     again = signal.SIGTERM if how == "sigterm" else signal.SIGINT
     assert process.stderr is not None
     os.kill(server, signal.SIGSTOP)
