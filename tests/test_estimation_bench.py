@@ -23,10 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 MEASURES = {"truncation", "over_p90", "reserved_per_needed", "waste_off", "waste_on", "smape"}
 
 
-def bench_estimator(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m bench.estimator ARGS`` from the repository, as its docs say to run it."""
+def bench_estimator(
+    *args: str, module: str = "bench.estimator"
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.estimator ARGS`` (or ``module``) from the repository, as its docs
+    say to run it."""
     return subprocess.run(
-        [sys.executable, "-m", "bench.estimator", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,
@@ -164,15 +167,7 @@ def test_the_suite_refuses_a_truth_file_naming_the_field_before_its_first_run(
     unchecked: a bad value ended in a traceback, for the shift file after minutes of runs."""
     path = tmp_path / "truth.json"
     path.write_text(json.dumps(_truth(cell={"sigma": 0})))
-    finished = subprocess.run(
-        [sys.executable, "-m", "bench.estimator_suite", which, str(path), "--sizes", "5"],
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    finished = bench_estimator(which, str(path), "--sizes", "5", module="bench.estimator_suite")
     assert finished.returncode == 2, finished.stderr[-2000:]
     assert "Traceback" not in finished.stderr
     assert f"{path}: strata.implementation/low.sigma" in finished.stderr
