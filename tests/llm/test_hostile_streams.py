@@ -485,3 +485,12 @@ def test_a_price_file_pricing_a_model_beyond_reason_is_refused_naming_it(
     assert "Traceback" not in result.stderr
     assert "prices.json is invalid" in result.stderr and "input" in result.stderr
     assert attempts(url, "p1") == []
+
+
+def test_the_chunks_of_another_choice_are_not_part_of_the_answer() -> None:
+    """One choice is asked for; a server streaming a second one too (``index`` 1) had its
+    text mixed into the answer the Builder's files are parsed from."""
+    other = {"index": 1, "delta": {"content": "OTHER"}, "finish_reason": None, "logprobs": None}
+    stream = o_stream("hello")
+    stream.insert(2, sse({**HEAD, "choices": [other]}))
+    assert complete("openai", Raw(stream)).text == "hello"

@@ -206,10 +206,12 @@ class _Accumulated:
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self.usage = usage.model_dump(mode="json", exclude_unset=True)
-        choices = getattr(chunk, "choices", None)
-        if not choices:
+        # The one choice asked for: a server streaming others too (n > 1 by its own
+        # default) had their text mixed into the answer.
+        choices = getattr(chunk, "choices", None) or ()
+        choice = next((c for c in choices if getattr(c, "index", 0) == 0), None)
+        if choice is None:
             return None
-        choice = choices[0]
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
         delta = getattr(choice, "delta", None)
