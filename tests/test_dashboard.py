@@ -40,6 +40,9 @@ def test_dashboard_metrics_and_summary_show_the_same_database(
         claimed = client.claim(ClaimIn(worker_id="worker-a", lease_seconds=60, run_id="r1"))
         assert claimed is not None
         client.post_telemetry(USAGE)
+        # a model without a price: the run's cost cell said $0.0123 alone
+        unpriced = {"cost_usd": None, "output_tokens": 0, "idempotency_key": "u2"}
+        client.post_telemetry(USAGE.model_copy(update=unpriced))
         client.post_telemetry(ESTIMATION)
 
         page = httpx.get(f"{server.url}/ui", timeout=10)
@@ -55,6 +58,7 @@ def test_dashboard_metrics_and_summary_show_the_same_database(
     html = page.text
     assert instance in html and "r1" in html and "worker-a" in html
     assert 'class="EXECUTING"' in html and 'class="QUEUED"' in html
+    assert "+ 1 unpriced call(s)" in html
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(metrics)
