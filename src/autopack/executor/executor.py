@@ -16,11 +16,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 
 from autopack.clock import utcnow
 from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, ResultIn, RunView
@@ -30,6 +27,13 @@ from autopack.executor.checks import terminate_running_checks
 from autopack.executor.git import GitError
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult
+from autopack.executor.stopping import (
+    HeldClaims,
+    stop_note,
+    stop_signal,
+    stop_signals_deferred,
+    stop_signals_noted,
+)
 from autopack.logs import log_event
 from autopack.states import (
     PHASE_GAVE_UP,
@@ -132,69 +136,9 @@ def _wait_all(finished: list[threading.Event], timeout: float | None = None) -> 
                 return
 
 
-def stop_signal(exc: BaseException) -> int | None:
-    """The signal behind an interruption: SIGINT for Ctrl-C, SIGTERM (or another) for the
-    ``SystemExit(128 + signum)`` that :func:`autopack.connect.sigterm_unwinds` raises."""
-    if isinstance(exc, KeyboardInterrupt):
-        return int(signal.SIGINT)
-    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
-        return exc.code - 128
-    return None
-
-
-@contextmanager
-def stop_signals_noted() -> Iterator[None]:
-    """While the executor hands its leases back and reports, a further Ctrl-C or SIGTERM
-    (a user pressing Ctrl-C again, a supervisor repeating its SIGTERM) is logged, not
-    raised: raised, it cut :meth:`AutonomousExecutor.abort` short between two hand-backs
-    and left the other leases held by a process gone, their phases EXECUTING until the
-    leases expired, and no summary printed. SIGKILL still stops the process at once.
-    (Signal handlers can only be set from the main thread; elsewhere nothing changes.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def note(signum: int, _frame: FrameType | None) -> None:
-        log_event(
-            logger,
-            "already_stopping",
-            logging.WARNING,
-            signal=signal.Signals(signum).name,
-            hint="handing the leases back; SIGKILL stops at once",
-        )
-
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def stop_note(signum: int, recorded_as: list[str | None]) -> str:
-    """What a stop did with the leases the executor held, as the database answered each
-    hand-back: its stop reason (``interrupted``, or the attempt's own result, posted
-    first), or None when the lease was no longer this executor's. The note said "handed
-    back (QUEUED, no retry spent)" for an attempt the database had recorded COMPLETE
-    and for a lease another executor held by then."""
-    said: list[str] = []
-    handed = recorded_as.count("interrupted")
-    if handed:
-        said.append(f"{handed} attempt(s) in flight handed back (QUEUED, no retry spent)")
-    ended = [r for r in recorded_as if r not in (None, "interrupted")]
-    if ended:
-        reasons = ", ".join(sorted(set(ended)))
-        said.append(f"{len(ended)} recorded as they ended ({reasons}) before the hand-back")
-    if None in recorded_as:
-        said.append(
-            f"{recorded_as.count(None)} lease(s) no longer held or not answered (expired, "
-            "or the API is gone: reclaimed when the lease expires)"
-        )
-    if not recorded_as:
-        said.append("no attempt was in flight")
-    name = signal.Signals(signum).name
-    return f"stopped by {name}: " + "; ".join(said) + "; run the same command again to go on"
-
+CLAIM_ANSWER_SECONDS = 10.0
+"""How long an abort waits for the claims in flight to come back (a granted claim's answer
+takes milliseconds; one not back by then is waiting on an API that does not answer)."""
 
 ABORT_GRACE_SECONDS = 2.0
 """After an abort, how long workers get to notice their lease is gone and undo their files
@@ -211,9 +155,8 @@ class AutonomousExecutor:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._claims_left: int | None = None
-        self._held: dict[str, Claim] = {}
-        """Claims whose attempts are running, by idempotency key (what :meth:`abort` hands
-        back)."""
+        self._claims = HeldClaims(self.client.claim)
+        """Claims this executor holds (what :meth:`abort` hands back)."""
         self._handed_back: dict[str, AttemptResult] = {}
         """How the database recorded each attempt :meth:`abort` handed back, by idempotency
         key (what the summary says of it, unless the attempt itself ends the same way)."""
@@ -270,14 +213,15 @@ class AutonomousExecutor:
         return summary
 
     def _attempt(self, claim: Claim, summary: DrainSummary) -> None:
-        with self._lock:
-            self._held[claim.idempotency_key] = claim
         # An interruption leaves the claim held, wherever it landed (even before the
         # attempt's own hand-back could run): :meth:`abort` hands it back, and a second
-        # hand-back under the same idempotency key changes nothing.
+        # hand-back under the same idempotency key changes nothing. A claim that came back
+        # after the abort began is left to it.
+        if self._claims.stopped:
+            return
         result = Attempt(self.s, claim).run()
         with self._lock:
-            self._held.pop(claim.idempotency_key, None)
+            self._claims.release(claim)
             recorded = self._handed_back.get(claim.idempotency_key)
             # Handed back, the attempt may still end its own way in the grace it gets: its
             # lease refused (``lease_lost``) when the database says ``interrupted``. What
@@ -295,8 +239,7 @@ class AutonomousExecutor:
         self.stop()
         summary.stopped_by = signum
         terminate_running_checks(self.s.stopped)
-        with self._lock:
-            held = list(self._held.values())
+        held = self._claims.stop(timeout=CLAIM_ANSWER_SECONDS)
         recorded_as: list[str | None] = []
         for claim in held:
             interrupted = ResultIn(
@@ -359,7 +302,8 @@ class AutonomousExecutor:
         )
         try:
             while not self.stopping.is_set():
-                claim = self.client.claim(claim_in)
+                with stop_signals_deferred():
+                    claim = self._claims.claim(claim_in)
                 if claim is not None:
                     self._attempt(claim, summary)
                     continue
@@ -508,12 +452,14 @@ class AutonomousExecutor:
                 if not self._claim_slot(-1):
                     return
                 wakes = self._wakes
-                claim = self.client.claim(claim_in)
+                claim = self._claims.claim(claim_in)
                 if claim is not None:
                     self._wake(everyone=False)
                     self._attempt(claim, summary)
                     continue
                 self._claim_slot(+1)
+                if self.stopping.is_set():  # nothing claimed because the drain is stopping
+                    return
                 run = self.client.get_run(run_id)
                 pending = [p for p in run.phases() if p.state not in PHASE_TERMINAL]
                 if run.state in RUN_FINISHED or not pending:

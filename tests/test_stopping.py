@@ -1,0 +1,86 @@
+"""A stop never misses a lease the executor holds: not one whose claim is still on the wire
+when the stop lands (a worker thread's, or the main thread's in ``drain phase``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from autopack.client import ApiClient
+from autopack.connect import sigterm_unwinds
+from autopack.contract import Claim, ClaimIn
+from autopack.executor.stopping import HeldClaims, stop_signals_deferred
+from autopack.rundef import parse_run_definition
+from tests.conftest import empty_sqlite
+from tests.cp_support import definition
+from tests.support import Server, clean_env
+
+
+def test_a_claim_still_on_the_wire_when_the_stop_lands_is_held(tmp_path: Path) -> None:
+    """The server has granted the claim, its answer is not back: the stop waits for it and
+    names it among the leases to hand back (the CI failure: it named only the other one,
+    and the phase stayed EXECUTING under a process gone)."""
+    env = clean_env(DATABASE_URL=empty_sqlite(tmp_path / "autopack.db"))
+    with Server(env, cwd=tmp_path) as server, ApiClient(server.url) as client:
+        client.create_run(parse_run_definition(definition("r", [("T1", ["a", "b"])])))
+        granted, answer = threading.Event(), threading.Event()
+
+        def answered_late(request: ClaimIn) -> Claim | None:
+            claim = client.claim(request)  # committed in the database
+            granted.set()
+            answer.wait(timeout=30)  # ... and its answer still on its way
+            return claim
+
+        held = HeldClaims(answered_late)
+        claimed: list[Claim | None] = []
+        worker = threading.Thread(
+            target=lambda: claimed.append(
+                held.claim(ClaimIn(worker_id="w", lease_seconds=60, run_id="r"))
+            )
+        )
+        worker.start()
+        assert granted.wait(timeout=30)
+        stopped: list[list[Claim]] = []
+        stopper = threading.Thread(target=lambda: stopped.append(held.stop(timeout=30)))
+        stopper.start()
+        while not held.stopped:  # the stop has begun (and is waiting, if it waits)
+            threading.Event().wait(0.01)
+        answer.set()
+        worker.join(timeout=30)
+        stopper.join(timeout=30)
+        [claim] = claimed
+        assert claim is not None and stopped == [[claim]]
+        # Stopped, it asks the server for nothing more: phase b stays QUEUED.
+        assert held.claim(ClaimIn(worker_id="w", lease_seconds=60, run_id="r")) is None
+        assert {p.phase_id: p.state for p in client.get_run("r").phases()} == {
+            claim.phase_id: "EXECUTING",
+            ({"a", "b"} - {claim.phase_id}).pop(): "QUEUED",
+        }
+
+
+def test_a_stop_signal_during_a_main_thread_claim_lands_after_it() -> None:
+    """SIGTERM inside the block is raised when the block ends, after the claim is known."""
+    reached_the_end = False
+    with sigterm_unwinds(), pytest.raises(SystemExit) as stopped, stop_signals_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes: give it many
+            pass
+        reached_the_end = True
+    assert reached_the_end and stopped.value.code == 128 + signal.SIGTERM
+
+
+def test_a_repeated_stop_signal_during_a_claim_lands_at_once() -> None:
+    """A user pressing Ctrl-C twice while the API does not answer is not kept waiting."""
+    after_the_second = False
+    with pytest.raises(KeyboardInterrupt), stop_signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+            pass
+        after_the_second = True
+    assert not after_the_second
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
