@@ -112,6 +112,20 @@ def test_calibrate_outputs_that_cannot_be_written_are_errors_naming_them(tmp_pat
     assert Path("/dev/full").is_char_device() or not Path("/dev/full").exists()
 
 
+def test_a_plot_naming_no_image_format_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """``--plot fit.txt`` failed after ``--write`` had written (and as a PNG before that)."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    args = ("telemetry", "calibrate", "--write", "est.json", "--plot", "fit.txt")
+    result = cli(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr[-800:]
+    assert "fit.txt" in result.stderr and ".txt is not an image format" in result.stderr
+    assert ".svg" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "est.json").exists() and not (tmp_path / "fit.txt").exists()
+
+
 def test_calibrate_write_says_what_it_wrote_against_the_verdict(tmp_path: Path) -> None:
     """With nothing to learn from (verdict "wait") --write printed "(no change to the
     estimator file)" and then a bare "wrote FILE", as if a new estimator had been written

@@ -93,6 +93,16 @@ def test_plot_old_and_new_side_by_side(tmp_path: Path) -> None:
     assert _png_size(both)[0] > 1.8 * _png_size(single)[0]  # two panels
 
 
+def test_a_plot_is_written_in_the_format_its_name_says(tmp_path: Path) -> None:
+    """``fit.svg`` was a PNG under that name; no suffix still means PNG."""
+    plot_predicted_vs_actual(_events(), tmp_path / "fit.svg")
+    assert b"<svg" in (tmp_path / "fit.svg").read_bytes()[:2000]
+    plot_predicted_vs_actual(_events(), tmp_path / "fit.PDF")
+    assert (tmp_path / "fit.PDF").read_bytes().startswith(b"%PDF")
+    plot_predicted_vs_actual(_events(), tmp_path / "fit")
+    _png_size(tmp_path / "fit")
+
+
 def test_plot_with_no_data_still_writes_a_png(tmp_path: Path) -> None:
     target = tmp_path / "empty.png"
     assert plot_predicted_vs_actual([], target) == 0

@@ -144,15 +144,19 @@ def wrote_line(result: CalibrationResult, path: Path) -> str:
 
 def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | None) -> None:
     """``--plot`` naming the estimator file in use or ``--write``'s path replaced that
-    estimator with a PNG (the next drain then refused to start): refused before anything
-    is fitted or written."""
+    estimator with a PNG (the next drain then refused to start), and one naming no image
+    format failed after ``--write`` had written: both refused before anything is fitted
+    or written."""
+    from autopack.estimation.plot import image_format  # matplotlib: only with --plot
     from autopack.paths import absolute
+
+    image_format(plot)
 
     target = absolute(plot, "--plot")
     for name, other in (("--write", write), ("AUTOPACK_ESTIMATOR_FILE", current)):
         if other is not None and absolute(Path(other), name) == target:
             raise ConfigError(
-                f"--plot {plot} is the same file as {name} ({other}): the PNG would "
+                f"--plot {plot} is the same file as {name} ({other}): the plot would "
                 "replace that estimator file; give the plot another name"
             )
 
@@ -226,7 +230,9 @@ def calibrate_cmd(
         "--write",
         help="Write the new estimator file here (without it nothing is written).",
     ),
-    plot: Path | None = typer.Option(None, "--plot", help="Write the fit as a PNG."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write the fit as an image (PNG; SVG or PDF by the suffix)."
+    ),
     include_replayed: bool = typer.Option(
         False, "--include-replayed", help="Also learn from calls answered by a replay cassette."
     ),

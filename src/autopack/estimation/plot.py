@@ -1,4 +1,4 @@
-"""Actual vs predicted output tokens as a PNG: does the fit cover what phases really needed?
+"""Actual vs predicted output tokens as an image: does the fit cover what phases really needed?
 
 One point per phase (its exact need, or a hollow up-triangle at its largest truncation
 bound when every attempt was cut off: the truth lies above it). Log-log axes, the y = x
@@ -65,7 +65,8 @@ def plot_predicted_vs_actual(
     model_max_output: int | Mapping[str, int] = DEFAULT_CAP,
     title: str | None = None,
 ) -> int:
-    """Write the PNG to ``path``; returns how many phases were plotted.
+    """Write the plot to ``path`` (a PNG, or the format its suffix names: ``.svg``,
+    ``.pdf``, …); returns how many phases were plotted.
 
     ``old``/``new``: one panel each (``estimator`` is the old name of ``new``). With
     neither, one panel of the predictions recorded in the rows. Phases without a recorded
@@ -82,6 +83,7 @@ def plot_predicted_vs_actual(
     ] or [("recorded", None)]
     figure = Figure(figsize=(7 * len(panels), 6.2), dpi=100)
     FigureCanvasAgg(figure)
+    kind = image_format(path)
     plotted = 0
     for index, (label, est) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
@@ -99,10 +101,23 @@ def plot_predicted_vs_actual(
         figure.suptitle(title)
     figure.tight_layout()
     try:
-        figure.savefig(Path(path), format="png")
+        figure.savefig(Path(path), format=kind)
     except OSError as exc:
         raise ConfigError(f"cannot write plot {path}: {exc}") from exc
     return plotted
+
+
+def image_format(path: Path) -> str:
+    """The image format ``path``'s suffix names (``png`` without one). ``x.svg`` was
+    written as a PNG under that name, which no SVG viewer opens."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    kind = Path(path).suffix.lower().lstrip(".") or "png"
+    if kind not in supported:
+        known = ", ".join(f".{name}" for name in sorted(supported))
+        raise ConfigError(f"cannot write plot {path}: .{kind} is not an image format ({known})")
+    return kind
 
 
 def _panel(axes: Any, points: list[_Point], line: Any) -> None:
