@@ -14,8 +14,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import httpx
 
 from autopack.client import ApiClient
 from autopack.contract import Claim, ClaimIn, HeartbeatIn, ResultIn
@@ -23,7 +26,9 @@ from autopack.db import open_database
 from autopack.dburl import resolve_database_url
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState
+from tests.conftest import empty_sqlite
 from tests.cp_support import attempt_rows, definition, states
+from tests.fakes.loopback import LoopbackServer
 from tests.support import REPO, Server, clean_env
 
 WORKERS = 8
@@ -179,3 +184,92 @@ def test_a_killed_worker_loses_its_phase_to_another_after_the_lease(
         )
         assert client.get_run(run_id).state == "DONE_SUCCESS"
         assert "lease_reclaimed" in server.output()
+
+
+class _LosesTheFirstClaimsAnswer(BaseHTTPRequestHandler):
+    """A proxy in front of the real server that forwards everything, but hangs up on the
+    first ``POST /claims`` after the server has granted it (a dropped connection, a proxy's
+    read timeout): the claim is applied and its answer never arrives."""
+
+    upstream: ClassVar[str] = ""
+    dropped: ClassVar[list[bytes]] = []
+
+    def do_GET(self) -> None:
+        self._relay(httpx.get(self.upstream + self.path))
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        headers = {"content-type": self.headers["content-type"]}
+        answer = httpx.post(self.upstream + self.path, content=body, headers=headers)
+        if self.path == "/claims" and not self.dropped:
+            self.dropped.append(body)
+            self.close_connection = True
+            return
+        self._relay(answer)
+
+    def _relay(self, answer: httpx.Response) -> None:
+        self.send_response(answer.status_code)
+        self.send_header("content-type", answer.headers.get("content-type", "application/json"))
+        self.send_header("content-length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_claim_retried_after_its_answer_was_lost_gets_the_lease_it_was_granted(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The retry leased a second phase; the first stayed EXECUTING under a lease nobody
+    knew of until it expired, its only attempt spent: FAILED without having run."""
+    run_id = "lost-answer"
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        _LosesTheFirstClaimsAnswer.upstream = server.url
+        _LosesTheFirstClaimsAnswer.dropped = []
+        phases = [{"phase_id": p, "max_attempts": 1} for p in ("a", "b")]
+        with (
+            LoopbackServer(_LosesTheFirstClaimsAnswer) as proxy,
+            ApiClient(proxy.url) as client,
+        ):
+            client.create_run(parse_run_definition(definition(run_id, [("T1", phases)])))
+            claim = client.claim(ClaimIn(worker_id="w", lease_seconds=60, run_id=run_id))
+            assert _LosesTheFirstClaimsAnswer.dropped, "the first answer was not dropped"
+            assert claim is not None and (claim.phase_id, claim.attempt) == ("a", 1)
+            run = client.get_run(run_id)
+        assert {p.phase_id: p.state for p in run.phases()} == {"a": "EXECUTING", "b": "QUEUED"}
+        database = open_database(
+            resolve_database_url(database_url), role="test", log=False, create=True
+        )
+        try:
+            [attempt] = attempt_rows(database, run_id)
+        finally:
+            database.close()
+        assert attempt["lease_token"] == claim.lease_token
+
+
+def test_a_claim_key_returns_only_its_own_workers_lease_while_it_is_held(tmp_path: Path) -> None:
+    """Another worker sending the key (a guessed or copied one) is granted its own phase;
+    once the lease is handed back, the key claims afresh."""
+    run_id = "keys"
+    key = "0123456789abcdef0123456789abcdef"
+    env = clean_env(DATABASE_URL=empty_sqlite(tmp_path / "autopack.db"))
+    with Server(env, cwd=tmp_path) as server, ApiClient(server.url) as client:
+        client.create_run(parse_run_definition(definition(run_id, [("T1", ["a", "b", "c"])])))
+
+        def claim(worker: str) -> Claim:
+            request = ClaimIn(worker_id=worker, lease_seconds=60, run_id=run_id, claim_key=key)
+            granted = client.claim(request)
+            assert granted is not None
+            return granted
+
+        first = claim("w")
+        assert claim("w") == first
+        assert claim("x").phase_id == "b"
+        handed_back = ResultIn(
+            lease_token=first.lease_token, outcome="FAILED", stop_reason="interrupted"
+        )
+        client.post_result(run_id, "a", handed_back)
+        again = claim("w")
+        assert (again.phase_id, again.attempt) == ("a", 2)
+        assert again.lease_token != first.lease_token

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -232,7 +233,12 @@ class ApiClient(Transport):
     # -- the worker's calls -------------------------------------------------------------------
 
     def claim(self, request: ClaimIn) -> Claim | None:
-        """``POST /claims``: a leased attempt, or None when nothing is claimable (HTTP 204)."""
+        """``POST /claims``: a leased attempt, or None when nothing is claimable (HTTP 204).
+
+        Retried under a key of its own (a try whose answer was lost may have been granted:
+        the retry gets that lease, not a second one)."""
+        if request.claim_key is None:
+            request = request.model_copy(update={"claim_key": uuid.uuid4().hex})
         body = self._body(request)
         response = self.request("POST", "/claims", retry_for=self.retry_seconds, **body)
         if response.status_code == 204:

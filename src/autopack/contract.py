@@ -111,6 +111,9 @@ class ClaimIn(_Request):
     lease_seconds: int = Field(60, ge=LEASE_SECONDS_MIN, le=LEASE_SECONDS_MAX)
     run_id: str | None = Field(None, min_length=1, max_length=200)
     phase_id: str | None = Field(None, min_length=1, max_length=200)
+    claim_key: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    """Sent again with a retried claim, it gets the lease the first try was granted (if this
+    worker still holds it) instead of a second phase. :meth:`ApiClient.claim` sets one."""
 
 
 class HeartbeatIn(_Request):

@@ -22,7 +22,7 @@ from sqlalchemy import RowMapping
 
 from autopack.contract import ApprovedChange, Claim, ClaimIn
 from autopack.control import lifecycle, views
-from autopack.control.leases import reclaim_expired
+from autopack.control.leases import holds_lease, reclaim_expired
 from autopack.db import Database
 from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
@@ -50,6 +50,9 @@ def claim(database: Database, request: ClaimIn) -> Claim | None:
 
 
 def _claim(tx: Tx, request: ClaimIn) -> Claim | None:
+    granted = _granted_before(tx, request)
+    if granted is not None:
+        return granted
     excluded: set[str] = set()
     reclaim_checked = False
     while True:
@@ -75,6 +78,29 @@ def _claim(tx: Tx, request: ClaimIn) -> Claim | None:
         else:
             lifecycle.end_run(tx, run.id, R.DONE_FAILED_BUDGET_EXHAUSTED, problem, cancel=False)
         excluded.add(phase.run_id)
+
+
+def _granted_before(tx: Tx, request: ClaimIn) -> Claim | None:
+    """The lease an earlier try of this claim (same key, same worker) was granted, while
+    that worker still holds it: the retry of a claim whose answer was lost gets it again."""
+    if request.claim_key is None:
+        return None
+    params = {"b_key": request.claim_key, "b_worker": request.worker_id}
+    attempt = tx.one(AttemptRecord, sql.ATTEMPT_BY_CLAIM_KEY, params)
+    if attempt is None or attempt.lease_token is None:
+        return None
+    phase = lifecycle.load_phase(tx, attempt.run_id, attempt.phase_id, lock=True)
+    if not holds_lease(phase, attempt.lease_token) or phase.attempts != attempt.attempt:
+        return None  # it ended (expired, handed back): the retry claims afresh
+    log_event(
+        lifecycle.logger,
+        "claim_repeated",
+        run_id=phase.run_id,
+        phase_id=phase.phase_id,
+        attempt=attempt.attempt,
+        worker_id=request.worker_id,
+    )
+    return _answer(tx, phase, lifecycle.load_run(tx, phase.run_id))
 
 
 def _next_claimable(tx: Tx, request: ClaimIn, excluded_runs: set[str]) -> RowMapping | None:
@@ -119,6 +145,7 @@ def _start_attempt(
             "attempt": number,
             "worker_id": request.worker_id,
             "lease_token": token,
+            "claim_key": request.claim_key,
             "started_at": tx.now,
             "outcome": AttemptOutcome.EXECUTING,
             "files_written": [],
@@ -136,6 +163,12 @@ def _start_attempt(
         log_event(lifecycle.logger, "run_state", run_id=run.id, previous=R.QUEUED, state=R.RUNNING)
     if tier_state == TierState.QUEUED:
         tx.execute(sql.START_TIER, {"b_run": phase.run_id, "b_tier": phase.tier_index})
+    return _answer(tx, replace(phase, **changes), replace(run, state=run_state))
+
+
+def _answer(tx: Tx, phase: PhaseRecord, run: RunRecord) -> Claim:
+    """The claim of ``phase``'s current attempt, as it stands (leased, EXECUTING)."""
+    number = phase.attempts
     history: list[AttemptRecord] = []
     approved: ApprovedChange | None = None
     if number > 1:
@@ -145,17 +178,17 @@ def _start_attempt(
             ApprovalRecord, approval_sql.APPROVED_FOR_ATTEMPT, {**params, "b_attempt": number - 1}
         )
         approved = views.approved_change(granted) if granted is not None else None
-    claimed_phase = replace(phase, **changes)
     dependencies = lifecycle.depends_on(tx, phase.run_id, phase.phase_id, committed=True)
+    assert phase.lease_token is not None and phase.lease_expires_at is not None
     return Claim(
         run_id=phase.run_id,
         phase_id=phase.phase_id,
         attempt=number,
-        lease_token=token,
-        lease_expires_at=expires,
-        lease_seconds=request.lease_seconds,
-        phase=views.phase_view(claimed_phase, dependencies[phase.phase_id]),
+        lease_token=phase.lease_token,
+        lease_expires_at=phase.lease_expires_at,
+        lease_seconds=phase.lease_seconds,
+        phase=views.phase_view(phase, dependencies[phase.phase_id]),
         history=[views.attempt_view(attempt) for attempt in history],
-        run=views.run_brief(run, state=run_state),
+        run=views.run_brief(run),
         approved_change=approved,
     )

@@ -166,6 +166,7 @@ class PhaseAttempt(Base):
         ForeignKeyConstraint(
             ["run_id", "phase_id"], ["phases.run_id", "phases.phase_id"], ondelete="CASCADE"
         ),
+        Index("ix_phase_attempts_claim_key", "claim_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -174,6 +175,8 @@ class PhaseAttempt(Base):
     attempt: Mapped[int]
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_token: Mapped[str | None] = mapped_column(String(64))
+    claim_key: Mapped[str | None] = mapped_column(String(64))
+    """The key of the claim that started the attempt: its retry gets this lease (0005)."""
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str] = mapped_column(String(40))

@@ -123,6 +123,7 @@ class AttemptRecord:
     attempt: int
     worker_id: str | None
     lease_token: str | None
+    claim_key: str | None
     started_at: datetime
     finished_at: datetime | None
     outcome: str

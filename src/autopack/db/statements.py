@@ -412,6 +412,16 @@ ATTEMPT_BY_TOKEN = select(ATTEMPTS).where(
     ATTEMPTS.c.phase_id == bindparam("b_phase"),
     ATTEMPTS.c.lease_token == bindparam("b_token"),
 )
+ATTEMPT_BY_CLAIM_KEY = (
+    select(ATTEMPTS)
+    .where(
+        ATTEMPTS.c.claim_key == bindparam("b_key"),
+        ATTEMPTS.c.worker_id == bindparam("b_worker"),
+    )
+    .order_by(ATTEMPTS.c.id.desc())
+    .limit(1)
+)
+"""The latest attempt a worker's claim under this key started (a retried claim's)."""
 
 # -- PostgreSQL planner statistics ------------------------------------------------------------
 
