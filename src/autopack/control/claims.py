@@ -29,7 +29,7 @@ from autopack.db import statements as sql
 from autopack.db.claim import CLAIM
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord
 from autopack.db.transaction import Tx, run_transaction
-from autopack.errors import InvalidInput
+from autopack.errors import Conflict, InvalidInput
 from autopack.logs import log_event
 from autopack.states import AttemptOutcome, PhaseState, RunState, TierState, ensure_transition
 
@@ -82,9 +82,15 @@ def _claim(tx: Tx, request: ClaimIn) -> Claim | None:
 
 def _granted_before(tx: Tx, request: ClaimIn) -> Claim | None:
     """The lease an earlier try of this claim (same key, same worker) was granted, while
-    that worker still holds it: the retry of a claim whose answer was lost gets it again."""
+    that worker still holds it: the retry of a claim whose answer was lost gets it again.
+
+    A retry carries the body of its first try, so a claim whose run_id/phase_id that lease
+    is outside of is another claim reusing the key: a 409, rather than a lease outside what
+    it asks for (returned) or a key naming two held leases (claimed afresh)."""
     if request.claim_key is None:
         return None
+    if tx.pg:  # held to the commit: a concurrent try of this claim waits, then sees its attempt
+        tx.execute(sql.LOCK_CLAIM_KEY, {"b_key": request.claim_key})
     params = {"b_key": request.claim_key, "b_worker": request.worker_id}
     attempt = tx.one(AttemptRecord, sql.ATTEMPT_BY_CLAIM_KEY, params)
     if attempt is None or attempt.lease_token is None:
@@ -92,6 +98,13 @@ def _granted_before(tx: Tx, request: ClaimIn) -> Claim | None:
     phase = lifecycle.load_phase(tx, attempt.run_id, attempt.phase_id, lock=True)
     if not holds_lease(phase, attempt.lease_token) or phase.attempts != attempt.attempt:
         return None  # it ended (expired, handed back): the retry claims afresh
+    asked = (request.run_id or phase.run_id, request.phase_id or phase.phase_id)
+    if asked != (phase.run_id, phase.phase_id):
+        raise Conflict(
+            f"claim_key {request.claim_key} is the key of worker {request.worker_id}'s claim "
+            f"of phase {phase.run_id}/{phase.phase_id}, which it still holds; this claim asks "
+            f"for {_asked_for(request)}: a new claim needs a new claim_key"
+        )
     log_event(
         lifecycle.logger,
         "claim_repeated",
@@ -101,6 +114,12 @@ def _granted_before(tx: Tx, request: ClaimIn) -> Claim | None:
         worker_id=request.worker_id,
     )
     return _answer(tx, phase, lifecycle.load_run(tx, phase.run_id))
+
+
+def _asked_for(request: ClaimIn) -> str:
+    if request.phase_id is not None:
+        return f"phase {request.run_id}/{request.phase_id}"
+    return f"a phase of run {request.run_id}"
 
 
 def _next_claimable(tx: Tx, request: ClaimIn, excluded_runs: set[str]) -> RowMapping | None:

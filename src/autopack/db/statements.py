@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -422,6 +423,13 @@ ATTEMPT_BY_CLAIM_KEY = (
     .limit(1)
 )
 """The latest attempt a worker's claim under this key started (a retried claim's)."""
+LOCK_CLAIM_KEY = select(
+    func.pg_advisory_xact_lock(literal_column("727011338"), func.hashtext(bindparam("b_key")))
+)
+"""PostgreSQL: serialise the tries of one claim. Under READ COMMITTED a retry arriving
+while the first try's transaction is still open did not see its attempt and leased a
+second phase; waiting here, it sees the committed attempt (SQLite's ``BEGIN IMMEDIATE``
+already serialises). The two-key form keeps these locks apart from :data:`LOCK_BRANCH`'s."""
 
 # -- PostgreSQL planner statistics ------------------------------------------------------------
 

@@ -134,9 +134,9 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
 
     Retrying after a lost connection is safe for every operation because each one is
     safe to repeat: results carry idempotency keys (or a spent lease token), usage
-    reports and telemetry rows idempotency keys, heartbeats and claims are fenced by the
-    lease (a claim whose COMMIT reached the server but whose answer did not leaves a lease
-    that expires and is reclaimed).
+    reports and telemetry rows idempotency keys, heartbeats are fenced by the lease, and a
+    claim carries a claim key (run again after its COMMIT reached the server, it gets the
+    lease it was granted; one without a key leaves a lease that expires and is reclaimed).
     """
     for attempt in range(1, MAX_TRANSACTION_TRIES + 1):
         try:
