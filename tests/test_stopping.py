@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from autopack.client import ApiClient
 from autopack.connect import sigterm_unwinds
 from autopack.contract import Claim, ClaimIn
-from autopack.executor.stopping import HeldClaims, stop_signals_deferred
+from autopack.errors import ServerUnavailable
+from autopack.executor.stopping import HeldClaims, stop_signal, stop_signals_deferred
 from autopack.rundef import parse_run_definition
 from tests.conftest import empty_sqlite
 from tests.cp_support import definition
@@ -84,3 +86,45 @@ def test_a_repeated_stop_signal_during_a_claim_lands_at_once() -> None:
         after_the_second = True
     assert not after_the_second
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _stop_from(block: Callable[[], None]) -> BaseException:
+    """The stop that ends ``block`` run under :func:`stop_signals_deferred` (caught here:
+    a KeyboardInterrupt escaping a test ends the whole session)."""
+    try:
+        with sigterm_unwinds(), stop_signals_deferred():
+            block()
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return exc
+    raise AssertionError("no stop was delivered")
+
+
+def _signal(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    for _ in range(1000):  # the handler runs between bytecodes: give it many
+        pass
+
+
+def test_a_sigterm_after_a_held_ctrl_c_is_the_stop_that_is_reported() -> None:
+    """The SIGTERM was delivered at once, then the held Ctrl-C raised on top of it: the
+    drain said "stopped by SIGINT" and exited 130, not 143."""
+
+    def ctrl_c_then_sigterm() -> None:
+        _signal(signal.SIGINT)
+        _signal(signal.SIGTERM)
+
+    stopped = _stop_from(ctrl_c_then_sigterm)
+    assert stop_signal(stopped) == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_stop_outlives_an_error_in_the_block() -> None:
+    """The claim failing (the API gone) after a Ctrl-C arrived still ends in the stop."""
+
+    def fails() -> None:
+        _signal(signal.SIGINT)
+        raise ServerUnavailable("no answer")
+
+    stopped = _stop_from(fails)
+    assert stop_signal(stopped) == signal.SIGINT
+    assert isinstance(stopped.__context__, ServerUnavailable)

@@ -145,10 +145,17 @@ def stop_signals_deferred() -> Iterator[None]:
         signal.signal(sig, hold)
     try:
         yield
-    finally:
+    except BaseException as exc:
         restore()
-        if caught:
+        # A stop already unwinding (the repeated signal) is the one to report: the held
+        # one raised on top replaced it, and a Ctrl-C then a supervisor's SIGTERM exited
+        # as stopped by SIGINT (130, not 143). Any other error gives way to the held stop.
+        if caught and stop_signal(exc) is None:
             signal.raise_signal(caught[0])
+        raise
+    restore()
+    if caught:
+        signal.raise_signal(caught[0])
 
 
 def stop_note(signum: int, recorded_as: list[str | None]) -> str:
