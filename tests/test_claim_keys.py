@@ -11,12 +11,13 @@ import psycopg
 import pytest
 from sqlalchemy import make_url
 
+from autopack.clock import utcnow
 from autopack.contract import Claim, ClaimIn
 from autopack.control import claims
 from autopack.db import Database, open_database
 from autopack.errors import Conflict
 from tests.conftest import create_pg_database, drop_pg_database
-from tests.cp_support import attempt_rows, create, states
+from tests.cp_support import attempt_rows, create, expire_lease, states
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -112,3 +113,20 @@ def test_two_concurrent_tries_of_one_claim_lease_one_phase_on_postgresql(
     finally:
         db.close()
         drop_pg_database(pg_admin, url)
+
+
+def test_a_retry_after_its_lease_expired_unreclaimed_renews_it(db: Database) -> None:
+    """The retry of a claim with a short lease came after the lease expired (not yet
+    reclaimed) and got it as it was, expired: the next claim reclaimed it while its worker
+    began the attempt (and spent the attempt). The retry renews it, like a heartbeat."""
+    create(db, "r", (("T1", ["a", "b"]),))
+    first = claims.claim(db, ClaimIn(worker_id="w", run_id="r", lease_seconds=5, claim_key=KEY))
+    assert first is not None
+    expire_lease(db, "r", "a")
+    again = claims.claim(db, ClaimIn(worker_id="w", run_id="r", lease_seconds=5, claim_key=KEY))
+    assert again is not None and again.lease_token == first.lease_token
+    assert again.lease_expires_at > utcnow()
+    other = claims.claim(db, ClaimIn(worker_id="x", run_id="r"))
+    assert other is not None and other.phase_id == "b"
+    assert states(db, "r") == {"a": "EXECUTING", "b": "EXECUTING"}
+    assert [row["attempt"] for row in attempt_rows(db, "r", "a")] == [1]

@@ -105,6 +105,17 @@ def _granted_before(tx: Tx, request: ClaimIn) -> Claim | None:
             f"of phase {phase.run_id}/{phase.phase_id}, which it still holds; this claim asks "
             f"for {_asked_for(request)}: a new claim needs a new claim_key"
         )
+    if phase.lease_expires_at is not None and phase.lease_expires_at <= tx.now:
+        # Expired while the retry was on its way (a short lease, the client's backoff) but
+        # not yet reclaimed: returned as it was, it was reclaimed by the next claim while
+        # its worker began the attempt. The retry is its holder's sign of life: renewed.
+        expires = tx.now + timedelta(seconds=request.lease_seconds)
+        renewal: dict[str, Any] = {
+            "lease_expires_at": expires,
+            "lease_seconds": request.lease_seconds,
+        }
+        lifecycle.update_phase(tx, phase, **renewal, updated_at=tx.now)
+        phase = replace(phase, **renewal, updated_at=tx.now)
     log_event(
         lifecycle.logger,
         "claim_repeated",
