@@ -60,6 +60,9 @@ BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     ("GET", "/runs", {"offset": str(2**63)}, None, "offset"),
     ("GET", "/runs", {"state": ""}, None, "state"),
     ("POST", "/claims", {}, {"worker_id": "w", "lease_seconds": "60"}, "lease_seconds"),
+    ("POST", "/claims", {}, {"worker_id": "w", "claim_key": "a" * 31 + "\x00"}, "claim_key"),
+    ("POST", "/claims", {}, {"worker_id": "w", "claim_key": "A" * 32}, "claim_key"),
+    ("POST", "/claims", {}, {"worker_id": "w", "claim_key": 7}, "claim_key"),
     # a time without its zone, or one that is no date in UTC, reached the UTC column: 500
     ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="2026-01-01T00:00:00"), "ts"),
     ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="0001-01-01T00:00:00+14:00"), "ts"),
