@@ -144,6 +144,50 @@ def test_a_second_active_run_on_one_repository_branch_is_refused_naming_the_firs
     assert httpx.post(f"{plane.url}/runs", json=body(third, "shared")).status_code == 201
 
 
+def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
+    plane: Plane,
+) -> None:
+    """`/x.git`, `/x.git/`, `file:///x.git`, `/x` and `/x/.git`, `https://Host/o/x.git` and
+    `https://host/o/x/` were different repositories to the check, so a second run drained
+    onto the first one's branch. Folded by spelling alone; other hosts, users and
+    schemes (scp-like `h:p` is `~/p`, `ssh://h/p` is `/p`) stay other repositories."""
+    tag = uuid.uuid4().hex[:8]
+    same = {
+        f"/srv/{tag}/x.git": [
+            f"/srv/{tag}/x.git/",
+            f"file:///srv/{tag}/x.git",
+            f"file://localhost/srv/{tag}//x.git/",
+            f"/srv/{tag}/./x.git",
+        ],
+        f"/srv/{tag}/work": [f"/srv/{tag}/work/.git", f"file:///srv/{tag}/work/.git/"],
+        f"https://git.example/{tag}/x.git": [
+            f"https://GIT.example/{tag}/x",
+            f"HTTPS://git.example/{tag}/x/",
+        ],
+        f"git@git.example:{tag}/x.git": [f"git@Git.Example:{tag}/x/"],
+    }
+    others = [
+        f"/srv/{tag}/x",  # another directory than x.git
+        f"https://other.example/{tag}/x.git",
+        f"ssh://git@git.example/{tag}/x.git",
+        f"git@git.example:{tag}/y.git",
+    ]
+
+    def post(repository: str) -> httpx.Response:
+        body = {**definition(f"run-{uuid.uuid4().hex[:8]}"), "repository": repository}
+        return httpx.post(f"{plane.url}/runs", json={**body, "branch": "shared"})
+
+    for first, spellings in same.items():
+        assert post(first).status_code == 201
+        for spelling in spellings:
+            refused = post(spelling)
+            assert refused.status_code == 409, (spelling, refused.text)
+            detail = error_body(refused)["detail"]
+            assert detail.startswith("branch:") and first in detail, detail
+    for other in others:
+        assert post(other).status_code == 201, other
+
+
 def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:
     instance_id = plane.server.wait_healthy()["database"]["instance_id"]
     response = httpx.get(f"{plane.url}/runs/telemetry-collection-v4")

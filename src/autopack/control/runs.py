@@ -29,6 +29,7 @@ from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunR
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, IllegalTransition
 from autopack.logs import log_event
+from autopack.repoident import repository_identity
 from autopack.rundef import RunDefinition, default_branch
 from autopack.states import (
     PHASE_ACTIVE,
@@ -174,17 +175,22 @@ def _ensure_branch_free(tx: Tx, repository: str | None, branch: str) -> None:
     two runs on one branch, whichever advanced the git branch first won and every commit
     of the other stayed off it (its phases COMPLETE, its code on no branch). A run whose
     repository is not stored (given per drain, ``--workspace``/``--repo``) cannot be
-    checked here. A finished run's branch may be continued by a new run.
+    checked here. A finished run's branch may be continued by a new run. Repositories are
+    compared by :func:`~autopack.repoident.repository_identity` (``/x.git/`` is
+    ``file:///x.git``), the stored values as given: rows written before are read the same.
     """
     if repository is None:
         return
+    identity = repository_identity(repository)
     if tx.pg:
-        tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{repository}\n{branch}"})
-    found = tx.row(sql.ACTIVE_RUN_ON_BRANCH, {"b_repository": repository, "b_branch": branch})
-    if found is not None:
+        tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{identity}\n{branch}"})
+    for found in tx.rows(sql.ACTIVE_RUNS_ON_BRANCH, {"b_branch": branch}):
+        if repository_identity(found["repository"]) != identity:
+            continue
+        same = "" if found["repository"] == repository else f" (as {found['repository']})"
         raise Conflict(
             f"branch: run {found['id']!r} ({found['state']}) in {tx.where()} is still "
-            f"working on branch {branch!r} of repository {repository}: give this run "
+            f"working on branch {branch!r} of repository {repository}{same}: give this run "
             "another `branch` (or wait until that run is finished or cancelled)",
             branch=branch,
             repository=repository,
