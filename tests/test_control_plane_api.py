@@ -188,6 +188,32 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
         assert post(other).status_code == 201, other
 
 
+def test_branch_check_answers_for_the_repository_a_drain_names(plane: Plane) -> None:
+    """What a drain asks before moving its run's branch in the repository its `--repo` or
+    `--workspace` name: 409 when another active run works on that branch there (not for
+    the run itself), 404 for no such run, 422 naming `repository` for a relative path."""
+    tag = uuid.uuid4().hex[:8]
+    busy, loose = f"busy-{tag}", f"loose-{tag}"
+    repository = f"/srv/{tag}/code"
+    for run_id, named in ((busy, repository), (loose, None)):
+        body = {**definition(run_id), "repository": named, "branch": "shared"}
+        assert httpx.post(f"{plane.url}/runs", json=body).status_code == 201
+
+    def check(run_id: str, named: str) -> httpx.Response:
+        return httpx.post(f"{plane.url}/runs/{run_id}/branch-check", json={"repository": named})
+
+    refused = check(loose, f"file://{repository}/.git")
+    assert refused.status_code == 409, refused.text
+    assert error_body(refused)["detail"].startswith(f"branch: run '{busy}'"), refused.text
+    assert check(busy, repository).json()["run_id"] == busy
+    assert check(loose, f"/srv/{tag}/other").status_code == 200
+    assert check(f"none-{tag}", repository).status_code == 404
+    relative = check(loose, "code")
+    assert relative.status_code == 422 and "repository" in relative.text, relative.text
+    plane.client.cancel_run(busy, CancelIn(reason="done with it"))
+    assert check(loose, repository).status_code == 200
+
+
 def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:
     instance_id = plane.server.wait_healthy()["database"]["instance_id"]
     response = httpx.get(f"{plane.url}/runs/telemetry-collection-v4")

@@ -17,6 +17,7 @@ from autopack.control import approvals, results, runs
 from autopack.db import open_database
 from autopack.dburl import resolve_database_url
 from autopack.errors import Conflict
+from autopack.rundef import parse_run_definition
 from autopack.runfile import load_run_file
 from autopack.states import PhaseState
 from tests.cp_support import claimed, create, definition
@@ -128,6 +129,31 @@ def test_a_symlink_or_relative_spelling_of_a_busy_repository_is_refused(tmp_path
     assert refused.returncode == 2, (refused.stdout, refused.stderr)
     said = " ".join(refused.stderr.split())
     assert "branch: run 'first' (QUEUED)" in said and "change `branch` in" in said, said
+
+
+def test_a_drain_naming_a_busy_repository_is_refused_before_it_moves_a_branch(
+    tmp_path: Path,
+) -> None:
+    """Creation checks only the run's `repository`: a run naming none (or another), drained
+    with `--workspace`/`--repo` naming the repository of an active run on the same branch,
+    moved that run's branch too and one run's commits ended on no branch. The drain asks
+    the server first (its path resolved here: `link` is `code`) and exits 2 naming it."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    (tmp_path / "code").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "code")
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:
+        for run_id, repository in (("busy", str(tmp_path / "code")), ("loose", None)):
+            body = {**definition(run_id), "repository": repository, "branch": "shared"}
+            runs.create_run(database, parse_run_definition(body))
+    finally:
+        database.close()
+    env = clean_env(DATABASE_URL=url, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    drained = cli("drain", "run", "--run-id", "loose", "--workspace", "link", cwd=tmp_path, env=env)
+    assert drained.returncode == 2, drained.stderr[-2000:]
+    said = " ".join(drained.stderr.split())
+    assert f"--workspace {tmp_path / 'code'}: branch: run 'busy' (QUEUED)" in said, said
+    assert "Traceback" not in drained.stderr
 
 
 def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:

@@ -168,7 +168,24 @@ def _refresh_planner_statistics(database: Database, new_phases: int) -> None:
         log_event(logger, "analyze_skipped", logging.WARNING, reason=reason)
 
 
-def _ensure_branch_free(tx: Tx, repository: str | None, branch: str) -> None:
+def check_branch(database: Database, run_id: str, repository: str) -> RunView:
+    """The run, once no *other* active run works on its branch of ``repository``: the
+    repository a drain moves the branch in when ``--repo``/``--workspace`` name it instead
+    of the run's ``repository`` (or when the run names none), which creation never saw.
+    Conflict (409) as at creation."""
+
+    def work(tx: Tx) -> RunView:
+        run = lifecycle.load_run(tx, run_id)
+        branch = run.branch or default_branch(run_id)
+        _ensure_branch_free(tx, repository, branch, other_than=run_id)
+        return _run_view(tx, run_id)
+
+    return run_transaction(database, work)
+
+
+def _ensure_branch_free(
+    tx: Tx, repository: str | None, branch: str, *, other_than: str | None = None
+) -> None:
     """Refuse a run on the repository's branch another active run is still draining onto.
 
     Each run's branch moves by a compare-and-swap against *its own* accepted head: with
@@ -185,7 +202,7 @@ def _ensure_branch_free(tx: Tx, repository: str | None, branch: str) -> None:
     if tx.pg:
         tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{identity}\n{branch}"})
     for found in tx.rows(sql.ACTIVE_RUNS_ON_BRANCH, {"b_branch": branch}):
-        if repository_identity(found["repository"]) != identity:
+        if found["id"] == other_than or repository_identity(found["repository"]) != identity:
             continue
         same = "" if found["repository"] == repository else f" (as {found['repository']})"
         raise Conflict(
