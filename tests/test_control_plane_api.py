@@ -206,7 +206,16 @@ def test_branch_check_answers_for_the_repository_a_drain_names(plane: Plane) -> 
     assert refused.status_code == 409, refused.text
     assert error_body(refused)["detail"].startswith(f"branch: run '{busy}'"), refused.text
     assert check(busy, repository).json()["run_id"] == busy
-    assert check(loose, f"/srv/{tag}/other").status_code == 200
+    assert check(loose, f"/srv/{tag}/other").status_code == 200  # loose now works there:
+    other = f"file:///srv/{tag}/other/.git"  # so a run naming it is refused,
+    later = {**definition(f"later-{tag}"), "repository": other, "branch": "shared"}
+    refused = httpx.post(f"{plane.url}/runs", json=later)
+    assert refused.status_code == 409, refused.text
+    assert f"run '{loose}'" in error_body(refused)["detail"], refused.text
+    unnamed = f"unnamed-{tag}"  # and so is a drain of another run there
+    created = httpx.post(f"{plane.url}/runs", json={**definition(unnamed), "branch": "shared"})
+    assert created.status_code == 201, created.text
+    assert check(unnamed, f"/srv/{tag}/other").status_code == 409
     assert check(f"none-{tag}", repository).status_code == 404
     relative = check(loose, "code")
     assert relative.status_code == 422 and "repository" in relative.text, relative.text
