@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from autopack.api.maintenance import Maintenance
+from autopack.cli._common import check_named_repository
 from autopack.client import ApiClient
 from autopack.contract import (
     ApprovalIn,
@@ -37,6 +38,7 @@ from autopack.contract import (
 from autopack.db import Database, open_database
 from autopack.dburl import resolve_database_url
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
+from autopack.executor.repository import RepoSource
 from autopack.rundef import parse_run_definition
 from autopack.states import ApprovalStatus, PhaseState, RunState
 from tests.conftest import BACKENDS, create_pg_database, drop_pg_database, empty_sqlite
@@ -221,6 +223,25 @@ def test_branch_check_answers_for_the_repository_a_drain_names(plane: Plane) -> 
     assert relative.status_code == 422 and "repository" in relative.text, relative.text
     plane.client.cancel_run(busy, CancelIn(reason="done with it"))
     assert check(loose, repository).status_code == 200
+
+
+def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_continued(
+    plane: Plane,
+) -> None:
+    """A finished run's branch may be continued by a new run; its idle drain or `run
+    export --workspace` in that repository must not be refused for it (the CLI asks only
+    for runs that may still move their branch)."""
+    tag = uuid.uuid4().hex[:8]
+    repository = f"/srv/{tag}/code"
+    done, going = f"done-{tag}", f"going-{tag}"
+    plane.client.create_run(parse_run_definition({**definition(done), "branch": "shared"}))
+    active = {**definition(going), "repository": repository, "branch": "shared"}
+    finished = plane.client.cancel_run(done, CancelIn(reason="done"))
+    plane.client.create_run(parse_run_definition(active))
+    check_named_repository(plane.client, finished, RepoSource(workspace=Path(repository)))
+    queued = plane.client.get_run(done).model_copy(update={"state": RunState.QUEUED})
+    with pytest.raises(InvalidInput, match=f"--workspace {repository}: branch: run '{going}'"):
+        check_named_repository(plane.client, queued, RepoSource(workspace=Path(repository)))
 
 
 def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:

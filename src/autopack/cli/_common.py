@@ -257,8 +257,11 @@ def check_named_repository(client: ApiClient, run: RunView, source: RepoSource) 
     The path is resolved here (symlinks): the server cannot see this machine's files."""
     from autopack.errors import Conflict
     from autopack.repoident import resolve_local
+    from autopack.states import RUN_ACTIVE
 
     if source.default:  # autopack-workspaces/RUN_ID: this run's own directory
+        return
+    if run.state not in RUN_ACTIVE:  # nothing to drain; its branch may be another's now
         return
     flag = "--repo" if source.remote is not None else "--workspace"
     named = source.remote if source.remote is not None else resolve_local(str(source.workspace))
@@ -267,4 +270,7 @@ def check_named_repository(client: ApiClient, run: RunView, source: RepoSource) 
     try:
         client.check_branch(run.run_id, named)
     except Conflict as exc:
-        raise InvalidInput(f"{flag} {named}: {exc.message}", **exc.details) from exc
+        raise InvalidInput(
+            f"{flag} {named}: {exc.message}; or drain this run in another repository",
+            **exc.details,
+        ) from exc
