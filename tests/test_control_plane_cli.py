@@ -100,7 +100,7 @@ def test_a_symlink_or_relative_spelling_of_a_busy_repository_is_refused(tmp_path
     client can resolve its paths, so reading the run file resolves them before sending
     (once through the CLI, the rest as `run create` reads a file)."""
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    (tmp_path / "code").mkdir()
+    subprocess.run(["git", "init", "-q", str(tmp_path / "code")], check=True)  # has .git
     (tmp_path / "link").symlink_to(tmp_path / "code")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

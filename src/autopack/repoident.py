@@ -7,7 +7,8 @@ were four repositories to that check. Two halves, because the server may run on 
 machine than the client whose paths a run file names:
 
 * :func:`resolve_local` (client side, where the path is a path: ``run create FILE``,
-  ``drain --repo``): symlinks resolved, so a link and its target are one path. The
+  ``drain --repo``/``--workspace``): an existing path's symlinks resolved, so a link
+  and its target are one path. The
   executor clones from the path as the client sees it, so only the client can say what
   it is; the server never resolves a path against its own file system.
 * :func:`repository_identity` (server side, by spelling alone, no file system and no
@@ -78,13 +79,16 @@ def repository_identity(repository: str) -> str:
 
 
 def resolve_local(repository: str) -> str:
-    """Client side: an absolute local path (or local ``file://`` URL) with its symlinks
-    resolved, as far as they exist here; anything else as given. A file URL stays a file
-    URL (git clones it by its transport, not as a local path), unless it has
-    ``%``-escapes, which are left for git to read."""
+    """Client side: an absolute local path (or local ``file://`` URL) that exists here,
+    with its symlinks resolved (as ``--repo`` always did); anything else as given (a path
+    only the executors' machines have is theirs to read). A file URL stays a file URL
+    (git clones it by its transport, not as a local path); one with ``%``-escapes is left
+    for git to read."""
     local = _file_url_path(repository)
     if local is not None:
-        return repository if "%" in repository else f"file://{os.path.realpath(local)}"
-    if os.path.isabs(repository):
+        if "%" in repository or not os.path.exists(local):
+            return repository
+        return f"file://{os.path.realpath(local)}"
+    if os.path.isabs(repository) and os.path.exists(repository):
         return os.path.realpath(repository)
     return repository
