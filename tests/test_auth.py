@@ -44,6 +44,7 @@ OPERATOR_ONLY = {
 }
 WORKER = {
     ("post", "/claims"),
+    ("post", "/runs/{run_id}/branch-check"),
     ("get", "/runs"),
     ("get", "/runs/{run_id}"),
     ("get", "/runs/{run_id}/phases/{phase_id}"),

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from autopack.api.maintenance import Maintenance
+from autopack.cli._common import check_named_repository
 from autopack.client import ApiClient
 from autopack.contract import (
     ApprovalIn,
@@ -37,6 +38,7 @@ from autopack.contract import (
 from autopack.db import Database, open_database
 from autopack.dburl import resolve_database_url
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
+from autopack.executor.repository import RepoSource
 from autopack.rundef import parse_run_definition
 from autopack.states import ApprovalStatus, PhaseState, RunState
 from tests.conftest import BACKENDS, create_pg_database, drop_pg_database, empty_sqlite
@@ -142,6 +144,104 @@ def test_a_second_active_run_on_one_repository_branch_is_refused_naming_the_firs
     plane.client.cancel_run(first, CancelIn(reason="done with it"))
     third = f"run-{uuid.uuid4().hex[:8]}"
     assert httpx.post(f"{plane.url}/runs", json=body(third, "shared")).status_code == 201
+
+
+def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
+    plane: Plane,
+) -> None:
+    """`/x.git`, `/x.git/`, `file:///x.git`, `/x` and `/x/.git`, `https://Host/o/x.git` and
+    `https://host/o/x/` were different repositories to the check, so a second run drained
+    onto the first one's branch. Folded by spelling alone; other hosts, users and
+    schemes (scp-like `h:p` is `~/p`, `ssh://h/p` is `/p`) stay other repositories."""
+    tag = uuid.uuid4().hex[:8]
+    same = {
+        f"/srv/{tag}/x.git": [
+            f"/srv/{tag}/x.git/",
+            f"file:///srv/{tag}/x.git",
+            f"file://localhost/srv/{tag}//x.git/",
+            f"/srv/{tag}/./x.git",
+        ],
+        f"/srv/{tag}/work": [f"/srv/{tag}/work/.git", f"file:///srv/{tag}/work/.git/"],
+        f"https://git.example/{tag}/x.git": [
+            f"https://GIT.example/{tag}/x",
+            f"HTTPS://git.example/{tag}/x/",
+        ],
+        f"git@git.example:{tag}/x.git": [f"git@Git.Example:{tag}/x/"],
+    }
+    others = [
+        f"/srv/{tag}/x",  # another directory than x.git
+        f"https://other.example/{tag}/x.git",
+        f"ssh://git@git.example/{tag}/x.git",
+        f"git@git.example:{tag}/y.git",
+    ]
+
+    def post(repository: str) -> httpx.Response:
+        body = {**definition(f"run-{uuid.uuid4().hex[:8]}"), "repository": repository}
+        return httpx.post(f"{plane.url}/runs", json={**body, "branch": "shared"})
+
+    for first, spellings in same.items():
+        assert post(first).status_code == 201
+        for spelling in spellings:
+            refused = post(spelling)
+            assert refused.status_code == 409, (spelling, refused.text)
+            detail = error_body(refused)["detail"]
+            assert detail.startswith("branch:") and first in detail, detail
+    for other in others:
+        assert post(other).status_code == 201, other
+
+
+def test_branch_check_answers_for_the_repository_a_drain_names(plane: Plane) -> None:
+    """What a drain asks before moving its run's branch in the repository its `--repo` or
+    `--workspace` name: 409 when another active run works on that branch there (not for
+    the run itself), 404 for no such run, 422 naming `repository` for a relative path."""
+    tag = uuid.uuid4().hex[:8]
+    busy, loose = f"busy-{tag}", f"loose-{tag}"
+    repository = f"/srv/{tag}/code"
+    for run_id, named in ((busy, repository), (loose, None)):
+        body = {**definition(run_id), "repository": named, "branch": "shared"}
+        assert httpx.post(f"{plane.url}/runs", json=body).status_code == 201
+
+    def check(run_id: str, named: str) -> httpx.Response:
+        return httpx.post(f"{plane.url}/runs/{run_id}/branch-check", json={"repository": named})
+
+    refused = check(loose, f"file://{repository}/.git")
+    assert refused.status_code == 409, refused.text
+    assert error_body(refused)["detail"].startswith(f"branch: run '{busy}'"), refused.text
+    assert check(busy, repository).json()["run_id"] == busy
+    assert check(loose, f"/srv/{tag}/other").status_code == 200  # loose now works there:
+    other = f"file:///srv/{tag}/other/.git"  # so a run naming it is refused,
+    later = {**definition(f"later-{tag}"), "repository": other, "branch": "shared"}
+    refused = httpx.post(f"{plane.url}/runs", json=later)
+    assert refused.status_code == 409, refused.text
+    assert f"run '{loose}'" in error_body(refused)["detail"], refused.text
+    unnamed = f"unnamed-{tag}"  # and so is a drain of another run there
+    created = httpx.post(f"{plane.url}/runs", json={**definition(unnamed), "branch": "shared"})
+    assert created.status_code == 201, created.text
+    assert check(unnamed, f"/srv/{tag}/other").status_code == 409
+    assert check(f"none-{tag}", repository).status_code == 404
+    relative = check(loose, "code")
+    assert relative.status_code == 422 and "repository" in relative.text, relative.text
+    plane.client.cancel_run(busy, CancelIn(reason="done with it"))
+    assert check(loose, repository).status_code == 200
+
+
+def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_continued(
+    plane: Plane,
+) -> None:
+    """A finished run's branch may be continued by a new run; its idle drain or `run
+    export --workspace` in that repository must not be refused for it (the CLI asks only
+    for runs that may still move their branch)."""
+    tag = uuid.uuid4().hex[:8]
+    repository = f"/srv/{tag}/code"
+    done, going = f"done-{tag}", f"going-{tag}"
+    plane.client.create_run(parse_run_definition({**definition(done), "branch": "shared"}))
+    active = {**definition(going), "repository": repository, "branch": "shared"}
+    finished = plane.client.cancel_run(done, CancelIn(reason="done"))
+    plane.client.create_run(parse_run_definition(active))
+    check_named_repository(plane.client, finished, RepoSource(workspace=Path(repository)))
+    queued = plane.client.get_run(done).model_copy(update={"state": RunState.QUEUED})
+    with pytest.raises(InvalidInput, match=f"--workspace {repository}: branch: run '{going}'"):
+        check_named_repository(plane.client, queued, RepoSource(workspace=Path(repository)))
 
 
 def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:

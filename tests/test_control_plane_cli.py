@@ -16,6 +16,9 @@ from autopack.contract import ApprovalIn, ResultIn
 from autopack.control import approvals, results, runs
 from autopack.db import open_database
 from autopack.dburl import resolve_database_url
+from autopack.errors import Conflict
+from autopack.rundef import parse_run_definition
+from autopack.runfile import load_run_file
 from autopack.states import PhaseState
 from tests.cp_support import claimed, create, definition
 from tests.support import Server, clean_env, cli, script
@@ -89,6 +92,68 @@ def test_a_run_on_the_branch_of_an_active_run_is_refused_naming_the_branch(
     assert second.returncode == 2, second.stderr
     assert "branch: run 'first-run' (QUEUED)" in second.stderr
     assert "change `branch` in" in second.stderr and "change run_id" not in second.stderr
+
+
+def test_a_symlink_or_relative_spelling_of_a_busy_repository_is_refused(tmp_path: Path) -> None:
+    """`repository: ../code` in one run file and `../../link` (a symlink to code), `link/.git`
+    or `file://…/link` in others were other repositories to the branch check: only the
+    client can resolve its paths, so reading the run file resolves them before sending
+    (once through the CLI, the rest as `run create` reads a file)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    subprocess.run(["git", "init", "-q", str(tmp_path / "code")], check=True)  # has .git
+    (tmp_path / "link").symlink_to(tmp_path / "code")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    spellings = {
+        "a/first": "../code",
+        "b/c/rel": "../../link/",
+        "abs": str(tmp_path / "link" / ".git"),
+        "url": f"file://{tmp_path / 'link'}",
+    }
+    for name, repository in spellings.items():
+        file = tmp_path / f"{name}.yaml"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        body = {**definition(file.stem), "repository": repository, "branch": "shared"}
+        file.write_text(yaml.safe_dump(body))
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:
+        runs.create_run(database, load_run_file(tmp_path / "a/first.yaml"))
+        for name in ("abs", "url"):
+            with pytest.raises(Conflict, match="branch: run 'first' "):
+                runs.create_run(database, load_run_file(tmp_path / f"{name}.yaml"))
+    finally:
+        database.close()
+    refused = cli(
+        "run", "create", "../b/c/rel.yaml", cwd=elsewhere, env=clean_env(DATABASE_URL=url)
+    )
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    said = " ".join(refused.stderr.split())
+    assert "branch: run 'first' (QUEUED)" in said and "change `branch` in" in said, said
+
+
+def test_a_drain_naming_a_busy_repository_is_refused_before_it_moves_a_branch(
+    tmp_path: Path,
+) -> None:
+    """Creation checks only the run's `repository`: a run naming none (or another), drained
+    with `--workspace`/`--repo` naming the repository of an active run on the same branch,
+    moved that run's branch too and one run's commits ended on no branch. The drain asks
+    the server first (its path resolved here: `link` is `code`) and exits 2 naming it."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    (tmp_path / "code").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "code")
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:
+        for run_id, repository in (("busy", str(tmp_path / "code")), ("loose", None)):
+            body = {**definition(run_id), "repository": repository, "branch": "shared"}
+            runs.create_run(database, parse_run_definition(body))
+    finally:
+        database.close()
+    env = clean_env(DATABASE_URL=url, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    drained = cli("drain", "run", "--run-id", "loose", "--workspace", "link", cwd=tmp_path, env=env)
+    assert drained.returncode == 2, drained.stderr[-2000:]
+    said = " ".join(drained.stderr.split())
+    assert f"--workspace {tmp_path / 'code'}: branch: run 'busy' (QUEUED)" in said, said
+    assert "Traceback" not in drained.stderr
 
 
 def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from autopack.contract import (
     ApprovalIn,
     ApprovalList,
     ApprovalView,
+    BranchCheckIn,
     CancelIn,
     Claim,
     ClaimIn,
@@ -209,6 +210,12 @@ class ApiClient(Transport):
     def create_run(self, definition: RunDefinition) -> RunView:
         """``POST /runs``: the new run (Conflict if the run_id exists)."""
         return self._call(RunView, "POST", "/runs", **self._body(definition))
+
+    def check_branch(self, run_id: str, repository: str) -> RunView:
+        """``POST /runs/{id}/branch-check``: Conflict if another active run works on this
+        run's branch of ``repository``."""
+        body = self._body(BranchCheckIn(repository=repository))
+        return self._call(RunView, "POST", f"/runs/{_seg(run_id)}/branch-check", **body)
 
     def get_run(self, run_id: str) -> RunView:
         return self._get(RunView, f"/runs/{_seg(run_id)}")

@@ -22,11 +22,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from autopack.bounds import CostUsd, Count, JsonTyped, Storable
 from autopack.identity import PublicIdentity
-from autopack.rundef import Budgets, Complexity, Policy, Scope, TaskCategory
+from autopack.rundef import (
+    Budgets,
+    Complexity,
+    Policy,
+    Scope,
+    TaskCategory,
+    repository_from,
+)
 from autopack.states import (
     ApprovalStatus,
     AttemptOutcome,
@@ -97,6 +104,17 @@ class AuditVerdict(JsonTyped, _Answer):
 
 class CancelIn(_Request):
     reason: str | None = Field(None, max_length=2000)
+
+
+class BranchCheckIn(_Request):
+    repository: str = Field(min_length=1, max_length=2000)
+    """The repository a drain moves the run's branch in (a URL or an absolute path, its
+    symlinks resolved by the drain: the server cannot see the drain's file system)."""
+
+    @field_validator("repository")
+    @classmethod
+    def _url_or_absolute_path(cls, value: str) -> str:
+        return repository_from(None, value)
 
 
 class RequeueIn(_Request):

@@ -40,6 +40,7 @@ from autopack.bounds import (
 )
 from autopack.errors import InvalidInput
 from autopack.field_errors import describe_errors, summarize_errors
+from autopack.repoident import resolve_local
 
 TaskCategory = Literal["implementation", "tests", "docs", "refactor", "config", "bugfix"]
 Complexity = Literal["low", "medium", "high"]
@@ -339,6 +340,15 @@ RUN_FILE_DIRECTORY = "run_file_directory"
 
 
 def repository_from(directory: Path | None, repository: str) -> str:
+    """:func:`_checked_repository`; read from a file (``directory`` given: the client's
+    side), a local path's symlinks resolved too (:func:`~autopack.repoident.resolve_local`:
+    a link and its target are one repository to the branch check, and only the machine
+    whose path it is can tell)."""
+    checked = _checked_repository(directory, repository)
+    return checked if directory is None else resolve_local(checked)
+
+
+def _checked_repository(directory: Path | None, repository: str) -> str:
     """A ``repository`` as every executor must read it.
 
     A relative local path means the directory next to the run file (the rule a ``.env``'s

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from autopack.errors import DatabaseMissing
+from autopack.errors import DatabaseMissing, InvalidInput
 
 if TYPE_CHECKING:
     from autopack.client import ApiClient
     from autopack.config import LoadedSettings, Settings
     from autopack.connect import Connection
+    from autopack.contract import RunView
     from autopack.db import Database
+    from autopack.executor.repository import RepoSource
     from autopack.identity import DbIdentity
 
 PIPED_WIDTH = 100_000
@@ -245,3 +247,30 @@ def print_json(data: Any) -> None:
 
     plain = redact.data(to_jsonable_python(data, fallback=str))
     sys.stdout.write(json.dumps(plain, indent=2, ensure_ascii=False) + "\n")
+
+
+def check_named_repository(client: ApiClient, run: RunView, source: RepoSource) -> None:
+    """Exit 2 when ``--repo``/``--workspace`` name a repository in which another active run
+    works on this run's branch. Run creation checks only the run's ``repository``; a drain
+    naming another one (or the only one, for a run that names none) would move a branch
+    another run's compare-and-swap also moves, and one run's commits end on no branch.
+    The path is resolved here (symlinks): the server cannot see this machine's files."""
+    from autopack.errors import Conflict
+    from autopack.repoident import resolve_local
+    from autopack.states import RUN_ACTIVE
+
+    if source.default:  # autopack-workspaces/RUN_ID: this run's own directory
+        return
+    if run.state not in RUN_ACTIVE:  # nothing to drain; its branch may be another's now
+        return
+    flag = "--repo" if source.remote is not None else "--workspace"
+    named = source.remote if source.remote is not None else resolve_local(str(source.workspace))
+    if named == run.repository:  # checked when the run was created
+        return
+    try:
+        client.check_branch(run.run_id, named)
+    except Conflict as exc:
+        raise InvalidInput(
+            f"{flag} {named}: {exc.message}; or drain this run in another repository",
+            **exc.details,
+        ) from exc

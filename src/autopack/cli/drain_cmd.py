@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from autopack.cli._common import CliState, err, state
+from autopack.cli._common import CliState, check_named_repository, err, state
 from autopack.cli.drain_report import report
 from autopack.cli.progress import DrainProgress
 from autopack.errors import ConfigError, InvalidInput, NotFound, ServerUnavailable
@@ -225,6 +225,7 @@ def executor_for(
         source = RepoSource.choose(
             run_id, repo=flags.repo, workspace=flags.workspace, run_repository=run.repository
         )
+        check_named_repository(client, run, source)
         repository = RunRepository.open(
             source,
             branch=run.branch or run_branch(run_id),

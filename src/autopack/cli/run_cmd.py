@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from autopack.cli._common import OK, out, print_json, state
+from autopack.cli._common import OK, check_named_repository, out, print_json, state
 from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
 
@@ -273,6 +273,7 @@ def export(
     source = RepoSource.choose(
         run_id, repo=repo, workspace=workspace, run_repository=run.repository
     )
+    check_named_repository(cli.client(), run, source)  # advance() below moves the branch
     repository = RunRepository.open(
         source,
         branch=branch,

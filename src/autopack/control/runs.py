@@ -29,6 +29,7 @@ from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunR
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, IllegalTransition
 from autopack.logs import log_event
+from autopack.repoident import repository_identity
 from autopack.rundef import RunDefinition, default_branch
 from autopack.states import (
     PHASE_ACTIVE,
@@ -167,24 +168,52 @@ def _refresh_planner_statistics(database: Database, new_phases: int) -> None:
         log_event(logger, "analyze_skipped", logging.WARNING, reason=reason)
 
 
-def _ensure_branch_free(tx: Tx, repository: str | None, branch: str) -> None:
+def check_branch(database: Database, run_id: str, repository: str) -> RunView:
+    """The run, once no *other* active run works on its branch of ``repository``: the
+    repository a drain moves the branch in when ``--repo``/``--workspace`` name it instead
+    of the run's ``repository`` (or when the run names none), which creation never saw.
+    Conflict (409) as at creation; else recorded as the run's ``drained_in`` (the last one
+    named), which later creations and checks compare too."""
+
+    def work(tx: Tx) -> RunView:
+        run = lifecycle.load_run(tx, run_id)
+        branch = run.branch or default_branch(run_id)
+        _ensure_branch_free(tx, repository, branch, other_than=run_id)
+        tx.execute(sql.UPDATE_RUN, {"b_run": run_id, "drained_in": repository})
+        return _run_view(tx, run_id)
+
+    return run_transaction(database, work)
+
+
+def _ensure_branch_free(
+    tx: Tx, repository: str | None, branch: str, *, other_than: str | None = None
+) -> None:
     """Refuse a run on the repository's branch another active run is still draining onto.
 
     Each run's branch moves by a compare-and-swap against *its own* accepted head: with
     two runs on one branch, whichever advanced the git branch first won and every commit
-    of the other stayed off it (its phases COMPLETE, its code on no branch). A run whose
-    repository is not stored (given per drain, ``--workspace``/``--repo``) cannot be
-    checked here. A finished run's branch may be continued by a new run.
+    of the other stayed off it (its phases COMPLETE, its code on no branch). A run's
+    repository is its ``repository`` and the one its drains last named (``drained_in``,
+    :func:`check_branch`); a run in neither, drained only in its default workspace
+    (``autopack-workspaces/RUN_ID``), shares it with no run. A finished run's branch may
+    be continued by a new run. Repositories are compared by
+    :func:`~autopack.repoident.repository_identity` (``/x.git/`` is ``file:///x.git``),
+    the stored values as given: rows written before are read the same.
     """
     if repository is None:
         return
+    identity = repository_identity(repository)
     if tx.pg:
-        tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{repository}\n{branch}"})
-    found = tx.row(sql.ACTIVE_RUN_ON_BRANCH, {"b_repository": repository, "b_branch": branch})
-    if found is not None:
+        tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{identity}\n{branch}"})
+    for found in tx.rows(sql.ACTIVE_RUNS_ON_BRANCH, {"b_branch": branch}):
+        theirs = [found["repository"], found["drained_in"]]
+        spelled = next((r for r in theirs if r and repository_identity(r) == identity), None)
+        if found["id"] == other_than or spelled is None:
+            continue
+        same = "" if spelled == repository else f" (as {spelled})"
         raise Conflict(
             f"branch: run {found['id']!r} ({found['state']}) in {tx.where()} is still "
-            f"working on branch {branch!r} of repository {repository}: give this run "
+            f"working on branch {branch!r} of repository {repository}{same}: give this run "
             "another `branch` (or wait until that run is finished or cancelled)",
             branch=branch,
             repository=repository,

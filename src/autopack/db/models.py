@@ -85,6 +85,9 @@ class Run(Base):
     branch: Mapped[str | None] = mapped_column(String(300))
     branch_head: Mapped[str | None] = mapped_column(String(64))
     """The last commit the control plane accepted onto the run's branch."""
+    drained_in: Mapped[str | None] = mapped_column(Text)
+    """The repository a drain's ``--repo``/``--workspace`` named instead of ``repository``
+    (the last one): the branch check holds there too (0006)."""
 
 
 class Tier(Base):

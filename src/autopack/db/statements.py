@@ -92,18 +92,19 @@ _ATTEMPT_IS = and_(
 
 RUN = select(RUNS).where(RUNS.c.id == bindparam("b_run"))
 RUN_FOR_UPDATE = RUN.with_for_update()
-ACTIVE_RUN_ON_BRANCH = (
-    select(RUNS.c.id, RUNS.c.state)
+ACTIVE_RUNS_ON_BRANCH = (
+    select(RUNS.c.id, RUNS.c.state, RUNS.c.repository, RUNS.c.drained_in)
     .where(
-        RUNS.c.repository == bindparam("b_repository"),
+        or_(RUNS.c.repository.is_not(None), RUNS.c.drained_in.is_not(None)),
         RUNS.c.branch == bindparam("b_branch"),
         one_of(RUNS.c.state, RUN_ACTIVE),
     )
     .order_by(RUNS.c.id)
-    .limit(1)
 )
-"""A run still draining onto this repository's branch (each run's compare-and-swap of its
-branch knows only its own accepted head: two on one branch lose one's commits)."""
+"""Runs still draining onto a branch of this name, in any repository: the caller keeps
+those whose repository (or the one a drain named, ``drained_in``) is a spelling of its
+own (each run's compare-and-swap of its branch knows only its own accepted head: two on
+one branch lose one's commits)."""
 LOCK_BRANCH = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("b_branch_key"))))
 """PostgreSQL: serialise run creators naming one repository and branch (SQLite's
 ``BEGIN IMMEDIATE`` already does), so two cannot both pass the check above."""

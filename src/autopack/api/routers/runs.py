@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Query
 from autopack.api.auth import OPERATOR, WORKER
 from autopack.api.deps import DatabaseDep, PageLimit, PageOffset, RunId
 from autopack.api.openapi import READ, RUN_LINKS, SECURED, WRITE, errors
-from autopack.contract import CancelIn, RunList, RunView
+from autopack.contract import BranchCheckIn, CancelIn, RunList, RunView
 from autopack.control import runs
 from autopack.rundef import RunDefinition
 from autopack.states import RunState
@@ -95,3 +95,16 @@ def cancel_run(
 ) -> RunView:
     """DONE_CANCELLED: waiting phases SKIPPED, executing leases revoked (their next call 409s)."""
     return runs.cancel_run(database, run_id, body or CancelIn())
+
+
+@router.post(
+    "/runs/{run_id}/branch-check",
+    response_model=RunView,
+    dependencies=[WORKER],
+    responses={**WRITE, **errors(404, 409)},
+    operation_id="check_branch",
+)
+def check_branch(run_id: RunId, body: BranchCheckIn, database: DatabaseDep) -> RunView:
+    """The run, or 409 when another active run works on its branch of ``repository``: a
+    drain asks before moving the branch in a repository the run does not name."""
+    return runs.check_branch(database, run_id, body.repository)
