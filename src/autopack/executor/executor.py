@@ -229,17 +229,23 @@ class AutonomousExecutor:
             if recorded is None or recorded.stop_reason == result.stop_reason:
                 summary.record(result)
 
-    def abort(self, summary: DrainSummary, signum: int) -> str:
+    def abort(
+        self, summary: DrainSummary, signum: int, *, claims_wait: float = CLAIM_ANSWER_SECONDS
+    ) -> str:
         """Stop now: no new claims, running checks killed, and every held lease handed
         back at once as an ``interrupted`` result (which the control plane re-queues
         without spending a retry). Each posts under its attempt's idempotency key, so an
         attempt that reports after this gets the same answer and changes nothing.
 
+        ``claims_wait``: how long to wait for claims other threads have in flight (0 when
+        the caller was the only one claiming: a signal that cut its claim short must not
+        leave it waiting for that claim).
+
         Returns what became of the leases, as the database answered (:func:`stop_note`)."""
         self.stop()
         summary.stopped_by = signum
         terminate_running_checks(self.s.stopped)
-        held = self._claims.stop(timeout=CLAIM_ANSWER_SECONDS)
+        held = self._claims.stop(timeout=claims_wait)
         recorded_as: list[str | None] = []
         for claim in held:
             interrupted = ResultIn(
@@ -323,7 +329,7 @@ class AutonomousExecutor:
             # The attempt (run in this thread) handed its lease back as it unwound; this
             # catches a claim the interruption landed between.
             with stop_signals_noted():
-                summary.note = self.abort(summary, signum)
+                summary.note = self.abort(summary, signum, claims_wait=0)
                 return self._summary(summary, started)
         return self._summary(summary, started)
 
