@@ -40,7 +40,7 @@ def _alive(pid: int) -> bool:
     """Running, not a zombie waiting for its parent."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while it was read
         return False
     return state != "Z"
 

@@ -150,8 +150,6 @@ def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | N
     from autopack.estimation.plot import image_format  # matplotlib: only with --plot
     from autopack.paths import absolute
 
-    image_format(plot)
-
     target = absolute(plot, "--plot")
     for name, other in (("--write", write), ("AUTOPACK_ESTIMATOR_FILE", current)):
         if other is not None and absolute(Path(other), name) == target:
@@ -159,6 +157,7 @@ def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | N
                 f"--plot {plot} is the same file as {name} ({other}): the plot would "
                 "replace that estimator file; give the plot another name"
             )
+    image_format(plot)
 
 
 def refuse_replacing_with_nothing_new(result: CalibrationResult, path: Path) -> None:
