@@ -151,6 +151,24 @@ class Server:
         self.stop()
 
 
+def running(pid: int) -> bool:
+    """``pid`` runs: it exists and is no zombie (exited, not yet reaped by its parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:  # gone before, or while, it was read (ProcessLookupError mid-read)
+        return False
+    return state != "Z"
+
+
+def gone(pid: int, timeout: float = 15.0) -> bool:
+    """Whether ``pid`` stops running within ``timeout`` (a killed orphan is reaped by init,
+    not by us: that takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not running(pid)
+
+
 T = TypeVar("T")
 
 

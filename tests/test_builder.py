@@ -19,6 +19,7 @@ from autopack.builder.prompt import Feedback, builder_prompt
 from autopack.executor.checks import run_checks
 from autopack.executor.workspace import apply_change
 from autopack.rundef import PhaseDefinition, Scope, TaskCategory
+from tests.support import gone
 
 SCOPE = Scope(
     paths=["examples/utils/"],
@@ -269,14 +270,6 @@ def test_a_symlink_inside_the_workspace_cannot_carry_a_write_out_of_scope(
     assert not (tmp_path / "secret/pwn.txt").exists()
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def test_checks_report_pass_fail_and_timeouts(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     results = run_checks(
@@ -293,10 +286,7 @@ def test_checks_report_pass_fail_and_timeouts(tmp_path: Path) -> None:
     assert results[1].exit_code == 3 and "nope" in results[1].output_tail
     assert results[2].timed_out and results[2].exit_code is None
     grandchild = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while _running(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _running(grandchild), "the timed-out check's process group survived"
+    assert gone(grandchild, timeout=10), "the timed-out check's process group survived"
 
 
 def test_a_check_whose_daemon_keeps_its_output_open_still_ends_at_its_timeout(

@@ -34,24 +34,7 @@ from tests.executor_support import (
     phase,
     run_file,
 )
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its parent."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):  # gone before or while it was read
-        return False
-    return state != "Z"
-
-
-def _gone(pid: int) -> bool:
-    """``pid`` has stopped running (a killed orphan is reaped by init, not by us: wait for
-    that, a bounded while)."""
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not _alive(pid)
+from tests.support import gone
 
 
 def _daemon(pid_file: Path) -> str:
@@ -83,7 +66,7 @@ def _assert_gone(pid_file: Path, outlived: str = "a check's cleared-environment 
     """The process whose pid ``pid_file`` holds is gone (killed here either way)."""
     pid = int(pid_file.read_text())
     try:
-        assert _gone(pid), f"{outlived} outlived it"
+        assert gone(pid), f"{outlived} outlived it"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -187,7 +170,7 @@ def test_daemons_a_check_started_do_not_outlive_it(tmp_path: Path) -> None:
     assert result.passed, result.output_tail
     pids = [int(setsid.read_text()), int(double.read_text())]
     try:
-        assert [pid for pid in pids if not _gone(pid)] == [], "a check's daemon outlived it"
+        assert [pid for pid in pids if not gone(pid)] == [], "a check's daemon outlived it"
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

@@ -33,8 +33,7 @@ from tests.executor_support import (
 )
 from tests.fakes.llm_wire import Reply, WireServer
 from tests.llm.support import FLAVOURS
-from tests.support import cli, wait_for
-from tests.test_server_attach import _wait_dead
+from tests.support import cli, gone, wait_for
 
 
 def _phases(count: int) -> list[dict[str, object]]:
@@ -145,7 +144,7 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
         process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == (143 if how == "sigterm" else 130)
-    assert _wait_dead(server), f"API server {server} outlived the drain ({how})"
+    assert gone(server), f"API server {server} outlived the drain ({how})"
     for phase_id in ("p0", "p1"):
         row = phase_row(url, phase_id)
         assert (row["state"], row["lease_owner"]) == ("QUEUED", None), row
@@ -207,7 +206,7 @@ def test_interrupted_drain_phase_hands_the_phase_back_at_once(tmp_path: Path) ->
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
     assert process.returncode != 0
-    assert _wait_dead(server)
+    assert gone(server)
     # Not EXECUTING until the lease expires: QUEUED now, the attempt says why.
     assert phase_row(url, "p0")["state"] == "QUEUED"
     [attempt] = rows(url, "SELECT outcome, stop_reason FROM phase_attempts")
@@ -281,7 +280,7 @@ def test_sigterm_mid_attempt_hands_every_lease_back_without_spending_a_retry(
     assert "Traceback" not in stderr and "leases_handed_back" in stderr
     assert "run exec-run" in stdout and "interrupted" in stdout  # the summary, printed
     assert "stopped by SIGTERM" in stderr
-    assert _wait_dead(server)
+    assert gone(server)
     for phase_id in ("p0", "p1"):
         row = phase_row(database_url, phase_id)
         assert (row["state"], row["lease_owner"], row["lease_token"]) == ("QUEUED", None, None)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import empty_sqlite
-from tests.support import Server, clean_env, free_port
+from tests.support import Server, clean_env, free_port, gone, running
 
 
 def _holder(mode: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -36,27 +34,6 @@ def _first_line(process: subprocess.Popen[str]) -> dict[str, object]:
         raise AssertionError(f"holder exited {process.returncode} before reporting: {stderr}")
     report: dict[str, object] = json.loads(line)
     return report
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its new parent) is not a running server
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.split(")")[-1].split()[0] != "Z"
-
-
-def _wait_dead(pid: int, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _spawn_env(database_url: str) -> dict[str, str]:
@@ -88,13 +65,13 @@ def test_no_orphaned_server_on_any_exit_path(mode: str, database_url: str, tmp_p
     holder = _holder("wait" if mode.startswith("sig") else mode, _spawn_env(database_url), tmp_path)
     report = _first_line(holder)
     child = report["pid"]
-    assert isinstance(child, int) and _alive(child)
+    assert isinstance(child, int) and running(child)
     if mode.startswith("sig"):
         holder.send_signal(getattr(signal, mode.upper()))
     _, stderr = holder.communicate(timeout=60)
     if mode == "exception":
         assert "boom inside the executor" in stderr
-    assert _wait_dead(child), f"API server {child} outlived its executor ({mode})"
+    assert gone(child), f"API server {child} outlived its executor ({mode})"
 
 
 def test_explicit_url_with_another_database_is_refused_naming_both(
