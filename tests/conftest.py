@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from autopack.db import Database, open_database
 from tests.executor_support import stop_drains
 from tests.support import SETTING_NAMES
 
@@ -109,6 +110,16 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
         yield url
     finally:
         drop_pg_database(admin, url)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """That database, opened in process (the control-plane tests call services directly)."""
+    database = open_database(database_url, role="test", log=False, create=True)
+    try:
+        yield database
+    finally:
+        database.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -20,15 +20,6 @@ from tests.conftest import create_pg_database, drop_pg_database
 from tests.cp_support import attempt_rows, create, expire_lease, states
 
 KEY = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url, role="test", log=False, create=True)
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def _claim(db: Database, run_id: str | None, phase_id: str | None = None) -> Claim | None:

@@ -32,7 +32,7 @@ from autopack.contract import (
     UsageIn,
 )
 from autopack.control import approvals, leases, lifecycle, maintenance, results, runs
-from autopack.db import Database, open_database, statements
+from autopack.db import Database, statements
 from autopack.errors import (
     BranchMoved,
     Conflict,
@@ -60,16 +60,6 @@ from tests.cp_support import (
     snapshot,
     states,
 )
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url, role="test", log=False, create=True)
-    try:
-        yield database
-    finally:
-        database.close()
-
 
 # -- creating and reading -------------------------------------------------------------------
 

@@ -3,23 +3,10 @@ spends no retry, and a COMPLETE phase is requeued only when the request names it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from autopack.contract import RequeueIn
 from autopack.control import runs
-from autopack.db import Database, open_database
+from autopack.db import Database
 from tests.cp_support import attempt_rows, claim, claimed, create, finish, phase_row, run_row
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url, role="test", log=False, create=True)
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def test_an_interrupted_attempt_is_requeued_at_once_without_spending_a_retry(

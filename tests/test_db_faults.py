@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,15 +173,6 @@ def test_a_drain_survives_postgres_dropping_the_api_connections(
 
 
 # -- the pieces ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = open_database(database_url, role="test", log=False)
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def test_a_usage_report_sent_twice_is_counted_once(db: Database) -> None:
