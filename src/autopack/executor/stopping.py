@@ -17,13 +17,13 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from autopack.contract import Claim, ClaimIn, ResultIn, failed_checks_line
+from autopack.contract import Claim, ClaimIn, ResultIn
 from autopack.errors import AutopackError
 from autopack.executor.outcome import AttemptResult
+from autopack.executor.recorded import recorded_attempt
 from autopack.logs import log_event
 from autopack.states import PhaseState
 
@@ -194,32 +194,7 @@ def hand_back(client: ApiClient, claim: Claim, signum: int) -> AttemptResult | N
         recorded,
         phase_state=answer.phase_state,
     )
-    return result if recorded == "interrupted" else _as_recorded(client, result)
-
-
-def _as_recorded(client: ApiClient, result: AttemptResult) -> AttemptResult:
-    """``result`` with what the database recorded of the attempt's own result: the answer
-    to the hand-back names its stop reason alone, and the summary said ``files 0`` for a
-    phase recorded COMPLETE with its files. One read, retried for the client's bounded
-    time as the hand-back was; unanswered, the stop reason alone is still what is said.
-    (The database keeps an attempt's total tokens, not its output ones: those stay 0.)"""
-    try:
-        history = client.get_phase(result.run_id, result.phase_id).history
-    except AutopackError as exc:
-        log_event(logger, "attempt_read_failed", logging.WARNING, reason=exc.message)
-        return result
-    view = next((a for a in history if a.attempt == result.attempt), None)
-    if view is None:
-        return result
-    return replace(
-        result,
-        outcome=PhaseState.COMPLETE if view.outcome == "COMPLETE" else PhaseState.FAILED,
-        files_written=tuple(view.files_written),
-        detail=view.error
-        or failed_checks_line(result.stop_reason, view.check_results)
-        or view.feedback
-        or "",
-    )
+    return result if recorded == "interrupted" else recorded_attempt(client, result)
 
 
 def stop_note(signum: int, recorded_as: list[str | None]) -> str:
