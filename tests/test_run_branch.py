@@ -114,8 +114,12 @@ def test_a_stale_executor_never_deletes_or_replaces_completed_work(tmp_path: Pat
     finally:
         released.touch()
         a.send_signal(signal.SIGCONT)
-    _, a_err = a.communicate(timeout=120)
+    a_out, a_err = a.communicate(timeout=120)
     assert "lease_lost" in a_err
+    # A's summary says what the database recorded of its attempt (it said ``lease_lost``),
+    # once (not "lease_expired: lease_expired: worker ...").
+    assert "lease_lost" not in a_out and "lease_expired: worker" in a_out, a_out
+    assert "lease_expired: lease_expired" not in a_out, a_out
     assert on_branch(ws, "pkg/out.txt") == "from B\n", "the stale executor changed nothing"
     history = attempts(url, "p1")
     assert [h["outcome"] for h in history] == ["LOST", "COMPLETE"]

@@ -13,10 +13,16 @@ import pytest
 
 from autopack.client import ApiClient
 from autopack.connect import sigterm_unwinds
-from autopack.contract import Claim, ClaimIn
+from autopack.contract import Claim, ClaimIn, ResultIn
 from autopack.errors import ServerUnavailable
-from autopack.executor.stopping import HeldClaims, stop_signal, stop_signals_deferred
+from autopack.executor.stopping import (
+    HeldClaims,
+    hand_back,
+    stop_signal,
+    stop_signals_deferred,
+)
 from autopack.rundef import parse_run_definition
+from autopack.states import PhaseState
 from tests.conftest import empty_sqlite
 from tests.cp_support import definition
 from tests.support import Server, clean_env
@@ -62,6 +68,55 @@ def test_a_claim_still_on_the_wire_when_the_stop_lands_is_held(tmp_path: Path) -
             claim.phase_id: "EXECUTING",
             ({"a", "b"} - {claim.phase_id}).pop(): "QUEUED",
         }
+
+
+def test_a_hand_back_after_the_attempts_own_result_says_what_that_recorded(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the attempts were posting their own results: the results landed, and
+    each hand-back got back the attempt's stop reason alone. The summary built from that
+    said ``files 0`` for a phase the database has COMPLETE with its files (and no error
+    for one that failed); it says what the database recorded."""
+    env = clean_env(DATABASE_URL=empty_sqlite(tmp_path / "autopack.db"))
+    with Server(env, cwd=tmp_path) as server, ApiClient(server.url) as client:
+        client.create_run(parse_run_definition(definition("r", [("T1", ["a", "b"])])))
+        results = {
+            "a": ResultIn(
+                lease_token="-",
+                outcome=PhaseState.COMPLETE,
+                stop_reason="completed",
+                files_written=["pkg/a.py", "pkg/b.py"],
+            ),
+            "b": ResultIn(
+                lease_token="-",
+                outcome=PhaseState.FAILED,
+                stop_reason="audit_rejected",
+                error="the Auditor found a bug",
+            ),
+        }
+        reported = {}
+        for _ in results:
+            claim = client.claim(ClaimIn(worker_id="w", lease_seconds=60, run_id="r"))
+            assert claim is not None
+            own = results[claim.phase_id].model_copy(update={"lease_token": claim.lease_token})
+            client.post_result("r", claim.phase_id, own, idempotency_key=claim.idempotency_key)
+            reported[claim.phase_id] = hand_back(client, claim, signal.SIGTERM)
+        assert {p.phase_id: p.state for p in client.get_run("r").phases()} == {
+            "a": "COMPLETE",
+            "b": "QUEUED",
+        }
+    a, b = reported["a"], reported["b"]
+    assert a is not None and b is not None
+    assert (a.outcome, a.stop_reason, a.files_written) == (
+        "COMPLETE",
+        "completed",
+        ("pkg/a.py", "pkg/b.py"),
+    )
+    assert (b.outcome, b.stop_reason, b.detail) == (
+        "FAILED",
+        "audit_rejected",
+        "the Auditor found a bug",
+    )
 
 
 def test_a_stop_signal_during_a_main_thread_claim_lands_after_it() -> None:

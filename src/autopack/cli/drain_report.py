@@ -31,7 +31,9 @@ def _last_reason(attempt: AttemptResult, phase_state: str, reason: str | None) -
         return reason
     last = attempt.stop_reason
     if attempt.outcome != "COMPLETE" and attempt.detail:
-        last += f": {attempt.detail.strip().splitlines()[0]}"
+        first = attempt.detail.strip().splitlines()[0]
+        # The control plane's errors name the reason already ("lease_expired: worker ...").
+        last = first if first.startswith(f"{last}:") else f"{last}: {first}"
     return last
 
 

@@ -54,6 +54,7 @@ from autopack.executor.lease import Lease
 from autopack.executor.metering import Meter
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult, Finish, Outcome, failed
+from autopack.executor.recorded import recorded_attempt
 from autopack.executor.workspace import AppliedChange, apply_change
 from autopack.executor.worktrees import Worktree
 from autopack.llm.base import Message
@@ -133,8 +134,8 @@ class Attempt:
                 meter = Meter(self.s, claim, lease)
                 try:
                     return self._run(lease, meter)
-                except LeaseLost:
-                    return self._lease_lost(meter)
+                except LeaseLost as exc:
+                    return self._lease_lost(meter, exc)
         except BaseException:  # Ctrl-C, SystemExit or an API gone mid-attempt
             self._hand_back()
             raise
@@ -479,8 +480,13 @@ class Attempt:
         except AutopackError as exc:
             log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
 
-    def _lease_lost(self, meter: Meter) -> AttemptResult:
-        """Stop: another attempt owns the phase now. Our worktree is set aside, untouched."""
+    def _lease_lost(self, meter: Meter, refusal: LeaseLost) -> AttemptResult:
+        """Stop: another attempt owns the phase now. Our worktree is set aside, untouched.
+
+        Refused by the server (its refusal names the phase's state), the attempt is
+        reported as the database recorded it (``lease_expired``, ``requeued``,
+        ``interrupted``): the summary said ``lease_lost`` for them all. Not read when the
+        API is unreachable or serves another database (the lease ran out here)."""
         log_event(
             logger,
             "lease_lost",
@@ -489,7 +495,10 @@ class Attempt:
             phase_id=self.claim.phase_id,
             attempt=self.claim.attempt,
         )
-        return self._report("LEASE_LOST", "lease_lost", output_tokens=meter.output_tokens)
+        result = self._report("LEASE_LOST", "lease_lost", output_tokens=meter.output_tokens)
+        if "phase_state" not in refusal.details:
+            return result
+        return recorded_attempt(self.s.client, result)
 
     def _message(self) -> str:
         claim = self.claim

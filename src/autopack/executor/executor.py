@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from autopack.clock import utcnow
-from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, ResultIn, RunView
-from autopack.errors import AutopackError
+from autopack.contract import Claim, ClaimIn, PhaseView, RequeueIn, RunView
 from autopack.executor.attempt import Attempt
 from autopack.executor.checks import terminate_running_checks
 from autopack.executor.git import GitError
@@ -29,6 +28,7 @@ from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult
 from autopack.executor.stopping import (
     HeldClaims,
+    hand_back,
     stop_note,
     stop_signal,
     stop_signals_deferred,
@@ -248,30 +248,10 @@ class AutonomousExecutor:
         held = self._claims.stop(timeout=claims_wait)
         recorded_as: list[str | None] = []
         for claim in held:
-            interrupted = ResultIn(
-                lease_token=claim.lease_token,
-                outcome=PhaseState.FAILED,
-                stop_reason="interrupted",
-                error=f"the executor was stopped by {signal.Signals(signum).name} mid-attempt",
-            )
-            try:
-                answer = self.client.post_result(
-                    claim.run_id, claim.phase_id, interrupted, idempotency_key=claim.idempotency_key
-                )
-            except AutopackError as exc:  # the lease still expires; the phase is reclaimed then
-                log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
-                recorded_as.append(None)
+            result = hand_back(self.client, claim, signum)
+            recorded_as.append(None if result is None else result.stop_reason)
+            if result is None:
                 continue
-            recorded = answer.stop_reason or "interrupted"  # the attempt's own, if it came first
-            recorded_as.append(recorded)
-            result = AttemptResult(
-                claim.run_id,
-                claim.phase_id,
-                claim.attempt,
-                PhaseState.COMPLETE if recorded == "completed" else PhaseState.FAILED,
-                recorded,
-                phase_state=answer.phase_state,
-            )
             with self._lock:
                 self._handed_back[claim.idempotency_key] = result
                 summary.record(result)

@@ -18,9 +18,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from autopack.contract import Claim, ClaimIn
+from autopack.contract import Claim, ClaimIn, ResultIn
+from autopack.errors import AutopackError
+from autopack.executor.outcome import AttemptResult
+from autopack.executor.recorded import recorded_attempt
 from autopack.logs import log_event
+from autopack.states import PhaseState
+
+if TYPE_CHECKING:
+    from autopack.client import ApiClient
 
 logger = logging.getLogger("autopack.executor")
 
@@ -156,6 +164,37 @@ def stop_signals_deferred() -> Iterator[None]:
     restore()
     if caught:
         signal.raise_signal(caught[0])
+
+
+def hand_back(client: ApiClient, claim: Claim, signum: int) -> AttemptResult | None:
+    """Hand ``claim``'s lease back as an ``interrupted`` result (re-queued without spending
+    a retry), under its attempt's idempotency key; how the database recorded the attempt
+    (the attempt's own result when it landed first), or None when the lease was no longer
+    this executor's or the API did not answer (the lease still expires; the phase is
+    reclaimed then)."""
+    interrupted = ResultIn(
+        lease_token=claim.lease_token,
+        outcome=PhaseState.FAILED,
+        stop_reason="interrupted",
+        error=f"the executor was stopped by {signal.Signals(signum).name} mid-attempt",
+    )
+    try:
+        answer = client.post_result(
+            claim.run_id, claim.phase_id, interrupted, idempotency_key=claim.idempotency_key
+        )
+    except AutopackError as exc:
+        log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+        return None
+    recorded = answer.stop_reason or "interrupted"  # the attempt's own, if it came first
+    result = AttemptResult(
+        claim.run_id,
+        claim.phase_id,
+        claim.attempt,
+        PhaseState.COMPLETE if recorded == "completed" else PhaseState.FAILED,
+        recorded,
+        phase_state=answer.phase_state,
+    )
+    return result if recorded == "interrupted" else recorded_attempt(client, result)
 
 
 def stop_note(signum: int, recorded_as: list[str | None]) -> str:
