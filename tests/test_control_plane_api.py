@@ -151,8 +151,11 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
 ) -> None:
     """`/x.git`, `/x.git/`, `file:///x.git`, `/x` and `/x/.git`, `https://Host/o/x.git` and
     `https://host/o/x/` were different repositories to the check, so a second run drained
-    onto the first one's branch. Folded by spelling alone; other hosts, users and
-    schemes (scp-like `h:p` is `~/p`, `ssh://h/p` is `/p`) stay other repositories."""
+    onto the first one's branch; so were `https://u:secret@host/o/x` and `https://host/o/x`
+    (HTTP's user and password only log in). Folded by spelling alone; other hosts, SSH
+    users and schemes (scp-like `h:p` is `~/p`, `ssh://h/p` is `/p`) stay other
+    repositories, and so does `/a/y/../x` (`/a/x` only if `y` is no symbolic link: it was
+    folded, refusing a run in another repository)."""
     tag = uuid.uuid4().hex[:8]
     same = {
         f"/srv/{tag}/x.git": [
@@ -165,11 +168,14 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
         f"https://git.example/{tag}/x.git": [
             f"https://GIT.example/{tag}/x",
             f"HTTPS://git.example/{tag}/x/",
+            f"https://someone:hunter2-secret@git.example/{tag}/x.git",
+            f"https://someone@git.example/{tag}/x",
         ],
         f"git@git.example:{tag}/x.git": [f"git@Git.Example:{tag}/x/"],
     }
     others = [
         f"/srv/{tag}/x",  # another directory than x.git
+        f"/srv/{tag}/link/../x.git",  # /srv/x.git when `link` is a symbolic link to /srv/tag
         f"https://other.example/{tag}/x.git",
         f"ssh://git@git.example/{tag}/x.git",
         f"git@git.example:{tag}/y.git",
@@ -186,6 +192,7 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
             assert refused.status_code == 409, (spelling, refused.text)
             detail = error_body(refused)["detail"]
             assert detail.startswith("branch:") and first in detail, detail
+            assert "hunter2" not in refused.text, refused.text
     for other in others:
         assert post(other).status_code == 201, other
 
@@ -223,6 +230,29 @@ def test_branch_check_answers_for_the_repository_a_drain_names(plane: Plane) -> 
     assert relative.status_code == 422 and "repository" in relative.text, relative.text
     plane.client.cancel_run(busy, CancelIn(reason="done with it"))
     assert check(loose, repository).status_code == 200
+
+
+def test_a_password_in_a_drains_repository_is_never_kept_nor_echoed(plane: Plane) -> None:
+    """`https://user:secret@host/x` named by a drain was stored as `drained_in` as given
+    (the server never clones with it) and echoed in the 409 a second run's check got; the
+    check also missed that run, `https://host/x` being another user's repository to it."""
+    tag = uuid.uuid4().hex[:8]
+    first, second = f"first-{tag}", f"second-{tag}"
+    for run_id in (first, second):
+        plane.client.create_run(parse_run_definition({**definition(run_id), "branch": "b"}))
+    named = f"https://ana:pa55-{tag}@git.example/{tag}/x.git"
+    assert plane.client.check_branch(first, named).run_id == first
+
+    refused = httpx.post(
+        f"{plane.url}/runs/{second}/branch-check",
+        json={"repository": f"https://git.example/{tag}/x"},
+    )
+    assert refused.status_code == 409, refused.text
+    assert f"as https://ana@git.example/{tag}/x.git" in error_body(refused)["detail"]
+    with plane.db.engine.connect() as conn:
+        kept = conn.execute(text("SELECT drained_in FROM runs WHERE id = :r"), {"r": first})
+        assert kept.scalar_one() == f"https://ana@git.example/{tag}/x.git"
+    assert f"pa55-{tag}" not in refused.text + plane.server.output()
 
 
 def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_continued(

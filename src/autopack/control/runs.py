@@ -29,7 +29,7 @@ from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunR
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, IllegalTransition
 from autopack.logs import log_event
-from autopack.repoident import repository_identity
+from autopack.repoident import repository_identity, without_password
 from autopack.rundef import RunDefinition, default_branch
 from autopack.states import (
     PHASE_ACTIVE,
@@ -173,13 +173,14 @@ def check_branch(database: Database, run_id: str, repository: str) -> RunView:
     repository a drain moves the branch in when ``--repo``/``--workspace`` name it instead
     of the run's ``repository`` (or when the run names none), which creation never saw.
     Conflict (409) as at creation; else recorded as the run's ``drained_in`` (the last one
-    named), which later creations and checks compare too."""
+    named), which later creations and checks compare too: without a URL's password, which
+    the server never clones with and must not keep."""
 
     def work(tx: Tx) -> RunView:
         run = lifecycle.load_run(tx, run_id)
         branch = run.branch or default_branch(run_id)
         _ensure_branch_free(tx, repository, branch, other_than=run_id)
-        tx.execute(sql.UPDATE_RUN, {"b_run": run_id, "drained_in": repository})
+        tx.execute(sql.UPDATE_RUN, {"b_run": run_id, "drained_in": without_password(repository)})
         return _run_view(tx, run_id)
 
     return run_transaction(database, work)
@@ -210,13 +211,14 @@ def _ensure_branch_free(
         spelled = next((r for r in theirs if r and repository_identity(r) == identity), None)
         if found["id"] == other_than or spelled is None:
             continue
-        same = "" if spelled == repository else f" (as {spelled})"
+        named, spelled = without_password(repository), without_password(spelled)
+        same = "" if spelled == named else f" (as {spelled})"
         raise Conflict(
             f"branch: run {found['id']!r} ({found['state']}) in {tx.where()} is still "
-            f"working on branch {branch!r} of repository {repository}{same}: give this run "
+            f"working on branch {branch!r} of repository {named}{same}: give this run "
             "another `branch` (or wait until that run is finished or cancelled)",
             branch=branch,
-            repository=repository,
+            repository=named,
             run_id=found["id"],
         )
 
