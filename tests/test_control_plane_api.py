@@ -235,7 +235,8 @@ def test_branch_check_answers_for_the_repository_a_drain_names(plane: Plane) -> 
 def test_a_password_in_a_drains_repository_is_never_kept_nor_echoed(plane: Plane) -> None:
     """`https://user:secret@host/x` named by a drain was stored as `drained_in` as given
     (the server never clones with it) and echoed in the 409 a second run's check got; the
-    check also missed that run, `https://host/x` being another user's repository to it."""
+    check also missed that run, `https://host/x` being another user's repository to it.
+    Where a drain ran is the run's (`drained_in`) and the 409 says the claim came from it."""
     tag = uuid.uuid4().hex[:8]
     first, second = f"first-{tag}", f"second-{tag}"
     for run_id in (first, second):
@@ -248,10 +249,12 @@ def test_a_password_in_a_drains_repository_is_never_kept_nor_echoed(plane: Plane
         json={"repository": f"https://git.example/{tag}/x"},
     )
     assert refused.status_code == 409, refused.text
-    assert f"as https://ana@git.example/{tag}/x.git" in error_body(refused)["detail"]
+    kept = f"https://ana@git.example/{tag}/x.git"
+    assert f"(as {kept}, where a drain of it ran last)" in error_body(refused)["detail"]
+    assert plane.client.get_run(first).drained_in == kept
     with plane.db.engine.connect() as conn:
-        kept = conn.execute(text("SELECT drained_in FROM runs WHERE id = :r"), {"r": first})
-        assert kept.scalar_one() == f"https://ana@git.example/{tag}/x.git"
+        row = conn.execute(text("SELECT drained_in FROM runs WHERE id = :r"), {"r": first})
+        assert row.scalar_one() == kept
     assert f"pa55-{tag}" not in refused.text + plane.server.output()
 
 

@@ -154,6 +154,13 @@ def test_a_drain_naming_a_busy_repository_is_refused_before_it_moves_a_branch(
     said = " ".join(drained.stderr.split())
     assert f"--workspace {tmp_path / 'code'}: branch: run 'busy' (QUEUED)" in said, said
     assert "Traceback" not in drained.stderr
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:  # where a run's branch lives, so such a 409 is no riddle: `run show` said nowhere
+        runs.check_branch(database, "loose", str(tmp_path / "elsewhere"))
+    finally:
+        database.close()
+    shown = cli("run", "show", "loose", cwd=tmp_path, env=env)
+    assert f"branch shared, last drained in {tmp_path / 'elsewhere'}" in shown.stdout, shown
 
 
 def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:

@@ -173,6 +173,18 @@ def show(
     out.print(run_tree(run))
 
 
+def _where_branch(run: RunView) -> str:
+    """Where the run's branch lives: no other active run may work on it in either."""
+    from autopack.rundef import default_branch
+
+    said = f"branch {run.branch or default_branch(run.run_id)}"
+    if run.repository:
+        said += f" of {run.repository}"
+    if run.drained_in:
+        said += f", last drained in {run.drained_in}"
+    return said
+
+
 def run_tree(run: RunView) -> Tree:
     cap, cost_cap = run.budgets.token_cap, run.budgets.cost_cap_usd
     header = (
@@ -180,6 +192,8 @@ def run_tree(run: RunView) -> Tree:
         f"tokens {run.tokens_used}{f'/{cap}' if cap else ''}  "
         f"cost {run.cost()}{f' of ${cost_cap:.2f}' if cost_cap else ''}"
     )
+    if run.repository or run.drained_in:
+        header += f"\n[dim]{escape(_where_branch(run))}[/dim]"
     if run.failure_reason:
         header += f"\n[red]{escape(run.failure_reason)}[/red]"
     if run.goal:

@@ -207,12 +207,18 @@ def _ensure_branch_free(
     if tx.pg:
         tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{identity}\n{branch}"})
     for found in tx.rows(sql.ACTIVE_RUNS_ON_BRANCH, {"b_branch": branch}):
-        theirs = [found["repository"], found["drained_in"]]
-        spelled = next((r for r in theirs if r and repository_identity(r) == identity), None)
+        theirs = [(found["repository"], False), (found["drained_in"], True)]
+        spelled, by_drain = next(
+            ((r, drain) for r, drain in theirs if r and repository_identity(r) == identity),
+            (None, False),
+        )
         if found["id"] == other_than or spelled is None:
             continue
         named, spelled = without_password(repository), without_password(spelled)
-        same = "" if spelled == named else f" (as {spelled})"
+        said = [f"as {spelled}"] if spelled != named else []
+        if by_drain:  # not its `repository`: `run show` says so too
+            said.append("where a drain of it ran last")
+        same = f" ({', '.join(said)})" if said else ""
         raise Conflict(
             f"branch: run {found['id']!r} ({found['state']}) in {tx.where()} is still "
             f"working on branch {branch!r} of repository {named}{same}: give this run "
