@@ -258,6 +258,27 @@ def test_a_password_in_a_drains_repository_is_never_kept_nor_echoed(plane: Plane
     assert f"pa55-{tag}" not in refused.text + plane.server.output()
 
 
+def test_a_drain_back_in_its_own_repository_leaves_no_claim_where_it_drained_before(
+    plane: Plane,
+) -> None:
+    """A run drained once with `--workspace OTHER`, then in its own `repository`, kept
+    `drained_in` OTHER while active: every run on its branch there was refused for a
+    repository it no longer worked in (the drain in its own never asked the server)."""
+    tag = uuid.uuid4().hex[:8]
+    own, other = f"/srv/{tag}/own", f"/srv/{tag}/other"
+    mover, waiting = f"mover-{tag}", f"waiting-{tag}"
+    for run_id, repository in ((mover, own), (waiting, None)):
+        body = {**definition(run_id), "repository": repository, "branch": "shared"}
+        plane.client.create_run(parse_run_definition(body))
+    plane.client.check_branch(mover, other)
+    with pytest.raises(Conflict, match=f"run '{mover}'"):
+        plane.client.check_branch(waiting, other)
+    run = plane.client.get_run(mover)
+    check_named_repository(plane.client, run, RepoSource(workspace=Path(own)))
+    assert plane.client.get_run(mover).drained_in is None
+    assert plane.client.check_branch(waiting, other).drained_in == other
+
+
 def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_continued(
     plane: Plane,
 ) -> None:

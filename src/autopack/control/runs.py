@@ -174,13 +174,18 @@ def check_branch(database: Database, run_id: str, repository: str) -> RunView:
     of the run's ``repository`` (or when the run names none), which creation never saw.
     Conflict (409) as at creation; else recorded as the run's ``drained_in`` (the last one
     named), which later creations and checks compare too: without a URL's password, which
-    the server never clones with and must not keep."""
+    the server never clones with and must not keep. Named its own ``repository`` again,
+    the run forgets the other: it left no claim there refusing others while it is active."""
 
     def work(tx: Tx) -> RunView:
         run = lifecycle.load_run(tx, run_id)
         branch = run.branch or default_branch(run_id)
         _ensure_branch_free(tx, repository, branch, other_than=run_id)
-        tx.execute(sql.UPDATE_RUN, {"b_run": run_id, "drained_in": without_password(repository)})
+        own = run.repository is not None and (
+            repository_identity(run.repository) == repository_identity(repository)
+        )
+        drained_in = None if own else without_password(repository)
+        tx.execute(sql.UPDATE_RUN, {"b_run": run_id, "drained_in": drained_in})
         return _run_view(tx, run_id)
 
     return run_transaction(database, work)
