@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from autopack import redact
 from autopack.cli._common import OK, check_named_repository, out, print_json, state
 from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
@@ -86,7 +87,8 @@ def create(
         f"{run.phase_count} phase(s), {styled(run.state)} in {escape(client.where)}"
     )
     if run.repository is not None:  # a relative path in the file: next to the file
-        out.print(f"  repository {escape(run.repository)}", highlight=False, soft_wrap=True)
+        shown = redact.text(run.repository)  # a URL's password stays off the screen
+        out.print(f"  repository {escape(shown)}", highlight=False, soft_wrap=True)
 
 
 @app.command("seed")
@@ -174,7 +176,8 @@ def show(
 
 
 def _where_branch(run: RunView) -> str:
-    """Where the run's branch lives: no other active run may work on it in either."""
+    """Where the run's branch lives: no other active run may work on it in either (a
+    URL's password, which a run's ``repository`` may hold for the executors, redacted)."""
     from autopack.rundef import default_branch
 
     said = f"branch {run.branch or default_branch(run.run_id)}"
@@ -182,7 +185,7 @@ def _where_branch(run: RunView) -> str:
         said += f" of {run.repository}"
     if run.drained_in:
         said += f", last drained in {run.drained_in}"
-    return said
+    return redact.text(said)
 
 
 def run_tree(run: RunView) -> Tree:
