@@ -284,7 +284,7 @@ def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_con
 ) -> None:
     """A finished run's branch may be continued by a new run; its idle drain or `run
     export --workspace` in that repository must not be refused for it (the CLI asks only
-    for runs that may still move their branch)."""
+    for runs that may still move their branch; the server told one to take another branch)."""
     tag = uuid.uuid4().hex[:8]
     repository = f"/srv/{tag}/code"
     done, going = f"done-{tag}", f"going-{tag}"
@@ -293,7 +293,11 @@ def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_con
     finished = plane.client.cancel_run(done, CancelIn(reason="done"))
     plane.client.create_run(parse_run_definition(active))
     check_named_repository(plane.client, finished, RepoSource(workspace=Path(repository)))
-    queued = plane.client.get_run(done).model_copy(update={"state": RunState.QUEUED})
+    assert plane.client.check_branch(done, repository).drained_in is None  # nor the server
+    waiting = f"waiting-{tag}"  # an active one is refused
+    queued = plane.client.create_run(
+        parse_run_definition({**definition(waiting), "branch": "shared"})
+    )
     with pytest.raises(InvalidInput, match=f"--workspace {repository}: branch: run '{going}'"):
         check_named_repository(plane.client, queued, RepoSource(workspace=Path(repository)))
 

@@ -175,10 +175,14 @@ def check_branch(database: Database, run_id: str, repository: str) -> RunView:
     Conflict (409) as at creation; else recorded as the run's ``drained_in`` (the last one
     named), which later creations and checks compare too: without a URL's password, which
     the server never clones with and must not keep. Named its own ``repository`` again,
-    the run forgets the other: it left no claim there refusing others while it is active."""
+    the run forgets the other: it left no claim there refusing others while it is active.
+    A finished run is answered as it is (the CLI does not even ask for one): a 409 telling
+    it to take another branch was nonsense, and a claim for it would hold nothing."""
 
     def work(tx: Tx) -> RunView:
         run = lifecycle.load_run(tx, run_id)
+        if run.state not in RUN_ACTIVE:  # its drain moves nothing, its export only
+            return _run_view(tx, run_id)  # fast-forwards: no claim ("give it another branch")
         branch = run.branch or default_branch(run_id)
         _ensure_branch_free(tx, repository, branch, other_than=run_id)
         own = run.repository is not None and (
