@@ -176,6 +176,8 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
     others = [
         f"/srv/{tag}/x",  # another directory than x.git
         f"/srv/{tag}/link/../x.git",  # /srv/x.git when `link` is a symbolic link to /srv/tag
+        f"https://git.example/{tag}/X.git",  # a self-hosted server's paths may be cased
+        f"/srv/{tag}/X.git",
         f"https://other.example/{tag}/x.git",
         f"ssh://git@git.example/{tag}/x.git",
         f"git@git.example:{tag}/y.git",
