@@ -151,8 +151,11 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
 ) -> None:
     """`/x.git`, `/x.git/`, `file:///x.git`, `/x` and `/x/.git`, `https://Host/o/x.git` and
     `https://host/o/x/` were different repositories to the check, so a second run drained
-    onto the first one's branch. Folded by spelling alone; other hosts, users and
-    schemes (scp-like `h:p` is `~/p`, `ssh://h/p` is `/p`) stay other repositories."""
+    onto the first one's branch; so were `https://u:secret@host/o/x` and `https://host/o/x`
+    (HTTP's user and password only log in). Folded by spelling alone; other hosts, SSH
+    users and schemes (scp-like `h:p` is `~/p`, `ssh://h/p` is `/p`) stay other
+    repositories, and so does `/a/y/../x` (`/a/x` only if `y` is no symbolic link: it was
+    folded, refusing a run in another repository)."""
     tag = uuid.uuid4().hex[:8]
     same = {
         f"/srv/{tag}/x.git": [
@@ -165,11 +168,16 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
         f"https://git.example/{tag}/x.git": [
             f"https://GIT.example/{tag}/x",
             f"HTTPS://git.example/{tag}/x/",
+            f"https://someone:hunter2-secret@git.example/{tag}/x.git",
+            f"https://someone@git.example/{tag}/x",
         ],
         f"git@git.example:{tag}/x.git": [f"git@Git.Example:{tag}/x/"],
     }
     others = [
         f"/srv/{tag}/x",  # another directory than x.git
+        f"/srv/{tag}/link/../x.git",  # /srv/x.git when `link` is a symbolic link to /srv/tag
+        f"https://git.example/{tag}/X.git",  # a self-hosted server's paths may be cased
+        f"/srv/{tag}/X.git",
         f"https://other.example/{tag}/x.git",
         f"ssh://git@git.example/{tag}/x.git",
         f"git@git.example:{tag}/y.git",
@@ -186,6 +194,7 @@ def test_spellings_of_one_repository_are_one_repository_to_the_branch_check(
             assert refused.status_code == 409, (spelling, refused.text)
             detail = error_body(refused)["detail"]
             assert detail.startswith("branch:") and first in detail, detail
+            assert "hunter2" not in refused.text, refused.text
     for other in others:
         assert post(other).status_code == 201, other
 
@@ -225,12 +234,59 @@ def test_branch_check_answers_for_the_repository_a_drain_names(plane: Plane) -> 
     assert check(loose, repository).status_code == 200
 
 
+def test_a_password_in_a_drains_repository_is_never_kept_nor_echoed(plane: Plane) -> None:
+    """`https://user:secret@host/x` named by a drain was stored as `drained_in` as given
+    (the server never clones with it) and echoed in the 409 a second run's check got; the
+    check also missed that run, `https://host/x` being another user's repository to it.
+    Where a drain ran is the run's (`drained_in`) and the 409 says the claim came from it."""
+    tag = uuid.uuid4().hex[:8]
+    first, second = f"first-{tag}", f"second-{tag}"
+    for run_id in (first, second):
+        plane.client.create_run(parse_run_definition({**definition(run_id), "branch": "b"}))
+    named = f"https://ana:pa55-{tag}@git.example/{tag}/x.git"
+    assert plane.client.check_branch(first, named).run_id == first
+
+    refused = httpx.post(
+        f"{plane.url}/runs/{second}/branch-check",
+        json={"repository": f"https://git.example/{tag}/x"},
+    )
+    assert refused.status_code == 409, refused.text
+    kept = f"https://ana@git.example/{tag}/x.git"
+    assert f"(as {kept}, where a drain of it ran last)" in error_body(refused)["detail"]
+    assert plane.client.get_run(first).drained_in == kept
+    with plane.db.engine.connect() as conn:
+        row = conn.execute(text("SELECT drained_in FROM runs WHERE id = :r"), {"r": first})
+        assert row.scalar_one() == kept
+    assert f"pa55-{tag}" not in refused.text + plane.server.output()
+
+
+def test_a_drain_back_in_its_own_repository_leaves_no_claim_where_it_drained_before(
+    plane: Plane,
+) -> None:
+    """A run drained once with `--workspace OTHER`, then in its own `repository`, kept
+    `drained_in` OTHER while active: every run on its branch there was refused for a
+    repository it no longer worked in (the drain in its own never asked the server)."""
+    tag = uuid.uuid4().hex[:8]
+    own, other = f"/srv/{tag}/own", f"/srv/{tag}/other"
+    mover, waiting = f"mover-{tag}", f"waiting-{tag}"
+    for run_id, repository in ((mover, own), (waiting, None)):
+        body = {**definition(run_id), "repository": repository, "branch": "shared"}
+        plane.client.create_run(parse_run_definition(body))
+    plane.client.check_branch(mover, other)
+    with pytest.raises(Conflict, match=f"run '{mover}'"):
+        plane.client.check_branch(waiting, other)
+    run = plane.client.get_run(mover)
+    check_named_repository(plane.client, run, RepoSource(workspace=Path(own)))
+    assert plane.client.get_run(mover).drained_in is None
+    assert plane.client.check_branch(waiting, other).drained_in == other
+
+
 def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_continued(
     plane: Plane,
 ) -> None:
     """A finished run's branch may be continued by a new run; its idle drain or `run
     export --workspace` in that repository must not be refused for it (the CLI asks only
-    for runs that may still move their branch)."""
+    for runs that may still move their branch; the server told one to take another branch)."""
     tag = uuid.uuid4().hex[:8]
     repository = f"/srv/{tag}/code"
     done, going = f"done-{tag}", f"going-{tag}"
@@ -239,7 +295,11 @@ def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_con
     finished = plane.client.cancel_run(done, CancelIn(reason="done"))
     plane.client.create_run(parse_run_definition(active))
     check_named_repository(plane.client, finished, RepoSource(workspace=Path(repository)))
-    queued = plane.client.get_run(done).model_copy(update={"state": RunState.QUEUED})
+    assert plane.client.check_branch(done, repository).drained_in is None  # nor the server
+    waiting = f"waiting-{tag}"  # an active one is refused
+    queued = plane.client.create_run(
+        parse_run_definition({**definition(waiting), "branch": "shared"})
+    )
     with pytest.raises(InvalidInput, match=f"--workspace {repository}: branch: run '{going}'"):
         check_named_repository(plane.client, queued, RepoSource(workspace=Path(repository)))
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from rich.console import Console
 
-from autopack.contract import ApprovalIn, ResultIn
+from autopack.cli.run_cmd import run_tree
+from autopack.contract import ApprovalIn, ResultIn, RunView
 from autopack.control import approvals, results, runs
 from autopack.db import open_database
 from autopack.dburl import resolve_database_url
@@ -22,6 +24,14 @@ from autopack.runfile import load_run_file
 from autopack.states import PhaseState
 from tests.cp_support import claimed, create, definition
 from tests.support import Server, clean_env, cli, script
+
+
+def shown(run: RunView) -> str:
+    """`run show`'s text, rendered in-process (no CLI and server to start)."""
+    console = Console(record=True, width=10_000)
+    console.print(run_tree(run))
+    return console.export_text()
+
 
 TELEMETRY_PHASES = [
     "telemetry-p1-string-util",
@@ -131,6 +141,24 @@ def test_a_symlink_or_relative_spelling_of_a_busy_repository_is_refused(tmp_path
     assert "branch: run 'first' (QUEUED)" in said and "change `branch` in" in said, said
 
 
+def test_a_repositorys_password_is_not_printed_where_the_branch_is_said(tmp_path: Path) -> None:
+    """A run's `repository` may hold a URL's password for its executors: `run create`
+    printed it whole, and so would `run show` saying where the branch lives."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    repository = "https://bot:hunter2-pass@git.example/o/x.git"
+    body = {**definition("keyed"), "repository": repository, "branch": "shared"}
+    (tmp_path / "keyed.yaml").write_text(yaml.safe_dump(body))
+    created = cli("run", "create", "keyed.yaml", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    assert created.returncode == 0, created
+    assert "hunter2" not in created.stdout + created.stderr, created
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:
+        text = shown(runs.get_run(database, "keyed"))
+    finally:
+        database.close()
+    assert "branch shared of https://bot:[REDACTED]@git.example/o/x.git" in text, text
+
+
 def test_a_drain_naming_a_busy_repository_is_refused_before_it_moves_a_branch(
     tmp_path: Path,
 ) -> None:
@@ -154,6 +182,12 @@ def test_a_drain_naming_a_busy_repository_is_refused_before_it_moves_a_branch(
     said = " ".join(drained.stderr.split())
     assert f"--workspace {tmp_path / 'code'}: branch: run 'busy' (QUEUED)" in said, said
     assert "Traceback" not in drained.stderr
+    database = open_database(resolve_database_url(url), role="test", log=False, create=True)
+    try:  # where a run's branch lives, so such a 409 is no riddle: `run show` said nowhere
+        text = shown(runs.check_branch(database, "loose", str(tmp_path / "elsewhere")))
+    finally:
+        database.close()
+    assert f"branch shared, last drained in {tmp_path / 'elsewhere'}" in text, text
 
 
 def test_run_commands_locally_and_over_the_api(database_url: str, tmp_path: Path) -> None:

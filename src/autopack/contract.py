@@ -323,6 +323,10 @@ class RunView(RunSummary):
     budgets: Budgets
     policy: Policy
     tiers: list[TierView]
+    drained_in: str | None = None
+    """The repository a drain's ``--repo``/``--workspace`` last named when it was not
+    ``repository`` (no password): the branch check holds there too while the run is active,
+    so ``run show`` says so (a 409 naming this run there was a riddle otherwise)."""
 
     def phases(self) -> list[PhaseView]:
         """Every phase, in tier then phase order."""

@@ -13,8 +13,9 @@ machine than the client whose paths a run file names:
   it is; the server never resolves a path against its own file system.
 * :func:`repository_identity` (server side, by spelling alone, no file system and no
   network): what the branch check compares. Conservative: different hosts, users, ports,
-  schemes (``ssh://h/p`` is ``/p``, scp-like ``h:p`` is ``~/p``) stay different; only
-  what names one thing for sure is folded.
+  schemes (``ssh://h/p`` is ``/p``, scp-like ``h:p`` is ``~/p``), path case and ``..``
+  stay different; only what names one thing for sure is folded (and a URL's password,
+  which never chooses the repository, is never kept: :func:`without_password`).
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ def _file_url_path(repository: str) -> str | None:
 
 def _local_identity(path: str) -> str:
     """``/x/``, ``/x//``, ``/x/.`` -> ``/x``; a work tree's ``/x/.git`` -> ``/x`` (git
-    clones the same repository from both). ``/x.git`` stays: it is another directory."""
-    path = posixpath.normpath(path)
-    if path.startswith("//"):  # POSIX keeps a leading "//"; Linux reads it as "/"
-        path = "/" + path.lstrip("/")
+    clones the same repository from both). ``/x.git`` stays: it is another directory, and
+    so does ``/a/b/../x``: when ``b`` is a symbolic link that is not ``/a/x`` (the kernel
+    follows the link first), and a path the drain's machine could resolve comes resolved
+    (:func:`resolve_local`)."""
+    absolute = path.startswith("/")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    path = ("/" if absolute else "") + "/".join(parts)
     if posixpath.basename(path) == ".git" and path != "/.git":
         path = posixpath.dirname(path)
     return path
@@ -54,10 +58,27 @@ def _remote_path(path: str) -> str:
     return path or "/"
 
 
-def _host(host: str) -> str:
-    """``User@Host`` -> ``User@host``: host names are case-insensitive, user names not."""
+def _host(host: str, *, scheme: str = "") -> str:
+    """``User@Host`` -> ``User@host``: host names are case-insensitive, user names not. A
+    password never chooses the repository (``https://u:secret@h/x`` is ``https://u@h/x``),
+    nor does an HTTP(S) user name (it only logs in: ``https://u@h/x`` is ``https://h/x``);
+    an SSH user's does (``u@h:x`` is ``x`` in u's home)."""
     user, at, name = host.rpartition("@")
+    user = user.partition(":")[0]
+    if scheme in ("http", "https"):
+        user, at = "", ""
     return f"{user}{at}{name.lower()}"
+
+
+def without_password(repository: str) -> str:
+    """``scheme://user:secret@host/path`` -> ``scheme://user@host/path``: how the server
+    keeps and names a repository it only compares (``drained_in``, a 409's message): the
+    drain clones with what it was given, the server never does."""
+    url = _URL.fullmatch(repository)
+    if url is None or "@" not in url["host"]:
+        return repository
+    user, _, name = url["host"].rpartition("@")
+    return f"{url['scheme']}://{user.partition(':')[0]}@{name}{url['path']}"
 
 
 def repository_identity(repository: str) -> str:
@@ -71,7 +92,7 @@ def repository_identity(repository: str) -> str:
     url = _URL.fullmatch(repository)
     if url is not None:
         scheme = url["scheme"].lower()
-        return f"{scheme}://{_host(url['host'])}{_remote_path(url['path'])}"
+        return f"{scheme}://{_host(url['host'], scheme=scheme)}{_remote_path(url['path'])}"
     colon = repository.find(":")
     if colon > 0 and "/" not in repository[:colon]:  # git's scp-like rule
         return f"{_host(repository[:colon])}:{_remote_path(repository[colon + 1 :])}"

@@ -265,8 +265,8 @@ def check_named_repository(client: ApiClient, run: RunView, source: RepoSource) 
         return
     flag = "--repo" if source.remote is not None else "--workspace"
     named = source.remote if source.remote is not None else resolve_local(str(source.workspace))
-    if named == run.repository:  # checked when the run was created
-        return
+    if named == run.repository and run.drained_in is None:  # checked at its creation
+        return  # (else asked: the server forgets the other one, where it no longer drains)
     try:
         client.check_branch(run.run_id, named)
     except Conflict as exc:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from autopack import redact
 from autopack.cli._common import OK, check_named_repository, out, print_json, state
 from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
@@ -86,7 +87,8 @@ def create(
         f"{run.phase_count} phase(s), {styled(run.state)} in {escape(client.where)}"
     )
     if run.repository is not None:  # a relative path in the file: next to the file
-        out.print(f"  repository {escape(run.repository)}", highlight=False, soft_wrap=True)
+        shown = redact.text(run.repository)  # a URL's password stays off the screen
+        out.print(f"  repository {escape(shown)}", highlight=False, soft_wrap=True)
 
 
 @app.command("seed")
@@ -173,6 +175,19 @@ def show(
     out.print(run_tree(run))
 
 
+def _where_branch(run: RunView) -> str:
+    """Where the run's branch lives: no other active run may work on it in either (a
+    URL's password, which a run's ``repository`` may hold for the executors, redacted)."""
+    from autopack.rundef import default_branch
+
+    said = f"branch {run.branch or default_branch(run.run_id)}"
+    if run.repository:
+        said += f" of {run.repository}"
+    if run.drained_in:
+        said += f", last drained in {run.drained_in}"
+    return redact.text(said)
+
+
 def run_tree(run: RunView) -> Tree:
     cap, cost_cap = run.budgets.token_cap, run.budgets.cost_cap_usd
     header = (
@@ -180,6 +195,8 @@ def run_tree(run: RunView) -> Tree:
         f"tokens {run.tokens_used}{f'/{cap}' if cap else ''}  "
         f"cost {run.cost()}{f' of ${cost_cap:.2f}' if cost_cap else ''}"
     )
+    if run.repository or run.drained_in:
+        header += f"\n[dim]{escape(_where_branch(run))}[/dim]"
     if run.failure_reason:
         header += f"\n[red]{escape(run.failure_reason)}[/red]"
     if run.goal:

@@ -29,7 +29,7 @@ from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunR
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, IllegalTransition
 from autopack.logs import log_event
-from autopack.repoident import repository_identity
+from autopack.repoident import repository_identity, without_password
 from autopack.rundef import RunDefinition, default_branch
 from autopack.states import (
     PHASE_ACTIVE,
@@ -173,13 +173,23 @@ def check_branch(database: Database, run_id: str, repository: str) -> RunView:
     repository a drain moves the branch in when ``--repo``/``--workspace`` name it instead
     of the run's ``repository`` (or when the run names none), which creation never saw.
     Conflict (409) as at creation; else recorded as the run's ``drained_in`` (the last one
-    named), which later creations and checks compare too."""
+    named), which later creations and checks compare too: without a URL's password, which
+    the server never clones with and must not keep. Named its own ``repository`` again,
+    the run forgets the other: it left no claim there refusing others while it is active.
+    A finished run is answered as it is (the CLI does not even ask for one): a 409 telling
+    it to take another branch was nonsense, and a claim for it would hold nothing."""
 
     def work(tx: Tx) -> RunView:
         run = lifecycle.load_run(tx, run_id)
+        if run.state not in RUN_ACTIVE:  # its drain moves nothing, its export only
+            return _run_view(tx, run_id)  # fast-forwards: no claim ("give it another branch")
         branch = run.branch or default_branch(run_id)
         _ensure_branch_free(tx, repository, branch, other_than=run_id)
-        tx.execute(sql.UPDATE_RUN, {"b_run": run_id, "drained_in": repository})
+        own = run.repository is not None and (
+            repository_identity(run.repository) == repository_identity(repository)
+        )
+        drained_in = None if own else without_password(repository)
+        tx.execute(sql.UPDATE_RUN, {"b_run": run_id, "drained_in": drained_in})
         return _run_view(tx, run_id)
 
     return run_transaction(database, work)
@@ -206,17 +216,24 @@ def _ensure_branch_free(
     if tx.pg:
         tx.execute(sql.LOCK_BRANCH, {"b_branch_key": f"{identity}\n{branch}"})
     for found in tx.rows(sql.ACTIVE_RUNS_ON_BRANCH, {"b_branch": branch}):
-        theirs = [found["repository"], found["drained_in"]]
-        spelled = next((r for r in theirs if r and repository_identity(r) == identity), None)
+        theirs = [(found["repository"], False), (found["drained_in"], True)]
+        spelled, by_drain = next(
+            ((r, drain) for r, drain in theirs if r and repository_identity(r) == identity),
+            (None, False),
+        )
         if found["id"] == other_than or spelled is None:
             continue
-        same = "" if spelled == repository else f" (as {spelled})"
+        named, spelled = without_password(repository), without_password(spelled)
+        said = [f"as {spelled}"] if spelled != named else []
+        if by_drain:  # not its `repository`: `run show` says so too
+            said.append("where a drain of it ran last")
+        same = f" ({', '.join(said)})" if said else ""
         raise Conflict(
             f"branch: run {found['id']!r} ({found['state']}) in {tx.where()} is still "
-            f"working on branch {branch!r} of repository {repository}{same}: give this run "
+            f"working on branch {branch!r} of repository {named}{same}: give this run "
             "another `branch` (or wait until that run is finished or cancelled)",
             branch=branch,
-            repository=repository,
+            repository=named,
             run_id=found["id"],
         )
 

@@ -43,6 +43,7 @@ class RunRecord:
     repository: str | None
     branch: str | None
     branch_head: str | None
+    drained_in: str | None
 
     @classmethod
     def from_row(cls, row: RowMapping, prefix: str = "") -> RunRecord:
