@@ -93,6 +93,12 @@ def test_header_url_and_key_shapes_are_redacted(text: str) -> None:
     assert redact.MARK in redacted
 
 
+def test_a_url_password_holding_a_raw_at_sign_is_redacted_whole() -> None:
+    """``u:p@ss@host`` showed ``ss``: the password ran only to its first ``@``."""
+    redacted = redact.text("cloning https://ana:hunter@2secret@git.example/x.git failed")
+    assert redacted == f"cloning https://ana:{redact.MARK}@git.example/x.git failed"
+
+
 def test_configured_secrets_are_redacted_in_json_shaped_data() -> None:
     redact.add_secrets(["configured-secret-0042"])
     nested = {"a": [{"b": "key configured-secret-0042 used"}], "configured-secret-0042": 1}

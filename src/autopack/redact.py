@@ -49,7 +49,9 @@ _HEADER = re.compile(
 _QUERY = re.compile(
     r"(?i)([?&](?:api[_-]?key|key|access[_-]?token|token|password|secret)=)([^&\s\"'\\#]+)"
 )
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)([^@\s/\"'\\]+)(@)")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)([^\s/\"'\\]+)(@)")
+"""A URL's password: up to the authority's *last* ``@`` (a password may hold a raw ``@``:
+``u:p@ss@host`` showed ``ss``)."""
 _KEY_SHAPES = re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}")
 
 
