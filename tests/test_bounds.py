@@ -63,6 +63,8 @@ BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     ("POST", "/claims", {}, {"worker_id": "w", "claim_key": "a" * 31 + "\x00"}, "claim_key"),
     ("POST", "/claims", {}, {"worker_id": "w", "claim_key": "A" * 32}, "claim_key"),
     ("POST", "/claims", {}, {"worker_id": "w", "claim_key": 7}, "claim_key"),
+    ("POST", "/runs", {}, _run(repository="/srv/x.git\n"), "repository"),
+    ("POST", "/runs/r1/branch-check", {}, {"repository": "https://h/x\t"}, "repository"),
     # a time without its zone, or one that is no date in UTC, reached the UTC column: 500
     ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="2026-01-01T00:00:00"), "ts"),
     ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="0001-01-01T00:00:00+14:00"), "ts"),

@@ -319,3 +319,12 @@ def test_an_enum_member_expected_is_named_by_its_value() -> None:
         HeartbeatIn(lease_token="t", state="QUEUED")
     [problem] = describe_errors(caught.value.errors())
     assert problem["message"] == "Input should be 'EXECUTING' or 'CI_RUNNING'"
+
+
+def test_a_repository_holding_a_control_character_is_refused_naming_it(tmp_path: Path) -> None:
+    """A YAML ``>`` block ends its value with a newline: ``/srv/x\\n`` was stored, and failed
+    only at the first clone, on every executor."""
+    text = "run_id: r1\nrepository: >\n  /srv/x.git\n" + yaml.safe_dump({"tiers": MINIMAL["tiers"]})
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(InvalidInput, match=r"repository.*control character \('\\n'\)"):
+        load_run_file(tmp_path / "run.yaml")

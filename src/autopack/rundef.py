@@ -357,8 +357,12 @@ def _checked_repository(directory: Path | None, repository: str) -> str:
     its own working directory. Sent over HTTP, with no file to be relative to, it is
     refused (``~`` too: it would be the server's home). URLs stay as given:
     ``scheme://…`` and, by git's rule, scp-like ``[user@]host:path`` (a colon before any
-    slash).
+    slash). A control character (a newline a YAML ``>`` block adds) is refused: no
+    repository is named with one, and stored, it failed only at the first clone.
     """
+    control = next((c for c in repository if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:
+        raise ValueError(f"{repository!r} holds a control character ({control!r})")
     if "://" in repository:
         return _url(repository)
     colon = repository.find(":")
