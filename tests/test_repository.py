@@ -121,6 +121,16 @@ def test_a_workspace_that_cannot_be_made_is_refused_naming_it(tmp_path: Path) ->
     assert (tmp_path / "afile").read_text() == "mine\n"
 
 
+def test_a_bare_repository_as_workspace_is_refused_naming_repo(tmp_path: Path) -> None:
+    """--workspace BARE.git ended in "git rev-parse --show-toplevel: must be run in a work
+    tree" (exit 1): it is named, with the flag that takes it."""
+    bare = tmp_path / "code.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    with pytest.raises(ConfigError, match=f"is a bare repository .*--repo {bare}"):
+        local(bare, tmp_path / "cache")
+    assert sh("for-each-ref", cwd=bare) == "", "nothing was made in it"
+
+
 def test_advance_moves_forward_by_compare_and_swap_and_refuses_divergence(
     tmp_path: Path,
 ) -> None:

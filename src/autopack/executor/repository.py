@@ -474,6 +474,13 @@ def _local(workspace: Path) -> Path:
     if workspace.exists() and not workspace.is_dir():
         raise ConfigError(f"--workspace {workspace} is a file, not a directory")
     if workspace.is_dir() and _is_repository(workspace):
+        if out("rev-parse", "--is-bare-repository", cwd=workspace) == "true":
+            # it has no work tree to be the root of: `rev-parse --show-toplevel` failed,
+            # and the drain ended in a GitError (exit 1) instead of saying what to give
+            raise ConfigError(
+                f"--workspace {workspace} is a bare repository (no work tree): give it as "
+                f"--repo {workspace}, which clones it like any remote"
+            )
         top = Path(out("rev-parse", "--show-toplevel", cwd=workspace) or workspace)
         if top.resolve() == workspace.resolve():
             return top
