@@ -158,6 +158,26 @@ def test_a_symlink_inside_the_workspace_cannot_carry_a_write_out_of_scope(tmp_pa
     assert not (ws / "secret/pwn.txt").exists()
 
 
+def test_a_sparse_checkout_of_the_workspace_leaves_attempts_every_file(tmp_path: Path) -> None:
+    """`git worktree add` copies the person's sparse checkout into each attempt's: its
+    files outside the cone were missing (the check below failed on a file the branch
+    holds) and `git add` refused every deliverable outside it (git_error, run failed)."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    ws = repository(tmp_path / "ws", {"docs/d.md": "d\n", "pkg/base.txt": "base\n"})
+    git("sparse-checkout", "set", "docs", cwd=ws)
+    assert not (ws / "pkg").exists()
+    check = "test -f pkg/base.txt && test -f pkg/mod.py"
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], checks=[check])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["error"]) == ("COMPLETE", None)
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+    assert not (ws / "pkg").exists(), "the person's own checkout stays sparse"
+
+
 def test_an_overwritten_executable_keeps_its_mode_and_its_check_passes(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
     env = env_for(url)
