@@ -178,6 +178,24 @@ def test_a_sparse_checkout_of_the_workspace_leaves_attempts_every_file(tmp_path:
     assert not (ws / "pkg").exists(), "the person's own checkout stays sparse"
 
 
+def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) -> None:
+    """AUTOPACK_CACHE_DIR=cache reached `git worktree add`, run in the workspace, as a
+    relative path: the attempts' worktrees were made inside the person's workspace while
+    the executor wrote into an empty `cache/` here, and every attempt failed git_error."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR="cache")
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["error"]) == ("COMPLETE", None)
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+    assert git("status", "--porcelain", "--ignored", cwd=ws) == "", "the workspace is untouched"
+    assert (tmp_path / "cache" / "worktrees").is_dir()
+
+
 def test_an_overwritten_executable_keeps_its_mode_and_its_check_passes(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
     env = env_for(url)
