@@ -196,6 +196,29 @@ def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) 
     assert (tmp_path / "cache" / "worktrees").is_dir()
 
 
+@pytest.mark.parametrize("check", ["rm pkg/mod.py", "ln -sf /etc/passwd pkg/mod.py"])
+def test_a_check_that_removes_or_links_a_written_file_commits_neither(
+    tmp_path: Path, check: str
+) -> None:
+    """The commit records the written paths as the checks left them: a check removing one
+    deleted completed work (an earlier phase's file) without the approval a deletion
+    needs, and one linking it to /etc/passwd put that link on the run's branch."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/mod.py": "KEPT = 1\n"})
+    body = [phase("p1", ["pkg/mod.py"], checks=[check], max_attempts=1)]
+    create_run(run_file(tmp_path, body), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="NEW = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "files_replaced_by_checks")
+    assert "pkg/mod.py" in attempt["feedback"]
+    assert attempt["commit_sha"] is None
+    assert git("ls-tree", f"autopack/{RUN}", "pkg/mod.py", cwd=ws).startswith("100644 blob")
+    assert on_branch(ws, "pkg/mod.py") == "KEPT = 1\n"
+
+
 def test_an_overwritten_executable_keeps_its_mode_and_its_check_passes(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
     env = env_for(url)
