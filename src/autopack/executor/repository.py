@@ -212,9 +212,13 @@ class RunRepository:
                 if not self._push(start, self.branch, expected=None):
                     return  # another executor created it meanwhile
             else:
-                git(
-                    "update-ref", f"refs/heads/{self.branch}", start, "", cwd=self.path, check=False
-                )
+                ref = f"refs/heads/{self.branch}"
+                made = git("update-ref", ref, start, "", cwd=self.path, check=False)
+                # failed because another executor made it meanwhile: fine; for any other
+                # reason (a ref lock a killed git left) say so here: every attempt failed
+                # "no branch" instead, and the run with them
+                if made.returncode != 0 and self._branch_head(fetch=False) is None:
+                    raise GitError(("update-ref", ref), made.stderr.decode(errors="replace"))
         log_event(
             logger, "run_branch_created", branch=self.branch, repository=self.where, head=start
         )
