@@ -213,6 +213,7 @@ class Attempt:
             self.applied = apply_change(tree.path, change)
             self._check(lease, tree.path)
             if replaced := replaced_since(tree.path, change):
+                self.s.repository.check_present()  # not the checks: the cache was wiped
                 raise failed(
                     "files_replaced_by_checks",
                     feedback="The checks removed or replaced (with a symlink or a directory) "
