@@ -65,6 +65,13 @@ BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     ("POST", "/claims", {}, {"worker_id": "w", "claim_key": 7}, "claim_key"),
     ("POST", "/runs", {}, _run(repository="/srv/x.git\n"), "repository"),
     ("POST", "/runs/r1/branch-check", {}, {"repository": "https://h/x\t"}, "repository"),
+    # git's helpers that reach no repository: a command run on every executor, its fds
+    ("POST", "/runs", {}, _run(repository="ext::sh -c touch% /tmp/x"), "repository: 'ext::"),
+    ("POST", "/runs/r1/branch-check", {}, {"repository": "fd::5"}, "repository: 'fd::5'"),
+    # branches git cannot make: every attempt failed git_error; HEAD staged deletions
+    ("POST", "/runs", {}, _run(branch="a.lock/b"), "branch: not a git branch name"),
+    ("POST", "/runs", {}, _run(branch="HEAD"), "branch: not a git branch name"),
+    ("POST", "/runs", {}, _run(branch="y/" + "x" * 251), "branch: not a git branch name"),
     # a time without its zone, or one that is no date in UTC, reached the UTC column: 500
     ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="2026-01-01T00:00:00"), "ts"),
     ("POST", "/telemetry/llm-usage", {}, _usage_event(ts="0001-01-01T00:00:00+14:00"), "ts"),

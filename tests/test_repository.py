@@ -121,6 +121,29 @@ def test_a_workspace_that_cannot_be_made_is_refused_naming_it(tmp_path: Path) ->
     assert (tmp_path / "afile").read_text() == "mine\n"
 
 
+def test_a_bare_repository_as_workspace_is_refused_naming_repo(tmp_path: Path) -> None:
+    """--workspace BARE.git ended in "git rev-parse --show-toplevel: must be run in a work
+    tree" (exit 1): it is named, with the flag that takes it."""
+    bare = tmp_path / "code.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    with pytest.raises(ConfigError, match=f"is a bare repository .*--repo {bare}"):
+        local(bare, tmp_path / "cache")
+    assert sh("for-each-ref", cwd=bare) == "", "nothing was made in it"
+
+
+def test_a_run_branch_that_cannot_be_made_is_named_with_gits_reason(tmp_path: Path) -> None:
+    """A ref lock a killed git left where the run's branch goes: the branch was silently
+    not made, and every attempt failed "no branch autopack/r1" (the run with them)."""
+    repo = project(tmp_path / "proj", {"a.txt": "a\n"})
+    lock = repo / ".git" / "refs" / "heads" / f"{BRANCH}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    with pytest.raises(GitError, match=f"update-ref refs/heads/{BRANCH}: .*{lock.name}"):
+        local(repo, tmp_path / "cache")
+    lock.unlink()
+    assert local(repo, tmp_path / "cache").head() == sh("rev-parse", "HEAD", cwd=repo)
+
+
 def test_advance_moves_forward_by_compare_and_swap_and_refuses_divergence(
     tmp_path: Path,
 ) -> None:

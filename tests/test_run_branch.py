@@ -158,6 +158,67 @@ def test_a_symlink_inside_the_workspace_cannot_carry_a_write_out_of_scope(tmp_pa
     assert not (ws / "secret/pwn.txt").exists()
 
 
+def test_a_sparse_checkout_of_the_workspace_leaves_attempts_every_file(tmp_path: Path) -> None:
+    """`git worktree add` copies the person's sparse checkout into each attempt's: its
+    files outside the cone were missing (the check below failed on a file the branch
+    holds) and `git add` refused every deliverable outside it (git_error, run failed)."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    ws = repository(tmp_path / "ws", {"docs/d.md": "d\n", "pkg/base.txt": "base\n"})
+    git("sparse-checkout", "set", "docs", cwd=ws)
+    assert not (ws / "pkg").exists()
+    check = "test -f pkg/base.txt && test -f pkg/mod.py"
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], checks=[check])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["error"]) == ("COMPLETE", None)
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+    assert not (ws / "pkg").exists(), "the person's own checkout stays sparse"
+
+
+def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) -> None:
+    """AUTOPACK_CACHE_DIR=cache reached `git worktree add`, run in the workspace, as a
+    relative path: the attempts' worktrees were made inside the person's workspace while
+    the executor wrote into an empty `cache/` here, and every attempt failed git_error."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR="cache")
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["error"]) == ("COMPLETE", None)
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+    assert git("status", "--porcelain", "--ignored", cwd=ws) == "", "the workspace is untouched"
+    assert (tmp_path / "cache" / "worktrees").is_dir()
+
+
+@pytest.mark.parametrize("check", ["rm pkg/mod.py", "ln -sf /etc/passwd pkg/mod.py"])
+def test_a_check_that_removes_or_links_a_written_file_commits_neither(
+    tmp_path: Path, check: str
+) -> None:
+    """The commit records the written paths as the checks left them: a check removing one
+    deleted completed work (an earlier phase's file) without the approval a deletion
+    needs, and one linking it to /etc/passwd put that link on the run's branch."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/mod.py": "KEPT = 1\n"})
+    body = [phase("p1", ["pkg/mod.py"], checks=[check], max_attempts=1)]
+    create_run(run_file(tmp_path, body), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="NEW = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "files_replaced_by_checks")
+    assert "pkg/mod.py" in attempt["feedback"]
+    assert attempt["commit_sha"] is None
+    assert git("ls-tree", f"autopack/{RUN}", "pkg/mod.py", cwd=ws).startswith("100644 blob")
+    assert on_branch(ws, "pkg/mod.py") == "KEPT = 1\n"
+
+
 def test_an_overwritten_executable_keeps_its_mode_and_its_check_passes(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
     env = env_for(url)

@@ -224,6 +224,16 @@ class Settings(BaseSettings):
     def _absolute_database_url(cls, value: str) -> str:
         return resolve_database_url(value)
 
+    @field_validator("autopack_cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, value: Path) -> Path:
+        """Made absolute against the working directory once, here: git runs in the run's
+        repository, so a relative cache (``AUTOPACK_CACHE_DIR=cache``) put the attempts'
+        worktrees inside the person's workspace while the executor wrote into another,
+        empty directory (every attempt failed ``git_error``), and one starting with ``-``
+        reached ``git worktree add`` as an option."""
+        return Path(os.path.abspath(value.expanduser()))
+
     @field_validator("autopack_api_token", "autopack_worker_token")
     @classmethod
     def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:

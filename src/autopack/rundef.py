@@ -83,12 +83,26 @@ Command = Annotated[
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]+(?<!\.lock)(?<![/.])$")
 
 
+_MAX_REF_PART = paths.MAX_NAME_BYTES - len(".lock")
+"""A part of a ref is a file name (``refs/heads/a/PART``), locked as ``PART.lock``."""
+
+
 def _branch_name(value: str) -> str:
-    """A git branch name by ``git check-ref-format --branch``'s rules (ASCII only)."""
-    if not _BRANCH.match(value) or any(part.startswith(".") for part in value.split("/")):
+    """A git branch name by ``git check-ref-format --branch``'s rules (ASCII only), that
+    the file system can hold. Every part is checked, not just the end: ``a.lock/b``,
+    ``HEAD`` or a part longer than a file name passed, and no drain could make the branch
+    (each attempt failed ``git_error``, the run ended failed) or, for ``HEAD``, the
+    workspace's ``git status`` showed the run's files as staged deletions."""
+    parts = value.split("/")
+    if (
+        not _BRANCH.match(value)
+        or value == "HEAD"
+        or any(p.startswith(".") or p.endswith(".lock") or len(p) > _MAX_REF_PART for p in parts)
+    ):
         raise ValueError(
-            "not a git branch name: letters, digits, '.', '_', '-' and '/' separated parts, "
-            "no '..', no part starting with '.', not ending in '/', '.' or '.lock'"
+            "not a git branch name: letters, digits, '.', '_', '-' and '/' separated parts "
+            f"of at most {_MAX_REF_PART} characters, no '..', no part starting with '.' or "
+            "ending in '.lock', not 'HEAD', not ending in '/' or '.'"
         )
     return value
 
@@ -348,6 +362,15 @@ def repository_from(directory: Path | None, repository: str) -> str:
     return checked if directory is None else resolve_local(checked)
 
 
+_HELPER = re.compile(r"(?P<name>[A-Za-z][A-Za-z0-9+.-]*)::")
+"""``NAME::ADDRESS``: git hands ADDRESS to the program ``git-remote-NAME`` (git's rule)."""
+_LOCAL_HELPERS = frozenset({"ext", "fd"})
+"""The helpers git itself ships that reach no repository: ``ext::sh -c CMD`` runs CMD
+(git's default ``protocol.ext.allow=never`` is all that stopped it, and a user's
+``protocol.allow=always`` lifts that), ``fd::N`` talks to descriptor N of the executor's
+git (a drain hung the whole git timeout on ``fd::5``)."""
+
+
 def _checked_repository(directory: Path | None, repository: str) -> str:
     """A ``repository`` as every executor must read it.
 
@@ -358,11 +381,19 @@ def _checked_repository(directory: Path | None, repository: str) -> str:
     refused (``~`` too: it would be the server's home). URLs stay as given:
     ``scheme://…`` and, by git's rule, scp-like ``[user@]host:path`` (a colon before any
     slash). A control character (a newline a YAML ``>`` block adds) is refused: no
-    repository is named with one, and stored, it failed only at the first clone.
+    repository is named with one, and stored, it failed only at the first clone. So is
+    git's ``ext::`` or ``fd::`` remote helper (:data:`_LOCAL_HELPERS`).
     """
     control = next((c for c in repository if ord(c) < 0x20 or ord(c) == 0x7F), None)
     if control is not None:
         raise ValueError(f"{repository!r} holds a control character ({control!r})")
+    helper = _HELPER.match(repository)
+    if helper is not None and helper["name"].lower() in _LOCAL_HELPERS:
+        raise ValueError(
+            f"{repository!r} names git's {helper['name']}:: remote helper, which is no "
+            "repository but a command (ext::) or this machine's file descriptors (fd::) "
+            "on every executor that clones it: give a URL or a path"
+        )
     if "://" in repository:
         return _url(repository)
     colon = repository.find(":")

@@ -55,7 +55,7 @@ from autopack.executor.metering import Meter
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult, Finish, Outcome, failed
 from autopack.executor.recorded import recorded_attempt
-from autopack.executor.workspace import AppliedChange, apply_change
+from autopack.executor.workspace import AppliedChange, apply_change, replaced_since
 from autopack.executor.worktrees import Worktree
 from autopack.llm.base import Message
 from autopack.logs import log_event
@@ -212,6 +212,14 @@ class Attempt:
             lease.check()
             self.applied = apply_change(tree.path, change)
             self._check(lease, tree.path)
+            if replaced := replaced_since(tree.path, change):
+                self.s.repository.check_present()  # not the checks: the cache was wiped
+                raise failed(
+                    "files_replaced_by_checks",
+                    feedback="The checks removed or replaced (with a symlink or a directory) "
+                    f"files your answer wrote: {', '.join(replaced)}. Checks must leave the "
+                    "files they test in place.",
+                )
             self._audit(meter, change)
             lease.check()
             tree.make_commit(self.applied.paths, self._message())

@@ -212,9 +212,13 @@ class RunRepository:
                 if not self._push(start, self.branch, expected=None):
                     return  # another executor created it meanwhile
             else:
-                git(
-                    "update-ref", f"refs/heads/{self.branch}", start, "", cwd=self.path, check=False
-                )
+                ref = f"refs/heads/{self.branch}"
+                made = git("update-ref", ref, start, "", cwd=self.path, check=False)
+                # failed because another executor made it meanwhile: fine; for any other
+                # reason (a ref lock a killed git left) say so here: every attempt failed
+                # "no branch" instead, and the run with them
+                if made.returncode != 0 and self._branch_head(fetch=False) is None:
+                    raise GitError(("update-ref", ref), made.stderr.decode(errors="replace"))
         log_event(
             logger, "run_branch_created", branch=self.branch, repository=self.where, head=start
         )
@@ -474,6 +478,13 @@ def _local(workspace: Path) -> Path:
     if workspace.exists() and not workspace.is_dir():
         raise ConfigError(f"--workspace {workspace} is a file, not a directory")
     if workspace.is_dir() and _is_repository(workspace):
+        if out("rev-parse", "--is-bare-repository", cwd=workspace) == "true":
+            # it has no work tree to be the root of: `rev-parse --show-toplevel` failed,
+            # and the drain ended in a GitError (exit 1) instead of saying what to give
+            raise ConfigError(
+                f"--workspace {workspace} is a bare repository (no work tree): give it as "
+                f"--repo {workspace}, which clones it like any remote"
+            )
         top = Path(out("rev-parse", "--show-toplevel", cwd=workspace) or workspace)
         if top.resolve() == workspace.resolve():
             return top

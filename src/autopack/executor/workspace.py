@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopack.builder.change import Change
-from autopack.paths import write_atomic
+from autopack.paths import resolved, write_atomic
 
 
 @dataclass
@@ -46,3 +46,21 @@ def apply_change(worktree: Path, change: Change) -> AppliedChange:
         target.unlink(missing_ok=True)
         applied.paths.append(path)
     return applied
+
+
+def replaced_since(worktree: Path, change: Change) -> list[str]:
+    """The files ``change`` wrote that are no longer regular files at their own path in
+    ``worktree`` (removed, or a symlink or directory now, or below one), as the phase's
+    checks may leave them. The commit records the paths as they are on disk: a check that
+    removed a file recorded a deletion of completed work no one approved, and one that
+    put ``pkg/a.py -> /etc/passwd`` there committed a link out of the workspace."""
+    replaced = []
+    for write in change.writes:
+        target = worktree / write.path
+        if (
+            not target.is_file()
+            or target.is_symlink()
+            or resolved(worktree, write.path) != write.path
+        ):
+            replaced.append(write.path)
+    return replaced

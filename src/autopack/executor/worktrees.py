@@ -13,6 +13,7 @@ Slots of executor processes that no longer exist are removed when a pool starts.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -30,6 +31,13 @@ from autopack.executor.repository import IntegrationConflict, RunRepository
 from autopack.logs import log_event
 
 logger = logging.getLogger("autopack.executor.worktrees")
+
+checkout_git = functools.partial(git, "-c", "core.sparseCheckout=false")
+"""``git`` for what makes or fills a slot's checkout and index: all of the commit's files,
+whatever sparse checkout the person's work tree uses (``git worktree add`` copies it
+into every new worktree). A sparse slot lacked the files outside the person's cone: the
+phase's checks failed on files its branch holds, and ``git add`` refused every
+deliverable outside it, so each attempt failed ``git_error`` and the run failed."""
 
 
 def _alive(pid: int) -> bool:
@@ -79,11 +87,13 @@ class Worktree:
         # earlier commit here killed at its timeout, and it failed every later commit.
         index.with_name(f"{index.name}.lock").unlink(missing_ok=True)
         try:
-            git("read-tree", self.base, cwd=self.path, env=env)
+            checkout_git("read-tree", self.base, cwd=self.path, env=env)
             if present:  # on stdin: thousands of paths are more than one command line holds
                 listed = "\0".join(present).encode()
                 add = ("add", "--force", "--all", "--pathspec-from-file=-", "--pathspec-file-nul")
-                git(*add, cwd=self.path, env={**env, "GIT_LITERAL_PATHSPECS": "1"}, input=listed)
+                checkout_git(
+                    *add, cwd=self.path, env={**env, "GIT_LITERAL_PATHSPECS": "1"}, input=listed
+                )
             tree = out("write-tree", cwd=self.path, env=env)
         finally:
             index.unlink(missing_ok=True)
@@ -137,7 +147,7 @@ class Worktree:
         """Make the checkout hold the attempt's (rebased) commit, to run checks on it."""
         assert self.commit is not None
         with self.repository.locked():
-            git("checkout", "--quiet", "--force", "--detach", self.commit, cwd=self.path)
+            checkout_git("checkout", "--quiet", "--force", "--detach", self.commit, cwd=self.path)
 
 
 class Worktrees:
@@ -241,7 +251,8 @@ class Worktrees:
             self._made += 1
             path = self.root / f"slot-{self._owner}-{self._made}"
         with self.repository.locked():
-            git("worktree", "add", "--quiet", "--detach", str(path), base, cwd=self.repository.path)
+            add = ("worktree", "add", "--quiet", "--detach", str(path), base)
+            checkout_git(*add, cwd=self.repository.path)
         return path, False
 
     @contextmanager
@@ -252,8 +263,8 @@ class Worktrees:
         try:
             if used:  # a reused slot: switch it to ``base`` and drop what the last left
                 with self.repository.locked():
-                    git("checkout", "--quiet", "--force", "--detach", base, cwd=path)
-                    git("clean", "-ffdxq", cwd=path)
+                    checkout_git("checkout", "--quiet", "--force", "--detach", base, cwd=path)
+                    checkout_git("clean", "-ffdxq", cwd=path)
         except BaseException:
             self._remove(path)
             raise
