@@ -17,6 +17,7 @@ import math
 import uuid
 from typing import Any
 
+from autopack.bounds import COST_MAX_USD
 from autopack.contract import Claim, UsageIn, ordered_usage_key
 from autopack.errors import LLMError
 from autopack.estimation.estimator import Estimate
@@ -71,6 +72,35 @@ def _impossible_usage(exc: StreamInterrupted) -> LLMError | None:
         status_code=200,
         request_id=exc.request_id,
         latency_ms=exc.latency_ms,
+        retryable=False,
+    )
+
+
+def _cost_beyond_bound(
+    response: LLMResponse, cost: float | None, snapshot: dict[str, Any] | None
+) -> LLMError | None:
+    """Why a call's cost cannot be billed as it is, if it cannot: more than the
+    ``COST_MAX_USD`` a usage report and a usage row take (a price file pricing per token
+    what it meant per million, or a provider reporting tens of millions of tokens). The
+    report was refused and the attempt ended ``executor_error`` with the call unbilled
+    and unrecorded, three times over. It is billed at that bound instead, so the run's
+    cost cap stops further spending, recorded with its tokens, and fails the phase: asking
+    again would cost as much."""
+    if cost is None or cost <= COST_MAX_USD or snapshot is None:
+        return None
+    usage = response.usage
+    return LLMError(
+        f"the call's usage ({usage.input_tokens} input, {usage.output_tokens} output tokens) "
+        f"costs ${cost:,.2f} at the prices of {snapshot['model']} in table "
+        f"{snapshot['table_version']}, more than the ${COST_MAX_USD:,.0f} one call may cost: "
+        "the price table or the provider's usage report is wrong; billed and recorded as "
+        f"${COST_MAX_USD:,.0f}",
+        provider=response.provider,
+        model=response.model,
+        error_class="CostBeyondBound",
+        status_code=200,
+        request_id=response.request_id,
+        latency_ms=response.latency_ms,
         retryable=False,
     )
 
@@ -210,6 +240,9 @@ class Meter:
         cost, snapshot = (
             self.s.prices.cost_of(response.model or model, usage) if usage_known else (None, None)
         )
+        beyond = _cost_beyond_bound(response, cost, snapshot)
+        if beyond is not None:
+            cost, error = COST_MAX_USD, beyond
         replayed = response.provider == REPLAY_PROVIDER
         billed = 0.0 if replayed else cost or 0.0
         tokens = usage.input_tokens + usage.output_tokens
@@ -263,6 +296,8 @@ class Meter:
                 price_snapshot=snapshot,
             )
         )
+        if beyond is not None:
+            raise failed("llm_error", error=beyond.message, retryable=False)
         return response
 
     def budget(self, estimate: Estimate, model_max: int) -> int:
