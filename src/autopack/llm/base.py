@@ -275,9 +275,10 @@ STREAM_BROKEN = httpx2.TransportError
 """What both SDKs let through when the connection fails while a stream is being read
 (their own errors cover only the request and ``error`` events)."""
 
-STREAM_MALFORMED = (ValueError, TypeError, LookupError, AttributeError)
+STREAM_MALFORMED = (ValueError, TypeError, LookupError, AttributeError, RecursionError)
 """What the SDKs' stream parsers raise on a stream the wire format does not allow (bad
-JSON or UTF-8, an event of the wrong shape): a malformed answer, not a crash."""
+JSON or UTF-8, an event of the wrong shape, JSON nested deeper than Python's parser
+recurses): a malformed answer, not a crash."""
 
 CHARS_PER_TOKEN_MAX = 64
 """More characters than this per token of ``max_tokens`` is a server ignoring the limit:

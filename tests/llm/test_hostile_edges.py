@@ -1,0 +1,51 @@
+"""What a hostile or misconfigured far end sends, through the real SDKs: each is a clear
+LLMError naming the address and the cause, never a raw exception or a bare "Connection
+error."."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autopack.errors import LLMError
+from tests.executor_support import attempts, create_run, env_for, phase, rows, run_file
+from tests.fakes.raw_sse import Raw, a_block_start, a_start, o_stream
+from tests.llm.test_hostile_streams import complete, drain_against
+from tests.support import cli
+
+DEEP = "[" * 100_000 + "]" * 100_000
+"""JSON nested deeper than Python's parser recurses: it raises RecursionError."""
+DEEP_STREAMS = {
+    "anthropic": [a_start(), a_block_start(), f"event: content_block_delta\ndata: {DEEP}\n\n"],
+    "openai": [f"data: {DEEP}\n\n", *o_stream()],
+}
+
+
+@pytest.mark.parametrize("provider", sorted(DEEP_STREAMS))
+def test_an_event_nested_too_deep_to_parse_is_a_malformed_answer(provider: str) -> None:
+    """The SDKs' SSE parsers let Python's RecursionError through: it escaped the provider
+    as a raw exception (the attempt ended executor_error, the call unrecorded)."""
+    with pytest.raises(LLMError) as caught:
+        complete(provider, Raw(DEEP_STREAMS[provider]))
+    assert caught.value.error_class == "MalformedResponse"
+    assert "RecursionError" in caught.value.message and not caught.value.retryable
+
+
+def test_a_drain_records_an_event_nested_too_deep_as_an_llm_error(tmp_path: Path) -> None:
+    url, _ = drain_against(tmp_path, "anthropic", Raw(DEEP_STREAMS["anthropic"]))
+    assert [a["stop_reason"] for a in attempts(url, "p1")] == ["llm_error"]
+    (row,) = rows(url, "SELECT error_class, success FROM llm_usage_events")
+    assert (row["error_class"], row["success"]) == ("MalformedResponse", False)
+
+
+def test_a_cassette_line_nested_too_deep_is_named_not_a_traceback(tmp_path: Path) -> None:
+    cassette = tmp_path / "deep.jsonl"
+    cassette.write_text(DEEP + "\n")
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    drain = ("drain", "run", "--run-id", "exec-run", "--workspace", str(tmp_path / "ws"))
+    result = cli(*drain, "--cassette", str(cassette), env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"cassette {cassette}:1: not JSON" in " ".join(result.stderr.split())
