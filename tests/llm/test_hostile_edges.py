@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from autopack.errors import LLMError
+from autopack.llm.anthropic_provider import AnthropicProvider
+from autopack.llm.openai_provider import OpenAIProvider
 from tests.executor_support import attempts, create_run, env_for, phase, rows, run_file
-from tests.fakes.raw_sse import Raw, a_block_start, a_start, o_stream
+from tests.fakes.raw_sse import Raw, RawServer, a_block_start, a_start, o_stream
+from tests.llm.support import make_request
 from tests.llm.test_hostile_streams import complete, drain_against
 from tests.support import cli
 
@@ -49,3 +52,31 @@ def test_a_cassette_line_nested_too_deep_is_named_not_a_traceback(tmp_path: Path
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert f"cassette {cassette}:1: not JSON" in " ".join(result.stderr.split())
+
+
+def _provider(provider: str, url: str) -> AnthropicProvider | OpenAIProvider:
+    if provider == "anthropic":
+        return AnthropicProvider(api_key="k", base_url=url, max_retries=0, timeout=5)
+    return OpenAIProvider(api_key="k", base_url=url + "/v1", max_retries=0, timeout=5)
+
+
+PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
+
+
+@pytest.mark.parametrize("provider", sorted(PATHS))
+def test_a_redirect_loop_is_named_as_one(provider: str) -> None:
+    """A base URL redirecting to itself (a proxy misconfigured) failed as "unreachable at
+    URL: Connection error.", though the server answered every request: the SDK hides
+    the cause (httpx's TooManyRedirects, an SSL error, a hang-up); the message says it."""
+    loop = Raw([], 307, "text/plain", headers={"location": PATHS[provider]})
+    with RawServer() as server:
+        server.replies.extend([loop] * 30)
+        live = _provider(provider, server.url)
+        try:
+            with pytest.raises(LLMError) as caught:
+                live.complete(make_request())
+        finally:
+            live.close()
+    said = caught.value.message
+    assert f"unreachable at {server.url}{PATHS[provider]}: " in said, said
+    assert "(TooManyRedirects: Exceeded maximum allowed redirects.)" in said, said

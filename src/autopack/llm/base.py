@@ -222,8 +222,12 @@ def sdk_error(
             **common,
         )
     if unreachable:
-        # The SDK says only "Connection error.": the address shows a mistyped *_BASE_URL.
-        return LLMError(f"{label} unreachable{at}: {message}", retryable=True, **common)
+        # The SDK says only "Connection error.": the address shows a mistyped *_BASE_URL,
+        # and the cause what went wrong there (a redirect loop, TLS spoken to a plain-HTTP
+        # port or the reverse, a certificate refused, a server hanging up).
+        cause = exc.__cause__
+        why = f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else ""
+        return LLMError(f"{label} unreachable{at}: {message}{why}", retryable=True, **common)
     return LLMError(f"{label} call failed: {exc}", retryable=False, **common)
 
 
