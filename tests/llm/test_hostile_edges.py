@@ -80,3 +80,27 @@ def test_a_redirect_loop_is_named_as_one(provider: str) -> None:
     said = caught.value.message
     assert f"unreachable at {server.url}{PATHS[provider]}: " in said, said
     assert "(TooManyRedirects: Exceeded maximum allowed redirects.)" in said, said
+
+
+@pytest.mark.parametrize("provider", sorted(PATHS))
+@pytest.mark.parametrize(
+    "raw",
+    [Raw(["<html><body>Sign in</body></html>"], content_type="text/html"), Raw([])],
+    ids=["html", "empty"],
+)
+def test_a_200_without_one_event_of_the_api_names_the_address(provider: str, raw: Raw) -> None:
+    """OPENAI_BASE_URL at a web page (or a server answering an empty 200) was told as "the
+    stream carried no usage chunk (... upgrade the server)", naming neither the address
+    nor what came back; Anthropic's message named no address either."""
+    with RawServer() as server:
+        server.replies.append(raw)
+        live = _provider(provider, server.url)
+        try:
+            with pytest.raises(LLMError) as caught:
+                live.complete(make_request())
+        finally:
+            live.close()
+    said = caught.value.message
+    assert caught.value.error_class == "MalformedResponse"
+    assert f"{server.url}{PATHS[provider]} answered 200, {raw.content_type}, with none" in said
+    assert "usage chunk" not in said, said

@@ -427,6 +427,14 @@ class StreamText:
         )
 
 
+def not_a_stream(http_response: httpx2.Response) -> str:
+    """Where a 200 answer that carried none of the wire format's events came from and what
+    it said it was: a ``*_BASE_URL`` at a web page, a proxy's login form or a server not
+    streaming answers ``text/html`` or an empty body, and only the address shows which."""
+    kind = http_response.headers.get("content-type") or "no content-type"
+    return f"{http_response.url} answered 200, {kind}, with none of the API's events"
+
+
 def retries_taken(http_response: httpx2.Response) -> int:
     """How many times the SDK retried before this response: both SDKs number each try in
     the ``x-stainless-retry-count`` request header (a stream has no other record of it)."""
