@@ -1,12 +1,23 @@
-"""Usage a hostile or broken provider reports, through a real drain: each call is billed,
-recorded and ends its phase cleanly, never an ``executor_error`` with the call unrecorded."""
+"""Usage and answers a hostile or broken provider sends, through a real drain: each call is
+billed, recorded and ends its phase cleanly, never an ``executor_error``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tests.executor_support import create_run, drain, env_for, files, phase, rows, run_file
+from tests.executor_support import (
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    files,
+    line,
+    phase,
+    repository,
+    rows,
+    run_file,
+)
 from tests.fakes.llm_wire import Reply, WireServer
 from tests.llm.support import FLAVOURS
 
@@ -57,3 +68,33 @@ def test_a_call_costing_more_than_one_call_may_fails_its_phase_billed_at_the_bou
     }
     (run,) = rows(url, "SELECT cost_usd, tokens_used FROM runs")
     assert run == {"cost_usd": 100_000.0, "tokens_used": 90_000_020}
+
+
+def test_an_answer_touching_more_files_than_an_approval_holds_is_feedback(
+    tmp_path: Path,
+) -> None:
+    """30,000 empty files and one overwrite of an existing file (which needs approval):
+    the change was planned whole, then its approval request refused (more than 100,000
+    JSON values in its context) and the attempt ended executor_error with a pydantic
+    ValidationError. Too many files is now answer_too_large feedback for the Builder."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    workspace = repository(tmp_path / "ws", {"pkg/old.txt": "old\n"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    written = [{"path": f"pkg/f{i}.txt", "content": ""} for i in range(30_000)]
+    written += [{"path": "pkg/mod.py", "content": "V = 1\n"}]
+    written += [{"path": "pkg/old.txt", "content": "new\n"}]
+    answer = json.dumps({"files": written, "summary": "many files"})
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    result = drain(
+        *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+        *("--cassette", str(tape), "--workspace", str(workspace)),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "ValidationError" not in result.stderr
+    (attempt,) = rows(url, "SELECT stop_reason, feedback FROM phase_attempts")
+    assert attempt["stop_reason"] == "answer_too_large"
+    said = "touches 30002 files; one answer may write, edit or delete at most 10000."
+    assert said in attempt["feedback"], attempt["feedback"]
