@@ -204,6 +204,12 @@ def plan_change(
 
     for file in output.files:
         path = admit(file.path)
+        if contents.get(path, file.content) != file.content:
+            raise BuilderRejected(
+                "path_conflict",
+                f"Your answer writes {path!r} twice, with different contents; send each file "
+                "once, complete.",
+            )
         contents[path] = file.content
         existed.setdefault(path, (workspace / path).exists())
     for edit in output.edits:
@@ -226,6 +232,12 @@ def plan_change(
         contents[path] = current.replace(edit.search, edit.replace, 1)
         existed.setdefault(path, True)
     deletes = tuple(admit(path) for path in output.deletes)
+    # Written then deleted, a deliverable passed the contract and was gone after applying.
+    if both := [path for path in deletes if path in contents]:
+        raise BuilderRejected(
+            "path_conflict",
+            f"Your answer both writes and deletes {both[0]!r}; do one or the other.",
+        )
     for path in [*contents, *deletes]:
         if (conflict := _conflict(workspace, path, contents)) is not None:
             raise conflict
