@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from autopack.llm.base import Usage
+from autopack.llm.pricing import cost_of
 from tests.executor_support import (
     cassette,
     create_run,
@@ -19,7 +23,18 @@ from tests.executor_support import (
     run_file,
 )
 from tests.fakes.llm_wire import Reply, WireServer
+from tests.fakes.raw_sse import Raw, a_block_start, a_delta, a_start, o_chunk
 from tests.llm.support import FLAVOURS
+from tests.llm.test_hostile_streams import ANSWER, drain_against
+
+CUT = {
+    "anthropic": Raw([a_start(), a_block_start(), a_delta(ANSWER[:20])]),
+    "openai": Raw(
+        [o_chunk({"role": "assistant", "content": ""}), o_chunk({"content": ANSWER[:20]})]
+    ),
+}
+"""A stream broken off after some text, before the provider said what it wrote (Anthropic
+had said its input and message_start's placeholder output of 1)."""
 
 
 def test_a_call_costing_more_than_one_call_may_fails_its_phase_billed_at_the_bound(
@@ -98,3 +113,26 @@ def test_an_answer_touching_more_files_than_an_approval_holds_is_feedback(
     assert attempt["stop_reason"] == "answer_too_large"
     said = "touches 30002 files; one answer may write, edit or delete at most 10000."
     assert said in attempt["feedback"], attempt["feedback"]
+
+
+@pytest.mark.parametrize("provider", sorted(CUT))
+def test_broken_streams_count_their_whole_allowance_in_tokens_and_cost(
+    provider: str, tmp_path: Path
+) -> None:
+    """Anthropic's broken streams counted message_start's placeholder of 1 output token:
+    AUTOPACK_CONTINUATION_TOKEN_CAP=50 let continuations of 50, 49 and 48 tokens through,
+    and the run's budgets saw 11 tokens a call whatever the model wrote. OpenAI's counted
+    their allowance in tokens but $0 in cost, so a cost cap never saw them. Both now count
+    the allowance as written, tokens and cost; the rows keep what was reported."""
+    url, seen = drain_against(
+        tmp_path, provider, *[CUT[provider]] * 4, env={"AUTOPACK_CONTINUATION_TOKEN_CAP": "50"}
+    )
+    allowances = [body["max_tokens"] for _, body in seen if isinstance(body, dict)]
+    assert allowances[1:] == [50], allowances
+    model, reported = ("claude-sonnet-5-5", 10) if provider == "anthropic" else ("gpt-6-luna", 0)
+    bounds = [cost_of(model, Usage(reported, allowance))[0] or 0 for allowance in allowances]
+    (run,) = rows(url, "SELECT tokens_used, cost_usd FROM runs")
+    assert run["tokens_used"] == sum(allowances) + reported * len(allowances)
+    assert run["cost_usd"] == pytest.approx(sum(bounds)) and run["cost_usd"] > 0
+    output = rows(url, "SELECT output_tokens FROM llm_usage_events")
+    assert output == [{"output_tokens": 1 if reported else None}] * 2

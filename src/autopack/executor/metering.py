@@ -12,6 +12,7 @@ billed $0 for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -44,6 +45,9 @@ from autopack.telemetry.events import (
 )
 
 logger = logging.getLogger("autopack.executor")
+
+INTERRUPTED = "interrupted"
+"""The stop reason of a partial answer whose stream broke (:meth:`Meter.call`)."""
 
 
 def _token_columns(usage: Usage) -> dict[str, int]:
@@ -191,7 +195,7 @@ class Meter:
                 raise self._failed(call, model, exc) from exc
             partial = LLMResponse(
                 text=exc.partial,
-                stop_reason="interrupted",
+                stop_reason=INTERRUPTED,
                 truncated=True,
                 usage=exc.usage or Usage(0, 0),
                 provider=exc.provider,
@@ -237,6 +241,7 @@ class Meter:
         claim = self.claim
         role = call["role"]
         usage = response.usage
+        interrupted = isinstance(error, StreamInterrupted)
         cost, snapshot = (
             self.s.prices.cost_of(response.model or model, usage) if usage_known else (None, None)
         )
@@ -246,11 +251,18 @@ class Meter:
         replayed = response.provider == REPLAY_PROVIDER
         billed = 0.0 if replayed else cost or 0.0
         tokens = usage.input_tokens + usage.output_tokens
-        if not usage_known:
-            # The provider never said (OpenAI reports usage at a stream's end): the budgets
-            # count the whole allowance, an upper bound, never a guessed zero; the usage
-            # row keeps the counts NULL.
-            tokens = max(tokens, call["max_tokens"])
+        if interrupted:
+            # The stream broke before the provider said what it wrote (OpenAI reports usage
+            # at its end; Anthropic's output count is message_start's placeholder, 1): the
+            # budgets count the whole allowance as written, tokens and cost, an upper
+            # bound, never the placeholder or a guessed zero. The usage row keeps what was
+            # reported (NULL when nothing was).
+            allowance = dataclasses.replace(
+                usage, output_tokens=max(usage.output_tokens, call["max_tokens"])
+            )
+            tokens = allowance.input_tokens + allowance.output_tokens
+            bound, _ = self.s.prices.cost_of(response.model or model, allowance)
+            billed = 0.0 if replayed else min(bound or 0.0, COST_MAX_USD)
         self.tokens += tokens
         self.cost += billed
         if role == "builder":
