@@ -104,3 +104,26 @@ def test_a_200_without_one_event_of_the_api_names_the_address(provider: str, raw
     assert caught.value.error_class == "MalformedResponse"
     assert f"{server.url}{PATHS[provider]} answered 200, {raw.content_type}, with none" in said
     assert "usage chunk" not in said, said
+
+
+@pytest.mark.parametrize("provider", sorted(PATHS))
+@pytest.mark.parametrize("status", [405, 502])
+def test_an_error_page_instead_of_the_api_is_named_by_address_and_shown(
+    provider: str, status: int
+) -> None:
+    """A base URL at a web server or a proxy answers an HTML error page: OpenAI's SDK said
+    "openai-compatible 405: Error code: 405", leaving the page out, and neither provider
+    named the address (only a 404 did)."""
+    page = f"<html>\n  <h1>{status} Not Allowed</h1>\n</html>"
+    reply = Raw([page], status, "text/html", headers={"x-should-retry": "false"})
+    with RawServer() as server:
+        server.replies.append(reply)
+        live = _provider(provider, server.url)
+        try:
+            with pytest.raises(LLMError) as caught:
+                live.complete(make_request())
+        finally:
+            live.close()
+    said = caught.value.message
+    assert f" {status} at {server.url}{PATHS[provider]}: " in said, said
+    assert said.count(f"<h1>{status} Not Allowed</h1>") == 1, said

@@ -213,9 +213,16 @@ def sdk_error(
     at = f" at {url}" if url else ""
     if isinstance(status, int):
         # A 404 is often the address itself (OPENAI_BASE_URL without Ollama's /v1 answers
-        # "404 page not found"): the URL shows it, as for an unreachable server.
+        # "404 page not found"): the URL shows it, as for an unreachable server. So does a
+        # body that is not JSON: not the API answering but a web server or proxy, whose
+        # page OpenAI's SDK left out ("Error code: 405" alone).
+        page = getattr(exc, "body", None)
+        page = " ".join(page.split())[:300] if isinstance(page, str) else ""
+        if page and page not in " ".join(message.split()):
+            message = f"{message} - {page}"
+        shown = at if status == 404 or page else ""
         return LLMError(
-            f"{label} {status}{at if status == 404 else ''}: {message}{refused_wait(exc)}",
+            f"{label} {status}{shown}: {message}{refused_wait(exc)}",
             status_code=status,
             request_id=getattr(exc, "request_id", None),
             retryable=retryable_status(status),
