@@ -395,3 +395,30 @@ def test_prompt_carries_contract_context_and_feedback(tmp_path: Path) -> None:
     assert "- `python -m pytest -q`" in prompt
     small = builder_prompt(_task(), tmp_path, context_chars=3)
     assert "truncated: context budget exhausted" in small
+
+
+@pytest.mark.parametrize(
+    ("extra", "delete", "named"),
+    [
+        ([{"path": "examples/utils/string_util.py", "content": "other\n"}], [], "twice"),
+        ([{"path": "examples/utils/./string_util.py", "content": "other\n"}], [], "twice"),
+        ([], ["examples/utils/string_util.py"], "both writes and deletes"),
+    ],
+    ids=["written twice", "written twice, spelt two ways", "written and deleted"],
+)
+def test_an_answer_contradicting_itself_about_a_path_is_refused(
+    tmp_path: Path, extra: list[dict[str, str]], delete: list[str], named: str
+) -> None:
+    """A file written twice with different contents kept the last silently; a deliverable
+    written and deleted passed the contract (it was "in the answer") and, its deletion
+    approved, was gone once the change was applied (deleted after it was written)."""
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, _answer(GOOD + extra, delete=delete))
+    assert caught.value.stop_reason == "path_conflict"
+    assert "'examples/utils/string_util.py'" in caught.value.feedback
+    assert named in caught.value.feedback
+
+
+def test_a_file_sent_twice_alike_is_written_once(tmp_path: Path) -> None:
+    change = _plan(tmp_path, _answer(GOOD + GOOD))
+    assert [write.path for write in change.writes] == ["examples/utils/string_util.py"]

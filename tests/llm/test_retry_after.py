@@ -14,9 +14,12 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from autopack.errors import LLMError
 from autopack.llm.retry_after import RETRY_AFTER_MAX_S, requested_wait, too_long
 from tests.executor_support import attempts, rows
+from tests.fakes.llm_wire import RETRY_NOW, Reply, WireServer
 from tests.fakes.raw_sse import Raw
+from tests.llm.support import Flavour, Live, Records, make_request
 from tests.llm.test_hostile_streams import drain_against
 
 RATE_LIMITED = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
@@ -63,3 +66,23 @@ def test_the_wait_is_read_as_the_sdks_read_it(
     assert ("nan" if found is not None and math.isnan(found) else found) == wait
     assert too_long(found) is long
     assert RETRY_AFTER_MAX_S == 60.0
+
+
+def test_each_retryable_answer_the_sdk_waits_on_is_said(
+    live: Live, wire: WireServer, flavour: Flavour, log_records: Records
+) -> None:
+    """The SDKs wait silently (up to a minute a retry here): a drain meeting 429s and 529s
+    showed nothing for minutes. Each retryable answer is now a warning naming its status,
+    address and the wait asked; one marked not to be retried is not."""
+    wire.script(
+        flavour.path,
+        Reply(429, flavour.error("rate_limit_error", "slow down"), RETRY_NOW),
+        Reply(529, flavour.error("overloaded_error", "busy"), {"retry-after-ms": "2"}),
+        Reply(500, flavour.error("api_error", "down"), {"x-should-retry": "false"}),
+    )
+    with pytest.raises(LLMError):
+        live(2).complete(make_request(model=flavour.model))
+    said = [Records.fields(r) for r in log_records.events("llm_retry_wait")]
+    assert [(f["status"], f["wait_seconds"]) for f in said] == [(429, 0.001), (529, 0.002)]
+    assert said[0]["url"] == f"{wire.url}{flavour.path}"
+    assert all(r.levelname == "WARNING" for r in log_records.events("llm_retry_wait"))

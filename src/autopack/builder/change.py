@@ -26,11 +26,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from autopack import paths
+from autopack.bounds import JSON_ITEMS_MAX
 from autopack.builder.output import BuilderOutput, BuilderRejected
 from autopack.rundef import Scope
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
 DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
+MAX_ANSWER_PATHS = JSON_ITEMS_MAX // 10
+"""Files one answer may write, edit or delete. A change needing approval is held in the
+approval's context, at up to five JSON values a path, which refuses more than
+``JSON_ITEMS_MAX``: 30,000 empty files and one overwrite ended the attempt
+``executor_error`` (a ValidationError of the approval request) after the whole answer was
+planned. Counted before any path is looked at, it is ``answer_too_large`` feedback."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,12 @@ def plan_change(
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
 ) -> Change:
     """Validate the answer against the scope and the workspace; compute final contents."""
+    if len(output.paths) > MAX_ANSWER_PATHS:
+        raise BuilderRejected(
+            "answer_too_large",
+            f"Your answer touches {len(output.paths)} files; one answer may write, edit or "
+            f"delete at most {MAX_ANSWER_PATHS}. Write fewer files.",
+        )
     contents: dict[str, str] = {}
     existed: dict[str, bool] = {}
 
@@ -191,6 +204,12 @@ def plan_change(
 
     for file in output.files:
         path = admit(file.path)
+        if contents.get(path, file.content) != file.content:
+            raise BuilderRejected(
+                "path_conflict",
+                f"Your answer writes {path!r} twice, with different contents; send each file "
+                "once, complete.",
+            )
         contents[path] = file.content
         existed.setdefault(path, (workspace / path).exists())
     for edit in output.edits:
@@ -213,6 +232,12 @@ def plan_change(
         contents[path] = current.replace(edit.search, edit.replace, 1)
         existed.setdefault(path, True)
     deletes = tuple(admit(path) for path in output.deletes)
+    # Written then deleted, a deliverable passed the contract and was gone after applying.
+    if both := [path for path in deletes if path in contents]:
+        raise BuilderRejected(
+            "path_conflict",
+            f"Your answer both writes and deletes {both[0]!r}; do one or the other.",
+        )
     for path in [*contents, *deletes]:
         if (conflict := _conflict(workspace, path, contents)) is not None:
             raise conflict

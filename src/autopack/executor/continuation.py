@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 import logging
 
-from autopack.executor.metering import Meter
+from autopack.executor.metering import INTERRUPTED, Meter
 from autopack.executor.outcome import Finish
 from autopack.llm.base import LLMResponse, Message, Usage
 from autopack.logs import log_event
@@ -132,9 +132,10 @@ def builder_answer(
                 error=failure.error,
             )
             break
-        # Output the provider never reported (a stream cut before its usage) counts as
-        # the continuation's whole allowance: the cap must hold either way.
-        spent += more.usage.output_tokens or budget
+        # Output the provider never reported (a stream cut before its usage: nothing from
+        # OpenAI, message_start's placeholder of 1 from Anthropic) counts as the
+        # continuation's whole allowance: the cap must hold either way.
+        spent += budget if more.stop_reason == INTERRUPTED else more.usage.output_tokens or budget
         answer = dataclasses.replace(
             more, text=join(answer.text, more.text), usage=_summed(answer.usage, more.usage)
         )

@@ -12,11 +12,13 @@ billed $0 for it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
 from typing import Any
 
+from autopack.bounds import COST_MAX_USD
 from autopack.contract import Claim, UsageIn, ordered_usage_key
 from autopack.errors import LLMError
 from autopack.estimation.estimator import Estimate
@@ -43,6 +45,9 @@ from autopack.telemetry.events import (
 )
 
 logger = logging.getLogger("autopack.executor")
+
+INTERRUPTED = "interrupted"
+"""The stop reason of a partial answer whose stream broke (:meth:`Meter.call`)."""
 
 
 def _token_columns(usage: Usage) -> dict[str, int]:
@@ -71,6 +76,35 @@ def _impossible_usage(exc: StreamInterrupted) -> LLMError | None:
         status_code=200,
         request_id=exc.request_id,
         latency_ms=exc.latency_ms,
+        retryable=False,
+    )
+
+
+def _cost_beyond_bound(
+    response: LLMResponse, cost: float | None, snapshot: dict[str, Any] | None
+) -> LLMError | None:
+    """Why a call's cost cannot be billed as it is, if it cannot: more than the
+    ``COST_MAX_USD`` a usage report and a usage row take (a price file pricing per token
+    what it meant per million, or a provider reporting tens of millions of tokens). The
+    report was refused and the attempt ended ``executor_error`` with the call unbilled
+    and unrecorded, three times over. It is billed at that bound instead, so the run's
+    cost cap stops further spending, recorded with its tokens, and fails the phase: asking
+    again would cost as much."""
+    if cost is None or cost <= COST_MAX_USD or snapshot is None:
+        return None
+    usage = response.usage
+    return LLMError(
+        f"the call's usage ({usage.input_tokens} input, {usage.output_tokens} output tokens) "
+        f"costs ${cost:,.2f} at the prices of {snapshot['model']} in table "
+        f"{snapshot['table_version']}, more than the ${COST_MAX_USD:,.0f} one call may cost: "
+        "the price table or the provider's usage report is wrong; billed and recorded as "
+        f"${COST_MAX_USD:,.0f}",
+        provider=response.provider,
+        model=response.model,
+        error_class="CostBeyondBound",
+        status_code=200,
+        request_id=response.request_id,
+        latency_ms=response.latency_ms,
         retryable=False,
     )
 
@@ -161,7 +195,7 @@ class Meter:
                 raise self._failed(call, model, exc) from exc
             partial = LLMResponse(
                 text=exc.partial,
-                stop_reason="interrupted",
+                stop_reason=INTERRUPTED,
                 truncated=True,
                 usage=exc.usage or Usage(0, 0),
                 provider=exc.provider,
@@ -207,17 +241,28 @@ class Meter:
         claim = self.claim
         role = call["role"]
         usage = response.usage
+        interrupted = isinstance(error, StreamInterrupted)
         cost, snapshot = (
             self.s.prices.cost_of(response.model or model, usage) if usage_known else (None, None)
         )
+        beyond = _cost_beyond_bound(response, cost, snapshot)
+        if beyond is not None:
+            cost, error = COST_MAX_USD, beyond
         replayed = response.provider == REPLAY_PROVIDER
         billed = 0.0 if replayed else cost or 0.0
         tokens = usage.input_tokens + usage.output_tokens
-        if not usage_known:
-            # The provider never said (OpenAI reports usage at a stream's end): the budgets
-            # count the whole allowance, an upper bound, never a guessed zero; the usage
-            # row keeps the counts NULL.
-            tokens = max(tokens, call["max_tokens"])
+        if interrupted:
+            # The stream broke before the provider said what it wrote (OpenAI reports usage
+            # at its end; Anthropic's output count is message_start's placeholder, 1): the
+            # budgets count the whole allowance as written, tokens and cost, an upper
+            # bound, never the placeholder or a guessed zero. The usage row keeps what was
+            # reported (NULL when nothing was).
+            allowance = dataclasses.replace(
+                usage, output_tokens=max(usage.output_tokens, call["max_tokens"])
+            )
+            tokens = allowance.input_tokens + allowance.output_tokens
+            bound, _ = self.s.prices.cost_of(response.model or model, allowance)
+            billed = 0.0 if replayed else min(bound or 0.0, COST_MAX_USD)
         self.tokens += tokens
         self.cost += billed
         if role == "builder":
@@ -263,6 +308,8 @@ class Meter:
                 price_snapshot=snapshot,
             )
         )
+        if beyond is not None:
+            raise failed("llm_error", error=beyond.message, retryable=False)
         return response
 
     def budget(self, estimate: Estimate, model_max: int) -> int:

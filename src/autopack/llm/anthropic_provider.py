@@ -40,6 +40,7 @@ from autopack.llm.base import (
     StreamText,
     elapsed_ms,
     malformed,
+    not_a_stream,
     retries_taken,
     sdk_error,
     stream_failure,
@@ -107,6 +108,7 @@ class AnthropicProvider:
                 extra_body=extra_body,
             ) as stream:
                 request_id, retries = stream.request_id, retries_taken(stream.response)
+                answered = stream.response
                 try:
                     with text.watchdog(stream.close):
                         for event in stream:
@@ -148,7 +150,7 @@ class AnthropicProvider:
             ) from exc
         if snapshot is None:
             raise _malformed(
-                "no message_start event (not a Messages API stream)",
+                f"no message_start event ({not_a_stream(answered)})",
                 request.model,
                 request_id,
                 elapsed_ms(text.started),

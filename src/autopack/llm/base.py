@@ -213,17 +213,28 @@ def sdk_error(
     at = f" at {url}" if url else ""
     if isinstance(status, int):
         # A 404 is often the address itself (OPENAI_BASE_URL without Ollama's /v1 answers
-        # "404 page not found"): the URL shows it, as for an unreachable server.
+        # "404 page not found"): the URL shows it, as for an unreachable server. So does a
+        # body that is not JSON: not the API answering but a web server or proxy, whose
+        # page OpenAI's SDK left out ("Error code: 405" alone).
+        page = getattr(exc, "body", None)
+        page = " ".join(page.split())[:300] if isinstance(page, str) else ""
+        if page and page not in " ".join(message.split()):
+            message = f"{message} - {page}"
+        shown = at if status == 404 or page else ""
         return LLMError(
-            f"{label} {status}{at if status == 404 else ''}: {message}{refused_wait(exc)}",
+            f"{label} {status}{shown}: {message}{refused_wait(exc)}",
             status_code=status,
             request_id=getattr(exc, "request_id", None),
             retryable=retryable_status(status),
             **common,
         )
     if unreachable:
-        # The SDK says only "Connection error.": the address shows a mistyped *_BASE_URL.
-        return LLMError(f"{label} unreachable{at}: {message}", retryable=True, **common)
+        # The SDK says only "Connection error.": the address shows a mistyped *_BASE_URL,
+        # and the cause what went wrong there (a redirect loop, TLS spoken to a plain-HTTP
+        # port or the reverse, a certificate refused, a server hanging up).
+        cause = exc.__cause__
+        why = f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else ""
+        return LLMError(f"{label} unreachable{at}: {message}{why}", retryable=True, **common)
     return LLMError(f"{label} call failed: {exc}", retryable=False, **common)
 
 
@@ -275,9 +286,10 @@ STREAM_BROKEN = httpx2.TransportError
 """What both SDKs let through when the connection fails while a stream is being read
 (their own errors cover only the request and ``error`` events)."""
 
-STREAM_MALFORMED = (ValueError, TypeError, LookupError, AttributeError)
+STREAM_MALFORMED = (ValueError, TypeError, LookupError, AttributeError, RecursionError)
 """What the SDKs' stream parsers raise on a stream the wire format does not allow (bad
-JSON or UTF-8, an event of the wrong shape): a malformed answer, not a crash."""
+JSON or UTF-8, an event of the wrong shape, JSON nested deeper than Python's parser
+recurses): a malformed answer, not a crash."""
 
 CHARS_PER_TOKEN_MAX = 64
 """More characters than this per token of ``max_tokens`` is a server ignoring the limit:
@@ -420,6 +432,14 @@ class StreamText:
             model=model,
             latency_ms=elapsed_ms(self.started),
         )
+
+
+def not_a_stream(http_response: httpx2.Response) -> str:
+    """Where a 200 answer that carried none of the wire format's events came from and what
+    it said it was: a ``*_BASE_URL`` at a web page, a proxy's login form or a server not
+    streaming answers ``text/html`` or an empty body, and only the address shows which."""
+    kind = http_response.headers.get("content-type") or "no content-type"
+    return f"{http_response.url} answered 200, {kind}, with none of the API's events"
 
 
 def retries_taken(http_response: httpx2.Response) -> int:

@@ -38,6 +38,7 @@ from autopack.llm.base import (
     StreamText,
     elapsed_ms,
     malformed,
+    not_a_stream,
     sdk_error,
     stream_failure,
 )
@@ -150,6 +151,13 @@ class OpenAIProvider:
                 reason="the stream ended without a finish reason",
                 usage=None,
             )
+        if body.empty:
+            raise _malformed(
+                f"no chunk of a Chat Completions stream ({not_a_stream(raw.http_response)})",
+                request.model,
+                raw.request_id,
+                elapsed_ms(text.started),
+            )
         if body.usage is None:
             raise _malformed(
                 "the stream carried no usage chunk (the server ignored "
@@ -217,6 +225,11 @@ class _Accumulated:
         delta = getattr(choice, "delta", None)
         content = getattr(delta, "content", None)
         return content if isinstance(content, str) else None
+
+    @property
+    def empty(self) -> bool:
+        """No chunk arrived: nothing said an id, a model, a finish reason or usage."""
+        return not self.head and self.finish_reason is None and self.usage is None
 
     def completion(self, text: str) -> dict[str, Any]:
         """The body as ``chat.completions.create`` without streaming returns it."""

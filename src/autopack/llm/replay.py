@@ -227,7 +227,7 @@ def read_cassette(path: Path) -> Cassette:
         where = f"cassette {path}:{number}"
         try:
             raw = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nested too deep for the parser
             raise ConfigError(f"{where}: not JSON ({exc})") from exc
         if isinstance(raw, dict) and "cassette" in raw:
             if entries:

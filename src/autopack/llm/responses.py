@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from autopack.bounds import COST_MAX_USD
 from autopack.errors import LLMError
 from autopack.llm.base import LLMResponse, Usage, malformed, token_count, usage_problem
 
@@ -164,8 +165,9 @@ def _text(value: object, name: str, limit: int, bad: Malformed) -> str | None:
 
 def _reported_cost(usage: Mapping[str, Any]) -> float | None:
     """A cost the server reported itself (OpenRouter-style ``usage.cost``), if any: only a
-    finite, non-negative number (Python's JSON reads ``Infinity``, ``NaN`` and integers too
-    large for a float, and the telemetry row refuses them)."""
+    finite, non-negative number a usage row holds (Python's JSON reads ``Infinity``,
+    ``NaN`` and integers too large for a float; the telemetry row refuses them, and any
+    cost above ``COST_MAX_USD``: a server saying 1e9 ended every attempt executor_error)."""
     cost = usage.get("cost")
     if not isinstance(cost, int | float) or isinstance(cost, bool):
         return None
@@ -173,4 +175,4 @@ def _reported_cost(usage: Mapping[str, Any]) -> float | None:
         value = float(cost)
     except OverflowError:  # an integer of hundreds of digits: JSON allows it
         return None
-    return value if math.isfinite(value) and value >= 0 else None
+    return value if math.isfinite(value) and 0 <= value <= COST_MAX_USD else None

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import logging
 import time
 from typing import TypeVar, cast
 
 import httpx2
+
+from autopack.logs import log_event
+
+logger = logging.getLogger(__name__)
 
 RETRY_AFTER_MAX_S = 60.0
 """The longest wait a server may ask for within one call."""
@@ -47,8 +52,26 @@ def too_long(wait: float | None) -> bool:
 
 
 def _refuse_long_waits(response: httpx2.Response) -> None:
-    if too_long(requested_wait(response.headers)):
+    """Mark a response asking for too long a wait not to be retried; say each retryable
+    one the SDK may wait on. Its waits are silent (up to a minute each, twice by default:
+    a drain showed nothing for minutes of 429s), so the log line is the progress shown."""
+    wait = requested_wait(response.headers)
+    if too_long(wait):
         response.headers["x-should-retry"] = "false"
+        return
+    status = response.status_code
+    if (status in (408, 409, 429) or status >= 500) and response.headers.get(
+        "x-should-retry"
+    ) != "false":
+        log_event(
+            logger,
+            "llm_retry_wait",
+            logging.WARNING,
+            status=status,
+            url=str(response.request.url),
+            wait_seconds="the SDK's backoff" if wait is None or not wait > 0 else round(wait, 3),
+            effect="retried after the wait while the call has retries left",
+        )
 
 
 def _close_quietly(client: httpx2.Client) -> None:
