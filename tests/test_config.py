@@ -215,6 +215,22 @@ def test_infinite_or_impossible_numbers_are_refused_naming_the_setting(
         load_settings()
 
 
+@pytest.mark.parametrize("raw", ["verbose", "", "-1"])
+def test_an_unknown_log_level_is_refused_naming_it_not_a_traceback(
+    raw: str, tmp_path: Path
+) -> None:
+    """logging.setLevel raised ValueError: Unknown level, a traceback from every command."""
+    result = cli("config", "show", cwd=tmp_path, env=clean_env(AUTOPACK_LOG_LEVEL=raw))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"AUTOPACK_LOG_LEVEL='{raw}': not a log level" in result.stderr, result.stderr
+
+
+def test_a_log_level_in_any_case_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOPACK_LOG_LEVEL", "debug")
+    assert load_settings().settings.autopack_log_level == "DEBUG"
+
+
 @pytest.mark.parametrize("raw", [" padded", "two words", "x" * 10_000])
 def test_a_pin_that_is_no_instance_id_is_refused_naming_it_and_not_echoed_whole(
     raw: str, monkeypatch: pytest.MonkeyPatch

@@ -77,6 +77,20 @@ def parse_flag(value: object) -> bool:
 
 Flag = Annotated[bool, BeforeValidator(parse_flag)]
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(value: object) -> str:
+    """``AUTOPACK_LOG_LEVEL`` in any case, checked here: ``logging.setLevel`` turned an
+    unknown one (``verbose``, ``""``) into a ValueError traceback from every command."""
+    level = str(value).strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"not a log level: use one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+LogLevel = Annotated[str, BeforeValidator(parse_log_level)]
+
 
 def _cache_home() -> Path:
     """``$XDG_CACHE_HOME``, else ``~/.cache`` (read when settings are resolved, not on import)."""
@@ -216,7 +230,7 @@ class Settings(BaseSettings):
         "(separated by ';'); checks with shell operators are refused. Unset: any check.",
     )
     autopack_otel: Flag = Field(False, description="Export OpenTelemetry GenAI spans/metrics.")
-    autopack_log_level: str = Field("INFO", description="Log level.")
+    autopack_log_level: LogLevel = Field("INFO", description="Log level (any case).")
     autopack_log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
     @field_validator("database_url")
