@@ -111,6 +111,14 @@ class Settings(BaseSettings):
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="Database every part uses.")
     autopack_api_url: str | None = Field(None, description="API server executors attach to.")
+    autopack_api_wait_seconds: float = Field(
+        10.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long a command waits, saying so, for nothing answering at "
+        "AUTOPACK_API_URL to start answering (a server starting or restarting) before it "
+        "exits 2; 0: at once. A running drain rides out a restart as long (10 s).",
+    )
     autopack_default_api_port: int = Field(
         DEFAULT_API_PORT,
         ge=1,
