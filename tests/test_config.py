@@ -102,6 +102,20 @@ def test_password_is_redacted_in_config_show(tmp_path: Path) -> None:
     assert "postgresql+psycopg://user:***@db.example:5432/x" in result.stdout
 
 
+@pytest.mark.parametrize("args", [["config", "show"], ["doctor"], ["run", "list"]])
+def test_a_raw_at_sign_in_a_password_is_refused_without_showing_the_password(
+    args: list[str], tmp_path: Path
+) -> None:
+    """postgresql://u:hunter@2secret@host parsed as password 'hunter', host
+    '2secret@host': config show, doctor and every connection error showed '2secret'."""
+    env = clean_env(DATABASE_URL="postgresql://user:hunter@2secret@db.example/x")
+    result = cli(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    shown = result.stdout + result.stderr
+    assert "2secret" not in shown and "hunter" not in shown, shown
+    assert "DATABASE_URL=" in shown and "as %40" in shown and "Traceback" not in shown, shown
+
+
 def test_relative_sqlite_path_reaches_a_child_in_another_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
