@@ -150,6 +150,9 @@ def test_unreachable_database_is_a_config_error(tmp_path: Path) -> None:
     result = cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
     assert result.returncode == 2
     assert "cannot open database" in result.stderr
+    # SQLite's own words were "unable to open database file", naming no cause
+    assert f"the directory {tmp_path}/no/such/dir does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()
     result = cli("db", "identity", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
     assert result.returncode == 2
     assert f"no database at {tmp_path}/no/such/dir/x.db" in result.stderr
