@@ -232,3 +232,28 @@ def test_bytes_that_are_not_utf8_are_refused_naming_where(tmp_path: Path) -> Non
         assert result.returncode == 2, result.stderr[-800:]
         assert "Traceback" not in result.stderr and "DATABASE_URL" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["autopack.db"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["telemetry", "calibrate", "--write"],
+        ["drain", "run", "--run-id", "exec-run", "--repo"],
+        ["drain", "run", "--run-id", "exec-run", "--workspace"],
+    ],
+)
+def test_a_path_too_long_for_the_file_system_is_refused_naming_its_flag(
+    args: list[str], tmp_path: Path
+) -> None:
+    """Path.resolve() let a 300-character name through and the first exists()/is_dir()
+    on it raised OSError (File name too long): a traceback, exit 1."""
+    from tests.executor_support import cassette, create_run, env_for, files, line, phase, run_file
+
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/m.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(m_py="VALUE = 1\n"))])
+    drain = ["--cassette", str(tape), "--auditor", "rules"] if args[0] == "drain" else []
+    result = cli(*args[:-1], *drain, args[-1], "d" * 300, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"{args[-1]} " in result.stderr and "File name too long" in result.stderr

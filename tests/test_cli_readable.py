@@ -104,6 +104,25 @@ def test_root_flags_work_after_the_command(tmp_path: Path) -> None:
     assert checked.returncode == 2 and "127.0.0.1:9" in checked.stderr
 
 
+def test_a_root_flag_given_twice_with_different_values_is_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    """`autopack --database-url A run cancel R --database-url B` (an alias, then a flag)
+    used A without a word: Click keeps one of the values."""
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db"))
+    for args in (
+        ["--database-url", first, "db", "init", "--database-url", second],
+        ["--database-url", first, f"--database-url={second}", "db", "init"],
+    ):
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "--database-url is given more than once" in result.stderr, result.stderr
+        assert first in result.stderr and second in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no database created"
+    same = cli("--database-url", first, "db", "init", "--database-url", first, cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+
+
 def _words_survive(output: str, message: str) -> None:
     flat = " ".join(output.replace("│", " ").split())
     joined = "".join(output.replace("│", "").split())

@@ -102,6 +102,20 @@ def test_password_is_redacted_in_config_show(tmp_path: Path) -> None:
     assert "postgresql+psycopg://user:***@db.example:5432/x" in result.stdout
 
 
+@pytest.mark.parametrize("args", [["config", "show"], ["doctor"], ["run", "list"]])
+def test_a_raw_at_sign_in_a_password_is_refused_without_showing_the_password(
+    args: list[str], tmp_path: Path
+) -> None:
+    """postgresql://u:hunter@2secret@host parsed as password 'hunter', host
+    '2secret@host': config show, doctor and every connection error showed '2secret'."""
+    env = clean_env(DATABASE_URL="postgresql://user:hunter@2secret@db.example/x")
+    result = cli(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    shown = result.stdout + result.stderr
+    assert "2secret" not in shown and "hunter" not in shown, shown
+    assert "DATABASE_URL=" in shown and "as %40" in shown and "Traceback" not in shown, shown
+
+
 def test_relative_sqlite_path_reaches_a_child_in_another_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,6 +150,9 @@ def test_unreachable_database_is_a_config_error(tmp_path: Path) -> None:
     result = cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
     assert result.returncode == 2
     assert "cannot open database" in result.stderr
+    # SQLite's own words were "unable to open database file", naming no cause
+    assert f"the directory {tmp_path}/no/such/dir does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()
     result = cli("db", "identity", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
     assert result.returncode == 2
     assert f"no database at {tmp_path}/no/such/dir/x.db" in result.stderr
@@ -213,6 +230,22 @@ def test_infinite_or_impossible_numbers_are_refused_naming_the_setting(
     monkeypatch.setenv(name, raw)
     with pytest.raises(ConfigError, match=f"{name}='{raw}'"):
         load_settings()
+
+
+@pytest.mark.parametrize("raw", ["verbose", "", "-1"])
+def test_an_unknown_log_level_is_refused_naming_it_not_a_traceback(
+    raw: str, tmp_path: Path
+) -> None:
+    """logging.setLevel raised ValueError: Unknown level, a traceback from every command."""
+    result = cli("config", "show", cwd=tmp_path, env=clean_env(AUTOPACK_LOG_LEVEL=raw))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"AUTOPACK_LOG_LEVEL='{raw}': not a log level" in result.stderr, result.stderr
+
+
+def test_a_log_level_in_any_case_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOPACK_LOG_LEVEL", "debug")
+    assert load_settings().settings.autopack_log_level == "DEBUG"
 
 
 @pytest.mark.parametrize("raw", [" padded", "two words", "x" * 10_000])

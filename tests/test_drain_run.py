@@ -615,3 +615,22 @@ def test_a_phase_skipped_because_this_drains_phase_failed_says_why(tmp_path: Pat
     said = " ".join(result.stdout.split())
     assert "another drain" not in said, said
     assert "skipped meanwhile: blocked by p1 (FAILED)" in said, said
+
+
+def test_a_worker_id_no_claim_can_carry_is_refused_naming_it_not_a_hang(tmp_path: Path) -> None:
+    """Each worker built its claim before its error handling: a --worker-id longer than a
+    claim takes (200) killed every worker thread with a traceback, and the drain waited
+    for them for ever (even on a run with nothing left to do)."""
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/m.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(m_py="VALUE = 1\n"))])
+    result = drain(
+        *("run", "--run-id", "exec-run", "--worker-id", "w" * 300, "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "worker_id: String should have at most 200 characters" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr

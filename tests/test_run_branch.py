@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +85,28 @@ def test_a_gitignored_deliverable_is_committed_and_the_phase_completes(tmp_path:
     [attempt] = attempts(url, "p1")
     assert attempt["files_written"] == ["pkg/app.log"]
     assert attempt["commit_sha"] == git("rev-parse", f"autopack/{RUN}", cwd=ws)
+
+
+def test_a_drain_never_reads_the_terminal_it_runs_in(tmp_path: Path) -> None:
+    """A new workspace's first commit came from `git mktree`, which read the drain's
+    standard input: at a terminal the drain waited for Ctrl-D, and failed with git_error
+    "input format error" on whatever had been typed."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/out.txt"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(out_txt="done\n"))])
+    done = subprocess.run(
+        [sys.executable, "-m", "autopack", "drain", *_args(tmp_path / "new-ws", tape), "--json"],
+        input="typed at the terminal meanwhile\n",
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(tmp_path / "new-ws", "pkg/out.txt") == "done\n"
 
 
 def test_a_stale_executor_never_deletes_or_replaces_completed_work(tmp_path: Path) -> None:

@@ -129,6 +129,17 @@ def test_several_api_processes_on_sqlite_are_refused_before_touching_it(tmp_path
     assert not database.exists()
 
 
+def test_more_api_processes_than_a_machine_runs_are_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """--workers 100000 on PostgreSQL forked API processes until the machine gave out.
+    (A database nobody answers for: were the flag let through, nothing could start.)"""
+    env = clean_env(DATABASE_URL="postgresql://postgres@127.0.0.1:1/autopack")
+    refused = cli("serve", "--workers", "100000", cwd=tmp_path, env=env, timeout=30)
+    assert refused.returncode == 2, refused.stderr
+    assert "Invalid value for '--workers'" in refused.stderr and "64" in refused.stderr
+
+
 def test_a_port_outside_1_to_65535_is_refused_not_bound_modulo_65536(tmp_path: Path) -> None:
     # uvicorn took --port 70000, said "running on :70000" and listened on 4464; -1 and 2**64
     # were an exit 3 (a schema error's code) from getaddrinfo, after the database opened

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from autopack.dburl import resolve_database_url
 from autopack.errors import IdentityMismatch, LeaseLost
 from autopack.executor.lease import Lease
 from autopack.runfile import load_run_file
+from tests.conftest import empty_sqlite
 from tests.executor_support import cassette, files, line, phase, rows, run_file
 from tests.support import Server, clean_env, cli, free_port
 from tests.test_auth import OPERATOR_TOKEN, TOKENS, WORKER_TOKEN
@@ -152,11 +155,37 @@ def test_no_server_at_the_url_is_exit_2_naming_it_and_creates_nothing(tmp_path: 
     url = f"http://127.0.0.1:{free_port()}"
     made = run_file(tmp_path, [phase("p1", ["pkg/m.py"])])
     for args in (["run", "create", str(made)], ["drain", "run", "--run-id", "exec-run"]):
-        result = cli(*args, cwd=tmp_path, env=_only_a_server(url))
+        result = cli(*args, cwd=tmp_path, env=_only_a_server(url, AUTOPACK_API_WAIT_SECONDS="1"))
         assert result.returncode == 2, (args, result.stdout + result.stderr)
         assert f"no Autopack API answers at {url}" in result.stderr
+        assert "waited 1 s (AUTOPACK_API_WAIT_SECONDS)" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert _empty(tmp_path) == [made.name], "nothing may be created"
+
+
+def test_an_executor_started_before_its_server_waits_for_it_saying_so(tmp_path: Path) -> None:
+    """An executor started with its server (or while a supervisor restarts it) exited 2
+    at once, "no Autopack API answers"; it now waits, saying so, and goes on."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "autopack", "run", "list"],
+        cwd=tmp_path,
+        env=_only_a_server(url, AUTOPACK_API_WAIT_SECONDS="60"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stderr is not None
+    for said in client.stderr:  # the server starts only once the client says it waits
+        if "api_server_waiting" in said:
+            break
+    assert f"url={url}" in said and "up_to_s=60" in said, said
+    served = clean_env(DATABASE_URL=empty_sqlite(tmp_path / "served.db"))
+    with Server(served, cwd=tmp_path, port=port):
+        out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert "0 of 0 run(s)" in out, out
 
 
 def test_a_pinned_instance_id_refuses_the_database_a_client_names_too(tmp_path: Path) -> None:

@@ -77,6 +77,20 @@ def parse_flag(value: object) -> bool:
 
 Flag = Annotated[bool, BeforeValidator(parse_flag)]
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(value: object) -> str:
+    """``AUTOPACK_LOG_LEVEL`` in any case, checked here: ``logging.setLevel`` turned an
+    unknown one (``verbose``, ``""``) into a ValueError traceback from every command."""
+    level = str(value).strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"not a log level: use one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+LogLevel = Annotated[str, BeforeValidator(parse_log_level)]
+
 
 def _cache_home() -> Path:
     """``$XDG_CACHE_HOME``, else ``~/.cache`` (read when settings are resolved, not on import)."""
@@ -97,6 +111,14 @@ class Settings(BaseSettings):
 
     database_url: str = Field(DEFAULT_DATABASE_URL, description="Database every part uses.")
     autopack_api_url: str | None = Field(None, description="API server executors attach to.")
+    autopack_api_wait_seconds: float = Field(
+        10.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long a command waits, saying so, for nothing answering at "
+        "AUTOPACK_API_URL to start answering (a server starting or restarting) before it "
+        "exits 2; 0: at once. A running drain rides out a restart as long (10 s).",
+    )
     autopack_default_api_port: int = Field(
         DEFAULT_API_PORT,
         ge=1,
@@ -216,7 +238,7 @@ class Settings(BaseSettings):
         "(separated by ';'); checks with shell operators are refused. Unset: any check.",
     )
     autopack_otel: Flag = Field(False, description="Export OpenTelemetry GenAI spans/metrics.")
-    autopack_log_level: str = Field("INFO", description="Log level.")
+    autopack_log_level: LogLevel = Field("INFO", description="Log level (any case).")
     autopack_log_format: Literal["text", "json"] = Field("text", description="Log line format.")
 
     @field_validator("database_url")

@@ -57,6 +57,7 @@ from pydantic import SecretStr
 from autopack import redact
 from autopack.client import ApiClient
 from autopack.config import Settings, child_env
+from autopack.contract import Health
 from autopack.errors import IdentityMismatch, ServerUnavailable
 from autopack.identity import DbIdentity, PublicIdentity
 from autopack.logs import log_event
@@ -69,6 +70,8 @@ Own = Literal["thread", "process"]
 SPAWN_ATTEMPTS = 3
 STOP_GRACE_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 30.0
+WAIT_POLL_SECONDS = 0.25
+"""How often a command waiting for its AUTOPACK_API_URL server knocks again."""
 PROBE_TIMEOUT = httpx.Timeout(3.0)
 """How long the default port's server may take to answer /health before we start our own."""
 
@@ -158,7 +161,8 @@ def _attach(
         connect_retries=0 if probing else 2,
         timeout=PROBE_TIMEOUT if probing else DEFAULT_TIMEOUT,
     ) as probe:
-        health = probe.verify_identity(identity, instance_id=settings.autopack_expected_instance_id)
+        wait = 0.0 if probing else settings.autopack_api_wait_seconds
+        health = _handshake(probe, identity, settings, wait)
     database = identity or health.database
     client = ApiClient(url, token=token, proved=database)
     log_event(
@@ -170,6 +174,42 @@ def _attach(
         database=database.location,
     )
     return client, database
+
+
+def _handshake(
+    probe: ApiClient, identity: DbIdentity | None, settings: Settings, wait: float
+) -> Health:
+    """The identity handshake, tried again for up to ``wait`` seconds while nothing answers
+    at the URL. An executor started with its server, or while a supervisor restarts it,
+    exited 2 at once; a running one rides out the same restart (transport.RETRY_SECONDS).
+    Only silence is waited for: a server that answers wrongly is refused at once."""
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            return probe.verify_identity(
+                identity, instance_id=settings.autopack_expected_instance_id
+            )
+        except ServerUnavailable as exc:
+            silent = isinstance(exc.__cause__, httpx.TransportError)
+            if not silent or time.monotonic() >= deadline:
+                if not said:
+                    raise
+                raise ServerUnavailable(
+                    f"{exc.message}; waited {wait:g} s (AUTOPACK_API_WAIT_SECONDS)",
+                    **exc.details,
+                ) from exc
+            if not said:
+                log_event(
+                    logger,
+                    "api_server_waiting",
+                    logging.WARNING,
+                    url=probe.base_url,
+                    reason=exc.message,
+                    up_to_s=wait,
+                )
+                said = True
+            time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
 # -- our own server, in a thread -----------------------------------------------------------

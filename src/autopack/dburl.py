@@ -46,6 +46,14 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
                 "PGDATABASE), which another machine or shell resolves differently: name it, "
                 "e.g. postgresql://user@host:5432/autopack"
             )
+        if "@" in (url.host or ""):
+            # postgresql://u:p@ss@host parses as password 'p', host 'ss@host': every
+            # message naming the host (config show, doctor, connection errors) showed the
+            # rest of the password.
+            raise ValueError(
+                "its password holds a raw '@' (which cannot be told from the one before the "
+                "host): percent-encode each '@' in the password as %40 (p@ss: p%40ss)"
+            )
         url = url.set(drivername="postgresql+psycopg")
     else:
         raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
@@ -53,8 +61,13 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password hidden: safe for logs and terminals."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with its password hidden: safe for logs and terminals. A password holding a
+    raw ``@`` (refused by :func:`resolve_database_url`, but shown where the raw setting is
+    named) parses as partly the host: hidden up to the host's last ``@``."""
+    parsed = make_url(url)
+    if "@" in (parsed.host or ""):
+        parsed = parsed.set(password="***", host=(parsed.host or "").rsplit("@", 1)[1])
+    return parsed.render_as_string(hide_password=True)
 
 
 def public_url(url: str) -> str:

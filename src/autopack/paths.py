@@ -104,11 +104,14 @@ def inside_any(path: str, containers: Iterable[str]) -> bool:
 def absolute(path: Path, what: str) -> Path:
     """``path`` made absolute with its symlinks resolved, for a path a person gave; one that
     cannot be resolved (a symlink loop) is a ConfigError naming ``what`` and the path,
-    never a traceback."""
+    never a traceback. Nor is a name longer than the file system holds: resolve() lets it
+    through, and the first exists() or is_dir() on it raised OSError (File name too long)."""
     try:
-        return path.resolve()
+        found = path.resolve()
+        found.exists()
     except (RuntimeError, OSError) as exc:  # a loop: RuntimeError before Python 3.13
         raise ConfigError(f"{what} {path} cannot be resolved: {exc}") from None
+    return found
 
 
 def resolved(root: Path, path: str) -> str | None:

@@ -424,7 +424,8 @@ def repository_option(value: str) -> str:
         remote = repository_from(Path.cwd(), value)
     except ValueError as exc:
         raise InvalidInput(f"--repo {exc}") from None
-    return str(paths.absolute(Path(remote), "--repo")) if Path(remote).exists() else remote
+    local = paths.absolute(Path(remote), "--repo")  # first: exists() raised on too long a name
+    return str(local) if local.exists() else remote
 
 
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>[^/]*)(?P<path>.*)", re.S)

@@ -151,7 +151,30 @@ def hoist_root_options(args: list[str]) -> list[str]:
                 continue
         rest.append(word)
         index += 1
+    _given_once(hoisted + args[:start])
     return hoisted + rest
+
+
+def _given_once(root_words: list[str]) -> None:
+    """Refuse a root flag given twice with different values: Click kept the last one, so
+    ``autopack --database-url PROD run cancel R --database-url TEST`` (an alias, then a
+    flag after the command) cancelled R in PROD without a word."""
+    values: dict[str, list[str]] = {}
+    index = 0
+    while index < len(root_words):
+        name, equals, value = root_words[index].partition("=")
+        if name in ROOT_OPTIONS:
+            if not equals and index + 1 < len(root_words):
+                index += 1
+                value = root_words[index]
+            values.setdefault(name, []).append(value)
+        index += 1
+    for name, given in values.items():
+        if len(set(given)) > 1:
+            from autopack.errors import InvalidInput
+
+            shown = " and ".join(repr(value) for value in dict.fromkeys(given))
+            raise InvalidInput(f"{name} is given more than once, as {shown}: give it once")
 
 
 class LazyGroup(TyperGroup):

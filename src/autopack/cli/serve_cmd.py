@@ -19,7 +19,12 @@ def serve(
         None, min=1, max=65535, help="Port (default: AUTOPACK_DEFAULT_API_PORT, 8000)."
     ),
     workers: int = typer.Option(
-        1, min=1, help="API processes (more than one needs PostgreSQL); one per core is plenty."
+        1,
+        min=1,
+        # unbounded, --workers 100000 forked API processes until the machine (or
+        # PostgreSQL's connection limit) gave out
+        max=64,
+        help="API processes (more than one needs PostgreSQL); one per core is plenty.",
     ),
 ) -> None:
     """Serve the control plane API (same as `uvicorn autopack.main:app`).

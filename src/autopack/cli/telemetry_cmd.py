@@ -247,9 +247,12 @@ def calibrate_cmd(
     from autopack.estimation.estimator import TokenEstimator
     from autopack.estimation.render import render_calibration, render_diff
     from autopack.llm.pricing import price_table
+    from autopack.paths import absolute
 
     cli = state(ctx)
     settings = cli.settings
+    if write is not None:
+        absolute(write, "--write")  # a path no file can have: exit 2 naming it, up front
     if plot is not None:
         refuse_plot_over_estimator(plot, write, settings.autopack_estimator_file)
     client = cli.client()

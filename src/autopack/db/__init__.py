@@ -88,6 +88,9 @@ class Database:
 def cannot_open(url: str, exc: DBAPIError) -> ConfigError:
     """A driver's connection failure as the one-line error every command shows (exit 2)."""
     reason = str(exc.orig) if exc.orig is not None else str(exc)
+    file = sqlite_file(url)
+    if file is not None and not file.parent.is_dir():  # SQLite says "unable to open database file"
+        reason = f"the directory {file.parent} does not exist (create it, or fix the path)"
     return ConfigError(
         f"cannot open database {redact_url(url)}: {reason.strip()}", url=redact_url(url)
     )

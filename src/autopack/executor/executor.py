@@ -428,12 +428,12 @@ class AutonomousExecutor:
         errors: list[BaseException],
         finished: threading.Event,
     ) -> None:
-        claim_in = ClaimIn(
-            worker_id=f"{self.options.worker_id}/{index}",
-            lease_seconds=self.options.lease_seconds,
-            run_id=run_id,
-        )
-        try:
+        try:  # everything: a worker that raised before setting `finished` hung the drain
+            claim_in = ClaimIn(
+                worker_id=f"{self.options.worker_id}/{index}",
+                lease_seconds=self.options.lease_seconds,
+                run_id=run_id,
+            )
             while not (self.stopping.is_set() or self._run_over.is_set()):
                 if not self._claim_slot(-1):
                     return

@@ -84,7 +84,9 @@ def git(
             ["git", *IDENTITY, *_QUIET, *_MERGES, *args],
             cwd=cwd,
             env=environment,
-            input=input,
+            # never the user's terminal: `git mktree` (the empty tree of a new workspace)
+            # read it, so a drain waited for Ctrl-D and failed on whatever was typed
+            input=input if input is not None else b"",
             capture_output=True,
             timeout=TIMEOUT_SECONDS,
             check=False,

@@ -228,7 +228,7 @@ class RunRepository:
         head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=self.path, check=False)
         if head.returncode == 0:
             return head.stdout.decode().strip()
-        empty_tree = out("mktree", cwd=self.path)  # reads nothing: the empty tree
+        empty_tree = out("mktree", cwd=self.path)  # given no input: the empty tree
         return out("commit-tree", empty_tree, "-m", f"start {self.branch}", cwd=self.path)
 
     # -- the branch -----------------------------------------------------------------------
