@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -32,10 +34,25 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+PORTS_PER_WORKER = 4000
+_next_port = itertools.count(random.randrange(PORTS_PER_WORKER))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A loopback port free now that no other test process is handed: each pytest-xdist
+    worker takes the next of its own range below the kernel's ephemeral ports (32768 and
+    up). A port the kernel picked (bind to 0) was handed to a server of one worker and,
+    once closed, to another worker's or a command's own server: the second server failed
+    to bind, and the first answered its requests (a 401 from a server with tokens)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = 12000 + (int(worker) % 5 if worker.isdigit() else 0) * PORTS_PER_WORKER
+    while True:
+        port = first + next(_next_port) % PORTS_PER_WORKER
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use, or still closing: the next one
+                continue
         return port
 
 
