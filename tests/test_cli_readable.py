@@ -220,6 +220,21 @@ def _on_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int
     return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.decode(errors="replace"))
 
 
+def test_a_large_run_file_shows_what_it_waits_on(tmp_path: Path) -> None:
+    """A run file of megabytes takes seconds to read and to create, with nothing on the
+    screen: the command looked hung. On a terminal a spinner says which step it is on."""
+    long = "Write the module with care. " * 20
+    phases = [phase(f"p{i}", [f"pkg/m{i}.py"], description=long) for i in range(2000)]
+    definition = run_file(tmp_path, phases, run_id="big")
+    assert definition.stat().st_size > 1024 * 1024
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'autopack.db'}", COLUMNS="250")
+    code, drawn = _on_a_terminal(["run", "create", str(definition)], env, tmp_path)
+    assert code == 0, drawn
+    assert f"reading run file {definition}" in drawn
+    assert "creating run big" in drawn
+    assert "created run big: 1 tier(s), 2000 phase(s)" in drawn
+
+
 def test_the_live_display_shows_tokens_and_cost_next_to_the_bar(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(url, AUTOPACK_REPLAY_SPEED="1", COLUMNS="140")

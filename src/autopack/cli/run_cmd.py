@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from autopack import redact
-from autopack.cli._common import OK, check_named_repository, out, print_json, state
+from autopack.cli._common import OK, check_named_repository, err, out, print_json, state
 from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
 
@@ -63,12 +65,14 @@ def create(
     the run already exists). Creates the database if there is none yet, and says so."""
     from autopack.runfile import load_run_file
 
-    definition = load_run_file(Path(file))
+    with _working(err, f"reading run file {file}", Path(file)):
+        definition = load_run_file(Path(file))
     cli = state(ctx)
     cli.expected(create=True)
     client = cli.client()
     try:
-        run = client.create_run(definition)
+        with _working(err, f"creating run {definition.run_id}", Path(file)):
+            run = client.create_run(definition)
     except Conflict as exc:
         run_id = definition.run_id
         if "branch" in exc.details:  # another active run's branch, not this run's id
@@ -89,6 +93,20 @@ def create(
     if run.repository is not None:  # a relative path in the file: next to the file
         shown = redact.text(run.repository)  # a URL's password stays off the screen
         out.print(f"  repository {escape(shown)}", highlight=False, soft_wrap=True)
+
+
+LARGE_RUN_FILE_BYTES = 1024 * 1024
+"""A run file above this size takes seconds to read and to create (a 7 MB file of 40,000
+phases: about ten each), which a spinner then shows, so the command does not look hung."""
+
+
+def _working(console: Console, doing: str, file: Path) -> AbstractContextManager[object]:
+    """A spinner saying what a large run file is waiting on (on a terminal only)."""
+    try:
+        large = file.stat().st_size > LARGE_RUN_FILE_BYTES
+    except OSError:  # unreadable, or a pipe: reading it says why, or it is not large
+        large = False
+    return console.status(f"{doing}…") if large else nullcontext()
 
 
 @app.command("seed")
