@@ -63,22 +63,29 @@ def _provider(provider: str, url: str) -> AnthropicProvider | OpenAIProvider:
 PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
 
 
-@pytest.mark.parametrize("provider", sorted(PATHS))
-def test_a_redirect_loop_is_named_as_one(provider: str) -> None:
-    """A base URL redirecting to itself (a proxy misconfigured) failed as "unreachable at
-    URL: Connection error.", though the server answered every request: the SDK hides
-    the cause (httpx's TooManyRedirects, an SSL error, a hang-up); the message says it."""
-    loop = Raw([], 307, "text/plain", headers={"location": PATHS[provider]})
+def _refused(provider: str, replies: list[Raw]) -> tuple[LLMError, str]:
+    """The LLMError one call gets from a server answering ``replies``, and the URL it
+    called (the server's address and the provider's path)."""
     with RawServer() as server:
-        server.replies.extend([loop] * 30)
+        server.replies.extend(replies)
         live = _provider(provider, server.url)
         try:
             with pytest.raises(LLMError) as caught:
                 live.complete(make_request())
         finally:
             live.close()
-    said = caught.value.message
-    assert f"unreachable at {server.url}{PATHS[provider]}: " in said, said
+    return caught.value, f"{server.url}{PATHS[provider]}"
+
+
+@pytest.mark.parametrize("provider", sorted(PATHS))
+def test_a_redirect_loop_is_named_as_one(provider: str) -> None:
+    """A base URL redirecting to itself (a proxy misconfigured) failed as "unreachable at
+    URL: Connection error.", though the server answered every request: the SDK hides
+    the cause (httpx's TooManyRedirects, an SSL error, a hang-up); the message says it."""
+    loop = Raw([], 307, "text/plain", headers={"location": PATHS[provider]})
+    error, url = _refused(provider, [loop] * 30)
+    said = error.message
+    assert f"unreachable at {url}: " in said, said
     assert "(TooManyRedirects: Exceeded maximum allowed redirects.)" in said, said
 
 
@@ -92,17 +99,10 @@ def test_a_200_without_one_event_of_the_api_names_the_address(provider: str, raw
     """OPENAI_BASE_URL at a web page (or a server answering an empty 200) was told as "the
     stream carried no usage chunk (... upgrade the server)", naming neither the address
     nor what came back; Anthropic's message named no address either."""
-    with RawServer() as server:
-        server.replies.append(raw)
-        live = _provider(provider, server.url)
-        try:
-            with pytest.raises(LLMError) as caught:
-                live.complete(make_request())
-        finally:
-            live.close()
-    said = caught.value.message
-    assert caught.value.error_class == "MalformedResponse"
-    assert f"{server.url}{PATHS[provider]} answered 200, {raw.content_type}, with none" in said
+    error, url = _refused(provider, [raw])
+    said = error.message
+    assert error.error_class == "MalformedResponse"
+    assert f"{url} answered 200, {raw.content_type}, with none" in said
     assert "usage chunk" not in said, said
 
 
@@ -116,14 +116,7 @@ def test_an_error_page_instead_of_the_api_is_named_by_address_and_shown(
     named the address (only a 404 did)."""
     page = f"<html>\n  <h1>{status} Not Allowed</h1>\n</html>"
     reply = Raw([page], status, "text/html", headers={"x-should-retry": "false"})
-    with RawServer() as server:
-        server.replies.append(reply)
-        live = _provider(provider, server.url)
-        try:
-            with pytest.raises(LLMError) as caught:
-                live.complete(make_request())
-        finally:
-            live.close()
-    said = caught.value.message
-    assert f" {status} at {server.url}{PATHS[provider]}: " in said, said
+    error, url = _refused(provider, [reply])
+    said = error.message
+    assert f" {status} at {url}: " in said, said
     assert said.count(f"<h1>{status} Not Allowed</h1>") == 1, said
