@@ -120,6 +120,34 @@ def test_a_connection_lost_while_reading_the_cluster_is_not_another_database(
 
 
 @pytest.mark.postgres
+def test_a_read_the_server_keeps_ending_mid_statement_is_asked_again_past_the_tries(
+    pg_admin: str,
+) -> None:
+    """A server that ran our statement and then ended the connection is up: opening a
+    database under a terminator every tenth of a second failed on a loaded machine when
+    five opens in a row were ended so (``cannot open database``)."""
+    url = create_pg_database(pg_admin)
+    database = open_database(url, role="test", log=False)
+    try:
+        killed: list[int] = []
+
+        def kill_at_the_cluster_query(
+            conn: object, cursor: Any, statement: str, *_: object
+        ) -> None:
+            if "pg_control_system" in statement and len(killed) < 7:
+                killed.append(cursor.connection.info.backend_pid)
+                with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (killed[-1],))
+
+        event.listen(database.engine, "before_cursor_execute", kill_at_the_cluster_query)
+        identity = again_on_lost_connection(lambda: read_identity(database.engine), tries=5)
+        assert len(killed) == 7 and identity.fingerprint == database.identity.fingerprint
+    finally:
+        database.close()
+        drop_pg_database(pg_admin, url)
+
+
+@pytest.mark.postgres
 def test_a_drain_survives_postgres_dropping_the_api_connections(
     pg_admin: str, tmp_path: Path
 ) -> None:

@@ -19,7 +19,8 @@ from autopack.estimation.metrics import (
     underestimated,
     waste_ratio,
 )
-from autopack.estimation.report import estimation_report, render
+from autopack.estimation.render import render_report
+from autopack.estimation.report import estimation_report
 
 
 def test_point_metrics() -> None:
@@ -149,13 +150,13 @@ def test_report_json_and_table() -> None:
     assert data["strata"][1]["key"] == "tests/low/2-5"
     assert data["estimator_versions"] == {"v1": 4, "v1-cal-abc": 1}
     console = Console(width=200, record=True)
-    console.print(render(report))
+    console.print(render_report(report))
     text = console.export_text()
     assert "implementation/medium/1" in text
     assert "tests/low/2-5" in text
     overall_line = next(line for line in text.splitlines() if "overall" in line)
-    assert "20%" in overall_line  # truncation rate
-    assert "75%" in overall_line  # underestimation rate
+    assert "20 %" in overall_line  # truncation rate
+    assert "75 %" in overall_line  # underestimation rate
 
 
 def test_empty_report() -> None:
@@ -164,4 +165,4 @@ def test_empty_report() -> None:
     assert report.overall.underestimation_rate is None
     assert report.overall.waste_p50 is None
     assert report.strata == ()
-    Console(record=True).print(render(report))
+    Console(record=True).print(render_report(report))

@@ -7,13 +7,16 @@ route answer 5xx, a report or ``telemetry calibrate`` crash, or the totals lie.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine
 
+from autopack.db.models import Base
 from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
 
@@ -57,12 +60,31 @@ def post(server: Server, route: str, body: dict[str, Any]) -> httpx.Response:
     )
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    url = empty_sqlite(tmp_path / "autopack.db")
-    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as running:
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module: starting one per test was most of this file's time."""
+    workdir = tmp_path_factory.mktemp("telemetry-hostile")
+    url = empty_sqlite(workdir / "autopack.db")
+    with Server(clean_env(DATABASE_URL=url), cwd=workdir) as running:
         running.database_url = url  # type: ignore[attr-defined]
         yield running
+        log = running.output()
+    assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def server(shared_server: Server) -> Server:
+    """The module's server over a database holding no row but its identity, as a fresh one."""
+    url = shared_server.database_url  # type: ignore[attr-defined]
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for table in reversed(Base.metadata.sorted_tables):
+                if table.name != "db_meta":
+                    connection.execute(table.delete())
+    finally:
+        engine.dispose()
+    return shared_server
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def usage_table(usage: list[UsageSummaryRow]) -> Table:
 
 def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False) -> None:
     """Usage by run/model/role and the estimator's accuracy per stratum."""
-    from autopack.estimation.report import render
+    from autopack.estimation.render import render_report
 
     if run_id is not None:  # a mistyped id: "not found in database …", not "no telemetry"
         client.get_run(run_id)
@@ -92,7 +92,7 @@ def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False
     if any(row.replayed for row in summary.usage):
         line += f"; replayed calls (not billed) would have cost ${replayed:.4f}"
     out.print(line, highlight=False)
-    out.print(render(report))
+    out.print(render_report(report))
 
 
 def replayed_attempts(client: ApiClient, run_id: str | None) -> set[tuple[str, str, int]]:

@@ -26,7 +26,7 @@ from autopack.control.leases import holds_lease, reclaim_expired
 from autopack.db import Database
 from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
-from autopack.db.claim import CLAIM
+from autopack.db.claim import claim_statement
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, InvalidInput
@@ -135,7 +135,6 @@ def _asked_for(request: ClaimIn) -> str:
 
 def _next_claimable(tx: Tx, request: ClaimIn, excluded_runs: set[str]) -> RowMapping | None:
     """Pick (on PostgreSQL: lock, skipping rows other claimers hold) the next phase."""
-    shape = (tx.pg, request.run_id is not None, request.phase_id is not None, bool(excluded_runs))
     params: dict[str, Any] = {"b_now": tx.now}
     if request.run_id is not None:
         params["b_run"] = request.run_id
@@ -143,7 +142,13 @@ def _next_claimable(tx: Tx, request: ClaimIn, excluded_runs: set[str]) -> RowMap
         params["b_phase"] = request.phase_id
     if excluded_runs:
         params["b_excluded"] = sorted(excluded_runs)
-    return tx.row(CLAIM[shape], params)
+    statement = claim_statement(
+        pg=tx.pg,
+        by_run=request.run_id is not None,
+        by_phase=request.phase_id is not None,
+        excluding=bool(excluded_runs),
+    )
+    return tx.row(statement, params)
 
 
 def _start_attempt(

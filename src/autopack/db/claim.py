@@ -7,6 +7,7 @@ other statements live in :mod:`autopack.db.statements`.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, exists, or_, select
@@ -17,6 +18,7 @@ from autopack.states import PHASE_ACTIVE, RUN_ACTIVE, PhaseState, TierState
 P = PhaseState
 
 
+@cache
 def claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool) -> Select[Any]:
     """The claim query: the next claimable phase with its run's columns (``r__*``) and its
     tier's state, in claim order; and ``leases_expired``: whether any lease anywhere has
@@ -31,6 +33,9 @@ def claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool) 
     a run_id the ``ix_phases_run_queue`` index yields rows already in that order, so the
     scan stops at the first free phase. PostgreSQL locks the row it returns and skips rows
     other claimers hold (``FOR UPDATE OF phases SKIP LOCKED``).
+
+    Built once per shape, on first use (cached): building all sixteen at import cost every
+    process that loads the control plane, CLI commands included, a noticeable start.
     """
     earlier_tier = TIERS.alias("earlier_tier")
     own_tier = TIERS.alias("own_tier")
@@ -93,15 +98,3 @@ def claim_statement(*, pg: bool, by_run: bool, by_phase: bool, excluding: bool) 
     if pg:
         statement = statement.with_for_update(skip_locked=True, of=PHASES)
     return statement
-
-
-CLAIM = {
-    (pg, by_run, by_phase, excluding): claim_statement(
-        pg=pg, by_run=by_run, by_phase=by_phase, excluding=excluding
-    )
-    for pg in (False, True)
-    for by_run in (False, True)
-    for by_phase in (False, True)
-    for excluding in (False, True)
-}
-"""The claim query in each of its shapes, keyed (pg, by_run, by_phase, excluding)."""

@@ -108,22 +108,37 @@ def connection_lost(exc: DBAPIError | InvalidRequestError) -> bool:
     return code.startswith("08") or code in CONNECTION_SQLSTATES
 
 
+LOST_READ_PATIENCE_SECONDS = 10.0
+"""How long a read whose connections a reachable server keeps ending is asked again."""
+
+
 def again_on_lost_connection(read: Callable[[], T], tries: int = 5) -> T:
     """``read()``, again on a new connection when the server ended ours (a restart, a
     failover, ``pg_terminate_backend``) mid-read or while it was being set up (then
     psycopg has no SQLSTATE to tell it from a refused connection, so a database that
-    cannot be reached at all is asked again too: about a second more before saying so).
+    cannot be reached at all is asked again too: ``tries`` times in a row, about a second
+    more before saying so). A server that ended a connection after running a statement on
+    it is up: that is asked again for :data:`LOST_READ_PATIENCE_SECONDS` however often it
+    happens, since a count of tries was what a server terminating connections every
+    tenth of a second exhausted (an open on a loaded machine failed five times in a row).
     For reads outside :func:`run_transaction`: opening a database, ``/health``. A checkout
     the pool gave up on (:data:`CHECKOUT_EXHAUSTED`, every backend terminated at once) is
     one too: it answered /health 503 to executors joining a drain while the database was up."""
-    for attempt in range(1, tries + 1):
+    deadline = time.monotonic() + LOST_READ_PATIENCE_SECONDS
+    unanswered = 0
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return read()
         except (DBAPIError, InvalidRequestError) as exc:
-            if not connection_lost(exc) or attempt == tries:
+            if not connection_lost(exc):
                 raise
-            time.sleep(0.1 * attempt)
-    raise AssertionError("unreachable")
+            answered = isinstance(exc, DBAPIError) and exc.statement is not None
+            unanswered = 0 if answered else unanswered + 1
+            if unanswered == tries or time.monotonic() > deadline:
+                raise
+            time.sleep(min(0.1 * attempt, 0.5))
 
 
 def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:

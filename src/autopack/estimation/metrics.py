@@ -9,10 +9,10 @@ dropping the bounds or trusting them.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 UNDERESTIMATE_FACTOR = 1.1
 """An estimate is *under* when the actual output exceeds it by more than 10 %."""
@@ -39,10 +39,16 @@ def underestimated(actual: float, pred: float) -> bool:
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile with linear interpolation (numpy's default); ``None`` when empty."""
+    """The ``q`` quantile interpolated linearly between ranks (numpy's default); ``None``
+    when empty. Plain Python: the API's report needs only this, and numpy would cost every
+    server start."""
     if not values:
         return None
-    return float(np.quantile(np.asarray(values, dtype=float), q))
+    ordered = sorted(float(value) for value in values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
 
 
 def p50(values: Sequence[float]) -> float | None:
@@ -54,7 +60,7 @@ def p90(values: Sequence[float]) -> float | None:
 
 
 def mean(values: Sequence[float]) -> float | None:
-    return float(np.mean(values)) if values else None
+    return statistics.fmean(values) if values else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What ``autopack telemetry calibrate`` prints, as Rich renderables that never parse markup.
+"""What ``telemetry report`` and ``calibrate`` print, as Rich renderables that never parse markup.
 
 Every piece of data (model names, strata, versions, the diff) goes in as a ``Text`` object,
 never as a markup string: a line like ``"[v1] notes"`` or a model called ``[bold]x`` must be
@@ -13,14 +13,19 @@ from rich.text import Text
 
 from autopack.estimation.calibrate import CalibrationResult, rate_text
 from autopack.estimation.evaluate import Scores
+from autopack.estimation.report import EstimationReport
 
 
 def _t(value: object, style: str = "") -> Text:
     return Text(str(value), style=style)
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _times(value: float | None) -> str:
@@ -137,3 +142,38 @@ def render_diff(result: CalibrationResult) -> Text:
             style = "red"
         text.append(line, style=style)
     return text
+
+
+def render_report(report: EstimationReport) -> Table:
+    """The accuracy table of ``telemetry report``: a line per stratum, the overall one last."""
+    table = Table(title="Token estimator accuracy", show_footer=False)
+    for name in (
+        "stratum",
+        "n",
+        "exact",
+        "trunc",
+        "under",
+        "p90 cov",
+        "waste p50",
+        "waste p90",
+        "SMAPE mean",
+        "SMAPE med",
+        "floor",
+    ):
+        table.add_column(name, justify="left" if name == "stratum" else "right")
+    for stats in (*report.strata, report.overall):
+        table.add_row(
+            _t(stats.key),
+            str(stats.n),
+            str(stats.n_exact),
+            _pct(stats.truncation_rate, 0),
+            _pct(stats.underestimation_rate, 0),
+            _pct(stats.p90_coverage, 0),
+            _num(stats.waste_p50),
+            _num(stats.waste_p90),
+            _num(stats.smape_mean, 1),
+            _num(stats.smape_median, 1),
+            _pct(stats.floor_rate, 0),
+            style="bold" if stats is report.overall else None,
+        )
+    return table

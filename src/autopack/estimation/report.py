@@ -22,9 +22,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rich.console import RenderableType
-from rich.table import Table
-
 from autopack.estimation.estimator import stratum_key
 from autopack.estimation.metrics import mean, p50, p90, smape, underestimated
 
@@ -133,46 +130,3 @@ def stratum_stats(key: str, rows: list[Event]) -> StratumStats:
         floor_rate=floor / n if n else None,
         ceiling_rate=ceiling / n if n else None,
     )
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def render(report: EstimationReport) -> RenderableType:
-    """A Rich table: one line per stratum, the overall line last."""
-    table = Table(title="Token estimator accuracy", show_footer=False)
-    for name in (
-        "stratum",
-        "n",
-        "exact",
-        "trunc",
-        "under",
-        "p90 cov",
-        "waste p50",
-        "waste p90",
-        "SMAPE mean",
-        "SMAPE med",
-        "floor",
-    ):
-        table.add_column(name, justify="left" if name == "stratum" else "right")
-    for stats in (*report.strata, report.overall):
-        table.add_row(
-            stats.key,
-            str(stats.n),
-            str(stats.n_exact),
-            _pct(stats.truncation_rate),
-            _pct(stats.underestimation_rate),
-            _pct(stats.p90_coverage),
-            _num(stats.waste_p50),
-            _num(stats.waste_p90),
-            _num(stats.smape_mean, 1),
-            _num(stats.smape_median, 1),
-            _pct(stats.floor_rate),
-            style="bold" if stats is report.overall else None,
-        )
-    return table

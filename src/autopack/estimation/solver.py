@@ -15,10 +15,53 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from autopack.estimation.stats import LOG_SQRT_2PI, hazard, log_sf
-
 Vector = NDArray[np.float64]
 Matrix = NDArray[np.float64]
+
+_LOG_HALF = math.log(0.5)
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+_ERFCC = (
+    -1.26551223,
+    1.00002368,
+    0.37409196,
+    0.09678418,
+    -0.18628806,
+    0.27886807,
+    -1.13520398,
+    1.48851587,
+    -0.82215223,
+    0.17087277,
+)
+
+
+def _log_erfc_positive(x: Vector) -> Vector:
+    """log(erfc(x)) for x >= 0 (Numerical Recipes ``erfcc``), relative error < 1.2e-7.
+
+    Computed in log space, so it stays finite where erfc itself underflows: a censored
+    observation far below its prediction must still have a usable gradient.
+    """
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = np.zeros_like(t)
+    for coefficient in reversed(_ERFCC):
+        poly = poly * t + coefficient
+    result: Vector = np.log(t) - x * x + poly
+    return result
+
+
+def log_sf(z: Vector) -> Vector:
+    """log P(Z > z) for a standard normal Z, stable for large |z| (the censored term)."""
+    x = np.abs(z) / math.sqrt(2.0)
+    log_tail = _LOG_HALF + _log_erfc_positive(x)
+    upper = np.log1p(-np.exp(log_tail))
+    result: Vector = np.where(z >= 0, log_tail, upper)
+    return result
+
+
+def hazard(z: Vector) -> Vector:
+    """phi(z) / P(Z > z): the inverse Mills ratio, the censored term's derivative."""
+    result: Vector = np.exp(-0.5 * z * z - LOG_SQRT_2PI - log_sf(z))
+    return result
 
 
 class Objective:
