@@ -87,6 +87,22 @@ def test_help_and_version_load_no_database_or_web_code(args: list[str]) -> None:
     assert loaded == "LOADED ", f"{args} imported {loaded[7:]}"
 
 
+def test_the_api_server_loads_no_numpy_rich_or_llm_sdk() -> None:
+    """Every CLI command starts the API in its process and every drain spawns one: numpy
+    (with its thread pool) and Rich at import cost each of them about a fifth of its
+    start's CPU (BENCHMARKS.md, "Process start")."""
+    probe = (
+        "import sys\nimport autopack.main\n"
+        "heavy = {'numpy', 'rich', 'anthropic', 'openai', 'matplotlib'}\n"
+        "print('LOADED', ','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=clean_env(), check=True
+    )
+    [loaded] = [line for line in result.stdout.splitlines() if line.startswith("LOADED")]
+    assert loaded == "LOADED ", f"the API server imported {loaded[7:]}"
+
+
 def test_root_flags_work_after_the_command(tmp_path: Path) -> None:
     shown = cli("config", "show", "--json", "--database-url", "sqlite:///flag.db", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
