@@ -21,7 +21,7 @@ demo: $(STAMP)  ## the main job: drain a run end to end on SQLite with the offli
 # two cores (measured: 9 minutes instead of 15 on a slow day of the CI machine); an idle
 # worker steals queued tests from the busy one, so both finish together.
 test: $(STAMP)  ## the whole test suite, SQLite and PostgreSQL
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench tools
