@@ -71,36 +71,31 @@ def test_the_command_list_says_what_each_command_says_of_itself() -> None:
         assert own == summary, name
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["drain", "run", "--help"]])
-def test_help_and_version_load_no_database_or_web_code(args: list[str]) -> None:
-    probe = (
-        "import sys\nfrom autopack.cli import main\n"
-        f"main({args!r})\n"
-        "heavy = {'sqlalchemy', 'alembic', 'fastapi', 'uvicorn', 'httpx', 'numpy', "
-        "'anthropic', 'openai', 'pydantic_settings'}\n"
-        "print('LOADED', ','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
-    )
+def _heavy_loaded(code: str, heavy: set[str]) -> list[str]:
+    """Which of the packages ``heavy`` a fresh interpreter running ``code`` has loaded."""
+    loaded = "{m.split('.')[0] for m in sys.modules}"
+    probe = f"import sys\n{code}\nprint('LOADED', *sorted({loaded} & set({sorted(heavy)!r})))"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=clean_env(), check=True
     )
     [loaded] = [line for line in result.stdout.splitlines() if line.startswith("LOADED")]
-    assert loaded == "LOADED ", f"{args} imported {loaded[7:]}"
+    return loaded.split()[1:]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["drain", "run", "--help"]])
+def test_help_and_version_load_no_database_or_web_code(args: list[str]) -> None:
+    heavy = {"sqlalchemy", "alembic", "fastapi", "uvicorn", "httpx", "numpy", "anthropic"}
+    heavy |= {"openai", "pydantic_settings"}
+    code = f"from autopack.cli import main\nmain({args!r})"
+    assert _heavy_loaded(code, heavy) == [], args
 
 
 def test_the_api_server_loads_no_numpy_rich_or_llm_sdk() -> None:
     """Every CLI command starts the API in its process and every drain spawns one: numpy
     (with its thread pool) and Rich at import cost each of them about a fifth of its
     start's CPU (BENCHMARKS.md, "Process start")."""
-    probe = (
-        "import sys\nimport autopack.main\n"
-        "heavy = {'numpy', 'rich', 'anthropic', 'openai', 'matplotlib'}\n"
-        "print('LOADED', ','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=clean_env(), check=True
-    )
-    [loaded] = [line for line in result.stdout.splitlines() if line.startswith("LOADED")]
-    assert loaded == "LOADED ", f"the API server imported {loaded[7:]}"
+    heavy = {"numpy", "rich", "anthropic", "openai", "matplotlib"}
+    assert _heavy_loaded("import autopack.main", heavy) == []
 
 
 def test_root_flags_work_after_the_command(tmp_path: Path) -> None:

@@ -89,6 +89,21 @@ def test_opening_a_database_whose_connections_are_being_terminated_succeeds(
         drop_pg_database(pg_admin, url)
 
 
+def _kill_at_the_cluster_query(database: Database, pg_admin: str, times: int) -> list[int]:
+    """Terminate the backend of each of the next ``times`` reads of the cluster's
+    system_identifier, as it runs; the pids killed so far."""
+    killed: list[int] = []
+
+    def kill(conn: object, cursor: Any, statement: str, *_: object) -> None:
+        if "pg_control_system" in statement and len(killed) < times:
+            killed.append(cursor.connection.info.backend_pid)
+            with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (killed[-1],))
+
+    event.listen(database.engine, "before_cursor_execute", kill)
+    return killed
+
+
 @pytest.mark.postgres
 def test_a_connection_lost_while_reading_the_cluster_is_not_another_database(
     pg_admin: str,
@@ -99,17 +114,7 @@ def test_a_connection_lost_while_reading_the_cluster_is_not_another_database(
     url = create_pg_database(pg_admin)
     database = open_database(url, role="test", log=False)
     try:
-        killed: list[int] = []
-
-        def kill_at_the_cluster_query(
-            conn: object, cursor: Any, statement: str, *_: object
-        ) -> None:
-            if "pg_control_system" in statement and not killed:
-                killed.append(cursor.connection.info.backend_pid)
-                with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (killed[0],))
-
-        event.listen(database.engine, "before_cursor_execute", kill_at_the_cluster_query)
+        killed = _kill_at_the_cluster_query(database, pg_admin, times=1)
         with pytest.raises(DBAPIError) as caught:
             read_identity(database.engine)
         assert killed and connection_lost(caught.value)
@@ -129,17 +134,7 @@ def test_a_read_the_server_keeps_ending_mid_statement_is_asked_again_past_the_tr
     url = create_pg_database(pg_admin)
     database = open_database(url, role="test", log=False)
     try:
-        killed: list[int] = []
-
-        def kill_at_the_cluster_query(
-            conn: object, cursor: Any, statement: str, *_: object
-        ) -> None:
-            if "pg_control_system" in statement and len(killed) < 7:
-                killed.append(cursor.connection.info.backend_pid)
-                with psycopg.connect(_pg_conninfo(pg_admin), autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (killed[-1],))
-
-        event.listen(database.engine, "before_cursor_execute", kill_at_the_cluster_query)
+        killed = _kill_at_the_cluster_query(database, pg_admin, times=7)
         identity = again_on_lost_connection(lambda: read_identity(database.engine), tries=5)
         assert len(killed) == 7 and identity.fingerprint == database.identity.fingerprint
     finally:
