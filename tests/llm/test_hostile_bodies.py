@@ -108,6 +108,52 @@ def test_boolean_token_counts_are_malformed_not_counted(kind: str, usage: dict[s
     assert "usage" in caught.value.message
 
 
+COUNTED = {"input_tokens": 10, "output_tokens": 5}
+PROMPTED = {"prompt_tokens": 10, "completion_tokens": 5}
+
+
+@pytest.mark.parametrize(
+    ("kind", "usage"),
+    [
+        (ANTHROPIC, {**COUNTED, "cache_read_input_tokens": 1e30}),
+        (ANTHROPIC, {**COUNTED, "cache_creation_input_tokens": 2.5}),
+        (ANTHROPIC, {**COUNTED, "cache_read_input_tokens": "3"}),
+        (OPENAI, {**PROMPTED, "prompt_tokens_details": {"cached_tokens": 1e30}}),
+        (OPENAI, {**PROMPTED, "prompt_tokens_details": {"cache_write_tokens": float("inf")}}),
+        (OPENAI, {**PROMPTED, "prompt_tokens_details": {"cached_tokens": [1]}}),
+    ],
+    ids=str,
+)
+def test_a_cache_count_that_is_no_count_is_malformed_not_zero(
+    kind: str, usage: dict[str, Any]
+) -> None:
+    """A cache count of 1e30 (or "3", or 2.5) was read as zero: the call billed short."""
+    with pytest.raises(LLMError) as caught:
+        parse(kind, body(kind, usage=usage))
+    assert caught.value.error_class == "MalformedResponse"
+    assert "usage" in caught.value.message
+
+
+def test_a_whole_float_cache_count_is_that_count() -> None:
+    usage = {**COUNTED, "cache_read_input_tokens": 4.0}
+    counted = parse(ANTHROPIC, body(ANTHROPIC, usage=usage)).usage
+    assert (counted.cache_read_tokens, counted.input_tokens) == (4, 14)
+
+
+def test_a_live_server_reporting_a_cache_count_beyond_any_is_refused() -> None:
+    answer = openai_completion("x")
+    answer["usage"]["prompt_tokens_details"] = {"cached_tokens": 1e30}  # JSON's 1e+30
+    with WireServer() as wire:
+        wire.script(OPENAI_PATH, Reply(200, answer))
+        provider = OpenAIProvider(api_key="k", base_url=wire.url + "/v1", max_retries=0)
+        try:
+            with pytest.raises(LLMError) as caught:
+                provider.complete(make_request(model="gpt-6-luna"))
+        finally:
+            provider.close()
+    assert caught.value.error_class == "MalformedResponse"
+
+
 @pytest.mark.parametrize(
     ("kind", "changes", "named"),
     [

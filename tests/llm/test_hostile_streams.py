@@ -205,6 +205,16 @@ IMPOSSIBLE_USAGE: dict[str, tuple[str, Sequence[str | bytes]]] = {
         ),
     ),
     "openai negative": ("openai", o_stream(usage={"prompt_tokens": -10, "completion_tokens": -20})),
+    "openai cache count 2.5": (
+        "openai",
+        o_stream(
+            usage={
+                "prompt_tokens": 10,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 2.5},
+            }
+        ),
+    ),
     "openai 2**70": (
         "openai",
         o_stream(usage={"prompt_tokens": 2**70, "completion_tokens": 2**70}),
@@ -227,6 +237,17 @@ def test_impossible_usage_is_refused_as_malformed(name: str) -> None:
     provider, chunks = IMPOSSIBLE_USAGE[name]
     with pytest.raises(LLMError) as caught:
         complete(provider, Raw(chunks))
+    assert caught.value.error_class == "MalformedResponse"
+    assert "usage" in caught.value.message
+
+
+# The SDK's stream accumulator dumps the snapshot itself and warns of the float first.
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+def test_a_streamed_cache_count_that_is_no_count_is_malformed_not_zero() -> None:
+    """A cache count of 1e30 was read as zero: the call billed short."""
+    usage = {"input_tokens": 10, "output_tokens": 1, "cache_read_input_tokens": 1e30}
+    with pytest.raises(LLMError) as caught:
+        complete("anthropic", Raw(a_stream(start_usage=usage)))
     assert caught.value.error_class == "MalformedResponse"
     assert "usage" in caught.value.message
 

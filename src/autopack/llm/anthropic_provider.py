@@ -38,6 +38,7 @@ from autopack.llm.base import (
     StreamInterrupted,
     StreamStalled,
     StreamText,
+    Usage,
     elapsed_ms,
     malformed,
     not_a_stream,
@@ -130,9 +131,7 @@ class AnthropicProvider:
                 except (anthropic.AnthropicError, STREAM_BROKEN, StreamStalled) as exc:
                     if not text.chars:
                         raise
-                    usage = (
-                        None if snapshot is None else anthropic_usage(snapshot.usage.model_dump())
-                    )
+                    usage = None if snapshot is None else _known_usage(snapshot)
                     raise text.interrupted(
                         label=LABEL,
                         provider=PROVIDER,
@@ -162,11 +161,11 @@ class AnthropicProvider:
                 provider=PROVIDER,
                 model=request.model,
                 reason="the stream ended without a stop reason",
-                usage=anthropic_usage(message.usage.model_dump()),
+                usage=_known_usage(message),
             )
         response = normalise(
             PROVIDER,
-            message.model_dump(mode="json", exclude_unset=True),
+            message.model_dump(mode="json", exclude_unset=True, warnings=False),
             request_model=request.model,
             request_id=request_id,
             latency_ms=elapsed_ms(text.started),
@@ -176,6 +175,15 @@ class AnthropicProvider:
 
 
 CACHE_CONTROL: CacheControlEphemeralParam = {"type": "ephemeral"}
+
+
+def _known_usage(message: SdkMessage) -> Usage | None:
+    """What a broken stream's snapshot reported of its usage; ``None`` when a count in it
+    is no count (the SDK builds the snapshot without validating it), as for no usage."""
+    try:
+        return anthropic_usage(message.usage.model_dump(warnings=False))
+    except ValueError:
+        return None
 
 
 def _system(request: LLMRequest) -> str | list[TextBlockParam] | anthropic.Omit:

@@ -141,8 +141,16 @@ def retryable_status(status_code: int | None) -> bool:
 
 
 def token_count(value: object) -> int:
-    """An optional token count from a response (absent or null means none were used)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """An optional token count from a response (absent or null means none were used; a
+    whole float such as ``1500.0`` is that count). Anything else present raises
+    ``ValueError``: a count of ``1e30`` or ``"12"`` read as zero billed the call short."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{value!r} is not a token count")
 
 
 def usage_problem(usage: Usage) -> str | None:

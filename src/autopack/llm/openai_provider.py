@@ -212,8 +212,8 @@ class _Accumulated:
             if value is not None:
                 self.head[key] = value
         usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self.usage = usage.model_dump(mode="json", exclude_unset=True)
+        if usage is not None:  # as sent (unvalidated, so no serializer warnings): read later
+            self.usage = usage.model_dump(mode="json", exclude_unset=True, warnings=False)
         # The one choice asked for: a server streaming others too (n > 1 by its own
         # default) had their text mixed into the answer.
         choices = getattr(chunk, "choices", None) or ()

@@ -132,8 +132,10 @@ def _usage(recorded: object) -> Usage | None:
     """The usage an interrupted stream's line recorded (what was known when it broke)."""
     if not isinstance(recorded, dict):
         return None
-    counts = {key: token_count(recorded.get(key)) for key in USAGE_KEYS}
-    return Usage(**counts)
+    try:
+        return Usage(**{key: token_count(recorded.get(key)) for key in USAGE_KEYS})
+    except ValueError:  # a count that is no count: nothing known, as for no usage at all
+        return None
 
 
 def _entry(raw: object, where: str, line: int) -> CassetteEntry:

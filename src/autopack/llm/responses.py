@@ -60,7 +60,10 @@ def normalise(
     )
     if not isinstance(data, Mapping):
         raise bad("body is not a JSON object")
-    read = _READERS[provider](data, bad)
+    try:
+        read = _READERS[provider](data, bad)
+    except ValueError as exc:  # an optional usage count that is no count
+        raise bad(f"usage: {exc}") from exc
     if (problem := usage_problem(read.usage)) is not None:
         raise bad(problem)
     return LLMResponse(
