@@ -96,6 +96,8 @@ def test_the_api_server_loads_no_numpy_rich_or_llm_sdk() -> None:
     start's CPU (BENCHMARKS.md, "Process start")."""
     heavy = {"numpy", "rich", "anthropic", "openai", "matplotlib"}
     assert _heavy_loaded("import autopack.main", heavy) == []
+    # nor does `telemetry report`'s table load the fit
+    assert _heavy_loaded("import autopack.estimation.render", {"numpy", "matplotlib"}) == []
 
 
 def test_root_flags_work_after_the_command(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from autopack.estimation.build import (
     fit_estimator,
 )
 from autopack.estimation.estimator import TokenEstimator
-from autopack.estimation.evaluate import Scored, Scores, by_key, score
+from autopack.estimation.evaluate import Scored, Scores, by_key, rate_text, score
 from autopack.estimation.fit import Move
 from autopack.estimation.rows import EstimationRow, PhaseObservation, phase_observations
 from autopack.estimation.stats import above_rate
@@ -127,16 +127,6 @@ def _holdout(
         strata=grouped("stratum"),
         models=grouped("family"),
     )
-
-
-def rate_text(scores: Scores) -> str:
-    """The truncation rate; a range when undecided phases could go either way."""
-    if scores.truncation is None:
-        return "-"
-    sure = (scores.truncated - scores.undecided) / scores.n
-    if scores.undecided == 0 or round(1000 * sure) == round(1000 * scores.truncation):
-        return f"{100 * scores.truncation:.1f} %"
-    return f"{100 * sure:.1f}–{100 * scores.truncation:.1f} %"
 
 
 def _times(value: float | None) -> str:

@@ -160,3 +160,13 @@ def by_key(items: Iterable[Scored], key: str) -> dict[str, list[Scored]]:
     for item in items:
         groups.setdefault(getattr(item, key), []).append(item)
     return dict(sorted(groups.items()))
+
+
+def rate_text(scores: Scores) -> str:
+    """The truncation rate; a range when undecided phases could go either way."""
+    if scores.truncation is None:
+        return "-"
+    sure = (scores.truncated - scores.undecided) / scores.n
+    if scores.undecided == 0 or round(1000 * sure) == round(1000 * scores.truncation):
+        return f"{100 * scores.truncation:.1f} %"
+    return f"{100 * sure:.1f}–{100 * scores.truncation:.1f} %"

@@ -7,13 +7,17 @@ printed as written, not eaten as a style tag. The printed diff had lost exactly 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from autopack.estimation.calibrate import CalibrationResult, rate_text
-from autopack.estimation.evaluate import Scores
+from autopack.estimation.evaluate import Scores, rate_text
 from autopack.estimation.report import EstimationReport
+
+if TYPE_CHECKING:  # ``telemetry report`` renders without loading the fit (numpy)
+    from autopack.estimation.calibrate import CalibrationResult
 
 
 def _t(value: object, style: str = "") -> Text:
