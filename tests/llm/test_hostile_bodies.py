@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from autopack.errors import LLMError
-from autopack.llm.base import LLMResponse
+from autopack.llm.base import LLMResponse, StreamInterrupted, Usage
 from autopack.llm.openai_provider import OpenAIProvider
 from autopack.llm.replay import ReplayProvider
 from autopack.llm.responses import ANTHROPIC, OPENAI, normalise
@@ -138,6 +138,33 @@ def test_a_whole_float_cache_count_is_that_count() -> None:
     usage = {**COUNTED, "cache_read_input_tokens": 4.0}
     counted = parse(ANTHROPIC, body(ANTHROPIC, usage=usage)).usage
     assert (counted.cache_read_tokens, counted.input_tokens) == (4, 14)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "usage"),
+    [
+        ({"input_tokens": 10.0, "output_tokens": 3}, Usage(10, 3)),
+        ({"input_tokens": 10, "output_tokens": 2.5}, None),
+        ({"input_tokens": 10, "cache_read_tokens": "4"}, None),
+    ],
+    ids=["whole float", "fraction", "text"],
+)
+def test_a_cassettes_broken_stream_usage_with_a_count_that_is_no_count_is_unknown(
+    tmp_path: Path, recorded: dict[str, Any], usage: Usage | None
+) -> None:
+    """Read as zero, such a count billed the broken stream short; unknown usage makes the
+    executor count the whole allowance."""
+    line = {
+        "match": {"run_id": "run-1", "phase_id": "phase-1", "attempt": 1, "role": "builder"},
+        "provider": ANTHROPIC,
+        "model": "m",
+        "error": {"message": "stream interrupted", "partial": "{", "usage": recorded},
+    }
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    with pytest.raises(StreamInterrupted) as caught:
+        ReplayProvider(path).complete(make_request())
+    assert caught.value.usage == usage
 
 
 def test_a_live_server_reporting_a_cache_count_beyond_any_is_refused() -> None:
