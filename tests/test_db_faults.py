@@ -28,7 +28,7 @@ from autopack.control import leases, telemetry
 from autopack.db import Database, open_database
 from autopack.db.identity import read_identity
 from autopack.db.transaction import again_on_lost_connection, connection_lost, run_transaction
-from autopack.errors import LeaseLost, ServerUnavailable
+from autopack.errors import Conflict, LeaseLost, ServerUnavailable
 from autopack.telemetry.events import LlmUsageIn, TelemetryEvent
 from autopack.telemetry.recorder import TelemetryRecorder
 from tests.conftest import _pg_conninfo, create_pg_database, drop_pg_database, empty_sqlite
@@ -244,6 +244,20 @@ def test_a_telemetry_event_sent_twice_is_stored_once(db: Database) -> None:
     assert len(telemetry.usage_events(db)) == 1
     telemetry.record(db, event.model_copy(update={"idempotency_key": None}))
     assert len(telemetry.usage_events(db)) == 2  # no key (an old executor): stored as sent
+
+
+def test_a_telemetry_key_reused_for_another_event_is_a_conflict(db: Database) -> None:
+    event = LlmUsageIn(run_id="r", role="builder", provider="p", model="m", success=True)
+    first = telemetry.record(db, event)
+    other_call = event.model_copy(update={"output_tokens": 900, "cost_usd": 0.5})
+    with pytest.raises(Conflict, match=f"{event.idempotency_key!r} was already used"):
+        telemetry.record(db, other_call)
+    assert [row.output_tokens for row in telemetry.usage_events(db)] == [None]
+    assert telemetry.record(db, event) == first  # the real retry still answers its row
+
+    with db.engine.begin() as connection:  # a row stored before its body had a digest
+        connection.execute(text("UPDATE llm_usage_events SET body_digest = NULL"))
+    assert telemetry.record(db, other_call) == first
 
 
 def test_telemetry_waits_in_a_queue_and_is_lost_only_at_the_end() -> None:

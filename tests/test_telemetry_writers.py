@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from autopack.client import ApiClient
 from autopack.db.telemetry import TABLES
-from autopack.errors import InvalidInput
+from autopack.errors import Conflict, InvalidInput
 from autopack.telemetry.events import (
     EventKind,
     LlmUsageIn,
@@ -111,6 +111,38 @@ def test_events_round_trip_through_the_api(database_url: str, tmp_path: Path) ->
         row = stored_row.model_dump(mode="json")
         expected = event.model_dump(mode="json", exclude={"ts"})
         assert {k: row[k] for k in expected} == expected
+
+
+def test_a_retry_is_stored_once_and_a_reused_key_is_refused_and_counted(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Each kind through the API: the same body again (the answer was lost) is the first
+    row; another body under the key is a 409 the recorder counts as a failed write."""
+    reused: dict[EventKind, TelemetryEvent] = {
+        "usage": USAGE.model_copy(update={"output_tokens": 1}),
+        "estimation": ESTIMATION.model_copy(update={"actual_output_tokens": 1}),
+        "escalation": ESCALATION.model_copy(update={"new_budget": 1}),
+    }
+    with (
+        Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server,
+        ApiClient(server.url) as client,
+    ):
+        kinds: list[tuple[EventKind, TelemetryEvent]] = [
+            ("usage", USAGE),
+            ("estimation", ESTIMATION),
+            ("escalation", ESCALATION),
+        ]
+        for kind, event in kinds:
+            first = client.post_telemetry(event)
+            assert client.post_telemetry(event) == first
+            with pytest.raises(Conflict, match="idempotency_key"):
+                client.post_telemetry(reused[kind])
+            recorder = TelemetryRecorder(client.post_telemetry, enabled=True)
+            recorder.record(reused[kind])
+            assert (recorder.written, recorder.failures) == (0, 1), kind
+        assert [e.output_tokens for e in client.usage_events()] == [800]
+        assert [e.actual_output_tokens for e in client.estimation_events()] == [800]
+        assert [e.new_budget for e in client.escalation_events()] == [3000]
 
 
 def test_a_field_the_table_lacks_is_refused_loudly_and_counted(

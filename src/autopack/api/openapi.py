@@ -55,7 +55,8 @@ _WHY = {
     "a server without tokens refuses a client that is not on loopback.",
     404: "The run, phase or approval does not exist in this server's database.",
     409: "The request contradicts the current state (a stale lease, an existing run, a "
-    "decided approval, an illegal transition), or this server serves another database than "
+    "decided approval, an illegal transition, an idempotency key reused with another body), "
+    "or this server serves another database than "
     "the one the client proved at its handshake (X-Autopack-Instance-Id, "
     "X-Autopack-Fingerprint).",
     413: "The body is larger than the server accepts.",

@@ -7,7 +7,9 @@ probe all read through these functions (the CLI over HTTP), so there is one answ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -16,6 +18,7 @@ from autopack import redact
 from autopack.db import Database
 from autopack.db import telemetry as telemetry_sql
 from autopack.db.transaction import Tx, run_transaction
+from autopack.errors import Conflict
 from autopack.estimation.report import estimation_report
 from autopack.telemetry.events import (
     EventKind,
@@ -36,17 +39,37 @@ MAX_PAGE = 10_000
 def record(database: Database, event: TelemetryEvent) -> int:
     """Insert one event (its text redacted); its row id. An event whose idempotency key is
     already stored (a post retried after its answer was lost) is not stored again: the
-    answer is the stored row's id."""
+    answer is the stored row's id. The same key with another body is no retry but a
+    client reusing keys: a :class:`Conflict`, so the second event is not lost unheard."""
     kind = kind_of(event)
     row = redact.data(event.model_dump())
+    digest = body_digest(row)
 
     def insert(tx: Tx) -> int:
-        inserted = tx.scalar(telemetry_sql.INSERT_ONCE[(kind, tx.pg)], row)
-        if inserted is None:  # ON CONFLICT DO NOTHING: this key is stored already
-            inserted = tx.scalar(telemetry_sql.ID_BY_KEY[kind], {"b_key": event.idempotency_key})
-        return int(inserted)
+        inserted = tx.scalar(
+            telemetry_sql.INSERT_ONCE[(kind, tx.pg)], {**row, "body_digest": digest}
+        )
+        if inserted is not None:
+            return int(inserted)
+        # ON CONFLICT DO NOTHING: this key is stored already
+        stored = tx.row(telemetry_sql.STORED_BY_KEY[kind], {"b_key": event.idempotency_key})
+        assert stored is not None
+        if stored["body_digest"] not in (None, digest):  # None: stored before 0007
+            raise Conflict(
+                f"idempotency_key {event.idempotency_key!r} was already used for another "
+                f"{kind} event (row {stored['id']}); a retry must repeat the body it was "
+                "first posted with",
+                idempotency_key=event.idempotency_key,
+            )
+        return int(stored["id"])
 
     return run_transaction(database, insert)
+
+
+def body_digest(row: Mapping[str, Any]) -> str:
+    """What a retry must repeat: the redacted row, keys sorted, times as text."""
+    text = json.dumps(row, sort_keys=True, default=str, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def set_phase_outcome(tx: Tx, run_id: str, phase_id: str, outcome: str) -> None:

@@ -254,6 +254,7 @@ class LlmUsageEvent(Base):
     price_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     ts: Mapped[datetime]
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    body_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class TokenEstimationEvent(Base):
@@ -292,6 +293,7 @@ class TokenEstimationEvent(Base):
     underestimated: Mapped[bool | None] = mapped_column(Boolean)
     ts: Mapped[datetime]
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    body_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class TokenBudgetEscalationEvent(Base):
@@ -310,6 +312,7 @@ class TokenBudgetEscalationEvent(Base):
     new_budget: Mapped[int]
     ts: Mapped[datetime]
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    body_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class EndedSession(Base):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 UPGRADE_COMMAND = "autopack db upgrade"
-CODE_REVISION = "0006"
+CODE_REVISION = "0007"
 """The migration revision this code expects: the head of ``db/migrations/versions``."""
 # Arbitrary constant: PostgreSQL advisory lock that serialises schema checks and upgrades.
 _PG_SCHEMA_LOCK = 727_011_337

@@ -34,11 +34,14 @@ INSERT_ONCE: dict[tuple[EventKind, bool], Insert] = {
 }
 """Insert unless the idempotency key is stored (no row then), by (kind, PostgreSQL?)."""
 
-ID_BY_KEY: dict[EventKind, Select[Any]] = {
-    kind: select(table.c.id).where(table.c.idempotency_key == bindparam("b_key"))
+STORED_BY_KEY: dict[EventKind, Select[Any]] = {
+    kind: select(table.c.id, table.c.body_digest).where(
+        table.c.idempotency_key == bindparam("b_key")
+    )
     for kind, table in TABLES.items()
 }
-"""The row an idempotency key was stored with (a retried post answers with it)."""
+"""The row an idempotency key was stored with and its body's digest (a retried post
+answers with the row; another body under the key is a conflict)."""
 
 SET_PHASE_OUTCOME = (
     update(ESTIMATIONS)
