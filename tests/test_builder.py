@@ -422,3 +422,28 @@ def test_an_answer_contradicting_itself_about_a_path_is_refused(
 def test_a_file_sent_twice_alike_is_written_once(tmp_path: Path) -> None:
     change = _plan(tmp_path, _answer(GOOD + GOOD))
     assert [write.path for write in change.writes] == ["examples/utils/string_util.py"]
+
+
+@pytest.mark.parametrize("kind", ["files", "deletes"])
+def test_a_path_below_a_symlinked_directory_is_feedback_naming_its_real_location(
+    tmp_path: Path, kind: str
+) -> None:
+    """``examples/utils/link -> real``, both inside the scope: a file written through the
+    link landed in ``real/`` while git, which never looks beyond a symlink, was asked to
+    commit ``link/new.py``; the attempt then failed as ``files_replaced_by_checks`` (with
+    no checks at all), and a deletion through it was a ``git_error``."""
+    (tmp_path / "examples/utils/real").mkdir(parents=True)
+    (tmp_path / "examples/utils/real/new.py").write_text("OLD = 1\n")
+    (tmp_path / "examples/utils/link").symlink_to("real")
+    through = "examples/utils/link/new.py"
+    answer = (
+        _answer([*GOOD, {"path": through, "content": "x = 1\n"}])
+        if kind == "files"
+        else _answer(GOOD, delete=[through])
+    )
+    with pytest.raises(BuilderRejected) as caught:
+        _plan(tmp_path, answer)
+    assert caught.value.stop_reason == "path_conflict"
+    assert "'examples/utils/link'" in caught.value.feedback
+    assert "'examples/utils/real/new.py'" in caught.value.feedback
+    assert (tmp_path / "examples/utils/real/new.py").read_text() == "OLD = 1\n"

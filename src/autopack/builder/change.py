@@ -7,7 +7,8 @@ writes, or refuses it with a stop reason and feedback for the Builder:
   symlink through which the resolved path leaves the scope or the workspace;
 * ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
   paths are relative to the workspace root and keep the scope's directory prefix);
-* ``path_conflict``: a file over a directory, below a file, or a directory deleted;
+* ``path_conflict``: a file over a directory, below a file or a symlink, or a directory
+  deleted;
 * ``file_too_large``, ``answer_too_large`` (all files together);
   ``edit_not_applicable`` (search text absent or ambiguous);
 * ``missing_deliverable``: every deliverable must appear in the answer.
@@ -174,6 +175,13 @@ def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderR
     for parent in (p.as_posix() for p in PurePosixPath(path).parents[:-1]):
         if parent in writes:
             problem = f"is below {parent!r}, which your answer also writes as a file"
+        elif (workspace / parent).is_symlink():
+            # git never looks beyond a symlink: it would commit nothing there.
+            real = paths.resolved(workspace, path)
+            problem = (
+                f"is below {parent!r}, which is a symlink in the workspace; git keeps no "
+                f"file beyond a symlink, so use the file's real location {real!r}"
+            )
         elif (workspace / parent).exists() and not (workspace / parent).is_dir():
             problem = f"is below {parent!r}, which is a file in the workspace"
     if not problem:
