@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import httpx
 
 from autopack.config import Settings
+from tests import forked_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SETTING_NAMES = [name.upper() for name in Settings.model_fields]
@@ -59,16 +60,28 @@ def free_port() -> int:
 def cli(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m autopack ARGS`` as a real subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "autopack", *args],
-        check=False,
-        cwd=cwd,
-        env=dict(env) if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run ``python -m autopack ARGS`` as a real subprocess, forked from a process that has
+    the libraries imported already (:mod:`tests.forked_cli` says what that changes: nothing
+    a command can see). ``AUTOPACK_TEST_FRESH_CLI=1`` in pytest's environment starts every
+    one as a new interpreter instead, as does an environment Python reads differently at
+    start-up."""
+    env = dict(env) if env is not None else clean_env()
+    if os.environ.get("AUTOPACK_TEST_FRESH_CLI") == "1" or forked_cli.startup_differs(
+        env, _FORK_SERVER.env
+    ):
+        return subprocess.run(
+            [sys.executable, "-m", "autopack", *args],
+            check=False,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    return _FORK_SERVER.run(list(args), cwd=cwd, env=env, timeout=timeout)
+
+
+_FORK_SERVER = forked_cli.ForkServer(clean_env())
 
 
 def script(
