@@ -676,3 +676,59 @@ def test_a_cache_wiped_mid_drain_hands_the_phase_back_and_the_next_drain_clones_
     done = drain(*args, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"
+
+
+def test_a_check_that_configures_git_runs_nothing_in_autopacks_git(tmp_path: Path) -> None:
+    """Checks run the LLM's code (its tests). One that wrote the repository's git config
+    (``core.fsmonitor``, shared by every worktree of the executor's repository) had
+    Autopack's own git commands, which run with the executor's environment and its API
+    keys, run a command of its choosing: in this attempt's commit, and in every later
+    phase's and run's that used the repository."""
+    leak = tmp_path / "leak"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nenv > {leak}\n")
+    hook.chmod(0o755)
+    url = _sqlite(tmp_path)
+    env = env_for(url, OPENAI_API_KEY="sk-executors-own-secret")
+    ws = repository(tmp_path / "ws", {"pkg/mod.py": "KEPT = 1\n"})
+    body = [
+        phase("p1", ["pkg/mod.py"], checks=[f"git config core.fsmonitor {hook}"], max_attempts=1),
+        phase("p2", ["pkg/two.py"]),
+    ]
+    create_run(run_file(tmp_path, body), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [line("p1", 1, files(mod_py="NEW = 1\n")), line("p2", 1, files(two_py="TWO = 1\n"))],
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert not leak.exists(), "a command a check configured ran in Autopack's git"
+    [first] = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
+    assert "core.fsmonitor=" in first["feedback"]
+    assert on_branch(ws, "pkg/mod.py") == "KEPT = 1\n"
+    assert on_branch(ws, "pkg/two.py") == "TWO = 1\n"
+    assert "fsmonitor" not in git("config", "--list", "--local", cwd=ws)
+
+
+def test_commands_the_repositorys_git_config_names_run_without_the_executors_keys(
+    tmp_path: Path,
+) -> None:
+    """The user's own repository may name commands git runs (an fsmonitor, a filter): they
+    ran with the environment of the executor's git, its API keys and tokens included."""
+    seen = tmp_path / "seen"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nenv >> {seen}\n")
+    hook.chmod(0o755)
+    url = _sqlite(tmp_path)
+    env = env_for(url, OPENAI_API_KEY="sk-executors-own-secret", AUTOPACK_WORKER_TOKEN="w" * 40)
+    ws = repository(tmp_path / "ws", {"pkg/mod.py": "KEPT = 1\n"})
+    git("config", "core.fsmonitor", str(hook), cwd=ws)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="NEW = 1\n"))])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(ws, "pkg/mod.py") == "NEW = 1\n"
+    ran = seen.read_text()
+    assert "GIT_INDEX_FILE" in ran, "the hook ran in Autopack's git"
+    assert "sk-executors-own-secret" not in ran and "w" * 40 not in ran

@@ -47,6 +47,7 @@ from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
 from autopack.executor.checks import ChecksInterrupted, CheckUnavailable, run_checks
+from autopack.executor.config_guard import config_restored
 from autopack.executor.continuation import builder_answer
 from autopack.executor.git import GitError
 from autopack.executor.integration import base_for
@@ -211,7 +212,15 @@ class Attempt:
                 return self._request_approval(lease, meter, change, tree.base)
             lease.check()
             self.applied = apply_change(tree.path, change)
-            self._check(lease, tree.path)
+            with config_restored(tree.path) as config:
+                self._check(lease, tree.path)
+            if config.changed:
+                raise failed(
+                    "git_config_changed_by_checks",
+                    feedback="The checks changed the repository's git configuration ("
+                    + ", ".join(config.changed)[:500]
+                    + "); it was put back. Checks must not configure git.",
+                )
             if replaced := replaced_since(tree.path, change):
                 self.s.repository.check_present()  # not the checks: the cache was wiped
                 raise failed(

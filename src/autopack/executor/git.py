@@ -58,10 +58,25 @@ class GitError(AutopackError):
         self.command = shown
 
 
+CREDENTIALS = (
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "DATABASE_URL",
+    "AUTOPACK_API_TOKEN",
+    "AUTOPACK_WORKER_TOKEN",
+)
+"""What neither git nor a check needs. Git runs commands its configuration names
+(``core.fsmonitor``, filters) with its own environment: given the executor's, a command a
+check had configured read the API keys the check itself was run without."""
+
+
 def local_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` without the variables that point git at another repository, so git run
-    in a directory (by Autopack, or by a phase's check) means that directory's repository."""
-    return {k: v for k, v in environ.items() if k not in _REPOSITORY_VARIABLES}
+    """``environ`` without credentials and without the variables that point git at another
+    repository, so git run in a directory (by Autopack, or by a phase's check) means that
+    directory's repository and sees no key."""
+    return {
+        k: v for k, v in environ.items() if k not in _REPOSITORY_VARIABLES and k not in CREDENTIALS
+    }
 
 
 def git(
