@@ -69,16 +69,23 @@ def cli(
     if os.environ.get("AUTOPACK_TEST_FRESH_CLI") == "1" or forked_cli.startup_differs(
         env, _FORK_SERVER.env
     ):
-        return subprocess.run(
-            [sys.executable, "-m", "autopack", *args],
-            check=False,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return fresh_cli(*args, cwd=cwd, env=env, timeout=timeout)
     return _FORK_SERVER.run(list(args), cwd=cwd, env=env, timeout=timeout)
+
+
+def fresh_cli(
+    *args: str, cwd: Path, env: Mapping[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m autopack ARGS`` in a new interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "autopack", *args],
+        check=False,
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 _FORK_SERVER = forked_cli.ForkServer(clean_env())

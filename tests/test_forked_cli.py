@@ -13,19 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, clean_env, cli, gone, running, wait_for
-
-
-def _fresh(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autopack", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.support import REPO, clean_env, cli, fresh_cli, gone, running, wait_for
 
 
 def test_a_forked_command_sees_its_own_environment_directory_and_arguments(
@@ -45,7 +33,7 @@ def test_a_forked_command_sees_its_own_environment_directory_and_arguments(
         ("run", "show", "nope", "--database-url", "sqlite:///nowhere.db"),
     ):
         forked = cli(*args, cwd=project / "sub", env=env)
-        fresh = _fresh(*args, cwd=project / "sub", env=env)
+        fresh = fresh_cli(*args, cwd=project / "sub", env=env)
         assert (forked.returncode, forked.stdout, forked.stderr) == (
             fresh.returncode,
             fresh.stdout,
