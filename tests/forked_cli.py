@@ -196,16 +196,24 @@ class ForkServer:
             connection.connect(self._address())
             socket.send_fds(connection, [request], [out.fileno(), err.fileno()])
             connection.settimeout(30)
-            pid = int(connection.recv(64))
+            pid = _number(connection)
             connection.settimeout(timeout)
             try:
-                code = int(connection.recv(64))
+                code = _number(connection)
             except TimeoutError:
                 os.kill(pid, signal.SIGKILL)
                 connection.settimeout(30)
                 connection.recv(64)
                 raise subprocess.TimeoutExpired(command, timeout, _read(out), _read(err)) from None
             return subprocess.CompletedProcess(command, code, _text(_read(out)), _text(_read(err)))
+
+
+def _number(connection: socket.socket) -> int:
+    """The next number the supervisor sends (a pid, then an exit status)."""
+    message = connection.recv(64)
+    if not message:
+        raise RuntimeError("the CLI fork server's supervisor ended without an answer")
+    return int(message)
 
 
 def _read(file: IO[bytes]) -> bytes:
