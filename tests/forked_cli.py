@@ -1,5 +1,5 @@
-"""``python -m autopack ARGS`` as a real child process, forked from one that has already
-imported the libraries every command loads.
+"""``python -m autopack ARGS`` (or ``python scripts/NAME.py ARGS``) as a real child process,
+forked from one that has already imported the libraries every command loads.
 
 Why: the suite runs the CLI about 800 times, and each fresh ``python -m autopack`` spent
 0.75-1 CPU-second importing FastAPI, SQLAlchemy, pydantic and the API before doing
@@ -85,10 +85,14 @@ def _become(request: dict[str, object], out: int, err: int) -> None:
     assert isinstance(env, dict)
     os.environ.clear()
     os.environ.update(env)
-    args = request["args"]
-    assert isinstance(args, list)
-    sys.argv = ["-m", *args]
-    sys.path[0] = cwd
+    argv = request["argv"]
+    assert isinstance(argv, list)
+    if argv[0] == "-m":  # -m autopack ARGS
+        sys.argv = ["-m", *argv[2:]]
+        sys.path[0] = cwd
+    else:  # a script: its own directory comes first
+        sys.argv = argv
+        sys.path[0] = os.path.dirname(os.path.realpath(argv[0]))
 
 
 def _supervise(connection: socket.socket) -> bool:
@@ -184,10 +188,11 @@ class ForkServer:
         process.wait(timeout=30)
 
     def run(
-        self, args: list[str], *, cwd: Path, env: dict[str, str], timeout: float
+        self, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float
     ) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "autopack", *args]
-        request = json.dumps({"args": args, "cwd": str(cwd), "env": env}).encode()
+        """``python ARGV`` (``-m autopack ARGS``, or a script and its arguments)."""
+        command = [sys.executable, *argv]
+        request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env}).encode()
         with (
             tempfile.TemporaryFile() as out,
             tempfile.TemporaryFile() as err,
@@ -227,4 +232,7 @@ def _text(data: bytes) -> str:
 
 
 if __name__ == "__main__" and serve(sys.argv[1]):
-    runpy.run_module("autopack", run_name="__main__", alter_sys=True)
+    if sys.argv[0] == "-m":
+        runpy.run_module("autopack", run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(sys.argv[0], run_name="__main__")

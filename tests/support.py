@@ -65,20 +65,26 @@ def cli(
     a command can see). ``AUTOPACK_TEST_FRESH_CLI=1`` in pytest's environment starts every
     one as a new interpreter instead, as does an environment Python reads differently at
     start-up."""
+    return _python(["-m", "autopack", *args], cwd=cwd, env=env, timeout=timeout)
+
+
+def _python(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str] | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
     env = dict(env) if env is not None else clean_env()
     if os.environ.get("AUTOPACK_TEST_FRESH_CLI") == "1" or forked_cli.startup_differs(
         env, _FORK_SERVER.env
     ):
-        return fresh_cli(*args, cwd=cwd, env=env, timeout=timeout)
-    return _FORK_SERVER.run(list(args), cwd=cwd, env=env, timeout=timeout)
+        return fresh_python(argv, cwd=cwd, env=env, timeout=timeout)
+    return _FORK_SERVER.run(argv, cwd=cwd, env=env, timeout=timeout)
 
 
-def fresh_cli(
-    *args: str, cwd: Path, env: Mapping[str, str], timeout: float = 120
+def fresh_python(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m autopack ARGS`` in a new interpreter."""
+    """``python ARGV`` in a new interpreter."""
     return subprocess.run(
-        [sys.executable, "-m", "autopack", *args],
+        [sys.executable, *argv],
         check=False,
         cwd=cwd,
         env=dict(env),
@@ -94,16 +100,9 @@ _FORK_SERVER = forked_cli.ForkServer(clean_env())
 def script(
     name: str, *args: str, cwd: Path, env: Mapping[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run a legacy-compatible script from ``scripts/`` exactly as users type it."""
-    return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / name), *args],
-        check=False,
-        cwd=cwd,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run a legacy-compatible script from ``scripts/`` as users type it (forked as
+    :func:`cli` is)."""
+    return _python([str(REPO / "scripts" / name), *args], cwd=cwd, env=env, timeout=timeout)
 
 
 class Server:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, clean_env, cli, fresh_cli, gone, running, wait_for
+from tests.support import REPO, clean_env, cli, fresh_python, gone, running, script, wait_for
 
 
 def test_a_forked_command_sees_its_own_environment_directory_and_arguments(
@@ -33,7 +33,7 @@ def test_a_forked_command_sees_its_own_environment_directory_and_arguments(
         ("run", "show", "nope", "--database-url", "sqlite:///nowhere.db"),
     ):
         forked = cli(*args, cwd=project / "sub", env=env)
-        fresh = fresh_cli(*args, cwd=project / "sub", env=env)
+        fresh = fresh_python(["-m", "autopack", *args], cwd=project / "sub", env=env)
         assert (forked.returncode, forked.stdout, forked.stderr) == (
             fresh.returncode,
             fresh.stdout,
@@ -42,6 +42,18 @@ def test_a_forked_command_sees_its_own_environment_directory_and_arguments(
     shown = json.loads(cli("config", "show", "--json", cwd=project / "sub", env=env).stdout)
     assert str(project / "from-env-file.db") in json.dumps(shown)
     assert "77" in json.dumps(shown)
+
+
+def test_a_forked_script_answers_as_a_new_interpreter_does(tmp_path: Path) -> None:
+    """``python scripts/NAME.py ARGS``: the same output and exit status either way."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'none.db'}")
+    for args in ((), ("--run-id", "r", "--phase-id", "p", "--no-such-flag")):
+        argv = [str(REPO / "scripts" / "drain_one_phase.py"), *args]
+        forked = script("drain_one_phase.py", *args, cwd=tmp_path, env=env)
+        fresh = fresh_python(argv, cwd=tmp_path, env=env)
+        assert forked.returncode == fresh.returncode == 2
+        assert (forked.stdout, forked.stderr) == (fresh.stdout, fresh.stderr)
+        assert "Usage: autopack drain phase" in forked.stderr
 
 
 def _carrying(marker: str) -> list[int]:
