@@ -12,6 +12,7 @@ back, and the attempt fails with ``git_config_changed_by_checks`` naming what ch
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,24 +46,38 @@ def _settings(content: bytes | None, checkout: Path) -> set[str]:
     return set(listed.stdout.decode(errors="replace").splitlines())
 
 
+_FIRST_SEEN: dict[Path, bytes | None] = {}
+"""Each configuration file as this executor first found it, before any of its checks ran
+there. Not as it was when each attempt's checks started: with attempts in flight
+together, a check's change was the later attempt's "before", written back once the first
+attempt had put it right."""
+_LOCK = threading.Lock()
+
+
+def _content(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
 @contextmanager
 def config_restored(checkout: Path) -> Iterator[ConfigChanges]:
-    """Put the repository's configuration back as it was on entry, whatever happens in
-    the block; the :class:`ConfigChanges` says what the block had changed."""
+    """Put the repository's configuration back as this executor first found it, whatever
+    happens in the block; the :class:`ConfigChanges` says what differed after it."""
     files = _config_files(checkout)
-    before = {path: path.read_bytes() if path.is_file() else None for path in files}
+    with _LOCK:
+        before = {path: _FIRST_SEEN.setdefault(path, _content(path)) for path in files}
     changes = ConfigChanges()
     try:
         yield changes
     finally:
-        for path, content in before.items():
-            now = path.read_bytes() if path.is_file() else None
-            if now == content:
-                continue
-            old, new = _settings(content, checkout), _settings(now, checkout)
-            changes.changed += [f"+{s}" for s in sorted(new - old)]
-            changes.changed += [f"-{s}" for s in sorted(old - new)]
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_atomic(path, content)
+        with _LOCK:
+            for path, content in before.items():
+                now = _content(path)
+                if now == content:
+                    continue
+                old, new = _settings(content, checkout), _settings(now, checkout)
+                changes.changed += [f"+{s}" for s in sorted(new - old)]
+                changes.changed += [f"-{s}" for s in sorted(old - new)]
+                if content is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    write_atomic(path, content)
