@@ -404,3 +404,26 @@ def test_a_base_url_missing_its_path_is_named_in_the_404(tmp_path: Path) -> None
     assert result.returncode == 1, result.stderr[-3000:]
     said = " ".join(result.stderr.split())
     assert f"openai-compatible 404 at {wire.url}/chat/completions: " in said, said
+
+
+def test_a_drain_on_a_compatible_server_without_a_model_says_which_setting_to_set(
+    tmp_path: Path,
+) -> None:
+    """``OPENAI_BASE_URL`` alone (Ollama, vLLM) had every call name OpenAI's default model:
+    the server answered "model not found", the phase FAILED, and the drain named no
+    setting; only ``autopack doctor`` said to set ``AUTOPACK_BUILDER_MODEL``."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        missing = FLAVOURS["openai"].error("invalid_request_error", "model not found")
+        wire.script(OPENAI_PATH, Reply(404, missing))
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    shown = " ".join(result.stderr.split())
+    assert "set AUTOPACK_BUILDER_MODEL to a model it has" in shown, shown

@@ -163,3 +163,21 @@ def model_for(settings: Settings, role: Role) -> str:
     provider = provider_name(settings)
     base_url = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
     return own or (base_url.get(provider) and other) or DEFAULT_MODELS[provider]
+
+
+def model_hint(settings: Settings) -> str:
+    """A compatible server (Ollama, vLLM, a proxy) named by a base URL serves models of its
+    own: with no model setting every call names the provider's default, which such a server
+    answers with "model not found" on the first drain, after doctor had said all was well.
+    ``autopack doctor`` and every drain that calls a live model say it."""
+    provider = provider_name(settings)
+    base_url = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
+    if not base_url.get(provider) or settings.autopack_builder_model:
+        return ""
+    if settings.autopack_auditor_model:
+        return ""
+    return (
+        f"{provider.upper()}_BASE_URL names a server of its own: unless it serves "
+        f"{DEFAULT_MODELS[provider]}, set AUTOPACK_BUILDER_MODEL to a model it has "
+        "(e.g. qwen2.5-coder:32b; the auditor uses the same unless AUTOPACK_AUDITOR_MODEL)"
+    )
