@@ -427,3 +427,29 @@ def test_a_drain_on_a_compatible_server_without_a_model_says_which_setting_to_se
     assert result.returncode == 1, result.stderr[-3000:]
     shown = " ".join(result.stderr.split())
     assert "set AUTOPACK_BUILDER_MODEL to a model it has" in shown, shown
+
+
+@pytest.mark.parametrize("key", ["", "wrong-key"])
+def test_a_compatible_server_refusing_the_key_is_named_with_what_was_sent(
+    key: str, tmp_path: Path
+) -> None:
+    """A server behind a key (vLLM ``--api-key``, a proxy) answered 401 and the attempt
+    said only "openai-compatible 401: Error code: 401 - ...": no address, and nothing said
+    that without ``OPENAI_API_KEY`` a placeholder key had been sent."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:32b")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        refused = FLAVOURS["openai"].error("invalid_api_key", "Incorrect API key provided")
+        wire.script(OPENAI_PATH, Reply(401, refused))
+        provider = {"OPENAI_BASE_URL": f"{wire.url}/v1"} | ({"OPENAI_API_KEY": key} if key else {})
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **provider},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = rows(sqlite_url, "SELECT error FROM phase_attempts")[0]["error"]
+    assert f"401 at {wire.url}/v1/chat/completions" in error, error
+    assert ("OPENAI_API_KEY is not set" in error) == (not key), error
