@@ -453,3 +453,25 @@ def test_a_compatible_server_refusing_the_key_is_named_with_what_was_sent(
     error = rows(sqlite_url, "SELECT error FROM phase_attempts")[0]["error"]
     assert f"401 at {wire.url}/v1/chat/completions" in error, error
     assert ("OPENAI_API_KEY is not set" in error) == (not key), error
+
+
+@pytest.mark.parametrize("name", ["OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"])
+def test_a_base_url_without_its_scheme_is_refused_before_a_phase_is_claimed(
+    name: str, tmp_path: Path
+) -> None:
+    """``OPENAI_BASE_URL=localhost:11434/v1`` (no ``http://``): every attempt failed as
+    "unreachable" and the phase FAILED, instead of the drain refusing the setting."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    key = {"OPENAI_BASE_URL": "OPENAI_API_KEY", "ANTHROPIC_BASE_URL": "ANTHROPIC_API_KEY"}[name]
+    env = env_for(sqlite_url, **{name: f"127.0.0.1:{free_port()}/v1", key: "k"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    result = cli(
+        *("drain", "run", "--run-id", "exec-run", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{name}='127.0.0.1:" in result.stderr and "http://" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+    assert rows(sqlite_url, "SELECT count(*) AS n FROM phase_attempts") == [{"n": 0}]
