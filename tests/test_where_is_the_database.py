@@ -300,3 +300,14 @@ def test_a_mistyped_database_name_names_the_databases_beside_it(tmp_path: Path) 
     assert f"sqlite:///{root / 'autopack.db'}  (file)" in result.stderr, result.stderr
     assert "db init" not in result.stderr
     assert not (root / "autopak.db").exists()
+
+
+def test_a_writing_command_is_not_said_to_only_read(tmp_path: Path) -> None:
+    """`autopack run requeue` (or a drain, `db upgrade`) with no database here said "this
+    command only reads, so it does not create one": a requeue writes."""
+    result = cli("run", "requeue", "r", "p1", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "only reads" not in said, said
+    assert "and this command does not create one." in said, said
+    assert not (tmp_path / "autopack.db").exists()

@@ -145,7 +145,9 @@ def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMi
     origin = loaded.database
     nearby = nearby_databases(loaded.settings.database_url)
     lines = [
-        f"no database at {exc.path}: this command only reads, so it does not create one.",
+        # Not "this command only reads": a drain, a requeue, `db upgrade` write, into the
+        # database the user meant, never a new empty one.
+        f"no database at {exc.path}, and this command does not create one.",
         f"DATABASE_URL is {origin.describe()}.",
     ]
     if nearby:
