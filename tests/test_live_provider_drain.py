@@ -404,3 +404,74 @@ def test_a_base_url_missing_its_path_is_named_in_the_404(tmp_path: Path) -> None
     assert result.returncode == 1, result.stderr[-3000:]
     said = " ".join(result.stderr.split())
     assert f"openai-compatible 404 at {wire.url}/chat/completions: " in said, said
+
+
+def test_a_drain_on_a_compatible_server_without_a_model_says_which_setting_to_set(
+    tmp_path: Path,
+) -> None:
+    """``OPENAI_BASE_URL`` alone (Ollama, vLLM) had every call name OpenAI's default model:
+    the server answered "model not found", the phase FAILED, and the drain named no
+    setting; only ``autopack doctor`` said to set ``AUTOPACK_BUILDER_MODEL``."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        missing = FLAVOURS["openai"].error("invalid_request_error", "model not found")
+        wire.script(OPENAI_PATH, Reply(404, missing))
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    shown = " ".join(result.stderr.split())
+    assert "set AUTOPACK_BUILDER_MODEL to a model it has" in shown, shown
+
+
+@pytest.mark.parametrize("key", ["", "wrong-key"])
+def test_a_compatible_server_refusing_the_key_is_named_with_what_was_sent(
+    key: str, tmp_path: Path
+) -> None:
+    """A server behind a key (vLLM ``--api-key``, a proxy) answered 401 and the attempt
+    said only "openai-compatible 401: Error code: 401 - ...": no address, and nothing said
+    that without ``OPENAI_API_KEY`` a placeholder key had been sent."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:32b")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        refused = FLAVOURS["openai"].error("invalid_api_key", "Incorrect API key provided")
+        wire.script(OPENAI_PATH, Reply(401, refused))
+        provider = {"OPENAI_BASE_URL": f"{wire.url}/v1"} | ({"OPENAI_API_KEY": key} if key else {})
+        result = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **provider},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = rows(sqlite_url, "SELECT error FROM phase_attempts")[0]["error"]
+    assert f"401 at {wire.url}/v1/chat/completions" in error, error
+    assert ("OPENAI_API_KEY is not set" in error) == (not key), error
+
+
+@pytest.mark.parametrize("name", ["OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"])
+def test_a_base_url_without_its_scheme_is_refused_before_a_phase_is_claimed(
+    name: str, tmp_path: Path
+) -> None:
+    """``OPENAI_BASE_URL=localhost:11434/v1`` (no ``http://``): every attempt failed as
+    "unreachable" and the phase FAILED, instead of the drain refusing the setting."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    key = {"OPENAI_BASE_URL": "OPENAI_API_KEY", "ANTHROPIC_BASE_URL": "ANTHROPIC_API_KEY"}[name]
+    env = env_for(sqlite_url, **{name: f"127.0.0.1:{free_port()}/v1", key: "k"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    result = cli(
+        *("drain", "run", "--run-id", "exec-run", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{name}='127.0.0.1:" in result.stderr and "http://" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+    assert rows(sqlite_url, "SELECT count(*) AS n FROM phase_attempts") == [{"n": 0}]

@@ -283,3 +283,31 @@ def test_a_dotenv_file_setting_means_the_file_next_to_it_from_every_subdirectory
     calibrated = cli("telemetry", "calibrate", "--json", cwd=scripts, env=clean_env())
     assert calibrated.returncode == 0, calibrated.stderr
     assert json.loads(calibrated.stdout)["prior_version"] == "ours"
+
+
+def test_a_mistyped_database_name_names_the_databases_beside_it(tmp_path: Path) -> None:
+    """``DATABASE_URL=sqlite:///../project/autopak.db`` from another directory: the real
+    ``autopack.db`` lay right beside the path looked for, yet the message said "No other
+    Autopack database is in sight" and suggested `autopack db init`."""
+    root, _ = _repo(tmp_path)
+    _seed(root, clean_env())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = clean_env(DATABASE_URL="sqlite:///../project/autopak.db")
+    result = cli("run", "list", cwd=elsewhere, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"no database at {root / 'autopak.db'}" in result.stderr
+    assert f"sqlite:///{root / 'autopack.db'}  (file)" in result.stderr, result.stderr
+    assert "db init" not in result.stderr
+    assert not (root / "autopak.db").exists()
+
+
+def test_a_writing_command_is_not_said_to_only_read(tmp_path: Path) -> None:
+    """`autopack run requeue` (or a drain, `db upgrade`) with no database here said "this
+    command only reads, so it does not create one": a requeue writes."""
+    result = cli("run", "requeue", "r", "p1", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "only reads" not in said, said
+    assert "and this command does not create one." in said, said
+    assert not (tmp_path / "autopack.db").exists()

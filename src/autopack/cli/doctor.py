@@ -180,7 +180,7 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
 
 
 def _credentials(settings: Settings) -> Check:
-    from autopack.llm.registry import model_for, provider_name
+    from autopack.llm.registry import model_for, model_hint, provider_name
 
     present = [
         name
@@ -201,26 +201,7 @@ def _credentials(settings: Settings) -> Check:
         "llm",
         True,
         f"provider {provider} ({provider_name(settings)}: {models}); credentials present: {shown}",
-        _model_hint(settings),
-    )
-
-
-def _model_hint(settings: Settings) -> str:
-    """A compatible server (Ollama, vLLM, a proxy) named by a base URL serves models of its
-    own: with no model setting every call names the provider's default, which such a server
-    answers with "model not found" on the first drain, after doctor had said all was well."""
-    from autopack.llm.registry import DEFAULT_MODELS, provider_name
-
-    provider = provider_name(settings)
-    base_url = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
-    if not base_url.get(provider) or settings.autopack_builder_model:
-        return ""
-    if settings.autopack_auditor_model:
-        return ""
-    return (
-        f"{provider.upper()}_BASE_URL names a server of its own: unless it serves "
-        f"{DEFAULT_MODELS[provider]}, set AUTOPACK_BUILDER_MODEL to a model it has "
-        "(e.g. qwen2.5-coder:32b; the auditor uses the same unless AUTOPACK_AUDITOR_MODEL)"
+        model_hint(settings),
     )
 
 

@@ -182,7 +182,7 @@ def executor_for(
     from autopack.executor.repository import RepoSource, RunRepository, run_branch
     from autopack.executor.worktrees import Worktrees
     from autopack.llm.pricing import price_table
-    from autopack.llm.registry import model_for
+    from autopack.llm.registry import model_for, model_hint
     from autopack.telemetry.otel import otel_instrumentation
     from autopack.telemetry.recorder import TelemetryRecorder
 
@@ -247,6 +247,9 @@ def executor_for(
                 "Use --telemetry or TELEMETRY_DB_ENABLED=1 to record them.",
                 highlight=False,
             )
+        hint = "" if idle or flags.cassette else model_hint(settings)
+        if hint:  # else the first call's "model not found" fails a phase, naming no setting
+            err.print(f"[yellow]model not set[/yellow]: {hint}", highlight=False)
         err.print(
             f"code: branch {repository.branch} in {repository.where} · {connection.where} "
             f"({connection.origin}) · database {connection.database.location} · instance "

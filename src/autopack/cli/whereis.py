@@ -8,8 +8,8 @@ the path looked for, where that path came from and what it was resolved against,
 every Autopack database in sight: ``.env`` files naming one, from the working directory up
 to the repository root, ``autopack.db`` files in every directory above and one
 directory down from the working directory and from the repository's root (where
-``autopack demo`` puts its own), and, in a linked worktree, the one in the repository's
-main working tree.
+``autopack demo`` puts its own), every one in the directory the missing file was to be in,
+and, in a linked worktree, the one in the repository's main working tree.
 """
 
 from __future__ import annotations
@@ -93,6 +93,11 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
         candidate = directory / DEFAULT_FILE
         if is_autopack_database(candidate):
             add(resolve_database_url(f"sqlite:///{candidate}"), "file")
+    # The directory the missing file was to be in: a mistyped name (``autopak.db``,
+    # ``seed.db`` for ``telemetry_seed.db``) beside the real one, however far from here.
+    missing = sqlite_file(looked_for)
+    for candidate in _databases_in(missing.parent) if missing is not None else []:
+        add(resolve_database_url(f"sqlite:///{candidate}"), "file")
     main = _main_working_tree(directories[-1])
     if main is not None and is_autopack_database(main / DEFAULT_FILE):
         add(
@@ -106,6 +111,14 @@ def _children(directory: Path) -> list[Path]:
     """The directories in ``directory``, sorted (none when it cannot be listed)."""
     try:
         return sorted(p for p in directory.iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def _databases_in(directory: Path) -> list[Path]:
+    """The Autopack SQLite files (``*.db``) in ``directory``, sorted."""
+    try:
+        return sorted(p for p in directory.glob("*.db") if is_autopack_database(p))
     except OSError:
         return []
 
@@ -132,7 +145,9 @@ def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMi
     origin = loaded.database
     nearby = nearby_databases(loaded.settings.database_url)
     lines = [
-        f"no database at {exc.path}: this command only reads, so it does not create one.",
+        # Not "this command only reads": a drain, a requeue, `db upgrade` write, into the
+        # database the user meant, never a new empty one.
+        f"no database at {exc.path}, and this command does not create one.",
         f"DATABASE_URL is {origin.describe()}.",
     ]
     if nearby:

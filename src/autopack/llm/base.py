@@ -196,9 +196,20 @@ def malformed(
 
 
 def sdk_error(
-    exc: Exception, *, label: str, provider: str, model: str, started: float, unreachable: bool
+    exc: Exception,
+    *,
+    label: str,
+    provider: str,
+    model: str,
+    started: float,
+    unreachable: bool,
+    refused_hint: str = "",
 ) -> LLMError:
     """An official SDK's exception, raised after its own retries, as an :class:`LLMError`.
+
+    ``refused_hint`` ends a 401/403's message: what the caller knows about its credentials
+    (an OpenAI-compatible server sent a placeholder key) that the server's "unauthorized"
+    does not say.
 
     Both SDKs raise the same shapes: ``APIStatusError`` (``status_code``, ``message``,
     ``request_id``), ``APIConnectionError`` (``unreachable``), and their base error.
@@ -228,7 +239,10 @@ def sdk_error(
         page = " ".join(page.split())[:300] if isinstance(page, str) else ""
         if page and page not in " ".join(message.split()):
             message = f"{message} - {page}"
-        shown = at if status == 404 or page else ""
+        refused = status in (401, 403)
+        shown = at if status == 404 or refused or page else ""
+        if refused and refused_hint:
+            message = f"{message} ({refused_hint})"
         return LLMError(
             f"{label} {status}{shown}: {message}{refused_wait(exc)}",
             status_code=status,

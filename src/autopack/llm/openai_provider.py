@@ -93,6 +93,9 @@ class OpenAIProvider:
             http_client=http_client(openai.DefaultHttpxClient),
         )
         self._timeout = timeout
+        self._refused_hint = (
+            "" if api_key else "OPENAI_API_KEY is not set, so a placeholder was sent: set it"
+        )
         self.token_parameter = token_parameter or token_parameter_for(base_url)
 
     def close(self) -> None:
@@ -107,7 +110,12 @@ class OpenAIProvider:
             request.on_text, max_tokens=request.max_tokens, stall_seconds=self._timeout
         )
         fail = partial(
-            sdk_error, label=LABEL, provider=PROVIDER, model=request.model, started=text.started
+            sdk_error,
+            label=LABEL,
+            provider=PROVIDER,
+            model=request.model,
+            started=text.started,
+            refused_hint=self._refused_hint,
         )
         try:
             raw = self._client.chat.completions.with_raw_response.create(

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from autopack.config import Settings
 from autopack.errors import ConfigError
@@ -70,6 +71,18 @@ def ignored_base_url(settings: Settings) -> str:
     return ""
 
 
+def _checked_base_url(name: str, value: str | None) -> str | None:
+    """``value`` if it is an http(s) URL: ``localhost:11434/v1`` without its scheme failed
+    every attempt of the first phase as "unreachable", then the phase, instead of the
+    drain refusing to start (exit 2) naming the setting."""
+    if value and urlsplit(value).scheme not in ("http", "https"):
+        raise ConfigError(
+            f"{name}={value!r} is not an http:// or https:// URL "
+            f"(e.g. http://127.0.0.1:11434/v1 for Ollama)"
+        )
+    return value
+
+
 # The factories import their SDK when called: anthropic alone costs a second at start-up.
 def _anthropic(settings: Settings, cassette: Path | None) -> LLMProvider:
     from autopack.llm.anthropic_provider import AnthropicProvider
@@ -79,7 +92,7 @@ def _anthropic(settings: Settings, cassette: Path | None) -> LLMProvider:
         raise ConfigError("AUTOPACK_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
     return AnthropicProvider(
         api_key=key,
-        base_url=settings.anthropic_base_url,
+        base_url=_checked_base_url("ANTHROPIC_BASE_URL", settings.anthropic_base_url),
         timeout=settings.autopack_llm_timeout_seconds,
     )
 
@@ -95,7 +108,7 @@ def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
         )
     return OpenAIProvider(
         api_key=key,
-        base_url=settings.openai_base_url,
+        base_url=_checked_base_url("OPENAI_BASE_URL", settings.openai_base_url),
         timeout=settings.autopack_llm_timeout_seconds,
     )
 
@@ -163,3 +176,21 @@ def model_for(settings: Settings, role: Role) -> str:
     provider = provider_name(settings)
     base_url = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
     return own or (base_url.get(provider) and other) or DEFAULT_MODELS[provider]
+
+
+def model_hint(settings: Settings) -> str:
+    """A compatible server (Ollama, vLLM, a proxy) named by a base URL serves models of its
+    own: with no model setting every call names the provider's default, which such a server
+    answers with "model not found" on the first drain, after doctor had said all was well.
+    ``autopack doctor`` and every drain that calls a live model say it."""
+    provider = provider_name(settings)
+    base_url = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url}
+    if not base_url.get(provider) or settings.autopack_builder_model:
+        return ""
+    if settings.autopack_auditor_model:
+        return ""
+    return (
+        f"{provider.upper()}_BASE_URL names a server of its own: unless it serves "
+        f"{DEFAULT_MODELS[provider]}, set AUTOPACK_BUILDER_MODEL to a model it has "
+        "(e.g. qwen2.5-coder:32b; the auditor uses the same unless AUTOPACK_AUDITOR_MODEL)"
+    )
