@@ -14,6 +14,7 @@ and, in a linked worktree, the one in the repository's main working tree.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +116,17 @@ def _children(directory: Path) -> list[Path]:
         return []
 
 
+MAX_LOOKED_AT = 50
+"""``*.db`` files opened in one directory: ``/tmp`` may hold thousands."""
+
+
 def _databases_in(directory: Path) -> list[Path]:
-    """The Autopack SQLite files (``*.db``) in ``directory``, sorted."""
+    """The Autopack SQLite files among the first ``*.db`` files in ``directory``, sorted."""
     try:
-        return sorted(p for p in directory.glob("*.db") if is_autopack_database(p))
+        candidates = list(itertools.islice(directory.glob("*.db"), MAX_LOOKED_AT))
     except OSError:
         return []
+    return sorted(p for p in candidates if is_autopack_database(p))
 
 
 def _main_working_tree(root: Path) -> Path | None:
