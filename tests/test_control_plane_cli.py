@@ -319,6 +319,8 @@ def test_unknown_run_names_the_database(command: list[str], tmp_path: Path) -> N
     assert result.returncode == 1
     assert "run 'ghost' not found in database" in result.stderr
     assert str(tmp_path / "here.db") in result.stderr
+    # the in-process server's own address (http://autopack) is nobody's to look up
+    assert "http://autopack" not in result.stderr and "API (in-process" in result.stderr
 
 
 @pytest.mark.parametrize(

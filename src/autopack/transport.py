@@ -44,7 +44,10 @@ _ERROR_BY_STATUS: dict[int, type[AutopackError]] = {
 }
 
 
-def _error_from(response: httpx.Response) -> AutopackError:
+def _error_from(response: httpx.Response, where: str) -> AutopackError:
+    """The error the server's answer names, ending with the request and who answered it
+    (``where``: the in-process server's own address, ``http://autopack``, means nothing
+    to a person)."""
     try:
         body = response.json()
     except ValueError:
@@ -57,7 +60,9 @@ def _error_from(response: httpx.Response) -> AutopackError:
     if not (isinstance(cls, type) and issubclass(cls, AutopackError)):
         cls = _ERROR_BY_STATUS.get(response.status_code, AutopackError)
     message = detail if isinstance(detail, str) else f"HTTP {response.status_code}: {detail}"
-    return cls(f"{message} [{response.request.method} {response.request.url}]", **body)
+    request = response.request
+    target = request.url.raw_path.decode(errors="replace")
+    return cls(f"{message} [{request.method} {target}, {where}]", **body)
 
 
 class Transport:
@@ -158,7 +163,7 @@ class Transport:
                 ) from exc
             if not response.is_error:
                 return response
-            error = _error_from(response)
+            error = _error_from(response, self.where)
             if response.status_code not in RETRYABLE_STATUSES or isinstance(error, SchemaOutOfDate):
                 raise error
             problem = f"HTTP {response.status_code}: {error.message}"
