@@ -376,6 +376,10 @@ def test_phase_requeue_cancel_and_list_commands(database_url: str, tmp_path: Pat
     requeued = cli("run", "requeue", "r", "a", "--reason", "flaky", cwd=tmp_path, env=env)
     assert requeued.returncode == 0, requeued.stderr
     assert "r/a is QUEUED (1 attempts left)" in requeued.stdout
+    # the counter holds the requeue too: "attempts 2/1" read as none left
+    for view in (("run", "show", "r"), ("run", "phase", "r", "a")):
+        shown = cli(*view, cwd=tmp_path, env=env)
+        assert "attempts 2, 1 left" in shown.stdout, shown.stdout
     cancelled = cli("run", "cancel", "r", "--reason", "enough", cwd=tmp_path, env=env)
     assert cancelled.returncode == 0, cancelled.stderr
     assert "run r is DONE_CANCELLED" in cancelled.stdout

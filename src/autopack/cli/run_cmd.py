@@ -19,7 +19,7 @@ from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
 
 if TYPE_CHECKING:  # the contract and run-file models load when a command runs
-    from autopack.contract import RunView
+    from autopack.contract import PhaseView, RunView
 
 app = typer.Typer(help="Create, list, show, cancel runs; requeue phases.", no_args_is_help=True)
 
@@ -53,6 +53,12 @@ def operator() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except (ImportError, KeyError):  # Windows, or no passwd entry (containers)
         return "cli"
+
+
+def attempts_text(phase: PhaseView) -> str:
+    """``attempts 2, 3 left``: the counter holds requeues and attempts that spent no retry
+    (interrupted, lost), so "2/3" read as one retry left when three were."""
+    return f"attempts {phase.attempts}, {phase.attempts_left} left"
 
 
 @app.command("create")
@@ -228,7 +234,7 @@ def run_tree(run: RunView) -> Tree:
             line = (
                 f"{escape(phase.phase_id)} {styled(phase.state)} "
                 f"[dim]{phase.task_category}/{phase.complexity} "
-                f"attempts {phase.attempts}/{phase.max_attempts}[/dim]"
+                f"{attempts_text(phase)}[/dim]"
             )
             if phase.depends_on:
                 line += f" [dim]after {escape(', '.join(phase.depends_on))}[/dim]"
@@ -257,7 +263,7 @@ def phase(
         return
     out.print(
         f"[bold]{escape(run_id)}/{escape(phase_id)}[/bold] {styled(detail.state)} "
-        f"attempts {detail.attempts}/{detail.max_attempts}"
+        f"{attempts_text(detail)}"
     )
     table = Table("#", "worker", "outcome")
     table.add_column("stop reason", overflow="fold")
