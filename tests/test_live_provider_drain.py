@@ -475,3 +475,30 @@ def test_a_base_url_without_its_scheme_is_refused_before_a_phase_is_claimed(
     assert "Traceback" not in result.stderr
     assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
     assert rows(sqlite_url, "SELECT count(*) AS n FROM phase_attempts") == [{"n": 0}]
+
+
+def test_a_model_the_server_does_not_list_is_refused_before_a_phase_is_claimed(
+    tmp_path: Path,
+) -> None:
+    """``AUTOPACK_BUILDER_MODEL=qwen2.5-codr`` on Ollama: the first call's 404 failed the
+    phase, which then needed a requeue. The server's model list (``GET /v1/models``) says
+    so before anything is claimed; a server that lists nothing is asked anyway."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-codr")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    drain = ("drain", "run", "--run-id", "exec-run", "--auditor", "off")
+    with WireServer() as wire:
+        wire.models = ["qwen2.5-coder:32b", "llama3.1:8b"]
+        local = {**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}
+        refused = cli(*drain, "--workspace", str(tmp_path / "ws"), env=local, cwd=tmp_path)
+        assert wire.seen(OPENAI_PATH) == []
+        wire.models = None  # lists nothing: the call is made
+        wire.script(OPENAI_PATH, Reply(200, openai_completion(files(mod_py="V = 1\n"))))
+        drained = cli(*drain, "--workspace", str(tmp_path / "ws"), env=local, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert "AUTOPACK_BUILDER_MODEL='qwen2.5-codr'" in said and "qwen2.5-coder:32b" in said, said
+    assert "Traceback" not in refused.stderr
+    assert drained.returncode == 0, drained.stderr[-3000:]
+    [attempt] = rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts")
+    assert attempt == {"attempt": 1, "outcome": "COMPLETE"}

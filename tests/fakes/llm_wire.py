@@ -76,6 +76,8 @@ class WireServer(LoopbackServer):
         replaying a whole run); called from the server's threads."""
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
+        self.models: list[str] | None = None
+        """What ``GET /v1/models`` lists; None: it answers 404, as some servers do."""
         super().__init__(self._handler_class())
 
     def script(self, path: str, *replies: Reply) -> None:
@@ -106,6 +108,20 @@ class WireServer(LoopbackServer):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = 5  # idle keep-alive connections end instead of pinning a thread
+
+            def do_GET(self) -> None:
+                listed = server.models
+                found = listed is not None and self.path.split("?", 1)[0] == "/v1/models"
+                data = [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "me"}
+                    for m in listed or []
+                ]
+                payload = json.dumps({"object": "list", "data": data} if found else {}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)

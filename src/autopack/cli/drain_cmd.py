@@ -30,6 +30,7 @@ from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL
 
 if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
     from autopack.builder.auditor import AuditMode
+    from autopack.config import Settings
     from autopack.contract import PhaseView
     from autopack.executor.executor import AutonomousExecutor
     from autopack.executor.options import ExecutorOptions
@@ -154,6 +155,20 @@ def _idle(phases: list[PhaseView], force: bool) -> bool:
     return all(p.state in PHASE_TERMINAL for p in phases) and not requeued
 
 
+def _check_models(settings: Settings, options: ExecutorOptions) -> None:
+    """Before anything is claimed: a model the ``OPENAI_BASE_URL`` server does not list is
+    refused, a base URL with no model set is warned about (else the first call's "model
+    not found" failed a phase, naming no setting)."""
+    from autopack.llm.registry import check_served, model_hint
+
+    called = {"AUTOPACK_BUILDER_MODEL": options.builder_model}
+    if options.auditor == "llm":
+        called["AUTOPACK_AUDITOR_MODEL"] = options.auditor_model
+    check_served(settings, called)
+    if hint := model_hint(settings):
+        err.print(f"[yellow]model not set[/yellow]: {hint}", highlight=False)
+
+
 @contextmanager
 def executor_for(
     cli: CliState,
@@ -182,7 +197,7 @@ def executor_for(
     from autopack.executor.repository import RepoSource, RunRepository, run_branch
     from autopack.executor.worktrees import Worktrees
     from autopack.llm.pricing import price_table
-    from autopack.llm.registry import model_for, model_hint
+    from autopack.llm.registry import model_for
     from autopack.telemetry.otel import otel_instrumentation
     from autopack.telemetry.recorder import TelemetryRecorder
 
@@ -247,9 +262,8 @@ def executor_for(
                 "Use --telemetry or TELEMETRY_DB_ENABLED=1 to record them.",
                 highlight=False,
             )
-        hint = "" if idle or flags.cassette else model_hint(settings)
-        if hint:  # else the first call's "model not found" fails a phase, naming no setting
-            err.print(f"[yellow]model not set[/yellow]: {hint}", highlight=False)
+        if not idle and not flags.cassette:
+            _check_models(settings, options)
         err.print(
             f"code: branch {repository.branch} in {repository.where} · {connection.where} "
             f"({connection.origin}) · database {connection.database.location} · instance "

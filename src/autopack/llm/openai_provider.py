@@ -98,6 +98,15 @@ class OpenAIProvider:
         )
         self.token_parameter = token_parameter or token_parameter_for(base_url)
 
+    def served_models(self) -> list[str] | None:
+        """The models the server lists (``GET /models``); None when it cannot say (not
+        every compatible server implements it, and that is no reason to stop a drain)."""
+        try:
+            page = self._client.with_options(max_retries=0, timeout=10).models.list()
+            return [model.id for model in page.data]
+        except (openai.OpenAIError, ValueError, TypeError, AttributeError):
+            return None
+
     def close(self) -> None:
         """Release the SDK client's connection pool."""
         self._client.close()

@@ -9,7 +9,7 @@ set; else ``replay`` with the bundled cassette, announced by one WARNING line, b
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -111,6 +111,28 @@ def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
         base_url=_checked_base_url("OPENAI_BASE_URL", settings.openai_base_url),
         timeout=settings.autopack_llm_timeout_seconds,
     )
+
+
+def check_served(settings: Settings, wanted: Mapping[str, str]) -> None:
+    """Refuse a model the ``OPENAI_BASE_URL`` server does not list, naming the setting that
+    chose it (ConfigError: exit 2, before anything is claimed). A mistyped ``qwen2.5-codr``
+    was a 404 at the first call, and the phase FAILED. A server that lists nothing passes."""
+    if provider_name(settings) != "openai" or not settings.openai_base_url:
+        return
+    from autopack.llm.openai_provider import OpenAIProvider
+
+    base_url = _checked_base_url("OPENAI_BASE_URL", settings.openai_base_url)
+    server = OpenAIProvider(api_key=_secret(settings.openai_api_key), base_url=base_url)
+    try:
+        listed = server.served_models()
+    finally:
+        server.close()
+    for setting, model in wanted.items():
+        if listed and model not in listed:
+            shown = ", ".join(listed[:20]) + (f" and {len(listed) - 20} more" * (len(listed) > 20))
+            raise ConfigError(
+                f"{setting}={model!r}: the server at {base_url} has no such model; it lists {shown}"
+            )
 
 
 def _replay(settings: Settings, cassette: Path | None) -> LLMProvider:
