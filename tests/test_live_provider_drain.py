@@ -491,6 +491,7 @@ def test_a_model_the_server_does_not_list_is_refused_before_a_phase_is_claimed(
         wire.models = ["qwen2.5-coder:32b", "llama3.1:8b"]
         local = {**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}
         refused = cli(*drain, "--workspace", str(tmp_path / "ws"), env=local, cwd=tmp_path)
+        doctor = cli("doctor", env=local, cwd=tmp_path)
         assert wire.seen(OPENAI_PATH) == []
         wire.models = None  # lists nothing: the call is made
         wire.script(OPENAI_PATH, Reply(200, openai_completion(files(mod_py="V = 1\n"))))
@@ -499,6 +500,8 @@ def test_a_model_the_server_does_not_list_is_refused_before_a_phase_is_claimed(
     said = " ".join(refused.stderr.split())
     assert "AUTOPACK_BUILDER_MODEL='qwen2.5-codr'" in said and "qwen2.5-coder:32b" in said, said
     assert "Traceback" not in refused.stderr
+    assert doctor.returncode == 2, doctor.stdout + doctor.stderr
+    assert "qwen2.5-codr" in doctor.stdout + doctor.stderr
     assert drained.returncode == 0, drained.stderr[-3000:]
     [attempt] = rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts")
     assert attempt == {"attempt": 1, "outcome": "COMPLETE"}

@@ -180,7 +180,7 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
 
 
 def _credentials(settings: Settings) -> Check:
-    from autopack.llm.registry import model_for, model_hint, provider_name
+    from autopack.llm.registry import check_served, model_for, model_hint, provider_name
 
     present = [
         name
@@ -196,7 +196,14 @@ def _credentials(settings: Settings) -> Check:
     if needs and needs not in present and not (provider == "openai" and present):
         return Check("llm", False, f"provider {provider} but {needs} is not set", f"set {needs}")
     shown = ", ".join(present) or "none (offline replay provider)"
-    models = f"builder {model_for(settings, 'builder')}, auditor {model_for(settings, 'auditor')}"
+    builder, auditor = model_for(settings, "builder"), model_for(settings, "auditor")
+    models = f"builder {builder}, auditor {auditor}"
+    try:
+        check_served(
+            settings, {"AUTOPACK_BUILDER_MODEL": builder, "AUTOPACK_AUDITOR_MODEL": auditor}
+        )
+    except ConfigError as exc:
+        return Check("llm", False, exc.message, "set it to a model the server lists", 2)
     return Check(
         "llm",
         True,
