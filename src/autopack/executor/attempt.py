@@ -212,15 +212,7 @@ class Attempt:
                 return self._request_approval(lease, meter, change, tree.base)
             lease.check()
             self.applied = apply_change(tree.path, change)
-            with config_restored(tree.path) as config:
-                self._check(lease, tree.path)
-            if config.changed:
-                raise failed(
-                    "git_config_changed_by_checks",
-                    feedback="The checks changed the repository's git configuration ("
-                    + ", ".join(config.changed)[:500]
-                    + "); it was put back. Checks must not configure git.",
-                )
+            self._check(lease, tree.path)
             if replaced := replaced_since(tree.path, change):
                 self.s.repository.check_present()  # not the checks: the cache was wiped
                 raise failed(
@@ -387,13 +379,23 @@ class Attempt:
             return
         lease.renew(state=PhaseState.CI_RUNNING)
         self.s.events("checks_started", run_id=self.claim.run_id, phase_id=self.claim.phase_id)
+        # Guarded here, not around one call: the checks run again after a rebase
+        # (``recheck_after_rebase``), and git configured then stayed for every later git.
         try:
-            self.checks = run_checks(
-                self.task.checks, workspace, self.o.check_timeout, stopped=self.s.stopped
-            )
+            with config_restored(workspace) as config:
+                self.checks = run_checks(
+                    self.task.checks, workspace, self.o.check_timeout, stopped=self.s.stopped
+                )
         except (CheckUnavailable, ChecksInterrupted) as exc:
             self.checks = exc.results  # recorded with the attempt: what is missing, or ran
             raise
+        if config.changed:
+            raise failed(
+                "git_config_changed_by_checks",
+                feedback="The checks changed the repository's git configuration ("
+                + ", ".join(config.changed)[:500]
+                + "); it was put back. Checks must not configure git.",
+            )
         failures = [c for c in self.checks if not c.passed]
         if failures:
             raise failed(

@@ -1,0 +1,82 @@
+"""A check (the LLM's code) against Autopack's own git: real drains, real git.
+
+Each test is one way a check got a command of its choosing run by Autopack's git, or
+changed the repository every later attempt uses, past the guard of
+:mod:`autopack.executor.config_guard`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.executor_support import (
+    attempts,
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    files,
+    git,
+    line,
+    on_branch,
+    phase,
+    repository,
+    run_file,
+)
+
+RUN = "exec-run"
+
+
+def _args(ws: Path, tape: Path, *extra: str) -> list[str]:
+    return [
+        *("run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)),
+        *("--workspace", str(ws), *extra),
+    ]
+
+
+def _hook(tmp_path: Path) -> tuple[Path, Path]:
+    leak = tmp_path / "leak"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nenv >> {leak}\n")
+    hook.chmod(0o755)
+    return hook, leak
+
+
+def test_a_check_run_again_after_a_rebase_cannot_configure_git(tmp_path: Path) -> None:
+    """With ``recheck_after_rebase``, the checks ran a second time after the rebase, and
+    that run was not guarded: the configuration it wrote stayed, for every later git."""
+    hook, leak = _hook(tmp_path)
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    ran = tmp_path / "ran-once"
+    waits = tmp_path / "wait_for_a.py"
+    waits.write_text(
+        f"import sqlite3, time\ndb = sqlite3.connect({str(tmp_path / 'autopack.db')!r})\n"
+        "while not db.execute(\"SELECT 1 FROM phases WHERE phase_id = 'a' AND state = "
+        "'COMPLETE'\").fetchone():\n    time.sleep(0.05)\n"
+    )
+    again = f"git config core.fsmonitor {hook}"
+    check = f"if [ -e {ran} ]; then {again}; else touch {ran}; python {waits}; fi"
+    phases = [
+        phase("a", ["pkg/a.py"]),
+        phase("b", ["pkg/b.py"], checks=[check], max_attempts=1),
+        phase("c", ["pkg/c.py"]),
+    ]
+    create_run(run_file(tmp_path, phases, policy={"recheck_after_rebase": "always"}), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [
+            line("a", 1, files(a_py="A = 1\n")),
+            line("b", 1, files(b_py="B = 1\n")),
+            line("c", 1, files(c_py="C = 1\n")),
+        ],
+    )
+    done = drain(*_args(ws, tape, "--concurrency", "2"), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert ran.exists()
+    assert "fsmonitor" not in git("config", "--list", "--local", cwd=ws)
+    assert not leak.exists(), "a command a check configured ran in Autopack's git"
+    [b] = attempts(url, "b")
+    assert (b["outcome"], b["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
+    assert on_branch(ws, "pkg/b.py") is None
