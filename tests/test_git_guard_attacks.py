@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.executor_support import (
     attempts,
     cassette,
@@ -20,6 +22,7 @@ from tests.executor_support import (
     line,
     on_branch,
     phase,
+    phase_row,
     repository,
     run_file,
 )
@@ -80,3 +83,63 @@ def test_a_check_run_again_after_a_rebase_cannot_configure_git(tmp_path: Path) -
     [b] = attempts(url, "b")
     assert (b["outcome"], b["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
     assert on_branch(ws, "pkg/b.py") is None
+
+
+COMMON = "$(git rev-parse --path-format=absolute --git-common-dir)"
+BORROW = f"echo {COMMON}/objects > {{evil}}/objects/info/alternates"
+ELSEWHERE = {
+    "git file": "echo 'gitdir: {evil}' > .git",
+    "commondir": "echo {evil} > $(git rev-parse --git-dir)/commondir",
+    "git directory": "rm .git && cp -r {evil} .git",
+}
+
+
+@pytest.mark.parametrize("how", sorted(ELSEWHERE))
+def test_a_check_that_points_the_checkout_at_another_repository_runs_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    """A checkout's ``.git`` is a file naming its repository (whose ``commondir`` names
+    the shared one); a check that pointed either at a repository of its own (with a
+    ``core.fsmonitor``, the objects borrowed) had Autopack's commit run its command."""
+    hook, leak = _hook(tmp_path)
+    evil = repository(tmp_path / "evil") / ".git"
+    git("config", "core.fsmonitor", str(hook), cwd=evil.parent)
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    check = f"{BORROW} && {ELSEWHERE[how]}".format(evil=evil)
+    phases = [phase("a", ["pkg/a.py"], checks=[check], max_attempts=1), phase("b", ["pkg/b.py"])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert not leak.exists(), "a command a check configured ran in Autopack's git"
+    assert on_branch(ws, "pkg/b.py") == "B = 1\n"
+    assert phase_row(url, "b")["state"] == "COMPLETE"
+    [first] = attempts(url, "a")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
+
+
+def test_a_config_replaced_by_a_link_to_the_same_settings_is_put_back(tmp_path: Path) -> None:
+    """The guard compared contents: a link to a copy (which anything may change later,
+    outside any check) passed as the same configuration and stayed."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    copy = tmp_path / "copy"
+    config = "$(git rev-parse --path-format=absolute --git-common-dir)/config"
+    check = f"cp {config} {copy} && ln -sf {copy} {config}"
+    create_run(
+        run_file(tmp_path, [phase("a", ["pkg/a.py"], checks=[check], max_attempts=1)]),
+        env,
+        tmp_path,
+    )
+    tape = cassette(tmp_path, [line("a", 1, files(a_py="A = 1\n"))])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert copy.exists()
+    assert not (ws / ".git" / "config").is_symlink()
+    [first] = attempts(url, "a")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")

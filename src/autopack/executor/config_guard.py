@@ -12,6 +12,8 @@ back, and the attempt fails with ``git_config_changed_by_checks`` naming what ch
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,19 +31,47 @@ class ConfigChanges:
 
 
 def _config_files(checkout: Path) -> list[Path]:
-    """The repository's own configuration and this checkout's (``config.worktree``)."""
+    """The repository's own configuration and this checkout's (``config.worktree``), and
+    the files that say which repository the checkout is: its ``.git`` file and its
+    ``commondir``. A check that pointed either at a repository of its own (whose config
+    names an fsmonitor) had Autopack's commit run that repository's commands."""
     common, own = out(
         "rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir", cwd=checkout
     ).splitlines()
-    return [Path(common) / "config", Path(own) / "config.worktree"]
+    files = [Path(common) / "config", Path(own) / "config.worktree", Path(own) / "commondir"]
+    return [*files, checkout / ".git"]
 
 
-def _settings(content: bytes | None, checkout: Path) -> set[str]:
-    if not content:
+# What is at a path: None (nothing), or ("file", content), ("link", target), ("dir", b"").
+_State = tuple[str, bytes] | None
+
+
+def _state(path: Path) -> _State:
+    if path.is_symlink():  # a link, even to an identical file, is not the file
+        return ("link", os.fsencode(os.readlink(path)))
+    if path.is_dir():
+        return ("dir", b"")
+    return ("file", path.read_bytes()) if path.exists() else None
+
+
+def _put_back(path: Path, state: _State) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif state is None or state[0] != "file":
+        path.unlink(missing_ok=True)
+    if state is not None and state[0] == "link":
+        os.symlink(os.fsdecode(state[1]), path)
+    elif state is not None:
+        write_atomic(path, state[1])
+
+
+def _settings(state: _State, checkout: Path) -> set[str]:
+    if state is None or not state[1]:
         return set()
+    kind, content = state
     listed = git("config", "--file", "-", "--list", cwd=checkout, input=content, check=False)
-    if listed.returncode != 0:  # not a config git can read: show it as it is
-        return {content.decode(errors="replace")}
+    if kind != "file" or listed.returncode != 0:  # not a config git can read: as it is
+        return {f"{'' if kind == 'file' else kind + ' '}{content.decode(errors='replace')}"}
     return set(listed.stdout.decode(errors="replace").splitlines())
 
 
@@ -50,19 +80,15 @@ def config_restored(checkout: Path) -> Iterator[ConfigChanges]:
     """Put the repository's configuration back as it was on entry, whatever happens in
     the block; the :class:`ConfigChanges` says what the block had changed."""
     files = _config_files(checkout)
-    before = {path: path.read_bytes() if path.is_file() else None for path in files}
+    before = {path: _state(path) for path in files if _state(path) != ("dir", b"")}
     changes = ConfigChanges()
     try:
         yield changes
     finally:
-        for path, content in before.items():
-            now = path.read_bytes() if path.is_file() else None
-            if now == content:
-                continue
-            old, new = _settings(content, checkout), _settings(now, checkout)
+        changed = {path: _state(path) for path in before if _state(path) != before[path]}
+        for path in changed:  # first: what git reads below must be the repository's own
+            _put_back(path, before[path])
+        for path, now in changed.items():
+            old, new = _settings(before[path], checkout), _settings(now, checkout)
             changes.changed += [f"+{s}" for s in sorted(new - old)]
             changes.changed += [f"-{s}" for s in sorted(old - new)]
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_atomic(path, content)
