@@ -90,6 +90,7 @@ BORROW = f"echo {COMMON}/objects > {{evil}}/objects/info/alternates"
 ELSEWHERE = {
     "git file": "echo 'gitdir: {evil}' > .git",
     "commondir": "echo {evil} > $(git rev-parse --git-dir)/commondir",
+    "shared commondir": f"echo {{evil}} > {COMMON}/commondir",
     "git directory": "rm .git && cp -r {evil} .git",
 }
 

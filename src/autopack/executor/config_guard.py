@@ -33,13 +33,14 @@ class ConfigChanges:
 def _config_files(checkout: Path) -> list[Path]:
     """The repository's own configuration and this checkout's (``config.worktree``), and
     the files that say which repository the checkout is: its ``.git`` file and its
-    ``commondir``. A check that pointed either at a repository of its own (whose config
-    names an fsmonitor) had Autopack's commit run that repository's commands."""
+    ``commondir`` (and the repository's own: git reads one in any git directory). A check
+    that pointed one at a repository of its own (whose config names an fsmonitor) had
+    Autopack's git, and the user's, run that repository's commands."""
     common, own = out(
         "rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir", cwd=checkout
     ).splitlines()
-    files = [Path(common) / "config", Path(own) / "config.worktree", Path(own) / "commondir"]
-    return [*files, checkout / ".git"]
+    shared = [Path(common) / "config", Path(common) / "commondir"]  # read in any git dir
+    return [*shared, Path(own) / "config.worktree", Path(own) / "commondir", checkout / ".git"]
 
 
 # What is at a path: None (nothing), or ("file", content), ("link", target), ("dir", b"").
