@@ -144,3 +144,26 @@ def test_a_config_replaced_by_a_link_to_the_same_settings_is_put_back(tmp_path: 
     assert not (ws / ".git" / "config").is_symlink()
     [first] = attempts(url, "a")
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
+
+
+def test_a_check_that_replaces_a_commit_changes_no_later_commit(tmp_path: Path) -> None:
+    """``git replace`` (a ref any check may write) makes git read another object in place
+    of a commit: Autopack's next commit, made from the head's tree, took the check's tree,
+    and a completed phase's file left the branch in a commit no one made."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    fake = "git rm -q --cached pkg/a.py && c=$(git commit-tree $(git write-tree) -m fake)"
+    check = f"{fake} && git replace HEAD $c && exit 1"
+    phases = [
+        phase("a", ["pkg/a.py"]),
+        phase("b", ["pkg/b.py"], checks=[check], max_attempts=1),
+        phase("c", ["pkg/c.py"]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(tmp_path, [line(p, 1, files(**{f"{p}_py": f"{p} = 1\n"})) for p in "abc"])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert phase_row(url, "c")["state"] == "COMPLETE"
+    real = git("--no-replace-objects", "ls-tree", "-r", "--name-only", f"autopack/{RUN}", cwd=ws)
+    assert real.splitlines() == ["pkg/a.py", "pkg/c.py", "pkg/keep.py"]
