@@ -88,7 +88,8 @@ def config_restored(checkout: Path) -> Iterator[ConfigChanges]:
     finally:
         changed = {path: _state(path) for path in before if _state(path) != before[path]}
         for path in changed:  # first: what git reads below must be the repository's own
-            _put_back(path, before[path])
+            if path.parent.is_dir():  # else the repository is gone (check_present says so)
+                _put_back(path, before[path])
         for path, now in changed.items():
             old, new = _settings(before[path], checkout), _settings(now, checkout)
             changes.changed += [f"+{s}" for s in sorted(new - old)]
