@@ -7,6 +7,7 @@ changed the repository every later attempt uses, past the guard of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,25 @@ def test_a_check_that_replaces_a_commit_changes_no_later_commit(tmp_path: Path) 
     assert phase_row(url, "c")["state"] == "COMPLETE"
     real = git("--no-replace-objects", "ls-tree", "-r", "--name-only", f"autopack/{RUN}", cwd=ws)
     assert real.splitlines() == ["pkg/a.py", "pkg/c.py", "pkg/keep.py"]
+
+
+def test_a_passing_checks_index_flags_leave_no_file_to_the_next_attempt(tmp_path: Path) -> None:
+    """A completed attempt's checkout is reused. A check that changed a file it did not
+    write and hid the change from git (``--skip-worktree``) had it survive the switch
+    to the next base: the next phase's edit of that file committed the check's lines."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    hide = "echo 'STOLEN = 1' >> pkg/keep.py && git update-index --skip-worktree pkg/keep.py"
+    phases = [
+        phase("a", ["pkg/a.py"], checks=[hide]),
+        phase("b", ["pkg/keep.py"]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    edit = {"path": "pkg/keep.py", "search": "K = 1\n", "replace": "K = 2\n"}
+    answer = json.dumps({"files": [], "edits": [edit], "summary": "edit"})
+    tape = cassette(tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, answer)])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert phase_row(url, "a")["state"] == "COMPLETE"
+    assert on_branch(ws, "pkg/keep.py") == "K = 2\n"
