@@ -190,3 +190,32 @@ def test_a_passing_checks_index_flags_leave_no_file_to_the_next_attempt(tmp_path
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert phase_row(url, "a")["state"] == "COMPLETE"
     assert on_branch(ws, "pkg/keep.py") == "K = 2\n"
+
+
+def test_grafts_a_check_writes_fail_no_rebase(
+    tmp_path: Path,
+) -> None:
+    """``info/grafts`` (a file any check may write) rewrites parents: grafting the branch's
+    new head under the attempt's base made the rebase of every attempt fail as an
+    ``integration_conflict`` ("unknown files"), for as long as the file stayed."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    waits = tmp_path / "wait_for_a.py"
+    waits.write_text(
+        f"import sqlite3, time\ndb = sqlite3.connect({str(tmp_path / 'autopack.db')!r})\n"
+        "while not db.execute(\"SELECT 1 FROM phases WHERE phase_id = 'a' AND state = "
+        "'COMPLETE'\").fetchone():\n    time.sleep(0.05)\n"
+    )
+    graft = f'echo "$(git rev-parse HEAD) $(git rev-parse autopack/{RUN})" > {COMMON}/info/grafts'
+    phases = [
+        phase("a", ["pkg/a.py"]),
+        phase("b", ["pkg/b.py"], checks=[f"python {waits} && mkdir -p {COMMON}/info && {graft}"]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(tmp_path, [line(p, 1, files(**{f"{p}_py": f"{p} = 1\n"})) for p in "ab"])
+    done = drain(*_args(ws, tape, "--concurrency", "2"), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    (ws / ".git" / "info" / "grafts").unlink(missing_ok=True)
+    assert on_branch(ws, "pkg/a.py") == "a = 1\n"
+    assert on_branch(ws, "pkg/b.py") == "b = 1\n"
