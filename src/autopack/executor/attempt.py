@@ -379,14 +379,16 @@ class Attempt:
             return
         lease.renew(state=PhaseState.CI_RUNNING)
         self.s.events("checks_started", run_id=self.claim.run_id, phase_id=self.claim.phase_id)
-        with config_restored(workspace) as config:
-            try:
+        # Guarded here, not around one call: the checks run again after a rebase
+        # (``recheck_after_rebase``), and git configured then stayed for every later git.
+        try:
+            with config_restored(workspace) as config:
                 self.checks = run_checks(
                     self.task.checks, workspace, self.o.check_timeout, stopped=self.s.stopped
                 )
-            except (CheckUnavailable, ChecksInterrupted) as exc:
-                self.checks = exc.results  # recorded with the attempt: what is missing, or ran
-                raise
+        except (CheckUnavailable, ChecksInterrupted) as exc:
+            self.checks = exc.results  # recorded with the attempt: what is missing, or ran
+            raise
         if config.changed:
             raise failed(
                 "git_config_changed_by_checks",

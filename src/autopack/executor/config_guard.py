@@ -7,11 +7,14 @@ filter, diff and merge drivers); written by a check (``git config core.fsmonitor
 git commands after it, in this attempt's commit and in every later phase and run using
 the repository: outside the check's lifetime, where its reaper never looks. So the
 configuration files are read before the checks and, when the checks changed them, written
-back, and the attempt fails with ``git_config_changed_by_checks`` naming what changed.
+back (as the drain first found them), and the attempt fails with
+``git_config_changed_by_checks`` naming what changed.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,55 +32,81 @@ class ConfigChanges:
     changed: list[str] = field(default_factory=list)
 
 
-def _config_files(checkout: Path) -> list[Path]:
-    """The repository's own configuration and this checkout's (``config.worktree``)."""
+def _config_files(checkout: Path) -> tuple[list[Path], list[Path]]:
+    """The repository's own configuration (shared by every checkout) and this checkout's
+    (``config.worktree``), and
+    the files that say which repository the checkout is: its ``.git`` file and its
+    ``commondir`` (and the repository's own: git reads one in any git directory). A check
+    that pointed one at a repository of its own (whose config names an fsmonitor) had
+    Autopack's git, and the user's, run that repository's commands."""
     common, own = out(
         "rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir", cwd=checkout
     ).splitlines()
-    return [Path(common) / "config", Path(own) / "config.worktree"]
+    shared = [Path(common) / "config", Path(common) / "commondir"]  # read in any git dir
+    return shared, [Path(own) / "config.worktree", Path(own) / "commondir", checkout / ".git"]
 
 
-def _settings(content: bytes | None, checkout: Path) -> set[str]:
-    if not content:
+# What is at a path: None (nothing), or ("file", content), ("link", target), ("dir", b"").
+_State = tuple[str, bytes] | None
+
+
+def _state(path: Path) -> _State:
+    if path.is_symlink():  # a link, even to an identical file, is not the file
+        return ("link", os.fsencode(os.readlink(path)))
+    if path.is_dir():
+        return ("dir", b"")
+    return ("file", path.read_bytes()) if path.exists() else None
+
+
+def _put_back(path: Path, state: _State) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif state is None or state[0] != "file":
+        path.unlink(missing_ok=True)
+    if state is not None and state[0] == "link":
+        os.symlink(os.fsdecode(state[1]), path)
+    elif state is not None:
+        write_atomic(path, state[1])
+
+
+def _settings(state: _State, checkout: Path) -> set[str]:
+    if state is None or not state[1]:
         return set()
+    kind, content = state
     listed = git("config", "--file", "-", "--list", cwd=checkout, input=content, check=False)
-    if listed.returncode != 0:  # not a config git can read: show it as it is
-        return {content.decode(errors="replace")}
+    if kind != "file" or listed.returncode != 0:  # not a config git can read: as it is
+        return {f"{'' if kind == 'file' else kind + ' '}{content.decode(errors='replace')}"}
     return set(listed.stdout.decode(errors="replace").splitlines())
 
 
-_FIRST_SEEN: dict[Path, bytes | None] = {}
-"""Each configuration file as this executor first found it, before any of its checks ran
-there. Not as it was when each attempt's checks started: with attempts in flight
-together, a check's change was the later attempt's "before", written back once the first
-attempt had put it right."""
+_FIRST_SEEN: dict[Path, _State] = {}
+"""Each shared file as this executor first found it, before any of its checks ran there.
+Not as it was when each attempt's checks started: with attempts in flight together, a
+check's change was the later attempt's "before", written back once the first attempt had
+put it right. (A checkout's own files are its attempt's alone while its checks run.)"""
 _LOCK = threading.Lock()
-
-
-def _content(path: Path) -> bytes | None:
-    return path.read_bytes() if path.is_file() else None
 
 
 @contextmanager
 def config_restored(checkout: Path) -> Iterator[ConfigChanges]:
-    """Put the repository's configuration back as this executor first found it, whatever
-    happens in the block; the :class:`ConfigChanges` says what differed after it."""
-    files = _config_files(checkout)
+    """Put the repository's configuration back as this executor first found it (the
+    checkout's own, as it was on entry), whatever happens in the block; the
+    :class:`ConfigChanges` says what differed after it."""
+    shared, own = _config_files(checkout)
     with _LOCK:
-        before = {path: _FIRST_SEEN.setdefault(path, _content(path)) for path in files}
+        found = {path: _FIRST_SEEN.setdefault(path, _state(path)) for path in shared}
+    found |= {path: _state(path) for path in own}
+    before = {path: state for path, state in found.items() if state != ("dir", b"")}
     changes = ConfigChanges()
     try:
         yield changes
     finally:
         with _LOCK:
-            for path, content in before.items():
-                now = _content(path)
-                if now == content:
-                    continue
-                old, new = _settings(content, checkout), _settings(now, checkout)
-                changes.changed += [f"+{s}" for s in sorted(new - old)]
-                changes.changed += [f"-{s}" for s in sorted(old - new)]
-                if content is None:
-                    path.unlink(missing_ok=True)
-                else:
-                    write_atomic(path, content)
+            changed = {path: _state(path) for path in before if _state(path) != before[path]}
+            for path in changed:  # first: what git reads below must be the repository's own
+                if path.parent.is_dir():  # else the repository is gone (check_present says so)
+                    _put_back(path, before[path])
+        for path, now in changed.items():
+            old, new = _settings(before[path], checkout), _settings(now, checkout)
+            changes.changed += [f"+{s}" for s in sorted(new - old)]
+            changes.changed += [f"-{s}" for s in sorted(old - new)]

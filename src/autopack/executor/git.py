@@ -92,6 +92,12 @@ def git(
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "true",
         "LC_ALL": "C",
+        # Objects as they are: a check can write ``refs/replace/`` (``git replace HEAD
+        # X``), and Autopack's next commit, made from the head's tree, took X's instead.
+        "GIT_NO_REPLACE_OBJECTS": "1",
+        # ... nor grafts (``info/grafts``, parents rewritten): one a check wrote made every
+        # later rebase of the run's attempts fail. A path no file can be at.
+        "GIT_GRAFT_FILE": os.path.join(os.devnull, "grafts"),
         **(env or {}),
     }
     try:

@@ -40,6 +40,18 @@ phase's checks failed on files its branch holds, and ``git add`` refused every
 deliverable outside it, so each attempt failed ``git_error`` and the run failed."""
 
 
+def _drop_flagged_index(path: Path) -> None:
+    """Remove a reused slot's index when an entry in it is flagged ``assume-unchanged`` or
+    ``skip-worktree`` (a check may set either): ``checkout --force`` leaves such a file as
+    it is on disk, so what a completed attempt's check wrote into a file it never
+    delivered reached the next attempt's checks and, through an edit, its commit. Without
+    an index, the checkout writes every file of the base afresh."""
+    listed = git("ls-files", "-v", "-z", cwd=path).stdout.split(b"\0")
+    if any(entry[:1].islower() or entry[:1] == b"S" for entry in listed if entry):
+        index = out("rev-parse", "--path-format=absolute", "--git-path", "index", cwd=path)
+        Path(index).unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -263,6 +275,7 @@ class Worktrees:
         try:
             if used:  # a reused slot: switch it to ``base`` and drop what the last left
                 with self.repository.locked():
+                    _drop_flagged_index(path)
                     checkout_git("checkout", "--quiet", "--force", "--detach", base, cwd=path)
                     checkout_git("clean", "-ffdxq", cwd=path)
         except BaseException:
