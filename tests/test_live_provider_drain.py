@@ -505,3 +505,39 @@ def test_a_model_the_server_does_not_list_is_refused_before_a_phase_is_claimed(
     assert drained.returncode == 0, drained.stderr[-3000:]
     [attempt] = rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts")
     assert attempt == {"attempt": 1, "outcome": "COMPLETE"}
+
+
+def test_a_model_named_without_its_tag_or_by_a_one_model_server_is_called(
+    tmp_path: Path,
+) -> None:
+    """Ollama answers ``qwen2.5-coder`` with ``qwen2.5-coder:latest``; llama.cpp answers
+    every name with its one model (which it lists under its file name): neither is
+    refused. The one-model server gets a warning naming the setting instead."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder")
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
+    )
+    results = []
+    with WireServer() as wire:
+        local = {**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}
+        for phase_id, listed, answer in (
+            ("p1", ["qwen2.5-coder:latest", "llama3.1:8b"], files(a_py="A = 1\n")),
+            ("p2", ["models/qwen.gguf"], files(b_py="B = 1\n")),
+        ):
+            wire.models = listed
+            wire.script(OPENAI_PATH, Reply(200, openai_completion(answer)))
+            results.append(
+                cli(
+                    *("drain", "phase", "--run-id", "exec-run", "--phase-id", phase_id),
+                    *("--auditor", "off", "--workspace", str(tmp_path / "ws")),
+                    env=local,
+                    cwd=tmp_path,
+                )
+            )
+    tagless, one_model = results
+    assert tagless.returncode == 0, tagless.stderr[-3000:]
+    assert "model not listed" not in tagless.stderr
+    assert one_model.returncode == 0, one_model.stderr[-3000:]
+    said = " ".join(one_model.stderr.split())
+    assert "model not listed" in said and "set AUTOPACK_BUILDER_MODEL" in said, said

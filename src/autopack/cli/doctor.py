@@ -199,7 +199,7 @@ def _credentials(settings: Settings) -> Check:
     builder, auditor = model_for(settings, "builder"), model_for(settings, "auditor")
     models = f"builder {builder}, auditor {auditor}"
     try:
-        check_served(
+        unlisted = check_served(
             settings, {"AUTOPACK_BUILDER_MODEL": builder, "AUTOPACK_AUDITOR_MODEL": auditor}
         )
     except ConfigError as exc:
@@ -208,7 +208,7 @@ def _credentials(settings: Settings) -> Check:
         "llm",
         True,
         f"provider {provider} ({provider_name(settings)}: {models}); credentials present: {shown}",
-        model_hint(settings),
+        unlisted or model_hint(settings),
     )
 
 

@@ -164,8 +164,9 @@ def _check_models(settings: Settings, options: ExecutorOptions) -> None:
     called = {"AUTOPACK_BUILDER_MODEL": options.builder_model}
     if options.auditor == "llm":
         called["AUTOPACK_AUDITOR_MODEL"] = options.auditor_model
-    check_served(settings, called)
-    if hint := model_hint(settings):
+    if unlisted := check_served(settings, called):
+        err.print(f"[yellow]model not listed[/yellow]: {unlisted}", highlight=False)
+    elif hint := model_hint(settings):
         err.print(f"[yellow]model not set[/yellow]: {hint}", highlight=False)
 
 

@@ -113,26 +113,36 @@ def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
     )
 
 
-def check_served(settings: Settings, wanted: Mapping[str, str]) -> None:
+def check_served(settings: Settings, wanted: Mapping[str, str]) -> str:
     """Refuse a model the ``OPENAI_BASE_URL`` server does not list, naming the setting that
-    chose it (ConfigError: exit 2, before anything is claimed). A mistyped ``qwen2.5-codr``
-    was a 404 at the first call, and the phase FAILED. A server that lists nothing passes."""
+    chose it (ConfigError: exit 2, before anything is claimed): a mistyped
+    ``qwen2.5-codr`` was a 404 at the first call, and the phase FAILED. ``NAME`` is
+    ``NAME:latest`` (Ollama's default tag). A server listing one model only is warned
+    about, not refused (the returned text): llama.cpp serves its one model under any
+    name. A server that lists nothing passes."""
     if provider_name(settings) != "openai" or not settings.openai_base_url:
-        return
+        return ""
     from autopack.llm.openai_provider import OpenAIProvider
 
     base_url = _checked_base_url("OPENAI_BASE_URL", settings.openai_base_url)
     server = OpenAIProvider(api_key=_secret(settings.openai_api_key), base_url=base_url)
     try:
-        listed = server.served_models()
+        listed = server.served_models() or []
     finally:
         server.close()
-    for setting, model in wanted.items():
-        if listed and model not in listed:
-            shown = ", ".join(listed[:20]) + (f" and {len(listed) - 20} more" * (len(listed) > 20))
-            raise ConfigError(
-                f"{setting}={model!r}: the server at {base_url} has no such model; it lists {shown}"
-            )
+    missing = [
+        (setting, model)
+        for setting, model in wanted.items()
+        if listed and model not in listed and f"{model}:latest" not in listed
+    ]
+    if not missing:
+        return ""
+    setting, model = missing[0]
+    shown = ", ".join(listed[:20]) + (f" and {len(listed) - 20} more" * (len(listed) > 20))
+    problem = f"{setting}={model!r}: the server at {base_url} lists no such model, only {shown}"
+    if len(listed) == 1:
+        return f'{problem} (if its calls fail with "model not found", set {setting})'
+    raise ConfigError(problem)
 
 
 def _replay(settings: Settings, cassette: Path | None) -> LLMProvider:
