@@ -257,3 +257,12 @@ def test_a_path_too_long_for_the_file_system_is_refused_naming_its_flag(
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert f"{args[-1]} " in result.stderr and "File name too long" in result.stderr
+
+
+def test_a_mistyped_command_is_answered_with_the_one_meant(tmp_path: Path) -> None:
+    """``autopack run shwo`` suggested ``show``; ``autopack drian`` suggested nothing (the
+    root group loads its commands lazily, and Typer suggests from those it holds)."""
+    for args, meant in ((("drian",), "drain"), (("run", "shwo"), "show")):
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"Did you mean {meant!r}?" in result.stderr, result.stderr

@@ -11,6 +11,7 @@ moves them in front of it.
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from importlib import import_module
 
 import typer
@@ -191,6 +192,20 @@ class LazyGroup(TyperGroup):
             summary = COMMANDS[cmd_name][2]
             return TyperCommand(cmd_name, help=summary, short_help=summary)
         return load_command(cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """``autopack drian``: "Did you mean 'drain'?", as every command group says. Typer
+        suggests from the commands it holds, and a lazy group holds none."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.UsageError as exc:
+            matches = get_close_matches(args[0], list(COMMANDS)) if args else []
+            if matches and "Did you mean" not in exc.message:
+                shown = ", ".join(repr(match) for match in matches)
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean {shown}?"
+            raise
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         ctx.meta[LISTING] = True
