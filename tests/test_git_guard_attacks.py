@@ -219,3 +219,113 @@ def test_grafts_a_check_writes_fail_no_rebase(
     (ws / ".git" / "info" / "grafts").unlink(missing_ok=True)
     assert on_branch(ws, "pkg/a.py") == "a = 1\n"
     assert on_branch(ws, "pkg/b.py") == "b = 1\n"
+
+
+_EVIL = "c=$(git -c user.name=x -c user.email=x@x commit-tree HEAD^{tree} -p {parent} -m evil)"
+
+
+def test_a_check_that_moves_the_run_branch_lands_nothing_on_it(tmp_path: Path) -> None:
+    """A check could move a local workspace's run branch to a commit of its own, made on
+    the accepted head: Autopack found the branch "past" the head it was asked to reach and
+    left it there, so the branch carried a commit the control plane never accepted (no
+    Builder, no audit), and every later phase's commit was made beside it, not on it."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    branch = f"refs/heads/autopack/{RUN}"
+    move = _EVIL.replace("{parent}", branch) + f" && git update-ref {branch} $c"
+    phases = [
+        phase("a", ["pkg/a.py"]),
+        phase("b", ["pkg/b.py"], checks=[move]),
+        phase("c", ["pkg/c.py"]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [
+            line("a", 1, files(a_py="A = 1\n")),
+            line("b", 1, files(b_py="B = 1\n")),
+            line("b", 2, files(b_py="B = 2\n")),
+            line("c", 1, files(c_py="C = 1\n")),
+        ],
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    first = attempts(url, "b")[0]
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert f"autopack/{RUN}" in first["feedback"]
+    log = git("log", "--format=%s", f"autopack/{RUN}", cwd=ws)
+    assert "evil" not in log
+    assert phase_row(url, "c")["state"] == "COMPLETE"
+    assert on_branch(ws, "pkg/c.py") == "C = 1\n"
+
+
+def test_a_check_that_deletes_the_runs_refs_has_them_put_back(tmp_path: Path) -> None:
+    """A check deleting the run's branch and a completed attempt's ref (``git update-ref
+    -d``) left the completed commits reachable from nothing in a local workspace: the
+    next ``git gc`` of the user's repository deleted the run's work."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    drop = (
+        f"git update-ref -d refs/heads/autopack/{RUN} && "
+        f"git update-ref -d refs/autopack/attempts/{RUN}/a/1"
+    )
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[drop], max_attempts=1)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert f"refs/autopack/attempts/{RUN}/a/1" in first["feedback"]
+    assert on_branch(ws, "pkg/a.py") == "A = 1\n"
+    assert git("rev-parse", f"refs/autopack/attempts/{RUN}/a/1", cwd=ws) == git(
+        "rev-parse", f"autopack/{RUN}", cwd=ws
+    )
+
+
+def test_the_branch_moving_on_while_checks_run_is_not_the_checks_doing(tmp_path: Path) -> None:
+    """Attempts beside one whose checks run integrate meanwhile: the branch moving to the
+    head the control plane accepted is Autopack's own move, not put back (a guard that
+    put back every move failed each attempt that ran checks beside another)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    branch = f"refs/heads/autopack/{RUN}"
+    wait = f"for i in $(seq 600); do git cat-file -e {branch}:pkg/a.py && exit 0; sleep 0.05; done"
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[wait + "; exit 1"])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    done = drain(*_args(ws, tape, "--concurrency", "2"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [a["stop_reason"] for a in attempts(url, "b")] == ["completed"]
+    assert on_branch(ws, "pkg/a.py") == "A = 1\n"
+    assert on_branch(ws, "pkg/b.py") == "B = 1\n"
+
+
+def test_a_branch_a_check_deleted_and_locked_is_named_not_silently_lost(tmp_path: Path) -> None:
+    """A check that deleted the branch and left git's lock file in its place keeps it from
+    being put back: the attempt's feedback says so, with git's reason, and the run goes
+    on from the accepted head (the control plane's, not the missing branch's)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    lock = ws / ".git" / "refs" / "heads" / "autopack" / f"{RUN}.lock"
+    drop = f"git update-ref -d refs/heads/autopack/{RUN} && mkdir -p {lock.parent} && touch {lock}"
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[drop], max_attempts=1)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert "deleted (not put back:" in first["feedback"] and "lock" in first["feedback"]
+    lock.unlink()
+    assert phase_row(url, "a")["state"] == "COMPLETE"

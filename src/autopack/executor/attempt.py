@@ -47,9 +47,9 @@ from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
 from autopack.executor.checks import ChecksInterrupted, CheckUnavailable, run_checks
-from autopack.executor.config_guard import config_restored
 from autopack.executor.continuation import builder_answer
 from autopack.executor.git import GitError
+from autopack.executor.git_guard import git_guarded
 from autopack.executor.integration import base_for
 from autopack.executor.lease import Lease
 from autopack.executor.metering import Meter
@@ -382,20 +382,13 @@ class Attempt:
         # Guarded here, not around one call: the checks run again after a rebase
         # (``recheck_after_rebase``), and git configured then stayed for every later git.
         try:
-            with config_restored(workspace) as config:
+            with git_guarded(workspace, self.s.repository, self.claim.run_id, self._accepted):
                 self.checks = run_checks(
                     self.task.checks, workspace, self.o.check_timeout, stopped=self.s.stopped
                 )
         except (CheckUnavailable, ChecksInterrupted) as exc:
             self.checks = exc.results  # recorded with the attempt: what is missing, or ran
             raise
-        if config.changed:
-            raise failed(
-                "git_config_changed_by_checks",
-                feedback="The checks changed the repository's git configuration ("
-                + ", ".join(config.changed)[:500]
-                + "); it was put back. Checks must not configure git.",
-            )
         failures = [c for c in self.checks if not c.passed]
         if failures:
             raise failed(
@@ -406,6 +399,9 @@ class Attempt:
                     f"$ {c.command} (exit {c.exit_code})\n{c.output_tail[-1500:]}" for c in failures
                 ),
             )
+
+    def _accepted(self) -> str | None:
+        return self.s.client.get_run(self.claim.run_id).branch_head
 
     def _audit(self, meter: Meter, change: Change) -> None:
         if self.o.auditor == "off":

@@ -350,9 +350,9 @@ class RunRepository:
         """Advance to ``to``; the branch's head afterwards (``to``, or a head past it)."""
         for _ in range(ADVANCE_TRIES):
             old = self._branch_head(fetch=True)
-            if old == to or (old is not None and self._is_ancestor(to, old)):
+            if old == to or (old is not None and self.is_ancestor(to, old)):
                 return old
-            if old is not None and not self._is_ancestor(old, to):
+            if old is not None and not self.is_ancestor(old, to):
                 raise GitError(
                     ("merge-base", "--is-ancestor", old, to),
                     f"branch {self.branch} in {self.where} is at {old[:12]}, which the "
@@ -364,7 +364,7 @@ class RunRepository:
                 return to
         raise GitError(("update-ref", self.branch), "the branch kept moving; try again")
 
-    def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         key = (ancestor, descendant)
         if key not in self._ancestry:
             result = git(

@@ -1,0 +1,43 @@
+"""What a phase's checks may not change in git, as they found it, or the attempt fails.
+
+Checks run the LLM's code in a checkout of the executor's repository. Two things there
+outlive them and reach far beyond the attempt: the repository's git configuration (a
+command git runs in every later git command, :mod:`autopack.executor.config_guard`) and
+the run's refs (its branch and the refs keeping completed commits,
+:mod:`autopack.executor.ref_guard`). Both are put back when the checks end, however they
+end; when they had changed, the attempt fails with a stop reason naming which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from autopack.executor.config_guard import config_restored
+from autopack.executor.outcome import failed
+from autopack.executor.ref_guard import refs_restored
+from autopack.executor.repository import RunRepository
+
+
+@contextmanager
+def git_guarded(
+    checkout: Path, repository: RunRepository, run_id: str, accepted: Callable[[], str | None]
+) -> Iterator[None]:
+    """Run the block (the checks) with git's configuration and the run's refs put back
+    after it; raise a ``failed`` Finish when the block ended normally having changed them
+    (an exception of the block's own goes on as it is)."""
+    with config_restored(checkout) as config, refs_restored(repository, run_id, accepted) as refs:
+        yield
+    for reason, what, changed in (
+        ("git_config_changed_by_checks", "the repository's git configuration", config.changed),
+        ("git_refs_changed_by_checks", "the run's git refs", refs.changed),
+    ):
+        if changed:
+            raise failed(
+                reason,
+                feedback=f"The checks changed {what} ("
+                + ", ".join(changed)[:500]
+                + "); Autopack put back what it could. Checks must not change git's "
+                "configuration or refs.",
+            )
