@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -260,23 +261,29 @@ def test_a_check_that_moves_the_run_branch_lands_nothing_on_it(tmp_path: Path) -
     assert on_branch(ws, "pkg/c.py") == "C = 1\n"
 
 
-def test_a_check_that_deletes_the_runs_refs_has_them_put_back(tmp_path: Path) -> None:
-    """A check deleting the run's branch and a completed attempt's ref (``git update-ref
-    -d``) left the completed commits reachable from nothing in a local workspace: the
-    next ``git gc`` of the user's repository deleted the run's work."""
+def _a_then_b(tmp_path: Path, check: str, *extra: str) -> tuple[str, Path, CompletedProcess[str]]:
+    """Drain phase ``a``, then ``b`` (one attempt) whose check is ``check``: the database
+    URL, the workspace and the drain's process."""
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(url)
     ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
-    drop = (
-        f"git update-ref -d refs/heads/autopack/{RUN} && "
-        f"git update-ref -d refs/autopack/attempts/{RUN}/a/1"
-    )
-    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[drop], max_attempts=1)]
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[check], max_attempts=1)]
     create_run(run_file(tmp_path, phases), env, tmp_path)
     tape = cassette(
         tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
     )
-    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    return url, ws, drain(*_args(ws, tape, *extra), env=env, cwd=tmp_path)
+
+
+def test_a_check_that_deletes_the_runs_refs_has_them_put_back(tmp_path: Path) -> None:
+    """A check deleting the run's branch and a completed attempt's ref (``git update-ref
+    -d``) left the completed commits reachable from nothing in a local workspace: the
+    next ``git gc`` of the user's repository deleted the run's work."""
+    drop = (
+        f"git update-ref -d refs/heads/autopack/{RUN} && "
+        f"git update-ref -d refs/autopack/attempts/{RUN}/a/1"
+    )
+    url, ws, done = _a_then_b(tmp_path, drop)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     [first] = attempts(url, "b")
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
@@ -291,17 +298,9 @@ def test_the_branch_moving_on_while_checks_run_is_not_the_checks_doing(tmp_path:
     """Attempts beside one whose checks run integrate meanwhile: the branch moving to the
     head the control plane accepted is Autopack's own move, not put back (a guard that
     put back every move failed each attempt that ran checks beside another)."""
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url)
-    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
     branch = f"refs/heads/autopack/{RUN}"
     wait = f"for i in $(seq 600); do git cat-file -e {branch}:pkg/a.py && exit 0; sleep 0.05; done"
-    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[wait + "; exit 1"])]
-    create_run(run_file(tmp_path, phases), env, tmp_path)
-    tape = cassette(
-        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
-    )
-    done = drain(*_args(ws, tape, "--concurrency", "2"), env=env, cwd=tmp_path)
+    url, ws, done = _a_then_b(tmp_path, wait + "; exit 1", "--concurrency", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert [a["stop_reason"] for a in attempts(url, "b")] == ["completed"]
     assert on_branch(ws, "pkg/a.py") == "A = 1\n"
@@ -312,17 +311,9 @@ def test_a_branch_a_check_deleted_and_locked_is_named_not_silently_lost(tmp_path
     """A check that deleted the branch and left git's lock file in its place keeps it from
     being put back: the attempt's feedback says so, with git's reason, and the run goes
     on from the accepted head (the control plane's, not the missing branch's)."""
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url)
-    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
-    lock = ws / ".git" / "refs" / "heads" / "autopack" / f"{RUN}.lock"
+    lock = tmp_path / "ws" / ".git" / "refs" / "heads" / "autopack" / f"{RUN}.lock"
     drop = f"git update-ref -d refs/heads/autopack/{RUN} && mkdir -p {lock.parent} && touch {lock}"
-    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[drop], max_attempts=1)]
-    create_run(run_file(tmp_path, phases), env, tmp_path)
-    tape = cassette(
-        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
-    )
-    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    url, _, done = _a_then_b(tmp_path, drop)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     [first] = attempts(url, "b")
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
