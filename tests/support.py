@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -187,22 +191,48 @@ class Server:
         self.stop()
 
 
-def running(pid: int) -> bool:
+@dataclass(frozen=True)
+class Pid:
+    """A process id, and a moment (seconds since boot) the process had started by. Pids
+    wrap at 32,768 here and the suite starts thousands of processes: a killed check's pid
+    was another process's seconds later, which "outlived" the check (and a test's cleanup
+    killed it). A process found at ``pid`` that started after ``born_by`` is not this one."""
+
+    pid: int
+    born_by: float = math.inf
+
+
+def written_pid(path: Path) -> Pid:
+    """The pid a process wrote to ``path``: it had started by the time the file was."""
+    since_boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return Pid(int(path.read_text()), path.stat().st_mtime - since_boot)
+
+
+def running(pid: int | Pid) -> bool:
     """``pid`` runs: it exists and is no zombie (exited, not yet reaped by its parent)."""
+    known = pid if isinstance(pid, Pid) else Pid(pid)
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        stat = Path(f"/proc/{known.pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:  # gone before, or while, it was read (ProcessLookupError mid-read)
         return False
-    return state != "Z"
+    started = int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks since boot
+    return stat[0] != "Z" and started <= known.born_by + 0.02  # a tick's rounding
 
 
-def gone(pid: int, timeout: float = 15.0) -> bool:
+def gone(pid: int | Pid, timeout: float = 15.0) -> bool:
     """Whether ``pid`` stops running within ``timeout`` (a killed orphan is reaped by init,
     not by us: that takes a moment)."""
     deadline = time.monotonic() + timeout
     while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not running(pid)
+
+
+def kill(pid: Pid) -> None:
+    """SIGKILL ``pid`` if it is still that process (a test's cleanup)."""
+    if running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid.pid, signal.SIGKILL)
 
 
 T = TypeVar("T")

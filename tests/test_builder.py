@@ -19,7 +19,7 @@ from autopack.builder.prompt import Feedback, builder_prompt
 from autopack.executor.checks import run_checks
 from autopack.executor.workspace import apply_change
 from autopack.rundef import PhaseDefinition, Scope, TaskCategory
-from tests.support import gone
+from tests.support import gone, written_pid
 
 SCOPE = Scope(
     paths=["examples/utils/"],
@@ -285,7 +285,7 @@ def test_checks_report_pass_fail_and_timeouts(tmp_path: Path) -> None:
     assert "42" in results[0].output_tail
     assert results[1].exit_code == 3 and "nope" in results[1].output_tail
     assert results[2].timed_out and results[2].exit_code is None
-    grandchild = int(pid_file.read_text())
+    grandchild = written_pid(pid_file)
     assert gone(grandchild, timeout=10), "the timed-out check's process group survived"
 
 

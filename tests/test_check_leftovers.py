@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from tests.executor_support import (
     phase,
     run_file,
 )
-from tests.support import gone
+from tests.support import gone, kill, written_pid
 
 
 def _daemon(pid_file: Path) -> str:
@@ -64,12 +63,11 @@ open(sys.argv[1], "w").write(str(server.pid))
 
 def _assert_gone(pid_file: Path, outlived: str = "a check's cleared-environment daemon") -> None:
     """The process whose pid ``pid_file`` holds is gone (killed here either way)."""
-    pid = int(pid_file.read_text())
+    pid = written_pid(pid_file)
     try:
         assert gone(pid), f"{outlived} outlived it"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        kill(pid)
 
 
 @pytest.mark.parametrize("how", ["env -i setsid", "python Popen env={}", "double fork env -i"])
@@ -168,13 +166,12 @@ def test_daemons_a_check_started_do_not_outlive_it(tmp_path: Path) -> None:
     )
     [result] = run_checks([command], tmp_path, timeout=30)
     assert result.passed, result.output_tail
-    pids = [int(setsid.read_text()), int(double.read_text())]
+    pids = [written_pid(setsid), written_pid(double)]
     try:
         assert [pid for pid in pids if not gone(pid)] == [], "a check's daemon outlived it"
     finally:
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            kill(pid)
 
 
 def test_a_check_printing_without_end_is_stopped_before_its_timeout(
@@ -278,7 +275,7 @@ def test_a_check_that_stops_its_wrapper_still_ends_at_its_timeout(
             check=False,
         )
     finally:  # the stopped wrapper of a hung run: gone with the test either way
-        with contextlib.suppress(ValueError, OSError):
-            os.kill(int(wrapper.read_text()), signal.SIGKILL)
+        with contextlib.suppress(ValueError, OSError):  # no pid written
+            kill(written_pid(wrapper))
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip() == "True", ran.stdout
