@@ -208,6 +208,11 @@ def written_pid(path: Path) -> Pid:
     return Pid(int(path.read_text()), path.stat().st_mtime - since_boot)
 
 
+def alive(pid: int) -> Pid:
+    """``pid``, of a process known to be running now."""
+    return Pid(pid, time.clock_gettime(time.CLOCK_BOOTTIME))
+
+
 def running(pid: int | Pid) -> bool:
     """``pid`` runs: it exists and is no zombie (exited, not yet reaped by its parent)."""
     known = pid if isinstance(pid, Pid) else Pid(pid)

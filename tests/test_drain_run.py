@@ -33,7 +33,7 @@ from tests.executor_support import (
 )
 from tests.fakes.llm_wire import Reply, WireServer
 from tests.llm.support import FLAVOURS
-from tests.support import cli, gone, wait_for
+from tests.support import Pid, alive, cli, gone, wait_for
 
 
 def _phases(count: int) -> list[dict[str, object]]:
@@ -111,13 +111,13 @@ def test_sixteen_phases_at_once_on_sqlite_lose_nothing(tmp_path: Path) -> None:
     assert rows(url, "SELECT COUNT(*) AS n FROM llm_usage_events") == [{"n": 32}]
 
 
-def _spawned_pid(process: subprocess.Popen[str], seen: list[str]) -> int:
+def _spawned_pid(process: subprocess.Popen[str], seen: list[str]) -> Pid:
     assert process.stderr is not None
     for text in process.stderr:
         seen.append(text)
         found = re.search(r"api_server_spawned .*pid=(\d+)", text)
         if found:
-            return int(found.group(1))
+            return alive(int(found.group(1)))
     raise AssertionError("the executor never reported its server: " + "".join(seen))
 
 
@@ -144,7 +144,7 @@ def test_interrupted_drain_leaves_no_server_behind(how: str, tmp_path: Path) -> 
         process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == (143 if how == "sigterm" else 130)
-    assert gone(server), f"API server {server} outlived the drain ({how})"
+    assert gone(server), f"API server {server.pid} outlived the drain ({how})"
     for phase_id in ("p0", "p1"):
         row = phase_row(url, phase_id)
         assert (row["state"], row["lease_owner"]) == ("QUEUED", None), row
@@ -231,7 +231,7 @@ def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: P
     while {phase_row(url, p)["state"] for p in ("p0", "p1")} != {"EXECUTING"}:
         assert time.monotonic() < deadline, "".join(seen)
         time.sleep(0.05)
-    os.kill(server, signal.SIGKILL)
+    os.kill(server.pid, signal.SIGKILL)
     _, stderr = process.communicate(timeout=90)
     assert process.returncode == 2, stderr[-3000:]
     assert "nothing is lost" in stderr and "run the same command again" in stderr
@@ -250,7 +250,7 @@ def test_killed_api_server_stops_the_drain_clearly_and_loses_nothing(tmp_path: P
 
 def _all_executing(
     database_url: str, tmp_path: Path, count: int, max_attempts: int = 3
-) -> tuple[dict[str, str], Path, subprocess.Popen[str], list[str], int]:
+) -> tuple[dict[str, str], Path, subprocess.Popen[str], list[str], Pid]:
     """A ``drain run -k COUNT`` of COUNT phases, once all of them are EXECUTING (their
     answers take a minute): its env, tape, process, the stderr seen so far and its
     spawned server's pid."""
@@ -307,7 +307,7 @@ def test_signals_repeated_while_leases_are_handed_back_leave_none_held(
     _, _, process, seen, server = _all_executing(database_url, tmp_path, 3)
     again = signal.SIGTERM if how == "sigterm" else signal.SIGINT
     assert process.stderr is not None
-    os.kill(server, signal.SIGSTOP)
+    os.kill(server.pid, signal.SIGSTOP)
     try:
         if how == "sigint-twice":
             process.send_signal(signal.SIGINT)
@@ -323,7 +323,7 @@ def test_signals_repeated_while_leases_are_handed_back_leave_none_held(
             process.send_signal(again)  # the hand-back begins, waits on the server; again
             time.sleep(0.1)
     finally:
-        os.kill(server, signal.SIGCONT)
+        os.kill(server.pid, signal.SIGCONT)
     process.wait(timeout=60)  # the summary fits in the pipe; stderr is the reader's
     reader.join(timeout=10)
     assert process.stdout is not None

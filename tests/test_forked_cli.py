@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, clean_env, cli, fresh_python, gone, running, script, wait_for
+from tests.support import (
+    REPO,
+    clean_env,
+    cli,
+    fresh_python,
+    gone,
+    running,
+    script,
+    wait_for,
+    written_pid,
+)
 
 
 def test_a_forked_command_sees_its_own_environment_directory_and_arguments(
@@ -97,5 +107,4 @@ def test_the_fork_server_ends_with_the_process_that_started_it(tmp_path: Path) -
         "os.kill(os.getpid(), 9)\n"
     )
     subprocess.run([sys.executable, "-c", program], env=clean_env(), timeout=120, check=False)
-    server = int(pid_file.read_text())
-    assert gone(server, timeout=10)
+    assert gone(written_pid(pid_file), timeout=10)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import empty_sqlite
-from tests.support import Server, clean_env, free_port, gone, running
+from tests.support import Server, alive, clean_env, free_port, gone, running
 
 
 def _holder(mode: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -64,14 +64,14 @@ def test_spawned_server_uses_our_database_despite_a_dotenv_and_relative_path(
 def test_no_orphaned_server_on_any_exit_path(mode: str, database_url: str, tmp_path: Path) -> None:
     holder = _holder("wait" if mode.startswith("sig") else mode, _spawn_env(database_url), tmp_path)
     report = _first_line(holder)
-    child = report["pid"]
-    assert isinstance(child, int) and running(child)
+    assert isinstance(report["pid"], int) and running(report["pid"])
+    child = alive(report["pid"])
     if mode.startswith("sig"):
         holder.send_signal(getattr(signal, mode.upper()))
     _, stderr = holder.communicate(timeout=60)
     if mode == "exception":
         assert "boom inside the executor" in stderr
-    assert gone(child), f"API server {child} outlived its executor ({mode})"
+    assert gone(child), f"API server {child.pid} outlived its executor ({mode})"
 
 
 def test_explicit_url_with_another_database_is_refused_naming_both(
