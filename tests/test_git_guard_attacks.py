@@ -320,3 +320,64 @@ def test_a_branch_a_check_deleted_and_locked_is_named_not_silently_lost(tmp_path
     assert "deleted (not put back:" in first["feedback"] and "lock" in first["feedback"]
     lock.unlink()
     assert phase_row(url, "a")["state"] == "COMPLETE"
+
+
+def _remote_a_then_b(
+    tmp_path: Path, check: str, *extra: str
+) -> tuple[str, Path, CompletedProcess[str]]:
+    """:func:`_a_then_b` for a run kept in a bare remote (``--repo``): the database URL,
+    the remote and the drain's process."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    remote = tmp_path / "remote.git"
+    git("init", "-q", "--bare", str(remote), cwd=tmp_path)
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[check], max_attempts=1)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    return url, remote, drain(*args, "--repo", str(remote), *extra, env=env, cwd=tmp_path)
+
+
+def test_a_check_that_pushes_over_a_remote_runs_branch_lands_nothing_on_it(
+    tmp_path: Path,
+) -> None:
+    """The remote's credentials are the executor user's, so the check's too: a check
+    pushing a commit of its own over the run's branch on the remote (``git push origin``
+    from its checkout of the cache) had it stay there, "past" the accepted head."""
+    branch = f"refs/heads/autopack/{RUN}"
+    push = _EVIL.replace("{parent}", "HEAD") + f" && git push -q -f origin $c:{branch}"
+    url, remote, done = _remote_a_then_b(tmp_path, push)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert "evil" not in git("log", "--format=%s", branch, cwd=remote)
+    assert on_branch(remote, "pkg/a.py") == "A = 1\n"
+
+
+def test_a_check_that_deletes_a_remote_runs_refs_has_them_pushed_back(tmp_path: Path) -> None:
+    """Deleting the run's branch and a completed attempt's ref on the remote left the
+    run's completed commit reachable from no ref there."""
+    drop = f"git push -q origin :refs/heads/autopack/{RUN} :refs/autopack/attempts/{RUN}/a/1"
+    url, remote, done = _remote_a_then_b(tmp_path, drop)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert f"refs/autopack/attempts/{RUN}/a/1 deleted" in first["feedback"]
+    assert on_branch(remote, "pkg/a.py") == "A = 1\n"
+    assert git("rev-parse", f"refs/autopack/attempts/{RUN}/a/1", cwd=remote) == git(
+        "rev-parse", f"autopack/{RUN}", cwd=remote
+    )
+
+
+def test_a_remote_runs_branch_moving_on_while_checks_run_is_left_there(tmp_path: Path) -> None:
+    """The remote's branch moving to the accepted head while a check runs (the attempt
+    beside it integrating) is Autopack's own move, on a remote as in a workspace."""
+    remote, branch = tmp_path / "remote.git", f"refs/heads/autopack/{RUN}"
+    seen = f"git --git-dir={remote} cat-file -e {branch}:pkg/a.py"
+    wait = f"for i in $(seq 600); do {seen} && exit 0; sleep 0.05; done; exit 1"
+    url, _, done = _remote_a_then_b(tmp_path, wait, "--concurrency", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [a["stop_reason"] for a in attempts(url, "b")] == ["completed"]
+    assert on_branch(remote, "pkg/a.py") == "A = 1\n" and on_branch(remote, "pkg/b.py") == "B = 1\n"
