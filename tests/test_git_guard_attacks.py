@@ -329,3 +329,59 @@ def test_a_branch_a_check_deleted_and_locked_is_named_not_silently_lost(tmp_path
     assert "deleted (not put back:" in first["feedback"] and "lock" in first["feedback"]
     lock.unlink()
     assert phase_row(url, "a")["state"] == "COMPLETE"
+
+
+_SYMREF = f"git symbolic-ref refs/heads/autopack/{RUN} refs/heads/main"
+_AFTER_A = f"until git cat-file -e refs/heads/autopack/{RUN}:pkg/a.py; do sleep 0.05; done"
+SYMBOLIC = {  # what b's check runs; how b's first attempt ends; a's answer delayed
+    "the branch": (_SYMREF, "FAILED", False),
+    "the branch, as a advances it": (
+        f"{_SYMREF} && timeout 60 sh -c '{_AFTER_A}'",
+        "COMPLETE",
+        True,
+    ),
+    "an attempt ref to come": (
+        f"for n in 1 2 3; do git symbolic-ref refs/autopack/attempts/{RUN}/b/$n refs/heads/main; "
+        "done",
+        "COMPLETE",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("which", sorted(SYMBOLIC))
+def test_a_run_ref_made_symbolic_moves_no_other_branch(tmp_path: Path, which: str) -> None:
+    """git writes through a symbolic ref: a check that made the run's branch (or the attempt
+    ref its attempt publishes under) name the person's ``main`` had Autopack move ``main``
+    to the run's commits, its checkout left behind (``git status`` there showing the run's
+    files as staged deletions). Pointing at an older commit, the branch passed as "on the
+    accepted line"; an attempt beside the check's advanced ``main`` while it ran."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    start = git("rev-parse", "main", cwd=ws)
+    check, outcome, beside = SYMBOLIC[which]
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[check])]
+    phases.append(phase("c", ["pkg/c.py"]))
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [
+            line(p, n, files(**{f"{p}_py": f"{p} = {n}\n"}), latency_ms=1500 if p == "a" else 0)
+            for p in "abc"
+            for n in (1, 2)
+        ],
+    )
+    extra = ("--concurrency", "2", "--replay-speed", "1") if beside else ()
+    done = drain(*_args(ws, tape, *extra), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    first = attempts(url, "b")[0]
+    assert first["outcome"] == outcome
+    if outcome == "FAILED":
+        assert first["stop_reason"] == "git_refs_changed_by_checks"
+        assert "symbolic ref to refs/heads/main" in first["feedback"]
+    assert git("rev-parse", "main", cwd=ws) == start
+    assert git("status", "--porcelain", cwd=ws) == ""
+    symbolic = git("for-each-ref", "--format=%(symref)", f"refs/heads/autopack/{RUN}", cwd=ws)
+    assert symbolic == ""
+    assert on_branch(ws, "pkg/c.py") == "c = 1\n"

@@ -12,8 +12,12 @@ branch may have moved meanwhile only to a head the control plane accepted (attem
 beside this one integrate while its checks run); anywhere else, or gone, it is put back
 by compare-and-swap. A deleted attempt ref is written again. A moved attempt ref is left:
 attempts publish their rebased commits under their refs while checks run, and the
-accepted commits stay reachable from the branch. A remote run's refs live on the remote,
-which the cache's copies are fetched from again before use; they are not guarded here.
+accepted commits stay reachable from the branch. A branch made a symbolic ref (``git
+symbolic-ref``, naming another ref) is put back as a plain one wherever its target is: git
+writes through a symbolic ref, and the branch naming the person's ``main`` had Autopack
+move ``main`` to each accepted head, behind the files of the checkout that has it. A
+remote run's refs live on the remote, which the cache's copies are fetched from again
+before use; they are not guarded here.
 """
 
 from __future__ import annotations
@@ -39,11 +43,31 @@ class RefChanges:
     changed: list[str] = field(default_factory=list)
 
 
-def _refs(repository: RunRepository, branch: str, attempts: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class _Refs:
+    """The run's refs as git lists them."""
+
+    commits: dict[str, str]
+    """Each of the run's refs and the commit it names (through a symbolic one: its target's)."""
+    symbolic: dict[str, str]
+    """The refs among them that are symbolic, and the ref each names."""
+
+
+def _refs(repository: RunRepository, branch: str, attempts: str) -> _Refs:
     listed = out(
-        "for-each-ref", "--format=%(objectname) %(refname)", branch, attempts, cwd=repository.path
+        "for-each-ref",
+        "--format=%(objectname) %(refname) %(symref)",
+        branch,
+        attempts,
+        cwd=repository.path,
     )
-    return {ref: sha for sha, ref in (line.split(" ", 1) for line in listed.splitlines())}
+    found = _Refs({}, {})
+    # a refname holds no space; the last line of a plain ref ends without one (out strips)
+    for sha, ref, *target in (line.split(" ") for line in listed.splitlines()):
+        found.commits[ref] = sha
+        if any(target):
+            found.symbolic[ref] = target[0]
+    return found
 
 
 @contextmanager
@@ -58,7 +82,7 @@ def refs_restored(
         yield changes
         return
     branch, attempts = f"refs/heads/{repository.branch}", f"{ATTEMPT_REFS}/{run_id}/"
-    before = _refs(repository, branch, attempts)
+    before = _refs(repository, branch, attempts).commits
     try:
         yield changes
     finally:
@@ -76,13 +100,15 @@ def _put_back(
     now = _refs(repository, branch, attempts)
     changed = []
     with repository.locked():
-        for ref in (r for r in before if r not in now and r != branch):
-            written = git("update-ref", ref, before[ref], "", cwd=repository.path, check=False)
+        for ref in (r for r in before if r not in now.commits and r != branch):
+            written = git(
+                "update-ref", "--no-deref", ref, before[ref], "", cwd=repository.path, check=False
+            )
             said = written.stderr.decode(errors="replace").strip()
             changed.append(f"{ref} deleted" + (f" (not put back: {said})" if said else ""))
     old = before.get(branch)
     if old is not None:  # else no branch before the checks: nothing of the run's to put back
-        moved = _branch_back(repository, branch, old, now.get(branch), accepted)
+        moved = _branch_back(repository, branch, old, now, accepted)
         changed += [moved] if moved else []
     return changed
 
@@ -91,25 +117,37 @@ def _branch_back(
     repository: RunRepository,
     branch: str,
     old: str,
-    head: str | None,
+    now: _Refs,
     accepted: Callable[[], str | None],
 ) -> str | None:
-    """Put the branch back at ``old`` unless it is there or on the accepted line; what the
-    checks did to it, or None."""
+    """Put the branch back at ``old``, as a plain ref, unless it is one there or on the
+    accepted line; what the checks did to it, or None."""
     for _ in range(RESTORE_TRIES):
-        if head == old or (head is not None and _accepted(repository, head, accepted)):
+        head, target = now.commits.get(branch), now.symbolic.get(branch)
+        if target is None and (
+            head == old or (head is not None and _accepted(repository, head, accepted))
+        ):
             return None
         with repository.locked():
-            swapped = git("update-ref", branch, old, head or "", cwd=repository.path, check=False)
+            swapped = git(
+                "update-ref",
+                "--no-deref",
+                branch,
+                old,
+                head or "",
+                cwd=repository.path,
+                check=False,
+            )
         did = f"{branch} {'deleted' if head is None else f'moved to {head[:12]}'}"
+        did += f" (made a symbolic ref to {target})" if target else ""
         if swapped.returncode == 0:
             log_event(logger, "branch_put_back", logging.WARNING, branch=branch, was=head, now=old)
             return did
-        now = _refs(repository, branch, branch).get(branch)
-        if now == head:  # not moved meanwhile: git refused (a lock the check left)
+        now = _refs(repository, branch, branch)
+        if (now.commits.get(branch), now.symbolic.get(branch)) == (head, target):
+            # not moved meanwhile: git refused (a lock the check left)
             return f"{did} (not put back: {swapped.stderr.decode(errors='replace').strip()})"
-        head = now  # it moved meanwhile: judge the new head
-    return f"{branch} kept moving (left at {str(head)[:12]})"
+    return f"{branch} kept moving (left at {str(now.commits.get(branch))[:12]})"
 
 
 def _accepted(repository: RunRepository, head: str, accepted: Callable[[], str | None]) -> bool:
