@@ -385,3 +385,32 @@ def test_a_run_ref_made_symbolic_moves_no_other_branch(tmp_path: Path, which: st
     symbolic = git("for-each-ref", "--format=%(symref)", f"refs/heads/autopack/{RUN}", cwd=ws)
     assert symbolic == ""
     assert on_branch(ws, "pkg/c.py") == "c = 1\n"
+
+
+def test_a_check_that_checks_out_the_branch_leaves_no_checkout_holding_it(
+    tmp_path: Path,
+) -> None:
+    """A check ran ``git checkout autopack/RUN`` in its checkout and failed: the checkout,
+    kept for inspection (an hour), had the branch checked out with the attempt's files in
+    it, which refused to follow the branch (an untracked ``pkg/b.py`` in the way), so
+    the branch stayed behind every later accepted head for as long."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    once = tmp_path / "once"
+    check = f"[ -e {once} ] || {{ touch {once} && git checkout -q autopack/{RUN} && exit 1; }}"
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[check])]
+    phases.append(phase("c", ["pkg/c.py"]))
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [line(p, n, files(**{f"{p}_py": f"{p} = {n}\n"})) for p in "abc" for n in (1, 2)],
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    first = attempts(url, "b")[0]
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert "checked out in the attempt's checkout" in first["feedback"]
+    assert json.loads(done.stdout)["branch_waits"] is None
+    assert on_branch(ws, "pkg/b.py") == "b = 2\n"
+    assert on_branch(ws, "pkg/c.py") == "c = 1\n"

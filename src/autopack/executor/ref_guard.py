@@ -15,9 +15,13 @@ attempts publish their rebased commits under their refs while checks run, and th
 accepted commits stay reachable from the branch. A branch made a symbolic ref (``git
 symbolic-ref``, naming another ref) is put back as a plain one wherever its target is: git
 writes through a symbolic ref, and the branch naming the person's ``main`` had Autopack
-move ``main`` to each accepted head, behind the files of the checkout that has it. A
-remote run's refs live on the remote, which the cache's copies are fetched from again
-before use; they are not guarded here.
+move ``main`` to each accepted head, behind the files of the checkout that has it. The
+attempt's own checkout, detached by Autopack, is detached again when the checks checked
+out the branch in it: Autopack brings a checkout of the branch along when it moves the
+branch (:mod:`autopack.executor.checkouts`), and this one, holding the attempt's files,
+could not follow, so the branch stayed behind as long as a failed attempt's checkout was
+kept for inspection (an hour). A remote run's refs live on the remote, which the cache's
+copies are fetched from again before use; they are not guarded here.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from autopack.errors import AutopackError
 from autopack.executor.git import git, out
@@ -72,11 +77,12 @@ def _refs(repository: RunRepository, branch: str, attempts: str) -> _Refs:
 
 @contextmanager
 def refs_restored(
-    repository: RunRepository, run_id: str, accepted: Callable[[], str | None]
+    repository: RunRepository, run_id: str, accepted: Callable[[], str | None], checkout: Path
 ) -> Iterator[RefChanges]:
     """Put the run's branch and attempt refs back after the block when it moved the branch
-    off the accepted line or deleted them; ``accepted`` asks the control plane for the
-    run's accepted head (asked only when the branch moved)."""
+    off the accepted line or deleted them, and detach ``checkout`` (the attempt's) when it
+    checked out the branch there; ``accepted`` asks the control plane for the run's
+    accepted head (asked only when the branch moved)."""
     changes = RefChanges()
     if repository.remote:
         yield changes
@@ -88,6 +94,21 @@ def refs_restored(
     finally:
         if repository.path.is_dir():  # else the repository is gone (check_present says so)
             changes.changed = _put_back(repository, before, branch, attempts, accepted)
+            changes.changed += _detached(checkout, branch)
+
+
+def _detached(checkout: Path, branch: str) -> list[str]:
+    """Detach ``checkout``'s HEAD when it names the branch; what the checks did, if so."""
+    if not checkout.is_dir():  # the checks removed it: nothing there holds the branch
+        return []
+    named = git("symbolic-ref", "--quiet", "HEAD", cwd=checkout, check=False)
+    if named.stdout.decode().strip() != branch:
+        return []
+    detached = git("update-ref", "--no-deref", "HEAD", "HEAD", cwd=checkout, check=False)
+    said = detached.stderr.decode(errors="replace").strip()
+    return [
+        f"{branch} checked out in the attempt's checkout" + (f" (left: {said})" if said else "")
+    ]
 
 
 def _put_back(
