@@ -414,3 +414,26 @@ def test_a_check_that_checks_out_the_branch_leaves_no_checkout_holding_it(
     assert json.loads(done.stdout)["branch_waits"] is None
     assert on_branch(ws, "pkg/b.py") == "b = 2\n"
     assert on_branch(ws, "pkg/c.py") == "c = 1\n"
+
+
+def test_a_check_that_moves_the_branch_back_leaves_no_completed_work_off_it(
+    tmp_path: Path,
+) -> None:
+    """An older accepted head passed as "on the accepted line": a check that moved the
+    branch back to where the run started, then failed, ended the drain with the completed
+    phase's commit off the branch, while its summary said the branch was at it."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    back = f"git update-ref refs/heads/autopack/{RUN} refs/heads/main; exit 1"
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[back], max_attempts=1)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert on_branch(ws, "pkg/a.py") == "A = 1\n"
+    assert git("rev-parse", f"autopack/{RUN}", cwd=ws) == json.loads(done.stdout)["branch_head"]

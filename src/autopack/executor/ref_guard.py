@@ -8,19 +8,20 @@ and left it there); one that deleted the branch and the attempt refs left the ru
 completed commits reachable from nothing, for the next ``git gc`` to delete.
 
 So the run's branch and attempt refs are read before the checks and after them. The
-branch may have moved meanwhile only to a head the control plane accepted (attempts
-beside this one integrate while its checks run); anywhere else, or gone, it is put back
-by compare-and-swap. A deleted attempt ref is written again. A moved attempt ref is left:
-attempts publish their rebased commits under their refs while checks run, and the
-accepted commits stay reachable from the branch. A branch made a symbolic ref (``git
-symbolic-ref``, naming another ref) is put back as a plain one wherever its target is: git
-writes through a symbolic ref, and the branch naming the person's ``main`` had Autopack
-move ``main`` to each accepted head, behind the files of the checkout that has it. The
-attempt's own checkout, detached by Autopack, is detached again when the checks checked
-out the branch in it: Autopack brings a checkout of the branch along when it moves the
-branch (:mod:`autopack.executor.checkouts`), and this one, holding the attempt's files,
-could not follow, so the branch stayed behind as long as a failed attempt's checkout was
-kept for inspection (an hour). A remote run's refs live on the remote, which the cache's
+branch may have moved meanwhile only forward, to a head the control plane accepted
+(attempts beside this one integrate while its checks run); anywhere else, back to an
+older accepted head too, or gone, it is put back by compare-and-swap. A deleted attempt
+ref is written again. A moved attempt ref is left: attempts publish their rebased
+commits under their refs while checks run, and the accepted commits stay reachable from
+the branch. A branch made a symbolic ref (``git symbolic-ref``, naming another ref) is
+put back as a plain one wherever its target is: git writes through a symbolic ref, and
+the branch naming the person's ``main`` had Autopack move ``main`` to each accepted
+head, behind the files of the checkout that has it. The attempt's own checkout, detached
+by Autopack, is detached again when the checks checked out the branch in it: Autopack
+brings a checkout of the branch along when it moves the branch
+(:mod:`autopack.executor.checkouts`), and this one, holding the attempt's files, could
+not follow, so the branch stayed behind as long as a failed attempt's checkout was kept
+for inspection (an hour). A remote run's refs live on the remote, which the cache's
 copies are fetched from again before use; they are not guarded here.
 """
 
@@ -146,7 +147,7 @@ def _branch_back(
     for _ in range(RESTORE_TRIES):
         head, target = now.commits.get(branch), now.symbolic.get(branch)
         if target is None and (
-            head == old or (head is not None and _accepted(repository, head, accepted))
+            head == old or (head is not None and _accepted(repository, old, head, accepted))
         ):
             return None
         with repository.locked():
@@ -171,9 +172,15 @@ def _branch_back(
     return f"{branch} kept moving (left at {str(now.commits.get(branch))[:12]})"
 
 
-def _accepted(repository: RunRepository, head: str, accepted: Callable[[], str | None]) -> bool:
-    """Whether the branch at ``head`` is on the run's accepted line (at or behind the head
-    the control plane accepted last): where Autopack itself moves it."""
+def _accepted(
+    repository: RunRepository, old: str, head: str, accepted: Callable[[], str | None]
+) -> bool:
+    """Whether the branch's move from ``old`` to ``head`` is one Autopack makes: forward, to
+    a head on the run's accepted line (at or behind the head the control plane accepted
+    last). Autopack never moves it back; a check that did left the completed commits past
+    ``head`` off the branch when the drain ended, which its summary said was at them."""
+    if not repository.is_ancestor(old, head):
+        return False
     try:
         last = accepted()
     except AutopackError as exc:  # cannot tell: the head before the checks is safe
