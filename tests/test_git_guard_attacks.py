@@ -437,3 +437,37 @@ def test_a_check_that_moves_the_branch_back_leaves_no_completed_work_off_it(
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
     assert on_branch(ws, "pkg/a.py") == "A = 1\n"
     assert git("rev-parse", f"autopack/{RUN}", cwd=ws) == json.loads(done.stdout)["branch_head"]
+
+
+def test_a_branch_put_back_while_another_attempt_advanced_it_keeps_its_commit(
+    tmp_path: Path,
+) -> None:
+    """A check that waited for an attempt beside it to be accepted (the branch moved to
+    its commit) and then moved the branch had it put back where it was before the checks:
+    behind that commit, which the executor, having moved the branch there, did not look
+    at again. The drain ended with the accepted phase's commit off the branch."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    branch = f"refs/heads/autopack/{RUN}"
+    wait = f"until git cat-file -e {branch}:pkg/a.py; do sleep 0.05; done"
+    move = _EVIL.replace("{parent}", branch) + f" && git update-ref {branch} $c"
+    check = f"timeout 60 sh -c '{wait}' && {move}; exit 1"
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[check], max_attempts=1)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [
+            line("a", 1, files(a_py="A = 1\n"), latency_ms=1500),
+            line("b", 1, files(b_py="B = 1\n")),
+        ],
+    )
+    done = drain(
+        *_args(ws, tape, "--concurrency", "2", "--replay-speed", "1"), env=env, cwd=tmp_path
+    )
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert on_branch(ws, "pkg/a.py") == "A = 1\n"
+    assert "evil" not in git("log", "--format=%s", f"autopack/{RUN}", cwd=ws)
+    assert git("rev-parse", f"autopack/{RUN}", cwd=ws) == json.loads(done.stdout)["branch_head"]

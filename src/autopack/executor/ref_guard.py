@@ -142,20 +142,30 @@ def _branch_back(
     now: _Refs,
     accepted: Callable[[], str | None],
 ) -> str | None:
-    """Put the branch back at ``old``, as a plain ref, unless it is one there or on the
-    accepted line; what the checks did to it, or None."""
+    """Put the branch back, as a plain ref, unless it is one that stayed at ``old`` or
+    moved only as Autopack moves it; what the checks did to it, or None.
+
+    Back is the run's accepted head when it contains ``old`` (another attempt got it
+    accepted, and moved the branch there, while the checks ran), else ``old``. Put back at
+    ``old`` in the first case, the branch stayed behind that head, which the executor that
+    had moved it there did not look at again: the drain ended with the completed commit
+    off the branch its summary said was at it."""
     for _ in range(RESTORE_TRIES):
         head, target = now.commits.get(branch), now.symbolic.get(branch)
-        if target is None and (
-            head == old or (head is not None and _accepted(repository, old, head, accepted))
-        ):
+        if target is None and head == old:
             return None
+        last = _last_accepted(accepted)  # asked again for each head: attempts move it too
+        if target is None and head is not None and _forward(repository, old, head, last):
+            return None
+        back = old
+        if last is not None and repository.has(last) and _forward(repository, old, last, last):
+            back = last
         with repository.locked():
             swapped = git(
                 "update-ref",
                 "--no-deref",
                 branch,
-                old,
+                back,
                 head or "",
                 cwd=repository.path,
                 check=False,
@@ -163,7 +173,7 @@ def _branch_back(
         did = f"{branch} {'deleted' if head is None else f'moved to {head[:12]}'}"
         did += f" (made a symbolic ref to {target})" if target else ""
         if swapped.returncode == 0:
-            log_event(logger, "branch_put_back", logging.WARNING, branch=branch, was=head, now=old)
+            log_event(logger, "branch_put_back", logging.WARNING, branch=branch, was=head, now=back)
             return did
         now = _refs(repository, branch, branch)
         if (now.commits.get(branch), now.symbolic.get(branch)) == (head, target):
@@ -172,18 +182,24 @@ def _branch_back(
     return f"{branch} kept moving (left at {str(now.commits.get(branch))[:12]})"
 
 
-def _accepted(
-    repository: RunRepository, old: str, head: str, accepted: Callable[[], str | None]
-) -> bool:
+def _forward(repository: RunRepository, old: str, head: str, last: str | None) -> bool:
     """Whether the branch's move from ``old`` to ``head`` is one Autopack makes: forward, to
-    a head on the run's accepted line (at or behind the head the control plane accepted
-    last). Autopack never moves it back; a check that did left the completed commits past
-    ``head`` off the branch when the drain ended, which its summary said was at them."""
-    if not repository.is_ancestor(old, head):
-        return False
+    a head on the run's accepted line (at or behind ``last``, the head the control plane
+    accepted last). Autopack never moves it back; a check that did left the completed
+    commits past ``head`` off the branch when the drain ended, which its summary said was
+    at them."""
+    return (
+        last is not None
+        and repository.is_ancestor(old, head)
+        and (head == last or repository.is_ancestor(head, last))
+    )
+
+
+def _last_accepted(accepted: Callable[[], str | None]) -> str | None:
+    """The run's accepted head, or None when there is none or the control plane cannot
+    tell (then the head before the checks is the safe one)."""
     try:
-        last = accepted()
-    except AutopackError as exc:  # cannot tell: the head before the checks is safe
+        return accepted()
+    except AutopackError as exc:
         log_event(logger, "accepted_head_unknown", logging.WARNING, reason=exc.message)
-        return False
-    return last is not None and (head == last or repository.is_ancestor(head, last))
+        return None
