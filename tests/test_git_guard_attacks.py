@@ -308,15 +308,16 @@ def test_the_branch_moving_on_while_checks_run_is_not_the_checks_doing(tmp_path:
     assert on_branch(ws, "pkg/b.py") == "B = 1\n"
 
 
-def test_a_branch_a_check_deleted_and_locked_is_named_not_silently_lost(tmp_path: Path) -> None:
-    """A check that deleted the branch and left git's lock file in its place keeps it from
-    being put back: the attempt's feedback says so, with git's reason, and the run goes
-    on from the accepted head (the control plane's, not the missing branch's)."""
+def test_a_branch_a_check_deleted_and_blocked_is_named_not_silently_lost(tmp_path: Path) -> None:
+    """A check that deleted the branch and left a ref in its way (``BRANCH/x``: git keeps
+    refs as files, and the branch's would be their directory) keeps it from being put
+    back: the attempt's feedback says so, with git's reason, and the run goes on from the
+    accepted head (the control plane's, not the missing branch's)."""
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(url)
     ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
-    lock = ws / ".git" / "refs" / "heads" / "autopack" / f"{RUN}.lock"
-    drop = f"git update-ref -d refs/heads/autopack/{RUN} && mkdir -p {lock.parent} && touch {lock}"
+    branch = f"refs/heads/autopack/{RUN}"
+    drop = f"git update-ref -d {branch} && git update-ref {branch}/x HEAD"
     phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[drop], max_attempts=1)]
     create_run(run_file(tmp_path, phases), env, tmp_path)
     tape = cassette(
@@ -326,9 +327,44 @@ def test_a_branch_a_check_deleted_and_locked_is_named_not_silently_lost(tmp_path
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     [first] = attempts(url, "b")
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
-    assert "deleted (not put back:" in first["feedback"] and "lock" in first["feedback"]
-    lock.unlink()
+    assert "deleted (not put back:" in first["feedback"] and f"{branch}/x" in first["feedback"]
     assert phase_row(url, "a")["state"] == "COMPLETE"
+
+
+_LOCKS = "$(git rev-parse --path-format=absolute --git-common-dir)/refs"
+LOCKED = {
+    "the branch": f"touch {_LOCKS}/heads/autopack/{RUN}.lock",
+    "the branch, deleted": f"git update-ref -d refs/heads/autopack/{RUN} && "
+    f"mkdir -p {_LOCKS}/heads/autopack && touch {_LOCKS}/heads/autopack/{RUN}.lock",
+    "a later phase's attempt refs": f"mkdir -p {_LOCKS}/autopack/attempts/{RUN}/c && "
+    f"for n in 1 2; do touch {_LOCKS}/autopack/attempts/{RUN}/c/$n.lock; done",
+}
+
+
+@pytest.mark.parametrize("which", sorted(LOCKED))
+def test_a_lock_a_check_left_on_the_runs_refs_is_removed(tmp_path: Path, which: str) -> None:
+    """git refuses to write a ref whose lock file exists. One a check left on the branch
+    stopped the branch following the accepted head for the rest of the run, silently (the
+    drain said it was at a head it was not); one on a later phase's attempt ref failed
+    that phase ``git_error`` each time it was tried, and the run with it."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[LOCKED[which]])]
+    phases.append(phase("c", ["pkg/c.py"], max_attempts=2))
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [line(p, n, files(**{f"{p}_py": f"{p} = {n}\n"})) for p in "abc" for n in (1, 2)],
+    )
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    first = attempts(url, "b")[0]
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert ".lock left on a ref" in first["feedback"]
+    assert [a["stop_reason"] for a in attempts(url, "c")] == ["completed"]
+    assert on_branch(ws, "pkg/c.py") == "c = 1\n"
+    assert git("rev-parse", f"autopack/{RUN}", cwd=ws) == json.loads(done.stdout)["branch_head"]
 
 
 _SYMREF = f"git symbolic-ref refs/heads/autopack/{RUN} refs/heads/main"

@@ -13,16 +13,20 @@ branch may have moved meanwhile only forward, to a head the control plane accept
 older accepted head too, or gone, it is put back by compare-and-swap. A deleted attempt
 ref is written again. A moved attempt ref is left: attempts publish their rebased
 commits under their refs while checks run, and the accepted commits stay reachable from
-the branch. A branch made a symbolic ref (``git symbolic-ref``, naming another ref) is
-put back as a plain one wherever its target is: git writes through a symbolic ref, and
-the branch naming the person's ``main`` had Autopack move ``main`` to each accepted
-head, behind the files of the checkout that has it. The attempt's own checkout, detached
-by Autopack, is detached again when the checks checked out the branch in it: Autopack
-brings a checkout of the branch along when it moves the branch
-(:mod:`autopack.executor.checkouts`), and this one, holding the attempt's files, could
-not follow, so the branch stayed behind as long as a failed attempt's checkout was kept
-for inspection (an hour). A remote run's refs live on the remote, which the cache's
-copies are fetched from again before use; they are not guarded here.
+the branch. A lock file the checks left on one of these refs (``BRANCH.lock``) is
+removed: git refused every later write of that ref, the branch's silently (it stopped
+following the accepted head) and a later attempt's publishing of its commit (the phase
+failed ``git_error`` as often as it was tried). A branch made a symbolic ref (``git
+symbolic-ref``, naming another ref) is put back as a plain one wherever its target is:
+git writes through a symbolic ref, and the branch naming the person's ``main`` had
+Autopack move ``main`` to each accepted head, behind the files of the checkout that has
+it. The attempt's own checkout, detached by Autopack, is detached again when the checks
+checked out the branch in it: Autopack brings a checkout of the branch along when it
+moves the branch (:mod:`autopack.executor.checkouts`), and this one, holding the
+attempt's files, could not follow, so the branch stayed behind as long as a failed
+attempt's checkout was kept for inspection (an hour). A remote run's refs live on the
+remote, which the cache's copies are fetched from again before use; they are not guarded
+here.
 """
 
 from __future__ import annotations
@@ -90,12 +94,38 @@ def refs_restored(
         return
     branch, attempts = f"refs/heads/{repository.branch}", f"{ATTEMPT_REFS}/{run_id}/"
     before = _refs(repository, branch, attempts).commits
+    locks = _locks(repository, branch, attempts)
     try:
         yield changes
     finally:
         if repository.path.is_dir():  # else the repository is gone (check_present says so)
-            changes.changed = _put_back(repository, before, branch, attempts, accepted)
+            changes.changed = _unlocked(repository, branch, attempts, locks)
+            changes.changed += _put_back(repository, before, branch, attempts, accepted)
             changes.changed += _detached(checkout, branch)
+
+
+def _locks(repository: RunRepository, branch: str, attempts: str) -> set[Path]:
+    """The lock files git holds (or a process left) on the run's refs."""
+    common = repository.common_dir()
+    return {*(common / attempts).rglob("*.lock"), *common.glob(f"{branch}.lock")}
+
+
+def _unlocked(
+    repository: RunRepository, branch: str, attempts: str, before: set[Path]
+) -> list[str]:
+    """Remove the lock files on the run's refs that the checks left (every process of
+    theirs is gone, and Autopack's own ref writes wait for the repository lock held here);
+    what was removed."""
+    removed = []
+    with repository.locked():
+        for lock in sorted(_locks(repository, branch, attempts) - before):
+            try:
+                lock.unlink()
+            except OSError as exc:  # a directory of that name: git fails on it all the same
+                removed.append(f"{lock.name} left on a ref (not removed: {exc.strerror})")
+                continue
+            removed.append(f"{lock.name} left on a ref")
+    return removed
 
 
 def _detached(checkout: Path, branch: str) -> list[str]:
