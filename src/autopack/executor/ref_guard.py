@@ -85,9 +85,9 @@ def refs_restored(
     repository: RunRepository, run_id: str, accepted: Callable[[], str | None], checkout: Path
 ) -> Iterator[RefChanges]:
     """Put the run's branch and attempt refs back after the block when it moved the branch
-    off the accepted line or deleted them, and detach ``checkout`` (the attempt's) when it
-    checked out the branch there; ``accepted`` asks the control plane for the run's
-    accepted head (asked only when the branch moved)."""
+    as Autopack does not, deleted them or left lock files on them, and detach ``checkout``
+    (the attempt's) when it checked out the branch there; ``accepted`` asks the control
+    plane for the run's accepted head (asked only when the branch moved)."""
     changes = RefChanges()
     if repository.remote:
         yield changes
