@@ -507,3 +507,28 @@ def test_a_branch_put_back_while_another_attempt_advanced_it_keeps_its_commit(
     assert on_branch(ws, "pkg/a.py") == "A = 1\n"
     assert "evil" not in git("log", "--format=%s", f"autopack/{RUN}", cwd=ws)
     assert git("rev-parse", f"autopack/{RUN}", cwd=ws) == json.loads(done.stdout)["branch_head"]
+
+
+def test_a_branch_put_back_waits_for_a_persons_checkout_of_it(tmp_path: Path) -> None:
+    """The branch a check moved is brought up to the accepted head the way Autopack moves
+    it: a person's checkout of the branch, whose changes keep it from following, keeps the
+    branch waiting. Written straight to the accepted head, the branch left that checkout
+    behind, ``git status`` there showing the accepted phase's change reversed and staged."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    git("checkout", "-q", "-b", f"autopack/{RUN}", cwd=ws)
+    (ws / "pkg" / "keep.py").write_text("K = 9\n")
+    branch = f"refs/heads/autopack/{RUN}"
+    move = _EVIL.replace("{parent}", branch) + f" && git update-ref {branch} $c"
+    edit = {"path": "pkg/keep.py", "search": "K = 1\n", "replace": "K = 2\n"}
+    phases = [phase("a", ["pkg/keep.py"]), phase("b", ["pkg/b.py"], checks=[move], max_attempts=1)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    answer = json.dumps({"files": [], "edits": [edit], "summary": "edit"})
+    tape = cassette(tmp_path, [line("a", 1, answer), line("b", 1, files(b_py="B = 1\n"))])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert git("status", "--porcelain", cwd=ws) == "M pkg/keep.py"
+    assert json.loads(done.stdout)["branch_waits"]

@@ -10,23 +10,24 @@ completed commits reachable from nothing, for the next ``git gc`` to delete.
 So the run's branch and attempt refs are read before the checks and after them. The
 branch may have moved meanwhile only forward, to a head the control plane accepted
 (attempts beside this one integrate while its checks run); anywhere else, back to an
-older accepted head too, or gone, it is put back by compare-and-swap. A deleted attempt
-ref is written again. A moved attempt ref is left: attempts publish their rebased
-commits under their refs while checks run, and the accepted commits stay reachable from
-the branch. A lock file the checks left on one of these refs (``BRANCH.lock``) is
-removed: git refused every later write of that ref, the branch's silently (it stopped
-following the accepted head) and a later attempt's publishing of its commit (the phase
-failed ``git_error`` as often as it was tried). A branch made a symbolic ref (``git
-symbolic-ref``, naming another ref) is put back as a plain one wherever its target is:
-git writes through a symbolic ref, and the branch naming the person's ``main`` had
-Autopack move ``main`` to each accepted head, behind the files of the checkout that has
-it. The attempt's own checkout, detached by Autopack, is detached again when the checks
-checked out the branch in it: Autopack brings a checkout of the branch along when it
-moves the branch (:mod:`autopack.executor.checkouts`), and this one, holding the
-attempt's files, could not follow, so the branch stayed behind as long as a failed
-attempt's checkout was kept for inspection (an hour). A remote run's refs live on the
-remote, which the cache's copies are fetched from again before use; they are not guarded
-here.
+older accepted head too, or gone, it is put back by compare-and-swap, then brought up to
+the accepted head by Autopack's own advance when an attempt beside it had moved it
+there. A deleted attempt ref is written again. A moved attempt ref is left: attempts
+publish their rebased commits under their refs while checks run, and the accepted
+commits stay reachable from the branch. A lock file the checks left on one of these refs
+(``BRANCH.lock``) is removed: git refused every later write of that ref, the branch's
+silently (it stopped following the accepted head) and a later attempt's publishing of
+its commit (the phase failed ``git_error`` as often as it was tried). A branch made a
+symbolic ref (``git symbolic-ref``, naming another ref) is put back as a plain one
+wherever its target is: git writes through a symbolic ref, and the branch naming the
+person's ``main`` had Autopack move ``main`` to each accepted head, behind the files of
+the checkout that has it. The attempt's own checkout, detached by Autopack, is detached
+again when the checks checked out the branch in it: Autopack brings a checkout of the
+branch along when it moves the branch (:mod:`autopack.executor.checkouts`), and this
+one, holding the attempt's files, could not follow, so the branch stayed behind as long
+as a failed attempt's checkout was kept for inspection (an hour). A remote run's refs
+live on the remote, which the cache's copies are fetched from again before use; they are
+not guarded here.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopack.errors import AutopackError
-from autopack.executor.git import git, out
+from autopack.executor.git import GitError, git, out
 from autopack.executor.repository import ATTEMPT_REFS, RunRepository
 from autopack.logs import log_event
 
@@ -161,8 +162,28 @@ def _put_back(
     old = before.get(branch)
     if old is not None:  # else no branch before the checks: nothing of the run's to put back
         moved = _branch_back(repository, branch, old, now, accepted)
-        changed += [moved] if moved else []
+        if moved:
+            changed.append(moved)
+            _catch_up(repository, old, accepted)
     return changed
+
+
+def _catch_up(repository: RunRepository, old: str, accepted: Callable[[], str | None]) -> None:
+    """Bring the branch, put back at ``old``, up to the run's accepted head when that
+    contains ``old`` (another attempt got it accepted, and moved the branch there, while
+    the checks ran): the executor that had moved it there did not look at it again, and
+    the drain ended with that commit off the branch its summary said was at it. By the
+    repository's own advance, so a person's checkout of the branch follows it (or the
+    branch waits for that checkout, and says so)."""
+    last = _last_accepted(accepted)
+    if last is None or last == old or not repository.has(last):
+        return
+    if repository.is_ancestor(old, last):
+        repository.moved_elsewhere()
+        try:
+            repository.advance(last)
+        except GitError as exc:  # the next advance tries again
+            log_event(logger, "branch_sync_deferred", logging.WARNING, reason=exc.message)
 
 
 def _branch_back(
@@ -172,14 +193,8 @@ def _branch_back(
     now: _Refs,
     accepted: Callable[[], str | None],
 ) -> str | None:
-    """Put the branch back, as a plain ref, unless it is one that stayed at ``old`` or
-    moved only as Autopack moves it; what the checks did to it, or None.
-
-    Back is the run's accepted head when it contains ``old`` (another attempt got it
-    accepted, and moved the branch there, while the checks ran), else ``old``. Put back at
-    ``old`` in the first case, the branch stayed behind that head, which the executor that
-    had moved it there did not look at again: the drain ended with the completed commit
-    off the branch its summary said was at it."""
+    """Put the branch back at ``old``, as a plain ref, unless it is one that stayed there
+    or moved only as Autopack moves it; what the checks did to it, or None."""
     for _ in range(RESTORE_TRIES):
         head, target = now.commits.get(branch), now.symbolic.get(branch)
         if target is None and head == old:
@@ -187,15 +202,12 @@ def _branch_back(
         last = _last_accepted(accepted)  # asked again for each head: attempts move it too
         if target is None and head is not None and _forward(repository, old, head, last):
             return None
-        back = old
-        if last is not None and repository.has(last) and _forward(repository, old, last, last):
-            back = last
         with repository.locked():
             swapped = git(
                 "update-ref",
                 "--no-deref",
                 branch,
-                back,
+                old,
                 head or "",
                 cwd=repository.path,
                 check=False,
@@ -203,7 +215,7 @@ def _branch_back(
         did = f"{branch} {'deleted' if head is None else f'moved to {head[:12]}'}"
         did += f" (made a symbolic ref to {target})" if target else ""
         if swapped.returncode == 0:
-            log_event(logger, "branch_put_back", logging.WARNING, branch=branch, was=head, now=back)
+            log_event(logger, "branch_put_back", logging.WARNING, branch=branch, was=head, now=old)
             return did
         now = _refs(repository, branch, branch)
         if (now.commits.get(branch), now.symbolic.get(branch)) == (head, target):

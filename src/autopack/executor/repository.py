@@ -346,6 +346,12 @@ class RunRepository:
             self.waiting = exc.message
             log_event(logger, "branch_waits", logging.WARNING, reason=exc.message)
 
+    def moved_elsewhere(self) -> None:
+        """The branch was moved by something other than this process (a check's move, put
+        back): the next :meth:`advance` looks at it again instead of trusting that it is
+        still where this process left it."""
+        self._reached = None
+
     def _advance(self, to: str) -> str:
         """Advance to ``to``; the branch's head afterwards (``to``, or a head past it)."""
         for _ in range(ADVANCE_TRIES):
