@@ -219,7 +219,7 @@ def _branch_back(
             return did
         now = _refs(repository, branch, branch)
         if (now.commits.get(branch), now.symbolic.get(branch)) == (head, target):
-            # not moved meanwhile: git refused (a lock the check left)
+            # not moved meanwhile: git refused (a ref the check left in the way)
             return f"{did} (not put back: {swapped.stderr.decode(errors='replace').strip()})"
     return f"{branch} kept moving (left at {str(now.commits.get(branch))[:12]})"
 
