@@ -27,7 +27,12 @@ def git_guarded(
     """Run the block (the checks) with git's configuration and the run's refs put back
     after it; raise a ``failed`` Finish when the block ended normally having changed them
     (an exception of the block's own goes on as it is)."""
-    with config_restored(checkout) as config, refs_restored(repository, run_id, accepted) as refs:
+    # The configuration first (the inner block ends first): the refs are put back by git
+    # run in the checkout, which a check may have pointed at a repository of its own.
+    with (
+        refs_restored(repository, run_id, accepted, checkout) as refs,
+        config_restored(checkout) as config,
+    ):
         yield
     for reason, what, changed in (
         ("git_config_changed_by_checks", "the repository's git configuration", config.changed),

@@ -213,7 +213,7 @@ class RunRepository:
                     return  # another executor created it meanwhile
             else:
                 ref = f"refs/heads/{self.branch}"
-                made = git("update-ref", ref, start, "", cwd=self.path, check=False)
+                made = git("update-ref", "--no-deref", ref, start, "", cwd=self.path, check=False)
                 # failed because another executor made it meanwhile: fine; for any other
                 # reason (a ref lock a killed git left) say so here: every attempt failed
                 # "no branch" instead, and the run with them
@@ -346,6 +346,12 @@ class RunRepository:
             self.waiting = exc.message
             log_event(logger, "branch_waits", logging.WARNING, reason=exc.message)
 
+    def moved_elsewhere(self) -> None:
+        """The branch was moved by something other than this process (a check's move, put
+        back): the next :meth:`advance` looks at it again instead of trusting that it is
+        still where this process left it."""
+        self._reached = None
+
     def _advance(self, to: str) -> str:
         """Advance to ``to``; the branch's head afterwards (``to``, or a head past it)."""
         for _ in range(ADVANCE_TRIES):
@@ -380,12 +386,13 @@ class RunRepository:
             return self._push(new, self.branch, expected=old)
         if old is not None:  # a person's checkout of the branch moves with it, or nothing does
             carry(self.common_dir(), self.path, self.branch, old, new)
-        result = git(
-            "update-ref", f"refs/heads/{self.branch}", new, old or "", cwd=self.path, check=False
-        )
+        # --no-deref: the branch made a symbolic ref (a check's doing) is replaced, never
+        # written through: git moved the ref it named (a person's ``main``) instead.
+        ref = f"refs/heads/{self.branch}"
+        result = git("update-ref", "--no-deref", ref, new, old or "", cwd=self.path, check=False)
         said = result.stderr.decode(errors="replace")
         if result.returncode != 0 and "File exists" in said:  # a lock a killed git left
-            raise GitError(("update-ref", f"refs/heads/{self.branch}"), said)
+            raise GitError(("update-ref", ref), said)
         return result.returncode == 0
 
     def _push(self, commit: str, branch: str, *, expected: str | None) -> bool:
@@ -421,7 +428,9 @@ class RunRepository:
         with self.locked():
             if self.remote:
                 git("push", "--quiet", "--force", REMOTE, f"{commit}:{ref}", cwd=self.path)
-            git("update-ref", ref, commit, cwd=self.path)
+            # --no-deref: an attempt ref a check made symbolic (before its attempt published
+            # under it) is replaced; written through, it moved the ref it named
+            git("update-ref", "--no-deref", ref, commit, cwd=self.path)
 
     # -- reading the branch -----------------------------------------------------------------
 
