@@ -732,3 +732,33 @@ def test_commands_the_repositorys_git_config_names_run_without_the_executors_key
     ran = seen.read_text()
     assert "GIT_INDEX_FILE" in ran, "the hook ran in Autopack's git"
     assert "sk-executors-own-secret" not in ran and "w" * 40 not in ran
+
+
+def test_a_branch_changed_outside_autopack_is_not_reported_at_the_accepted_head(
+    tmp_path: Path,
+) -> None:
+    """A commit someone put on the run's branch between two drains stops the branch from
+    following the accepted head (Autopack never drops a commit it did not make). The
+    second drain logged a warning and then ended saying "the run's code: branch B at
+    ACCEPTED": the branch held the other commit, without the phase just completed."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    create_run(
+        run_file(tmp_path, [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"])]), env, tmp_path
+    )
+    tape = cassette(
+        tmp_path, [line("a", 1, files(a_py="A = 1\n")), line("b", 1, files(b_py="B = 1\n"))]
+    )
+    assert drain(*_args(ws, tape, phase_id="a"), env=env, cwd=tmp_path).returncode == 0
+    branch = f"refs/heads/autopack/{RUN}"
+    mine = git("commit-tree", f"{branch}^{{tree}}", "-p", branch, "-m", "mine", cwd=ws)
+    git("update-ref", branch, mine, cwd=ws)
+    done = cli_drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    accepted = git("rev-parse", f"refs/autopack/attempts/{RUN}/b/1", cwd=ws)
+    assert git("rev-parse", branch, cwd=ws) == mine  # the person's commit is kept
+    assert f"at {accepted[:12]}" not in done.stdout, done.stdout
+    said = " ".join(done.stderr.split())
+    assert f"waits behind the run's accepted head {accepted[:12]}" in said, said[-3000:]
+    assert "changed outside Autopack" in said and f"update-ref {branch} {accepted}" in said

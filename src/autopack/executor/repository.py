@@ -345,6 +345,9 @@ class RunRepository:
         except BranchCheckedOut as exc:  # the branch waits; the work is safe (checkouts.py)
             self.waiting = exc.message
             log_event(logger, "branch_waits", logging.WARNING, reason=exc.message)
+        except GitError as exc:  # behind too: what the summary says instead of "at HEAD"
+            self.waiting = exc.message
+            raise
 
     def moved_elsewhere(self) -> None:
         """The branch was moved by something other than this process (a check's move, put
@@ -359,11 +362,19 @@ class RunRepository:
             if old == to or (old is not None and self.is_ancestor(to, old)):
                 return old
             if old is not None and not self.is_ancestor(old, to):
+                ref = f"refs/heads/{self.branch}"
+                reset = (
+                    f"`git push --force-with-lease={ref}:{old} {self.where} {to}:{ref}` from "
+                    "a clone holding it"
+                    if self.remote
+                    else f"`git -C {self.path} update-ref {ref} {to} {old}`"
+                )
                 raise GitError(
                     ("merge-base", "--is-ancestor", old, to),
                     f"branch {self.branch} in {self.where} is at {old[:12]}, which the "
                     f"accepted head {to[:12]} does not contain: the branch was changed "
-                    "outside Autopack. Reset it to the accepted head, or start a new run.",
+                    f"outside Autopack, and is left as it is. {reset} puts it at the "
+                    "accepted head; `autopack run export` writes the accepted code out.",
                 )
             if self._swap(old, to):
                 log_event(logger, "branch_advanced", branch=self.branch, old=old, new=to)
