@@ -193,12 +193,11 @@ def test_a_passing_checks_index_flags_leave_no_file_to_the_next_attempt(tmp_path
     assert on_branch(ws, "pkg/keep.py") == "K = 2\n"
 
 
-def test_grafts_a_check_writes_fail_no_rebase(
-    tmp_path: Path,
-) -> None:
+def test_grafts_a_check_writes_are_put_back(tmp_path: Path) -> None:
     """``info/grafts`` (a file any check may write) rewrites parents: grafting the branch's
     new head under the attempt's base made the rebase of every attempt fail as an
-    ``integration_conflict`` ("unknown files"), for as long as the file stayed."""
+    ``integration_conflict`` ("unknown files"), for as long as the file stayed; and every
+    git of the user's read the rewritten history."""
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(url)
     ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
@@ -209,17 +208,41 @@ def test_grafts_a_check_writes_fail_no_rebase(
         "'COMPLETE'\").fetchone():\n    time.sleep(0.05)\n"
     )
     graft = f'echo "$(git rev-parse HEAD) $(git rev-parse autopack/{RUN})" > {COMMON}/info/grafts'
-    phases = [
-        phase("a", ["pkg/a.py"]),
-        phase("b", ["pkg/b.py"], checks=[f"python {waits} && mkdir -p {COMMON}/info && {graft}"]),
-    ]
+    once = tmp_path / "grafted"
+    check = (
+        f"[ -e {once} ] || {{ touch {once}; python {waits} && mkdir -p {COMMON}/info && {graft}; }}"
+    )
+    phases = [phase("a", ["pkg/a.py"]), phase("b", ["pkg/b.py"], checks=[check])]
     create_run(run_file(tmp_path, phases), env, tmp_path)
-    tape = cassette(tmp_path, [line(p, 1, files(**{f"{p}_py": f"{p} = 1\n"})) for p in "ab"])
+    tape = cassette(
+        tmp_path,
+        [
+            line("a", 1, files(a_py="a = 1\n")),
+            *(line("b", n, files(b_py="b = 1\n")) for n in (1, 2)),
+        ],
+    )
     done = drain(*_args(ws, tape, "--concurrency", "2"), env=env, cwd=tmp_path)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    (ws / ".git" / "info" / "grafts").unlink(missing_ok=True)
+    first = attempts(url, "b")[0]
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
+    assert not (ws / ".git" / "info" / "grafts").exists()
     assert on_branch(ws, "pkg/a.py") == "a = 1\n"
     assert on_branch(ws, "pkg/b.py") == "b = 1\n"
+
+
+def test_autopacks_git_reads_no_grafts(tmp_path: Path) -> None:
+    """While a check's grafts are in place (until its checks end), the attempts beside it
+    run Autopack's git: which must read the real parents, not the grafted ones."""
+    from autopack.executor.git import out
+
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    first = git("rev-parse", "HEAD", cwd=ws)
+    git("commit", "-q", "--allow-empty", "-m", "second", cwd=ws)
+    second = git("rev-parse", "HEAD", cwd=ws)
+    (ws / ".git" / "info").mkdir(exist_ok=True)
+    (ws / ".git" / "info" / "grafts").write_text(f"{second}\n")  # as if it had no parent
+    assert git("rev-list", "--count", "HEAD", cwd=ws) == "1"  # git as the user runs it
+    assert out("rev-list", "HEAD", cwd=ws).split() == [second, first]
 
 
 _EVIL = "c=$(git -c user.name=x -c user.email=x@x commit-tree HEAD^{tree} -p {parent} -m evil)"
@@ -584,3 +607,28 @@ def test_a_branch_put_back_waits_for_a_persons_checkout_of_it(tmp_path: Path) ->
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
     assert git("status", "--porcelain", cwd=ws) == "M pkg/keep.py"
     assert json.loads(done.stdout)["branch_waits"]
+
+
+def test_a_shallow_file_a_check_writes_is_put_back(tmp_path: Path) -> None:
+    """``shallow`` (a file any check may write) cuts history at the commits it lists, for
+    every git reading the repository afterwards, Autopack's too (a real shallow clone
+    needs the file, so git cannot be told to ignore it): it stayed, and the user's `git
+    log` of the run's branch ended at the accepted head listed there, shown as grafted."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    cut = f"git rev-parse autopack/{RUN} > {COMMON}/shallow"
+    phases = [
+        phase("a", ["pkg/a.py"]),
+        phase("b", ["pkg/b.py"], checks=[cut], max_attempts=1),
+        phase("c", ["pkg/c.py"]),
+        phase("d", ["pkg/d.py"]),
+    ]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(tmp_path, [line(p, 1, files(**{f"{p}_py": f"{p} = 1\n"})) for p in "abcd"])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
+    assert not (ws / ".git" / "shallow").exists()
+    assert [on_branch(ws, f"pkg/{p}.py") for p in "acd"] == ["a = 1\n", "c = 1\n", "d = 1\n"]

@@ -33,7 +33,8 @@ class ConfigChanges:
 
 
 def _config_files(checkout: Path) -> tuple[list[Path], list[Path]]:
-    """The repository's own configuration (shared by every checkout) and this checkout's
+    """The repository's own configuration (shared by every checkout: ``config``, and the
+    ``shallow`` and ``info/grafts`` files that say where history ends) and this checkout's
     (``config.worktree``), and
     the files that say which repository the checkout is: its ``.git`` file and its
     ``commondir`` (and the repository's own: git reads one in any git directory). A check
@@ -42,7 +43,9 @@ def _config_files(checkout: Path) -> tuple[list[Path], list[Path]]:
     common, own = out(
         "rev-parse", "--path-format=absolute", "--git-common-dir", "--git-dir", cwd=checkout
     ).splitlines()
-    shared = [Path(common) / "config", Path(common) / "commondir"]  # read in any git dir
+    # ``shallow`` and ``info/grafts`` cut or rewrite history for every git reading the
+    # repository (Autopack's own ignores grafts; a real shallow clone needs its file)
+    shared = [Path(common) / name for name in ("config", "commondir", "shallow", "info/grafts")]
     return shared, [Path(own) / "config.worktree", Path(own) / "commondir", checkout / ".git"]
 
 
