@@ -181,7 +181,9 @@ def test_a_remote_runs_branch_moving_on_while_checks_run_is_left_there(tmp_path:
     assert on_branch(remote, "pkg/a.py") == "A = 1\n" and on_branch(remote, "pkg/b.py") == "B = 1\n"
 
 
-def _b_checks_before_c(tmp_path: Path, check: str) -> tuple[str, Path, CompletedProcess[str]]:
+def _b_checks_before_c(
+    tmp_path: Path, check: str, *extra: str
+) -> tuple[str, Path, CompletedProcess[str]]:
     """Drain phases ``a``, ``b`` (its check ``check``) and ``c``, each with two answers
     (``P = N`` in ``pkg/P.py`` for attempt N): the database URL, the workspace and the
     drain's process."""
@@ -195,7 +197,7 @@ def _b_checks_before_c(tmp_path: Path, check: str) -> tuple[str, Path, Completed
         tmp_path,
         [line(p, n, files(**{f"{p}_py": f"{p} = {n}\n"})) for p in "abc" for n in (1, 2)],
     )
-    return url, ws, drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    return url, ws, drain(*_args(ws, tape, *extra), env=env, cwd=tmp_path)
 
 
 _LOCKS = "$(git rev-parse --path-format=absolute --git-common-dir)/refs"
@@ -293,7 +295,7 @@ def test_a_check_that_checks_out_the_branch_leaves_no_checkout_holding_it(
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     first = attempts(url, "b")[0]
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
-    assert "checked out in the attempt's checkout" in first["feedback"]
+    assert "checked out in Autopack's checkout slot-" in first["feedback"]
     assert json.loads(done.stdout)["branch_waits"] is None
     assert on_branch(ws, "pkg/b.py") == "b = 2\n"
     assert on_branch(ws, "pkg/c.py") == "c = 1\n"
@@ -379,3 +381,34 @@ def test_a_branch_put_back_waits_for_a_persons_checkout_of_it(tmp_path: Path) ->
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
     assert git("status", "--porcelain", cwd=ws) == "M pkg/keep.py"
     assert json.loads(done.stdout)["branch_waits"]
+
+
+def test_a_check_that_checks_out_the_branch_in_another_attempts_checkout_holds_nothing(
+    tmp_path: Path,
+) -> None:
+    """A check writing ``ref: refs/heads/autopack/RUN`` into the ``HEAD`` of the checkout
+    beside its own (another attempt's, ``--concurrency 2``) had that attempt fail
+    ``git_error``, and its kept checkout, holding its files, hold the branch back behind
+    every later accepted head (the drain's summary said it waited)."""
+    waits = tmp_path / "wait_for_c.py"
+    waits.write_text(
+        f"import sqlite3, time\ndb = sqlite3.connect({str(tmp_path / 'autopack.db')!r})\n"
+        "while not db.execute(\"SELECT 1 FROM phase_attempts WHERE phase_id = 'c'\").fetchone():"
+        "\n    time.sleep(0.05)\n"
+    )
+    hold = (
+        "me=$(git rev-parse --absolute-git-dir); "
+        "for d in $(git rev-parse --path-format=absolute --git-common-dir)/worktrees/*; do "
+        f'[ "$d" = "$me" ] || echo \'ref: refs/heads/autopack/{RUN}\' > $d/HEAD; done'
+    )
+    once = tmp_path / "once"
+    check = f"[ -e {once} ] || {{ touch {once}; python {waits}; {hold}; exit 1; }}"
+    url, ws, done = _b_checks_before_c(tmp_path, check, "--concurrency", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = attempts(url, "b")[0]
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_refs_changed_by_checks")
+    assert "checked out in Autopack's checkout slot-" in first["feedback"]
+    summary = json.loads(done.stdout)
+    assert summary["branch_waits"] is None
+    assert git("rev-parse", f"autopack/{RUN}", cwd=ws) == summary["branch_head"]
+    assert [on_branch(ws, f"pkg/{p}.py") for p in "abc"] == ["a = 1\n", "b = 2\n", "c = 1\n"]

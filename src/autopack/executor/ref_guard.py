@@ -27,21 +27,24 @@ checks may not do to them, and what is done about it:
 * **Leave a lock file** on one of these refs (``BRANCH.lock``): git refused every later
   write of the ref, the branch's silently and a later attempt's publishing on every try.
   Removed (in a local repository; every process of the checks is gone by then).
-* **Check the branch out in the attempt's own checkout**: Autopack brings a checkout of
-  the branch along when it moves it (:mod:`autopack.executor.checkouts`); this one, holding
-  the attempt's files, could not follow, so the branch stayed behind for as long as a
-  failed attempt's checkout is kept. The checkout is detached again.
+* **Check the branch out in one of Autopack's checkouts** (the attempt's own, or one
+  beside it: writing its ``HEAD``): Autopack brings a checkout of the branch along when
+  it moves it (:mod:`autopack.executor.checkouts`); this one, holding an attempt's files,
+  could not follow, so the branch stayed behind for as long as the checkout was kept, and
+  the attempt working there failed. The checkout is detached again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopack.errors import AutopackError
+from autopack.executor.checkouts import checkouts
 from autopack.executor.git import GitError, git, out
 from autopack.executor.repository import ATTEMPT_REFS, REMOTE, RunRepository
 from autopack.logs import log_event
@@ -117,7 +120,7 @@ def refs_restored(
 ) -> Iterator[RefChanges]:
     """Put the run's branch and attempt refs back after the block as the module says;
     ``accepted`` asks the control plane for the run's accepted head (only when the branch
-    moved); ``checkout`` is the attempt's, where the checks ran."""
+    moved); ``checkout`` is the attempt's, where the checks ran, in its pool's directory."""
     changes = RefChanges()
     branch, attempts = f"refs/heads/{repository.branch}", f"{ATTEMPT_REFS}/{run_id}/"
     before = _refs(repository, branch, attempts).commits
@@ -126,9 +129,10 @@ def refs_restored(
         yield changes
     finally:
         if repository.path.is_dir():  # else the repository is gone (check_present says so)
-            changes.changed = _unlocked(repository, branch, attempts, locks)
+            # detached first: a checkout holding the branch is one the branch waits for
+            changes.changed = _detached(repository, checkout, branch)
+            changes.changed += _unlocked(repository, branch, attempts, locks)
             changes.changed += _put_back(repository, before, branch, attempts, accepted)
-            changes.changed += _detached(checkout, branch)
 
 
 def _locks(repository: RunRepository, branch: str, attempts: str) -> set[Path]:
@@ -157,18 +161,24 @@ def _unlocked(
     return removed
 
 
-def _detached(checkout: Path, branch: str) -> list[str]:
-    """Detach ``checkout``'s HEAD when it names the branch; what the checks did, if so."""
-    if not checkout.is_dir():  # the checks removed it: nothing there holds the branch
-        return []
-    named = git("symbolic-ref", "--quiet", "HEAD", cwd=checkout, check=False)
-    if named.stdout.decode().strip() != branch:
-        return []
-    detached = git("update-ref", "--no-deref", "HEAD", "HEAD", cwd=checkout, check=False)
-    said = detached.stderr.decode(errors="replace").strip()
-    return [
-        f"{branch} checked out in the attempt's checkout" + (f" (left: {said})" if said else "")
-    ]
+def _detached(repository: RunRepository, checkout: Path, branch: str) -> list[str]:
+    """Detach each of Autopack's checkouts whose HEAD names the branch (the checks' doing:
+    Autopack keeps them detached): the attempt's own, and the others of its pool, the
+    directory it is in (another attempt's, a kept one). What the checks did, if so. A
+    person's work tree is left: the branch follows it (:mod:`~autopack.executor.checkouts`)."""
+    pool = Path(os.path.realpath(checkout.parent))
+    said = []
+    with repository.locked():
+        for tree in checkouts(repository.common_dir(), repository.path, repository.branch):
+            if not Path(os.path.realpath(tree)).is_relative_to(pool):
+                continue
+            detached = git("update-ref", "--no-deref", "HEAD", "HEAD", cwd=tree, check=False)
+            left = detached.stderr.decode(errors="replace").strip()
+            said.append(
+                f"{branch} checked out in Autopack's checkout {tree.name}"
+                + (f" (left: {left})" if left else "")
+            )
+    return said
 
 
 def _put_back(
