@@ -398,7 +398,6 @@ def _database_origin(offered: dict[str, dict[str, Any]], env_file: Path) -> Data
     relative = (
         parsed.get_backend_name() == "sqlite"
         and database not in ("", ":memory:")
-        and not database.startswith("file:")
         and not Path(database).expanduser().is_absolute()
     )
     if not relative:

@@ -34,11 +34,11 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
                 "parts (this command, its API server, executors) must share one: name a "
                 "file, e.g. sqlite:///autopack.db"
             )
-        if not database.startswith("file:"):
-            path = Path(database).expanduser()
-            if not path.is_absolute():
-                path = (cwd or Path.cwd()) / path
-            url = url.set(database=os.path.normpath(path))
+        _refuse_another_sqlite_database(url)
+        path = Path(database).expanduser()
+        if not path.is_absolute():
+            path = (cwd or Path.cwd()) / path
+        url = url.set(database=os.path.normpath(path))
     elif backend in {"postgresql", "postgres"}:
         if not (url.database or url.query.get("dbname")):
             raise ValueError(
@@ -58,6 +58,22 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
     else:
         raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
     return url.render_as_string(hide_password=False)
+
+
+def _refuse_another_sqlite_database(url: URL) -> None:
+    """Refuse a SQLite URL whose file is not its path: a URI filename (``file:x.db``) is
+    not a path Autopack can make absolute or check exists (from a subdirectory it meant a
+    new, empty database there; without ``uri=true`` a file named ``file:x.db``), and
+    ``mode=memory`` or ``vfs=memdb`` open an empty in-memory database beside the file."""
+    database = url.database or ""
+    mode = str(url.query.get("mode", "")).lower()
+    vfs = str(url.query.get("vfs", "")).lower()
+    if database.startswith("file:") or mode == "memory" or vfs == "memdb":
+        raise ValueError(
+            "a SQLite URI filename (file:…) or an in-memory mode opens another database than "
+            "the file the URL seems to name, in each process its own: name the file, e.g. "
+            "sqlite:////path/to/autopack.db (options such as ?mode=ro may follow)"
+        )
 
 
 def redact_url(url: str) -> str:

@@ -47,8 +47,6 @@ def sqlite_file(url: str) -> Path | None:
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
         return None
-    if database.startswith("file:"):
-        return None  # a URI filename: SQLite's own open flags decide
     return Path(database)
 
 
