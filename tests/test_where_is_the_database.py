@@ -315,7 +315,13 @@ def test_a_writing_command_is_not_said_to_only_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["file:autopack.db?uri=true", "file:autopack.db", "autopack.db?mode=memory&uri=true"],
+    [
+        "file:autopack.db?uri=true",
+        "file:autopack.db",
+        "autopack.db?mode=ro&uri=true",
+        "autopack.db?mode=memory&uri=true",
+        "autopack.db?mode=ro",
+    ],
 )
 def test_a_sqlite_url_that_would_open_another_database_than_its_path_is_refused(
     query: str, tmp_path: Path
@@ -323,7 +329,8 @@ def test_a_sqlite_url_that_would_open_another_database_than_its_path_is_refused(
     """A SQLite URI filename (``file:…``) was neither made absolute nor checked to exist:
     from ``scripts/`` the project's ``.env`` meant a new, empty ``scripts/autopack.db`` (or
     a file literally named ``file:autopack.db``), listed as "0 runs", exit 0; and
-    ``mode=memory`` read an empty in-memory database beside the real file."""
+    URI options with ``uri=true`` reached SQLite as part of a plain path: a new, empty
+    file named ``autopack.db?mode=ro`` beside the database, listed the same way."""
     root, scripts = _repo(tmp_path)
     _seed(root, clean_env())  # the project's database, root/autopack.db, with a run
     (root / ".env").write_text(f"DATABASE_URL=sqlite:///{query}\n")
@@ -334,4 +341,4 @@ def test_a_sqlite_url_that_would_open_another_database_than_its_path_is_refused(
         assert "DATABASE_URL" in listed.stderr and "sqlite:////path/to" in listed.stderr
         assert "Traceback" not in listed.stderr
     assert sorted(p.name for p in scripts.iterdir()) == []
-    assert not [p for p in root.iterdir() if p.name.startswith("file:")]
+    assert not [p for p in root.iterdir() if p.name.startswith("file:") or "?" in p.name]

@@ -60,19 +60,26 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
     return url.render_as_string(hide_password=False)
 
 
+_PYSQLITE_ARGUMENTS = frozenset(
+    {"timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+)
+"""The query arguments SQLAlchemy hands the driver itself; any other is a SQLite URI option."""
+
+
 def _refuse_another_sqlite_database(url: URL) -> None:
-    """Refuse a SQLite URL whose file is not its path: a URI filename (``file:x.db``) is
-    not a path Autopack can make absolute or check exists (from a subdirectory it meant a
-    new, empty database there; without ``uri=true`` a file named ``file:x.db``), and
-    ``mode=memory`` or ``vfs=memdb`` open an empty in-memory database beside the file."""
-    database = url.database or ""
-    mode = str(url.query.get("mode", "")).lower()
-    vfs = str(url.query.get("vfs", "")).lower()
-    if database.startswith("file:") or mode == "memory" or vfs == "memdb":
+    """Refuse a SQLite URL that opens another file than the path it names. A URI filename
+    (``file:x.db``) is a path Autopack can neither make absolute nor check exists (from a
+    subdirectory it meant a new, empty database there; without ``uri=true``, a file named
+    ``file:x.db``). URI options (``?mode=ro&uri=true``) reach SQLite as part of a plain
+    path, so they opened a new, empty file named ``x.db?mode=ro`` beside the database;
+    without ``uri=true`` they are ignored."""
+    options = sorted(set(url.query) - _PYSQLITE_ARGUMENTS)
+    if (url.database or "").startswith("file:") or options:
+        what = "a SQLite URI filename (file:…)" if not options else f"{', '.join(options)}"
         raise ValueError(
-            "a SQLite URI filename (file:…) or an in-memory mode opens another database than "
-            "the file the URL seems to name, in each process its own: name the file, e.g. "
-            "sqlite:////path/to/autopack.db (options such as ?mode=ro may follow)"
+            f"{what}: SQLite URI filenames and options make SQLite open another file than "
+            "the path the URL names (?mode=ro&uri=true: a new, empty file named "
+            "'autopack.db?mode=ro'): name the file alone, e.g. sqlite:////path/to/autopack.db"
         )
 
 
