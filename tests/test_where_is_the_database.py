@@ -342,3 +342,22 @@ def test_a_sqlite_url_that_would_open_another_database_than_its_path_is_refused(
         assert "Traceback" not in listed.stderr
     assert sorted(p.name for p in scripts.iterdir()) == []
     assert not [p for p in root.iterdir() if p.name.startswith("file:") or "?" in p.name]
+
+
+def test_a_database_file_with_a_second_hard_link_is_refused_under_either_name(
+    tmp_path: Path,
+) -> None:
+    """Two names of one file are not one database to SQLite: each name gets its own WAL, so
+    a drain on ``b.db`` beside a server on ``a.db`` (a hard link) lost the other's commits
+    without a word, while a symlink's target is what SQLite opens."""
+    first = tmp_path / "a.db"
+    _seed(tmp_path, clean_env(DATABASE_URL=f"sqlite:///{first}"))
+    (tmp_path / "link.db").symlink_to(first)
+    listed = cli("run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL="sqlite:///link.db"))
+    assert listed.returncode == 0, listed.stderr
+    (tmp_path / "b.db").hardlink_to(first)
+    for name in ("a.db", "b.db", "link.db"):
+        listed = cli("run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL=f"sqlite:///{name}"))
+        assert listed.returncode == 2, listed.stdout + listed.stderr
+        assert f"{tmp_path / name} has 2 hard links" in listed.stderr
+        assert "Traceback" not in listed.stderr
