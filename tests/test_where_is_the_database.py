@@ -361,3 +361,37 @@ def test_a_database_file_with_a_second_hard_link_is_refused_under_either_name(
         assert listed.returncode == 2, listed.stdout + listed.stderr
         assert f"{tmp_path / name} has 2 hard links" in listed.stderr
         assert "Traceback" not in listed.stderr
+
+
+def test_a_nearer_dotenv_without_database_url_does_not_hide_the_projects_database(
+    tmp_path: Path,
+) -> None:
+    """Another tool's ``web/.env`` is the nearest ``.env`` from ``web/``: it named no
+    database, so ``autopack`` there used (or created) the default ``autopack.db`` at the
+    root while the project's ``.env`` names ``data/project.db``: a drain started in
+    ``web/`` and a server at the root used two databases, without a word."""
+    root, _ = _repo(tmp_path)
+    (root / "data").mkdir()
+    (root / ".env").write_text("DATABASE_URL=sqlite:///data/project.db\n")
+    _seed(root, clean_env())
+    web = root / "web"
+    web.mkdir()
+    (web / ".env").write_text("VITE_API_URL=http://127.0.0.1:5173\n")
+
+    for args in (
+        ["run", "create", str(run_file(web, [phase("p1", ["pkg/a.py"])]))],
+        ["run", "list"],
+    ):
+        result = cli(*args, cwd=web, env=clean_env())
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"{web / '.env'} applies here" in result.stderr
+        assert f"hides {root / '.env'}, which does" in result.stderr
+    assert not (root / "autopack.db").exists()
+
+    named = cli(
+        "run", "list", "--json", cwd=web, env=clean_env(DATABASE_URL="sqlite:///../data/project.db")
+    )
+    assert named.returncode == 0, named.stderr
+    (web / ".env").write_text("DATABASE_URL=sqlite:///../data/project.db\n")
+    listed = cli("run", "list", "--json", cwd=web, env=clean_env())
+    assert [run["run_id"] for run in json.loads(listed.stdout)["items"]] == [RUN]
