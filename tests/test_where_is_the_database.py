@@ -395,3 +395,13 @@ def test_a_nearer_dotenv_without_database_url_does_not_hide_the_projects_databas
     (web / ".env").write_text("DATABASE_URL=sqlite:///../data/project.db\n")
     listed = cli("run", "list", "--json", cwd=web, env=clean_env())
     assert [run["run_id"] for run in json.loads(listed.stdout)["items"]] == [RUN]
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://localhost/autopack.db", "sqlite://me:s3cretpassw0rd@host/x.db"]
+)
+def test_a_sqlite_url_with_a_host_is_an_error_not_a_traceback(url: str, tmp_path: Path) -> None:
+    listed = cli("run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    assert "names a file on this machine" in listed.stderr and "Traceback" not in listed.stderr
+    assert "s3cretpassw0rd" not in listed.stderr

@@ -34,6 +34,12 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
                 "parts (this command, its API server, executors) must share one: name a "
                 "file, e.g. sqlite:///autopack.db"
             )
+        if url.host or url.username or url.password or url.port:
+            # SQLAlchemy refused it only at the first connection, with a traceback
+            raise ValueError(
+                "a SQLite URL names a file on this machine, no host or user: "
+                "sqlite:////path/to/autopack.db (four slashes for an absolute path)"
+            )
         _refuse_another_sqlite_database(url)
         path = Path(database).expanduser()
         if not path.is_absolute():
