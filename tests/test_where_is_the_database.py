@@ -311,3 +311,97 @@ def test_a_writing_command_is_not_said_to_only_read(tmp_path: Path) -> None:
     assert "only reads" not in said, said
     assert "and this command does not create one." in said, said
     assert not (tmp_path / "autopack.db").exists()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "file:autopack.db?uri=true",
+        "file:autopack.db",
+        "autopack.db?mode=ro&uri=true",
+        "autopack.db?mode=memory&uri=true",
+        "autopack.db?mode=ro",
+    ],
+)
+def test_a_sqlite_url_that_would_open_another_database_than_its_path_is_refused(
+    query: str, tmp_path: Path
+) -> None:
+    """A SQLite URI filename (``file:…``) was neither made absolute nor checked to exist:
+    from ``scripts/`` the project's ``.env`` meant a new, empty ``scripts/autopack.db`` (or
+    a file literally named ``file:autopack.db``), listed as "0 runs", exit 0; and
+    URI options with ``uri=true`` reached SQLite as part of a plain path: a new, empty
+    file named ``autopack.db?mode=ro`` beside the database, listed the same way."""
+    root, scripts = _repo(tmp_path)
+    _seed(root, clean_env())  # the project's database, root/autopack.db, with a run
+    (root / ".env").write_text(f"DATABASE_URL=sqlite:///{query}\n")
+
+    for cwd in (root, scripts):
+        listed = cli("run", "list", "--json", cwd=cwd, env=clean_env())
+        assert listed.returncode == 2, listed.stdout + listed.stderr
+        assert "DATABASE_URL" in listed.stderr and "sqlite:////path/to" in listed.stderr
+        assert "Traceback" not in listed.stderr
+    assert sorted(p.name for p in scripts.iterdir()) == []
+    assert not [p for p in root.iterdir() if p.name.startswith("file:") or "?" in p.name]
+
+
+def test_a_database_file_with_a_second_hard_link_is_refused_under_either_name(
+    tmp_path: Path,
+) -> None:
+    """Two names of one file are not one database to SQLite: each name gets its own WAL, so
+    a drain on ``b.db`` beside a server on ``a.db`` (a hard link) lost the other's commits
+    without a word, while a symlink's target is what SQLite opens."""
+    first = tmp_path / "a.db"
+    _seed(tmp_path, clean_env(DATABASE_URL=f"sqlite:///{first}"))
+    (tmp_path / "link.db").symlink_to(first)
+    listed = cli("run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL="sqlite:///link.db"))
+    assert listed.returncode == 0, listed.stderr
+    (tmp_path / "b.db").hardlink_to(first)
+    for name in ("a.db", "b.db", "link.db"):
+        listed = cli("run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL=f"sqlite:///{name}"))
+        assert listed.returncode == 2, listed.stdout + listed.stderr
+        assert f"{tmp_path / name} has 2 hard links" in listed.stderr
+        assert "Traceback" not in listed.stderr
+
+
+def test_a_nearer_dotenv_without_database_url_does_not_hide_the_projects_database(
+    tmp_path: Path,
+) -> None:
+    """Another tool's ``web/.env`` is the nearest ``.env`` from ``web/``: it named no
+    database, so ``autopack`` there used (or created) the default ``autopack.db`` at the
+    root while the project's ``.env`` names ``data/project.db``: a drain started in
+    ``web/`` and a server at the root used two databases, without a word."""
+    root, _ = _repo(tmp_path)
+    (root / "data").mkdir()
+    (root / ".env").write_text("DATABASE_URL=sqlite:///data/project.db\n")
+    _seed(root, clean_env())
+    web = root / "web"
+    web.mkdir()
+    (web / ".env").write_text("VITE_API_URL=http://127.0.0.1:5173\n")
+
+    for args in (
+        ["run", "create", str(run_file(web, [phase("p1", ["pkg/a.py"])]))],
+        ["run", "list"],
+    ):
+        result = cli(*args, cwd=web, env=clean_env())
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"{web / '.env'} applies here" in result.stderr
+        assert f"hides {root / '.env'}, which does" in result.stderr
+    assert not (root / "autopack.db").exists()
+
+    named = cli(
+        "run", "list", "--json", cwd=web, env=clean_env(DATABASE_URL="sqlite:///../data/project.db")
+    )
+    assert named.returncode == 0, named.stderr
+    (web / ".env").write_text("DATABASE_URL=sqlite:///../data/project.db\n")
+    listed = cli("run", "list", "--json", cwd=web, env=clean_env())
+    assert [run["run_id"] for run in json.loads(listed.stdout)["items"]] == [RUN]
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://localhost/autopack.db", "sqlite://me:s3cretpassw0rd@host/x.db"]
+)
+def test_a_sqlite_url_with_a_host_is_an_error_not_a_traceback(url: str, tmp_path: Path) -> None:
+    listed = cli("run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    assert "names a file on this machine" in listed.stderr and "Traceback" not in listed.stderr
+    assert "s3cretpassw0rd" not in listed.stderr

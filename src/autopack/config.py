@@ -46,7 +46,13 @@ from sqlalchemy.exc import ArgumentError
 from autopack import redact
 from autopack.bounds import is_utf8
 from autopack.dburl import redact_url, resolve_database_url
-from autopack.envfile import check_dotenv, dotenv_path, outside_cache, project_root
+from autopack.envfile import (
+    check_dotenv,
+    dotenv_path,
+    hidden_database_dotenv,
+    outside_cache,
+    project_root,
+)
 from autopack.errors import ConfigError
 from autopack.field_errors import short_value
 
@@ -398,7 +404,6 @@ def _database_origin(offered: dict[str, dict[str, Any]], env_file: Path) -> Data
     relative = (
         parsed.get_backend_name() == "sqlite"
         and database not in ("", ":memory:")
-        and not database.startswith("file:")
         and not Path(database).expanduser().is_absolute()
     )
     if not relative:
@@ -430,6 +435,8 @@ def load_settings(**flags: Any) -> LoadedSettings:
                     "holds bytes the locale could not decode)"
                 )
     origin = _database_origin(offered, env_file)
+    if origin.source == "default":
+        _refuse_a_hidden_database(env_file)
     if origin.base is not None and origin.source not in ("flag", "env"):
         # A .env says where the database is relative to itself, not to where we run; the
         # default is the project's, at its root (envfile.project_root).
@@ -455,6 +462,20 @@ def load_settings(**flags: Any) -> LoadedSettings:
     for name in Settings.model_fields:
         sources[name] = next((src for src, values in offered.items() if name in values), "default")
     return LoadedSettings(settings, sources, origin)
+
+
+def _refuse_a_hidden_database(env_file: Path) -> None:
+    """Refuse the default database where the nearest ``.env`` names none but hides one that
+    does (:func:`autopack.envfile.hidden_database_dotenv`): naming both files."""
+    hidden = hidden_database_dotenv()
+    if hidden is None:
+        return
+    raise ConfigError(
+        f"{env_file} applies here (the nearest .env) and names no DATABASE_URL, but it hides "
+        f"{hidden}, which does: here Autopack would use the default database instead of that "
+        f"one. Add DATABASE_URL to {env_file}, set DATABASE_URL or pass --database-url",
+        env_file=str(env_file),
+    )
 
 
 def _dotenv_paths(

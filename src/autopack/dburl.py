@@ -34,11 +34,17 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
                 "parts (this command, its API server, executors) must share one: name a "
                 "file, e.g. sqlite:///autopack.db"
             )
-        if not database.startswith("file:"):
-            path = Path(database).expanduser()
-            if not path.is_absolute():
-                path = (cwd or Path.cwd()) / path
-            url = url.set(database=os.path.normpath(path))
+        if url.host or url.username or url.password or url.port:
+            # SQLAlchemy refused it only at the first connection, with a traceback
+            raise ValueError(
+                "a SQLite URL names a file on this machine, no host or user: "
+                "sqlite:////path/to/autopack.db (four slashes for an absolute path)"
+            )
+        _refuse_another_sqlite_database(url)
+        path = Path(database).expanduser()
+        if not path.is_absolute():
+            path = (cwd or Path.cwd()) / path
+        url = url.set(database=os.path.normpath(path))
     elif backend in {"postgresql", "postgres"}:
         if not (url.database or url.query.get("dbname")):
             raise ValueError(
@@ -58,6 +64,29 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
     else:
         raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
     return url.render_as_string(hide_password=False)
+
+
+_PYSQLITE_ARGUMENTS = frozenset(
+    {"timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+)
+"""The query arguments SQLAlchemy hands the driver itself; any other is a SQLite URI option."""
+
+
+def _refuse_another_sqlite_database(url: URL) -> None:
+    """Refuse a SQLite URL that opens another file than the path it names. A URI filename
+    (``file:x.db``) is a path Autopack can neither make absolute nor check exists (from a
+    subdirectory it meant a new, empty database there; without ``uri=true``, a file named
+    ``file:x.db``). URI options (``?mode=ro&uri=true``) reach SQLite as part of a plain
+    path, so they opened a new, empty file named ``x.db?mode=ro`` beside the database;
+    without ``uri=true`` they are ignored."""
+    options = sorted(set(url.query) - _PYSQLITE_ARGUMENTS)
+    if (url.database or "").startswith("file:") or options:
+        what = "a SQLite URI filename (file:…)" if not options else f"{', '.join(options)}"
+        raise ValueError(
+            f"{what}: SQLite URI filenames and options make SQLite open another file than "
+            "the path the URL names (?mode=ro&uri=true: a new, empty file named "
+            "'autopack.db?mode=ro'): name the file alone, e.g. sqlite:////path/to/autopack.db"
+        )
 
 
 def redact_url(url: str) -> str:

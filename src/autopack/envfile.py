@@ -73,6 +73,28 @@ def dotenv_path(cwd: Path | None = None) -> Path:
     )
 
 
+def hidden_database_dotenv(cwd: Path | None = None) -> Path | None:
+    """A farther ``.env`` naming ``DATABASE_URL`` that the nearest one, which names none,
+    hides: a ``web/.env`` of another tool made ``cd web && autopack …`` use the default
+    database at the repository root while the project's ``.env`` names another, so a
+    drain started there and a server started at the root used two databases."""
+    found = [d / ".env" for d in search_directories(cwd) if (d / ".env").is_file()]
+    if len(found) < 2 or _names_database(found[0]):
+        return None
+    return next((path for path in found[1:] if _names_database(path)), None)
+
+
+def _names_database(path: Path) -> bool:
+    """Does the ``.env`` at ``path`` set ``DATABASE_URL`` (in any case, as it is read)?
+    An unreadable file names nothing here: it is refused where it applies."""
+    from dotenv import dotenv_values
+
+    try:
+        return any(key.upper() == "DATABASE_URL" for key in dotenv_values(path))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def check_dotenv(path: Path, *, known: Collection[str]) -> None:
     """Refuse a ``.env`` that would not be read as written (ConfigError naming the file
     and line): python-dotenv skips a line it cannot parse and a setting written without

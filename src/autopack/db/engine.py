@@ -47,8 +47,6 @@ def sqlite_file(url: str) -> Path | None:
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
         return None
-    if database.startswith("file:"):
-        return None  # a URI filename: SQLite's own open flags decide
     return Path(database)
 
 
@@ -82,7 +80,10 @@ def _refuse_a_replaced_file(engine: Engine, path: Path) -> None:
 
     SQLite would go on: pooled connections write to the unlinked file (lost when the
     process ends) while new ones read the new file through the old ``-wal`` (two
-    databases mixed, two instance_ids from one server). One ``stat`` per checkout."""
+    databases mixed, two instance_ids from one server). A file with several hard links is
+    refused too: each name gets its own ``-wal`` and ``-shm``, so a server and a drain
+    opening two names of one file silently lost each other's commits. One ``stat`` per
+    checkout."""
     opened: list[tuple[int, int]] = []
 
     def check(*_args: Any) -> None:
@@ -91,6 +92,14 @@ def _refuse_a_replaced_file(engine: Engine, path: Path) -> None:
             now: tuple[int, int] | None = (found.st_dev, found.st_ino)
         except FileNotFoundError:
             now = None
+        if now is not None and found.st_nlink > 1:
+            raise DatabaseUnavailable(
+                f"the database file {path} has {found.st_nlink} hard links: SQLite keeps its "
+                "WAL journal next to the name a process opened, so processes using two names "
+                "of one file lose each other's writes. Keep one name (a symlink is fine) and "
+                "remove the other links.",
+                path=str(path),
+            )
         if not opened:  # the first connection (which may create the file)
             if now is not None:
                 opened.append(now)
