@@ -169,7 +169,13 @@ def test_a_second_demo_keeps_the_first_in_previous(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-3000:]
     head = rows(f"sqlite:///{demo_dir / 'autopack.db'}", "SELECT branch_head FROM runs")
     second = cli(*args, cwd=tmp_path, env=clean_env(), timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
+    if second.returncode != 0:  # once in a CI run (not reproduced since): say every attempt
+        ended = rows(
+            f"sqlite:///{demo_dir / 'autopack.db'}",
+            "SELECT phase_id, attempt, stop_reason, substr(coalesce(error, feedback, ''), 1, 400)"
+            " AS why FROM phase_attempts WHERE stop_reason != 'completed' ORDER BY id",
+        )
+        raise AssertionError(f"{ended}\n{second.stderr[-3000:]}")
     previous = demo_dir / "previous"
     assert f"the previous demo is kept in {previous}" in " ".join(second.stdout.split())
     kept = f"sqlite:///{previous / 'autopack.db'}"
