@@ -120,7 +120,9 @@ class Server:
         port: int | None = None,
         autopack_args: Sequence[str] = (),
         uvicorn_args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix``: a command that execs the server as its last arguments (``unshare``)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"uvicorn-{self.port}.log"
@@ -142,7 +144,7 @@ class Server:
                 *uvicorn_args,
             ]
         self.process = subprocess.Popen(
-            command,
+            [*prefix, *command],
             cwd=cwd,
             env=dict(env),
             stdout=self._log_file,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor_support import cassette, files, line, on_branch, phase, run_file
-from tests.support import clean_env, cli, free_port
+from tests.support import Server, clean_env, cli, free_port
 
 RUN = "exec-run"
 
@@ -405,3 +405,28 @@ def test_a_sqlite_url_with_a_host_is_an_error_not_a_traceback(url: str, tmp_path
     assert listed.returncode == 2, listed.stdout + listed.stderr
     assert "names a file on this machine" in listed.stderr and "Traceback" not in listed.stderr
     assert "s3cretpassw0rd" not in listed.stderr
+
+
+def test_one_sqlite_file_under_two_paths_is_one_database(tmp_path: Path) -> None:
+    """A bind mount (the server in a container at ``/data``, the CLI on the host in the
+    project) shows one file under two paths: the identity hashed the real path, so the
+    CLI was told the server used another database, and refused it."""
+    probe = subprocess.run(["unshare", "-r", "-m", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespace here: {probe.stderr.decode(errors='replace')}")
+    host, mounted = tmp_path / "host", tmp_path / "data"
+    host.mkdir()
+    mounted.mkdir()
+    env = clean_env(DATABASE_URL=f"sqlite:///{host / 'autopack.db'}")
+    _seed(tmp_path, env)
+    bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    prefix = ["unshare", "-r", "-m", "sh", "-c", bind, "sh", str(host), str(mounted)]
+    server_env = clean_env(DATABASE_URL=f"sqlite:///{mounted / 'autopack.db'}")
+    with Server(server_env, cwd=tmp_path, prefix=prefix) as server:
+        health = server.wait_healthy()
+        assert health["database"]["public_url"] == f"sqlite:///{mounted / 'autopack.db'}"
+        listed = cli(
+            "run", "list", "--json", cwd=tmp_path, env={**env, "AUTOPACK_API_URL": server.url}
+        )
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert [run["run_id"] for run in json.loads(listed.stdout)["items"]] == [RUN]

@@ -1,10 +1,11 @@
 """Which database is this, provably? The value every process logs and ``/health`` returns.
 
 A database's identity is the random ``instance_id`` born with it (``db_meta``), plus where
-it physically lives: the real path of a SQLite file, or PostgreSQL's ``current_database()``
-and cluster ``system_identifier``. The *fingerprint* hashes both, so a copied SQLite file
-or a restored dump (same instance_id, another place) is a different database, while one
-PostgreSQL reached under two host names is the same one.
+it physically lives: a SQLite file's device and inode, or PostgreSQL's
+``current_database()`` and cluster ``system_identifier``. The *fingerprint* hashes both, so
+a copied SQLite file or a restored dump (same instance_id, another place) is a different
+database, while one PostgreSQL reached under two host names, or one SQLite file under two
+paths (a bind mount), is the same one.
 
 A plain value with no database code: the HTTP client compares identities without loading
 SQLAlchemy (:mod:`autopack.db.identity` reads one from a live database).

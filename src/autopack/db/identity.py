@@ -27,8 +27,7 @@ COUNTED_TABLES = {
 def _location(connection: Connection) -> tuple[str, str | None, str | None]:
     """(physical location, database name, system identifier) of the connected database."""
     if connection.dialect.name == "sqlite":
-        path = connection.engine.url.database or ":memory:"
-        return os.path.realpath(path), None, None
+        return _sqlite_file(connection.engine.url.database or ":memory:"), None, None
     name = connection.execute(text("SELECT current_database()")).scalar_one()
     system_id: str | None = None
     try:
@@ -45,6 +44,21 @@ def _location(connection: Connection) -> tuple[str, str | None, str | None]:
             raise
         system_id = None
     return f"{system_id or 'unknown-cluster'}/{name}", name, system_id
+
+
+def _sqlite_file(database: str) -> str:
+    """The file SQLite opened, as the kernel names it: device and inode. One file reached
+    under two paths (a bind mount: the server in a container at ``/data/autopack.db``, the
+    CLI on the host at ``~/project/autopack.db``) is one database; its real paths differed,
+    so the two were told they used different databases. A copy is another inode, so a
+    restored backup (same ``instance_id``) stays another database, as does a file replaced
+    under a server that still holds the old one open."""
+    path = os.path.realpath(database)
+    try:
+        found = os.stat(path)
+    except OSError:  # ":memory:", or gone since it was opened: its path is all there is
+        return path
+    return f"file {found.st_dev}:{found.st_ino}"
 
 
 def read_identity(engine: Engine) -> DbIdentity:
