@@ -19,7 +19,6 @@ set aside for inspection. The LLM calls and what they cost are
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from autopack.builder.auditor import (
@@ -43,7 +42,7 @@ from autopack.contract import (
     ResultIn,
     failed_checks_line,
 )
-from autopack.errors import AutopackError, LeaseLost, ServerUnavailable
+from autopack.errors import LeaseLost, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
 from autopack.executor.checks import ChecksInterrupted, CheckUnavailable, run_checks
@@ -55,7 +54,7 @@ from autopack.executor.lease import Lease
 from autopack.executor.metering import Meter
 from autopack.executor.options import Services
 from autopack.executor.outcome import AttemptResult, Finish, Outcome, failed
-from autopack.executor.recorded import recorded_attempt
+from autopack.executor.recorded import as_recorded, hand_back, post_result, recorded_attempt
 from autopack.executor.workspace import AppliedChange, apply_change, replaced_since
 from autopack.executor.worktrees import Worktree
 from autopack.llm.base import Message
@@ -65,27 +64,11 @@ from autopack.states import PhaseState
 logger = logging.getLogger("autopack.executor")
 
 MAX_FEEDBACK_ATTEMPTS = 3
-RESULT_POST_ATTEMPTS = 5
 
 
 def _feedback(history: list[AttemptView]) -> list[Feedback]:
     earlier = [h for h in history if h.feedback][-MAX_FEEDBACK_ATTEMPTS:]
     return [Feedback(h.attempt, h.stop_reason or "failed", h.feedback or "") for h in earlier]
-
-
-def as_recorded(finish: Finish, answer: ResultAnswer) -> Finish:
-    """How the attempt ended as the database recorded it.
-
-    SIGTERM hands the lease back as ``interrupted`` while the attempt may go on to post a
-    result of its own (a COMPLETE, an audit's rejection) under the same idempotency key;
-    it gets the hand-back's stored answer: nothing of its own was recorded, and the
-    progress line and the summary must not say it was. (A check the stop killed ends the
-    attempt ``interrupted`` too, whichever result is posted first.)
-    """
-    recorded = answer.stop_reason
-    if recorded is None or recorded == finish.stop_reason:
-        return finish
-    return failed(recorded, error="recorded before this attempt's own result could be")
 
 
 class Attempt:
@@ -138,7 +121,7 @@ class Attempt:
                 except LeaseLost as exc:
                     return self._lease_lost(meter, exc)
         except BaseException:  # Ctrl-C, SystemExit or an API gone mid-attempt
-            self._hand_back()
+            hand_back(self.s.client, self.claim)
             raise
 
     def _run(self, lease: Lease, meter: Meter) -> AttemptResult:
@@ -461,39 +444,7 @@ class Attempt:
             commit=commit,
             base=base,
         )
-        claim = self.claim
-        for attempt in range(RESULT_POST_ATTEMPTS):
-            try:
-                return self.s.client.post_result(
-                    claim.run_id, claim.phase_id, result, idempotency_key=claim.idempotency_key
-                )
-            except ServerUnavailable:
-                if attempt == RESULT_POST_ATTEMPTS - 1:
-                    raise  # unrecorded: redone after the lease expires
-                time.sleep(2**attempt * 0.2)
-        raise AssertionError("unreachable")
-
-    def _hand_back(self) -> None:
-        """Interrupted (Ctrl-C, SIGTERM): re-queue the phase now rather than at lease expiry.
-
-        Best effort: if the API does not answer, the lease still expires and the phase is
-        reclaimed then.
-        """
-        claim = self.claim
-        try:
-            self.s.client.post_result(
-                claim.run_id,
-                claim.phase_id,
-                ResultIn(
-                    lease_token=claim.lease_token,
-                    outcome=PhaseState.FAILED,
-                    stop_reason="interrupted",
-                    error="the executor was interrupted (Ctrl-C or SIGTERM) mid-attempt",
-                ),
-                idempotency_key=claim.idempotency_key,
-            )
-        except AutopackError as exc:
-            log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+        return post_result(self.s.client, self.claim, result)
 
     def _lease_lost(self, meter: Meter, refusal: LeaseLost) -> AttemptResult:
         """Stop: another attempt owns the phase now. Our worktree is set aside, untouched.

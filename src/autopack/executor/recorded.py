@@ -1,21 +1,25 @@
-"""What the database recorded of an attempt, for the drain's progress and summary.
+"""An attempt's result, recorded: posted, handed back, and read as the database has it.
 
-An attempt that did not post its own result (its lease refused) or whose result another
-post answered (a stop's hand-back after the attempt's own result landed) knows only a
-stop reason: ``lease_lost`` where the database says ``lease_expired`` or ``requeued``,
-and no files for a phase recorded COMPLETE with them. One read of the phase says how
-the database recorded it.
+A result is posted under the lease token and the attempt's idempotency key, so a post
+retried while the API is unreachable, or answered for another post already made (a stop's
+hand-back), is recorded once. An attempt that did not post its own result (its lease
+refused) or whose result another post answered (a stop's hand-back after the attempt's
+own result landed) knows only a stop reason: ``lease_lost`` where the database says
+``lease_expired`` or ``requeued``, and no files for a phase recorded COMPLETE with them.
+One read of the phase says how the database recorded it, for the drain's progress and
+summary.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from autopack.contract import failed_checks_line
-from autopack.errors import AutopackError
-from autopack.executor.outcome import AttemptResult, Outcome
+from autopack.contract import Claim, ResultAnswer, ResultIn, failed_checks_line
+from autopack.errors import AutopackError, ServerUnavailable
+from autopack.executor.outcome import AttemptResult, Finish, Outcome, failed
 from autopack.logs import log_event
 from autopack.states import AttemptOutcome, PhaseState
 
@@ -23,6 +27,8 @@ if TYPE_CHECKING:
     from autopack.client import ApiClient
 
 logger = logging.getLogger("autopack.executor")
+
+RESULT_POST_ATTEMPTS = 5
 
 _OUTCOMES: dict[str, Outcome] = {
     AttemptOutcome.COMPLETE: PhaseState.COMPLETE,
@@ -57,3 +63,56 @@ def recorded_attempt(client: ApiClient, result: AttemptResult) -> AttemptResult:
         or view.feedback
         or "",
     )
+
+
+def post_result(client: ApiClient, claim: Claim, result: ResultIn) -> ResultAnswer:
+    """Post ``result``, retried while the API is unreachable (the idempotency key makes a
+    repeat harmless); a refusal raises :class:`~autopack.errors.LeaseLost` or
+    :class:`~autopack.errors.BranchMoved`."""
+    for attempt in range(RESULT_POST_ATTEMPTS):
+        try:
+            return client.post_result(
+                claim.run_id, claim.phase_id, result, idempotency_key=claim.idempotency_key
+            )
+        except ServerUnavailable:
+            if attempt == RESULT_POST_ATTEMPTS - 1:
+                raise  # unrecorded: redone after the lease expires
+            time.sleep(2**attempt * 0.2)
+    raise AssertionError("unreachable")
+
+
+def hand_back(client: ApiClient, claim: Claim) -> None:
+    """Interrupted (Ctrl-C, SIGTERM): re-queue the phase now rather than at lease expiry.
+
+    Best effort: if the API does not answer, the lease still expires and the phase is
+    reclaimed then.
+    """
+    try:
+        client.post_result(
+            claim.run_id,
+            claim.phase_id,
+            ResultIn(
+                lease_token=claim.lease_token,
+                outcome=PhaseState.FAILED,
+                stop_reason="interrupted",
+                error="the executor was interrupted (Ctrl-C or SIGTERM) mid-attempt",
+            ),
+            idempotency_key=claim.idempotency_key,
+        )
+    except AutopackError as exc:
+        log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+
+
+def as_recorded(finish: Finish, answer: ResultAnswer) -> Finish:
+    """How the attempt ended as the database recorded it.
+
+    SIGTERM hands the lease back as ``interrupted`` while the attempt may go on to post a
+    result of its own (a COMPLETE, an audit's rejection) under the same idempotency key;
+    it gets the hand-back's stored answer: nothing of its own was recorded, and the
+    progress line and the summary must not say it was. (A check the stop killed ends the
+    attempt ``interrupted`` too, whichever result is posted first.)
+    """
+    recorded = answer.stop_reason
+    if recorded is None or recorded == finish.stop_reason:
+        return finish
+    return failed(recorded, error="recorded before this attempt's own result could be")
