@@ -117,6 +117,18 @@ def test_root_flags_work_after_the_command(tmp_path: Path) -> None:
     assert checked.returncode == 2 and "127.0.0.1:9" in checked.stderr
 
 
+def test_a_command_logs_its_database_once(tmp_path: Path) -> None:
+    """Every process logs its database's identity once at start (DESIGN §3): a command
+    serving itself in a thread logged it again as the API's, and the API's maintenance
+    start, so three log lines preceded every `run list`."""
+    url = f"sqlite:///{tmp_path / 'once.db'}"
+    assert cli("db", "init", f"--database-url={url}", cwd=tmp_path).returncode == 0
+    for args in (["run", "list"], ["run", "show", "nope"]):
+        said = cli(*args, "--database-url", url, cwd=tmp_path)
+        logged = [line for line in said.stderr.splitlines() if " INFO " in line]
+        assert len(logged) == 1 and "database_identity role=cli" in logged[0], said.stderr
+
+
 def test_a_root_flag_given_twice_with_different_values_is_refused_naming_both(
     tmp_path: Path,
 ) -> None:

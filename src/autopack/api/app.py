@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
                 resolved.database_url,
                 role="api",
                 expected_instance_id=resolved.autopack_expected_instance_id,
+                log=not private,  # the CLI process serving itself logged its database once
             )
         except AutopackError as exc:
             _refuse(app, exc)

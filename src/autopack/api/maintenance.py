@@ -34,7 +34,7 @@ class Maintenance:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="autopack-maintenance")
-        log_event(logger, "maintenance_started", interval_seconds=self.interval)
+        log_event(logger, "maintenance_started", logging.DEBUG, interval_seconds=self.interval)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let a running pass finish (its transaction commits or rolls back), then stop."""
