@@ -762,3 +762,31 @@ def test_a_branch_changed_outside_autopack_is_not_reported_at_the_accepted_head(
     said = " ".join(done.stderr.split())
     assert f"waits behind the run's accepted head {accepted[:12]}" in said, said[-3000:]
     assert "changed outside Autopack" in said and f"update-ref {branch} {accepted}" in said
+
+
+def test_a_branch_past_the_accepted_head_is_not_reported_at_it(tmp_path: Path) -> None:
+    """A commit put on top of the run's branch after its last phase was accepted (by hand,
+    or by a check that killed its executor before the ref guard could put the branch back)
+    is one the control plane never accepted. Autopack leaves a branch past the head it is
+    asked to reach (another executor may have moved it to a later accepted head), and the
+    drain then ended "the run's code: branch B at ACCEPTED" while the branch held more."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    create_run(run_file(tmp_path, [phase("a", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("a", 1, files(a_py="A = 1\n"))])
+    assert drain(*_args(ws, tape), env=env, cwd=tmp_path).returncode == 0
+    branch = f"refs/heads/autopack/{RUN}"
+    accepted = git("rev-parse", branch, cwd=ws)
+    mine = git("commit-tree", f"{branch}^{{tree}}", "-p", branch, "-m", "mine", cwd=ws)
+    git("update-ref", branch, mine, cwd=ws)
+    done = cli_drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert git("rev-parse", branch, cwd=ws) == mine  # left where it is: nothing is dropped
+    assert f"at {accepted[:12]} in" not in done.stdout, done.stdout
+    said = " ".join(done.stderr.split())
+    assert f"is past the run's accepted head {accepted[:12]}: it is at {mine[:12]}" in said, said
+    assert f"update-ref {branch} {accepted} {mine}" in said
+    reported = cli_drain(*_args(ws, tape), "--json", env=env, cwd=tmp_path)
+    summary = json.loads(reported.stdout)
+    assert (summary["branch_head"], summary["branch_past"]) == (accepted, mine)

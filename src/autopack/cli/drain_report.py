@@ -82,6 +82,7 @@ def report(
                 "branch": summary.branch,
                 "branch_head": summary.branch_head,
                 "branch_waits": summary.branch_waits,
+                "branch_past": summary.branch_past,
                 "repository": summary.repository,
                 "ok": ok,
             }
@@ -135,6 +136,19 @@ def report(
             f"[yellow]the branch {escape(summary.branch)} waits[/yellow] behind the run's "
             f"accepted head {summary.branch_head[:12]}: {escape(summary.branch_waits)} (the "
             "accepted commits are kept)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif summary.branch_head and summary.branch_past:
+        err.print(
+            f"[yellow]the branch {escape(summary.branch)} is past[/yellow] the run's accepted "
+            f"head {summary.branch_head[:12]}: it is at {summary.branch_past[:12]}, with "
+            "commits the control plane never accepted (made outside Autopack: by hand, or by "
+            "a check that killed its executor before Autopack could put the branch back); "
+            f"they are left there. {escape(summary.branch_reset)} puts the branch at the "
+            "accepted head; "
+            f"`autopack run export {summary.run_id} DIR {summary.repository_flag}` writes "
+            "the accepted code out.",
             highlight=False,
             soft_wrap=True,
         )

@@ -63,6 +63,11 @@ class DrainSummary:
     """Where the run's code is: its branch (at this accepted head) in ``repository``."""
     branch_waits: str | None = None
     """Why the git branch is still behind ``branch_head`` (a checkout in the way), if it is."""
+    branch_past: str | None = None
+    """Where the git branch is when it holds commits past ``branch_head`` that the control
+    plane never accepted (made by hand, or by a check that killed its executor)."""
+    branch_reset: str = ""
+    """The command that puts the branch from ``branch_past`` back at ``branch_head``."""
     repository: str = ""
     repository_flag: str = ""
     """How to name that repository on the command line (``--workspace DIR``, ``--repo URL``)."""
@@ -197,6 +202,21 @@ class AutonomousExecutor:
         except GitError as exc:
             log_event(logger, "branch_sync_failed", logging.WARNING, reason=exc.message)
 
+    def _unaccepted_head(self, run: RunView) -> str | None:
+        """The branch's head when it is past the run's accepted head with commits the
+        control plane never accepted: the summary said "branch B at ACCEPTED" while the
+        branch held more. Asked again of the control plane first: an executor beside this
+        one may have had a later head accepted and moved the branch there."""
+        if run.branch_head is None or self.s.repository.waiting:
+            return None
+        head = self.s.repository.past(run.branch_head)
+        if head is None:
+            return None
+        latest = self.client.get_run(run.run_id).branch_head
+        if latest is not None and (head == latest or self.s.repository.is_ancestor(head, latest)):
+            return None
+        return head
+
     def _summary(self, summary: DrainSummary, started: float) -> DrainSummary:
         run = self.client.get_run(summary.run_id)
         self._sync_branch(run)
@@ -205,6 +225,11 @@ class AutonomousExecutor:
         summary.branch = self.s.repository.branch
         summary.branch_head = run.branch_head
         summary.branch_waits = self.s.repository.waiting
+        summary.branch_past = self._unaccepted_head(run)
+        if summary.branch_past and run.branch_head:
+            summary.branch_reset = self.s.repository.reset_command(
+                run.branch_head, summary.branch_past
+            )
         summary.repository = self.s.repository.where
         summary.repository_flag = self.s.repository.flag
         summary.telemetry_written = self.s.telemetry.written

@@ -349,6 +349,28 @@ class RunRepository:
             self.waiting = exc.message
             raise
 
+    def reset_command(self, to: str, old: str) -> str:
+        """The command a person runs to put the branch, now at ``old``, at ``to``."""
+        ref = f"refs/heads/{self.branch}"
+        if self.remote:
+            return (
+                f"`git push --force-with-lease={ref}:{old} {self.where} {to}:{ref}` from a "
+                "clone holding it"
+            )
+        return f"`git -C {self.path} update-ref {ref} {to} {old}`"
+
+    def past(self, accepted: str) -> str | None:
+        """The branch's head when it is past ``accepted`` (a descendant of it, not it), else
+        None. :meth:`advance` leaves such a branch alone (another executor may have moved
+        it to a later accepted head); whoever knows the latest accepted head judges it."""
+        try:
+            head = self.head()
+        except GitError:
+            return None
+        if head == accepted or not self.is_ancestor(accepted, head):
+            return None
+        return head
+
     def moved_elsewhere(self) -> None:
         """The branch was moved by something other than this process (a check's move, put
         back): the next :meth:`advance` looks at it again instead of trusting that it is
@@ -362,19 +384,13 @@ class RunRepository:
             if old == to or (old is not None and self.is_ancestor(to, old)):
                 return old
             if old is not None and not self.is_ancestor(old, to):
-                ref = f"refs/heads/{self.branch}"
-                reset = (
-                    f"`git push --force-with-lease={ref}:{old} {self.where} {to}:{ref}` from "
-                    "a clone holding it"
-                    if self.remote
-                    else f"`git -C {self.path} update-ref {ref} {to} {old}`"
-                )
                 raise GitError(
                     ("merge-base", "--is-ancestor", old, to),
                     f"branch {self.branch} in {self.where} is at {old[:12]}, which the "
                     f"accepted head {to[:12]} does not contain: the branch was changed "
-                    f"outside Autopack, and is left as it is. {reset} puts it at the "
-                    "accepted head; `autopack run export` writes the accepted code out.",
+                    f"outside Autopack, and is left as it is. {self.reset_command(to, old)} "
+                    "puts it at the accepted head; `autopack run export` writes the "
+                    "accepted code out.",
                 )
             if self._swap(old, to):
                 log_event(logger, "branch_advanced", branch=self.branch, old=old, new=to)
