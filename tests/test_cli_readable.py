@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,36 @@ def test_a_command_logs_its_database_once(tmp_path: Path) -> None:
         said = cli(*args, "--database-url", url, cwd=tmp_path)
         logged = [line for line in said.stderr.splitlines() if " INFO " in line]
         assert len(logged) == 1 and "database_identity role=cli" in logged[0], said.stderr
+
+
+def test_ctrl_c_while_a_command_loads_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C while a command's modules were still loading printed a KeyboardInterrupt
+    traceback (Typer turns one into a quiet 130 only once it runs). The signal is sent
+    when the command has begun importing pydantic (``-X importtime`` says so on stderr):
+    inside the entry point, before Typer."""
+    url = f"sqlite:///{tmp_path / 'quiet.db'}"
+    assert cli("db", "init", f"--database-url={url}", cwd=tmp_path).returncode == 0
+    command = [str(Path(sys.executable).parent / "autopack"), "run", "list", "--database-url"]
+    said = []
+    with subprocess.Popen(
+        [*command, url],
+        cwd=tmp_path,
+        env={**clean_env(), "PYTHONPROFILEIMPORTTIME": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as started:
+        assert started.stderr is not None
+        for line in started.stderr:
+            said.append(line)
+            if line.split("|")[-1].strip() == "pydantic.version":
+                started.send_signal(signal.SIGINT)
+                break
+        said.append(started.stderr.read())
+        started.wait(timeout=60)
+    told = "".join(x for x in said if not x.startswith("import time:"))
+    assert "Traceback" not in told and "KeyboardInterrupt" not in told, told
+    assert started.returncode == 130, told
 
 
 def test_a_root_flag_given_twice_with_different_values_is_refused_naming_both(

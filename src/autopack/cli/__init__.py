@@ -77,8 +77,14 @@ def _invalid(exc: ValidationError) -> Exception:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point. Ctrl-C before Typer has started (while the command's
+    modules load) ends the command as Typer ends it later, quietly with 130, not with a
+    ``KeyboardInterrupt`` traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
 
 
 __all__ = ["main", "run"]
