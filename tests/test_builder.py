@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import stat
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -347,6 +349,46 @@ def test_rules_auditor_flags_syntax_errors_stubs_and_testless_tests(tmp_path: Pa
     assert not verdict.approved
     assert len(verdict.issues) == 3
     assert audit_rules(_task(), _plan(tmp_path, _answer(GOOD))).approved
+
+
+class _Finalized:
+    """Garbage with a finalizer: a collection runs Python code, where threads switch."""
+
+    def __del__(self) -> None:
+        self.ended = [n for n in range(50)]
+
+
+def test_the_rules_auditor_in_concurrent_attempts_parses_every_file(tmp_path: Path) -> None:
+    """Attempts run in threads, and CPython 3.11's AST constructor keeps its depth in
+    per-interpreter state: a garbage collection (finalizers: sockets, connections) switched
+    threads mid-parse and failed a demo attempt ``executor_error: SystemError: AST
+    constructor recursion depth mismatch`` (gh-106905)."""
+    source = (Path(__file__).parents[1] / "src/autopack/executor/attempt.py").read_text()
+    change = _plan(tmp_path, _answer([{"path": GOOD[0]["path"], "content": source}]))
+    failures: list[BaseException] = []
+    switching = sys.getswitchinterval()
+
+    def audit() -> None:
+        for _ in range(40):
+            for _ in range(50):
+                cycle = _Finalized()
+                cycle.me = cycle  # type: ignore[attr-defined]
+            try:
+                assert audit_rules(_task(), change).approved
+            except BaseException as exc:  # the failure is what is counted
+                failures.append(exc)
+                return
+
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=audit) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switching)
+    assert failures == []
 
 
 def test_unparseable_llm_verdict_falls_back_to_rules() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import threading
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Literal
@@ -20,6 +21,13 @@ from autopack.builder.prompt import PhaseTask
 from autopack.contract import AuditVerdict, CheckResult
 
 AuditMode = Literal["llm", "rules", "off"]
+
+_PARSING = threading.Lock()
+"""One ``ast.parse`` at a time in this process. CPython 3.11 counts the AST constructor's
+depth in per-interpreter state: a parse in another thread, switched to while a garbage
+collection ran finalizers mid-construction, failed an attempt of the demo with
+``SystemError: AST constructor recursion depth mismatch`` (gh-106905). Attempts run in
+threads (``--concurrency``); a parse takes milliseconds."""
 
 AUDITOR_SYSTEM = """\
 You are the Auditor of Autopack. You review one phase's change before it is accepted.
@@ -69,7 +77,8 @@ def audit_rules(task: PhaseTask, change: Change) -> AuditVerdict:
         if path.suffix != ".py":
             continue
         try:
-            tree = ast.parse(write.content, filename=write.path)
+            with _PARSING:
+                tree = ast.parse(write.content, filename=write.path)
         except SyntaxError as exc:
             issues.append(f"{write.path} does not parse: line {exc.lineno}: {exc.msg}")
             continue
