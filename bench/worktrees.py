@@ -34,7 +34,8 @@ from typing import Any
 from autopack.contract import ResultAnswer
 from autopack.errors import BranchMoved
 from autopack.executor.integration import Integrator
-from autopack.executor.repository import RepoSource, RunRepository, run_branch
+from autopack.executor.repository import RunRepository, run_branch
+from autopack.executor.source import RepoSource
 from autopack.executor.worktrees import Worktrees
 from autopack.states import PhaseState, RunState
 

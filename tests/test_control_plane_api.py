@@ -38,7 +38,7 @@ from autopack.contract import (
 from autopack.db import Database, open_database
 from autopack.dburl import resolve_database_url
 from autopack.errors import Conflict, IllegalTransition, InvalidInput, LeaseLost, NotFound
-from autopack.executor.repository import RepoSource
+from autopack.executor.source import RepoSource
 from autopack.rundef import parse_run_definition
 from autopack.states import ApprovalStatus, PhaseState, RunState
 from tests.conftest import BACKENDS, create_pg_database, drop_pg_database, empty_sqlite

@@ -27,11 +27,11 @@ from autopack.executor.git import GitError, git
 from autopack.executor.integration import Integrator
 from autopack.executor.repository import (
     IntegrationConflict,
-    RepoSource,
     RunRepository,
     attempt_ref,
     run_branch,
 )
+from autopack.executor.source import RepoSource
 from autopack.executor.worktrees import Worktrees
 
 BRANCH = run_branch("r1")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from autopack.connect import Connection
     from autopack.contract import RunView
     from autopack.db import Database
-    from autopack.executor.repository import RepoSource
+    from autopack.executor.source import RepoSource
     from autopack.identity import DbIdentity
 
 PIPED_WIDTH = 100_000

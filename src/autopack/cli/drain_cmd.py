@@ -195,7 +195,8 @@ def executor_for(
     from autopack.executor.executor import AutonomousExecutor
     from autopack.executor.integration import Integrator
     from autopack.executor.options import ExecutorOptions, Services
-    from autopack.executor.repository import RepoSource, RunRepository, run_branch
+    from autopack.executor.repository import RunRepository, run_branch
+    from autopack.executor.source import RepoSource
     from autopack.executor.worktrees import Worktrees
     from autopack.llm.pricing import price_table
     from autopack.llm.registry import model_for

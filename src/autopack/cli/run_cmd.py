@@ -303,7 +303,8 @@ def export(
     repo: str | None = typer.Option(None, "--repo", help="The run's remote repository URL."),
 ) -> None:
     """Write the run's code (the head of its branch) into DIRECTORY."""
-    from autopack.executor.repository import RepoSource, RunRepository, run_branch
+    from autopack.executor.repository import RunRepository, run_branch
+    from autopack.executor.source import RepoSource
     from autopack.paths import absolute
 
     cli = state(ctx)

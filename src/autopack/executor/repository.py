@@ -21,25 +21,25 @@ machines share one branch instead of scattering files over their disks.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
 from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
-from autopack.executor.recall import holds, recall, remember
+from autopack.executor.recall import recall, remember
 from autopack.executor.repolock import RepositoryLock
+from autopack.executor.source import (
+    RepoSource,
+    cache_clone,
+    is_repository,
+    local_repository,
+    require_local,
+)
 from autopack.logs import log_event
-from autopack.paths import absolute
-from autopack.rundef import default_branch, repository_option
+from autopack.rundef import default_branch
 
 logger = logging.getLogger("autopack.executor.repository")
 
@@ -56,10 +56,6 @@ def attempt_ref(run_id: str, phase_id: str, attempt: int) -> str:
     return f"{ATTEMPT_REFS}/{run_id}/{phase_id}/{attempt}"
 
 
-def _is_repository(path: Path) -> bool:
-    return git("rev-parse", "--git-dir", cwd=path, check=False).returncode == 0
-
-
 class IntegrationConflict(GitError):
     """The attempt's change does not apply on the branch's new head."""
 
@@ -69,40 +65,6 @@ class RepositoryGone(GitError):
     phase's failure. Every attempt after it failed ``git_error`` until the phase had used
     its tries and the rest of the run was SKIPPED; the drain stops instead, handing its
     phases back, and the next drain clones again (or names the missing workspace)."""
-
-
-@dataclass(frozen=True)
-class RepoSource:
-    """Where a run's code lives: a local repository used in place, or a remote URL."""
-
-    workspace: Path | None = None
-    remote: str | None = None
-    run_id: str | None = None
-    """The run whose local repository this machine remembers once opened
-    (:mod:`autopack.executor.recall`)."""
-    default: bool = False
-    """``workspace`` is only the default (nothing named a repository): a remembered
-    repository holding the run's accepted head stands in for it."""
-
-    def describe(self) -> str:
-        return self.remote or str(self.workspace)
-
-    @classmethod
-    def choose(
-        cls, run_id: str, *, repo: str | None, workspace: Path | None, run_repository: str | None
-    ) -> RepoSource:
-        """``--repo``, else ``--workspace``, else the run file's ``repository``, else
-        ``autopack-workspaces/RUN_ID`` at the project's root, next to its default database
-        (:func:`~autopack.envfile.project_root`: a drain from any subdirectory finds the
-        run's code). ``--repo``: :func:`~autopack.rundef.repository_option`."""
-        if repo:
-            return cls(remote=repository_option(repo))
-        if workspace is not None:
-            return cls(workspace=absolute(workspace, "--workspace"), run_id=run_id)
-        if run_repository:
-            return cls(remote=run_repository)
-        default = (project_root() / "autopack-workspaces" / run_id).resolve()
-        return cls(workspace=default, run_id=run_id, default=True)
 
 
 class RunRepository:
@@ -181,7 +143,7 @@ class RunRepository:
         a missing local repository or branch is an error instead (reading commands).
         ``head``: the run's accepted head, which a local repository must already hold."""
         if source.remote:
-            repository = cls(_cache_clone(source.remote, cache_dir), branch=branch, remote=REMOTE)
+            repository = cls(cache_clone(source.remote, cache_dir), branch=branch, remote=REMOTE)
             repository.remote_url = source.remote
         else:
             workspace = source.workspace
@@ -189,12 +151,12 @@ class RunRepository:
             if head is not None:
                 if source.default and source.run_id is not None:
                     workspace = recall(workspace, source.run_id, head, cache_dir)
-                _require_local(workspace, head, branch)
-            if not create and not (workspace.is_dir() and _is_repository(workspace)):
+                require_local(workspace, head, branch)
+            if not create and not (workspace.is_dir() and is_repository(workspace)):
                 raise ConfigError(
                     f"no repository at {workspace}: give the run's --workspace or --repo"
                 )
-            repository = cls(_local(workspace), branch=branch, remote=None)
+            repository = cls(local_repository(workspace), branch=branch, remote=None)
             if source.run_id is not None:
                 remember(cache_dir, source.run_id, repository.path)
         if create:
@@ -481,88 +443,3 @@ class RunRepository:
         finally:
             index.unlink(missing_ok=True)
         return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())
-
-
-def _require_local(workspace: Path, commit: str, branch: str) -> None:
-    """Refuse a local workspace without the run's accepted head, before anything is made
-    there. The default workspace moved (from ``autopack-workspaces/RUN_ID`` in the working
-    directory to the project's root): a drain found the new one missing, started the
-    branch anew without the run's completed work and reported the run's code there. Names
-    a workspace of the old default (from here up to the project's root) that holds it."""
-    if holds(workspace, commit):
-        return
-    candidates = [d / "autopack-workspaces" / workspace.name for d in search_directories()]
-    found = next((c for c in candidates if c != workspace and holds(c, commit)), None)
-    hint = (
-        f"it is in {found}: add --workspace {found}"
-        if found is not None
-        else "give the repository that holds it with --workspace DIR (or --repo URL)"
-    )
-    raise ConfigError(
-        f"the run's accepted head {commit[:12]} (branch {branch}) is not in {workspace}"
-        f"{'' if workspace.exists() else ' (no such directory)'}: its completed work is "
-        f"elsewhere; {hint}"
-    )
-
-
-def _local(workspace: Path) -> Path:
-    """A local repository used in place: created when missing or empty, refused when it is
-    a directory with files that is not a repository's root (Autopack never guesses what to
-    commit, nor adopts the repository around a directory: an empty
-    ``autopack-workspaces/RUN`` inside a project became the project's own repository)."""
-    workspace = absolute(workspace, "--workspace")
-    if workspace.exists() and not workspace.is_dir():
-        raise ConfigError(f"--workspace {workspace} is a file, not a directory")
-    if workspace.is_dir() and _is_repository(workspace):
-        if out("rev-parse", "--is-bare-repository", cwd=workspace) == "true":
-            # it has no work tree to be the root of: `rev-parse --show-toplevel` failed,
-            # and the drain ended in a GitError (exit 1) instead of saying what to give
-            raise ConfigError(
-                f"--workspace {workspace} is a bare repository (no work tree): give it as "
-                f"--repo {workspace}, which clones it like any remote"
-            )
-        top = Path(out("rev-parse", "--show-toplevel", cwd=workspace) or workspace)
-        if top.resolve() == workspace.resolve():
-            return top
-        if any(workspace.iterdir()):
-            raise ConfigError(
-                f"--workspace {workspace} is a directory inside the git repository {top}, not "
-                f"its root: give --workspace {top} to keep the run's branch there, or a new "
-                "or empty directory for a repository of the run's own."
-            )
-    elif workspace.is_dir() and any(workspace.iterdir()):
-        raise ConfigError(
-            f"--workspace {workspace} holds files but is not a git repository. Autopack keeps "
-            "a run's code on a git branch: make it one (`git init && git add -A && git commit "
-            "-m start` there), or give a new or empty directory."
-        )
-    try:
-        workspace.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file on the way (FILE/ws), no permission
-        raise ConfigError(
-            f"--workspace {workspace} cannot be created: {exc.strerror or exc}"
-        ) from None
-    git("init", "--quiet", cwd=workspace)
-    log_event(logger, "repository_created", path=workspace)
-    return workspace
-
-
-def cache_path(remote: str, cache_dir: Path) -> Path:
-    digest = hashlib.sha256(remote.encode()).hexdigest()[:16]
-    return cache_dir / "repos" / f"{digest}.git"
-
-
-def _cache_clone(remote: str, cache_dir: Path) -> Path:
-    """This machine's bare clone of ``remote`` (made on first use, shared by executors)."""
-    path = cache_path(remote, cache_dir)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    git("clone", "--bare", "--quiet", "--", remote, str(partial), cwd=path.parent)
-    try:
-        partial.rename(path)
-    except OSError:  # another executor on this machine cloned it first
-        shutil.rmtree(partial, ignore_errors=True)
-    log_event(logger, "repository_cached", remote=remote, path=path)
-    return path
