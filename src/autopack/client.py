@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -354,12 +355,16 @@ class ApiClient(Transport):
     ) -> list[TokenBudgetEscalationRow]:
         return self._events(_ESCALATION_ROWS, "escalation", run_id, limit, after_id)
 
-    def all_estimation_events(self, run_id: str | None = None) -> list[TokenEstimationRow]:
-        """Every estimation event, page by page."""
+    def all_estimation_events(
+        self, run_id: str | None = None, read: Callable[[int], object] | None = None
+    ) -> list[TokenEstimationRow]:
+        """Every estimation event, page by page; ``read`` is told how many so far."""
         found: list[TokenEstimationRow] = []
         while True:
             page = self.estimation_events(run_id, MAX_PAGE, found[-1].id if found else 0)
             found += page
+            if read is not None:
+                read(len(found))
             if len(page) < MAX_PAGE:
                 return found
 
