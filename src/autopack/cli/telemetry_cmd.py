@@ -73,7 +73,8 @@ def print_report(client: ApiClient, run_id: str | None, *, as_json: bool = False
 
     if run_id is not None:  # a mistyped id: "not found in database …", not "no telemetry"
         client.get_run(run_id)
-    summary = client.telemetry_summary(run_id)
+    with err.status("summing the recorded calls and scoring the estimator…"):
+        summary = client.telemetry_summary(run_id)  # seconds for tens of thousands of rows
     if as_json:
         print_json(summary)
         return
