@@ -193,3 +193,41 @@ def test_a_second_demo_keeps_the_first_in_previous(tmp_path: Path) -> None:
     assert rows(f"sqlite:///{demo_dir / 'autopack.db'}", "SELECT state FROM runs") == [
         {"state": "DONE_SUCCESS"}
     ]
+
+
+def test_a_second_demo_in_the_same_directory_leaves_the_running_one_alone(
+    tmp_path: Path,
+) -> None:
+    """``make demo`` in a second terminal moved the running demo's database and repository
+    to ``previous/`` under it: it failed every write for the rest of its drain (exit 2
+    after a minute of retries). The second is refused, naming the first."""
+    demo_dir = tmp_path / "demo"
+    command = [sys.executable, "-m", "autopack", "demo", "--dir", str(demo_dir)]
+    with subprocess.Popen(
+        [*command, "--replay-speed", "1"],  # the recorded latencies: it runs for minutes
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as first:
+        try:
+            assert first.stdout is not None
+            for said in first.stdout:  # the run is created: the demo holds its directory
+                if f"created run {RUN}" in said:
+                    break
+            second = subprocess.run(
+                command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, check=False
+            )
+            assert second.returncode == 2, second.stdout + second.stderr
+            told = " ".join(second.stderr.split())
+            assert f"another `autopack demo` (pid {first.pid}) is running in {demo_dir}" in told
+            assert "Traceback" not in second.stderr
+            assert not (demo_dir / "previous").exists()
+            assert first.poll() is None  # the first goes on, its database where it was
+            assert rows(f"sqlite:///{demo_dir / 'autopack.db'}", "SELECT id FROM runs") == [
+                {"id": RUN}
+            ]
+        finally:
+            first.terminate()
+            first.communicate(timeout=120)

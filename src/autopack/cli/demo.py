@@ -9,7 +9,11 @@ unittest``, and replayed calls are shown as replayed, never as money spent.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -22,7 +26,37 @@ from autopack.errors import ConfigError, Conflict
 
 RUN_NAME = "telemetry-collection-v4"
 MARKER = ".autopack-demo"
+LOCK = ".autopack-demo.lock"
 PREVIOUS = "previous"
+
+
+@contextmanager
+def _alone(directory: Path) -> Iterator[None]:
+    """Hold ``directory`` for this demo: a second ``autopack demo`` there while one runs
+    (``make demo`` in two terminals) moved the running one's database and repository to
+    ``previous/`` under it, and it failed every write for the rest of its drain. Refused
+    instead (exit 2, naming the demo holding it); the lock ends with its process."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        held = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a file there or on the way, no permission
+        raise ConfigError(
+            f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
+        ) from None
+    try:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(held, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(
+                f"another `autopack demo` (pid {holder}) is running in {directory}: wait for "
+                "it to end, or give this one another --dir"
+            ) from None
+        os.ftruncate(held, 0)
+        os.pwrite(held, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(held)
 
 
 def _fresh(directory: Path) -> None:
@@ -68,9 +102,15 @@ def demo(
 ) -> None:
     """Drain the bundled run end to end and report its telemetry."""
     from autopack.paths import absolute
-    from autopack.runfile import bundled_run_file, load_run_file
 
     directory = absolute(directory, "--dir")
+    with _alone(directory):
+        _demo(ctx, directory, concurrency, speed)
+
+
+def _demo(ctx: typer.Context, directory: Path, concurrency: int, speed: float) -> None:
+    from autopack.runfile import bundled_run_file, load_run_file
+
     _fresh(directory)
     cli = state(ctx)
     if cli.database_url is None:
