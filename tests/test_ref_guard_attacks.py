@@ -389,11 +389,14 @@ def test_a_check_that_checks_out_the_branch_in_another_attempts_checkout_holds_n
     """A check writing ``ref: refs/heads/autopack/RUN`` into the ``HEAD`` of the checkout
     beside its own (another attempt's, ``--concurrency 2``) had that attempt fail
     ``git_error``, and its kept checkout, holding its files, hold the branch back behind
-    every later accepted head (the drain's summary said it waited)."""
+    every later accepted head (the drain's summary said it waited). The check waits for
+    c's estimate, made in c's checkout once it is switched to its base (c's claim comes
+    first: a HEAD written before that switch was undone by it, and nothing held)."""
     waits = tmp_path / "wait_for_c.py"
     waits.write_text(
         f"import sqlite3, time\ndb = sqlite3.connect({str(tmp_path / 'autopack.db')!r})\n"
-        "while not db.execute(\"SELECT 1 FROM phase_attempts WHERE phase_id = 'c'\").fetchone():"
+        "while not db.execute(\"SELECT 1 FROM token_estimation_v2_events WHERE phase_id = 'c'\")"
+        ".fetchone():"
         "\n    time.sleep(0.05)\n"
     )
     hold = (
