@@ -23,6 +23,7 @@ from sqlalchemy import RowMapping
 from autopack.contract import ApprovedChange, Claim, ClaimIn
 from autopack.control import lifecycle, views
 from autopack.control.leases import holds_lease, reclaim_expired
+from autopack.control.results import INTERRUPTED
 from autopack.db import Database
 from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
@@ -201,6 +202,22 @@ def _start_attempt(
     return _answer(tx, replace(phase, **changes), replace(run, state=run_state))
 
 
+def _last_ended_on_its_own(history: list[AttemptRecord]) -> int:
+    """The number of the newest attempt that ended by its own doing, passing over those
+    whose executor was stopped: killed (``LOST``, its lease reclaimed) or handing its
+    lease back (``interrupted``). A change approved for an attempt is applied by the
+    next one that runs to its end: it went only to the attempt right after the asking
+    one, so an executor killed while applying it made the Builder answer again and the
+    phase wait for a second approval of the same change (or fail, its window spent)."""
+    for attempt in reversed(history):
+        stopped = attempt.outcome == AttemptOutcome.LOST or (
+            attempt.outcome == AttemptOutcome.FAILED and attempt.stop_reason == INTERRUPTED
+        )
+        if not stopped:
+            return attempt.attempt
+    return 0
+
+
 def _answer(tx: Tx, phase: PhaseRecord, run: RunRecord) -> Claim:
     """The claim of ``phase``'s current attempt, as it stands (leased, EXECUTING)."""
     number = phase.attempts
@@ -210,7 +227,9 @@ def _answer(tx: Tx, phase: PhaseRecord, run: RunRecord) -> Claim:
         params = {"b_run": phase.run_id, "b_phase": phase.phase_id, "b_attempt": number}
         history = tx.all(AttemptRecord, sql.HISTORY, params)
         granted = tx.one(
-            ApprovalRecord, approval_sql.APPROVED_FOR_ATTEMPT, {**params, "b_attempt": number - 1}
+            ApprovalRecord,
+            approval_sql.APPROVED_FOR_ATTEMPT,
+            {**params, "b_attempt": _last_ended_on_its_own(history)},
         )
         approved = views.approved_change(granted) if granted is not None else None
     dependencies = lifecycle.depends_on(tx, phase.run_id, phase.phase_id, committed=True)
