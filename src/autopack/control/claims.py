@@ -23,7 +23,6 @@ from sqlalchemy import RowMapping
 from autopack.contract import ApprovedChange, Claim, ClaimIn
 from autopack.control import lifecycle, views
 from autopack.control.leases import holds_lease, reclaim_expired
-from autopack.control.results import INTERRUPTED
 from autopack.db import Database
 from autopack.db import approvals as approval_sql
 from autopack.db import statements as sql
@@ -32,7 +31,14 @@ from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunR
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, InvalidInput
 from autopack.logs import log_event
-from autopack.states import AttemptOutcome, PhaseState, RunState, TierState, ensure_transition
+from autopack.states import (
+    AttemptOutcome,
+    PhaseState,
+    RunState,
+    TierState,
+    ensure_transition,
+    stopped_from_outside,
+)
 
 P = PhaseState
 R = RunState
@@ -203,17 +209,13 @@ def _start_attempt(
 
 
 def _last_ended_on_its_own(history: list[AttemptRecord]) -> int:
-    """The number of the newest attempt that ended by its own doing, passing over those
-    whose executor was stopped: killed (``LOST``, its lease reclaimed) or handing its
-    lease back (``interrupted``). A change approved for an attempt is applied by the
-    next one that runs to its end: it went only to the attempt right after the asking
-    one, so an executor killed while applying it made the Builder answer again and the
-    phase wait for a second approval of the same change (or fail, its window spent)."""
+    """The number of the newest attempt its executor was not stopped in
+    (:func:`~autopack.states.stopped_from_outside`). A change approved for an attempt is
+    applied by the next one that runs to its end: it went only to the attempt right
+    after the asking one, so an executor killed while applying it made the Builder
+    answer again and the phase wait for a second approval of the same change."""
     for attempt in reversed(history):
-        stopped = attempt.outcome == AttemptOutcome.LOST or (
-            attempt.outcome == AttemptOutcome.FAILED and attempt.stop_reason == INTERRUPTED
-        )
-        if not stopped:
+        if not stopped_from_outside(attempt.outcome, attempt.stop_reason):
             return attempt.attempt
     return 0
 
