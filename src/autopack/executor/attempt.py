@@ -19,7 +19,6 @@ set aside for inspection. The LLM calls and what they cost are
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from autopack.builder.auditor import (
@@ -32,6 +31,7 @@ from autopack.builder.auditor import (
 from autopack.builder.change import Change, plan_change, recheck
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
+from autopack.client import patiently
 from autopack.contract import (
     MAX_APPROVAL_REASON,
     ApprovalIn,
@@ -65,7 +65,6 @@ from autopack.states import PhaseState
 logger = logging.getLogger("autopack.executor")
 
 MAX_FEEDBACK_ATTEMPTS = 3
-RESULT_POST_ATTEMPTS = 5
 
 
 def _feedback(history: list[AttemptView]) -> list[Feedback]:
@@ -401,7 +400,12 @@ class Attempt:
             )
 
     def _accepted(self) -> str | None:
-        return self.s.client.get_run(self.claim.run_id).branch_head
+        """The run's accepted head, which decides whether the branch moved by the checks'
+        doing: asked as patiently as the result is posted. Given up on after the client's
+        ten seconds, a server restarted as the checks ended made the guard move the branch
+        back off another phase's accepted commit and fail the attempt
+        ``git_refs_changed_by_checks``, posted once the server was back."""
+        return patiently(lambda: self.s.client.get_run(self.claim.run_id).branch_head)
 
     def _audit(self, meter: Meter, change: Change) -> None:
         if self.o.auditor == "off":
@@ -462,16 +466,12 @@ class Attempt:
             base=base,
         )
         claim = self.claim
-        for attempt in range(RESULT_POST_ATTEMPTS):
-            try:
-                return self.s.client.post_result(
-                    claim.run_id, claim.phase_id, result, idempotency_key=claim.idempotency_key
-                )
-            except ServerUnavailable:
-                if attempt == RESULT_POST_ATTEMPTS - 1:
-                    raise  # unrecorded: redone after the lease expires
-                time.sleep(2**attempt * 0.2)
-        raise AssertionError("unreachable")
+        # unrecorded if the API stays away: redone after the lease expires
+        return patiently(
+            lambda: self.s.client.post_result(
+                claim.run_id, claim.phase_id, result, idempotency_key=claim.idempotency_key
+            )
+        )
 
     def _hand_back(self) -> None:
         """Interrupted (Ctrl-C, SIGTERM): re-queue the phase now rather than at lease expiry.
