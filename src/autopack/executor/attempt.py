@@ -185,7 +185,7 @@ class Attempt:
                 tree.keep = answer.phase_state != PhaseState.COMPLETE
                 return answer, finish
         except GitError as exc:  # no worktree to work in: record why, never die
-            self.s.repository.check_present()  # unless the repository is gone: stop the drain
+            self.s.repository.check_present(exc)  # unless it is not the phase's: stop the drain
             finish = failed("git_error", error=exc.message)
             return self._post(lease, meter, finish), finish
 
@@ -229,7 +229,7 @@ class Attempt:
         except (LeaseLost, ServerUnavailable):
             raise
         except GitError as exc:
-            self.s.repository.check_present()
+            self.s.repository.check_present(exc)
             return failed("git_error", error=exc.message)
         except Exception as exc:  # a bug or an environment failure: record it, don't die
             log_event(
