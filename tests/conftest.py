@@ -54,7 +54,9 @@ def pg_admin() -> str:
 
 def create_pg_database(admin_url: str) -> str:
     """CREATE DATABASE with a unique name; returns its URL."""
-    name = f"autopack_test_{uuid.uuid4().hex[:12]}"
+    # AUTOPACK_TEST_PG_PREFIX: a shared PostgreSQL server's naming rule for scratch databases
+    prefix = os.environ.get("AUTOPACK_TEST_PG_PREFIX", "autopack_test_")
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_pg_conninfo(admin_url), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)

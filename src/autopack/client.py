@@ -79,6 +79,25 @@ TELEMETRY_RETRY_SECONDS = 5.0
 MAX_HEALTH_BYTES = 64 * 1024
 """A ``/health`` answer is a few hundred bytes; a longer one is not from Autopack."""
 R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
+PATIENT_TRIES = 5
+
+
+def patiently(call: Callable[[], T]) -> T:
+    """``call()``, made again while the API is unreachable: the client retries each call
+    for its ten seconds, and a restarted server may take longer to come back. For what an
+    attempt cannot end without: its result, and the accepted head that decides whether
+    its checks moved the run's branch."""
+    for attempt in range(PATIENT_TRIES):
+        try:
+            return call()
+        except ServerUnavailable:
+            if attempt == PATIENT_TRIES - 1:
+                raise
+            time.sleep(2**attempt * 0.2)
+    raise AssertionError("unreachable")
+
+
 _TELEMETRY_PATH = {"usage": "llm-usage", "estimation": "estimations", "escalation": "escalations"}
 
 

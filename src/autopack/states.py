@@ -33,6 +33,18 @@ from enum import StrEnum
 
 from autopack.errors import IllegalTransition
 
+INTERRUPTED = "interrupted"
+"""The stop reason of an attempt its executor handed back because it was stopped."""
+
+
+def stopped_from_outside(outcome: str, stop_reason: str | None) -> bool:
+    """Did an attempt end because its executor was stopped (killed: ``LOST``, its lease
+    reclaimed; SIGTERM or Ctrl-C: ``FAILED``/``interrupted``), not by its own doing? What
+    an attempt hands on to the next (a change a human approved for it, the larger budget
+    its truncation earned) passes over such attempts: taken by the next attempt only, it
+    was lost with an executor killed while using it."""
+    return outcome == "LOST" or (outcome == "FAILED" and stop_reason == INTERRUPTED)
+
 
 class PhaseState(StrEnum):
     QUEUED = "QUEUED"

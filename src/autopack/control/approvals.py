@@ -2,7 +2,8 @@
 
 Asking parks the phase in AWAITING_APPROVAL and releases its lease: no worker waits for a
 human. Approve -> QUEUED (its retry window is extended if the asking attempt was the
-last one) and the next claim, only that one, carries ``approved_change``; reject ->
+last one) and the next claim carries ``approved_change`` (again after an executor stopped
+while applying it: ``claims._last_ended_on_its_own``); reject ->
 FAILED ``approval_rejected``; expiry (maintenance) -> FAILED ``approval_expired`` or
 QUEUED per ``policy.on_approval_timeout``. Approvals of a phase that moves on without a
 decision (cancel, requeue, budget end) become ``cancelled``.

@@ -31,7 +31,14 @@ from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunR
 from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import Conflict, InvalidInput
 from autopack.logs import log_event
-from autopack.states import AttemptOutcome, PhaseState, RunState, TierState, ensure_transition
+from autopack.states import (
+    AttemptOutcome,
+    PhaseState,
+    RunState,
+    TierState,
+    ensure_transition,
+    stopped_from_outside,
+)
 
 P = PhaseState
 R = RunState
@@ -201,6 +208,18 @@ def _start_attempt(
     return _answer(tx, replace(phase, **changes), replace(run, state=run_state))
 
 
+def _last_ended_on_its_own(history: list[AttemptRecord]) -> int:
+    """The number of the newest attempt its executor was not stopped in
+    (:func:`~autopack.states.stopped_from_outside`). A change approved for an attempt is
+    applied by the next one that runs to its end: it went only to the attempt right
+    after the asking one, so an executor killed while applying it made the Builder
+    answer again and the phase wait for a second approval of the same change."""
+    for attempt in reversed(history):
+        if not stopped_from_outside(attempt.outcome, attempt.stop_reason):
+            return attempt.attempt
+    return 0
+
+
 def _answer(tx: Tx, phase: PhaseRecord, run: RunRecord) -> Claim:
     """The claim of ``phase``'s current attempt, as it stands (leased, EXECUTING)."""
     number = phase.attempts
@@ -210,7 +229,9 @@ def _answer(tx: Tx, phase: PhaseRecord, run: RunRecord) -> Claim:
         params = {"b_run": phase.run_id, "b_phase": phase.phase_id, "b_attempt": number}
         history = tx.all(AttemptRecord, sql.HISTORY, params)
         granted = tx.one(
-            ApprovalRecord, approval_sql.APPROVED_FOR_ATTEMPT, {**params, "b_attempt": number - 1}
+            ApprovalRecord,
+            approval_sql.APPROVED_FOR_ATTEMPT,
+            {**params, "b_attempt": _last_ended_on_its_own(history)},
         )
         approved = views.approved_change(granted) if granted is not None else None
     dependencies = lifecycle.depends_on(tx, phase.run_id, phase.phase_id, committed=True)

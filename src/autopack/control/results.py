@@ -35,11 +35,9 @@ from autopack.db.transaction import Tx, run_transaction
 from autopack.errors import BranchMoved, Conflict
 from autopack.logs import log_event
 from autopack.rundef import Policy
-from autopack.states import RUN_ACTIVE, PhaseState, ensure_transition
+from autopack.states import INTERRUPTED, RUN_ACTIVE, PhaseState, ensure_transition
 
 P = PhaseState
-INTERRUPTED = "interrupted"
-"""The stop reason of an attempt its executor handed back because it was stopped."""
 
 
 def post_result(

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from autopack.db import Database
 from autopack.db.models import EndedSession
+from autopack.db.transaction import Tx, again_on_lost_connection, run_transaction
 
 ENDED = cast(Table, EndedSession.__table__)
 _INSERT_ONCE = {
@@ -36,16 +37,26 @@ def _digest(cookie: str) -> str:
 
 
 def end_session(database: Database, cookie: str, expires_at: datetime) -> None:
-    """The session ``cookie`` (a valid one) ends now; rows of expired sessions go."""
-    with database.transaction() as connection:
-        connection.execute(_FORGET_EXPIRED, {"b_now": datetime.now(UTC)})
-        connection.execute(
+    """The session ``cookie`` (a valid one) ends now; rows of expired sessions go. A
+    transaction retried on a new connection like the control plane's (recording an end
+    twice is once): a backend the server ended mid-way answered the operator a 500."""
+
+    def work(tx: Tx) -> None:
+        tx.execute(_FORGET_EXPIRED, {"b_now": datetime.now(UTC)})
+        tx.execute(
             _INSERT_ONCE[database.postgresql],
             {"session_digest": _digest(cookie), "expires_at": expires_at},
         )
 
+    run_transaction(database, work)
+
 
 def session_ended(database: Database, cookie: str) -> bool:
-    """Was the session ``cookie`` logged out?"""
-    with database.single_statement() as connection:
-        return bool(connection.execute(_IS_ENDED, {"b_digest": _digest(cookie)}).scalar())
+    """Was the session ``cookie`` logged out? Asked again on a new connection when the
+    server ended ours (every dashboard page asks: it was a 500 then)."""
+
+    def read() -> bool:
+        with database.single_statement() as connection:
+            return bool(connection.execute(_IS_ENDED, {"b_digest": _digest(cookie)}).scalar())
+
+    return again_on_lost_connection(read)

@@ -31,6 +31,7 @@ from autopack.builder.auditor import (
 from autopack.builder.change import Change, plan_change, recheck
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
+from autopack.client import patiently
 from autopack.contract import (
     MAX_APPROVAL_REASON,
     ApprovalIn,
@@ -169,7 +170,7 @@ class Attempt:
                 tree.keep = answer.phase_state != PhaseState.COMPLETE
                 return answer, finish
         except GitError as exc:  # no worktree to work in: record why, never die
-            self.s.repository.check_present()  # unless the repository is gone: stop the drain
+            self.s.repository.check_present(exc)  # unless it is not the phase's: stop the drain
             finish = failed("git_error", error=exc.message)
             return self._post(lease, meter, finish), finish
 
@@ -213,7 +214,7 @@ class Attempt:
         except (LeaseLost, ServerUnavailable):
             raise
         except GitError as exc:
-            self.s.repository.check_present()
+            self.s.repository.check_present(exc)
             return failed("git_error", error=exc.message)
         except Exception as exc:  # a bug or an environment failure: record it, don't die
             log_event(
@@ -384,7 +385,12 @@ class Attempt:
             )
 
     def _accepted(self) -> str | None:
-        return self.s.client.get_run(self.claim.run_id).branch_head
+        """The run's accepted head, which decides whether the branch moved by the checks'
+        doing: asked as patiently as the result is posted. Given up on after the client's
+        ten seconds, a server restarted as the checks ended made the guard move the branch
+        back off another phase's accepted commit and fail the attempt
+        ``git_refs_changed_by_checks``, posted once the server was back."""
+        return patiently(lambda: self.s.client.get_run(self.claim.run_id).branch_head)
 
     def _audit(self, meter: Meter, change: Change) -> None:
         if self.o.auditor == "off":

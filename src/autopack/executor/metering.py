@@ -37,6 +37,7 @@ from autopack.llm.base import (
     usage_problem,
 )
 from autopack.logs import log_event
+from autopack.states import stopped_from_outside
 from autopack.telemetry.events import (
     REPLAY_PROVIDER,
     LlmUsageIn,
@@ -320,7 +321,16 @@ class Meter:
 
     def _escalated(self, estimate: Estimate, model_max: int) -> int:
         claim = self.claim
-        previous = claim.history[-1] if claim.history else None
+        # the attempt before this one, passing over those whose executor was stopped: the
+        # larger budget a cut-off answer earned was lost with a retry killed on its way
+        previous = next(
+            (
+                h
+                for h in reversed(claim.history)
+                if not stopped_from_outside(h.outcome, h.stop_reason)
+            ),
+            None,
+        )
         if previous is None or previous.stop_reason != "truncated":
             return estimate.budget
         old = previous.max_tokens or estimate.budget

@@ -13,12 +13,12 @@ summary.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from autopack.client import patiently
 from autopack.contract import Claim, ResultAnswer, ResultIn, failed_checks_line
-from autopack.errors import AutopackError, ServerUnavailable
+from autopack.errors import AutopackError
 from autopack.executor.outcome import AttemptResult, Finish, Outcome, failed
 from autopack.logs import log_event
 from autopack.states import AttemptOutcome, PhaseState
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("autopack.executor")
 
-RESULT_POST_ATTEMPTS = 5
 
 _OUTCOMES: dict[str, Outcome] = {
     AttemptOutcome.COMPLETE: PhaseState.COMPLETE,
@@ -66,19 +65,15 @@ def recorded_attempt(client: ApiClient, result: AttemptResult) -> AttemptResult:
 
 
 def post_result(client: ApiClient, claim: Claim, result: ResultIn) -> ResultAnswer:
-    """Post ``result``, retried while the API is unreachable (the idempotency key makes a
-    repeat harmless); a refusal raises :class:`~autopack.errors.LeaseLost` or
+    """Post ``result``, made again while the API is unreachable (the idempotency key makes
+    a repeat harmless; unrecorded if the API stays away: redone after the lease expires);
+    a refusal raises :class:`~autopack.errors.LeaseLost` or
     :class:`~autopack.errors.BranchMoved`."""
-    for attempt in range(RESULT_POST_ATTEMPTS):
-        try:
-            return client.post_result(
-                claim.run_id, claim.phase_id, result, idempotency_key=claim.idempotency_key
-            )
-        except ServerUnavailable:
-            if attempt == RESULT_POST_ATTEMPTS - 1:
-                raise  # unrecorded: redone after the lease expires
-            time.sleep(2**attempt * 0.2)
-    raise AssertionError("unreachable")
+    return patiently(
+        lambda: client.post_result(
+            claim.run_id, claim.phase_id, result, idempotency_key=claim.idempotency_key
+        )
+    )
 
 
 def hand_back(client: ApiClient, claim: Claim) -> None:

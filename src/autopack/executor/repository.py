@@ -67,6 +67,15 @@ class RepositoryGone(GitError):
     phases back, and the next drain clones again (or names the missing workspace)."""
 
 
+class HeadElsewhere(RepositoryGone):
+    """A commit the control plane accepted is not in this executor's repository, nor on
+    its remote: another executor completed a phase in a repository this one does not
+    share (``--workspace`` on two machines, or two workspaces on one). Not the phase's
+    failure either: each attempt here failed ``git_error``, spending the phase's tries
+    until it FAILED while an executor working in the run's repository could have done
+    it. The drain stops and hands the phase back, naming the problem."""
+
+
 class RunRepository:
     """The repository holding one run's branch, as this executor reaches it."""
 
@@ -103,9 +112,13 @@ class RunRepository:
             self._common_dir = (self.path / common).resolve()
         return self._common_dir
 
-    def check_present(self) -> None:
+    def check_present(self, failure: GitError | None = None) -> None:
         """Raise :class:`RepositoryGone` when the repository's directory is no longer there
-        (asked after a git command failed: it names the directory, not the cause)."""
+        (asked after a git command failed: it names the directory, not the cause), or
+        ``failure`` when it says so already (:class:`HeadElsewhere`): not the phase's
+        failure, but this executor's."""
+        if isinstance(failure, RepositoryGone):
+            raise failure
         if self.path.is_dir():
             return
         again = f"it clones {self.remote_url} again" if self.remote_url else "or give --workspace"
@@ -274,11 +287,12 @@ class RunRepository:
         if not self.has(commit):
             self.fetch(attempts=True)
         if not self.has(commit):
-            raise GitError(
+            raise HeadElsewhere(
                 ("cat-file", commit),
                 f"commit {commit[:12]} of branch {self.branch} is not in {self.where}. "
                 "Executors on several machines must share one repository: give every "
-                "executor the same --repo URL (or the run file's `repository`).",
+                "executor the same --repo URL (or the run file's `repository`). This "
+                "executor's phases were handed back.",
             )
 
     def advance(self, to: str, *, on: str | None = None) -> None:
