@@ -123,3 +123,39 @@ def test_a_server_restarted_as_checks_end_neither_fails_the_attempt_nor_moves_th
     assert phase_row(pg_url, "p1")["state"] == "COMPLETE"
     assert "branch_put_back" not in log.read_text(), log.read_text()[-3000:]
     assert on_branch(ws, "pkg/two.py") == "TWO = 2\n" and on_branch(ws, "pkg/one.py") == "ONE = 1\n"
+
+
+def test_a_worker_token_rotated_under_a_drain_stops_it_without_a_traceback(
+    pg_url: str, tmp_path: Path, holder_log: tuple[list[subprocess.Popen[bytes]], Path]
+) -> None:
+    """The server came back with new tokens while a phase's checks ran: the heartbeat's
+    401 killed its thread with a traceback, and the attempt went on without a lease it
+    could renew. Now the lease is lost (said once), and the drain ends exit 2 naming
+    the refused token."""
+    started, log = holder_log
+    port = free_port()
+    served = env_for(pg_url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    api = f"http://127.0.0.1:{port}"
+    worker = env_for(pg_url, AUTOPACK_API_URL=api, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    marker = tmp_path / "hold-the-check"
+    marker.touch()
+    ws = repository(tmp_path / "ws")
+    tape = cassette(tmp_path, [line("p1", 1, files(one_py="ONE = 1\n"))])
+    args = ["run", "--run-id", "exec-run", "--auditor", "rules", "--cassette", str(tape)]
+    args += ["--workspace", str(ws), "--lease-seconds", "6"]
+    spec = [phase("p1", ["pkg/one.py"], checks=[_held_check(marker)])]
+    with Server(served, tmp_path, port=port, autopack_args=["serve"]):
+        create_run(run_file(tmp_path, spec), {**served, "AUTOPACK_API_URL": api}, tmp_path)
+        with log.open("wb") as stderr:
+            command = [sys.executable, "-m", "autopack", "drain", *args]
+            started.append(subprocess.Popen(command, cwd=tmp_path, env=worker, stderr=stderr))
+        wait_for(lambda: phase_row(pg_url, "p1")["state"] == "CI_RUNNING", timeout=90)
+    rotated = {**served, "AUTOPACK_WORKER_TOKEN": "worker-token-rotated-0123456789"}
+    with Server(rotated, tmp_path, port=port, autopack_args=["serve"]):
+        # the new server expires the lease no heartbeat could renew
+        wait_for(lambda: phase_row(pg_url, "p1")["state"] == "QUEUED", timeout=90)
+        marker.unlink()
+        assert started[0].wait(timeout=120) == 2, log.read_text()[-3000:]
+    said = log.read_text()
+    assert "Traceback" not in said and "Exception in thread" not in said, said[-3000:]
+    assert "token" in said.split("✘")[-1], said[-3000:]

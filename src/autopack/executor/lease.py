@@ -16,7 +16,7 @@ import time
 
 from autopack.client import ApiClient
 from autopack.contract import Claim, HeartbeatIn
-from autopack.errors import IdentityMismatch, LeaseLost, ServerUnavailable
+from autopack.errors import AutopackError, IdentityMismatch, LeaseLost, ServerUnavailable
 from autopack.logs import log_event
 from autopack.states import PhaseState
 
@@ -78,6 +78,14 @@ class Lease:
                 )
                 raise self._lost from exc
             return
+        except AutopackError as exc:  # a refused token (rotated on the server), a bad answer
+            # The heartbeat thread died of it (a traceback) and the attempt went on without
+            # a lease it could no longer renew; it stops at its next step instead.
+            self._lost = LeaseLost(
+                f"lease on phase {self._claim.run_id}/{self._claim.phase_id} could not be "
+                f"renewed: {exc.message}"
+            )
+            raise self._lost from exc
         self._expires = time.monotonic() + self._seconds
 
     def _loop(self) -> None:
