@@ -78,14 +78,25 @@ def holder_log(tmp_path: Path) -> Iterator[tuple[list[subprocess.Popen[bytes]], 
         process.wait()
 
 
+def _behind_tokens(pg_url: str) -> tuple[int, dict[str, str], str, dict[str, str]]:
+    """A free port, the environment of a server there behind both tokens, its URL, and
+    the environment of an executor holding only the worker token."""
+    port = free_port()
+    served = env_for(pg_url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    api = f"http://127.0.0.1:{port}"
+    return (
+        port,
+        served,
+        api,
+        env_for(pg_url, AUTOPACK_API_URL=api, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN),
+    )
+
+
 def test_a_server_restarted_as_checks_end_neither_fails_the_attempt_nor_moves_the_branch_back(
     pg_url: str, tmp_path: Path, holder_log: tuple[list[subprocess.Popen[bytes]], Path]
 ) -> None:
     started, log = holder_log
-    port = free_port()
-    served = env_for(pg_url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
-    api = f"http://127.0.0.1:{port}"
-    worker = env_for(pg_url, AUTOPACK_API_URL=api, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    port, served, api, worker = _behind_tokens(pg_url)
     marker = tmp_path / "hold-the-check"
     marker.touch()
     spec = [
@@ -133,10 +144,7 @@ def test_a_worker_token_rotated_under_a_drain_stops_it_without_a_traceback(
     could renew. Now the lease is lost (said once), and the drain ends exit 2 naming
     the refused token."""
     started, log = holder_log
-    port = free_port()
-    served = env_for(pg_url, AUTOPACK_API_TOKEN=OPERATOR_TOKEN, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
-    api = f"http://127.0.0.1:{port}"
-    worker = env_for(pg_url, AUTOPACK_API_URL=api, AUTOPACK_WORKER_TOKEN=WORKER_TOKEN)
+    port, served, api, worker = _behind_tokens(pg_url)
     marker = tmp_path / "hold-the-check"
     marker.touch()
     ws = repository(tmp_path / "ws")
