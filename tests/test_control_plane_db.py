@@ -443,9 +443,17 @@ def test_zombie_after_reclaim_gets_lease_lost_and_changes_nothing(db: Database) 
     assert finish(db, fresh).phase_state == "COMPLETE"
 
 
-def test_lost_last_attempt_fails_the_phase(db: Database) -> None:
+def test_lost_last_attempt_fails_the_phase_once_its_free_losses_are_spent(db: Database) -> None:
+    """A phase's first FREE_LOSSES lost attempts spend no retry (a killed executor is not
+    the phase's doing: ``max_attempts: 1`` FAILED at the first kill); later ones do, so a
+    phase that kills every executor still ends."""
     create(db, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}]), ("T2", ["b"])])
-    claimed(db, worker="w1")
+    for attempt in range(1, leases.FREE_LOSSES + 1):
+        assert claimed(db, worker="w1", phase_id="a").attempt == attempt
+        expire_lease(db, "r", "a")
+        assert maintenance.maintain(db).reclaimed == 1
+        assert phase_row(db, "r", "a")["state"] == "QUEUED"
+    claimed(db, worker="w1", phase_id="a")
     expire_lease(db, "r", "a")
     assert maintenance.maintain(db).reclaimed == 1
     row = phase_row(db, "r", "a")

@@ -191,3 +191,28 @@ def test_the_budget_a_cut_off_answer_earned_outlives_a_retry_whose_executor_was_
         "the third attempt was given the budget that had been cut off already"
     )
     assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+
+
+def test_a_phase_of_one_attempt_outlives_its_executor_killed(
+    served: tuple[str, Server], tmp_path: Path
+) -> None:
+    """``max_attempts: 1`` and the executor killed (SIGKILL: a spot machine reclaimed, the
+    OOM killer) in its checks: the lost attempt spent the phase's only try, and the phase
+    FAILED with the run. It is queued again, and the next executor completes it."""
+    url, server = served
+    operator, worker = _clients(url, server)
+    marker = tmp_path / "hold-the-check"
+    marker.touch()
+    spec = [phase("p1", ["pkg/mod.py"], checks=[_held_check(marker)], max_attempts=1)]
+    create_run(run_file(tmp_path, spec), operator, tmp_path)
+    ws = repository(tmp_path / "ws")
+    tape = cassette(tmp_path, [line("p1", n, files(mod_py="x = 1\n")) for n in (1, 2)])
+    first = drain_process(*_drain_args(tape, ws), env=worker, cwd=tmp_path)
+    _stop_in_checks(first, url, 1, signal.SIGKILL)
+    marker.unlink()
+    second = drain_process(*_drain_args(tape, ws), env=worker, cwd=tmp_path)
+    assert second.wait(timeout=120) == 0, second.communicate()[1][-3000:]
+    lost, done = attempts(url, "p1")
+    assert (lost["outcome"], lost["stop_reason"]) == ("LOST", "lease_expired")
+    assert done["outcome"] == "COMPLETE"
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"

@@ -12,6 +12,10 @@
   two recoveries racing (a claim and the maintenance task, or two API replicas) apply
   once. The lost attempt is recorded ``LOST``/``lease_expired``; the phase is re-QUEUED at
   once (no backoff: the lease time was the wait) or FAILED when its window is spent.
+  A phase's first :data:`FREE_LOSSES` lost attempts spend no retry (their executors were
+  killed, ran out of memory, lost their machine: not the phase's doing, like a stop that
+  hands the lease back); later ones do, so a phase that kills every executor that tries
+  it still ends.
 """
 
 from __future__ import annotations
@@ -175,6 +179,12 @@ def report_usage(database: Database, run_id: str, phase_id: str, usage: UsageIn)
 # -- reclaiming expired leases ------------------------------------------------------------------
 
 
+FREE_LOSSES = 2
+"""Lost attempts of a phase that spend no retry: a phase of ``max_attempts: 1`` FAILED
+when its one executor was killed (a spot machine reclaimed), an approval given for its
+last attempt with it."""
+
+
 def reclaim_expired(tx: Tx) -> int:
     """Expired leases: record the attempt LOST (``lease_expired``), re-QUEUE or FAIL the phase.
 
@@ -187,7 +197,12 @@ def reclaim_expired(tx: Tx) -> int:
     reclaimed = 0
     for phase in expired:
         run = lifecycle.load_run(tx, phase.run_id)
-        retry = phase.window_open and run.state in RUN_ACTIVE
+        lost = tx.execute(
+            sql.LOST_ATTEMPTS,
+            {"b_run": phase.run_id, "b_phase": phase.phase_id, "b_lost": AttemptOutcome.LOST},
+        ).scalar_one()
+        free = lost < FREE_LOSSES
+        retry = (free or phase.window_open) and run.state in RUN_ACTIVE
         target = P.QUEUED if retry else P.FAILED
         ensure_transition("phase", phase.state, target)
         expired_at = f"{phase.lease_expires_at:%H:%M:%S}" if phase.lease_expires_at else "?"
@@ -208,6 +223,8 @@ def reclaim_expired(tx: Tx) -> int:
             values.update(
                 finished_at=tx.now, failure_fingerprint=lifecycle.fingerprint("lease_expired", "")
             )
+        elif free:
+            values.update(retry_window_start=phase.retry_window_start + 1)
         recovered = tx.execute(
             sql.RECOVER_PHASE, {"b_pk": phase.id, "b_token": phase.lease_token, **values}
         )

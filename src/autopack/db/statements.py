@@ -401,6 +401,16 @@ HISTORY = (
     .order_by(ATTEMPTS.c.attempt)
 )
 """The attempts before ``b_attempt``, oldest first (what a new attempt learns from)."""
+LOST_ATTEMPTS = (
+    select(func.count())
+    .select_from(ATTEMPTS)
+    .where(
+        ATTEMPTS.c.run_id == bindparam("b_run"),
+        ATTEMPTS.c.phase_id == bindparam("b_phase"),
+        ATTEMPTS.c.outcome == bindparam("b_lost"),
+    )
+)
+"""How many of a phase's attempts their executors lost (their leases reclaimed)."""
 ATTEMPTS_OF_PHASE = (
     select(ATTEMPTS)
     .where(ATTEMPTS.c.run_id == bindparam("b_run"), ATTEMPTS.c.phase_id == bindparam("b_phase"))
