@@ -203,7 +203,7 @@ def _credentials(settings: Settings) -> Check:
             settings, {"AUTOPACK_BUILDER_MODEL": builder, "AUTOPACK_AUDITOR_MODEL": auditor}
         )
     except ConfigError as exc:
-        return Check("llm", False, exc.message, "set it to a model the server lists", 2)
+        return Check("llm", False, exc.message, "fix the setting it names", 2)
     return Check(
         "llm",
         True,

@@ -17,6 +17,7 @@ jitter. Only then does an :class:`LLMError` surface.
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import partial
 
 import anthropic
@@ -41,6 +42,7 @@ from autopack.llm.base import (
     Usage,
     elapsed_ms,
     malformed,
+    missing_scope,
     not_a_stream,
     retries_taken,
     sdk_error,
@@ -86,6 +88,30 @@ class AnthropicProvider:
     def close(self) -> None:
         """Release the SDK client's connection pool."""
         self._client.close()
+
+    def check_usable(self) -> None:
+        """Ask the model list (``GET /v1/models``, one model) before anything is claimed:
+        :class:`LLMError` when nothing answers at the address or the key is refused (401),
+        which fail every call. A drain went on to fail each phase of its run with them.
+        Any other answer (a server of one's own without that endpoint: 404) says nothing
+        about the calls, and a timeout only that the server is slow: both pass."""
+        started = time.perf_counter()
+        try:
+            self._client.with_options(max_retries=0, timeout=10).models.list(limit=1)
+        except (anthropic.AuthenticationError, anthropic.APIConnectionError) as exc:
+            if isinstance(exc, anthropic.APITimeoutError) or missing_scope(exc):
+                return
+            unreachable = isinstance(exc, anthropic.APIConnectionError)
+            raise sdk_error(
+                exc,
+                label=LABEL,
+                provider=PROVIDER,
+                model="",
+                started=started,
+                unreachable=unreachable,
+            ) from exc
+        except (anthropic.AnthropicError, ValueError, TypeError, AttributeError):
+            return
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         """Stream the answer (long answers finish, the display sees it arrive) and rebuild

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from autopack.config import Settings
-from autopack.errors import ConfigError
+from autopack.errors import ConfigError, LLMError
 from autopack.llm.base import LLMProvider, Role
 from autopack.logs import log_event
 
@@ -114,26 +114,34 @@ def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
 
 
 def check_served(settings: Settings, wanted: Mapping[str, str]) -> str:
-    """Refuse a model the ``OPENAI_BASE_URL`` server does not list, naming the setting that
-    chose it (ConfigError: exit 2, before anything is claimed): a mistyped
-    ``qwen2.5-codr`` was a 404 at the first call, and the phase FAILED. ``NAME`` is
-    ``NAME:latest`` (Ollama's default tag). A server listing one model only is warned
-    about, not refused (the returned text): llama.cpp serves its one model under any
-    name. A server that lists nothing passes."""
-    if provider_name(settings) != "openai" or not settings.openai_base_url:
+    """Before anything is claimed (ConfigError: exit 2), refuse settings no call can
+    succeed with: a base URL nothing answers at and a key the server refuses (401), for
+    both providers (:func:`_unusable`), and a model the ``OPENAI_BASE_URL`` server does
+    not list, naming the setting that chose it: a mistyped ``qwen2.5-codr`` was a 404 at
+    the first call, and the phase FAILED. ``NAME`` is ``NAME:latest`` (Ollama's default
+    tag). A server listing one model only is warned about, not refused (the returned
+    text): llama.cpp serves its one model under any name. A server that lists nothing
+    passes; so does any model of a hosted API, whose aliases its list leaves out."""
+    name = provider_name(settings)
+    if name == "anthropic":
+        _check_anthropic(settings)
         return ""
-    from autopack.llm.openai_provider import OpenAIProvider
+    if name != "openai":
+        return ""
+    from autopack.llm.openai_provider import DEFAULT_BASE_URL, OpenAIProvider
 
     base_url = _checked_base_url("OPENAI_BASE_URL", settings.openai_base_url)
     server = OpenAIProvider(api_key=_secret(settings.openai_api_key), base_url=base_url)
     try:
         listed = server.served_models() or []
+    except LLMError as exc:
+        raise _unusable(exc, "OPENAI", base_url or DEFAULT_BASE_URL, base_url is None) from None
     finally:
         server.close()
     missing = [
         (setting, model)
         for setting, model in wanted.items()
-        if listed and model not in listed and f"{model}:latest" not in listed
+        if base_url and listed and model not in listed and f"{model}:latest" not in listed
     ]
     if not missing:
         return ""
@@ -143,6 +151,43 @@ def check_served(settings: Settings, wanted: Mapping[str, str]) -> str:
     if len(listed) == 1:
         return f'{problem} (if its calls fail with "model not found", set {setting})'
     raise ConfigError(problem)
+
+
+def _check_anthropic(settings: Settings) -> None:
+    from autopack.llm.anthropic_provider import DEFAULT_BASE_URL, AnthropicProvider
+
+    key = _secret(settings.anthropic_api_key)
+    if key is None:  # make_provider names the missing key
+        return
+    base_url = _checked_base_url("ANTHROPIC_BASE_URL", settings.anthropic_base_url)
+    server = AnthropicProvider(api_key=key, base_url=base_url)
+    try:
+        server.check_usable()
+    except LLMError as exc:
+        raise _unusable(exc, "ANTHROPIC", base_url or DEFAULT_BASE_URL, base_url is None) from None
+    finally:
+        server.close()
+
+
+def _unusable(exc: LLMError, prefix: str, base_url: str, default: bool) -> ConfigError:
+    """What the model list's failure says of the settings, naming the one to fix: every
+    call would fail alike, so a drain that went on failed each phase of its run (and a
+    drain never retries a FAILED phase: one requeue per phase, after fixing it)."""
+    if exc.status_code == 401:
+        return ConfigError(
+            f"{prefix}_API_KEY is refused by the server at {base_url}, so no call can "
+            f"succeed; nothing was claimed. Set {prefix}_API_KEY to a key it takes: "
+            f"{exc.message}"
+        )
+    if default:
+        where, fix = f"{prefix}_BASE_URL is not set: {base_url}", "Check the network"
+    else:
+        where = f"{prefix}_BASE_URL={base_url!r}"
+        fix = f"Start the server there (e.g. `ollama serve`) or fix {prefix}_BASE_URL"
+    return ConfigError(
+        f"{where}: nothing answers there, so no call can succeed; nothing was claimed. "
+        f"{fix}: {exc.message}"
+    )
 
 
 def _replay(settings: Settings, cassette: Path | None) -> LLMProvider:
