@@ -21,7 +21,7 @@ from tests.executor_support import (
     phase,
     run_file,
 )
-from tests.fakes.llm_wire import ANTHROPIC_PATH, Reply, WireServer
+from tests.fakes.llm_wire import ANTHROPIC_PATH, Reply, WireServer, anthropic_message
 from tests.support import cli
 
 HOSTILE = "\x1b]0;PWNED\x07 \x1b[2J \x9b2K \x1b]52;c;UFdORUQ=\x07"
@@ -85,3 +85,24 @@ def test_what_a_server_says_to_doctor_is_shown_not_obeyed(tmp_path: Path) -> Non
     assert "Traceback" not in doctor.stderr
     assert "bad key [/x] \\x1b]0;PWNED" in doctor.stderr, doctor.stderr[-2000:]
     assert not _obeyed(doctor.stdout + doctor.stderr), repr(doctor.stderr[-2000:])
+
+
+def test_a_usage_count_that_is_no_integer_prints_no_library_warning(tmp_path: Path) -> None:
+    """A count of 5.5 tokens: the answer was refused as malformed, but first pydantic
+    printed a UserWarning with its own source lines from inside the SDK."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        body = anthropic_message(files(a_py="A = 1\n"), usage_extra={"input_tokens": 5.5})
+        wire.script(ANTHROPIC_PATH, Reply(200, body))
+        provider = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
+        drained = cli_drain(
+            *("run", "--run-id", "exec-run", "--auditor", "off"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **provider},
+            cwd=tmp_path,
+        )
+    assert drained.returncode == 1, drained.stderr[-3000:]
+    assert "response is malformed" in drained.stderr, drained.stderr[-3000:]
+    assert "Warning" not in drained.stderr and "pydantic" not in drained.stderr, drained.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from functools import partial
 
 import anthropic
@@ -58,6 +59,11 @@ DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
 
 _malformed = partial(malformed, LABEL, PROVIDER)
+
+# The SDK's stream accumulator dumps its snapshot itself, and a usage count that is no
+# integer (5.5, 1e30) made pydantic print a UserWarning with its own source lines on the
+# user's terminal; the answer is refused as malformed anyway, naming the count.
+warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
 
 
 class AnthropicProvider:
