@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor_support import create_run, env_for, files, on_branch, phase, rows, run_file
-from tests.fakes.llm_wire import Reply, WireServer
+from tests.fakes.llm_wire import OPENAI_PATH, Reply, WireServer, openai_completion
 from tests.llm.support import FLAVOURS
 from tests.support import cli, free_port
 
@@ -101,3 +101,30 @@ def test_a_model_list_that_says_nothing_of_the_calls_is_no_refusal(
         )
     assert drained.returncode == 0, drained.stderr[-3000:]
     assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
+
+
+def test_a_base_url_without_v1_at_a_server_that_has_it_is_exit_2_naming_the_url(
+    tmp_path: Path,
+) -> None:
+    """``OPENAI_BASE_URL=http://127.0.0.1:11434``, Ollama's address without ``/v1``: every
+    call was a 404 and every phase FAILED. The server lists its models under ``/v1``, so
+    the drain names the URL to set instead; with it, the same drain does the work."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:32b")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    workspace = ("--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        wire.models = ["qwen2.5-coder:32b"]
+        refused = cli(*DRAIN, *workspace, env={**env, "OPENAI_BASE_URL": wire.url}, cwd=tmp_path)
+        answer = openai_completion(files(a_py="A = 1\n"), model="qwen2.5-coder:32b")
+        wire.script(OPENAI_PATH, Reply(200, answer))
+        fixed = cli(
+            *DRAIN, *workspace, env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}, cwd=tmp_path
+        )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert f"set OPENAI_BASE_URL={wire.url}/v1" in said, said
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts") == [
+        {"attempt": 1, "outcome": "COMPLETE"}
+    ]

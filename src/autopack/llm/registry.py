@@ -128,16 +128,17 @@ def check_served(settings: Settings, wanted: Mapping[str, str]) -> str:
         return ""
     if name != "openai":
         return ""
-    from autopack.llm.openai_provider import DEFAULT_BASE_URL, OpenAIProvider
+    from autopack.llm.openai_provider import DEFAULT_BASE_URL
 
+    key = _secret(settings.openai_api_key)
     base_url = _checked_base_url("OPENAI_BASE_URL", settings.openai_base_url)
-    server = OpenAIProvider(api_key=_secret(settings.openai_api_key), base_url=base_url)
     try:
-        listed = server.served_models() or []
+        served = _served(key, base_url)
     except LLMError as exc:
         raise _unusable(exc, "OPENAI", base_url or DEFAULT_BASE_URL, base_url is None) from None
-    finally:
-        server.close()
+    if served is None and base_url and not urlsplit(base_url).path.strip("/"):
+        _refuse_without_v1(key, base_url)
+    listed = served or []
     missing = [
         (setting, model)
         for setting, model in wanted.items()
@@ -151,6 +152,33 @@ def check_served(settings: Settings, wanted: Mapping[str, str]) -> str:
     if len(listed) == 1:
         return f'{problem} (if its calls fail with "model not found", set {setting})'
     raise ConfigError(problem)
+
+
+def _served(key: str | None, base_url: str | None) -> list[str] | None:
+    from autopack.llm.openai_provider import OpenAIProvider
+
+    server = OpenAIProvider(api_key=key, base_url=base_url)
+    try:
+        return server.served_models()
+    finally:
+        server.close()
+
+
+def _refuse_without_v1(key: str | None, base_url: str) -> None:
+    """``OPENAI_BASE_URL=http://127.0.0.1:11434`` (Ollama's OpenAI API is under ``/v1``):
+    every call was a 404 and every phase of the run FAILED. A server that lists its models
+    only under ``/v1`` is refused, naming the URL to set."""
+    fixed = base_url.rstrip("/") + "/v1"
+    try:
+        found = _served(key, fixed)
+    except LLMError:
+        return
+    if found is not None:
+        raise ConfigError(
+            f"OPENAI_BASE_URL={base_url!r} lacks the API's path: the server answers it at "
+            f"{fixed} (as Ollama, vLLM, llama.cpp and LM Studio do); set "
+            f"OPENAI_BASE_URL={fixed}. Nothing was claimed."
+        )
 
 
 def _check_anthropic(settings: Settings) -> None:
