@@ -18,5 +18,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def escape(text: str) -> str:
-    """``text`` with its markup escaped and each control character spelled ``\\x1b``."""
-    return escape_markup(_CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text))
+    """``text`` with its markup escaped and each control character spelled ``\\x1b``
+    (a carriage return, which Rich dropped before, is dropped: CRLF output stays clean)."""
+    visible = _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text.replace("\r", ""))
+    return escape_markup(visible)
