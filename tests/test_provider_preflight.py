@@ -128,3 +128,27 @@ def test_a_base_url_without_v1_at_a_server_that_has_it_is_exit_2_naming_the_url(
     assert rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts") == [
         {"attempt": 1, "outcome": "COMPLETE"}
     ]
+
+
+@pytest.mark.parametrize(
+    "setting", ["OPENAI_BASE_URL=http://[::1", "ANTHROPIC_BASE_URL=http://127.0.0.1:abc"]
+)
+@pytest.mark.parametrize("command", ["drain", "doctor"])
+def test_a_base_url_that_does_not_parse_is_refused_naming_it(
+    setting: str, command: str, tmp_path: Path
+) -> None:
+    """``http://[::1`` (an IPv6 address missing its bracket) or a port that is no number:
+    a ValueError traceback from the URL parser, in the drain and in doctor alike."""
+    name, value = setting.split("=", 1)
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(
+        sqlite_url,
+        **{name: value, "ANTHROPIC_API_KEY": "k"} if "ANTHROPIC" in name else {name: value},
+    )
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    args = (*DRAIN, "--workspace", str(tmp_path / "ws")) if command == "drain" else ("doctor",)
+    result = cli(*args, env=env, cwd=tmp_path)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, said[-3000:]
+    assert f"{name}={value!r} is not a URL" in said and "Traceback" not in said, said[-3000:]
+    assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]

@@ -75,6 +75,11 @@ def _checked_base_url(name: str, value: str | None) -> str | None:
     """``value`` if it is an http(s) URL: ``localhost:11434/v1`` without its scheme failed
     every attempt of the first phase as "unreachable", then the phase, instead of the
     drain refusing to start (exit 2) naming the setting."""
+    try:
+        if value:
+            urlsplit(value).port  # noqa: B018 (parsing it is the check)
+    except ValueError as exc:  # "http://[::1" or a port that is no number: a traceback
+        raise ConfigError(f"{name}={value!r} is not a URL: {exc}") from None
     if value and urlsplit(value).scheme not in ("http", "https"):
         raise ConfigError(
             f"{name}={value!r} is not an http:// or https:// URL "
