@@ -75,8 +75,11 @@ def _in_the_way(tree: Path, old: str, new: str) -> str | None:
     refuses to overwrite an untracked file, but not one the ``.gitignore`` matches, which
     it deems expendable. A Builder's answer is committed with ``add --force``: an answer
     writing ``pkg/local.cfg`` silently replaced the person's own ignored ``local.cfg``
-    (a ``.env``, a local setting) in their checkout of the run's branch."""
+    (a ``.env``, a local setting) in their checkout of the run's branch. A path in the
+    checkout's index is read-tree's to judge (a staged file, or a checkout already moved
+    by a drain killed before the branch was)."""
     listed = git("diff", "--name-only", "--no-renames", "--diff-filter=A", "-z", old, new, cwd=tree)
+    found: list[str] = []
     for path in filter(None, listed.stdout.decode(errors="surrogateescape").split("\0")):
         parts = PurePosixPath(path).parts
         for depth in range(1, len(parts) + 1):
@@ -84,5 +87,11 @@ def _in_the_way(tree: Path, old: str, new: str) -> str | None:
             if not here.is_symlink() and not here.exists():
                 break
             if depth == len(parts) or here.is_symlink() or not here.is_dir():
-                return "/".join(parts[:depth])
-    return None
+                found.append("/".join(parts[:depth]))
+                break
+    if not found:
+        return None
+    # The whole index, not the paths as arguments: thousands of them overflow a command line.
+    listed = git("ls-files", "-z", cwd=tree)
+    indexed = set(listed.stdout.decode(errors="surrogateescape").split("\0"))
+    return next((path for path in found if path not in indexed), None)
