@@ -152,3 +152,29 @@ def test_a_base_url_that_does_not_parse_is_refused_naming_it(
     assert result.returncode == 2, said[-3000:]
     assert f"{name}={value!r} is not a URL" in said and "Traceback" not in said, said[-3000:]
     assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+
+
+def test_an_anthropic_base_url_ending_in_v1_is_exit_2_naming_the_url(tmp_path: Path) -> None:
+    """``ANTHROPIC_BASE_URL=http://host/v1``: the SDK adds ``/v1`` itself, so every call was
+    a 404 at ``/v1/v1/messages`` and every phase FAILED; with the URL it names, the same
+    drain does the work."""
+    flavour = FLAVOURS["anthropic"]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    workspace = ("--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        wire.models = ["claude-sonnet-5-5"]
+        doubled = _provider("anthropic", f"{wire.url}/v1")
+        refused = cli(*DRAIN, *workspace, env={**env, **doubled}, cwd=tmp_path)
+        wire.script(flavour.path, Reply(200, flavour.body(files(a_py="A = 1\n"))))
+        fixed = cli(
+            *DRAIN, *workspace, env={**env, **_provider("anthropic", wire.url)}, cwd=tmp_path
+        )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert f"set ANTHROPIC_BASE_URL={wire.url}." in said and "Traceback" not in said, said
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts") == [
+        {"attempt": 1, "outcome": "COMPLETE"}
+    ]

@@ -95,18 +95,20 @@ class AnthropicProvider:
         """Release the SDK client's connection pool."""
         self._client.close()
 
-    def check_usable(self) -> None:
+    def check_usable(self) -> bool:
         """Ask the model list (``GET /v1/models``, one model) before anything is claimed:
         :class:`LLMError` when nothing answers at the address or the key is refused (401),
         which fail every call. A drain went on to fail each phase of its run with them.
         Any other answer (a server of one's own without that endpoint: 404) says nothing
-        about the calls, and a timeout only that the server is slow: both pass."""
+        about the calls, and a timeout only that the server is slow: both pass. Whether the
+        list answered."""
         started = time.perf_counter()
         try:
             self._client.with_options(max_retries=0, timeout=10).models.list(limit=1)
+            return True
         except (anthropic.AuthenticationError, anthropic.APIConnectionError) as exc:
             if isinstance(exc, anthropic.APITimeoutError) or missing_scope(exc):
-                return
+                return False
             unreachable = isinstance(exc, anthropic.APIConnectionError)
             raise sdk_error(
                 exc,
@@ -117,7 +119,7 @@ class AnthropicProvider:
                 unreachable=unreachable,
             ) from exc
         except (anthropic.AnthropicError, ValueError, TypeError, AttributeError):
-            return
+            return False
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         """Stream the answer (long answers finish, the display sees it arrive) and rebuild

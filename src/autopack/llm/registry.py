@@ -187,17 +187,39 @@ def _refuse_without_v1(key: str | None, base_url: str) -> None:
 
 
 def _check_anthropic(settings: Settings) -> None:
-    from autopack.llm.anthropic_provider import DEFAULT_BASE_URL, AnthropicProvider
+    from autopack.llm.anthropic_provider import DEFAULT_BASE_URL
 
     key = _secret(settings.anthropic_api_key)
     if key is None:  # make_provider names the missing key
         return
     base_url = _checked_base_url("ANTHROPIC_BASE_URL", settings.anthropic_base_url)
-    server = AnthropicProvider(api_key=key, base_url=base_url)
     try:
-        server.check_usable()
+        listed = _lists(key, base_url)
     except LLMError as exc:
         raise _unusable(exc, "ANTHROPIC", base_url or DEFAULT_BASE_URL, base_url is None) from None
+    if listed or not base_url or not base_url.rstrip("/").endswith("/v1"):
+        return
+    # http://host/v1: the SDK adds /v1 itself, so every call was a 404 at /v1/v1/messages
+    # and every phase of the run FAILED. Refused when the server answers without it.
+    fixed = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        answers = _lists(key, fixed)
+    except LLMError:
+        return
+    if answers:
+        raise ConfigError(
+            f"ANTHROPIC_BASE_URL={base_url!r} ends in /v1, which the Anthropic SDK adds "
+            f"itself (every call went to {base_url.rstrip('/')}/v1/messages); set "
+            f"ANTHROPIC_BASE_URL={fixed}. Nothing was claimed."
+        )
+
+
+def _lists(key: str, base_url: str | None) -> bool:
+    from autopack.llm.anthropic_provider import AnthropicProvider
+
+    server = AnthropicProvider(api_key=key, base_url=base_url)
+    try:
+        return server.check_usable()
     finally:
         server.close()
 
