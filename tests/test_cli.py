@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.llm_wire import WireServer
 from tests.support import clean_env, cli
 
 
@@ -166,15 +167,17 @@ def test_doctor_asks_for_a_model_name_when_a_base_url_names_a_server_of_its_own(
     """OPENAI_BASE_URL at Ollama and no AUTOPACK_BUILDER_MODEL: doctor said all was well
     with "builder gpt-6-luna", a name such a server does not have, so the first drain's
     every call failed with "model not found"."""
-    env = clean_env(
-        DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db", OPENAI_BASE_URL="http://127.0.0.1:9/v1"
-    )
-    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
-    bare = cli("doctor", cwd=tmp_path, env=env)
+    with WireServer() as server:  # no model list (404), as some servers have none
+        env = clean_env(
+            DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db", OPENAI_BASE_URL=f"{server.url}/v1"
+        )
+        assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+        bare = cli("doctor", cwd=tmp_path, env=env)
+        qwen = {**env, "AUTOPACK_BUILDER_MODEL": "qwen2.5-coder:32b"}
+        named = cli("doctor", cwd=tmp_path, env=qwen)
     llm = " ".join(line for line in bare.stdout.splitlines() if "llm:" in line)
     assert "builder gpt-6-luna" in llm, bare.stdout
     assert "set AUTOPACK_BUILDER_MODEL to a model it has" in " ".join(bare.stdout.split())
-    named = cli("doctor", cwd=tmp_path, env={**env, "AUTOPACK_BUILDER_MODEL": "qwen2.5-coder:32b"})
     assert "builder qwen2.5-coder:32b" in named.stdout, named.stdout
     assert "AUTOPACK_BUILDER_MODEL to" not in named.stdout
 

@@ -116,6 +116,18 @@ def test_a_raw_at_sign_in_a_password_is_refused_without_showing_the_password(
     assert "DATABASE_URL=" in shown and "as %40" in shown and "Traceback" not in shown, shown
 
 
+@pytest.mark.parametrize("url", ["postgresql://u@db.example:abc/x", "postgresql://[::1/x"])
+@pytest.mark.parametrize("args", [["config", "show"], ["run", "list"]])
+def test_a_database_url_whose_port_is_no_number_is_refused_naming_it(
+    args: list[str], url: str, tmp_path: Path
+) -> None:
+    """SQLAlchemy's URL parser raises ValueError (not ArgumentError) for such a port:
+    every command ended in a traceback instead of naming DATABASE_URL."""
+    result = cli(*args, cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"DATABASE_URL={url!r}" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_relative_sqlite_path_reaches_a_child_in_another_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

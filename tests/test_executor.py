@@ -166,6 +166,23 @@ def test_a_nul_byte_in_the_summary_does_not_fail_the_commit(
     assert (on_branch(tmp_path / "ws", "pkg/mod.py") or "").endswith("return 42\n")
 
 
+def test_a_summary_longer_than_one_argument_may_be_is_committed(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The commit message was an argument of ``git commit-tree``: a summary over 128 KiB
+    (the kernel's limit for one argument) failed the correct answer with E2BIG as an
+    ``executor_error`` on every attempt, telling the Builder nothing."""
+    env = _setup(tmp_path, sqlite_url)
+    long = "This change adds answer(). " * 6000  # 156 000 characters
+    answer = json.dumps({"files": json.loads(GOOD)["files"], "summary": long})
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["completed"]
+    message = git("log", "-1", "--format=%B", "autopack/exec-run", cwd=tmp_path / "ws")
+    assert long.strip() in message and "Autopack-Phase: p1" in message
+
+
 def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url: str) -> None:
     """Every path was an argument of one ``git add``: past the kernel's ARG_MAX (about
     2 MB of paths, well inside the answer size limit) the commit failed E2BIG as an

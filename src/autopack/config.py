@@ -398,7 +398,7 @@ def _database_origin(offered: dict[str, dict[str, Any]], env_file: Path) -> Data
     raw = str(offered.get(source, {}).get("database_url", DEFAULT_DATABASE_URL))
     try:
         parsed = make_url(raw.strip())
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # a port that is no number: "h:abc", "[::1"
         return DatabaseOrigin(source, raw, None)
     database = parsed.database or ""
     relative = (

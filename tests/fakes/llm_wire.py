@@ -78,6 +78,11 @@ class WireServer(LoopbackServer):
         self._lock = threading.Lock()
         self.models: list[str] | None = None
         """What ``GET /v1/models`` lists; None: it answers 404, as some servers do."""
+        self.models_status: int | None = None
+        """What ``GET /v1/models`` answers instead, with an error body (401: the key is
+        refused, as every call would be)."""
+        self.models_refusal = "invalid x-api-key"
+        """The error message of that answer."""
         super().__init__(self._handler_class())
 
     def script(self, path: str, *replies: Reply) -> None:
@@ -117,7 +122,12 @@ class WireServer(LoopbackServer):
                     for m in listed or []
                 ]
                 payload = json.dumps({"object": "list", "data": data} if found else {}).encode()
-                self.send_response(200 if found else 404)
+                status = 200 if found else 404
+                if server.models_status is not None:
+                    status = server.models_status
+                    refused = {"type": "authentication_error", "message": server.models_refusal}
+                    payload = json.dumps({"type": "error", "error": refused}).encode()
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()

@@ -52,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except AutopackError as exc:
-        from rich.markup import escape
-
         from autopack import redact
         from autopack.cli._common import FAIL, err
+        from autopack.cli.shown import escape
 
         err.print(
             f"{FAIL} [bold]{exc.__class__.__name__}[/bold]: {escape(redact.text(exc.message))}",

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from autopack.cli._common import OK, out, print_json, state
 from autopack.cli.run_cmd import operator, styled
+from autopack.cli.shown import escape
 from autopack.states import ApprovalStatus
 
 if TYPE_CHECKING:  # the contract models load when a command runs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
+from autopack.cli.shown import escape
 
 if TYPE_CHECKING:
     from autopack.contract import AttemptView, AuditVerdict, CheckResult

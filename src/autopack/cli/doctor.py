@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from autopack.cli._common import FAIL, OK, err, out, print_json, state
+from autopack.cli.shown import escape
 from autopack.errors import (
     AutopackError,
     ConfigError,
@@ -203,7 +204,7 @@ def _credentials(settings: Settings) -> Check:
             settings, {"AUTOPACK_BUILDER_MODEL": builder, "AUTOPACK_AUDITOR_MODEL": auditor}
         )
     except ConfigError as exc:
-        return Check("llm", False, exc.message, "set it to a model the server lists", 2)
+        return Check("llm", False, exc.message, "fix the setting it names", 2)
     return Check(
         "llm",
         True,
@@ -218,8 +219,9 @@ def _report(checks: list[Check], as_json: bool) -> None:
         print_json({"ok": passed, "checks": [asdict(check) for check in checks]})
     else:
         for check in checks:
-            line = f"{OK if check.ok else FAIL} {check.name}: {check.detail}"
+            # The details quote paths and what servers said: "[/x]" in one was a MarkupError
+            line = f"{OK if check.ok else FAIL} {check.name}: {escape(check.detail)}"
             if check.fix:
-                line += f"  [dim]→ {check.fix}[/dim]"
+                line += f"  [dim]→ {escape(check.fix)}[/dim]"
             (out if check.ok else err).print(line, highlight=False)
     raise typer.Exit(next((check.exit_code for check in checks if not check.ok), 0))

@@ -319,7 +319,7 @@ def _called_models(options: ExecutorOptions) -> list[str]:
 
 def _warn(warning: str | None) -> None:
     if warning is not None:
-        from rich.markup import escape  # a model name may hold "[...]"
+        from autopack.cli.shown import escape  # a model name may hold "[...]"
 
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 

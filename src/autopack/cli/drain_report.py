@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from autopack.cli._common import err, out, print_json
 from autopack.cli.progress import Spend
+from autopack.cli.shown import escape
 from autopack.states import PHASE_GAVE_UP, PHASE_TERMINAL
 
 if TYPE_CHECKING:

@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,6 +27,7 @@ from rich.progress import (
 )
 
 from autopack import redact
+from autopack.cli.shown import escape
 from autopack.executor.outcome import AttemptResult
 from autopack.states import PHASE_TERMINAL
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from autopack import redact
 from autopack.cli._common import OK, check_named_repository, err, out, print_json, state
+from autopack.cli.shown import escape
 from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
 

@@ -475,7 +475,7 @@ class Attempt:
     def _message(self) -> str:
         claim = self.claim
         message = f"autopack: {claim.phase_id} ({claim.run_id}, attempt {claim.attempt})"
-        if self.summary:  # an argument of git commit-tree, which cannot hold a NUL byte
+        if self.summary:  # git commit-tree refuses a message holding a NUL byte
             message += "\n\n" + self.summary.replace("\x00", "")
         return (
             f"{message}\n\nAutopack-Run: {claim.run_id}\nAutopack-Phase: {claim.phase_id}\n"

@@ -16,7 +16,7 @@ whatever the branch says, and the branch catches up at the next sync that can mo
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from autopack.executor.git import GitError, git
 
@@ -51,6 +51,14 @@ def carry(common: Path, workspace: Path, branch: str, old: str, new: str) -> Non
     the branch itself moves; :class:`BranchCheckedOut` naming the first that cannot (git
     changed nothing in it)."""
     for tree in checkouts(common, workspace, branch):
+        if (ignored := _in_the_way(tree, old, new)) is not None:
+            raise BranchCheckedOut(
+                ("read-tree", "-m", "-u", old[:12], new[:12]),
+                f"branch {branch} is checked out in {tree}, where the accepted head "
+                f"{new[:12]} adds {ignored!r}, which is a file of yours there that git "
+                "ignores (following the branch would overwrite it): move it away, and the "
+                "branch follows then",
+            )
         moved = git("read-tree", "-m", "-u", old, new, cwd=tree, check=False)
         if moved.returncode != 0:
             said = moved.stderr.decode(errors="replace").strip()
@@ -60,3 +68,30 @@ def carry(common: Path, workspace: Path, branch: str, old: str, new: str) -> Non
                 f"the accepted head {new[:12]} ({said}): commit or stash your changes "
                 "there, or check out another branch; the branch follows then",
             )
+
+
+def _in_the_way(tree: Path, old: str, new: str) -> str | None:
+    """A path of ``tree`` that a file ``new`` adds would replace: ``read-tree -m -u``
+    refuses to overwrite an untracked file, but not one the ``.gitignore`` matches, which
+    it deems expendable. A Builder's answer is committed with ``add --force``: an answer
+    writing ``pkg/local.cfg`` silently replaced the person's own ignored ``local.cfg``
+    (a ``.env``, a local setting) in their checkout of the run's branch. A path in the
+    checkout's index is read-tree's to judge (a staged file, or a checkout already moved
+    by a drain killed before the branch was)."""
+    listed = git("diff", "--name-only", "--no-renames", "--diff-filter=A", "-z", old, new, cwd=tree)
+    found: list[str] = []
+    for path in filter(None, listed.stdout.decode(errors="surrogateescape").split("\0")):
+        parts = PurePosixPath(path).parts
+        for depth in range(1, len(parts) + 1):
+            here = tree.joinpath(*parts[:depth])
+            if not here.is_symlink() and not here.exists():
+                break
+            if depth == len(parts) or here.is_symlink() or not here.is_dir():
+                found.append("/".join(parts[:depth]))
+                break
+    if not found:
+        return None
+    # The whole index, not the paths as arguments: thousands of them overflow a command line.
+    listed = git("ls-files", "-z", cwd=tree)
+    indexed = set(listed.stdout.decode(errors="surrogateescape").split("\0"))
+    return next((path for path in found if path not in indexed), None)

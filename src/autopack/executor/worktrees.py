@@ -62,6 +62,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _commit_tree(tree: str, parent: str, message: str, cwd: Path) -> str:
+    """``git commit-tree`` with the message on stdin: it holds the Builder's summary, and
+    as an argument one over 128 KiB (the kernel's limit for one) failed the attempt with
+    E2BIG, an ``executor_error`` telling the Builder nothing, at every retry."""
+    made = git("commit-tree", tree, "-p", parent, "-F", "-", cwd=cwd, input=message.encode())
+    return made.stdout.decode().strip()
+
+
 @dataclass
 class Worktree:
     """One attempt's checkout: ``path`` holds the files of ``base`` (plus its own change)."""
@@ -110,7 +118,7 @@ class Worktree:
         finally:
             index.unlink(missing_ok=True)
         self.message = message
-        self.commit = out("commit-tree", tree, "-p", self.base, "-m", message, cwd=self.path)
+        self.commit = _commit_tree(tree, self.base, message, self.path)
         self.paths = present
         self.repository.made(self.commit, parent=self.base, paths=present)
         return self.commit
@@ -146,7 +154,7 @@ class Worktree:
                 ("merge-tree", onto[:12], self.commit[:12]),
                 f"the change conflicts with what the branch got meanwhile in {files}",
             )
-        self.commit = out("commit-tree", lines[0], "-p", onto, "-m", self.message, cwd=self.path)
+        self.commit = _commit_tree(lines[0], onto, self.message, self.path)
         if not set(self.paths).isdisjoint(upstream):
             # merge-tree follows renames: an edit of a file the branch renamed meanwhile
             # lands on the new name, which the attempt never named; ask git what it changed.

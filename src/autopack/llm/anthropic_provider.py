@@ -17,6 +17,8 @@ jitter. Only then does an :class:`LLMError` surface.
 from __future__ import annotations
 
 import dataclasses
+import time
+import warnings
 from functools import partial
 
 import anthropic
@@ -41,6 +43,7 @@ from autopack.llm.base import (
     Usage,
     elapsed_ms,
     malformed,
+    missing_scope,
     not_a_stream,
     retries_taken,
     sdk_error,
@@ -56,6 +59,11 @@ DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 2
 
 _malformed = partial(malformed, LABEL, PROVIDER)
+
+# The SDK's stream accumulator dumps its snapshot itself, and a usage count that is no
+# integer (5.5, 1e30) made pydantic print a UserWarning with its own source lines on the
+# user's terminal; the answer is refused as malformed anyway, naming the count.
+warnings.filterwarnings("ignore", message="Pydantic serializer warnings", category=UserWarning)
 
 
 class AnthropicProvider:
@@ -86,6 +94,32 @@ class AnthropicProvider:
     def close(self) -> None:
         """Release the SDK client's connection pool."""
         self._client.close()
+
+    def check_usable(self) -> bool:
+        """Ask the model list (``GET /v1/models``, one model) before anything is claimed:
+        :class:`LLMError` when nothing answers at the address or the key is refused (401),
+        which fail every call. A drain went on to fail each phase of its run with them.
+        Any other answer (a server of one's own without that endpoint: 404) says nothing
+        about the calls, and a timeout only that the server is slow: both pass. Whether the
+        list answered."""
+        started = time.perf_counter()
+        try:
+            self._client.with_options(max_retries=0, timeout=10).models.list(limit=1)
+            return True
+        except (anthropic.AuthenticationError, anthropic.APIConnectionError) as exc:
+            if isinstance(exc, anthropic.APITimeoutError) or missing_scope(exc):
+                return False
+            unreachable = isinstance(exc, anthropic.APIConnectionError)
+            raise sdk_error(
+                exc,
+                label=LABEL,
+                provider=PROVIDER,
+                model="",
+                started=started,
+                unreachable=unreachable,
+            ) from exc
+        except (anthropic.AnthropicError, ValueError, TypeError, AttributeError):
+            return False
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         """Stream the answer (long answers finish, the display sees it arrive) and rebuild

@@ -195,6 +195,15 @@ def malformed(
     )
 
 
+def missing_scope(exc: Exception) -> bool:
+    """A 401 that refuses the model list only, not the key: an OpenAI restricted key
+    without the models scope ("Missing scopes: api.model.read") still makes calls."""
+    message = str(getattr(exc, "message", exc)).lower()
+    return getattr(exc, "status_code", None) == 401 and (
+        "scope" in message or "permission" in message
+    )
+
+
 def sdk_error(
     exc: Exception,
     *,

@@ -20,6 +20,7 @@ at once: :mod:`autopack.llm.retry_after`), else 0.5 s doubling up to 8 s with ji
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ from autopack.llm.base import (
     StreamText,
     elapsed_ms,
     malformed,
+    missing_scope,
     not_a_stream,
     sdk_error,
     stream_failure,
@@ -100,10 +102,30 @@ class OpenAIProvider:
 
     def served_models(self) -> list[str] | None:
         """The models the server lists (``GET /models``); None when it cannot say (not
-        every compatible server implements it, and that is no reason to stop a drain)."""
+        every compatible server implements it, and that is no reason to stop a drain).
+
+        :class:`LLMError` when the answer says no call can succeed: nothing answers at the
+        address (a stopped Ollama) or the key is refused (401). Let through, the first
+        call failed its phase, then every other phase of the run, each needing a requeue.
+        """
+        started = time.perf_counter()
         try:
             page = self._client.with_options(max_retries=0, timeout=10).models.list()
             return [model.id for model in page.data]
+        except (openai.AuthenticationError, openai.APIConnectionError) as exc:
+            # Slow, not absent (the calls wait), or a key refused the list only.
+            if isinstance(exc, openai.APITimeoutError) or missing_scope(exc):
+                return None
+            unreachable = isinstance(exc, openai.APIConnectionError)
+            raise sdk_error(
+                exc,
+                label=LABEL,
+                provider=PROVIDER,
+                model="",
+                started=started,
+                unreachable=unreachable,
+                refused_hint=self._refused_hint,
+            ) from exc
         except (openai.OpenAIError, ValueError, TypeError, AttributeError):
             return None
 

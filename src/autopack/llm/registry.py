@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from autopack.config import Settings
-from autopack.errors import ConfigError
+from autopack.errors import ConfigError, LLMError
 from autopack.llm.base import LLMProvider, Role
 from autopack.logs import log_event
 
@@ -75,6 +75,11 @@ def _checked_base_url(name: str, value: str | None) -> str | None:
     """``value`` if it is an http(s) URL: ``localhost:11434/v1`` without its scheme failed
     every attempt of the first phase as "unreachable", then the phase, instead of the
     drain refusing to start (exit 2) naming the setting."""
+    try:
+        if value:
+            urlsplit(value).port  # noqa: B018 (parsing it is the check)
+    except ValueError as exc:  # "http://[::1" or a port that is no number: a traceback
+        raise ConfigError(f"{name}={value!r} is not a URL: {exc}") from None
     if value and urlsplit(value).scheme not in ("http", "https"):
         raise ConfigError(
             f"{name}={value!r} is not an http:// or https:// URL "
@@ -114,26 +119,35 @@ def _openai(settings: Settings, cassette: Path | None) -> LLMProvider:
 
 
 def check_served(settings: Settings, wanted: Mapping[str, str]) -> str:
-    """Refuse a model the ``OPENAI_BASE_URL`` server does not list, naming the setting that
-    chose it (ConfigError: exit 2, before anything is claimed): a mistyped
-    ``qwen2.5-codr`` was a 404 at the first call, and the phase FAILED. ``NAME`` is
-    ``NAME:latest`` (Ollama's default tag). A server listing one model only is warned
-    about, not refused (the returned text): llama.cpp serves its one model under any
-    name. A server that lists nothing passes."""
-    if provider_name(settings) != "openai" or not settings.openai_base_url:
+    """Before anything is claimed (ConfigError: exit 2), refuse settings no call can
+    succeed with: a base URL nothing answers at and a key the server refuses (401), for
+    both providers (:func:`_unusable`), and a model the ``OPENAI_BASE_URL`` server does
+    not list, naming the setting that chose it: a mistyped ``qwen2.5-codr`` was a 404 at
+    the first call, and the phase FAILED. ``NAME`` is ``NAME:latest`` (Ollama's default
+    tag). A server listing one model only is warned about, not refused (the returned
+    text): llama.cpp serves its one model under any name. A server that lists nothing
+    passes; so does any model of a hosted API, whose aliases its list leaves out."""
+    name = provider_name(settings)
+    if name == "anthropic":
+        _check_anthropic(settings)
         return ""
-    from autopack.llm.openai_provider import OpenAIProvider
+    if name != "openai":
+        return ""
+    from autopack.llm.openai_provider import DEFAULT_BASE_URL
 
+    key = _secret(settings.openai_api_key)
     base_url = _checked_base_url("OPENAI_BASE_URL", settings.openai_base_url)
-    server = OpenAIProvider(api_key=_secret(settings.openai_api_key), base_url=base_url)
     try:
-        listed = server.served_models() or []
-    finally:
-        server.close()
+        served = _served(key, base_url)
+    except LLMError as exc:
+        raise _unusable(exc, "OPENAI", base_url or DEFAULT_BASE_URL, base_url is None) from None
+    if served is None and base_url and not urlsplit(base_url).path.strip("/"):
+        _refuse_without_v1(key, base_url)
+    listed = served or []
     missing = [
         (setting, model)
         for setting, model in wanted.items()
-        if listed and model not in listed and f"{model}:latest" not in listed
+        if base_url and listed and model not in listed and f"{model}:latest" not in listed
     ]
     if not missing:
         return ""
@@ -143,6 +157,92 @@ def check_served(settings: Settings, wanted: Mapping[str, str]) -> str:
     if len(listed) == 1:
         return f'{problem} (if its calls fail with "model not found", set {setting})'
     raise ConfigError(problem)
+
+
+def _served(key: str | None, base_url: str | None) -> list[str] | None:
+    from autopack.llm.openai_provider import OpenAIProvider
+
+    server = OpenAIProvider(api_key=key, base_url=base_url)
+    try:
+        return server.served_models()
+    finally:
+        server.close()
+
+
+def _refuse_without_v1(key: str | None, base_url: str) -> None:
+    """``OPENAI_BASE_URL=http://127.0.0.1:11434`` (Ollama's OpenAI API is under ``/v1``):
+    every call was a 404 and every phase of the run FAILED. A server that lists its models
+    only under ``/v1`` is refused, naming the URL to set."""
+    fixed = base_url.rstrip("/") + "/v1"
+    try:
+        found = _served(key, fixed)
+    except LLMError:
+        return
+    if found is not None:
+        raise ConfigError(
+            f"OPENAI_BASE_URL={base_url!r} lacks the API's path: the server answers it at "
+            f"{fixed} (as Ollama, vLLM, llama.cpp and LM Studio do); set "
+            f"OPENAI_BASE_URL={fixed}. Nothing was claimed."
+        )
+
+
+def _check_anthropic(settings: Settings) -> None:
+    from autopack.llm.anthropic_provider import DEFAULT_BASE_URL
+
+    key = _secret(settings.anthropic_api_key)
+    if key is None:  # make_provider names the missing key
+        return
+    base_url = _checked_base_url("ANTHROPIC_BASE_URL", settings.anthropic_base_url)
+    try:
+        listed = _lists(key, base_url)
+    except LLMError as exc:
+        raise _unusable(exc, "ANTHROPIC", base_url or DEFAULT_BASE_URL, base_url is None) from None
+    if listed or not base_url or not base_url.rstrip("/").endswith("/v1"):
+        return
+    # http://host/v1: the SDK adds /v1 itself, so every call was a 404 at /v1/v1/messages
+    # and every phase of the run FAILED. Refused when the server answers without it.
+    fixed = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        answers = _lists(key, fixed)
+    except LLMError:
+        return
+    if answers:
+        raise ConfigError(
+            f"ANTHROPIC_BASE_URL={base_url!r} ends in /v1, which the Anthropic SDK adds "
+            f"itself (every call went to {base_url.rstrip('/')}/v1/messages); set "
+            f"ANTHROPIC_BASE_URL={fixed}. Nothing was claimed."
+        )
+
+
+def _lists(key: str, base_url: str | None) -> bool:
+    from autopack.llm.anthropic_provider import AnthropicProvider
+
+    server = AnthropicProvider(api_key=key, base_url=base_url)
+    try:
+        return server.check_usable()
+    finally:
+        server.close()
+
+
+def _unusable(exc: LLMError, prefix: str, base_url: str, default: bool) -> ConfigError:
+    """What the model list's failure says of the settings, naming the one to fix: every
+    call would fail alike, so a drain that went on failed each phase of its run (and a
+    drain never retries a FAILED phase: one requeue per phase, after fixing it)."""
+    if exc.status_code == 401:
+        return ConfigError(
+            f"{prefix}_API_KEY is refused by the server at {base_url}, so no call can "
+            f"succeed; nothing was claimed. Set {prefix}_API_KEY to a key it takes: "
+            f"{exc.message}"
+        )
+    if default:
+        where, fix = f"{prefix}_BASE_URL is not set: {base_url}", "Check the network"
+    else:
+        where = f"{prefix}_BASE_URL={base_url!r}"
+        fix = f"Start the server there (e.g. `ollama serve`) or fix {prefix}_BASE_URL"
+    return ConfigError(
+        f"{where}: nothing answers there, so no call can succeed; nothing was claimed. "
+        f"{fix}: {exc.message}"
+    )
 
 
 def _replay(settings: Settings, cassette: Path | None) -> LLMProvider:

@@ -1,0 +1,180 @@
+"""Settings no LLM call can succeed with are refused before a drain claims anything.
+
+A stopped Ollama (``OPENAI_BASE_URL`` at a port nothing listens on), a mistyped
+``ANTHROPIC_BASE_URL`` or a key the server refuses: each drain went on to claim every phase
+of its run, failed each (a refused key at once, an unreachable server after its retries),
+and exited 1 with the whole run FAILED. A drain never retries a FAILED phase, so after
+fixing the one setting the user had to requeue every phase by hand. The model list
+(``GET /models``) is asked first; its answer is exit 2 naming the setting, the run is left
+as it was, and the same drain with the setting fixed does the work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import create_run, env_for, files, on_branch, phase, rows, run_file
+from tests.fakes.llm_wire import OPENAI_PATH, Reply, WireServer, openai_completion
+from tests.llm.support import FLAVOURS
+from tests.support import cli, free_port
+
+DRAIN = ("drain", "run", "--run-id", "exec-run", "--auditor", "off")
+
+
+def _provider(name: str, url: str, key: str = "test-key") -> dict[str, str]:
+    if name == "anthropic":
+        return {"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": url}
+    return {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": f"{url}/v1"}
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "key refused"])
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_a_provider_no_call_can_reach_is_exit_2_and_the_run_waits_for_the_fix(
+    name: str, failure: str, tmp_path: Path
+) -> None:
+    flavour = FLAVOURS[name]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"]), phase("p3", ["pkg/c.py"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    workspace = ("--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        if failure == "unreachable":
+            address = f"http://127.0.0.1:{free_port()}"
+            setting = f"unreachable at {address}/v1/models"  # and the setting's name:
+            wrong = _provider(name, address)
+        else:
+            setting = f"{name.upper()}_API_KEY is refused by the server at"
+            wire.models_status = 401
+            wrong = _provider(name, wire.url, key="wrong-key")
+        refused = cli(*DRAIN, *workspace, env={**env, **wrong}, cwd=tmp_path)
+        doctor = cli("doctor", env={**env, **wrong}, cwd=tmp_path)
+        assert wire.seen(flavour.path) == []  # not one call was made
+
+        wire.models_status = None
+        for answer in (files(a_py="A = 1\n"), files(b_py="B = 1\n"), files(c_py="C = 1\n")):
+            wire.script(flavour.path, Reply(200, flavour.body(answer)))
+        fixed = cli(*DRAIN, *workspace, env={**env, **_provider(name, wire.url)}, cwd=tmp_path)
+
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert setting in said and "nothing was claimed" in said, said
+    assert f"{name.upper()}_{'BASE_URL=' if failure == 'unreachable' else 'API_KEY'}" in said
+    assert "Traceback" not in refused.stderr
+    assert doctor.returncode == 2 and setting in " ".join((doctor.stdout + doctor.stderr).split())
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    attempts = rows(sqlite_url, "SELECT phase_id, attempt, outcome FROM phase_attempts")
+    assert sorted((a["phase_id"], a["attempt"], a["outcome"]) for a in attempts) == [
+        ("p1", 1, "COMPLETE"),
+        ("p2", 1, "COMPLETE"),
+        ("p3", 1, "COMPLETE"),
+    ]
+    assert on_branch(tmp_path / "ws", "pkg/c.py") == "C = 1\n"
+
+
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+@pytest.mark.parametrize("listing", ["none", "scope"])
+def test_a_model_list_that_says_nothing_of_the_calls_is_no_refusal(
+    name: str, listing: str, tmp_path: Path
+) -> None:
+    """Not every server has ``GET /models`` (404), and an OpenAI key restricted to calls is
+    refused the list only (401, "Missing scopes: api.model.read"): neither says the calls
+    will fail, so they are made."""
+    flavour = FLAVOURS[name]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        if listing == "scope":
+            wire.models_status = 401
+            wire.models_refusal = (
+                "You have insufficient permissions. Missing scopes: api.model.read"
+            )
+        wire.script(flavour.path, Reply(200, flavour.body(files(a_py="A = 1\n"))))
+        drained = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **_provider(name, wire.url)},
+            cwd=tmp_path,
+        )
+    assert drained.returncode == 0, drained.stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
+
+
+def test_a_base_url_without_v1_at_a_server_that_has_it_is_exit_2_naming_the_url(
+    tmp_path: Path,
+) -> None:
+    """``OPENAI_BASE_URL=http://127.0.0.1:11434``, Ollama's address without ``/v1``: every
+    call was a 404 and every phase FAILED. The server lists its models under ``/v1``, so
+    the drain names the URL to set instead; with it, the same drain does the work."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:32b")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    workspace = ("--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        wire.models = ["qwen2.5-coder:32b"]
+        refused = cli(*DRAIN, *workspace, env={**env, "OPENAI_BASE_URL": wire.url}, cwd=tmp_path)
+        answer = openai_completion(files(a_py="A = 1\n"), model="qwen2.5-coder:32b")
+        wire.script(OPENAI_PATH, Reply(200, answer))
+        fixed = cli(
+            *DRAIN, *workspace, env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"}, cwd=tmp_path
+        )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert f"set OPENAI_BASE_URL={wire.url}/v1" in said, said
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts") == [
+        {"attempt": 1, "outcome": "COMPLETE"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "setting", ["OPENAI_BASE_URL=http://[::1", "ANTHROPIC_BASE_URL=http://127.0.0.1:abc"]
+)
+@pytest.mark.parametrize("command", ["drain", "doctor"])
+def test_a_base_url_that_does_not_parse_is_refused_naming_it(
+    setting: str, command: str, tmp_path: Path
+) -> None:
+    """``http://[::1`` (an IPv6 address missing its bracket) or a port that is no number:
+    a ValueError traceback from the URL parser, in the drain and in doctor alike."""
+    name, value = setting.split("=", 1)
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(
+        sqlite_url,
+        **{name: value, "ANTHROPIC_API_KEY": "k"} if "ANTHROPIC" in name else {name: value},
+    )
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    args = (*DRAIN, "--workspace", str(tmp_path / "ws")) if command == "drain" else ("doctor",)
+    result = cli(*args, env=env, cwd=tmp_path)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, said[-3000:]
+    assert f"{name}={value!r} is not a URL" in said and "Traceback" not in said, said[-3000:]
+    assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+
+
+def test_an_anthropic_base_url_ending_in_v1_is_exit_2_naming_the_url(tmp_path: Path) -> None:
+    """``ANTHROPIC_BASE_URL=http://host/v1``: the SDK adds ``/v1`` itself, so every call was
+    a 404 at ``/v1/v1/messages`` and every phase FAILED; with the URL it names, the same
+    drain does the work."""
+    flavour = FLAVOURS["anthropic"]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    workspace = ("--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        wire.models = ["claude-sonnet-5-5"]
+        doubled = _provider("anthropic", f"{wire.url}/v1")
+        refused = cli(*DRAIN, *workspace, env={**env, **doubled}, cwd=tmp_path)
+        wire.script(flavour.path, Reply(200, flavour.body(files(a_py="A = 1\n"))))
+        fixed = cli(
+            *DRAIN, *workspace, env={**env, **_provider("anthropic", wire.url)}, cwd=tmp_path
+        )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert f"set ANTHROPIC_BASE_URL={wire.url}." in said and "Traceback" not in said, said
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts") == [
+        {"attempt": 1, "outcome": "COMPLETE"}
+    ]
