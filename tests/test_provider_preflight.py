@@ -11,14 +11,24 @@ as it was, and the same drain with the setting fixed does the work.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.executor_support import create_run, env_for, files, on_branch, phase, rows, run_file
+from tests.executor_support import (
+    create_run,
+    drain_process,
+    env_for,
+    files,
+    on_branch,
+    phase,
+    rows,
+    run_file,
+)
 from tests.fakes.llm_wire import OPENAI_PATH, Reply, WireServer, openai_completion
 from tests.llm.support import FLAVOURS
-from tests.support import cli, free_port
+from tests.support import cli, free_port, wait_for
 
 DRAIN = ("drain", "run", "--run-id", "exec-run", "--auditor", "off")
 
@@ -178,3 +188,37 @@ def test_an_anthropic_base_url_ending_in_v1_is_exit_2_naming_the_url(tmp_path: P
     assert rows(sqlite_url, "SELECT attempt, outcome FROM phase_attempts") == [
         {"attempt": 1, "outcome": "COMPLETE"}
     ]
+
+
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_a_provider_gone_mid_drain_stops_the_drain_and_fails_no_phase(
+    name: str, tmp_path: Path
+) -> None:
+    """The server answered the model list and the first phase, then went away (a laptop
+    off the network, Ollama stopped): every phase after it failed its tries ``llm_error
+    … unreachable`` and the run with them. Now the drain waits for it a while
+    (AUTOPACK_LLM_UNREACHABLE_SECONDS), then stops, handing the phase back unspent."""
+    flavour = FLAVOURS[name]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_LLM_UNREACHABLE_SECONDS="3")
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
+    )
+    answered = threading.Event()
+    with WireServer() as wire:
+        p1 = flavour.body(files(a_py="A = 1\n"))
+        # the connection closes with p1's answer, as a server going away closes its own
+        wire.script(flavour.path, Reply(200, p1, {"Connection": "close"}, gate=answered))
+        args = [*DRAIN[1:], "--workspace", str(tmp_path / "ws")]
+        draining = drain_process(*args, env={**env, **_provider(name, wire.url)}, cwd=tmp_path)
+        wait_for(lambda: wire.seen(flavour.path), timeout=60)  # p1's call, held
+    answered.set()  # p1 gets its answer; nothing listens for p2's calls any more
+    _, stderr = draining.communicate(timeout=180)
+    assert draining.returncode == 2, stderr[-3000:]
+    said = " ".join(stderr.split())
+    assert "ProviderUnreachable" in said and "handed phase p2 back" in said, said[-3000:]
+    assert "Traceback" not in stderr
+    states = rows(sqlite_url, "SELECT phase_id, state FROM phases ORDER BY phase_id")
+    assert [(s["phase_id"], s["state"]) for s in states] == [("p1", "COMPLETE"), ("p2", "QUEUED")]
+    [p2] = rows(sqlite_url, "SELECT stop_reason FROM phase_attempts WHERE phase_id = 'p2'")
+    assert p2["stop_reason"] == "interrupted"  # spent no retry

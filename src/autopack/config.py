@@ -202,6 +202,14 @@ class Settings(BaseSettings):
         description="How often a drain with nothing to claim looks again while the phases "
         "left are held by other executors (its own attempts' results wake it at once).",
     )
+    autopack_llm_unreachable_seconds: float = Field(
+        60.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long a drain waits for an LLM provider nothing answers at (after "
+        "the SDK's own retries) before it stops and hands the phase back: a network or a "
+        "server that is down is not the phase's failure.",
+    )
     autopack_llm_timeout_seconds: float = Field(
         600.0,
         ge=1.0,

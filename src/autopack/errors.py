@@ -195,6 +195,16 @@ class LLMError(AutopackError):
         self.retryable = retryable
 
 
+class ProviderUnreachable(AutopackError):
+    """Nothing answered at the LLM provider's address, after the SDK's retries and the
+    drain's patience: the network or the server is down, which is not the phase's doing.
+    Each phase claimed meanwhile failed its tries ``llm_error`` and the run with them;
+    the drain stops instead, handing its phases back (no retry spent)."""
+
+    exit_code = 2
+    http_status = 502
+
+
 class CassetteMiss(LLMError):
     """The replay cassette holds no recorded answer for this request; nothing is invented."""
 

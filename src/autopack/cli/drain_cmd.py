@@ -220,6 +220,7 @@ def executor_for(
         continuation_token_cap=settings.autopack_continuation_token_cap,
         prompt_cache=settings.autopack_prompt_cache,
         poll_seconds=settings.autopack_poll_seconds,
+        unreachable_seconds=settings.autopack_llm_unreachable_seconds,
     )
     answering = answering_provider(
         cli, run_id, cassette=flags.cassette, record=flags.record, idle=_idle(phases, force)

@@ -20,7 +20,7 @@ from typing import Any
 
 from autopack.bounds import COST_MAX_USD
 from autopack.contract import Claim, UsageIn, ordered_usage_key
-from autopack.errors import LLMError
+from autopack.errors import LLMError, ProviderUnreachable
 from autopack.estimation.estimator import Estimate
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.metrics import event_metrics
@@ -49,6 +49,18 @@ logger = logging.getLogger("autopack.executor")
 
 INTERRUPTED = "interrupted"
 """The stop reason of a partial answer whose stream broke (:meth:`Meter.call`)."""
+UNREACHABLE = "APIConnectionError"
+"""The SDKs' error when nothing answered at the address (refused, no route, no name),
+after their own retries: the provider's absence, not an answer to this phase."""
+
+
+def _pauses(patience: float) -> list[float]:
+    """Waits between tries at an unreachable provider, doubling from 2 s, summing to
+    ``patience`` (the last one shortened)."""
+    pauses: list[float] = []
+    while (left := patience - sum(pauses)) > 0:
+        pauses.append(min(2.0 * 2 ** len(pauses), 30.0, left))
+    return pauses
 
 
 def _token_columns(usage: Usage) -> dict[str, int]:
@@ -187,6 +199,35 @@ class Meter:
             "role": role,
             "max_tokens": max_tokens,
         }
+        for pause in [*_pauses(self.o.unreachable_seconds), None]:
+            try:
+                return self._complete(call, model, request, continuable=continuable)
+            except LLMError as exc:  # nothing answered at the provider's address
+                self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
+                if pause is None or self.s.stopped.wait(pause):
+                    raise ProviderUnreachable(
+                        f"{exc.message}. Nothing answered there for "
+                        f"{self.o.unreachable_seconds:g}s more "
+                        "(AUTOPACK_LLM_UNREACHABLE_SECONDS): the drain stopped and handed "
+                        f"phase {claim.phase_id} back without spending a retry; run the "
+                        "same command again once the provider answers.",
+                        provider=exc.provider,
+                    ) from exc
+                log_event(logger, "llm_unreachable", logging.WARNING, wait_s=pause)
+                self.lease.check()
+        raise AssertionError("unreachable")
+
+    def _complete(
+        self,
+        call: dict[str, Any],
+        model: str,
+        request: LLMRequest,
+        *,
+        continuable: bool,
+    ) -> LLMResponse:
+        """The call made once: its answer (or a stream broken off mid-answer, as a
+        truncated one when ``continuable``), or the attempt's end as a :class:`Finish`.
+        An :class:`LLMError` saying nothing answered at all is raised for :meth:`call`."""
         try:
             return self._account(call, model, self.s.provider.complete(request))
         except StreamInterrupted as exc:
@@ -206,6 +247,8 @@ class Meter:
             )
             return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
         except LLMError as exc:
+            if exc.error_class == UNREACHABLE:
+                raise
             raise self._failed(call, model, exc) from exc
 
     def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:

@@ -50,6 +50,8 @@ class ExecutorOptions:
     """Output tokens one answer's continuations may use in all; None: no cap of its own."""
     prompt_cache: bool = True
     """Mark the system prompt and the stable prompt prefix for the provider's cache."""
+    unreachable_seconds: float = 60.0
+    """How long to wait for a provider nothing answers at before the drain stops."""
 
 
 @dataclass
