@@ -42,8 +42,8 @@ from autopack.llm.base import (
     StreamText,
     Usage,
     elapsed_ms,
+    listing_refusal,
     malformed,
-    missing_scope,
     not_a_stream,
     retries_taken,
     sdk_error,
@@ -107,17 +107,17 @@ class AnthropicProvider:
             self._client.with_options(max_retries=0, timeout=10).models.list(limit=1)
             return True
         except (anthropic.AuthenticationError, anthropic.APIConnectionError) as exc:
-            if isinstance(exc, anthropic.APITimeoutError) or missing_scope(exc):
-                return False
-            unreachable = isinstance(exc, anthropic.APIConnectionError)
-            raise sdk_error(
+            refusal = listing_refusal(
                 exc,
+                slow=anthropic.APITimeoutError,
+                absent=anthropic.APIConnectionError,
                 label=LABEL,
                 provider=PROVIDER,
-                model="",
                 started=started,
-                unreachable=unreachable,
-            ) from exc
+            )
+            if refusal is None:
+                return False
+            raise refusal from exc
         except (anthropic.AnthropicError, ValueError, TypeError, AttributeError):
             return False
 

@@ -195,12 +195,39 @@ def malformed(
     )
 
 
-def missing_scope(exc: Exception) -> bool:
+def _missing_scope(exc: Exception) -> bool:
     """A 401 that refuses the model list only, not the key: an OpenAI restricted key
     without the models scope ("Missing scopes: api.model.read") still makes calls."""
     message = str(getattr(exc, "message", exc)).lower()
     return getattr(exc, "status_code", None) == 401 and (
         "scope" in message or "permission" in message
+    )
+
+
+def listing_refusal(
+    exc: Exception,
+    *,
+    slow: type[Exception],
+    absent: type[Exception],
+    label: str,
+    provider: str,
+    started: float,
+    refused_hint: str = "",
+) -> LLMError | None:
+    """What a model list's refusal (a 401, or nothing answering: ``absent``, the SDK's
+    connection error) says of every call: the :class:`LLMError` each would meet, or None
+    when it says nothing of them (``slow``, the SDK's timeout: the calls wait longer; a
+    key refused the list only)."""
+    if isinstance(exc, slow) or _missing_scope(exc):
+        return None
+    return sdk_error(
+        exc,
+        label=label,
+        provider=provider,
+        model="",
+        started=started,
+        unreachable=isinstance(exc, absent),
+        refused_hint=refused_hint,
     )
 
 

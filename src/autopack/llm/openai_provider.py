@@ -38,8 +38,8 @@ from autopack.llm.base import (
     StreamStalled,
     StreamText,
     elapsed_ms,
+    listing_refusal,
     malformed,
-    missing_scope,
     not_a_stream,
     sdk_error,
     stream_failure,
@@ -113,19 +113,18 @@ class OpenAIProvider:
             page = self._client.with_options(max_retries=0, timeout=10).models.list()
             return [model.id for model in page.data]
         except (openai.AuthenticationError, openai.APIConnectionError) as exc:
-            # Slow, not absent (the calls wait), or a key refused the list only.
-            if isinstance(exc, openai.APITimeoutError) or missing_scope(exc):
-                return None
-            unreachable = isinstance(exc, openai.APIConnectionError)
-            raise sdk_error(
+            refusal = listing_refusal(
                 exc,
+                slow=openai.APITimeoutError,
+                absent=openai.APIConnectionError,
                 label=LABEL,
                 provider=PROVIDER,
-                model="",
                 started=started,
-                unreachable=unreachable,
                 refused_hint=self._refused_hint,
-            ) from exc
+            )
+            if refusal is None:
+                return None
+            raise refusal from exc
         except (openai.OpenAIError, ValueError, TypeError, AttributeError):
             return None
 
