@@ -231,3 +231,19 @@ def test_a_second_demo_in_the_same_directory_leaves_the_running_one_alone(
         finally:
             first.terminate()
             first.communicate(timeout=120)
+
+
+def test_a_symlink_in_place_of_the_demos_lock_is_refused_and_its_target_kept(
+    tmp_path: Path,
+) -> None:
+    """The demo writes its pid into its lock file: one replaced by a symlink (a check of
+    a run drained there can write the demo's directory) had its target truncated."""
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    (demo_dir / ".autopack-demo.lock").symlink_to(precious)
+    done = cli("demo", "--dir", str(demo_dir), cwd=tmp_path, env=clean_env())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"--dir {demo_dir} cannot hold the demo" in " ".join(done.stderr.split())
+    assert precious.read_text() == "keep me\n"

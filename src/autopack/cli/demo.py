@@ -38,8 +38,8 @@ def _alone(directory: Path) -> Iterator[None]:
     instead (exit 2, naming the demo holding it); the lock ends with its process."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        held = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:  # a file there or on the way, no permission
+        held = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:  # a file on the way, no permission, a symlink (never followed)
         raise ConfigError(
             f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
         ) from None
