@@ -222,3 +222,52 @@ def test_a_provider_gone_mid_drain_stops_the_drain_and_fails_no_phase(
     assert [(s["phase_id"], s["state"]) for s in states] == [("p1", "COMPLETE"), ("p2", "QUEUED")]
     [p2] = rows(sqlite_url, "SELECT stop_reason FROM phase_attempts WHERE phase_id = 'p2'")
     assert p2["stop_reason"] == "interrupted"  # spent no retry
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "fix"),
+    [
+        (401, "authentication_error", "set a working API key"),
+        (404, "not_found_error", "check the model's name"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_a_key_or_model_refused_mid_drain_stops_the_drain_and_fails_no_phase(
+    name: str, status: int, kind: str, fix: str, tmp_path: Path
+) -> None:
+    """The key was revoked (or ran out of credit) after the model list answered and the
+    first phase was done, or the server does not know the model's name (its list leaves
+    out aliases): each later phase failed all its tries with the same refusal, and the
+    run with them. Every call sends the same key and name, so the drain stops at the
+    first refusal instead, handing its phase back unspent, and the failed call is still
+    recorded."""
+    flavour = FLAVOURS[name]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"]), phase("p3", ["pkg/c.py"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    workspace = ("--workspace", str(tmp_path / "ws"))
+    with WireServer() as wire:
+        wire.script(
+            flavour.path,
+            Reply(200, flavour.body(files(a_py="A = 1\n"))),
+            Reply(status, flavour.error(kind, "refused by the test")),
+        )
+        refused = cli(*DRAIN, *workspace, env={**env, **_provider(name, wire.url)}, cwd=tmp_path)
+        calls = len(wire.seen(flavour.path))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert "ProviderRefused" in said and f"{status}" in said, said[-3000:]
+    assert "handed phase p2 back" in said and fix in said, said[-3000:]
+    assert "Traceback" not in refused.stderr
+    assert calls == 2  # no third call: p3 was never claimed
+    states = rows(sqlite_url, "SELECT phase_id, state FROM phases ORDER BY phase_id")
+    assert [(s["phase_id"], s["state"]) for s in states] == [
+        ("p1", "COMPLETE"),
+        ("p2", "QUEUED"),
+        ("p3", "QUEUED"),
+    ]
+    [p2] = rows(sqlite_url, "SELECT stop_reason FROM phase_attempts WHERE phase_id = 'p2'")
+    assert p2["stop_reason"] == "interrupted"  # spent no retry
+    failed_calls = rows(sqlite_url, "SELECT phase_id FROM llm_usage_events WHERE NOT success")
+    assert [c["phase_id"] for c in failed_calls] == ["p2"], failed_calls

@@ -24,6 +24,9 @@ original as ``__cause__``.
     ├── ServerUnavailable      exit 2, HTTP 502  an API server did not answer in time
     ├── LLMError               exit 1, HTTP 502  an LLM call failed after the SDK's own retries
     │   └── CassetteMiss                         the replay cassette has no answer for a request
+    ├── ProviderUnusable       exit 2            no LLM call can succeed now: stop the drain
+    │   ├── ProviderUnreachable                  nothing answers at the provider's address
+    │   └── ProviderRefused                      the key, its permissions or the model refused
     └── BuilderOutputInvalid   exit 1            the LLM's answer cannot be applied
 """
 
@@ -195,14 +198,23 @@ class LLMError(AutopackError):
         self.retryable = retryable
 
 
-class ProviderUnreachable(AutopackError):
-    """Nothing answered at the LLM provider's address, after the SDK's retries and the
-    drain's patience: the network or the server is down, which is not the phase's doing.
-    Each phase claimed meanwhile failed its tries ``llm_error`` and the run with them;
-    the drain stops instead, handing its phases back (no retry spent)."""
+class ProviderUnusable(AutopackError):
+    """No call to the LLM provider can succeed now, for a reason that is not the phase's:
+    each phase claimed meanwhile failed its tries ``llm_error`` and the run with them.
+    The drain stops instead, handing its phase back (no retry spent)."""
 
     exit_code = 2
     http_status = 502
+
+
+class ProviderUnreachable(ProviderUnusable):
+    """Nothing answered at the LLM provider's address, after the SDK's retries and the
+    drain's patience: the network or the server is down."""
+
+
+class ProviderRefused(ProviderUnusable):
+    """The provider refused a call for what every call sends: the key (401, revoked or
+    out of credit mid-drain), its permissions (403) or the model's name (404)."""
 
 
 class CassetteMiss(LLMError):

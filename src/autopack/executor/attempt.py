@@ -43,7 +43,7 @@ from autopack.contract import (
     ResultIn,
     failed_checks_line,
 )
-from autopack.errors import LeaseLost, ProviderUnreachable, ServerUnavailable
+from autopack.errors import LeaseLost, ProviderUnusable, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
 from autopack.executor.checks import ChecksInterrupted, CheckUnavailable, run_checks
@@ -211,7 +211,7 @@ class Attempt:
             return Finish(PhaseState.COMPLETE, "completed")
         except Finish as exc:
             return exc
-        except (LeaseLost, ServerUnavailable, ProviderUnreachable):
+        except (LeaseLost, ServerUnavailable, ProviderUnusable):
             raise
         except GitError as exc:
             self.s.repository.check_present(exc)

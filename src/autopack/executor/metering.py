@@ -20,7 +20,7 @@ from typing import Any
 
 from autopack.bounds import COST_MAX_USD
 from autopack.contract import Claim, UsageIn, ordered_usage_key
-from autopack.errors import LLMError, ProviderUnreachable
+from autopack.errors import LLMError, ProviderRefused, ProviderUnreachable
 from autopack.estimation.estimator import Estimate
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.metrics import event_metrics
@@ -52,6 +52,13 @@ INTERRUPTED = "interrupted"
 UNREACHABLE = "APIConnectionError"
 """The SDKs' error when nothing answered at the address (refused, no route, no name),
 after their own retries: the provider's absence, not an answer to this phase."""
+REFUSED = {
+    401: "the key was refused (revoked, expired or out of credit): set a working API key",
+    403: "the key may not do this (its permissions, or the model's): use a key that may",
+    404: "the model or the address is unknown there: check the model's name and *_BASE_URL",
+}
+"""Statuses refusing what every call of a drain sends (the key, the model's name, the
+address), with what to fix: no phase's doing, so each would fail all its tries alike."""
 
 
 def _pauses(patience: float) -> list[float]:
@@ -227,7 +234,8 @@ class Meter:
     ) -> LLMResponse:
         """The call made once: its answer (or a stream broken off mid-answer, as a
         truncated one when ``continuable``), or the attempt's end as a :class:`Finish`.
-        An :class:`LLMError` saying nothing answered at all is raised for :meth:`call`."""
+        An :class:`LLMError` saying nothing answered at all is raised for :meth:`call`;
+        a refusal of what every call sends stops the drain (:class:`ProviderRefused`)."""
         try:
             return self._account(call, model, self.s.provider.complete(request))
         except StreamInterrupted as exc:
@@ -249,6 +257,15 @@ class Meter:
         except LLMError as exc:
             if exc.error_class == UNREACHABLE:
                 raise
+            if (fix := REFUSED.get(exc.status_code or 0)) is not None:
+                self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
+                raise ProviderRefused(
+                    f"{exc.message}. Every call would be refused alike, so the drain stopped "
+                    f"and handed phase {self.claim.phase_id} back without spending a retry: "
+                    f"{fix}, then run the same command again.",
+                    provider=exc.provider,
+                    status_code=exc.status_code,
+                ) from exc
             raise self._failed(call, model, exc) from exc
 
     def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:
