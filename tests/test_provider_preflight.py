@@ -26,7 +26,7 @@ from tests.executor_support import (
     rows,
     run_file,
 )
-from tests.fakes.llm_wire import OPENAI_PATH, Reply, WireServer, openai_completion
+from tests.fakes.llm_wire import OPENAI_PATH, RETRY_NOW, Reply, WireServer, openai_completion
 from tests.llm.support import FLAVOURS
 from tests.support import cli, free_port, wait_for
 
@@ -271,3 +271,52 @@ def test_a_key_or_model_refused_mid_drain_stops_the_drain_and_fails_no_phase(
     assert p2["stop_reason"] == "interrupted"  # spent no retry
     failed_calls = rows(sqlite_url, "SELECT phase_id FROM llm_usage_events WHERE NOT success")
     assert [c["phase_id"] for c in failed_calls] == ["p2"], failed_calls
+
+
+BUSY = {"anthropic": (529, "overloaded_error"), "openai": (429, "rate_limit_exceeded")}
+
+
+@pytest.mark.parametrize("outlasts", [False, True], ids=["passes", "outlasts the patience"])
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_a_busy_provider_is_waited_for_and_spends_no_phase_retry(
+    name: str, outlasts: bool, tmp_path: Path
+) -> None:
+    """Ten executors on one key hit its rate limit (or the provider was overloaded) for
+    longer than the SDK's two quick retries: each phase failed its tries ``llm_error``,
+    and the run with them. Now a busy answer (429/529) is waited for like an unreachable
+    provider (AUTOPACK_LLM_UNREACHABLE_SECONDS): a limit that passes costs the phase
+    nothing, one that outlasts the wait stops the drain with the phase handed back."""
+    flavour = FLAVOURS[name]
+    status, kind = BUSY[name]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_LLM_UNREACHABLE_SECONDS="3")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], max_attempts=1)]), env, tmp_path)
+    busy = Reply(status, flavour.error(kind, "slow down"), RETRY_NOW)
+    # 3 requests a call (the SDK's 2 retries) and 3 calls (after waits of 2 s and 1 s)
+    replies = (
+        [busy] * 9 if outlasts else [busy] * 4 + [Reply(200, flavour.body(files(a_py="A = 1\n")))]
+    )
+    with WireServer() as wire:
+        wire.script(flavour.path, *replies)
+        drained = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **_provider(name, wire.url)},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(flavour.path))
+    assert calls == len(replies), drained.stderr[-3000:]
+    said = " ".join(drained.stderr.split())
+    assert "Traceback" not in drained.stderr
+    [p1] = rows(sqlite_url, "SELECT state FROM phases")
+    attempts = rows(sqlite_url, "SELECT stop_reason FROM phase_attempts")
+    busy_rows = rows(sqlite_url, "SELECT error_class FROM llm_usage_events WHERE NOT success")
+    if outlasts:
+        assert drained.returncode == 2, said[-3000:]
+        assert "ProviderBusy" in said and "handed phase p1 back" in said, said[-3000:]
+        assert (p1["state"], attempts) == ("QUEUED", [{"stop_reason": "interrupted"}])
+        assert len(busy_rows) == 3  # each of the drain's calls, after the SDK's retries
+    else:
+        assert drained.returncode == 0, said[-3000:]
+        assert (p1["state"], attempts) == ("COMPLETE", [{"stop_reason": "completed"}])
+        assert len(busy_rows) == 1

@@ -206,9 +206,9 @@ class Settings(BaseSettings):
         60.0,
         ge=0.0,
         le=3600.0,
-        description="How long a drain waits for an LLM provider nothing answers at (after "
-        "the SDK's own retries) before it stops and hands the phase back: a network or a "
-        "server that is down is not the phase's failure.",
+        description="How long a drain waits for an LLM provider nothing answers at, or "
+        "that answers it is busy (429/502/503/504/529), after the SDK's own retries, "
+        "before it stops and hands the phase back: not the phase's failure.",
     )
     autopack_llm_timeout_seconds: float = Field(
         600.0,

@@ -26,6 +26,7 @@ original as ``__cause__``.
     │   └── CassetteMiss                         the replay cassette has no answer for a request
     ├── ProviderUnusable       exit 2            no LLM call can succeed now: stop the drain
     │   ├── ProviderUnreachable                  nothing answers at the provider's address
+    │   ├── ProviderBusy                         rate limited or overloaded, for too long
     │   └── ProviderRefused                      the key, its permissions or the model refused
     └── BuilderOutputInvalid   exit 1            the LLM's answer cannot be applied
 """
@@ -161,6 +162,8 @@ class LLMError(AutopackError):
     failed calls too: ``provider``, ``model``, ``error_class`` (the SDK exception's class
     name), ``status_code``, ``request_id``, ``latency_ms`` and ``retryable`` (whether a
     later attempt may succeed: rate limits, overload, 5xx, connection trouble).
+    ``retry_after_s`` is a wait the server asked for that was too long to make within
+    the call (a day's quota spent); it stays off the JSON body (it may be infinite).
     """
 
     http_status = 502
@@ -176,6 +179,7 @@ class LLMError(AutopackError):
         request_id: str | None = None,
         latency_ms: float = 0.0,
         retryable: bool = False,
+        retry_after_s: float | None = None,
         **details: Any,
     ) -> None:
         super().__init__(
@@ -196,6 +200,7 @@ class LLMError(AutopackError):
         self.request_id = request_id
         self.latency_ms = latency_ms
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class ProviderUnusable(AutopackError):
@@ -210,6 +215,11 @@ class ProviderUnusable(AutopackError):
 class ProviderUnreachable(ProviderUnusable):
     """Nothing answered at the LLM provider's address, after the SDK's retries and the
     drain's patience: the network or the server is down."""
+
+
+class ProviderBusy(ProviderUnusable):
+    """The LLM provider kept answering that it cannot take calls now (rate limited,
+    overloaded: 429, 503, 529) after the SDK's retries and the drain's patience."""
 
 
 class ProviderRefused(ProviderUnusable):

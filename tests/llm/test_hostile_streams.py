@@ -132,16 +132,20 @@ def test_an_openai_compatible_error_chunk_is_as_retryable_as_its_code() -> None:
     assert caught.value.status_code == 503
 
 
-def test_a_drain_retries_a_phase_whose_stream_reported_an_overload(tmp_path: Path) -> None:
+def test_a_stream_reporting_an_overload_is_called_again_in_the_same_attempt(
+    tmp_path: Path,
+) -> None:
+    """An overload is the provider's state, not the phase's: waited for, no try spent."""
     url, _ = drain_against(
         tmp_path,
         "anthropic",
         Raw([a_start(), OVERLOADED]),
         Raw(a_stream(ANSWER)),
         Raw(a_stream(VERDICT)),
-        max_attempts=2,
     )
-    assert [a["outcome"] for a in attempts(url, "p1")] == ["FAILED", "COMPLETE"]
+    assert [a["outcome"] for a in attempts(url, "p1")] == ["COMPLETE"]
+    usage = rows(url, "SELECT success FROM llm_usage_events ORDER BY id")
+    assert [u["success"] for u in usage] == [0, 1, 1]
 
 
 MALFORMED_STREAMS: dict[str, tuple[str, Sequence[str | bytes]]] = {

@@ -20,7 +20,13 @@ from typing import Any
 
 from autopack.bounds import COST_MAX_USD
 from autopack.contract import Claim, UsageIn, ordered_usage_key
-from autopack.errors import LLMError, ProviderRefused, ProviderUnreachable
+from autopack.errors import (
+    LLMError,
+    ProviderBusy,
+    ProviderRefused,
+    ProviderUnreachable,
+    ProviderUnusable,
+)
 from autopack.estimation.estimator import Estimate
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.metrics import event_metrics
@@ -52,6 +58,11 @@ INTERRUPTED = "interrupted"
 UNREACHABLE = "APIConnectionError"
 """The SDKs' error when nothing answered at the address (refused, no route, no name),
 after their own retries: the provider's absence, not an answer to this phase."""
+BUSY = frozenset({429, 502, 503, 504, 529})
+"""Statuses saying the provider (or its gateway) cannot take calls now: rate limits,
+overload (Anthropic's 529, Ollama's 503), a proxy without its upstream. After the SDK's
+own retries they are waited for like an unreachable provider: ten executors sharing one
+key hit its rate limit, and each phase failed its tries for it and the run with them."""
 REFUSED = {
     401: "the key was refused (revoked, expired or out of credit): set a working API key",
     403: "the key may not do this (its permissions, or the model's): use a key that may",
@@ -206,23 +217,43 @@ class Meter:
             "role": role,
             "max_tokens": max_tokens,
         }
-        for pause in [*_pauses(self.o.unreachable_seconds), None]:
+        pauses = _pauses(self.o.unreachable_seconds)
+        for tried in range(len(pauses) + 1):
             try:
                 return self._complete(call, model, request, continuable=continuable)
-            except LLMError as exc:  # nothing answered at the provider's address
+            except LLMError as exc:  # the provider absent or busy: not this phase's doing
                 self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
-                if pause is None or self.s.stopped.wait(pause):
-                    raise ProviderUnreachable(
-                        f"{exc.message}. Nothing answered there for "
-                        f"{self.o.unreachable_seconds:g}s more "
-                        "(AUTOPACK_LLM_UNREACHABLE_SECONDS): the drain stopped and handed "
-                        f"phase {claim.phase_id} back without spending a retry; run the "
-                        "same command again once the provider answers.",
-                        provider=exc.provider,
-                    ) from exc
-                log_event(logger, "llm_unreachable", logging.WARNING, wait_s=pause)
+                left = pauses[tried:]
+                if (exc.retry_after_s or 0.0) > sum(left):  # a day's quota spent
+                    raise self._gave_up(exc, asked_longer=True) from exc
+                if not left or self.s.stopped.wait(pause := left[0]):
+                    raise self._gave_up(exc) from exc
+                busy = exc.status_code in BUSY
+                event = "llm_busy" if busy else "llm_unreachable"
+                log_event(logger, event, logging.WARNING, wait_s=pause, status=exc.status_code)
                 self.lease.check()
         raise AssertionError("unreachable")
+
+    def _gave_up(self, exc: LLMError, *, asked_longer: bool = False) -> ProviderUnusable:
+        """Why the drain stops: its patience with the provider ran out, or the provider
+        asked for a longer wait than the patience left."""
+        patience = f"{self.o.unreachable_seconds:g}s"
+        cls: type[ProviderUnusable] = ProviderBusy
+        if asked_longer:
+            why, then = f"That is longer than the drain waits ({patience})", "after that wait"
+        elif exc.status_code in BUSY:
+            why = f"It stayed busy for {patience} more"
+            then = "later (a fleet sharing one key may raise that setting)"
+        else:
+            cls, why = ProviderUnreachable, f"Nothing answered there for {patience} more"
+            then = "once the provider answers"
+        return cls(
+            f"{exc.message}. {why} (AUTOPACK_LLM_UNREACHABLE_SECONDS): the drain stopped and "
+            f"handed phase {self.claim.phase_id} back without spending a retry; run the same "
+            f"command again {then}.",
+            provider=exc.provider,
+            status_code=exc.status_code,
+        )
 
     def _complete(
         self,
@@ -234,7 +265,8 @@ class Meter:
     ) -> LLMResponse:
         """The call made once: its answer (or a stream broken off mid-answer, as a
         truncated one when ``continuable``), or the attempt's end as a :class:`Finish`.
-        An :class:`LLMError` saying nothing answered at all is raised for :meth:`call`;
+        An :class:`LLMError` saying nothing answered at all, or that the provider is busy,
+        is raised for :meth:`call` to wait out;
         a refusal of what every call sends stops the drain (:class:`ProviderRefused`)."""
         try:
             return self._account(call, model, self.s.provider.complete(request))
@@ -255,7 +287,7 @@ class Meter:
             )
             return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
         except LLMError as exc:
-            if exc.error_class == UNREACHABLE:
+            if exc.error_class == UNREACHABLE or exc.status_code in BUSY:
                 raise
             if (fix := REFUSED.get(exc.status_code or 0)) is not None:
                 self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))

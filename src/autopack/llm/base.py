@@ -19,7 +19,7 @@ import httpx2
 
 from autopack.contract import USAGE_TOKENS_MAX
 from autopack.errors import LLMError
-from autopack.llm.retry_after import refused_wait
+from autopack.llm.retry_after import RETRY_AFTER_MAX_S, refused_wait
 
 Role = Literal["builder", "auditor"]
 
@@ -279,11 +279,18 @@ def sdk_error(
         shown = at if status == 404 or refused or page else ""
         if refused and refused_hint:
             message = f"{message} ({refused_hint})"
+        wait = refused_wait(exc)
+        if wait is not None:
+            message += (
+                f" (the server asked to wait {wait:.0f} s, longer than the "
+                f"{RETRY_AFTER_MAX_S:.0f} s a call waits)"
+            )
         return LLMError(
-            f"{label} {status}{shown}: {message}{refused_wait(exc)}",
+            f"{label} {status}{shown}: {message}",
             status_code=status,
             request_id=getattr(exc, "request_id", None),
             retryable=retryable_status(status),
+            retry_after_s=wait,
             **common,
         )
     if unreachable:

@@ -6,8 +6,9 @@ Both SDKs retry 408/409/429/5xx themselves, waiting what ``retry-after-ms`` /
 drain to sleep for a day inside one call, holding the phase. A response asking for more
 than :data:`RETRY_AFTER_MAX_S` is therefore marked ``x-should-retry: false`` (which both
 SDKs obey) before the SDK sees it: the call fails at once as the retryable status it is,
-its message says how long the server asked for, and the phase-level retry (the run's
-backoff, bounded by ``max_attempts``) decides what happens next.
+its message says how long the server asked for, and the drain decides what happens next
+(it stops, handing the phase back, when the wait is longer than it waits for a busy
+provider: :mod:`autopack.executor.metering`).
 """
 
 from __future__ import annotations
@@ -100,16 +101,11 @@ def http_client(factory: type[ClientT]) -> ClientT:
     return _closing(factory)(event_hooks={"response": [_refuse_long_waits]})
 
 
-def refused_wait(exc: Exception) -> str:
-    """What an SDK error's message adds when its response asked for a wait the call did
-    not make ("" otherwise)."""
+def refused_wait(exc: Exception) -> float | None:
+    """The wait an SDK error's response asked for that the call did not make, because it
+    was too long (None otherwise): the caller decides whether to wait that long."""
     response = getattr(exc, "response", None)
     if not isinstance(response, httpx2.Response):
-        return ""
+        return None
     wait = requested_wait(response.headers)
-    if wait is None or not too_long(wait):
-        return ""
-    return (
-        f" (the server asked to wait {wait:.0f} s, longer than the {RETRY_AFTER_MAX_S:.0f} s "
-        "a call waits: left to the phase's retry)"
-    )
+    return wait if too_long(wait) else None
