@@ -430,3 +430,26 @@ def test_one_sqlite_file_under_two_paths_is_one_database(tmp_path: Path) -> None
         )
         assert listed.returncode == 0, listed.stdout + listed.stderr
         assert [run["run_id"] for run in json.loads(listed.stdout)["items"]] == [RUN]
+
+
+@pytest.mark.parametrize("where", ["demo", "project"])
+def test_from_outside_any_project_the_databases_at_home_are_named(
+    where: str, tmp_path: Path
+) -> None:
+    """`autopack run list` from `/` (or `/tmp`) said "No other Autopack database is in
+    sight" while ~/project/autopack.db (or `make demo`'s ~/project/demo/autopack.db)
+    held the user's runs: nothing above `/` or one directory below it is a project."""
+    home = tmp_path / "home"
+    made = home / "project" / ("demo" if where == "demo" else "")
+    made.mkdir(parents=True)
+    init = cli("db", "init", cwd=made, env=clean_env(DATABASE_URL="sqlite:///autopack.db"))
+    assert init.returncode == 0, init.stderr
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for cwd in (Path("/"), outside):
+        result = cli("run", "list", cwd=cwd, env=clean_env(HOME=str(home)))
+        assert result.returncode == 2, result.stderr
+        said = " ".join(result.stderr.split())
+        assert f"sqlite:///{made / 'autopack.db'}" in said, said
+        assert "No other Autopack database is in sight" not in said
+    assert not Path("/autopack.db").exists() and not (outside / "autopack.db").exists()

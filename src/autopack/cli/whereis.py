@@ -8,8 +8,9 @@ the path looked for, where that path came from and what it was resolved against,
 every Autopack database in sight: ``.env`` files naming one, from the working directory up
 to the repository root, ``autopack.db`` files in every directory above and one
 directory down from the working directory and from the repository's root (where
-``autopack demo`` puts its own), every one in the directory the missing file was to be in,
-and, in a linked worktree, the one in the repository's main working tree.
+``autopack demo`` puts its own), in the home directory and its projects (and their demos),
+every one in the directory the missing file was to be in, and, in a linked worktree, the
+one in the repository's main working tree.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def nearby_databases(looked_for: str, cwd: Path | None = None) -> list[Nearby]:
     children = [p for base in dict.fromkeys([start, directories[-1]]) for p in _children(base)]
     # Every ancestor, past the repository's root too: from inside a nested repository (a
     # submodule, a clone inside a project) the project's database is further up.
-    for directory in [start, *start.parents, *children]:
+    for directory in [start, *start.parents, *children, *_projects_at_home()]:
         candidate = directory / DEFAULT_FILE
         if is_autopack_database(candidate):
             add(resolve_database_url(f"sqlite:///{candidate}"), "file")
@@ -114,6 +115,18 @@ def _children(directory: Path) -> list[Path]:
         return sorted(p for p in directory.iterdir() if p.is_dir())
     except OSError:
         return []
+
+
+def _projects_at_home() -> list[Path]:
+    """The home directory, the projects in it and their ``demo/``: from ``/`` or ``/tmp``
+    nothing above or below is a project, and "no other Autopack database is in sight"
+    left out the one in ``~/project`` (or its demo's)."""
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # no HOME and no password entry
+        return []
+    projects = _children(home)
+    return [home, *projects, *(project / "demo" for project in projects)]
 
 
 MAX_LOOKED_AT = 50
