@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from autopack.bounds import MAX_BODY_BYTES
+from autopack.bounds import MAX_BODY_BYTES, unreadable_value
 from autopack.errors import InvalidInput
 from autopack.rundef import RunDefinition, parse_run_definition
 
@@ -88,6 +88,8 @@ def _parse_json(text: str, file: Path) -> Any:
         ) from exc
     except _DuplicateKey as exc:
         raise InvalidInput(f"run file {file} is ambiguous: {exc}") from exc
+    except ValueError as exc:  # after its subclasses above: an int() of too many digits
+        raise InvalidInput(f"run file {file} is not valid JSON: {unreadable_value(exc)}") from exc
     except RecursionError as exc:
         raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
 
@@ -120,6 +122,17 @@ class _UniqueKeyLoader(_SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A scalar its tag cannot hold (``2026-02-30``, ``!!int abc``, an integer of
+        5000 digits) as a YAML error at its place in the file, not a ``ValueError``."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:
+            value = node.value if isinstance(node.value, str) and len(node.value) <= 80 else None
+            what = "this value" if value is None else repr(value)
+            problem = f"{what} cannot be read: {unreadable_value(exc)}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from exc
 
 
 def _parse_yaml(text: str, file: Path) -> Any:

@@ -1,0 +1,78 @@
+"""Hostile values that parsers turn into exceptions of their own: through a real server
+and the real CLI, each is a 4xx or exit 2 that says what is wrong, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import empty_sqlite
+from tests.support import Server, clean_env, cli
+
+HUGE = "9" * 5000
+"""More digits than Python converts to an int (4300): ``int()`` raises ``ValueError``."""
+
+HUGE_JSON = '{"run_id": "r", "budgets": {"token_cap": ' + HUGE + '}, "tiers": []}'
+RUN_YAML = (
+    "run_id: {run_id}\ntiers:\n- tier_id: T\n  name: t\n  phases:\n  - phase_id: p\n    name: p\n"
+)
+
+
+def test_a_number_of_5000_digits_in_a_body_is_a_400_saying_so(tmp_path: Path) -> None:
+    json_type = {"content-type": "application/json"}
+    with Server(clean_env(DATABASE_URL=empty_sqlite(tmp_path / "a.db")), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for path, body in [
+                ("/runs", HUGE_JSON),
+                ("/claims", '{"worker_id": "w", "lease_seconds": -' + HUGE + "}"),
+            ]:
+                answer = client.post(path, content=body.encode(), headers=json_type)
+                assert answer.status_code == 400, answer.text
+                assert "a number has more than 4300 digits" in answer.json()["detail"], answer.text
+            assert client.get("/runs").json()["items"] == []
+        assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        (
+            "huge.json",
+            HUGE_JSON,
+            "not valid JSON: a number has more than 4300 digits",
+        ),
+        (
+            "huge.yaml",
+            RUN_YAML.format(run_id="r") + f"budgets:\n  token_cap: {HUGE}\n",
+            "at line 9 column 14: this value cannot be read: a number has more than 4300 digits",
+        ),
+        (
+            "huge",  # no suffix: JSON first, then YAML
+            RUN_YAML.format(run_id="r") + f"budgets:\n  token_cap: {HUGE}\n",
+            "a number has more than 4300 digits",
+        ),
+        (
+            "date.yaml",
+            RUN_YAML.format(run_id="2026-02-30"),
+            "at line 1 column 9: '2026-02-30' cannot be read: day is out of range for month",
+        ),
+        (
+            "typed.yaml",
+            RUN_YAML.format(run_id="r") + "goal: !!int abc\n",
+            "at line 8 column 7: 'abc' cannot be read",
+        ),
+    ],
+    ids=["json-digits", "yaml-digits", "no-suffix-digits", "yaml-date", "yaml-tag"],
+)
+def test_a_value_yaml_or_json_cannot_convert_is_exit_2_naming_its_place(
+    tmp_path: Path, name: str, text: str, said: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}")
+    result = cli("run", "create", str(path), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert said in result.stderr, result.stderr
