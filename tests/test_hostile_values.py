@@ -76,3 +76,39 @@ def test_a_value_yaml_or_json_cannot_convert_is_exit_2_naming_its_place(
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert said in result.stderr, result.stderr
+
+
+DUPLICATED = [
+    # the run a reader sees first is "a"; JSON's last-wins created "b"
+    ("/runs", '{"run_id": "a", "run_id": "b", "tiers": %s}', "'run_id'"),
+    # a second checks list inside a phase replaced the one a reviewer read
+    (
+        "/runs",
+        '{"run_id": "c", "tiers": [{"tier_id": "T", "name": "t", "phases": [{"phase_id": "p",'
+        ' "name": "p", "checks": ["pytest"], "checks": ["touch pwned"]}]}]}',
+        "'checks'",
+    ),
+    ("/claims", '{"worker_id": "w", "worker_id": "v", "run_id": "r1"}', "'worker_id'"),
+    ("/telemetry/llm-usage", '{"run_id": "r1", "run_id": "r2"}', "'run_id'"),
+]
+
+
+def test_a_key_given_twice_in_a_body_is_a_422_naming_it(database_url: str, tmp_path: Path) -> None:
+    """As a run file with a key given twice is refused (exit 2), so is such a body: nothing
+    is created from it, and the same body without the duplicate is accepted."""
+    tiers = '[{"tier_id": "T", "name": "t", "phases": [{"phase_id": "p", "name": "p"}]}]'
+    json_type = {"content-type": "application/json"}
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for path, body, key in DUPLICATED:
+                content = body.replace("%s", tiers).encode()
+                answer = client.post(path, content=content, headers=json_type)
+                assert answer.status_code == 422, (path, answer.status_code, answer.text)
+                said = answer.json()
+                assert said["error"] == "InvalidInput", said
+                assert f"key {key} appears twice in one object" in said["detail"], said
+                assert [error["field"] for error in said["errors"]] == ["body"], said
+            assert client.get("/runs").json()["items"] == []
+            single = '{"run_id": "a", "tiers": %s}'.replace("%s", tiers)
+            assert client.post("/runs", content=single, headers=json_type).status_code == 201
+        assert "Traceback" not in server.output()

@@ -112,6 +112,22 @@ def unreadable_value(exc: ValueError) -> str:
     return str(exc)
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that gives one key twice."""
+
+
+def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` refusing a key given twice: JSON keeps the
+    last value silently, so a second ``checks`` or ``run_id`` overrode the one a reader
+    saw first. Run files and request bodies are read with it."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(f"key {key!r} appears twice in one object")
+        found[key] = value
+    return found
+
+
 def no_nul(value: str) -> str:
     """Refuse text that cannot be stored and served back (:func:`text_problem`)."""
     problem = text_problem(value)

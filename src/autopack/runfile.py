@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from autopack.bounds import MAX_BODY_BYTES, unreadable_value
+from autopack.bounds import MAX_BODY_BYTES, DuplicateKey, unique_pairs, unreadable_value
 from autopack.errors import InvalidInput
 from autopack.rundef import RunDefinition, parse_run_definition
 
@@ -65,28 +65,14 @@ MAX_FILE_NODES = 2_000_000
 otherwise expand a small file into billions of values for the validator to walk)."""
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` refusing a key given twice (JSON would keep the last one)."""
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise _DuplicateKey(f"key {key!r} appears twice in one object")
-        found[key] = value
-    return found
-
-
 def _parse_json(text: str, file: Path) -> Any:
     try:
-        return _sized(json.loads(text, object_pairs_hook=_unique_pairs), file)
+        return _sized(json.loads(text, object_pairs_hook=unique_pairs), file)
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"run file {file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
-    except _DuplicateKey as exc:
+    except DuplicateKey as exc:
         raise InvalidInput(f"run file {file} is ambiguous: {exc}") from exc
     except ValueError as exc:  # after its subclasses above: an int() of too many digits
         raise InvalidInput(f"run file {file} is not valid JSON: {unreadable_value(exc)}") from exc

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Header
 from starlette.concurrency import run_in_threadpool
 
 from autopack.api.auth import OPERATOR, WORKER
+from autopack.api.body import UniqueKeysRoute
 from autopack.api.deps import DatabaseDep, PhaseId, RunId
 from autopack.api.openapi import APPROVAL_LINKS, READ, SECURED, WRITE, errors
 from autopack.contract import (
@@ -32,6 +33,7 @@ from autopack.contract import (
 from autopack.control import approvals, leases, results, runs
 
 router = APIRouter(
+    route_class=UniqueKeysRoute,
     prefix="/runs/{run_id}/phases/{phase_id}",
     tags=["phases"],
     responses={**SECURED, **READ, **errors(404)},
