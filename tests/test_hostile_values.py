@@ -3,6 +3,7 @@ and the real CLI, each is a 4xx or exit 2 that says what is wrong, never a trace
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
 
+RUN_PHASE = {"phase_id": "p", "name": "p"}
 HUGE = "9" * 5000
 """More digits than Python converts to an int (4300): ``int()`` raises ``ValueError``."""
 
@@ -112,3 +114,30 @@ def test_a_key_given_twice_in_a_body_is_a_422_naming_it(database_url: str, tmp_p
             single = '{"run_id": "a", "tiers": %s}'.replace("%s", tiers)
             assert client.post("/runs", content=single, headers=json_type).status_code == 201
         assert "Traceback" not in server.output()
+
+
+def test_a_sqlite_file_locked_past_the_busy_timeout_is_a_503_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Another process holding the SQLite write lock (a ``sqlite3`` shell inside a
+    transaction, a backup) longer than the busy timeout made every request a bare 500:
+    now a 503 the client retries, and once the lock is gone the same request succeeds."""
+    url = empty_sqlite(tmp_path / "a.db")
+    run = {"run_id": "r", "tiers": [{"tier_id": "T", "name": "t", "phases": [RUN_PHASE]}]}
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            assert client.post("/runs", json={**run, "run_id": "before"}).status_code == 201
+            holder = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            try:
+                locked = client.post("/runs", json=run)  # answers after the busy timeout
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert locked.status_code == 503, locked.text
+            said = locked.json()
+            assert said["error"] == "DatabaseUnavailable" and "locked" in said["detail"], said
+            assert client.post("/runs", json=run).status_code == 201
+            listed = [item["run_id"] for item in client.get("/runs").json()["items"]]
+            assert sorted(listed) == ["before", "r"]
+        assert "request_failed" not in server.output()
