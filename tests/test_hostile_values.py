@@ -141,3 +141,23 @@ def test_a_sqlite_file_locked_past_the_busy_timeout_is_a_503_and_loses_nothing(
             listed = [item["run_id"] for item in client.get("/runs").json()["items"]]
             assert sorted(listed) == ["before", "r"]
         assert "request_failed" not in server.output()
+
+
+def test_an_inherited_parent_pid_neither_stops_a_command_nor_passes_unchecked(
+    tmp_path: Path,
+) -> None:
+    """``AUTOPACK_PARENT_PID`` is for the servers a drain spawns. Left in a shell's
+    environment (any pid but the command's parent), the server a command runs in its own
+    process watched it and sent the command SIGTERM: exit 143 with no word said. A value
+    that is no pid at all is refused naming the setting."""
+    url = empty_sqlite(tmp_path / "a.db")
+    listed = cli(
+        "run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL=url, AUTOPACK_PARENT_PID="1")
+    )
+    assert listed.returncode == 0, (listed.returncode, listed.stderr)
+    assert "0 of 0 run(s)" in listed.stdout, listed.stdout
+    for value in ("-1", str(2**70)):
+        env = clean_env(DATABASE_URL=url, AUTOPACK_PARENT_PID=value)
+        refused = cli("run", "list", cwd=tmp_path, env=env)
+        assert refused.returncode == 2, (value, refused.returncode, refused.stderr)
+        assert f"AUTOPACK_PARENT_PID='{value}'" in refused.stderr, refused.stderr
