@@ -10,6 +10,18 @@ import httpx
 import pytest
 
 from tests.conftest import empty_sqlite
+from tests.executor_support import (
+    RUN_ID,
+    attempts,
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    files,
+    line,
+    phase,
+    run_file,
+)
 from tests.support import Server, clean_env, cli
 
 RUN_PHASE = {"phase_id": "p", "name": "p"}
@@ -161,3 +173,26 @@ def test_an_inherited_parent_pid_neither_stops_a_command_nor_passes_unchecked(
         refused = cli("run", "list", cwd=tmp_path, env=env)
         assert refused.returncode == 2, (value, refused.returncode, refused.stderr)
         assert f"AUTOPACK_PARENT_PID='{value}'" in refused.stderr, refused.stderr
+
+
+def test_a_builder_answer_with_a_number_of_5000_digits_is_malformed_output(tmp_path: Path) -> None:
+    """The model's answer is input too: its ``ValueError`` failed the attempt as the
+    executor's own fault (``executor_error``) with no word to the model; now it is the
+    model's ``malformed_output`` with feedback, and the next attempt completes."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    huge = '{"files": [{"path": "pkg/mod.py", "content": "x = 1\\n"}], "n": ' + HUGE + "}"
+    good = files(mod_py="def answer() -> int:\n    return 42\n")
+    tape = cassette(tmp_path, [line("p1", 1, huge), line("p1", 2, good)])
+    done = drain(
+        *("phase", "--run-id", RUN_ID, "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = attempts(url, "p1")
+    assert first["stop_reason"] == "malformed_output", first
+    assert "a number has more than 4300 digits" in first["feedback"], first
+    assert second["outcome"] == "COMPLETE", second
