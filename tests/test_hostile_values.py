@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, inspect, text
 
 from tests.conftest import empty_sqlite
 from tests.executor_support import (
@@ -196,3 +197,37 @@ def test_a_builder_answer_with_a_number_of_5000_digits_is_malformed_output(tmp_p
     assert first["stop_reason"] == "malformed_output", first
     assert "a number has more than 4300 digits" in first["feedback"], first
     assert second["outcome"] == "COMPLETE", second
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_another_applications_database_is_left_as_it_is(database_url: str, tmp_path: Path) -> None:
+    """DATABASE_URL naming another application's database (the wrong project's, a typo'd
+    file): on SQLite every command died with a KeyError traceback; on PostgreSQL a mere
+    ``run list`` added Autopack's tables to it. Now each command is exit 2 naming its
+    tables and leaves it untouched; ``db init``, asked for by name, adds them."""
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"))
+        connection.execute(text("INSERT INTO users VALUES (1, 'alice')"))
+    engine.dispose()
+    env = clean_env(DATABASE_URL=database_url)
+    for command in (["run", "list"], ["run", "seed"], ["approvals", "list"]):
+        refused = cli(*command, cwd=tmp_path, env=env)
+        assert refused.returncode == 2, (command, refused.returncode, refused.stderr)
+        assert "Traceback" not in refused.stderr
+        assert "is not an Autopack database: it holds other tables (users)" in refused.stderr
+        assert "autopack db init" in refused.stderr
+        assert _tables(database_url) == {"users"}, command
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    assert cli("run", "list", cwd=tmp_path, env=env).returncode == 0
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT name FROM users")).scalars().all() == ["alice"]
+    engine.dispose()
