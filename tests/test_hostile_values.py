@@ -231,3 +231,16 @@ def test_another_applications_database_is_left_as_it_is(database_url: str, tmp_p
     with engine.connect() as connection:
         assert connection.execute(text("SELECT name FROM users")).scalars().all() == ["alice"]
     engine.dispose()
+
+
+def test_a_sqlite_url_naming_a_directory_says_so(tmp_path: Path) -> None:
+    """It said the "file" had 2 hard links (a directory's link count) and told the user to
+    remove the other links."""
+    (tmp_path / "data").mkdir()
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'data'}")
+    for command in (["run", "list"], ["db", "init"]):
+        refused = cli(*command, cwd=tmp_path, env=env)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert f"{tmp_path / 'data'} is a directory, not a file" in refused.stderr
+        assert "hard links" not in refused.stderr
+    assert list((tmp_path / "data").iterdir()) == []
