@@ -78,8 +78,13 @@ def test_a_number_of_5000_digits_in_a_body_is_a_400_saying_so(tmp_path: Path) ->
             RUN_YAML.format(run_id="r") + "goal: !!int abc\n",
             "at line 8 column 7: 'abc' cannot be read",
         ),
+        (
+            "control.yaml",
+            RUN_YAML.format(run_id="r") + "goal: a\x00b\n",
+            "at line 8 column 8: character '\\x00' is not allowed",
+        ),
     ],
-    ids=["json-digits", "yaml-digits", "no-suffix-digits", "yaml-date", "yaml-tag"],
+    ids=["json-digits", "yaml-digits", "no-suffix-digits", "yaml-date", "yaml-tag", "yaml-nul"],
 )
 def test_a_value_yaml_or_json_cannot_convert_is_exit_2_naming_its_place(
     tmp_path: Path, name: str, text: str, said: str

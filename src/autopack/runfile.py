@@ -124,6 +124,10 @@ class _UniqueKeyLoader(_SafeLoader):
 def _parse_yaml(text: str, file: Path) -> Any:
     try:
         return _sized(yaml.load(text, Loader=_UniqueKeyLoader), file)
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (NUL, other controls)
+        where = _line_column(text, exc.position)
+        problem = f"character {chr(exc.character)!r} is not allowed ({exc.reason})"
+        raise InvalidInput(f"run file {file} is not valid YAML {where}: {problem}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -131,6 +135,14 @@ def _parse_yaml(text: str, file: Path) -> Any:
         raise InvalidInput(f"run file {file} is not valid YAML{where}: {problem}") from exc
     except RecursionError as exc:
         raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
+
+
+def _line_column(text: str, position: int) -> str:
+    """Where ``position`` is, as the other YAML errors say it (a reader error's own text
+    was two lines ending ``in "<unicode string>", position 9``)."""
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return f"at line {line} column {column}"
 
 
 def _sized(data: Any, file: Path) -> Any:
