@@ -249,3 +249,14 @@ def test_a_sqlite_url_naming_a_directory_says_so(tmp_path: Path) -> None:
         assert f"{tmp_path / 'data'} is a directory, not a file" in refused.stderr
         assert "hard links" not in refused.stderr
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_an_api_url_with_a_port_no_server_can_have_is_refused_at_once(tmp_path: Path) -> None:
+    """httpx takes any port number: ``:99999`` (a typo) was waited on for
+    AUTOPACK_API_WAIT_SECONDS, then "no Autopack API answers"."""
+    for port in ("99999", "0"):
+        url = f"http://127.0.0.1:{port}"
+        refused = cli("--api-url", url, "run", "list", cwd=tmp_path, env=clean_env())
+        assert refused.returncode == 2, refused.stderr
+        assert f"port {port} is not between 1 and 65535" in refused.stderr, refused.stderr
+        assert "no Autopack API answers" not in refused.stderr
