@@ -260,3 +260,25 @@ def test_an_api_url_with_a_port_no_server_can_have_is_refused_at_once(tmp_path: 
         assert refused.returncode == 2, refused.stderr
         assert f"port {port} is not between 1 and 65535" in refused.stderr, refused.stderr
         assert "no Autopack API answers" not in refused.stderr
+
+
+def test_a_run_and_phase_with_ids_of_the_longest_allowed_length_drain(tmp_path: Path) -> None:
+    """Ids of 200 characters are valid, but a result is posted under the Idempotency-Key
+    ``RUN:PHASE:ATTEMPT`` (403 characters here) and the server took at most 300: every
+    post was a 422, the drain stopped (exit 2) and the phase could never complete."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    run_id, phase_id = "r" * 199 + "Z", "p" * 199 + "Z"
+    spec = [phase(phase_id, ["pkg/mod.py"], checks=["true"])]
+    create_run(run_file(tmp_path, spec, run_id=run_id), env, tmp_path)
+    good = files(mod_py="def answer() -> int:\n    return 42\n")
+    tape = cassette(tmp_path, [line(phase_id, 1, good, run_id=run_id)])
+    done = drain(
+        *("run", "--run-id", run_id, "--cassette", str(tape), "--auditor", "rules"),
+        *("--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, phase_id, run_id=run_id)
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("COMPLETE", "completed")
