@@ -104,3 +104,27 @@ def test_the_allow_list_matches_whole_words_and_refuses_shell_operators(
     assert policy is not None
     assert (policy.refusal([command]) is None) is allowed
     assert CheckPolicy.parse("") is None and CheckPolicy.parse(None) is None
+
+
+@pytest.mark.parametrize("prefix", ["", "  ", "python -c;touch"])
+def test_an_empty_prefix_is_exit_2_not_an_allow_list_that_allows_everything(
+    tmp_path: Path, prefix: str
+) -> None:
+    """``--allow-check-prefix "$PREFIX"`` with PREFIX unset gave the empty prefix, which
+    dropped the allow-list: the phase's ``touch pwned`` ran. Refused naming the option,
+    before anything is claimed."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url)
+    spec = [phase("evil", ["pkg/evil.py"], checks=["touch pwned"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    tape = cassette(tmp_path, [line("evil", 1, files(evil_py="E = 1\n"))])
+    result = cli(
+        *("drain", "run", "--run-id", "exec-run", "--allow-check-prefix", prefix),
+        *("--auditor", "rules", "--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Invalid value for '--allow-check-prefix'" in result.stderr
+    assert not (tmp_path / "ws" / "pwned").exists() and not (tmp_path / "pwned").exists()
+    assert attempts(url, "evil") == []

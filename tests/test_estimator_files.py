@@ -73,10 +73,11 @@ def _huge_spread() -> dict[str, Any]:
     }
 
 
-def _drain_with(tmp_path: Path, doc: dict[str, Any]) -> tuple[Any, str]:
+def _drain_with(tmp_path: Path, doc: dict[str, Any] | str) -> tuple[Any, str]:
+    """Drain phase p1 with ``doc`` (or that text) as the estimator file."""
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     estimator = tmp_path / "estimator.json"
-    estimator.write_text(json.dumps(doc))
+    estimator.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     env = env_for(url, AUTOPACK_ESTIMATOR_FILE=str(estimator))
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
     tape = cassette(tmp_path, [line("p1", 1, GOOD)])
@@ -119,6 +120,19 @@ def test_a_version_no_row_can_store_is_refused_before_anything_is_claimed(
     assert done.returncode == 2, done.stderr
     assert "estimator.json" in done.stderr and "version" in done.stderr
     assert "Traceback" not in done.stderr
+    assert attempts(url, "p1") == []
+
+
+def test_a_number_of_5000_digits_in_it_is_exit_2_before_anything_is_claimed(
+    tmp_path: Path,
+) -> None:
+    """Python refuses to convert it (``ValueError``, not a ``JSONDecodeError``): the drain
+    died with a traceback."""
+    text = json.dumps(_packaged())[:-1] + ', "extra": ' + "9" * 5000 + "}"
+    done, url = _drain_with(tmp_path, text)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "is not valid JSON: a number has more than 4300 digits" in done.stderr, done.stderr
     assert attempts(url, "p1") == []
 
 

@@ -106,3 +106,16 @@ def test_a_usage_count_that_is_no_integer_prints_no_library_warning(tmp_path: Pa
     assert drained.returncode == 1, drained.stderr[-3000:]
     assert "response is malformed" in drained.stderr, drained.stderr[-3000:]
     assert "Warning" not in drained.stderr and "pydantic" not in drained.stderr, drained.stderr
+
+
+def test_config_show_shows_a_settings_value_not_obeys_it(tmp_path: Path) -> None:
+    """A value from a .env file (or the environment) was printed as markup: "[/x]" was a
+    MarkupError traceback, "[red]" coloured the table, and a control character reached
+    the terminal."""
+    (tmp_path / ".env").write_text(f"AUTOPACK_BUILDER_MODEL=m [/x] [red] {HOSTILE}\n")
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}")
+    shown = cli("config", "show", env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "Traceback" not in shown.stderr
+    assert "m [/x] [red] \\x1b]0;PWNED" in shown.stdout, shown.stdout[-3000:]
+    assert not _obeyed(shown.stdout + shown.stderr), repr(shown.stdout[-2000:])

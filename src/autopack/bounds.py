@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from datetime import UTC, datetime
 from functools import cache
 from types import UnionType
@@ -95,6 +96,36 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def unreadable_value(exc: ValueError) -> str:
+    """What a parser's ``ValueError`` says about the text it read, for whoever wrote it.
+
+    Python refuses to convert an integer of more than ``sys.get_int_max_str_digits()``
+    digits (4300: quadratic time otherwise), and its message tells the reader to raise
+    that limit in their own program; YAML's dates and typed scalars (``2026-02-30``,
+    ``!!int abc``) fail the same way. None of them is a ``JSONDecodeError`` or a
+    ``YAMLError``, so they escaped the parsers' error handling as a traceback (the CLI)
+    or a bare "ValueError" (the API)."""
+    if "integer string conversion" in str(exc):
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return str(exc)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object that gives one key twice."""
+
+
+def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` refusing a key given twice: JSON keeps the
+    last value silently, so a second ``checks`` or ``run_id`` overrode the one a reader
+    saw first. Run files and request bodies are read with it."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(f"key {key!r} appears twice in one object")
+        found[key] = value
+    return found
 
 
 def no_nul(value: str) -> str:

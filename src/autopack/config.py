@@ -44,7 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from autopack import redact
-from autopack.bounds import is_utf8
+from autopack.bounds import INT32_MAX, is_utf8
 from autopack.dburl import redact_url, resolve_database_url
 from autopack.envfile import (
     check_dotenv,
@@ -138,7 +138,10 @@ class Settings(BaseSettings):
         "server refuses to serve, a client to use, any other. Set on spawned servers.",
     )
     autopack_parent_pid: int | None = Field(
-        None, description="Set on spawned servers: exit when this process is gone."
+        None,
+        ge=1,
+        le=INT32_MAX,  # a process id: -1 or 2**70 made every server stop at once
+        description="Set on spawned servers: exit when this process is gone.",
     )
     autopack_maintenance_interval_seconds: float = Field(
         5.0,

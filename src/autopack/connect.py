@@ -225,11 +225,11 @@ def _thread_server(settings: Settings, identity: DbIdentity, timeout: float) -> 
     directory = Path(tempfile.mkdtemp(prefix="autopack-api-"))
     path = directory / "api.sock"
     # private: no tokens. The socket is in a 0700 directory of this process, which holds
-    # the database's credentials anyway; a token would protect nothing here.
-    app = create_app(
-        settings.model_copy(update={"autopack_expected_instance_id": identity.instance_id}),
-        private=True,
-    )
+    # the database's credentials anyway; a token would protect nothing here. No parent
+    # watchdog either: this server is this process, and one watching a parent named by an
+    # inherited AUTOPACK_PARENT_PID sent the command itself SIGTERM (exit 143, no word).
+    update = {"autopack_expected_instance_id": identity.instance_id, "autopack_parent_pid": None}
+    app = create_app(settings.model_copy(update=update), private=True)
     config = uvicorn.Config(
         app, uds=str(path), log_config=None, log_level="warning", access_log=False
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from autopack.bounds import MAX_BODY_BYTES
+from autopack.bounds import MAX_BODY_BYTES, DuplicateKey, unique_pairs, unreadable_value
 from autopack.errors import InvalidInput
 from autopack.rundef import RunDefinition, parse_run_definition
 
@@ -65,29 +65,17 @@ MAX_FILE_NODES = 2_000_000
 otherwise expand a small file into billions of values for the validator to walk)."""
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` refusing a key given twice (JSON would keep the last one)."""
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise _DuplicateKey(f"key {key!r} appears twice in one object")
-        found[key] = value
-    return found
-
-
 def _parse_json(text: str, file: Path) -> Any:
     try:
-        return _sized(json.loads(text, object_pairs_hook=_unique_pairs), file)
+        return _sized(json.loads(text, object_pairs_hook=unique_pairs), file)
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"run file {file} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
-    except _DuplicateKey as exc:
+    except DuplicateKey as exc:
         raise InvalidInput(f"run file {file} is ambiguous: {exc}") from exc
+    except ValueError as exc:  # after its subclasses above: an int() of too many digits
+        raise InvalidInput(f"run file {file} is not valid JSON: {unreadable_value(exc)}") from exc
     except RecursionError as exc:
         raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
 
@@ -121,10 +109,25 @@ class _UniqueKeyLoader(_SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A scalar its tag cannot hold (``2026-02-30``, ``!!int abc``, an integer of
+        5000 digits) as a YAML error at its place in the file, not a ``ValueError``."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:
+            value = node.value if isinstance(node.value, str) and len(node.value) <= 80 else None
+            what = "this value" if value is None else repr(value)
+            problem = f"{what} cannot be read: {unreadable_value(exc)}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from exc
+
 
 def _parse_yaml(text: str, file: Path) -> Any:
     try:
         return _sized(yaml.load(text, Loader=_UniqueKeyLoader), file)
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (NUL, other controls)
+        where = _line_column(text, exc.position)
+        problem = f"character {chr(exc.character)!r} is not allowed ({exc.reason})"
+        raise InvalidInput(f"run file {file} is not valid YAML {where}: {problem}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -132,6 +135,14 @@ def _parse_yaml(text: str, file: Path) -> Any:
         raise InvalidInput(f"run file {file} is not valid YAML{where}: {problem}") from exc
     except RecursionError as exc:
         raise InvalidInput(f"run file {file} is nested too deeply to be a run file") from exc
+
+
+def _line_column(text: str, position: int) -> str:
+    """Where ``position`` is, as the other YAML errors say it (a reader error's own text
+    was two lines ending ``in "<unicode string>", position 9``)."""
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return f"at line {line} column {column}"
 
 
 def _sized(data: Any, file: Path) -> Any:

@@ -105,6 +105,13 @@ class Transport:
                 "http://HOST:PORT or https://HOST[:PORT]",
                 api_url=base_url,
             )
+        if url.port is not None and not 1 <= url.port <= 65535:
+            # httpx takes any number: a typo'd port was waited on, "no Autopack API answers"
+            raise ConfigError(
+                f"API URL {base_url!r} is not a URL of a server: port {url.port} is not "
+                "between 1 and 65535",
+                api_url=base_url,
+            )
         self.where = where or f"API {self.base_url}"
         self.retry_seconds = retry_seconds
         self.connect_retries = connect_retries

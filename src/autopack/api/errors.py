@@ -25,7 +25,7 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import redact
-from autopack.bounds import MAX_BODY_BYTES, printable
+from autopack.bounds import MAX_BODY_BYTES, printable, unreadable_value
 from autopack.errors import AutopackError, BadRequest, InvalidInput, RequestTooLarge, Unauthorized
 from autopack.field_errors import describe_errors, summarize_errors
 from autopack.logs import log_event
@@ -118,6 +118,8 @@ def unreadable_body(cause: BaseException) -> AutopackError:
         reason = f"it is not UTF-8 (byte {cause.start}), which JSON bodies must be"
     elif isinstance(cause, RecursionError):
         reason = "it is nested too deeply"
+    elif isinstance(cause, ValueError):
+        reason = unreadable_value(cause)
     else:
         reason = type(cause).__name__
     return BadRequest(f"the request body cannot be read: {reason}")

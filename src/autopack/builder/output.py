@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from autopack.bounds import lone_surrogate
+from autopack.bounds import lone_surrogate, unreadable_value
 from autopack.errors import BuilderOutputInvalid
 
 _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.DOTALL)
@@ -105,6 +105,12 @@ def extract_json_object(text: str) -> object:
             except json.JSONDecodeError as exc:
                 last_error = exc
                 start = candidate.find("{", start + 1)
+            except ValueError as exc:  # not JSON's own error: an int() of 5000 digits
+                raise BuilderRejected(
+                    "malformed_output",
+                    f"Your JSON cannot be read: {unreadable_value(exc)}. Answer with exactly "
+                    'one JSON object: {"files": [{"path": ..., "content": ...}], "summary": ...}.',
+                ) from exc
             except RecursionError as exc:  # thousands of nested brackets: not an answer
                 raise BuilderRejected(
                     "malformed_output",

@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from autopack.cli._common import out, print_json, state
+from autopack.cli.shown import escape
 
 app = typer.Typer(help="Inspect the resolved settings.", no_args_is_help=True)
 
@@ -38,8 +39,8 @@ def show(
         print_json(shown)
         return
     table = Table("setting", "value", "source")
-    for name, value, source in rows:
-        table.add_row(name, value, source)
+    for name, value, source in rows:  # values come from .env files and the environment:
+        table.add_row(name, escape(value), escape(source))  # shown, never obeyed as markup
     out.print(table)
     if served:
         text = (
@@ -48,4 +49,4 @@ def show(
         )
     else:
         text = f"DATABASE_URL is {loaded.database.describe()}."
-    out.print(text, highlight=False, soft_wrap=True)
+    out.print(escape(text), highlight=False, soft_wrap=True)

@@ -325,6 +325,17 @@ def _warn(warning: str | None) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
+def check_prefixes(values: list[str] | None) -> list[str] | None:
+    """Refuse a prefix that names no command (``--allow-check-prefix ""``, an unset
+    ``"$PREFIX"``) or holds the ``;`` that separates them: the list was dropped and every
+    check ran, an allow-list failing open."""
+    for value in values or []:
+        if not value.strip() or ";" in value:
+            why = "names no command" if not value.strip() else "holds ';', a shell operator"
+            raise typer.BadParameter(f"{value!r} {why}: give a command such as 'python -m pytest'")
+    return values
+
+
 def finite(value: float | None) -> float | None:
     """Refuse ``inf`` (``min=`` already refuses ``nan``): an infinite timeout, cap or
     scale fails every attempt of the phase instead of the command."""
@@ -390,6 +401,7 @@ WORKER = typer.Option(None, "--worker-id", help="Lease owner name (default host-
 ALLOW_CHECKS = typer.Option(
     None,
     "--allow-check-prefix",
+    callback=check_prefixes,
     help="Run only checks starting with this command (repeatable; shell operators are "
     "refused); a phase with any other check fails check_not_allowed before any work. "
     "Beats AUTOPACK_ALLOW_CHECK_PREFIX (';'-separated). Default: any check.",

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
-from autopack.errors import DatabaseMissing, DatabaseUnavailable
+from autopack.errors import ConfigError, DatabaseMissing, DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -59,6 +59,12 @@ def make_engine(url: str, *, create: bool = False) -> Engine:
     path = sqlite_file(url)
     if path is not None and not create and not path.exists():
         raise DatabaseMissing(path=str(path))
+    if path is not None and path.is_dir():  # was "has 2 hard links" (a directory's count)
+        raise ConfigError(
+            f"the SQLite database {path} is a directory, not a file: name a file, e.g. "
+            f"sqlite:///{path / 'autopack.db'}",
+            path=str(path),
+        )
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(
             url,

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 from autopack.db.models import Base
 from autopack.dburl import redact_url
-from autopack.errors import SchemaOutOfDate
+from autopack.errors import ConfigError, SchemaOutOfDate
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -66,6 +66,8 @@ class SchemaStatus:
     missing_tables: list[str] = field(default_factory=list)
     missing_columns: dict[str, list[str]] = field(default_factory=dict)
     fresh: bool = False
+    foreign_tables: list[str] = field(default_factory=list)
+    """Tables Autopack has no model of: in a fresh database, another application's."""
 
     @property
     def damaged(self) -> bool:
@@ -117,6 +119,8 @@ def inspect_schema(connection: Connection) -> SchemaStatus:
     columns = inspector.get_multi_columns(filter_names=sorted(set(expected) & tables))
     missing_columns = {}
     for (_, name), reflected in sorted(columns.items()):
+        if name not in expected:  # SQLite reflects every table, whatever filter_names says
+            continue
         have = {column["name"] for column in reflected}
         lacking = [column.name for column in expected[name].columns if column.name not in have]
         if lacking:
@@ -128,6 +132,7 @@ def inspect_schema(connection: Connection) -> SchemaStatus:
         missing_tables=sorted(set(expected) - tables),
         missing_columns=missing_columns,
         fresh=not (tables & (set(expected) | {"alembic_version"})),
+        foreign_tables=sorted(tables - set(expected) - {"alembic_version"}),
     )
 
 
@@ -145,12 +150,30 @@ def ensure_schema(engine: Engine, *, initialise: bool = True) -> SchemaStatus:
         status = inspect_schema(connection)
         if status.in_sync or (status.fresh and not initialise):
             return status
+        if status.fresh and status.foreign_tables:
+            raise _foreign(status)
         if status.fresh:
             from alembic import command
 
             command.upgrade(_alembic_config(connection), "head")
             return inspect_schema(connection)
     raise SchemaOutOfDate(status.problem(), **_status_details(status))
+
+
+def _foreign(status: SchemaStatus) -> ConfigError:
+    """Another application's database (``DATABASE_URL`` of the wrong project, a typo'd
+    file name): any command opening it added Autopack's twelve tables to it, a read such
+    as ``run list`` too. Only ``autopack db init`` (asked for by name) does that now."""
+    shown = ", ".join(status.foreign_tables[:5]) + (", …" if len(status.foreign_tables) > 5 else "")
+    url = redact_url(status.url)
+    return ConfigError(
+        f"database {url} is not an Autopack database: it holds other tables ({shown}) and "
+        "none of Autopack's, so it is left as it is. Point DATABASE_URL at an Autopack "
+        f"database or a new one; to add Autopack's tables to this one, run DATABASE_URL='{url}' "
+        "autopack db init",
+        url=url,
+        foreign_tables=status.foreign_tables,
+    )
 
 
 def upgrade(engine: Engine) -> SchemaStatus:

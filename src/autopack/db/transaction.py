@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError
 from sqlalchemy.sql import Executable
 
 from autopack.clock import utcnow
+from autopack.db.engine import SQLITE_BUSY_TIMEOUT_MS
 from autopack.errors import DatabaseUnavailable
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
@@ -158,6 +160,8 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
             with database.transaction() as connection:
                 return work(Tx(connection, utcnow(), database.identity, database.postgresql))
         except (DBAPIError, InvalidRequestError) as exc:
+            if sqlite_busy(exc):
+                raise busy(exc) from exc
             lost = connection_lost(exc)
             code = getattr(getattr(exc, "orig", None), "sqlstate", None)
             if not lost and code not in RETRYABLE_SQLSTATES:
@@ -177,6 +181,27 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
             # a dead connection usually means a restarting server: wait a little longer
             time.sleep(random.uniform(0, (0.2 if lost else 0.02) * attempt))
     raise AssertionError("unreachable")
+
+
+def sqlite_busy(exc: DBAPIError | InvalidRequestError) -> bool:
+    """Did SQLite give up waiting for a lock another process holds (``database is
+    locked``: a ``sqlite3`` shell in a transaction, a backup, a second server's long
+    write)? It waited ``busy_timeout`` already (:data:`SQLITE_BUSY_TIMEOUT_MS`)."""
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return isinstance(exc, OperationalError) and code in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def busy(exc: DBAPIError | InvalidRequestError) -> DatabaseUnavailable:
+    """A lock held past the busy timeout as a 503 the client may retry: it was a bare 500
+    (an unexpected ``OperationalError``), which executors take for a server fault."""
+    seconds = SQLITE_BUSY_TIMEOUT_MS // 1000
+    return DatabaseUnavailable(
+        f"the SQLite database stayed locked by another connection for {seconds} s "
+        f"({getattr(exc, 'orig', None) or exc}); try again shortly"
+    )
 
 
 def unavailable(exc: DBAPIError | InvalidRequestError, tries: int) -> DatabaseUnavailable:

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from autopack.bounds import unreadable_value
 from autopack.errors import ConfigError, InvalidInput
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.linear import LinearModel, stratum_key
@@ -197,8 +198,9 @@ class TokenEstimator:
 def _parse(text: str, source: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ConfigError(f"estimator file {source} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # ValueError: JSON's own, or an int of 5000 digits
+        reason = unreadable_value(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ConfigError(f"estimator file {source} is not valid JSON: {reason}") from exc
     if not isinstance(document, dict):
         raise ConfigError(f"estimator file {source} must be a JSON object")
     return document

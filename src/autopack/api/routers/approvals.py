@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from autopack.api.auth import OPERATOR
+from autopack.api.body import UniqueKeysRoute
 from autopack.api.deps import ApprovalId, DatabaseDep, PageLimit, PageOffset, RunFilter
 from autopack.api.openapi import READ, SECURED, WRITE, errors
 from autopack.contract import ApprovalList, ApprovalView, DecidedApproval, DecisionIn
@@ -15,6 +16,7 @@ from autopack.control import approvals
 from autopack.states import ApprovalStatus
 
 router = APIRouter(
+    route_class=UniqueKeysRoute,
     prefix="/approvals",
     tags=["approvals"],
     dependencies=[OPERATOR],

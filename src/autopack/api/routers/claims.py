@@ -6,12 +6,18 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from autopack.api.auth import WORKER
+from autopack.api.body import UniqueKeysRoute
 from autopack.api.deps import DatabaseDep
 from autopack.api.openapi import CLAIM_LINKS, SECURED, WRITE, errors
 from autopack.contract import Claim, ClaimIn
 from autopack.control import claims
 
-router = APIRouter(tags=["claims"], dependencies=[WORKER], responses={**SECURED, **WRITE})
+router = APIRouter(
+    route_class=UniqueKeysRoute,
+    tags=["claims"],
+    dependencies=[WORKER],
+    responses={**SECURED, **WRITE},
+)
 
 
 @router.post(

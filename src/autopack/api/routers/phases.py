@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Header
 from starlette.concurrency import run_in_threadpool
 
 from autopack.api.auth import OPERATOR, WORKER
+from autopack.api.body import UniqueKeysRoute
 from autopack.api.deps import DatabaseDep, PhaseId, RunId
 from autopack.api.openapi import APPROVAL_LINKS, READ, SECURED, WRITE, errors
 from autopack.contract import (
@@ -32,10 +33,15 @@ from autopack.contract import (
 from autopack.control import approvals, leases, results, runs
 
 router = APIRouter(
+    route_class=UniqueKeysRoute,
     prefix="/runs/{run_id}/phases/{phase_id}",
     tags=["phases"],
     responses={**SECURED, **READ, **errors(404)},
 )
+RESULT_KEY_MAX = 512
+"""Longest Idempotency-Key of a result. An executor posts under ``RUN:PHASE:ATTEMPT``, two
+ids of up to 200 characters each: at 300, a run and phase with long (valid) ids could
+never post a result (every attempt's post was a 422, the drain stopped). Stored hashed."""
 LEASED = [WORKER]
 LEASE_ERRORS = {**WRITE, **errors(409)}
 """The worker's calls under a lease: 409 LeaseLost once the lease is gone."""
@@ -105,7 +111,7 @@ async def post_result(
     body: ResultIn,
     database: DatabaseDep,
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=300)
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=RESULT_KEY_MAX)
     ] = None,
 ) -> ResultAnswer:
     """Finish the attempt. Same Idempotency-Key again: the stored answer, applied once."""

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from autopack.api.auth import OPERATOR, WORKER
+from autopack.api.body import UniqueKeysRoute
 from autopack.api.deps import DatabaseDep, PageLimit, PageOffset, RunId
 from autopack.api.openapi import READ, RUN_LINKS, SECURED, WRITE, errors
 from autopack.contract import BranchCheckIn, CancelIn, RunList, RunView
@@ -18,7 +19,7 @@ from autopack.control import runs
 from autopack.rundef import RunDefinition
 from autopack.states import RunState
 
-router = APIRouter(tags=["runs"], responses={**SECURED, **READ})
+router = APIRouter(route_class=UniqueKeysRoute, tags=["runs"], responses={**SECURED, **READ})
 RUN_EXAMPLES = {
     "two phases": {
         "summary": "A tier of two phases, the second waiting for the first",

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from autopack.api.auth import OPERATOR, WORKER
+from autopack.api.body import UniqueKeysRoute
 from autopack.api.deps import DatabaseDep, RunFilter
 from autopack.api.openapi import READ, SECURED, WRITE
 from autopack.bounds import ID_PATTERN, INT32_MAX
@@ -24,7 +25,12 @@ from autopack.telemetry.events import (
 )
 from autopack.telemetry.summary import TelemetrySummary
 
-router = APIRouter(prefix="/telemetry", tags=["telemetry"], responses={**SECURED, **READ})
+router = APIRouter(
+    route_class=UniqueKeysRoute,
+    prefix="/telemetry",
+    tags=["telemetry"],
+    responses={**SECURED, **READ},
+)
 
 EventRows = list[LlmUsageRow] | list[TokenEstimationRow] | list[TokenBudgetEscalationRow]
 
