@@ -128,3 +128,30 @@ def test_an_empty_prefix_is_exit_2_not_an_allow_list_that_allows_everything(
     assert "Invalid value for '--allow-check-prefix'" in result.stderr
     assert not (tmp_path / "ws" / "pwned").exists() and not (tmp_path / "pwned").exists()
     assert attempts(url, "evil") == []
+
+
+@pytest.mark.parametrize("setting", ["  ", ";", " ; "])
+def test_a_setting_naming_no_command_is_exit_2_not_every_check_allowed(
+    tmp_path: Path, setting: str
+) -> None:
+    """``AUTOPACK_ALLOW_CHECK_PREFIX=" "`` (or ``;`` alone) was read as no allow-list:
+    the phase's ``touch pwned`` ran. Refused naming the setting, before any claim."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    create_run(
+        run_file(tmp_path, [phase("evil", ["pkg/evil.py"], checks=["touch pwned"])]),
+        env_for(url),
+        tmp_path,
+    )
+    tape = cassette(tmp_path, [line("evil", 1, files(evil_py="E = 1\n"))])
+    result = cli(
+        *("drain", "run", "--run-id", "exec-run", "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        cwd=tmp_path,
+        env=env_for(url, AUTOPACK_ALLOW_CHECK_PREFIX=setting),
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    said = " ".join(result.stderr.split())
+    assert "AUTOPACK_ALLOW_CHECK_PREFIX" in said and "names no command" in said, said
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ws" / "pwned").exists() and not (tmp_path / "pwned").exists()
+    assert attempts(url, "evil") == []

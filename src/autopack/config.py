@@ -292,6 +292,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("autopack_allow_check_prefix")
+    @classmethod
+    def _names_a_command(cls, value: str | None) -> str | None:
+        """A list that names no command (``" "``, ``";"``) is refused, not read as no
+        list: the allow-list failed open and every check ran. Empty is unset (below)."""
+        if value is not None and not any(piece.strip() for piece in value.split(";")):
+            raise ValueError(
+                "names no command: give ';'-separated commands such as 'python -m pytest', "
+                "or leave it unset to run any check"
+            )
+        return value
+
     @model_validator(mode="after")
     def _distinct_tokens(self) -> Settings:
         api, worker = self.autopack_api_token, self.autopack_worker_token
