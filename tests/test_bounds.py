@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from autopack.bounds import MAX_BODY_BYTES
+from autopack.bounds import MAX_BODY_BYTES, TEXT_MAX
 from autopack.rundef import MAX_PHASES, parse_run_definition
 from tests.conftest import empty_sqlite
 from tests.support import Server, clean_env, cli
@@ -42,6 +42,29 @@ def _usage_event(**changes: Any) -> dict[str, Any]:
 
 
 LOCK_TIERS = [{"tier_id": "T", "name": "t", "phases": [{"phase_id": "p.lock", "name": "p"}]}]
+_RESULT: dict[str, Any] = {"lease_token": "t", "outcome": "FAILED", "stop_reason": "x"}
+
+
+def _check(**changes: Any) -> dict[str, Any]:
+    return {"command": "pytest", "exit_code": 1, "passed": False, **changes}
+
+
+_TOO_BIG: list[tuple[dict[str, Any], str]] = [
+    ({"feedback": "f" * (TEXT_MAX + 1)}, "feedback"),
+    ({"error": "e" * (TEXT_MAX + 1)}, "error"),
+    ({"details": {"summary": "s" * TEXT_MAX}}, "details"),
+    (
+        {"audit_verdict": {"mode": "llm", "approved": False, "summary": "s" * TEXT_MAX}},
+        "audit_verdict",
+    ),
+    ({"files_written": ["a.py"] * 1001}, "files_written"),
+    ({"check_results": [_check(output_tail="o" * 20_001)]}, "output_tail"),
+    ({"check_results": [_check(exit_code=2**40)]}, "exit_code"),
+    ({"check_results": [_check(duration_s=1e300)]}, "duration_s"),
+]
+"""Text a worker token posted by the megabyte, that every read of the phase returned."""
+
+
 BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
     # method, path, query, body, the field the refusal must name
     ("GET", "/telemetry/summary", {"run_id": "a\x00b"}, None, "run_id"),
@@ -81,6 +104,10 @@ BAD: list[tuple[str, str, dict[str, Any], Any, str]] = [
         {},
         {"lease_token": "t", "outcome": "FAILED", "stop_reason": "x", "retryable": 1},
         "retryable",
+    ),
+    *(
+        ("POST", "/runs/r1/phases/p1/result", {}, {**_RESULT, **big}, field)
+        for big, field in _TOO_BIG
     ),
 ]
 

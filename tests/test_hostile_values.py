@@ -3,6 +3,7 @@ and the real CLI, each is a 4xx or exit 2 that says what is wrong, never a trace
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -282,3 +283,33 @@ def test_a_run_and_phase_with_ids_of_the_longest_allowed_length_drain(tmp_path: 
     assert done.returncode == 0, done.stderr[-3000:]
     [attempt] = attempts(url, phase_id, run_id=run_id)
     assert (attempt["outcome"], attempt["stop_reason"]) == ("COMPLETE", "completed")
+
+
+def test_a_builder_summary_longer_than_a_result_holds_is_clipped_not_refused(
+    tmp_path: Path,
+) -> None:
+    """A result's text is bounded now (a worker token posted megabytes a phase): the
+    model's summary of 300,000 characters would have made its own executor's result a
+    422, and the drain stop with the phase's work unrecorded. The executor clips it."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    answer = json.dumps(
+        {
+            "files": [{"path": "pkg/mod.py", "content": "x = 1\n"}],
+            "summary": "HEAD" + "s" * 300_000 + "TAIL",
+        }
+    )
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    done = drain(
+        *("phase", "--run-id", RUN_ID, "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert attempt["outcome"] == "COMPLETE", attempt
+    summary = attempt["details"]["summary"]
+    assert len(summary) <= 10_000 and summary.startswith("HEAD") and summary.endswith("TAIL")
+    assert "characters cut" in summary

@@ -267,8 +267,9 @@ def test_a_key_or_model_refused_mid_drain_stops_the_drain_and_fails_no_phase(
         ("p2", "QUEUED"),
         ("p3", "QUEUED"),
     ]
-    [p2] = rows(sqlite_url, "SELECT stop_reason FROM phase_attempts WHERE phase_id = 'p2'")
+    [p2] = rows(sqlite_url, "SELECT stop_reason, error FROM phase_attempts WHERE phase_id = 'p2'")
     assert p2["stop_reason"] == "interrupted"  # spent no retry
+    assert f" {status}" in p2["error"] and "Ctrl-C" not in p2["error"], p2  # why, not a signal
     failed_calls = rows(sqlite_url, "SELECT phase_id FROM llm_usage_events WHERE NOT success")
     assert [c["phase_id"] for c in failed_calls] == ["p2"], failed_calls
 

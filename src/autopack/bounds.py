@@ -88,6 +88,20 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+def clipped(text: str | None, limit: int = TEXT_MAX) -> str | None:
+    """``text`` within ``limit`` characters, for a field bounded by it: its head and its
+    tail (where an error or a check's output says most), the cut marked."""
+    if text is None or len(text) <= limit:
+        return text
+
+    def mark(cut: int) -> str:
+        return f"\n[... {cut} characters cut ...]\n"
+
+    keep = limit - len(mark(len(text)))  # the mark of what is cut is no longer than this
+    head = keep // 2
+    return text[:head] + mark(len(text) - keep) + text[len(text) - (keep - head) :]
+
+
 def is_utf8(text: str) -> bool:
     """Whether ``text`` came from valid UTF-8 (Python keeps undecodable bytes of argv and
     the environment as lone surrogates, which no file, URL or database can hold)."""

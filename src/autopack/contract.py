@@ -16,6 +16,7 @@ executor import it on machines that never open a database.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -24,9 +25,10 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from autopack.bounds import CostUsd, Count, JsonTyped, Storable
+from autopack.bounds import TEXT_MAX, CostUsd, Count, Finite, Int32, JsonTyped, Storable
 from autopack.identity import PublicIdentity
 from autopack.rundef import (
+    MAX_LIST,
     Budgets,
     Complexity,
     Policy,
@@ -64,15 +66,21 @@ class _Answer(BaseModel):
 # -- what an attempt produces ------------------------------------------------------------------
 
 
+OUTPUT_TAIL_MAX = 20_000
+"""Characters of a check's output tail (the executor keeps its last 4,000, each NUL shown
+as four): a worker token posting megabytes per attempt, which every read of the phase
+then returned, is refused."""
+
+
 class CheckResult(JsonTyped, _Answer):
     """One check command's run in the workspace: exit code and the tail of its output."""
 
-    command: str
-    exit_code: int | None
+    command: str = Field(max_length=10_000)
+    exit_code: Int32 | None
     passed: bool
     timed_out: bool = False
-    duration_s: float = 0.0
-    output_tail: str = ""
+    duration_s: Finite = Field(0.0, ge=0.0, le=1e9)
+    output_tail: str = Field("", max_length=OUTPUT_TAIL_MAX)
 
 
 def failed_checks_line(stop_reason: str, checks: Sequence[CheckResult]) -> str:
@@ -172,17 +180,30 @@ class ResultIn(_Request):
     outcome: Literal[PhaseState.COMPLETE, PhaseState.FAILED]
     stop_reason: str = Field(min_length=1, max_length=80)
     retryable: bool = True
-    feedback: str | None = None
-    error: str | None = None
+    feedback: str | None = Field(None, max_length=TEXT_MAX)
+    error: str | None = Field(None, max_length=TEXT_MAX)
     max_tokens: Count | None = None
-    files_written: list[str] = Field(default_factory=list)
-    check_results: list[CheckResult] = Field(default_factory=list)
+    files_written: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=MAX_LIST
+    )
+    check_results: list[CheckResult] = Field(default_factory=list, max_length=MAX_LIST)
     audit_verdict: AuditVerdict | None = None
     details: dict[str, Any] = Field(default_factory=dict)
     commit: CommitSha | None = None
     """COMPLETE: the attempt's commit, published under its attempt ref before posting."""
     base: CommitSha | None = None
     """The branch head ``commit`` was made on; accepted only while the branch is there."""
+
+    @field_validator("details", "audit_verdict")
+    @classmethod
+    def _within_a_text_column(cls, value: Any) -> Any:
+        """Stored as JSON and returned by every read of the phase: a worker token posted
+        megabytes there per attempt. The executor's own (a summary, a verdict from an
+        answer of bounded tokens) are far smaller."""
+        shown = value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+        if len(shown) > TEXT_MAX:
+            raise ValueError(f"is {len(shown)} characters as JSON, more than {TEXT_MAX}")
+        return value
 
 
 MAX_APPROVAL_REASON = 10_000

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from autopack.bounds import clipped
 from autopack.builder.auditor import (
     AUDITOR_SYSTEM,
     audit_rules,
@@ -121,8 +122,8 @@ class Attempt:
                     return self._run(lease, meter)
                 except LeaseLost as exc:
                     return self._lease_lost(meter, exc)
-        except BaseException:  # Ctrl-C, SystemExit or an API gone mid-attempt
-            hand_back(self.s.client, self.claim)
+        except BaseException as exc:  # Ctrl-C, SystemExit, the provider or the API gone
+            hand_back(self.s.client, self.claim, exc)
             raise
 
     def _run(self, lease: Lease, meter: Meter) -> AttemptResult:
@@ -440,13 +441,13 @@ class Attempt:
             outcome=finish.outcome,
             stop_reason=finish.stop_reason,
             retryable=finish.retryable,
-            feedback=finish.feedback,
-            error=finish.error,
+            feedback=clipped(finish.feedback),
+            error=clipped(finish.error),
             max_tokens=meter.max_tokens,
             files_written=self._files(finish),
             check_results=self.checks,
             audit_verdict=self.verdict,
-            details={"summary": self.summary, "worker_id": self.o.worker_id},
+            details={"summary": clipped(self.summary, 10_000), "worker_id": self.o.worker_id},
             commit=commit,
             base=base,
         )

@@ -16,6 +16,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from autopack.bounds import clipped
 from autopack.client import patiently
 from autopack.contract import Claim, ResultAnswer, ResultIn, failed_checks_line
 from autopack.errors import AutopackError
@@ -76,8 +77,10 @@ def post_result(client: ApiClient, claim: Claim, result: ResultIn) -> ResultAnsw
     )
 
 
-def hand_back(client: ApiClient, claim: Claim) -> None:
-    """Interrupted (Ctrl-C, SIGTERM): re-queue the phase now rather than at lease expiry.
+def hand_back(client: ApiClient, claim: Claim, cause: BaseException) -> None:
+    """Interrupted (Ctrl-C, SIGTERM, a provider no call can succeed with): re-queue the
+    phase now rather than at lease expiry; the attempt's error says which (a provider's
+    refusal read "interrupted (Ctrl-C or SIGTERM)").
 
     Best effort: if the API does not answer, the lease still expires and the phase is
     reclaimed then.
@@ -90,7 +93,11 @@ def hand_back(client: ApiClient, claim: Claim) -> None:
                 lease_token=claim.lease_token,
                 outcome=PhaseState.FAILED,
                 stop_reason="interrupted",
-                error="the executor was interrupted (Ctrl-C or SIGTERM) mid-attempt",
+                error=clipped(
+                    f"the drain stopped mid-attempt: {cause.message}"
+                    if isinstance(cause, AutopackError)
+                    else "the executor was interrupted (Ctrl-C or SIGTERM) mid-attempt"
+                ),
             ),
             idempotency_key=claim.idempotency_key,
         )
