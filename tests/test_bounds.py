@@ -57,7 +57,7 @@ _TOO_BIG: list[tuple[dict[str, Any], str]] = [
         {"audit_verdict": {"mode": "llm", "approved": False, "summary": "s" * TEXT_MAX}},
         "audit_verdict",
     ),
-    ({"files_written": ["a.py"] * 1001}, "files_written"),
+    ({"files_written": ["a" * 4097]}, "files_written"),
     ({"check_results": [_check(output_tail="o" * 20_001)]}, "output_tail"),
     ({"check_results": [_check(exit_code=2**40)]}, "exit_code"),
     ({"check_results": [_check(duration_s=1e300)]}, "duration_s"),

@@ -39,17 +39,23 @@ def _provider(name: str, url: str, key: str = "test-key") -> dict[str, str]:
     return {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": f"{url}/v1"}
 
 
+def _three_phases(tmp_path: Path) -> tuple[str, dict[str, str], tuple[str, str]]:
+    """A run of phases p1-p3 in a new SQLite database: its URL, environment and the
+    drain's workspace option."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"]), phase("p3", ["pkg/c.py"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    return sqlite_url, env, ("--workspace", str(tmp_path / "ws"))
+
+
 @pytest.mark.parametrize("failure", ["unreachable", "key refused"])
 @pytest.mark.parametrize("name", sorted(FLAVOURS))
 def test_a_provider_no_call_can_reach_is_exit_2_and_the_run_waits_for_the_fix(
     name: str, failure: str, tmp_path: Path
 ) -> None:
     flavour = FLAVOURS[name]
-    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(sqlite_url)
-    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"]), phase("p3", ["pkg/c.py"])]
-    create_run(run_file(tmp_path, spec), env, tmp_path)
-    workspace = ("--workspace", str(tmp_path / "ws"))
+    sqlite_url, env, workspace = _three_phases(tmp_path)
     with WireServer() as wire:
         if failure == "unreachable":
             address = f"http://127.0.0.1:{free_port()}"
@@ -242,11 +248,7 @@ def test_a_key_or_model_refused_mid_drain_stops_the_drain_and_fails_no_phase(
     first refusal instead, handing its phase back unspent, and the failed call is still
     recorded."""
     flavour = FLAVOURS[name]
-    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(sqlite_url)
-    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"]), phase("p3", ["pkg/c.py"])]
-    create_run(run_file(tmp_path, spec), env, tmp_path)
-    workspace = ("--workspace", str(tmp_path / "ws"))
+    sqlite_url, env, workspace = _three_phases(tmp_path)
     with WireServer() as wire:
         wire.script(
             flavour.path,

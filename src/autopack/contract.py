@@ -183,9 +183,8 @@ class ResultIn(_Request):
     feedback: str | None = Field(None, max_length=TEXT_MAX)
     error: str | None = Field(None, max_length=TEXT_MAX)
     max_tokens: Count | None = None
-    files_written: list[Annotated[str, Field(max_length=4096)]] = Field(
-        default_factory=list, max_length=MAX_LIST
-    )
+    files_written: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list)
+    """As many as an answer wrote (a deliverable may be a directory): the body's bound."""
     check_results: list[CheckResult] = Field(default_factory=list, max_length=MAX_LIST)
     audit_verdict: AuditVerdict | None = None
     details: dict[str, Any] = Field(default_factory=dict)
