@@ -202,8 +202,8 @@ class Attempt:
                 raise failed(
                     "files_replaced_by_checks",
                     feedback="The checks removed or replaced (with a symlink or a directory) "
-                    f"files your answer wrote: {', '.join(replaced)}. Checks must leave the "
-                    "files they test in place.",
+                    "files your answer wrote, or brought back files it deleted: "
+                    f"{', '.join(replaced)}. Checks must leave the files they test in place.",
                 )
             self._audit(meter, change)
             lease.check()
