@@ -254,6 +254,9 @@ class Worktrees:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _remove(self, path: Path) -> None:
+        if path.is_symlink():  # a check put it in its checkout's place: only the link goes
+            path.unlink()
+            return
         with self.repository.locked():
             git("worktree", "remove", "--force", str(path), cwd=self.repository.path, check=False)
             shutil.rmtree(path, ignore_errors=True)
