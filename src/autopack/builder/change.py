@@ -7,8 +7,8 @@ writes, or refuses it with a stop reason and feedback for the Builder:
   symlink through which the resolved path leaves the scope or the workspace;
 * ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
   paths are relative to the workspace root and keep the scope's directory prefix);
-* ``path_conflict``: a file over a directory, below a file or a symlink, or a directory
-  deleted;
+* ``path_conflict``: a file over a directory, below a file, a symlink or a submodule, or a
+  directory deleted;
 * ``file_too_large``, ``answer_too_large`` (all files together);
   ``edit_not_applicable`` (search text absent or ambiguous);
 * ``missing_deliverable``: every deliverable must appear in the answer.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -153,21 +153,28 @@ def _admit(raw: str, scope: Scope, workspace: Path) -> str:
     return path
 
 
-def recheck(change: Change, scope: Scope, workspace: Path) -> Change:
+def recheck(
+    change: Change, scope: Scope, workspace: Path, *, gitlinks: Collection[str] = ()
+) -> Change:
     """An approved change, planned on the branch as it was when approval was asked, checked
     again on the checkout it is applied to (which may hold symlinks the plan never saw)."""
     writes = {write.path: write.content for write in change.writes}
     for path in [*writes, *change.deletes]:
         _admit(path, scope, workspace)
-        if (conflict := _conflict(workspace, path, writes)) is not None:
+        if (conflict := _conflict(workspace, path, writes, gitlinks)) is not None:
             raise conflict
     return change
 
 
-def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderRejected | None:
+def _conflict(
+    workspace: Path, path: str, writes: Mapping[str, str], gitlinks: Collection[str]
+) -> BuilderRejected | None:
     """A path the file system cannot hold as the answer asks: a directory of the workspace
     written over or deleted, or a path below a file (of the workspace, or of the answer).
-    Found here, it is feedback; found while writing, it was an error halfway through."""
+    Found here, it is feedback; found while writing, it was an error halfway through.
+    Nor one git cannot commit: below a symlink, or inside a submodule (``gitlinks``), where
+    ``git add`` refused it after the checks had run, a ``git_error`` telling the Builder
+    nothing, at every try."""
     problem = ""
     if (workspace / path).is_dir():
         verb = "written as a file" if path in writes else "deleted as a file"
@@ -175,6 +182,11 @@ def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderR
     for parent in (p.as_posix() for p in PurePosixPath(path).parents[:-1]):
         if parent in writes:
             problem = f"is below {parent!r}, which your answer also writes as a file"
+        elif parent in gitlinks:
+            problem = (
+                f"is inside {parent!r}, a git submodule (a repository of its own): this "
+                "repository keeps no file there; write outside it"
+            )
         elif (workspace / parent).is_symlink():
             # git never looks beyond a symlink: it would commit nothing there.
             real = paths.resolved(workspace, path)
@@ -196,8 +208,10 @@ def plan_change(
     *,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    gitlinks: Collection[str] = (),
 ) -> Change:
-    """Validate the answer against the scope and the workspace; compute final contents."""
+    """Validate the answer against the scope and the workspace (whose submodules are at
+    ``gitlinks``); compute final contents."""
     if len(output.paths) > MAX_ANSWER_PATHS:
         raise BuilderRejected(
             "answer_too_large",
@@ -247,7 +261,7 @@ def plan_change(
             f"Your answer both writes and deletes {both[0]!r}; do one or the other.",
         )
     for path in [*contents, *deletes]:
-        if (conflict := _conflict(workspace, path, contents)) is not None:
+        if (conflict := _conflict(workspace, path, contents, gitlinks)) is not None:
             raise conflict
 
     total = 0

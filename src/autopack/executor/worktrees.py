@@ -123,6 +123,16 @@ class Worktree:
         self.repository.made(self.commit, parent=self.base, paths=present)
         return self.commit
 
+    def gitlinks(self) -> frozenset[str]:
+        """The paths of ``base`` that are submodules: a file written inside one cannot be
+        committed (:func:`autopack.builder.change.plan_change` says so to the Builder)."""
+        listed = git("ls-tree", "-r", "-z", self.base, cwd=self.path).stdout.split(b"\0")
+        return frozenset(
+            entry.partition(b"\t")[2].decode(errors="surrogateescape")
+            for entry in listed
+            if entry.startswith(b"160000 ")
+        )
+
     def _in_base(self, path: str) -> bool:
         """Is ``path`` a file of ``base`` (a deletion to record, not a path to skip)?"""
         found = git("cat-file", "-e", f"{self.base}:{path}", cwd=self.path, check=False)

@@ -1,0 +1,107 @@
+"""What an attempt's commit may hold: only paths git keeps in this repository, and the
+change's paths as the checks leave them (a deleted path a check brought back is not
+committed).
+
+Real drains, real approvals (a deletion needs one), real git.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import (
+    attempts,
+    cassette,
+    create_run,
+    drain,
+    drain_process,
+    env_for,
+    files,
+    git,
+    line,
+    on_branch,
+    phase,
+    phase_row,
+    repository,
+    run_file,
+)
+from tests.support import cli
+
+RUN = "exec-run"
+
+
+def _args(tape: Path) -> list[str]:
+    return ["--run-id", RUN, "--phase-id", "p1", "--auditor", "rules", "--cassette", str(tape)]
+
+
+@pytest.mark.parametrize(
+    "check", ["printf 'BROUGHT_BACK = 1\\n' > pkg/old.py", "ln -s /etc/passwd pkg/old.py"]
+)
+def test_a_check_that_brings_back_a_deleted_file_commits_nothing(
+    tmp_path: Path, check: str
+) -> None:
+    """An approved answer deletes ``pkg/old.py``; its check puts a file (or a link out of
+    the workspace) there again. The commit recorded that file as the phase's work: the
+    deletion a person approved was never made, and the branch got what the check wrote."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/old.py": "OLD = 1\n"})
+    body = [phase("p1", ["pkg/mod.py"], checks=[check], max_attempts=2)]
+    create_run(run_file(tmp_path, body), env, tmp_path)
+    answer = json.dumps(
+        {"files": [{"path": "pkg/mod.py", "content": "NEW = 1\n"}], "delete": ["pkg/old.py"]}
+    )
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    waiting = drain_process("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 90
+    while phase_row(url, "p1")["state"] != "AWAITING_APPROVAL":
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    listed = cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout
+    [approval] = json.loads(listed)["items"]
+    decided = cli("approvals", "approve", str(approval["id"]), cwd=tmp_path, env=env)
+    assert decided.returncode == 0, decided.stderr
+    _, err = waiting.communicate(timeout=180)
+    assert "Traceback" not in err, err[-3000:]
+    applied = attempts(url, "p1")[-1]
+    assert (applied["outcome"], applied["stop_reason"]) == ("FAILED", "files_replaced_by_checks")
+    assert "pkg/old.py" in applied["feedback"]
+    assert applied["commit_sha"] is None
+    tree = git("ls-tree", "-r", f"autopack/{RUN}", cwd=ws)
+    assert "pkg/mod.py" not in tree and "100644 blob" in tree, tree
+
+
+def test_a_file_written_inside_a_submodule_is_feedback_not_a_git_error(tmp_path: Path) -> None:
+    """``pkg/vendor`` is a submodule of the workspace: a file the Builder wrote inside it
+    passed the plan and its checks, then ``git add`` refused it ("is in submodule"), a
+    ``git_error`` telling the Builder nothing, at every try. It is ``path_conflict``
+    feedback before anything is written, and the retry that writes elsewhere completes."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    lib = repository(tmp_path / "lib", {"x.py": "LIB = 1\n"})
+    ws = repository(tmp_path / "ws", {"pkg/__init__.py": ""})
+    add = ("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "pkg/vendor")
+    git(*add, cwd=ws)
+    git("commit", "-qm", "a submodule", cwd=ws)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/extra.py"])]), env, tmp_path)
+    inside = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/extra.py", "content": "E = 1\n"},
+                {"path": "pkg/vendor/new.py", "content": "N = 1\n"},
+            ]
+        }
+    )
+    tape = cassette(tmp_path, [line("p1", 1, inside), line("p1", 2, files(extra_py="E = 1\n"))])
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "path_conflict")
+    assert "pkg/vendor" in first["feedback"] and "submodule" in first["feedback"]
+    assert second["outcome"] == "COMPLETE"
+    assert on_branch(ws, "pkg/extra.py") == "E = 1\n"
+    assert git("ls-tree", f"autopack/{RUN}", "pkg/vendor", cwd=ws).startswith("160000 commit")
