@@ -27,6 +27,7 @@ from tests.executor_support import (
     phase,
     phase_row,
     repository,
+    rows,
     run_file,
 )
 from tests.support import cli
@@ -105,3 +106,33 @@ def test_a_file_written_inside_a_submodule_is_feedback_not_a_git_error(tmp_path:
     assert second["outcome"] == "COMPLETE"
     assert on_branch(ws, "pkg/extra.py") == "E = 1\n"
     assert git("ls-tree", f"autopack/{RUN}", "pkg/vendor", cwd=ws).startswith("160000 commit")
+
+
+@pytest.mark.parametrize("where", ["a directory", "in a submodule"])
+def test_a_deliverable_no_answer_can_write_fails_before_any_llm_call(
+    tmp_path: Path, where: str
+) -> None:
+    """The run file names ``pkg/data`` as a deliverable where the branch has a directory
+    (or ``pkg/vendor/new.py`` inside a submodule): every answer must write it and each one
+    that did was refused, so each try spent an LLM call on feedback no answer could act
+    on. The attempt fails naming the deliverable, before the Builder is called."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/data/a.txt": "A\n"})
+    deliverable = "pkg/data"
+    if where == "in a submodule":
+        lib = repository(tmp_path / "lib", {"x.py": "LIB = 1\n"})
+        add = ("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib))
+        git(*add, "pkg/vendor", cwd=ws)
+        git("commit", "-qm", "a submodule", cwd=ws)
+        deliverable = "pkg/vendor/new.py"
+    create_run(run_file(tmp_path, [phase("p1", [deliverable], max_attempts=2)]), env, tmp_path)
+    answer = json.dumps({"files": [{"path": deliverable, "content": "x\n"}]})
+    tape = cassette(tmp_path, [line("p1", 1, answer), line("p1", 2, answer)])
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    tries = attempts(url, "p1")
+    assert [t["stop_reason"] for t in tries] == ["deliverable_unwritable"] * 2
+    assert deliverable in tries[0]["error"]
+    assert rows(url, "SELECT id FROM llm_usage_events") == []

@@ -201,6 +201,29 @@ def _conflict(
     return BuilderRejected("path_conflict", f"The path {path!r} {problem}.")
 
 
+def unwritable_deliverable(
+    scope: Scope, workspace: Path, *, gitlinks: Collection[str] = ()
+) -> str | None:
+    """Why one of the phase's deliverables cannot be written on this checkout, whatever the
+    Builder answers (a directory there, inside a submodule, below a file or a symlink, or
+    leading out of the scope), or None. Found in the answer, each try spent an LLM call on
+    feedback no answer could act on: every answer must write the deliverable, and each
+    one writing it was refused."""
+    for deliverable in scope.deliverables:
+        path = posixpath.normpath(deliverable)
+        try:
+            _admit(path, scope, workspace)
+            conflict = _conflict(workspace, path, {path: ""}, gitlinks)
+        except BuilderRejected as exc:
+            conflict = exc
+        if conflict is not None:
+            return (
+                f"the deliverable {path!r} cannot be written on the run's branch as it is "
+                f"({conflict.feedback}); change the run file's deliverables or the branch"
+            )
+    return None
+
+
 def plan_change(
     output: BuilderOutput,
     scope: Scope,

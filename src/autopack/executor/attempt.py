@@ -28,7 +28,7 @@ from autopack.builder.auditor import (
     change_diff,
     parse_verdict,
 )
-from autopack.builder.change import Change, plan_change, recheck
+from autopack.builder.change import Change, plan_change, recheck, unwritable_deliverable
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
 from autopack.client import patiently
@@ -276,7 +276,9 @@ class Attempt:
 
     def _build(self, lease: Lease, meter: Meter, tree: Worktree) -> Change:
         """The Builder's answer, as the change it would make to the attempt's worktree."""
-        task, workspace = self.task, tree.path
+        task, workspace, gitlinks = self.task, tree.path, tree.gitlinks()
+        if problem := unwritable_deliverable(task.scope, workspace, gitlinks=gitlinks):
+            raise failed("deliverable_unwritable", error=problem)  # before any LLM call
         deliverables = list(task.scope.deliverables)
         features = extract_features(task.task_category, task.complexity, deliverables, workspace)
         model_max = self.s.prices.max_output_tokens(self.o.builder_model)
@@ -321,7 +323,7 @@ class Attempt:
                 workspace,
                 max_file_bytes=self.o.max_file_bytes,
                 max_answer_bytes=self.o.max_answer_bytes,
-                gitlinks=tree.gitlinks(),
+                gitlinks=gitlinks,
             )
             parse_success = True
             self.summary = output.summary
