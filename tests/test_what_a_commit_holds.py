@@ -136,3 +136,39 @@ def test_a_deliverable_no_answer_can_write_fails_before_any_llm_call(
     assert [t["stop_reason"] for t in tries] == ["deliverable_unwritable"] * 2
     assert deliverable in tries[0]["error"]
     assert rows(url, "SELECT id FROM llm_usage_events") == []
+
+
+def test_overwriting_a_symlink_to_nothing_needs_an_approval_like_any_file(tmp_path: Path) -> None:
+    """``pkg/settings`` is a symlink in the repository to a file not made yet: an answer
+    writing it replaced a file of the repository that is not a deliverable, which needs
+    a person's approval. Seen as a new file (the link leads nowhere), it was committed
+    without one."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/__init__.py": ""})
+    (ws / "pkg/settings").symlink_to("settings.local")
+    git("add", "pkg/settings", cwd=ws)
+    git("commit", "-qm", "a link to a file each machine makes", cwd=ws)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    answer = json.dumps(
+        {
+            "files": [
+                {"path": "pkg/mod.py", "content": "M = 1\n"},
+                {"path": "pkg/settings", "content": "replaced\n"},
+            ]
+        }
+    )
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    waiting = drain_process("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 90
+    while (state := phase_row(url, "p1")["state"]) != "AWAITING_APPROVAL":
+        assert state != "COMPLETE", "overwritten without an approval"
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    waiting.terminate()  # it waits for the decision; none is made here
+    waiting.communicate(timeout=60)
+    [approval] = json.loads(cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout)[
+        "items"
+    ]
+    assert "pkg/settings" in approval["reason"]
+    assert git("ls-tree", f"autopack/{RUN}", "pkg/settings", cwd=ws).startswith("120000")

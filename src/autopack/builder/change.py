@@ -256,7 +256,9 @@ def plan_change(
                 "once, complete.",
             )
         contents[path] = file.content
-        existed.setdefault(path, (workspace / path).exists())
+        # lexists: a tracked symlink to nothing (yet) is an existing file all the same;
+        # by exists(), a non-deliverable one was overwritten without the approval it needs
+        existed.setdefault(path, os.path.lexists(workspace / path))
     for edit in output.edits:
         path = admit(edit.path)
         current = contents.get(path, _read(workspace, path))
