@@ -172,3 +172,26 @@ def test_overwriting_a_symlink_to_nothing_needs_an_approval_like_any_file(tmp_pa
     ]
     assert "pkg/settings" in approval["reason"]
     assert git("ls-tree", f"autopack/{RUN}", "pkg/settings", cwd=ws).startswith("120000")
+
+
+def test_a_path_differing_only_in_case_from_a_file_is_feedback_not_lost(tmp_path: Path) -> None:
+    """The workspace's repository says ``core.ignorecase`` (made on a Mac, or living on a
+    case-insensitive disk) and holds ``pkg/mod.py``. An answer writing ``pkg/Mod.py``
+    completed, yet git took it for ``pkg/mod.py``: neither its file nor its content
+    reached the branch. It is ``path_conflict`` feedback naming the file it meets."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/mod.py": "COMPLETED = 1\n"})
+    git("config", "core.ignorecase", "true", cwd=ws)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/util.py"])]), env, tmp_path)
+    util = {"path": "pkg/util.py", "content": "U = 1\n"}
+    twin = json.dumps({"files": [util, {"path": "pkg/Mod.py", "content": "NEW = 2\n"}]})
+    tape = cassette(tmp_path, [line("p1", 1, twin), line("p1", 2, json.dumps({"files": [util]}))])
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "path_conflict")
+    assert "'pkg/mod.py'" in first["feedback"]
+    assert second["outcome"] == "COMPLETE"
+    assert on_branch(ws, "pkg/util.py") == "U = 1\n"
+    assert on_branch(ws, "pkg/mod.py") == "COMPLETED = 1\n"

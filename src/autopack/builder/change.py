@@ -196,9 +196,38 @@ def _conflict(
             )
         elif (workspace / parent).exists() and not (workspace / parent).is_dir():
             problem = f"is below {parent!r}, which is a file in the workspace"
+    if not problem and (twin := _case_twin(workspace, path, writes)) is not None:
+        problem = (
+            f"differs only in case from {twin!r}: on a case-insensitive file system (and to "
+            "git with core.ignorecase) they are one file, and what was written under one "
+            f"name was committed under the other, or not at all; write {twin!r} itself, or "
+            "choose another name"
+        )
     if not problem:
         return None
     return BuilderRejected("path_conflict", f"The path {path!r} {problem}.")
+
+
+def _case_twin(workspace: Path, path: str, writes: Collection[str]) -> str | None:
+    """A path of the workspace (or of the answer) that differs from ``path`` only in the
+    case of its letters. Where the workspace's repository says ``core.ignorecase``, git
+    took ``pkg/Mod.py`` for the tracked ``pkg/mod.py``: the phase completed and neither
+    its file nor its content reached the branch."""
+    folded = path.casefold()
+    twin = next((w for w in writes if w != path and w.casefold() == folded), None)
+    if twin is not None:
+        return twin
+    here, parts = workspace, PurePosixPath(path).parts
+    for depth, part in enumerate(parts):
+        try:
+            names = os.listdir(here)
+        except OSError:  # not a directory (another check says so), or not there
+            return None
+        if part not in names:
+            found = next((n for n in names if n.casefold() == part.casefold()), None)
+            return None if found is None else "/".join([*parts[:depth], found])
+        here = here / part
+    return None
 
 
 def unwritable_deliverable(
