@@ -195,3 +195,29 @@ def test_a_path_differing_only_in_case_from_a_file_is_feedback_not_lost(tmp_path
     assert second["outcome"] == "COMPLETE"
     assert on_branch(ws, "pkg/util.py") == "U = 1\n"
     assert on_branch(ws, "pkg/mod.py") == "COMPLETED = 1\n"
+
+
+def test_an_answer_under_a_misspelt_field_is_feedback_not_silently_dropped(
+    tmp_path: Path,
+) -> None:
+    """An answer wrote its deliverable and put an edit of another file under ``"edit"``
+    (not ``"edits"``): unknown fields are ignored, so the phase completed without the
+    edit, and nobody was told. A near miss of a field that changes files is
+    ``malformed_output`` naming the field meant; a field of the model's own
+    (``explanation``) is still ignored."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/other.py": "X = 1\n"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    mod = {"path": "pkg/mod.py", "content": "M = 1\n"}
+    edit = {"path": "pkg/other.py", "search": "X = 1", "replace": "X = 2"}
+    misspelt = json.dumps({"files": [mod], "edit": [edit], "explanation": "x"})
+    right = json.dumps({"files": [mod], "explanation": "x"})
+    tape = cassette(tmp_path, [line("p1", 1, misspelt), line("p1", 2, right)])
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "malformed_output")
+    assert "'edit' (did you mean 'edits'?)" in first["feedback"]
+    assert second["outcome"] == "COMPLETE"
+    assert on_branch(ws, "pkg/mod.py") == "M = 1\n"
