@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,30 @@ def test_an_answer_under_a_misspelt_field_is_feedback_not_silently_dropped(
     assert "'edit' (did you mean 'edits'?)" in first["feedback"]
     assert second["outcome"] == "COMPLETE"
     assert on_branch(ws, "pkg/mod.py") == "M = 1\n"
+
+
+def test_a_name_differing_only_in_unicode_form_is_feedback(tmp_path: Path) -> None:
+    """The workspace holds ``pkg/café.py`` with the accent decomposed (as a Mac writes
+    it); an answer writing the composed ``pkg/café.py`` put a second file on the branch,
+    which a Mac's checkout holds as one: either file's content lost there."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    decomposed = unicodedata.normalize("NFD", "pkg/café.py")
+    ws = repository(tmp_path / "ws", {decomposed: "FROM_A_MAC = 1\n"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/util.py"])]), env, tmp_path)
+    util = {"path": "pkg/util.py", "content": "U = 1\n"}
+    composed = {"path": unicodedata.normalize("NFC", "pkg/café.py"), "content": "NEW = 2\n"}
+    tape = cassette(
+        tmp_path,
+        [
+            line("p1", 1, json.dumps({"files": [util, composed]})),
+            line("p1", 2, json.dumps({"files": [util]})),
+        ],
+    )
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "path_conflict")
+    assert "Unicode form" in first["feedback"]
+    assert second["outcome"] == "COMPLETE"
+    assert git("ls-tree", "-r", "--name-only", "-z", f"autopack/{RUN}", cwd=ws).count("caf") == 1

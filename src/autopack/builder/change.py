@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -198,23 +199,31 @@ def _conflict(
             problem = f"is below {parent!r}, which is a file in the workspace"
     if not problem and (twin := _case_twin(workspace, path, writes)) is not None:
         problem = (
-            f"differs only in case from {twin!r}: on a case-insensitive file system (and to "
-            "git with core.ignorecase) they are one file, and what was written under one "
-            f"name was committed under the other, or not at all; write {twin!r} itself, or "
-            "choose another name"
+            f"differs only in case (or Unicode form) from {twin!r}: on a case-insensitive "
+            "file system (and to git with core.ignorecase) they are one file, and what was "
+            "written under one name was committed under the other, or not at all; write "
+            f"{twin!r} itself, or choose another name"
         )
     if not problem:
         return None
     return BuilderRejected("path_conflict", f"The path {path!r} {problem}.")
 
 
+def _folded(name: str) -> str:
+    """``name`` as a case- and normalization-insensitive file system (macOS, Windows)
+    tells names apart: ``Mod.py`` is ``mod.py``, and ``café`` composed is ``café``
+    decomposed."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _case_twin(workspace: Path, path: str, writes: Collection[str]) -> str | None:
     """A path of the workspace (or of the answer) that differs from ``path`` only in the
-    case of its letters. Where the workspace's repository says ``core.ignorecase``, git
-    took ``pkg/Mod.py`` for the tracked ``pkg/mod.py``: the phase completed and neither
-    its file nor its content reached the branch."""
-    folded = path.casefold()
-    twin = next((w for w in writes if w != path and w.casefold() == folded), None)
+    case of its letters (or their Unicode form). Where the workspace's repository says
+    ``core.ignorecase``, git took ``pkg/Mod.py`` for the tracked ``pkg/mod.py``: the phase
+    completed and neither its file nor its content reached the branch; two such files on
+    the branch are one on a Mac's checkout of it, the other's content lost there."""
+    folded = _folded(path)
+    twin = next((w for w in writes if w != path and _folded(w) == folded), None)
     if twin is not None:
         return twin
     here, parts = workspace, PurePosixPath(path).parts
@@ -224,7 +233,7 @@ def _case_twin(workspace: Path, path: str, writes: Collection[str]) -> str | Non
         except OSError:  # not a directory (another check says so), or not there
             return None
         if part not in names:
-            found = next((n for n in names if n.casefold() == part.casefold()), None)
+            found = next((n for n in names if _folded(n) == _folded(part)), None)
             return None if found is None else "/".join([*parts[:depth], found])
         here = here / part
     return None
