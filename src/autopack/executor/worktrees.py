@@ -125,7 +125,12 @@ class Worktree:
 
     def gitlinks(self) -> frozenset[str]:
         """The paths of ``base`` that are submodules: a file written inside one cannot be
-        committed (:func:`autopack.builder.change.plan_change` says so to the Builder)."""
+        committed (:func:`autopack.builder.change.plan_change` says so to the Builder).
+        Asked only of a repository with a ``.gitmodules``: listing every file of a large
+        one at each attempt is what the pool's reuse of checkouts spares (a gitlink
+        without one, an embedded repository added by mistake, is git's to refuse)."""
+        if not (self.path / ".gitmodules").is_file():
+            return frozenset()
         listed = git("ls-tree", "-r", "-z", self.base, cwd=self.path).stdout.split(b"\0")
         return frozenset(
             entry.partition(b"\t")[2].decode(errors="surrogateescape")
