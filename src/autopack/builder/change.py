@@ -19,6 +19,7 @@ after a human approves: those are listed in :attr:`Change.needs_approval`.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import unicodedata
@@ -222,21 +223,43 @@ def _case_twin(workspace: Path, path: str, writes: Collection[str]) -> str | Non
     ``core.ignorecase``, git took ``pkg/Mod.py`` for the tracked ``pkg/mod.py``: the phase
     completed and neither its file nor its content reached the branch; two such files on
     the branch are one on a Mac's checkout of it, the other's content lost there."""
-    folded = _folded(path)
-    twin = next((w for w in writes if w != path and _folded(w) == folded), None)
-    if twin is not None:
+    twin = _folded_writes(tuple(writes)).get(_folded(path), path)
+    if twin != path:
         return twin
     here, parts = workspace, PurePosixPath(path).parts
     for depth, part in enumerate(parts):
         try:
-            names = os.listdir(here)
-        except OSError:  # not a directory (another check says so), or not there
+            seen = os.stat(here)
+        except OSError:  # not there
             return None
+        names, by_fold = _folded_names(str(here), seen.st_ino, seen.st_mtime_ns)
         if part not in names:
-            found = next((n for n in names if _folded(n) == _folded(part)), None)
+            found = by_fold.get(_folded(part))
             return None if found is None else "/".join([*parts[:depth], found])
         here = here / part
     return None
+
+
+@functools.lru_cache(maxsize=4)
+def _folded_writes(writes: tuple[str, ...]) -> dict[str, str]:
+    """The answer's paths by their folded form, made once per answer (not once per path:
+    thousands of paths compared each with each)."""
+    return {_folded(path): path for path in writes}
+
+
+@functools.lru_cache(maxsize=64)
+def _folded_names(
+    directory: str, inode: int, mtime_ns: int
+) -> tuple[frozenset[str], dict[str, str]]:
+    """The names in ``directory``, and each by its folded form (a directory's inode and mtime
+    change when a name is added or removed: an answer of thousands of new files in a
+    large directory listed and folded it once per file)."""
+    del inode, mtime_ns  # the cache's key only
+    try:
+        names = os.listdir(directory)
+    except OSError:  # not a directory (another check says so)
+        names = []
+    return frozenset(names), {_folded(name): name for name in names}
 
 
 def unwritable_deliverable(
