@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def _answer(files: list[dict[str, str]], **extra: object) -> str:
     return json.dumps({"files": files, "summary": "s", **extra})
 
 
-def _plan(workspace: Path, text: str, scope: Scope = SCOPE, **kwargs: int) -> Change:
+def _plan(workspace: Path, text: str, scope: Scope = SCOPE, **kwargs: Any) -> Change:
     return plan_change(parse_builder_output(text), scope, workspace, **kwargs)
 
 

@@ -267,3 +267,43 @@ def test_a_shallow_file_a_check_writes_is_put_back(tmp_path: Path) -> None:
     assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
     assert not (ws / ".git" / "shallow").exists()
     assert [on_branch(ws, f"pkg/{p}.py") for p in "acd"] == ["a = 1\n", "c = 1\n", "d = 1\n"]
+
+
+@pytest.mark.parametrize("target", ["workspace", "worktree"])
+def test_a_check_that_replaces_its_checkout_by_a_link_to_a_persons_tree_leaves_it_whole(
+    tmp_path: Path, target: str
+) -> None:
+    """A check moved its checkout away and put a link to the person's work tree (the
+    workspace itself, or a ``git worktree`` of theirs) in its place. The guard, putting
+    the checkout's ``.git`` file back, removed the workspace's whole ``.git`` directory
+    (the repository, the run's branch and every accepted commit), or pointed the person's
+    worktree at Autopack's checkout (their branch, HEAD and index gone)."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {".gitignore": "*.local\n", "README": "start\n"})
+    person = ws
+    if target == "worktree":
+        person = tmp_path / "view"
+        git("worktree", "add", "-q", str(person), "-b", "mine", cwd=ws)
+    (person / "README").write_text("the person's edit\n")
+    (person / "mine.local").write_text("ignored, the person's\n")
+    dot_git = (person / ".git").read_bytes() if target == "worktree" else None
+    swap = f'd=$PWD; cd .. && mv "$d" "$d.moved" && ln -s {person} "$d"'
+    create_run(
+        run_file(tmp_path, [phase("a", ["pkg/a.py"], checks=[swap], max_attempts=1)]),
+        env,
+        tmp_path,
+    )
+    tape = cassette(tmp_path, [line("a", 1, files(a_py="A = 1\n"))])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert (ws / ".git").is_dir(), "the workspace's repository was removed"
+    if dot_git is not None:
+        assert (person / ".git").read_bytes() == dot_git
+    assert git("symbolic-ref", "HEAD", cwd=person) == f"refs/heads/{'mine' if dot_git else 'main'}"
+    assert (person / "README").read_text() == "the person's edit\n"
+    assert (person / "mine.local").read_text() == "ignored, the person's\n"
+    [attempt] = attempts(url, "a")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "checkout_replaced_by_checks")
+    assert attempt["commit_sha"] is None
+    assert on_branch(ws, "pkg/a.py") is None

@@ -16,6 +16,7 @@ import pytest
 
 from autopack.llm.pricing import PriceFile
 from tests.executor_support import (
+    attempts,
     create_run,
     drain,
     env_for,
@@ -89,7 +90,9 @@ def test_failed_retried_and_auditor_calls_are_all_recorded(name: str, tmp_path: 
 def test_context_read_through_a_symlink_leaving_the_workspace_is_not_sent(tmp_path: Path) -> None:
     """A repository may hold symlinks (``pkg/ctx/env -> /proc/self/environ``, ``-> ~``): the
     Builder's prompt read what they point at, so the executor's environment, or any file
-    it can read, went to the LLM provider as read-only context or an existing deliverable."""
+    it can read, went to the LLM provider as read-only context or an existing deliverable.
+    A deliverable that is such a link cannot be written by any answer: its phase fails
+    ``deliverable_unwritable`` before a prompt is made."""
     flavour = FLAVOURS["anthropic"]
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP-SECRET-VALUE\n")
@@ -97,25 +100,28 @@ def test_context_read_through_a_symlink_leaving_the_workspace_is_not_sent(tmp_pa
     (ws / "pkg/ctx/env").symlink_to("/proc/self/environ")
     (ws / "pkg/ctx/secret").symlink_to(secret)
     (ws / "pkg/ctx/home").symlink_to(tmp_path)  # a directory outside
-    (ws / "pkg/mod.py").symlink_to(secret)  # an "existing deliverable"
+    (ws / "pkg/leak.py").symlink_to(secret)  # an "existing deliverable"
     git("add", "-A", cwd=ws)
     git("commit", "-qm", "links", cwd=ws)
     sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(sqlite_url, EXECUTOR_ONLY_SECRET="ENVIRONMENT-SECRET-VALUE")
-    spec = phase(
-        "p1",
-        ["pkg/mod.py"],
-        scope={
-            "paths": ["pkg/"],
-            "deliverables": ["pkg/mod.py"],
-            "read_only_context": ["pkg/ctx"],
-        },
-    )
-    create_run(run_file(tmp_path, [spec]), env, tmp_path)
+    specs = [
+        phase(
+            name,
+            [deliverable],
+            scope={
+                "paths": ["pkg/"],
+                "deliverables": [deliverable],
+                "read_only_context": ["pkg/ctx"],
+            },
+        )
+        for name, deliverable in (("p1", "pkg/mod.py"), ("p2", "pkg/leak.py"))
+    ]
+    create_run(run_file(tmp_path, specs), env, tmp_path)
     with WireServer() as wire:
         wire.script(flavour.path, Reply(200, flavour.body(files(mod_py="V = 1\n"))))
         result = drain(
-            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "off"),
+            *("run", "--run-id", "exec-run", "--auditor", "off"),
             *("--workspace", str(ws)),
             env={**env, **_provider_env(flavour, wire)},
             cwd=tmp_path,
@@ -124,6 +130,7 @@ def test_context_read_through_a_symlink_leaving_the_workspace_is_not_sent(tmp_pa
     assert "VISIBLE-CONTEXT" in sent
     assert "ENVIRONMENT-SECRET-VALUE" not in sent and "TOP-SECRET-VALUE" not in sent
     assert result.returncode in (0, 1), result.stderr[-3000:]
+    assert {a["stop_reason"] for a in attempts(sqlite_url, "p2")} == {"deliverable_unwritable"}
 
 
 def test_calls_of_a_model_without_a_price_are_not_summed_as_zero_dollars(tmp_path: Path) -> None:

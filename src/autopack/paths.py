@@ -136,6 +136,18 @@ def resolved_inside(root: Path, path: str, containers: Iterable[str]) -> bool:
     return relative is not None and inside_any(relative, containers)
 
 
+def directory_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the directory at ``path`` itself, never through a symlink; None
+    when it is gone, a symlink or no directory. A checkout a check replaced (``ln -s
+    ~/project $PWD`` after moving it away) has another one, or none: Autopack's own steps
+    in it went wherever it led (:mod:`autopack.executor.git_guard`)."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if stat.S_ISDIR(found.st_mode) else None
+
+
 def write_atomic(target: Path, data: bytes) -> None:
     """Write ``target`` whole or not at all: a temporary sibling moved over it with
     ``os.replace`` (atomic on POSIX), so no reader ever sees half a file. An overwritten

@@ -7,8 +7,8 @@ writes, or refuses it with a stop reason and feedback for the Builder:
   symlink through which the resolved path leaves the scope or the workspace;
 * ``path_outside_scope``: not under one of the phase's ``scope.paths`` (the legacy "T1" fix:
   paths are relative to the workspace root and keep the scope's directory prefix);
-* ``path_conflict``: a file over a directory, below a file or a symlink, or a directory
-  deleted;
+* ``path_conflict``: a file over a directory, below a file, a symlink or a submodule, or a
+  directory deleted;
 * ``file_too_large``, ``answer_too_large`` (all files together);
   ``edit_not_applicable`` (search text absent or ambiguous);
 * ``missing_deliverable``: every deliverable must appear in the answer.
@@ -19,9 +19,11 @@ after a human approves: those are listed in :attr:`Change.needs_approval`.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -153,21 +155,28 @@ def _admit(raw: str, scope: Scope, workspace: Path) -> str:
     return path
 
 
-def recheck(change: Change, scope: Scope, workspace: Path) -> Change:
+def recheck(
+    change: Change, scope: Scope, workspace: Path, *, gitlinks: Collection[str] = ()
+) -> Change:
     """An approved change, planned on the branch as it was when approval was asked, checked
     again on the checkout it is applied to (which may hold symlinks the plan never saw)."""
     writes = {write.path: write.content for write in change.writes}
     for path in [*writes, *change.deletes]:
         _admit(path, scope, workspace)
-        if (conflict := _conflict(workspace, path, writes)) is not None:
+        if (conflict := _conflict(workspace, path, writes, gitlinks)) is not None:
             raise conflict
     return change
 
 
-def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderRejected | None:
+def _conflict(
+    workspace: Path, path: str, writes: Mapping[str, str], gitlinks: Collection[str]
+) -> BuilderRejected | None:
     """A path the file system cannot hold as the answer asks: a directory of the workspace
     written over or deleted, or a path below a file (of the workspace, or of the answer).
-    Found here, it is feedback; found while writing, it was an error halfway through."""
+    Found here, it is feedback; found while writing, it was an error halfway through.
+    Nor one git cannot commit: below a symlink, or inside a submodule (``gitlinks``), where
+    ``git add`` refused it after the checks had run, a ``git_error`` telling the Builder
+    nothing, at every try."""
     problem = ""
     if (workspace / path).is_dir():
         verb = "written as a file" if path in writes else "deleted as a file"
@@ -175,6 +184,11 @@ def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderR
     for parent in (p.as_posix() for p in PurePosixPath(path).parents[:-1]):
         if parent in writes:
             problem = f"is below {parent!r}, which your answer also writes as a file"
+        elif parent in gitlinks:
+            problem = (
+                f"is inside {parent!r}, a git submodule (a repository of its own): this "
+                "repository keeps no file there; write outside it"
+            )
         elif (workspace / parent).is_symlink():
             # git never looks beyond a symlink: it would commit nothing there.
             real = paths.resolved(workspace, path)
@@ -184,9 +198,91 @@ def _conflict(workspace: Path, path: str, writes: Mapping[str, str]) -> BuilderR
             )
         elif (workspace / parent).exists() and not (workspace / parent).is_dir():
             problem = f"is below {parent!r}, which is a file in the workspace"
+    if not problem and (twin := _case_twin(workspace, path, writes)) is not None:
+        problem = (
+            f"differs only in case (or Unicode form) from {twin!r}: on a case-insensitive "
+            "file system (and to git with core.ignorecase) they are one file, and what was "
+            "written under one name was committed under the other, or not at all; write "
+            f"{twin!r} itself, or choose another name"
+        )
     if not problem:
         return None
     return BuilderRejected("path_conflict", f"The path {path!r} {problem}.")
+
+
+def _folded(name: str) -> str:
+    """``name`` as a case- and normalization-insensitive file system (macOS, Windows)
+    tells names apart: ``Mod.py`` is ``mod.py``, and ``café`` composed is ``café``
+    decomposed."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _case_twin(workspace: Path, path: str, writes: Collection[str]) -> str | None:
+    """A path of the workspace (or of the answer) that differs from ``path`` only in the
+    case of its letters (or their Unicode form). Where the workspace's repository says
+    ``core.ignorecase``, git took ``pkg/Mod.py`` for the tracked ``pkg/mod.py``: the phase
+    completed and neither its file nor its content reached the branch; two such files on
+    the branch are one on a Mac's checkout of it, the other's content lost there."""
+    twin = _folded_writes(tuple(writes)).get(_folded(path), path)
+    if twin != path:
+        return twin
+    here, parts = workspace, PurePosixPath(path).parts
+    for depth, part in enumerate(parts):
+        try:
+            seen = os.stat(here)
+        except OSError:  # not there
+            return None
+        names, by_fold = _folded_names(str(here), seen.st_ino, seen.st_mtime_ns)
+        if part not in names:
+            found = by_fold.get(_folded(part))
+            return None if found is None else "/".join([*parts[:depth], found])
+        here = here / part
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _folded_writes(writes: tuple[str, ...]) -> dict[str, str]:
+    """The answer's paths by their folded form, made once per answer (not once per path:
+    thousands of paths compared each with each)."""
+    return {_folded(path): path for path in writes}
+
+
+@functools.lru_cache(maxsize=64)
+def _folded_names(
+    directory: str, inode: int, mtime_ns: int
+) -> tuple[frozenset[str], dict[str, str]]:
+    """The names in ``directory``, and each by its folded form (a directory's inode and mtime
+    change when a name is added or removed: an answer of thousands of new files in a
+    large directory listed and folded it once per file)."""
+    del inode, mtime_ns  # the cache's key only
+    try:
+        names = os.listdir(directory)
+    except OSError:  # not a directory (another check says so)
+        names = []
+    return frozenset(names), {_folded(name): name for name in names}
+
+
+def unwritable_deliverable(
+    scope: Scope, workspace: Path, *, gitlinks: Collection[str] = ()
+) -> str | None:
+    """Why one of the phase's deliverables cannot be written on this checkout, whatever the
+    Builder answers (a directory there, inside a submodule, below a file or a symlink, or
+    leading out of the scope), or None. Found in the answer, each try spent an LLM call on
+    feedback no answer could act on: every answer must write the deliverable, and each
+    one writing it was refused."""
+    for deliverable in scope.deliverables:
+        path = posixpath.normpath(deliverable)
+        try:
+            _admit(path, scope, workspace)
+            conflict = _conflict(workspace, path, {path: ""}, gitlinks)
+        except BuilderRejected as exc:
+            conflict = exc
+        if conflict is not None:
+            return (
+                f"the deliverable {path!r} cannot be written on the run's branch as it is "
+                f"({conflict.feedback}); change the run file's deliverables or the branch"
+            )
+    return None
 
 
 def plan_change(
@@ -196,8 +292,10 @@ def plan_change(
     *,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    gitlinks: Collection[str] = (),
 ) -> Change:
-    """Validate the answer against the scope and the workspace; compute final contents."""
+    """Validate the answer against the scope and the workspace (whose submodules are at
+    ``gitlinks``); compute final contents."""
     if len(output.paths) > MAX_ANSWER_PATHS:
         raise BuilderRejected(
             "answer_too_large",
@@ -219,7 +317,9 @@ def plan_change(
                 "once, complete.",
             )
         contents[path] = file.content
-        existed.setdefault(path, (workspace / path).exists())
+        # lexists: a tracked symlink to nothing (yet) is an existing file all the same;
+        # by exists(), a non-deliverable one was overwritten without the approval it needs
+        existed.setdefault(path, os.path.lexists(workspace / path))
     for edit in output.edits:
         path = admit(edit.path)
         current = contents.get(path, _read(workspace, path))
@@ -247,7 +347,7 @@ def plan_change(
             f"Your answer both writes and deletes {both[0]!r}; do one or the other.",
         )
     for path in [*contents, *deletes]:
-        if (conflict := _conflict(workspace, path, contents)) is not None:
+        if (conflict := _conflict(workspace, path, contents, gitlinks)) is not None:
             raise conflict
 
     total = 0

@@ -15,6 +15,7 @@ retry prompt can say exactly what to fix.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -128,6 +129,23 @@ def extract_json_object(text: str) -> object:
     )
 
 
+def _misspelt_fields(raw: object) -> list[tuple[str, str]]:
+    """Fields of the answer that are near misses of the known ones (``deletes``, ``edit``,
+    ``file``), each with the one it resembles. Other fields are ignored, as models add
+    their own (``explanation``); these were too: an answer listing files under
+    ``"deletes"`` completed with none of them deleted, and nobody was told."""
+    if not isinstance(raw, dict):
+        return []
+    known = ["files", "edits", "delete"]  # a misspelt summary loses nothing
+    found = []
+    for key in raw:
+        if isinstance(key, str) and key not in _Answer.model_fields:
+            close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.8)
+            if close:
+                found.append((key[:40], close[0]))
+    return found
+
+
 def parse_builder_output(text: str) -> BuilderOutput:
     """Parse and type-check the Builder's answer; raise :class:`BuilderRejected` if unusable."""
     if not text.strip():
@@ -144,6 +162,14 @@ def parse_builder_output(text: str) -> BuilderOutput:
         raise BuilderRejected(
             "malformed_output", f"Your JSON does not match the required shape: {problems}."
         ) from exc
+    if misspelt := _misspelt_fields(raw):
+        raise BuilderRejected(
+            "malformed_output",
+            "Your JSON has "
+            + ", ".join(f"{key!r} (did you mean {known!r}?)" for key, known in misspelt)
+            + f"; the fields are {', '.join(repr(f) for f in _Answer.model_fields)}. What is "
+            "under a field of another name is not applied.",
+        )
     if not answer.files and not answer.edits and not answer.delete:
         raise BuilderRejected(
             "empty_files",

@@ -29,7 +29,7 @@ from autopack.builder.auditor import (
     change_diff,
     parse_verdict,
 )
-from autopack.builder.change import Change, plan_change, recheck
+from autopack.builder.change import Change, plan_change, recheck, unwritable_deliverable
 from autopack.builder.output import BuilderRejected, parse_builder_output
 from autopack.builder.prompt import BUILDER_SYSTEM, Feedback, builder_prompt_parts
 from autopack.client import patiently
@@ -192,7 +192,7 @@ class Attempt:
     def _steps(self, lease: Lease, meter: Meter, tree: Worktree) -> Finish | AttemptResult:
         """Build, write, check, audit and commit in the worktree; how the attempt ends."""
         try:
-            change = self._approved_change(tree.path) or self._build(lease, meter, tree.path)
+            change = self._approved_change(tree) or self._build(lease, meter, tree)
             if change.needs_approval and not self.claim.approved_change:
                 return self._request_approval(lease, meter, change, tree.base)
             lease.check()
@@ -203,8 +203,8 @@ class Attempt:
                 raise failed(
                     "files_replaced_by_checks",
                     feedback="The checks removed or replaced (with a symlink or a directory) "
-                    f"files your answer wrote: {', '.join(replaced)}. Checks must leave the "
-                    "files they test in place.",
+                    "files your answer wrote, or brought back files it deleted: "
+                    f"{', '.join(replaced)}. Checks must leave the files they test in place.",
                 )
             self._audit(meter, change)
             lease.check()
@@ -257,7 +257,7 @@ class Attempt:
             return bool(set(upstream) & set(self.applied.paths if self.applied else []))
         return rule == "always"
 
-    def _approved_change(self, workspace: Path) -> Change | None:
+    def _approved_change(self, tree: Worktree) -> Change | None:
         """The change a human approved, checked again on this attempt's checkout."""
         approved = self.claim.approved_change
         if approved is None:
@@ -270,13 +270,16 @@ class Attempt:
             approval_id=approved.approval_id,
         )
         try:
-            return recheck(Change.from_json(approved.context["change"]), self.task.scope, workspace)
+            change = Change.from_json(approved.context["change"])
+            return recheck(change, self.task.scope, tree.path, gitlinks=tree.gitlinks())
         except BuilderRejected as exc:
             raise failed(exc.stop_reason, feedback=exc.feedback) from exc
 
-    def _build(self, lease: Lease, meter: Meter, workspace: Path) -> Change:
+    def _build(self, lease: Lease, meter: Meter, tree: Worktree) -> Change:
         """The Builder's answer, as the change it would make to the attempt's worktree."""
-        task = self.task
+        task, workspace, gitlinks = self.task, tree.path, tree.gitlinks()
+        if problem := unwritable_deliverable(task.scope, workspace, gitlinks=gitlinks):
+            raise failed("deliverable_unwritable", error=problem)  # before any LLM call
         deliverables = list(task.scope.deliverables)
         features = extract_features(task.task_category, task.complexity, deliverables, workspace)
         model_max = self.s.prices.max_output_tokens(self.o.builder_model)
@@ -321,6 +324,7 @@ class Attempt:
                 workspace,
                 max_file_bytes=self.o.max_file_bytes,
                 max_answer_bytes=self.o.max_answer_bytes,
+                gitlinks=gitlinks,
             )
             parse_success = True
             self.summary = output.summary

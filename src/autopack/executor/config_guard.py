@@ -61,7 +61,12 @@ def _state(path: Path) -> _State:
     return ("file", path.read_bytes()) if path.exists() else None
 
 
-def _put_back(path: Path, state: _State) -> None:
+def _put_back(path: Path, state: _State, parent: str) -> None:
+    """Make ``path`` hold ``state`` again, only where it was: when its directory now
+    resolves elsewhere (the checkout replaced by a link to a person's project), its
+    ``.git`` there is theirs, and was removed whole to put back the checkout's file."""
+    if os.path.realpath(path.parent) != parent:
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif state is None or state[0] != "file":
@@ -100,6 +105,7 @@ def config_restored(checkout: Path) -> Iterator[ConfigChanges]:
         found = {path: _FIRST_SEEN.setdefault(path, _state(path)) for path in shared}
     found |= {path: _state(path) for path in own}
     before = {path: state for path, state in found.items() if state != ("dir", b"")}
+    parents = {path: os.path.realpath(path.parent) for path in before}
     changes = ConfigChanges()
     try:
         yield changes
@@ -108,7 +114,7 @@ def config_restored(checkout: Path) -> Iterator[ConfigChanges]:
             changed = {path: _state(path) for path in before if _state(path) != before[path]}
             for path in changed:  # first: what git reads below must be the repository's own
                 if path.parent.is_dir():  # else the repository is gone (check_present says so)
-                    _put_back(path, before[path])
+                    _put_back(path, before[path], parents[path])
         for path, now in changed.items():
             old, new = _settings(before[path], checkout), _settings(now, checkout)
             changes.changed += [f"+{s}" for s in sorted(new - old)]

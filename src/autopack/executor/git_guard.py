@@ -18,6 +18,7 @@ from autopack.executor.config_guard import config_restored
 from autopack.executor.outcome import failed
 from autopack.executor.ref_guard import refs_restored
 from autopack.executor.repository import RunRepository
+from autopack.paths import directory_identity
 
 
 @contextmanager
@@ -29,11 +30,22 @@ def git_guarded(
     (an exception of the block's own goes on as it is)."""
     # The configuration first (the inner block ends first): the refs are put back by git
     # run in the checkout, which a check may have pointed at a repository of its own.
+    home = directory_identity(checkout)
     with (
         refs_restored(repository, run_id, accepted, checkout) as refs,
         config_restored(checkout) as config,
     ):
         yield
+    if directory_identity(checkout) != home:
+        repository.check_present()  # not the checks: the whole cache was wiped
+        # Nothing more is done in it: committed from, reused or moved aside, its files
+        # and git steps were those of wherever it now leads (a person's project).
+        raise failed(
+            "checkout_replaced_by_checks",
+            feedback="The checks replaced the directory they ran in (removed or moved it, "
+            "or put a symlink in its place). Checks must leave their working directory "
+            "where it is.",
+        )
     for reason, what, changed in (
         ("git_config_changed_by_checks", "the repository's git configuration", config.changed),
         ("git_refs_changed_by_checks", "the run's git refs", refs.changed),

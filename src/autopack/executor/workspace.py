@@ -10,6 +10,7 @@ belongs to this attempt alone, and a failed attempt's worktree is set aside whol
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +54,11 @@ def replaced_since(worktree: Path, change: Change) -> list[str]:
     ``worktree`` (removed, or a symlink or directory now, or below one), as the phase's
     checks may leave them. The commit records the paths as they are on disk: a check that
     removed a file recorded a deletion of completed work no one approved, and one that
-    put ``pkg/a.py -> /etc/passwd`` there committed a link out of the workspace."""
-    replaced = []
+    put ``pkg/a.py -> /etc/passwd`` there committed a link out of the workspace. So are
+    the files it deleted that are there again: a check that wrote one (or linked it to
+    /etc/passwd) had that committed as the phase's work, the approved deletion never
+    made and the branch holding what no answer wrote."""
+    replaced = [path for path in change.deletes if os.path.lexists(worktree / path)]
     for write in change.writes:
         target = worktree / write.path
         if (

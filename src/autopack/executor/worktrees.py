@@ -123,6 +123,21 @@ class Worktree:
         self.repository.made(self.commit, parent=self.base, paths=present)
         return self.commit
 
+    def gitlinks(self) -> frozenset[str]:
+        """The paths of ``base`` that are submodules: a file written inside one cannot be
+        committed (:func:`autopack.builder.change.plan_change` says so to the Builder).
+        Asked only of a repository with a ``.gitmodules``: listing every file of a large
+        one at each attempt is what the pool's reuse of checkouts spares (a gitlink
+        without one, an embedded repository added by mistake, is git's to refuse)."""
+        if not (self.path / ".gitmodules").is_file():
+            return frozenset()
+        listed = git("ls-tree", "-r", "-z", self.base, cwd=self.path).stdout.split(b"\0")
+        return frozenset(
+            entry.partition(b"\t")[2].decode(errors="surrogateescape")
+            for entry in listed
+            if entry.startswith(b"160000 ")
+        )
+
     def _in_base(self, path: str) -> bool:
         """Is ``path`` a file of ``base`` (a deletion to record, not a path to skip)?"""
         found = git("cat-file", "-e", f"{self.base}:{path}", cwd=self.path, check=False)
@@ -254,6 +269,9 @@ class Worktrees:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def _remove(self, path: Path) -> None:
+        if path.is_symlink():  # a check put it in its checkout's place: only the link goes
+            path.unlink()
+            return
         with self.repository.locked():
             git("worktree", "remove", "--force", str(path), cwd=self.repository.path, check=False)
             shutil.rmtree(path, ignore_errors=True)
