@@ -321,3 +321,46 @@ def test_a_busy_provider_is_waited_for_and_spends_no_phase_retry(
         assert drained.returncode == 0, said[-3000:]
         assert (p1["state"], attempts) == ("COMPLETE", [{"stop_reason": "completed"}])
         assert len(busy_rows) == 1
+
+
+REFUSALS = {
+    "an HTML page with a NUL": (404, "<html><body><h1>404 Not Found</h1>\x00</body></html>"),
+    "a message with a lone surrogate": (
+        401,
+        '{"type": "error", "error": {"type": "authentication_error", "message": "bad \\ud800"},'
+        ' "message": "bad \\ud800 key"}',
+    ),
+}
+
+
+@pytest.mark.parametrize("body", sorted(REFUSALS))
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_a_refusal_whose_text_a_column_cannot_hold_still_hands_the_phase_back(
+    name: str, body: str, tmp_path: Path
+) -> None:
+    """A 404 page holding a NUL byte (or an OpenAI-compatible server's message holding a
+    lone surrogate, which JSON's escapes can spell): the hand-back quoting it was refused
+    by the executor's own validation, the phase stayed EXECUTING until its lease expired,
+    and the drain said "invalid input: error: contains a NUL byte" instead of the refusal."""
+    flavour = FLAVOURS[name]
+    status, page = REFUSALS[body]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(flavour.path, Reply(status, page))
+        refused = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **_provider(name, wire.url)},
+            cwd=tmp_path,
+        )
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2, said[-3000:]
+    assert "ProviderRefused" in said and "handed phase p1 back" in said, said[-3000:]
+    assert "Traceback" not in refused.stderr and "invalid input" not in said, said[-3000:]
+    assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+    [p1] = rows(sqlite_url, "SELECT stop_reason, error FROM phase_attempts")
+    assert p1["stop_reason"] == "interrupted" and f" {status}" in p1["error"], p1
+    [call] = rows(sqlite_url, "SELECT error_message FROM llm_usage_events")
+    assert f"{status}" in call["error_message"], call

@@ -18,7 +18,7 @@ import math
 import uuid
 from typing import Any
 
-from autopack.bounds import COST_MAX_USD
+from autopack.bounds import COST_MAX_USD, storable_text
 from autopack.contract import Claim, UsageIn, ordered_usage_key
 from autopack.errors import (
     LLMError,
@@ -301,7 +301,7 @@ class Meter:
             raise self._failed(call, model, exc) from exc
 
     def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:
-        message = exc.message.replace("\x00", "\\x00")  # a provider's text, stored as TEXT
+        message = storable_text(exc.message)  # a provider's text, stored as TEXT
         return {
             **call,
             "provider": exc.provider[:40],
