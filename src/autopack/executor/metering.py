@@ -226,21 +226,28 @@ class Meter:
                 left = pauses[tried:]
                 if (exc.retry_after_s or 0.0) > sum(left):  # a day's quota spent
                     raise self._gave_up(exc, asked_longer=True) from exc
-                if not left or self.s.stopped.wait(pause := left[0]):
-                    raise self._gave_up(exc) from exc
+                if not left or self.s.stopping.wait(left[0]):
+                    raise self._gave_up(exc, stopping=self.s.stopping.is_set()) from exc
+                pause = left[0]
                 busy = exc.status_code in BUSY
                 event = "llm_busy" if busy else "llm_unreachable"
                 log_event(logger, event, logging.WARNING, wait_s=pause, status=exc.status_code)
                 self.lease.check()
         raise AssertionError("unreachable")
 
-    def _gave_up(self, exc: LLMError, *, asked_longer: bool = False) -> ProviderUnusable:
-        """Why the drain stops: its patience with the provider ran out, or the provider
-        asked for a longer wait than the patience left."""
-        patience = f"{self.o.unreachable_seconds:g}s"
+    def _gave_up(
+        self, exc: LLMError, *, asked_longer: bool = False, stopping: bool = False
+    ) -> ProviderUnusable:
+        """Why the drain stops: its patience with the provider ran out, the provider
+        asked for a longer wait than the patience left, or the drain was stopping."""
+        patience = f"{self.o.unreachable_seconds:g}s (AUTOPACK_LLM_UNREACHABLE_SECONDS)"
         cls: type[ProviderUnusable] = ProviderBusy
-        if asked_longer:
-            why, then = f"That is longer than the drain waits ({patience})", "after that wait"
+        if stopping:
+            cls = ProviderBusy if exc.status_code in BUSY else ProviderUnreachable
+            why = "The drain was stopping (Ctrl-C, or another phase's call refused) as it waited"
+            then = "once the provider answers"
+        elif asked_longer:
+            why, then = f"That is longer than the drain waits, {patience}", "after that wait"
         elif exc.status_code in BUSY:
             why = f"It stayed busy for {patience} more"
             then = "later (a fleet sharing one key may raise that setting)"
@@ -248,7 +255,7 @@ class Meter:
             cls, why = ProviderUnreachable, f"Nothing answered there for {patience} more"
             then = "once the provider answers"
         return cls(
-            f"{exc.message}. {why} (AUTOPACK_LLM_UNREACHABLE_SECONDS): the drain stopped and "
+            f"{exc.message}. {why}: the drain stopped and "
             f"handed phase {self.claim.phase_id} back without spending a retry; run the same "
             f"command again {then}.",
             provider=exc.provider,
