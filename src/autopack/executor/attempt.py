@@ -47,7 +47,12 @@ from autopack.contract import (
 from autopack.errors import LeaseLost, ProviderUnusable, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
-from autopack.executor.checks import ChecksInterrupted, CheckUnavailable, run_checks
+from autopack.executor.checks import (
+    ChecksInterrupted,
+    CheckUnavailable,
+    run_checks,
+    within_a_result,
+)
 from autopack.executor.continuation import builder_answer
 from autopack.executor.git import GitError
 from autopack.executor.git_guard import git_guarded
@@ -445,7 +450,7 @@ class Attempt:
             error=clipped(finish.error),
             max_tokens=meter.max_tokens,
             files_written=self._files(finish),
-            check_results=self.checks,
+            check_results=within_a_result(self.checks),
             audit_verdict=self.verdict,
             details={"summary": clipped(self.summary, 10_000), "worker_id": self.o.worker_id},
             commit=commit,
