@@ -345,3 +345,35 @@ def test_check_output_more_than_a_request_holds_is_shortened_not_refused(
     )
     assert all("\U0001f600" in r["output_tail"] for r in results)
     assert len(json.dumps(results)) <= 4 * 1024 * 1024
+
+
+def test_a_rules_verdict_longer_than_a_result_holds_is_shortened_not_refused(
+    tmp_path: Path,
+) -> None:
+    """Three files of 10,000 placeholder functions each: the rules verdict named every one
+    (240,000 characters), more than a result's ``audit_verdict`` holds, and the executor's
+    own result was refused: the phase handed back "interrupted", the drain stopped, exit
+    2, at every try. The verdict is shortened; the attempt ends ``audit_rejected``."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], max_attempts=1)]), env, tmp_path)
+    stubs = {
+        f"pkg/{name}.py": "".join(f"def f{n}{i}():\n    ...\n" for i in range(10_000))
+        for n, name in enumerate("abc")
+    }
+    answer = {"files": [{"path": p, "content": c} for p, c in stubs.items()]}
+    tape = cassette(tmp_path, [line("p1", 1, json.dumps(answer))])
+    done = drain(
+        *("phase", "--run-id", RUN_ID, "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "audit_rejected"), attempt
+    verdict = attempt["audit_verdict"]
+    assert not verdict["approved"] and verdict["issues"][0].startswith("pkg/a.py has placeholder")
+    assert len(json.dumps(verdict)) <= 200_000
+    assert "f00, f01" in attempt["feedback"]

@@ -26,6 +26,7 @@ from autopack.builder.auditor import (
     AUDITOR_SYSTEM,
     audit_rules,
     auditor_prompt,
+    bounded_verdict,
     change_diff,
     parse_verdict,
 )
@@ -451,7 +452,7 @@ class Attempt:
             max_tokens=meter.max_tokens,
             files_written=self._files(finish),
             check_results=within_a_result(self.checks),
-            audit_verdict=self.verdict,
+            audit_verdict=None if self.verdict is None else bounded_verdict(self.verdict),
             details={"summary": clipped(self.summary, 10_000), "worker_id": self.o.worker_id},
             commit=commit,
             base=base,
