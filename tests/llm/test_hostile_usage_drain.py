@@ -25,7 +25,7 @@ from tests.executor_support import (
 from tests.fakes.llm_wire import Reply, WireServer
 from tests.fakes.raw_sse import Raw, a_block_start, a_delta, a_start, o_chunk
 from tests.llm.support import FLAVOURS
-from tests.llm.test_hostile_streams import ANSWER, drain_against
+from tests.llm.test_hostile_streams import ANSWER, OVERLOADED, drain_against
 
 CUT = {
     "anthropic": Raw([a_start(), a_block_start(), a_delta(ANSWER[:20])]),
@@ -171,3 +171,27 @@ def test_broken_streams_count_their_whole_allowance_in_tokens_and_cost(
     assert run["cost_usd"] == pytest.approx(sum(bounds)) and run["cost_usd"] > 0
     output = rows(url, "SELECT output_tokens FROM llm_usage_events")
     assert output == [{"output_tokens": 1 if reported else None}] * 2
+
+
+def test_an_overload_event_after_some_text_is_waited_for_and_billed(tmp_path: Path) -> None:
+    """Anthropic's ``overloaded_error`` event arriving after the Builder's first text, on
+    every call: the answer was continued at once, into the same overload, until the
+    continuations ran out and the phase FAILED ``truncated``, its only try spent. It is
+    the busy provider an HTTP 529 is: each broken stream billed as such, then waited for
+    (AUTOPACK_LLM_UNREACHABLE_SECONDS), and the phase handed back unspent."""
+    overloaded = Raw([a_start(), a_block_start(), a_delta(ANSWER[:20]), OVERLOADED])
+    url, seen = drain_against(
+        tmp_path, "anthropic", *[overloaded] * 4, env={"AUTOPACK_LLM_UNREACHABLE_SECONDS": "3"}
+    )
+    assert len(seen) == 3  # after waits of 2 s and 1 s
+    assert rows(url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+    tried = rows(url, "SELECT outcome, stop_reason, error FROM phase_attempts")
+    assert [(t["outcome"], t["stop_reason"]) for t in tried] == [("FAILED", "interrupted")]
+    assert "overloaded_error in the stream" in tried[0]["error"], tried
+    # each billed as a broken stream: its row says so, with the input the stream reported
+    calls = rows(url, "SELECT error_class, stop_reason, input_tokens FROM llm_usage_events")
+    assert (
+        calls
+        == [{"error_class": "StreamInterrupted", "stop_reason": "interrupted", "input_tokens": 10}]
+        * 3
+    ), calls

@@ -40,6 +40,7 @@ from autopack.llm.base import (
     Role,
     StreamInterrupted,
     Usage,
+    error_event_status,
     usage_problem,
 )
 from autopack.logs import log_event
@@ -70,6 +71,10 @@ REFUSED = {
 }
 """Statuses refusing what every call of a drain sends (the key, the model's name, the
 address), with what to fix: no phase's doing, so each would fail all its tries alike."""
+
+
+class _BusyMidStream(LLMError):
+    """A stream an overload (or rate limit) event broke off after some text, billed."""
 
 
 def _pauses(patience: float) -> list[float]:
@@ -222,7 +227,8 @@ class Meter:
             try:
                 return self._complete(call, model, request, continuable=continuable)
             except LLMError as exc:  # the provider absent or busy: not this phase's doing
-                self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
+                if not isinstance(exc, _BusyMidStream):  # its row is recorded, with its usage
+                    self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
                 left = pauses[tried:]
                 if (exc.retry_after_s or 0.0) > sum(left):  # a day's quota spent
                     raise self._gave_up(exc, asked_longer=True) from exc
@@ -280,8 +286,6 @@ class Meter:
         except StreamInterrupted as exc:
             if (impossible := _impossible_usage(exc)) is not None:
                 raise self._failed(call, model, impossible) from exc
-            if not continuable:
-                raise self._failed(call, model, exc) from exc
             partial = LLMResponse(
                 text=exc.partial,
                 stop_reason=INTERRUPTED,
@@ -292,6 +296,21 @@ class Meter:
                 request_id=exc.request_id,
                 latency_ms=exc.latency_ms,
             )
+            busy = error_event_status(getattr(exc.__cause__, "body", None))
+            if busy is not None and busy[0] in BUSY:
+                # An overload event after some text: billed as the broken stream it is,
+                # then waited for as busy (continued at once, it failed the phase).
+                self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
+                raise _BusyMidStream(
+                    f"{exc.message} ({busy[1]} in the stream)",
+                    provider=exc.provider,
+                    model=exc.model or model,
+                    error_class=exc.error_class,
+                    status_code=busy[0],
+                    request_id=exc.request_id,
+                ) from exc
+            if not continuable:
+                raise self._failed(call, model, exc) from exc
             return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
         except LLMError as exc:
             if exc.error_class == UNREACHABLE or exc.status_code in BUSY:
