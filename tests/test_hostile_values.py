@@ -313,3 +313,67 @@ def test_a_builder_summary_longer_than_a_result_holds_is_clipped_not_refused(
     summary = attempt["details"]["summary"]
     assert len(summary) <= 10_000 and summary.startswith("HEAD") and summary.endswith("TAIL")
     assert "characters cut" in summary
+
+
+def test_check_output_more_than_a_request_holds_is_shortened_not_refused(
+    tmp_path: Path,
+) -> None:
+    """360 checks each ending in 4,000 emoji (twelve bytes each as the client sends them,
+    escaped): the executor's own result was larger than the API reads (16 MiB), a 413;
+    the phase was handed back and the drain stopped, exit 2, at every try. The executor
+    shortens the tails alike (their ends kept) so the result fits."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    checks = [f"cat pkg/out.txt; echo END{i}" for i in range(360)]
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/out.txt"], checks=checks)]), env, tmp_path)
+    answer = {"files": [{"path": "pkg/out.txt", "content": "\U0001f600" * 4000}]}
+    tape = cassette(tmp_path, [line("p1", 1, json.dumps(answer))])
+    done = drain(
+        *("phase", "--run-id", RUN_ID, "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "off", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("COMPLETE", "completed"), attempt
+    results = attempt["check_results"]
+    assert [r["command"] for r in results] == checks
+    assert all(
+        r["passed"] and r["output_tail"].endswith(f"END{i}\n") for i, r in enumerate(results)
+    )
+    assert all("\U0001f600" in r["output_tail"] for r in results)
+    assert len(json.dumps(results)) <= 4 * 1024 * 1024
+
+
+def test_a_rules_verdict_longer_than_a_result_holds_is_shortened_not_refused(
+    tmp_path: Path,
+) -> None:
+    """Three files of 10,000 placeholder functions each: the rules verdict named every one
+    (240,000 characters), more than a result's ``audit_verdict`` holds, and the executor's
+    own result was refused: the phase handed back "interrupted", the drain stopped, exit
+    2, at every try. The verdict is shortened; the attempt ends ``audit_rejected``."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], max_attempts=1)]), env, tmp_path)
+    stubs = {
+        f"pkg/{name}.py": "".join(f"def f{n}{i}():\n    ...\n" for i in range(10_000))
+        for n, name in enumerate("abc")
+    }
+    answer = {"files": [{"path": p, "content": c} for p, c in stubs.items()]}
+    tape = cassette(tmp_path, [line("p1", 1, json.dumps(answer))])
+    done = drain(
+        *("phase", "--run-id", RUN_ID, "--phase-id", "p1", "--cassette", str(tape)),
+        *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "audit_rejected"), attempt
+    verdict = attempt["audit_verdict"]
+    assert not verdict["approved"] and verdict["issues"][0].startswith("pkg/a.py has placeholder")
+    assert len(json.dumps(verdict)) <= 200_000
+    assert "f00, f01" in attempt["feedback"]

@@ -11,6 +11,7 @@ as it was, and the same drain with the setting fixed does the work.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -26,7 +27,14 @@ from tests.executor_support import (
     rows,
     run_file,
 )
-from tests.fakes.llm_wire import OPENAI_PATH, RETRY_NOW, Reply, WireServer, openai_completion
+from tests.fakes.llm_wire import (
+    OPENAI_PATH,
+    RETRY_NOW,
+    Reply,
+    Seen,
+    WireServer,
+    openai_completion,
+)
 from tests.llm.support import FLAVOURS
 from tests.support import cli, free_port, wait_for
 
@@ -323,3 +331,87 @@ def test_a_busy_provider_is_waited_for_and_spends_no_phase_retry(
         assert drained.returncode == 0, said[-3000:]
         assert (p1["state"], attempts) == ("COMPLETE", [{"stop_reason": "completed"}])
         assert len(busy_rows) == 1
+
+
+REFUSALS = {
+    "an HTML page with a NUL": (404, "<html><body><h1>404 Not Found</h1>\x00</body></html>"),
+    "a message with a lone surrogate": (
+        401,
+        '{"type": "error", "error": {"type": "authentication_error", "message": "bad \\ud800"},'
+        ' "message": "bad \\ud800 key"}',
+    ),
+}
+
+
+@pytest.mark.parametrize("body", sorted(REFUSALS))
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+def test_a_refusal_whose_text_a_column_cannot_hold_still_hands_the_phase_back(
+    name: str, body: str, tmp_path: Path
+) -> None:
+    """A 404 page holding a NUL byte (or an OpenAI-compatible server's message holding a
+    lone surrogate, which JSON's escapes can spell): the hand-back quoting it was refused
+    by the executor's own validation, the phase stayed EXECUTING until its lease expired,
+    and the drain said "invalid input: error: contains a NUL byte" instead of the refusal."""
+    flavour = FLAVOURS[name]
+    status, page = REFUSALS[body]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(flavour.path, Reply(status, page))
+        refused = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **_provider(name, wire.url)},
+            cwd=tmp_path,
+        )
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2, said[-3000:]
+    assert "ProviderRefused" in said and "handed phase p1 back" in said, said[-3000:]
+    assert "Traceback" not in refused.stderr and "invalid input" not in said, said[-3000:]
+    assert rows(sqlite_url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+    [p1] = rows(sqlite_url, "SELECT stop_reason, error FROM phase_attempts")
+    assert p1["stop_reason"] == "interrupted" and f" {status}" in p1["error"], p1
+    [call] = rows(sqlite_url, "SELECT error_message FROM llm_usage_events")
+    assert f"{status}" in call["error_message"], call
+
+
+def test_a_refusal_ends_another_workers_wait_for_a_busy_provider(tmp_path: Path) -> None:
+    """``--concurrency 2``: one phase's call was refused (401) while the other's worker
+    waited out a busy provider. The drain had stopped claiming, but the waiting worker
+    went on for all of AUTOPACK_LLM_UNREACHABLE_SECONDS (and called again) before the
+    drain could exit. Now the stop ends the wait: both phases are handed back unspent."""
+    flavour = FLAVOURS["anthropic"]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_LLM_UNREACHABLE_SECONDS="600")
+    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    waiting = threading.Event()
+    with WireServer() as wire:
+        busy = Reply(529, flavour.error("overloaded_error", "slow down"), RETRY_NOW)
+        refused = Reply(401, flavour.error("authentication_error", "revoked"), gate=waiting)
+
+        def respond(seen: Seen) -> Reply:
+            return busy if "pkg/a.py" in json.dumps(seen.body) else refused
+
+        wire.respond = respond
+        args = [*DRAIN[1:], "--concurrency", "2", "--workspace", str(tmp_path / "ws")]
+        draining = drain_process(
+            *args, env={**env, **_provider("anthropic", wire.url)}, cwd=tmp_path
+        )
+        # p1's call was tried three times (the SDK's retries): its worker waits now
+        wait_for(lambda: sum("pkg/a.py" in json.dumps(s.body) for s in wire.seen()) >= 3, 60)
+        waiting.set()  # p2's call is refused
+        _, stderr = draining.communicate(timeout=120)
+    said = " ".join(stderr.split())
+    assert draining.returncode == 2, said[-3000:]
+    assert "ProviderRefused" in said and "Traceback" not in stderr, said[-3000:]
+    states = rows(sqlite_url, "SELECT phase_id, state FROM phases ORDER BY phase_id")
+    assert [(s["phase_id"], s["state"]) for s in states] == [("p1", "QUEUED"), ("p2", "QUEUED")]
+    stopped = rows(sqlite_url, "SELECT phase_id, stop_reason, error FROM phase_attempts")
+    assert {(a["phase_id"], a["stop_reason"]) for a in stopped} == {
+        ("p1", "interrupted"),
+        ("p2", "interrupted"),
+    }
+    [p1] = [a for a in stopped if a["phase_id"] == "p1"]
+    assert "The drain was stopping" in p1["error"], p1

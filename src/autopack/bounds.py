@@ -88,10 +88,23 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+def storable_text(text: str) -> str:
+    """``text`` as a text column can hold it: each NUL shown as ``\\x00``, each lone
+    surrogate as its escape (:func:`printable`). A provider's error page or message (a
+    404's HTML, an OpenAI-compatible server's ``message``) arrives with either, and the
+    executor's own result quoting it was refused, its phase left held until its lease
+    expired and the drain's reason replaced by the refusal's."""
+    return printable(text.replace("\x00", "\\x00"))
+
+
 def clipped(text: str | None, limit: int = TEXT_MAX) -> str | None:
     """``text`` within ``limit`` characters, for a field bounded by it: its head and its
-    tail (where an error or a check's output says most), the cut marked."""
-    if text is None or len(text) <= limit:
+    tail (where an error or a check's output says most), the cut marked; storable
+    (:func:`storable_text`)."""
+    if text is None:
+        return text
+    text = storable_text(text)
+    if len(text) <= limit:
         return text
 
     def mark(cut: int) -> str:

@@ -25,7 +25,7 @@ from tests.executor_support import (
 from tests.fakes.llm_wire import Reply, WireServer
 from tests.fakes.raw_sse import Raw, a_block_start, a_delta, a_start, o_chunk
 from tests.llm.support import FLAVOURS
-from tests.llm.test_hostile_streams import ANSWER, drain_against
+from tests.llm.test_hostile_streams import ANSWER, OVERLOADED, drain_against
 
 CUT = {
     "anthropic": Raw([a_start(), a_block_start(), a_delta(ANSWER[:20])]),
@@ -111,8 +111,43 @@ def test_an_answer_touching_more_files_than_an_approval_holds_is_feedback(
     assert "ValidationError" not in result.stderr
     (attempt,) = rows(url, "SELECT stop_reason, feedback FROM phase_attempts")
     assert attempt["stop_reason"] == "answer_too_large"
-    said = "touches 30002 files; one answer may write, edit or delete at most 10000."
+    said = "touches 30002 files; one answer may write, edit or delete at most 1000."
     assert said in attempt["feedback"], attempt["feedback"]
+
+
+def test_an_answer_writing_more_files_than_a_result_lists_is_feedback(tmp_path: Path) -> None:
+    """1,001 files (one more than a result's ``files_written`` holds): they were written,
+    checked and committed, then the executor's own COMPLETE result was refused, the phase
+    handed back "interrupted (Ctrl-C or SIGTERM)" and the drain stopped, exit 2, at every
+    try. Now it is answer_too_large feedback, and the Builder's next answer completes."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/f0.py"], max_attempts=2)]), env, tmp_path)
+    many = [{"path": f"pkg/f{i}.py", "content": f"V = {i}\n"} for i in range(1001)]
+    tape = cassette(
+        tmp_path,
+        [
+            line("p1", 1, json.dumps({"files": many, "summary": "many files"})),
+            line("p1", 2, files(f0_py="V = 0\n")),
+        ],
+    )
+    result = drain(
+        *("run", "--run-id", "exec-run", "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    tried = rows(url, "SELECT attempt, outcome, stop_reason, feedback FROM phase_attempts")
+    assert [(a["attempt"], a["outcome"], a["stop_reason"]) for a in tried] == [
+        (1, "FAILED", "answer_too_large"),
+        (2, "COMPLETE", "completed"),
+    ]
+    assert "touches 1001 files" in tried[0]["feedback"], tried[0]
+    assert rows(url, "SELECT files_written FROM phase_attempts WHERE attempt = 2") == [
+        {"files_written": '["pkg/f0.py"]'}
+    ]
 
 
 @pytest.mark.parametrize("provider", sorted(CUT))
@@ -136,3 +171,27 @@ def test_broken_streams_count_their_whole_allowance_in_tokens_and_cost(
     assert run["cost_usd"] == pytest.approx(sum(bounds)) and run["cost_usd"] > 0
     output = rows(url, "SELECT output_tokens FROM llm_usage_events")
     assert output == [{"output_tokens": 1 if reported else None}] * 2
+
+
+def test_an_overload_event_after_some_text_is_waited_for_and_billed(tmp_path: Path) -> None:
+    """Anthropic's ``overloaded_error`` event arriving after the Builder's first text, on
+    every call: the answer was continued at once, into the same overload, until the
+    continuations ran out and the phase FAILED ``truncated``, its only try spent. It is
+    the busy provider an HTTP 529 is: each broken stream billed as such, then waited for
+    (AUTOPACK_LLM_UNREACHABLE_SECONDS), and the phase handed back unspent."""
+    overloaded = Raw([a_start(), a_block_start(), a_delta(ANSWER[:20]), OVERLOADED])
+    url, seen = drain_against(
+        tmp_path, "anthropic", *[overloaded] * 4, env={"AUTOPACK_LLM_UNREACHABLE_SECONDS": "3"}
+    )
+    assert len(seen) == 3  # after waits of 2 s and 1 s
+    assert rows(url, "SELECT state FROM phases") == [{"state": "QUEUED"}]
+    tried = rows(url, "SELECT outcome, stop_reason, error FROM phase_attempts")
+    assert [(t["outcome"], t["stop_reason"]) for t in tried] == [("FAILED", "interrupted")]
+    assert "overloaded_error in the stream" in tried[0]["error"], tried
+    # each billed as a broken stream: its row says so, with the input the stream reported
+    calls = rows(url, "SELECT error_class, stop_reason, input_tokens FROM llm_usage_events")
+    assert (
+        calls
+        == [{"error_class": "StreamInterrupted", "stop_reason": "interrupted", "input_tokens": 10}]
+        * 3
+    ), calls

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Literal
 
+from autopack.bounds import TEXT_MAX, clipped
 from autopack.builder.change import Change
 from autopack.builder.output import BuilderRejected, extract_json_object
 from autopack.builder.prompt import PhaseTask
@@ -156,3 +158,36 @@ def parse_verdict(text: str, fallback: AuditVerdict) -> AuditVerdict:
             error=error,
             details={"raw": text[:2000], "fallback": fallback.model_dump(mode="json")},
         )
+
+
+VERDICT_ISSUES_MAX = TEXT_MAX // 4
+"""Characters a verdict's issues may take as JSON (each one clipped to 2,000 first). A
+result's ``audit_verdict`` holds ``TEXT_MAX`` as JSON: the rules naming each of 30,000
+placeholder functions made the executor's own result a 422, the phase handed back and
+the drain stopped at every try."""
+
+
+def bounded_verdict(verdict: AuditVerdict) -> AuditVerdict:
+    """``verdict`` as a result can hold it: its first issues (clipped) up to
+    :data:`VERDICT_ISSUES_MAX`, then how many more there were; its texts clipped, and
+    its details (an unusable answer's, with the rules verdict) likewise."""
+    issues: list[str] = []
+    size = 0
+    for index, issue in enumerate(verdict.issues):
+        shown = clipped(issue, 2000) or ""
+        size += len(json.dumps(shown)) + 2
+        if size > VERDICT_ISSUES_MAX:
+            issues.append(f"... and {len(verdict.issues) - index} more issue(s)")
+            break
+        issues.append(shown)
+    details = verdict.details
+    if len(json.dumps(details)) > VERDICT_ISSUES_MAX:
+        details = {"cut": "more than a result holds"}
+    return verdict.model_copy(
+        update={
+            "issues": issues,
+            "summary": clipped(verdict.summary, 10_000),
+            "error": clipped(verdict.error, 10_000),
+            "details": details,
+        }
+    )

@@ -26,6 +26,7 @@ from autopack.builder.auditor import (
     AUDITOR_SYSTEM,
     audit_rules,
     auditor_prompt,
+    bounded_verdict,
     change_diff,
     parse_verdict,
 )
@@ -47,7 +48,12 @@ from autopack.contract import (
 from autopack.errors import LeaseLost, ProviderUnusable, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.check_policy import CHECK_REFUSED
-from autopack.executor.checks import ChecksInterrupted, CheckUnavailable, run_checks
+from autopack.executor.checks import (
+    ChecksInterrupted,
+    CheckUnavailable,
+    run_checks,
+    within_a_result,
+)
 from autopack.executor.continuation import builder_answer
 from autopack.executor.git import GitError
 from autopack.executor.git_guard import git_guarded
@@ -449,8 +455,8 @@ class Attempt:
             error=clipped(finish.error),
             max_tokens=meter.max_tokens,
             files_written=self._files(finish),
-            check_results=self.checks,
-            audit_verdict=self.verdict,
+            check_results=within_a_result(self.checks),
+            audit_verdict=None if self.verdict is None else bounded_verdict(self.verdict),
             details={"summary": clipped(self.summary, 10_000), "worker_id": self.o.worker_id},
             commit=commit,
             base=base,

@@ -27,6 +27,7 @@ may fill at most :data:`MAX_OUTPUT_BYTES` of disk: one that prints without end
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shlex
@@ -312,3 +313,29 @@ def run_checks(
     if missing:
         raise CheckUnavailable(missing, results)
     return results
+
+
+RESULT_CHECKS_BYTES = 4 * 1024 * 1024
+"""What a result's check results may take as the client sends them (JSON, each character
+outside ASCII escaped: a control character six bytes). The API reads at most
+``MAX_BODY_BYTES`` (16 MiB) of a request: 720 checks each ending in 4,000 control
+characters made the executor's own result a 413, the phase handed back and the drain
+stopped at every try."""
+
+
+def within_a_result(checks: list[CheckResult]) -> list[CheckResult]:
+    """``checks`` with their output tails shortened alike (their ends kept: where a check
+    says what failed) until all of them fit :data:`RESULT_CHECKS_BYTES`. The feedback and
+    the commands are kept whole (bounded on their own)."""
+
+    def size(results: list[CheckResult]) -> int:
+        return len(json.dumps([c.model_dump(mode="json") for c in results]))
+
+    keep = TAIL_CHARS
+    while keep > 0 and size(checks) > RESULT_CHECKS_BYTES:
+        keep //= 2
+        checks = [
+            c.model_copy(update={"output_tail": c.output_tail[-keep:] if keep else ""})
+            for c in checks
+        ]
+    return checks

@@ -157,7 +157,7 @@ class AutonomousExecutor:
         self.s = services
         self.client = services.client
         self.options = services.options
-        self.stopping = threading.Event()
+        self.stopping = services.stopping
         self._lock = threading.Lock()
         self._claims_left: int | None = None
         self._claims = HeldClaims(self.client.claim)

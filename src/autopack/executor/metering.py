@@ -18,7 +18,7 @@ import math
 import uuid
 from typing import Any
 
-from autopack.bounds import COST_MAX_USD
+from autopack.bounds import COST_MAX_USD, storable_text
 from autopack.contract import Claim, UsageIn, ordered_usage_key
 from autopack.errors import (
     LLMError,
@@ -40,6 +40,7 @@ from autopack.llm.base import (
     Role,
     StreamInterrupted,
     Usage,
+    error_event_status,
     usage_problem,
 )
 from autopack.logs import log_event
@@ -70,6 +71,10 @@ REFUSED = {
 }
 """Statuses refusing what every call of a drain sends (the key, the model's name, the
 address), with what to fix: no phase's doing, so each would fail all its tries alike."""
+
+
+class _BusyMidStream(LLMError):
+    """A stream an overload (or rate limit) event broke off after some text, billed."""
 
 
 def _pauses(patience: float) -> list[float]:
@@ -222,25 +227,33 @@ class Meter:
             try:
                 return self._complete(call, model, request, continuable=continuable)
             except LLMError as exc:  # the provider absent or busy: not this phase's doing
-                self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
+                if not isinstance(exc, _BusyMidStream):  # its row is recorded, with its usage
+                    self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
                 left = pauses[tried:]
                 if (exc.retry_after_s or 0.0) > sum(left):  # a day's quota spent
                     raise self._gave_up(exc, asked_longer=True) from exc
-                if not left or self.s.stopped.wait(pause := left[0]):
-                    raise self._gave_up(exc) from exc
+                if not left or self.s.stopping.wait(left[0]):
+                    raise self._gave_up(exc, stopping=self.s.stopping.is_set()) from exc
+                pause = left[0]
                 busy = exc.status_code in BUSY
                 event = "llm_busy" if busy else "llm_unreachable"
                 log_event(logger, event, logging.WARNING, wait_s=pause, status=exc.status_code)
                 self.lease.check()
         raise AssertionError("unreachable")
 
-    def _gave_up(self, exc: LLMError, *, asked_longer: bool = False) -> ProviderUnusable:
-        """Why the drain stops: its patience with the provider ran out, or the provider
-        asked for a longer wait than the patience left."""
-        patience = f"{self.o.unreachable_seconds:g}s"
+    def _gave_up(
+        self, exc: LLMError, *, asked_longer: bool = False, stopping: bool = False
+    ) -> ProviderUnusable:
+        """Why the drain stops: its patience with the provider ran out, the provider
+        asked for a longer wait than the patience left, or the drain was stopping."""
+        patience = f"{self.o.unreachable_seconds:g}s (AUTOPACK_LLM_UNREACHABLE_SECONDS)"
         cls: type[ProviderUnusable] = ProviderBusy
-        if asked_longer:
-            why, then = f"That is longer than the drain waits ({patience})", "after that wait"
+        if stopping:
+            cls = ProviderBusy if exc.status_code in BUSY else ProviderUnreachable
+            why = "The drain was stopping (Ctrl-C, or another phase's call refused) as it waited"
+            then = "once the provider answers"
+        elif asked_longer:
+            why, then = f"That is longer than the drain waits, {patience}", "after that wait"
         elif exc.status_code in BUSY:
             why = f"It stayed busy for {patience} more"
             then = "later (a fleet sharing one key may raise that setting)"
@@ -248,7 +261,7 @@ class Meter:
             cls, why = ProviderUnreachable, f"Nothing answered there for {patience} more"
             then = "once the provider answers"
         return cls(
-            f"{exc.message}. {why} (AUTOPACK_LLM_UNREACHABLE_SECONDS): the drain stopped and "
+            f"{exc.message}. {why}: the drain stopped and "
             f"handed phase {self.claim.phase_id} back without spending a retry; run the same "
             f"command again {then}.",
             provider=exc.provider,
@@ -273,8 +286,6 @@ class Meter:
         except StreamInterrupted as exc:
             if (impossible := _impossible_usage(exc)) is not None:
                 raise self._failed(call, model, impossible) from exc
-            if not continuable:
-                raise self._failed(call, model, exc) from exc
             partial = LLMResponse(
                 text=exc.partial,
                 stop_reason=INTERRUPTED,
@@ -285,6 +296,21 @@ class Meter:
                 request_id=exc.request_id,
                 latency_ms=exc.latency_ms,
             )
+            busy = error_event_status(getattr(exc.__cause__, "body", None))
+            if busy is not None and busy[0] in BUSY:
+                # An overload event after some text: billed as the broken stream it is,
+                # then waited for as busy (continued at once, it failed the phase).
+                self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
+                raise _BusyMidStream(
+                    f"{exc.message} ({busy[1]} in the stream)",
+                    provider=exc.provider,
+                    model=exc.model or model,
+                    error_class=exc.error_class,
+                    status_code=busy[0],
+                    request_id=exc.request_id,
+                ) from exc
+            if not continuable:
+                raise self._failed(call, model, exc) from exc
             return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
         except LLMError as exc:
             if exc.error_class == UNREACHABLE or exc.status_code in BUSY:
@@ -301,7 +327,7 @@ class Meter:
             raise self._failed(call, model, exc) from exc
 
     def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:
-        message = exc.message.replace("\x00", "\\x00")  # a provider's text, stored as TEXT
+        message = storable_text(exc.message)  # a provider's text, stored as TEXT
         return {
             **call,
             "provider": exc.provider[:40],

@@ -71,6 +71,10 @@ class Services:
     telemetry: TelemetryRecorder
     options: ExecutorOptions
     events: EventSink = field(default=lambda *args, **kwargs: None)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the drain stops claiming (Ctrl-C, a worker's provider refused or gone): a
+    wait for a busy or unreachable provider ends then, handing its phase back, instead of
+    keeping the drain up to AUTOPACK_LLM_UNREACHABLE_SECONDS after the others stopped."""
     stopped: threading.Event = field(default_factory=threading.Event)
     """Set when the executor is stopped (SIGTERM, a second Ctrl-C): no check starts after
     it (:func:`~autopack.executor.checks.terminate_running_checks`)."""

@@ -101,8 +101,9 @@ def hand_back(client: ApiClient, claim: Claim, cause: BaseException) -> None:
             ),
             idempotency_key=claim.idempotency_key,
         )
-    except AutopackError as exc:
-        log_event(logger, "hand_back_failed", logging.WARNING, reason=exc.message)
+    except Exception as exc:  # never in place of the reason the drain stops
+        reason = exc.message if isinstance(exc, AutopackError) else repr(exc)
+        log_event(logger, "hand_back_failed", logging.WARNING, reason=reason)
 
 
 def as_recorded(finish: Finish, answer: ResultAnswer) -> Finish:

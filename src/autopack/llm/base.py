@@ -258,7 +258,7 @@ def sdk_error(
     }
     status = getattr(exc, "status_code", None)
     message = getattr(exc, "message", str(exc))
-    in_stream = _error_event_status(getattr(exc, "body", None))
+    in_stream = error_event_status(getattr(exc, "body", None))
     if in_stream is not None and status in (None, 200):
         # An error event inside a 200 stream (an overload mid-answer): as retryable as
         # the same error sent as an HTTP status would be.
@@ -315,7 +315,7 @@ STREAM_ERROR_STATUS = {
 (Anthropic's ``event: error``, an OpenAI-compatible ``{"error": ...}`` chunk)."""
 
 
-def _error_event_status(body: object) -> tuple[int, str] | None:
+def error_event_status(body: object) -> tuple[int, str] | None:
     """The status an in-stream error event stands for, and its type, if it names one
     (Anthropic's SDK keeps the whole event as the body, OpenAI's only its ``error``)."""
     if not isinstance(body, dict):
