@@ -111,43 +111,8 @@ def test_an_answer_touching_more_files_than_an_approval_holds_is_feedback(
     assert "ValidationError" not in result.stderr
     (attempt,) = rows(url, "SELECT stop_reason, feedback FROM phase_attempts")
     assert attempt["stop_reason"] == "answer_too_large"
-    said = "touches 30002 files; one answer may write, edit or delete at most 1000."
+    said = "touches 30002 files; one answer may write, edit or delete at most 10000."
     assert said in attempt["feedback"], attempt["feedback"]
-
-
-def test_an_answer_writing_more_files_than_a_result_lists_is_feedback(tmp_path: Path) -> None:
-    """1,001 files (one more than a result's ``files_written`` holds): they were written,
-    checked and committed, then the executor's own COMPLETE result was refused, the phase
-    handed back "interrupted (Ctrl-C or SIGTERM)" and the drain stopped, exit 2, at every
-    try. Now it is answer_too_large feedback, and the Builder's next answer completes."""
-    url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(url)
-    create_run(run_file(tmp_path, [phase("p1", ["pkg/f0.py"], max_attempts=2)]), env, tmp_path)
-    many = [{"path": f"pkg/f{i}.py", "content": f"V = {i}\n"} for i in range(1001)]
-    tape = cassette(
-        tmp_path,
-        [
-            line("p1", 1, json.dumps({"files": many, "summary": "many files"})),
-            line("p1", 2, files(f0_py="V = 0\n")),
-        ],
-    )
-    result = drain(
-        *("run", "--run-id", "exec-run", "--auditor", "rules"),
-        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
-        env=env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    tried = rows(url, "SELECT attempt, outcome, stop_reason, feedback FROM phase_attempts")
-    assert [(a["attempt"], a["outcome"], a["stop_reason"]) for a in tried] == [
-        (1, "FAILED", "answer_too_large"),
-        (2, "COMPLETE", "completed"),
-    ]
-    assert "touches 1001 files" in tried[0]["feedback"], tried[0]
-    assert rows(url, "SELECT files_written FROM phase_attempts WHERE attempt = 2") == [
-        {"files_written": '["pkg/f0.py"]'}
-    ]
 
 
 @pytest.mark.parametrize("provider", sorted(CUT))

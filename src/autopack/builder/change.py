@@ -31,19 +31,16 @@ from typing import Any
 from autopack import paths
 from autopack.bounds import JSON_ITEMS_MAX
 from autopack.builder.output import BuilderOutput, BuilderRejected
-from autopack.rundef import MAX_LIST, Scope
+from autopack.rundef import Scope
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
 DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
-MAX_ANSWER_PATHS = min(JSON_ITEMS_MAX // 10, MAX_LIST)
+MAX_ANSWER_PATHS = JSON_ITEMS_MAX // 10
 """Files one answer may write, edit or delete. A change needing approval is held in the
 approval's context, at up to five JSON values a path, which refuses more than
 ``JSON_ITEMS_MAX``: 30,000 empty files and one overwrite ended the attempt
 ``executor_error`` (a ValidationError of the approval request) after the whole answer was
-planned. A completed attempt's result lists every path it wrote in ``files_written``, at
-most ``MAX_LIST``: 1,001 files were written, committed, and the result refused, the drain
-stopping at every try. Counted before any path is looked at, it is ``answer_too_large``
-feedback."""
+planned. Counted before any path is looked at, it is ``answer_too_large`` feedback."""
 
 
 @dataclass(frozen=True)
