@@ -20,19 +20,20 @@ from typing import Any
 
 from autopack.bounds import COST_MAX_USD, storable_text
 from autopack.contract import Claim, UsageIn, ordered_usage_key
-from autopack.errors import (
-    LLMError,
-    ProviderBusy,
-    ProviderRefused,
-    ProviderUnreachable,
-    ProviderUnusable,
-)
+from autopack.errors import LLMError, ProviderUnusable
 from autopack.estimation.estimator import Estimate
 from autopack.estimation.features import PhaseFeatures
 from autopack.estimation.metrics import event_metrics
 from autopack.executor.lease import Lease
 from autopack.executor.options import Services
 from autopack.executor.outcome import Finish, failed
+from autopack.executor.provider_state import (
+    BUSY,
+    gave_up,
+    patience_pauses,
+    refused,
+    waited_for,
+)
 from autopack.llm.base import (
     LLMRequest,
     LLMResponse,
@@ -56,34 +57,10 @@ logger = logging.getLogger("autopack.executor")
 
 INTERRUPTED = "interrupted"
 """The stop reason of a partial answer whose stream broke (:meth:`Meter.call`)."""
-UNREACHABLE = "APIConnectionError"
-"""The SDKs' error when nothing answered at the address (refused, no route, no name),
-after their own retries: the provider's absence, not an answer to this phase."""
-BUSY = frozenset({429, 502, 503, 504, 529})
-"""Statuses saying the provider (or its gateway) cannot take calls now: rate limits,
-overload (Anthropic's 529, Ollama's 503), a proxy without its upstream. After the SDK's
-own retries they are waited for like an unreachable provider: ten executors sharing one
-key hit its rate limit, and each phase failed its tries for it and the run with them."""
-REFUSED = {
-    401: "the key was refused (revoked, expired or out of credit): set a working API key",
-    403: "the key may not do this (its permissions, or the model's): use a key that may",
-    404: "the model or the address is unknown there: check the model's name and *_BASE_URL",
-}
-"""Statuses refusing what every call of a drain sends (the key, the model's name, the
-address), with what to fix: no phase's doing, so each would fail all its tries alike."""
 
 
 class _BusyMidStream(LLMError):
     """A stream an overload (or rate limit) event broke off after some text, billed."""
-
-
-def _pauses(patience: float) -> list[float]:
-    """Waits between tries at an unreachable provider, doubling from 2 s, summing to
-    ``patience`` (the last one shortened)."""
-    pauses: list[float] = []
-    while (left := patience - sum(pauses)) > 0:
-        pauses.append(min(2.0 * 2 ** len(pauses), 30.0, left))
-    return pauses
 
 
 def _token_columns(usage: Usage) -> dict[str, int]:
@@ -222,7 +199,7 @@ class Meter:
             "role": role,
             "max_tokens": max_tokens,
         }
-        pauses = _pauses(self.o.unreachable_seconds)
+        pauses = patience_pauses(self.o.unreachable_seconds)
         for tried in range(len(pauses) + 1):
             try:
                 return self._complete(call, model, request, continuable=continuable)
@@ -244,28 +221,12 @@ class Meter:
     def _gave_up(
         self, exc: LLMError, *, asked_longer: bool = False, stopping: bool = False
     ) -> ProviderUnusable:
-        """Why the drain stops: its patience with the provider ran out, the provider
-        asked for a longer wait than the patience left, or the drain was stopping."""
-        patience = f"{self.o.unreachable_seconds:g}s (AUTOPACK_LLM_UNREACHABLE_SECONDS)"
-        cls: type[ProviderUnusable] = ProviderBusy
-        if stopping:
-            cls = ProviderBusy if exc.status_code in BUSY else ProviderUnreachable
-            why = "The drain was stopping (Ctrl-C, or another phase's call refused) as it waited"
-            then = "once the provider answers"
-        elif asked_longer:
-            why, then = f"That is longer than the drain waits, {patience}", "after that wait"
-        elif exc.status_code in BUSY:
-            why = f"It stayed busy for {patience} more"
-            then = "later (a fleet sharing one key may raise that setting)"
-        else:
-            cls, why = ProviderUnreachable, f"Nothing answered there for {patience} more"
-            then = "once the provider answers"
-        return cls(
-            f"{exc.message}. {why}: the drain stopped and "
-            f"handed phase {self.claim.phase_id} back without spending a retry; run the same "
-            f"command again {then}.",
-            provider=exc.provider,
-            status_code=exc.status_code,
+        return gave_up(
+            exc,
+            self.claim.phase_id,
+            self.o.unreachable_seconds,
+            asked_longer=asked_longer,
+            stopping=stopping,
         )
 
     def _complete(
@@ -313,17 +274,11 @@ class Meter:
                 raise self._failed(call, model, exc) from exc
             return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
         except LLMError as exc:
-            if exc.error_class == UNREACHABLE or exc.status_code in BUSY:
+            if waited_for(exc):
                 raise
-            if (fix := REFUSED.get(exc.status_code or 0)) is not None:
+            if (refusal := refused(exc, self.claim.phase_id)) is not None:
                 self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
-                raise ProviderRefused(
-                    f"{exc.message}. Every call would be refused alike, so the drain stopped "
-                    f"and handed phase {self.claim.phase_id} back without spending a retry: "
-                    f"{fix}, then run the same command again.",
-                    provider=exc.provider,
-                    status_code=exc.status_code,
-                ) from exc
+                raise refusal from exc
             raise self._failed(call, model, exc) from exc
 
     def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:

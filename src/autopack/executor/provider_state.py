@@ -1,0 +1,97 @@
+"""How a failed LLM call's provider stands, when the failure is not the phase's doing.
+
+After the SDK's own retries, three kinds of answer say no call can succeed now, whatever
+the phase: nothing answers at the address (:data:`UNREACHABLE`), the provider says it is
+busy (:data:`BUSY`: rate limited, overloaded), or it refuses what every call sends
+(:data:`REFUSED`: the key, its permissions, the model's name). Each failed every phase of
+a run on its tries, one after another. :class:`~autopack.executor.metering.Meter` waits
+out the first two for ``AUTOPACK_LLM_UNREACHABLE_SECONDS`` (:func:`patience_pauses`) and
+then stops the drain (:func:`gave_up`); a refusal stops it at once (:func:`refused`). In
+each case the phase is handed back without spending a retry.
+"""
+
+from __future__ import annotations
+
+from autopack.errors import (
+    LLMError,
+    ProviderBusy,
+    ProviderRefused,
+    ProviderUnreachable,
+    ProviderUnusable,
+)
+
+UNREACHABLE = "APIConnectionError"
+"""The SDKs' error when nothing answered at the address (refused, no route, no name),
+after their own retries: the provider's absence, not an answer to this phase."""
+BUSY = frozenset({429, 502, 503, 504, 529})
+"""Statuses saying the provider (or its gateway) cannot take calls now: rate limits,
+overload (Anthropic's 529, Ollama's 503), a proxy without its upstream. After the SDK's
+own retries they are waited for like an unreachable provider: ten executors sharing one
+key hit its rate limit, and each phase failed its tries for it and the run with them."""
+REFUSED = {
+    401: "the key was refused (revoked, expired or out of credit): set a working API key",
+    403: "the key may not do this (its permissions, or the model's): use a key that may",
+    404: "the model or the address is unknown there: check the model's name and *_BASE_URL",
+}
+"""Statuses refusing what every call of a drain sends (the key, the model's name, the
+address), with what to fix: no phase's doing, so each would fail all its tries alike."""
+
+
+def waited_for(exc: LLMError) -> bool:
+    """Whether the failure is the provider's absence or business, to be waited out."""
+    return exc.error_class == UNREACHABLE or exc.status_code in BUSY
+
+
+def patience_pauses(patience: float) -> list[float]:
+    """Waits between tries at an unreachable or busy provider, doubling from 2 s, summing
+    to ``patience`` (the last one shortened)."""
+    pauses: list[float] = []
+    while (left := patience - sum(pauses)) > 0:
+        pauses.append(min(2.0 * 2 ** len(pauses), 30.0, left))
+    return pauses
+
+
+def refused(exc: LLMError, phase_id: str) -> ProviderRefused | None:
+    """The drain's stop for a refusal of what every call sends, or None (the phase's)."""
+    fix = REFUSED.get(exc.status_code or 0)
+    if fix is None:
+        return None
+    return ProviderRefused(
+        f"{exc.message}. Every call would be refused alike, so the drain stopped and handed "
+        f"phase {phase_id} back without spending a retry: {fix}, then run the same command "
+        "again.",
+        provider=exc.provider,
+        status_code=exc.status_code,
+    )
+
+
+def gave_up(
+    exc: LLMError,
+    phase_id: str,
+    patience_s: float,
+    *,
+    asked_longer: bool = False,
+    stopping: bool = False,
+) -> ProviderUnusable:
+    """Why the drain stops: its patience with the provider ran out, the provider asked for
+    a longer wait than the patience left, or the drain was stopping as it waited."""
+    patience = f"{patience_s:g}s (AUTOPACK_LLM_UNREACHABLE_SECONDS)"
+    cls: type[ProviderUnusable] = ProviderBusy
+    if stopping:
+        cls = ProviderBusy if exc.status_code in BUSY else ProviderUnreachable
+        why = "The drain was stopping (Ctrl-C, or another phase's call refused) as it waited"
+        then = "once the provider answers"
+    elif asked_longer:
+        why, then = f"That is longer than the drain waits, {patience}", "after that wait"
+    elif exc.status_code in BUSY:
+        why = f"It stayed busy for {patience} more"
+        then = "later (a fleet sharing one key may raise that setting)"
+    else:
+        cls, why = ProviderUnreachable, f"Nothing answered there for {patience} more"
+        then = "once the provider answers"
+    return cls(
+        f"{exc.message}. {why}: the drain stopped and handed phase {phase_id} back without "
+        f"spending a retry; run the same command again {then}.",
+        provider=exc.provider,
+        status_code=exc.status_code,
+    )
