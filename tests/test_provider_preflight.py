@@ -415,3 +415,31 @@ def test_a_refusal_ends_another_workers_wait_for_a_busy_provider(tmp_path: Path)
     }
     [p1] = [a for a in stopped if a["phase_id"] == "p1"]
     assert "The drain was stopping" in p1["error"], p1
+
+
+def test_an_account_out_of_credit_is_refused_at_once_not_waited_for(tmp_path: Path) -> None:
+    """OpenAI answers an account without credit with a 429 (``insufficient_quota``): read
+    as a rate limit, the drain waited out its patience and then said to raise it. No
+    wait ends it: the drain stops at once, saying so, the phase handed back unspent."""
+    sqlite_url, env, workspace = _three_phases(tmp_path)
+    out = {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and billing.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    with WireServer() as wire:
+        wire.script(OPENAI_PATH, *[Reply(429, out, RETRY_NOW)] * 3)  # the SDK's 2 retries
+        env = {**env, "AUTOPACK_LLM_UNREACHABLE_SECONDS": "600"}
+        drained = cli(
+            *DRAIN, *workspace, env={**env, **_provider("openai", wire.url)}, cwd=tmp_path
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(drained.stderr.split())
+    assert drained.returncode == 2, said[-3000:]
+    assert "ProviderRefused" in said and "out of credit" in said, said[-3000:]
+    assert calls == 3  # the SDK's own tries, and no more
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED"] * 3

@@ -164,6 +164,8 @@ class LLMError(AutopackError):
     later attempt may succeed: rate limits, overload, 5xx, connection trouble).
     ``retry_after_s`` is a wait the server asked for that was too long to make within
     the call (a day's quota spent); it stays off the JSON body (it may be infinite).
+    ``error_code`` is the body's own code where the SDK reads one (OpenAI's
+    ``insufficient_quota``: a 429 that no wait ends).
     """
 
     http_status = 502
@@ -180,6 +182,7 @@ class LLMError(AutopackError):
         latency_ms: float = 0.0,
         retryable: bool = False,
         retry_after_s: float | None = None,
+        error_code: str | None = None,
         **details: Any,
     ) -> None:
         super().__init__(
@@ -201,6 +204,7 @@ class LLMError(AutopackError):
         self.latency_ms = latency_ms
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.error_code = error_code
 
 
 class ProviderUnusable(AutopackError):

@@ -35,11 +35,15 @@ REFUSED = {
 }
 """Statuses refusing what every call of a drain sends (the key, the model's name, the
 address), with what to fix: no phase's doing, so each would fail all its tries alike."""
+OUT_OF_CREDIT = "insufficient_quota"
+"""OpenAI's code for a 429 that is no rate limit but an account without credit: no wait
+ends it, so it is refused, not waited for."""
 
 
 def waited_for(exc: LLMError) -> bool:
     """Whether the failure is the provider's absence or business, to be waited out."""
-    return exc.error_class == UNREACHABLE or exc.status_code in BUSY
+    busy = exc.status_code in BUSY and exc.error_code != OUT_OF_CREDIT
+    return exc.error_class == UNREACHABLE or busy
 
 
 def patience_pauses(patience: float) -> list[float]:
@@ -54,6 +58,8 @@ def patience_pauses(patience: float) -> list[float]:
 def refused(exc: LLMError, phase_id: str) -> ProviderRefused | None:
     """The drain's stop for a refusal of what every call sends, or None (the phase's)."""
     fix = REFUSED.get(exc.status_code or 0)
+    if exc.error_code == OUT_OF_CREDIT:
+        fix = "the account is out of credit (insufficient_quota): add credit or use another key"
     if fix is None:
         return None
     return ProviderRefused(

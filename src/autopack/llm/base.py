@@ -291,6 +291,7 @@ def sdk_error(
             request_id=getattr(exc, "request_id", None),
             retryable=retryable_status(status),
             retry_after_s=wait,
+            error_code=code if isinstance(code := getattr(exc, "code", None), str) else None,
             **common,
         )
     if unreachable:
