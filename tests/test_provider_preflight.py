@@ -28,6 +28,7 @@ from tests.executor_support import (
     run_file,
 )
 from tests.fakes.llm_wire import (
+    ANTHROPIC_PATH,
     OPENAI_PATH,
     RETRY_NOW,
     Reply,
@@ -443,3 +444,25 @@ def test_an_account_out_of_credit_is_refused_at_once_not_waited_for(tmp_path: Pa
     assert calls == 3  # the SDK's own tries, and no more
     states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
     assert [s["state"] for s in states] == ["QUEUED"] * 3
+
+
+def test_a_probe_meeting_a_refused_key_is_exit_2_with_its_phase_handed_back(
+    tmp_path: Path,
+) -> None:
+    """`autopack probe` drains its phase through `drain phase`: the refusal stops it the
+    same way (exit 2, the phase QUEUED, no retry spent), not a probe failure of its own."""
+    sqlite_url, env, _ = _three_phases(tmp_path)
+    refused = FLAVOURS["anthropic"].error("authentication_error", "invalid x-api-key")
+    with WireServer() as wire:
+        wire.script(ANTHROPIC_PATH, Reply(401, refused))
+        probed = cli(
+            *("probe", "--run-id", "exec-run", "--phase-id", "p1"),
+            env={**env, **_provider("anthropic", wire.url)},
+            cwd=tmp_path,
+        )
+    said = " ".join(probed.stderr.split())
+    assert probed.returncode == 2, said[-3000:]
+    assert "ProviderRefused" in said and "Traceback" not in probed.stderr, said[-3000:]
+    [p1] = rows(sqlite_url, "SELECT state FROM phases WHERE phase_id = 'p1'")
+    [attempt] = rows(sqlite_url, "SELECT stop_reason FROM phase_attempts")
+    assert (p1["state"], attempt["stop_reason"]) == ("QUEUED", "interrupted")
