@@ -1,4 +1,4 @@
-"""What a phase's check leaves behind: no process and no disk full of output.
+"""What a phase's check leaves behind: no process, no disk full of output, no loop.
 
 A check runs code the Builder wrote; whatever it starts must end with it, wherever it
 moved (a daemon in a session of its own) and whatever its environment (a test's server
@@ -31,6 +31,7 @@ from tests.executor_support import (
     files,
     line,
     phase,
+    rows,
     run_file,
 )
 from tests.support import gone, kill, written_pid
@@ -152,6 +153,51 @@ def test_a_drained_phase_leaves_no_daemon_with_a_cleared_environment(tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["phase_states"] == {"serve": "COMPLETE"}
     _assert_gone(pid_file)
+
+
+_STOPS_ITS_EXECUTOR = """
+import os, signal
+
+def parent(pid):
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+def argv(pid):
+    return open(f"/proc/{pid}/cmdline").read().split("\\0")
+
+pid = os.getppid()  # the shell, then Autopack's check runner, then the executor
+while "python" not in argv(pid)[0] or any("check_shell" in arg for arg in argv(pid)):
+    pid = parent(pid)
+os.kill(pid, signal.SIGTERM)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_phase_whose_check_stops_its_executor_ends(tmp_path: Path) -> None:
+    """A check that stops the Python process running it (SIGTERM, as a test signalling
+    its parent would) had its attempt handed back without spending a retry: under a
+    supervisor restarting the executor, the phase was tried for ever, a Builder call
+    each time. Such stops now count with lost attempts: after the free ones, each spends
+    a retry, and the phase fails saying why."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url)
+    (tmp_path / "stop_executor.py").write_text(_STOPS_ITS_EXECUTOR)
+    check = f"{sys.executable} {tmp_path / 'stop_executor.py'}"
+    spec = [phase("loop", ["pkg/loop.py"], checks=[check], max_attempts=1)]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    restarts = checks_free = 2  # control.leases.FREE_LOSSES
+    answers = [line("loop", n, files(loop_py="L = 1\n")) for n in range(1, restarts + 3)]
+    tape = cassette(tmp_path, answers)
+    for _ in range(checks_free + 1):  # a supervisor starting the executor again
+        result = drain(
+            *("run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)),
+            *("--workspace", str(tmp_path / "ws")),
+            env=env,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 143, result.stderr[-3000:]
+    [row] = rows(url, "SELECT state, last_failure_reason FROM phases WHERE phase_id = 'loop'")
+    assert row["state"] == "FAILED", row
+    assert "again while its checks ran" in row["last_failure_reason"]
 
 
 def test_daemons_a_check_started_do_not_outlive_it(tmp_path: Path) -> None:

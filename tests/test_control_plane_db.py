@@ -463,6 +463,40 @@ def test_lost_last_attempt_fails_the_phase_once_its_free_losses_are_spent(db: Da
     assert run_row(db)["state"] == "DONE_FAILED_PHASES"
 
 
+def test_stops_while_the_checks_ran_share_the_free_losses_and_others_stay_free(
+    db: Database,
+) -> None:
+    """A check runs the Builder's code, and code that stops the executor running it had
+    each attempt handed back without spending a retry, a new Builder call each time, for
+    ever under a supervisor that restarts executors. Stops while the checks ran now count
+    with lost attempts; stops elsewhere (the Builder's call, a provider refusing) never
+    spend a retry."""
+    create(db, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}]), ("T2", ["b"])])
+
+    def stopped(in_checks: bool) -> str:
+        leased = claimed(db, worker="w1", phase_id="a")
+        if in_checks:
+            token = leased.lease_token
+            leases.heartbeat(
+                db, "r", "a", HeartbeatIn(lease_token=token, state=PhaseState.CI_RUNNING)
+            )
+        return finish(db, leased, "FAILED", stop_reason="interrupted").phase_state
+
+    for _ in range(leases.FREE_LOSSES + 2):
+        assert stopped(in_checks=False) == "QUEUED"
+    assert stopped(in_checks=True) == "QUEUED"
+    claimed(db, worker="w1", phase_id="a")
+    expire_lease(db, "r", "a")
+    assert maintenance.maintain(db).reclaimed == 1  # the second free stop
+    assert phase_row(db, "r", "a")["state"] == "QUEUED"
+    assert stopped(in_checks=True) == "FAILED"
+    row = phase_row(db, "r", "a")
+    assert "again while its checks ran" in row["last_failure_reason"], row
+    assert states(db)["b"] == "SKIPPED"
+    stops = [a["details"].get("stopped_in") for a in attempt_rows(db, "r", "a")]
+    assert stops == ["EXECUTING"] * (leases.FREE_LOSSES + 2) + ["CI_RUNNING", None, "CI_RUNNING"]
+
+
 def test_a_repeated_or_concurrent_reclaim_applies_once(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b", "c"])])
     for _ in range(3):

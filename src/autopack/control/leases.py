@@ -15,7 +15,8 @@
   A phase's first :data:`FREE_LOSSES` lost attempts spend no retry (their executors were
   killed, ran out of memory, lost their machine: not the phase's doing, like a stop that
   hands the lease back); later ones do, so a phase that kills every executor that tries
-  it still ends.
+  it still ends. Stops handed back while the phase's checks ran count with them
+  (:func:`stop_spends_no_retry`).
 """
 
 from __future__ import annotations
@@ -185,6 +186,22 @@ when its one executor was killed (a spot machine reclaimed), an approval given f
 last attempt with it."""
 
 
+def stop_spends_no_retry(tx: Tx, phase: PhaseRecord) -> bool:
+    """Whether a stop of ``phase``'s executor that the phase may have caused is free.
+
+    Killed at any step, or stopped (SIGTERM, Ctrl-C) while the phase's checks ran: those
+    checks run the Builder's code, and code that kills or stops the executor running it
+    (``kill $PPID``, a test that signals its parent) had each attempt handed back without
+    spending a retry, a new Builder call each time, for ever under a supervisor that
+    restarts executors. The first :data:`FREE_LOSSES` such stops are free; later ones
+    spend a retry, so such a phase ends. A stop elsewhere (the Builder's call, a provider
+    refusing) is never the phase's doing and stays free.
+    """
+    params = {"b_run": phase.run_id, "b_phase": phase.phase_id}
+    stops: int = tx.execute(sql.STOPS_IT_MAY_HAVE_CAUSED, params).scalar_one()
+    return stops < FREE_LOSSES
+
+
 def reclaim_expired(tx: Tx) -> int:
     """Expired leases: record the attempt LOST (``lease_expired``), re-QUEUE or FAIL the phase.
 
@@ -197,11 +214,7 @@ def reclaim_expired(tx: Tx) -> int:
     reclaimed = 0
     for phase in expired:
         run = lifecycle.load_run(tx, phase.run_id)
-        lost = tx.execute(
-            sql.LOST_ATTEMPTS,
-            {"b_run": phase.run_id, "b_phase": phase.phase_id, "b_lost": AttemptOutcome.LOST},
-        ).scalar_one()
-        free = lost < FREE_LOSSES
+        free = stop_spends_no_retry(tx, phase)
         retry = (free or phase.window_open) and run.state in RUN_ACTIVE
         target = P.QUEUED if retry else P.FAILED
         ensure_transition("phase", phase.state, target)

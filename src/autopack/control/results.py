@@ -11,7 +11,9 @@
 * FAILED with stop reason ``interrupted`` (the executor was stopped: SIGTERM, Ctrl-C, and
   it handed the lease back) is not the phase's failure: it goes back to QUEUED at once,
   and its retry window moves on by one, so the attempt is recorded but does not count
-  against the phase's retries (while its run may still run).
+  against the phase's retries (while its run may still run). Unless it came while the
+  phase's checks ran, once too often: the phase's code may be what stops its executors
+  (:func:`~autopack.control.leases.stop_spends_no_retry`); that stop spends a retry.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from autopack import redact
 from autopack.contract import AuditVerdict, ResultAnswer, ResultIn, failed_checks_line
 from autopack.control import lifecycle
-from autopack.control.leases import holds_lease, lease_lost
+from autopack.control.leases import FREE_LOSSES, holds_lease, lease_lost, stop_spends_no_retry
 from autopack.control.telemetry import set_phase_outcome
 from autopack.db import Database
 from autopack.db import statements as sql
@@ -131,16 +133,19 @@ def _post_result(
     target = P.COMPLETE
     policy = None
     interrupted = result.outcome == P.FAILED and result.stop_reason == INTERRUPTED
+    details = result.details
+    free = False
+    if interrupted:
+        details = {**details, sql.STOPPED_IN: phase.state}
+        free = phase.state != P.CI_RUNNING or stop_spends_no_retry(tx, phase)
     if result.outcome == P.FAILED:
         run = lifecycle.load_run(tx, run_id)
         policy = run.policy
-        retry = (interrupted or (result.retryable and phase.window_open)) and (
-            run.state in RUN_ACTIVE
-        )
+        retry = (free or (result.retryable and phase.window_open)) and (run.state in RUN_ACTIVE)
         target = P.QUEUED if retry else P.FAILED
     ensure_transition("phase", phase.state, target, subject=f"phase {run_id}/{phase_id}")
 
-    values, available_at = _phase_values(tx, phase, result, target, policy)
+    values, available_at = _phase_values(tx, phase, result, target, policy, free=free)
     lifecycle.update_phase(tx, phase, **values)
     if target != P.QUEUED:
         set_phase_outcome(tx, run_id, phase_id, target)
@@ -178,7 +183,7 @@ def _post_result(
         else None,
         feedback=result.feedback,
         error=result.error,
-        details=result.details,
+        details=details,
         result_key=stored_key(run_id, phase_id, key) if key else f"{run_id}:{phase_id}:{number}",
         result_response=answer.model_dump(mode="json"),
         commit_sha=result.commit,
@@ -207,10 +212,16 @@ def _failure_line(result: ResultIn) -> str:
 
 
 def _phase_values(
-    tx: Tx, phase: PhaseRecord, result: ResultIn, target: PhaseState, policy: Policy | None
+    tx: Tx,
+    phase: PhaseRecord,
+    result: ResultIn,
+    target: PhaseState,
+    policy: Policy | None,
+    *,
+    free: bool,
 ) -> tuple[dict[str, Any], datetime | None]:
     """The phase row's new values for ``result`` moving it to ``target``, and when it is
-    available again (re-queued)."""
+    available again (re-queued); ``free``: a stop that spends no retry."""
     values: dict[str, Any] = {
         "state": target,
         "lease_owner": None,
@@ -223,12 +234,17 @@ def _phase_values(
         values.update(finished_at=tx.now, commit_sha=result.commit)
         return values, None
     line = _failure_line(result)
+    if result.stop_reason == INTERRUPTED and not free:
+        line = (
+            f"{line}, again while its checks ran: stops there spend a retry after "
+            f"{FREE_LOSSES} (its code may be what stops executors)"
+        )
     reason = result.stop_reason + (f": {line[:300]}" if line else "")
     values.update(
         last_failure_reason=reason,
         failure_fingerprint=lifecycle.fingerprint(result.stop_reason, result.error),
     )
-    if target == P.QUEUED and result.stop_reason == INTERRUPTED:
+    if target == P.QUEUED and free:
         # not a failure: no backoff, no retry spent
         available_at = tx.now
         values.update(available_at=available_at, retry_window_start=phase.retry_window_start + 1)

@@ -401,16 +401,23 @@ HISTORY = (
     .order_by(ATTEMPTS.c.attempt)
 )
 """The attempts before ``b_attempt``, oldest first (what a new attempt learns from)."""
-LOST_ATTEMPTS = (
+STOPPED_IN = "stopped_in"
+"""The key of an attempt's ``details`` saying which phase state its hand-back found."""
+STOPS_IT_MAY_HAVE_CAUSED = (
     select(func.count())
     .select_from(ATTEMPTS)
     .where(
         ATTEMPTS.c.run_id == bindparam("b_run"),
         ATTEMPTS.c.phase_id == bindparam("b_phase"),
-        ATTEMPTS.c.outcome == bindparam("b_lost"),
+        or_(
+            ATTEMPTS.c.outcome == AttemptOutcome.LOST,
+            ATTEMPTS.c.details[STOPPED_IN].as_string() == P.CI_RUNNING,
+        ),
     )
 )
-"""How many of a phase's attempts their executors lost (their leases reclaimed)."""
+"""How many of a phase's attempts ended with their executors stopped where the phase may
+have done it: lost (the executor killed, its lease reclaimed) or handed back while the
+phase's checks, the Builder's code, ran."""
 ATTEMPTS_OF_PHASE = (
     select(ATTEMPTS)
     .where(ATTEMPTS.c.run_id == bindparam("b_run"), ATTEMPTS.c.phase_id == bindparam("b_phase"))
