@@ -471,7 +471,7 @@ def test_stops_while_the_checks_ran_share_the_free_losses_and_others_stay_free(
     ever under a supervisor that restarts executors. Stops while the checks ran now count
     with lost attempts; stops elsewhere (the Builder's call, a provider refusing) never
     spend a retry."""
-    create(db, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}]), ("T2", ["b"])])
+    create(db, tiers=[("T1", [{"phase_id": "a", "max_attempts": 1}, "c"]), ("T2", ["b"])])
 
     def stopped(in_checks: bool) -> str:
         leased = claimed(db, worker="w1", phase_id="a")
@@ -494,7 +494,23 @@ def test_stops_while_the_checks_ran_share_the_free_losses_and_others_stay_free(
     assert "again while its checks ran" in row["last_failure_reason"], row
     assert states(db)["b"] == "SKIPPED"
     stops = [a["details"].get("stopped_in") for a in attempt_rows(db, "r", "a")]
-    assert stops == ["EXECUTING"] * (leases.FREE_LOSSES + 2) + ["CI_RUNNING", None, "CI_RUNNING"]
+    assert stops == ["EXECUTING"] * 4 + ["CI_RUNNING", None, "CI_RUNNING"]
+    # where a stop found the phase is the control plane's to say, not a worker's
+    said = {"stopped_in": "CI_RUNNING", "summary": "done"}
+    leased = claimed(db, worker="w1", phase_id="c")
+    answer = results.post_result(
+        db,
+        "r",
+        "c",
+        ResultIn(
+            lease_token=leased.lease_token,
+            outcome="COMPLETE",
+            stop_reason="completed",
+            details=said,
+        ),
+    )
+    assert answer.phase_state == "COMPLETE"
+    assert attempt_rows(db, "r", "c")[0]["details"] == {"summary": "done"}
 
 
 def test_a_repeated_or_concurrent_reclaim_applies_once(db: Database) -> None:

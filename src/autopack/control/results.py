@@ -133,10 +133,11 @@ def _post_result(
     target = P.COMPLETE
     policy = None
     interrupted = result.outcome == P.FAILED and result.stop_reason == INTERRUPTED
-    details = result.details
+    # where a stop found the phase is the control plane's to say, not the worker's
+    details = {k: v for k, v in result.details.items() if k != sql.STOPPED_IN}
     free = False
     if interrupted:
-        details = {**details, sql.STOPPED_IN: phase.state}
+        details[sql.STOPPED_IN] = phase.state
         free = phase.state != P.CI_RUNNING or stop_spends_no_retry(tx, phase)
     if result.outcome == P.FAILED:
         run = lifecycle.load_run(tx, run_id)
