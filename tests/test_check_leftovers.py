@@ -200,6 +200,33 @@ def test_a_phase_whose_check_stops_its_executor_ends(tmp_path: Path) -> None:
     assert "again while its checks ran" in row["last_failure_reason"]
 
 
+def test_a_stop_after_the_checks_passed_is_no_stop_in_them(tmp_path: Path) -> None:
+    """The phase stayed ``CI_RUNNING`` after its checks, through the auditor's call: a
+    provider refusing that call (a 401, handed back) counted as a stop the phase's code
+    may have caused, and a user re-running the drain while fixing the key spent the
+    phase's retries. The phase is ``EXECUTING`` again once its checks passed."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url)
+    spec = [phase("audited", ["pkg/audited.py"], checks=["true"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    refused = line("audited", 1, "", role="auditor")
+    del refused["response"]
+    refused["error"] = {"status": 401, "message": "invalid x-api-key"}
+    tape = cassette(tmp_path, [line("audited", 1, files(audited_py="A = 1\n")), refused])
+    result = drain(
+        *("run", "--run-id", RUN_ID, "--auditor", "llm", "--cassette", str(tape)),
+        *("--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "invalid x-api-key" in result.stderr, result.stderr[-3000:]
+    [row] = rows(url, "SELECT state FROM phases WHERE phase_id = 'audited'")
+    assert row["state"] == "QUEUED"
+    [attempt] = rows(url, "SELECT stop_reason, details FROM phase_attempts")
+    assert attempt["stop_reason"] == "interrupted"
+    assert json.loads(attempt["details"])["stopped_in"] == "EXECUTING", attempt
+
+
 def test_daemons_a_check_started_do_not_outlive_it(tmp_path: Path) -> None:
     """``setsid`` and a double fork take a process out of the check's process group, which
     is all that was killed: the daemon kept running in the attempt's worktree after the

@@ -394,6 +394,9 @@ class Attempt:
                     f"$ {c.command} (exit {c.exit_code})\n{c.output_tail[-1500:]}" for c in failures
                 ),
             )
+        # The Builder's code has run: a stop from now on (the auditor's call) is none of its
+        # doing (control.leases.stop_spends_no_retry).
+        lease.renew(state=PhaseState.EXECUTING)
 
     def _accepted(self) -> str | None:
         """The run's accepted head, which decides whether the branch moved by the checks'
