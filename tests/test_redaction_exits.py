@@ -1,16 +1,35 @@
 """The exits test_redaction.py does not walk: each one a real process, grepped for the secret.
 
 Same adversary as there (a provider whose error body echoes the request's key), followed
-to the places a secret could still leave: the OpenTelemetry spans a drain exports.
+to the places a secret could still leave: the OpenTelemetry spans a drain exports. And a
+second one: a check, the LLM's code run as the executor's user, looking for the secrets
+its own environment was stripped of in the other processes of that user.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
+import os
+import subprocess
+import sys
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from tests.executor_support import create_run, drain, env_for, phase, run_file
+from sqlalchemy.engine import make_url
+
+from tests.executor_support import (
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    files,
+    line,
+    phase,
+    run_file,
+)
 from tests.fakes.llm_wire import ANTHROPIC_PATH, Reply, WireServer
 from tests.fakes.loopback import LoopbackServer
 
@@ -66,3 +85,74 @@ def test_an_echoed_key_is_not_in_the_exported_error_span(database_url: str, tmp_
     assert b"authorization" in exported  # the span's status is the provider's message
     assert KEY.encode() not in exported
     assert b"[REDACTED]" in exported
+
+
+PROBE = """
+import json, os, sys
+secrets, canary = sys.argv[1].split(","), sys.argv[2]
+leaked, readable = [], 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        environment = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+    except OSError:  # another user's, gone, or kept from us
+        continue
+    readable += canary in environment
+    leaked += [(pid, s) for s in secrets if s in environment]
+json.dump({"leaked": leaked, "readable": readable}, open(sys.argv[3], "w"))
+"""
+
+
+def _as_an_ordinary_user() -> None:
+    """In the drain's child before exec: no capability for it or its checks, as for any
+    user but root (root's CAP_SYS_PTRACE reads every process's /proc files anyway)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in range(64):
+        libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP; past the last: EINVAL
+
+
+def test_a_check_cannot_read_the_secrets_from_the_drains_processes(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Checks run without the keys in their environment, but read them (and the tokens,
+    and the database password) from /proc/PID/environ of their executor and of the API
+    server it started: both are processes of the same user."""
+    tag = uuid.uuid4().hex
+    key, operator, worker = f"key-{tag}", f"operator-{tag}", f"worker-{tag}"
+    secrets = [key, operator, worker]
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":  # trust auth: a password nobody checks
+        secrets.append(f"pw{tag}")
+        database_url = url.set(password=secrets[-1]).render_as_string(hide_password=False)
+    env = env_for(
+        database_url,
+        ANTHROPIC_API_KEY=key,
+        AUTOPACK_API_TOKEN=operator,
+        AUTOPACK_WORKER_TOKEN=worker,
+        PROBE_CANARY=tag,  # not a secret: checks get it, so the probe shows it can read
+    )
+    (tmp_path / "probe.py").write_text(PROBE)
+    found = tmp_path / "found.json"
+    check = f"python {tmp_path / 'probe.py'} {','.join(secrets)} {tag} {found}"
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], checks=[check])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="x = 1\n"))])
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "autopack", "drain", "phase", "--run-id", "exec-run"),
+            *("--phase-id", "p1", "--auditor", "rules", "--cassette", str(tape)),
+            *("--workspace", str(tmp_path / "ws")),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        preexec_fn=_as_an_ordinary_user if os.geteuid() == 0 else None,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(found.read_text())
+    assert seen["readable"] >= 1, seen  # the check's own shells: reading works
+    assert seen["leaked"] == [], seen
+
