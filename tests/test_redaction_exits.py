@@ -32,6 +32,7 @@ from tests.executor_support import (
 )
 from tests.fakes.llm_wire import ANTHROPIC_PATH, Reply, WireServer
 from tests.fakes.loopback import LoopbackServer
+from tests.support import clean_env, cli
 
 KEY = "test-key-7f3a9c1e5b2d8e4f"
 """Not shaped like sk-…: only the configured-value and header rules can catch it."""
@@ -156,3 +157,22 @@ def test_a_check_cannot_read_the_secrets_from_the_drains_processes(
     assert seen["readable"] >= 1, seen  # the check's own shells: reading works
     assert seen["leaked"] == [], seen
 
+
+def test_the_git_a_command_runs_in_your_project_gets_no_key(tmp_path: Path) -> None:
+    """Creating the default database asks git whether it is ignored; git runs the command
+    the project's configuration names (``core.fsmonitor``) with git's environment, which
+    held the keys."""
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    dump = tmp_path / "fsmonitor-env"
+    monitor = tmp_path / "monitor.sh"
+    monitor.write_text(f"#!/bin/sh\nenv > {dump}\n")
+    monitor.chmod(0o755)
+    subprocess.run(["git", "config", "core.fsmonitor", str(monitor)], cwd=project, check=True)
+    path = run_file(project, [phase("p1", ["pkg/a.py"])])
+    result = cli("run", "create", str(path), cwd=project, env=clean_env(ANTHROPIC_API_KEY=KEY))
+    assert result.returncode == 0, result.stderr
+    assert "created new database" in result.stdout + result.stderr
+    assert "PATH=" in dump.read_text()  # git ran it
+    assert KEY not in dump.read_text()
