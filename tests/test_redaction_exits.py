@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from tests.executor_support import (
     cassette,
+    cli_drain,
     create_run,
     drain,
     env_for,
@@ -176,3 +177,54 @@ def test_the_git_a_command_runs_in_your_project_gets_no_key(tmp_path: Path) -> N
     assert "created new database" in result.stdout + result.stderr
     assert "PATH=" in dump.read_text()  # git ran it
     assert KEY not in dump.read_text()
+
+
+def test_the_drains_table_shows_no_echoed_key(database_url: str, tmp_path: Path) -> None:
+    """The table of a drain's outcomes, as a person reads it (not ``--json``), showed the
+    attempt's error as the provider sent it: the echoed Authorization header."""
+    env = env_for(database_url, ANTHROPIC_API_KEY=KEY)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    with WireServer() as wire:
+        wire.script(ANTHROPIC_PATH, Reply(400, echo_headers=True))
+        result = cli_drain(
+            *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "ANTHROPIC_BASE_URL": wire.url},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr[-3000:]
+    shown = result.stdout + result.stderr
+    assert "headers were" in shown  # the error is in the table, redacted
+    assert KEY not in shown
+
+
+def test_a_repo_urls_token_is_not_shown(database_url: str, tmp_path: Path) -> None:
+    """``--repo https://user:TOKEN@host/x.git``: the drain's ``code:`` line and its last
+    line (where the code is, how to export it) showed the token."""
+    bare, home = tmp_path / "remote.git", tmp_path / "home"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    seed = tmp_path / "seed"
+    subprocess.run(["git", "clone", "-q", str(bare), str(seed)], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "s", "--allow-empty"],
+        cwd=seed,
+        check=True,
+    )
+    subprocess.run(["git", "push", "-q", "origin", "HEAD:main"], cwd=seed, check=True)
+    token = f"repo-token-{uuid.uuid4().hex}"
+    url = f"https://ana:{token}@git.example/x.git"
+    home.mkdir()  # the URL means the local bare repository (git's url.<base>.insteadOf)
+    (home / ".gitconfig").write_text(f'[url "{bare}"]\n\tinsteadOf = {url}\n')
+    env = env_for(database_url, HOME=str(home))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="x = 1\n"))])
+    result = cli_drain(
+        *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+        *("--cassette", str(tape), "--repo", url),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = result.stdout + result.stderr
+    assert "https://ana:[REDACTED]@git.example/x.git" in shown
+    assert token not in shown
