@@ -228,3 +228,13 @@ def test_a_repo_urls_token_is_not_shown(database_url: str, tmp_path: Path) -> No
     shown = result.stdout + result.stderr
     assert "https://ana:[REDACTED]@git.example/x.git" in shown
     assert token not in shown
+
+
+def test_a_usage_error_does_not_quote_a_database_password(tmp_path: Path) -> None:
+    """A database URL given without its flag was quoted back by Click's usage errors."""
+    url = "postgresql+psycopg://ana:hunter2secret@db.example/autopack"
+    for args in (["run", "list", url], [url], ["drain", "run", "--run-id", "r", url]):
+        result = cli(*args, cwd=tmp_path, env=clean_env())
+        assert result.returncode == 2, result.stderr
+        assert "ana:[REDACTED]@db.example" in result.stderr, args
+        assert "hunter2secret" not in result.stdout + result.stderr, args
