@@ -238,3 +238,29 @@ def test_a_usage_error_does_not_quote_a_database_password(tmp_path: Path) -> Non
         assert result.returncode == 2, result.stderr
         assert "ana:[REDACTED]@db.example" in result.stderr, args
         assert "hunter2secret" not in result.stdout + result.stderr, args
+
+
+def test_a_check_gets_no_credential_the_sdks_read(database_url: str, tmp_path: Path) -> None:
+    """Besides the keys Autopack names, the SDKs it drives read credentials of their own
+    from the environment (the Anthropic SDK's bearer token, the OTLP exporter's headers):
+    checks, the LLM's code, were run with them."""
+    secrets = {
+        name: f"{name.lower()}-{uuid.uuid4().hex}"
+        for name in ("ANTHROPIC_AUTH_TOKEN", "OTEL_EXPORTER_OTLP_HEADERS")
+    }
+    env = env_for(database_url, **secrets)
+    dump = tmp_path / "check-env"
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"], checks=[f"env > {dump}"])]), env, tmp_path
+    )
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="x = 1\n"))])
+    result = drain(
+        *("phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = dump.read_text()
+    assert "PATH=" in seen
+    assert [name for name, value in secrets.items() if value in seen] == []
