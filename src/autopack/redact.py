@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +40,7 @@ from urllib.parse import urlsplit
 
 MARK = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
+_PR_SET_DUMPABLE = 4
 
 _HEADER = re.compile(
     r"(?i)\b(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key|cookie)"
@@ -73,9 +75,30 @@ def add_secrets(values: Iterable[str | None]) -> None:
     with _known.guard:
         if fresh <= _known.values:
             return
+        if not _known.values:
+            _undumpable()
         _known.values = _known.values | fresh
         ordered = sorted(_known.values, key=len, reverse=True)  # longest first: no partial hit
         _known.pattern = re.compile("|".join(re.escape(value) for value in ordered))
+
+
+def _undumpable() -> None:
+    """Keep this process's memory from the user's other processes (Linux).
+
+    The checks an executor runs are the LLM's code, run as the executor's user, and such
+    a process may read ``/proc/PID/environ`` (and ``mem``, ``fd/``) of every other process
+    of that user: a check stripped of the keys read them from its executor's environment,
+    and the tokens from the environment of the API server the drain started. Not dumpable,
+    a process's ``/proc`` files open only to a process allowed to trace it (root's
+    ``CAP_SYS_PTRACE``), as ssh-agent does; children are dumpable again once they exec,
+    so a check's own processes stay readable to the executor that reaps them.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # no libc by that name: nothing to do
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def remember(settings: Any) -> None:

@@ -141,11 +141,17 @@ class CliState:
         origin = self.loaded().database
         if origin.source != "default" or origin.base is None or not (origin.base / ".git").exists():
             return ""
+        import os
         import subprocess
+
+        from autopack.executor.git import local_environment
 
         try:
             ignored = subprocess.run(
-                ["git", "check-ignore", "-q", "autopack.db"], cwd=origin.base, check=False
+                ["git", "check-ignore", "-q", "autopack.db"],
+                cwd=origin.base,
+                env=local_environment(os.environ),  # git runs what its config names: no keys
+                check=False,
             )
         except OSError:  # no git here: nothing lists it
             return ""

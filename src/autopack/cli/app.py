@@ -11,8 +11,11 @@ moves them in front of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from difflib import get_close_matches
 from importlib import import_module
+from typing import Any
 
 import typer
 import typer.main
@@ -178,12 +181,40 @@ def _given_once(root_words: list[str]) -> None:
             raise InvalidInput(f"{name} is given more than once, as {shown}: give it once")
 
 
+@contextmanager
+def _redacted_usage_errors() -> Iterator[None]:
+    """Click's usage errors quote the arguments they refuse: a database URL given without
+    its flag (``autopack run list postgresql://u:PASSWORD@host/db``) was printed back in
+    "Got unexpected extra argument(s)" or "No such command"; the CLI's errors are redacted."""
+    try:
+        yield
+    except click.ClickException as exc:
+        from autopack import redact
+
+        exc.message = redact.text(exc.message)
+        raise
+
+
 class LazyGroup(TyperGroup):
     """Lists commands from :data:`COMMANDS`; imports one only to run it or show its help
     (listing them uses the one-line helps in the table)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _redacted_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _redacted_usage_errors():  # every command's own parsing happens in here
+            return super().invoke(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:

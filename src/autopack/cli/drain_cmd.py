@@ -25,6 +25,7 @@ import typer
 from autopack.cli._common import CliState, check_named_repository, err, state
 from autopack.cli.drain_report import report
 from autopack.cli.progress import DrainProgress
+from autopack.cli.shown import escape
 from autopack.errors import ConfigError, InvalidInput, NotFound, ServerUnavailable
 from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL
 
@@ -268,8 +269,9 @@ def executor_for(
         if not idle and not flags.cassette:
             _check_models(settings, options)
         err.print(
-            f"code: branch {repository.branch} in {repository.where} · {connection.where} "
-            f"({connection.origin}) · database {connection.database.location} · instance "
+            f"code: branch {repository.branch} in {escape(repository.where)} · "
+            f"{escape(connection.where)} ({connection.origin}) · database "
+            f"{escape(connection.database.location)} · instance "
             f"{connection.database.instance_id}",
             highlight=False,
         )

@@ -147,7 +147,8 @@ def report(
             "a check that killed its executor before Autopack could put the branch back); "
             f"they are left there. {escape(summary.branch_reset)} puts the branch at the "
             "accepted head; "
-            f"`autopack run export {summary.run_id} DIR {summary.repository_flag}` writes "
+            f"`autopack run export {summary.run_id} DIR {escape(summary.repository_flag)}` "
+            "writes "
             "the accepted code out.",
             highlight=False,
             soft_wrap=True,
@@ -155,8 +156,8 @@ def report(
     elif summary.branch_head:
         out.print(
             f"the run's code: branch {summary.branch} at {summary.branch_head[:12]} in "
-            f"{summary.repository} (`autopack run export {summary.run_id} DIR "
-            f"{summary.repository_flag}` writes it out)",
+            f"{escape(summary.repository)} (`autopack run export {summary.run_id} DIR "
+            f"{escape(summary.repository_flag)}` writes it out)",
             highlight=False,
             soft_wrap=True,
         )

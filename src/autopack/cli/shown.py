@@ -4,7 +4,9 @@ A provider's or proxy's error page, a check's output (code the LLM wrote), a Bui
 summary, an auditor's issues: printed as they came, their markup was escaped but their
 control characters went through to the operator's terminal (``ESC ] 0 ;`` retitled it,
 ``ESC [ 2 J`` erased it, ``ESC ] 52 ;`` writes the clipboard in many terminals). Every
-place the CLI prints such text escapes it with :func:`escape`.
+place the CLI prints such text escapes it with :func:`escape`, which also takes the
+secrets out (:mod:`autopack.redact`): a proxy's error page may quote the request's key, a
+``--repo`` URL its token; the table of a drain's outcomes showed them as they came.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import re
 
 from rich.markup import escape as escape_markup
 
+from autopack import redact
+
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """C0 controls but tab and newline, DEL, and the C1 controls (``\\x9b`` is a CSI too)."""
 
 
 def escape(text: str) -> str:
-    """``text`` with its markup escaped and each control character spelled ``\\x1b``
-    (a carriage return, which Rich dropped before, is dropped: CRLF output stays clean)."""
-    visible = _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text.replace("\r", ""))
+    """``text`` redacted, with its markup escaped and each control character spelled
+    ``\\x1b`` (a carriage return, which Rich dropped before, is dropped: CRLF output stays
+    clean)."""
+    visible = _CONTROL.sub(
+        lambda found: f"\\x{ord(found.group()):02x}", redact.text(text).replace("\r", "")
+    )
     return escape_markup(visible)

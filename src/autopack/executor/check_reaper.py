@@ -29,6 +29,8 @@ import sys
 import threading
 from pathlib import Path
 
+from autopack.executor.git import local_environment
+
 CHECK_MARKER = "AUTOPACK_CHECK_ID"
 EXECUTOR_TOKEN = secrets.token_hex(8)
 """This process's part of every marker it hands out."""
@@ -89,6 +91,9 @@ def ensure_reaper() -> None:
         _reaper[:] = [
             subprocess.Popen(
                 [sys.executable, "-m", "autopack.executor.check_reaper", EXECUTOR_TOKEN],
+                # no credentials: it outlives the executor, and the checks can read the
+                # environment of a process of their user that holds no secret of its own
+                env=local_environment(os.environ),
                 stdin=subprocess.PIPE,  # its write end stays here: the pipe is not inherited
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -64,6 +64,12 @@ CREDENTIALS = (
     "DATABASE_URL",
     "AUTOPACK_API_TOKEN",
     "AUTOPACK_WORKER_TOKEN",
+    "ANTHROPIC_AUTH_TOKEN",  # the Anthropic SDK sends it as a bearer token when set
+    # what the OpenTelemetry exporter sends to its endpoint (AUTOPACK_OTEL): an API key
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
 )
 """What neither git nor a check needs. Git runs commands its configuration names
 (``core.fsmonitor``, filters) with its own environment: given the executor's, a command a

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from autopack import redact
 from autopack.config import Settings
 from autopack.errors import ConfigError, LLMError
 from autopack.llm.base import LLMProvider, LLMRequest, LLMResponse
@@ -55,6 +56,10 @@ class InstrumentedProvider:
         with self._tracer.start_as_current_span(
             f"chat {request.model}",
             kind=SpanKind.CLIENT,
+            # not the SDK's own exception event and status: they export the provider's
+            # message unredacted (an echoing proxy's body quotes the key), and its traceback
+            record_exception=False,
+            set_status_on_exception=False,
             attributes={
                 **common,
                 "gen_ai.request.max_tokens": request.max_tokens,
@@ -69,10 +74,13 @@ class InstrumentedProvider:
                 response = self.inner.complete(request)
             except LLMError as exc:
                 span.set_attribute("error.type", exc.error_class)
-                span.set_status(Status(StatusCode.ERROR, exc.message))
+                span.set_status(Status(StatusCode.ERROR, redact.text(exc.message)))
                 self._duration.record(
                     time.perf_counter() - started, {**common, "error.type": exc.error_class}
                 )
+                raise
+            except BaseException as exc:  # no message: nothing vouches it holds no secret
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
             common["gen_ai.provider.name"] = response.provider
             common["gen_ai.response.model"] = response.model
