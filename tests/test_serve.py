@@ -119,18 +119,22 @@ def test_two_api_processes_serve_the_database_the_command_resolved(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("command", ["autopack serve", "uvicorn autopack.main:app"])
 def test_api_processes_end_with_a_supervisor_killed_and_the_server_restarts(
-    pg_admin: str, tmp_path: Path, request: pytest.FixtureRequest
+    command: str, pg_admin: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """``kill -9`` of ``autopack serve --workers 2`` (its supervisor) left both API
-    processes orphaned, serving on with the tokens they started with, and a restart on
-    the port failed "Address already in use" for as long as they lived."""
+    """``kill -9`` of the supervisor of ``--workers 2`` left both API processes orphaned,
+    serving on with the tokens they started with, and a restart on the port failed
+    "Address already in use" for as long as they lived."""
     from tests.conftest import create_pg_database, drop_pg_database
 
     url = create_pg_database(pg_admin)
     request.addfinalizer(lambda: drop_pg_database(pg_admin, url))
     env = clean_env(DATABASE_URL=url)
-    first = Server(env, tmp_path, autopack_args=["serve", "--workers", "2"])
+    if command == "autopack serve":
+        first = Server(env, tmp_path, autopack_args=["serve", "--workers", "2"])
+    else:  # the log level that shows each process's start
+        first = Server(env, tmp_path, uvicorn_args=["--workers", "2", "--log-level", "info"])
     pids: list[Pid] = []
 
     def no_orphans() -> None:  # a failed test leaves none behind

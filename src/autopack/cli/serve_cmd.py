@@ -67,15 +67,7 @@ def serve(
         uvicorn.run(create_app(settings), host=host, port=port)
         return
     cli.close()
-    # Each API process watches this one (the supervisor uvicorn runs here): killed with
-    # SIGKILL, it left its N processes orphaned, serving on with the tokens they started
-    # with (a rotation never took), and every restart failed "Address already in use".
-    env = child_env(
-        settings,
-        AUTOPACK_EXPECTED_INSTANCE_ID=identity.instance_id,
-        AUTOPACK_PARENT_PID=str(os.getpid()),
-    )
-    os.environ.update(env)
+    os.environ.update(child_env(settings, AUTOPACK_EXPECTED_INSTANCE_ID=identity.instance_id))
     uvicorn.run("autopack.main:app", host=host, port=port, workers=workers)
 
 
