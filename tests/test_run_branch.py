@@ -38,6 +38,7 @@ from tests.executor_support import (
     run_file,
 )
 from tests.support import cli
+from tests.test_stopped_attempts_hand_on import _held_check
 
 RUN = "exec-run"
 
@@ -673,6 +674,46 @@ def test_a_cache_wiped_mid_drain_hands_the_phase_back_and_the_next_drain_clones_
         ("p1", "QUEUED"),
         ("p2", "QUEUED"),
     ]
+    done = drain(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"
+
+
+def test_a_remote_that_stops_answering_hands_the_phase_back_and_fails_none(
+    tmp_path: Path,
+) -> None:
+    """The run's remote gone for a moment (its host down) while a phase's checks ran:
+    that attempt and every one after it failed ``git_error`` at once, and in seconds
+    every phase had spent its tries, the run DONE_FAILED_PHASES. The drain stops saying
+    so, the phase is handed back (no try spent), and the next drain completes the run."""
+    url = _sqlite(tmp_path)
+    remote, away = tmp_path / "remote.git", tmp_path / "remote-down.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    marker = tmp_path / "hold-the-check"
+    marker.touch()
+    spec = [phase("p1", ["pkg/p1.txt"], checks=[_held_check(marker)]), phase("p2", ["pkg/p2.txt"])]
+    body = json.loads(run_file(tmp_path, spec).read_text())
+    body["repository"] = str(remote)
+    (tmp_path / "remote-run.json").write_text(json.dumps(body))
+    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    answers = [line(p, n, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2") for n in (1, 2)]
+    tape = cassette(tmp_path, answers)
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    running = drain_process(*args, env=env, cwd=tmp_path)
+    _wait_for(lambda: phase_row(url, "p1")["state"] == "CI_RUNNING", "p1's checks")
+    remote.rename(away)
+    marker.unlink()
+    _, said = running.communicate(timeout=120)
+    said = " ".join(said.split())
+    assert running.returncode == 1, said[-3000:]
+    assert f"the run's repository {remote} does not answer" in said, said[-3000:]
+    assert [(a["outcome"], a["stop_reason"]) for a in attempts(url, "p1")] == [
+        ("FAILED", "interrupted")
+    ]
+    states = rows(url, "SELECT phase_id, state FROM phases ORDER BY phase_id")
+    assert [(r["phase_id"], r["state"]) for r in states] == [("p1", "QUEUED"), ("p2", "QUEUED")]
+    away.rename(remote)
     done = drain(*args, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"

@@ -67,6 +67,14 @@ class RepositoryGone(GitError):
     phases back, and the next drain clones again (or names the missing workspace)."""
 
 
+class RemoteUnreachable(RepositoryGone):
+    """The run's remote does not answer (its host down, the network gone, the repository
+    moved). Not the phase's failure either: every attempt failed ``git_error`` at once, a
+    few seconds of outage spent every phase's tries and the run ended
+    DONE_FAILED_PHASES, a completed attempt's work with it. The drain stops and hands the
+    phase back; the next drain goes on once the remote answers."""
+
+
 class HeadElsewhere(RepositoryGone):
     """A commit the control plane accepted is not in this executor's repository, nor on
     its remote: another executor completed a phase in a repository this one does not
@@ -114,12 +122,14 @@ class RunRepository:
 
     def check_present(self, failure: GitError | None = None) -> None:
         """Raise :class:`RepositoryGone` when the repository's directory is no longer there
-        (asked after a git command failed: it names the directory, not the cause), or
+        (asked after a git command failed: it names the directory, not the cause),
+        :class:`RemoteUnreachable` when the run's remote does not answer, or
         ``failure`` when it says so already (:class:`HeadElsewhere`): not the phase's
         failure, but this executor's."""
         if isinstance(failure, RepositoryGone):
             raise failure
         if self.path.is_dir():
+            self._check_remote_answers()
             return
         again = f"it clones {self.remote_url} again" if self.remote_url else "or give --workspace"
         raise RepositoryGone(
@@ -127,6 +137,20 @@ class RunRepository:
             f"the repository {self.path} this executor worked in is gone (removed while the "
             f"drain ran: a wiped cache?); its phases were handed back: run the drain again "
             f"({again})",
+        )
+
+    def _check_remote_answers(self) -> None:
+        """Raise :class:`RemoteUnreachable` when the run's remote does not answer now."""
+        if not self.remote:
+            return
+        asked = git("ls-remote", REMOTE, f"refs/heads/{self.branch}", cwd=self.path, check=False)
+        if asked.returncode == 0:
+            return
+        said = " ".join(asked.stderr.decode(errors="replace").split()) or "no answer"
+        raise RemoteUnreachable(
+            ("ls-remote", REMOTE),
+            f"the run's repository {self.remote_url} does not answer ({said}); this "
+            "executor's phases were handed back: run the drain again once it answers",
         )
 
     @property
