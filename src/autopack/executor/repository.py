@@ -30,7 +30,7 @@ from autopack.errors import ConfigError
 from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
 from autopack.executor.recall import recall, remember
-from autopack.executor.repolock import RepositoryLock
+from autopack.executor.repolock import RepositoryLock, stale_git_lock
 from autopack.executor.source import (
     RepoSource,
     cache_clone,
@@ -246,7 +246,15 @@ class RunRepository:
         if attempts:
             refspecs.append(f"+{ATTEMPT_REFS}/*:{ATTEMPT_REFS}/*")
         with self.locked():
-            git("fetch", "--quiet", REMOTE, *refspecs, cwd=self.path)
+            try:
+                git("fetch", "--quiet", REMOTE, *refspecs, cwd=self.path)
+            except GitError as exc:  # a lock a killed git left in this cache: not in use
+                stale = stale_git_lock(exc.message, self.common_dir())
+                if stale is None:
+                    raise
+                stale.unlink(missing_ok=True)
+                log_event(logger, "stale_lock_removed", logging.WARNING, path=stale)
+                git("fetch", "--quiet", REMOTE, *refspecs, cwd=self.path)
 
     def _branch_head(self, *, fetch: bool) -> str | None:
         if fetch and self.remote:
