@@ -38,6 +38,7 @@ from tests.executor_support import (
     run_file,
 )
 from tests.support import cli
+from tests.test_stopped_attempts_hand_on import _held_check
 
 RUN = "exec-run"
 
@@ -639,6 +640,50 @@ def test_a_ref_lock_a_killed_push_left_in_the_remote_is_named_and_fails_no_phase
     assert on_branch(remote, "pkg/p2.txt") == "p2\n"
 
 
+def test_a_lock_a_killed_fetch_left_in_the_cache_is_removed_once_nothing_holds_it(
+    tmp_path: Path,
+) -> None:
+    """A git killed mid-fetch (SIGKILL, the OOM killer) leaves
+    ``refs/remotes/origin/autopack/RUN.lock`` in the machine's cache clone, which only
+    Autopack's git writes. Each time another machine moved the branch, the next fetch
+    there failed: a drain's start (exit 1), or an attempt's try (``git_error``), until
+    someone found the file and removed it by hand. A lock no git step holds any more
+    (older than the repository lock's patience) is removed, saying so; a fresh one is
+    left to its git."""
+    url = _sqlite(tmp_path)
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    body = json.loads(
+        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2", "p3")]).read_text()
+    )
+    body["repository"] = str(remote)
+    (tmp_path / "remote-run.json").write_text(json.dumps(body))
+    create_run(tmp_path / "remote-run.json", env_for(url), tmp_path)
+    tape = cassette(
+        tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2", "p3")]
+    )
+
+    def drain_phase(phase_id: str, machine: str) -> subprocess.CompletedProcess[str]:
+        env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / machine))
+        args = ["phase", "--phase-id", phase_id, "--run-id", RUN, "--auditor", "rules"]
+        return drain(*args, "--cassette", str(tape), env=env, cwd=tmp_path)
+
+    assert drain_phase("p1", "one").returncode == 0
+    [tracking] = (tmp_path / "one").glob("repos/*.git/refs/remotes/origin/autopack")
+    lock = tracking / f"{RUN}.lock"
+    lock.touch()
+    assert drain_phase("p2", "two").returncode == 0  # another machine moves the branch
+    held = drain_phase("p3", "one")
+    assert held.returncode != 0 and f"{RUN}.lock" in held.stderr, held.stderr[-3000:]
+    assert lock.exists() and attempts(url, "p3") == []  # a lock in use is its git's
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    done = drain_phase("p3", "one")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stale_lock_removed" in done.stderr and not lock.exists(), done.stderr[-3000:]
+    assert [a["stop_reason"] for a in attempts(url, "p3")] == ["completed"]
+    assert on_branch(remote, "pkg/p3.txt") == "p3\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"
+
+
 def test_a_cache_wiped_mid_drain_hands_the_phase_back_and_the_next_drain_clones_again(
     tmp_path: Path,
 ) -> None:
@@ -673,6 +718,46 @@ def test_a_cache_wiped_mid_drain_hands_the_phase_back_and_the_next_drain_clones_
         ("p1", "QUEUED"),
         ("p2", "QUEUED"),
     ]
+    done = drain(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"
+
+
+def test_a_remote_that_stops_answering_hands_the_phase_back_and_fails_none(
+    tmp_path: Path,
+) -> None:
+    """The run's remote gone for a moment (its host down) while a phase's checks ran:
+    that attempt and every one after it failed ``git_error`` at once, and in seconds
+    every phase had spent its tries, the run DONE_FAILED_PHASES. The drain stops saying
+    so, the phase is handed back (no try spent), and the next drain completes the run."""
+    url = _sqlite(tmp_path)
+    remote, away = tmp_path / "remote.git", tmp_path / "remote-down.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    marker = tmp_path / "hold-the-check"
+    marker.touch()
+    spec = [phase("p1", ["pkg/p1.txt"], checks=[_held_check(marker)]), phase("p2", ["pkg/p2.txt"])]
+    body = json.loads(run_file(tmp_path, spec).read_text())
+    body["repository"] = str(remote)
+    (tmp_path / "remote-run.json").write_text(json.dumps(body))
+    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    answers = [line(p, n, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2") for n in (1, 2)]
+    tape = cassette(tmp_path, answers)
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    running = drain_process(*args, env=env, cwd=tmp_path)
+    _wait_for(lambda: phase_row(url, "p1")["state"] == "CI_RUNNING", "p1's checks")
+    remote.rename(away)
+    marker.unlink()
+    _, said = running.communicate(timeout=120)
+    said = " ".join(said.split())
+    assert running.returncode == 1, said[-3000:]
+    assert f"the run's repository {remote} does not answer" in said, said[-3000:]
+    assert [(a["outcome"], a["stop_reason"]) for a in attempts(url, "p1")] == [
+        ("FAILED", "interrupted")
+    ]
+    states = rows(url, "SELECT phase_id, state FROM phases ORDER BY phase_id")
+    assert [(r["phase_id"], r["state"]) for r in states] == [("p1", "QUEUED"), ("p2", "QUEUED")]
+    away.rename(remote)
     done = drain(*args, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"

@@ -14,7 +14,7 @@ from autopack.client import ApiClient
 from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState
-from tests.support import Server, clean_env, cli, free_port, wait_for
+from tests.support import Pid, Server, alive, clean_env, cli, free_port, gone, kill, wait_for
 
 
 def _instance_id(url: str, cwd: Path) -> str:
@@ -116,6 +116,50 @@ def test_two_api_processes_serve_the_database_the_command_resolved(
         assert api_identities == [expected, expected], server.output()
     finally:
         _stop_gracefully(server)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["autopack serve", "uvicorn autopack.main:app"])
+def test_api_processes_end_with_a_supervisor_killed_and_the_server_restarts(
+    command: str, pg_admin: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``kill -9`` of the supervisor of ``--workers 2`` left both API processes orphaned,
+    serving on with the tokens they started with, and a restart on the port failed
+    "Address already in use" for as long as they lived."""
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database(pg_admin)
+    request.addfinalizer(lambda: drop_pg_database(pg_admin, url))
+    env = clean_env(DATABASE_URL=url)
+    if command == "autopack serve":
+        first = Server(env, tmp_path, autopack_args=["serve", "--workers", "2"])
+    else:  # the log level that shows each process's start
+        first = Server(env, tmp_path, uvicorn_args=["--workers", "2", "--log-level", "info"])
+    pids: list[Pid] = []
+
+    def no_orphans() -> None:  # a failed test leaves none behind
+        for pid in pids:
+            kill(pid)
+
+    request.addfinalizer(no_orphans)
+    try:
+        first.wait_healthy()
+
+        def both_started() -> list[str] | None:
+            found = re.findall(r"Started server process \[(\d+)\]", first.output())
+            return found if len(found) == 2 else None
+
+        pids += [alive(int(pid)) for pid in wait_for(both_started, timeout=30)]
+        first.process.kill()
+        first.process.wait(timeout=30)
+        assert all(gone(pid, timeout=30) for pid in pids), first.output()
+    finally:
+        first.stop()
+    again = Server(env, tmp_path, port=first.port, autopack_args=["serve"])
+    try:
+        again.wait_healthy()
+    finally:
+        _stop_gracefully(again)
 
 
 def test_several_api_processes_on_sqlite_are_refused_before_touching_it(tmp_path: Path) -> None:

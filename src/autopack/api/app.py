@@ -38,7 +38,7 @@ from autopack.api.routers import (
     telemetry,
     ui_session,
 )
-from autopack.api.watchdog import exit_when_parent_dies
+from autopack.api.watchdog import exit_when_parent_dies, supervisor_pid
 from autopack.config import Settings, load_settings
 from autopack.db import open_database
 from autopack.errors import AutopackError
@@ -98,8 +98,9 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
         app.state.settings = resolved
         app.state.database = database
         watchdog = None
-        if resolved.autopack_parent_pid:
-            watchdog = asyncio.create_task(exit_when_parent_dies(resolved.autopack_parent_pid))
+        parent = resolved.autopack_parent_pid or (None if private else supervisor_pid())
+        if parent:
+            watchdog = asyncio.create_task(exit_when_parent_dies(parent))
         # Endpoints are short blocking transactions: a few threads keep the CPU busy, many
         # threads only queue for the GIL (and hold row locks while they wait for it).
         to_thread.current_default_thread_limiter().total_tokens = resolved.autopack_api_threads

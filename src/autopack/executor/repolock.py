@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -100,6 +101,32 @@ class RepositoryLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{_holder()}\n".encode(), 0)
             return
+
+
+_CANNOT_LOCK = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+
+
+def stale_git_lock(message: str, inside: Path) -> Path | None:
+    """The lock file git's ``message`` says it could not create, when it lies in ``inside``
+    and no git step has held it for :data:`PATIENCE_SECONDS`, else None.
+
+    Asked of a cache clone only Autopack's git writes, under this lock, so such a file is
+    what a git killed mid-update left (SIGKILL, the OOM killer): it failed every later
+    fetch there, a try of an attempt each time another machine moved the branch, and a
+    drain's start, until someone found and removed it by hand."""
+    found = _CANNOT_LOCK.search(message)
+    if found is None:
+        return None
+    path = Path(os.path.normpath(found.group(1)))
+    try:
+        if not path.resolve().is_relative_to(inside.resolve()):
+            return None
+        held = time.time() - path.stat().st_mtime
+    except FileNotFoundError:  # its git ended meanwhile: nothing is in the way now
+        return path
+    except OSError:
+        return None
+    return path if held > PATIENCE_SECONDS else None
 
 
 def _holder_of(fd: int) -> str:

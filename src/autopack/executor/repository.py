@@ -30,7 +30,7 @@ from autopack.errors import ConfigError
 from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import GitError, git, out
 from autopack.executor.recall import recall, remember
-from autopack.executor.repolock import RepositoryLock
+from autopack.executor.repolock import RepositoryLock, stale_git_lock
 from autopack.executor.source import (
     RepoSource,
     cache_clone,
@@ -65,6 +65,14 @@ class RepositoryGone(GitError):
     phase's failure. Every attempt after it failed ``git_error`` until the phase had used
     its tries and the rest of the run was SKIPPED; the drain stops instead, handing its
     phases back, and the next drain clones again (or names the missing workspace)."""
+
+
+class RemoteUnreachable(RepositoryGone):
+    """The run's remote does not answer (its host down, the network gone, the repository
+    moved). Not the phase's failure either: every attempt failed ``git_error`` at once, a
+    few seconds of outage spent every phase's tries and the run ended
+    DONE_FAILED_PHASES, a completed attempt's work with it. The drain stops and hands the
+    phase back; the next drain goes on once the remote answers."""
 
 
 class HeadElsewhere(RepositoryGone):
@@ -114,12 +122,14 @@ class RunRepository:
 
     def check_present(self, failure: GitError | None = None) -> None:
         """Raise :class:`RepositoryGone` when the repository's directory is no longer there
-        (asked after a git command failed: it names the directory, not the cause), or
+        (asked after a git command failed: it names the directory, not the cause),
+        :class:`RemoteUnreachable` when the run's remote does not answer, or
         ``failure`` when it says so already (:class:`HeadElsewhere`): not the phase's
         failure, but this executor's."""
         if isinstance(failure, RepositoryGone):
             raise failure
         if self.path.is_dir():
+            self._check_remote_answers()
             return
         again = f"it clones {self.remote_url} again" if self.remote_url else "or give --workspace"
         raise RepositoryGone(
@@ -127,6 +137,20 @@ class RunRepository:
             f"the repository {self.path} this executor worked in is gone (removed while the "
             f"drain ran: a wiped cache?); its phases were handed back: run the drain again "
             f"({again})",
+        )
+
+    def _check_remote_answers(self) -> None:
+        """Raise :class:`RemoteUnreachable` when the run's remote does not answer now."""
+        if not self.remote:
+            return
+        asked = git("ls-remote", REMOTE, f"refs/heads/{self.branch}", cwd=self.path, check=False)
+        if asked.returncode == 0:
+            return
+        said = " ".join(asked.stderr.decode(errors="replace").split()) or "no answer"
+        raise RemoteUnreachable(
+            ("ls-remote", REMOTE),
+            f"the run's repository {self.remote_url} does not answer ({said}); this "
+            "executor's phases were handed back: run the drain again once it answers",
         )
 
     @property
@@ -222,7 +246,15 @@ class RunRepository:
         if attempts:
             refspecs.append(f"+{ATTEMPT_REFS}/*:{ATTEMPT_REFS}/*")
         with self.locked():
-            git("fetch", "--quiet", REMOTE, *refspecs, cwd=self.path)
+            try:
+                git("fetch", "--quiet", REMOTE, *refspecs, cwd=self.path)
+            except GitError as exc:  # a lock a killed git left in this cache: not in use
+                stale = stale_git_lock(exc.message, self.common_dir())
+                if stale is None:
+                    raise
+                stale.unlink(missing_ok=True)
+                log_event(logger, "stale_lock_removed", logging.WARNING, path=stale)
+                git("fetch", "--quiet", REMOTE, *refspecs, cwd=self.path)
 
     def _branch_head(self, *, fetch: bool) -> str | None:
         if fetch and self.remote:
