@@ -706,7 +706,7 @@ def test_a_cache_wiped_mid_drain_hands_the_phase_back_and_the_next_drain_clones_
     tape = cassette(tmp_path, answers)
     args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
     stopped = drain(*args, env=env, cwd=tmp_path)
-    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
     said = " ".join(stopped.stderr.split())
     assert f"the repository {cache}" in said and "run the drain again" in said, said
     assert [(a["outcome"], a["stop_reason"]) for a in attempts(url, "p1")] == [
@@ -750,7 +750,7 @@ def test_a_remote_that_stops_answering_hands_the_phase_back_and_fails_none(
     marker.unlink()
     _, said = running.communicate(timeout=120)
     said = " ".join(said.split())
-    assert running.returncode == 1, said[-3000:]
+    assert running.returncode == 2, said[-3000:]
     assert f"the run's repository {remote} does not answer" in said, said[-3000:]
     assert [(a["outcome"], a["stop_reason"]) for a in attempts(url, "p1")] == [
         ("FAILED", "interrupted")
@@ -761,6 +761,25 @@ def test_a_remote_that_stops_answering_hands_the_phase_back_and_fails_none(
     done = drain(*args, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"
+
+
+def test_a_repository_nothing_answers_at_stops_the_drain_before_any_phase(
+    tmp_path: Path,
+) -> None:
+    """``--repo`` naming a repository that is not there: the drain stopped with git's
+    answer and exit 1, which says a phase failed, when none had started. Exit 2, as for a
+    provider the drain cannot use."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/p1.txt"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(p1_txt="p1\n"))])
+    nowhere = (tmp_path / "nowhere.git").as_uri()
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    stopped = drain(*args, "--repo", nowhere, env=env, cwd=tmp_path)
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    assert "does not appear to be a git repository" in stopped.stderr, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert phase_row(url, "p1")["state"] == "QUEUED" and attempts(url, "p1") == []
 
 
 def test_a_check_that_configures_git_runs_nothing_in_autopacks_git(tmp_path: Path) -> None:

@@ -50,7 +50,14 @@ _REPOSITORY_VARIABLES = frozenset(
 
 
 class GitError(AutopackError):
-    """A git command failed; the message names the command and git's answer."""
+    """A git command failed; the message names the command and git's answer.
+
+    Within an attempt it is the attempt's outcome (``git_error``); one that reaches a
+    command's end (a ``--repo`` nothing answers at, a repository gone) stopped the command
+    before any phase could fail: exit 2, as for a provider it cannot use, not the 1 that
+    says a phase failed."""
+
+    exit_code = 2
 
     def __init__(self, command: Sequence[str], message: str) -> None:
         shown = " ".join(command)
