@@ -71,6 +71,24 @@ def refused(exc: LLMError, phase_id: str) -> ProviderRefused | None:
     )
 
 
+def no_room(exc: LLMError, phase_id: str) -> ProviderRefused | None:
+    """The drain's stop for a prompt that fills the model's context on that server (no
+    ``max_tokens`` makes it fit: :mod:`autopack.llm.context_room`), or None. A server
+    configured with a small context refuses the prompts of phase after phase alike."""
+    if exc.output_room is None or exc.output_room > 0:
+        return None
+    return ProviderRefused(
+        f"{exc.message}. The model's context on that server has no room for an answer to "
+        f"this prompt, so the drain stopped and handed phase {phase_id} back without "
+        "spending a retry: give the model a larger context (vLLM --max-model-len; "
+        "llama-server --ctx-size, which --parallel divides among its slots; Ollama "
+        "OLLAMA_CONTEXT_LENGTH) or the phase less read-only context, then run the same "
+        "command again.",
+        provider=exc.provider,
+        status_code=exc.status_code,
+    )
+
+
 def gave_up(
     exc: LLMError,
     phase_id: str,

@@ -19,6 +19,7 @@ import httpx2
 
 from autopack.contract import USAGE_TOKENS_MAX
 from autopack.errors import LLMError
+from autopack.llm.context_room import output_room
 from autopack.llm.retry_after import RETRY_AFTER_MAX_S, refused_wait
 
 Role = Literal["builder", "auditor"]
@@ -292,6 +293,7 @@ def sdk_error(
             retryable=retryable_status(status),
             retry_after_s=wait,
             error_code=code if isinstance(code := getattr(exc, "code", None), str) else None,
+            output_room=output_room(status, message, getattr(exc, "body", None)),
             **common,
         )
     if unreachable:

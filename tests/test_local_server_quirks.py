@@ -1,0 +1,105 @@
+"""What OpenAI-compatible servers on your own hardware (vLLM, llama.cpp, Ollama) answer
+that a hosted API does not, met by a real drain through the real ``openai`` SDK.
+
+The far end is the loopback wire-format server scripted as each server answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import (
+    create_run,
+    env_for,
+    files,
+    on_branch,
+    phase,
+    rows,
+    run_file,
+)
+from tests.fakes.llm_wire import (
+    OPENAI_PATH,
+    ContextLimited,
+    Seen,
+    WireServer,
+    openai_completion,
+)
+from tests.support import cli
+
+MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
+DRAIN = ("drain", "run", "--run-id", "exec-run", "--auditor", "off")
+
+
+def _two_phases(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    return sqlite_url, env
+
+
+def _answer(seen: Seen) -> dict[str, object]:
+    """The Builder's answer for the phase the prompt names."""
+    prompt = str(seen.body["messages"])
+    answer = files(b_py="B = 2\n") if "pkg/b.py" in prompt else files(a_py="A = 1\n")
+    return openai_completion(answer, model=MODEL)
+
+
+@pytest.mark.parametrize("server", ["vllm", "vllm-old"])
+def test_a_budget_larger_than_the_servers_context_is_clipped_to_what_it_says(
+    server: str, tmp_path: Path
+) -> None:
+    """vLLM started with ``--max-model-len 4096`` refuses a ``max_tokens`` that does not
+    fit beside the prompt (400 "This model's maximum context length is 4096 tokens ...").
+    Every phase of the run failed on it, one after another, exit 1, though the server's
+    answer says what fits: the call is made again within it and the run completes."""
+    sqlite_url, env = _two_phases(tmp_path)
+    with WireServer() as wire:
+        wire.respond = ContextLimited(4096, 1500, _answer, server)
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        asked = [seen.body["max_tokens"] for seen in wire.seen(OPENAI_PATH)]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/b.py") == "B = 2\n"
+    assert len(asked) == 4 and asked[0] > 2596 and asked[1::2] == [2596, 2596], asked
+    assert "llm_budget_clipped" in result.stderr
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["COMPLETE", "COMPLETE"]
+    usage = rows(sqlite_url, "SELECT success, max_tokens FROM llm_usage_events ORDER BY id")
+    assert [(bool(u["success"]), u["max_tokens"]) for u in usage][:2] == [
+        (False, asked[0]),
+        (True, 2596),
+    ]
+
+
+def test_a_prompt_filling_the_servers_context_stops_the_drain_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    """llama-server's slot of 4096 tokens (``--ctx-size`` divided by ``--parallel``)
+    cannot hold the prompt: its 400 ``exceed_context_size_error`` failed every phase in
+    turn. No budget makes it fit, so the drain stops (exit 2) naming the settings, and
+    the phases are handed back without spending a retry."""
+    sqlite_url, env = _two_phases(tmp_path)
+    with WireServer() as wire:
+        wire.respond = ContextLimited(4096, 5000, _answer, "llama.cpp")
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert "exceeds the available context size" in said and "--ctx-size" in said, said[-3000:]
+    assert "Traceback" not in result.stderr
+    assert calls == 1
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
+
