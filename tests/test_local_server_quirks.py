@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor_support import (
+    attempts,
     create_run,
     env_for,
     files,
@@ -22,6 +23,7 @@ from tests.executor_support import (
 from tests.fakes.llm_wire import (
     OPENAI_PATH,
     ContextLimited,
+    Reply,
     Seen,
     WireServer,
     openai_completion,
@@ -103,3 +105,40 @@ def test_a_prompt_filling_the_servers_context_stops_the_drain_naming_the_setting
     states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
     assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
 
+
+def test_a_thinking_models_reasoning_before_its_answer_is_not_taken_for_it(
+    tmp_path: Path,
+) -> None:
+    """DeepSeek-R1 or Qwen3 through Ollama (or vLLM without a reasoning parser) put their
+    reasoning first, in the answer: ``<think>... {"files": []} ...</think>`` then the JSON.
+    The draft in the reasoning was parsed as the Builder's answer (``empty_files`` on every
+    attempt, the phase FAILED), and a draft verdict as the Auditor's."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen3:8b")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    builder = (
+        '<think>\nThe answer looks like {"files": [], "summary": ""}; first a sketch:\n'
+        '```json\n{"files": []}\n```\nNow the real one.\n</think>\n\n' + files(a_py="A = 1\n")
+    )
+    auditor = (
+        '<think>\nShould I answer {"approved": false, "issues": ["?"]}? No, it is fine.\n'
+        '</think>\n{"approved": true, "issues": [], "summary": "a.py is what p1 asks."}'
+    )
+    with WireServer() as wire:
+        wire.script(
+            OPENAI_PATH,
+            Reply(200, openai_completion(builder, model="qwen3:8b")),
+            Reply(200, openai_completion(auditor, model="qwen3:8b")),
+        )
+        result = cli(
+            *("drain", "run", "--run-id", "exec-run", "--auditor", "llm"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
+    [attempt] = attempts(sqlite_url, "p1")
+    assert attempt["outcome"] == "COMPLETE"
+    verdict = attempt["audit_verdict"]
+    assert (verdict["approved"], verdict["issues"]) == (True, []), verdict
