@@ -28,6 +28,7 @@ from tests.fakes.llm_wire import (
     WireServer,
     openai_completion,
 )
+from tests.fakes.raw_sse import HEAD, Raw, RawServer, o_chunk, sse
 from tests.support import cli
 
 MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
@@ -142,3 +143,36 @@ def test_a_thinking_models_reasoning_before_its_answer_is_not_taken_for_it(
     assert attempt["outcome"] == "COMPLETE"
     verdict = attempt["audit_verdict"]
     assert (verdict["approved"], verdict["issues"]) == (True, []), verdict
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_model_thinking_longer_than_the_timeout_is_not_cut_off_as_stalled(
+    field: str, tmp_path: Path
+) -> None:
+    """vLLM and llama.cpp stream a thinking model's reasoning as ``reasoning_content``
+    deltas, Ollama as ``reasoning``, with no ``content``: a local model thinking longer
+    than ``AUTOPACK_LLM_TIMEOUT_SECONDS`` was cut off as "no text for N s" on every attempt
+    and the phase FAILED, though tokens kept arriving. (The timeout is 2 s here; the
+    reasoning lasts about 4 s, in deltas 0.25 s apart.)"""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen3:8b", AUTOPACK_LLM_TIMEOUT_SECONDS="2")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    thinking = [o_chunk({"role": "assistant", "content": ""})]
+    thinking += [o_chunk({"content": None, field: "Let me think. "}) for _ in range(16)]
+    usage = {"prompt_tokens": 100, "completion_tokens": 90}
+    answer = [o_chunk({"content": files(a_py="A = 1\n")}), o_chunk({}, "stop")]
+    answer += [sse({**HEAD, "choices": [], "usage": usage}), "data: [DONE]\n\n"]
+    with RawServer() as server:
+        server.replies.append(Raw(thinking + answer, gap=0.25))
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{server.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(server.seen)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert calls == 1
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
+    [row] = rows(sqlite_url, "SELECT success, output_tokens FROM llm_usage_events")
+    assert (bool(row["success"]), row["output_tokens"]) == (True, 90)
