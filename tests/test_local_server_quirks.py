@@ -176,3 +176,32 @@ def test_a_model_thinking_longer_than_the_timeout_is_not_cut_off_as_stalled(
     assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
     [row] = rows(sqlite_url, "SELECT success, output_tokens FROM llm_usage_events")
     assert (bool(row["success"]), row["output_tokens"]) == (True, 90)
+
+
+def test_a_server_reporting_no_usage_stops_the_drain_instead_of_failing_each_phase(
+    tmp_path: Path,
+) -> None:
+    """A server (an Ollama before 0.5.2, a proxy) that ignores ``include_usage`` ends every
+    stream without usage: each phase in turn failed one attempt as malformed, and the whole
+    run was FAILED, needing a requeue per phase once the server was upgraded. It is the
+    server's doing, like a refused key: the drain stops with the phases handed back."""
+    sqlite_url, env = _two_phases(tmp_path)
+    no_usage = openai_completion(files(a_py="A = 1\n"), model=MODEL)
+    del no_usage["usage"]
+    with WireServer() as wire:
+        wire.script(OPENAI_PATH, Reply(200, no_usage))
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert "no usage chunk" in said and "upgrade the server" in said, said[-3000:]
+    assert calls == 1
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
+    [row] = rows(sqlite_url, "SELECT success, error_class FROM llm_usage_events")
+    assert (bool(row["success"]), row["error_class"]) == (False, "MalformedResponse")

@@ -3,7 +3,8 @@
 After the SDK's own retries, three kinds of answer say no call can succeed now, whatever
 the phase: nothing answers at the address (:data:`UNREACHABLE`), the provider says it is
 busy (:data:`BUSY`: rate limited, overloaded), or it refuses what every call sends
-(:data:`REFUSED`: the key, its permissions, the model's name). Each failed every phase of
+(:data:`REFUSED`: the key, its permissions, the model's name; a server that reports no
+usage, :data:`~autopack.llm.base.NO_USAGE`). Each failed every phase of
 a run on its tries, one after another. :class:`~autopack.executor.metering.Meter` waits
 out the first two for ``AUTOPACK_LLM_UNREACHABLE_SECONDS`` (:func:`patience_pauses`) and
 then stops the drain (:func:`gave_up`); a refusal stops it at once (:func:`refused`). In
@@ -19,6 +20,7 @@ from autopack.errors import (
     ProviderUnreachable,
     ProviderUnusable,
 )
+from autopack.llm.base import NO_USAGE
 
 UNREACHABLE = "APIConnectionError"
 """The SDKs' error when nothing answered at the address (refused, no route, no name),
@@ -60,6 +62,8 @@ def refused(exc: LLMError, phase_id: str) -> ProviderRefused | None:
     fix = REFUSED.get(exc.status_code or 0)
     if exc.error_code == OUT_OF_CREDIT:
         fix = "the account is out of credit (insufficient_quota): add credit or use another key"
+    if exc.error_code == NO_USAGE:
+        fix = "upgrade the server (or the proxy before it) to one that reports usage"
     if fix is None:
         return None
     return ProviderRefused(

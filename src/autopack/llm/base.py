@@ -180,6 +180,11 @@ def elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+NO_USAGE = "stream_without_usage"
+"""The ``error_code`` of a stream that ended without the usage ``include_usage`` asks for:
+the server's doing (an old Ollama, a proxy dropping it), so every answer lacks it alike."""
+
+
 def malformed(
     label: str,
     provider: str,
@@ -187,6 +192,8 @@ def malformed(
     model: str,
     request_id: str | None,
     latency_ms: float,
+    *,
+    error_code: str | None = None,
 ) -> LLMError:
     """A 200 answer the provider's format does not allow (never retried: it would repeat)."""
     return LLMError(
@@ -198,6 +205,7 @@ def malformed(
         request_id=request_id,
         latency_ms=latency_ms,
         retryable=False,
+        error_code=error_code,
     )
 
 

@@ -30,6 +30,7 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from autopack.llm.base import (
     CONTINUE_PROMPT,
+    NO_USAGE,
     STREAM_BROKEN,
     STREAM_FAILED,
     LLMRequest,
@@ -204,6 +205,7 @@ class OpenAIProvider:
                 request.model,
                 raw.request_id,
                 elapsed_ms(text.started),
+                error_code=NO_USAGE,
             )
         response = normalise(
             PROVIDER,
