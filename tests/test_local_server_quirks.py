@@ -205,3 +205,31 @@ def test_a_server_reporting_no_usage_stops_the_drain_instead_of_failing_each_pha
     assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
     [row] = rows(sqlite_url, "SELECT success, error_class FROM llm_usage_events")
     assert (bool(row["success"]), row["error_class"]) == (False, "MalformedResponse")
+
+
+def test_a_continuation_filling_the_servers_context_ends_the_attempt_not_the_drain(
+    tmp_path: Path,
+) -> None:
+    """llama-server stops an answer when its slot's context is full (``length``); the
+    continuation's prompt, holding that answer, then fills the context by itself. That is
+    this answer's length, not a server no phase can use: the attempt ends ``truncated``
+    (the phase's own failure) instead of the drain stopping on every run of it."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], max_attempts=1)]), env, tmp_path)
+    cut = openai_completion(files(a_py="A = 1\n")[:30], model=MODEL, finish_reason="length")
+    full = ContextLimited(4096, 4100, _answer, "llama.cpp")._llama_cpp()
+    with WireServer() as wire:
+        wire.script(OPENAI_PATH, Reply(200, cut), Reply(400, {"error": full}))
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "ProviderRefused" not in result.stderr
+    assert calls == 2
+    [attempt] = attempts(sqlite_url, "p1")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "truncated"), attempt

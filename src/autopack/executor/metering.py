@@ -277,7 +277,10 @@ class Meter:
         except LLMError as exc:
             if waited_for(exc):
                 raise
-            refusal = refused(exc, self.claim.phase_id) or no_room(exc, self.claim.phase_id)
+            # A continuation's prompt holds the answer so far: that it fills the context is
+            # this answer's length (it stays cut off), not a server every phase would meet.
+            full = None if request.continues else no_room(exc, self.claim.phase_id)
+            refusal = refused(exc, self.claim.phase_id) or full
             if refusal is not None:
                 self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
                 raise refusal from exc
