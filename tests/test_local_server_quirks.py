@@ -233,3 +233,27 @@ def test_a_continuation_filling_the_servers_context_ends_the_attempt_not_the_dra
     assert calls == 2
     [attempt] = attempts(sqlite_url, "p1")
     assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "truncated"), attempt
+
+
+def test_a_model_too_large_for_the_servers_memory_stops_the_drain(tmp_path: Path) -> None:
+    """Ollama with a model pulled too large for the machine answers every call 500 "model
+    requires more system memory (21.3 GiB) than is available (14.2 GiB)": each phase
+    failed all three attempts on it (three SDK tries each), and the run with them. No
+    call can succeed until the model changes: the drain stops, the phases handed back."""
+    sqlite_url, env = _two_phases(tmp_path)
+    memory = "model requires more system memory (21.3 GiB) than is available (14.2 GiB)"
+    with WireServer() as wire:
+        wire.respond = lambda seen: Reply(500, {"error": {"message": memory, "type": "api_error"}})
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert memory in said and "cannot load the model" in said, said[-3000:]
+    assert calls == 3  # the SDK's own tries, and no more
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
