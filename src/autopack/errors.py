@@ -165,7 +165,8 @@ class LLMError(AutopackError):
     ``retry_after_s`` is a wait the server asked for that was too long to make within
     the call (a day's quota spent); it stays off the JSON body (it may be infinite).
     ``error_code`` is the body's own code where the SDK reads one (OpenAI's
-    ``insufficient_quota``: a 429 that no wait ends).
+    ``insufficient_quota``: a 429 that no wait ends). ``output_room`` is the output
+    tokens a 400 says the model's context has room for (:mod:`autopack.llm.context_room`).
     """
 
     http_status = 502
@@ -183,6 +184,7 @@ class LLMError(AutopackError):
         retryable: bool = False,
         retry_after_s: float | None = None,
         error_code: str | None = None,
+        output_room: int | None = None,
         **details: Any,
     ) -> None:
         super().__init__(
@@ -205,6 +207,7 @@ class LLMError(AutopackError):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.error_code = error_code
+        self.output_room = output_room
 
 
 class ProviderUnusable(AutopackError):

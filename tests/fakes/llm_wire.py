@@ -381,3 +381,56 @@ def openai_chunks(completion: dict[str, Any]) -> list[tuple[str, str]]:
         events.append(("", _sse({**head, "choices": [], "usage": completion["usage"]})))
     events.append(("", "data: [DONE]\n\n"))
     return events
+
+
+@dataclass
+class ContextLimited:
+    """A local server whose model has a ``context`` of tokens, as :attr:`WireServer.respond`:
+    a request whose prompt (counted as ``prompt_tokens``) and ``max_tokens`` do not both
+    fit is answered 400 as ``server`` words it, anything else with ``answer``.
+
+    ``vllm`` (0.10+) and ``vllm-old`` name both numbers; ``llama.cpp`` refuses only a
+    prompt filling the context (it never refuses ``max_tokens``), with both in the body.
+    """
+
+    context: int
+    prompt_tokens: int
+    answer: Callable[[Seen], dict[str, Any]]
+    server: str = "vllm"
+
+    def __call__(self, seen: Seen) -> Reply:
+        asked = int(seen.body.get("max_tokens") or 0)
+        room = self.context - self.prompt_tokens
+        if self.server == "llama.cpp" and room <= 0:
+            return Reply(400, {"error": self._llama_cpp()})
+        if self.server != "llama.cpp" and asked > room:
+            return Reply(400, self._vllm(asked))
+        return Reply(200, self.answer(seen))
+
+    def _vllm(self, asked: int) -> dict[str, Any]:
+        n, p = self.context, self.prompt_tokens
+        message = (
+            f"This model's maximum context length is {n} tokens. However, you requested "
+            f"{p + asked} tokens ({p} in the messages, {asked} in the completion). Please "
+            "reduce the length of the messages or completion."
+            if self.server == "vllm-old"
+            else f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's "
+            f"maximum context length is {n} tokens and your request has {p} input tokens "
+            f"({asked} > {n} - {p}). None"
+        )
+        return {
+            "object": "error",
+            "message": message,
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+
+    def _llama_cpp(self) -> dict[str, Any]:
+        return {
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": self.prompt_tokens,
+            "n_ctx": self.context,
+        }

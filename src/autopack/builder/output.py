@@ -7,7 +7,8 @@ The Builder answers one JSON object::
      "delete": ["src/x/old.py"],
      "summary": "what changed and why"}
 
-Models often wrap JSON in a Markdown fence or add a sentence around it; both are tolerated.
+Models often wrap JSON in a Markdown fence or add a sentence around it; both are tolerated,
+and so is the reasoning a thinking model served locally puts first (``<think>...</think>``).
 Anything else (no JSON object, wrong field types, nothing to change) raises
 :class:`BuilderRejected` with a stop reason and feedback written *to the Builder*, so the
 retry prompt can say exactly what to fix.
@@ -26,6 +27,15 @@ from autopack.bounds import lone_surrogate, unreadable_value
 from autopack.errors import BuilderOutputInvalid
 
 _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.DOTALL)
+_REASONING = re.compile(r"\A\s*<think>.*?(?:</think>|\Z)", re.DOTALL)
+
+
+def without_reasoning(text: str) -> str:
+    """``text`` without the reasoning a thinking model (DeepSeek-R1, Qwen3 through Ollama,
+    llama.cpp or vLLM without a reasoning parser) sends before its answer, in the answer
+    itself: its drafts (``{"files": []}``, a fenced sketch) were taken for the answer,
+    and every attempt failed ``empty_files``. A block never closed is all reasoning."""
+    return _REASONING.sub("", text, count=1)
 
 
 class BuilderRejected(BuilderOutputInvalid):
@@ -91,7 +101,9 @@ class BuilderOutput:
 
 
 def extract_json_object(text: str) -> object:
-    """The first JSON object in ``text`` (inside a fence if there is one)."""
+    """The first JSON object in ``text`` (inside a fence if there is one), after any
+    leading reasoning (:func:`without_reasoning`)."""
+    text = without_reasoning(text)
     fenced = _FENCE.search(text)
     candidates = [fenced.group(1)] if fenced else []
     candidates.append(text)
@@ -148,7 +160,7 @@ def _misspelt_fields(raw: object) -> list[tuple[str, str]]:
 
 def parse_builder_output(text: str) -> BuilderOutput:
     """Parse and type-check the Builder's answer; raise :class:`BuilderRejected` if unusable."""
-    if not text.strip():
+    if not without_reasoning(text).strip():
         raise BuilderRejected(
             "empty_output", "Your answer was empty. Answer with the JSON object described."
         )

@@ -30,6 +30,7 @@ from autopack.executor.outcome import Finish, failed
 from autopack.executor.provider_state import (
     BUSY,
     gave_up,
+    no_room,
     patience_pauses,
     refused,
     waited_for,
@@ -276,9 +277,31 @@ class Meter:
         except LLMError as exc:
             if waited_for(exc):
                 raise
-            if (refusal := refused(exc, self.claim.phase_id)) is not None:
+            # A continuation's prompt holds the answer so far: that it fills the context is
+            # this answer's length (it stays cut off), not a server every phase would meet.
+            full = None if request.continues else no_room(exc, self.claim.phase_id)
+            refusal = refused(exc, self.claim.phase_id) or full
+            if refusal is not None:
                 self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
                 raise refusal from exc
+            room = exc.output_room
+            if room is not None and 0 < room < request.max_tokens:
+                # The server's context holds this prompt and `room` tokens of answer: the
+                # same call within them, not a phase failed for a budget no call can have.
+                self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
+                log_event(
+                    logger,
+                    "llm_budget_clipped",
+                    logging.WARNING,
+                    model=model,
+                    max_tokens=request.max_tokens,
+                    clipped_to=room,
+                    why="the model's context on the server has no room for more",
+                )
+                clipped = dataclasses.replace(request, max_tokens=room)
+                return self._complete(
+                    {**call, "max_tokens": room}, model, clipped, continuable=continuable
+                )
             raise self._failed(call, model, exc) from exc
 
     def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 After the SDK's own retries, three kinds of answer say no call can succeed now, whatever
 the phase: nothing answers at the address (:data:`UNREACHABLE`), the provider says it is
 busy (:data:`BUSY`: rate limited, overloaded), or it refuses what every call sends
-(:data:`REFUSED`: the key, its permissions, the model's name). Each failed every phase of
-a run on its tries, one after another. :class:`~autopack.executor.metering.Meter` waits
-out the first two for ``AUTOPACK_LLM_UNREACHABLE_SECONDS`` (:func:`patience_pauses`) and
-then stops the drain (:func:`gave_up`); a refusal stops it at once (:func:`refused`). In
-each case the phase is handed back without spending a retry.
+(:data:`REFUSED`: the key, its permissions, the model's name; a server that reports no
+usage, :data:`~autopack.llm.base.NO_USAGE`, or cannot load the model, :data:`UNLOADABLE`).
+Each failed every phase of a run on its tries, one after another.
+:class:`~autopack.executor.metering.Meter` waits out the first two for
+``AUTOPACK_LLM_UNREACHABLE_SECONDS`` (:func:`patience_pauses`) and then stops the drain
+(:func:`gave_up`); a refusal stops it at once (:func:`refused`). In each case the phase
+is handed back without spending a retry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from autopack.errors import (
     ProviderUnreachable,
     ProviderUnusable,
 )
+from autopack.llm.base import NO_USAGE
 
 UNREACHABLE = "APIConnectionError"
 """The SDKs' error when nothing answered at the address (refused, no route, no name),
@@ -35,6 +38,10 @@ REFUSED = {
 }
 """Statuses refusing what every call of a drain sends (the key, the model's name, the
 address), with what to fix: no phase's doing, so each would fail all its tries alike."""
+UNLOADABLE = ("requires more system memory",)
+"""Words of a server that cannot load the model at all (Ollama's 500 "model requires more
+system memory (21.3 GiB) than is available (14.2 GiB)", for a model pulled too large for
+the machine): every call fails alike, and each phase failed all its tries on it."""
 OUT_OF_CREDIT = "insufficient_quota"
 """OpenAI's code for a 429 that is no rate limit but an account without credit: no wait
 ends it, so it is refused, not waited for."""
@@ -60,12 +67,34 @@ def refused(exc: LLMError, phase_id: str) -> ProviderRefused | None:
     fix = REFUSED.get(exc.status_code or 0)
     if exc.error_code == OUT_OF_CREDIT:
         fix = "the account is out of credit (insufficient_quota): add credit or use another key"
+    if exc.status_code == 500 and any(words in exc.message for words in UNLOADABLE):
+        fix = "the server cannot load the model: use a smaller one (or a smaller quantisation)"
+    if exc.error_code == NO_USAGE:
+        fix = "upgrade the server (or the proxy before it) to one that reports usage"
     if fix is None:
         return None
     return ProviderRefused(
         f"{exc.message}. Every call would be refused alike, so the drain stopped and handed "
         f"phase {phase_id} back without spending a retry: {fix}, then run the same command "
         "again.",
+        provider=exc.provider,
+        status_code=exc.status_code,
+    )
+
+
+def no_room(exc: LLMError, phase_id: str) -> ProviderRefused | None:
+    """The drain's stop for a prompt that fills the model's context on that server (no
+    ``max_tokens`` makes it fit: :mod:`autopack.llm.context_room`), or None. A server
+    configured with a small context refuses the prompts of phase after phase alike."""
+    if exc.output_room is None or exc.output_room > 0:
+        return None
+    return ProviderRefused(
+        f"{exc.message}. The model's context on that server has no room for an answer to "
+        f"this prompt, so the drain stopped and handed phase {phase_id} back without "
+        "spending a retry: give the model a larger context (vLLM --max-model-len; "
+        "llama-server --ctx-size, which --parallel divides among its slots; Ollama "
+        "OLLAMA_CONTEXT_LENGTH) or the phase less read-only context, then run the same "
+        "command again.",
         provider=exc.provider,
         status_code=exc.status_code,
     )

@@ -19,6 +19,7 @@ import httpx2
 
 from autopack.contract import USAGE_TOKENS_MAX
 from autopack.errors import LLMError
+from autopack.llm.context_room import output_room
 from autopack.llm.retry_after import RETRY_AFTER_MAX_S, refused_wait
 
 Role = Literal["builder", "auditor"]
@@ -179,8 +180,20 @@ def elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
+NO_USAGE = "stream_without_usage"
+"""The ``error_code`` of a stream that ended without the usage ``include_usage`` asks for:
+the server's doing (an old Ollama, a proxy dropping it), so every answer lacks it alike."""
+
+
 def malformed(
-    label: str, provider: str, reason: str, model: str, request_id: str | None, latency_ms: float
+    label: str,
+    provider: str,
+    reason: str,
+    model: str,
+    request_id: str | None,
+    latency_ms: float,
+    *,
+    error_code: str | None = None,
 ) -> LLMError:
     """A 200 answer the provider's format does not allow (never retried: it would repeat)."""
     return LLMError(
@@ -192,6 +205,7 @@ def malformed(
         request_id=request_id,
         latency_ms=latency_ms,
         retryable=False,
+        error_code=error_code,
     )
 
 
@@ -292,6 +306,7 @@ def sdk_error(
             retryable=retryable_status(status),
             retry_after_s=wait,
             error_code=code if isinstance(code := getattr(exc, "code", None), str) else None,
+            output_room=output_room(status, message, getattr(exc, "body", None)),
             **common,
         )
     if unreachable:
@@ -406,14 +421,19 @@ class StreamText:
         self.ttft_ms: float | None = None
         self.parts: list[str] = []
         self.chars = 0
+        self._reasoning_chars = 0
         self._on_text = on_text
         self._max_chars = max_tokens * CHARS_PER_TOKEN_MAX
         self._stall_seconds = stall_seconds
         self._last_text = self.started
         self._allowed_s = stall_seconds + max_tokens * SECONDS_PER_TOKEN_MAX
 
-    def add(self, piece: str | None) -> None:
-        """Take the text of one event (None or "" for an event without text).
+    def add(self, piece: str | None, *, reasoning: str | None = None) -> None:
+        """Take the text of one event (None or "" for an event without text), and the
+        ``reasoning`` a thinking model streams before it (not the answer's text, but as
+        much progress: it counts toward the size ``max_tokens`` allows, whose tokens it
+        spends, and toward the timeout without text, which cut off a local model
+        thinking longer than that as stalled, on every attempt alike).
 
         Raises :class:`StreamTooLong` past the size ``max_tokens`` allows, and
         :class:`StreamStalled` when events keep coming without text for longer than the
@@ -423,20 +443,27 @@ class StreamText:
         now = time.perf_counter()
         if (late := self._late(now)) is not None:
             raise StreamStalled(late)
+        if reasoning:
+            self._last_text = now
+            self._reasoning_chars += len(reasoning)
         if not piece:
+            self._check_size()
             return
         self._last_text = now
         if self.ttft_ms is None:
             self.ttft_ms = elapsed_ms(self.started)
         self.parts.append(piece)
         self.chars += len(piece)
-        if self.chars > self._max_chars:
+        self._check_size()
+        if self._on_text is not None:
+            self._on_text(self.chars)
+
+    def _check_size(self) -> None:
+        if self.chars + self._reasoning_chars > self._max_chars:
             raise StreamTooLong(
                 f"more than {self._max_chars} characters for max_tokens "
                 f"{self._max_chars // CHARS_PER_TOKEN_MAX}"
             )
-        if self._on_text is not None:
-            self._on_text(self.chars)
 
     def _late(self, now: float) -> str | None:
         """Why the stream has gone on too long, if it has: no text for the timeout, or

@@ -30,6 +30,7 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from autopack.llm.base import (
     CONTINUE_PROMPT,
+    NO_USAGE,
     STREAM_BROKEN,
     STREAM_FAILED,
     LLMRequest,
@@ -162,7 +163,7 @@ class OpenAIProvider:
                 try:
                     with text.watchdog(stream.close):
                         for chunk in stream:
-                            text.add(body.add(chunk))
+                            text.add(body.add(chunk), reasoning=body.reasoning)
                 except (openai.OpenAIError, STREAM_BROKEN, StreamStalled) as exc:
                     if not text.chars:
                         raise
@@ -204,6 +205,7 @@ class OpenAIProvider:
                 request.model,
                 raw.request_id,
                 elapsed_ms(text.started),
+                error_code=NO_USAGE,
             )
         response = normalise(
             PROVIDER,
@@ -241,6 +243,9 @@ class _Accumulated:
         self.head: dict[str, Any] = {}
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.reasoning: str | None = None
+        """The last chunk's reasoning (vLLM's and llama.cpp's ``reasoning_content``,
+        Ollama's ``reasoning``): not the answer, but progress toward it."""
 
     def add(self, chunk: ChatCompletionChunk) -> str | None:
         """Take one chunk in; its new text, if any. Local servers may leave out ``id``,
@@ -256,11 +261,15 @@ class _Accumulated:
         # default) had their text mixed into the answer.
         choices = getattr(chunk, "choices", None) or ()
         choice = next((c for c in choices if getattr(c, "index", 0) == 0), None)
+        self.reasoning = None
         if choice is None:
             return None
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
         delta = getattr(choice, "delta", None)
+        for field in ("reasoning_content", "reasoning"):
+            if isinstance(thought := getattr(delta, field, None), str) and thought:
+                self.reasoning = thought
         content = getattr(delta, "content", None)
         return content if isinstance(content, str) else None
 

@@ -1,0 +1,259 @@
+"""What OpenAI-compatible servers on your own hardware (vLLM, llama.cpp, Ollama) answer
+that a hosted API does not, met by a real drain through the real ``openai`` SDK.
+
+The far end is the loopback wire-format server scripted as each server answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import (
+    attempts,
+    create_run,
+    env_for,
+    files,
+    on_branch,
+    phase,
+    rows,
+    run_file,
+)
+from tests.fakes.llm_wire import (
+    OPENAI_PATH,
+    ContextLimited,
+    Reply,
+    Seen,
+    WireServer,
+    openai_completion,
+)
+from tests.fakes.raw_sse import HEAD, Raw, RawServer, o_chunk, sse
+from tests.support import cli
+
+MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
+DRAIN = ("drain", "run", "--run-id", "exec-run", "--auditor", "off")
+
+
+def _two_phases(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    spec = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    return sqlite_url, env
+
+
+def _answer(seen: Seen) -> dict[str, object]:
+    """The Builder's answer for the phase the prompt names."""
+    prompt = str(seen.body["messages"])
+    answer = files(b_py="B = 2\n") if "pkg/b.py" in prompt else files(a_py="A = 1\n")
+    return openai_completion(answer, model=MODEL)
+
+
+@pytest.mark.parametrize("server", ["vllm", "vllm-old"])
+def test_a_budget_larger_than_the_servers_context_is_clipped_to_what_it_says(
+    server: str, tmp_path: Path
+) -> None:
+    """vLLM started with ``--max-model-len 4096`` refuses a ``max_tokens`` that does not
+    fit beside the prompt (400 "This model's maximum context length is 4096 tokens ...").
+    Every phase of the run failed on it, one after another, exit 1, though the server's
+    answer says what fits: the call is made again within it and the run completes."""
+    sqlite_url, env = _two_phases(tmp_path)
+    with WireServer() as wire:
+        wire.respond = ContextLimited(4096, 1500, _answer, server)
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        asked = [seen.body["max_tokens"] for seen in wire.seen(OPENAI_PATH)]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/b.py") == "B = 2\n"
+    assert len(asked) == 4 and asked[0] > 2596 and asked[1::2] == [2596, 2596], asked
+    assert "llm_budget_clipped" in result.stderr
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["COMPLETE", "COMPLETE"]
+    usage = rows(sqlite_url, "SELECT success, max_tokens FROM llm_usage_events ORDER BY id")
+    assert [(bool(u["success"]), u["max_tokens"]) for u in usage][:2] == [
+        (False, asked[0]),
+        (True, 2596),
+    ]
+
+
+def test_a_prompt_filling_the_servers_context_stops_the_drain_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    """llama-server's slot of 4096 tokens (``--ctx-size`` divided by ``--parallel``)
+    cannot hold the prompt: its 400 ``exceed_context_size_error`` failed every phase in
+    turn. No budget makes it fit, so the drain stops (exit 2) naming the settings, and
+    the phases are handed back without spending a retry."""
+    sqlite_url, env = _two_phases(tmp_path)
+    with WireServer() as wire:
+        wire.respond = ContextLimited(4096, 5000, _answer, "llama.cpp")
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert "exceeds the available context size" in said and "--ctx-size" in said, said[-3000:]
+    assert "Traceback" not in result.stderr
+    assert calls == 1
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
+
+
+def test_a_thinking_models_reasoning_before_its_answer_is_not_taken_for_it(
+    tmp_path: Path,
+) -> None:
+    """DeepSeek-R1 or Qwen3 through Ollama (or vLLM without a reasoning parser) put their
+    reasoning first, in the answer: ``<think>... {"files": []} ...</think>`` then the JSON.
+    The draft in the reasoning was parsed as the Builder's answer (``empty_files`` on every
+    attempt, the phase FAILED), and a draft verdict as the Auditor's."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen3:8b")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    builder = (
+        '<think>\nThe answer looks like {"files": [], "summary": ""}; first a sketch:\n'
+        '```json\n{"files": []}\n```\nNow the real one.\n</think>\n\n' + files(a_py="A = 1\n")
+    )
+    auditor = (
+        '<think>\nShould I answer {"approved": false, "issues": ["?"]}? No, it is fine.\n'
+        '</think>\n{"approved": true, "issues": [], "summary": "a.py is what p1 asks."}'
+    )
+    with WireServer() as wire:
+        wire.script(
+            OPENAI_PATH,
+            Reply(200, openai_completion(builder, model="qwen3:8b")),
+            Reply(200, openai_completion(auditor, model="qwen3:8b")),
+        )
+        result = cli(
+            *("drain", "run", "--run-id", "exec-run", "--auditor", "llm"),
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
+    [attempt] = attempts(sqlite_url, "p1")
+    assert attempt["outcome"] == "COMPLETE"
+    verdict = attempt["audit_verdict"]
+    assert (verdict["approved"], verdict["issues"]) == (True, []), verdict
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_model_thinking_longer_than_the_timeout_is_not_cut_off_as_stalled(
+    field: str, tmp_path: Path
+) -> None:
+    """vLLM and llama.cpp stream a thinking model's reasoning as ``reasoning_content``
+    deltas, Ollama as ``reasoning``, with no ``content``: a local model thinking longer
+    than ``AUTOPACK_LLM_TIMEOUT_SECONDS`` was cut off as "no text for N s" on every attempt
+    and the phase FAILED, though tokens kept arriving. (The timeout is 2 s here; the
+    reasoning lasts about 4 s, in deltas 0.25 s apart.)"""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen3:8b", AUTOPACK_LLM_TIMEOUT_SECONDS="2")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    thinking = [o_chunk({"role": "assistant", "content": ""})]
+    thinking += [o_chunk({"content": None, field: "Let me think. "}) for _ in range(16)]
+    usage = {"prompt_tokens": 100, "completion_tokens": 90}
+    answer = [o_chunk({"content": files(a_py="A = 1\n")}), o_chunk({}, "stop")]
+    answer += [sse({**HEAD, "choices": [], "usage": usage}), "data: [DONE]\n\n"]
+    with RawServer() as server:
+        server.replies.append(Raw(thinking + answer, gap=0.25))
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{server.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(server.seen)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert calls == 1
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
+    [row] = rows(sqlite_url, "SELECT success, output_tokens FROM llm_usage_events")
+    assert (bool(row["success"]), row["output_tokens"]) == (True, 90)
+
+
+def test_a_server_reporting_no_usage_stops_the_drain_instead_of_failing_each_phase(
+    tmp_path: Path,
+) -> None:
+    """A server (an Ollama before 0.5.2, a proxy) that ignores ``include_usage`` ends every
+    stream without usage: each phase in turn failed one attempt as malformed, and the whole
+    run was FAILED, needing a requeue per phase once the server was upgraded. It is the
+    server's doing, like a refused key: the drain stops with the phases handed back."""
+    sqlite_url, env = _two_phases(tmp_path)
+    no_usage = openai_completion(files(a_py="A = 1\n"), model=MODEL)
+    del no_usage["usage"]
+    with WireServer() as wire:
+        wire.script(OPENAI_PATH, Reply(200, no_usage))
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert "no usage chunk" in said and "upgrade the server" in said, said[-3000:]
+    assert calls == 1
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
+    [row] = rows(sqlite_url, "SELECT success, error_class FROM llm_usage_events")
+    assert (bool(row["success"]), row["error_class"]) == (False, "MalformedResponse")
+
+
+def test_a_continuation_filling_the_servers_context_ends_the_attempt_not_the_drain(
+    tmp_path: Path,
+) -> None:
+    """llama-server stops an answer when its slot's context is full (``length``); the
+    continuation's prompt, holding that answer, then fills the context by itself. That is
+    this answer's length, not a server no phase can use: the attempt ends ``truncated``
+    (the phase's own failure) instead of the drain stopping on every run of it."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], max_attempts=1)]), env, tmp_path)
+    cut = openai_completion(files(a_py="A = 1\n")[:30], model=MODEL, finish_reason="length")
+    full = ContextLimited(4096, 4100, _answer, "llama.cpp")._llama_cpp()
+    with WireServer() as wire:
+        wire.script(OPENAI_PATH, Reply(200, cut), Reply(400, {"error": full}))
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "ProviderRefused" not in result.stderr
+    assert calls == 2
+    [attempt] = attempts(sqlite_url, "p1")
+    assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "truncated"), attempt
+
+
+def test_a_model_too_large_for_the_servers_memory_stops_the_drain(tmp_path: Path) -> None:
+    """Ollama with a model pulled too large for the machine answers every call 500 "model
+    requires more system memory (21.3 GiB) than is available (14.2 GiB)": each phase
+    failed all three attempts on it (three SDK tries each), and the run with them. No
+    call can succeed until the model changes: the drain stops, the phases handed back."""
+    sqlite_url, env = _two_phases(tmp_path)
+    memory = "model requires more system memory (21.3 GiB) than is available (14.2 GiB)"
+    with WireServer() as wire:
+        wire.respond = lambda seen: Reply(500, {"error": {"message": memory, "type": "api_error"}})
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert memory in said and "cannot load the model" in said, said[-3000:]
+    assert calls == 3  # the SDK's own tries, and no more
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
