@@ -220,6 +220,9 @@ def test_a_stop_after_the_checks_passed_is_no_stop_in_them(tmp_path: Path) -> No
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "invalid x-api-key" in result.stderr, result.stderr[-3000:]
+    # replay sent no key: the recording's was refused, and that is what to fix
+    said = " ".join(result.stderr.split())
+    assert "the replay cassette recorded this refusal" in said and "set a working" in said, said
     [row] = rows(url, "SELECT state FROM phases WHERE phase_id = 'audited'")
     assert row["state"] == "QUEUED"
     [attempt] = rows(url, "SELECT stop_reason, details FROM phase_attempts")

@@ -22,6 +22,7 @@ from autopack.errors import (
     ProviderUnusable,
 )
 from autopack.llm.base import NO_USAGE
+from autopack.llm.replay import REPLAY
 
 UNREACHABLE = "APIConnectionError"
 """The SDKs' error when nothing answered at the address (refused, no route, no name),
@@ -73,6 +74,8 @@ def refused(exc: LLMError, phase_id: str) -> ProviderRefused | None:
         fix = "upgrade the server (or the proxy before it) to one that reports usage"
     if fix is None:
         return None
+    if exc.provider == REPLAY:  # no key was sent: the recording's was refused
+        fix = f"the replay cassette recorded this refusal ({fix}); record it again"
     return ProviderRefused(
         f"{exc.message}. Every call would be refused alike, so the drain stopped and handed "
         f"phase {phase_id} back without spending a retry: {fix}, then run the same command "
