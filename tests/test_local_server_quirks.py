@@ -7,6 +7,7 @@ The far end is the loopback wire-format server scripted as each server answers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,3 +258,45 @@ def test_a_model_too_large_for_the_servers_memory_stops_the_drain(tmp_path: Path
     assert calls == 3  # the SDK's own tries, and no more
     states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
     assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
+
+
+def _shrinking_room(seen: Seen) -> Reply:
+    """A hostile server: every refusal names a room one token short of what was asked."""
+    asked = int(seen.body.get("max_tokens") or 0)
+    message = (
+        f"This model's maximum context length is 100000 tokens. However, you requested "
+        f"{100001 + asked} tokens ({100001 - asked} in the messages, {asked} in the completion)."
+    )
+    return Reply(400, {"object": "error", "message": message, "type": "BadRequestError"})
+
+
+def _endless_room(seen: Seen) -> Reply:
+    """A server naming a number thousands of digits long (no limit any call meets)."""
+    message = f"This model's maximum context length is {'9' * 5000} tokens (5 in the messages"
+    return Reply(400, {"object": "error", "message": message, "type": "BadRequestError"})
+
+
+@pytest.mark.parametrize("respond", [_shrinking_room, _endless_room])
+def test_a_servers_odd_room_is_clipped_to_once_and_never_crashes(
+    respond: Any, tmp_path: Path
+) -> None:
+    """A server naming a smaller room each time had the call made again for each token of
+    the budget, recursing until Python's limit (an ``executor_error``); one naming a
+    number too long for ``int()`` failed the phase ``executor_error`` with a ValueError.
+    Either is the provider's refusal, met with at most one clipped call per attempt."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    with WireServer() as wire:
+        wire.respond = respond
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(OPENAI_PATH))
+    assert "Traceback" not in result.stderr
+    tried = attempts(sqlite_url, "p1")
+    assert tried and calls <= 2 * len(tried), (calls, len(tried))
+    assert all(a["stop_reason"] != "executor_error" for a in tried), tried

@@ -35,6 +35,10 @@ class Lease:
         self._stop = threading.Event()
         self._lost: LeaseLost | None = None
         self._expires = time.monotonic() + lease_seconds
+        self._moving_to: PhaseState | None = None
+        """A state :meth:`renew` was asked to move the phase to that the server has not
+        acknowledged yet (it did not answer): every renewal sends it until one lands."""
+        self._renewing = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     @property
@@ -56,7 +60,19 @@ class Lease:
             raise self._lost
 
     def renew(self, state: PhaseState | None = None) -> None:
-        """Renew now (moving the phase to ``state``); a refusal raises :class:`LeaseLost`."""
+        """Renew now (moving the phase to ``state``); a refusal raises :class:`LeaseLost`.
+
+        A move the API did not answer is sent again with every later renewal, one at a
+        time: lost, the phase stayed CI_RUNNING through the auditor's call after an API
+        blip as its checks passed, and an operator's stop or a provider's refusal there
+        spent a retry as if its code had stopped the executor
+        (:func:`autopack.control.leases.stop_spends_no_retry`)."""
+        with self._renewing:
+            if state is not None:
+                self._moving_to = state
+            self._renew(self._moving_to)
+
+    def _renew(self, state: PhaseState | None) -> None:
         beat = HeartbeatIn(lease_token=self.token, lease_seconds=self._seconds, state=state)
         try:
             self._client.heartbeat(self._claim.run_id, self._claim.phase_id, beat)
@@ -86,6 +102,7 @@ class Lease:
                 f"renewed: {exc.message}"
             )
             raise self._lost from exc
+        self._moving_to = None
         self._expires = time.monotonic() + self._seconds
 
     def _loop(self) -> None:

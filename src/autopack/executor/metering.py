@@ -237,9 +237,13 @@ class Meter:
         request: LLMRequest,
         *,
         continuable: bool,
+        clipped: bool = False,
     ) -> LLMResponse:
         """The call made once: its answer (or a stream broken off mid-answer, as a
         truncated one when ``continuable``), or the attempt's end as a :class:`Finish`.
+        A budget the server's context has no room for is clipped once (``clipped``): a
+        server naming a smaller room each time had the call made again for every token
+        of the budget, recursing until Python's limit failed the phase.
         An :class:`LLMError` saying nothing answered at all, or that the provider is busy,
         is raised for :meth:`call` to wait out;
         a refusal of what every call sends stops the drain (:class:`ProviderRefused`)."""
@@ -285,7 +289,7 @@ class Meter:
                 self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
                 raise refusal from exc
             room = exc.output_room
-            if room is not None and 0 < room < request.max_tokens:
+            if room is not None and 0 < room < request.max_tokens and not clipped:
                 # The server's context holds this prompt and `room` tokens of answer: the
                 # same call within them, not a phase failed for a budget no call can have.
                 self.s.telemetry.record(LlmUsageIn(**self._error_row(call, model, exc)))
@@ -298,9 +302,13 @@ class Meter:
                     clipped_to=room,
                     why="the model's context on the server has no room for more",
                 )
-                clipped = dataclasses.replace(request, max_tokens=room)
+                within = dataclasses.replace(request, max_tokens=room)
                 return self._complete(
-                    {**call, "max_tokens": room}, model, clipped, continuable=continuable
+                    {**call, "max_tokens": room},
+                    model,
+                    within,
+                    continuable=continuable,
+                    clipped=True,
                 )
             raise self._failed(call, model, exc) from exc
 

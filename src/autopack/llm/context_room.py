@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import re
 
-_CONTEXT = re.compile(r"maximum context length is (\d+) tokens", re.IGNORECASE)
+_N = r"(\d{1,9})"
+"""A count of tokens: ASCII digits (re.ASCII), at most nine of them. A server's text is
+not trusted to be sane: a number thousands of digits long raised ValueError from
+``int()`` (Python's limit on converting long strings) inside the SDK error's handling, and
+the phase failed ``executor_error`` on it; one that long is no limit any call meets."""
+_FLAGS = re.IGNORECASE | re.ASCII
+_CONTEXT = re.compile(rf"maximum context length is {_N} tokens", _FLAGS)
 _PROMPT = (
-    re.compile(r"\((\d+) in the messages", re.IGNORECASE),  # vLLM, older OpenAI
-    re.compile(r"request has (\d+) input tokens", re.IGNORECASE),  # vLLM 0.10+
-    re.compile(r"messages resulted in (\d+) tokens", re.IGNORECASE),  # OpenAI
+    re.compile(rf"\({_N} in the messages", _FLAGS),  # vLLM, older OpenAI
+    re.compile(rf"request has {_N} input tokens", _FLAGS),  # vLLM 0.10+
+    re.compile(rf"messages resulted in {_N} tokens", _FLAGS),  # OpenAI
 )
-_OUTPUT_CAP = re.compile(r"supports at most (\d+) completion tokens", re.IGNORECASE)
+_OUTPUT_CAP = re.compile(rf"supports at most {_N} completion tokens", _FLAGS)
 _LLAMA_CPP = re.compile(
-    r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)",
-    re.IGNORECASE,
+    rf"request \({_N} tokens\) exceeds the available context size \({_N} tokens\)", _FLAGS
 )
 _FULL = "exceeds the available context size"
 """llama.cpp's words for a prompt that leaves no room (older versions give no numbers)."""
