@@ -17,9 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)  ## the main job: drain a run end to end on SQLite with the offline replay model
 	$(BIN)/autopack demo
 
-# Two pytest workers: most tests wait on servers and subprocesses, so two overlap well on
-# two cores (measured: 9 minutes instead of 15 on a slow day of the CI machine); an idle
-# worker steals queued tests from the busy one, so both finish together.
+# Three pytest workers on two cores: most tests wait on servers and subprocesses, so a
+# third overlaps that waiting (BENCHMARKS.md, "The test suite": 12:31 against 13:58 with
+# two); an idle worker steals queued tests from a busy one, so all finish together.
 test: $(STAMP)  ## the whole test suite, SQLite and PostgreSQL
 	$(BIN)/python -m pytest -q -n 3 --dist worksteal
 

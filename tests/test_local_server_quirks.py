@@ -7,6 +7,7 @@ The far end is the loopback wire-format server scripted as each server answers.
 from __future__ import annotations
 
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
@@ -51,6 +52,28 @@ def _answer(seen: Seen) -> dict[str, object]:
     return openai_completion(answer, model=MODEL)
 
 
+def _drain(tmp_path: Path, env: dict[str, str], server_url: str) -> CompletedProcess[str]:
+    """``autopack drain run`` of ``exec-run`` against the OpenAI-compatible server there."""
+    return cli(
+        *DRAIN,
+        *("--workspace", str(tmp_path / "ws")),
+        env={**env, "OPENAI_BASE_URL": f"{server_url}/v1"},
+        cwd=tmp_path,
+    )
+
+
+def _assert_stopped_with_phases_handed_back(
+    result: CompletedProcess[str], sqlite_url: str, *phrases: str
+) -> None:
+    """The drain stopped (exit 2) saying ``phrases``, and no phase spent a retry."""
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert all(phrase in said for phrase in phrases), said[-3000:]
+    assert "Traceback" not in result.stderr
+    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
+    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
+
+
 @pytest.mark.parametrize("server", ["vllm", "vllm-old"])
 def test_a_budget_larger_than_the_servers_context_is_clipped_to_what_it_says(
     server: str, tmp_path: Path
@@ -62,12 +85,7 @@ def test_a_budget_larger_than_the_servers_context_is_clipped_to_what_it_says(
     sqlite_url, env = _two_phases(tmp_path)
     with WireServer() as wire:
         wire.respond = ContextLimited(4096, 1500, _answer, server)
-        result = cli(
-            *DRAIN,
-            *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
-            cwd=tmp_path,
-        )
+        result = _drain(tmp_path, env, wire.url)
         asked = [seen.body["max_tokens"] for seen in wire.seen(OPENAI_PATH)]
     assert result.returncode == 0, result.stderr[-3000:]
     assert on_branch(tmp_path / "ws", "pkg/b.py") == "B = 2\n"
@@ -92,20 +110,12 @@ def test_a_prompt_filling_the_servers_context_stops_the_drain_naming_the_setting
     sqlite_url, env = _two_phases(tmp_path)
     with WireServer() as wire:
         wire.respond = ContextLimited(4096, 5000, _answer, "llama.cpp")
-        result = cli(
-            *DRAIN,
-            *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
-            cwd=tmp_path,
-        )
+        result = _drain(tmp_path, env, wire.url)
         calls = len(wire.seen(OPENAI_PATH))
-    said = " ".join(result.stderr.split())
-    assert result.returncode == 2, said[-3000:]
-    assert "exceeds the available context size" in said and "--ctx-size" in said, said[-3000:]
-    assert "Traceback" not in result.stderr
+    _assert_stopped_with_phases_handed_back(
+        result, sqlite_url, "exceeds the available context size", "--ctx-size"
+    )
     assert calls == 1
-    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
-    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
 
 
 def test_a_thinking_models_reasoning_before_its_answer_is_not_taken_for_it(
@@ -165,12 +175,7 @@ def test_a_model_thinking_longer_than_the_timeout_is_not_cut_off_as_stalled(
     answer += [sse({**HEAD, "choices": [], "usage": usage}), "data: [DONE]\n\n"]
     with RawServer() as server:
         server.replies.append(Raw(thinking + answer, gap=0.25))
-        result = cli(
-            *DRAIN,
-            *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{server.url}/v1"},
-            cwd=tmp_path,
-        )
+        result = _drain(tmp_path, env, server.url)
         calls = len(server.seen)
     assert result.returncode == 0, result.stderr[-3000:]
     assert calls == 1
@@ -191,19 +196,12 @@ def test_a_server_reporting_no_usage_stops_the_drain_instead_of_failing_each_pha
     del no_usage["usage"]
     with WireServer() as wire:
         wire.script(OPENAI_PATH, Reply(200, no_usage))
-        result = cli(
-            *DRAIN,
-            *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
-            cwd=tmp_path,
-        )
+        result = _drain(tmp_path, env, wire.url)
         calls = len(wire.seen(OPENAI_PATH))
-    said = " ".join(result.stderr.split())
-    assert result.returncode == 2, said[-3000:]
-    assert "no usage chunk" in said and "upgrade the server" in said, said[-3000:]
+    _assert_stopped_with_phases_handed_back(
+        result, sqlite_url, "no usage chunk", "upgrade the server"
+    )
     assert calls == 1
-    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
-    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
     [row] = rows(sqlite_url, "SELECT success, error_class FROM llm_usage_events")
     assert (bool(row["success"]), row["error_class"]) == (False, "MalformedResponse")
 
@@ -222,12 +220,7 @@ def test_a_continuation_filling_the_servers_context_ends_the_attempt_not_the_dra
     full = ContextLimited(4096, 4100, _answer, "llama.cpp")._llama_cpp()
     with WireServer() as wire:
         wire.script(OPENAI_PATH, Reply(200, cut), Reply(400, {"error": full}))
-        result = cli(
-            *DRAIN,
-            *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
-            cwd=tmp_path,
-        )
+        result = _drain(tmp_path, env, wire.url)
         calls = len(wire.seen(OPENAI_PATH))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "ProviderRefused" not in result.stderr
@@ -245,19 +238,10 @@ def test_a_model_too_large_for_the_servers_memory_stops_the_drain(tmp_path: Path
     memory = "model requires more system memory (21.3 GiB) than is available (14.2 GiB)"
     with WireServer() as wire:
         wire.respond = lambda seen: Reply(500, {"error": {"message": memory, "type": "api_error"}})
-        result = cli(
-            *DRAIN,
-            *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
-            cwd=tmp_path,
-        )
+        result = _drain(tmp_path, env, wire.url)
         calls = len(wire.seen(OPENAI_PATH))
-    said = " ".join(result.stderr.split())
-    assert result.returncode == 2, said[-3000:]
-    assert memory in said and "cannot load the model" in said, said[-3000:]
+    _assert_stopped_with_phases_handed_back(result, sqlite_url, memory, "cannot load the model")
     assert calls == 3  # the SDK's own tries, and no more
-    states = rows(sqlite_url, "SELECT state FROM phases ORDER BY phase_id")
-    assert [s["state"] for s in states] == ["QUEUED", "QUEUED"]
 
 
 def _shrinking_room(seen: Seen) -> Reply:
@@ -289,12 +273,7 @@ def test_a_servers_odd_room_is_clipped_to_once_and_never_crashes(
     create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
     with WireServer() as wire:
         wire.respond = respond
-        result = cli(
-            *DRAIN,
-            *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
-            cwd=tmp_path,
-        )
+        result = _drain(tmp_path, env, wire.url)
         calls = len(wire.seen(OPENAI_PATH))
     assert "Traceback" not in result.stderr
     tried = attempts(sqlite_url, "p1")

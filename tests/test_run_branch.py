@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,18 @@ def _answer(**contents: str) -> str:
 
 def _sqlite(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'autopack.db'}"
+
+
+def _remote_run(tmp_path: Path, spec: list[dict[str, Any]], env: dict[str, str]) -> Path:
+    """A bare remote at ``remote.git`` and the run of ``spec`` created to keep its code
+    there (the run file's ``repository``): the remote a fleet's machines share."""
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    body = json.loads(run_file(tmp_path, spec).read_text())
+    body["repository"] = str(remote)
+    (tmp_path / "remote-run.json").write_text(json.dumps(body))
+    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    return remote
 
 
 def test_a_gitignored_deliverable_is_committed_and_the_phase_completes(tmp_path: Path) -> None:
@@ -386,13 +399,8 @@ def test_export_of_a_run_kept_in_a_remote_repository_writes_its_files(tmp_path: 
     read through a bare cache clone, where `git checkout-index` refused to work ("must be
     run in a work tree"): `run export` of such a run always failed, leaving DIR behind."""
     url = _sqlite(tmp_path)
-    remote = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
     env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
-    body = json.loads(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]).read_text())
-    body["repository"] = str(remote)
-    (tmp_path / "remote-run.json").write_text(json.dumps(body))
-    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    remote = _remote_run(tmp_path, [phase("p1", ["pkg/mod.py"])], env)
     tape = cassette(tmp_path, [line("p1", 1, files(mod_py="KEPT = 1\n"))])
     args = ["phase", "--phase-id", "p1", "--run-id", RUN, "--auditor", "rules"]
     assert drain(*args, "--cassette", str(tape), env=env, cwd=tmp_path).returncode == 0
@@ -431,16 +439,11 @@ def test_three_executors_with_their_own_caches_drain_one_remote_branch(
 
     url = create_pg_database(pg_admin)
     try:
-        remote = tmp_path / "remote.git"
-        subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
         env = env_for(url, AUTOPACK_REPLAY_SPEED="1")
         count = 30
-        body = json.loads(
-            run_file(tmp_path, [phase(f"p{i}", [f"pkg/m{i}.py"]) for i in range(count)]).read_text()
+        remote = _remote_run(
+            tmp_path, [phase(f"p{i}", [f"pkg/m{i}.py"]) for i in range(count)], env
         )
-        body["repository"] = str(remote)
-        (tmp_path / "remote-run.json").write_text(json.dumps(body))
-        create_run(tmp_path / "remote-run.json", env, tmp_path)
         tape = cassette(
             tmp_path,
             [
@@ -611,15 +614,8 @@ def test_a_ref_lock_a_killed_push_left_in_the_remote_is_named_and_fails_no_phase
     "the branch kept moving" instead of git's message naming the lock. The phases still
     complete on the accepted head, and the branch catches up once the lock is gone."""
     url = _sqlite(tmp_path)
-    remote = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
     env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
-    body = json.loads(
-        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2")]).read_text()
-    )
-    body["repository"] = str(remote)
-    (tmp_path / "remote-run.json").write_text(json.dumps(body))
-    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    remote = _remote_run(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2")], env)
     tape = cassette(tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2")])
 
     def drain_phase(phase_id: str | None) -> subprocess.CompletedProcess[str]:
@@ -651,14 +647,9 @@ def test_a_lock_a_killed_fetch_left_in_the_cache_is_removed_once_nothing_holds_i
     (older than the repository lock's patience) is removed, saying so; a fresh one is
     left to its git."""
     url = _sqlite(tmp_path)
-    remote = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
-    body = json.loads(
-        run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2", "p3")]).read_text()
+    remote = _remote_run(
+        tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in ("p1", "p2", "p3")], env_for(url)
     )
-    body["repository"] = str(remote)
-    (tmp_path / "remote-run.json").write_text(json.dumps(body))
-    create_run(tmp_path / "remote-run.json", env_for(url), tmp_path)
     tape = cassette(
         tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2", "p3")]
     )
@@ -692,16 +683,12 @@ def test_a_cache_wiped_mid_drain_hands_the_phase_back_and_the_next_drain_clones_
     and the rest of the run was SKIPPED. The drain now stops saying so, the phase is handed
     back (no try spent) and the next drain clones again and completes the run."""
     url = _sqlite(tmp_path)
-    remote, cache = tmp_path / "remote.git", tmp_path / "cache"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    cache = tmp_path / "cache"
     env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
     wiped = tmp_path / "wiped-once"
     wipe = f"[ -e {wiped} ] || {{ touch {wiped}; rm -rf {cache}; }}"
     spec = [phase("p1", ["pkg/p1.txt"], checks=[wipe]), phase("p2", ["pkg/p2.txt"])]
-    body = json.loads(run_file(tmp_path, spec).read_text())
-    body["repository"] = str(remote)
-    (tmp_path / "remote-run.json").write_text(json.dumps(body))
-    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    remote = _remote_run(tmp_path, spec, env)
     answers = [line(p, n, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2") for n in (1, 2)]
     tape = cassette(tmp_path, answers)
     args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
@@ -731,16 +718,12 @@ def test_a_remote_that_stops_answering_hands_the_phase_back_and_fails_none(
     every phase had spent its tries, the run DONE_FAILED_PHASES. The drain stops saying
     so, the phase is handed back (no try spent), and the next drain completes the run."""
     url = _sqlite(tmp_path)
-    remote, away = tmp_path / "remote.git", tmp_path / "remote-down.git"
-    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    away = tmp_path / "remote-down.git"
     env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
     marker = tmp_path / "hold-the-check"
     marker.touch()
     spec = [phase("p1", ["pkg/p1.txt"], checks=[_held_check(marker)]), phase("p2", ["pkg/p2.txt"])]
-    body = json.loads(run_file(tmp_path, spec).read_text())
-    body["repository"] = str(remote)
-    (tmp_path / "remote-run.json").write_text(json.dumps(body))
-    create_run(tmp_path / "remote-run.json", env, tmp_path)
+    remote = _remote_run(tmp_path, spec, env)
     answers = [line(p, n, _answer(**{f"{p}_txt": f"{p}\n"})) for p in ("p1", "p2") for n in (1, 2)]
     tape = cassette(tmp_path, answers)
     args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
