@@ -32,6 +32,7 @@ from tests.fakes.llm_wire import (
     openai_completion,
 )
 from tests.fakes.raw_sse import HEAD, Raw, RawServer, o_chunk, sse
+from tests.llm.support import FLAVOURS
 from tests.support import cli
 
 MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
@@ -310,32 +311,38 @@ LONG_TASK = "Write pkg/a.py with a function per rule below; keep each one short.
 """A task of about 33k characters: at 3 to 4 a token, 8k to 11k tokens of prompt."""
 
 
+@pytest.mark.parametrize("wire_format", ["openai", "anthropic"])
 def test_a_server_that_cut_the_prompt_to_its_context_stops_the_drain_naming_the_setting(
-    tmp_path: Path,
+    wire_format: str, tmp_path: Path
 ) -> None:
     """Ollama runs a model in 4096 tokens unless told otherwise and drops the front of a
     longer prompt (the system prompt with the answer format), answering 200 with
-    ``prompt_tokens`` 2050. That answer was taken as the model's best: each phase in turn
-    failed later on its files for a reason hiding the cause. Now the drain stops (exit 2)
-    naming both counts and OLLAMA_CONTEXT_LENGTH / num_ctx, the phases are handed back
-    without spending a retry, and the call, run and billed, keeps its usage row."""
+    ``prompt_tokens`` 2050 (on its Anthropic-compatible ``/v1/messages`` too). That
+    answer was taken as the model's best: each phase in turn failed later on its files for
+    a reason hiding the cause. Now the drain stops (exit 2) naming both counts and
+    OLLAMA_CONTEXT_LENGTH / num_ctx, the phases are handed back without spending a retry,
+    and the call, run and billed, keeps its usage row."""
+    flavour = FLAVOURS[wire_format]
     sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:7b")
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=flavour.model)
     spec = [
         phase("p1", ["pkg/a.py"], description=LONG_TASK),
         phase("p2", ["pkg/b.py"], description=LONG_TASK),
     ]
     create_run(run_file(tmp_path, spec), env, tmp_path)
-    answer = openai_completion(files(a_py="A = 1\n"), model="qwen2.5-coder:7b", prompt_tokens=2050)
+    answer = flavour.body(files(a_py="A = 1\n"), input_tokens=2050)
     with WireServer() as wire:
         wire.respond = lambda seen: Reply(200, answer)
+        server = {"OPENAI_BASE_URL": f"{wire.url}/v1"}
+        if wire_format == "anthropic":
+            server = {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": wire.url}
         result = cli(
             *DRAIN,
             *("--workspace", str(tmp_path / "ws")),
-            env={**env, "OPENAI_BASE_URL": f"{wire.url}/v1"},
+            env={**env, **server},
             cwd=tmp_path,
         )
-        calls = len(wire.seen(OPENAI_PATH))
+        calls = len(wire.seen(flavour.path))
     said = " ".join(result.stderr.split())
     assert result.returncode == 2, said[-3000:]
     assert re.search(r"reporting 2050 input tokens for a prompt of at least \d{4}", said), said
