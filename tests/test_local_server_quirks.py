@@ -6,6 +6,8 @@ The far end is the loopback wire-format server scripted as each server answers.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
@@ -31,6 +33,7 @@ from tests.fakes.llm_wire import (
     openai_completion,
 )
 from tests.fakes.raw_sse import HEAD, Raw, RawServer, o_chunk, sse
+from tests.llm.support import FLAVOURS
 from tests.support import cli
 
 MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
@@ -279,3 +282,175 @@ def test_a_servers_odd_room_is_clipped_to_once_and_never_crashes(
     tried = attempts(sqlite_url, "p1")
     assert tried and calls <= 2 * len(tried), (calls, len(tried))
     assert all(a["stop_reason"] != "executor_error" for a in tried), tried
+
+
+LONG_TASK = "Write pkg/a.py with a function per rule below; keep each one short.\n" + "".join(
+    f"- Rule {n}: when the input holds key_{n}, return its value times {n}.\n" for n in range(600)
+)
+"""A task of about 33k characters: at 3 to 4 a token, 8k to 11k tokens of prompt."""
+
+
+@pytest.mark.parametrize("wire_format", ["openai", "anthropic"])
+def test_a_server_that_cut_the_prompt_to_its_context_stops_the_drain_naming_the_setting(
+    wire_format: str, tmp_path: Path
+) -> None:
+    """Ollama runs a model in 4096 tokens unless told otherwise and drops the front of a
+    longer prompt (the system prompt with the answer format), answering 200 with
+    ``prompt_tokens`` 2050 (on its Anthropic-compatible ``/v1/messages`` too). That
+    answer was taken as the model's best: each phase in turn failed later on its files for
+    a reason hiding the cause. Now the drain stops (exit 2) naming both counts and
+    OLLAMA_CONTEXT_LENGTH / num_ctx, the phases are handed back without spending a retry,
+    and the call, run and billed, keeps its usage row."""
+    flavour = FLAVOURS[wire_format]
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=flavour.model)
+    spec = [
+        phase("p1", ["pkg/a.py"], description=LONG_TASK),
+        phase("p2", ["pkg/b.py"], description=LONG_TASK),
+    ]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    answer = flavour.body(files(a_py="A = 1\n"), input_tokens=2050)
+    with WireServer() as wire:
+        wire.respond = lambda seen: Reply(200, answer)
+        server = {"OPENAI_BASE_URL": f"{wire.url}/v1"}
+        if wire_format == "anthropic":
+            server = {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": wire.url}
+        result = cli(
+            *DRAIN,
+            *("--workspace", str(tmp_path / "ws")),
+            env={**env, **server},
+            cwd=tmp_path,
+        )
+        calls = len(wire.seen(flavour.path))
+    _assert_stopped_with_phases_handed_back(result, sqlite_url, "OLLAMA_CONTEXT_LENGTH", "num_ctx")
+    said = " ".join(result.stderr.split())
+    assert re.search(r"reporting 2050 input tokens for a prompt of at least \d{4}", said), said
+    assert calls == 1
+    [row] = rows(sqlite_url, "SELECT success, error_class, input_tokens FROM llm_usage_events")
+    assert (bool(row["success"]), row["error_class"], row["input_tokens"]) == (
+        False,
+        "PromptCut",
+        2050,
+    )
+
+
+def test_a_long_prompt_read_in_full_is_answered_as_usual(tmp_path: Path) -> None:
+    """The same long task, on a server whose context holds it and that says so: its
+    ``prompt_tokens`` are a real count (3.5 characters a token), never taken for a cut."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:7b")
+    spec = [phase("p1", ["pkg/a.py"], description=LONG_TASK)]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+
+    def honest(seen: Seen) -> Reply:
+        count = len(str(seen.body["messages"])) * 2 // 7
+        body = files(a_py="A = 1\n")
+        return Reply(200, openai_completion(body, model="qwen2.5-coder:7b", prompt_tokens=count))
+
+    with WireServer() as wire:
+        wire.respond = honest
+        result = _drain(tmp_path, env, wire.url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"
+
+
+def _counted(seen: Seen, per_answer_token: int = 32) -> int:
+    """Input tokens an honest server counts: 3.5 characters a token of the prompt, and
+    ``per_answer_token`` of an assistant turn (the answer so far)."""
+    messages = seen.body["messages"]
+    given = sum(len(m["content"]) for m in messages if m["role"] != "assistant")
+    written = sum(len(m["content"]) for m in messages if m["role"] == "assistant")
+    return given * 2 // 7 + written // per_answer_token
+
+
+def test_a_continuation_of_a_long_padded_answer_is_not_taken_for_a_cut_prompt(
+    tmp_path: Path,
+) -> None:
+    """A continuation's prompt holds the answer so far, here 40k characters mostly of one
+    ``-`` rule, which a tokenizer packs densely (32 a token): counted like the prompt, at
+    most 10 characters a token, it looked longer than the server's honest count and the
+    drain would have stopped on a server that read it all. The model's own text is held
+    to the 64 characters a token its stream was, and the answer is joined as usual."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    content = "# " + "-" * 40_000 + "\nA = 1\n"
+    whole = files(a_py=content)
+    cut = whole.index("A = 1") + 1
+    parts = iter([(whole[:cut], "length"), (whole[cut:], "stop")])
+
+    def honest(seen: Seen) -> Reply:
+        text, finish = next(parts)
+        body = openai_completion(
+            text, model=MODEL, finish_reason=finish, prompt_tokens=_counted(seen)
+        )
+        return Reply(200, body)
+
+    with WireServer() as wire:
+        wire.respond = honest
+        result = _drain(tmp_path, env, wire.url)
+        calls = len(wire.seen(OPENAI_PATH))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert calls == 2
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == content
+
+
+def _continued(reported: int) -> Callable[[Seen], Reply]:
+    """A server ending the answer at 20 characters (``length``, the prompt counted as
+    :func:`_counted`), then reporting ``reported`` input tokens for its continuation."""
+    whole = files(a_py="A = 1\n")
+    first = iter([True])
+
+    def respond(seen: Seen) -> Reply:
+        if next(first, False):
+            return Reply(
+                200,
+                openai_completion(
+                    whole[:20], model=MODEL, finish_reason="length", prompt_tokens=_counted(seen)
+                ),
+            )
+        return Reply(200, openai_completion(whole[20:], model=MODEL, prompt_tokens=reported))
+
+    return respond
+
+
+def test_a_continuation_whose_prompt_the_server_cut_stops_the_drain(tmp_path: Path) -> None:
+    """Ollama's context held the prompt but not the prompt with the answer so far: the
+    continuation's front was dropped and the model went on without the task, its text
+    joined into the files. It is judged like any call: the drain stops naming the setting,
+    the phase handed back, both calls recorded."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    spec = [phase("p1", ["pkg/a.py"], description=LONG_TASK)]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    with WireServer() as wire:
+        wire.respond = _continued(2050)
+        result = _drain(tmp_path, env, wire.url)
+        calls = len(wire.seen(OPENAI_PATH))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said[-3000:]
+    assert "for a prompt with the answer so far of at least" in said, said[-3000:]
+    assert "OLLAMA_CONTEXT_LENGTH" in said, said[-3000:]
+    assert calls == 2
+    [state] = rows(sqlite_url, "SELECT state FROM phases")
+    assert state["state"] == "QUEUED"
+    usage = rows(sqlite_url, "SELECT success, input_tokens FROM llm_usage_events ORDER BY id")
+    assert [(bool(u["success"]), u["input_tokens"]) for u in usage][1] == (False, 2050)
+
+
+def test_a_continuation_counted_without_its_cached_prompt_is_not_taken_for_a_cut(
+    tmp_path: Path,
+) -> None:
+    """Ollama 0.30's llama-server runner counted only the prompt tokens it had not cached
+    (ollama#16414): a continuation, whose prompt is the cached one and the answer so far,
+    reported a dozen. That is no context any model runs in, so no cut: the answer is
+    continued and joined as usual."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
+    spec = [phase("p1", ["pkg/a.py"], description=LONG_TASK)]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    with WireServer() as wire:
+        wire.respond = _continued(12)
+        result = _drain(tmp_path, env, wire.url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/a.py") == "A = 1\n"

@@ -29,6 +29,7 @@ from autopack.executor.options import Services
 from autopack.executor.outcome import Finish, failed
 from autopack.executor.provider_state import (
     BUSY,
+    cut_prompt,
     gave_up,
     no_room,
     patience_pauses,
@@ -45,6 +46,7 @@ from autopack.llm.base import (
     error_event_status,
     usage_problem,
 )
+from autopack.llm.prompt_read import unread_prompt
 from autopack.logs import log_event
 from autopack.states import stopped_from_outside
 from autopack.telemetry.events import (
@@ -248,7 +250,7 @@ class Meter:
         is raised for :meth:`call` to wait out;
         a refusal of what every call sends stops the drain (:class:`ProviderRefused`)."""
         try:
-            return self._account(call, model, self.s.provider.complete(request))
+            return self._read_whole(call, model, request, self.s.provider.complete(request))
         except StreamInterrupted as exc:
             if (impossible := _impossible_usage(exc)) is not None:
                 raise self._failed(call, model, impossible) from exc
@@ -311,6 +313,17 @@ class Meter:
                     clipped=True,
                 )
             raise self._failed(call, model, exc) from exc
+
+    def _read_whole(
+        self, call: dict[str, Any], model: str, request: LLMRequest, response: LLMResponse
+    ) -> LLMResponse:
+        """The answer, accounted; one to a prompt the server cut (run and billed all the
+        same, so recorded with its tokens) stops the drain: :mod:`autopack.llm.prompt_read`."""
+        cut = unread_prompt(request, response)
+        self._account(call, model, response, error=cut)
+        if cut is not None:
+            raise cut_prompt(cut, self.claim.phase_id)
+        return response
 
     def _error_row(self, call: dict[str, Any], model: str, exc: LLMError) -> dict[str, Any]:
         message = storable_text(exc.message)  # a provider's text, stored as TEXT

@@ -4,7 +4,8 @@ After the SDK's own retries, three kinds of answer say no call can succeed now, 
 the phase: nothing answers at the address (:data:`UNREACHABLE`), the provider says it is
 busy (:data:`BUSY`: rate limited, overloaded), or it refuses what every call sends
 (:data:`REFUSED`: the key, its permissions, the model's name; a server that reports no
-usage, :data:`~autopack.llm.base.NO_USAGE`, or cannot load the model, :data:`UNLOADABLE`).
+usage, :data:`~autopack.llm.base.NO_USAGE`, or cannot load the model, :data:`UNLOADABLE`;
+one that cut the prompt to its context, :func:`cut_prompt`).
 Each failed every phase of a run on its tries, one after another.
 :class:`~autopack.executor.metering.Meter` waits out the first two for
 ``AUTOPACK_LLM_UNREACHABLE_SECONDS`` (:func:`patience_pauses`) and then stops the drain
@@ -98,6 +99,21 @@ def no_room(exc: LLMError, phase_id: str) -> ProviderRefused | None:
         "llama-server --ctx-size, which --parallel divides among its slots; Ollama "
         "OLLAMA_CONTEXT_LENGTH) or the phase less read-only context, then run the same "
         "command again.",
+        provider=exc.provider,
+        status_code=exc.status_code,
+    )
+
+
+def cut_prompt(exc: LLMError, phase_id: str) -> ProviderRefused:
+    """The drain's stop for an answer to a prompt the server cut to its context
+    (:mod:`autopack.llm.prompt_read`): a server set to a small context answers the
+    prompts of phase after phase alike, each failing later for a reason hiding this."""
+    return ProviderRefused(
+        f"{exc.message}. The drain stopped and handed phase {phase_id} back without "
+        "spending a retry: give the model a larger context on the server (Ollama: "
+        "OLLAMA_CONTEXT_LENGTH=N in the server's environment, or PARAMETER num_ctx N in a "
+        "Modelfile and that model's name; another server: its context length setting) "
+        "or the phase less read-only context, then run the same command again.",
         provider=exc.provider,
         status_code=exc.status_code,
     )
