@@ -48,8 +48,9 @@ def retry_waste(
 ) -> tuple[int, int]:
     """(output tokens billed on truncated attempts, calls made) without continuation.
 
-    Mirrors the executor's ``_escalated``: the retry gets max(budget, min(previous x
-    factor, cap)); the phase gives up after ``max_attempts`` calls.
+    Mirrors the executor's (``executor/budget.py::escalated``): the retry gets
+    max(budget, min(previous x factor, cap)); the phase gives up after ``max_attempts``
+    calls.
     """
     current, wasted = budget, 0
     for attempt in range(1, max_attempts + 1):

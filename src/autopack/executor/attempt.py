@@ -47,6 +47,7 @@ from autopack.contract import (
 )
 from autopack.errors import LeaseLost, ProviderUnusable, ServerUnavailable
 from autopack.estimation.features import extract_features
+from autopack.executor.budget import builder_budget, record_estimation
 from autopack.executor.check_policy import CHECK_REFUSED
 from autopack.executor.checks import (
     ChecksInterrupted,
@@ -304,7 +305,7 @@ class Attempt:
             )
             assumed = self.s.prices.declared_max_output_tokens(model) is None
             self.s.events("phase_too_large", **sizes, model=model, assumed=assumed)
-        max_tokens = meter.budget(estimate, model_max)
+        max_tokens = builder_budget(meter, estimate, model_max)
         prompt = builder_prompt_parts(
             task, workspace, _feedback(self.claim.history), context_chars=self.o.context_chars
         )
@@ -338,7 +339,7 @@ class Attempt:
         except BuilderRejected as exc:
             raise failed(exc.stop_reason, feedback=exc.feedback) from exc
         finally:
-            meter.record_estimation(features, estimate, response, parse_success)
+            record_estimation(meter, features, estimate, response, parse_success)
 
     def _request_approval(
         self, lease: Lease, meter: Meter, change: Change, base: str

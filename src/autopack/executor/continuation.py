@@ -13,7 +13,7 @@ prompt is the same every time, so with prompt caching a continuation pays for it
 
 Only when the joined answer is still cut off (continuations used up, or a continuation
 call failed) does the attempt end ``truncated``, and only then is the next attempt's
-budget raised (:meth:`Meter.budget`).
+budget raised (:func:`~autopack.executor.budget.builder_budget`).
 """
 
 from __future__ import annotations

@@ -3,27 +3,21 @@
 :meth:`Meter.call` checks the run's and the phase's budgets before each call, makes it,
 reports its tokens and cost to the control plane under the lease (whose answer carries
 the run's budget for the next check), and records a usage row, failed calls included.
-The Builder's token budget comes from :meth:`Meter.budget` (the estimator's, raised after
-a truncated attempt, with an escalation row), and :meth:`Meter.record_estimation` joins
-the estimate to what the model really wrote. A replayed answer costs nothing: its usage
-row keeps what the recorded call would have cost (provider ``replay``), but the run is
-billed $0 for it.
+The Builder's token budget and its estimation row are in :mod:`autopack.executor.budget`.
+A replayed answer costs nothing: its usage row keeps what the recorded call would have
+cost (provider ``replay``), but the run is billed $0 for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import uuid
 from typing import Any
 
 from autopack.bounds import COST_MAX_USD, storable_text
 from autopack.contract import Claim, UsageIn, ordered_usage_key
 from autopack.errors import LLMError, ProviderUnusable
-from autopack.estimation.estimator import Estimate
-from autopack.estimation.features import PhaseFeatures
-from autopack.estimation.metrics import event_metrics
 from autopack.executor.lease import Lease
 from autopack.executor.options import Services
 from autopack.executor.outcome import Finish, failed
@@ -48,13 +42,7 @@ from autopack.llm.base import (
 )
 from autopack.llm.prompt_read import unread_prompt
 from autopack.logs import log_event
-from autopack.states import stopped_from_outside
-from autopack.telemetry.events import (
-    REPLAY_PROVIDER,
-    LlmUsageIn,
-    TokenBudgetEscalationIn,
-    TokenEstimationIn,
-)
+from autopack.telemetry.events import REPLAY_PROVIDER, LlmUsageIn
 
 logger = logging.getLogger("autopack.executor")
 
@@ -429,90 +417,3 @@ class Meter:
         if beyond is not None:
             raise failed("llm_error", error=beyond.message, retryable=False)
         return response
-
-    def budget(self, estimate: Estimate, model_max: int) -> int:
-        """The Builder's ``max_tokens``: the estimate's budget, raised when the previous
-        attempt was cut off (recorded as an escalation event)."""
-        self.max_tokens = self._escalated(estimate, model_max)
-        return self.max_tokens
-
-    def _escalated(self, estimate: Estimate, model_max: int) -> int:
-        claim = self.claim
-        # the attempt before this one, passing over those whose executor was stopped: the
-        # larger budget a cut-off answer earned was lost with a retry killed on its way
-        previous = next(
-            (
-                h
-                for h in reversed(claim.history)
-                if not stopped_from_outside(h.outcome, h.stop_reason)
-            ),
-            None,
-        )
-        if previous is None or previous.stop_reason != "truncated":
-            return estimate.budget
-        old = previous.max_tokens or estimate.budget
-        new = min(math.ceil(old * self.o.escalation_factor), model_max)
-        if new <= estimate.budget:
-            return estimate.budget
-        self.s.telemetry.record(
-            TokenBudgetEscalationIn(
-                run_id=claim.run_id,
-                phase_id=claim.phase_id,
-                attempt=claim.attempt,
-                reason="truncation",
-                factor=self.o.escalation_factor,
-                old_budget=old,
-                new_budget=new,
-            )
-        )
-        log_event(
-            logger,
-            "budget_escalated",
-            run_id=claim.run_id,
-            phase_id=claim.phase_id,
-            attempt=claim.attempt,
-            old_budget=old,
-            new_budget=new,
-        )
-        return new
-
-    def record_estimation(
-        self,
-        features: PhaseFeatures,
-        estimate: Estimate,
-        response: LLMResponse,
-        parse_success: bool,
-    ) -> None:
-        """Join the Builder call's estimate to what the model really wrote."""
-        sent = self.max_tokens or estimate.budget
-        actual = response.usage.output_tokens
-        measures = event_metrics(
-            predicted=estimate.p50, max_tokens=sent, actual=actual, truncated=response.truncated
-        )
-        self.s.telemetry.record(
-            TokenEstimationIn(
-                run_id=self.claim.run_id,
-                phase_id=self.claim.phase_id,
-                attempt=self.claim.attempt,
-                estimator_version=estimate.version,
-                category=features.category,
-                complexity=features.complexity,
-                deliverable_count=features.deliverable_count,
-                deliverables_json=[d.path for d in features.deliverables],
-                features=features.to_json(),
-                predicted_output_tokens=estimate.p50,
-                predicted_p90_tokens=estimate.p90,
-                selected_budget=estimate.budget,
-                budget_decided_by=estimate.decided_by,
-                max_tokens_sent=sent,
-                actual_output_tokens=actual,
-                truncated=response.truncated,
-                stop_reason=response.stop_reason,
-                model=response.model,
-                parse_success=parse_success,
-                success=parse_success and not response.truncated,
-                smape_percent=measures.smape_percent,
-                waste_ratio=measures.waste_ratio,
-                underestimated=measures.underestimated,
-            )
-        )
