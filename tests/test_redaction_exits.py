@@ -230,6 +230,30 @@ def test_a_repo_urls_token_is_not_shown(database_url: str, tmp_path: Path) -> No
     assert token not in shown
 
 
+def test_a_token_given_as_the_repo_urls_user_name_is_not_shown(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``--repo https://ghp_TOKEN@github.com/o/r.git``, the token as the URL's user name
+    (no password): the GitError of a remote nothing answers at showed it, since only a
+    URL's password was redacted. Now it exits 2 with the URL's user name redacted."""
+    token = "ghp_" + uuid.uuid4().hex + "abcd"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = env_for(database_url, HOME=str(home))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="x = 1\n"))])
+    result = cli_drain(
+        *("run", "--run-id", "exec-run", "--auditor", "rules", "--cassette", str(tape)),
+        *("--repo", f"https://{token}@127.0.0.1:9/x.git"),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    shown = result.stdout + result.stderr
+    assert "GitError" in shown and "https://[REDACTED]@127.0.0.1:9/x.git" in shown
+    assert token not in shown and token[4:] not in shown
+
+
 def test_a_usage_error_does_not_quote_a_database_password(tmp_path: Path) -> None:
     """A database URL given without its flag was quoted back by Click's usage errors."""
     url = "postgresql+psycopg://ana:hunter2secret@db.example/autopack"
