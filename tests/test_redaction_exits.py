@@ -11,13 +11,16 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import httpx
 from sqlalchemy.engine import make_url
 
 from tests.executor_support import (
@@ -33,7 +36,7 @@ from tests.executor_support import (
 )
 from tests.fakes.llm_wire import ANTHROPIC_PATH, Reply, WireServer
 from tests.fakes.loopback import LoopbackServer
-from tests.support import clean_env, cli
+from tests.support import Server, clean_env, cli
 
 KEY = "test-key-7f3a9c1e5b2d8e4f"
 """Not shaped like sk-…: only the configured-value and header rules can catch it."""
@@ -252,6 +255,34 @@ def test_a_token_given_as_the_repo_urls_user_name_is_not_shown(
     shown = result.stdout + result.stderr
     assert "GitError" in shown and "https://[REDACTED]@127.0.0.1:9/x.git" in shown
     assert token not in shown and token[4:] not in shown
+
+
+def test_the_web_servers_own_log_lines_are_redacted(tmp_path: Path) -> None:
+    """uvicorn's handlers wrote what Autopack's redaction never saw: its access line a
+    request's query string (a token tried as ``?token=``), and its ``Exception in ASGI
+    application`` traceback the unexpected error's message (here SQL parameters holding a
+    key-shaped id) next to Autopack's redacted ``request_failed``."""
+    token = f"operator-{uuid.uuid4().hex}"
+    run_id = f"sk-proj-{uuid.uuid4().hex}"
+    database = tmp_path / "autopack.db"
+    env = env_for(f"sqlite:///{database}")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])], run_id=run_id), env, tmp_path)
+    server = Server({**env, "AUTOPACK_API_TOKEN": token}, tmp_path, autopack_args=["serve"])
+    try:
+        server.wait_healthy()
+        assert httpx.get(f"{server.url}/health?token={token}").status_code == 200
+        with sqlite3.connect(database) as broken:  # every phase view now fails unexpectedly
+            broken.execute("DROP TABLE approval_requests")
+        failed = httpx.get(
+            f"{server.url}/runs/{run_id}/phases/p1", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert failed.status_code == 500, failed.text
+        time.sleep(0.5)  # the log lines written after the answer
+        shown = server.output()
+    finally:
+        server.stop()
+    assert "Exception in ASGI application" in shown and "GET /health?token=" in shown, shown
+    assert token not in shown and run_id not in shown, shown
 
 
 def test_a_usage_error_does_not_quote_a_database_password(tmp_path: Path) -> None:
