@@ -295,6 +295,20 @@ def test_a_usage_error_does_not_quote_a_database_password(tmp_path: Path) -> Non
         assert "hunter2secret" not in result.stdout + result.stderr, args
 
 
+def test_a_usage_error_does_not_quote_a_key_the_environment_holds(tmp_path: Path) -> None:
+    """A key or token given as an argument (a shell variable in the wrong place) was quoted
+    back whole by Click's usage errors: they come before the settings are read, and
+    neither has a shape the redaction knows by itself."""
+    token = f"operator-{uuid.uuid4().hex}"
+    env = clean_env(ANTHROPIC_API_KEY=KEY, AUTOPACK_API_TOKEN=token)
+    for secret in (KEY, token):
+        for args in (["drain", "run", "--run-id", "r", secret], ["run", "list", secret], [secret]):
+            result = cli(*args, cwd=tmp_path, env=env)
+            assert result.returncode == 2, result.stderr
+            assert "[REDACTED]" in result.stderr, args
+            assert secret not in result.stdout + result.stderr, args
+
+
 def test_a_check_gets_no_credential_the_sdks_read(database_url: str, tmp_path: Path) -> None:
     """Besides the keys Autopack names, the SDKs it drives read credentials of their own
     from the environment (the Anthropic SDK's bearer token, the OTLP exporter's headers):
