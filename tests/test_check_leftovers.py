@@ -200,6 +200,44 @@ def test_a_phase_whose_check_stops_its_executor_ends(tmp_path: Path) -> None:
     assert "again while its checks ran" in row["last_failure_reason"]
 
 
+_FREEZES_ITS_EXECUTOR = (
+    _STOPS_ITS_EXECUTOR.replace("SIGTERM", "SIGSTOP")
+    + """
+import sys, time
+def state(pid):
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+deadline = time.monotonic() + 20
+while state(pid) == "T" and time.monotonic() < deadline:
+    time.sleep(0.1)
+sys.exit(1 if state(pid) == "T" else 0)  # left stopped: this check fails, if it ever ends
+"""
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_check_that_freezes_its_executor_does_not_freeze_the_drain(tmp_path: Path) -> None:
+    """A check that stopped the executor running it (SIGSTOP to its parent) froze the
+    drain for good: stopped, it timed no check out and ended nothing, while a supervisor
+    saw it running. The check's runner continues it; the check, which waits to see its
+    executor running again, passes and the phase completes."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url)
+    (tmp_path / "freeze.py").write_text(_FREEZES_ITS_EXECUTOR)
+    check = f"{sys.executable} {tmp_path / 'freeze.py'}"
+    create_run(run_file(tmp_path, [phase("cold", ["pkg/cold.py"], checks=[check])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("cold", 1, files(cold_py="C = 1\n"))])
+    result = drain(
+        *("run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)),
+        *("--workspace", str(tmp_path / "ws"), "--check-timeout", "60"),
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = rows(url, "SELECT state FROM phases WHERE phase_id = 'cold'")
+    assert row["state"] == "COMPLETE"
+
+
 def test_a_stop_after_the_checks_passed_is_no_stop_in_them(tmp_path: Path) -> None:
     """The phase stayed ``CI_RUNNING`` after its checks, through the auditor's call: a
     provider refusing that call (a 401, handed back) counted as a stop the phase's code
