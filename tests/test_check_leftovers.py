@@ -15,10 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from autopack.control.leases import FREE_LOSSES
 from autopack.executor import checks
 from autopack.executor.checks import run_checks
 from tests.conftest import empty_sqlite
@@ -34,7 +36,7 @@ from tests.executor_support import (
     rows,
     run_file,
 )
-from tests.support import gone, kill, written_pid
+from tests.support import cli, gone, kill, written_pid
 
 
 def _daemon(pid_file: Path) -> str:
@@ -178,16 +180,27 @@ def test_a_phase_whose_check_stops_its_executor_ends(tmp_path: Path) -> None:
     supervisor restarting the executor, the phase was tried for ever, a Builder call
     each time. Such stops now count with lost attempts: after the free ones, each spends
     a retry, and the phase fails saying why."""
+    url, stopped = _stopping_its_executor(tmp_path)
+    for _ in range(FREE_LOSSES + 1):  # a supervisor starting the executor again
+        stopped()
+    [row] = rows(url, "SELECT state, last_failure_reason FROM phases WHERE phase_id = 'loop'")
+    assert row["state"] == "FAILED", row
+    assert "again while its checks ran" in row["last_failure_reason"]
+
+
+def _stopping_its_executor(tmp_path: Path) -> tuple[str, Callable[[], None]]:
+    """A run whose phase ``loop`` (``max_attempts: 1``) has a check stopping its executor,
+    and a drain of it that the check stops."""
     url = empty_sqlite(tmp_path / "autopack.db")
     env = env_for(url)
     (tmp_path / "stop_executor.py").write_text(_STOPS_ITS_EXECUTOR)
     check = f"{sys.executable} {tmp_path / 'stop_executor.py'}"
     spec = [phase("loop", ["pkg/loop.py"], checks=[check], max_attempts=1)]
     create_run(run_file(tmp_path, spec), env, tmp_path)
-    restarts = checks_free = 2  # control.leases.FREE_LOSSES
-    answers = [line("loop", n, files(loop_py="L = 1\n")) for n in range(1, restarts + 3)]
+    answers = [line("loop", n, files(loop_py="L = 1\n")) for n in range(1, 10)]
     tape = cassette(tmp_path, answers)
-    for _ in range(checks_free + 1):  # a supervisor starting the executor again
+
+    def stopped() -> None:
         result = drain(
             *("run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)),
             *("--workspace", str(tmp_path / "ws")),
@@ -195,9 +208,25 @@ def test_a_phase_whose_check_stops_its_executor_ends(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert result.returncode == 143, result.stderr[-3000:]
-    [row] = rows(url, "SELECT state, last_failure_reason FROM phases WHERE phase_id = 'loop'")
-    assert row["state"] == "FAILED", row
-    assert "again while its checks ran" in row["last_failure_reason"]
+
+    return url, stopped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_requeued_phase_gets_its_free_stops_again(tmp_path: Path) -> None:
+    """The stops a phase's free ones were spent on still counted after ``run requeue``
+    gave it a fresh retry window: the first executor stopped in its checks (or lost) then
+    spent a retry, and a phase of ``max_attempts: 1`` FAILED at once. Counted since the
+    requeue, it gets its free stops again."""
+    url, stopped = _stopping_its_executor(tmp_path)
+    for _ in range(FREE_LOSSES + 1):
+        stopped()
+    state = "SELECT state FROM phases WHERE phase_id = 'loop'"
+    assert rows(url, state) == [{"state": "FAILED"}]
+    requeued = cli("run", "requeue", RUN_ID, "loop", cwd=tmp_path, env=env_for(url))
+    assert requeued.returncode == 0, requeued.stderr
+    stopped()
+    assert rows(url, state) == [{"state": "QUEUED"}]
 
 
 _FREEZES_ITS_EXECUTOR = (
