@@ -15,10 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from autopack.control.leases import FREE_LOSSES
 from autopack.executor import checks
 from autopack.executor.checks import run_checks
 from tests.conftest import empty_sqlite
@@ -34,7 +36,7 @@ from tests.executor_support import (
     rows,
     run_file,
 )
-from tests.support import gone, kill, written_pid
+from tests.support import cli, gone, kill, written_pid
 
 
 def _daemon(pid_file: Path) -> str:
@@ -178,16 +180,27 @@ def test_a_phase_whose_check_stops_its_executor_ends(tmp_path: Path) -> None:
     supervisor restarting the executor, the phase was tried for ever, a Builder call
     each time. Such stops now count with lost attempts: after the free ones, each spends
     a retry, and the phase fails saying why."""
+    url, stopped = _stopping_its_executor(tmp_path)
+    for _ in range(FREE_LOSSES + 1):  # a supervisor starting the executor again
+        stopped()
+    [row] = rows(url, "SELECT state, last_failure_reason FROM phases WHERE phase_id = 'loop'")
+    assert row["state"] == "FAILED", row
+    assert "again while its checks ran" in row["last_failure_reason"]
+
+
+def _stopping_its_executor(tmp_path: Path) -> tuple[str, Callable[[], None]]:
+    """A run whose phase ``loop`` (``max_attempts: 1``) has a check stopping its executor,
+    and a drain of it that the check stops."""
     url = empty_sqlite(tmp_path / "autopack.db")
     env = env_for(url)
     (tmp_path / "stop_executor.py").write_text(_STOPS_ITS_EXECUTOR)
     check = f"{sys.executable} {tmp_path / 'stop_executor.py'}"
     spec = [phase("loop", ["pkg/loop.py"], checks=[check], max_attempts=1)]
     create_run(run_file(tmp_path, spec), env, tmp_path)
-    restarts = checks_free = 2  # control.leases.FREE_LOSSES
-    answers = [line("loop", n, files(loop_py="L = 1\n")) for n in range(1, restarts + 3)]
+    answers = [line("loop", n, files(loop_py="L = 1\n")) for n in range(1, 10)]
     tape = cassette(tmp_path, answers)
-    for _ in range(checks_free + 1):  # a supervisor starting the executor again
+
+    def stopped() -> None:
         result = drain(
             *("run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)),
             *("--workspace", str(tmp_path / "ws")),
@@ -195,9 +208,63 @@ def test_a_phase_whose_check_stops_its_executor_ends(tmp_path: Path) -> None:
             cwd=tmp_path,
         )
         assert result.returncode == 143, result.stderr[-3000:]
-    [row] = rows(url, "SELECT state, last_failure_reason FROM phases WHERE phase_id = 'loop'")
-    assert row["state"] == "FAILED", row
-    assert "again while its checks ran" in row["last_failure_reason"]
+
+    return url, stopped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_requeued_phase_gets_its_free_stops_again(tmp_path: Path) -> None:
+    """The stops a phase's free ones were spent on still counted after ``run requeue``
+    gave it a fresh retry window: the first executor stopped in its checks (or lost) then
+    spent a retry, and a phase of ``max_attempts: 1`` FAILED at once. Counted since the
+    requeue, it gets its free stops again."""
+    url, stopped = _stopping_its_executor(tmp_path)
+    for _ in range(FREE_LOSSES + 1):
+        stopped()
+    state = "SELECT state FROM phases WHERE phase_id = 'loop'"
+    assert rows(url, state) == [{"state": "FAILED"}]
+    requeued = cli("run", "requeue", RUN_ID, "loop", cwd=tmp_path, env=env_for(url))
+    assert requeued.returncode == 0, requeued.stderr
+    stopped()
+    assert rows(url, state) == [{"state": "QUEUED"}]
+
+
+_FREEZES_ITS_EXECUTOR = (
+    _STOPS_ITS_EXECUTOR.replace("SIGTERM", "SIGSTOP")
+    + """
+import sys, time
+def state(pid):
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+deadline = time.monotonic() + 20
+while state(pid) == "T" and time.monotonic() < deadline:
+    time.sleep(0.1)
+sys.exit(1 if state(pid) == "T" else 0)  # left stopped: this check fails, if it ever ends
+"""
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_check_that_freezes_its_executor_does_not_freeze_the_drain(tmp_path: Path) -> None:
+    """A check that stopped the executor running it (SIGSTOP to its parent) froze the
+    drain for good: stopped, it timed no check out and ended nothing, while a supervisor
+    saw it running. The check's runner continues it; the check, which waits to see its
+    executor running again, passes and the phase completes."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = env_for(url)
+    (tmp_path / "freeze.py").write_text(_FREEZES_ITS_EXECUTOR)
+    check = f"{sys.executable} {tmp_path / 'freeze.py'}"
+    create_run(run_file(tmp_path, [phase("cold", ["pkg/cold.py"], checks=[check])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("cold", 1, files(cold_py="C = 1\n"))])
+    result = drain(
+        *("run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)),
+        *("--workspace", str(tmp_path / "ws"), "--check-timeout", "60"),
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = rows(url, "SELECT state FROM phases WHERE phase_id = 'cold'")
+    assert row["state"] == "COMPLETE"
 
 
 def test_a_stop_after_the_checks_passed_is_no_stop_in_them(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -167,6 +168,26 @@ def test_a_drain_stopped_while_its_server_starts_stops_it_and_leaves_no_log(
     assert process.returncode == 128 + how, stderr[-3000:]
     assert "api_server_spawned" not in stderr, "not stopped while the server started"
     assert list(logs.glob(pattern)) == [], stderr[-3000:]
+
+
+def test_the_log_of_the_server_a_drain_starts_is_its_users_alone(tmp_path: Path) -> None:
+    """The API server a drain starts logged to a file created 0644 in the temp directory,
+    at a name known in advance (``autopack-api-PID-PORT.log``) and opened following a
+    symbolic link there: every user of the machine could read it, and one could have it
+    overwrite a file of the drain's user. It is created as ``mkstemp`` creates files:
+    0600, never through a link, under a name no one can guess."""
+    _, env = _setup(tmp_path, 1)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
+    tape = _tape(tmp_path, 1, latency_ms=3000)
+    process = drain_process(*_run_args(tmp_path, tape), env=env, cwd=tmp_path)
+    [log] = wait_for(lambda: list(scratch.glob(f"autopack-api-{process.pid}-*.log")), timeout=60)
+    mode = stat.S_IMODE(log.stat().st_mode)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert mode == 0o600, oct(mode)
+    assert re.fullmatch(rf"autopack-api-{process.pid}-\d+-\w+\.log", log.name), log.name
 
 
 def test_one_ctrl_c_finishes_the_attempt_in_flight_and_reports(tmp_path: Path) -> None:

@@ -85,6 +85,9 @@ def test_a_database_password_is_not_in_the_error(tmp_path: Path) -> None:
         "GET https://host/v1?api_key=SECRET-VALUE-1&x=1",
         "postgresql://user:SECRET-VALUE-1@db/autopack",
         "proxy said: sk-ant-api03-SECRETVALUE1234567890 is invalid",
+        "clone https://SECRET-VALUE-1abcdefghijklmnopqrstuvwxyz0123@dev.azure.com/o/_git/r",
+        "token github_pat_SECRETVALUE1234567890abcdef in a script",
+        "remote https://glpat-SECRETVALUE1234567890@gitlab.example/o/r.git",
     ],
 )
 def test_header_url_and_key_shapes_are_redacted(text: str) -> None:

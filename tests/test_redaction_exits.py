@@ -11,13 +11,16 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import httpx
 from sqlalchemy.engine import make_url
 
 from tests.executor_support import (
@@ -33,7 +36,7 @@ from tests.executor_support import (
 )
 from tests.fakes.llm_wire import ANTHROPIC_PATH, Reply, WireServer
 from tests.fakes.loopback import LoopbackServer
-from tests.support import clean_env, cli
+from tests.support import Server, clean_env, cli
 
 KEY = "test-key-7f3a9c1e5b2d8e4f"
 """Not shaped like sk-…: only the configured-value and header rules can catch it."""
@@ -230,6 +233,58 @@ def test_a_repo_urls_token_is_not_shown(database_url: str, tmp_path: Path) -> No
     assert token not in shown
 
 
+def test_a_token_given_as_the_repo_urls_user_name_is_not_shown(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``--repo https://ghp_TOKEN@github.com/o/r.git``, the token as the URL's user name
+    (no password): the GitError of a remote nothing answers at showed it, since only a
+    URL's password was redacted. Now it exits 2 with the URL's user name redacted."""
+    token = "ghp_" + uuid.uuid4().hex + "abcd"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = env_for(database_url, HOME=str(home))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="x = 1\n"))])
+    result = cli_drain(
+        *("run", "--run-id", "exec-run", "--auditor", "rules", "--cassette", str(tape)),
+        *("--repo", f"https://{token}@127.0.0.1:9/x.git"),
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    shown = result.stdout + result.stderr
+    assert "GitError" in shown and "https://[REDACTED]@127.0.0.1:9/x.git" in shown
+    assert token not in shown and token[4:] not in shown
+
+
+def test_the_web_servers_own_log_lines_are_redacted(tmp_path: Path) -> None:
+    """uvicorn's handlers wrote what Autopack's redaction never saw: its access line a
+    request's query string (a token tried as ``?token=``), and its ``Exception in ASGI
+    application`` traceback the unexpected error's message (here SQL parameters holding a
+    key-shaped id) next to Autopack's redacted ``request_failed``."""
+    token = f"operator-{uuid.uuid4().hex}"
+    run_id = f"sk-proj-{uuid.uuid4().hex}"
+    database = tmp_path / "autopack.db"
+    env = env_for(f"sqlite:///{database}")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])], run_id=run_id), env, tmp_path)
+    server = Server({**env, "AUTOPACK_API_TOKEN": token}, tmp_path, autopack_args=["serve"])
+    try:
+        server.wait_healthy()
+        assert httpx.get(f"{server.url}/health?token={token}").status_code == 200
+        with sqlite3.connect(database) as broken:  # every phase view now fails unexpectedly
+            broken.execute("DROP TABLE approval_requests")
+        failed = httpx.get(
+            f"{server.url}/runs/{run_id}/phases/p1", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert failed.status_code == 500, failed.text
+        time.sleep(0.5)  # the log lines written after the answer
+        shown = server.output()
+    finally:
+        server.stop()
+    assert "Exception in ASGI application" in shown and "GET /health?token=" in shown, shown
+    assert token not in shown and run_id not in shown, shown
+
+
 def test_a_usage_error_does_not_quote_a_database_password(tmp_path: Path) -> None:
     """A database URL given without its flag was quoted back by Click's usage errors."""
     url = "postgresql+psycopg://ana:hunter2secret@db.example/autopack"
@@ -238,6 +293,20 @@ def test_a_usage_error_does_not_quote_a_database_password(tmp_path: Path) -> Non
         assert result.returncode == 2, result.stderr
         assert "ana:[REDACTED]@db.example" in result.stderr, args
         assert "hunter2secret" not in result.stdout + result.stderr, args
+
+
+def test_a_usage_error_does_not_quote_a_key_the_environment_holds(tmp_path: Path) -> None:
+    """A key or token given as an argument (a shell variable in the wrong place) was quoted
+    back whole by Click's usage errors: they come before the settings are read, and
+    neither has a shape the redaction knows by itself."""
+    token = f"operator-{uuid.uuid4().hex}"
+    env = clean_env(ANTHROPIC_API_KEY=KEY, AUTOPACK_API_TOKEN=token)
+    for secret in (KEY, token):
+        for args in (["drain", "run", "--run-id", "r", secret], ["run", "list", secret], [secret]):
+            result = cli(*args, cwd=tmp_path, env=env)
+            assert result.returncode == 2, result.stderr
+            assert "[REDACTED]" in result.stderr, args
+            assert secret not in result.stdout + result.stderr, args
 
 
 def test_a_check_gets_no_credential_the_sdks_read(database_url: str, tmp_path: Path) -> None:

@@ -317,7 +317,6 @@ def _spawn_once(settings: Settings, identity: DbIdentity, deadline: float) -> _C
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = Path(tempfile.gettempdir()) / f"autopack-api-{os.getpid()}-{port}.log"
     env = child_env(
         settings,
         AUTOPACK_EXPECTED_INSTANCE_ID=identity.instance_id,
@@ -326,9 +325,14 @@ def _spawn_once(settings: Settings, identity: DbIdentity, deadline: float) -> _C
     )
     command = [sys.executable, "-m", "uvicorn", "autopack.main:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "warning"]
+    # Created by mkstemp: readable by this user only, and never through a file another
+    # user left at a name known in advance (the log was made 0644, opened following a
+    # symbolic link at /tmp/autopack-api-PID-PORT.log).
+    fd, name = tempfile.mkstemp(prefix=f"autopack-api-{os.getpid()}-{port}-", suffix=".log")
+    log_path = Path(name)
     process: subprocess.Popen[bytes] | None = None
     try:
-        with log_path.open("wb") as log_file:
+        with os.fdopen(fd, "wb") as log_file:
             process = subprocess.Popen(
                 command,
                 env=env,

@@ -59,8 +59,42 @@ def _text(value: Any) -> str:
     return json.dumps(text) if (" " in text or not text or not text.isprintable()) else text
 
 
+class _Redacting(logging.Filter):
+    """Redacts the records the web server's own handlers write: uvicorn's access line
+    showed a request's query string (``?token=…``) and its ``Exception in ASGI
+    application`` the unexpected error's message, unredacted next to Autopack's redacted
+    ``request_failed``. Their formats stay uvicorn's: the message, each argument and the
+    traceback are redacted in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact.text(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted_arg(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _redacted_arg(arg) for key, arg in record.args.items()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact.text(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact.text(record.stack_info)
+        return True
+
+
+def _redacted_arg(arg: Any) -> Any:
+    return redact.text(arg) if isinstance(arg, str) else arg
+
+
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "")
+"""Loggers whose handlers Autopack did not install: the web server's, and the root's."""
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Install the Autopack handler on the ``autopack`` logger (idempotent)."""
+    """Install the Autopack handler on the ``autopack`` logger (idempotent), and redaction
+    on the handlers the web server installed (:class:`_Redacting`)."""
+    for name in _SERVER_LOGGERS:
+        for other in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _Redacting) for f in other.filters):
+                other.addFilter(_Redacting())
     logger = logging.getLogger("autopack")
     logger.setLevel(level.upper())
     for handler in list(logger.handlers):

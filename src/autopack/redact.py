@@ -20,8 +20,10 @@ What is replaced, by ``[REDACTED]``:
 * credentials in header-like text: ``Authorization``, ``Proxy-Authorization``,
   ``x-api-key``, ``api-key``, ``Cookie`` (as ``name: value``, ``"name": "value"``,
   ``'name': 'value'`` or ``name=value``), and ``?api_key=``-style URL parameters;
-* the password of a URL (``scheme://user:password@host``);
-* key shapes that are secrets wherever they appear (``sk-ant-…``, ``sk-…``).
+* the password of a URL (``scheme://user:password@host``), and an HTTP(S) URL's user name
+  as long as a token (``https://TOKEN@host``);
+* key shapes that are secrets wherever they appear (``sk-ant-…``, ``sk-…``, GitHub's
+  ``ghp_…``/``github_pat_…``, GitLab's ``glpat-…``).
 
 Redaction is best effort by construction (a secret split across lines, or encoded, is not
 recognised); storing and serving nothing but redacted text is the guarantee it gives for
@@ -54,7 +56,16 @@ _QUERY = re.compile(
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@\"'\\]*:)([^\s/\"'\\]+)(@)")
 """A URL's password: up to the authority's *last* ``@`` (a password may hold a raw ``@``:
 ``u:p@ss@host`` showed ``ss``)."""
-_KEY_SHAPES = re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}")
+_KEY_SHAPES = re.compile(
+    r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}"
+    r"|\b(?:gh[pousr]_|github_pat_|glpat-)[A-Za-z0-9_\-]{20,}"
+)
+"""Keys by their shape: the LLM providers' and the git hosts' (GitHub, GitLab), which a
+``--repo`` URL carries as its user name (``https://ghp_…@github.com/o/r.git``)."""
+_URL_USER_TOKEN = re.compile(r"(?i)\b(https?://)([A-Za-z0-9_\-]{32,})(@)")
+"""An HTTP(S) URL's user name as long as a token (an Azure DevOps PAT, 52 characters):
+a token given as ``https://TOKEN@host``, which git shows in its errors. A login is shorter
+and stays (``https://ana@host``)."""
 
 
 class _Known:
@@ -132,6 +143,7 @@ def text(value: str) -> str:
     value = _HEADER.sub(_header_mark, value)
     value = _QUERY.sub(lambda m: m.group(1) + MARK, value)
     value = _URL_PASSWORD.sub(_password_mark, value)
+    value = _URL_USER_TOKEN.sub(lambda m: m.group(1) + MARK + m.group(3), value)
     return _KEY_SHAPES.sub(MARK, value)
 
 

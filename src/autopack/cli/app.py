@@ -11,6 +11,7 @@ moves them in front of it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from difflib import get_close_matches
@@ -185,12 +186,17 @@ def _given_once(root_words: list[str]) -> None:
 def _redacted_usage_errors() -> Iterator[None]:
     """Click's usage errors quote the arguments they refuse: a database URL given without
     its flag (``autopack run list postgresql://u:PASSWORD@host/db``) was printed back in
-    "Got unexpected extra argument(s)" or "No such command"; the CLI's errors are redacted."""
+    "Got unexpected extra argument(s)" or "No such command"; the CLI's errors are redacted.
+    They come before any settings are read, so the keys and tokens the environment holds
+    are remembered here: one given as an argument (``drain run $ANTHROPIC_API_KEY``) was
+    quoted back whole, having no shape the redaction knows."""
     try:
         yield
     except click.ClickException as exc:
         from autopack import redact
+        from autopack.executor.git import CREDENTIALS
 
+        redact.add_secrets(os.environ.get(name) for name in CREDENTIALS)
         exc.message = redact.text(exc.message)
         raise
 

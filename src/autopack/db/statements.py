@@ -403,21 +403,34 @@ HISTORY = (
 """The attempts before ``b_attempt``, oldest first (what a new attempt learns from)."""
 STOPPED_IN = "stopped_in"
 """The key of an attempt's ``details`` saying which phase state its hand-back found."""
+_LAST_REQUEUE = (
+    select(func.coalesce(func.max(ATTEMPTS.c.attempt), 0))
+    .where(
+        ATTEMPTS.c.run_id == bindparam("b_run"),
+        ATTEMPTS.c.phase_id == bindparam("b_phase"),
+        ATTEMPTS.c.outcome == AttemptOutcome.REQUEUED,
+    )
+    .scalar_subquery()
+)
 STOPS_IT_MAY_HAVE_CAUSED = (
     select(func.count())
     .select_from(ATTEMPTS)
     .where(
         ATTEMPTS.c.run_id == bindparam("b_run"),
         ATTEMPTS.c.phase_id == bindparam("b_phase"),
+        ATTEMPTS.c.attempt > _LAST_REQUEUE,
         or_(
             ATTEMPTS.c.outcome == AttemptOutcome.LOST,
             ATTEMPTS.c.details[STOPPED_IN].as_string() == P.CI_RUNNING,
         ),
     )
 )
-"""How many of a phase's attempts ended with their executors stopped where the phase may
-have done it: lost (the executor killed, its lease reclaimed) or handed back while the
-phase's checks, the Builder's code, ran."""
+"""How many of a phase's attempts since its last requeue ended with their executors
+stopped where the phase may have done it: lost (the executor killed, its lease reclaimed)
+or handed back while the phase's checks, the Builder's code, ran. A requeue gives a fresh
+retry window and fresh free stops with it: counted from the first attempt, a phase
+requeued after such stops spent a retry at the next executor lost, and one of
+``max_attempts: 1`` FAILED at it."""
 ATTEMPTS_OF_PHASE = (
     select(ATTEMPTS)
     .where(ATTEMPTS.c.run_id == bindparam("b_run"), ATTEMPTS.c.phase_id == bindparam("b_phase"))
