@@ -16,7 +16,8 @@ the shell's process group, then each of its children, again and again (a killed
 process's children become its own), until it has none.
 
 The executor stopped (SIGSTOP) while the check runs is continued (every second, and as
-the check ends): a check stopping its parent froze the drain for good.
+the check ends) unless a terminal controls it: a check stopping its parent froze the
+drain for good, and a person's Ctrl-Z at a terminal still pauses it.
 
 SIGTERM (the check's timeout or output cap, the executor stopping) kills the shell's
 group, and the rest follows as above. So does the executor's death, even by SIGKILL:
@@ -111,16 +112,21 @@ def _exit_as(status: int) -> None:
 
 
 def _continue_executor(executor: int) -> None:
-    """Continue the executor if it is stopped (``T`` in its ``/proc/PID/stat``).
+    """Continue the executor if it is stopped (``T`` in its ``/proc/PID/stat``) and has no
+    controlling terminal.
 
     A check that stopped it (``kill -STOP`` of its parent) froze the drain for good: a
     stopped process times no check out, ends nothing, and a supervisor sees it running.
-    Checked every second while the check runs and once as it ends; a pid no longer this
-    process's parent may be another's, and is left alone."""
+    An executor at a terminal is left stopped: there a person's Ctrl-Z stops it (this
+    process, in a session of its own, is not stopped with it), and the shell says so
+    ("Stopped"), so nothing freezes unseen. Checked every second while the check runs and
+    once as it ends; a pid no longer this process's parent may be another's, and is left
+    alone."""
     if os.getppid() != executor:
         return
     with contextlib.suppress(OSError), open(f"/proc/{executor}/stat") as stat:
-        if stat.read().rsplit(")", 1)[1].split()[0] == "T":
+        state, _ppid, _group, _session, terminal = stat.read().rsplit(")", 1)[1].split()[:5]
+        if state == "T" and terminal == "0":
             os.kill(executor, signal.SIGCONT)
 
 
