@@ -290,6 +290,16 @@ LONG_TASK = "Write pkg/a.py with a function per rule below; keep each one short.
 """A task of about 33k characters: at 3 to 4 a token, 8k to 11k tokens of prompt."""
 
 
+def _one_long_phase(tmp_path: Path, model: str = MODEL) -> tuple[str, dict[str, str]]:
+    """A run of one phase, p1, whose task is :data:`LONG_TASK`, for ``model``."""
+    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=model)
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"], description=LONG_TASK)]), env, tmp_path
+    )
+    return sqlite_url, env
+
+
 @pytest.mark.parametrize("wire_format", ["openai", "anthropic"])
 def test_a_server_that_cut_the_prompt_to_its_context_stops_the_drain_naming_the_setting(
     wire_format: str, tmp_path: Path
@@ -337,10 +347,7 @@ def test_a_server_that_cut_the_prompt_to_its_context_stops_the_drain_naming_the_
 def test_a_long_prompt_read_in_full_is_answered_as_usual(tmp_path: Path) -> None:
     """The same long task, on a server whose context holds it and that says so: its
     ``prompt_tokens`` are a real count (3.5 characters a token), never taken for a cut."""
-    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL="qwen2.5-coder:7b")
-    spec = [phase("p1", ["pkg/a.py"], description=LONG_TASK)]
-    create_run(run_file(tmp_path, spec), env, tmp_path)
+    _, env = _one_long_phase(tmp_path, "qwen2.5-coder:7b")
 
     def honest(seen: Seen) -> Reply:
         count = len(str(seen.body["messages"])) * 2 // 7
@@ -419,10 +426,7 @@ def test_a_continuation_whose_prompt_the_server_cut_stops_the_drain(tmp_path: Pa
     continuation's front was dropped and the model went on without the task, its text
     joined into the files. It is judged like any call: the drain stops naming the setting,
     the phase handed back, both calls recorded."""
-    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
-    spec = [phase("p1", ["pkg/a.py"], description=LONG_TASK)]
-    create_run(run_file(tmp_path, spec), env, tmp_path)
+    sqlite_url, env = _one_long_phase(tmp_path)
     with WireServer() as wire:
         wire.respond = _continued(2050)
         result = _drain(tmp_path, env, wire.url)
@@ -445,10 +449,7 @@ def test_a_continuation_counted_without_its_cached_prompt_is_not_taken_for_a_cut
     (ollama#16414): a continuation, whose prompt is the cached one and the answer so far,
     reported a dozen. That is no context any model runs in, so no cut: the answer is
     continued and joined as usual."""
-    sqlite_url = f"sqlite:///{tmp_path / 'autopack.db'}"
-    env = env_for(sqlite_url, AUTOPACK_BUILDER_MODEL=MODEL)
-    spec = [phase("p1", ["pkg/a.py"], description=LONG_TASK)]
-    create_run(run_file(tmp_path, spec), env, tmp_path)
+    _, env = _one_long_phase(tmp_path)
     with WireServer() as wire:
         wire.respond = _continued(12)
         result = _drain(tmp_path, env, wire.url)
