@@ -10,6 +10,7 @@ relative SQLite path means "next to this file"; doctor names the case.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -99,6 +100,44 @@ def test_the_gitignore_hint_only_where_git_would_list_the_new_database(tmp_path:
     plain = cli("db", "init", cwd=outside, env=clean_env())
     assert plain.returncode == 0 and "created new database" in plain.stderr
     assert ".gitignore" not in plain.stderr
+
+
+def _break(root: Path, how: str) -> str:
+    """Damage the git repository at ``root`` as ``how`` says; git's words for it."""
+    if how in ("empty .git file", "gitdir to nowhere"):
+        git_dir = root / ".git"
+        shutil.rmtree(git_dir)
+        git_dir.write_text("" if how == "empty .git file" else f"gitdir: {root / 'gone'}\n")
+        return "invalid gitfile format" if how == "empty .git file" else "not a git repository"
+    if how == "corrupt HEAD":
+        (root / ".git" / "HEAD").write_text("garbage\n")
+        return "not a git repository"
+    subprocess.run(["git", "-C", str(root), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    for objects in (root / ".git" / "objects").glob("??"):
+        shutil.rmtree(objects)
+    return "bad object HEAD"
+
+
+@pytest.mark.parametrize(
+    "how", ["empty .git file", "gitdir to nowhere", "corrupt HEAD", "missing objects"]
+)
+def test_run_create_in_a_broken_git_repository_says_it_is_broken_and_creates_nothing(
+    how: str, tmp_path: Path
+) -> None:
+    """`run create` at the root of a repository git cannot read (inside a sound one) printed
+    git's bare "fatal:" line, created the database and the run (exit 0), and said
+    "git status lists it", which git status could not. Now: exit 2 naming the directory,
+    that its repository is broken and git's own words; no database, no run."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    root, _ = _repo(tmp_path)
+    said = _break(root, how)
+    definition = run_file(tmp_path, [phase("p1", ["pkg/a.py"])])
+    created = cli("run", "create", str(definition), cwd=root, env=clean_env())
+    assert created.returncode == 2, created.stdout + created.stderr
+    assert "Traceback" not in created.stderr and "git status lists it" not in created.stderr
+    assert f"{root} holds a .git, but its git repository is broken" in created.stderr
+    assert said in created.stderr
+    assert not list(root.glob("autopack.db*"))
 
 
 READERS = [
