@@ -10,13 +10,21 @@ relative SQLite path means "next to this file"; doctor names the case.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.executor_support import cassette, files, line, on_branch, phase, run_file
+from tests.executor_support import (
+    BREAKAGES,
+    break_repository,
+    cassette,
+    files,
+    line,
+    on_branch,
+    phase,
+    run_file,
+)
 from tests.support import Server, clean_env, cli, free_port
 
 RUN = "exec-run"
@@ -102,25 +110,7 @@ def test_the_gitignore_hint_only_where_git_would_list_the_new_database(tmp_path:
     assert ".gitignore" not in plain.stderr
 
 
-def _break(root: Path, how: str) -> str:
-    """Damage the git repository at ``root`` as ``how`` says; git's words for it."""
-    if how in ("empty .git file", "gitdir to nowhere"):
-        git_dir = root / ".git"
-        shutil.rmtree(git_dir)
-        git_dir.write_text("" if how == "empty .git file" else f"gitdir: {root / 'gone'}\n")
-        return "invalid gitfile format" if how == "empty .git file" else "not a git repository"
-    if how == "corrupt HEAD":
-        (root / ".git" / "HEAD").write_text("garbage\n")
-        return "not a git repository"
-    subprocess.run(["git", "-C", str(root), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    for objects in (root / ".git" / "objects").glob("??"):
-        shutil.rmtree(objects)
-    return "bad object HEAD"
-
-
-@pytest.mark.parametrize(
-    "how", ["empty .git file", "gitdir to nowhere", "corrupt HEAD", "missing objects"]
-)
+@pytest.mark.parametrize("how", BREAKAGES)
 def test_run_create_in_a_broken_git_repository_says_it_is_broken_and_creates_nothing(
     how: str, tmp_path: Path
 ) -> None:
@@ -130,7 +120,7 @@ def test_run_create_in_a_broken_git_repository_says_it_is_broken_and_creates_not
     that its repository is broken and git's own words; no database, no run."""
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     root, _ = _repo(tmp_path)
-    said = _break(root, how)
+    said = break_repository(root, how)
     definition = run_file(tmp_path, [phase("p1", ["pkg/a.py"])])
     created = cli("run", "create", str(definition), cwd=root, env=clean_env())
     assert created.returncode == 2, created.stdout + created.stderr

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -138,58 +137,51 @@ class CliState:
             f"if you meant one, use `--database-url {nearby[0].url}`"
         )
 
-    def _git_at_root(self, *args: str) -> subprocess.CompletedProcess[bytes] | None:
-        """``git ARGS`` at the root the default database resolves to when it holds ``.git``
-        (None elsewhere, or without git). Git never looks above that root: in a repository
-        whose ``.git`` is broken, it answered for a repository around it instead."""
-        origin = self.loaded().database
-        if origin.source != "default" or origin.base is None or not (origin.base / ".git").exists():
-            return None
-        from autopack.executor.git import local_environment
-
-        try:
-            return subprocess.run(
-                ["git", *args],
-                cwd=origin.base,
-                # git runs what its config names: no keys
-                env={
-                    **local_environment(os.environ),
-                    "GIT_CEILING_DIRECTORIES": str(origin.base.parent),
-                    "LC_ALL": "C",
-                },
-                capture_output=True,
-                check=False,
-            )
-        except OSError:  # no git here: nothing lists it
-            return None
-
     def _repository_readable(self) -> None:
         """Refuse to create the default database at a repository's root that git cannot
-        read (``.git`` an empty file, a ``gitdir:`` to nowhere, a corrupt HEAD, missing
-        objects): `run create` printed git's bare "fatal:" line, then a hint that
-        ``git status`` lists the new database, which git status could not do."""
+        read (:func:`~autopack.executor.source.unreadable`): `run create` printed git's bare
+        "fatal:" line, then a hint that ``git status`` lists the new database, which git
+        status could not do."""
         from autopack.db.engine import sqlite_file
+        from autopack.errors import ConfigError
+        from autopack.executor.git import GitError
+        from autopack.executor.source import unreadable
 
         path = sqlite_file(self.settings.database_url)
-        if path is None or path.exists():
+        if path is None or path.exists() or self.loaded().database.source != "default":
             return
-        status = self._git_at_root("status", "--porcelain", "--untracked-files=no", "--", path.name)
-        if status is None or status.returncode == 0:
+        try:
+            broken = unreadable(path.parent)
+        except GitError:  # no git here: nothing to read, nothing lists it
             return
-        from autopack.errors import ConfigError
-
-        said = status.stderr.decode(errors="replace").strip() or f"exit {status.returncode}"
-        raise ConfigError(
-            f"{path.parent} holds a .git, but its git repository is broken (git status: "
-            f"{said}): repair or remove that .git, or name a database elsewhere with "
-            "--database-url (nothing was created)"
-        )
+        if broken is not None:
+            raise ConfigError(
+                f"{path.parent} holds a .git, but its git repository is broken ({broken}): "
+                "repair or remove that .git, or name a database elsewhere with "
+                "--database-url (nothing was created)"
+            )
 
     def _untracked(self) -> str:
         """A hint when the default database was just made at a repository's root, where
         ``git status`` lists it (and the default workspaces) unless they are ignored."""
-        ignored = self._git_at_root("check-ignore", "-q", "autopack.db")
-        if ignored is None or ignored.returncode == 0:
+        origin = self.loaded().database
+        if origin.source != "default" or origin.base is None or not (origin.base / ".git").exists():
+            return ""
+        import os
+        import subprocess
+
+        from autopack.executor.git import local_environment
+
+        try:
+            ignored = subprocess.run(
+                ["git", "check-ignore", "-q", "autopack.db"],
+                cwd=origin.base,
+                env=local_environment(os.environ),  # git runs what its config names: no keys
+                check=False,
+            )
+        except OSError:  # no git here: nothing lists it
+            return ""
+        if ignored.returncode == 0:
             return ""
         return (
             " (git status lists it: add autopack.db* and autopack-workspaces/ to .gitignore "
