@@ -911,3 +911,26 @@ def test_a_broken_workspace_repository_is_said_to_be_unreadable_not_to_lack_the_
         assert said in message
         assert phase_row(url, "p2")["state"] == "QUEUED"
         assert attempts(url, "p2") == []
+
+
+@pytest.mark.parametrize("how", BREAKAGES)
+def test_a_broken_workspace_repository_on_a_runs_first_drain_is_said_to_be_unreadable(
+    how: str, tmp_path: Path
+) -> None:
+    """Before any phase completed, a damaged `--workspace` repository was "not a git
+    repository" (make it one with `git init`, which does not repair it), or, with HEAD's
+    objects missing, started the run's branch as an empty commit without the project's
+    files. Now: exit 2 saying it could not be read, in git's words; the phase stays QUEUED."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/one.txt"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(one_txt="1\n"))])
+    ws = repository(tmp_path / "ws", {"README": ""})
+    said = break_repository(ws, how)
+    stopped = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    message = " ".join(stopped.stderr.split())
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "git init" not in message
+    assert f"the git repository at {ws} could not be read (fatal: {said}" in message
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+    assert attempts(url, "p1") == []

@@ -49,6 +49,19 @@ def unreadable(root: Path) -> str | None:
     return status.stderr.decode(errors="replace").strip() or f"git status exit {status.returncode}"
 
 
+def refuse_unreadable(workspace: Path, looked_for: str = "the run's branch") -> None:
+    """Refuse a workspace whose repository git cannot read (:func:`unreadable`), in git's
+    words: it was said to lack the run's work ("its completed work is elsewhere"), or not
+    to be a repository at all (`git init` there, which does not repair it)."""
+    broken = unreadable(workspace)
+    if broken is not None:
+        raise ConfigError(
+            f"the git repository at {workspace} could not be read ({broken}), so "
+            f"{looked_for} cannot be looked for there: repair it, or give the repository "
+            "that holds the run's work with --workspace DIR (or --repo URL)"
+        )
+
+
 @dataclass(frozen=True)
 class RepoSource:
     """Where a run's code lives: a local repository used in place, or a remote URL."""
@@ -91,14 +104,8 @@ def require_local(workspace: Path, commit: str, branch: str) -> None:
     a workspace of the old default (from here up to the project's root) that holds it."""
     if holds(workspace, commit):
         return
-    broken = unreadable(workspace)
-    if broken is not None:  # not a sign the work is elsewhere: it may be right here
-        raise ConfigError(
-            f"the git repository at {workspace} could not be read ({broken}), so the run's "
-            f"accepted head {commit[:12]} (branch {branch}) cannot be looked for there: "
-            "repair it, or give the repository that holds the run's work with --workspace "
-            "DIR (or --repo URL)"
-        )
+    # not a sign the work is elsewhere: it may be right here
+    refuse_unreadable(workspace, f"the run's accepted head {commit[:12]} (branch {branch})")
     candidates = [d / "autopack-workspaces" / workspace.name for d in search_directories()]
     found = next((c for c in candidates if c != workspace and holds(c, commit)), None)
     hint = (
@@ -139,6 +146,7 @@ def local_repository(workspace: Path) -> Path:
                 "or empty directory for a repository of the run's own."
             )
     elif workspace.is_dir() and any(workspace.iterdir()):
+        refuse_unreadable(workspace)
         raise ConfigError(
             f"--workspace {workspace} holds files but is not a git repository. Autopack keeps "
             "a run's code on a git branch: make it one (`git init && git add -A && git commit "
