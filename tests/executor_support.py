@@ -7,6 +7,7 @@ the replay provider parses with the live provider's code; only the model is fake
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -213,6 +214,27 @@ def repository(path: Path, files: Mapping[str, str] | None = None) -> Path:
     git("add", "-A", cwd=path)
     git("commit", "-q", "--allow-empty", "-m", "start", cwd=path)
     return path
+
+
+BREAKAGES = ["empty .git file", "gitdir to nowhere", "corrupt HEAD", "missing objects"]
+"""Ways a repository's ``.git`` is there but git cannot read it (:func:`break_repository`)."""
+
+
+def break_repository(root: Path, how: str) -> str:
+    """Damage the git repository at ``root`` one of the :data:`BREAKAGES` ways; git's words
+    for it."""
+    git_dir = root / ".git"
+    if how in ("empty .git file", "gitdir to nowhere"):
+        shutil.rmtree(git_dir)
+        git_dir.write_text("" if how == "empty .git file" else f"gitdir: {root / 'gone'}\n")
+        return "invalid gitfile format" if how == "empty .git file" else "not a git repository"
+    if how == "corrupt HEAD":
+        (git_dir / "HEAD").write_text("garbage\n")
+        return "not a git repository"
+    git("commit", "-q", "--allow-empty", "-m", "lost", cwd=root)
+    for objects in (git_dir / "objects").glob("??"):
+        shutil.rmtree(objects)
+    return "bad object HEAD"
 
 
 def on_branch(repo: Path, path: str, run_id: str = RUN_ID) -> str | None:

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from tests.executor_support import (
+    BREAKAGES,
     attempts,
     branch_files,
     branch_log,
+    break_repository,
     cassette,
     cli_drain,
     create_run,
@@ -877,3 +879,58 @@ def test_a_branch_past_the_accepted_head_is_not_reported_at_it(tmp_path: Path) -
     reported = cli_drain(*_args(ws, tape), "--json", env=env, cwd=tmp_path)
     summary = json.loads(reported.stdout)
     assert (summary["branch_head"], summary["branch_past"]) == (accepted, mine)
+
+
+@pytest.mark.parametrize("how", BREAKAGES)
+def test_a_broken_workspace_repository_is_said_to_be_unreadable_not_to_lack_the_work(
+    how: str, tmp_path: Path
+) -> None:
+    """A `--workspace` whose git repository is damaged was said to lack the run's accepted
+    head: "its completed work is elsewhere", sending the user to look for another
+    repository when the work may be right there. Now: exit 2 saying the repository could
+    not be read, in git's words; the phase stays QUEUED with no attempt spent."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    spec = [phase("p1", ["pkg/one.txt"]), phase("p2", ["pkg/two.txt"], depends_on=["p1"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [line("p1", 1, _answer(one_txt="1\n")), line("p2", 1, _answer(two_txt="2\n"))],
+    )
+    ws = repository(tmp_path / "ws", {"README": ""})
+    first = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    said = break_repository(ws, how)
+
+    for which in ({}, {"phase_id": "p2"}):  # drain run, drain phase
+        stopped = drain(*_args(ws, tape, **which), env=env, cwd=tmp_path)
+        message = " ".join(stopped.stderr.split())
+        assert stopped.returncode == 2, stopped.stderr[-3000:]
+        assert "Traceback" not in stopped.stderr and "elsewhere" not in message
+        assert f"the git repository at {ws} could not be read" in message, message[-3000:]
+        assert said in message
+        assert phase_row(url, "p2")["state"] == "QUEUED"
+        assert attempts(url, "p2") == []
+
+
+@pytest.mark.parametrize("how", BREAKAGES)
+def test_a_broken_workspace_repository_on_a_runs_first_drain_is_said_to_be_unreadable(
+    how: str, tmp_path: Path
+) -> None:
+    """Before any phase completed, a damaged `--workspace` repository was "not a git
+    repository" (make it one with `git init`, which does not repair it), or, with HEAD's
+    objects missing, started the run's branch as an empty commit without the project's
+    files. Now: exit 2 saying it could not be read, in git's words; the phase stays QUEUED."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/one.txt"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(one_txt="1\n"))])
+    ws = repository(tmp_path / "ws", {"README": ""})
+    said = break_repository(ws, how)
+    stopped = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    message = " ".join(stopped.stderr.split())
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "git init" not in message
+    assert f"the git repository at {ws} could not be read (fatal: {said}" in message
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+    assert attempts(url, "p1") == []

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor_support import cassette, files, line, on_branch, phase, run_file
+from tests.executor_support import (
+    BREAKAGES,
+    break_repository,
+    cassette,
+    files,
+    line,
+    on_branch,
+    phase,
+    run_file,
+)
 from tests.support import Server, clean_env, cli, free_port
 
 RUN = "exec-run"
@@ -99,6 +108,26 @@ def test_the_gitignore_hint_only_where_git_would_list_the_new_database(tmp_path:
     plain = cli("db", "init", cwd=outside, env=clean_env())
     assert plain.returncode == 0 and "created new database" in plain.stderr
     assert ".gitignore" not in plain.stderr
+
+
+@pytest.mark.parametrize("how", BREAKAGES)
+def test_run_create_in_a_broken_git_repository_says_it_is_broken_and_creates_nothing(
+    how: str, tmp_path: Path
+) -> None:
+    """`run create` at the root of a repository git cannot read (inside a sound one) printed
+    git's bare "fatal:" line, created the database and the run (exit 0), and said
+    "git status lists it", which git status could not. Now: exit 2 naming the directory,
+    that its repository is broken and git's own words; no database, no run."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    root, _ = _repo(tmp_path)
+    said = break_repository(root, how)
+    definition = run_file(tmp_path, [phase("p1", ["pkg/a.py"])])
+    created = cli("run", "create", str(definition), cwd=root, env=clean_env())
+    assert created.returncode == 2, created.stdout + created.stderr
+    assert "Traceback" not in created.stderr and "git status lists it" not in created.stderr
+    assert f"{root} holds a .git, but its git repository is broken" in created.stderr
+    assert said in created.stderr
+    assert not list(root.glob("autopack.db*"))
 
 
 READERS = [

@@ -101,6 +101,8 @@ class CliState:
         if self._database is None:
             from autopack.db import open_database
 
+            if create:
+                self._repository_readable()
             try:
                 self._database = open_database(
                     self.settings.database_url,
@@ -134,6 +136,30 @@ class CliState:
             f"; other Autopack databases are nearby ({', '.join(n.url for n in nearby)}): "
             f"if you meant one, use `--database-url {nearby[0].url}`"
         )
+
+    def _repository_readable(self) -> None:
+        """Refuse to create the default database at a repository's root that git cannot
+        read (:func:`~autopack.executor.source.unreadable`): `run create` printed git's bare
+        "fatal:" line, then a hint that ``git status`` lists the new database, which git
+        status could not do."""
+        from autopack.db.engine import sqlite_file
+        from autopack.errors import ConfigError
+        from autopack.executor.git import GitError
+        from autopack.executor.source import unreadable
+
+        path = sqlite_file(self.settings.database_url)
+        if path is None or path.exists() or self.loaded().database.source != "default":
+            return
+        try:
+            broken = unreadable(path.parent)
+        except GitError:  # no git here: nothing to read, nothing lists it
+            return
+        if broken is not None:
+            raise ConfigError(
+                f"{path.parent} holds a .git, but its git repository is broken ({broken}): "
+                "repair or remove that .git, or name a database elsewhere with "
+                "--database-url (nothing was created)"
+            )
 
     def _untracked(self) -> str:
         """A hint when the default database was just made at a repository's root, where

@@ -36,6 +36,7 @@ from autopack.executor.source import (
     cache_clone,
     is_repository,
     local_repository,
+    refuse_unreadable,
     require_local,
 )
 from autopack.logs import log_event
@@ -227,6 +228,7 @@ class RunRepository:
         head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=self.path, check=False)
         if head.returncode == 0:
             return head.stdout.decode().strip()
+        refuse_unreadable(self.path)  # HEAD's commit missing, not unborn: never start empty
         empty_tree = out("mktree", cwd=self.path)  # given no input: the empty tree
         return out("commit-tree", empty_tree, "-m", f"start {self.branch}", cwd=self.path)
 

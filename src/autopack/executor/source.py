@@ -31,6 +31,37 @@ def is_repository(path: Path) -> bool:
     return git("rev-parse", "--git-dir", cwd=path, check=False).returncode == 0
 
 
+def unreadable(root: Path) -> str | None:
+    """What git says is wrong with the repository whose ``.git`` is at ``root`` (an empty
+    ``.git`` file, a ``gitdir:`` to nowhere, a corrupt HEAD, HEAD's objects missing); None
+    when git reads it, or there is no ``.git``. Git looks no higher than ``root`` (it
+    answered for a repository around it instead) and takes no lock there."""
+    if not (root / ".git").exists():
+        return None
+    status = git(
+        *("--no-optional-locks", "status", "--porcelain", "--untracked-files=no"),
+        cwd=root,
+        env={"GIT_CEILING_DIRECTORIES": str(root.parent)},
+        check=False,
+    )
+    if status.returncode == 0:
+        return None
+    return status.stderr.decode(errors="replace").strip() or f"git status exit {status.returncode}"
+
+
+def refuse_unreadable(workspace: Path, looked_for: str = "the run's branch") -> None:
+    """Refuse a workspace whose repository git cannot read (:func:`unreadable`), in git's
+    words: it was said to lack the run's work ("its completed work is elsewhere"), or not
+    to be a repository at all (`git init` there, which does not repair it)."""
+    broken = unreadable(workspace)
+    if broken is not None:
+        raise ConfigError(
+            f"the git repository at {workspace} could not be read ({broken}), so "
+            f"{looked_for} cannot be looked for there: repair it, or give the repository "
+            "that holds the run's work with --workspace DIR (or --repo URL)"
+        )
+
+
 @dataclass(frozen=True)
 class RepoSource:
     """Where a run's code lives: a local repository used in place, or a remote URL."""
@@ -73,6 +104,8 @@ def require_local(workspace: Path, commit: str, branch: str) -> None:
     a workspace of the old default (from here up to the project's root) that holds it."""
     if holds(workspace, commit):
         return
+    # not a sign the work is elsewhere: it may be right here
+    refuse_unreadable(workspace, f"the run's accepted head {commit[:12]} (branch {branch})")
     candidates = [d / "autopack-workspaces" / workspace.name for d in search_directories()]
     found = next((c for c in candidates if c != workspace and holds(c, commit)), None)
     hint = (
@@ -113,6 +146,7 @@ def local_repository(workspace: Path) -> Path:
                 "or empty directory for a repository of the run's own."
             )
     elif workspace.is_dir() and any(workspace.iterdir()):
+        refuse_unreadable(workspace)
         raise ConfigError(
             f"--workspace {workspace} holds files but is not a git repository. Autopack keeps "
             "a run's code on a git branch: make it one (`git init && git add -A && git commit "
