@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pty
-import signal
 import subprocess
 import sys
 import threading
@@ -38,7 +36,7 @@ from tests.executor_support import (
     rows,
     run_file,
 )
-from tests.support import cli, gone, kill, wait_for, written_pid
+from tests.support import cli, gone, kill, written_pid
 
 
 def _daemon(pid_file: Path) -> str:
@@ -229,118 +227,6 @@ def test_a_requeued_phase_gets_its_free_stops_again(tmp_path: Path) -> None:
     assert requeued.returncode == 0, requeued.stderr
     stopped()
     assert rows(url, state) == [{"state": "QUEUED"}]
-
-
-_FREEZES_ITS_EXECUTOR = (
-    _STOPS_ITS_EXECUTOR.replace("SIGTERM", "SIGSTOP")
-    + """
-import sys, time
-def state(pid):
-    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-deadline = time.monotonic() + 20
-while state(pid) == "T" and time.monotonic() < deadline:
-    time.sleep(0.1)
-sys.exit(1 if state(pid) == "T" else 0)  # left stopped: this check fails, if it ever ends
-"""
-)
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_a_check_that_freezes_its_executor_does_not_freeze_the_drain(tmp_path: Path) -> None:
-    """A check that stopped the executor running it (SIGSTOP to its parent) froze the
-    drain for good: stopped, it timed no check out and ended nothing, while a supervisor
-    saw it running. The check's runner continues it; the check, which waits to see its
-    executor running again, passes and the phase completes."""
-    url = empty_sqlite(tmp_path / "autopack.db")
-    env = env_for(url)
-    (tmp_path / "freeze.py").write_text(_FREEZES_ITS_EXECUTOR)
-    check = f"{sys.executable} {tmp_path / 'freeze.py'}"
-    create_run(run_file(tmp_path, [phase("cold", ["pkg/cold.py"], checks=[check])]), env, tmp_path)
-    tape = cassette(tmp_path, [line("cold", 1, files(cold_py="C = 1\n"))])
-    result = drain(
-        *("run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)),
-        *("--workspace", str(tmp_path / "ws"), "--check-timeout", "60"),
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    [row] = rows(url, "SELECT state FROM phases WHERE phase_id = 'cold'")
-    assert row["state"] == "COMPLETE"
-
-
-_STOPS_ITS_EXECUTOR_AND_ENDS = _STOPS_ITS_EXECUTOR.replace(
-    "os.kill(pid, signal.SIGTERM)",
-    """import sys
-runner = os.getppid()
-while parent(runner) != pid:
-    runner = parent(runner)
-open(sys.argv[1], "w").write(f"{pid} {runner}")
-os.kill(pid, signal.SIGSTOP)""",
-)
-"""A check that stops its executor (SIGSTOP), as Ctrl-Z would, writes the executor's and
-its runner's pids to the file its argument names, and ends at once."""
-
-_AT_A_TERMINAL = (
-    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'autopack', *sys.argv[1:]])"
-)
-"""Runs ``autopack ARGS`` with its standard input, a terminal, as its controlling one
-(in a session of its own), as at a shell's prompt."""
-
-
-def _state(pid: int) -> str:
-    """The process's state letter (``T`` stopped, ``Z`` ended, unreaped), or "gone"."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "gone"
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_a_drain_at_a_terminal_stays_stopped_as_ctrl_z_left_it(tmp_path: Path) -> None:
-    """The check's runner continues an executor stopped under it, but at a terminal that
-    undid a person's Ctrl-Z: the shell said "Stopped" while the drain ran on. An executor
-    with a controlling terminal is left stopped, through the check's end, until continued
-    (``fg``), and then completes the phase."""
-    url = empty_sqlite(tmp_path / "autopack.db")
-    env = env_for(url)
-    pids = tmp_path / "pids"
-    (tmp_path / "stop.py").write_text(_STOPS_ITS_EXECUTOR_AND_ENDS)
-    check = f"{sys.executable} {tmp_path / 'stop.py'} {pids}"
-    create_run(run_file(tmp_path, [phase("p1", ["pkg/p1.py"], checks=[check])]), env, tmp_path)
-    tape = cassette(tmp_path, [line("p1", 1, files(p1_py="P = 1\n"))])
-    args = ["drain", "run", "--run-id", RUN_ID, "--auditor", "rules", "--cassette", str(tape)]
-    master, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-c", _AT_A_TERMINAL, *args, "--workspace", str(tmp_path / "ws")],
-        cwd=tmp_path,
-        env=env,
-        stdin=terminal,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: pids.exists() and pids.read_text().count(" ") == 1, 120)
-        executor, runner = map(int, pids.read_text().split())
-        assert executor == process.pid
-        # the runner has ended (a zombie its stopped parent cannot reap): any SIGCONT it
-        # sends, it has sent
-        wait_for(lambda: _state(runner) in ("Z", "gone"), 60)
-        assert _state(executor) == "T"
-        os.kill(executor, signal.SIGCONT)  # fg
-        _, said = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        os.close(master)
-        os.close(terminal)
-    assert process.returncode == 0, said[-3000:]
-    [row] = rows(url, "SELECT state FROM phases WHERE phase_id = 'p1'")
-    assert row["state"] == "COMPLETE"
 
 
 def test_a_stop_after_the_checks_passed_is_no_stop_in_them(tmp_path: Path) -> None:

@@ -15,10 +15,6 @@ child, not init's, whatever its session or environment. When the shell ends, it 
 the shell's process group, then each of its children, again and again (a killed
 process's children become its own), until it has none.
 
-The executor stopped (SIGSTOP) while the check runs is continued (every second, and as
-the check ends) unless a terminal controls it: a check stopping its parent froze the
-drain for good, and a person's Ctrl-Z at a terminal still pauses it.
-
 SIGTERM (the check's timeout or output cap, the executor stopping) kills the shell's
 group, and the rest follows as above. So does the executor's death, even by SIGKILL:
 the kernel sends SIGTERM then (``PR_SET_PDEATHSIG``). This process does not carry the
@@ -111,25 +107,6 @@ def _exit_as(status: int) -> None:
     os._exit(128 - code)  # a signal whose default is to be ignored
 
 
-def _continue_executor(executor: int) -> None:
-    """Continue the executor if it is stopped (``T`` in its ``/proc/PID/stat``) and has no
-    controlling terminal.
-
-    A check that stopped it (``kill -STOP`` of its parent) froze the drain for good: a
-    stopped process times no check out, ends nothing, and a supervisor sees it running.
-    An executor at a terminal is left stopped: there a person's Ctrl-Z stops it (this
-    process, in a session of its own, is not stopped with it), and the shell says so
-    ("Stopped"), so nothing freezes unseen. Checked every second while the check runs and
-    once as it ends; a pid no longer this process's parent may be another's, and is left
-    alone."""
-    if os.getppid() != executor:
-        return
-    with contextlib.suppress(OSError), open(f"/proc/{executor}/stat") as stat:
-        state, _ppid, _group, _session, terminal = stat.read().rsplit(")", 1)[1].split()[:5]
-        if state == "T" and terminal == "0":
-            os.kill(executor, signal.SIGCONT)
-
-
 def main() -> None:
     executor, marker, command = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     name, _, value = marker.partition("=")
@@ -149,8 +126,6 @@ def main() -> None:
     if os.getppid() != executor:  # it died before PR_SET_PDEATHSIG could tell
         _kill_shell_group()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    signal.signal(signal.SIGALRM, lambda *_: _continue_executor(executor))
-    signal.setitimer(signal.ITIMER_REAL, 1, 1)
     while True:  # until the shell ends (left unreaped, so its group stays its own)
         ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
         if ended is None or ended.si_pid == shell:  # None: only with WNOHANG
@@ -159,10 +134,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # everything is being killed anyway
     _kill_shell_group()
     _shell.clear()
-    status = _reap_all(shell)
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    _continue_executor(executor)
-    _exit_as(status)
+    _exit_as(_reap_all(shell))
 
 
 if __name__ == "__main__":
