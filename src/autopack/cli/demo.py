@@ -146,7 +146,7 @@ def _demo(ctx: typer.Context, directory: Path, concurrency: int, speed: float) -
     with executor_for(cli, RUN_NAME, flags) as (executor, progress):
         summary = executor.drain_run(RUN_NAME, concurrency=concurrency)
         run = executor.client.get_run(RUN_NAME)
-    code = report(summary, run, as_json=False, spend=progress.spend)
+    code = report(summary, run, as_json=False, spend=progress.spend, database=cli.database_flag())
     print_report(cli.client(), RUN_NAME)  # the drain released the first connection
     url = f"sqlite:///{directory / 'autopack.db'}"
     err.print(
