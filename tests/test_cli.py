@@ -146,6 +146,22 @@ def test_calibrate_write_says_what_it_wrote_against_the_verdict(tmp_path: Path) 
     assert "wrote b.json: the current estimator unchanged" in as_json.stderr
 
 
+def test_calibrate_without_write_says_how_to_write_and_use_the_estimator(
+    tmp_path: Path,
+) -> None:
+    """``telemetry calibrate`` (as the demo's last line suggests it) ended with the diff of
+    a new estimator file and nothing more: neither that nothing was written nor how the
+    fitted estimator gets used."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    result = cli("telemetry", "calibrate", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-800:]
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("nothing written: `--write FILE`"), last
+    assert "AUTOPACK_ESTIMATOR_FILE=FILE" in last
+    assert not list(tmp_path.glob("*.json"))
+
+
 def test_doctor_says_there_is_no_dotenv_rather_than_that_it_does_not_set_the_url(
     tmp_path: Path,
 ) -> None:

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.llm_cost import DemoAnswers
 from tools.demo_cassette.build import CASSETTE, build, render
 
 from autopack.contract import ORDERED_USAGE_KEY
 from autopack.estimation.estimator import TokenEstimator
 from tests.executor_support import branch_log, rows
+from tests.fakes.llm_wire import WireServer
 from tests.support import clean_env, cli, free_port
 
 RUN = "telemetry-collection-v4"
@@ -158,6 +160,25 @@ def truncation_was_continued(url: str) -> None:
     assert estimation["attempt"] == 1 and not estimation["truncated"]
     assert estimation["actual_output_tokens"] == sum(r["output_tokens"] for r in parts)
     assert estimation["actual_output_tokens"] > parts[0]["output_tokens"]
+
+
+def test_a_live_demo_does_not_ask_to_be_run_again_for_real(tmp_path: Path) -> None:
+    """The README's real-work steps (an Ollama-like server in ``OPENAI_BASE_URL``, its
+    model in ``AUTOPACK_BUILDER_MODEL``) ran the demo live, and its last line still said
+    to calibrate ``--include-replayed`` and to "set ANTHROPIC_API_KEY / OPENAI_BASE_URL and
+    run the demo again for real". A live demo now suggests calibrating what it recorded."""
+    demo_dir = tmp_path / "demo"
+    with WireServer() as wire:
+        wire.respond = DemoAnswers()
+        wire.models = ["qwen2.5-coder:32b"]
+        env = clean_env(
+            OPENAI_BASE_URL=f"{wire.url}/v1", AUTOPACK_BUILDER_MODEL="qwen2.5-coder:32b"
+        )
+        done = cli(*("demo", "--dir", str(demo_dir)), cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = " ".join(done.stderr.split()).rsplit("next: ", 1)[1]
+    assert "for real" not in last and "--include-replayed" not in last, last
+    assert f"telemetry calibrate --plot calibration.png --database-url sqlite:///{demo_dir}" in last
 
 
 def test_a_second_demo_keeps_the_first_in_previous(tmp_path: Path) -> None:

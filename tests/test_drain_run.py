@@ -480,7 +480,7 @@ def test_a_drain_of_a_failed_phase_says_it_failed_before_and_how_to_retry_it(
     assert "failed before this drain" in again.stdout, again.stdout
     assert "FAILED │ 0" not in again.stdout
     hint = " ".join(again.stderr.split())
-    assert "`autopack run requeue exec-run p1`" in hint, hint
+    assert f"`autopack run requeue exec-run p1 --database-url {url}`" in hint, hint
     assert json.loads(drain(*_run_args(tmp_path, tape), env=env, cwd=tmp_path).stdout)[
         "failed_before"
     ] == ["p1"]

@@ -4,10 +4,13 @@ left where an older default put it. Real drains, real git, real processes."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 from tests.executor_support import (
     cassette,
+    cli_drain,
     create_run,
     drain,
     env_for,
@@ -180,3 +183,27 @@ def test_the_workspace_a_drain_was_given_is_found_again_without_the_flag(
     assert on_branch(ws, "pkg/a.py") == "A = 1\n" and on_branch(ws, "pkg/b.py") == "B = 2\n"
     assert not (project / "autopack-workspaces").exists()
     assert not (elsewhere / "autopack-workspaces").exists()
+
+
+def test_the_commands_a_drain_suggests_work_from_another_directory(tmp_path: Path) -> None:
+    """A drain on the project's default database printed ``autopack run export RUN DIR
+    --workspace WS`` and nothing naming that database: typed anywhere but in the project
+    (the demo's ``demo/autopack.db`` from its root, as the README says), it exited 2 with
+    "no database". The suggested command now names the database too, and works there."""
+    project = repository(tmp_path / "project")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = env_for("sqlite:///autopack.db")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, project)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    del env["DATABASE_URL"]  # the project's default: autopack.db at its root
+
+    drained = cli_drain(*_drain_args(tape), env=env, cwd=project)
+    assert drained.returncode == 0, drained.stderr[-3000:]
+    suggested = re.search(r"`(autopack run export [^`]+)`", drained.stdout)
+    assert suggested, drained.stdout[-2000:]
+
+    argv = shlex.split(suggested.group(1).replace(" DIR ", f" {tmp_path / 'out'} "))[1:]
+    exported = cli(*argv, cwd=elsewhere, env=env)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "out/pkg/a.py").read_text() == "A = 1\n"

@@ -202,6 +202,18 @@ class CliState:
         path = sqlite_file(loaded.settings.database_url)
         return path is not None and not path.exists()
 
+    def database_flag(self) -> str:
+        """The ``--database-url`` option for the commands a hint prints: a default or
+        ``.env`` SQLite path depends on the directory a command runs in, so a hint without
+        it failed elsewhere with "no database". Empty for a client naming no database and
+        for a server URL (it may hold a password; it names the same database anywhere)."""
+        if self.names_no_database():
+            return ""
+        from autopack.db.engine import sqlite_file
+
+        url = self.settings.database_url
+        return f" --database-url {url}" if sqlite_file(url) is not None else ""
+
     def expected(self, *, create: bool = False) -> DbIdentity | None:
         """The database the API server must prove it serves: ours, opened (created if
         ``create`` and no server is named: a new database is never the one a named server

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -23,6 +24,9 @@ from autopack.cli.drain_cmd import DrainFlags, executor_for, finite
 from autopack.cli.drain_report import report
 from autopack.cli.telemetry_cmd import print_report
 from autopack.errors import ConfigError, Conflict
+
+if TYPE_CHECKING:
+    from autopack.config import Settings
 
 RUN_NAME = "telemetry-collection-v4"
 MARKER = ".autopack-demo"
@@ -146,18 +150,30 @@ def _demo(ctx: typer.Context, directory: Path, concurrency: int, speed: float) -
     with executor_for(cli, RUN_NAME, flags) as (executor, progress):
         summary = executor.drain_run(RUN_NAME, concurrency=concurrency)
         run = executor.client.get_run(RUN_NAME)
-    code = report(summary, run, as_json=False, spend=progress.spend)
+    code = report(summary, run, as_json=False, spend=progress.spend, database=cli.database_flag())
     print_report(cli.client(), RUN_NAME)  # the drain released the first connection
     url = f"sqlite:///{directory / 'autopack.db'}"
     err.print(
         f"\nrepository: {workspace} (branch {summary.branch})   database: "
         f"{database.identity.url}\n"
         f"next: `autopack run export {RUN_NAME} DIR --workspace {workspace} --database-url "
-        f"{url}` for the code; `autopack telemetry calibrate --include-replayed --plot "
-        f"calibration.png --database-url {url}` (replayed calls are left out of calibration "
-        "unless asked); or set ANTHROPIC_API_KEY / OPENAI_BASE_URL and run the demo again "
-        "for real.",
+        f"{url}` for the code; {_calibrate_hint(cli.settings, url)}",
         highlight=False,
         soft_wrap=True,  # a path or a command is never broken across lines
     )
     raise typer.Exit(code)
+
+
+def _calibrate_hint(settings: Settings, url: str) -> str:
+    """The demo's last words on calibration: a replayed demo needs ``--include-replayed``
+    and invites a live one; a live demo told its user to go live and to count replayed
+    calls it never made, as if nothing had been called."""
+    from autopack.llm.registry import provider_name
+
+    if provider_name(settings) != "replay":
+        return f"`autopack telemetry calibrate --plot calibration.png --database-url {url}`."
+    return (
+        f"`autopack telemetry calibrate --include-replayed --plot calibration.png "
+        f"--database-url {url}` (replayed calls are left out of calibration unless asked); "
+        "or set ANTHROPIC_API_KEY / OPENAI_BASE_URL and run the demo again for real."
+    )

@@ -448,7 +448,8 @@ def drain_phase(
             "a FAILED, SKIPPED or stuck phase (nothing was run)",
             highlight=False,
         )
-    raise typer.Exit(report(summary, run, as_json, spend=progress.spend))
+    database = cli.database_flag()
+    raise typer.Exit(report(summary, run, as_json, spend=progress.spend, database=database))
 
 
 @app.command("run")
@@ -484,7 +485,14 @@ def drain_run(
     with executor_for(cli, run_id, flags) as (executor, progress):
         summary = executor.drain_run(run_id, concurrency=concurrency, max_claims=max_claims)
         run = executor.client.get_run(run_id)
-    code = report(summary, run, as_json, require_complete=max_claims is None, spend=progress.spend)
+    code = report(
+        summary,
+        run,
+        as_json,
+        require_complete=max_claims is None,
+        spend=progress.spend,
+        database=cli.database_flag(),
+    )
     raise typer.Exit(code)
 
 

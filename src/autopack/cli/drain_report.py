@@ -56,9 +56,13 @@ def report(
     *,
     require_complete: bool = True,
     spend: Spend | None = None,
+    database: str = "",
 ) -> int:
     """Print the outcome and return the exit code: 0 when every drained phase is COMPLETE
-    (for a batch: when no phase failed), 1 otherwise, 128 + the signal when stopped."""
+    (for a batch: when no phase failed), 1 otherwise, 128 + the signal when stopped.
+
+    ``database``: the option naming the database (:meth:`CliState.database_flag`), put in
+    every command the report suggests so that it works from any directory."""
     done = summary.all_complete if require_complete else not summary.any_failed
     ok = done and not summary.note
     code = 128 + summary.stopped_by if summary.stopped_by else 0 if ok else 1
@@ -147,7 +151,8 @@ def report(
             "a check that killed its executor before Autopack could put the branch back); "
             f"they are left there. {escape(summary.branch_reset)} puts the branch at the "
             "accepted head; "
-            f"`autopack run export {summary.run_id} DIR {escape(summary.repository_flag)}` "
+            f"`autopack run export {summary.run_id} DIR {escape(summary.repository_flag)}"
+            f"{escape(database)}` "
             "writes "
             "the accepted code out.",
             highlight=False,
@@ -157,7 +162,7 @@ def report(
         out.print(
             f"the run's code: branch {summary.branch} at {summary.branch_head[:12]} in "
             f"{escape(summary.repository)} (`autopack run export {summary.run_id} DIR "
-            f"{escape(summary.repository_flag)}` writes it out)",
+            f"{escape(summary.repository_flag)}{escape(database)}` writes it out)",
             highlight=False,
             soft_wrap=True,
         )
@@ -168,9 +173,10 @@ def report(
     if left:
         err.print(
             f"{len(left)} phase(s) had failed before this drain, which does not retry them: "
-            f"`autopack run requeue {summary.run_id} {left[0]}` queues one again (or `autopack "
-            f"drain phase --run-id {summary.run_id} --phase-id {left[0]} --force`); "
-            f"`autopack run phase {summary.run_id} {left[0]}` shows why it failed",
+            f"`autopack run requeue {summary.run_id} {left[0]}{escape(database)}` queues one "
+            f"again (or `autopack drain phase --run-id {summary.run_id} --phase-id {left[0]} "
+            f"--force{escape(database)}`); `autopack run phase {summary.run_id} {left[0]}"
+            f"{escape(database)}` shows why it failed",
             highlight=False,
             soft_wrap=True,
         )

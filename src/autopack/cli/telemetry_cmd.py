@@ -316,6 +316,12 @@ def calibrate_cmd(
         refuse_replacing_with_nothing_new(result, write)
         result.write(write)
         said.print(f"{OK} {wrote_line(result, write)}", highlight=False)
+    else:  # the diff above ended the output: a new user did not know how to use it
+        said.print(
+            "nothing written: `--write FILE` writes this estimator, and "
+            "AUTOPACK_ESTIMATOR_FILE=FILE makes drains use it",
+            highlight=False,
+        )
     if plot is not None:
         from autopack.estimation.plot import plot_predicted_vs_actual  # matplotlib: only here
 
