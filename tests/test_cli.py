@@ -177,6 +177,22 @@ def test_doctor_says_there_is_no_dotenv_rather_than_that_it_does_not_set_the_url
     assert f"DATABASE_URL from .env at {dotenv}: not set" in present.stdout, present.stdout
 
 
+@pytest.mark.parametrize("value", ["", "not a url", "postgresql://u:sekrit-pw@h:port/db"])
+def test_doctor_names_a_database_url_that_is_no_url_without_a_traceback(
+    value: str, tmp_path: Path
+) -> None:
+    """``DATABASE_URL=`` (or any value that does not parse) raised out of doctor with
+    SQLAlchemy's traceback while it listed where DATABASE_URL comes from; the other
+    commands said "invalid setting". Doctor, run when a setting is wrong, now lists the
+    value and fails the settings check naming it, exit 2."""
+    result = cli("doctor", cwd=tmp_path, env=clean_env(DATABASE_URL=value))
+    assert result.returncode == 2, result.stdout + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "not a database URL" in said and "invalid setting: DATABASE_URL" in said, said
+    assert "sekrit-pw" not in result.stdout + result.stderr
+
+
 def test_doctor_asks_for_a_model_name_when_a_base_url_names_a_server_of_its_own(
     tmp_path: Path,
 ) -> None:

@@ -76,7 +76,6 @@ def doctor(
 
 def _database_url_sources(flag: str | None) -> list[Check]:
     from autopack.config import DEFAULT_DATABASE_URL, source_values
-    from autopack.dburl import redact_url
     from autopack.envfile import dotenv_path
 
     env_file = dotenv_path()
@@ -90,9 +89,24 @@ def _database_url_sources(flag: str | None) -> list[Check]:
         elif value is None:
             detail = "not set"
         else:
-            detail = redact_url(str(value)) + ("  ← wins" if source == winner else "  (ignored)")
+            detail = _shown(str(value)) + ("  ← wins" if source == winner else "  (ignored)")
         checks.append(Check(f"DATABASE_URL from {source}", True, detail))
     return checks
+
+
+def _shown(url: str) -> str:
+    """The URL with its password hidden, or a value that is no URL (``DATABASE_URL=``)
+    redacted as text: it raised out of doctor with a traceback, though doctor is what a
+    user runs when a setting is wrong (the settings check then says what is wrong)."""
+    from sqlalchemy.exc import ArgumentError
+
+    from autopack import redact
+    from autopack.dburl import redact_url
+
+    try:
+        return redact_url(url)
+    except (ArgumentError, ValueError):
+        return f"{redact.text(url)!r}, not a database URL"
 
 
 def _no_dotenv() -> str:
