@@ -193,6 +193,23 @@ def test_doctor_names_a_database_url_that_is_no_url_without_a_traceback(
     assert "sekrit-pw" not in result.stdout + result.stderr
 
 
+def test_doctor_checks_the_estimator_file_a_drain_loads(tmp_path: Path) -> None:
+    """``AUTOPACK_ESTIMATOR_FILE`` naming a file that is gone (or not JSON): doctor said all
+    was well, and every drain then stopped at its start, exit 2. Doctor now fails naming
+    the file; a good one is named with its version."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    good = cli("doctor", cwd=tmp_path, env=env)
+    assert good.returncode == 0, good.stdout + good.stderr[-2000:]
+    assert "estimator: package:" in good.stdout, good.stdout
+    (tmp_path / "broken.json").write_text("{not json")
+    for path in (tmp_path / "gone.json", tmp_path / "broken.json"):
+        bad = cli("doctor", cwd=tmp_path, env={**env, "AUTOPACK_ESTIMATOR_FILE": str(path)})
+        said = " ".join(bad.stderr.split())
+        assert bad.returncode == 2, bad.stdout + said[-2000:]
+        assert "estimator: " in said and str(path) in said and "AUTOPACK_ESTIMATOR_FILE" in said
+
+
 def test_doctor_asks_for_a_model_name_when_a_base_url_names_a_server_of_its_own(
     tmp_path: Path,
 ) -> None:

@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "doctor": (
         "autopack.cli.doctor",
         "doctor",
-        "Check settings, schema, API server identity, telemetry flag and LLM credentials.",
+        "Check settings, schema, API server identity, telemetry flag, estimator and LLM.",
     ),
     "demo": (
         "autopack.cli.demo",

@@ -43,7 +43,8 @@ def doctor(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Check settings, schema, API server identity, telemetry flag and LLM credentials."""
+    """Check settings, schema, API server identity, telemetry flag, estimator file and LLM
+    credentials."""
     cli = state(ctx)
     checks = _database_url_sources(cli.database_url)
     try:
@@ -70,6 +71,7 @@ def doctor(
             "" if settings.telemetry_db_enabled else "set TELEMETRY_DB_ENABLED=1 to record",
         )
     )
+    checks.append(_estimator(settings))
     checks.append(_credentials(settings))
     _report(checks, as_json)
 
@@ -192,6 +194,20 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
     finally:
         if database is not None:
             database.close()
+
+
+def _estimator(settings: Settings) -> Check:
+    """The estimator file every drain loads before its first claim: one it cannot read or
+    parse (``AUTOPACK_ESTIMATOR_FILE`` naming a moved file) stopped the drain, exit 2,
+    after doctor had said all was well."""
+    from autopack.estimation.estimator import TokenEstimator
+
+    try:
+        estimator = TokenEstimator.load(settings.autopack_estimator_file)
+    except ConfigError as exc:
+        fix = "fix AUTOPACK_ESTIMATOR_FILE, or unset it for the packaged estimator"
+        return Check("estimator", False, exc.message, fix, exc.exit_code)
+    return Check("estimator", True, f"{estimator.source} (version {estimator.version})")
 
 
 def _credentials(settings: Settings) -> Check:
