@@ -318,3 +318,29 @@ def test_a_mistyped_command_is_answered_with_the_one_meant(tmp_path: Path) -> No
         result = cli(*args, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert f"Did you mean {meant!r}?" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "list"),
+        ("doctor",),
+        ("db", "init"),
+        ("drain", "run", "--run-id", "r"),
+        ("serve",),
+    ],
+)
+def test_a_sqlite_path_the_file_system_cannot_hold_is_named_without_a_traceback(
+    args: tuple[str, ...], tmp_path: Path
+) -> None:
+    """A SQLite file name longer than the file system allows (NAME_MAX, 255 bytes on ext4)
+    raised ``OSError: File name too long`` with a traceback out of every command that
+    asked whether the database exists. Every process resolves the URL in one place, which
+    now says so: exit 2, naming DATABASE_URL, creating nothing."""
+    url = f"sqlite:///{'a' * 300}.db"
+    result = cli(*args, cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, said[-2000:]
+    assert "Traceback" not in said
+    assert "invalid setting: DATABASE_URL" in said and "File name too long" in said, said[-2000:]
+    assert list(tmp_path.iterdir()) == []

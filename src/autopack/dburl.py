@@ -8,6 +8,7 @@ again by a child in another directory), and a PostgreSQL URL must name its datab
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
         path = Path(database).expanduser()
         if not path.is_absolute():
             path = (cwd or Path.cwd()) / path
-        url = url.set(database=os.path.normpath(path))
+        path = Path(os.path.normpath(path))
+        _refuse_a_path_never_a_file(path)
+        url = url.set(database=str(path))
     elif backend in {"postgresql", "postgres"}:
         if not (url.database or url.query.get("dbname")):
             raise ValueError(
@@ -87,6 +90,18 @@ def _refuse_another_sqlite_database(url: URL) -> None:
             "the path the URL names (?mode=ro&uri=true: a new, empty file named "
             "'autopack.db?mode=ro'): name the file alone, e.g. sqlite:////path/to/autopack.db"
         )
+
+
+def _refuse_a_path_never_a_file(path: Path) -> None:
+    """Refuse a path the file system cannot hold (a name longer than it allows): every
+    command asks whether the file exists, which raised ``OSError`` with a traceback there.
+    A path that merely does not exist yet is fine; ``db init`` may create it."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return  # not there (yet), or a symlink loop: "no database at …" says so
+        raise ValueError(f"its file cannot be looked at: {exc.strerror}") from None
 
 
 def redact_url(url: str) -> str:
