@@ -132,14 +132,8 @@ def _schema(loaded: LoadedSettings) -> Check:
     except DatabaseMissing as exc:
         from autopack.cli.whereis import missing_database
 
-        missing = missing_database(loaded, exc)
-        nearby: list[str] = missing.details["nearby"]
-        fix = (
-            f"use the database you mean: --database-url {nearby[0]} (or DATABASE_URL)"
-            if nearby
-            else "point DATABASE_URL at your database, or create one: autopack db init"
-        )
-        return Check("database", False, missing.message, fix, missing.exit_code)
+        missing = missing_database(loaded, exc)  # its message ends with the fix
+        return Check("database", False, missing.message, exit_code=missing.exit_code)
     try:
         status = schema.check(engine)
     except Exception as exc:
@@ -228,7 +222,10 @@ def _credentials(settings: Settings) -> Check:
         return Check("llm", False, f"provider {provider} but {needs} is not set", f"set {needs}")
     shown = ", ".join(present) or "none (offline replay provider)"
     builder, auditor = model_for(settings, "builder"), model_for(settings, "auditor")
-    models = f"builder {builder}, auditor {auditor}"
+    models = (
+        f"builder {builder}{'' if settings.autopack_builder_model else ' (default)'}, "
+        f"auditor {auditor}{'' if settings.autopack_auditor_model else ' (default)'}"
+    )
     try:
         unlisted = check_served(
             settings, {"AUTOPACK_BUILDER_MODEL": builder, "AUTOPACK_AUDITOR_MODEL": auditor}
