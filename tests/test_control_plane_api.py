@@ -357,6 +357,8 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/runs", _phase(scope={"deliverables": ["../x.py"]}), 422, "'../x.py'"),
     ("POST", "/runs", _phase(name="  "), 422, "phases[0](a).name"),
     ("POST", "/runs", _phase(checks=["pytest", " \t "]), 422, "phases[0](a).checks[1]"),
+    # pydantic says only "Extra inputs are not permitted": the field meant is named
+    ("POST", "/runs", _phase(category="tests"), 422, "did you mean 'task_category'"),
     ("POST", "/runs", b"{not json", 422, "not valid JSON"),
     ("POST", "/runs", b"", 422, "body"),
     ("POST", "/runs", [1, 2], 422, "body"),

@@ -131,7 +131,12 @@ def test_paths_are_normalised() -> None:
         ({**MINIMAL, "budgets": {"token_cap": -5}}, "budgets.token_cap", "-5"),
         ({**MINIMAL, "policy": {"on_approval_timeout": "ignore"}}, "on_approval_timeout", "ignore"),
         ({**MINIMAL, "run_id": "has space"}, "run_id", "'has space'"),
-        ({**MINIMAL, "colour": "red"}, "colour", "Extra inputs"),
+        ({**MINIMAL, "colour": "red"}, "colour", "no such field (got 'red')"),
+        # pydantic says only "Extra inputs are not permitted": the field meant is named
+        (with_phase(category="tests"), "phases[0](p1).category", "did you mean 'task_category'"),
+        (with_phase(complexty="low"), "phases[0](p1).complexty", "did you mean 'complexity'"),
+        ({**MINIMAL, "budgets": {"tokens": 5}}, "budgets.tokens", "did you mean 'token_cap'"),
+        ({**MINIMAL, "tier": []}, "tier", "did you mean 'tiers'"),
         (with_phase(scope={"deliverables": ["../up.py"]}), "deliverables[0]", "'../up.py'"),
         (with_phase(scope={"paths": ["/etc/"]}), "scope.paths[0]", "'/etc/'"),
         (with_phase(scope={"paths": ["C:/x"]}), "scope.paths[0]", "relative"),

@@ -8,8 +8,12 @@ argument a request model refuses. Field paths name tiers and phases by their ids
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Sequence
+from difflib import get_close_matches
 from typing import Any
+
+from pydantic import BaseModel
 
 from autopack.bounds import ID_PATTERN, printable
 
@@ -32,6 +36,28 @@ def _describe_loc(loc: Sequence[int | str], data: Any) -> str:
     return text or "(top level)"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, directly or in a list/optional (``list[TierDefinition]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
+
+
+def _meant(key: str, loc: Sequence[int | str], model: type[BaseModel]) -> str | None:
+    """The field a refused key was most likely meant to be (``category``: ``task_category``):
+    pydantic says only "Extra inputs are not permitted", and the user is left to guess."""
+    node: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, str):
+            field = node.model_fields.get(part) if node is not None else None
+            node = _model_in(field.annotation) if field is not None else None
+    if node is None:
+        return None
+    names = list(node.model_fields)
+    close = get_close_matches(key, names, n=1, cutoff=0.6)
+    return close[0] if close else next((n for n in names if key in n.split("_")), None)
+
+
 _SCALARS = (str, bool, int, float)
 
 
@@ -47,9 +73,14 @@ _ENUM_REPR = re.compile(r"<\w+\.\w+: '([^']*)'>")
 
 
 def describe_errors(
-    errors: Sequence[Any], data: Any = None, *, drop_prefix: int = 0
+    errors: Sequence[Any],
+    data: Any = None,
+    *,
+    drop_prefix: int = 0,
+    model: type[BaseModel] | None = None,
 ) -> list[dict[str, Any]]:
-    """pydantic error dicts -> ``[{field, message, value}]`` with readable field paths."""
+    """pydantic error dicts -> ``[{field, message, value}]`` with readable field paths.
+    ``model``: what ``data`` was validated as, to name the field a misspelt key meant."""
     described = []
     for error in errors:
         loc = list(error.get("loc", ()))[drop_prefix:]
@@ -64,6 +95,9 @@ def describe_errors(
             message = (
                 "ids use only letters, digits, '.', '_' and '-', and start with a letter or digit"
             )
+        if error.get("type") == "extra_forbidden" and model is not None and loc:
+            meant = _meant(str(loc[-1]), loc[:-1], model)
+            message = f"no such field (did you mean {meant!r}?)" if meant else "no such field"
         field = printable(_describe_loc(loc, data))
         item: dict[str, Any] = {"field": field, "message": message}
         value = error.get("input")

@@ -343,7 +343,7 @@ def parse_run_definition(
     try:
         return RunDefinition.model_validate(data, context={RUN_FILE_DIRECTORY: directory})
     except ValidationError as exc:
-        described = describe_errors(exc.errors(), data)
+        described = describe_errors(exc.errors(), data, model=RunDefinition)
         raise InvalidInput(
             f"invalid run definition{where}: {summarize_errors(described)}", errors=described
         ) from exc

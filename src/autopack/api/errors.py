@@ -18,6 +18,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -68,7 +70,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return answer(request, invalid_input(exc))
+        route = request.scope.get("route")
+        body = route.body_field if isinstance(route, APIRoute) else None
+        read_as = body.field_info.annotation if body else None
+        model = read_as if isinstance(read_as, type) and issubclass(read_as, BaseModel) else None
+        return answer(request, invalid_input(exc, model))
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
@@ -144,8 +150,11 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
-def invalid_input(exc: RequestValidationError) -> InvalidInput:
-    """FastAPI's 422 as an :class:`InvalidInput`: field paths, messages, offending values."""
+def invalid_input(
+    exc: RequestValidationError, model: type[BaseModel] | None = None
+) -> InvalidInput:
+    """FastAPI's 422 as an :class:`InvalidInput`: field paths, messages, offending values.
+    ``model``: what the route reads its body as, to name the field a misspelt key meant."""
     errors = list(exc.errors())
     if any(error.get("type") == "json_invalid" for error in errors):
         error = next(e for e in errors if e.get("type") == "json_invalid")
@@ -160,7 +169,10 @@ def invalid_input(exc: RequestValidationError) -> InvalidInput:
     for error in errors:
         loc = list(error.get("loc", ()))
         where = loc[0] if loc else "body"
-        item = describe_errors([error], body if where == "body" else None, drop_prefix=1)[0]
+        if where == "body":
+            item = describe_errors([error], body, drop_prefix=1, model=model)[0]
+        else:
+            item = describe_errors([error], drop_prefix=1)[0]
         if where != "body":
             item["field"] = f"{where} {item['field']}"
         elif item["field"] == "(top level)":
