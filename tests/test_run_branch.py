@@ -934,3 +934,34 @@ def test_a_broken_workspace_repository_on_a_runs_first_drain_is_said_to_be_unrea
     assert f"the git repository at {ws} could not be read (fatal: {said}" in message
     assert phase_row(url, "p1")["state"] == "QUEUED"
     assert attempts(url, "p1") == []
+
+
+def test_a_run_branch_whose_commit_git_lost_is_said_to_be_damaged_not_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """The run's branch names its accepted head, but that commit's object is gone (HEAD's
+    are whole, so git status passes): the drain said the completed work was "elsewhere",
+    sending the user to look for another repository when it is here, damaged. Now: exit 2
+    naming the branch, the commit and git's words; the next phase stays QUEUED."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    spec = [phase("p1", ["pkg/one.txt"]), phase("p2", ["pkg/two.txt"], depends_on=["p1"])]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    tape = cassette(
+        tmp_path,
+        [line("p1", 1, _answer(one_txt="1\n")), line("p2", 1, _answer(two_txt="2\n"))],
+    )
+    ws = repository(tmp_path / "ws", {"README": ""})
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    accepted = git("rev-parse", f"refs/heads/autopack/{RUN}", cwd=ws)
+    (ws / ".git" / "objects" / accepted[:2] / accepted[2:]).unlink()  # loose, as committed
+    assert git("status", "--porcelain", cwd=ws) == ""  # HEAD is whole: git reads it
+
+    stopped = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    message = " ".join(stopped.stderr.split())
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "elsewhere" not in message, message[-3000:]
+    assert f"the run's branch autopack/{RUN} in {ws} names its accepted head" in message
+    assert accepted[:12] in message and "git fsck" in message, message[-3000:]
+    assert phase_row(url, "p2")["state"] == "QUEUED"
+    assert attempts(url, "p2") == []

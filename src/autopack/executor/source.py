@@ -106,6 +106,7 @@ def require_local(workspace: Path, commit: str, branch: str) -> None:
         return
     # not a sign the work is elsewhere: it may be right here
     refuse_unreadable(workspace, f"the run's accepted head {commit[:12]} (branch {branch})")
+    _refuse_lost_objects(workspace, commit, branch)
     candidates = [d / "autopack-workspaces" / workspace.name for d in search_directories()]
     found = next((c for c in candidates if c != workspace and holds(c, commit)), None)
     hint = (
@@ -117,6 +118,22 @@ def require_local(workspace: Path, commit: str, branch: str) -> None:
         f"the run's accepted head {commit[:12]} (branch {branch}) is not in {workspace}"
         f"{'' if workspace.exists() else ' (no such directory)'}: its completed work is "
         f"elsewhere; {hint}"
+    )
+
+
+def _refuse_lost_objects(workspace: Path, commit: str, branch: str) -> None:
+    """The run's branch here names its accepted head, but git cannot read that commit (its
+    objects lost or corrupt while HEAD's are whole, so ``git status`` passes): the work
+    was said to be "elsewhere" when it is here, damaged."""
+    named = git("rev-parse", "-q", "--verify", f"refs/heads/{branch}", cwd=workspace, check=False)
+    if named.stdout.decode().strip() != commit:
+        return
+    said = git("cat-file", "-t", commit, cwd=workspace, check=False).stderr.decode().strip()
+    raise ConfigError(
+        f"the run's branch {branch} in {workspace} names its accepted head {commit[:12]}, "
+        f"but git cannot read that commit ({said or 'missing objects'}): the repository is "
+        "damaged (`git fsck` there names what is lost). Repair it, or give a repository "
+        "that holds the run's work with --workspace DIR (or --repo URL)"
     )
 
 
