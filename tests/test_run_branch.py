@@ -881,14 +881,9 @@ def test_a_branch_past_the_accepted_head_is_not_reported_at_it(tmp_path: Path) -
     assert (summary["branch_head"], summary["branch_past"]) == (accepted, mine)
 
 
-@pytest.mark.parametrize("how", BREAKAGES)
-def test_a_broken_workspace_repository_is_said_to_be_unreadable_not_to_lack_the_work(
-    how: str, tmp_path: Path
-) -> None:
-    """A `--workspace` whose git repository is damaged was said to lack the run's accepted
-    head: "its completed work is elsewhere", sending the user to look for another
-    repository when the work may be right there. Now: exit 2 saying the repository could
-    not be read, in git's words; the phase stays QUEUED with no attempt spent."""
+def _p1_of_two_completed(tmp_path: Path) -> tuple[str, dict[str, str], Path, Path]:
+    """A run of p1 then p2 whose p1 one drain completed in the workspace ``ws``: the
+    database URL, the environment, the cassette and the workspace."""
     url = _sqlite(tmp_path)
     env = env_for(url)
     spec = [phase("p1", ["pkg/one.txt"]), phase("p2", ["pkg/two.txt"], depends_on=["p1"])]
@@ -900,6 +895,18 @@ def test_a_broken_workspace_repository_is_said_to_be_unreadable_not_to_lack_the_
     ws = repository(tmp_path / "ws", {"README": ""})
     first = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    return url, env, tape, ws
+
+
+@pytest.mark.parametrize("how", BREAKAGES)
+def test_a_broken_workspace_repository_is_said_to_be_unreadable_not_to_lack_the_work(
+    how: str, tmp_path: Path
+) -> None:
+    """A `--workspace` whose git repository is damaged was said to lack the run's accepted
+    head: "its completed work is elsewhere", sending the user to look for another
+    repository when the work may be right there. Now: exit 2 saying the repository could
+    not be read, in git's words; the phase stays QUEUED with no attempt spent."""
+    url, env, tape, ws = _p1_of_two_completed(tmp_path)
     said = break_repository(ws, how)
 
     for which in ({}, {"phase_id": "p2"}):  # drain run, drain phase
@@ -943,16 +950,7 @@ def test_a_run_branch_whose_commit_git_lost_is_said_to_be_damaged_not_elsewhere(
     are whole, so git status passes): the drain said the completed work was "elsewhere",
     sending the user to look for another repository when it is here, damaged. Now: exit 2
     naming the branch, the commit and git's words; the next phase stays QUEUED."""
-    url = _sqlite(tmp_path)
-    env = env_for(url)
-    spec = [phase("p1", ["pkg/one.txt"]), phase("p2", ["pkg/two.txt"], depends_on=["p1"])]
-    create_run(run_file(tmp_path, spec), env, tmp_path)
-    tape = cassette(
-        tmp_path,
-        [line("p1", 1, _answer(one_txt="1\n")), line("p2", 1, _answer(two_txt="2\n"))],
-    )
-    ws = repository(tmp_path / "ws", {"README": ""})
-    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    url, env, tape, ws = _p1_of_two_completed(tmp_path)
     accepted = git("rev-parse", f"refs/heads/autopack/{RUN}", cwd=ws)
     (ws / ".git" / "objects" / accepted[:2] / accepted[2:]).unlink()  # loose, as committed
     assert git("status", "--porcelain", cwd=ws) == ""  # HEAD is whole: git reads it
