@@ -125,6 +125,8 @@ def _refuse_lost_objects(workspace: Path, commit: str, branch: str) -> None:
     """The run's branch here names its accepted head, but git cannot read that commit (its
     objects lost or corrupt while HEAD's are whole, so ``git status`` passes): the work
     was said to be "elsewhere" when it is here, damaged."""
+    if not workspace.is_dir():
+        return
     named = git("rev-parse", "-q", "--verify", f"refs/heads/{branch}", cwd=workspace, check=False)
     if named.stdout.decode().strip() != commit:
         return
