@@ -794,6 +794,40 @@ def test_a_workspace_cloned_again_mid_drain_hands_the_phases_back_and_fails_none
     ]
 
 
+def test_a_stray_drain_elsewhere_never_frees_an_active_runs_branch_for_another_run(
+    tmp_path: Path,
+) -> None:
+    """Two runs naming one branch, no repository in their files: the first drained in
+    ``ws``. A drain of it given another workspace (without its work) was refused, but only
+    after the server had recorded that workspace as where the run drains; a drain of the
+    second run in ``ws`` then passed the branch check, and with both on one branch one
+    run's commits ended on no branch. The stray drain now records nothing."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    for run_id in ("first", "second"):
+        spec = [phase("p1", [f"pkg/{run_id}1.txt"]), phase("p2", [f"pkg/{run_id}2.txt"])]
+        body = json.loads(run_file(tmp_path, spec, run_id=run_id).read_text())
+        (tmp_path / f"{run_id}.json").write_text(json.dumps({**body, "branch": "feature"}))
+        create_run(tmp_path / f"{run_id}.json", env, tmp_path)
+    answers = [
+        line("p1", 1, _answer(**{f"{r}1_txt": "1\n"}), run_id=r) for r in ("first", "second")
+    ]
+    tape = cassette(tmp_path, answers)
+    ws, stray = repository(tmp_path / "ws"), repository(tmp_path / "stray")
+
+    def drain_of(run_id: str, where: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        common = ("--auditor", "rules", "--cassette", str(tape), "--workspace", str(where))
+        return drain("run", "--run-id", run_id, *common, *extra, env=env, cwd=tmp_path)
+
+    assert drain_of("first", ws, "--max-claims", "1").returncode == 0
+    assert drain_of("first", stray).returncode == 2  # its accepted head is not there
+    second = drain_of("second", ws)
+    said = " ".join(second.stderr.split())
+    assert second.returncode == 2, said[-3000:]
+    assert "run 'first' (RUNNING)" in said and "still working on branch 'feature'" in said, said
+    assert attempts(url, "p1", run_id="second") == []
+
+
 def test_a_repository_nothing_answers_at_stops_the_drain_before_any_phase(
     tmp_path: Path,
 ) -> None:
