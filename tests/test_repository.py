@@ -604,6 +604,34 @@ def test_pools_of_processes_with_one_pid_never_take_each_others_slots(tmp_path: 
     assert not slot.exists(), "a dead pool's slot is removed"
 
 
+def test_a_pool_starting_while_another_sweeps_is_never_taken_for_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drains started together on one cache: a pool's sign of life was created, then
+    locked. Another pool's sweep landing between the two found it unlocked, took its owner
+    for dead and deleted it; from then on every pool starting on that cache (a restarted
+    executor) removed the live pool's slots under its running attempts."""
+    _, repository, sweeper = checkouts(tmp_path, {"a.txt": "a\n"})
+    real_open = os.open
+    swept: list[str] = []
+
+    def open_then_sweep(path: str | Path, flags: int, *args: int) -> int:
+        fd = real_open(path, flags, *args)
+        if flags & os.O_CREAT and Path(path).parent == sweeper.root and not swept:
+            swept.append(str(path))
+            sweeper._sweep()  # another executor's start, between this pool's two steps
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_sweep)
+    starting = Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+    monkeypatch.undo()
+    assert swept, "the other pool swept while this one started"
+    with starting.checkout(repository.head(), "r1-p1-1") as tree:
+        (tree.path / "a.txt").write_text("half-written\n")
+        Worktrees(repository, tmp_path / "cache/worktrees", keep_failed_minutes=60)
+        assert (tree.path / "a.txt").read_text() == "half-written\n"
+
+
 def test_a_closed_pool_lets_go_of_its_descriptor(tmp_path: Path) -> None:
     """Each pool holds a lock on a file while it is open (other executors sharing the cache
     tell it alive by that): a closed one kept the descriptor until the process ended."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -746,6 +747,85 @@ def test_a_remote_that_stops_answering_hands_the_phase_back_and_fails_none(
     done = drain(*args, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert on_branch(remote, "pkg/p1.txt") == "p1\n" and on_branch(remote, "pkg/p2.txt") == "p2\n"
+
+
+def test_a_workspace_cloned_again_mid_drain_hands_the_phases_back_and_fails_none(
+    tmp_path: Path,
+) -> None:
+    """The workspace replaced by a fresh clone at its path while a drain ran (the accepted
+    commits gone from it): the executor that had made them took them as still there, and
+    every phase's attempts failed ``git_error`` until the run FAILED, where an executor
+    starting then stopped at once. It now stops too, saying the commit is gone from the
+    workspace; no phase spends a try."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    origin = repository(tmp_path / "origin", {"README": "start\n"})
+    ws = tmp_path / "ws"
+    git("clone", "-q", str(origin), str(ws), cwd=tmp_path)
+    spec = [
+        phase("p1", ["pkg/p1.txt"]),
+        phase("p2", ["pkg/p2.txt"], depends_on=["p1"]),
+        phase("p3", ["pkg/p3.txt"], depends_on=["p2"]),
+    ]
+    create_run(run_file(tmp_path, spec), env, tmp_path)
+    answers = [
+        line(p, n, _answer(**{f"{p}_txt": "x\n"}), latency_ms=3000 if p == "p2" else 0)
+        for p in ("p1", "p2", "p3")
+        for n in (1, 2, 3)
+    ]
+    tape = cassette(tmp_path, answers)
+    running = drain_process(*_args(ws, tape, "--replay-speed", "1"), env=env, cwd=tmp_path)
+    _wait_for(lambda: phase_row(url, "p2")["state"] == "EXECUTING", "p2's Builder call")
+    git("clone", "-q", str(origin), str(tmp_path / "fresh"), cwd=tmp_path)
+    shutil.rmtree(ws)
+    (tmp_path / "fresh").rename(ws)
+    _, said = running.communicate(timeout=120)
+    said = " ".join(said.split())
+    assert running.returncode == 2, said[-3000:]
+    assert f"was in {ws} and is gone from it" in said, said[-3000:]
+    assert [(a["outcome"], a["stop_reason"]) for a in attempts(url, "p2")] == [
+        ("FAILED", "interrupted")
+    ]
+    states = rows(url, "SELECT phase_id, state FROM phases ORDER BY phase_id")
+    assert [(r["phase_id"], r["state"]) for r in states] == [
+        ("p1", "COMPLETE"),
+        ("p2", "QUEUED"),
+        ("p3", "QUEUED"),
+    ]
+
+
+def test_a_stray_drain_elsewhere_never_frees_an_active_runs_branch_for_another_run(
+    tmp_path: Path,
+) -> None:
+    """Two runs naming one branch, no repository in their files: the first drained in
+    ``ws``. A drain of it given another workspace (without its work) was refused, but only
+    after the server had recorded that workspace as where the run drains; a drain of the
+    second run in ``ws`` then passed the branch check, and with both on one branch one
+    run's commits ended on no branch. The stray drain now records nothing."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    for run_id in ("first", "second"):
+        spec = [phase("p1", [f"pkg/{run_id}1.txt"]), phase("p2", [f"pkg/{run_id}2.txt"])]
+        body = json.loads(run_file(tmp_path, spec, run_id=run_id).read_text())
+        (tmp_path / f"{run_id}.json").write_text(json.dumps({**body, "branch": "feature"}))
+        create_run(tmp_path / f"{run_id}.json", env, tmp_path)
+    answers = [
+        line("p1", 1, _answer(**{f"{r}1_txt": "1\n"}), run_id=r) for r in ("first", "second")
+    ]
+    tape = cassette(tmp_path, answers)
+    ws, stray = repository(tmp_path / "ws"), repository(tmp_path / "stray")
+
+    def drain_of(run_id: str, where: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        common = ("--auditor", "rules", "--cassette", str(tape), "--workspace", str(where))
+        return drain("run", "--run-id", run_id, *common, *extra, env=env, cwd=tmp_path)
+
+    assert drain_of("first", ws, "--max-claims", "1").returncode == 0
+    assert drain_of("first", stray).returncode == 2  # its accepted head is not there
+    second = drain_of("second", ws)
+    said = " ".join(second.stderr.split())
+    assert second.returncode == 2, said[-3000:]
+    assert "run 'first' (RUNNING)" in said and "still working on branch 'feature'" in said, said
+    assert attempts(url, "p1", run_id="second") == []
 
 
 def test_a_repository_nothing_answers_at_stops_the_drain_before_any_phase(

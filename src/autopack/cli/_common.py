@@ -27,11 +27,14 @@ from rich.console import Console
 from autopack.errors import DatabaseMissing, InvalidInput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from autopack.client import ApiClient
     from autopack.config import LoadedSettings, Settings
     from autopack.connect import Connection
     from autopack.contract import RunView
     from autopack.db import Database
+    from autopack.executor.repository import RunRepository
     from autopack.executor.source import RepoSource
     from autopack.identity import DbIdentity
 
@@ -318,3 +321,36 @@ def check_named_repository(client: ApiClient, run: RunView, source: RepoSource) 
             f"{flag} {named}: {exc.message}; or drain this run in another repository",
             **exc.details,
         ) from exc
+
+
+def open_named_repository(
+    client: ApiClient, run: RunView, source: RepoSource, *, cache_dir: Path, create: bool = True
+) -> RunRepository:
+    """The run's repository as ``--repo``/``--workspace`` name it, and its branch check.
+
+    A check records the repository as the one the run drains in (``drained_in``). Asked
+    first, a drain given a repository without the run's accepted work (a stray
+    ``--workspace``) stopped just after the record said the run was there, while its
+    executors went on in the other: another run was let onto the branch there, and one
+    run's commits ended on no branch. So a run with accepted work is opened (a local
+    repository must hold its head, a remote's clone is fetched until it does) before the
+    server is asked; opening one that holds the head creates nothing another run could
+    hold there. A run without any is asked first, before a repository or branch is made."""
+    from autopack.executor.repository import RunRepository, run_branch
+
+    def opened() -> RunRepository:
+        return RunRepository.open(
+            source,
+            branch=run.branch or run_branch(run.run_id),
+            cache_dir=cache_dir,
+            create=create,
+            head=run.branch_head,
+        )
+
+    if run.branch_head is None:
+        check_named_repository(client, run, source)
+        return opened()
+    repository = opened()
+    repository.require(run.branch_head)
+    check_named_repository(client, run, source)
+    return repository

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from autopack.cli._common import CliState, check_named_repository, err, state
+from autopack.cli._common import CliState, err, open_named_repository, state
 from autopack.cli.drain_report import report
 from autopack.cli.progress import DrainProgress
 from autopack.cli.shown import escape
@@ -196,7 +196,6 @@ def executor_for(
     from autopack.executor.executor import AutonomousExecutor
     from autopack.executor.integration import Integrator
     from autopack.executor.options import ExecutorOptions, Services
-    from autopack.executor.repository import RunRepository, run_branch
     from autopack.executor.source import RepoSource
     from autopack.executor.worktrees import Worktrees
     from autopack.llm.pricing import price_table
@@ -244,12 +243,8 @@ def executor_for(
         source = RepoSource.choose(
             run_id, repo=flags.repo, workspace=flags.workspace, run_repository=run.repository
         )
-        check_named_repository(client, run, source)
-        repository = RunRepository.open(
-            source,
-            branch=run.branch or run_branch(run_id),
-            cache_dir=settings.autopack_cache_dir,
-            head=run.branch_head,
+        repository = open_named_repository(
+            client, run, source, cache_dir=settings.autopack_cache_dir
         )
         worktrees = Worktrees(
             repository,

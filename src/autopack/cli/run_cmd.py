@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from autopack import redact
-from autopack.cli._common import OK, check_named_repository, err, out, print_json, state
+from autopack.cli._common import OK, err, open_named_repository, out, print_json, state
 from autopack.cli.shown import escape
 from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
@@ -303,7 +303,7 @@ def export(
     repo: str | None = typer.Option(None, "--repo", help="The run's remote repository URL."),
 ) -> None:
     """Write the run's code (the head of its branch) into DIRECTORY."""
-    from autopack.executor.repository import RunRepository, run_branch
+    from autopack.executor.repository import run_branch
     from autopack.executor.source import RepoSource
     from autopack.paths import absolute
 
@@ -315,13 +315,8 @@ def export(
     source = RepoSource.choose(
         run_id, repo=repo, workspace=workspace, run_repository=run.repository
     )
-    check_named_repository(cli.client(), run, source)  # advance() below moves the branch
-    repository = RunRepository.open(
-        source,
-        branch=branch,
-        cache_dir=cli.settings.autopack_cache_dir,
-        create=False,
-        head=run.branch_head,
+    repository = open_named_repository(  # checked: advance() below moves the branch
+        cli.client(), run, source, cache_dir=cli.settings.autopack_cache_dir, create=False
     )
     repository.advance(run.branch_head)  # accepted commits a killed executor left behind
     count = repository.export(run.branch_head, absolute(directory, "export directory"))

@@ -96,8 +96,11 @@ class RunRepository:
         self._repository_lock = RepositoryLock(self.common_dir)
         # Facts about commits never change (objects are never deleted here, ancestry is
         # fixed), so each is asked of git once: at K attempts at a time every git process
-        # spared is a fork on the executor's few cores.
+        # spared is a fork on the executor's few cores. (A repository replaced or pruned
+        # under the drain does lose them: :meth:`check_present` asks again.)
         self._present: set[str] = set()
+        self._required: str | None = None
+        """The commit an attempt last needed here: asked again after a git failure."""
         self._ancestry: dict[tuple[str, str], bool] = {}
         self._reached: str | None = None
         """The newest head this process moved the branch to (or found it past)."""
@@ -131,6 +134,8 @@ class RunRepository:
             raise failure
         if self.path.is_dir():
             self._check_remote_answers()
+            if self._required is not None:
+                self.require(self._required, again=True)
             return
         again = f"it clones {self.remote_url} again" if self.remote_url else "or give --workspace"
         raise RepositoryGone(
@@ -311,23 +316,40 @@ class RunRepository:
             self._present.add(commit)
         return True
 
-    def require(self, commit: str) -> None:
+    def require(self, commit: str, *, again: bool = False) -> None:
         """Make sure ``commit`` is here (fetching from a remote), or say where it is missing.
 
         An accepted commit is on the branch, or (if its executor died before moving the
-        branch) under its attempt ref, which is fetched only then."""
+        branch) under its attempt ref, which is fetched only then. ``again``: git just
+        failed on ``commit``, so what this process knew of it is asked afresh: a
+        repository replaced under the drain (cloned again at its path) or pruned (``git gc
+        --prune=now`` beside it) lost it, and the executor that had made or seen it failed
+        every phase's attempts ``git_error`` (the run FAILED) where any other stopped."""
+        self._required = commit
+        known = commit in self._present
+        if again:
+            self._present.discard(commit)
         if not self.has(commit):
             self.fetch()
         if not self.has(commit):
             self.fetch(attempts=True)
-        if not self.has(commit):
+        if self.has(commit):
+            return
+        if again and known:
             raise HeadElsewhere(
                 ("cat-file", commit),
-                f"commit {commit[:12]} of branch {self.branch} is not in {self.where}. "
-                "Executors on several machines must share one repository: give every "
-                "executor the same --repo URL (or the run file's `repository`). This "
-                "executor's phases were handed back.",
+                f"commit {commit[:12]} of branch {self.branch} was in {self.where} and is "
+                "gone from it (the repository replaced while the drain ran, or its objects "
+                "pruned: `git gc --prune=now` beside a drain). This executor's phases were "
+                "handed back.",
             )
+        raise HeadElsewhere(
+            ("cat-file", commit),
+            f"commit {commit[:12]} of branch {self.branch} is not in {self.where}. "
+            "Executors on several machines must share one repository: give every "
+            "executor the same --repo URL (or the run file's `repository`). This "
+            "executor's phases were handed back.",
+        )
 
     def advance(self, to: str, *, on: str | None = None) -> None:
         """Move the branch forward to ``to`` (a descendant of its head), by compare-and-swap.

@@ -204,9 +204,22 @@ class Worktrees:
         """Names this pool's slots. Not the pid alone: executors in containers sharing a
         cache volume are all pid 1, and each took the other's live slot for a leftover of
         its own and removed it mid-attempt."""
-        self._alive = os.open(self.root / f"alive-{self._owner}", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._alive, fcntl.LOCK_SH)  # held while this process lives
+        self._alive = self._sign_of_life()
         self._sweep()
+
+    def _sign_of_life(self) -> int:
+        """The locked file that tells other pools this one is open (held while it lives).
+
+        Locked under a name no sweep reads, then renamed into place: created under its
+        own name and locked a moment later, a sweep of another executor starting on the
+        same cache could find it unlocked in between, take this pool for dead and delete
+        it, and every pool starting after that removed this one's slots mid-attempt."""
+        marker = self.root / f"alive-{self._owner}"
+        starting = marker.with_name(f".{marker.name}")
+        fd = os.open(starting, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.replace(starting, marker)
+        return fd
 
     def _owner_alive(self, owner: str) -> bool:
         """Is the pool named ``owner`` still open? Its process holds a lock on its file as
