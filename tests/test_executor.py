@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,27 @@ def test_a_summary_longer_than_one_argument_may_be_is_committed(
     assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["completed"]
     message = git("log", "-1", "--format=%B", "autopack/exec-run", cwd=tmp_path / "ws")
     assert long.strip() in message and "Autopack-Phase: p1" in message
+
+
+def test_a_summarys_terminal_controls_and_excess_are_not_committed(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The summary went into the commit message as it came: ``ESC ] 0 ;`` and ``ESC [ 2 J``
+    in it retitled and erased the terminal of whoever ran ``git log`` on the run's branch,
+    and a summary of megabytes made a commit of megabytes (only files were bounded). The
+    message holds it no larger than a file may be, each control character spelled out."""
+    env = _setup(tmp_path, sqlite_url)
+    said = "adds answer()\x1b]0;pwned\x07\x1b[2J\r\n" + "x" * (1024 * 1024)
+    answer = json.dumps({"files": json.loads(GOOD)["files"], "summary": said})
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["completed"]
+    message = git("log", "-1", "--format=%B", "autopack/exec-run", cwd=tmp_path / "ws")
+    assert "adds answer()\\x1b]0;pwned\\x07\\x1b[2J\n" in message
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", message)
+    assert 256 * 1024 - 1000 < len(message) < 256 * 1024 + 1000
+    assert "Autopack-Phase: p1" in message
 
 
 def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url: str) -> None:

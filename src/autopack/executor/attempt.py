@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from autopack.bounds import clipped
+from autopack.bounds import clipped, spelled_controls
 from autopack.builder.auditor import (
     AUDITOR_SYSTEM,
     audit_rules,
@@ -490,8 +490,12 @@ class Attempt:
     def _message(self) -> str:
         claim = self.claim
         message = f"autopack: {claim.phase_id} ({claim.run_id}, attempt {claim.attempt})"
-        if self.summary:  # git commit-tree refuses a message holding a NUL byte
-            message += "\n\n" + self.summary.replace("\x00", "")
+        if self.summary:
+            # No larger than a file may be, its control characters spelled: a 20 MB summary
+            # made a 20 MB commit (only files were bounded), and ESC ] 0 ; or ESC [ 2 J in it
+            # retitled or erased the terminal of whoever ran `git log` on the branch.
+            kept = clipped(self.summary, self.o.max_file_bytes) or ""
+            message += "\n\n" + spelled_controls(kept)
         return (
             f"{message}\n\nAutopack-Run: {claim.run_id}\nAutopack-Phase: {claim.phase_id}\n"
             f"Autopack-Attempt: {claim.attempt}\nAutopack-Worker: {self.o.worker_id}\n"
