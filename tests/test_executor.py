@@ -219,6 +219,27 @@ def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url
     assert len(branch_files(tmp_path / "ws")) == 5001
 
 
+def test_a_change_too_large_to_hold_for_approval_is_feedback(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A deletion needs approval, and the approval request holds the whole change as JSON,
+    where a control character takes six bytes: files within the answer's limit (4 MB of
+    UTF-8) made a request over the API's 16 MiB, refused, and the attempt ended
+    ``executor_error`` with no word to the Builder. It is ``answer_too_large`` feedback."""
+    env = _setup(tmp_path, sqlite_url)
+    bulky = [{"path": f"pkg/c{i}.txt", "content": "\x01" * 250_000} for i in range(15)]
+    answer = {"files": [*json.loads(GOOD)["files"], *bulky], "delete": ["pkg/old.py"]}
+    bulky_answer = line("p1", 1, json.dumps(answer), output_tokens=2000)  # not 4 M: the budget
+    tape = cassette(tmp_path, [bulky_answer, line("p1", 2, GOOD)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    first, second = attempts(sqlite_url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "answer_too_large")
+    assert "approval" in first["feedback"] and "delete pkg/old.py" in first["feedback"]
+    assert second["stop_reason"] == "completed"
+    assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
+
+
 def test_an_approved_change_is_checked_again_where_it_is_applied(
     tmp_path: Path, sqlite_url: str
 ) -> None:
