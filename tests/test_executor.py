@@ -219,6 +219,29 @@ def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url
     assert len(branch_files(tmp_path / "ws")) == 5001
 
 
+def test_an_answer_whose_paths_overflow_the_result_is_feedback(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Only the number of an answer's paths was bounded: 1,500 empty files at paths of
+    3,800 bytes (each ``é`` six bytes as JSON) made the attempt's result, which lists
+    them, larger than the API takes. Refused after the commit was made, the drain stopped
+    with the phase handed back, and the next drain did the same. It is
+    ``answer_too_large`` feedback, before anything is written."""
+    env = _setup(tmp_path, sqlite_url)
+    deep = "pkg/" + "/".join(["é" * 126] * 15)
+    many = [{"path": f"{deep}/{i}", "content": ""} for i in range(1500)]
+    answer = {"files": [*json.loads(GOOD)["files"], *many]}
+    long_paths = line("p1", 1, json.dumps(answer), output_tokens=2000)
+    tape = cassette(tmp_path, [long_paths, line("p1", 2, GOOD)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    first, second = attempts(sqlite_url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "answer_too_large")
+    assert "shorter paths" in first["feedback"]
+    assert second["stop_reason"] == "completed"
+    assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
+
+
 def test_a_change_too_large_to_hold_for_approval_is_feedback(
     tmp_path: Path, sqlite_url: str
 ) -> None:

@@ -42,6 +42,11 @@ approval's context, at up to five JSON values a path, which refuses more than
 ``JSON_ITEMS_MAX``: 30,000 empty files and one overwrite ended the attempt
 ``executor_error`` (a ValidationError of the approval request) after the whole answer was
 planned. Counted before any path is looked at, it is ``answer_too_large`` feedback."""
+MAX_PATHS_BYTES = 4 * 1024 * 1024
+"""How long one answer's paths may be together, as the attempt's result lists them (JSON,
+each character outside ASCII escaped). Only their number was bounded: 5,000 paths of
+3,800 bytes made the result over the API's ``MAX_BODY_BYTES``, refused (413) after the
+commit was made, and the drain stopped with the phase handed back, at every try."""
 MAX_HELD_BYTES = MAX_BODY_BYTES - 64 * 1024
 """How large a change needing approval may be as the approval request holds it (JSON,
 each character outside ASCII escaped: a control character six bytes), leaving room for the
@@ -308,6 +313,12 @@ def plan_change(
             "answer_too_large",
             f"Your answer touches {len(output.paths)} files; one answer may write, edit or "
             f"delete at most {MAX_ANSWER_PATHS}. Write fewer files.",
+        )
+    if (listed := len(json.dumps(output.paths))) > MAX_PATHS_BYTES:
+        raise BuilderRejected(
+            "answer_too_large",
+            f"Your answer's paths add up to {listed} bytes; one answer's may add up to at "
+            f"most {MAX_PATHS_BYTES}. Write fewer files, or give them shorter paths.",
         )
     contents: dict[str, str] = {}
     existed: dict[str, bool] = {}
