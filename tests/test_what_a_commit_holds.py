@@ -102,6 +102,28 @@ def test_an_approved_file_is_committed_as_written_even_what_looks_like_a_key(
     assert on_branch(ws, "pkg/old.py") == "2"
 
 
+def test_files_git_cannot_commit_as_the_answer_asks_are_feedback(tmp_path: Path) -> None:
+    """An answer wrote a ``.gitattributes`` saying its ``.py`` files are UTF-16, and git
+    refused to add them (no byte order mark). The attempt ended ``git_error`` with git's
+    words for the log only: the next attempt's Builder was told nothing and wrote the same.
+    Git's words are its feedback."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"README": "hi\n"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    mod = {"path": "pkg/mod.py", "content": "M = 1\n"}
+    utf16 = {"path": "pkg/.gitattributes", "content": "*.py working-tree-encoding=UTF-16\n"}
+    first_answer = line("p1", 1, json.dumps({"files": [utf16, mod]}))
+    tape = cassette(tmp_path, [first_answer, line("p1", 2, json.dumps({"files": [mod]}))])
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_error")
+    assert "working-tree-encoding" in (first["feedback"] or "")
+    assert second["outcome"] == "COMPLETE"
+    assert on_branch(ws, "pkg/mod.py") == "M = 1\n"
+
+
 def test_a_file_written_inside_a_submodule_is_feedback_not_a_git_error(tmp_path: Path) -> None:
     """``pkg/vendor`` is a submodule of the workspace: a file the Builder wrote inside it
     passed the plan and its checks, then ``git add`` refused it ("is in submodule"), a

@@ -221,9 +221,10 @@ class Attempt:
             return exc
         except (LeaseLost, ServerUnavailable, ProviderUnusable):
             raise
-        except GitError as exc:
-            self.s.repository.check_present(exc)
-            return failed("git_error", error=exc.message)
+        except GitError as exc:  # git's words to the Builder too: the answer may be the cause
+            self.s.repository.check_present(exc)  # (a .gitattributes its files break)
+            said = f"git could not record your answer: {clipped(exc.message, 2000)}"
+            return failed("git_error", error=exc.message, feedback=said)
         except Exception as exc:  # a bug or an environment failure: record it, don't die
             log_event(
                 logger,
