@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,27 @@ def test_a_summary_longer_than_one_argument_may_be_is_committed(
     assert long.strip() in message and "Autopack-Phase: p1" in message
 
 
+def test_a_summarys_terminal_controls_and_excess_are_not_committed(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The summary went into the commit message as it came: ``ESC ] 0 ;`` and ``ESC [ 2 J``
+    in it retitled and erased the terminal of whoever ran ``git log`` on the run's branch,
+    and a summary of megabytes made a commit of megabytes (only files were bounded). The
+    message holds it no larger than a file may be, each control character spelled out."""
+    env = _setup(tmp_path, sqlite_url)
+    said = "adds answer()\x1b]0;pwned\x07\x1b[2J\r\n" + "x" * (1024 * 1024)
+    answer = json.dumps({"files": json.loads(GOOD)["files"], "summary": said})
+    tape = cassette(tmp_path, [line("p1", 1, answer)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    assert [a["stop_reason"] for a in attempts(sqlite_url, "p1")] == ["completed"]
+    message = git("log", "-1", "--format=%B", "autopack/exec-run", cwd=tmp_path / "ws")
+    assert "adds answer()\\x1b]0;pwned\\x07\\x1b[2J\n" in message
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", message)
+    assert 256 * 1024 - 1000 < len(message) < 256 * 1024 + 1000
+    assert "Autopack-Phase: p1" in message
+
+
 def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url: str) -> None:
     """Every path was an argument of one ``git add``: past the kernel's ARG_MAX (about
     2 MB of paths, well inside the answer size limit) the commit failed E2BIG as an
@@ -195,6 +217,50 @@ def test_an_answer_of_thousands_of_files_is_committed(tmp_path: Path, sqlite_url
     summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
     assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
     assert len(branch_files(tmp_path / "ws")) == 5001
+
+
+def test_an_answer_whose_paths_overflow_the_result_is_feedback(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Only the number of an answer's paths was bounded: 1,500 empty files at paths of
+    3,800 bytes (each ``é`` six bytes as JSON) made the attempt's result, which lists
+    them, larger than the API takes. Refused after the commit was made, the drain stopped
+    with the phase handed back, and the next drain did the same. It is
+    ``answer_too_large`` feedback, before anything is written."""
+    env = _setup(tmp_path, sqlite_url)
+    deep = "pkg/" + "/".join(["é" * 126] * 15)
+    many = [{"path": f"{deep}/{i}", "content": ""} for i in range(1500)]
+    answer = {"files": [*json.loads(GOOD)["files"], *many]}
+    long_paths = line("p1", 1, json.dumps(answer), output_tokens=2000)
+    tape = cassette(tmp_path, [long_paths, line("p1", 2, GOOD)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    first, second = attempts(sqlite_url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "answer_too_large")
+    assert "shorter paths" in first["feedback"]
+    assert second["stop_reason"] == "completed"
+    assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
+
+
+def test_a_change_too_large_to_hold_for_approval_is_feedback(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A deletion needs approval, and the approval request holds the whole change as JSON,
+    where a control character takes six bytes: files within the answer's limit (4 MB of
+    UTF-8) made a request over the API's 16 MiB, refused, and the attempt ended
+    ``executor_error`` with no word to the Builder. It is ``answer_too_large`` feedback."""
+    env = _setup(tmp_path, sqlite_url)
+    bulky = [{"path": f"pkg/c{i}.txt", "content": "\x01" * 250_000} for i in range(15)]
+    answer = {"files": [*json.loads(GOOD)["files"], *bulky], "delete": ["pkg/old.py"]}
+    bulky_answer = line("p1", 1, json.dumps(answer), output_tokens=2000)  # not 4 M: the budget
+    tape = cassette(tmp_path, [bulky_answer, line("p1", 2, GOOD)])
+    summary = _drain_phase(tmp_path, env, tape, "--auditor", "off")
+    assert summary["exit_code"] == 0, str(summary["stderr"])[-2000:]
+    first, second = attempts(sqlite_url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "answer_too_large")
+    assert "approval" in first["feedback"] and "delete pkg/old.py" in first["feedback"]
+    assert second["stop_reason"] == "completed"
+    assert branch_files(tmp_path / "ws") == ["pkg/mod.py"]
 
 
 def test_an_approved_change_is_checked_again_where_it_is_applied(

@@ -40,6 +40,21 @@ def _args(tape: Path) -> list[str]:
     return ["--run-id", RUN, "--phase-id", "p1", "--auditor", "rules", "--cassette", str(tape)]
 
 
+def _drain_approved(tmp_path: Path, url: str, env: dict[str, str], tape: Path, ws: Path) -> None:
+    """Drain phase p1 of ``tape`` in ``ws``, approving the change it asks approval for."""
+    waiting = drain_process("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 90
+    while phase_row(url, "p1")["state"] != "AWAITING_APPROVAL":
+        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
+        time.sleep(0.05)
+    listed = cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout
+    [approval] = json.loads(listed)["items"]
+    decided = cli("approvals", "approve", str(approval["id"]), cwd=tmp_path, env=env)
+    assert decided.returncode == 0, decided.stderr
+    _, err = waiting.communicate(timeout=180)
+    assert "Traceback" not in err, err[-3000:]
+
+
 @pytest.mark.parametrize(
     "check", ["printf 'BROUGHT_BACK = 1\\n' > pkg/old.py", "ln -s /etc/passwd pkg/old.py"]
 )
@@ -58,23 +73,55 @@ def test_a_check_that_brings_back_a_deleted_file_commits_nothing(
         {"files": [{"path": "pkg/mod.py", "content": "NEW = 1\n"}], "delete": ["pkg/old.py"]}
     )
     tape = cassette(tmp_path, [line("p1", 1, answer)])
-    waiting = drain_process("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
-    deadline = time.monotonic() + 90
-    while phase_row(url, "p1")["state"] != "AWAITING_APPROVAL":
-        assert time.monotonic() < deadline and waiting.poll() is None, waiting.communicate()
-        time.sleep(0.05)
-    listed = cli("approvals", "list", "--json", cwd=tmp_path, env=env).stdout
-    [approval] = json.loads(listed)["items"]
-    decided = cli("approvals", "approve", str(approval["id"]), cwd=tmp_path, env=env)
-    assert decided.returncode == 0, decided.stderr
-    _, err = waiting.communicate(timeout=180)
-    assert "Traceback" not in err, err[-3000:]
+    _drain_approved(tmp_path, url, env, tape, ws)
     applied = attempts(url, "p1")[-1]
     assert (applied["outcome"], applied["stop_reason"]) == ("FAILED", "files_replaced_by_checks")
     assert "pkg/old.py" in applied["feedback"]
     assert applied["commit_sha"] is None
     tree = git("ls-tree", "-r", f"autopack/{RUN}", cwd=ws)
     assert "pkg/mod.py" not in tree and "100644 blob" in tree, tree
+
+
+def test_an_approved_file_is_committed_as_written_even_what_looks_like_a_key(
+    tmp_path: Path,
+) -> None:
+    """The approval request was redacted whole, the change it holds too: an approved
+    answer writing a test's fixture key (``sk-ant-api03-...``) was committed with
+    ``[REDACTED]`` in its place, the Builder's file altered, while the same answer needing
+    no approval was committed as written."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/old.py": "OLD = 1\n"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    fixture = 'FIXTURE_KEY = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789"\n'
+    written = [{"path": "pkg/mod.py", "content": fixture}, {"path": "pkg/old.py", "content": "2"}]
+    tape = cassette(tmp_path, [line("p1", 1, json.dumps({"files": written}))])
+    _drain_approved(tmp_path, url, env, tape, ws)
+    assert attempts(url, "p1")[-1]["outcome"] == "COMPLETE"
+    assert on_branch(ws, "pkg/mod.py") == fixture
+    assert on_branch(ws, "pkg/old.py") == "2"
+
+
+def test_files_git_cannot_commit_as_the_answer_asks_are_feedback(tmp_path: Path) -> None:
+    """An answer wrote a ``.gitattributes`` saying its ``.py`` files are UTF-16, and git
+    refused to add them (no byte order mark). The attempt ended ``git_error`` with git's
+    words for the log only: the next attempt's Builder was told nothing and wrote the same.
+    Git's words are its feedback."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"README": "hi\n"})
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    mod = {"path": "pkg/mod.py", "content": "M = 1\n"}
+    utf16 = {"path": "pkg/.gitattributes", "content": "*.py working-tree-encoding=UTF-16\n"}
+    first_answer = line("p1", 1, json.dumps({"files": [utf16, mod]}))
+    tape = cassette(tmp_path, [first_answer, line("p1", 2, json.dumps({"files": [mod]}))])
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_error")
+    assert "working-tree-encoding" in (first["feedback"] or "")
+    assert second["outcome"] == "COMPLETE"
+    assert on_branch(ws, "pkg/mod.py") == "M = 1\n"
 
 
 def test_a_file_written_inside_a_submodule_is_feedback_not_a_git_error(tmp_path: Path) -> None:

@@ -115,6 +115,19 @@ def clipped(text: str | None, limit: int = TEXT_MAX) -> str | None:
     return text[:head] + mark(len(text) - keep) + text[len(text) - (keep - head) :]
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""C0 controls but tab and newline, DEL, and the C1 controls (``\\x9b`` is a CSI too)."""
+
+
+def spelled_controls(text: str) -> str:
+    """``text`` with each control character but tab and newline spelled ``\\x1b``, and
+    carriage returns dropped: text from outside (a Builder's summary, a check's output)
+    shown on a terminal, by Autopack or by ``git log``, is then never obeyed by it
+    (``ESC ] 0 ;`` retitles it, ``ESC [ 2 J`` erases it, ``ESC ] 52 ;`` writes the
+    clipboard in many terminals)."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text.replace("\r", ""))
+
+
 def is_utf8(text: str) -> bool:
     """Whether ``text`` came from valid UTF-8 (Python keeps undecodable bytes of argv and
     the environment as lone surrogates, which no file, URL or database can hold)."""

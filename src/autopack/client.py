@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from autopack import redact
 from autopack.bounds import ID_PATTERN
 from autopack.contract import (
     ApprovalCreated,
@@ -299,9 +300,15 @@ class ApiClient(Transport):
         return self._call(ResultAnswer, "POST", path, retry_for=retry_for, **body)
 
     def request_approval(self, run_id: str, phase_id: str, request: ApprovalIn) -> ApprovalCreated:
-        """Park the phase for a human; the lease is released (stop heartbeating)."""
+        """Park the phase for a human; the lease is released (stop heartbeating).
+
+        The reason is redacted; the context is not: it holds the change to apply once
+        approved, and redacted, an approved file holding what looks like a key (a test's
+        fixture ``sk-ant-api03-...``) was committed with ``[REDACTED]`` in its place, while
+        the same answer needing no approval was committed as written."""
         path = f"{_phase_path(run_id, phase_id)}/approvals"
-        body = self._body(request, redacted=True)
+        said = request.model_copy(update={"reason": redact.text(request.reason)})
+        body = self._body(said)
         return self._call(ApprovalCreated, "POST", path, retry_for=self.retry_seconds, **body)
 
     # -- approvals ----------------------------------------------------------------------------

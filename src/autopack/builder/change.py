@@ -20,6 +20,7 @@ after a human approves: those are listed in :attr:`Change.needs_approval`.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import posixpath
 import unicodedata
@@ -29,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from autopack import paths
-from autopack.bounds import JSON_ITEMS_MAX
+from autopack.bounds import JSON_ITEMS_MAX, MAX_BODY_BYTES
 from autopack.builder.output import BuilderOutput, BuilderRejected
 from autopack.rundef import Scope
 
@@ -41,6 +42,17 @@ approval's context, at up to five JSON values a path, which refuses more than
 ``JSON_ITEMS_MAX``: 30,000 empty files and one overwrite ended the attempt
 ``executor_error`` (a ValidationError of the approval request) after the whole answer was
 planned. Counted before any path is looked at, it is ``answer_too_large`` feedback."""
+MAX_PATHS_BYTES = 4 * 1024 * 1024
+"""How long one answer's paths may be together, as the attempt's result lists them (JSON,
+each character outside ASCII escaped). Only their number was bounded: 5,000 paths of
+3,800 bytes made the result over the API's ``MAX_BODY_BYTES``, refused (413) after the
+commit was made, and the drain stopped with the phase handed back, at every try."""
+MAX_HELD_BYTES = MAX_BODY_BYTES - 64 * 1024
+"""How large a change needing approval may be as the approval request holds it (JSON,
+each character outside ASCII escaped: a control character six bytes), leaving room for the
+rest of the request. Only the files' UTF-8 bytes were bounded: 4 MB of them made a request
+over the API's ``MAX_BODY_BYTES``, refused (413), and the attempt ended ``executor_error``
+with no word to the Builder."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +314,12 @@ def plan_change(
             f"Your answer touches {len(output.paths)} files; one answer may write, edit or "
             f"delete at most {MAX_ANSWER_PATHS}. Write fewer files.",
         )
+    if (listed := len(json.dumps(output.paths))) > MAX_PATHS_BYTES:
+        raise BuilderRejected(
+            "answer_too_large",
+            f"Your answer's paths add up to {listed} bytes; one answer's may add up to at "
+            f"most {MAX_PATHS_BYTES}. Write fewer files, or give them shorter paths.",
+        )
     contents: dict[str, str] = {}
     existed: dict[str, bool] = {}
 
@@ -380,9 +398,18 @@ def plan_change(
         for path in contents
         if existed[path] and path not in deliverables
     ]
-    return Change(
+    change = Change(
         writes=tuple(PlannedWrite(p, c, existed[p]) for p, c in contents.items()),
         deletes=deletes,
         needs_approval=tuple(needs_approval),
         summary=output.summary,
     )
+    if needs_approval and (held := len(json.dumps(change.to_json()))) > MAX_HELD_BYTES:
+        raise BuilderRejected(
+            "answer_too_large",
+            f"Your answer needs a person's approval ({needs_approval[0]}), and the change "
+            f"to approve would be {held} bytes as JSON; at most {MAX_HELD_BYTES} can be held "
+            "for approval. Write fewer or smaller files, or leave files that are not "
+            "deliverables alone.",
+        )
+    return change

@@ -11,21 +11,14 @@ secrets out (:mod:`autopack.redact`): a proxy's error page may quote the request
 
 from __future__ import annotations
 
-import re
-
 from rich.markup import escape as escape_markup
 
 from autopack import redact
-
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-"""C0 controls but tab and newline, DEL, and the C1 controls (``\\x9b`` is a CSI too)."""
+from autopack.bounds import spelled_controls
 
 
 def escape(text: str) -> str:
     """``text`` redacted, with its markup escaped and each control character spelled
     ``\\x1b`` (a carriage return, which Rich dropped before, is dropped: CRLF output stays
     clean)."""
-    visible = _CONTROL.sub(
-        lambda found: f"\\x{ord(found.group()):02x}", redact.text(text).replace("\r", "")
-    )
-    return escape_markup(visible)
+    return escape_markup(spelled_controls(redact.text(text)))

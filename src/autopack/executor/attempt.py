@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from autopack.bounds import clipped
+from autopack.bounds import clipped, spelled_controls
 from autopack.builder.auditor import (
     AUDITOR_SYSTEM,
     audit_rules,
@@ -221,9 +221,10 @@ class Attempt:
             return exc
         except (LeaseLost, ServerUnavailable, ProviderUnusable):
             raise
-        except GitError as exc:
-            self.s.repository.check_present(exc)
-            return failed("git_error", error=exc.message)
+        except GitError as exc:  # git's words to the Builder too: the answer may be the cause
+            self.s.repository.check_present(exc)  # (a .gitattributes its files break)
+            said = f"git could not record your answer: {clipped(exc.message, 2000)}"
+            return failed("git_error", error=exc.message, feedback=said)
         except Exception as exc:  # a bug or an environment failure: record it, don't die
             log_event(
                 logger,
@@ -490,8 +491,12 @@ class Attempt:
     def _message(self) -> str:
         claim = self.claim
         message = f"autopack: {claim.phase_id} ({claim.run_id}, attempt {claim.attempt})"
-        if self.summary:  # git commit-tree refuses a message holding a NUL byte
-            message += "\n\n" + self.summary.replace("\x00", "")
+        if self.summary:
+            # No larger than a file may be, its control characters spelled: a 20 MB summary
+            # made a 20 MB commit (only files were bounded), and ESC ] 0 ; or ESC [ 2 J in it
+            # retitled or erased the terminal of whoever ran `git log` on the branch.
+            kept = clipped(self.summary, self.o.max_file_bytes) or ""
+            message += "\n\n" + spelled_controls(kept)
         return (
             f"{message}\n\nAutopack-Run: {claim.run_id}\nAutopack-Phase: {claim.phase_id}\n"
             f"Autopack-Attempt: {claim.attempt}\nAutopack-Worker: {self.o.worker_id}\n"
