@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +96,23 @@ def test_a_live_server_reporting_such_a_cost_still_answers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "usage"),
+    ("kind", "usage", "said"),
     [
-        (ANTHROPIC, {"input_tokens": True, "output_tokens": True}),
-        (OPENAI, {"prompt_tokens": True, "completion_tokens": 5}),
+        (ANTHROPIC, {"input_tokens": True, "output_tokens": True}, "usage.input_tokens"),
+        (OPENAI, {"prompt_tokens": True, "completion_tokens": 5}, "usage.prompt_tokens"),
+        (ANTHROPIC, {"input_tokens": 10, "output_tokens": 1e30}, "usage.output_tokens"),
+        (OPENAI, {"prompt_tokens": math.nan, "completion_tokens": 5}, "usage.prompt_tokens"),
     ],
 )
-def test_boolean_token_counts_are_malformed_not_counted(kind: str, usage: dict[str, Any]) -> None:
+def test_token_counts_that_are_no_counts_are_malformed_not_counted(
+    kind: str, usage: dict[str, Any], said: str
+) -> None:
+    """Reported, but not as a count: said as such (it was "no usage…: the server must
+    report usage", as if the server had sent none)."""
     with pytest.raises(LLMError) as caught:
         parse(kind, body(kind, usage=usage))
     assert caught.value.error_class == "MalformedResponse"
-    assert "usage" in caught.value.message
+    assert f"{said} is not a token count" in caught.value.message, caught.value.message
 
 
 COUNTED = {"input_tokens": 10, "output_tokens": 5}

@@ -150,10 +150,12 @@ def _usage_of(
     """The body's ``usage``, once it reports ``counts`` as integers (the server must report
     usage: it is never counted as zero)."""
     usage = data.get("usage")
-    if not isinstance(usage, Mapping) or not all(
-        isinstance(usage.get(k), int) and not isinstance(usage.get(k), bool) for k in counts
-    ):
+    if not isinstance(usage, Mapping) or not all(k in usage for k in counts):
         raise bad(f"no usage.{'/'.join(counts)} (the server must report usage)")
+    for key in counts:  # reported, but as no count (1e30, NaN, "12", true): said as such
+        value = usage[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad(f"usage.{key} is not a token count (got {str(value)[:40]!r})")
     return usage
 
 
