@@ -235,6 +235,39 @@ def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) 
     assert (tmp_path / "cache" / "worktrees").is_dir()
 
 
+@pytest.mark.parametrize("where", ["a file", "below a file", "a FIFO", "a name too long"])
+def test_a_cache_directory_that_can_be_no_directory_is_an_invalid_setting(
+    tmp_path: Path, where: str
+) -> None:
+    """AUTOPACK_CACHE_DIR naming a file, a FIFO, a path below a file or a name longer than
+    the file system holds: the drain raised OSError with a traceback (exit 1) making its
+    worktrees' directory. It is an invalid setting now, exit 2 naming it, the phase still
+    queued."""
+    url = _sqlite(tmp_path)
+    blocker = tmp_path / "blocker"
+    if where == "a FIFO":
+        os.mkfifo(blocker)
+    else:
+        blocker.write_text("not a directory\n")
+    cache = {
+        "a file": blocker,
+        "below a file": blocker / "cache",
+        "a FIFO": blocker,
+        "a name too long": tmp_path / ("c" * 300),
+    }[where]
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said[-3000:]
+    assert "Traceback" not in said
+    assert "invalid setting: AUTOPACK_CACHE_DIR" in said, said[-3000:]
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+    assert attempts(url, "p1") == []
+
+
 @pytest.mark.parametrize("check", ["rm pkg/mod.py", "ln -sf /etc/passwd pkg/mod.py"])
 def test_a_check_that_removes_or_links_a_written_file_commits_neither(
     tmp_path: Path, check: str

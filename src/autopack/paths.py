@@ -114,6 +114,30 @@ def absolute(path: Path, what: str) -> Path:
     return found
 
 
+def not_a_directory(path: Path) -> str | None:
+    """Why ``path`` can never be a directory Autopack creates or uses (a name longer than
+    the file system holds, a FIFO or file at it or in place of one of its parents), or
+    None when it is one or can be made one. ``mkdir(parents=True)`` on such a path raised
+    ``OSError`` with a traceback at the first attempt that needed it."""
+    for place in (path, *path.parents):
+        try:
+            found = place.stat()
+        except FileNotFoundError:
+            continue  # made when needed, if its parents allow
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                continue  # a parent is no directory: said when the walk reaches it
+            return f"cannot be looked at: {exc.strerror}"
+        if stat.S_ISDIR(found.st_mode):
+            return None
+        kind = "a FIFO" if stat.S_ISFIFO(found.st_mode) else "a file"
+        kind = "a device" if stat.S_ISCHR(found.st_mode) or stat.S_ISBLK(found.st_mode) else kind
+        if place != path:
+            return f"cannot be made a directory: {place} above it is {kind}"
+        return f"is {kind}, not a directory"
+    return None
+
+
 def resolved(root: Path, path: str) -> str | None:
     """The normalized ``path`` under ``root`` as the file system resolves it (following
     every symlink that exists), relative to ``root``; None when that leaves ``root``."""
