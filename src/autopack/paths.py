@@ -130,12 +130,47 @@ def not_a_directory(path: Path) -> str | None:
             return f"cannot be looked at: {exc.strerror}"
         if stat.S_ISDIR(found.st_mode):
             return None
-        kind = "a FIFO" if stat.S_ISFIFO(found.st_mode) else "a file"
-        kind = "a device" if stat.S_ISCHR(found.st_mode) or stat.S_ISBLK(found.st_mode) else kind
+        kind = "a file" if stat.S_ISREG(found.st_mode) else _kind(found.st_mode)
         if place != path:
             return f"cannot be made a directory: {place} above it is {kind}"
         return f"is {kind}, not a directory"
     return None
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why a regular file can never be written at ``path`` (a directory, FIFO or device
+    there, a parent that can be no directory, a name longer than the file system holds),
+    or None. Asked before work whose result goes there is done: a FIFO waits for a reader
+    forever, and the rest failed only once there was something to write."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        if len(path.name.encode()) > MAX_NAME_BYTES:
+            return f"has a name longer than {MAX_NAME_BYTES} bytes"
+        return _in_no_directory(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            return _in_no_directory(path)
+        return f"cannot be looked at: {exc.strerror}"
+    if stat.S_ISREG(found.st_mode):
+        return None
+    return f"is {_kind(found.st_mode)}, not a regular file"
+
+
+def _in_no_directory(path: Path) -> str | None:
+    problem = not_a_directory(path.parent)
+    return problem and f"is in {path.parent}, which {problem}"
+
+
+def _kind(mode: int) -> str:
+    """A file that is no regular file, in words."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def resolved(root: Path, path: str) -> str | None:
