@@ -268,6 +268,44 @@ def test_a_cache_directory_that_can_be_no_directory_is_an_invalid_setting(
     assert attempts(url, "p1") == []
 
 
+def test_a_file_where_the_cache_keeps_worktrees_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """A file where the cache keeps the attempts' worktrees (``CACHE/worktrees``): the
+    drain raised NotADirectoryError with a traceback (exit 1). Now exit 2 naming the path
+    and AUTOPACK_CACHE_DIR, the phase still queued."""
+    url = _sqlite(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "worktrees").write_text("not a directory\n")
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said[-3000:]
+    assert "Traceback" not in said
+    assert f"cannot be made a directory: {cache / 'worktrees'} above it is a file" in said, said
+    assert "AUTOPACK_CACHE_DIR" in said
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+
+
+def test_a_fifo_where_the_cache_remembers_workspaces_is_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO where the cache remembers a run's workspaces (``CACHE/workspaces/RUN``):
+    reading it waited for a writer, so the drain hung before its first attempt. What the
+    cache cannot tell is only a convenience lost: the drain completes."""
+    url = _sqlite(tmp_path)
+    cache = tmp_path / "cache"
+    (cache / "workspaces").mkdir(parents=True)
+    os.mkfifo(cache / "workspaces" / "exec-run")
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+
+
 @pytest.mark.parametrize("check", ["rm pkg/mod.py", "ln -sf /etc/passwd pkg/mod.py"])
 def test_a_check_that_removes_or_links_a_written_file_commits_neither(
     tmp_path: Path, check: str
