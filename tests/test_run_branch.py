@@ -268,24 +268,31 @@ def test_a_cache_directory_that_can_be_no_directory_is_an_invalid_setting(
     assert attempts(url, "p1") == []
 
 
-def test_a_file_where_the_cache_keeps_worktrees_is_named_not_a_traceback(tmp_path: Path) -> None:
-    """A file where the cache keeps the attempts' worktrees (``CACHE/worktrees``): the
-    drain raised NotADirectoryError with a traceback (exit 1). Now exit 2 naming the path
-    and AUTOPACK_CACHE_DIR, the phase still queued."""
+@pytest.mark.parametrize("inside", ["worktrees", "repos"])
+def test_a_file_where_the_cache_keeps_a_directory_is_named_not_a_traceback(
+    tmp_path: Path, inside: str
+) -> None:
+    """A file where the cache keeps the attempts' worktrees (``CACHE/worktrees``), or its
+    clones of a ``--repo`` (``CACHE/repos``): the drain raised NotADirectoryError or
+    FileExistsError with a traceback (exit 1). Now exit 2 naming the path and
+    AUTOPACK_CACHE_DIR, the phase still queued."""
     url = _sqlite(tmp_path)
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "worktrees").write_text("not a directory\n")
+    (cache / inside).write_text("not a directory\n")
     env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
-    ws = repository(tmp_path / "ws")
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
     tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
-    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    args = _args(repository(tmp_path / "ws"), tape, phase_id="p1")
+    if inside == "repos":
+        subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
+        args = [*args[: args.index("--workspace")], "--repo", str(tmp_path / "remote.git")]
+    done = drain(*args, env=env, cwd=tmp_path)
     said = " ".join(done.stderr.split())
     assert done.returncode == 2, said[-3000:]
     assert "Traceback" not in said
-    assert f"cannot be made a directory: {cache / 'worktrees'} above it is a file" in said, said
-    assert "AUTOPACK_CACHE_DIR" in said
+    assert "the cache cannot keep" in said and f"{cache / inside} " in said, said[-3000:]
+    assert "is a file" in said and "AUTOPACK_CACHE_DIR" in said
     assert phase_row(url, "p1")["state"] == "QUEUED"
 
 

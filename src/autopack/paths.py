@@ -137,6 +137,21 @@ def not_a_directory(path: Path) -> str | None:
     return None
 
 
+def cache_directory(path: Path, keeps: str) -> Path:
+    """``path``, a directory of Autopack's cache that keeps ``keeps``, made when missing. A
+    file or FIFO in its place (or above it) raised ``OSError`` with a traceback from the
+    first drain that needed it: a ConfigError naming it and the setting instead."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = not_a_directory(path) or f"cannot be made: {exc.strerror}"
+        raise ConfigError(
+            f"the cache cannot keep {keeps}: {path} {problem} (move it out of the way, or "
+            "set AUTOPACK_CACHE_DIR to another directory)"
+        ) from None
+    return path
+
+
 def not_a_file(path: Path) -> str | None:
     """Why a regular file can never be written at ``path`` (a directory, FIFO or device
     there, a parent that can be no directory, a name longer than the file system holds),

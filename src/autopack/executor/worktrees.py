@@ -26,11 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autopack.errors import ConfigError
 from autopack.executor.git import git, out
 from autopack.executor.repository import IntegrationConflict, RunRepository
 from autopack.logs import log_event
-from autopack.paths import not_a_directory
+from autopack.paths import cache_directory
 
 logger = logging.getLogger("autopack.executor.worktrees")
 
@@ -205,18 +204,8 @@ class Worktrees:
         """Names this pool's slots. Not the pid alone: executors in containers sharing a
         cache volume are all pid 1, and each took the other's live slot for a leftover of
         its own and removed it mid-attempt."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-            self._alive = os.open(self.root / f"alive-{self._owner}", flags, 0o644)
-        except OSError as exc:
-            # a file or FIFO where the cache keeps its worktrees: a traceback before any
-            # claim; said as the cache it is, with the way out
-            problem = not_a_directory(self.root) or f"cannot be used: {exc.strerror}"
-            raise ConfigError(
-                f"the cache cannot keep the attempts' worktrees: {self.root} {problem} (move "
-                "it out of the way, or set AUTOPACK_CACHE_DIR to another directory)"
-            ) from None
+        cache_directory(self.root, "the attempts' worktrees")
+        self._alive = os.open(self.root / f"alive-{self._owner}", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._alive, fcntl.LOCK_SH)  # held while this process lives
         self._sweep()
 
