@@ -7,6 +7,7 @@ stale executor's are not, a failed attempt never touched anyone else's files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -268,22 +269,26 @@ def test_a_cache_directory_that_can_be_no_directory_is_an_invalid_setting(
     assert attempts(url, "p1") == []
 
 
-@pytest.mark.parametrize("inside", ["worktrees", "repos"])
+@pytest.mark.parametrize("inside", ["worktrees", "repos", "kept"])
 def test_a_file_where_the_cache_keeps_a_directory_is_named_not_a_traceback(
     tmp_path: Path, inside: str
 ) -> None:
     """A file where the cache keeps the attempts' worktrees (``CACHE/worktrees``), or its
     clones of a ``--repo`` (``CACHE/repos``): the drain raised NotADirectoryError or
-    FileExistsError with a traceback (exit 1). Now exit 2 naming the path and
-    AUTOPACK_CACHE_DIR, the phase still queued."""
+    FileExistsError with a traceback (exit 1); where it keeps failed attempts' worktrees
+    (``kept``), once an attempt had failed. Now exit 2 naming the path and
+    AUTOPACK_CACHE_DIR before anything is claimed, the phase still queued."""
     url = _sqlite(tmp_path)
     cache = tmp_path / "cache"
-    cache.mkdir()
+    ws = tmp_path / "ws"
+    if inside == "kept":  # the pool of the workspace's worktrees (Worktrees.root) holds it
+        inside = f"worktrees/ws-{hashlib.sha256(str(ws).encode()).hexdigest()[:8]}/kept"
+    (cache / inside).parent.mkdir(parents=True)
     (cache / inside).write_text("not a directory\n")
     env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
     tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
-    args = _args(repository(tmp_path / "ws"), tape, phase_id="p1")
+    args = _args(repository(ws), tape, phase_id="p1")
     if inside == "repos":
         subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
         args = [*args[: args.index("--workspace")], "--repo", str(tmp_path / "remote.git")]

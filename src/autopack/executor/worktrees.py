@@ -205,6 +205,7 @@ class Worktrees:
         cache volume are all pid 1, and each took the other's live slot for a leftover of
         its own and removed it mid-attempt."""
         cache_directory(self.root, "the attempts' worktrees")
+        cache_directory(self.kept, "failed attempts' worktrees")  # before one fails, not after
         self._alive = os.open(self.root / f"alive-{self._owner}", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._alive, fcntl.LOCK_SH)  # held while this process lives
         self._sweep()
