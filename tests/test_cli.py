@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,22 @@ def test_a_sqlite_path_the_file_system_cannot_hold_is_named_without_a_traceback(
     assert "Traceback" not in said
     assert "invalid setting: DATABASE_URL" in said and "File name too long" in said, said[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [("run", "list"), ("db", "init"), ("doctor",)])
+def test_a_sqlite_path_naming_a_fifo_is_named_as_no_file(
+    args: tuple[str, ...], tmp_path: Path
+) -> None:
+    """A SQLite path naming a FIFO (or a device, a socket) was handed to SQLite, which
+    answered "disk I/O error" (for ``/dev/null``, after writing ``/dev/null-journal``):
+    the setting is now refused where every command resolves it, exit 2, naming what the
+    path is, and nothing is written beside it."""
+    fifo = tmp_path / "autopack.db"
+    os.mkfifo(fifo)
+    result = cli(*args, cwd=tmp_path, env=clean_env(DATABASE_URL=f"sqlite:///{fifo}"))
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, said[-2000:]
+    assert "Traceback" not in said
+    assert "invalid setting: DATABASE_URL" in said, said[-2000:]
+    assert "is a FIFO (named pipe), not a regular file" in said, said[-2000:]
+    assert list(tmp_path.iterdir()) == [fifo]

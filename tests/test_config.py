@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -292,6 +293,21 @@ def test_a_dotenv_that_cannot_be_read_as_written_is_refused_naming_it(
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert str(env_file) in result.stderr and complaint in result.stderr, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [".env"], "no database made elsewhere"
+
+
+def test_a_dotenv_that_is_a_fifo_is_refused_naming_it_not_waited_on(tmp_path: Path) -> None:
+    """A ``.env`` that is a named pipe: python-dotenv opens FIFOs, and with no writer every
+    command (``run list``, ``config show``, ``doctor``) waited forever. It is refused now,
+    exit 2 naming it (settings read a .env more than once: a pipe holds it only once)."""
+    env_file = tmp_path / ".env"
+    os.mkfifo(env_file)
+    for args in (["run", "list"], ["config", "show"], ["doctor"]):
+        result = cli(*args, cwd=tmp_path, env=clean_env(), timeout=30)
+        said = " ".join(result.stderr.split())
+        assert result.returncode == 2, (args, said[-2000:])
+        assert "Traceback" not in said
+        assert f"{env_file} is a FIFO (named pipe), not a file" in said, said[-2000:]
     assert [p.name for p in tmp_path.iterdir()] == [".env"], "no database made elsewhere"
 
 

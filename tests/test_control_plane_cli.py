@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -516,6 +517,36 @@ def test_a_relative_repository_is_next_to_the_real_file_and_a_pipe_has_none(
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert "Traceback" not in refused.stderr
         assert f"repository: {repository!r}" in refused.stderr and why in refused.stderr
+
+
+def test_a_named_pipe_as_run_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """`run create run.yaml` where run.yaml is a FIFO nothing writes to waited forever
+    (opening a FIFO blocks until a writer comes). It is refused, exit 2 naming it; a pipe
+    the shell hands over (`cat run.yaml | autopack run create /dev/stdin`) is still read."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'autopack.db'}")
+    fifo = tmp_path / "run.yaml"
+    os.mkfifo(fifo)
+    refused = cli("run", "create", str(fifo), cwd=tmp_path, env=env, timeout=30)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2, said[-2000:]
+    assert "Traceback" not in said
+    assert f"run file {fifo} is a named pipe (FIFO)" in said, said[-2000:]
+    (tmp_path / "real.yaml").write_text(yaml.safe_dump(definition("piped", [("T1", ["a"])])))
+    piped = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"cat real.yaml | {shlex.quote(sys.executable)} -m autopack run create /dev/stdin",
+        ],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert "created run piped" in piped.stdout
 
 
 NOT_A_REPOSITORY = {

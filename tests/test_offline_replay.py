@@ -11,8 +11,11 @@ run refuses before it claims anything.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.executor_support import (
     attempts,
@@ -27,6 +30,7 @@ from tests.executor_support import (
     rows,
     run_file,
 )
+from tests.fakes.llm_wire import ANTHROPIC_PATH, Reply, WireServer, anthropic_message
 from tests.support import cli
 
 GOOD = files(mod_py="VALUE = 42\n")
@@ -187,3 +191,36 @@ def test_a_missing_check_program_fails_once_with_check_unavailable(tmp_path: Pat
         assert program in only["error"]
         assert phase_row(url, phase_id)["state"] == "FAILED"
     assert not (tmp_path / "ws/pkg/mod.py").exists()  # undone like any failed attempt
+
+
+@pytest.mark.parametrize("where", ["a FIFO", "a directory", "below a file"])
+def test_a_record_path_no_cassette_can_be_written_at_is_refused_before_any_call(
+    tmp_path: Path, where: str
+) -> None:
+    """``--record`` naming a directory or a path below a file: the live call was made and
+    paid for, then the append failed and the phase FAILED with ``executor_error``; a FIFO
+    waited for a reader forever, the phase held. Refused now before anything is claimed
+    or called, exit 2 naming the flag."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, ANTHROPIC_API_KEY="test-key-record")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"], max_attempts=1)]), env, tmp_path)
+    tape = {"a FIFO": tmp_path / "tape", "a directory": tmp_path, "below a file": tmp_path / "f/t"}
+    if where == "a FIFO":
+        os.mkfifo(tape[where])
+    (tmp_path / "f").write_text("a file\n")
+    with WireServer() as wire:
+        wire.respond = lambda seen: Reply(200, anthropic_message(GOOD))
+        refused = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+            *("--workspace", str(tmp_path / "ws"), "--record", str(tape[where])),
+            env={**env, "ANTHROPIC_BASE_URL": wire.url},
+            cwd=tmp_path,
+            timeout=60,
+        )
+        called = wire.seen(ANTHROPIC_PATH)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2, said[-3000:]
+    assert "Traceback" not in said
+    assert f"--record {tape[where]} " in said, said[-3000:]
+    assert called == []
+    assert phase_row(url, "p1")["state"] == "QUEUED" and attempts(url, "p1") == []

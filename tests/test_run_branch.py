@@ -7,6 +7,7 @@ stale executor's are not, a failed attempt never touched anyone else's files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -234,6 +235,88 @@ def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) 
     assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
     assert git("status", "--porcelain", "--ignored", cwd=ws) == "", "the workspace is untouched"
     assert (tmp_path / "cache" / "worktrees").is_dir()
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file", "a FIFO", "a name too long"])
+def test_a_cache_directory_that_can_be_no_directory_is_an_invalid_setting(
+    tmp_path: Path, where: str
+) -> None:
+    """AUTOPACK_CACHE_DIR naming a file, a FIFO, a path below a file or a name longer than
+    the file system holds: the drain raised OSError with a traceback (exit 1) making its
+    worktrees' directory. It is an invalid setting now, exit 2 naming it, the phase still
+    queued."""
+    url = _sqlite(tmp_path)
+    blocker = tmp_path / "blocker"
+    if where == "a FIFO":
+        os.mkfifo(blocker)
+    else:
+        blocker.write_text("not a directory\n")
+    cache = {
+        "a file": blocker,
+        "below a file": blocker / "cache",
+        "a FIFO": blocker,
+        "a name too long": tmp_path / ("c" * 300),
+    }[where]
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said[-3000:]
+    assert "Traceback" not in said
+    assert "invalid setting: AUTOPACK_CACHE_DIR" in said, said[-3000:]
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+    assert attempts(url, "p1") == []
+
+
+@pytest.mark.parametrize("inside", ["worktrees", "repos", "kept"])
+def test_a_file_where_the_cache_keeps_a_directory_is_named_not_a_traceback(
+    tmp_path: Path, inside: str
+) -> None:
+    """A file where the cache keeps the attempts' worktrees (``CACHE/worktrees``), or its
+    clones of a ``--repo`` (``CACHE/repos``): the drain raised NotADirectoryError or
+    FileExistsError with a traceback (exit 1); where it keeps failed attempts' worktrees
+    (``kept``), once an attempt had failed. Now exit 2 naming the path and
+    AUTOPACK_CACHE_DIR before anything is claimed, the phase still queued."""
+    url = _sqlite(tmp_path)
+    cache = tmp_path / "cache"
+    ws = tmp_path / "ws"
+    if inside == "kept":  # the pool of the workspace's worktrees (Worktrees.root) holds it
+        inside = f"worktrees/ws-{hashlib.sha256(str(ws).encode()).hexdigest()[:8]}/kept"
+    (cache / inside).parent.mkdir(parents=True)
+    (cache / inside).write_text("not a directory\n")
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    args = _args(repository(ws), tape, phase_id="p1")
+    if inside == "repos":
+        subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
+        args = [*args[: args.index("--workspace")], "--repo", str(tmp_path / "remote.git")]
+    done = drain(*args, env=env, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said[-3000:]
+    assert "Traceback" not in said
+    assert "the cache cannot keep" in said and f"{cache / inside} " in said, said[-3000:]
+    assert "is a file" in said and "AUTOPACK_CACHE_DIR" in said
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+
+
+def test_a_fifo_where_the_cache_remembers_workspaces_is_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO where the cache remembers a run's workspaces (``CACHE/workspaces/RUN``):
+    reading it waited for a writer, so the drain hung before its first attempt. What the
+    cache cannot tell is only a convenience lost: the drain completes."""
+    url = _sqlite(tmp_path)
+    cache = tmp_path / "cache"
+    (cache / "workspaces").mkdir(parents=True)
+    os.mkfifo(cache / "workspaces" / "exec-run")
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
 
 
 @pytest.mark.parametrize("check", ["rm pkg/mod.py", "ln -sf /etc/passwd pkg/mod.py"])

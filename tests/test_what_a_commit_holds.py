@@ -296,3 +296,27 @@ def test_a_name_differing_only_in_unicode_form_is_feedback(tmp_path: Path) -> No
     assert "Unicode form" in first["feedback"]
     assert second["outcome"] == "COMPLETE"
     assert git("ls-tree", "-r", "--name-only", "-z", f"autopack/{RUN}", cwd=ws).count("caf") == 1
+
+
+def test_a_deliverable_written_in_another_unicode_form_is_named_so(tmp_path: Path) -> None:
+    """The run file names ``pkg/café.py`` composed (NFC) and the answer writes it
+    decomposed (NFD): the feedback said ``missing: 'pkg/café.py'``, which prints the same
+    as what was written, so the Builder had nothing to change. Both spellings are shown
+    escaped now, and the retry that writes the deliverable's spelling completes."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    composed = unicodedata.normalize("NFC", "pkg/café.py")
+    decomposed = unicodedata.normalize("NFD", composed)
+    create_run(run_file(tmp_path, [phase("p1", [composed])]), env, tmp_path)
+    answers = [
+        json.dumps({"files": [{"path": p, "content": "C = 1\n"}]}) for p in (decomposed, composed)
+    ]
+    tape = cassette(tmp_path, [line("p1", 1, answers[0]), line("p1", 2, answers[1])])
+    done = drain("phase", *_args(tape), "--workspace", str(ws), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = attempts(url, "p1")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "missing_deliverable")
+    assert ascii(decomposed) in first["feedback"] and ascii(composed) in first["feedback"]
+    assert second["outcome"] == "COMPLETE"
+    assert on_branch(ws, composed) == "C = 1\n"

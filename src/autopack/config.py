@@ -55,6 +55,7 @@ from autopack.envfile import (
 )
 from autopack.errors import ConfigError
 from autopack.field_errors import short_value
+from autopack.paths import not_a_directory
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
 MIN_TOKEN_LENGTH = 16
@@ -270,8 +271,13 @@ class Settings(BaseSettings):
         repository, so a relative cache (``AUTOPACK_CACHE_DIR=cache``) put the attempts'
         worktrees inside the person's workspace while the executor wrote into another,
         empty directory (every attempt failed ``git_error``), and one starting with ``-``
-        reached ``git worktree add`` as an option."""
-        return Path(os.path.abspath(value.expanduser()))
+        reached ``git worktree add`` as an option. One that can never be a directory (a
+        file or FIFO at it or above it, a name too long) is refused here, naming the
+        setting: the first drain's attempt raised ``OSError`` with a traceback."""
+        absolute = Path(os.path.abspath(value.expanduser()))
+        if problem := not_a_directory(absolute):  # every attempt's worktree goes in it
+            raise ValueError(f"{absolute} {problem}")
+        return absolute
 
     @field_validator("autopack_api_token", "autopack_worker_token")
     @classmethod

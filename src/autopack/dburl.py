@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from autopack.paths import file_kind
 
 
 def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
@@ -95,13 +98,21 @@ def _refuse_another_sqlite_database(url: URL) -> None:
 def _refuse_a_path_never_a_file(path: Path) -> None:
     """Refuse a path the file system cannot hold (a name longer than it allows): every
     command asks whether the file exists, which raised ``OSError`` with a traceback there.
-    A path that merely does not exist yet is fine; ``db init`` may create it."""
+    Refuse a FIFO, device or socket too: SQLite "opened" one (``/dev/null``) and failed
+    with "disk I/O error" after writing ``/dev/null-journal`` beside it. A path that merely
+    does not exist yet is fine (``db init`` may create it); a directory is named as one
+    where the database is opened."""
     try:
-        path.stat()
+        found = path.stat()
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             return  # not there (yet), or a symlink loop: "no database at …" says so
         raise ValueError(f"its file cannot be looked at: {exc.strerror}") from None
+    if not (stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode)):
+        raise ValueError(
+            f"{path} is {file_kind(found.st_mode)}, not a regular file: a SQLite database is a "
+            "file (name one, e.g. sqlite:////path/to/autopack.db)"
+        )
 
 
 def redact_url(url: str) -> str:

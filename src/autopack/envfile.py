@@ -68,9 +68,19 @@ def dotenv_path(cwd: Path | None = None) -> Path:
     """The ``.env`` that applies (the nearest, see :func:`search_directories`); when there
     is none, where it would be looked for first (the working directory)."""
     directories = search_directories(cwd)
-    return next(
-        (d / ".env" for d in directories if (d / ".env").is_file()), directories[0] / ".env"
-    )
+    for directory in directories:
+        candidate = directory / ".env"
+        if candidate.is_fifo():
+            # python-dotenv opens a FIFO: with no writer, every command waited forever,
+            # and settings read the .env more than once (one writer's text each time).
+            raise ConfigError(
+                f"{candidate} is a FIFO (named pipe), not a file: a .env must be a "
+                "regular file; replace it with one or move it out of the way",
+                env_file=str(candidate),
+            )
+        if candidate.is_file():
+            return candidate
+    return directories[0] / ".env"
 
 
 def hidden_database_dotenv(cwd: Path | None = None) -> Path | None:

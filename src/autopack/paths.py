@@ -114,6 +114,80 @@ def absolute(path: Path, what: str) -> Path:
     return found
 
 
+def not_a_directory(path: Path) -> str | None:
+    """Why ``path`` can never be a directory Autopack creates or uses (a name longer than
+    the file system holds, a FIFO or file at it or in place of one of its parents), or
+    None when it is one or can be made one. ``mkdir(parents=True)`` on such a path raised
+    ``OSError`` with a traceback at the first attempt that needed it."""
+    for place in (path, *path.parents):
+        try:
+            found = place.stat()
+        except FileNotFoundError:
+            continue  # made when needed, if its parents allow
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                continue  # a parent is no directory: said when the walk reaches it
+            return f"cannot be looked at: {exc.strerror}"
+        if stat.S_ISDIR(found.st_mode):
+            return None
+        kind = "a file" if stat.S_ISREG(found.st_mode) else file_kind(found.st_mode)
+        if place != path:
+            return f"cannot be made a directory: {place} above it is {kind}"
+        return f"is {kind}, not a directory"
+    return None
+
+
+def cache_directory(path: Path, keeps: str) -> Path:
+    """``path``, a directory of Autopack's cache that keeps ``keeps``, made when missing. A
+    file or FIFO in its place (or above it) raised ``OSError`` with a traceback from the
+    first drain that needed it: a ConfigError naming it and the setting instead."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = not_a_directory(path) or f"cannot be made: {exc.strerror}"
+        raise ConfigError(
+            f"the cache cannot keep {keeps}: {path} {problem} (move it out of the way, or "
+            "set AUTOPACK_CACHE_DIR to another directory)"
+        ) from None
+    return path
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why a regular file can never be written at ``path`` (a directory, FIFO or device
+    there, a parent that can be no directory, a name longer than the file system holds),
+    or None. Asked before work whose result goes there is done: a FIFO waits for a reader
+    forever, and the rest failed only once there was something to write."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        if len(path.name.encode()) > MAX_NAME_BYTES:
+            return f"has a name longer than {MAX_NAME_BYTES} bytes"
+        return _in_no_directory(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            return _in_no_directory(path)
+        return f"cannot be looked at: {exc.strerror}"
+    if stat.S_ISREG(found.st_mode):
+        return None
+    return f"is {file_kind(found.st_mode)}, not a regular file"
+
+
+def _in_no_directory(path: Path) -> str | None:
+    problem = not_a_directory(path.parent)
+    return problem and f"is in {path.parent}, which {problem}"
+
+
+def file_kind(mode: int) -> str:
+    """A file that is no regular file, in words (from its ``st_mode``)."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
 def resolved(root: Path, path: str) -> str | None:
     """The normalized ``path`` under ``root`` as the file system resolves it (following
     every symlink that exists), relative to ``root``; None when that leaves ``root``."""

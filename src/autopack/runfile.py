@@ -10,6 +10,8 @@ in (a relative ``repository`` is relative to it).
 from __future__ import annotations
 
 import json
+import os
+import stat
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from autopack.rundef import RunDefinition, parse_run_definition
 def load_run_file(path: str | Path) -> RunDefinition:
     """Read a ``.yaml``/``.yml``/``.json`` run file (other suffixes: JSON, then YAML)."""
     file = Path(path)
+    _refuse_a_named_pipe(file)
     try:
         with file.open("rb") as stream:  # a pipe (`<(…)`) too, but never more than the API takes
             raw = stream.read(MAX_BODY_BYTES + 1)
@@ -63,6 +66,22 @@ def load_run_file(path: str | Path) -> RunDefinition:
 MAX_FILE_NODES = 2_000_000
 """Values in a parsed run file, aliases counted each time they are used (YAML anchors can
 otherwise expand a small file into billions of values for the validator to walk)."""
+
+
+def _refuse_a_named_pipe(file: Path) -> None:
+    """Refuse a named pipe (``mkfifo run.yaml``): opening one waits until a program opens it
+    for writing, so with none ``run create`` waited forever. A pipe a shell hands over
+    (``<(…)``, ``/dev/stdin`` piped) has its writer already and resolves to no path
+    (``/proc/…/fd/pipe:[…]``), so it is read as before."""
+    try:
+        found = Path(os.path.realpath(file)).stat()
+    except OSError:
+        return  # not there, or no name: opening it says why
+    if stat.S_ISFIFO(found.st_mode):
+        raise InvalidInput(
+            f"run file {file} is a named pipe (FIFO), which waits for a writer: write the "
+            "run to a file, or hand it over as <(command) or on stdin (/dev/stdin)"
+        )
 
 
 def _parse_json(text: str, file: Path) -> Any:

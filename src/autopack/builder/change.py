@@ -222,6 +222,19 @@ def _conflict(
     return BuilderRejected("path_conflict", f"The path {path!r} {problem}.")
 
 
+def _missing(deliverable: str, written: Collection[str]) -> str:
+    """A missing deliverable as the Builder is told it. One its answer wrote in another
+    Unicode form (``e`` + U+0301 for ``é``) or case looks the same when printed, so the
+    retry wrote it the same way again: both spellings are shown escaped."""
+    twin = next((w for w in written if _folded(w) == _folded(deliverable)), None)
+    if twin is None:
+        return repr(deliverable)
+    return (
+        f"{deliverable!r} (your answer writes {twin!a}, which differs from "
+        f"{deliverable!a} only in case or Unicode form: spell it exactly so)"
+    )
+
+
 def _folded(name: str) -> str:
     """``name`` as a case- and normalization-insensitive file system (macOS, Windows)
     tells names apart: ``Mod.py`` is ``mod.py``, and ``café`` composed is ``café``
@@ -388,7 +401,7 @@ def plan_change(
         raise BuilderRejected(
             "missing_deliverable",
             "Every deliverable must appear in your answer with its full path; missing: "
-            + ", ".join(repr(m) for m in missing)
+            + ", ".join(_missing(m, contents) for m in missing)
             + ".",
         )
     deliverables = {posixpath.normpath(d) for d in scope.deliverables}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from autopack.executor.git import git
 from autopack.logs import log_event
+from autopack.paths import read_text_file
 
 logger = logging.getLogger("autopack.executor.repository")
 
@@ -56,8 +57,8 @@ def _record(cache_dir: Path, run_id: str) -> Path:
 def recalled(cache_dir: Path, run_id: str) -> list[Path]:
     """The repositories remembered for ``run_id``, the newest first."""
     try:
-        lines = _record(cache_dir, run_id).read_text().splitlines()
-    except OSError:  # none yet, or the cache is unreadable: nothing to offer
+        lines = read_text_file(_record(cache_dir, run_id)).splitlines()
+    except (OSError, UnicodeDecodeError):  # none yet, unreadable (a FIFO: no hang): none
         return []
     return [Path(line) for line in reversed(lines) if line.strip()]
 
@@ -71,7 +72,9 @@ def remember(cache_dir: Path, run_id: str, workspace: Path) -> None:
     record = _record(cache_dir, run_id)
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # O_NONBLOCK: a FIFO there is refused (ENXIO) instead of waiting for a reader
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK
+        descriptor = os.open(record, flags, 0o644)
         try:
             os.write(descriptor, f"{workspace}\n".encode())
         finally:

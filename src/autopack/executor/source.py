@@ -21,7 +21,7 @@ from autopack.errors import ConfigError
 from autopack.executor.git import git, out
 from autopack.executor.recall import holds
 from autopack.logs import log_event
-from autopack.paths import absolute
+from autopack.paths import absolute, cache_directory
 from autopack.rundef import repository_option
 
 logger = logging.getLogger("autopack.executor.repository")
@@ -192,7 +192,7 @@ def cache_clone(remote: str, cache_dir: Path) -> Path:
     path = cache_path(remote, cache_dir)
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    cache_directory(path.parent, "its clones of remote repositories")
     partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
     git("clone", "--bare", "--quiet", "--", remote, str(partial), cwd=path.parent)
     try:

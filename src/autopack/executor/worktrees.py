@@ -29,6 +29,7 @@ from pathlib import Path
 from autopack.executor.git import git, out
 from autopack.executor.repository import IntegrationConflict, RunRepository
 from autopack.logs import log_event
+from autopack.paths import cache_directory
 
 logger = logging.getLogger("autopack.executor.worktrees")
 
@@ -199,11 +200,12 @@ class Worktrees:
         self._free: list[Path] = []
         self._made = 0
         self._lock = threading.Lock()
-        self.root.mkdir(parents=True, exist_ok=True)
         self._owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         """Names this pool's slots. Not the pid alone: executors in containers sharing a
         cache volume are all pid 1, and each took the other's live slot for a leftover of
         its own and removed it mid-attempt."""
+        cache_directory(self.root, "the attempts' worktrees")
+        cache_directory(self.kept, "failed attempts' worktrees")  # before one fails, not after
         self._alive = self._sign_of_life()
         self._sweep()
 

@@ -54,7 +54,7 @@ from autopack.llm.base import (
     token_count,
 )
 from autopack.llm.responses import WIRE_FORMATS, normalise
-from autopack.paths import read_text_file
+from autopack.paths import not_a_file, read_text_file
 
 Key = tuple[str, str | None, str]
 """(run_id, phase_id, role): the calls answered in file order."""
@@ -366,6 +366,10 @@ class RecordingProvider:
         self.inner = inner
         self.name = inner.name
         self.path = Path(path)
+        # Before any call: a path no line can be appended to failed the attempt after the
+        # live call was paid for (executor_error), and a FIFO hung it.
+        if problem := not_a_file(self.path):
+            raise ConfigError(f"--record {self.path} {problem}: name a cassette file")
         self._lock = _file_lock(self.path)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
