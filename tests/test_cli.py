@@ -211,6 +211,29 @@ def test_doctor_checks_the_estimator_file_a_drain_loads(tmp_path: Path) -> None:
         assert "estimator: " in said and str(path) in said and "AUTOPACK_ESTIMATOR_FILE" in said
 
 
+def test_doctor_checks_the_price_table_a_drain_loads(tmp_path: Path) -> None:
+    """``AUTOPACK_PRICE_TABLE`` naming a moved or broken file, or ``AUTOPACK_FREE_MODELS``
+    naming a priced model: doctor said all was well and every drain then stopped at its
+    start, exit 2. Doctor now fails naming the setting; a good table is named."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    good = cli("doctor", cwd=tmp_path, env=env)
+    assert good.returncode == 0, good.stdout + good.stderr[-2000:]
+    assert "prices: table " in good.stdout and "(bundled)" in good.stdout, good.stdout
+    (tmp_path / "broken.json").write_text('{"version": "mine", "models": {"m": {"input": -1}}}')
+    for setting in (
+        {"AUTOPACK_PRICE_TABLE": str(tmp_path / "gone.json")},
+        {"AUTOPACK_PRICE_TABLE": str(tmp_path / "broken.json")},
+        {"AUTOPACK_FREE_MODELS": "claude-sonnet-5"},
+    ):
+        bad = cli("doctor", cwd=tmp_path, env={**env, **setting})
+        said = " ".join(bad.stderr.split())
+        assert bad.returncode == 2, bad.stdout + said[-2000:]
+        assert "Traceback" not in said
+        assert "prices: " in said and next(iter(setting)) in said, said
+        assert next(iter(setting.values())) in said, said
+
+
 def test_doctor_asks_for_a_model_name_when_a_base_url_names_a_server_of_its_own(
     tmp_path: Path,
 ) -> None:

@@ -43,8 +43,8 @@ def doctor(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Check settings, schema, API server identity, telemetry flag, estimator file and LLM
-    credentials."""
+    """Check settings, schema, API server identity, telemetry flag, estimator file, price
+    table and LLM credentials."""
     cli = state(ctx)
     checks = _database_url_sources(cli.database_url)
     try:
@@ -72,6 +72,7 @@ def doctor(
         )
     )
     checks.append(_estimator(settings))
+    checks.append(_prices(settings))
     checks.append(_credentials(settings))
     _report(checks, as_json)
 
@@ -202,6 +203,20 @@ def _estimator(settings: Settings) -> Check:
         fix = "fix AUTOPACK_ESTIMATOR_FILE, or unset it for the packaged estimator"
         return Check("estimator", False, exc.message, fix, exc.exit_code)
     return Check("estimator", True, f"{estimator.source} (version {estimator.version})")
+
+
+def _prices(settings: Settings) -> Check:
+    """The price table every drain loads before its first claim: ``AUTOPACK_PRICE_TABLE``
+    naming a moved or broken file, or ``AUTOPACK_FREE_MODELS`` naming a priced model,
+    stopped the drain, exit 2, after doctor had said all was well."""
+    from autopack.llm.pricing import price_table
+
+    try:
+        table = price_table(settings)
+    except ConfigError as exc:
+        fix = "fix AUTOPACK_PRICE_TABLE or AUTOPACK_FREE_MODELS, whichever it names"
+        return Check("prices", False, exc.message, fix, exc.exit_code)
+    return Check("prices", True, f"table {table.version} ({', '.join(table.sources)})")
 
 
 def _credentials(settings: Settings) -> Check:
