@@ -69,6 +69,23 @@ def test_unusable_answers_are_rejected_with_a_reason(text: str, reason: str) -> 
     assert caught.value.feedback
 
 
+@pytest.mark.parametrize(
+    ("stop_reason", "said"),
+    [
+        ("tool_use", "no tools are offered"),  # Anthropic's name
+        ("tool_calls", "no tools are offered"),  # OpenAI's
+        ("refusal", "stopped (refusal)"),
+        ("content_filter", "stopped (content_filter)"),
+        ("end_turn", "Your answer was empty"),
+    ],
+)
+def test_an_answer_without_text_is_told_why_the_model_stopped(stop_reason: str, said: str) -> None:
+    with pytest.raises(BuilderRejected) as caught:
+        parse_builder_output("", stop_reason)
+    assert caught.value.stop_reason == "empty_output"
+    assert said in caught.value.feedback
+
+
 def test_empty_files_feedback_tells_the_builder_what_to_do() -> None:
     with pytest.raises(BuilderRejected, match="COMPLETE content of every deliverable"):
         parse_builder_output('{"files": []}')

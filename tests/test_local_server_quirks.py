@@ -159,6 +159,29 @@ def test_a_thinking_models_reasoning_before_its_answer_is_not_taken_for_it(
     assert (verdict["approved"], verdict["issues"]) == (True, []), verdict
 
 
+def test_a_model_answering_with_a_tool_call_is_told_no_tools_are_offered(
+    tmp_path: Path,
+) -> None:
+    """A local model whose chat template makes it call a tool (Qwen through Ollama) answers
+    ``finish_reason: tool_calls`` and no text. The next attempt was told "Your answer was
+    empty", which gave the model nothing to change; it is now told why."""
+    sqlite_url, env = _two_phases(tmp_path)
+    with WireServer() as wire:
+        wire.script(
+            OPENAI_PATH,
+            Reply(200, openai_completion(None, model=MODEL, finish_reason="tool_calls")),
+        )
+        wire.respond = lambda seen: Reply(200, _answer(seen))
+        result = _drain(tmp_path, env, wire.url)
+        prompts = " ".join(str(seen.body["messages"]) for seen in wire.seen(OPENAI_PATH))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [told] = [
+        a for p in ("p1", "p2") for a in attempts(sqlite_url, p) if a["outcome"] != "COMPLETE"
+    ]
+    assert told["stop_reason"] == "empty_output", told
+    assert "no tools are offered" in prompts and "answer was empty" not in prompts, prompts[-2000:]
+
+
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
 def test_a_model_thinking_longer_than_the_timeout_is_not_cut_off_as_stalled(
     field: str, tmp_path: Path

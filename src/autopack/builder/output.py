@@ -158,12 +158,31 @@ def _misspelt_fields(raw: object) -> list[tuple[str, str]]:
     return found
 
 
-def parse_builder_output(text: str) -> BuilderOutput:
-    """Parse and type-check the Builder's answer; raise :class:`BuilderRejected` if unusable."""
-    if not without_reasoning(text).strip():
-        raise BuilderRejected(
-            "empty_output", "Your answer was empty. Answer with the JSON object described."
+_TOOL_CALL_STOPS = frozenset({"tool_use", "tool_calls", "function_call"})
+
+
+def _why_empty(stop_reason: str) -> str:
+    """The feedback for an answer without text, by why the model stopped: a local model
+    whose chat template made it call a tool (none is offered) was told its answer "was
+    empty", which it had no way to understand; a refusal or content filter likewise."""
+    if stop_reason in _TOOL_CALL_STOPS:
+        return (
+            "Your answer was a tool call, and no tools are offered here. Answer in plain "
+            "text with the JSON object described."
         )
+    if stop_reason in {"refusal", "content_filter"}:
+        return (
+            f"Your answer was stopped ({stop_reason}) before it held any text. Answer with "
+            "the JSON object described: the files the task asks for."
+        )
+    return "Your answer was empty. Answer with the JSON object described."
+
+
+def parse_builder_output(text: str, stop_reason: str = "") -> BuilderOutput:
+    """Parse and type-check the Builder's answer; raise :class:`BuilderRejected` if unusable.
+    ``stop_reason`` is why the model stopped, as its provider says it."""
+    if not without_reasoning(text).strip():
+        raise BuilderRejected("empty_output", _why_empty(stop_reason))
     raw = extract_json_object(text)
     try:
         answer = _Answer.model_validate(raw)

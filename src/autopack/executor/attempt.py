@@ -325,7 +325,7 @@ class Attempt:
                     f"was complete{continued}. The next attempt gets a larger budget; write "
                     "the files without commentary.",
                 )
-            output = parse_builder_output(response.text)
+            output = parse_builder_output(response.text, response.stop_reason)
             change = plan_change(
                 output,
                 task.scope,
