@@ -114,10 +114,21 @@ def test_a_directory_inside_a_repository_never_makes_it_the_runs_repository(
 
 
 def test_a_workspace_that_cannot_be_made_is_refused_naming_it(tmp_path: Path) -> None:
-    """--workspace FILE/ws ended in a NotADirectoryError traceback."""
+    """--workspace FILE/ws ended in a NotADirectoryError traceback; --workspace FIFO was
+    called "a file"."""
     (tmp_path / "afile").write_text("mine\n")
-    with pytest.raises(ConfigError, match=r"--workspace .*afile/ws cannot be created"):
-        local(tmp_path / "afile" / "ws", tmp_path / "cache")
+    os.mkfifo(tmp_path / "pipe")
+    refused = {
+        tmp_path
+        / "afile"
+        / "ws": r"afile/ws cannot be made a directory: .*afile above it is a file",
+        tmp_path / "afile": r"afile is a file, not a directory",
+        tmp_path / "pipe": r"pipe is a FIFO \(named pipe\), not a directory",
+        tmp_path / ("x" * 300): r"x{300} cannot be resolved: .*File name too long",
+    }
+    for workspace, said in refused.items():
+        with pytest.raises(ConfigError, match=f"--workspace .*{said}"):
+            local(workspace, tmp_path / "cache")
     assert (tmp_path / "afile").read_text() == "mine\n"
 
 

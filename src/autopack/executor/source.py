@@ -21,7 +21,7 @@ from autopack.errors import ConfigError
 from autopack.executor.git import git, out
 from autopack.executor.recall import holds
 from autopack.logs import log_event
-from autopack.paths import absolute, cache_directory
+from autopack.paths import absolute, cache_directory, not_a_directory
 from autopack.rundef import repository_option
 
 logger = logging.getLogger("autopack.executor.repository")
@@ -145,8 +145,8 @@ def local_repository(workspace: Path) -> Path:
     commit, nor adopts the repository around a directory: an empty
     ``autopack-workspaces/RUN`` inside a project became the project's own repository)."""
     workspace = absolute(workspace, "--workspace")
-    if workspace.exists() and not workspace.is_dir():
-        raise ConfigError(f"--workspace {workspace} is a file, not a directory")
+    if (why := not_a_directory(workspace)) is not None:  # a file, a FIFO, a long name
+        raise ConfigError(f"--workspace {workspace} {why}")
     if workspace.is_dir() and is_repository(workspace):
         if out("rev-parse", "--is-bare-repository", cwd=workspace) == "true":
             # it has no work tree to be the root of: `rev-parse --show-toplevel` failed,
@@ -173,7 +173,7 @@ def local_repository(workspace: Path) -> Path:
         )
     try:
         workspace.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file on the way (FILE/ws), no permission
+    except OSError as exc:  # no permission, a read-only file system
         raise ConfigError(
             f"--workspace {workspace} cannot be created: {exc.strerror or exc}"
         ) from None
