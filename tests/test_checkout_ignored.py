@@ -11,6 +11,8 @@ when the phase completed. The branch now waits for it, as for an untracked file.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 from tests.executor_support import (
@@ -41,7 +43,9 @@ def _answer(path: str, content: str) -> str:
     return json.dumps({"files": [{"path": path, "content": content}], "summary": "wrote it"})
 
 
-def test_an_ignored_file_of_the_person_is_kept_and_the_branch_waits(tmp_path: Path) -> None:
+def _checkout_after_p1(tmp_path: Path) -> tuple[dict[str, str], Path, Path, Path]:
+    """``(env, workspace, cassette, checkout)``: p1 drained, the run's branch checked out
+    in a work tree of the person's, p2 still to write their ignored ``pkg/local.cfg``."""
     env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}")
     ws = repository(tmp_path / "ws", {".gitignore": "*.cfg\n", "notes.txt": "mine\n"})
     phases = [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/local.cfg"])]
@@ -56,6 +60,11 @@ def test_an_ignored_file_of_the_person_is_kept_and_the_branch_waits(tmp_path: Pa
     assert drain(*_args(ws, tape, "p1"), env=env, cwd=tmp_path).returncode == 0
     code = tmp_path / "code"
     git("worktree", "add", "-q", str(code), f"autopack/{RUN}", cwd=ws)
+    return env, ws, tape, code
+
+
+def test_an_ignored_file_of_the_person_is_kept_and_the_branch_waits(tmp_path: Path) -> None:
+    env, ws, tape, code = _checkout_after_p1(tmp_path)
     (code / "pkg/local.cfg").write_text("MY OWN SETTINGS\n")
 
     done = drain(*_args(ws, tape, "p2"), env=env, cwd=tmp_path)
@@ -72,3 +81,14 @@ def test_an_ignored_file_of_the_person_is_kept_and_the_branch_waits(tmp_path: Pa
     assert on_branch(ws, "pkg/local.cfg") == "written by the LLM\n"
     assert (code / "pkg/local.cfg").read_text() == "written by the LLM\n"
     assert (tmp_path / "kept.cfg").read_text() == "MY OWN SETTINGS\n"
+
+
+def test_what_waits_in_the_way_is_named_as_what_it_is(tmp_path: Path) -> None:
+    """A FIFO of the person's where the phase writes a file was called "a file of yours"."""
+    env, ws, tape, code = _checkout_after_p1(tmp_path)
+    os.mkfifo(code / "pkg/local.cfg")
+    done = drain(*_args(ws, tape, "p2"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    waits = json.loads(done.stdout)["branch_waits"]
+    assert waits is not None and "'pkg/local.cfg', which is a FIFO (named pipe) of yours" in waits
+    assert stat.S_ISFIFO((code / "pkg/local.cfg").lstat().st_mode)

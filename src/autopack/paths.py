@@ -130,7 +130,7 @@ def not_a_directory(path: Path) -> str | None:
             return f"cannot be looked at: {exc.strerror}"
         if stat.S_ISDIR(found.st_mode):
             return None
-        kind = "a file" if stat.S_ISREG(found.st_mode) else file_kind(found.st_mode)
+        kind = file_kind(found.st_mode)
         if place != path:
             return f"cannot be made a directory: {place} above it is {kind}"
         return f"is {kind}, not a directory"
@@ -178,7 +178,11 @@ def _in_no_directory(path: Path) -> str | None:
 
 
 def file_kind(mode: int) -> str:
-    """A file that is no regular file, in words (from its ``st_mode``)."""
+    """What kind of file it is, in words (from its ``st_mode``)."""
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):

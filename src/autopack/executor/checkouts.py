@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from autopack.executor.git import GitError, git
+from autopack.paths import file_kind
 
 
 class BranchCheckedOut(GitError):
@@ -52,10 +53,14 @@ def carry(common: Path, workspace: Path, branch: str, old: str, new: str) -> Non
     changed nothing in it)."""
     for tree in checkouts(common, workspace, branch):
         if (ignored := _in_the_way(tree, old, new)) is not None:
+            try:
+                kind = file_kind((tree / ignored).lstat().st_mode)
+            except OSError:  # moved away meanwhile
+                kind = "a file"
             raise BranchCheckedOut(
                 ("read-tree", "-m", "-u", old[:12], new[:12]),
                 f"branch {branch} is checked out in {tree}, where the accepted head "
-                f"{new[:12]} adds {ignored!r}, which is a file of yours there that git "
+                f"{new[:12]} adds {ignored!r}, which is {kind} of yours there that git "
                 "ignores (following the branch would overwrite it): move it away, and the "
                 "branch follows then",
             )
