@@ -269,6 +269,29 @@ def test_a_shallow_file_a_check_writes_is_put_back(tmp_path: Path) -> None:
     assert [on_branch(ws, f"pkg/{p}.py") for p in "acd"] == ["a = 1\n", "c = 1\n", "d = 1\n"]
 
 
+@pytest.mark.parametrize("where", ["shallow", "info/grafts"])
+def test_a_fifo_a_check_puts_among_gits_files_never_stops_the_executor(
+    tmp_path: Path, where: str
+) -> None:
+    """A check that made ``shallow`` (or ``info/grafts``) a FIFO: the guard reading it after
+    the checks waited for a writer for ever, holding the lock every attempt's checks take,
+    and the drain never ended. It is removed now, and the attempt fails saying so."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    fifo = f"mkdir -p {COMMON}/info && mkfifo {COMMON}/{where}"
+    phases = [phase("b", ["pkg/b.py"], checks=[fifo], max_attempts=1), phase("c", ["pkg/c.py"])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(tmp_path, [line(p, 1, files(**{f"{p}_py": f"{p} = 1\n"})) for p in "bc"])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path, timeout=90)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    [first] = attempts(url, "b")
+    assert (first["outcome"], first["stop_reason"]) == ("FAILED", "git_config_changed_by_checks")
+    assert "a FIFO (named pipe)" in json.dumps(first), first
+    assert not (ws / ".git" / where).exists()
+    assert on_branch(ws, "pkg/c.py") == "c = 1\n"
+
+
 @pytest.mark.parametrize("target", ["workspace", "worktree"])
 def test_a_check_that_replaces_its_checkout_by_a_link_to_a_persons_tree_leaves_it_whole(
     tmp_path: Path, target: str

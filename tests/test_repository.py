@@ -662,3 +662,24 @@ def test_git_in_a_removed_directory_names_it_not_a_missing_git(tmp_path: Path) -
     with pytest.raises(GitError) as failed:
         git("rev-parse", "--git-dir", cwd=gone)
     assert str(gone) in failed.value.message and "not installed" not in failed.value.message
+
+
+def test_a_fifo_among_gits_records_of_work_trees_is_passed_over(tmp_path: Path) -> None:
+    """A check that made a work tree's ``HEAD`` (or ``gitdir``) record a FIFO: the executor
+    looking for checkouts of the run's branch read it, and waited for a writer for ever."""
+    from autopack.executor.checkouts import checkouts as checked_out
+
+    repo = project(tmp_path / "proj", {"a.txt": "a\n"})
+    for name in ("one", "two"):
+        sh("worktree", "add", "-q", "-b", name, str(tmp_path / name), cwd=repo)
+    records = repo / ".git" / "worktrees"
+    for record in (records / "one" / "HEAD", records / "two" / "gitdir"):
+        record.unlink()
+        os.mkfifo(record)
+    found: list[list[Path]] = []
+    looking = threading.Thread(
+        target=lambda: found.append(checked_out(repo / ".git", repo, "main")), daemon=True
+    )
+    looking.start()
+    looking.join(timeout=30)
+    assert found == [[repo]], "the look ended, finding the main work tree's checkout"

@@ -247,10 +247,28 @@ def write_atomic(target: Path, data: bytes) -> None:
         raise
 
 
+def _regular_file(path: Path) -> int:
+    """A descriptor of the regular file at ``path`` (symlinks followed). A FIFO, device,
+    socket or directory is an ``OSError`` (EINVAL) naming what it is, never a wait:
+    opening a FIFO blocks until a writer comes, and reading ``/dev/zero`` never ends. The
+    file is opened without blocking and judged by what was opened, so nothing put in its
+    place between a look and the open can make the read wait."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file", str(path))
+    return fd
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at ``path`` (see :func:`_regular_file`)."""
+    with open(_regular_file(path), "rb") as opened:
+        return opened.read()
+
+
 def read_text_file(path: Path) -> str:
-    """The UTF-8 text of the regular file at ``path`` (symlinks followed). A FIFO, device or
-    directory is an ``OSError`` before it is opened: opening a FIFO blocks until a writer
-    comes, and reading ``/dev/zero`` never ends. ``UnicodeDecodeError`` for non-UTF-8."""
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    return path.read_text(encoding="utf-8")
+    """The UTF-8 text of the regular file at ``path`` (see :func:`_regular_file`), read
+    as ``Path.read_text`` reads it; ``UnicodeDecodeError`` for non-UTF-8."""
+    with open(_regular_file(path), encoding="utf-8") as opened:
+        return opened.read()

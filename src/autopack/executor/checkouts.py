@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from autopack.executor.git import GitError, git
-from autopack.paths import file_kind
+from autopack.paths import file_kind, read_text_file
 
 
 class BranchCheckedOut(GitError):
@@ -34,13 +34,13 @@ def checkouts(common: Path, workspace: Path, branch: str) -> list[Path]:
     heads = [(common / "HEAD", workspace)]
     for entry in sorted((common / "worktrees").glob("*")):
         try:
-            heads.append((entry / "HEAD", Path((entry / "gitdir").read_text().strip()).parent))
+            heads.append((entry / "HEAD", Path(read_text_file(entry / "gitdir").strip()).parent))
         except OSError:  # removed meanwhile, or not a work tree's entry
             continue
     found = []
     for head, tree in heads:
         try:
-            if head.read_text().strip() == wanted and tree.is_dir():
+            if read_text_file(head).strip() == wanted and tree.is_dir():
                 found.append(tree)
         except OSError:
             continue

@@ -13,6 +13,7 @@ back (as the drain first found them), and the attempt fails with
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autopack.executor.git import git, out
-from autopack.paths import write_atomic
+from autopack.paths import read_regular, write_atomic
 
 
 @dataclass
@@ -49,16 +50,26 @@ def _config_files(checkout: Path) -> tuple[list[Path], list[Path]]:
     return shared, [Path(own) / "config.worktree", Path(own) / "commondir", checkout / ".git"]
 
 
-# What is at a path: None (nothing), or ("file", content), ("link", target), ("dir", b"").
+# What is at a path: None (nothing), or ("file", content), ("link", target), ("dir", b""),
+# or ("other", what it is) for a FIFO, socket or device.
 _State = tuple[str, bytes] | None
 
 
 def _state(path: Path) -> _State:
+    """What is at ``path``, never waiting: a check that put a FIFO where ``shallow`` goes
+    had the executor wait on it for ever, holding the lock every attempt's checks take."""
     if path.is_symlink():  # a link, even to an identical file, is not the file
         return ("link", os.fsencode(os.readlink(path)))
     if path.is_dir():
         return ("dir", b"")
-    return ("file", path.read_bytes()) if path.exists() else None
+    try:
+        return ("file", read_regular(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return ("other", str(exc.strerror).encode())
 
 
 def _put_back(path: Path, state: _State, parent: str) -> None:
@@ -66,6 +77,8 @@ def _put_back(path: Path, state: _State, parent: str) -> None:
     resolves elsewhere (the checkout replaced by a link to a person's project), its
     ``.git`` there is theirs, and was removed whole to put back the checkout's file."""
     if os.path.realpath(path.parent) != parent:
+        return
+    if state is not None and state[0] == "other":  # a FIFO before the checks: git's to judge
         return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -83,7 +96,8 @@ def _settings(state: _State, checkout: Path) -> set[str]:
     kind, content = state
     listed = git("config", "--file", "-", "--list", cwd=checkout, input=content, check=False)
     if kind != "file" or listed.returncode != 0:  # not a config git can read: as it is
-        return {f"{'' if kind == 'file' else kind + ' '}{content.decode(errors='replace')}"}
+        shown = "" if kind in ("file", "other") else f"{kind} "
+        return {f"{shown}{content.decode(errors='replace')}"}
     return set(listed.stdout.decode(errors="replace").splitlines())
 
 

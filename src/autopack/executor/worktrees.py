@@ -29,7 +29,7 @@ from pathlib import Path
 from autopack.executor.git import git, out
 from autopack.executor.repository import IntegrationConflict, RunRepository
 from autopack.logs import log_event
-from autopack.paths import cache_directory
+from autopack.paths import cache_directory, read_text_file
 
 logger = logging.getLogger("autopack.executor.worktrees")
 
@@ -277,7 +277,7 @@ class Worktrees:
         root = Path(os.path.realpath(self.root))  # git records real paths
         for entry in (self.repository.common_dir() / "worktrees").glob("*"):
             try:
-                checkout = Path((entry / "gitdir").read_text().strip()).parent
+                checkout = Path(read_text_file(entry / "gitdir").strip()).parent
             except OSError:
                 continue
             if Path(os.path.realpath(checkout)).is_relative_to(root) and not checkout.exists():
