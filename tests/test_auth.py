@@ -402,3 +402,44 @@ def test_a_body_without_a_token_is_refused_first_behind_a_root_path(tmp_path: Pa
         head = "Content-Length: 16000000\r\n"
         status_line, answer = _answer_while_sending(server, head, b"[", "/runs", "application/json")
     assert status_line.startswith("HTTP/1.1 401 "), (status_line, answer)
+
+
+def test_a_body_refused_before_it_is_read_ends_the_connection_so_no_more_of_it_is_taken(
+    server: Server,
+) -> None:
+    """uvicorn reads and throws away the rest of a body nobody read, to serve the
+    connection's next request: after its 401 (or 404, 405, 413) a client without a token
+    could go on sending a chunked body for as long as it liked (131 MB in a few seconds,
+    every byte received). The answer now closes the connection: sending more fails."""
+    chunk = b"10000\r\n" + b"[" * 0x10000 + b"\r\n"
+    cases = [
+        ("/runs", "Transfer-Encoding: chunked\r\n", 401),
+        ("/runs", "Transfer-Encoding: chunked\r\nAuthorization: Bearer not-a-token\r\n", 401),
+        ("/claims", "Content-Length: 16000000\r\n", 401),
+        ("/health", "Transfer-Encoding: chunked\r\n", 405),
+        ("/no-such-route", "Transfer-Encoding: chunked\r\n", 404),
+        ("/runs", "Content-Length: 99999999999\r\n", 413),
+    ]
+    for path, head, status in cases:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                f"Content-Type: application/json\r\n{head}\r\n".encode()
+                + chunk
+            )
+            received = b""
+            while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+                piece = conn.recv(65536)
+                assert piece, received
+                received += piece
+            assert received.startswith(f"HTTP/1.1 {status} ".encode()), (path, head, received)
+            taken = 0
+            with pytest.raises(OSError):  # the connection is gone: no more of it is taken
+                while taken < 256 * 2**20:
+                    conn.sendall(chunk)
+                    taken += len(chunk)
+    kept = httpx.Client(headers={"Authorization": f"Bearer {WORKER_TOKEN}"})
+    with kept:  # a body the server reads keeps its connection for the next request
+        answered = kept.post(f"{server.url}/claims", json={"worker_id": "w"})
+        assert answered.status_code == 204, answered.text
+        assert "close" not in answered.headers.get("connection", "")

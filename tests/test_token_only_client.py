@@ -104,6 +104,38 @@ def test_doctor_on_a_machine_holding_only_a_token_names_the_servers_database(
         assert _empty(machine) == []
 
 
+def test_doctor_says_whether_the_server_takes_this_machines_token_and_with_which_rights(
+    tmp_path: Path,
+) -> None:
+    """Doctor's handshake (``/health``) needs no token: a machine with no token or a
+    mistyped one was told every check passed (exit 0), and its first drain or ``run
+    create`` was then a 401. Each token is now tried on the server, and never printed."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    with Server(clean_env(DATABASE_URL=url, **TOKENS), cwd=tmp_path) as server:
+        machine = tmp_path / "machine"
+        machine.mkdir()
+        said: dict[str, tuple[int, dict[str, object]]] = {}
+        for name, token in {
+            "none": {},
+            "wrong": {"AUTOPACK_WORKER_TOKEN": "not-this-servers-token-0123"},
+            "worker": {"AUTOPACK_WORKER_TOKEN": WORKER_TOKEN},
+            "operator": {"AUTOPACK_API_TOKEN": OPERATOR_TOKEN},
+        }.items():
+            result = cli("doctor", "--json", cwd=machine, env=_only_a_server(server.url, **token))
+            assert OPERATOR_TOKEN not in result.stdout + result.stderr
+            assert WORKER_TOKEN not in result.stdout + result.stderr
+            [check] = [c for c in json.loads(result.stdout)["checks"] if c["name"] == "api token"]
+            said[name] = (result.returncode, check)
+    assert said["none"][0] == 2 and not said["none"][1]["ok"]
+    assert "no token sent: this Autopack server needs a token" in str(said["none"][1]["detail"])
+    assert said["wrong"][0] == 2 and not said["wrong"][1]["ok"]
+    assert "AUTOPACK_WORKER_TOKEN sent: the token is not one this server knows" in str(
+        said["wrong"][1]["detail"]
+    )
+    assert said["worker"][0] == 0 and "is the server's worker token" in str(said["worker"][1])
+    assert said["operator"][0] == 0 and "operator's rights" in str(said["operator"][1])
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_pinned_instance_id_refuses_a_server_on_another_database_on_every_command(
     two_databases: TwoDatabases,  # noqa: F811 (the fixture imported above)

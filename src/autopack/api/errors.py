@@ -181,9 +181,19 @@ def invalid_input(
     return InvalidInput(f"invalid request: {summarize_errors(described)}", errors=described)
 
 
+_CLOSE = (b"connection", b"close")
+
+
 class BodyLimit:
     """Pure ASGI middleware: refuse a body over ``limit`` bytes with a 413 (declared) or
-    stop reading it (chunked) before it fills the server's memory."""
+    stop reading it (chunked) before it fills the server's memory; and end the connection
+    after any answer given before the request's body was read to its end.
+
+    uvicorn reads and discards the rest of an unread body so the connection can serve a
+    next request: a client refused before its body (no token, a 413, a 404) could go on
+    sending a chunked body for as long as it liked, gigabytes, and the server received
+    every byte. ``Connection: close`` on such an answer makes uvicorn close the
+    connection once the answer is sent."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -193,7 +203,15 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        unread = declared not in (None, b"0") or b"transfer-encoding" in headers
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and unread:
+                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await send(message)
+
         too_large = RequestTooLarge(
             f"the request body is larger than this server accepts ({self.limit} bytes)",
             limit=self.limit,
@@ -201,16 +219,18 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             error = too_large if declared.isdigit() else BadRequest("bad Content-Length header")
             response = JSONResponse(error.to_dict(), status_code=error.http_status)
-            await response(scope, receive, send)
+            await response(scope, receive, closing)
             return
         received = 0
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, unread
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
                 raise too_large
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                unread = False
             return message
 
-        await self.app(scope, counted, send)
+        await self.app(scope, counted, closing)

@@ -46,8 +46,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "doctor": (
         "autopack.cli.doctor",
         "doctor",
-        "Check settings, schema, API server identity, telemetry flag, estimator file and LLM "
-        "credentials.",
+        "Check settings, schema, API server identity and token, telemetry flag, estimator "
+        "file and LLM credentials.",
     ),
     "demo": (
         "autopack.cli.demo",

@@ -21,8 +21,10 @@ from autopack.errors import (
     ConfigError,
     DatabaseMissing,
     DatabaseUnavailable,
+    Forbidden,
     SchemaOutOfDate,
     ServerUnavailable,
+    Unauthorized,
 )
 
 if TYPE_CHECKING:  # the settings and database stacks load when doctor runs
@@ -43,8 +45,8 @@ def doctor(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Check settings, schema, API server identity, telemetry flag, estimator file, price
-    table and LLM credentials."""
+    """Check settings, schema, API server identity and token, telemetry flag, estimator
+    file, price table and LLM credentials."""
     cli = state(ctx)
     checks = _database_url_sources(cli.database_url)
     try:
@@ -61,7 +63,7 @@ def doctor(
     if names_database:
         checks.append(_schema(cli.loaded()))
     if checks[-1].ok:
-        checks.append(_server(settings, names_database=names_database))
+        checks.extend(_server(settings, names_database=names_database))
     checks.append(
         Check(
             "telemetry",
@@ -150,9 +152,10 @@ def _schema(loaded: LoadedSettings) -> Check:
     return Check("schema", False, status.problem(), fix, SchemaOutOfDate.exit_code)
 
 
-def _server(settings: Settings, *, names_database: bool) -> Check:
+def _server(settings: Settings, *, names_database: bool) -> list[Check]:
     """Does the API server use this client's database? For a client that names none
-    (a machine holding only a token), is the server's database ready to use?"""
+    (a machine holding only a token), is the server's database ready to use? And, when a
+    server answered, does it take this machine's token (:func:`_token`)?"""
     from autopack.client import ApiClient
     from autopack.db import open_database
 
@@ -168,27 +171,66 @@ def _server(settings: Settings, *, names_database: bool) -> Check:
                 instance_id=settings.autopack_expected_instance_id,
             )
         if database is not None:
-            return Check("api server", True, f"{url} uses this database ({database.identity.url})")
-        return Check(
-            "api server",
-            True,
-            f"{url} serves {health.database.describe()}; this client names no database (no "
-            "DATABASE_URL, no default autopack.db) and uses that one",
-        )
+            found = Check("api server", True, f"{url} uses this database ({database.identity.url})")
+        else:
+            found = Check(
+                "api server",
+                True,
+                f"{url} serves {health.database.describe()}; this client names no database (no "
+                "DATABASE_URL, no default autopack.db) and uses that one",
+            )
+        return [found, _token(url, settings)]
     except ServerUnavailable as exc:
         if configured:
-            return Check("api server", False, exc.message, "start it, or unset AUTOPACK_API_URL")
-        return Check("api server", True, f"none on {url}; executors will start their own")
+            return [Check("api server", False, exc.message, "start it, or unset AUTOPACK_API_URL")]
+        return [Check("api server", True, f"none on {url}; executors will start their own")]
     except ConfigError as exc:
-        return Check("api server", False, exc.message, "fix AUTOPACK_API_URL", exc.exit_code)
+        return [Check("api server", False, exc.message, "fix AUTOPACK_API_URL", exc.exit_code)]
     except (SchemaOutOfDate, DatabaseUnavailable) as exc:  # the database it serves
-        return Check("api server", False, exc.message, exit_code=exc.exit_code)
+        return [Check("api server", False, exc.message, exit_code=exc.exit_code)]
     except AutopackError as exc:
         fix = "point both at the same DATABASE_URL"
-        return Check("api server", False, exc.message, fix, exc.exit_code)
+        return [Check("api server", False, exc.message, fix, exc.exit_code)]
     finally:
         if database is not None:
             database.close()
+
+
+def _token(url: str, settings: Settings) -> Check:
+    """Does the server at ``url`` take the token this machine sends, and with which rights?
+
+    The handshake (``/health``) needs no token, so a missing, mistyped or stale one passed
+    every check here (exit 0) and failed the first drain or ``run create`` with a 401
+    instead. Two reads tell: the runs (any token of the server), the approvals (the
+    operator's only)."""
+    from autopack.client import ApiClient
+    from autopack.connect import client_token
+
+    token = client_token(settings)
+    if settings.autopack_api_token is not None:
+        sent = "AUTOPACK_API_TOKEN"
+    else:
+        sent = "AUTOPACK_WORKER_TOKEN" if token is not None else "no token"
+    try:
+        with ApiClient(url, token=token) as client:
+            client.list_runs(limit=1)
+            try:
+                client.list_approvals(limit=1)
+            except Forbidden:
+                return Check(
+                    "api token",
+                    True,
+                    f"{sent} is the server's worker token: an executor's calls, not "
+                    "`run create` or approvals (those need AUTOPACK_API_TOKEN)",
+                )
+    except Unauthorized as exc:
+        fix = "set the server's AUTOPACK_WORKER_TOKEN (executors) or AUTOPACK_API_TOKEN here"
+        return Check("api token", False, f"{sent} sent: {exc.message}", fix, exc.exit_code)
+    except AutopackError as exc:
+        return Check("api token", False, exc.message, exit_code=exc.exit_code)
+    if token is None:
+        return Check("api token", True, "none needed: this server has no tokens")
+    return Check("api token", True, f"{sent} has the operator's rights on this server")
 
 
 def _estimator(settings: Settings) -> Check:
