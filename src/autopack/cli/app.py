@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "autopack.cli.doctor",
         "doctor",
         "Check settings, schema, API server identity and token, telemetry flag, estimator "
-        "file and LLM credentials.",
+        "file, price table and LLM credentials.",
     ),
     "demo": (
         "autopack.cli.demo",
