@@ -281,6 +281,11 @@ def test_a_pin_that_is_no_instance_id_is_refused_naming_it_and_not_echoed_whole(
         # tracebacks: UnicodeDecodeError, ValueError: embedded null byte
         (b"DATABASE_URL=sqlite:///\xff.db\n", "is not UTF-8 text"),
         (b"DATABASE_URL=sqlite:///a\x00b.db\n", "NUL"),
+        # python-dotenv kept the last: the appended line silently chose the database
+        (
+            b"DATABASE_URL=sqlite:///mine.db\nX=1\ndatabase_url=sqlite:///other.db\n",
+            "lines 1 and 3 both set database_url, to different values",
+        ),
     ],
 )
 def test_a_dotenv_that_cannot_be_read_as_written_is_refused_naming_it(
@@ -294,6 +299,15 @@ def test_a_dotenv_that_cannot_be_read_as_written_is_refused_naming_it(
         assert "Traceback" not in result.stderr
         assert str(env_file) in result.stderr and complaint in result.stderr, result.stderr
     assert [p.name for p in tmp_path.iterdir()] == [".env"], "no database made elsewhere"
+
+
+def test_a_dotenv_setting_given_twice_alike_is_read(tmp_path: Path) -> None:
+    """A line copied twice means one thing: it is no reason to refuse the file."""
+    url = f"sqlite:///{tmp_path / 'mine.db'}"
+    (tmp_path / ".env").write_text(f"DATABASE_URL={url}\nX=1\nDATABASE_URL='{url}'\n")
+    result = cli("config", "show", "--json", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert url in result.stdout
 
 
 def test_a_dotenv_that_is_a_fifo_is_refused_naming_it_not_waited_on(tmp_path: Path) -> None:

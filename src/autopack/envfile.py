@@ -109,9 +109,10 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
     """Refuse a ``.env`` that would not be read as written (ConfigError naming the file
     and line): python-dotenv skips a line it cannot parse and a setting written without
     ``=``, with a warning at most, so a ``DATABASE_URL`` line with a stray quote silently
-    meant the default database; a file that is not UTF-8, or holds a NUL, failed later with
-    a traceback. ``known``: the settings' names (lower case). A line's text is never
-    shown: it may hold a secret."""
+    meant the default database; one set twice to different values silently meant the last
+    (an appended ``DATABASE_URL`` won); a file that is not UTF-8, or holds a NUL, failed
+    later with a traceback. ``known``: the settings' names (lower case). A line's text is
+    never shown: it may hold a secret."""
     from dotenv.parser import parse_stream
 
     try:
@@ -120,14 +121,23 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    first: dict[str, tuple[int, str | None]] = {}  # a setting's first line and value
     for binding in parse_stream(StringIO(text)):
         line = binding.original.line
+        name = (binding.key or "").lower()
+        earlier = first.setdefault(name, (line, binding.value)) if name in known else None
         if binding.error:
             problem = f"line {line} cannot be parsed (write NAME=value)"
         elif binding.key and binding.key.lower() in known and binding.value is None:
             problem = f"line {line}: {binding.key} has no value (write {binding.key}=value)"
         elif "\x00" in (binding.value or ""):
             problem = f"line {line}: the value of {binding.key} contains a NUL byte"
+        elif earlier is not None and earlier[0] != line and earlier[1] != binding.value:
+            # python-dotenv keeps the last: an appended DATABASE_URL silently won
+            problem = (
+                f"lines {earlier[0]} and {line} both set {binding.key}, to different "
+                "values; keep one"
+            )
         else:
             continue
         raise ConfigError(
