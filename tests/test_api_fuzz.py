@@ -16,7 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import REPO, Server, clean_env
+
+pytestmark = pytest.mark.slow  # a minute or more per backend: started first
 
 SEED = 20261129
 EXAMPLES = 10
