@@ -88,7 +88,9 @@ def test_a_provider_no_call_can_reach_is_exit_2_and_the_run_waits_for_the_fix(
     assert setting in said and "nothing was claimed" in said, said
     assert f"{name.upper()}_{'BASE_URL=' if failure == 'unreachable' else 'API_KEY'}" in said
     assert "Traceback" not in refused.stderr
-    assert doctor.returncode == 2 and setting in " ".join((doctor.stdout + doctor.stderr).split())
+    doctor_said = " ".join((doctor.stdout + doctor.stderr).split())
+    assert doctor.returncode == 2 and setting in doctor_said, doctor_said
+    assert "claimed" not in doctor_said, "doctor claims nothing: it says so of nothing"
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     attempts = rows(sqlite_url, "SELECT phase_id, attempt, outcome FROM phase_attempts")
     assert sorted((a["phase_id"], a["attempt"], a["outcome"]) for a in attempts) == [

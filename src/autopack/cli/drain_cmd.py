@@ -165,7 +165,11 @@ def _check_models(settings: Settings, options: ExecutorOptions) -> None:
     called = {"AUTOPACK_BUILDER_MODEL": options.builder_model}
     if options.auditor == "llm":
         called["AUTOPACK_AUDITOR_MODEL"] = options.auditor_model
-    if unlisted := check_served(settings, called):
+    try:
+        unlisted = check_served(settings, called)
+    except ConfigError as exc:  # doctor says the same, where "nothing claimed" means nothing
+        raise ConfigError(f"{exc.message} (nothing was claimed)", **exc.details) from None
+    if unlisted:
         err.print(f"[yellow]model not listed[/yellow]: {unlisted}", highlight=False)
     elif hint := model_hint(settings):
         err.print(f"[yellow]model not set[/yellow]: {hint}", highlight=False)

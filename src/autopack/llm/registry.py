@@ -182,7 +182,7 @@ def _refuse_without_v1(key: str | None, base_url: str) -> None:
         raise ConfigError(
             f"OPENAI_BASE_URL={base_url!r} lacks the API's path: the server answers it at "
             f"{fixed} (as Ollama, vLLM, llama.cpp and LM Studio do); set "
-            f"OPENAI_BASE_URL={fixed}. Nothing was claimed."
+            f"OPENAI_BASE_URL={fixed}."
         )
 
 
@@ -210,7 +210,7 @@ def _check_anthropic(settings: Settings) -> None:
         raise ConfigError(
             f"ANTHROPIC_BASE_URL={base_url!r} ends in /v1, which the Anthropic SDK adds "
             f"itself (every call went to {base_url.rstrip('/')}/v1/messages); set "
-            f"ANTHROPIC_BASE_URL={fixed}. Nothing was claimed."
+            f"ANTHROPIC_BASE_URL={fixed}."
         )
 
 
@@ -231,7 +231,7 @@ def _unusable(exc: LLMError, prefix: str, base_url: str, default: bool) -> Confi
     if exc.status_code == 401:
         return ConfigError(
             f"{prefix}_API_KEY is refused by the server at {base_url}, so no call can "
-            f"succeed; nothing was claimed. Set {prefix}_API_KEY to a key it takes: "
+            f"succeed. Set {prefix}_API_KEY to a key it takes: "
             f"{exc.message}"
         )
     if default:
@@ -240,8 +240,7 @@ def _unusable(exc: LLMError, prefix: str, base_url: str, default: bool) -> Confi
         where = f"{prefix}_BASE_URL={base_url!r}"
         fix = f"Start the server there (e.g. `ollama serve`) or fix {prefix}_BASE_URL"
     return ConfigError(
-        f"{where}: nothing answers there, so no call can succeed; nothing was claimed. "
-        f"{fix}: {exc.message}"
+        f"{where}: nothing answers there, so no call can succeed. {fix}: {exc.message}"
     )
 
 
