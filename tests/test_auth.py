@@ -312,18 +312,26 @@ def _answer_while_sending(
     finished: a server that reads the whole body before refusing it never answers (the
     socket times out), one that refuses it first does."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
-        conn.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: {content_type}\r\n{head}\r\n".encode()
-            + body
-        )
-        received = b""
-        while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
-            chunk = conn.recv(65536)
-            assert chunk, received
-            received += chunk
+        received = _post_unfinished(conn, server, path, head, body, content_type)
     status_line, _, rest = received.decode().partition("\r\n")
     return status_line, json.loads(rest.partition("\r\n\r\n")[2])
+
+
+def _post_unfinished(
+    conn: socket.socket, server: Server, path: str, head: str, body: bytes, content_type: str
+) -> bytes:
+    """Send on ``conn`` a POST of ``path`` whose body begins with ``body``; the answer."""
+    conn.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: {content_type}\r\n{head}\r\n".encode()
+        + body
+    )
+    received = b""
+    while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+        chunk = conn.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
 
 
 def test_a_dashboard_form_over_its_limit_is_413_naming_it_and_read_no_further(
@@ -422,16 +430,7 @@ def test_a_body_refused_before_it_is_read_ends_the_connection_so_no_more_of_it_i
     ]
     for path, head, status in cases:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
-            conn.sendall(
-                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                f"Content-Type: application/json\r\n{head}\r\n".encode()
-                + chunk
-            )
-            received = b""
-            while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
-                piece = conn.recv(65536)
-                assert piece, received
-                received += piece
+            received = _post_unfinished(conn, server, path, head, chunk, "application/json")
             assert received.startswith(f"HTTP/1.1 {status} ".encode()), (path, head, received)
             taken = 0
             with pytest.raises(OSError):  # the connection is gone: no more of it is taken
