@@ -10,6 +10,7 @@ Below it, the pieces: idempotent usage reports and telemetry rows, the recorder'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -28,11 +29,11 @@ from autopack.control import leases, telemetry
 from autopack.db import Database, open_database
 from autopack.db.identity import read_identity
 from autopack.db.transaction import again_on_lost_connection, connection_lost, run_transaction
-from autopack.errors import Conflict, LeaseLost, ServerUnavailable
+from autopack.errors import Conflict, DatabaseUnavailable, LeaseLost, ServerUnavailable
 from autopack.telemetry.events import LlmUsageIn, TelemetryEvent
 from autopack.telemetry.recorder import TelemetryRecorder
 from tests.conftest import _pg_conninfo, create_pg_database, drop_pg_database, empty_sqlite
-from tests.cp_support import claimed, create, phase_row, run_row
+from tests.cp_support import claim, claimed, create, phase_row, run_row
 from tests.executor_support import cassette, drain, env_for, files, line, phase, rows, run_file
 from tests.support import Server, clean_env, cli
 
@@ -408,3 +409,24 @@ def test_a_connection_lost_while_checking_its_database_is_retried_not_refused(
     finally:
         database.close()
         drop_pg_database(pg_admin, url)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_pool_whose_every_connection_stays_busy_is_a_503_not_a_500(db: Database) -> None:
+    """Requests waiting on a lock another session holds (``VACUUM FULL``, a migration, a
+    ``LOCK TABLE`` in psql) each keep a connection: once the pool had none left for its
+    timeout, SQLAlchemy's ``TimeoutError`` was a bare 500, which executors take for a
+    server fault. It is the 503 a client retries, saying why."""
+    create(db)
+    small = dataclasses.replace(
+        db, engine=create_engine(db.engine.url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    )
+    try:
+        with small.engine.connect():  # the one connection, busy
+            with pytest.raises(DatabaseUnavailable, match=r"stayed in use for 0\.2 s"):
+                claim(small)  # a transaction
+            with pytest.raises(DatabaseUnavailable, match="pg_stat_activity"):
+                leases.heartbeat(small, "r", "a", HeartbeatIn(lease_token="t", lease_seconds=60))
+        assert claimed(small).phase_id == "a", "a connection free again serves as before"
+    finally:
+        small.engine.dispose()

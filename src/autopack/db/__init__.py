@@ -20,6 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import QueuePool
 
 from autopack.db.engine import make_engine, sqlite_file
 from autopack.db.identity import read_identity
@@ -63,7 +65,7 @@ class Database:
         open across an ``await`` or a thread hop holds SQLite's write lock for every other
         request.
         """
-        with self.writer, self.engine.begin() as connection:
+        with self.writer, self._connect() as connection, connection.begin():
             yield connection
 
     @contextmanager
@@ -78,8 +80,25 @@ class Database:
             with self.transaction() as connection:
                 yield connection
             return
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             yield connection.execution_options(isolation_level="AUTOCOMMIT")
+
+    def _connect(self) -> Connection:
+        """A connection from the pool. Every one of them busy for the pool's whole timeout
+        (a lock held elsewhere, ``VACUUM FULL``, a migration: each request waits on it
+        holding its connection) was SQLAlchemy's ``TimeoutError``, a bare 500 that
+        executors take for a server fault; it is a 503 to retry, saying why."""
+        try:
+            return self.engine.connect()
+        except PoolTimeout:
+            pool = self.engine.pool
+            waited = f"{pool.timeout():g} s" if isinstance(pool, QueuePool) else "too long"
+            raise DatabaseUnavailable(
+                f"every connection of this process to the database stayed in use for "
+                f"{waited} ({pool.status()}): "
+                "requests are waiting on the database, e.g. on a lock another session "
+                "holds (pg_stat_activity shows which); try again shortly"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
