@@ -27,7 +27,7 @@ from autopack.db import statements as sql
 from autopack.db import telemetry as telemetry_sql
 from autopack.db.records import ApprovalRecord, AttemptRecord, PhaseRecord, RunRecord, TierRecord
 from autopack.db.transaction import Tx, run_transaction
-from autopack.errors import Conflict, IllegalTransition
+from autopack.errors import Conflict, DatabaseUnavailable, IllegalTransition
 from autopack.logs import log_event
 from autopack.repoident import repository_identity, without_password
 from autopack.rundef import RunDefinition, default_branch
@@ -157,14 +157,14 @@ def _refresh_planner_statistics(database: Database, new_phases: int) -> None:
     if not database.postgresql:
         return
     try:
-        with database.engine.begin() as conn:
+        with database.transaction() as conn:
             known = conn.execute(sql.REL_TUPLES, {"b_table": "phases"}).scalar_one()
             if new_phases >= 0.1 * max(known, 0):
                 # A VACUUM or another ANALYZE holding the table must not stall run creation.
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{ANALYZE_LOCK_TIMEOUT}'")
                 conn.execute(sql.ANALYZE_WORK_TABLES)
-    except (DBAPIError, InvalidRequestError) as exc:  # the run is committed; autovacuum will
-        reason = str(getattr(exc, "orig", None) or exc).strip()  # analyze later
+    except (DBAPIError, InvalidRequestError, DatabaseUnavailable) as exc:  # the run is
+        reason = str(getattr(exc, "orig", None) or exc).strip()  # committed: analyzed later
         log_event(logger, "analyze_skipped", logging.WARNING, reason=reason)
 
 
