@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.conftest import empty_sqlite
+from tests.conftest import create_pg_database, drop_pg_database, empty_sqlite
 from tests.executor_support import RUN_ID, cassette, env_for, files, line, phase, run_file
 from tests.support import Server, alive, clean_env, cli, free_port, gone, running
 
@@ -183,3 +184,27 @@ def test_a_server_restarted_on_another_database_mid_drain_is_refused_naming_both
     assert drain.returncode == 2, output
     refused = next(text for text in output.splitlines() if "✘ IdentityMismatch" in text)
     assert f"{tmp_path / 'b'}.db" in refused and f"{tmp_path / 'a'}.db" in refused, refused
+
+
+def test_a_postgresql_database_named_in_its_query_is_the_one_every_message_names(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    """libpq opens the database ``?dbname=`` names over the path's: a server on
+    ``…/a?dbname=b`` read ``b`` while its ``/health`` (and every mismatch message) named
+    ``a``, and one on ``…/?dbname=a`` named no database at all."""
+    url = create_pg_database(pg_admin)
+    name = str(make_url(url).database)
+    try:
+        in_query = make_url(url).set(database="").update_query_dict({"dbname": name})
+        env = clean_env(DATABASE_URL=in_query.render_as_string(hide_password=False))
+        with Server(env, cwd=tmp_path, autopack_args=["serve"]) as server:
+            assert server.wait_healthy()["database"]["public_url"] == f"postgresql://***@***/{name}"
+        other = f"{name}_other"  # never made: nothing is opened, nothing initialised
+        twice = make_url(url).update_query_dict({"dbname": other})
+        env = clean_env(DATABASE_URL=twice.render_as_string(hide_password=False))
+        listed = cli("run", "list", cwd=tmp_path, env=env)
+        assert listed.returncode == 2, listed.stdout + listed.stderr
+        assert f"{name!r} in the path and {other!r} in ?dbname=" in listed.stderr
+        assert "Traceback" not in listed.stderr
+    finally:
+        drop_pg_database(pg_admin, url)
