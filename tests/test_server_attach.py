@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.conftest import empty_sqlite
-from tests.support import Server, alive, clean_env, free_port, gone, running
+from tests.conftest import create_pg_database, drop_pg_database, empty_sqlite
+from tests.executor_support import RUN_ID, cassette, env_for, files, line, phase, run_file
+from tests.support import Server, alive, clean_env, cli, free_port, gone, running
 
 
 def _holder(mode: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -135,3 +137,74 @@ def test_a_port_taken_between_probe_and_bind_is_retried_on_another(
         finally:
             child.stop()
             ours.close()
+
+
+def test_a_server_restarted_on_another_database_mid_drain_is_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    """A drain attached through AUTOPACK_API_URL; the server behind that URL came back on
+    another database. The drain stopped, but its error named only the server's database
+    by where it is: the drain's own was an instance_id and a fingerprint, so the person
+    could not tell which file the drain meant."""
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")}
+    for url in urls.values():
+        init = cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url))
+        assert init.returncode == 0, init.stderr
+    made = run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])])
+    created = cli("run", "create", str(made), cwd=tmp_path, env=clean_env(DATABASE_URL=urls["a"]))
+    assert created.returncode == 0, created.stderr
+    answers = [line(p, 1, files(a_py="x = 1"), latency_ms=5000) for p in ("p1", "p2")]
+    with Server(clean_env(DATABASE_URL=urls["a"]), cwd=tmp_path) as first:
+        env = env_for(
+            urls["a"],
+            AUTOPACK_API_URL=first.url,
+            AUTOPACK_LLM_PROVIDER="replay",
+            AUTOPACK_REPLAY_CASSETTE=str(cassette(tmp_path, answers)),
+            AUTOPACK_REPLAY_SPEED="1",
+        )
+        drain = subprocess.Popen(
+            [sys.executable, "-m", "autopack", "drain", "run", "--run-id", RUN_ID],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert drain.stdout is not None
+        seen = []
+        for text in drain.stdout:  # the attempt is under way on database a
+            seen.append(text)
+            if "attempt 1 started" in text:
+                break
+        else:
+            pytest.fail("".join(seen))
+        first.stop()
+        with Server(clean_env(DATABASE_URL=urls["b"]), cwd=tmp_path, port=first.port):
+            output, _ = drain.communicate(timeout=60)
+    assert drain.returncode == 2, output
+    refused = next(text for text in output.splitlines() if "✘ IdentityMismatch" in text)
+    assert f"{tmp_path / 'b'}.db" in refused and f"{tmp_path / 'a'}.db" in refused, refused
+
+
+def test_a_postgresql_database_named_in_its_query_is_the_one_every_message_names(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    """libpq opens the database ``?dbname=`` names over the path's: a server on
+    ``…/a?dbname=b`` read ``b`` while its ``/health`` (and every mismatch message) named
+    ``a``, and one on ``…/?dbname=a`` named no database at all."""
+    url = create_pg_database(pg_admin)
+    name = str(make_url(url).database)
+    try:
+        in_query = make_url(url).set(database="").update_query_dict({"dbname": name})
+        env = clean_env(DATABASE_URL=in_query.render_as_string(hide_password=False))
+        with Server(env, cwd=tmp_path, autopack_args=["serve"]) as server:
+            assert server.wait_healthy()["database"]["public_url"] == f"postgresql://***@***/{name}"
+        other = f"{name}_other"  # never made: nothing is opened, nothing initialised
+        twice = make_url(url).update_query_dict({"dbname": other})
+        env = clean_env(DATABASE_URL=twice.render_as_string(hide_password=False))
+        listed = cli("run", "list", cwd=tmp_path, env=env)
+        assert listed.returncode == 2, listed.stdout + listed.stderr
+        assert f"{name!r} in the path and {other!r} in ?dbname=" in listed.stderr
+        assert "Traceback" not in listed.stderr
+    finally:
+        drop_pg_database(pg_admin, url)

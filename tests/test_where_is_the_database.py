@@ -377,6 +377,35 @@ def test_a_sqlite_url_that_would_open_another_database_than_its_path_is_refused(
     assert not [p for p in root.iterdir() if p.name.startswith("file:") or "?" in p.name]
 
 
+def test_a_dotdot_after_a_symlink_means_the_database_the_system_opens(tmp_path: Path) -> None:
+    """``..`` was dropped as text: ``DATABASE_URL=sqlite:///lnk/../project.db`` (``lnk`` a
+    link to ``data/real``) names ``data/project.db`` to SQLite and every other tool, but
+    Autopack read ``./project.db``: no database there, and ``run create`` made a new,
+    empty one beside the real one and put the run in it."""
+    root, scripts = _repo(tmp_path)
+    (root / "data" / "real").mkdir(parents=True)
+    (root / "lnk").symlink_to(root / "data" / "real")
+    real = root / "data" / "project.db"
+    _seed(root, clean_env(DATABASE_URL=f"sqlite:///{real}"))
+    (root / ".env").write_text("DATABASE_URL=sqlite:///lnk/../project.db\n")
+
+    for cwd in (root, scripts):
+        listed = cli("run", "list", "--json", cwd=cwd, env=clean_env())
+        assert listed.returncode == 0, listed.stderr
+        assert [r["run_id"] for r in json.loads(listed.stdout)["items"]] == [RUN]
+    env = clean_env(DATABASE_URL=f"sqlite:///{root}/lnk/../project.db")
+    again = cli(
+        "run",
+        "create",
+        str(run_file(scripts, [phase("p1", ["pkg/a.py"])], run_id="r2")),
+        cwd=scripts,
+        env=env,
+    )
+    assert again.returncode == 0, again.stderr
+    assert str(real) in again.stdout + again.stderr
+    assert not (root / "project.db").exists()
+
+
 def test_a_database_file_with_a_second_hard_link_is_refused_under_either_name(
     tmp_path: Path,
 ) -> None:

@@ -48,11 +48,12 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
         path = Path(database).expanduser()
         if not path.is_absolute():
             path = (cwd or Path.cwd()) / path
-        path = Path(os.path.normpath(path))
+        path = _as_the_system_means(path)
         _refuse_a_path_never_a_file(path)
         url = url.set(database=str(path))
     elif backend in {"postgresql", "postgres"}:
-        if not (url.database or url.query.get("dbname")):
+        url = _database_in_path(url)
+        if not url.database:
             raise ValueError(
                 "names no database, so PostgreSQL would pick one by the user's name (or "
                 "PGDATABASE), which another machine or shell resolves differently: name it, "
@@ -70,6 +71,39 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
     else:
         raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
     return url.render_as_string(hide_password=False)
+
+
+def _as_the_system_means(path: Path) -> Path:
+    """``path`` without ``.`` and ``..``, naming the file SQLite opens at it: a ``..``
+    steps up from where a symbolic link before it points, as the system's own lookup
+    does. ``os.path.normpath`` dropped ``lnk/..`` as text, so ``sqlite:///lnk/../a.db``
+    (``lnk`` a link to ``data/real``) meant ``./a.db`` instead of ``data/a.db``: readers
+    found no database, ``run create`` made a new, empty one beside the real one. The
+    part up to the last ``..`` is resolved; the rest (the file name too) stays as written."""
+    parts = path.parts
+    if ".." not in parts:
+        return Path(os.path.normpath(path))
+    last = len(parts) - parts[::-1].index("..")
+    return Path(os.path.realpath(Path(*parts[:last]))) / os.path.normpath(Path(*parts[last:]))
+
+
+def _database_in_path(url: URL) -> URL:
+    """The database a ``?dbname=`` names, moved to the URL's path, where every message,
+    ``/health`` and the identity handshake read it: libpq opens the query's database over
+    the path's, so ``…/autopack?dbname=other`` was served as ``…/autopack`` while it
+    read ``other``, and ``…/?dbname=autopack`` was named with no database at all. A URL
+    naming two different databases is refused, naming both."""
+    named = url.query.get("dbname")
+    if named is None:
+        return url
+    if not isinstance(named, str):
+        raise ValueError("names 'dbname' more than once: name the database once, in the path")
+    if url.database and url.database != named:
+        raise ValueError(
+            f"names two databases, {url.database!r} in the path and {named!r} in ?dbname= "
+            "(PostgreSQL would open the second): name the one you mean once, in the path"
+        )
+    return url.difference_update_query(["dbname"]).set(database=named)
 
 
 _PYSQLITE_ARGUMENTS = frozenset(

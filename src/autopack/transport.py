@@ -44,10 +44,14 @@ _ERROR_BY_STATUS: dict[int, type[AutopackError]] = {
 }
 
 
-def _error_from(response: httpx.Response, where: str) -> AutopackError:
+def _error_from(
+    response: httpx.Response, where: str, proved: PublicIdentity | None = None
+) -> AutopackError:
     """The error the server's answer names, ending with the request and who answered it
     (``where``: the in-process server's own address, ``http://autopack``, means nothing
-    to a person)."""
+    to a person). A server refusing the database this client ``proved`` (restarted on
+    another one) knows it only by instance_id: where that database is comes from here, so
+    the error names both databases, not only the server's."""
     try:
         body = response.json()
     except ValueError:
@@ -60,6 +64,8 @@ def _error_from(response: httpx.Response, where: str) -> AutopackError:
     if not (isinstance(cls, type) and issubclass(cls, AutopackError)):
         cls = _ERROR_BY_STATUS.get(response.status_code, AutopackError)
     message = detail if isinstance(detail, str) else f"HTTP {response.status_code}: {detail}"
+    if proved is not None and cls is errors.IdentityMismatch:
+        message += f" This client's database: {proved.describe()}."
     request = response.request
     target = request.url.raw_path.decode(errors="replace")
     return cls(f"{message} [{request.method} {target}, {where}]", **body)
@@ -113,6 +119,7 @@ class Transport:
                 api_url=base_url,
             )
         self.where = where or f"API {self.base_url}"
+        self.proved = proved
         self.retry_seconds = retry_seconds
         self.connect_retries = connect_retries
         self._http = httpx.Client(
@@ -170,7 +177,7 @@ class Transport:
                 ) from exc
             if not response.is_error:
                 return response
-            error = _error_from(response, self.where)
+            error = _error_from(response, self.where, self.proved)
             if response.status_code not in RETRYABLE_STATUSES or isinstance(error, SchemaOutOfDate):
                 raise error
             problem = f"HTTP {response.status_code}: {error.message}"
