@@ -515,3 +515,19 @@ def test_from_outside_any_project_the_databases_at_home_are_named(
         assert f"sqlite:///{made / 'autopack.db'}" in said, said
         assert "No other Autopack database is in sight" not in said
     assert not Path("/autopack.db").exists() and not (outside / "autopack.db").exists()
+
+
+def test_a_cache_dir_with_a_dotdot_after_a_symlink_is_where_the_system_finds_it(
+    tmp_path: Path,
+) -> None:
+    """``AUTOPACK_CACHE_DIR=lnk/../cache`` was made absolute as text (``./cache``), while
+    every other tool (git, a person's shell) finds ``data/cache``: resolved as the
+    database's path is, in one place."""
+    (tmp_path / "data" / "real").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "data" / "real")
+    shown = cli(
+        "config", "show", "--json", cwd=tmp_path, env=clean_env(AUTOPACK_CACHE_DIR="lnk/../cache")
+    )
+    assert shown.returncode == 0, shown.stderr
+    [cache] = [s for s in json.loads(shown.stdout) if s["name"] == "AUTOPACK_CACHE_DIR"]
+    assert cache["value"] == str(tmp_path / "data" / "cache"), cache

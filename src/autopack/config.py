@@ -55,7 +55,7 @@ from autopack.envfile import (
 )
 from autopack.errors import ConfigError
 from autopack.field_errors import short_value
-from autopack.paths import not_a_directory
+from autopack.paths import as_the_system_means, not_a_directory
 
 DEFAULT_DATABASE_URL = "sqlite:///./autopack.db"
 MIN_TOKEN_LENGTH = 16
@@ -274,7 +274,7 @@ class Settings(BaseSettings):
         reached ``git worktree add`` as an option. One that can never be a directory (a
         file or FIFO at it or above it, a name too long) is refused here, naming the
         setting: the first drain's attempt raised ``OSError`` with a traceback."""
-        absolute = Path(os.path.abspath(value.expanduser()))
+        absolute = as_the_system_means(Path.cwd() / value.expanduser())  # lnk/.. as the OS
         if problem := not_a_directory(absolute):  # every attempt's worktree goes in it
             raise ValueError(f"{absolute} {problem}")
         return absolute

@@ -9,14 +9,13 @@ again by a child in another directory), and a PostgreSQL URL must name its datab
 from __future__ import annotations
 
 import errno
-import os
 import stat
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from autopack.paths import file_kind
+from autopack.paths import as_the_system_means, file_kind
 
 
 def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
@@ -48,7 +47,7 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
         path = Path(database).expanduser()
         if not path.is_absolute():
             path = (cwd or Path.cwd()) / path
-        path = _as_the_system_means(path)
+        path = as_the_system_means(path)
         _refuse_a_path_never_a_file(path)
         url = url.set(database=str(path))
     elif backend in {"postgresql", "postgres"}:
@@ -71,20 +70,6 @@ def resolve_database_url(raw: str, cwd: Path | None = None) -> str:
     else:
         raise ValueError(f"backend {backend!r} is not supported: use sqlite:/// or postgresql://")
     return url.render_as_string(hide_password=False)
-
-
-def _as_the_system_means(path: Path) -> Path:
-    """``path`` without ``.`` and ``..``, naming the file SQLite opens at it: a ``..``
-    steps up from where a symbolic link before it points, as the system's own lookup
-    does. ``os.path.normpath`` dropped ``lnk/..`` as text, so ``sqlite:///lnk/../a.db``
-    (``lnk`` a link to ``data/real``) meant ``./a.db`` instead of ``data/a.db``: readers
-    found no database, ``run create`` made a new, empty one beside the real one. The
-    part up to the last ``..`` is resolved; the rest (the file name too) stays as written."""
-    parts = path.parts
-    if ".." not in parts:
-        return Path(os.path.normpath(path))
-    last = len(parts) - parts[::-1].index("..")
-    return Path(os.path.realpath(Path(*parts[:last]))) / os.path.normpath(Path(*parts[last:]))
 
 
 def _database_in_path(url: URL) -> URL:

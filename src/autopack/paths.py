@@ -137,6 +137,20 @@ def not_a_directory(path: Path) -> str | None:
     return None
 
 
+def as_the_system_means(path: Path) -> Path:
+    """The absolute ``path`` without ``.`` and ``..``, naming what the system's own lookup
+    finds at it: a ``..`` steps up from where a symbolic link before it points.
+    ``os.path.normpath`` drops ``lnk/..`` as text, so ``sqlite:///lnk/../a.db`` (``lnk`` a
+    link to ``data/real``) meant ``./a.db`` instead of ``data/a.db``: readers found no
+    database, ``run create`` made a new, empty one beside the real one. The part up to
+    the last ``..`` is resolved; the rest (the file name too) stays as written."""
+    parts = path.parts
+    if ".." not in parts:
+        return Path(os.path.normpath(path))
+    last = len(parts) - parts[::-1].index("..")
+    return Path(os.path.realpath(Path(*parts[:last]))) / os.path.normpath(Path(*parts[last:]))
+
+
 def cache_directory(path: Path, keeps: str) -> Path:
     """``path``, a directory of Autopack's cache that keeps ``keeps``, made when missing. A
     file or FIFO in its place (or above it) raised ``OSError`` with a traceback from the
