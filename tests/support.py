@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import os
 import random
@@ -99,6 +100,18 @@ def fresh_python(
 
 
 _FORK_SERVER = forked_cli.ForkServer(clean_env())
+
+
+def database_identity(url: str, cwd: Path) -> dict[str, Any]:
+    """``db identity --json`` of the database at ``url``, set up first with ``db init``
+    (a database without tables is set up only by a command that writes)."""
+    env = clean_env(DATABASE_URL=url)
+    initialised = cli("db", "init", cwd=cwd, env=env)
+    assert initialised.returncode == 0, initialised.stderr
+    result = cli("db", "identity", "--json", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def script(

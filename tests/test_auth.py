@@ -69,8 +69,14 @@ def _url(path: str) -> str:
     return re.sub(r"{(\w+)}", lambda m: EXAMPLE_PARAMS[m.group(1)], path)
 
 
-def _call(server: Server, method: str, path: str, token: str | None) -> httpx.Response:
+def _call(
+    server: Server, method: str, path: str, token: str | None, instance_id: str | None = None
+) -> httpx.Response:
+    """``instance_id``: the database this client says it proved (a header every Autopack
+    client sends after its handshake)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if instance_id is not None:
+        headers["X-Autopack-Instance-Id"] = instance_id
     params = {"run_id": "r1", "phase_id": "p1"} if path == "/telemetry/counts" else None
     body: dict[str, Any] | None = {} if method == "post" else None
     return httpx.request(
@@ -91,10 +97,16 @@ def test_every_endpoint_refuses_a_missing_wrong_or_weaker_token(server: Server) 
     assert documented | {("get", "/metrics")} == OPERATOR_ONLY | WORKER | PUBLIC
     for method, path in sorted(OPERATOR_ONLY | WORKER):
         for token in (None, "not-a-token-of-this-server"):
-            answer = _call(server, method, path, token)
-            assert answer.status_code == 401, (method, path, token, answer.text)
-            assert answer.json()["error"] == "Unauthorized"
-            assert answer.headers["www-authenticate"] == "Bearer"
+            # Another database's instance_id is the token's business first: a 409 told a
+            # caller without a token which database the server serves, and that it is up.
+            for instance_id in (None, "another-database"):
+                answer = _call(server, method, path, token, instance_id)
+                assert answer.status_code == 401, (method, path, token, answer.text)
+                assert answer.json()["error"] == "Unauthorized"
+                assert answer.headers["www-authenticate"] == "Bearer"
+        other = _call(server, method, path, WORKER_TOKEN, "another-database")
+        assert other.status_code == 409, (method, path, other.text)
+        assert other.json()["error"] == "IdentityMismatch"
         as_worker = _call(server, method, path, WORKER_TOKEN)
         if (method, path) in OPERATOR_ONLY:
             assert as_worker.status_code == 403, (method, path, as_worker.text)

@@ -10,18 +10,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import empty_sqlite
-from tests.support import Server, clean_env, cli
-
-
-def _cli_identity(url: str, cwd: Path) -> dict[str, str]:
-    result = cli("db", "identity", "--json", cwd=cwd, env=clean_env(DATABASE_URL=url))
-    assert result.returncode == 0, result.stderr
-    report: dict[str, str] = json.loads(result.stdout)
-    return report
+from tests.support import Server, clean_env, database_identity
 
 
 def test_server_reports_the_identity_of_its_database(database_url: str, tmp_path: Path) -> None:
-    expected = _cli_identity(database_url, tmp_path)
+    expected = database_identity(database_url, tmp_path)
     with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
         body = server.wait_healthy()
     assert body["status"] == "ok"
@@ -72,7 +65,7 @@ def test_health_reveals_no_password_user_or_host(pg_admin: str, tmp_path: Path) 
 def test_server_given_an_expected_instance_id_refuses_another_database(
     database_url: str, tmp_path: Path
 ) -> None:
-    _cli_identity(database_url, tmp_path)
+    database_identity(database_url, tmp_path)
     env = clean_env(DATABASE_URL=database_url, AUTOPACK_EXPECTED_INSTANCE_ID="not-this-one")
     server = Server(env, cwd=tmp_path)
     try:
@@ -111,6 +104,6 @@ def test_identity_check_script_matches_and_mismatches(
     assert match.returncode == 0, match.stderr
     assert "uses this database" in match.stdout
     assert mismatch.returncode == 2
-    mine = _cli_identity(database_url, tmp_path)["instance_id"]
+    mine = database_identity(database_url, tmp_path)["instance_id"]
     combined = mismatch.stdout + mismatch.stderr
     assert mine in combined and other_id in combined

@@ -170,6 +170,7 @@ def test_an_inherited_parent_pid_neither_stops_a_command_nor_passes_unchecked(
     process watched it and sent the command SIGTERM: exit 143 with no word said. A value
     that is no pid at all is refused naming the setting."""
     url = empty_sqlite(tmp_path / "a.db")
+    assert cli("db", "init", cwd=tmp_path, env=clean_env(DATABASE_URL=url)).returncode == 0
     listed = cli(
         "run", "list", cwd=tmp_path, env=clean_env(DATABASE_URL=url, AUTOPACK_PARENT_PID="1")
     )

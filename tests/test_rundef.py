@@ -333,3 +333,18 @@ def test_a_repository_holding_a_control_character_is_refused_naming_it(tmp_path:
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(InvalidInput, match=r"repository.*control character \('\\n'\)"):
         load_run_file(tmp_path / "run.yaml")
+
+
+def test_a_relative_repository_with_a_dotdot_after_a_symlink_is_the_one_git_would_open(
+    tmp_path: Path,
+) -> None:
+    """``repository: lnk/../repo`` next to the run file, ``lnk`` a link to ``a/b``: git
+    (like every program) opens ``a/repo``; the path was joined as text, dropping
+    ``lnk/..``, so a ``repo`` beside the run file became the run's repository."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "repo").mkdir()
+    (tmp_path / "repo").mkdir()  # what the text alone names
+    (tmp_path / "lnk").symlink_to(tmp_path / "a" / "b")
+    text = "run_id: r1\nrepository: lnk/../repo\n" + yaml.safe_dump({"tiers": MINIMAL["tiers"]})
+    (tmp_path / "run.yaml").write_text(text)
+    assert load_run_file(tmp_path / "run.yaml").repository == str(tmp_path / "a" / "repo")

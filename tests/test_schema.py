@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy import text
 from autopack.db import open_database
 from autopack.db.engine import make_engine
 from autopack.db.models import Base
-from tests.support import Server, clean_env, cli
+from tests.support import Server, clean_env, cli, database_identity
 
 
 def _identity(url: str, cwd: Path) -> dict[str, object]:
@@ -28,7 +29,7 @@ def _identity(url: str, cwd: Path) -> dict[str, object]:
 def test_fresh_database_is_initialised_once_and_keeps_its_identity(
     database_url: str, tmp_path: Path
 ) -> None:
-    first = _identity(database_url, tmp_path)
+    first = database_identity(database_url, tmp_path)
     second = _identity(database_url, tmp_path)
     assert first["instance_id"] == second["instance_id"]
     assert first["schema_revision"] == first["code_revision"]
@@ -67,7 +68,7 @@ def _drop_approvals_keeping_a_run(url: str) -> None:
 def test_partial_schema_is_refused_with_exit_3_and_upgrade_repairs_it(
     database_url: str, tmp_path: Path
 ) -> None:
-    before = _identity(database_url, tmp_path)
+    before = database_identity(database_url, tmp_path)
     _drop_approvals_keeping_a_run(database_url)
     env = clean_env(DATABASE_URL=database_url)
 
@@ -89,7 +90,7 @@ def test_partial_schema_is_refused_with_exit_3_and_upgrade_repairs_it(
 
 
 def test_api_server_refuses_a_partial_schema(database_url: str, tmp_path: Path) -> None:
-    _identity(database_url, tmp_path)
+    database_identity(database_url, tmp_path)
     _drop_approvals_keeping_a_run(database_url)
     server = Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path)
     try:
@@ -103,7 +104,7 @@ def test_api_server_refuses_a_partial_schema(database_url: str, tmp_path: Path) 
 def test_a_dropped_column_is_named_and_upgrade_is_not_offered(
     database_url: str, tmp_path: Path
 ) -> None:
-    _identity(database_url, tmp_path)
+    database_identity(database_url, tmp_path)
     engine = make_engine(database_url)
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE phase_attempts DROP COLUMN feedback"))
@@ -119,7 +120,7 @@ def test_a_dropped_column_is_named_and_upgrade_is_not_offered(
 
 
 def test_old_revision_is_refused(database_url: str, tmp_path: Path) -> None:
-    _identity(database_url, tmp_path)
+    database_identity(database_url, tmp_path)
     engine = make_engine(database_url)
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = 'ancient'"))
@@ -135,7 +136,7 @@ def test_concurrent_first_starts_initialise_the_database_once(
     env = clean_env(DATABASE_URL=database_url)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "autopack", "db", "identity", "--json"],
+            [sys.executable, "-m", "autopack", "db", "init"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
@@ -146,7 +147,7 @@ def test_concurrent_first_starts_initialise_the_database_once(
     ]
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], [e for _, e in outputs]
-    ids = {json.loads(stdout)["instance_id"] for stdout, _ in outputs}
+    ids = {re.findall(r"instance_id (\S+)", stdout)[0] for stdout, _ in outputs}
     assert len(ids) == 1
 
 

@@ -3,7 +3,6 @@ process on the database the command resolved (never one its children resolve aga
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from pathlib import Path
@@ -14,14 +13,18 @@ from autopack.client import ApiClient
 from autopack.contract import ClaimIn, HeartbeatIn, ResultIn
 from autopack.rundef import parse_run_definition
 from autopack.states import PhaseState
-from tests.support import Pid, Server, alive, clean_env, cli, free_port, gone, kill, wait_for
-
-
-def _instance_id(url: str, cwd: Path) -> str:
-    result = cli("db", "identity", "--json", cwd=cwd, env=clean_env(DATABASE_URL=url))
-    assert result.returncode == 0, result.stderr
-    instance_id: str = json.loads(result.stdout)["instance_id"]
-    return instance_id
+from tests.support import (
+    Pid,
+    Server,
+    alive,
+    clean_env,
+    cli,
+    database_identity,
+    free_port,
+    gone,
+    kill,
+    wait_for,
+)
 
 
 def _stop_gracefully(server: Server) -> None:
@@ -43,7 +46,7 @@ def _stop_gracefully(server: Server) -> None:
 def test_serve_answers_for_its_database_and_stops_cleanly(
     database_url: str, tmp_path: Path
 ) -> None:
-    expected = _instance_id(database_url, tmp_path)
+    expected = database_identity(database_url, tmp_path)["instance_id"]
     server = Server(clean_env(DATABASE_URL=database_url), tmp_path, autopack_args=["serve"])
     try:
         assert server.wait_healthy()["database"]["instance_id"] == expected
@@ -60,8 +63,8 @@ def test_two_api_processes_serve_the_database_the_command_resolved(
     chosen, decoy = create_pg_database(pg_admin), create_pg_database(pg_admin)
     request.addfinalizer(lambda: drop_pg_database(pg_admin, chosen))
     request.addfinalizer(lambda: drop_pg_database(pg_admin, decoy))
-    expected = _instance_id(chosen, tmp_path)
-    _instance_id(decoy, tmp_path)
+    expected = database_identity(chosen, tmp_path)["instance_id"]
+    database_identity(decoy, tmp_path)["instance_id"]
     # The children inherit DATABASE_URL (and a .env) naming the decoy: the flag must win
     # in every one of them, as it did in the command.
     (tmp_path / ".env").write_text(f"DATABASE_URL={decoy}\n")

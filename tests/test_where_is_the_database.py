@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import create_pg_database, drop_pg_database, empty_sqlite
 from tests.executor_support import (
     BREAKAGES,
     break_repository,
@@ -162,6 +163,61 @@ def test_readers_never_create_a_database_and_say_where_they_looked(
     assert "autopack db init" in result.stderr  # nothing else in sight: how to start one
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def _tables(url: str) -> list[str]:
+    """The tables in the database at ``url`` (read without Autopack)."""
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        return inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [*[a for a in READERS if a != ["db", "upgrade"]], ["doctor"]],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_readers_leave_an_empty_database_empty_and_say_so(args: list[str], tmp_path: Path) -> None:
+    """A database that exists but holds no tables (an empty file, a new PostgreSQL
+    database: a mistyped name for one the user made) was set up by any command opening it,
+    which then answered "0 runs" from the empty tables it had just made."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    result = cli(*args, cwd=tmp_path, env=clean_env(DATABASE_URL=url, TELEMETRY_DB_ENABLED="1"))
+    checks_schema = args in (["db", "check"], ["doctor"])  # "not initialised yet", exit 3
+    assert result.returncode == (3 if checks_schema else 2), result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "Traceback" not in said
+    assert f"{tmp_path / 'autopack.db'} is" in said and "db init" in said, said
+    assert _tables(url) == [], "a reader set up the empty database"
+
+
+@pytest.mark.postgres
+def test_an_empty_postgresql_database_is_set_up_by_writers_only(
+    pg_admin: str, tmp_path: Path
+) -> None:
+    """Readers refuse a new PostgreSQL database naming it and `autopack db init`;
+    `run create` (a writer) sets it up and creates its run there."""
+    database_url = create_pg_database(pg_admin)
+    try:
+        _readers_refuse_writers_set_up(database_url, tmp_path)
+    finally:
+        drop_pg_database(pg_admin, database_url)
+
+
+def _readers_refuse_writers_set_up(database_url: str, tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=database_url)
+    listed = cli("run", "list", cwd=tmp_path, env=env)
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    said = " ".join(listed.stderr.split())
+    assert "is an empty database (no tables at all)" in said and "autopack db init" in said
+    assert _tables(database_url) == []
+    root, _ = _repo(tmp_path)
+    _seed(root, env)
+    assert "exec-run" in cli("run", "list", cwd=tmp_path, env=env).stdout
 
 
 def test_a_missing_database_lists_the_databases_nearby(tmp_path: Path) -> None:

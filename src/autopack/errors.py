@@ -11,6 +11,7 @@ original as ``__cause__``.
     │   ├── Unauthorized       exit 2, HTTP 401  no token, or not one this server knows
     │   ├── Forbidden          exit 2, HTTP 403  a valid token whose role may not do this
     │   └── DatabaseMissing    exit 2            no database file where a reader looked
+    │       └── DatabaseEmpty                    a database with no tables, and a reader
     ├── SchemaOutOfDate        exit 3, HTTP 503  the database is not at the code's revision
     ├── DatabaseUnavailable    exit 2, HTTP 503  the server cannot reach its database now
     ├── InvalidInput           exit 2, HTTP 422  a run file or request body is wrong
@@ -88,6 +89,17 @@ class DatabaseMissing(ConfigError):
     def __init__(self, message: str | None = None, *, path: str, **details: Any) -> None:
         super().__init__(message or f"no database file at {path}", path=path, **details)
         self.path = path
+
+
+class DatabaseEmpty(DatabaseMissing):
+    """The database exists but holds no tables at all (a new PostgreSQL database, an empty
+    SQLite file), and this command does not set one up.
+
+    Only the commands that write (``db init``, ``db upgrade``, ``run create``, ``serve``, an
+    API server) initialise a database: a read such as ``run list`` on a mistyped database
+    name set up Autopack's tables there and answered "0 runs". ``path`` is the SQLite file,
+    or the PostgreSQL URL without its password.
+    """
 
 
 class SchemaOutOfDate(AutopackError):

@@ -12,7 +12,6 @@ exit 2). Importing this module reads nothing; :func:`load_run_file` reads the on
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -412,7 +411,7 @@ def _checked_repository(directory: Path | None, repository: str) -> str:
             "create FILE` makes a run file's relative path absolute against the file's "
             "directory; one read from a pipe has none)"
         )
-    return os.path.normpath(directory / path)
+    return str(paths.as_the_system_means(directory / path))
 
 
 def repository_option(value: str) -> str:

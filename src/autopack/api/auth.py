@@ -208,12 +208,14 @@ def authorize(
     request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Role
 ) -> Role:
     """The caller's role if it may do what needs ``needed``; else 401 (no or unknown
-    token) or 403 (a worker token where the operator's is needed). First, a 409 for a
-    client that proved another database at its handshake (:func:`same_database`)."""
-    same_database(request)
+    token), 409 for a client that proved another database at its handshake
+    (:func:`same_database`), or 403 (a worker token where the operator's is needed).
+    The token first: the 409 names the server's database, and told a caller holding no
+    token which database it serves, and that it is up."""
     auth = authenticator(request)
     if not auth.enabled:
         auth.admit_unauthenticated(request)
+        same_database(request)
         return Role.OPERATOR
     if credentials is None:
         raise Unauthorized(
@@ -227,6 +229,7 @@ def authorize(
             "the token is not one this server knows: compare AUTOPACK_API_TOKEN / "
             "AUTOPACK_WORKER_TOKEN here with the server's"
         )
+    same_database(request)
     if role < needed:
         raise Forbidden(
             f"{request.method} {request.url.path} needs the operator token "

@@ -96,10 +96,11 @@ class CliState:
         return self.loaded().settings
 
     def database(self, *, create: bool = False) -> Database:
-        """The database, schema-guarded (fresh: initialised; partial: exit 3) and logged.
+        """The database, schema-guarded (partial: exit 3) and logged.
 
-        A missing SQLite file is :class:`DatabaseMissing` (exit 2, saying where it looked
-        and which databases are nearby) unless ``create``; a created one is announced.
+        Unless ``create`` (a command that writes), a missing SQLite file or a database
+        without tables is :class:`DatabaseMissing` (exit 2, saying where it looked and
+        which databases are nearby); with it, a created file is announced.
         """
         if self._database is None:
             from autopack.db import open_database
@@ -111,6 +112,7 @@ class CliState:
                     self.settings.database_url,
                     role="cli",
                     create=create,
+                    initialise=create,
                     expected_instance_id=self.settings.autopack_expected_instance_id,
                 )
             except DatabaseMissing as exc:

@@ -162,7 +162,9 @@ def _server(settings: Settings, *, names_database: bool) -> list[Check]:
     configured = settings.autopack_api_url
     url = configured or f"http://127.0.0.1:{settings.autopack_default_api_port}"
     database = (
-        open_database(settings.database_url, role="doctor", log=False) if names_database else None
+        open_database(settings.database_url, role="doctor", log=False, initialise=False)
+        if names_database
+        else None
     )
     try:
         with ApiClient(url) as client:

@@ -24,7 +24,7 @@ from autopack.config import LoadedSettings, dotenv_values
 from autopack.db.engine import sqlite_file
 from autopack.dburl import redact_url, resolve_database_url
 from autopack.envfile import search_directories
-from autopack.errors import ConfigError, DatabaseMissing
+from autopack.errors import ConfigError, DatabaseEmpty, DatabaseMissing
 from autopack.executor.git import GitError, git
 
 DEFAULT_FILE = "autopack.db"
@@ -163,10 +163,15 @@ def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMi
     """The full story of a missing SQLite file (see the module docstring)."""
     origin = loaded.database
     nearby = nearby_databases(loaded.settings.database_url)
+    # Not "this command only reads": a drain, a requeue, `db upgrade` write, into the
+    # database the user meant, never a new empty one.
+    found = (
+        f"{exc.path} is an empty database (no tables at all), and this command does not set one up."
+        if isinstance(exc, DatabaseEmpty)
+        else f"no database at {exc.path}, and this command does not create one."
+    )
     lines = [
-        # Not "this command only reads": a drain, a requeue, `db upgrade` write, into the
-        # database the user meant, never a new empty one.
-        f"no database at {exc.path}, and this command does not create one.",
+        found,
         f"DATABASE_URL is {origin.describe()}.",
     ]
     if nearby:
@@ -186,10 +191,10 @@ def missing_database(loaded: LoadedSettings, exc: DatabaseMissing) -> DatabaseMi
     else:
         lines.append(
             "No other Autopack database is in sight. fix: point DATABASE_URL or "
-            "--database-url at your database, or create one here with `autopack db init` "
+            "--database-url at your database, or set one up there with `autopack db init` "
             "(`autopack demo` makes a demo database of its own)."
         )
-    return DatabaseMissing(
+    return type(exc)(
         "\n".join(lines),
         path=exc.path,
         source=origin.source,

@@ -3,10 +3,11 @@
 touches the database.
 
 :func:`open_database` is the single way a process gets its database: it connects, makes
-sure the schema is complete (initialising a brand-new database, refusing a partial one),
-reads the identity, checks it against an expected instance_id when one is given, and logs
-the identity once. It never creates a SQLite file unless asked to (``create=True``): a
-command that only reads must not answer "nothing here" from an empty file it just made.
+sure the schema is complete (initialising a brand-new database when the caller writes,
+refusing a partial one), reads the identity, checks it against an expected instance_id
+when one is given, and logs the identity once. It never creates a SQLite file unless asked
+to (``create=True``), and a command that only reads never sets up an empty database: it
+must not answer "nothing here" from a database it just made or filled with empty tables.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
 from autopack.db.transaction import again_on_lost_connection
 from autopack.dburl import redact_url
-from autopack.errors import ConfigError, DatabaseUnavailable, IdentityMismatch
+from autopack.errors import ConfigError, DatabaseEmpty, DatabaseUnavailable, IdentityMismatch
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
@@ -122,11 +123,14 @@ def open_database(
     expected_instance_id: str | None = None,
     log: bool = True,
     create: bool = False,
+    initialise: bool = True,
 ) -> Database:
     """Connect, guard the schema, verify and log the identity. ``url`` must be resolved.
 
     A SQLite file that does not exist is :class:`~autopack.errors.DatabaseMissing` unless
-    ``create`` is true.
+    ``create`` is true; a database without tables is initialised if ``initialise`` (a
+    process that writes: the API server, ``run create``), else
+    :class:`~autopack.errors.DatabaseEmpty` (the CLI's readers).
     """
     path = sqlite_file(url)
     created = path is not None and not path.exists()
@@ -134,7 +138,9 @@ def open_database(
         raise _never_pinned(url, expected_instance_id)  # before the file is made
     engine = make_engine(url, create=create)
     try:
-        identity = _guarded_identity(engine, initialise=not expected_instance_id)
+        identity = _guarded_identity(
+            engine, initialise=(initialise or create) and not expected_instance_id
+        )
     except (OperationalError, DBAPIError) as exc:
         engine.dispose()
         raise cannot_open(url, exc) from exc
@@ -143,7 +149,12 @@ def open_database(
         raise
     if identity is None:
         engine.dispose()
-        raise _never_pinned(url, str(expected_instance_id))
+        if expected_instance_id:
+            raise _never_pinned(url, expected_instance_id)
+        raise DatabaseEmpty(
+            f"{redact_url(url)} is an empty database (no tables at all)",
+            path=str(path) if path is not None else redact_url(url),
+        )
     if expected_instance_id and identity.instance_id != expected_instance_id:
         engine.dispose()
         raise IdentityMismatch(
@@ -201,8 +212,8 @@ def _same_database(identity: DbIdentity) -> Any:
 
 
 def _guarded_identity(engine: Engine, *, initialise: bool) -> DbIdentity | None:
-    """Guard the schema and read the identity (None: an empty database left empty, as
-    ``initialise`` false asks); again on a new connection when the server ended ours
+    """Guard the schema and read the identity (None: a database without tables left as it
+    is, as ``initialise`` false asks); again on a new connection when the server ended ours
     (:func:`again_on_lost_connection`)."""
 
     def read() -> DbIdentity | None:

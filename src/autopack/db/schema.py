@@ -148,10 +148,12 @@ def ensure_schema(engine: Engine, *, initialise: bool = True) -> SchemaStatus:
     with engine.begin() as connection:
         _lock(connection)
         status = inspect_schema(connection)
-        if status.in_sync or (status.fresh and not initialise):
+        if status.in_sync:
             return status
         if status.fresh and status.foreign_tables:
             raise _foreign(status)
+        if status.fresh and not initialise:
+            return status
         if status.fresh:
             from alembic import command
 
