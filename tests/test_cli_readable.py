@@ -389,3 +389,46 @@ def test_run_phase_says_which_check_failed_and_what_the_audit_objected_to(
     empty = shown("c")
     assert 'attempt 1: Your "files" array was empty.' in empty
     assert "More." not in empty
+
+
+def _autopack(args: list[str], cwd: Path, **popen: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autopack", *args],
+        cwd=cwd,
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+@pytest.mark.parametrize("args", [["config", "show"], ["--version"], ["--help"]])
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
+    args: list[str], tmp_path: Path
+) -> None:
+    """`autopack config show > out.txt` on a full disk, or with stdout closed (`>&-`): an
+    OSError traceback from inside Rich (a full disk), or nothing at all and exit 0 (closed).
+    A reader that went away (`| head -1`) ends it quietly, as the shell's tools end."""
+    with open("/dev/full", "w") as full:
+        process = _autopack(args, tmp_path, stdout=full)
+        _, said = process.communicate(timeout=60)
+    assert process.returncode == 1, said
+    assert said == "✘ cannot write this command's output: No space left on device\n", said
+    shut = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "autopack", *args],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (shut.returncode, shut.stderr) == (
+        1,
+        "✘ cannot write this command's output: standard output is closed\n",
+    )
+    gone = _autopack(args, tmp_path, stdout=subprocess.PIPE)
+    assert gone.stdout is not None
+    gone.stdout.close()  # no reader left: the first write is EPIPE
+    _, said = gone.communicate(timeout=60)
+    assert (gone.returncode, said) == (128 + signal.SIGPIPE, "")
