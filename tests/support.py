@@ -114,6 +114,17 @@ def database_identity(url: str, cwd: Path) -> dict[str, Any]:
     return report
 
 
+def table_names(url: str) -> set[str]:
+    """The tables in the database at ``url``, read without Autopack."""
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def script(
     name: str, *args: str, cwd: Path, env: Mapping[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

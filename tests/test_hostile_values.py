@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
 from tests.conftest import empty_sqlite
 from tests.executor_support import (
@@ -24,7 +24,7 @@ from tests.executor_support import (
     phase,
     run_file,
 )
-from tests.support import Server, clean_env, cli
+from tests.support import Server, clean_env, cli, table_names
 
 RUN_PHASE = {"phase_id": "p", "name": "p"}
 HUGE = "9" * 5000
@@ -206,14 +206,6 @@ def test_a_builder_answer_with_a_number_of_5000_digits_is_malformed_output(tmp_p
     assert second["outcome"] == "COMPLETE", second
 
 
-def _tables(url: str) -> set[str]:
-    engine = create_engine(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
-
-
 def test_another_applications_database_is_left_as_it_is(database_url: str, tmp_path: Path) -> None:
     """DATABASE_URL naming another application's database (the wrong project's, a typo'd
     file): on SQLite every command died with a KeyError traceback; on PostgreSQL a mere
@@ -231,7 +223,7 @@ def test_another_applications_database_is_left_as_it_is(database_url: str, tmp_p
         assert "Traceback" not in refused.stderr
         assert "is not an Autopack database: it holds other tables (users)" in refused.stderr
         assert "autopack db init" in refused.stderr
-        assert _tables(database_url) == {"users"}, command
+        assert table_names(database_url) == {"users"}, command
     assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
     assert cli("run", "list", cwd=tmp_path, env=env).returncode == 0
     engine = create_engine(database_url)

@@ -27,7 +27,7 @@ from tests.executor_support import (
     phase,
     run_file,
 )
-from tests.support import Server, clean_env, cli, free_port
+from tests.support import Server, clean_env, cli, free_port, table_names
 
 RUN = "exec-run"
 
@@ -165,17 +165,6 @@ def test_readers_never_create_a_database_and_say_where_they_looked(
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
-def _tables(url: str) -> list[str]:
-    """The tables in the database at ``url`` (read without Autopack)."""
-    from sqlalchemy import create_engine, inspect
-
-    engine = create_engine(url)
-    try:
-        return inspect(engine).get_table_names()
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize(
     "args",
     [*[a for a in READERS if a != ["db", "upgrade"]], ["doctor"]],
@@ -192,7 +181,7 @@ def test_readers_leave_an_empty_database_empty_and_say_so(args: list[str], tmp_p
     said = " ".join((result.stdout + result.stderr).split())
     assert "Traceback" not in said
     assert f"{tmp_path / 'autopack.db'} is" in said and "db init" in said, said
-    assert _tables(url) == [], "a reader set up the empty database"
+    assert table_names(url) == set(), "a reader set up the empty database"
 
 
 @pytest.mark.postgres
@@ -214,7 +203,7 @@ def _readers_refuse_writers_set_up(database_url: str, tmp_path: Path) -> None:
     assert listed.returncode == 2, listed.stdout + listed.stderr
     said = " ".join(listed.stderr.split())
     assert "is an empty database (no tables at all)" in said and "autopack db init" in said
-    assert _tables(database_url) == []
+    assert table_names(database_url) == set()
     root, _ = _repo(tmp_path)
     _seed(root, env)
     assert "exec-run" in cli("run", "list", cwd=tmp_path, env=env).stdout
