@@ -314,9 +314,14 @@ def test_a_pin_never_creates_nor_initialises_a_database_it_would_then_refuse(
     for name, (args, env) in attempts.items():
         result = cli(*args, cwd=machine, env={**env, "AUTOPACK_EXPECTED_INSTANCE_ID": pin})
         assert result.returncode == 2, (name, result.stdout + result.stderr)
-        assert "refusing to create database" in result.stderr, name
+        verb = "create database" if name == "run create" else "set up the empty database"
+        assert f"refusing to {verb}" in result.stderr, name
         assert f"expects instance_id {pin}" in result.stderr, name
     assert _empty(machine) == [made.name]
+    env = clean_env(DATABASE_URL=database_url, AUTOPACK_EXPECTED_INSTANCE_ID=pin)
+    listed = cli("run", "list", cwd=machine, env=env)  # a reader: nothing to create
+    assert listed.returncode == 2, listed.stdout + listed.stderr
+    assert "is an empty database (no tables at all)" in " ".join(listed.stderr.split())
     tables = (
         "SELECT count(*) AS n FROM sqlite_master"
         if database_url.startswith("sqlite")

@@ -182,6 +182,8 @@ def test_readers_leave_an_empty_database_empty_and_say_so(args: list[str], tmp_p
     assert "Traceback" not in said
     assert f"{tmp_path / 'autopack.db'} is" in said and "db init" in said, said
     assert table_names(url) == set(), "a reader set up the empty database"
+    assert list(tmp_path.iterdir()) == [tmp_path / "autopack.db"], "nor a journal beside it"
+    assert (tmp_path / "autopack.db").stat().st_size == 0, "its header was written"
 
 
 @pytest.mark.postgres

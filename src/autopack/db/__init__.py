@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
@@ -24,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
-from autopack.db.engine import make_engine, sqlite_file
+from autopack.db.engine import make_engine, sqlite_file, unwritten
 from autopack.db.identity import read_identity
 from autopack.db.schema import ensure_schema
 from autopack.db.transaction import again_on_lost_connection
@@ -134,13 +135,14 @@ def open_database(
     """
     path = sqlite_file(url)
     created = path is not None and not path.exists()
+    writes = initialise or create
     if created and create and expected_instance_id:
-        raise _never_pinned(url, expected_instance_id)  # before the file is made
+        raise _never_pinned(url, expected_instance_id, exists=False)  # before the file is made
+    if not writes and path is not None and not created and unwritten(path):
+        raise _empty(url, path)  # left as it is: zero bytes
     engine = make_engine(url, create=create)
     try:
-        identity = _guarded_identity(
-            engine, initialise=(initialise or create) and not expected_instance_id
-        )
+        identity = _guarded_identity(engine, initialise=writes and not expected_instance_id)
     except (OperationalError, DBAPIError) as exc:
         engine.dispose()
         raise cannot_open(url, exc) from exc
@@ -149,12 +151,9 @@ def open_database(
         raise
     if identity is None:
         engine.dispose()
-        if expected_instance_id:
-            raise _never_pinned(url, expected_instance_id)
-        raise DatabaseEmpty(
-            f"{redact_url(url)} is an empty database (no tables at all)",
-            path=str(path) if path is not None else redact_url(url),
-        )
+        if expected_instance_id and writes:
+            raise _never_pinned(url, expected_instance_id, exists=True)
+        raise _empty(url, path)
     if expected_instance_id and identity.instance_id != expected_instance_id:
         engine.dispose()
         raise IdentityMismatch(
@@ -224,11 +223,19 @@ def _guarded_identity(engine: Engine, *, initialise: bool) -> DbIdentity | None:
     return again_on_lost_connection(read, OPEN_TRIES)
 
 
-def _never_pinned(url: str, expected_instance_id: str) -> IdentityMismatch:
+def _empty(url: str, path: Path | None) -> DatabaseEmpty:
+    return DatabaseEmpty(
+        f"{redact_url(url)} is an empty database (no tables at all)",
+        path=str(path) if path is not None else redact_url(url),
+    )
+
+
+def _never_pinned(url: str, expected_instance_id: str, *, exists: bool) -> IdentityMismatch:
     """A database to be created or initialised under a pin: it would get a new instance_id,
     never the pinned one, and stay behind after the refusal. Refused before it is made."""
+    made = "set up the empty database" if exists else "create database"
     return IdentityMismatch(
-        f"refusing to create database {redact_url(url)}: AUTOPACK_EXPECTED_INSTANCE_ID "
+        f"refusing to {made} {redact_url(url)}: AUTOPACK_EXPECTED_INSTANCE_ID "
         f"expects instance_id {expected_instance_id}, and a new database never has it. "
         "Point DATABASE_URL at that database, or unset AUTOPACK_EXPECTED_INSTANCE_ID to "
         "create a new one.",

@@ -41,6 +41,18 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def unwritten(path: Path) -> bool:
+    """Is this SQLite file missing or zero bytes, a database nothing has written yet? A
+    command that only reads must not connect to it: connecting writes SQLite's header (the
+    WAL setting) into the file."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+    except OSError:  # unreadable: the driver's own error says why
+        return False
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file a SQLite URL names; None for other backends and in-memory databases."""
     parsed = make_url(url)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect, text
 
+from autopack.db.engine import unwritten
 from autopack.db.models import Base
 from autopack.dburl import redact_url
 from autopack.errors import ConfigError, SchemaOutOfDate
@@ -216,9 +217,10 @@ def upgrade(engine: Engine) -> SchemaStatus:
 
 
 def check(engine: Engine) -> SchemaStatus:
-    """Read-only status (``autopack db check``); never creates a missing SQLite file."""
+    """Read-only status (``autopack db check``); never creates a missing SQLite file nor
+    writes into an empty one."""
     database = engine.url.database
-    if engine.dialect.name == "sqlite" and database and not Path(database).exists():
+    if engine.dialect.name == "sqlite" and database and unwritten(Path(database)):
         return SchemaStatus(
             url=engine.url.render_as_string(hide_password=False),
             db_revision=None,
