@@ -338,16 +338,19 @@ def open_named_repository(
     repository must hold its head, a remote's clone is fetched until it does) before the
     server is asked; opening one that holds the head creates nothing another run could
     hold there. A run without any is asked first, before a repository or branch is made."""
+    from autopack.cli.progress import CloneProgress
     from autopack.executor.repository import RunRepository, run_branch
 
     def opened() -> RunRepository:
-        return RunRepository.open(
-            source,
-            branch=run.branch or run_branch(run.run_id),
-            cache_dir=cache_dir,
-            create=create,
-            head=run.branch_head,
-        )
+        with CloneProgress(err, source.remote or "") as said:
+            return RunRepository.open(
+                source,
+                branch=run.branch or run_branch(run.run_id),
+                cache_dir=cache_dir,
+                create=create,
+                head=run.branch_head,
+                said=said,
+            )
 
     if run.branch_head is None:
         check_named_repository(client, run, source)

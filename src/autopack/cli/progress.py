@@ -11,6 +11,7 @@ nothing). Text a person must read (stop reasons, errors) is never cut.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,10 +26,12 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.status import Status
 
 from autopack import redact
 from autopack.cli.shown import escape
 from autopack.executor.outcome import AttemptResult
+from autopack.repoident import without_password
 from autopack.states import PHASE_TERMINAL
 
 _STYLE = {
@@ -214,3 +217,40 @@ class DrainProgress:
         self._say(line)
         if result.phase_state in PHASE_TERMINAL:
             self._progress.advance(self._task)
+
+
+class CloneProgress:
+    """A remote's first clone on this machine, shown as it goes (it can take minutes): a
+    line saying what is cloned (kept in a log too), git's own progress on a status line
+    of a terminal, and how long it took. Nothing at all when the clone is already there."""
+
+    def __init__(self, console: Console, remote: str) -> None:
+        self.console = console
+        self.remote = without_password(remote)
+        self._status: Status | None = None
+        self._started = 0.0
+
+    def __call__(self, line: str) -> None:
+        if self._status is None:
+            self._started = time.monotonic()
+            self.console.print(
+                f"cloning {escape(self.remote)} into this machine's cache (its first use here; "
+                "later drains fetch only what is new)",
+                highlight=False,
+            )
+            self._status = self.console.status("")
+            self._status.start()
+        self._status.update(escape(line))
+
+    def __enter__(self) -> CloneProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._status is None:
+            return
+        self._status.stop()
+        if kind is None:
+            took = time.monotonic() - self._started
+            self.console.print(f"cloned {escape(self.remote)} in {took:.1f} s", highlight=False)

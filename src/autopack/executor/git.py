@@ -11,9 +11,13 @@ attempt records as its stop reason: it never deletes work and never leaves a run
 from __future__ import annotations
 
 import os
+import re
+import selectors
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from autopack.errors import AutopackError
 
@@ -100,7 +104,92 @@ def git(
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``git ARGS`` in ``cwd``; raise :class:`GitError` on a non-zero exit if ``check``."""
-    environment = {
+    try:
+        result = subprocess.run(
+            _command(args),
+            cwd=cwd,
+            env=_environment(env),
+            # never the user's terminal: `git mktree` (the empty tree of a new workspace)
+            # read it, so a drain waited for Ctrl-D and failed on whatever was typed
+            input=input if input is not None else b"",
+            capture_output=True,
+            timeout=TIMEOUT_SECONDS,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise _not_started(args, cwd) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(args, f"no answer within {TIMEOUT_SECONDS:g} s") from exc
+    if check and result.returncode != 0:
+        raise GitError(args, result.stderr.decode(errors="replace") or result.stdout.decode())
+    return result
+
+
+def git_with_progress(
+    *args: str, cwd: Path, said: Callable[[str], None], silent_seconds: float = TIMEOUT_SECONDS
+) -> None:
+    """``git ARGS`` for work that takes as long as it takes (the first clone of a large
+    remote): each line of git's progress goes to ``said`` as it comes, and git is given up
+    only once it has been silent for ``silent_seconds``. A fixed deadline failed every
+    clone slower than it, however steadily it went, and the user saw nothing meanwhile.
+    ``ARGS`` must ask for the progress (``--progress``): git prints none into a pipe."""
+    try:
+        process = subprocess.Popen(
+            _command(args),
+            cwd=cwd,
+            env=_environment(None),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as exc:
+        raise _not_started(args, cwd) from exc
+    with process:  # its pipe closed, and git waited for, on every way out
+        try:
+            assert process.stderr is not None
+            told = _relay(process.stderr, said, silent_seconds, args)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    if process.returncode != 0:
+        raise GitError(args, "\n".join(told))
+
+
+def _relay(
+    stream: IO[bytes], said: Callable[[str], None], silent_seconds: float, args: Sequence[str]
+) -> list[str]:
+    """Each line git writes on ``stream`` to ``said``, until git closes it; the last
+    finished ones (not the "…42%\\r" updates), which say what went wrong when git fails."""
+    told: deque[str] = deque(maxlen=20)
+    pending = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while True:
+            if not selector.select(silent_seconds):
+                raise GitError(args, f"nothing from git for {silent_seconds:g} s")
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                return list(told)
+            pending += chunk
+            for line, end in _LINE.findall(pending):
+                text = line.decode(errors="replace").strip()
+                if text:
+                    said(text)
+                    if end == b"\n":
+                        told.append(text)
+            pending = _LINE.sub(b"", pending)  # what is left: a line still coming
+
+
+_LINE = re.compile(rb"([^\r\n]*)([\r\n])")
+"""A line of git's progress: ``\r`` ends an update of the same line, ``\n`` its last."""
+
+
+def _command(args: Sequence[str]) -> list[str]:
+    return ["git", *IDENTITY, *_QUIET, *_MERGES, *args]
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
+    return {
         **local_environment(os.environ),
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "true",
@@ -113,31 +202,16 @@ def git(
         "GIT_GRAFT_FILE": os.path.join(os.devnull, "grafts"),
         **(env or {}),
     }
-    try:
-        result = subprocess.run(
-            ["git", *IDENTITY, *_QUIET, *_MERGES, *args],
-            cwd=cwd,
-            env=environment,
-            # never the user's terminal: `git mktree` (the empty tree of a new workspace)
-            # read it, so a drain waited for Ctrl-D and failed on whatever was typed
-            input=input if input is not None else b"",
-            capture_output=True,
-            timeout=TIMEOUT_SECONDS,
-            check=False,
+
+
+def _not_started(args: Sequence[str], cwd: Path) -> GitError:
+    if not cwd.is_dir():  # subprocess says the same for a missing cwd as for no git
+        return GitError(
+            args,
+            f"the directory {cwd} does not exist (removed while this executor used it? "
+            "an executor's cache must outlive its drains)",
         )
-    except FileNotFoundError as exc:
-        if not cwd.is_dir():  # subprocess says the same for a missing cwd as for no git
-            raise GitError(
-                args,
-                f"the directory {cwd} does not exist (removed while this executor used it? "
-                "an executor's cache must outlive its drains)",
-            ) from exc
-        raise GitError(args, "git is not installed (no `git` on PATH)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise GitError(args, f"no answer within {TIMEOUT_SECONDS:g} s") from exc
-    if check and result.returncode != 0:
-        raise GitError(args, result.stderr.decode(errors="replace") or result.stdout.decode())
-    return result
+    return GitError(args, "git is not installed (no `git` on PATH)")
 
 
 def out(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> str:

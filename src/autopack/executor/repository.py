@@ -22,7 +22,7 @@ machines share one branch instead of scattering files over their disks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -180,13 +180,16 @@ class RunRepository:
         cache_dir: Path,
         create: bool = True,
         head: str | None = None,
+        said: Callable[[str], None] = lambda _line: None,
     ) -> RunRepository:
         """The run's repository, with its branch existing (created from the repository's
         current HEAD, or as an empty first commit in a new repository). ``create=False``:
         a missing local repository or branch is an error instead (reading commands).
-        ``head``: the run's accepted head, which a local repository must already hold."""
+        ``head``: the run's accepted head, which a local repository must already hold.
+        ``said``: the progress of a remote's first clone, line by line."""
         if source.remote:
-            repository = cls(cache_clone(source.remote, cache_dir), branch=branch, remote=REMOTE)
+            clone = cache_clone(source.remote, cache_dir, said=said)
+            repository = cls(clone, branch=branch, remote=REMOTE)
             repository.remote_url = source.remote
         else:
             workspace = source.workspace

@@ -13,12 +13,13 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
-from autopack.executor.git import git, out
+from autopack.executor.git import git, git_with_progress, out
 from autopack.executor.recall import holds
 from autopack.logs import log_event
 from autopack.paths import absolute, cache_directory, not_a_directory
@@ -187,14 +188,24 @@ def cache_path(remote: str, cache_dir: Path) -> Path:
     return cache_dir / "repos" / f"{digest}.git"
 
 
-def cache_clone(remote: str, cache_dir: Path) -> Path:
-    """This machine's bare clone of ``remote`` (made on first use, shared by executors)."""
+def cache_clone(remote: str, cache_dir: Path, *, said: Callable[[str], None]) -> Path:
+    """This machine's bare clone of ``remote`` (made on first use, shared by executors).
+
+    The first clone of a large remote takes minutes: git's progress goes to ``said`` as it
+    comes. A clone that fails or is stopped leaves nothing behind (each one killed by the
+    old fixed deadline left its half-received objects in the cache for good)."""
     path = cache_path(remote, cache_dir)
     if path.exists():
         return path
     cache_directory(path.parent, "its clones of remote repositories")
     partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    git("clone", "--bare", "--quiet", "--", remote, str(partial), cwd=path.parent)
+    try:
+        git_with_progress(
+            "clone", "--bare", "--progress", "--", remote, str(partial), cwd=path.parent, said=said
+        )
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     try:
         partial.rename(path)
     except OSError:  # another executor on this machine cloned it first

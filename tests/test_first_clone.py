@@ -1,0 +1,123 @@
+"""A remote's first clone on a machine: shown as it goes, never cut off by a fixed deadline
+while git is still at work, and never leaving half a clone in the cache.
+
+The remote that never answers is a real TCP server speaking nothing: git connects with
+``git://`` and waits, as it waits on a host that has stopped sending mid-clone.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autopack.executor.git import GitError, git_with_progress
+from tests.executor_support import (
+    cassette,
+    create_run,
+    drain,
+    drain_process,
+    env_for,
+    files,
+    line,
+    on_branch,
+    phase,
+    run_file,
+)
+
+RUN = "exec-run"
+
+
+class SilentRemote:
+    """A ``git://`` server that accepts connections and never says a word."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"git://127.0.0.1:{self._listener.getsockname()[1]}/project.git"
+        self.connected = threading.Event()
+        self.hung_up = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            connection, _ = self._listener.accept()
+        except OSError:  # closed before anyone came
+            return
+        with connection:
+            self.connected.set()
+            while connection.recv(4096):  # git's request, then nothing until it hangs up
+                pass
+            self.hung_up.set()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def silent_remote() -> Iterator[SilentRemote]:
+    remote = SilentRemote()
+    yield remote
+    remote.close()
+
+
+def test_git_silent_for_the_limit_is_given_up_and_stopped(
+    silent_remote: SilentRemote, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    with pytest.raises(GitError, match=r"nothing from git for 0\.5 s"):
+        git_with_progress(
+            "clone", "--bare", "--progress", "--", silent_remote.url, str(tmp_path / "c.git"),
+            cwd=tmp_path, said=lines.append, silent_seconds=0.5,
+        )  # fmt: skip
+    assert silent_remote.hung_up.wait(10), "git was left running"
+    assert any("Cloning into bare repository" in said for said in lines), lines
+
+
+def test_a_first_clone_is_shown_and_a_later_drain_clones_nothing(tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}", AUTOPACK_CACHE_DIR=str(tmp_path / "c"))
+    create_run(
+        run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])]), env, tmp_path
+    )
+    tape = cassette(
+        tmp_path, [line("p1", 1, files(a_py="A = 1\n")), line("p2", 1, files(b_py="B = 1\n"))]
+    )
+    args = ["phase", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    args += ["--repo", remote.as_uri()]
+    first = drain(*args, "--phase-id", "p1", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    said = " ".join(first.stderr.split())
+    assert f"cloning {remote.as_uri()} into this machine's cache" in said, said[-3000:]
+    assert f"cloned {remote.as_uri()} in " in said, said[-3000:]
+    second = drain(*args, "--phase-id", "p2", env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "cloning" not in second.stderr and "cloned" not in second.stderr
+    assert on_branch(remote, "pkg/a.py") == "A = 1\n" and on_branch(remote, "pkg/b.py") == "B = 1\n"
+
+
+def test_a_drain_stopped_mid_clone_leaves_no_half_clone_in_the_cache(
+    silent_remote: SilentRemote, tmp_path: Path
+) -> None:
+    """SIGTERM while git received the remote: git was killed where it stood and its half
+    of the clone stayed in ``CACHE/repos`` for good, one more for every stopped drain."""
+    cache = tmp_path / "cache"
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}", AUTOPACK_CACHE_DIR=str(cache))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    running = drain_process(*args, "--repo", silent_remote.url, env=env, cwd=tmp_path)
+    assert silent_remote.connected.wait(120), "the drain never started its clone"
+    assert [p.name for p in (cache / "repos").iterdir()] != [], "the clone has its directory"
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=60)
+    assert running.returncode != 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert list((cache / "repos").iterdir()) == [], "half a clone stayed in the cache"
+    assert silent_remote.hung_up.wait(10), "git was left running"
