@@ -311,12 +311,22 @@ def test_a_usage_error_does_not_quote_a_key_the_environment_holds(tmp_path: Path
 
 def test_a_check_gets_no_credential_the_sdks_read(database_url: str, tmp_path: Path) -> None:
     """Besides the keys Autopack names, the SDKs it drives read credentials of their own
-    from the environment (the Anthropic SDK's bearer token, the OTLP exporter's headers):
+    from the environment (the Anthropic SDK's bearer token, OpenAI's admin key, the
+    headers a gateway's key travels in, the OTLP exporter's headers, libpq's password):
     checks, the LLM's code, were run with them."""
     secrets = {
         name: f"{name.lower()}-{uuid.uuid4().hex}"
-        for name in ("ANTHROPIC_AUTH_TOKEN", "OTEL_EXPORTER_OTLP_HEADERS")
+        for name in (
+            "ANTHROPIC_AUTH_TOKEN",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OPENAI_ADMIN_KEY",
+            "ANTHROPIC_WEBHOOK_SIGNING_KEY",
+            "OPENAI_WEBHOOK_SECRET",
+            "PGPASSWORD",
+        )
     }
+    for sdk in ("ANTHROPIC", "OPENAI"):  # a gateway's key, in the SDK's header format
+        secrets[f"{sdk}_CUSTOM_HEADERS"] = f"X-Gateway-Key: {uuid.uuid4().hex}"
     env = env_for(database_url, **secrets)
     dump = tmp_path / "check-env"
     create_run(

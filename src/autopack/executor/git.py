@@ -76,6 +76,15 @@ CREDENTIALS = (
     "AUTOPACK_API_TOKEN",
     "AUTOPACK_WORKER_TOKEN",
     "ANTHROPIC_AUTH_TOKEN",  # the Anthropic SDK sends it as a bearer token when set
+    # what else the SDKs' clients read at their construction: headers a gateway's key
+    # travels in ("Name: value" lines), OpenAI's admin key (used when no API key is set),
+    # the keys webhooks are signed with
+    "ANTHROPIC_CUSTOM_HEADERS",
+    "OPENAI_CUSTOM_HEADERS",
+    "OPENAI_ADMIN_KEY",
+    "ANTHROPIC_WEBHOOK_SIGNING_KEY",
+    "OPENAI_WEBHOOK_SECRET",
+    "PGPASSWORD",  # libpq's password for a DATABASE_URL that names none
     # what the OpenTelemetry exporter sends to its endpoint (AUTOPACK_OTEL): an API key
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
