@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -135,11 +136,39 @@ def test_a_check_cannot_read_the_secrets_from_the_drains_processes(
         ANTHROPIC_API_KEY=key,
         AUTOPACK_API_TOKEN=operator,
         AUTOPACK_WORKER_TOKEN=worker,
-        PROBE_CANARY=tag,  # not a secret: checks get it, so the probe shows it can read
     )
+    _probe_from_a_check(env, secrets, tag, tmp_path)
+
+
+def test_a_check_cannot_read_what_only_the_environment_holds(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A drain on a loopback server without tokens, given no key (a cassette), held no
+    secret Autopack knew of and stayed readable: a check read the credentials the SDKs and
+    libpq take from the environment (a gateway's header, a bearer token, PGPASSWORD) from
+    its executor's /proc/PID/environ."""
+    tag = uuid.uuid4().hex
+    secrets = {
+        "ANTHROPIC_AUTH_TOKEN": f"bearer-{tag}",
+        "OPENAI_CUSTOM_HEADERS": f"X-Gateway-Key: gateway-{tag}",
+        "PGPASSWORD": f"pw-{tag}",  # trust auth (PostgreSQL), unused (SQLite)
+    }
+    env = env_for(database_url)
+    with Server(env, tmp_path) as server:
+        drained = {**env, **secrets, "AUTOPACK_API_URL": server.url}
+        _probe_from_a_check(drained, list(secrets.values()), tag, tmp_path)
+
+
+def _probe_from_a_check(env: dict[str, str], secrets: list[str], tag: str, tmp_path: Path) -> None:
+    """Drain a phase whose check looks for ``secrets`` in every /proc/PID/environ it can
+    open, as an ordinary user; ``tag`` is in the check's environment, to show it can."""
+    env = {
+        **env,
+        "PROBE_CANARY": tag,
+    }  # not a secret: checks get it, so the probe shows it can read
     (tmp_path / "probe.py").write_text(PROBE)
     found = tmp_path / "found.json"
-    check = f"python {tmp_path / 'probe.py'} {','.join(secrets)} {tag} {found}"
+    check = f"python {tmp_path / 'probe.py'} {shlex.quote(','.join(secrets))} {tag} {found}"
     create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"], checks=[check])]), env, tmp_path)
     tape = cassette(tmp_path, [line("p1", 1, files(a_py="x = 1\n"))])
     result = subprocess.run(

@@ -14,7 +14,8 @@ text through :func:`text` (or :func:`data` for JSON-shaped values):
 
 What is replaced, by ``[REDACTED]``:
 
-* the values of configured secrets (LLM keys, API tokens, the database password) once
+* the values of configured secrets (LLM keys, API tokens, the database password) and of
+  the credentials only the environment holds (:data:`ENVIRONMENT_SECRETS`) once
   :func:`remember` saw the settings; values shorter than :data:`MIN_SECRET_LENGTH` are
   ignored (redacting every ``a`` would destroy the text, not protect anything);
 * credentials in header-like text: ``Authorization``, ``Proxy-Authorization``,
@@ -33,6 +34,7 @@ the cases above, and ``SECURITY.md`` says what it does not cover.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import threading
@@ -43,6 +45,39 @@ from urllib.parse import urlsplit
 MARK = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
 _PR_SET_DUMPABLE = 4
+
+ENVIRONMENT_SECRETS = (
+    "ANTHROPIC_AUTH_TOKEN",  # the Anthropic SDK sends it as a bearer token when set
+    # what else the SDKs' clients read at their construction: headers a gateway's key
+    # travels in ("Name: value" lines), OpenAI's admin key (used when no API key is set),
+    # the keys webhooks are signed with
+    "ANTHROPIC_CUSTOM_HEADERS",
+    "OPENAI_CUSTOM_HEADERS",
+    "OPENAI_ADMIN_KEY",
+    "ANTHROPIC_WEBHOOK_SIGNING_KEY",
+    "OPENAI_WEBHOOK_SECRET",
+    "PGPASSWORD",  # libpq's password for a DATABASE_URL that names none
+    # what the OpenTelemetry exporter sends to its endpoint (AUTOPACK_OTEL): an API key
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+)
+"""Secrets no setting holds: the libraries Autopack drives read them from the environment
+themselves. Remembered from there (:func:`remember`) like the settings' own."""
+
+CREDENTIALS = (
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "DATABASE_URL",
+    "AUTOPACK_API_TOKEN",
+    "AUTOPACK_WORKER_TOKEN",
+    *ENVIRONMENT_SECRETS,
+)
+"""Every variable that holds a credential: what neither git nor a check needs. Git runs
+commands its configuration names (``core.fsmonitor``, filters) with its own environment:
+given the executor's, a command a check had configured read the API keys the check itself
+was run without."""
 
 _HEADER = re.compile(
     r"(?i)\b(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key|cookie)"
@@ -114,8 +149,11 @@ def _undumpable() -> None:
 
 def remember(settings: Any) -> None:
     """Remember every secret a :class:`~autopack.config.Settings` holds (duck-typed, so
-    this module imports nothing of Autopack and anything may import it)."""
-    values: list[str | None] = []
+    this module imports nothing of Autopack and anything may import it), and those only
+    the environment holds (:data:`ENVIRONMENT_SECRETS`). A process holding only the
+    latter (a drain on a server without tokens, given no key) stayed dumpable: a check
+    read them from its ``/proc/PID/environ``."""
+    values: list[str | None] = [os.environ.get(name) for name in ENVIRONMENT_SECRETS]
     for name in ("anthropic_api_key", "openai_api_key", "autopack_api_token"):
         values.append(_secret_value(getattr(settings, name, None)))
     values.append(_secret_value(getattr(settings, "autopack_worker_token", None)))

@@ -195,9 +195,8 @@ def _redacted_usage_errors() -> Iterator[None]:
         yield
     except click.ClickException as exc:
         from autopack import redact
-        from autopack.executor.git import CREDENTIALS
 
-        redact.add_secrets(os.environ.get(name) for name in CREDENTIALS)
+        redact.add_secrets(os.environ.get(name) for name in redact.CREDENTIALS)
         exc.message = redact.text(exc.message)
         raise
 

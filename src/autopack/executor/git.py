@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from autopack.errors import AutopackError
+from autopack.redact import CREDENTIALS
 
 IDENTITY = ("-c", "user.name=Autopack", "-c", "user.email=autopack@localhost")
 _QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
@@ -67,33 +68,6 @@ class GitError(AutopackError):
         shown = " ".join(command)
         super().__init__(f"git {shown}: {message.strip() or 'failed'}", command=shown)
         self.command = shown
-
-
-CREDENTIALS = (
-    "ANTHROPIC_API_KEY",
-    "OPENAI_API_KEY",
-    "DATABASE_URL",
-    "AUTOPACK_API_TOKEN",
-    "AUTOPACK_WORKER_TOKEN",
-    "ANTHROPIC_AUTH_TOKEN",  # the Anthropic SDK sends it as a bearer token when set
-    # what else the SDKs' clients read at their construction: headers a gateway's key
-    # travels in ("Name: value" lines), OpenAI's admin key (used when no API key is set),
-    # the keys webhooks are signed with
-    "ANTHROPIC_CUSTOM_HEADERS",
-    "OPENAI_CUSTOM_HEADERS",
-    "OPENAI_ADMIN_KEY",
-    "ANTHROPIC_WEBHOOK_SIGNING_KEY",
-    "OPENAI_WEBHOOK_SECRET",
-    "PGPASSWORD",  # libpq's password for a DATABASE_URL that names none
-    # what the OpenTelemetry exporter sends to its endpoint (AUTOPACK_OTEL): an API key
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
-)
-"""What neither git nor a check needs. Git runs commands its configuration names
-(``core.fsmonitor``, filters) with its own environment: given the executor's, a command a
-check had configured read the API keys the check itself was run without."""
 
 
 def local_environment(environ: Mapping[str, str]) -> dict[str, str]:
