@@ -121,3 +121,40 @@ def test_a_drain_stopped_mid_clone_leaves_no_half_clone_in_the_cache(
     assert "Traceback" not in stderr, stderr[-3000:]
     assert list((cache / "repos").iterdir()) == [], "half a clone stayed in the cache"
     assert silent_remote.hung_up.wait(10), "git was left running"
+
+
+def test_a_half_clone_of_a_killed_drain_is_removed_and_one_in_progress_kept(
+    tmp_path: Path,
+) -> None:
+    """A drain killed mid-clone (SIGKILL: no way out runs) left its half of the clone in
+    ``CACHE/repos`` for good. The next clone on the machine removes it, and leaves the
+    clone another drain is still receiving."""
+    cache = tmp_path / "cache"
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}", AUTOPACK_CACHE_DIR=str(cache))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    args = ["phase", "--run-id", RUN, "--phase-id", "p1", "--auditor", "rules"]
+    args += ["--cassette", str(tape)]
+    cloning, killed = SilentRemote(), SilentRemote()
+    try:
+        still = drain_process(*args, "--repo", cloning.url, env=env, cwd=tmp_path)
+        assert cloning.connected.wait(120), "the first drain never started its clone"
+        stopped = drain_process(*args, "--repo", killed.url, env=env, cwd=tmp_path)
+        assert killed.connected.wait(120), "the second drain never started its clone"
+        stopped.kill()
+        stopped.communicate(timeout=60)
+        assert len(list((cache / "repos").iterdir())) == 4, "two half clones, two markers"
+        remote = tmp_path / "remote.git"
+        subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+        done = drain(*args, "--repo", remote.as_uri(), env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        left = sorted(p.name for p in (cache / "repos").iterdir())
+        assert len(left) == 3, left  # the finished clone, the one in progress and its marker
+        assert still.poll() is None, "the drain still cloning was disturbed"
+        still.send_signal(signal.SIGTERM)
+        still.communicate(timeout=60)
+        finished = [name for name in left if name.endswith(".git")]
+        assert [p.name for p in (cache / "repos").iterdir()] == finished, left
+    finally:
+        cloning.close()
+        killed.close()

@@ -8,12 +8,14 @@ machine into the cache, shared by the executors there.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,22 +195,74 @@ def cache_clone(remote: str, cache_dir: Path, *, said: Callable[[str], None]) ->
 
     The first clone of a large remote takes minutes: git's progress goes to ``said`` as it
     comes. A clone that fails or is stopped leaves nothing behind (each one killed by the
-    old fixed deadline left its half-received objects in the cache for good)."""
+    old fixed deadline left its half-received objects in the cache for good), and what a
+    killed executor's clone left is removed by the next clone on the machine."""
     path = cache_path(remote, cache_dir)
     if path.exists():
         return path
-    cache_directory(path.parent, "its clones of remote repositories")
+    repos = cache_directory(path.parent, "its clones of remote repositories")
+    _remove_half_clones(repos)
     partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    try:
-        git_with_progress(
-            "clone", "--bare", "--progress", "--", remote, str(partial), cwd=path.parent, said=said
-        )
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    try:
-        partial.rename(path)
-    except OSError:  # another executor on this machine cloned it first
-        shutil.rmtree(partial, ignore_errors=True)
+    with _cloning(partial):
+        try:
+            git_with_progress(
+                "clone", "--bare", "--progress", "--", remote, str(partial), cwd=repos, said=said
+            )
+            partial.rename(path)
+        except OSError:  # another executor on this machine cloned it first
+            shutil.rmtree(partial, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     log_event(logger, "repository_cached", remote=remote, path=path)
     return path
+
+
+_CLONING = ".cloning"
+
+
+@contextmanager
+def _cloning(partial: Path) -> Iterator[None]:
+    """``PARTIAL.cloning``, locked for as long as this process clones into ``partial``: a
+    clone whose executor was killed (SIGKILL, a power cut) is told apart from another
+    executor's clone in progress by that lock alone, in whatever pid namespace. Locked
+    under a name no sweep reads, then renamed into place: a sweep never finds it unlocked
+    while its clone runs."""
+    marker = partial.with_name(partial.name + _CLONING)
+    starting = marker.with_name(f".{marker.name}")
+    fd = os.open(starting, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(starting, marker)
+        yield
+    finally:
+        starting.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _remove_half_clones(repos: Path) -> None:
+    """Remove what clones of killed executors left (``NAME.git.PID.NS`` and its marker):
+    each kept gigabytes of half-received objects for good. A clone whose marker is still
+    locked is another executor's, in progress. Markers being made (hidden) are left be."""
+    for entry in repos.glob("*.git.*"):
+        if entry.name.startswith("."):
+            continue
+        partial = entry.with_name(entry.name.removesuffix(_CLONING))
+        if not _in_progress(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.with_name(partial.name + _CLONING).unlink(missing_ok=True)
+
+
+def _in_progress(partial: Path) -> bool:
+    try:
+        fd = os.open(partial.with_name(partial.name + _CLONING), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
