@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -159,6 +161,47 @@ def test_a_sqlite_file_locked_past_the_busy_timeout_is_a_503_and_loses_nothing(
             assert client.post("/runs", json=run).status_code == 201
             listed = [item["run_id"] for item in client.get("/runs").json()["items"]]
             assert sorted(listed) == ["before", "r"]
+        assert "request_failed" not in server.output()
+
+
+def test_a_nul_in_an_attempts_details_breaks_no_later_claim_or_result(
+    database_url: str, tmp_path: Path
+) -> None:
+    """JSON may hold a NUL, so a result's ``details`` may; PostgreSQL then refused to read
+    any key of that attempt's details as text, and counting the stops a phase may have
+    caused did that: the phase's next stop in its checks was a 500, and so was every
+    claim on the server once its lease expired (the reclaim runs before each claim)."""
+    run = {
+        "run_id": "r",
+        "policy": {"retry_backoff_seconds": 0},
+        "tiers": [{"tier_id": "T", "name": "t", "phases": [{**RUN_PHASE, "max_attempts": 5}]}],
+    }
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post("/runs", json=run).status_code == 201
+
+            def claim(worker: str) -> dict[str, Any]:
+                answer = client.post("/claims", json={"worker_id": worker, "lease_seconds": 5})
+                assert answer.status_code == 200, answer.text
+                claimed: dict[str, Any] = answer.json()
+                return claimed
+
+            def result(token: str, stop_reason: str, details: dict[str, str]) -> None:
+                body = {"lease_token": token, "outcome": "FAILED", "stop_reason": stop_reason}
+                answer = client.post("/runs/r/phases/p/result", json={**body, "details": details})
+                assert answer.status_code == 200, answer.text
+
+            result(claim("w")["lease_token"], "checks_failed", {"log": "a\x00b"})
+            token = claim("w")["lease_token"]
+            beat = {"lease_token": token, "state": "CI_RUNNING"}
+            assert client.post("/runs/r/phases/p/heartbeat", json=beat).status_code == 200
+            result(token, "interrupted", {})  # stopped in its checks: are such stops spent?
+            expiring = claim("w")
+            time.sleep(5.5)  # the lease expires: the next claim reclaims it first
+            assert claim("v")["attempt"] == expiring["attempt"] + 1
+            history = client.get("/runs/r/phases/p").json()["history"]
+            assert history[0]["details"] == {"log": "a\x00b"}  # stored as it was sent
+            assert [a["outcome"] for a in history[1:]] == ["FAILED", "LOST", "EXECUTING"]
         assert "request_failed" not in server.output()
 
 
