@@ -321,6 +321,36 @@ def test_a_run_and_phase_with_ids_of_the_longest_allowed_length_drain(tmp_path: 
     assert (attempt["outcome"], attempt["stop_reason"]) == ("COMPLETE", "completed")
 
 
+def test_a_result_without_a_key_fits_whatever_the_ids_length(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A result posted without an Idempotency-Key was stored under ``RUN:PHASE:N``: with
+    ids of the longest allowed length that was longer than its column, a 500 on
+    PostgreSQL. It is applied once, and a retry under the key an executor uses for that
+    attempt gets the stored answer."""
+    run_id, phase_id = "r" * 200, "p" * 200
+    phase = {"phase_id": phase_id, "name": "p"}
+    run = {"run_id": run_id, "tiers": [{"tier_id": "T", "name": "t", "phases": [phase]}]}
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post("/runs", json=run).status_code == 201
+            claimed = client.post("/claims", json={"worker_id": "w"}).json()
+            path = f"/runs/{run_id}/phases/{phase_id}/result"
+            body = {
+                "lease_token": claimed["lease_token"],
+                "outcome": "COMPLETE",
+                "stop_reason": "ok",
+            }
+            posted = client.post(path, json=body)
+            assert posted.status_code == 200, posted.text
+            key = {"Idempotency-Key": f"{run_id}:{phase_id}:1"}
+            again = client.post(path, json=body, headers=key)
+            assert again.status_code == 200 and again.json() == posted.json(), again.text
+            history = client.get(f"/runs/{run_id}/phases/{phase_id}").json()["history"]
+            assert [attempt["outcome"] for attempt in history] == ["COMPLETE"]
+        assert "request_failed" not in server.output()
+
+
 def test_a_builder_summary_longer_than_a_result_holds_is_clipped_not_refused(
     tmp_path: Path,
 ) -> None:
