@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -162,6 +164,47 @@ def test_a_sqlite_file_locked_past_the_busy_timeout_is_a_503_and_loses_nothing(
         assert "request_failed" not in server.output()
 
 
+def test_a_nul_in_an_attempts_details_breaks_no_later_claim_or_result(
+    database_url: str, tmp_path: Path
+) -> None:
+    """JSON may hold a NUL, so a result's ``details`` may; PostgreSQL then refused to read
+    any key of that attempt's details as text, and counting the stops a phase may have
+    caused did that: the phase's next stop in its checks was a 500, and so was every
+    claim on the server once its lease expired (the reclaim runs before each claim)."""
+    run = {
+        "run_id": "r",
+        "policy": {"retry_backoff_seconds": 0},
+        "tiers": [{"tier_id": "T", "name": "t", "phases": [{**RUN_PHASE, "max_attempts": 5}]}],
+    }
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post("/runs", json=run).status_code == 201
+
+            def claim(worker: str) -> dict[str, Any]:
+                answer = client.post("/claims", json={"worker_id": worker, "lease_seconds": 5})
+                assert answer.status_code == 200, answer.text
+                claimed: dict[str, Any] = answer.json()
+                return claimed
+
+            def result(token: str, stop_reason: str, details: dict[str, str]) -> None:
+                body = {"lease_token": token, "outcome": "FAILED", "stop_reason": stop_reason}
+                answer = client.post("/runs/r/phases/p/result", json={**body, "details": details})
+                assert answer.status_code == 200, answer.text
+
+            result(claim("w")["lease_token"], "checks_failed", {"log": "a\x00b"})
+            token = claim("w")["lease_token"]
+            beat = {"lease_token": token, "state": "CI_RUNNING"}
+            assert client.post("/runs/r/phases/p/heartbeat", json=beat).status_code == 200
+            result(token, "interrupted", {})  # stopped in its checks: are such stops spent?
+            expiring = claim("w")
+            time.sleep(5.5)  # the lease expires: the next claim reclaims it first
+            assert claim("v")["attempt"] == expiring["attempt"] + 1
+            history = client.get("/runs/r/phases/p").json()["history"]
+            assert history[0]["details"] == {"log": "a\x00b"}  # stored as it was sent
+            assert [a["outcome"] for a in history[1:]] == ["FAILED", "LOST", "EXECUTING"]
+        assert "request_failed" not in server.output()
+
+
 def test_an_inherited_parent_pid_neither_stops_a_command_nor_passes_unchecked(
     tmp_path: Path,
 ) -> None:
@@ -276,6 +319,36 @@ def test_a_run_and_phase_with_ids_of_the_longest_allowed_length_drain(tmp_path: 
     assert done.returncode == 0, done.stderr[-3000:]
     [attempt] = attempts(url, phase_id, run_id=run_id)
     assert (attempt["outcome"], attempt["stop_reason"]) == ("COMPLETE", "completed")
+
+
+def test_a_result_without_a_key_fits_whatever_the_ids_length(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A result posted without an Idempotency-Key was stored under ``RUN:PHASE:N``: with
+    ids of the longest allowed length that was longer than its column, a 500 on
+    PostgreSQL. It is applied once, and a retry under the key an executor uses for that
+    attempt gets the stored answer."""
+    run_id, phase_id = "r" * 200, "p" * 200
+    phase = {"phase_id": phase_id, "name": "p"}
+    run = {"run_id": run_id, "tiers": [{"tier_id": "T", "name": "t", "phases": [phase]}]}
+    with Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post("/runs", json=run).status_code == 201
+            claimed = client.post("/claims", json={"worker_id": "w"}).json()
+            path = f"/runs/{run_id}/phases/{phase_id}/result"
+            body = {
+                "lease_token": claimed["lease_token"],
+                "outcome": "COMPLETE",
+                "stop_reason": "ok",
+            }
+            posted = client.post(path, json=body)
+            assert posted.status_code == 200, posted.text
+            key = {"Idempotency-Key": f"{run_id}:{phase_id}:1"}
+            again = client.post(path, json=body, headers=key)
+            assert again.status_code == 200 and again.json() == posted.json(), again.text
+            history = client.get(f"/runs/{run_id}/phases/{phase_id}").json()["history"]
+            assert [attempt["outcome"] for attempt in history] == ["COMPLETE"]
+        assert "request_failed" not in server.output()
 
 
 def test_a_builder_summary_longer_than_a_result_holds_is_clipped_not_refused(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -143,6 +144,24 @@ def test_a_retry_is_stored_once_and_a_reused_key_is_refused_and_counted(
         assert [e.output_tokens for e in client.usage_events()] == [800]
         assert [e.actual_output_tokens for e in client.estimation_events()] == [800]
         assert [e.new_budget for e in client.escalation_events()] == [3000]
+
+
+def test_a_retry_of_a_post_without_ts_is_the_first_row(database_url: str, tmp_path: Path) -> None:
+    """``ts`` may be left out (the server makes it): an exact retry of such a post under
+    its key was a 409 saying a retry must repeat its body, since each post got a new ts."""
+    body = USAGE.model_dump(mode="json", exclude={"ts"})
+    with (
+        Server(clean_env(DATABASE_URL=database_url), cwd=tmp_path) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        first = client.post("/telemetry/llm-usage", json=body)
+        again = client.post("/telemetry/llm-usage", json=body)
+        assert first.status_code == again.status_code == 201, again.text
+        assert again.json() == first.json()
+        other = client.post("/telemetry/llm-usage", json={**body, "output_tokens": 1})
+        assert other.status_code == 409, other.text
+        stored = client.get("/telemetry/events", params={"kind": "usage"}).json()
+        assert [event["output_tokens"] for event in stored] == [800]
 
 
 def test_a_field_the_table_lacks_is_refused_loudly_and_counted(

@@ -198,7 +198,11 @@ def stop_spends_no_retry(tx: Tx, phase: PhaseRecord) -> bool:
     refusing) is never the phase's doing and stays free.
     """
     params = {"b_run": phase.run_id, "b_phase": phase.phase_id}
-    stops: int = tx.execute(sql.STOPS_IT_MAY_HAVE_CAUSED, params).scalar_one()
+    stops: int = sum(
+        attempt["outcome"] == AttemptOutcome.LOST
+        or (attempt["details"] or {}).get(sql.STOPPED_IN) == P.CI_RUNNING
+        for attempt in tx.rows(sql.ATTEMPTS_SINCE_REQUEUE, params)
+    )
     return stops < FREE_LOSSES
 
 

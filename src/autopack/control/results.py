@@ -70,6 +70,14 @@ def stored_key(run_id: str, phase_id: str, key: str) -> str:
     return hashlib.sha256(f"{run_id}\0{phase_id}\0{key}".encode()).hexdigest()
 
 
+def _attempt_key(run_id: str, phase_id: str, attempt: int) -> str:
+    """The key a result posted without one is stored under: the one an executor posts
+    with (:attr:`~autopack.contract.Claim.idempotency_key`), stored hashed like any key.
+    Stored as it was, two ids of up to 200 characters did not fit the column (300): on
+    PostgreSQL such a result was a 500, and its phase stayed held until its lease expired."""
+    return f"{run_id}:{phase_id}:{attempt}"
+
+
 def _stored_answer(
     tx: Tx, run_id: str, phase_id: str, result: ResultIn, key: str | None
 ) -> ResultAnswer | None:
@@ -185,7 +193,7 @@ def _post_result(
         feedback=result.feedback,
         error=result.error,
         details=details,
-        result_key=stored_key(run_id, phase_id, key) if key else f"{run_id}:{phase_id}:{number}",
+        result_key=stored_key(run_id, phase_id, key or _attempt_key(run_id, phase_id, number)),
         result_response=answer.model_dump(mode="json"),
         commit_sha=result.commit,
         base_sha=result.base,

@@ -40,10 +40,13 @@ def record(database: Database, event: TelemetryEvent) -> int:
     """Insert one event (its text redacted); its row id. An event whose idempotency key is
     already stored (a post retried after its answer was lost) is not stored again: the
     answer is the stored row's id. The same key with another body is no retry but a
-    client reusing keys: a :class:`Conflict`, so the second event is not lost unheard."""
+    client reusing keys: a :class:`Conflict`, so the second event is not lost unheard.
+    A ``ts`` the client left out is made here, at each post: not part of the body a retry
+    repeats (it made every exact retry of such a post a 409)."""
     kind = kind_of(event)
     row = redact.data(event.model_dump())
-    digest = body_digest(row)
+    sent = row if "ts" in event.model_fields_set else {k: v for k, v in row.items() if k != "ts"}
+    digest = body_digest(sent)
 
     def insert(tx: Tx) -> int:
         inserted = tx.scalar(

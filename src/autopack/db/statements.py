@@ -412,25 +412,20 @@ _LAST_REQUEUE = (
     )
     .scalar_subquery()
 )
-STOPS_IT_MAY_HAVE_CAUSED = (
-    select(func.count())
-    .select_from(ATTEMPTS)
-    .where(
-        ATTEMPTS.c.run_id == bindparam("b_run"),
-        ATTEMPTS.c.phase_id == bindparam("b_phase"),
-        ATTEMPTS.c.attempt > _LAST_REQUEUE,
-        or_(
-            ATTEMPTS.c.outcome == AttemptOutcome.LOST,
-            ATTEMPTS.c.details[STOPPED_IN].as_string() == P.CI_RUNNING,
-        ),
-    )
+ATTEMPTS_SINCE_REQUEUE = select(ATTEMPTS.c.outcome, ATTEMPTS.c.details).where(
+    ATTEMPTS.c.run_id == bindparam("b_run"),
+    ATTEMPTS.c.phase_id == bindparam("b_phase"),
+    ATTEMPTS.c.attempt > _LAST_REQUEUE,
 )
-"""How many of a phase's attempts since its last requeue ended with their executors
-stopped where the phase may have done it: lost (the executor killed, its lease reclaimed)
-or handed back while the phase's checks, the Builder's code, ran. A requeue gives a fresh
-retry window and fresh free stops with it: counted from the first attempt, a phase
-requeued after such stops spent a retry at the next executor lost, and one of
-``max_attempts: 1`` FAILED at it."""
+"""A phase's attempts since its last requeue (how each ended, its details): the stops it
+may have caused are counted from them. A requeue gives a fresh retry window and fresh
+free stops with it: counted from the first attempt, a phase requeued after such stops
+spent a retry at the next executor lost, and one of ``max_attempts: 1`` FAILED at it.
+
+Counted in Python, not by ``details ->> 'stopped_in'`` in SQL: a worker's details may
+hold a NUL (JSON allows it, and so does the column), which PostgreSQL cannot extract as
+text from *any* key of that object, so one such attempt made every reclaim (every claim
+on the server, the maintenance pass) a 500."""
 ATTEMPTS_OF_PHASE = (
     select(ATTEMPTS)
     .where(ATTEMPTS.c.run_id == bindparam("b_run"), ATTEMPTS.c.phase_id == bindparam("b_phase"))
