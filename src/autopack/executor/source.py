@@ -8,7 +8,6 @@ machine into the cache, shared by the executors there.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -23,6 +22,7 @@ from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
 from autopack.executor.git import git, git_with_progress, out
 from autopack.executor.recall import holds
+from autopack.executor.signs import shows_life, sign_of_life
 from autopack.logs import log_event
 from autopack.paths import absolute, cache_directory, not_a_directory
 from autopack.rundef import repository_option
@@ -223,46 +223,27 @@ _CLONING = ".cloning"
 
 @contextmanager
 def _cloning(partial: Path) -> Iterator[None]:
-    """``PARTIAL.cloning``, locked for as long as this process clones into ``partial``: a
-    clone whose executor was killed (SIGKILL, a power cut) is told apart from another
-    executor's clone in progress by that lock alone, in whatever pid namespace. Locked
-    under a name no sweep reads, then renamed into place: a sweep never finds it unlocked
-    while its clone runs."""
+    """``PARTIAL.cloning``, a sign of life (:mod:`autopack.executor.signs`) for as long as
+    this process clones into ``partial``: what a killed executor's clone left is told apart
+    from another executor's clone in progress by it alone."""
     marker = partial.with_name(partial.name + _CLONING)
-    starting = marker.with_name(f".{marker.name}")
-    fd = os.open(starting, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = sign_of_life(marker)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.replace(starting, marker)
         yield
     finally:
-        starting.unlink(missing_ok=True)
         marker.unlink(missing_ok=True)
         os.close(fd)
 
 
 def _remove_half_clones(repos: Path) -> None:
     """Remove what clones of killed executors left (``NAME.git.PID.NS`` and its marker):
-    each kept gigabytes of half-received objects for good. A clone whose marker is still
-    locked is another executor's, in progress. Markers being made (hidden) are left be."""
+    each kept gigabytes of half-received objects for good. A clone whose marker shows life
+    is another executor's, in progress. Markers being made (hidden) are left be."""
     for entry in repos.glob("*.git.*"):
         if entry.name.startswith("."):
             continue
         partial = entry.with_name(entry.name.removesuffix(_CLONING))
-        if not _in_progress(partial):
+        marker = partial.with_name(partial.name + _CLONING)
+        if not shows_life(marker):
             shutil.rmtree(partial, ignore_errors=True)
-            partial.with_name(partial.name + _CLONING).unlink(missing_ok=True)
-
-
-def _in_progress(partial: Path) -> bool:
-    try:
-        fd = os.open(partial.with_name(partial.name + _CLONING), os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+            marker.unlink(missing_ok=True)

@@ -12,7 +12,6 @@ Slots of executor processes that no longer exist are removed when a pool starts.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import logging
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from autopack.executor.git import git, out
 from autopack.executor.repository import IntegrationConflict, RunRepository
+from autopack.executor.signs import shows_life, sign_of_life
 from autopack.logs import log_event
 from autopack.paths import cache_directory, read_text_file
 
@@ -210,33 +210,14 @@ class Worktrees:
         self._sweep()
 
     def _sign_of_life(self) -> int:
-        """The locked file that tells other pools this one is open (held while it lives).
-
-        Locked under a name no sweep reads, then renamed into place: created under its
-        own name and locked a moment later, a sweep of another executor starting on the
-        same cache could find it unlocked in between, take this pool for dead and delete
-        it, and every pool starting after that removed this one's slots mid-attempt."""
-        marker = self.root / f"alive-{self._owner}"
-        starting = marker.with_name(f".{marker.name}")
-        fd = os.open(starting, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        os.replace(starting, marker)
-        return fd
+        """The locked file that tells other pools this one is open (held while it lives)."""
+        return sign_of_life(self.root / f"alive-{self._owner}")
 
     def _owner_alive(self, owner: str) -> bool:
-        """Is the pool named ``owner`` still open? Its process holds a lock on its file as
-        long as it lives, in whatever pid namespace; the file of a dead one is removed."""
+        """Is the pool named ``owner`` still open? The file of a dead one is removed."""
         marker = self.root / f"alive-{owner}"
-        try:
-            probe = os.open(marker, os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if shows_life(marker):
             return True
-        finally:
-            os.close(probe)
         marker.unlink(missing_ok=True)
         return False
 
