@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,19 +42,28 @@ class SilentRemote:
         self.url = f"git://127.0.0.1:{self._listener.getsockname()[1]}/project.git"
         self.connected = threading.Event()
         self.hung_up = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        """The first connection came, and ended (its git was stopped)."""
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
-        try:
-            connection, _ = self._listener.accept()
-        except OSError:  # closed before anyone came
-            return
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self.connections += 1
+            first = self.connections == 1
+            threading.Thread(target=self._hold, args=(connection, first), daemon=True).start()
+
+    def _hold(self, connection: socket.socket, first: bool) -> None:
         with connection:
-            self.connected.set()
+            if first:
+                self.connected.set()
             while connection.recv(4096):  # git's request, then nothing until it hangs up
                 pass
-            self.hung_up.set()
+            if first:
+                self.hung_up.set()
 
     def close(self) -> None:
         self._listener.close()
@@ -69,14 +79,28 @@ def silent_remote() -> Iterator[SilentRemote]:
 def test_git_silent_for_the_limit_is_given_up_and_stopped(
     silent_remote: SilentRemote, tmp_path: Path
 ) -> None:
-    lines: list[str] = []
+    shown = Shown()
     with pytest.raises(GitError, match=r"nothing from git for 0\.5 s"):
         git_with_progress(
             "clone", "--bare", "--progress", "--", silent_remote.url, str(tmp_path / "c.git"),
-            cwd=tmp_path, said=lines.append, silent_seconds=0.5,
+            cwd=tmp_path, shown=shown, silent_seconds=0.5,
         )  # fmt: skip
     assert silent_remote.hung_up.wait(10), "git was left running"
-    assert any("Cloning into bare repository" in said for said in lines), lines
+    assert any("Cloning into bare repository" in line for line in shown.told), shown.told
+
+
+class Shown:
+    """git's progress as it was shown."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+        self.updates: list[str] = []
+
+    def update(self, line: str) -> None:
+        self.updates.append(line)
+
+    def tell(self, line: str) -> None:
+        self.told.append(line)
 
 
 def test_a_first_clone_is_shown_and_a_later_drain_clones_nothing(tmp_path: Path) -> None:
@@ -158,3 +182,34 @@ def test_a_half_clone_of_a_killed_drain_is_removed_and_one_in_progress_kept(
     finally:
         cloning.close()
         killed.close()
+
+
+def test_a_drain_waits_for_the_clone_another_is_making_instead_of_cloning_again(
+    silent_remote: SilentRemote, tmp_path: Path
+) -> None:
+    """Executors started together on a machine each cloned the run's remote, and all but
+    one clone were thrown away. One waits for the other's clone now, and clones itself
+    only once that one is gone (here: its drain stopped)."""
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}", AUTOPACK_CACHE_DIR=str(tmp_path / "c"))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    first = drain_process(*args, "--repo", silent_remote.url, env=env, cwd=tmp_path)
+    assert silent_remote.connected.wait(120), "the first drain never started its clone"
+    second = drain_process(*args, "--repo", silent_remote.url, env=env, cwd=tmp_path)
+    said: list[str] = []
+    stream = second.stderr
+    assert stream is not None
+    threading.Thread(target=lambda: said.extend(stream), daemon=True).start()
+    deadline = time.monotonic() + 120
+    while not any("waiting for that clone" in line for line in said):
+        assert second.poll() is None and time.monotonic() < deadline, "".join(said)[-3000:]
+        time.sleep(0.05)
+    assert silent_remote.connections == 1, "the second drain cloned beside the first"
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    while silent_remote.connections < 2:  # the first clone gone: the second makes its own
+        assert second.poll() is None and time.monotonic() < deadline, "".join(said)[-3000:]
+        time.sleep(0.05)
+    second.send_signal(signal.SIGTERM)
+    second.wait(timeout=60)

@@ -342,14 +342,14 @@ def open_named_repository(
     from autopack.executor.repository import RunRepository, run_branch
 
     def opened() -> RunRepository:
-        with CloneProgress(err, source.remote or "") as said:
+        with CloneProgress(err, source.remote or "") as shown:
             return RunRepository.open(
                 source,
                 branch=run.branch or run_branch(run.run_id),
                 cache_dir=cache_dir,
                 create=create,
                 head=run.branch_head,
-                said=said,
+                shown=shown,
             )
 
     if run.branch_head is None:

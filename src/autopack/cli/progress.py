@@ -221,8 +221,9 @@ class DrainProgress:
 
 class CloneProgress:
     """A remote's first clone on this machine, shown as it goes (it can take minutes): a
-    line saying what is cloned (kept in a log too), git's own progress on a status line
-    of a terminal, and how long it took. Nothing at all when the clone is already there."""
+    line saying what is cloned, git's lines that end a step (kept in a log too), its
+    updates on a status line of a terminal, and how long it took. Nothing at all when the
+    clone is already there (:class:`autopack.executor.git.Progress`)."""
 
     def __init__(self, console: Console, remote: str) -> None:
         self.console = console
@@ -230,7 +231,14 @@ class CloneProgress:
         self._status: Status | None = None
         self._started = 0.0
 
-    def __call__(self, line: str) -> None:
+    def update(self, line: str) -> None:
+        self._begun().update(escape(line))
+
+    def tell(self, line: str) -> None:
+        self._begun()
+        self.console.print(escape(line), highlight=False)
+
+    def _begun(self) -> Status:
         if self._status is None:
             self._started = time.monotonic()
             self.console.print(
@@ -240,7 +248,7 @@ class CloneProgress:
             )
             self._status = self.console.status("")
             self._status.start()
-        self._status.update(escape(line))
+        return self._status
 
     def __enter__(self) -> CloneProgress:
         return self

@@ -15,9 +15,9 @@ import re
 import selectors
 import subprocess
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from autopack.errors import AutopackError
 from autopack.redact import CREDENTIALS
@@ -108,11 +108,34 @@ def git(
     return result
 
 
+class Progress(Protocol):
+    """Where git's progress is shown as it comes."""
+
+    def update(self, line: str) -> None:
+        """A line the next one replaces ("Receiving objects:  42% (…)")."""
+
+    def tell(self, line: str) -> None:
+        """A line to keep: a step's last ("…, done."), or what Autopack itself says."""
+
+
+class Unshown:
+    """Progress nobody is shown."""
+
+    def update(self, line: str) -> None:
+        pass
+
+    def tell(self, line: str) -> None:
+        pass
+
+
+UNSHOWN = Unshown()
+
+
 def git_with_progress(
-    *args: str, cwd: Path, said: Callable[[str], None], silent_seconds: float = TIMEOUT_SECONDS
+    *args: str, cwd: Path, shown: Progress, silent_seconds: float = TIMEOUT_SECONDS
 ) -> None:
     """``git ARGS`` for work that takes as long as it takes (the first clone of a large
-    remote): each line of git's progress goes to ``said`` as it comes, and git is given up
+    remote): each line of git's progress is ``shown`` as it comes, and git is given up
     only once it has been silent for ``silent_seconds``. A fixed deadline failed every
     clone slower than it, however steadily it went, and the user saw nothing meanwhile.
     ``ARGS`` must ask for the progress (``--progress``): git prints none into a pipe."""
@@ -130,7 +153,7 @@ def git_with_progress(
     with process:  # its pipe closed, and git waited for, on every way out
         try:
             assert process.stderr is not None
-            told = _relay(process.stderr, said, silent_seconds, args)
+            told = _relay(process.stderr, shown, silent_seconds, args)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -139,9 +162,9 @@ def git_with_progress(
 
 
 def _relay(
-    stream: IO[bytes], said: Callable[[str], None], silent_seconds: float, args: Sequence[str]
+    stream: IO[bytes], shown: Progress, silent_seconds: float, args: Sequence[str]
 ) -> list[str]:
-    """Each line git writes on ``stream`` to ``said``, until git closes it; the last
+    """Each line git writes on ``stream``, ``shown``, until git closes it; the last
     finished ones (not the "…42%\\r" updates), which say what went wrong when git fails."""
     told: deque[str] = deque(maxlen=20)
     pending = b""
@@ -156,10 +179,11 @@ def _relay(
             pending += chunk
             for line, end in _LINE.findall(pending):
                 text = line.decode(errors="replace").strip()
-                if text:
-                    said(text)
-                    if end == b"\n":
-                        told.append(text)
+                if text and end == b"\n":
+                    shown.tell(text)
+                    told.append(text)
+                elif text:
+                    shown.update(text)
             pending = _LINE.sub(b"", pending)  # what is left: a line still coming
 
 

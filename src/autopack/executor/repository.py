@@ -22,13 +22,13 @@ machines share one branch instead of scattering files over their disks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from autopack.errors import ConfigError
 from autopack.executor.checkouts import BranchCheckedOut, carry
-from autopack.executor.git import GitError, git, out
+from autopack.executor.git import UNSHOWN, GitError, Progress, git, out
 from autopack.executor.recall import recall, remember
 from autopack.executor.repolock import RepositoryLock, stale_git_lock
 from autopack.executor.source import (
@@ -180,15 +180,15 @@ class RunRepository:
         cache_dir: Path,
         create: bool = True,
         head: str | None = None,
-        said: Callable[[str], None] = lambda _line: None,
+        shown: Progress = UNSHOWN,
     ) -> RunRepository:
         """The run's repository, with its branch existing (created from the repository's
         current HEAD, or as an empty first commit in a new repository). ``create=False``:
         a missing local repository or branch is an error instead (reading commands).
         ``head``: the run's accepted head, which a local repository must already hold.
-        ``said``: the progress of a remote's first clone, line by line."""
+        ``shown``: the progress of a remote's first clone."""
         if source.remote:
-            clone = cache_clone(source.remote, cache_dir, said=said)
+            clone = cache_clone(source.remote, cache_dir, shown=shown)
             repository = cls(clone, branch=branch, remote=REMOTE)
             repository.remote_url = source.remote
         else:

@@ -8,19 +8,20 @@ machine into the cache, shared by the executors there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from autopack.envfile import project_root, search_directories
 from autopack.errors import ConfigError
-from autopack.executor.git import git, git_with_progress, out
+from autopack.executor.git import TIMEOUT_SECONDS, Progress, git, git_with_progress, out
 from autopack.executor.recall import holds
 from autopack.executor.signs import shows_life, sign_of_life
 from autopack.logs import log_event
@@ -190,10 +191,10 @@ def cache_path(remote: str, cache_dir: Path) -> Path:
     return cache_dir / "repos" / f"{digest}.git"
 
 
-def cache_clone(remote: str, cache_dir: Path, *, said: Callable[[str], None]) -> Path:
+def cache_clone(remote: str, cache_dir: Path, *, shown: Progress) -> Path:
     """This machine's bare clone of ``remote`` (made on first use, shared by executors).
 
-    The first clone of a large remote takes minutes: git's progress goes to ``said`` as it
+    The first clone of a large remote takes minutes: git's progress is ``shown`` as it
     comes. A clone that fails or is stopped leaves nothing behind (each one killed by the
     old fixed deadline left its half-received objects in the cache for good), and what a
     killed executor's clone left is removed by the next clone on the machine."""
@@ -202,11 +203,14 @@ def cache_clone(remote: str, cache_dir: Path, *, said: Callable[[str], None]) ->
         return path
     repos = cache_directory(path.parent, "its clones of remote repositories")
     _remove_half_clones(repos)
+    _wait_for_another_clone(path, shown)
+    if path.exists():
+        return path
     partial = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}")
     with _cloning(partial):
         try:
             git_with_progress(
-                "clone", "--bare", "--progress", "--", remote, str(partial), cwd=repos, said=said
+                "clone", "--bare", "--progress", "--", remote, str(partial), cwd=repos, shown=shown
             )
             partial.rename(path)
         except OSError:  # another executor on this machine cloned it first
@@ -233,6 +237,42 @@ def _cloning(partial: Path) -> Iterator[None]:
     finally:
         marker.unlink(missing_ok=True)
         os.close(fd)
+
+
+def _wait_for_another_clone(path: Path, shown: Progress) -> None:
+    """Wait while another executor on this machine clones the same remote: executors
+    started together each cloned it, and all but one clone were thrown away (a fleet's
+    machine starting four fetched a large remote four times). Not once that clone has
+    written nothing for :data:`~autopack.executor.git.TIMEOUT_SECONDS` (its executor
+    stopped, or its remote silent): this one clones then, as before."""
+    told = False
+    while not path.exists():
+        others = [
+            partial
+            for partial in path.parent.glob(f"{path.name}.*")
+            if not partial.name.endswith(_CLONING)
+            and shows_life(partial.with_name(partial.name + _CLONING))
+        ]
+        if not others or time.time() - _last_write(others) > TIMEOUT_SECONDS:
+            return
+        if not told:
+            shown.tell("another executor on this machine is cloning it: waiting for that clone")
+            told = True
+        time.sleep(WAIT_SECONDS)
+
+
+WAIT_SECONDS = 0.5
+
+
+def _last_write(partials: list[Path]) -> float:
+    """When any file of these clones in progress last changed (git writes the pack it
+    receives as it comes)."""
+    times = [0.0]
+    for partial in partials:
+        for entry in partial.rglob("*"):
+            with contextlib.suppress(OSError):  # renamed or removed meanwhile
+                times.append(entry.stat().st_mtime)
+    return max(times)
 
 
 def _remove_half_clones(repos: Path) -> None:
