@@ -205,6 +205,8 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        if declared is not None:  # "17 " is 17 (HTTP allows blanks around a value)
+            declared = declared.strip(b" \t")
         unread = declared not in (None, b"0") or b"transfer-encoding" in headers
 
         async def closing(message: Message) -> None:
