@@ -499,3 +499,22 @@ def test_an_id_no_run_could_have_is_refused_naming_it(
     answer = post(server, route, {**body, field: bad})
     assert answer.status_code == 422, answer.text
     assert answer.json()["errors"][0]["field"] == field
+
+
+def test_report_shows_names_with_markup_or_control_characters_as_written(
+    server: Server, tmp_path: Path
+) -> None:
+    """A model called ``[/]`` ended ``telemetry report`` with a MarkupError traceback, one
+    called ``[bold]x[/]`` was shown as ``x``, and a category or model holding ``ESC ] 0 ;``
+    reached the terminal as it came (retitling it)."""
+    for model in ("[/]", "[bold]x[/]", "\x1b]0;owned\x07"):
+        assert post(server, "llm-usage", {**USAGE, "model": model}).status_code == 201
+    assert post(server, "estimations", estimation("p1", category="\x1b[2j")).status_code == 201
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    done = cli("telemetry", "report", "--database-url", url, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "[/]" in done.stdout and "[bold]x[/]" in done.stdout
+    assert "\x1b" not in done.stdout
+    assert "\\x1b]0;owned\\x07" in done.stdout and "\\x1b[2j/low/1" in done.stdout
