@@ -518,3 +518,23 @@ def test_report_shows_names_with_markup_or_control_characters_as_written(
     assert "[/]" in done.stdout and "[bold]x[/]" in done.stdout
     assert "\x1b" not in done.stdout
     assert "\\x1b]0;owned\\x07" in done.stdout and "\\x1b[2j/low/1" in done.stdout
+
+
+def test_calibrate_on_hundreds_of_categories_is_refused_before_fitting(
+    server: Server, tmp_path: Path
+) -> None:
+    """Category is free text on the route: 2000 categories made calibrate's dense fit take
+    4 GB and run for more than five minutes (260 take tens of seconds); refused up front,
+    naming what there is too much of, and nothing written."""
+    for i in range(260):
+        features = {**FEATURES, "category": f"c{i}"}
+        event = estimation(f"p{i}", category=f"c{i}", features=features)
+        assert post(server, "estimations", event).status_code == 201
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    args = ("--write", "est.json", "--plot", "fit.png", "--database-url", url)
+    done = cli("telemetry", "calibrate", *args, cwd=tmp_path, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "260 categories" in done.stderr and "--run" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "est.json").exists() and not (tmp_path / "fit.png").exists()
