@@ -499,3 +499,42 @@ def test_an_id_no_run_could_have_is_refused_naming_it(
     answer = post(server, route, {**body, field: bad})
     assert answer.status_code == 422, answer.text
     assert answer.json()["errors"][0]["field"] == field
+
+
+def test_report_shows_names_with_markup_or_control_characters_as_written(
+    server: Server, tmp_path: Path
+) -> None:
+    """A model called ``[/]`` ended ``telemetry report`` with a MarkupError traceback, one
+    called ``[bold]x[/]`` was shown as ``x``, and a category or model holding ``ESC ] 0 ;``
+    reached the terminal as it came (retitling it)."""
+    for model in ("[/]", "[bold]x[/]", "\x1b]0;owned\x07"):
+        assert post(server, "llm-usage", {**USAGE, "model": model}).status_code == 201
+    assert post(server, "estimations", estimation("p1", category="\x1b[2j")).status_code == 201
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    done = cli("telemetry", "report", "--database-url", url, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "[/]" in done.stdout and "[bold]x[/]" in done.stdout
+    assert "\x1b" not in done.stdout
+    assert "\\x1b]0;owned\\x07" in done.stdout and "\\x1b[2j/low/1" in done.stdout
+
+
+def test_calibrate_on_hundreds_of_categories_is_refused_before_fitting(
+    server: Server, tmp_path: Path
+) -> None:
+    """Category is free text on the route: 2000 categories made calibrate's dense fit take
+    4 GB and run for more than five minutes (260 take tens of seconds); refused up front,
+    naming what there is too much of, and nothing written."""
+    for i in range(260):
+        features = {**FEATURES, "category": f"c{i}"}
+        event = estimation(f"p{i}", category=f"c{i}", features=features)
+        assert post(server, "estimations", event).status_code == 201
+    url = server.database_url  # type: ignore[attr-defined]
+    env = clean_env(AUTOPACK_API_URL=server.url)
+    args = ("--write", "est.json", "--plot", "fit.png", "--database-url", url)
+    done = cli("telemetry", "calibrate", *args, cwd=tmp_path, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "260 categories" in done.stderr and "--run" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "est.json").exists() and not (tmp_path / "fit.png").exists()

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from autopack.cli._common import OK, err, out, print_json, state
+from autopack.cli.shown import escape
 from autopack.errors import ConfigError
 
 if TYPE_CHECKING:  # the client and estimation stacks load when a command runs
@@ -34,6 +35,10 @@ JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
 def usage_table(usage: list[UsageSummaryRow]) -> Table:
+    """The calls per (run, provider, model, role). Provider and model are text a worker
+    posted: a model called ``[/]`` ended ``telemetry report`` with a MarkupError traceback,
+    one called ``[bold]x[/]`` was shown as ``x``, and control characters reached the
+    terminal; escaped as every other table's outside text is."""
     table = Table(
         "run",
         "provider",
@@ -54,9 +59,9 @@ def usage_table(usage: list[UsageSummaryRow]) -> Table:
         if unpriced:
             cost += f" ({unpriced} unpriced)"
         table.add_row(
-            row.run_id,
-            row.provider,
-            row.model,
+            escape(row.run_id),
+            escape(row.provider),
+            escape(row.model),
             row.role,
             str(row.calls),
             str(row.failed_calls),

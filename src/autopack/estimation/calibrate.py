@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from autopack.errors import ConfigError
 from autopack.estimation.build import (
     DEFAULT_MARGIN_SD,
     DEFAULT_TARGET,
@@ -45,6 +46,27 @@ MIN_FIT_PHASES = 5
 """Below this many phases nothing is fitted: the prior is returned unchanged."""
 MIN_JUDGED_PHASES = 10
 """Below this many phases no holdout is taken (nothing would be left to fit)."""
+MAX_FIT_PARAMETERS = 1000
+"""The most parameters one fit may have. Its Hessian is dense: 2000 categories (free text a
+worker may post) took 4 GB and ran for more than five minutes, unfinished; runs Autopack
+writes have six categories and three complexities (about 250 parameters at most)."""
+
+
+def refuse_too_many_parameters(data: Sequence[PhaseObservation]) -> None:
+    """A ConfigError naming what the events hold too many of, before any fit starts (the
+    count is the pooled fit's: three per cell, one per category, stratum and model)."""
+    cells = {o.cell for o in data}
+    categories = {c.split("/")[0] for c in cells}
+    strata = {o.stratum for o in data}
+    families = {o.family for o in data}
+    count = 3 * len(cells) + len(categories) + len(strata) + len(families)
+    if count > MAX_FIT_PARAMETERS:
+        raise ConfigError(
+            f"the estimation events hold {len(categories)} categories, {len(cells)} "
+            f"category/complexity cells, {len(strata)} strata and {len(families)} model "
+            f"families: {count} parameters to fit, more than {MAX_FIT_PARAMETERS}; "
+            "--run fits one run's events"
+        )
 
 
 def _cap(limits: ModelLimits, model: str) -> int:
@@ -305,6 +327,7 @@ def calibrate(
     if not 0.0 <= holdout < 1.0:
         raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout}")
     data, skipped = phase_observations(events)
+    refuse_too_many_parameters(data)
 
     def refit(rows: Sequence[PhaseObservation]) -> FitOutcome:
         return fit_estimator(

@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from autopack.bounds import spelled_controls
 from autopack.estimation.evaluate import Scores, rate_text
 from autopack.estimation.report import EstimationReport
 
@@ -21,7 +22,10 @@ if TYPE_CHECKING:  # ``telemetry report`` renders without loading the fit (numpy
 
 
 def _t(value: object, style: str = "") -> Text:
-    return Text(str(value), style=style)
+    """``value`` as text shown, never obeyed: ``Text`` parses no markup but passed control
+    characters through, so a category or model posted as ``ESC ] 0 ; ...`` retitled the
+    terminal of whoever ran ``telemetry report`` (and ``ESC [ 2 J`` erased it)."""
+    return Text(spelled_controls(str(value)), style=style)
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
