@@ -225,12 +225,17 @@ def cache_clone(remote: str, cache_dir: Path, *, shown: Progress) -> Path:
 _CLONING = ".cloning"
 
 
+def _marker(partial: Path) -> Path:
+    """The sign of life of the clone being made into ``partial``."""
+    return partial.with_name(partial.name + _CLONING)
+
+
 @contextmanager
 def _cloning(partial: Path) -> Iterator[None]:
     """``PARTIAL.cloning``, a sign of life (:mod:`autopack.executor.signs`) for as long as
     this process clones into ``partial``: what a killed executor's clone left is told apart
     from another executor's clone in progress by it alone."""
-    marker = partial.with_name(partial.name + _CLONING)
+    marker = _marker(partial)
     fd = sign_of_life(marker)
     try:
         yield
@@ -250,8 +255,7 @@ def _wait_for_another_clone(path: Path, shown: Progress) -> None:
         others = [
             partial
             for partial in path.parent.glob(f"{path.name}.*")
-            if not partial.name.endswith(_CLONING)
-            and shows_life(partial.with_name(partial.name + _CLONING))
+            if not partial.name.endswith(_CLONING) and shows_life(_marker(partial))
         ]
         if not others or time.time() - _last_write(others) > TIMEOUT_SECONDS:
             return
@@ -265,10 +269,12 @@ WAIT_SECONDS = 0.5
 
 
 def _last_write(partials: list[Path]) -> float:
-    """When any file of these clones in progress last changed (git writes the pack it
-    receives as it comes)."""
+    """When any of these clones in progress, or a file in it, last changed (git writes
+    the pack it receives as it comes; a clone just begun holds no file yet)."""
     times = [0.0]
     for partial in partials:
+        with contextlib.suppress(OSError):
+            times.append(partial.stat().st_mtime)
         for entry in partial.rglob("*"):
             with contextlib.suppress(OSError):  # renamed or removed meanwhile
                 times.append(entry.stat().st_mtime)
@@ -283,7 +289,6 @@ def _remove_half_clones(repos: Path) -> None:
         if entry.name.startswith("."):
             continue
         partial = entry.with_name(entry.name.removesuffix(_CLONING))
-        marker = partial.with_name(partial.name + _CLONING)
-        if not shows_life(marker):
+        if not shows_life(_marker(partial)):
             shutil.rmtree(partial, ignore_errors=True)
-            marker.unlink(missing_ok=True)
+            _marker(partial).unlink(missing_ok=True)
