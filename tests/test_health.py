@@ -34,6 +34,33 @@ def test_head_health_answers_like_get_without_a_body(tmp_path: Path) -> None:
     assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
 
 
+@pytest.mark.parametrize("path", ["/runs", "/metrics", "/docs", "/ui"])
+def test_head_on_any_get_route_answers_like_get_without_a_body(tmp_path: Path, path: str) -> None:
+    """HEAD is a GET's headers on every route, not only /health (``curl -I /runs`` was a
+    405: FastAPI's routes declare one method each)."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    with Server(clean_env(DATABASE_URL=url), cwd=tmp_path) as server:
+        got = httpx.get(f"{server.url}{path}", timeout=10)
+        head = httpx.head(f"{server.url}{path}", timeout=10)
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+
+
+def test_head_needs_the_gets_token_and_stays_405_without_a_get(tmp_path: Path) -> None:
+    """A HEAD served as a GET needs the GET's token; a path without a GET stays a 405."""
+    url = empty_sqlite(tmp_path / "autopack.db")
+    env = clean_env(DATABASE_URL=url, AUTOPACK_API_TOKEN="t" * 32)
+    with Server(env, cwd=tmp_path) as server:
+        anonymous = httpx.head(f"{server.url}/runs", timeout=10)
+        bearer = {"Authorization": "Bearer " + "t" * 32}
+        allowed = httpx.head(f"{server.url}/runs", headers=bearer, timeout=10)
+        no_get = httpx.head(f"{server.url}/claims", headers=bearer, timeout=10)
+    assert anonymous.status_code == 401
+    assert allowed.status_code == 200 and allowed.content == b""
+    assert no_get.status_code == 405 and no_get.headers["allow"] == "POST"
+
+
 def test_two_servers_on_two_databases_report_different_ids(
     database_url: str, second_database_url: str, tmp_path: Path
 ) -> None:

@@ -19,11 +19,12 @@ from typing import NoReturn
 
 from anyio import to_thread
 from fastapi import FastAPI
-from starlette.types import Message, Receive, Scope, Send
+from starlette.routing import Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import __version__, redact
 from autopack.api.auth import Authenticator, TokenBeforeBody, secured_routes
-from autopack.api.errors import BodyLimit, install_error_handlers
+from autopack.api.errors import BodyLimit, install_error_handlers, serves
 from autopack.api.maintenance import Maintenance
 from autopack.api.openapi import install_docs
 from autopack.api.routers import (
@@ -63,6 +64,24 @@ class AutopackApp(FastAPI):
             await send(message)
 
         await super().__call__(scope, receive, quiet)
+
+
+class HeadAsGet:
+    """Pure ASGI middleware: HEAD on a path without a HEAD route is its GET, whose body
+    the server leaves out (uvicorn sends none to a HEAD, whatever the app sends). HTTP
+    makes HEAD a GET's headers; Starlette's own routes add it, FastAPI's declare one
+    method each, so ``curl -I /runs`` was a 405 while ``curl -I /health`` was a 200.
+    The rewritten scope is a copy: the server keeps the request's own method."""
+
+    def __init__(self, app: ASGIApp, router: Router) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        head = scope["type"] == "http" and scope["method"] == "HEAD"
+        if head and not serves(self.router, scope, "HEAD"):
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
 
 
 def _refuse(app: FastAPI, exc: AutopackError) -> NoReturn:
@@ -144,6 +163,7 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
     )
     for router in routers:
         app.include_router(router)
+    app.add_middleware(HeadAsGet, router=app.router)
     app.add_middleware(TokenBeforeBody, secured=secured_routes(routers))
     app.add_middleware(BodyLimit)  # outermost: a declared 413 before anything else
     return app

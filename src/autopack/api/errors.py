@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match, Mount
+from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopack import redact
@@ -134,20 +134,26 @@ def unreadable_body(cause: BaseException) -> AutopackError:
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+def serves(router: Router, scope: Scope, method: str) -> bool:
+    """Whether some route serves ``method`` at the scope's path. Tried the way the router
+    matches, not read from route attributes: FastAPI nests included routers, whose routes
+    the app's own list does not hold."""
+    return any(
+        route.matches({**scope, "method": method})[0] == Match.FULL
+        for route in router.routes
+        if not isinstance(route, Mount)  # a mount matches every method
+    )
+
+
 def allowed_methods(request: Request) -> list[str]:
     """The methods some route serves at the request's path (FastAPI declares one route
-    per method, and Starlette's 405 names only the first route's). Each method is tried
-    the way the router matches, not read from route attributes: FastAPI nests included
-    routers, whose routes the app's own list does not hold (the header was empty)."""
-    return [
-        method
-        for method in _METHODS
-        if any(
-            route.matches({**request.scope, "method": method})[0] == Match.FULL
-            for route in request.app.router.routes
-            if not isinstance(route, Mount)  # a mount matches every method
-        )
-    ]
+    per method, and Starlette's 405 names only the first route's). HEAD wherever GET is:
+    :class:`~autopack.api.app.HeadAsGet` serves it."""
+    router = request.app.router
+    allowed = {method for method in _METHODS if serves(router, request.scope, method)}
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return [method for method in _METHODS if method in allowed]
 
 
 def invalid_input(
