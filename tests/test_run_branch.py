@@ -480,6 +480,31 @@ def test_export_into_a_file_is_refused_naming_it(tmp_path: Path) -> None:
     assert (tmp_path / "afile").read_text() == "mine\n"
 
 
+def test_export_writes_a_file_named_like_a_scratch_file_of_its_own(tmp_path: Path) -> None:
+    """`run export` kept its git index in DIR as ``.autopack-export-index``: a file of
+    that name on the branch was written over it, then deleted with it (the count said
+    it was written)."""
+    env = env_for(_sqlite(tmp_path))
+    ws = repository(tmp_path / "ws")
+    name = ".autopack-export-index"
+    scope = {"paths": [name, "pkg/"], "deliverables": [name, "pkg/mod.py"]}
+    create_run(run_file(tmp_path, [phase("p1", [name, "pkg/mod.py"], scope=scope)]), env, tmp_path)
+    answer = {
+        "files": [
+            {"path": name, "content": "mine\n"},
+            {"path": "pkg/mod.py", "content": "KEPT = 1\n"},
+        ],
+        "summary": "wrote files",
+    }
+    tape = cassette(tmp_path, [line("p1", 1, json.dumps(answer))])
+    assert drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path).returncode == 0
+    target = tmp_path / "code"
+    exported = cli("run", "export", RUN, str(target), "--workspace", str(ws), cwd=tmp_path, env=env)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (target / name).read_text() == "mine\n"
+    assert sorted(p.name for p in target.iterdir()) == sorted([name, "pkg"])
+
+
 def test_export_of_a_run_kept_in_a_remote_repository_writes_its_files(tmp_path: Path) -> None:
     """A run whose code lives in a remote (``--repo``, the run file's ``repository``) is
     read through a bare cache clone, where `git checkout-index` refused to work ("must be

@@ -22,6 +22,7 @@ machines share one branch instead of scattering files over their disks.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -507,12 +508,11 @@ class RunRepository:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file on the way (file/sub), no permission
             raise ConfigError(f"cannot create {target}: {exc.strerror or exc}") from None
-        index = target / ".autopack-export-index"
-        # a remote's cache clone is bare: checkout-index needs a work tree, and this is it
-        env = {"GIT_INDEX_FILE": str(index), "GIT_WORK_TREE": str(target)}
-        try:
+        # A remote's cache clone is bare: checkout-index needs a work tree, and this is it.
+        # The index lives outside it: inside, a file of that name on the branch was
+        # written over it and then removed with it.
+        with tempfile.TemporaryDirectory(prefix="autopack-export-") as scratch:
+            env = {"GIT_INDEX_FILE": str(Path(scratch, "index")), "GIT_WORK_TREE": str(target)}
             git("read-tree", commit, cwd=self.path, env=env)
             git("checkout-index", "--all", cwd=self.path, env=env)
-        finally:
-            index.unlink(missing_ok=True)
         return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())
