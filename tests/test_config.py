@@ -286,6 +286,12 @@ def test_a_pin_that_is_no_instance_id_is_refused_naming_it_and_not_echoed_whole(
             b"DATABASE_URL=sqlite:///mine.db\nX=1\ndatabase_url=sqlite:///other.db\n",
             "lines 1 and 3 both set database_url, to different values",
         ),
+        # skipped as another tool's setting: the server ran without the token it seemed to have
+        (
+            b"SECRET_KEY=theirs\nAUTOPACK_API_TOKNE=" + b"t" * 40 + b"\n",
+            "line 2: AUTOPACK_API_TOKNE is no Autopack setting (did you mean AUTOPACK_API_TOKEN?)",
+        ),
+        (b"AUTOPACK_COLOUR=1\n", "line 1: AUTOPACK_COLOUR is no Autopack setting (`autopack"),
     ],
 )
 def test_a_dotenv_that_cannot_be_read_as_written_is_refused_naming_it(

@@ -11,6 +11,7 @@ does. :mod:`autopack.config` reads its values with pydantic-settings' own parser
 from __future__ import annotations
 
 from collections.abc import Collection
+from difflib import get_close_matches
 from io import StringIO
 from pathlib import Path
 
@@ -111,8 +112,11 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
     ``=``, with a warning at most, so a ``DATABASE_URL`` line with a stray quote silently
     meant the default database; one set twice to different values silently meant the last
     (an appended ``DATABASE_URL`` won); a file that is not UTF-8, or holds a NUL, failed
-    later with a traceback. ``known``: the settings' names (lower case). A line's text is
-    never shown: it may hold a secret."""
+    later with a traceback; a misspelt ``AUTOPACK_`` name (``AUTOPACK_API_TOKNE``) was
+    skipped as another tool's setting, so the server ran without the token it seemed to
+    have. That prefix is Autopack's own: another tool's names in a shared ``.env`` are read
+    past. ``known``: the settings' names (lower case). A line's text is never shown: it
+    may hold a secret."""
     from dotenv.parser import parse_stream
 
     try:
@@ -132,6 +136,9 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
             problem = f"line {line}: {binding.key} has no value (write {binding.key}=value)"
         elif "\x00" in (binding.value or ""):
             problem = f"line {line}: the value of {binding.key} contains a NUL byte"
+        elif name.startswith("autopack_") and name not in known:
+            shown = name.upper() if len(name) <= 80 else f"{name[:80].upper()}…"
+            problem = f"line {line}: {shown} is no Autopack setting{_meant(name, known)}"
         elif earlier is not None and earlier[0] != line and earlier[1] != binding.value:
             # python-dotenv keeps the last: an appended DATABASE_URL silently won
             problem = (
@@ -143,3 +150,12 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
         raise ConfigError(
             f"{path}, {problem}; fix it or move it out of the way", env_file=str(path)
         )
+
+
+def _meant(name: str, known: Collection[str]) -> str:
+    """`` (did you mean X?)`` for the known setting nearest a misspelt ``name``, else
+    where the settings are listed."""
+    nearest = get_close_matches(name, known, n=1, cutoff=0.8)
+    if nearest:
+        return f" (did you mean {nearest[0].upper()}?)"
+    return " (`autopack config show` lists the settings)"
