@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import empty_sqlite
-from tests.support import Server, clean_env, database_identity
+from tests.support import Server, clean_env, cli, database_identity
 
 
 def test_server_reports_the_identity_of_its_database(database_url: str, tmp_path: Path) -> None:
@@ -108,6 +108,9 @@ def test_uvicorn_given_an_invalid_setting_says_which_without_a_traceback(tmp_pat
 def test_identity_check_script_matches_and_mismatches(
     database_url: str, second_database_url: str, tmp_path: Path
 ) -> None:
+    """Every way of naming the server is checked: ``--api-url`` after the command, before
+    it, and ``AUTOPACK_API_URL`` (the last two were ignored: exit 0 beside a server on
+    another database)."""
     from tests.support import script
 
     env = clean_env(DATABASE_URL=database_url)
@@ -115,12 +118,19 @@ def test_identity_check_script_matches_and_mismatches(
         Server(env, cwd=tmp_path) as same,
         Server(clean_env(DATABASE_URL=second_database_url), cwd=tmp_path) as other,
     ):
-        match = script("db_identity_check.py", "--api-url", same.url, cwd=tmp_path, env=env)
-        mismatch = script("db_identity_check.py", "--api-url", other.url, cwd=tmp_path, env=env)
         other_id = other.wait_healthy()["database"]["instance_id"]
-    assert match.returncode == 0, match.stderr
-    assert "uses this database" in match.stdout
-    assert mismatch.returncode == 2
-    mine = database_identity(database_url, tmp_path)["instance_id"]
-    combined = mismatch.stdout + mismatch.stderr
-    assert mine in combined and other_id in combined
+        for url, checked in ((same.url, True), (other.url, False)):
+            named = [
+                script("db_identity_check.py", "--api-url", url, cwd=tmp_path, env=env),
+                cli("--api-url", url, "db", "identity", cwd=tmp_path, env=env),
+                cli("db", "identity", cwd=tmp_path, env={**env, "AUTOPACK_API_URL": url}),
+            ]
+            for way, result in enumerate(named):
+                if checked:
+                    assert result.returncode == 0, (way, result.stderr)
+                    assert "uses this database" in result.stdout, way
+                    continue
+                assert result.returncode == 2, (way, result.stdout[-2000:])
+                combined = result.stdout + result.stderr
+                assert database_identity(database_url, tmp_path)["instance_id"] in combined
+                assert other_id in combined, way

@@ -114,7 +114,8 @@ def identity(
 ) -> None:
     """Show which database this resolves to: backend, URL, instance_id, revisions, row counts.
 
-    With --api-url: exit 0 when the server uses the same database, 2 when it does not.
+    With an API server (--api-url, before or after the command, or AUTOPACK_API_URL): exit
+    0 when it uses the same database, 2 when it does not.
     """
     raise typer.Exit(show_identity(ctx, as_json=as_json, api_url=api_url))
 
@@ -124,7 +125,11 @@ def show_identity(ctx: typer.Context, *, as_json: bool, api_url: str | None) -> 
     from autopack.client import ApiClient
     from autopack.db.identity import row_counts
 
-    database = state(ctx).database()
+    cli = state(ctx)
+    database = cli.database()
+    # the server however it is named (``--api-url`` before the command, AUTOPACK_API_URL):
+    # only the option after it was checked, and the rest said nothing beside another database
+    api_url = api_url or cli.settings.autopack_api_url
     report: dict[str, Any] = database.identity.model_dump(exclude={"public_url"})
     report["row_counts"] = row_counts(database.engine)
     exit_code = 0
