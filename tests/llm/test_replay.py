@@ -140,11 +140,23 @@ def test_lines_with_the_same_key_answer_successive_calls_then_miss(tmp_path: Pat
     assert "does not repeat answers" in caught.value.message
 
 
-def test_calls_match_by_order_not_attempt_number(tmp_path: Path) -> None:
-    """A phase resumed after a lost lease (attempt 2 in a new process) or retried once more
-    than recorded gets the next recorded answer, not "no answer for attempt=2"."""
+def test_calls_match_by_order_skipping_answers_recorded_for_earlier_attempts(
+    tmp_path: Path,
+) -> None:
+    """Executors each replay a cassette of their own: one whose first call of a phase is
+    its attempt 2 (another executor made attempt 1) gets what attempt 2 was answered, not
+    attempt 1's deliberate failure again (a phase drained by three executors could fail
+    on its third try). A phase retried more often than recorded, or a cassette numbering
+    every line 1, is answered in order, not "no answer for attempt=2"."""
     cassette = write(tmp_path / "c.jsonl", line("first", attempt=1), line("second", attempt=2))
-    resumed = ReplayProvider(cassette)
+    first, second = ReplayProvider(cassette), ReplayProvider(cassette)
+    assert first.complete(make_request(attempt=1)).text == "first"
+    assert second.complete(make_request(attempt=2)).text == "second"
+    with pytest.raises(CassetteMiss):
+        second.complete(make_request(attempt=3))
+
+    unnumbered = write(tmp_path / "u.jsonl", line("first"), line("second"), line("third"))
+    resumed = ReplayProvider(unnumbered)
     assert resumed.complete(make_request(attempt=2)).text == "first"
     assert resumed.complete(make_request(attempt=3)).text == "second"
 

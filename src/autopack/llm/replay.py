@@ -18,9 +18,11 @@ role may be given again once the recorded ones run out.
 
 A call is matched by run, phase, role and its order among that phase's calls of that role
 (the first builder call of phase P gets P's first builder line, and so on, in file
-order). ``attempt`` is what the recording saw and is only reported: a phase resumed after
-a lost lease, or retried once more than when it was recorded, gets the next recorded
-answer instead of failing on an attempt number. The ``response`` is parsed by the same
+order), skipping lines recorded at an attempt earlier than the call's: several executors
+each replay the cassette, and one whose first call of a phase is its attempt 2 gets what
+attempt 2 was answered. ``attempt`` is never required to match: a phase retried more
+often than when it was recorded, or a cassette that numbers every line 1, gets the next
+recorded answer instead of failing on an attempt number. The ``response`` is parsed by the same
 function the live provider uses on its response body (:mod:`autopack.llm.responses`), so
 replay cannot drift from reality, and never imports a provider's SDK; every line is
 parsed once at load time, so a broken cassette fails at start with its line number, not
@@ -72,7 +74,7 @@ class CassetteEntry:
 
     key: Key
     attempt: int | None
-    """The attempt the recording saw (reported, not matched)."""
+    """The attempt the recording saw: earlier ones are skipped, never required to match."""
     provider: str
     """The wire format of ``response`` (whose parser reads it)."""
     model: str
@@ -282,7 +284,7 @@ class ReplayProvider:
         key = request_key(request)
         with self._lock:
             recorded = self._entries.get(key, [])
-            index = self._served[key]
+            index = _first_for(recorded, self._served[key], request.attempt)
             self._served[key] = index + 1
         if index < len(recorded):
             entry = recorded[index]
@@ -330,6 +332,21 @@ class ReplayProvider:
             error_class="CassetteMiss",
             retryable=False,
         )
+
+
+def _first_for(recorded: list[CassetteEntry], served: int, attempt: int | None) -> int:
+    """The line a call of ``attempt`` gets: the first not served yet, past any recorded at
+    an earlier attempt (another executor made those attempts; the answers they got failed
+    on purpose, and giving them again spent this phase's tries). When every line ahead is
+    from an earlier attempt (a cassette numbering every line 1, a phase retried more often
+    than recorded), the next one in order."""
+    if attempt is None:
+        return served
+    for index in range(served, len(recorded)):
+        seen = recorded[index].attempt
+        if seen is None or seen >= attempt:
+            return index
+    return served
 
 
 def _interrupted(exc: LLMError) -> dict[str, Any]:
