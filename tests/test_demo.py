@@ -268,3 +268,21 @@ def test_a_symlink_in_place_of_the_demos_lock_is_refused_and_its_target_kept(
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"--dir {demo_dir} cannot hold the demo" in " ".join(done.stderr.split())
     assert precious.read_text() == "keep me\n"
+
+
+def test_a_directory_holding_files_no_demo_made_is_refused_and_kept(tmp_path: Path) -> None:
+    """``autopack demo --dir .`` in a project marked the project as the demo's own: the
+    second demo moved its ``autopack.db`` (its real runs) and ``workspace/`` to
+    ``previous/``, deleting a ``previous/`` of the project's, and the third deleted them."""
+    project = tmp_path / "project"
+    (project / "previous").mkdir(parents=True)
+    (project / "previous" / "notes.txt").write_text("mine\n")
+    (project / "autopack.db").write_bytes(b"")
+    before = sorted(p.relative_to(project).as_posix() for p in project.rglob("*"))
+    done = cli(*("demo", "--dir", str(project), "--replay-speed", "0"), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+    told = " ".join(done.stderr.split())
+    assert f"--dir {project} holds files no `autopack demo` made (autopack.db, previous)" in told
+    assert "Traceback" not in done.stderr
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == before
+    assert (project / "previous" / "notes.txt").read_text() == "mine\n"

@@ -63,6 +63,25 @@ def _alone(directory: Path) -> Iterator[None]:
         os.close(held)
 
 
+def _refuse_theirs(directory: Path) -> None:
+    """Refuse a directory holding files no demo made (``--dir .`` in a project), before
+    anything is written there: the demo marked it as its own, and the next two demos moved
+    its ``autopack.db`` (its real runs) and ``workspace/`` to ``previous/``, deleting a
+    ``previous/`` of its own, and then deleted them."""
+    try:
+        if (directory / MARKER).exists() or not directory.is_dir():
+            return  # a demo's own, or none yet (what is in the way: said by _alone)
+        theirs = sorted(entry.name for entry in directory.iterdir() if entry.name != LOCK)
+    except OSError:
+        return  # unreadable: _alone says why
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (", …" if len(theirs) > 3 else "")
+        raise ConfigError(
+            f"--dir {directory} holds files no `autopack demo` made ({shown}): give the "
+            "demo a new or empty directory"
+        )
+
+
 def _fresh(directory: Path) -> None:
     """Start over in a directory a previous demo made (and only in such a directory). The
     previous demo's database and repository move to ``previous/`` (the one before that is
@@ -108,6 +127,7 @@ def demo(
     from autopack.paths import absolute
 
     directory = absolute(directory, "--dir")
+    _refuse_theirs(directory)
     with _alone(directory):
         _demo(ctx, directory, concurrency, speed)
 
