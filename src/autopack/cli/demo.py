@@ -97,7 +97,13 @@ def _fresh(directory: Path) -> None:
                     stale.rename(previous / stale.name)
             out.print(f"the previous demo is kept in {previous}", highlight=False)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / MARKER).write_text("made by `autopack demo`; safe to delete\n")
+        # Never through a symlink (a check of a run drained here can write this
+        # directory): write_text truncated whatever file one in its place led to.
+        marker = os.open(
+            directory / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644
+        )
+        with os.fdopen(marker, "w") as written:
+            written.write("made by `autopack demo`; safe to delete\n")
     except OSError as exc:  # a file there or on the way, no permission
         raise ConfigError(
             f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
