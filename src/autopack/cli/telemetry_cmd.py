@@ -10,6 +10,8 @@ model once wrote, not what this estimator should learn from now.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +34,8 @@ app = typer.Typer(help="Report and calibrate from recorded telemetry.", no_args_
 
 RUN = typer.Option(None, "--run", help="Only this run's events.")
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_JOURNALS = ("-wal", "-shm", "-journal")
 
 
 def usage_table(usage: list[UsageSummaryRow]) -> Table:
@@ -184,6 +188,41 @@ def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | N
     image_format(plot)
 
 
+def refuse_writing_over_a_database(path: Path, flag: str, database_url: str) -> None:
+    """``--write autopack.db`` replaced the SQLite database the command had
+    just read, every run and row, with the estimator, exit 0; its ``-wal`` lost the
+    commits not yet checkpointed. Refused before anything is fitted or written: the
+    database in use and its journals, and any file holding a SQLite database."""
+    from autopack.db.engine import sqlite_file
+    from autopack.paths import absolute
+
+    target = absolute(path, flag)
+    in_use = sqlite_file(database_url)
+    if in_use is not None:
+        real = absolute(in_use, "the database")
+        if target in {real, *(real.with_name(real.name + end) for end in SQLITE_JOURNALS)}:
+            raise ConfigError(
+                f"{flag} {path} is the database in use or its journal ({in_use}): writing "
+                f"would replace it; give {flag} another file (nothing written)"
+            )
+    try:
+        found = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
+    except OSError:
+        return  # none yet, unreadable: said when written
+    try:
+        regular = stat.S_ISREG(os.fstat(found).st_mode)
+        head = os.read(found, len(SQLITE_HEADER)) if regular else b""
+    except OSError:
+        head = b""
+    finally:
+        os.close(found)
+    if head == SQLITE_HEADER:
+        raise ConfigError(
+            f"{flag} {path} holds a SQLite database: writing would replace it; give {flag} "
+            "another file (nothing written)"
+        )
+
+
 def refuse_replacing_with_nothing_new(result: CalibrationResult, path: Path) -> None:
     """With nothing fitted (too few phases) ``--write`` writes the current estimator back:
     over a file holding *another* estimator (an earlier calibration, while
@@ -277,6 +316,7 @@ def calibrate_cmd(
     settings = cli.settings
     if write is not None:
         absolute(write, "--write")  # a path no file can have: exit 2 naming it, up front
+        refuse_writing_over_a_database(write, "--write", settings.database_url)
     if plot is not None:
         refuse_plot_over_estimator(plot, write, settings.autopack_estimator_file)
     client = cli.client()
