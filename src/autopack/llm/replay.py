@@ -240,6 +240,28 @@ def read_cassette(path: Path) -> Cassette:
     return Cassette(Path(path), entries, repeat_last)
 
 
+def _first_line(path: Path) -> None:
+    """Is ``path`` a cassette, by its first line (the one no recorder can be appending to
+    at the moment)? A ConfigError saying why not."""
+    try:
+        text = read_text_file(Path(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cassette {path} cannot be read: {exc}") from exc
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        return
+    number, first = lines[0]
+    where = f"cassette {path}:{number}"
+    try:
+        raw = json.loads(first)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not JSON ({exc})") from exc
+    if isinstance(raw, dict) and "cassette" in raw:
+        _options(raw, where)
+    else:
+        _entry(raw, where, number)
+
+
 def load_cassette(path: Path) -> list[CassetteEntry]:
     """Every answer line of ``path`` (see :func:`read_cassette`)."""
     return read_cassette(path).entries
@@ -370,6 +392,16 @@ class RecordingProvider:
         # live call was paid for (executor_error), and a FIFO hung it.
         if problem := not_a_file(self.path):
             raise ConfigError(f"--record {self.path} {problem}: name a cassette file")
+        # Lines are appended: to the run file (`--record` for `--cassette`) that made it
+        # no YAML, to the database they were lost in when SQLite next wrote its pages.
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            try:
+                _first_line(self.path)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"--record {self.path} holds something other than a cassette "
+                    f"({exc.message}): name a new file, or a cassette to add to"
+                ) from None
         self._lock = _file_lock(self.path)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
