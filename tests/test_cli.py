@@ -128,6 +128,24 @@ def test_a_plot_naming_no_image_format_is_refused_before_anything_is_written(
     assert not (tmp_path / "est.json").exists() and not (tmp_path / "fit.txt").exists()
 
 
+def test_a_plot_no_file_can_be_written_at_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """``--plot`` into a missing directory, onto a directory or a FIFO failed (exit 2)
+    after ``--write`` had written its estimator."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "adir.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    for plot in ("nodir/fit.png", "adir.png", "pipe.png"):
+        args = ("telemetry", "calibrate", "--write", "est.json", "--plot", plot)
+        result = cli(*args, cwd=tmp_path, env=env)
+        said = " ".join(result.stderr.split())
+        assert result.returncode == 2, (plot, said[-800:])
+        assert f"--plot {plot} " in said and "Traceback" not in said, said[-800:]
+        assert not (tmp_path / "est.json").exists(), plot
+
+
 def test_calibrate_never_writes_over_a_database(tmp_path: Path) -> None:
     """``telemetry calibrate --write autopack.db`` replaced the database it had just read,
     every run and row, with the estimator file, exit 0 (so did ``--write`` naming its

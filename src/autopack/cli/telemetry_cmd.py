@@ -173,12 +173,17 @@ def wrote_line(result: CalibrationResult, path: Path) -> str:
 def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | None) -> None:
     """``--plot`` naming the estimator file in use or ``--write``'s path replaced that
     estimator with a PNG (the next drain then refused to start), and one naming no image
-    format failed after ``--write`` had written: both refused before anything is fitted
-    or written."""
+    format, or a path no file can be written at, failed after ``--write`` had written: all
+    refused before anything is fitted or written."""
     from autopack.estimation.plot import image_format  # matplotlib: only with --plot
-    from autopack.paths import absolute
+    from autopack.paths import absolute, not_a_file
 
     target = absolute(plot, "--plot")
+    problem = not_a_file(target)  # a directory, a FIFO, a file in place of its directory
+    if problem is None and not target.parent.is_dir():  # the plot makes no directory
+        problem = f"is in {target.parent}, which does not exist"
+    if problem is not None:
+        raise ConfigError(f"--plot {plot} {problem}: name an image file (nothing written)")
     for name, other in (("--write", write), ("AUTOPACK_ESTIMATOR_FILE", current)):
         if other is not None and absolute(Path(other), name) == target:
             raise ConfigError(
