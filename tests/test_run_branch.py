@@ -480,6 +480,29 @@ def test_export_into_a_file_is_refused_naming_it(tmp_path: Path) -> None:
     assert (tmp_path / "afile").read_text() == "mine\n"
 
 
+def test_export_into_a_git_directory_is_refused_and_writes_nothing_there(
+    tmp_path: Path,
+) -> None:
+    """`run export RUN WS/.git/refs/heads/out` wrote the run's files there: each one a
+    broken branch of the repository, warned of by every git command in it."""
+    env, ws, _ = _one_phase_drained(tmp_path)
+    before = sorted(p.relative_to(ws).as_posix() for p in (ws / ".git").rglob("*"))
+    for target in (ws / ".git/refs/heads/out", ws / ".git/out", ws / ".git" / "objects"):
+        exported = cli(
+            "run", "export", RUN, str(target), "--workspace", str(ws), cwd=tmp_path, env=env
+        )
+        said = " ".join(exported.stderr.split())
+        assert exported.returncode == 2, said[-2000:]
+        assert f"{target} " in said and "Traceback" not in said, said[-2000:]
+    assert not (ws / ".git/refs/heads/out").exists() and not (ws / ".git/out").exists()
+    after = sorted(p.relative_to(ws).as_posix() for p in (ws / ".git").rglob("*"))
+    assert [p for p in after if p not in before and "/objects/" not in p] == []
+    listed = subprocess.run(
+        ["git", "for-each-ref"], cwd=ws, capture_output=True, text=True, check=True
+    )
+    assert "warning" not in listed.stderr, listed.stderr
+
+
 def test_export_writes_a_file_named_like_a_scratch_file_of_its_own(tmp_path: Path) -> None:
     """`run export` kept its git index in DIR as ``.autopack-export-index``: a file of
     that name on the branch was written over it, then deleted with it (the count said
