@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,16 @@ def test_a_symlink_in_place_of_the_demos_marker_is_refused_and_its_target_kept(
     assert f"--dir {demo_dir} cannot hold the demo" in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr
     assert precious.read_text() == "keep me\n"
+
+
+def test_a_fifo_in_place_of_the_demos_lock_is_refused_naming_it(tmp_path: Path) -> None:
+    """A FIFO where the demo keeps its lock file (a check of a run drained there can
+    write the demo's directory) ended in an OSError traceback from truncating it."""
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    os.mkfifo(demo_dir / ".autopack-demo.lock")
+    done = cli("demo", "--dir", str(demo_dir), cwd=tmp_path, env=clean_env(), timeout=60)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stdout + said[-3000:]
+    assert f"{demo_dir / '.autopack-demo.lock'} is a FIFO (named pipe)" in said, said[-3000:]
+    assert "Traceback" not in said

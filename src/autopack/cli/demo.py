@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from autopack.cli.drain_cmd import DrainFlags, executor_for, finite
 from autopack.cli.drain_report import report
 from autopack.cli.telemetry_cmd import print_report
 from autopack.errors import ConfigError, Conflict
+from autopack.paths import file_kind
 
 if TYPE_CHECKING:
     from autopack.config import Settings
@@ -48,6 +50,11 @@ def _alone(directory: Path) -> Iterator[None]:
             f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
         ) from None
     try:
+        if not stat.S_ISREG(kind := os.fstat(held).st_mode):  # a FIFO: truncating it raised
+            raise ConfigError(
+                f"--dir {directory} cannot hold the demo: {directory / LOCK} is "
+                f"{file_kind(kind)}, not a regular file (remove it)"
+            )
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
