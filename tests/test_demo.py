@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bench.llm_cost import DemoAnswers
 from tools.demo_cassette.build import CASSETTE, build, render
 
@@ -306,14 +307,18 @@ def test_a_symlink_in_place_of_the_demos_marker_is_refused_and_its_target_kept(
     assert precious.read_text() == "keep me\n"
 
 
-def test_a_fifo_in_place_of_the_demos_lock_is_refused_naming_it(tmp_path: Path) -> None:
-    """A FIFO where the demo keeps its lock file (a check of a run drained there can
-    write the demo's directory) ended in an OSError traceback from truncating it."""
+@pytest.mark.parametrize("name", [".autopack-demo.lock", ".autopack-demo"])
+def test_a_fifo_in_place_of_the_demos_lock_or_marker_is_refused_naming_it(
+    tmp_path: Path, name: str
+) -> None:
+    """A FIFO where the demo keeps its lock file or its marker (a check of a run drained
+    there can write the demo's directory): truncating the lock was an OSError traceback,
+    and writing the marker waited for a reader for ever."""
     demo_dir = tmp_path / "demo"
     demo_dir.mkdir()
-    os.mkfifo(demo_dir / ".autopack-demo.lock")
+    os.mkfifo(demo_dir / name)
     done = cli("demo", "--dir", str(demo_dir), cwd=tmp_path, env=clean_env(), timeout=60)
     said = " ".join(done.stderr.split())
     assert done.returncode == 2, done.stdout + said[-3000:]
-    assert f"{demo_dir / '.autopack-demo.lock'} is a FIFO (named pipe)" in said, said[-3000:]
+    assert f"{demo_dir / name} is a FIFO (named pipe)" in said, said[-3000:]
     assert "Traceback" not in said

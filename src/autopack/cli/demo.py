@@ -76,7 +76,7 @@ def _refuse_theirs(directory: Path) -> None:
     its ``autopack.db`` (its real runs) and ``workspace/`` to ``previous/``, deleting a
     ``previous/`` of its own, and then deleted them."""
     try:
-        if (directory / MARKER).exists() or not directory.is_dir():
+        if os.path.lexists(directory / MARKER) or not directory.is_dir():
             return  # a demo's own, or none yet (what is in the way: said by _alone)
         theirs = sorted(entry.name for entry in directory.iterdir() if entry.name != LOCK)
     except OSError:
@@ -95,7 +95,7 @@ def _fresh(directory: Path) -> None:
     deleted): the demo's last line invites running it again for real, and a run a live
     model was paid for was deleted by the next ``make demo``."""
     try:
-        if (directory / MARKER).exists():
+        if _marked(directory):
             previous = directory / PREVIOUS
             shutil.rmtree(previous, ignore_errors=True)
             previous.mkdir()
@@ -104,17 +104,41 @@ def _fresh(directory: Path) -> None:
                     stale.rename(previous / stale.name)
             out.print(f"the previous demo is kept in {previous}", highlight=False)
         directory.mkdir(parents=True, exist_ok=True)
-        # Never through a symlink (a check of a run drained here can write this
-        # directory): write_text truncated whatever file one in its place led to.
-        marker = os.open(
-            directory / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644
-        )
-        with os.fdopen(marker, "w") as written:
-            written.write("made by `autopack demo`; safe to delete\n")
+        _mark(directory)
     except OSError as exc:  # a file there or on the way, no permission
         raise ConfigError(
             f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
         ) from None
+
+
+def _marked(directory: Path) -> bool:
+    """Does ``directory`` hold a demo's marker? Anything but a file there (a check of a run
+    drained there can write the directory) is refused before the previous demo is moved:
+    through a symlink ``write_text`` truncated whatever file it led to, and a FIFO waited
+    for a reader for ever."""
+    path = directory / MARKER
+    try:
+        found = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(found):
+        raise ConfigError(
+            f"--dir {directory} cannot hold the demo: {path} is {file_kind(found)}, not a "
+            "regular file (remove it)"
+        )
+    return True
+
+
+def _mark(directory: Path) -> None:
+    """Write the marker saying a demo made ``directory`` (:func:`_marked`)."""
+    path = directory / MARKER
+    # O_NOFOLLOW, O_NONBLOCK: a symlink or FIFO put there since is an error, not a write
+    # through it or a wait
+    marker = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    with os.fdopen(marker, "w") as written:
+        if stat.S_ISREG(os.fstat(marker).st_mode):
+            written.truncate(0)
+            written.write("made by `autopack demo`; safe to delete\n")
 
 
 def demo(
