@@ -218,6 +218,25 @@ def test_a_second_demo_keeps_the_first_in_previous(tmp_path: Path) -> None:
     ]
 
 
+def test_demos_that_make_nothing_never_delete_the_one_before(tmp_path: Path) -> None:
+    """Each demo moved the last one to ``previous/`` and deleted what was there, before
+    reading its settings: two demos refused a setting in a row (nothing made) deleted
+    the demo before them, a run a live model may have been paid for."""
+    demo_dir = tmp_path / "demo"
+    args = ("demo", "--dir", str(demo_dir), "--replay-speed", "0")
+    first = cli(*args, cwd=tmp_path, env=clean_env(), timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    head = rows(f"sqlite:///{demo_dir / 'autopack.db'}", "SELECT branch_head FROM runs")
+    for _ in range(2):
+        refused = cli(*args, cwd=tmp_path, env=clean_env(AUTOPACK_LLM_TIMEOUT_SECONDS="0"))
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "AUTOPACK_LLM_TIMEOUT_SECONDS" in refused.stderr
+    kept = demo_dir / "autopack.db"
+    if not kept.exists():  # moved aside once at most: never deleted
+        kept = demo_dir / "previous" / "autopack.db"
+    assert rows(f"sqlite:///{kept}", "SELECT branch_head FROM runs") == head
+
+
 def test_a_second_demo_in_the_same_directory_leaves_the_running_one_alone(
     tmp_path: Path,
 ) -> None:

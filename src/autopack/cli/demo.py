@@ -95,13 +95,16 @@ def _fresh(directory: Path) -> None:
     deleted): the demo's last line invites running it again for real, and a run a live
     model was paid for was deleted by the next ``make demo``."""
     try:
-        if _marked(directory):
+        candidates = [*directory.glob("autopack.db*"), directory / "workspace"]
+        # A demo that made nothing (refused, stopped at once) leaves previous/ alone: two
+        # of them in a row deleted the demo before, a run a live model was paid for.
+        stales = [stale for stale in candidates if os.path.lexists(stale)]
+        if _marked(directory) and stales:
             previous = directory / PREVIOUS
             shutil.rmtree(previous, ignore_errors=True)
             previous.mkdir()
-            for stale in [*directory.glob("autopack.db*"), directory / "workspace"]:
-                if stale.exists():
-                    stale.rename(previous / stale.name)
+            for stale in stales:
+                stale.rename(previous / stale.name)
             out.print(f"the previous demo is kept in {previous}", highlight=False)
         directory.mkdir(parents=True, exist_ok=True)
         _mark(directory)
@@ -172,7 +175,6 @@ def demo(
 def _demo(ctx: typer.Context, directory: Path, concurrency: int, speed: float) -> None:
     from autopack.runfile import bundled_run_file, load_run_file
 
-    _fresh(directory)
     cli = state(ctx)
     if cli.database_url is None:
         cli.database_url = f"sqlite:///{directory / 'autopack.db'}"
@@ -181,6 +183,8 @@ def _demo(ctx: typer.Context, directory: Path, concurrency: int, speed: float) -
             # environment names for a machine's real work can only serve another one.
             cli.use_flags(autopack_api_url="", autopack_expected_instance_id="")
     cli.use_flags(telemetry_db_enabled=True, autopack_replay_speed=speed)
+    cli.settings  # noqa: B018 (a setting it refuses: said before the previous demo moves)
+    _fresh(directory)
     database = cli.database(create=True)
     client = cli.client()
     try:
