@@ -243,23 +243,25 @@ def read_cassette(path: Path) -> Cassette:
 def _first_line(path: Path) -> None:
     """Is ``path`` a cassette, by its first line (the one no recorder can be appending to
     at the moment)? A ConfigError saying why not."""
-    try:
-        text = read_text_file(Path(path))
+    try:  # line by line: a log or database named by mistake may be gigabytes
+        with open(Path(path), "rb") as opened:
+            for number, line in enumerate(opened, start=1):
+                if line.strip():
+                    at, text = number, line.decode("utf-8")
+                    break
+            else:
+                return
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cassette {path} cannot be read: {exc}") from exc
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not lines:
-        return
-    number, first = lines[0]
-    where = f"cassette {path}:{number}"
+    where = f"cassette {path}:{at}"
     try:
-        raw = json.loads(first)
+        raw = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{where}: not JSON ({exc})") from exc
     if isinstance(raw, dict) and "cassette" in raw:
         _options(raw, where)
     else:
-        _entry(raw, where, number)
+        _entry(raw, where, at)
 
 
 def load_cassette(path: Path) -> list[CassetteEntry]:
