@@ -128,6 +128,44 @@ def test_a_plot_naming_no_image_format_is_refused_before_anything_is_written(
     assert not (tmp_path / "est.json").exists() and not (tmp_path / "fit.txt").exists()
 
 
+def test_a_plot_no_file_can_be_written_at_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """``--plot`` into a missing directory, onto a directory or a FIFO failed (exit 2)
+    after ``--write`` had written its estimator."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "adir.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    for plot in ("nodir/fit.png", "adir.png", "pipe.png"):
+        args = ("telemetry", "calibrate", "--write", "est.json", "--plot", plot)
+        result = cli(*args, cwd=tmp_path, env=env)
+        said = " ".join(result.stderr.split())
+        assert result.returncode == 2, (plot, said[-800:])
+        assert f"--plot {plot} " in said and "Traceback" not in said, said[-800:]
+        assert not (tmp_path / "est.json").exists(), plot
+
+
+def test_calibrate_never_writes_over_a_database(tmp_path: Path) -> None:
+    """``telemetry calibrate --write autopack.db`` replaced the database it had just read,
+    every run and row, with the estimator file, exit 0 (so did ``--write`` naming its
+    ``-wal`` or another database). Refused, exit 2, nothing written."""
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/autopack.db")
+    assert cli("db", "init", cwd=tmp_path, env=env).returncode == 0
+    other = clean_env(DATABASE_URL=f"sqlite:///{tmp_path}/other.db")
+    assert cli("db", "init", cwd=tmp_path, env=other).returncode == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("autopack.db", "other.db")}
+    for target in ("autopack.db", "autopack.db-wal", "other.db"):
+        result = cli("telemetry", "calibrate", "--write", target, cwd=tmp_path, env=env)
+        said = " ".join(result.stderr.split())
+        assert result.returncode == 2, (target, said[-800:])
+        assert f"--write {target} " in said and "nothing written" in said, said[-800:]
+        assert "Traceback" not in said
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert not (tmp_path / "autopack.db-wal").exists()
+    assert cli("run", "list", cwd=tmp_path, env=env).returncode == 0
+
+
 def test_calibrate_write_says_what_it_wrote_against_the_verdict(tmp_path: Path) -> None:
     """With nothing to learn from (verdict "wait") --write printed "(no change to the
     estimator file)" and then a bare "wrote FILE", as if a new estimator had been written

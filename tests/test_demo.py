@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bench.llm_cost import DemoAnswers
 from tools.demo_cassette.build import CASSETTE, build, render
 
@@ -216,6 +218,25 @@ def test_a_second_demo_keeps_the_first_in_previous(tmp_path: Path) -> None:
     ]
 
 
+def test_demos_that_make_nothing_never_delete_the_one_before(tmp_path: Path) -> None:
+    """Each demo moved the last one to ``previous/`` and deleted what was there, before
+    reading its settings: two demos refused a setting in a row (nothing made) deleted
+    the demo before them, a run a live model may have been paid for."""
+    demo_dir = tmp_path / "demo"
+    args = ("demo", "--dir", str(demo_dir), "--replay-speed", "0")
+    first = cli(*args, cwd=tmp_path, env=clean_env(), timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    head = rows(f"sqlite:///{demo_dir / 'autopack.db'}", "SELECT branch_head FROM runs")
+    for _ in range(2):
+        refused = cli(*args, cwd=tmp_path, env=clean_env(AUTOPACK_LLM_TIMEOUT_SECONDS="0"))
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "AUTOPACK_LLM_TIMEOUT_SECONDS" in refused.stderr
+    kept = demo_dir / "autopack.db"
+    if not kept.exists():  # moved aside once at most: never deleted
+        kept = demo_dir / "previous" / "autopack.db"
+    assert rows(f"sqlite:///{kept}", "SELECT branch_head FROM runs") == head
+
+
 def test_a_second_demo_in_the_same_directory_leaves_the_running_one_alone(
     tmp_path: Path,
 ) -> None:
@@ -268,3 +289,55 @@ def test_a_symlink_in_place_of_the_demos_lock_is_refused_and_its_target_kept(
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"--dir {demo_dir} cannot hold the demo" in " ".join(done.stderr.split())
     assert precious.read_text() == "keep me\n"
+
+
+def test_a_directory_holding_files_no_demo_made_is_refused_and_kept(tmp_path: Path) -> None:
+    """``autopack demo --dir .`` in a project marked the project as the demo's own: the
+    second demo moved its ``autopack.db`` (its real runs) and ``workspace/`` to
+    ``previous/``, deleting a ``previous/`` of the project's, and the third deleted them."""
+    project = tmp_path / "project"
+    (project / "previous").mkdir(parents=True)
+    (project / "previous" / "notes.txt").write_text("mine\n")
+    (project / "autopack.db").write_bytes(b"")
+    before = sorted(p.relative_to(project).as_posix() for p in project.rglob("*"))
+    done = cli(*("demo", "--dir", str(project), "--replay-speed", "0"), cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+    told = " ".join(done.stderr.split())
+    assert f"--dir {project} holds files no `autopack demo` made (autopack.db, previous)" in told
+    assert "Traceback" not in done.stderr
+    assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == before
+    assert (project / "previous" / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_symlink_in_place_of_the_demos_marker_is_refused_and_its_target_kept(
+    tmp_path: Path,
+) -> None:
+    """The demo writes its marker into its directory: one replaced by a symlink (a check
+    of a run drained there can write the demo's directory) had its target overwritten."""
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    (demo_dir / ".autopack-demo").symlink_to(precious)
+    done = cli("demo", "--dir", str(demo_dir), cwd=tmp_path, env=clean_env())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"--dir {demo_dir} cannot hold the demo" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+    assert precious.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("name", [".autopack-demo.lock", ".autopack-demo"])
+def test_a_fifo_in_place_of_the_demos_lock_or_marker_is_refused_naming_it(
+    tmp_path: Path, name: str
+) -> None:
+    """A FIFO where the demo keeps its lock file or its marker (a check of a run drained
+    there can write the demo's directory): truncating the lock was an OSError traceback,
+    and writing the marker waited for a reader for ever."""
+    demo_dir = tmp_path / "demo"
+    demo_dir.mkdir()
+    os.mkfifo(demo_dir / name)
+    done = cli("demo", "--dir", str(demo_dir), cwd=tmp_path, env=clean_env(), timeout=60)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stdout + said[-3000:]
+    assert f"{demo_dir / name} is a FIFO (named pipe)" in said, said[-3000:]
+    assert "Traceback" not in said

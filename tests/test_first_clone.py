@@ -126,6 +126,26 @@ def test_a_first_clone_is_shown_and_a_later_drain_clones_nothing(tmp_path: Path)
     assert on_branch(remote, "pkg/a.py") == "A = 1\n" and on_branch(remote, "pkg/b.py") == "B = 1\n"
 
 
+def test_a_clone_removes_nothing_of_a_cache_it_did_not_make(tmp_path: Path) -> None:
+    """The sweep of half clones removed every ``repos/*.git.*`` of the cache directory:
+    ``AUTOPACK_CACHE_DIR`` set to a directory of one's own lost its ``repos/mine.git.bak``
+    (a copy of a bare repository) to the first clone of a remote."""
+    cache = tmp_path / "cache"
+    mine = cache / "repos" / "mine.git.bak"
+    subprocess.run(["git", "init", "-q", "--bare", str(mine)], check=True)
+    (cache / "repos" / "notes.git.txt").write_text("mine\n")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    env = env_for(f"sqlite:///{tmp_path / 'autopack.db'}", AUTOPACK_CACHE_DIR=str(cache))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(a_py="A = 1\n"))])
+    args = ["phase", "--run-id", RUN, "--phase-id", "p1", "--auditor", "rules"]
+    done = drain(*args, "--cassette", str(tape), "--repo", remote.as_uri(), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (mine / "HEAD").is_file(), "the cache's own bare repository was removed"
+    assert (cache / "repos" / "notes.git.txt").read_text() == "mine\n"
+
+
 def test_a_drain_stopped_mid_clone_leaves_no_half_clone_in_the_cache(
     silent_remote: SilentRemote, tmp_path: Path
 ) -> None:

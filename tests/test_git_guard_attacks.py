@@ -8,6 +8,7 @@ changed the repository every later attempt uses, past the guard of
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,30 @@ def test_a_check_that_replaces_its_checkout_by_a_link_to_a_persons_tree_leaves_i
     assert (attempt["outcome"], attempt["stop_reason"]) == ("FAILED", "checkout_replaced_by_checks")
     assert attempt["commit_sha"] is None
     assert on_branch(ws, "pkg/a.py") is None
+
+
+@pytest.mark.parametrize("kind", ["a symbolic link", "a FIFO (named pipe)"])
+def test_autopacks_lock_file_is_never_written_through_what_replaced_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """Every executor writes its pid into ``autopack.lock`` in the repository's git
+    directory, which a check can write: a symlink put there had the file it led to
+    truncated and overwritten by the next drain; a FIFO failed it with a traceback."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    lock = ws / ".git" / "autopack.lock"
+    if kind == "a symbolic link":
+        lock.symlink_to(precious)
+    else:
+        os.mkfifo(lock)
+    create_run(run_file(tmp_path, [phase("a", ["pkg/a.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("a", 1, files(a_py="a = 1\n"))])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path, timeout=90)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said[-3000:]
+    assert f"{lock} is {kind}" in said and "Traceback" not in said, said[-3000:]
+    assert precious.read_text() == "keep me\n"
+    assert phase_row(url, "a")["state"] == "QUEUED" and attempts(url, "a") == []

@@ -224,3 +224,45 @@ def test_a_record_path_no_cassette_can_be_written_at_is_refused_before_any_call(
     assert f"--record {tape[where]} " in said, said[-3000:]
     assert called == []
     assert phase_row(url, "p1")["state"] == "QUEUED" and attempts(url, "p1") == []
+
+
+def test_a_record_path_holding_no_cassette_is_refused_and_a_cassette_is_added_to(
+    tmp_path: Path,
+) -> None:
+    """``--record`` appends: naming the run file (for ``--cassette``) made it no YAML, and
+    naming the database put the paid-for answers where SQLite's next write of its pages
+    dropped them (exit 0, no cassette anywhere). Refused before any call; a cassette
+    recorded earlier is still added to."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, ANTHROPIC_API_KEY="test-key-record")
+    runfile = run_file(tmp_path, [phase("p1", ["pkg/a.py"]), phase("p2", ["pkg/b.py"])])
+    create_run(runfile, env, tmp_path)
+    before = runfile.read_bytes()
+    tape = tmp_path / "tape.jsonl"
+
+    def record(phase_id: str, where: Path) -> tuple[int, str, int]:
+        with WireServer() as wire:
+            answer = files(**{"a_py" if phase_id == "p1" else "b_py": "VALUE = 42\n"})
+            wire.respond = lambda seen: Reply(200, anthropic_message(answer))
+            done = cli(
+                *("drain", "phase", "--run-id", "exec-run", "--phase-id", phase_id),
+                *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
+                *("--record", str(where)),
+                env={**env, "ANTHROPIC_BASE_URL": wire.url},
+                cwd=tmp_path,
+                timeout=60,
+            )
+            return done.returncode, " ".join(done.stderr.split()), len(wire.seen(ANTHROPIC_PATH))
+
+    for where in (runfile, tmp_path / "autopack.db"):
+        code, said, calls = record("p1", where)
+        assert code == 2, said[-3000:]
+        assert f"--record {where} holds something other than a cassette" in said, said[-3000:]
+        assert "Traceback" not in said and calls == 0
+    assert phase_row(url, "p1")["state"] == "QUEUED" and attempts(url, "p1") == []
+    assert runfile.read_bytes() == before
+    for phase_id in ("p1", "p2"):
+        code, said, calls = record(phase_id, tape)
+        assert code == 0 and calls == 1, said[-3000:]
+    recorded = [json.loads(text) for text in tape.read_text().splitlines()]
+    assert [r["match"]["phase_id"] for r in recorded] == ["p1", "p2"]

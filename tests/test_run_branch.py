@@ -319,6 +319,26 @@ def test_a_fifo_where_the_cache_remembers_workspaces_is_not_waited_on(tmp_path: 
     assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
 
 
+def test_a_symlink_where_the_cache_remembers_workspaces_gets_no_line(tmp_path: Path) -> None:
+    """A symlink where the cache remembers a run's workspaces (a check can write the
+    cache): the drain appended its workspace's path to the file it led to (a shell's
+    start-up file ran it as a command). The drain completes; that file is left alone."""
+    url = _sqlite(tmp_path)
+    cache = tmp_path / "cache"
+    (cache / "workspaces").mkdir(parents=True)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    (cache / "workspaces" / "exec-run").symlink_to(precious)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    ws = repository(tmp_path / "ws")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+    assert precious.read_text() == "keep me\n"
+
+
 @pytest.mark.parametrize("check", ["rm pkg/mod.py", "ln -sf /etc/passwd pkg/mod.py"])
 def test_a_check_that_removes_or_links_a_written_file_commits_neither(
     tmp_path: Path, check: str
@@ -478,6 +498,29 @@ def test_export_into_a_file_is_refused_naming_it(tmp_path: Path) -> None:
         assert exported.returncode == 2, exported.stderr
         assert "Traceback" not in exported.stderr and str(target) in exported.stderr
     assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_export_into_a_git_directory_is_refused_and_writes_nothing_there(
+    tmp_path: Path,
+) -> None:
+    """`run export RUN WS/.git/refs/heads/out` wrote the run's files there: each one a
+    broken branch of the repository, warned of by every git command in it."""
+    env, ws, _ = _one_phase_drained(tmp_path)
+    before = sorted(p.relative_to(ws).as_posix() for p in (ws / ".git").rglob("*"))
+    for target in (ws / ".git/refs/heads/out", ws / ".git/out", ws / ".git" / "objects"):
+        exported = cli(
+            "run", "export", RUN, str(target), "--workspace", str(ws), cwd=tmp_path, env=env
+        )
+        said = " ".join(exported.stderr.split())
+        assert exported.returncode == 2, said[-2000:]
+        assert f"{target} " in said and "Traceback" not in said, said[-2000:]
+    assert not (ws / ".git/refs/heads/out").exists() and not (ws / ".git/out").exists()
+    after = sorted(p.relative_to(ws).as_posix() for p in (ws / ".git").rglob("*"))
+    assert [p for p in after if p not in before and "/objects/" not in p] == []
+    listed = subprocess.run(
+        ["git", "for-each-ref"], cwd=ws, capture_output=True, text=True, check=True
+    )
+    assert "warning" not in listed.stderr, listed.stderr
 
 
 def test_export_writes_a_file_named_like_a_scratch_file_of_its_own(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from autopack.cli.drain_cmd import DrainFlags, executor_for, finite
 from autopack.cli.drain_report import report
 from autopack.cli.telemetry_cmd import print_report
 from autopack.errors import ConfigError, Conflict
+from autopack.paths import file_kind
 
 if TYPE_CHECKING:
     from autopack.config import Settings
@@ -48,6 +50,11 @@ def _alone(directory: Path) -> Iterator[None]:
             f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
         ) from None
     try:
+        if not stat.S_ISREG(kind := os.fstat(held).st_mode):  # a FIFO: truncating it raised
+            raise ConfigError(
+                f"--dir {directory} cannot hold the demo: {directory / LOCK} is "
+                f"{file_kind(kind)}, not a regular file (remove it)"
+            )
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -63,26 +70,78 @@ def _alone(directory: Path) -> Iterator[None]:
         os.close(held)
 
 
+def _refuse_theirs(directory: Path) -> None:
+    """Refuse a directory holding files no demo made (``--dir .`` in a project), before
+    anything is written there: the demo marked it as its own, and the next two demos moved
+    its ``autopack.db`` (its real runs) and ``workspace/`` to ``previous/``, deleting a
+    ``previous/`` of its own, and then deleted them."""
+    try:
+        if os.path.lexists(directory / MARKER) or not directory.is_dir():
+            return  # a demo's own, or none yet (what is in the way: said by _alone)
+        theirs = sorted(entry.name for entry in directory.iterdir() if entry.name != LOCK)
+    except OSError:
+        return  # unreadable: _alone says why
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (", …" if len(theirs) > 3 else "")
+        raise ConfigError(
+            f"--dir {directory} holds files no `autopack demo` made ({shown}): give the "
+            "demo a new or empty directory"
+        )
+
+
 def _fresh(directory: Path) -> None:
     """Start over in a directory a previous demo made (and only in such a directory). The
     previous demo's database and repository move to ``previous/`` (the one before that is
     deleted): the demo's last line invites running it again for real, and a run a live
     model was paid for was deleted by the next ``make demo``."""
     try:
-        if (directory / MARKER).exists():
+        candidates = [*directory.glob("autopack.db*"), directory / "workspace"]
+        # A demo that made nothing (refused, stopped at once) leaves previous/ alone: two
+        # of them in a row deleted the demo before, a run a live model was paid for.
+        stales = [stale for stale in candidates if os.path.lexists(stale)]
+        if _marked(directory) and stales:
             previous = directory / PREVIOUS
             shutil.rmtree(previous, ignore_errors=True)
             previous.mkdir()
-            for stale in [*directory.glob("autopack.db*"), directory / "workspace"]:
-                if stale.exists():
-                    stale.rename(previous / stale.name)
+            for stale in stales:
+                stale.rename(previous / stale.name)
             out.print(f"the previous demo is kept in {previous}", highlight=False)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / MARKER).write_text("made by `autopack demo`; safe to delete\n")
+        _mark(directory)
     except OSError as exc:  # a file there or on the way, no permission
         raise ConfigError(
             f"--dir {directory} cannot hold the demo: {exc.strerror or exc}"
         ) from None
+
+
+def _marked(directory: Path) -> bool:
+    """Does ``directory`` hold a demo's marker? Anything but a file there (a check of a run
+    drained there can write the directory) is refused before the previous demo is moved:
+    through a symlink ``write_text`` truncated whatever file it led to, and a FIFO waited
+    for a reader for ever."""
+    path = directory / MARKER
+    try:
+        found = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(found):
+        raise ConfigError(
+            f"--dir {directory} cannot hold the demo: {path} is {file_kind(found)}, not a "
+            "regular file (remove it)"
+        )
+    return True
+
+
+def _mark(directory: Path) -> None:
+    """Write the marker saying a demo made ``directory`` (:func:`_marked`)."""
+    path = directory / MARKER
+    # O_NOFOLLOW, O_NONBLOCK: a symlink or FIFO put there since is an error, not a write
+    # through it or a wait
+    marker = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    with os.fdopen(marker, "w") as written:
+        if stat.S_ISREG(os.fstat(marker).st_mode):
+            written.truncate(0)
+            written.write("made by `autopack demo`; safe to delete\n")
 
 
 def demo(
@@ -108,6 +167,7 @@ def demo(
     from autopack.paths import absolute
 
     directory = absolute(directory, "--dir")
+    _refuse_theirs(directory)
     with _alone(directory):
         _demo(ctx, directory, concurrency, speed)
 
@@ -115,7 +175,6 @@ def demo(
 def _demo(ctx: typer.Context, directory: Path, concurrency: int, speed: float) -> None:
     from autopack.runfile import bundled_run_file, load_run_file
 
-    _fresh(directory)
     cli = state(ctx)
     if cli.database_url is None:
         cli.database_url = f"sqlite:///{directory / 'autopack.db'}"
@@ -124,6 +183,8 @@ def _demo(ctx: typer.Context, directory: Path, concurrency: int, speed: float) -
             # environment names for a machine's real work can only serve another one.
             cli.use_flags(autopack_api_url="", autopack_expected_instance_id="")
     cli.use_flags(telemetry_db_enabled=True, autopack_replay_speed=speed)
+    cli.settings  # noqa: B018 (a setting it refuses: said before the previous demo moves)
+    _fresh(directory)
     database = cli.database(create=True)
     client = cli.client()
     try:

@@ -10,6 +10,8 @@ model once wrote, not what this estimator should learn from now.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +34,8 @@ app = typer.Typer(help="Report and calibrate from recorded telemetry.", no_args_
 
 RUN = typer.Option(None, "--run", help="Only this run's events.")
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_JOURNALS = ("-wal", "-shm", "-journal")
 
 
 def usage_table(usage: list[UsageSummaryRow]) -> Table:
@@ -169,12 +173,17 @@ def wrote_line(result: CalibrationResult, path: Path) -> str:
 def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | None) -> None:
     """``--plot`` naming the estimator file in use or ``--write``'s path replaced that
     estimator with a PNG (the next drain then refused to start), and one naming no image
-    format failed after ``--write`` had written: both refused before anything is fitted
-    or written."""
+    format, or a path no file can be written at, failed after ``--write`` had written: all
+    refused before anything is fitted or written."""
     from autopack.estimation.plot import image_format  # matplotlib: only with --plot
-    from autopack.paths import absolute
+    from autopack.paths import absolute, not_a_file
 
     target = absolute(plot, "--plot")
+    problem = not_a_file(target)  # a directory, a FIFO, a file in place of its directory
+    if problem is None and not target.parent.is_dir():  # the plot makes no directory
+        problem = f"is in {target.parent}, which does not exist"
+    if problem is not None:
+        raise ConfigError(f"--plot {plot} {problem}: name an image file (nothing written)")
     for name, other in (("--write", write), ("AUTOPACK_ESTIMATOR_FILE", current)):
         if other is not None and absolute(Path(other), name) == target:
             raise ConfigError(
@@ -182,6 +191,41 @@ def refuse_plot_over_estimator(plot: Path, write: Path | None, current: Path | N
                 "replace that estimator file; give the plot another name"
             )
     image_format(plot)
+
+
+def refuse_writing_over_a_database(path: Path, flag: str, database_url: str) -> None:
+    """``--write autopack.db`` replaced the SQLite database the command had
+    just read, every run and row, with the estimator, exit 0; its ``-wal`` lost the
+    commits not yet checkpointed. Refused before anything is fitted or written: the
+    database in use and its journals, and any file holding a SQLite database."""
+    from autopack.db.engine import sqlite_file
+    from autopack.paths import absolute
+
+    target = absolute(path, flag)
+    in_use = sqlite_file(database_url)
+    if in_use is not None:
+        real = absolute(in_use, "the database")
+        if target in {real, *(real.with_name(real.name + end) for end in SQLITE_JOURNALS)}:
+            raise ConfigError(
+                f"{flag} {path} is the database in use or its journal ({in_use}): writing "
+                f"would replace it; give {flag} another file (nothing written)"
+            )
+    try:
+        found = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
+    except OSError:
+        return  # none yet, unreadable: said when written
+    try:
+        regular = stat.S_ISREG(os.fstat(found).st_mode)
+        head = os.read(found, len(SQLITE_HEADER)) if regular else b""
+    except OSError:
+        head = b""
+    finally:
+        os.close(found)
+    if head == SQLITE_HEADER:
+        raise ConfigError(
+            f"{flag} {path} holds a SQLite database: writing would replace it; give {flag} "
+            "another file (nothing written)"
+        )
 
 
 def refuse_replacing_with_nothing_new(result: CalibrationResult, path: Path) -> None:
@@ -277,6 +321,7 @@ def calibrate_cmd(
     settings = cli.settings
     if write is not None:
         absolute(write, "--write")  # a path no file can have: exit 2 naming it, up front
+        refuse_writing_over_a_database(write, "--write", settings.database_url)
     if plot is not None:
         refuse_plot_over_estimator(plot, write, settings.autopack_estimator_file)
     client = cli.client()

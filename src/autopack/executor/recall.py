@@ -72,8 +72,10 @@ def remember(cache_dir: Path, run_id: str, workspace: Path) -> None:
     record = _record(cache_dir, run_id)
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        # O_NONBLOCK: a FIFO there is refused (ENXIO) instead of waiting for a reader
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK
+        # O_NONBLOCK: a FIFO there is refused (ENXIO) instead of waiting for a reader;
+        # O_NOFOLLOW: a symlink there (a check can write the cache) is refused (ELOOP),
+        # never a line appended to the file it leads to
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW
         descriptor = os.open(record, flags, 0o644)
         try:
             os.write(descriptor, f"{workspace}\n".encode())

@@ -18,17 +18,21 @@ slow step into another's ``git_error``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from autopack.errors import ConfigError
 from autopack.logs import log_event
+from autopack.paths import file_kind
 
 logger = logging.getLogger("autopack.executor.repository")
 PATIENCE_SECONDS = 60.0
@@ -62,8 +66,25 @@ class RepositoryLock:
                     fcntl.flock(self._file(), fcntl.LOCK_UN)
 
     def _file(self) -> int:
+        """The lock file, never through a symlink: its holder's pid is written into it, so
+        a link in its place (a check can write the repository's git directory) had the
+        file it led to truncated and overwritten by every executor using the repository."""
         if self._fd is None:
-            self._fd = os.open(self._directory() / "autopack.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            path = self._directory() / "autopack.lock"
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            try:
+                fd = os.open(path, flags, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise ConfigError(
+                    f"{path} is a symbolic link, not Autopack's lock file: remove it"
+                ) from None
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):  # a FIFO: truncating it failed every git step
+                os.close(fd)
+                raise ConfigError(f"{path} is {file_kind(mode)}, not a regular file: remove it")
+            self._fd = fd
         return self._fd
 
     def _acquire(self) -> None:

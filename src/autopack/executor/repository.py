@@ -504,6 +504,7 @@ class RunRepository:
             raise ConfigError(f"{target} is not a directory: export the run's code into a new one")
         if target.exists() and any(target.iterdir()):
             raise ConfigError(f"{target} is not empty: export the run's code into a new directory")
+        _refuse_a_git_directory(target)
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file on the way (file/sub), no permission
@@ -516,3 +517,16 @@ class RunRepository:
             git("read-tree", commit, cwd=self.path, env=env)
             git("checkout-index", "--all", cwd=self.path, env=env)
         return len(out("ls-tree", "-r", "--name-only", commit, cwd=self.path).splitlines())
+
+
+def _refuse_a_git_directory(target: Path) -> None:
+    """Refuse a ``target`` inside a git directory (a repository's ``.git``, a bare
+    repository): the run's files written into ``.git/refs/heads/out`` were each a broken
+    branch of that repository, and every git command there warned of them."""
+    existing = next(place for place in (target, *target.parents) if place.is_dir())
+    inside = git("rev-parse", "--is-inside-git-dir", cwd=existing, check=False)
+    if inside.returncode == 0 and inside.stdout.decode().strip() == "true":
+        raise ConfigError(
+            f"{target} is inside a git repository's own directory ({existing}), where "
+            "git keeps its records: export the run's code into a new directory elsewhere"
+        )

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -281,13 +282,18 @@ def _last_write(partials: list[Path]) -> float:
     return max(times)
 
 
+_HALF_CLONE = re.compile(r"[0-9a-f]{16}\.git\.[0-9]+\.[0-9]+(\.cloning)?")
+"""What :func:`cache_clone` names a clone in progress (``partial``) and its marker; a
+marker being made is hidden (a dot first) and matches neither."""
+
+
 def _remove_half_clones(repos: Path) -> None:
     """Remove what clones of killed executors left (``NAME.git.PID.NS`` and its marker):
     each kept gigabytes of half-received objects for good. A clone whose marker shows life
     is another executor's, in progress. Markers being made (hidden) are left be."""
     for entry in repos.glob("*.git.*"):
-        if entry.name.startswith("."):
-            continue
+        if not _HALF_CLONE.fullmatch(entry.name):
+            continue  # not a clone's (a `mine.git.bak` of a cache set to a user's directory)
         partial = entry.with_name(entry.name.removesuffix(_CLONING))
         if not shows_life(_marker(partial)):
             shutil.rmtree(partial, ignore_errors=True)

@@ -242,6 +242,30 @@ def read_cassette(path: Path) -> Cassette:
     return Cassette(Path(path), entries, repeat_last)
 
 
+def _first_line(path: Path) -> None:
+    """Is ``path`` a cassette, by its first line (the one no recorder can be appending to
+    at the moment)? A ConfigError saying why not."""
+    try:  # line by line: a log or database named by mistake may be gigabytes
+        with open(Path(path), "rb") as opened:
+            for number, line in enumerate(opened, start=1):
+                if line.strip():
+                    at, text = number, line.decode("utf-8")
+                    break
+            else:
+                return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cassette {path} cannot be read: {exc}") from exc
+    where = f"cassette {path}:{at}"
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not JSON ({exc})") from exc
+    if isinstance(raw, dict) and "cassette" in raw:
+        _options(raw, where)
+    else:
+        _entry(raw, where, at)
+
+
 def load_cassette(path: Path) -> list[CassetteEntry]:
     """Every answer line of ``path`` (see :func:`read_cassette`)."""
     return read_cassette(path).entries
@@ -387,6 +411,16 @@ class RecordingProvider:
         # live call was paid for (executor_error), and a FIFO hung it.
         if problem := not_a_file(self.path):
             raise ConfigError(f"--record {self.path} {problem}: name a cassette file")
+        # Lines are appended: to the run file (`--record` for `--cassette`) that made it
+        # no YAML, to the database they were lost in when SQLite next wrote its pages.
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            try:
+                _first_line(self.path)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"--record {self.path} holds something other than a cassette "
+                    f"({exc.message}): name a new file, or a cassette to add to"
+                ) from None
         self._lock = _file_lock(self.path)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
