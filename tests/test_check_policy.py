@@ -1,7 +1,8 @@
 """An executor refuses checks outside its allow-list (a run file is code).
 
-The drain is the real CLI with ``--allow-check-prefix``; the refused phase fails with
-``check_not_allowed`` before any LLM call, and its command never runs.
+The drain is the real CLI with ``--allow-check-prefix``; the refused phase is handed back
+untried before any LLM call, its command never runs, and the drain stops naming it: an
+executor that allows the check drains it later.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from tests.executor_support import (
 from tests.support import cli
 
 
-def test_a_check_outside_the_allow_list_is_refused_before_anything_runs(tmp_path: Path) -> None:
+def _states(url: str) -> dict[str, str]:
+    return {r["phase_id"]: r["state"] for r in rows(url, "SELECT phase_id, state FROM phases")}
+
+
+def test_a_check_outside_the_allow_list_is_handed_back_for_an_executor_that_allows_it(
+    tmp_path: Path,
+) -> None:
+    """The refused phase was failed (``check_not_allowed``, not retryable): in a fleet
+    where some executors allow its check, one that does not failed it for all of them."""
     url = empty_sqlite(tmp_path / "autopack.db")
     env = env_for(url)
     allowed = 'python -c "print(42)"'
@@ -40,22 +49,29 @@ def test_a_check_outside_the_allow_list_is_refused_before_anything_runs(tmp_path
         tmp_path,
         [line("good", 1, files(good_py="G = 1\n")), line("evil", 1, files(evil_py="E = 1\n"))],
     )
-    result = cli(
-        *("drain", "run", "--run-id", "exec-run", "--allow-check-prefix", "python -c"),
-        *("--auditor", "rules", "--cassette", str(tape), "--json"),
-        *("--workspace", str(tmp_path / "ws")),
-        cwd=tmp_path,
-        env=env,
-    )
-    assert result.returncode == 1, result.stderr[-3000:]
-    summary = json.loads(result.stdout)
-    assert summary["phase_states"] == {"good": "COMPLETE", "evil": "FAILED"}
+    drain = [
+        *("drain", "run", "--run-id", "exec-run", "--auditor", "rules"),
+        *("--cassette", str(tape), "--workspace", str(tmp_path / "ws")),
+    ]
+    result = cli(*drain, "--allow-check-prefix", "python -c", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "exec-run/evil" in result.stderr and "touch pwned" in result.stderr
+    assert "handed back untried" in result.stderr
+    assert _states(url) == {"good": "COMPLETE", "evil": "QUEUED"}
     assert not (tmp_path / "ws" / "pwned").exists() and not (tmp_path / "pwned").exists()
     [refused] = attempts(url, "evil")
-    assert refused["stop_reason"] == "check_not_allowed"
+    assert refused["stop_reason"] == "interrupted"
     assert "touch pwned" in refused["error"] and "--allow-check-prefix" in refused["error"]
     calls = rows(url, "SELECT phase_id FROM llm_usage_events")
     assert [c["phase_id"] for c in calls] == ["good"]  # no LLM call for the refused phase
+
+    unrestricted = cli(*drain, "--json", cwd=tmp_path, env=env)
+    assert unrestricted.returncode == 0, unrestricted.stderr[-3000:]
+    assert json.loads(unrestricted.stdout)["phase_states"] == {
+        "good": "COMPLETE",
+        "evil": "COMPLETE",
+    }
 
 
 def test_drain_phase_refuses_by_the_environment_setting_and_says_why(tmp_path: Path) -> None:
@@ -71,12 +87,12 @@ def test_drain_phase_refuses_by_the_environment_setting_and_says_why(tmp_path: P
         cwd=tmp_path,
         env=env,
     )
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "check_not_allowed" in result.stdout  # the summary names the reason
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "'python -m pytest', 'ruff'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "ws" / "pwned").exists()
+    assert _states(url) == {"evil": "QUEUED"}
     [refused] = attempts(url, "evil")
-    assert (refused["stop_reason"], refused["outcome"]) == ("check_not_allowed", "FAILED")
-    assert "'python -m pytest', 'ruff'" in refused["error"]
+    assert refused["stop_reason"] == "interrupted"
     assert rows(url, "SELECT phase_id FROM llm_usage_events") == []
 
 

@@ -404,7 +404,7 @@ ALLOW_CHECKS = typer.Option(
     "--allow-check-prefix",
     callback=check_prefixes,
     help="Run only checks starting with this command (repeatable; shell operators are "
-    "refused); a phase with any other check fails check_not_allowed before any work. "
+    "refused); a phase with any other check is handed back untried and the drain stops. "
     "Beats AUTOPACK_ALLOW_CHECK_PREFIX (';'-separated). Default: any check.",
 )
 JSON = typer.Option(False, "--json", help="Print the summary as JSON.")

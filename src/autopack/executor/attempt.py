@@ -45,10 +45,9 @@ from autopack.contract import (
     ResultIn,
     failed_checks_line,
 )
-from autopack.errors import LeaseLost, ProviderUnusable, ServerUnavailable
+from autopack.errors import ConfigError, LeaseLost, ProviderUnusable, ServerUnavailable
 from autopack.estimation.features import extract_features
 from autopack.executor.budget import builder_budget, record_estimation
-from autopack.executor.check_policy import CHECK_REFUSED
 from autopack.executor.checks import (
     ChecksInterrupted,
     CheckUnavailable,
@@ -134,14 +133,11 @@ class Attempt:
             raise
 
     def _run(self, lease: Lease, meter: Meter) -> AttemptResult:
-        refused = self._refused_checks()
-        if refused is not None:  # before any LLM call, file or command
-            finish, answer = refused, self._post(lease, meter, refused)
-        else:
-            ended = self._in_worktree(lease, meter)
-            if isinstance(ended, AttemptResult):  # parked for a human's approval
-                return ended
-            answer, finish = ended
+        self._refuse_checks()  # before any LLM call, file or command
+        ended = self._in_worktree(lease, meter)
+        if isinstance(ended, AttemptResult):  # parked for a human's approval
+            return ended
+        answer, finish = ended
         finish = as_recorded(finish, answer)
         result = self._report(
             finish.outcome,
@@ -157,11 +153,22 @@ class Attempt:
         self.s.events("attempt_finished", result=result)
         return result
 
-    def _refused_checks(self) -> Finish | None:
-        """The phase has a check this executor does not run (``--allow-check-prefix``)."""
+    def _refuse_checks(self) -> None:
+        """A phase with a check this executor does not run (``--allow-check-prefix``) is
+        handed back untried (:meth:`run`) and stops the drain. Failed (not retryable), it
+        was failed for every executor of a shared fleet, those allowing the check too,
+        until an operator requeued it; handed back and claimed on, it would be claimed
+        again at once."""
         policy = self.o.check_policy
         refusal = policy.refusal(self.task.checks) if policy is not None else None
-        return None if refusal is None else failed(CHECK_REFUSED, error=refusal, retryable=False)
+        if refusal is not None:
+            claim = self.claim
+            raise ConfigError(
+                f"phase {claim.run_id}/{claim.phase_id}: {refusal}. It is handed back "
+                "untried, and this drain stops",
+                run_id=claim.run_id,
+                phase_id=claim.phase_id,
+            )
 
     def _in_worktree(
         self, lease: Lease, meter: Meter

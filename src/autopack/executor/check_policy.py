@@ -3,8 +3,8 @@
 A run file is code: its checks are shell commands that every executor draining it runs.
 An operator who shares a fleet can restrict their executors to known programs; a phase
 with a check outside the list is refused as soon as its attempt starts, before any LLM
-call or any command (:class:`~autopack.executor.attempt.Attempt`), and fails with stop
-reason ``check_not_allowed`` naming the check, not retryable.
+call or any command (:class:`~autopack.executor.attempt.Attempt`): handed back untried
+for an executor that allows the check, and the drain stops naming it (exit 2).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 _SHELL_OPERATORS = (";", "&", "|", "`", "$(", "${", ">", "<", "\n", "\r")
-CHECK_REFUSED = "check_not_allowed"
-"""The stop reason of an attempt whose phase has a check outside the allow-list."""
 
 
 class CheckPolicy:
