@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -261,7 +262,9 @@ def test_a_telemetry_key_reused_for_another_event_is_a_conflict(db: Database) ->
     assert telemetry.record(db, other_call) == first
 
 
-def test_telemetry_waits_in_a_queue_and_is_lost_only_at_the_end() -> None:
+def test_telemetry_waits_in_a_queue_and_is_lost_only_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     outage = {"left": 2}
     stored: list[TelemetryEvent] = []
 
@@ -285,7 +288,12 @@ def test_telemetry_waits_in_a_queue_and_is_lost_only_at_the_end() -> None:
 
     outage["left"] = 10**6
     recorder.record(first)
-    assert recorder.failures == 1  # still unwritten at the end: counted, once
+    with caplog.at_level(logging.WARNING, logger="autopack.telemetry"):
+        assert recorder.failures == 1  # still unwritten at the end: counted, once
+        assert recorder.failures == 1
+    # the summary's "see the telemetry_write_failed warnings above" finds one
+    lost = [r for r in caplog.records if r.msg == "telemetry_write_failed"]
+    assert len(lost) == 1
 
 
 class ClosesNewConnections:

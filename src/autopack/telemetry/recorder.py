@@ -44,10 +44,23 @@ class TelemetryRecorder:
     @property
     def failures(self) -> int:
         """Events lost for good. Reading it is the end of the drain: queued events get one
-        last try first."""
+        last try first, and those still waiting are lost, in one warning line (they were
+        counted without one, and the summary sends its reader to those lines)."""
         self.flush()
         with self._lock:
-            return self.lost + len(self._queue)
+            left = len(self._queue)
+            self._queue.clear()
+            self.lost += left
+        if left:
+            log_event(
+                logger,
+                "telemetry_write_failed",
+                logging.WARNING,
+                events=left,
+                reason="the API server still could not store them when the drain ended",
+            )
+        with self._lock:
+            return self.lost
 
     @property
     def queued(self) -> int:
