@@ -54,6 +54,31 @@ def test_serve_answers_for_its_database_and_stops_cleanly(
         _stop_gracefully(server)
 
 
+def test_serve_and_run_create_say_they_set_up_an_empty_database(
+    database_url: str, second_database_url: str, tmp_path: Path
+) -> None:
+    """A new PostgreSQL database (or an empty SQLite file) got Autopack's tables from
+    ``serve`` or ``run create`` without a word, where a new SQLite file is announced."""
+    from tests.executor_support import phase, run_file
+
+    said = "set up Autopack's tables in the empty database"
+    outputs = []
+    for _ in range(2):  # the second finds it set up: nothing to say
+        server = Server(clean_env(DATABASE_URL=database_url), tmp_path, autopack_args=["serve"])
+        try:
+            server.wait_healthy()
+            outputs.append(server.output())
+        finally:
+            server.stop()
+    assert said in outputs[0] and said not in outputs[1], outputs
+    spec = run_file(tmp_path, [phase("p1", ["pkg/a.py"])])
+    created = cli(
+        "run", "create", str(spec), cwd=tmp_path, env=clean_env(DATABASE_URL=second_database_url)
+    )
+    assert created.returncode == 0, created.stderr[-2000:]
+    assert said in created.stderr
+
+
 @pytest.mark.postgres
 def test_two_api_processes_serve_the_database_the_command_resolved(
     pg_admin: str, tmp_path: Path, request: pytest.FixtureRequest

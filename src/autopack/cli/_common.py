@@ -117,14 +117,21 @@ class CliState:
                 )
             except DatabaseMissing as exc:
                 raise self.missing(exc) from exc
-            if self._database.created:
+            if self._database.initialised:
                 err.print(
-                    f"created new database {self._database.identity.url}{self._untracked()}"
+                    f"{self._made()} {self._database.identity.url}{self._untracked()}"
                     f"{self._others()}",
                     highlight=False,
                     soft_wrap=True,
                 )
         return self._database
+
+    def _made(self) -> str:
+        """What setting the database up was: a new SQLite file, or Autopack's tables in an
+        existing database that had none (``serve`` on a new PostgreSQL one said nothing)."""
+        if self._database is not None and self._database.created:
+            return "created new database"
+        return "set up Autopack's tables in the empty database"
 
     def _others(self) -> str:
         """The Autopack databases in sight, when the default just made a new one: from a

@@ -51,6 +51,9 @@ class Database:
     file still meet at SQLite's lock. PostgreSQL: no lock (row locks do the work)."""
     created: bool = False
     """This call created the SQLite file (the commands that may create one say so)."""
+    initialised: bool = False
+    """This call set up Autopack's tables in a database that had none: a file it created,
+    an empty one, a new PostgreSQL database (said too: ``serve`` on one said nothing)."""
 
     @property
     def postgresql(self) -> bool:
@@ -142,7 +145,9 @@ def open_database(
         raise _empty(url, path)  # left as it is: zero bytes
     engine = make_engine(url, create=create)
     try:
-        identity = _guarded_identity(engine, initialise=writes and not expected_instance_id)
+        identity, initialised = _guarded_identity(
+            engine, initialise=writes and not expected_instance_id
+        )
     except (OperationalError, DBAPIError) as exc:
         engine.dispose()
         raise cannot_open(url, exc) from exc
@@ -175,7 +180,7 @@ def open_database(
         )
     event.listen(engine, "connect", _same_database(identity))
     writer = threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
-    return Database(engine, identity, writer, created=created)
+    return Database(engine, identity, writer, created=created, initialised=initialised)
 
 
 def _same_database(identity: DbIdentity) -> Any:
@@ -210,15 +215,16 @@ def _same_database(identity: DbIdentity) -> Any:
     return check
 
 
-def _guarded_identity(engine: Engine, *, initialise: bool) -> DbIdentity | None:
+def _guarded_identity(engine: Engine, *, initialise: bool) -> tuple[DbIdentity | None, bool]:
     """Guard the schema and read the identity (None: a database without tables left as it
-    is, as ``initialise`` false asks); again on a new connection when the server ended ours
-    (:func:`again_on_lost_connection`)."""
+    is, as ``initialise`` false asks), and whether this call set the database up; again on
+    a new connection when the server ended ours (:func:`again_on_lost_connection`)."""
 
-    def read() -> DbIdentity | None:
-        if ensure_schema(engine, initialise=initialise).fresh:
-            return None
-        return read_identity(engine)
+    def read() -> tuple[DbIdentity | None, bool]:
+        status = ensure_schema(engine, initialise=initialise)
+        if status.fresh:
+            return None, False
+        return read_identity(engine), status.initialised
 
     return again_on_lost_connection(read, OPEN_TRIES)
 

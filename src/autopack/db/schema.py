@@ -16,7 +16,7 @@ of the shipped migrations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +69,8 @@ class SchemaStatus:
     fresh: bool = False
     foreign_tables: list[str] = field(default_factory=list)
     """Tables Autopack has no model of: in a fresh database, another application's."""
+    initialised: bool = False
+    """:func:`ensure_schema` just set up this (fresh) database."""
 
     @property
     def damaged(self) -> bool:
@@ -159,7 +161,7 @@ def ensure_schema(engine: Engine, *, initialise: bool = True) -> SchemaStatus:
             from alembic import command
 
             command.upgrade(_alembic_config(connection), "head")
-            return inspect_schema(connection)
+            return replace(inspect_schema(connection), initialised=True)
     raise SchemaOutOfDate(status.problem(), **_status_details(status))
 
 
