@@ -252,9 +252,9 @@ def write_atomic(target: Path, data: bytes) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if existing is not None:
+            if existing is not None:  # before the data: a 0600 file's is never readable
                 os.fchmod(handle.fileno(), stat.S_IMODE(existing.st_mode))
+            handle.write(data)
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
