@@ -81,12 +81,13 @@ def test_a_complete_phase_is_refused_then_forced_and_probed_again(
     code, stdout, stderr = _probe(tmp_path, "telemetry-p1-string-util", env)
     assert code == 2
     assert "is already COMPLETE: nothing would run" in stderr
-    assert "autopack probe --force" in stderr
+    assert "`--force` requeues it" in stderr  # the script's option too, not the CLI's name
     assert "✔" not in stdout
 
     code, stdout, stderr = _probe(tmp_path, "telemetry-p1-string-util", env, "--force")
     assert code == 0, stdout + stderr
     assert "requeued telemetry-collection-v4/telemetry-p1-string-util (was COMPLETE)" in stderr
+    assert stderr.count("NO LLM CREDENTIALS") == 1, stderr  # "one loud warning" was two
     assert "✔ llm_usage_events: 2 → 4 (+2)" in stdout
     assert "✔ token_estimation_v2_events: 1 → 2 (+1)" in stdout
     [run] = rows(database_url, "SELECT state FROM runs")

@@ -103,6 +103,7 @@ def test_offline_default_is_replay_with_one_loud_warning(
 
     assert isinstance(provider, ReplayProvider)
     assert provider.path == cassette
+    make_provider(settings(autopack_replay_cassette=str(cassette)), announce=False)
     [warning] = log_records.events("llm_offline_replay")
     assert warning.levelname == "WARNING"
     assert "NO LLM CREDENTIALS" in Records.fields(warning)["message"]

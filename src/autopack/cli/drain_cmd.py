@@ -115,14 +115,16 @@ def answering_provider(
     cassette: Path | None = None,
     record: Path | None = None,
     idle: bool = False,
+    announce: bool = True,
 ) -> LLMProvider:
     """The provider for the drain; exit 2 when it is a replay with nothing for this run
     (no credentials: every call would miss, fail the phase and waste its retries), unless
-    the drain is ``idle`` (the run has no work left: a finished run's summary needs no LLM)."""
+    the drain is ``idle`` (the run has no work left: a finished run's summary needs no LLM).
+    ``announce``: see :func:`~autopack.llm.registry.make_provider`."""
     from autopack.llm.registry import ignored_base_url, make_provider, provider_name
 
     settings = cli.settings
-    provider = make_provider(settings, cassette=cassette, record=record)
+    provider = make_provider(settings, cassette=cassette, record=record, announce=announce)
     if idle or provider_name(settings, cassette=cassette) != "replay":
         return provider
     from autopack.llm.replay import ReplayProvider  # loaded by make_provider already

@@ -120,7 +120,7 @@ def _preflight(cli: CliState, run_id: str, phase_id: str, force: bool) -> PhaseD
     if phase.state == PhaseState.COMPLETE and not force:
         raise InvalidInput(
             f"phase {run_id}/{phase_id} is already COMPLETE: nothing would run, so nothing "
-            "new would be recorded. `autopack probe --force` requeues it and probes again.",
+            "new would be recorded. `--force` requeues it and probes again.",
             run_id=run_id,
             phase_id=phase_id,
         )
@@ -128,7 +128,8 @@ def _preflight(cli: CliState, run_id: str, phase_id: str, force: bool) -> PhaseD
         from autopack.cli.drain_cmd import answering_provider
         from autopack.cli.run_cmd import operator
 
-        answering_provider(cli, run_id)  # the drain would refuse: before the phase is touched
+        # the drain would refuse: before the phase is touched (the drain warns, not this)
+        answering_provider(cli, run_id, announce=False)
 
         request = RequeueIn(requested_by=operator(), reason="probe --force", complete=True)
         client.requeue_phase(run_id, phase_id, request)

@@ -260,17 +260,23 @@ PROVIDERS: dict[str, Callable[[Settings, Path | None], LLMProvider]] = {
 
 
 def make_provider(
-    settings: Settings, *, cassette: Path | None = None, record: Path | None = None
+    settings: Settings,
+    *,
+    cassette: Path | None = None,
+    record: Path | None = None,
+    announce: bool = True,
 ) -> LLMProvider:
     """The provider ``settings`` ask for.
 
     ``cassette`` replays that file whatever the provider setting says. ``record`` wraps
     the (live) provider in a :class:`RecordingProvider` writing that file; recording a
-    replay would only copy a cassette, so it is refused.
+    replay would only copy a cassette, so it is refused. ``announce``: say loudly that no
+    live model answers (not for a check whose drain, a process of its own, says it).
     """
     name = provider_name(settings, cassette=cassette)
     provider = PROVIDERS[name](settings, cassette)
-    if name == "replay" and settings.autopack_llm_provider == "auto" and cassette is None:
+    offline = name == "replay" and settings.autopack_llm_provider == "auto" and cassette is None
+    if offline and announce:
         log_event(
             logger,
             "llm_offline_replay",
