@@ -122,3 +122,16 @@ def test_plot_needs_no_display(tmp_path: Path) -> None:
     env = {"MPLBACKEND": "TkAgg", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code, str(target)], env=env, check=True, timeout=120)
     _png_size(target)
+
+
+def test_a_plot_replaces_its_file_whole_and_writes_through_a_link(tmp_path: Path) -> None:
+    """Drawn into memory, then moved over the old file whole (matplotlib wrote the target
+    as it drew: a killed `--plot` left half an image). A link in its place is written
+    through, as `--write` writes an estimator, not replaced by a file of its own."""
+    real = tmp_path / "real.png"
+    real.write_bytes(b"old")
+    link = tmp_path / "fit.png"
+    link.symlink_to(real)
+    plot_predicted_vs_actual(_events(), link)
+    assert link.is_symlink() and real.read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.png", "real.png"]

@@ -13,6 +13,7 @@ pyplot, no global backend switch, no display), so importing this module stays ch
 
 from __future__ import annotations
 
+import io
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from autopack.errors import ConfigError
 from autopack.estimation.estimator import TokenEstimator
 from autopack.estimation.rows import EstimationRow, PhaseObservation, phase_observations
+from autopack.paths import absolute, write_atomic
 
 Event = EstimationRow | Mapping[str, Any]
 DEFAULT_CAP = 128_000
@@ -100,8 +102,10 @@ def plot_predicted_vs_actual(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
+    image = io.BytesIO()  # drawn whole first: a killed draw left half a PNG over the old
+    figure.savefig(image, format=kind)
     try:
-        figure.savefig(Path(path), format=kind)
+        write_atomic(absolute(Path(path), "--plot"), image.getvalue())  # a link: its target
     except OSError as exc:
         raise ConfigError(f"cannot write plot {path}: {exc}") from exc
     return plotted
