@@ -333,13 +333,14 @@ def test_a_check_that_replaces_its_checkout_by_a_link_to_a_persons_tree_leaves_i
     assert on_branch(ws, "pkg/a.py") is None
 
 
-@pytest.mark.parametrize("kind", ["a symbolic link", "a FIFO (named pipe)"])
+@pytest.mark.parametrize("kind", ["a symbolic link", "a FIFO (named pipe)", "a directory"])
 def test_autopacks_lock_file_is_never_written_through_what_replaced_it(
     tmp_path: Path, kind: str
 ) -> None:
     """Every executor writes its pid into ``autopack.lock`` in the repository's git
     directory, which a check can write: a symlink put there had the file it led to
-    truncated and overwritten by the next drain; a FIFO failed it with a traceback."""
+    truncated and overwritten by the next drain; a FIFO or a directory failed it with a
+    traceback."""
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(url)
     ws = repository(tmp_path / "ws", {"pkg/keep.py": "K = 1\n"})
@@ -348,6 +349,8 @@ def test_autopacks_lock_file_is_never_written_through_what_replaced_it(
     lock = ws / ".git" / "autopack.lock"
     if kind == "a symbolic link":
         lock.symlink_to(precious)
+    elif kind == "a directory":
+        lock.mkdir()
     else:
         os.mkfifo(lock)
     create_run(run_file(tmp_path, [phase("a", ["pkg/a.py"])]), env, tmp_path)

@@ -134,3 +134,25 @@ def test_identity_check_script_matches_and_mismatches(
                 combined = result.stdout + result.stderr
                 assert database_identity(database_url, tmp_path)["instance_id"] in combined
                 assert other_id in combined, way
+
+
+def test_identity_check_never_prints_the_api_urls_password(tmp_path: Path) -> None:
+    """``AUTOPACK_API_URL`` is a setting (a ``.env`` line) and may carry a password: the
+    JSON report redacted it, the table's ✘ and ✔ lines printed it."""
+    from tests.support import free_port
+
+    url = empty_sqlite(tmp_path / "autopack.db")
+    database_identity(url, tmp_path)  # set up
+    nowhere = f"http://ops:hunter2-secret@127.0.0.1:{free_port()}"
+    for extra in ((), ("--json",)):
+        result = cli(
+            "db",
+            "identity",
+            *extra,
+            cwd=tmp_path,
+            env=clean_env(DATABASE_URL=url, AUTOPACK_API_URL=nowhere),
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "no Autopack API answers" in result.stdout + result.stderr, extra
+        assert "hunter2" not in result.stdout + result.stderr, extra
+        assert "Traceback" not in result.stderr

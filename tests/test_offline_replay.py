@@ -266,3 +266,76 @@ def test_a_record_path_holding_no_cassette_is_refused_and_a_cassette_is_added_to
         assert code == 0 and calls == 1, said[-3000:]
     recorded = [json.loads(text) for text in tape.read_text().splitlines()]
     assert [r["match"]["phase_id"] for r in recorded] == ["p1", "p2"]
+
+
+def test_an_answer_holding_a_unicode_line_separator_is_replayed_as_recorded(
+    tmp_path: Path,
+) -> None:
+    """The recorder writes each line as UTF-8 JSON, where U+2028, U+2029 and U+0085 stand
+    as they are; the replay split the file at them too (``str.splitlines``), so a cassette
+    whose answer held one was "not JSON" at its line and never replayed."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, ANTHROPIC_API_KEY="test-key-record")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), env, tmp_path)
+    tape = tmp_path / "tape.jsonl"
+    answer = json.dumps(
+        {
+            "files": [{"path": "pkg/a.py", "content": "VALUE = 42\n"}],
+            "summary": "wrote\u2028a.py\u2029\x85",
+        },
+        ensure_ascii=False,
+    )
+    drain_p1 = [
+        *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
+    ]
+    with WireServer() as wire:
+        wire.respond = lambda seen: Reply(200, anthropic_message(answer))
+        recorded = cli(
+            *drain_p1,
+            *("--workspace", str(tmp_path / "live"), "--record", str(tape)),
+            env={**env, "ANTHROPIC_BASE_URL": wire.url},
+            cwd=tmp_path,
+            timeout=60,
+        )
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    assert "\u2028" in tape.read_text(encoding="utf-8")  # as the recorder writes it
+
+    replay_url = f"sqlite:///{tmp_path / 'replay.db'}"
+    replay_env = env_for(replay_url)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), replay_env, tmp_path)
+    replayed = cli(
+        *drain_p1,
+        *("--workspace", str(tmp_path / "replayed"), "--cassette", str(tape)),
+        env=replay_env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    assert "not JSON" not in replayed.stderr
+    assert phase_row(replay_url, "p1")["state"] == "COMPLETE"
+
+
+def test_recording_onto_a_cassette_without_a_final_newline_keeps_every_line(
+    tmp_path: Path,
+) -> None:
+    """A cassette saved by an editor that drops the final newline (or a header written
+    with ``echo -n``): the recorder's line was glued onto its last one, so both were "not
+    JSON", the paid-for answer with them, and the next ``--record`` refused the file."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, ANTHROPIC_API_KEY="test-key-record")
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = tmp_path / "tape.jsonl"
+    tape.write_text('{"cassette": {"repeat_last": true}}')  # no final newline
+    with WireServer() as wire:
+        wire.respond = lambda seen: Reply(200, anthropic_message(GOOD))
+        recorded = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1"),
+            *("--auditor", "rules", "--workspace", str(tmp_path / "ws"), "--record", str(tape)),
+            env={**env, "ANTHROPIC_BASE_URL": wire.url},
+            cwd=tmp_path,
+            timeout=60,
+        )
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    lines = [json.loads(text) for text in tape.read_text().split("\n") if text.strip()]
+    assert lines[0] == {"cassette": {"repeat_last": True}}
+    assert [entry["match"]["phase_id"] for entry in lines[1:]] == ["p1"]

@@ -137,7 +137,9 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
         elif "\x00" in (binding.value or ""):
             problem = f"line {line}: the value of {binding.key} contains a NUL byte"
         elif name.startswith("autopack_") and name not in known:
-            shown = name.upper() if len(name) <= 80 else f"{name[:80].upper()}…"
+            # as written: upper() of the lowered name is another (AUTOPACK_ß read AUTOPACK_SS)
+            key = binding.key or ""
+            shown = key if len(key) <= 80 else f"{key[:80]}…"
             problem = f"line {line}: {shown} is no Autopack setting{_meant(name, known)}"
         elif earlier is not None and earlier[0] != line and earlier[1] != binding.value:
             # python-dotenv keeps the last: an appended DATABASE_URL silently won

@@ -157,9 +157,14 @@ def show_identity(ctx: typer.Context, *, as_json: bool, api_url: str | None) -> 
         table.add_row(name, str(count))
     out.print(table)
     if api_url:
+        from rich.markup import escape
+
+        from autopack import redact
+
+        # AUTOPACK_API_URL (a .env line) may hold a password: --json redacted it, these not
         server = report["server"]
         if server["same_database"]:
-            out.print(f"{OK} API server {api_url} uses this database")
+            out.print(f"{OK} API server {escape(redact.text(api_url))} uses this database")
         else:
-            err.print(f"{FAIL} {server['error']}")
+            err.print(f"{FAIL} {escape(redact.text(server['error']))}")
     return exit_code

@@ -75,6 +75,10 @@ class RepositoryLock:
             try:
                 fd = os.open(path, flags, 0o644)
             except OSError as exc:
+                if exc.errno == errno.EISDIR:  # a directory made there: a traceback
+                    raise ConfigError(
+                        f"{path} is a directory, not a regular file: remove it"
+                    ) from None
                 if exc.errno != errno.ELOOP:
                     raise
                 raise ConfigError(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 import time
 from collections import defaultdict
@@ -225,7 +226,9 @@ def read_cassette(path: Path) -> Cassette:
         raise ConfigError(f"replay cassette {path} cannot be read: {exc}") from exc
     entries: list[CassetteEntry] = []
     repeat_last = False
-    for number, line in enumerate(text.splitlines(), start=1):
+    # at "\n" only: the recorder's UTF-8 JSON holds U+2028, U+2029 and U+0085 as they are,
+    # and str.splitlines cut a line at each (a recorded answer was "not JSON")
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"cassette {path}:{number}"
@@ -474,6 +477,13 @@ class RecordingProvider:
         text = json.dumps(redact.data(dict(line)), ensure_ascii=False) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(text)
+            with self.path.open("a+b") as handle:  # writes go to the end, wherever it reads
+                end = handle.seek(0, os.SEEK_END)
+                if end:
+                    # a last line without its newline (an editor's save, `echo -n` of a
+                    # header): this one was glued onto it, both "not JSON", the answer lost
+                    handle.seek(end - 1)
+                    if handle.read(1) != b"\n":
+                        text = "\n" + text
+                handle.write(text.encode("utf-8"))
                 handle.flush()
