@@ -275,19 +275,22 @@ def test_a_second_demo_in_the_same_directory_leaves_the_running_one_alone(
             first.communicate(timeout=120)
 
 
-def test_a_symlink_in_place_of_the_demos_lock_is_refused_and_its_target_kept(
-    tmp_path: Path,
+@pytest.mark.parametrize("name", [".autopack-demo.lock", ".autopack-demo"])
+def test_a_symlink_in_place_of_the_demos_lock_or_marker_is_refused_and_its_target_kept(
+    tmp_path: Path, name: str
 ) -> None:
-    """The demo writes its pid into its lock file: one replaced by a symlink (a check of
-    a run drained there can write the demo's directory) had its target truncated."""
+    """The demo writes its pid into its lock file and its marker into its directory: one
+    replaced by a symlink (a check of a run drained there can write the demo's directory)
+    had its target truncated or overwritten."""
     demo_dir = tmp_path / "demo"
     demo_dir.mkdir()
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me\n")
-    (demo_dir / ".autopack-demo.lock").symlink_to(precious)
+    (demo_dir / name).symlink_to(precious)
     done = cli("demo", "--dir", str(demo_dir), cwd=tmp_path, env=clean_env())
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"--dir {demo_dir} cannot hold the demo" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
     assert precious.read_text() == "keep me\n"
 
 
@@ -307,23 +310,6 @@ def test_a_directory_holding_files_no_demo_made_is_refused_and_kept(tmp_path: Pa
     assert "Traceback" not in done.stderr
     assert sorted(p.relative_to(project).as_posix() for p in project.rglob("*")) == before
     assert (project / "previous" / "notes.txt").read_text() == "mine\n"
-
-
-def test_a_symlink_in_place_of_the_demos_marker_is_refused_and_its_target_kept(
-    tmp_path: Path,
-) -> None:
-    """The demo writes its marker into its directory: one replaced by a symlink (a check
-    of a run drained there can write the demo's directory) had its target overwritten."""
-    demo_dir = tmp_path / "demo"
-    demo_dir.mkdir()
-    precious = tmp_path / "precious.txt"
-    precious.write_text("keep me\n")
-    (demo_dir / ".autopack-demo").symlink_to(precious)
-    done = cli("demo", "--dir", str(demo_dir), cwd=tmp_path, env=clean_env())
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert f"--dir {demo_dir} cannot hold the demo" in " ".join(done.stderr.split())
-    assert "Traceback" not in done.stderr
-    assert precious.read_text() == "keep me\n"
 
 
 @pytest.mark.parametrize("name", [".autopack-demo.lock", ".autopack-demo"])

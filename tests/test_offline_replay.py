@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,23 @@ def _drain_p1(tmp_path: Path, env: dict[str, str], tape: Path) -> dict[str, Any]
     )
     summary: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
     return {**summary, "exit_code": result.returncode, "stderr": result.stderr}
+
+
+def _recorded(
+    tmp_path: Path, env: dict[str, str], answer: str, tape: Path, phase_id: str = "p1"
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Drain one phase live against the Anthropic wire fake answering ``answer``, with
+    ``--record tape``: the drain's result and how many calls the fake was asked."""
+    with WireServer() as wire:
+        wire.respond = lambda seen: Reply(200, anthropic_message(answer))
+        done = cli(
+            *("drain", "phase", "--run-id", "exec-run", "--phase-id", phase_id),
+            *("--auditor", "rules", "--workspace", str(tmp_path / "ws"), "--record", str(tape)),
+            env={**env, "ANTHROPIC_BASE_URL": wire.url},
+            cwd=tmp_path,
+            timeout=60,
+        )
+        return done, len(wire.seen(ANTHROPIC_PATH))
 
 
 def test_an_extra_attempt_gets_the_repeated_answer_and_bills_nothing(
@@ -208,21 +226,12 @@ def test_a_record_path_no_cassette_can_be_written_at_is_refused_before_any_call(
     if where == "a FIFO":
         os.mkfifo(tape[where])
     (tmp_path / "f").write_text("a file\n")
-    with WireServer() as wire:
-        wire.respond = lambda seen: Reply(200, anthropic_message(GOOD))
-        refused = cli(
-            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
-            *("--workspace", str(tmp_path / "ws"), "--record", str(tape[where])),
-            env={**env, "ANTHROPIC_BASE_URL": wire.url},
-            cwd=tmp_path,
-            timeout=60,
-        )
-        called = wire.seen(ANTHROPIC_PATH)
+    refused, calls = _recorded(tmp_path, env, GOOD, tape[where])
     said = " ".join(refused.stderr.split())
     assert refused.returncode == 2, said[-3000:]
     assert "Traceback" not in said
     assert f"--record {tape[where]} " in said, said[-3000:]
-    assert called == []
+    assert calls == 0
     assert phase_row(url, "p1")["state"] == "QUEUED" and attempts(url, "p1") == []
 
 
@@ -241,18 +250,9 @@ def test_a_record_path_holding_no_cassette_is_refused_and_a_cassette_is_added_to
     tape = tmp_path / "tape.jsonl"
 
     def record(phase_id: str, where: Path) -> tuple[int, str, int]:
-        with WireServer() as wire:
-            answer = files(**{"a_py" if phase_id == "p1" else "b_py": "VALUE = 42\n"})
-            wire.respond = lambda seen: Reply(200, anthropic_message(answer))
-            done = cli(
-                *("drain", "phase", "--run-id", "exec-run", "--phase-id", phase_id),
-                *("--auditor", "rules", "--workspace", str(tmp_path / "ws")),
-                *("--record", str(where)),
-                env={**env, "ANTHROPIC_BASE_URL": wire.url},
-                cwd=tmp_path,
-                timeout=60,
-            )
-            return done.returncode, " ".join(done.stderr.split()), len(wire.seen(ANTHROPIC_PATH))
+        answer = files(**{"a_py" if phase_id == "p1" else "b_py": "VALUE = 42\n"})
+        done, calls = _recorded(tmp_path, env, answer, where, phase_id)
+        return done.returncode, " ".join(done.stderr.split()), calls
 
     for where in (runfile, tmp_path / "autopack.db"):
         code, said, calls = record("p1", where)
@@ -285,18 +285,7 @@ def test_an_answer_holding_a_unicode_line_separator_is_replayed_as_recorded(
         },
         ensure_ascii=False,
     )
-    drain_p1 = [
-        *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
-    ]
-    with WireServer() as wire:
-        wire.respond = lambda seen: Reply(200, anthropic_message(answer))
-        recorded = cli(
-            *drain_p1,
-            *("--workspace", str(tmp_path / "live"), "--record", str(tape)),
-            env={**env, "ANTHROPIC_BASE_URL": wire.url},
-            cwd=tmp_path,
-            timeout=60,
-        )
+    recorded, _ = _recorded(tmp_path, env, answer, tape)
     assert recorded.returncode == 0, recorded.stderr[-3000:]
     assert "\u2028" in tape.read_text(encoding="utf-8")  # as the recorder writes it
 
@@ -304,7 +293,7 @@ def test_an_answer_holding_a_unicode_line_separator_is_replayed_as_recorded(
     replay_env = env_for(replay_url)
     create_run(run_file(tmp_path, [phase("p1", ["pkg/a.py"])]), replay_env, tmp_path)
     replayed = cli(
-        *drain_p1,
+        *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1", "--auditor", "rules"),
         *("--workspace", str(tmp_path / "replayed"), "--cassette", str(tape)),
         env=replay_env,
         cwd=tmp_path,
@@ -326,15 +315,7 @@ def test_recording_onto_a_cassette_without_a_final_newline_keeps_every_line(
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
     tape = tmp_path / "tape.jsonl"
     tape.write_text('{"cassette": {"repeat_last": true}}')  # no final newline
-    with WireServer() as wire:
-        wire.respond = lambda seen: Reply(200, anthropic_message(GOOD))
-        recorded = cli(
-            *("drain", "phase", "--run-id", "exec-run", "--phase-id", "p1"),
-            *("--auditor", "rules", "--workspace", str(tmp_path / "ws"), "--record", str(tape)),
-            env={**env, "ANTHROPIC_BASE_URL": wire.url},
-            cwd=tmp_path,
-            timeout=60,
-        )
+    recorded, _ = _recorded(tmp_path, env, GOOD, tape)
     assert recorded.returncode == 0, recorded.stderr[-3000:]
     lines = [json.loads(text) for text in tape.read_text().split("\n") if text.strip()]
     assert lines[0] == {"cassette": {"repeat_last": True}}

@@ -302,33 +302,25 @@ def test_a_file_where_the_cache_keeps_a_directory_is_named_not_a_traceback(
     assert phase_row(url, "p1")["state"] == "QUEUED"
 
 
-def test_a_fifo_where_the_cache_remembers_workspaces_is_not_waited_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_what_stands_where_the_cache_remembers_workspaces_neither_hangs_nor_is_written_through(
+    tmp_path: Path, kind: str
+) -> None:
     """A FIFO where the cache remembers a run's workspaces (``CACHE/workspaces/RUN``):
-    reading it waited for a writer, so the drain hung before its first attempt. What the
-    cache cannot tell is only a convenience lost: the drain completes."""
-    url = _sqlite(tmp_path)
-    cache = tmp_path / "cache"
-    (cache / "workspaces").mkdir(parents=True)
-    os.mkfifo(cache / "workspaces" / "exec-run")
-    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
-    ws = repository(tmp_path / "ws")
-    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
-    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
-    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path, timeout=60)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
-
-
-def test_a_symlink_where_the_cache_remembers_workspaces_gets_no_line(tmp_path: Path) -> None:
-    """A symlink where the cache remembers a run's workspaces (a check can write the
-    cache): the drain appended its workspace's path to the file it led to (a shell's
-    start-up file ran it as a command). The drain completes; that file is left alone."""
+    reading it waited for a writer, so the drain hung before its first attempt. A symlink
+    there (a check can write the cache): the drain appended its workspace's path to the
+    file it led to (a shell's start-up file ran it as a command). What the cache cannot
+    tell is only a convenience lost: the drain completes, that file left alone."""
     url = _sqlite(tmp_path)
     cache = tmp_path / "cache"
     (cache / "workspaces").mkdir(parents=True)
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me\n")
-    (cache / "workspaces" / "exec-run").symlink_to(precious)
+    record = cache / "workspaces" / "exec-run"
+    if kind == "fifo":
+        os.mkfifo(record)
+    else:
+        record.symlink_to(precious)
     env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
     ws = repository(tmp_path / "ws")
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
