@@ -568,3 +568,50 @@ def test_run_show_and_the_drain_name_the_check_that_failed_the_phase(
     assert phase_row(sqlite_url, "p1")["last_failure_reason"] == reason
     shown = cli("run", "show", "exec-run", cwd=tmp_path, env=wide)
     assert reason in shown.stdout, shown.stdout
+
+
+def test_a_phase_another_drain_completed_says_so_after_this_drains_failure(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A drain whose only attempt of p1 failed its checks, and which then worked on p2
+    while another drain completed p1, printed p1 COMPLETE beside "checks_failed": the
+    reason read as what ended the phase, and nothing said who completed it."""
+    started, go = tmp_path / "p2-started", tmp_path / "go"
+    wait = tmp_path / "wait.py"
+    wait.write_text(
+        "import pathlib, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+    )
+    env = {**env_for(sqlite_url), "COLUMNS": "300"}
+    phases = [
+        phase("p1", ["pkg/mod.py"], checks=[CHECK]),
+        phase("p2", ["pkg/other.py"], checks=[f"python {wait}"]),
+    ]
+    # p1's retry waits 2 s: the first drain takes p2 meanwhile, and the second p1.
+    create_run(run_file(tmp_path, phases, policy={"retry_backoff_seconds": 2.0}), env, tmp_path)
+    repository(tmp_path / "ws", {"pkg/keep.py": "KEEP = 1\n"})
+    wrong = files(mod_py="def answer() -> int:\n    return 41\n")
+    tape = cassette(
+        tmp_path,
+        [line("p1", 1, wrong), line("p1", 2, GOOD), line("p2", 1, files(other_py="y = 2\n"))],
+    )
+    common = ("--cassette", str(tape), "--auditor", "rules", "--workspace", str(tmp_path / "ws"))
+    first = drain_process("run", "--run-id", "exec-run", *common, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = cli_drain(
+        "phase", "--run-id", "exec-run", "--phase-id", "p1", *common, env=env, cwd=tmp_path
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    go.touch()
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-2000:]
+    [row] = [text for text in stdout.splitlines() if text.startswith("│ p1 ")]
+    assert "COMPLETE" in row and "│ 1 " in row, stdout
+    assert "checks_failed" in row and "then done by another drain" in row, stdout
+    [row] = [text for text in stdout.splitlines() if text.startswith("│ p2 ")]
+    assert "then" not in row, stdout

@@ -26,7 +26,10 @@ DECIDED_LATER = frozenset({"AWAITING_APPROVAL", "LEASE_LOST"})
 def _last_reason(attempt: AttemptResult, phase_state: str, reason: str | None) -> str:
     """The last stop reason of a phase this drain attempted: its last attempt's, unless
     that attempt only asked for approval (or lost its lease) and what failed the phase
-    came after it (the approval expired or was rejected): then the phase's own reason."""
+    came after it (the approval expired or was rejected): then the phase's own reason.
+    A phase that ended after this drain's last attempt left it (another drain completed
+    or failed it) says so after that attempt's reason: the attempt's alone read as what
+    ended the phase ("checks_failed" beside COMPLETE)."""
     if attempt.outcome in DECIDED_LATER and phase_state == "FAILED" and reason:
         return reason
     last = attempt.stop_reason
@@ -34,7 +37,18 @@ def _last_reason(attempt: AttemptResult, phase_state: str, reason: str | None) -
         first = attempt.detail.strip().splitlines()[0]
         # The control plane's errors name the reason already ("lease_expired: worker ...").
         last = first if first.startswith(f"{last}:") else f"{last}: {first}"
-    return last
+    return f"{last}; {_ended_after(attempt, phase_state, reason)}".removesuffix("; ")
+
+
+def _ended_after(attempt: AttemptResult, phase_state: str, reason: str | None) -> str:
+    """How ``phase_state`` came after ``attempt``, or "" if the attempt itself ended the
+    phase so (the state its result was answered with, or for a lost lease its outcome)."""
+    left_it = attempt.phase_state or attempt.outcome
+    if phase_state not in PHASE_TERMINAL or phase_state == left_it:
+        return ""
+    if phase_state == "COMPLETE":
+        return "then done by another drain"
+    return f"then {phase_state.lower()}" + (f": {reason}" if reason else "")
 
 
 def _untouched(phase_id: str, phase_state: str, summary: DrainSummary, reason: str | None) -> str:
