@@ -257,3 +257,21 @@ def test_a_port_nothing_can_listen_on_is_an_error_naming_it(tmp_path: Path) -> N
     result = cli("serve", "--port", "99999", cwd=tmp_path, env=env, timeout=60)
     assert result.returncode == 2 and "--port" in result.stderr, result.stderr
     assert not database.exists()
+
+
+def test_the_api_server_alone_logs_that_it_set_up_an_empty_database(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``uvicorn autopack.main:app`` on a new PostgreSQL database (a mistyped name) or an
+    empty SQLite file set Autopack's tables up with only its usual identity line: nothing
+    told the operator the database it serves had been empty."""
+    logs = []
+    for _ in range(2):  # the second finds it set up: nothing to say
+        server = Server(clean_env(DATABASE_URL=database_url), tmp_path)
+        try:
+            server.wait_healthy()
+            logs.append(server.output())
+        finally:
+            server.stop()
+    assert "database_initialised" in logs[0] and "no tables" in logs[0], logs[0]
+    assert "database_initialised" not in logs[1], logs[1]

@@ -114,6 +114,15 @@ def create_app(settings: Settings | None = None, *, private: bool = False) -> Fa
             )
         except AutopackError as exc:
             _refuse(app, exc)
+        if database.initialised:  # `autopack serve` said so; `uvicorn autopack.main:app` not
+            log_event(
+                logger,
+                "database_initialised",
+                logging.WARNING,
+                url=database.identity.url,
+                note="it had no tables: Autopack's were set up (a mistyped name means "
+                "a new, empty database)",
+            )
         app.state.settings = resolved
         app.state.database = database
         watchdog = None
