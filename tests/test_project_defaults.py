@@ -150,6 +150,26 @@ def test_autopack_in_an_attempts_worktree_opens_no_default_database(tmp_path: Pa
     assert named.returncode == 0, named.stderr[-2000:]
 
 
+def test_autopack_in_a_bare_repository_makes_no_database_among_its_refs(tmp_path: Path) -> None:
+    """In a bare repository (a server's, a mirror) there is no checkout, so the working
+    directory was the project root: ``run create`` in ``repo.git/refs`` put autopack.db
+    among the refs, ``db init`` in ``repo.git`` beside HEAD."""
+    bare = tmp_path / "repo.git"
+    git("init", "-q", "--bare", str(bare), cwd=tmp_path)
+    spec = run_file(tmp_path, [phase("p1", ["pkg/a.py"])])
+    env = clean_env(AUTOPACK_DEFAULT_API_PORT=str(free_port()))
+    for where, command in ((bare, ("db", "init")), (bare / "refs", ("run", "create", str(spec)))):
+        made = cli(*command, cwd=where, env=env)
+        assert made.returncode == 2, made.stderr[-2000:]
+        assert "Traceback" not in made.stderr
+        assert f"inside the git directory {bare}" in made.stderr, made.stderr
+        assert "--database-url" in made.stderr
+        assert not (where / "autopack.db").exists()
+    named = cli("db", "init", cwd=bare, env={**env, "DATABASE_URL": f"sqlite:///{tmp_path}/a.db"})
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert not list(bare.rglob("autopack.db"))
+
+
 def test_the_workspace_a_drain_was_given_is_found_again_without_the_flag(
     tmp_path: Path,
 ) -> None:

@@ -51,6 +51,7 @@ from autopack.envfile import (
     dotenv_path,
     hidden_database_dotenv,
     outside_cache,
+    outside_git_directory,
     project_root,
 )
 from autopack.errors import ConfigError
@@ -487,6 +488,7 @@ def load_settings(**flags: Any) -> LoadedSettings:
     redact.remember(settings)
     if origin.source == "default" and origin.base is not None:
         outside_cache(origin.base, settings.autopack_cache_dir)
+        outside_git_directory(origin.base)
     sources = {}
     for name in Settings.model_fields:
         sources[name] = next((src for src, values in offered.items() if name in values), "default")

@@ -65,6 +65,20 @@ def outside_cache(base: Path, cache_dir: Path) -> None:
         )
 
 
+def outside_git_directory(base: Path) -> None:
+    """Refuse a project root (the default database's directory) in a bare repository or
+    another git directory: a writing command made ``autopack.db`` beside ``HEAD`` and
+    ``objects/`` (in ``refs/``, among the refs), where it belongs to no project."""
+    for directory in (base, *base.parents):
+        parts = (directory / "HEAD").is_file(), (directory / "objects").is_dir()
+        if all(parts) and (directory / "refs").is_dir():
+            raise ConfigError(
+                f"no default database inside the git directory {directory} (a bare "
+                "repository holds no project): run from a checkout, or name the "
+                "database with DATABASE_URL or --database-url"
+            )
+
+
 def dotenv_path(cwd: Path | None = None) -> Path:
     """The ``.env`` that applies (the nearest, see :func:`search_directories`); when there
     is none, where it would be looked for first (the working directory)."""
