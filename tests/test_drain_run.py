@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -655,3 +657,80 @@ def test_a_worker_id_no_claim_can_carry_is_refused_naming_it_not_a_hang(tmp_path
     assert result.returncode == 2, result.stderr[-3000:]
     assert "worker_id: String should have at most 200 characters" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+EXEC_AUTOPACK = "os.execv(sys.executable, [sys.executable, '-m', 'autopack', *sys.argv[1:]])"
+CONTROLLING = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); " + EXEC_AUTOPACK
+)
+"""In a new session, make standard input (the terminal) its controlling one, then run
+``autopack``: what a login shell does for the commands it starts."""
+
+
+def _in_a_terminal(
+    args: list[str], env: dict[str, str], cwd: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``autopack drain ARGS`` with a pseudo-terminal as its controlling terminal, as a
+    person runs it over SSH: the process and the terminal's master side."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-c", CONTROLLING, "drain", *args],
+        cwd=cwd,
+        env={**env, "AUTOPACK_LOG_LEVEL": "INFO"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    return process, master
+
+
+def test_a_closed_terminal_hands_every_lease_back(tmp_path: Path) -> None:
+    """An SSH session dropped (the terminal closed: SIGHUP, then every write fails): the
+    drain died at once by SIGHUP's default, its phases EXECUTING under a dead worker until
+    their leases expired, each attempt then spent as LOST."""
+    url, env = _setup(tmp_path, 2)
+    tape = _tape(tmp_path, 2, latency_ms=60_000)
+    process, master = _in_a_terminal(_run_args(tmp_path, tape, "-k", "2"), env, tmp_path)
+    os.set_blocking(master, False)
+    shown = bytearray()  # read as it comes: a full terminal would block the drain's writes
+    deadline = time.monotonic() + 60
+    while {phase_row(url, f"p{i}")["state"] for i in range(2)} != {"EXECUTING"}:
+        assert time.monotonic() < deadline and process.poll() is None, shown.decode()[-3000:]
+        with contextlib.suppress(BlockingIOError):
+            shown += os.read(master, 65536)
+        time.sleep(0.05)
+    server = alive(int(re.findall(rb"api_server_spawned .*pid=(\d+)", shown)[0]))
+    os.close(master)  # the terminal hangs up
+    assert process.wait(timeout=60) != 0
+    assert gone(server)
+    for i in range(2):
+        row = phase_row(url, f"p{i}")
+        assert (row["state"], row["lease_owner"]) == ("QUEUED", None), shown.decode()[-3000:]
+    history = rows(url, "SELECT outcome, stop_reason FROM phase_attempts")
+    assert history == [{"outcome": "FAILED", "stop_reason": "interrupted"}] * 2
+
+
+def test_a_drain_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:
+    """``nohup autopack drain …`` ignores SIGHUP: the handler that hands the leases back
+    when the terminal closes must not undo that and stop the drain."""
+    url, env = _setup(tmp_path, 1)
+    tape = _tape(tmp_path, 1, latency_ms=2_000)
+    nohup = "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    process = subprocess.Popen(
+        [sys.executable, "-c", nohup + EXEC_AUTOPACK, "drain", *_run_args(tmp_path, tape)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while phase_row(url, "p0")["state"] != "EXECUTING":
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-3000:]
+    assert phase_row(url, "p0")["state"] == "COMPLETE"

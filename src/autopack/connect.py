@@ -438,7 +438,10 @@ def _private_tokens(settings: Settings) -> Settings:
 
 @contextmanager
 def sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so ``finally`` blocks (stopping the child) run."""
+    """Turn SIGTERM, and SIGHUP (the terminal or SSH session closed), into SystemExit so
+    ``finally`` blocks (stopping the child, handing leases back) run: SIGHUP's default
+    killed a drain on the spot, its phases held by a dead worker until their leases
+    expired. A SIGHUP already ignored (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -446,8 +449,12 @@ def sigterm_unwinds() -> Iterator[None]:
     def _exit(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, _exit)
+    unwinding = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        unwinding.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _exit) for sig in unwinding}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("autopack.executor")
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, a supervisor's stop, the terminal closed."""
+
+
+def _heeded() -> list[int]:
+    """The stop signals this process does not ignore (``nohup`` ignores SIGHUP): one
+    ignored stays ignored while the handlers below stand in."""
+    return [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
 
 
 class HeldClaims:
@@ -97,8 +104,8 @@ def stop_signal(exc: BaseException) -> int | None:
 
 @contextmanager
 def stop_signals_noted() -> Iterator[None]:
-    """While the executor hands its leases back and reports, a further Ctrl-C or SIGTERM
-    (a user pressing Ctrl-C again, a supervisor repeating its SIGTERM) is logged, not
+    """While the executor hands its leases back and reports, a further Ctrl-C, SIGTERM or
+    SIGHUP (a user pressing Ctrl-C again, a supervisor repeating its SIGTERM) is logged, not
     raised: raised, it cut :meth:`AutonomousExecutor.abort` short between two hand-backs
     and left the other leases held by a process gone, their phases EXECUTING until the
     leases expired, and no summary printed. SIGKILL still stops the process at once.
@@ -116,7 +123,7 @@ def stop_signals_noted() -> Iterator[None]:
             hint="handing the leases back; SIGKILL stops at once",
         )
 
-    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, note) for sig in _heeded()}
     try:
         yield
     finally:
@@ -126,7 +133,8 @@ def stop_signals_noted() -> Iterator[None]:
 
 @contextmanager
 def stop_signals_deferred() -> Iterator[None]:
-    """Deliver a Ctrl-C or SIGTERM that arrives inside the block when the block ends.
+    """Deliver a stop signal (Ctrl-C, SIGTERM, SIGHUP) that arrives inside the block when
+    the block ends.
 
     Around a claim made in the main thread: raised inside it, the stop came between the
     server granting the lease and the executor knowing it held one, so nothing handed it
@@ -137,7 +145,7 @@ def stop_signals_deferred() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    previous = {sig: signal.getsignal(sig) for sig in _heeded()}
 
     def restore() -> None:
         for sig, handler in previous.items():
@@ -149,7 +157,7 @@ def stop_signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
         caught.append(signum)
 
-    for sig in STOP_SIGNALS:
+    for sig in previous:
         signal.signal(sig, hold)
     try:
         yield
