@@ -292,6 +292,12 @@ def test_a_pin_that_is_no_instance_id_is_refused_naming_it_and_not_echoed_whole(
             "line 2: AUTOPACK_API_TOKNE is no Autopack setting (did you mean AUTOPACK_API_TOKEN?)",
         ),
         (b"AUTOPACK_COLOUR=1\n", "line 1: AUTOPACK_COLOUR is no Autopack setting (`autopack"),
+        # the prefix and _URL made these nearest AUTOPACK_API_URL: the database was meant
+        (
+            b"AUTOPACK_DB_URL=sqlite:///a.db\n",
+            "AUTOPACK_DB_URL is no Autopack setting (did you mean DATABASE_URL?)",
+        ),
+        (b"AUTOPACK_DATABASE_URL=sqlite:///a.db\n", "(did you mean DATABASE_URL?)"),
         # named as written: the name upper-cased again was another (ß is SS, ﬁ is FI)
         ("AUTOPACK_STRAßE=1\n".encode(), "line 1: AUTOPACK_STRAßE is no Autopack setting"),
         ("AUTOPACK_ﬁLE=1\n".encode(), "line 1: AUTOPACK_ﬁLE is no Autopack setting"),

@@ -10,6 +10,7 @@ does. :mod:`autopack.config` reads its values with pydantic-settings' own parser
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from difflib import get_close_matches
 from io import StringIO
@@ -170,8 +171,13 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
 
 def _meant(name: str, known: Collection[str]) -> str:
     """`` (did you mean X?)`` for the known setting nearest a misspelt ``name``, else
-    where the settings are listed."""
-    nearest = get_close_matches(name, known, n=1, cutoff=0.8)
+    where the settings are listed. Compared without the prefix, and "db" read as
+    "database": ``AUTOPACK_DB_URL`` was "AUTOPACK_API_URL?" (the prefix and ``_URL`` made
+    them close) where ``DATABASE_URL`` was meant."""
+    stems = {setting.removeprefix("autopack_"): setting for setting in known}
+    stem = re.sub(r"^(db|database)(?=_|$)", "database", name.removeprefix("autopack_"))
+    stem = "database_url" if stem == "database" else stem
+    nearest = get_close_matches(stem, stems, 1, 0.8) or get_close_matches(name, known, 1, 0.8)
     if nearest:
-        return f" (did you mean {nearest[0].upper()}?)"
+        return f" (did you mean {stems.get(nearest[0], nearest[0]).upper()}?)"
     return " (`autopack config show` lists the settings)"
