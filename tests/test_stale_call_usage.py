@@ -1,0 +1,63 @@
+"""A call whose answer arrives after its executor lost the lease is still telemetry."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from tests.executor_support import (
+    create_run,
+    drain,
+    drain_process,
+    env_for,
+    files,
+    phase,
+    phase_row,
+    rows,
+    run_file,
+)
+from tests.fakes.llm_wire import Reply, WireServer
+from tests.llm.support import FLAVOURS
+from tests.support import wait_for
+
+
+def test_a_call_answered_after_the_lease_expired_keeps_its_usage_row(tmp_path: Path) -> None:
+    """An executor SIGSTOPped past its lease while the Builder's call was out, continued,
+    then answered: the usage report was refused (the lease is gone) and the usage row was
+    never written, so ``telemetry report`` and ``/metrics`` showed one call fewer, and its
+    tokens and cost missing, than the provider answered and billed."""
+    flavour = FLAVOURS["anthropic"]
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p0", ["pkg/m0.py"])]), env, tmp_path)
+    answered = threading.Event()
+    with WireServer() as wire:
+        wire.script(
+            flavour.path,
+            Reply(200, flavour.body(files(m0_py="VALUE = 1\n")), gate=answered),  # the stale one
+            Reply(200, flavour.body(files(m0_py="VALUE = 2\n"))),
+        )
+        provider = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
+        args = [*("run", "--run-id", "exec-run", "--auditor", "rules", "--lease-seconds", "5")]
+        args += ["--workspace", str(tmp_path / "ws")]
+        stale = drain_process(*args, env={**env, **provider}, cwd=tmp_path)
+        try:
+            wait_for(lambda: wire.seen(flavour.path), timeout=60)
+            stale.send_signal(signal.SIGSTOP)
+            other = drain(*args, env={**env, **provider}, cwd=tmp_path, timeout=120)
+            assert other.returncode == 0, other.stderr[-3000:]
+        finally:
+            stale.send_signal(signal.SIGCONT)
+        answered.set()  # the stale executor's call is answered now, its lease long gone
+        _, stderr = stale.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "lease_lost" in stderr, stderr[-3000:]
+    assert phase_row(url, "p0")["state"] == "COMPLETE"
+    calls = rows(
+        url,
+        "SELECT attempt, role, success, input_tokens, output_tokens FROM llm_usage_events "
+        "ORDER BY attempt",
+    )
+    assert [(c["attempt"], c["role"]) for c in calls] == [(1, "builder"), (2, "builder")], calls
+    assert calls[0]["output_tokens"] == calls[1]["output_tokens"] > 0, calls
