@@ -15,6 +15,7 @@ from rich.tree import Tree
 from autopack import redact
 from autopack.cli._common import OK, err, open_named_repository, out, print_json, state
 from autopack.cli.shown import escape
+from autopack.clock import utcnow
 from autopack.errors import ConfigError, Conflict, InvalidInput
 from autopack.states import RunState
 
@@ -240,6 +241,13 @@ def run_tree(run: RunView) -> Tree:
                 line += f" [dim]after {escape(', '.join(phase.depends_on))}[/dim]"
             if phase.lease_owner:
                 line += f" [yellow]held by {escape(phase.lease_owner)}[/yellow]"
+                expires = phase.lease_expires_at
+                if expires is not None and (ago := (utcnow() - expires).total_seconds()) > 0:
+                    # A killed executor's phase: "held by" alone said its holder worked on.
+                    line += (
+                        f" [red]whose lease expired {ago:.0f}s ago[/red] [dim](reclaimed "
+                        "by the next claim or the API server's maintenance)[/dim]"
+                    )
             if phase.last_failure_reason and phase.state != "COMPLETE":
                 line += f"\n[red]{escape(phase.last_failure_reason)}[/red]"
             branch.add(line)

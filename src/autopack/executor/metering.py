@@ -17,7 +17,7 @@ from typing import Any
 
 from autopack.bounds import COST_MAX_USD, storable_text
 from autopack.contract import Claim, UsageIn, ordered_usage_key
-from autopack.errors import LLMError, ProviderUnusable
+from autopack.errors import LeaseLost, LLMError, ProviderUnusable
 from autopack.executor.lease import Lease
 from autopack.executor.options import Services
 from autopack.executor.outcome import Finish, failed
@@ -374,16 +374,23 @@ class Meter:
         if role == "builder":
             self.output_tokens += usage.output_tokens
         self._usage_reports += 1
-        answer = self.s.client.report_usage(
-            claim.run_id,
-            claim.phase_id,
-            UsageIn(
-                lease_token=self.lease.token,
-                tokens=tokens,
-                cost_usd=billed,
-                idempotency_key=ordered_usage_key(self._usage_nonce, self._usage_reports),
-            ),
-        )
+        try:
+            answer = self.s.client.report_usage(
+                claim.run_id,
+                claim.phase_id,
+                UsageIn(
+                    lease_token=self.lease.token,
+                    tokens=tokens,
+                    cost_usd=billed,
+                    idempotency_key=ordered_usage_key(self._usage_nonce, self._usage_reports),
+                ),
+            )
+        except LeaseLost:
+            # The call was made (and billed by the provider) although the lease ran out
+            # meanwhile (an executor stopped past it): its usage row is still written, or
+            # the telemetry said fewer calls, tokens and dollars than were spent.
+            self._record_usage(call, model, response, error, usage_known, cost, snapshot)
+            raise
         self.budget_exhausted = answer.run.reason if answer.run.budget_exhausted else None
         self.s.events(
             "llm_usage",
@@ -396,6 +403,23 @@ class Meter:
             replayed=replayed,
             unpriced=cost is None,
         )
+        self._record_usage(call, model, response, error, usage_known, cost, snapshot)
+        if beyond is not None:
+            raise failed("llm_error", error=beyond.message, retryable=False)
+        return response
+
+    def _record_usage(
+        self,
+        call: dict[str, Any],
+        model: str,
+        response: LLMResponse,
+        error: LLMError | None,
+        usage_known: bool,
+        cost: float | None,
+        snapshot: dict[str, Any] | None,
+    ) -> None:
+        """The call's usage row (:meth:`_account`)."""
+        usage = response.usage
         row = {**call, "success": True} if error is None else self._error_row(call, model, error)
         self.s.telemetry.record(
             LlmUsageIn(
@@ -414,6 +438,3 @@ class Meter:
                 price_snapshot=snapshot,
             )
         )
-        if beyond is not None:
-            raise failed("llm_error", error=beyond.message, retryable=False)
-        return response

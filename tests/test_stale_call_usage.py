@@ -1,0 +1,94 @@
+"""A call whose answer arrives after its executor lost the lease is still telemetry."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+from tests.executor_support import (
+    create_run,
+    drain,
+    drain_process,
+    env_for,
+    files,
+    phase,
+    phase_row,
+    rows,
+    run_file,
+)
+from tests.fakes.llm_wire import Reply, WireServer
+from tests.llm.support import FLAVOURS
+from tests.support import cli, wait_for
+
+
+def test_a_call_answered_after_the_lease_expired_keeps_its_usage_row(tmp_path: Path) -> None:
+    """An executor SIGSTOPped past its lease while the Builder's call was out, continued,
+    then answered: the usage report was refused (the lease is gone) and the usage row was
+    never written, so ``telemetry report`` and ``/metrics`` showed one call fewer, and its
+    tokens and cost missing, than the provider answered and billed."""
+    flavour = FLAVOURS["anthropic"]
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url)
+    create_run(run_file(tmp_path, [phase("p0", ["pkg/m0.py"])]), env, tmp_path)
+    answered = threading.Event()
+    with WireServer() as wire:
+        wire.script(
+            flavour.path,
+            Reply(200, flavour.body(files(m0_py="VALUE = 1\n")), gate=answered),  # the stale one
+            Reply(200, flavour.body(files(m0_py="VALUE = 2\n"))),
+        )
+        provider = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
+        args = [*("run", "--run-id", "exec-run", "--auditor", "rules", "--lease-seconds", "5")]
+        args += ["--workspace", str(tmp_path / "ws")]
+        stale = drain_process(*args, env={**env, **provider}, cwd=tmp_path)
+        try:
+            wait_for(lambda: wire.seen(flavour.path), timeout=60)
+            stale.send_signal(signal.SIGSTOP)
+            other = drain(*args, env={**env, **provider}, cwd=tmp_path, timeout=120)
+            assert other.returncode == 0, other.stderr[-3000:]
+        finally:
+            stale.send_signal(signal.SIGCONT)
+        answered.set()  # the stale executor's call is answered now, its lease long gone
+        _, stderr = stale.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "lease_lost" in stderr, stderr[-3000:]
+    assert phase_row(url, "p0")["state"] == "COMPLETE"
+    calls = rows(
+        url,
+        "SELECT attempt, role, success, input_tokens, output_tokens FROM llm_usage_events "
+        "ORDER BY attempt",
+    )
+    assert [(c["attempt"], c["role"]) for c in calls] == [(1, "builder"), (2, "builder")], calls
+    assert calls[0]["output_tokens"] == calls[1]["output_tokens"] > 0, calls
+
+
+def test_run_show_says_a_dead_holders_lease_expired(tmp_path: Path) -> None:
+    """An executor killed (SIGKILL) mid-phase: until a claim or the server's maintenance
+    reclaims its lease, ``run show`` said the phase was "held by" it, as if it still
+    worked on, while the dashboard showed the lease past its end."""
+    flavour = FLAVOURS["anthropic"]
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_MAINTENANCE_INTERVAL_SECONDS="3600")
+    create_run(run_file(tmp_path, [phase("p0", ["pkg/m0.py"])]), env, tmp_path)
+    never = threading.Event()
+    with WireServer() as wire:
+        wire.script(flavour.path, Reply(200, flavour.body(files(m0_py="X = 1\n")), gate=never))
+        provider = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
+        args = [*("run", "--run-id", "exec-run", "--auditor", "rules", "--lease-seconds", "5")]
+        args += ["--workspace", str(tmp_path / "ws")]
+        killed = drain_process(*args, env={**env, **provider}, cwd=tmp_path)
+        try:
+            wait_for(lambda: wire.seen(flavour.path), timeout=60)
+            live = cli("run", "show", "exec-run", env=env, cwd=tmp_path)
+            assert "held by" in live.stdout and "expired" not in live.stdout, live.stdout
+        finally:
+            killed.kill()
+            killed.communicate(timeout=30)
+            never.set()
+    owner = phase_row(url, "p0")["lease_owner"]
+    time.sleep(6)  # the lease (5 s, renewed every third of it) has run out
+    shown = cli("run", "show", "exec-run", env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert f"held by {owner} whose lease expired" in " ".join(shown.stdout.split()), shown.stdout
