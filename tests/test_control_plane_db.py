@@ -412,7 +412,7 @@ def test_a_claim_reclaims_an_expired_lease_when_nothing_else_is_queued(db: Datab
     )
 
 
-def test_zombie_after_reclaim_gets_lease_lost_and_changes_nothing(db: Database) -> None:
+def test_a_zombie_gets_lease_lost_and_changes_nothing_but_what_it_spent(db: Database) -> None:
     create(db, tiers=[("T1", ["a", "b"])])
     zombie = claimed(db, worker="w1")
     expire_lease(db, "r", "a")
@@ -425,8 +425,16 @@ def test_zombie_after_reclaim_gets_lease_lost_and_changes_nothing(db: Database) 
         "w1",
     )
     assert [(h.attempt, h.outcome) for h in fresh.history] == [(1, "LOST")]
-    before = snapshot(db)
     token = zombie.lease_token
+    # Its call was made and billed: counted on its attempt, phase and run, then refused.
+    spent = UsageIn(lease_token=token, tokens=5, cost_usd=0.1, idempotency_key="k1")
+    with pytest.raises(LeaseLost):
+        leases.report_usage(db, "r", "a", spent)
+    assert [row["tokens_used"] for row in attempt_rows(db, "r", "a")] == [5, 0]
+    assert (phase_row(db, "r", "a")["tokens_used"], run_row(db)["tokens_used"]) == (5, 5)
+    with pytest.raises(LeaseLost):  # a token never issued for the phase counts nothing
+        leases.report_usage(db, "r", "a", UsageIn(lease_token="forged", tokens=7, cost_usd=1))
+    before = snapshot(db)
     with pytest.raises(LeaseLost) as caught:
         finish(db, zombie)
     assert "your attempt 1 ended as LOST (lease_expired)" in caught.value.message
@@ -435,8 +443,8 @@ def test_zombie_after_reclaim_gets_lease_lost_and_changes_nothing(db: Database) 
         finish(db, zombie, idempotency_key=None)
     with pytest.raises(LeaseLost):
         leases.heartbeat(db, "r", "a", HeartbeatIn(lease_token=token, lease_seconds=60))
-    with pytest.raises(LeaseLost):
-        leases.report_usage(db, "r", "a", UsageIn(lease_token=token, tokens=5, cost_usd=0.1))
+    with pytest.raises(LeaseLost):  # the same report again: counted once
+        leases.report_usage(db, "r", "a", spent)
     with pytest.raises(LeaseLost):
         approvals.request_approval(db, "r", "a", ApprovalIn(lease_token=token, reason="x"))
     assert snapshot(db) == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.executor_support import (
@@ -62,6 +62,12 @@ def test_a_call_answered_after_the_lease_expired_keeps_its_usage_row(tmp_path: P
     )
     assert [(c["attempt"], c["role"]) for c in calls] == [(1, "builder"), (2, "builder")], calls
     assert calls[0]["output_tokens"] == calls[1]["output_tokens"] > 0, calls
+    # ... and counted in the attempt's, the phase's and the run's totals (budgets included)
+    spent = rows(url, "SELECT attempt, tokens_used FROM phase_attempts ORDER BY attempt")
+    assert spent[0]["tokens_used"] == spent[1]["tokens_used"] > 0, spent
+    total = 2 * spent[0]["tokens_used"]
+    assert phase_row(url, "p0")["tokens_used"] == total
+    assert rows(url, "SELECT tokens_used FROM runs") == [{"tokens_used": total}]
 
 
 def test_run_show_says_a_dead_holders_lease_expired(tmp_path: Path) -> None:
@@ -87,8 +93,10 @@ def test_run_show_says_a_dead_holders_lease_expired(tmp_path: Path) -> None:
             killed.kill()
             killed.communicate(timeout=30)
             never.set()
-    owner = phase_row(url, "p0")["lease_owner"]
-    time.sleep(6)  # the lease (5 s, renewed every third of it) has run out
+    held = phase_row(url, "p0")
+    expires = datetime.fromisoformat(str(held["lease_expires_at"])).replace(tzinfo=UTC)
+    wait_for(lambda: datetime.now(UTC) > expires, timeout=30)  # the lease has run out
+    owner = held["lease_owner"]
     shown = cli("run", "show", "exec-run", env=env, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert f"held by {owner} whose lease expired" in " ".join(shown.stdout.split()), shown.stdout

@@ -7,7 +7,9 @@
   nobody else holds the phase.
 * **Usage reports** are idempotent: each carries a key, and the attempt remembers the key
   of the report it counted last, so a report retried after its answer was lost (a 5xx, a
-  dropped connection) is answered again but counted once.
+  dropped connection) is answered again but counted once. Money spent is a fact, not a
+  state change: a report under a stale token still counts on the attempt it was issued
+  to (then answers LeaseLost); one never issued for the phase counts nothing.
 * **Reclaims** of expired leases are conditional ``UPDATE … WHERE lease_token = <old>``, so
   two recoveries racing (a claim and the maintenance task, or two API replicas) apply
   once. The lost attempt is recorded ``LOST``/``lease_expired``; the phase is re-QUEUED at
@@ -54,13 +56,18 @@ P = PhaseState
 DEFAULT_LEASE_SECONDS = 60
 
 
-def lease_lost(tx: Tx, phase: PhaseRecord, lease_token: str) -> LeaseLost:
-    """Explain exactly why the token is stale: which attempt it was and how it ended."""
-    mine = tx.one(
+def issued_attempt(tx: Tx, phase: PhaseRecord, lease_token: str) -> AttemptRecord | None:
+    """The attempt of ``phase`` that ``lease_token`` was issued to, if any."""
+    return tx.one(
         AttemptRecord,
         sql.ATTEMPT_BY_TOKEN,
         {"b_run": phase.run_id, "b_phase": phase.phase_id, "b_token": lease_token},
     )
+
+
+def lease_lost(tx: Tx, phase: PhaseRecord, lease_token: str) -> LeaseLost:
+    """Explain exactly why the token is stale: which attempt it was and how it ended."""
+    mine = issued_attempt(tx, phase, lease_token)
     if mine is None:
         why = "the token was never issued for this phase"
     else:
@@ -143,19 +150,33 @@ def _renew(tx: Tx, run_id: str, phase_id: str, beat: HeartbeatIn) -> LeaseRenewe
 
 
 def report_usage(database: Database, run_id: str, phase_id: str, usage: UsageIn) -> UsageAnswer:
-    """Add one LLM call's tokens and cost to the attempt, phase and run; answer the budget."""
+    """Add one LLM call's tokens and cost to the attempt, phase and run; answer the budget.
+
+    A report under a lease no longer held (its executor was stopped past the lease, the
+    run was cancelled while the call was out) is still counted, on the attempt the token
+    was issued to, then answered :class:`~autopack.errors.LeaseLost` as before: the call
+    was made and billed, and the run's totals and budgets left it out (a cancelled run
+    said 672 tokens where its calls had spent 9,406). A token never issued for the
+    phase counts nothing."""
 
     key = usage.idempotency_key or uuid.uuid4().hex  # no key (an old client): never a retry
 
-    def work(tx: Tx) -> UsageAnswer:
-        phase = held_phase(tx, run_id, phase_id, usage.lease_token)
+    def work(tx: Tx) -> UsageAnswer | LeaseLost:
+        phase = lifecycle.load_phase(tx, run_id, phase_id, lock=True)
+        attempt, stale = phase.attempts, None
+        if not holds_lease(phase, usage.lease_token):
+            stale = lease_lost(tx, phase, usage.lease_token)
+            issued = issued_attempt(tx, phase, usage.lease_token)
+            if issued is None:
+                raise stale
+            attempt = issued.attempt
         amounts = {"b_tokens": usage.tokens, "b_cost": usage.cost_usd}
         counted = tx.execute(
             sql.ADD_ATTEMPT_USAGE,
             {
                 "b_run": run_id,
                 "b_phase": phase_id,
-                "b_attempt": phase.attempts,
+                "b_attempt": attempt,
                 "b_key": key,
                 "b_ordered": ORDERED_USAGE_KEY.fullmatch(key) is not None,
                 **amounts,
@@ -171,10 +192,15 @@ def report_usage(database: Database, run_id: str, phase_id: str, usage: UsageIn)
         else:  # the same report again (its answer was lost): counted once, answered again
             run = lifecycle.load_run(tx, run_id)
             used = PhaseUsage(tokens_used=phase.tokens_used, cost_usd=phase.cost_usd)
+        if stale is not None:
+            return stale  # raised once the count is committed
         problem = lifecycle.budget_problem(tx, run, starting_new_phase=False)
         return UsageAnswer(run=run_budget(run, problem), phase=used)
 
-    return run_transaction(database, work)
+    answer = run_transaction(database, work)
+    if isinstance(answer, LeaseLost):
+        raise answer
+    return answer
 
 
 # -- reclaiming expired leases ------------------------------------------------------------------
