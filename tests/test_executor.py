@@ -615,3 +615,22 @@ def test_a_phase_another_drain_completed_says_so_after_this_drains_failure(
     assert "checks_failed" in row and "then done by another drain" in row, stdout
     [row] = [text for text in stdout.splitlines() if text.startswith("│ p2 ")]
     assert "then" not in row, stdout
+
+
+def test_draining_a_phase_that_cannot_run_yet_is_refused_before_anything_starts(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """``drain phase`` of a phase whose dependency is not complete spawned a server, then
+    ended with exit 1, which says a phase failed: nothing had, nothing could run."""
+    env = env_for(sqlite_url)
+    phases = [phase("p1", ["pkg/mod.py"]), phase("p2", ["pkg/other.py"], depends_on=["p1"])]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    tape = cassette(tmp_path, [line("p2", 1, files(other_py="y = 2\n"))])
+    args = ("--run-id", "exec-run", "--phase-id", "p2", "--cassette", str(tape))
+    refused = cli_drain("phase", *args, "--auditor", "rules", env=env, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    said = " ".join(refused.stderr.split())
+    assert "phase p2 cannot run yet: depends on phases not complete: p1" in said, said
+    assert "autopack drain run --run-id exec-run" in said
+    assert "api_server_spawned" not in refused.stderr and "Traceback" not in refused.stderr
+    assert phase_row(sqlite_url, "p2")["attempts"] == 0

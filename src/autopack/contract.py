@@ -352,6 +352,24 @@ class RunView(RunSummary):
         """Every phase, in tier then phase order."""
         return [phase for tier in self.tiers for phase in tier.phases]
 
+    def blockers(self, phase: PhaseView) -> list[str]:
+        """Why ``phase``, QUEUED, cannot be claimed: unfinished earlier tiers or dependencies."""
+        reasons = []
+        states = {p.phase_id: (p.state, p.tier_index) for p in self.phases()}
+        earlier = sorted(
+            pid
+            for pid, (state, index) in states.items()
+            if index < phase.tier_index and state != PhaseState.COMPLETE
+        )
+        if earlier:
+            reasons.append("earlier tiers are not complete: " + ", ".join(earlier))
+        waiting = [
+            d for d in phase.depends_on if d not in states or states[d][0] != PhaseState.COMPLETE
+        ]
+        if waiting:
+            reasons.append("depends on phases not complete: " + ", ".join(waiting))
+        return reasons
+
 
 Item = TypeVar("Item", bound=BaseModel)
 

@@ -27,7 +27,7 @@ from autopack.cli.drain_report import report
 from autopack.cli.progress import DrainProgress
 from autopack.cli.shown import escape
 from autopack.errors import ConfigError, InvalidInput, NotFound, ServerUnavailable
-from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL
+from autopack.states import PHASE_REQUEUEABLE, PHASE_TERMINAL, PhaseState
 
 if TYPE_CHECKING:  # the executor stack loads when a drain starts, not for --help
     from autopack.builder.auditor import AuditMode
@@ -99,11 +99,20 @@ def refuse_unknown(cli: CliState, run_id: str, phase_id: str | None = None) -> l
         if phase_id is None:
             return run.phases()
         try:
-            return [client.get_phase(run_id, phase_id)]
+            phase = client.get_phase(run_id, phase_id)
         except NotFound as exc:  # the run exists: its message lists the run's phases
             raise InvalidInput(
                 f"nothing to drain: {exc.message}", run_id=run_id, phase_id=phase_id
             ) from exc
+        reasons = run.blockers(phase) if phase.state == PhaseState.QUEUED else []
+        if reasons:  # it was found after a server was spawned, and exit 1 said it failed
+            raise InvalidInput(
+                f"phase {phase_id} cannot run yet: {'; '.join(reasons)}. `autopack drain "
+                f"run --run-id {run_id}` drains the run's phases in their order",
+                run_id=run_id,
+                phase_id=phase_id,
+            )
+        return [phase]
     finally:
         cli.release_connection()
 

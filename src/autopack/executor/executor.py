@@ -108,25 +108,6 @@ def _seconds_until(moment: datetime | None) -> float:
     return max((moment - utcnow()).total_seconds(), 0.0)
 
 
-def blockers(run: RunView, phase: PhaseView) -> list[str]:
-    """Why a QUEUED phase cannot be claimed: unfinished earlier tiers or dependencies."""
-    reasons = []
-    states = {p.phase_id: (p.state, p.tier_index) for p in run.phases()}
-    earlier = sorted(
-        pid
-        for pid, (state, index) in states.items()
-        if index < phase.tier_index and state != PhaseState.COMPLETE
-    )
-    if earlier:
-        reasons.append("earlier tiers are not complete: " + ", ".join(earlier))
-    waiting = [
-        d for d in phase.depends_on if d not in states or states[d][0] != PhaseState.COMPLETE
-    ]
-    if waiting:
-        reasons.append("depends on phases not complete: " + ", ".join(waiting))
-    return reasons
-
-
 def _wait_all(finished: list[threading.Event], timeout: float | None = None) -> None:
     """Wait until every worker has finished (or ``timeout`` passed), interruptibly by
     Ctrl-C and SIGTERM.
@@ -322,7 +303,7 @@ class AutonomousExecutor:
                 if phase.state in PHASE_TERMINAL:
                     break
                 if phase.state == PhaseState.QUEUED and _seconds_until(phase.available_at) <= 0:
-                    reasons = blockers(self.client.get_run(run_id), phase)
+                    reasons = self.client.get_run(run_id).blockers(phase)
                     if reasons:
                         summary.note = f"phase {phase_id} cannot run yet: " + "; ".join(reasons)
                         break
