@@ -24,6 +24,12 @@ from autopack.redact import CREDENTIALS
 
 IDENTITY = ("-c", "user.name=Autopack", "-c", "user.email=autopack@localhost")
 _QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
+# The person's end-of-line conversion still applies to what Autopack commits, but not its
+# refusal: with ``core.safecrlf=true`` beside ``core.autocrlf=true`` (or an ``eol=crlf``
+# attribute) git refused to add any file the Builder wrote with LF endings ("LF would be
+# replaced by CRLF"), so every attempt of every phase failed ``git_error`` and the run with
+# them, its checks passed and its answers paid for.
+_CRLF = ("-c", "core.safecrlf=false")
 # A file an attempt adds stays at the path its deliverables contract names, whatever the
 # user's git config says: directory-rename detection would move it into the directory's
 # new name ("true") or report a conflict a retry under the same contract meets again.
@@ -192,7 +198,7 @@ _LINE = re.compile(rb"([^\r\n]*)([\r\n])")
 
 
 def _command(args: Sequence[str]) -> list[str]:
-    return ["git", *IDENTITY, *_QUIET, *_MERGES, *args]
+    return ["git", *IDENTITY, *_QUIET, *_CRLF, *_MERGES, *args]
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
