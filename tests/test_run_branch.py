@@ -745,6 +745,26 @@ def test_a_remote_whose_hook_refuses_the_push_is_named_and_claims_nothing(
     assert attempts(url, "p1") == [], "nothing claimed: the phase waits for a usable remote"
 
 
+def test_a_global_remote_name_and_push_signing_do_not_stop_a_remote_run(tmp_path: Path) -> None:
+    """Two settings of a person's ``~/.gitconfig``: ``clone.defaultRemoteName=upstream``
+    named the cache clone's remote ``upstream``, so every fetch and push of ``origin``
+    failed (exit 2, "'origin' does not appear to be a git repository"), and
+    ``push.gpgSign=true`` asked the remote for a signed push it does not support (exit 2)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(
+        "[clone]\n\tdefaultRemoteName = upstream\n[push]\n\tgpgSign = true\n"
+    )
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"), HOME=str(home))
+    remote = _remote_run(tmp_path, [phase("p1", ["pkg/p1.txt"])], env)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(p1_txt="p1\n"))])
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    done = drain(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(remote, "pkg/p1.txt") == "p1\n"
+
+
 def test_autocrlf_with_safecrlf_still_commits_what_the_builder_wrote(tmp_path: Path) -> None:
     """``core.autocrlf=true`` with ``core.safecrlf=true`` (a Windows habit, often global):
     git refused to add every file the Builder wrote with LF endings ("LF would be replaced

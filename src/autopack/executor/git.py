@@ -30,6 +30,12 @@ _QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", 
 # replaced by CRLF"), so every attempt of every phase failed ``git_error`` and the run with
 # them, its checks passed and its answers paid for.
 _CRLF = ("-c", "core.safecrlf=false")
+# A person's global settings that Autopack's clone and pushes must not take:
+# ``clone.defaultRemoteName`` named the cache clone's remote something other than the
+# ``origin`` every later fetch and push names (each --repo drain: exit 2, "'origin' does not
+# appear to be a git repository"), and ``push.gpgSign=true`` asked every remote for a
+# signed push most refuse ("the receiving end does not support --signed push"), or a key.
+_REMOTES = ("-c", "clone.defaultRemoteName=origin", "-c", "push.gpgSign=false")
 # A file an attempt adds stays at the path its deliverables contract names, whatever the
 # user's git config says: directory-rename detection would move it into the directory's
 # new name ("true") or report a conflict a retry under the same contract meets again.
@@ -198,7 +204,7 @@ _LINE = re.compile(rb"([^\r\n]*)([\r\n])")
 
 
 def _command(args: Sequence[str]) -> list[str]:
-    return ["git", *IDENTITY, *_QUIET, *_CRLF, *_MERGES, *args]
+    return ["git", *IDENTITY, *_QUIET, *_CRLF, *_REMOTES, *_MERGES, *args]
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
