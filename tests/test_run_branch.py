@@ -765,6 +765,31 @@ def test_a_global_remote_name_and_push_signing_do_not_stop_a_remote_run(tmp_path
     assert on_branch(remote, "pkg/p1.txt") == "p1\n"
 
 
+def test_a_global_submodule_recurse_leaves_every_attempt_of_a_repository_with_one_alone(
+    tmp_path: Path,
+) -> None:
+    """``submodule.recurse=true`` in the person's ``~/.gitconfig`` and a submodule in the
+    workspace: the worktree slots' checkouts recursed into it, and a reused slot's
+    ``checkout --force --detach`` failed ("not a git repository: …/modules/vendor/s"),
+    each such attempt ``git_error`` until its phase ran out of attempts."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[submodule]\n\trecurse = true\n")
+    sub = repository(tmp_path / "sub", {"s.txt": "s\n"})
+    ws = repository(tmp_path / "ws", {"docs/d.md": "d\n"})
+    git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "vendor/s", cwd=ws)
+    git("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "sub", cwd=ws)
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"), HOME=str(home))
+    names = ("p1", "p2", "p3", "p4")
+    create_run(run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in names]), env, tmp_path)
+    tape = cassette(tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in names])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [a["stop_reason"] for p in names for a in attempts(url, p)] == ["completed"] * 4
+    assert all(on_branch(ws, f"pkg/{p}.txt") == f"{p}\n" for p in names)
+
+
 def test_autocrlf_with_safecrlf_still_commits_what_the_builder_wrote(tmp_path: Path) -> None:
     """``core.autocrlf=true`` with ``core.safecrlf=true`` (a Windows habit, often global):
     git refused to add every file the Builder wrote with LF endings ("LF would be replaced

@@ -36,6 +36,12 @@ _CRLF = ("-c", "core.safecrlf=false")
 # appear to be a git repository"), and ``push.gpgSign=true`` asked every remote for a
 # signed push most refuse ("the receiving end does not support --signed push"), or a key.
 _REMOTES = ("-c", "clone.defaultRemoteName=origin", "-c", "push.gpgSign=false")
+# ``submodule.recurse=true`` (a common global setting) made the checkouts of Autopack's
+# worktrees recurse into a repository's submodules, which attempts never read or write
+# (a file inside one cannot be committed): a reused slot's ``checkout --force --detach``
+# failed "not a git repository: …/worktrees/slot-…/modules/NAME", failing attempts
+# ``git_error`` at random until phases ran out of them.
+_SUBMODULES = ("-c", "submodule.recurse=false")
 # A file an attempt adds stays at the path its deliverables contract names, whatever the
 # user's git config says: directory-rename detection would move it into the directory's
 # new name ("true") or report a conflict a retry under the same contract meets again.
@@ -204,7 +210,7 @@ _LINE = re.compile(rb"([^\r\n]*)([\r\n])")
 
 
 def _command(args: Sequence[str]) -> list[str]:
-    return ["git", *IDENTITY, *_QUIET, *_CRLF, *_REMOTES, *_MERGES, *args]
+    return ["git", *IDENTITY, *_QUIET, *_CRLF, *_REMOTES, *_SUBMODULES, *_MERGES, *args]
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
