@@ -92,3 +92,18 @@ def test_what_waits_in_the_way_is_named_as_what_it_is(tmp_path: Path) -> None:
     waits = json.loads(done.stdout)["branch_waits"]
     assert waits is not None and "'pkg/local.cfg', which is a FIFO (named pipe) of yours" in waits
     assert stat.S_ISFIFO((code / "pkg/local.cfg").lstat().st_mode)
+
+
+def test_an_untracked_file_in_the_way_is_not_called_ignored(tmp_path: Path) -> None:
+    """A file of the person's that no ``.gitignore`` matches (plain untracked) was called
+    one "that git ignores": they looked for an ignore rule there is none of."""
+    env, ws, tape, code = _checkout_after_p1(tmp_path)
+    (code / "pkg/.gitignore").write_text("!local.cfg\n")
+    (code / "pkg/local.cfg").write_text("MY OWN SETTINGS\n")
+    assert "pkg/local.cfg" in git("status", "--porcelain", "--untracked-files=all", cwd=code)
+    done = drain(*_args(ws, tape, "p2"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    waits = json.loads(done.stdout)["branch_waits"]
+    assert waits is not None and "'pkg/local.cfg', which is a file of yours" in waits, waits
+    assert "ignores" not in waits and "does not track" in waits
+    assert (code / "pkg/local.cfg").read_text() == "MY OWN SETTINGS\n"

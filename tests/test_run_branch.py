@@ -722,6 +722,94 @@ def test_a_remote_with_the_run_branch_checked_out_is_named_not_retried_as_moving
     assert git("status", "--porcelain", cwd=ws) == "", "the person's checkout is untouched"
 
 
+def test_a_remote_whose_hook_refuses_the_push_is_named_and_claims_nothing(
+    tmp_path: Path,
+) -> None:
+    """A ``--repo`` whose pre-receive hook (a server's branch rule) refuses the run's
+    branch: git's ``! [remote rejected] ... (pre-receive hook declined)`` was read as "the
+    branch moved meanwhile", so the drain went on as if another executor had made the
+    branch, and every phase failed "no branch autopack/RUN", the hook's reason nowhere."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    remote = _remote_run(tmp_path, [phase("p1", ["pkg/p1.txt"])], env)
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'policy: pushes need a ticket' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(p1_txt="p1\n"))])
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    done = drain(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "pushes need a ticket" in done.stderr and "hook declined" in done.stderr
+    assert "no branch" not in done.stderr
+    assert attempts(url, "p1") == [], "nothing claimed: the phase waits for a usable remote"
+
+
+def test_a_global_remote_name_and_push_signing_do_not_stop_a_remote_run(tmp_path: Path) -> None:
+    """Two settings of a person's ``~/.gitconfig``: ``clone.defaultRemoteName=upstream``
+    named the cache clone's remote ``upstream``, so every fetch and push of ``origin``
+    failed (exit 2, "'origin' does not appear to be a git repository"), and
+    ``push.gpgSign=true`` asked the remote for a signed push it does not support (exit 2)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(
+        "[clone]\n\tdefaultRemoteName = upstream\n[push]\n\tgpgSign = true\n"
+    )
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"), HOME=str(home))
+    remote = _remote_run(tmp_path, [phase("p1", ["pkg/p1.txt"])], env)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(p1_txt="p1\n"))])
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    done = drain(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(remote, "pkg/p1.txt") == "p1\n"
+
+
+def test_a_global_submodule_recurse_leaves_every_attempt_of_a_repository_with_one_alone(
+    tmp_path: Path,
+) -> None:
+    """``submodule.recurse=true`` in the person's ``~/.gitconfig`` and a submodule in the
+    workspace: the worktree slots' checkouts recursed into it, and a reused slot's
+    ``checkout --force --detach`` failed ("not a git repository: …/modules/vendor/s"),
+    each such attempt ``git_error`` until its phase ran out of attempts."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[submodule]\n\trecurse = true\n")
+    sub = repository(tmp_path / "sub", {"s.txt": "s\n"})
+    ws = repository(tmp_path / "ws", {"docs/d.md": "d\n"})
+    git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "vendor/s", cwd=ws)
+    git("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "sub", cwd=ws)
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"), HOME=str(home))
+    names = ("p1", "p2", "p3", "p4")
+    create_run(run_file(tmp_path, [phase(p, [f"pkg/{p}.txt"]) for p in names]), env, tmp_path)
+    tape = cassette(tmp_path, [line(p, 1, _answer(**{f"{p}_txt": f"{p}\n"})) for p in names])
+    done = drain(*_args(ws, tape), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [a["stop_reason"] for p in names for a in attempts(url, p)] == ["completed"] * 4
+    assert all(on_branch(ws, f"pkg/{p}.txt") == f"{p}\n" for p in names)
+
+
+def test_autocrlf_with_safecrlf_still_commits_what_the_builder_wrote(tmp_path: Path) -> None:
+    """``core.autocrlf=true`` with ``core.safecrlf=true`` (a Windows habit, often global):
+    git refused to add every file the Builder wrote with LF endings ("LF would be replaced
+    by CRLF"), so each attempt failed ``git_error`` after its checks passed, and the run
+    failed. The person's own checkout is left as it was."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    ws = repository(tmp_path / "ws", {"docs/d.md": "d\n"})
+    git("config", "core.autocrlf", "true", cwd=ws)
+    git("config", "core.safecrlf", "true", cwd=ws)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [attempt] = attempts(url, "p1")
+    assert (attempt["outcome"], attempt["error"]) == ("COMPLETE", None)
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+    assert git("status", "--porcelain", cwd=ws) == ""
+
+
 def test_a_ref_lock_a_killed_git_left_delays_the_branch_but_fails_no_phase(
     tmp_path: Path,
 ) -> None:

@@ -61,8 +61,8 @@ def carry(common: Path, workspace: Path, branch: str, old: str, new: str) -> Non
                 ("read-tree", "-m", "-u", old[:12], new[:12]),
                 f"branch {branch} is checked out in {tree}, where the accepted head "
                 f"{new[:12]} adds {ignored!r}, which is {kind} of yours there that git "
-                "ignores (following the branch would overwrite it): move it away, and the "
-                "branch follows then",
+                "does not track (following the branch would overwrite it): move it away, "
+                "and the branch follows then",
             )
         moved = git("read-tree", "-m", "-u", old, new, cwd=tree, check=False)
         if moved.returncode != 0:

@@ -24,6 +24,24 @@ from autopack.redact import CREDENTIALS
 
 IDENTITY = ("-c", "user.name=Autopack", "-c", "user.email=autopack@localhost")
 _QUIET = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
+# The person's end-of-line conversion still applies to what Autopack commits, but not its
+# refusal: with ``core.safecrlf=true`` beside ``core.autocrlf=true`` (or an ``eol=crlf``
+# attribute) git refused to add any file the Builder wrote with LF endings ("LF would be
+# replaced by CRLF"), so every attempt of every phase failed ``git_error`` and the run with
+# them, its checks passed and its answers paid for.
+_CRLF = ("-c", "core.safecrlf=false")
+# A person's global settings that Autopack's clone and pushes must not take:
+# ``clone.defaultRemoteName`` named the cache clone's remote something other than the
+# ``origin`` every later fetch and push names (each --repo drain: exit 2, "'origin' does not
+# appear to be a git repository"), and ``push.gpgSign=true`` asked every remote for a
+# signed push most refuse ("the receiving end does not support --signed push"), or a key.
+_REMOTES = ("-c", "clone.defaultRemoteName=origin", "-c", "push.gpgSign=false")
+# ``submodule.recurse=true`` (a common global setting) made the checkouts of Autopack's
+# worktrees recurse into a repository's submodules, which attempts never read or write
+# (a file inside one cannot be committed): a reused slot's ``checkout --force --detach``
+# failed "not a git repository: …/worktrees/slot-…/modules/NAME", failing attempts
+# ``git_error`` at random until phases ran out of them.
+_SUBMODULES = ("-c", "submodule.recurse=false")
 # A file an attempt adds stays at the path its deliverables contract names, whatever the
 # user's git config says: directory-rename detection would move it into the directory's
 # new name ("true") or report a conflict a retry under the same contract meets again.
@@ -192,7 +210,7 @@ _LINE = re.compile(rb"([^\r\n]*)([\r\n])")
 
 
 def _command(args: Sequence[str]) -> list[str]:
-    return ["git", *IDENTITY, *_QUIET, *_MERGES, *args]
+    return ["git", *IDENTITY, *_QUIET, *_CRLF, *_REMOTES, *_SUBMODULES, *_MERGES, *args]
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:

@@ -86,6 +86,22 @@ class HeadElsewhere(RepositoryGone):
     it. The drain stops and hands the phase back, naming the problem."""
 
 
+def refused_by_remote(message: str) -> bool:
+    """Did the remote itself refuse a push (its pre-receive or update hook, a server's
+    branch rule: ``! [remote rejected] REF (pre-receive hook declined)``), rather than find
+    the ref moved? Read as a move, a refusal was pushed again and again: the branch was
+    never created (every phase failed "no branch") or never advanced (the drain ended
+    saying "the branch kept moving"), git's reason nowhere. A ref updated meanwhile on the
+    remote side is ``(failed to update ref)`` (``failed to lock`` from older gits): a move,
+    retried."""
+    return any(
+        "[remote rejected]" in line
+        and "failed to update ref" not in line
+        and "failed to lock" not in line
+        for line in message.splitlines()
+    )
+
+
 class RunRepository:
     """The repository holding one run's branch, as this executor reaches it."""
 
@@ -482,6 +498,12 @@ class RunRepository:
             )
         if "File exists" in message:  # a lock a killed git left in the remote: not a move
             raise GitError(("push", REMOTE, f"{commit[:12]}:refs/heads/{branch}"), message)
+        if refused_by_remote(message):
+            raise GitError(
+                ("push", REMOTE, f"{commit[:12]}:refs/heads/{branch}"),
+                f"the repository {self.where} refused the push (a hook or rule of its own, "
+                f"which no retry changes): {message}",
+            )
         if "stale info" in message or "rejected" in message or "fetch first" in message:
             return False  # the remote moved: read it again and retry
         raise GitError(("push", REMOTE, f"{commit}:refs/heads/{branch}"), message)
