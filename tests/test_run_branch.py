@@ -790,6 +790,25 @@ def test_a_global_submodule_recurse_leaves_every_attempt_of_a_repository_with_on
     assert all(on_branch(ws, f"pkg/{p}.txt") == f"{p}\n" for p in names)
 
 
+def test_a_global_safe_bare_repository_setting_does_not_stop_a_remote_run(
+    tmp_path: Path,
+) -> None:
+    """``safe.bareRepository=explicit`` (hardening against bare repositories hidden in
+    cloned projects) refused Autopack's own bare clone of a ``--repo`` in its cache,
+    found from the working directory: every remote drain was exit 2."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[safe]\n\tbareRepository = explicit\n")
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"), HOME=str(home))
+    remote = _remote_run(tmp_path, [phase("p1", ["pkg/p1.txt"])], env)
+    tape = cassette(tmp_path, [line("p1", 1, _answer(p1_txt="p1\n"))])
+    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
+    done = drain(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(remote, "pkg/p1.txt") == "p1\n"
+
+
 def test_autocrlf_with_safecrlf_still_commits_what_the_builder_wrote(tmp_path: Path) -> None:
     """``core.autocrlf=true`` with ``core.safecrlf=true`` (a Windows habit, often global):
     git refused to add every file the Builder wrote with LF endings ("LF would be replaced

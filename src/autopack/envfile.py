@@ -17,6 +17,7 @@ from io import StringIO
 from pathlib import Path
 
 from autopack.errors import ConfigError
+from autopack.paths import is_git_directory
 
 
 def search_directories(cwd: Path | None = None) -> list[Path]:
@@ -71,8 +72,7 @@ def outside_git_directory(base: Path) -> None:
     another git directory: a writing command made ``autopack.db`` beside ``HEAD`` and
     ``objects/`` (in ``refs/``, among the refs), where it belongs to no project."""
     for directory in (base, *base.parents):
-        parts = (directory / "HEAD").is_file(), (directory / "objects").is_dir()
-        if all(parts) and (directory / "refs").is_dir():
+        if is_git_directory(directory):
             raise ConfigError(
                 f"no default database inside the git directory {directory} (a bare "
                 "repository holds no project): run from a checkout, or name the "

@@ -114,6 +114,12 @@ def absolute(path: Path, what: str) -> Path:
     return found
 
 
+def is_git_directory(path: Path) -> bool:
+    """Is ``path`` a git directory itself (a bare repository, a ``.git``), not a checkout?"""
+    parts = (path / "HEAD").is_file(), (path / "objects").is_dir(), (path / "refs").is_dir()
+    return all(parts)
+
+
 def not_a_directory(path: Path) -> str | None:
     """Why ``path`` can never be a directory Autopack creates or uses (a name longer than
     the file system holds, a FIFO or file at it or in place of one of its parents), or

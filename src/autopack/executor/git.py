@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from autopack.errors import AutopackError
+from autopack.paths import is_git_directory
 from autopack.redact import CREDENTIALS
 
 IDENTITY = ("-c", "user.name=Autopack", "-c", "user.email=autopack@localhost")
@@ -109,7 +110,7 @@ def git(
         result = subprocess.run(
             _command(args),
             cwd=cwd,
-            env=_environment(env),
+            env=_environment(env, cwd),
             # never the user's terminal: `git mktree` (the empty tree of a new workspace)
             # read it, so a drain waited for Ctrl-D and failed on whatever was typed
             input=input if input is not None else b"",
@@ -161,7 +162,7 @@ def git_with_progress(
         process = subprocess.Popen(
             _command(args),
             cwd=cwd,
-            env=_environment(None),
+            env=_environment(None, cwd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -213,9 +214,15 @@ def _command(args: Sequence[str]) -> list[str]:
     return ["git", *IDENTITY, *_QUIET, *_CRLF, *_REMOTES, *_SUBMODULES, *_MERGES, *args]
 
 
-def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
+def _environment(env: Mapping[str, str] | None, cwd: Path) -> dict[str, str]:
+    """git's environment for a command in ``cwd``. A bare repository (the cache's clone
+    of a ``--repo``) is named in ``GIT_DIR``: found from the working directory instead, a
+    person's ``safe.bareRepository=explicit`` (a hardening setting) refused it, and
+    every --repo drain with it."""
+    bare = {"GIT_DIR": str(cwd)} if is_git_directory(cwd) else {}
     return {
         **local_environment(os.environ),
+        **bare,
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "true",
         "LC_ALL": "C",
