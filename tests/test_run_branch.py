@@ -219,13 +219,9 @@ def test_a_sparse_checkout_of_the_workspace_leaves_attempts_every_file(tmp_path:
     assert not (ws / "pkg").exists(), "the person's own checkout stays sparse"
 
 
-def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) -> None:
-    """AUTOPACK_CACHE_DIR=cache reached `git worktree add`, run in the workspace, as a
-    relative path: the attempts' worktrees were made inside the person's workspace while
-    the executor wrote into an empty `cache/` here, and every attempt failed git_error."""
-    url = _sqlite(tmp_path)
-    env = env_for(url, AUTOPACK_CACHE_DIR="cache")
-    ws = repository(tmp_path / "ws")
+def _drain_one_phase(tmp_path: Path, url: str, env: dict[str, str], ws: Path) -> None:
+    """Create a run of one phase writing ``pkg/mod.py``, drain it into ``ws`` and check it
+    completed, without error, on the run's branch."""
     create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
     tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
     done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
@@ -233,6 +229,16 @@ def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) 
     [attempt] = attempts(url, "p1")
     assert (attempt["outcome"], attempt["error"]) == ("COMPLETE", None)
     assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+
+
+def test_a_relative_cache_directory_means_the_working_directory(tmp_path: Path) -> None:
+    """AUTOPACK_CACHE_DIR=cache reached `git worktree add`, run in the workspace, as a
+    relative path: the attempts' worktrees were made inside the person's workspace while
+    the executor wrote into an empty `cache/` here, and every attempt failed git_error."""
+    url = _sqlite(tmp_path)
+    env = env_for(url, AUTOPACK_CACHE_DIR="cache")
+    ws = repository(tmp_path / "ws")
+    _drain_one_phase(tmp_path, url, env, ws)
     assert git("status", "--porcelain", "--ignored", cwd=ws) == "", "the workspace is untouched"
     assert (tmp_path / "cache" / "worktrees").is_dir()
 
@@ -745,16 +751,25 @@ def test_a_remote_whose_hook_refuses_the_push_is_named_and_claims_nothing(
     assert attempts(url, "p1") == [], "nothing claimed: the phase waits for a usable remote"
 
 
-def test_a_global_remote_name_and_push_signing_do_not_stop_a_remote_run(tmp_path: Path) -> None:
-    """Two settings of a person's ``~/.gitconfig``: ``clone.defaultRemoteName=upstream``
-    named the cache clone's remote ``upstream``, so every fetch and push of ``origin``
-    failed (exit 2, "'origin' does not appear to be a git repository"), and
-    ``push.gpgSign=true`` asked the remote for a signed push it does not support (exit 2)."""
+@pytest.mark.parametrize(
+    "gitconfig",
+    [
+        # the cache clone's remote was named "upstream": every fetch and push of "origin"
+        # failed (exit 2), and a signed push was asked of a remote that supports none
+        "[clone]\n\tdefaultRemoteName = upstream\n[push]\n\tgpgSign = true\n",
+        # hardening against bare repositories hidden in cloned projects refused
+        # Autopack's own bare clone in its cache, found from the working directory
+        "[safe]\n\tbareRepository = explicit\n",
+    ],
+    ids=["remote-name-and-push-signing", "safe-bare-repository"],
+)
+def test_a_persons_global_git_settings_do_not_stop_a_remote_run(
+    gitconfig: str, tmp_path: Path
+) -> None:
+    """Settings of a person's ``~/.gitconfig`` that stopped every ``--repo`` drain."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / ".gitconfig").write_text(
-        "[clone]\n\tdefaultRemoteName = upstream\n[push]\n\tgpgSign = true\n"
-    )
+    (home / ".gitconfig").write_text(gitconfig)
     url = _sqlite(tmp_path)
     env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"), HOME=str(home))
     remote = _remote_run(tmp_path, [phase("p1", ["pkg/p1.txt"])], env)
@@ -790,25 +805,6 @@ def test_a_global_submodule_recurse_leaves_every_attempt_of_a_repository_with_on
     assert all(on_branch(ws, f"pkg/{p}.txt") == f"{p}\n" for p in names)
 
 
-def test_a_global_safe_bare_repository_setting_does_not_stop_a_remote_run(
-    tmp_path: Path,
-) -> None:
-    """``safe.bareRepository=explicit`` (hardening against bare repositories hidden in
-    cloned projects) refused Autopack's own bare clone of a ``--repo`` in its cache,
-    found from the working directory: every remote drain was exit 2."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / ".gitconfig").write_text("[safe]\n\tbareRepository = explicit\n")
-    url = _sqlite(tmp_path)
-    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"), HOME=str(home))
-    remote = _remote_run(tmp_path, [phase("p1", ["pkg/p1.txt"])], env)
-    tape = cassette(tmp_path, [line("p1", 1, _answer(p1_txt="p1\n"))])
-    args = ["run", "--run-id", RUN, "--auditor", "rules", "--cassette", str(tape)]
-    done = drain(*args, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert on_branch(remote, "pkg/p1.txt") == "p1\n"
-
-
 def test_autocrlf_with_safecrlf_still_commits_what_the_builder_wrote(tmp_path: Path) -> None:
     """``core.autocrlf=true`` with ``core.safecrlf=true`` (a Windows habit, often global):
     git refused to add every file the Builder wrote with LF endings ("LF would be replaced
@@ -819,13 +815,7 @@ def test_autocrlf_with_safecrlf_still_commits_what_the_builder_wrote(tmp_path: P
     ws = repository(tmp_path / "ws", {"docs/d.md": "d\n"})
     git("config", "core.autocrlf", "true", cwd=ws)
     git("config", "core.safecrlf", "true", cwd=ws)
-    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
-    tape = cassette(tmp_path, [line("p1", 1, files(mod_py="x = 1\n"))])
-    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    [attempt] = attempts(url, "p1")
-    assert (attempt["outcome"], attempt["error"]) == ("COMPLETE", None)
-    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+    _drain_one_phase(tmp_path, url, env, ws)
     assert git("status", "--porcelain", cwd=ws) == ""
 
 

@@ -1,9 +1,14 @@
-"""A call whose answer arrives after its executor lost the lease is still telemetry."""
+"""An executor overtaken: stopped (SIGSTOP) past its lease while its Builder call was out,
+the phase completed by another drain meanwhile, then continued. What it then spends and
+says must still be true."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +18,7 @@ from tests.executor_support import (
     drain_process,
     env_for,
     files,
+    on_branch,
     phase,
     phase_row,
     rows,
@@ -23,20 +29,22 @@ from tests.llm.support import FLAVOURS
 from tests.support import cli, wait_for
 
 
-def test_a_call_answered_after_the_lease_expired_keeps_its_usage_row(tmp_path: Path) -> None:
-    """An executor SIGSTOPped past its lease while the Builder's call was out, continued,
-    then answered: the usage report was refused (the lease is gone) and the usage row was
-    never written, so ``telemetry report`` and ``/metrics`` showed one call fewer, and its
-    tokens and cost missing, than the provider answered and billed."""
+@contextmanager
+def _overtaken(
+    tmp_path: Path, gate: threading.Event
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A one-phase run drained with a 5 s lease; its Builder call is answered only once
+    ``gate`` is set (set it inside the block). Once the call is out, the drain is stopped
+    past its lease, another drain completes the phase, and the first is continued: the
+    database URL and that drain, still waiting on its call."""
     flavour = FLAVOURS["anthropic"]
     url = f"sqlite:///{tmp_path / 'autopack.db'}"
     env = env_for(url)
     create_run(run_file(tmp_path, [phase("p0", ["pkg/m0.py"])]), env, tmp_path)
-    answered = threading.Event()
     with WireServer() as wire:
         wire.script(
             flavour.path,
-            Reply(200, flavour.body(files(m0_py="VALUE = 1\n")), gate=answered),  # the stale one
+            Reply(200, flavour.body(files(m0_py="VALUE = 1\n")), gate=gate),  # the stale one
             Reply(200, flavour.body(files(m0_py="VALUE = 2\n"))),
         )
         provider = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": wire.url}
@@ -44,12 +52,25 @@ def test_a_call_answered_after_the_lease_expired_keeps_its_usage_row(tmp_path: P
         args += ["--workspace", str(tmp_path / "ws")]
         stale = drain_process(*args, env={**env, **provider}, cwd=tmp_path)
         try:
-            wait_for(lambda: wire.seen(flavour.path), timeout=60)
+            wait_for(lambda: wire.seen(flavour.path), timeout=60)  # waits on the LLM, no lock
             stale.send_signal(signal.SIGSTOP)
             other = drain(*args, env={**env, **provider}, cwd=tmp_path, timeout=120)
             assert other.returncode == 0, other.stderr[-3000:]
         finally:
             stale.send_signal(signal.SIGCONT)
+        try:
+            yield url, stale
+        finally:
+            gate.set()
+
+
+def test_a_call_answered_after_the_lease_expired_keeps_its_usage_row(tmp_path: Path) -> None:
+    """The continued executor's call answered: the usage report was refused (the lease is
+    gone) and the usage row was never written, so ``telemetry report`` and ``/metrics``
+    showed one call fewer, and its tokens and cost missing, than the provider answered and
+    billed; nor did the run's totals (and budgets) count them."""
+    answered = threading.Event()
+    with _overtaken(tmp_path, answered) as (url, stale):
         answered.set()  # the stale executor's call is answered now, its lease long gone
         _, stderr = stale.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -100,3 +121,17 @@ def test_run_show_says_a_dead_holders_lease_expired(tmp_path: Path) -> None:
     shown = cli("run", "show", "exec-run", env=env, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert f"held by {owner} whose lease expired" in " ".join(shown.stdout.split()), shown.stdout
+
+
+def test_a_stale_executor_stopped_says_its_lease_was_no_longer_held(tmp_path: Path) -> None:
+    """The continued executor stopped with SIGTERM before its call was answered: its
+    hand-back was refused, yet it said the attempts in flight were "handed back (QUEUED,
+    no retry spent)"."""
+    with _overtaken(tmp_path, threading.Event()) as (url, stale):
+        stale.send_signal(signal.SIGTERM)
+        _, stderr = stale.communicate(timeout=60)
+    assert stale.returncode == 143, stderr[-3000:]
+    assert phase_row(url, "p0")["state"] == "COMPLETE"
+    assert "handed back" not in stderr, stderr[-3000:]
+    assert "stopped by SIGTERM: 1 lease(s) no longer held" in stderr, stderr[-3000:]
+    assert on_branch(tmp_path / "ws", "pkg/m0.py") == "VALUE = 2\n"
