@@ -13,7 +13,7 @@ import pytest
 from autopack.config import child_env, load_settings, parse_flag
 from autopack.dburl import resolve_database_url
 from autopack.errors import ConfigError
-from tests.support import clean_env, cli
+from tests.support import Server, clean_env, cli
 
 
 def _shown(result_stdout: str, name: str) -> dict[str, str]:
@@ -391,3 +391,38 @@ def test_a_postgres_url_without_a_database_is_refused_naming_it(url: str, tmp_pa
         assert result.returncode == 2, (args, result.stderr[-800:])
         assert "names no database" in result.stderr and "DATABASE_URL" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("AUTOPACK_BUILDER_MODLE", "AUTOPACK_BUILDER_MODEL"),
+        ("autopack_api_tokne", "AUTOPACK_API_TOKEN"),  # read case-blind like the settings
+        ("AUTOPACK_DB_URL", "DATABASE_URL"),
+    ],
+)
+def test_a_misspelt_setting_in_the_environment_is_refused_naming_it(
+    variable: str, meant: str, tmp_path: Path
+) -> None:
+    """Ignored, it silently meant the default model (or prices, or budget) for a whole
+    drain; every command and the server say which variable, and make no database."""
+    env = clean_env(**{variable: "x"})
+    complaint = f"{variable} is no Autopack setting (did you mean {meant}?)"
+    for args in (["config", "show"], ["db", "init"], ["run", "list"]):
+        result = cli(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert complaint in result.stderr and "Traceback" not in result.stderr
+    server = Server(env, cwd=tmp_path)
+    try:
+        assert server.process.wait(timeout=30) == 3
+        assert complaint in server.output()
+    finally:
+        server.stop()
+    assert [p.name for p in tmp_path.iterdir()] == [server.log.name], "no database made"
+
+
+def test_names_of_its_own_under_the_prefix_are_left_to_their_owners(tmp_path: Path) -> None:
+    """A check's marker and a CI's test settings share the prefix and are no typo."""
+    env = clean_env(AUTOPACK_CHECK_ID="c1", AUTOPACK_TEST_POSTGRES_URL="postgresql://x/y")
+    result = cli("config", "show", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr

@@ -48,6 +48,7 @@ from autopack.bounds import INT32_MAX, is_utf8
 from autopack.dburl import redact_url, resolve_database_url
 from autopack.envfile import (
     check_dotenv,
+    check_environment,
     dotenv_path,
     hidden_database_dotenv,
     outside_cache,
@@ -454,6 +455,7 @@ def load_settings(**flags: Any) -> LoadedSettings:
             "the working directory no longer exists (deleted or moved since this shell "
             "entered it): cd to a directory that exists"
         ) from None
+    check_environment(os.environ, known=Settings.model_fields)
     given = {k: v for k, v in flags.items() if v is not None}
     env_file = dotenv_path()
     offered = source_values(given, env_file)

@@ -11,7 +11,7 @@ does. :mod:`autopack.config` reads its values with pydantic-settings' own parser
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from difflib import get_close_matches
 from io import StringIO
 from pathlib import Path
@@ -169,15 +169,42 @@ def check_dotenv(path: Path, *, known: Collection[str]) -> None:
         )
 
 
+def check_environment(environ: Mapping[str, str], *, known: Collection[str]) -> None:
+    """Refuse an ``AUTOPACK_`` environment variable spelt near a setting but not one
+    (``AUTOPACK_BUILDER_MODLE``): it was ignored, so the drain used the default model, the
+    default prices, the default budget, without a word. Only names close to a setting are
+    refused: the environment is shared with scripts and checks that set names of their own
+    under the prefix (``AUTOPACK_CHECK_ID``, a CI's ``AUTOPACK_TEST_...``)."""
+    for variable in sorted(environ):
+        name = variable.lower()
+        if not name.startswith("autopack_") or name in known:
+            continue
+        nearest = _nearest(name, known)
+        if nearest is not None:
+            shown = variable if len(variable) <= 80 else f"{variable[:80]}…"
+            raise ConfigError(
+                f"the environment variable {shown} is no Autopack setting (did you mean "
+                f"{nearest}?): rename it, or unset it",
+                variable=shown,
+            )
+
+
 def _meant(name: str, known: Collection[str]) -> str:
     """`` (did you mean X?)`` for the known setting nearest a misspelt ``name``, else
-    where the settings are listed. Compared without the prefix, and "db" read as
-    "database": ``AUTOPACK_DB_URL`` was "AUTOPACK_API_URL?" (the prefix and ``_URL`` made
-    them close) where ``DATABASE_URL`` was meant."""
+    where the settings are listed."""
+    nearest = _nearest(name, known)
+    if nearest:
+        return f" (did you mean {nearest}?)"
+    return " (`autopack config show` lists the settings)"
+
+
+def _nearest(name: str, known: Collection[str]) -> str | None:
+    """The known setting (upper case) nearest a misspelt lower-case ``name``, if one is
+    close. Compared without the prefix, and "db" read as "database": ``AUTOPACK_DB_URL``
+    was "AUTOPACK_API_URL?" (the prefix and ``_URL`` made them close) where
+    ``DATABASE_URL`` was meant."""
     stems = {setting.removeprefix("autopack_"): setting for setting in known}
     stem = re.sub(r"^(db|database)(?=_|$)", "database", name.removeprefix("autopack_"))
     stem = "database_url" if stem == "database" else stem
-    nearest = get_close_matches(stem, stems, 1, 0.8) or get_close_matches(name, known, 1, 0.8)
-    if nearest:
-        return f" (did you mean {stems.get(nearest[0], nearest[0]).upper()}?)"
-    return " (`autopack config show` lists the settings)"
+    nearest = get_close_matches(stem, stems, 1, 0.8)  # the shared prefix made names close
+    return stems[nearest[0]].upper() if nearest else None
