@@ -1283,3 +1283,38 @@ def test_a_run_branch_whose_commit_git_lost_is_said_to_be_damaged_not_elsewhere(
     assert accepted[:12] in message and "git fsck" in message, message[-3000:]
     assert phase_row(url, "p2")["state"] == "QUEUED"
     assert attempts(url, "p2") == []
+
+
+@pytest.mark.parametrize("step", ["store the answer", "check out the base"])
+def test_a_required_git_filter_this_machine_lacks_hands_the_phase_back_naming_it(
+    tmp_path: Path, step: str
+) -> None:
+    """``filter.crypt.required`` (git-crypt, git LFS) with no driver for it here: every
+    attempt paid for an answer and failed ``git_error`` (git could not store its files,
+    or check out the base's), until the phase had used its tries. The drain now stops at
+    the first, exit 2 naming the filter, the phase handed back; with the driver installed
+    the next drain does it."""
+    url = _sqlite(tmp_path)
+    env = env_for(url)
+    ws = repository(tmp_path / "ws")
+    (ws / ".gitattributes").write_text("*.py filter=crypt\n")
+    if step == "check out the base":
+        (ws / "old.py").write_text("old = 1\n")
+    git("add", "--all", cwd=ws)
+    git("commit", "-qm", "files the filter covers", cwd=ws)
+    git("config", "filter.crypt.required", "true", cwd=ws)
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/mod.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", n, files(mod_py="x = 1\n")) for n in (1, 2, 3)])
+    stopped = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    said = " ".join(stopped.stderr.split())
+    assert stopped.returncode == 2, said[-3000:]
+    assert "requires the git filter 'crypt'" in said and "no driver for it" in said, said
+    assert [(a["outcome"], a["stop_reason"]) for a in attempts(url, "p1")] == [
+        ("FAILED", "interrupted")
+    ]
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+    git("config", "filter.crypt.clean", "cat", cwd=ws)
+    git("config", "filter.crypt.smudge", "cat", cwd=ws)
+    done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert on_branch(ws, "pkg/mod.py") == "x = 1\n"

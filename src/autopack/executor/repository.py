@@ -22,6 +22,7 @@ machines share one branch instead of scattering files over their disks.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,6 +85,18 @@ class HeadElsewhere(RepositoryGone):
     failure either: each attempt here failed ``git_error``, spending the phase's tries
     until it FAILED while an executor working in the run's repository could have done
     it. The drain stops and hands the phase back, naming the problem."""
+
+
+class FilterMissing(RepositoryGone):
+    """The repository's configuration requires a git filter (``filter.NAME.required``: git
+    LFS, git-crypt) that this machine has no driver for, so git can neither store nor
+    check out the files it covers. Not the phase's failure: each attempt failed
+    ``git_error`` after paying for an answer, until the phase had used its tries. The
+    drain stops and hands the phase back, naming the filter; a machine with the driver
+    installed does the phase."""
+
+
+_FILTER_FAILED = re.compile(r"(?:clean|smudge) filter '([^'\n]+)' failed")
 
 
 def refused_by_remote(message: str) -> bool:
@@ -149,6 +162,8 @@ class RunRepository:
         failure, but this executor's."""
         if isinstance(failure, RepositoryGone):
             raise failure
+        if failure is not None:
+            self._check_filters(failure)
         if self.path.is_dir():
             self._check_remote_answers()
             if self._required is not None:
@@ -160,6 +175,32 @@ class RunRepository:
             f"the repository {self.path} this executor worked in is gone (removed while the "
             f"drain ran: a wiped cache?); its phases were handed back: run the drain again "
             f"({again})",
+        )
+
+    def _check_filters(self, failure: GitError) -> None:
+        """Raise :class:`FilterMissing` when ``failure`` is a required filter's, and no
+        driver for it is configured here (one that is configured and failed may have
+        failed on the answer's files: the phase's failure, told to the Builder)."""
+        found = _FILTER_FAILED.search(failure.message)
+        if found is None:
+            return
+        name = found.group(1)
+        drivers = git(
+            "config",
+            "--get-regexp",
+            rf"^filter\.{re.escape(name)}\.(clean|smudge|process)$",
+            cwd=self.path,
+            check=False,
+        )
+        if drivers.returncode == 0 and drivers.stdout.strip():
+            return
+        raise FilterMissing(
+            (failure.command,),
+            f"the repository {self.where} requires the git filter '{name}' "
+            f"(filter.{name}.required), and this machine has no driver for it (no "
+            f"filter.{name}.clean, .smudge or .process): git can neither store nor check out "
+            "the files it covers. Install it here (`git lfs install`, git-crypt's unlock, …) "
+            "or drain on a machine that has it; the phase was handed back",
         )
 
     def _check_remote_answers(self) -> None:
