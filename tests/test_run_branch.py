@@ -1318,3 +1318,37 @@ def test_a_required_git_filter_this_machine_lacks_hands_the_phase_back_naming_it
     done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert on_branch(ws, "pkg/mod.py") == "x = 1\n"
+
+
+def test_a_run_branch_that_existed_before_the_run_is_named_not_built_on_silently(
+    tmp_path: Path,
+) -> None:
+    """``autopack/RUN`` already there (an earlier run of the same id in another database,
+    a person's branch of that name): the run's phases built on its commits without a
+    word. The drain now says so; a branch another executor of the run made (at HEAD) is
+    no news."""
+    said = {}
+    for case in ("made at HEAD", "holding a commit of mine"):
+        home = tmp_path / case.replace(" ", "-")
+        home.mkdir()
+        url = _sqlite(home)
+        env = env_for(url)
+        ws = repository(home / "ws")
+        if case == "made at HEAD":
+            git("branch", "autopack/exec-run", cwd=ws)
+        else:
+            git("checkout", "-qb", "autopack/exec-run", cwd=ws)
+            (ws / "mine.txt").write_text("mine\n")
+            git("add", "mine.txt", cwd=ws)
+            git("commit", "-qm", "a commit of mine", cwd=ws)
+            git("checkout", "-q", "-", cwd=ws)
+        create_run(run_file(home, [phase("p1", ["pkg/a.py"])]), env, home)
+        tape = cassette(home, [line("p1", 1, files(a_py="a = 1\n"))])
+        done = drain(*_args(ws, tape, phase_id="p1"), env=env, cwd=home)
+        assert done.returncode == 0, done.stderr[-3000:]
+        said[case] = " ".join(done.stderr.split())
+        assert on_branch(ws, "pkg/a.py") == "a = 1\n"
+    assert "existed before" not in said["made at HEAD"]
+    mine = said["holding a commit of mine"]
+    assert "branch autopack/exec-run existed before this run" in mine, mine[-3000:]
+    assert "its phases build on the commits it holds" in mine

@@ -285,6 +285,14 @@ def executor_for(
             f"{connection.database.instance_id}",
             highlight=False,
         )
+        if repository.found_before is not None:
+            err.print(
+                f"[yellow]branch {escape(repository.branch)} existed before this run[/yellow] (at "
+                f"{repository.found_before[:12]}, not where a new branch starts): its phases "
+                "build on the commits it holds. To start from HEAD instead, stop here, "
+                "delete the branch (or give the run another `branch`) and drain again.",
+                highlight=False,
+            )
         with DrainProgress(
             err, total=len(phases) or 1, done=done, unpriced=warnings.about
         ) as progress:

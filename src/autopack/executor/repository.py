@@ -264,19 +264,28 @@ class RunRepository:
             if source.run_id is not None:
                 remember(cache_dir, source.run_id, repository.path)
         if create:
-            repository._ensure_branch()
+            found = repository._ensure_branch()
+            if head is None and found is not None and not repository._starts_anew(found):
+                repository.found_before = found
         return repository
 
     remote_url: str | None = None
+    found_before: str | None = None
+    """The head of the run's branch when it already existed, past or beside where a new
+    one starts, before the run accepted any work: its phases build on commits the run did
+    not make (an earlier run's of the same id, a person's own branch of that name), which
+    the drain says instead of building on them without a word."""
 
-    def _ensure_branch(self) -> None:
+    def _ensure_branch(self) -> str | None:
+        """Create the branch unless it exists; its head when it did (None: created)."""
         with self.locked():
-            if self._branch_head(fetch=True) is not None:
-                return
+            existing = self._branch_head(fetch=True)
+            if existing is not None:
+                return existing
             start = self._start_commit()
             if self.remote:
                 if not self._push(start, self.branch, expected=None):
-                    return  # another executor created it meanwhile
+                    return None  # another executor created it meanwhile
             else:
                 ref = f"refs/heads/{self.branch}"
                 made = git("update-ref", "--no-deref", ref, start, "", cwd=self.path, check=False)
@@ -288,15 +297,32 @@ class RunRepository:
         log_event(
             logger, "run_branch_created", branch=self.branch, repository=self.where, head=start
         )
+        return None
 
     def _start_commit(self) -> str:
         """Where a new run branch starts: the repository's HEAD, or an empty first commit."""
-        head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=self.path, check=False)
-        if head.returncode == 0:
-            return head.stdout.decode().strip()
+        head = self._head_commit()
+        if head is not None:
+            return head
         refuse_unreadable(self.path)  # HEAD's commit missing, not unborn: never start empty
-        empty_tree = out("mktree", cwd=self.path)  # given no input: the empty tree
-        return out("commit-tree", empty_tree, "-m", f"start {self.branch}", cwd=self.path)
+        return out("commit-tree", self._empty_tree(), "-m", f"start {self.branch}", cwd=self.path)
+
+    def _starts_anew(self, commit: str) -> bool:
+        """Is ``commit`` where a new run branch starts here (made so by another executor
+        of the run): HEAD, or under an unborn HEAD an empty first commit (each executor
+        makes its own, with its own date)?"""
+        head = self._head_commit()
+        if head is not None:
+            return commit == head
+        parents_and_tree = out("log", "-1", "--format=%P %T", commit, cwd=self.path)
+        return parents_and_tree == self._empty_tree()
+
+    def _head_commit(self) -> str | None:
+        head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=self.path, check=False)
+        return head.stdout.decode().strip() if head.returncode == 0 else None
+
+    def _empty_tree(self) -> str:
+        return out("mktree", cwd=self.path)  # given no input: the empty tree
 
     # -- the branch -----------------------------------------------------------------------
 
