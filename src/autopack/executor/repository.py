@@ -22,7 +22,6 @@ machines share one branch instead of scattering files over their disks.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,14 @@ from autopack.executor.checkouts import BranchCheckedOut, carry
 from autopack.executor.git import UNSHOWN, GitError, Progress, git, out
 from autopack.executor.recall import recall, remember
 from autopack.executor.repolock import RepositoryLock, stale_git_lock
+from autopack.executor.repository_errors import (
+    FilterMissing,
+    HeadElsewhere,
+    RemoteUnreachable,
+    RepositoryGone,
+    missing_filter,
+    refused_by_remote,
+)
 from autopack.executor.source import (
     RepoSource,
     cache_clone,
@@ -61,58 +68,6 @@ def attempt_ref(run_id: str, phase_id: str, attempt: int) -> str:
 
 class IntegrationConflict(GitError):
     """The attempt's change does not apply on the branch's new head."""
-
-
-class RepositoryGone(GitError):
-    """The repository this executor works in was removed under it (a wiped cache): not the
-    phase's failure. Every attempt after it failed ``git_error`` until the phase had used
-    its tries and the rest of the run was SKIPPED; the drain stops instead, handing its
-    phases back, and the next drain clones again (or names the missing workspace)."""
-
-
-class RemoteUnreachable(RepositoryGone):
-    """The run's remote does not answer (its host down, the network gone, the repository
-    moved). Not the phase's failure either: every attempt failed ``git_error`` at once, a
-    few seconds of outage spent every phase's tries and the run ended
-    DONE_FAILED_PHASES, a completed attempt's work with it. The drain stops and hands the
-    phase back; the next drain goes on once the remote answers."""
-
-
-class HeadElsewhere(RepositoryGone):
-    """A commit the control plane accepted is not in this executor's repository, nor on
-    its remote: another executor completed a phase in a repository this one does not
-    share (``--workspace`` on two machines, or two workspaces on one). Not the phase's
-    failure either: each attempt here failed ``git_error``, spending the phase's tries
-    until it FAILED while an executor working in the run's repository could have done
-    it. The drain stops and hands the phase back, naming the problem."""
-
-
-class FilterMissing(RepositoryGone):
-    """The repository's configuration requires a git filter (``filter.NAME.required``: git
-    LFS, git-crypt) that this machine has no driver for, so git can neither store nor
-    check out the files it covers. Not the phase's failure: each attempt failed
-    ``git_error`` after paying for an answer, until the phase had used its tries. The
-    drain stops and hands the phase back, naming the filter; a machine with the driver
-    installed does the phase."""
-
-
-_FILTER_FAILED = re.compile(r"(?:clean|smudge) filter '([^'\n]+)' failed")
-
-
-def refused_by_remote(message: str) -> bool:
-    """Did the remote itself refuse a push (its pre-receive or update hook, a server's
-    branch rule: ``! [remote rejected] REF (pre-receive hook declined)``), rather than find
-    the ref moved? Read as a move, a refusal was pushed again and again: the branch was
-    never created (every phase failed "no branch") or never advanced (the drain ended
-    saying "the branch kept moving"), git's reason nowhere. A ref updated meanwhile on the
-    remote side is ``(failed to update ref)`` (``failed to lock`` from older gits): a move,
-    retried."""
-    return any(
-        "[remote rejected]" in line
-        and "failed to update ref" not in line
-        and "failed to lock" not in line
-        for line in message.splitlines()
-    )
 
 
 class RunRepository:
@@ -162,8 +117,16 @@ class RunRepository:
         failure, but this executor's."""
         if isinstance(failure, RepositoryGone):
             raise failure
-        if failure is not None:
-            self._check_filters(failure)
+        if failure is not None and (missing := missing_filter(failure, self.path)) is not None:
+            raise FilterMissing(
+                (failure.command,),
+                f"the repository {self.where} requires the git filter '{missing}' "
+                f"(filter.{missing}.required), and this machine has no driver for it (no "
+                f"filter.{missing}.clean, .smudge or .process): git can neither store nor "
+                "check out the files it covers. Install it here (`git lfs install`, "
+                "git-crypt's unlock, …) or drain on a machine that has it; the phase was "
+                "handed back",
+            )
         if self.path.is_dir():
             self._check_remote_answers()
             if self._required is not None:
@@ -175,32 +138,6 @@ class RunRepository:
             f"the repository {self.path} this executor worked in is gone (removed while the "
             f"drain ran: a wiped cache?); its phases were handed back: run the drain again "
             f"({again})",
-        )
-
-    def _check_filters(self, failure: GitError) -> None:
-        """Raise :class:`FilterMissing` when ``failure`` is a required filter's, and no
-        driver for it is configured here (one that is configured and failed may have
-        failed on the answer's files: the phase's failure, told to the Builder)."""
-        found = _FILTER_FAILED.search(failure.message)
-        if found is None:
-            return
-        name = found.group(1)
-        drivers = git(
-            "config",
-            "--get-regexp",
-            rf"^filter\.{re.escape(name)}\.(clean|smudge|process)$",
-            cwd=self.path,
-            check=False,
-        )
-        if drivers.returncode == 0 and drivers.stdout.strip():
-            return
-        raise FilterMissing(
-            (failure.command,),
-            f"the repository {self.where} requires the git filter '{name}' "
-            f"(filter.{name}.required), and this machine has no driver for it (no "
-            f"filter.{name}.clean, .smudge or .process): git can neither store nor check out "
-            "the files it covers. Install it here (`git lfs install`, git-crypt's unlock, …) "
-            "or drain on a machine that has it; the phase was handed back",
         )
 
     def _check_remote_answers(self) -> None:
