@@ -54,6 +54,12 @@ class Reply:
     gate: threading.Event | None = None
     """Answer only once this is set (at most 60 s): the test decides when the call ends,
     e.g. after it stopped the executor mid-call."""
+    pace_s: float = 0.0
+    """For a streamed answer: seconds between its events (a model writing at that pace)."""
+    writing: threading.Event = field(default_factory=threading.Event)
+    """Set once a streamed answer's first text is sent."""
+    left: threading.Event = field(default_factory=threading.Event)
+    """Set when the client closed a streamed answer before its end."""
 
 
 @dataclass
@@ -200,8 +206,16 @@ class WireServer(LoopbackServer):
                     )
                     if reply.end_early and stops:
                         break
-                    self._chunk(event.encode())
+                    try:
+                        self._chunk(event.encode())
+                    except OSError:  # the client went away mid-answer
+                        reply.left.set()
+                        self.close_connection = True
+                        return
                     sent += len(text)
+                    if sent:
+                        reply.writing.set()
+                    time.sleep(reply.pace_s)
                     if reply.cut_after is not None and sent >= reply.cut_after:
                         self.wfile.flush()
                         self.close_connection = True

@@ -59,6 +59,10 @@ class Lease:
         if self._lost is not None:
             raise self._lost
 
+    def lost(self) -> str | None:
+        """Why the lease is gone, or None while it is held (safe from any thread)."""
+        return None if self._lost is None else self._lost.message
+
     def renew(self, state: PhaseState | None = None) -> None:
         """Renew now (moving the phase to ``state``); a refusal raises :class:`LeaseLost`.
 

@@ -177,6 +177,7 @@ class Meter:
             phase_id=claim.phase_id,
             attempt=claim.attempt,
             prompt_cache=self.o.prompt_cache,
+            given_up=self.lease.lost,
             on_text=lambda chars: self.s.events(
                 "llm_text", run_id=claim.run_id, phase_id=claim.phase_id, role=role, chars=chars
             ),
@@ -267,7 +268,9 @@ class Meter:
                 ) from exc
             if not continuable:
                 raise self._failed(call, model, exc) from exc
-            return self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
+            self._account(call, model, partial, error=exc, usage_known=bool(exc.usage))
+            self.lease.check()  # given up on, the lease lost: nothing to continue for
+            return partial
         except LLMError as exc:
             if waited_for(exc):
                 raise

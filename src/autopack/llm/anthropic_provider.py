@@ -127,9 +127,7 @@ class AnthropicProvider:
         # This SDK no longer has a temperature argument (current models reject sampling
         # parameters); a caller that sets one still gets it sent, for models that take it.
         extra_body = None if request.temperature is None else {"temperature": request.temperature}
-        text = StreamText(
-            request.on_text, max_tokens=request.max_tokens, stall_seconds=self._timeout
-        )
+        text = StreamText(request, stall_seconds=self._timeout)
         snapshot: SdkMessage | None = None
         fail = partial(
             sdk_error, label=LABEL, provider=PROVIDER, model=request.model, started=text.started

@@ -67,6 +67,11 @@ class LLMRequest:
     """Mark the system prompt and stable prefixes for the provider's prompt cache."""
     on_text: TextProgress | None = field(default=None, compare=False, repr=False)
     """Streaming progress for a live display; never affects the answer."""
+    given_up: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
+    """Why the caller no longer wants the answer, once it does not (its lease lost: the run
+    cancelled, another executor holding the phase); asked as the answer streams. A stream
+    whose text has started is then closed and raised as interrupted, with the usage known
+    so far: read to its end, an answer no one could use was written and billed in full."""
 
     @property
     def continues(self) -> bool:
@@ -414,9 +419,10 @@ def stream_failure(
 class StreamText:
     """The text of one streamed answer as it arrives: time to first text, progress."""
 
-    def __init__(
-        self, on_text: TextProgress | None, *, max_tokens: int, stall_seconds: float
-    ) -> None:
+    def __init__(self, request: LLMRequest, *, stall_seconds: float) -> None:
+        max_tokens = request.max_tokens
+        on_text = request.on_text
+        self._given_up = request.given_up
         self.started = time.perf_counter()
         self.ttft_ms: float | None = None
         self.parts: list[str] = []
@@ -468,6 +474,8 @@ class StreamText:
     def _late(self, now: float) -> str | None:
         """Why the stream has gone on too long, if it has: no text for the timeout, or
         past the whole call's deadline."""
+        if self.chars and self._given_up is not None and (why := self._given_up()):
+            return f"given up: {why}"  # before text, the usage so far is not known yet
         if now - self._last_text > self._stall_seconds:
             return f"no text for {self._stall_seconds:g} s"
         if now - self.started > self._allowed_s:

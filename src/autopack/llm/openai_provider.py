@@ -137,9 +137,7 @@ class OpenAIProvider:
         """Stream the answer (with a final usage chunk) and rebuild the ``ChatCompletion``
         body the non-streaming API would have sent, for ``raw`` and replay."""
         new_name = self.token_parameter == "max_completion_tokens"
-        text = StreamText(
-            request.on_text, max_tokens=request.max_tokens, stall_seconds=self._timeout
-        )
+        text = StreamText(request, stall_seconds=self._timeout)
         fail = partial(
             sdk_error,
             label=LABEL,
