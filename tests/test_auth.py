@@ -47,6 +47,7 @@ WORKER = {
     ("post", "/runs/{run_id}/branch-check"),
     ("get", "/runs"),
     ("get", "/runs/{run_id}"),
+    ("get", "/runs/{run_id}/brief"),
     ("get", "/runs/{run_id}/phases/{phase_id}"),
     ("post", "/runs/{run_id}/phases/{phase_id}/heartbeat"),
     ("post", "/runs/{run_id}/phases/{phase_id}/usage"),

@@ -304,6 +304,21 @@ def test_a_finished_runs_drain_or_export_is_not_refused_a_branch_another_run_con
         check_named_repository(plane.client, queued, RepoSource(workspace=Path(repository)))
 
 
+def test_a_runs_brief_is_the_run_without_its_phases(plane: Plane) -> None:
+    """What an executor asks for the accepted head once per attempt whose checks saw the
+    branch move (the whole run, every phase of it each time, made a drain quadratic)."""
+    run_id = plane.run(tiers=[("T1", [f"p{i}" for i in range(50)])])
+    brief = httpx.get(f"{plane.url}/runs/{run_id}/brief")
+    assert brief.status_code == 200, brief.text
+    answer = httpx.get(f"{plane.url}/runs/{run_id}")
+    whole = answer.json()
+    assert brief.json() == {name: whole[name] for name in brief.json()}
+    assert "tiers" not in brief.json() and len(brief.content) * 10 < len(answer.content)
+    assert plane.client.get_run_brief(run_id).branch_head == whole["branch_head"]
+    with pytest.raises(NotFound, match="nobody-made-this"):
+        plane.client.get_run_brief("nobody-made-this")
+
+
 def test_unknown_run_404_names_the_run_and_the_database(plane: Plane) -> None:
     instance_id = plane.server.wait_healthy()["database"]["instance_id"]
     response = httpx.get(f"{plane.url}/runs/telemetry-collection-v4")

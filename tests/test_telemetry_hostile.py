@@ -261,6 +261,35 @@ def test_a_value_an_older_server_stored_is_still_read_back(
     assert LlmUsageRow.model_validate(row).model_dump(include=set(update)) == update
 
 
+def test_a_json_column_a_later_bound_refuses_is_still_read_back(server: Server) -> None:
+    """Features stored before a JSON bound existed (nesting deeper than any request may
+    send now): the events route, the summary and the dashboard read the row as stored
+    (they re-ran the request's checks on every row read: a 500 on each)."""
+    from autopack.bounds import JSON_DEPTH_MAX
+    from autopack.control.telemetry import record
+    from autopack.db import open_database
+    from autopack.telemetry.events import TokenEstimationIn
+
+    deep: dict[str, Any] = {}
+    for _ in range(JSON_DEPTH_MAX + 1):
+        deep = {"inner": deep}
+    event = TokenEstimationIn.model_validate(estimation("p1"))
+    database = open_database(server.database_url, role="test", log=False)  # type: ignore[attr-defined]
+    try:
+        record(database, event.model_copy(update={"features": {**FEATURES, "old": deep}}))
+    finally:
+        database.close()
+    for path, params in [
+        ("/telemetry/events", {"kind": "estimation"}),
+        ("/telemetry/summary", {}),
+        ("/ui", {}),
+    ]:
+        answer = httpx.get(f"{server.url}{path}", params=params, timeout=30)
+        assert answer.status_code == 200, (path, answer.text)
+    [row] = httpx.get(f"{server.url}/telemetry/events", params={"kind": "estimation"}).json()
+    assert row["features"]["old"] == deep
+
+
 def _wide(n: int) -> dict[str, Any]:
     """An estimation event of a phase with ``n`` new Python files."""
     paths = [f"f{i}.py" for i in range(n)]

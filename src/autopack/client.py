@@ -44,6 +44,7 @@ from autopack.contract import (
     RequeueIn,
     ResultAnswer,
     ResultIn,
+    RunBrief,
     RunList,
     RunView,
     UsageAnswer,
@@ -240,6 +241,10 @@ class ApiClient(Transport):
 
     def get_run(self, run_id: str) -> RunView:
         return self._get(RunView, f"/runs/{_seg(run_id)}")
+
+    def get_run_brief(self, run_id: str) -> RunBrief:
+        """The run without its phases (:func:`autopack.control.runs.get_run_brief`)."""
+        return self._get(RunBrief, f"/runs/{_seg(run_id)}/brief")
 
     def list_runs(self, state: RunState | None = None, limit: int = 50, offset: int = 0) -> RunList:
         """Run summaries, newest first."""

@@ -413,7 +413,7 @@ class Attempt:
         ten seconds, a server restarted as the checks ended made the guard move the branch
         back off another phase's accepted commit and fail the attempt
         ``git_refs_changed_by_checks``, posted once the server was back."""
-        return patiently(lambda: self.s.client.get_run(self.claim.run_id).branch_head)
+        return patiently(lambda: self.s.client.get_run_brief(self.claim.run_id).branch_head)
 
     def _audit(self, meter: Meter, change: Change) -> None:
         if self.o.auditor == "off":

@@ -193,7 +193,7 @@ class AutonomousExecutor:
         head = self.s.repository.past(run.branch_head)
         if head is None:
             return None
-        latest = self.client.get_run(run.run_id).branch_head
+        latest = self.client.get_run_brief(run.run_id).branch_head
         if latest is not None and (head == latest or self.s.repository.is_ancestor(head, latest)):
             return None
         return head

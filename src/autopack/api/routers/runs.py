@@ -14,7 +14,7 @@ from autopack.api.auth import OPERATOR, WORKER
 from autopack.api.body import UniqueKeysRoute
 from autopack.api.deps import DatabaseDep, PageLimit, PageOffset, RunId
 from autopack.api.openapi import READ, RUN_LINKS, SECURED, WRITE, errors
-from autopack.contract import BranchCheckIn, CancelIn, RunList, RunView
+from autopack.contract import BranchCheckIn, CancelIn, RunBrief, RunList, RunView
 from autopack.control import runs
 from autopack.rundef import RunDefinition
 from autopack.states import RunState
@@ -82,6 +82,18 @@ def list_runs(
 def get_run(run_id: RunId, database: DatabaseDep) -> RunView:
     """The run with its tiers and phases; a 404 names the run and the database it looked in."""
     return runs.get_run(database, run_id)
+
+
+@router.get(
+    "/runs/{run_id}/brief",
+    response_model=RunBrief,
+    dependencies=[WORKER],
+    responses=errors(404),
+    operation_id="get_run_brief",
+)
+def get_run_brief(run_id: RunId, database: DatabaseDep) -> RunBrief:
+    """The run without its tiers and phases: its state, budgets and accepted head."""
+    return runs.get_run_brief(database, run_id)
 
 
 @router.post(
