@@ -29,6 +29,7 @@ original as ``__cause__``.
     │   ├── ProviderUnreachable                  nothing answers at the provider's address
     │   ├── ProviderBusy                         rate limited or overloaded, for too long
     │   └── ProviderRefused                      the key, its permissions or the model refused
+    ├── ResourceExhausted      exit 2            this machine ran out of disk space or open files
     └── BuilderOutputInvalid   exit 1            the LLM's answer cannot be applied
 """
 
@@ -244,6 +245,17 @@ class ProviderBusy(ProviderUnusable):
 class ProviderRefused(ProviderUnusable):
     """The provider refused a call for what every call sends: the key (401, revoked or
     out of credit mid-drain), its permissions (403) or the model's name (404)."""
+
+
+class ResourceExhausted(AutopackError):
+    """The executor's machine ran out of something no phase asked too much of: disk space
+    (or quota) where attempts write, or open files. Each attempt meanwhile ended
+    ``executor_error`` or ``git_error`` and spent a try, until the run's phases were
+    FAILED or SKIPPED (or the drain died in a traceback, its phases handed back as
+    "Ctrl-C or SIGTERM"). The drain stops instead, its phases handed back (no retry
+    spent), naming what ran out and where (:mod:`autopack.executor.exhausted`)."""
+
+    exit_code = 2
 
 
 class CassetteMiss(LLMError):

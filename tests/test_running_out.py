@@ -1,0 +1,95 @@
+"""A drain on a machine that runs out of disk space: not the phase's failure.
+
+A full filesystem under the attempts' worktrees or the run's repository failed every
+attempt the same way (``executor_error``, ``git_error``), spending each phase's tries
+until the run was SKIPPED or FAILED. The drain stops instead (exit 2), naming what ran
+out and where, with the phase handed back: QUEUED, no try spent, nothing committed.
+The filesystem is a 2 MB tmpfs, so these tests need root (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.executor_support import (
+    attempts,
+    cassette,
+    create_run,
+    drain,
+    env_for,
+    line,
+    on_branch,
+    phase,
+    phase_row,
+    run_file,
+)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB filesystem, mounted for the test and unmounted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _answer(files: int) -> str:
+    """``files`` files of 200 KB each (under the per-file limit), none compressible."""
+    content = [
+        {
+            "path": f"pkg/m{k}.py",
+            "content": f"x = '{base64.b64encode(os.urandom(150_000)).decode()}'\n",
+        }
+        for k in range(files)
+    ]
+    return json.dumps({"files": content, "summary": "wrote files"})
+
+
+@pytest.mark.parametrize("full", ["worktrees", "repository"])
+def test_a_full_disk_stops_the_drain_and_hands_the_phase_back(
+    tmp_path: Path, tiny_disk: Path, full: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    cache = tiny_disk / "cache" if full == "worktrees" else tmp_path / "cache"
+    workspace = tiny_disk / "ws" if full == "repository" else tmp_path / "ws"
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(cache))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/m0.py"])]), env, tmp_path)
+    tape = cassette(tmp_path, [line("p1", n, _answer(16)) for n in (1, 2, 3)])
+
+    result = drain(
+        *("run", "--run-id", "exec-run", "--cassette", str(tape), "--auditor", "rules"),
+        *("--workspace", str(workspace)),
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "ran out of disk space (No space left on device" in said
+    assert f"{workspace if full == 'repository' else cache / 'worktrees'}" in said
+    assert "handed back" in said and "Traceback" not in result.stderr
+    assert phase_row(url, "p1")["state"] == "QUEUED"
+    [attempt] = attempts(url, "p1")
+    assert attempt["stop_reason"] == "interrupted"
+    assert "ran out of disk space" in attempt["error"]
+    assert on_branch(workspace, "pkg/m0.py") is None
