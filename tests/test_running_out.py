@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.executor_support import (
     on_branch,
     phase,
     phase_row,
+    rows,
     run_file,
 )
 
@@ -93,3 +95,34 @@ def test_a_full_disk_stops_the_drain_and_hands_the_phase_back(
     assert attempt["stop_reason"] == "interrupted"
     assert "ran out of disk space" in attempt["error"]
     assert on_branch(workspace, "pkg/m0.py") is None
+
+
+def test_a_database_with_no_room_left_is_named_with_the_room_left(
+    tmp_path: Path, tiny_disk: Path
+) -> None:
+    """SQLite's ``database or disk is full`` was a 503 saying "the database connection
+    failed 5 times in a row … try again shortly", retried ten seconds by every write of
+    the drain (over a minute here): the full disk was nowhere. Now a 507, not retried."""
+    database = tiny_disk / "autopack.db"
+    url = f"sqlite:///{database}"
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    phases = [phase(f"p{n}", [f"pkg/m{n}.py"]) for n in range(12)]
+    create_run(run_file(tmp_path, phases), env, tmp_path)
+    answers = [line(f"p{n}", 1, _answer(1).replace("m0", f"m{n}")) for n in range(12)]
+    tape = cassette(tmp_path, answers)
+    (tiny_disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(tiny_disk).free - 150_000))
+
+    result = drain(
+        *("run", "--run-id", "exec-run", "--cassette", str(tape), "--auditor", "rules"),
+        *("--workspace", str(tmp_path / "ws"), "-k", "2"),
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"the SQLite database {database} (0 bytes free in {tiny_disk})" in said
+    assert "has no room to write (database or disk is full)" in said
+    assert said.count("DatabaseFull:") == 1 and "Traceback" not in said
+    (tiny_disk / "filler").unlink()
+    assert "FAILED" not in {row["state"] for row in rows(url, "SELECT state FROM phases")}

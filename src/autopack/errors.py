@@ -14,6 +14,7 @@ original as ``__cause__``.
     │       └── DatabaseEmpty                    a database with no tables, and a reader
     ├── SchemaOutOfDate        exit 3, HTTP 503  the database is not at the code's revision
     ├── DatabaseUnavailable    exit 2, HTTP 503  the server cannot reach its database now
+    │   └── DatabaseFull       exit 2, HTTP 507  the database has no room left to write
     ├── InvalidInput           exit 2, HTTP 422  a run file or request body is wrong
     │   ├── BadRequest         exit 2, HTTP 400  the request is not even readable (body)
     │   └── RequestTooLarge    exit 2, HTTP 413  the body is larger than the server takes
@@ -115,6 +116,15 @@ class DatabaseUnavailable(AutopackError):
 
     exit_code = 2
     http_status = 503
+
+
+class DatabaseFull(DatabaseUnavailable):
+    """The database has no room left to write (its disk is full). 507, which clients do
+    not retry: a 503 was retried for ten seconds by every write of a drain (the result,
+    each usage and telemetry row, the hand-back), minutes of waiting a full disk never
+    ended."""
+
+    http_status = 507
 
 
 class InvalidInput(AutopackError):
