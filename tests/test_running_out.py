@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,27 +33,29 @@ from tests.executor_support import (
     rows,
     run_file,
 )
+from tests.support import cli
+
+
+@contextmanager
+def mounted(at: Path, *how: str) -> Iterator[Path]:
+    """``mount HOW AT`` for the test (skipped without root), unmounted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    done = subprocess.run(["mount", *how, str(at)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    try:
+        yield at
+    finally:
+        subprocess.run(["umount", "-l", str(at)], check=False)
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB filesystem, mounted for the test and unmounted after it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    """A 2 MB filesystem."""
+    (tmp_path / "tiny").mkdir()
+    with mounted(tmp_path / "tiny", "-t", "tmpfs", "-o", "size=2m", "tmpfs") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _answer(files: int) -> str:
@@ -126,3 +129,24 @@ def test_a_database_with_no_room_left_is_named_with_the_room_left(
     assert said.count("DatabaseFull:") == 1 and "Traceback" not in said
     (tiny_disk / "filler").unlink()
     assert "FAILED" not in {row["state"] for row in rows(url, "SELECT state FROM phases")}
+
+
+def test_a_database_sqlite_cannot_write_beside_says_why(tmp_path: Path, tiny_disk: Path) -> None:
+    """SQLite writes a journal beside the database even to read: on a read-only
+    filesystem it said "unable to open database file", on a full one "disk I/O error"."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    for where in (folder, tiny_disk):
+        env = env_for(f"sqlite:///{where / 'autopack.db'}")
+        create_run(run_file(tmp_path, [phase("p1", ["pkg/m0.py"])]), env, tmp_path)
+    (tiny_disk / "filler").write_bytes(b"\0" * shutil.disk_usage(tiny_disk).free)
+    with mounted(folder, "--bind", folder.as_posix()):
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        listed = cli(
+            "run", "list", cwd=tmp_path, env=env_for(f"sqlite:///{folder / 'autopack.db'}")
+        )
+    assert listed.returncode == 2
+    assert f"({folder} is on a read-only filesystem;" in listed.stderr
+    drained = drain("run", "--run-id", "exec-run", env=env, cwd=tmp_path)
+    assert drained.returncode == 2
+    assert f"(only 0 bytes free in {tiny_disk})" in drained.stderr
