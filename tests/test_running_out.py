@@ -30,6 +30,7 @@ from tests.executor_support import (
     on_branch,
     phase,
     phase_row,
+    repository,
     rows,
     run_file,
 )
@@ -150,3 +151,26 @@ def test_a_database_sqlite_cannot_write_beside_says_why(tmp_path: Path, tiny_dis
     drained = drain("run", "--run-id", "exec-run", env=env, cwd=tmp_path)
     assert drained.returncode == 2
     assert f"(only 0 bytes free in {tiny_disk})" in drained.stderr
+
+
+def test_a_read_only_workspace_is_named_without_a_traceback(tmp_path: Path) -> None:
+    """Opening Autopack's lock file in the repository's git directory was an ``OSError``
+    traceback (exit 1) before anything was claimed."""
+    url = f"sqlite:///{tmp_path / 'autopack.db'}"
+    env = env_for(url, AUTOPACK_CACHE_DIR=str(tmp_path / "cache"))
+    create_run(run_file(tmp_path, [phase("p1", ["pkg/m0.py"])]), env, tmp_path)
+    workspace = repository(tmp_path / "ws")
+    tape = cassette(tmp_path, [line("p1", 1, _answer(1))])
+    with mounted(workspace, "--bind", workspace.as_posix()):
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(workspace)], check=True)
+        result = drain(
+            *("run", "--run-id", "exec-run", "--cassette", str(tape), "--auditor", "rules"),
+            *("--workspace", str(workspace)),
+            env=env,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"{workspace}/.git/autopack.lock: Read-only file system" in said
+    assert "Traceback" not in said
+    assert phase_row(url, "p1")["state"] == "QUEUED"
