@@ -14,6 +14,7 @@ original as ``__cause__``.
     │       └── DatabaseEmpty                    a database with no tables, and a reader
     ├── SchemaOutOfDate        exit 3, HTTP 503  the database is not at the code's revision
     ├── DatabaseUnavailable    exit 2, HTTP 503  the server cannot reach its database now
+    │   └── DatabaseFull       exit 2, HTTP 507  the database has no room left to write
     ├── InvalidInput           exit 2, HTTP 422  a run file or request body is wrong
     │   ├── BadRequest         exit 2, HTTP 400  the request is not even readable (body)
     │   └── RequestTooLarge    exit 2, HTTP 413  the body is larger than the server takes
@@ -29,6 +30,7 @@ original as ``__cause__``.
     │   ├── ProviderUnreachable                  nothing answers at the provider's address
     │   ├── ProviderBusy                         rate limited or overloaded, for too long
     │   └── ProviderRefused                      the key, its permissions or the model refused
+    ├── ResourceExhausted      exit 2            this machine ran out of disk space or open files
     └── BuilderOutputInvalid   exit 1            the LLM's answer cannot be applied
 """
 
@@ -114,6 +116,15 @@ class DatabaseUnavailable(AutopackError):
 
     exit_code = 2
     http_status = 503
+
+
+class DatabaseFull(DatabaseUnavailable):
+    """The database has no room left to write (its disk is full). 507, which clients do
+    not retry: a 503 was retried for ten seconds by every write of a drain (the result,
+    each usage and telemetry row, the hand-back), minutes of waiting a full disk never
+    ended."""
+
+    http_status = 507
 
 
 class InvalidInput(AutopackError):
@@ -244,6 +255,17 @@ class ProviderBusy(ProviderUnusable):
 class ProviderRefused(ProviderUnusable):
     """The provider refused a call for what every call sends: the key (401, revoked or
     out of credit mid-drain), its permissions (403) or the model's name (404)."""
+
+
+class ResourceExhausted(AutopackError):
+    """The executor's machine ran out of something no phase asked too much of: disk space
+    (or quota) where attempts write, or open files. Each attempt meanwhile ended
+    ``executor_error`` or ``git_error`` and spent a try, until the run's phases were
+    FAILED or SKIPPED (or the drain died in a traceback, its phases handed back as
+    "Ctrl-C or SIGTERM"). The drain stops instead, its phases handed back (no retry
+    spent), naming what ran out and where (:mod:`autopack.executor.exhausted`)."""
+
+    exit_code = 2
 
 
 class CassetteMiss(LLMError):

@@ -62,6 +62,7 @@ _WHY = {
     413: "The body is larger than the server accepts.",
     422: "A field is invalid; ``errors`` names each field, why, and the value.",
     503: "The database is unreachable or not at this code's schema revision.",
+    507: "The database has no room left to write (its disk is full); nothing was recorded.",
 }
 
 
@@ -72,8 +73,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 READ = errors(422, 503)
 """A read: invalid parameters, the database unavailable."""
-WRITE = errors(400, 413, 422, 503)
-"""A request with a JSON body."""
+WRITE = errors(400, 413, 422, 503, 507)
+"""A request with a JSON body: a write."""
 SECURED = errors(401, 403, 409)
 """Behind a token: the token refused, or the client's proved database not this server's."""
 

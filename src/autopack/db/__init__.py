@@ -13,6 +13,7 @@ must not answer "nothing here" from a database it just made or filled with empty
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -115,9 +116,31 @@ def cannot_open(url: str, exc: DBAPIError) -> ConfigError:
     file = sqlite_file(url)
     if file is not None and not file.parent.is_dir():  # SQLite says "unable to open database file"
         reason = f"the directory {file.parent} does not exist (create it, or fix the path)"
+    elif file is not None:
+        reason += _no_room(file.parent)
     return ConfigError(
         f"cannot open database {redact_url(url)}: {reason.strip()}", url=redact_url(url)
     )
+
+
+LITTLE_ROOM_BYTES = 1 << 20
+"""Less room than this beside a database SQLite cannot open is worth saying."""
+
+
+def _no_room(folder: Path) -> str:
+    """Why SQLite may not open a file in ``folder`` whose words do not say it: it writes a
+    journal, a ``-wal`` or a ``-shm`` file beside the database, even to read. A read-only
+    filesystem was "unable to open database file", a full one "disk I/O error"."""
+    try:
+        found = os.statvfs(folder)
+    except OSError:
+        return ""
+    if found.f_flag & os.ST_RDONLY:
+        return f" ({folder} is on a read-only filesystem; SQLite writes beside the database)"
+    if not os.access(folder, os.W_OK):
+        return f" ({folder} is not writable by this user; SQLite writes beside the database)"
+    free = found.f_bavail * found.f_frsize
+    return f" (only {free:,} bytes free in {folder})" if free < LITTLE_ROOM_BYTES else ""
 
 
 def open_database(

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, RowMapping
@@ -28,7 +30,7 @@ from sqlalchemy.sql import Executable
 
 from autopack.clock import utcnow
 from autopack.db.engine import SQLITE_BUSY_TIMEOUT_MS
-from autopack.errors import DatabaseUnavailable
+from autopack.errors import DatabaseFull, DatabaseUnavailable
 from autopack.identity import DbIdentity
 from autopack.logs import log_event
 
@@ -162,6 +164,8 @@ def run_transaction(database: Database, work: Callable[[Tx], T]) -> T:
         except (DBAPIError, InvalidRequestError) as exc:
             if sqlite_busy(exc):
                 raise busy(exc) from exc
+            if storage_full(exc):
+                raise full(exc, database) from exc
             lost = connection_lost(exc)
             code = getattr(getattr(exc, "orig", None), "sqlstate", None)
             if not lost and code not in RETRYABLE_SQLSTATES:
@@ -201,6 +205,39 @@ def busy(exc: DBAPIError | InvalidRequestError) -> DatabaseUnavailable:
     return DatabaseUnavailable(
         f"the SQLite database stayed locked by another connection for {seconds} s "
         f"({getattr(exc, 'orig', None) or exc}); try again shortly"
+    )
+
+
+DISK_FULL_SQLSTATE = "53100"
+"""PostgreSQL's ``disk_full``: the server's data directory has no room left."""
+
+
+def storage_full(exc: DBAPIError | InvalidRequestError) -> bool:
+    """Did the database have no room to write (SQLite's ``database or disk is full``,
+    PostgreSQL's ``disk_full``)? A SQLite COMMIT that found no room came without a
+    statement and was taken for a lost connection: asked again five times, it was a 503
+    saying "the database connection failed … try again shortly", the full disk nowhere."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+        getattr(orig, "sqlstate", None) == DISK_FULL_SQLSTATE
+    )
+
+
+def full(exc: DBAPIError | InvalidRequestError, database: Database) -> DatabaseFull:
+    """No room to write as a 507 naming the database and the room left where it is."""
+    url = database.engine.url
+    where = f"PostgreSQL database {url.database} on {url.host}"
+    if not database.postgresql and url.database:
+        folder = Path(url.database).parent
+        try:
+            room = f"{shutil.disk_usage(folder).free:,} bytes free"
+        except OSError as error:
+            room = error.strerror or str(error)
+        where = f"SQLite database {url.database} ({room} in {folder})"
+    cause = getattr(exc, "orig", None) or exc
+    return DatabaseFull(
+        f"the {where} has no room to write ({cause}): nothing of this request was "
+        "recorded; free space there, then run the command again"
     )
 
 

@@ -55,6 +55,7 @@ from autopack.executor.checks import (
     within_a_result,
 )
 from autopack.executor.continuation import builder_answer
+from autopack.executor.exhausted import exhaustion, ran_out
 from autopack.executor.git import GitError
 from autopack.executor.git_guard import git_guarded
 from autopack.executor.integration import base_for
@@ -129,7 +130,10 @@ class Attempt:
                 except LeaseLost as exc:
                     return self._lease_lost(meter, exc)
         except BaseException as exc:  # Ctrl-C, SystemExit, the provider or the API gone
-            hand_back(self.s.client, self.claim, exc)
+            stop = ran_out(exc, self.s)  # or no room left on this machine
+            hand_back(self.s.client, self.claim, stop or exc)
+            if stop is not None:
+                raise stop from exc
             raise
 
     def _run(self, lease: Lease, meter: Meter) -> AttemptResult:
@@ -185,6 +189,8 @@ class Attempt:
                 tree.keep = answer.phase_state != PhaseState.COMPLETE
                 return answer, finish
         except GitError as exc:  # no worktree to work in: record why, never die
+            if exhaustion(exc):  # not the phase's: the drain stops (run)
+                raise
             self.s.repository.check_present(exc)  # unless it is not the phase's: stop the drain
             finish = failed("git_error", error=exc.message)
             return self._post(lease, meter, finish), finish
@@ -229,10 +235,14 @@ class Attempt:
         except (LeaseLost, ServerUnavailable, ProviderUnusable):
             raise
         except GitError as exc:  # git's words to the Builder too: the answer may be the cause
+            if exhaustion(exc):
+                raise
             self.s.repository.check_present(exc)  # (a .gitattributes its files break)
             said = f"git could not record your answer: {clipped(exc.message, 2000)}"
             return failed("git_error", error=exc.message, feedback=said)
         except Exception as exc:  # a bug or an environment failure: record it, don't die
+            if exhaustion(exc):
+                raise
             log_event(
                 logger,
                 "attempt_crashed",

@@ -79,10 +79,13 @@ class RepositoryLock:
                     raise ConfigError(
                         f"{path} is a directory, not a regular file: remove it"
                     ) from None
-                if exc.errno != errno.ELOOP:
-                    raise
-                raise ConfigError(
-                    f"{path} is a symbolic link, not Autopack's lock file: remove it"
+                if exc.errno == errno.ELOOP:
+                    raise ConfigError(
+                        f"{path} is a symbolic link, not Autopack's lock file: remove it"
+                    ) from None
+                raise ConfigError(  # a read-only repository: a traceback at the drain's start
+                    f"cannot open Autopack's lock file {path}: {exc.strerror} (the "
+                    "repository's git directory must be writable by this executor)"
                 ) from None
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):  # a FIFO: truncating it failed every git step
